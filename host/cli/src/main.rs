@@ -1,0 +1,147 @@
+//! The `galley` command: a thin layer over the library crates. It owns argument parsing,
+//! terminal output and error context (which file, plugin or key is at fault); the work is
+//! done by galley-runtime and friends.
+
+mod build;
+mod call;
+mod score;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "galley", version, about = "Train, align, evaluate and serve language models with sandboxed community plugins")]
+struct Cli {
+    /// Log filter (e.g. `info`, `galley=debug`); also RUST_LOG.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Build, inspect and try plugins.
+    #[command(subcommand)]
+    Plugin(PluginCmd),
+    /// Score completions with reward plugins, as a trainer would (a YAML config).
+    Score(score::ScoreArgs),
+}
+
+#[derive(Subcommand)]
+enum PluginCmd {
+    /// Build plugin crates (each a folder with galley.toml and Cargo.toml) into components.
+    Build {
+        /// Plugin crate folders.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Where the components go, as NAME.wasm.
+        #[arg(short, long, default_value = "target/plugins")]
+        out_dir: PathBuf,
+        /// Cargo target dir shared by all wasm builds (default: GALLEY_WASM_TARGET_DIR or the galley cache).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
+    /// Show a component's kind, WIT version, imports, capabilities, size and digest.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a plugin by hand: score completions, read a page of examples, grade predictions or plan a recipe.
+    Call(call::CallArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Top::Plugin(PluginCmd::Build { dirs, out_dir, target_dir }) => {
+            let toolchain = build::Toolchain::detect()?;
+            let target_dir = target_dir.unwrap_or_else(build::default_target_dir);
+            eprintln!("building {} plugin(s) with {:?} into {}", dirs.len(), toolchain, out_dir.display());
+            for dir in &dirs {
+                let built = build::build(dir, &out_dir, &target_dir, toolchain)?;
+                println!(
+                    "{:<28} {:<12} {:>9} bytes  {}  {}",
+                    built.manifest.id(),
+                    built.manifest.kind.as_str(),
+                    built.size,
+                    &built.digest[..19],
+                    built.path.display()
+                );
+            }
+            Ok(())
+        }
+        Top::Plugin(PluginCmd::Inspect { file, json }) => inspect(&file, json),
+        Top::Plugin(PluginCmd::Call(args)) => call::run(args),
+        Top::Score(args) => score::run(args),
+    }
+}
+
+fn inspect(file: &std::path::Path, json: bool) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let info = galley_runtime::inspect(&bytes, &file.display().to_string())?;
+    let (kind, wit) = match &info.plugin_export {
+        Some((k, v)) => (k.to_string(), v.to_string()),
+        None => ("none".to_string(), "none".to_string()),
+    };
+    let m = info.manifest.as_ref();
+    let supported = info.plugin_export.as_ref().is_some_and(|(_, v)| {
+        galley_runtime::SUPPORTED_WIT.iter().any(|s| s.major == v.major && s.minor == v.minor && s >= v)
+    });
+    if json {
+        let out = serde_json::json!({
+            "file": file.display().to_string(),
+            "name": m.map(|m| m.name.clone()),
+            "version": m.map(|m| m.version.to_string()),
+            "kind": kind,
+            "wit": wit,
+            "wit_supported": supported,
+            "description": m.map(|m| m.description.clone()),
+            "license": m.and_then(|m| m.license.clone()),
+            "capabilities": m.map(|m| serde_json::to_value(&m.capabilities).unwrap()),
+            "imports": info.imports,
+            "exports": info.exports,
+            "size": info.size,
+            "digest": info.digest,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("file         {}", file.display());
+    match m {
+        Some(m) => {
+            println!("plugin       {}", m.id());
+            println!("description  {}", m.description);
+            println!("license      {}", m.license.as_deref().unwrap_or("(none given)"));
+        }
+        None => println!("plugin       (no galley manifest: not built by `galley plugin build`)"),
+    }
+    println!("kind         {kind}");
+    println!("wit          galley:plugin@{wit}{}", if supported { " (supported by this galley)" } else { " (NOT supported by this galley)" });
+    let caps = m.map(|m| m.capabilities.read_dirs.clone()).unwrap_or_default();
+    if caps.is_empty() {
+        println!("capabilities none (fully sandboxed)");
+    } else {
+        println!("capabilities read-only directories: {}", caps.join(", "));
+    }
+    println!("size         {} bytes", info.size);
+    println!("digest       {}", info.digest);
+    println!("imports      {}", if info.imports.is_empty() { "none".to_string() } else { info.imports.join("\n             ") });
+    println!("exports      {}", info.exports.join("\n             "));
+    Ok(())
+}

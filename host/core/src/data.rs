@@ -1,0 +1,129 @@
+//! Plain data that flows between the host's rooms and across the plugin boundary.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One chat message; `role` is free text ("system", "user", "assistant", "tool"...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+}
+
+/// A metadata value. Mirrors the WIT `value` variant so nothing is lost crossing the boundary;
+/// nested arrays and objects travel as JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    /// An array or object, as JSON text.
+    Json(String),
+}
+
+impl Value {
+    /// The value as text if it is a string or a number (ground truths are often either).
+    pub fn as_text(&self) -> Option<String> {
+        match self {
+            Value::Text(s) => Some(s.clone()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => (*b).into(),
+            Value::Int(i) => (*i).into(),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::Text(s) => s.clone().into(),
+            Value::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| s.clone().into()),
+        }
+    }
+}
+
+impl From<serde_json::Value> for Value {
+    fn from(v: serde_json::Value) -> Self {
+        match v {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Bool(b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::String(s) => Value::Text(s),
+            other => Value::Json(other.to_string()),
+        }
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde_json::Value::deserialize(d).map(Value::from)
+    }
+}
+
+/// Every column of an example other than its conversation, in a stable order.
+pub type Metadata = BTreeMap<String, Value>;
+
+/// One training or evaluation example.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Example {
+    #[serde(default)]
+    pub id: String,
+    pub messages: Vec<Message>,
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// A named scalar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    pub name: String,
+    pub value: f64,
+}
+
+impl Metric {
+    pub fn new(name: impl Into<String>, value: f64) -> Self {
+        Self { name: name.into(), value }
+    }
+}
+
+/// One completion for a reward function to score.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RewardInput {
+    #[serde(default)]
+    pub prompt: Vec<Message>,
+    pub completion: String,
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// One prediction for an evaluator to grade.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Prediction {
+    #[serde(default)]
+    pub id: String,
+    pub prediction: String,
+    pub references: Vec<String>,
+    #[serde(default)]
+    pub metadata: Metadata,
+}

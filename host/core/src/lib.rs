@@ -1,0 +1,13 @@
+//! galley-core owns the vocabulary every other room speaks: chat messages, examples with their
+//! metadata, metrics, and the plugin traits (`RewardFn`, `DataSource`, `Evaluator`, `Recipe`).
+//! A trainer talks to these traits and never learns whether the implementation is native Rust
+//! or a sandboxed WebAssembly component; the runtime implements them for components.
+
+mod data;
+mod plugin;
+
+pub use data::{Example, Message, Metadata, Metric, Prediction, RewardInput, Value};
+pub use plugin::{
+    DataSource, Decision, Evaluator, PluginError, PluginErrorKind, PluginKind, Recipe, RewardFn,
+    Stage,
+};

@@ -1,0 +1,137 @@
+//! The plugin traits. Each is what a trainer or evaluator needs from one kind of community
+//! component, and nothing about how it runs. Implementations must be `Send` so a run can
+//! move them to worker threads; calls take `&mut self` because components are stateful.
+
+use crate::data::{Example, Metric, Prediction, RewardInput};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The four kinds of plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    Reward,
+    DataLoader,
+    Evaluator,
+    Recipe,
+}
+
+impl PluginKind {
+    pub const ALL: [PluginKind; 4] =
+        [PluginKind::Reward, PluginKind::DataLoader, PluginKind::Evaluator, PluginKind::Recipe];
+
+    /// The name used in manifests and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Reward => "reward",
+            PluginKind::DataLoader => "data-loader",
+            PluginKind::Evaluator => "evaluator",
+            PluginKind::Recipe => "recipe",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What went wrong in a plugin call, as a trainer needs to know it: whose fault, and whether
+/// retrying the same input on a fresh instance can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginErrorKind {
+    /// The user's settings for the plugin were rejected by it.
+    InvalidConfig,
+    /// The plugin rejected the input it was given.
+    InvalidInput,
+    /// The plugin reported its own failure.
+    Failed,
+    /// The plugin trapped (panic, unreachable, stack overflow...).
+    Trap,
+    /// The call ran past its time budget.
+    Timeout,
+    /// The plugin tried to grow its memory past its cap.
+    OutOfMemory,
+    /// The plugin returned something that breaks the contract (wrong length, NaN...).
+    BadOutput,
+}
+
+/// An error from a plugin call. `plugin` is always `name@version`, `call` the export called,
+/// so a log line alone says who failed where.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("plugin {plugin}: {call}: {message}")]
+pub struct PluginError {
+    pub plugin: String,
+    pub call: String,
+    pub kind: PluginErrorKind,
+    pub message: String,
+}
+
+impl PluginError {
+    pub fn new(
+        plugin: impl Into<String>,
+        call: impl Into<String>,
+        kind: PluginErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
+        Self { plugin: plugin.into(), call: call.into(), kind, message: message.into() }
+    }
+}
+
+/// Scores completions. `None` is "no opinion": left out of the sample's sum, not zero.
+pub trait RewardFn: Send {
+    /// `name@version`, for logs and metrics.
+    fn name(&self) -> &str;
+    /// One result per input, in order.
+    fn score(&mut self, batch: &[RewardInput]) -> Result<Vec<Option<f64>>, PluginError>;
+}
+
+/// A stream of examples.
+pub trait DataSource: Send {
+    fn name(&self) -> &str;
+    /// Up to `max` examples; an empty page means the source is exhausted.
+    fn next_page(&mut self, max: usize) -> Result<Vec<Example>, PluginError>;
+}
+
+/// Grades predictions and aggregates grades.
+pub trait Evaluator: Send {
+    fn name(&self) -> &str;
+    fn score(&mut self, batch: &[Prediction]) -> Result<Vec<Vec<Metric>>, PluginError>;
+    fn aggregate(&mut self, scores: &[Vec<Metric>]) -> Result<Vec<Metric>, PluginError>;
+}
+
+/// One planned stage of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    pub name: String,
+    pub kind: String,
+    /// The stage's settings (a JSON object).
+    pub config: serde_json::Value,
+}
+
+/// A recipe's reaction to a batch of metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decision {
+    Proceed,
+    NextStage,
+    Stop(String),
+}
+
+/// Plans the stages of a run and reacts to their metrics.
+pub trait Recipe: Send {
+    fn name(&self) -> &str;
+    fn plan(&mut self, config: &serde_json::Value) -> Result<Vec<Stage>, PluginError>;
+    fn on_metrics(
+        &mut self,
+        stage: &str,
+        step: u64,
+        metrics: &[Metric],
+    ) -> Result<Decision, PluginError>;
+}

@@ -1,0 +1,236 @@
+//! The shared engine: one wasmtime `Engine` (component model, epoch interruption, pooling
+//! allocator), the compiled-component cache, the linker with the host imports of every
+//! supported WIT version and a deny-by-default WASI, and the epoch ticker that enforces call
+//! time budgets. Loading a plugin checks everything that can be checked before it runs.
+
+use crate::cache::{CacheOutcome, ComponentCache, default_cache_dir};
+use crate::error::RuntimeError;
+use crate::inspect::{ComponentInfo, inspect};
+use crate::plugin::{ApiPre, Plugin, PluginInner};
+use crate::sandbox::PluginState;
+use crate::v0_1;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// The `galley:plugin` versions this host runs, newest last.
+pub const SUPPORTED_WIT: &[semver::Version] = &[v0_1::VERSION];
+
+/// How the runtime is set up. `Default` is what the `galley` command uses.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// Pre-reserve instance slots (fast instantiation, ~5-20 µs) instead of allocating on
+    /// demand. Costs virtual address space only.
+    pub pooling: bool,
+    /// Granularity of call time budgets. Smaller is more precise and costs a wake-up per tick.
+    pub epoch_tick: Duration,
+    /// The wasm stack of a call; deeper recursion traps as a stack overflow.
+    pub max_wasm_stack: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: default_cache_dir(),
+            pooling: true,
+            epoch_tick: Duration::from_millis(5),
+            max_wasm_stack: 1 << 20,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<PluginState>,
+    cache: Option<ComponentCache>,
+    pub(crate) epoch_tick: Duration,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The plugin runtime. Cheap to clone; plugins keep it alive.
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let mut c = Config::new();
+        c.wasm_component_model(true);
+        c.epoch_interruption(true);
+        c.max_wasm_stack(config.max_wasm_stack);
+        c.parallel_compilation(true);
+        c.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if config.pooling {
+            let mut pool = PoolingAllocationConfig::default();
+            // Generous per-component counts: Python and JS components link several core
+            // modules. Totals bound the reserved address space, not memory in use.
+            pool.total_component_instances(256)
+                .total_core_instances(2048)
+                .total_memories(512)
+                .total_tables(2048)
+                .total_stacks(256)
+                .max_core_instances_per_component(64)
+                .max_memories_per_component(16)
+                .max_tables_per_component(64)
+                .max_memories_per_module(4)
+                .max_tables_per_module(8)
+                .table_elements(200_000)
+                .max_core_instance_size(8 << 20)
+                .max_component_instance_size(8 << 20)
+                .max_memory_size(4 << 30);
+            c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&c).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        v0_1::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(ComponentCache::new(dir.clone(), &engine)?),
+            None => None,
+        };
+
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (engine, stop, tick) = (engine.clone(), stop.clone(), config.epoch_tick);
+            std::thread::Builder::new()
+                .name("galley-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        }
+        Ok(Self {
+            shared: Arc::new(Shared { engine, linker, cache, epoch_tick: config.epoch_tick, stop }),
+        })
+    }
+
+    /// Loads a plugin file: reads, checks, compiles (or loads from the cache) and
+    /// pre-instantiates it. Nothing of the plugin runs yet.
+    pub fn load(&self, path: &Path) -> Result<Plugin, RuntimeError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| RuntimeError::Read { path: path.to_path_buf(), source })?;
+        self.load_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Like [`Runtime::load`], for bytes already in memory; `origin` names them in errors.
+    pub fn load_bytes(&self, bytes: &[u8], origin: &str) -> Result<Plugin, RuntimeError> {
+        let info = inspect(bytes, origin)?;
+        let manifest = info.manifest.clone().ok_or_else(|| RuntimeError::NoManifest { origin: origin.into() })?;
+        let id = manifest.id();
+        let (kind, wit) = info.plugin_export.clone().ok_or_else(|| RuntimeError::NoPluginExport {
+            origin: origin.into(),
+            exports: if info.exports.is_empty() { "none".into() } else { info.exports.join(", ") },
+        })?;
+        check_wit(&id, &wit)?;
+        if kind != manifest.kind {
+            return Err(RuntimeError::KindMismatch {
+                plugin: id,
+                manifest: manifest.kind.to_string(),
+                exported: format!("galley:plugin/{kind}@{wit}"),
+            });
+        }
+        check_imports(&id, &info)?;
+
+        let (component, cache) = match &self.shared.cache {
+            Some(cache) => cache.load(&self.shared.engine, bytes, &info.digest),
+            None => wasmtime::component::Component::new(&self.shared.engine, bytes).map(|c| (c, CacheOutcome::Disabled)),
+        }
+        .map_err(|e| RuntimeError::Invalid { origin: origin.into(), reason: format!("{e:#}") })?;
+
+        let pre = self
+            .shared
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| RuntimeError::Instantiate { plugin: id.clone(), reason: format!("{e:#}") })?;
+        // Exhaustive over supported versions: a new WIT version adds an arm here.
+        let api = match (wit.major, wit.minor) {
+            (0, 1) => ApiPre::V0_1(v0_1_pre(kind, pre).map_err(|e| RuntimeError::Invalid {
+                origin: origin.into(),
+                reason: format!("its galley:plugin/{kind}@{wit} export does not match the 0.1 interface: {e:#}"),
+            })?),
+            _ => unreachable!("check_wit admits only supported versions"),
+        };
+        Ok(Plugin {
+            inner: Arc::new(PluginInner {
+                id,
+                manifest,
+                info,
+                kind,
+                wit,
+                api,
+                cache,
+                shared: self.shared.clone(),
+            }),
+        })
+    }
+}
+
+fn v0_1_pre(
+    kind: galley_core::PluginKind,
+    pre: wasmtime::component::InstancePre<PluginState>,
+) -> wasmtime::Result<crate::plugin::V0_1Pre> {
+    use crate::plugin::V0_1Pre;
+    use galley_core::PluginKind as K;
+    Ok(match kind {
+        K::Reward => V0_1Pre::Reward(v0_1::reward::RewardPluginPre::new(pre)?),
+        K::DataLoader => V0_1Pre::DataLoader(v0_1::data_loader::DataLoaderPluginPre::new(pre)?),
+        K::Evaluator => V0_1Pre::Evaluator(v0_1::evaluator::EvaluatorPluginPre::new(pre)?),
+        K::Recipe => V0_1Pre::Recipe(v0_1::recipe::RecipePluginPre::new(pre)?),
+    })
+}
+
+/// A plugin built against `found` runs here if some supported version has the same major and
+/// (for 0.x) minor version and is at least as new.
+fn check_wit(plugin: &str, found: &semver::Version) -> Result<(), RuntimeError> {
+    let compatible = SUPPORTED_WIT.iter().any(|s| {
+        s.major == found.major && (s.major > 0 || s.minor == found.minor) && s >= found
+    });
+    if compatible {
+        return Ok(());
+    }
+    let newest = SUPPORTED_WIT.last().expect("at least one supported version");
+    let supported = SUPPORTED_WIT.iter().map(|v| format!("{}.{}.x (up to {v})", v.major, v.minor)).collect::<Vec<_>>().join(", ");
+    let advice = if found > newest {
+        format!("upgrade galley to one that supports galley:plugin@{found}, or rebuild the plugin against galley-sdk for {newest}")
+    } else {
+        format!("rebuild the plugin against galley-sdk for galley:plugin@{newest}")
+    };
+    Err(RuntimeError::UnsupportedWit { plugin: plugin.into(), found: found.to_string(), supported, advice })
+}
+
+const WASI_PACKAGES: &[&str] =
+    &["wasi:cli", "wasi:clocks", "wasi:filesystem", "wasi:io", "wasi:random", "wasi:sockets"];
+
+fn check_imports(plugin: &str, info: &ComponentInfo) -> Result<(), RuntimeError> {
+    for import in &info.imports {
+        let ok = if let Some(rest) = import.strip_prefix("galley:plugin/") {
+            let iface = rest.split('@').next().unwrap_or("");
+            ["types", "log", "host"].contains(&iface)
+        } else {
+            // What wasmtime-wasi's p2 linker provides (wasi:http, for one, is not).
+            let package = import.split('/').next().unwrap_or("");
+            WASI_PACKAGES.contains(&package) && import.contains("@0.2.")
+        };
+        if !ok {
+            return Err(RuntimeError::UnknownImport { plugin: plugin.into(), import: import.clone() });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! galley-runtime runs untrusted plugins: WebAssembly components of the `galley:plugin` WIT
+//! package, in a deny-by-default sandbox with a time budget per call and a memory cap per
+//! instance. It loads and checks components (kind, WIT version, imports, manifest), caches
+//! their compiled code, and wraps instances in adapters that implement galley-core's plugin
+//! traits, so a trainer never knows it is talking to WebAssembly.
+//!
+//! ```no_run
+//! use galley_core::{RewardFn, RewardInput};
+//! use galley_runtime::{InstanceOptions, Runtime, RuntimeConfig};
+//!
+//! let runtime = Runtime::new(RuntimeConfig::default())?;
+//! let plugin = runtime.load("target/plugins/math-answer.wasm".as_ref())?;
+//! let mut reward = plugin.reward(&serde_json::json!({}), InstanceOptions::default())?;
+//! let mut input = RewardInput { completion: "... #### 42".into(), ..Default::default() };
+//! input.metadata.insert("answer".into(), galley_core::Value::Int(42));
+//! assert_eq!(reward.score(&[input])?, vec![Some(1.0)]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod cache;
+mod engine;
+mod error;
+mod inspect;
+mod manifest;
+mod plugin;
+mod sandbox;
+pub mod v0_1;
+
+pub use cache::{CacheOutcome, default_cache_dir};
+pub use engine::{Runtime, RuntimeConfig, SUPPORTED_WIT};
+pub use error::RuntimeError;
+pub use inspect::{ComponentInfo, digest_of, inspect, parse_plugin_name};
+pub use manifest::{Capabilities, MANIFEST_SECTION, Manifest, embed as embed_manifest};
+pub use plugin::{Plugin, WasmDataSource, WasmEvaluator, WasmRecipe, WasmReward};
+pub use sandbox::{Grants, InstanceOptions, Limits};

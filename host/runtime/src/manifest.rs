@@ -1,0 +1,126 @@
+//! The plugin manifest: who a plugin is and what it may ask for. Authors write it as
+//! `galley.toml`; `galley plugin build` embeds it in the component as the custom section
+//! `galley:manifest` (JSON), so the manifest travels with — and is covered by the digest of —
+//! the component itself.
+
+use crate::error::RuntimeError;
+use galley_core::PluginKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The custom section that carries the manifest inside a component.
+pub const MANIFEST_SECTION: &str = "galley:manifest";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Manifest {
+    pub name: String,
+    pub version: semver::Version,
+    pub kind: PluginKind,
+    /// The `galley:plugin` WIT version the component was built against; filled in by the
+    /// build from the component itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wit: Option<semver::Version>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authors: Vec<String>,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    /// Other plugins this one expects in the same run, by name and semver range.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dependencies: BTreeMap<String, semver::VersionReq>,
+}
+
+/// What a plugin asks for beyond the empty sandbox. Each must also be allowed by the user.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Capabilities {
+    /// Logical names of read-only directories (mounted at `/NAME`); data loaders only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_dirs: Vec<String>,
+}
+
+impl Manifest {
+    /// `name@version`.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+
+    /// Parses an author's `galley.toml`; `origin` names the file in errors (toml's message
+    /// carries the line and column).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, RuntimeError> {
+        let m: Manifest = toml::from_str(text)
+            .map_err(|e| RuntimeError::BadManifest { origin: origin.into(), reason: e.to_string() })?;
+        m.validate().map_err(|reason| RuntimeError::BadManifest { origin: origin.into(), reason })?;
+        Ok(m)
+    }
+
+    pub fn from_json(bytes: &[u8], origin: &str) -> Result<Self, RuntimeError> {
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| RuntimeError::BadManifest { origin: origin.into(), reason: e.to_string() })?;
+        m.validate().map_err(|reason| RuntimeError::BadManifest { origin: origin.into(), reason })?;
+        Ok(m)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("manifest serializes")
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let ok_name = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+                && s.starts_with(|c: char| c.is_ascii_lowercase())
+        };
+        if !ok_name(&self.name) {
+            return Err(format!(
+                "key `name`: `{}` must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter",
+                self.name
+            ));
+        }
+        for d in &self.capabilities.read_dirs {
+            if !ok_name(d) {
+                return Err(format!(
+                    "key `capabilities.read-dirs`: `{d}` must be a plain name (a-z, 0-9, '-', '_'), not a path"
+                ));
+            }
+        }
+        if !self.capabilities.read_dirs.is_empty() && self.kind != PluginKind::DataLoader {
+            return Err(format!(
+                "key `capabilities.read-dirs`: only data-loader plugins may read directories, this is a {}",
+                self.kind
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Appends `manifest` as a top-level custom section of `component`.
+pub fn embed(component: &[u8], manifest: &Manifest) -> Vec<u8> {
+    let payload = manifest.to_json();
+    let mut body = Vec::new();
+    leb128(&mut body, MANIFEST_SECTION.len() as u64);
+    body.extend_from_slice(MANIFEST_SECTION.as_bytes());
+    body.extend_from_slice(&payload);
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    leb128(&mut out, body.len() as u64);
+    out.extend_from_slice(&body);
+    out
+}
+
+fn leb128(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}

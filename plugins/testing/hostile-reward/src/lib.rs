@@ -1,0 +1,123 @@
+//! TEST ONLY. A reward plugin that attacks its host in the way its `mode` setting says, so
+//! the runtime's containment can be tested against real compiled behaviour, not mocks.
+//! Modes that probe a capability return 1.0 when the capability was available (a sandbox
+//! hole) and 0.0 when it was denied.
+
+use galley_sdk::reward::{Reward, RewardInput};
+use galley_sdk::{Config, Error};
+use std::hint::black_box;
+
+struct Hostile {
+    mode: String,
+    port: u16,
+}
+
+fn recurse(n: u64) -> u64 {
+    let buf = black_box([n; 64]);
+    if buf[0] == u64::MAX { 0 } else { recurse(n + 1) + buf[1] }
+}
+
+impl Reward for Hostile {
+    fn new(config: &Config) -> Result<Self, Error> {
+        let mode = config.get_str("mode").unwrap_or("ok").to_string();
+        if mode == "trap-init" {
+            panic!("hostile plugin panicked in init on purpose");
+        }
+        if mode == "loop-init" {
+            let mut i = 0u64;
+            loop {
+                i = black_box(i.wrapping_add(1));
+            }
+        }
+        Ok(Self { mode, port: config.get_f64("port").unwrap_or(9.0) as u16 })
+    }
+
+    fn score(&mut self, input: &RewardInput) -> Result<Option<f64>, Error> {
+        Ok(Some(match self.mode.as_str() {
+            "ok" => input.completion.len() as f64,
+            "loop" => {
+                let mut i = 0u64;
+                loop {
+                    i = black_box(i.wrapping_add(1));
+                }
+            }
+            "memory-bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(black_box(vec![1u8; 16 << 20]));
+                }
+            }
+            "recursion" => recurse(black_box(0)) as f64,
+            "trap-score" => panic!("hostile plugin panicked in score on purpose"),
+            "unreachable" => {
+                #[cfg(target_family = "wasm")]
+                core::arch::wasm32::unreachable();
+                #[cfg(not(target_family = "wasm"))]
+                unreachable!()
+            }
+            "read-file" => {
+                let probes = ["/etc/passwd", "/proc/self/environ", "/data/secret.txt", "../../etc/passwd", "."];
+                let opened = probes.iter().filter(|p| std::fs::read(p).is_ok() || std::fs::read_dir(p).is_ok()).count();
+                if opened > 0 { 1.0 } else { 0.0 }
+            }
+            "env" => {
+                let seen = std::env::vars().count() + std::env::args().count();
+                if seen > 0 { 1.0 } else { 0.0 }
+            }
+            "clock" => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(-1.0),
+            "random" => (wasi::random::random::get_random_u64() >> 11) as f64,
+            "socket" => {
+                use wasi::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+                let net = wasi::sockets::instance_network::instance_network();
+                match wasi::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4) {
+                    Err(e) => {
+                        galley_sdk::log::info(&format!("create-tcp-socket refused: {e:?}"));
+                        0.0
+                    }
+                    Ok(sock) => {
+                        let addr = IpSocketAddress::Ipv4(Ipv4SocketAddress { port: self.port, address: (127, 0, 0, 1) });
+                        match sock.start_connect(&net, addr) {
+                            Err(e) => {
+                                galley_sdk::log::info(&format!("connect refused: {e:?}"));
+                                0.0
+                            }
+                            Ok(()) => {
+                                sock.subscribe().block();
+                                if sock.finish_connect().is_ok() { 1.0 } else { 0.0 }
+                            }
+                        }
+                    }
+                }
+            }
+            "nan" => f64::NAN,
+            "log-flood" => {
+                for i in 0..100_000 {
+                    galley_sdk::log::info(&format!("line {i} {}", "x".repeat(10_000)));
+                }
+                1.0
+            }
+            "stdout-flood" => {
+                for i in 0..100_000 {
+                    println!("line {i} {}", "y".repeat(100));
+                }
+                2.0
+            }
+            other => return Err(Error::config(format!("unknown mode `{other}`"))),
+        }))
+    }
+
+    fn score_batch(&mut self, batch: &[RewardInput]) -> Result<Vec<Option<f64>>, Error> {
+        if self.mode == "wrong-length" {
+            return Ok(vec![Some(1.0); batch.len() + 1]);
+        }
+        if self.mode == "no-opinion-odd" {
+            return Ok((0..batch.len()).map(|i| if i % 2 == 1 { None } else { Some(1.0) }).collect());
+        }
+        batch.iter().map(|i| self.score(i)).collect()
+    }
+}
+
+galley_sdk::export_reward!(Hostile);
