@@ -29,7 +29,7 @@ pub enum RuntimeError {
     #[error("{plugin}: built against galley:plugin@{found}, but this galley supports {supported}; {advice}")]
     UnsupportedWit { plugin: String, found: String, supported: String, advice: String },
 
-    #[error("{plugin}: is a {found} plugin, but a {expected} plugin is needed here")]
+    #[error("{plugin}: is a plugin of kind `{found}`, but one of kind `{expected}` is needed here")]
     WrongKind { plugin: String, found: String, expected: String },
 
     #[error("{plugin}: manifest says kind `{manifest}` but the component exports the {exported} interface")]

@@ -267,6 +267,10 @@ impl Slot {
                 Some(wasmtime::Trap::StackOverflow) => {
                     (K::Trap, "trapped: stack overflow (recursion too deep for the wasm stack)".to_string())
                 }
+                Some(wasmtime::Trap::MemoryOutOfBounds) => (
+                    K::Trap,
+                    format!("trapped: {} (in Rust and C plugins, usually the shadow stack overflowing in deep recursion)", wasmtime::Trap::MemoryOutOfBounds),
+                ),
                 Some(trap) => (K::Trap, format!("trapped: {trap}")),
                 None => (K::Trap, format!("failed: {e:#}")),
             }

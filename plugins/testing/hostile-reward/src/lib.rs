@@ -12,9 +12,21 @@ struct Hostile {
     port: u16,
 }
 
-fn recurse(n: u64) -> u64 {
+/// Recursion through an opaque function pointer: no tail-call or loop rewrite can remove it,
+/// and it keeps nothing in linear memory, so it exhausts the engine's wasm stack.
+fn recurse(n: u64, next: fn(u64, fn(u64) -> u64) -> u64) -> u64 {
+    next(n + 1, |_| 0).wrapping_mul(3).wrapping_add(n)
+}
+
+fn recurse_again(n: u64, _: fn(u64) -> u64) -> u64 {
+    recurse(n, black_box(recurse_again as fn(u64, fn(u64) -> u64) -> u64))
+}
+
+/// Recursion with a big local array: in Rust and C that lives on the shadow stack in linear
+/// memory, which runs out before the engine's stack does.
+fn hog(n: u64) -> u64 {
     let buf = black_box([n; 64]);
-    if buf[0] == u64::MAX { 0 } else { recurse(n + 1) + buf[1] }
+    if buf[0] == u64::MAX { 0 } else { hog(n + 1) + buf[1] }
 }
 
 impl Reward for Hostile {
@@ -47,7 +59,8 @@ impl Reward for Hostile {
                     hoard.push(black_box(vec![1u8; 16 << 20]));
                 }
             }
-            "recursion" => recurse(black_box(0)) as f64,
+            "recursion" => recurse_again(black_box(0), |_| 0) as f64,
+            "stack-hog" => hog(black_box(0)) as f64,
             "trap-score" => panic!("hostile plugin panicked in score on purpose"),
             "unreachable" => {
                 #[cfg(target_family = "wasm")]
@@ -94,13 +107,13 @@ impl Reward for Hostile {
             }
             "nan" => f64::NAN,
             "log-flood" => {
-                for i in 0..100_000 {
+                for i in 0..20_000 {
                     galley_sdk::log::info(&format!("line {i} {}", "x".repeat(10_000)));
                 }
                 1.0
             }
             "stdout-flood" => {
-                for i in 0..100_000 {
+                for i in 0..20_000 {
                     println!("line {i} {}", "y".repeat(100));
                 }
                 2.0
