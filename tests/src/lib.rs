@@ -1,1 +1,56 @@
+//! Helpers for the end-to-end tests: they drive the `galley` binary the way a user does.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+/// The `galley` binary of this checkout (`cargo build -p galley`; scripts/test.sh does it).
+pub fn galley_bin() -> PathBuf {
+    let bin = std::env::var_os("GALLEY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug/galley"));
+    assert!(bin.exists(), "{} is missing: run `cargo build -p galley` first (scripts/test.sh does)", bin.display());
+    bin
+}
+
+pub fn plugins_dir() -> PathBuf {
+    std::env::var_os("GALLEY_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/plugins"))
+}
+
+pub fn plugin(name: &str) -> PathBuf {
+    let p = plugins_dir().join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run scripts/build-plugins.sh", p.display());
+    p
+}
+
+/// Runs galley in `cwd` with a private component cache.
+pub fn galley(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(galley_bin())
+        .current_dir(cwd)
+        .args(args)
+        .env("GALLEY_CACHE_DIR", repo_root().join("target/test-galley-cache"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("galley runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a failed run printed exactly one `error:` line, and returns it.
+pub fn one_line_error(o: &Output) -> String {
+    assert!(!o.status.success(), "expected failure, got success: {}", stdout(o));
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line of error, got:\n{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    lines[0].to_string()
+}

@@ -37,6 +37,37 @@ struct ScoreConfig {
     /// What a failing plugin does to a batch: `skip` scores it as missing, `stop` ends the run.
     #[serde(default)]
     on_plugin_error: OnError,
+    /// Folders searched for plugins given by name, relative to the config file. Default:
+    /// GALLEY_PLUGIN_PATH (colon-separated), else `target/plugins` under the current folder.
+    #[serde(default)]
+    plugin_path: Vec<PathBuf>,
+}
+
+/// Resolves `rewards[i].plugin`: a path when it looks like one, else a name on the search path.
+fn resolve_plugin(spec: &str, base: &Path, search: &[PathBuf]) -> Result<PathBuf> {
+    if spec.contains('/') || spec.ends_with(".wasm") {
+        return Ok(base.join(spec));
+    }
+    for dir in search {
+        let candidate = dir.join(format!("{spec}.wasm"));
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "no plugin named `{spec}` in {}; build it with `galley plugin build plugins/{spec}`, or give a path to its .wasm",
+        search.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )
+}
+
+fn search_path(cfg: &ScoreConfig, base: &Path) -> Vec<PathBuf> {
+    if !cfg.plugin_path.is_empty() {
+        return cfg.plugin_path.iter().map(|p| base.join(p)).collect();
+    }
+    match std::env::var("GALLEY_PLUGIN_PATH") {
+        Ok(v) if !v.is_empty() => v.split(':').map(PathBuf::from).collect(),
+        _ => vec![PathBuf::from("target/plugins")],
+    }
 }
 
 fn default_batch() -> usize {
@@ -54,8 +85,9 @@ enum OnError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RewardSpec {
-    /// Path to the component, relative to the config file.
-    plugin: PathBuf,
+    /// A plugin name (looked up in `plugin_path`) or a path to a component, relative to the
+    /// config file.
+    plugin: String,
     #[serde(default = "one")]
     weight: f64,
     /// The plugin's own settings.
@@ -122,8 +154,10 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let grants = parse_grants(&args.allow_dir)?;
 
     let mut rewards: Vec<(Box<dyn RewardFn>, f64)> = Vec::new();
+    let search = search_path(&cfg, base);
     for (i, spec) in cfg.rewards.iter().enumerate() {
-        let path = base.join(&spec.plugin);
+        let path = resolve_plugin(&spec.plugin, base, &search)
+            .with_context(|| format!("{}: rewards[{i}].plugin", args.config.display()))?;
         let plugin = runtime.load(&path).with_context(|| format!("{}: rewards[{i}].plugin", args.config.display()))?;
         let settings = serde_json::to_value(&spec.settings)?;
         let reward = plugin
@@ -155,6 +189,11 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     }
 
     let names: Vec<String> = rewards.iter().map(|(r, _)| r.name().to_string()).collect();
+    if !args.json {
+        for (r, n) in names.iter().enumerate() {
+            println!("{:>w$}column {}: {n} (weight {})", "", r + 1, rewards[r].1, w = 5);
+        }
+    }
     let mut totals = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
         // A function with no opinion is left out of the sum, not counted as zero.

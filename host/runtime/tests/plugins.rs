@@ -21,6 +21,7 @@ fn math_answer_reads_every_answer_format() {
         ("it is 3/4", Value::Text("0.75".into()), Some(1.0)),
         ("costs $18.00 in total", Value::Text("18".into()), Some(1.0)),
         ("#### 72", Value::Text("Natalia sold 48/2 = 24 clips in May.\n#### 72".into()), Some(1.0)),
+        ("<think>6*7</think><answer>#### 42</answer>", Value::Int(42), Some(1.0)),
         ("I do not know", Value::Int(5), Some(0.0)),
         ("first 12, finally 13", Value::Int(12), Some(0.0)),
     ];

@@ -17,7 +17,9 @@ pub fn extract(text: &str, fallback: bool) -> Option<(String, Marker)> {
         return Some((a, Marker::Boxed));
     }
     if let Some(pos) = text.rfind("####") {
-        let rest = text[pos + 4..].lines().next().unwrap_or("").trim();
+        let rest = text[pos + 4..].lines().next().unwrap_or("");
+        // Markup after the answer (`#### 72</answer>`) is not part of it.
+        let rest = rest.split('<').next().unwrap_or("").trim();
         if !rest.is_empty() {
             return Some((rest.to_string(), Marker::Hashes));
         }
@@ -60,7 +62,7 @@ fn after_answer_phrase(text: &str) -> Option<String> {
             }
         }
     }
-    let rest = &text[best?..];
+    let rest = text[best?..].split('<').next().unwrap_or("");
     // The answer runs to the end of the sentence: a newline, or a period not inside a number.
     let mut out = String::new();
     let chars: Vec<char> = rest.chars().collect();
@@ -209,6 +211,8 @@ mod tests {
         assert_eq!(extract("I think 12 then 13", true).unwrap(), ("13".into(), Marker::LastNumber));
         assert_eq!(extract("I think 12 then 13", false), None);
         assert_eq!(extract("it costs -5 dollars", true).unwrap().0, "-5");
+        assert_eq!(extract("<answer>#### 72</answer>", true).unwrap().0, "72");
+        assert_eq!(extract("<answer>The answer is 72</answer>", true).unwrap().0, "72");
     }
 
     #[test]
