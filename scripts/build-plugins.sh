@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds the galley binary and, with it, every plugin under plugins/ (first-party and the
+# test-only hostile ones) into target/plugins/. All wasm builds share target/wasm, so the
+# standard library for wasm is compiled once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build -p galley ${GALLEY_CARGO_FLAGS:-}
+profile=debug
+case " ${GALLEY_CARGO_FLAGS:-} " in *" --release "*) profile=release ;; esac
+export GALLEY_WASM_TARGET_DIR="$PWD/target/wasm"
+./target/$profile/galley plugin build -o target/plugins \
+    plugins/math-answer plugins/format plugins/length-penalty \
+    plugins/jsonl-chat plugins/arith plugins/exact-match plugins/curriculum \
+    plugins/testing/hostile-reward plugins/testing/hostile-loader \
+    plugins/testing/hostile-evaluator plugins/testing/hostile-recipe

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs the wasm toolchain (Debian packages) if
+# needed, builds galley and every plugin from source, then runs all tests: the runtime's
+# (every plugin kind, the hostile-plugin suite, bad input), the end-to-end CLI tests, the
+# plugins' own unit tests, and the SDK's documentation examples.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+
+scripts/setup.sh
+scripts/build-plugins.sh
+
+echo "== host workspace"
+cargo test --workspace
+
+echo "== plugin logic, natively"
+cargo test --manifest-path plugins/Cargo.toml --target-dir target/plugins-native -p math-answer --lib
+
+echo "== SDK documentation examples"
+cargo test --manifest-path sdk/rust/Cargo.toml --target-dir target/sdk-native --all-features --doc
+
+echo "test.sh: all passed in $(( $(date +%s) - start ))s"
