@@ -13,15 +13,22 @@ use galley_runtime::{InstanceOptions, Runtime, RuntimeConfig};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Completions shaped like GSM8K chain-of-thought answers (~400 characters), in every
-/// answer format the reward understands, half of them right.
-fn workload(n: usize) -> Vec<RewardInput> {
+/// `prompts` GSM8K-shaped problems with `per` completions each (~330 characters of chain of
+/// thought), in every answer format the reward understands, half of them right. With
+/// `per` = 8 this is a GRPO batch; with `per` = 1 every completion has its own prompt.
+fn workload(prompts: usize, per: usize) -> Vec<RewardInput> {
     let endings = ["#### {}", "So the answer is {}.", "The final answer is \\boxed{{}}.", "Therefore we get {} in total."];
-    (0..n)
-        .map(|i| {
-            let a = 12 + i as i64 * 7;
-            let b = 3 + (i as i64 % 11);
-            let truth = a * b;
+    let mut out = Vec::new();
+    for p in 0..prompts {
+        let a = 12 + p as i64 * 7;
+        let b = 3 + (p as i64 % 11);
+        let truth = a * b;
+        let prompt = vec![Message::new("user", format!("{a} boxes of {b} items: how many items?"))];
+        let mut metadata = galley_core::Metadata::new();
+        metadata.insert("answer".into(), Value::Text(truth.to_string()));
+        metadata.insert("source".into(), Value::Text("bench".into()));
+        for k in 0..per {
+            let i = p * per + k;
             let said = if i % 2 == 0 { truth } else { truth + 1 };
             let steps = format!(
                 "First, {name} buys {a} boxes. Each box holds {b} items, so we multiply {a} by {b}. \
@@ -32,16 +39,10 @@ fn workload(n: usize) -> Vec<RewardInput> {
                 said_fmt = group(said)
             );
             let ending = endings[i % endings.len()].replace("{}", &group(said));
-            let mut input = RewardInput {
-                prompt: vec![Message::new("user", format!("{a} boxes of {b} items: how many items?"))],
-                completion: steps + &ending,
-                ..Default::default()
-            };
-            input.metadata.insert("answer".into(), Value::Text(truth.to_string()));
-            input.metadata.insert("source".into(), Value::Text("bench".into()));
-            input
-        })
-        .collect()
+            out.push(RewardInput { prompt: prompt.clone(), completion: steps + &ending, metadata: metadata.clone() });
+        }
+    }
+    out
 }
 
 fn group(n: i64) -> String {
@@ -67,8 +68,16 @@ impl RewardFn for NativeMathAnswer {
         Ok(batch
             .iter()
             .map(|i| {
-                let truth = i.metadata.get("answer").and_then(Value::as_text);
-                answer::score(&i.completion, truth.as_deref(), true).map(|ok| if ok { 1.0 } else { 0.0 })
+                let printed;
+                let truth = match i.metadata.get("answer") {
+                    Some(Value::Text(t)) => Some(t.as_str()),
+                    Some(v) => {
+                        printed = v.as_text();
+                        printed.as_deref()
+                    }
+                    None => None,
+                };
+                answer::score(&i.completion, truth, true).map(|ok| if ok { 1.0 } else { 0.0 })
             })
             .collect())
     }
@@ -93,7 +102,8 @@ fn main() {
     let path = std::env::var_os("GALLEY_PLUGIN_DIR").map(PathBuf::from).unwrap_or(root.join("target/plugins")).join("math-answer.wasm");
     assert!(path.exists(), "{} missing: run scripts/build-plugins.sh", path.display());
     let min = Duration::from_millis(std::env::var("BENCH_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000));
-    let items = workload(64);
+    let grpo = workload(8, 8);
+    let distinct = workload(64, 1);
 
     // Correctness first: both must agree on every item.
     let mut native = NativeMathAnswer;
@@ -101,18 +111,34 @@ fn main() {
     let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(cache.clone()), ..RuntimeConfig::default() }).unwrap();
     let plugin = runtime.load(&path).unwrap();
     let mut wasm = plugin.reward(&serde_json::json!({}), InstanceOptions::default()).unwrap();
-    let want = native.score(&items).unwrap();
-    assert_eq!(wasm.score(&items).unwrap(), want, "plugin and native disagree");
-    assert!(want.iter().any(|s| *s == Some(1.0)) && want.iter().any(|s| *s == Some(0.0)));
+    for items in [&grpo, &distinct] {
+        let want = native.score(items).unwrap();
+        assert_eq!(wasm.score(items).unwrap(), want, "plugin and native disagree");
+        assert!(want.iter().any(|s| *s == Some(1.0)) && want.iter().any(|s| *s == Some(0.0)));
+    }
 
-    println!("math-answer reward, {} completions of ~{} chars, one thread", items.len(), items.iter().map(|i| i.completion.len()).sum::<usize>() / items.len());
-    println!("{:<34} {:>14} {:>14} {:>8}", "", "wasm plugin", "native Rust", "ratio");
+    let chars = grpo.iter().map(|i| i.completion.len()).sum::<usize>() / grpo.len();
+    println!("math-answer reward, completions of ~{chars} chars, one thread, {min:?} per figure");
+    println!("{:<44} {:>14} {:>14} {:>8}", "completions scored per second", "wasm plugin", "native Rust", "ratio");
     let mut rows = Vec::new();
-    for batch in [1usize, 8, 64] {
-        let n = throughput(&mut native, &items, batch, min);
-        let w = throughput(&mut wasm, &items, batch, min);
-        println!("{:<34} {:>10.0} /s {:>10.0} /s {:>7.2}x", format!("scores/s, batch of {batch}"), w, n, w / n);
-        rows.push(serde_json::json!({"batch": batch, "wasm_per_s": w, "native_per_s": n, "ratio": w / n}));
+    for (label, items, batch) in [
+        ("GRPO: one call per group of 8", &grpo, 8usize),
+        ("GRPO: 8 groups of 8 per call", &grpo, 64),
+        ("64 different prompts per call", &distinct, 64),
+        ("one completion per call", &distinct, 1),
+    ] {
+        let n = throughput(&mut native, items, batch, min);
+        let w = throughput(&mut wasm, items, batch, min);
+        println!("{label:<44} {w:>12.0}/s {n:>12.0}/s {:>7.2}x", w / n);
+        rows.push(serde_json::json!({"case": label, "batch": batch, "wasm_per_s": w, "native_per_s": n, "ratio": w / n}));
+    }
+    if std::env::var_os("BENCH_PROBE").is_some() {
+        // The boundary alone: a plugin that only measures each completion's length.
+        let hp = runtime.load(&path.with_file_name("hostile-reward.wasm")).unwrap();
+        let mut ok = hp.reward(&serde_json::json!({"mode": "ok"}), InstanceOptions::default()).unwrap();
+        for (label, items, batch) in [("transfer only, GRPO groups", &grpo, 64usize), ("transfer only, distinct", &distinct, 64)] {
+            println!("{label:<44} {:>12.0}/s", throughput(&mut ok, items, batch, min));
+        }
     }
 
     // Instantiate (store + instance from InstancePre + `init`), as a trainer does per worker.

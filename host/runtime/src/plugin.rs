@@ -304,14 +304,22 @@ impl RewardFn for WasmReward {
     }
 
     fn score(&mut self, batch: &[RewardInput]) -> Result<Vec<Option<f64>>, PluginError> {
-        let input: Vec<v0_1::reward::exports::galley::plugin::reward::RewardInput> = batch
-            .iter()
-            .map(|i| v0_1::reward::exports::galley::plugin::reward::RewardInput {
-                prompt: v0_1::messages_in(&i.prompt),
-                completion: i.completion.clone(),
-                metadata: v0_1::metadata_in(&i.metadata),
-            })
-            .collect();
+        // Consecutive inputs with the same prompt and metadata (a GRPO group) cross once.
+        use v0_1::reward::exports::galley::plugin::reward::RewardGroup;
+        let mut input: Vec<RewardGroup> = Vec::new();
+        let mut prev: Option<&RewardInput> = None;
+        for item in batch {
+            let same = prev.is_some_and(|p| p.prompt == item.prompt && p.metadata == item.metadata);
+            if !same {
+                input.push(RewardGroup {
+                    prompt: v0_1::messages_in(&item.prompt),
+                    metadata: v0_1::metadata_in(&item.metadata),
+                    completions: Vec::new(),
+                });
+            }
+            input.last_mut().expect("a group").completions.push(item.completion.clone());
+            prev = Some(item);
+        }
         let out = self.slot.call("score", |live, store| match live {
             Live::Reward(b) => b.galley_plugin_reward().call_score(store, &input),
             _ => unreachable!("kind checked at construction"),

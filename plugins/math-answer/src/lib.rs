@@ -7,7 +7,7 @@
 pub mod answer;
 
 use galley_sdk::reward::{Reward, RewardInput};
-use galley_sdk::{Config, Error};
+use galley_sdk::{Config, Error, Value};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -34,8 +34,17 @@ impl Reward for MathAnswer {
 
     fn score(&mut self, input: &RewardInput) -> Result<Option<f64>, Error> {
         let s = &self.0;
-        let truth = input.metadata.text(&s.answer_key);
-        Ok(answer::score(&input.completion, truth.as_deref(), s.fallback_last_number)
+        // Borrow a text ground truth rather than copy it; numbers are printed.
+        let printed;
+        let truth = match input.metadata.get(&s.answer_key) {
+            Some(Value::Text(t)) => Some(t.as_str()),
+            Some(v) => {
+                printed = v.as_text();
+                printed.as_deref()
+            }
+            None => None,
+        };
+        Ok(answer::score(&input.completion, truth, s.fallback_last_number)
             .map(|ok| if ok { s.correct } else { s.incorrect }))
     }
 }

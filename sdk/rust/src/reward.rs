@@ -1,4 +1,5 @@
-//! Reward functions: score a batch of completions (one GRPO group) in one call.
+//! Reward functions: score batches of completions, grouped by prompt (a GRPO group shares
+//! its prompt and ground truth), in one call.
 //!
 //! ```no_run
 //! use galley_sdk::reward::{Reward, RewardInput};
@@ -14,7 +15,7 @@
 //!         Ok(Self { case_sensitive: config.get_bool("case_sensitive").unwrap_or(false) })
 //!     }
 //!
-//!     fn score(&mut self, input: &RewardInput) -> Result<Option<f64>, Error> {
+//!     fn score(&mut self, input: &RewardInput<'_>) -> Result<Option<f64>, Error> {
 //!         // No ground truth: no opinion, so the trainer leaves this function out of the sum.
 //!         let Some(answer) = input.metadata.text("answer") else { return Ok(None) };
 //!         let hit = if self.case_sensitive {
@@ -49,15 +50,15 @@ mod conv {
 
 use bindings::exports::galley::plugin::reward as wit;
 
-/// One completion to score.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct RewardInput {
+/// One completion to score, borrowing the group's prompt and metadata (zero-copy).
+#[derive(Debug, Clone, Copy)]
+pub struct RewardInput<'a> {
     /// The conversation the completion answers.
-    pub prompt: Vec<Message>,
+    pub prompt: &'a [Message],
     /// The model's completion.
-    pub completion: String,
+    pub completion: &'a str,
     /// The example's other columns: ground truth, source, ...
-    pub metadata: Metadata,
+    pub metadata: &'a Metadata,
 }
 
 /// A reward function. `score` returns `Ok(None)` for "no opinion".
@@ -66,11 +67,17 @@ pub trait Reward: Sized + 'static {
     fn new(config: &Config) -> Result<Self, Error>;
 
     /// Scores one completion.
-    fn score(&mut self, input: &RewardInput) -> Result<Option<f64>, Error>;
+    fn score(&mut self, input: &RewardInput<'_>) -> Result<Option<f64>, Error>;
 
-    /// Scores a batch; override when items share work (a group's prompt, say).
-    fn score_batch(&mut self, batch: &[RewardInput]) -> Result<Vec<Option<f64>>, Error> {
-        batch.iter().map(|i| self.score(i)).collect()
+    /// Scores the completions of one prompt (a GRPO group); override when they share work,
+    /// such as parsing the ground truth once. Must return one entry per completion.
+    fn score_group(
+        &mut self,
+        prompt: &[Message],
+        metadata: &Metadata,
+        completions: &[String],
+    ) -> Result<Vec<Option<f64>>, Error> {
+        completions.iter().map(|c| self.score(&RewardInput { prompt, completion: c, metadata })).collect()
     }
 }
 
@@ -84,19 +91,17 @@ pub fn __init<T: Reward>(config: String) -> Result<(), crate::reward::bindings::
 
 #[doc(hidden)]
 pub fn __score<T: Reward>(
-    batch: Vec<wit::RewardInput>,
+    groups: Vec<wit::RewardGroup>,
 ) -> Result<Vec<Option<f64>>, crate::reward::bindings::galley::plugin::types::PluginError> {
-    let batch: Vec<RewardInput> = batch
-        .into_iter()
-        .map(|i| RewardInput {
-            prompt: conv::messages_in(i.prompt),
-            completion: i.completion,
-            metadata: conv::metadata_in(i.metadata),
-        })
-        .collect();
-    crate::__private::with_state::<T, _>(|state| match state {
-        Some(state) => state.score_batch(&batch).map_err(conv::error_out),
-        None => Err(conv::not_initialised()),
+    crate::__private::with_state::<T, _>(|state| {
+        let Some(state) = state else { return Err(conv::not_initialised()) };
+        let mut out = Vec::with_capacity(groups.iter().map(|g| g.completions.len()).sum());
+        for g in groups {
+            let prompt = conv::messages_in(g.prompt);
+            let metadata = conv::metadata_in(g.metadata);
+            out.extend(state.score_group(&prompt, &metadata, &g.completions).map_err(conv::error_out)?);
+        }
+        Ok(out)
     })
 }
 
@@ -113,12 +118,12 @@ macro_rules! export_reward {
                     $crate::reward::__init::<$ty>(config)
                 }
                 fn score(
-                    batch: ::std::vec::Vec<$crate::reward::bindings::exports::galley::plugin::reward::RewardInput>,
+                    groups: ::std::vec::Vec<$crate::reward::bindings::exports::galley::plugin::reward::RewardGroup>,
                 ) -> ::std::result::Result<
                     ::std::vec::Vec<::std::option::Option<f64>>,
                     $crate::reward::bindings::galley::plugin::types::PluginError,
                 > {
-                    $crate::reward::__score::<$ty>(batch)
+                    $crate::reward::__score::<$ty>(groups)
                 }
             }
             $crate::reward::bindings::__export_reward_world!(__GalleyReward with_types_in $crate::reward::bindings);

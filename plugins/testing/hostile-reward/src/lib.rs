@@ -4,7 +4,7 @@
 //! hole) and 0.0 when it was denied.
 
 use galley_sdk::reward::{Reward, RewardInput};
-use galley_sdk::{Config, Error};
+use galley_sdk::{Config, Error, Message, Metadata};
 use std::hint::black_box;
 
 struct Hostile {
@@ -122,14 +122,19 @@ impl Reward for Hostile {
         }))
     }
 
-    fn score_batch(&mut self, batch: &[RewardInput]) -> Result<Vec<Option<f64>>, Error> {
+    fn score_group(
+        &mut self,
+        prompt: &[Message],
+        metadata: &Metadata,
+        completions: &[String],
+    ) -> Result<Vec<Option<f64>>, Error> {
         if self.mode == "wrong-length" {
-            return Ok(vec![Some(1.0); batch.len() + 1]);
+            return Ok(vec![Some(1.0); completions.len() + 1]);
         }
         if self.mode == "no-opinion-odd" {
-            return Ok((0..batch.len()).map(|i| if i % 2 == 1 { None } else { Some(1.0) }).collect());
+            return Ok((0..completions.len()).map(|i| if i % 2 == 1 { None } else { Some(1.0) }).collect());
         }
-        batch.iter().map(|i| self.score(i)).collect()
+        completions.iter().map(|c| self.score(&RewardInput { prompt, completion: c, metadata })).collect()
     }
 }
 
