@@ -117,6 +117,18 @@ fn score_can_stop_or_skip_on_a_failing_plugin() {
     let first: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
     assert_eq!(first["total"], 1.0);
 
+    // Per-plugin limits from the config: a loop stopped at 200 ms, named in the warning.
+    write(
+        dir.path(),
+        "limits.yaml",
+        &format!(
+            "rewards:\n  - plugin: math-answer\n  - plugin: hostile-reward\n    settings: {{mode: loop}}\n    limits: {{timeout_ms: 200}}\ncompletions: c.jsonl\nplugin_path: [{}]\n",
+            plugins_dir().display()
+        ),
+    );
+    let o = galley(&repo_root(), &["score", dir.path().join("limits.yaml").to_str().unwrap()]);
+    assert!(o.status.success() && stderr(&o).contains("time budget of 200.0ms"), "{}", stderr(&o));
+
     write(dir.path(), "stop.yaml", &cfg("stop"));
     let o = galley(&repo_root(), &["score", dir.path().join("stop.yaml").to_str().unwrap()]);
     assert!(!o.status.success());

@@ -93,6 +93,18 @@ struct RewardSpec {
     /// The plugin's own settings.
     #[serde(default)]
     settings: serde_yaml::Mapping,
+    /// Sandbox limits for this plugin, over the command line's.
+    #[serde(default)]
+    limits: LimitsSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSpec {
+    /// Time budget of one call, in milliseconds.
+    timeout_ms: Option<u64>,
+    /// Memory cap of the instance, in MiB.
+    memory_mb: Option<u64>,
 }
 
 fn one() -> f64 {
@@ -160,8 +172,11 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             .with_context(|| format!("{}: rewards[{i}].plugin", args.config.display()))?;
         let plugin = runtime.load(&path).with_context(|| format!("{}: rewards[{i}].plugin", args.config.display()))?;
         let settings = serde_json::to_value(&spec.settings)?;
+        let mut sandbox = args.sandbox.clone();
+        sandbox.timeout_ms = spec.limits.timeout_ms.unwrap_or(sandbox.timeout_ms);
+        sandbox.memory_mb = spec.limits.memory_mb.unwrap_or(sandbox.memory_mb);
         let reward = plugin
-            .reward(&settings, args.sandbox.options(grants.clone()))
+            .reward(&settings, sandbox.options(grants.clone()))
             .with_context(|| format!("{}: rewards[{i}] ({})", args.config.display(), plugin.id()))?;
         rewards.push((Box::new(reward), spec.weight));
     }

@@ -253,7 +253,7 @@ impl Slot {
             (
                 K::OutOfMemory,
                 format!(
-                    "exceeded its memory cap of {} (asked to grow to {}); raise `limits.memory_mb` if this plugin needs more",
+                    "exceeded its memory cap of {} (asked to grow to {}); if the plugin needs more, raise its memory limit (`--memory-mb`, or `limits: {{memory_mb: N}}` in a config)",
                     human_bytes(limits.memory_bytes),
                     human_bytes(asked)
                 ),
@@ -262,7 +262,7 @@ impl Slot {
             match e.downcast_ref::<wasmtime::Trap>() {
                 Some(wasmtime::Trap::Interrupt) => (
                     K::Timeout,
-                    format!("ran past its time budget of {:.1?} and was stopped; raise `limits.call_timeout_ms` if it is legitimately slow", limits.call_timeout),
+                    format!("ran past its time budget of {:.1?} and was stopped; if it is legitimately slow, raise its time budget (`--timeout-ms`, or `limits: {{timeout_ms: N}}` in a config)", limits.call_timeout),
                 ),
                 Some(wasmtime::Trap::StackOverflow) => {
                     (K::Trap, "trapped: stack overflow (recursion too deep for the wasm stack)".to_string())
