@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the galley binary and, with it, every plugin under plugins/ (first-party and the
-# test-only hostile ones) into target/plugins/. All wasm builds share target/wasm, so the
+# Builds the galley binary and, with it, every plugin under plugins/ (first-party, the
+# Python and JavaScript examples, and the test-only hostile ones) into target/plugins/. All wasm builds share target/wasm, so the
 # standard library for wasm is compiled once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,8 +9,12 @@ cargo build -p galley ${GALLEY_CARGO_FLAGS:-}
 profile=debug
 case " ${GALLEY_CARGO_FLAGS:-} " in *" --release "*) profile=release ;; esac
 export GALLEY_WASM_TARGET_DIR="$PWD/target/wasm"
+# componentize-py and componentize-js are installed here on first use.
+export GALLEY_TOOLCHAIN_DIR="${GALLEY_TOOLCHAIN_DIR:-$PWD/target/toolchains}"
 ./target/$profile/galley plugin build -o target/plugins \
     plugins/math-answer plugins/format plugins/length-penalty \
     plugins/jsonl-chat plugins/arith plugins/exact-match plugins/curriculum \
     plugins/testing/hostile-reward plugins/testing/hostile-loader \
-    plugins/testing/hostile-evaluator plugins/testing/hostile-recipe
+    plugins/testing/hostile-evaluator plugins/testing/hostile-recipe \
+    plugins/examples/math-answer-py plugins/examples/math-answer-js \
+    plugins/testing/hostile-py plugins/testing/hostile-js

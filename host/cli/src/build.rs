@@ -1,10 +1,15 @@
-//! `galley plugin build`: turns a plugin crate into a galley component. Picks the toolchain
-//! that exists here — rustup's `wasm32-wasip2` target when installed, else Debian's Rust with
-//! `-Zbuild-std` for `wasm32-wasip1` plus the WASI reactor adapter — componentizes in-process
-//! with `wit-component` (no wasm-tools binary), checks that the component exports the world
-//! its manifest declares, and embeds the manifest.
+//! `galley plugin build`: turns a plugin folder into a galley component. The folder holds a
+//! `galley.toml` manifest and one of: a Rust crate (`Cargo.toml`), `plugin.py`, or
+//! `plugin.js`. Rust picks the toolchain that exists here — rustup's `wasm32-wasip2` target
+//! when installed, else Debian's Rust with `-Zbuild-std` for `wasm32-wasip1` plus the WASI
+//! reactor adapter, componentized in-process with `wit-component`. Python goes through
+//! componentize-py and JavaScript through componentize-js, each installed on first use. Every
+//! route ends the same way: the component must export the world its manifest declares, and
+//! the manifest is embedded in it.
 
+use crate::{embedded, toolchains};
 use anyhow::{Context, Result, bail};
+use galley_core::PluginKind;
 use galley_runtime::{Manifest, embed_manifest, inspect};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -90,39 +95,68 @@ pub struct Built {
     pub path: PathBuf,
     pub size: usize,
     pub digest: String,
+    pub lang: Lang,
 }
 
-/// Builds the plugin crate in `dir` into `out_dir/<name>.wasm`.
-pub fn build(dir: &Path, out_dir: &Path, target_dir: &Path, toolchain: Toolchain) -> Result<Built> {
+/// The language of a plugin folder, from the files in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Rust,
+    Python,
+    JavaScript,
+}
+
+impl Lang {
+    pub fn detect(dir: &Path) -> Result<Self> {
+        if dir.join("Cargo.toml").exists() {
+            Ok(Lang::Rust)
+        } else if dir.join("plugin.py").exists() {
+            Ok(Lang::Python)
+        } else if dir.join("plugin.js").exists() {
+            Ok(Lang::JavaScript)
+        } else {
+            bail!("{}: no Cargo.toml, plugin.py or plugin.js; a plugin folder holds galley.toml and one of them", dir.display())
+        }
+    }
+}
+
+/// The WIT world a kind's component implements.
+pub fn world_of(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::Reward => "reward-plugin",
+        PluginKind::DataLoader => "data-loader-plugin",
+        PluginKind::Evaluator => "evaluator-plugin",
+        PluginKind::Recipe => "recipe-plugin",
+    }
+}
+
+/// Builds the plugin in `dir` into `out_dir/<name>.wasm`. `toolchain` is the Rust route
+/// (resolved lazily: a Python-only user needs no Rust wasm toolchain).
+pub fn build(dir: &Path, out_dir: &Path, target_dir: &Path, toolchain: impl Fn() -> Result<Toolchain>) -> Result<Built> {
     let manifest_path = dir.join("galley.toml");
     let text = std::fs::read_to_string(&manifest_path)
         .with_context(|| format!("{}: cannot read the plugin manifest", manifest_path.display()))?;
     let mut manifest = Manifest::from_toml(&text, &manifest_path.display().to_string())?;
-    let cargo_toml = dir.join("Cargo.toml");
-    if !cargo_toml.exists() {
-        bail!("{}: no Cargo.toml; this galley builds Rust plugin crates", dir.display());
-    }
-
-    let artifact = cargo_build(&cargo_toml, target_dir, toolchain)
-        .with_context(|| format!("building plugin `{}` from {}", manifest.name, dir.display()))?;
-    let bytes = std::fs::read(&artifact).with_context(|| format!("reading {}", artifact.display()))?;
-    let component = match toolchain {
-        Toolchain::RustupWasip2 => bytes,
-        Toolchain::DebianWasip1 => componentize(&bytes)
-            .with_context(|| format!("componentizing {}", artifact.display()))?,
+    let lang = Lang::detect(dir)?;
+    let component = match lang {
+        Lang::Rust => build_rust(dir, target_dir, toolchain()?, &manifest)?,
+        Lang::Python => build_python(dir, manifest.kind)
+            .with_context(|| format!("building Python plugin `{}` from {}", manifest.name, dir.display()))?,
+        Lang::JavaScript => build_js(dir, manifest.kind)
+            .with_context(|| format!("building JavaScript plugin `{}` from {}", manifest.name, dir.display()))?,
     };
 
     let origin = format!("plugin `{}`", manifest.name);
     let info = inspect(&component, &origin)?;
     let Some((kind, wit)) = info.plugin_export else {
         bail!(
-            "{origin}: the component exports no galley:plugin interface (exports: {}); did the crate call an export macro such as `galley_sdk::export_reward!`?",
+            "{origin}: the component exports no galley:plugin interface (exports: {}); did the plugin register itself (e.g. `galley_sdk::export_reward!`, `@reward`, `reward(...)`)?",
             info.exports.join(", ")
         );
     };
     if kind != manifest.kind {
         bail!(
-            "{}: key `kind` is `{}` but the crate exports galley:plugin/{kind}@{wit}; fix the manifest or the export macro",
+            "{}: key `kind` is `{}` but the plugin exports galley:plugin/{kind}@{wit}; fix the manifest or the export",
             manifest_path.display(),
             manifest.kind
         );
@@ -132,7 +166,123 @@ pub fn build(dir: &Path, out_dir: &Path, target_dir: &Path, toolchain: Toolchain
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let path = out_dir.join(format!("{}.wasm", manifest.name));
     std::fs::write(&path, &component).with_context(|| format!("writing {}", path.display()))?;
-    Ok(Built { manifest, path, size: component.len(), digest: galley_runtime::digest_of(&component) })
+    Ok(Built { manifest, path, size: component.len(), digest: galley_runtime::digest_of(&component), lang })
+}
+
+fn build_rust(dir: &Path, target_dir: &Path, toolchain: Toolchain, manifest: &Manifest) -> Result<Vec<u8>> {
+    let artifact = cargo_build(&dir.join("Cargo.toml"), target_dir, toolchain)
+        .with_context(|| format!("building plugin `{}` from {}", manifest.name, dir.display()))?;
+    let bytes = std::fs::read(&artifact).with_context(|| format!("reading {}", artifact.display()))?;
+    match toolchain {
+        Toolchain::RustupWasip2 => Ok(bytes),
+        Toolchain::DebianWasip1 => componentize(&bytes).with_context(|| format!("componentizing {}", artifact.display())),
+    }
+}
+
+/// A scratch folder with the WIT, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "galley-build-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        ));
+        std::fs::create_dir_all(dir.join("wit"))?;
+        embedded::write_all(&dir.join("wit"), embedded::WIT_0_1_0)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run_tool(cmd: &mut std::process::Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!("{what} failed ({}):\n{}", out.status, text.trim());
+    }
+    Ok(())
+}
+
+/// componentize-py over the plugin folder, the SDK, and an entry module that imports the
+/// author's `plugin.py` and the SDK's export class for the kind.
+fn build_python(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
+    let tool = toolchains::componentize_py()?;
+    let scratch = Scratch::new()?;
+    let sdk = scratch.0.join("sdk");
+    embedded::write_all(&sdk, embedded::PYTHON_SDK)?;
+    let export = match kind {
+        PluginKind::Reward => "Reward",
+        PluginKind::DataLoader => "DataLoader",
+        PluginKind::Evaluator => "Evaluator",
+        PluginKind::Recipe => "Recipe",
+    };
+    let entry = scratch.0.join("entry");
+    std::fs::create_dir_all(&entry)?;
+    std::fs::write(
+        entry.join("galley_entry.py"),
+        format!("import plugin  # noqa: F401  (registers the plugin)\nfrom galley_sdk._exports import {export}  # noqa: F401\n"),
+    )?;
+    let out = scratch.0.join("plugin.wasm");
+    run_tool(
+        std::process::Command::new(&tool)
+            .arg("-d")
+            .arg(scratch.0.join("wit"))
+            .args(["-w", world_of(kind), "componentize", "galley_entry"])
+            .arg("-p")
+            .arg(&entry)
+            .arg("-p")
+            .arg(dir)
+            .arg("-p")
+            .arg(&sdk)
+            .arg("-o")
+            .arg(&out),
+        "componentize-py",
+    )?;
+    Ok(std::fs::read(&out)?)
+}
+
+/// componentize-js over one module: the SDK prelude, the author's `plugin.js` (its
+/// `import ... from "galley-sdk"` line dropped: the prelude defines those names), and the
+/// export of the kind's interface.
+fn build_js(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
+    let tool = toolchains::componentize_js()?;
+    let source_path = dir.join("plugin.js");
+    let source = std::fs::read_to_string(&source_path).with_context(|| format!("reading {}", source_path.display()))?;
+    let scratch = Scratch::new()?;
+    let body: String = source
+        .lines()
+        .filter(|l| !(l.trim_start().starts_with("import ") && (l.contains("\"galley-sdk\"") || l.contains("'galley-sdk'"))))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let export = match kind {
+        PluginKind::Reward => "export { __rewardExport as reward };",
+        PluginKind::DataLoader => "export { __dataLoaderExport as dataLoader };",
+        PluginKind::Evaluator => "export { __evaluatorExport as evaluator };",
+        PluginKind::Recipe => "export { __recipeExport as recipe };",
+    };
+    let entry = scratch.0.join("entry.js");
+    std::fs::write(&entry, format!("{}\n// ---- plugin.js ----\n{body}\n{export}\n", embedded::JS_SDK))?;
+    let out = scratch.0.join("plugin.wasm");
+    run_tool(
+        std::process::Command::new(&tool)
+            .arg("--wit")
+            .arg(scratch.0.join("wit"))
+            .args(["--world-name", world_of(kind)])
+            // Without this the component imports wasi:http, which plugins are not given.
+            .args(["-d", "http", "fetch-event"])
+            .arg("-o")
+            .arg(&out)
+            .arg(&entry),
+        "componentize-js",
+    )?;
+    Ok(std::fs::read(&out)?)
 }
 
 /// Runs cargo and returns the `.wasm` it produced, read from cargo's JSON messages rather

@@ -4,7 +4,9 @@
 
 mod build;
 mod call;
+mod embedded;
 mod score;
+mod toolchains;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -31,7 +33,7 @@ enum Top {
 
 #[derive(Subcommand)]
 enum PluginCmd {
-    /// Build plugin crates (each a folder with galley.toml and Cargo.toml) into components.
+    /// Build plugins (folders with galley.toml and a Cargo.toml, plugin.py or plugin.js) into components.
     Build {
         /// Plugin crate folders.
         #[arg(required = true)]
@@ -70,15 +72,24 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Top::Plugin(PluginCmd::Build { dirs, out_dir, target_dir }) => {
-            let toolchain = build::Toolchain::detect()?;
             let target_dir = target_dir.unwrap_or_else(build::default_target_dir);
-            eprintln!("building {} plugin(s) with {:?} into {}", dirs.len(), toolchain, out_dir.display());
+            let toolchain = std::cell::OnceCell::new();
+            let rust = || -> Result<build::Toolchain> {
+                if let Some(t) = toolchain.get() {
+                    return Ok(*t);
+                }
+                let t = build::Toolchain::detect()?;
+                eprintln!("Rust plugins build with {t:?}");
+                Ok(*toolchain.get_or_init(|| t))
+            };
+            eprintln!("building {} plugin(s) into {}", dirs.len(), out_dir.display());
             for dir in &dirs {
-                let built = build::build(dir, &out_dir, &target_dir, toolchain)?;
+                let built = build::build(dir, &out_dir, &target_dir, rust)?;
                 println!(
-                    "{:<28} {:<12} {:>9} bytes  {}  {}",
+                    "{:<28} {:<12} {:<10} {:>9} bytes  {}  {}",
                     built.manifest.id(),
                     built.manifest.kind.as_str(),
+                    format!("{:?}", built.lang).to_lowercase(),
                     built.size,
                     &built.digest[..19],
                     built.path.display()

@@ -1,0 +1,36 @@
+//! Files the binary carries so it can build plugins anywhere: the frozen WIT of each
+//! supported `galley:plugin` version, and the Python and JavaScript guest SDKs.
+
+use std::path::Path;
+
+/// `galley:plugin@0.1.0`, file by file.
+pub const WIT_0_1_0: &[(&str, &str)] = &[
+    ("types.wit", include_str!("../../../wit/v0.1.0/types.wit")),
+    ("reward.wit", include_str!("../../../wit/v0.1.0/reward.wit")),
+    ("data-loader.wit", include_str!("../../../wit/v0.1.0/data-loader.wit")),
+    ("evaluator.wit", include_str!("../../../wit/v0.1.0/evaluator.wit")),
+    ("recipe.wit", include_str!("../../../wit/v0.1.0/recipe.wit")),
+];
+
+/// The Python SDK package `galley_sdk`.
+pub const PYTHON_SDK: &[(&str, &str)] = &[
+    ("galley_sdk/__init__.py", include_str!("../../../sdk/python/galley_sdk/__init__.py")),
+    ("galley_sdk/_core.py", include_str!("../../../sdk/python/galley_sdk/_core.py")),
+    ("galley_sdk/_kinds.py", include_str!("../../../sdk/python/galley_sdk/_kinds.py")),
+    ("galley_sdk/_exports.py", include_str!("../../../sdk/python/galley_sdk/_exports.py")),
+];
+
+/// The JavaScript SDK prelude.
+pub const JS_SDK: &str = include_str!("../../../sdk/js/galley_sdk.js");
+
+/// Writes `files` under `dir`.
+pub fn write_all(dir: &Path, files: &[(&str, &str)]) -> std::io::Result<()> {
+    for (name, text) in files {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}

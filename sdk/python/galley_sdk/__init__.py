@@ -1,0 +1,60 @@
+"""galley-sdk for Python: write galley plugins as plain functions and classes.
+
+A galley plugin runs as a sandboxed WebAssembly component (built by ``galley plugin build``
+with componentize-py). Write ``plugin.py`` beside a ``galley.toml`` manifest and decorate one
+function or class; the SDK turns it into the ``galley:plugin@0.1.0`` interface, so nothing of
+the WIT shows in plugin code.
+
+Reward (``kind = "reward"``)::
+
+    from galley_sdk import reward
+
+    @reward
+    def ends_with_period(completion, **columns):
+        return 1.0 if completion.rstrip().endswith(".") else 0.0
+
+The function is called once per completion with the completion as its first argument and,
+as keyword arguments TRL users know, every metadata column of the example (``answer=...``),
+plus ``prompt`` (a list of ``{"role", "content"}`` dicts) and ``config`` (the user's settings)
+when the function accepts them. Return a float, or ``None`` for "no opinion".
+
+Data loader (``kind = "data-loader"``): a generator function of ``(config, seed)`` yielding
+``{"messages": [...], "metadata": {...}, "id": ...}`` dicts::
+
+    from galley_sdk import data_loader
+
+    @data_loader
+    def counting(config, seed):
+        for n in range(config.get("count", 10)):
+            yield {"messages": [{"role": "user", "content": f"After {n}?"}], "metadata": {"answer": n + 1}}
+
+Evaluator (``kind = "evaluator"``): a function of ``(prediction, references, **metadata)``
+returning ``{metric: value}``; ``aggregate`` defaults to the mean of each metric::
+
+    from galley_sdk import evaluator
+
+    @evaluator
+    def exact(prediction, references, **_):
+        return {"exact_match": float(prediction.strip() in references)}
+
+Recipe (``kind = "recipe"``): a class with ``plan(self, config)`` returning stage dicts
+(``{"name", "kind", "config"}``) and optionally ``on_metrics(self, stage, step, metrics)``
+returning ``"proceed"``, ``"next-stage"`` or ``("stop", reason)``.
+
+Raise ``ConfigError`` for bad settings and ``InputError`` for bad input; any other exception
+is reported to the host as the plugin's failure, with its message.
+"""
+
+from ._core import ConfigError, InputError, PluginFailure, log
+from ._kinds import data_loader, evaluator, recipe, reward
+
+__all__ = [
+    "reward",
+    "data_loader",
+    "evaluator",
+    "recipe",
+    "ConfigError",
+    "InputError",
+    "PluginFailure",
+    "log",
+]

@@ -1,0 +1,157 @@
+"""The WIT export classes componentize-py binds to. The build imports the one for the
+plugin's kind into the generated entry module; authors never see these."""
+
+from ._core import (
+    InputError,
+    metadata_in,
+    metadata_out,
+    messages_in,
+    messages_out,
+    parse_config,
+    registered,
+    to_wit_error,
+)
+from ._kinds import _accepts
+
+_state = {}
+
+
+class Reward:
+    def init(self, config):
+        try:
+            fn = registered("reward")
+            names, var = _accepts(fn)
+            _state["reward"] = (fn, names, var, parse_config(config))
+        except Exception as e:
+            raise to_wit_error(e)
+
+    def score(self, groups):
+        try:
+            fn, names, var, config = _state["reward"]
+            out = []
+            for g in groups:
+                columns = metadata_in(g.metadata)
+                extra = {k: v for k, v in columns.items() if var or k in names}
+                if var or "prompt" in names:
+                    extra["prompt"] = messages_in(g.prompt)
+                if var or "config" in names:
+                    extra["config"] = config
+                for c in g.completions:
+                    s = fn(c, **extra)
+                    out.append(None if s is None else float(s))
+            return out
+        except Exception as e:
+            raise to_wit_error(e)
+
+
+def _example_out(ex, index):
+    from wit_world.imports import types
+
+    if not isinstance(ex, dict) or "messages" not in ex:
+        raise InputError(f"example {index} must be a dict with `messages`")
+    return types.Example(str(ex.get("id", index)), messages_out(ex["messages"]), metadata_out(ex.get("metadata")))
+
+
+class DataLoader:
+    def init(self, config, seed):
+        try:
+            fn = registered("data-loader")
+            _state["loader"] = iter(fn(parse_config(config), seed))
+            _state["made"] = 0
+        except Exception as e:
+            raise to_wit_error(e)
+
+    def next_page(self, max):
+        try:
+            page = []
+            it = _state["loader"]
+            while len(page) < max:
+                try:
+                    ex = next(it)
+                except StopIteration:
+                    break
+                page.append(_example_out(ex, _state["made"]))
+                _state["made"] += 1
+            return page
+        except Exception as e:
+            raise to_wit_error(e)
+
+
+def _mean_by_name(scores):
+    sums, counts = {}, {}
+    for metrics in scores:
+        for name, value in metrics.items():
+            sums[name] = sums.get(name, 0.0) + value
+            counts[name] = counts.get(name, 0) + 1
+    out = {name: sums[name] / counts[name] for name in sums}
+    out["count"] = float(len(scores))
+    return out
+
+
+class Evaluator:
+    def init(self, config):
+        try:
+            registered("evaluator")
+            _state["eval_config"] = parse_config(config)
+        except Exception as e:
+            raise to_wit_error(e)
+
+    def score(self, batch):
+        from wit_world.imports import types
+
+        try:
+            fn, _ = registered("evaluator")
+            out = []
+            for p in batch:
+                metrics = fn(p.prediction, list(p.references), **metadata_in(p.metadata))
+                out.append([types.Metric(str(k), float(v)) for k, v in metrics.items()])
+            return out
+        except Exception as e:
+            raise to_wit_error(e)
+
+    def aggregate(self, scores):
+        from wit_world.imports import types
+
+        try:
+            _, agg = registered("evaluator")
+            dicts = [{m.name: m.value for m in ms} for ms in scores]
+            result = (agg or _mean_by_name)(dicts)
+            return [types.Metric(str(k), float(v)) for k, v in result.items()]
+        except Exception as e:
+            raise to_wit_error(e)
+
+
+class Recipe:
+    def _obj(self):
+        if "recipe" not in _state:
+            _state["recipe"] = registered("recipe")()
+        return _state["recipe"]
+
+    def plan(self, config):
+        import json
+
+        from wit_world.exports import recipe as r
+
+        try:
+            stages = self._obj().plan(parse_config(config))
+            return [r.Stage(s["name"], s["kind"], json.dumps(s.get("config", {}))) for s in stages]
+        except Exception as e:
+            raise to_wit_error(e)
+
+    def on_metrics(self, stage, step, metrics):
+        from wit_world.exports import recipe as r
+
+        try:
+            obj = self._obj()
+            if not hasattr(obj, "on_metrics"):
+                return r.Decision_Proceed()
+            d = obj.on_metrics(stage, step, {m.name: m.value for m in metrics})
+            if d in (None, "proceed"):
+                return r.Decision_Proceed()
+            if d == "next-stage":
+                return r.Decision_NextStage()
+            if isinstance(d, tuple) and d[0] == "stop":
+                return r.Decision_Stop(str(d[1]))
+            raise InputError(f"on_metrics returned {d!r}; expected 'proceed', 'next-stage' or ('stop', reason)")
+        except Exception as e:
+            raise to_wit_error(e)
