@@ -1,9 +1,10 @@
 //! `galley plugin build`: turns a plugin folder into a galley component. The folder holds a
-//! `galley.toml` manifest and one of: a Rust crate (`Cargo.toml`), `plugin.py`, or
-//! `plugin.js`. Rust picks the toolchain that exists here — rustup's `wasm32-wasip2` target
+//! `galley.toml` manifest and one of: a Rust crate (`Cargo.toml`), `plugin.py`, `plugin.js`
+//! or `plugin.c`. Rust picks the toolchain that exists here — rustup's `wasm32-wasip2` target
 //! when installed, else Debian's Rust with `-Zbuild-std` for `wasm32-wasip1` plus the WASI
 //! reactor adapter, componentized in-process with `wit-component`. Python goes through
-//! componentize-py and JavaScript through componentize-js, each installed on first use. Every
+//! componentize-py and JavaScript through componentize-js, each installed on first use; C
+//! through clang with bindings generated in-process (see `cplugin`). Every
 //! route ends the same way: the component must export the world its manifest declares, and
 //! the manifest is embedded in it.
 
@@ -104,6 +105,7 @@ pub enum Lang {
     Rust,
     Python,
     JavaScript,
+    C,
 }
 
 impl Lang {
@@ -114,8 +116,10 @@ impl Lang {
             Ok(Lang::Python)
         } else if dir.join("plugin.js").exists() {
             Ok(Lang::JavaScript)
+        } else if dir.join("plugin.c").exists() {
+            Ok(Lang::C)
         } else {
-            bail!("{}: no Cargo.toml, plugin.py or plugin.js; a plugin folder holds galley.toml and one of them", dir.display())
+            bail!("{}: no Cargo.toml, plugin.py, plugin.js or plugin.c; a plugin folder holds galley.toml and one of them", dir.display())
         }
     }
 }
@@ -144,6 +148,11 @@ pub fn build(dir: &Path, out_dir: &Path, target_dir: &Path, toolchain: impl Fn()
             .with_context(|| format!("building Python plugin `{}` from {}", manifest.name, dir.display()))?,
         Lang::JavaScript => build_js(dir, manifest.kind)
             .with_context(|| format!("building JavaScript plugin `{}` from {}", manifest.name, dir.display()))?,
+        Lang::C => {
+            let scratch = Scratch::new()?;
+            crate::cplugin::build(dir, manifest.kind, &scratch.0)
+                .with_context(|| format!("building C plugin `{}` from {}", manifest.name, dir.display()))?
+        }
     };
 
     let origin = format!("plugin `{}`", manifest.name);

@@ -14,7 +14,7 @@ pub struct CallArgs {
     /// The plugin's settings, as a JSON object.
     #[arg(long, default_value = "{}")]
     config: String,
-    /// Inputs as JSON lines or a JSON array: reward inputs ({prompt, completion, metadata}) or
+    /// Inputs as JSON lines or a JSON array: reward inputs ({prompt: text or messages, completion, metadata}) or
     /// predictions ({prediction, references, metadata}). `-` reads stdin.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -151,7 +151,7 @@ pub fn run(args: CallArgs) -> Result<()> {
     match plugin.kind() {
         PluginKind::Reward => {
             let inputs: Vec<RewardInput> = match (&args.input, &args.completion) {
-                (Some(p), _) => read_items(p)?,
+                (Some(p), _) => read_items::<crate::score::Line>(p)?.into_iter().map(RewardInput::from).collect(),
                 (None, Some(c)) => vec![RewardInput {
                     prompt: args.prompt.iter().map(|p| Message::new("user", p.clone())).collect(),
                     completion: c.clone(),

@@ -20,6 +20,26 @@ pub const PYTHON_SDK: &[(&str, &str)] = &[
     ("galley_sdk/_exports.py", include_str!("../../../sdk/python/galley_sdk/_exports.py")),
 ];
 
+/// The Rust guest SDK crate, laid out as in the repository (its bindings find the WIT at
+/// `../../wit/v0.1.0`), so scaffolded plugins can depend on it by path anywhere.
+pub const RUST_SDK: &[(&str, &str)] = &[
+    ("sdk/rust/Cargo.toml", include_str!("../../../sdk/rust/Cargo.toml")),
+    ("sdk/rust/src/lib.rs", include_str!("../../../sdk/rust/src/lib.rs")),
+    ("sdk/rust/src/config.rs", include_str!("../../../sdk/rust/src/config.rs")),
+    ("sdk/rust/src/types.rs", include_str!("../../../sdk/rust/src/types.rs")),
+    ("sdk/rust/src/log.rs", include_str!("../../../sdk/rust/src/log.rs")),
+    ("sdk/rust/src/reward.rs", include_str!("../../../sdk/rust/src/reward.rs")),
+    ("sdk/rust/src/data_loader.rs", include_str!("../../../sdk/rust/src/data_loader.rs")),
+    ("sdk/rust/src/evaluator.rs", include_str!("../../../sdk/rust/src/evaluator.rs")),
+    ("sdk/rust/src/recipe.rs", include_str!("../../../sdk/rust/src/recipe.rs")),
+];
+
+/// The C SDK: a header and its implementation over the generated bindings.
+pub const C_SDK: &[(&str, &str)] = &[
+    ("galley.h", include_str!("../../../sdk/c/galley.h")),
+    ("galley.c", include_str!("../../../sdk/c/galley.c")),
+];
+
 /// The JavaScript SDK prelude.
 pub const JS_SDK: &str = include_str!("../../../sdk/js/galley_sdk.js");
 

@@ -4,7 +4,9 @@
 
 mod build;
 mod call;
+mod cplugin;
 mod embedded;
+mod new;
 mod score;
 mod toolchains;
 
@@ -44,6 +46,24 @@ enum PluginCmd {
         /// Cargo target dir shared by all wasm builds (default: GALLEY_WASM_TARGET_DIR or the galley cache).
         #[arg(long)]
         target_dir: Option<PathBuf>,
+    },
+    /// Scaffold a plugin: manifest, a working example, a test input and a README.
+    New {
+        /// The plugin's name (also the folder, unless --dir).
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: new::NewLang,
+        #[arg(long, value_enum, default_value = "reward")]
+        kind: new::NewKind,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Write the C bindings of a plugin kind's world (for a C toolchain of your own).
+    Bindings {
+        #[arg(long, value_enum, default_value = "reward")]
+        kind: new::NewKind,
+        #[arg(short, long)]
+        out_dir: PathBuf,
     },
     /// Show a component's kind, WIT version, imports, capabilities, size and digest.
     Inspect {
@@ -95,6 +115,21 @@ fn run(cli: Cli) -> Result<()> {
                     built.path.display()
                 );
             }
+            Ok(())
+        }
+        Top::Plugin(PluginCmd::New { name, lang, kind, dir }) => {
+            let dir = new::run(&name, lang, kind, dir)?;
+            println!("created {} ({lang:?} {kind:?} plugin); next:", dir.display());
+            println!("  galley plugin build {} -o {}/out", dir.display(), dir.display());
+            println!("  galley plugin call {}/out/{name}.wasm ...   (see its README.md)", dir.display());
+            Ok(())
+        }
+        Top::Plugin(PluginCmd::Bindings { kind, out_dir }) => {
+            let tmp = std::env::temp_dir().join(format!("galley-wit-{}", std::process::id()));
+            embedded::write_all(&tmp, embedded::WIT_0_1_0)?;
+            let world = cplugin::bindings(kind.kind(), &tmp, &out_dir);
+            let _ = std::fs::remove_dir_all(&tmp);
+            println!("wrote {}.{{c,h}} to {}", world?, out_dir.display());
             Ok(())
         }
         Top::Plugin(PluginCmd::Inspect { file, json }) => inspect(&file, json),

@@ -111,9 +111,10 @@ fn one() -> f64 {
     1.0
 }
 
+/// One line of a completions file: the prompt as text or messages, the completion, metadata.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Line {
+pub struct Line {
     #[serde(default)]
     prompt: Option<Prompt>,
     completion: String,
@@ -140,6 +141,17 @@ fn load_config(path: &Path) -> Result<ScoreConfig> {
     Ok(cfg)
 }
 
+impl From<Line> for RewardInput {
+    fn from(l: Line) -> Self {
+        let prompt = match l.prompt {
+            None => Vec::new(),
+            Some(Prompt::Text(t)) => vec![Message::new("user", t)],
+            Some(Prompt::Messages(m)) => m,
+        };
+        RewardInput { prompt, completion: l.completion, metadata: l.metadata }
+    }
+}
+
 fn load_completions(path: &Path) -> Result<Vec<RewardInput>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read completions", path.display()))?;
     let mut out = Vec::new();
@@ -148,12 +160,7 @@ fn load_completions(path: &Path) -> Result<Vec<RewardInput>> {
             continue;
         }
         let l: Line = serde_json::from_str(line).with_context(|| format!("{}:{}: bad completion line", path.display(), i + 1))?;
-        let prompt = match l.prompt {
-            None => Vec::new(),
-            Some(Prompt::Text(t)) => vec![Message::new("user", t)],
-            Some(Prompt::Messages(m)) => m,
-        };
-        out.push(RewardInput { prompt, completion: l.completion, metadata: l.metadata });
+        out.push(l.into());
     }
     Ok(out)
 }
