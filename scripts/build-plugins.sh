@@ -16,5 +16,5 @@ export GALLEY_TOOLCHAIN_DIR="${GALLEY_TOOLCHAIN_DIR:-$PWD/target/toolchains}"
     plugins/jsonl-chat plugins/arith plugins/exact-match plugins/curriculum \
     plugins/testing/hostile-reward plugins/testing/hostile-loader \
     plugins/testing/hostile-evaluator plugins/testing/hostile-recipe \
-    plugins/examples/math-answer-py plugins/examples/math-answer-js \
+    plugins/examples/math-answer-py plugins/examples/math-answer-js plugins/examples/math-answer-c \
     plugins/testing/hostile-py plugins/testing/hostile-js

