@@ -7,3 +7,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build-plugins.sh
 cargo run --release -p galley-bench --bin plugin-bench
+cargo run --release -p galley-bench --bin languages-bench
