@@ -26,7 +26,7 @@ fn check(lang: &str, kind: &str) {
     match kind {
         "reward" => assert_eq!(call(&["--input", "test-input.jsonl", "--json"]).trim(), "[1.0,0.0,null]", "{lang}"),
         "loader" => {
-            let out = call(&["--max", "3", "--config", r#"{"count": 5}"#]);
+            let out = call(&["--max", "3", "--config", "@test-input.json"]);
             let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
             assert_eq!(lines.len(), 3, "{lang}: {out}");
             assert_eq!(lines[0]["metadata"]["answer"], 1, "{lang}: {out}");
@@ -40,7 +40,7 @@ fn check(lang: &str, kind: &str) {
             assert!(out.contains("summary\texact_match=0.5000 count=2.0000"), "{lang}: {out}");
         }
         "recipe" => {
-            let out = call(&["--metric", "reward/mean=0.95", "--stage", "grpo"]);
+            let out = call(&["--config", "@test-input.json", "--metric", "reward/mean=0.85", "--stage", "grpo"]);
             assert!(out.starts_with("sft\tsft\t{\"epochs\":1}") && out.contains("decision\tnext-stage"), "{lang}: {out}");
         }
         _ => unreachable!(),

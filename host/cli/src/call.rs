@@ -11,7 +11,7 @@ use std::time::Duration;
 pub struct CallArgs {
     /// The component (.wasm).
     file: PathBuf,
-    /// The plugin's settings, as a JSON object.
+    /// The plugin's settings, as a JSON object (`@FILE` reads it from a file).
     #[arg(long, default_value = "{}")]
     config: String,
     /// Inputs as JSON lines or a JSON array: reward inputs ({prompt: text or messages, completion, metadata}) or
@@ -136,9 +136,13 @@ pub fn read_items<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>>
 }
 
 fn parse_config(text: &str) -> Result<serde_json::Value> {
-    let v: serde_json::Value = serde_json::from_str(text).context("--config: not valid JSON")?;
+    let (text, origin) = match text.strip_prefix('@') {
+        Some(path) => (std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {path}"))?, path.to_string()),
+        None => (text.to_string(), "--config".to_string()),
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{origin}: not valid JSON"))?;
     if !v.is_object() {
-        bail!("--config: must be a JSON object");
+        bail!("{origin}: settings must be a JSON object");
     }
     Ok(v)
 }

@@ -70,7 +70,8 @@ pub fn run(name: &str, lang: NewLang, kind: NewKind, dir: Option<PathBuf>) -> Re
         NewLang::C => files.push(("plugin.c".into(), c_body(kind).into())),
     }
     if let Some(input) = test_input(kind) {
-        files.push(("test-input.jsonl".into(), input.into()));
+        let file = if matches!(kind, NewKind::Loader | NewKind::Recipe) { "test-input.json" } else { "test-input.jsonl" };
+        files.push((file.into(), input.into()));
     }
     files.push(("README.md".into(), readme(name, lang, kind)));
     for (path, text) in &files {
@@ -103,7 +104,9 @@ fn test_input(kind: NewKind) -> Option<&'static str> {
             r#"{"id": "a", "prediction": " Paris ", "references": ["paris"]}"#, "\n",
             r#"{"id": "b", "prediction": "Lyon", "references": ["Paris"]}"#, "\n",
         )),
-        NewKind::Loader | NewKind::Recipe => None,
+        // Settings: `galley plugin call ... --config @test-input.json`.
+        NewKind::Loader => Some("{\"count\": 5}\n"),
+        NewKind::Recipe => Some("{\"target\": 0.8}\n"),
     }
 }
 
@@ -111,8 +114,8 @@ fn call_example(kind: NewKind) -> &'static str {
     match kind {
         NewKind::Reward => "--input test-input.jsonl",
         NewKind::Evaluator => "--input test-input.jsonl",
-        NewKind::Loader => "--max 3 --config '{\"count\": 5}'",
-        NewKind::Recipe => "--metric reward/mean=0.95 --stage grpo",
+        NewKind::Loader => "--max 3 --config @test-input.json",
+        NewKind::Recipe => "--config @test-input.json --metric reward/mean=0.95 --stage grpo",
     }
 }
 
