@@ -77,6 +77,10 @@ pub fn inspect(bytes: &[u8], origin: &str) -> Result<ComponentInfo, RuntimeError
                 }
             }
             Payload::CustomSection(reader) if depth == 1 && reader.name() == MANIFEST_SECTION => {
+                if info.manifest.is_some() {
+                    // Two manifests would let a tool and the host read different identities.
+                    return Err(RuntimeError::BadManifest { origin: origin.into(), reason: "the component carries two galley:manifest sections".into() });
+                }
                 info.manifest = Some(Manifest::from_json(reader.data(), origin)?);
             }
             _ => {}

@@ -99,8 +99,10 @@ impl Manifest {
     }
 }
 
-/// Appends `manifest` as a top-level custom section of `component`.
+/// Sets `manifest` as the component's `galley:manifest` section: a manifest section already
+/// at the end (as `embed` writes it) is replaced, so relabelling never leaves two.
 pub fn embed(component: &[u8], manifest: &Manifest) -> Vec<u8> {
+    let component = &component[..manifest_section_start(component).unwrap_or(component.len())];
     let payload = manifest.to_json();
     let mut body = Vec::new();
     leb128(&mut body, MANIFEST_SECTION.len() as u64);
@@ -111,6 +113,28 @@ pub fn embed(component: &[u8], manifest: &Manifest) -> Vec<u8> {
     leb128(&mut out, body.len() as u64);
     out.extend_from_slice(&body);
     out
+}
+
+/// Where a trailing top-level `galley:manifest` section starts, if the component ends with one.
+fn manifest_section_start(component: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut last = None;
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        match payload.ok()? {
+            wasmparser::Payload::Version { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::CustomSection(r) if depth == 1 && r.name() == MANIFEST_SECTION => {
+                let body = 1 + MANIFEST_SECTION.len() + r.data().len();
+                let mut size = Vec::new();
+                leb128(&mut size, body as u64);
+                let start = r.data_offset() - MANIFEST_SECTION.len() - 1 - size.len() - 1;
+                last = Some((start, r.data_offset() + r.data().len()));
+            }
+            _ => {}
+        }
+    }
+    let (start, end) = last?;
+    (end == component.len()).then_some(start)
 }
 
 fn leb128(out: &mut Vec<u8>, mut v: u64) {

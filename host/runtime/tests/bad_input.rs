@@ -144,3 +144,18 @@ fn a_missing_file_is_named() {
     let e = runtime().load(Path::new("/nonexistent/plugin.wasm")).err().unwrap();
     assert!(e.to_string().starts_with("/nonexistent/plugin.wasm: cannot read plugin"), "{e}");
 }
+
+#[test]
+fn relabelling_replaces_the_manifest_and_two_manifests_are_refused() {
+    let bytes = std::fs::read(plugin_path("length-penalty")).unwrap();
+    let mut m = runtime().load_bytes(&bytes, "lp.wasm").unwrap().manifest().clone();
+    m.version = semver::Version::new(9, 9, 9);
+    let relabelled = embed_manifest(&bytes, &m);
+    assert_eq!(runtime().load_bytes(&relabelled, "lp.wasm").unwrap().id(), "length-penalty@9.9.9");
+    // Appending a second manifest by hand (not through embed) is refused.
+    let mut doubled = relabelled.clone();
+    let extra = embed_manifest(b"\0asm\r\0\x01\0", &m);
+    doubled.extend_from_slice(&extra[8..]);
+    let e = load_err(&doubled);
+    assert!(e.to_string().contains("two galley:manifest sections"), "{e}");
+}

@@ -1,0 +1,23 @@
+//! galley-registry: how plugins are published, found, locked and installed without trusting
+//! the place they come from. A registry is a sparse index (one JSON-lines file per package,
+//! one line per version) plus content-addressed blobs; every release line is signed by its
+//! publisher (ed25519) over the fields that matter, every blob is hashed while it is read and
+//! checked against the signed digest and size, and installs go through a content-addressed
+//! cache that makes a locked install work offline. This crate serves folders (a `file://`
+//! registry); HTTP serving and OCI interop build on the same index and blob layout.
+
+mod error;
+mod index;
+mod install;
+mod keys;
+mod lock;
+mod resolve;
+mod store;
+
+pub use error::RegistryError;
+pub use index::{PackageName, Release};
+pub use install::{Installed, Installer, TrustPolicy};
+pub use keys::{KeyPair, TrustStore, key_id};
+pub use lock::{LockEntry, Lockfile};
+pub use resolve::{Requirement, resolve};
+pub use store::FileRegistry;

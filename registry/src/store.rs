@@ -1,0 +1,138 @@
+//! A registry in a folder: `index/NS/NAME.jsonl` and `blobs/sha256/HEX.wasm`. The same layout
+//! can be served by any static file host. Writers take a lock file per package so concurrent
+//! publishes never interleave lines, and replace index files by rename so readers never see a
+//! torn file.
+
+use crate::error::{RegistryError, io};
+use crate::index::{PackageName, Release, parse_index};
+use std::path::{Path, PathBuf};
+
+pub struct FileRegistry {
+    root: PathBuf,
+}
+
+impl FileRegistry {
+    pub fn open(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every release of `name`, yanked ones included.
+    pub fn releases(&self, name: &PackageName) -> Result<Vec<Release>, RegistryError> {
+        let path = self.root.join(name.index_path());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => parse_index(&text, &path, name),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RegistryError::NoPackage(name.to_string())),
+            Err(e) => Err(io(&path, e)),
+        }
+    }
+
+    /// Package names, optionally filtered by a substring.
+    pub fn search(&self, term: &str) -> Result<Vec<PackageName>, RegistryError> {
+        let index = self.root.join("index");
+        let mut out = Vec::new();
+        let Ok(namespaces) = std::fs::read_dir(&index) else { return Ok(out) };
+        for ns in namespaces.flatten() {
+            let Ok(files) = std::fs::read_dir(ns.path()) else { continue };
+            for f in files.flatten() {
+                let file = f.file_name().to_string_lossy().into_owned();
+                let Some(stem) = file.strip_suffix(".jsonl") else { continue };
+                if let Ok(name) = PackageName::parse(&format!("{}/{stem}", ns.file_name().to_string_lossy())) {
+                    if name.to_string().contains(term) {
+                        out.push(name);
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Where the blob of a release lives; `None` when its digest is not a clean sha256.
+    pub fn blob_path(&self, r: &Release) -> Option<PathBuf> {
+        r.digest_hex().map(|hex| self.root.join("blobs/sha256").join(format!("{hex}.wasm")))
+    }
+
+    /// Adds a signed (or unsigned) release and its blob. The blob must hash to the digest.
+    pub fn publish(&self, release: &Release, blob: &[u8]) -> Result<(), RegistryError> {
+        let digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(blob)));
+        if digest != release.digest || blob.len() as u64 != release.size {
+            return Err(RegistryError::DigestMismatch {
+                name: release.name.to_string(),
+                version: release.version.to_string(),
+                expected: release.digest.clone(),
+                found: digest,
+            });
+        }
+        let blob_path = self.blob_path(release).expect("digest computed above");
+        write_atomic(&blob_path, blob)?;
+        self.edit_index(&release.name, |releases| {
+            if releases.iter().any(|r| r.version == release.version) {
+                return Err(RegistryError::AlreadyPublished { name: release.name.to_string(), version: release.version.to_string() });
+            }
+            releases.push(release.clone());
+            Ok(())
+        })
+    }
+
+    /// Marks a version yanked (or not): new resolutions skip it, locked installs still work.
+    pub fn set_yanked(&self, name: &PackageName, version: &semver::Version, yanked: bool) -> Result<(), RegistryError> {
+        self.edit_index(name, |releases| {
+            let r = releases
+                .iter_mut()
+                .find(|r| &r.version == version)
+                .ok_or_else(|| RegistryError::Unsatisfiable(format!("{name} has no version {version}")))?;
+            r.yanked = yanked;
+            Ok(())
+        })
+    }
+
+    fn edit_index(&self, name: &PackageName, f: impl FnOnce(&mut Vec<Release>) -> Result<(), RegistryError>) -> Result<(), RegistryError> {
+        let path = self.root.join(name.index_path());
+        let dir = path.parent().expect("index path has a parent");
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let _lock = Lock::take(&path.with_extension("lock"))?;
+        let mut releases = match self.releases(name) {
+            Ok(r) => r,
+            Err(RegistryError::NoPackage(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        f(&mut releases)?;
+        let text: String = releases.iter().map(|r| format!("{}\n", serde_json::to_string(r).expect("release serializes"))).collect();
+        write_atomic(&path, text.as_bytes())
+    }
+}
+
+/// An exclusive lock held while the file exists (created with `create_new`).
+struct Lock(PathBuf);
+
+impl Lock {
+    fn take(path: &Path) -> Result<Self, RegistryError> {
+        for _ in 0..500 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+                Ok(_) => return Ok(Self(path.to_path_buf())),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::thread::sleep(std::time::Duration::from_millis(10)),
+                Err(e) => return Err(io(path, e)),
+            }
+        }
+        Err(io(path, "still locked after 5 s; remove the lock file if no publish is running"))
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    let tmp = path.with_extension(format!("tmp{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
+    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
