@@ -7,6 +7,7 @@ mod call;
 mod cplugin;
 mod embedded;
 mod new;
+mod registry_cmd;
 mod score;
 mod toolchains;
 
@@ -64,6 +65,55 @@ enum PluginCmd {
         kind: new::NewKind,
         #[arg(short, long)]
         out_dir: PathBuf,
+    },
+    /// Make an ed25519 publishing key (and trust it yourself).
+    Keygen,
+    /// Trust a publisher's key.
+    Trust { id: String, public_key: String },
+    /// Publish a built component to a registry, signed with your key.
+    Publish {
+        file: PathBuf,
+        /// The registry folder (or file:// URL); default GALLEY_REGISTRY.
+        #[arg(long)]
+        registry: Option<String>,
+        /// The namespace to publish under (NAMESPACE/NAME).
+        #[arg(long)]
+        namespace: String,
+        /// Signing key: a key id from `galley plugin keygen`, or a key file.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// List a registry's packages (optionally those whose name contains TERM).
+    Search {
+        #[arg(default_value = "")]
+        term: String,
+        #[arg(long)]
+        registry: Option<String>,
+    },
+    /// Resolve, verify and install plugins (NAMESPACE/NAME[@REQ]); with none, install galley.lock.
+    Install {
+        reqs: Vec<String>,
+        #[arg(long)]
+        registry: Option<String>,
+        #[arg(long, default_value = ".galley/plugins")]
+        into: PathBuf,
+        #[arg(long, default_value = "galley.lock")]
+        lock: PathBuf,
+        /// Accept unsigned packages (recorded in the lockfile).
+        #[arg(long)]
+        allow_unsigned: bool,
+        /// Use only the local cache (install from galley.lock).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Yank a version (new resolutions skip it; lockfiles still install it).
+    Yank {
+        /// NAMESPACE/NAME@VERSION
+        spec: String,
+        #[arg(long)]
+        registry: Option<String>,
+        #[arg(long)]
+        undo: bool,
     },
     /// Show a component's kind, WIT version, imports, capabilities, size and digest.
     Inspect {
@@ -132,6 +182,19 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}.{{c,h}} to {}", world?, out_dir.display());
             Ok(())
         }
+        Top::Plugin(PluginCmd::Keygen) => registry_cmd::keygen(),
+        Top::Plugin(PluginCmd::Trust { id, public_key }) => registry_cmd::trust(&id, &public_key),
+        Top::Plugin(PluginCmd::Publish { file, registry, namespace, key }) => registry_cmd::publish(&file, &registry, &namespace, key.as_deref()),
+        Top::Plugin(PluginCmd::Search { term, registry }) => registry_cmd::search(&term, &registry),
+        Top::Plugin(PluginCmd::Install { reqs, registry, into, lock, allow_unsigned, offline }) => registry_cmd::install(registry_cmd::InstallArgs {
+            reqs: &reqs,
+            registry: &registry,
+            into: &into,
+            lock: &lock,
+            allow_unsigned,
+            offline,
+        }),
+        Top::Plugin(PluginCmd::Yank { spec, registry, undo }) => registry_cmd::yank(&spec, &registry, undo),
         Top::Plugin(PluginCmd::Inspect { file, json }) => inspect(&file, json),
         Top::Plugin(PluginCmd::Call(args)) => call::run(args),
         Top::Score(args) => score::run(args),

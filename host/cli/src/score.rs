@@ -45,6 +45,14 @@ struct ScoreConfig {
 
 /// Resolves `rewards[i].plugin`: a path when it looks like one, else a name on the search path.
 fn resolve_plugin(spec: &str, base: &Path, search: &[PathBuf]) -> Result<PathBuf> {
+    // NAMESPACE/NAME: a package `galley plugin install` put in .galley/plugins.
+    if let Ok(name) = galley_registry::PackageName::parse(spec) {
+        let installed = PathBuf::from(".galley/plugins").join(&name.namespace).join(format!("{}.wasm", name.name));
+        if installed.exists() {
+            return Ok(installed);
+        }
+        bail!("package `{spec}` is not installed; run `galley plugin install {spec}`");
+    }
     if spec.contains('/') || spec.ends_with(".wasm") {
         return Ok(base.join(spec));
     }
@@ -85,8 +93,8 @@ enum OnError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RewardSpec {
-    /// A plugin name (looked up in `plugin_path`) or a path to a component, relative to the
-    /// config file.
+    /// A plugin name (looked up in `plugin_path`), an installed package (`NAMESPACE/NAME`),
+    /// or a path to a component, relative to the config file.
     plugin: String,
     #[serde(default = "one")]
     weight: f64,

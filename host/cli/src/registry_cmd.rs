@@ -1,0 +1,168 @@
+//! The registry commands: `galley plugin keygen | trust | publish | search | install | yank`.
+//! Keys and the trust file live in galley's config folder (`GALLEY_CONFIG_DIR`, else
+//! `~/.config/galley`); a registry is a folder (or `file://` URL) laid out as galley-registry
+//! describes.
+
+use anyhow::{Context, Result, bail};
+use galley_registry::{FileRegistry, Installer, KeyPair, Lockfile, PackageName, Release, Requirement, TrustPolicy, TrustStore};
+use std::path::{Path, PathBuf};
+
+pub fn config_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("GALLEY_CONFIG_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/galley")).unwrap_or_else(|| PathBuf::from(".galley"))
+}
+
+fn trust_path() -> PathBuf {
+    config_dir().join("trusted-keys")
+}
+
+fn key_path(id: &str) -> PathBuf {
+    config_dir().join("keys").join(format!("{id}.key"))
+}
+
+pub fn registry(arg: &Option<String>) -> Result<FileRegistry> {
+    let spec = match arg {
+        Some(s) => s.clone(),
+        None => std::env::var("GALLEY_REGISTRY").context("no registry: pass --registry DIR (or set GALLEY_REGISTRY)")?,
+    };
+    let path = spec.strip_prefix("file://").unwrap_or(&spec);
+    if spec.contains("://") && !spec.starts_with("file://") {
+        bail!("registry `{spec}`: this galley reads folder (file://) registries; HTTP and OCI registries come with `galley registry serve`");
+    }
+    Ok(FileRegistry::open(path))
+}
+
+pub fn keygen() -> Result<()> {
+    let key = KeyPair::generate()?;
+    let path = key_path(&key.id());
+    key.save(&path)?;
+    let mut trust = TrustStore::load(&trust_path())?;
+    trust.add(&key.id(), &key.public_hex())?;
+    trust.save(&trust_path())?;
+    println!("key id      {}", key.id());
+    println!("public key  {}", key.public_hex());
+    println!("secret key  {} (keep it private)", path.display());
+    println!("others trust it with: galley plugin trust {} {}", key.id(), key.public_hex());
+    Ok(())
+}
+
+pub fn trust(id: &str, public: &str) -> Result<()> {
+    let mut trust = TrustStore::load(&trust_path())?;
+    trust.add(id, public)?;
+    trust.save(&trust_path())?;
+    println!("trusting key {id}");
+    Ok(())
+}
+
+pub fn publish(file: &Path, registry: &Option<String>, namespace: &str, key: Option<&str>) -> Result<()> {
+    let reg = self::registry(registry)?;
+    let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let info = galley_runtime::inspect(&bytes, &file.display().to_string())?;
+    let m = info.manifest.with_context(|| format!("{}: no galley manifest; build it with `galley plugin build`", file.display()))?;
+    let (kind, wit) = info.plugin_export.with_context(|| format!("{}: exports no galley plugin interface", file.display()))?;
+    let name = PackageName::parse(&format!("{namespace}/{}", m.name))?;
+    let mut dependencies = std::collections::BTreeMap::new();
+    for (dep, req) in &m.dependencies {
+        dependencies.insert(PackageName::parse(dep).with_context(|| format!("{}: key `dependencies.{dep}`", file.display()))?, req.clone());
+    }
+    let mut release = Release {
+        name,
+        version: m.version.clone(),
+        kind,
+        wit,
+        digest: info.digest.clone(),
+        size: bytes.len() as u64,
+        dependencies,
+        read_dirs: m.capabilities.read_dirs.clone(),
+        yanked: false,
+        key: None,
+        signature: None,
+    };
+    match key {
+        Some(k) => {
+            let path = if Path::new(k).exists() { PathBuf::from(k) } else { key_path(k) };
+            KeyPair::load(&path).with_context(|| format!("signing key `{k}`"))?.sign(&mut release);
+        }
+        None => eprintln!("warning: publishing {}@{} unsigned (pass --key ID to sign); installers refuse it by default", release.name, release.version),
+    }
+    reg.publish(&release, &bytes)?;
+    println!("published {}@{} ({} bytes, {}){}", release.name, release.version, release.size, release.digest, release.key.as_deref().map(|k| format!(", signed by {k}")).unwrap_or_default());
+    Ok(())
+}
+
+pub fn search(term: &str, registry: &Option<String>) -> Result<()> {
+    let reg = self::registry(registry)?;
+    for name in reg.search(term)? {
+        let releases = reg.releases(&name)?;
+        let live: Vec<String> = releases.iter().filter(|r| !r.yanked).map(|r| r.version.to_string()).collect();
+        let kind = releases.last().map(|r| r.kind.to_string()).unwrap_or_default();
+        println!("{:<32} {kind:<12} {}", name.to_string(), live.join(", "));
+    }
+    Ok(())
+}
+
+pub struct InstallArgs<'a> {
+    pub reqs: &'a [String],
+    pub registry: &'a Option<String>,
+    pub into: &'a Path,
+    pub lock: &'a Path,
+    pub allow_unsigned: bool,
+    pub offline: bool,
+}
+
+pub fn install(a: InstallArgs<'_>) -> Result<()> {
+    let trust = TrustStore::load(&trust_path())?;
+    let cache = galley_runtime::default_cache_dir()
+        .and_then(|c| c.parent().map(|p| p.join("blobs")))
+        .unwrap_or_else(|| PathBuf::from(".galley/cache"));
+    let reg = if a.offline { None } else { Some(registry(a.registry)?) };
+    let wit_ok = |v: &semver::Version| galley_runtime::SUPPORTED_WIT.iter().any(|s| s.major == v.major && s.minor == v.minor && s >= v);
+    let check = |bytes: &[u8]| -> std::result::Result<(String, semver::Version), String> {
+        let info = galley_runtime::inspect(bytes, "blob").map_err(|e| e.to_string())?;
+        let m = info.manifest.ok_or("no galley manifest")?;
+        Ok((m.name, m.version))
+    };
+    let installer = Installer {
+        registry: reg.as_ref(),
+        cache,
+        trust: &trust,
+        policy: if a.allow_unsigned { TrustPolicy::AllowUnsigned } else { TrustPolicy::SignedOnly },
+        max_blob: 256 << 20,
+        wit_supported: &wit_ok,
+        manifest_check: &check,
+    };
+    let lock = Lockfile::load(a.lock)?;
+    let installed = if a.reqs.is_empty() {
+        let lock = lock.with_context(|| format!("nothing to install: name plugins, or have a {}", a.lock.display()))?;
+        installer.install_locked(&lock, a.into)?
+    } else {
+        let mut reqs = a.reqs.iter().map(|r| Requirement::parse(r)).collect::<std::result::Result<Vec<_>, _>>()?;
+        // What the lockfile already holds stays installed, at its locked version, unless
+        // this command names it again.
+        for e in lock.iter().flat_map(|l| &l.plugins) {
+            if !reqs.iter().any(|r| r.name == e.name) {
+                reqs.push(Requirement { name: e.name.clone(), req: semver::VersionReq::parse(&format!("={}", e.version))? });
+            }
+        }
+        let (installed, new_lock) = installer.install(&reqs, a.into, lock.as_ref())?;
+        new_lock.save(a.lock)?;
+        installed
+    };
+    for i in &installed {
+        let by = i.signer.as_deref().map(|k| format!("signed by {k}")).unwrap_or_else(|| "UNSIGNED".into());
+        println!("{:<32} {:<10} {by:<26} {}", i.name.to_string(), i.version.to_string(), i.path.display());
+    }
+    Ok(())
+}
+
+pub fn yank(spec: &str, registry: &Option<String>, undo: bool) -> Result<()> {
+    let reg = self::registry(registry)?;
+    let (name, version) = spec.split_once('@').with_context(|| format!("`{spec}`: expected NAMESPACE/NAME@VERSION"))?;
+    let name = PackageName::parse(name)?;
+    let version = semver::Version::parse(version).with_context(|| format!("`{spec}`: bad version"))?;
+    reg.set_yanked(&name, &version, !undo)?;
+    println!("{} {name}@{version}", if undo { "unyanked" } else { "yanked" });
+    Ok(())
+}

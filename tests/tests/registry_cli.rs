@@ -1,0 +1,80 @@
+//! The registry through the `galley` command, as a team would use a shared folder registry:
+//! keygen, trust, publish, search, install with a lockfile, offline reinstall, yank, and a
+//! score run using the installed package by name.
+
+use galley_e2e::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(galley_bin())
+        .current_dir(dir)
+        .args(args)
+        .env("GALLEY_CONFIG_DIR", dir.join("config"))
+        .env("GALLEY_CACHE_DIR", dir.join("cache"))
+        .env("GALLEY_REGISTRY", dir.join("registry"))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "failed:\n{}{}", stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn keygen_publish_install_offline_yank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let out = ok(run(d, &["plugin", "keygen"]));
+    let id = out.lines().next().unwrap().split_whitespace().last().unwrap().to_string();
+    let math = plugin("math-answer");
+    let fmt = plugin("format");
+    ok(run(d, &["plugin", "publish", math.to_str().unwrap(), "--namespace", "galley", "--key", &id]));
+    ok(run(d, &["plugin", "publish", fmt.to_str().unwrap(), "--namespace", "galley", "--key", &id]));
+    let line = one_line_error(&run(d, &["plugin", "publish", math.to_str().unwrap(), "--namespace", "galley", "--key", &id]));
+    assert!(line.contains("already published"), "{line}");
+    let listing = ok(run(d, &["plugin", "search", "math"]));
+    assert!(listing.contains("galley/math-answer") && !listing.contains("galley/format"), "{listing}");
+
+    let out = ok(run(d, &["plugin", "install", "galley/math-answer@^0.1"]));
+    assert!(out.contains(&format!("signed by {id}")), "{out}");
+    ok(run(d, &["plugin", "install", "galley/format"]));
+    let lock = std::fs::read_to_string(d.join("galley.lock")).unwrap();
+    assert!(lock.contains("galley/math-answer") && lock.contains("galley/format") && lock.contains(&id), "{lock}");
+
+    // The installed package by name in a score config.
+    std::fs::write(d.join("c.jsonl"), "{\"completion\": \"#### 4\", \"metadata\": {\"answer\": 4}}\n").unwrap();
+    std::fs::write(d.join("score.yaml"), "rewards:\n  - plugin: galley/math-answer\ncompletions: c.jsonl\n").unwrap();
+    assert!(ok(run(d, &["score", "score.yaml"])).contains("total   1.00"));
+
+    // Offline reinstall from the cache, with the registry gone.
+    std::fs::remove_dir_all(d.join(".galley")).unwrap();
+    std::fs::rename(d.join("registry"), d.join("registry-away")).unwrap();
+    let out = ok(run(d, &["plugin", "install", "--offline"]));
+    assert!(out.contains("galley/math-answer") && out.contains("galley/format"), "{out}");
+    std::fs::rename(d.join("registry-away"), d.join("registry")).unwrap();
+
+    // Yank: the locked version still installs; without the lock nothing fits.
+    ok(run(d, &["plugin", "yank", "galley/format@0.1.0"]));
+    ok(run(d, &["plugin", "install"]));
+    std::fs::remove_file(d.join("galley.lock")).unwrap();
+    let line = one_line_error(&run(d, &["plugin", "install", "galley/format"]));
+    assert!(line.contains("0.1.0 (yanked)"), "{line}");
+
+    // A stranger's key is not trusted by another user.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path()).unwrap();
+    let o = Command::new(galley_bin())
+        .current_dir(other.path())
+        .args(["plugin", "install", "galley/math-answer"])
+        .env("GALLEY_CONFIG_DIR", other.path().join("config"))
+        .env("GALLEY_CACHE_DIR", other.path().join("cache"))
+        .env("GALLEY_REGISTRY", d.join("registry"))
+        .output()
+        .unwrap();
+    let line = one_line_error(&o);
+    assert!(line.contains("do not trust") && line.contains(&id), "{line}");
+    assert!(!other.path().join(".galley").exists(), "nothing installed");
+}
