@@ -41,6 +41,8 @@ pub enum RegistryError {
     BadFile { path: PathBuf, reason: String },
     #[error("key: {0}")]
     Key(String),
+    #[error("{url}: {reason}")]
+    Http { url: String, reason: String },
 }
 
 pub(crate) fn io(path: &std::path::Path, e: impl std::fmt::Display) -> RegistryError {

@@ -9,7 +9,8 @@ use crate::index::{PackageName, Release};
 use crate::keys::TrustStore;
 use crate::lock::{LockEntry, Lockfile};
 use crate::resolve::{Requirement, resolve};
-use crate::store::{FileRegistry, write_atomic};
+use crate::source::Source;
+use crate::store::write_atomic;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -29,7 +30,7 @@ pub type ManifestCheck = dyn Fn(&[u8]) -> Result<(String, semver::Version), Stri
 
 pub struct Installer<'a> {
     /// `None` when offline: only the cache is used.
-    pub registry: Option<&'a FileRegistry>,
+    pub registry: Option<&'a dyn Source>,
     /// Content-addressed cache of verified blobs.
     pub cache: PathBuf,
     pub trust: &'a TrustStore,
@@ -156,8 +157,8 @@ impl Installer<'_> {
             Some(b) => b,
             None => {
                 let reg = self.registry.ok_or_else(|| RegistryError::NotCached { name: name.clone(), version: version.clone() })?;
-                let path = reg.blob_path(r).ok_or_else(|| RegistryError::Unsatisfiable(format!("{name}@{version}: malformed digest")))?;
-                let file = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
+                let path = PathBuf::from(format!("{}: {name}@{version} blob", reg.describe()));
+                let file = reg.open_blob(r)?;
                 // Hash while reading, and never read past the cap (or past the signed size).
                 let mut limited = file.take(self.max_blob.min(r.size) + 1);
                 let mut hasher = Sha256::new();

@@ -3,8 +3,9 @@
 //! one line per version) plus content-addressed blobs; every release line is signed by its
 //! publisher (ed25519) over the fields that matter, every blob is hashed while it is read and
 //! checked against the signed digest and size, and installs go through a content-addressed
-//! cache that makes a locked install work offline. This crate serves folders (a `file://`
-//! registry); HTTP serving and OCI interop build on the same index and blob layout.
+//! cache that makes a locked install work offline. The same layout is read from a folder, from
+//! `galley registry serve` (this crate's axum server, which adds token-guarded publishing and
+//! yanking), or from any static file host.
 
 mod error;
 mod index;
@@ -12,6 +13,8 @@ mod install;
 mod keys;
 mod lock;
 mod resolve;
+mod server;
+mod source;
 mod store;
 
 pub use error::RegistryError;
@@ -20,4 +23,6 @@ pub use install::{Installed, Installer, TrustPolicy};
 pub use keys::{KeyPair, TrustStore, key_id};
 pub use lock::{LockEntry, Lockfile};
 pub use resolve::{Requirement, resolve};
+pub use server::{ServerConfig, serve};
+pub use source::{HttpRegistry, Source};
 pub use store::FileRegistry;

@@ -5,7 +5,7 @@
 
 use crate::error::RegistryError;
 use crate::index::{PackageName, Release};
-use crate::store::FileRegistry;
+use crate::source::Source;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ impl Requirement {
 }
 
 pub fn resolve(
-    registry: &FileRegistry,
+    registry: &dyn Source,
     roots: &[Requirement],
     wit_supported: &dyn Fn(&semver::Version) -> bool,
     locked: &BTreeMap<PackageName, semver::Version>,
