@@ -78,3 +78,54 @@ fn keygen_publish_install_offline_yank() {
     assert!(line.contains("do not trust") && line.contains(&id), "{line}");
     assert!(!other.path().join(".galley").exists(), "nothing installed");
 }
+
+/// `galley registry serve` as a real server process on loopback, used by the CLI client.
+#[test]
+fn serve_publish_install_over_http() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("tokens"), "s3cret galley\n").unwrap();
+    let mut server = Command::new(galley_bin())
+        .args(["registry", "serve", "--root"])
+        .arg(d.join("served"))
+        .args(["--addr", "127.0.0.1:0", "--tokens"])
+        .arg(d.join("tokens"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let url = first.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+
+    let with = |args: &[&str], token: Option<&str>| {
+        let mut c = Command::new(galley_bin());
+        c.current_dir(d)
+            .args(args)
+            .env("GALLEY_CONFIG_DIR", d.join("config"))
+            .env("GALLEY_CACHE_DIR", d.join("cache"))
+            .env("GALLEY_REGISTRY", &url);
+        match token {
+            Some(t) => c.env("GALLEY_REGISTRY_TOKEN", t),
+            None => c.env_remove("GALLEY_REGISTRY_TOKEN"),
+        };
+        c.output().unwrap()
+    };
+    let out = ok(with(&["plugin", "keygen"], None));
+    let id = out.lines().next().unwrap().split_whitespace().last().unwrap().to_string();
+    let math = plugin("math-answer");
+    let line = one_line_error(&with(&["plugin", "publish", math.to_str().unwrap(), "--namespace", "galley", "--key", &id], Some("wrong")));
+    assert!(line.contains("401"), "{line}");
+    ok(with(&["plugin", "publish", math.to_str().unwrap(), "--namespace", "galley", "--key", &id], Some("s3cret")));
+    assert!(ok(with(&["plugin", "search"], None)).contains("galley/math-answer"));
+    let out = ok(with(&["plugin", "install", "galley/math-answer"], None));
+    assert!(out.contains(&format!("signed by {id}")), "{out}");
+    ok(with(&["plugin", "yank", "galley/math-answer@0.1.0"], Some("s3cret")));
+    std::fs::remove_file(d.join("galley.lock")).unwrap();
+    let line = one_line_error(&with(&["plugin", "install", "galley/math-answer"], None));
+    assert!(line.contains("yanked"), "{line}");
+    server.kill().unwrap();
+    let _ = server.wait();
+}

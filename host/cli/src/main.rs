@@ -32,6 +32,25 @@ enum Top {
     Plugin(PluginCmd),
     /// Score completions with reward plugins, as a trainer would (a YAML config).
     Score(score::ScoreArgs),
+    /// Run a plugin registry.
+    #[command(subcommand)]
+    Registry(RegistryCmd),
+}
+
+#[derive(Subcommand)]
+enum RegistryCmd {
+    /// Serve a registry folder over HTTP: index and blobs with ETags, token-guarded publish and yank.
+    Serve {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        addr: String,
+        /// A file of `TOKEN NAMESPACE[,NAMESPACE]` lines; without it the registry is read-only.
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        max_upload_mb: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -73,7 +92,7 @@ enum PluginCmd {
     /// Publish a built component to a registry, signed with your key.
     Publish {
         file: PathBuf,
-        /// The registry folder (or file:// URL); default GALLEY_REGISTRY.
+        /// The registry: a folder, file://, or http(s):// URL of `galley registry serve`; default GALLEY_REGISTRY.
         #[arg(long)]
         registry: Option<String>,
         /// The namespace to publish under (NAMESPACE/NAME).
@@ -198,6 +217,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Plugin(PluginCmd::Inspect { file, json }) => inspect(&file, json),
         Top::Plugin(PluginCmd::Call(args)) => call::run(args),
         Top::Score(args) => score::run(args),
+        Top::Registry(RegistryCmd::Serve { root, addr, tokens, max_upload_mb }) => registry_cmd::serve(&root, &addr, tokens.as_deref(), max_upload_mb),
     }
 }
 

@@ -4,7 +4,9 @@
 //! describes.
 
 use anyhow::{Context, Result, bail};
-use galley_registry::{FileRegistry, Installer, KeyPair, Lockfile, PackageName, Release, Requirement, TrustPolicy, TrustStore};
+use galley_registry::{
+    FileRegistry, HttpRegistry, Installer, KeyPair, Lockfile, PackageName, Release, Requirement, ServerConfig, Source, TrustPolicy, TrustStore,
+};
 use std::path::{Path, PathBuf};
 
 pub fn config_dir() -> PathBuf {
@@ -22,16 +24,38 @@ fn key_path(id: &str) -> PathBuf {
     config_dir().join("keys").join(format!("{id}.key"))
 }
 
-pub fn registry(arg: &Option<String>) -> Result<FileRegistry> {
+/// A registry named on the command line: a folder (`DIR` or `file://DIR`) or a server
+/// (`http://`, `https://`).
+pub enum Registry {
+    File(FileRegistry),
+    Http(HttpRegistry),
+}
+
+impl Registry {
+    pub fn source(&self) -> &dyn Source {
+        match self {
+            Registry::File(f) => f,
+            Registry::Http(h) => h,
+        }
+    }
+}
+
+pub fn registry(arg: &Option<String>) -> Result<Registry> {
     let spec = match arg {
         Some(s) => s.clone(),
-        None => std::env::var("GALLEY_REGISTRY").context("no registry: pass --registry DIR (or set GALLEY_REGISTRY)")?,
+        None => std::env::var("GALLEY_REGISTRY").context("no registry: pass --registry DIR|URL (or set GALLEY_REGISTRY)")?,
     };
-    let path = spec.strip_prefix("file://").unwrap_or(&spec);
-    if spec.contains("://") && !spec.starts_with("file://") {
-        bail!("registry `{spec}`: this galley reads folder (file://) registries; HTTP and OCI registries come with `galley registry serve`");
+    if spec.starts_with("http://") || spec.starts_with("https://") {
+        return Ok(Registry::Http(HttpRegistry::new(&spec)?));
     }
-    Ok(FileRegistry::open(path))
+    if spec.contains("://") && !spec.starts_with("file://") {
+        bail!("registry `{spec}`: use a folder, file://, http:// or https://");
+    }
+    Ok(Registry::File(FileRegistry::open(spec.strip_prefix("file://").unwrap_or(&spec))))
+}
+
+fn token() -> Result<String> {
+    std::env::var("GALLEY_REGISTRY_TOKEN").context("publishing to a server needs a token: set GALLEY_REGISTRY_TOKEN")
 }
 
 pub fn keygen() -> Result<()> {
@@ -87,18 +111,29 @@ pub fn publish(file: &Path, registry: &Option<String>, namespace: &str, key: Opt
         }
         None => eprintln!("warning: publishing {}@{} unsigned (pass --key ID to sign); installers refuse it by default", release.name, release.version),
     }
-    reg.publish(&release, &bytes)?;
+    match &reg {
+        Registry::File(f) => f.publish(&release, &bytes)?,
+        Registry::Http(h) => h.publish(&release, &bytes, &token()?)?,
+    }
     println!("published {}@{} ({} bytes, {}){}", release.name, release.version, release.size, release.digest, release.key.as_deref().map(|k| format!(", signed by {k}")).unwrap_or_default());
     Ok(())
 }
 
 pub fn search(term: &str, registry: &Option<String>) -> Result<()> {
-    let reg = self::registry(registry)?;
-    for name in reg.search(term)? {
-        let releases = reg.releases(&name)?;
-        let live: Vec<String> = releases.iter().filter(|r| !r.yanked).map(|r| r.version.to_string()).collect();
-        let kind = releases.last().map(|r| r.kind.to_string()).unwrap_or_default();
-        println!("{:<32} {kind:<12} {}", name.to_string(), live.join(", "));
+    let rows: Vec<(String, String, Vec<String>)> = match self::registry(registry)? {
+        Registry::Http(h) => h.search(term)?,
+        Registry::File(f) => {
+            let mut rows = Vec::new();
+            for name in f.search(term)? {
+                let releases = f.releases(&name)?;
+                let live = releases.iter().filter(|r| !r.yanked).map(|r| r.version.to_string()).collect();
+                rows.push((name.to_string(), releases.last().map(|r| r.kind.to_string()).unwrap_or_default(), live));
+            }
+            rows
+        }
+    };
+    for (name, kind, live) in rows {
+        println!("{name:<32} {kind:<12} {}", live.join(", "));
     }
     Ok(())
 }
@@ -125,7 +160,7 @@ pub fn install(a: InstallArgs<'_>) -> Result<()> {
         Ok((m.name, m.version))
     };
     let installer = Installer {
-        registry: reg.as_ref(),
+        registry: reg.as_ref().map(|r| r.source()),
         cache,
         trust: &trust,
         policy: if a.allow_unsigned { TrustPolicy::AllowUnsigned } else { TrustPolicy::SignedOnly },
@@ -162,7 +197,32 @@ pub fn yank(spec: &str, registry: &Option<String>, undo: bool) -> Result<()> {
     let (name, version) = spec.split_once('@').with_context(|| format!("`{spec}`: expected NAMESPACE/NAME@VERSION"))?;
     let name = PackageName::parse(name)?;
     let version = semver::Version::parse(version).with_context(|| format!("`{spec}`: bad version"))?;
-    reg.set_yanked(&name, &version, !undo)?;
+    match &reg {
+        Registry::File(f) => f.set_yanked(&name, &version, !undo)?,
+        Registry::Http(h) => h.set_yanked(&name, &version, !undo, &token()?)?,
+    }
     println!("{} {name}@{version}", if undo { "unyanked" } else { "yanked" });
     Ok(())
+}
+
+/// `galley registry serve`: prints the address it bound (useful with port 0), then serves.
+pub fn serve(root: &Path, addr: &str, tokens: Option<&Path>, max_upload_mb: usize) -> Result<()> {
+    let tokens = match tokens {
+        Some(p) => ServerConfig::load_tokens(p)?,
+        None => Default::default(),
+    };
+    if tokens.is_empty() {
+        eprintln!("note: no --tokens file: the registry is read-only");
+    }
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let cfg = ServerConfig { root: root.to_path_buf(), tokens, max_upload: max_upload_mb << 20 };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        println!("serving {} on http://{}", cfg.root.display(), listener.local_addr()?);
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        galley_registry::serve(listener, cfg).await?;
+        Ok(())
+    })
 }
