@@ -8,3 +8,4 @@ scripts/setup.sh
 scripts/build-plugins.sh
 cargo run --release -p galley-bench --bin plugin-bench
 cargo run --release -p galley-bench --bin languages-bench
+cargo run --release -p galley-bench --bin registry-bench
