@@ -44,6 +44,15 @@ fn keygen_publish_install_offline_yank() {
     let lock = std::fs::read_to_string(d.join("galley.lock")).unwrap();
     assert!(lock.contains("galley/math-answer") && lock.contains("galley/format") && lock.contains(&id), "{lock}");
 
+    let listing = ok(run(d, &["plugin", "list"]));
+    assert!(listing.contains("galley/format") && listing.contains("ok"), "{listing}");
+    std::fs::write(d.join(".galley/plugins/galley/format.wasm"), b"tampered").unwrap();
+    assert!(ok(run(d, &["plugin", "list"])).contains("MODIFIED"));
+    ok(run(d, &["plugin", "remove", "galley/format"]));
+    assert!(!d.join(".galley/plugins/galley/format.wasm").exists());
+    assert!(!std::fs::read_to_string(d.join("galley.lock")).unwrap().contains("galley/format"));
+    ok(run(d, &["plugin", "install", "galley/format"]));
+
     // The installed package by name in a score config.
     std::fs::write(d.join("c.jsonl"), "{\"completion\": \"#### 4\", \"metadata\": {\"answer\": 4}}\n").unwrap();
     std::fs::write(d.join("score.yaml"), "rewards:\n  - plugin: galley/math-answer\ncompletions: c.jsonl\n").unwrap();

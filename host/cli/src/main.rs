@@ -125,6 +125,22 @@ enum PluginCmd {
         #[arg(long)]
         offline: bool,
     },
+    /// List the plugins galley.lock pins and check their files.
+    List {
+        #[arg(long, default_value = ".galley/plugins")]
+        into: PathBuf,
+        #[arg(long, default_value = "galley.lock")]
+        lock: PathBuf,
+    },
+    /// Remove installed plugins (from galley.lock and the plugin folder).
+    Remove {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long, default_value = ".galley/plugins")]
+        into: PathBuf,
+        #[arg(long, default_value = "galley.lock")]
+        lock: PathBuf,
+    },
     /// Yank a version (new resolutions skip it; lockfiles still install it).
     Yank {
         /// NAMESPACE/NAME@VERSION
@@ -213,6 +229,8 @@ fn run(cli: Cli) -> Result<()> {
             allow_unsigned,
             offline,
         }),
+        Top::Plugin(PluginCmd::List { into, lock }) => registry_cmd::list(&into, &lock),
+        Top::Plugin(PluginCmd::Remove { names, into, lock }) => registry_cmd::remove(&names, &into, &lock),
         Top::Plugin(PluginCmd::Yank { spec, registry, undo }) => registry_cmd::yank(&spec, &registry, undo),
         Top::Plugin(PluginCmd::Inspect { file, json }) => inspect(&file, json),
         Top::Plugin(PluginCmd::Call(args)) => call::run(args),

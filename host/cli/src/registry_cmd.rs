@@ -226,3 +226,42 @@ pub fn serve(root: &Path, addr: &str, tokens: Option<&Path>, max_upload_mb: usiz
         Ok(())
     })
 }
+
+/// `galley plugin list`: what galley.lock pins, and whether each file is in place and intact.
+pub fn list(into: &Path, lock: &Path) -> Result<()> {
+    let Some(lock) = Lockfile::load(lock)? else {
+        println!("no {}: nothing installed here", lock.display());
+        return Ok(());
+    };
+    for e in &lock.plugins {
+        let path = into.join(&e.name.namespace).join(format!("{}.wasm", e.name.name));
+        let state = match std::fs::read(&path) {
+            Ok(bytes) if galley_runtime::digest_of(&bytes) == e.digest => "ok",
+            Ok(_) => "MODIFIED (reinstall: galley plugin install)",
+            Err(_) => "missing (galley plugin install)",
+        };
+        let by = e.key.as_deref().map(|k| format!("signed by {k}")).unwrap_or_else(|| "UNSIGNED".into());
+        println!("{:<32} {:<10} {by:<26} {state}", e.name.to_string(), e.version.to_string());
+    }
+    Ok(())
+}
+
+/// `galley plugin remove`: drops packages from galley.lock and the plugin folder.
+pub fn remove(names: &[String], into: &Path, lock_path: &Path) -> Result<()> {
+    let mut lock = Lockfile::load(lock_path)?.with_context(|| format!("no {}: nothing installed here", lock_path.display()))?;
+    for n in names {
+        let name = PackageName::parse(n)?;
+        let before = lock.plugins.len();
+        lock.plugins.retain(|e| e.name != name);
+        if lock.plugins.len() == before {
+            bail!("{name} is not in {}", lock_path.display());
+        }
+        let path = into.join(&name.namespace).join(format!("{}.wasm", name.name));
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        println!("removed {name}");
+    }
+    lock.save(lock_path)?;
+    Ok(())
+}
