@@ -41,6 +41,15 @@ pub struct Installer<'a> {
     pub manifest_check: &'a ManifestCheck,
 }
 
+/// A release whose bytes passed every check, waiting to be written.
+struct Verified {
+    name: PackageName,
+    version: semver::Version,
+    digest: String,
+    signer: Option<String>,
+    blob: Vec<u8>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Installed {
     pub name: PackageName,
@@ -67,7 +76,7 @@ impl Installer<'_> {
             }
             let signer = self.check_signature(r)?;
             let blob = self.fetch(r)?;
-            verified.push((r.clone(), signer, blob));
+            verified.push(Verified { name: r.name.clone(), version: r.version.clone(), digest: r.digest.clone(), signer, blob });
         }
         self.commit(verified, into)
     }
@@ -77,25 +86,12 @@ impl Installer<'_> {
     pub fn install_locked(&self, lock: &Lockfile, into: &Path) -> Result<Vec<Installed>, RegistryError> {
         let mut verified = Vec::new();
         for e in &lock.plugins {
-            let cached = self.read_cache(&e.digest)?;
-            let (release, blob) = match (cached, self.registry) {
+            let blob = match (self.read_cache(&e.digest)?, self.registry) {
+                // The lockfile's digest is what an earlier install verified; reading the cache
+                // re-proves it by hashing.
                 (Some(blob), _) => {
-                    // The lockfile's digest is what the install verified before; the cache
-                    // re-proves it by hashing.
-                    let r = Release {
-                        name: e.name.clone(),
-                        version: e.version.clone(),
-                        kind: galley_core::PluginKind::Reward, // not used past here
-                        wit: semver::Version::new(0, 0, 0),
-                        digest: e.digest.clone(),
-                        size: blob.len() as u64,
-                        dependencies: Default::default(),
-                        read_dirs: Vec::new(),
-                        yanked: false,
-                        key: e.key.clone(),
-                        signature: None,
-                    };
-                    (r, blob)
+                    self.check_manifest(&e.name, &e.version, &blob)?;
+                    blob
                 }
                 (None, None) => return Err(RegistryError::NotCached { name: e.name.to_string(), version: e.version.to_string() }),
                 (None, Some(reg)) => {
@@ -111,12 +107,10 @@ impl Installer<'_> {
                     if signer != e.key {
                         return Err(RegistryError::BadSignature { name: e.name.to_string(), version: e.version.to_string(), key: signer.unwrap_or_else(|| "none".into()) });
                     }
-                    let blob = self.fetch(&r)?;
-                    (r, blob)
+                    self.fetch(&r)?
                 }
             };
-            self.check_manifest(&release, &blob)?;
-            verified.push((release, e.key.clone(), blob));
+            verified.push(Verified { name: e.name.clone(), version: e.version.clone(), digest: e.digest.clone(), signer: e.key.clone(), blob });
         }
         Ok(self.commit(verified, into)?.0)
     }
@@ -185,33 +179,30 @@ impl Installer<'_> {
                 blob
             }
         };
-        self.check_manifest(r, &blob)?;
+        self.check_manifest(&r.name, &r.version, &blob)?;
         Ok(blob)
     }
 
-    fn check_manifest(&self, r: &Release, blob: &[u8]) -> Result<(), RegistryError> {
-        let (name, version) = (self.manifest_check)(blob).map_err(|e| RegistryError::ManifestMismatch {
-            name: r.name.to_string(),
-            version: r.version.to_string(),
-            found: format!("unreadable ({e})"),
-        })?;
-        if name != r.name.name || version != r.version {
-            return Err(RegistryError::ManifestMismatch { name: r.name.to_string(), version: r.version.to_string(), found: format!("{name}@{version}") });
+    fn check_manifest(&self, want: &PackageName, version: &semver::Version, blob: &[u8]) -> Result<(), RegistryError> {
+        let mismatch = |found: String| RegistryError::ManifestMismatch { name: want.to_string(), version: version.to_string(), found };
+        let (name, v) = (self.manifest_check)(blob).map_err(|e| mismatch(format!("unreadable ({e})")))?;
+        if name != want.name || &v != version {
+            return Err(mismatch(format!("{name}@{v}")));
         }
         Ok(())
     }
 
-    fn commit(&self, verified: Vec<(Release, Option<String>, Vec<u8>)>, into: &Path) -> Result<(Vec<Installed>, Lockfile), RegistryError> {
+    fn commit(&self, verified: Vec<Verified>, into: &Path) -> Result<(Vec<Installed>, Lockfile), RegistryError> {
         let mut installed = Vec::new();
         let mut lock = Lockfile::default();
-        for (r, signer, blob) in verified {
-            if let Some(cache) = self.cache_path(&r.digest) {
-                write_atomic(&cache, &blob)?;
+        for v in verified {
+            if let Some(cache) = self.cache_path(&v.digest) {
+                write_atomic(&cache, &v.blob)?;
             }
-            let path = into.join(&r.name.namespace).join(format!("{}.wasm", r.name.name));
-            write_atomic(&path, &blob)?;
-            lock.plugins.push(LockEntry { name: r.name.clone(), version: r.version.clone(), digest: r.digest.clone(), unsigned: signer.is_none(), key: signer.clone() });
-            installed.push(Installed { name: r.name, version: r.version, path, signer });
+            let path = into.join(&v.name.namespace).join(format!("{}.wasm", v.name.name));
+            write_atomic(&path, &v.blob)?;
+            lock.plugins.push(LockEntry { name: v.name.clone(), version: v.version.clone(), digest: v.digest, unsigned: v.signer.is_none(), key: v.signer.clone() });
+            installed.push(Installed { name: v.name, version: v.version, path, signer: v.signer });
         }
         lock.plugins.sort_by(|a, b| a.name.cmp(&b.name));
         Ok((installed, lock))

@@ -57,7 +57,7 @@ fn check(bytes: &[u8]) -> Result<(String, semver::Version), String> {
 }
 
 fn wit_ok(v: &semver::Version) -> bool {
-    galley_runtime::SUPPORTED_WIT.iter().any(|s| s.major == v.major && s.minor == v.minor && s >= v)
+    galley_runtime::wit_supported(v)
 }
 
 struct World {

@@ -247,9 +247,7 @@ fn inspect(file: &std::path::Path, json: bool) -> Result<()> {
         None => ("none".to_string(), "none".to_string()),
     };
     let m = info.manifest.as_ref();
-    let supported = info.plugin_export.as_ref().is_some_and(|(_, v)| {
-        galley_runtime::SUPPORTED_WIT.iter().any(|s| s.major == v.major && s.minor == v.minor && s >= v)
-    });
+    let supported = info.plugin_export.as_ref().is_some_and(|(_, v)| galley_runtime::wit_supported(v));
     if json {
         let out = serde_json::json!({
             "file": file.display().to_string(),

@@ -153,7 +153,6 @@ pub fn install(a: InstallArgs<'_>) -> Result<()> {
         .and_then(|c| c.parent().map(|p| p.join("blobs")))
         .unwrap_or_else(|| PathBuf::from(".galley/cache"));
     let reg = if a.offline { None } else { Some(registry(a.registry)?) };
-    let wit_ok = |v: &semver::Version| galley_runtime::SUPPORTED_WIT.iter().any(|s| s.major == v.major && s.minor == v.minor && s >= v);
     let check = |bytes: &[u8]| -> std::result::Result<(String, semver::Version), String> {
         let info = galley_runtime::inspect(bytes, "blob").map_err(|e| e.to_string())?;
         let m = info.manifest.ok_or("no galley manifest")?;
@@ -165,7 +164,7 @@ pub fn install(a: InstallArgs<'_>) -> Result<()> {
         trust: &trust,
         policy: if a.allow_unsigned { TrustPolicy::AllowUnsigned } else { TrustPolicy::SignedOnly },
         max_blob: 256 << 20,
-        wit_supported: &wit_ok,
+        wit_supported: &galley_runtime::wit_supported,
         manifest_check: &check,
     };
     let lock = Lockfile::load(a.lock)?;

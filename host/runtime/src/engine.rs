@@ -198,11 +198,13 @@ fn v0_1_pre(
 
 /// A plugin built against `found` runs here if some supported version has the same major and
 /// (for 0.x) minor version and is at least as new.
+/// Whether this host runs plugins built against `galley:plugin@found`.
+pub fn wit_supported(found: &semver::Version) -> bool {
+    SUPPORTED_WIT.iter().any(|s| s.major == found.major && (s.major > 0 || s.minor == found.minor) && s >= found)
+}
+
 fn check_wit(plugin: &str, found: &semver::Version) -> Result<(), RuntimeError> {
-    let compatible = SUPPORTED_WIT.iter().any(|s| {
-        s.major == found.major && (s.major > 0 || s.minor == found.minor) && s >= found
-    });
-    if compatible {
+    if wit_supported(found) {
         return Ok(());
     }
     let newest = SUPPORTED_WIT.last().expect("at least one supported version");

@@ -27,7 +27,7 @@ mod sandbox;
 pub mod v0_1;
 
 pub use cache::{CacheOutcome, default_cache_dir};
-pub use engine::{Runtime, RuntimeConfig, SUPPORTED_WIT};
+pub use engine::{Runtime, RuntimeConfig, SUPPORTED_WIT, wit_supported};
 pub use error::RuntimeError;
 pub use inspect::{ComponentInfo, digest_of, inspect, parse_plugin_name};
 pub use manifest::{Capabilities, MANIFEST_SECTION, Manifest, embed as embed_manifest};

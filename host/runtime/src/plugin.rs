@@ -73,19 +73,8 @@ impl Plugin {
         if self.inner.kind == kind {
             return Ok(());
         }
-        Err(PluginError::new(
-            self.id(),
-            "load",
-            K::InvalidConfig,
-            RuntimeError::WrongKind {
-                plugin: self.id().into(),
-                found: self.inner.kind.to_string(),
-                expected: kind.to_string(),
-            }
-            .to_string()
-            .trim_start_matches(&format!("{}: ", self.id()))
-            .to_string(),
-        ))
+        let e = RuntimeError::WrongKind { plugin: self.id().into(), found: self.inner.kind.to_string(), expected: kind.to_string() };
+        Err(runtime_error(self.id(), "load", e))
     }
 
     /// A reward-function instance, initialised with the user's settings (a JSON object).
@@ -142,10 +131,7 @@ impl Slot {
         // only those are mounted.
         let mut dirs = Vec::new();
         for name in &plugin.manifest().capabilities.read_dirs {
-            let err = |e: RuntimeError| {
-                let msg = e.to_string();
-                PluginError::new(&id, "init", K::InvalidConfig, msg.trim_start_matches(&format!("{id}: ")).to_string())
-            };
+            let err = |e: RuntimeError| runtime_error(&id, "init", e);
             let Some(path) = opts.grants.read_dirs.get(name) else {
                 return Err(err(RuntimeError::DirNotGranted { plugin: id.clone(), name: name.clone() }));
             };
@@ -287,6 +273,13 @@ impl Slot {
         tracing::warn!(plugin = %self.plugin.id(), call, "{msg}");
         self.err(call, kind, msg)
     }
+}
+
+/// A load-time refusal about plugin `id` as the caller's configuration error (the plugin and
+/// call are already in `PluginError`'s own prefix, so the message drops them).
+fn runtime_error(id: &str, call: &str, e: RuntimeError) -> PluginError {
+    let msg = e.to_string();
+    PluginError::new(id, call, K::InvalidConfig, msg.strip_prefix(&format!("{id}: ")).unwrap_or(&msg).to_string())
 }
 
 fn bad_output(slot: &Slot, call: &str, msg: String) -> PluginError {
