@@ -14,8 +14,15 @@ use workload::{throughput, workload};
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = std::env::var_os("GALLEY_PLUGIN_DIR").map(PathBuf::from).unwrap_or(root.join("target/plugins"));
-    let min = Duration::from_millis(std::env::var("BENCH_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000));
+    let dir = std::env::var_os("GALLEY_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or(root.join("target/plugins"));
+    let min = Duration::from_millis(
+        std::env::var("BENCH_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2000),
+    );
     let grpo = workload(8, 8);
     let distinct = workload(64, 1);
     let cache = std::env::temp_dir().join(format!("galley-lang-bench-{}", std::process::id()));
@@ -23,25 +30,48 @@ fn main() {
     println!("math-answer in four languages, one thread, {min:?} per throughput figure");
     println!(
         "{:<8} {:>10} {:>16} {:>16} {:>14} {:>14} {:>14}",
-        "lang", "size", "GRPO 8x8 /s", "distinct x64 /s", "instantiate", "first load", "cached load"
+        "lang",
+        "size",
+        "GRPO 8x8 /s",
+        "distinct x64 /s",
+        "instantiate",
+        "first load",
+        "cached load"
     );
     let mut rows = Vec::new();
     let mut reference = None;
-    for (lang, name) in [("rust", "math-answer"), ("c", "math-answer-c"), ("python", "math-answer-py"), ("js", "math-answer-js")] {
+    for (lang, name) in [
+        ("rust", "math-answer"),
+        ("c", "math-answer-c"),
+        ("python", "math-answer-py"),
+        ("js", "math-answer-js"),
+    ] {
         let path = dir.join(format!("{name}.wasm"));
-        assert!(path.exists(), "{} missing: run scripts/build-plugins.sh", path.display());
+        assert!(
+            path.exists(),
+            "{} missing: run scripts/build-plugins.sh",
+            path.display()
+        );
         let size = std::fs::metadata(&path).unwrap().len();
         let _ = std::fs::remove_dir_all(&cache);
 
         // First load: Cranelift compiles the component and writes the cache.
-        let rt = Runtime::new(RuntimeConfig { cache_dir: Some(cache.clone()), ..RuntimeConfig::default() }).unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache.clone()),
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
         let t = Instant::now();
         let plugin = rt.load(&path).unwrap();
         let first = t.elapsed();
         assert_eq!(plugin.cache_outcome(), CacheOutcome::Miss);
 
         // Cached load, in a fresh runtime, as the next run of galley would.
-        let rt2 = Runtime::new(RuntimeConfig { cache_dir: Some(cache.clone()), ..RuntimeConfig::default() }).unwrap();
+        let rt2 = Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache.clone()),
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
         let reps = 10;
         let t = Instant::now();
         for _ in 0..reps {
@@ -52,11 +82,17 @@ fn main() {
         let reps = 50;
         let t = Instant::now();
         for _ in 0..reps {
-            std::hint::black_box(plugin.reward(&serde_json::json!({}), InstanceOptions::default()).unwrap());
+            std::hint::black_box(
+                plugin
+                    .reward(&serde_json::json!({}), InstanceOptions::default())
+                    .unwrap(),
+            );
         }
         let inst = t.elapsed() / reps;
 
-        let mut r = plugin.reward(&serde_json::json!({}), InstanceOptions::default()).unwrap();
+        let mut r = plugin
+            .reward(&serde_json::json!({}), InstanceOptions::default())
+            .unwrap();
         use galley_core::RewardFn;
         let scores = r.score(&grpo).unwrap();
         match &reference {
@@ -79,5 +115,8 @@ fn main() {
         }));
     }
     let _ = std::fs::remove_dir_all(&cache);
-    println!("{}", serde_json::json!({"bench": "languages", "rows": rows}));
+    println!(
+        "{}",
+        serde_json::json!({"bench": "languages", "rows": rows})
+    );
 }

@@ -23,7 +23,10 @@ impl RewardFn for NativeMathAnswer {
     fn name(&self) -> &str {
         "native"
     }
-    fn score(&mut self, batch: &[RewardInput]) -> Result<Vec<Option<f64>>, galley_core::PluginError> {
+    fn score(
+        &mut self,
+        batch: &[RewardInput],
+    ) -> Result<Vec<Option<f64>>, galley_core::PluginError> {
         Ok(batch
             .iter()
             .map(|i| {
@@ -44,27 +47,52 @@ impl RewardFn for NativeMathAnswer {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let path = std::env::var_os("GALLEY_PLUGIN_DIR").map(PathBuf::from).unwrap_or(root.join("target/plugins")).join("math-answer.wasm");
-    assert!(path.exists(), "{} missing: run scripts/build-plugins.sh", path.display());
-    let min = Duration::from_millis(std::env::var("BENCH_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000));
+    let path = std::env::var_os("GALLEY_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or(root.join("target/plugins"))
+        .join("math-answer.wasm");
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/build-plugins.sh",
+        path.display()
+    );
+    let min = Duration::from_millis(
+        std::env::var("BENCH_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2000),
+    );
     let grpo = workload(8, 8);
     let distinct = workload(64, 1);
 
     // Correctness first: both must agree on every item.
     let mut native = NativeMathAnswer;
     let cache = tempfile_dir();
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(cache.clone()), ..RuntimeConfig::default() }).unwrap();
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.clone()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
     let plugin = runtime.load(&path).unwrap();
-    let mut wasm = plugin.reward(&serde_json::json!({}), InstanceOptions::default()).unwrap();
+    let mut wasm = plugin
+        .reward(&serde_json::json!({}), InstanceOptions::default())
+        .unwrap();
     for items in [&grpo, &distinct] {
         let want = native.score(items).unwrap();
-        assert_eq!(wasm.score(items).unwrap(), want, "plugin and native disagree");
+        assert_eq!(
+            wasm.score(items).unwrap(),
+            want,
+            "plugin and native disagree"
+        );
         assert!(want.iter().any(|s| *s == Some(1.0)) && want.iter().any(|s| *s == Some(0.0)));
     }
 
     let chars = grpo.iter().map(|i| i.completion.len()).sum::<usize>() / grpo.len();
     println!("math-answer reward, completions of ~{chars} chars, one thread, {min:?} per figure");
-    println!("{:<44} {:>14} {:>14} {:>8}", "completions scored per second", "wasm plugin", "native Rust", "ratio");
+    println!(
+        "{:<44} {:>14} {:>14} {:>8}",
+        "completions scored per second", "wasm plugin", "native Rust", "ratio"
+    );
     let mut rows = Vec::new();
     for (label, items, batch) in [
         ("GRPO: one call per group of 8", &grpo, 8usize),
@@ -79,10 +107,23 @@ fn main() {
     }
     if std::env::var_os("BENCH_PROBE").is_some() {
         // The boundary alone: a plugin that only measures each completion's length.
-        let hp = runtime.load(&path.with_file_name("hostile-reward.wasm")).unwrap();
-        let mut ok = hp.reward(&serde_json::json!({"mode": "ok"}), InstanceOptions::default()).unwrap();
-        for (label, items, batch) in [("transfer only, GRPO groups", &grpo, 64usize), ("transfer only, distinct", &distinct, 64)] {
-            println!("{label:<44} {:>12.0}/s", throughput(&mut ok, items, batch, min));
+        let hp = runtime
+            .load(&path.with_file_name("hostile-reward.wasm"))
+            .unwrap();
+        let mut ok = hp
+            .reward(
+                &serde_json::json!({"mode": "ok"}),
+                InstanceOptions::default(),
+            )
+            .unwrap();
+        for (label, items, batch) in [
+            ("transfer only, GRPO groups", &grpo, 64usize),
+            ("transfer only, distinct", &distinct, 64),
+        ] {
+            println!(
+                "{label:<44} {:>12.0}/s",
+                throughput(&mut ok, items, batch, min)
+            );
         }
     }
 
@@ -90,7 +131,11 @@ fn main() {
     let reps = 300;
     let t = Instant::now();
     for _ in 0..reps {
-        std::hint::black_box(plugin.reward(&serde_json::json!({}), InstanceOptions::default()).unwrap());
+        std::hint::black_box(
+            plugin
+                .reward(&serde_json::json!({}), InstanceOptions::default())
+                .unwrap(),
+        );
     }
     let inst_us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
 
@@ -104,7 +149,11 @@ fn main() {
     let cached_ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
 
     // Cold: compile with Cranelift every time.
-    let cold_rt = Runtime::new(RuntimeConfig { cache_dir: None, ..RuntimeConfig::default() }).unwrap();
+    let cold_rt = Runtime::new(RuntimeConfig {
+        cache_dir: None,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
     let reps = 5;
     let t = Instant::now();
     for _ in 0..reps {
@@ -112,9 +161,17 @@ fn main() {
     }
     let cold_ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
 
-    println!("{:<34} {:>10.1} µs", "instantiate + init (pooling)", inst_us);
+    println!(
+        "{:<34} {:>10.1} µs",
+        "instantiate + init (pooling)", inst_us
+    );
     println!("{:<34} {:>10.2} ms", "load from compiled cache", cached_ms);
-    println!("{:<34} {:>10.1} ms   ({:.0}x the cached load)", "cold compile (no cache)", cold_ms, cold_ms / cached_ms);
+    println!(
+        "{:<34} {:>10.1} ms   ({:.0}x the cached load)",
+        "cold compile (no cache)",
+        cold_ms,
+        cold_ms / cached_ms
+    );
     println!(
         "{}",
         serde_json::json!({"bench": "plugin", "throughput": rows, "instantiate_us": inst_us, "cached_load_ms": cached_ms, "cold_compile_ms": cold_ms})

@@ -7,13 +7,21 @@ use std::time::{Duration, Instant};
 /// thought), in every answer format the reward understands, half of them right. With
 /// `per` = 8 this is a GRPO batch; with `per` = 1 every completion has its own prompt.
 pub fn workload(prompts: usize, per: usize) -> Vec<RewardInput> {
-    let endings = ["#### {}", "So the answer is {}.", "The final answer is \\boxed{{}}.", "Therefore we get {} in total."];
+    let endings = [
+        "#### {}",
+        "So the answer is {}.",
+        "The final answer is \\boxed{{}}.",
+        "Therefore we get {} in total.",
+    ];
     let mut out = Vec::new();
     for p in 0..prompts {
         let a = 12 + p as i64 * 7;
         let b = 3 + (p as i64 % 11);
         let truth = a * b;
-        let prompt = vec![Message::new("user", format!("{a} boxes of {b} items: how many items?"))];
+        let prompt = vec![Message::new(
+            "user",
+            format!("{a} boxes of {b} items: how many items?"),
+        )];
         let mut metadata = galley_core::Metadata::new();
         metadata.insert("answer".into(), Value::Text(truth.to_string()));
         metadata.insert("source".into(), Value::Text("bench".into()));
@@ -29,7 +37,11 @@ pub fn workload(prompts: usize, per: usize) -> Vec<RewardInput> {
                 said_fmt = group(said)
             );
             let ending = endings[i % endings.len()].replace("{}", &group(said));
-            out.push(RewardInput { prompt: prompt.clone(), completion: steps + &ending, metadata: metadata.clone() });
+            out.push(RewardInput {
+                prompt: prompt.clone(),
+                completion: steps + &ending,
+                metadata: metadata.clone(),
+            });
         }
     }
     out
@@ -60,4 +72,3 @@ pub fn throughput(r: &mut dyn RewardFn, items: &[RewardInput], batch: usize, min
     }
     scored as f64 / start.elapsed().as_secs_f64()
 }
-

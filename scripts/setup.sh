@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# Installs what building galley plugins needs when rustup has no wasm32-wasip2 target:
-# Debian's wasm-capable Rust (it builds std for wasm from source), wasm-ld and wasi-libc.
+# Installs what the build and the tests need from Debian: when rustup has no wasm32-wasip2
+# target, Debian's wasm-capable Rust (it builds std for wasm from source), wasm-ld and
+# wasi-libc; and always docker-registry, the OCI registry the OCI interop tests push to.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
 
+packages=(docker-registry)
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
-    echo "setup: rustup has wasm32-wasip2; no Debian packages needed"
-    exit 0
+    echo "setup: rustup has wasm32-wasip2; no Debian wasm toolchain needed"
+else
+    packages+=(rustc-web cargo-web rust-web-src libstd-rust-web-dev clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32)
 fi
-
-packages=(rustc-web cargo-web rust-web-src libstd-rust-web-dev clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "setup: wasm toolchain present"
+    echo "setup: everything present"
     exit 0
 fi
 

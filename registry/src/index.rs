@@ -21,20 +21,26 @@ fn ok_part(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 impl PackageName {
     pub fn parse(s: &str) -> Result<Self, RegistryError> {
         match s.split_once('/') {
-            Some((ns, name)) if ok_part(ns) && ok_part(name) => Ok(Self { namespace: ns.into(), name: name.into() }),
+            Some((ns, name)) if ok_part(ns) && ok_part(name) => Ok(Self {
+                namespace: ns.into(),
+                name: name.into(),
+            }),
             _ => Err(RegistryError::BadName(s.into())),
         }
     }
 
     /// The index file, relative to the registry root.
     pub fn index_path(&self) -> std::path::PathBuf {
-        Path::new("index").join(&self.namespace).join(format!("{}.jsonl", self.name))
+        Path::new("index")
+            .join(&self.namespace)
+            .join(format!("{}.jsonl", self.name))
     }
 }
 
@@ -89,7 +95,11 @@ impl Release {
     /// `yanked` (which the registry may flip) nor the signature itself. Changing the version,
     /// digest, size, kind, WIT, dependencies or capabilities breaks the signature.
     pub fn signed_message(&self) -> Vec<u8> {
-        let deps: Vec<String> = self.dependencies.iter().map(|(n, r)| format!("{n} {r}")).collect();
+        let deps: Vec<String> = self
+            .dependencies
+            .iter()
+            .map(|(n, r)| format!("{n} {r}"))
+            .collect();
         let mut dirs = self.read_dirs.clone();
         dirs.sort();
         format!(
@@ -109,27 +119,51 @@ impl Release {
     /// `sha256:<hex>` with nothing else, so it can name a blob file safely.
     pub fn digest_hex(&self) -> Option<&str> {
         let hex = self.digest.strip_prefix("sha256:")?;
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())).then_some(hex)
+        (hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then_some(hex)
     }
 }
 
 /// Parses an index file; every error names the file and line.
-pub(crate) fn parse_index(text: &str, path: &Path, expected: &PackageName) -> Result<Vec<Release>, RegistryError> {
+pub(crate) fn parse_index(
+    text: &str,
+    path: &Path,
+    expected: &PackageName,
+) -> Result<Vec<Release>, RegistryError> {
     let mut out: Vec<Release> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let r: Release = serde_json::from_str(line)
-            .map_err(|e| RegistryError::BadIndexLine { path: path.into(), line: i + 1, reason: e.to_string() })?;
+        let r: Release = serde_json::from_str(line).map_err(|e| RegistryError::BadIndexLine {
+            path: path.into(),
+            line: i + 1,
+            reason: e.to_string(),
+        })?;
         if &r.name != expected {
-            return Err(RegistryError::MisfiledLine { path: path.into(), line: i + 1, found: r.name.to_string(), expected: expected.to_string() });
+            return Err(RegistryError::MisfiledLine {
+                path: path.into(),
+                line: i + 1,
+                found: r.name.to_string(),
+                expected: expected.to_string(),
+            });
         }
         if r.digest_hex().is_none() {
-            return Err(RegistryError::BadIndexLine { path: path.into(), line: i + 1, reason: format!("digest `{}` is not sha256:<64 lowercase hex>", r.digest) });
+            return Err(RegistryError::BadIndexLine {
+                path: path.into(),
+                line: i + 1,
+                reason: format!("digest `{}` is not sha256:<64 lowercase hex>", r.digest),
+            });
         }
         if out.iter().any(|o| o.version == r.version) {
-            return Err(RegistryError::BadIndexLine { path: path.into(), line: i + 1, reason: format!("version {} appears twice", r.version) });
+            return Err(RegistryError::BadIndexLine {
+                path: path.into(),
+                line: i + 1,
+                reason: format!("version {} appears twice", r.version),
+            });
         }
         out.push(r);
     }

@@ -24,8 +24,9 @@ pub enum TrustPolicy {
     AllowUnsigned,
 }
 
-/// Reads the component's embedded manifest: `(name, version)`. Supplied by the caller (the
-/// runtime owns component parsing).
+/// Reads the component's embedded manifest: `(name, version)`, the name as `namespace/name`
+/// when the manifest names its namespace. Supplied by the caller (the runtime owns component
+/// parsing).
 pub type ManifestCheck = dyn Fn(&[u8]) -> Result<(String, semver::Version), String>;
 
 pub struct Installer<'a> {
@@ -61,29 +62,62 @@ pub struct Installed {
 impl Installer<'_> {
     /// Resolves `reqs` (keeping versions the lockfile pins when they still fit), verifies and
     /// installs them into `into/NAMESPACE/NAME.wasm`, and returns the new lockfile.
-    pub fn install(&self, reqs: &[Requirement], into: &Path, lock: Option<&Lockfile>) -> Result<(Vec<Installed>, Lockfile), RegistryError> {
-        let registry = self.registry.ok_or_else(|| RegistryError::Unsatisfiable("resolving needs a registry; offline, install from galley.lock".into()))?;
-        let locked: BTreeMap<PackageName, semver::Version> =
-            lock.map(|l| l.plugins.iter().map(|e| (e.name.clone(), e.version.clone())).collect()).unwrap_or_default();
+    pub fn install(
+        &self,
+        reqs: &[Requirement],
+        into: &Path,
+        lock: Option<&Lockfile>,
+    ) -> Result<(Vec<Installed>, Lockfile), RegistryError> {
+        let registry = self.registry.ok_or_else(|| {
+            RegistryError::Unsatisfiable(
+                "resolving needs a registry; offline, install from galley.lock".into(),
+            )
+        })?;
+        let locked: BTreeMap<PackageName, semver::Version> = lock
+            .map(|l| {
+                l.plugins
+                    .iter()
+                    .map(|e| (e.name.clone(), e.version.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let releases = resolve(registry, reqs, self.wit_supported, &locked)?;
         let mut verified = Vec::new();
         for r in &releases {
             // A locked version must still be the locked bytes.
-            if let Some(e) = lock.and_then(|l| l.plugins.iter().find(|e| e.name == r.name && e.version == r.version)) {
-                if e.digest != r.digest {
-                    return Err(RegistryError::LockedDigestChanged { name: r.name.to_string(), version: r.version.to_string(), locked: e.digest.clone(), offered: r.digest.clone() });
-                }
+            if let Some(e) = lock.and_then(|l| {
+                l.plugins
+                    .iter()
+                    .find(|e| e.name == r.name && e.version == r.version)
+            }) && e.digest != r.digest
+            {
+                return Err(RegistryError::LockedDigestChanged {
+                    name: r.name.to_string(),
+                    version: r.version.to_string(),
+                    locked: e.digest.clone(),
+                    offered: r.digest.clone(),
+                });
             }
             let signer = self.check_signature(r)?;
             let blob = self.fetch(r)?;
-            verified.push(Verified { name: r.name.clone(), version: r.version.clone(), digest: r.digest.clone(), signer, blob });
+            verified.push(Verified {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                digest: r.digest.clone(),
+                signer,
+                blob,
+            });
         }
         self.commit(verified, into)
     }
 
     /// Installs exactly what `lock` pins: from the cache when the bytes are there (offline
     /// works), else from the registry, which must serve the same digest.
-    pub fn install_locked(&self, lock: &Lockfile, into: &Path) -> Result<Vec<Installed>, RegistryError> {
+    pub fn install_locked(
+        &self,
+        lock: &Lockfile,
+        into: &Path,
+    ) -> Result<Vec<Installed>, RegistryError> {
         let mut verified = Vec::new();
         for e in &lock.plugins {
             let blob = match (self.read_cache(&e.digest)?, self.registry) {
@@ -93,24 +127,49 @@ impl Installer<'_> {
                     self.check_manifest(&e.name, &e.version, &blob)?;
                     blob
                 }
-                (None, None) => return Err(RegistryError::NotCached { name: e.name.to_string(), version: e.version.to_string() }),
+                (None, None) => {
+                    return Err(RegistryError::NotCached {
+                        name: e.name.to_string(),
+                        version: e.version.to_string(),
+                    });
+                }
                 (None, Some(reg)) => {
                     let r = reg
                         .releases(&e.name)?
                         .into_iter()
                         .find(|r| r.version == e.version)
-                        .ok_or_else(|| RegistryError::Unsatisfiable(format!("{}@{} is locked but no longer in the registry", e.name, e.version)))?;
+                        .ok_or_else(|| {
+                            RegistryError::Unsatisfiable(format!(
+                                "{}@{} is locked but no longer in the registry",
+                                e.name, e.version
+                            ))
+                        })?;
                     if r.digest != e.digest {
-                        return Err(RegistryError::LockedDigestChanged { name: e.name.to_string(), version: e.version.to_string(), locked: e.digest.clone(), offered: r.digest.clone() });
+                        return Err(RegistryError::LockedDigestChanged {
+                            name: e.name.to_string(),
+                            version: e.version.to_string(),
+                            locked: e.digest.clone(),
+                            offered: r.digest.clone(),
+                        });
                     }
                     let signer = self.check_signature(&r)?;
                     if signer != e.key {
-                        return Err(RegistryError::BadSignature { name: e.name.to_string(), version: e.version.to_string(), key: signer.unwrap_or_else(|| "none".into()) });
+                        return Err(RegistryError::BadSignature {
+                            name: e.name.to_string(),
+                            version: e.version.to_string(),
+                            key: signer.unwrap_or_else(|| "none".into()),
+                        });
                     }
                     self.fetch(&r)?
                 }
             };
-            verified.push(Verified { name: e.name.clone(), version: e.version.clone(), digest: e.digest.clone(), signer: e.key.clone(), blob });
+            verified.push(Verified {
+                name: e.name.clone(),
+                version: e.version.clone(),
+                digest: e.digest.clone(),
+                signer: e.key.clone(),
+                blob,
+            });
         }
         Ok(self.commit(verified, into)?.0)
     }
@@ -118,18 +177,23 @@ impl Installer<'_> {
     fn check_signature(&self, r: &Release) -> Result<Option<String>, RegistryError> {
         match self.trust.verify(r) {
             Ok(id) => Ok(Some(id)),
-            Err(RegistryError::Unsigned { .. }) if self.policy == TrustPolicy::AllowUnsigned => Ok(None),
+            Err(RegistryError::Unsigned { .. }) if self.policy == TrustPolicy::AllowUnsigned => {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
 
     fn cache_path(&self, digest: &str) -> Option<PathBuf> {
         let hex = digest.strip_prefix("sha256:")?;
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| self.cache.join(format!("{hex}.wasm")))
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.cache.join(format!("{hex}.wasm")))
     }
 
     fn read_cache(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
-        let Some(path) = self.cache_path(digest) else { return Ok(None) };
+        let Some(path) = self.cache_path(digest) else {
+            return Ok(None);
+        };
         match std::fs::read(&path) {
             Ok(bytes) if sha256(&bytes) == digest => Ok(Some(bytes)),
             Ok(_) => {
@@ -145,12 +209,19 @@ impl Installer<'_> {
     fn fetch(&self, r: &Release) -> Result<Vec<u8>, RegistryError> {
         let (name, version) = (r.name.to_string(), r.version.to_string());
         if r.size > self.max_blob {
-            return Err(RegistryError::TooLarge { name, version, cap: self.max_blob });
+            return Err(RegistryError::TooLarge {
+                name,
+                version,
+                cap: self.max_blob,
+            });
         }
         let blob = match self.read_cache(&r.digest)? {
             Some(b) => b,
             None => {
-                let reg = self.registry.ok_or_else(|| RegistryError::NotCached { name: name.clone(), version: version.clone() })?;
+                let reg = self.registry.ok_or_else(|| RegistryError::NotCached {
+                    name: name.clone(),
+                    version: version.clone(),
+                })?;
                 let path = PathBuf::from(format!("{}: {name}@{version} blob", reg.describe()));
                 let file = reg.open_blob(r)?;
                 // Hash while reading, and never read past the cap (or past the signed size).
@@ -167,14 +238,28 @@ impl Installer<'_> {
                     blob.extend_from_slice(&chunk[..n]);
                 }
                 if blob.len() as u64 > self.max_blob {
-                    return Err(RegistryError::TooLarge { name, version, cap: self.max_blob });
+                    return Err(RegistryError::TooLarge {
+                        name,
+                        version,
+                        cap: self.max_blob,
+                    });
                 }
                 if blob.len() as u64 != r.size {
-                    return Err(RegistryError::SizeMismatch { name, version, expected: r.size, found: blob.len() as u64 });
+                    return Err(RegistryError::SizeMismatch {
+                        name,
+                        version,
+                        expected: r.size,
+                        found: blob.len() as u64,
+                    });
                 }
                 let found = format!("sha256:{}", hex::encode(hasher.finalize()));
                 if found != r.digest {
-                    return Err(RegistryError::DigestMismatch { name, version, expected: r.digest.clone(), found });
+                    return Err(RegistryError::DigestMismatch {
+                        name,
+                        version,
+                        expected: r.digest.clone(),
+                        found,
+                    });
                 }
                 blob
             }
@@ -183,26 +268,55 @@ impl Installer<'_> {
         Ok(blob)
     }
 
-    fn check_manifest(&self, want: &PackageName, version: &semver::Version, blob: &[u8]) -> Result<(), RegistryError> {
-        let mismatch = |found: String| RegistryError::ManifestMismatch { name: want.to_string(), version: version.to_string(), found };
-        let (name, v) = (self.manifest_check)(blob).map_err(|e| mismatch(format!("unreadable ({e})")))?;
-        if name != want.name || &v != version {
+    fn check_manifest(
+        &self,
+        want: &PackageName,
+        version: &semver::Version,
+        blob: &[u8],
+    ) -> Result<(), RegistryError> {
+        let mismatch = |found: String| RegistryError::ManifestMismatch {
+            name: want.to_string(),
+            version: version.to_string(),
+            found,
+        };
+        let (name, v) =
+            (self.manifest_check)(blob).map_err(|e| mismatch(format!("unreadable ({e})")))?;
+        // A component that names its namespace must be published under it.
+        if (name != want.name && name != want.to_string()) || &v != version {
             return Err(mismatch(format!("{name}@{v}")));
         }
         Ok(())
     }
 
-    fn commit(&self, verified: Vec<Verified>, into: &Path) -> Result<(Vec<Installed>, Lockfile), RegistryError> {
+    fn commit(
+        &self,
+        verified: Vec<Verified>,
+        into: &Path,
+    ) -> Result<(Vec<Installed>, Lockfile), RegistryError> {
         let mut installed = Vec::new();
         let mut lock = Lockfile::default();
         for v in verified {
             if let Some(cache) = self.cache_path(&v.digest) {
                 write_atomic(&cache, &v.blob)?;
             }
-            let path = into.join(&v.name.namespace).join(format!("{}.wasm", v.name.name));
+            let path = into
+                .join(&v.name.namespace)
+                .join(format!("{}.wasm", v.name.name));
             write_atomic(&path, &v.blob)?;
-            lock.plugins.push(LockEntry { name: v.name.clone(), version: v.version.clone(), digest: v.digest, unsigned: v.signer.is_none(), key: v.signer.clone() });
-            installed.push(Installed { name: v.name, version: v.version, path, signer: v.signer });
+            lock.plugins.push(LockEntry {
+                name: v.name.clone(),
+                version: v.version.clone(),
+                digest: v.digest,
+                unsigned: v.signer.is_none(),
+                key: v.signer.clone(),
+                source: None,
+            });
+            installed.push(Installed {
+                name: v.name,
+                version: v.version,
+                path,
+                signer: v.signer,
+            });
         }
         lock.plugins.sort_by(|a, b| a.name.cmp(&b.name));
         Ok((installed, lock))

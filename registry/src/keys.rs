@@ -20,8 +20,11 @@ pub struct KeyPair {
 impl KeyPair {
     pub fn generate() -> Result<Self, RegistryError> {
         let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| RegistryError::Key(format!("no system randomness: {e}")))?;
-        Ok(Self { signing: SigningKey::from_bytes(&seed) })
+        getrandom::fill(&mut seed)
+            .map_err(|e| RegistryError::Key(format!("no system randomness: {e}")))?;
+        Ok(Self {
+            signing: SigningKey::from_bytes(&seed),
+        })
     }
 
     pub fn id(&self) -> String {
@@ -42,7 +45,12 @@ impl KeyPair {
         {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| io(path, e))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| io(path, e))?;
             f.write_all(text.as_bytes()).map_err(|e| io(path, e))?;
         }
         #[cfg(not(unix))]
@@ -55,8 +63,13 @@ impl KeyPair {
         let bytes: [u8; 32] = hex::decode(text.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| RegistryError::BadFile { path: path.into(), reason: "not a hex ed25519 secret key".into() })?;
-        Ok(Self { signing: SigningKey::from_bytes(&bytes) })
+            .ok_or_else(|| RegistryError::BadFile {
+                path: path.into(),
+                reason: "not a hex ed25519 secret key".into(),
+            })?;
+        Ok(Self {
+            signing: SigningKey::from_bytes(&bytes),
+        })
     }
 
     /// Signs a release in place.
@@ -88,9 +101,15 @@ impl TrustStore {
             }
             let mut parts = line.split_whitespace();
             let (Some(id), Some(public)) = (parts.next(), parts.next()) else {
-                return Err(RegistryError::BadFile { path: path.into(), reason: format!("line {}: expected `ID PUBLIC_KEY`", i + 1) });
+                return Err(RegistryError::BadFile {
+                    path: path.into(),
+                    reason: format!("line {}: expected `ID PUBLIC_KEY`", i + 1),
+                });
             };
-            store.add(id, public).map_err(|e| RegistryError::BadFile { path: path.into(), reason: format!("line {}: {e}", i + 1) })?;
+            store.add(id, public).map_err(|e| RegistryError::BadFile {
+                path: path.into(),
+                reason: format!("line {}: {e}", i + 1),
+            })?;
         }
         Ok(store)
     }
@@ -100,10 +119,16 @@ impl TrustStore {
         let bytes: [u8; 32] = hex::decode(public)
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| RegistryError::Key(format!("`{public}` is not a hex ed25519 public key")))?;
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|e| RegistryError::Key(e.to_string()))?;
+            .ok_or_else(|| {
+                RegistryError::Key(format!("`{public}` is not a hex ed25519 public key"))
+            })?;
+        let key =
+            VerifyingKey::from_bytes(&bytes).map_err(|e| RegistryError::Key(e.to_string()))?;
         if key_id(&key) != id {
-            return Err(RegistryError::Key(format!("key id {id} does not match the public key (its id is {})", key_id(&key))));
+            return Err(RegistryError::Key(format!(
+                "key id {id} does not match the public key (its id is {})",
+                key_id(&key)
+            )));
         }
         self.keys.insert(id.to_string(), key);
         Ok(())
@@ -113,7 +138,11 @@ impl TrustStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         }
-        let text: String = self.keys.iter().map(|(id, k)| format!("{id} {}\n", hex::encode(k.as_bytes()))).collect();
+        let text: String = self
+            .keys
+            .iter()
+            .map(|(id, k)| format!("{id} {}\n", hex::encode(k.as_bytes())))
+            .collect();
         std::fs::write(path, text).map_err(|e| io(path, e))
     }
 
@@ -128,11 +157,23 @@ impl TrustStore {
             return Err(RegistryError::Unsigned { name, version });
         };
         let Some(key) = self.keys.get(id) else {
-            return Err(RegistryError::UntrustedKey { name, version, key: id.clone() });
+            return Err(RegistryError::UntrustedKey {
+                name,
+                version,
+                key: id.clone(),
+            });
         };
-        let bad = || RegistryError::BadSignature { name: name.clone(), version: version.clone(), key: id.clone() };
-        let bytes: [u8; 64] = hex::decode(sig).ok().and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
-        key.verify(&r.signed_message(), &Signature::from_bytes(&bytes)).map_err(|_| bad())?;
+        let bad = || RegistryError::BadSignature {
+            name: name.clone(),
+            version: version.clone(),
+            key: id.clone(),
+        };
+        let bytes: [u8; 64] = hex::decode(sig)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(bad)?;
+        key.verify(&r.signed_message(), &Signature::from_bytes(&bytes))
+            .map_err(|_| bad())?;
         Ok(id.clone())
     }
 }

@@ -5,13 +5,15 @@
 //! checked against the signed digest and size, and installs go through a content-addressed
 //! cache that makes a locked install work offline. The same layout is read from a folder, from
 //! `galley registry serve` (this crate's axum server, which adds token-guarded publishing and
-//! yanking), or from any static file host.
+//! yanking), or from any static file host. Container registries that speak the OCI distribution API hold
+//! plugins too, as Wasm OCI artifacts carrying the same signed release line.
 
 mod error;
 mod index;
 mod install;
 mod keys;
 mod lock;
+mod oci;
 mod resolve;
 mod server;
 mod source;
@@ -22,7 +24,8 @@ pub use index::{PackageName, Release};
 pub use install::{Installed, Installer, TrustPolicy};
 pub use keys::{KeyPair, TrustStore, key_id};
 pub use lock::{LockEntry, Lockfile};
+pub use oci::{OciClient, OciRef, OciSource, Pulled};
 pub use resolve::{Requirement, resolve};
 pub use server::{ServerConfig, serve};
-pub use source::{HttpRegistry, Source};
+pub use source::{HttpRegistry, Source, StaticRegistry};
 pub use store::FileRegistry;

@@ -18,10 +18,18 @@ impl Requirement {
     /// `ns/name` or `ns/name@REQ` (e.g. `galley/math-answer@^0.1`).
     pub fn parse(s: &str) -> Result<Self, RegistryError> {
         let (name, req) = match s.split_once('@') {
-            Some((n, r)) => (n, semver::VersionReq::parse(r).map_err(|e| RegistryError::Unsatisfiable(format!("`{s}`: bad version requirement: {e}")))?),
+            Some((n, r)) => (
+                n,
+                semver::VersionReq::parse(r).map_err(|e| {
+                    RegistryError::Unsatisfiable(format!("`{s}`: bad version requirement: {e}"))
+                })?,
+            ),
             None => (s, semver::VersionReq::STAR),
         };
-        Ok(Self { name: PackageName::parse(name)?, req })
+        Ok(Self {
+            name: PackageName::parse(name)?,
+            req,
+        })
     }
 }
 
@@ -37,11 +45,15 @@ pub fn resolve(
         // Requirements from the roots and the dependencies of what is chosen now.
         let mut reqs: BTreeMap<PackageName, Vec<(semver::VersionReq, String)>> = BTreeMap::new();
         for r in roots {
-            reqs.entry(r.name.clone()).or_default().push((r.req.clone(), "you".into()));
+            reqs.entry(r.name.clone())
+                .or_default()
+                .push((r.req.clone(), "you".into()));
         }
         for rel in chosen.values() {
             for (dep, req) in &rel.dependencies {
-                reqs.entry(dep.clone()).or_default().push((req.clone(), format!("{}@{}", rel.name, rel.version)));
+                reqs.entry(dep.clone())
+                    .or_default()
+                    .push((req.clone(), format!("{}@{}", rel.name, rel.version)));
             }
         }
         chosen.retain(|name, _| reqs.contains_key(name));
@@ -56,12 +68,23 @@ pub fn resolve(
                     && wit_supported(&r.wit)
                     && (!r.yanked || locked.get(name) == Some(&r.version))
             };
-            let pick = match locked.get(name).and_then(|v| all.iter().find(|r| &r.version == v && fits(r))) {
+            let pick = match locked
+                .get(name)
+                .and_then(|v| all.iter().find(|r| &r.version == v && fits(r)))
+            {
                 Some(l) => Some(l),
-                None => all.iter().filter(|r| fits(r)).max_by(|a, b| a.version.cmp(&b.version)),
+                None => all
+                    .iter()
+                    .filter(|r| fits(r))
+                    .max_by(|a, b| a.version.cmp(&b.version)),
             };
             let Some(pick) = pick else {
-                return Err(RegistryError::Unsatisfiable(explain(name, wants, all, wit_supported)));
+                return Err(RegistryError::Unsatisfiable(explain(
+                    name,
+                    wants,
+                    all,
+                    wit_supported,
+                )));
             };
             if chosen.get(name).map(|c| &c.version) != Some(&pick.version) {
                 chosen.insert(name.clone(), pick.clone());
@@ -72,7 +95,9 @@ pub fn resolve(
             return Ok(chosen.into_values().collect());
         }
     }
-    Err(RegistryError::Unsatisfiable("resolution did not settle after 64 rounds (dependency cycle between versions?)".into()))
+    Err(RegistryError::Unsatisfiable(
+        "resolution did not settle after 64 rounds (dependency cycle between versions?)".into(),
+    ))
 }
 
 fn explain(
@@ -81,16 +106,26 @@ fn explain(
     all: &[Release],
     wit_supported: &dyn Fn(&semver::Version) -> bool,
 ) -> String {
-    let asked: Vec<String> = wants.iter().map(|(r, who)| format!("{who} needs {r}")).collect();
+    let asked: Vec<String> = wants
+        .iter()
+        .map(|(r, who)| format!("{who} needs {r}"))
+        .collect();
     let mut seen: Vec<String> = all
         .iter()
         .map(|r| {
             let why = if r.yanked {
                 "yanked".to_string()
             } else if !wit_supported(&r.wit) {
-                format!("built for galley:plugin@{}, which this galley does not run", r.wit)
+                format!(
+                    "built for galley:plugin@{}, which this galley does not run",
+                    r.wit
+                )
             } else {
-                let unmet: Vec<String> = wants.iter().filter(|(q, _)| !q.matches(&r.version)).map(|(q, _)| q.to_string()).collect();
+                let unmet: Vec<String> = wants
+                    .iter()
+                    .filter(|(q, _)| !q.matches(&r.version))
+                    .map(|(q, _)| q.to_string())
+                    .collect();
                 format!("does not match {}", unmet.join(", "))
             };
             format!("{} ({why})", r.version)
@@ -100,6 +135,10 @@ fn explain(
     format!(
         "no version of {name} fits: {}; available: {}",
         asked.join("; "),
-        if seen.is_empty() { "none".into() } else { seen.join(", ") }
+        if seen.is_empty() {
+            "none".into()
+        } else {
+            seen.join(", ")
+        }
     )
 }

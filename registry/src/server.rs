@@ -29,7 +29,9 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Reads a tokens file: one `TOKEN NAMESPACE[,NAMESPACE...]` per line.
-    pub fn load_tokens(path: &std::path::Path) -> Result<BTreeMap<String, Vec<String>>, RegistryError> {
+    pub fn load_tokens(
+        path: &std::path::Path,
+    ) -> Result<BTreeMap<String, Vec<String>>, RegistryError> {
         let text = std::fs::read_to_string(path).map_err(|e| crate::error::io(path, e))?;
         let mut out = BTreeMap::new();
         for (i, line) in text.lines().enumerate() {
@@ -37,11 +39,16 @@ impl ServerConfig {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (token, ns) = line.split_once(char::is_whitespace).ok_or_else(|| RegistryError::BadFile {
-                path: path.into(),
-                reason: format!("line {}: expected `TOKEN NAMESPACE[,NAMESPACE]`", i + 1),
-            })?;
-            out.insert(token.to_string(), ns.trim().split(',').map(|s| s.trim().to_string()).collect());
+            let (token, ns) =
+                line.split_once(char::is_whitespace)
+                    .ok_or_else(|| RegistryError::BadFile {
+                        path: path.into(),
+                        reason: format!("line {}: expected `TOKEN NAMESPACE[,NAMESPACE]`", i + 1),
+                    })?;
+            out.insert(
+                token.to_string(),
+                ns.trim().split(',').map(|s| s.trim().to_string()).collect(),
+            );
         }
         Ok(out)
     }
@@ -57,7 +64,10 @@ type Shared = Arc<AppState>;
 /// Serves until the listener fails. Bind to loopback unless a proxy with TLS is in front.
 pub async fn serve(listener: tokio::net::TcpListener, cfg: ServerConfig) -> std::io::Result<()> {
     let max = cfg.max_upload;
-    let state = Arc::new(AppState { registry: FileRegistry::open(cfg.root.clone()), cfg });
+    let state = Arc::new(AppState {
+        registry: FileRegistry::open(cfg.root.clone()),
+        cfg,
+    });
     let app = Router::new()
         .route("/index/{ns}/{file}", get(index))
         .route("/blobs/sha256/{file}", get(blob))
@@ -75,15 +85,34 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response {
 
 fn etagged(headers: &HeaderMap, bytes: Vec<u8>, content_type: &'static str) -> Response {
     let etag = format!("\"{}\"", hex::encode(Sha256::digest(&bytes)));
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
-    (StatusCode::OK, [(header::ETAG, etag), (header::CONTENT_TYPE, content_type.to_string())], bytes).into_response()
+    (
+        StatusCode::OK,
+        [
+            (header::ETAG, etag),
+            (header::CONTENT_TYPE, content_type.to_string()),
+        ],
+        bytes,
+    )
+        .into_response()
 }
 
-async fn index(State(s): State<Shared>, Path((ns, file)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn index(
+    State(s): State<Shared>,
+    Path((ns, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     // Names are validated before they touch the file system: no traversal, no odd characters.
-    let Some(name) = file.strip_suffix(".jsonl").and_then(|n| PackageName::parse(&format!("{ns}/{n}")).ok()) else {
+    let Some(name) = file
+        .strip_suffix(".jsonl")
+        .and_then(|n| PackageName::parse(&format!("{ns}/{n}")).ok())
+    else {
         return text(StatusCode::NOT_FOUND, "no such package");
     };
     match tokio::fs::read(s.registry.root().join(name.index_path())).await {
@@ -93,10 +122,21 @@ async fn index(State(s): State<Shared>, Path((ns, file)): Path<(String, String)>
 }
 
 async fn blob(State(s): State<Shared>, Path(file): Path<String>, headers: HeaderMap) -> Response {
-    let Some(hex) = file.strip_suffix(".wasm").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))) else {
+    let Some(hex) = file.strip_suffix(".wasm").filter(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }) else {
         return text(StatusCode::NOT_FOUND, "no such blob");
     };
-    match tokio::fs::read(s.registry.root().join("blobs/sha256").join(format!("{hex}.wasm"))).await {
+    match tokio::fs::read(
+        s.registry
+            .root()
+            .join("blobs/sha256")
+            .join(format!("{hex}.wasm")),
+    )
+    .await
+    {
         Ok(bytes) => etagged(&headers, bytes, "application/wasm"),
         Err(_) => text(StatusCode::NOT_FOUND, "no such blob"),
     }
@@ -111,7 +151,10 @@ fn authorize(s: &AppState, headers: &HeaderMap, ns: &str) -> Result<(), Response
         .ok_or_else(|| text(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
     match s.cfg.tokens.get(token) {
         Some(spaces) if spaces.iter().any(|n| n == ns || n == "*") => Ok(()),
-        Some(_) => Err(text(StatusCode::FORBIDDEN, format!("this token may not publish to namespace `{ns}`"))),
+        Some(_) => Err(text(
+            StatusCode::FORBIDDEN,
+            format!("this token may not publish to namespace `{ns}`"),
+        )),
         None => Err(text(StatusCode::UNAUTHORIZED, "unknown token")),
     }
 }
@@ -126,8 +169,14 @@ fn status_of(e: &RegistryError) -> StatusCode {
 }
 
 async fn publish(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(line) = headers.get("x-galley-release").and_then(|v| v.to_str().ok()) else {
-        return text(StatusCode::BAD_REQUEST, "missing x-galley-release header (the signed index line)");
+    let Some(line) = headers
+        .get("x-galley-release")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "missing x-galley-release header (the signed index line)",
+        );
     };
     let release: Release = match serde_json::from_str(line) {
         Ok(r) => r,
@@ -140,9 +189,15 @@ async fn publish(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Re
         return text(StatusCode::BAD_REQUEST, "a new release cannot be yanked");
     }
     let state = s.clone();
-    let result = tokio::task::spawn_blocking(move || state.registry.publish(&release, &body).map(|_| release)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        state.registry.publish(&release, &body).map(|_| release)
+    })
+    .await;
     match result {
-        Ok(Ok(r)) => text(StatusCode::CREATED, format!("published {}@{}", r.name, r.version)),
+        Ok(Ok(r)) => text(
+            StatusCode::CREATED,
+            format!("published {}@{}", r.name, r.version),
+        ),
         Ok(Err(e)) => text(status_of(&e), e.to_string()),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -168,7 +223,10 @@ async fn yank(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
         return r;
     }
     let state = s.clone();
-    let result = tokio::task::spawn_blocking(move || state.registry.set_yanked(&name, &req.version, req.yanked)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        state.registry.set_yanked(&name, &req.version, req.yanked)
+    })
+    .await;
     match result {
         Ok(Ok(())) => text(StatusCode::OK, "ok"),
         Ok(Err(e)) => text(status_of(&e), e.to_string()),
@@ -196,7 +254,12 @@ async fn search(State(s): State<Shared>, Query(q): Query<SearchQuery>) -> Respon
     })
     .await;
     match found {
-        Ok(Ok(v)) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&v).unwrap_or_default()).into_response(),
+        Ok(Ok(v)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string(&v).unwrap_or_default(),
+        )
+            .into_response(),
         Ok(Err(e)) => text(status_of(&e), e.to_string()),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -25,7 +25,9 @@ impl FileRegistry {
         let path = self.root.join(name.index_path());
         match std::fs::read_to_string(&path) {
             Ok(text) => parse_index(&text, &path, name),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RegistryError::NoPackage(name.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(RegistryError::NoPackage(name.to_string()))
+            }
             Err(e) => Err(io(&path, e)),
         }
     }
@@ -34,16 +36,23 @@ impl FileRegistry {
     pub fn search(&self, term: &str) -> Result<Vec<PackageName>, RegistryError> {
         let index = self.root.join("index");
         let mut out = Vec::new();
-        let Ok(namespaces) = std::fs::read_dir(&index) else { return Ok(out) };
+        let Ok(namespaces) = std::fs::read_dir(&index) else {
+            return Ok(out);
+        };
         for ns in namespaces.flatten() {
-            let Ok(files) = std::fs::read_dir(ns.path()) else { continue };
+            let Ok(files) = std::fs::read_dir(ns.path()) else {
+                continue;
+            };
             for f in files.flatten() {
                 let file = f.file_name().to_string_lossy().into_owned();
-                let Some(stem) = file.strip_suffix(".jsonl") else { continue };
-                if let Ok(name) = PackageName::parse(&format!("{}/{stem}", ns.file_name().to_string_lossy())) {
-                    if name.to_string().contains(term) {
-                        out.push(name);
-                    }
+                let Some(stem) = file.strip_suffix(".jsonl") else {
+                    continue;
+                };
+                if let Ok(name) =
+                    PackageName::parse(&format!("{}/{stem}", ns.file_name().to_string_lossy()))
+                    && name.to_string().contains(term)
+                {
+                    out.push(name);
                 }
             }
         }
@@ -53,12 +62,16 @@ impl FileRegistry {
 
     /// Where the blob of a release lives; `None` when its digest is not a clean sha256.
     pub fn blob_path(&self, r: &Release) -> Option<PathBuf> {
-        r.digest_hex().map(|hex| self.root.join("blobs/sha256").join(format!("{hex}.wasm")))
+        r.digest_hex()
+            .map(|hex| self.root.join("blobs/sha256").join(format!("{hex}.wasm")))
     }
 
     /// Adds a signed (or unsigned) release and its blob. The blob must hash to the digest.
     pub fn publish(&self, release: &Release, blob: &[u8]) -> Result<(), RegistryError> {
-        let digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(blob)));
+        let digest = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(blob))
+        );
         if digest != release.digest || blob.len() as u64 != release.size {
             return Err(RegistryError::DigestMismatch {
                 name: release.name.to_string(),
@@ -71,7 +84,10 @@ impl FileRegistry {
         write_atomic(&blob_path, blob)?;
         self.edit_index(&release.name, |releases| {
             if releases.iter().any(|r| r.version == release.version) {
-                return Err(RegistryError::AlreadyPublished { name: release.name.to_string(), version: release.version.to_string() });
+                return Err(RegistryError::AlreadyPublished {
+                    name: release.name.to_string(),
+                    version: release.version.to_string(),
+                });
             }
             releases.push(release.clone());
             Ok(())
@@ -79,18 +95,29 @@ impl FileRegistry {
     }
 
     /// Marks a version yanked (or not): new resolutions skip it, locked installs still work.
-    pub fn set_yanked(&self, name: &PackageName, version: &semver::Version, yanked: bool) -> Result<(), RegistryError> {
+    pub fn set_yanked(
+        &self,
+        name: &PackageName,
+        version: &semver::Version,
+        yanked: bool,
+    ) -> Result<(), RegistryError> {
         self.edit_index(name, |releases| {
             let r = releases
                 .iter_mut()
                 .find(|r| &r.version == version)
-                .ok_or_else(|| RegistryError::Unsatisfiable(format!("{name} has no version {version}")))?;
+                .ok_or_else(|| {
+                    RegistryError::Unsatisfiable(format!("{name} has no version {version}"))
+                })?;
             r.yanked = yanked;
             Ok(())
         })
     }
 
-    fn edit_index(&self, name: &PackageName, f: impl FnOnce(&mut Vec<Release>) -> Result<(), RegistryError>) -> Result<(), RegistryError> {
+    fn edit_index(
+        &self,
+        name: &PackageName,
+        f: impl FnOnce(&mut Vec<Release>) -> Result<(), RegistryError>,
+    ) -> Result<(), RegistryError> {
         let path = self.root.join(name.index_path());
         let dir = path.parent().expect("index path has a parent");
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -101,7 +128,15 @@ impl FileRegistry {
             Err(e) => return Err(e),
         };
         f(&mut releases)?;
-        let text: String = releases.iter().map(|r| format!("{}\n", serde_json::to_string(r).expect("release serializes"))).collect();
+        let text: String = releases
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}\n",
+                    serde_json::to_string(r).expect("release serializes")
+                )
+            })
+            .collect();
         write_atomic(&path, text.as_bytes())
     }
 }
@@ -112,13 +147,22 @@ struct Lock(PathBuf);
 impl Lock {
     fn take(path: &Path) -> Result<Self, RegistryError> {
         for _ in 0..500 {
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
                 Ok(_) => return Ok(Self(path.to_path_buf())),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::thread::sleep(std::time::Duration::from_millis(10)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
                 Err(e) => return Err(io(path, e)),
             }
         }
-        Err(io(path, "still locked after 5 s; remove the lock file if no publish is running"))
+        Err(io(
+            path,
+            "still locked after 5 s; remove the lock file if no publish is running",
+        ))
     }
 }
 
@@ -132,7 +176,14 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RegistryErro
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     }
-    let tmp = path.with_extension(format!("tmp{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
+    let tmp = path.with_extension(
+        format!(
+            "tmp{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        )
+        .replace(['(', ')'], ""),
+    );
     std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }

@@ -10,13 +10,20 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 fn plugin_bytes(name: &str) -> Vec<u8> {
-    std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins").join(format!("{name}.wasm")))
-        .expect("run scripts/build-plugins.sh first")
+    std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/plugins")
+            .join(format!("{name}.wasm")),
+    )
+    .expect("run scripts/build-plugins.sh first")
 }
 
 fn component(name: &str, version: &str) -> Vec<u8> {
     let bytes = plugin_bytes("length-penalty");
-    let mut m: Manifest = galley_runtime::inspect(&bytes, "t").unwrap().manifest.unwrap();
+    let mut m: Manifest = galley_runtime::inspect(&bytes, "t")
+        .unwrap()
+        .manifest
+        .unwrap();
     m.name = name.into();
     m.version = semver::Version::parse(version).unwrap();
     embed_manifest(&bytes, &m)
@@ -50,9 +57,17 @@ fn start(root: PathBuf, max_upload: usize) -> String {
     let mut tokens = BTreeMap::new();
     tokens.insert("acme-token".to_string(), vec!["acme".to_string()]);
     tokens.insert("other-token".to_string(), vec!["other".to_string()]);
-    let cfg = ServerConfig { root, tokens, max_upload };
+    let cfg = ServerConfig {
+        root,
+        tokens,
+        max_upload,
+    };
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             serve(listener, cfg).await.unwrap();
@@ -62,7 +77,10 @@ fn start(root: PathBuf, max_upload: usize) -> String {
 }
 
 fn check(bytes: &[u8]) -> Result<(String, semver::Version), String> {
-    let m = galley_runtime::inspect(bytes, "blob").map_err(|e| e.to_string())?.manifest.ok_or("no manifest")?;
+    let m = galley_runtime::inspect(bytes, "blob")
+        .map_err(|e| e.to_string())?
+        .manifest
+        .ok_or("no manifest")?;
     Ok((m.name, m.version))
 }
 
@@ -71,7 +89,15 @@ fn wit_ok(_: &semver::Version) -> bool {
 }
 
 fn installer<'a>(src: &'a dyn Source, trust: &'a TrustStore, cache: PathBuf) -> Installer<'a> {
-    Installer { registry: Some(src), cache, trust, policy: TrustPolicy::SignedOnly, max_blob: 64 << 20, wit_supported: &wit_ok, manifest_check: &check }
+    Installer {
+        registry: Some(src),
+        cache,
+        trust,
+        policy: TrustPolicy::SignedOnly,
+        max_blob: 64 << 20,
+        wit_supported: &wit_ok,
+        manifest_check: &check,
+    }
 }
 
 #[test]
@@ -88,13 +114,26 @@ fn publish_search_install_yank_over_http() {
     // Tokens guard namespaces.
     let e = http.publish(&r1, &v1, "wrong").unwrap_err().to_string();
     assert!(e.contains("401"), "{e}");
-    let e = http.publish(&r1, &v1, "other-token").unwrap_err().to_string();
+    let e = http
+        .publish(&r1, &v1, "other-token")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("403") && e.contains("namespace `acme`"), "{e}");
     http.publish(&r1, &v1, "acme-token").unwrap();
-    let e = http.publish(&r1, &v1, "acme-token").unwrap_err().to_string();
+    let e = http
+        .publish(&r1, &v1, "acme-token")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("409") && e.contains("already published"), "{e}");
     // A body that is not what the line signs.
-    let e = http.publish(&release("acme", &component("penalty", "0.2.0"), &key), &v1, "acme-token").unwrap_err().to_string();
+    let e = http
+        .publish(
+            &release("acme", &component("penalty", "0.2.0"), &key),
+            &v1,
+            "acme-token",
+        )
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("400"), "{e}");
 
     // Concurrent publishes of different versions.
@@ -103,7 +142,8 @@ fn publish_search_install_yank_over_http() {
             let (http, key) = (&http, &key);
             s.spawn(move || {
                 let b = component("penalty", &format!("0.{i}.0"));
-                http.publish(&release("acme", &b, key), &b, "acme-token").unwrap();
+                http.publish(&release("acme", &b, key), &b, "acme-token")
+                    .unwrap();
             });
         }
     });
@@ -114,13 +154,24 @@ fn publish_search_install_yank_over_http() {
     // Install from HTTP: highest version, verified.
     let into = tmp.path().join("plugins");
     let reqs = [Requirement::parse("acme/penalty@^0.7").unwrap()];
-    let (installed, _) = installer(&http, &trust, tmp.path().join("cache")).install(&reqs, &into, None).unwrap();
+    let (installed, _) = installer(&http, &trust, tmp.path().join("cache"))
+        .install(&reqs, &into, None)
+        .unwrap();
     assert_eq!(installed[0].version.to_string(), "0.7.0");
     assert!(installed[0].path.exists());
 
     // Yank 0.7.0 over the API: the next fresh resolution is refused with the reason.
-    http.set_yanked(&PackageName::parse("acme/penalty").unwrap(), &semver::Version::new(0, 7, 0), true, "acme-token").unwrap();
-    let e = installer(&http, &trust, tmp.path().join("cache2")).install(&reqs, &tmp.path().join("p2"), None).unwrap_err().to_string();
+    http.set_yanked(
+        &PackageName::parse("acme/penalty").unwrap(),
+        &semver::Version::new(0, 7, 0),
+        true,
+        "acme-token",
+    )
+    .unwrap();
+    let e = installer(&http, &trust, tmp.path().join("cache2"))
+        .install(&reqs, &tmp.path().join("p2"), None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("0.7.0 (yanked)"), "{e}");
 }
 
@@ -132,19 +183,38 @@ fn etags_uploads_and_paths() {
     let key = KeyPair::generate().unwrap();
     let small = component("penalty", "0.1.0");
     // Over the upload cap (the component is ~160 KB).
-    let e = http.publish(&release("acme", &small, &key), &small, "acme-token").unwrap_err().to_string();
+    let e = http
+        .publish(&release("acme", &small, &key), &small, "acme-token")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("413"), "{e}");
     // Publish straight into the folder and read it back over HTTP with an ETag.
-    FileRegistry::open(tmp.path().join("root")).publish(&release("acme", &small, &key), &small).unwrap();
+    FileRegistry::open(tmp.path().join("root"))
+        .publish(&release("acme", &small, &key), &small)
+        .unwrap();
     let client = reqwest::blocking::Client::new();
     let url = format!("{base}/index/acme/penalty.jsonl");
     let first = client.get(&url).send().unwrap();
     assert_eq!(first.status(), 200);
     let etag = first.headers()["etag"].to_str().unwrap().to_string();
-    let again = client.get(&url).header("if-none-match", &etag).send().unwrap();
+    let again = client
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .unwrap();
     assert_eq!(again.status(), 304);
-    for bad in ["index/..%2F..%2Fetc/passwd.jsonl", "index/acme/..%2Fpenalty.jsonl", "blobs/sha256/..%2F..%2Findex.wasm", "index/Acme/X.jsonl", "blobs/sha256/abc.wasm"] {
-        assert_eq!(client.get(format!("{base}/{bad}")).send().unwrap().status(), 404, "{bad}");
+    for bad in [
+        "index/..%2F..%2Fetc/passwd.jsonl",
+        "index/acme/..%2Fpenalty.jsonl",
+        "blobs/sha256/..%2F..%2Findex.wasm",
+        "index/Acme/X.jsonl",
+        "blobs/sha256/abc.wasm",
+    ] {
+        assert_eq!(
+            client.get(format!("{base}/{bad}")).send().unwrap().status(),
+            404,
+            "{bad}"
+        );
     }
 }
 
@@ -159,7 +229,12 @@ fn hostile_server(index: String, blob: fn(&mut std::net::TcpStream)) -> String {
             let n = s.read(&mut buf).unwrap_or(0);
             let req = String::from_utf8_lossy(&buf[..n]).to_string();
             if req.starts_with("GET /index/") {
-                let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}", index.len(), index);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                    index.len(),
+                    index
+                );
             } else {
                 blob(&mut s);
             }
@@ -174,7 +249,10 @@ fn endless_and_truncated_blobs_install_nothing() {
     let mut trust = TrustStore::default();
     trust.add(&key.id(), &key.public_hex()).unwrap();
     let bytes = component("penalty", "0.1.0");
-    let line = format!("{}\n", serde_json::to_string(&release("acme", &bytes, &key)).unwrap());
+    let line = format!(
+        "{}\n",
+        serde_json::to_string(&release("acme", &bytes, &key)).unwrap()
+    );
     let reqs = [Requirement::parse("acme/penalty").unwrap()];
 
     let endless = hostile_server(line.clone(), |s| {
@@ -187,13 +265,30 @@ fn endless_and_truncated_blobs_install_nothing() {
         }
     });
     let truncated = hostile_server(line, |s| {
-        let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{}", "x".repeat(100));
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{}",
+            "x".repeat(100)
+        );
     });
     for (what, base) in [("endless", endless), ("truncated", truncated)] {
         let tmp = tempfile::tempdir().unwrap();
         let http = HttpRegistry::new(&base).unwrap();
-        let err = installer(&http, &trust, tmp.path().join("cache")).install(&reqs, &tmp.path().join("plugins"), None).unwrap_err();
-        assert!(matches!(err, RegistryError::SizeMismatch { .. } | RegistryError::DigestMismatch { .. } | RegistryError::Http { .. }), "{what}: {err}");
-        assert!(!tmp.path().join("plugins").exists() && !tmp.path().join("cache").exists(), "{what}: something was written");
+        let err = installer(&http, &trust, tmp.path().join("cache"))
+            .install(&reqs, &tmp.path().join("plugins"), None)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RegistryError::SizeMismatch { .. }
+                    | RegistryError::DigestMismatch { .. }
+                    | RegistryError::Http { .. }
+            ),
+            "{what}: {err}"
+        );
+        assert!(
+            !tmp.path().join("plugins").exists() && !tmp.path().join("cache").exists(),
+            "{what}: something was written"
+        );
     }
 }

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// The `galley` binary of this checkout (`cargo build -p galley`; scripts/test.sh does it).
@@ -12,17 +15,27 @@ pub fn galley_bin() -> PathBuf {
     let bin = std::env::var_os("GALLEY_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/debug/galley"));
-    assert!(bin.exists(), "{} is missing: run `cargo build -p galley` first (scripts/test.sh does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p galley` first (scripts/test.sh does)",
+        bin.display()
+    );
     bin
 }
 
 pub fn plugins_dir() -> PathBuf {
-    std::env::var_os("GALLEY_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/plugins"))
+    std::env::var_os("GALLEY_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/plugins"))
 }
 
 pub fn plugin(name: &str) -> PathBuf {
     let p = plugins_dir().join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} is missing: run scripts/build-plugins.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-plugins.sh",
+        p.display()
+    );
     p
 }
 
@@ -31,9 +44,15 @@ pub fn galley(cwd: &Path, args: &[&str]) -> Output {
     Command::new(galley_bin())
         .current_dir(cwd)
         .args(args)
-        .env("GALLEY_CACHE_DIR", repo_root().join("target/test-galley-cache"))
+        .env(
+            "GALLEY_CACHE_DIR",
+            repo_root().join("target/test-galley-cache"),
+        )
         // Share the toolchains and the wasm std build with scripts/build-plugins.sh.
-        .env("GALLEY_TOOLCHAIN_DIR", repo_root().join("target/toolchains"))
+        .env(
+            "GALLEY_TOOLCHAIN_DIR",
+            repo_root().join("target/toolchains"),
+        )
         .env("GALLEY_WASM_TARGET_DIR", repo_root().join("target/wasm"))
         .env_remove("RUST_LOG")
         .output()
@@ -50,10 +69,74 @@ pub fn stderr(o: &Output) -> String {
 
 /// Asserts a failed run printed exactly one `error:` line, and returns it.
 pub fn one_line_error(o: &Output) -> String {
-    assert!(!o.status.success(), "expected failure, got success: {}", stdout(o));
+    assert!(
+        !o.status.success(),
+        "expected failure, got success: {}",
+        stdout(o)
+    );
     let err = stderr(o);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line of error, got:\n{err}");
     assert!(lines[0].starts_with("error: "), "{err}");
     lines[0].to_string()
+}
+
+/// Debian's `docker-registry` (the CNCF distribution server), started on a free loopback port
+/// with its storage in `dir`, for the OCI tests; killed on drop. scripts/setup.sh installs it.
+pub struct DockerRegistry {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`
+    pub host: String,
+}
+
+impl DockerRegistry {
+    pub fn start(dir: &Path) -> Self {
+        let bin = Path::new("/usr/bin/docker-registry");
+        assert!(
+            bin.exists(),
+            "{} is missing: scripts/setup.sh installs Debian's docker-registry",
+            bin.display()
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n", dir.join("data").display()),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .args(["serve"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry starts");
+        let me = Self { child, host };
+        // Ready when it answers the API's base endpoint.
+        for _ in 0..200 {
+            if let Ok(mut s) = std::net::TcpStream::connect(&me.host) {
+                use std::io::{Read, Write};
+                let _ = write!(s, "GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", me.host);
+                let mut head = [0u8; 12];
+                if s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") {
+                    return me;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("docker-registry did not come up on {}", me.host);
+    }
+}
+
+impl Drop for DockerRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

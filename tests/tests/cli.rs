@@ -7,7 +7,15 @@ use std::path::Path;
 #[test]
 fn inspect_shows_kind_wit_capabilities_size_and_digest() {
     let root = repo_root();
-    let o = galley(&root, &["plugin", "inspect", plugin("jsonl-chat").to_str().unwrap(), "--json"]);
+    let o = galley(
+        &root,
+        &[
+            "plugin",
+            "inspect",
+            plugin("jsonl-chat").to_str().unwrap(),
+            "--json",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["name"], "jsonl-chat");
@@ -18,56 +26,155 @@ fn inspect_shows_kind_wit_capabilities_size_and_digest() {
     let bytes = std::fs::read(plugin("jsonl-chat")).unwrap();
     assert_eq!(v["size"], bytes.len());
     assert!(v["digest"].as_str().unwrap().starts_with("sha256:"));
-    assert!(v["imports"].as_array().unwrap().iter().any(|i| i == "galley:plugin/log@0.1.0"));
+    assert!(
+        v["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i == "galley:plugin/log@0.1.0")
+    );
 
-    let o = galley(&root, &["plugin", "inspect", plugin("math-answer").to_str().unwrap()]);
+    let o = galley(
+        &root,
+        &["plugin", "inspect", plugin("math-answer").to_str().unwrap()],
+    );
     let text = stdout(&o);
-    assert!(text.contains("math-answer@0.1.0") && text.contains("capabilities none (fully sandboxed)"), "{text}");
+    assert!(
+        text.contains("math-answer@0.1.0") && text.contains("capabilities none (fully sandboxed)"),
+        "{text}"
+    );
 }
 
 #[test]
 fn call_scores_one_completion() {
-    let o = galley(&repo_root(), &["plugin", "call", plugin("math-answer").to_str().unwrap(), "--completion", "6 * 7 = 42\n#### 42", "--meta", "answer=42"]);
+    let o = galley(
+        &repo_root(),
+        &[
+            "plugin",
+            "call",
+            plugin("math-answer").to_str().unwrap(),
+            "--completion",
+            "6 * 7 = 42\n#### 42",
+            "--meta",
+            "answer=42",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "0\t1\n");
-    let o = galley(&repo_root(), &["plugin", "call", plugin("math-answer").to_str().unwrap(), "--completion", "#### 42", "--json"]);
+    let o = galley(
+        &repo_root(),
+        &[
+            "plugin",
+            "call",
+            plugin("math-answer").to_str().unwrap(),
+            "--completion",
+            "#### 42",
+            "--json",
+        ],
+    );
     assert_eq!(stdout(&o).trim(), "[null]", "no ground truth, no opinion");
 }
 
 #[test]
 fn call_reads_a_granted_directory() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("chat.jsonl"), "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"answer\":1}\n").unwrap();
+    std::fs::write(
+        dir.path().join("chat.jsonl"),
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"answer\":1}\n",
+    )
+    .unwrap();
     let grant = format!("data={}", dir.path().display());
     let p = plugin("jsonl-chat");
-    let o = galley(&repo_root(), &["plugin", "call", p.to_str().unwrap(), "--config", r#"{"path":"chat.jsonl"}"#, "--allow-dir", &grant]);
+    let o = galley(
+        &repo_root(),
+        &[
+            "plugin",
+            "call",
+            p.to_str().unwrap(),
+            "--config",
+            r#"{"path":"chat.jsonl"}"#,
+            "--allow-dir",
+            &grant,
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let ex: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
     assert_eq!(ex["messages"][0]["content"], "hi");
     assert_eq!(ex["metadata"]["answer"], 1);
 
-    let o = galley(&repo_root(), &["plugin", "call", p.to_str().unwrap(), "--config", r#"{"path":"chat.jsonl"}"#]);
+    let o = galley(
+        &repo_root(),
+        &[
+            "plugin",
+            "call",
+            p.to_str().unwrap(),
+            "--config",
+            r#"{"path":"chat.jsonl"}"#,
+        ],
+    );
     let line = one_line_error(&o);
-    assert!(line.contains("jsonl-chat@0.1.0") && line.contains("--allow-dir data=PATH"), "{line}");
+    assert!(
+        line.contains("jsonl-chat@0.1.0") && line.contains("--allow-dir data=PATH"),
+        "{line}"
+    );
 }
 
 #[test]
 fn call_runs_evaluators_and_recipes() {
-    let o = galley(&repo_root(), &["plugin", "call", plugin("exact-match").to_str().unwrap(), "--prediction", "Paris", "--reference", "paris"]);
-    assert!(stdout(&o).contains("summary\texact_match=1.0000 count=1.0000"), "{}{}", stdout(&o), stderr(&o));
-    let o = galley(&repo_root(), &["plugin", "call", plugin("curriculum").to_str().unwrap(), "--metric", "reward/mean=0.95", "--stage", "grpo"]);
+    let o = galley(
+        &repo_root(),
+        &[
+            "plugin",
+            "call",
+            plugin("exact-match").to_str().unwrap(),
+            "--prediction",
+            "Paris",
+            "--reference",
+            "paris",
+        ],
+    );
+    assert!(
+        stdout(&o).contains("summary\texact_match=1.0000 count=1.0000"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = galley(
+        &repo_root(),
+        &[
+            "plugin",
+            "call",
+            plugin("curriculum").to_str().unwrap(),
+            "--metric",
+            "reward/mean=0.95",
+            "--stage",
+            "grpo",
+        ],
+    );
     let out = stdout(&o);
-    assert!(out.starts_with("warmup\tsft") && out.contains("decision\tnext-stage"), "{out}");
+    assert!(
+        out.starts_with("warmup\tsft") && out.contains("decision\tnext-stage"),
+        "{out}"
+    );
 }
 
 #[test]
 fn score_runs_the_demo_config() {
-    let o = galley(&repo_root(), &["score", "examples/score/score.yaml", "--json"]);
+    let o = galley(
+        &repo_root(),
+        &["score", "examples/score/score.yaml", "--json"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 7);
     // The completion with no ground truth: math-answer has no opinion, the others still count.
-    assert_eq!(lines[5]["scores"]["math-answer@0.1.0"], serde_json::Value::Null);
+    assert_eq!(
+        lines[5]["scores"]["math-answer@0.1.0"],
+        serde_json::Value::Null
+    );
     assert_eq!(lines[5]["total"], 0.2);
     assert_eq!(lines[0]["total"], 1.2);
     assert_eq!(lines[4]["scores"]["length-penalty@0.1.0"], -1.0);
@@ -84,26 +191,67 @@ fn write(dir: &Path, name: &str, text: &str) {
 #[test]
 fn score_config_errors_name_the_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "c.jsonl", "{\"completion\": \"#### 1\"}\n{\"completion\": 5}\n");
-    write(dir.path(), "bad.yaml", "rewards:\n  - plugin: math-answer\n    wieght: 2\ncompletions: c.jsonl\n");
-    let line = one_line_error(&galley(&repo_root(), &["score", dir.path().join("bad.yaml").to_str().unwrap()]));
-    assert!(line.contains("bad.yaml") && line.contains("wieght") && line.contains("line 3"), "{line}");
+    write(
+        dir.path(),
+        "c.jsonl",
+        "{\"completion\": \"#### 1\"}\n{\"completion\": 5}\n",
+    );
+    write(
+        dir.path(),
+        "bad.yaml",
+        "rewards:\n  - plugin: math-answer\n    wieght: 2\ncompletions: c.jsonl\n",
+    );
+    let line = one_line_error(&galley(
+        &repo_root(),
+        &["score", dir.path().join("bad.yaml").to_str().unwrap()],
+    ));
+    assert!(
+        line.contains("bad.yaml") && line.contains("wieght") && line.contains("line 3"),
+        "{line}"
+    );
 
     let plugins = plugins_dir();
-    write(dir.path(), "ok.yaml", &format!("rewards:\n  - plugin: math-answer\ncompletions: c.jsonl\nplugin_path: [{}]\n", plugins.display()));
-    let line = one_line_error(&galley(&repo_root(), &["score", dir.path().join("ok.yaml").to_str().unwrap()]));
-    assert!(line.contains("c.jsonl:2") && line.contains("bad completion line"), "{line}");
+    write(
+        dir.path(),
+        "ok.yaml",
+        &format!(
+            "rewards:\n  - plugin: math-answer\ncompletions: c.jsonl\nplugin_path: [{}]\n",
+            plugins.display()
+        ),
+    );
+    let line = one_line_error(&galley(
+        &repo_root(),
+        &["score", dir.path().join("ok.yaml").to_str().unwrap()],
+    ));
+    assert!(
+        line.contains("c.jsonl:2") && line.contains("bad completion line"),
+        "{line}"
+    );
 
     write(dir.path(), "good.jsonl", "{\"completion\": \"#### 1\"}\n");
-    write(dir.path(), "missing.yaml", "rewards:\n  - plugin: no-such-plugin\ncompletions: good.jsonl\n");
-    let line = one_line_error(&galley(&repo_root(), &["score", dir.path().join("missing.yaml").to_str().unwrap()]));
-    assert!(line.contains("rewards[0].plugin") && line.contains("no plugin named `no-such-plugin`"), "{line}");
+    write(
+        dir.path(),
+        "missing.yaml",
+        "rewards:\n  - plugin: no-such-plugin\ncompletions: good.jsonl\n",
+    );
+    let line = one_line_error(&galley(
+        &repo_root(),
+        &["score", dir.path().join("missing.yaml").to_str().unwrap()],
+    ));
+    assert!(
+        line.contains("rewards[0].plugin") && line.contains("no plugin named `no-such-plugin`"),
+        "{line}"
+    );
 }
 
 #[test]
 fn score_can_stop_or_skip_on_a_failing_plugin() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "c.jsonl", "{\"completion\": \"#### 1\", \"metadata\": {\"answer\": 1}}\n");
+    write(
+        dir.path(),
+        "c.jsonl",
+        "{\"completion\": \"#### 1\", \"metadata\": {\"answer\": 1}}\n",
+    );
     let cfg = |policy: &str| {
         format!(
             "rewards:\n  - plugin: math-answer\n  - plugin: hostile-reward\n    settings: {{mode: trap-score}}\ncompletions: c.jsonl\non_plugin_error: {policy}\nplugin_path: [{}]\n",
@@ -111,10 +259,22 @@ fn score_can_stop_or_skip_on_a_failing_plugin() {
         )
     };
     write(dir.path(), "skip.yaml", &cfg("skip"));
-    let o = galley(&repo_root(), &["score", dir.path().join("skip.yaml").to_str().unwrap(), "--json"]);
+    let o = galley(
+        &repo_root(),
+        &[
+            "score",
+            dir.path().join("skip.yaml").to_str().unwrap(),
+            "--json",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("panicked in score on purpose"), "{}", stderr(&o));
-    let first: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    assert!(
+        stderr(&o).contains("panicked in score on purpose"),
+        "{}",
+        stderr(&o)
+    );
+    let first: serde_json::Value =
+        serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
     assert_eq!(first["total"], 1.0);
 
     // Per-plugin limits from the config: a loop stopped at 200 ms, named in the warning.
@@ -126,23 +286,61 @@ fn score_can_stop_or_skip_on_a_failing_plugin() {
             plugins_dir().display()
         ),
     );
-    let o = galley(&repo_root(), &["score", dir.path().join("limits.yaml").to_str().unwrap()]);
-    assert!(o.status.success() && stderr(&o).contains("time budget of 200.0ms"), "{}", stderr(&o));
+    let o = galley(
+        &repo_root(),
+        &["score", dir.path().join("limits.yaml").to_str().unwrap()],
+    );
+    assert!(
+        o.status.success() && stderr(&o).contains("time budget of 200.0ms"),
+        "{}",
+        stderr(&o)
+    );
 
     write(dir.path(), "stop.yaml", &cfg("stop"));
-    let o = galley(&repo_root(), &["score", dir.path().join("stop.yaml").to_str().unwrap()]);
+    let o = galley(
+        &repo_root(),
+        &["score", dir.path().join("stop.yaml").to_str().unwrap()],
+    );
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("stopping (on_plugin_error: stop)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("stopping (on_plugin_error: stop)"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn malformed_components_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "junk.wasm", "definitely not wasm");
-    let line = one_line_error(&galley(&repo_root(), &["plugin", "call", dir.path().join("junk.wasm").to_str().unwrap(), "--completion", "x"]));
-    assert!(line.contains("junk.wasm") && line.contains("not a WebAssembly component"), "{line}");
-    let line = one_line_error(&galley(&repo_root(), &["plugin", "call", plugin("exact-match").to_str().unwrap(), "--completion", "x"]));
-    assert!(line.contains("exact-match@0.1.0") && line.contains("evaluator"), "{line}");
+    let line = one_line_error(&galley(
+        &repo_root(),
+        &[
+            "plugin",
+            "call",
+            dir.path().join("junk.wasm").to_str().unwrap(),
+            "--completion",
+            "x",
+        ],
+    ));
+    assert!(
+        line.contains("junk.wasm") && line.contains("not a WebAssembly component"),
+        "{line}"
+    );
+    let line = one_line_error(&galley(
+        &repo_root(),
+        &[
+            "plugin",
+            "call",
+            plugin("exact-match").to_str().unwrap(),
+            "--completion",
+            "x",
+        ],
+    ));
+    assert!(
+        line.contains("exact-match@0.1.0") && line.contains("evaluator"),
+        "{line}"
+    );
 }
 
 /// A new author's first plugin: an empty folder, the SDK, `galley plugin build`, `galley plugin call`.
@@ -158,7 +356,11 @@ fn build_a_new_plugin_from_an_empty_folder() {
             sdk.display()
         ),
     );
-    write(dir.path(), "galley.toml", "name = \"ends-with-period\"\nversion = \"0.1.0\"\nkind = \"reward\"\ndescription = \"1.0 when the completion ends with a period\"\nlicense = \"MIT\"\n");
+    write(
+        dir.path(),
+        "galley.toml",
+        "name = \"ends-with-period\"\nversion = \"0.1.0\"\nkind = \"reward\"\ndescription = \"1.0 when the completion ends with a period\"\nlicense = \"MIT\"\n",
+    );
     write(
         dir.path(),
         "src/lib.rs",
@@ -182,16 +384,60 @@ galley_sdk::export_reward!(EndsWithPeriod);
     );
     let out = dir.path().join("out");
     let target = repo_root().join("target/wasm");
-    let o = galley(dir.path(), &["plugin", "build", ".", "-o", out.to_str().unwrap(), "--target-dir", target.to_str().unwrap()]);
+    let o = galley(
+        dir.path(),
+        &[
+            "plugin",
+            "build",
+            ".",
+            "-o",
+            out.to_str().unwrap(),
+            "--target-dir",
+            target.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "build failed:\n{}", stderr(&o));
-    assert!(stdout(&o).contains("ends-with-period@0.1.0"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("ends-with-period@0.1.0"),
+        "{}",
+        stdout(&o)
+    );
     let wasm = out.join("ends-with-period.wasm");
-    let o = galley(dir.path(), &["plugin", "call", wasm.to_str().unwrap(), "--completion", "Done."]);
+    let o = galley(
+        dir.path(),
+        &[
+            "plugin",
+            "call",
+            wasm.to_str().unwrap(),
+            "--completion",
+            "Done.",
+        ],
+    );
     assert_eq!(stdout(&o), "0\t1\n", "{}", stderr(&o));
 
     // The manifest must match what the code exports.
-    write(dir.path(), "galley.toml", "name = \"ends-with-period\"\nversion = \"0.1.0\"\nkind = \"evaluator\"\n");
-    let o = galley(dir.path(), &["plugin", "build", ".", "-o", out.to_str().unwrap(), "--target-dir", target.to_str().unwrap()]);
+    write(
+        dir.path(),
+        "galley.toml",
+        "name = \"ends-with-period\"\nversion = \"0.1.0\"\nkind = \"evaluator\"\n",
+    );
+    let o = galley(
+        dir.path(),
+        &[
+            "plugin",
+            "build",
+            ".",
+            "-o",
+            out.to_str().unwrap(),
+            "--target-dir",
+            target.to_str().unwrap(),
+        ],
+    );
     let err = stderr(&o);
-    assert!(!o.status.success() && err.contains("key `kind` is `evaluator`") && err.contains("galley:plugin/reward@0.1.0"), "{err}");
+    assert!(
+        !o.status.success()
+            && err.contains("key `kind` is `evaluator`")
+            && err.contains("galley:plugin/reward@0.1.0"),
+        "{err}"
+    );
 }

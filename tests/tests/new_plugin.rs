@@ -7,41 +7,85 @@ use std::path::Path;
 fn check(lang: &str, kind: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let name = format!("my-{lang}-{kind}");
-    let o = galley(tmp.path(), &["plugin", "new", &name, "--lang", lang, "--kind", kind]);
-    assert!(o.status.success(), "{lang}/{kind}: new failed: {}", stderr(&o));
+    let o = galley(
+        tmp.path(),
+        &["plugin", "new", &name, "--lang", lang, "--kind", kind],
+    );
+    assert!(
+        o.status.success(),
+        "{lang}/{kind}: new failed: {}",
+        stderr(&o)
+    );
     let dir = tmp.path().join(&name);
     for f in ["galley.toml", "README.md"] {
         assert!(dir.join(f).exists(), "{lang}/{kind}: no {f}");
     }
     let o = galley(&dir, &["plugin", "build", ".", "-o", "out"]);
-    assert!(o.status.success(), "{lang}/{kind}: build failed:\n{}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "{lang}/{kind}: build failed:\n{}",
+        stderr(&o)
+    );
     let wasm = format!("out/{name}.wasm");
     let call = |args: &[&str]| {
         let mut all = vec!["plugin", "call", wasm.as_str()];
         all.extend_from_slice(args);
         let o = galley(&dir, &all);
-        assert!(o.status.success(), "{lang}/{kind}: call failed:\n{}", stderr(&o));
+        assert!(
+            o.status.success(),
+            "{lang}/{kind}: call failed:\n{}",
+            stderr(&o)
+        );
         stdout(&o)
     };
     match kind {
-        "reward" => assert_eq!(call(&["--input", "test-input.jsonl", "--json"]).trim(), "[1.0,0.0,null]", "{lang}"),
+        "reward" => assert_eq!(
+            call(&["--input", "test-input.jsonl", "--json"]).trim(),
+            "[1.0,0.0,null]",
+            "{lang}"
+        ),
         "loader" => {
             let out = call(&["--max", "3", "--config", "@test-input.json"]);
-            let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            let lines: Vec<serde_json::Value> = out
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
             assert_eq!(lines.len(), 3, "{lang}: {out}");
             assert_eq!(lines[0]["metadata"]["answer"], 1, "{lang}: {out}");
-            assert_eq!(lines[2]["messages"][0]["content"], "What is 2 + 1?", "{lang}: {out}");
+            assert_eq!(
+                lines[2]["messages"][0]["content"], "What is 2 + 1?",
+                "{lang}: {out}"
+            );
             // The template's own validation reaches the user as a one-line settings error.
-            let line = one_line_error(&galley(&dir, &["plugin", "call", &wasm, "--config", r#"{"count": -1}"#]));
-            assert!(line.contains("invalid settings") && line.contains("count"), "{lang}: {line}");
+            let line = one_line_error(&galley(
+                &dir,
+                &["plugin", "call", &wasm, "--config", r#"{"count": -1}"#],
+            ));
+            assert!(
+                line.contains("invalid settings") && line.contains("count"),
+                "{lang}: {line}"
+            );
         }
         "evaluator" => {
             let out = call(&["--input", "test-input.jsonl"]);
-            assert!(out.contains("summary\texact_match=0.5000 count=2.0000"), "{lang}: {out}");
+            assert!(
+                out.contains("summary\texact_match=0.5000 count=2.0000"),
+                "{lang}: {out}"
+            );
         }
         "recipe" => {
-            let out = call(&["--config", "@test-input.json", "--metric", "reward/mean=0.85", "--stage", "grpo"]);
-            assert!(out.starts_with("sft\tsft\t{\"epochs\":1}") && out.contains("decision\tnext-stage"), "{lang}: {out}");
+            let out = call(&[
+                "--config",
+                "@test-input.json",
+                "--metric",
+                "reward/mean=0.85",
+                "--stage",
+                "grpo",
+            ]);
+            assert!(
+                out.starts_with("sft\tsft\t{\"epochs\":1}") && out.contains("decision\tnext-stage"),
+                "{lang}: {out}"
+            );
         }
         _ => unreachable!(),
     }

@@ -6,16 +6,34 @@ use galley_e2e::*;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(galley_bin())
-        .current_dir(dir)
+/// Runs galley in `home` as a user whose keys, trust file and caches live there, against
+/// `registry` (`None`: the first-party registry built into galley), with a publish token.
+fn as_user(home: &Path, registry: Option<&str>, token: Option<&str>, args: &[&str]) -> Output {
+    let mut c = Command::new(galley_bin());
+    c.current_dir(home)
         .args(args)
-        .env("GALLEY_CONFIG_DIR", dir.join("config"))
-        .env("GALLEY_CACHE_DIR", dir.join("cache"))
-        .env("GALLEY_REGISTRY", dir.join("registry"))
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
+        .env("GALLEY_CONFIG_DIR", home.join("config"))
+        .env("GALLEY_CACHE_DIR", home.join("cache"))
+        .env_remove("GALLEY_REGISTRY")
+        .env_remove("GALLEY_REGISTRY_TOKEN")
+        .env_remove("RUST_LOG");
+    if let Some(r) = registry {
+        c.env("GALLEY_REGISTRY", r);
+    }
+    if let Some(t) = token {
+        c.env("GALLEY_REGISTRY_TOKEN", t);
+    }
+    c.output().unwrap()
+}
+
+/// A user of the folder registry `dir/registry`.
+fn run(dir: &Path, args: &[&str]) -> Output {
+    as_user(
+        dir,
+        Some(dir.join("registry").to_str().unwrap()),
+        None,
+        args,
+    )
 }
 
 fn ok(o: Output) -> String {
@@ -28,41 +46,105 @@ fn keygen_publish_install_offline_yank() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let out = ok(run(d, &["plugin", "keygen"]));
-    let id = out.lines().next().unwrap().split_whitespace().last().unwrap().to_string();
+    let id = out
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
     let math = plugin("math-answer");
     let fmt = plugin("format");
-    ok(run(d, &["plugin", "publish", math.to_str().unwrap(), "--namespace", "galley", "--key", &id]));
-    ok(run(d, &["plugin", "publish", fmt.to_str().unwrap(), "--namespace", "galley", "--key", &id]));
-    let line = one_line_error(&run(d, &["plugin", "publish", math.to_str().unwrap(), "--namespace", "galley", "--key", &id]));
+    ok(run(
+        d,
+        &[
+            "plugin",
+            "publish",
+            math.to_str().unwrap(),
+            "--namespace",
+            "galley",
+            "--key",
+            &id,
+        ],
+    ));
+    ok(run(
+        d,
+        &[
+            "plugin",
+            "publish",
+            fmt.to_str().unwrap(),
+            "--namespace",
+            "galley",
+            "--key",
+            &id,
+        ],
+    ));
+    let line = one_line_error(&run(
+        d,
+        &[
+            "plugin",
+            "publish",
+            math.to_str().unwrap(),
+            "--namespace",
+            "galley",
+            "--key",
+            &id,
+        ],
+    ));
     assert!(line.contains("already published"), "{line}");
     let listing = ok(run(d, &["plugin", "search", "math"]));
-    assert!(listing.contains("galley/math-answer") && !listing.contains("galley/format"), "{listing}");
+    assert!(
+        listing.contains("galley/math-answer") && !listing.contains("galley/format"),
+        "{listing}"
+    );
 
     let out = ok(run(d, &["plugin", "install", "galley/math-answer@^0.1"]));
     assert!(out.contains(&format!("signed by {id}")), "{out}");
     ok(run(d, &["plugin", "install", "galley/format"]));
     let lock = std::fs::read_to_string(d.join("galley.lock")).unwrap();
-    assert!(lock.contains("galley/math-answer") && lock.contains("galley/format") && lock.contains(&id), "{lock}");
+    assert!(
+        lock.contains("galley/math-answer") && lock.contains("galley/format") && lock.contains(&id),
+        "{lock}"
+    );
 
     let listing = ok(run(d, &["plugin", "list"]));
-    assert!(listing.contains("galley/format") && listing.contains("ok"), "{listing}");
+    assert!(
+        listing.contains("galley/format") && listing.contains("ok"),
+        "{listing}"
+    );
     std::fs::write(d.join(".galley/plugins/galley/format.wasm"), b"tampered").unwrap();
     assert!(ok(run(d, &["plugin", "list"])).contains("MODIFIED"));
     ok(run(d, &["plugin", "remove", "galley/format"]));
     assert!(!d.join(".galley/plugins/galley/format.wasm").exists());
-    assert!(!std::fs::read_to_string(d.join("galley.lock")).unwrap().contains("galley/format"));
+    assert!(
+        !std::fs::read_to_string(d.join("galley.lock"))
+            .unwrap()
+            .contains("galley/format")
+    );
     ok(run(d, &["plugin", "install", "galley/format"]));
 
     // The installed package by name in a score config.
-    std::fs::write(d.join("c.jsonl"), "{\"completion\": \"#### 4\", \"metadata\": {\"answer\": 4}}\n").unwrap();
-    std::fs::write(d.join("score.yaml"), "rewards:\n  - plugin: galley/math-answer\ncompletions: c.jsonl\n").unwrap();
+    std::fs::write(
+        d.join("c.jsonl"),
+        "{\"completion\": \"#### 4\", \"metadata\": {\"answer\": 4}}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("score.yaml"),
+        "rewards:\n  - plugin: galley/math-answer\ncompletions: c.jsonl\n",
+    )
+    .unwrap();
     assert!(ok(run(d, &["score", "score.yaml"])).contains("total   1.00"));
 
     // Offline reinstall from the cache, with the registry gone.
     std::fs::remove_dir_all(d.join(".galley")).unwrap();
     std::fs::rename(d.join("registry"), d.join("registry-away")).unwrap();
     let out = ok(run(d, &["plugin", "install", "--offline"]));
-    assert!(out.contains("galley/math-answer") && out.contains("galley/format"), "{out}");
+    assert!(
+        out.contains("galley/math-answer") && out.contains("galley/format"),
+        "{out}"
+    );
     std::fs::rename(d.join("registry-away"), d.join("registry")).unwrap();
 
     // Yank: the locked version still installs; without the lock nothing fits.
@@ -75,66 +157,388 @@ fn keygen_publish_install_offline_yank() {
     // A stranger's key is not trusted by another user.
     let other = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(other.path()).unwrap();
-    let o = Command::new(galley_bin())
-        .current_dir(other.path())
-        .args(["plugin", "install", "galley/math-answer"])
-        .env("GALLEY_CONFIG_DIR", other.path().join("config"))
-        .env("GALLEY_CACHE_DIR", other.path().join("cache"))
-        .env("GALLEY_REGISTRY", d.join("registry"))
-        .output()
-        .unwrap();
+    let o = as_user(
+        other.path(),
+        Some(d.join("registry").to_str().unwrap()),
+        None,
+        &["plugin", "install", "galley/math-answer"],
+    );
     let line = one_line_error(&o);
-    assert!(line.contains("do not trust") && line.contains(&id), "{line}");
+    assert!(
+        line.contains("do not trust") && line.contains(&id),
+        "{line}"
+    );
     assert!(!other.path().join(".galley").exists(), "nothing installed");
 }
 
 /// `galley registry serve` as a real server process on loopback, used by the CLI client.
 #[test]
 fn serve_publish_install_over_http() {
-    use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     std::fs::write(d.join("tokens"), "s3cret galley\n").unwrap();
-    let mut server = Command::new(galley_bin())
+    let server = serve(&d.join("served"), &d.join("tokens"));
+    let with = |args: &[&str], token: Option<&str>| as_user(d, Some(&server.url), token, args);
+    let out = ok(with(&["plugin", "keygen"], None));
+    let id = out
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    let math = plugin("math-answer");
+    let line = one_line_error(&with(
+        &[
+            "plugin",
+            "publish",
+            math.to_str().unwrap(),
+            "--namespace",
+            "galley",
+            "--key",
+            &id,
+        ],
+        Some("wrong"),
+    ));
+    assert!(line.contains("401"), "{line}");
+    ok(with(
+        &[
+            "plugin",
+            "publish",
+            math.to_str().unwrap(),
+            "--namespace",
+            "galley",
+            "--key",
+            &id,
+        ],
+        Some("s3cret"),
+    ));
+    assert!(ok(with(&["plugin", "search"], None)).contains("galley/math-answer"));
+    let out = ok(with(&["plugin", "install", "galley/math-answer"], None));
+    assert!(out.contains(&format!("signed by {id}")), "{out}");
+    ok(with(
+        &["plugin", "yank", "galley/math-answer@0.1.0"],
+        Some("s3cret"),
+    ));
+    std::fs::remove_file(d.join("galley.lock")).unwrap();
+    let line = one_line_error(&with(&["plugin", "install", "galley/math-answer"], None));
+    assert!(line.contains("yanked"), "{line}");
+}
+
+/// A first-party plugin relabelled as another package (namespace, name, version, dependencies),
+/// written to `dir`: fixtures for resolution and update.
+fn relabelled(
+    dir: &Path,
+    base: &str,
+    ns: &str,
+    name: &str,
+    version: &str,
+    deps: &[(&str, &str)],
+) -> std::path::PathBuf {
+    let bytes = std::fs::read(plugin(base)).unwrap();
+    let mut m = galley_runtime::inspect(&bytes, base)
+        .unwrap()
+        .manifest
+        .unwrap();
+    m.namespace = Some(ns.into());
+    m.name = name.into();
+    m.version = semver::Version::parse(version).unwrap();
+    m.dependencies = deps
+        .iter()
+        .map(|(n, r)| (n.to_string(), semver::VersionReq::parse(r).unwrap()))
+        .collect();
+    let path = dir.join(format!("{name}-{version}.wasm"));
+    std::fs::write(&path, galley_runtime::embed_manifest(&bytes, &m)).unwrap();
+    path
+}
+
+struct Served {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(root: &Path, tokens: &Path) -> Served {
+    use std::io::BufRead;
+    let mut child = Command::new(galley_bin())
         .args(["registry", "serve", "--root"])
-        .arg(d.join("served"))
+        .arg(root)
         .args(["--addr", "127.0.0.1:0", "--tokens"])
-        .arg(d.join("tokens"))
+        .arg(tokens)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let mut first = String::new();
-    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
     let url = first.trim().rsplit(' ').next().unwrap().to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+    Served { child, url }
+}
 
-    let with = |args: &[&str], token: Option<&str>| {
-        let mut c = Command::new(galley_bin());
-        c.current_dir(d)
-            .args(args)
-            .env("GALLEY_CONFIG_DIR", d.join("config"))
-            .env("GALLEY_CACHE_DIR", d.join("cache"))
-            .env("GALLEY_REGISTRY", &url);
-        match token {
-            Some(t) => c.env("GALLEY_REGISTRY_TOKEN", t),
-            None => c.env_remove("GALLEY_REGISTRY_TOKEN"),
-        };
-        c.output().unwrap()
-    };
-    let out = ok(with(&["plugin", "keygen"], None));
-    let id = out.lines().next().unwrap().split_whitespace().last().unwrap().to_string();
-    let math = plugin("math-answer");
-    let line = one_line_error(&with(&["plugin", "publish", math.to_str().unwrap(), "--namespace", "galley", "--key", &id], Some("wrong")));
-    assert!(line.contains("401"), "{line}");
-    ok(with(&["plugin", "publish", math.to_str().unwrap(), "--namespace", "galley", "--key", &id], Some("s3cret")));
-    assert!(ok(with(&["plugin", "search"], None)).contains("galley/math-answer"));
-    let out = ok(with(&["plugin", "install", "galley/math-answer"], None));
+/// The whole life of a dependency through a real server: pack + publish, install pulling in
+/// a dependency, lockfile, update, yank, and a reinstall from the cache with the server gone.
+#[test]
+fn dependencies_pack_update_yank_offline_over_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("tokens"), "t0k acme\n").unwrap();
+    let server = serve(&d.join("served"), &d.join("tokens"));
+    let url = server.url.clone();
+    let with = |args: &[&str]| as_user(d, Some(&url), Some("t0k"), args);
+    let out = ok(with(&["plugin", "keygen"]));
+    let id = out
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    let grader = relabelled(
+        d,
+        "math-answer",
+        "acme",
+        "grader",
+        "1.0.0",
+        &[("acme/rules", "^0.1")],
+    );
+    let rules_010 = relabelled(d, "length-penalty", "acme", "rules", "0.1.0", &[]);
+    let rules_011 = relabelled(d, "length-penalty", "acme", "rules", "0.1.1", &[]);
+    let rules_020 = relabelled(d, "length-penalty", "acme", "rules", "0.2.0", &[]);
+
+    // Pack (sign here), then publish the packed files; a packed file cannot be re-signed.
+    let out = ok(with(&[
+        "plugin",
+        "pack",
+        grader.to_str().unwrap(),
+        "--key",
+        &id,
+        "-o",
+        "pkgs",
+    ]));
     assert!(out.contains(&format!("signed by {id}")), "{out}");
-    ok(with(&["plugin", "yank", "galley/math-answer@0.1.0"], Some("s3cret")));
-    std::fs::remove_file(d.join("galley.lock")).unwrap();
-    let line = one_line_error(&with(&["plugin", "install", "galley/math-answer"], None));
-    assert!(line.contains("yanked"), "{line}");
-    server.kill().unwrap();
-    let _ = server.wait();
+    let line = one_line_error(&with(&[
+        "plugin",
+        "publish",
+        "pkgs/grader-1.0.0.release.json",
+        "--key",
+        &id,
+    ]));
+    assert!(line.contains("already named and signed"), "{line}");
+    ok(with(&[
+        "plugin",
+        "publish",
+        "pkgs/grader-1.0.0.release.json",
+    ]));
+    // A packed component that no longer matches its release line is refused.
+    std::fs::copy(&rules_010, d.join("pkgs/grader-1.0.0.wasm")).unwrap();
+    let line = one_line_error(&with(&[
+        "plugin",
+        "publish",
+        "pkgs/grader-1.0.0.release.json",
+    ]));
+    assert!(line.contains("grader-1.0.0.release.json says"), "{line}");
+    for f in [&rules_010, &rules_020] {
+        ok(with(&[
+            "plugin",
+            "publish",
+            f.to_str().unwrap(),
+            "--key",
+            &id,
+        ]));
+    }
+    // The namespace comes from galley.toml; another one is refused.
+    let line = one_line_error(&with(&[
+        "plugin",
+        "publish",
+        rules_011.to_str().unwrap(),
+        "--key",
+        &id,
+        "--namespace",
+        "evil",
+    ]));
+    assert!(line.contains("says namespace `acme`"), "{line}");
+
+    // Installing grader pulls in rules ^0.1 (0.1.0; 0.2.0 does not fit).
+    let out = ok(with(&["plugin", "install", "acme/grader"]));
+    assert!(
+        out.contains("acme/grader") && out.contains("acme/rules") && out.contains("0.1.0"),
+        "{out}"
+    );
+    let lock = std::fs::read_to_string(d.join("galley.lock")).unwrap();
+    assert!(
+        lock.contains("[requirements]")
+            && lock.contains("\"acme/grader\" = \"*\"")
+            && !lock.contains("\"acme/rules\" ="),
+        "{lock}"
+    );
+
+    // A new patch release: a plain install keeps the lock; update moves to it.
+    ok(with(&[
+        "plugin",
+        "publish",
+        rules_011.to_str().unwrap(),
+        "--key",
+        &id,
+    ]));
+    ok(with(&["plugin", "install"]));
+    assert!(
+        std::fs::read_to_string(d.join("galley.lock"))
+            .unwrap()
+            .contains("version = \"0.1.0\"")
+    );
+    let out = ok(with(&["plugin", "update"]));
+    assert!(
+        out.contains("acme/rules") && out.contains("0.1.0 -> 0.1.1"),
+        "{out}"
+    );
+    assert!(ok(with(&["plugin", "update", "acme/rules"])).contains("newest version"));
+
+    // Yanked: the locked 0.1.1 still installs; update leaves it for the newest unyanked.
+    ok(with(&["plugin", "yank", "acme/rules@0.1.1"]));
+    ok(with(&["plugin", "install"]));
+    let out = ok(with(&["plugin", "update", "acme/rules"]));
+    assert!(out.contains("0.1.1 -> 0.1.0"), "{out}");
+    let line = one_line_error(&with(&["plugin", "update", "acme/nope"]));
+    assert!(line.contains("not in galley.lock"), "{line}");
+
+    // Server gone, plugin folder gone: the lockfile reinstalls from the cache.
+    drop(server);
+    std::fs::remove_dir_all(d.join(".galley")).unwrap();
+    let out = ok(with(&["plugin", "install"]));
+    assert!(
+        out.contains("acme/grader") && out.contains("acme/rules"),
+        "{out}"
+    );
+    assert!(
+        ok(with(&["plugin", "list"]))
+            .lines()
+            .all(|l| l.ends_with("ok"))
+    );
+}
+
+/// `galley plugin install galley/NAME` on a fresh checkout, no server, no GALLEY_REGISTRY:
+/// the first-party registry built into galley, verified with the first-party key.
+#[test]
+fn first_party_plugins_install_with_no_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let first_party =
+        std::fs::read_to_string(repo_root().join("registry/default/first-party.pub")).unwrap();
+    let id = first_party.split_whitespace().next().unwrap();
+    let run = |args: &[&str]| as_user(d, None, None, args);
+    let listing = ok(run(&["plugin", "search"]));
+    for p in [
+        "arith",
+        "curriculum",
+        "exact-match",
+        "format",
+        "jsonl-chat",
+        "length-penalty",
+        "math-answer",
+    ] {
+        assert!(listing.contains(&format!("galley/{p}")), "{listing}");
+    }
+    let out = ok(run(&["plugin", "install", "galley/math-answer"]));
+    assert!(out.contains(&format!("signed by {id}")), "{out}");
+    std::fs::write(
+        d.join("c.jsonl"),
+        "{\"completion\": \"so #### 12\", \"metadata\": {\"answer\": 12}}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("score.yaml"),
+        "rewards:\n  - plugin: galley/math-answer\ncompletions: c.jsonl\n",
+    )
+    .unwrap();
+    assert!(ok(run(&["score", "score.yaml"])).contains("total   1.00"));
+    let line = one_line_error(&run(&["plugin", "yank", "galley/math-answer@0.1.0"]));
+    assert!(line.contains("read-only"), "{line}");
+}
+
+/// OCI through the CLI against Debian's docker-registry on loopback: publish --oci, install
+/// oci://, a lockfile pinned to the manifest digest, a reinstall that pulls by that digest,
+/// and an unsigned artifact refused without --allow-unsigned.
+#[test]
+fn oci_publish_install_and_locked_reinstall() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let registry = DockerRegistry::start(&d.join("oci"));
+    let run = |args: &[&str]| as_user(d, None, None, args);
+    let out = ok(run(&["plugin", "keygen"]));
+    let id = out
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    let math = plugin("math-answer");
+    let repo = format!("oci://{}/team/math-answer", registry.host);
+    let out = ok(run(&[
+        "plugin",
+        "publish",
+        math.to_str().unwrap(),
+        "--oci",
+        &repo,
+        "--key",
+        &id,
+    ]));
+    assert!(
+        out.contains(&format!("{repo}:0.1.0")),
+        "tagged with the version: {out}"
+    );
+
+    let out = ok(run(&["plugin", "install", &format!("{repo}:0.1.0")]));
+    assert!(
+        out.contains("galley/math-answer") && out.contains(&format!("signed by {id}")),
+        "{out}"
+    );
+    let lock = std::fs::read_to_string(d.join("galley.lock")).unwrap();
+    assert!(
+        lock.contains(&format!("source = \"{repo}@sha256:")),
+        "{lock}"
+    );
+    assert_eq!(
+        std::fs::read(d.join(".galley/plugins/galley/math-answer.wasm")).unwrap(),
+        std::fs::read(&math).unwrap()
+    );
+
+    // Cache and plugins gone: the lockfile pulls the pinned manifest again.
+    std::fs::remove_dir_all(d.join(".galley")).unwrap();
+    std::fs::remove_dir_all(d.join("cache")).unwrap();
+    assert!(ok(run(&["plugin", "install"])).contains("galley/math-answer"));
+    // And offline, from the cache that install refilled.
+    std::fs::remove_dir_all(d.join(".galley")).unwrap();
+    assert!(ok(run(&["plugin", "install", "--offline"])).contains("galley/math-answer"));
+
+    // Unsigned: refused unless allowed, and then recorded.
+    let fmt = plugin("format");
+    let fmt_ref = format!("oci://{}/team/format:edge", registry.host);
+    run(&[
+        "plugin",
+        "publish",
+        fmt.to_str().unwrap(),
+        "--oci",
+        &fmt_ref,
+    ]);
+    let line = one_line_error(&run(&["plugin", "install", &fmt_ref]));
+    assert!(line.contains("not signed"), "{line}");
+    ok(run(&["plugin", "install", "--allow-unsigned", &fmt_ref]));
+    let lock = std::fs::read_to_string(d.join("galley.lock")).unwrap();
+    assert!(
+        lock.contains("galley/format") && lock.contains("unsigned = true"),
+        "{lock}"
+    );
 }

@@ -24,8 +24,7 @@ pub enum Toolchain {
     DebianWasip1,
 }
 
-const DEBIAN_PACKAGES: &str =
-    "rustc-web cargo-web rust-web-src libstd-rust-web-dev clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32";
+const DEBIAN_PACKAGES: &str = "rustc-web cargo-web rust-web-src libstd-rust-web-dev clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32";
 
 impl Toolchain {
     /// `GALLEY_WASM_TOOLCHAIN=rustup|debian` forces a route; otherwise rustup's target wins.
@@ -40,7 +39,11 @@ impl Toolchain {
             .args(["target", "list", "--installed"])
             .stderr(Stdio::null())
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-wasip2"))
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.trim() == "wasm32-wasip2")
+            })
             .unwrap_or(false);
         if rustup_has_target {
             return Ok(Self::RustupWasip2);
@@ -57,16 +60,24 @@ impl Toolchain {
             ("/usr/bin/cargo", "cargo-web"),
             ("/usr/bin/wasm-ld-19", "lld-19"),
             ("/usr/lib/wasm32-wasi/libc.a", "wasi-libc"),
-            ("/usr/lib/llvm-19/lib/clang/19/lib/wasi", "libclang-rt-19-dev-wasm32"),
+            (
+                "/usr/lib/llvm-19/lib/clang/19/lib/wasi",
+                "libclang-rt-19-dev-wasm32",
+            ),
         ] {
             if !Path::new(path).exists() {
                 missing.push(format!("{path} (package {what})"));
             }
         }
-        let src = Command::new("/usr/bin/rustc").args(["--print", "sysroot"]).output();
+        let src = Command::new("/usr/bin/rustc")
+            .args(["--print", "sysroot"])
+            .output();
         if let Ok(out) = src {
             let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if !Path::new(&sysroot).join("lib/rustlib/src/rust/library").exists() {
+            if !Path::new(&sysroot)
+                .join("lib/rustlib/src/rust/library")
+                .exists()
+            {
                 missing.push(format!("{sysroot}/lib/rustlib/src (package rust-web-src)"));
             }
         }
@@ -119,7 +130,10 @@ impl Lang {
         } else if dir.join("plugin.c").exists() {
             Ok(Lang::C)
         } else {
-            bail!("{}: no Cargo.toml, plugin.py, plugin.js or plugin.c; a plugin folder holds galley.toml and one of them", dir.display())
+            bail!(
+                "{}: no Cargo.toml, plugin.py, plugin.js or plugin.c; a plugin folder holds galley.toml and one of them",
+                dir.display()
+            )
         }
     }
 }
@@ -136,22 +150,46 @@ pub fn world_of(kind: PluginKind) -> &'static str {
 
 /// Builds the plugin in `dir` into `out_dir/<name>.wasm`. `toolchain` is the Rust route
 /// (resolved lazily: a Python-only user needs no Rust wasm toolchain).
-pub fn build(dir: &Path, out_dir: &Path, target_dir: &Path, toolchain: impl Fn() -> Result<Toolchain>) -> Result<Built> {
+pub fn build(
+    dir: &Path,
+    out_dir: &Path,
+    target_dir: &Path,
+    toolchain: impl Fn() -> Result<Toolchain>,
+) -> Result<Built> {
     let manifest_path = dir.join("galley.toml");
-    let text = std::fs::read_to_string(&manifest_path)
-        .with_context(|| format!("{}: cannot read the plugin manifest", manifest_path.display()))?;
+    let text = std::fs::read_to_string(&manifest_path).with_context(|| {
+        format!(
+            "{}: cannot read the plugin manifest",
+            manifest_path.display()
+        )
+    })?;
     let mut manifest = Manifest::from_toml(&text, &manifest_path.display().to_string())?;
     let lang = Lang::detect(dir)?;
     let component = match lang {
         Lang::Rust => build_rust(dir, target_dir, toolchain()?, &manifest)?,
-        Lang::Python => build_python(dir, manifest.kind)
-            .with_context(|| format!("building Python plugin `{}` from {}", manifest.name, dir.display()))?,
-        Lang::JavaScript => build_js(dir, manifest.kind)
-            .with_context(|| format!("building JavaScript plugin `{}` from {}", manifest.name, dir.display()))?,
+        Lang::Python => build_python(dir, manifest.kind).with_context(|| {
+            format!(
+                "building Python plugin `{}` from {}",
+                manifest.name,
+                dir.display()
+            )
+        })?,
+        Lang::JavaScript => build_js(dir, manifest.kind).with_context(|| {
+            format!(
+                "building JavaScript plugin `{}` from {}",
+                manifest.name,
+                dir.display()
+            )
+        })?,
         Lang::C => {
             let scratch = Scratch::new()?;
-            crate::cplugin::build(dir, manifest.kind, &scratch.0)
-                .with_context(|| format!("building C plugin `{}` from {}", manifest.name, dir.display()))?
+            crate::cplugin::build(dir, manifest.kind, &scratch.0).with_context(|| {
+                format!(
+                    "building C plugin `{}` from {}",
+                    manifest.name,
+                    dir.display()
+                )
+            })?
         }
     };
 
@@ -175,16 +213,30 @@ pub fn build(dir: &Path, out_dir: &Path, target_dir: &Path, toolchain: impl Fn()
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let path = out_dir.join(format!("{}.wasm", manifest.name));
     std::fs::write(&path, &component).with_context(|| format!("writing {}", path.display()))?;
-    Ok(Built { manifest, path, size: component.len(), digest: galley_runtime::digest_of(&component), lang })
+    Ok(Built {
+        manifest,
+        path,
+        size: component.len(),
+        digest: galley_runtime::digest_of(&component),
+        lang,
+    })
 }
 
-fn build_rust(dir: &Path, target_dir: &Path, toolchain: Toolchain, manifest: &Manifest) -> Result<Vec<u8>> {
+fn build_rust(
+    dir: &Path,
+    target_dir: &Path,
+    toolchain: Toolchain,
+    manifest: &Manifest,
+) -> Result<Vec<u8>> {
     let artifact = cargo_build(&dir.join("Cargo.toml"), target_dir, toolchain)
         .with_context(|| format!("building plugin `{}` from {}", manifest.name, dir.display()))?;
-    let bytes = std::fs::read(&artifact).with_context(|| format!("reading {}", artifact.display()))?;
+    let bytes =
+        std::fs::read(&artifact).with_context(|| format!("reading {}", artifact.display()))?;
     match toolchain {
         Toolchain::RustupWasip2 => Ok(bytes),
-        Toolchain::DebianWasip1 => componentize(&bytes).with_context(|| format!("componentizing {}", artifact.display())),
+        Toolchain::DebianWasip1 => {
+            componentize(&bytes).with_context(|| format!("componentizing {}", artifact.display()))
+        }
     }
 }
 
@@ -196,7 +248,10 @@ impl Scratch {
         let dir = std::env::temp_dir().join(format!(
             "galley-build-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
         ));
         std::fs::create_dir_all(dir.join("wit"))?;
         embedded::write_all(&dir.join("wit"), embedded::WIT_0_1_0)?;
@@ -213,7 +268,11 @@ impl Drop for Scratch {
 fn run_tool(cmd: &mut std::process::Command, what: &str) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         bail!("{what} failed ({}):\n{}", out.status, text.trim());
     }
     Ok(())
@@ -236,7 +295,9 @@ fn build_python(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
     std::fs::create_dir_all(&entry)?;
     std::fs::write(
         entry.join("galley_entry.py"),
-        format!("import plugin  # noqa: F401  (registers the plugin)\nfrom galley_sdk._exports import {export}  # noqa: F401\n"),
+        format!(
+            "import plugin  # noqa: F401  (registers the plugin)\nfrom galley_sdk._exports import {export}  # noqa: F401\n"
+        ),
     )?;
     let out = scratch.0.join("plugin.wasm");
     run_tool(
@@ -263,11 +324,15 @@ fn build_python(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
 fn build_js(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
     let tool = toolchains::componentize_js()?;
     let source_path = dir.join("plugin.js");
-    let source = std::fs::read_to_string(&source_path).with_context(|| format!("reading {}", source_path.display()))?;
+    let source = std::fs::read_to_string(&source_path)
+        .with_context(|| format!("reading {}", source_path.display()))?;
     let scratch = Scratch::new()?;
     let body: String = source
         .lines()
-        .filter(|l| !(l.trim_start().starts_with("import ") && (l.contains("\"galley-sdk\"") || l.contains("'galley-sdk'"))))
+        .filter(|l| {
+            !(l.trim_start().starts_with("import ")
+                && (l.contains("\"galley-sdk\"") || l.contains("'galley-sdk'")))
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     let export = match kind {
@@ -277,7 +342,13 @@ fn build_js(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
         PluginKind::Recipe => "export { __recipeExport as recipe };",
     };
     let entry = scratch.0.join("entry.js");
-    std::fs::write(&entry, format!("{}\n// ---- plugin.js ----\n{body}\n{export}\n", embedded::JS_SDK))?;
+    std::fs::write(
+        &entry,
+        format!(
+            "{}\n// ---- plugin.js ----\n{body}\n{export}\n",
+            embedded::JS_SDK
+        ),
+    )?;
     let out = scratch.0.join("plugin.wasm");
     run_tool(
         std::process::Command::new(&tool)
@@ -322,7 +393,15 @@ fn cargo_build(cargo_toml: &Path, target_dir: &Path, toolchain: Toolchain) -> Re
     }
     // Variables an enclosing cargo (e.g. `cargo run`, `cargo test`) sets would point the
     // inner build at the host compiler or flags.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "RUSTUP_TOOLCHAIN"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "RUSTUP_TOOLCHAIN",
+    ] {
         cmd.env_remove(var);
     }
     if toolchain == Toolchain::RustupWasip2 {
@@ -335,14 +414,21 @@ fn cargo_build(cargo_toml: &Path, target_dir: &Path, toolchain: Toolchain) -> Re
         .args(["--message-format", "json-render-diagnostics", "--lib"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let out = cmd.output().with_context(|| format!("running {:?}", cmd.get_program()))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
     if !out.status.success() {
         bail!("cargo failed ({}); its errors are above", out.status);
     }
-    let manifest_dir = cargo_toml.parent().unwrap_or(Path::new(".")).canonicalize()?;
+    let manifest_dir = cargo_toml
+        .parent()
+        .unwrap_or(Path::new("."))
+        .canonicalize()?;
     let mut found = None;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
@@ -356,7 +442,9 @@ fn cargo_build(cargo_toml: &Path, target_dir: &Path, toolchain: Toolchain) -> Re
             }
         }
     }
-    found.context("cargo produced no .wasm; is the crate a `cdylib`? (add `[lib] crate-type = [\"cdylib\"]`)")
+    found.context(
+        "cargo produced no .wasm; is the crate a `cdylib`? (add `[lib] crate-type = [\"cdylib\"]`)",
+    )
 }
 
 /// Wraps a wasip1 core module into a component with the WASI reactor adapter.

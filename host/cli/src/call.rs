@@ -1,7 +1,10 @@
 //! `galley plugin call`: run one plugin by hand, the way an author tries it before a run.
 
 use anyhow::{Context, Result, bail};
-use galley_core::{DataSource, Decision, Evaluator, Message, Metadata, Metric, PluginKind, Prediction, Recipe, RewardFn, RewardInput, Value};
+use galley_core::{
+    DataSource, Decision, Evaluator, Message, Metadata, Metric, PluginKind, Prediction, Recipe,
+    RewardFn, RewardInput, Value,
+};
 use galley_runtime::{Grants, InstanceOptions, Limits, Runtime, RuntimeConfig};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -94,8 +97,12 @@ impl SandboxArgs {
 pub fn parse_meta(items: &[String]) -> Result<Metadata> {
     let mut m = Metadata::new();
     for item in items {
-        let (k, v) = item.split_once('=').with_context(|| format!("--meta `{item}`: expected KEY=VALUE"))?;
-        let value = serde_json::from_str::<serde_json::Value>(v).map(Value::from).unwrap_or_else(|_| Value::Text(v.to_string()));
+        let (k, v) = item
+            .split_once('=')
+            .with_context(|| format!("--meta `{item}`: expected KEY=VALUE"))?;
+        let value = serde_json::from_str::<serde_json::Value>(v)
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::Text(v.to_string()));
         m.insert(k.to_string(), value);
     }
     Ok(m)
@@ -104,7 +111,9 @@ pub fn parse_meta(items: &[String]) -> Result<Metadata> {
 pub fn parse_grants(items: &[String]) -> Result<Grants> {
     let mut g = Grants::default();
     for item in items {
-        let (k, v) = item.split_once('=').with_context(|| format!("--allow-dir `{item}`: expected NAME=PATH"))?;
+        let (k, v) = item
+            .split_once('=')
+            .with_context(|| format!("--allow-dir `{item}`: expected NAME=PATH"))?;
         g = g.allow_dir(k, v);
     }
     Ok(g)
@@ -123,24 +132,33 @@ pub fn read_items<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>>
         std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?
     };
     if text.trim_start().starts_with('[') {
-        return serde_json::from_str(&text).with_context(|| format!("{}: not a JSON array of inputs", path.display()));
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a JSON array of inputs", path.display()));
     }
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(serde_json::from_str(line).with_context(|| format!("{}:{}: bad input line", path.display(), i + 1))?);
+        out.push(
+            serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: bad input line", path.display(), i + 1))?,
+        );
     }
     Ok(out)
 }
 
 fn parse_config(text: &str) -> Result<serde_json::Value> {
     let (text, origin) = match text.strip_prefix('@') {
-        Some(path) => (std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {path}"))?, path.to_string()),
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--config: cannot read {path}"))?,
+            path.to_string(),
+        ),
         None => (text.to_string(), "--config".to_string()),
     };
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{origin}: not valid JSON"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{origin}: not valid JSON"))?;
     if !v.is_object() {
         bail!("{origin}: settings must be a JSON object");
     }
@@ -155,13 +173,23 @@ pub fn run(args: CallArgs) -> Result<()> {
     match plugin.kind() {
         PluginKind::Reward => {
             let inputs: Vec<RewardInput> = match (&args.input, &args.completion) {
-                (Some(p), _) => read_items::<crate::score::Line>(p)?.into_iter().map(RewardInput::from).collect(),
+                (Some(p), _) => read_items::<crate::score::Line>(p)?
+                    .into_iter()
+                    .map(RewardInput::from)
+                    .collect(),
                 (None, Some(c)) => vec![RewardInput {
-                    prompt: args.prompt.iter().map(|p| Message::new("user", p.clone())).collect(),
+                    prompt: args
+                        .prompt
+                        .iter()
+                        .map(|p| Message::new("user", p.clone()))
+                        .collect(),
                     completion: c.clone(),
                     metadata: parse_meta(&args.meta)?,
                 }],
-                (None, None) => bail!("{} is a reward plugin: give --completion TEXT (with --meta KEY=VALUE) or --input FILE", plugin.id()),
+                (None, None) => bail!(
+                    "{} is a reward plugin: give --completion TEXT (with --meta KEY=VALUE) or --input FILE",
+                    plugin.id()
+                ),
             };
             let mut reward = plugin.reward(&config, opts)?;
             let scores = reward.score(&inputs)?;
@@ -199,13 +227,19 @@ pub fn run(args: CallArgs) -> Result<()> {
                     references: args.reference.clone(),
                     metadata: parse_meta(&args.meta)?,
                 }],
-                (None, None) => bail!("{} is an evaluator: give --prediction TEXT --reference TEXT, or --input FILE", plugin.id()),
+                (None, None) => bail!(
+                    "{} is an evaluator: give --prediction TEXT --reference TEXT, or --input FILE",
+                    plugin.id()
+                ),
             };
             let mut eval = plugin.evaluator(&config, opts)?;
             let scores = eval.score(&preds)?;
             let summary = eval.aggregate(&scores)?;
             if args.json {
-                println!("{}", serde_json::json!({"scores": scores, "summary": summary}));
+                println!(
+                    "{}",
+                    serde_json::json!({"scores": scores, "summary": summary})
+                );
             } else {
                 for (p, s) in preds.iter().zip(&scores) {
                     println!("{}\t{}", p.id, fmt_metrics(s));
@@ -229,10 +263,18 @@ pub fn run(args: CallArgs) -> Result<()> {
                     .iter()
                     .map(|m| {
                         let (k, v) = m.split_once('=').context("--metric: expected NAME=VALUE")?;
-                        Ok(Metric::new(k, v.parse::<f64>().with_context(|| format!("--metric {m}: not a number"))?))
+                        Ok(Metric::new(
+                            k,
+                            v.parse::<f64>()
+                                .with_context(|| format!("--metric {m}: not a number"))?,
+                        ))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let stage = if args.stage.is_empty() { stages.first().map(|s| s.name.clone()).unwrap_or_default() } else { args.stage.clone() };
+                let stage = if args.stage.is_empty() {
+                    stages.first().map(|s| s.name.clone()).unwrap_or_default()
+                } else {
+                    args.stage.clone()
+                };
                 let d = recipe.on_metrics(&stage, 0, &metrics)?;
                 println!(
                     "decision\t{}",
@@ -249,5 +291,8 @@ pub fn run(args: CallArgs) -> Result<()> {
 }
 
 pub fn fmt_metrics(m: &[Metric]) -> String {
-    m.iter().map(|m| format!("{}={:.4}", m.name, m.value)).collect::<Vec<_>>().join(" ")
+    m.iter()
+        .map(|m| format!("{}={:.4}", m.name, m.value))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -16,12 +16,21 @@ const SYSROOT: &str = "/usr";
 pub fn bindings(kind: PluginKind, wit_dir: &Path, out: &Path) -> Result<String> {
     use wit_bindgen_core::wit_parser::Resolve;
     let mut resolve = Resolve::default();
-    let (pkg, _) = resolve.push_dir(wit_dir).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let world = resolve.select_world(&[pkg], Some(world_of(kind))).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let (pkg, _) = resolve
+        .push_dir(wit_dir)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let world = resolve
+        .select_world(&[pkg], Some(world_of(kind)))
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let mut files = wit_bindgen_core::Files::default();
     // The component type travels as metadata we embed ourselves, so no object file.
-    let opts = wit_bindgen_c::Opts { no_object_file: true, ..Default::default() };
-    opts.build().generate(&mut resolve, world, &mut files).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let opts = wit_bindgen_c::Opts {
+        no_object_file: true,
+        ..Default::default()
+    };
+    opts.build()
+        .generate(&mut resolve, world, &mut files)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     std::fs::create_dir_all(out)?;
     for (name, bytes) in files.iter() {
         std::fs::write(out.join(name), bytes)?;
@@ -31,8 +40,12 @@ pub fn bindings(kind: PluginKind, wit_dir: &Path, out: &Path) -> Result<String> 
 
 /// Compiles `plugin.c` with the SDK into a component.
 pub fn build(dir: &Path, kind: PluginKind, scratch: &Path) -> Result<Vec<u8>> {
-    if Command::new(CLANG).arg("--version").output().is_err() || !Path::new("/usr/lib/wasm32-wasi/libc.a").exists() {
-        bail!("building a C plugin needs {CLANG}, lld-19, wasi-libc and libclang-rt-19-dev-wasm32 (Debian: `apt-get install clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32`)");
+    if Command::new(CLANG).arg("--version").output().is_err()
+        || !Path::new("/usr/lib/wasm32-wasi/libc.a").exists()
+    {
+        bail!(
+            "building a C plugin needs {CLANG}, lld-19, wasi-libc and libclang-rt-19-dev-wasm32 (Debian: `apt-get install clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32`)"
+        );
     }
     let wit = scratch.join("wit");
     let csrc = scratch.join("c");
@@ -40,7 +53,13 @@ pub fn build(dir: &Path, kind: PluginKind, scratch: &Path) -> Result<Vec<u8>> {
     embedded::write_all(&csrc, embedded::C_SDK)?;
     let core = scratch.join("plugin.core.wasm");
     let out = Command::new(CLANG)
-        .args(["--target=wasm32-wasi", &format!("--sysroot={SYSROOT}"), "-O2", "-mexec-model=reactor", "-std=c11"])
+        .args([
+            "--target=wasm32-wasi",
+            &format!("--sysroot={SYSROOT}"),
+            "-O2",
+            "-mexec-model=reactor",
+            "-std=c11",
+        ])
         .args(["-Wall", "-Wno-unused-function", "-fuse-ld=lld"])
         .arg(format!("-DGALLEY_WORLD_{}", world.to_uppercase()))
         .arg("-I")
@@ -53,7 +72,11 @@ pub fn build(dir: &Path, kind: PluginKind, scratch: &Path) -> Result<Vec<u8>> {
         .output()
         .with_context(|| format!("running {CLANG}"))?;
     if !out.status.success() {
-        bail!("{CLANG} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{CLANG} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let mut module = std::fs::read(&core)?;
     {
@@ -69,7 +92,8 @@ pub fn build(dir: &Path, kind: PluginKind, scratch: &Path) -> Result<Vec<u8>> {
 /// The `plugin.c` a new C plugin of `kind` starts from.
 pub fn template(kind: PluginKind) -> &'static str {
     match kind {
-        PluginKind::Reward => r#"#include "galley.h"
+        PluginKind::Reward => {
+            r#"#include "galley.h"
 #include <string.h>
 
 /* 1.0 when the completion contains the example's `answer` column, else 0.0; no opinion
@@ -93,8 +117,10 @@ int galley_reward_score(const galley_reward_input *in, galley_score *out, galley
     *out = galley_score_of(0.0);
     return 0;
 }
-"#,
-        PluginKind::DataLoader => r#"#include "galley.h"
+"#
+        }
+        PluginKind::DataLoader => {
+            r#"#include "galley.h"
 #include <stdio.h>
 
 /* `count` questions "What is N + 1?", with the answer in the metadata. */
@@ -121,8 +147,10 @@ int galley_loader_next(galley_example *ex, galley_error *err) {
     next++;
     return 1;
 }
-"#,
-        PluginKind::Evaluator => r#"#include "galley.h"
+"#
+        }
+        PluginKind::Evaluator => {
+            r#"#include "galley.h"
 #include <ctype.h>
 
 /* 1.0 when the prediction equals a reference after trimming and lower-casing; the summary is
@@ -149,8 +177,10 @@ int galley_evaluator_score(const galley_prediction *p, galley_metrics *out, gall
     galley_metric_add(out, "exact_match", hit ? 1.0 : 0.0);
     return 0;
 }
-"#,
-        PluginKind::Recipe => r#"#include "galley.h"
+"#
+        }
+        PluginKind::Recipe => {
+            r#"#include "galley.h"
 #include <math.h>
 #include <stdio.h>
 
@@ -181,6 +211,7 @@ int galley_recipe_on_metrics(galley_str stage, uint64_t step, const galley_metri
     }
     return 0;
 }
-"#,
+"#
+        }
     }
 }

@@ -7,31 +7,76 @@ use std::path::Path;
 pub const WIT_0_1_0: &[(&str, &str)] = &[
     ("types.wit", include_str!("../../../wit/v0.1.0/types.wit")),
     ("reward.wit", include_str!("../../../wit/v0.1.0/reward.wit")),
-    ("data-loader.wit", include_str!("../../../wit/v0.1.0/data-loader.wit")),
-    ("evaluator.wit", include_str!("../../../wit/v0.1.0/evaluator.wit")),
+    (
+        "data-loader.wit",
+        include_str!("../../../wit/v0.1.0/data-loader.wit"),
+    ),
+    (
+        "evaluator.wit",
+        include_str!("../../../wit/v0.1.0/evaluator.wit"),
+    ),
     ("recipe.wit", include_str!("../../../wit/v0.1.0/recipe.wit")),
 ];
 
 /// The Python SDK package `galley_sdk`.
 pub const PYTHON_SDK: &[(&str, &str)] = &[
-    ("galley_sdk/__init__.py", include_str!("../../../sdk/python/galley_sdk/__init__.py")),
-    ("galley_sdk/_core.py", include_str!("../../../sdk/python/galley_sdk/_core.py")),
-    ("galley_sdk/_kinds.py", include_str!("../../../sdk/python/galley_sdk/_kinds.py")),
-    ("galley_sdk/_exports.py", include_str!("../../../sdk/python/galley_sdk/_exports.py")),
+    (
+        "galley_sdk/__init__.py",
+        include_str!("../../../sdk/python/galley_sdk/__init__.py"),
+    ),
+    (
+        "galley_sdk/_core.py",
+        include_str!("../../../sdk/python/galley_sdk/_core.py"),
+    ),
+    (
+        "galley_sdk/_kinds.py",
+        include_str!("../../../sdk/python/galley_sdk/_kinds.py"),
+    ),
+    (
+        "galley_sdk/_exports.py",
+        include_str!("../../../sdk/python/galley_sdk/_exports.py"),
+    ),
 ];
 
 /// The Rust guest SDK crate, laid out as in the repository (its bindings find the WIT at
 /// `../../wit/v0.1.0`), so scaffolded plugins can depend on it by path anywhere.
 pub const RUST_SDK: &[(&str, &str)] = &[
-    ("sdk/rust/Cargo.toml", include_str!("../../../sdk/rust/Cargo.toml")),
-    ("sdk/rust/src/lib.rs", include_str!("../../../sdk/rust/src/lib.rs")),
-    ("sdk/rust/src/config.rs", include_str!("../../../sdk/rust/src/config.rs")),
-    ("sdk/rust/src/types.rs", include_str!("../../../sdk/rust/src/types.rs")),
-    ("sdk/rust/src/log.rs", include_str!("../../../sdk/rust/src/log.rs")),
-    ("sdk/rust/src/reward.rs", include_str!("../../../sdk/rust/src/reward.rs")),
-    ("sdk/rust/src/data_loader.rs", include_str!("../../../sdk/rust/src/data_loader.rs")),
-    ("sdk/rust/src/evaluator.rs", include_str!("../../../sdk/rust/src/evaluator.rs")),
-    ("sdk/rust/src/recipe.rs", include_str!("../../../sdk/rust/src/recipe.rs")),
+    (
+        "sdk/rust/Cargo.toml",
+        include_str!("../../../sdk/rust/Cargo.toml"),
+    ),
+    (
+        "sdk/rust/src/lib.rs",
+        include_str!("../../../sdk/rust/src/lib.rs"),
+    ),
+    (
+        "sdk/rust/src/config.rs",
+        include_str!("../../../sdk/rust/src/config.rs"),
+    ),
+    (
+        "sdk/rust/src/types.rs",
+        include_str!("../../../sdk/rust/src/types.rs"),
+    ),
+    (
+        "sdk/rust/src/log.rs",
+        include_str!("../../../sdk/rust/src/log.rs"),
+    ),
+    (
+        "sdk/rust/src/reward.rs",
+        include_str!("../../../sdk/rust/src/reward.rs"),
+    ),
+    (
+        "sdk/rust/src/data_loader.rs",
+        include_str!("../../../sdk/rust/src/data_loader.rs"),
+    ),
+    (
+        "sdk/rust/src/evaluator.rs",
+        include_str!("../../../sdk/rust/src/evaluator.rs"),
+    ),
+    (
+        "sdk/rust/src/recipe.rs",
+        include_str!("../../../sdk/rust/src/recipe.rs"),
+    ),
 ];
 
 /// The C SDK: a header and its implementation over the generated bindings.

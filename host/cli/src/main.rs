@@ -6,6 +6,7 @@ mod build;
 mod call;
 mod cplugin;
 mod embedded;
+mod install_cmd;
 mod new;
 mod registry_cmd;
 mod score;
@@ -16,7 +17,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "galley", version, about = "Train, align, evaluate and serve language models with sandboxed community plugins")]
+#[command(
+    name = "galley",
+    version,
+    about = "Train, align, evaluate and serve language models with sandboxed community plugins"
+)]
 struct Cli {
     /// Log filter (e.g. `info`, `galley=debug`); also RUST_LOG.
     #[arg(long, global = true, default_value = "warn")]
@@ -85,19 +90,38 @@ enum PluginCmd {
         #[arg(short, long)]
         out_dir: PathBuf,
     },
-    /// Make an ed25519 publishing key (and trust it yourself).
-    Keygen,
+    /// Make an ed25519 publishing key (and trust it yourself); with --show, print an existing key's id and public key.
+    Keygen {
+        #[arg(long)]
+        show: Option<PathBuf>,
+    },
     /// Trust a publisher's key.
     Trust { id: String, public_key: String },
-    /// Publish a built component to a registry, signed with your key.
+    /// Make a package from a built component: NAME-VERSION.wasm plus its signed release line
+    /// (NAME-VERSION.release.json), ready for `galley plugin publish` from anywhere.
+    Pack {
+        file: PathBuf,
+        /// The namespace (NAMESPACE/NAME); default: `namespace` in the plugin's galley.toml.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Signing key: a key id from `galley plugin keygen`, or a key file.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(short, long, default_value = "target/packages")]
+        out_dir: PathBuf,
+    },
+    /// Publish a built component (or a packed NAME-VERSION.release.json) to a registry.
     Publish {
         file: PathBuf,
         /// The registry: a folder, file://, or http(s):// URL of `galley registry serve`; default GALLEY_REGISTRY.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "oci")]
         registry: Option<String>,
-        /// The namespace to publish under (NAMESPACE/NAME).
+        /// Push to an OCI registry instead, as a Wasm OCI artifact: oci://HOST/REPO[:TAG] (tag defaults to the version).
         #[arg(long)]
-        namespace: String,
+        oci: Option<String>,
+        /// The namespace (NAMESPACE/NAME); default: `namespace` in the plugin's galley.toml.
+        #[arg(long)]
+        namespace: Option<String>,
         /// Signing key: a key id from `galley plugin keygen`, or a key file.
         #[arg(long)]
         key: Option<String>,
@@ -109,7 +133,7 @@ enum PluginCmd {
         #[arg(long)]
         registry: Option<String>,
     },
-    /// Resolve, verify and install plugins (NAMESPACE/NAME[@REQ]); with none, install galley.lock.
+    /// Resolve, verify and install plugins (NAMESPACE/NAME[@REQ] or oci://HOST/REPO:TAG); with none, install galley.lock.
     Install {
         reqs: Vec<String>,
         #[arg(long)]
@@ -124,6 +148,19 @@ enum PluginCmd {
         /// Use only the local cache (install from galley.lock).
         #[arg(long)]
         offline: bool,
+    },
+    /// Move installed plugins (all, or those named) to the newest versions galley.lock's requirements allow.
+    Update {
+        names: Vec<String>,
+        #[arg(long)]
+        registry: Option<String>,
+        #[arg(long, default_value = ".galley/plugins")]
+        into: PathBuf,
+        #[arg(long, default_value = "galley.lock")]
+        lock: PathBuf,
+        /// Accept unsigned packages (recorded in the lockfile).
+        #[arg(long)]
+        allow_unsigned: bool,
     },
     /// List the plugins galley.lock pins and check their files.
     List {
@@ -176,7 +213,11 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Top::Plugin(PluginCmd::Build { dirs, out_dir, target_dir }) => {
+        Top::Plugin(PluginCmd::Build {
+            dirs,
+            out_dir,
+            target_dir,
+        }) => {
             let target_dir = target_dir.unwrap_or_else(build::default_target_dir);
             let toolchain = std::cell::OnceCell::new();
             let rust = || -> Result<build::Toolchain> {
@@ -187,7 +228,11 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("Rust plugins build with {t:?}");
                 Ok(*toolchain.get_or_init(|| t))
             };
-            eprintln!("building {} plugin(s) into {}", dirs.len(), out_dir.display());
+            eprintln!(
+                "building {} plugin(s) into {}",
+                dirs.len(),
+                out_dir.display()
+            );
             for dir in &dirs {
                 let built = build::build(dir, &out_dir, &target_dir, rust)?;
                 println!(
@@ -202,11 +247,26 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Top::Plugin(PluginCmd::New { name, lang, kind, dir }) => {
+        Top::Plugin(PluginCmd::New {
+            name,
+            lang,
+            kind,
+            dir,
+        }) => {
             let dir = new::run(&name, lang, kind, dir)?;
-            println!("created {} ({lang:?} {kind:?} plugin); next:", dir.display());
-            println!("  galley plugin build {} -o {}/out", dir.display(), dir.display());
-            println!("  galley plugin call {}/out/{name}.wasm ...   (see its README.md)", dir.display());
+            println!(
+                "created {} ({lang:?} {kind:?} plugin); next:",
+                dir.display()
+            );
+            println!(
+                "  galley plugin build {} -o {}/out",
+                dir.display(),
+                dir.display()
+            );
+            println!(
+                "  galley plugin call {}/out/{name}.wasm ...   (see its README.md)",
+                dir.display()
+            );
             Ok(())
         }
         Top::Plugin(PluginCmd::Bindings { kind, out_dir }) => {
@@ -217,11 +277,41 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}.{{c,h}} to {}", world?, out_dir.display());
             Ok(())
         }
-        Top::Plugin(PluginCmd::Keygen) => registry_cmd::keygen(),
+        Top::Plugin(PluginCmd::Keygen { show: None }) => registry_cmd::keygen(),
+        Top::Plugin(PluginCmd::Keygen { show: Some(file) }) => {
+            let key = galley_registry::KeyPair::load(&file)?;
+            println!("{} {}", key.id(), key.public_hex());
+            Ok(())
+        }
         Top::Plugin(PluginCmd::Trust { id, public_key }) => registry_cmd::trust(&id, &public_key),
-        Top::Plugin(PluginCmd::Publish { file, registry, namespace, key }) => registry_cmd::publish(&file, &registry, &namespace, key.as_deref()),
+        Top::Plugin(PluginCmd::Pack {
+            file,
+            namespace,
+            key,
+            out_dir,
+        }) => registry_cmd::pack(&file, namespace.as_deref(), key.as_deref(), &out_dir),
+        Top::Plugin(PluginCmd::Publish {
+            file,
+            registry,
+            oci,
+            namespace,
+            key,
+        }) => registry_cmd::publish(registry_cmd::PublishArgs {
+            file: &file,
+            registry: &registry,
+            oci: oci.as_deref(),
+            namespace: namespace.as_deref(),
+            key: key.as_deref(),
+        }),
         Top::Plugin(PluginCmd::Search { term, registry }) => registry_cmd::search(&term, &registry),
-        Top::Plugin(PluginCmd::Install { reqs, registry, into, lock, allow_unsigned, offline }) => registry_cmd::install(registry_cmd::InstallArgs {
+        Top::Plugin(PluginCmd::Install {
+            reqs,
+            registry,
+            into,
+            lock,
+            allow_unsigned,
+            offline,
+        }) => install_cmd::install(install_cmd::InstallArgs {
             reqs: &reqs,
             registry: &registry,
             into: &into,
@@ -229,13 +319,41 @@ fn run(cli: Cli) -> Result<()> {
             allow_unsigned,
             offline,
         }),
+        Top::Plugin(PluginCmd::Update {
+            names,
+            registry,
+            into,
+            lock,
+            allow_unsigned,
+        }) => install_cmd::update(
+            &names,
+            install_cmd::InstallArgs {
+                reqs: &[],
+                registry: &registry,
+                into: &into,
+                lock: &lock,
+                allow_unsigned,
+                offline: false,
+            },
+        ),
         Top::Plugin(PluginCmd::List { into, lock }) => registry_cmd::list(&into, &lock),
-        Top::Plugin(PluginCmd::Remove { names, into, lock }) => registry_cmd::remove(&names, &into, &lock),
-        Top::Plugin(PluginCmd::Yank { spec, registry, undo }) => registry_cmd::yank(&spec, &registry, undo),
+        Top::Plugin(PluginCmd::Remove { names, into, lock }) => {
+            registry_cmd::remove(&names, &into, &lock)
+        }
+        Top::Plugin(PluginCmd::Yank {
+            spec,
+            registry,
+            undo,
+        }) => registry_cmd::yank(&spec, &registry, undo),
         Top::Plugin(PluginCmd::Inspect { file, json }) => inspect(&file, json),
         Top::Plugin(PluginCmd::Call(args)) => call::run(args),
         Top::Score(args) => score::run(args),
-        Top::Registry(RegistryCmd::Serve { root, addr, tokens, max_upload_mb }) => registry_cmd::serve(&root, &addr, tokens.as_deref(), max_upload_mb),
+        Top::Registry(RegistryCmd::Serve {
+            root,
+            addr,
+            tokens,
+            max_upload_mb,
+        }) => registry_cmd::serve(&root, &addr, tokens.as_deref(), max_upload_mb),
     }
 }
 
@@ -247,7 +365,10 @@ fn inspect(file: &std::path::Path, json: bool) -> Result<()> {
         None => ("none".to_string(), "none".to_string()),
     };
     let m = info.manifest.as_ref();
-    let supported = info.plugin_export.as_ref().is_some_and(|(_, v)| galley_runtime::wit_supported(v));
+    let supported = info
+        .plugin_export
+        .as_ref()
+        .is_some_and(|(_, v)| galley_runtime::wit_supported(v));
     if json {
         let out = serde_json::json!({
             "file": file.display().to_string(),
@@ -272,13 +393,25 @@ fn inspect(file: &std::path::Path, json: bool) -> Result<()> {
         Some(m) => {
             println!("plugin       {}", m.id());
             println!("description  {}", m.description);
-            println!("license      {}", m.license.as_deref().unwrap_or("(none given)"));
+            println!(
+                "license      {}",
+                m.license.as_deref().unwrap_or("(none given)")
+            );
         }
         None => println!("plugin       (no galley manifest: not built by `galley plugin build`)"),
     }
     println!("kind         {kind}");
-    println!("wit          galley:plugin@{wit}{}", if supported { " (supported by this galley)" } else { " (NOT supported by this galley)" });
-    let caps = m.map(|m| m.capabilities.read_dirs.clone()).unwrap_or_default();
+    println!(
+        "wit          galley:plugin@{wit}{}",
+        if supported {
+            " (supported by this galley)"
+        } else {
+            " (NOT supported by this galley)"
+        }
+    );
+    let caps = m
+        .map(|m| m.capabilities.read_dirs.clone())
+        .unwrap_or_default();
     if caps.is_empty() {
         println!("capabilities none (fully sandboxed)");
     } else {
@@ -286,7 +419,14 @@ fn inspect(file: &std::path::Path, json: bool) -> Result<()> {
     }
     println!("size         {} bytes", info.size);
     println!("digest       {}", info.digest);
-    println!("imports      {}", if info.imports.is_empty() { "none".to_string() } else { info.imports.join("\n             ") });
+    println!(
+        "imports      {}",
+        if info.imports.is_empty() {
+            "none".to_string()
+        } else {
+            info.imports.join("\n             ")
+        }
+    );
     println!("exports      {}", info.exports.join("\n             "));
     Ok(())
 }

@@ -36,7 +36,8 @@ impl NewKind {
 
 /// The Rust SDK, unpacked once where scaffolded crates can depend on it by path.
 pub fn rust_sdk_dir() -> Result<PathBuf> {
-    let root = toolchains::toolchain_dir().join(format!("galley-sdk-rust-{}", env!("CARGO_PKG_VERSION")));
+    let root =
+        toolchains::toolchain_dir().join(format!("galley-sdk-rust-{}", env!("CARGO_PKG_VERSION")));
     let crate_dir = root.join("sdk/rust");
     // Rewritten every time: cheap, and a galley upgrade must not leave an old SDK behind.
     embedded::write_all(&root, embedded::RUST_SDK)?;
@@ -47,15 +48,26 @@ pub fn rust_sdk_dir() -> Result<PathBuf> {
 pub fn run(name: &str, lang: NewLang, kind: NewKind, dir: Option<PathBuf>) -> Result<PathBuf> {
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     let manifest = format!(
-        "name = \"{name}\"\nversion = \"0.1.0\"\nkind = \"{}\"\ndescription = \"{}\"\nlicense = \"Apache-2.0\"\n{}",
+        "# The registry namespace you publish under (galley plugin publish): NAMESPACE/NAME.\n# namespace = \"your-name\"\nname = \"{name}\"\nversion = \"0.1.0\"\nkind = \"{}\"\ndescription = \"{}\"\nlicense = \"Apache-2.0\"\n{}",
         kind.kind(),
         description(kind),
-        if kind == NewKind::Loader { "\n# Ask for read-only directories (mounted at /NAME) only if the loader reads files:\n# [capabilities]\n# read-dirs = [\"data\"]\n" } else { "" }
+        if kind == NewKind::Loader {
+            "\n# Ask for read-only directories (mounted at /NAME) only if the loader reads files:\n# [capabilities]\n# read-dirs = [\"data\"]\n"
+        } else {
+            ""
+        }
     );
     // Validate the name exactly as the build will.
     galley_runtime::Manifest::from_toml(&manifest, "galley.toml")?;
-    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("{}: exists and is not empty; pick another NAME or --dir", dir.display());
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{}: exists and is not empty; pick another NAME or --dir",
+            dir.display()
+        );
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut files: Vec<(String, String)> = vec![("galley.toml".into(), manifest)];
@@ -70,7 +82,11 @@ pub fn run(name: &str, lang: NewLang, kind: NewKind, dir: Option<PathBuf>) -> Re
         NewLang::C => files.push(("plugin.c".into(), c_body(kind).into())),
     }
     if let Some(input) = test_input(kind) {
-        let file = if matches!(kind, NewKind::Loader | NewKind::Recipe) { "test-input.json" } else { "test-input.jsonl" };
+        let file = if matches!(kind, NewKind::Loader | NewKind::Recipe) {
+            "test-input.json"
+        } else {
+            "test-input.jsonl"
+        };
         files.push((file.into(), input.into()));
     }
     files.push(("README.md".into(), readme(name, lang, kind)));
@@ -96,13 +112,18 @@ fn description(kind: NewKind) -> &'static str {
 fn test_input(kind: NewKind) -> Option<&'static str> {
     match kind {
         NewKind::Reward => Some(concat!(
-            r#"{"prompt": "What is 6 * 7?", "completion": "6 * 7 = 42", "metadata": {"answer": 42}}"#, "\n",
-            r#"{"prompt": "What is 6 * 7?", "completion": "It is 43", "metadata": {"answer": 42}}"#, "\n",
-            r#"{"prompt": "Say hi", "completion": "hi"}"#, "\n",
+            r#"{"prompt": "What is 6 * 7?", "completion": "6 * 7 = 42", "metadata": {"answer": 42}}"#,
+            "\n",
+            r#"{"prompt": "What is 6 * 7?", "completion": "It is 43", "metadata": {"answer": 42}}"#,
+            "\n",
+            r#"{"prompt": "Say hi", "completion": "hi"}"#,
+            "\n",
         )),
         NewKind::Evaluator => Some(concat!(
-            r#"{"id": "a", "prediction": " Paris ", "references": ["paris"]}"#, "\n",
-            r#"{"id": "b", "prediction": "Lyon", "references": ["Paris"]}"#, "\n",
+            r#"{"id": "a", "prediction": " Paris ", "references": ["paris"]}"#,
+            "\n",
+            r#"{"id": "b", "prediction": "Lyon", "references": ["Paris"]}"#,
+            "\n",
         )),
         // Settings: `galley plugin call ... --config @test-input.json`.
         NewKind::Loader => Some("{\"count\": 5}\n"),
@@ -144,7 +165,8 @@ fn rust_cargo(name: &str, kind: NewKind, sdk: &Path) -> String {
 
 fn rust_body(kind: NewKind) -> &'static str {
     match kind {
-        NewKind::Reward => r#"use galley_sdk::reward::{Reward, RewardInput};
+        NewKind::Reward => {
+            r#"use galley_sdk::reward::{Reward, RewardInput};
 use galley_sdk::{Config, Error};
 
 /// 1.0 when the completion contains the example's `answer` column, else 0.0.
@@ -163,8 +185,10 @@ impl Reward for ContainsAnswer {
 }
 
 galley_sdk::export_reward!(ContainsAnswer);
-"#,
-        NewKind::Loader => r#"use galley_sdk::data_loader::DataLoader;
+"#
+        }
+        NewKind::Loader => {
+            r#"use galley_sdk::data_loader::DataLoader;
 use galley_sdk::{Config, Error, Example, Message, Value};
 
 /// `count` questions "What is N + 1?", with the answer in the metadata.
@@ -200,8 +224,10 @@ impl DataLoader for Counting {
 }
 
 galley_sdk::export_data_loader!(Counting);
-"#,
-        NewKind::Evaluator => r#"use galley_sdk::evaluator::{Evaluator, Prediction};
+"#
+        }
+        NewKind::Evaluator => {
+            r#"use galley_sdk::evaluator::{Evaluator, Prediction};
 use galley_sdk::{Config, Error, Metric};
 
 /// 1.0 when the prediction equals a reference after trimming and lower-casing.
@@ -221,8 +247,10 @@ impl Evaluator for ExactMatch {
 }
 
 galley_sdk::export_evaluator!(ExactMatch);
-"#,
-        NewKind::Recipe => r#"use galley_sdk::recipe::{Decision, Recipe, Stage};
+"#
+        }
+        NewKind::Recipe => {
+            r#"use galley_sdk::recipe::{Decision, Recipe, Stage};
 use galley_sdk::serde_json::json;
 use galley_sdk::{Config, Error, Metric};
 
@@ -252,13 +280,15 @@ impl Recipe for Plan {
 }
 
 galley_sdk::export_recipe!(Plan);
-"#,
+"#
+        }
     }
 }
 
 fn python_body(kind: NewKind) -> &'static str {
     match kind {
-        NewKind::Reward => r#"from galley_sdk import reward
+        NewKind::Reward => {
+            r#"from galley_sdk import reward
 
 
 @reward
@@ -271,8 +301,10 @@ def contains_answer(completion, answer=None, **columns):
     if answer is None:
         return None
     return 1.0 if str(answer) in completion else 0.0
-"#,
-        NewKind::Loader => r#"from galley_sdk import ConfigError, data_loader
+"#
+        }
+        NewKind::Loader => {
+            r#"from galley_sdk import ConfigError, data_loader
 
 
 @data_loader
@@ -287,8 +319,10 @@ def counting(config, seed):
             "messages": [{"role": "user", "content": f"What is {n} + 1?"}],
             "metadata": {"answer": n + 1},
         }
-"#,
-        NewKind::Evaluator => r#"from galley_sdk import evaluator
+"#
+        }
+        NewKind::Evaluator => {
+            r#"from galley_sdk import evaluator
 
 
 @evaluator
@@ -297,8 +331,10 @@ def exact_match(prediction, references, **metadata):
     Summary: the mean of each metric, plus `count`."""
     pred = prediction.strip().lower()
     return {"exact_match": float(any(r.strip().lower() == pred for r in references))}
-"#,
-        NewKind::Recipe => r#"import math
+"#
+        }
+        NewKind::Recipe => {
+            r#"import math
 
 from galley_sdk import recipe
 
@@ -321,13 +357,15 @@ class Plan:
         if stage == "grpo" and metrics.get("reward/mean", 0.0) >= self.target:
             return "next-stage"
         return "proceed"
-"#,
+"#
+        }
     }
 }
 
 fn js_body(kind: NewKind) -> &'static str {
     match kind {
-        NewKind::Reward => r#"import { reward } from "galley-sdk";
+        NewKind::Reward => {
+            r#"import { reward } from "galley-sdk";
 
 // 1.0 when the completion contains the example's `answer` column, else 0.0; null (no
 // opinion) without one. `columns` holds every metadata column, `prompt` and `config`.
@@ -335,8 +373,10 @@ reward((completion, { answer }) => {
   if (answer === undefined || answer === null) return null;
   return completion.includes(String(answer)) ? 1.0 : 0.0;
 });
-"#,
-        NewKind::Loader => r#"import { dataLoader, ConfigError } from "galley-sdk";
+"#
+        }
+        NewKind::Loader => {
+            r#"import { dataLoader, ConfigError } from "galley-sdk";
 
 // `count` questions "What is N + 1?", with the answer in the metadata.
 dataLoader(function* counting(config, seed) {
@@ -346,8 +386,10 @@ dataLoader(function* counting(config, seed) {
     yield { id: `count-${n}`, messages: [{ role: "user", content: `What is ${n} + 1?` }], metadata: { answer: n + 1 } };
   }
 });
-"#,
-        NewKind::Evaluator => r#"import { evaluator } from "galley-sdk";
+"#
+        }
+        NewKind::Evaluator => {
+            r#"import { evaluator } from "galley-sdk";
 
 // 1.0 when the prediction equals a reference after trimming and lower-casing.
 // Summary: the mean of each metric, plus `count`.
@@ -355,8 +397,10 @@ evaluator((prediction, references, metadata) => {
   const pred = prediction.trim().toLowerCase();
   return { exact_match: references.some((r) => r.trim().toLowerCase() === pred) ? 1.0 : 0.0 };
 });
-"#,
-        NewKind::Recipe => r#"import { recipe } from "galley-sdk";
+"#
+        }
+        NewKind::Recipe => {
+            r#"import { recipe } from "galley-sdk";
 
 // SFT, then GRPO until the mean reward reaches `target`, then evaluation.
 recipe(class Plan {
@@ -374,7 +418,8 @@ recipe(class Plan {
     return "proceed";
   }
 });
-"#,
+"#
+        }
     }
 }
 

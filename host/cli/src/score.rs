@@ -47,7 +47,9 @@ struct ScoreConfig {
 fn resolve_plugin(spec: &str, base: &Path, search: &[PathBuf]) -> Result<PathBuf> {
     // NAMESPACE/NAME: a package `galley plugin install` put in .galley/plugins.
     if let Ok(name) = galley_registry::PackageName::parse(spec) {
-        let installed = PathBuf::from(".galley/plugins").join(&name.namespace).join(format!("{}.wasm", name.name));
+        let installed = PathBuf::from(".galley/plugins")
+            .join(&name.namespace)
+            .join(format!("{}.wasm", name.name));
         if installed.exists() {
             return Ok(installed);
         }
@@ -64,7 +66,11 @@ fn resolve_plugin(spec: &str, base: &Path, search: &[PathBuf]) -> Result<PathBuf
     }
     bail!(
         "no plugin named `{spec}` in {}; build it with `galley plugin build plugins/{spec}`, or give a path to its .wasm",
-        search.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        search
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -138,10 +144,15 @@ enum Prompt {
 }
 
 fn load_config(path: &Path) -> Result<ScoreConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let cfg: ScoreConfig = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let cfg: ScoreConfig =
+        serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if cfg.rewards.is_empty() {
-        bail!("{}: key `rewards`: list at least one reward plugin", path.display());
+        bail!(
+            "{}: key `rewards`: list at least one reward plugin",
+            path.display()
+        );
     }
     if cfg.batch_size == 0 {
         bail!("{}: key `batch_size`: must be at least 1", path.display());
@@ -156,18 +167,24 @@ impl From<Line> for RewardInput {
             Some(Prompt::Text(t)) => vec![Message::new("user", t)],
             Some(Prompt::Messages(m)) => m,
         };
-        RewardInput { prompt, completion: l.completion, metadata: l.metadata }
+        RewardInput {
+            prompt,
+            completion: l.completion,
+            metadata: l.metadata,
+        }
     }
 }
 
 fn load_completions(path: &Path) -> Result<Vec<RewardInput>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read completions", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read completions", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let l: Line = serde_json::from_str(line).with_context(|| format!("{}:{}: bad completion line", path.display(), i + 1))?;
+        let l: Line = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: bad completion line", path.display(), i + 1))?;
         out.push(l.into());
     }
     Ok(out)
@@ -185,14 +202,18 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     for (i, spec) in cfg.rewards.iter().enumerate() {
         let path = resolve_plugin(&spec.plugin, base, &search)
             .with_context(|| format!("{}: rewards[{i}].plugin", args.config.display()))?;
-        let plugin = runtime.load(&path).with_context(|| format!("{}: rewards[{i}].plugin", args.config.display()))?;
+        let plugin = runtime
+            .load(&path)
+            .with_context(|| format!("{}: rewards[{i}].plugin", args.config.display()))?;
         let settings = serde_json::to_value(&spec.settings)?;
         let mut sandbox = args.sandbox.clone();
         sandbox.timeout_ms = spec.limits.timeout_ms.unwrap_or(sandbox.timeout_ms);
         sandbox.memory_mb = spec.limits.memory_mb.unwrap_or(sandbox.memory_mb);
         let reward = plugin
             .reward(&settings, sandbox.options(grants.clone()))
-            .with_context(|| format!("{}: rewards[{i}] ({})", args.config.display(), plugin.id()))?;
+            .with_context(|| {
+                format!("{}: rewards[{i}] ({})", args.config.display(), plugin.id())
+            })?;
         rewards.push((Box::new(reward), spec.weight));
     }
 
@@ -209,7 +230,10 @@ pub fn run(args: ScoreArgs) -> Result<()> {
                 Ok(s) => scores[r].extend(s),
                 Err(e) if cfg.on_plugin_error == OnError::Skip => {
                     tracing::warn!("{e}; skipping {} completions", batch.len());
-                    eprintln!("warning: {e}; these {} completions get no score from it", batch.len());
+                    eprintln!(
+                        "warning: {e}; these {} completions get no score from it",
+                        batch.len()
+                    );
                     *failures.entry(reward.name().to_string()).or_default() += batch.len();
                     scores[r].extend(std::iter::repeat_n(None, batch.len()));
                 }
@@ -221,27 +245,58 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let names: Vec<String> = rewards.iter().map(|(r, _)| r.name().to_string()).collect();
     if !args.json {
         for (r, n) in names.iter().enumerate() {
-            println!("{:>w$}column {}: {n} (weight {})", "", r + 1, rewards[r].1, w = 5);
+            println!(
+                "{:>w$}column {}: {n} (weight {})",
+                "",
+                r + 1,
+                rewards[r].1,
+                w = 5
+            );
         }
     }
     let mut totals = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
         // A function with no opinion is left out of the sum, not counted as zero.
-        let total: f64 = rewards.iter().enumerate().filter_map(|(r, (_, w))| scores[r][i].map(|s| s * w)).sum();
+        let total: f64 = rewards
+            .iter()
+            .enumerate()
+            .filter_map(|(r, (_, w))| scores[r][i].map(|s| s * w))
+            .sum();
         totals.push(total);
         if args.json {
-            let per: serde_json::Map<String, serde_json::Value> =
-                names.iter().enumerate().map(|(r, n)| (n.clone(), serde_json::json!(scores[r][i]))).collect();
-            println!("{}", serde_json::json!({"index": i, "scores": per, "total": total}));
+            let per: serde_json::Map<String, serde_json::Value> = names
+                .iter()
+                .enumerate()
+                .map(|(r, n)| (n.clone(), serde_json::json!(scores[r][i])))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"index": i, "scores": per, "total": total})
+            );
         } else {
-            let short: String = input.completion.chars().take(48).collect::<String>().replace('\n', " ");
+            let short: String = input
+                .completion
+                .chars()
+                .take(48)
+                .collect::<String>()
+                .replace('\n', " ");
             let cells: Vec<String> = (0..rewards.len())
-                .map(|r| scores[r][i].map(|s| format!("{s:>6.2}")).unwrap_or_else(|| "     -".into()))
+                .map(|r| {
+                    scores[r][i]
+                        .map(|s| format!("{s:>6.2}"))
+                        .unwrap_or_else(|| "     -".into())
+                })
                 .collect();
             println!("{i:>3}  {}  total {total:>6.2}  {short}", cells.join("  "));
         }
     }
-    let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
     let per_reward: Vec<(String, f64, usize)> = names
         .iter()
         .enumerate()
@@ -269,8 +324,16 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         for (n, m, c) in &per_reward {
             println!("{n:<28} mean {m:.3} over {c} scored");
         }
-        println!("{:<28} mean {:.3} over {} completions", "total (weighted)", mean(&totals), inputs.len());
-        println!("plugin time {:.1} ms ({calls_per_s:.0} completion-scores/s)", plugin_time.as_secs_f64() * 1e3);
+        println!(
+            "{:<28} mean {:.3} over {} completions",
+            "total (weighted)",
+            mean(&totals),
+            inputs.len()
+        );
+        println!(
+            "plugin time {:.1} ms ({calls_per_s:.0} completion-scores/s)",
+            plugin_time.as_secs_f64() * 1e3
+        );
         for (n, c) in &failures {
             println!("{n}: failed on {c} completions (skipped)");
         }

@@ -21,19 +21,32 @@ pub fn toolchain_dir() -> PathBuf {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("{what}: cannot run {:?}", cmd.get_program()))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("{what}: cannot run {:?}", cmd.get_program()))?;
     if !out.status.success() {
         bail!(
             "{what} failed ({}): {}",
             out.status,
-            String::from_utf8_lossy(&out.stderr).lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ")
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .take(8)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
     }
     Ok(())
 }
 
 fn have(program: &str) -> bool {
-    Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// The `componentize-py` executable, installing it first if needed.
@@ -44,17 +57,29 @@ pub fn componentize_py() -> Result<PathBuf> {
         return Ok(bin);
     }
     if !have("python3") {
-        bail!("building a Python plugin needs python3 (3.10 or newer) with venv: install it (Debian: `apt-get install python3 python3-venv`)");
+        bail!(
+            "building a Python plugin needs python3 (3.10 or newer) with venv: install it (Debian: `apt-get install python3 python3-venv`)"
+        );
     }
-    eprintln!("installing componentize-py {COMPONENTIZE_PY} into {} (once)", venv.display());
+    eprintln!(
+        "installing componentize-py {COMPONENTIZE_PY} into {} (once)",
+        venv.display()
+    );
     let _ = std::fs::remove_dir_all(&venv);
-    let installed = run(Command::new("python3").arg("-m").arg("venv").arg(&venv), "creating a Python venv (Debian: `apt-get install python3-venv`)")
-        .and_then(|_| {
-            run(
-                Command::new(venv.join("bin/pip")).args(["install", "--quiet", &format!("componentize-py=={COMPONENTIZE_PY}")]),
-                "pip install componentize-py",
-            )
-        });
+    let installed = run(
+        Command::new("python3").arg("-m").arg("venv").arg(&venv),
+        "creating a Python venv (Debian: `apt-get install python3-venv`)",
+    )
+    .and_then(|_| {
+        run(
+            Command::new(venv.join("bin/pip")).args([
+                "install",
+                "--quiet",
+                &format!("componentize-py=={COMPONENTIZE_PY}"),
+            ]),
+            "pip install componentize-py",
+        )
+    });
     if let Err(e) = installed {
         // Never leave a half-made venv that a later run would take for a working one.
         let _ = std::fs::remove_dir_all(&venv);
@@ -71,9 +96,14 @@ pub fn componentize_js() -> Result<PathBuf> {
         return Ok(bin);
     }
     if !have("npm") || !have("node") {
-        bail!("building a JavaScript plugin needs Node.js 20+ and npm: install them (Debian: `apt-get install nodejs npm`)");
+        bail!(
+            "building a JavaScript plugin needs Node.js 20+ and npm: install them (Debian: `apt-get install nodejs npm`)"
+        );
     }
-    eprintln!("installing componentize-js {COMPONENTIZE_JS} into {} (once)", dir.display());
+    eprintln!(
+        "installing componentize-js {COMPONENTIZE_JS} into {} (once)",
+        dir.display()
+    );
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // preview2-shim is pinned: newer releases broke jco's componentize here.
     std::fs::write(
@@ -92,7 +122,10 @@ pub fn componentize_js() -> Result<PathBuf> {
         "npm install componentize-js",
     )?;
     if !bin.exists() {
-        bail!("npm installed componentize-js but {} is missing", bin.display());
+        bail!(
+            "npm installed componentize-js but {} is missing",
+            bin.display()
+        );
     }
     Ok(bin)
 }

@@ -17,8 +17,12 @@ pub enum PluginKind {
 }
 
 impl PluginKind {
-    pub const ALL: [PluginKind; 4] =
-        [PluginKind::Reward, PluginKind::DataLoader, PluginKind::Evaluator, PluginKind::Recipe];
+    pub const ALL: [PluginKind; 4] = [
+        PluginKind::Reward,
+        PluginKind::DataLoader,
+        PluginKind::Evaluator,
+        PluginKind::Recipe,
+    ];
 
     /// The name used in manifests and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -80,7 +84,12 @@ impl PluginError {
         kind: PluginErrorKind,
         message: impl Into<String>,
     ) -> Self {
-        Self { plugin: plugin.into(), call: call.into(), kind, message: message.into() }
+        Self {
+            plugin: plugin.into(),
+            call: call.into(),
+            kind,
+            message: message.into(),
+        }
     }
 }
 

@@ -54,8 +54,10 @@ pub enum CacheOutcome {
 
 impl ComponentCache {
     pub(crate) fn new(dir: PathBuf, engine: &Engine) -> Result<Self, RuntimeError> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| RuntimeError::Cache { path: dir.clone(), reason: e.to_string() })?;
+        std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::Cache {
+            path: dir.clone(),
+            reason: e.to_string(),
+        })?;
         let mut h = ShaHasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut h);
         let engine_key = hex::encode(&h.0.finalize()[..8]);

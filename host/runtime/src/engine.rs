@@ -95,7 +95,8 @@ impl Runtime {
         let engine = Engine::new(&c).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         v0_1::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let cache = match &config.cache_dir {
@@ -117,27 +118,47 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
         }
         Ok(Self {
-            shared: Arc::new(Shared { engine, linker, cache, epoch_tick: config.epoch_tick, stop }),
+            shared: Arc::new(Shared {
+                engine,
+                linker,
+                cache,
+                epoch_tick: config.epoch_tick,
+                stop,
+            }),
         })
     }
 
     /// Loads a plugin file: reads, checks, compiles (or loads from the cache) and
     /// pre-instantiates it. Nothing of the plugin runs yet.
     pub fn load(&self, path: &Path) -> Result<Plugin, RuntimeError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| RuntimeError::Read { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         self.load_bytes(&bytes, &path.display().to_string())
     }
 
     /// Like [`Runtime::load`], for bytes already in memory; `origin` names them in errors.
     pub fn load_bytes(&self, bytes: &[u8], origin: &str) -> Result<Plugin, RuntimeError> {
         let info = inspect(bytes, origin)?;
-        let manifest = info.manifest.clone().ok_or_else(|| RuntimeError::NoManifest { origin: origin.into() })?;
+        let manifest = info
+            .manifest
+            .clone()
+            .ok_or_else(|| RuntimeError::NoManifest {
+                origin: origin.into(),
+            })?;
         let id = manifest.id();
-        let (kind, wit) = info.plugin_export.clone().ok_or_else(|| RuntimeError::NoPluginExport {
-            origin: origin.into(),
-            exports: if info.exports.is_empty() { "none".into() } else { info.exports.join(", ") },
-        })?;
+        let (kind, wit) =
+            info.plugin_export
+                .clone()
+                .ok_or_else(|| RuntimeError::NoPluginExport {
+                    origin: origin.into(),
+                    exports: if info.exports.is_empty() {
+                        "none".into()
+                    } else {
+                        info.exports.join(", ")
+                    },
+                })?;
         check_wit(&id, &wit)?;
         if kind != manifest.kind {
             return Err(RuntimeError::KindMismatch {
@@ -150,20 +171,29 @@ impl Runtime {
 
         let (component, cache) = match &self.shared.cache {
             Some(cache) => cache.load(&self.shared.engine, bytes, &info.digest),
-            None => wasmtime::component::Component::new(&self.shared.engine, bytes).map(|c| (c, CacheOutcome::Disabled)),
+            None => wasmtime::component::Component::new(&self.shared.engine, bytes)
+                .map(|c| (c, CacheOutcome::Disabled)),
         }
-        .map_err(|e| RuntimeError::Invalid { origin: origin.into(), reason: format!("{e:#}") })?;
+        .map_err(|e| RuntimeError::Invalid {
+            origin: origin.into(),
+            reason: format!("{e:#}"),
+        })?;
 
         let pre = self
             .shared
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| RuntimeError::Instantiate { plugin: id.clone(), reason: format!("{e:#}") })?;
+            .map_err(|e| RuntimeError::Instantiate {
+                plugin: id.clone(),
+                reason: format!("{e:#}"),
+            })?;
         // Exhaustive over supported versions: a new WIT version adds an arm here.
         let api = match (wit.major, wit.minor) {
             (0, 1) => ApiPre::V0_1(v0_1_pre(kind, pre).map_err(|e| RuntimeError::Invalid {
                 origin: origin.into(),
-                reason: format!("its galley:plugin/{kind}@{wit} export does not match the 0.1 interface: {e:#}"),
+                reason: format!(
+                    "its galley:plugin/{kind}@{wit} export does not match the 0.1 interface: {e:#}"
+                ),
             })?),
             _ => unreachable!("check_wit admits only supported versions"),
         };
@@ -200,25 +230,46 @@ fn v0_1_pre(
 /// (for 0.x) minor version and is at least as new.
 /// Whether this host runs plugins built against `galley:plugin@found`.
 pub fn wit_supported(found: &semver::Version) -> bool {
-    SUPPORTED_WIT.iter().any(|s| s.major == found.major && (s.major > 0 || s.minor == found.minor) && s >= found)
+    SUPPORTED_WIT
+        .iter()
+        .any(|s| s.major == found.major && (s.major > 0 || s.minor == found.minor) && s >= found)
 }
 
 fn check_wit(plugin: &str, found: &semver::Version) -> Result<(), RuntimeError> {
     if wit_supported(found) {
         return Ok(());
     }
-    let newest = SUPPORTED_WIT.last().expect("at least one supported version");
-    let supported = SUPPORTED_WIT.iter().map(|v| format!("{}.{}.x (up to {v})", v.major, v.minor)).collect::<Vec<_>>().join(", ");
+    let newest = SUPPORTED_WIT
+        .last()
+        .expect("at least one supported version");
+    let supported = SUPPORTED_WIT
+        .iter()
+        .map(|v| format!("{}.{}.x (up to {v})", v.major, v.minor))
+        .collect::<Vec<_>>()
+        .join(", ");
     let advice = if found > newest {
-        format!("upgrade galley to one that supports galley:plugin@{found}, or rebuild the plugin against galley-sdk for {newest}")
+        format!(
+            "upgrade galley to one that supports galley:plugin@{found}, or rebuild the plugin against galley-sdk for {newest}"
+        )
     } else {
         format!("rebuild the plugin against galley-sdk for galley:plugin@{newest}")
     };
-    Err(RuntimeError::UnsupportedWit { plugin: plugin.into(), found: found.to_string(), supported, advice })
+    Err(RuntimeError::UnsupportedWit {
+        plugin: plugin.into(),
+        found: found.to_string(),
+        supported,
+        advice,
+    })
 }
 
-const WASI_PACKAGES: &[&str] =
-    &["wasi:cli", "wasi:clocks", "wasi:filesystem", "wasi:io", "wasi:random", "wasi:sockets"];
+const WASI_PACKAGES: &[&str] = &[
+    "wasi:cli",
+    "wasi:clocks",
+    "wasi:filesystem",
+    "wasi:io",
+    "wasi:random",
+    "wasi:sockets",
+];
 
 fn check_imports(plugin: &str, info: &ComponentInfo) -> Result<(), RuntimeError> {
     for import in &info.imports {
@@ -231,7 +282,10 @@ fn check_imports(plugin: &str, info: &ComponentInfo) -> Result<(), RuntimeError>
             WASI_PACKAGES.contains(&package) && import.contains("@0.2.")
         };
         if !ok {
-            return Err(RuntimeError::UnknownImport { plugin: plugin.into(), import: import.clone() });
+            return Err(RuntimeError::UnknownImport {
+                plugin: plugin.into(),
+                import: import.clone(),
+            });
         }
     }
     Ok(())

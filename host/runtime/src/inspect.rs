@@ -36,7 +36,9 @@ pub fn parse_plugin_name(name: &str) -> Option<(PluginKind, semver::Version)> {
 
 pub fn inspect(bytes: &[u8], origin: &str) -> Result<ComponentInfo, RuntimeError> {
     if Parser::is_core_wasm(bytes) {
-        return Err(RuntimeError::CoreModule { origin: origin.into() });
+        return Err(RuntimeError::CoreModule {
+            origin: origin.into(),
+        });
     }
     if !Parser::is_component(bytes) {
         let reason = if bytes.len() < 8 {
@@ -46,7 +48,10 @@ pub fn inspect(bytes: &[u8], origin: &str) -> Result<ComponentInfo, RuntimeError
         } else {
             "unknown binary version".to_string()
         };
-        return Err(RuntimeError::NotAComponent { origin: origin.into(), reason });
+        return Err(RuntimeError::NotAComponent {
+            origin: origin.into(),
+            reason,
+        });
     }
     let mut info = ComponentInfo {
         size: bytes.len(),
@@ -68,25 +73,34 @@ pub fn inspect(bytes: &[u8], origin: &str) -> Result<ComponentInfo, RuntimeError
             Payload::End(_) => depth = depth.saturating_sub(1),
             Payload::ComponentImportSection(reader) if depth == 1 => {
                 for import in reader {
-                    info.imports.push(import.map_err(invalid)?.name.name.to_string());
+                    info.imports
+                        .push(import.map_err(invalid)?.name.name.to_string());
                 }
             }
             Payload::ComponentExportSection(reader) if depth == 1 => {
                 for export in reader {
-                    info.exports.push(export.map_err(invalid)?.name.name.to_string());
+                    info.exports
+                        .push(export.map_err(invalid)?.name.name.to_string());
                 }
             }
             Payload::CustomSection(reader) if depth == 1 && reader.name() == MANIFEST_SECTION => {
                 if info.manifest.is_some() {
                     // Two manifests would let a tool and the host read different identities.
-                    return Err(RuntimeError::BadManifest { origin: origin.into(), reason: "the component carries two galley:manifest sections".into() });
+                    return Err(RuntimeError::BadManifest {
+                        origin: origin.into(),
+                        reason: "the component carries two galley:manifest sections".into(),
+                    });
                 }
                 info.manifest = Some(Manifest::from_json(reader.data(), origin)?);
             }
             _ => {}
         }
     }
-    let found: Vec<_> = info.exports.iter().filter_map(|e| parse_plugin_name(e)).collect();
+    let found: Vec<_> = info
+        .exports
+        .iter()
+        .filter_map(|e| parse_plugin_name(e))
+        .collect();
     if found.len() > 1 {
         return Err(RuntimeError::Invalid {
             origin: origin.into(),

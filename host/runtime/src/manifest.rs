@@ -14,6 +14,10 @@ pub const MANIFEST_SECTION: &str = "galley:manifest";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Manifest {
+    /// The registry namespace the author publishes under (`NAMESPACE/NAME`); optional so a
+    /// plugin can be built and run before it has a home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub name: String,
     pub version: semver::Version,
     pub kind: PluginKind,
@@ -49,19 +53,37 @@ impl Manifest {
         format!("{}@{}", self.name, self.version)
     }
 
+    /// `namespace/name` when the manifest names a namespace, else `name`.
+    pub fn full_name(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     /// Parses an author's `galley.toml`; `origin` names the file in errors (toml's message
     /// carries the line and column).
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, RuntimeError> {
-        let m: Manifest = toml::from_str(text)
-            .map_err(|e| RuntimeError::BadManifest { origin: origin.into(), reason: e.to_string() })?;
-        m.validate().map_err(|reason| RuntimeError::BadManifest { origin: origin.into(), reason })?;
+        let m: Manifest = toml::from_str(text).map_err(|e| RuntimeError::BadManifest {
+            origin: origin.into(),
+            reason: e.to_string(),
+        })?;
+        m.validate().map_err(|reason| RuntimeError::BadManifest {
+            origin: origin.into(),
+            reason,
+        })?;
         Ok(m)
     }
 
     pub fn from_json(bytes: &[u8], origin: &str) -> Result<Self, RuntimeError> {
-        let m: Manifest = serde_json::from_slice(bytes)
-            .map_err(|e| RuntimeError::BadManifest { origin: origin.into(), reason: e.to_string() })?;
-        m.validate().map_err(|reason| RuntimeError::BadManifest { origin: origin.into(), reason })?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| RuntimeError::BadManifest {
+            origin: origin.into(),
+            reason: e.to_string(),
+        })?;
+        m.validate().map_err(|reason| RuntimeError::BadManifest {
+            origin: origin.into(),
+            reason,
+        })?;
         Ok(m)
     }
 
@@ -73,13 +95,21 @@ impl Manifest {
         let ok_name = |s: &str| {
             !s.is_empty()
                 && s.len() <= 64
-                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
                 && s.starts_with(|c: char| c.is_ascii_lowercase())
         };
         if !ok_name(&self.name) {
             return Err(format!(
                 "key `name`: `{}` must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter",
                 self.name
+            ));
+        }
+        if let Some(ns) = &self.namespace
+            && !ok_name(ns)
+        {
+            return Err(format!(
+                "key `namespace`: `{ns}` must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter"
             ));
         }
         for d in &self.capabilities.read_dirs {

@@ -9,8 +9,8 @@ use crate::manifest::Manifest;
 use crate::sandbox::{InstanceOptions, PluginState, human_bytes};
 use crate::v0_1::{self, wit};
 use galley_core::{
-    DataSource, Decision, Evaluator, Example, Metric, PluginError, PluginErrorKind as K, PluginKind,
-    Prediction, Recipe, RewardFn, RewardInput, Stage,
+    DataSource, Decision, Evaluator, Example, Metric, PluginError, PluginErrorKind as K,
+    PluginKind, Prediction, Recipe, RewardFn, RewardInput, Stage,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,32 +73,57 @@ impl Plugin {
         if self.inner.kind == kind {
             return Ok(());
         }
-        let e = RuntimeError::WrongKind { plugin: self.id().into(), found: self.inner.kind.to_string(), expected: kind.to_string() };
+        let e = RuntimeError::WrongKind {
+            plugin: self.id().into(),
+            found: self.inner.kind.to_string(),
+            expected: kind.to_string(),
+        };
         Err(runtime_error(self.id(), "load", e))
     }
 
     /// A reward-function instance, initialised with the user's settings (a JSON object).
-    pub fn reward(&self, config: &serde_json::Value, opts: InstanceOptions) -> Result<WasmReward, PluginError> {
+    pub fn reward(
+        &self,
+        config: &serde_json::Value,
+        opts: InstanceOptions,
+    ) -> Result<WasmReward, PluginError> {
         self.expect(PluginKind::Reward)?;
-        Ok(WasmReward { slot: Slot::new(self.clone(), config, opts)? })
+        Ok(WasmReward {
+            slot: Slot::new(self.clone(), config, opts)?,
+        })
     }
 
     /// A data-loader instance.
-    pub fn data_loader(&self, config: &serde_json::Value, opts: InstanceOptions) -> Result<WasmDataSource, PluginError> {
+    pub fn data_loader(
+        &self,
+        config: &serde_json::Value,
+        opts: InstanceOptions,
+    ) -> Result<WasmDataSource, PluginError> {
         self.expect(PluginKind::DataLoader)?;
-        Ok(WasmDataSource { slot: Slot::new(self.clone(), config, opts)?, done: false })
+        Ok(WasmDataSource {
+            slot: Slot::new(self.clone(), config, opts)?,
+            done: false,
+        })
     }
 
     /// An evaluator instance.
-    pub fn evaluator(&self, config: &serde_json::Value, opts: InstanceOptions) -> Result<WasmEvaluator, PluginError> {
+    pub fn evaluator(
+        &self,
+        config: &serde_json::Value,
+        opts: InstanceOptions,
+    ) -> Result<WasmEvaluator, PluginError> {
         self.expect(PluginKind::Evaluator)?;
-        Ok(WasmEvaluator { slot: Slot::new(self.clone(), config, opts)? })
+        Ok(WasmEvaluator {
+            slot: Slot::new(self.clone(), config, opts)?,
+        })
     }
 
     /// A recipe instance.
     pub fn recipe(&self, opts: InstanceOptions) -> Result<WasmRecipe, PluginError> {
         self.expect(PluginKind::Recipe)?;
-        Ok(WasmRecipe { slot: Slot::new(self.clone(), &serde_json::json!({}), opts)? })
+        Ok(WasmRecipe {
+            slot: Slot::new(self.clone(), &serde_json::json!({}), opts)?,
+        })
     }
 }
 
@@ -122,10 +147,19 @@ struct Slot {
 type CallResult<R> = wasmtime::Result<Result<R, wit::PluginError>>;
 
 impl Slot {
-    fn new(plugin: Plugin, config: &serde_json::Value, opts: InstanceOptions) -> Result<Self, PluginError> {
+    fn new(
+        plugin: Plugin,
+        config: &serde_json::Value,
+        opts: InstanceOptions,
+    ) -> Result<Self, PluginError> {
         let id = plugin.id().to_string();
         if !config.is_object() {
-            return Err(PluginError::new(&id, "init", K::InvalidConfig, "settings must be a mapping (a JSON object)"));
+            return Err(PluginError::new(
+                &id,
+                "init",
+                K::InvalidConfig,
+                "settings must be a mapping (a JSON object)",
+            ));
         }
         // Capabilities: each directory the manifest asks for must be granted by the user, and
         // only those are mounted.
@@ -133,10 +167,18 @@ impl Slot {
         for name in &plugin.manifest().capabilities.read_dirs {
             let err = |e: RuntimeError| runtime_error(&id, "init", e);
             let Some(path) = opts.grants.read_dirs.get(name) else {
-                return Err(err(RuntimeError::DirNotGranted { plugin: id.clone(), name: name.clone() }));
+                return Err(err(RuntimeError::DirNotGranted {
+                    plugin: id.clone(),
+                    name: name.clone(),
+                }));
             };
             let canonical = path.canonicalize().map_err(|e| {
-                err(RuntimeError::BadGrant { plugin: id.clone(), name: name.clone(), path: path.clone(), reason: e.to_string() })
+                err(RuntimeError::BadGrant {
+                    plugin: id.clone(),
+                    name: name.clone(),
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
             })?;
             if !canonical.is_dir() {
                 return Err(err(RuntimeError::BadGrant {
@@ -148,7 +190,13 @@ impl Slot {
             }
             dirs.push((canonical, name.clone()));
         }
-        let mut slot = Self { plugin, config: config.to_string(), opts, dirs, live: None };
+        let mut slot = Self {
+            plugin,
+            config: config.to_string(),
+            opts,
+            dirs,
+            live: None,
+        };
         slot.ensure("init")?;
         Ok(slot)
     }
@@ -189,7 +237,9 @@ impl Slot {
         let config = self.config.clone();
         let init: CallResult<()> = match &live {
             Live::Reward(b) => b.galley_plugin_reward().call_init(&mut store, &config),
-            Live::DataLoader(b) => b.galley_plugin_data_loader().call_init(&mut store, &config, seed),
+            Live::DataLoader(b) => b
+                .galley_plugin_data_loader()
+                .call_init(&mut store, &config, seed),
             Live::Evaluator(b) => b.galley_plugin_evaluator().call_init(&mut store, &config),
             Live::Recipe(_) => Ok(Ok(())),
         };
@@ -248,14 +298,21 @@ impl Slot {
             match e.downcast_ref::<wasmtime::Trap>() {
                 Some(wasmtime::Trap::Interrupt) => (
                     K::Timeout,
-                    format!("ran past its time budget of {:.1?} and was stopped; if it is legitimately slow, raise its time budget (`--timeout-ms`, or `limits: {{timeout_ms: N}}` in a config)", limits.call_timeout),
+                    format!(
+                        "ran past its time budget of {:.1?} and was stopped; if it is legitimately slow, raise its time budget (`--timeout-ms`, or `limits: {{timeout_ms: N}}` in a config)",
+                        limits.call_timeout
+                    ),
                 ),
-                Some(wasmtime::Trap::StackOverflow) => {
-                    (K::Trap, "trapped: stack overflow (recursion too deep for the wasm stack)".to_string())
-                }
+                Some(wasmtime::Trap::StackOverflow) => (
+                    K::Trap,
+                    "trapped: stack overflow (recursion too deep for the wasm stack)".to_string(),
+                ),
                 Some(wasmtime::Trap::MemoryOutOfBounds) => (
                     K::Trap,
-                    format!("trapped: {} (in Rust and C plugins, usually the shadow stack overflowing in deep recursion)", wasmtime::Trap::MemoryOutOfBounds),
+                    format!(
+                        "trapped: {} (in Rust and C plugins, usually the shadow stack overflowing in deep recursion)",
+                        wasmtime::Trap::MemoryOutOfBounds
+                    ),
                 ),
                 Some(trap) => (K::Trap, format!("trapped: {trap}")),
                 None => (K::Trap, format!("failed: {e:#}")),
@@ -279,7 +336,14 @@ impl Slot {
 /// call are already in `PluginError`'s own prefix, so the message drops them).
 fn runtime_error(id: &str, call: &str, e: RuntimeError) -> PluginError {
     let msg = e.to_string();
-    PluginError::new(id, call, K::InvalidConfig, msg.strip_prefix(&format!("{id}: ")).unwrap_or(&msg).to_string())
+    PluginError::new(
+        id,
+        call,
+        K::InvalidConfig,
+        msg.strip_prefix(&format!("{id}: "))
+            .unwrap_or(&msg)
+            .to_string(),
+    )
 }
 
 fn bad_output(slot: &Slot, call: &str, msg: String) -> PluginError {
@@ -310,7 +374,11 @@ impl RewardFn for WasmReward {
                     completions: Vec::new(),
                 });
             }
-            input.last_mut().expect("a group").completions.push(item.completion.clone());
+            input
+                .last_mut()
+                .expect("a group")
+                .completions
+                .push(item.completion.clone());
             prev = Some(item);
         }
         let out = self.slot.call("score", |live, store| match live {
@@ -318,10 +386,22 @@ impl RewardFn for WasmReward {
             _ => unreachable!("kind checked at construction"),
         })?;
         if out.len() != batch.len() {
-            return Err(bad_output(&self.slot, "score", format!("returned {} scores for a batch of {}", out.len(), batch.len())));
+            return Err(bad_output(
+                &self.slot,
+                "score",
+                format!(
+                    "returned {} scores for a batch of {}",
+                    out.len(),
+                    batch.len()
+                ),
+            ));
         }
         if let Some(i) = out.iter().position(|s| s.is_some_and(|v| !v.is_finite())) {
-            return Err(bad_output(&self.slot, "score", format!("returned a non-finite score ({:?}) for item {i}", out[i])));
+            return Err(bad_output(
+                &self.slot,
+                "score",
+                format!("returned a non-finite score ({:?}) for item {i}", out[i]),
+            ));
         }
         Ok(out)
     }
@@ -348,12 +428,23 @@ impl DataSource for WasmDataSource {
             _ => unreachable!("kind checked at construction"),
         })?;
         if page.len() > max {
-            return Err(bad_output(&self.slot, "next-page", format!("returned {} examples when at most {max} were asked for", page.len())));
+            return Err(bad_output(
+                &self.slot,
+                "next-page",
+                format!(
+                    "returned {} examples when at most {max} were asked for",
+                    page.len()
+                ),
+            ));
         }
         self.done = page.is_empty();
         Ok(page
             .into_iter()
-            .map(|e| Example { id: e.id, messages: v0_1::messages_out(e.messages), metadata: v0_1::metadata_out(e.metadata) })
+            .map(|e| Example {
+                id: e.id,
+                messages: v0_1::messages_out(e.messages),
+                metadata: v0_1::metadata_out(e.metadata),
+            })
             .collect())
     }
 }
@@ -365,7 +456,11 @@ pub struct WasmEvaluator {
 
 fn check_metrics(slot: &Slot, call: &str, metrics: &[Metric]) -> Result<(), PluginError> {
     match metrics.iter().find(|m| !m.value.is_finite()) {
-        Some(m) => Err(bad_output(slot, call, format!("returned a non-finite value for metric `{}`", m.name))),
+        Some(m) => Err(bad_output(
+            slot,
+            call,
+            format!("returned a non-finite value for metric `{}`", m.name),
+        )),
         None => Ok(()),
     }
 }
@@ -391,7 +486,15 @@ impl Evaluator for WasmEvaluator {
             _ => unreachable!("kind checked at construction"),
         })?;
         if out.len() != batch.len() {
-            return Err(bad_output(&self.slot, "score", format!("returned {} results for a batch of {}", out.len(), batch.len())));
+            return Err(bad_output(
+                &self.slot,
+                "score",
+                format!(
+                    "returned {} results for a batch of {}",
+                    out.len(),
+                    batch.len()
+                ),
+            ));
         }
         let out: Vec<Vec<Metric>> = out.into_iter().map(v0_1::metrics_out).collect();
         for m in &out {
@@ -431,27 +534,54 @@ impl Recipe for WasmRecipe {
         let mut out: Vec<Stage> = Vec::with_capacity(stages.len());
         for s in stages {
             let config: serde_json::Value = serde_json::from_str(&s.config).map_err(|e| {
-                bad_output(&self.slot, "plan", format!("stage `{}` has settings that are not JSON: {e}", s.name))
+                bad_output(
+                    &self.slot,
+                    "plan",
+                    format!("stage `{}` has settings that are not JSON: {e}", s.name),
+                )
             })?;
             if !config.is_object() {
-                return Err(bad_output(&self.slot, "plan", format!("stage `{}` has settings that are not a JSON object", s.name)));
+                return Err(bad_output(
+                    &self.slot,
+                    "plan",
+                    format!("stage `{}` has settings that are not a JSON object", s.name),
+                ));
             }
             if s.name.is_empty() || s.kind.is_empty() {
-                return Err(bad_output(&self.slot, "plan", "a stage has an empty name or kind".into()));
+                return Err(bad_output(
+                    &self.slot,
+                    "plan",
+                    "a stage has an empty name or kind".into(),
+                ));
             }
             if out.iter().any(|o| o.name == s.name) {
-                return Err(bad_output(&self.slot, "plan", format!("two stages are named `{}`", s.name)));
+                return Err(bad_output(
+                    &self.slot,
+                    "plan",
+                    format!("two stages are named `{}`", s.name),
+                ));
             }
-            out.push(Stage { name: s.name, kind: s.kind, config });
+            out.push(Stage {
+                name: s.name,
+                kind: s.kind,
+                config,
+            });
         }
         Ok(out)
     }
 
-    fn on_metrics(&mut self, stage: &str, step: u64, metrics: &[Metric]) -> Result<Decision, PluginError> {
+    fn on_metrics(
+        &mut self,
+        stage: &str,
+        step: u64,
+        metrics: &[Metric],
+    ) -> Result<Decision, PluginError> {
         use v0_1::recipe::exports::galley::plugin::recipe as r;
         let input = v0_1::metrics_in(metrics);
         let d = self.slot.call("on-metrics", |live, store| match live {
-            Live::Recipe(b) => b.galley_plugin_recipe().call_on_metrics(store, stage, step, &input),
+            Live::Recipe(b) => b
+                .galley_plugin_recipe()
+                .call_on_metrics(store, stage, step, &input),
             _ => unreachable!("kind checked at construction"),
         })?;
         Ok(match d {

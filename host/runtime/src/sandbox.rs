@@ -17,7 +17,9 @@ use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
-use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{
+    FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
 
 /// Per-instance limits. The defaults suit a reward function scoring a GRPO group.
 #[derive(Debug, Clone)]
@@ -79,12 +81,19 @@ pub(crate) struct TailPipe {
 
 impl TailPipe {
     pub(crate) fn new(cap: usize) -> Self {
-        Self { cap, buf: Arc::new(Mutex::new(VecDeque::new())) }
+        Self {
+            cap,
+            buf: Arc::new(Mutex::new(VecDeque::new())),
+        }
     }
 
     fn push(&self, bytes: &[u8]) {
         let mut buf = self.buf.lock().unwrap();
-        let bytes = if bytes.len() > self.cap { &bytes[bytes.len() - self.cap..] } else { bytes };
+        let bytes = if bytes.len() > self.cap {
+            &bytes[bytes.len() - self.cap..]
+        } else {
+            bytes
+        };
         let overflow = (buf.len() + bytes.len()).saturating_sub(self.cap);
         buf.drain(..overflow);
         buf.extend(bytes);
@@ -134,7 +143,11 @@ impl OutputStream for TailPipe {
 }
 
 impl tokio::io::AsyncWrite for TailPipe {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -183,7 +196,12 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired as u64 > self.cap {
             self.refused.get_or_insert((current as u64, desired as u64));
             // Trap instead of returning -1 from memory.grow: a guest allocator would usually
@@ -197,7 +215,12 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -230,7 +253,10 @@ pub(crate) struct PluginState {
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -263,7 +289,10 @@ impl PluginState {
             plugin,
             wasi: b.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { cap: opts.limits.memory_bytes, refused: None },
+            limiter: MemoryLimiter {
+                cap: opts.limits.memory_bytes,
+                refused: None,
+            },
             stdio,
             log: LogBudget::default(),
             limits: opts.limits.clone(),

@@ -50,14 +50,19 @@ pub mod recipe {
     });
 }
 
-pub use reward::galley::plugin::types as wit;
 use reward::galley::plugin::log;
+pub use reward::galley::plugin::types as wit;
 
 /// Adds the 0.1 host imports (log, host) to a linker.
-pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<PluginState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<PluginState>,
+) -> wasmtime::Result<()> {
     use wasmtime::component::HasSelf;
     log::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |s| s)?;
-    recipe::galley::plugin::host::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |s| s)?;
+    recipe::galley::plugin::host::add_to_linker::<PluginState, HasSelf<PluginState>>(
+        linker,
+        |s| s,
+    )?;
     Ok(())
 }
 
@@ -84,11 +89,21 @@ impl log::Host for PluginState {
         }
         let plugin = &self.plugin;
         match level {
-            log::Level::Trace => tracing::trace!(target: "galley::plugin", plugin = %plugin, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "galley::plugin", plugin = %plugin, "{message}"),
-            log::Level::Info => tracing::info!(target: "galley::plugin", plugin = %plugin, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "galley::plugin", plugin = %plugin, "{message}"),
-            log::Level::Error => tracing::error!(target: "galley::plugin", plugin = %plugin, "{message}"),
+            log::Level::Trace => {
+                tracing::trace!(target: "galley::plugin", plugin = %plugin, "{message}")
+            }
+            log::Level::Debug => {
+                tracing::debug!(target: "galley::plugin", plugin = %plugin, "{message}")
+            }
+            log::Level::Info => {
+                tracing::info!(target: "galley::plugin", plugin = %plugin, "{message}")
+            }
+            log::Level::Warn => {
+                tracing::warn!(target: "galley::plugin", plugin = %plugin, "{message}")
+            }
+            log::Level::Error => {
+                tracing::error!(target: "galley::plugin", plugin = %plugin, "{message}")
+            }
         }
     }
 }
@@ -130,7 +145,12 @@ pub(crate) fn value_out(v: wit::Value) -> core::Value {
 }
 
 pub(crate) fn metadata_in(m: &core::Metadata) -> Vec<wit::Entry> {
-    m.iter().map(|(k, v)| wit::Entry { key: k.clone(), value: value_in(v) }).collect()
+    m.iter()
+        .map(|(k, v)| wit::Entry {
+            key: k.clone(),
+            value: value_in(v),
+        })
+        .collect()
 }
 
 pub(crate) fn metadata_out(m: Vec<wit::Entry>) -> core::Metadata {
@@ -138,26 +158,52 @@ pub(crate) fn metadata_out(m: Vec<wit::Entry>) -> core::Metadata {
 }
 
 pub(crate) fn messages_in(m: &[core::Message]) -> Vec<wit::Message> {
-    m.iter().map(|m| wit::Message { role: m.role.clone(), content: m.content.clone() }).collect()
+    m.iter()
+        .map(|m| wit::Message {
+            role: m.role.clone(),
+            content: m.content.clone(),
+        })
+        .collect()
 }
 
 pub(crate) fn messages_out(m: Vec<wit::Message>) -> Vec<core::Message> {
-    m.into_iter().map(|m| core::Message { role: m.role, content: m.content }).collect()
+    m.into_iter()
+        .map(|m| core::Message {
+            role: m.role,
+            content: m.content,
+        })
+        .collect()
 }
 
 pub(crate) fn metrics_in(m: &[core::Metric]) -> Vec<wit::Metric> {
-    m.iter().map(|m| wit::Metric { name: m.name.clone(), value: m.value }).collect()
+    m.iter()
+        .map(|m| wit::Metric {
+            name: m.name.clone(),
+            value: m.value,
+        })
+        .collect()
 }
 
 pub(crate) fn metrics_out(m: Vec<wit::Metric>) -> Vec<core::Metric> {
-    m.into_iter().map(|m| core::Metric { name: m.name, value: m.value }).collect()
+    m.into_iter()
+        .map(|m| core::Metric {
+            name: m.name,
+            value: m.value,
+        })
+        .collect()
 }
 
 /// A plugin's own error, in the host's terms.
 pub(crate) fn plugin_error(e: wit::PluginError) -> (core::PluginErrorKind, String) {
     match e {
-        wit::PluginError::InvalidConfig(m) => (core::PluginErrorKind::InvalidConfig, format!("invalid settings: {m}")),
-        wit::PluginError::InvalidInput(m) => (core::PluginErrorKind::InvalidInput, format!("invalid input: {m}")),
+        wit::PluginError::InvalidConfig(m) => (
+            core::PluginErrorKind::InvalidConfig,
+            format!("invalid settings: {m}"),
+        ),
+        wit::PluginError::InvalidInput(m) => (
+            core::PluginErrorKind::InvalidInput,
+            format!("invalid input: {m}"),
+        ),
         wit::PluginError::Failed(m) => (core::PluginErrorKind::Failed, m),
     }
 }

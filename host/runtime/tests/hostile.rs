@@ -6,18 +6,29 @@
 mod common;
 
 use common::*;
-use galley_core::{DataSource, Evaluator, Metric, PluginError, PluginErrorKind as K, Prediction, Recipe, RewardFn, Value};
+use galley_core::{
+    DataSource, Evaluator, Metric, PluginError, PluginErrorKind as K, Prediction, Recipe, RewardFn,
+    Value,
+};
 use galley_runtime::{Grants, InstanceOptions};
 use serde_json::json;
 
 fn hostile(mode: &str, opts: InstanceOptions) -> galley_runtime::WasmReward {
-    load("hostile-reward").reward(&json!({"mode": mode}), opts).unwrap()
+    load("hostile-reward")
+        .reward(&json!({"mode": mode}), opts)
+        .unwrap()
 }
 
 fn score_err(mode: &str, opts: InstanceOptions) -> PluginError {
     let mut r = hostile(mode, opts);
-    let err = r.score(&[input("x", None)]).expect_err("the attack must fail");
-    assert!(err.to_string().starts_with("plugin hostile-reward@0.1.0: score: "), "{err}");
+    let err = r
+        .score(&[input("x", None)])
+        .expect_err("the attack must fail");
+    assert!(
+        err.to_string()
+            .starts_with("plugin hostile-reward@0.1.0: score: "),
+        "{err}"
+    );
     err
 }
 
@@ -35,7 +46,10 @@ fn infinite_loop_is_stopped_at_its_time_budget() {
 
 #[test]
 fn infinite_loop_in_init_is_stopped_too() {
-    let err = load("hostile-reward").reward(&json!({"mode": "loop-init"}), opts(300, 64)).err().unwrap();
+    let err = load("hostile-reward")
+        .reward(&json!({"mode": "loop-init"}), opts(300, 64))
+        .err()
+        .unwrap();
     assert_eq!((err.kind, err.call.as_str()), (K::Timeout, "init"));
     assert_host_healthy();
 }
@@ -65,44 +79,78 @@ fn deep_recursion_is_a_stack_overflow() {
     // A deep shadow stack (locals in linear memory) runs off the bottom of memory instead.
     let err = score_err("stack-hog", opts(10_000, 64));
     assert_eq!(err.kind, K::Trap);
-    assert!(err.message.contains("out of bounds memory access") && err.message.contains("shadow stack"), "{err}");
+    assert!(
+        err.message.contains("out of bounds memory access") && err.message.contains("shadow stack"),
+        "{err}"
+    );
     assert_host_healthy();
 }
 
 #[test]
 fn traps_in_every_export_carry_the_panic_message() {
-    let err = load("hostile-reward").reward(&json!({"mode": "trap-init"}), InstanceOptions::default()).err().unwrap();
+    let err = load("hostile-reward")
+        .reward(&json!({"mode": "trap-init"}), InstanceOptions::default())
+        .err()
+        .unwrap();
     assert_eq!((err.kind, err.call.as_str()), (K::Trap, "init"));
     assert!(err.message.contains("panicked in init on purpose"), "{err}");
 
     let err = score_err("trap-score", InstanceOptions::default());
     assert_eq!(err.kind, K::Trap);
-    assert!(err.message.contains("panicked in score on purpose"), "{err}");
+    assert!(
+        err.message.contains("panicked in score on purpose"),
+        "{err}"
+    );
 
     let err = score_err("unreachable", InstanceOptions::default());
     assert!(err.message.contains("unreachable"), "{err}");
 
-    let err = load("hostile-loader").data_loader(&json!({"mode": "trap-init"}), granted_tmp().1).err().unwrap();
+    let err = load("hostile-loader")
+        .data_loader(&json!({"mode": "trap-init"}), granted_tmp().1)
+        .err()
+        .unwrap();
     assert!(err.message.contains("panicked in init"), "{err}");
     let (_dir, o) = granted_tmp();
-    let err = load("hostile-loader").data_loader(&json!({"mode": "trap-next"}), o).unwrap().next_page(4).unwrap_err();
+    let err = load("hostile-loader")
+        .data_loader(&json!({"mode": "trap-next"}), o)
+        .unwrap()
+        .next_page(4)
+        .unwrap_err();
     assert_eq!((err.kind, err.call.as_str()), (K::Trap, "next-page"));
 
     let ev = load("hostile-evaluator");
-    let err = ev.evaluator(&json!({"mode": "trap-init"}), InstanceOptions::default()).err().unwrap();
+    let err = ev
+        .evaluator(&json!({"mode": "trap-init"}), InstanceOptions::default())
+        .err()
+        .unwrap();
     assert_eq!(err.call, "init");
-    let pred = Prediction { prediction: "a".into(), references: vec!["a".into()], ..Default::default() };
-    let err = ev.evaluator(&json!({"mode": "trap-score"}), InstanceOptions::default()).unwrap().score(&[pred]).unwrap_err();
+    let pred = Prediction {
+        prediction: "a".into(),
+        references: vec!["a".into()],
+        ..Default::default()
+    };
+    let err = ev
+        .evaluator(&json!({"mode": "trap-score"}), InstanceOptions::default())
+        .unwrap()
+        .score(&[pred])
+        .unwrap_err();
     assert_eq!((err.kind, err.call.as_str()), (K::Trap, "score"));
     let err = ev
-        .evaluator(&json!({"mode": "trap-aggregate"}), InstanceOptions::default())
+        .evaluator(
+            &json!({"mode": "trap-aggregate"}),
+            InstanceOptions::default(),
+        )
         .unwrap()
         .aggregate(&[vec![Metric::new("score", 1.0)]])
         .unwrap_err();
     assert_eq!((err.kind, err.call.as_str()), (K::Trap, "aggregate"));
 
     let rc = load("hostile-recipe");
-    let err = rc.recipe(InstanceOptions::default()).unwrap().plan(&json!({"mode": "trap-plan"})).unwrap_err();
+    let err = rc
+        .recipe(InstanceOptions::default())
+        .unwrap()
+        .plan(&json!({"mode": "trap-plan"}))
+        .unwrap_err();
     assert_eq!((err.kind, err.call.as_str()), (K::Trap, "plan"));
     let mut r = rc.recipe(InstanceOptions::default()).unwrap();
     r.plan(&json!({"mode": "trap-metrics"})).unwrap();
@@ -130,7 +178,10 @@ fn files_outside_grants_are_invisible() {
 #[test]
 fn the_environment_is_empty() {
     // SAFETY: tests in this binary only read the environment.
-    assert!(std::env::vars().count() > 0, "the host has an environment to leak");
+    assert!(
+        std::env::vars().count() > 0,
+        "the host has an environment to leak"
+    );
     assert_eq!(score_ok("env", InstanceOptions::default()), Some(0.0));
 }
 
@@ -141,7 +192,15 @@ fn the_wall_clock_reads_the_epoch() {
 
 #[test]
 fn randomness_is_seeded_by_the_host() {
-    let with_seed = |seed| score_ok("random", InstanceOptions { seed, ..Default::default() });
+    let with_seed = |seed| {
+        score_ok(
+            "random",
+            InstanceOptions {
+                seed,
+                ..Default::default()
+            },
+        )
+    };
     assert_eq!(with_seed(1), with_seed(1));
     assert_ne!(with_seed(1), with_seed(2));
 }
@@ -151,7 +210,12 @@ fn sockets_are_denied() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let mut r = load("hostile-reward").reward(&json!({"mode": "socket", "port": port}), InstanceOptions::default()).unwrap();
+    let mut r = load("hostile-reward")
+        .reward(
+            &json!({"mode": "socket", "port": port}),
+            InstanceOptions::default(),
+        )
+        .unwrap();
     assert_eq!(r.score(&[input("x", None)]).unwrap(), vec![Some(0.0)]);
     match listener.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -171,15 +235,31 @@ fn garbage_outputs_are_rejected() {
     assert!(err.message.contains("non-finite"), "{err}");
 
     let (_dir, o) = granted_tmp();
-    let err = load("hostile-loader").data_loader(&json!({"mode": "too-many"}), o).unwrap().next_page(4).unwrap_err();
+    let err = load("hostile-loader")
+        .data_loader(&json!({"mode": "too-many"}), o)
+        .unwrap()
+        .next_page(4)
+        .unwrap_err();
     assert_eq!(err.kind, K::BadOutput);
     assert!(err.message.contains("9 examples when at most 4"), "{err}");
 
-    let pred = Prediction { prediction: "a".into(), references: vec!["a".into()], ..Default::default() };
-    let err = load("hostile-evaluator").evaluator(&json!({"mode": "nan"}), InstanceOptions::default()).unwrap().score(&[pred]).unwrap_err();
+    let pred = Prediction {
+        prediction: "a".into(),
+        references: vec!["a".into()],
+        ..Default::default()
+    };
+    let err = load("hostile-evaluator")
+        .evaluator(&json!({"mode": "nan"}), InstanceOptions::default())
+        .unwrap()
+        .score(&[pred])
+        .unwrap_err();
     assert_eq!(err.kind, K::BadOutput);
 
-    let err = load("hostile-recipe").recipe(InstanceOptions::default()).unwrap().plan(&json!({"mode": "duplicate"})).unwrap_err();
+    let err = load("hostile-recipe")
+        .recipe(InstanceOptions::default())
+        .unwrap()
+        .plan(&json!({"mode": "duplicate"}))
+        .unwrap_err();
     assert!(err.message.contains("two stages are named `a`"), "{err}");
     assert_host_healthy();
 }
@@ -187,7 +267,9 @@ fn garbage_outputs_are_rejected() {
 #[test]
 fn no_opinion_is_kept_per_item() {
     let mut r = hostile("no-opinion-odd", InstanceOptions::default());
-    let got = r.score(&[input("a", None), input("b", None), input("c", None)]).unwrap();
+    let got = r
+        .score(&[input("a", None), input("b", None), input("c", None)])
+        .unwrap();
     assert_eq!(got, vec![Some(1.0), None, Some(1.0)]);
 }
 
@@ -195,9 +277,16 @@ fn no_opinion_is_kept_per_item() {
 fn a_gigabyte_string_return_is_contained() {
     let (_dir, mut o) = granted_tmp();
     o.limits.call_timeout = std::time::Duration::from_secs(20);
-    let err = load("hostile-loader").data_loader(&json!({"mode": "huge-string"}), o).unwrap().next_page(1).unwrap_err();
+    let err = load("hostile-loader")
+        .data_loader(&json!({"mode": "huge-string"}), o)
+        .unwrap()
+        .next_page(1)
+        .unwrap_err();
     assert_eq!(err.kind, K::OutOfMemory);
-    assert!(err.message.contains("memory cap of 256 MiB") && err.message.contains("1.0 GiB"), "{err}");
+    assert!(
+        err.message.contains("memory cap of 256 MiB") && err.message.contains("1.0 GiB"),
+        "{err}"
+    );
     assert_host_healthy();
 }
 
@@ -210,18 +299,27 @@ fn log_and_stdout_floods_are_bounded() {
 fn granted_tmp() -> (tempfile::TempDir, InstanceOptions) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret.txt"), "granted content").unwrap();
-    let opts = InstanceOptions { grants: Grants::default().allow_dir("data", dir.path()), ..Default::default() };
+    let opts = InstanceOptions {
+        grants: Grants::default().allow_dir("data", dir.path()),
+        ..Default::default()
+    };
     (dir, opts)
 }
 
 #[test]
 fn a_read_only_grant_cannot_be_escaped_or_written() {
     let (dir, o) = granted_tmp();
-    let page = load("hostile-loader").data_loader(&json!({"mode": "escape"}), o).unwrap().next_page(1).unwrap();
+    let page = load("hostile-loader")
+        .data_loader(&json!({"mode": "escape"}), o)
+        .unwrap()
+        .next_page(1)
+        .unwrap();
     let m = &page[0].metadata;
     assert_eq!(m["granted"], Value::Text("granted content".into()));
     for key in ["dotdot", "absolute", "relative"] {
-        let Value::Text(t) = &m[key] else { panic!("{key}") };
+        let Value::Text(t) = &m[key] else {
+            panic!("{key}")
+        };
         assert!(t.starts_with("denied"), "{key}: {t}");
     }
     assert_eq!(m["wrote"], Value::Bool(false));

@@ -11,21 +11,40 @@ use galley_runtime::{CacheOutcome, InstanceOptions, Runtime, RuntimeConfig};
 use serde_json::json;
 
 fn cases() -> Vec<RewardInput> {
-    let text = std::fs::read_to_string(repo_root().join("plugins/examples/math-answer-cases.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let text =
+        std::fs::read_to_string(repo_root().join("plugins/examples/math-answer-cases.jsonl"))
+            .unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
 fn math_answer_scores_the_same_in_rust_python_javascript_and_c() {
     let cases = cases();
-    let rust = load("math-answer").reward(&json!({}), InstanceOptions::default()).unwrap().score(&cases).unwrap();
+    let rust = load("math-answer")
+        .reward(&json!({}), InstanceOptions::default())
+        .unwrap()
+        .score(&cases)
+        .unwrap();
     assert!(rust.contains(&Some(1.0)) && rust.contains(&Some(0.0)) && rust.contains(&None));
     for name in ["math-answer-py", "math-answer-js", "math-answer-c"] {
-        let mut r = load(name).reward(&json!({}), InstanceOptions::default()).unwrap();
+        let mut r = load(name)
+            .reward(&json!({}), InstanceOptions::default())
+            .unwrap();
         // One call for the whole file and one per case: grouping must not change a score.
-        assert_eq!(r.score(&cases).unwrap(), rust, "{name} disagrees with the Rust plugin");
+        assert_eq!(
+            r.score(&cases).unwrap(),
+            rust,
+            "{name} disagrees with the Rust plugin"
+        );
         for (i, c) in cases.iter().enumerate() {
-            assert_eq!(r.score(std::slice::from_ref(c)).unwrap()[0], rust[i], "{name}, case {i}: {:?}", c.completion);
+            assert_eq!(
+                r.score(std::slice::from_ref(c)).unwrap()[0],
+                rust[i],
+                "{name}, case {i}: {:?}",
+                c.completion
+            );
         }
     }
 }
@@ -33,22 +52,37 @@ fn math_answer_scores_the_same_in_rust_python_javascript_and_c() {
 #[test]
 fn settings_reach_python_and_javascript_plugins() {
     for name in ["math-answer-py", "math-answer-js", "math-answer-c"] {
-        let mut r = load(name).reward(&json!({"correct": 2.0, "answer_key": "gold"}), InstanceOptions::default()).unwrap();
+        let mut r = load(name)
+            .reward(
+                &json!({"correct": 2.0, "answer_key": "gold"}),
+                InstanceOptions::default(),
+            )
+            .unwrap();
         let mut i = input("#### 5", None);
         i.metadata.insert("gold".into(), galley_core::Value::Int(5));
         assert_eq!(r.score(&[i]).unwrap(), vec![Some(2.0)], "{name}");
         if name == "math-answer-c" {
             continue; // the C SDK's settings scanner reads known keys only
         }
-        let mut bad = load(name).reward(&json!({"anser_key": "x"}), InstanceOptions::default()).unwrap();
+        let mut bad = load(name)
+            .reward(&json!({"anser_key": "x"}), InstanceOptions::default())
+            .unwrap();
         let err = bad.score(&[input("#### 5", None)]).unwrap_err();
         assert_eq!(err.kind, K::InvalidConfig, "{name}: {err}");
         assert!(err.message.contains("anser_key"), "{err}");
     }
 }
 
-fn hostile(name: &str, mode: &str, timeout_ms: u64, memory_mb: u64) -> Result<Vec<Option<f64>>, galley_core::PluginError> {
-    load(name).reward(&json!({"mode": mode}), opts(timeout_ms, memory_mb)).unwrap().score(&[input("abc", None)])
+fn hostile(
+    name: &str,
+    mode: &str,
+    timeout_ms: u64,
+    memory_mb: u64,
+) -> Result<Vec<Option<f64>>, galley_core::PluginError> {
+    load(name)
+        .reward(&json!({"mode": mode}), opts(timeout_ms, memory_mb))
+        .unwrap()
+        .score(&[input("abc", None)])
 }
 
 #[test]
@@ -73,28 +107,67 @@ fn python_and_javascript_memory_bombs_hit_the_cap() {
 #[test]
 fn python_and_javascript_see_no_files_or_environment() {
     for name in ["hostile-py", "hostile-js"] {
-        assert_eq!(hostile(name, "read-file", 10_000, 256).unwrap(), vec![Some(0.0)], "{name}");
-        assert_eq!(hostile(name, "ok", 10_000, 256).unwrap(), vec![Some(3.0)], "{name}");
+        assert_eq!(
+            hostile(name, "read-file", 10_000, 256).unwrap(),
+            vec![Some(0.0)],
+            "{name}"
+        );
+        assert_eq!(
+            hostile(name, "ok", 10_000, 256).unwrap(),
+            vec![Some(3.0)],
+            "{name}"
+        );
     }
-    assert_eq!(hostile("hostile-py", "env", 10_000, 256).unwrap(), vec![Some(0.0)]);
+    assert_eq!(
+        hostile("hostile-py", "env", 10_000, 256).unwrap(),
+        vec![Some(0.0)]
+    );
 }
 
 #[test]
 fn python_and_javascript_exceptions_name_the_plugin() {
     let err = hostile("hostile-py", "raise", 10_000, 256).unwrap_err();
     assert_eq!(err.kind, K::Failed);
-    assert!(err.to_string().contains("hostile-py@0.1.0: score: ValueError: hostile python plugin raised on purpose"), "{err}");
+    assert!(
+        err.to_string().contains(
+            "hostile-py@0.1.0: score: ValueError: hostile python plugin raised on purpose"
+        ),
+        "{err}"
+    );
     let err = hostile("hostile-js", "throw", 10_000, 256).unwrap_err();
-    assert!(err.to_string().contains("hostile-js@0.1.0: score: Error: hostile js plugin threw on purpose"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("hostile-js@0.1.0: score: Error: hostile js plugin threw on purpose"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_python_component_compiles_once() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = || RuntimeConfig { cache_dir: Some(dir.path().to_path_buf()), ..RuntimeConfig::default() };
-    assert_eq!(Runtime::new(cfg()).unwrap().load(&plugin_path("math-answer-py")).unwrap().cache_outcome(), CacheOutcome::Miss);
-    let again = Runtime::new(cfg()).unwrap().load(&plugin_path("math-answer-py")).unwrap();
+    let cfg = || RuntimeConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    };
+    assert_eq!(
+        Runtime::new(cfg())
+            .unwrap()
+            .load(&plugin_path("math-answer-py"))
+            .unwrap()
+            .cache_outcome(),
+        CacheOutcome::Miss
+    );
+    let again = Runtime::new(cfg())
+        .unwrap()
+        .load(&plugin_path("math-answer-py"))
+        .unwrap();
     assert_eq!(again.cache_outcome(), CacheOutcome::Hit);
-    let mut r = again.reward(&json!({}), InstanceOptions::default()).unwrap();
-    assert_eq!(r.score(&[input("#### 42", Some(galley_core::Value::Int(42)))]).unwrap(), vec![Some(1.0)]);
+    let mut r = again
+        .reward(&json!({}), InstanceOptions::default())
+        .unwrap();
+    assert_eq!(
+        r.score(&[input("#### 42", Some(galley_core::Value::Int(42)))])
+            .unwrap(),
+        vec![Some(1.0)]
+    );
 }

@@ -12,7 +12,8 @@ fn wit_v0_1_0_is_unchanged() {
     let mut pinned_files = Vec::new();
     for line in pinned.lines() {
         let (hash, name) = line.split_once("  ").expect("sha256sum format");
-        let text = std::fs::read(root.join("v0.1.0").join(name)).unwrap_or_else(|_| panic!("wit/v0.1.0/{name} was removed"));
+        let text = std::fs::read(root.join("v0.1.0").join(name))
+            .unwrap_or_else(|_| panic!("wit/v0.1.0/{name} was removed"));
         assert_eq!(
             hex::encode(Sha256::digest(&text)),
             hash,
@@ -26,5 +27,8 @@ fn wit_v0_1_0_is_unchanged() {
         .collect();
     present.sort();
     pinned_files.sort();
-    assert_eq!(present, pinned_files, "a file was added to the frozen wit/v0.1.0");
+    assert_eq!(
+        present, pinned_files,
+        "a file was added to the frozen wit/v0.1.0"
+    );
 }

@@ -34,9 +34,15 @@ pub fn extract(text: &str, fallback: bool) -> Option<(&str, Marker)> {
         return Some((a, Marker::Boxed));
     }
     if let Some(start) = hashes {
-        let line_end = b[start..].iter().position(|&c| c == b'\n').map_or(b.len(), |p| start + p);
+        let line_end = b[start..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(b.len(), |p| start + p);
         // Markup after the answer (`#### 72</answer>`) is not part of it.
-        let end = b[start..line_end].iter().position(|&c| c == b'<').map_or(line_end, |p| start + p);
+        let end = b[start..line_end]
+            .iter()
+            .position(|&c| c == b'<')
+            .map_or(line_end, |p| start + p);
         let rest = text[start..end].trim();
         if !rest.is_empty() {
             return Some((rest, Marker::Hashes));
@@ -70,7 +76,11 @@ fn balanced(text: &str, start: usize) -> Option<&str> {
 }
 
 fn eq_ignore_case(b: &[u8], at: usize, word: &[u8]) -> bool {
-    b.len() >= at + word.len() && b[at..at + word.len()].iter().zip(word).all(|(x, w)| x.to_ascii_lowercase() == *w)
+    b.len() >= at + word.len()
+        && b[at..at + word.len()]
+            .iter()
+            .zip(word)
+            .all(|(x, w)| x.to_ascii_lowercase() == *w)
 }
 
 /// Where the answer starts if `answer` at `i` is part of "the answer is", "final answer is",
@@ -83,7 +93,8 @@ fn phrase_at(b: &[u8], i: usize) -> Option<usize> {
     if b.get(after) == Some(&b':') {
         return Some(after + 1);
     }
-    let preceded = (i >= 4 && eq_ignore_case(b, i - 4, b"the ")) || (i >= 6 && eq_ignore_case(b, i - 6, b"final "));
+    let preceded = (i >= 4 && eq_ignore_case(b, i - 4, b"the "))
+        || (i >= 6 && eq_ignore_case(b, i - 6, b"final "));
     (preceded && eq_ignore_case(b, after, b" is")).then_some(after + 3)
 }
 
@@ -94,7 +105,10 @@ fn sentence(text: &str, start: usize) -> Option<&str> {
     let mut end = b.len();
     for i in start..b.len() {
         let c = b[i];
-        if c == b'\n' || c == b'<' || (c == b'.' && !b.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
+        if c == b'\n'
+            || c == b'<'
+            || (c == b'.' && !b.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
+        {
             end = i;
             break;
         }
@@ -152,7 +166,13 @@ pub fn normalize(answer: &str) -> Cow<'_, str> {
                 }
             }
         }
-        for (from, to) in [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\!", ""), ("\\,", ""), ("\\$", "")] {
+        for (from, to) in [
+            ("\\dfrac", "\\frac"),
+            ("\\tfrac", "\\frac"),
+            ("\\!", ""),
+            ("\\,", ""),
+            ("\\$", ""),
+        ] {
             if s.contains(from) {
                 s = s.replace(from, to);
             }
@@ -181,14 +201,21 @@ pub fn normalize(answer: &str) -> Cow<'_, str> {
         }
     }
     let t = out.trim();
-    Cow::Owned(if t.len() == out.len() { out } else { t.to_string() })
+    Cow::Owned(if t.len() == out.len() {
+        out
+    } else {
+        t.to_string()
+    })
 }
 
 /// The numeric value of a normalized answer: integers, decimals, `a/b`, `\frac{a}{b}`, `-`
 /// signs, a trailing `%` (kept as the number before it), a leading unit-free number.
 pub fn numeric(answer: &str) -> Option<f64> {
     let s = answer.trim().trim_end_matches('%').trim();
-    if let Some(rest) = s.strip_prefix("\\frac{").or_else(|| s.strip_prefix("-\\frac{")) {
+    if let Some(rest) = s
+        .strip_prefix("\\frac{")
+        .or_else(|| s.strip_prefix("-\\frac{"))
+    {
         let negative = s.starts_with('-');
         let (num, rest) = rest.split_once('}')?;
         let den = rest.strip_prefix('{')?.strip_suffix('}')?;
@@ -214,7 +241,12 @@ pub fn same_answer(predicted: &str, truth: &str) -> bool {
     match (numeric(&p), numeric(&t)) {
         (Some(a), Some(b)) => (a - b).abs() <= 1e-6 * b.abs().max(1.0),
         (None, None) => {
-            let squash = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_lowercase();
+            let squash = |s: &str| {
+                s.chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect::<String>()
+                    .to_lowercase()
+            };
             squash(&p) == squash(&t)
         }
         _ => false,
@@ -224,7 +256,10 @@ pub fn same_answer(predicted: &str, truth: &str) -> bool {
 /// The ground truth of an example: GSM8K stores the worked solution ending in `#### 72`.
 pub fn truth_of(raw: &str) -> &str {
     let b = raw.as_bytes();
-    match (0..b.len().saturating_sub(3)).rev().find(|&i| b[i..].starts_with(b"####")) {
+    match (0..b.len().saturating_sub(3))
+        .rev()
+        .find(|&i| b[i..].starts_with(b"####"))
+    {
         Some(p) => raw[p + 4..].trim(),
         None => raw.trim(),
     }
@@ -248,14 +283,31 @@ mod tests {
 
     #[test]
     fn markers_in_priority_order() {
-        assert_eq!(extract("so 3 + 4 = 7\n#### 7", true).unwrap(), ("7".into(), Marker::Hashes));
-        assert_eq!(extract("we get \\boxed{\\frac{1}{2}}.", true).unwrap().0, "\\frac{1}{2}");
-        assert_eq!(extract("Thus the answer is 1,234.5.", true).unwrap().0, "1,234.5");
-        assert_eq!(extract("I think 12 then 13", true).unwrap(), ("13".into(), Marker::LastNumber));
+        assert_eq!(
+            extract("so 3 + 4 = 7\n#### 7", true).unwrap(),
+            ("7".into(), Marker::Hashes)
+        );
+        assert_eq!(
+            extract("we get \\boxed{\\frac{1}{2}}.", true).unwrap().0,
+            "\\frac{1}{2}"
+        );
+        assert_eq!(
+            extract("Thus the answer is 1,234.5.", true).unwrap().0,
+            "1,234.5"
+        );
+        assert_eq!(
+            extract("I think 12 then 13", true).unwrap(),
+            ("13".into(), Marker::LastNumber)
+        );
         assert_eq!(extract("I think 12 then 13", false), None);
         assert_eq!(extract("it costs -5 dollars", true).unwrap().0, "-5");
         assert_eq!(extract("<answer>#### 72</answer>", true).unwrap().0, "72");
-        assert_eq!(extract("<answer>The answer is 72</answer>", true).unwrap().0, "72");
+        assert_eq!(
+            extract("<answer>The answer is 72</answer>", true)
+                .unwrap()
+                .0,
+            "72"
+        );
     }
 
     #[test]
@@ -275,7 +327,10 @@ mod tests {
 
     #[test]
     fn whole_reward() {
-        assert_eq!(score("#### 72", Some("Natalia sold 48/2 = 24...\n#### 72"), true), Some(true));
+        assert_eq!(
+            score("#### 72", Some("Natalia sold 48/2 = 24...\n#### 72"), true),
+            Some(true)
+        );
         assert_eq!(score("The answer is 71.", Some("72"), true), Some(false));
         assert_eq!(score("no digits here", Some("72"), true), Some(false));
         assert_eq!(score("#### 72", None, true), None);

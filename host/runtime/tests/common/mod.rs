@@ -8,7 +8,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// The components `galley plugin build` wrote (scripts/test.sh builds them first).
@@ -37,7 +40,9 @@ pub fn runtime() -> &'static Runtime {
 }
 
 pub fn load(name: &str) -> Plugin {
-    runtime().load(&plugin_path(name)).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    runtime()
+        .load(&plugin_path(name))
+        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
 pub fn opts(timeout_ms: u64, memory_mb: u64) -> InstanceOptions {
@@ -65,7 +70,11 @@ pub fn input(completion: &str, answer: Option<Value>) -> RewardInput {
 
 /// The well-behaved plugin still works in the same host: run after every attack.
 pub fn assert_host_healthy() {
-    let mut r = load("math-answer").reward(&serde_json::json!({}), InstanceOptions::default()).unwrap();
-    let s = r.score(&[input("6 * 7 = 42\n#### 42", Some(Value::Int(42)))]).unwrap();
+    let mut r = load("math-answer")
+        .reward(&serde_json::json!({}), InstanceOptions::default())
+        .unwrap();
+    let s = r
+        .score(&[input("6 * 7 = 42\n#### 42", Some(Value::Int(42)))])
+        .unwrap();
     assert_eq!(s, vec![Some(1.0)]);
 }
