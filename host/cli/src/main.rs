@@ -6,7 +6,9 @@ mod build;
 mod call;
 mod cplugin;
 mod embedded;
+mod infer;
 mod install_cmd;
+mod models;
 mod new;
 mod registry_cmd;
 mod score;
@@ -40,6 +42,8 @@ enum Top {
     /// Run a plugin registry.
     #[command(subcommand)]
     Registry(RegistryCmd),
+    /// Chat with a model, answer a prompt, or generate for a JSONL file of conversations.
+    Infer(infer::InferArgs),
 }
 
 #[derive(Subcommand)]
@@ -348,6 +352,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Plugin(PluginCmd::Inspect { file, json }) => inspect(&file, json),
         Top::Plugin(PluginCmd::Call(args)) => call::run(args),
         Top::Score(args) => score::run(args),
+        Top::Infer(args) => infer::run(args),
         Top::Registry(RegistryCmd::Serve {
             root,
             addr,

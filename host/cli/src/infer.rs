@@ -1,0 +1,298 @@
+//! `galley infer`: chat with a model in the terminal, answer one prompt, or run a JSONL file
+//! of conversations through batched generation. Settings come from an optional YAML file
+//! (typed, unknown keys refused) with `--set KEY=VALUE` overrides on top.
+
+use anyhow::{Context, Result, bail};
+use galley_core::Message;
+use galley_model::{Finish, LoadedModel, SamplingParams, generate};
+use serde::Deserialize;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct InferArgs {
+    /// YAML settings (model, sampling, system, batch_size).
+    config: Option<PathBuf>,
+    /// The model: a .gguf file or an HF checkpoint folder (overrides `model`).
+    #[arg(long, short)]
+    model: Option<String>,
+    /// Answer this one prompt and exit.
+    #[arg(long, short)]
+    prompt: Option<String>,
+    /// JSONL in: one {"messages": [...]} or {"prompt": "..."} per line (other keys are kept).
+    #[arg(long, short, requires = "output")]
+    input: Option<PathBuf>,
+    /// JSONL out: each input line plus completion, finish_reason and token counts.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Override a setting: `sampling.temperature=0`, `max_tokens=64` is `sampling.max_tokens=64`.
+    #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InferConfig {
+    model: Option<String>,
+    /// Run every matmul in f32 (dequantize GGUF blocks at load): slower, closest to the
+    /// checkpoint's own numbers.
+    #[serde(default)]
+    dequantize: bool,
+    /// A system message put before every conversation that has none.
+    #[serde(default)]
+    system: Option<String>,
+    #[serde(default)]
+    sampling: SamplingParams,
+    /// Conversations generated together in batch mode.
+    #[serde(default = "default_batch")]
+    batch_size: usize,
+}
+
+fn default_batch() -> usize {
+    8
+}
+
+fn load_config(path: Option<&Path>, sets: &[String]) -> Result<InferConfig> {
+    let mut value: serde_yaml::Value = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("{}: cannot read", p.display()))?;
+            // Parse typed first, so a mistake in the file is reported with its line.
+            serde_yaml::from_str::<InferConfig>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            serde_yaml::from_str(&text)?
+        }
+        None => serde_yaml::Value::Mapping(Default::default()),
+    };
+    for s in sets {
+        let (key, raw) = s
+            .split_once('=')
+            .with_context(|| format!("--set {s}: expected KEY=VALUE"))?;
+        let key = match key {
+            "temperature" | "top_k" | "top_p" | "min_p" | "repetition_penalty" | "seed"
+            | "max_tokens" | "stop" => format!("sampling.{key}"),
+            k => k.to_string(),
+        };
+        let parsed: serde_yaml::Value =
+            serde_yaml::from_str(raw).unwrap_or_else(|_| serde_yaml::Value::String(raw.into()));
+        let mut at = &mut value;
+        let parts: Vec<&str> = key.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let map = at.as_mapping_mut().with_context(|| {
+                format!("--set {s}: `{}` is not a section", parts[..i].join("."))
+            })?;
+            let k = serde_yaml::Value::String(part.to_string());
+            if i + 1 == parts.len() {
+                map.insert(k, parsed.clone());
+                break;
+            }
+            at = map
+                .entry(k)
+                .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+        }
+    }
+    let cfg: InferConfig = serde_yaml::from_value(value)
+        .map_err(|e| anyhow::anyhow!("settings (after --set): {e}"))?;
+    cfg.sampling
+        .validate()
+        .map_err(|e| anyhow::anyhow!("sampling: {e}"))?;
+    if cfg.batch_size == 0 {
+        bail!("key `batch_size`: must be at least 1");
+    }
+    Ok(cfg)
+}
+
+fn render(m: &LoadedModel, cfg: &InferConfig, messages: &[Message]) -> Result<Vec<u32>> {
+    let mut msgs = messages.to_vec();
+    if let Some(sys) = &cfg.system {
+        if msgs.first().is_none_or(|m| m.role != "system") {
+            msgs.insert(0, Message::new("system", sys.clone()));
+        }
+    }
+    match &m.template {
+        Some(t) => Ok(m.tokenizer.encode(&t.render(&msgs, true, None)?, false)?),
+        None => {
+            // No template: plain text, the conversation's contents one after another.
+            let text: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
+            Ok(m.tokenizer.encode(&text.join("\n"), true)?)
+        }
+    }
+}
+
+pub fn run(args: InferArgs) -> Result<()> {
+    let mut cfg = load_config(args.config.as_deref(), &args.set)?;
+    if let Some(m) = args.model {
+        cfg.model = Some(m);
+    }
+    let spec = cfg
+        .model
+        .clone()
+        .context("no model: pass --model PATH (or `model:` in the settings file)")?;
+    let started = Instant::now();
+    let path = crate::models::resolve(&spec)?;
+    let device = galley_model::default_device();
+    let m = galley_model::load_with(
+        &path,
+        &device,
+        galley_model::LoadOptions {
+            dequantize: cfg.dequantize,
+        },
+    )?;
+    eprintln!(
+        "loaded {} in {:.1} s ({} layers, {} on {:?})",
+        path.display(),
+        started.elapsed().as_secs_f64(),
+        m.model.config.num_layers,
+        if cfg.dequantize {
+            "f32"
+        } else {
+            "native weights"
+        },
+        device
+    );
+    match (&args.prompt, &args.input) {
+        (Some(p), _) => one_shot(&m, &cfg, p),
+        (None, Some(input)) => batch(
+            &m,
+            &cfg,
+            input,
+            args.output.as_deref().expect("clap requires --output"),
+        ),
+        (None, None) => chat(&m, &cfg),
+    }
+}
+
+fn stream(m: &LoadedModel, cfg: &InferConfig, messages: &[Message]) -> Result<String> {
+    let ids = render(m, cfg, messages)?;
+    let t0 = Instant::now();
+    let mut out = std::io::stdout();
+    let done = generate(
+        &m.model,
+        &m.tokenizer,
+        &[ids],
+        &cfg.sampling,
+        &mut |_, piece| {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        },
+    )?;
+    let c = &done[0];
+    println!();
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "[{} prompt + {} generated tokens, {:.1} tok/s, {}]",
+        c.prompt_tokens,
+        c.tokens.len(),
+        c.tokens.len() as f64 / secs.max(1e-9),
+        finish_reason(c.finish)
+    );
+    Ok(c.text.clone())
+}
+
+fn one_shot(m: &LoadedModel, cfg: &InferConfig, prompt: &str) -> Result<()> {
+    stream(m, cfg, &[Message::new("user", prompt)]).map(|_| ())
+}
+
+fn chat(m: &LoadedModel, cfg: &InferConfig) -> Result<()> {
+    eprintln!(
+        "chat: type a message; /reset forgets the conversation, /exit (or end of input) leaves"
+    );
+    let mut history: Vec<Message> = Vec::new();
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(()),
+            "/reset" => {
+                history.clear();
+                continue;
+            }
+            text => history.push(Message::new("user", text)),
+        }
+        let reply = stream(m, cfg, &history)?;
+        history.push(Message::new("assistant", reply));
+    }
+}
+
+fn finish_reason(f: Finish) -> &'static str {
+    match f {
+        Finish::Eos | Finish::Stop => "stop",
+        Finish::Length => "length",
+    }
+}
+
+fn batch(m: &LoadedModel, cfg: &InferConfig, input: &Path, output: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(input)
+        .with_context(|| format!("{}: cannot read", input.display()))?;
+    let mut rows: Vec<(serde_json::Map<String, serde_json::Value>, Vec<u32>)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", input.display(), i + 1);
+        let obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).with_context(|| format!("{}: not a JSON object", at()))?;
+        let messages: Vec<Message> = match (obj.get("messages"), obj.get("prompt")) {
+            (Some(ms), _) => serde_json::from_value(ms.clone()).with_context(|| {
+                format!(
+                    "{}: key `messages`: expected [{{\"role\", \"content\"}}]",
+                    at()
+                )
+            })?,
+            (None, Some(serde_json::Value::String(p))) => vec![Message::new("user", p.clone())],
+            _ => bail!("{}: needs `messages` (a list) or `prompt` (a string)", at()),
+        };
+        let ids = render(m, cfg, &messages).with_context(at)?;
+        rows.push((obj, ids));
+    }
+    let bar = indicatif::ProgressBar::new(rows.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} conversations {msg}")
+            .expect("static template"),
+    );
+    let file = std::fs::File::create(output)
+        .with_context(|| format!("{}: cannot create", output.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let t0 = Instant::now();
+    let mut generated = 0usize;
+    for chunk in rows.chunks(cfg.batch_size) {
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
+        let done = generate(
+            &m.model,
+            &m.tokenizer,
+            &prompts,
+            &cfg.sampling,
+            &mut |_, _| {},
+        )?;
+        for ((obj, _), c) in chunk.iter().zip(done) {
+            let mut obj = obj.clone();
+            obj.insert("completion".into(), c.text.into());
+            obj.insert("finish_reason".into(), finish_reason(c.finish).into());
+            obj.insert("prompt_tokens".into(), c.prompt_tokens.into());
+            obj.insert("completion_tokens".into(), c.tokens.len().into());
+            generated += c.tokens.len();
+            writeln!(out, "{}", serde_json::Value::Object(obj))?;
+        }
+        bar.inc(chunk.len() as u64);
+        bar.set_message(format!(
+            "{:.1} tok/s",
+            generated as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+        ));
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{} conversations, {generated} tokens in {secs:.1} s ({:.1} tok/s) -> {}",
+        rows.len(),
+        generated as f64 / secs.max(1e-9),
+        output.display()
+    );
+    Ok(())
+}

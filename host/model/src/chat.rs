@@ -1,0 +1,172 @@
+//! Chat templates: the HF Jinja templates a checkpoint ships (`tokenizer_config.json`'s
+//! `chat_template`, a `chat_template.jinja` file, or GGUF's `tokenizer.chat_template`),
+//! rendered with minijinja plus the Python string methods and helpers (`raise_exception`,
+//! `strftime_now`) the templates expect. Errors name the template's origin.
+
+use crate::error::{ModelError, Result};
+use galley_core::Message;
+use minijinja::value::Serde;
+use minijinja::{Environment, Error, ErrorKind, Value, context};
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    pub origin: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+/// Templates call it for "today's date"; galley renders reproducibly, so it is fixed.
+fn strftime_now(_fmt: String) -> String {
+    "01 Jan 2026".into()
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; `origin` names the file (and key) it came from.
+    pub fn new(source: &str, origin: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        // HF renders with trim_blocks and lstrip_blocks on.
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .expect("default delimiters"),
+        );
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| ModelError::Template {
+                origin: origin.into(),
+                reason: one_line(&e),
+            })?;
+        Ok(Self {
+            env,
+            origin: origin.into(),
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
+    }
+
+    /// Renders `messages` (with `tools`, a JSON list, when given) as the model expects them.
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String> {
+        let err = |e: Error| ModelError::Template {
+            origin: self.origin.clone(),
+            reason: one_line(&e),
+        };
+        let tmpl = self.env.get_template("chat").map_err(err)?;
+        let msgs: Vec<Value> = messages
+            .iter()
+            .map(|m| {
+                Value::from(Serde(
+                    serde_json::json!({"role": m.role, "content": m.content}),
+                ))
+            })
+            .collect();
+        let tools = tools.map(|t| Value::from(Serde(t)));
+        tmpl.render(context! {
+            messages => msgs,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.clone(),
+            eos_token => self.eos_token.clone(),
+            tools => tools,
+        })
+        .map_err(err)
+    }
+}
+
+fn one_line(e: &Error) -> String {
+    let mut s = e.to_string();
+    if let Some(line) = e.line() {
+        s = format!("line {line}: {s}");
+    }
+    s.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    /// The ChatML template SmolLM2 and Qwen ship (abridged to its logic).
+    const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn chatml_with_and_without_system() {
+        let t = ChatTemplate::new(CHATML, "t", "", "<|im_end|>").unwrap();
+        let out = t.render(&[msg("user", "Hi")], true, None).unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let out = t
+            .render(
+                &[
+                    msg("system", "Be brief."),
+                    msg("user", "Hi"),
+                    msg("assistant", "Hello"),
+                    msg("tool", "42"),
+                ],
+                false,
+                None,
+            )
+            .unwrap();
+        assert!(
+            out.starts_with("<|im_start|>system\nBe brief.<|im_end|>")
+                && out.ends_with("<|im_start|>tool\n42<|im_end|>\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn python_methods_and_raise_exception() {
+        let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}{{ messages[0]['content'].strip().upper() }}";
+        let t = ChatTemplate::new(src, "tokenizer_config.json: chat_template", "", "").unwrap();
+        assert_eq!(
+            t.render(&[msg("user", "  hi ")], false, None).unwrap(),
+            "HI"
+        );
+        let e = t
+            .render(&[msg("system", "x")], false, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("tokenizer_config.json: chat_template: ")
+                && e.contains("first message must be from the user"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn a_broken_template_is_one_line_naming_its_origin() {
+        let e = ChatTemplate::new(
+            "{% for m in messages %}{{ m.content }",
+            "model/tokenizer_config.json: chat_template",
+            "",
+            "",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.starts_with("model/tokenizer_config.json: chat_template: ") && !e.contains('\n'),
+            "{e}"
+        );
+    }
+}

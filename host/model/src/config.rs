@@ -1,0 +1,304 @@
+//! The shape of a Llama-family model and the switches that tell the families apart, read
+//! from an HF `config.json` or from GGUF metadata. One struct serves Llama 2/3.x, SmolLM,
+//! Mistral, Qwen2/2.5 and Qwen3: they differ only in the switches below (RoPE scaling,
+//! tied embeddings, attention biases, q/k norms, grouped-query heads).
+
+use crate::error::{ModelError, Result, bad};
+use serde::Deserialize;
+use std::path::Path;
+
+/// Which checkpoint family a model comes from (from `architectures` / `general.architecture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+impl Family {
+    const KNOWN: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM (GGUF: llama, qwen2, qwen3)";
+
+    fn from_hf(arch: &str) -> Option<Self> {
+        Some(match arch {
+            "LlamaForCausalLM" => Family::Llama,
+            "MistralForCausalLM" => Family::Mistral,
+            "Qwen2ForCausalLM" => Family::Qwen2,
+            "Qwen3ForCausalLM" => Family::Qwen3,
+            _ => return None,
+        })
+    }
+
+    fn from_gguf(arch: &str) -> Option<Self> {
+        Some(match arch {
+            "llama" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
+            _ => return None,
+        })
+    }
+}
+
+/// How RoPE frequencies are stretched for long contexts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1's frequency-dependent scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Biases on q/k/v projections (Qwen2 always; Llama when `attention_bias`).
+    pub qkv_bias: bool,
+    /// Bias on the output projection (Llama with `attention_bias`).
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// RMS norms on queries and keys per head (Qwen3).
+    pub qk_norm: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct HfRopeScaling {
+    #[serde(alias = "type")]
+    rope_type: Option<String>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// The fields of an HF config.json galley reads; the rest are ignored, as transformers does.
+#[derive(Deserialize)]
+struct HfConfig {
+    architectures: Option<Vec<String>>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    rope_theta: f64,
+    rope_scaling: Option<HfRopeScaling>,
+    #[serde(default = "default_max_pos")]
+    max_position_embeddings: usize,
+    tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<OneOrMany>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+fn default_max_pos() -> usize {
+    4096
+}
+
+impl LlamaConfig {
+    /// Reads an HF `config.json`.
+    pub fn from_hf_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| bad(path, e))?;
+        let c: HfConfig = serde_json::from_str(&text).map_err(|e| bad(path, e))?;
+        let arch = c
+            .architectures
+            .as_ref()
+            .and_then(|a| a.first())
+            .cloned()
+            .unwrap_or_default();
+        let family = Family::from_hf(&arch).ok_or_else(|| ModelError::UnknownArchitecture {
+            path: path.into(),
+            arch: arch.clone(),
+            known: Family::KNOWN.into(),
+        })?;
+        let rope_scaling = match &c.rope_scaling {
+            None => RopeScaling::None,
+            Some(s) => match s.rope_type.as_deref() {
+                Some("llama3") => RopeScaling::Llama3 {
+                    factor: s.factor.unwrap_or(8.0),
+                    low_freq_factor: s.low_freq_factor.unwrap_or(1.0),
+                    high_freq_factor: s.high_freq_factor.unwrap_or(4.0),
+                    original_max_position_embeddings: s
+                        .original_max_position_embeddings
+                        .unwrap_or(8192),
+                },
+                Some("linear") => RopeScaling::Linear {
+                    factor: s.factor.unwrap_or(1.0),
+                },
+                Some("default") | None => RopeScaling::None,
+                Some(other) => {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "key `rope_scaling.rope_type`: `{other}` is not supported (llama3, linear)"
+                        ),
+                    ));
+                }
+            },
+        };
+        let cfg = Self {
+            family,
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_layers: c.num_hidden_layers,
+            num_heads: c.num_attention_heads,
+            num_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
+            head_dim: c
+                .head_dim
+                .unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
+            rms_norm_eps: c.rms_norm_eps,
+            rope_theta: c.rope_theta,
+            rope_scaling,
+            max_position_embeddings: c.max_position_embeddings,
+            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: family == Family::Qwen2 || c.attention_bias,
+            o_bias: family != Family::Qwen2 && c.attention_bias,
+            mlp_bias: c.mlp_bias,
+            qk_norm: family == Family::Qwen3,
+            bos_token_id: c.bos_token_id,
+            eos_token_ids: match c.eos_token_id {
+                Some(OneOrMany::One(i)) => vec![i],
+                Some(OneOrMany::Many(v)) => v,
+                None => vec![],
+            },
+        };
+        cfg.validate().map_err(|e| bad(path, e))?;
+        Ok(cfg)
+    }
+
+    /// Reads GGUF metadata (`general.architecture` and `ARCH.*` keys).
+    pub fn from_gguf(
+        path: &Path,
+        md: &std::collections::HashMap<String, candle_core::quantized::gguf_file::Value>,
+        tied: bool,
+    ) -> Result<Self> {
+        let arch = md
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        let family = Family::from_gguf(&arch).ok_or_else(|| ModelError::UnknownArchitecture {
+            path: path.into(),
+            arch: arch.clone(),
+            known: Family::KNOWN.into(),
+        })?;
+        let get = |k: &str| md.get(&format!("{arch}.{k}"));
+        let int = |k: &str| -> Result<usize> {
+            get(k)
+                .ok_or_else(|| bad(path, format!("GGUF metadata has no `{arch}.{k}`")))
+                .and_then(|v| {
+                    v.to_u64()
+                        .or_else(|_| v.to_u32().map(u64::from))
+                        .map(|x| x as usize)
+                        .map_err(|e| bad(path, format!("`{arch}.{k}`: {e}")))
+                })
+        };
+        let float = |k: &str, default: f64| {
+            get(k)
+                .and_then(|v| v.to_f32().ok())
+                .map(f64::from)
+                .unwrap_or(default)
+        };
+        let hidden = int("embedding_length")?;
+        let heads = int("attention.head_count")?;
+        let vocab = match int("vocab_size") {
+            Ok(v) => v,
+            Err(_) => md
+                .get("tokenizer.ggml.tokens")
+                .and_then(|v| v.to_vec().ok())
+                .map(|v| v.len())
+                .ok_or_else(|| bad(path, "no vocabulary size"))?,
+        };
+        let tok = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
+        let cfg = Self {
+            family,
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: int("feed_forward_length")?,
+            num_layers: int("block_count")?,
+            num_heads: heads,
+            num_kv_heads: int("attention.head_count_kv").unwrap_or(heads),
+            head_dim: int("attention.key_length").unwrap_or(hidden / heads.max(1)),
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-6),
+            rope_theta: float("rope.freq_base", 10_000.0),
+            rope_scaling: match get("rope.scaling.type")
+                .and_then(|v| v.to_string().ok())
+                .map(String::as_str)
+            {
+                Some("linear") => RopeScaling::Linear {
+                    factor: float("rope.scaling.factor", 1.0),
+                },
+                _ => RopeScaling::None,
+            },
+            max_position_embeddings: int("context_length").unwrap_or(4096),
+            tie_word_embeddings: tied,
+            qkv_bias: family == Family::Qwen2,
+            o_bias: false,
+            mlp_bias: false,
+            qk_norm: family == Family::Qwen3,
+            bos_token_id: tok("tokenizer.ggml.bos_token_id"),
+            eos_token_ids: tok("tokenizer.ggml.eos_token_id").into_iter().collect(),
+        };
+        cfg.validate().map_err(|e| bad(path, e))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        {
+            return Err(format!(
+                "{} attention heads cannot share {} key/value heads",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
+        }
+        if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {
+            return Err("vocab_size, hidden_size and num_hidden_layers must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! Generation: prompts in, completions out, several sequences of different lengths at once
+//! (left-padded into one batch sharing a KV cache), with the sampling of `sample.rs`, stop
+//! tokens and stop strings, a token budget, a streaming callback, and each chosen token's
+//! log-probability under the model (what the trainers of GRPO and DPO need).
+
+use crate::error::Result;
+use crate::model::Llama;
+use crate::sample::{Sampler, SamplingParams, logprob};
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The model produced an end-of-sequence or stop token.
+    Eos,
+    /// A stop string appeared (it is cut from the text).
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+}
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    /// Generated token ids (the end token included, when one ended it).
+    pub tokens: Vec<u32>,
+    /// `log p(token)` under the model's distribution (temperature 1, no filtering), per token.
+    pub logprobs: Vec<f32>,
+    pub prompt_tokens: usize,
+    pub finish: Finish,
+}
+
+/// Called with (sequence index, new text) as text becomes final.
+pub type OnText<'a> = dyn FnMut(usize, &str) + 'a;
+
+struct Row {
+    prompt: Vec<u32>,
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    text: String,
+    emitted: usize,
+    finish: Option<Finish>,
+    sampler: Sampler,
+}
+
+/// Text safe to show now: not ending in a partial UTF-8 character, and not a prefix of a
+/// stop string that the next token might complete.
+fn settled<'t>(text: &'t str, stops: &[String]) -> &'t str {
+    let mut end = text.len();
+    if text.ends_with('\u{FFFD}') {
+        end -= '\u{FFFD}'.len_utf8();
+    }
+    for s in stops {
+        for k in (1..s.len()).rev() {
+            if s.is_char_boundary(k) && text[..end].ends_with(&s[..k]) {
+                end = end.min(text[..end].len() - k);
+                break;
+            }
+        }
+    }
+    &text[..end]
+}
+
+pub fn generate(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    on_text: &mut OnText<'_>,
+) -> Result<Vec<Completion>> {
+    if prompts.is_empty() {
+        return Ok(vec![]);
+    }
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(crate::error::ModelError::Invalid(format!(
+            "prompt {i} is empty"
+        )));
+    }
+    let mut eos: Vec<u32> = tok
+        .eos
+        .iter()
+        .chain(&model.config.eos_token_ids)
+        .chain(&params.stop_token_ids)
+        .copied()
+        .collect();
+    eos.sort_unstable();
+    eos.dedup();
+    let mut rows: Vec<Row> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Row {
+            prompt: p.clone(),
+            tokens: vec![],
+            logprobs: vec![],
+            text: String::new(),
+            emitted: 0,
+            finish: None,
+            sampler: Sampler::new(params.clone(), i as u64),
+        })
+        .collect();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pad_id = eos.first().copied().unwrap_or(0);
+    let mut input: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            std::iter::repeat_n(pad_id, longest - p.len())
+                .chain(p.iter().copied())
+                .collect()
+        })
+        .collect();
+    let pad: Vec<Vec<bool>> = prompts
+        .iter()
+        .map(|p| (0..longest).map(|i| i < longest - p.len()).collect())
+        .collect();
+    let mut cache = model.new_cache(rows.len());
+    let mut first = true;
+    if params.max_tokens == 0 {
+        rows.iter_mut()
+            .for_each(|r| r.finish = Some(Finish::Length));
+    }
+    while rows.iter().any(|r| r.finish.is_none()) {
+        let logits = model.forward(
+            &input,
+            if first { Some(&pad) } else { None },
+            &mut cache,
+            true,
+        )?;
+        first = false;
+        let logits = logits.squeeze(1)?.to_vec2::<f32>()?;
+        for (i, (row, l)) in rows.iter_mut().zip(&logits).enumerate() {
+            if row.finish.is_some() {
+                continue;
+            }
+            let seen: Vec<u32> = row.prompt.iter().chain(&row.tokens).copied().collect();
+            let t = row.sampler.sample(l, &seen);
+            row.tokens.push(t);
+            row.logprobs.push(logprob(l, t));
+            if eos.contains(&t) {
+                row.finish = Some(Finish::Eos);
+            } else {
+                let body = &row.tokens[..row.tokens.len()];
+                row.text = tok.decode(body, false)?;
+                if let Some(at) = params
+                    .stop
+                    .iter()
+                    .filter_map(|s| row.text.find(s.as_str()))
+                    .min()
+                {
+                    row.text.truncate(at);
+                    row.finish = Some(Finish::Stop);
+                } else if row.tokens.len() >= params.max_tokens {
+                    row.finish = Some(Finish::Length);
+                }
+            }
+            let show = if row.finish.is_some() {
+                row.text.as_str()
+            } else {
+                settled(&row.text, &params.stop)
+            };
+            if show.len() > row.emitted && show.is_char_boundary(row.emitted) {
+                on_text(i, &show[row.emitted..]);
+                row.emitted = show.len();
+            }
+        }
+        input = rows
+            .iter()
+            .map(|r| vec![*r.tokens.last().unwrap_or(&pad_id)])
+            .collect();
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| Completion {
+            text: r.text,
+            prompt_tokens: r.prompt.len(),
+            tokens: r.tokens,
+            logprobs: r.logprobs,
+            finish: r.finish.unwrap_or(Finish::Length),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settled;
+
+    #[test]
+    fn settled_text_holds_back_stop_prefixes_and_partial_chars() {
+        let stops = vec!["\nUser:".to_string()];
+        assert_eq!(settled("Paris.\nUs", &stops), "Paris.");
+        assert_eq!(settled("Paris.", &stops), "Paris.");
+        assert_eq!(settled("caf\u{FFFD}", &[]), "caf");
+    }
+}

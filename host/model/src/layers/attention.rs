@@ -1,0 +1,127 @@
+//! Grouped-query self-attention with a KV cache. Queries that share a key/value head are
+//! multiplied against it as one group, so the cached keys and values are never repeated
+//! per query head.
+
+use super::{Linear, RmsNorm, Rotary};
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::weights::Weights;
+use candle_core::{Device, Tensor};
+use candle_nn::kv_cache::KvCache;
+
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    pub fn load(w: &Weights, prefix: &str, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let norm = |n: &str| -> Result<Option<RmsNorm>> {
+            if cfg.qk_norm {
+                Ok(Some(RmsNorm::load(
+                    w,
+                    &format!("{prefix}.{n}"),
+                    d,
+                    cfg.rms_norm_eps,
+                    dev,
+                )?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Self {
+            q_proj: Linear::load(
+                w,
+                &format!("{prefix}.q_proj"),
+                cfg.num_heads * d,
+                h,
+                cfg.qkv_bias,
+                dev,
+            )?,
+            k_proj: Linear::load(
+                w,
+                &format!("{prefix}.k_proj"),
+                cfg.num_kv_heads * d,
+                h,
+                cfg.qkv_bias,
+                dev,
+            )?,
+            v_proj: Linear::load(
+                w,
+                &format!("{prefix}.v_proj"),
+                cfg.num_kv_heads * d,
+                h,
+                cfg.qkv_bias,
+                dev,
+            )?,
+            o_proj: Linear::load(
+                w,
+                &format!("{prefix}.o_proj"),
+                h,
+                cfg.num_heads * d,
+                cfg.o_bias,
+                dev,
+            )?,
+            q_norm: norm("q_norm")?,
+            k_norm: norm("k_norm")?,
+            heads: cfg.num_heads,
+            kv_heads: cfg.num_kv_heads,
+            head_dim: d,
+        })
+    }
+
+    /// `x` (b, t, hidden); `mask` (b, 1, t, past + t), additive, or `None` for a plain causal
+    /// step of one token.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let d = self.head_dim;
+        let mut q = self.q_proj.forward(x)?.reshape((b, t, self.heads, d))?;
+        let mut k = self.k_proj.forward(x)?.reshape((b, t, self.kv_heads, d))?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((b, t, self.kv_heads, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let (q, k) = rotary.forward(&q.transpose(1, 2)?, &k.transpose(1, 2)?, positions)?;
+        let (k, v) = cache.append(&k.contiguous()?, &v)?;
+        let total = k.dim(2)?;
+        let rep = self.heads / self.kv_heads;
+        // (b, heads, t, d) -> (b, kv_heads, rep * t, d): query heads of one group side by side.
+        let q = q.reshape((b, self.kv_heads, rep * t, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.heads, t, total))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs
+            .reshape((b, self.kv_heads, rep * t, total))?
+            .matmul(&v)?;
+        let out = out
+            .reshape((b, self.heads, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, self.heads * d))?;
+        self.o_proj.forward(&out)
+    }
+}

@@ -1,0 +1,58 @@
+//! One decoder layer: pre-norm attention and pre-norm MLP, each with a residual connection.
+
+use super::{Attention, Mlp, RmsNorm, Rotary};
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::weights::Weights;
+use candle_core::{Device, Tensor};
+use candle_nn::kv_cache::KvCache;
+
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    pub fn load(w: &Weights, prefix: &str, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
+        Ok(Self {
+            input_layernorm: RmsNorm::load(
+                w,
+                &format!("{prefix}.input_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                dev,
+            )?,
+            self_attn: Attention::load(w, &format!("{prefix}.self_attn"), cfg, dev)?,
+            post_attention_layernorm: RmsNorm::load(
+                w,
+                &format!("{prefix}.post_attention_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                dev,
+            )?,
+            mlp: Mlp::load(w, &format!("{prefix}.mlp"), cfg, dev)?,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> candle_core::Result<Tensor> {
+        let h = (x + self.self_attn.forward(
+            &self.input_layernorm.forward(x)?,
+            rotary,
+            positions,
+            mask,
+            cache,
+        )?)?;
+        &h + self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h)?)?
+    }
+}

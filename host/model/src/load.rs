@@ -1,0 +1,190 @@
+//! From a path to a ready model: a `.gguf` file, or an HF checkpoint folder (`config.json`,
+//! `model.safetensors` or a sharded `model.safetensors.index.json`, `tokenizer.json`,
+//! `tokenizer_config.json` / `chat_template.jinja`). Every failure names the file at fault.
+
+use crate::chat::ChatTemplate;
+use crate::config::{Family, LlamaConfig};
+use crate::error::{ModelError, Result, bad};
+use crate::model::Llama;
+use crate::tokenizer::Tokenizer;
+use crate::weights::Weights;
+use candle_core::Device;
+use std::path::{Path, PathBuf};
+
+pub struct LoadedModel {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Dequantize GGUF blocks to f32 at load: every matmul in f32.
+    pub dequantize: bool,
+}
+
+pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
+    load_with(path, device, LoadOptions::default())
+}
+
+pub fn load_with(path: &Path, device: &Device, opts: LoadOptions) -> Result<LoadedModel> {
+    if path.is_file() {
+        return load_gguf(path, device, opts);
+    }
+    if !path.is_dir() {
+        return Err(bad(path, "no such model file or folder"));
+    }
+    if path.join("config.json").exists() {
+        return load_hf(path, device);
+    }
+    let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| bad(path, e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    match ggufs.as_slice() {
+        [one] => load_gguf(one, device, opts),
+        [] => Err(bad(
+            path,
+            "not a model: expected config.json + safetensors, or a .gguf file",
+        )),
+        _ => Err(bad(path, "holds several .gguf files: name one")),
+    }
+}
+
+fn load_gguf(path: &Path, device: &Device, opts: LoadOptions) -> Result<LoadedModel> {
+    let mut weights = Weights::gguf(path)?;
+    weights.set_dequantize(opts.dequantize);
+    let md = weights
+        .gguf_metadata()
+        .expect("a GGUF has metadata")
+        .clone();
+    let tied = !weights.has("lm_head.weight");
+    let config = LlamaConfig::from_gguf(path, &md, tied)?;
+    if config.family == Family::Llama {
+        weights.set_unpermute_qk(config.num_heads, config.num_kv_heads);
+    }
+    let tokenizer = Tokenizer::from_gguf(path, &md)?;
+    let token = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.id_to_token(i))
+            .unwrap_or_default()
+    };
+    let template = match md
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+    {
+        Some(src) => Some(ChatTemplate::new(
+            src,
+            &format!("{}: tokenizer.chat_template", path.display()),
+            &token(tokenizer.bos),
+            &token(tokenizer.eos.first().copied()),
+        )?),
+        None => None,
+    };
+    let model = Llama::load(&weights, config, device)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        template,
+        path: path.into(),
+    })
+}
+
+/// `bos_token` / `eos_token` in tokenizer_config.json: a string or `{"content": ...}`.
+fn special(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        _ => None,
+    }
+}
+
+fn load_hf(dir: &Path, device: &Device) -> Result<LoadedModel> {
+    let config = LlamaConfig::from_hf_json(&dir.join("config.json"))?;
+    let index = dir.join("model.safetensors.index.json");
+    let files = if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| bad(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&index, e))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| bad(&index, "no `weight_map`"))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        for f in &files {
+            if !f.exists() {
+                return Err(bad(&index, format!("shard {} is missing", f.display())));
+            }
+        }
+        files
+    } else if dir.join("model.safetensors").exists() {
+        vec![dir.join("model.safetensors")]
+    } else {
+        return Err(bad(
+            dir,
+            "no model.safetensors or model.safetensors.index.json",
+        ));
+    };
+    let weights = Weights::safetensors(files)?;
+    let tok_path = dir.join("tokenizer.json");
+    if !tok_path.exists() {
+        return Err(ModelError::MissingTokenizer { path: dir.into() });
+    }
+    let tc_path = dir.join("tokenizer_config.json");
+    let tc: serde_json::Value = match std::fs::read_to_string(&tc_path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| bad(&tc_path, e))?,
+        Err(_) => serde_json::Value::Null,
+    };
+    let mut tokenizer =
+        Tokenizer::from_file(&tok_path, config.bos_token_id, config.eos_token_ids.clone())?;
+    let bos = special(tc.get("bos_token")).unwrap_or_default();
+    let eos = special(tc.get("eos_token")).unwrap_or_default();
+    if let Some(id) = tokenizer.token_to_id(&eos) {
+        if !tokenizer.eos.contains(&id) {
+            tokenizer.eos.push(id);
+        }
+    }
+    let jinja = dir.join("chat_template.jinja");
+    let template = if jinja.exists() {
+        let src = std::fs::read_to_string(&jinja).map_err(|e| bad(&jinja, e))?;
+        Some(ChatTemplate::new(
+            &src,
+            &jinja.display().to_string(),
+            &bos,
+            &eos,
+        )?)
+    } else {
+        let src = match tc.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            // A list of named templates: the default one.
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(String::from)),
+            _ => None,
+        };
+        match src {
+            Some(s) => Some(ChatTemplate::new(
+                &s,
+                &format!("{}: chat_template", tc_path.display()),
+                &bos,
+                &eos,
+            )?),
+            None => None,
+        }
+    };
+    let model = Llama::load(&weights, config, device)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        template,
+        path: dir.into(),
+    })
+}

@@ -1,0 +1,161 @@
+//! The Llama-family causal language model: token embeddings, decoder layers, final norm and
+//! the LM head (tied to the embeddings where the checkpoint says so), plus the per-sequence
+//! KV cache a generation carries between steps.
+
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::layers::{DecoderLayer, Linear, RmsNorm, Rotary};
+use crate::weights::{LinearWeight, Weights};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::kv_cache::KvCache;
+
+pub struct Llama {
+    pub config: LlamaConfig,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: Rotary,
+    device: Device,
+}
+
+/// What a batch of sequences has seen so far: cached keys/values per layer and, per row,
+/// which cached positions are real tokens (left padding is not).
+pub struct Cache {
+    layers: Vec<KvCache>,
+    /// `valid[row][pos]`
+    valid: Vec<Vec<bool>>,
+}
+
+impl Cache {
+    pub fn len(&self) -> usize {
+        self.valid.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Llama {
+    pub fn load(w: &Weights, config: LlamaConfig, device: &Device) -> Result<Self> {
+        let c = &config;
+        let embed_name = "model.embed_tokens.weight";
+        let embed_tokens = w.tensor(embed_name, &[c.vocab_size, c.hidden_size], device)?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            layers.push(DecoderLayer::load(
+                w,
+                &format!("model.layers.{i}"),
+                c,
+                device,
+            )?);
+        }
+        let norm = RmsNorm::load(w, "model.norm", c.hidden_size, c.rms_norm_eps, device)?;
+        // Tied: the head reads the embedding matrix (kept quantized when the GGUF is).
+        let head_name = if c.tie_word_embeddings || !w.has("lm_head.weight") {
+            embed_name
+        } else {
+            "lm_head.weight"
+        };
+        let lm_head = match w.linear(head_name, c.vocab_size, c.hidden_size, device)? {
+            // Tied and dense: share the embedding tensor instead of a second copy.
+            LinearWeight::Dense(_) if head_name == embed_name => {
+                Linear::from_weight(LinearWeight::Dense(embed_tokens.clone()))
+            }
+            weight => Linear::from_weight(weight),
+        };
+        let rotary = Rotary::new(c, device)?;
+        Ok(Self {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty cache for `batch` sequences.
+    pub fn new_cache(&self, batch: usize) -> Cache {
+        // Grows as needed; 512 positions before the first reallocation.
+        Cache {
+            layers: (0..self.config.num_layers)
+                .map(|_| KvCache::new(2, 512))
+                .collect(),
+            valid: vec![Vec::new(); batch],
+        }
+    }
+
+    /// Runs `tokens` (one row per sequence, equal lengths; `pad[row][i]` marks left padding)
+    /// through the model after what `cache` holds, and returns the logits (b, t, vocab) — or
+    /// only the last position's (b, 1, vocab) when `last_only`.
+    pub fn forward(
+        &self,
+        tokens: &[Vec<u32>],
+        pad: Option<&[Vec<bool>]>,
+        cache: &mut Cache,
+        last_only: bool,
+    ) -> candle_core::Result<Tensor> {
+        let b = tokens.len();
+        let t = tokens.first().map_or(0, Vec::len);
+        if b == 0 || t == 0 || tokens.iter().any(|r| r.len() != t) || cache.valid.len() != b {
+            candle_core::bail!(
+                "forward needs {} rows of equal, non-zero length",
+                cache.valid.len()
+            );
+        }
+        let past = cache.len();
+        for (row, valid) in cache.valid.iter_mut().enumerate() {
+            valid.extend((0..t).map(|i| !pad.is_some_and(|p| p[row][i])));
+        }
+        // Positions count real tokens only, so a left-padded row starts at 0 like an unpadded one.
+        let mut positions = Vec::with_capacity(b * t);
+        for valid in &cache.valid {
+            let before = valid[..past].iter().filter(|v| **v).count() as u32;
+            let mut p = before;
+            for &v in &valid[past..] {
+                positions.push(p.saturating_sub(u32::from(!v)));
+                p += u32::from(v);
+            }
+        }
+        let positions = Tensor::from_vec(positions, (b, t), &self.device)?;
+        let total = past + t;
+        let needs_mask = t > 1 || cache.valid.iter().any(|v| v.iter().any(|x| !x));
+        let mask = if needs_mask {
+            let mut m = vec![0f32; b * t * total];
+            for (row, valid) in cache.valid.iter().enumerate() {
+                for i in 0..t {
+                    for j in 0..total {
+                        if j > past + i || !valid[j] {
+                            m[(row * t + i) * total + j] = f32::NEG_INFINITY;
+                        }
+                    }
+                    // A padding query sees itself, so its softmax is defined (its output is unused).
+                    if !valid[past + i] {
+                        m[(row * t + i) * total + past + i] = 0.0;
+                    }
+                }
+            }
+            Some(Tensor::from_vec(m, (b, 1, t, total), &self.device)?)
+        } else {
+            None
+        };
+        let ids = Tensor::from_vec(tokens.concat(), b * t, &self.device)?;
+        let mut x =
+            self.embed_tokens
+                .index_select(&ids, 0)?
+                .reshape((b, t, self.config.hidden_size))?;
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(&x, &self.rotary, &positions, mask.as_ref(), kv)?;
+        }
+        let x = if last_only { x.narrow(1, t - 1, 1)? } else { x };
+        let logits = self.lm_head.forward(&self.norm.forward(&x)?)?;
+        logits.to_dtype(DType::F32)
+    }
+}

@@ -1,0 +1,249 @@
+//! Choosing the next token from logits: repetition penalty, temperature, top-k, min-p and
+//! top-p (in that order, as llama.cpp and HF apply them), with a seeded generator per
+//! sequence so the same seed gives the same text. Temperature 0 is greedy.
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingParams {
+    /// 0 picks the most likely token (greedy).
+    pub temperature: f32,
+    /// Keep the k most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches p; 1 keeps all.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one; 0 keeps all.
+    pub min_p: f32,
+    /// Divides positive (multiplies negative) logits of tokens already seen; 1 is off.
+    pub repetition_penalty: f32,
+    pub seed: u64,
+    pub max_tokens: usize,
+    /// Generation stops when the text contains one of these (they are cut off).
+    pub stop: Vec<String>,
+    /// Token ids that end generation besides the model's EOS.
+    pub stop_token_ids: Vec<u32>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        // llama.cpp's defaults, which users of a local chat expect.
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repetition_penalty: 1.0,
+            seed: 0,
+            max_tokens: 512,
+            stop: vec![],
+            stop_token_ids: vec![],
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy(max_tokens: usize) -> Self {
+        Self {
+            temperature: 0.0,
+            max_tokens,
+            ..Self::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(format!(
+                "key `temperature`: {} must be >= 0",
+                self.temperature
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.top_p) || self.top_p == 0.0 {
+            return Err(format!("key `top_p`: {} must be in (0, 1]", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(format!("key `min_p`: {} must be in [0, 1]", self.min_p));
+        }
+        if !(self.repetition_penalty > 0.0) {
+            return Err(format!(
+                "key `repetition_penalty`: {} must be > 0",
+                self.repetition_penalty
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+}
+
+/// `log softmax(logits)[token]`.
+pub fn logprob(logits: &[f32], token: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    (logits[token as usize] - max) - sum.ln() as f32
+}
+
+impl Sampler {
+    /// `stream` separates the generators of the sequences of one batch.
+    pub fn new(params: SamplingParams, stream: u64) -> Self {
+        let seed = params.seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            params,
+        }
+    }
+
+    /// Picks a token. `seen` are the tokens the penalty applies to (prompt and output).
+    pub fn sample(&mut self, logits: &[f32], seen: &[u32]) -> u32 {
+        let p = &self.params;
+        let mut logits = logits.to_vec();
+        if p.repetition_penalty != 1.0 {
+            let mut done = std::collections::HashSet::new();
+            for &t in seen {
+                if done.insert(t) {
+                    if let Some(l) = logits.get_mut(t as usize) {
+                        *l = if *l > 0.0 {
+                            *l / p.repetition_penalty
+                        } else {
+                            *l * p.repetition_penalty
+                        };
+                    }
+                }
+            }
+        }
+        let argmax = || {
+            logits
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i as u32)
+                .unwrap_or(0)
+        };
+        if p.temperature == 0.0 {
+            return argmax();
+        }
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l / p.temperature))
+            .collect();
+        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.truncate(p.top_k);
+        }
+        let max = cand[0].1;
+        let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
+        let sum: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= sum);
+        let mut keep = probs.len();
+        if p.min_p > 0.0 {
+            let floor = p.min_p as f64 * probs[0];
+            keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
+        }
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut n = 0;
+            for &x in &probs[..keep] {
+                acc += x;
+                n += 1;
+                if acc >= p.top_p as f64 {
+                    break;
+                }
+            }
+            keep = n.max(1);
+        }
+        let total: f64 = probs[..keep].iter().sum();
+        let mut r = self.rng.random::<f64>() * total;
+        for i in 0..keep {
+            r -= probs[i];
+            if r <= 0.0 {
+                return cand[i].0;
+            }
+        }
+        cand[keep - 1].0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_argmax_and_penalty_can_change_it() {
+        let mut s = Sampler::new(SamplingParams::greedy(1), 0);
+        assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[]), 1);
+        let mut s = Sampler::new(
+            SamplingParams {
+                repetition_penalty: 1.2,
+                ..SamplingParams::greedy(1)
+            },
+            0,
+        );
+        assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[1]), 2);
+    }
+
+    #[test]
+    fn same_seed_same_choices_and_filters_hold() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..SamplingParams::default()
+        };
+        let run = |p: SamplingParams| {
+            let mut s = Sampler::new(p, 7);
+            (0..200).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(run(params.clone()), run(params.clone()));
+        assert_ne!(
+            run(params.clone()),
+            run(SamplingParams {
+                seed: 1,
+                ..params.clone()
+            })
+        );
+        let mut order: Vec<usize> = (0..50).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let top3 = &order[..3];
+        assert!(
+            run(SamplingParams {
+                top_k: 3,
+                ..params.clone()
+            })
+            .iter()
+            .all(|t| top3.contains(&(*t as usize)))
+        );
+        // top_p tiny: only the most likely token.
+        assert!(
+            run(SamplingParams {
+                top_p: 1e-6,
+                ..params.clone()
+            })
+            .iter()
+            .all(|&t| t as usize == order[0])
+        );
+        // min_p 1: only tokens as likely as the best.
+        assert!(
+            run(SamplingParams {
+                min_p: 1.0,
+                ..params
+            })
+            .iter()
+            .all(|&t| t as usize == order[0])
+        );
+    }
+
+    #[test]
+    fn logprob_is_log_softmax() {
+        let l = [1.0f32, 2.0, 3.0];
+        let z: f32 = l.iter().map(|x| x.exp()).sum();
+        assert!((logprob(&l, 2) - (3f32.exp() / z).ln()).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,185 @@
+//! Tokenizers: HF `tokenizer.json` through the `tokenizers` crate, or one built from the
+//! vocabulary a GGUF file carries (gpt2-style byte-level BPE from tokens + merges). The GGUF
+//! build follows llama.cpp, not candle's helper (which adds a prefix space and ignores the
+//! pre-tokenizer): the `pre` key picks the split rules, token types 3 (control) and 4
+//! (user-defined) become special tokens, and `add_bos_token` is honoured.
+
+use crate::error::{ModelError, Result, bad};
+use candle_core::quantized::gguf_file::Value;
+use std::collections::HashMap;
+use std::path::Path;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Prepend BOS to plain (untemplated) text.
+    pub add_bos: bool,
+    pub bos: Option<u32>,
+    pub eos: Vec<u32>,
+}
+
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn tok_err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+    /// `tokenizer.json`; BOS/EOS come from the model's config (ids) when known.
+    pub fn from_file(path: &Path, bos: Option<u32>, eos: Vec<u32>) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| bad(path, format!("not a tokenizer.json: {e}")))?;
+        Ok(Self {
+            inner,
+            add_bos: false,
+            bos,
+            eos,
+        })
+    }
+
+    /// The tokenizer inside a GGUF's metadata.
+    pub fn from_gguf(path: &Path, md: &HashMap<String, Value>) -> Result<Self> {
+        let get = |k: &str| md.get(k);
+        let model = get("tokenizer.ggml.model")
+            .and_then(|v| v.to_string().ok())
+            .ok_or(ModelError::MissingTokenizer { path: path.into() })?;
+        if model != "gpt2" {
+            return Err(bad(
+                path,
+                format!("tokenizer model `{model}` is not supported yet (gpt2-style BPE is)"),
+            ));
+        }
+        let strings = |k: &str| -> Result<Vec<String>> {
+            let v = get(k)
+                .and_then(|v| v.to_vec().ok())
+                .ok_or_else(|| bad(path, format!("GGUF metadata has no `{k}`")))?;
+            v.iter()
+                .map(|x| {
+                    x.to_string()
+                        .cloned()
+                        .map_err(|e| bad(path, format!("`{k}`: {e}")))
+                })
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| bad(path, format!("malformed merge `{m}`")))
+            })
+            .collect::<Result<_>>()?;
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(tok_err)?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let pre = get("tokenizer.ggml.pre")
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str)
+            .unwrap_or("default");
+        let byte_level = |use_regex: bool| {
+            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex))
+        };
+        let split = |re: &str| -> Result<PreTokenizerWrapper> {
+            Ok(PreTokenizerWrapper::Split(
+                Split::new(
+                    SplitPattern::Regex(re.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(tok_err)?,
+            ))
+        };
+        let pre_tok = match pre {
+            "default" | "gpt-2" | "gpt2" => byte_level(true),
+            "smollm" => PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Digits(Digits::new(true)),
+                byte_level(true),
+            ])),
+            "llama-bpe" | "llama3" | "smaug-bpe" => {
+                PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                    split(LLAMA3_SPLIT)?,
+                    byte_level(false),
+                ]))
+            }
+            "qwen2" => PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                split(QWEN2_SPLIT)?,
+                byte_level(false),
+            ])),
+            other => {
+                return Err(bad(
+                    path,
+                    format!(
+                        "tokenizer pre-tokenizer `{other}` is not supported yet (gpt-2, smollm, llama-bpe, qwen2)"
+                    ),
+                ));
+            }
+        };
+        inner.with_pre_tokenizer(Some(pre_tok));
+        inner.with_decoder(Some(tokenizers::DecoderWrapper::ByteLevel(
+            ByteLevel::default(),
+        )));
+        if let Some(types) = get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()) {
+            let special: Vec<AddedToken> = types
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| matches!(t.to_i32().ok(), Some(3 | 4)))
+                .map(|(i, _)| AddedToken::from(tokens[i].clone(), true))
+                .collect();
+            inner.add_special_tokens(&special);
+        }
+        let id = |k: &str| get(k).and_then(|v| v.to_u32().ok());
+        Ok(Self {
+            inner,
+            add_bos: get("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(false),
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
+        })
+    }
+
+    /// Token ids of `text`. `special`: apply the tokenizer's own post-processing / BOS rule
+    /// (for plain prompts); chat-templated text already spells its special tokens.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, special).map_err(tok_err)?;
+        let mut ids = enc.get_ids().to_vec();
+        if special && self.add_bos {
+            if let Some(b) = self.bos {
+                if ids.first() != Some(&b) {
+                    ids.insert(0, b);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(tok_err)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

@@ -1,0 +1,324 @@
+//! Where a model's tensors come from: HF safetensors (one file or a sharded index, memory
+//! mapped) or a GGUF file (quantized blocks kept quantized for matmuls). Layers ask for
+//! tensors by their HF names; GGUF names are mapped, and llama.cpp's row permutation of the
+//! Llama Q/K projections is undone, so one model implementation serves both. Every tensor is
+//! checked against the shape the config implies, and an error names the file and tensor.
+
+use crate::error::{ModelError, Result, bad};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub enum Weights {
+    Safetensors {
+        files: Vec<PathBuf>,
+        st: candle_core::safetensors::MmapedSafetensors,
+    },
+    Gguf {
+        path: PathBuf,
+        content: gguf_file::Content,
+        file: Mutex<std::fs::File>,
+        unpermute_qk: Option<(usize, usize)>,
+        dequantize: bool,
+    },
+}
+
+/// A projection's weight: dense (out, in) or quantized blocks.
+pub enum LinearWeight {
+    Dense(Tensor),
+    Quant(QMatMul),
+}
+
+/// `name` in llama.cpp's GGUF naming.
+fn gguf_name(hf: &str) -> String {
+    let simple = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ];
+    if let Some((_, g)) = simple.iter().find(|(h, _)| *h == hf) {
+        return g.to_string();
+    }
+    let Some(rest) = hf.strip_prefix("model.layers.") else {
+        return hf.to_string();
+    };
+    let Some((layer, rest)) = rest.split_once('.') else {
+        return hf.to_string();
+    };
+    let parts = [
+        ("self_attn.q_proj.", "attn_q."),
+        ("self_attn.k_proj.", "attn_k."),
+        ("self_attn.v_proj.", "attn_v."),
+        ("self_attn.o_proj.", "attn_output."),
+        ("self_attn.q_norm.", "attn_q_norm."),
+        ("self_attn.k_norm.", "attn_k_norm."),
+        ("mlp.gate_proj.", "ffn_gate."),
+        ("mlp.up_proj.", "ffn_up."),
+        ("mlp.down_proj.", "ffn_down."),
+        ("input_layernorm.", "attn_norm."),
+        ("post_attention_layernorm.", "ffn_norm."),
+    ];
+    for (h, g) in parts {
+        if let Some(suffix) = rest.strip_prefix(h) {
+            return format!("blk.{layer}.{g}{suffix}");
+        }
+    }
+    hf.to_string()
+}
+
+impl Weights {
+    /// Safetensors files (a single `model.safetensors` or every shard of an index).
+    pub fn safetensors(files: Vec<PathBuf>) -> Result<Self> {
+        // SAFETY: the files are mapped read-only; galley does not modify them while loaded, and
+        // safetensors validates every header and offset against the file length.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
+            .map_err(|e| bad(&files[0], format!("not a valid safetensors file: {e}")))?;
+        Ok(Self::Safetensors { files, st })
+    }
+
+    pub fn gguf(path: &Path) -> Result<Self> {
+        let mut file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| bad(path, format!("not a readable GGUF file: {e}")))?;
+        // Every tensor must lie inside the file: a truncated download fails here, by name.
+        let len = file.metadata().map_err(|e| bad(path, e))?.len();
+        for (name, info) in &content.tensor_infos {
+            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
+                * info.ggml_dtype.type_size();
+            let end = content.tensor_data_offset + info.offset + bytes as u64;
+            if end > len {
+                return Err(bad(
+                    path,
+                    format!("truncated: tensor `{name}` ends at byte {end}, the file has {len}"),
+                ));
+            }
+        }
+        Ok(Self::Gguf {
+            path: path.into(),
+            content,
+            file: Mutex::new(file),
+            unpermute_qk: None,
+            dequantize: false,
+        })
+    }
+
+    /// Run every projection in f32 (GGUF blocks dequantized at load).
+    pub fn set_dequantize(&mut self, on: bool) {
+        if let Self::Gguf { dequantize, .. } = self {
+            *dequantize = on;
+        }
+    }
+
+    /// GGUF metadata (empty for safetensors).
+    pub fn gguf_metadata(&self) -> Option<&std::collections::HashMap<String, gguf_file::Value>> {
+        match self {
+            Self::Gguf { content, .. } => Some(&content.metadata),
+            _ => None,
+        }
+    }
+
+    /// For Llama-architecture GGUFs: undo llama.cpp's Q/K row permutation (heads, kv heads).
+    pub fn set_unpermute_qk(&mut self, heads: usize, kv_heads: usize) {
+        if let Self::Gguf { unpermute_qk, .. } = self {
+            *unpermute_qk = Some((heads, kv_heads));
+        }
+    }
+
+    pub fn origin(&self) -> &Path {
+        match self {
+            Self::Safetensors { files, .. } => &files[0],
+            Self::Gguf { path, .. } => path,
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        match self {
+            Self::Safetensors { st, .. } => st.get(name).is_ok(),
+            Self::Gguf { content, .. } => content.tensor_infos.contains_key(&gguf_name(name)),
+        }
+    }
+
+    fn missing(&self, name: &str) -> ModelError {
+        let tensor = match self {
+            Self::Gguf { .. } => format!("{} (HF name {name})", gguf_name(name)),
+            _ => name.to_string(),
+        };
+        ModelError::MissingTensor {
+            path: self.origin().into(),
+            tensor,
+        }
+    }
+
+    fn check(&self, name: &str, found: &[usize], expected: &[usize]) -> Result<()> {
+        if found != expected {
+            return Err(ModelError::ShapeMismatch {
+                path: self.origin().into(),
+                tensor: name.into(),
+                found: found.to_vec(),
+                expected: expected.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    fn qtensor(&self, name: &str, expected: &[usize], device: &Device) -> Result<QTensor> {
+        let Self::Gguf {
+            content,
+            file,
+            unpermute_qk,
+            path,
+            ..
+        } = self
+        else {
+            unreachable!("GGUF only")
+        };
+        let g = gguf_name(name);
+        let info = content
+            .tensor_infos
+            .get(&g)
+            .ok_or_else(|| self.missing(name))?;
+        self.check(&g, info.shape.dims(), expected)?;
+        let mut f = file.lock().expect("weights file lock");
+        let qt = info
+            .read(&mut *f, content.tensor_data_offset, device)
+            .map_err(|e| bad(path, format!("tensor `{g}`: {e}")))?;
+        let heads = match (
+            unpermute_qk,
+            name.contains(".q_proj."),
+            name.contains(".k_proj."),
+        ) {
+            (Some((h, _)), true, _) => Some(*h),
+            (Some((_, kv)), _, true) => Some(*kv),
+            _ => None,
+        };
+        match heads {
+            Some(h) => {
+                unpermute_rows(&qt, h, device).map_err(|e| bad(path, format!("tensor `{g}`: {e}")))
+            }
+            None => Ok(qt),
+        }
+    }
+
+    /// A dense f32 tensor of exactly `expected` shape.
+    pub fn tensor(&self, name: &str, expected: &[usize], device: &Device) -> Result<Tensor> {
+        match self {
+            Self::Safetensors { st, .. } => {
+                let view = st.get(name).map_err(|_| self.missing(name))?;
+                self.check(name, view.shape(), expected)?;
+                Ok(st.load(name, device)?.to_dtype(DType::F32)?)
+            }
+            Self::Gguf { .. } => Ok(self.qtensor(name, expected, device)?.dequantize(device)?),
+        }
+    }
+
+    /// A projection weight of shape (out, in): quantized blocks stay quantized.
+    pub fn linear(
+        &self,
+        name: &str,
+        out: usize,
+        inp: usize,
+        device: &Device,
+    ) -> Result<LinearWeight> {
+        match self {
+            Self::Safetensors { .. } => Ok(LinearWeight::Dense(self.tensor(
+                name,
+                &[out, inp],
+                device,
+            )?)),
+            Self::Gguf { dequantize, .. } => {
+                let qt = self.qtensor(name, &[out, inp], device)?;
+                if *dequantize {
+                    return Ok(LinearWeight::Dense(qt.dequantize(device)?));
+                }
+                Ok(match qt.dtype() {
+                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                        LinearWeight::Dense(qt.dequantize(device)?)
+                    }
+                    // candle's Q4_1 matmul is scalar and rounds activations to 8 bits per block
+                    // of 32; Q8_0 keeps the Q4_1 values to within 1/254 of a block's range and
+                    // has SIMD kernels. Until galley's own Q4_1 kernel lands, requantize (~1 s).
+                    GgmlDType::Q4_1 if device.is_cpu() => {
+                        LinearWeight::Quant(QMatMul::from_qtensor(QTensor::quantize(
+                            &qt.dequantize(device)?,
+                            GgmlDType::Q8_0,
+                        )?)?)
+                    }
+                    _ => LinearWeight::Quant(QMatMul::from_qtensor(qt)?),
+                })
+            }
+        }
+    }
+}
+
+/// llama.cpp stores each head's Q/K rows as (d/2, 2) interleaved pairs; HF as (2, d/2) halves.
+/// Rows are independent runs of quant blocks, so the fix is a byte-level row reorder.
+fn unpermute_rows(qt: &QTensor, heads: usize, device: &Device) -> candle_core::Result<QTensor> {
+    let dims = qt.shape().dims().to_vec();
+    let rows = dims[0];
+    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+        candle_core::bail!("{rows} rows do not split into {heads} heads of even size");
+    }
+    let data = qt.data()?;
+    let row_bytes = data.len() / rows;
+    let d = rows / heads;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..d / 2 {
+                let hf_row = h * d + j * (d / 2) + i;
+                let gguf_row = h * d + i * 2 + j;
+                out[hf_row * row_bytes..(hf_row + 1) * row_bytes]
+                    .copy_from_slice(&data[gguf_row * row_bytes..(gguf_row + 1) * row_bytes]);
+            }
+        }
+    }
+    candle_core::quantized::ggml_file::qtensor_from_ggml(qt.dtype(), &out, dims, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_names_map_to_gguf_names() {
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.o_proj.weight"),
+            "blk.3.attn_output.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.post_attention_layernorm.weight"),
+            "blk.0.ffn_norm.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.11.self_attn.q_proj.bias"),
+            "blk.11.attn_q.bias"
+        );
+        assert_eq!(gguf_name("model.embed_tokens.weight"), "token_embd.weight");
+    }
+
+    #[test]
+    fn unpermuting_restores_hf_row_order() {
+        // 2 heads of 4 rows, 32 columns (one Q8_0 block per row would need 32): use F32 rows.
+        let dev = Device::Cpu;
+        let hf: Vec<f32> = (0..8)
+            .flat_map(|r| std::iter::repeat_n(r as f32, 4))
+            .collect();
+        // llama.cpp's permute: per head, rows (j, i) -> (i, j).
+        let perm = [0, 2, 1, 3, 4, 6, 5, 7];
+        let gguf: Vec<f32> = perm
+            .iter()
+            .flat_map(|&r| std::iter::repeat_n(r as f32, 4))
+            .collect();
+        let qt = QTensor::quantize(
+            &Tensor::from_vec(gguf, (8, 4), &dev).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap();
+        let back = unpermute_rows(&qt, 2, &dev)
+            .unwrap()
+            .dequantize(&dev)
+            .unwrap();
+        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), hf);
+    }
+}
