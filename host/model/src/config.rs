@@ -86,6 +86,8 @@ pub struct LlamaConfig {
 struct HfRopeScaling {
     #[serde(alias = "type")]
     rope_type: Option<String>,
+    /// transformers 5 moves `rope_theta` in here (`rope_parameters`).
+    rope_theta: Option<f64>,
     factor: Option<f64>,
     low_freq_factor: Option<f64>,
     high_freq_factor: Option<f64>,
@@ -112,9 +114,9 @@ struct HfConfig {
     head_dim: Option<usize>,
     #[serde(default = "default_eps")]
     rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    rope_theta: f64,
+    rope_theta: Option<f64>,
     rope_scaling: Option<HfRopeScaling>,
+    rope_parameters: Option<HfRopeScaling>,
     #[serde(default = "default_max_pos")]
     max_position_embeddings: usize,
     tie_word_embeddings: Option<bool>,
@@ -128,9 +130,6 @@ struct HfConfig {
 
 fn default_eps() -> f64 {
     1e-6
-}
-fn default_theta() -> f64 {
-    10_000.0
 }
 fn default_max_pos() -> usize {
     4096
@@ -152,7 +151,13 @@ impl LlamaConfig {
             arch: arch.clone(),
             known: Family::KNOWN.into(),
         })?;
-        let rope_scaling = match &c.rope_scaling {
+        // transformers 4 writes `rope_theta` + `rope_scaling`; 5 writes `rope_parameters`.
+        let rope = c.rope_parameters.as_ref().or(c.rope_scaling.as_ref());
+        let rope_theta = c
+            .rope_theta
+            .or(c.rope_parameters.as_ref().and_then(|r| r.rope_theta))
+            .unwrap_or(10_000.0);
+        let rope_scaling = match rope {
             None => RopeScaling::None,
             Some(s) => match s.rope_type.as_deref() {
                 Some("llama3") => RopeScaling::Llama3 {
@@ -189,7 +194,7 @@ impl LlamaConfig {
                 .head_dim
                 .unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
             rms_norm_eps: c.rms_norm_eps,
-            rope_theta: c.rope_theta,
+            rope_theta,
             rope_scaling,
             max_position_embeddings: c.max_position_embeddings,
             tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),

@@ -1,9 +1,9 @@
-//! The real model: SmolLM2-135M-Instruct (Q4_1 GGUF), fetched by scripts/fetch-models.sh into
-//! `.cache/models`. Greedy answers, the tokenizer against llama.cpp's ids, and batched
-//! generation agreeing with one-at-a-time generation.
+//! Generation with the real model, SmolLM2-135M-Instruct (Q4_1 GGUF, fetched by
+//! scripts/fetch-models.sh into `.cache/models`): greedy answers, batches that agree with
+//! one-at-a-time runs, seeds, stop strings and stop tokens, streaming, log-probabilities.
 
 use galley_core::Message;
-use galley_model::{SamplingParams, generate, load};
+use galley_model::{Finish, LoadOptions, LoadedModel, SamplingParams, generate, load_with};
 use std::path::PathBuf;
 
 fn smollm2() -> PathBuf {
@@ -21,54 +21,139 @@ fn smollm2() -> PathBuf {
     p
 }
 
-#[test]
-fn answers_the_capital_of_france_greedily() {
-    let m = load(&smollm2(), &candle_core::Device::Cpu).unwrap();
+fn prompt(m: &LoadedModel, q: &str) -> Vec<u32> {
     let t = m
         .template
         .as_ref()
         .expect("the GGUF carries a chat template");
-    let text = t
-        .render(
-            &[Message::new("user", "What is the capital of France?")],
-            true,
-            None,
+    m.tokenizer
+        .encode(
+            &t.render(&[Message::new("user", q)], true, None).unwrap(),
+            false,
         )
-        .unwrap();
-    let ids = m.tokenizer.encode(&text, false).unwrap();
+        .unwrap()
+}
+
+#[test]
+fn answers_the_capital_of_france_greedily() {
+    let m = load_with(
+        &smollm2(),
+        &candle_core::Device::Cpu,
+        LoadOptions { dequantize: true },
+    )
+    .unwrap();
     let out = generate(
         &m.model,
         &m.tokenizer,
-        &[ids],
+        &[prompt(&m, "What is the capital of France?")],
         &SamplingParams::greedy(24),
         &mut |_, _| {},
     )
     .unwrap();
-    println!("{:?}", out[0]);
-    assert!(out[0].text.contains("Paris"), "{:?}", out[0].text);
+    assert_eq!(out[0].text, "The capital of France is Paris.");
+    assert_eq!(out[0].finish, Finish::Eos);
+    assert_eq!(out[0].logprobs.len(), out[0].tokens.len());
+    assert!(out[0].logprobs.iter().all(|l| *l <= 0.0 && l.is_finite()));
 }
 
 #[test]
-fn debug_ids() {
-    let m = load(&smollm2(), &candle_core::Device::Cpu).unwrap();
-    let t = m.template.as_ref().unwrap();
-    let text = t
-        .render(
-            &[Message::new("user", "What is the capital of France?")],
-            true,
-            None,
-        )
-        .unwrap();
-    let ids = m.tokenizer.encode(&text, false).unwrap();
-    println!("{text:?}\n{ids:?}");
-    for i in &ids {
-        print!("{:?} ", m.tokenizer.id_to_token(*i).unwrap());
-    }
-    println!();
-    println!(
-        "{:?}",
-        m.tokenizer
-            .encode("Hello world 12345 émoji 🚀 def f(x): return x**2", false)
+fn batches_seeds_stops_and_streaming() {
+    // f32, so a batch must reproduce single runs to rounding (quantized matmuls round
+    // activations per call, which moves logprobs by ~1e-3).
+    let m = load_with(
+        &smollm2(),
+        &candle_core::Device::Cpu,
+        LoadOptions { dequantize: true },
+    )
+    .unwrap();
+    let prompts = vec![
+        prompt(&m, "Name three colors."),
+        prompt(&m, "Write a haiku about the sea, please, in English."),
+    ];
+    assert_ne!(prompts[0].len(), prompts[1].len());
+    let greedy = SamplingParams::greedy(16);
+    let alone: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            generate(
+                &m.model,
+                &m.tokenizer,
+                &[p.clone()],
+                &greedy,
+                &mut |_, _| {},
+            )
             .unwrap()
+            .remove(0)
+        })
+        .collect();
+    let mut streamed = vec![String::new(); 2];
+    let batched = generate(
+        &m.model,
+        &m.tokenizer,
+        &prompts,
+        &greedy,
+        &mut |i, piece| streamed[i].push_str(piece),
+    )
+    .unwrap();
+    for i in 0..2 {
+        assert_eq!(
+            batched[i].tokens, alone[i].tokens,
+            "row {i}: a batch must not change greedy output"
+        );
+        assert_eq!(
+            streamed[i], batched[i].text,
+            "row {i}: the stream adds up to the text"
+        );
+        for (a, b) in batched[i].logprobs.iter().zip(&alone[i].logprobs) {
+            assert!((a - b).abs() < 1e-4, "row {i}: logprob {a} vs {b}");
+        }
+    }
+    // Sampling: the same seed reproduces, another seed differs.
+    let sampled = |seed| {
+        let p = SamplingParams {
+            temperature: 1.0,
+            seed,
+            max_tokens: 24,
+            ..SamplingParams::default()
+        };
+        generate(&m.model, &m.tokenizer, &prompts[..1], &p, &mut |_, _| {})
+            .unwrap()
+            .remove(0)
+            .tokens
+    };
+    assert_eq!(sampled(7), sampled(7));
+    assert_ne!(sampled(7), sampled(8));
+    // A stop string cuts the text; a stop token ends it.
+    let first_word = alone[0].text.split_whitespace().nth(1).unwrap().to_string();
+    let p = SamplingParams {
+        stop: vec![first_word.clone()],
+        ..greedy.clone()
+    };
+    let out = generate(&m.model, &m.tokenizer, &prompts[..1], &p, &mut |_, _| {})
+        .unwrap()
+        .remove(0);
+    assert_eq!(out.finish, Finish::Stop);
+    assert!(
+        !out.text.contains(&first_word) && alone[0].text.starts_with(&out.text),
+        "{:?}",
+        out.text
     );
+    let p = SamplingParams {
+        stop_token_ids: vec![alone[0].tokens[2]],
+        ..greedy.clone()
+    };
+    let out = generate(&m.model, &m.tokenizer, &prompts[..1], &p, &mut |_, _| {})
+        .unwrap()
+        .remove(0);
+    assert_eq!((out.finish, out.tokens.len()), (Finish::Eos, 3));
+    let out = generate(
+        &m.model,
+        &m.tokenizer,
+        &prompts[..1],
+        &SamplingParams::greedy(5),
+        &mut |_, _| {},
+    )
+    .unwrap()
+    .remove(0);
+    assert_eq!((out.finish, out.tokens.len()), (Finish::Length, 5));
 }

@@ -1,0 +1,122 @@
+"""Reference outputs for galley-model's parity tests, computed by PyTorch + transformers.
+
+Run once (it is not part of the test suite; its outputs are committed under fixtures/):
+
+    python3 -m venv /tmp/ref && /tmp/ref/bin/pip install torch transformers gguf accelerate
+    /tmp/ref/bin/python host/model/reference/make_fixtures.py .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+It writes
+  fixtures/tiny/<family>/{config.json, model.safetensors, tokenizer.json, logits.json}
+      tiny random models of each family switch galley implements (Llama with GQA and tied
+      embeddings, Llama 3.1 RoPE scaling, Qwen2 biases, Qwen3 q/k norms, Mistral), and the
+      float32 logits transformers computes for a fixed sequence of ids;
+  fixtures/smollm2/{prompt.json, logits.f32}
+      SmolLM2-135M-Instruct dequantized to float32 by transformers' GGUF loader: the chat
+      prompt's ids and the logits of its last two positions (little-endian float32);
+  fixtures/smollm2/tokens.json
+      the ids transformers' tokenizer (built from the same GGUF) gives for test texts.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(HERE, "..", "tests", "fixtures")
+IDS = [1, 17, 42, 5, 99, 63, 2, 120, 7, 7, 31]
+
+COMMON = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+              rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+
+FAMILIES = {
+    "llama-gqa-tied": (LlamaConfig, dict(tie_word_embeddings=True, rope_theta=10000.0)),
+    "llama3-rope-scaling": (LlamaConfig, dict(tie_word_embeddings=False, rope_theta=500000.0,
+                            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "qwen2-bias": (Qwen2Config, dict(tie_word_embeddings=True, rope_theta=1000000.0)),
+    "qwen3-qk-norm": (Qwen3Config, dict(tie_word_embeddings=False, head_dim=16, rope_theta=1000000.0)),
+    "mistral": (MistralConfig, dict(tie_word_embeddings=False, rope_theta=10000.0, sliding_window=None)),
+}
+
+
+def tiny_tokenizer():
+    """A byte-level BPE over the 128 ids (enough for galley to load the folder)."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for ch in sorted(alphabet):
+        if len(vocab) >= 128:
+            break
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def tiny_models():
+    torch.manual_seed(0)
+    for name, (cls, extra) in FAMILIES.items():
+        cfg = cls(**COMMON, **extra)
+        model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+        # Random biases and norm scales too, so every switch changes the numbers.
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if pname.endswith("bias") or "norm" in pname:
+                    p.add_(torch.randn_like(p) * 0.1)
+        model.eval()
+        out = os.path.join(FIX, "tiny", name)
+        os.makedirs(out, exist_ok=True)
+        model.save_pretrained(out, safe_serialization=True)
+        tiny_tokenizer().save(os.path.join(out, "tokenizer.json"))
+        with torch.no_grad():
+            logits = model(torch.tensor([IDS])).logits[0].float().numpy()
+        with open(os.path.join(out, "logits.json"), "w") as f:
+            json.dump({"ids": IDS, "logits": logits.round(7).tolist()}, f)
+        for junk in ("generation_config.json",):
+            p = os.path.join(out, junk)
+            if os.path.exists(p):
+                os.remove(p)
+        print(name, logits.shape)
+
+
+TEXTS = [
+    "Hello world! 12345 67.89",
+    "Grüße aus München — ça va? Ελληνικά, русский, 日本語のテキスト, 中文, العربية",
+    "emoji: 🚀🔥👍🏽 ❤️ 🇫🇷",
+    "def f(x):\n    return x**2  # tab\tend\r\n",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n",
+]
+
+
+def smollm2(gguf):
+    d, f = os.path.split(os.path.abspath(gguf))
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    out = os.path.join(FIX, "smollm2")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "tokens.json"), "w") as fh:
+        json.dump([{"text": t, "ids": tok(t, add_special_tokens=False)["input_ids"]} for t in TEXTS], fh, ensure_ascii=False, indent=0)
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -2:].float().numpy()
+    logits.astype("<f4").tofile(os.path.join(out, "logits.f32"))
+    with open(os.path.join(out, "prompt.json"), "w") as fh:
+        json.dump({"text": text, "ids": ids, "positions": [len(ids) - 2, len(ids) - 1], "vocab": int(logits.shape[1])}, fh)
+    greedy = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0][len(ids):]
+    print("smollm2 greedy:", repr(tok.decode(greedy)))
+
+
+if __name__ == "__main__":
+    tiny_models()
+    if len(sys.argv) > 1:
+        smollm2(sys.argv[1])

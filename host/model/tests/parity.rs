@@ -1,0 +1,192 @@
+//! Logit parity with PyTorch + transformers (fixtures written once by
+//! `reference/make_fixtures.py`): tiny random models of every family switch, and SmolLM2
+//! dequantized to f32; the KV cache and left-padded batches must not change a logit; the
+//! GGUF tokenizer must give transformers' ids.
+
+use galley_model::{LoadOptions, load, load_with};
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// max |a - b| / max |b|: relative to the logits' scale, so near-zero logits do not dominate.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    diff / scale
+}
+
+fn logits_of(
+    m: &galley_model::Llama,
+    rows: &[Vec<u32>],
+    pad: Option<&[Vec<bool>]>,
+) -> Vec<Vec<Vec<f32>>> {
+    let mut cache = m.new_cache(rows.len());
+    m.forward(rows, pad, &mut cache, false)
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap()
+}
+
+fn tiny(name: &str) -> (galley_model::LoadedModel, Vec<u32>, Vec<Vec<f32>>) {
+    let dir = fixtures().join("tiny").join(name);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(v["ids"].clone()).unwrap();
+    let want: Vec<Vec<f32>> = serde_json::from_value(v["logits"].clone()).unwrap();
+    (load(&dir, &candle_core::Device::Cpu).unwrap(), ids, want)
+}
+
+const FAMILIES: [&str; 5] = [
+    "llama-gqa-tied",
+    "llama3-rope-scaling",
+    "qwen2-bias",
+    "qwen3-qk-norm",
+    "mistral",
+];
+
+#[test]
+fn tiny_random_models_match_transformers() {
+    for name in FAMILIES {
+        let (m, ids, want) = tiny(name);
+        let got = logits_of(&m.model, &[ids], None);
+        let err = rel_err(&got[0].concat(), &want.concat());
+        println!("{name}: relative error {err:.2e}");
+        assert!(err < 1e-4, "{name}: relative error {err}");
+    }
+}
+
+#[test]
+fn the_kv_cache_and_left_padding_change_nothing() {
+    for name in FAMILIES {
+        let (m, ids, want) = tiny(name);
+        // Prefill 6 tokens, then one at a time.
+        let mut cache = m.model.new_cache(1);
+        let mut got = m
+            .model
+            .forward(&[ids[..6].to_vec()], None, &mut cache, false)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap()[0]
+            .clone();
+        for &t in &ids[6..] {
+            got.extend(
+                m.model
+                    .forward(&[vec![t]], None, &mut cache, false)
+                    .unwrap()
+                    .to_vec3::<f32>()
+                    .unwrap()[0]
+                    .clone(),
+            );
+        }
+        assert!(
+            rel_err(&got.concat(), &want.concat()) < 1e-4,
+            "{name}: cached decode differs"
+        );
+        // A batch of the full sequence and a 4-token one, left-padded.
+        let short = ids[..4].to_vec();
+        let n = ids.len();
+        let padded = [vec![0u32; n - 4], short.clone()].concat();
+        let pad = vec![
+            vec![false; n],
+            (0..n).map(|i| i < n - 4).collect::<Vec<bool>>(),
+        ];
+        let got = logits_of(&m.model, &[ids.clone(), padded], Some(&pad));
+        assert!(
+            rel_err(&got[0].concat(), &want.concat()) < 1e-4,
+            "{name}: batched row 0 differs"
+        );
+        assert!(
+            rel_err(&got[1][n - 4..].concat(), &want[..4].concat()) < 1e-4,
+            "{name}: left-padded row differs"
+        );
+    }
+}
+
+fn smollm2() -> PathBuf {
+    let p = std::env::var_os("GALLEY_SMOLLM2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        p.display()
+    );
+    p
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+#[test]
+fn smollm2_dequantized_matches_transformers() {
+    let dir = fixtures().join("smollm2");
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("prompt.json")).unwrap()).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(p["ids"].clone()).unwrap();
+    let vocab = p["vocab"].as_u64().unwrap() as usize;
+    let want = read_f32(&dir.join("logits.f32"));
+    let m = load_with(
+        &smollm2(),
+        &candle_core::Device::Cpu,
+        LoadOptions { dequantize: true },
+    )
+    .unwrap();
+    // The template renders the prompt transformers rendered, token for token.
+    let text = m
+        .template
+        .as_ref()
+        .unwrap()
+        .render(
+            &[galley_core::Message::new(
+                "user",
+                "What is the capital of France?",
+            )],
+            true,
+            None,
+        )
+        .unwrap();
+    assert_eq!(text, p["text"].as_str().unwrap());
+    assert_eq!(m.tokenizer.encode(&text, false).unwrap(), ids);
+    let got = logits_of(&m.model, &[ids.clone()], None);
+    let n = ids.len();
+    let got: Vec<f32> = got[0][n - 2..].concat();
+    assert_eq!(got.len(), 2 * vocab);
+    let err = rel_err(&got, &want);
+    println!("smollm2 f32: relative error {err:.2e}");
+    assert!(err < 1e-4, "relative error {err}");
+}
+
+#[test]
+fn gguf_tokenizer_gives_transformers_ids() {
+    let m = load(&smollm2(), &candle_core::Device::Cpu).unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("smollm2/tokens.json")).unwrap(),
+    )
+    .unwrap();
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(c["ids"].clone()).unwrap();
+        let got = m.tokenizer.encode(text, false).unwrap();
+        assert_eq!(got, want, "{text:?}");
+        assert_eq!(
+            m.tokenizer.decode(&got, false).unwrap(),
+            text,
+            "round trip of {text:?}"
+        );
+    }
+}
