@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: installs the wasm toolchain (Debian packages) if
-# needed, builds galley and every plugin from source, then runs all tests: the runtime's
-# (every plugin kind, the hostile-plugin suite, bad input), the end-to-end CLI tests, the
-# plugins' own unit tests, and the SDK's documentation examples.
+# The whole test suite on a fresh machine: installs the wasm toolchain and docker-registry
+# (Debian packages) if needed, fetches the SmolLM2 test model, builds galley and every
+# plugin from source, then runs all tests: the runtime's (every plugin kind, the
+# hostile-plugin suite, bad input), the registry's, the model's (parity with transformers,
+# generation), the end-to-end CLI tests, the plugins' own unit tests, and the SDK's
+# documentation examples.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 
 scripts/setup.sh
+scripts/fetch-models.sh
 scripts/build-plugins.sh
 
 echo "== host workspace"
-cargo test --workspace
+# Model tests run one at a time: candle's thread pool spin-waits, and two at once on two
+# cores slow each other down many times over.
+cargo test --workspace --exclude galley-model
+cargo test -p galley-model -- --test-threads=1
 
 echo "== plugin logic, natively"
 cargo test --manifest-path plugins/Cargo.toml --target-dir target/plugins-native -p math-answer --lib

@@ -129,6 +129,10 @@ pub fn run(args: InferArgs) -> Result<()> {
         .model
         .clone()
         .context("no model: pass --model PATH (or `model:` in the settings file)")?;
+    let rows = match &args.input {
+        Some(input) => Some(read_rows(input)?),
+        None => None,
+    };
     let started = Instant::now();
     let path = crate::models::resolve(&spec)?;
     let device = galley_model::default_device();
@@ -157,6 +161,7 @@ pub fn run(args: InferArgs) -> Result<()> {
             &m,
             &cfg,
             input,
+            rows.unwrap_or_default(),
             args.output.as_deref().expect("clap requires --output"),
         ),
         (None, None) => chat(&m, &cfg),
@@ -227,10 +232,13 @@ fn finish_reason(f: Finish) -> &'static str {
     }
 }
 
-fn batch(m: &LoadedModel, cfg: &InferConfig, input: &Path, output: &Path) -> Result<()> {
+type Row = (serde_json::Map<String, serde_json::Value>, Vec<Message>);
+
+/// Reads the whole input before the model loads, so a bad line fails fast.
+fn read_rows(input: &Path) -> Result<Vec<Row>> {
     let text = std::fs::read_to_string(input)
         .with_context(|| format!("{}: cannot read", input.display()))?;
-    let mut rows: Vec<(serde_json::Map<String, serde_json::Value>, Vec<u32>)> = Vec::new();
+    let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -248,9 +256,25 @@ fn batch(m: &LoadedModel, cfg: &InferConfig, input: &Path, output: &Path) -> Res
             (None, Some(serde_json::Value::String(p))) => vec![Message::new("user", p.clone())],
             _ => bail!("{}: needs `messages` (a list) or `prompt` (a string)", at()),
         };
-        let ids = render(m, cfg, &messages).with_context(at)?;
-        rows.push((obj, ids));
+        rows.push((obj, messages));
     }
+    Ok(rows)
+}
+
+fn batch(
+    m: &LoadedModel,
+    cfg: &InferConfig,
+    input: &Path,
+    rows: Vec<Row>,
+    output: &Path,
+) -> Result<()> {
+    let mut rendered = Vec::with_capacity(rows.len());
+    for (i, (obj, messages)) in rows.into_iter().enumerate() {
+        let ids = render(m, cfg, &messages)
+            .with_context(|| format!("{}: conversation {}", input.display(), i + 1))?;
+        rendered.push((obj, ids));
+    }
+    let rows = rendered;
     let bar = indicatif::ProgressBar::new(rows.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} conversations {msg}")

@@ -33,8 +33,13 @@ pub enum ModelError {
     Download(String),
     #[error("{0}")]
     Invalid(String),
-    #[error(transparent)]
+    /// candle's message, without the backtrace it carries when RUST_BACKTRACE is set.
+    #[error("{}", first_line(.0))]
     Candle(#[from] candle_core::Error),
+}
+
+pub(crate) fn first_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
@@ -42,6 +47,6 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 pub(crate) fn bad(path: &std::path::Path, reason: impl std::fmt::Display) -> ModelError {
     ModelError::BadFile {
         path: path.to_path_buf(),
-        reason: reason.to_string(),
+        reason: first_line(&reason),
     }
 }

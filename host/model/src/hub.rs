@@ -114,31 +114,46 @@ pub fn fetch(r: &HubRef, cache: &Path) -> Result<PathBuf> {
         .timeout(Duration::from_secs(3600))
         .build()
         .map_err(err)?;
-    let get = |url: &str| -> Result<reqwest::blocking::Response> {
+    let send = |url: &str| {
         let mut req = client.get(url);
         if let Ok(t) = std::env::var("HF_TOKEN") {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().map_err(|e| err(format!("{url}: {e}")))?;
-        match resp.status() {
-            s if s.is_success() => Ok(resp),
-            s => Err(err(format!(
-                "{url}: status {s}{}",
-                if s.as_u16() == 401 {
-                    " (set HF_TOKEN for gated or private models)"
-                } else {
-                    ""
-                }
-            ))),
-        }
+        req.send()
     };
+    let check =
+        |url: &str, resp: reqwest::blocking::Response| -> Result<reqwest::blocking::Response> {
+            match resp.status() {
+                s if s.is_success() => Ok(resp),
+                s => Err(err(format!(
+                    "{url}: status {s}{}",
+                    if s.as_u16() == 401 {
+                        " (set HF_TOKEN for gated or private models)"
+                    } else {
+                        ""
+                    }
+                ))),
+            }
+        };
     let info_url = format!(
         "{endpoint}/api/models/{}/revision/{}?blobs=true",
         r.repo, r.revision
     );
+    let repo_dir = cache.join(r.repo.replace('/', "--"));
+    let ref_file = repo_dir.join("refs").join(&r.revision);
+    let resp = match send(&info_url) {
+        Ok(resp) => check(&info_url, resp)?,
+        // Unreachable: a revision fetched completely before is used from the cache.
+        Err(e) => match cached(&repo_dir, &ref_file, r) {
+            Some(done) => {
+                tracing::info!("{info_url}: {e}; using the cached download");
+                return Ok(done);
+            }
+            None => return Err(err(format!("{info_url}: {e}"))),
+        },
+    };
     let mut body = String::new();
-    get(&info_url)?
-        .take(16 << 20)
+    resp.take(16 << 20)
         .read_to_string(&mut body)
         .map_err(|e| err(format!("{info_url}: {e}")))?;
     let info: RepoInfo = serde_json::from_str(&body)
@@ -177,7 +192,7 @@ pub fn fetch(r: &HubRef, cache: &Path) -> Result<PathBuf> {
             picked
         }
     };
-    let dir = cache.join(r.repo.replace('/', "--")).join(&info.sha);
+    let dir = repo_dir.join(&info.sha);
     std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     for s in &wanted {
         if !s.rfilename.split('/').all(safe_part) || s.rfilename.contains('/') {
@@ -192,7 +207,7 @@ pub fn fetch(r: &HubRef, cache: &Path) -> Result<PathBuf> {
         }
         let url = format!("{endpoint}/{}/resolve/{}/{}", r.repo, info.sha, s.rfilename);
         tracing::info!("downloading {url}");
-        let mut resp = get(&url)?;
+        let mut resp = check(&url, send(&url).map_err(|e| err(format!("{url}: {e}")))?)?;
         let tmp = dest.with_extension("part");
         let mut file =
             std::fs::File::create(&tmp).map_err(|e| err(format!("{}: {e}", tmp.display())))?;
@@ -232,7 +247,28 @@ pub fn fetch(r: &HubRef, cache: &Path) -> Result<PathBuf> {
         }
         std::fs::rename(&tmp, &dest).map_err(|e| err(format!("{}: {e}", dest.display())))?;
     }
+    // Written last: a ref exists only for a complete download.
+    std::fs::create_dir_all(ref_file.parent().expect("refs dir")).map_err(|e| err(e))?;
+    std::fs::write(&ref_file, &info.sha)
+        .map_err(|e| err(format!("{}: {e}", ref_file.display())))?;
     Ok(match &r.file {
+        Some(f) => dir.join(f),
+        None => dir,
+    })
+}
+
+/// A complete earlier download of `r`, if there is one.
+fn cached(repo_dir: &Path, ref_file: &Path, r: &HubRef) -> Option<PathBuf> {
+    let sha = std::fs::read_to_string(ref_file).ok()?;
+    if !safe_part(sha.trim()) {
+        return None;
+    }
+    let dir = repo_dir.join(sha.trim());
+    let target = match &r.file {
+        Some(f) => dir.join(f),
+        None => dir.join("config.json"),
+    };
+    target.exists().then(|| match &r.file {
         Some(f) => dir.join(f),
         None => dir,
     })
