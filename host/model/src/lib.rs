@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 pub mod generate;
 pub mod hub;
+pub mod kernels;
 pub mod layers;
 pub mod load;
 pub mod model;
@@ -25,12 +26,27 @@ pub use model::{Cache, Llama};
 pub use sample::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
 
-/// The device galley computes on: the first CUDA GPU when built with `cuda` and one is
-/// present, else the CPU.
+/// The device galley computes on: `GALLEY_DEVICE` (`cpu`, `cuda`, `cuda:N`) when set, else
+/// the first CUDA GPU when built with `cuda` and one is present, else the CPU.
 pub fn default_device() -> candle_core::Device {
+    let want = std::env::var("GALLEY_DEVICE").unwrap_or_default();
+    if want == "cpu" {
+        return candle_core::Device::Cpu;
+    }
     #[cfg(feature = "cuda")]
-    if let Ok(d) = candle_core::Device::new_cuda(0) {
-        return d;
+    {
+        let ordinal = want
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if let Ok(d) = candle_core::Device::new_cuda(ordinal) {
+            return d;
+        }
+    }
+    if want.starts_with("cuda") {
+        tracing::warn!(
+            "GALLEY_DEVICE={want}, but this galley has no CUDA (build with --features cuda) or no GPU answered; using the CPU"
+        );
     }
     candle_core::Device::Cpu
 }

@@ -124,7 +124,7 @@ impl Llama {
                 p += u32::from(v);
             }
         }
-        let positions = Tensor::from_vec(positions, (b, t), &self.device)?;
+        let angles = self.rotary.at(&positions, b, t)?;
         let total = past + t;
         let needs_mask = t > 1 || cache.valid.iter().any(|v| v.iter().any(|x| !x));
         let mask = if needs_mask {
@@ -152,7 +152,7 @@ impl Llama {
                 .index_select(&ids, 0)?
                 .reshape((b, t, self.config.hidden_size))?;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &self.rotary, &positions, mask.as_ref(), kv)?;
+            x = layer.forward(&x, &angles, mask.as_ref(), kv)?;
         }
         let x = if last_only { x.narrow(1, t - 1, 1)? } else { x };
         let logits = self.lm_head.forward(&self.norm.forward(&x)?)?;

@@ -235,15 +235,6 @@ impl Weights {
                     GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                         LinearWeight::Dense(qt.dequantize(device)?)
                     }
-                    // candle's Q4_1 matmul is scalar and rounds activations to 8 bits per block
-                    // of 32; Q8_0 keeps the Q4_1 values to within 1/254 of a block's range and
-                    // has SIMD kernels. Until galley's own Q4_1 kernel lands, requantize (~1 s).
-                    GgmlDType::Q4_1 if device.is_cpu() => {
-                        LinearWeight::Quant(QMatMul::from_qtensor(QTensor::quantize(
-                            &qt.dequantize(device)?,
-                            GgmlDType::Q8_0,
-                        )?)?)
-                    }
                     _ => LinearWeight::Quant(QMatMul::from_qtensor(qt)?),
                 })
             }

@@ -40,7 +40,11 @@ fn tiny(name: &str) -> (galley_model::LoadedModel, Vec<u32>, Vec<Vec<f32>>) {
         serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
     let ids: Vec<u32> = serde_json::from_value(v["ids"].clone()).unwrap();
     let want: Vec<Vec<f32>> = serde_json::from_value(v["logits"].clone()).unwrap();
-    (load(&dir, &candle_core::Device::Cpu).unwrap(), ids, want)
+    (
+        load(&dir, &galley_model::default_device()).unwrap(),
+        ids,
+        want,
+    )
 }
 
 const FAMILIES: [&str; 5] = [
@@ -142,7 +146,7 @@ fn smollm2_dequantized_matches_transformers() {
     let want = read_f32(&dir.join("logits.f32"));
     let m = load_with(
         &smollm2(),
-        &candle_core::Device::Cpu,
+        &galley_model::default_device(),
         LoadOptions { dequantize: true },
     )
     .unwrap();
@@ -173,7 +177,7 @@ fn smollm2_dequantized_matches_transformers() {
 
 #[test]
 fn gguf_tokenizer_gives_transformers_ids() {
-    let m = load(&smollm2(), &candle_core::Device::Cpu).unwrap();
+    let m = load(&smollm2(), &galley_model::default_device()).unwrap();
     let cases: Vec<serde_json::Value> = serde_json::from_str(
         &std::fs::read_to_string(fixtures().join("smollm2/tokens.json")).unwrap(),
     )

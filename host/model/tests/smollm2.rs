@@ -38,7 +38,7 @@ fn prompt(m: &LoadedModel, q: &str) -> Vec<u32> {
 fn answers_the_capital_of_france_greedily() {
     let m = load_with(
         &smollm2(),
-        &candle_core::Device::Cpu,
+        &galley_model::default_device(),
         LoadOptions { dequantize: true },
     )
     .unwrap();
@@ -62,7 +62,7 @@ fn batches_seeds_stops_and_streaming() {
     // activations per call, which moves logprobs by ~1e-3).
     let m = load_with(
         &smollm2(),
-        &candle_core::Device::Cpu,
+        &galley_model::default_device(),
         LoadOptions { dequantize: true },
     )
     .unwrap();

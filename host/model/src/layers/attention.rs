@@ -1,8 +1,9 @@
-//! Grouped-query self-attention with a KV cache. Queries that share a key/value head are
-//! multiplied against it as one group, so the cached keys and values are never repeated
-//! per query head.
+//! Grouped-query self-attention with a KV cache. q/k/v are one fused projection; queries
+//! that share a key/value head are multiplied against it as one group, so the cached keys
+//! and values are never repeated per query head.
 
-use super::{Linear, RmsNorm, Rotary};
+use super::rotary::Angles;
+use super::{Linear, RmsNorm};
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::weights::Weights;
@@ -10,9 +11,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::kv_cache::KvCache;
 
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv_proj: Linear,
     o_proj: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
@@ -37,31 +36,18 @@ impl Attention {
                 Ok(None)
             }
         };
+        let (q, k, v) = (
+            format!("{prefix}.q_proj"),
+            format!("{prefix}.k_proj"),
+            format!("{prefix}.v_proj"),
+        );
+        let parts = [
+            (q.as_str(), cfg.num_heads * d),
+            (k.as_str(), cfg.num_kv_heads * d),
+            (v.as_str(), cfg.num_kv_heads * d),
+        ];
         Ok(Self {
-            q_proj: Linear::load(
-                w,
-                &format!("{prefix}.q_proj"),
-                cfg.num_heads * d,
-                h,
-                cfg.qkv_bias,
-                dev,
-            )?,
-            k_proj: Linear::load(
-                w,
-                &format!("{prefix}.k_proj"),
-                cfg.num_kv_heads * d,
-                h,
-                cfg.qkv_bias,
-                dev,
-            )?,
-            v_proj: Linear::load(
-                w,
-                &format!("{prefix}.v_proj"),
-                cfg.num_kv_heads * d,
-                h,
-                cfg.qkv_bias,
-                dev,
-            )?,
+            qkv_proj: Linear::load_fused(w, &parts, h, cfg.qkv_bias, dev)?,
             o_proj: Linear::load(
                 w,
                 &format!("{prefix}.o_proj"),
@@ -83,18 +69,16 @@ impl Attention {
     pub fn forward(
         &self,
         x: &Tensor,
-        rotary: &Rotary,
-        positions: &Tensor,
+        angles: &Angles,
         mask: Option<&Tensor>,
         cache: &mut KvCache,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
-        let mut q = self.q_proj.forward(x)?.reshape((b, t, self.heads, d))?;
-        let mut k = self.k_proj.forward(x)?.reshape((b, t, self.kv_heads, d))?;
-        let v = self
-            .v_proj
-            .forward(x)?
+        let qkv = self.qkv_proj.forward_split(x)?;
+        let mut q = qkv[0].reshape((b, t, self.heads, d))?;
+        let mut k = qkv[1].reshape((b, t, self.kv_heads, d))?;
+        let v = qkv[2]
             .reshape((b, t, self.kv_heads, d))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -102,8 +86,9 @@ impl Attention {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
-        let (q, k) = rotary.forward(&q.transpose(1, 2)?, &k.transpose(1, 2)?, positions)?;
-        let (k, v) = cache.append(&k.contiguous()?, &v)?;
+        let q = angles.rotate(&q.transpose(1, 2)?)?;
+        let k = angles.rotate(&k.transpose(1, 2)?)?;
+        let (k, v) = cache.append(&k, &v)?;
         let total = k.dim(2)?;
         let rep = self.heads / self.kv_heads;
         // (b, heads, t, d) -> (b, kv_heads, rep * t, d): query heads of one group side by side.

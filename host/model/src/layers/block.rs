@@ -1,6 +1,7 @@
 //! One decoder layer: pre-norm attention and pre-norm MLP, each with a residual connection.
 
-use super::{Attention, Mlp, RmsNorm, Rotary};
+use super::rotary::Angles;
+use super::{Attention, Mlp, RmsNorm};
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::weights::Weights;
@@ -39,15 +40,13 @@ impl DecoderLayer {
     pub fn forward(
         &self,
         x: &Tensor,
-        rotary: &Rotary,
-        positions: &Tensor,
+        angles: &Angles,
         mask: Option<&Tensor>,
         cache: &mut KvCache,
     ) -> candle_core::Result<Tensor> {
         let h = (x + self.self_attn.forward(
             &self.input_layernorm.forward(x)?,
-            rotary,
-            positions,
+            angles,
             mask,
             cache,
         )?)?;

@@ -1,14 +1,23 @@
 //! A projection `y = x Wᵀ + b` whose weight is dense (safetensors, F16/F32 GGUF) or
-//! quantized blocks (Q4_0, Q4_1, Q8_0, K-quants from GGUF).
+//! quantized blocks (Q4_0, Q4_1, Q8_0, K-quants from GGUF). Projections that read the same
+//! input (q/k/v, gate/up) can be loaded fused — one weight with their rows stacked — so a
+//! decode step pays one dispatch and one activation quantization instead of several.
 
 use crate::error::Result;
 use crate::weights::{LinearWeight, Weights};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 pub struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor>,
+    /// Output widths of the fused projections, in order (one entry when not fused).
+    parts: Vec<usize>,
 }
+
+/// Rows at or above which a quantized weight is dequantized and multiplied in f32: prompt
+/// processing is compute-bound, and a dense GEMM beats per-row quantized dot products there.
+const DENSE_FROM_ROWS: usize = 32;
 
 impl Linear {
     /// Loads `{prefix}.weight` of shape (out, inp) and, when `bias`, `{prefix}.bias`.
@@ -20,22 +29,64 @@ impl Linear {
         bias: bool,
         dev: &Device,
     ) -> Result<Self> {
-        let weight = w.linear(&format!("{prefix}.weight"), out, inp, dev)?;
+        Self::load_fused(w, &[(prefix, out)], inp, bias, dev)
+    }
+
+    /// Loads several projections of the same input as one (their rows stacked in order).
+    pub fn load_fused(
+        w: &Weights,
+        parts: &[(&str, usize)],
+        inp: usize,
+        bias: bool,
+        dev: &Device,
+    ) -> Result<Self> {
+        let mut weights = Vec::with_capacity(parts.len());
+        let mut biases = Vec::new();
+        for (prefix, out) in parts {
+            weights.push(w.linear(&format!("{prefix}.weight"), *out, inp, dev)?);
+            if bias {
+                biases.push(w.tensor(&format!("{prefix}.bias"), &[*out], dev)?);
+            }
+        }
+        let weight = if weights.len() == 1 {
+            weights.remove(0)
+        } else {
+            stack(weights, dev)?
+        };
         let bias = if bias {
-            Some(w.tensor(&format!("{prefix}.bias"), &[out], dev)?)
+            Some(Tensor::cat(&biases, 0)?)
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            parts: parts.iter().map(|p| p.1).collect(),
+        })
     }
 
     pub fn from_weight(weight: LinearWeight) -> Self {
-        Self { weight, bias: None }
+        Self {
+            weight,
+            bias: None,
+            parts: vec![],
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
         let y = match &self.weight {
             LinearWeight::Dense(w) => candle_nn::Linear::new(w.clone(), None).forward(x)?,
+            LinearWeight::Quant(QMatMul::QTensor(q))
+                if rows >= DENSE_FROM_ROWS && x.device().is_cpu() =>
+            {
+                candle_nn::Linear::new(q.dequantize(x.device())?, None).forward(x)?
+            }
+            LinearWeight::Quant(QMatMul::QTensor(q))
+                if q.dtype() == candle_core::quantized::GgmlDType::Q4_1 && x.device().is_cpu() =>
+            {
+                q4_1_forward(x, q)?
+            }
             LinearWeight::Quant(q) => q.forward(x)?,
         };
         match &self.bias {
@@ -43,4 +94,73 @@ impl Linear {
             None => Ok(y),
         }
     }
+
+    /// The fused projections' outputs, split back apart along the last dimension.
+    pub fn forward_split(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let y = self.forward(x)?;
+        let last = y.rank() - 1;
+        let mut at = 0;
+        let mut out = Vec::with_capacity(self.parts.len());
+        for &n in &self.parts {
+            out.push(y.narrow(last, at, n)?);
+            at += n;
+        }
+        Ok(out)
+    }
+}
+
+/// Decode-sized products with a Q4_1 weight, through galley's SIMD kernel.
+fn q4_1_forward(x: &Tensor, q: &QTensor) -> candle_core::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = *dims.last().expect("rank >= 1");
+    let n = x.elem_count() / k;
+    let rows = q.shape().dims()[0];
+    let flat = x.flatten_all()?.to_vec1::<f32>()?;
+    let bytes = q.data()?;
+    let out = crate::kernels::q4_1_matmul(&flat, n, k, &bytes, rows);
+    let mut shape = dims;
+    *shape.last_mut().expect("rank >= 1") = rows;
+    Tensor::from_vec(out, shape, x.device())
+}
+
+/// Stacks projection weights row-wise. Quantized rows are independent runs of blocks, so
+/// stacking same-type weights is a byte concatenation; mixed types fall back to f32.
+fn stack(weights: Vec<LinearWeight>, dev: &Device) -> Result<LinearWeight> {
+    let quant: Option<Vec<&QTensor>> = weights
+        .iter()
+        .map(|w| match w {
+            LinearWeight::Quant(QMatMul::QTensor(q)) => Some(q.as_ref()),
+            _ => None,
+        })
+        .collect();
+    if let Some(qs) = quant {
+        if qs.windows(2).all(|p| {
+            p[0].dtype() == p[1].dtype() && p[0].shape().dims()[1] == p[1].shape().dims()[1]
+        }) {
+            let mut bytes = Vec::new();
+            let mut rows = 0;
+            for q in &qs {
+                bytes.extend_from_slice(&q.data()?);
+                rows += q.shape().dims()[0];
+            }
+            let cols = qs[0].shape().dims()[1];
+            let qt = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                qs[0].dtype(),
+                &bytes,
+                vec![rows, cols],
+                dev,
+            )?;
+            return Ok(LinearWeight::Quant(QMatMul::from_qtensor(qt)?));
+        }
+    }
+    let dense: Vec<Tensor> = weights
+        .into_iter()
+        .map(|w| match w {
+            LinearWeight::Dense(t) => Ok(t),
+            LinearWeight::Quant(QMatMul::QTensor(q)) => q.dequantize(dev),
+            LinearWeight::Quant(QMatMul::Tensor(t)) => Ok(t),
+            LinearWeight::Quant(QMatMul::TensorF16(t)) => t.to_dtype(candle_core::DType::F32),
+        })
+        .collect::<candle_core::Result<_>>()?;
+    Ok(LinearWeight::Dense(Tensor::cat(&dense, 0)?))
 }

@@ -1,4 +1,5 @@
-//! The gated feed-forward block: `down(silu(gate(x)) * up(x))`.
+//! The gated feed-forward block: `down(silu(gate(x)) * up(x))`, gate and up fused into one
+//! projection.
 
 use super::Linear;
 use crate::config::LlamaConfig;
@@ -7,23 +8,23 @@ use crate::weights::Weights;
 use candle_core::{Device, Tensor};
 
 pub struct Mlp {
-    gate: Linear,
-    up: Linear,
+    gate_up: Linear,
     down: Linear,
 }
 
 impl Mlp {
     pub fn load(w: &Weights, prefix: &str, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
         let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        let (gate, up) = (format!("{prefix}.gate_proj"), format!("{prefix}.up_proj"));
         Ok(Self {
-            gate: Linear::load(w, &format!("{prefix}.gate_proj"), i, h, b, dev)?,
-            up: Linear::load(w, &format!("{prefix}.up_proj"), i, h, b, dev)?,
+            gate_up: Linear::load_fused(w, &[(gate.as_str(), i), (up.as_str(), i)], h, b, dev)?,
             down: Linear::load(w, &format!("{prefix}.down_proj"), h, i, b, dev)?,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gated = (candle_nn::ops::silu(&self.gate.forward(x)?)? * self.up.forward(x)?)?;
+        let gu = self.gate_up.forward_split(x)?;
+        let gated = (candle_nn::ops::silu(&gu[0])? * &gu[1])?;
         self.down.forward(&gated)
     }
 }

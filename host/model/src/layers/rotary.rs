@@ -63,26 +63,31 @@ impl Rotary {
         })
     }
 
-    /// Rotates `q` (b, heads, t, d) and `k` (b, kv_heads, t, d) at `positions` (b, t).
-    pub fn forward(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        positions: &Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
-        let (b, t) = positions.dims2()?;
+    /// The angles of `positions` (b, t), computed once per forward pass for every layer.
+    pub fn at(&self, positions: &[u32], b: usize, t: usize) -> candle_core::Result<Angles> {
         let max = self.cos.dim(0)?;
-        let flat = positions.flatten_all()?;
-        if let Some(&p) = flat.to_vec1::<u32>()?.iter().max() {
+        if let Some(&p) = positions.iter().max() {
             if p as usize >= max {
                 candle_core::bail!("position {p} is past the model's {max} positions");
             }
         }
+        let idx = Tensor::from_slice(positions, b * t, self.cos.device())?;
         let half = self.cos.dim(1)?;
-        let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, half))?;
-        let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, half))?;
-        let q = candle_nn::rotary_emb::rope(&q.contiguous()?, &cos, &sin)?;
-        let k = candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?;
-        Ok((q, k))
+        let cos = self.cos.index_select(&idx, 0)?.reshape((b, t, half))?;
+        let sin = self.sin.index_select(&idx, 0)?.reshape((b, t, half))?;
+        Ok(Angles { cos, sin })
+    }
+}
+
+/// cos/sin of each (sequence, position), shared by all layers of one forward pass.
+pub struct Angles {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Angles {
+    /// Rotates `x` (b, heads, t, d).
+    pub fn rotate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos, &self.sin)
     }
 }

@@ -1,0 +1,108 @@
+//! Prompt processing (pp) and decode (tg) speed of galley's native engine against llama.cpp
+//! on the same GGUF, the same thread count, in the same run: pp256 is one forward pass over
+//! 256 prompt tokens, tg128 is 128 single-token passes with the KV cache (as llama-bench
+//! measures them; no sampling), best of 3 after a warm-up. The peer runs through
+//! llama-cpp-python (`bench/llama_cpp_peer.py`, in the venv scripts/bench-model.sh builds).
+//!
+//! Usage: model-bench [GGUF] (default .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf);
+//! GALLEY_BENCH_PYTHON names the peer's Python (default bench/.venv-llama/bin/python).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+const PP: usize = 256;
+const TG: usize = 128;
+const REPS: usize = 3;
+
+fn best(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let gguf = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let dev = candle_core::Device::Cpu;
+    let m = galley_model::load(&gguf, &dev).expect("model loads");
+    let vocab = m.model.config.vocab_size as u32;
+    let prompt: Vec<u32> = (0..PP as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+
+    let pp_s = best(REPS, || {
+        let mut cache = m.model.new_cache(1);
+        m.model
+            .forward(&[prompt.clone()], None, &mut cache, true)
+            .unwrap();
+    });
+    let tg_s = best(REPS, || {
+        let mut cache = m.model.new_cache(1);
+        for i in 0..TG {
+            m.model
+                .forward(&[vec![prompt[i % PP]]], None, &mut cache, true)
+                .unwrap();
+        }
+    });
+    let galley = (PP as f64 / pp_s, TG as f64 / tg_s);
+
+    let python = std::env::var("GALLEY_BENCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("bench/.venv-llama/bin/python"));
+    let out = std::process::Command::new(&python)
+        .arg(root.join("bench/llama_cpp_peer.py"))
+        .args([
+            gguf.to_str().unwrap(),
+            &threads.to_string(),
+            &PP.to_string(),
+            &TG.to_string(),
+            &REPS.to_string(),
+        ])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run scripts/bench-model.sh, which builds the llama.cpp venv)",
+                python.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "llama.cpp peer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peer: serde_json::Value =
+        serde_json::from_slice(out.stdout.trim_ascii()).expect("peer prints JSON");
+    let (lpp, ltg) = (
+        peer["pp_tok_s"].as_f64().unwrap(),
+        peer["tg_tok_s"].as_f64().unwrap(),
+    );
+
+    println!("model: {} ({} threads)", gguf.display(), threads);
+    println!(
+        "{:<8} {:>14} {:>14} {:>8}",
+        "", "galley tok/s", "llama.cpp", "ratio"
+    );
+    println!(
+        "{:<8} {:>14.1} {:>14.1} {:>7.2}x",
+        format!("pp{PP}"),
+        galley.0,
+        lpp,
+        galley.0 / lpp
+    );
+    println!(
+        "{:<8} {:>14.1} {:>14.1} {:>7.2}x",
+        format!("tg{TG}"),
+        galley.1,
+        ltg,
+        galley.1 / ltg
+    );
+}

@@ -1,0 +1,107 @@
+//! Decode and prompt speed of the engine on whatever device `GALLEY_DEVICE` picks, for a
+//! model of SmolLM2-135M's shape with random f32 weights (so it runs where no checkpoint can
+//! be fetched, such as a GPU machine with no network), compared with this machine's CPU in the
+//! same run. pp256 = one pass over 256 tokens; tg128 = 128 single-token passes.
+//!
+//!     cargo run --release -p galley-model --example speed [--features cuda]
+
+use candle_core::{DType, Device, Tensor};
+use galley_model::weights::Weights;
+use galley_model::{Family, Llama, LlamaConfig, RopeScaling};
+use std::collections::HashMap;
+use std::time::Instant;
+
+fn config() -> LlamaConfig {
+    LlamaConfig {
+        family: Family::Llama,
+        vocab_size: 49152,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_layers: 30,
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+        rms_norm_eps: 1e-5,
+        rope_theta: 100_000.0,
+        rope_scaling: RopeScaling::None,
+        max_position_embeddings: 2048,
+        tie_word_embeddings: true,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        qk_norm: false,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+    }
+}
+
+fn write_random(path: &std::path::Path, c: &LlamaConfig) {
+    let cpu = Device::Cpu;
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    let mut put = |name: String, shape: &[usize]| {
+        let fan = *shape.last().unwrap() as f64;
+        t.insert(name, (Tensor::randn(0f32, 1.0, shape, &cpu).unwrap() / fan.sqrt()).unwrap());
+    };
+    put("model.embed_tokens.weight".into(), &[c.vocab_size, c.hidden_size]);
+    put("model.norm.weight".into(), &[c.hidden_size]);
+    for i in 0..c.num_layers {
+        let p = format!("model.layers.{i}");
+        let (h, d) = (c.hidden_size, c.head_dim);
+        put(format!("{p}.self_attn.q_proj.weight"), &[c.num_heads * d, h]);
+        put(format!("{p}.self_attn.k_proj.weight"), &[c.num_kv_heads * d, h]);
+        put(format!("{p}.self_attn.v_proj.weight"), &[c.num_kv_heads * d, h]);
+        put(format!("{p}.self_attn.o_proj.weight"), &[h, c.num_heads * d]);
+        put(format!("{p}.mlp.gate_proj.weight"), &[c.intermediate_size, h]);
+        put(format!("{p}.mlp.up_proj.weight"), &[c.intermediate_size, h]);
+        put(format!("{p}.mlp.down_proj.weight"), &[h, c.intermediate_size]);
+        put(format!("{p}.input_layernorm.weight"), &[h]);
+        put(format!("{p}.post_attention_layernorm.weight"), &[h]);
+    }
+    candle_core::safetensors::save(&t, path).unwrap();
+}
+
+fn measure(dev: &Device, path: &std::path::Path) -> (f64, f64) {
+    let w = Weights::safetensors(vec![path.to_path_buf()]).unwrap();
+    let m = Llama::load(&w, config(), dev).unwrap();
+    let prompt: Vec<u32> = (0..256u32).map(|i| (i * 7919 + 13) % 49152).collect();
+    let best = |f: &mut dyn FnMut()| {
+        f();
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                dev.synchronize().unwrap();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let pp = best(&mut || {
+        let mut cache = m.new_cache(1);
+        m.forward(&[prompt.clone()], None, &mut cache, true).unwrap().to_dtype(DType::F32).unwrap();
+    });
+    let tg = best(&mut || {
+        let mut cache = m.new_cache(1);
+        for i in 0..128 {
+            m.forward(&[vec![prompt[i]]], None, &mut cache, true).unwrap();
+        }
+    });
+    (256.0 / pp, 128.0 / tg)
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join("galley-speed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("smollm2-shaped-random.safetensors");
+    write_random(&path, &config());
+    let dev = galley_model::default_device();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpu = measure(&Device::Cpu, &path);
+    println!("SmolLM2-135M shape, random f32 weights; CPU: {threads} threads");
+    println!("{:<8} {:>12} {:>12}", "", "pp256 tok/s", "tg128 tok/s");
+    println!("{:<8} {:>12.1} {:>12.1}", "cpu", cpu.0, cpu.1);
+    if !dev.is_cpu() {
+        let gpu = measure(&dev, &path);
+        println!("{:<8} {:>12.1} {:>12.1}", "gpu", gpu.0, gpu.1);
+        println!("gpu/cpu  {:>11.1}x {:>11.1}x", gpu.0 / cpu.0, gpu.1 / cpu.1);
+    }
+}
