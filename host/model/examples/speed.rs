@@ -40,20 +40,44 @@ fn write_random(path: &std::path::Path, c: &LlamaConfig) {
     let mut t: HashMap<String, Tensor> = HashMap::new();
     let mut put = |name: String, shape: &[usize]| {
         let fan = *shape.last().unwrap() as f64;
-        t.insert(name, (Tensor::randn(0f32, 1.0, shape, &cpu).unwrap() / fan.sqrt()).unwrap());
+        t.insert(
+            name,
+            (Tensor::randn(0f32, 1.0, shape, &cpu).unwrap() / fan.sqrt()).unwrap(),
+        );
     };
-    put("model.embed_tokens.weight".into(), &[c.vocab_size, c.hidden_size]);
+    put(
+        "model.embed_tokens.weight".into(),
+        &[c.vocab_size, c.hidden_size],
+    );
     put("model.norm.weight".into(), &[c.hidden_size]);
     for i in 0..c.num_layers {
         let p = format!("model.layers.{i}");
         let (h, d) = (c.hidden_size, c.head_dim);
-        put(format!("{p}.self_attn.q_proj.weight"), &[c.num_heads * d, h]);
-        put(format!("{p}.self_attn.k_proj.weight"), &[c.num_kv_heads * d, h]);
-        put(format!("{p}.self_attn.v_proj.weight"), &[c.num_kv_heads * d, h]);
-        put(format!("{p}.self_attn.o_proj.weight"), &[h, c.num_heads * d]);
-        put(format!("{p}.mlp.gate_proj.weight"), &[c.intermediate_size, h]);
+        put(
+            format!("{p}.self_attn.q_proj.weight"),
+            &[c.num_heads * d, h],
+        );
+        put(
+            format!("{p}.self_attn.k_proj.weight"),
+            &[c.num_kv_heads * d, h],
+        );
+        put(
+            format!("{p}.self_attn.v_proj.weight"),
+            &[c.num_kv_heads * d, h],
+        );
+        put(
+            format!("{p}.self_attn.o_proj.weight"),
+            &[h, c.num_heads * d],
+        );
+        put(
+            format!("{p}.mlp.gate_proj.weight"),
+            &[c.intermediate_size, h],
+        );
         put(format!("{p}.mlp.up_proj.weight"), &[c.intermediate_size, h]);
-        put(format!("{p}.mlp.down_proj.weight"), &[h, c.intermediate_size]);
+        put(
+            format!("{p}.mlp.down_proj.weight"),
+            &[h, c.intermediate_size],
+        );
         put(format!("{p}.input_layernorm.weight"), &[h]);
         put(format!("{p}.post_attention_layernorm.weight"), &[h]);
     }
@@ -77,12 +101,16 @@ fn measure(dev: &Device, path: &std::path::Path) -> (f64, f64) {
     };
     let pp = best(&mut || {
         let mut cache = m.new_cache(1);
-        m.forward(&[prompt.clone()], None, &mut cache, true).unwrap().to_dtype(DType::F32).unwrap();
+        m.forward(&[prompt.clone()], None, &mut cache, true)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
     });
     let tg = best(&mut || {
         let mut cache = m.new_cache(1);
         for i in 0..128 {
-            m.forward(&[vec![prompt[i]]], None, &mut cache, true).unwrap();
+            m.forward(&[vec![prompt[i]]], None, &mut cache, true)
+                .unwrap();
         }
     });
     (256.0 / pp, 128.0 / tg)
@@ -93,8 +121,13 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("smollm2-shaped-random.safetensors");
     write_random(&path, &config());
-    let dev = galley_model::default_device();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let dev = match std::env::var("GALLEY_DEVICE") {
+        Ok(spec) => galley_model::device(&spec).unwrap_or_else(|e| panic!("{e}")),
+        Err(_) => galley_model::default_device(),
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let cpu = measure(&Device::Cpu, &path);
     println!("SmolLM2-135M shape, random f32 weights; CPU: {threads} threads");
     println!("{:<8} {:>12} {:>12}", "", "pp256 tok/s", "tg128 tok/s");

@@ -38,7 +38,7 @@ pub enum ModelError {
     Candle(#[from] candle_core::Error),
 }
 
-pub(crate) fn first_line(e: &impl std::fmt::Display) -> String {
+pub fn first_line(e: &impl std::fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 

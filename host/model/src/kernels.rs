@@ -9,8 +9,6 @@
 //! byte j - 16. A block's dot with activations `a ≈ da * qa` is then
 //! `d * da * Σ q_j qa_j + m * (da * Σ qa_j)`.
 
-use rayon::prelude::*;
-
 pub const QK: usize = 32;
 const Q4_1_BLOCK_BYTES: usize = 20;
 
@@ -42,6 +40,18 @@ fn quantize_row(x: &[f32]) -> Q8Row {
         row.s.push(d * sum as f32);
     }
     row
+}
+
+/// A pointer the pool's threads may share; each writes its own disjoint part.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
 #[inline]
@@ -124,31 +134,136 @@ fn dot(w: &[u8], a: &Q8Row) -> f32 {
     dot_portable(w, a)
 }
 
+/// Q8_0 block (34 bytes per 32 weights): f16 `d`, 32 signed bytes; weight j is `d * q_j`.
+const Q8_0_BLOCK_BYTES: usize = 34;
+
+fn dot_q8_0_portable(w: &[u8], a: &Q8Row) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in w.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
+        let qa = &a.q[b * QK..(b + 1) * QK];
+        let sum: i32 = blk[2..]
+            .iter()
+            .zip(qa)
+            .map(|(&q, &x)| i32::from(q as i8) * i32::from(x))
+            .sum();
+        acc += f16(blk, 0) * a.d[b] * sum as f32;
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q8_0_avx2(w: &[u8], a: &Q8Row) -> f32 {
+    use std::arch::x86_64::*;
+    let blocks = w.len() / Q8_0_BLOCK_BYTES;
+    // SAFETY: block b's weights are w[34b+2 .. 34b+34], its activations a.q[32b .. 32b+32].
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let ones = _mm256_set1_epi16(1);
+        for b in 0..blocks {
+            let blk = w.as_ptr().add(b * Q8_0_BLOCK_BYTES);
+            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+                (blk as *const u16).read_unaligned(),
+            ))));
+            let qw = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+            let qa = _mm256_loadu_si256(a.q.as_ptr().add(b * QK) as *const __m256i);
+            // Signed x signed via |w| x (a with w's sign), the unsigned x signed form AVX2 has.
+            let prod = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qa, qw)),
+                ones,
+            );
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), _mm256_cvtepi32_ps(prod), acc);
+        }
+        let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+    }
+}
+
+fn dot_q8_0(w: &[u8], a: &Q8Row) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
+        return unsafe { dot_q8_0_avx2(w, a) };
+    }
+    dot_q8_0_portable(w, a)
+}
+
+/// The block formats galley's kernels multiply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocks {
+    Q4_1,
+    Q8_0,
+}
+
+impl Blocks {
+    pub fn of(dtype: candle_core::quantized::GgmlDType) -> Option<Self> {
+        match dtype {
+            candle_core::quantized::GgmlDType::Q4_1 => Some(Self::Q4_1),
+            candle_core::quantized::GgmlDType::Q8_0 => Some(Self::Q8_0),
+            _ => None,
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => Q4_1_BLOCK_BYTES,
+            Self::Q8_0 => Q8_0_BLOCK_BYTES,
+        }
+    }
+}
+
+/// `x` (n × k) times the quantized matrix `w` (rows × k, ggml bytes of `kind`) transposed.
+pub fn quant_matmul(
+    kind: Blocks,
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[u8],
+    rows: usize,
+) -> Vec<f32> {
+    match kind {
+        Blocks::Q4_1 => matmul_with(dot, Q4_1_BLOCK_BYTES, x, n, k, w, rows),
+        Blocks::Q8_0 => matmul_with(dot_q8_0, kind.bytes(), x, n, k, w, rows),
+    }
+}
+
 /// `x` (n × k, row-major) times the Q4_1 matrix `w` (rows × k, ggml bytes) transposed:
-/// returns n × rows. Rows are split across rayon's threads.
+/// returns n × rows. Rows are split across the decode pool's threads.
 pub fn q4_1_matmul(x: &[f32], n: usize, k: usize, w: &[u8], rows: usize) -> Vec<f32> {
-    assert!(
-        k.is_multiple_of(QK) && x.len() == n * k && w.len() == rows * k / QK * Q4_1_BLOCK_BYTES
-    );
-    let row_bytes = k / QK * Q4_1_BLOCK_BYTES;
+    quant_matmul(Blocks::Q4_1, x, n, k, w, rows)
+}
+
+fn matmul_with(
+    dot: fn(&[u8], &Q8Row) -> f32,
+    block_bytes: usize,
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[u8],
+    rows: usize,
+) -> Vec<f32> {
+    assert!(k.is_multiple_of(QK) && x.len() == n * k && w.len() == rows * k / QK * block_bytes);
+    let row_bytes = k / QK * block_bytes;
     let acts: Vec<Q8Row> = x.chunks_exact(k).map(quantize_row).collect();
     let mut out = vec![0f32; n * rows];
-    // One task per thread and activation row: a decode step's products take tens of
-    // microseconds, so scheduling more tasks than threads costs more than it balances.
-    let per = rows.div_ceil(rayon::current_num_threads().max(1));
-    out.par_chunks_mut(rows)
-        .enumerate()
-        .for_each(|(i, out_row)| {
-            out_row
-                .par_chunks_mut(per)
-                .enumerate()
-                .for_each(|(c, chunk)| {
-                    for (r, o) in chunk.iter_mut().enumerate() {
-                        let row = c * per + r;
-                        *o = dot(&w[row * row_bytes..(row + 1) * row_bytes], &acts[i]);
-                    }
-                });
-        });
+    // Each thread of the decode pool takes a contiguous band of weight rows for every
+    // activation row: the bands are disjoint, so the writes never overlap.
+    let pool = crate::pool::Pool::global();
+    let per = rows.div_ceil(pool.parts());
+    let dst = SendPtr(out.as_mut_ptr());
+    pool.run(&|part, _| {
+        let start = (part * per).min(rows);
+        let end = ((part + 1) * per).min(rows);
+        for (i, act) in acts.iter().enumerate() {
+            for row in start..end {
+                let v = dot(&w[row * row_bytes..(row + 1) * row_bytes], act);
+                // SAFETY: `i * rows + row` is inside `out` (len n * rows) and only this part
+                // writes rows start..end.
+                unsafe { *dst.get().add(i * rows + row) = v };
+            }
+        }
+    });
     out
 }
 
@@ -157,6 +272,47 @@ mod tests {
     use super::*;
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
+
+    #[test]
+    fn q8_0_matches_the_portable_path_and_the_exact_product() {
+        let dev = Device::Cpu;
+        let (rows, k) = (45, 64);
+        let w: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 53 % 97) as f32 / 48.0 - 1.0) * 0.5)
+            .collect();
+        let x: Vec<f32> = (0..k)
+            .map(|i| ((i * 7 % 23) as f32 / 11.0 - 1.0) * 3.0)
+            .collect();
+        let qt = QTensor::quantize(
+            &Tensor::from_vec(w, (rows, k), &dev).unwrap(),
+            GgmlDType::Q8_0,
+        )
+        .unwrap();
+        let bytes = qt.data().unwrap();
+        let ours = quant_matmul(Blocks::Q8_0, &x, 1, k, &bytes, rows);
+        let act = quantize_row(&x);
+        let exact = Tensor::from_vec(x.clone(), (1, k), &dev)
+            .unwrap()
+            .matmul(&qt.dequantize(&dev).unwrap().t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for r in 0..rows {
+            let rb = k / QK * Q8_0_BLOCK_BYTES;
+            let p = dot_q8_0_portable(&bytes[r * rb..(r + 1) * rb], &act);
+            assert!(
+                (ours[r] - p).abs() <= 1e-4 * p.abs().max(1.0),
+                "{r}: {} vs {p}",
+                ours[r]
+            );
+            assert!(
+                (ours[r] - exact[r]).abs() < 0.02 * exact[r].abs().max(1.0),
+                "{r}"
+            );
+        }
+    }
 
     #[test]
     fn matches_candle_and_the_portable_path() {

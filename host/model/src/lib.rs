@@ -6,13 +6,14 @@
 
 pub mod chat;
 pub mod config;
-mod error;
+pub mod error;
 pub mod generate;
 pub mod hub;
 pub mod kernels;
 pub mod layers;
 pub mod load;
 pub mod model;
+mod pool;
 pub mod sample;
 pub mod tokenizer;
 pub mod weights;
@@ -26,27 +27,51 @@ pub use model::{Cache, Llama};
 pub use sample::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
 
-/// The device galley computes on: `GALLEY_DEVICE` (`cpu`, `cuda`, `cuda:N`) when set, else
-/// the first CUDA GPU when built with `cuda` and one is present, else the CPU.
-pub fn default_device() -> candle_core::Device {
-    let want = std::env::var("GALLEY_DEVICE").unwrap_or_default();
-    if want == "cpu" {
-        return candle_core::Device::Cpu;
+/// The device named by `spec`: `cpu`, `cuda` or `cuda:N`. Asking for CUDA from a galley built
+/// without the `cuda` feature, or when no GPU answers, is an error that says which.
+pub fn device(spec: &str) -> Result<candle_core::Device> {
+    if spec == "cpu" || spec.is_empty() {
+        return Ok(candle_core::Device::Cpu);
     }
+    let Some(rest) = spec.strip_prefix("cuda") else {
+        return Err(ModelError::Invalid(format!(
+            "device `{spec}`: use cpu, cuda or cuda:N"
+        )));
+    };
+    let ordinal: usize = match rest.strip_prefix(':') {
+        Some(n) => n
+            .parse()
+            .map_err(|_| ModelError::Invalid(format!("device `{spec}`: bad GPU number")))?,
+        None if rest.is_empty() => 0,
+        None => {
+            return Err(ModelError::Invalid(format!(
+                "device `{spec}`: use cpu, cuda or cuda:N"
+            )));
+        }
+    };
     #[cfg(feature = "cuda")]
     {
-        let ordinal = want
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        if let Ok(d) = candle_core::Device::new_cuda(ordinal) {
-            return d;
-        }
+        candle_core::Device::new_cuda(ordinal)
+            .map_err(|e| ModelError::Invalid(format!("device `{spec}`: {}", error::first_line(&e))))
     }
-    if want.starts_with("cuda") {
-        tracing::warn!(
-            "GALLEY_DEVICE={want}, but this galley has no CUDA (build with --features cuda) or no GPU answered; using the CPU"
-        );
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = ordinal;
+        Err(ModelError::Invalid(format!(
+            "device `{spec}`: this galley was built without CUDA (build with --features cuda)"
+        )))
     }
-    candle_core::Device::Cpu
+}
+
+/// The device galley computes on: `GALLEY_DEVICE` when set (falling back to the CPU with a
+/// warning if it cannot be had), else the first CUDA GPU when built with `cuda` and one is
+/// present, else the CPU.
+pub fn default_device() -> candle_core::Device {
+    match std::env::var("GALLEY_DEVICE") {
+        Ok(spec) => device(&spec).unwrap_or_else(|e| {
+            tracing::warn!("{e}; using the CPU");
+            candle_core::Device::Cpu
+        }),
+        Err(_) => device("cuda").unwrap_or(candle_core::Device::Cpu),
+    }
 }

@@ -157,3 +157,62 @@ fn batches_seeds_stops_and_streaming() {
     .remove(0);
     assert_eq!((out.finish, out.tokens.len()), (Finish::Length, 5));
 }
+
+/// galley's Q4_1/Q8_0 kernels (decode) and the dequantized prefill against f32 throughout:
+/// the same logits up to the 8-bit rounding of activations.
+#[test]
+fn quantized_kernels_track_the_f32_model() {
+    let dev = galley_model::default_device();
+    let q = load_with(&smollm2(), &dev, LoadOptions { dequantize: false }).unwrap();
+    let f = load_with(&smollm2(), &dev, LoadOptions { dequantize: true }).unwrap();
+    let ids = prompt(&q, "Name three colors.");
+    let step = |m: &LoadedModel| {
+        let mut cache = m.model.new_cache(1);
+        let mut out = vec![
+            m.model
+                .forward(&[ids.clone()], None, &mut cache, true)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        ];
+        // Three decode steps: these go through the quantized matrix-vector kernels.
+        for t in [504u32, 3575, 282] {
+            out.push(
+                m.model
+                    .forward(&[vec![t]], None, &mut cache, true)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            );
+        }
+        out
+    };
+    for (a, b) in step(&q).iter().zip(step(&f)) {
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+        println!("step: relative difference {:.4}", diff / scale);
+        // 8-bit activation rounding through 30 layers moves logits by 1-5% of their range;
+        // a wrong kernel moves them by ~100%.
+        assert!(diff / scale < 0.08, "relative difference {}", diff / scale);
+        let top = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(y.1))
+                .unwrap()
+                .0
+        };
+        let (qa, fb) = (top(a), top(&b));
+        assert!(
+            b[qa] > b[fb] - 1.0,
+            "the quantized model's top token is far down the f32 model's list"
+        );
+    }
+}

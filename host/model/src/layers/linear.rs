@@ -83,9 +83,9 @@ impl Linear {
                 candle_nn::Linear::new(q.dequantize(x.device())?, None).forward(x)?
             }
             LinearWeight::Quant(QMatMul::QTensor(q))
-                if q.dtype() == candle_core::quantized::GgmlDType::Q4_1 && x.device().is_cpu() =>
+                if crate::kernels::Blocks::of(q.dtype()).is_some() && x.device().is_cpu() =>
             {
-                q4_1_forward(x, q)?
+                quant_forward(x, q)?
             }
             LinearWeight::Quant(q) => q.forward(x)?,
         };
@@ -109,15 +109,22 @@ impl Linear {
     }
 }
 
-/// Decode-sized products with a Q4_1 weight, through galley's SIMD kernel.
-fn q4_1_forward(x: &Tensor, q: &QTensor) -> candle_core::Result<Tensor> {
+/// Decode-sized products with Q4_1 or Q8_0 weights, through galley's SIMD kernels.
+fn quant_forward(x: &Tensor, q: &QTensor) -> candle_core::Result<Tensor> {
     let dims = x.dims().to_vec();
     let k = *dims.last().expect("rank >= 1");
     let n = x.elem_count() / k;
     let rows = q.shape().dims()[0];
     let flat = x.flatten_all()?.to_vec1::<f32>()?;
     let bytes = q.data()?;
-    let out = crate::kernels::q4_1_matmul(&flat, n, k, &bytes, rows);
+    let out = crate::kernels::quant_matmul(
+        crate::kernels::Blocks::of(q.dtype()).expect("checked by the caller"),
+        &flat,
+        n,
+        k,
+        &bytes,
+        rows,
+    );
     let mut shape = dims;
     *shape.last_mut().expect("rank >= 1") = rows;
     Tensor::from_vec(out, shape, x.device())
