@@ -41,20 +41,23 @@ fn ok(o: Output) -> String {
 fn smollm2_answers_the_capital_of_france() {
     let tmp = tempfile::tempdir().unwrap();
     let m = smollm2();
-    let out = ok(infer(
-        tmp.path(),
-        &[
+    // Quantized matmuls (the default) and f32 throughout give the same greedy answer.
+    for extra in [
+        &["-s", "dequantize=false"][..],
+        &["-s", "dequantize=true"][..],
+    ] {
+        let mut args = vec![
             "-m",
             m.to_str().unwrap(),
             "-p",
             "What is the capital of France?",
             "-s",
             "temperature=0",
-            "-s",
-            "dequantize=true",
-        ],
-    ));
-    assert_eq!(out.trim(), "The capital of France is Paris.");
+        ];
+        args.extend_from_slice(extra);
+        let out = ok(infer(tmp.path(), &args));
+        assert_eq!(out.trim(), "The capital of France is Paris.", "{extra:?}");
+    }
 }
 
 #[test]

@@ -189,6 +189,68 @@ fn dot_q8_0(w: &[u8], a: &Q8Row) -> f32 {
     dot_q8_0_portable(w, a)
 }
 
+/// One Q8_0 weight row against f32 activations (no rounding of the activations): for the LM
+/// head, where the choice of the next token is made and 8-bit activations can flip a close one.
+fn dot_q8_0_f32_portable(w: &[u8], x: &&[f32]) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in w.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
+        let xs = &x[b * QK..(b + 1) * QK];
+        let sum: f32 = blk[2..]
+            .iter()
+            .zip(xs)
+            .map(|(&q, &v)| f32::from(q as i8) * v)
+            .sum();
+        acc += f16(blk, 0) * sum;
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q8_0_f32_avx2(w: &[u8], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let blocks = w.len() / Q8_0_BLOCK_BYTES;
+    // SAFETY: block b's weights are w[34b+2 .. 34b+34], its activations x[32b .. 32b+32].
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..blocks {
+            let blk = w.as_ptr().add(b * Q8_0_BLOCK_BYTES);
+            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+                (blk as *const u16).read_unaligned(),
+            ))));
+            let mut s = _mm256_setzero_ps();
+            for g in 0..4 {
+                let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                    blk.add(2 + 8 * g) as *const __m128i,
+                )));
+                s = _mm256_fmadd_ps(q, _mm256_loadu_ps(x.as_ptr().add(b * QK + 8 * g)), s);
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
+        }
+        let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+    }
+}
+
+fn dot_q8_0_f32(w: &[u8], x: &&[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
+        return unsafe { dot_q8_0_f32_avx2(w, x) };
+    }
+    dot_q8_0_f32_portable(w, x)
+}
+
+/// `x` (n × k) times the Q8_0 matrix `w` transposed, with the activations kept in f32.
+pub fn q8_0_matmul_f32(x: &[f32], n: usize, k: usize, w: &[u8], rows: usize) -> Vec<f32> {
+    assert!(
+        k.is_multiple_of(QK) && x.len() == n * k && w.len() == rows * k / QK * Q8_0_BLOCK_BYTES
+    );
+    let acts: Vec<&[f32]> = x.chunks_exact(k).collect();
+    drive(dot_q8_0_f32, Q8_0_BLOCK_BYTES, &acts, k, w, rows)
+}
+
 /// The block formats galley's kernels multiply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blocks {
@@ -244,8 +306,22 @@ fn matmul_with(
     rows: usize,
 ) -> Vec<f32> {
     assert!(k.is_multiple_of(QK) && x.len() == n * k && w.len() == rows * k / QK * block_bytes);
-    let row_bytes = k / QK * block_bytes;
     let acts: Vec<Q8Row> = x.chunks_exact(k).map(quantize_row).collect();
+    drive(dot, block_bytes, &acts, k, w, rows)
+}
+
+/// Splits `rows` weight rows across the decode pool and applies `dot` to each with every
+/// activation row.
+fn drive<A: Sync>(
+    dot: fn(&[u8], &A) -> f32,
+    block_bytes: usize,
+    acts: &[A],
+    k: usize,
+    w: &[u8],
+    rows: usize,
+) -> Vec<f32> {
+    let row_bytes = k / QK * block_bytes;
+    let n = acts.len();
     let mut out = vec![0f32; n * rows];
     // Each thread of the decode pool takes a contiguous band of weight rows for every
     // activation row: the bands are disjoint, so the writes never overlap.
@@ -311,6 +387,35 @@ mod tests {
                 (ours[r] - exact[r]).abs() < 0.02 * exact[r].abs().max(1.0),
                 "{r}"
             );
+        }
+    }
+
+    #[test]
+    fn q8_0_with_f32_activations_is_the_exact_product() {
+        let dev = Device::Cpu;
+        let (rows, k) = (37, 96);
+        let w: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 29 % 89) as f32 / 44.0 - 1.0) * 0.7)
+            .collect();
+        let x: Vec<f32> = (0..2 * k)
+            .map(|i| ((i * 11 % 31) as f32 / 15.0 - 1.0) * 1.5)
+            .collect();
+        let qt = QTensor::quantize(
+            &Tensor::from_vec(w, (rows, k), &dev).unwrap(),
+            GgmlDType::Q8_0,
+        )
+        .unwrap();
+        let ours = q8_0_matmul_f32(&x, 2, k, &qt.data().unwrap(), rows);
+        let exact = Tensor::from_vec(x, (2, k), &dev)
+            .unwrap()
+            .matmul(&qt.dequantize(&dev).unwrap().t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (a, b) in ours.iter().zip(&exact) {
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
         }
     }
 

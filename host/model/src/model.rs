@@ -63,7 +63,7 @@ impl Llama {
             LinearWeight::Dense(_) if head_name == embed_name => {
                 Linear::from_weight(LinearWeight::Dense(embed_tokens.clone()))
             }
-            weight => Linear::from_weight(weight),
+            weight => Linear::from_weight(weight).with_exact_activations(),
         };
         let rotary = Rotary::new(c, device)?;
         Ok(Self {

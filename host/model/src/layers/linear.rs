@@ -13,6 +13,9 @@ pub struct Linear {
     bias: Option<Tensor>,
     /// Output widths of the fused projections, in order (one entry when not fused).
     parts: Vec<usize>,
+    /// Multiply Q8_0 weights with unrounded f32 activations (the LM head: close next-token
+    /// choices must not flip on 8-bit rounding).
+    exact_activations: bool,
 }
 
 /// Rows at or above which a quantized weight is dequantized and multiplied in f32: prompt
@@ -62,6 +65,7 @@ impl Linear {
             weight,
             bias,
             parts: parts.iter().map(|p| p.1).collect(),
+            exact_activations: false,
         })
     }
 
@@ -70,7 +74,14 @@ impl Linear {
             weight,
             bias: None,
             parts: vec![],
+            exact_activations: false,
         }
+    }
+
+    /// The LM head's setting: f32 activations into Q8_0 weights.
+    pub fn with_exact_activations(mut self) -> Self {
+        self.exact_activations = true;
+        self
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -85,7 +96,7 @@ impl Linear {
             LinearWeight::Quant(QMatMul::QTensor(q))
                 if crate::kernels::Blocks::of(q.dtype()).is_some() && x.device().is_cpu() =>
             {
-                quant_forward(x, q)?
+                quant_forward(x, q, self.exact_activations)?
             }
             LinearWeight::Quant(q) => q.forward(x)?,
         };
@@ -110,13 +121,20 @@ impl Linear {
 }
 
 /// Decode-sized products with Q4_1 or Q8_0 weights, through galley's SIMD kernels.
-fn quant_forward(x: &Tensor, q: &QTensor) -> candle_core::Result<Tensor> {
+fn quant_forward(x: &Tensor, q: &QTensor, exact: bool) -> candle_core::Result<Tensor> {
     let dims = x.dims().to_vec();
     let k = *dims.last().expect("rank >= 1");
     let n = x.elem_count() / k;
     let rows = q.shape().dims()[0];
     let flat = x.flatten_all()?.to_vec1::<f32>()?;
     let bytes = q.data()?;
+    let kind = crate::kernels::Blocks::of(q.dtype()).expect("checked by the caller");
+    if exact && kind == crate::kernels::Blocks::Q8_0 {
+        let out = crate::kernels::q8_0_matmul_f32(&flat, n, k, &bytes, rows);
+        let mut shape = dims;
+        *shape.last_mut().expect("rank >= 1") = rows;
+        return Tensor::from_vec(out, shape, x.device());
+    }
     let out = crate::kernels::quant_matmul(
         crate::kernels::Blocks::of(q.dtype()).expect("checked by the caller"),
         &flat,
