@@ -90,8 +90,12 @@ impl Tokenizer {
             .and_then(|v| v.to_string().ok())
             .map(String::as_str)
             .unwrap_or("default");
+        // `add_space_prefix`: a space before the text, as SentencePiece-style models expect.
+        let space_prefix = get("tokenizer.ggml.add_space_prefix")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false);
         let byte_level = |use_regex: bool| {
-            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex))
+            PreTokenizerWrapper::ByteLevel(ByteLevel::new(space_prefix, true, use_regex))
         };
         let split = |re: &str| -> Result<PreTokenizerWrapper> {
             Ok(PreTokenizerWrapper::Split(

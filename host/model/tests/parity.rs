@@ -194,3 +194,55 @@ fn gguf_tokenizer_gives_transformers_ids() {
         );
     }
 }
+
+/// A checkpoint split into shards with `model.safetensors.index.json` loads to the same logits.
+#[test]
+fn sharded_checkpoints_load_like_single_files() {
+    let src = fixtures().join("tiny/qwen2-bias");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let all =
+        candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", a),
+        ("model-00002-of-00002.safetensors", b),
+    ] {
+        let shard: std::collections::HashMap<String, candle_core::Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), all[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, dir.join(file)).unwrap();
+        for n in part {
+            map.insert((*n).clone(), file.into());
+        }
+    }
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    let (single, ids, want) = tiny("qwen2-bias");
+    let sharded = load(dir, &candle_core::Device::Cpu).unwrap();
+    let got = logits_of(&sharded.model, &[ids.clone()], None);
+    assert!(rel_err(&got[0].concat(), &want.concat()) < 1e-4);
+    assert_eq!(logits_of(&single.model, &[ids], None), got);
+    // A shard the index names but the folder lacks is named in the error.
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = load(dir, &candle_core::Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.safetensors.index.json")
+            && e.contains("model-00002-of-00002.safetensors"),
+        "{e}"
+    );
+}
