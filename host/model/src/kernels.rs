@@ -79,10 +79,19 @@ fn dot_portable(w: &[u8], a: &Q8Row) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2(w: &[u8], a: &Q8Row) -> f32 {
+    // SAFETY: same target features as this function; `w` starts at block 0.
+    unsafe { dot_avx2_at(w, a, 0) }
+}
+
+/// `w` holds the weight blocks that meet activation blocks `first..`; `a` must hold them all.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_avx2_at(w: &[u8], a: &Q8Row, first: usize) -> f32 {
     use std::arch::x86_64::*;
     let blocks = w.len() / Q4_1_BLOCK_BYTES;
+    debug_assert!(a.q.len() >= (first + blocks) * QK);
     // SAFETY: every load reads 16 or 32 bytes inside `w` or `a.q`: block b's nibbles are
-    // w[20b+4 .. 20b+20] and its activations a.q[32b .. 32b+32], for b < blocks.
+    // w[20b+4 .. 20b+20] and its activations a.q[32(first+b) .. 32(first+b)+32], b < blocks.
     unsafe {
         let mut acc = _mm256_setzero_ps();
         let mut mins = 0f32;
@@ -98,17 +107,85 @@ unsafe fn dot_avx2(w: &[u8], a: &Q8Row) -> f32 {
             let lo = _mm_and_si128(packed, low);
             let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
             let q4 = _mm256_set_m128i(hi, lo);
-            let q8 = _mm256_loadu_si256(a.q.as_ptr().add(b * QK) as *const __m256i);
+            let q8 = _mm256_loadu_si256(a.q.as_ptr().add((first + b) * QK) as *const __m256i);
             // u8 × i8 pairs summed to i16 (at most 2·15·127, no saturation), then pairs to i32.
             let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q4, q8), ones);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), _mm256_cvtepi32_ps(prod), acc);
-            mins += m * a.s[b];
+            acc = _mm256_fmadd_ps(
+                _mm256_set1_ps(d * a.d[first + b]),
+                _mm256_cvtepi32_ps(prod),
+                acc,
+            );
+            mins += m * a.s[first + b];
         }
         let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
         let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
         let one = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
         _mm_cvtss_f32(one) + mins
     }
+}
+
+/// Two Q4_1 blocks per step with AVX-512 VNNI (`vpdpbusd`: u8 x i8 products summed into i32
+/// in one instruction); an odd last block goes through the AVX2 path.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot_avx512(w: &[u8], a: &Q8Row) -> f32 {
+    use std::arch::x86_64::*;
+    let blocks = w.len() / Q4_1_BLOCK_BYTES;
+    let pairs = blocks / 2;
+    // SAFETY: as in dot_avx2; block b's nibbles are w[20b+4 .. 20b+20] and the activations of
+    // blocks b and b+1 are a.q[32b .. 32b+64], for b + 1 < blocks.
+    unsafe {
+        let low = _mm_set1_epi8(0x0F);
+        let mut acc = _mm512_setzero_ps();
+        let mut mins = 0f32;
+        for p in 0..pairs {
+            let b = 2 * p;
+            let blk0 = w.as_ptr().add(b * Q4_1_BLOCK_BYTES);
+            let blk1 = blk0.add(Q4_1_BLOCK_BYTES);
+            let n0 = _mm_loadu_si128(blk0.add(4) as *const __m128i);
+            let n1 = _mm_loadu_si128(blk1.add(4) as *const __m128i);
+            let mut q4 = _mm512_castsi128_si512(_mm_and_si128(n0, low));
+            q4 = _mm512_inserti32x4::<1>(q4, _mm_and_si128(_mm_srli_epi16(n0, 4), low));
+            q4 = _mm512_inserti32x4::<2>(q4, _mm_and_si128(n1, low));
+            q4 = _mm512_inserti32x4::<3>(q4, _mm_and_si128(_mm_srli_epi16(n1, 4), low));
+            let q8 = _mm512_loadu_si512(a.q.as_ptr().add(b * QK) as *const __m512i);
+            let dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q4, q8);
+            let dm0 = _mm_cvtph_ps(_mm_cvtsi32_si128((blk0 as *const i32).read_unaligned()));
+            let dm1 = _mm_cvtph_ps(_mm_cvtsi32_si128((blk1 as *const i32).read_unaligned()));
+            let s0 = _mm_cvtss_f32(dm0) * a.d[b];
+            let s1 = _mm_cvtss_f32(dm1) * a.d[b + 1];
+            let scale = _mm512_insertf32x8::<1>(
+                _mm512_castps256_ps512(_mm256_set1_ps(s0)),
+                _mm256_set1_ps(s1),
+            );
+            acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dots), acc);
+            mins += _mm_cvtss_f32(_mm_shuffle_ps(dm0, dm0, 1)) * a.s[b]
+                + _mm_cvtss_f32(_mm_shuffle_ps(dm1, dm1, 1)) * a.s[b + 1];
+        }
+        let mut total = _mm512_reduce_add_ps(acc) + mins;
+        if blocks % 2 == 1 {
+            let b = blocks - 1;
+            total += dot_avx2_at(&w[b * Q4_1_BLOCK_BYTES..], a, b);
+        }
+        total
+    }
+}
+
+fn has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *VNNI.get_or_init(|| {
+            std::env::var_os("GALLEY_NO_AVX512").is_none()
+                && has_avx2()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512dq")
+                && is_x86_feature_detected!("avx512vnni")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 fn has_avx2() -> bool {
@@ -126,6 +203,11 @@ fn has_avx2() -> bool {
 }
 
 fn dot(w: &[u8], a: &Q8Row) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_vnni() {
+        // SAFETY: the CPU has AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C (checked at run time).
+        return unsafe { dot_avx512(w, a) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
@@ -436,7 +518,21 @@ mod tests {
         .unwrap();
         let bytes = qt.data().unwrap();
         let ours = q4_1_matmul(&x, n, k, &bytes, rows);
-        // The same integers on both paths: equal up to float summation order.
+        // The same integers on every path: equal up to float summation order.
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512_vnni() {
+            let row_bytes = k / QK * Q4_1_BLOCK_BYTES;
+            let act = quantize_row(&x[..k]);
+            for r in 0..rows {
+                let wr = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                // SAFETY: checked by has_avx512_vnni (which implies AVX2).
+                let (v512, v2) = unsafe { (dot_avx512(wr, &act), dot_avx2(wr, &act)) };
+                assert!(
+                    (v512 - v2).abs() <= 1e-4 * v2.abs().max(1.0),
+                    "{r}: {v512} vs {v2}"
+                );
+            }
+        }
         let acts: Vec<Q8Row> = x.chunks_exact(k).map(quantize_row).collect();
         let row_bytes = k / QK * Q4_1_BLOCK_BYTES;
         for i in 0..n {
