@@ -14,10 +14,8 @@ scripts/fetch-models.sh
 scripts/build-plugins.sh
 
 echo "== host workspace"
-# Model tests run one at a time: candle's thread pool spin-waits, and two at once on two
-# cores slow each other down many times over.
-cargo test --workspace --exclude galley-model
-cargo test -p galley-model -- --test-threads=1
+# (Model tests serialise themselves: candle's thread pool spin-waits.)
+cargo test --workspace
 
 echo "== plugin logic, natively"
 cargo test --manifest-path plugins/Cargo.toml --target-dir target/plugins-native -p math-answer --lib

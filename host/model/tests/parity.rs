@@ -6,6 +6,9 @@
 use galley_model::{LoadOptions, load, load_with};
 use std::path::{Path, PathBuf};
 
+/// One model test at a time: candle's threads spin-wait, and two models on two cores crawl.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -57,6 +60,7 @@ const FAMILIES: [&str; 5] = [
 
 #[test]
 fn tiny_random_models_match_transformers() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     for name in FAMILIES {
         let (m, ids, want) = tiny(name);
         let got = logits_of(&m.model, &[ids], None);
@@ -68,6 +72,7 @@ fn tiny_random_models_match_transformers() {
 
 #[test]
 fn the_kv_cache_and_left_padding_change_nothing() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     for name in FAMILIES {
         let (m, ids, want) = tiny(name);
         // Prefill 6 tokens, then one at a time.
@@ -138,6 +143,7 @@ fn read_f32(path: &Path) -> Vec<f32> {
 
 #[test]
 fn smollm2_dequantized_matches_transformers() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let dir = fixtures().join("smollm2");
     let p: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("prompt.json")).unwrap()).unwrap();
@@ -177,6 +183,7 @@ fn smollm2_dequantized_matches_transformers() {
 
 #[test]
 fn gguf_tokenizer_gives_transformers_ids() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let m = load(&smollm2(), &galley_model::default_device()).unwrap();
     let cases: Vec<serde_json::Value> = serde_json::from_str(
         &std::fs::read_to_string(fixtures().join("smollm2/tokens.json")).unwrap(),
@@ -198,6 +205,7 @@ fn gguf_tokenizer_gives_transformers_ids() {
 /// A checkpoint split into shards with `model.safetensors.index.json` loads to the same logits.
 #[test]
 fn sharded_checkpoints_load_like_single_files() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let src = fixtures().join("tiny/qwen2-bias");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

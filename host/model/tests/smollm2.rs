@@ -6,6 +6,9 @@ use galley_core::Message;
 use galley_model::{Finish, LoadOptions, LoadedModel, SamplingParams, generate, load_with};
 use std::path::PathBuf;
 
+/// One model test at a time: candle's threads spin-wait, and two models on two cores crawl.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn smollm2() -> PathBuf {
     let p = std::env::var_os("GALLEY_SMOLLM2")
         .map(PathBuf::from)
@@ -36,6 +39,7 @@ fn prompt(m: &LoadedModel, q: &str) -> Vec<u32> {
 
 #[test]
 fn answers_the_capital_of_france_greedily() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let m = load_with(
         &smollm2(),
         &galley_model::default_device(),
@@ -58,6 +62,7 @@ fn answers_the_capital_of_france_greedily() {
 
 #[test]
 fn batches_seeds_stops_and_streaming() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     // f32, so a batch must reproduce single runs to rounding (quantized matmuls round
     // activations per call, which moves logprobs by ~1e-3).
     let m = load_with(
@@ -162,6 +167,7 @@ fn batches_seeds_stops_and_streaming() {
 /// the same logits up to the 8-bit rounding of activations.
 #[test]
 fn quantized_kernels_track_the_f32_model() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let dev = galley_model::default_device();
     let q = load_with(&smollm2(), &dev, LoadOptions { dequantize: false }).unwrap();
     let f = load_with(&smollm2(), &dev, LoadOptions { dequantize: true }).unwrap();
