@@ -36,6 +36,16 @@ fn run(dir: &Path, args: &[&str]) -> Output {
     )
 }
 
+/// The key id `galley plugin keygen` printed (its first line: `key id      ID`).
+fn key_id(keygen_out: &str) -> String {
+    keygen_out
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().last())
+        .expect("keygen prints the key id")
+        .to_string()
+}
+
 fn ok(o: Output) -> String {
     assert!(o.status.success(), "failed:\n{}{}", stdout(&o), stderr(&o));
     stdout(&o)
@@ -45,15 +55,7 @@ fn ok(o: Output) -> String {
 fn keygen_publish_install_offline_yank() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let out = ok(run(d, &["plugin", "keygen"]));
-    let id = out
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
+    let id = key_id(&ok(run(d, &["plugin", "keygen"])));
     let math = plugin("math-answer");
     let fmt = plugin("format");
     ok(run(
@@ -179,15 +181,7 @@ fn serve_publish_install_over_http() {
     std::fs::write(d.join("tokens"), "s3cret galley\n").unwrap();
     let server = serve(&d.join("served"), &d.join("tokens"));
     let with = |args: &[&str], token: Option<&str>| as_user(d, Some(&server.url), token, args);
-    let out = ok(with(&["plugin", "keygen"], None));
-    let id = out
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
+    let id = key_id(&ok(with(&["plugin", "keygen"], None)));
     let math = plugin("math-answer");
     let line = one_line_error(&with(
         &[
@@ -295,15 +289,7 @@ fn dependencies_pack_update_yank_offline_over_http() {
     let server = serve(&d.join("served"), &d.join("tokens"));
     let url = server.url.clone();
     let with = |args: &[&str]| as_user(d, Some(&url), Some("t0k"), args);
-    let out = ok(with(&["plugin", "keygen"]));
-    let id = out
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
+    let id = key_id(&ok(with(&["plugin", "keygen"])));
     let grader = relabelled(
         d,
         "math-answer",
@@ -475,15 +461,7 @@ fn oci_publish_install_and_locked_reinstall() {
     let d = tmp.path();
     let registry = DockerRegistry::start(&d.join("oci"));
     let run = |args: &[&str]| as_user(d, None, None, args);
-    let out = ok(run(&["plugin", "keygen"]));
-    let id = out
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
+    let id = key_id(&ok(run(&["plugin", "keygen"])));
     let math = plugin("math-answer");
     let repo = format!("oci://{}/team/math-answer", registry.host);
     let out = ok(run(&[

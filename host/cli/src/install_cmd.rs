@@ -311,31 +311,7 @@ fn oci_release(
             pulled.layer.size
         );
     }
-    let m = info
-        .manifest
-        .with_context(|| format!("{reference}: no galley manifest in the component"))?;
-    let (kind, wit) = info
-        .plugin_export
-        .with_context(|| format!("{reference}: exports no galley plugin interface"))?;
-    let name = PackageName::parse(&m.full_name())
-        .with_context(|| format!("{reference}: the component's galley.toml names no namespace"))?;
-    let mut dependencies = BTreeMap::new();
-    for (dep, req) in &m.dependencies {
-        dependencies.insert(PackageName::parse(dep)?, req.clone());
-    }
-    Ok(Release {
-        name,
-        version: m.version.clone(),
-        kind,
-        wit,
-        digest: info.digest,
-        size: blob.len() as u64,
-        dependencies,
-        read_dirs: m.capabilities.read_dirs,
-        yanked: false,
-        key: None,
-        signature: None,
-    })
+    crate::registry_cmd::unsigned_release(&info, None, &reference.to_string())
 }
 
 fn install_oci(

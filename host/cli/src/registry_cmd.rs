@@ -128,52 +128,58 @@ struct Package {
     info: galley_runtime::ComponentInfo,
 }
 
-fn package(file: &Path, namespace: Option<&str>, key: Option<&str>) -> Result<Package> {
-    let blob = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
-    let info = galley_runtime::inspect(&blob, &file.display().to_string())?;
-    let m = info.manifest.clone().with_context(|| {
-        format!(
-            "{}: no galley manifest; build it with `galley plugin build`",
-            file.display()
-        )
+/// The (unsigned) release line a built component is: its manifest's name and version under
+/// `namespace` (the manifest's own when `None`), its kind, WIT version, digest, size,
+/// dependencies and capabilities. `origin` names the file or reference in errors.
+pub fn unsigned_release(
+    info: &galley_runtime::ComponentInfo,
+    namespace: Option<&str>,
+    origin: &str,
+) -> Result<Release> {
+    let m = info.manifest.as_ref().with_context(|| {
+        format!("{origin}: no galley manifest; build it with `galley plugin build`")
     })?;
     let (kind, wit) = info
         .plugin_export
         .clone()
-        .with_context(|| format!("{}: exports no galley plugin interface", file.display()))?;
+        .with_context(|| format!("{origin}: exports no galley plugin interface"))?;
     let namespace = match (namespace, m.namespace.as_deref()) {
-        (Some(a), Some(b)) if a != b => bail!(
-            "{}: its galley.toml says namespace `{b}`, not `{a}`",
-            file.display()
-        ),
+        (Some(a), Some(b)) if a != b => {
+            bail!("{origin}: its galley.toml says namespace `{b}`, not `{a}`")
+        }
         (Some(ns), _) | (None, Some(ns)) => ns.to_string(),
-        (None, None) => bail!(
-            "{}: no namespace: set `namespace` in galley.toml (or pass --namespace)",
-            file.display()
-        ),
+        (None, None) => {
+            bail!("{origin}: no namespace: set `namespace` in the plugin's galley.toml")
+        }
     };
     let name = PackageName::parse(&format!("{namespace}/{}", m.name))?;
     let mut dependencies = std::collections::BTreeMap::new();
     for (dep, req) in &m.dependencies {
         dependencies.insert(
             PackageName::parse(dep)
-                .with_context(|| format!("{}: key `dependencies.{dep}`", file.display()))?,
+                .with_context(|| format!("{origin}: key `dependencies.{dep}`"))?,
             req.clone(),
         );
     }
-    let mut release = Release {
+    Ok(Release {
         name,
         version: m.version.clone(),
         kind,
         wit,
         digest: info.digest.clone(),
-        size: blob.len() as u64,
+        size: info.size as u64,
         dependencies,
         read_dirs: m.capabilities.read_dirs.clone(),
         yanked: false,
         key: None,
         signature: None,
-    };
+    })
+}
+
+fn package(file: &Path, namespace: Option<&str>, key: Option<&str>) -> Result<Package> {
+    let blob = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let info = galley_runtime::inspect(&blob, &file.display().to_string())?;
+    let mut release = unsigned_release(&info, namespace, &file.display().to_string())?;
     match key {
         Some(k) => {
             let path = if Path::new(k).exists() {

@@ -130,15 +130,13 @@ pub fn generate(
             if row.finish.is_some() {
                 continue;
             }
-            let seen: Vec<u32> = row.prompt.iter().chain(&row.tokens).copied().collect();
-            let t = row.sampler.sample(l, &seen);
+            let t = row.sampler.sample(l, row.prompt.iter().chain(&row.tokens));
             row.tokens.push(t);
             row.logprobs.push(logprob(l, t));
             if eos.contains(&t) {
                 row.finish = Some(Finish::Eos);
             } else {
-                let body = &row.tokens[..row.tokens.len()];
-                row.text = tok.decode(body, false)?;
+                row.text = tok.decode(&row.tokens, false)?;
                 if let Some(at) = params
                     .stop
                     .iter()

@@ -76,6 +76,16 @@ fn dot_portable(w: &[u8], a: &Q8Row) -> f32 {
     acc
 }
 
+/// The sum of an AVX register's eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn hsum(acc: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2(w: &[u8], a: &Q8Row) -> f32 {
@@ -117,10 +127,7 @@ unsafe fn dot_avx2_at(w: &[u8], a: &Q8Row, first: usize) -> f32 {
             );
             mins += m * a.s[first + b];
         }
-        let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        let one = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
-        _mm_cvtss_f32(one) + mins
+        hsum(acc) + mins
     }
 }
 
@@ -256,9 +263,7 @@ unsafe fn dot_q8_0_avx2(w: &[u8], a: &Q8Row) -> f32 {
             );
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), _mm256_cvtepi32_ps(prod), acc);
         }
-        let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+        hsum(acc)
     }
 }
 
@@ -309,9 +314,7 @@ unsafe fn dot_q8_0_f32_avx2(w: &[u8], x: &[f32]) -> f32 {
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
         }
-        let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+        hsum(acc)
     }
 }
 
@@ -367,7 +370,7 @@ pub fn quant_matmul(
     rows: usize,
 ) -> Vec<f32> {
     match kind {
-        Blocks::Q4_1 => matmul_with(dot, Q4_1_BLOCK_BYTES, x, n, k, w, rows),
+        Blocks::Q4_1 => matmul_with(dot, kind.bytes(), x, n, k, w, rows),
         Blocks::Q8_0 => matmul_with(dot_q8_0, kind.bytes(), x, n, k, w, rows),
     }
 }

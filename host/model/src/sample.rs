@@ -99,10 +99,12 @@ impl Sampler {
     }
 
     /// Picks a token. `seen` are the tokens the penalty applies to (prompt and output).
-    pub fn sample(&mut self, logits: &[f32], seen: &[u32]) -> u32 {
+    pub fn sample<'s>(&mut self, logits: &[f32], seen: impl IntoIterator<Item = &'s u32>) -> u32 {
         let p = &self.params;
-        let mut logits = logits.to_vec();
-        if p.repetition_penalty != 1.0 {
+        // Copied only when the penalty changes them.
+        let penalised;
+        let logits: &[f32] = if p.repetition_penalty != 1.0 {
+            let mut logits = logits.to_vec();
             let mut done = std::collections::HashSet::new();
             for &t in seen {
                 if done.insert(t) {
@@ -115,7 +117,11 @@ impl Sampler {
                     }
                 }
             }
-        }
+            penalised = logits;
+            &penalised
+        } else {
+            logits
+        };
         let argmax = || {
             logits
                 .iter()
@@ -132,10 +138,14 @@ impl Sampler {
             .enumerate()
             .map(|(i, &l)| (i as u32, l / p.temperature))
             .collect();
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
+        // Top-k first, by partial selection: sorting a whole vocabulary every token costs
+        // milliseconds; min-p and top-p then need only the k survivors in order.
         if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, desc);
             cand.truncate(p.top_k);
         }
+        cand.sort_unstable_by(desc);
         let max = cand[0].1;
         let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
         let sum: f64 = probs.iter().sum();

@@ -6,8 +6,8 @@
 use galley_model::{LoadOptions, load, load_with};
 use std::path::{Path, PathBuf};
 
-/// One model test at a time: candle's threads spin-wait, and two models on two cores crawl.
-static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+mod common;
+use common::{HEAVY, smollm2};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -116,21 +116,6 @@ fn the_kv_cache_and_left_padding_change_nothing() {
             "{name}: left-padded row differs"
         );
     }
-}
-
-fn smollm2() -> PathBuf {
-    let p = std::env::var_os("GALLEY_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-models.sh",
-        p.display()
-    );
-    p
 }
 
 fn read_f32(path: &Path) -> Vec<f32> {

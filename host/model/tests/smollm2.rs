@@ -4,25 +4,9 @@
 
 use galley_core::Message;
 use galley_model::{Finish, LoadOptions, LoadedModel, SamplingParams, generate, load_with};
-use std::path::PathBuf;
 
-/// One model test at a time: candle's threads spin-wait, and two models on two cores crawl.
-static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn smollm2() -> PathBuf {
-    let p = std::env::var_os("GALLEY_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-models.sh",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::{HEAVY, smollm2};
 
 fn prompt(m: &LoadedModel, q: &str) -> Vec<u32> {
     let t = m
