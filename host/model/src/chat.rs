@@ -11,8 +11,10 @@ use minijinja::{Environment, Error, ErrorKind, Value, context};
 pub struct ChatTemplate {
     env: Environment<'static>,
     pub origin: String,
-    bos_token: String,
-    eos_token: String,
+    /// The Jinja source (written out again with exported models).
+    pub source: String,
+    pub bos_token: String,
+    pub eos_token: String,
 }
 
 fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
@@ -47,6 +49,7 @@ impl ChatTemplate {
         Ok(Self {
             env,
             origin: origin.into(),
+            source: source.into(),
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
         })

@@ -22,7 +22,7 @@ pub use chat::ChatTemplate;
 pub use config::{Family, LlamaConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use generate::{Completion, Finish, generate};
-pub use load::{LoadOptions, LoadedModel, load, load_with};
+pub use load::{Checkpoint, LoadOptions, LoadedModel, load, load_with, open};
 pub use model::{Cache, Llama};
 pub use sample::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

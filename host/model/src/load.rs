@@ -28,15 +28,38 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
     load_with(path, device, LoadOptions::default())
 }
 
+/// A checkpoint's parts before a model is built from them: the trainer builds its own
+/// (trainable) model from the same weights, tokenizer and template.
+pub struct Checkpoint {
+    pub weights: Weights,
+    pub config: LlamaConfig,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    pub path: PathBuf,
+}
+
 pub fn load_with(path: &Path, device: &Device, opts: LoadOptions) -> Result<LoadedModel> {
+    let ck = open(path, opts)?;
+    let model = Llama::load(&ck.weights, ck.config, device)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer: ck.tokenizer,
+        template: ck.template,
+        path: ck.path,
+    })
+}
+
+/// Opens a `.gguf` file or an HF checkpoint folder: weights (not yet read), config,
+/// tokenizer and chat template.
+pub fn open(path: &Path, opts: LoadOptions) -> Result<Checkpoint> {
     if path.is_file() {
-        return load_gguf(path, device, opts);
+        return load_gguf(path, opts);
     }
     if !path.is_dir() {
         return Err(bad(path, "no such model file or folder"));
     }
     if path.join("config.json").exists() {
-        return load_hf(path, device);
+        return load_hf(path);
     }
     let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| bad(path, e))?
@@ -45,7 +68,7 @@ pub fn load_with(path: &Path, device: &Device, opts: LoadOptions) -> Result<Load
         .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
         .collect();
     match ggufs.as_slice() {
-        [one] => load_gguf(one, device, opts),
+        [one] => load_gguf(one, opts),
         [] => Err(bad(
             path,
             "not a model: expected config.json + safetensors, or a .gguf file",
@@ -54,7 +77,7 @@ pub fn load_with(path: &Path, device: &Device, opts: LoadOptions) -> Result<Load
     }
 }
 
-fn load_gguf(path: &Path, device: &Device, opts: LoadOptions) -> Result<LoadedModel> {
+fn load_gguf(path: &Path, opts: LoadOptions) -> Result<Checkpoint> {
     let mut weights = Weights::gguf(path)?;
     weights.set_dequantize(opts.dequantize);
     let md = weights
@@ -83,9 +106,9 @@ fn load_gguf(path: &Path, device: &Device, opts: LoadOptions) -> Result<LoadedMo
         )?),
         None => None,
     };
-    let model = Llama::load(&weights, config, device)?;
-    Ok(LoadedModel {
-        model,
+    Ok(Checkpoint {
+        weights,
+        config,
         tokenizer,
         template,
         path: path.into(),
@@ -101,7 +124,7 @@ fn special(v: Option<&serde_json::Value>) -> Option<String> {
     }
 }
 
-fn load_hf(dir: &Path, device: &Device) -> Result<LoadedModel> {
+fn load_hf(dir: &Path) -> Result<Checkpoint> {
     let config = LlamaConfig::from_hf_json(&dir.join("config.json"))?;
     let index = dir.join("model.safetensors.index.json");
     let files = if index.exists() {
@@ -180,9 +203,9 @@ fn load_hf(dir: &Path, device: &Device) -> Result<LoadedModel> {
             None => None,
         }
     };
-    let model = Llama::load(&weights, config, device)?;
-    Ok(LoadedModel {
-        model,
+    Ok(Checkpoint {
+        weights,
+        config,
         tokenizer,
         template,
         path: dir.into(),

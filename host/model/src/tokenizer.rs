@@ -175,6 +175,21 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special).map_err(tok_err)
     }
 
+    /// The underlying `tokenizers` tokenizer (to save as tokenizer.json, or to read offsets).
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// Wraps a tokenizer built or trained elsewhere.
+    pub fn from_inner(inner: tokenizers::Tokenizer, bos: Option<u32>, eos: Vec<u32>) -> Self {
+        Self {
+            inner,
+            add_bos: false,
+            bos,
+            eos,
+        }
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

@@ -1,0 +1,478 @@
+//! The training config: YAML in four sections (`model`, `data`, `training`, `peft`), typed,
+//! unknown keys refused, defaults a newcomer would pick, and `a.b=c` overrides from the command
+//! line. Errors name the file, line and key path (`training.learning_rate`), or the override.
+
+use crate::error::{Result, TrainError};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub training: TrainingSection,
+    /// LoRA settings; used when `training.method` is `lora` or `qlora`.
+    pub peft: PeftSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// A `.gguf` file or an HF checkpoint folder. Leave unset with `init` to pre-train.
+    pub path: Option<PathBuf>,
+    /// Shape of a model initialised from scratch (pre-training).
+    pub init: Option<InitSection>,
+    /// A tokenizer.json to use, or `train` settings to train one on the training text.
+    pub tokenizer: Option<TokenizerSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InitSection {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub max_position_embeddings: usize,
+    pub rope_theta: f64,
+    pub tie_word_embeddings: bool,
+    /// Standard deviation of the normal initialisation of projections and embeddings.
+    pub init_std: f64,
+}
+
+impl Default for InitSection {
+    fn default() -> Self {
+        Self {
+            hidden_size: 256,
+            intermediate_size: 768,
+            num_layers: 6,
+            num_heads: 4,
+            num_kv_heads: 2,
+            max_position_embeddings: 512,
+            rope_theta: 10000.0,
+            tie_word_embeddings: true,
+            init_std: 0.02,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenizerSection {
+    /// An existing tokenizer.json.
+    pub path: Option<PathBuf>,
+    /// Train a byte-level BPE tokenizer on the training text.
+    pub train: Option<TokenizerTrain>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenizerTrain {
+    pub vocab_size: usize,
+    pub min_frequency: u64,
+}
+
+impl Default for TokenizerTrain {
+    fn default() -> Self {
+        Self {
+            vocab_size: 4096,
+            min_frequency: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// From the file name: `.jsonl` conversations, `.json` Alpaca, `.txt` plain text.
+    Auto,
+    Conversations,
+    Alpaca,
+    Text,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceSection {
+    pub path: Option<PathBuf>,
+    pub format: Option<Format>,
+    /// A data-loader plugin (a component file or an installed plugin name) instead of a file.
+    pub plugin: Option<String>,
+    /// Settings passed to the plugin's `init`.
+    pub plugin_config: Option<serde_json::Value>,
+    /// Read-only directories granted to the plugin (it must also ask for them).
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Use at most this many examples.
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossOn {
+    /// Every assistant turn.
+    AllAssistant,
+    /// Only the final assistant turn.
+    LastAssistant,
+    /// Every token (plain language modelling).
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Keep the first `max_length` tokens.
+    Right,
+    /// Drop the example (counted and logged).
+    Skip,
+    /// Stop with an error naming the example.
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBad {
+    /// Count and log the bad example, go on.
+    Skip,
+    /// Stop before training with an error naming the file and line.
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    pub train: SourceSection,
+    pub validation: Option<SourceSection>,
+    /// Share of the training examples held out for validation when no `validation` is given.
+    pub validation_split: f64,
+    /// Tokens per sequence (longer examples follow `truncation`).
+    pub max_length: usize,
+    pub truncation: Truncation,
+    /// Concatenate examples into full `max_length` rows (no padding).
+    pub packing: bool,
+    pub loss_on: LossOn,
+    pub on_bad_example: OnBad,
+    /// Seed of the shuffle and split (defaults to `training.seed`).
+    pub seed: Option<u64>,
+    pub shuffle: bool,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            train: SourceSection::default(),
+            validation: None,
+            validation_split: 0.0,
+            max_length: 512,
+            truncation: Truncation::Right,
+            packing: false,
+            loss_on: LossOn::AllAssistant,
+            on_bad_example: OnBad::Skip,
+            seed: None,
+            shuffle: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    Full,
+    Lora,
+    Qlora,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    Adamw,
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingSection {
+    pub method: Method,
+    pub output_dir: PathBuf,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (overrides `epochs`).
+    pub max_steps: Option<usize>,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub learning_rate: f64,
+    pub lr_scheduler: Schedule,
+    pub warmup_steps: usize,
+    /// Warm-up as a share of all steps (used when `warmup_steps` is 0).
+    pub warmup_ratio: f64,
+    pub optimizer: OptimizerKind,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub momentum: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    pub logging_steps: usize,
+    /// Validation every this many steps (0 = at the end of each epoch).
+    pub eval_steps: usize,
+    /// Checkpoint every this many steps (0 = only at the end).
+    pub save_steps: usize,
+    /// Checkpoints kept (oldest removed first).
+    pub save_total_limit: usize,
+    /// Also write the merged model (safetensors + config + tokenizer) at the end.
+    pub save_merged: bool,
+    /// Worker threads (default: all cores).
+    pub threads: Option<usize>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        Self {
+            method: Method::Lora,
+            output_dir: PathBuf::from("runs/train"),
+            epochs: 1,
+            max_steps: None,
+            batch_size: 4,
+            gradient_accumulation_steps: 1,
+            learning_rate: 2e-4,
+            lr_scheduler: Schedule::Cosine,
+            warmup_steps: 0,
+            warmup_ratio: 0.0,
+            optimizer: OptimizerKind::Adamw,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            momentum: 0.0,
+            max_grad_norm: 1.0,
+            seed: 42,
+            logging_steps: 1,
+            eval_steps: 0,
+            save_steps: 0,
+            save_total_limit: 2,
+            save_merged: false,
+            threads: None,
+            device: "cpu".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantKind {
+    /// GGUF Q4_0 blocks (32 weights, one scale).
+    Q4_0,
+    /// GGUF Q4_1 blocks (32 weights, scale and minimum).
+    Q4_1,
+    /// GGUF Q8_0 blocks.
+    Q8_0,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeftSection {
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    pub target_modules: Vec<String>,
+    /// QLoRA: the blocks a dense base is quantized to (a GGUF base keeps its own 4-bit blocks).
+    pub quant: QuantKind,
+}
+
+impl Default for PeftSection {
+    fn default() -> Self {
+        Self {
+            r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.05,
+            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"]
+                .map(String::from)
+                .to_vec(),
+            quant: QuantKind::Q4_0,
+        }
+    }
+}
+
+fn invalid(file: &str, msg: impl Into<String>) -> TrainError {
+    TrainError::Config {
+        file: file.into(),
+        msg: msg.into(),
+    }
+}
+
+/// Applies `a.b=c` (the value parsed as YAML) to `root`.
+pub fn apply_override(root: &mut serde_yaml::Value, set: &str) -> std::result::Result<(), String> {
+    let (key, raw) = set
+        .split_once('=')
+        .ok_or_else(|| format!("override `{set}` is not KEY=VALUE"))?;
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(raw).unwrap_or_else(|_| serde_yaml::Value::String(raw.into()));
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut node = root;
+    for (i, part) in parts.iter().enumerate() {
+        if !node.is_mapping() {
+            *node = serde_yaml::Value::Mapping(Default::default());
+        }
+        let map = node.as_mapping_mut().expect("made a mapping");
+        let k = serde_yaml::Value::String(part.to_string());
+        if i + 1 == parts.len() {
+            map.insert(k, value);
+            return Ok(());
+        }
+        node = map
+            .entry(k)
+            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    }
+    Ok(())
+}
+
+impl TrainConfig {
+    /// Reads `path` (if any) and applies `overrides`; relative paths in the file are taken
+    /// relative to the file's folder.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let (text, name) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p)
+                    .map_err(|e| invalid(&p.display().to_string(), e.to_string()))?,
+                p.display().to_string(),
+            ),
+            None => (String::new(), "(no config file)".to_string()),
+        };
+        // First the file alone, so an error can name its line.
+        if !text.trim().is_empty() {
+            let de = serde_yaml::Deserializer::from_str(&text);
+            if let Err(e) = serde_path_to_error::deserialize::<_, TrainConfig>(de) {
+                let key = e.path().to_string();
+                let inner = e.into_inner();
+                let at = inner
+                    .location()
+                    .map(|l| format!("{name}:{}:{}", l.line(), l.column()))
+                    .unwrap_or(name.clone());
+                return Err(invalid(&at, format!("`{key}`: {}", strip_location(&inner))));
+            }
+        }
+        let mut value: serde_yaml::Value = if text.trim().is_empty() {
+            serde_yaml::Value::Mapping(Default::default())
+        } else {
+            serde_yaml::from_str(&text).map_err(|e| invalid(&name, e.to_string()))?
+        };
+        for set in overrides {
+            apply_override(&mut value, set).map_err(|e| invalid(&name, e))?;
+        }
+        let mut cfg: TrainConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(
+                &name,
+                format!("`{key}` (from an override): {}", strip_location(e.inner())),
+            )
+        })?;
+        if let Some(dir) = path.and_then(|p| p.parent()) {
+            cfg.relative_to(dir);
+        }
+        cfg.validate(&name)?;
+        Ok(cfg)
+    }
+
+    fn relative_to(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !dir.as_os_str().is_empty() {
+                *p = dir.join(&*p);
+            }
+        };
+        if let Some(p) = self.model.path.as_mut() {
+            fix(p)
+        }
+        if let Some(p) = self.model.tokenizer.as_mut().and_then(|t| t.path.as_mut()) {
+            fix(p)
+        }
+        for src in std::iter::once(&mut self.data.train).chain(self.data.validation.as_mut()) {
+            if let Some(p) = src.path.as_mut() {
+                fix(p)
+            }
+            src.plugin_dirs.iter_mut().for_each(fix);
+            if let Some(p) = src.plugin.as_mut() {
+                if p.ends_with(".wasm") && Path::new(p.as_str()).is_relative() {
+                    *p = dir.join(&*p).display().to_string();
+                }
+            }
+        }
+    }
+
+    /// Checks the combinations serde cannot: each message names the key.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let t = &self.training;
+        let bad = |key: &str, msg: &str| Err(invalid(file, format!("`{key}`: {msg}")));
+        match (&self.model.path, &self.model.init) {
+            (None, None) => {
+                return bad("model.path", "name a model (or `model.init` to pre-train)");
+            }
+            (Some(_), Some(_)) => {
+                return bad("model.init", "give `model.path` or `model.init`, not both");
+            }
+            (None, Some(_)) if t.method != Method::Full => {
+                return bad(
+                    "training.method",
+                    "a model initialised from scratch trains with `full`",
+                );
+            }
+            (None, Some(_)) if self.model.tokenizer.is_none() => {
+                return bad("model.tokenizer", "a new model needs `path` or `train`");
+            }
+            _ => {}
+        }
+        if self.data.train.path.is_none() && self.data.train.plugin.is_none() {
+            return bad("data.train.path", "name a data file (or `plugin`)");
+        }
+        if t.batch_size == 0 {
+            return bad("training.batch_size", "must be at least 1");
+        }
+        if t.gradient_accumulation_steps == 0 {
+            return bad("training.gradient_accumulation_steps", "must be at least 1");
+        }
+        if !(t.learning_rate.is_finite() && t.learning_rate >= 0.0) {
+            return bad("training.learning_rate", "must be a non-negative number");
+        }
+        if self.data.max_length < 2 {
+            return bad("data.max_length", "must be at least 2");
+        }
+        if !(0.0..1.0).contains(&self.data.validation_split) {
+            return bad("data.validation_split", "must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.peft.lora_dropout) {
+            return bad("peft.lora_dropout", "must be in [0, 1)");
+        }
+        if t.method != Method::Full && self.peft.r == 0 {
+            return bad("peft.r", "must be at least 1");
+        }
+        if t.method != Method::Full && self.peft.target_modules.is_empty() {
+            return bad("peft.target_modules", "name at least one module");
+        }
+        Ok(())
+    }
+
+    pub fn data_seed(&self) -> u64 {
+        self.data.seed.unwrap_or(self.training.seed)
+    }
+}
+
+/// serde_yaml appends " at line L column C"; the location is already in front.
+fn strip_location(e: &serde_yaml::Error) -> String {
+    let s = e.to_string();
+    match s.find(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}

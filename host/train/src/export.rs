@@ -1,0 +1,161 @@
+//! What a run leaves for the ecosystem: LoRA adapters in PEFT's layout (adapter_config.json +
+//! adapter_model.safetensors, PEFT's key names and config fields, so `PeftModel.from_pretrained`
+//! loads them) and a merged model as an HF checkpoint (model.safetensors, config.json,
+//! tokenizer.json, tokenizer_config.json with the chat template) that `galley infer` and
+//! transformers load.
+
+use crate::config::PeftSection;
+use crate::error::{Result, file_err};
+use crate::model::TrainModel;
+use candle_core::Tensor;
+use galley_model::{ChatTemplate, LlamaConfig, RopeScaling, Tokenizer};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The adapter_config.json PEFT writes for a LoRA on a causal LM.
+pub fn adapter_config(peft: &PeftSection, base: &str, targets: &[String]) -> serde_json::Value {
+    let mut targets = targets.to_vec();
+    targets.sort();
+    json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": peft.r,
+        "lora_alpha": peft.lora_alpha,
+        "lora_dropout": peft.lora_dropout,
+        "target_modules": targets,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "use_rslora": false,
+        "use_dora": false,
+        "modules_to_save": null,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "revision": null,
+        "auto_mapping": null,
+    })
+}
+
+/// Writes the adapters of `model` into `dir` in PEFT's layout.
+pub fn save_adapter(model: &TrainModel, peft: &PeftSection, base: &str, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let tensors: HashMap<String, Tensor> = model
+        .trainable
+        .iter()
+        .filter(|(n, _)| n.contains(".lora_"))
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let path = dir.join("adapter_model.safetensors");
+    candle_core::safetensors::save(&tensors, &path).map_err(|e| file_err(&path, e))?;
+    let cfg = adapter_config(peft, base, &peft.target_modules);
+    let cpath = dir.join("adapter_config.json");
+    std::fs::write(&cpath, serde_json::to_string_pretty(&cfg).expect("json"))
+        .map_err(|e| file_err(&cpath, e))
+}
+
+/// config.json for `c` as transformers writes a LlamaForCausalLM (Qwen2/3 and Mistral map to
+/// their own architectures).
+pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
+    use galley_model::Family;
+    let (arch, model_type) = match c.family {
+        Family::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+        Family::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+        Family::Mistral => ("MistralForCausalLM", "mistral"),
+        _ => ("LlamaForCausalLM", "llama"),
+    };
+    let mut v = json!({
+        "architectures": [arch],
+        "model_type": model_type,
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "max_position_embeddings": c.max_position_embeddings,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "attention_bias": c.qkv_bias,
+        "mlp_bias": c.mlp_bias,
+        "hidden_act": "silu",
+        "torch_dtype": "float32",
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": if c.eos_token_ids.len() == 1 { json!(c.eos_token_ids[0]) } else { json!(c.eos_token_ids) },
+    });
+    match &c.rope_scaling {
+        RopeScaling::None => {}
+        RopeScaling::Linear { factor } => {
+            v["rope_scaling"] = json!({"rope_type": "linear", "factor": factor});
+        }
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            v["rope_scaling"] = json!({
+                "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": original_max_position_embeddings,
+            });
+        }
+    }
+    v
+}
+
+/// Writes tokenizer.json and tokenizer_config.json (with the chat template, if any).
+pub fn save_tokenizer(tok: &Tokenizer, template: Option<&ChatTemplate>, dir: &Path) -> Result<()> {
+    let path = dir.join("tokenizer.json");
+    tok.inner()
+        .save(&path, false)
+        .map_err(|e| file_err(&path, e))?;
+    let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
+    let mut tc = json!({
+        "bos_token": name(tok.bos),
+        "eos_token": name(tok.eos.first().copied()),
+        "add_bos_token": tok.add_bos,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    });
+    if let Some(t) = template {
+        tc["chat_template"] = json!(t.source);
+    }
+    let cpath = dir.join("tokenizer_config.json");
+    std::fs::write(&cpath, serde_json::to_string_pretty(&tc).expect("json"))
+        .map_err(|e| file_err(&cpath, e))
+}
+
+/// Writes `named` tensors and `config` as an HF checkpoint folder.
+pub fn save_checkpoint_dir(
+    named: Vec<(String, Tensor)>,
+    config: &LlamaConfig,
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let map: HashMap<String, Tensor> = named.into_iter().collect();
+    let path = dir.join("model.safetensors");
+    candle_core::safetensors::save(&map, &path).map_err(|e| file_err(&path, e))?;
+    let cpath = dir.join("config.json");
+    std::fs::write(
+        &cpath,
+        serde_json::to_string_pretty(&hf_config(config)).expect("json"),
+    )
+    .map_err(|e| file_err(&cpath, e))
+}
+
+/// The merged model (adapters folded into the weights) with its tokenizer.
+pub fn save_merged(
+    model: &TrainModel,
+    tok: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    dir: &Path,
+) -> Result<()> {
+    save_checkpoint_dir(model.merged_tensors()?, &model.config, dir)?;
+    save_tokenizer(tok, template, dir)
+}

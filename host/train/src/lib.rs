@@ -1,0 +1,302 @@
+//! galley-train: the host's training engine. Supervised fine-tuning (full, LoRA, QLoRA) and
+//! pre-training from scratch on the native Llama, through fused CPU kernels that keep their
+//! backward passes (`ops`), in-place optimizers (`optim`), atomic checkpoints with exact resume
+//! (`checkpoint`), and exports the Python ecosystem reads (`export`: PEFT adapters, HF
+//! checkpoints). Data comes from files or any `DataSource`, so data-loader plugins need no
+//! trainer changes. `run` ties a config to a run directory.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod export;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod plot;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use error::{Result, TrainError};
+pub use trainer::{EvalMetrics, NoObserver, Observer, StepMetrics, Summary};
+
+use crate::config::{Method, TokenizerSection};
+use crate::data::{Encoder, Records, Sample, Skipped};
+use crate::error::file_err;
+use crate::model::{Build, TrainModel};
+use candle_core::Device;
+use galley_core::DataSource;
+use galley_model::weights::Weights;
+use galley_model::{ChatTemplate, LoadOptions, Tokenizer};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Where the examples come from: the config's files, or data sources the caller opened
+/// (data-loader plugins) for the train and validation sets.
+#[derive(Default)]
+pub struct Sources<'a> {
+    pub train: Option<&'a mut dyn DataSource>,
+    pub validation: Option<&'a mut dyn DataSource>,
+}
+
+/// Everything a run needs, loaded and checked before the first step.
+pub struct Prepared {
+    pub model: TrainModel,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    pub train: Vec<Sample>,
+    pub val: Vec<Sample>,
+    pub skipped: Skipped,
+    pub base: String,
+}
+
+/// What a finished run wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    pub summary: Summary,
+    pub out_dir: PathBuf,
+    pub adapter: Option<PathBuf>,
+    pub model: Option<PathBuf>,
+    pub plot: PathBuf,
+    pub skipped: Skipped,
+    pub train_examples: usize,
+    pub val_examples: usize,
+    pub trainable_params: usize,
+    pub frozen_bytes: usize,
+}
+
+fn digest(cfg: &TrainConfig) -> String {
+    // Settings that change the trajectory; logging and limits may differ on resume.
+    let mut c = cfg.clone();
+    c.training.max_steps = None;
+    c.training.save_steps = 0;
+    c.training.save_total_limit = 0;
+    c.training.logging_steps = 0;
+    c.training.threads = None;
+    c.training.save_merged = false;
+    let v = serde_json::to_vec(&c).expect("config serializes");
+    hex::encode(&Sha256::digest(&v)[..8])
+}
+
+/// Trains a byte-level BPE tokenizer on `docs` (pre-training from scratch).
+pub fn train_tokenizer(docs: &[String], vocab: usize, min_frequency: u64) -> Result<Tokenizer> {
+    use tokenizers::AddedToken;
+    use tokenizers::models::TrainerWrapper;
+    use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let eos = "<|endoftext|>";
+    let trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab)
+        .min_frequency(min_frequency)
+        .show_progress(false)
+        .special_tokens(vec![AddedToken::from(eos, true)])
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    let mut trainer = TrainerWrapper::BpeTrainer(trainer);
+    let mut tok = tokenizers::Tokenizer::new(BPE::default());
+    tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tok.with_decoder(Some(ByteLevel::default()));
+    let lines = docs
+        .iter()
+        .flat_map(|d| d.lines().map(String::from).collect::<Vec<_>>());
+    tok.train(&mut trainer, lines)
+        .map_err(|e| TrainError::Stopped(format!("training the tokenizer: {e}")))?;
+    let id = tok.token_to_id(eos);
+    Ok(Tokenizer::from_inner(tok, id, id.into_iter().collect()))
+}
+
+fn read_records(
+    cfg: &TrainConfig,
+    src: &config::SourceSection,
+    plugin: Option<&mut dyn DataSource>,
+    skipped: &mut Skipped,
+) -> Result<Records> {
+    match (plugin, &src.path) {
+        (Some(p), _) => data::read_source(p, src.limit),
+        (None, Some(path)) => {
+            if !path.exists() {
+                return Err(file_err(path, "no such data file"));
+            }
+            data::read_file(src, path, cfg.data.on_bad_example, skipped)
+        }
+        (None, None) => Err(TrainError::Config {
+            file: "data".into(),
+            msg: format!(
+                "source {:?} names no file, and no plugin was opened for it",
+                src.plugin
+            ),
+        }),
+    }
+}
+
+/// Loads the model, tokenizer and data a config names.
+pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Prepared> {
+    let dev = galley_model::device(&cfg.training.device)?;
+    let mut skipped = Skipped::default();
+    let train_recs = read_records(cfg, &cfg.data.train, sources.train, &mut skipped)?;
+    let val_recs = match (&cfg.data.validation, sources.validation) {
+        (Some(v), p) => Some(read_records(cfg, v, p, &mut skipped)?),
+        (None, _) => None,
+    };
+    let build = Build {
+        method: cfg.training.method,
+        peft: &cfg.peft,
+        seed: cfg.training.seed,
+    };
+    let (model, tokenizer, template, base) = match (&cfg.model.path, &cfg.model.init) {
+        (Some(path), _) => {
+            let ck = galley_model::open(path, LoadOptions { dequantize: false })?;
+            let tokenizer = match cfg.model.tokenizer.as_ref().and_then(|t| t.path.as_ref()) {
+                Some(p) => Tokenizer::from_file(p, ck.tokenizer.bos, ck.tokenizer.eos.clone())?,
+                None => ck.tokenizer,
+            };
+            let model = TrainModel::load(&ck.weights, ck.config, &build, &dev)?;
+            (model, tokenizer, ck.template, path.display().to_string())
+        }
+        (None, Some(init)) => {
+            let tok_dir = out_dir.join("tokenizer");
+            let tok_file = tok_dir.join("tokenizer.json");
+            let tokenizer = match &cfg.model.tokenizer {
+                Some(TokenizerSection { path: Some(p), .. }) => {
+                    let t = tokenizers::Tokenizer::from_file(p).map_err(|e| file_err(p, e))?;
+                    let eos = t
+                        .token_to_id("<|endoftext|>")
+                        .or_else(|| t.token_to_id("</s>"));
+                    Tokenizer::from_inner(t, eos, eos.into_iter().collect())
+                }
+                // A resumed run reuses the tokenizer it trained.
+                _ if tok_file.exists() => {
+                    let t = tokenizers::Tokenizer::from_file(&tok_file)
+                        .map_err(|e| file_err(&tok_file, e))?;
+                    let eos = t.token_to_id("<|endoftext|>");
+                    Tokenizer::from_inner(t, eos, eos.into_iter().collect())
+                }
+                Some(TokenizerSection {
+                    train: Some(tt), ..
+                }) => {
+                    let Records::Text(docs) = &train_recs else {
+                        return Err(TrainError::Config {
+                            file: "model.tokenizer.train".into(),
+                            msg: "training a tokenizer needs plain-text training data".into(),
+                        });
+                    };
+                    let t = train_tokenizer(docs, tt.vocab_size, tt.min_frequency)?;
+                    std::fs::create_dir_all(&tok_dir).map_err(|e| file_err(&tok_dir, e))?;
+                    t.inner()
+                        .save(&tok_file, false)
+                        .map_err(|e| file_err(&tok_file, e))?;
+                    t
+                }
+                _ => unreachable!("validated: a new model names or trains a tokenizer"),
+            };
+            let config = TrainModel::init_config(
+                init,
+                tokenizer.vocab_size(),
+                tokenizer.bos,
+                tokenizer.eos.clone(),
+            );
+            let init_dir = out_dir.join("init");
+            if !init_dir.join("model.safetensors").exists() {
+                let w = model::init_weights(&config, init.init_std, cfg.training.seed)?;
+                export::save_checkpoint_dir(w, &config, &init_dir)?;
+            }
+            let weights = Weights::safetensors(vec![init_dir.join("model.safetensors")])?;
+            let model = TrainModel::load(&weights, config, &build, &dev)?;
+            (model, tokenizer, None, "scratch".to_string())
+        }
+        (None, None) => unreachable!("validated: a model is named"),
+    };
+    let enc = Encoder {
+        tokenizer: &tokenizer,
+        template: template.as_ref(),
+        cfg: &cfg.data,
+    };
+    let mut train = enc.encode(train_recs, &mut skipped)?;
+    let mut val = match val_recs {
+        Some(r) => enc.encode(r, &mut skipped)?,
+        None => Vec::new(),
+    };
+    if cfg.data.packing {
+        train = data::pack(&train, cfg.data.max_length);
+        val = data::pack(&val, cfg.data.max_length);
+    }
+    if cfg.data.validation.is_none() {
+        (train, val) = data::split(train, cfg.data.validation_split, cfg.data_seed());
+    }
+    if skipped.total() > 0 {
+        tracing::warn!("skipped {} examples: {:?}", skipped.total(), skipped);
+    }
+    Ok(Prepared {
+        model,
+        tokenizer,
+        template,
+        train,
+        val,
+        skipped,
+        base,
+    })
+}
+
+/// Trains as `cfg` says, writing the run directory; `resume` continues from its newest
+/// complete checkpoint.
+pub fn run(
+    cfg: &TrainConfig,
+    sources: Sources,
+    resume: bool,
+    obs: &mut dyn Observer,
+) -> Result<Outcome> {
+    let out = cfg.training.output_dir.clone();
+    std::fs::create_dir_all(&out).map_err(|e| file_err(&out, e))?;
+    let resolved = out.join("config.yaml");
+    std::fs::write(
+        &resolved,
+        serde_yaml::to_string(cfg).expect("config serializes"),
+    )
+    .map_err(|e| file_err(&resolved, e))?;
+    let p = prepare(cfg, sources, &out)?;
+    let pad = p.tokenizer.eos.first().copied().unwrap_or(0);
+    let trainer = trainer::Trainer {
+        cfg,
+        model: &p.model,
+        train: &p.train,
+        val: &p.val,
+        pad,
+        out_dir: out.clone(),
+        config_digest: digest(cfg),
+    };
+    let summary = trainer.run(resume, obs)?;
+    let plot = out.join("loss.png");
+    plot::plot(&out.join("metrics.jsonl"), &plot)?;
+    let (mut adapter, mut model_dir) = (None, None);
+    if cfg.training.method != Method::Full {
+        let dir = out.join("adapter");
+        export::save_adapter(&p.model, &cfg.peft, &p.base, &dir)?;
+        adapter = Some(dir);
+    }
+    if cfg.training.method == Method::Full || cfg.training.save_merged {
+        let dir = out.join("model");
+        export::save_merged(&p.model, &p.tokenizer, p.template.as_ref(), &dir)?;
+        model_dir = Some(dir);
+    }
+    let outcome = Outcome {
+        summary,
+        out_dir: out.clone(),
+        adapter,
+        model: model_dir,
+        plot,
+        skipped: p.skipped.clone(),
+        train_examples: p.train.len(),
+        val_examples: p.val.len(),
+        trainable_params: p.model.trainable_params(),
+        frozen_bytes: p.model.frozen_bytes(),
+    };
+    let sp = out.join("summary.json");
+    std::fs::write(&sp, serde_json::to_string_pretty(&outcome).expect("json"))
+        .map_err(|e| file_err(&sp, e))?;
+    Ok(outcome)
+}
+
+/// The device a config trains on (for callers that report it).
+pub fn device_of(cfg: &TrainConfig) -> Result<Device> {
+    Ok(galley_model::device(&cfg.training.device)?)
+}

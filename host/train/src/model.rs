@@ -1,0 +1,577 @@
+//! The trainable Llama: the same architecture and HF weight names as galley-model's inference
+//! model, built from the same checkpoint, with every projection either trained (full
+//! fine-tuning, pre-training) or frozen with LoRA adapters beside it (LoRA; QLoRA keeps the
+//! frozen projections as 4/8-bit GGUF blocks and dequantizes them per product). The forward
+//! pass runs through `ops` so every step has a backward pass that skips frozen weights.
+
+use crate::config::{InitSection, Method, PeftSection, QuantKind};
+use crate::error::{Result, TrainError};
+use crate::ops::{self, Frozen, Kernels, RopeTables};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor, Var};
+use galley_model::weights::{LinearWeight, Weights};
+use galley_model::{Family, LlamaConfig, RopeScaling};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use std::sync::Arc;
+
+/// The projection names LoRA may target.
+pub const MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// A low-rank update B·A beside a frozen projection, scaled by alpha / r.
+pub struct Lora {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+pub enum Proj {
+    Trained {
+        w: Var,
+        bias: Option<Var>,
+    },
+    Frozen {
+        w: Frozen,
+        bias: Option<Tensor>,
+        lora: Option<Lora>,
+    },
+}
+
+/// Per-forward settings: kernels, whether dropout is on and its seed.
+#[derive(Clone, Copy)]
+pub struct Pass {
+    pub kernels: Kernels,
+    pub train: bool,
+    pub seed: u64,
+}
+
+impl Proj {
+    fn forward(&self, x: &Tensor, pass: &Pass, site: u64) -> Result<Tensor> {
+        Ok(match self {
+            Proj::Trained { w, bias } => {
+                let y = ops::linear(x, w.as_tensor())?;
+                match bias {
+                    Some(b) => y.broadcast_add(b.as_tensor())?,
+                    None => y,
+                }
+            }
+            Proj::Frozen { w, bias, lora } => {
+                let mut y = ops::frozen_matmul(x, w, pass.kernels)?;
+                if let Some(b) = bias {
+                    y = y.broadcast_add(b)?;
+                }
+                if let Some(l) = lora {
+                    let xd = if pass.train && l.dropout > 0.0 {
+                        dropout(
+                            x,
+                            l.dropout,
+                            pass.seed ^ site.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        )?
+                    } else {
+                        x.clone()
+                    };
+                    let delta = ops::linear(&ops::linear(&xd, l.a.as_tensor())?, l.b.as_tensor())?;
+                    y = (y + (delta * l.scale)?)?;
+                }
+                y
+            }
+        })
+    }
+
+    /// The weight with any adapter merged in (W + scale·B·A), dense.
+    pub fn merged(&self) -> Result<Tensor> {
+        Ok(match self {
+            Proj::Trained { w, .. } => w.as_tensor().clone(),
+            Proj::Frozen { w, lora, .. } => {
+                let base = w.dense()?;
+                match lora {
+                    Some(l) => (base + (l.b.matmul(l.a.as_tensor())? * l.scale)?)?,
+                    None => base,
+                }
+            }
+        })
+    }
+
+    pub fn bias(&self) -> Option<Tensor> {
+        match self {
+            Proj::Trained { bias, .. } => bias.as_ref().map(|b| b.as_tensor().clone()),
+            Proj::Frozen { bias, .. } => bias.clone(),
+        }
+    }
+
+    pub fn frozen_bytes(&self) -> usize {
+        match self {
+            Proj::Frozen { w, .. } => w.bytes(),
+            Proj::Trained { .. } => 0,
+        }
+    }
+}
+
+/// Inverted dropout with a mask drawn from `seed` (so a resumed run draws the same masks).
+fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let keep = 1.0 / (1.0 - p) as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+        .collect();
+    Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
+}
+
+/// A norm or embedding weight: trained (a `Var`) or fixed.
+pub enum Param {
+    Trained(Var),
+    Fixed(Tensor),
+}
+
+impl Param {
+    pub fn t(&self) -> &Tensor {
+        match self {
+            Param::Trained(v) => v.as_tensor(),
+            Param::Fixed(t) => t,
+        }
+    }
+}
+
+pub struct Layer {
+    pub input_norm: Param,
+    pub q: Proj,
+    pub k: Proj,
+    pub v: Proj,
+    pub o: Proj,
+    pub q_norm: Option<Param>,
+    pub k_norm: Option<Param>,
+    pub post_norm: Param,
+    pub gate: Proj,
+    pub up: Proj,
+    pub down: Proj,
+}
+
+impl Layer {
+    pub fn projs(&self) -> [(&'static str, &'static str, &Proj); 7] {
+        [
+            ("self_attn", "q_proj", &self.q),
+            ("self_attn", "k_proj", &self.k),
+            ("self_attn", "v_proj", &self.v),
+            ("self_attn", "o_proj", &self.o),
+            ("mlp", "gate_proj", &self.gate),
+            ("mlp", "up_proj", &self.up),
+            ("mlp", "down_proj", &self.down),
+        ]
+    }
+}
+
+pub struct TrainModel {
+    pub config: LlamaConfig,
+    pub embed: Param,
+    pub layers: Vec<Layer>,
+    pub norm: Param,
+    /// None when the LM head is tied to the embeddings.
+    pub lm_head: Option<Proj>,
+    pub rope: RopeTables,
+    pub kernels: Kernels,
+    /// Trained tensors by name (HF names; LoRA ones in PEFT's naming), in a fixed order.
+    pub trainable: Vec<(String, Var)>,
+    pub device: Device,
+}
+
+/// How to build the model.
+pub struct Build<'a> {
+    pub method: Method,
+    pub peft: &'a PeftSection,
+    pub seed: u64,
+}
+
+fn quant_dtype(q: QuantKind) -> GgmlDType {
+    match q {
+        QuantKind::Q4_0 => GgmlDType::Q4_0,
+        QuantKind::Q4_1 => GgmlDType::Q4_1,
+        QuantKind::Q8_0 => GgmlDType::Q8_0,
+    }
+}
+
+/// Builds the trainable model from checkpoint weights.
+pub struct Loader<'a> {
+    w: &'a Weights,
+    build: &'a Build<'a>,
+    dev: &'a Device,
+    trainable: Vec<(String, Var)>,
+    rng: StdRng,
+}
+
+impl Loader<'_> {
+    fn var(&mut self, name: &str, t: Tensor) -> Result<Var> {
+        let v = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
+        self.trainable.push((name.to_string(), v.clone()));
+        Ok(v)
+    }
+
+    fn param(&mut self, name: &str, shape: &[usize]) -> Result<Param> {
+        let t = self.w.tensor(name, shape, self.dev)?;
+        Ok(if self.build.method == Method::Full {
+            Param::Trained(self.var(name, t)?)
+        } else {
+            Param::Fixed(t)
+        })
+    }
+
+    fn proj(
+        &mut self,
+        prefix: &str,
+        module: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Proj> {
+        let name = format!("{prefix}.{module}.weight");
+        let bname = format!("{prefix}.{module}.bias");
+        if self.build.method == Method::Full {
+            let w = self.w.tensor(&name, &[out, inp], self.dev)?;
+            let w = self.var(&name, w)?;
+            let bias = match bias {
+                true => {
+                    let b = self.w.tensor(&bname, &[out], self.dev)?;
+                    Some(self.var(&bname, b)?)
+                }
+                false => None,
+            };
+            return Ok(Proj::Trained { w, bias });
+        }
+        let frozen = match (self.build.method, self.w.linear(&name, out, inp, self.dev)?) {
+            (Method::Qlora, LinearWeight::Quant(QMatMul::QTensor(q))) => Frozen::Quant(q),
+            (Method::Qlora, LinearWeight::Dense(t)) if inp % 32 == 0 => Frozen::Quant(Arc::new(
+                QTensor::quantize(&t, quant_dtype(self.build.peft.quant))?,
+            )),
+            (_, LinearWeight::Dense(t)) => Frozen::Dense(t),
+            (_, LinearWeight::Quant(q)) => Frozen::Dense(q.dequantize_f16()?.to_dtype(DType::F32)?),
+        };
+        let bias = match bias {
+            true => Some(self.w.tensor(&bname, &[out], self.dev)?),
+            false => None,
+        };
+        let lora = if self.build.peft.target_modules.iter().any(|m| m == module) {
+            let r = self.build.peft.r;
+            // PEFT's default init: A Kaiming-uniform (bound 1/sqrt(in)), B zeros, so training
+            // starts from the base model exactly.
+            let bound = 1.0 / (inp as f64).sqrt();
+            let a: Vec<f32> = (0..r * inp)
+                .map(|_| ((self.rng.random::<f64>() * 2.0 - 1.0) * bound) as f32)
+                .collect();
+            let a = Tensor::from_vec(a, (r, inp), self.dev)?;
+            let b = Tensor::zeros((out, r), DType::F32, self.dev)?;
+            let pre = format!("base_model.model.{prefix}.{module}");
+            Some(Lora {
+                a: self.var(&format!("{pre}.lora_A.weight"), a)?,
+                b: self.var(&format!("{pre}.lora_B.weight"), b)?,
+                scale: self.build.peft.lora_alpha / r as f64,
+                dropout: self.build.peft.lora_dropout,
+            })
+        } else {
+            None
+        };
+        Ok(Proj::Frozen {
+            w: frozen,
+            bias,
+            lora,
+        })
+    }
+}
+
+impl TrainModel {
+    /// Builds from checkpoint weights (dequantized unless QLoRA keeps the blocks).
+    pub fn load(w: &Weights, config: LlamaConfig, build: &Build, dev: &Device) -> Result<Self> {
+        if build.method != Method::Full {
+            for m in &build.peft.target_modules {
+                if !MODULES.contains(&m.as_str()) {
+                    return Err(TrainError::UnknownTarget {
+                        module: m.clone(),
+                        known: MODULES.join(", "),
+                    });
+                }
+            }
+        }
+        let c = &config;
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let mut l = Loader {
+            w,
+            build,
+            dev,
+            trainable: Vec::new(),
+            rng: StdRng::seed_from_u64(build.seed ^ 0x10a4),
+        };
+        let embed = l.param("model.embed_tokens.weight", &[c.vocab_size, d])?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let attn = format!("{p}.self_attn");
+            let mlp = format!("{p}.mlp");
+            layers.push(Layer {
+                input_norm: l.param(&format!("{p}.input_layernorm.weight"), &[d])?,
+                q: l.proj(&attn, "q_proj", c.num_heads * hd, d, c.qkv_bias)?,
+                k: l.proj(&attn, "k_proj", c.num_kv_heads * hd, d, c.qkv_bias)?,
+                v: l.proj(&attn, "v_proj", c.num_kv_heads * hd, d, c.qkv_bias)?,
+                o: l.proj(&attn, "o_proj", d, c.num_heads * hd, c.o_bias)?,
+                q_norm: match c.qk_norm {
+                    true => Some(l.param(&format!("{attn}.q_norm.weight"), &[hd])?),
+                    false => None,
+                },
+                k_norm: match c.qk_norm {
+                    true => Some(l.param(&format!("{attn}.k_norm.weight"), &[hd])?),
+                    false => None,
+                },
+                post_norm: l.param(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                gate: l.proj(&mlp, "gate_proj", c.intermediate_size, d, c.mlp_bias)?,
+                up: l.proj(&mlp, "up_proj", c.intermediate_size, d, c.mlp_bias)?,
+                down: l.proj(&mlp, "down_proj", d, c.intermediate_size, c.mlp_bias)?,
+            });
+        }
+        let norm = l.param("model.norm.weight", &[d])?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            let name = "lm_head.weight";
+            let t = w.tensor(name, &[c.vocab_size, d], dev)?;
+            Some(if build.method == Method::Full {
+                Proj::Trained {
+                    w: l.var(name, t)?,
+                    bias: None,
+                }
+            } else {
+                Proj::Frozen {
+                    w: Frozen::Dense(t),
+                    bias: None,
+                    lora: None,
+                }
+            })
+        };
+        let rope = RopeTables::new(
+            &galley_model::layers::rotary::inv_freq(c),
+            c.max_position_embeddings,
+            dev,
+        )?;
+        Ok(Self {
+            kernels: if dev.is_cpu() {
+                Kernels::Fused
+            } else {
+                Kernels::Reference
+            },
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            trainable: l.trainable,
+            device: dev.clone(),
+        })
+    }
+
+    /// A config for a model trained from scratch.
+    pub fn init_config(
+        init: &InitSection,
+        vocab: usize,
+        bos: Option<u32>,
+        eos: Vec<u32>,
+    ) -> LlamaConfig {
+        LlamaConfig {
+            family: Family::Llama,
+            vocab_size: vocab,
+            hidden_size: init.hidden_size,
+            intermediate_size: init.intermediate_size,
+            num_layers: init.num_layers,
+            num_heads: init.num_heads,
+            num_kv_heads: init.num_kv_heads,
+            head_dim: init.hidden_size / init.num_heads,
+            rms_norm_eps: 1e-5,
+            rope_theta: init.rope_theta,
+            rope_scaling: RopeScaling::None,
+            max_position_embeddings: init.max_position_embeddings,
+            tie_word_embeddings: init.tie_word_embeddings,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            qk_norm: false,
+            bos_token_id: bos,
+            eos_token_ids: eos,
+        }
+    }
+
+    /// Bytes held by frozen projection weights (what QLoRA shrinks).
+    pub fn frozen_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| l.projs().map(|(_, _, p)| p.frozen_bytes()))
+            .sum()
+    }
+
+    pub fn trainable_params(&self) -> usize {
+        self.trainable.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Per-position losses (b·t) of `inputs` (b, t) against `targets` (`IGNORE` = no loss).
+    pub fn losses(
+        &self,
+        inputs: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+        pass: &Pass,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        if t > c.max_position_embeddings {
+            return Err(TrainError::Stopped(format!(
+                "sequence of {t} tokens is longer than the model's {} positions",
+                c.max_position_embeddings
+            )));
+        }
+        let k = pass.kernels;
+        let n = b * t;
+        let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let g = h / kv;
+        let ids = Tensor::from_slice(inputs, n, &self.device)?;
+        let mut x = self.embed.t().index_select(&ids, 0)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let site = |j: u64| (li as u64) * 16 + j;
+            let hn = ops::rms_norm(&x, layer.input_norm.t(), c.rms_norm_eps, k)?;
+            let heads = |p: &Proj, nh: usize, j: u64, norm: &Option<Param>| -> Result<Tensor> {
+                let y = p.forward(&hn, pass, site(j))?;
+                let y = y.reshape((b, t, nh, hd))?;
+                let y = match norm {
+                    Some(w) => ops::rms_norm(&y, w.t(), c.rms_norm_eps, k)?,
+                    None => y,
+                };
+                Ok(y.transpose(1, 2)?.contiguous()?)
+            };
+            let q = ops::rope(&heads(&layer.q, h, 0, &layer.q_norm)?, &self.rope, k)?;
+            let kk = ops::rope(&heads(&layer.k, kv, 1, &layer.k_norm)?, &self.rope, k)?;
+            let v = heads(&layer.v, kv, 2, &None)?;
+            // Query heads grouped under their KV head: no repeated keys or values.
+            let q = q.reshape((b, kv, g * t, hd))?;
+            let s = q.matmul(&kk.t()?)?;
+            let p = ops::causal_softmax(&s, scale, k)?;
+            let o = p
+                .matmul(&v)?
+                .reshape((b, h, t, hd))?
+                .transpose(1, 2)?
+                .reshape((n, h * hd))?;
+            x = (x + layer.o.forward(&o, pass, site(3))?)?;
+            let hn = ops::rms_norm(&x, layer.post_norm.t(), c.rms_norm_eps, k)?;
+            let gate = layer.gate.forward(&hn, pass, site(4))?;
+            let up = layer.up.forward(&hn, pass, site(5))?;
+            let a = ops::silu_mul(&gate, &up, k)?;
+            x = (x + layer.down.forward(&a, pass, site(6))?)?;
+        }
+        let x = ops::rms_norm(&x, self.norm.t(), c.rms_norm_eps, k)?;
+        let logits = match &self.lm_head {
+            Some(p) => p.forward(&x, pass, u64::MAX)?,
+            None => match &self.embed {
+                Param::Trained(e) => ops::linear(&x, e.as_tensor())?,
+                Param::Fixed(e) => ops::frozen_matmul(&x, &Frozen::Dense(e.clone()), k)?,
+            },
+        };
+        Ok(ops::cross_entropy(&logits, targets, k)?)
+    }
+
+    /// Every weight by HF name, with adapters merged (for export as a plain checkpoint).
+    pub fn merged_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed.t().clone(),
+        )];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_norm.t().clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_norm.t().clone(),
+            ));
+            if let Some(n) = &l.q_norm {
+                out.push((format!("{p}.self_attn.q_norm.weight"), n.t().clone()));
+            }
+            if let Some(n) = &l.k_norm {
+                out.push((format!("{p}.self_attn.k_norm.weight"), n.t().clone()));
+            }
+            for (part, module, proj) in l.projs() {
+                out.push((format!("{p}.{part}.{module}.weight"), proj.merged()?));
+                if let Some(b) = proj.bias() {
+                    out.push((format!("{p}.{part}.{module}.bias"), b));
+                }
+            }
+        }
+        out.push(("model.norm.weight".into(), self.norm.t().clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".into(), h.merged()?));
+        }
+        Ok(out)
+    }
+}
+
+/// Random initial weights for pre-training, by HF name (GPT-2/Llama style: normal(0, std)
+/// projections and embeddings, output projections scaled down by depth, norms at one).
+pub fn init_weights(c: &LlamaConfig, std: f64, seed: u64) -> Result<Vec<(String, Tensor)>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dev = Device::Cpu;
+    let mut normal = |shape: (usize, usize), s: f64| -> Result<Tensor> {
+        let v: Vec<f32> = (0..shape.0 * shape.1)
+            .map(|_| {
+                // Box-Muller: rand 0.10 without rand_distr.
+                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * s) as f32
+            })
+            .collect();
+        Ok(Tensor::from_vec(v, shape, &dev)?)
+    };
+    let (d, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let out_std = std / (2.0 * c.num_layers as f64).sqrt();
+    let mut w = vec![(
+        "model.embed_tokens.weight".to_string(),
+        normal((c.vocab_size, d), std)?,
+    )];
+    for i in 0..c.num_layers {
+        let p = format!("model.layers.{i}");
+        let ones = Tensor::ones(d, DType::F32, &dev)?;
+        w.push((format!("{p}.input_layernorm.weight"), ones.clone()));
+        w.push((format!("{p}.post_attention_layernorm.weight"), ones));
+        w.push((
+            format!("{p}.self_attn.q_proj.weight"),
+            normal((c.num_heads * hd, d), std)?,
+        ));
+        w.push((
+            format!("{p}.self_attn.k_proj.weight"),
+            normal((c.num_kv_heads * hd, d), std)?,
+        ));
+        w.push((
+            format!("{p}.self_attn.v_proj.weight"),
+            normal((c.num_kv_heads * hd, d), std)?,
+        ));
+        w.push((
+            format!("{p}.self_attn.o_proj.weight"),
+            normal((d, c.num_heads * hd), out_std)?,
+        ));
+        w.push((format!("{p}.mlp.gate_proj.weight"), normal((f, d), std)?));
+        w.push((format!("{p}.mlp.up_proj.weight"), normal((f, d), std)?));
+        w.push((
+            format!("{p}.mlp.down_proj.weight"),
+            normal((d, f), out_std)?,
+        ));
+    }
+    w.push((
+        "model.norm.weight".into(),
+        Tensor::ones(d, DType::F32, &dev)?,
+    ));
+    if !c.tie_word_embeddings {
+        w.push(("lm_head.weight".into(), normal((c.vocab_size, d), std)?));
+    }
+    Ok(w)
+}

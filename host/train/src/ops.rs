@@ -1,0 +1,622 @@
+//! The fused CPU operations training runs through, each with its own backward pass: RMS norm,
+//! rotary embedding, causal softmax (scale and mask folded in), SiLU-gate product, cross-entropy
+//! over logits, and a matmul against a frozen (possibly quantized) weight that never computes a
+//! gradient for that weight. candle's own fused versions cut the autograd graph and its matmul
+//! backward computes gradients for frozen inputs; its composite versions allocate one tensor
+//! per elementary step. Every op here has an unfused reference (`Kernels::Reference`, plain
+//! candle ops, also the path on GPUs) that the gradient checks compare against.
+//!
+//! Reductions run over a fixed number of chunks, never "one per thread", so the result does not
+//! depend on the thread count and runs are bit-for-bit repeatable.
+
+use candle_core::quantized::QTensor;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Result, Shape, Storage, Tensor,
+    bail,
+};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Which implementation the model's forward pass uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// galley's fused CPU ops (the default on CPU).
+    Fused,
+    /// Plain candle ops: any device, slower, the reference the fused ops are checked against.
+    Reference,
+}
+
+/// Label of a position that does not count in the loss.
+pub const IGNORE: u32 = u32::MAX;
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("galley op: input is not contiguous"),
+    }
+}
+
+/// Runs `f` on the f32 data of a CPU tensor (made contiguous first if needed).
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.contiguous()?
+    };
+    let (st, l) = t.storage_and_layout();
+    let Storage::Cpu(c) = &*st else {
+        bail!("galley's fused ops run on the CPU")
+    };
+    Ok(f(slice(c, l)?))
+}
+
+fn out(v: Vec<f32>, shape: &Shape) -> Result<Tensor> {
+    Tensor::from_vec(v, shape.clone(), &Device::Cpu)
+}
+
+/// A buffer the callee fully overwrites: skips zero-filling (the kernel touches pages once).
+pub(crate) fn uninit(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32 has no invalid bit patterns, and every caller writes all `n` elements before
+    // reading any.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// `a` (m, k) row-major times `b`, where `b` is (k, n) row-major, or (n, k) when `b_t`.
+pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, b_t: bool) -> Vec<f32> {
+    assert_eq!(a.len(), m * k);
+    assert_eq!(b.len(), k * n);
+    let mut dst = uninit(m * n);
+    let (rhs_cs, rhs_rs) = if b_t {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
+    // SAFETY: the pointers cover exactly the (m,k), (k,n) and (m,n) matrices described by the
+    // strides, checked above; read_dst is false so `dst` is only written.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+    dst
+}
+
+/// Rows per parallel task for row-wise kernels.
+fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(64).max(1)
+}
+
+// ---------------------------------------------------------------- RMS norm
+
+struct RmsNorm {
+    eps: f32,
+}
+
+fn rstd(row: &[f32], eps: f32) -> f32 {
+    let ss: f32 = row.iter().map(|v| v * v).sum();
+    1.0 / (ss / row.len() as f32 + eps).sqrt()
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "galley-rms-norm"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
+        let d = w.len();
+        let mut y = uninit(x.len());
+        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
+            let r = rstd(x, self.eps);
+            for i in 0..d {
+                y[i] = x[i] * r * w[i];
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let (dx, dw) = with_f32(x, |x| {
+            with_f32(w, |w| {
+                with_f32(g, |g| {
+                    let rows = x.len() / d;
+                    let per = rows_per_task(rows);
+                    let mut dx = uninit(x.len());
+                    let partial: Vec<Vec<f32>> = dx
+                        .par_chunks_mut(per * d)
+                        .enumerate()
+                        .map(|(c, dxc)| {
+                            let mut dw = vec![0f32; d];
+                            for (r, dxr) in dxc.chunks_mut(d).enumerate() {
+                                let row = c * per + r;
+                                let (xr, gr) = (&x[row * d..][..d], &g[row * d..][..d]);
+                                let rs = rstd(xr, self.eps);
+                                let mut dot = 0f32;
+                                for i in 0..d {
+                                    dot += gr[i] * w[i] * xr[i];
+                                    dw[i] += gr[i] * xr[i] * rs;
+                                }
+                                let k = rs * rs * rs * dot / d as f32;
+                                for i in 0..d {
+                                    dxr[i] = rs * gr[i] * w[i] - k * xr[i];
+                                }
+                            }
+                            dw
+                        })
+                        .collect();
+                    let mut dw = vec![0f32; d];
+                    for p in partial {
+                        for i in 0..d {
+                            dw[i] += p[i];
+                        }
+                    }
+                    (dx, dw)
+                })
+            })
+        })???;
+        Ok((Some(out(dx, x.shape())?), Some(out(dw, w.shape())?)))
+    }
+}
+
+/// RMS norm over the last dimension, scaled by `w`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, k: Kernels) -> Result<Tensor> {
+    match k {
+        Kernels::Fused => x.contiguous()?.apply_op2(w, RmsNorm { eps: eps as f32 }),
+        Kernels::Reference => candle_nn::ops::rms_norm_slow(x, w, eps as f32),
+    }
+}
+
+// ---------------------------------------------------------------- rotary embedding
+
+/// cos/sin tables (positions x half head dim) shared by every layer.
+#[derive(Clone)]
+pub struct RopeTables {
+    pub cos: Arc<Vec<f32>>,
+    pub sin: Arc<Vec<f32>>,
+    pub half: usize,
+    cos_t: Tensor,
+    sin_t: Tensor,
+}
+
+impl RopeTables {
+    pub fn new(inv_freq: &[f32], positions: usize, dev: &Device) -> Result<Self> {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(positions * half);
+        let mut sin = Vec::with_capacity(positions * half);
+        for p in 0..positions {
+            for f in inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos_t = Tensor::from_slice(&cos, (positions, half), dev)?;
+        let sin_t = Tensor::from_slice(&sin, (positions, half), dev)?;
+        Ok(Self {
+            cos: Arc::new(cos),
+            sin: Arc::new(sin),
+            half,
+            cos_t,
+            sin_t,
+        })
+    }
+}
+
+struct Rope {
+    tables: RopeTables,
+    t: usize,
+    /// -1 for the backward pass (rotation by the opposite angle).
+    sign: f32,
+}
+
+impl Rope {
+    fn run(&self, x: &[f32]) -> Vec<f32> {
+        let half = self.tables.half;
+        let d = 2 * half;
+        let mut y = uninit(x.len());
+        let (cos, sin) = (&self.tables.cos, &self.tables.sin);
+        y.par_chunks_mut(d * self.t)
+            .zip(x.par_chunks(d * self.t))
+            .for_each(|(y, x)| {
+                for p in 0..self.t {
+                    let (c, s) = (&cos[p * half..][..half], &sin[p * half..][..half]);
+                    let (xr, yr) = (&x[p * d..][..d], &mut y[p * d..][..d]);
+                    for i in 0..half {
+                        let (a, b) = (xr[i], xr[half + i]);
+                        let sn = self.sign * s[i];
+                        yr[i] = a * c[i] - b * sn;
+                        yr[half + i] = b * c[i] + a * sn;
+                    }
+                }
+            });
+        y
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "galley-rope"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(self.run(slice(s, l)?)), l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let back = Rope {
+            tables: self.tables.clone(),
+            t: self.t,
+            sign: -self.sign,
+        };
+        let dx = with_f32(g, |g| back.run(g))?;
+        Ok(Some(out(dx, g.shape())?))
+    }
+}
+
+/// Rotates `x` (b, heads, t, d) at positions 0..t, HF half-split layout.
+pub fn rope(x: &Tensor, tables: &RopeTables, k: Kernels) -> Result<Tensor> {
+    let (_, _, t, _) = x.dims4()?;
+    match k {
+        Kernels::Fused => x.contiguous()?.apply_op1(Rope {
+            tables: tables.clone(),
+            t,
+            sign: 1.0,
+        }),
+        Kernels::Reference => candle_nn::rotary_emb::rope_slow(
+            &x.contiguous()?,
+            &tables.cos_t.narrow(0, 0, t)?,
+            &tables.sin_t.narrow(0, 0, t)?,
+        ),
+    }
+}
+
+// ---------------------------------------------------------------- causal softmax
+
+struct CausalSoftmax {
+    scale: f32,
+    /// Keys per row; a row's query position is its row index modulo `t` (query heads grouped
+    /// per KV head are stacked along the rows).
+    t: usize,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "galley-causal-softmax"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let t = self.t;
+        let mut y = uninit(x.len());
+        y.par_chunks_mut(t)
+            .zip(x.par_chunks(t))
+            .enumerate()
+            .for_each(|(r, (y, x))| {
+                let pos = r % t;
+                let m = x[..=pos]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
+                let mut sum = 0f32;
+                for j in 0..=pos {
+                    let e = (x[j] * self.scale - m).exp();
+                    y[j] = e;
+                    sum += e;
+                }
+                let inv = 1.0 / sum;
+                for v in &mut y[..=pos] {
+                    *v *= inv;
+                }
+                y[pos + 1..].fill(0.0);
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, p: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let t = self.t;
+        let dx = with_f32(p, |p| {
+            with_f32(g, |g| {
+                let mut dx = uninit(p.len());
+                dx.par_chunks_mut(t).enumerate().for_each(|(r, dx)| {
+                    let pos = r % t;
+                    let (pr, gr) = (&p[r * t..][..t], &g[r * t..][..t]);
+                    let dot: f32 = (0..=pos).map(|j| pr[j] * gr[j]).sum();
+                    for j in 0..=pos {
+                        dx[j] = self.scale * pr[j] * (gr[j] - dot);
+                    }
+                    dx[pos + 1..].fill(0.0);
+                });
+                dx
+            })
+        })??;
+        Ok(Some(out(dx, g.shape())?))
+    }
+}
+
+/// softmax(scale * s) over the last dimension with keys after the query masked out; `s` is
+/// (..., rows, t) where row r is query position r % t.
+pub fn causal_softmax(s: &Tensor, scale: f64, k: Kernels) -> Result<Tensor> {
+    let t = s.dim(D::Minus1)?;
+    match k {
+        Kernels::Fused => s.contiguous()?.apply_op1(CausalSoftmax {
+            scale: scale as f32,
+            t,
+        }),
+        Kernels::Reference => {
+            let rows = s.dim(D::Minus2)?;
+            let mask: Vec<f32> = (0..rows)
+                .flat_map(|r| (0..t).map(move |j| if j > r % t { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            let mask = Tensor::from_vec(mask, (rows, t), s.device())?;
+            candle_nn::ops::softmax(&(s * scale)?.broadcast_add(&mask)?, D::Minus1)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- SiLU gate
+
+struct SiluMul;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "galley-silu-mul"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, u) = (slice(s1, l1)?, slice(s2, l2)?);
+        let mut y = uninit(g.len());
+        y.par_chunks_mut(4096)
+            .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
+            .for_each(|(y, (g, u))| {
+                for i in 0..y.len() {
+                    y[i] = g[i] * sigmoid(g[i]) * u[i];
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dg, du) = with_f32(g, |g| {
+            with_f32(u, |u| {
+                with_f32(dy, |dy| {
+                    let mut dg = uninit(g.len());
+                    let mut du = uninit(g.len());
+                    dg.par_chunks_mut(4096)
+                        .zip(du.par_chunks_mut(4096))
+                        .enumerate()
+                        .for_each(|(c, (dg, du))| {
+                            let o = c * 4096;
+                            for i in 0..dg.len() {
+                                let (x, s) = (g[o + i], sigmoid(g[o + i]));
+                                du[i] = dy[o + i] * x * s;
+                                dg[i] = dy[o + i] * u[o + i] * s * (1.0 + x * (1.0 - s));
+                            }
+                        });
+                    (dg, du)
+                })
+            })
+        })???;
+        Ok((Some(out(dg, g.shape())?), Some(out(du, u.shape())?)))
+    }
+}
+
+/// silu(g) * u, elementwise.
+pub fn silu_mul(g: &Tensor, u: &Tensor, k: Kernels) -> Result<Tensor> {
+    match k {
+        Kernels::Fused => g.contiguous()?.apply_op2(&u.contiguous()?, SiluMul),
+        Kernels::Reference => g.silu()? * u,
+    }
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+struct CrossEntropy {
+    targets: Arc<Vec<u32>>,
+    /// log-sum-exp of each row, kept from the forward pass for the backward one.
+    lse: Mutex<Vec<f32>>,
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "galley-cross-entropy"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let n = self.targets.len();
+        let v = x.len() / n;
+        let (lse, loss): (Vec<f32>, Vec<f32>) = x
+            .par_chunks(v)
+            .zip(self.targets.par_iter())
+            .map(|(row, &t)| {
+                if t == IGNORE {
+                    return (0.0, 0.0);
+                }
+                let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let sum: f32 = row.iter().map(|&v| (v - m).exp()).sum();
+                let lse = m + sum.ln();
+                (lse, lse - row[t as usize])
+            })
+            .unzip();
+        *self.lse.lock().expect("lse lock") = lse;
+        Ok((CpuStorage::F32(loss), Shape::from(n)))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let lse = self.lse.lock().expect("lse lock").clone();
+        let dx = with_f32(x, |x| {
+            with_f32(g, |g| {
+                let n = self.targets.len();
+                let v = x.len() / n;
+                let mut dx = uninit(x.len());
+                dx.par_chunks_mut(v).enumerate().for_each(|(r, d)| {
+                    let t = self.targets[r];
+                    if t == IGNORE {
+                        d.fill(0.0);
+                        return;
+                    }
+                    let row = &x[r * v..][..v];
+                    let (gr, l) = (g[r], lse[r]);
+                    for j in 0..v {
+                        d[j] = gr * (row[j] - l).exp();
+                    }
+                    d[t as usize] -= gr;
+                });
+                dx
+            })
+        })??;
+        Ok(Some(out(dx, x.shape())?))
+    }
+}
+
+/// Per-row negative log-likelihood of `targets` under `logits` (n, vocab); rows whose target is
+/// `IGNORE` give 0.
+pub fn cross_entropy(logits: &Tensor, targets: &[u32], k: Kernels) -> Result<Tensor> {
+    match k {
+        Kernels::Fused => logits.contiguous()?.apply_op1(CrossEntropy {
+            targets: Arc::new(targets.to_vec()),
+            lse: Mutex::new(Vec::new()),
+        }),
+        Kernels::Reference => {
+            let keep: Vec<f32> = targets
+                .iter()
+                .map(|&t| if t == IGNORE { 0.0 } else { 1.0 })
+                .collect();
+            let idx: Vec<u32> = targets
+                .iter()
+                .map(|&t| if t == IGNORE { 0 } else { t })
+                .collect();
+            let dev = logits.device();
+            let n = targets.len();
+            let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            let picked = lsm
+                .gather(&Tensor::from_vec(idx, (n, 1), dev)?, 1)?
+                .squeeze(1)?;
+            picked.neg()? * Tensor::from_vec(keep, n, dev)?
+        }
+    }
+}
+
+// ---------------------------------------------------------------- frozen matmul
+
+/// A weight (out, in) that is never trained: dense f32, or quantized blocks dequantized for
+/// each product (QLoRA keeps the base this way).
+#[derive(Clone)]
+pub enum Frozen {
+    Dense(Tensor),
+    Quant(Arc<QTensor>),
+}
+
+impl Frozen {
+    pub fn dims(&self) -> (usize, usize) {
+        let d = match self {
+            Frozen::Dense(t) => t.dims().to_vec(),
+            Frozen::Quant(q) => q.shape().dims().to_vec(),
+        };
+        (d[0], d[1])
+    }
+
+    /// The weight as a dense f32 tensor (dequantized when stored quantized).
+    pub fn dense(&self) -> Result<Tensor> {
+        match self {
+            Frozen::Dense(t) => Ok(t.clone()),
+            Frozen::Quant(q) => q.dequantize(&Device::Cpu),
+        }
+    }
+
+    /// Bytes the weight occupies in memory.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Frozen::Dense(t) => t.elem_count() * 4,
+            Frozen::Quant(q) => q.storage_size_in_bytes(),
+        }
+    }
+}
+
+struct FrozenMatmul {
+    w: Frozen,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "galley-frozen-matmul"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let (o, i) = self.w.dims();
+        let n = x.len() / i;
+        let y = with_f32(&self.w.dense()?, |w| matmul(x, w, n, i, o, true))?;
+        let mut dims = l.shape().dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = o;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let (o, i) = self.w.dims();
+        let dx = with_f32(g, |g| {
+            with_f32(&self.w.dense()?, |w| matmul(g, w, g.len() / o, o, i, false))
+        })??;
+        Ok(Some(out(dx, x.shape())?))
+    }
+}
+
+/// `x` (..., in) times the frozen `w` (out, in) transposed; only `x` receives a gradient.
+pub fn frozen_matmul(x: &Tensor, w: &Frozen, k: Kernels) -> Result<Tensor> {
+    match k {
+        Kernels::Fused if x.device().is_cpu() => {
+            x.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })
+        }
+        _ => x.broadcast_matmul(&w.dense()?.t()?),
+    }
+}
+
+/// `x` (..., in) times the trained `w` (out, in) transposed.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.broadcast_matmul(&w.t()?)
+}
+
+/// Checks that a tensor is f32 (the fused ops' only dtype).
+pub fn ensure_f32(t: &Tensor, what: &str) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        bail!("{what}: training runs in f32, found {:?}", t.dtype());
+    }
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! Gradient checks of every fused op: against the unfused candle reference (autograd through
+//! plain ops) and against central finite differences; then the whole model, fused vs
+//! reference, for full fine-tuning, LoRA and QLoRA.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor, Var};
+use galley_train::config::{Method, PeftSection};
+use galley_train::model::{Build, Pass, TrainModel, init_weights};
+use galley_train::ops::{self, Frozen, IGNORE, Kernels, RopeTables};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use std::sync::Arc;
+
+fn rand_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut r = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| (r.random::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+fn rand_t(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(rand_vec(n, seed, scale), shape, &Device::Cpu).unwrap()
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+/// loss = sum(f(inputs) * w) for a fixed random w, so every output element matters.
+fn loss_of(y: &Tensor, seed: u64) -> Tensor {
+    let w = rand_t(y.dims(), seed, 1.0);
+    (y * w).unwrap().sum_all().unwrap()
+}
+
+/// Checks an op's input gradients, fused against reference, and fused against finite
+/// differences at a few coordinates of each input.
+fn check(name: &str, shapes: &[&[usize]], f: impl Fn(&[Tensor], Kernels) -> Tensor) {
+    let inputs: Vec<Var> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Var::from_tensor(&rand_t(s, 10 + i as u64, 1.0)).unwrap())
+        .collect();
+    let ts: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+    let yf = f(&ts, Kernels::Fused);
+    let yr = f(&ts, Kernels::Reference);
+    assert!(
+        max_rel(&yf, &yr) < 1e-5,
+        "{name}: forward differs: {}",
+        max_rel(&yf, &yr)
+    );
+    let gf = loss_of(&yf, 99).backward().unwrap();
+    let gr = loss_of(&yr, 99).backward().unwrap();
+    for (i, v) in inputs.iter().enumerate() {
+        let (a, b) = (
+            gf.get(v).expect("fused grad"),
+            gr.get(v).expect("reference grad"),
+        );
+        let e = max_rel(a, b);
+        assert!(
+            e < 1e-4,
+            "{name}: gradient of input {i} differs from the reference by {e}"
+        );
+        // Finite differences on up to 5 coordinates, in f64 arithmetic of f32 evaluations.
+        let base = v
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let grad = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for k in [0, base.len() / 3, base.len() / 2, base.len() - 1] {
+            let eps = 1e-2f32;
+            let eval = |delta: f32| -> f64 {
+                let mut x = base.clone();
+                x[k] += delta;
+                let mut args = ts.clone();
+                args[i] = Tensor::from_vec(x, v.dims(), &Device::Cpu).unwrap();
+                let y = f(&args, Kernels::Fused);
+                loss_of(&y, 99).to_scalar::<f32>().unwrap() as f64
+            };
+            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps as f64);
+            let tol = 2e-2 * (1.0 + fd.abs());
+            assert!(
+                (fd - grad[k] as f64).abs() < tol,
+                "{name}: input {i}[{k}]: finite difference {fd} vs gradient {}",
+                grad[k]
+            );
+        }
+    }
+}
+
+#[test]
+fn rms_norm_gradients() {
+    check("rms_norm", &[&[6, 16], &[16]], |a, k| {
+        ops::rms_norm(&a[0], &a[1], 1e-5, k).unwrap()
+    });
+}
+
+#[test]
+fn rope_gradients() {
+    let inv: Vec<f32> = (0..4)
+        .map(|i| 1.0 / 10000f32.powf(i as f32 / 4.0))
+        .collect();
+    let tables = RopeTables::new(&inv, 32, &Device::Cpu).unwrap();
+    check("rope", &[&[2, 3, 5, 8]], |a, k| {
+        ops::rope(&a[0], &tables, k).unwrap()
+    });
+}
+
+#[test]
+fn causal_softmax_gradients() {
+    // 2 query heads per KV head stacked along the rows: rows = 2 * t.
+    check("causal_softmax", &[&[2, 3, 10, 5]], |a, k| {
+        ops::causal_softmax(&a[0], 0.35, k).unwrap()
+    });
+}
+
+#[test]
+fn silu_mul_gradients() {
+    check("silu_mul", &[&[7, 9], &[7, 9]], |a, k| {
+        ops::silu_mul(&a[0], &a[1], k).unwrap()
+    });
+}
+
+#[test]
+fn cross_entropy_gradients() {
+    let targets = vec![3, IGNORE, 0, 11, 5, IGNORE];
+    check("cross_entropy", &[&[6, 12]], |a, k| {
+        ops::cross_entropy(&a[0], &targets, k).unwrap()
+    });
+}
+
+#[test]
+fn frozen_matmul_gradients_dense_and_quantized() {
+    let w = Frozen::Dense(rand_t(&[5, 8], 3, 1.0));
+    check("frozen_matmul", &[&[4, 8]], |a, k| {
+        ops::frozen_matmul(&a[0], &w, k).unwrap()
+    });
+    let q = QTensor::quantize(&rand_t(&[6, 32], 4, 1.0), GgmlDType::Q4_0).unwrap();
+    let wq = Frozen::Quant(Arc::new(q));
+    check("frozen_matmul_q4_0", &[&[3, 32]], |a, k| {
+        ops::frozen_matmul(&a[0], &wq, k).unwrap()
+    });
+}
+
+/// A tiny Llama (GQA, untied head) written as safetensors so it loads like a checkpoint.
+fn tiny(dir: &std::path::Path, tied: bool) -> galley_model::LlamaConfig {
+    let init = galley_train::config::InitSection {
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        max_position_embeddings: 64,
+        tie_word_embeddings: tied,
+        ..Default::default()
+    };
+    let c = TrainModel::init_config(&init, 40, None, vec![0]);
+    let w = init_weights(&c, 0.2, 7).unwrap();
+    galley_train::export::save_checkpoint_dir(w, &c, dir).unwrap();
+    c
+}
+
+fn whole_model(method: Method, tied: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = tiny(dir.path(), tied);
+    let w = galley_model::weights::Weights::safetensors(vec![dir.path().join("model.safetensors")])
+        .unwrap();
+    let peft = PeftSection {
+        r: 4,
+        lora_dropout: 0.0,
+        target_modules: ["q_proj", "v_proj", "down_proj"].map(String::from).to_vec(),
+        ..Default::default()
+    };
+    let build = Build {
+        method,
+        peft: &peft,
+        seed: 1,
+    };
+    let m = TrainModel::load(&w, c, &build, &Device::Cpu).unwrap();
+    // LoRA B starts at zero; move it so the adapter path carries gradient into A.
+    for (n, v) in &m.trainable {
+        if n.contains("lora_B") {
+            v.set(&rand_t(v.dims(), 5, 0.1)).unwrap();
+        }
+    }
+    let (b, t) = (2, 9);
+    let inputs: Vec<u32> = (0..b * t).map(|i| (i * 7 % 40) as u32).collect();
+    let mut targets: Vec<u32> = (0..b * t).map(|i| (i * 5 % 40) as u32).collect();
+    targets[3] = IGNORE;
+    let run = |k: Kernels| {
+        let pass = Pass {
+            kernels: k,
+            train: true,
+            seed: 0,
+        };
+        let l = m.losses(&inputs, &targets, b, t, &pass).unwrap();
+        let loss = l.sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        (loss.to_scalar::<f32>().unwrap(), g)
+    };
+    let (lf, gf) = run(Kernels::Fused);
+    let (lr, gr) = run(Kernels::Reference);
+    assert!(
+        (lf - lr).abs() / lr.abs() < 1e-5,
+        "{method:?}: loss {lf} vs {lr}"
+    );
+    assert!(!m.trainable.is_empty());
+    for (n, v) in &m.trainable {
+        let (a, r) = (
+            gf.get(v)
+                .unwrap_or_else(|| panic!("{n}: no fused gradient")),
+            gr.get(v).expect("reference"),
+        );
+        let e = max_rel(a, r);
+        assert!(e < 1e-3, "{method:?}: gradient of {n} differs by {e}");
+    }
+}
+
+#[test]
+fn whole_model_full_fine_tuning_matches_the_reference() {
+    whole_model(Method::Full, false);
+    whole_model(Method::Full, true);
+}
+
+#[test]
+fn whole_model_lora_matches_the_reference() {
+    whole_model(Method::Lora, true);
+}
+
+#[test]
+fn whole_model_qlora_matches_the_reference() {
+    whole_model(Method::Qlora, false);
+}
