@@ -13,6 +13,7 @@ mod new;
 mod registry_cmd;
 mod score;
 mod toolchains;
+mod train;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -44,6 +45,8 @@ enum Top {
     Registry(RegistryCmd),
     /// Chat with a model, answer a prompt, or generate for a JSONL file of conversations.
     Infer(infer::InferArgs),
+    /// Fine-tune (full, LoRA, QLoRA) or pre-train a model from a YAML config.
+    Train(train::TrainArgs),
 }
 
 #[derive(Subcommand)]
@@ -353,6 +356,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Plugin(PluginCmd::Call(args)) => call::run(args),
         Top::Score(args) => score::run(args),
         Top::Infer(args) => infer::run(args),
+        Top::Train(args) => train::run(args),
         Top::Registry(RegistryCmd::Serve {
             root,
             addr,

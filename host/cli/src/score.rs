@@ -44,7 +44,7 @@ struct ScoreConfig {
 }
 
 /// Resolves `rewards[i].plugin`: a path when it looks like one, else a name on the search path.
-fn resolve_plugin(spec: &str, base: &Path, search: &[PathBuf]) -> Result<PathBuf> {
+pub(crate) fn resolve_plugin(spec: &str, base: &Path, search: &[PathBuf]) -> Result<PathBuf> {
     // NAMESPACE/NAME: a package `galley plugin install` put in .galley/plugins.
     if let Ok(name) = galley_registry::PackageName::parse(spec) {
         let installed = PathBuf::from(".galley/plugins")

@@ -5,8 +5,9 @@
 //! resumed run to repeat the uninterrupted one bit for bit.
 
 use crate::error::{Result, TrainError, file_err};
+use crate::model::Trainable;
 use crate::optim::Optimizer;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,7 +42,7 @@ fn fsync_dir(dir: &Path) {
 /// Writes `checkpoint-<step>` under `dir` atomically; keeps the newest `keep`.
 pub fn save(
     dir: &Path,
-    params: &[(String, Var)],
+    params: &[Trainable],
     opt: &Optimizer,
     state: &State,
     keep: usize,
@@ -57,11 +58,12 @@ pub fn save(
     std::fs::create_dir_all(&tmp).map_err(|e| file_err(&tmp, e))?;
     let weights: Vec<(String, Tensor)> = params
         .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
         .collect();
     tensors_to_file(weights, &tmp.join("trained.safetensors"))?;
     let mut moments = Vec::new();
-    for (i, (n, _)) in params.iter().enumerate() {
+    for (i, p) in params.iter().enumerate() {
+        let n = &p.name;
         if let Some(m) = opt.m.get(i) {
             moments.push((format!("m.{n}"), vec_tensor(m)?));
         }
@@ -115,7 +117,7 @@ pub fn list(dir: &Path) -> Vec<(usize, PathBuf)> {
 }
 
 /// Loads a checkpoint into the model's trained tensors and the optimizer.
-pub fn load(ck: &Path, params: &[(String, Var)], opt: &mut Optimizer) -> Result<State> {
+pub fn load(ck: &Path, params: &[Trainable], opt: &mut Optimizer) -> Result<State> {
     let state_path = ck.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| file_err(&state_path, e))?;
     let state: State = serde_json::from_str(&text).map_err(|e| file_err(&state_path, e))?;
@@ -125,7 +127,8 @@ pub fn load(ck: &Path, params: &[(String, Var)], opt: &mut Optimizer) -> Result<
     let opath = ck.join("optimizer.safetensors");
     let o =
         candle_core::safetensors::load(&opath, &Device::Cpu).map_err(|e| file_err(&opath, e))?;
-    for (i, (n, v)) in params.iter().enumerate() {
+    for (i, p) in params.iter().enumerate() {
+        let (n, v) = (&p.name, &p.var);
         let t = w
             .get(n)
             .ok_or_else(|| file_err(&wpath, format!("no tensor `{n}`")))?;

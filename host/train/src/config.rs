@@ -102,8 +102,8 @@ pub struct SourceSection {
     pub plugin: Option<String>,
     /// Settings passed to the plugin's `init`.
     pub plugin_config: Option<serde_json::Value>,
-    /// Read-only directories granted to the plugin (it must also ask for them).
-    pub plugin_dirs: Vec<PathBuf>,
+    /// Read-only directories granted to the plugin, by the name its manifest asks for.
+    pub plugin_dirs: std::collections::BTreeMap<String, PathBuf>,
     /// Use at most this many examples.
     pub limit: Option<usize>,
 }
@@ -402,7 +402,7 @@ impl TrainConfig {
             if let Some(p) = src.path.as_mut() {
                 fix(p)
             }
-            src.plugin_dirs.iter_mut().for_each(fix);
+            src.plugin_dirs.values_mut().for_each(fix);
             if let Some(p) = src.plugin.as_mut() {
                 if p.ends_with(".wasm") && Path::new(p.as_str()).is_relative() {
                     *p = dir.join(&*p).display().to_string();

@@ -47,8 +47,8 @@ pub fn save_adapter(model: &TrainModel, peft: &PeftSection, base: &str, dir: &Pa
     let tensors: HashMap<String, Tensor> = model
         .trainable
         .iter()
-        .filter(|(n, _)| n.contains(".lora_"))
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .filter(|p| p.name.contains(".lora_"))
+        .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
         .collect();
     let path = dir.join("adapter_model.safetensors");
     candle_core::safetensors::save(&tensors, &path).map_err(|e| file_err(&path, e))?;

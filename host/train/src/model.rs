@@ -6,13 +6,14 @@
 
 use crate::config::{InitSection, Method, PeftSection, QuantKind};
 use crate::error::{Result, TrainError};
+use crate::linear::{self, GradBuf, LoraW};
 use crate::ops::{self, Frozen, Kernels, RopeTables};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor, Var};
 use galley_model::weights::{LinearWeight, Weights};
 use galley_model::{Family, LlamaConfig, RopeScaling};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The projection names LoRA may target.
 pub const MODULES: [&str; 7] = [
@@ -25,17 +26,25 @@ pub const MODULES: [&str; 7] = [
     "down_proj",
 ];
 
+/// A trained tensor: its variable, its name (HF or PEFT naming) and its gradient buffer.
+#[derive(Clone)]
+pub struct Trainable {
+    pub name: String,
+    pub var: Var,
+    pub grad: GradBuf,
+}
+
 /// A low-rank update B·A beside a frozen projection, scaled by alpha / r.
 pub struct Lora {
-    pub a: Var,
-    pub b: Var,
+    pub a: Trainable,
+    pub b: Trainable,
     pub scale: f64,
     pub dropout: f64,
 }
 
 pub enum Proj {
     Trained {
-        w: Var,
+        w: Trainable,
         bias: Option<Var>,
     },
     Frozen {
@@ -57,29 +66,53 @@ impl Proj {
     fn forward(&self, x: &Tensor, pass: &Pass, site: u64) -> Result<Tensor> {
         Ok(match self {
             Proj::Trained { w, bias } => {
-                let y = ops::linear(x, w.as_tensor())?;
+                let y = match pass.kernels {
+                    Kernels::Fused => linear::trained(x, w.var.as_tensor(), &w.grad)?,
+                    Kernels::Reference => ops::linear(x, w.var.as_tensor())?,
+                };
                 match bias {
                     Some(b) => y.broadcast_add(b.as_tensor())?,
                     None => y,
                 }
             }
             Proj::Frozen { w, bias, lora } => {
-                let mut y = ops::frozen_matmul(x, w, pass.kernels)?;
+                let mask = match lora {
+                    Some(l) if pass.train && l.dropout > 0.0 => Some(dropout_mask(
+                        x.elem_count(),
+                        l.dropout,
+                        pass.seed ^ site.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    )),
+                    _ => None,
+                };
+                let mut y = match (pass.kernels, lora) {
+                    (Kernels::Fused, Some(l)) => linear::frozen_lora(
+                        x,
+                        w,
+                        l.a.var.as_tensor(),
+                        l.b.var.as_tensor(),
+                        LoraW {
+                            grad_a: l.a.grad.clone(),
+                            grad_b: l.b.grad.clone(),
+                            scale: l.scale as f32,
+                            mask: mask.map(Arc::new),
+                        },
+                    )?,
+                    (Kernels::Fused, None) if !x.track_op() => linear::frozen_plain(x, w)?,
+                    (k, None) => ops::frozen_matmul(x, w, k)?,
+                    (Kernels::Reference, Some(l)) => {
+                        let xd = match mask {
+                            Some(m) => (x * Tensor::from_vec(m, x.shape(), x.device())?)?,
+                            None => x.clone(),
+                        };
+                        let delta = ops::linear(
+                            &ops::linear(&xd, l.a.var.as_tensor())?,
+                            l.b.var.as_tensor(),
+                        )?;
+                        (ops::frozen_matmul(x, w, Kernels::Reference)? + (delta * l.scale)?)?
+                    }
+                };
                 if let Some(b) = bias {
                     y = y.broadcast_add(b)?;
-                }
-                if let Some(l) = lora {
-                    let xd = if pass.train && l.dropout > 0.0 {
-                        dropout(
-                            x,
-                            l.dropout,
-                            pass.seed ^ site.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                        )?
-                    } else {
-                        x.clone()
-                    };
-                    let delta = ops::linear(&ops::linear(&xd, l.a.as_tensor())?, l.b.as_tensor())?;
-                    y = (y + (delta * l.scale)?)?;
                 }
                 y
             }
@@ -89,11 +122,11 @@ impl Proj {
     /// The weight with any adapter merged in (W + scale·B·A), dense.
     pub fn merged(&self) -> Result<Tensor> {
         Ok(match self {
-            Proj::Trained { w, .. } => w.as_tensor().clone(),
+            Proj::Trained { w, .. } => w.var.as_tensor().clone(),
             Proj::Frozen { w, lora, .. } => {
                 let base = w.dense()?;
                 match lora {
-                    Some(l) => (base + (l.b.matmul(l.a.as_tensor())? * l.scale)?)?,
+                    Some(l) => (base + (l.b.var.matmul(l.a.var.as_tensor())? * l.scale)?)?,
                     None => base,
                 }
             }
@@ -115,26 +148,25 @@ impl Proj {
     }
 }
 
-/// Inverted dropout with a mask drawn from `seed` (so a resumed run draws the same masks).
-fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+/// An inverted-dropout mask drawn from `seed` (so a resumed run draws the same masks).
+fn dropout_mask(n: usize, p: f64, seed: u64) -> Vec<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
     let keep = 1.0 / (1.0 - p) as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
+    (0..n)
         .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
-        .collect();
-    Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
+        .collect()
 }
 
-/// A norm or embedding weight: trained (a `Var`) or fixed.
+/// A norm or embedding weight: trained or fixed.
 pub enum Param {
-    Trained(Var),
+    Trained(Trainable),
     Fixed(Tensor),
 }
 
 impl Param {
     pub fn t(&self) -> &Tensor {
         match self {
-            Param::Trained(v) => v.as_tensor(),
+            Param::Trained(v) => v.var.as_tensor(),
             Param::Fixed(t) => t,
         }
     }
@@ -178,7 +210,7 @@ pub struct TrainModel {
     pub rope: RopeTables,
     pub kernels: Kernels,
     /// Trained tensors by name (HF names; LoRA ones in PEFT's naming), in a fixed order.
-    pub trainable: Vec<(String, Var)>,
+    pub trainable: Vec<Trainable>,
     pub device: Device,
 }
 
@@ -202,15 +234,20 @@ pub struct Loader<'a> {
     w: &'a Weights,
     build: &'a Build<'a>,
     dev: &'a Device,
-    trainable: Vec<(String, Var)>,
+    trainable: Vec<Trainable>,
     rng: StdRng,
 }
 
 impl Loader<'_> {
-    fn var(&mut self, name: &str, t: Tensor) -> Result<Var> {
-        let v = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
-        self.trainable.push((name.to_string(), v.clone()));
-        Ok(v)
+    fn var(&mut self, name: &str, t: Tensor) -> Result<Trainable> {
+        let var = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
+        let tr = Trainable {
+            name: name.to_string(),
+            grad: Arc::new(Mutex::new(vec![0f32; var.elem_count()])),
+            var,
+        };
+        self.trainable.push(tr.clone());
+        Ok(tr)
     }
 
     fn param(&mut self, name: &str, shape: &[usize]) -> Result<Param> {
@@ -238,7 +275,7 @@ impl Loader<'_> {
             let bias = match bias {
                 true => {
                     let b = self.w.tensor(&bname, &[out], self.dev)?;
-                    Some(self.var(&bname, b)?)
+                    Some(self.var(&bname, b)?.var)
                 }
                 false => None,
             };
@@ -250,7 +287,10 @@ impl Loader<'_> {
                 QTensor::quantize(&t, quant_dtype(self.build.peft.quant))?,
             )),
             (_, LinearWeight::Dense(t)) => Frozen::Dense(t),
-            (_, LinearWeight::Quant(q)) => Frozen::Dense(q.dequantize_f16()?.to_dtype(DType::F32)?),
+            (_, LinearWeight::Quant(QMatMul::QTensor(q))) => Frozen::Dense(q.dequantize(self.dev)?),
+            (_, LinearWeight::Quant(QMatMul::Tensor(t) | QMatMul::TensorF16(t))) => {
+                Frozen::Dense(t.to_dtype(DType::F32)?)
+            }
         };
         let bias = match bias {
             true => Some(self.w.tensor(&bname, &[out], self.dev)?),
@@ -412,7 +452,7 @@ impl TrainModel {
     }
 
     pub fn trainable_params(&self) -> usize {
-        self.trainable.iter().map(|(_, v)| v.elem_count()).sum()
+        self.trainable.iter().map(|t| t.var.elem_count()).sum()
     }
 
     /// Per-position losses (b·t) of `inputs` (b, t) against `targets` (`IGNORE` = no loss).
@@ -473,7 +513,10 @@ impl TrainModel {
         let logits = match &self.lm_head {
             Some(p) => p.forward(&x, pass, u64::MAX)?,
             None => match &self.embed {
-                Param::Trained(e) => ops::linear(&x, e.as_tensor())?,
+                Param::Trained(e) => match k {
+                    Kernels::Fused => linear::trained(&x, e.var.as_tensor(), &e.grad)?,
+                    Kernels::Reference => ops::linear(&x, e.var.as_tensor())?,
+                },
                 Param::Fixed(e) => ops::frozen_matmul(&x, &Frozen::Dense(e.clone()), k)?,
             },
         };

@@ -5,9 +5,10 @@
 
 use crate::config::{OptimizerKind, Schedule, TrainingSection};
 use crate::error::Result;
+use crate::model::Trainable;
 use crate::ops::with_f32;
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, InplaceOp1, Layout, Var};
+use candle_core::{CpuStorage, InplaceOp1, Layout};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -26,17 +27,15 @@ pub struct Optimizer {
     pub m: Vec<Vec<f32>>,
     /// Second moments (AdamW only).
     pub v: Vec<Vec<f32>>,
-    /// Accumulated gradients of the current step.
-    pub grads: Vec<Vec<f32>>,
     decay: Vec<bool>,
 }
 
 impl Optimizer {
-    pub fn new(cfg: &TrainingSection, params: &[(String, Var)]) -> Self {
+    pub fn new(cfg: &TrainingSection, params: &[Trainable]) -> Self {
         let zeros = || {
             params
                 .iter()
-                .map(|(_, p)| vec![0f32; p.elem_count()])
+                .map(|p| vec![0f32; p.var.elem_count()])
                 .collect::<Vec<_>>()
         };
         let adam = cfg.optimizer == OptimizerKind::Adamw;
@@ -51,18 +50,19 @@ impl Optimizer {
             t: 0,
             m: if adam || sgd_m { zeros() } else { Vec::new() },
             v: if adam { zeros() } else { Vec::new() },
-            grads: zeros(),
             decay: params
                 .iter()
-                .map(|(n, _)| !(n.ends_with(".bias") || n.contains("norm")))
+                .map(|p| !(p.name.ends_with(".bias") || p.name.contains("norm")))
                 .collect(),
         }
     }
 
-    /// Adds this micro-batch's gradients to the step's buffers.
-    pub fn accumulate(&mut self, params: &[(String, Var)], gs: &GradStore) -> Result<()> {
-        for ((_, p), acc) in params.iter().zip(&mut self.grads) {
-            if let Some(g) = gs.get(p.as_tensor()) {
+    /// Adds the gradients autograd computed for this micro-batch to the step's buffers (the
+    /// fused projections have already written theirs).
+    pub fn accumulate(&mut self, params: &[Trainable], gs: &GradStore) -> Result<()> {
+        for p in params {
+            if let Some(g) = gs.get(p.var.as_tensor()) {
+                let mut acc = p.grad.lock().expect("gradient buffer");
                 with_f32(g, |g| {
                     acc.par_chunks_mut(CHUNK)
                         .zip(g.par_chunks(CHUNK))
@@ -74,12 +74,12 @@ impl Optimizer {
     }
 
     /// The global L2 norm of the accumulated gradients; scales them down to `max` if above.
-    pub fn clip(&mut self, max: f64) -> f64 {
+    pub fn clip(&mut self, params: &[Trainable], max: f64) -> f64 {
         // Per-parameter sums in f64, added in a fixed order: the same on any thread count.
-        let sq: f64 = self
-            .grads
+        let sq: f64 = params
             .iter()
-            .map(|g| {
+            .map(|p| {
+                let g = p.grad.lock().expect("gradient buffer");
                 g.par_chunks(CHUNK)
                     .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
                     .collect::<Vec<_>>()
@@ -90,22 +90,25 @@ impl Optimizer {
         let norm = sq.sqrt();
         if max > 0.0 && norm > max {
             let s = (max / (norm + 1e-6)) as f32;
-            self.grads
-                .par_iter_mut()
-                .for_each(|g| g.iter_mut().for_each(|x| *x *= s));
+            for p in params {
+                let mut g = p.grad.lock().expect("gradient buffer");
+                g.par_chunks_mut(CHUNK)
+                    .for_each(|c| c.iter_mut().for_each(|x| *x *= s));
+            }
         }
         norm
     }
 
     /// Applies one update at learning rate `lr` and clears the gradient buffers.
-    pub fn step(&mut self, params: &[(String, Var)], lr: f64) -> Result<()> {
+    pub fn step(&mut self, params: &[Trainable], lr: f64) -> Result<()> {
         self.t += 1;
-        for i in 0..params.len() {
+        for (i, p) in params.iter().enumerate() {
             let wd = if self.decay[i] {
                 self.weight_decay
             } else {
                 0.0
             };
+            let mut g = p.grad.lock().expect("gradient buffer");
             let op = Update {
                 kind: self.kind,
                 lr,
@@ -115,13 +118,14 @@ impl Optimizer {
                 eps: self.eps,
                 momentum: self.momentum,
                 t: self.t,
-                g: &self.grads[i],
+                g: &g,
                 m: Mutex::new(self.m.get_mut(i).map(|v| v.as_mut_slice())),
                 v: Mutex::new(self.v.get_mut(i).map(|v| v.as_mut_slice())),
             };
-            params[i].1.as_tensor().inplace_op1(&op)?;
+            p.var.as_tensor().inplace_op1(&op)?;
+            drop(op);
+            g.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0));
         }
-        self.grads.par_iter_mut().for_each(|g| g.fill(0.0));
         Ok(())
     }
 }
@@ -227,7 +231,16 @@ pub fn lr_at(schedule: Schedule, base: f64, warmup: usize, step: usize, total: u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use candle_core::{Device, Tensor, Var};
+    use std::sync::Arc;
+
+    fn param(v: &[f32]) -> Trainable {
+        Trainable {
+            name: "w".into(),
+            var: Var::from_tensor(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap(),
+            grad: Arc::new(Mutex::new(vec![0.0; v.len()])),
+        }
+    }
 
     #[test]
     fn schedules_follow_their_formulas() {
@@ -242,9 +255,7 @@ mod tests {
     /// Two AdamW steps against the formula written out by hand (PyTorch's AdamW).
     #[test]
     fn adamw_matches_the_reference_update() {
-        let p =
-            Var::from_tensor(&Tensor::new(&[1.0f32, -2.0, 0.5], &Device::Cpu).unwrap()).unwrap();
-        let params = vec![("w".to_string(), p.clone())];
+        let params = vec![param(&[1.0, -2.0, 0.5])];
         let cfg = TrainingSection {
             weight_decay: 0.1,
             ..Default::default()
@@ -254,7 +265,7 @@ mod tests {
         let (mut w, mut m, mut v) = ([1.0f64, -2.0, 0.5], [0.0f64; 3], [0.0f64; 3]);
         let (lr, b1, b2, eps, wd) = (0.01, 0.9, 0.999, 1e-8, 0.1);
         for (t, g) in grads.iter().enumerate() {
-            opt.grads[0].copy_from_slice(g);
+            params[0].grad.lock().unwrap().copy_from_slice(g);
             opt.step(&params, lr).unwrap();
             for i in 0..3 {
                 let gi = g[i] as f64;
@@ -265,22 +276,46 @@ mod tests {
                 let vh = v[i] / (1.0 - b2.powi(t as i32 + 1));
                 w[i] -= lr * mh / (vh.sqrt() + eps);
             }
-            assert!(opt.grads[0].iter().all(|&g| g == 0.0), "buffers cleared");
+            assert!(
+                params[0].grad.lock().unwrap().iter().all(|&g| g == 0.0),
+                "buffers cleared"
+            );
         }
-        let got = p.as_tensor().to_vec1::<f32>().unwrap();
+        let got = params[0].var.as_tensor().to_vec1::<f32>().unwrap();
         for i in 0..3 {
             assert!((got[i] as f64 - w[i]).abs() < 1e-6, "{got:?} vs {w:?}");
         }
     }
 
     #[test]
+    fn sgd_with_momentum_matches_the_reference_update() {
+        let params = vec![param(&[1.0, -1.0])];
+        let cfg = TrainingSection {
+            optimizer: OptimizerKind::Sgd,
+            momentum: 0.9,
+            ..Default::default()
+        };
+        let mut opt = Optimizer::new(&cfg, &params);
+        let (mut w, mut b) = ([1.0f64, -1.0], [0.0f64; 2]);
+        for g in [[0.5f32, -0.25], [1.0, 2.0]] {
+            params[0].grad.lock().unwrap().copy_from_slice(&g);
+            opt.step(&params, 0.1).unwrap();
+            for i in 0..2 {
+                b[i] = 0.9 * b[i] + g[i] as f64;
+                w[i] -= 0.1 * b[i];
+            }
+        }
+        let got = params[0].var.as_tensor().to_vec1::<f32>().unwrap();
+        assert!((got[0] as f64 - w[0]).abs() < 1e-6 && (got[1] as f64 - w[1]).abs() < 1e-6);
+    }
+
+    #[test]
     fn clipping_scales_to_the_max_norm() {
-        let p = Var::from_tensor(&Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap())
-            .unwrap();
-        let params = vec![("w".to_string(), p)];
+        let params = vec![param(&[0.0, 0.0])];
         let mut opt = Optimizer::new(&TrainingSection::default(), &params);
-        opt.grads[0].copy_from_slice(&[3.0, 4.0]);
-        assert!((opt.clip(1.0) - 5.0).abs() < 1e-9);
-        assert!((opt.grads[0][0] - 0.6).abs() < 1e-5 && (opt.grads[0][1] - 0.8).abs() < 1e-5);
+        params[0].grad.lock().unwrap().copy_from_slice(&[3.0, 4.0]);
+        assert!((opt.clip(&params, 1.0) - 5.0).abs() < 1e-9);
+        let g = params[0].grad.lock().unwrap();
+        assert!((g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5);
     }
 }

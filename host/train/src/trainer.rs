@@ -206,7 +206,7 @@ impl Trainer<'_> {
                 let grads = loss.backward()?;
                 opt.accumulate(params, &grads)?;
             }
-            let grad_norm = opt.clip(t.max_grad_norm);
+            let grad_norm = opt.clip(params, t.max_grad_norm);
             let lr = lr_at(t.lr_scheduler, t.learning_rate, warmup, state.step, total);
             opt.step(params, lr)?;
             state.step += 1;

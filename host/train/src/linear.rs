@@ -1,0 +1,341 @@
+//! The projection op training spends most of its time in: y = x·Wᵀ (+ s·(x·Aᵀ)·Bᵀ for LoRA),
+//! one custom op with its own backward. Weight gradients (W when trained, A and B for LoRA) are
+//! accumulated by GEMM straight into the parameter's gradient buffer, which the optimizer
+//! reads: no gradient tensor is allocated, zero-filled, transposed or added, and gradient
+//! accumulation across micro-batches costs nothing. A frozen W gets no gradient at all, and
+//! when x needs none either (the first layer under LoRA) its product is skipped too.
+
+use crate::ops::{Frozen, uninit, with_f32};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail,
+};
+use std::sync::{Arc, Mutex};
+
+/// A parameter's gradient buffer, shared by the op that fills it and the optimizer.
+pub type GradBuf = Arc<Mutex<Vec<f32>>>;
+
+/// A row-major matrix view: element (i, j) at `ptr[i*rs + j*cs]`.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+fn rm(s: &[f32], cols: usize) -> Mat {
+    Mat {
+        ptr: s.as_ptr(),
+        rs: cols as isize,
+        cs: 1,
+    }
+}
+
+/// The transpose of a row-major (rows, cols) matrix.
+fn tr(s: &[f32], cols: usize) -> Mat {
+    Mat {
+        ptr: s.as_ptr(),
+        rs: 1,
+        cs: cols as isize,
+    }
+}
+
+/// dst (m, n, row-major) = [dst +] scale · a (m, k) · b (k, n).
+///
+/// # Safety
+/// `a` and `b` must describe matrices of (m, k) and (k, n) inside live allocations, and `dst`
+/// must hold m·n elements.
+unsafe fn gemm(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    scale: f32,
+    accumulate: bool,
+) {
+    assert_eq!(dst.len(), m * n);
+    // SAFETY: the caller guarantees the views; dst is exactly (m, n).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        )
+    }
+}
+
+/// A trained weight: the variable's tensor and its gradient buffer.
+#[derive(Clone)]
+pub struct TrainedW {
+    pub grad: GradBuf,
+}
+
+/// LoRA beside a frozen weight.
+#[derive(Clone)]
+pub struct LoraW {
+    pub grad_a: GradBuf,
+    pub grad_b: GradBuf,
+    pub scale: f32,
+    /// Inverted-dropout mask on the adapter's input (None: no dropout).
+    pub mask: Option<Arc<Vec<f32>>>,
+}
+
+fn add_into(buf: &GradBuf, f: impl FnOnce(&mut [f32])) {
+    let mut g = buf.lock().expect("gradient buffer");
+    f(&mut g);
+}
+
+fn shape_out(l: &Layout, o: usize) -> Shape {
+    let mut dims = l.shape().dims().to_vec();
+    *dims.last_mut().expect("rank >= 1") = o;
+    Shape::from(dims)
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("galley linear: input is not contiguous"),
+    }
+}
+
+// ------------------------------------------------------------------ trained weight: x·Wᵀ
+
+struct Trained {
+    w: TrainedW,
+}
+
+impl CustomOp2 for Trained {
+    fn name(&self) -> &'static str {
+        "galley-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (o, i) = l2.shape().dims2()?;
+        let n = x.len() / i;
+        let mut y = uninit(n * o);
+        // SAFETY: x is (n, i), w is (o, i) so wᵀ is (i, o); y is (n, o).
+        unsafe { gemm(&mut y, n, o, i, rm(x, i), tr(w, i), 1.0, false) };
+        Ok((CpuStorage::F32(y), shape_out(l1, o)))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (o, i) = w.dims2()?;
+        with_f32(x, |xs| {
+            with_f32(g, |gs| {
+                let n = gs.len() / o;
+                add_into(&self.w.grad, |dw| {
+                    // SAFETY: gᵀ is (o, n), x is (n, i); dw is (o, i).
+                    unsafe { gemm(dw, o, i, n, tr(gs, o), rm(xs, i), 1.0, true) }
+                });
+            })
+        })??;
+        let dx = if x.track_op() {
+            Some(with_f32(g, |gs| {
+                with_f32(w, |ws| {
+                    let n = gs.len() / o;
+                    let mut dx = uninit(n * i);
+                    // SAFETY: g is (n, o), w is (o, i); dx is (n, i).
+                    unsafe { gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false) };
+                    dx
+                })
+            })??)
+        } else {
+            None
+        };
+        Ok((
+            dx.map(|d| Tensor::from_vec(d, x.shape(), x.device()))
+                .transpose()?,
+            None,
+        ))
+    }
+}
+
+/// x·Wᵀ with W trained: W's gradient goes to `grad`.
+pub fn trained(x: &Tensor, w: &Tensor, grad: &GradBuf) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(
+        w,
+        Trained {
+            w: TrainedW { grad: grad.clone() },
+        },
+    )
+}
+
+// ------------------------------------------------------------------ frozen weight + LoRA
+
+struct FrozenLora {
+    w: Frozen,
+    lora: LoraW,
+}
+
+impl FrozenLora {
+    fn dims(&self) -> (usize, usize) {
+        self.w.dims()
+    }
+
+    /// The adapter's input: x, or x times the dropout mask.
+    fn xd<'a>(&self, x: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        match &self.lora.mask {
+            None => x,
+            Some(m) => {
+                *buf = x.iter().zip(m.iter()).map(|(a, b)| a * b).collect();
+                buf
+            }
+        }
+    }
+}
+
+impl CustomOp3 for FrozenLora {
+    fn name(&self) -> &'static str {
+        "galley-lora-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, a, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (o, i) = self.dims();
+        let r = a.len() / i;
+        let n = x.len() / i;
+        let mut y = uninit(n * o);
+        let wd = self.w.dense()?;
+        with_f32(&wd, |w| {
+            // SAFETY: x (n, i), wᵀ (i, o) -> y (n, o).
+            unsafe { gemm(&mut y, n, o, i, rm(x, i), tr(w, i), 1.0, false) }
+        })?;
+        let mut tmp = Vec::new();
+        let xd = self.xd(x, &mut tmp);
+        let mut u = uninit(n * r);
+        // SAFETY: xd (n, i), aᵀ (i, r) -> u (n, r); then y += s·u (n, r)·bᵀ (r, o).
+        unsafe {
+            gemm(&mut u, n, r, i, rm(xd, i), tr(a, i), 1.0, false);
+            gemm(&mut y, n, o, r, rm(&u, r), tr(b, r), self.lora.scale, true);
+        }
+        Ok((CpuStorage::F32(y), shape_out(l1, o)))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (o, i) = self.dims();
+        let s = self.lora.scale;
+        let need_dx = x.track_op();
+        let wd = if need_dx { Some(self.w.dense()?) } else { None };
+        let dx = with_f32(x, |xs| {
+            with_f32(a, |as_| {
+                with_f32(b, |bs| {
+                    with_f32(g, |gs| -> Result<Option<Vec<f32>>> {
+                        let n = gs.len() / o;
+                        let r = as_.len() / i;
+                        let mut tmp = Vec::new();
+                        let xd = self.xd(xs, &mut tmp);
+                        // gb = g·B (n, r); u = xd·Aᵀ (n, r).
+                        let mut gb = uninit(n * r);
+                        let mut u = uninit(n * r);
+                        // SAFETY: every view below matches the stated shapes.
+                        unsafe {
+                            gemm(&mut gb, n, r, o, rm(gs, o), rm(bs, r), 1.0, false);
+                            gemm(&mut u, n, r, i, rm(xd, i), tr(as_, i), 1.0, false);
+                        }
+                        add_into(&self.lora.grad_a, |da| {
+                            // dA += s·gbᵀ (r, n)·xd (n, i)
+                            unsafe { gemm(da, r, i, n, tr(&gb, r), rm(xd, i), s, true) }
+                        });
+                        add_into(&self.lora.grad_b, |db| {
+                            // dB += s·gᵀ (o, n)·u (n, r)
+                            unsafe { gemm(db, o, r, n, tr(gs, o), rm(&u, r), s, true) }
+                        });
+                        let Some(wd) = &wd else { return Ok(None) };
+                        let mut dx = uninit(n * i);
+                        with_f32(wd, |ws| {
+                            // dx = g·W (n, i)
+                            unsafe { gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false) }
+                        })?;
+                        match &self.lora.mask {
+                            None => {
+                                // dx += s·gb·A
+                                unsafe { gemm(&mut dx, n, i, r, rm(&gb, r), rm(as_, i), s, true) }
+                            }
+                            Some(m) => {
+                                let mut t = uninit(n * i);
+                                unsafe { gemm(&mut t, n, i, r, rm(&gb, r), rm(as_, i), s, false) };
+                                for ((d, t), m) in dx.iter_mut().zip(&t).zip(m.iter()) {
+                                    *d += t * m;
+                                }
+                            }
+                        }
+                        Ok(Some(dx))
+                    })
+                })
+            })
+        })?????;
+        let dx = dx
+            .map(|d| Tensor::from_vec(d, x.shape(), x.device()))
+            .transpose()?;
+        Ok((dx, None, None))
+    }
+}
+
+/// x·Wᵀ + s·(x·Aᵀ)·Bᵀ with W frozen; A's and B's gradients go to their buffers.
+pub fn frozen_lora(x: &Tensor, w: &Frozen, a: &Tensor, b: &Tensor, lora: LoraW) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(a, b, FrozenLora { w: w.clone(), lora })
+}
+
+/// Frozen W without an adapter, when x needs no gradient either: plain product, no graph.
+pub fn frozen_plain(x: &Tensor, w: &Frozen) -> Result<Tensor> {
+    struct Plain(Frozen);
+    impl CustomOp1 for Plain {
+        fn name(&self) -> &'static str {
+            "galley-frozen-linear"
+        }
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+            let x = slice(s, l)?;
+            let (o, i) = self.0.dims();
+            let n = x.len() / i;
+            let mut y = uninit(n * o);
+            with_f32(&self.0.dense()?, |w| unsafe {
+                gemm(&mut y, n, o, i, rm(x, i), tr(w, i), 1.0, false)
+            })?;
+            Ok((CpuStorage::F32(y), shape_out(l, o)))
+        }
+    }
+    x.contiguous()?.apply_op1_no_bwd(&Plain(w.clone()))
+}

