@@ -226,6 +226,8 @@ pub struct TrainingSection {
     pub logging_steps: usize,
     /// Validation every this many steps (0 = at the end of each epoch).
     pub eval_steps: usize,
+    /// Also measure validation loss before the first step (the baseline the run improves on).
+    pub eval_on_start: bool,
     /// Checkpoint every this many steps (0 = only at the end).
     pub save_steps: usize,
     /// Checkpoints kept (oldest removed first).
@@ -261,6 +263,7 @@ impl Default for TrainingSection {
             seed: 42,
             logging_steps: 1,
             eval_steps: 0,
+            eval_on_start: true,
             save_steps: 0,
             save_total_limit: 2,
             save_merged: false,

@@ -178,8 +178,14 @@ impl Trainer<'_> {
             metrics.flush().map_err(|e| file_err(&metrics_path, e))
         };
         obs.start(state.step, total);
-        let (mut first_loss, mut last_loss, mut first_eval, mut last_eval) =
-            (None, None, None, None);
+        let (mut first_eval, mut last_eval) = (None, None);
+        if t.eval_on_start && state.step == 0 && !self.val.is_empty() {
+            let e = self.evaluate(0)?;
+            first_eval = Some(e.eval_loss);
+            log(&e)?;
+            obs.eval(&e);
+        }
+        let (mut first_loss, mut last_loss) = (None, None);
         let started = Instant::now();
         let start_tokens = state.tokens;
         let accum = t.gradient_accumulation_steps;
