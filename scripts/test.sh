@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs the wasm toolchain and docker-registry
-# (Debian packages) if needed, fetches the SmolLM2 test model, builds galley and every
+# (Debian packages) if needed, fetches the SmolLM2 test model and the training data, builds galley and every
 # plugin from source, then runs all tests: the runtime's (every plugin kind, the
 # hostile-plugin suite, bad input), the registry's, the model's (parity with transformers,
-# generation), the end-to-end CLI tests, the plugins' own unit tests, and the SDK's
+# generation), the trainer's (gradient checks, data, optimizers), the end-to-end CLI tests
+# (training runs included), the plugins' own unit tests, and the SDK's
 # documentation examples.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ start=$(date +%s)
 
 scripts/setup.sh
 scripts/fetch-models.sh
+scripts/fetch-data.sh
 scripts/build-plugins.sh
 
 echo "== host workspace"
