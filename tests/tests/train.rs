@@ -399,3 +399,56 @@ fn train_config_errors_name_the_file_line_and_key() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_data_loader_plugin_feeds_the_trainer_through_the_sandbox() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("granted");
+    std::fs::create_dir_all(&data).unwrap();
+    let lines: Vec<String> = (0..10)
+        .map(|i| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("What is {i} + {i}?")},
+                {"role": "assistant", "content": format!("{} #### {}", 2 * i, 2 * i)}
+            ], "answer": 2 * i})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(data.join("train.jsonl"), lines.join("\n") + "\n").unwrap();
+    let cfg = format!(
+        "model:
+  path: {}
+data:
+  train:
+    plugin: {}
+    plugin_config: {{path: train.jsonl}}
+    plugin_dirs: {{data: granted}}
+  max_length: 64
+training:
+  method: lora
+  output_dir: run
+  batch_size: 2
+  max_steps: 2
+",
+        cache("models/SmolLM2-135M-Instruct.Q4_1.gguf").display(),
+        plugin("jsonl-chat").display()
+    );
+    std::fs::write(dir.path().join("plugin.yaml"), cfg).unwrap();
+    let out = json(galley(
+        dir.path(),
+        &["train", "-c", "plugin.yaml", "--json"],
+    ));
+    assert_eq!(out["train_examples"], 10, "{out}");
+    assert_eq!(out["summary"]["steps"], 2);
+    // Without the directory grant the plugin cannot read its file, and the error names it.
+    let cfg = std::fs::read_to_string(dir.path().join("plugin.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("nogrant.yaml"),
+        cfg.replace("    plugin_dirs: {data: granted}\n", ""),
+    )
+    .unwrap();
+    let o = galley(dir.path(), &["train", "-c", "nogrant.yaml"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("jsonl-chat"), "{}", stderr(&o));
+}

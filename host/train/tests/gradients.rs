@@ -263,3 +263,104 @@ fn whole_model_lora_matches_the_reference() {
 fn whole_model_qlora_matches_the_reference() {
     whole_model(Method::Qlora, false);
 }
+
+/// The fused projection ops write weight gradients into buffers: check those and the input
+/// gradient against plain autograd, with and without a dropout mask.
+#[test]
+fn projection_ops_match_autograd_including_dropout() {
+    use galley_train::linear::{self, LoraW};
+    use std::sync::Mutex;
+    let (n, i, o, r) = (5, 8, 6, 3);
+    let x = Var::from_tensor(&rand_t(&[n, i], 1, 1.0)).unwrap();
+    let w = Var::from_tensor(&rand_t(&[o, i], 2, 1.0)).unwrap();
+    let a = Var::from_tensor(&rand_t(&[r, i], 3, 1.0)).unwrap();
+    let b = Var::from_tensor(&rand_t(&[o, r], 4, 1.0)).unwrap();
+    let buf = |len| Arc::new(Mutex::new(vec![0f32; len]));
+    let close = |got: &[f32], want: &Tensor, what: &str| {
+        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let e = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+            / scale;
+        assert!(e < 1e-5, "{what}: {e}");
+    };
+    // Trained weight.
+    let gw = buf(o * i);
+    let y = linear::trained(x.as_tensor(), w.as_tensor(), &gw).unwrap();
+    let g = loss_of(&y, 9).backward().unwrap();
+    let yr = x.matmul(&w.t().unwrap()).unwrap();
+    let gr = loss_of(&yr, 9).backward().unwrap();
+    close(
+        &y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        &yr,
+        "trained forward",
+    );
+    close(&gw.lock().unwrap(), gr.get(&w).unwrap(), "dW");
+    close(
+        &g.get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+        gr.get(&x).unwrap(),
+        "dx",
+    );
+    // Frozen weight with LoRA, scale 0.5, with and without dropout.
+    for mask in [
+        None,
+        Some(
+            rand_vec(n * i, 8, 1.0)
+                .iter()
+                .map(|v| if *v > 0.0 { 1.25 } else { 0.0 })
+                .collect::<Vec<f32>>(),
+        ),
+    ] {
+        let (ga, gb) = (buf(r * i), buf(o * r));
+        let lw = LoraW {
+            grad_a: ga.clone(),
+            grad_b: gb.clone(),
+            scale: 0.5,
+            mask: mask.clone().map(Arc::new),
+        };
+        let frozen = Frozen::Dense(w.as_tensor().detach());
+        let y =
+            linear::frozen_lora(x.as_tensor(), &frozen, a.as_tensor(), b.as_tensor(), lw).unwrap();
+        let g = loss_of(&y, 9).backward().unwrap();
+        let xd = match &mask {
+            Some(m) => (x.as_tensor() * Tensor::from_vec(m.clone(), (n, i), &Device::Cpu).unwrap())
+                .unwrap(),
+            None => x.as_tensor().clone(),
+        };
+        let yr = (x.matmul(&w.as_tensor().detach().t().unwrap()).unwrap()
+            + (xd
+                .matmul(&a.t().unwrap())
+                .unwrap()
+                .matmul(&b.t().unwrap())
+                .unwrap()
+                * 0.5)
+                .unwrap())
+        .unwrap();
+        let gr = loss_of(&yr, 9).backward().unwrap();
+        close(
+            &y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            &yr,
+            "lora forward",
+        );
+        close(&ga.lock().unwrap(), gr.get(&a).unwrap(), "dA");
+        close(&gb.lock().unwrap(), gr.get(&b).unwrap(), "dB");
+        close(
+            &g.get(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            gr.get(&x).unwrap(),
+            "lora dx",
+        );
+    }
+}
