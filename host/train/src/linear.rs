@@ -339,3 +339,120 @@ pub fn frozen_plain(x: &Tensor, w: &Frozen) -> Result<Tensor> {
     }
     x.contiguous()?.apply_op1_no_bwd(&Plain(w.clone()))
 }
+
+// ------------------------------------------------------------------ LM head + cross-entropy
+
+/// The LM head's weight for `head_loss`: trained (gradient into its buffer) or frozen.
+#[derive(Clone)]
+pub enum HeadW {
+    Trained(GradBuf),
+    Frozen,
+}
+
+/// Logits and log-sum-exps kept from the forward pass; the backward pass turns the logits into
+/// their gradient in place, so one (rows, vocab) buffer serves both passes.
+type Stash = Mutex<Option<(Vec<f32>, Vec<f32>)>>;
+
+struct HeadLoss {
+    targets: Arc<Vec<u32>>,
+    w: HeadW,
+    stash: Stash,
+}
+
+impl CustomOp2 for HeadLoss {
+    fn name(&self) -> &'static str {
+        "galley-head-loss"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (x, e) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (v, d) = l2.shape().dims2()?;
+        let n = x.len() / d;
+        let mut logits = uninit(n * v);
+        // SAFETY: x (n, d), eᵀ (d, v) -> logits (n, v).
+        unsafe { gemm(&mut logits, n, v, d, rm(x, d), tr(e, d), 1.0, false) };
+        let (lse, loss): (Vec<f32>, Vec<f32>) = logits
+            .par_chunks(v)
+            .zip(self.targets.par_iter())
+            .map(|(row, &t)| {
+                if t == crate::ops::IGNORE {
+                    return (0.0, 0.0);
+                }
+                let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let sum: f32 = row.iter().map(|&v| (v - m).exp()).sum();
+                let lse = m + sum.ln();
+                (lse, lse - row[t as usize])
+            })
+            .unzip();
+        *self.stash.lock().expect("head stash") = Some((logits, lse));
+        Ok((CpuStorage::F32(loss), Shape::from(n)))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        e: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let (v, d) = e.dims2()?;
+        let Some((mut dl, lse)) = self.stash.lock().expect("head stash").take() else {
+            bail!("galley-head-loss: backward ran twice")
+        };
+        let gs = g.to_vec1::<f32>()?;
+        dl.par_chunks_mut(v).enumerate().for_each(|(r, row)| {
+            let t = self.targets[r];
+            if t == crate::ops::IGNORE {
+                row.fill(0.0);
+                return;
+            }
+            let (gr, l) = (gs[r], lse[r]);
+            for z in row.iter_mut() {
+                *z = gr * (*z - l).exp();
+            }
+            row[t as usize] -= gr;
+        });
+        let n = gs.len();
+        let dx = with_f32(x, |xs| {
+            with_f32(e, |es| {
+                if let HeadW::Trained(buf) = &self.w {
+                    add_into(buf, |de| {
+                        // SAFETY: dlᵀ (v, n)·x (n, d) -> de (v, d).
+                        unsafe { gemm(de, v, d, n, tr(&dl, v), rm(xs, d), 1.0, true) }
+                    });
+                }
+                if !x.track_op() {
+                    return None;
+                }
+                let mut dx = uninit(n * d);
+                // SAFETY: dl (n, v)·e (v, d) -> dx (n, d).
+                unsafe { gemm(&mut dx, n, d, v, rm(&dl, v), rm(es, d), 1.0, false) };
+                Some(dx)
+            })
+        })??;
+        Ok((
+            dx.map(|d| Tensor::from_vec(d, x.shape(), x.device()))
+                .transpose()?,
+            None,
+        ))
+    }
+}
+
+/// Per-row cross-entropy of `targets` under the logits x·Eᵀ, without a logits tensor in the
+/// graph: the forward pass's logits buffer becomes the backward pass's gradient in place.
+pub fn head_loss(x: &Tensor, e: &Tensor, targets: &[u32], w: HeadW) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(
+        e,
+        HeadLoss {
+            targets: Arc::new(targets.to_vec()),
+            w,
+            stash: Mutex::new(None),
+        },
+    )
+}

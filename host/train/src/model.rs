@@ -510,13 +510,34 @@ impl TrainModel {
             x = (x + layer.down.forward(&a, pass, site(6))?)?;
         }
         let x = ops::rms_norm(&x, self.norm.t(), c.rms_norm_eps, k)?;
+        // The head: fused with the loss on CPU (no logits tensor), plain ops otherwise.
+        if k == Kernels::Fused {
+            let (w, head) = match (&self.lm_head, &self.embed) {
+                (Some(Proj::Trained { w, bias: None }), _) => (
+                    w.var.as_tensor().clone(),
+                    linear::HeadW::Trained(w.grad.clone()),
+                ),
+                (
+                    Some(Proj::Frozen {
+                        w,
+                        bias: None,
+                        lora: None,
+                    }),
+                    _,
+                ) => (w.dense()?, linear::HeadW::Frozen),
+                (None, Param::Trained(e)) => (
+                    e.var.as_tensor().clone(),
+                    linear::HeadW::Trained(e.grad.clone()),
+                ),
+                (None, Param::Fixed(e)) => (e.clone(), linear::HeadW::Frozen),
+                _ => unreachable!("the LM head has no bias or adapter"),
+            };
+            return Ok(linear::head_loss(&x, &w, targets, head)?);
+        }
         let logits = match &self.lm_head {
             Some(p) => p.forward(&x, pass, u64::MAX)?,
             None => match &self.embed {
-                Param::Trained(e) => match k {
-                    Kernels::Fused => linear::trained(&x, e.var.as_tensor(), &e.grad)?,
-                    Kernels::Reference => ops::linear(&x, e.var.as_tensor())?,
-                },
+                Param::Trained(e) => ops::linear(&x, e.var.as_tensor())?,
                 Param::Fixed(e) => ops::frozen_matmul(&x, &Frozen::Dense(e.clone()), k)?,
             },
         };
