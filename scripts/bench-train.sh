@@ -14,7 +14,8 @@ if ! "$py" -c "import torch, transformers, peft, gguf" 2>/dev/null; then
     bench/.venv-train/bin/pip install --quiet torch transformers peft gguf
     py=bench/.venv-train/bin/python
 fi
-cargo build --release -p galley-bench --bin train-bench -p galley
+cargo build --release -p galley-bench --bin train-bench
+cargo build --release -p galley
 ./target/release/train-bench --python "$py" "$@"
 
 echo "== peft reads galley's adapter"
