@@ -406,10 +406,11 @@ impl TrainConfig {
                 fix(p)
             }
             src.plugin_dirs.values_mut().for_each(fix);
-            if let Some(p) = src.plugin.as_mut() {
-                if p.ends_with(".wasm") && Path::new(p.as_str()).is_relative() {
-                    *p = dir.join(&*p).display().to_string();
-                }
+            if let Some(p) = src.plugin.as_mut()
+                && p.ends_with(".wasm")
+                && Path::new(p.as_str()).is_relative()
+            {
+                *p = dir.join(&*p).display().to_string();
             }
         }
     }

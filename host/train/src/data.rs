@@ -201,12 +201,34 @@ fn read_alpaca(
     Ok(out)
 }
 
-/// Pulls every example from a data source (a plugin), a page at a time.
+/// Examples read from a source that sets no `limit` before it counts as endless.
+pub const UNLIMITED_CAP: usize = 1_000_000;
+
+/// Pulls every example from a data source (a plugin), a page at a time. Generators never run
+/// dry, so without a `limit` a source that passes `UNLIMITED_CAP` is an error, not a hang.
 pub fn read_source(src: &mut dyn DataSource, limit: Option<usize>) -> Result<Records> {
+    read_source_capped(src, limit, UNLIMITED_CAP)
+}
+
+/// `read_source` with another cap for sources without a limit.
+pub fn read_source_capped(
+    src: &mut dyn DataSource,
+    limit: Option<usize>,
+    unlimited_cap: usize,
+) -> Result<Records> {
     let mut out = Vec::new();
     loop {
-        let want = limit.map_or(256, |l| (l - out.len()).min(256));
+        let cap = limit.unwrap_or(unlimited_cap);
+        let want = (cap - out.len()).min(256);
         if want == 0 {
+            if limit.is_none() {
+                return Err(TrainError::Plugin {
+                    plugin: src.name().to_string(),
+                    msg: format!(
+                        "still producing examples after {unlimited_cap}; set `limit` on this data source"
+                    ),
+                });
+            }
             break;
         }
         let page = src.next_page(want).map_err(|e| TrainError::Plugin {

@@ -144,6 +144,17 @@ fn read_records(
 /// Loads the model, tokenizer and data a config names.
 pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Prepared> {
     let dev = galley_model::device(&cfg.training.device)?;
+    if !dev.is_cpu() {
+        // The fused kernels, gradient buffers and in-place optimizer are CPU code; the
+        // reference ops would run on a GPU but nothing would update the weights there.
+        return Err(TrainError::Config {
+            file: "training.device".into(),
+            msg: format!(
+                "`{}`: training runs on the CPU in this version",
+                cfg.training.device
+            ),
+        });
+    }
     let mut skipped = Skipped::default();
     let train_recs = read_records(cfg, &cfg.data.train, sources.train, &mut skipped)?;
     let val_recs = match (&cfg.data.validation, sources.validation) {

@@ -44,6 +44,7 @@ fn tr(s: &[f32], cols: usize) -> Mat {
 /// # Safety
 /// `a` and `b` must describe matrices of (m, k) and (k, n) inside live allocations, and `dst`
 /// must hold m·n elements.
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemm(
     dst: &mut [f32],
     m: usize,

@@ -283,9 +283,9 @@ impl Loader<'_> {
         }
         let frozen = match (self.build.method, self.w.linear(&name, out, inp, self.dev)?) {
             (Method::Qlora, LinearWeight::Quant(QMatMul::QTensor(q))) => Frozen::Quant(q),
-            (Method::Qlora, LinearWeight::Dense(t)) if inp % 32 == 0 => Frozen::Quant(Arc::new(
-                QTensor::quantize(&t, quant_dtype(self.build.peft.quant))?,
-            )),
+            (Method::Qlora, LinearWeight::Dense(t)) if inp.is_multiple_of(32) => Frozen::Quant(
+                Arc::new(QTensor::quantize(&t, quant_dtype(self.build.peft.quant))?),
+            ),
             (_, LinearWeight::Dense(t)) => Frozen::Dense(t),
             (_, LinearWeight::Quant(QMatMul::QTensor(q))) => Frozen::Dense(q.dequantize(self.dev)?),
             (_, LinearWeight::Quant(QMatMul::Tensor(t) | QMatMul::TensorF16(t))) => {

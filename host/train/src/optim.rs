@@ -123,7 +123,6 @@ impl Optimizer {
                 v: Mutex::new(self.v.get_mut(i).map(|v| v.as_mut_slice())),
             };
             p.var.as_tensor().inplace_op1(&op)?;
-            drop(op);
             g.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0));
         }
         Ok(())

@@ -237,15 +237,15 @@ impl Trainer<'_> {
                 tokens_per_s: tokens as f64 / step_start.elapsed().as_secs_f64(),
                 elapsed_s: started.elapsed().as_secs_f64(),
             };
-            if state.step % t.logging_steps.max(1) == 0 || state.step == total {
+            if state.step.is_multiple_of(t.logging_steps.max(1)) || state.step == total {
                 log(&m)?;
             }
             obs.step(&m);
             let eval_now = !self.val.is_empty()
                 && if t.eval_steps > 0 {
-                    state.step % t.eval_steps == 0
+                    state.step.is_multiple_of(t.eval_steps)
                 } else {
-                    state.step % self.steps_per_epoch() == 0
+                    state.step.is_multiple_of(self.steps_per_epoch())
                 }
                 || (!self.val.is_empty() && state.step == total);
             if eval_now {
@@ -255,7 +255,8 @@ impl Trainer<'_> {
                 log(&e)?;
                 obs.eval(&e);
             }
-            if (t.save_steps > 0 && state.step % t.save_steps == 0) || state.step == total {
+            if (t.save_steps > 0 && state.step.is_multiple_of(t.save_steps)) || state.step == total
+            {
                 let path = checkpoint::save(&ck_dir, params, &opt, &state, t.save_total_limit)?;
                 obs.checkpoint(&path);
             }

@@ -253,3 +253,40 @@ fn alpaca_records_become_conversations_and_packing_fills_rows() {
     let src = SourceSection::default();
     let _ = (src, OnBad::Skip, Truncation::Right);
 }
+
+/// A generator plugin (like `arith`) never runs dry: a limit bounds it, and without one the
+/// trainer stops with an error naming the source instead of reading forever.
+#[test]
+fn endless_sources_need_a_limit() {
+    struct Endless(usize);
+    impl galley_core::DataSource for Endless {
+        fn name(&self) -> &str {
+            "endless@0.1.0"
+        }
+        fn next_page(
+            &mut self,
+            max: usize,
+        ) -> Result<Vec<galley_core::Example>, galley_core::PluginError> {
+            self.0 += max;
+            Ok((0..max)
+                .map(|i| galley_core::Example {
+                    id: format!("{i}"),
+                    messages: vec![galley_core::Message::new("user", "hi")],
+                    metadata: Default::default(),
+                })
+                .collect())
+        }
+    }
+    let Records::Chats(c) = data::read_source(&mut Endless(0), Some(300)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(c.len(), 300);
+    let err = data::read_source_capped(&mut Endless(0), None, 1000)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("endless@0.1.0") && err.contains("set `limit`"),
+        "{err}"
+    );
+}
