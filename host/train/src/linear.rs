@@ -5,7 +5,7 @@
 //! accumulation across micro-batches costs nothing. A frozen W gets no gradient at all, and
 //! when x needs none either (the first layer under LoRA) its product is skipped too.
 
-use crate::ops::{Frozen, uninit, with_f32};
+use crate::ops::{Frozen, slice, uninit, with_f32};
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail,
 };
@@ -98,6 +98,15 @@ pub struct LoraW {
     pub mask: Option<Arc<Vec<f32>>>,
 }
 
+/// x (n, i) times wᵀ for w (o, i): the forward product of every projection.
+fn project(x: &[f32], w: &[f32], i: usize, o: usize) -> Vec<f32> {
+    let n = x.len() / i;
+    let mut y = uninit(n * o);
+    // SAFETY: x is (n, i), w is (o, i) so wᵀ is (i, o); y is (n, o).
+    unsafe { gemm(&mut y, n, o, i, rm(x, i), tr(w, i), 1.0, false) };
+    y
+}
+
 fn add_into(buf: &GradBuf, f: impl FnOnce(&mut [f32])) {
     let mut g = buf.lock().expect("gradient buffer");
     f(&mut g);
@@ -107,14 +116,6 @@ fn shape_out(l: &Layout, o: usize) -> Shape {
     let mut dims = l.shape().dims().to_vec();
     *dims.last_mut().expect("rank >= 1") = o;
     Shape::from(dims)
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("galley linear: input is not contiguous"),
-    }
 }
 
 // ------------------------------------------------------------------ trained weight: x·Wᵀ
@@ -136,11 +137,7 @@ impl CustomOp2 for Trained {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
         let (o, i) = l2.shape().dims2()?;
-        let n = x.len() / i;
-        let mut y = uninit(n * o);
-        // SAFETY: x is (n, i), w is (o, i) so wᵀ is (i, o); y is (n, o).
-        unsafe { gemm(&mut y, n, o, i, rm(x, i), tr(w, i), 1.0, false) };
-        Ok((CpuStorage::F32(y), shape_out(l1, o)))
+        Ok((CpuStorage::F32(project(x, w, i, o)), shape_out(l1, o)))
     }
     fn bwd(
         &self,
@@ -231,12 +228,7 @@ impl CustomOp3 for FrozenLora {
         let (o, i) = self.dims();
         let r = a.len() / i;
         let n = x.len() / i;
-        let mut y = uninit(n * o);
-        let wd = self.w.dense()?;
-        with_f32(&wd, |w| {
-            // SAFETY: x (n, i), wᵀ (i, o) -> y (n, o).
-            unsafe { gemm(&mut y, n, o, i, rm(x, i), tr(w, i), 1.0, false) }
-        })?;
+        let mut y = with_f32(&self.w.dense()?, |w| project(x, w, i, o))?;
         let mut tmp = Vec::new();
         let xd = self.xd(x, &mut tmp);
         let mut u = uninit(n * r);
@@ -330,11 +322,7 @@ pub fn frozen_plain(x: &Tensor, w: &Frozen) -> Result<Tensor> {
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
             let x = slice(s, l)?;
             let (o, i) = self.0.dims();
-            let n = x.len() / i;
-            let mut y = uninit(n * o);
-            with_f32(&self.0.dense()?, |w| unsafe {
-                gemm(&mut y, n, o, i, rm(x, i), tr(w, i), 1.0, false)
-            })?;
+            let y = with_f32(&self.0.dense()?, |w| project(x, w, i, o))?;
             Ok((CpuStorage::F32(y), shape_out(l, o)))
         }
     }
@@ -371,26 +359,13 @@ impl CustomOp2 for HeadLoss {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let (x, e) = (slice(s1, l1)?, slice(s2, l2)?);
         let (v, d) = l2.shape().dims2()?;
         let n = x.len() / d;
         let mut logits = uninit(n * v);
         // SAFETY: x (n, d), eᵀ (d, v) -> logits (n, v).
         unsafe { gemm(&mut logits, n, v, d, rm(x, d), tr(e, d), 1.0, false) };
-        let (lse, loss): (Vec<f32>, Vec<f32>) = logits
-            .par_chunks(v)
-            .zip(self.targets.par_iter())
-            .map(|(row, &t)| {
-                if t == crate::ops::IGNORE {
-                    return (0.0, 0.0);
-                }
-                let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let sum: f32 = row.iter().map(|&v| (v - m).exp()).sum();
-                let lse = m + sum.ln();
-                (lse, lse - row[t as usize])
-            })
-            .unzip();
+        let (lse, loss) = crate::ops::nll_rows(&logits, v, &self.targets);
         *self.stash.lock().expect("head stash") = Some((logits, lse));
         Ok((CpuStorage::F32(loss), Shape::from(n)))
     }
@@ -407,18 +382,9 @@ impl CustomOp2 for HeadLoss {
             bail!("galley-head-loss: backward ran twice")
         };
         let gs = g.to_vec1::<f32>()?;
-        dl.par_chunks_mut(v).enumerate().for_each(|(r, row)| {
-            let t = self.targets[r];
-            if t == crate::ops::IGNORE {
-                row.fill(0.0);
-                return;
-            }
-            let (gr, l) = (gs[r], lse[r]);
-            for z in row.iter_mut() {
-                *z = gr * (*z - l).exp();
-            }
-            row[t as usize] -= gr;
-        });
+        dl.par_chunks_mut(v)
+            .enumerate()
+            .for_each(|(r, row)| crate::ops::nll_grad_row(row, self.targets[r], gs[r], lse[r]));
         let n = gs.len();
         let dx = with_f32(x, |xs| {
             with_f32(e, |es| {

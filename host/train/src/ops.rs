@@ -29,7 +29,7 @@ pub enum Kernels {
 /// Label of a position that does not count in the loss.
 pub const IGNORE: u32 = u32::MAX;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -453,6 +453,36 @@ pub fn silu_mul(g: &Tensor, u: &Tensor, k: Kernels) -> Result<Tensor> {
 
 // ---------------------------------------------------------------- cross-entropy
 
+/// Each row's log-sum-exp and the negative log-likelihood of its target ((0, 0) for rows
+/// whose target is `IGNORE`).
+pub(crate) fn nll_rows(logits: &[f32], v: usize, targets: &[u32]) -> (Vec<f32>, Vec<f32>) {
+    logits
+        .par_chunks(v)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| {
+            if t == IGNORE {
+                return (0.0, 0.0);
+            }
+            let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let sum: f32 = row.iter().map(|&v| (v - m).exp()).sum();
+            let lse = m + sum.ln();
+            (lse, lse - row[t as usize])
+        })
+        .unzip()
+}
+
+/// Turns a row of logits into the gradient of `g` times its NLL, in place: g·(softmax - onehot).
+pub(crate) fn nll_grad_row(row: &mut [f32], target: u32, g: f32, lse: f32) {
+    if target == IGNORE {
+        row.fill(0.0);
+        return;
+    }
+    for z in row.iter_mut() {
+        *z = g * (*z - lse).exp();
+    }
+    row[target as usize] -= g;
+}
+
 struct CrossEntropy {
     targets: Arc<Vec<u32>>,
     /// log-sum-exp of each row, kept from the forward pass for the backward one.
@@ -467,19 +497,7 @@ impl CustomOp1 for CrossEntropy {
         let x = slice(s, l)?;
         let n = self.targets.len();
         let v = x.len() / n;
-        let (lse, loss): (Vec<f32>, Vec<f32>) = x
-            .par_chunks(v)
-            .zip(self.targets.par_iter())
-            .map(|(row, &t)| {
-                if t == IGNORE {
-                    return (0.0, 0.0);
-                }
-                let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let sum: f32 = row.iter().map(|&v| (v - m).exp()).sum();
-                let lse = m + sum.ln();
-                (lse, lse - row[t as usize])
-            })
-            .unzip();
+        let (lse, loss) = nll_rows(x, v, &self.targets);
         *self.lse.lock().expect("lse lock") = lse;
         Ok((CpuStorage::F32(loss), Shape::from(n)))
     }
@@ -491,17 +509,8 @@ impl CustomOp1 for CrossEntropy {
                 let v = x.len() / n;
                 let mut dx = uninit(x.len());
                 dx.par_chunks_mut(v).enumerate().for_each(|(r, d)| {
-                    let t = self.targets[r];
-                    if t == IGNORE {
-                        d.fill(0.0);
-                        return;
-                    }
-                    let row = &x[r * v..][..v];
-                    let (gr, l) = (g[r], lse[r]);
-                    for j in 0..v {
-                        d[j] = gr * (row[j] - l).exp();
-                    }
-                    d[t as usize] -= gr;
+                    d.copy_from_slice(&x[r * v..][..v]);
+                    nll_grad_row(d, self.targets[r], g[r], lse[r]);
                 });
                 dx
             })
