@@ -228,7 +228,7 @@ impl CustomOp3 for FrozenLora {
         let (o, i) = self.dims();
         let r = a.len() / i;
         let n = x.len() / i;
-        let mut y = with_f32(&self.w.dense()?, |w| project(x, w, i, o))?;
+        let mut y = self.w.with_dense(|w| project(x, w, i, o))?;
         let mut tmp = Vec::new();
         let xd = self.xd(x, &mut tmp);
         let mut u = uninit(n * r);
@@ -250,7 +250,6 @@ impl CustomOp3 for FrozenLora {
         let (o, i) = self.dims();
         let s = self.lora.scale;
         let need_dx = x.track_op();
-        let wd = if need_dx { Some(self.w.dense()?) } else { None };
         let dx = with_f32(x, |xs| {
             with_f32(a, |as_| {
                 with_f32(b, |bs| {
@@ -275,9 +274,11 @@ impl CustomOp3 for FrozenLora {
                             // dB += s·gᵀ (o, n)·u (n, r)
                             unsafe { gemm(db, o, r, n, tr(gs, o), rm(&u, r), s, true) }
                         });
-                        let Some(wd) = &wd else { return Ok(None) };
+                        if !need_dx {
+                            return Ok(None);
+                        }
                         let mut dx = uninit(n * i);
-                        with_f32(wd, |ws| {
+                        self.w.with_dense(|ws| {
                             // dx = g·W (n, i)
                             unsafe { gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false) }
                         })?;
@@ -322,7 +323,7 @@ pub fn frozen_plain(x: &Tensor, w: &Frozen) -> Result<Tensor> {
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
             let x = slice(s, l)?;
             let (o, i) = self.0.dims();
-            let y = with_f32(&self.0.dense()?, |w| project(x, w, i, o))?;
+            let y = self.0.with_dense(|w| project(x, w, i, o))?;
             Ok((CpuStorage::F32(y), shape_out(l, o)))
         }
     }

@@ -574,6 +574,43 @@ impl Frozen {
         }
     }
 
+    /// Runs `f` on the weight as dense f32 (out, in): a dense tensor's own data, or quantized
+    /// blocks dequantized into a per-thread scratch buffer that is reused product after
+    /// product (a fresh tensor per product would fragment the heap and eat QLoRA's savings).
+    pub fn with_dense<R>(&self, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+        use candle_core::quantized::GgmlDType;
+        use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        fn unpack<B: GgmlType>(bytes: &[u8], out: &mut [f32]) {
+            let n = bytes.len() / std::mem::size_of::<B>();
+            assert_eq!(bytes.as_ptr().align_offset(std::mem::align_of::<B>()), 0);
+            // SAFETY: CPU QTensor storage is a Vec<B> viewed as bytes (candle's `data`), so the
+            // pointer is aligned for B and holds exactly `n` blocks of plain-old-data.
+            let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const B, n) };
+            B::to_float(blocks, out);
+        }
+        let q = match self {
+            Frozen::Dense(t) => return with_f32(t, f),
+            Frozen::Quant(q) => q,
+        };
+        let (o, i) = self.dims();
+        let unpack: fn(&[u8], &mut [f32]) = match q.dtype() {
+            GgmlDType::Q4_0 => unpack::<BlockQ4_0>,
+            GgmlDType::Q4_1 => unpack::<BlockQ4_1>,
+            GgmlDType::Q8_0 => unpack::<BlockQ8_0>,
+            _ => return with_f32(&q.dequantize(&Device::Cpu)?, f),
+        };
+        let data = q.data()?;
+        SCRATCH.with(|s| {
+            let mut buf = s.borrow_mut();
+            buf.resize(o * i, 0.0);
+            unpack(&data, &mut buf[..o * i]);
+            Ok(f(&buf[..o * i]))
+        })
+    }
+
     /// Bytes the weight occupies in memory.
     pub fn bytes(&self) -> usize {
         match self {
@@ -595,7 +632,7 @@ impl CustomOp1 for FrozenMatmul {
         let x = slice(s, l)?;
         let (o, i) = self.w.dims();
         let n = x.len() / i;
-        let y = with_f32(&self.w.dense()?, |w| matmul(x, w, n, i, o, true))?;
+        let y = self.w.with_dense(|w| matmul(x, w, n, i, o, true))?;
         let mut dims = l.shape().dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = o;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -603,7 +640,8 @@ impl CustomOp1 for FrozenMatmul {
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let (o, i) = self.w.dims();
         let dx = with_f32(g, |g| {
-            with_f32(&self.w.dense()?, |w| matmul(g, w, g.len() / o, o, i, false))
+            self.w
+                .with_dense(|w| matmul(g, w, g.len() / o, o, i, false))
         })??;
         Ok(Some(out(dx, x.shape())?))
     }
