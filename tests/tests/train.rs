@@ -142,6 +142,16 @@ fn sigkill_mid_run_then_resume_repeats_the_loss_curve_exactly() {
     ));
     let whole = losses(&dir.path().join("whole/metrics.jsonl"));
     assert_eq!(whole.len(), 400, "400 steps logged");
+    // A fresh start into a folder with checkpoints would mix two runs: refused.
+    let o = galley(
+        dir.path(),
+        &["train", "-c", "pt.yaml", "training.output_dir=whole"],
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains("--resume"),
+        "{}",
+        stderr(&o)
+    );
 
     // The same run, killed once it has checkpoints, then resumed.
     let mut child = Command::new(galley_bin())
@@ -215,6 +225,7 @@ data:
   validation_split: 0.2
   max_length: 96
   truncation: skip
+  group_by_length: true
 training:
   method: {method}
   output_dir: {method}

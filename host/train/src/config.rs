@@ -156,6 +156,10 @@ pub struct DataSection {
     /// Seed of the shuffle and split (defaults to `training.seed`).
     pub seed: Option<u64>,
     pub shuffle: bool,
+    /// Put examples of similar length in the same batch (less padding), as HF's
+    /// `group_by_length`: each epoch's shuffled order is cut into windows of 50 batches,
+    /// each window sorted by length, and the batches shuffled again.
+    pub group_by_length: bool,
 }
 
 impl Default for DataSection {
@@ -171,6 +175,7 @@ impl Default for DataSection {
             on_bad_example: OnBad::Skip,
             seed: None,
             shuffle: true,
+            group_by_length: false,
         }
     }
 }
@@ -398,6 +403,7 @@ impl TrainConfig {
         if let Some(p) = self.model.path.as_mut() {
             fix(p)
         }
+        fix(&mut self.training.output_dir);
         if let Some(p) = self.model.tokenizer.as_mut().and_then(|t| t.path.as_mut()) {
             fix(p)
         }

@@ -89,12 +89,20 @@ impl Trainer<'_> {
         let t = &self.cfg.training;
         let per_epoch = self.steps_per_epoch() * t.gradient_accumulation_steps;
         let (epoch, j) = (micro / per_epoch, micro % per_epoch);
-        let order = epoch_order(
+        let mut order = epoch_order(
             self.train.len(),
             self.cfg.data_seed(),
             epoch,
             self.cfg.data.shuffle,
         );
+        if self.cfg.data.group_by_length {
+            order = group_by_length(
+                order,
+                self.train,
+                t.batch_size,
+                self.cfg.data_seed() ^ epoch as u64,
+            );
+        }
         let start = (j * t.batch_size) % self.train.len();
         let picks: Vec<&Sample> = (0..t.batch_size)
             .map(|i| &self.train[order[(start + i) % self.train.len()]])
@@ -152,19 +160,34 @@ impl Trainer<'_> {
             config_digest: self.config_digest.clone(),
         };
         let mut resumed_from = None;
-        if resume {
-            if let Some((_, ck)) = checkpoint::list(&ck_dir).pop() {
-                state = checkpoint::load(&ck, params, &mut opt)?;
-                if state.config_digest != self.config_digest {
-                    return Err(file_err(
-                        &ck,
-                        "was written under a different config; resume with the same one (or start a new output_dir)",
-                    ));
-                }
-                resumed_from = Some(state.step);
-                truncate_metrics(&metrics_path, state.step)?;
-                tracing::info!("resuming from {} (step {})", ck.display(), state.step);
+        if !resume && !checkpoint::list(&ck_dir).is_empty() {
+            return Err(file_err(
+                &ck_dir,
+                "holds checkpoints of an earlier run: add --resume to continue it, or pick another training.output_dir",
+            ));
+        }
+        let latest = if resume {
+            checkpoint::list(&ck_dir).pop()
+        } else {
+            None
+        };
+        if resume && latest.is_none() {
+            tracing::info!(
+                "--resume: no checkpoint in {}, starting afresh",
+                ck_dir.display()
+            );
+        }
+        if let Some((_, ck)) = latest {
+            state = checkpoint::load(&ck, params, &mut opt)?;
+            if state.config_digest != self.config_digest {
+                return Err(file_err(
+                    &ck,
+                    "was written under a different config; resume with the same one (or start a new output_dir)",
+                ));
             }
+            resumed_from = Some(state.step);
+            truncate_metrics(&metrics_path, state.step)?;
+            tracing::info!("resuming from {} (step {})", ck.display(), state.step);
         } else {
             let _ = std::fs::remove_file(&metrics_path);
         }
@@ -275,6 +298,22 @@ impl Trainer<'_> {
     }
 }
 
+/// Reorders an epoch so each batch holds examples of similar length: windows of 50 batches
+/// sorted by length (longest first), then whole batches shuffled, all from `seed`.
+fn group_by_length(order: Vec<usize>, samples: &[Sample], batch: usize, seed: u64) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::{SeedableRng, rngs::StdRng};
+    let mut sorted: Vec<usize> = Vec::with_capacity(order.len());
+    for window in order.chunks(batch * 50) {
+        let mut w = window.to_vec();
+        w.sort_by_key(|&i| std::cmp::Reverse(samples[i].ids.len()));
+        sorted.extend(w);
+    }
+    let mut batches: Vec<&[usize]> = sorted.chunks(batch).collect();
+    batches.shuffle(&mut StdRng::seed_from_u64(seed.wrapping_add(0x6b5)));
+    batches.concat()
+}
+
 /// Drops metrics lines past `step` (written after the checkpoint a resume starts from).
 fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
@@ -305,5 +344,34 @@ mod erased {
         fn json(&self) -> String {
             serde_json::to_string(self).expect("metrics serialize")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouping_by_length_is_a_permutation_of_similar_lengths() {
+        let samples: Vec<Sample> = (0..40)
+            .map(|i| Sample {
+                ids: vec![0; 2 + (i * 37) % 50],
+                train: vec![true; 2 + (i * 37) % 50],
+            })
+            .collect();
+        let order = epoch_order(40, 7, 0, true);
+        let grouped = group_by_length(order, &samples, 4, 7);
+        let mut sorted = grouped.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..40).collect::<Vec<_>>());
+        let padding = |o: &[usize]| -> usize {
+            o.chunks(4)
+                .map(|b| {
+                    let max = b.iter().map(|&i| samples[i].ids.len()).max().unwrap();
+                    b.iter().map(|&i| max - samples[i].ids.len()).sum::<usize>()
+                })
+                .sum()
+        };
+        assert!(padding(&grouped) * 4 < padding(&epoch_order(40, 7, 0, true)));
     }
 }
