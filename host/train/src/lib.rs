@@ -5,6 +5,7 @@
 //! checkpoints). Data comes from files or any `DataSource`, so data-loader plugins need no
 //! trainer changes. `run` ties a config to a run directory.
 
+pub mod align;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
