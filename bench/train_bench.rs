@@ -102,6 +102,7 @@ fn child(mode: &str, model: &Path, rows_file: &Path, steps: usize) {
         let pass = Pass {
             kernels: m.kernels,
             train: true,
+            adapters: true,
             seed: s as u64,
         };
         let l = m.losses(&inputs, &targets, B, T, &pass).unwrap();

@@ -279,12 +279,15 @@ pub fn run(
     .map_err(|e| file_err(&resolved, e))?;
     let p = prepare(cfg, sources, &out)?;
     let pad = p.tokenizer.eos.first().copied().unwrap_or(0);
-    let trainer = trainer::Trainer {
-        cfg,
-        model: &p.model,
+    let task = trainer::SftTask {
         train: &p.train,
         val: &p.val,
         pad,
+    };
+    let trainer = trainer::Trainer {
+        cfg,
+        model: &p.model,
+        task: &task,
         out_dir: out.clone(),
         config_digest: digest(cfg),
     };

@@ -54,12 +54,26 @@ pub enum Proj {
     },
 }
 
-/// Per-forward settings: kernels, whether dropout is on and its seed.
+/// Per-forward settings: kernels, whether dropout is on and its seed, whether LoRA adapters
+/// take part (off: the frozen base alone, DPO's reference without a second copy).
 #[derive(Clone, Copy)]
 pub struct Pass {
     pub kernels: Kernels,
     pub train: bool,
+    pub adapters: bool,
     pub seed: u64,
+}
+
+impl Pass {
+    /// No dropout, adapters on: validation.
+    pub fn eval(model: &TrainModel) -> Self {
+        Self {
+            kernels: model.kernels,
+            train: false,
+            adapters: true,
+            seed: 0,
+        }
+    }
 }
 
 impl Proj {
@@ -76,6 +90,7 @@ impl Proj {
                 }
             }
             Proj::Frozen { w, bias, lora } => {
+                let lora = lora.as_ref().filter(|_| pass.adapters);
                 let mask = match lora {
                     Some(l) if pass.train && l.dropout > 0.0 => Some(dropout_mask(
                         x.elem_count(),

@@ -1,8 +1,8 @@
-//! The supervised training loop shared by SFT (full, LoRA, QLoRA) and pre-training: seeded
-//! batches, gradient accumulation with the loss normalised over every label token of the
-//! optimizer step (as one big batch would be), clipping, the schedule, in-place updates,
-//! validation, metrics.jsonl, atomic checkpoints and resume. It reports through `Observer`
-//! and `tracing`; it never prints.
+//! The training loop every objective shares: seeded batches, gradient accumulation with the
+//! loss normalised over the whole optimizer step (as one big batch would be), clipping, the
+//! schedule, in-place updates, validation, metrics.jsonl, atomic checkpoints and resume. What
+//! a micro-batch computes is a `Task`: supervised token loss here (SFT, pre-training), the
+//! preference loss in `dpo`. It reports through `Observer` and `tracing`; it never prints.
 
 use crate::checkpoint::{self, State};
 use crate::config::TrainConfig;
@@ -10,7 +10,9 @@ use crate::data::{Batch, Sample, epoch_order};
 use crate::error::{Result, TrainError, file_err};
 use crate::model::{Pass, TrainModel};
 use crate::optim::{Optimizer, lr_at};
+use candle_core::backprop::GradStore;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -26,13 +28,105 @@ pub struct StepMetrics {
     pub tokens: usize,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// The task's own metrics (DPO: rewards, margins, accuracy).
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalMetrics {
     pub step: usize,
     pub eval_loss: f64,
-    pub eval_tokens: usize,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// Named metrics beside the loss.
+pub type Extra = BTreeMap<String, f64>;
+
+/// One micro-batch's forward and backward pass.
+pub struct Micro {
+    /// This micro-batch's share of the step's loss (already divided by the step's norm).
+    pub loss: f64,
+    /// Real (non-padding) tokens processed.
+    pub tokens: usize,
+    /// Metrics, each already divided by the step's norm (they add up to step means).
+    pub extra: Extra,
+    pub grads: GradStore,
+}
+
+/// What an objective computes on lists of items (token sequences, preference pairs).
+pub trait Task {
+    /// Items in the training set.
+    fn len(&self) -> usize;
+    /// An item's length in tokens (for `group_by_length`).
+    fn item_len(&self, i: usize) -> usize;
+    /// What a step's loss is divided by, given its micro-batches (label tokens, pairs).
+    fn norm(&self, micro: &[Vec<usize>]) -> f64;
+    /// Forward and backward over `items`, the loss divided by `norm`.
+    fn micro(&self, model: &TrainModel, items: &[usize], norm: f64, pass: &Pass) -> Result<Micro>;
+    /// Validation loss and metrics; None without a validation set.
+    fn evaluate(&self, model: &TrainModel, batch: usize) -> Result<Option<(f64, Extra)>>;
+}
+
+/// Supervised token loss: SFT and pre-training.
+pub struct SftTask<'a> {
+    pub train: &'a [Sample],
+    pub val: &'a [Sample],
+    pub pad: u32,
+}
+
+fn label_tokens(s: &Sample) -> usize {
+    s.train.iter().skip(1).filter(|&&t| t).count()
+}
+
+impl Task for SftTask<'_> {
+    fn len(&self) -> usize {
+        self.train.len()
+    }
+    fn item_len(&self, i: usize) -> usize {
+        self.train[i].ids.len()
+    }
+    fn norm(&self, micro: &[Vec<usize>]) -> f64 {
+        micro
+            .iter()
+            .flatten()
+            .map(|&i| label_tokens(&self.train[i]))
+            .sum::<usize>()
+            .max(1) as f64
+    }
+    fn micro(&self, model: &TrainModel, items: &[usize], norm: f64, pass: &Pass) -> Result<Micro> {
+        let picks: Vec<&Sample> = items.iter().map(|&i| &self.train[i]).collect();
+        let b = Batch::from_samples(&picks, self.pad);
+        let losses = model.losses(&b.inputs, &b.targets, b.b, b.t, pass)?;
+        let sum = losses.sum_all()?;
+        let loss = sum.to_scalar::<f32>()? as f64 / norm;
+        let grads = (sum / norm)?.backward()?;
+        Ok(Micro {
+            loss,
+            tokens: b.real_tokens,
+            extra: Extra::new(),
+            grads,
+        })
+    }
+    fn evaluate(&self, model: &TrainModel, batch: usize) -> Result<Option<(f64, Extra)>> {
+        if self.val.is_empty() {
+            return Ok(None);
+        }
+        let (mut nll, mut tokens) = (0f64, 0usize);
+        for chunk in self.val.chunks(batch) {
+            let refs: Vec<&Sample> = chunk.iter().collect();
+            let b = Batch::from_samples(&refs, self.pad);
+            let pass = Pass::eval(model);
+            let losses = model
+                .losses(&b.inputs, &b.targets, b.b, b.t, &pass)?
+                .detach();
+            nll += losses.sum_all()?.to_scalar::<f32>()? as f64;
+            tokens += b.label_tokens();
+        }
+        let extra = Extra::from([("eval_tokens".to_string(), tokens as f64)]);
+        Ok(Some((nll / tokens.max(1) as f64, extra)))
+    }
 }
 
 /// Hooks for whoever drives the loop (the CLI shows a progress bar).
@@ -49,9 +143,7 @@ impl Observer for NoObserver {}
 pub struct Trainer<'a> {
     pub cfg: &'a TrainConfig,
     pub model: &'a TrainModel,
-    pub train: &'a [Sample],
-    pub val: &'a [Sample],
-    pub pad: u32,
+    pub task: &'a dyn Task,
     pub out_dir: PathBuf,
     pub config_digest: String,
 }
@@ -70,7 +162,7 @@ pub struct Summary {
 
 impl Trainer<'_> {
     fn batches_per_epoch(&self) -> usize {
-        self.train.len().div_ceil(self.cfg.training.batch_size)
+        self.task.len().div_ceil(self.cfg.training.batch_size)
     }
 
     pub fn steps_per_epoch(&self) -> usize {
@@ -85,59 +177,40 @@ impl Trainer<'_> {
     }
 
     /// The micro-batch `micro` (0-based over the whole run): a function of (seed, position).
-    fn micro_batch(&self, micro: usize) -> Batch {
+    fn micro_items(&self, micro: usize) -> Vec<usize> {
         let t = &self.cfg.training;
+        let n = self.task.len();
         let per_epoch = self.steps_per_epoch() * t.gradient_accumulation_steps;
         let (epoch, j) = (micro / per_epoch, micro % per_epoch);
-        let mut order = epoch_order(
-            self.train.len(),
-            self.cfg.data_seed(),
-            epoch,
-            self.cfg.data.shuffle,
-        );
+        let mut order = epoch_order(n, self.cfg.data_seed(), epoch, self.cfg.data.shuffle);
         if self.cfg.data.group_by_length {
+            let lens: Vec<usize> = (0..n).map(|i| self.task.item_len(i)).collect();
             order = group_by_length(
                 order,
-                self.train,
+                &lens,
                 t.batch_size,
                 self.cfg.data_seed() ^ epoch as u64,
             );
         }
-        let start = (j * t.batch_size) % self.train.len();
-        let picks: Vec<&Sample> = (0..t.batch_size)
-            .map(|i| &self.train[order[(start + i) % self.train.len()]])
-            .collect();
-        Batch::from_samples(&picks, self.pad)
+        let start = (j * t.batch_size) % n;
+        (0..t.batch_size).map(|i| order[(start + i) % n]).collect()
     }
 
-    fn evaluate(&self, step: usize) -> Result<EvalMetrics> {
-        let (mut nll, mut tokens) = (0f64, 0usize);
-        for chunk in self.val.chunks(self.cfg.training.batch_size) {
-            let refs: Vec<&Sample> = chunk.iter().collect();
-            let b = Batch::from_samples(&refs, self.pad);
-            let pass = Pass {
-                kernels: self.model.kernels,
-                train: false,
-                seed: 0,
-            };
-            let losses = self
-                .model
-                .losses(&b.inputs, &b.targets, b.b, b.t, &pass)?
-                .detach();
-            nll += losses.sum_all()?.to_scalar::<f32>()? as f64;
-            tokens += b.label_tokens();
-        }
-        Ok(EvalMetrics {
-            step,
-            eval_loss: nll / tokens.max(1) as f64,
-            eval_tokens: tokens,
-        })
+    fn evaluate(&self, step: usize) -> Result<Option<EvalMetrics>> {
+        Ok(self
+            .task
+            .evaluate(self.model, self.cfg.training.batch_size)?
+            .map(|(eval_loss, extra)| EvalMetrics {
+                step,
+                eval_loss,
+                extra,
+            }))
     }
 
     /// Runs (or resumes) the loop.
     pub fn run(&self, resume: bool, obs: &mut dyn Observer) -> Result<Summary> {
         let t = &self.cfg.training;
-        if self.train.is_empty() {
+        if self.task.len() == 0 {
             return Err(TrainError::Stopped(
                 "no training examples left after loading".into(),
             ));
@@ -202,11 +275,12 @@ impl Trainer<'_> {
         };
         obs.start(state.step, total);
         let (mut first_eval, mut last_eval) = (None, None);
-        if t.eval_on_start && state.step == 0 && !self.val.is_empty() {
-            let e = self.evaluate(0)?;
-            first_eval = Some(e.eval_loss);
-            log(&e)?;
-            obs.eval(&e);
+        if t.eval_on_start && state.step == 0 {
+            if let Some(e) = self.evaluate(0)? {
+                first_eval = Some(e.eval_loss);
+                log(&e)?;
+                obs.eval(&e);
+            }
         }
         let (mut first_loss, mut last_loss) = (None, None);
         let started = Instant::now();
@@ -214,26 +288,26 @@ impl Trainer<'_> {
         let accum = t.gradient_accumulation_steps;
         while state.step < total {
             let step_start = Instant::now();
-            let batches: Vec<Batch> = (0..accum)
-                .map(|m| self.micro_batch(state.step * accum + m))
+            let micros: Vec<Vec<usize>> = (0..accum)
+                .map(|m| self.micro_items(state.step * accum + m))
                 .collect();
-            let label_tokens: usize = batches.iter().map(|b| b.label_tokens()).sum();
-            let mut loss_sum = 0f64;
-            let mut tokens = 0;
-            for (m, b) in batches.iter().enumerate() {
-                tokens += b.real_tokens;
+            let norm = self.task.norm(&micros);
+            let (mut loss, mut tokens, mut extra) = (0f64, 0usize, Extra::new());
+            for (m, items) in micros.iter().enumerate() {
                 let pass = Pass {
                     kernels: self.model.kernels,
                     train: true,
+                    adapters: true,
                     seed: self.cfg.training.seed
                         ^ ((state.step * accum + m) as u64).wrapping_mul(0x2545_f491_4f6c_dd1d),
                 };
-                let losses = self.model.losses(&b.inputs, &b.targets, b.b, b.t, &pass)?;
-                let sum = losses.sum_all()?;
-                loss_sum += sum.to_scalar::<f32>()? as f64;
-                let loss = (sum / label_tokens.max(1) as f64)?;
-                let grads = loss.backward()?;
-                opt.accumulate(params, &grads)?;
+                let out = self.task.micro(self.model, items, norm, &pass)?;
+                loss += out.loss;
+                tokens += out.tokens;
+                for (k, v) in out.extra {
+                    *extra.entry(k).or_default() += v;
+                }
+                opt.accumulate(params, &out.grads)?;
             }
             let grad_norm = opt.clip(params, t.max_grad_norm);
             let lr = lr_at(t.lr_scheduler, t.learning_rate, warmup, state.step, total);
@@ -241,7 +315,6 @@ impl Trainer<'_> {
             state.step += 1;
             state.optimizer_t = opt.t;
             state.tokens += tokens as u64;
-            let loss = loss_sum / label_tokens.max(1) as f64;
             if !loss.is_finite() {
                 return Err(TrainError::Stopped(format!(
                     "loss is {loss} at step {}; the last checkpoint is intact",
@@ -259,20 +332,23 @@ impl Trainer<'_> {
                 tokens,
                 tokens_per_s: tokens as f64 / step_start.elapsed().as_secs_f64(),
                 elapsed_s: started.elapsed().as_secs_f64(),
+                extra,
             };
             if state.step.is_multiple_of(t.logging_steps.max(1)) || state.step == total {
                 log(&m)?;
             }
             obs.step(&m);
-            let eval_now = !self.val.is_empty()
-                && if t.eval_steps > 0 {
+            let eval_now = state.step == total
+                || if t.eval_steps > 0 {
                     state.step.is_multiple_of(t.eval_steps)
                 } else {
                     state.step.is_multiple_of(self.steps_per_epoch())
-                }
-                || (!self.val.is_empty() && state.step == total);
-            if eval_now {
-                let e = self.evaluate(state.step)?;
+                };
+            if let Some(e) = if eval_now {
+                self.evaluate(state.step)?
+            } else {
+                None
+            } {
                 first_eval.get_or_insert(e.eval_loss);
                 last_eval = Some(e.eval_loss);
                 log(&e)?;
@@ -300,13 +376,13 @@ impl Trainer<'_> {
 
 /// Reorders an epoch so each batch holds examples of similar length: windows of 50 batches
 /// sorted by length (longest first), then whole batches shuffled, all from `seed`.
-fn group_by_length(order: Vec<usize>, samples: &[Sample], batch: usize, seed: u64) -> Vec<usize> {
+fn group_by_length(order: Vec<usize>, lens: &[usize], batch: usize, seed: u64) -> Vec<usize> {
     use rand::seq::SliceRandom;
     use rand::{SeedableRng, rngs::StdRng};
     let mut sorted: Vec<usize> = Vec::with_capacity(order.len());
     for window in order.chunks(batch * 50) {
         let mut w = window.to_vec();
-        w.sort_by_key(|&i| std::cmp::Reverse(samples[i].ids.len()));
+        w.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
         sorted.extend(w);
     }
     let mut batches: Vec<&[usize]> = sorted.chunks(batch).collect();
@@ -360,7 +436,8 @@ mod tests {
             })
             .collect();
         let order = epoch_order(40, 7, 0, true);
-        let grouped = group_by_length(order, &samples, 4, 7);
+        let lens: Vec<usize> = samples.iter().map(|s| s.ids.len()).collect();
+        let grouped = group_by_length(order, &lens, 4, 7);
         let mut sorted = grouped.clone();
         sorted.sort();
         assert_eq!(sorted, (0..40).collect::<Vec<_>>());

@@ -207,6 +207,7 @@ fn whole_model(method: Method, tied: bool) {
         let pass = Pass {
             kernels: k,
             train: true,
+            adapters: true,
             seed: 0,
         };
         let l = m.losses(&inputs, &targets, b, t, &pass).unwrap();
