@@ -12,8 +12,45 @@ pub struct TrainConfig {
     pub model: ModelSection,
     pub data: DataSection,
     pub training: TrainingSection,
-    /// LoRA settings; used when `training.method` is `lora` or `qlora`.
+    /// LoRA settings; used when `training.method` (or, for DPO, `training.tuning`) is
+    /// `lora` or `qlora`.
     pub peft: PeftSection,
+    /// Direct preference optimisation settings (`training.method: dpo`).
+    pub dpo: DpoSection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reference {
+    /// LoRA/QLoRA: the policy with its adapters switched off (no second copy in memory);
+    /// full fine-tuning: a frozen copy.
+    Auto,
+    /// Always a frozen copy of the starting model.
+    Copy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpoSection {
+    pub beta: f64,
+    pub loss_type: crate::align::DpoLoss,
+    pub label_smoothing: f64,
+    pub reference: Reference,
+    /// Compute every reference log-probability once before training (and keep them in the
+    /// run folder) instead of one reference pass per batch.
+    pub precompute_ref_log_probs: bool,
+}
+
+impl Default for DpoSection {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            loss_type: crate::align::DpoLoss::Sigmoid,
+            label_smoothing: 0.0,
+            reference: Reference::Auto,
+            precompute_ref_log_probs: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -186,6 +223,8 @@ pub enum Method {
     Full,
     Lora,
     Qlora,
+    /// Direct preference optimisation on (prompt, chosen, rejected) pairs.
+    Dpo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +246,8 @@ pub enum Schedule {
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingSection {
     pub method: Method,
+    /// How an alignment method trains the policy: `full`, `lora` (default) or `qlora`.
+    pub tuning: Option<Method>,
     pub output_dir: PathBuf,
     pub epochs: usize,
     /// Stop after this many optimizer steps (overrides `epochs`).
@@ -249,6 +290,7 @@ impl Default for TrainingSection {
     fn default() -> Self {
         Self {
             method: Method::Lora,
+            tuning: None,
             output_dir: PathBuf::from("runs/train"),
             epochs: 1,
             max_steps: None,
@@ -443,6 +485,24 @@ impl TrainConfig {
             }
             _ => {}
         }
+        match (t.method, t.tuning) {
+            (Method::Dpo, Some(Method::Dpo)) => {
+                return bad("training.tuning", "is full, lora or qlora");
+            }
+            (Method::Dpo, _) if self.model.path.is_none() => {
+                return bad("model.path", "DPO starts from a trained model");
+            }
+            (m, Some(_)) if m != Method::Dpo => {
+                return bad(
+                    "training.tuning",
+                    "applies to alignment methods; set training.method instead",
+                );
+            }
+            _ => {}
+        }
+        if self.dpo.beta <= 0.0 || !self.dpo.beta.is_finite() {
+            return bad("dpo.beta", "must be a positive number");
+        }
         if self.data.train.path.is_none() && self.data.train.plugin.is_none() {
             return bad("data.train.path", "name a data file (or `plugin`)");
         }
@@ -464,13 +524,21 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.peft.lora_dropout) {
             return bad("peft.lora_dropout", "must be in [0, 1)");
         }
-        if t.method != Method::Full && self.peft.r == 0 {
+        if self.tuning() != Method::Full && self.peft.r == 0 {
             return bad("peft.r", "must be at least 1");
         }
-        if t.method != Method::Full && self.peft.target_modules.is_empty() {
+        if self.tuning() != Method::Full && self.peft.target_modules.is_empty() {
             return bad("peft.target_modules", "name at least one module");
         }
         Ok(())
+    }
+
+    /// How the weights are trained: full, LoRA or QLoRA (for DPO, `training.tuning`).
+    pub fn tuning(&self) -> Method {
+        match self.training.method {
+            Method::Dpo => self.training.tuning.unwrap_or(Method::Lora),
+            m => m,
+        }
     }
 
     pub fn data_seed(&self) -> u64 {

@@ -269,25 +269,36 @@ impl Encoder<'_> {
             Records::Chats(chats) => {
                 let mut out = Vec::with_capacity(chats.len());
                 for (at, ex) in chats {
-                    match self.encode_chat(&at, &ex.messages)? {
-                        Ok(s) => out.push(s),
-                        Err((kind, msg)) => {
-                            if self.cfg.on_bad_example == OnBad::Error
-                                || (kind == Bad::TooLong
-                                    && self.cfg.truncation == Truncation::Error)
-                            {
-                                return Err(data_err(at, msg));
-                            }
-                            tracing::warn!("{at}: skipped: {msg}");
-                            match kind {
-                                Bad::NoAssistant => skipped.no_assistant += 1,
-                                Bad::TooLong => skipped.too_long += 1,
-                                Bad::Empty => skipped.empty += 1,
-                            }
-                        }
-                    }
+                    out.extend(self.encode_one(&at, &ex.messages, skipped)?);
                 }
                 Ok(out)
+            }
+        }
+    }
+
+    /// One conversation; a bad one stops the run or is counted in `skipped` and gives None,
+    /// as `on_bad_example` (and `truncation: error`) say.
+    pub fn encode_one(
+        &self,
+        at: &str,
+        msgs: &[Message],
+        skipped: &mut Skipped,
+    ) -> Result<Option<Sample>> {
+        match self.encode_chat(at, msgs)? {
+            Ok(s) => Ok(Some(s)),
+            Err((kind, msg)) => {
+                if self.cfg.on_bad_example == OnBad::Error
+                    || (kind == Bad::TooLong && self.cfg.truncation == Truncation::Error)
+                {
+                    return Err(data_err(at, msg));
+                }
+                tracing::warn!("{at}: skipped: {msg}");
+                match kind {
+                    Bad::NoAssistant => skipped.no_assistant += 1,
+                    Bad::TooLong => skipped.too_long += 1,
+                    Bad::Empty => skipped.empty += 1,
+                }
+                Ok(None)
             }
         }
     }
@@ -426,7 +437,7 @@ pub fn pack(samples: &[Sample], n: usize) -> Vec<Sample> {
 }
 
 /// Splits off `share` of the samples for validation, after a seeded shuffle.
-pub fn split(mut samples: Vec<Sample>, share: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
+pub fn split<T>(mut samples: Vec<T>, share: f64, seed: u64) -> (Vec<T>, Vec<T>) {
     if share <= 0.0 || samples.len() < 2 {
         return (samples, Vec::new());
     }

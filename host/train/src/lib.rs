@@ -9,6 +9,7 @@ pub mod align;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dpo;
 pub mod error;
 pub mod export;
 pub mod linear;
@@ -48,6 +49,9 @@ pub struct Prepared {
     pub template: Option<ChatTemplate>,
     pub train: Vec<Sample>,
     pub val: Vec<Sample>,
+    /// Preference pairs (DPO).
+    pub pairs: Vec<dpo::Pair>,
+    pub val_pairs: Vec<dpo::Pair>,
     pub skipped: Skipped,
     pub base: String,
 }
@@ -157,13 +161,36 @@ pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Pr
         });
     }
     let mut skipped = Skipped::default();
-    let train_recs = read_records(cfg, &cfg.data.train, sources.train, &mut skipped)?;
-    let val_recs = match (&cfg.data.validation, sources.validation) {
-        (Some(v), p) => Some(read_records(cfg, v, p, &mut skipped)?),
-        (None, _) => None,
+    let dpo = cfg.training.method == Method::Dpo;
+    let (train_recs, val_recs, pair_recs) = if dpo {
+        let read = |src: &config::SourceSection, key: &str, skipped: &mut Skipped| {
+            let path = src.path.as_ref().ok_or_else(|| TrainError::Config {
+                file: key.into(),
+                msg: "DPO reads preference pairs from a file (`path`)".into(),
+            })?;
+            if !path.exists() {
+                return Err(file_err(path, "no such data file"));
+            }
+            let mut recs = dpo::read_pairs(path, cfg.data.on_bad_example, skipped)?;
+            recs.truncate(src.limit.unwrap_or(usize::MAX));
+            Ok(recs)
+        };
+        let train = read(&cfg.data.train, "data.train", &mut skipped)?;
+        let val = match &cfg.data.validation {
+            Some(v) => Some(read(v, "data.validation", &mut skipped)?),
+            None => None,
+        };
+        (Records::Chats(Vec::new()), None, Some((train, val)))
+    } else {
+        let train = read_records(cfg, &cfg.data.train, sources.train, &mut skipped)?;
+        let val = match (&cfg.data.validation, sources.validation) {
+            (Some(v), p) => Some(read_records(cfg, v, p, &mut skipped)?),
+            (None, _) => None,
+        };
+        (train, val, None)
     };
     let build = Build {
-        method: cfg.training.method,
+        method: cfg.tuning(),
         peft: &cfg.peft,
         seed: cfg.training.seed,
     };
@@ -247,6 +274,24 @@ pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Pr
     if cfg.data.validation.is_none() {
         (train, val) = data::split(train, cfg.data.validation_split, cfg.data_seed());
     }
+    let (mut pairs, mut val_pairs) = (Vec::new(), Vec::new());
+    if let Some((t, v)) = pair_recs {
+        // Each side is an SFT example whose loss is its final (the answer's) turn.
+        let pair_data = config::DataSection {
+            loss_on: config::LossOn::LastAssistant,
+            ..cfg.data.clone()
+        };
+        let enc = Encoder {
+            cfg: &pair_data,
+            ..enc
+        };
+        pairs = dpo::encode_pairs(&enc, t, &mut skipped)?;
+        if let Some(v) = v {
+            val_pairs = dpo::encode_pairs(&enc, v, &mut skipped)?;
+        } else {
+            (pairs, val_pairs) = data::split(pairs, cfg.data.validation_split, cfg.data_seed());
+        }
+    }
     if skipped.total() > 0 {
         tracing::warn!("skipped {} examples: {:?}", skipped.total(), skipped);
     }
@@ -256,6 +301,8 @@ pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Pr
         template,
         train,
         val,
+        pairs,
+        val_pairs,
         skipped,
         base,
     })
@@ -279,15 +326,22 @@ pub fn run(
     .map_err(|e| file_err(&resolved, e))?;
     let p = prepare(cfg, sources, &out)?;
     let pad = p.tokenizer.eos.first().copied().unwrap_or(0);
-    let task = trainer::SftTask {
+    let sft = trainer::SftTask {
         train: &p.train,
         val: &p.val,
         pad,
     };
+    let dpo_task;
+    let task: &dyn trainer::Task = if cfg.training.method == Method::Dpo {
+        dpo_task = dpo_task_for(cfg, &p, pad)?;
+        &dpo_task
+    } else {
+        &sft
+    };
     let trainer = trainer::Trainer {
         cfg,
         model: &p.model,
-        task: &task,
+        task,
         out_dir: out.clone(),
         config_digest: digest(cfg),
     };
@@ -295,12 +349,12 @@ pub fn run(
     let plot = out.join("loss.png");
     plot::plot(&out.join("metrics.jsonl"), &plot)?;
     let (mut adapter, mut model_dir) = (None, None);
-    if cfg.training.method != Method::Full {
+    if cfg.tuning() != Method::Full {
         let dir = out.join("adapter");
         export::save_adapter(&p.model, &cfg.peft, &p.base, &dir)?;
         adapter = Some(dir);
     }
-    if cfg.training.method == Method::Full || cfg.training.save_merged {
+    if cfg.tuning() == Method::Full || cfg.training.save_merged {
         let dir = out.join("model");
         export::save_merged(&p.model, &p.tokenizer, p.template.as_ref(), &dir)?;
         model_dir = Some(dir);
@@ -312,8 +366,8 @@ pub fn run(
         model: model_dir,
         plot,
         skipped: p.skipped.clone(),
-        train_examples: p.train.len(),
-        val_examples: p.val.len(),
+        train_examples: p.train.len() + p.pairs.len(),
+        val_examples: p.val.len() + p.val_pairs.len(),
         trainable_params: p.model.trainable_params(),
         frozen_bytes: p.model.frozen_bytes(),
         peak_rss_mb: peak_rss_mb(),
@@ -322,6 +376,58 @@ pub fn run(
     std::fs::write(&sp, serde_json::to_string_pretty(&outcome).expect("json"))
         .map_err(|e| file_err(&sp, e))?;
     Ok(outcome)
+}
+
+/// DPO's task: the reference (adapters off, or a frozen copy of the starting model) and,
+/// when asked, every reference log-probability computed before the first step.
+fn dpo_task_for<'a>(cfg: &TrainConfig, p: &'a Prepared, pad: u32) -> Result<dpo::DpoTask<'a>> {
+    let mut reference =
+        if cfg.dpo.reference == config::Reference::Copy || cfg.tuning() == Method::Full {
+            let path = cfg
+                .model
+                .path
+                .as_ref()
+                .expect("validated: DPO names a model");
+            let ck = galley_model::open(path, LoadOptions { dequantize: false })?;
+            let frozen = config::PeftSection {
+                target_modules: Vec::new(),
+                ..cfg.peft.clone()
+            };
+            let build = Build {
+                method: Method::Lora,
+                peft: &frozen,
+                seed: 0,
+            };
+            dpo::Reference::Copy(Box::new(TrainModel::load(
+                &ck.weights,
+                ck.config,
+                &build,
+                &p.model.device,
+            )?))
+        } else {
+            dpo::Reference::AdaptersOff
+        };
+    if cfg.dpo.precompute_ref_log_probs {
+        let all = |set: &[dpo::Pair]| -> Result<Vec<(f64, f64)>> {
+            let mut out = Vec::with_capacity(set.len());
+            for chunk in set.chunks(cfg.training.batch_size) {
+                let refs: Vec<&dpo::Pair> = chunk.iter().collect();
+                out.extend(dpo::reference_logps(&p.model, &reference, &refs, pad)?);
+            }
+            Ok(out)
+        };
+        reference = dpo::Reference::Cached {
+            train: all(&p.pairs)?,
+            val: all(&p.val_pairs)?,
+        };
+    }
+    Ok(dpo::DpoTask {
+        train: &p.pairs,
+        val: &p.val_pairs,
+        reference,
+        cfg: cfg.dpo.clone(),
+        pad,
+    })
 }
 
 /// Keeps memory the allocator frees in the process instead of returning it to the kernel.

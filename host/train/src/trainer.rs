@@ -59,6 +59,9 @@ pub struct Micro {
 pub trait Task {
     /// Items in the training set.
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// An item's length in tokens (for `group_by_length`).
     fn item_len(&self, i: usize) -> usize;
     /// What a step's loss is divided by, given its micro-batches (label tokens, pairs).
@@ -210,7 +213,7 @@ impl Trainer<'_> {
     /// Runs (or resumes) the loop.
     pub fn run(&self, resume: bool, obs: &mut dyn Observer) -> Result<Summary> {
         let t = &self.cfg.training;
-        if self.task.len() == 0 {
+        if self.task.is_empty() {
             return Err(TrainError::Stopped(
                 "no training examples left after loading".into(),
             ));
@@ -275,12 +278,13 @@ impl Trainer<'_> {
         };
         obs.start(state.step, total);
         let (mut first_eval, mut last_eval) = (None, None);
-        if t.eval_on_start && state.step == 0 {
-            if let Some(e) = self.evaluate(0)? {
-                first_eval = Some(e.eval_loss);
-                log(&e)?;
-                obs.eval(&e);
-            }
+        if t.eval_on_start
+            && state.step == 0
+            && let Some(e) = self.evaluate(0)?
+        {
+            first_eval = Some(e.eval_loss);
+            log(&e)?;
+            obs.eval(&e);
         }
         let (mut first_loss, mut last_loss) = (None, None);
         let started = Instant::now();
