@@ -424,3 +424,176 @@ pub fn head_loss(x: &Tensor, e: &Tensor, targets: &[u32], w: HeadW) -> Result<Te
         },
     )
 }
+
+// ------------------------------------------------------------------ embedding lookup
+
+struct Embed {
+    ids: Arc<Vec<u32>>,
+    grad: GradBuf,
+}
+
+impl CustomOp1 for Embed {
+    fn name(&self) -> &'static str {
+        "galley-embedding"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let e = slice(s, l)?;
+        let (v, d) = l.shape().dims2()?;
+        let mut y = uninit(self.ids.len() * d);
+        for (row, &id) in y.chunks_mut(d).zip(self.ids.iter()) {
+            if id as usize >= v {
+                bail!("token id {id} is outside the vocabulary of {v}");
+            }
+            row.copy_from_slice(&e[id as usize * d..][..d]);
+        }
+        Ok((CpuStorage::F32(y), Shape::from((self.ids.len(), d))))
+    }
+    fn bwd(&self, e: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let d = e.dim(1)?;
+        with_f32(g, |gs| {
+            add_into(&self.grad, |de| {
+                // Rows in order: the same sums on every run.
+                for (row, &id) in gs.chunks(d).zip(self.ids.iter()) {
+                    for (a, b) in de[id as usize * d..][..d].iter_mut().zip(row) {
+                        *a += b;
+                    }
+                }
+            })
+        })?;
+        Ok(None)
+    }
+}
+
+/// Rows `ids` of the trained embedding `e`; its gradient is scattered straight into `grad`
+/// (no vocabulary-sized zero tensor, index-add and add, which candle's backward would make).
+pub fn embed(e: &Tensor, ids: &[u32], grad: &GradBuf) -> Result<Tensor> {
+    e.apply_op1(Embed {
+        ids: Arc::new(ids.to_vec()),
+        grad: grad.clone(),
+    })
+}
+
+// ------------------------------------------------------------------ attention probabilities
+
+/// gemm on one thread: the caller parallelises over (sequence, KV head) blocks.
+///
+/// # Safety
+/// As `gemm`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm1(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    scale: f32,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+struct AttnProbs {
+    scale: f32,
+}
+
+impl CustomOp2 for AttnProbs {
+    fn name(&self) -> &'static str {
+        "galley-attention-probs"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (q, k) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (b, kv, r, hd) = l1.shape().dims4()?;
+        let t = l2.shape().dims4()?.2;
+        let mut p = uninit(b * kv * r * t);
+        p.par_chunks_mut(r * t).enumerate().for_each(|(bk, pb)| {
+            let (qb, kb) = (&q[bk * r * hd..][..r * hd], &k[bk * t * hd..][..t * hd]);
+            // SAFETY: q block (r, hd), k block (t, hd) so kᵀ is (hd, t); pb is (r, t).
+            unsafe { gemm1(pb, r, t, hd, rm(qb, hd), tr(kb, hd), 1.0, false) };
+            crate::ops::softmax_rows_inplace(pb, t, self.scale);
+        });
+        Ok((CpuStorage::F32(p), Shape::from((b, kv, r, t))))
+    }
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        p: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let (_, _, r, hd) = q.dims4()?;
+        let t = k.dim(2)?;
+        let (dq, dk) = with_f32(q, |qs| {
+            with_f32(k, |ks| {
+                with_f32(p, |ps| {
+                    with_f32(g, |gs| {
+                        let ds = crate::ops::softmax_grad(ps, gs, t, self.scale);
+                        let mut dq = uninit(qs.len());
+                        let mut dk = uninit(ks.len());
+                        dq.par_chunks_mut(r * hd)
+                            .zip(dk.par_chunks_mut(t * hd))
+                            .enumerate()
+                            .for_each(|(bk, (dqb, dkb))| {
+                                let dsb = &ds[bk * r * t..][..r * t];
+                                let (qb, kb) =
+                                    (&qs[bk * r * hd..][..r * hd], &ks[bk * t * hd..][..t * hd]);
+                                // SAFETY: ds (r, t)·k (t, hd) -> dq (r, hd); dsᵀ (t, r)·q (r, hd) -> dk (t, hd).
+                                unsafe {
+                                    gemm1(dqb, r, hd, t, rm(dsb, t), rm(kb, hd), 1.0, false);
+                                    gemm1(dkb, t, hd, r, tr(dsb, t), rm(qb, hd), 1.0, false);
+                                }
+                            });
+                        (dq, dk)
+                    })
+                })
+            })
+        })????;
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), q.device())?),
+            Some(Tensor::from_vec(dk, k.shape(), k.device())?),
+        ))
+    }
+}
+
+/// softmax(scale·q·kᵀ) with the causal mask, for q (b, kv, rows, hd) (query heads grouped
+/// per KV head; row r is query position r % t) and k (b, kv, t, hd): the scores never exist
+/// as a tensor of their own, so the graph keeps only the probabilities.
+pub fn attention_probs(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
+    q.contiguous()?.apply_op2(
+        &k.contiguous()?,
+        AttnProbs {
+            scale: scale as f32,
+        },
+    )
+}

@@ -491,27 +491,36 @@ impl TrainModel {
         let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let g = h / kv;
         let ids = Tensor::from_slice(inputs, n, &self.device)?;
-        let mut x = self.embed.t().index_select(&ids, 0)?;
+        let mut x = match (&self.embed, k) {
+            (Param::Trained(e), Kernels::Fused) => {
+                linear::embed(e.var.as_tensor(), inputs, &e.grad)?
+            }
+            _ => self.embed.t().index_select(&ids, 0)?,
+        };
         let scale = 1.0 / (hd as f64).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             let site = |j: u64| (li as u64) * 16 + j;
             let hn = ops::rms_norm(&x, layer.input_norm.t(), c.rms_norm_eps, k)?;
+            // Projections as (b, t, heads, d); q and k are rotated into (b, heads, t, d).
             let heads = |p: &Proj, nh: usize, j: u64, norm: &Option<Param>| -> Result<Tensor> {
                 let y = p.forward(&hn, pass, site(j))?;
                 let y = y.reshape((b, t, nh, hd))?;
-                let y = match norm {
+                Ok(match norm {
                     Some(w) => ops::rms_norm(&y, w.t(), c.rms_norm_eps, k)?,
                     None => y,
-                };
-                Ok(y.transpose(1, 2)?.contiguous()?)
+                })
             };
-            let q = ops::rope(&heads(&layer.q, h, 0, &layer.q_norm)?, &self.rope, k)?;
-            let kk = ops::rope(&heads(&layer.k, kv, 1, &layer.k_norm)?, &self.rope, k)?;
-            let v = heads(&layer.v, kv, 2, &None)?;
+            let q = ops::rope_heads(&heads(&layer.q, h, 0, &layer.q_norm)?, &self.rope, k)?;
+            let kk = ops::rope_heads(&heads(&layer.k, kv, 1, &layer.k_norm)?, &self.rope, k)?;
+            let v = heads(&layer.v, kv, 2, &None)?
+                .transpose(1, 2)?
+                .contiguous()?;
             // Query heads grouped under their KV head: no repeated keys or values.
             let q = q.reshape((b, kv, g * t, hd))?;
-            let s = q.matmul(&kk.t()?)?;
-            let p = ops::causal_softmax(&s, scale, k)?;
+            let p = match k {
+                Kernels::Fused => linear::attention_probs(&q, &kk, scale)?,
+                Kernels::Reference => ops::causal_softmax(&q.matmul(&kk.t()?)?, scale, k)?,
+            };
             let o = p
                 .matmul(&v)?
                 .reshape((b, h, t, hd))?

@@ -285,6 +285,75 @@ impl CustomOp1 for Rope {
     }
 }
 
+/// Rotation fused with the (b, t, heads, d) -> (b, heads, t, d) transpose the attention needs:
+/// one pass instead of a copy plus a rotation, and one tensor fewer kept by the graph.
+struct RopeHeads {
+    tables: RopeTables,
+    dims: (usize, usize, usize, usize),
+}
+
+impl RopeHeads {
+    /// Rotates by `sign` x angle; `to_heads`: (b, t, h, d) -> (b, h, t, d), else the reverse.
+    fn run(&self, x: &[f32], sign: f32, to_heads: bool) -> Vec<f32> {
+        let (_, t, h, d) = self.dims;
+        let half = d / 2;
+        let mut y = uninit(x.len());
+        y.par_chunks_mut(d).enumerate().for_each(|(di, yr)| {
+            // The destination row's (sequence, head, position) and its source row.
+            let (tt, si) = if to_heads {
+                let (bb, hh, tt) = (di / (h * t), (di / t) % h, di % t);
+                (tt, (bb * t + tt) * h + hh)
+            } else {
+                let (bb, tt, hh) = (di / (t * h), (di / h) % t, di % h);
+                (tt, (bb * h + hh) * t + tt)
+            };
+            let xr = &x[si * d..][..d];
+            let (c, s) = (
+                &self.tables.cos[tt * half..][..half],
+                &self.tables.sin[tt * half..][..half],
+            );
+            for i in 0..half {
+                let (a, b) = (xr[i], xr[half + i]);
+                let sn = sign * s[i];
+                yr[i] = a * c[i] - b * sn;
+                yr[half + i] = b * c[i] + a * sn;
+            }
+        });
+        y
+    }
+}
+
+impl CustomOp1 for RopeHeads {
+    fn name(&self) -> &'static str {
+        "galley-rope-heads"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, t, h, d) = self.dims;
+        Ok((
+            CpuStorage::F32(self.run(slice(s, l)?, 1.0, true)),
+            Shape::from((b, h, t, d)),
+        ))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let dx = with_f32(g, |g| self.run(g, -1.0, false))?;
+        Ok(Some(out(dx, x.shape())?))
+    }
+}
+
+/// `x` (b, t, heads, d) rotated and laid out as (b, heads, t, d).
+pub fn rope_heads(x: &Tensor, tables: &RopeTables, k: Kernels) -> Result<Tensor> {
+    match k {
+        Kernels::Fused => {
+            let dims = x.dims4()?;
+            x.contiguous()?.apply_op1(RopeHeads {
+                tables: tables.clone(),
+                dims,
+            })
+        }
+        Kernels::Reference => rope(&x.transpose(1, 2)?.contiguous()?, tables, k),
+    }
+}
+
 /// Rotates `x` (b, heads, t, d) at positions 0..t, HF half-split layout.
 pub fn rope(x: &Tensor, tables: &RopeTables, k: Kernels) -> Result<Tensor> {
     let (_, _, t, _) = x.dims4()?;
@@ -311,6 +380,46 @@ struct CausalSoftmax {
     t: usize,
 }
 
+/// A row of `t` scores for query position `pos` to softmax(scale·x) with the keys after the
+/// query masked out, in place.
+fn softmax_row(row: &mut [f32], pos: usize, scale: f32) {
+    let m = row[..=pos]
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+    let mut sum = 0f32;
+    for v in &mut row[..=pos] {
+        *v = (*v * scale - m).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in &mut row[..=pos] {
+        *v *= inv;
+    }
+    row[pos + 1..].fill(0.0);
+}
+
+/// Causal softmax of every row of `buf` (rows of `t`; row r is query r % t), in place.
+pub(crate) fn softmax_rows_inplace(buf: &mut [f32], t: usize, scale: f32) {
+    buf.par_chunks_mut(t)
+        .enumerate()
+        .for_each(|(r, row)| softmax_row(row, r % t, scale));
+}
+
+/// The gradient through the causal softmax: scale·p·(g - Σ p·g) per row.
+pub(crate) fn softmax_grad(p: &[f32], g: &[f32], t: usize, scale: f32) -> Vec<f32> {
+    let mut dx = uninit(p.len());
+    dx.par_chunks_mut(t).enumerate().for_each(|(r, dx)| {
+        let pos = r % t;
+        let (pr, gr) = (&p[r * t..][..t], &g[r * t..][..t]);
+        let dot: f32 = (0..=pos).map(|j| pr[j] * gr[j]).sum();
+        for j in 0..=pos {
+            dx[j] = scale * pr[j] * (gr[j] - dot);
+        }
+        dx[pos + 1..].fill(0.0);
+    });
+    dx
+}
+
 impl CustomOp1 for CausalSoftmax {
     fn name(&self) -> &'static str {
         "galley-causal-softmax"
@@ -318,45 +427,13 @@ impl CustomOp1 for CausalSoftmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l)?;
         let t = self.t;
-        let mut y = uninit(x.len());
-        y.par_chunks_mut(t)
-            .zip(x.par_chunks(t))
-            .enumerate()
-            .for_each(|(r, (y, x))| {
-                let pos = r % t;
-                let m = x[..=pos]
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
-                let mut sum = 0f32;
-                for j in 0..=pos {
-                    let e = (x[j] * self.scale - m).exp();
-                    y[j] = e;
-                    sum += e;
-                }
-                let inv = 1.0 / sum;
-                for v in &mut y[..=pos] {
-                    *v *= inv;
-                }
-                y[pos + 1..].fill(0.0);
-            });
+        let mut y = x.to_vec();
+        softmax_rows_inplace(&mut y, t, self.scale);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, p: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let t = self.t;
         let dx = with_f32(p, |p| {
-            with_f32(g, |g| {
-                let mut dx = uninit(p.len());
-                dx.par_chunks_mut(t).enumerate().for_each(|(r, dx)| {
-                    let pos = r % t;
-                    let (pr, gr) = (&p[r * t..][..t], &g[r * t..][..t]);
-                    let dot: f32 = (0..=pos).map(|j| pr[j] * gr[j]).sum();
-                    for j in 0..=pos {
-                        dx[j] = self.scale * pr[j] * (gr[j] - dot);
-                    }
-                    dx[pos + 1..].fill(0.0);
-                });
-                dx
-            })
+            with_f32(g, |g| softmax_grad(p, g, self.t, self.scale))
         })??;
         Ok(Some(out(dx, g.shape())?))
     }

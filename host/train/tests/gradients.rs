@@ -116,11 +116,37 @@ fn rope_gradients() {
 }
 
 #[test]
+fn rope_fused_with_the_head_transpose_gradients() {
+    let inv: Vec<f32> = (0..4)
+        .map(|i| 1.0 / 10000f32.powf(i as f32 / 4.0))
+        .collect();
+    let tables = RopeTables::new(&inv, 32, &Device::Cpu).unwrap();
+    check("rope_heads", &[&[2, 5, 3, 8]], |a, k| {
+        ops::rope_heads(&a[0], &tables, k).unwrap()
+    });
+}
+
+#[test]
 fn causal_softmax_gradients() {
     // 2 query heads per KV head stacked along the rows: rows = 2 * t.
     check("causal_softmax", &[&[2, 3, 10, 5]], |a, k| {
         ops::causal_softmax(&a[0], 0.35, k).unwrap()
     });
+}
+
+#[test]
+fn attention_probabilities_gradients() {
+    // 2 query heads per KV head: rows = 2 * t; the fused op computes q·kᵀ and the softmax.
+    check(
+        "attention_probs",
+        &[&[2, 3, 10, 4], &[2, 3, 5, 4]],
+        |a, k| match k {
+            Kernels::Fused => galley_train::linear::attention_probs(&a[0], &a[1], 0.5).unwrap(),
+            Kernels::Reference => {
+                ops::causal_softmax(&a[0].matmul(&a[1].t().unwrap()).unwrap(), 0.5, k).unwrap()
+            }
+        },
+    );
 }
 
 #[test]
