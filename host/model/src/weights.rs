@@ -1,7 +1,8 @@
 //! Where a model's tensors come from: HF safetensors (one file or a sharded index, memory
 //! mapped) or a GGUF file (quantized blocks kept quantized for matmuls). Layers ask for
 //! tensors by their HF names; GGUF names are mapped, and llama.cpp's row permutation of the
-//! Llama Q/K projections is undone, so one model implementation serves both. Every tensor is
+//! Llama Q/K projections is undone, so one model implementation serves both; or tensors
+//! already in memory (a trainer's current weights, for generating with them). Every tensor is
 //! checked against the shape the config implies, and an error names the file and tensor.
 
 use crate::error::{ModelError, Result, bad};
@@ -21,6 +22,11 @@ pub enum Weights {
         file: Mutex<std::fs::File>,
         unpermute_qk: Option<(usize, usize)>,
         dequantize: bool,
+    },
+    /// Tensors by HF name, already in memory; `origin` names them in errors.
+    Memory {
+        tensors: std::collections::HashMap<String, Tensor>,
+        origin: PathBuf,
     },
 }
 
@@ -77,6 +83,17 @@ impl Weights {
         Ok(Self::Safetensors { files, st })
     }
 
+    /// Tensors by HF name (a trainer's merged weights, say); `origin` names them in errors.
+    pub fn memory(
+        tensors: impl IntoIterator<Item = (String, Tensor)>,
+        origin: impl Into<PathBuf>,
+    ) -> Self {
+        Self::Memory {
+            tensors: tensors.into_iter().collect(),
+            origin: origin.into(),
+        }
+    }
+
     pub fn gguf(path: &Path) -> Result<Self> {
         let mut file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
         let content = gguf_file::Content::read(&mut file)
@@ -129,6 +146,7 @@ impl Weights {
         match self {
             Self::Safetensors { files, .. } => &files[0],
             Self::Gguf { path, .. } => path,
+            Self::Memory { origin, .. } => origin,
         }
     }
 
@@ -136,6 +154,7 @@ impl Weights {
         match self {
             Self::Safetensors { st, .. } => st.get(name).is_ok(),
             Self::Gguf { content, .. } => content.tensor_infos.contains_key(&gguf_name(name)),
+            Self::Memory { tensors, .. } => tensors.contains_key(name),
         }
     }
 
@@ -209,6 +228,11 @@ impl Weights {
                 Ok(st.load(name, device)?.to_dtype(DType::F32)?)
             }
             Self::Gguf { .. } => Ok(self.qtensor(name, expected, device)?.dequantize(device)?),
+            Self::Memory { tensors, .. } => {
+                let t = tensors.get(name).ok_or_else(|| self.missing(name))?;
+                self.check(name, t.dims(), expected)?;
+                Ok(t.to_device(device)?.to_dtype(DType::F32)?)
+            }
         }
     }
 
@@ -221,11 +245,9 @@ impl Weights {
         device: &Device,
     ) -> Result<LinearWeight> {
         match self {
-            Self::Safetensors { .. } => Ok(LinearWeight::Dense(self.tensor(
-                name,
-                &[out, inp],
-                device,
-            )?)),
+            Self::Safetensors { .. } | Self::Memory { .. } => Ok(LinearWeight::Dense(
+                self.tensor(name, &[out, inp], device)?,
+            )),
             Self::Gguf { dequantize, .. } => {
                 let qt = self.qtensor(name, &[out, inp], device)?;
                 if *dequantize {
