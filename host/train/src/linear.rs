@@ -39,13 +39,61 @@ fn tr(s: &[f32], cols: usize) -> Mat {
     }
 }
 
-/// dst (m, n, row-major) = [dst +] scale · a (m, k) · b (k, n).
+/// dst (m, n, row-major) = [dst +] scale · a (m, k) · b (k, n), on rayon's threads.
 ///
 /// # Safety
 /// `a` and `b` must describe matrices of (m, k) and (k, n) inside live allocations, and `dst`
 /// must hold m·n elements.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    scale: f32,
+    accumulate: bool,
+) {
+    let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_with(par, dst, m, n, k, a, b, scale, accumulate) }
+}
+
+/// `gemm` on one thread: for callers that parallelise over blocks themselves.
+///
+/// # Safety
+/// As `gemm`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm1(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    scale: f32,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm_with(
+            gemm::Parallelism::None,
+            dst,
+            m,
+            n,
+            k,
+            a,
+            b,
+            scale,
+            accumulate,
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_with(
+    par: gemm::Parallelism,
     dst: &mut [f32],
     m: usize,
     n: usize,
@@ -77,7 +125,7 @@ unsafe fn gemm(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            par,
         )
     }
 }
@@ -474,47 +522,6 @@ pub fn embed(e: &Tensor, ids: &[u32], grad: &GradBuf) -> Result<Tensor> {
 }
 
 // ------------------------------------------------------------------ attention probabilities
-
-/// gemm on one thread: the caller parallelises over (sequence, KV head) blocks.
-///
-/// # Safety
-/// As `gemm`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm1(
-    dst: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    a: Mat,
-    b: Mat,
-    scale: f32,
-    accumulate: bool,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.ptr,
-            a.cs,
-            a.rs,
-            b.ptr,
-            b.cs,
-            b.rs,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
 
 struct AttnProbs {
     scale: f32,

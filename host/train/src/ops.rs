@@ -236,6 +236,18 @@ impl RopeTables {
     }
 }
 
+/// One head's (d) values rotated by `sign` times the angles whose cos/sin are `c`/`s`, in the
+/// HF half-split layout.
+fn rotate(x: &[f32], y: &mut [f32], c: &[f32], s: &[f32], sign: f32) {
+    let half = c.len();
+    for i in 0..half {
+        let (a, b) = (x[i], x[half + i]);
+        let sn = sign * s[i];
+        y[i] = a * c[i] - b * sn;
+        y[half + i] = b * c[i] + a * sn;
+    }
+}
+
 struct Rope {
     tables: RopeTables,
     t: usize,
@@ -255,12 +267,7 @@ impl Rope {
                 for p in 0..self.t {
                     let (c, s) = (&cos[p * half..][..half], &sin[p * half..][..half]);
                     let (xr, yr) = (&x[p * d..][..d], &mut y[p * d..][..d]);
-                    for i in 0..half {
-                        let (a, b) = (xr[i], xr[half + i]);
-                        let sn = self.sign * s[i];
-                        yr[i] = a * c[i] - b * sn;
-                        yr[half + i] = b * c[i] + a * sn;
-                    }
+                    rotate(xr, yr, c, s, self.sign);
                 }
             });
         y
@@ -312,12 +319,7 @@ impl RopeHeads {
                 &self.tables.cos[tt * half..][..half],
                 &self.tables.sin[tt * half..][..half],
             );
-            for i in 0..half {
-                let (a, b) = (xr[i], xr[half + i]);
-                let sn = sign * s[i];
-                yr[i] = a * c[i] - b * sn;
-                yr[half + i] = b * c[i] + a * sn;
-            }
+            rotate(xr, yr, c, s, sign);
         });
         y
     }

@@ -66,7 +66,7 @@ fn an_inference_model_from_merged_lora_weights_in_memory_matches_the_trainer() {
     .unwrap();
     let mut cache = llama.new_cache(1);
     let logits = llama
-        .forward(&[ids.clone()], None, &mut cache, false)
+        .forward(std::slice::from_ref(&ids), None, &mut cache, false)
         .unwrap()
         .squeeze(0)
         .unwrap();
