@@ -4,7 +4,7 @@
 mod common;
 
 use common::{CHATML, chat, tiny_chat_model, write_jsonl};
-use galley_train::config::{DataSection, LossOn, OnBad, SourceSection, Truncation};
+use galley_train::config::{DataSection, LossOn};
 use galley_train::data::{self, Encoder, Records, Skipped};
 use galley_train::{Sources, TrainConfig, TrainError};
 use serde_json::json;
@@ -250,8 +250,6 @@ fn alpaca_records_become_conversations_and_packing_fills_rows() {
         packed.len(),
         p.train.iter().map(|s| s.ids.len()).sum::<usize>() / 8
     );
-    let src = SourceSection::default();
-    let _ = (src, OnBad::Skip, Truncation::Right);
 }
 
 /// A generator plugin (like `arith`) never runs dry: a limit bounds it, and without one the
