@@ -4,7 +4,7 @@
 //! order and dropout masks are functions of (seed, step), so nothing else needs saving for the
 //! resumed run to repeat the uninterrupted one bit for bit.
 
-use crate::error::{Result, TrainError, file_err};
+use crate::error::{Result, file_err};
 use crate::model::Trainable;
 use crate::optim::Optimizer;
 use candle_core::{Device, Tensor};
@@ -160,8 +160,4 @@ pub fn load(ck: &Path, params: &[Trainable], opt: &mut Optimizer) -> Result<Stat
     }
     opt.t = state.optimizer_t;
     Ok(state)
-}
-
-pub fn stopped(msg: impl Into<String>) -> TrainError {
-    TrainError::Stopped(msg.into())
 }

@@ -27,7 +27,6 @@ use crate::config::{Method, TokenizerSection};
 use crate::data::{Encoder, Records, Sample, Skipped};
 use crate::error::file_err;
 use crate::model::{Build, TrainModel};
-use candle_core::Device;
 use galley_core::DataSource;
 use galley_model::weights::Weights;
 use galley_model::{ChatTemplate, LoadOptions, Tokenizer};
@@ -442,9 +441,4 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
-}
-
-/// The device a config trains on (for callers that report it).
-pub fn device_of(cfg: &TrainConfig) -> Result<Device> {
-    Ok(galley_model::device(&cfg.training.device)?)
 }

@@ -130,12 +130,6 @@ unsafe fn gemm_with(
     }
 }
 
-/// A trained weight: the variable's tensor and its gradient buffer.
-#[derive(Clone)]
-pub struct TrainedW {
-    pub grad: GradBuf,
-}
-
 /// LoRA beside a frozen weight.
 #[derive(Clone)]
 pub struct LoraW {
@@ -168,8 +162,9 @@ fn shape_out(l: &Layout, o: usize) -> Shape {
 
 // ------------------------------------------------------------------ trained weight: x·Wᵀ
 
+/// x·Wᵀ for a trained W whose gradient goes to `grad`.
 struct Trained {
-    w: TrainedW,
+    grad: GradBuf,
 }
 
 impl CustomOp2 for Trained {
@@ -198,7 +193,7 @@ impl CustomOp2 for Trained {
         with_f32(x, |xs| {
             with_f32(g, |gs| {
                 let n = gs.len() / o;
-                add_into(&self.w.grad, |dw| {
+                add_into(&self.grad, |dw| {
                     // SAFETY: gᵀ is (o, n), x is (n, i); dw is (o, i).
                     unsafe { gemm(dw, o, i, n, tr(gs, o), rm(xs, i), 1.0, true) }
                 });
@@ -227,12 +222,7 @@ impl CustomOp2 for Trained {
 
 /// x·Wᵀ with W trained: W's gradient goes to `grad`.
 pub fn trained(x: &Tensor, w: &Tensor, grad: &GradBuf) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(
-        w,
-        Trained {
-            w: TrainedW { grad: grad.clone() },
-        },
-    )
+    x.contiguous()?.apply_op2(w, Trained { grad: grad.clone() })
 }
 
 // ------------------------------------------------------------------ frozen weight + LoRA
@@ -361,21 +351,38 @@ pub fn frozen_lora(x: &Tensor, w: &Frozen, a: &Tensor, b: &Tensor, lora: LoraW) 
         .apply_op3(a, b, FrozenLora { w: w.clone(), lora })
 }
 
-/// Frozen W without an adapter, when x needs no gradient either: plain product, no graph.
-pub fn frozen_plain(x: &Tensor, w: &Frozen) -> Result<Tensor> {
-    struct Plain(Frozen);
-    impl CustomOp1 for Plain {
-        fn name(&self) -> &'static str {
-            "galley-frozen-linear"
-        }
-        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-            let x = slice(s, l)?;
-            let (o, i) = self.0.dims();
-            let y = self.0.with_dense(|w| project(x, w, i, o))?;
-            Ok((CpuStorage::F32(y), shape_out(l, o)))
-        }
+/// x·Wᵀ for a frozen W: only x gets a gradient (and none is computed when x needs none,
+/// since candle records no backward for an input that is not tracked).
+struct FrozenProduct(Frozen);
+
+impl CustomOp1 for FrozenProduct {
+    fn name(&self) -> &'static str {
+        "galley-frozen-linear"
     }
-    x.contiguous()?.apply_op1_no_bwd(&Plain(w.clone()))
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let (o, i) = self.0.dims();
+        let y = self.0.with_dense(|w| project(x, w, i, o))?;
+        Ok((CpuStorage::F32(y), shape_out(l, o)))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let (o, i) = self.0.dims();
+        let dx = with_f32(g, |gs| {
+            self.0.with_dense(|ws| {
+                let n = gs.len() / o;
+                let mut dx = uninit(n * i);
+                // SAFETY: g (n, o)·w (o, i) -> dx (n, i).
+                unsafe { gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false) };
+                dx
+            })
+        })??;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// x (..., in) times the frozen w (out, in) transposed.
+pub fn frozen(x: &Tensor, w: &Frozen) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(FrozenProduct(w.clone()))
 }
 
 // ------------------------------------------------------------------ LM head + cross-entropy

@@ -112,7 +112,6 @@ impl Proj {
                             mask: mask.map(Arc::new),
                         },
                     )?,
-                    (Kernels::Fused, None) if !x.track_op() => linear::frozen_plain(x, w)?,
                     (k, None) => ops::frozen_matmul(x, w, k)?,
                     (Kernels::Reference, Some(l)) => {
                         let xd = match mask {
@@ -519,7 +518,7 @@ impl TrainModel {
             let q = q.reshape((b, kv, g * t, hd))?;
             let p = match k {
                 Kernels::Fused => linear::attention_probs(&q, &kk, scale)?,
-                Kernels::Reference => ops::causal_softmax(&q.matmul(&kk.t()?)?, scale, k)?,
+                Kernels::Reference => ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?,
             };
             let o = p
                 .matmul(&v)?
@@ -565,7 +564,7 @@ impl TrainModel {
                 Param::Fixed(e) => ops::frozen_matmul(&x, &Frozen::Dense(e.clone()), k)?,
             },
         };
-        Ok(ops::cross_entropy(&logits, targets, k)?)
+        Ok(ops::cross_entropy_reference(&logits, targets)?)
     }
 
     /// Every weight by HF name, with adapters merged (for export as a plain checkpoint).

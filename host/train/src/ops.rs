@@ -1,7 +1,7 @@
-//! The fused CPU operations training runs through, each with its own backward pass: RMS norm,
-//! rotary embedding, causal softmax (scale and mask folded in), SiLU-gate product, cross-entropy
-//! over logits, and a matmul against a frozen (possibly quantized) weight that never computes a
-//! gradient for that weight. candle's own fused versions cut the autograd graph and its matmul
+//! The fused element-wise CPU operations training runs through, each with its own backward
+//! pass: RMS norm, rotary embedding fused with the attention's head transpose, and the SiLU-gate
+//! product; the row kernels of the causal softmax and of the cross-entropy that `linear`'s
+//! products use; and the frozen (possibly quantized) weight type. candle's own fused versions cut the autograd graph and its matmul
 //! backward computes gradients for frozen inputs; its composite versions allocate one tensor
 //! per elementary step. Every op here has an unfused reference (`Kernels::Reference`, plain
 //! candle ops, also the path on GPUs) that the gradient checks compare against.
@@ -11,11 +11,10 @@
 
 use candle_core::quantized::QTensor;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Result, Shape, Storage, Tensor,
-    bail,
+    CpuStorage, CustomOp1, CustomOp2, D, Device, Layout, Result, Shape, Storage, Tensor, bail,
 };
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Which implementation the model's forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,44 +63,6 @@ pub(crate) fn uninit(n: usize) -> Vec<f32> {
     // reading any.
     unsafe { v.set_len(n) };
     v
-}
-
-/// `a` (m, k) row-major times `b`, where `b` is (k, n) row-major, or (n, k) when `b_t`.
-pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, b_t: bool) -> Vec<f32> {
-    assert_eq!(a.len(), m * k);
-    assert_eq!(b.len(), k * n);
-    let mut dst = uninit(m * n);
-    let (rhs_cs, rhs_rs) = if b_t {
-        (k as isize, 1)
-    } else {
-        (1, n as isize)
-    };
-    // SAFETY: the pointers cover exactly the (m,k), (k,n) and (m,n) matrices described by the
-    // strides, checked above; read_dst is false so `dst` is only written.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        );
-    }
-    dst
 }
 
 /// Rows per parallel task for row-wise kernels.
@@ -248,50 +209,6 @@ fn rotate(x: &[f32], y: &mut [f32], c: &[f32], s: &[f32], sign: f32) {
     }
 }
 
-struct Rope {
-    tables: RopeTables,
-    t: usize,
-    /// -1 for the backward pass (rotation by the opposite angle).
-    sign: f32,
-}
-
-impl Rope {
-    fn run(&self, x: &[f32]) -> Vec<f32> {
-        let half = self.tables.half;
-        let d = 2 * half;
-        let mut y = uninit(x.len());
-        let (cos, sin) = (&self.tables.cos, &self.tables.sin);
-        y.par_chunks_mut(d * self.t)
-            .zip(x.par_chunks(d * self.t))
-            .for_each(|(y, x)| {
-                for p in 0..self.t {
-                    let (c, s) = (&cos[p * half..][..half], &sin[p * half..][..half]);
-                    let (xr, yr) = (&x[p * d..][..d], &mut y[p * d..][..d]);
-                    rotate(xr, yr, c, s, self.sign);
-                }
-            });
-        y
-    }
-}
-
-impl CustomOp1 for Rope {
-    fn name(&self) -> &'static str {
-        "galley-rope"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((CpuStorage::F32(self.run(slice(s, l)?)), l.shape().clone()))
-    }
-    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let back = Rope {
-            tables: self.tables.clone(),
-            t: self.t,
-            sign: -self.sign,
-        };
-        let dx = with_f32(g, |g| back.run(g))?;
-        Ok(Some(out(dx, g.shape())?))
-    }
-}
-
 /// Rotation fused with the (b, t, heads, d) -> (b, heads, t, d) transpose the attention needs:
 /// one pass instead of a copy plus a rotation, and one tensor fewer kept by the graph.
 struct RopeHeads {
@@ -352,35 +269,18 @@ pub fn rope_heads(x: &Tensor, tables: &RopeTables, k: Kernels) -> Result<Tensor>
                 dims,
             })
         }
-        Kernels::Reference => rope(&x.transpose(1, 2)?.contiguous()?, tables, k),
-    }
-}
-
-/// Rotates `x` (b, heads, t, d) at positions 0..t, HF half-split layout.
-pub fn rope(x: &Tensor, tables: &RopeTables, k: Kernels) -> Result<Tensor> {
-    let (_, _, t, _) = x.dims4()?;
-    match k {
-        Kernels::Fused => x.contiguous()?.apply_op1(Rope {
-            tables: tables.clone(),
-            t,
-            sign: 1.0,
-        }),
-        Kernels::Reference => candle_nn::rotary_emb::rope_slow(
-            &x.contiguous()?,
-            &tables.cos_t.narrow(0, 0, t)?,
-            &tables.sin_t.narrow(0, 0, t)?,
-        ),
+        Kernels::Reference => {
+            let t = x.dim(1)?;
+            candle_nn::rotary_emb::rope_slow(
+                &x.transpose(1, 2)?.contiguous()?,
+                &tables.cos_t.narrow(0, 0, t)?,
+                &tables.sin_t.narrow(0, 0, t)?,
+            )
+        }
     }
 }
 
 // ---------------------------------------------------------------- causal softmax
-
-struct CausalSoftmax {
-    scale: f32,
-    /// Keys per row; a row's query position is its row index modulo `t` (query heads grouped
-    /// per KV head are stacked along the rows).
-    t: usize,
-}
 
 /// A row of `t` scores for query position `pos` to softmax(scale·x) with the keys after the
 /// query masked out, in place.
@@ -422,43 +322,16 @@ pub(crate) fn softmax_grad(p: &[f32], g: &[f32], t: usize, scale: f32) -> Vec<f3
     dx
 }
 
-impl CustomOp1 for CausalSoftmax {
-    fn name(&self) -> &'static str {
-        "galley-causal-softmax"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
-        let t = self.t;
-        let mut y = x.to_vec();
-        softmax_rows_inplace(&mut y, t, self.scale);
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-    fn bwd(&self, _x: &Tensor, p: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let dx = with_f32(p, |p| {
-            with_f32(g, |g| softmax_grad(p, g, self.t, self.scale))
-        })??;
-        Ok(Some(out(dx, g.shape())?))
-    }
-}
-
-/// softmax(scale * s) over the last dimension with keys after the query masked out; `s` is
-/// (..., rows, t) where row r is query position r % t.
-pub fn causal_softmax(s: &Tensor, scale: f64, k: Kernels) -> Result<Tensor> {
-    let t = s.dim(D::Minus1)?;
-    match k {
-        Kernels::Fused => s.contiguous()?.apply_op1(CausalSoftmax {
-            scale: scale as f32,
-            t,
-        }),
-        Kernels::Reference => {
-            let rows = s.dim(D::Minus2)?;
-            let mask: Vec<f32> = (0..rows)
-                .flat_map(|r| (0..t).map(move |j| if j > r % t { f32::NEG_INFINITY } else { 0.0 }))
-                .collect();
-            let mask = Tensor::from_vec(mask, (rows, t), s.device())?;
-            candle_nn::ops::softmax(&(s * scale)?.broadcast_add(&mask)?, D::Minus1)
-        }
-    }
+/// Plain candle: softmax(scale * s) over the last dimension with keys after the query masked
+/// out; `s` is (..., rows, t) where row r is query position r % t. The reference for
+/// `linear::attention_probs`.
+pub fn causal_softmax_reference(s: &Tensor, scale: f64) -> Result<Tensor> {
+    let (rows, t) = (s.dim(D::Minus2)?, s.dim(D::Minus1)?);
+    let mask: Vec<f32> = (0..rows)
+        .flat_map(|r| (0..t).map(move |j| if j > r % t { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (rows, t), s.device())?;
+    candle_nn::ops::softmax(&(s * scale)?.broadcast_add(&mask)?, D::Minus1)
 }
 
 // ---------------------------------------------------------------- SiLU gate
@@ -562,71 +435,26 @@ pub(crate) fn nll_grad_row(row: &mut [f32], target: u32, g: f32, lse: f32) {
     row[target as usize] -= g;
 }
 
-struct CrossEntropy {
-    targets: Arc<Vec<u32>>,
-    /// log-sum-exp of each row, kept from the forward pass for the backward one.
-    lse: Mutex<Vec<f32>>,
+/// Plain candle: per-row negative log-likelihood of `targets` under `logits` (n, vocab); rows
+/// whose target is `IGNORE` give 0. The reference for `linear::head_loss`.
+pub fn cross_entropy_reference(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let keep: Vec<f32> = targets
+        .iter()
+        .map(|&t| if t == IGNORE { 0.0 } else { 1.0 })
+        .collect();
+    let idx: Vec<u32> = targets
+        .iter()
+        .map(|&t| if t == IGNORE { 0 } else { t })
+        .collect();
+    let (dev, n) = (logits.device(), targets.len());
+    let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = lsm
+        .gather(&Tensor::from_vec(idx, (n, 1), dev)?, 1)?
+        .squeeze(1)?;
+    picked.neg()? * Tensor::from_vec(keep, n, dev)?
 }
 
-impl CustomOp1 for CrossEntropy {
-    fn name(&self) -> &'static str {
-        "galley-cross-entropy"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
-        let n = self.targets.len();
-        let v = x.len() / n;
-        let (lse, loss) = nll_rows(x, v, &self.targets);
-        *self.lse.lock().expect("lse lock") = lse;
-        Ok((CpuStorage::F32(loss), Shape::from(n)))
-    }
-    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let lse = self.lse.lock().expect("lse lock").clone();
-        let dx = with_f32(x, |x| {
-            with_f32(g, |g| {
-                let n = self.targets.len();
-                let v = x.len() / n;
-                let mut dx = uninit(x.len());
-                dx.par_chunks_mut(v).enumerate().for_each(|(r, d)| {
-                    d.copy_from_slice(&x[r * v..][..v]);
-                    nll_grad_row(d, self.targets[r], g[r], lse[r]);
-                });
-                dx
-            })
-        })??;
-        Ok(Some(out(dx, x.shape())?))
-    }
-}
-
-/// Per-row negative log-likelihood of `targets` under `logits` (n, vocab); rows whose target is
-/// `IGNORE` give 0.
-pub fn cross_entropy(logits: &Tensor, targets: &[u32], k: Kernels) -> Result<Tensor> {
-    match k {
-        Kernels::Fused => logits.contiguous()?.apply_op1(CrossEntropy {
-            targets: Arc::new(targets.to_vec()),
-            lse: Mutex::new(Vec::new()),
-        }),
-        Kernels::Reference => {
-            let keep: Vec<f32> = targets
-                .iter()
-                .map(|&t| if t == IGNORE { 0.0 } else { 1.0 })
-                .collect();
-            let idx: Vec<u32> = targets
-                .iter()
-                .map(|&t| if t == IGNORE { 0 } else { t })
-                .collect();
-            let dev = logits.device();
-            let n = targets.len();
-            let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-            let picked = lsm
-                .gather(&Tensor::from_vec(idx, (n, 1), dev)?, 1)?
-                .squeeze(1)?;
-            picked.neg()? * Tensor::from_vec(keep, n, dev)?
-        }
-    }
-}
-
-// ---------------------------------------------------------------- frozen matmul
+// ---------------------------------------------------------------- frozen weights
 
 /// A weight (out, in) that is never trained: dense f32, or quantized blocks dequantized for
 /// each product (QLoRA keeps the base this way).
@@ -699,39 +527,10 @@ impl Frozen {
     }
 }
 
-struct FrozenMatmul {
-    w: Frozen,
-}
-
-impl CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "galley-frozen-matmul"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
-        let (o, i) = self.w.dims();
-        let n = x.len() / i;
-        let y = self.w.with_dense(|w| matmul(x, w, n, i, o, true))?;
-        let mut dims = l.shape().dims().to_vec();
-        *dims.last_mut().expect("rank >= 1") = o;
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
-    }
-    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let (o, i) = self.w.dims();
-        let dx = with_f32(g, |g| {
-            self.w
-                .with_dense(|w| matmul(g, w, g.len() / o, o, i, false))
-        })??;
-        Ok(Some(out(dx, x.shape())?))
-    }
-}
-
 /// `x` (..., in) times the frozen `w` (out, in) transposed; only `x` receives a gradient.
 pub fn frozen_matmul(x: &Tensor, w: &Frozen, k: Kernels) -> Result<Tensor> {
     match k {
-        Kernels::Fused if x.device().is_cpu() => {
-            x.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })
-        }
+        Kernels::Fused if x.device().is_cpu() => crate::linear::frozen(x, w),
         _ => x.broadcast_matmul(&w.dense()?.t()?),
     }
 }
@@ -739,12 +538,4 @@ pub fn frozen_matmul(x: &Tensor, w: &Frozen, k: Kernels) -> Result<Tensor> {
 /// `x` (..., in) times the trained `w` (out, in) transposed.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.broadcast_matmul(&w.t()?)
-}
-
-/// Checks that a tensor is f32 (the fused ops' only dtype).
-pub fn ensure_f32(t: &Tensor, what: &str) -> Result<()> {
-    if t.dtype() != DType::F32 {
-        bail!("{what}: training runs in f32, found {:?}", t.dtype());
-    }
-    Ok(())
 }

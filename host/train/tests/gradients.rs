@@ -105,17 +105,6 @@ fn rms_norm_gradients() {
 }
 
 #[test]
-fn rope_gradients() {
-    let inv: Vec<f32> = (0..4)
-        .map(|i| 1.0 / 10000f32.powf(i as f32 / 4.0))
-        .collect();
-    let tables = RopeTables::new(&inv, 32, &Device::Cpu).unwrap();
-    check("rope", &[&[2, 3, 5, 8]], |a, k| {
-        ops::rope(&a[0], &tables, k).unwrap()
-    });
-}
-
-#[test]
 fn rope_fused_with_the_head_transpose_gradients() {
     let inv: Vec<f32> = (0..4)
         .map(|i| 1.0 / 10000f32.powf(i as f32 / 4.0))
@@ -123,14 +112,6 @@ fn rope_fused_with_the_head_transpose_gradients() {
     let tables = RopeTables::new(&inv, 32, &Device::Cpu).unwrap();
     check("rope_heads", &[&[2, 5, 3, 8]], |a, k| {
         ops::rope_heads(&a[0], &tables, k).unwrap()
-    });
-}
-
-#[test]
-fn causal_softmax_gradients() {
-    // 2 query heads per KV head stacked along the rows: rows = 2 * t.
-    check("causal_softmax", &[&[2, 3, 10, 5]], |a, k| {
-        ops::causal_softmax(&a[0], 0.35, k).unwrap()
     });
 }
 
@@ -143,7 +124,8 @@ fn attention_probabilities_gradients() {
         |a, k| match k {
             Kernels::Fused => galley_train::linear::attention_probs(&a[0], &a[1], 0.5).unwrap(),
             Kernels::Reference => {
-                ops::causal_softmax(&a[0].matmul(&a[1].t().unwrap()).unwrap(), 0.5, k).unwrap()
+                ops::causal_softmax_reference(&a[0].matmul(&a[1].t().unwrap()).unwrap(), 0.5)
+                    .unwrap()
             }
         },
     );
@@ -156,11 +138,18 @@ fn silu_mul_gradients() {
     });
 }
 
+/// The LM head fused with the cross-entropy, for the hidden states' gradient (the head
+/// weight's, written to its buffer, is checked in `projection_ops_match_autograd...`).
 #[test]
-fn cross_entropy_gradients() {
-    let targets = vec![3, IGNORE, 0, 11, 5, IGNORE];
-    check("cross_entropy", &[&[6, 12]], |a, k| {
-        ops::cross_entropy(&a[0], &targets, k).unwrap()
+fn head_loss_gradients() {
+    use galley_train::linear::{HeadW, head_loss};
+    let targets = vec![3, IGNORE, 0, 19, 5, IGNORE];
+    let e = rand_t(&[20, 12], 4, 1.0);
+    check("head_loss", &[&[6, 12]], |a, k| match k {
+        Kernels::Fused => head_loss(&a[0], &e, &targets, HeadW::Frozen).unwrap(),
+        Kernels::Reference => {
+            ops::cross_entropy_reference(&a[0].matmul(&e.t().unwrap()).unwrap(), &targets).unwrap()
+        }
     });
 }
 
@@ -335,6 +324,32 @@ fn projection_ops_match_autograd_including_dropout() {
             .unwrap(),
         gr.get(&x).unwrap(),
         "dx",
+    );
+    // The head fused with the loss: dE into its buffer, dx through autograd.
+    let e = Var::from_tensor(&rand_t(&[o, i], 6, 1.0)).unwrap();
+    let targets = [2u32, IGNORE, 0, 5, 1];
+    let ge = buf(o * i);
+    let l = linear::head_loss(
+        x.as_tensor(),
+        e.as_tensor(),
+        &targets,
+        linear::HeadW::Trained(ge.clone()),
+    )
+    .unwrap();
+    let g = loss_of(&l, 9).backward().unwrap();
+    let lr = ops::cross_entropy_reference(&x.matmul(&e.t().unwrap()).unwrap(), &targets).unwrap();
+    let gr = loss_of(&lr, 9).backward().unwrap();
+    close(&l.to_vec1::<f32>().unwrap(), &lr, "head loss");
+    close(&ge.lock().unwrap(), gr.get(&e).unwrap(), "head dE");
+    close(
+        &g.get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+        gr.get(&x).unwrap(),
+        "head dx",
     );
     // Frozen weight with LoRA, scale 0.5, with and without dropout.
     for mask in [
