@@ -4,46 +4,16 @@
 //!
 //! Run: `scripts/bench.sh` (builds the plugins, then `cargo run --release -p galley-bench`).
 
-#[path = "../plugins/math-answer/src/answer.rs"]
-#[allow(dead_code)]
-mod answer;
+mod native_math;
 mod workload;
 
+use native_math::NativeMathAnswer;
 use workload::{throughput, workload};
 
-use galley_core::{RewardFn, RewardInput, Value};
+use galley_core::RewardFn;
 use galley_runtime::{InstanceOptions, Runtime, RuntimeConfig};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// The plugin's logic, natively: what a Python platform would run in-process.
-struct NativeMathAnswer;
-
-impl RewardFn for NativeMathAnswer {
-    fn name(&self) -> &str {
-        "native"
-    }
-    fn score(
-        &mut self,
-        batch: &[RewardInput],
-    ) -> Result<Vec<Option<f64>>, galley_core::PluginError> {
-        Ok(batch
-            .iter()
-            .map(|i| {
-                let printed;
-                let truth = match i.metadata.get("answer") {
-                    Some(Value::Text(t)) => Some(t.as_str()),
-                    Some(v) => {
-                        printed = v.as_text();
-                        printed.as_deref()
-                    }
-                    None => None,
-                };
-                answer::score(&i.completion, truth, true).map(|ok| if ok { 1.0 } else { 0.0 })
-            })
-            .collect())
-    }
-}
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

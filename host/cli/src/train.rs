@@ -1,12 +1,13 @@
-//! `galley train -c config.yaml [key=value ...]`: supervised fine-tuning (full, LoRA, QLoRA)
-//! and pre-training through galley-train, with a progress bar (loss, tokens/s, ETA) and a
-//! short summary. Data-loader plugins named in the config are opened here, in the sandbox, and
-//! handed to the trainer as plain `DataSource`s.
+//! `galley train -c config.yaml [key=value ...]`: supervised fine-tuning (full, LoRA, QLoRA),
+//! pre-training, DPO and GRPO through galley-train, with a progress bar (loss or reward,
+//! tokens/s, ETA) and a short summary. Data-loader and reward plugins named in the config are
+//! opened here, in the sandbox, and handed to the trainer as plain `DataSource`s and
+//! `RewardFn`s: the trainer never knows a plugin from a built-in.
 
 use crate::call::SandboxArgs;
 use crate::score::resolve_plugin;
 use anyhow::{Context, Result};
-use galley_core::DataSource;
+use galley_core::{DataSource, RewardFn};
 use galley_runtime::Grants;
 use galley_train::config::SourceSection;
 use galley_train::{EvalMetrics, Observer, Sources, StepMetrics, TrainConfig};
@@ -32,7 +33,7 @@ pub struct TrainArgs {
 
 struct Bar {
     bar: Option<indicatif::ProgressBar>,
-    last_eval: Option<f64>,
+    last_eval: Option<String>,
 }
 
 impl Observer for Bar {
@@ -45,23 +46,73 @@ impl Observer for Bar {
     }
     fn step(&mut self, m: &StepMetrics) {
         if let Some(b) = &self.bar {
-            let eval = self
-                .last_eval
-                .map(|e| format!(" eval {e:.4}"))
-                .unwrap_or_default();
+            let eval = self.last_eval.as_deref().unwrap_or_default();
+            let head = match m.extra.get("reward") {
+                // GRPO: the reward is what moves; its loss hovers near zero by construction.
+                Some(r) => format!("reward {r:.3}"),
+                None => format!("loss {:.4}", m.loss),
+            };
             b.set_message(format!(
-                "loss {:.4}{eval} lr {:.2e} {:.0} tok/s",
-                m.loss, m.lr, m.tokens_per_s
+                "{head}{eval} lr {:.2e} {:.0} tok/s",
+                m.lr, m.tokens_per_s
             ));
             b.set_position(m.step as u64);
         }
     }
     fn eval(&mut self, m: &EvalMetrics) {
-        self.last_eval = Some(m.eval_loss);
+        self.last_eval = match (m.eval_loss, m.extra.get("eval_reward")) {
+            (Some(l), _) => Some(format!(" eval {l:.4}")),
+            (None, Some(r)) => Some(format!(" eval reward {r:.3}")),
+            (None, None) => None,
+        };
     }
     fn checkpoint(&mut self, path: &Path) {
         tracing::info!("checkpoint {}", path.display());
     }
+}
+
+fn plugin_search() -> Vec<PathBuf> {
+    match std::env::var("GALLEY_PLUGIN_PATH") {
+        Ok(v) if !v.is_empty() => v.split(':').map(PathBuf::from).collect(),
+        _ => vec![PathBuf::from("target/plugins")],
+    }
+}
+
+/// GRPO's reward functions, one per `grpo.rewards` entry: plugins opened in the sandbox
+/// (each with its own limits, seeded by the run), built-ins from galley-train.
+fn open_rewards(
+    cfg: &TrainConfig,
+    base: &Path,
+    sandbox: &SandboxArgs,
+    runtime: Option<&galley_runtime::Runtime>,
+) -> Result<Vec<Box<dyn RewardFn>>> {
+    let mut out: Vec<Box<dyn RewardFn>> = Vec::new();
+    for (i, spec) in cfg.grpo.rewards.iter().enumerate() {
+        let key = format!("grpo.rewards[{i}]");
+        match (&spec.plugin, &spec.builtin, runtime) {
+            (Some(name), _, Some(rt)) => {
+                let path = resolve_plugin(name, base, &plugin_search())
+                    .with_context(|| format!("{key}.plugin"))?;
+                let plugin = rt
+                    .load(&path)
+                    .with_context(|| format!("{key}.plugin: {}", path.display()))?;
+                let mut sb = sandbox.clone();
+                sb.timeout_ms = spec.limits.timeout_ms.unwrap_or(sb.timeout_ms);
+                sb.memory_mb = spec.limits.memory_mb.unwrap_or(sb.memory_mb);
+                sb.seed ^= cfg.training.seed;
+                let settings = spec.settings.clone().unwrap_or(serde_json::json!({}));
+                let reward = plugin
+                    .reward(&settings, sb.options(Grants::default()))
+                    .with_context(|| format!("{key} ({})", plugin.id()))?;
+                out.push(Box::new(reward));
+            }
+            (None, Some(name), _) => {
+                out.push(galley_train::rewards::builtin(name).with_context(|| key.clone())?)
+            }
+            _ => anyhow::bail!("{key}: give `plugin` or `builtin`"),
+        }
+    }
+    Ok(out)
 }
 
 fn open_source(
@@ -74,11 +125,8 @@ fn open_source(
     let Some(spec) = &src.plugin else {
         return Ok(None);
     };
-    let search: Vec<PathBuf> = match std::env::var("GALLEY_PLUGIN_PATH") {
-        Ok(v) if !v.is_empty() => v.split(':').map(PathBuf::from).collect(),
-        _ => vec![PathBuf::from("target/plugins")],
-    };
-    let path = resolve_plugin(spec, base, &search).with_context(|| format!("{key}.plugin"))?;
+    let path =
+        resolve_plugin(spec, base, &plugin_search()).with_context(|| format!("{key}.plugin"))?;
     let plugin = runtime
         .load(&path)
         .with_context(|| format!("{key}.plugin: {}", path.display()))?;
@@ -113,7 +161,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .data
             .validation
             .as_ref()
-            .is_some_and(|v| v.plugin.is_some());
+            .is_some_and(|v| v.plugin.is_some())
+        || cfg.grpo.rewards.iter().any(|r| r.plugin.is_some());
     let runtime = if needs_runtime {
         Some(args.sandbox.runtime()?)
     } else {
@@ -127,9 +176,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
             val_src = open_source(v, &base, &args.sandbox, rt, "data.validation")?;
         }
     }
+    let rewards = if cfg.training.method == galley_train::config::Method::Grpo {
+        open_rewards(&cfg, &base, &args.sandbox, runtime.as_ref())?
+    } else {
+        Vec::new()
+    };
     let sources = Sources {
         train: train_src.as_deref_mut().map(|s| s as &mut dyn DataSource),
         validation: val_src.as_deref_mut().map(|s| s as &mut dyn DataSource),
+        rewards,
     };
     let bar = (!args.json).then(|| {
         let b = indicatif::ProgressBar::new(0);
@@ -187,5 +242,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
     }
     println!("plot        {}", out.plot.display());
+    if cfg.training.method == galley_train::config::Method::Grpo {
+        println!(
+            "rewards     {}  (every completion: {})",
+            out.out_dir.join("reward.png").display(),
+            out.out_dir.join("completions.jsonl").display()
+        );
+    }
     Ok(())
 }

@@ -97,9 +97,21 @@ pub fn generate(
             sampler: Sampler::new(params.clone(), i as u64),
         })
         .collect();
+    // Identical prompts (a GRPO group's samples) are prefilled once, then their cache rows copied.
+    let mut distinct: Vec<&Vec<u32>> = Vec::new();
+    let of: Vec<usize> = prompts
+        .iter()
+        .map(|p| match distinct.iter().position(|d| *d == p) {
+            Some(i) => i,
+            None => {
+                distinct.push(p);
+                distinct.len() - 1
+            }
+        })
+        .collect();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let pad_id = eos.first().copied().unwrap_or(0);
-    let mut input: Vec<Vec<u32>> = prompts
+    let mut input: Vec<Vec<u32>> = distinct
         .iter()
         .map(|p| {
             std::iter::repeat_n(pad_id, longest - p.len())
@@ -107,11 +119,11 @@ pub fn generate(
                 .collect()
         })
         .collect();
-    let pad: Vec<Vec<bool>> = prompts
+    let pad: Vec<Vec<bool>> = distinct
         .iter()
         .map(|p| (0..longest).map(|i| i < longest - p.len()).collect())
         .collect();
-    let mut cache = model.new_cache(rows.len());
+    let mut cache = model.new_cache(distinct.len());
     let mut first = true;
     if params.max_tokens == 0 {
         rows.iter_mut()
@@ -124,8 +136,12 @@ pub fn generate(
             &mut cache,
             true,
         )?;
+        let mut logits = logits.squeeze(1)?.to_vec2::<f32>()?;
+        if first && distinct.len() < rows.len() {
+            cache.expand(&of)?;
+            logits = of.iter().map(|&d| logits[d].clone()).collect();
+        }
         first = false;
-        let logits = logits.squeeze(1)?.to_vec2::<f32>()?;
         for (i, (row, l)) in rows.iter_mut().zip(&logits).enumerate() {
             if row.finish.is_some() {
                 continue;

@@ -35,6 +35,35 @@ impl Cache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Repeats rows: row i afterwards is row `rows[i]` now. A group of sequences that share
+    /// a prompt (GRPO's samples) prefills it once and copies the keys and values.
+    pub fn expand(&mut self, rows: &[usize]) -> candle_core::Result<()> {
+        let Some(dev) = self
+            .layers
+            .first()
+            .and_then(|l| l.k_cache().all_data().as_ref())
+            .map(|t| t.device().clone())
+        else {
+            self.valid = rows.iter().map(|&r| self.valid[r].clone()).collect();
+            return Ok(());
+        };
+        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = Tensor::from_vec(ids, rows.len(), &dev)?;
+        for kv in &mut self.layers {
+            let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
+                continue;
+            };
+            let mut grown = KvCache::new(2, kv.k_cache().max_seq_len());
+            grown.append(
+                &k.contiguous()?.index_select(&idx, 0)?,
+                &v.contiguous()?.index_select(&idx, 0)?,
+            )?;
+            *kv = grown;
+        }
+        self.valid = rows.iter().map(|&r| self.valid[r].clone()).collect();
+        Ok(())
+    }
 }
 
 impl Llama {

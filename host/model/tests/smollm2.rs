@@ -97,6 +97,23 @@ fn batches_seeds_stops_and_streaming() {
             assert!((a - b).abs() < 1e-4, "row {i}: logprob {a} vs {b}");
         }
     }
+    // Repeated prompts (a GRPO group) share one prefill, then their cache rows are copied:
+    // each row still equals its prompt run alone.
+    let grouped = vec![
+        prompts[0].clone(),
+        prompts[1].clone(),
+        prompts[0].clone(),
+        prompts[1].clone(),
+        prompts[1].clone(),
+    ];
+    let shared = generate(&m.model, &m.tokenizer, &grouped, &greedy, &mut |_, _| {}).unwrap();
+    for (row, out) in shared.iter().enumerate() {
+        let i = usize::from(grouped[row] == prompts[1]);
+        assert_eq!(out.tokens, alone[i].tokens, "row {row} of the grouped batch");
+        for (a, b) in out.logprobs.iter().zip(&alone[i].logprobs) {
+            assert!((a - b).abs() < 1e-4, "grouped row {row}: logprob {a} vs {b}");
+        }
+    }
     // Sampling: the same seed reproduces, another seed differs.
     let sampled = |seed| {
         let p = SamplingParams {

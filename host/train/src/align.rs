@@ -121,22 +121,49 @@ fn std(xs: &[f64]) -> f64 {
 /// GRPO advantages: each reward minus its group's mean (groups of `group` consecutive
 /// completions), scaled as `scale` says, with TRL's 1e-4 in the denominator.
 pub fn advantages(rewards: &[f64], group: usize, scale: ScaleRewards) -> Vec<f64> {
+    advantages_known(rewards, &vec![true; rewards.len()], group, scale)
+}
+
+/// `advantages` where some rewards are unknown (`known[i]` false: a reward plugin failed on
+/// that completion). An unknown one gets advantage 0 and is left out of its group's mean and
+/// standard deviation, and of the batch's, so a failure moves neither it nor its neighbours.
+pub fn advantages_known(
+    rewards: &[f64],
+    known: &[bool],
+    group: usize,
+    scale: ScaleRewards,
+) -> Vec<f64> {
     assert!(
-        group > 0 && rewards.len().is_multiple_of(group),
+        group > 0 && rewards.len().is_multiple_of(group) && known.len() == rewards.len(),
         "whole groups"
     );
-    let batch_std = std(rewards);
+    let kept = |r: &[f64], k: &[bool]| -> Vec<f64> {
+        r.iter().zip(k).filter(|(_, k)| **k).map(|(r, _)| *r).collect()
+    };
+    let batch_std = std(&kept(rewards, known));
     rewards
         .chunks(group)
-        .flat_map(|g| {
-            let (m, s) = (mean(g), std(g));
-            g.iter().map(move |r| match scale {
-                ScaleRewards::Group => (r - m) / (s + 1e-4),
-                ScaleRewards::Batch => (r - m) / (batch_std + 1e-4),
-                ScaleRewards::None => r - m,
+        .zip(known.chunks(group))
+        .flat_map(|(g, k)| {
+            let ok = kept(g, k);
+            let (m, s) = (mean(&ok), std(&ok));
+            g.iter().zip(k).map(move |(r, known)| {
+                if !known {
+                    return 0.0;
+                }
+                match scale {
+                    ScaleRewards::Group => (r - m) / (s + 1e-4),
+                    ScaleRewards::Batch => (r - m) / (batch_std + 1e-4),
+                    ScaleRewards::None => r - m,
+                }
             })
         })
         .collect()
+}
+
+/// Mean and unbiased standard deviation (as torch's), for metrics.
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    (mean(xs), std(xs))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,10 +206,32 @@ pub struct GrpoOut {
     pub clip_ratio: f64,
     /// Mean per-token KL estimate (k3) against the reference.
     pub kl: f64,
+    /// The sums behind the two ratios, to add up over micro-batches.
+    pub clipped: usize,
+    pub kl_sum: f64,
+    pub tokens: usize,
+}
+
+/// The size of the whole optimizer step a batch is part of: its loss is normalised over the
+/// step, so micro-batches of a gradient-accumulation step add up to the step's loss.
+#[derive(Debug, Clone, Copy)]
+pub struct Whole {
+    pub sequences: usize,
+    /// Completion tokens that enter the loss.
+    pub tokens: usize,
 }
 
 /// GRPO's loss over a batch of completions (TRL's `_compute_loss`), with its derivatives.
 pub fn grpo(batch: &[Completion], s: Surrogate) -> GrpoOut {
+    let whole = Whole {
+        sequences: batch.len(),
+        tokens: batch.iter().map(|c| c.logp.len()).sum(),
+    };
+    grpo_part(batch, s, whole)
+}
+
+/// `grpo` for one micro-batch of the step `whole`.
+pub fn grpo_part(batch: &[Completion], s: Surrogate, whole: Whole) -> GrpoOut {
     let total_tokens: usize = batch.iter().map(|c| c.logp.len()).sum();
     let (mut loss, mut clipped, mut kl_sum) = (0.0, 0usize, 0.0);
     let mut d = Vec::with_capacity(batch.len());
@@ -190,9 +239,11 @@ pub fn grpo(batch: &[Completion], s: Surrogate) -> GrpoOut {
         let n = c.logp.len();
         // The factor this sequence's per-token losses are summed with.
         let norm = match s.loss {
-            GrpoLoss::Grpo => 1.0 / (n.max(1) as f64 * batch.len() as f64),
-            GrpoLoss::DrGrpo => 1.0 / (batch.len() * s.max_completion_length) as f64,
-            GrpoLoss::Dapo => 1.0 / total_tokens.max(1) as f64,
+            GrpoLoss::Grpo => 1.0 / (n.max(1) as f64 * whole.sequences.max(1) as f64),
+            GrpoLoss::DrGrpo => {
+                1.0 / (whole.sequences.max(1) * s.max_completion_length) as f64
+            }
+            GrpoLoss::Dapo => 1.0 / whole.tokens.max(1) as f64,
         };
         let mut dc = Vec::with_capacity(n);
         for t in 0..n {
@@ -229,6 +280,9 @@ pub fn grpo(batch: &[Completion], s: Surrogate) -> GrpoOut {
         d_logp: d,
         clip_ratio: clipped as f64 / total_tokens.max(1) as f64,
         kl: kl_sum / total_tokens.max(1) as f64,
+        clipped,
+        kl_sum,
+        tokens: total_tokens,
     }
 }
 
@@ -268,6 +322,31 @@ mod tests {
         // Identical rewards: zero advantage, no division by zero.
         assert_eq!(
             advantages(&[1.0, 1.0], 2, ScaleRewards::Group),
+            vec![0.0, 0.0]
+        );
+    }
+
+    /// A group of 4 where a reward plugin failed on one completion: it gets advantage 0 and
+    /// the other three are normalised among themselves.
+    #[test]
+    fn a_failed_completion_leaves_its_group_statistics() {
+        let r = [1.0, 0.0, 123.0, 1.0];
+        let known = [true, true, false, true];
+        // Kept: 1, 0, 1 -> mean 2/3, unbiased std sqrt(((1/3)^2 * 2 + (2/3)^2) / 2) = sqrt(1/3).
+        let s = (1.0f64 / 3.0).sqrt();
+        let a = advantages_known(&r, &known, 4, ScaleRewards::Group);
+        let want = [1.0 / 3.0 / (s + 1e-4), -2.0 / 3.0 / (s + 1e-4), 0.0, 1.0 / 3.0 / (s + 1e-4)];
+        for (got, w) in a.iter().zip(want) {
+            close(*got, w, "known-only advantages");
+        }
+        // All known: the same as `advantages`.
+        assert_eq!(
+            advantages_known(&[1.0, 0.0], &[true, true], 2, ScaleRewards::None),
+            advantages(&[1.0, 0.0], 2, ScaleRewards::None)
+        );
+        // A group with one known completion: nothing to compare it with, advantage 0.
+        assert_eq!(
+            advantages_known(&[5.0, 1.0], &[true, false], 2, ScaleRewards::Group),
             vec![0.0, 0.0]
         );
     }
@@ -383,6 +462,21 @@ mod tests {
                     );
                 }
             }
+        }
+        // Two micro-batches of one step add up to the step computed at once.
+        for loss in [GrpoLoss::Grpo, GrpoLoss::DrGrpo, GrpoLoss::Dapo] {
+            let s = Surrogate { loss, ..s };
+            let all = batch(&logp, &old, &rf, adv);
+            let at_once = grpo(&all, s);
+            let whole = Whole {
+                sequences: 2,
+                tokens: 5,
+            };
+            let a = grpo_part(&all[..1], s, whole);
+            let b = grpo_part(&all[1..], s, whole);
+            close(a.loss + b.loss, at_once.loss, "parts add up");
+            assert_eq!(a.d_logp[0], at_once.d_logp[0]);
+            assert_eq!(b.d_logp[0], at_once.d_logp[1]);
         }
         // By hand, without KL, on-policy (ratio 1): grpo = mean over sequences of -A.
         let on = [vec![-1.0, -2.0], vec![-0.5, -0.7, -0.9]];

@@ -6,6 +6,9 @@ use crate::error::{Result, TrainError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+mod align;
+pub use align::{DpoSection, GrpoSection, OnPluginError, Reference, RewardLimits, RewardSpec};
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -17,40 +20,8 @@ pub struct TrainConfig {
     pub peft: PeftSection,
     /// Direct preference optimisation settings (`training.method: dpo`).
     pub dpo: DpoSection,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reference {
-    /// LoRA/QLoRA: the policy with its adapters switched off (no second copy in memory);
-    /// full fine-tuning: a frozen copy.
-    Auto,
-    /// Always a frozen copy of the starting model.
-    Copy,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DpoSection {
-    pub beta: f64,
-    pub loss_type: crate::align::DpoLoss,
-    pub label_smoothing: f64,
-    pub reference: Reference,
-    /// Compute every reference log-probability once before training (and keep them in the
-    /// run folder) instead of one reference pass per batch.
-    pub precompute_ref_log_probs: bool,
-}
-
-impl Default for DpoSection {
-    fn default() -> Self {
-        Self {
-            beta: 0.1,
-            loss_type: crate::align::DpoLoss::Sigmoid,
-            label_smoothing: 0.0,
-            reference: Reference::Auto,
-            precompute_ref_log_probs: false,
-        }
-    }
+    /// Group relative policy optimisation settings (`training.method: grpo`).
+    pub grpo: GrpoSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -225,6 +196,15 @@ pub enum Method {
     Qlora,
     /// Direct preference optimisation on (prompt, chosen, rejected) pairs.
     Dpo,
+    /// Group relative policy optimisation: sampled completions scored by reward functions.
+    Grpo,
+}
+
+impl Method {
+    /// DPO and GRPO train a policy with `training.tuning` (full, LoRA or QLoRA).
+    pub fn is_alignment(self) -> bool {
+        matches!(self, Method::Dpo | Method::Grpo)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -461,6 +441,14 @@ impl TrainConfig {
                 *p = dir.join(&*p).display().to_string();
             }
         }
+        for r in &mut self.grpo.rewards {
+            if let Some(p) = r.plugin.as_mut()
+                && p.ends_with(".wasm")
+                && Path::new(p.as_str()).is_relative()
+            {
+                *p = dir.join(&*p).display().to_string();
+            }
+        }
     }
 
     /// Checks the combinations serde cannot: each message names the key.
@@ -486,13 +474,13 @@ impl TrainConfig {
             _ => {}
         }
         match (t.method, t.tuning) {
-            (Method::Dpo, Some(Method::Dpo)) => {
+            (m, Some(tu)) if m.is_alignment() && tu.is_alignment() => {
                 return bad("training.tuning", "is full, lora or qlora");
             }
-            (Method::Dpo, _) if self.model.path.is_none() => {
-                return bad("model.path", "DPO starts from a trained model");
+            (m, _) if m.is_alignment() && self.model.path.is_none() => {
+                return bad("model.path", "alignment starts from a trained model");
             }
-            (m, Some(_)) if m != Method::Dpo => {
+            (m, Some(_)) if !m.is_alignment() => {
                 return bad(
                     "training.tuning",
                     "applies to alignment methods; set training.method instead",
@@ -502,6 +490,9 @@ impl TrainConfig {
         }
         if self.dpo.beta <= 0.0 || !self.dpo.beta.is_finite() {
             return bad("dpo.beta", "must be a positive number");
+        }
+        if t.method == Method::Grpo {
+            self.validate_grpo(file)?;
         }
         if self.data.train.path.is_none() && self.data.train.plugin.is_none() {
             return bad("data.train.path", "name a data file (or `plugin`)");
@@ -533,10 +524,81 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// How the weights are trained: full, LoRA or QLoRA (for DPO, `training.tuning`).
+    fn validate_grpo(&self, file: &str) -> Result<()> {
+        let g = &self.grpo;
+        let bad = |key: &str, msg: String| Err(invalid(file, format!("`grpo.{key}`: {msg}")));
+        if g.num_generations < 2 {
+            return bad(
+                "num_generations",
+                "must be at least 2 (advantages compare completions within a group)".into(),
+            );
+        }
+        if !self.training.batch_size.is_multiple_of(g.num_generations) {
+            return Err(invalid(
+                file,
+                format!(
+                    "`training.batch_size`: {} completions is not a whole number of groups of grpo.num_generations = {}",
+                    self.training.batch_size, g.num_generations
+                ),
+            ));
+        }
+        if g.max_completion_length == 0 {
+            return bad("max_completion_length", "must be at least 1".into());
+        }
+        if !(g.temperature > 0.0 && g.temperature.is_finite()) {
+            return bad(
+                "temperature",
+                "must be > 0 (GRPO needs different completions per group)".into(),
+            );
+        }
+        if !(g.top_p > 0.0 && g.top_p <= 1.0) {
+            return bad("top_p", "must be in (0, 1]".into());
+        }
+        if !(g.epsilon >= 0.0 && g.epsilon_high.unwrap_or(0.0) >= 0.0) {
+            return bad("epsilon", "must be >= 0".into());
+        }
+        if !(g.beta >= 0.0 && g.beta.is_finite()) {
+            return bad("beta", "must be >= 0".into());
+        }
+        if g.num_iterations == 0 {
+            return bad("num_iterations", "must be at least 1".into());
+        }
+        if g.rewards.is_empty() {
+            return bad(
+                "rewards",
+                "list at least one reward function (`plugin: math-answer` or `builtin: think_format`)".into(),
+            );
+        }
+        for (i, r) in g.rewards.iter().enumerate() {
+            match (&r.plugin, &r.builtin) {
+                (None, None) | (Some(_), Some(_)) => {
+                    return bad(
+                        &format!("rewards[{i}]"),
+                        "give exactly one of `plugin` or `builtin`".into(),
+                    );
+                }
+                (None, Some(b)) if !crate::rewards::BUILTINS.contains(&b.as_str()) => {
+                    return bad(
+                        &format!("rewards[{i}].builtin"),
+                        format!(
+                            "unknown built-in `{b}` (known: {})",
+                            crate::rewards::BUILTINS.join(", ")
+                        ),
+                    );
+                }
+                _ => {}
+            }
+            if !r.weight.is_finite() {
+                return bad(&format!("rewards[{i}].weight"), "must be a number".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// How the weights are trained: full, LoRA or QLoRA (for DPO and GRPO, `training.tuning`).
     pub fn tuning(&self) -> Method {
         match self.training.method {
-            Method::Dpo => self.training.tuning.unwrap_or(Method::Lora),
+            m if m.is_alignment() => self.training.tuning.unwrap_or(Method::Lora),
             m => m,
         }
     }

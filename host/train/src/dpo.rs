@@ -333,7 +333,7 @@ impl Task for DpoTask<'_> {
             grads,
         })
     }
-    fn evaluate(&self, model: &TrainModel, batch: usize) -> Result<Option<(f64, Extra)>> {
+    fn evaluate(&self, model: &TrainModel, batch: usize) -> Result<Option<(Option<f64>, Extra)>> {
         if self.val.is_empty() {
             return Ok(None);
         }
@@ -351,6 +351,6 @@ impl Task for DpoTask<'_> {
         }
         let n = self.val.len() as f64;
         extra.values_mut().for_each(|v| *v /= n);
-        Ok(Some((loss / n, extra)))
+        Ok(Some((Some(loss / n), extra)))
     }
 }

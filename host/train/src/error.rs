@@ -14,6 +14,9 @@ pub enum TrainError {
     UnknownTarget { module: String, known: String },
     #[error("data plugin {plugin}: {msg}")]
     Plugin { plugin: String, msg: String },
+    /// A reward function failed and the run's policy is to stop.
+    #[error("{0}")]
+    Reward(String),
     #[error(transparent)]
     Model(#[from] galley_model::ModelError),
     #[error("tensor: {0}")]

@@ -3,7 +3,9 @@
 //! backward passes (`ops`), in-place optimizers (`optim`), atomic checkpoints with exact resume
 //! (`checkpoint`), and exports the Python ecosystem reads (`export`: PEFT adapters, HF
 //! checkpoints). Data comes from files or any `DataSource`, so data-loader plugins need no
-//! trainer changes. `run` ties a config to a run directory.
+//! trainer changes. Alignment: DPO (`dpo`) and GRPO (`grpo`, with reward functions behind
+//! `galley_core::RewardFn`, so a sandboxed plugin and a built-in look the same). `run` ties a
+//! config to a run directory.
 
 pub mod align;
 pub mod checkpoint;
@@ -12,11 +14,15 @@ pub mod data;
 pub mod dpo;
 pub mod error;
 pub mod export;
+pub mod grpo;
 pub mod linear;
 pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod plot;
+pub mod rewards;
+#[doc(hidden)]
+pub mod testing;
 pub mod trainer;
 
 pub use config::TrainConfig;
@@ -27,18 +33,21 @@ use crate::config::{Method, TokenizerSection};
 use crate::data::{Encoder, Records, Sample, Skipped};
 use crate::error::file_err;
 use crate::model::{Build, TrainModel};
-use galley_core::DataSource;
+use galley_core::{DataSource, RewardFn};
 use galley_model::weights::Weights;
 use galley_model::{ChatTemplate, LoadOptions, Tokenizer};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Where the examples come from: the config's files, or data sources the caller opened
-/// (data-loader plugins) for the train and validation sets.
+/// (data-loader plugins) for the train and validation sets; and GRPO's reward functions, one
+/// per `grpo.rewards` entry in order (plugins the caller opened, `rewards::builtin` for the
+/// built-ins).
 #[derive(Default)]
 pub struct Sources<'a> {
     pub train: Option<&'a mut dyn DataSource>,
     pub validation: Option<&'a mut dyn DataSource>,
+    pub rewards: Vec<Box<dyn RewardFn>>,
 }
 
 /// Everything a run needs, loaded and checked before the first step.
@@ -51,6 +60,9 @@ pub struct Prepared {
     /// Preference pairs (DPO).
     pub pairs: Vec<dpo::Pair>,
     pub val_pairs: Vec<dpo::Pair>,
+    /// Prompts (GRPO).
+    pub prompts: Vec<grpo::Prompt>,
+    pub val_prompts: Vec<grpo::Prompt>,
     pub skipped: Skipped,
     pub base: String,
 }
@@ -147,6 +159,7 @@ fn read_records(
 
 /// Loads the model, tokenizer and data a config names.
 pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Prepared> {
+    let grpo = cfg.training.method == Method::Grpo;
     let dev = galley_model::device(&cfg.training.device)?;
     if !dev.is_cpu() {
         // The fused kernels, gradient buffers and in-place optimizer are CPU code; the
@@ -180,6 +193,27 @@ pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Pr
             None => None,
         };
         (Records::Chats(Vec::new()), None, Some((train, val)))
+    } else if grpo {
+        let read = |src: &config::SourceSection,
+                    plugin: Option<&mut dyn DataSource>,
+                    skipped: &mut Skipped| {
+            match (plugin, &src.path) {
+                (None, Some(path)) if path.exists() => {
+                    let mut r = grpo::read_prompts(path, cfg.data.on_bad_example, skipped)?;
+                    if let (Records::Chats(c), Some(n)) = (&mut r, src.limit) {
+                        c.truncate(n);
+                    }
+                    Ok(r)
+                }
+                (p, _) => read_records(cfg, src, p, skipped),
+            }
+        };
+        let train = read(&cfg.data.train, sources.train, &mut skipped)?;
+        let val = match (&cfg.data.validation, sources.validation) {
+            (Some(v), p) => Some(read(v, p, &mut skipped)?),
+            (None, _) => None,
+        };
+        (train, val, None)
     } else {
         let train = read_records(cfg, &cfg.data.train, sources.train, &mut skipped)?;
         let val = match (&cfg.data.validation, sources.validation) {
@@ -261,11 +295,24 @@ pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Pr
         template: template.as_ref(),
         cfg: &cfg.data,
     };
-    let mut train = enc.encode(train_recs, &mut skipped)?;
-    let mut val = match val_recs {
-        Some(r) => enc.encode(r, &mut skipped)?,
-        None => Vec::new(),
-    };
+    let (mut prompts, mut val_prompts) = (Vec::new(), Vec::new());
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    if grpo {
+        let max_c = cfg.grpo.max_completion_length;
+        let t = template.as_ref();
+        prompts = grpo::encode_prompts(&tokenizer, t, train_recs, &cfg.data, max_c, &mut skipped)?;
+        if let Some(v) = val_recs {
+            val_prompts = grpo::encode_prompts(&tokenizer, t, v, &cfg.data, max_c, &mut skipped)?;
+        } else {
+            (prompts, val_prompts) =
+                data::split(prompts, cfg.data.validation_split, cfg.data_seed());
+        }
+    } else {
+        train = enc.encode(train_recs, &mut skipped)?;
+        if let Some(r) = val_recs {
+            val = enc.encode(r, &mut skipped)?;
+        }
+    }
     if cfg.data.packing {
         train = data::pack(&train, cfg.data.max_length);
         val = data::pack(&val, cfg.data.max_length);
@@ -302,6 +349,8 @@ pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Pr
         val,
         pairs,
         val_pairs,
+        prompts,
+        val_prompts,
         skipped,
         base,
     })
@@ -323,6 +372,19 @@ pub fn run(
         serde_yaml::to_string(cfg).expect("config serializes"),
     )
     .map_err(|e| file_err(&resolved, e))?;
+    let grpo = cfg.training.method == Method::Grpo;
+    if grpo && sources.rewards.len() != cfg.grpo.rewards.len() {
+        return Err(TrainError::Config {
+            file: "grpo.rewards".into(),
+            msg: format!(
+                "{} reward functions listed but {} opened",
+                cfg.grpo.rewards.len(),
+                sources.rewards.len()
+            ),
+        });
+    }
+    let mut sources = sources;
+    let rewards = std::mem::take(&mut sources.rewards);
     let p = prepare(cfg, sources, &out)?;
     let pad = p.tokenizer.eos.first().copied().unwrap_or(0);
     let sft = trainer::SftTask {
@@ -330,10 +392,30 @@ pub fn run(
         val: &p.val,
         pad,
     };
-    let dpo_task;
+    let (dpo_task, grpo_task);
     let task: &dyn trainer::Task = if cfg.training.method == Method::Dpo {
         dpo_task = dpo_task_for(cfg, &p, pad)?;
         &dpo_task
+    } else if grpo {
+        let reference = if cfg.grpo.beta == 0.0 {
+            grpo::Reference::None
+        } else if cfg.grpo.reference == config::Reference::Copy || cfg.tuning() == Method::Full {
+            grpo::Reference::Copy(Box::new(frozen_copy(cfg, &p)?))
+        } else {
+            grpo::Reference::AdaptersOff
+        };
+        grpo_task = grpo::GrpoTask::new(
+            &p.prompts,
+            &p.val_prompts,
+            cfg.grpo.clone(),
+            &p.tokenizer,
+            rewards,
+            reference,
+            cfg.training.seed,
+            pad,
+            out.clone(),
+        );
+        &grpo_task
     } else {
         &sft
     };
@@ -347,6 +429,9 @@ pub fn run(
     let summary = trainer.run(resume, obs)?;
     let plot = out.join("loss.png");
     plot::plot(&out.join("metrics.jsonl"), &plot)?;
+    if grpo {
+        plot::plot_rewards(&out.join("metrics.jsonl"), &out.join("reward.png"))?;
+    }
     let (mut adapter, mut model_dir) = (None, None);
     if cfg.tuning() != Method::Full {
         let dir = out.join("adapter");
@@ -365,8 +450,8 @@ pub fn run(
         model: model_dir,
         plot,
         skipped: p.skipped.clone(),
-        train_examples: p.train.len() + p.pairs.len(),
-        val_examples: p.val.len() + p.val_pairs.len(),
+        train_examples: p.train.len() + p.pairs.len() + p.prompts.len(),
+        val_examples: p.val.len() + p.val_pairs.len() + p.val_prompts.len(),
         trainable_params: p.model.trainable_params(),
         frozen_bytes: p.model.frozen_bytes(),
         peak_rss_mb: peak_rss_mb(),
@@ -382,27 +467,7 @@ pub fn run(
 fn dpo_task_for<'a>(cfg: &TrainConfig, p: &'a Prepared, pad: u32) -> Result<dpo::DpoTask<'a>> {
     let mut reference =
         if cfg.dpo.reference == config::Reference::Copy || cfg.tuning() == Method::Full {
-            let path = cfg
-                .model
-                .path
-                .as_ref()
-                .expect("validated: DPO names a model");
-            let ck = galley_model::open(path, LoadOptions { dequantize: false })?;
-            let frozen = config::PeftSection {
-                target_modules: Vec::new(),
-                ..cfg.peft.clone()
-            };
-            let build = Build {
-                method: Method::Lora,
-                peft: &frozen,
-                seed: 0,
-            };
-            dpo::Reference::Copy(Box::new(TrainModel::load(
-                &ck.weights,
-                ck.config,
-                &build,
-                &p.model.device,
-            )?))
+            dpo::Reference::Copy(Box::new(frozen_copy(cfg, p)?))
         } else {
             dpo::Reference::AdaptersOff
         };
@@ -427,6 +492,26 @@ fn dpo_task_for<'a>(cfg: &TrainConfig, p: &'a Prepared, pad: u32) -> Result<dpo:
         cfg: cfg.dpo.clone(),
         pad,
     })
+}
+
+/// A frozen copy of the starting model (an alignment reference).
+fn frozen_copy(cfg: &TrainConfig, p: &Prepared) -> Result<TrainModel> {
+    let path = cfg
+        .model
+        .path
+        .as_ref()
+        .expect("validated: alignment names a model");
+    let ck = galley_model::open(path, LoadOptions { dequantize: false })?;
+    let frozen = config::PeftSection {
+        target_modules: Vec::new(),
+        ..cfg.peft.clone()
+    };
+    let build = Build {
+        method: Method::Lora,
+        peft: &frozen,
+        seed: 0,
+    };
+    TrainModel::load(&ck.weights, ck.config, &build, &p.model.device)
 }
 
 /// Keeps memory the allocator frees in the process instead of returning it to the kernel.

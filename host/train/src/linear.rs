@@ -401,6 +401,8 @@ type Stash = Mutex<Option<(Vec<f32>, Vec<f32>)>>;
 struct HeadLoss {
     targets: Arc<Vec<u32>>,
     w: HeadW,
+    /// Logits are x·Eᵀ times this (1 / temperature for GRPO's sampled distribution).
+    scale: f32,
     stash: Stash,
 }
 
@@ -420,7 +422,7 @@ impl CustomOp2 for HeadLoss {
         let n = x.len() / d;
         let mut logits = uninit(n * v);
         // SAFETY: x (n, d), eᵀ (d, v) -> logits (n, v).
-        unsafe { gemm(&mut logits, n, v, d, rm(x, d), tr(e, d), 1.0, false) };
+        unsafe { gemm(&mut logits, n, v, d, rm(x, d), tr(e, d), self.scale, false) };
         let (lse, loss) = crate::ops::nll_rows(&logits, v, &self.targets);
         *self.stash.lock().expect("head stash") = Some((logits, lse));
         Ok((CpuStorage::F32(loss), Shape::from(n)))
@@ -447,7 +449,7 @@ impl CustomOp2 for HeadLoss {
                 if let HeadW::Trained(buf) = &self.w {
                     add_into(buf, |de| {
                         // SAFETY: dlᵀ (v, n)·x (n, d) -> de (v, d).
-                        unsafe { gemm(de, v, d, n, tr(&dl, v), rm(xs, d), 1.0, true) }
+                        unsafe { gemm(de, v, d, n, tr(&dl, v), rm(xs, d), self.scale, true) }
                     });
                 }
                 if !x.track_op() {
@@ -455,7 +457,7 @@ impl CustomOp2 for HeadLoss {
                 }
                 let mut dx = uninit(n * d);
                 // SAFETY: dl (n, v)·e (v, d) -> dx (n, d).
-                unsafe { gemm(&mut dx, n, d, v, rm(&dl, v), rm(es, d), 1.0, false) };
+                unsafe { gemm(&mut dx, n, d, v, rm(&dl, v), rm(es, d), self.scale, false) };
                 Some(dx)
             })
         })??;
@@ -469,12 +471,14 @@ impl CustomOp2 for HeadLoss {
 
 /// Per-row cross-entropy of `targets` under the logits x·Eᵀ, without a logits tensor in the
 /// graph: the forward pass's logits buffer becomes the backward pass's gradient in place.
-pub fn head_loss(x: &Tensor, e: &Tensor, targets: &[u32], w: HeadW) -> Result<Tensor> {
+/// The logits are scaled by `scale` (the chain rule carries it into both gradients).
+pub fn head_loss(x: &Tensor, e: &Tensor, targets: &[u32], w: HeadW, scale: f32) -> Result<Tensor> {
     x.contiguous()?.apply_op2(
         e,
         HeadLoss {
             targets: Arc::new(targets.to_vec()),
             w,
+            scale,
             stash: Mutex::new(None),
         },
     )

@@ -478,6 +478,20 @@ impl TrainModel {
         t: usize,
         pass: &Pass,
     ) -> Result<Tensor> {
+        self.losses_at(inputs, targets, b, t, pass, 1.0)
+    }
+
+    /// `losses` under softmax(logits / `temperature`): the negative log-probabilities of the
+    /// distribution a sampler at that temperature draws from (GRPO's ratios need them).
+    pub fn losses_at(
+        &self,
+        inputs: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+        pass: &Pass,
+        temperature: f64,
+    ) -> Result<Tensor> {
         let c = &self.config;
         if t > c.max_position_embeddings {
             return Err(TrainError::Stopped(format!(
@@ -555,7 +569,13 @@ impl TrainModel {
                 (None, Param::Fixed(e)) => (e.clone(), linear::HeadW::Frozen),
                 _ => unreachable!("the LM head has no bias or adapter"),
             };
-            return Ok(linear::head_loss(&x, &w, targets, head)?);
+            return Ok(linear::head_loss(
+                &x,
+                &w,
+                targets,
+                head,
+                (1.0 / temperature) as f32,
+            )?);
         }
         let logits = match &self.lm_head {
             Some(p) => p.forward(&x, pass, u64::MAX)?,
@@ -563,6 +583,11 @@ impl TrainModel {
                 Param::Trained(e) => ops::linear(&x, e.var.as_tensor())?,
                 Param::Fixed(e) => ops::frozen_matmul(&x, &Frozen::Dense(e.clone()), k)?,
             },
+        };
+        let logits = if temperature == 1.0 {
+            logits
+        } else {
+            (logits / temperature)?
         };
         Ok(ops::cross_entropy_reference(&logits, targets)?)
     }

@@ -1,4 +1,4 @@
-//! The run's loss/learning-rate plot (PNG, plotters' bitmap backend) drawn from metrics.jsonl.
+//! The run's loss/learning-rate plot and GRPO's reward plot (PNG, plotters' bitmap backend) drawn from metrics.jsonl.
 //! Labels need a TrueType font; DejaVu Sans is used where the system has it, otherwise the
 //! curves are drawn without text rather than not at all.
 
@@ -113,6 +113,76 @@ fn draw(
             .draw()?;
     }
     chart.draw_series(LineSeries::new(lr.iter().copied(), &GREEN))?;
+    root.present()?;
+    Ok(())
+}
+
+/// GRPO's reward plot: the mean reward per step, its 10-step running mean, each reward
+/// function's mean, and the held-out reward, against the step.
+pub fn plot_rewards(metrics: &Path, png: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(metrics).map_err(|e| file_err(metrics, e))?;
+    let mut series: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+    for line in text.lines() {
+        let Ok(serde_json::Value::Object(v)) = serde_json::from_str::<serde_json::Value>(line)
+        else {
+            continue;
+        };
+        let Some(step) = v.get("step").and_then(|s| s.as_f64()) else {
+            continue;
+        };
+        for (k, val) in &v {
+            let keep = k == "reward"
+                || k == "eval_reward"
+                || (k.starts_with("rewards/") && k.ends_with("/mean"));
+            if let (true, Some(x)) = (keep, val.as_f64()) {
+                series.entry(k.clone()).or_default().push((step, x));
+            }
+        }
+    }
+    let reward = series.get("reward").cloned().unwrap_or_default();
+    let avg: Vec<(f64, f64)> = (0..reward.len())
+        .map(|i| {
+            let w = &reward[i.saturating_sub(9)..=i];
+            (reward[i].0, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
+        })
+        .collect();
+    series.insert("reward (10-step mean)".into(), avg);
+    let text = register_font();
+    draw_rewards(&series, png, text).map_err(|e| file_err(png, e))
+}
+
+fn draw_rewards(
+    series: &std::collections::BTreeMap<String, Vec<(f64, f64)>>,
+    png: &Path,
+    text: bool,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let root = BitMapBackend::new(png, (900, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let all = series.values().flatten();
+    let max_step = all.clone().map(|p| p.0).fold(1.0, f64::max);
+    let (lo, hi) = all.fold((0f64, 1f64), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let mut c = ChartBuilder::on(&root);
+    c.margin(10)
+        .x_label_area_size(if text { 30 } else { 0 })
+        .y_label_area_size(if text { 50 } else { 0 });
+    if text {
+        c.caption("reward", ("sans-serif", 20));
+    }
+    let mut chart = c.build_cartesian_2d(0f64..max_step, lo..hi * 1.05 + 1e-9)?;
+    if text {
+        chart.configure_mesh().x_desc("step").draw()?;
+    }
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let width = if name.starts_with("reward") { 2 } else { 1 };
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(width)))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
+    }
+    if text {
+        chart.configure_series_labels().border_style(BLACK).draw()?;
+    }
     root.present()?;
     Ok(())
 }

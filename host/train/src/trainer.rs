@@ -2,7 +2,9 @@
 //! loss normalised over the whole optimizer step (as one big batch would be), clipping, the
 //! schedule, in-place updates, validation, metrics.jsonl, atomic checkpoints and resume. What
 //! a micro-batch computes is a `Task`: supervised token loss here (SFT, pre-training), the
-//! preference loss in `dpo`. It reports through `Observer` and `tracing`; it never prints.
+//! preference loss in `dpo`, the policy-gradient loss over sampled completions in `grpo`
+//! (whose rollouts happen in the task's `prepare_step`, before the step's micro-batches).
+//! It reports through `Observer` and `tracing`; it never prints.
 
 use crate::checkpoint::{self, State};
 use crate::config::TrainConfig;
@@ -36,7 +38,9 @@ pub struct StepMetrics {
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalMetrics {
     pub step: usize,
-    pub eval_loss: f64,
+    /// None where the objective has no held-out loss (GRPO reports held-out rewards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -68,8 +72,28 @@ pub trait Task {
     fn norm(&self, micro: &[Vec<usize>]) -> f64;
     /// Forward and backward over `items`, the loss divided by `norm`.
     fn micro(&self, model: &TrainModel, items: &[usize], norm: f64, pass: &Pass) -> Result<Micro>;
-    /// Validation loss and metrics; None without a validation set.
-    fn evaluate(&self, model: &TrainModel, batch: usize) -> Result<Option<(f64, Extra)>>;
+    /// Validation loss (where the objective has one) and metrics; None without a validation set.
+    fn evaluate(&self, model: &TrainModel, batch: usize) -> Result<Option<(Option<f64>, Extra)>>;
+    /// Items in a micro-batch of `batch_size` (GRPO: prompts, each sampled into a group).
+    fn batch_items(&self, batch_size: usize) -> usize {
+        batch_size
+    }
+    /// The data position of optimizer step `step` (GRPO reuses one batch of rollouts for
+    /// `num_iterations` steps).
+    fn data_step(&self, step: usize) -> usize {
+        step
+    }
+    /// Called once before the loop with the step it starts from (0, or the resumed one).
+    fn start(&self, _step: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Work before step `step`'s micro-batches (GRPO's rollouts and rewards); its metrics
+    /// join the step's.
+    fn prepare_step(&self, _model: &TrainModel, _step: usize, _micros: &[Vec<usize>]) -> Result<Extra> {
+        Ok(Extra::new())
+    }
+    /// Turns the step's summed metrics into their final form (rates from sums).
+    fn finish_step(&self, _extra: &mut Extra) {}
 }
 
 /// Supervised token loss: SFT and pre-training.
@@ -112,7 +136,7 @@ impl Task for SftTask<'_> {
             grads,
         })
     }
-    fn evaluate(&self, model: &TrainModel, batch: usize) -> Result<Option<(f64, Extra)>> {
+    fn evaluate(&self, model: &TrainModel, batch: usize) -> Result<Option<(Option<f64>, Extra)>> {
         if self.val.is_empty() {
             return Ok(None);
         }
@@ -128,7 +152,7 @@ impl Task for SftTask<'_> {
             tokens += b.label_tokens();
         }
         let extra = Extra::from([("eval_tokens".to_string(), tokens as f64)]);
-        Ok(Some((nll / tokens.max(1) as f64, extra)))
+        Ok(Some((Some(nll / tokens.max(1) as f64), extra)))
     }
 }
 
@@ -164,8 +188,12 @@ pub struct Summary {
 }
 
 impl Trainer<'_> {
+    fn batch_items(&self) -> usize {
+        self.task.batch_items(self.cfg.training.batch_size).max(1)
+    }
+
     fn batches_per_epoch(&self) -> usize {
-        self.task.len().div_ceil(self.cfg.training.batch_size)
+        self.task.len().div_ceil(self.batch_items())
     }
 
     pub fn steps_per_epoch(&self) -> usize {
@@ -183,20 +211,16 @@ impl Trainer<'_> {
     fn micro_items(&self, micro: usize) -> Vec<usize> {
         let t = &self.cfg.training;
         let n = self.task.len();
+        let bs = self.batch_items();
         let per_epoch = self.steps_per_epoch() * t.gradient_accumulation_steps;
         let (epoch, j) = (micro / per_epoch, micro % per_epoch);
         let mut order = epoch_order(n, self.cfg.data_seed(), epoch, self.cfg.data.shuffle);
         if self.cfg.data.group_by_length {
             let lens: Vec<usize> = (0..n).map(|i| self.task.item_len(i)).collect();
-            order = group_by_length(
-                order,
-                &lens,
-                t.batch_size,
-                self.cfg.data_seed() ^ epoch as u64,
-            );
+            order = group_by_length(order, &lens, bs, self.cfg.data_seed() ^ epoch as u64);
         }
-        let start = (j * t.batch_size) % n;
-        (0..t.batch_size).map(|i| order[(start + i) % n]).collect()
+        let start = (j * bs) % n;
+        (0..bs).map(|i| order[(start + i) % n]).collect()
     }
 
     fn evaluate(&self, step: usize) -> Result<Option<EvalMetrics>> {
@@ -263,9 +287,11 @@ impl Trainer<'_> {
             }
             resumed_from = Some(state.step);
             truncate_metrics(&metrics_path, state.step)?;
+            self.task.start(state.step)?;
             tracing::info!("resuming from {} (step {})", ck.display(), state.step);
         } else {
             let _ = std::fs::remove_file(&metrics_path);
+            self.task.start(0)?;
         }
         let mut metrics = std::fs::OpenOptions::new()
             .create(true)
@@ -282,7 +308,7 @@ impl Trainer<'_> {
             && state.step == 0
             && let Some(e) = self.evaluate(0)?
         {
-            first_eval = Some(e.eval_loss);
+            first_eval = e.eval_loss;
             log(&e)?;
             obs.eval(&e);
         }
@@ -292,11 +318,22 @@ impl Trainer<'_> {
         let accum = t.gradient_accumulation_steps;
         while state.step < total {
             let step_start = Instant::now();
+            let at = self.task.data_step(state.step);
             let micros: Vec<Vec<usize>> = (0..accum)
-                .map(|m| self.micro_items(state.step * accum + m))
+                .map(|m| self.micro_items(at * accum + m))
                 .collect();
+            let mut extra = self
+                .task
+                .prepare_step(self.model, state.step, &micros)
+                .map_err(|e| {
+                    let kept = match checkpoint::list(&ck_dir).pop() {
+                        Some((_, ck)) => format!("the last checkpoint, {}, is intact", ck.display()),
+                        None => "no checkpoint had been written yet".into(),
+                    };
+                    TrainError::Stopped(format!("at step {}: {e}; {kept}", state.step + 1))
+                })?;
             let norm = self.task.norm(&micros);
-            let (mut loss, mut tokens, mut extra) = (0f64, 0usize, Extra::new());
+            let (mut loss, mut tokens) = (0f64, 0usize);
             for (m, items) in micros.iter().enumerate() {
                 let pass = Pass {
                     kernels: self.model.kernels,
@@ -316,6 +353,7 @@ impl Trainer<'_> {
             let grad_norm = opt.clip(params, t.max_grad_norm);
             let lr = lr_at(t.lr_scheduler, t.learning_rate, warmup, state.step, total);
             opt.step(params, lr)?;
+            self.task.finish_step(&mut extra);
             state.step += 1;
             state.optimizer_t = opt.t;
             state.tokens += tokens as u64;
@@ -353,8 +391,10 @@ impl Trainer<'_> {
             } else {
                 None
             } {
-                first_eval.get_or_insert(e.eval_loss);
-                last_eval = Some(e.eval_loss);
+                if let Some(l) = e.eval_loss {
+                    first_eval.get_or_insert(l);
+                    last_eval = Some(l);
+                }
                 log(&e)?;
                 obs.eval(&e);
             }

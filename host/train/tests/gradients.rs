@@ -146,9 +146,18 @@ fn head_loss_gradients() {
     let targets = vec![3, IGNORE, 0, 19, 5, IGNORE];
     let e = rand_t(&[20, 12], 4, 1.0);
     check("head_loss", &[&[6, 12]], |a, k| match k {
-        Kernels::Fused => head_loss(&a[0], &e, &targets, HeadW::Frozen).unwrap(),
+        Kernels::Fused => head_loss(&a[0], &e, &targets, HeadW::Frozen, 1.0).unwrap(),
         Kernels::Reference => {
             ops::cross_entropy_reference(&a[0].matmul(&e.t().unwrap()).unwrap(), &targets).unwrap()
+        }
+    });
+    // Logits divided by a sampling temperature (GRPO's log-probs of what was sampled).
+    let t = 0.7f64;
+    check("head_loss_tempered", &[&[6, 12]], |a, k| match k {
+        Kernels::Fused => head_loss(&a[0], &e, &targets, HeadW::Frozen, (1.0 / t) as f32).unwrap(),
+        Kernels::Reference => {
+            let logits = (a[0].matmul(&e.t().unwrap()).unwrap() / t).unwrap();
+            ops::cross_entropy_reference(&logits, &targets).unwrap()
         }
     });
 }
@@ -329,15 +338,21 @@ fn projection_ops_match_autograd_including_dropout() {
     let e = Var::from_tensor(&rand_t(&[o, i], 6, 1.0)).unwrap();
     let targets = [2u32, IGNORE, 0, 5, 1];
     let ge = buf(o * i);
+    // At temperature 0.7: the weight's gradient carries the logit scale too.
     let l = linear::head_loss(
         x.as_tensor(),
         e.as_tensor(),
         &targets,
         linear::HeadW::Trained(ge.clone()),
+        1.0 / 0.7,
     )
     .unwrap();
     let g = loss_of(&l, 9).backward().unwrap();
-    let lr = ops::cross_entropy_reference(&x.matmul(&e.t().unwrap()).unwrap(), &targets).unwrap();
+    let lr = ops::cross_entropy_reference(
+        &(x.matmul(&e.t().unwrap()).unwrap() / 0.7).unwrap(),
+        &targets,
+    )
+    .unwrap();
     let gr = loss_of(&lr, 9).backward().unwrap();
     close(&l.to_vec1::<f32>().unwrap(), &lr, "head loss");
     close(&ge.lock().unwrap(), gr.get(&e).unwrap(), "head dE");

@@ -10,6 +10,11 @@ use std::hint::black_box;
 struct Hostile {
     mode: String,
     port: u16,
+    /// `trap-on`: panic on completions containing this.
+    needle: String,
+    /// `trap-after`: completions scored fine before it starts panicking.
+    after: u64,
+    scored: u64,
 }
 
 /// Recursion through an opaque function pointer: no tail-call or loop rewrite can remove it,
@@ -41,7 +46,9 @@ impl Reward for Hostile {
                 i = black_box(i.wrapping_add(1));
             }
         }
-        Ok(Self { mode, port: config.get_f64("port").unwrap_or(9.0) as u16 })
+        let needle = config.get_str("needle").unwrap_or("").to_string();
+        let after = config.get_f64("after").unwrap_or(0.0) as u64;
+        Ok(Self { mode, port: config.get_f64("port").unwrap_or(9.0) as u16, needle, after, scored: 0 })
     }
 
     fn score(&mut self, input: &RewardInput) -> Result<Option<f64>, Error> {
@@ -62,6 +69,20 @@ impl Reward for Hostile {
             "recursion" => recurse_again(black_box(0), |_| 0) as f64,
             "stack-hog" => hog(black_box(0)) as f64,
             "trap-score" => panic!("hostile plugin panicked in score on purpose"),
+            // Only some samples: the rest score 1.0, so a trainer's skip policy has something to keep.
+            "trap-on" => {
+                if !self.needle.is_empty() && input.completion.contains(&self.needle) {
+                    panic!("hostile plugin panicked on a completion containing {:?}", self.needle);
+                }
+                1.0
+            }
+            "trap-after" => {
+                self.scored += 1;
+                if self.scored > self.after {
+                    panic!("hostile plugin panicked after {} completions", self.after);
+                }
+                1.0
+            }
             "unreachable" => {
                 #[cfg(target_family = "wasm")]
                 core::arch::wasm32::unreachable();

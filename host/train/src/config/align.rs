@@ -1,0 +1,153 @@
+//! The alignment sections of the training config: `dpo` (preference pairs) and `grpo`
+//! (sampled completions scored by reward functions, each a plugin or a built-in).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reference {
+    /// LoRA/QLoRA: the policy with its adapters switched off (no second copy in memory);
+    /// full fine-tuning: a frozen copy.
+    Auto,
+    /// Always a frozen copy of the starting model.
+    Copy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpoSection {
+    pub beta: f64,
+    pub loss_type: crate::align::DpoLoss,
+    pub label_smoothing: f64,
+    pub reference: Reference,
+    /// Compute every reference log-probability once before training (and keep them in the
+    /// run folder) instead of one reference pass per batch.
+    pub precompute_ref_log_probs: bool,
+}
+
+impl Default for DpoSection {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            loss_type: crate::align::DpoLoss::Sigmoid,
+            label_smoothing: 0.0,
+            reference: Reference::Auto,
+            precompute_ref_log_probs: false,
+        }
+    }
+}
+
+/// What a reward plugin's failure (trap, timeout, memory cap, bad output) does to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnPluginError {
+    /// The completions it failed on get advantage 0 (and leave their group's statistics),
+    /// with a warning naming the plugin, step and completion; the run goes on.
+    Skip,
+    /// The run stops with the error; the last checkpoint stays intact.
+    Stop,
+}
+
+/// Per-plugin sandbox limits (the command line's `--timeout-ms` / `--memory-mb` otherwise).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardLimits {
+    pub timeout_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+}
+
+/// One reward function: a plugin (a component path, a name on the plugin path, or an
+/// installed `NAMESPACE/NAME`) or a built-in, with its weight and settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardSpec {
+    pub plugin: Option<String>,
+    /// `think_format` (TRL's `<think>…</think>` then an answer) or `exact_match`
+    /// (the completion, trimmed, equals `metadata.answer`).
+    pub builtin: Option<String>,
+    pub weight: f64,
+    /// Passed to the plugin's `init` (a JSON object).
+    pub settings: Option<serde_json::Value>,
+    pub limits: RewardLimits,
+}
+
+impl Default for RewardSpec {
+    fn default() -> Self {
+        Self {
+            plugin: None,
+            builtin: None,
+            weight: 1.0,
+            settings: None,
+            limits: RewardLimits::default(),
+        }
+    }
+}
+
+impl RewardSpec {
+    /// What the run calls this function in metrics (`rewards/<label>/mean`).
+    pub fn label(&self) -> String {
+        let raw = self
+            .plugin
+            .as_deref()
+            .or(self.builtin.as_deref())
+            .unwrap_or("reward");
+        let file = raw.rsplit('/').next().unwrap_or(raw);
+        file.strip_suffix(".wasm").unwrap_or(file).to_string()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoSection {
+    /// Completions sampled per prompt (a group). `training.batch_size` counts completions,
+    /// as TRL's does, and must be a multiple of this.
+    pub num_generations: usize,
+    pub max_completion_length: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0 keeps every token.
+    pub top_k: usize,
+    pub rewards: Vec<RewardSpec>,
+    pub scale_rewards: crate::align::ScaleRewards,
+    pub loss_type: crate::align::GrpoLoss,
+    /// The clipping range below 1 (and above, unless `epsilon_high` is set).
+    pub epsilon: f64,
+    pub epsilon_high: Option<f64>,
+    /// KL penalty against the reference (the policy with adapters off, or a frozen copy);
+    /// 0 needs no reference pass at all.
+    pub beta: f64,
+    /// What the KL penalty is measured against (`auto`: adapters off under LoRA, a frozen
+    /// copy under full fine-tuning).
+    pub reference: Reference,
+    /// Optimizer steps taken on each batch of rollouts.
+    pub num_iterations: usize,
+    /// DAPO's overlong filtering: completions cut at `max_completion_length` keep their
+    /// place in the group's statistics but leave the loss.
+    pub mask_truncated_completions: bool,
+    pub on_plugin_error: OnPluginError,
+    /// Completions written to completions.jsonl per step (all of them by default).
+    pub log_completions: Option<usize>,
+}
+
+impl Default for GrpoSection {
+    fn default() -> Self {
+        Self {
+            num_generations: 8,
+            max_completion_length: 256,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            rewards: Vec::new(),
+            scale_rewards: crate::align::ScaleRewards::Group,
+            loss_type: crate::align::GrpoLoss::Dapo,
+            epsilon: 0.2,
+            epsilon_high: None,
+            beta: 0.0,
+            reference: Reference::Auto,
+            num_iterations: 1,
+            mask_truncated_completions: false,
+            on_plugin_error: OnPluginError::Skip,
+            log_completions: None,
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! Group relative policy optimisation. Prompts come from a JSONL file in TRL's layout or
+//! from any `DataSource` (a data-loader plugin such as `arith`), every column besides the
+//! prompt travelling as metadata. Before each batch of steps the policy's current weights
+//! (LoRA merged, in memory) become galley-model's inference engine, which samples
+//! `num_generations` completions per prompt with its KV cache, all prompts of a step in one
+//! batch. Reward functions (`RewardFn`: sandboxed plugins or built-ins) score each group in
+//! one call; "no opinion" is left out of a completion's weighted sum, and a failure follows
+//! `on_plugin_error` (`rewards`). Advantages and the clipped surrogate are `align`'s; the
+//! loss weights the fused per-token NLL, so one backward pass trains the policy. Every
+//! completion is written to completions.jsonl with its rewards and advantage.
+
+use crate::align::{self, Completion as Scored, Surrogate, Whole};
+use crate::config::{DataSection, GrpoSection, OnBad, Truncation};
+use crate::data::{Batch, Records, Sample, Skipped};
+use crate::error::{Result, TrainError, file_err};
+use crate::model::{Pass, TrainModel};
+use crate::rewards::{self, Where};
+use crate::trainer::{Extra, Micro, Task};
+use candle_core::Tensor;
+use galley_core::{Message, Metadata, RewardFn, RewardInput};
+use galley_model::weights::Weights;
+use galley_model::{ChatTemplate, Llama, SamplingParams, Tokenizer, generate};
+use std::cell::RefCell;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A prompt, templated and tokenized, with the columns reward functions see.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub at: String,
+    pub messages: Vec<Message>,
+    pub metadata: Metadata,
+    pub ids: Vec<u32>,
+}
+
+/// Reads TRL-style prompt JSONL: `prompt` (text or messages) or `messages` (a trailing
+/// assistant turn, the reference answer, is dropped); every other column is metadata.
+pub fn read_prompts(path: &Path, on_bad: OnBad, skipped: &mut Skipped) -> Result<Records> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = format!("{}:{}", path.display(), i + 1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        match prompt_record(line) {
+            Ok(ex) => out.push((at, ex)),
+            Err(msg) => {
+                if on_bad == OnBad::Error {
+                    return Err(TrainError::Data { at, msg });
+                }
+                tracing::warn!("{at}: skipped: {msg}");
+                skipped.malformed += 1;
+            }
+        }
+    }
+    Ok(Records::Chats(out))
+}
+
+fn prompt_record(line: &str) -> std::result::Result<galley_core::Example, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let serde_json::Value::Object(mut obj) = v else {
+        return Err("not a JSON object".into());
+    };
+    let messages = match (obj.remove("prompt"), obj.remove("messages")) {
+        (Some(serde_json::Value::String(t)), None) => vec![Message::new("user", t)],
+        (Some(m), None) | (None, Some(m)) => serde_json::from_value::<Vec<Message>>(m)
+            .map_err(|e| format!("`prompt`/`messages` is not text or a list of messages: {e}"))?,
+        (None, None) => return Err("no `prompt` (or `messages`)".into()),
+        (Some(_), Some(_)) => return Err("give `prompt` or `messages`, not both".into()),
+    };
+    let mut metadata: Metadata = match obj.remove("metadata") {
+        Some(serde_json::Value::Object(m)) => m.into_iter().map(|(k, v)| (k, v.into())).collect(),
+        _ => Metadata::new(),
+    };
+    let id = match obj.remove("id") {
+        Some(serde_json::Value::String(s)) => s,
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    metadata.extend(obj.into_iter().map(|(k, v)| (k, v.into())));
+    Ok(galley_core::Example {
+        id,
+        messages,
+        metadata,
+    })
+}
+
+/// Templates and tokenizes prompts (generation prompt on). A trailing assistant turn is the
+/// reference answer, not part of the prompt. A prompt that leaves fewer than
+/// `max_completion_length` tokens within `data.max_length` is skipped and counted, or refused
+/// with `truncation: error`.
+pub fn encode_prompts(
+    tok: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    recs: Records,
+    data: &DataSection,
+    max_completion: usize,
+    skipped: &mut Skipped,
+) -> Result<Vec<Prompt>> {
+    let Records::Chats(chats) = recs else {
+        return Err(TrainError::Config {
+            file: "data.train".into(),
+            msg: "GRPO reads prompts (JSONL or a data-loader plugin), not plain text".into(),
+        });
+    };
+    let mut out = Vec::with_capacity(chats.len());
+    for (at, mut ex) in chats {
+        if ex.messages.last().is_some_and(|m| m.role == "assistant") {
+            ex.messages.pop();
+        }
+        if ex.messages.is_empty() {
+            tracing::warn!("{at}: skipped: the prompt is empty");
+            skipped.empty += 1;
+            continue;
+        }
+        let text = match template {
+            Some(t) => t.render(&ex.messages, true, None)?,
+            // No template (a base model): the turns' text, one after another.
+            None => ex
+                .messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        let ids = tok.encode(&text, template.is_none())?;
+        if ids.is_empty() || ids.len() + max_completion > data.max_length {
+            let msg = format!(
+                "the prompt's {} tokens leave no room for grpo.max_completion_length = {max_completion} within data.max_length = {}",
+                ids.len(),
+                data.max_length
+            );
+            if data.truncation == Truncation::Error || data.on_bad_example == OnBad::Error {
+                return Err(TrainError::Data { at, msg });
+            }
+            tracing::warn!("{at}: skipped: {msg}");
+            skipped.too_long += 1;
+            continue;
+        }
+        out.push(Prompt {
+            at,
+            messages: ex.messages,
+            metadata: ex.metadata,
+            ids,
+        });
+    }
+    Ok(out)
+}
+
+/// The reference GRPO's KL penalty is measured against.
+pub enum Reference {
+    /// beta = 0: no reference pass at all.
+    None,
+    /// The policy with its LoRA adapters switched off (no second copy).
+    AdaptersOff,
+    /// A frozen copy of the starting model.
+    Copy(Box<TrainModel>),
+}
+
+/// One sampled completion and everything the update needs of it.
+struct Row {
+    prompt: usize,
+    tokens: Vec<u32>,
+    advantage: f64,
+    /// Cut at `max_completion_length` (and masked, when `mask_truncated_completions`).
+    in_loss: bool,
+    old_logp: Option<Vec<f64>>,
+    ref_logp: Option<Vec<f64>>,
+}
+
+/// The rollouts of one data step, split by micro-batch.
+struct Rollouts {
+    key: usize,
+    micros: Vec<Vec<Row>>,
+    whole: Whole,
+    metrics: Extra,
+    next: usize,
+}
+
+pub struct GrpoTask<'a> {
+    pub prompts: &'a [Prompt],
+    pub val: &'a [Prompt],
+    pub cfg: GrpoSection,
+    pub tokenizer: &'a Tokenizer,
+    /// One per `cfg.rewards`, in order.
+    pub rewards: RefCell<Vec<Box<dyn RewardFn>>>,
+    pub reference: Reference,
+    pub seed: u64,
+    pub pad: u32,
+    pub out_dir: PathBuf,
+    state: RefCell<Option<Rollouts>>,
+}
+
+impl<'a> GrpoTask<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        prompts: &'a [Prompt],
+        val: &'a [Prompt],
+        cfg: GrpoSection,
+        tokenizer: &'a Tokenizer,
+        rewards: Vec<Box<dyn RewardFn>>,
+        reference: Reference,
+        seed: u64,
+        pad: u32,
+        out_dir: PathBuf,
+    ) -> Self {
+        Self {
+            prompts,
+            val,
+            cfg,
+            tokenizer,
+            rewards: RefCell::new(rewards),
+            reference,
+            seed,
+            pad,
+            out_dir,
+            state: RefCell::new(None),
+        }
+    }
+
+    fn completions_path(&self) -> PathBuf {
+        self.out_dir.join("completions.jsonl")
+    }
+
+    fn labels(&self) -> Vec<String> {
+        self.cfg.rewards.iter().map(|r| r.label()).collect()
+    }
+
+    /// The inference engine over the policy's current weights (adapters merged), in memory.
+    fn engine(&self, model: &TrainModel) -> Result<Llama> {
+        let w = Weights::memory(model.merged_tensors()?, "the policy being trained");
+        Ok(Llama::load(&w, model.config.clone(), &model.device)?)
+    }
+
+    /// Scores completions grouped by prompt: per function and completion the score, plus
+    /// which completions any function failed on, and the seconds spent inside the functions.
+    #[allow(clippy::type_complexity)]
+    fn score(
+        &self,
+        step: usize,
+        groups: &[(usize, Vec<String>)],
+        set: &[Prompt],
+    ) -> Result<(Vec<Vec<Option<f64>>>, Vec<bool>, Vec<usize>, f64)> {
+        let mut fns = self.rewards.borrow_mut();
+        let total: usize = groups.iter().map(|g| g.1.len()).sum();
+        let mut scores = vec![Vec::with_capacity(total); fns.len()];
+        let mut failed = Vec::with_capacity(total);
+        let mut failures = vec![0usize; fns.len()];
+        let mut secs = 0.0;
+        for (p, texts) in groups {
+            let prompt = &set[*p];
+            let inputs: Vec<RewardInput> = texts
+                .iter()
+                .map(|c| RewardInput {
+                    prompt: prompt.messages.clone(),
+                    completion: c.clone(),
+                    metadata: prompt.metadata.clone(),
+                })
+                .collect();
+            let at = Where {
+                step,
+                prompt: prompt.messages.last().map_or("", |m| m.content.as_str()),
+            };
+            let mut bad = vec![false; texts.len()];
+            for (f, func) in fns.iter_mut().enumerate() {
+                let t = Instant::now();
+                let g = rewards::score_group(&mut **func, &inputs, self.cfg.on_plugin_error, &at)
+                    .map_err(|e| {
+                        TrainError::Reward(format!("{e} (on_plugin_error: stop, so the run stops here)"))
+                    });
+                secs += t.elapsed().as_secs_f64();
+                let g = g?;
+                failures[f] += g.failed.iter().filter(|x| **x).count();
+                bad.iter_mut().zip(&g.failed).for_each(|(b, f)| *b |= f);
+                scores[f].extend(g.scores);
+            }
+            failed.extend(bad);
+        }
+        Ok((scores, failed, failures, secs))
+    }
+
+    /// Per-token log-probabilities of each row's completion under `model` (no gradient).
+    fn logps(&self, model: &TrainModel, rows: &[&Row], adapters: bool) -> Result<Vec<Vec<f64>>> {
+        let samples: Vec<Sample> = rows.iter().map(|r| self.sample(r)).collect();
+        let refs: Vec<&Sample> = samples.iter().collect();
+        let b = Batch::from_samples(&refs, self.pad);
+        let pass = Pass {
+            adapters,
+            ..Pass::eval(model)
+        };
+        let nll = model
+            .losses_at(&b.inputs, &b.targets, b.b, b.t, &pass, self.cfg.temperature)?
+            .detach()
+            .to_vec1::<f32>()?;
+        Ok(rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let start = self.prompts[r.prompt].ids.len() - 1;
+                (0..r.tokens.len())
+                    .map(|t| -(nll[i * b.t + start + t] as f64))
+                    .collect()
+            })
+            .collect())
+    }
+
+    fn sample(&self, r: &Row) -> Sample {
+        let p = &self.prompts[r.prompt].ids;
+        let mut ids = p.clone();
+        ids.extend(&r.tokens);
+        let mut train = vec![false; p.len()];
+        train.extend(std::iter::repeat_n(true, r.tokens.len()));
+        Sample { ids, train }
+    }
+
+    fn sampling(&self, seed: u64, greedy: bool) -> SamplingParams {
+        SamplingParams {
+            temperature: if greedy {
+                0.0
+            } else {
+                self.cfg.temperature as f32
+            },
+            top_k: self.cfg.top_k,
+            top_p: self.cfg.top_p as f32,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed,
+            max_tokens: self.cfg.max_completion_length,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+        }
+    }
+
+    /// Samples, scores and prepares the rollouts of data step `key`.
+    fn rollout(&self, model: &TrainModel, step: usize, key: usize, micros: &[Vec<usize>]) -> Result<Rollouts> {
+        let g = self.cfg.num_generations;
+        let t0 = Instant::now();
+        let engine = self.engine(model)?;
+        let build_s = t0.elapsed().as_secs_f64();
+        let order: Vec<usize> = micros.iter().flatten().copied().collect();
+        let inputs: Vec<Vec<u32>> = order
+            .iter()
+            .flat_map(|&p| std::iter::repeat_n(self.prompts[p].ids.clone(), g))
+            .collect();
+        let seed = self.seed ^ (key as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let t1 = Instant::now();
+        let outs = generate(&engine, self.tokenizer, &inputs, &self.sampling(seed, false), &mut |_, _| {})?;
+        let gen_s = t1.elapsed().as_secs_f64();
+        drop(engine);
+        let groups: Vec<(usize, Vec<String>)> = order
+            .iter()
+            .enumerate()
+            .map(|(k, &p)| (p, outs[k * g..(k + 1) * g].iter().map(|c| c.text.clone()).collect()))
+            .collect();
+        let (scores, failed, failures, reward_s) = self.score(step + 1, &groups, self.prompts)?;
+        let weights: Vec<f64> = self.cfg.rewards.iter().map(|r| r.weight).collect();
+        let totals = align::total_rewards(&scores, &weights);
+        let known: Vec<bool> = failed.iter().map(|f| !f).collect();
+        let adv = align::advantages_known(&totals, &known, g, self.cfg.scale_rewards);
+        let truncated: Vec<bool> = outs
+            .iter()
+            .map(|c| c.finish == galley_model::Finish::Length)
+            .collect();
+        let mut rows: Vec<Row> = outs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Row {
+                prompt: order[i / g],
+                tokens: c.tokens.clone(),
+                advantage: adv[i],
+                in_loss: !(self.cfg.mask_truncated_completions && truncated[i]) && !c.tokens.is_empty(),
+                old_logp: None,
+                ref_logp: None,
+            })
+            .collect();
+        // Log-probs before any update: the old policy (reused rollouts) and the reference.
+        let t2 = Instant::now();
+        let per_micro = micros.first().map_or(1, Vec::len) * g;
+        if self.cfg.num_iterations > 1 {
+            for chunk in rows.chunks_mut(per_micro) {
+                let r: Vec<&Row> = chunk.iter().collect();
+                let lp = self.logps(model, &r, true)?;
+                chunk.iter_mut().zip(lp).for_each(|(row, l)| row.old_logp = Some(l));
+            }
+        }
+        match &self.reference {
+            Reference::None => {}
+            reference => {
+                let (m, adapters) = match reference {
+                    Reference::Copy(c) => (&**c, true),
+                    _ => (model, false),
+                };
+                for chunk in rows.chunks_mut(per_micro) {
+                    let r: Vec<&Row> = chunk.iter().collect();
+                    let lp = self.logps(m, &r, adapters)?;
+                    chunk.iter_mut().zip(lp).for_each(|(row, l)| row.ref_logp = Some(l));
+                }
+            }
+        }
+        let logp_s = t2.elapsed().as_secs_f64();
+        // Metrics of the rollouts.
+        let labels = self.labels();
+        let mut m = Extra::new();
+        let kept: Vec<f64> = totals.iter().zip(&known).filter(|(_, k)| **k).map(|(r, _)| *r).collect();
+        let (rm, rs) = align::mean_std(&kept);
+        m.insert("reward".into(), rm);
+        m.insert("reward_std".into(), rs);
+        for (f, label) in labels.iter().enumerate() {
+            let vals: Vec<f64> = scores[f].iter().flatten().copied().collect();
+            let (fm, fs) = align::mean_std(&vals);
+            m.insert(format!("rewards/{label}/mean"), fm);
+            m.insert(format!("rewards/{label}/std"), fs);
+            if failures[f] > 0 {
+                m.insert(format!("rewards/{label}/failures"), failures[f] as f64);
+            }
+        }
+        let zero_std = totals
+            .chunks(g)
+            .filter(|c| c.iter().all(|r| *r == c[0]))
+            .count();
+        m.insert("frac_reward_zero_std".into(), zero_std as f64 / (totals.len() / g) as f64);
+        let gen_tokens: usize = outs.iter().map(|c| c.tokens.len()).sum();
+        m.insert("completions/mean_length".into(), gen_tokens as f64 / outs.len() as f64);
+        m.insert(
+            "completions/clipped_ratio".into(),
+            truncated.iter().filter(|t| **t).count() as f64 / outs.len() as f64,
+        );
+        m.insert("rollout_s".into(), gen_s);
+        m.insert("engine_build_s".into(), build_s);
+        m.insert("rollout_tokens_per_s".into(), gen_tokens as f64 / gen_s.max(1e-9));
+        m.insert("reward_s".into(), reward_s);
+        m.insert("logp_s".into(), logp_s);
+        self.write_completions(step + 1, &rows, &outs, &scores, &totals, &failed)?;
+        let whole = Whole {
+            sequences: rows.len(),
+            tokens: rows.iter().filter(|r| r.in_loss).map(|r| r.tokens.len()).sum(),
+        };
+        let mut micro_rows = Vec::with_capacity(micros.len());
+        let mut it = rows.into_iter();
+        for items in micros {
+            micro_rows.push(it.by_ref().take(items.len() * g).collect());
+        }
+        Ok(Rollouts {
+            key,
+            micros: micro_rows,
+            whole,
+            metrics: m,
+            next: 0,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_completions(
+        &self,
+        step: usize,
+        rows: &[Row],
+        outs: &[galley_model::Completion],
+        scores: &[Vec<Option<f64>>],
+        totals: &[f64],
+        failed: &[bool],
+    ) -> Result<()> {
+        let path = self.completions_path();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| file_err(&path, e))?;
+        let labels = self.labels();
+        let keep = self.cfg.log_completions.unwrap_or(usize::MAX);
+        for (i, (row, c)) in rows.iter().zip(outs).enumerate().take(keep) {
+            let p = &self.prompts[row.prompt];
+            let per: serde_json::Map<String, serde_json::Value> = labels
+                .iter()
+                .enumerate()
+                .map(|(k, l)| (l.clone(), scores[k][i].into()))
+                .collect();
+            let line = serde_json::json!({
+                "step": step,
+                "prompt": p.messages.last().map(|m| m.content.clone()),
+                "at": p.at,
+                "metadata": p.metadata,
+                "completion": c.text,
+                "tokens": c.tokens.len(),
+                "finish": format!("{:?}", c.finish).to_lowercase(),
+                "rewards": per,
+                "reward": totals[i],
+                "advantage": row.advantage,
+                "failed": failed[i],
+            });
+            writeln!(f, "{line}").map_err(|e| file_err(&path, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Task for GrpoTask<'_> {
+    fn len(&self) -> usize {
+        self.prompts.len()
+    }
+    fn item_len(&self, i: usize) -> usize {
+        self.prompts[i].ids.len()
+    }
+    fn batch_items(&self, batch_size: usize) -> usize {
+        batch_size / self.cfg.num_generations
+    }
+    fn data_step(&self, step: usize) -> usize {
+        step / self.cfg.num_iterations
+    }
+    fn norm(&self, _micro: &[Vec<usize>]) -> f64 {
+        // The surrogate normalises over the whole step itself (`align::Whole`).
+        1.0
+    }
+    fn start(&self, step: usize) -> Result<()> {
+        let path = self.completions_path();
+        if step == 0 {
+            let _ = std::fs::remove_file(&path);
+            return Ok(());
+        }
+        // A resumed run drops the completions logged after its checkpoint.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step")?.as_u64())
+                    .is_some_and(|s| s as usize <= step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, kept).map_err(|e| file_err(&path, e))
+    }
+    fn prepare_step(&self, model: &TrainModel, step: usize, micros: &[Vec<usize>]) -> Result<Extra> {
+        let key = self.data_step(step);
+        let mut state = self.state.borrow_mut();
+        if state.as_ref().is_none_or(|s| s.key != key) {
+            *state = Some(self.rollout(model, step, key, micros)?);
+        }
+        let s = state.as_mut().expect("rollouts made above");
+        s.next = 0;
+        Ok(s.metrics.clone())
+    }
+    fn micro(&self, model: &TrainModel, items: &[usize], _norm: f64, pass: &Pass) -> Result<Micro> {
+        let t0 = Instant::now();
+        let mut state = self.state.borrow_mut();
+        let s = state.as_mut().expect("prepare_step ran before the micro-batches");
+        let rows = &s.micros[s.next];
+        s.next += 1;
+        debug_assert_eq!(rows.len(), items.len() * self.cfg.num_generations);
+        let samples: Vec<Sample> = rows.iter().map(|r| self.sample(r)).collect();
+        let refs: Vec<&Sample> = samples.iter().collect();
+        let b = Batch::from_samples(&refs, self.pad);
+        let nll = model.losses_at(&b.inputs, &b.targets, b.b, b.t, pass, self.cfg.temperature)?;
+        let values = nll.detach().to_vec1::<f32>()?;
+        let logp: Vec<Vec<f64>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let start = self.prompts[r.prompt].ids.len() - 1;
+                let n = if r.in_loss { r.tokens.len() } else { 0 };
+                (0..n).map(|t| -(values[i * b.t + start + t] as f64)).collect()
+            })
+            .collect();
+        let cut = |v: &Option<Vec<f64>>, n: usize| v.as_ref().map(|v| v[..n].to_vec());
+        let olds: Vec<Option<Vec<f64>>> = rows.iter().zip(&logp).map(|(r, l)| cut(&r.old_logp, l.len())).collect();
+        let refs_lp: Vec<Option<Vec<f64>>> = rows.iter().zip(&logp).map(|(r, l)| cut(&r.ref_logp, l.len())).collect();
+        let batch: Vec<Scored> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Scored {
+                logp: &logp[i],
+                // On-policy (one iteration): the old policy is the current one, ratio 1.
+                old_logp: olds[i].as_deref().unwrap_or(&logp[i]),
+                ref_logp: refs_lp[i].as_deref().unwrap_or(&logp[i]),
+                advantage: r.advantage,
+            })
+            .collect();
+        let surrogate = Surrogate {
+            epsilon: self.cfg.epsilon,
+            epsilon_high: self.cfg.epsilon_high.unwrap_or(self.cfg.epsilon),
+            beta: if matches!(self.reference, Reference::None) { 0.0 } else { self.cfg.beta },
+            loss: self.cfg.loss_type,
+            max_completion_length: self.cfg.max_completion_length,
+        };
+        let out = align::grpo_part(&batch, surrogate, s.whole);
+        // loss = Σ d·logp = Σ -d·nll: the derivatives weight the per-position NLL.
+        let mut coef = vec![0f32; b.b * b.t];
+        for (i, r) in rows.iter().enumerate() {
+            let start = self.prompts[r.prompt].ids.len() - 1;
+            for (t, d) in out.d_logp[i].iter().enumerate() {
+                coef[i * b.t + start + t] = -(*d as f32);
+            }
+        }
+        let coef = Tensor::from_vec(coef, b.b * b.t, nll.device())?;
+        let grads = (nll * coef)?.sum_all()?.backward()?;
+        let whole_tokens = s.whole.tokens.max(1) as f64;
+        let mut extra = Extra::from([
+            ("clip_ratio".to_string(), out.clipped as f64 / whole_tokens),
+            ("update_tokens".to_string(), b.real_tokens as f64),
+            ("update_s".to_string(), t0.elapsed().as_secs_f64()),
+        ]);
+        if surrogate.beta > 0.0 {
+            extra.insert("kl".into(), out.kl_sum / whole_tokens);
+        }
+        Ok(Micro {
+            loss: out.loss,
+            tokens: b.real_tokens,
+            extra,
+            grads,
+        })
+    }
+    fn finish_step(&self, extra: &mut Extra) {
+        if let (Some(t), Some(s)) = (extra.get("update_tokens"), extra.get("update_s")) {
+            let rate = t / s.max(1e-9);
+            extra.insert("update_tokens_per_s".into(), rate);
+        }
+    }
+    fn evaluate(&self, model: &TrainModel, _batch: usize) -> Result<Option<(Option<f64>, Extra)>> {
+        if self.val.is_empty() {
+            return Ok(None);
+        }
+        // One greedy completion per held-out prompt, scored by the run's reward functions.
+        let engine = self.engine(model)?;
+        let inputs: Vec<Vec<u32>> = self.val.iter().map(|p| p.ids.clone()).collect();
+        let outs = generate(&engine, self.tokenizer, &inputs, &self.sampling(0, true), &mut |_, _| {})?;
+        drop(engine);
+        let groups: Vec<(usize, Vec<String>)> = outs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, vec![c.text.clone()]))
+            .collect();
+        let (scores, failed, _, _) = self.score(0, &groups, self.val)?;
+        let weights: Vec<f64> = self.cfg.rewards.iter().map(|r| r.weight).collect();
+        let totals = align::total_rewards(&scores, &weights);
+        let kept: Vec<f64> = totals.iter().zip(&failed).filter(|(_, f)| !**f).map(|(r, _)| *r).collect();
+        let mut extra = Extra::new();
+        extra.insert("eval_reward".into(), align::mean_std(&kept).0);
+        for (f, label) in self.labels().iter().enumerate() {
+            let vals: Vec<f64> = scores[f].iter().flatten().copied().collect();
+            extra.insert(format!("eval_rewards/{label}/mean"), align::mean_std(&vals).0);
+        }
+        let n: usize = outs.iter().map(|c| c.tokens.len()).sum();
+        extra.insert("eval_completions/mean_length".into(), n as f64 / outs.len() as f64);
+        Ok(Some((None, extra)))
+    }
+}

@@ -1,0 +1,52 @@
+//! Test support for this crate's and other crates' tests (hidden from the docs): a tiny chat
+//! model made on the spot — a byte-level BPE tokenizer trained on a few sentences (with
+//! ChatML special tokens), random Llama weights and a ChatML template — written as an HF
+//! checkpoint folder so it loads exactly like a downloaded one.
+
+use crate::config::InitSection;
+use crate::model::{TrainModel, init_weights};
+use std::path::Path;
+
+pub const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// Writes the tiny chat model into `dir`, its tokenizer trained on `text` lines.
+pub fn tiny_chat_model_from(dir: &Path, text: &[String]) {
+    let tok = crate::train_tokenizer(&[text.join("\n")], 300, 1).expect("tokenizer trains");
+    let mut inner = tok.inner().clone();
+    inner.add_special_tokens(&[
+        tokenizers::AddedToken::from("<|im_start|>", true),
+        tokenizers::AddedToken::from("<|im_end|>", true),
+    ]);
+    let vocab = inner.get_vocab_size(true);
+    let eos = inner.token_to_id("<|im_end|>").expect("added above");
+    let init = InitSection {
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        max_position_embeddings: 256,
+        ..Default::default()
+    };
+    let cfg = TrainModel::init_config(&init, vocab, None, vec![eos]);
+    let w = init_weights(&cfg, 0.02, 3).expect("weights");
+    crate::export::save_checkpoint_dir(w, &cfg, dir).expect("checkpoint written");
+    inner
+        .save(dir.join("tokenizer.json"), false)
+        .expect("tokenizer written");
+    let tc = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>"});
+    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).expect("config written");
+}
+
+/// The tiny chat model with a tokenizer trained on short number sentences.
+pub fn tiny_chat_model(dir: &Path) {
+    let text: Vec<String> = (0..200)
+        .map(|i| {
+            format!(
+                "the number {i} is {} and the answer is yes or no",
+                i * 3 % 17
+            )
+        })
+        .collect();
+    tiny_chat_model_from(dir, &text);
+}
