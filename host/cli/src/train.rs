@@ -230,6 +230,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         f(s.last_eval_loss),
         s.tokens_per_s
     );
+    if cfg.training.method == galley_train::config::Method::Grpo {
+        println!("{}", reward_summary(&out.out_dir.join("metrics.jsonl")));
+    }
     println!("run folder  {}", out.out_dir.display());
     if let Some(a) = &out.adapter {
         println!("adapter     {}", a.display());
@@ -250,4 +253,28 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// GRPO's headline: the mean reward of the first and last ten steps (single steps are noisy)
+/// and the held-out reward at the first and last evaluation.
+fn reward_summary(metrics: &Path) -> String {
+    let text = std::fs::read_to_string(metrics).unwrap_or_default();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let series = |k: &str| -> Vec<f64> { rows.iter().filter_map(|r| r.get(k)?.as_f64()).collect() };
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    let r = series("reward");
+    let w = r.len().min(10);
+    let mut s = format!(
+        "reward {:.3} (first {w} steps) -> {:.3} (last {w})",
+        mean(&r[..w]),
+        mean(&r[r.len() - w..])
+    );
+    let e = series("eval_reward");
+    if let (Some(a), Some(b)) = (e.first(), e.last()) {
+        s.push_str(&format!("   held-out reward {a:.3} -> {b:.3}"));
+    }
+    s
 }

@@ -112,6 +112,20 @@ fn read_text(path: &Path) -> Result<Vec<String>> {
 }
 
 fn read_jsonl(path: &Path, on_bad: OnBad, skipped: &mut Skipped) -> Result<Vec<(String, Example)>> {
+    read_lines(path, on_bad, skipped, |line| {
+        serde_json::from_str::<Example>(line)
+            .map_err(|e| format!("not a conversation ({{\"messages\": [...]}}): {e}"))
+    })
+}
+
+/// Reads a JSONL file a record per non-empty line, each tagged `file:line`; a line `parse`
+/// refuses is an error or skipped and counted, as `on_bad` says.
+pub fn read_lines<T>(
+    path: &Path,
+    on_bad: OnBad,
+    skipped: &mut Skipped,
+    parse: impl Fn(&str) -> std::result::Result<T, String>,
+) -> Result<Vec<(String, T)>> {
     let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -119,19 +133,22 @@ fn read_jsonl(path: &Path, on_bad: OnBad, skipped: &mut Skipped) -> Result<Vec<(
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Example>(line) {
-            Ok(ex) => out.push((at, ex)),
-            Err(e) => {
-                let msg = format!("not a conversation ({{\"messages\": [...]}}): {e}");
-                if on_bad == OnBad::Error {
-                    return Err(data_err(at, msg));
-                }
-                tracing::warn!("{at}: skipped: {msg}");
-                skipped.malformed += 1;
-            }
+        match parse(line) {
+            Ok(rec) => out.push((at, rec)),
+            Err(msg) => bad_record(&at, msg, on_bad, skipped)?,
         }
     }
     Ok(out)
+}
+
+/// A record that cannot be read: an error naming it, or a warning and a count.
+pub fn bad_record(at: &str, msg: String, on_bad: OnBad, skipped: &mut Skipped) -> Result<()> {
+    if on_bad == OnBad::Error {
+        return Err(data_err(at, msg));
+    }
+    tracing::warn!("{at}: skipped: {msg}");
+    skipped.malformed += 1;
+    Ok(())
 }
 
 #[derive(serde::Deserialize)]

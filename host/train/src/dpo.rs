@@ -7,7 +7,7 @@
 
 use crate::align::{self, PairLogps};
 use crate::config::{DpoSection, OnBad};
-use crate::data::{Batch, Encoder, Sample, Skipped};
+use crate::data::{Batch, Encoder, Sample, Skipped, bad_record};
 use crate::error::{Result, TrainError, file_err};
 use crate::model::{Pass, TrainModel};
 use crate::trainer::{Extra, Micro, Task};
@@ -83,21 +83,12 @@ impl SharegptTurn {
     }
 }
 
-fn bad_record(at: &str, msg: String, on_bad: OnBad, skipped: &mut Skipped) -> Result<()> {
-    if on_bad == OnBad::Error {
-        return Err(TrainError::Data { at: at.into(), msg });
-    }
-    tracing::warn!("{at}: skipped: {msg}");
-    skipped.malformed += 1;
-    Ok(())
-}
-
 /// Reads preference pairs: `.json` is a list of LLaMA-Factory records, anything else JSONL
 /// with `prompt`, `chosen`, `rejected`.
 pub fn read_pairs(path: &Path, on_bad: OnBad, skipped: &mut Skipped) -> Result<Vec<PairRecord>> {
-    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
-    let mut out = Vec::new();
     if path.extension().is_some_and(|e| e == "json") {
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+        let mut out = Vec::new();
         let recs: Vec<serde_json::Value> =
             serde_json::from_str(&text).map_err(|e| TrainError::Data {
                 at: format!("{}:{}", path.display(), e.line()),
@@ -130,27 +121,19 @@ pub fn read_pairs(path: &Path, on_bad: OnBad, skipped: &mut Skipped) -> Result<V
         }
         return Ok(out);
     }
-    for (i, line) in text.lines().enumerate() {
-        let at = format!("{}:{}", path.display(), i + 1);
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<TrlPair>(line) {
-            Ok(r) => out.push(PairRecord {
-                at,
-                prompt: r.prompt.into_messages("user"),
-                chosen: r.chosen.into_messages("assistant"),
-                rejected: r.rejected.into_messages("assistant"),
-            }),
-            Err(e) => bad_record(
-                &at,
-                format!("not a preference pair (prompt, chosen, rejected): {e}"),
-                on_bad,
-                skipped,
-            )?,
-        }
-    }
-    Ok(out)
+    let lines = crate::data::read_lines(path, on_bad, skipped, |line| {
+        serde_json::from_str::<TrlPair>(line)
+            .map_err(|e| format!("not a preference pair (prompt, chosen, rejected): {e}"))
+    })?;
+    Ok(lines
+        .into_iter()
+        .map(|(at, r)| PairRecord {
+            at,
+            prompt: r.prompt.into_messages("user"),
+            chosen: r.chosen.into_messages("assistant"),
+            rejected: r.rejected.into_messages("assistant"),
+        })
+        .collect())
 }
 
 /// Tokenizes pairs; a pair either side of which is refused is skipped (and counted) or stops

@@ -37,25 +37,12 @@ pub struct Prompt {
 /// Reads TRL-style prompt JSONL: `prompt` (text or messages) or `messages` (a trailing
 /// assistant turn, the reference answer, is dropped); every other column is metadata.
 pub fn read_prompts(path: &Path, on_bad: OnBad, skipped: &mut Skipped) -> Result<Records> {
-    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let at = format!("{}:{}", path.display(), i + 1);
-        if line.trim().is_empty() {
-            continue;
-        }
-        match prompt_record(line) {
-            Ok(ex) => out.push((at, ex)),
-            Err(msg) => {
-                if on_bad == OnBad::Error {
-                    return Err(TrainError::Data { at, msg });
-                }
-                tracing::warn!("{at}: skipped: {msg}");
-                skipped.malformed += 1;
-            }
-        }
-    }
-    Ok(Records::Chats(out))
+    Ok(Records::Chats(crate::data::read_lines(
+        path,
+        on_bad,
+        skipped,
+        prompt_record,
+    )?))
 }
 
 fn prompt_record(line: &str) -> std::result::Result<galley_core::Example, String> {
@@ -514,26 +501,8 @@ impl Task for GrpoTask<'_> {
         1.0
     }
     fn start(&self, step: usize) -> Result<()> {
-        let path = self.completions_path();
-        if step == 0 {
-            let _ = std::fs::remove_file(&path);
-            return Ok(());
-        }
-        // A resumed run drops the completions logged after its checkpoint.
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return Ok(());
-        };
-        let kept: String = text
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v.get("step")?.as_u64())
-                    .is_some_and(|s| s as usize <= step)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        std::fs::write(&path, kept).map_err(|e| file_err(&path, e))
+        // A fresh run starts an empty log; a resumed one drops what followed its checkpoint.
+        crate::trainer::truncate_jsonl(&self.completions_path(), step)
     }
     fn prepare_step(&self, model: &TrainModel, step: usize, micros: &[Vec<usize>]) -> Result<Extra> {
         let key = self.data_step(step);

@@ -436,6 +436,11 @@ fn group_by_length(order: Vec<usize>, lens: &[usize], batch: usize, seed: u64) -
 
 /// Drops metrics lines past `step` (written after the checkpoint a resume starts from).
 fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    truncate_jsonl(path, step)
+}
+
+/// Keeps the lines of a JSONL log whose `step` is at most `step` (none for step 0).
+pub(crate) fn truncate_jsonl(path: &Path, step: usize) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
