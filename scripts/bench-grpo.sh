@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
 scripts/build-plugins.sh
 py=${GALLEY_TORCH_PYTHON:-bench/.venv-train/bin/python}
-if ! "$py" -c "import torch, transformers, gguf" 2>/dev/null; then
+if ! "$py" -c "import torch, transformers, gguf, accelerate" 2>/dev/null; then
     python3 -m venv bench/.venv-train
-    bench/.venv-train/bin/pip install --quiet torch transformers peft gguf
+    bench/.venv-train/bin/pip install --quiet torch transformers peft gguf accelerate
     py=bench/.venv-train/bin/python
 fi
 cargo build --release -p galley-bench --bin grpo-bench

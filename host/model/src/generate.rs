@@ -129,7 +129,12 @@ pub fn generate(
         rows.iter_mut()
             .for_each(|r| r.finish = Some(Finish::Length));
     }
-    while rows.iter().any(|r| r.finish.is_none()) {
+    // Batch position -> row. Finished rows leave the batch (their cache rows are dropped), so
+    // a batch of mostly short completions stops paying for the long tail's decode steps.
+    let mut active: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].finish.is_none())
+        .collect();
+    while !active.is_empty() {
         let logits = model.forward(
             &input,
             if first { Some(&pad) } else { None },
@@ -138,11 +143,12 @@ pub fn generate(
         )?;
         let mut logits = logits.squeeze(1)?.to_vec2::<f32>()?;
         if first && distinct.len() < rows.len() {
-            cache.expand(&of)?;
+            cache.select_rows(&of)?;
             logits = of.iter().map(|&d| logits[d].clone()).collect();
         }
         first = false;
-        for (i, (row, l)) in rows.iter_mut().zip(&logits).enumerate() {
+        for (&i, l) in active.iter().zip(&logits) {
+            let row = &mut rows[i];
             if row.finish.is_some() {
                 continue;
             }
@@ -175,9 +181,16 @@ pub fn generate(
                 row.emitted = show.len();
             }
         }
-        input = rows
+        let keep: Vec<usize> = (0..active.len())
+            .filter(|&p| rows[active[p]].finish.is_none())
+            .collect();
+        if keep.len() < active.len() && !keep.is_empty() {
+            cache.select_rows(&keep)?;
+        }
+        active = keep.iter().map(|&p| active[p]).collect();
+        input = active
             .iter()
-            .map(|r| vec![*r.tokens.last().unwrap_or(&pad_id)])
+            .map(|&i| vec![*rows[i].tokens.last().unwrap_or(&pad_id)])
             .collect();
     }
     Ok(rows

@@ -36,9 +36,10 @@ impl Cache {
         self.len() == 0
     }
 
-    /// Repeats rows: row i afterwards is row `rows[i]` now. A group of sequences that share
-    /// a prompt (GRPO's samples) prefills it once and copies the keys and values.
-    pub fn expand(&mut self, rows: &[usize]) -> candle_core::Result<()> {
+    /// Keeps, repeats or drops rows: row i afterwards is row `rows[i]` now. A group of
+    /// sequences that share a prompt (GRPO's samples) prefills it once and copies its keys and
+    /// values; finished sequences leave the batch.
+    pub fn select_rows(&mut self, rows: &[usize]) -> candle_core::Result<()> {
         let Some(dev) = self
             .layers
             .first()
