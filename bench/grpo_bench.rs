@@ -67,7 +67,9 @@ fn main() {
     let n = steps * PROMPTS_PER_STEP;
     let arith = rt.load(&plugins.join("arith.wasm")).unwrap();
     let settings = serde_json::json!({"min": 1, "max": 20, "ops": ["+", "-"], "words": false, "system": SYSTEM});
-    let mut loader = arith.data_loader(&settings, InstanceOptions::default()).unwrap();
+    let mut loader = arith
+        .data_loader(&settings, InstanceOptions::default())
+        .unwrap();
     let examples = loader.next_page(n).unwrap();
     let prompts = work.join("prompts.jsonl");
     let lines: Vec<String> = examples
@@ -112,7 +114,10 @@ fn main() {
         ],
         ..Default::default()
     };
-    eprintln!("galley: {steps} GRPO steps of {} completions...", PROMPTS_PER_STEP * GROUP);
+    eprintln!(
+        "galley: {steps} GRPO steps of {} completions...",
+        PROMPTS_PER_STEP * GROUP
+    );
     let out = galley_train::run(&cfg, sources, false, &mut NoObserver).unwrap();
 
     // Phase by phase, from metrics.jsonl.
@@ -129,12 +134,21 @@ fn main() {
         ("update (forward + backward)", sum("update_s")),
     ];
     let other = total - phases.iter().map(|p| p.1).sum::<f64>();
-    println!("\nGRPO step anatomy: {steps} steps, {} completions a step, {total:.1} s", PROMPTS_PER_STEP * GROUP);
-    for (name, s) in phases.iter().chain([&("other (optimizer, log-probs, bookkeeping)", other)]) {
+    println!(
+        "\nGRPO step anatomy: {steps} steps, {} completions a step, {total:.1} s",
+        PROMPTS_PER_STEP * GROUP
+    );
+    for (name, s) in phases
+        .iter()
+        .chain([&("other (optimizer, log-probs, bookkeeping)", other)])
+    {
         println!("  {name:<44} {s:>8.3} s  {:>8.4}%", 100.0 * s / total);
     }
     let share = sum("reward_s") / total;
-    println!("reward plugins' share of a step: {:.4}% (goal < 1%)", 100.0 * share);
+    println!(
+        "reward plugins' share of a step: {:.4}% (goal < 1%)",
+        100.0 * share
+    );
 
     // The same reward on the run's completions: sandboxed plugin vs native Rust.
     let comps = read_jsonl(&out.out_dir.join("completions.jsonl"));
@@ -177,11 +191,18 @@ fn main() {
     let gen_tokens: f64 = comps.iter().map(|c| c["tokens"].as_f64().unwrap()).sum();
     let seq_steps: f64 = comps
         .chunks(PROMPTS_PER_STEP * GROUP)
-        .map(|s| s.len() as f64 * s.iter().map(|c| c["tokens"].as_f64().unwrap()).fold(0.0, f64::max))
+        .map(|s| {
+            s.len() as f64
+                * s.iter()
+                    .map(|c| c["tokens"].as_f64().unwrap())
+                    .fold(0.0, f64::max)
+        })
         .sum();
     let gen_s = sum("rollout_s");
     let (g_tok, g_seq) = (gen_tokens / gen_s, seq_steps / gen_s);
-    println!("galley rollouts: {g_tok:.1} tokens/s, {g_seq:.1} sequence-steps/s ({gen_tokens} tokens in {gen_s:.1} s)");
+    println!(
+        "galley rollouts: {g_tok:.1} tokens/s, {g_seq:.1} sequence-steps/s ({gen_tokens} tokens in {gen_s:.1} s)"
+    );
     let mut result = serde_json::json!({
         "steps": steps, "threads": threads, "step_s": total / steps as f64,
         "plugin_share": share, "reward_s": sum("reward_s"),
@@ -193,14 +214,36 @@ fn main() {
             .arg(root.join("bench/grpo_peer.py"))
             .args(["--model", &model.display().to_string()])
             .args(["--prompts", &prompts.display().to_string()])
-            .args(["--steps", &steps.to_string(), "--per-step", &PROMPTS_PER_STEP.to_string()])
-            .args(["--group", &GROUP.to_string(), "--max-new", &MAX_NEW.to_string()])
-            .args(["--temperature", &TEMPERATURE.to_string(), "--threads", &threads.to_string()])
+            .args([
+                "--steps",
+                &steps.to_string(),
+                "--per-step",
+                &PROMPTS_PER_STEP.to_string(),
+            ])
+            .args([
+                "--group",
+                &GROUP.to_string(),
+                "--max-new",
+                &MAX_NEW.to_string(),
+            ])
+            .args([
+                "--temperature",
+                &TEMPERATURE.to_string(),
+                "--threads",
+                &threads.to_string(),
+            ])
             .output()
             .expect("the PyTorch peer runs");
-        assert!(o.status.success(), "peer failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "peer failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let p: serde_json::Value = serde_json::from_slice(
-            o.stdout.split(|b| *b == b'\n').rfind(|l| !l.is_empty()).unwrap(),
+            o.stdout
+                .split(|b| *b == b'\n')
+                .rfind(|l| !l.is_empty())
+                .unwrap(),
         )
         .unwrap();
         let (p_tok, p_seq) = (

@@ -17,7 +17,11 @@ fn model(dir: &Path) {
     let text: Vec<String> = (0..300)
         .map(|i| {
             let (a, b) = (i % 10, i / 10 % 10);
-            format!("What is {a} + {b}? End your answer with `#### <number>`. {a} + {b} = {} #### {}", a + b, a + b)
+            format!(
+                "What is {a} + {b}? End your answer with `#### <number>`. {a} + {b} = {} #### {}",
+                a + b,
+                a + b
+            )
         })
         .collect();
     galley_train::testing::tiny_chat_model_from(&dir.join("model"), &text);
@@ -80,7 +84,10 @@ fn grpo_on_arith_with_math_answer_and_format_plugins_raises_the_mean_reward() {
         plugin("format").display()
     );
     std::fs::write(dir.path().join("grpo.yaml"), grpo_config(&rewards, "")).unwrap();
-    let o = galley(dir.path(), &["train", "-c", "grpo.yaml", "training.max_steps=40"]);
+    let o = galley(
+        dir.path(),
+        &["train", "-c", "grpo.yaml", "training.max_steps=40"],
+    );
     ok(&o);
     assert!(stdout(&o).contains("reward.png"), "{}", stdout(&o));
     let m = metrics(dir.path());
@@ -108,7 +115,10 @@ fn grpo_on_arith_with_math_answer_and_format_plugins_raises_the_mean_reward() {
     let comps = std::fs::read_to_string(dir.path().join("run/completions.jsonl")).unwrap();
     assert_eq!(comps.lines().count(), 40 * 8);
     let c: serde_json::Value = serde_json::from_str(comps.lines().next().unwrap()).unwrap();
-    assert!(c["rewards"].get("math-answer").is_some() && c["metadata"].get("answer").is_some(), "{c}");
+    assert!(
+        c["rewards"].get("math-answer").is_some() && c["metadata"].get("answer").is_some(),
+        "{c}"
+    );
 }
 
 #[test]
@@ -129,8 +139,15 @@ fn a_reward_plugin_trapping_on_some_completions_is_skipped_or_stops_the_run() {
         )
     };
     // skip: the run finishes; completions holding the needle lose their reward, nothing else.
-    std::fs::write(dir.path().join("skip.yaml"), grpo_config(&rewards("skip"), "")).unwrap();
-    let o = galley(dir.path(), &["train", "-c", "skip.yaml", "training.max_steps=4"]);
+    std::fs::write(
+        dir.path().join("skip.yaml"),
+        grpo_config(&rewards("skip"), ""),
+    )
+    .unwrap();
+    let o = galley(
+        dir.path(),
+        &["train", "-c", "skip.yaml", "training.max_steps=4"],
+    );
     ok(&o);
     let err = stderr(&o);
     assert!(
@@ -171,7 +188,10 @@ fn a_reward_plugin_trapping_on_some_completions_is_skipped_or_stops_the_run() {
     std::fs::remove_dir_all(dir.path().join("run")).unwrap();
     let stop = rewards("stop").replace("mode: trap-on, needle: '1'", "mode: trap-after, after: 16");
     std::fs::write(dir.path().join("stop.yaml"), grpo_config(&stop, "")).unwrap();
-    let o = galley(dir.path(), &["train", "-c", "stop.yaml", "training.max_steps=4"]);
+    let o = galley(
+        dir.path(),
+        &["train", "-c", "stop.yaml", "training.max_steps=4"],
+    );
     assert!(!o.status.success(), "{}", stdout(&o));
     let err = stderr(&o);
     assert!(
@@ -182,6 +202,10 @@ fn a_reward_plugin_trapping_on_some_completions_is_skipped_or_stops_the_run() {
         "{err}"
     );
     let m = metrics(dir.path());
-    assert_eq!(m.iter().filter(|v| v.get("reward").is_some()).count(), 2, "steps 1 and 2 logged");
+    assert_eq!(
+        m.iter().filter(|v| v.get("reward").is_some()).count(),
+        2,
+        "steps 1 and 2 logged"
+    );
     assert!(dir.path().join("run/checkpoints/checkpoint-2").is_dir());
 }

@@ -222,16 +222,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(r) = s.resumed_from {
         println!("resumed from step {r}");
     }
-    println!(
-        "loss {} -> {}   validation {} -> {}   {:.0} tokens/s",
-        f(s.first_loss),
-        f(s.last_loss),
-        f(s.first_eval_loss),
-        f(s.last_eval_loss),
-        s.tokens_per_s
-    );
     if cfg.training.method == galley_train::config::Method::Grpo {
-        println!("{}", reward_summary(&out.out_dir.join("metrics.jsonl")));
+        // The surrogate loss of an on-policy step is ~0 by construction: the reward is the news.
+        println!(
+            "{}   {:.0} tokens/s",
+            reward_summary(&out.out_dir.join("metrics.jsonl")),
+            s.tokens_per_s
+        );
+    } else {
+        println!(
+            "loss {} -> {}   validation {} -> {}   {:.0} tokens/s",
+            f(s.first_loss),
+            f(s.last_loss),
+            f(s.first_eval_loss),
+            f(s.last_eval_loss),
+            s.tokens_per_s
+        );
     }
     println!("run folder  {}", out.out_dir.display());
     if let Some(a) = &out.adapter {

@@ -234,7 +234,10 @@ mod tests {
             let got = c as f64 / n as f64;
             // 4 standard errors.
             let se = (want * (1.0 - want) / n as f64).sqrt();
-            assert!((got - want).abs() < 4.0 * se + 1e-9, "token {i}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 4.0 * se + 1e-9,
+                "token {i}: {got} vs {want}"
+            );
         }
     }
 

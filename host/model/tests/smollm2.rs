@@ -109,9 +109,15 @@ fn batches_seeds_stops_and_streaming() {
     let shared = generate(&m.model, &m.tokenizer, &grouped, &greedy, &mut |_, _| {}).unwrap();
     for (row, out) in shared.iter().enumerate() {
         let i = usize::from(grouped[row] == prompts[1]);
-        assert_eq!(out.tokens, alone[i].tokens, "row {row} of the grouped batch");
+        assert_eq!(
+            out.tokens, alone[i].tokens,
+            "row {row} of the grouped batch"
+        );
         for (a, b) in out.logprobs.iter().zip(&alone[i].logprobs) {
-            assert!((a - b).abs() < 1e-4, "grouped row {row}: logprob {a} vs {b}");
+            assert!(
+                (a - b).abs() < 1e-4,
+                "grouped row {row}: logprob {a} vs {b}"
+            );
         }
     }
     // Sampling: the same seed reproduces, another seed differs.

@@ -138,7 +138,11 @@ pub fn advantages_known(
         "whole groups"
     );
     let kept = |r: &[f64], k: &[bool]| -> Vec<f64> {
-        r.iter().zip(k).filter(|(_, k)| **k).map(|(r, _)| *r).collect()
+        r.iter()
+            .zip(k)
+            .filter(|(_, k)| **k)
+            .map(|(r, _)| *r)
+            .collect()
     };
     let batch_std = std(&kept(rewards, known));
     rewards
@@ -240,9 +244,7 @@ pub fn grpo_part(batch: &[Completion], s: Surrogate, whole: Whole) -> GrpoOut {
         // The factor this sequence's per-token losses are summed with.
         let norm = match s.loss {
             GrpoLoss::Grpo => 1.0 / (n.max(1) as f64 * whole.sequences.max(1) as f64),
-            GrpoLoss::DrGrpo => {
-                1.0 / (whole.sequences.max(1) * s.max_completion_length) as f64
-            }
+            GrpoLoss::DrGrpo => 1.0 / (whole.sequences.max(1) * s.max_completion_length) as f64,
             GrpoLoss::Dapo => 1.0 / whole.tokens.max(1) as f64,
         };
         let mut dc = Vec::with_capacity(n);
@@ -335,7 +337,12 @@ mod tests {
         // Kept: 1, 0, 1 -> mean 2/3, unbiased std sqrt(((1/3)^2 * 2 + (2/3)^2) / 2) = sqrt(1/3).
         let s = (1.0f64 / 3.0).sqrt();
         let a = advantages_known(&r, &known, 4, ScaleRewards::Group);
-        let want = [1.0 / 3.0 / (s + 1e-4), -2.0 / 3.0 / (s + 1e-4), 0.0, 1.0 / 3.0 / (s + 1e-4)];
+        let want = [
+            1.0 / 3.0 / (s + 1e-4),
+            -2.0 / 3.0 / (s + 1e-4),
+            0.0,
+            1.0 / 3.0 / (s + 1e-4),
+        ];
         for (got, w) in a.iter().zip(want) {
             close(*got, w, "known-only advantages");
         }

@@ -46,8 +46,7 @@ pub fn read_prompts(path: &Path, on_bad: OnBad, skipped: &mut Skipped) -> Result
 }
 
 fn prompt_record(line: &str) -> std::result::Result<galley_core::Example, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     let serde_json::Value::Object(mut obj) = v else {
         return Err("not a JSON object".into());
     };
@@ -256,7 +255,9 @@ impl<'a> GrpoTask<'a> {
                 let t = Instant::now();
                 let g = rewards::score_group(&mut **func, &inputs, self.cfg.on_plugin_error, &at)
                     .map_err(|e| {
-                        TrainError::Reward(format!("{e} (on_plugin_error: stop, so the run stops here)"))
+                        TrainError::Reward(format!(
+                            "{e} (on_plugin_error: stop, so the run stops here)"
+                        ))
                     });
                 secs += t.elapsed().as_secs_f64();
                 let g = g?;
@@ -322,7 +323,13 @@ impl<'a> GrpoTask<'a> {
     }
 
     /// Samples, scores and prepares the rollouts of data step `key`.
-    fn rollout(&self, model: &TrainModel, step: usize, key: usize, micros: &[Vec<usize>]) -> Result<Rollouts> {
+    fn rollout(
+        &self,
+        model: &TrainModel,
+        step: usize,
+        key: usize,
+        micros: &[Vec<usize>],
+    ) -> Result<Rollouts> {
         let g = self.cfg.num_generations;
         let t0 = Instant::now();
         let engine = self.engine(model)?;
@@ -334,13 +341,27 @@ impl<'a> GrpoTask<'a> {
             .collect();
         let seed = self.seed ^ (key as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let t1 = Instant::now();
-        let outs = generate(&engine, self.tokenizer, &inputs, &self.sampling(seed, false), &mut |_, _| {})?;
+        let outs = generate(
+            &engine,
+            self.tokenizer,
+            &inputs,
+            &self.sampling(seed, false),
+            &mut |_, _| {},
+        )?;
         let gen_s = t1.elapsed().as_secs_f64();
         drop(engine);
         let groups: Vec<(usize, Vec<String>)> = order
             .iter()
             .enumerate()
-            .map(|(k, &p)| (p, outs[k * g..(k + 1) * g].iter().map(|c| c.text.clone()).collect()))
+            .map(|(k, &p)| {
+                (
+                    p,
+                    outs[k * g..(k + 1) * g]
+                        .iter()
+                        .map(|c| c.text.clone())
+                        .collect(),
+                )
+            })
             .collect();
         let (scores, failed, failures, reward_s) = self.score(step + 1, &groups, self.prompts)?;
         let weights: Vec<f64> = self.cfg.rewards.iter().map(|r| r.weight).collect();
@@ -358,7 +379,8 @@ impl<'a> GrpoTask<'a> {
                 prompt: order[i / g],
                 tokens: c.tokens.clone(),
                 advantage: adv[i],
-                in_loss: !(self.cfg.mask_truncated_completions && truncated[i]) && !c.tokens.is_empty(),
+                in_loss: !(c.tokens.is_empty()
+                    || self.cfg.mask_truncated_completions && truncated[i]),
                 old_logp: None,
                 ref_logp: None,
             })
@@ -370,7 +392,10 @@ impl<'a> GrpoTask<'a> {
             for chunk in rows.chunks_mut(per_micro) {
                 let r: Vec<&Row> = chunk.iter().collect();
                 let lp = self.logps(model, &r, true)?;
-                chunk.iter_mut().zip(lp).for_each(|(row, l)| row.old_logp = Some(l));
+                chunk
+                    .iter_mut()
+                    .zip(lp)
+                    .for_each(|(row, l)| row.old_logp = Some(l));
             }
         }
         match &self.reference {
@@ -383,7 +408,10 @@ impl<'a> GrpoTask<'a> {
                 for chunk in rows.chunks_mut(per_micro) {
                     let r: Vec<&Row> = chunk.iter().collect();
                     let lp = self.logps(m, &r, adapters)?;
-                    chunk.iter_mut().zip(lp).for_each(|(row, l)| row.ref_logp = Some(l));
+                    chunk
+                        .iter_mut()
+                        .zip(lp)
+                        .for_each(|(row, l)| row.ref_logp = Some(l));
                 }
             }
         }
@@ -391,7 +419,12 @@ impl<'a> GrpoTask<'a> {
         // Metrics of the rollouts.
         let labels = self.labels();
         let mut m = Extra::new();
-        let kept: Vec<f64> = totals.iter().zip(&known).filter(|(_, k)| **k).map(|(r, _)| *r).collect();
+        let kept: Vec<f64> = totals
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| **k)
+            .map(|(r, _)| *r)
+            .collect();
         let (rm, rs) = align::mean_std(&kept);
         m.insert("reward".into(), rm);
         m.insert("reward_std".into(), rs);
@@ -408,22 +441,35 @@ impl<'a> GrpoTask<'a> {
             .chunks(g)
             .filter(|c| c.iter().all(|r| *r == c[0]))
             .count();
-        m.insert("frac_reward_zero_std".into(), zero_std as f64 / (totals.len() / g) as f64);
+        m.insert(
+            "frac_reward_zero_std".into(),
+            zero_std as f64 / (totals.len() / g) as f64,
+        );
         let gen_tokens: usize = outs.iter().map(|c| c.tokens.len()).sum();
-        m.insert("completions/mean_length".into(), gen_tokens as f64 / outs.len() as f64);
+        m.insert(
+            "completions/mean_length".into(),
+            gen_tokens as f64 / outs.len() as f64,
+        );
         m.insert(
             "completions/clipped_ratio".into(),
             truncated.iter().filter(|t| **t).count() as f64 / outs.len() as f64,
         );
         m.insert("rollout_s".into(), gen_s);
         m.insert("engine_build_s".into(), build_s);
-        m.insert("rollout_tokens_per_s".into(), gen_tokens as f64 / gen_s.max(1e-9));
+        m.insert(
+            "rollout_tokens_per_s".into(),
+            gen_tokens as f64 / gen_s.max(1e-9),
+        );
         m.insert("reward_s".into(), reward_s);
         m.insert("logp_s".into(), logp_s);
         self.write_completions(step + 1, &rows, &outs, &scores, &totals, &failed)?;
         let whole = Whole {
             sequences: rows.len(),
-            tokens: rows.iter().filter(|r| r.in_loss).map(|r| r.tokens.len()).sum(),
+            tokens: rows
+                .iter()
+                .filter(|r| r.in_loss)
+                .map(|r| r.tokens.len())
+                .sum(),
         };
         let mut micro_rows = Vec::with_capacity(micros.len());
         let mut it = rows.into_iter();
@@ -504,7 +550,12 @@ impl Task for GrpoTask<'_> {
         // A fresh run starts an empty log; a resumed one drops what followed its checkpoint.
         crate::trainer::truncate_jsonl(&self.completions_path(), step)
     }
-    fn prepare_step(&self, model: &TrainModel, step: usize, micros: &[Vec<usize>]) -> Result<Extra> {
+    fn prepare_step(
+        &self,
+        model: &TrainModel,
+        step: usize,
+        micros: &[Vec<usize>],
+    ) -> Result<Extra> {
         let key = self.data_step(step);
         let mut state = self.state.borrow_mut();
         if state.as_ref().is_none_or(|s| s.key != key) {
@@ -517,7 +568,9 @@ impl Task for GrpoTask<'_> {
     fn micro(&self, model: &TrainModel, items: &[usize], _norm: f64, pass: &Pass) -> Result<Micro> {
         let t0 = Instant::now();
         let mut state = self.state.borrow_mut();
-        let s = state.as_mut().expect("prepare_step ran before the micro-batches");
+        let s = state
+            .as_mut()
+            .expect("prepare_step ran before the micro-batches");
         let rows = &s.micros[s.next];
         s.next += 1;
         debug_assert_eq!(rows.len(), items.len() * self.cfg.num_generations);
@@ -532,12 +585,22 @@ impl Task for GrpoTask<'_> {
             .map(|(i, r)| {
                 let start = self.prompts[r.prompt].ids.len() - 1;
                 let n = if r.in_loss { r.tokens.len() } else { 0 };
-                (0..n).map(|t| -(values[i * b.t + start + t] as f64)).collect()
+                (0..n)
+                    .map(|t| -(values[i * b.t + start + t] as f64))
+                    .collect()
             })
             .collect();
         let cut = |v: &Option<Vec<f64>>, n: usize| v.as_ref().map(|v| v[..n].to_vec());
-        let olds: Vec<Option<Vec<f64>>> = rows.iter().zip(&logp).map(|(r, l)| cut(&r.old_logp, l.len())).collect();
-        let refs_lp: Vec<Option<Vec<f64>>> = rows.iter().zip(&logp).map(|(r, l)| cut(&r.ref_logp, l.len())).collect();
+        let olds: Vec<Option<Vec<f64>>> = rows
+            .iter()
+            .zip(&logp)
+            .map(|(r, l)| cut(&r.old_logp, l.len()))
+            .collect();
+        let refs_lp: Vec<Option<Vec<f64>>> = rows
+            .iter()
+            .zip(&logp)
+            .map(|(r, l)| cut(&r.ref_logp, l.len()))
+            .collect();
         let batch: Vec<Scored> = rows
             .iter()
             .enumerate()
@@ -552,7 +615,11 @@ impl Task for GrpoTask<'_> {
         let surrogate = Surrogate {
             epsilon: self.cfg.epsilon,
             epsilon_high: self.cfg.epsilon_high.unwrap_or(self.cfg.epsilon),
-            beta: if matches!(self.reference, Reference::None) { 0.0 } else { self.cfg.beta },
+            beta: if matches!(self.reference, Reference::None) {
+                0.0
+            } else {
+                self.cfg.beta
+            },
             loss: self.cfg.loss_type,
             max_completion_length: self.cfg.max_completion_length,
         };
@@ -596,7 +663,13 @@ impl Task for GrpoTask<'_> {
         // One greedy completion per held-out prompt, scored by the run's reward functions.
         let engine = self.engine(model)?;
         let inputs: Vec<Vec<u32>> = self.val.iter().map(|p| p.ids.clone()).collect();
-        let outs = generate(&engine, self.tokenizer, &inputs, &self.sampling(0, true), &mut |_, _| {})?;
+        let outs = generate(
+            &engine,
+            self.tokenizer,
+            &inputs,
+            &self.sampling(0, true),
+            &mut |_, _| {},
+        )?;
         drop(engine);
         let groups: Vec<(usize, Vec<String>)> = outs
             .iter()
@@ -606,15 +679,26 @@ impl Task for GrpoTask<'_> {
         let (scores, failed, _, _) = self.score(0, &groups, self.val)?;
         let weights: Vec<f64> = self.cfg.rewards.iter().map(|r| r.weight).collect();
         let totals = align::total_rewards(&scores, &weights);
-        let kept: Vec<f64> = totals.iter().zip(&failed).filter(|(_, f)| !**f).map(|(r, _)| *r).collect();
+        let kept: Vec<f64> = totals
+            .iter()
+            .zip(&failed)
+            .filter(|(_, f)| !**f)
+            .map(|(r, _)| *r)
+            .collect();
         let mut extra = Extra::new();
         extra.insert("eval_reward".into(), align::mean_std(&kept).0);
         for (f, label) in self.labels().iter().enumerate() {
             let vals: Vec<f64> = scores[f].iter().flatten().copied().collect();
-            extra.insert(format!("eval_rewards/{label}/mean"), align::mean_std(&vals).0);
+            extra.insert(
+                format!("eval_rewards/{label}/mean"),
+                align::mean_std(&vals).0,
+            );
         }
         let n: usize = outs.iter().map(|c| c.tokens.len()).sum();
-        extra.insert("eval_completions/mean_length".into(), n as f64 / outs.len() as f64);
+        extra.insert(
+            "eval_completions/mean_length".into(),
+            n as f64 / outs.len() as f64,
+        );
         Ok(Some((None, extra)))
     }
 }

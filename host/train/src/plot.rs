@@ -143,7 +143,10 @@ pub fn plot_rewards(metrics: &Path, png: &Path) -> Result<()> {
     let avg: Vec<(f64, f64)> = (0..reward.len())
         .map(|i| {
             let w = &reward[i.saturating_sub(9)..=i];
-            (reward[i].0, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
+            (
+                reward[i].0,
+                w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64,
+            )
         })
         .collect();
     series.insert("reward (10-step mean)".into(), avg);
@@ -176,7 +179,10 @@ fn draw_rewards(
         let color = Palette99::pick(i).to_rgba();
         let width = if name.starts_with("reward") { 2 } else { 1 };
         chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(width)))?
+            .draw_series(LineSeries::new(
+                pts.iter().copied(),
+                color.stroke_width(width),
+            ))?
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
     }

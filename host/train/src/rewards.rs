@@ -79,7 +79,11 @@ pub struct GroupScores {
     pub failed: Vec<bool>,
 }
 
-fn check(f: &dyn RewardFn, out: Vec<Option<f64>>, n: usize) -> Result<Vec<Option<f64>>, PluginError> {
+fn check(
+    f: &dyn RewardFn,
+    out: Vec<Option<f64>>,
+    n: usize,
+) -> Result<Vec<Option<f64>>, PluginError> {
     // The runtime checks plugins' outputs; a native function gets the same contract.
     if out.len() != n {
         return Err(PluginError::new(
@@ -205,13 +209,23 @@ mod tests {
             step: 3,
             prompt: "p",
         };
-        let g = score_group(&mut Picky, &inputs(&["a", "boom", "c"]), OnPluginError::Skip, &at)
-            .unwrap();
+        let g = score_group(
+            &mut Picky,
+            &inputs(&["a", "boom", "c"]),
+            OnPluginError::Skip,
+            &at,
+        )
+        .unwrap();
         assert_eq!(g.scores, vec![Some(1.0), None, Some(1.0)]);
         assert_eq!(g.failed, vec![false, true, false]);
-        let e = score_group(&mut Picky, &inputs(&["a", "boom"]), OnPluginError::Stop, &at)
-            .err()
-            .unwrap();
+        let e = score_group(
+            &mut Picky,
+            &inputs(&["a", "boom"]),
+            OnPluginError::Stop,
+            &at,
+        )
+        .err()
+        .unwrap();
         assert_eq!(e.plugin, "picky@0.1.0");
     }
 
@@ -219,7 +233,11 @@ mod tests {
     fn builtins_score_as_documented() {
         let mut t = builtin("think_format").unwrap();
         let s = t
-            .score(&inputs(&["<think>a</think>42", "42", "<think>a<think>b</think>"]))
+            .score(&inputs(&[
+                "<think>a</think>42",
+                "42",
+                "<think>a<think>b</think>",
+            ]))
             .unwrap();
         assert_eq!(s, vec![Some(1.0), Some(0.0), Some(0.0)]);
         let mut e = builtin("exact_match").unwrap();
@@ -228,10 +246,7 @@ mod tests {
             r.metadata
                 .insert("answer".into(), galley_core::Value::Int(42));
         }
-        assert_eq!(
-            e.score(&with).unwrap(),
-            vec![Some(1.0), Some(0.0), None]
-        );
+        assert_eq!(e.score(&with).unwrap(), vec![Some(1.0), Some(0.0), None]);
         assert!(builtin("nope").is_err());
     }
 }

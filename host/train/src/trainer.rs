@@ -89,7 +89,12 @@ pub trait Task {
     }
     /// Work before step `step`'s micro-batches (GRPO's rollouts and rewards); its metrics
     /// join the step's.
-    fn prepare_step(&self, _model: &TrainModel, _step: usize, _micros: &[Vec<usize>]) -> Result<Extra> {
+    fn prepare_step(
+        &self,
+        _model: &TrainModel,
+        _step: usize,
+        _micros: &[Vec<usize>],
+    ) -> Result<Extra> {
         Ok(Extra::new())
     }
     /// Turns the step's summed metrics into their final form (rates from sums).
@@ -327,7 +332,9 @@ impl Trainer<'_> {
                 .prepare_step(self.model, state.step, &micros)
                 .map_err(|e| {
                     let kept = match checkpoint::list(&ck_dir).pop() {
-                        Some((_, ck)) => format!("the last checkpoint, {}, is intact", ck.display()),
+                        Some((_, ck)) => {
+                            format!("the last checkpoint, {}, is intact", ck.display())
+                        }
                         None => "no checkpoint had been written yet".into(),
                     };
                     TrainError::Stopped(format!("at step {}: {e}; {kept}", state.step + 1))

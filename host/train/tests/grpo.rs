@@ -10,6 +10,20 @@ use galley_core::{PluginError, RewardFn, RewardInput};
 use galley_train::{NoObserver, Sources, TrainConfig};
 use std::path::Path;
 
+/// The completion's length in characters: different for nearly every sample.
+struct Chars;
+impl RewardFn for Chars {
+    fn name(&self) -> &str {
+        "chars"
+    }
+    fn score(&mut self, batch: &[RewardInput]) -> Result<Vec<Option<f64>>, PluginError> {
+        Ok(batch
+            .iter()
+            .map(|r| Some(r.completion.chars().count() as f64))
+            .collect())
+    }
+}
+
 /// 1.0 when the completion holds a digit: a random tiny model can learn that quickly.
 struct HasDigit;
 impl RewardFn for HasDigit {
@@ -22,7 +36,9 @@ impl RewardFn for HasDigit {
             .map(|r| {
                 // No opinion on prompts without an answer column.
                 r.metadata.get("answer")?;
-                Some(f64::from(u8::from(r.completion.chars().any(|c| c.is_ascii_digit()))))
+                Some(f64::from(u8::from(
+                    r.completion.chars().any(|c| c.is_ascii_digit()),
+                )))
             })
             .collect())
     }
@@ -58,8 +74,16 @@ fn rewards() -> Vec<Box<dyn RewardFn>> {
 }
 
 fn run(cfg: &TrainConfig, resume: bool) -> galley_train::Outcome {
+    run_with(cfg, resume, rewards())
+}
+
+fn run_with(
+    cfg: &TrainConfig,
+    resume: bool,
+    rewards: Vec<Box<dyn RewardFn>>,
+) -> galley_train::Outcome {
     let sources = Sources {
-        rewards: rewards(),
+        rewards,
         ..Default::default()
     };
     galley_train::run(cfg, sources, resume, &mut NoObserver).unwrap()
@@ -93,12 +117,19 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn grpo_writes_completions_and_metrics_and_resumes_exactly() {
     let dir = setup();
-    let cfg = config(dir.path(), "a", &["training.max_steps=4", "training.save_steps=2"]);
+    let cfg = config(
+        dir.path(),
+        "a",
+        &["training.max_steps=4", "training.save_steps=2"],
+    );
     let out = run(&cfg, false);
     assert_eq!(out.summary.steps, 4);
     assert_eq!(out.train_examples, 12);
     let metrics = lines(&out.out_dir.join("metrics.jsonl"));
-    let steps: Vec<&serde_json::Value> = metrics.iter().filter(|m| m.get("reward").is_some()).collect();
+    let steps: Vec<&serde_json::Value> = metrics
+        .iter()
+        .filter(|m| m.get("reward").is_some())
+        .collect();
     assert_eq!(steps.len(), 4);
     for key in [
         "reward",
@@ -116,14 +147,27 @@ fn grpo_writes_completions_and_metrics_and_resumes_exactly() {
         "rollout_s",
         "reward_s",
     ] {
-        assert!(steps[0].get(key).is_some_and(|v| v.is_number()), "{key} in {}", steps[0]);
+        assert!(
+            steps[0].get(key).is_some_and(|v| v.is_number()),
+            "{key} in {}",
+            steps[0]
+        );
     }
     // On-policy with one iteration: nothing is clipped.
     assert_eq!(steps[0]["clip_ratio"], 0.0);
     let comps = lines(&out.out_dir.join("completions.jsonl"));
     assert_eq!(comps.len(), 4 * 8, "every completion of every step");
     for c in &comps {
-        for k in ["step", "prompt", "completion", "rewards", "reward", "advantage", "finish", "metadata"] {
+        for k in [
+            "step",
+            "prompt",
+            "completion",
+            "rewards",
+            "reward",
+            "advantage",
+            "finish",
+            "metadata",
+        ] {
             assert!(c.get(k).is_some(), "{k} in {c}");
         }
         // The no-answer prompt: both functions have no opinion, total 0, advantage 0.
@@ -141,9 +185,17 @@ fn grpo_writes_completions_and_metrics_and_resumes_exactly() {
     assert!(out.out_dir.join("model/model.safetensors").exists());
 
     // The same run stopped at step 2 and resumed: identical metrics and completions.
-    let cfg_b = config(dir.path(), "b", &["training.max_steps=2", "training.save_steps=2"]);
+    let cfg_b = config(
+        dir.path(),
+        "b",
+        &["training.max_steps=2", "training.save_steps=2"],
+    );
     run(&cfg_b, false);
-    let cfg_b = config(dir.path(), "b", &["training.max_steps=4", "training.save_steps=2"]);
+    let cfg_b = config(
+        dir.path(),
+        "b",
+        &["training.max_steps=4", "training.save_steps=2"],
+    );
     let resumed = run(&cfg_b, true);
     assert_eq!(resumed.summary.resumed_from, Some(2));
     let strip = |v: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
@@ -187,4 +239,45 @@ fn grpo_config_errors_name_the_key() {
     assert!(bad(&["grpo.rewards=[{weight: 2}]"]).contains("grpo.rewards[0]"));
     assert!(bad(&["grpo.temperature=0"]).contains("grpo.temperature"));
     assert!(bad(&["grpo.rewards=[{builtin: exact_match, wieght: 1}]"]).contains("wieght"));
+}
+
+/// DAPO's overlong filtering: when every completion of a step was cut at
+/// `max_completion_length`, the masked step moves nothing (no tokens in the loss, no
+/// gradient), while the same step without the mask does train.
+#[test]
+fn masked_truncated_completions_leave_the_loss() {
+    let dir = setup();
+    let step = |out: &str, mask: bool| -> (serde_json::Value, Vec<serde_json::Value>) {
+        let m = format!("grpo.mask_truncated_completions={mask}");
+        let cfg = config(
+            dir.path(),
+            out,
+            &[
+                "training.max_steps=1",
+                "grpo.max_completion_length=2",
+                "grpo.rewards=[{plugin: chars}]",
+                &m,
+            ],
+        );
+        let o = run_with(&cfg, false, vec![Box::new(Chars)]);
+        let metrics = lines(&o.out_dir.join("metrics.jsonl"));
+        let comps = lines(&o.out_dir.join("completions.jsonl"));
+        (
+            metrics
+                .into_iter()
+                .find(|v| v.get("reward").is_some())
+                .unwrap(),
+            comps,
+        )
+    };
+    let (masked, comps) = step("masked", true);
+    assert!(
+        comps.iter().all(|c| c["finish"] == "length"),
+        "the seeded tiny model never ends within 2 tokens"
+    );
+    assert_eq!(masked["completions/clipped_ratio"], 1.0);
+    assert_eq!(masked["grad_norm"], 0.0, "{masked}");
+    assert_eq!(masked["loss"], 0.0, "{masked}");
+    let (plain, _) = step("plain", false);
+    assert!(plain["grad_norm"].as_f64().unwrap() > 0.0, "{plain}");
 }
