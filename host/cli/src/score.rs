@@ -78,6 +78,12 @@ fn search_path(cfg: &ScoreConfig, base: &Path) -> Vec<PathBuf> {
     if !cfg.plugin_path.is_empty() {
         return cfg.plugin_path.iter().map(|p| base.join(p)).collect();
     }
+    default_plugin_path()
+}
+
+/// Where plugin names are looked up: `GALLEY_PLUGIN_PATH` (colon-separated), else
+/// `target/plugins` (what `scripts/build-plugins.sh` fills).
+pub(crate) fn default_plugin_path() -> Vec<PathBuf> {
     match std::env::var("GALLEY_PLUGIN_PATH") {
         Ok(v) if !v.is_empty() => v.split(':').map(PathBuf::from).collect(),
         _ => vec![PathBuf::from("target/plugins")],

@@ -5,7 +5,7 @@
 //! `RewardFn`s: the trainer never knows a plugin from a built-in.
 
 use crate::call::SandboxArgs;
-use crate::score::resolve_plugin;
+use crate::score::{default_plugin_path, resolve_plugin};
 use anyhow::{Context, Result};
 use galley_core::{DataSource, RewardFn};
 use galley_runtime::Grants;
@@ -71,13 +71,6 @@ impl Observer for Bar {
     }
 }
 
-fn plugin_search() -> Vec<PathBuf> {
-    match std::env::var("GALLEY_PLUGIN_PATH") {
-        Ok(v) if !v.is_empty() => v.split(':').map(PathBuf::from).collect(),
-        _ => vec![PathBuf::from("target/plugins")],
-    }
-}
-
 /// GRPO's reward functions, one per `grpo.rewards` entry: plugins opened in the sandbox
 /// (each with its own limits, seeded by the run), built-ins from galley-train.
 fn open_rewards(
@@ -91,7 +84,7 @@ fn open_rewards(
         let key = format!("grpo.rewards[{i}]");
         match (&spec.plugin, &spec.builtin, runtime) {
             (Some(name), _, Some(rt)) => {
-                let path = resolve_plugin(name, base, &plugin_search())
+                let path = resolve_plugin(name, base, &default_plugin_path())
                     .with_context(|| format!("{key}.plugin"))?;
                 let plugin = rt
                     .load(&path)
@@ -125,8 +118,8 @@ fn open_source(
     let Some(spec) = &src.plugin else {
         return Ok(None);
     };
-    let path =
-        resolve_plugin(spec, base, &plugin_search()).with_context(|| format!("{key}.plugin"))?;
+    let path = resolve_plugin(spec, base, &default_plugin_path())
+        .with_context(|| format!("{key}.plugin"))?;
     let plugin = runtime
         .load(&path)
         .with_context(|| format!("{key}.plugin: {}", path.display()))?;

@@ -55,7 +55,9 @@ impl Cache {
             let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
                 continue;
             };
-            let mut grown = KvCache::new(2, kv.k_cache().max_seq_len());
+            // Room for 64 more positions (it doubles past that): zeroing the old capacity
+            // every time a row finishes would cost more than the copy.
+            let mut grown = KvCache::new(2, k.dim(2)? + 64);
             grown.append(
                 &k.contiguous()?.index_select(&idx, 0)?,
                 &v.contiguous()?.index_select(&idx, 0)?,

@@ -151,7 +151,8 @@ struct Row {
     prompt: usize,
     tokens: Vec<u32>,
     advantage: f64,
-    /// Cut at `max_completion_length` (and masked, when `mask_truncated_completions`).
+    /// Enters the loss: it has tokens, and is not a cut completion masked by
+    /// `mask_truncated_completions`.
     in_loss: bool,
     old_logp: Option<Vec<f64>>,
     ref_logp: Option<Vec<f64>>,
@@ -177,7 +178,21 @@ pub struct GrpoTask<'a> {
     pub seed: u64,
     pub pad: u32,
     pub out_dir: PathBuf,
+    /// Each function's name in metrics and completions.jsonl (a repeated one gets `#2`...).
+    labels: Vec<String>,
+    weights: Vec<f64>,
     state: RefCell<Option<Rollouts>>,
+}
+
+/// The mean and standard deviation of the totals no function failed on.
+fn known_mean_std(totals: &[f64], failed: &[bool]) -> (f64, f64) {
+    let kept: Vec<f64> = totals
+        .iter()
+        .zip(failed)
+        .filter(|(_, f)| !**f)
+        .map(|(r, _)| *r)
+        .collect();
+    align::mean_std(&kept)
 }
 
 impl<'a> GrpoTask<'a> {
@@ -193,6 +208,20 @@ impl<'a> GrpoTask<'a> {
         pad: u32,
         out_dir: PathBuf,
     ) -> Self {
+        let mut labels: Vec<String> = Vec::with_capacity(cfg.rewards.len());
+        for r in &cfg.rewards {
+            let base = r.label();
+            let n = labels
+                .iter()
+                .filter(|l| l.split('#').next() == Some(base.as_str()))
+                .count();
+            labels.push(if n == 0 {
+                base
+            } else {
+                format!("{base}#{}", n + 1)
+            });
+        }
+        let weights = cfg.rewards.iter().map(|r| r.weight).collect();
         Self {
             prompts,
             val,
@@ -203,6 +232,8 @@ impl<'a> GrpoTask<'a> {
             seed,
             pad,
             out_dir,
+            labels,
+            weights,
             state: RefCell::new(None),
         }
     }
@@ -211,23 +242,20 @@ impl<'a> GrpoTask<'a> {
         self.out_dir.join("completions.jsonl")
     }
 
-    fn labels(&self) -> Vec<String> {
-        self.cfg.rewards.iter().map(|r| r.label()).collect()
-    }
-
     /// The inference engine over the policy's current weights (adapters merged), in memory.
     fn engine(&self, model: &TrainModel) -> Result<Llama> {
         let w = Weights::memory(model.merged_tensors()?, "the policy being trained");
         Ok(Llama::load(&w, model.config.clone(), &model.device)?)
     }
 
-    /// Scores completions grouped by prompt: per function and completion the score, plus
-    /// which completions any function failed on, and the seconds spent inside the functions.
+    /// Scores completions grouped by prompt (`set[p]` and its completions): per function and
+    /// completion the score, plus which completions any function failed on, each function's
+    /// failure count, and the seconds spent inside the functions.
     #[allow(clippy::type_complexity)]
     fn score(
         &self,
         step: usize,
-        groups: &[(usize, Vec<String>)],
+        groups: &[(usize, &[galley_model::Completion])],
         set: &[Prompt],
     ) -> Result<(Vec<Vec<Option<f64>>>, Vec<bool>, Vec<usize>, f64)> {
         let mut fns = self.rewards.borrow_mut();
@@ -242,7 +270,7 @@ impl<'a> GrpoTask<'a> {
                 .iter()
                 .map(|c| RewardInput {
                     prompt: prompt.messages.clone(),
-                    completion: c.clone(),
+                    completion: c.text.clone(),
                     metadata: prompt.metadata.clone(),
                 })
                 .collect();
@@ -350,22 +378,10 @@ impl<'a> GrpoTask<'a> {
         )?;
         let gen_s = t1.elapsed().as_secs_f64();
         drop(engine);
-        let groups: Vec<(usize, Vec<String>)> = order
-            .iter()
-            .enumerate()
-            .map(|(k, &p)| {
-                (
-                    p,
-                    outs[k * g..(k + 1) * g]
-                        .iter()
-                        .map(|c| c.text.clone())
-                        .collect(),
-                )
-            })
-            .collect();
+        let groups: Vec<(usize, &[galley_model::Completion])> =
+            order.iter().copied().zip(outs.chunks(g)).collect();
         let (scores, failed, failures, reward_s) = self.score(step + 1, &groups, self.prompts)?;
-        let weights: Vec<f64> = self.cfg.rewards.iter().map(|r| r.weight).collect();
-        let totals = align::total_rewards(&scores, &weights);
+        let totals = align::total_rewards(&scores, &self.weights);
         let known: Vec<bool> = failed.iter().map(|f| !f).collect();
         let adv = align::advantages_known(&totals, &known, g, self.cfg.scale_rewards);
         let truncated: Vec<bool> = outs
@@ -388,47 +404,38 @@ impl<'a> GrpoTask<'a> {
         // Log-probs before any update: the old policy (reused rollouts) and the reference.
         let t2 = Instant::now();
         let per_micro = micros.first().map_or(1, Vec::len) * g;
-        if self.cfg.num_iterations > 1 {
-            for chunk in rows.chunks_mut(per_micro) {
+        let by_micro = |rows: &[Row], m: &TrainModel, adapters: bool| -> Result<Vec<Vec<f64>>> {
+            let mut out = Vec::with_capacity(rows.len());
+            for chunk in rows.chunks(per_micro) {
                 let r: Vec<&Row> = chunk.iter().collect();
-                let lp = self.logps(model, &r, true)?;
-                chunk
-                    .iter_mut()
-                    .zip(lp)
-                    .for_each(|(row, l)| row.old_logp = Some(l));
+                out.extend(self.logps(m, &r, adapters)?);
             }
+            Ok(out)
+        };
+        if self.cfg.num_iterations > 1 {
+            let old = by_micro(&rows, model, true)?;
+            rows.iter_mut()
+                .zip(old)
+                .for_each(|(row, l)| row.old_logp = Some(l));
         }
-        match &self.reference {
-            Reference::None => {}
-            reference => {
-                let (m, adapters) = match reference {
-                    Reference::Copy(c) => (&**c, true),
-                    _ => (model, false),
-                };
-                for chunk in rows.chunks_mut(per_micro) {
-                    let r: Vec<&Row> = chunk.iter().collect();
-                    let lp = self.logps(m, &r, adapters)?;
-                    chunk
-                        .iter_mut()
-                        .zip(lp)
-                        .for_each(|(row, l)| row.ref_logp = Some(l));
-                }
-            }
+        let reference = match &self.reference {
+            Reference::None => None,
+            Reference::Copy(c) => Some((&**c, true)),
+            Reference::AdaptersOff => Some((model, false)),
+        };
+        if let Some((m, adapters)) = reference {
+            let refs = by_micro(&rows, m, adapters)?;
+            rows.iter_mut()
+                .zip(refs)
+                .for_each(|(row, l)| row.ref_logp = Some(l));
         }
         let logp_s = t2.elapsed().as_secs_f64();
         // Metrics of the rollouts.
-        let labels = self.labels();
         let mut m = Extra::new();
-        let kept: Vec<f64> = totals
-            .iter()
-            .zip(&known)
-            .filter(|(_, k)| **k)
-            .map(|(r, _)| *r)
-            .collect();
-        let (rm, rs) = align::mean_std(&kept);
+        let (rm, rs) = known_mean_std(&totals, &failed);
         m.insert("reward".into(), rm);
         m.insert("reward_std".into(), rs);
-        for (f, label) in labels.iter().enumerate() {
+        for (f, label) in self.labels.iter().enumerate() {
             let vals: Vec<f64> = scores[f].iter().flatten().copied().collect();
             let (fm, fs) = align::mean_std(&vals);
             m.insert(format!("rewards/{label}/mean"), fm);
@@ -501,11 +508,11 @@ impl<'a> GrpoTask<'a> {
             .append(true)
             .open(&path)
             .map_err(|e| file_err(&path, e))?;
-        let labels = self.labels();
         let keep = self.cfg.log_completions.unwrap_or(usize::MAX);
         for (i, (row, c)) in rows.iter().zip(outs).enumerate().take(keep) {
             let p = &self.prompts[row.prompt];
-            let per: serde_json::Map<String, serde_json::Value> = labels
+            let per: serde_json::Map<String, serde_json::Value> = self
+                .labels
                 .iter()
                 .enumerate()
                 .map(|(k, l)| (l.clone(), scores[k][i].into()))
@@ -590,25 +597,15 @@ impl Task for GrpoTask<'_> {
                     .collect()
             })
             .collect();
-        let cut = |v: &Option<Vec<f64>>, n: usize| v.as_ref().map(|v| v[..n].to_vec());
-        let olds: Vec<Option<Vec<f64>>> = rows
-            .iter()
-            .zip(&logp)
-            .map(|(r, l)| cut(&r.old_logp, l.len()))
-            .collect();
-        let refs_lp: Vec<Option<Vec<f64>>> = rows
-            .iter()
-            .zip(&logp)
-            .map(|(r, l)| cut(&r.ref_logp, l.len()))
-            .collect();
+        // Rows out of the loss have no tokens here: their stored log-probs are cut to match.
         let batch: Vec<Scored> = rows
             .iter()
-            .enumerate()
-            .map(|(i, r)| Scored {
-                logp: &logp[i],
+            .zip(&logp)
+            .map(|(r, lp)| Scored {
+                logp: lp,
                 // On-policy (one iteration): the old policy is the current one, ratio 1.
-                old_logp: olds[i].as_deref().unwrap_or(&logp[i]),
-                ref_logp: refs_lp[i].as_deref().unwrap_or(&logp[i]),
+                old_logp: r.old_logp.as_deref().map_or(lp, |v| &v[..lp.len()]),
+                ref_logp: r.ref_logp.as_deref().map_or(lp, |v| &v[..lp.len()]),
                 advantage: r.advantage,
             })
             .collect();
@@ -671,23 +668,13 @@ impl Task for GrpoTask<'_> {
             &mut |_, _| {},
         )?;
         drop(engine);
-        let groups: Vec<(usize, Vec<String>)> = outs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (i, vec![c.text.clone()]))
-            .collect();
+        let groups: Vec<(usize, &[galley_model::Completion])> =
+            outs.chunks(1).enumerate().collect();
         let (scores, failed, _, _) = self.score(0, &groups, self.val)?;
-        let weights: Vec<f64> = self.cfg.rewards.iter().map(|r| r.weight).collect();
-        let totals = align::total_rewards(&scores, &weights);
-        let kept: Vec<f64> = totals
-            .iter()
-            .zip(&failed)
-            .filter(|(_, f)| !**f)
-            .map(|(r, _)| *r)
-            .collect();
+        let totals = align::total_rewards(&scores, &self.weights);
         let mut extra = Extra::new();
-        extra.insert("eval_reward".into(), align::mean_std(&kept).0);
-        for (f, label) in self.labels().iter().enumerate() {
+        extra.insert("eval_reward".into(), known_mean_std(&totals, &failed).0);
+        for (f, label) in self.labels.iter().enumerate() {
             let vals: Vec<f64> = scores[f].iter().flatten().copied().collect();
             extra.insert(
                 format!("eval_rewards/{label}/mean"),

@@ -360,7 +360,7 @@ pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Pr
 /// complete checkpoint.
 pub fn run(
     cfg: &TrainConfig,
-    sources: Sources,
+    mut sources: Sources,
     resume: bool,
     obs: &mut dyn Observer,
 ) -> Result<Outcome> {
@@ -383,7 +383,6 @@ pub fn run(
             ),
         });
     }
-    let mut sources = sources;
     let rewards = std::mem::take(&mut sources.rewards);
     let p = prepare(cfg, sources, &out)?;
     let pad = p.tokenizer.eos.first().copied().unwrap_or(0);
