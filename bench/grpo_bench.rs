@@ -9,7 +9,7 @@
 
 mod native_math;
 
-use galley_core::{DataSource, Message, Metadata, RewardFn, RewardInput};
+use galley_core::{DataSource, Message, Metadata, RewardFn, RewardGroup, RewardInput};
 use galley_runtime::{InstanceOptions, Runtime, RuntimeConfig};
 use galley_train::{NoObserver, Sources, TrainConfig};
 use native_math::NativeMathAnswer;
@@ -166,11 +166,15 @@ fn main() {
             }
         })
         .collect();
+    let groups: Vec<RewardGroup<'_>> = inputs
+        .chunks(GROUP)
+        .flat_map(RewardInput::groups)
+        .collect();
     let time = |f: &mut dyn RewardFn| {
         let t = Instant::now();
         let mut out = Vec::new();
-        for g in inputs.chunks(GROUP) {
-            out.extend(f.score(g).unwrap());
+        for g in &groups {
+            out.extend(f.score(std::slice::from_ref(g)).unwrap());
         }
         (t.elapsed().as_secs_f64(), out)
     };

@@ -93,8 +93,8 @@ fn main() {
         let mut r = plugin
             .reward(&serde_json::json!({}), InstanceOptions::default())
             .unwrap();
-        use galley_core::RewardFn;
-        let scores = r.score(&grpo).unwrap();
+        use galley_core::RewardFnExt;
+        let scores = r.score_inputs(&grpo).unwrap();
         match &reference {
             None => reference = Some(scores),
             Some(want) => assert_eq!(&scores, want, "{lang} disagrees with Rust"),

@@ -6,7 +6,7 @@
 #[allow(dead_code)]
 mod answer;
 
-use galley_core::{PluginError, RewardFn, RewardInput, Value};
+use galley_core::{PluginError, RewardFn, RewardGroup, Value};
 
 pub struct NativeMathAnswer;
 
@@ -14,12 +14,13 @@ impl RewardFn for NativeMathAnswer {
     fn name(&self) -> &str {
         "native"
     }
-    fn score(&mut self, batch: &[RewardInput]) -> Result<Vec<Option<f64>>, PluginError> {
-        Ok(batch
+    fn score(&mut self, groups: &[RewardGroup<'_>]) -> Result<Vec<Option<f64>>, PluginError> {
+        Ok(groups
             .iter()
-            .map(|i| {
+            .flat_map(|g| g.completions.iter().map(move |c| (g, *c)))
+            .map(|(g, completion)| {
                 let printed;
-                let truth = match i.metadata.get("answer") {
+                let truth = match g.metadata.get("answer") {
                     Some(Value::Text(t)) => Some(t.as_str()),
                     Some(v) => {
                         printed = v.as_text();
@@ -27,7 +28,7 @@ impl RewardFn for NativeMathAnswer {
                     }
                     None => None,
                 };
-                answer::score(&i.completion, truth, true).map(|ok| if ok { 1.0 } else { 0.0 })
+                answer::score(completion, truth, true).map(|ok| if ok { 1.0 } else { 0.0 })
             })
             .collect())
     }

@@ -10,7 +10,7 @@ mod workload;
 use native_math::NativeMathAnswer;
 use workload::{throughput, workload};
 
-use galley_core::RewardFn;
+use galley_core::{RewardFn, RewardFnExt};
 use galley_runtime::{InstanceOptions, Runtime, RuntimeConfig};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -48,9 +48,9 @@ fn main() {
         .reward(&serde_json::json!({}), InstanceOptions::default())
         .unwrap();
     for items in [&grpo, &distinct] {
-        let want = native.score(items).unwrap();
+        let want = native.score_inputs(items).unwrap();
         assert_eq!(
-            wasm.score(items).unwrap(),
+            wasm.score_inputs(items).unwrap(),
             want,
             "plugin and native disagree"
         );

@@ -22,6 +22,10 @@ pub enum RegistryError {
         found: String,
         expected: String,
     },
+    #[error("{0}")]
+    PluginNotFound(String),
+    #[error("{origin}: {reason}")]
+    Package { origin: String, reason: String },
     #[error("no package `{0}` in the registry")]
     NoPackage(String),
     #[error("{0}")]

@@ -69,4 +69,90 @@ impl Lockfile {
         );
         crate::store::write_atomic(path, text.as_bytes())
     }
+
+    /// The requirements to resolve: what the user asked for; for a lockfile written before
+    /// requirements were recorded, every registry package at `old` (else its exact version).
+    pub fn wanted(
+        &self,
+        old: Option<semver::VersionReq>,
+    ) -> BTreeMap<PackageName, semver::VersionReq> {
+        if !self.requirements.is_empty() {
+            return self.requirements.clone();
+        }
+        self.plugins
+            .iter()
+            .filter(|e| e.source.is_none())
+            .map(|e| {
+                let req = old.clone().unwrap_or_else(|| {
+                    semver::VersionReq::parse(&format!("={}", e.version))
+                        .expect("an exact requirement parses")
+                });
+                (e.name.clone(), req)
+            })
+            .collect()
+    }
+
+    /// The registry (non-OCI) entries to keep pinned, leaving out `unpin`.
+    pub fn registry_pins(&self, unpin: &std::collections::BTreeSet<PackageName>) -> Lockfile {
+        Lockfile {
+            plugins: self
+                .plugins
+                .iter()
+                .filter(|e| e.source.is_none() && !unpin.contains(&e.name))
+                .cloned()
+                .collect(),
+            ..Lockfile::default()
+        }
+    }
+
+    /// Carries over `old`'s OCI entries that a registry resolution did not replace.
+    pub fn merge_oci_from(&mut self, old: &Lockfile) {
+        for e in old.plugins.iter().filter(|e| e.source.is_some()) {
+            if !self.plugins.iter().any(|n| n.name == e.name) {
+                self.plugins.push(e.clone());
+            }
+        }
+        self.plugins.sort_by(|x, y| x.name.cmp(&y.name));
+    }
+
+    /// Pins `entry` in place of any entry (and requirement) of the same name.
+    pub fn upsert(&mut self, entry: LockEntry) {
+        self.remove(&entry.name);
+        self.plugins.push(entry);
+        self.plugins.sort_by(|x, y| x.name.cmp(&y.name));
+    }
+
+    /// Drops `name`'s entry and requirement; false when it was not pinned.
+    pub fn remove(&mut self, name: &PackageName) -> bool {
+        let before = self.plugins.len();
+        self.plugins.retain(|e| &e.name != name);
+        self.requirements.remove(name);
+        self.plugins.len() != before
+    }
+
+    /// Packages whose pinned version differs in `new` (added, moved or dropped).
+    pub fn changes_to(&self, new: &Lockfile) -> Vec<crate::project::Change> {
+        let version = |l: &Lockfile, n: &PackageName| {
+            l.plugins
+                .iter()
+                .find(|e| &e.name == n)
+                .map(|e| e.version.clone())
+        };
+        let mut names: Vec<&PackageName> =
+            self.plugins.iter().chain(&new.plugins).map(|e| &e.name).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let (from, to) = (version(self, n), version(new, n));
+                (from != to).then(|| crate::project::Change {
+                    name: n.clone(),
+                    from,
+                    to,
+                })
+            })
+            .collect()
+    }
+
 }

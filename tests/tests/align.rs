@@ -209,3 +209,53 @@ fn a_reward_plugin_trapping_on_some_completions_is_skipped_or_stops_the_run() {
     );
     assert!(dir.path().join("run/checkpoints/checkpoint-2").is_dir());
 }
+
+/// The bug this pins: a relative `.wasm` path in a training config was joined with the
+/// config's folder twice (once when the config was read, again when the plugin was opened),
+/// so `-c examples/train/x.yaml` with `plugin: ../plugins/x.wasm` looked in
+/// `examples/train/examples/train/...`. Every plugin path is now resolved once, by the one
+/// plugin locator, relative to the file that names it.
+#[test]
+fn relative_plugin_paths_in_a_train_config_are_joined_once() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("examples/train");
+    let plugins = dir.path().join("examples/plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    model(&train);
+    for name in ["arith", "math-answer"] {
+        std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm"))).unwrap();
+    }
+    let cfg = grpo_config("    - plugin: ../plugins/math-answer.wasm\n", "")
+        .replace(&plugin("arith").display().to_string(), "../plugins/arith.wasm");
+    std::fs::write(train.join("grpo.yaml"), cfg).unwrap();
+    // Run from the project root, the config two folders down: a newcomer's layout.
+    let o = galley(
+        dir.path(),
+        &[
+            "train",
+            "-c",
+            "examples/train/grpo.yaml",
+            "training.max_steps=1",
+            "--json",
+        ],
+    );
+    ok(&o);
+    assert!(train.join("run/metrics.jsonl").exists());
+
+    // A path that does not exist is named as written and where it was looked for, once.
+    let bad = std::fs::read_to_string(train.join("grpo.yaml"))
+        .unwrap()
+        .replace("../plugins/math-answer.wasm", "../plugins/nope.wasm");
+    std::fs::write(train.join("bad.yaml"), bad).unwrap();
+    let line = one_line_error(&galley(
+        dir.path(),
+        &["train", "-c", "examples/train/bad.yaml", "training.max_steps=1"],
+    ));
+    assert!(
+        line.contains("grpo.rewards[0].plugin")
+            && line.contains("examples/train/../plugins/nope.wasm")
+            && !line.contains("examples/train/examples/train"),
+        "{line}"
+    );
+}

@@ -206,7 +206,7 @@ fn score_config_errors_name_the_file_line_and_key() {
         &["score", dir.path().join("bad.yaml").to_str().unwrap()],
     ));
     assert!(
-        line.contains("bad.yaml") && line.contains("wieght") && line.contains("line 3"),
+        line.contains("bad.yaml:3:") && line.contains("wieght"),
         "{line}"
     );
 

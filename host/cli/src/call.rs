@@ -3,10 +3,9 @@
 use anyhow::{Context, Result, bail};
 use galley_core::{
     DataSource, Decision, Evaluator, Message, Metadata, Metric, PluginKind, Prediction, Recipe,
-    RewardFn, RewardInput, Value,
+    RewardFnExt, RewardInput, Value,
 };
 use galley_runtime::{Grants, InstanceOptions, Limits, Runtime, RuntimeConfig};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -119,33 +118,14 @@ pub fn parse_grants(items: &[String]) -> Result<Grants> {
     Ok(g)
 }
 
-/// Reads JSON lines (or one JSON array) of `T`; errors name the file and line.
+/// Reads JSON lines (or one JSON array) of `T` from a file or `-` (stdin).
 pub fn read_items<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let text = if path == Path::new("-") {
-        let mut s = String::new();
-        for line in std::io::stdin().lock().lines() {
-            s.push_str(&line?);
-            s.push('\n');
-        }
-        s
+        std::io::read_to_string(std::io::stdin().lock())?
     } else {
         std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?
     };
-    if text.trim_start().starts_with('[') {
-        return serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a JSON array of inputs", path.display()));
-    }
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        out.push(
-            serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: bad input line", path.display(), i + 1))?,
-        );
-    }
-    Ok(out)
+    Ok(galley_core::jsonl::parse(&text, &path.display().to_string(), "input")?)
 }
 
 fn parse_config(text: &str) -> Result<serde_json::Value> {
@@ -173,10 +153,7 @@ pub fn run(args: CallArgs) -> Result<()> {
     match plugin.kind() {
         PluginKind::Reward => {
             let inputs: Vec<RewardInput> = match (&args.input, &args.completion) {
-                (Some(p), _) => read_items::<crate::score::Line>(p)?
-                    .into_iter()
-                    .map(RewardInput::from)
-                    .collect(),
+                (Some(p), _) => read_items::<RewardInput>(p)?,
                 (None, Some(c)) => vec![RewardInput {
                     prompt: args
                         .prompt
@@ -192,7 +169,7 @@ pub fn run(args: CallArgs) -> Result<()> {
                 ),
             };
             let mut reward = plugin.reward(&config, opts)?;
-            let scores = reward.score(&inputs)?;
+            let scores = reward.score_inputs(&inputs)?;
             if args.json {
                 println!("{}", serde_json::to_string(&scores)?);
             } else {

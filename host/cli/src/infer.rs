@@ -53,47 +53,18 @@ fn default_batch() -> usize {
     8
 }
 
+/// `temperature=0` is short for `sampling.temperature=0`, and so on for every sampling key.
+fn expand(key: &str) -> Option<String> {
+    matches!(
+        key,
+        "temperature" | "top_k" | "top_p" | "min_p" | "repetition_penalty" | "seed" | "max_tokens"
+            | "stop"
+    )
+    .then(|| format!("sampling.{key}"))
+}
+
 fn load_config(path: Option<&Path>, sets: &[String]) -> Result<InferConfig> {
-    let mut value: serde_yaml::Value = match path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("{}: cannot read", p.display()))?;
-            // Parse typed first, so a mistake in the file is reported with its line.
-            serde_yaml::from_str::<InferConfig>(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            serde_yaml::from_str(&text)?
-        }
-        None => serde_yaml::Value::Mapping(Default::default()),
-    };
-    for s in sets {
-        let (key, raw) = s
-            .split_once('=')
-            .with_context(|| format!("--set {s}: expected KEY=VALUE"))?;
-        let key = match key {
-            "temperature" | "top_k" | "top_p" | "min_p" | "repetition_penalty" | "seed"
-            | "max_tokens" | "stop" => format!("sampling.{key}"),
-            k => k.to_string(),
-        };
-        let parsed: serde_yaml::Value =
-            serde_yaml::from_str(raw).unwrap_or_else(|_| serde_yaml::Value::String(raw.into()));
-        let mut at = &mut value;
-        let parts: Vec<&str> = key.split('.').collect();
-        for (i, part) in parts.iter().enumerate() {
-            let map = at.as_mapping_mut().with_context(|| {
-                format!("--set {s}: `{}` is not a section", parts[..i].join("."))
-            })?;
-            let k = serde_yaml::Value::String(part.to_string());
-            if i + 1 == parts.len() {
-                map.insert(k, parsed.clone());
-                break;
-            }
-            at = map
-                .entry(k)
-                .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
-        }
-    }
-    let cfg: InferConfig = serde_yaml::from_value(value)
-        .map_err(|e| anyhow::anyhow!("settings (after --set): {e}"))?;
+    let cfg: InferConfig = galley_core::config::load(path, sets, &expand)?;
     cfg.sampling
         .validate()
         .map_err(|e| anyhow::anyhow!("sampling: {e}"))?;

@@ -2,21 +2,18 @@
 //! terminal output and error context (which file, plugin or key is at fault); the work is
 //! done by galley-runtime and friends.
 
-mod build;
 mod call;
-mod cplugin;
-mod embedded;
 mod infer;
 mod install_cmd;
 mod models;
-mod new;
+mod plugins;
 mod registry_cmd;
 mod score;
-mod toolchains;
 mod train;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use galley_plugin_dev::{self as build, NewKind, NewLang, cplugin};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -27,7 +24,7 @@ use std::path::PathBuf;
 )]
 struct Cli {
     /// Log filter (e.g. `info`, `galley=debug`); also RUST_LOG.
-    #[arg(long, global = true, default_value = "warn")]
+    #[arg(long, global = true, default_value = "warn,galley_plugin_dev=info")]
     log: String,
     #[command(subcommand)]
     command: Top,
@@ -84,16 +81,16 @@ enum PluginCmd {
         /// The plugin's name (also the folder, unless --dir).
         name: String,
         #[arg(long, value_enum, default_value = "rust")]
-        lang: new::NewLang,
+        lang: NewLang,
         #[arg(long, value_enum, default_value = "reward")]
-        kind: new::NewKind,
+        kind: NewKind,
         #[arg(long)]
         dir: Option<PathBuf>,
     },
     /// Write the C bindings of a plugin kind's world (for a C toolchain of your own).
     Bindings {
         #[arg(long, value_enum, default_value = "reward")]
-        kind: new::NewKind,
+        kind: NewKind,
         #[arg(short, long)]
         out_dir: PathBuf,
     },
@@ -227,7 +224,7 @@ fn run(cli: Cli) -> Result<()> {
         }) => {
             let target_dir = target_dir.unwrap_or_else(build::default_target_dir);
             let toolchain = std::cell::OnceCell::new();
-            let rust = || -> Result<build::Toolchain> {
+            let rust = || -> galley_plugin_dev::Result<build::Toolchain> {
                 if let Some(t) = toolchain.get() {
                     return Ok(*t);
                 }
@@ -260,7 +257,7 @@ fn run(cli: Cli) -> Result<()> {
             kind,
             dir,
         }) => {
-            let dir = new::run(&name, lang, kind, dir)?;
+            let dir = galley_plugin_dev::new::run(&name, lang, kind, dir)?;
             println!(
                 "created {} ({lang:?} {kind:?} plugin); next:",
                 dir.display()
@@ -277,11 +274,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Top::Plugin(PluginCmd::Bindings { kind, out_dir }) => {
-            let tmp = std::env::temp_dir().join(format!("galley-wit-{}", std::process::id()));
-            embedded::write_all(&tmp, embedded::WIT_0_1_0)?;
-            let world = cplugin::bindings(kind.kind(), &tmp, &out_dir);
-            let _ = std::fs::remove_dir_all(&tmp);
-            println!("wrote {}.{{c,h}} to {}", world?, out_dir.display());
+            let world = cplugin::write_bindings(kind.kind(), &out_dir)?;
+            println!("wrote {world}.{{c,h}} to {}", out_dir.display());
             Ok(())
         }
         Top::Plugin(PluginCmd::Keygen { show: None }) => registry_cmd::keygen(),
@@ -343,9 +337,9 @@ fn run(cli: Cli) -> Result<()> {
                 offline: false,
             },
         ),
-        Top::Plugin(PluginCmd::List { into, lock }) => registry_cmd::list(&into, &lock),
+        Top::Plugin(PluginCmd::List { into, lock }) => install_cmd::list(&into, &lock),
         Top::Plugin(PluginCmd::Remove { names, into, lock }) => {
-            registry_cmd::remove(&names, &into, &lock)
+            install_cmd::remove(&names, &into, &lock)
         }
         Top::Plugin(PluginCmd::Yank {
             spec,

@@ -5,11 +5,11 @@
 //! `RewardFn`s: the trainer never knows a plugin from a built-in.
 
 use crate::call::SandboxArgs;
-use crate::score::{default_plugin_path, resolve_plugin};
+use crate::plugins::{open_rewards, open_source};
 use anyhow::{Context, Result};
-use galley_core::{DataSource, RewardFn};
+use galley_core::DataSource;
+use galley_registry::PluginLocator;
 use galley_runtime::Grants;
-use galley_train::config::SourceSection;
 use galley_train::{EvalMetrics, Observer, Sources, StepMetrics, TrainConfig};
 use std::path::{Path, PathBuf};
 
@@ -71,69 +71,6 @@ impl Observer for Bar {
     }
 }
 
-/// GRPO's reward functions, one per `grpo.rewards` entry: plugins opened in the sandbox
-/// (each with its own limits, seeded by the run), built-ins from galley-train.
-fn open_rewards(
-    cfg: &TrainConfig,
-    base: &Path,
-    sandbox: &SandboxArgs,
-    runtime: Option<&galley_runtime::Runtime>,
-) -> Result<Vec<Box<dyn RewardFn>>> {
-    let mut out: Vec<Box<dyn RewardFn>> = Vec::new();
-    for (i, spec) in cfg.grpo.rewards.iter().enumerate() {
-        let key = format!("grpo.rewards[{i}]");
-        match (&spec.plugin, &spec.builtin, runtime) {
-            (Some(name), _, Some(rt)) => {
-                let path = resolve_plugin(name, base, &default_plugin_path())
-                    .with_context(|| format!("{key}.plugin"))?;
-                let plugin = rt
-                    .load(&path)
-                    .with_context(|| format!("{key}.plugin: {}", path.display()))?;
-                let mut sb = sandbox.clone();
-                sb.timeout_ms = spec.limits.timeout_ms.unwrap_or(sb.timeout_ms);
-                sb.memory_mb = spec.limits.memory_mb.unwrap_or(sb.memory_mb);
-                sb.seed ^= cfg.training.seed;
-                let settings = spec.settings.clone().unwrap_or(serde_json::json!({}));
-                let reward = plugin
-                    .reward(&settings, sb.options(Grants::default()))
-                    .with_context(|| format!("{key} ({})", plugin.id()))?;
-                out.push(Box::new(reward));
-            }
-            (None, Some(name), _) => {
-                out.push(galley_train::rewards::builtin(name).with_context(|| key.clone())?)
-            }
-            _ => anyhow::bail!("{key}: give `plugin` or `builtin`"),
-        }
-    }
-    Ok(out)
-}
-
-fn open_source(
-    src: &SourceSection,
-    base: &Path,
-    sandbox: &SandboxArgs,
-    runtime: &galley_runtime::Runtime,
-    key: &str,
-) -> Result<Option<Box<dyn DataSource>>> {
-    let Some(spec) = &src.plugin else {
-        return Ok(None);
-    };
-    let path = resolve_plugin(spec, base, &default_plugin_path())
-        .with_context(|| format!("{key}.plugin"))?;
-    let plugin = runtime
-        .load(&path)
-        .with_context(|| format!("{key}.plugin: {}", path.display()))?;
-    let mut grants = Grants::default();
-    for (name, dir) in &src.plugin_dirs {
-        grants = grants.allow_dir(name.clone(), dir.clone());
-    }
-    let settings = src.plugin_config.clone().unwrap_or(serde_json::json!({}));
-    let loader = plugin
-        .data_loader(&settings, sandbox.options(grants))
-        .with_context(|| format!("{key}.plugin ({})", plugin.id()))?;
-    Ok(Some(Box::new(loader)))
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
     let cfg = TrainConfig::load(args.config.as_deref(), &args.overrides)?;
     galley_train::keep_freed_memory();
@@ -143,12 +80,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .build_global()
             .context("training.threads: cannot size the thread pool")?;
     }
-    let base = args
-        .config
-        .as_deref()
-        .and_then(|p| p.parent())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
+    let locator = PluginLocator::for_file(args.config.as_deref());
     let needs_runtime = cfg.data.train.plugin.is_some()
         || cfg
             .data
@@ -164,13 +96,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut train_src = None;
     let mut val_src = None;
     if let Some(rt) = &runtime {
-        train_src = open_source(&cfg.data.train, &base, &args.sandbox, rt, "data.train")?;
+        train_src = open_source(&cfg.data.train, "data.train", &locator, &args.sandbox, rt)?;
         if let Some(v) = &cfg.data.validation {
-            val_src = open_source(v, &base, &args.sandbox, rt, "data.validation")?;
+            val_src = open_source(v, "data.validation", &locator, &args.sandbox, rt)?;
         }
     }
     let rewards = if cfg.training.method == galley_train::config::Method::Grpo {
-        open_rewards(&cfg, &base, &args.sandbox, runtime.as_ref())?
+        open_rewards(
+            &cfg.grpo.rewards,
+            "grpo.rewards",
+            &locator,
+            &args.sandbox,
+            runtime.as_ref(),
+            &Grants::default(),
+            cfg.training.seed,
+        )?
     } else {
         Vec::new()
     };

@@ -113,14 +113,72 @@ impl Metric {
     }
 }
 
-/// One completion for a reward function to score.
+/// One completion for a reward function to score; also one line of a completions file,
+/// where the prompt may be plain text (a user message) or a list of messages.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RewardInput {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text_or_messages")]
     pub prompt: Vec<Message>,
     pub completion: String,
     #[serde(default)]
     pub metadata: Metadata,
+}
+
+/// One prompt's completions, as a reward function receives them: the prompt and its metadata
+/// once, then every completion (a GRPO group, or a single sample). This is the shape of the
+/// WIT's `reward-group`, so data crosses each layer once; it borrows, so nothing is copied
+/// to build it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardGroup<'a> {
+    pub prompt: &'a [Message],
+    pub metadata: &'a Metadata,
+    pub completions: Vec<&'a str>,
+}
+
+impl<'a> RewardGroup<'a> {
+    /// The number of completions.
+    pub fn len(&self) -> usize {
+        self.completions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.completions.is_empty()
+    }
+}
+
+impl RewardInput {
+    /// Groups consecutive inputs that share a prompt and metadata, in order.
+    pub fn groups(inputs: &[RewardInput]) -> Vec<RewardGroup<'_>> {
+        let mut out: Vec<RewardGroup<'_>> = Vec::new();
+        for i in inputs {
+            match out.last_mut() {
+                Some(g) if g.prompt == i.prompt.as_slice() && *g.metadata == i.metadata => {
+                    g.completions.push(&i.completion)
+                }
+                _ => out.push(RewardGroup {
+                    prompt: &i.prompt,
+                    metadata: &i.metadata,
+                    completions: vec![&i.completion],
+                }),
+            }
+        }
+        out
+    }
+}
+
+fn text_or_messages<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Message>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Prompt {
+        Text(String),
+        Messages(Vec<Message>),
+    }
+    Ok(match Option::<Prompt>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Prompt::Text(t)) => vec![Message::new("user", t)],
+        Some(Prompt::Messages(m)) => m,
+    })
 }
 
 /// One prediction for an evaluator to grade.

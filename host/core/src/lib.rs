@@ -3,11 +3,15 @@
 //! A trainer talks to these traits and never learns whether the implementation is native Rust
 //! or a sandboxed WebAssembly component; the runtime implements them for components.
 
+pub mod config;
 mod data;
+pub mod dirs;
+pub mod jsonl;
+pub mod seed;
 mod plugin;
 
-pub use data::{Example, Message, Metadata, Metric, Prediction, RewardInput, Value};
+pub use data::{Example, Message, Metadata, Metric, Prediction, RewardGroup, RewardInput, Value};
 pub use plugin::{
-    DataSource, Decision, Evaluator, PluginError, PluginErrorKind, PluginKind, Recipe, RewardFn,
+    DataSource, Decision, Evaluator, PluginError, PluginErrorKind, PluginKind, Recipe, RewardFn, RewardFnExt,
     Stage,
 };

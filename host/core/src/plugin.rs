@@ -2,7 +2,7 @@
 //! component, and nothing about how it runs. Implementations must be `Send` so a run can
 //! move them to worker threads; calls take `&mut self` because components are stateful.
 
-use crate::data::{Example, Metric, Prediction, RewardInput};
+use crate::data::{Example, Metric, Prediction, RewardGroup};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -93,13 +93,27 @@ impl PluginError {
     }
 }
 
-/// Scores completions. `None` is "no opinion": left out of the sample's sum, not zero.
+/// Scores completions, a batch of prompt groups per call. `None` is "no opinion": left out
+/// of the sample's sum, not zero.
 pub trait RewardFn: Send {
     /// `name@version`, for logs and metrics.
     fn name(&self) -> &str;
-    /// One result per input, in order.
-    fn score(&mut self, batch: &[RewardInput]) -> Result<Vec<Option<f64>>, PluginError>;
+    /// One result per completion, groups in order (the WIT's `score`).
+    fn score(&mut self, groups: &[RewardGroup<'_>]) -> Result<Vec<Option<f64>>, PluginError>;
 }
+
+/// Scoring flat inputs (grouped where consecutive inputs share a prompt and metadata), for
+/// tools, tests and benchmarks that hold rows rather than groups.
+pub trait RewardFnExt: RewardFn {
+    fn score_inputs(
+        &mut self,
+        inputs: &[crate::RewardInput],
+    ) -> Result<Vec<Option<f64>>, PluginError> {
+        self.score(&crate::RewardInput::groups(inputs))
+    }
+}
+
+impl<T: RewardFn + ?Sized> RewardFnExt for T {}
 
 /// A stream of examples.
 pub trait DataSource: Send {

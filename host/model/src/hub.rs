@@ -96,13 +96,9 @@ const SIDE_FILES: &[&str] = &[
     "special_tokens_map.json",
 ];
 
+/// Where `hf://` downloads go (`galley_core::dirs` decides).
 pub fn default_cache() -> PathBuf {
-    if let Some(d) = std::env::var_os("GALLEY_MODEL_CACHE") {
-        return PathBuf::from(d);
-    }
-    std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/galley/models"))
-        .unwrap_or_else(|| PathBuf::from(".galley/models"))
+    galley_core::dirs::models_dir()
 }
 
 /// Downloads (or finds in `cache`) what `r` names; returns the local folder or GGUF file.

@@ -4,6 +4,8 @@
 //! after each job, so the next product of the same step starts at once, and only then park.
 //! The calling thread always does a share of the work itself.
 
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
@@ -23,6 +25,22 @@ struct Shared {
     /// The current job, lifetime-erased: `run` does not return before every worker is done.
     job: Mutex<Option<&'static Job>>,
     workers: Mutex<Vec<Thread>>,
+    /// The first panic a worker caught in the current job, re-raised by the caller.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+/// Waits, when dropped, until no worker still holds the current job, then clears it. Held
+/// across the caller's own part, so the job's borrow outlives every use even when the
+/// caller's part unwinds (what `std::thread::scope` guarantees for its threads).
+struct WaitForWorkers<'a>(&'a Shared);
+
+impl Drop for WaitForWorkers<'_> {
+    fn drop(&mut self) {
+        while self.0.pending.load(Ordering::Acquire) != 0 {
+            std::hint::spin_loop();
+        }
+        *self.0.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 pub struct Pool {
@@ -39,6 +57,7 @@ impl Pool {
             pending: AtomicUsize::new(0),
             job: Mutex::new(None),
             workers: Mutex::new(vec![]),
+            panic: Mutex::new(None),
         });
         for part in 1..threads {
             let s = shared.clone();
@@ -69,27 +88,36 @@ impl Pool {
         self.parts
     }
 
-    /// Runs `f(part, parts)` for every part, the caller taking part 0; returns when all are done.
+    /// Runs `f(part, parts)` for every part, the caller taking part 0; returns when all are
+    /// done. A panic in any part is re-raised here, after every worker has let go of `f`.
     pub fn run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
         if self.parts == 1 {
             return f(0, 1);
         }
         let _one = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: the reference is only used by workers between the epoch bump below and the
-        // moment `pending` reaches zero, which this function waits for before returning.
+        // SAFETY: workers use the reference only between the epoch bump below and their
+        // decrement of `pending`; `wait` is created before the bump and, on return or on
+        // unwind alike, does not let this frame (and `f`'s borrow) end before `pending` is 0
+        // and the job slot is cleared. Workers catch their own panics, so they always
+        // decrement `pending`.
         let job: &'static Job =
             unsafe { std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Job>(f) };
-        *self.shared.job.lock().expect("job") = Some(job);
+        *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         self.shared.pending.store(self.parts - 1, Ordering::Release);
+        let wait = WaitForWorkers(&self.shared);
         self.shared.epoch.fetch_add(1, Ordering::AcqRel);
-        for t in self.shared.workers.lock().expect("workers").iter() {
+        for t in self.shared.workers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             t.unpark();
         }
-        f(0, self.parts);
-        while self.shared.pending.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+        let mine = catch_unwind(AssertUnwindSafe(|| f(0, self.parts)));
+        drop(wait);
+        let theirs = self.shared.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Err(p) = mine {
+            resume_unwind(p);
         }
-        *self.shared.job.lock().expect("job") = None;
+        if let Some(p) = theirs {
+            resume_unwind(p);
+        }
     }
 }
 
@@ -111,9 +139,16 @@ fn worker(s: Arc<Shared>, part: usize, parts: usize) {
                 std::hint::spin_loop();
             }
         }
-        let job = *s.job.lock().expect("job");
+        let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = job {
-            f(part, parts);
+            // A panicking job must not kill the worker (the caller would wait forever) nor
+            // skip the decrement below (the caller would never return).
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(part, parts))) {
+                s.panic
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(p);
+            }
         }
         s.pending.fetch_sub(1, Ordering::AcqRel);
     }
@@ -134,5 +169,43 @@ mod tests {
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == round + 1));
         }
+    }
+
+    /// The bug this pins: a panic in the caller's part returned while workers still held
+    /// the job's borrow (use after free), and a panic in a worker's part left the caller
+    /// spinning forever.
+    #[test]
+    fn a_panicking_job_waits_for_workers_and_reraises_their_panic() {
+        let pool = Pool::new(3);
+        let finished = AtomicUsize::new(0);
+        let caller = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(&|part, _| {
+                if part == 0 {
+                    panic!("caller's part");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                finished.fetch_add(1, Ordering::SeqCst);
+            })
+        }));
+        assert!(caller.is_err());
+        // Every worker was done with the borrowed closure before `run` unwound.
+        assert_eq!(finished.load(Ordering::SeqCst), 2);
+
+        let worker = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(&|part, _| {
+                if part == 2 {
+                    panic!("worker's part");
+                }
+            })
+        }));
+        let payload = worker.expect_err("the worker's panic reaches the caller");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"worker's part"));
+
+        // The pool still works afterwards: no worker died, no panic is left over.
+        let hits = AtomicUsize::new(0);
+        pool.run(&|_, _| {
+            hits.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(hits.load(Ordering::SeqCst), 3);
     }
 }

@@ -91,7 +91,10 @@ pub fn logprob(logits: &[f32], token: u32) -> f32 {
 impl Sampler {
     /// `stream` separates the generators of the sequences of one batch.
     pub fn new(params: SamplingParams, stream: u64) -> Self {
-        let seed = params.seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let seed = galley_core::seed::derive_seed(
+            params.seed,
+            &[galley_core::seed::purpose::SAMPLER_ROW, stream],
+        );
         Self {
             rng: StdRng::seed_from_u64(seed),
             params,

@@ -19,16 +19,9 @@ pub(crate) struct ComponentCache {
     engine_key: String,
 }
 
-/// Where the cache is, unless the caller says otherwise: `$GALLEY_CACHE_DIR/components`,
-/// else `$XDG_CACHE_HOME/galley/components`, else `~/.cache/galley/components`.
+/// Where the cache is, unless the caller says otherwise (`galley_core::dirs` decides).
 pub fn default_cache_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("GALLEY_CACHE_DIR") {
-        return Some(PathBuf::from(d).join("components"));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(d).join("galley/components"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/galley/components"))
+    Some(galley_core::dirs::components_dir())
 }
 
 /// Feeds std's `Hash` into SHA-256, so the engine key is stable across runs (std's default

@@ -13,7 +13,7 @@
 //! let mut reward = plugin.reward(&serde_json::json!({}), InstanceOptions::default())?;
 //! let mut input = RewardInput { completion: "... #### 42".into(), ..Default::default() };
 //! input.metadata.insert("answer".into(), galley_core::Value::Int(42));
-//! assert_eq!(reward.score(&[input])?, vec![Some(1.0)]);
+//! assert_eq!(reward.score(&RewardInput::groups(&[input]))?, vec![Some(1.0)]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

@@ -10,7 +10,7 @@ use crate::sandbox::{InstanceOptions, PluginState, human_bytes};
 use crate::v0_1::{self, wit};
 use galley_core::{
     DataSource, Decision, Evaluator, Example, Metric, PluginError, PluginErrorKind as K,
-    PluginKind, Prediction, Recipe, RewardFn, RewardInput, Stage,
+    PluginKind, Prediction, Recipe, RewardFn, RewardGroup, Stage,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -360,40 +360,26 @@ impl RewardFn for WasmReward {
         self.slot.plugin.id()
     }
 
-    fn score(&mut self, batch: &[RewardInput]) -> Result<Vec<Option<f64>>, PluginError> {
-        // Consecutive inputs with the same prompt and metadata (a GRPO group) cross once.
-        use v0_1::reward::exports::galley::plugin::reward::RewardGroup;
-        let mut input: Vec<RewardGroup> = Vec::new();
-        let mut prev: Option<&RewardInput> = None;
-        for item in batch {
-            let same = prev.is_some_and(|p| p.prompt == item.prompt && p.metadata == item.metadata);
-            if !same {
-                input.push(RewardGroup {
-                    prompt: v0_1::messages_in(&item.prompt),
-                    metadata: v0_1::metadata_in(&item.metadata),
-                    completions: Vec::new(),
-                });
-            }
-            input
-                .last_mut()
-                .expect("a group")
-                .completions
-                .push(item.completion.clone());
-            prev = Some(item);
-        }
+    fn score(&mut self, groups: &[RewardGroup<'_>]) -> Result<Vec<Option<f64>>, PluginError> {
+        use v0_1::reward::exports::galley::plugin::reward::RewardGroup as WitGroup;
+        let input: Vec<WitGroup> = groups
+            .iter()
+            .map(|g| WitGroup {
+                prompt: v0_1::messages_in(g.prompt),
+                metadata: v0_1::metadata_in(g.metadata),
+                completions: g.completions.iter().map(|c| c.to_string()).collect(),
+            })
+            .collect();
+        let n: usize = groups.iter().map(RewardGroup::len).sum();
         let out = self.slot.call("score", |live, store| match live {
             Live::Reward(b) => b.galley_plugin_reward().call_score(store, &input),
             _ => unreachable!("kind checked at construction"),
         })?;
-        if out.len() != batch.len() {
+        if out.len() != n {
             return Err(bad_output(
                 &self.slot,
                 "score",
-                format!(
-                    "returned {} scores for a batch of {}",
-                    out.len(),
-                    batch.len()
-                ),
+                format!("returned {} scores for a batch of {n}", out.len()),
             ));
         }
         if let Some(i) = out.iter().position(|s| s.is_some_and(|v| !v.is_finite())) {

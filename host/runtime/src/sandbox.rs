@@ -275,7 +275,10 @@ impl PluginState {
             .wall_clock(FrozenWallClock)
             .monotonic_clock(CountingClock(Mutex::new(0)))
             .secure_random(StdRng::seed_from_u64(opts.seed))
-            .insecure_random(StdRng::seed_from_u64(opts.seed ^ 0x9e37_79b9_7f4a_7c15))
+            .insecure_random(StdRng::seed_from_u64(galley_core::seed::derive_seed(
+                opts.seed,
+                &[galley_core::seed::purpose::WASI_INSECURE],
+            )))
             .insecure_random_seed(u128::from(opts.seed))
             .allow_tcp(false)
             .allow_udp(false)

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use galley_core::{
-    DataSource, Evaluator, Metric, PluginError, PluginErrorKind as K, Prediction, Recipe, RewardFn,
+    DataSource, Evaluator, Metric, PluginError, PluginErrorKind as K, Prediction, Recipe, RewardFn, RewardFnExt,
     Value,
 };
 use galley_runtime::{Grants, InstanceOptions};
@@ -22,7 +22,7 @@ fn hostile(mode: &str, opts: InstanceOptions) -> galley_runtime::WasmReward {
 fn score_err(mode: &str, opts: InstanceOptions) -> PluginError {
     let mut r = hostile(mode, opts);
     let err = r
-        .score(&[input("x", None)])
+        .score_inputs(&[input("x", None)])
         .expect_err("the attack must fail");
     assert!(
         err.to_string()
@@ -33,7 +33,7 @@ fn score_err(mode: &str, opts: InstanceOptions) -> PluginError {
 }
 
 fn score_ok(mode: &str, opts: InstanceOptions) -> Option<f64> {
-    hostile(mode, opts).score(&[input("x", None)]).unwrap()[0]
+    hostile(mode, opts).score_inputs(&[input("x", None)]).unwrap()[0]
 }
 
 #[test]
@@ -164,10 +164,10 @@ fn a_trapped_instance_is_replaced_not_reused() {
     // After a trap the adapter re-instantiates: the plugin keeps serving the same way.
     let mut r = hostile("trap-score", InstanceOptions::default());
     for _ in 0..3 {
-        assert_eq!(r.score(&[input("x", None)]).unwrap_err().kind, K::Trap);
+        assert_eq!(r.score_inputs(&[input("x", None)]).unwrap_err().kind, K::Trap);
     }
     let mut ok = hostile("ok", InstanceOptions::default());
-    assert_eq!(ok.score(&[input("abc", None)]).unwrap(), vec![Some(3.0)]);
+    assert_eq!(ok.score_inputs(&[input("abc", None)]).unwrap(), vec![Some(3.0)]);
 }
 
 #[test]
@@ -216,7 +216,7 @@ fn sockets_are_denied() {
             InstanceOptions::default(),
         )
         .unwrap();
-    assert_eq!(r.score(&[input("x", None)]).unwrap(), vec![Some(0.0)]);
+    assert_eq!(r.score_inputs(&[input("x", None)]).unwrap(), vec![Some(0.0)]);
     match listener.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         other => panic!("the plugin reached the host's socket: {other:?}"),
@@ -226,7 +226,7 @@ fn sockets_are_denied() {
 #[test]
 fn garbage_outputs_are_rejected() {
     let mut r = hostile("wrong-length", InstanceOptions::default());
-    let err = r.score(&[input("a", None), input("b", None)]).unwrap_err();
+    let err = r.score_inputs(&[input("a", None), input("b", None)]).unwrap_err();
     assert_eq!(err.kind, K::BadOutput);
     assert!(err.message.contains("3 scores for a batch of 2"), "{err}");
 
@@ -268,7 +268,7 @@ fn garbage_outputs_are_rejected() {
 fn no_opinion_is_kept_per_item() {
     let mut r = hostile("no-opinion-odd", InstanceOptions::default());
     let got = r
-        .score(&[input("a", None), input("b", None), input("c", None)])
+        .score_inputs(&[input("a", None), input("b", None), input("c", None)])
         .unwrap();
     assert_eq!(got, vec![Some(1.0), None, Some(1.0)]);
 }

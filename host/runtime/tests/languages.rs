@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use galley_core::{PluginErrorKind as K, RewardFn, RewardInput};
+use galley_core::{PluginErrorKind as K, RewardFn, RewardFnExt, RewardInput};
 use galley_runtime::{CacheOutcome, InstanceOptions, Runtime, RuntimeConfig};
 use serde_json::json;
 
@@ -25,7 +25,7 @@ fn math_answer_scores_the_same_in_rust_python_javascript_and_c() {
     let rust = load("math-answer")
         .reward(&json!({}), InstanceOptions::default())
         .unwrap()
-        .score(&cases)
+        .score_inputs(&cases)
         .unwrap();
     assert!(rust.contains(&Some(1.0)) && rust.contains(&Some(0.0)) && rust.contains(&None));
     for name in ["math-answer-py", "math-answer-js", "math-answer-c"] {
@@ -34,13 +34,13 @@ fn math_answer_scores_the_same_in_rust_python_javascript_and_c() {
             .unwrap();
         // One call for the whole file and one per case: grouping must not change a score.
         assert_eq!(
-            r.score(&cases).unwrap(),
+            r.score_inputs(&cases).unwrap(),
             rust,
             "{name} disagrees with the Rust plugin"
         );
         for (i, c) in cases.iter().enumerate() {
             assert_eq!(
-                r.score(std::slice::from_ref(c)).unwrap()[0],
+                r.score_inputs(std::slice::from_ref(c)).unwrap()[0],
                 rust[i],
                 "{name}, case {i}: {:?}",
                 c.completion
@@ -60,14 +60,14 @@ fn settings_reach_python_and_javascript_plugins() {
             .unwrap();
         let mut i = input("#### 5", None);
         i.metadata.insert("gold".into(), galley_core::Value::Int(5));
-        assert_eq!(r.score(&[i]).unwrap(), vec![Some(2.0)], "{name}");
+        assert_eq!(r.score_inputs(&[i]).unwrap(), vec![Some(2.0)], "{name}");
         if name == "math-answer-c" {
             continue; // the C SDK's settings scanner reads known keys only
         }
         let mut bad = load(name)
             .reward(&json!({"anser_key": "x"}), InstanceOptions::default())
             .unwrap();
-        let err = bad.score(&[input("#### 5", None)]).unwrap_err();
+        let err = bad.score_inputs(&[input("#### 5", None)]).unwrap_err();
         assert_eq!(err.kind, K::InvalidConfig, "{name}: {err}");
         assert!(err.message.contains("anser_key"), "{err}");
     }
@@ -82,7 +82,7 @@ fn hostile(
     load(name)
         .reward(&json!({"mode": mode}), opts(timeout_ms, memory_mb))
         .unwrap()
-        .score(&[input("abc", None)])
+        .score_inputs(&[input("abc", None)])
 }
 
 #[test]
@@ -166,7 +166,7 @@ fn a_python_component_compiles_once() {
         .reward(&json!({}), InstanceOptions::default())
         .unwrap();
     assert_eq!(
-        r.score(&[input("#### 42", Some(galley_core::Value::Int(42)))])
+        r.score_inputs(&[input("#### 42", Some(galley_core::Value::Int(42)))])
             .unwrap(),
         vec![Some(1.0)]
     );

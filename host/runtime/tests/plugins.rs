@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use galley_core::{
     DataSource, Decision, Evaluator, Metric, PluginErrorKind, PluginKind, Prediction, Recipe,
-    RewardFn, Value,
+    RewardFn, RewardFnExt, Value,
 };
 use galley_runtime::{CacheOutcome, Grants, InstanceOptions, Runtime, RuntimeConfig};
 use serde_json::json;
@@ -46,12 +46,12 @@ fn math_answer_reads_every_answer_format() {
         .iter()
         .map(|(c, a, _)| input(c, Some(a.clone())))
         .collect();
-    let got = r.score(&batch).unwrap();
+    let got = r.score_inputs(&batch).unwrap();
     for ((c, a, want), got) in cases.iter().zip(&got) {
         assert_eq!(got, want, "completion {c:?} with answer {a:?}");
     }
     // No ground truth: no opinion, not zero.
-    assert_eq!(r.score(&[input("#### 42", None)]).unwrap(), vec![None]);
+    assert_eq!(r.score_inputs(&[input("#### 42", None)]).unwrap(), vec![None]);
 }
 
 #[test]
@@ -66,12 +66,12 @@ fn math_answer_settings_are_checked() {
     let mut i = input("maybe 42", None);
     i.metadata.insert("gold".into(), Value::Int(42));
     assert_eq!(
-        r.score(&[i.clone()]).unwrap(),
+        r.score_inputs(&[i.clone()]).unwrap(),
         vec![Some(0.0)],
         "no marker and no fallback"
     );
     i.completion = "#### 42".into();
-    assert_eq!(r.score(&[i]).unwrap(), vec![Some(2.0)]);
+    assert_eq!(r.score_inputs(&[i]).unwrap(), vec![Some(2.0)]);
 
     let err = plugin
         .reward(&json!({"anser_key": "x"}), InstanceOptions::default())
@@ -91,7 +91,7 @@ fn format_rewards_tags_in_order_and_patterns() {
         .reward(&json!({}), InstanceOptions::default())
         .unwrap();
     let got = tags
-        .score(&[
+        .score_inputs(&[
             input("<think>6*7</think>\n<answer>42</answer>", None),
             input("<answer>42</answer><think>6*7</think>", None),
             input("<think>a</think><think>b</think><answer>42</answer>", None),
@@ -105,7 +105,7 @@ fn format_rewards_tags_in_order_and_patterns() {
         .unwrap();
     assert_eq!(
         partial
-            .score(&[input("<think>only thinking</think>", None)])
+            .score_inputs(&[input("<think>only thinking</think>", None)])
             .unwrap(),
         vec![Some(0.5)]
     );
@@ -118,7 +118,7 @@ fn format_rewards_tags_in_order_and_patterns() {
         .unwrap();
     assert_eq!(
         pattern
-            .score(&[input("work\n#### 42", None), input("#### 42", None)])
+            .score_inputs(&[input("work\n#### 42", None), input("#### 42", None)])
             .unwrap(),
         vec![Some(1.0), Some(0.0)]
     );
@@ -141,7 +141,7 @@ fn length_penalty_is_dapo_soft_overlong() {
         .unwrap();
     let words = |n: usize| input(&vec!["w"; n].join(" "), None);
     let got = r
-        .score(&[words(3), words(4), words(6), words(8), words(20)])
+        .score_inputs(&[words(3), words(4), words(6), words(8), words(20)])
         .unwrap();
     assert_eq!(
         got,
@@ -312,7 +312,7 @@ fn arith_answers_feed_math_answer() {
         .collect();
     assert!(
         reward
-            .score(&right)
+            .score_inputs(&right)
             .unwrap()
             .iter()
             .all(|s| *s == Some(1.0))

@@ -343,72 +343,14 @@ fn invalid(file: &str, msg: impl Into<String>) -> TrainError {
     }
 }
 
-/// Applies `a.b=c` (the value parsed as YAML) to `root`.
-pub fn apply_override(root: &mut serde_yaml::Value, set: &str) -> std::result::Result<(), String> {
-    let (key, raw) = set
-        .split_once('=')
-        .ok_or_else(|| format!("override `{set}` is not KEY=VALUE"))?;
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(raw).unwrap_or_else(|_| serde_yaml::Value::String(raw.into()));
-    let parts: Vec<&str> = key.split('.').collect();
-    let mut node = root;
-    for (i, part) in parts.iter().enumerate() {
-        if !node.is_mapping() {
-            *node = serde_yaml::Value::Mapping(Default::default());
-        }
-        let map = node.as_mapping_mut().expect("made a mapping");
-        let k = serde_yaml::Value::String(part.to_string());
-        if i + 1 == parts.len() {
-            map.insert(k, value);
-            return Ok(());
-        }
-        node = map
-            .entry(k)
-            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
-    }
-    Ok(())
-}
-
 impl TrainConfig {
     /// Reads `path` (if any) and applies `overrides`; relative paths in the file are taken
     /// relative to the file's folder.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let (text, name) = match path {
-            Some(p) => (
-                std::fs::read_to_string(p)
-                    .map_err(|e| invalid(&p.display().to_string(), e.to_string()))?,
-                p.display().to_string(),
-            ),
-            None => (String::new(), "(no config file)".to_string()),
-        };
-        // First the file alone, so an error can name its line.
-        if !text.trim().is_empty() {
-            let de = serde_yaml::Deserializer::from_str(&text);
-            if let Err(e) = serde_path_to_error::deserialize::<_, TrainConfig>(de) {
-                let key = e.path().to_string();
-                let inner = e.into_inner();
-                let at = inner
-                    .location()
-                    .map(|l| format!("{name}:{}:{}", l.line(), l.column()))
-                    .unwrap_or(name.clone());
-                return Err(invalid(&at, format!("`{key}`: {}", strip_location(&inner))));
-            }
-        }
-        let mut value: serde_yaml::Value = if text.trim().is_empty() {
-            serde_yaml::Value::Mapping(Default::default())
-        } else {
-            serde_yaml::from_str(&text).map_err(|e| invalid(&name, e.to_string()))?
-        };
-        for set in overrides {
-            apply_override(&mut value, set).map_err(|e| invalid(&name, e))?;
-        }
-        let mut cfg: TrainConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let key = e.path().to_string();
-            invalid(
-                &name,
-                format!("`{key}` (from an override): {}", strip_location(e.inner())),
-            )
-        })?;
+        let name = path.map_or("(no config file)".to_string(), |p| p.display().to_string());
+        let mut cfg: TrainConfig =
+            galley_core::config::load(path, overrides, &galley_core::config::no_expand)
+                .map_err(|e| invalid(&e.at, e.msg))?;
         if let Some(dir) = path.and_then(|p| p.parent()) {
             cfg.relative_to(dir);
         }
@@ -434,21 +376,9 @@ impl TrainConfig {
                 fix(p)
             }
             src.plugin_dirs.values_mut().for_each(fix);
-            if let Some(p) = src.plugin.as_mut()
-                && p.ends_with(".wasm")
-                && Path::new(p.as_str()).is_relative()
-            {
-                *p = dir.join(&*p).display().to_string();
-            }
         }
-        for r in &mut self.grpo.rewards {
-            if let Some(p) = r.plugin.as_mut()
-                && p.ends_with(".wasm")
-                && Path::new(p.as_str()).is_relative()
-            {
-                *p = dir.join(&*p).display().to_string();
-            }
-        }
+        // Plugin names (`plugin:` keys) stay as written: the plugin locator resolves them
+        // against this file's folder, once.
     }
 
     /// Checks the combinations serde cannot: each message names the key.
@@ -608,11 +538,3 @@ impl TrainConfig {
     }
 }
 
-/// serde_yaml appends " at line L column C"; the location is already in front.
-fn strip_location(e: &serde_yaml::Error) -> String {
-    let s = e.to_string();
-    match s.find(" at line ") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}

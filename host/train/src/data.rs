@@ -8,6 +8,7 @@
 use crate::config::{DataSection, Format, LossOn, OnBad, SourceSection, Truncation};
 use crate::error::{Result, TrainError, file_err};
 use crate::ops::IGNORE;
+use galley_core::seed::{derive_seed, purpose};
 use galley_core::{DataSource, Example, Message};
 use galley_model::{ChatTemplate, Tokenizer};
 use rand::seq::SliceRandom;
@@ -458,7 +459,7 @@ pub fn split<T>(mut samples: Vec<T>, share: f64, seed: u64) -> (Vec<T>, Vec<T>) 
     if share <= 0.0 || samples.len() < 2 {
         return (samples, Vec::new());
     }
-    samples.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed_5917));
+    samples.shuffle(&mut StdRng::seed_from_u64(derive_seed(seed, &[purpose::SPLIT])));
     let n_val = ((samples.len() as f64 * share).round() as usize).clamp(1, samples.len() - 1);
     let val = samples.split_off(samples.len() - n_val);
     (samples, val)
@@ -469,9 +470,10 @@ pub fn split<T>(mut samples: Vec<T>, share: f64, seed: u64) -> (Vec<T>, Vec<T>) 
 pub fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
     if shuffle {
-        idx.shuffle(&mut StdRng::seed_from_u64(
-            seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64),
-        ));
+        idx.shuffle(&mut StdRng::seed_from_u64(derive_seed(
+            seed,
+            &[purpose::EPOCH, epoch as u64],
+        )));
     }
     idx
 }

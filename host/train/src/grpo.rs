@@ -14,10 +14,10 @@ use crate::config::{DataSection, GrpoSection, OnBad, Truncation};
 use crate::data::{Batch, Records, Sample, Skipped};
 use crate::error::{Result, TrainError, file_err};
 use crate::model::{Pass, TrainModel};
-use crate::rewards::{self, Where};
+use crate::rewards;
 use crate::trainer::{Extra, Micro, Task};
 use candle_core::Tensor;
-use galley_core::{Message, Metadata, RewardFn, RewardInput};
+use galley_core::{Message, Metadata, RewardFn, RewardGroup};
 use galley_model::weights::Weights;
 use galley_model::{ChatTemplate, Llama, SamplingParams, Tokenizer, generate};
 use std::cell::RefCell;
@@ -208,19 +208,7 @@ impl<'a> GrpoTask<'a> {
         pad: u32,
         out_dir: PathBuf,
     ) -> Self {
-        let mut labels: Vec<String> = Vec::with_capacity(cfg.rewards.len());
-        for r in &cfg.rewards {
-            let base = r.label();
-            let n = labels
-                .iter()
-                .filter(|l| l.split('#').next() == Some(base.as_str()))
-                .count();
-            labels.push(if n == 0 {
-                base
-            } else {
-                format!("{base}#{}", n + 1)
-            });
-        }
+        let labels = rewards::labels(&cfg.rewards);
         let weights = cfg.rewards.iter().map(|r| r.weight).collect();
         Self {
             prompts,
@@ -248,54 +236,26 @@ impl<'a> GrpoTask<'a> {
         Ok(Llama::load(&w, model.config.clone(), &model.device)?)
     }
 
-    /// Scores completions grouped by prompt (`set[p]` and its completions): per function and
-    /// completion the score, plus which completions any function failed on, each function's
-    /// failure count, and the seconds spent inside the functions.
-    #[allow(clippy::type_complexity)]
+    /// Scores completions grouped by prompt (`set[p]` and its completions), every group of
+    /// the step in one call per function, under the run's failure policy.
     fn score(
         &self,
         step: usize,
         groups: &[(usize, &[galley_model::Completion])],
         set: &[Prompt],
-    ) -> Result<(Vec<Vec<Option<f64>>>, Vec<bool>, Vec<usize>, f64)> {
+    ) -> Result<rewards::Scored> {
+        let batch: Vec<RewardGroup<'_>> = groups
+            .iter()
+            .map(|(p, texts)| RewardGroup {
+                prompt: &set[*p].messages,
+                metadata: &set[*p].metadata,
+                completions: texts.iter().map(|c| c.text.as_str()).collect(),
+            })
+            .collect();
         let mut fns = self.rewards.borrow_mut();
-        let total: usize = groups.iter().map(|g| g.1.len()).sum();
-        let mut scores = vec![Vec::with_capacity(total); fns.len()];
-        let mut failed = Vec::with_capacity(total);
-        let mut failures = vec![0usize; fns.len()];
-        let mut secs = 0.0;
-        for (p, texts) in groups {
-            let prompt = &set[*p];
-            let inputs: Vec<RewardInput> = texts
-                .iter()
-                .map(|c| RewardInput {
-                    prompt: prompt.messages.clone(),
-                    completion: c.text.clone(),
-                    metadata: prompt.metadata.clone(),
-                })
-                .collect();
-            let at = Where {
-                step,
-                prompt: prompt.messages.last().map_or("", |m| m.content.as_str()),
-            };
-            let mut bad = vec![false; texts.len()];
-            for (f, func) in fns.iter_mut().enumerate() {
-                let t = Instant::now();
-                let g = rewards::score_group(&mut **func, &inputs, self.cfg.on_plugin_error, &at)
-                    .map_err(|e| {
-                        TrainError::Reward(format!(
-                            "{e} (on_plugin_error: stop, so the run stops here)"
-                        ))
-                    });
-                secs += t.elapsed().as_secs_f64();
-                let g = g?;
-                failures[f] += g.failed.iter().filter(|x| **x).count();
-                bad.iter_mut().zip(&g.failed).for_each(|(b, f)| *b |= f);
-                scores[f].extend(g.scores);
-            }
-            failed.extend(bad);
-        }
-        Ok((scores, failed, failures, secs))
+        rewards::score_all(&mut fns, &batch, self.cfg.on_plugin_error, step).map_err(|e| {
+            TrainError::Reward(format!("{e} (on_plugin_error: stop, so the run stops here)"))
+        })
     }
 
     /// Per-token log-probabilities of each row's completion under `model` (no gradient).
@@ -367,7 +327,10 @@ impl<'a> GrpoTask<'a> {
             .iter()
             .flat_map(|&p| std::iter::repeat_n(self.prompts[p].ids.clone(), g))
             .collect();
-        let seed = self.seed ^ (key as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let seed = galley_core::seed::derive_seed(
+            self.seed,
+            &[galley_core::seed::purpose::ROLLOUT, key as u64],
+        );
         let t1 = Instant::now();
         let outs = generate(
             &engine,
@@ -380,7 +343,13 @@ impl<'a> GrpoTask<'a> {
         drop(engine);
         let groups: Vec<(usize, &[galley_model::Completion])> =
             order.iter().copied().zip(outs.chunks(g)).collect();
-        let (scores, failed, failures, reward_s) = self.score(step + 1, &groups, self.prompts)?;
+        let rewards::Scored {
+            scores,
+            failed,
+            failures,
+            secs,
+        } = self.score(step + 1, &groups, self.prompts)?;
+        let reward_s: f64 = secs.iter().sum();
         let totals = align::total_rewards(&scores, &self.weights);
         let known: Vec<bool> = failed.iter().map(|f| !f).collect();
         let adv = align::advantages_known(&totals, &known, g, self.cfg.scale_rewards);
@@ -670,7 +639,7 @@ impl Task for GrpoTask<'_> {
         drop(engine);
         let groups: Vec<(usize, &[galley_model::Completion])> =
             outs.chunks(1).enumerate().collect();
-        let (scores, failed, _, _) = self.score(0, &groups, self.val)?;
+        let rewards::Scored { scores, failed, .. } = self.score(0, &groups, self.val)?;
         let totals = align::total_rewards(&scores, &self.weights);
         let mut extra = Extra::new();
         extra.insert("eval_reward".into(), known_mean_std(&totals, &failed).0);

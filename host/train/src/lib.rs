@@ -281,7 +281,11 @@ pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Pr
             );
             let init_dir = out_dir.join("init");
             if !init_dir.join("model.safetensors").exists() {
-                let w = model::init_weights(&config, init.init_std, cfg.training.seed)?;
+                let seed = galley_core::seed::derive_seed(
+                    cfg.training.seed,
+                    &[galley_core::seed::purpose::INIT],
+                );
+                let w = model::init_weights(&config, init.init_std, seed)?;
                 export::save_checkpoint_dir(w, &config, &init_dir)?;
             }
             let weights = Weights::safetensors(vec![init_dir.join("model.safetensors")])?;
@@ -369,7 +373,7 @@ pub fn run(
     let resolved = out.join("config.yaml");
     std::fs::write(
         &resolved,
-        serde_yaml::to_string(cfg).expect("config serializes"),
+        galley_core::config::yaml::to_string(cfg).expect("config serializes"),
     )
     .map_err(|e| file_err(&resolved, e))?;
     let grpo = cfg.training.method == Method::Grpo;

@@ -95,7 +95,7 @@ impl Proj {
                     Some(l) if pass.train && l.dropout > 0.0 => Some(dropout_mask(
                         x.elem_count(),
                         l.dropout,
-                        pass.seed ^ site.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        galley_core::seed::derive_seed(pass.seed, &[site]),
                     )),
                     _ => None,
                 };
@@ -358,7 +358,10 @@ impl TrainModel {
             build,
             dev,
             trainable: Vec::new(),
-            rng: StdRng::seed_from_u64(build.seed ^ 0x10a4),
+            rng: StdRng::seed_from_u64(galley_core::seed::derive_seed(
+                build.seed,
+                &[galley_core::seed::purpose::LORA_INIT],
+            )),
         };
         let embed = l.param("model.embed_tokens.weight", &[c.vocab_size, d])?;
         let mut layers = Vec::with_capacity(c.num_layers);

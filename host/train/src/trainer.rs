@@ -222,7 +222,11 @@ impl Trainer<'_> {
         let mut order = epoch_order(n, self.cfg.data_seed(), epoch, self.cfg.data.shuffle);
         if self.cfg.data.group_by_length {
             let lens: Vec<usize> = (0..n).map(|i| self.task.item_len(i)).collect();
-            order = group_by_length(order, &lens, bs, self.cfg.data_seed() ^ epoch as u64);
+            let seed = galley_core::seed::derive_seed(
+                self.cfg.data_seed(),
+                &[galley_core::seed::purpose::GROUP_BY_LENGTH, epoch as u64],
+            );
+            order = group_by_length(order, &lens, bs, seed);
         }
         let start = (j * bs) % n;
         (0..bs).map(|i| order[(start + i) % n]).collect()
@@ -346,8 +350,13 @@ impl Trainer<'_> {
                     kernels: self.model.kernels,
                     train: true,
                     adapters: true,
-                    seed: self.cfg.training.seed
-                        ^ ((state.step * accum + m) as u64).wrapping_mul(0x2545_f491_4f6c_dd1d),
+                    seed: galley_core::seed::derive_seed(
+                        self.cfg.training.seed,
+                        &[
+                            galley_core::seed::purpose::DROPOUT,
+                            (state.step * accum + m) as u64,
+                        ],
+                    ),
                 };
                 let out = self.task.micro(self.model, items, norm, &pass)?;
                 loss += out.loss;
@@ -437,7 +446,7 @@ fn group_by_length(order: Vec<usize>, lens: &[usize], batch: usize, seed: u64) -
         sorted.extend(w);
     }
     let mut batches: Vec<&[usize]> = sorted.chunks(batch).collect();
-    batches.shuffle(&mut StdRng::seed_from_u64(seed.wrapping_add(0x6b5)));
+    batches.shuffle(&mut StdRng::seed_from_u64(seed));
     batches.concat()
 }
 

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{tiny_chat_model, write_jsonl};
-use galley_core::{PluginError, RewardFn, RewardInput};
+use galley_core::{PluginError, RewardFn, RewardGroup};
 use galley_train::{NoObserver, Sources, TrainConfig};
 use std::path::Path;
 
@@ -16,10 +16,11 @@ impl RewardFn for Chars {
     fn name(&self) -> &str {
         "chars"
     }
-    fn score(&mut self, batch: &[RewardInput]) -> Result<Vec<Option<f64>>, PluginError> {
-        Ok(batch
+    fn score(&mut self, groups: &[RewardGroup<'_>]) -> Result<Vec<Option<f64>>, PluginError> {
+        Ok(groups
             .iter()
-            .map(|r| Some(r.completion.chars().count() as f64))
+            .flat_map(|g| &g.completions)
+            .map(|c| Some(c.chars().count() as f64))
             .collect())
     }
 }
@@ -30,15 +31,14 @@ impl RewardFn for HasDigit {
     fn name(&self) -> &str {
         "has-digit"
     }
-    fn score(&mut self, batch: &[RewardInput]) -> Result<Vec<Option<f64>>, PluginError> {
-        Ok(batch
+    fn score(&mut self, groups: &[RewardGroup<'_>]) -> Result<Vec<Option<f64>>, PluginError> {
+        Ok(groups
             .iter()
-            .map(|r| {
+            .flat_map(|g| g.completions.iter().map(move |c| (g, c)))
+            .map(|(g, c)| {
                 // No opinion on prompts without an answer column.
-                r.metadata.get("answer")?;
-                Some(f64::from(u8::from(
-                    r.completion.chars().any(|c| c.is_ascii_digit()),
-                )))
+                g.metadata.get("answer")?;
+                Some(f64::from(u8::from(c.chars().any(|c| c.is_ascii_digit()))))
             })
             .collect())
     }

@@ -1,7 +1,7 @@
 //! Shared test helpers: where the built plugins are, and a runtime with a test cache.
 #![allow(dead_code)]
 
-use galley_core::{Message, RewardFn, RewardInput, Value};
+use galley_core::{Message, RewardFn, RewardFnExt, RewardInput, Value};
 use galley_runtime::{InstanceOptions, Limits, Plugin, Runtime, RuntimeConfig};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -74,7 +74,7 @@ pub fn assert_host_healthy() {
         .reward(&serde_json::json!({}), InstanceOptions::default())
         .unwrap();
     let s = r
-        .score(&[input("6 * 7 = 42\n#### 42", Some(Value::Int(42)))])
+        .score_inputs(&[input("6 * 7 = 42\n#### 42", Some(Value::Int(42)))])
         .unwrap();
     assert_eq!(s, vec![Some(1.0)]);
 }

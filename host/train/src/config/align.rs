@@ -38,11 +38,12 @@ impl Default for DpoSection {
 }
 
 /// What a reward plugin's failure (trap, timeout, memory cap, bad output) does to the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnPluginError {
     /// The completions it failed on get advantage 0 (and leave their group's statistics),
     /// with a warning naming the plugin, step and completion; the run goes on.
+    #[default]
     Skip,
     /// The run stops with the error; the last checkpoint stays intact.
     Stop,

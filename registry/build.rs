@@ -18,7 +18,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../registry/default");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("default");
     // Watched even while missing, so creating it triggers a rebuild.
     println!("cargo:rerun-if-changed={}", dir.display());
     let root = dir.canonicalize();

@@ -9,7 +9,7 @@
 //! the manifest is embedded in it.
 
 use crate::{embedded, toolchains};
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use galley_core::PluginKind;
 use galley_runtime::{Manifest, embed_manifest, inspect};
 use std::path::{Path, PathBuf};
@@ -94,12 +94,7 @@ impl Toolchain {
 /// The target dir shared by every wasm plugin build (the standard library is rebuilt per
 /// target dir, which takes minutes): `GALLEY_WASM_TARGET_DIR`, else the galley cache.
 pub fn default_target_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("GALLEY_WASM_TARGET_DIR") {
-        return PathBuf::from(d);
-    }
-    galley_runtime::default_cache_dir()
-        .and_then(|c| c.parent().map(|p| p.join("wasm-target")))
-        .unwrap_or_else(|| PathBuf::from("target/wasm"))
+    galley_core::dirs::wasm_target_dir()
 }
 
 pub struct Built {
@@ -241,10 +236,10 @@ fn build_rust(
 }
 
 /// A scratch folder with the WIT, removed when dropped.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Scratch {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "galley-build-{}-{}",
             std::process::id(),
@@ -449,12 +444,12 @@ fn cargo_build(cargo_toml: &Path, target_dir: &Path, toolchain: Toolchain) -> Re
 
 /// Wraps a wasip1 core module into a component with the WASI reactor adapter.
 pub fn componentize(core: &[u8]) -> Result<Vec<u8>> {
-    wit_component::ComponentEncoder::default()
+    Ok(wit_component::ComponentEncoder::default()
         .module(core)?
         .validate(true)
         .adapter(
             wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
             wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
         )?
-        .encode()
+        .encode()?)
 }

@@ -3,7 +3,7 @@
 //! componentize-py in a Python venv, componentize-js in a local npm install. Versions are
 //! pinned: a plugin must build the same way next month.
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -12,12 +12,7 @@ pub const COMPONENTIZE_JS: &str = "0.23.0";
 pub const JCO: &str = "1.35.0";
 
 pub fn toolchain_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("GALLEY_TOOLCHAIN_DIR") {
-        return PathBuf::from(d);
-    }
-    galley_runtime::default_cache_dir()
-        .and_then(|c| c.parent().map(|p| p.join("toolchains")))
-        .unwrap_or_else(|| PathBuf::from("target/toolchains"))
+    galley_core::dirs::toolchains_dir()
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
@@ -61,7 +56,7 @@ pub fn componentize_py() -> Result<PathBuf> {
             "building a Python plugin needs python3 (3.10 or newer) with venv: install it (Debian: `apt-get install python3 python3-venv`)"
         );
     }
-    eprintln!(
+    tracing::info!(
         "installing componentize-py {COMPONENTIZE_PY} into {} (once)",
         venv.display()
     );
@@ -100,7 +95,7 @@ pub fn componentize_js() -> Result<PathBuf> {
             "building a JavaScript plugin needs Node.js 20+ and npm: install them (Debian: `apt-get install nodejs npm`)"
         );
     }
-    eprintln!(
+    tracing::info!(
         "installing componentize-js {COMPONENTIZE_JS} into {} (once)",
         dir.display()
     );

@@ -1,0 +1,471 @@
+//! A project's plugins: which registry it installs from, which keys it trusts, and
+//! `galley.lock` kept in step with the install folder. These are the operations behind
+//! `galley plugin install | update | list | remove`: resolve requirements (keeping what the
+//! lockfile pins unless asked to move it), install from a registry or an OCI reference,
+//! install exactly what the lockfile pins (offline from the cache), and merge the OCI entries
+//! a registry resolution does not know about back into the new lockfile.
+
+use crate::error::RegistryError;
+use crate::index::{PackageName, Release};
+use crate::install::{Installed, Installer, ManifestCheck, TrustPolicy};
+use crate::keys::TrustStore;
+use crate::lock::{LockEntry, Lockfile};
+use crate::oci::{OciClient, OciRef, OciSource, Pulled};
+use crate::package::Describe;
+use crate::resolve::Requirement;
+use crate::source::{HttpRegistry, Source, StaticRegistry};
+use crate::store::FileRegistry;
+use sha2::Digest;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::PathBuf;
+
+mod first_party {
+    include!(concat!(env!("OUT_DIR"), "/default_registry.rs"));
+}
+
+/// `ID PUBLIC_KEY_HEX` of the first-party signing key compiled into galley.
+pub fn first_party_key() -> Option<(&'static str, &'static str)> {
+    first_party::FIRST_PARTY_KEY
+        .trim()
+        .split_once(' ')
+        .map(|(id, k)| (id, k.trim()))
+}
+
+/// A registry a project installs from or publishes to.
+pub enum Registry {
+    File(FileRegistry),
+    Http(HttpRegistry),
+    /// The first-party registry compiled into galley (read-only).
+    BuiltIn(StaticRegistry),
+}
+
+impl Registry {
+    /// `spec`, else `GALLEY_REGISTRY`, else the built-in first-party registry. A spec is a
+    /// folder (`DIR` or `file://DIR`) or a server (`http://`, `https://`).
+    pub fn open(spec: Option<&str>) -> Result<Self, RegistryError> {
+        let spec = match spec
+            .map(String::from)
+            .or_else(|| std::env::var("GALLEY_REGISTRY").ok().filter(|s| !s.is_empty()))
+        {
+            Some(s) => s,
+            None => {
+                let files = first_party::FILES
+                    .iter()
+                    .map(|(p, b)| (p.to_string(), *b))
+                    .collect();
+                return Ok(Registry::BuiltIn(StaticRegistry {
+                    label: "the built-in first-party registry".into(),
+                    files,
+                }));
+            }
+        };
+        if spec.starts_with("http://") || spec.starts_with("https://") {
+            return Ok(Registry::Http(HttpRegistry::new(&spec)?));
+        }
+        if spec.contains("://") && !spec.starts_with("file://") {
+            return Err(RegistryError::BadReference(format!(
+                "registry `{spec}`: use a folder, file://, http:// or https://"
+            )));
+        }
+        Ok(Registry::File(FileRegistry::open(
+            spec.strip_prefix("file://").unwrap_or(&spec),
+        )))
+    }
+
+    pub fn source(&self) -> &dyn Source {
+        match self {
+            Registry::File(f) => f,
+            Registry::Http(h) => h,
+            Registry::BuiltIn(s) => s,
+        }
+    }
+
+    fn read_only() -> RegistryError {
+        RegistryError::BadReference(
+            "the built-in registry is read-only: pass --registry DIR|URL (or set GALLEY_REGISTRY)"
+                .into(),
+        )
+    }
+
+    /// Publishes a (signed) release and its blob; a server needs `token`.
+    pub fn publish(
+        &self,
+        r: &Release,
+        blob: &[u8],
+        token: impl FnOnce() -> Result<String, RegistryError>,
+    ) -> Result<(), RegistryError> {
+        match self {
+            Registry::File(f) => f.publish(r, blob),
+            Registry::Http(h) => h.publish(r, blob, &token()?),
+            Registry::BuiltIn(_) => Err(Self::read_only()),
+        }
+    }
+
+    pub fn set_yanked(
+        &self,
+        name: &PackageName,
+        version: &semver::Version,
+        yanked: bool,
+        token: impl FnOnce() -> Result<String, RegistryError>,
+    ) -> Result<(), RegistryError> {
+        match self {
+            Registry::File(f) => f.set_yanked(name, version, yanked),
+            Registry::Http(h) => h.set_yanked(name, version, yanked, &token()?),
+            Registry::BuiltIn(_) => Err(Self::read_only()),
+        }
+    }
+
+    /// `(name, kind, live versions)` of the packages whose name contains `term`.
+    pub fn search(&self, term: &str) -> Result<Vec<(String, String, Vec<String>)>, RegistryError> {
+        let names = match self {
+            Registry::Http(h) => return h.search(term),
+            Registry::File(f) => f.search(term)?,
+            Registry::BuiltIn(b) => b.search(term),
+        };
+        let mut rows = Vec::new();
+        for name in names {
+            let releases = self.source().releases(&name)?;
+            let live = releases
+                .iter()
+                .filter(|r| !r.yanked)
+                .map(|r| r.version.to_string())
+                .collect();
+            let kind = releases
+                .last()
+                .map(|r| r.kind.to_string())
+                .unwrap_or_default();
+            rows.push((name.to_string(), kind, live));
+        }
+        Ok(rows)
+    }
+}
+
+impl TrustStore {
+    /// The keys this user trusts: their trust file plus the first-party key galley ships with.
+    pub fn for_user() -> Result<Self, RegistryError> {
+        let mut trust = TrustStore::load(&galley_core::dirs::trust_file())?;
+        if let Some((id, public)) = first_party_key() {
+            trust.add(id, public)?;
+        }
+        Ok(trust)
+    }
+}
+
+/// A package whose version `update` moved: `from` none when new, `to` none when dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub name: PackageName,
+    pub from: Option<semver::Version>,
+    pub to: Option<semver::Version>,
+}
+
+/// What `list` finds on disk for a locked package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileState {
+    Ok,
+    Modified,
+    Missing,
+}
+
+/// A project's plugins: the install folder, its lockfile, and how installs are checked.
+pub struct Project<'a> {
+    pub into: PathBuf,
+    pub lock: PathBuf,
+    pub trust: &'a TrustStore,
+    /// Content-addressed cache of verified blobs (offline installs read it).
+    pub cache: PathBuf,
+    pub allow_unsigned: bool,
+    /// The largest component installed, in bytes.
+    pub max_blob: u64,
+    pub wit_supported: &'a dyn Fn(&semver::Version) -> bool,
+    /// Reads a component's description (the runtime's inspection, through the caller).
+    pub describe: &'a Describe<'a>,
+    /// The installer's last check: the name and version the blob's own manifest gives.
+    pub manifest_check: &'a ManifestCheck,
+}
+
+impl Project<'_> {
+    fn installer<'s>(&'s self, source: Option<&'s dyn Source>, unsigned: bool) -> Installer<'s> {
+        Installer {
+            registry: source,
+            cache: self.cache.clone(),
+            trust: self.trust,
+            policy: if unsigned {
+                TrustPolicy::AllowUnsigned
+            } else {
+                TrustPolicy::SignedOnly
+            },
+            max_blob: self.max_blob,
+            wit_supported: self.wit_supported,
+            manifest_check: self.manifest_check,
+        }
+    }
+
+    fn path_of(&self, name: &PackageName) -> PathBuf {
+        self.into
+            .join(&name.namespace)
+            .join(format!("{}.wasm", name.name))
+    }
+
+    fn load_lock(&self) -> Result<Option<Lockfile>, RegistryError> {
+        Lockfile::load(&self.lock)
+    }
+
+    fn nothing_here(&self, what: &str) -> RegistryError {
+        RegistryError::Unsatisfiable(format!("no {}: {what}", self.lock.display()))
+    }
+
+    /// Installs `reqs` (`NAMESPACE/NAME[@REQ]` from `registry`, or `oci://HOST/REPO:TAG`),
+    /// keeping every other pin, and saves the lockfile.
+    pub fn install(
+        &self,
+        reqs: &[String],
+        registry: &Registry,
+    ) -> Result<Vec<Installed>, RegistryError> {
+        let mut lock = self.load_lock()?.unwrap_or_default();
+        let (oci, named): (Vec<&String>, Vec<&String>) =
+            reqs.iter().partition(|r| r.starts_with("oci://"));
+        let mut installed = Vec::new();
+        if !named.is_empty() {
+            let mut wanted = lock.wanted(None);
+            for r in &named {
+                let r = Requirement::parse(r)?;
+                wanted.insert(r.name, r.req);
+            }
+            let (done, new_lock) = self.resolve(&lock, wanted, registry, &BTreeSet::new())?;
+            installed.extend(done);
+            lock = new_lock;
+        }
+        for spec in oci {
+            let (done, entry) = self.install_oci(spec)?;
+            lock.upsert(entry);
+            installed.push(done);
+        }
+        lock.save(&self.lock)?;
+        Ok(installed)
+    }
+
+    /// Re-resolves what the lockfile's requirements allow, moving `names` (all, when empty)
+    /// to their newest fitting versions; saves the lockfile and returns what changed.
+    pub fn update(
+        &self,
+        names: &[PackageName],
+        registry: &Registry,
+    ) -> Result<Vec<Change>, RegistryError> {
+        let lock = self
+            .load_lock()?
+            .ok_or_else(|| self.nothing_here("install something first"))?;
+        for name in names {
+            match lock.plugins.iter().find(|e| &e.name == name) {
+                None => {
+                    return Err(RegistryError::Unsatisfiable(format!(
+                        "{name} is not in {}",
+                        self.lock.display()
+                    )));
+                }
+                Some(e) if e.source.is_some() => {
+                    return Err(RegistryError::Unsatisfiable(format!(
+                        "{name} came from {}; update it by installing the new OCI reference",
+                        e.source.as_deref().unwrap_or("")
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let unpin: BTreeSet<PackageName> = if names.is_empty() {
+            lock.plugins.iter().map(|e| e.name.clone()).collect()
+        } else {
+            names.iter().cloned().collect()
+        };
+        let wanted = lock.wanted(Some(semver::VersionReq::STAR));
+        let (_, new_lock) = self.resolve(&lock, wanted, registry, &unpin)?;
+        let changes = lock.changes_to(&new_lock);
+        new_lock.save(&self.lock)?;
+        Ok(changes)
+    }
+
+    /// Resolves `wanted` against `registry`, keeping the versions `lock` pins unless they are
+    /// in `unpin`, installs, and returns the new lockfile (OCI entries carried over).
+    fn resolve(
+        &self,
+        lock: &Lockfile,
+        wanted: BTreeMap<PackageName, semver::VersionReq>,
+        registry: &Registry,
+        unpin: &BTreeSet<PackageName>,
+    ) -> Result<(Vec<Installed>, Lockfile), RegistryError> {
+        let reqs: Vec<Requirement> = wanted
+            .iter()
+            .map(|(name, req)| Requirement {
+                name: name.clone(),
+                req: req.clone(),
+            })
+            .collect();
+        let pinned = lock.registry_pins(unpin);
+        let (installed, mut new_lock) = self
+            .installer(Some(registry.source()), self.allow_unsigned)
+            .install(&reqs, &self.into, Some(&pinned))?;
+        new_lock.requirements = wanted;
+        new_lock.merge_oci_from(lock);
+        Ok((installed, new_lock))
+    }
+
+    /// Installs exactly what the lockfile pins: registry entries from `registry` (or only
+    /// the cache when `None`: offline), OCI entries from their pinned manifests (or the cache).
+    pub fn install_locked(
+        &self,
+        registry: Option<&Registry>,
+    ) -> Result<Vec<Installed>, RegistryError> {
+        let lock = self
+            .load_lock()?
+            .ok_or_else(|| self.nothing_here("name plugins to install"))?;
+        let (oci, plain): (Vec<&LockEntry>, Vec<&LockEntry>) =
+            lock.plugins.iter().partition(|e| e.source.is_some());
+        let mut installed = Vec::new();
+        if !plain.is_empty() {
+            let sub = Lockfile {
+                plugins: plain.into_iter().cloned().collect(),
+                ..Lockfile::default()
+            };
+            installed.extend(
+                self.installer(registry.map(Registry::source), true)
+                    .install_locked(&sub, &self.into)?,
+            );
+        }
+        for e in oci {
+            let sub = Lockfile {
+                plugins: vec![e.clone()],
+                ..Lockfile::default()
+            };
+            match self.installer(None, true).install_locked(&sub, &self.into) {
+                Ok(done) => installed.extend(done),
+                Err(RegistryError::NotCached { .. }) if registry.is_some() => {
+                    let reference = OciRef::parse(e.source.as_deref().unwrap_or_default())?;
+                    let client = OciClient::new(&reference)?;
+                    let pulled = client.pull(&reference)?;
+                    let release = self.oci_release(&client, &reference, pulled, e.unsigned)?;
+                    let source = OciSource::new(client, reference, release);
+                    installed.extend(
+                        self.installer(Some(&source), e.unsigned)
+                            .install_locked(&sub, &self.into)?,
+                    );
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(installed)
+    }
+
+    /// The release an OCI artifact is: its signed annotation, or — for an artifact another
+    /// tool pushed — an unsigned release read from the component itself (only when
+    /// unsigned packages are allowed).
+    fn oci_release(
+        &self,
+        client: &OciClient,
+        reference: &OciRef,
+        pulled: Pulled,
+        allow_unsigned: bool,
+    ) -> Result<Release, RegistryError> {
+        if let Some(r) = pulled.release {
+            return Ok(r);
+        }
+        let refuse = |reason: String| RegistryError::Package {
+            origin: reference.to_string(),
+            reason,
+        };
+        if !allow_unsigned {
+            return Err(refuse(
+                "carries no galley release line (pushed by another tool), so it is unsigned; pass --allow-unsigned to install it anyway".into(),
+            ));
+        }
+        if pulled.layer.size > self.max_blob {
+            return Err(refuse(format!(
+                "the component is {} bytes, over the {}-byte limit",
+                pulled.layer.size, self.max_blob
+            )));
+        }
+        let mut blob = Vec::new();
+        client
+            .open_blob(&reference.repo, &pulled.layer.digest)?
+            .take(pulled.layer.size + 1)
+            .read_to_end(&mut blob)
+            .map_err(|e| refuse(e.to_string()))?;
+        let c = (self.describe)(&blob, &reference.to_string()).map_err(refuse)?;
+        if c.digest != pulled.layer.digest || blob.len() as u64 != pulled.layer.size {
+            return Err(refuse(format!(
+                "the layer is {} ({} bytes), but the manifest says {} ({} bytes)",
+                c.digest,
+                blob.len(),
+                pulled.layer.digest,
+                pulled.layer.size
+            )));
+        }
+        Release::from_component(&c, None, &reference.to_string())
+    }
+
+    fn install_oci(&self, spec: &str) -> Result<(Installed, LockEntry), RegistryError> {
+        let reference = OciRef::parse(spec)?;
+        let client = OciClient::new(&reference)?;
+        let pulled = client.pull(&reference)?;
+        let pinned = reference.pinned(&pulled.manifest_digest);
+        let release = self.oci_release(&client, &reference, pulled, self.allow_unsigned)?;
+        let req = Requirement {
+            name: release.name.clone(),
+            req: semver::VersionReq::parse(&format!("={}", release.version))
+                .expect("an exact requirement parses"),
+        };
+        let source = OciSource::new(client, reference, release);
+        let (mut installed, lock) = self
+            .installer(Some(&source), self.allow_unsigned)
+            .install(&[req], &self.into, None)?;
+        let mut entry = lock.plugins.into_iter().next().ok_or_else(|| {
+            RegistryError::Unsatisfiable(format!("{spec}: the install produced no lock entry"))
+        })?;
+        entry.source = Some(pinned.to_string());
+        Ok((installed.remove(0), entry))
+    }
+
+    /// Every locked package and the state of its file; `None` without a lockfile.
+    pub fn list(&self) -> Result<Option<Vec<(LockEntry, FileState)>>, RegistryError> {
+        let Some(lock) = self.load_lock()? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            lock.plugins
+                .into_iter()
+                .map(|e| {
+                    let state = match std::fs::read(self.path_of(&e.name)) {
+                        Ok(b) if digest(&b) == e.digest => FileState::Ok,
+                        Ok(_) => FileState::Modified,
+                        Err(_) => FileState::Missing,
+                    };
+                    (e, state)
+                })
+                .collect(),
+        ))
+    }
+
+    /// Drops `names` from the lockfile and the install folder.
+    pub fn remove(&self, names: &[PackageName]) -> Result<(), RegistryError> {
+        let mut lock = self
+            .load_lock()?
+            .ok_or_else(|| self.nothing_here("nothing installed here"))?;
+        for name in names {
+            if !lock.remove(name) {
+                return Err(RegistryError::Unsatisfiable(format!(
+                    "{name} is not in {}",
+                    self.lock.display()
+                )));
+            }
+            let path = self.path_of(name);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|e| crate::error::io(&path, e))?;
+            }
+        }
+        lock.save(&self.lock)
+    }
+}
+
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
