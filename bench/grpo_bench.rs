@@ -166,10 +166,7 @@ fn main() {
             }
         })
         .collect();
-    let groups: Vec<RewardGroup<'_>> = inputs
-        .chunks(GROUP)
-        .flat_map(RewardInput::groups)
-        .collect();
+    let groups: Vec<RewardGroup<'_>> = inputs.chunks(GROUP).flat_map(RewardInput::groups).collect();
     let time = |f: &mut dyn RewardFn| {
         let t = Instant::now();
         let mut out = Vec::new();

@@ -10,7 +10,7 @@ mod workload;
 use native_math::NativeMathAnswer;
 use workload::{throughput, workload};
 
-use galley_core::{RewardFn, RewardFnExt};
+use galley_core::RewardFnExt;
 use galley_runtime::{InstanceOptions, Runtime, RuntimeConfig};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

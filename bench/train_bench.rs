@@ -8,7 +8,7 @@
 //!  [--modes full,lora,qlora] [--python PATH]`; `scripts/bench-train.sh` builds the venv.
 
 use candle_core::Device;
-use galley_train::config::{Method, PeftSection, TrainingSection};
+use galley_train::config::{PeftSection, TrainingSection, Tuning};
 use galley_train::model::{Build, Pass, TrainModel};
 use galley_train::optim::Optimizer;
 use std::path::{Path, PathBuf};
@@ -66,9 +66,9 @@ fn child(mode: &str, model: &Path, rows_file: &Path, steps: usize) {
     let rows: Vec<Vec<u32>> =
         serde_json::from_str(&std::fs::read_to_string(rows_file).unwrap()).unwrap();
     let method = match mode {
-        "full" => Method::Full,
-        "lora" => Method::Lora,
-        _ => Method::Qlora,
+        "full" => Tuning::Full,
+        "lora" => Tuning::Lora,
+        _ => Tuning::Qlora,
     };
     let peft = PeftSection {
         r: 8,
@@ -79,7 +79,7 @@ fn child(mode: &str, model: &Path, rows_file: &Path, steps: usize) {
     };
     let ck = galley_model::open(model, Default::default()).expect("model");
     let build = Build {
-        method,
+        tuning: method,
         peft: &peft,
         seed: 0,
     };

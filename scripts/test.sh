@@ -5,15 +5,24 @@
 # hostile-plugin suite, bad input), the registry's, the model's (parity with transformers,
 # generation), the trainer's (gradient checks, data, optimizers), the end-to-end CLI tests
 # (training runs included), the plugins' own unit tests, and the SDK's
-# documentation examples.
+# documentation examples. Formatting is checked first, clippy (warnings are errors) before
+# the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+
+echo "== formatting (host and plugin workspaces)"
+cargo fmt --all --check
+cargo fmt --manifest-path plugins/Cargo.toml --all --check
 
 scripts/setup.sh
 scripts/fetch-models.sh
 scripts/fetch-data.sh
 scripts/build-plugins.sh
+
+echo "== lints (host and plugin workspaces)"
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --manifest-path plugins/Cargo.toml --target-dir target/plugins-native --workspace --all-targets -- -D warnings
 
 echo "== host workspace"
 # (Model tests serialise themselves: candle's thread pool spin-waits.)

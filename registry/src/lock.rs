@@ -138,8 +138,12 @@ impl Lockfile {
                 .find(|e| &e.name == n)
                 .map(|e| e.version.clone())
         };
-        let mut names: Vec<&PackageName> =
-            self.plugins.iter().chain(&new.plugins).map(|e| &e.name).collect();
+        let mut names: Vec<&PackageName> = self
+            .plugins
+            .iter()
+            .chain(&new.plugins)
+            .map(|e| &e.name)
+            .collect();
         names.sort();
         names.dedup();
         names
@@ -154,5 +158,4 @@ impl Lockfile {
             })
             .collect()
     }
-
 }

@@ -136,7 +136,10 @@ impl Package {
 
     /// A package `write_packed` made: the component beside the release file must be exactly
     /// the bytes the (signed) line names.
-    pub fn load_packed(release_file: &Path, describe: &Describe<'_>) -> Result<Self, RegistryError> {
+    pub fn load_packed(
+        release_file: &Path,
+        describe: &Describe<'_>,
+    ) -> Result<Self, RegistryError> {
         let text = std::fs::read_to_string(release_file).map_err(|e| io(release_file, e))?;
         let origin = release_file.display().to_string();
         let release: Release = serde_json::from_str(text.trim())
@@ -182,8 +185,11 @@ mod tests {
             kind: PluginKind::Reward,
             wit: semver::Version::new(0, 1, 0),
             description: String::new(),
-            dependencies: [("acme/y".to_string(), semver::VersionReq::parse("^1").unwrap())]
-                .into(),
+            dependencies: [(
+                "acme/y".to_string(),
+                semver::VersionReq::parse("^1").unwrap(),
+            )]
+            .into(),
             read_dirs: vec![],
             digest: "sha256:00".into(),
             size: 4,
@@ -198,11 +204,15 @@ mod tests {
         assert_eq!(r.name.to_string(), "acme/x");
         assert_eq!(r.dependencies.len(), 1);
         let e = Release::from_component(&component(), Some("other"), "x.wasm").unwrap_err();
-        assert!(e.to_string().contains("namespace `acme`, not `other`"), "{e}");
+        assert!(
+            e.to_string().contains("namespace `acme`, not `other`"),
+            "{e}"
+        );
         let mut c = component();
         c.namespace = None;
         assert!(Release::from_component(&c, None, "x.wasm").is_err());
-        c.dependencies.insert("no-slash".into(), semver::VersionReq::STAR);
+        c.dependencies
+            .insert("no-slash".into(), semver::VersionReq::STAR);
         let e = Release::from_component(&c, Some("acme"), "x.wasm").unwrap_err();
         assert!(e.to_string().contains("dependencies.no-slash"), "{e}");
     }

@@ -44,10 +44,11 @@ impl Registry {
     /// `spec`, else `GALLEY_REGISTRY`, else the built-in first-party registry. A spec is a
     /// folder (`DIR` or `file://DIR`) or a server (`http://`, `https://`).
     pub fn open(spec: Option<&str>) -> Result<Self, RegistryError> {
-        let spec = match spec
-            .map(String::from)
-            .or_else(|| std::env::var("GALLEY_REGISTRY").ok().filter(|s| !s.is_empty()))
-        {
+        let spec = match spec.map(String::from).or_else(|| {
+            std::env::var("GALLEY_REGISTRY")
+                .ok()
+                .filter(|s| !s.is_empty())
+        }) {
             Some(s) => s,
             None => {
                 let files = first_party::FILES
@@ -415,9 +416,9 @@ impl Project<'_> {
                 .expect("an exact requirement parses"),
         };
         let source = OciSource::new(client, reference, release);
-        let (mut installed, lock) = self
-            .installer(Some(&source), self.allow_unsigned)
-            .install(&[req], &self.into, None)?;
+        let (mut installed, lock) =
+            self.installer(Some(&source), self.allow_unsigned)
+                .install(&[req], &self.into, None)?;
         let mut entry = lock.plugins.into_iter().next().ok_or_else(|| {
             RegistryError::Unsatisfiable(format!("{spec}: the install produced no lock entry"))
         })?;

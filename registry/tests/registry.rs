@@ -1,77 +1,19 @@
-//! The registry end to end on a folder registry, with real components built by
-//! `galley plugin build`: keygen, publish, search, install with dependencies, lockfile,
-//! offline reinstall, yank; then the attack suite — none of which installs anything.
+//! The registry end to end on a folder registry, with stand-in components (see
+//! `common`): keygen, publish, search, install with dependencies, lockfile, offline
+//! reinstall, yank; then the attack suite — none of which installs anything.
 
+mod common;
+
+use common::{check, component, release, wit_ok};
 use galley_registry::*;
-use galley_runtime::{Manifest, embed_manifest};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-fn plugin_bytes(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/plugins")
-        .join(format!("{name}.wasm"));
-    std::fs::read(&p)
-        .unwrap_or_else(|_| panic!("{} missing: run scripts/build-plugins.sh", p.display()))
-}
-
-fn manifest_of(bytes: &[u8]) -> Manifest {
-    galley_runtime::inspect(bytes, "test")
-        .unwrap()
-        .manifest
-        .unwrap()
-}
-
-/// A real component relabelled as `name@version` (the embedded manifest is replaced).
-fn component(base: &str, name: &str, version: &str) -> Vec<u8> {
-    let bytes = plugin_bytes(base);
-    let mut m = manifest_of(&bytes);
-    m.name = name.into();
-    m.version = semver::Version::parse(version).unwrap();
-    embed_manifest(&bytes, &m)
-}
-
-fn release(ns: &str, bytes: &[u8], deps: &[(&str, &str)]) -> Release {
-    let m = manifest_of(bytes);
-    use sha2::Digest;
-    Release {
-        name: PackageName::parse(&format!("{ns}/{}", m.name)).unwrap(),
-        version: m.version.clone(),
-        kind: m.kind,
-        wit: m.wit.clone().unwrap(),
-        digest: format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes))),
-        size: bytes.len() as u64,
-        dependencies: deps
-            .iter()
-            .map(|(n, r)| {
-                (
-                    PackageName::parse(n).unwrap(),
-                    semver::VersionReq::parse(r).unwrap(),
-                )
-            })
-            .collect(),
-        read_dirs: m.capabilities.read_dirs.clone(),
-        yanked: false,
-        key: None,
-        signature: None,
-    }
-}
 
 fn publish(reg: &FileRegistry, key: &KeyPair, bytes: &[u8], deps: &[(&str, &str)]) -> Release {
     let mut r = release("acme", bytes, deps);
     key.sign(&mut r);
     reg.publish(&r, bytes).unwrap();
     r
-}
-
-fn check(bytes: &[u8]) -> Result<(String, semver::Version), String> {
-    let info = galley_runtime::inspect(bytes, "blob").map_err(|e| e.to_string())?;
-    let m = info.manifest.ok_or("no manifest")?;
-    Ok((m.name, m.version))
-}
-
-fn wit_ok(v: &semver::Version) -> bool {
-    galley_runtime::wit_supported(v)
 }
 
 struct World {
@@ -277,7 +219,7 @@ fn tampered_or_swapped_blobs_are_refused() {
 
     // Another valid package's bytes in its place (same size would be needed to pass the size
     // check; the digest catches it either way).
-    std::fs::write(&blob, plugin_bytes("format")).unwrap();
+    std::fs::write(&blob, component("format", "format", "0.1.0")).unwrap();
     let err = w.install(&["acme/penalty"]).unwrap_err();
     assert!(
         matches!(

@@ -2,51 +2,16 @@
 //! publish and yank, search, ETag / If-None-Match, install from HTTP, upload cap, path
 //! traversal; and a hostile server (endless and truncated blobs) that installs nothing.
 
+mod common;
+
+use common::{check, signed as release, wit_ok};
 use galley_registry::*;
-use galley_runtime::{Manifest, embed_manifest};
-use sha2::Digest;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-fn plugin_bytes(name: &str) -> Vec<u8> {
-    std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/plugins")
-            .join(format!("{name}.wasm")),
-    )
-    .expect("run scripts/build-plugins.sh first")
-}
-
 fn component(name: &str, version: &str) -> Vec<u8> {
-    let bytes = plugin_bytes("length-penalty");
-    let mut m: Manifest = galley_runtime::inspect(&bytes, "t")
-        .unwrap()
-        .manifest
-        .unwrap();
-    m.name = name.into();
-    m.version = semver::Version::parse(version).unwrap();
-    embed_manifest(&bytes, &m)
-}
-
-fn release(ns: &str, bytes: &[u8], key: &KeyPair) -> Release {
-    let info = galley_runtime::inspect(bytes, "t").unwrap();
-    let m = info.manifest.unwrap();
-    let mut r = Release {
-        name: PackageName::parse(&format!("{ns}/{}", m.name)).unwrap(),
-        version: m.version,
-        kind: m.kind,
-        wit: m.wit.unwrap(),
-        digest: format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes))),
-        size: bytes.len() as u64,
-        dependencies: BTreeMap::new(),
-        read_dirs: vec![],
-        yanked: false,
-        key: None,
-        signature: None,
-    };
-    key.sign(&mut r);
-    r
+    common::component("length-penalty", name, version)
 }
 
 /// Starts a server on an ephemeral loopback port; returns its base URL.
@@ -74,18 +39,6 @@ fn start(root: PathBuf, max_upload: usize) -> String {
         });
     });
     format!("http://{addr}")
-}
-
-fn check(bytes: &[u8]) -> Result<(String, semver::Version), String> {
-    let m = galley_runtime::inspect(bytes, "blob")
-        .map_err(|e| e.to_string())?
-        .manifest
-        .ok_or("no manifest")?;
-    Ok((m.name, m.version))
-}
-
-fn wit_ok(_: &semver::Version) -> bool {
-    true
 }
 
 fn installer<'a>(src: &'a dyn Source, trust: &'a TrustStore, cache: PathBuf) -> Installer<'a> {

@@ -226,8 +226,10 @@ fn relative_plugin_paths_in_a_train_config_are_joined_once() {
     for name in ["arith", "math-answer"] {
         std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm"))).unwrap();
     }
-    let cfg = grpo_config("    - plugin: ../plugins/math-answer.wasm\n", "")
-        .replace(&plugin("arith").display().to_string(), "../plugins/arith.wasm");
+    let cfg = grpo_config("    - plugin: ../plugins/math-answer.wasm\n", "").replace(
+        &plugin("arith").display().to_string(),
+        "../plugins/arith.wasm",
+    );
     std::fs::write(train.join("grpo.yaml"), cfg).unwrap();
     // Run from the project root, the config two folders down: a newcomer's layout.
     let o = galley(
@@ -250,7 +252,12 @@ fn relative_plugin_paths_in_a_train_config_are_joined_once() {
     std::fs::write(train.join("bad.yaml"), bad).unwrap();
     let line = one_line_error(&galley(
         dir.path(),
-        &["train", "-c", "examples/train/bad.yaml", "training.max_steps=1"],
+        &[
+            "train",
+            "-c",
+            "examples/train/bad.yaml",
+            "training.max_steps=1",
+        ],
     ));
     assert!(
         line.contains("grpo.rewards[0].plugin")

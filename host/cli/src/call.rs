@@ -125,7 +125,11 @@ pub fn read_items<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>>
     } else {
         std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?
     };
-    Ok(galley_core::jsonl::parse(&text, &path.display().to_string(), "input")?)
+    Ok(galley_core::jsonl::parse(
+        &text,
+        &path.display().to_string(),
+        "input",
+    )?)
 }
 
 fn parse_config(text: &str) -> Result<serde_json::Value> {

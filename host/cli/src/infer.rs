@@ -57,7 +57,13 @@ fn default_batch() -> usize {
 fn expand(key: &str) -> Option<String> {
     matches!(
         key,
-        "temperature" | "top_k" | "top_p" | "min_p" | "repetition_penalty" | "seed" | "max_tokens"
+        "temperature"
+            | "top_k"
+            | "top_p"
+            | "min_p"
+            | "repetition_penalty"
+            | "seed"
+            | "max_tokens"
             | "stop"
     )
     .then(|| format!("sampling.{key}"))

@@ -5,7 +5,9 @@
 //! registry (`oci://HOST/REPO:TAG`).
 
 use anyhow::{Result, bail};
-use galley_registry::{Component, FileState, Installed, PackageName, Project, Registry, TrustStore};
+use galley_registry::{
+    Component, FileState, Installed, PackageName, Project, Registry, TrustStore,
+};
 use std::path::Path;
 
 /// The largest component galley installs.

@@ -10,8 +10,8 @@ use galley_core::seed::{derive_seed, purpose};
 use galley_core::{DataSource, RewardFn};
 use galley_registry::PluginLocator;
 use galley_runtime::{Grants, Runtime};
-use galley_train::config::SourceSection;
 use galley_train::config::RewardSpec;
+use galley_train::config::SourceSection;
 
 /// Opens `specs` in order; `key` names the config list (e.g. `grpo.rewards`) for errors.
 /// Plugin `i` is seeded `derive_seed(seed, [PLUGIN, i])`, so two plugins never share a stream.

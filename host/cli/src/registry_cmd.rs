@@ -119,7 +119,11 @@ pub fn publish(a: PublishArgs<'_>) -> Result<()> {
     let r = &p.release;
     if let Some(oci) = a.oci {
         let mut reference = OciRef::parse(oci)?;
-        if !oci.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+        if !oci
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+        {
             // No tag given: tag with the version, as wkg does.
             reference.tag = Some(r.version.to_string());
         }

@@ -73,7 +73,11 @@ fn load_config(path: &Path, overrides: &[String]) -> Result<ScoreConfig> {
 fn load_completions(path: &Path) -> Result<Vec<RewardInput>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read completions", path.display()))?;
-    Ok(galley_core::jsonl::parse(&text, &path.display().to_string(), "completion")?)
+    Ok(galley_core::jsonl::parse(
+        &text,
+        &path.display().to_string(),
+        "completion",
+    )?)
 }
 
 pub fn run(args: ScoreArgs) -> Result<()> {

@@ -101,7 +101,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             val_src = open_source(v, "data.validation", &locator, &args.sandbox, rt)?;
         }
     }
-    let rewards = if cfg.training.method == galley_train::config::Method::Grpo {
+    let rewards = if cfg.objective() == galley_train::config::Objective::Grpo {
         open_rewards(
             &cfg.grpo.rewards,
             "grpo.rewards",
@@ -155,7 +155,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(r) = s.resumed_from {
         println!("resumed from step {r}");
     }
-    if cfg.training.method == galley_train::config::Method::Grpo {
+    if cfg.objective() == galley_train::config::Objective::Grpo {
         // The surrogate loss of an on-policy step is ~0 by construction: the reward is the news.
         println!(
             "{}   {:.0} tokens/s",
@@ -184,7 +184,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
     }
     println!("plot        {}", out.plot.display());
-    if cfg.training.method == galley_train::config::Method::Grpo {
+    if cfg.objective() == galley_train::config::Objective::Grpo {
         println!(
             "rewards     {}  (every completion: {})",
             out.out_dir.join("reward.png").display(),

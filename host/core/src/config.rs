@@ -40,8 +40,9 @@ pub fn load<T: DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     let (text, name) = match path {
         Some(p) => (
-            std::fs::read_to_string(p)
-                .map_err(|e| ConfigError::new(p.display().to_string(), format!("cannot read: {e}")))?,
+            std::fs::read_to_string(p).map_err(|e| {
+                ConfigError::new(p.display().to_string(), format!("cannot read: {e}"))
+            })?,
             p.display().to_string(),
         ),
         None => (String::new(), "(no config file)".to_string()),
@@ -128,10 +129,7 @@ pub fn apply_override(
             *node = yaml::Value::Mapping(Default::default());
         }
         let map = node.as_mapping_mut().ok_or_else(|| {
-            ConfigError::new(
-                at(),
-                format!("`{}` is not a section", parts[..i].join(".")),
-            )
+            ConfigError::new(at(), format!("`{}` is not a section", parts[..i].join(".")))
         })?;
         let k = yaml::Value::String(part.to_string());
         if i + 1 == parts.len() {
@@ -176,7 +174,10 @@ mod tests {
     fn errors_name_file_line_and_key() {
         let e = parse::<Cfg>("a:\n  x: 1\n  y: 2\n", "c.yaml", &[], &no_expand).unwrap_err();
         assert!(e.at.starts_with("c.yaml:3:"), "{e}");
-        assert!(e.msg.contains("`a.y`") || (e.msg.contains("`a`") && e.msg.contains("`y`")), "{e}");
+        assert!(
+            e.msg.contains("`a.y`") || (e.msg.contains("`a`") && e.msg.contains("`y`")),
+            "{e}"
+        );
         let e = parse::<Cfg>("a:\n  x: many\n", "c.yaml", &[], &no_expand).unwrap_err();
         assert!(e.to_string().starts_with("c.yaml:2:"), "{e}");
         assert!(e.msg.contains("`a.x`"), "{e}");
@@ -187,7 +188,11 @@ mod tests {
         let c: Cfg = parse(
             "a: {x: 1}\n",
             "c.yaml",
-            &["a.x=3".into(), "a.name=hello world".into(), "list=[p, q]".into()],
+            &[
+                "a.x=3".into(),
+                "a.name=hello world".into(),
+                "list=[p, q]".into(),
+            ],
             &no_expand,
         )
         .unwrap();

@@ -47,12 +47,22 @@ fn base(own: &str, xdg: &str, home_rel: &str, fallback: &str) -> PathBuf {
 
 /// galley's cache root.
 pub fn cache_dir() -> PathBuf {
-    base("GALLEY_CACHE_DIR", "XDG_CACHE_HOME", ".cache", ".galley/cache")
+    base(
+        "GALLEY_CACHE_DIR",
+        "XDG_CACHE_HOME",
+        ".cache",
+        ".galley/cache",
+    )
 }
 
 /// galley's config root (keys, trusted keys).
 pub fn config_dir() -> PathBuf {
-    base("GALLEY_CONFIG_DIR", "XDG_CONFIG_HOME", ".config", ".galley/config")
+    base(
+        "GALLEY_CONFIG_DIR",
+        "XDG_CONFIG_HOME",
+        ".config",
+        ".galley/config",
+    )
 }
 
 /// Compiled components, keyed by digest and engine settings.
@@ -106,13 +116,22 @@ mod tests {
             std::env::remove_var("XDG_CACHE_HOME");
             std::env::remove_var("XDG_CONFIG_HOME");
         }
-        assert_eq!(components_dir(), PathBuf::from("/home/u/.cache/galley/components"));
-        assert_eq!(trust_file(), PathBuf::from("/home/u/.config/galley/trusted-keys"));
+        assert_eq!(
+            components_dir(),
+            PathBuf::from("/home/u/.cache/galley/components")
+        );
+        assert_eq!(
+            trust_file(),
+            PathBuf::from("/home/u/.config/galley/trusted-keys")
+        );
         unsafe {
             std::env::set_var("XDG_CACHE_HOME", "/x/cache");
             std::env::set_var("XDG_CONFIG_HOME", "relative/is/ignored");
         }
-        assert_eq!(toolchains_dir(), PathBuf::from("/x/cache/galley/toolchains"));
+        assert_eq!(
+            toolchains_dir(),
+            PathBuf::from("/x/cache/galley/toolchains")
+        );
         assert_eq!(keys_dir(), PathBuf::from("/home/u/.config/galley/keys"));
         unsafe {
             std::env::set_var("GALLEY_CACHE_DIR", "/g");

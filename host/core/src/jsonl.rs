@@ -14,7 +14,11 @@ pub struct JsonlError {
 
 /// Parses `text` (JSON lines, or a JSON array when it starts with `[`) into records; `name`
 /// is the file for errors, `what` the kind of record ("completion", "input").
-pub fn parse<T: DeserializeOwned>(text: &str, name: &str, what: &str) -> Result<Vec<T>, JsonlError> {
+pub fn parse<T: DeserializeOwned>(
+    text: &str,
+    name: &str,
+    what: &str,
+) -> Result<Vec<T>, JsonlError> {
     let err = |at: String, e: serde_json::Error| JsonlError {
         at,
         what: what.into(),
@@ -49,9 +53,16 @@ mod tests {
         assert_eq!(rows[0].prompt, rows[1].prompt);
         let arr: Vec<RewardInput> = parse("[{\"completion\": \"x\"}]", "c.json", "input").unwrap();
         assert!(arr[0].prompt.is_empty());
-        let e = parse::<RewardInput>("{\"completion\": \"x\"}\n{\"completion\": 5}\n", "c.jsonl", "completion")
-            .unwrap_err();
-        assert!(e.to_string().starts_with("c.jsonl:2: bad completion line"), "{e}");
+        let e = parse::<RewardInput>(
+            "{\"completion\": \"x\"}\n{\"completion\": 5}\n",
+            "c.jsonl",
+            "completion",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("c.jsonl:2: bad completion line"),
+            "{e}"
+        );
         let e = parse::<RewardInput>("{\"completion\": \"x\", \"typo\": 1}\n", "c.jsonl", "input")
             .unwrap_err();
         assert!(e.msg.contains("typo"), "{e}");

@@ -7,11 +7,11 @@ pub mod config;
 mod data;
 pub mod dirs;
 pub mod jsonl;
-pub mod seed;
 mod plugin;
+pub mod seed;
 
 pub use data::{Example, Message, Metadata, Metric, Prediction, RewardGroup, RewardInput, Value};
 pub use plugin::{
-    DataSource, Decision, Evaluator, PluginError, PluginErrorKind, PluginKind, Recipe, RewardFn, RewardFnExt,
-    Stage,
+    DataSource, Decision, Evaluator, PluginError, PluginErrorKind, PluginKind, Recipe, RewardFn,
+    RewardFnExt, Stage,
 };

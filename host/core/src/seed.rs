@@ -57,7 +57,10 @@ mod tests {
             let step_seed = derive_seed(base, &[purpose::ROLLOUT, step]);
             for row in 0..256u64 {
                 let row_seed = derive_seed(step_seed, &[purpose::SAMPLER_ROW, row]);
-                assert!(seen.insert(row_seed), "step {step} row {row} repeats a stream");
+                assert!(
+                    seen.insert(row_seed),
+                    "step {step} row {row} repeats a stream"
+                );
             }
         }
     }
@@ -66,7 +69,10 @@ mod tests {
     fn derivation_is_stable_ordered_and_purpose_scoped() {
         assert_eq!(derive_seed(7, &[1, 2]), derive_seed(7, &[1, 2]));
         assert_ne!(derive_seed(7, &[1, 2]), derive_seed(7, &[2, 1]));
-        assert_ne!(derive_seed(7, &[purpose::SPLIT]), derive_seed(7, &[purpose::EPOCH]));
+        assert_ne!(
+            derive_seed(7, &[purpose::SPLIT]),
+            derive_seed(7, &[purpose::EPOCH])
+        );
         assert_ne!(derive_seed(7, &[]), derive_seed(8, &[]));
         // Pinned: a changed mixer would silently change every run's data order and samples.
         assert_eq!(mix64(0), 0);

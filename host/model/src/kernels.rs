@@ -45,7 +45,10 @@ fn quantize_row(x: &[f32]) -> Q8Row {
 /// A pointer the pool's threads may share; each writes its own disjoint part.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
+// SAFETY: the pointer is only dereferenced inside `Pool::run` jobs, which do not outlive the
+// buffer it points into, and each part writes a disjoint set of indices (no data race).
 unsafe impl Send for SendPtr {}
+// SAFETY: as for Send: shared access never writes the same element from two threads.
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
@@ -86,6 +89,9 @@ fn hsum(acc: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
 }
 
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C (callers check `is_x86_feature_detected!`); `w`
+/// must hold whole Q4_1 blocks, no more than `a` has activation blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2(w: &[u8], a: &Q8Row) -> f32 {
@@ -94,6 +100,9 @@ unsafe fn dot_avx2(w: &[u8], a: &Q8Row) -> f32 {
 }
 
 /// `w` holds the weight blocks that meet activation blocks `first..`; `a` must hold them all.
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `w` must hold whole Q4_1 blocks and `a` must hold
+/// activation blocks `first..first + w.len() / Q4_1_BLOCK_BYTES`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2_at(w: &[u8], a: &Q8Row, first: usize) -> f32 {
@@ -133,6 +142,9 @@ unsafe fn dot_avx2_at(w: &[u8], a: &Q8Row, first: usize) -> f32 {
 
 /// Two Q4_1 blocks per step with AVX-512 VNNI (`vpdpbusd`: u8 x i8 products summed into i32
 /// in one instruction); an odd last block goes through the AVX2 path.
+/// # Safety
+/// The CPU must have every feature named in `target_feature` (callers check); `w` must hold
+/// whole Q4_1 blocks, no more than `a` has activation blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,avx2,fma,f16c")]
 unsafe fn dot_avx512(w: &[u8], a: &Q8Row) -> f32 {
@@ -240,6 +252,9 @@ fn dot_q8_0_portable(w: &[u8], a: &Q8Row) -> f32 {
     acc
 }
 
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C (callers check); `w` must hold whole Q8_0 blocks,
+/// no more than `a` has activation blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0_avx2(w: &[u8], a: &Q8Row) -> f32 {
@@ -292,6 +307,9 @@ fn dot_q8_0_f32_portable(w: &[u8], x: &&[f32]) -> f32 {
     acc
 }
 
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C (callers check); `x` must hold 32 floats per Q8_0
+/// block of `w`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0_f32_avx2(w: &[u8], x: &[f32]) -> f32 {

@@ -106,12 +106,23 @@ impl Pool {
         self.shared.pending.store(self.parts - 1, Ordering::Release);
         let wait = WaitForWorkers(&self.shared);
         self.shared.epoch.fetch_add(1, Ordering::AcqRel);
-        for t in self.shared.workers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for t in self
+            .shared
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             t.unpark();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0, self.parts)));
         drop(wait);
-        let theirs = self.shared.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let theirs = self
+            .shared
+            .panic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Err(p) = mine {
             resume_unwind(p);
         }

@@ -8,8 +8,8 @@
 //! route ends the same way: the component must export the world its manifest declares, and
 //! the manifest is embedded in it.
 
-use crate::{embedded, toolchains};
 use crate::error::{Context, Result, bail};
+use crate::{embedded, toolchains};
 use galley_core::PluginKind;
 use galley_runtime::{Manifest, embed_manifest, inspect};
 use std::path::{Path, PathBuf};

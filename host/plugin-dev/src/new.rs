@@ -2,8 +2,8 @@
 //! input and a README — for any language and kind, so a new author goes from an empty folder
 //! to `galley plugin build` and `galley plugin call` without reading the WIT.
 
-use crate::{embedded, toolchains};
 use crate::error::{Context, Result, bail};
+use crate::{embedded, toolchains};
 use galley_core::PluginKind;
 use std::path::{Path, PathBuf};
 

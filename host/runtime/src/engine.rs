@@ -73,22 +73,43 @@ impl Runtime {
         c.parallel_compilation(true);
         c.cranelift_opt_level(wasmtime::OptLevel::Speed);
         if config.pooling {
+            // The pool pre-reserves slots so instantiation is a few microseconds (5-12 us
+            // here, against 10-20 us on demand), which matters when a run re-instantiates a
+            // plugin after a trap or per worker. What each setting costs:
             let mut pool = PoolingAllocationConfig::default();
-            // Generous per-component counts: Python and JS components link several core
-            // modules. Totals bound the reserved address space, not memory in use.
+            // Live instances at once, across every plugin of the process. A run opens a few
+            // plugins (rewards, a loader, an evaluator), each possibly re-instantiated; 256
+            // is far above that. Each slot is a small host-side allocation.
             pool.total_component_instances(256)
+                // Python (componentize-py) and JS components link a dozen core modules each.
                 .total_core_instances(2048)
+                // Linear memories at once: each slot *reserves* (does not commit) address
+                // space for `max_memory_size` plus wasmtime's guard region, so 512 x ~4 GiB
+                // is ~2 TiB of virtual address space. That is fine on 64-bit Linux (128 TiB of
+                // user address space; nothing is resident until a plugin touches its pages,
+                // and the memory cap of each instance is enforced separately by the store's
+                // limiter). It is not fine under `ulimit -v` or `vm.overcommit_memory=2`:
+                // there, set `RuntimeConfig::pooling = false` (on-demand allocation, same
+                // sandbox, slower instantiation).
                 .total_memories(512)
                 .total_tables(2048)
+                // Fiber stacks, used only by async calls (calls here are synchronous); one
+                // per instance so turning async on later needs no retuning.
                 .total_stacks(256)
+                // Per-component maxima sized for the biggest guest toolchains measured here
+                // (componentize-py links ~12 core instances and ~4 memories).
                 .max_core_instances_per_component(64)
                 .max_memories_per_component(16)
                 .max_tables_per_component(64)
                 .max_memories_per_module(4)
                 .max_tables_per_module(8)
+                // Python's function tables run past 100k entries.
                 .table_elements(200_000)
+                // Host-side instance metadata, not guest memory.
                 .max_core_instance_size(8 << 20)
                 .max_component_instance_size(8 << 20)
+                // The most any single memory may grow to: the ceiling of `--memory-mb`
+                // (4096). The per-instance cap actually applied is the user's, via the limiter.
                 .max_memory_size(4 << 30);
             c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }

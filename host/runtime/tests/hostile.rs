@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use galley_core::{
-    DataSource, Evaluator, Metric, PluginError, PluginErrorKind as K, Prediction, Recipe, RewardFn, RewardFnExt,
-    Value,
+    DataSource, Evaluator, Metric, PluginError, PluginErrorKind as K, Prediction, Recipe,
+    RewardFnExt, Value,
 };
 use galley_runtime::{Grants, InstanceOptions};
 use serde_json::json;
@@ -33,7 +33,9 @@ fn score_err(mode: &str, opts: InstanceOptions) -> PluginError {
 }
 
 fn score_ok(mode: &str, opts: InstanceOptions) -> Option<f64> {
-    hostile(mode, opts).score_inputs(&[input("x", None)]).unwrap()[0]
+    hostile(mode, opts)
+        .score_inputs(&[input("x", None)])
+        .unwrap()[0]
 }
 
 #[test]
@@ -164,10 +166,16 @@ fn a_trapped_instance_is_replaced_not_reused() {
     // After a trap the adapter re-instantiates: the plugin keeps serving the same way.
     let mut r = hostile("trap-score", InstanceOptions::default());
     for _ in 0..3 {
-        assert_eq!(r.score_inputs(&[input("x", None)]).unwrap_err().kind, K::Trap);
+        assert_eq!(
+            r.score_inputs(&[input("x", None)]).unwrap_err().kind,
+            K::Trap
+        );
     }
     let mut ok = hostile("ok", InstanceOptions::default());
-    assert_eq!(ok.score_inputs(&[input("abc", None)]).unwrap(), vec![Some(3.0)]);
+    assert_eq!(
+        ok.score_inputs(&[input("abc", None)]).unwrap(),
+        vec![Some(3.0)]
+    );
 }
 
 #[test]
@@ -216,7 +224,10 @@ fn sockets_are_denied() {
             InstanceOptions::default(),
         )
         .unwrap();
-    assert_eq!(r.score_inputs(&[input("x", None)]).unwrap(), vec![Some(0.0)]);
+    assert_eq!(
+        r.score_inputs(&[input("x", None)]).unwrap(),
+        vec![Some(0.0)]
+    );
     match listener.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         other => panic!("the plugin reached the host's socket: {other:?}"),
@@ -226,7 +237,9 @@ fn sockets_are_denied() {
 #[test]
 fn garbage_outputs_are_rejected() {
     let mut r = hostile("wrong-length", InstanceOptions::default());
-    let err = r.score_inputs(&[input("a", None), input("b", None)]).unwrap_err();
+    let err = r
+        .score_inputs(&[input("a", None), input("b", None)])
+        .unwrap_err();
     assert_eq!(err.kind, K::BadOutput);
     assert!(err.message.contains("3 scores for a batch of 2"), "{err}");
 

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use galley_core::{PluginErrorKind as K, RewardFn, RewardFnExt, RewardInput};
+use galley_core::{PluginErrorKind as K, RewardFnExt, RewardInput};
 use galley_runtime::{CacheOutcome, InstanceOptions, Runtime, RuntimeConfig};
 use serde_json::json;
 

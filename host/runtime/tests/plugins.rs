@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use galley_core::{
     DataSource, Decision, Evaluator, Metric, PluginErrorKind, PluginKind, Prediction, Recipe,
-    RewardFn, RewardFnExt, Value,
+    RewardFnExt, Value,
 };
 use galley_runtime::{CacheOutcome, Grants, InstanceOptions, Runtime, RuntimeConfig};
 use serde_json::json;
@@ -51,7 +51,10 @@ fn math_answer_reads_every_answer_format() {
         assert_eq!(got, want, "completion {c:?} with answer {a:?}");
     }
     // No ground truth: no opinion, not zero.
-    assert_eq!(r.score_inputs(&[input("#### 42", None)]).unwrap(), vec![None]);
+    assert_eq!(
+        r.score_inputs(&[input("#### 42", None)]).unwrap(),
+        vec![None]
+    );
 }
 
 #[test]

@@ -188,23 +188,51 @@ impl Default for DataSection {
     }
 }
 
+/// What a run optimises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Method {
-    Full,
-    Lora,
-    Qlora,
+pub enum Objective {
+    /// Next-token loss on plain text, usually from scratch (`model.init`).
+    Pretrain,
+    /// Next-token loss on conversations or text, on the tokens `data.loss_on` says.
+    Sft,
     /// Direct preference optimisation on (prompt, chosen, rejected) pairs.
     Dpo,
     /// Group relative policy optimisation: sampled completions scored by reward functions.
     Grpo,
 }
 
-impl Method {
-    /// DPO and GRPO train a policy with `training.tuning` (full, LoRA or QLoRA).
+impl Objective {
+    /// DPO and GRPO align a trained policy.
     pub fn is_alignment(self) -> bool {
-        matches!(self, Method::Dpo | Method::Grpo)
+        matches!(self, Objective::Dpo | Objective::Grpo)
     }
+}
+
+/// Which weights a run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tuning {
+    /// Every weight.
+    Full,
+    /// Low-rank adapters beside frozen weights.
+    Lora,
+    /// LoRA over 4-bit frozen weights.
+    Qlora,
+}
+
+/// `training.method` as written: an objective, or one of SFT's shorthands `full`, `lora`,
+/// `qlora` (SFT with that tuning). Code asks `TrainConfig::objective()` and `tuning()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodName {
+    Pretrain,
+    Sft,
+    Dpo,
+    Grpo,
+    Full,
+    Lora,
+    Qlora,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,9 +253,11 @@ pub enum Schedule {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingSection {
-    pub method: Method,
-    /// How an alignment method trains the policy: `full`, `lora` (default) or `qlora`.
-    pub tuning: Option<Method>,
+    /// `pretrain`, `sft`, `dpo`, `grpo`, or SFT's shorthands `full`, `lora`, `qlora`.
+    pub method: MethodName,
+    /// Which weights train: `full`, `lora` or `qlora` (default: `lora`, or `full` to
+    /// pre-train).
+    pub tuning: Option<Tuning>,
     pub output_dir: PathBuf,
     pub epochs: usize,
     /// Stop after this many optimizer steps (overrides `epochs`).
@@ -269,7 +299,7 @@ pub struct TrainingSection {
 impl Default for TrainingSection {
     fn default() -> Self {
         Self {
-            method: Method::Lora,
+            method: MethodName::Lora,
             tuning: None,
             output_dir: PathBuf::from("runs/train"),
             epochs: 1,
@@ -392,10 +422,10 @@ impl TrainConfig {
             (Some(_), Some(_)) => {
                 return bad("model.init", "give `model.path` or `model.init`, not both");
             }
-            (None, Some(_)) if t.method != Method::Full => {
+            (None, Some(_)) if self.tuning() != Tuning::Full => {
                 return bad(
                     "training.method",
-                    "a model initialised from scratch trains with `full`",
+                    "a model initialised from scratch trains with `full` tuning",
                 );
             }
             (None, Some(_)) if self.model.tokenizer.is_none() => {
@@ -403,25 +433,23 @@ impl TrainConfig {
             }
             _ => {}
         }
-        match (t.method, t.tuning) {
-            (m, Some(tu)) if m.is_alignment() && tu.is_alignment() => {
-                return bad("training.tuning", "is full, lora or qlora");
-            }
-            (m, _) if m.is_alignment() && self.model.path.is_none() => {
-                return bad("model.path", "alignment starts from a trained model");
-            }
-            (m, Some(_)) if !m.is_alignment() => {
-                return bad(
-                    "training.tuning",
-                    "applies to alignment methods; set training.method instead",
-                );
-            }
-            _ => {}
+        if self.objective().is_alignment() && self.model.path.is_none() {
+            return bad("model.path", "alignment starts from a trained model");
+        }
+        if matches!(
+            t.method,
+            MethodName::Full | MethodName::Lora | MethodName::Qlora
+        ) && t.tuning.is_some()
+        {
+            return bad(
+                "training.tuning",
+                "`training.method` already names the tuning; write `method: sft` with `tuning`, or drop `tuning`",
+            );
         }
         if self.dpo.beta <= 0.0 || !self.dpo.beta.is_finite() {
             return bad("dpo.beta", "must be a positive number");
         }
-        if t.method == Method::Grpo {
+        if self.objective() == Objective::Grpo {
             self.validate_grpo(file)?;
         }
         if self.data.train.path.is_none() && self.data.train.plugin.is_none() {
@@ -445,10 +473,10 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.peft.lora_dropout) {
             return bad("peft.lora_dropout", "must be in [0, 1)");
         }
-        if self.tuning() != Method::Full && self.peft.r == 0 {
+        if self.tuning() != Tuning::Full && self.peft.r == 0 {
             return bad("peft.r", "must be at least 1");
         }
-        if self.tuning() != Method::Full && self.peft.target_modules.is_empty() {
+        if self.tuning() != Tuning::Full && self.peft.target_modules.is_empty() {
             return bad("peft.target_modules", "name at least one module");
         }
         Ok(())
@@ -525,11 +553,28 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// How the weights are trained: full, LoRA or QLoRA (for DPO and GRPO, `training.tuning`).
-    pub fn tuning(&self) -> Method {
+    /// What the run optimises (`full`, `lora` and `qlora` are SFT).
+    pub fn objective(&self) -> Objective {
         match self.training.method {
-            m if m.is_alignment() => self.training.tuning.unwrap_or(Method::Lora),
-            m => m,
+            MethodName::Pretrain => Objective::Pretrain,
+            MethodName::Dpo => Objective::Dpo,
+            MethodName::Grpo => Objective::Grpo,
+            MethodName::Sft | MethodName::Full | MethodName::Lora | MethodName::Qlora => {
+                Objective::Sft
+            }
+        }
+    }
+
+    /// Which weights train: `training.tuning`, the shorthand `method`, else LoRA (full when
+    /// pre-training).
+    pub fn tuning(&self) -> Tuning {
+        match (self.training.method, self.training.tuning) {
+            (MethodName::Full, _) => Tuning::Full,
+            (MethodName::Lora, _) => Tuning::Lora,
+            (MethodName::Qlora, _) => Tuning::Qlora,
+            (_, Some(t)) => t,
+            (MethodName::Pretrain, None) => Tuning::Full,
+            (_, None) => Tuning::Lora,
         }
     }
 
@@ -537,4 +582,3 @@ impl TrainConfig {
         self.data.seed.unwrap_or(self.training.seed)
     }
 }
-

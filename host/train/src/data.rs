@@ -459,7 +459,10 @@ pub fn split<T>(mut samples: Vec<T>, share: f64, seed: u64) -> (Vec<T>, Vec<T>) 
     if share <= 0.0 || samples.len() < 2 {
         return (samples, Vec::new());
     }
-    samples.shuffle(&mut StdRng::seed_from_u64(derive_seed(seed, &[purpose::SPLIT])));
+    samples.shuffle(&mut StdRng::seed_from_u64(derive_seed(
+        seed,
+        &[purpose::SPLIT],
+    )));
     let n_val = ((samples.len() as f64 * share).round() as usize).clamp(1, samples.len() - 1);
     let val = samples.split_off(samples.len() - n_val);
     (samples, val)

@@ -254,7 +254,9 @@ impl<'a> GrpoTask<'a> {
             .collect();
         let mut fns = self.rewards.borrow_mut();
         rewards::score_all(&mut fns, &batch, self.cfg.on_plugin_error, step).map_err(|e| {
-            TrainError::Reward(format!("{e} (on_plugin_error: stop, so the run stops here)"))
+            TrainError::Reward(format!(
+                "{e} (on_plugin_error: stop, so the run stops here)"
+            ))
         })
     }
 

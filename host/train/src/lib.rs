@@ -29,7 +29,7 @@ pub use config::TrainConfig;
 pub use error::{Result, TrainError};
 pub use trainer::{EvalMetrics, NoObserver, Observer, StepMetrics, Summary};
 
-use crate::config::{Method, TokenizerSection};
+use crate::config::{Objective, TokenizerSection, Tuning};
 use crate::data::{Encoder, Records, Sample, Skipped};
 use crate::error::file_err;
 use crate::model::{Build, TrainModel};
@@ -50,19 +50,50 @@ pub struct Sources<'a> {
     pub rewards: Vec<Box<dyn RewardFn>>,
 }
 
+/// A run's examples, in the shape its objective trains on.
+pub enum Data {
+    /// Token sequences with their loss masks (pre-training, SFT).
+    Lm {
+        train: Vec<Sample>,
+        val: Vec<Sample>,
+    },
+    /// Preference pairs (DPO).
+    Pairs {
+        train: Vec<dpo::Pair>,
+        val: Vec<dpo::Pair>,
+    },
+    /// Prompts to sample completions for (GRPO).
+    Prompts {
+        train: Vec<grpo::Prompt>,
+        val: Vec<grpo::Prompt>,
+    },
+}
+
+impl Data {
+    /// Training and held-out example counts.
+    pub fn lens(&self) -> (usize, usize) {
+        match self {
+            Data::Lm { train, val } => (train.len(), val.len()),
+            Data::Pairs { train, val } => (train.len(), val.len()),
+            Data::Prompts { train, val } => (train.len(), val.len()),
+        }
+    }
+
+    /// The token sequences of a pre-training or SFT run (empty otherwise).
+    pub fn samples(&self) -> (&[Sample], &[Sample]) {
+        match self {
+            Data::Lm { train, val } => (train, val),
+            _ => (&[], &[]),
+        }
+    }
+}
+
 /// Everything a run needs, loaded and checked before the first step.
 pub struct Prepared {
     pub model: TrainModel,
     pub tokenizer: Tokenizer,
     pub template: Option<ChatTemplate>,
-    pub train: Vec<Sample>,
-    pub val: Vec<Sample>,
-    /// Preference pairs (DPO).
-    pub pairs: Vec<dpo::Pair>,
-    pub val_pairs: Vec<dpo::Pair>,
-    /// Prompts (GRPO).
-    pub prompts: Vec<grpo::Prompt>,
-    pub val_prompts: Vec<grpo::Prompt>,
+    pub data: Data,
     pub skipped: Skipped,
     pub base: String,
 }
@@ -157,9 +188,243 @@ fn read_records(
     }
 }
 
-/// Loads the model, tokenizer and data a config names.
+/// A run's records as read, before tokenizing, per objective.
+enum Raw {
+    Lm(Records, Option<Records>),
+    Pairs(Vec<dpo::PairRecord>, Option<Vec<dpo::PairRecord>>),
+    Prompts(Records, Option<Records>),
+}
+
+/// Reads DPO's preference pairs from the train and validation files.
+fn read_pairs(cfg: &TrainConfig, skipped: &mut Skipped) -> Result<Raw> {
+    let mut read = |src: &config::SourceSection, key: &str| {
+        let path = src.path.as_ref().ok_or_else(|| TrainError::Config {
+            file: key.into(),
+            msg: "DPO reads preference pairs from a file (`path`)".into(),
+        })?;
+        if !path.exists() {
+            return Err(file_err(path, "no such data file"));
+        }
+        let mut recs = dpo::read_pairs(path, cfg.data.on_bad_example, skipped)?;
+        recs.truncate(src.limit.unwrap_or(usize::MAX));
+        Ok(recs)
+    };
+    let train = read(&cfg.data.train, "data.train")?;
+    let val = match &cfg.data.validation {
+        Some(v) => Some(read(v, "data.validation")?),
+        None => None,
+    };
+    Ok(Raw::Pairs(train, val))
+}
+
+/// Reads GRPO's prompts: TRL-style prompt files, or a data-loader plugin's examples.
+fn read_prompts(cfg: &TrainConfig, sources: Sources, skipped: &mut Skipped) -> Result<Raw> {
+    let mut read = |src: &config::SourceSection, plugin: Option<&mut dyn DataSource>| match (
+        plugin, &src.path,
+    ) {
+        (None, Some(path)) if path.exists() => {
+            let mut r = grpo::read_prompts(path, cfg.data.on_bad_example, skipped)?;
+            if let (Records::Chats(c), Some(n)) = (&mut r, src.limit) {
+                c.truncate(n);
+            }
+            Ok(r)
+        }
+        (p, _) => read_records(cfg, src, p, skipped),
+    };
+    let train = read(&cfg.data.train, sources.train)?;
+    let val = match (&cfg.data.validation, sources.validation) {
+        (Some(v), p) => Some(read(v, p)?),
+        (None, _) => None,
+    };
+    Ok(Raw::Prompts(train, val))
+}
+
+/// Reads pre-training text or SFT conversations, from files or data-loader plugins.
+fn read_lm(cfg: &TrainConfig, sources: Sources, skipped: &mut Skipped) -> Result<Raw> {
+    let train = read_records(cfg, &cfg.data.train, sources.train, skipped)?;
+    let val = match (&cfg.data.validation, sources.validation) {
+        (Some(v), p) => Some(read_records(cfg, v, p, skipped)?),
+        (None, _) => None,
+    };
+    Ok(Raw::Lm(train, val))
+}
+
+/// The model to train, its tokenizer and chat template, and what it was loaded from.
+struct Loaded {
+    model: TrainModel,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    base: String,
+}
+
+/// Opens `model.path`, or initialises a model from scratch (`model.init`), training its
+/// tokenizer on `text` when asked.
+fn load_model(
+    cfg: &TrainConfig,
+    dev: &candle_core::Device,
+    text: Option<&Records>,
+    out_dir: &Path,
+) -> Result<Loaded> {
+    let build = Build {
+        tuning: cfg.tuning(),
+        peft: &cfg.peft,
+        seed: cfg.training.seed,
+    };
+    if let Some(path) = &cfg.model.path {
+        let ck = galley_model::open(path, LoadOptions { dequantize: false })?;
+        let tokenizer = match cfg.model.tokenizer.as_ref().and_then(|t| t.path.as_ref()) {
+            Some(p) => Tokenizer::from_file(p, ck.tokenizer.bos, ck.tokenizer.eos.clone())?,
+            None => ck.tokenizer,
+        };
+        let model = TrainModel::load(&ck.weights, ck.config, &build, dev)?;
+        return Ok(Loaded {
+            model,
+            tokenizer,
+            template: ck.template,
+            base: path.display().to_string(),
+        });
+    }
+    let init = cfg
+        .model
+        .init
+        .as_ref()
+        .expect("validated: a model is named");
+    let tokenizer = new_model_tokenizer(cfg, text, out_dir)?;
+    let config = TrainModel::init_config(
+        init,
+        tokenizer.vocab_size(),
+        tokenizer.bos,
+        tokenizer.eos.clone(),
+    );
+    let init_dir = out_dir.join("init");
+    if !init_dir.join("model.safetensors").exists() {
+        let seed =
+            galley_core::seed::derive_seed(cfg.training.seed, &[galley_core::seed::purpose::INIT]);
+        let w = model::init_weights(&config, init.init_std, seed)?;
+        export::save_checkpoint_dir(w, &config, &init_dir)?;
+    }
+    let weights = Weights::safetensors(vec![init_dir.join("model.safetensors")])?;
+    let model = TrainModel::load(&weights, config, &build, dev)?;
+    Ok(Loaded {
+        model,
+        tokenizer,
+        template: None,
+        base: "scratch".to_string(),
+    })
+}
+
+/// A new model's tokenizer: the one named, the one a resumed run trained, or one trained now
+/// on the plain-text training data.
+fn new_model_tokenizer(
+    cfg: &TrainConfig,
+    text: Option<&Records>,
+    out_dir: &Path,
+) -> Result<Tokenizer> {
+    let tok_dir = out_dir.join("tokenizer");
+    let tok_file = tok_dir.join("tokenizer.json");
+    Ok(match &cfg.model.tokenizer {
+        Some(TokenizerSection { path: Some(p), .. }) => {
+            let t = tokenizers::Tokenizer::from_file(p).map_err(|e| file_err(p, e))?;
+            let eos = t
+                .token_to_id("<|endoftext|>")
+                .or_else(|| t.token_to_id("</s>"));
+            Tokenizer::from_inner(t, eos, eos.into_iter().collect())
+        }
+        // A resumed run reuses the tokenizer it trained.
+        _ if tok_file.exists() => {
+            let t =
+                tokenizers::Tokenizer::from_file(&tok_file).map_err(|e| file_err(&tok_file, e))?;
+            let eos = t.token_to_id("<|endoftext|>");
+            Tokenizer::from_inner(t, eos, eos.into_iter().collect())
+        }
+        Some(TokenizerSection {
+            train: Some(tt), ..
+        }) => {
+            let Some(Records::Text(docs)) = text else {
+                return Err(TrainError::Config {
+                    file: "model.tokenizer.train".into(),
+                    msg: "training a tokenizer needs plain-text training data".into(),
+                });
+            };
+            let t = train_tokenizer(docs, tt.vocab_size, tt.min_frequency)?;
+            std::fs::create_dir_all(&tok_dir).map_err(|e| file_err(&tok_dir, e))?;
+            t.inner()
+                .save(&tok_file, false)
+                .map_err(|e| file_err(&tok_file, e))?;
+            t
+        }
+        _ => unreachable!("validated: a new model names or trains a tokenizer"),
+    })
+}
+
+/// Tokenizes the records into the objective's examples, splitting off validation data
+/// (`data.validation_split`) when no validation source is named.
+fn encode(cfg: &TrainConfig, m: &Loaded, raw: Raw, skipped: &mut Skipped) -> Result<Data> {
+    let (split, seed) = (cfg.data.validation_split, cfg.data_seed());
+    let enc = Encoder {
+        tokenizer: &m.tokenizer,
+        template: m.template.as_ref(),
+        cfg: &cfg.data,
+    };
+    Ok(match raw {
+        Raw::Lm(t, v) => {
+            let mut train = enc.encode(t, skipped)?;
+            let mut val = match v {
+                Some(r) => enc.encode(r, skipped)?,
+                None => Vec::new(),
+            };
+            if cfg.data.packing {
+                train = data::pack(&train, cfg.data.max_length);
+                val = data::pack(&val, cfg.data.max_length);
+            }
+            if cfg.data.validation.is_none() {
+                (train, val) = data::split(train, split, seed);
+            }
+            Data::Lm { train, val }
+        }
+        Raw::Pairs(t, v) => {
+            // Each side is an SFT example whose loss is its final (the answer's) turn.
+            let pair_data = config::DataSection {
+                loss_on: config::LossOn::LastAssistant,
+                ..cfg.data.clone()
+            };
+            let enc = Encoder {
+                cfg: &pair_data,
+                ..enc
+            };
+            let train = dpo::encode_pairs(&enc, t, skipped)?;
+            match v {
+                Some(v) => Data::Pairs {
+                    train,
+                    val: dpo::encode_pairs(&enc, v, skipped)?,
+                },
+                None => {
+                    let (train, val) = data::split(train, split, seed);
+                    Data::Pairs { train, val }
+                }
+            }
+        }
+        Raw::Prompts(t, v) => {
+            let max_c = cfg.grpo.max_completion_length;
+            let (tok, tpl) = (&m.tokenizer, m.template.as_ref());
+            let train = grpo::encode_prompts(tok, tpl, t, &cfg.data, max_c, skipped)?;
+            match v {
+                Some(v) => Data::Prompts {
+                    train,
+                    val: grpo::encode_prompts(tok, tpl, v, &cfg.data, max_c, skipped)?,
+                },
+                None => {
+                    let (train, val) = data::split(train, split, seed);
+                    Data::Prompts { train, val }
+                }
+            }
+        }
+    })
+}
+
+/// Loads the model, tokenizer and data a config names: read the records the objective
+/// trains on, load (or initialise) the model, tokenize.
 pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Prepared> {
-    let grpo = cfg.training.method == Method::Grpo;
     let dev = galley_model::device(&cfg.training.device)?;
     if !dev.is_cpu() {
         // The fused kernels, gradient buffers and in-place optimizer are CPU code; the
@@ -173,190 +438,27 @@ pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Pr
         });
     }
     let mut skipped = Skipped::default();
-    let dpo = cfg.training.method == Method::Dpo;
-    let (train_recs, val_recs, pair_recs) = if dpo {
-        let read = |src: &config::SourceSection, key: &str, skipped: &mut Skipped| {
-            let path = src.path.as_ref().ok_or_else(|| TrainError::Config {
-                file: key.into(),
-                msg: "DPO reads preference pairs from a file (`path`)".into(),
-            })?;
-            if !path.exists() {
-                return Err(file_err(path, "no such data file"));
-            }
-            let mut recs = dpo::read_pairs(path, cfg.data.on_bad_example, skipped)?;
-            recs.truncate(src.limit.unwrap_or(usize::MAX));
-            Ok(recs)
-        };
-        let train = read(&cfg.data.train, "data.train", &mut skipped)?;
-        let val = match &cfg.data.validation {
-            Some(v) => Some(read(v, "data.validation", &mut skipped)?),
-            None => None,
-        };
-        (Records::Chats(Vec::new()), None, Some((train, val)))
-    } else if grpo {
-        let read = |src: &config::SourceSection,
-                    plugin: Option<&mut dyn DataSource>,
-                    skipped: &mut Skipped| {
-            match (plugin, &src.path) {
-                (None, Some(path)) if path.exists() => {
-                    let mut r = grpo::read_prompts(path, cfg.data.on_bad_example, skipped)?;
-                    if let (Records::Chats(c), Some(n)) = (&mut r, src.limit) {
-                        c.truncate(n);
-                    }
-                    Ok(r)
-                }
-                (p, _) => read_records(cfg, src, p, skipped),
-            }
-        };
-        let train = read(&cfg.data.train, sources.train, &mut skipped)?;
-        let val = match (&cfg.data.validation, sources.validation) {
-            (Some(v), p) => Some(read(v, p, &mut skipped)?),
-            (None, _) => None,
-        };
-        (train, val, None)
-    } else {
-        let train = read_records(cfg, &cfg.data.train, sources.train, &mut skipped)?;
-        let val = match (&cfg.data.validation, sources.validation) {
-            (Some(v), p) => Some(read_records(cfg, v, p, &mut skipped)?),
-            (None, _) => None,
-        };
-        (train, val, None)
+    let raw = match cfg.objective() {
+        Objective::Dpo => read_pairs(cfg, &mut skipped)?,
+        Objective::Grpo => read_prompts(cfg, sources, &mut skipped)?,
+        Objective::Pretrain | Objective::Sft => read_lm(cfg, sources, &mut skipped)?,
     };
-    let build = Build {
-        method: cfg.tuning(),
-        peft: &cfg.peft,
-        seed: cfg.training.seed,
+    let text = match &raw {
+        Raw::Lm(t, _) => Some(t),
+        _ => None,
     };
-    let (model, tokenizer, template, base) = match (&cfg.model.path, &cfg.model.init) {
-        (Some(path), _) => {
-            let ck = galley_model::open(path, LoadOptions { dequantize: false })?;
-            let tokenizer = match cfg.model.tokenizer.as_ref().and_then(|t| t.path.as_ref()) {
-                Some(p) => Tokenizer::from_file(p, ck.tokenizer.bos, ck.tokenizer.eos.clone())?,
-                None => ck.tokenizer,
-            };
-            let model = TrainModel::load(&ck.weights, ck.config, &build, &dev)?;
-            (model, tokenizer, ck.template, path.display().to_string())
-        }
-        (None, Some(init)) => {
-            let tok_dir = out_dir.join("tokenizer");
-            let tok_file = tok_dir.join("tokenizer.json");
-            let tokenizer = match &cfg.model.tokenizer {
-                Some(TokenizerSection { path: Some(p), .. }) => {
-                    let t = tokenizers::Tokenizer::from_file(p).map_err(|e| file_err(p, e))?;
-                    let eos = t
-                        .token_to_id("<|endoftext|>")
-                        .or_else(|| t.token_to_id("</s>"));
-                    Tokenizer::from_inner(t, eos, eos.into_iter().collect())
-                }
-                // A resumed run reuses the tokenizer it trained.
-                _ if tok_file.exists() => {
-                    let t = tokenizers::Tokenizer::from_file(&tok_file)
-                        .map_err(|e| file_err(&tok_file, e))?;
-                    let eos = t.token_to_id("<|endoftext|>");
-                    Tokenizer::from_inner(t, eos, eos.into_iter().collect())
-                }
-                Some(TokenizerSection {
-                    train: Some(tt), ..
-                }) => {
-                    let Records::Text(docs) = &train_recs else {
-                        return Err(TrainError::Config {
-                            file: "model.tokenizer.train".into(),
-                            msg: "training a tokenizer needs plain-text training data".into(),
-                        });
-                    };
-                    let t = train_tokenizer(docs, tt.vocab_size, tt.min_frequency)?;
-                    std::fs::create_dir_all(&tok_dir).map_err(|e| file_err(&tok_dir, e))?;
-                    t.inner()
-                        .save(&tok_file, false)
-                        .map_err(|e| file_err(&tok_file, e))?;
-                    t
-                }
-                _ => unreachable!("validated: a new model names or trains a tokenizer"),
-            };
-            let config = TrainModel::init_config(
-                init,
-                tokenizer.vocab_size(),
-                tokenizer.bos,
-                tokenizer.eos.clone(),
-            );
-            let init_dir = out_dir.join("init");
-            if !init_dir.join("model.safetensors").exists() {
-                let seed = galley_core::seed::derive_seed(
-                    cfg.training.seed,
-                    &[galley_core::seed::purpose::INIT],
-                );
-                let w = model::init_weights(&config, init.init_std, seed)?;
-                export::save_checkpoint_dir(w, &config, &init_dir)?;
-            }
-            let weights = Weights::safetensors(vec![init_dir.join("model.safetensors")])?;
-            let model = TrainModel::load(&weights, config, &build, &dev)?;
-            (model, tokenizer, None, "scratch".to_string())
-        }
-        (None, None) => unreachable!("validated: a model is named"),
-    };
-    let enc = Encoder {
-        tokenizer: &tokenizer,
-        template: template.as_ref(),
-        cfg: &cfg.data,
-    };
-    let (mut prompts, mut val_prompts) = (Vec::new(), Vec::new());
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    if grpo {
-        let max_c = cfg.grpo.max_completion_length;
-        let t = template.as_ref();
-        prompts = grpo::encode_prompts(&tokenizer, t, train_recs, &cfg.data, max_c, &mut skipped)?;
-        if let Some(v) = val_recs {
-            val_prompts = grpo::encode_prompts(&tokenizer, t, v, &cfg.data, max_c, &mut skipped)?;
-        } else {
-            (prompts, val_prompts) =
-                data::split(prompts, cfg.data.validation_split, cfg.data_seed());
-        }
-    } else {
-        train = enc.encode(train_recs, &mut skipped)?;
-        if let Some(r) = val_recs {
-            val = enc.encode(r, &mut skipped)?;
-        }
-    }
-    if cfg.data.packing {
-        train = data::pack(&train, cfg.data.max_length);
-        val = data::pack(&val, cfg.data.max_length);
-    }
-    if cfg.data.validation.is_none() {
-        (train, val) = data::split(train, cfg.data.validation_split, cfg.data_seed());
-    }
-    let (mut pairs, mut val_pairs) = (Vec::new(), Vec::new());
-    if let Some((t, v)) = pair_recs {
-        // Each side is an SFT example whose loss is its final (the answer's) turn.
-        let pair_data = config::DataSection {
-            loss_on: config::LossOn::LastAssistant,
-            ..cfg.data.clone()
-        };
-        let enc = Encoder {
-            cfg: &pair_data,
-            ..enc
-        };
-        pairs = dpo::encode_pairs(&enc, t, &mut skipped)?;
-        if let Some(v) = v {
-            val_pairs = dpo::encode_pairs(&enc, v, &mut skipped)?;
-        } else {
-            (pairs, val_pairs) = data::split(pairs, cfg.data.validation_split, cfg.data_seed());
-        }
-    }
+    let loaded = load_model(cfg, &dev, text, out_dir)?;
+    let data = encode(cfg, &loaded, raw, &mut skipped)?;
     if skipped.total() > 0 {
         tracing::warn!("skipped {} examples: {:?}", skipped.total(), skipped);
     }
     Ok(Prepared {
-        model,
-        tokenizer,
-        template,
-        train,
-        val,
-        pairs,
-        val_pairs,
-        prompts,
-        val_prompts,
+        model: loaded.model,
+        tokenizer: loaded.tokenizer,
+        template: loaded.template,
+        data,
         skipped,
-        base,
+        base: loaded.base,
     })
 }
 
@@ -376,7 +478,7 @@ pub fn run(
         galley_core::config::yaml::to_string(cfg).expect("config serializes"),
     )
     .map_err(|e| file_err(&resolved, e))?;
-    let grpo = cfg.training.method == Method::Grpo;
+    let grpo = cfg.objective() == Objective::Grpo;
     if grpo && sources.rewards.len() != cfg.grpo.rewards.len() {
         return Err(TrainError::Config {
             file: "grpo.rewards".into(),
@@ -390,37 +492,20 @@ pub fn run(
     let rewards = std::mem::take(&mut sources.rewards);
     let p = prepare(cfg, sources, &out)?;
     let pad = p.tokenizer.eos.first().copied().unwrap_or(0);
-    let sft = trainer::SftTask {
-        train: &p.train,
-        val: &p.val,
-        pad,
-    };
-    let (dpo_task, grpo_task);
-    let task: &dyn trainer::Task = if cfg.training.method == Method::Dpo {
-        dpo_task = dpo_task_for(cfg, &p, pad)?;
-        &dpo_task
-    } else if grpo {
-        let reference = if cfg.grpo.beta == 0.0 {
-            grpo::Reference::None
-        } else if cfg.grpo.reference == config::Reference::Copy || cfg.tuning() == Method::Full {
-            grpo::Reference::Copy(Box::new(frozen_copy(cfg, &p)?))
-        } else {
-            grpo::Reference::AdaptersOff
-        };
-        grpo_task = grpo::GrpoTask::new(
-            &p.prompts,
-            &p.val_prompts,
-            cfg.grpo.clone(),
-            &p.tokenizer,
-            rewards,
-            reference,
-            cfg.training.seed,
-            pad,
-            out.clone(),
-        );
-        &grpo_task
-    } else {
-        &sft
+    let (sft, dpo_task, grpo_task);
+    let task: &dyn trainer::Task = match &p.data {
+        Data::Lm { train, val } => {
+            sft = trainer::SftTask { train, val, pad };
+            &sft
+        }
+        Data::Pairs { train, val } => {
+            dpo_task = dpo_task_for(cfg, &p, train, val, pad)?;
+            &dpo_task
+        }
+        Data::Prompts { train, val } => {
+            grpo_task = grpo_task_for(cfg, &p, train, val, rewards, pad, &out)?;
+            &grpo_task
+        }
     };
     let trainer = trainer::Trainer {
         cfg,
@@ -436,12 +521,12 @@ pub fn run(
         plot::plot_rewards(&out.join("metrics.jsonl"), &out.join("reward.png"))?;
     }
     let (mut adapter, mut model_dir) = (None, None);
-    if cfg.tuning() != Method::Full {
+    if cfg.tuning() != Tuning::Full {
         let dir = out.join("adapter");
         export::save_adapter(&p.model, &cfg.peft, &p.base, &dir)?;
         adapter = Some(dir);
     }
-    if cfg.tuning() == Method::Full || cfg.training.save_merged {
+    if cfg.tuning() == Tuning::Full || cfg.training.save_merged {
         let dir = out.join("model");
         export::save_merged(&p.model, &p.tokenizer, p.template.as_ref(), &dir)?;
         model_dir = Some(dir);
@@ -453,8 +538,8 @@ pub fn run(
         model: model_dir,
         plot,
         skipped: p.skipped.clone(),
-        train_examples: p.train.len() + p.pairs.len() + p.prompts.len(),
-        val_examples: p.val.len() + p.val_pairs.len() + p.val_prompts.len(),
+        train_examples: p.data.lens().0,
+        val_examples: p.data.lens().1,
         trainable_params: p.model.trainable_params(),
         frozen_bytes: p.model.frozen_bytes(),
         peak_rss_mb: peak_rss_mb(),
@@ -465,11 +550,48 @@ pub fn run(
     Ok(outcome)
 }
 
+/// GRPO's task: rollouts from the policy, the reward functions, and the KL reference
+/// (none at beta 0, adapters off, or a frozen copy of the starting model).
+fn grpo_task_for<'a>(
+    cfg: &TrainConfig,
+    p: &'a Prepared,
+    train: &'a [grpo::Prompt],
+    val: &'a [grpo::Prompt],
+    rewards: Vec<Box<dyn RewardFn>>,
+    pad: u32,
+    out: &Path,
+) -> Result<grpo::GrpoTask<'a>> {
+    let reference = if cfg.grpo.beta == 0.0 {
+        grpo::Reference::None
+    } else if cfg.grpo.reference == config::Reference::Copy || cfg.tuning() == Tuning::Full {
+        grpo::Reference::Copy(Box::new(frozen_copy(cfg, p)?))
+    } else {
+        grpo::Reference::AdaptersOff
+    };
+    Ok(grpo::GrpoTask::new(
+        train,
+        val,
+        cfg.grpo.clone(),
+        &p.tokenizer,
+        rewards,
+        reference,
+        cfg.training.seed,
+        pad,
+        out.to_path_buf(),
+    ))
+}
+
 /// DPO's task: the reference (adapters off, or a frozen copy of the starting model) and,
 /// when asked, every reference log-probability computed before the first step.
-fn dpo_task_for<'a>(cfg: &TrainConfig, p: &'a Prepared, pad: u32) -> Result<dpo::DpoTask<'a>> {
+fn dpo_task_for<'a>(
+    cfg: &TrainConfig,
+    p: &'a Prepared,
+    train: &'a [dpo::Pair],
+    val: &'a [dpo::Pair],
+    pad: u32,
+) -> Result<dpo::DpoTask<'a>> {
     let mut reference =
-        if cfg.dpo.reference == config::Reference::Copy || cfg.tuning() == Method::Full {
+        if cfg.dpo.reference == config::Reference::Copy || cfg.tuning() == Tuning::Full {
             dpo::Reference::Copy(Box::new(frozen_copy(cfg, p)?))
         } else {
             dpo::Reference::AdaptersOff
@@ -484,13 +606,13 @@ fn dpo_task_for<'a>(cfg: &TrainConfig, p: &'a Prepared, pad: u32) -> Result<dpo:
             Ok(out)
         };
         reference = dpo::Reference::Cached {
-            train: all(&p.pairs)?,
-            val: all(&p.val_pairs)?,
+            train: all(train)?,
+            val: all(val)?,
         };
     }
     Ok(dpo::DpoTask {
-        train: &p.pairs,
-        val: &p.val_pairs,
+        train,
+        val,
         reference,
         cfg: cfg.dpo.clone(),
         pad,
@@ -510,7 +632,7 @@ fn frozen_copy(cfg: &TrainConfig, p: &Prepared) -> Result<TrainModel> {
         ..cfg.peft.clone()
     };
     let build = Build {
-        method: Method::Lora,
+        tuning: Tuning::Lora,
         peft: &frozen,
         seed: 0,
     };

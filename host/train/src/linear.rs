@@ -14,38 +14,48 @@ use std::sync::{Arc, Mutex};
 /// A parameter's gradient buffer, shared by the op that fills it and the optimizer.
 pub type GradBuf = Arc<Mutex<Vec<f32>>>;
 
-/// A row-major matrix view: element (i, j) at `ptr[i*rs + j*cs]`.
+/// A matrix view over a slice: element (i, j) at `data[i*rs + j*cs]`.
 #[derive(Clone, Copy)]
-struct Mat {
-    ptr: *const f32,
-    rs: isize,
-    cs: isize,
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
 }
 
-fn rm(s: &[f32], cols: usize) -> Mat {
+impl Mat<'_> {
+    /// Whether every element of a (rows, cols) matrix lies inside the slice.
+    fn holds(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || (rows - 1)
+                .checked_mul(self.rs)
+                .zip((cols - 1).checked_mul(self.cs))
+                .and_then(|(r, c)| r.checked_add(c))
+                .is_some_and(|last| last < self.data.len())
+    }
+}
+
+fn rm(s: &[f32], cols: usize) -> Mat<'_> {
     Mat {
-        ptr: s.as_ptr(),
-        rs: cols as isize,
+        data: s,
+        rs: cols,
         cs: 1,
     }
 }
 
 /// The transpose of a row-major (rows, cols) matrix.
-fn tr(s: &[f32], cols: usize) -> Mat {
+fn tr(s: &[f32], cols: usize) -> Mat<'_> {
     Mat {
-        ptr: s.as_ptr(),
+        data: s,
         rs: 1,
-        cs: cols as isize,
+        cs: cols,
     }
 }
 
 /// dst (m, n, row-major) = [dst +] scale · a (m, k) · b (k, n), on rayon's threads.
-///
-/// # Safety
-/// `a` and `b` must describe matrices of (m, k) and (k, n) inside live allocations, and `dst`
-/// must hold m·n elements.
+/// Panics when a view does not fit its slice (a bug in the caller, never UB).
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm(
+fn gemm(
     dst: &mut [f32],
     m: usize,
     n: usize,
@@ -56,16 +66,12 @@ unsafe fn gemm(
     accumulate: bool,
 ) {
     let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
-    // SAFETY: forwarded from the caller.
-    unsafe { gemm_with(par, dst, m, n, k, a, b, scale, accumulate) }
+    gemm_with(par, dst, m, n, k, a, b, scale, accumulate)
 }
 
 /// `gemm` on one thread: for callers that parallelise over blocks themselves.
-///
-/// # Safety
-/// As `gemm`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm1(
+fn gemm1(
     dst: &mut [f32],
     m: usize,
     n: usize,
@@ -75,24 +81,23 @@ unsafe fn gemm1(
     scale: f32,
     accumulate: bool,
 ) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm_with(
-            gemm::Parallelism::None,
-            dst,
-            m,
-            n,
-            k,
-            a,
-            b,
-            scale,
-            accumulate,
-        )
-    }
+    gemm_with(
+        gemm::Parallelism::None,
+        dst,
+        m,
+        n,
+        k,
+        a,
+        b,
+        scale,
+        accumulate,
+    )
 }
 
+/// The one call into the `gemm` crate: every length and stride is checked first, so the
+/// wrapper is safe whatever its callers pass.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_with(
+fn gemm_with(
     par: gemm::Parallelism,
     dst: &mut [f32],
     m: usize,
@@ -103,8 +108,24 @@ unsafe fn gemm_with(
     scale: f32,
     accumulate: bool,
 ) {
-    assert_eq!(dst.len(), m * n);
-    // SAFETY: the caller guarantees the views; dst is exactly (m, n).
+    assert_eq!(dst.len(), m * n, "gemm: dst is not ({m}, {n})");
+    assert!(
+        a.holds(m, k),
+        "gemm: a is not ({m}, {k}) inside its {} elements",
+        a.data.len()
+    );
+    assert!(
+        b.holds(k, n),
+        "gemm: b is not ({k}, {n}) inside its {} elements",
+        b.data.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: dst is exactly (m, n) row-major and exclusively borrowed; the asserts above
+    // put every element gemm reads of a (m, k) and b (k, n) inside their slices, which are
+    // borrowed (alive, unaliased by dst) for the call. Strides fit isize because they index
+    // inside a slice. With k == 0 gemm reads neither input and scales or zeroes dst.
     unsafe {
         gemm::gemm(
             m,
@@ -114,12 +135,12 @@ unsafe fn gemm_with(
             1,
             n as isize,
             accumulate,
-            a.ptr,
-            a.cs,
-            a.rs,
-            b.ptr,
-            b.cs,
-            b.rs,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
             1.0,
             scale,
             false,
@@ -144,8 +165,8 @@ pub struct LoraW {
 fn project(x: &[f32], w: &[f32], i: usize, o: usize) -> Vec<f32> {
     let n = x.len() / i;
     let mut y = uninit(n * o);
-    // SAFETY: x is (n, i), w is (o, i) so wᵀ is (i, o); y is (n, o).
-    unsafe { gemm(&mut y, n, o, i, rm(x, i), tr(w, i), 1.0, false) };
+    // Shapes: x is (n, i), w is (o, i) so wᵀ is (i, o); y is (n, o).
+    gemm(&mut y, n, o, i, rm(x, i), tr(w, i), 1.0, false);
     y
 }
 
@@ -194,8 +215,8 @@ impl CustomOp2 for Trained {
             with_f32(g, |gs| {
                 let n = gs.len() / o;
                 add_into(&self.grad, |dw| {
-                    // SAFETY: gᵀ is (o, n), x is (n, i); dw is (o, i).
-                    unsafe { gemm(dw, o, i, n, tr(gs, o), rm(xs, i), 1.0, true) }
+                    // Shapes: gᵀ is (o, n), x is (n, i); dw is (o, i).
+                    gemm(dw, o, i, n, tr(gs, o), rm(xs, i), 1.0, true)
                 });
             })
         })??;
@@ -204,8 +225,8 @@ impl CustomOp2 for Trained {
                 with_f32(w, |ws| {
                     let n = gs.len() / o;
                     let mut dx = uninit(n * i);
-                    // SAFETY: g is (n, o), w is (o, i); dx is (n, i).
-                    unsafe { gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false) };
+                    // Shapes: g is (n, o), w is (o, i); dx is (n, i).
+                    gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false);
                     dx
                 })
             })??)
@@ -270,11 +291,9 @@ impl CustomOp3 for FrozenLora {
         let mut tmp = Vec::new();
         let xd = self.xd(x, &mut tmp);
         let mut u = uninit(n * r);
-        // SAFETY: xd (n, i), aᵀ (i, r) -> u (n, r); then y += s·u (n, r)·bᵀ (r, o).
-        unsafe {
-            gemm(&mut u, n, r, i, rm(xd, i), tr(a, i), 1.0, false);
-            gemm(&mut y, n, o, r, rm(&u, r), tr(b, r), self.lora.scale, true);
-        }
+        // Shapes: xd (n, i), aᵀ (i, r) -> u (n, r); then y += s·u (n, r)·bᵀ (r, o).
+        gemm(&mut u, n, r, i, rm(xd, i), tr(a, i), 1.0, false);
+        gemm(&mut y, n, o, r, rm(&u, r), tr(b, r), self.lora.scale, true);
         Ok((CpuStorage::F32(y), shape_out(l1, o)))
     }
     fn bwd(
@@ -299,18 +318,15 @@ impl CustomOp3 for FrozenLora {
                         // gb = g·B (n, r); u = xd·Aᵀ (n, r).
                         let mut gb = uninit(n * r);
                         let mut u = uninit(n * r);
-                        // SAFETY: every view below matches the stated shapes.
-                        unsafe {
-                            gemm(&mut gb, n, r, o, rm(gs, o), rm(bs, r), 1.0, false);
-                            gemm(&mut u, n, r, i, rm(xd, i), tr(as_, i), 1.0, false);
-                        }
+                        gemm(&mut gb, n, r, o, rm(gs, o), rm(bs, r), 1.0, false);
+                        gemm(&mut u, n, r, i, rm(xd, i), tr(as_, i), 1.0, false);
                         add_into(&self.lora.grad_a, |da| {
                             // dA += s·gbᵀ (r, n)·xd (n, i)
-                            unsafe { gemm(da, r, i, n, tr(&gb, r), rm(xd, i), s, true) }
+                            gemm(da, r, i, n, tr(&gb, r), rm(xd, i), s, true)
                         });
                         add_into(&self.lora.grad_b, |db| {
                             // dB += s·gᵀ (o, n)·u (n, r)
-                            unsafe { gemm(db, o, r, n, tr(gs, o), rm(&u, r), s, true) }
+                            gemm(db, o, r, n, tr(gs, o), rm(&u, r), s, true)
                         });
                         if !need_dx {
                             return Ok(None);
@@ -318,16 +334,16 @@ impl CustomOp3 for FrozenLora {
                         let mut dx = uninit(n * i);
                         self.w.with_dense(|ws| {
                             // dx = g·W (n, i)
-                            unsafe { gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false) }
+                            gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false)
                         })?;
                         match &self.lora.mask {
                             None => {
                                 // dx += s·gb·A
-                                unsafe { gemm(&mut dx, n, i, r, rm(&gb, r), rm(as_, i), s, true) }
+                                gemm(&mut dx, n, i, r, rm(&gb, r), rm(as_, i), s, true)
                             }
                             Some(m) => {
                                 let mut t = uninit(n * i);
-                                unsafe { gemm(&mut t, n, i, r, rm(&gb, r), rm(as_, i), s, false) };
+                                gemm(&mut t, n, i, r, rm(&gb, r), rm(as_, i), s, false);
                                 for ((d, t), m) in dx.iter_mut().zip(&t).zip(m.iter()) {
                                     *d += t * m;
                                 }
@@ -371,8 +387,8 @@ impl CustomOp1 for FrozenProduct {
             self.0.with_dense(|ws| {
                 let n = gs.len() / o;
                 let mut dx = uninit(n * i);
-                // SAFETY: g (n, o)·w (o, i) -> dx (n, i).
-                unsafe { gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false) };
+                // Shapes: g (n, o)·w (o, i) -> dx (n, i).
+                gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false);
                 dx
             })
         })??;
@@ -421,8 +437,8 @@ impl CustomOp2 for HeadLoss {
         let (v, d) = l2.shape().dims2()?;
         let n = x.len() / d;
         let mut logits = uninit(n * v);
-        // SAFETY: x (n, d), eᵀ (d, v) -> logits (n, v).
-        unsafe { gemm(&mut logits, n, v, d, rm(x, d), tr(e, d), self.scale, false) };
+        // Shapes: x (n, d), eᵀ (d, v) -> logits (n, v).
+        gemm(&mut logits, n, v, d, rm(x, d), tr(e, d), self.scale, false);
         let (lse, loss) = crate::ops::nll_rows(&logits, v, &self.targets);
         *self.stash.lock().expect("head stash") = Some((logits, lse));
         Ok((CpuStorage::F32(loss), Shape::from(n)))
@@ -448,16 +464,16 @@ impl CustomOp2 for HeadLoss {
             with_f32(e, |es| {
                 if let HeadW::Trained(buf) = &self.w {
                     add_into(buf, |de| {
-                        // SAFETY: dlᵀ (v, n)·x (n, d) -> de (v, d).
-                        unsafe { gemm(de, v, d, n, tr(&dl, v), rm(xs, d), self.scale, true) }
+                        // Shapes: dlᵀ (v, n)·x (n, d) -> de (v, d).
+                        gemm(de, v, d, n, tr(&dl, v), rm(xs, d), self.scale, true)
                     });
                 }
                 if !x.track_op() {
                     return None;
                 }
                 let mut dx = uninit(n * d);
-                // SAFETY: dl (n, v)·e (v, d) -> dx (n, d).
-                unsafe { gemm(&mut dx, n, d, v, rm(&dl, v), rm(es, d), self.scale, false) };
+                // Shapes: dl (n, v)·e (v, d) -> dx (n, d).
+                gemm(&mut dx, n, d, v, rm(&dl, v), rm(es, d), self.scale, false);
                 Some(dx)
             })
         })??;
@@ -556,8 +572,8 @@ impl CustomOp2 for AttnProbs {
         let mut p = uninit(b * kv * r * t);
         p.par_chunks_mut(r * t).enumerate().for_each(|(bk, pb)| {
             let (qb, kb) = (&q[bk * r * hd..][..r * hd], &k[bk * t * hd..][..t * hd]);
-            // SAFETY: q block (r, hd), k block (t, hd) so kᵀ is (hd, t); pb is (r, t).
-            unsafe { gemm1(pb, r, t, hd, rm(qb, hd), tr(kb, hd), 1.0, false) };
+            // Shapes: q block (r, hd), k block (t, hd) so kᵀ is (hd, t); pb is (r, t).
+            gemm1(pb, r, t, hd, rm(qb, hd), tr(kb, hd), 1.0, false);
             crate::ops::softmax_rows_inplace(pb, t, self.scale);
         });
         Ok((CpuStorage::F32(p), Shape::from((b, kv, r, t))))
@@ -586,11 +602,9 @@ impl CustomOp2 for AttnProbs {
                                 let dsb = &ds[bk * r * t..][..r * t];
                                 let (qb, kb) =
                                     (&qs[bk * r * hd..][..r * hd], &ks[bk * t * hd..][..t * hd]);
-                                // SAFETY: ds (r, t)·k (t, hd) -> dq (r, hd); dsᵀ (t, r)·q (r, hd) -> dk (t, hd).
-                                unsafe {
-                                    gemm1(dqb, r, hd, t, rm(dsb, t), rm(kb, hd), 1.0, false);
-                                    gemm1(dkb, t, hd, r, tr(dsb, t), rm(qb, hd), 1.0, false);
-                                }
+                                // Shapes: ds (r, t)·k (t, hd) -> dq (r, hd); dsᵀ (t, r)·q (r, hd) -> dk (t, hd).
+                                gemm1(dqb, r, hd, t, rm(dsb, t), rm(kb, hd), 1.0, false);
+                                gemm1(dkb, t, hd, r, tr(dsb, t), rm(qb, hd), 1.0, false);
                             });
                         (dq, dk)
                     })

@@ -4,7 +4,7 @@
 //! frozen projections as 4/8-bit GGUF blocks and dequantizes them per product). The forward
 //! pass runs through `ops` so every step has a backward pass that skips frozen weights.
 
-use crate::config::{InitSection, Method, PeftSection, QuantKind};
+use crate::config::{InitSection, PeftSection, QuantKind, Tuning};
 use crate::error::{Result, TrainError};
 use crate::linear::{self, GradBuf, LoraW};
 use crate::ops::{self, Frozen, Kernels, RopeTables};
@@ -230,7 +230,7 @@ pub struct TrainModel {
 
 /// How to build the model.
 pub struct Build<'a> {
-    pub method: Method,
+    pub tuning: Tuning,
     pub peft: &'a PeftSection,
     pub seed: u64,
 }
@@ -266,7 +266,7 @@ impl Loader<'_> {
 
     fn param(&mut self, name: &str, shape: &[usize]) -> Result<Param> {
         let t = self.w.tensor(name, shape, self.dev)?;
-        Ok(if self.build.method == Method::Full {
+        Ok(if self.build.tuning == Tuning::Full {
             Param::Trained(self.var(name, t)?)
         } else {
             Param::Fixed(t)
@@ -283,7 +283,7 @@ impl Loader<'_> {
     ) -> Result<Proj> {
         let name = format!("{prefix}.{module}.weight");
         let bname = format!("{prefix}.{module}.bias");
-        if self.build.method == Method::Full {
+        if self.build.tuning == Tuning::Full {
             let w = self.w.tensor(&name, &[out, inp], self.dev)?;
             let w = self.var(&name, w)?;
             let bias = match bias {
@@ -295,9 +295,9 @@ impl Loader<'_> {
             };
             return Ok(Proj::Trained { w, bias });
         }
-        let frozen = match (self.build.method, self.w.linear(&name, out, inp, self.dev)?) {
-            (Method::Qlora, LinearWeight::Quant(QMatMul::QTensor(q))) => Frozen::Quant(q),
-            (Method::Qlora, LinearWeight::Dense(t)) if inp.is_multiple_of(32) => Frozen::Quant(
+        let frozen = match (self.build.tuning, self.w.linear(&name, out, inp, self.dev)?) {
+            (Tuning::Qlora, LinearWeight::Quant(QMatMul::QTensor(q))) => Frozen::Quant(q),
+            (Tuning::Qlora, LinearWeight::Dense(t)) if inp.is_multiple_of(32) => Frozen::Quant(
                 Arc::new(QTensor::quantize(&t, quant_dtype(self.build.peft.quant))?),
             ),
             (_, LinearWeight::Dense(t)) => Frozen::Dense(t),
@@ -341,7 +341,7 @@ impl Loader<'_> {
 impl TrainModel {
     /// Builds from checkpoint weights (dequantized unless QLoRA keeps the blocks).
     pub fn load(w: &Weights, config: LlamaConfig, build: &Build, dev: &Device) -> Result<Self> {
-        if build.method != Method::Full {
+        if build.tuning != Tuning::Full {
             for m in &build.peft.target_modules {
                 if !MODULES.contains(&m.as_str()) {
                     return Err(TrainError::UnknownTarget {
@@ -395,7 +395,7 @@ impl TrainModel {
         } else {
             let name = "lm_head.weight";
             let t = w.tensor(name, &[c.vocab_size, d], dev)?;
-            Some(if build.method == Method::Full {
+            Some(if build.tuning == Tuning::Full {
                 Proj::Trained {
                     w: l.var(name, t)?,
                     bias: None,

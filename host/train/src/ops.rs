@@ -54,15 +54,13 @@ fn out(v: Vec<f32>, shape: &Shape) -> Result<Tensor> {
     Tensor::from_vec(v, shape.clone(), &Device::Cpu)
 }
 
-/// A buffer the callee fully overwrites: skips zero-filling (the kernel touches pages once).
-/// candle's CPU backend allocates its outputs the same way.
-#[allow(clippy::uninit_vec)]
+/// A buffer the callee fully overwrites. It is zero-filled: handing out `Vec<f32>` over
+/// uninitialised memory (`set_len` on fresh capacity) is undefined behaviour even when every
+/// element is written before it is read, because a `&mut [f32]` to uninitialised floats may
+/// not exist. The fill is one streaming pass over memory the kernel is about to write anyway
+/// (measured in bench/RESULTS.md: within noise of the old unsound buffer).
 pub(crate) fn uninit(n: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    // SAFETY: f32 has no invalid bit patterns, and every caller writes all `n` elements before
-    // reading any.
-    unsafe { v.set_len(n) };
-    v
+    vec![0f32; n]
 }
 
 /// Rows per parallel task for row-wise kernels.

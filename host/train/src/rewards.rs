@@ -48,11 +48,7 @@ impl RewardFn for ExactMatch {
         Ok(completions(groups)
             .map(|(g, c)| {
                 let answer = g.metadata.get("answer")?.as_text()?;
-                Some(if c.trim() == answer.trim() {
-                    1.0
-                } else {
-                    0.0
-                })
+                Some(if c.trim() == answer.trim() { 1.0 } else { 0.0 })
             })
             .collect())
     }
@@ -238,7 +234,10 @@ pub fn score_all(
         out.secs.push(t.elapsed().as_secs_f64());
         let b = b?;
         out.failures.push(b.failed.iter().filter(|x| **x).count());
-        out.failed.iter_mut().zip(&b.failed).for_each(|(a, f)| *a |= f);
+        out.failed
+            .iter_mut()
+            .zip(&b.failed)
+            .for_each(|(a, f)| *a |= f);
         out.scores.push(b.scores);
     }
     Ok(out)
@@ -302,8 +301,15 @@ mod tests {
         .unwrap();
         assert_eq!(e.plugin, "picky@0.1.0");
         // "Failed" stays apart from "no opinion", and counts per function.
-        let mut fns: Vec<Box<dyn RewardFn>> = vec![Box::new(Picky), builtin("exact_match").unwrap()];
-        let all = score_all(&mut fns, &RewardInput::groups(&rows), OnPluginError::Skip, 0).unwrap();
+        let mut fns: Vec<Box<dyn RewardFn>> =
+            vec![Box::new(Picky), builtin("exact_match").unwrap()];
+        let all = score_all(
+            &mut fns,
+            &RewardInput::groups(&rows),
+            OnPluginError::Skip,
+            0,
+        )
+        .unwrap();
         assert_eq!(all.failures, vec![1, 0]);
         assert_eq!(all.failed, vec![false, true, false, false]);
         assert_eq!(all.scores[1], vec![None; 4]);
@@ -346,7 +352,10 @@ mod tests {
             r.metadata
                 .insert("answer".into(), galley_core::Value::Int(42));
         }
-        assert_eq!(e.score_inputs(&with).unwrap(), vec![Some(1.0), Some(0.0), None]);
+        assert_eq!(
+            e.score_inputs(&with).unwrap(),
+            vec![Some(1.0), Some(0.0), None]
+        );
         assert!(builtin("nope").is_err());
     }
 }

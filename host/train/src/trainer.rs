@@ -244,6 +244,110 @@ impl Trainer<'_> {
     }
 
     /// Runs (or resumes) the loop.
+    /// Where the run starts: step 0 (refusing a folder that holds another run's
+    /// checkpoints), or the newest checkpoint when resuming (its config must be this one);
+    /// also returns the step resumed from.
+    fn restore(
+        &self,
+        resume: bool,
+        opt: &mut Optimizer,
+        total: usize,
+    ) -> Result<(State, Option<usize>)> {
+        let ck_dir = self.out_dir.join("checkpoints");
+        let metrics_path = self.out_dir.join("metrics.jsonl");
+        if !resume && !checkpoint::list(&ck_dir).is_empty() {
+            return Err(file_err(
+                &ck_dir,
+                "holds checkpoints of an earlier run: add --resume to continue it, or pick another training.output_dir",
+            ));
+        }
+        let latest = if resume {
+            checkpoint::list(&ck_dir).pop()
+        } else {
+            None
+        };
+        let Some((_, ck)) = latest else {
+            if resume {
+                tracing::info!(
+                    "--resume: no checkpoint in {}, starting afresh",
+                    ck_dir.display()
+                );
+            }
+            let _ = std::fs::remove_file(&metrics_path);
+            self.task.start(0)?;
+            let fresh = State {
+                step: 0,
+                total_steps: total,
+                optimizer_t: 0,
+                tokens: 0,
+                config_digest: self.config_digest.clone(),
+            };
+            return Ok((fresh, None));
+        };
+        let state = checkpoint::load(&ck, &self.model.trainable, opt)?;
+        if state.config_digest != self.config_digest {
+            return Err(file_err(
+                &ck,
+                "was written under a different config; resume with the same one (or start a new output_dir)",
+            ));
+        }
+        truncate_metrics(&metrics_path, state.step)?;
+        self.task.start(state.step)?;
+        tracing::info!("resuming from {} (step {})", ck.display(), state.step);
+        let step = state.step;
+        Ok((state, Some(step)))
+    }
+
+    /// One optimizer step from step `step`: the task's preparation (GRPO's rollouts), the
+    /// forward and backward pass of every micro-batch, clipping and the update at `lr`.
+    /// Returns the loss, the tokens trained on, the task's metrics and the gradient norm.
+    fn step(&self, step: usize, opt: &mut Optimizer, lr: f64) -> Result<(f64, usize, Extra, f64)> {
+        let t = &self.cfg.training;
+        let params = &self.model.trainable;
+        let accum = t.gradient_accumulation_steps;
+        let at = self.task.data_step(step);
+        let micros: Vec<Vec<usize>> = (0..accum)
+            .map(|m| self.micro_items(at * accum + m))
+            .collect();
+        let mut extra = self
+            .task
+            .prepare_step(self.model, step, &micros)
+            .map_err(|e| {
+                let kept = match checkpoint::list(&self.out_dir.join("checkpoints")).pop() {
+                    Some((_, ck)) => format!("the last checkpoint, {}, is intact", ck.display()),
+                    None => "no checkpoint had been written yet".into(),
+                };
+                TrainError::Stopped(format!("at step {}: {e}; {kept}", step + 1))
+            })?;
+        let norm = self.task.norm(&micros);
+        let (mut loss, mut tokens) = (0f64, 0usize);
+        for (m, items) in micros.iter().enumerate() {
+            let pass = Pass {
+                kernels: self.model.kernels,
+                train: true,
+                adapters: true,
+                seed: galley_core::seed::derive_seed(
+                    t.seed,
+                    &[
+                        galley_core::seed::purpose::DROPOUT,
+                        (step * accum + m) as u64,
+                    ],
+                ),
+            };
+            let out = self.task.micro(self.model, items, norm, &pass)?;
+            loss += out.loss;
+            tokens += out.tokens;
+            for (k, v) in out.extra {
+                *extra.entry(k).or_default() += v;
+            }
+            opt.accumulate(params, &out.grads)?;
+        }
+        let grad_norm = opt.clip(params, t.max_grad_norm);
+        opt.step(params, lr)?;
+        self.task.finish_step(&mut extra);
+        Ok((loss, tokens, extra, grad_norm))
+    }
+
     pub fn run(&self, resume: bool, obs: &mut dyn Observer) -> Result<Summary> {
         let t = &self.cfg.training;
         if self.task.is_empty() {
@@ -261,47 +365,7 @@ impl Trainer<'_> {
         };
         let ck_dir = self.out_dir.join("checkpoints");
         let metrics_path = self.out_dir.join("metrics.jsonl");
-        let mut state = State {
-            step: 0,
-            total_steps: total,
-            optimizer_t: 0,
-            tokens: 0,
-            config_digest: self.config_digest.clone(),
-        };
-        let mut resumed_from = None;
-        if !resume && !checkpoint::list(&ck_dir).is_empty() {
-            return Err(file_err(
-                &ck_dir,
-                "holds checkpoints of an earlier run: add --resume to continue it, or pick another training.output_dir",
-            ));
-        }
-        let latest = if resume {
-            checkpoint::list(&ck_dir).pop()
-        } else {
-            None
-        };
-        if resume && latest.is_none() {
-            tracing::info!(
-                "--resume: no checkpoint in {}, starting afresh",
-                ck_dir.display()
-            );
-        }
-        if let Some((_, ck)) = latest {
-            state = checkpoint::load(&ck, params, &mut opt)?;
-            if state.config_digest != self.config_digest {
-                return Err(file_err(
-                    &ck,
-                    "was written under a different config; resume with the same one (or start a new output_dir)",
-                ));
-            }
-            resumed_from = Some(state.step);
-            truncate_metrics(&metrics_path, state.step)?;
-            self.task.start(state.step)?;
-            tracing::info!("resuming from {} (step {})", ck.display(), state.step);
-        } else {
-            let _ = std::fs::remove_file(&metrics_path);
-            self.task.start(0)?;
-        }
+        let (mut state, resumed_from) = self.restore(resume, &mut opt, total)?;
         let mut metrics = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -324,52 +388,10 @@ impl Trainer<'_> {
         let (mut first_loss, mut last_loss) = (None, None);
         let started = Instant::now();
         let start_tokens = state.tokens;
-        let accum = t.gradient_accumulation_steps;
         while state.step < total {
             let step_start = Instant::now();
-            let at = self.task.data_step(state.step);
-            let micros: Vec<Vec<usize>> = (0..accum)
-                .map(|m| self.micro_items(at * accum + m))
-                .collect();
-            let mut extra = self
-                .task
-                .prepare_step(self.model, state.step, &micros)
-                .map_err(|e| {
-                    let kept = match checkpoint::list(&ck_dir).pop() {
-                        Some((_, ck)) => {
-                            format!("the last checkpoint, {}, is intact", ck.display())
-                        }
-                        None => "no checkpoint had been written yet".into(),
-                    };
-                    TrainError::Stopped(format!("at step {}: {e}; {kept}", state.step + 1))
-                })?;
-            let norm = self.task.norm(&micros);
-            let (mut loss, mut tokens) = (0f64, 0usize);
-            for (m, items) in micros.iter().enumerate() {
-                let pass = Pass {
-                    kernels: self.model.kernels,
-                    train: true,
-                    adapters: true,
-                    seed: galley_core::seed::derive_seed(
-                        self.cfg.training.seed,
-                        &[
-                            galley_core::seed::purpose::DROPOUT,
-                            (state.step * accum + m) as u64,
-                        ],
-                    ),
-                };
-                let out = self.task.micro(self.model, items, norm, &pass)?;
-                loss += out.loss;
-                tokens += out.tokens;
-                for (k, v) in out.extra {
-                    *extra.entry(k).or_default() += v;
-                }
-                opt.accumulate(params, &out.grads)?;
-            }
-            let grad_norm = opt.clip(params, t.max_grad_norm);
             let lr = lr_at(t.lr_scheduler, t.learning_rate, warmup, state.step, total);
-            opt.step(params, lr)?;
-            self.task.finish_step(&mut extra);
+            let (loss, tokens, extra, grad_norm) = self.step(state.step, &mut opt, lr)?;
             state.step += 1;
             state.optimizer_t = opt.t;
             state.tokens += tokens as u64;

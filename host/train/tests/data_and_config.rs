@@ -106,7 +106,7 @@ fn malformed_jsonl_line_is_named_or_counted() {
     let cfg = config(dir.path(), &data, &[]);
     let p = prepare(&cfg, dir.path()).unwrap();
     assert_eq!(p.skipped.malformed, 1);
-    assert_eq!(p.train.len(), 2);
+    assert_eq!(p.data.samples().0.len(), 2);
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn conversation_without_assistant_turn_is_named_or_counted() {
         "{err}"
     );
     let p = prepare(&config(dir.path(), &data, &[]), dir.path()).unwrap();
-    assert_eq!((p.skipped.no_assistant, p.train.len()), (1, 1));
+    assert_eq!((p.skipped.no_assistant, p.data.samples().0.len()), (1, 1));
 }
 
 #[test]
@@ -160,10 +160,10 @@ fn too_long_sequences_follow_the_truncation_policy() {
         dir.path(),
     )
     .unwrap();
-    assert_eq!((p.skipped.too_long, p.train.len()), (1, 1));
+    assert_eq!((p.skipped.too_long, p.data.samples().0.len()), (1, 1));
     let p = prepare(&config(dir.path(), &data, &[]), dir.path()).unwrap();
-    assert_eq!(p.train.len(), 2);
-    assert!(p.train.iter().all(|s| s.ids.len() <= 64));
+    assert_eq!(p.data.samples().0.len(), 2);
+    assert!(p.data.samples().0.iter().all(|s| s.ids.len() <= 64));
 }
 
 #[test]
@@ -229,6 +229,40 @@ fn config_errors_name_file_line_and_key() {
 }
 
 #[test]
+fn objective_and_tuning_are_separate_settings() {
+    use galley_train::config::{Objective, Tuning};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    std::fs::write(
+        &path,
+        "model:\n  path: m.gguf\ndata:\n  train: {path: d.jsonl}\n",
+    )
+    .unwrap();
+    let load = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        TrainConfig::load(Some(&path), &sets)
+    };
+    let c = load(&["training.method=qlora"]).unwrap();
+    assert_eq!((c.objective(), c.tuning()), (Objective::Sft, Tuning::Qlora));
+    let c = load(&["training.method=sft", "training.tuning=full"]).unwrap();
+    assert_eq!((c.objective(), c.tuning()), (Objective::Sft, Tuning::Full));
+    let c = load(&["training.method=dpo"]).unwrap();
+    assert_eq!((c.objective(), c.tuning()), (Objective::Dpo, Tuning::Lora));
+    // A tuning that is an objective no longer type-checks.
+    let e = load(&["training.method=dpo", "training.tuning=grpo"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("training.tuning") && e.contains("unknown variant"),
+        "{e}"
+    );
+    let e = load(&["training.method=lora", "training.tuning=full"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("training.tuning"), "{e}");
+}
+
+#[test]
 fn alpaca_records_become_conversations_and_packing_fills_rows() {
     let dir = setup();
     let data = dir.path().join("a.json");
@@ -243,12 +277,18 @@ fn alpaca_records_become_conversations_and_packing_fills_rows() {
     )
     .unwrap();
     let p = prepare(&config(dir.path(), &data, &[]), dir.path()).unwrap();
-    assert_eq!((p.train.len(), p.skipped.malformed), (2, 1));
-    let packed = data::pack(&p.train, 8);
+    assert_eq!((p.data.samples().0.len(), p.skipped.malformed), (2, 1));
+    let packed = data::pack(p.data.samples().0, 8);
     assert!(packed.iter().all(|s| s.ids.len() == 8));
     assert_eq!(
         packed.len(),
-        p.train.iter().map(|s| s.ids.len()).sum::<usize>() / 8
+        p.data
+            .samples()
+            .0
+            .iter()
+            .map(|s| s.ids.len())
+            .sum::<usize>()
+            / 8
     );
 }
 

@@ -8,7 +8,7 @@ use candle_core::{D, Device, Tensor};
 use common::tiny_chat_model;
 use galley_model::weights::Weights;
 use galley_model::{Llama, LlamaConfig};
-use galley_train::config::{Method, PeftSection};
+use galley_train::config::{PeftSection, Tuning};
 use galley_train::model::{Build, Pass, TrainModel};
 use galley_train::ops::Kernels;
 
@@ -27,7 +27,7 @@ fn an_inference_model_from_merged_lora_weights_in_memory_matches_the_trainer() {
         &ck.weights,
         cfg.clone(),
         &Build {
-            method: Method::Lora,
+            tuning: Tuning::Lora,
             peft: &peft,
             seed: 3,
         },

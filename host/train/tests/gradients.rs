@@ -4,7 +4,7 @@
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor, Var};
-use galley_train::config::{Method, PeftSection};
+use galley_train::config::{PeftSection, Tuning};
 use galley_train::model::{Build, Pass, TrainModel, init_weights};
 use galley_train::ops::{self, Frozen, IGNORE, Kernels, RopeTables};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -193,7 +193,7 @@ fn tiny(dir: &std::path::Path, tied: bool) -> galley_model::LlamaConfig {
     c
 }
 
-fn whole_model(method: Method, tied: bool) {
+fn whole_model(method: Tuning, tied: bool) {
     let dir = tempfile::tempdir().unwrap();
     let c = tiny(dir.path(), tied);
     let w = galley_model::weights::Weights::safetensors(vec![dir.path().join("model.safetensors")])
@@ -205,7 +205,7 @@ fn whole_model(method: Method, tied: bool) {
         ..Default::default()
     };
     let build = Build {
-        method,
+        tuning: method,
         peft: &peft,
         seed: 1,
     };
@@ -275,18 +275,18 @@ fn whole_model(method: Method, tied: bool) {
 
 #[test]
 fn whole_model_full_fine_tuning_matches_the_reference() {
-    whole_model(Method::Full, false);
-    whole_model(Method::Full, true);
+    whole_model(Tuning::Full, false);
+    whole_model(Tuning::Full, true);
 }
 
 #[test]
 fn whole_model_lora_matches_the_reference() {
-    whole_model(Method::Lora, true);
+    whole_model(Tuning::Lora, true);
 }
 
 #[test]
 fn whole_model_qlora_matches_the_reference() {
-    whole_model(Method::Qlora, false);
+    whole_model(Tuning::Qlora, false);
 }
 
 /// The fused projection ops write weight gradients into buffers: check those and the input

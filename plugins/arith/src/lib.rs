@@ -21,7 +21,14 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { min: 1, max: 100, ops: vec!["+".into(), "-".into(), "*".into()], count: None, words: true, system: None }
+        Self {
+            min: 1,
+            max: 100,
+            ops: vec!["+".into(), "-".into(), "*".into()],
+            count: None,
+            words: true,
+            system: None,
+        }
     }
 }
 
@@ -31,8 +38,12 @@ struct Arith {
     made: u64,
 }
 
-const NAMES: &[&str] = &["Ada", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jonas"];
-const THINGS: &[&str] = &["apples", "marbles", "stickers", "books", "coins", "shells", "pencils", "cards"];
+const NAMES: &[&str] = &[
+    "Ada", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jonas",
+];
+const THINGS: &[&str] = &[
+    "apples", "marbles", "stickers", "books", "coins", "shells", "pencils", "cards",
+];
 
 impl Arith {
     fn next(&mut self) -> u64 {
@@ -80,10 +91,18 @@ impl Arith {
             format!("What is {a} {op} {b}? End your answer with `#### <number>`.")
         } else {
             let story = match op.as_str() {
-                "+" => format!("{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?"),
-                "-" => format!("{name} has {a} {thing} and gives away {b}. How many {thing} are left?"),
-                "*" => format!("{name} fills {a} boxes with {b} {thing} each. How many {thing} is that in total?"),
-                _ => format!("{name} shares {a} {thing} equally among {b} friends. How many {thing} does each friend get?"),
+                "+" => format!(
+                    "{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?"
+                ),
+                "-" => {
+                    format!("{name} has {a} {thing} and gives away {b}. How many {thing} are left?")
+                }
+                "*" => format!(
+                    "{name} fills {a} boxes with {b} {thing} each. How many {thing} is that in total?"
+                ),
+                _ => format!(
+                    "{name} shares {a} {thing} equally among {b} friends. How many {thing} does each friend get?"
+                ),
             };
             format!("{story} End your answer with `#### <number>`.")
         };
@@ -92,10 +111,15 @@ impl Arith {
             messages.push(Message::new("system", sys.clone()));
         }
         messages.push(Message::new("user", question));
-        let mut ex = Example { id: format!("arith-{}", self.made), messages, ..Default::default() };
+        let mut ex = Example {
+            id: format!("arith-{}", self.made),
+            messages,
+            ..Default::default()
+        };
         ex.metadata.insert("answer", Value::Int(answer));
         ex.metadata.insert("operation", Value::Text(op));
-        ex.metadata.insert("operands", Value::Json(format!("[{a},{b}]")));
+        ex.metadata
+            .insert("operands", Value::Json(format!("[{a},{b}]")));
         ex
     }
 }
@@ -104,7 +128,10 @@ impl DataLoader for Arith {
     fn new(config: &Config, seed: u64) -> Result<Self, Error> {
         let s: Settings = config.parse_into()?;
         if s.min > s.max {
-            return Err(Error::config(format!("`min` ({}) is greater than `max` ({})", s.min, s.max)));
+            return Err(Error::config(format!(
+                "`min` ({}) is greater than `max` ({})",
+                s.min, s.max
+            )));
         }
         if s.min < -1_000_000_000 || s.max > 1_000_000_000 {
             return Err(Error::config("operands must be within ±1e9"));
@@ -112,10 +139,20 @@ impl DataLoader for Arith {
         if s.ops.is_empty() {
             return Err(Error::config("`ops` is empty"));
         }
-        if let Some(bad) = s.ops.iter().find(|o| !["+", "-", "*", "/"].contains(&o.as_str())) {
-            return Err(Error::config(format!("`ops`: unknown operation `{bad}` (use +, -, *, /)")));
+        if let Some(bad) = s
+            .ops
+            .iter()
+            .find(|o| !["+", "-", "*", "/"].contains(&o.as_str()))
+        {
+            return Err(Error::config(format!(
+                "`ops`: unknown operation `{bad}` (use +, -, *, /)"
+            )));
         }
-        Ok(Self { s, rng: seed ^ 0x5eed_a417, made: 0 })
+        Ok(Self {
+            s,
+            rng: seed ^ 0x5eed_a417,
+            made: 0,
+        })
     }
 
     fn next_page(&mut self, max: usize) -> Result<Vec<Example>, Error> {

@@ -20,7 +20,12 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { sft_epochs: 1, grpo_steps: 200, target_reward: 0.9, num_generations: 8 }
+        Self {
+            sft_epochs: 1,
+            grpo_steps: 200,
+            target_reward: 0.9,
+            num_generations: 8,
+        }
     }
 }
 
@@ -33,7 +38,9 @@ impl Recipe for Curriculum {
     fn plan(&mut self, config: &Config) -> Result<Vec<Stage>, Error> {
         let s: Settings = config.parse_into()?;
         if !(0.0..=1e9).contains(&s.target_reward) {
-            return Err(Error::config("`target_reward` must be a non-negative number"));
+            return Err(Error::config(
+                "`target_reward` must be a non-negative number",
+            ));
         }
         self.target = s.target_reward;
         let mut stages = Vec::new();
@@ -60,11 +67,25 @@ impl Recipe for Curriculum {
         Ok(stages)
     }
 
-    fn on_metrics(&mut self, stage: &str, step: u64, metrics: &[Metric]) -> Result<Decision, Error> {
-        if let Some(m) = metrics.iter().find(|m| m.name.ends_with("loss") && !m.value.is_finite()) {
-            return Ok(Decision::Stop(format!("{} is {} at step {step} of `{stage}`", m.name, m.value)));
+    fn on_metrics(
+        &mut self,
+        stage: &str,
+        step: u64,
+        metrics: &[Metric],
+    ) -> Result<Decision, Error> {
+        if let Some(m) = metrics
+            .iter()
+            .find(|m| m.name.ends_with("loss") && !m.value.is_finite())
+        {
+            return Ok(Decision::Stop(format!(
+                "{} is {} at step {step} of `{stage}`",
+                m.name, m.value
+            )));
         }
-        let reward = metrics.iter().find(|m| m.name == "reward/mean").map(|m| m.value);
+        let reward = metrics
+            .iter()
+            .find(|m| m.name == "reward/mean")
+            .map(|m| m.value);
         Ok(match (stage, reward) {
             ("grpo", Some(r)) if r >= self.target => Decision::NextStage,
             _ => Decision::Proceed,

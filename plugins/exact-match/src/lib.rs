@@ -20,7 +20,13 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { ignore_case: true, ignore_punctuation: false, collapse_whitespace: true, strip_articles: false, first_line: false }
+        Self {
+            ignore_case: true,
+            ignore_punctuation: false,
+            collapse_whitespace: true,
+            strip_articles: false,
+            first_line: false,
+        }
     }
 }
 
@@ -57,16 +63,25 @@ impl Evaluator for ExactMatch {
 
     fn score(&mut self, p: &Prediction) -> Result<Vec<Metric>, Error> {
         if p.references.is_empty() {
-            return Err(Error::input(format!("prediction `{}` has no references", p.id)));
+            return Err(Error::input(format!(
+                "prediction `{}` has no references",
+                p.id
+            )));
         }
         let pred = if self.0.first_line {
-            p.prediction.lines().find(|l| !l.trim().is_empty()).unwrap_or("")
+            p.prediction
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
         } else {
             &p.prediction
         };
         let pred = self.normalize(pred);
         let hit = p.references.iter().any(|r| self.normalize(r) == pred);
-        Ok(vec![Metric::new("exact_match", if hit { 1.0 } else { 0.0 })])
+        Ok(vec![Metric::new(
+            "exact_match",
+            if hit { 1.0 } else { 0.0 },
+        )])
     }
 }
 

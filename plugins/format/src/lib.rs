@@ -64,16 +64,23 @@ impl Reward for Format {
         };
         // Tag mode also requires each tag exactly once (checked in `score`), which the regex
         // crate cannot say without look-around.
-        let regex = Regex::new(&pattern).map_err(|e| Error::config(format!("bad `pattern`: {e}")))?;
+        let regex =
+            Regex::new(&pattern).map_err(|e| Error::config(format!("bad `pattern`: {e}")))?;
         Ok(Self { s, regex })
     }
 
     fn score(&mut self, input: &RewardInput) -> Result<Option<f64>, Error> {
         let c = &input.completion;
         if self.s.pattern.is_some() {
-            return Ok(Some(if self.regex.is_match(c) { self.s.correct } else { self.s.incorrect }));
+            return Ok(Some(if self.regex.is_match(c) {
+                self.s.correct
+            } else {
+                self.s.incorrect
+            }));
         }
-        let once = |t: &str| c.matches(&format!("<{t}>")).count() == 1 && c.matches(&format!("</{t}>")).count() == 1;
+        let once = |t: &str| {
+            c.matches(&format!("<{t}>")).count() == 1 && c.matches(&format!("</{t}>")).count() == 1
+        };
         let all_once = self.s.tags.iter().all(|t| once(t));
         if all_once && self.regex.is_match(c) {
             return Ok(Some(self.s.correct));
@@ -88,7 +95,9 @@ impl Reward for Format {
                 })
                 .count();
             let frac = good as f64 / self.s.tags.len() as f64;
-            return Ok(Some(self.s.incorrect + frac * (self.s.correct - self.s.incorrect)));
+            return Ok(Some(
+                self.s.incorrect + frac * (self.s.correct - self.s.incorrect),
+            ));
         }
         Ok(Some(self.s.incorrect))
     }

@@ -40,28 +40,46 @@ impl DataLoader for JsonlChat {
     fn new(config: &Config, seed: u64) -> Result<Self, Error> {
         let s: Settings = config.parse_into()?;
         if s.path.starts_with('/') || s.path.split('/').any(|p| p == "..") {
-            return Err(Error::config(format!("`path` {} must be relative to the granted directory, without `..`", s.path)));
+            return Err(Error::config(format!(
+                "`path` {} must be relative to the granted directory, without `..`",
+                s.path
+            )));
         }
         let path = format!("/data/{}", s.path);
-        let file = std::fs::File::open(&path)
-            .map_err(|e| Error::config(format!("cannot open {} in the granted `data` directory: {e}", s.path)))?;
+        let file = std::fs::File::open(&path).map_err(|e| {
+            Error::config(format!(
+                "cannot open {} in the granted `data` directory: {e}",
+                s.path
+            ))
+        })?;
         let reader = BufReader::new(file);
         let lines: Box<dyn Iterator<Item = (usize, std::io::Result<String>)>> = if s.shuffle {
-            let mut all: Vec<(usize, std::io::Result<String>)> =
-                reader.lines().enumerate().map(|(i, l)| (i + 1, l)).collect();
+            let mut all: Vec<(usize, std::io::Result<String>)> = reader
+                .lines()
+                .enumerate()
+                .map(|(i, l)| (i + 1, l))
+                .collect();
             shuffle(&mut all, seed);
             Box::new(all.into_iter())
         } else {
             Box::new(reader.lines().enumerate().map(|(i, l)| (i + 1, l)))
         };
-        Ok(Self { path: s.path.clone(), lines, s, emitted: 0 })
+        Ok(Self {
+            path: s.path.clone(),
+            lines,
+            s,
+            emitted: 0,
+        })
     }
 
     fn next_page(&mut self, max: usize) -> Result<Vec<Example>, Error> {
         let mut page = Vec::new();
         while page.len() < max && self.s.limit.is_none_or(|l| self.emitted < l) {
-            let Some((line_no, line)) = self.lines.next() else { break };
-            let line = line.map_err(|e| Error::failed(format!("{}:{line_no}: read error: {e}", self.path)))?;
+            let Some((line_no, line)) = self.lines.next() else {
+                break;
+            };
+            let line = line
+                .map_err(|e| Error::failed(format!("{}:{line_no}: read error: {e}", self.path)))?;
             if line.trim().is_empty() {
                 continue;
             }
@@ -82,21 +100,38 @@ impl DataLoader for JsonlChat {
 }
 
 fn parse_line(line: &str, key: &str) -> Result<Example, String> {
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
-    let serde_json::Value::Object(obj) = v else { return Err("expected a JSON object".into()) };
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+    let serde_json::Value::Object(obj) = v else {
+        return Err("expected a JSON object".into());
+    };
     let mut messages = Vec::new();
     let mut metadata = Metadata::default();
     if let Some(m) = obj.get(key) {
-        let arr = m.as_array().ok_or_else(|| format!("`{key}` must be a list of messages"))?;
+        let arr = m
+            .as_array()
+            .ok_or_else(|| format!("`{key}` must be a list of messages"))?;
         for (i, m) in arr.iter().enumerate() {
-            let role = m.get("role").and_then(|r| r.as_str()).ok_or_else(|| format!("`{key}[{i}].role` is missing or not text"))?;
-            let content = m.get("content").and_then(|r| r.as_str()).ok_or_else(|| format!("`{key}[{i}].content` is missing or not text"))?;
+            let role = m
+                .get("role")
+                .and_then(|r| r.as_str())
+                .ok_or_else(|| format!("`{key}[{i}].role` is missing or not text"))?;
+            let content = m
+                .get("content")
+                .and_then(|r| r.as_str())
+                .ok_or_else(|| format!("`{key}[{i}].content` is missing or not text"))?;
             messages.push(Message::new(role, content));
         }
     } else if let Some(p) = obj.get("prompt") {
-        messages.push(Message::new("user", p.as_str().ok_or("`prompt` must be text")?));
+        messages.push(Message::new(
+            "user",
+            p.as_str().ok_or("`prompt` must be text")?,
+        ));
         if let Some(c) = obj.get("completion") {
-            messages.push(Message::new("assistant", c.as_str().ok_or("`completion` must be text")?));
+            messages.push(Message::new(
+                "assistant",
+                c.as_str().ok_or("`completion` must be text")?,
+            ));
         }
     } else {
         return Err(format!("no `{key}` list and no `prompt`"));
@@ -109,14 +144,21 @@ fn parse_line(line: &str, key: &str) -> Result<Example, String> {
         }
         metadata.insert(k, to_value(v));
     }
-    Ok(Example { id: String::new(), messages, metadata })
+    Ok(Example {
+        id: String::new(),
+        messages,
+        metadata,
+    })
 }
 
 fn to_value(v: serde_json::Value) -> Value {
     match v {
         serde_json::Value::Null => Value::Null,
         serde_json::Value::Bool(b) => Value::Bool(b),
-        serde_json::Value::Number(n) => n.as_i64().map(Value::Int).unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN))),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map(Value::Int)
+            .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN))),
         serde_json::Value::String(s) => Value::Text(s),
         other => Value::Json(other.to_string()),
     }

@@ -44,7 +44,9 @@ struct LengthPenalty {
 impl Reward for LengthPenalty {
     fn new(config: &Config) -> Result<Self, Error> {
         if config.json().get("max_length").is_none() {
-            return Err(Error::config("`max_length` is required (e.g. {\"max_length\": 512})"));
+            return Err(Error::config(
+                "`max_length` is required (e.g. {\"max_length\": 512})",
+            ));
         }
         let s: Settings = config.parse_into()?;
         if s.max_length <= 0.0 {
@@ -54,7 +56,12 @@ impl Reward for LengthPenalty {
         if buffer <= 0.0 || buffer > s.max_length {
             return Err(Error::config("`buffer` must be in (0, max_length]"));
         }
-        Ok(Self { max: s.max_length, buffer, unit: s.unit, scale: s.scale })
+        Ok(Self {
+            max: s.max_length,
+            buffer,
+            unit: s.unit,
+            scale: s.scale,
+        })
     }
 
     fn score(&mut self, input: &RewardInput) -> Result<Option<f64>, Error> {

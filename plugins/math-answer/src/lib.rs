@@ -21,7 +21,12 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { answer_key: "answer".into(), correct: 1.0, incorrect: 0.0, fallback_last_number: true }
+        Self {
+            answer_key: "answer".into(),
+            correct: 1.0,
+            incorrect: 0.0,
+            fallback_last_number: true,
+        }
     }
 }
 
@@ -44,8 +49,10 @@ impl Reward for MathAnswer {
             }
             None => None,
         };
-        Ok(answer::score(&input.completion, truth, s.fallback_last_number)
-            .map(|ok| if ok { s.correct } else { s.incorrect }))
+        Ok(
+            answer::score(&input.completion, truth, s.fallback_last_number)
+                .map(|ok| if ok { s.correct } else { s.incorrect }),
+        )
     }
 }
 

@@ -13,7 +13,9 @@ impl Config {
     /// Parses the host's JSON text. An empty string is an empty object.
     pub fn parse(text: &str) -> Result<Self, Error> {
         if text.trim().is_empty() {
-            return Ok(Self { value: serde_json::Value::Object(Default::default()) });
+            return Ok(Self {
+                value: serde_json::Value::Object(Default::default()),
+            });
         }
         let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| Error::config(format!("settings are not valid JSON: {e}")))?;

@@ -78,8 +78,10 @@ pub fn mean_by_name(scores: &[Vec<Metric>]) -> Vec<Metric> {
             None => sums.push((m.name.clone(), m.value, 1)),
         }
     }
-    let mut out: Vec<Metric> =
-        sums.into_iter().map(|(n, s, c)| Metric::new(n, s / c as f64)).collect();
+    let mut out: Vec<Metric> = sums
+        .into_iter()
+        .map(|(n, s, c)| Metric::new(n, s / c as f64))
+        .collect();
     out.push(Metric::new("count", scores.len() as f64));
     out
 }
@@ -97,7 +99,9 @@ pub fn __score<T: Evaluator>(
     batch: Vec<wit_eval::Prediction>,
 ) -> Result<Vec<Vec<wit::Metric>>, wit::PluginError> {
     crate::__private::with_state::<T, _>(|state| {
-        let Some(state) = state else { return Err(conv::not_initialised()) };
+        let Some(state) = state else {
+            return Err(conv::not_initialised());
+        };
         batch
             .into_iter()
             .map(|p| {
@@ -107,7 +111,10 @@ pub fn __score<T: Evaluator>(
                     references: p.references,
                     metadata: conv::metadata_in(p.metadata),
                 };
-                state.score(&p).map(conv::metrics_out).map_err(conv::error_out)
+                state
+                    .score(&p)
+                    .map(conv::metrics_out)
+                    .map_err(conv::error_out)
             })
             .collect()
     })
@@ -119,7 +126,10 @@ pub fn __aggregate<T: Evaluator>(
 ) -> Result<Vec<wit::Metric>, wit::PluginError> {
     let scores: Vec<Vec<Metric>> = scores.into_iter().map(conv::metrics_in).collect();
     crate::__private::with_state::<T, _>(|state| match state {
-        Some(state) => state.aggregate(&scores).map(conv::metrics_out).map_err(conv::error_out),
+        Some(state) => state
+            .aggregate(&scores)
+            .map(conv::metrics_out)
+            .map_err(conv::error_out),
         None => Err(conv::not_initialised()),
     })
 }

@@ -38,7 +38,6 @@ fn emit(level: u8, message: &str) {
     }
 }
 
-
 pub fn trace(message: &str) {
     emit(0, message)
 }

@@ -62,8 +62,16 @@ pub struct Stage {
 }
 
 impl Stage {
-    pub fn new(name: impl Into<String>, kind: impl Into<String>, config: serde_json::Value) -> Self {
-        Self { name: name.into(), kind: kind.into(), config }
+    pub fn new(
+        name: impl Into<String>,
+        kind: impl Into<String>,
+        config: serde_json::Value,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            kind: kind.into(),
+            config,
+        }
     }
 }
 
@@ -91,7 +99,12 @@ pub mod host {
 pub trait Recipe: Default + 'static {
     fn plan(&mut self, config: &Config) -> Result<Vec<Stage>, Error>;
 
-    fn on_metrics(&mut self, stage: &str, step: u64, metrics: &[Metric]) -> Result<Decision, Error> {
+    fn on_metrics(
+        &mut self,
+        stage: &str,
+        step: u64,
+        metrics: &[Metric],
+    ) -> Result<Decision, Error> {
         let _ = (stage, step, metrics);
         Ok(Decision::Proceed)
     }
@@ -113,7 +126,11 @@ pub fn __plan<T: Recipe>(config: String) -> Result<Vec<wit_recipe::Stage>, wit::
         let stages = state.plan(&config).map_err(conv::error_out)?;
         Ok(stages
             .into_iter()
-            .map(|s| wit_recipe::Stage { name: s.name, kind: s.kind, config: s.config.to_string() })
+            .map(|s| wit_recipe::Stage {
+                name: s.name,
+                kind: s.kind,
+                config: s.config.to_string(),
+            })
             .collect())
     })
 }
@@ -128,11 +145,16 @@ pub fn __on_metrics<T: Recipe>(
     let metrics = conv::metrics_in(metrics);
     crate::__private::with_state::<T, _>(|state| {
         let state = state.ok_or_else(conv::not_initialised)?;
-        Ok(match state.on_metrics(&stage, step, &metrics).map_err(conv::error_out)? {
-            Decision::Proceed => wit_recipe::Decision::Proceed,
-            Decision::NextStage => wit_recipe::Decision::NextStage,
-            Decision::Stop(why) => wit_recipe::Decision::Stop(why),
-        })
+        Ok(
+            match state
+                .on_metrics(&stage, step, &metrics)
+                .map_err(conv::error_out)?
+            {
+                Decision::Proceed => wit_recipe::Decision::Proceed,
+                Decision::NextStage => wit_recipe::Decision::NextStage,
+                Decision::Stop(why) => wit_recipe::Decision::Stop(why),
+            },
+        )
     })
 }
 

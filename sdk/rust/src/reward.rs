@@ -77,12 +77,23 @@ pub trait Reward: Sized + 'static {
         metadata: &Metadata,
         completions: &[String],
     ) -> Result<Vec<Option<f64>>, Error> {
-        completions.iter().map(|c| self.score(&RewardInput { prompt, completion: c, metadata })).collect()
+        completions
+            .iter()
+            .map(|c| {
+                self.score(&RewardInput {
+                    prompt,
+                    completion: c,
+                    metadata,
+                })
+            })
+            .collect()
     }
 }
 
 #[doc(hidden)]
-pub fn __init<T: Reward>(config: String) -> Result<(), crate::reward::bindings::galley::plugin::types::PluginError> {
+pub fn __init<T: Reward>(
+    config: String,
+) -> Result<(), crate::reward::bindings::galley::plugin::types::PluginError> {
     let config = Config::parse(&config).map_err(conv::error_out)?;
     let value = T::new(&config).map_err(conv::error_out)?;
     crate::__private::set_state(value);
@@ -94,12 +105,18 @@ pub fn __score<T: Reward>(
     groups: Vec<wit::RewardGroup>,
 ) -> Result<Vec<Option<f64>>, crate::reward::bindings::galley::plugin::types::PluginError> {
     crate::__private::with_state::<T, _>(|state| {
-        let Some(state) = state else { return Err(conv::not_initialised()) };
+        let Some(state) = state else {
+            return Err(conv::not_initialised());
+        };
         let mut out = Vec::with_capacity(groups.iter().map(|g| g.completions.len()).sum());
         for g in groups {
             let prompt = conv::messages_in(g.prompt);
             let metadata = conv::metadata_in(g.metadata);
-            out.extend(state.score_group(&prompt, &metadata, &g.completions).map_err(conv::error_out)?);
+            out.extend(
+                state
+                    .score_group(&prompt, &metadata, &g.completions)
+                    .map_err(conv::error_out)?,
+            );
         }
         Ok(out)
     })

@@ -11,7 +11,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -87,7 +90,10 @@ pub struct Metric {
 
 impl Metric {
     pub fn new(name: impl Into<String>, value: f64) -> Self {
-        Self { name: name.into(), value }
+        Self {
+            name: name.into(),
+            value,
+        }
     }
 }
 
@@ -111,13 +117,22 @@ pub struct Error {
 
 impl Error {
     pub fn config(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Config, message: message.into() }
+        Self {
+            kind: ErrorKind::Config,
+            message: message.into(),
+        }
     }
     pub fn input(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Input, message: message.into() }
+        Self {
+            kind: ErrorKind::Input,
+            message: message.into(),
+        }
     }
     pub fn failed(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Failed, message: message.into() }
+        Self {
+            kind: ErrorKind::Failed,
+            message: message.into(),
+        }
     }
 }
 
@@ -168,27 +183,52 @@ macro_rules! __conversions {
 
         #[allow(dead_code)]
         pub(crate) fn metadata_out(m: $crate::Metadata) -> Vec<wit::Entry> {
-            m.0.into_iter().map(|(key, v)| wit::Entry { key, value: value_out(v) }).collect()
+            m.0.into_iter()
+                .map(|(key, v)| wit::Entry {
+                    key,
+                    value: value_out(v),
+                })
+                .collect()
         }
 
         #[allow(dead_code)]
         pub(crate) fn messages_in(m: Vec<wit::Message>) -> Vec<$crate::Message> {
-            m.into_iter().map(|m| $crate::Message { role: m.role, content: m.content }).collect()
+            m.into_iter()
+                .map(|m| $crate::Message {
+                    role: m.role,
+                    content: m.content,
+                })
+                .collect()
         }
 
         #[allow(dead_code)]
         pub(crate) fn messages_out(m: Vec<$crate::Message>) -> Vec<wit::Message> {
-            m.into_iter().map(|m| wit::Message { role: m.role, content: m.content }).collect()
+            m.into_iter()
+                .map(|m| wit::Message {
+                    role: m.role,
+                    content: m.content,
+                })
+                .collect()
         }
 
         #[allow(dead_code)]
         pub(crate) fn metrics_in(m: Vec<wit::Metric>) -> Vec<$crate::Metric> {
-            m.into_iter().map(|m| $crate::Metric { name: m.name, value: m.value }).collect()
+            m.into_iter()
+                .map(|m| $crate::Metric {
+                    name: m.name,
+                    value: m.value,
+                })
+                .collect()
         }
 
         #[allow(dead_code)]
         pub(crate) fn metrics_out(m: Vec<$crate::Metric>) -> Vec<wit::Metric> {
-            m.into_iter().map(|m| wit::Metric { name: m.name, value: m.value }).collect()
+            m.into_iter()
+                .map(|m| wit::Metric {
+                    name: m.name,
+                    value: m.value,
+                })
+                .collect()
         }
 
         #[allow(dead_code)]

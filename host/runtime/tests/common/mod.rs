@@ -1,7 +1,7 @@
 //! Shared test helpers: where the built plugins are, and a runtime with a test cache.
 #![allow(dead_code)]
 
-use galley_core::{Message, RewardFn, RewardFnExt, RewardInput, Value};
+use galley_core::{Message, RewardFnExt, RewardInput, Value};
 use galley_runtime::{InstanceOptions, Limits, Plugin, Runtime, RuntimeConfig};
 use std::path::PathBuf;
 use std::sync::OnceLock;

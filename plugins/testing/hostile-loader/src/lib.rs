@@ -18,7 +18,11 @@ impl DataLoader for Hostile {
     }
 
     fn next_page(&mut self, max: usize) -> Result<Vec<Example>, Error> {
-        let one = |id: String| Example { id, messages: vec![Message::new("user", "hi")], ..Default::default() };
+        let one = |id: String| Example {
+            id,
+            messages: vec![Message::new("user", "hi")],
+            ..Default::default()
+        };
         match self.mode.as_str() {
             "ok" => Ok((0..max.min(3)).map(|i| one(format!("ok-{i}"))).collect()),
             "huge-string" => {

@@ -14,12 +14,20 @@ impl Recipe for Hostile {
         self.mode = config.get_str("mode").unwrap_or("ok").to_string();
         match self.mode.as_str() {
             "trap-plan" => panic!("hostile recipe panicked in plan on purpose"),
-            "duplicate" => Ok(vec![Stage::new("a", "sft", json!({})), Stage::new("a", "grpo", json!({}))]),
+            "duplicate" => Ok(vec![
+                Stage::new("a", "sft", json!({})),
+                Stage::new("a", "grpo", json!({})),
+            ]),
             _ => Ok(vec![Stage::new("only", "evaluate", json!({}))]),
         }
     }
 
-    fn on_metrics(&mut self, _stage: &str, _step: u64, _metrics: &[Metric]) -> Result<Decision, Error> {
+    fn on_metrics(
+        &mut self,
+        _stage: &str,
+        _step: u64,
+        _metrics: &[Metric],
+    ) -> Result<Decision, Error> {
         if self.mode == "trap-metrics" {
             panic!("hostile recipe panicked in on-metrics on purpose");
         }

@@ -24,14 +24,21 @@ fn recurse(n: u64, next: fn(u64, fn(u64) -> u64) -> u64) -> u64 {
 }
 
 fn recurse_again(n: u64, _: fn(u64) -> u64) -> u64 {
-    recurse(n, black_box(recurse_again as fn(u64, fn(u64) -> u64) -> u64))
+    recurse(
+        n,
+        black_box(recurse_again as fn(u64, fn(u64) -> u64) -> u64),
+    )
 }
 
 /// Recursion with a big local array: in Rust and C that lives on the shadow stack in linear
 /// memory, which runs out before the engine's stack does.
 fn hog(n: u64) -> u64 {
     let buf = black_box([n; 64]);
-    if buf[0] == u64::MAX { 0 } else { hog(n + 1) + buf[1] }
+    if buf[0] == u64::MAX {
+        0
+    } else {
+        hog(n + 1) + buf[1]
+    }
 }
 
 impl Reward for Hostile {
@@ -48,7 +55,13 @@ impl Reward for Hostile {
         }
         let needle = config.get_str("needle").unwrap_or("").to_string();
         let after = config.get_f64("after").unwrap_or(0.0) as u64;
-        Ok(Self { mode, port: config.get_f64("port").unwrap_or(9.0) as u16, needle, after, scored: 0 })
+        Ok(Self {
+            mode,
+            port: config.get_f64("port").unwrap_or(9.0) as u16,
+            needle,
+            after,
+            scored: 0,
+        })
     }
 
     fn score(&mut self, input: &RewardInput) -> Result<Option<f64>, Error> {
@@ -72,7 +85,10 @@ impl Reward for Hostile {
             // Only some samples: the rest score 1.0, so a trainer's skip policy has something to keep.
             "trap-on" => {
                 if !self.needle.is_empty() && input.completion.contains(&self.needle) {
-                    panic!("hostile plugin panicked on a completion containing {:?}", self.needle);
+                    panic!(
+                        "hostile plugin panicked on a completion containing {:?}",
+                        self.needle
+                    );
                 }
                 1.0
             }
@@ -90,8 +106,17 @@ impl Reward for Hostile {
                 unreachable!()
             }
             "read-file" => {
-                let probes = ["/etc/passwd", "/proc/self/environ", "/data/secret.txt", "../../etc/passwd", "."];
-                let opened = probes.iter().filter(|p| std::fs::read(p).is_ok() || std::fs::read_dir(p).is_ok()).count();
+                let probes = [
+                    "/etc/passwd",
+                    "/proc/self/environ",
+                    "/data/secret.txt",
+                    "../../etc/passwd",
+                    ".",
+                ];
+                let opened = probes
+                    .iter()
+                    .filter(|p| std::fs::read(p).is_ok() || std::fs::read_dir(p).is_ok())
+                    .count();
                 if opened > 0 { 1.0 } else { 0.0 }
             }
             "env" => {
@@ -112,7 +137,10 @@ impl Reward for Hostile {
                         0.0
                     }
                     Ok(sock) => {
-                        let addr = IpSocketAddress::Ipv4(Ipv4SocketAddress { port: self.port, address: (127, 0, 0, 1) });
+                        let addr = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+                            port: self.port,
+                            address: (127, 0, 0, 1),
+                        });
                         match sock.start_connect(&net, addr) {
                             Err(e) => {
                                 galley_sdk::log::info(&format!("connect refused: {e:?}"));
@@ -120,7 +148,11 @@ impl Reward for Hostile {
                             }
                             Ok(()) => {
                                 sock.subscribe().block();
-                                if sock.finish_connect().is_ok() { 1.0 } else { 0.0 }
+                                if sock.finish_connect().is_ok() {
+                                    1.0
+                                } else {
+                                    0.0
+                                }
                             }
                         }
                     }
@@ -153,9 +185,20 @@ impl Reward for Hostile {
             return Ok(vec![Some(1.0); completions.len() + 1]);
         }
         if self.mode == "no-opinion-odd" {
-            return Ok((0..completions.len()).map(|i| if i % 2 == 1 { None } else { Some(1.0) }).collect());
+            return Ok((0..completions.len())
+                .map(|i| if i % 2 == 1 { None } else { Some(1.0) })
+                .collect());
         }
-        completions.iter().map(|c| self.score(&RewardInput { prompt, completion: c, metadata })).collect()
+        completions
+            .iter()
+            .map(|c| {
+                self.score(&RewardInput {
+                    prompt,
+                    completion: c,
+                    metadata,
+                })
+            })
+            .collect()
     }
 }
 
