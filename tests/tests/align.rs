@@ -131,14 +131,15 @@ fn a_reward_plugin_trapping_on_some_completions_is_skipped_or_stops_the_run() {
             "    - plugin: {}
       settings: {{pattern: '.*[0-9].*'}}
     - plugin: {}
-      settings: {{mode: trap-on, needle: '1'}}
+      settings: {{mode: trap-on, needle: ' '}}
   on_plugin_error: {policy}
 ",
             plugin("format").display(),
             plugin("hostile-reward").display()
         )
     };
-    // skip: the run finishes; completions holding the needle lose their reward, nothing else.
+    // skip: the run finishes; completions holding the needle (a space: about a third of this
+    // seeded run's completions) lose their reward, nothing else.
     std::fs::write(
         dir.path().join("skip.yaml"),
         grpo_config(&rewards("skip"), ""),
@@ -165,7 +166,7 @@ fn a_reward_plugin_trapping_on_some_completions_is_skipped_or_stops_the_run() {
     assert!(!failed.is_empty(), "some completions hold the needle");
     assert!(failed.len() < comps.len(), "and some do not");
     for c in &comps {
-        let has = c["completion"].as_str().unwrap().contains('1');
+        let has = c["completion"].as_str().unwrap().contains(' ');
         assert_eq!(c["failed"] == true, has, "{c}");
         if has {
             assert_eq!(c["advantage"], 0.0, "{c}");
@@ -186,7 +187,7 @@ fn a_reward_plugin_trapping_on_some_completions_is_skipped_or_stops_the_run() {
     // stop: the plugin starts trapping in step 3 (its 17th completion; 8 a step); the run
     // ends with its error and keeps the checkpoint of step 2, which a resume continues from.
     std::fs::remove_dir_all(dir.path().join("run")).unwrap();
-    let stop = rewards("stop").replace("mode: trap-on, needle: '1'", "mode: trap-after, after: 16");
+    let stop = rewards("stop").replace("mode: trap-on, needle: ' '", "mode: trap-after, after: 16");
     std::fs::write(dir.path().join("stop.yaml"), grpo_config(&stop, "")).unwrap();
     let o = galley(
         dir.path(),

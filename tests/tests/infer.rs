@@ -134,7 +134,7 @@ fn settings_errors_name_the_file_and_key() {
     .unwrap();
     let line = one_line_error(&infer(d, &["s.yaml"]));
     assert!(
-        line.contains("s.yaml") && line.contains("temprature") && line.contains("line 3"),
+        line.contains("s.yaml:3:") && line.contains("temprature"),
         "{line}"
     );
     let line = one_line_error(&infer(d, &["-m", "x.gguf", "-s", "top_p=2"]));

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use galley_core::Message;
-use galley_model::{Finish, LoadedModel, SamplingParams, generate};
+use galley_model::{LoadedModel, SamplingParams, batch, generate};
 use serde::Deserialize;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -80,23 +80,6 @@ fn load_config(path: Option<&Path>, sets: &[String]) -> Result<InferConfig> {
     Ok(cfg)
 }
 
-fn render(m: &LoadedModel, cfg: &InferConfig, messages: &[Message]) -> Result<Vec<u32>> {
-    let mut msgs = messages.to_vec();
-    if let Some(sys) = &cfg.system {
-        if msgs.first().is_none_or(|m| m.role != "system") {
-            msgs.insert(0, Message::new("system", sys.clone()));
-        }
-    }
-    match &m.template {
-        Some(t) => Ok(m.tokenizer.encode(&t.render(&msgs, true, None)?, false)?),
-        None => {
-            // No template: plain text, the conversation's contents one after another.
-            let text: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
-            Ok(m.tokenizer.encode(&text.join("\n"), true)?)
-        }
-    }
-}
-
 pub fn run(args: InferArgs) -> Result<()> {
     let mut cfg = load_config(args.config.as_deref(), &args.set)?;
     if let Some(m) = args.model {
@@ -106,8 +89,13 @@ pub fn run(args: InferArgs) -> Result<()> {
         .model
         .clone()
         .context("no model: pass --model PATH (or `model:` in the settings file)")?;
+    // The whole input is read before the model loads, so a bad line fails fast.
     let rows = match &args.input {
-        Some(input) => Some(read_rows(input)?),
+        Some(input) => {
+            let text = std::fs::read_to_string(input)
+                .with_context(|| format!("{}: cannot read", input.display()))?;
+            Some(batch::read_rows(&text, &input.display().to_string())?)
+        }
         None => None,
     };
     let started = Instant::now();
@@ -134,11 +122,11 @@ pub fn run(args: InferArgs) -> Result<()> {
     );
     match (&args.prompt, &args.input) {
         (Some(p), _) => one_shot(&m, &cfg, p),
-        (None, Some(input)) => batch(
+        (None, Some(input)) => run_batch(
             &m,
             &cfg,
             input,
-            rows.unwrap_or_default(),
+            &rows.unwrap_or_default(),
             args.output.as_deref().expect("clap requires --output"),
         ),
         (None, None) => chat(&m, &cfg),
@@ -146,7 +134,7 @@ pub fn run(args: InferArgs) -> Result<()> {
 }
 
 fn stream(m: &LoadedModel, cfg: &InferConfig, messages: &[Message]) -> Result<String> {
-    let ids = render(m, cfg, messages)?;
+    let ids = batch::render(m, cfg.system.as_deref(), messages)?;
     let t0 = Instant::now();
     let mut out = std::io::stdout();
     let done = generate(
@@ -167,7 +155,7 @@ fn stream(m: &LoadedModel, cfg: &InferConfig, messages: &[Message]) -> Result<St
         c.prompt_tokens,
         c.tokens.len(),
         c.tokens.len() as f64 / secs.max(1e-9),
-        finish_reason(c.finish)
+        batch::finish_reason(c.finish)
     );
     Ok(c.text.clone())
 }
@@ -202,56 +190,13 @@ fn chat(m: &LoadedModel, cfg: &InferConfig) -> Result<()> {
     }
 }
 
-fn finish_reason(f: Finish) -> &'static str {
-    match f {
-        Finish::Eos | Finish::Stop => "stop",
-        Finish::Length => "length",
-    }
-}
-
-type Row = (serde_json::Map<String, serde_json::Value>, Vec<Message>);
-
-/// Reads the whole input before the model loads, so a bad line fails fast.
-fn read_rows(input: &Path) -> Result<Vec<Row>> {
-    let text = std::fs::read_to_string(input)
-        .with_context(|| format!("{}: cannot read", input.display()))?;
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = || format!("{}:{}", input.display(), i + 1);
-        let obj: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(line).with_context(|| format!("{}: not a JSON object", at()))?;
-        let messages: Vec<Message> = match (obj.get("messages"), obj.get("prompt")) {
-            (Some(ms), _) => serde_json::from_value(ms.clone()).with_context(|| {
-                format!(
-                    "{}: key `messages`: expected [{{\"role\", \"content\"}}]",
-                    at()
-                )
-            })?,
-            (None, Some(serde_json::Value::String(p))) => vec![Message::new("user", p.clone())],
-            _ => bail!("{}: needs `messages` (a list) or `prompt` (a string)", at()),
-        };
-        rows.push((obj, messages));
-    }
-    Ok(rows)
-}
-
-fn batch(
+fn run_batch(
     m: &LoadedModel,
     cfg: &InferConfig,
     input: &Path,
-    rows: Vec<Row>,
+    rows: &[batch::Row],
     output: &Path,
 ) -> Result<()> {
-    let mut rendered = Vec::with_capacity(rows.len());
-    for (i, (obj, messages)) in rows.into_iter().enumerate() {
-        let ids = render(m, cfg, &messages)
-            .with_context(|| format!("{}: conversation {}", input.display(), i + 1))?;
-        rendered.push((obj, ids));
-    }
-    let rows = rendered;
     let bar = indicatif::ProgressBar::new(rows.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} conversations {msg}")
@@ -262,30 +207,29 @@ fn batch(
     let mut out = std::io::BufWriter::new(file);
     let t0 = Instant::now();
     let mut generated = 0usize;
-    for chunk in rows.chunks(cfg.batch_size) {
-        let prompts: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
-        let done = generate(
-            &m.model,
-            &m.tokenizer,
-            &prompts,
-            &cfg.sampling,
-            &mut |_, _| {},
-        )?;
-        for ((obj, _), c) in chunk.iter().zip(done) {
-            let mut obj = obj.clone();
-            obj.insert("completion".into(), c.text.into());
-            obj.insert("finish_reason".into(), finish_reason(c.finish).into());
-            obj.insert("prompt_tokens".into(), c.prompt_tokens.into());
-            obj.insert("completion_tokens".into(), c.tokens.len().into());
+    let mut write = |rows: &[batch::Row], done: Vec<galley_model::Completion>| {
+        for (row, c) in rows.iter().zip(&done) {
             generated += c.tokens.len();
-            writeln!(out, "{}", serde_json::Value::Object(obj))?;
+            writeln!(out, "{}", batch::output_row(row, c)).map_err(|e| {
+                galley_model::ModelError::Invalid(format!("{}: {e}", output.display()))
+            })?;
         }
-        bar.inc(chunk.len() as u64);
+        bar.inc(rows.len() as u64);
         bar.set_message(format!(
             "{:.1} tok/s",
             generated as f64 / t0.elapsed().as_secs_f64().max(1e-9)
         ));
-    }
+        Ok(())
+    };
+    batch::generate_rows(
+        m,
+        rows,
+        cfg.system.as_deref(),
+        &cfg.sampling,
+        cfg.batch_size,
+        &mut write,
+    )
+    .with_context(|| input.display().to_string())?;
     out.flush()?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();

@@ -4,6 +4,7 @@
 //! tokenizer from `tokenizer.json` or GGUF metadata, HF chat templates through minijinja, and
 //! batched generation with sampling, stops, streaming and per-token log-probabilities.
 
+pub mod batch;
 pub mod chat;
 pub mod config;
 pub mod error;

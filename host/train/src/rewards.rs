@@ -177,7 +177,7 @@ pub fn score_batch(
             Err(e) => {
                 let prompt = g.prompt.last().map_or("", |m| m.content.as_str());
                 tracing::warn!(
-                    "step {step}: {e}; completion {:?} of prompt {:?} gets no score from it (on_plugin_error: skip)",
+                    "step {step}: {e}; completion {:?} of prompt {:?} is marked failed: no score from it, so no reward and advantage 0 in GRPO (on_plugin_error: skip)",
                     snippet(c),
                     snippet(prompt),
                 );

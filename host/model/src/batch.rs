@@ -1,0 +1,126 @@
+//! Batch generation over a dataset: rows of a JSONL file (`{"messages": [...]}` or
+//! `{"prompt": "..."}`, every other column kept), each rendered through the model's chat
+//! template (with an optional system message), generated in batches, and written back as
+//! the row plus `completion`, `finish_reason` and token counts. `galley infer -i` runs it;
+//! a `generate` stage of a run will too.
+
+use crate::error::{ModelError, Result};
+use crate::generate::{Completion, Finish, generate};
+use crate::load::LoadedModel;
+use crate::sample::SamplingParams;
+use galley_core::Message;
+
+/// One input row: its columns as read, and its conversation.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub columns: serde_json::Map<String, serde_json::Value>,
+    pub messages: Vec<Message>,
+}
+
+/// Reads rows from JSONL text; `name` is the file in errors (`FILE:LINE: ...`).
+pub fn read_rows(text: &str, name: &str) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |msg: &str| ModelError::Invalid(format!("{name}:{}: {msg}", i + 1));
+        let columns: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).map_err(|e| bad(&format!("not a JSON object ({e})")))?;
+        let messages = match (columns.get("messages"), columns.get("prompt")) {
+            (Some(ms), _) => serde_json::from_value(ms.clone())
+                .map_err(|_| bad("key `messages`: expected [{\"role\", \"content\"}]"))?,
+            (None, Some(serde_json::Value::String(p))) => vec![Message::new("user", p.clone())],
+            _ => return Err(bad("needs `messages` (a list) or `prompt` (a string)")),
+        };
+        rows.push(Row { columns, messages });
+    }
+    Ok(rows)
+}
+
+/// The prompt tokens of a conversation: `system` put first unless it has a system message,
+/// then the chat template with the generation prompt (no template: the contents, one per line).
+pub fn render(m: &LoadedModel, system: Option<&str>, messages: &[Message]) -> Result<Vec<u32>> {
+    let mut msgs = messages.to_vec();
+    if let Some(sys) = system
+        && msgs.first().is_none_or(|m| m.role != "system")
+    {
+        msgs.insert(0, Message::new("system", sys));
+    }
+    match &m.template {
+        Some(t) => m.tokenizer.encode(&t.render(&msgs, true, None)?, false),
+        None => {
+            let text: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
+            m.tokenizer.encode(&text.join("\n"), true)
+        }
+    }
+}
+
+/// OpenAI's name for why generation ended.
+pub fn finish_reason(f: Finish) -> &'static str {
+    match f {
+        Finish::Eos | Finish::Stop => "stop",
+        Finish::Length => "length",
+    }
+}
+
+/// A row with its completion, as written out.
+pub fn output_row(row: &Row, c: &Completion) -> serde_json::Value {
+    let mut obj = row.columns.clone();
+    obj.insert("completion".into(), c.text.clone().into());
+    obj.insert("finish_reason".into(), finish_reason(c.finish).into());
+    obj.insert("prompt_tokens".into(), c.prompt_tokens.into());
+    obj.insert("completion_tokens".into(), c.tokens.len().into());
+    serde_json::Value::Object(obj)
+}
+
+/// Generates a completion for every row, `batch_size` rows at a time; `done` sees each batch's
+/// rows and completions in order. Every row is rendered before the first batch, so a bad
+/// conversation fails before any generation.
+pub fn generate_rows(
+    m: &LoadedModel,
+    rows: &[Row],
+    system: Option<&str>,
+    sampling: &SamplingParams,
+    batch_size: usize,
+    done: &mut dyn FnMut(&[Row], Vec<Completion>) -> Result<()>,
+) -> Result<()> {
+    let mut prompts = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        prompts.push(
+            render(m, system, &r.messages)
+                .map_err(|e| ModelError::Invalid(format!("conversation {}: {e}", i + 1)))?,
+        );
+    }
+    for (rows, prompts) in rows
+        .chunks(batch_size.max(1))
+        .zip(prompts.chunks(batch_size.max(1)))
+    {
+        let out = generate(&m.model, &m.tokenizer, prompts, sampling, &mut |_, _| {})?;
+        done(rows, out)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_keep_their_columns_and_errors_name_the_line() {
+        let rows = read_rows(
+            "{\"prompt\": \"hi\", \"id\": 7}\n\n{\"messages\": [{\"role\": \"user\", \"content\": \"yo\"}]}\n",
+            "in.jsonl",
+        )
+        .unwrap();
+        assert_eq!(rows[0].messages, vec![Message::new("user", "hi")]);
+        assert_eq!(rows[0].columns["id"], 7);
+        assert_eq!(rows[1].messages[0].content, "yo");
+        let e = read_rows("{\"prompt\": 3}\n", "in.jsonl")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("in.jsonl:1: needs `messages`"), "{e}");
+        let e = read_rows("{}\n[1]\n", "in.jsonl").unwrap_err().to_string();
+        assert!(e.starts_with("in.jsonl:1:"), "{e}");
+    }
+}
