@@ -42,7 +42,7 @@ fn main() {
     let pp_s = best(REPS, || {
         let mut cache = m.model.new_cache(1);
         m.model
-            .forward(&[prompt.clone()], None, &mut cache, true)
+            .forward(std::slice::from_ref(&prompt), None, &mut cache, true)
             .unwrap();
     });
     let tg_s = best(REPS, || {

@@ -27,7 +27,11 @@ pub fn workload(prompts: usize, per: usize) -> Vec<RewardInput> {
         metadata.insert("source".into(), Value::Text("bench".into()));
         for k in 0..per {
             let i = p * per + k;
-            let said = if i % 2 == 0 { truth } else { truth + 1 };
+            let said = if i.is_multiple_of(2) {
+                truth
+            } else {
+                truth + 1
+            };
             let steps = format!(
                 "First, {name} buys {a} boxes. Each box holds {b} items, so we multiply {a} by {b}. \
                  {a} * {b} = {truth}. Let me double-check: {b} * {a} = {truth}, and adding the 0 \
@@ -51,7 +55,7 @@ pub fn group(n: i64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -142,20 +142,22 @@ async fn blob(State(s): State<Shared>, Path(file): Path<String>, headers: Header
     }
 }
 
-/// The namespaces the request's bearer token owns, or a 401.
-fn authorize(s: &AppState, headers: &HeaderMap, ns: &str) -> Result<(), Response> {
-    let token = headers
+/// Whether the request's bearer token owns `ns`: the refusal (401 or 403) when not.
+fn authorize(s: &AppState, headers: &HeaderMap, ns: &str) -> Option<Response> {
+    let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| text(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
+    else {
+        return Some(text(StatusCode::UNAUTHORIZED, "a bearer token is required"));
+    };
     match s.cfg.tokens.get(token) {
-        Some(spaces) if spaces.iter().any(|n| n == ns || n == "*") => Ok(()),
-        Some(_) => Err(text(
+        Some(spaces) if spaces.iter().any(|n| n == ns || n == "*") => None,
+        Some(_) => Some(text(
             StatusCode::FORBIDDEN,
             format!("this token may not publish to namespace `{ns}`"),
         )),
-        None => Err(text(StatusCode::UNAUTHORIZED, "unknown token")),
+        None => Some(text(StatusCode::UNAUTHORIZED, "unknown token")),
     }
 }
 
@@ -182,7 +184,7 @@ async fn publish(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Re
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad release line: {e}")),
     };
-    if let Err(r) = authorize(&s, &headers, &release.name.namespace) {
+    if let Some(r) = authorize(&s, &headers, &release.name.namespace) {
         return r;
     }
     if release.yanked {
@@ -219,7 +221,7 @@ async fn yank(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
         Ok(n) => n,
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    if let Err(r) = authorize(&s, &headers, &name.namespace) {
+    if let Some(r) = authorize(&s, &headers, &name.namespace) {
         return r;
     }
     let state = s.clone();

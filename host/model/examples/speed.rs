@@ -101,16 +101,15 @@ fn measure(dev: &Device, path: &std::path::Path) -> (f64, f64) {
     };
     let pp = best(&mut || {
         let mut cache = m.new_cache(1);
-        m.forward(&[prompt.clone()], None, &mut cache, true)
+        m.forward(std::slice::from_ref(&prompt), None, &mut cache, true)
             .unwrap()
             .to_dtype(DType::F32)
             .unwrap();
     });
     let tg = best(&mut || {
         let mut cache = m.new_cache(1);
-        for i in 0..128 {
-            m.forward(&[vec![prompt[i]]], None, &mut cache, true)
-                .unwrap();
+        for &t in &prompt[..128] {
+            m.forward(&[vec![t]], None, &mut cache, true).unwrap();
         }
     });
     (256.0 / pp, 128.0 / tg)

@@ -74,6 +74,9 @@ pub fn output_row(row: &Row, c: &Completion) -> serde_json::Value {
     serde_json::Value::Object(obj)
 }
 
+/// Receives each batch's rows and their completions.
+pub type OnBatch<'a> = dyn FnMut(&[Row], Vec<Completion>) -> Result<()> + 'a;
+
 /// Generates a completion for every row, `batch_size` rows at a time; `done` sees each batch's
 /// rows and completions in order. Every row is rendered before the first batch, so a bad
 /// conversation fails before any generation.
@@ -83,7 +86,7 @@ pub fn generate_rows(
     system: Option<&str>,
     sampling: &SamplingParams,
     batch_size: usize,
-    done: &mut dyn FnMut(&[Row], Vec<Completion>) -> Result<()>,
+    done: &mut OnBatch<'_>,
 ) -> Result<()> {
     let mut prompts = Vec::with_capacity(rows.len());
     for (i, r) in rows.iter().enumerate() {

@@ -291,14 +291,16 @@ impl LlamaConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        if self.num_heads == 0
+            || self.num_kv_heads == 0
+            || !self.num_heads.is_multiple_of(self.num_kv_heads)
         {
             return Err(format!(
                 "{} attention heads cannot share {} key/value heads",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {

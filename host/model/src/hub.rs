@@ -227,10 +227,10 @@ pub fn fetch(r: &HubRef, cache: &Path) -> Result<PathBuf> {
             let _ = std::fs::remove_file(&tmp);
             err(format!("{url}: {why}"))
         };
-        if let Some(size) = s.size {
-            if size != n {
-                return Err(fail(format!("got {n} bytes, the Hub says {size}")));
-            }
+        if let Some(size) = s.size
+            && size != n
+        {
+            return Err(fail(format!("got {n} bytes, the Hub says {size}")));
         }
         if let Some(lfs) = &s.lfs {
             let got = hex::encode(hasher.finalize());
@@ -244,7 +244,7 @@ pub fn fetch(r: &HubRef, cache: &Path) -> Result<PathBuf> {
         std::fs::rename(&tmp, &dest).map_err(|e| err(format!("{}: {e}", dest.display())))?;
     }
     // Written last: a ref exists only for a complete download.
-    std::fs::create_dir_all(ref_file.parent().expect("refs dir")).map_err(|e| err(e))?;
+    std::fs::create_dir_all(ref_file.parent().expect("refs dir")).map_err(err)?;
     std::fs::write(&ref_file, &info.sha)
         .map_err(|e| err(format!("{}: {e}", ref_file.display())))?;
     Ok(match &r.file {

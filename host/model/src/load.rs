@@ -169,10 +169,10 @@ fn load_hf(dir: &Path) -> Result<Checkpoint> {
         Tokenizer::from_file(&tok_path, config.bos_token_id, config.eos_token_ids.clone())?;
     let bos = special(tc.get("bos_token")).unwrap_or_default();
     let eos = special(tc.get("eos_token")).unwrap_or_default();
-    if let Some(id) = tokenizer.token_to_id(&eos) {
-        if !tokenizer.eos.contains(&id) {
-            tokenizer.eos.push(id);
-        }
+    if let Some(id) = tokenizer.token_to_id(&eos)
+        && !tokenizer.eos.contains(&id)
+    {
+        tokenizer.eos.push(id);
     }
     let jinja = dir.join("chat_template.jinja");
     let template = if jinja.exists() {

@@ -144,7 +144,7 @@ fn worker(s: Arc<Shared>, part: usize, parts: usize) {
                 break;
             }
             spins += 1;
-            if spins % 1024 == 0 && started.elapsed() > SPIN {
+            if spins.is_multiple_of(1024) && started.elapsed() > SPIN {
                 std::thread::park_timeout(Duration::from_millis(50));
             } else {
                 std::hint::spin_loop();

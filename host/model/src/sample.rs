@@ -66,7 +66,8 @@ impl SamplingParams {
         if !(0.0..=1.0).contains(&self.min_p) {
             return Err(format!("key `min_p`: {} must be in [0, 1]", self.min_p));
         }
-        if !(self.repetition_penalty > 0.0) {
+        // NaN fails too: it is neither > 0 nor finite.
+        if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
             return Err(format!(
                 "key `repetition_penalty`: {} must be > 0",
                 self.repetition_penalty
@@ -110,14 +111,14 @@ impl Sampler {
             let mut logits = logits.to_vec();
             let mut done = std::collections::HashSet::new();
             for &t in seen {
-                if done.insert(t) {
-                    if let Some(l) = logits.get_mut(t as usize) {
-                        *l = if *l > 0.0 {
-                            *l / p.repetition_penalty
-                        } else {
-                            *l * p.repetition_penalty
-                        };
-                    }
+                if done.insert(t)
+                    && let Some(l) = logits.get_mut(t as usize)
+                {
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
                 }
             }
             penalised = logits;

@@ -161,12 +161,12 @@ impl Tokenizer {
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, special).map_err(tok_err)?;
         let mut ids = enc.get_ids().to_vec();
-        if special && self.add_bos {
-            if let Some(b) = self.bos {
-                if ids.first() != Some(&b) {
-                    ids.insert(0, b);
-                }
-            }
+        if special
+            && self.add_bos
+            && let Some(b) = self.bos
+            && ids.first() != Some(&b)
+        {
+            ids.insert(0, b);
         }
         Ok(ids)
     }

@@ -269,7 +269,7 @@ impl Weights {
 fn unpermute_rows(qt: &QTensor, heads: usize, device: &Device) -> candle_core::Result<QTensor> {
     let dims = qt.shape().dims().to_vec();
     let rows = dims[0];
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         candle_core::bail!("{rows} rows do not split into {heads} heads of even size");
     }
     let data = qt.data()?;

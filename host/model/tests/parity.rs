@@ -157,7 +157,7 @@ fn smollm2_dequantized_matches_transformers() {
         .unwrap();
     assert_eq!(text, p["text"].as_str().unwrap());
     assert_eq!(m.tokenizer.encode(&text, false).unwrap(), ids);
-    let got = logits_of(&m.model, &[ids.clone()], None);
+    let got = logits_of(&m.model, std::slice::from_ref(&ids), None);
     let n = ids.len();
     let got: Vec<f32> = got[0][n - 2..].concat();
     assert_eq!(got.len(), 2 * vocab);
@@ -224,7 +224,7 @@ fn sharded_checkpoints_load_like_single_files() {
     .unwrap();
     let (single, ids, want) = tiny("qwen2-bias");
     let sharded = load(dir, &candle_core::Device::Cpu).unwrap();
-    let got = logits_of(&sharded.model, &[ids.clone()], None);
+    let got = logits_of(&sharded.model, std::slice::from_ref(&ids), None);
     assert!(rel_err(&got[0].concat(), &want.concat()) < 1e-4);
     assert_eq!(logits_of(&single.model, &[ids], None), got);
     // A shard the index names but the folder lacks is named in the error.

@@ -67,7 +67,7 @@ fn batches_seeds_stops_and_streaming() {
             generate(
                 &m.model,
                 &m.tokenizer,
-                &[p.clone()],
+                std::slice::from_ref(p),
                 &greedy,
                 &mut |_, _| {},
             )
@@ -183,7 +183,7 @@ fn quantized_kernels_track_the_f32_model() {
         let mut cache = m.model.new_cache(1);
         let mut out = vec![
             m.model
-                .forward(&[ids.clone()], None, &mut cache, true)
+                .forward(std::slice::from_ref(&ids), None, &mut cache, true)
                 .unwrap()
                 .flatten_all()
                 .unwrap()

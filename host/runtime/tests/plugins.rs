@@ -190,7 +190,7 @@ fn jsonl_chat_streams_a_granted_file_and_names_bad_lines() {
     assert_eq!(page[1].messages.len(), 2);
     assert_eq!(page[1].messages[0].content, "What is 2+2?");
     assert_eq!(page[1].metadata.get("level"), Some(&Value::Int(1)));
-    assert!(page[1].metadata.get("prompt").is_none());
+    assert!(!page[1].metadata.contains_key("prompt"));
     let err = loader.next_page(2).unwrap_err();
     assert_eq!(err.kind, PluginErrorKind::InvalidInput);
     assert!(

@@ -285,7 +285,7 @@ mod tests {
     fn markers_in_priority_order() {
         assert_eq!(
             extract("so 3 + 4 = 7\n#### 7", true).unwrap(),
-            ("7".into(), Marker::Hashes)
+            ("7", Marker::Hashes)
         );
         assert_eq!(
             extract("we get \\boxed{\\frac{1}{2}}.", true).unwrap().0,
@@ -297,7 +297,7 @@ mod tests {
         );
         assert_eq!(
             extract("I think 12 then 13", true).unwrap(),
-            ("13".into(), Marker::LastNumber)
+            ("13", Marker::LastNumber)
         );
         assert_eq!(extract("I think 12 then 13", false), None);
         assert_eq!(extract("it costs -5 dollars", true).unwrap().0, "-5");

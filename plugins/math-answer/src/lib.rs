@@ -50,7 +50,7 @@ impl Reward for MathAnswer {
             None => None,
         };
         Ok(
-            answer::score(&input.completion, truth, s.fallback_last_number)
+            answer::score(input.completion, truth, s.fallback_last_number)
                 .map(|ok| if ok { s.correct } else { s.incorrect }),
         )
     }

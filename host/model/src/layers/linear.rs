@@ -158,25 +158,25 @@ fn stack(weights: Vec<LinearWeight>, dev: &Device) -> Result<LinearWeight> {
             _ => None,
         })
         .collect();
-    if let Some(qs) = quant {
-        if qs.windows(2).all(|p| {
+    if let Some(qs) = quant
+        && qs.windows(2).all(|p| {
             p[0].dtype() == p[1].dtype() && p[0].shape().dims()[1] == p[1].shape().dims()[1]
-        }) {
-            let mut bytes = Vec::new();
-            let mut rows = 0;
-            for q in &qs {
-                bytes.extend_from_slice(&q.data()?);
-                rows += q.shape().dims()[0];
-            }
-            let cols = qs[0].shape().dims()[1];
-            let qt = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                qs[0].dtype(),
-                &bytes,
-                vec![rows, cols],
-                dev,
-            )?;
-            return Ok(LinearWeight::Quant(QMatMul::from_qtensor(qt)?));
+        })
+    {
+        let mut bytes = Vec::new();
+        let mut rows = 0;
+        for q in &qs {
+            bytes.extend_from_slice(&q.data()?);
+            rows += q.shape().dims()[0];
         }
+        let cols = qs[0].shape().dims()[1];
+        let qt = candle_core::quantized::ggml_file::qtensor_from_ggml(
+            qs[0].dtype(),
+            &bytes,
+            vec![rows, cols],
+            dev,
+        )?;
+        return Ok(LinearWeight::Quant(QMatMul::from_qtensor(qt)?));
     }
     let dense: Vec<Tensor> = weights
         .into_iter()

@@ -66,10 +66,10 @@ impl Rotary {
     /// The angles of `positions` (b, t), computed once per forward pass for every layer.
     pub fn at(&self, positions: &[u32], b: usize, t: usize) -> candle_core::Result<Angles> {
         let max = self.cos.dim(0)?;
-        if let Some(&p) = positions.iter().max() {
-            if p as usize >= max {
-                candle_core::bail!("position {p} is past the model's {max} positions");
-            }
+        if let Some(&p) = positions.iter().max()
+            && p as usize >= max
+        {
+            candle_core::bail!("position {p} is past the model's {max} positions");
         }
         let idx = Tensor::from_slice(positions, b * t, self.cos.device())?;
         let half = self.cos.dim(1)?;
