@@ -36,6 +36,12 @@ impl PackageName {
         }
     }
 
+    /// Where the package's component lands in an install folder (`into/NAMESPACE/NAME.wasm`).
+    pub fn installed_path(&self, into: &Path) -> std::path::PathBuf {
+        into.join(&self.namespace)
+            .join(format!("{}.wasm", self.name))
+    }
+
     /// The index file, relative to the registry root.
     pub fn index_path(&self) -> std::path::PathBuf {
         Path::new("index")

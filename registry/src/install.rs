@@ -299,9 +299,7 @@ impl Installer<'_> {
             if let Some(cache) = self.cache_path(&v.digest) {
                 write_atomic(&cache, &v.blob)?;
             }
-            let path = into
-                .join(&v.name.namespace)
-                .join(format!("{}.wasm", v.name.name));
+            let path = v.name.installed_path(into);
             write_atomic(&path, &v.blob)?;
             lock.plugins.push(LockEntry {
                 name: v.name.clone(),
@@ -323,6 +321,6 @@ impl Installer<'_> {
     }
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }

@@ -66,10 +66,7 @@ impl PluginLocator {
         }
         if spec.contains('/') {
             let name = PackageName::parse(spec)?;
-            let p = self
-                .installed
-                .join(&name.namespace)
-                .join(format!("{}.wasm", name.name));
+            let p = name.installed_path(&self.installed);
             if p.is_file() {
                 return Ok(p);
             }

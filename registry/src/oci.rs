@@ -13,9 +13,9 @@
 
 use crate::error::RegistryError;
 use crate::index::{PackageName, Release};
+use crate::install::sha256;
 use crate::source::Source;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::time::Duration;
@@ -209,10 +209,6 @@ fn http(url: &str, e: impl std::fmt::Display) -> RegistryError {
         url: url.into(),
         reason: e.to_string(),
     }
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 impl OciClient {

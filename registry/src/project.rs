@@ -15,7 +15,6 @@ use crate::package::Describe;
 use crate::resolve::Requirement;
 use crate::source::{HttpRegistry, Source, StaticRegistry};
 use crate::store::FileRegistry;
-use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::PathBuf;
@@ -203,12 +202,6 @@ impl Project<'_> {
         }
     }
 
-    fn path_of(&self, name: &PackageName) -> PathBuf {
-        self.into
-            .join(&name.namespace)
-            .join(format!("{}.wasm", name.name))
-    }
-
     fn load_lock(&self) -> Result<Option<Lockfile>, RegistryError> {
         Lockfile::load(&self.lock)
     }
@@ -317,9 +310,12 @@ impl Project<'_> {
         &self,
         registry: Option<&Registry>,
     ) -> Result<Vec<Installed>, RegistryError> {
-        let lock = self
-            .load_lock()?
-            .ok_or_else(|| self.nothing_here("name plugins to install"))?;
+        let lock = self.load_lock()?.ok_or_else(|| {
+            RegistryError::Unsatisfiable(format!(
+                "nothing to install: name plugins, or have a {}",
+                self.lock.display()
+            ))
+        })?;
         let (oci, plain): (Vec<&LockEntry>, Vec<&LockEntry>) =
             lock.plugins.iter().partition(|e| e.source.is_some());
         let mut installed = Vec::new();
@@ -435,8 +431,8 @@ impl Project<'_> {
             lock.plugins
                 .into_iter()
                 .map(|e| {
-                    let state = match std::fs::read(self.path_of(&e.name)) {
-                        Ok(b) if digest(&b) == e.digest => FileState::Ok,
+                    let state = match std::fs::read(e.name.installed_path(&self.into)) {
+                        Ok(b) if crate::install::sha256(&b) == e.digest => FileState::Ok,
                         Ok(_) => FileState::Modified,
                         Err(_) => FileState::Missing,
                     };
@@ -458,15 +454,11 @@ impl Project<'_> {
                     self.lock.display()
                 )));
             }
-            let path = self.path_of(name);
+            let path = name.installed_path(&self.into);
             if path.exists() {
                 std::fs::remove_file(&path).map_err(|e| crate::error::io(&path, e))?;
             }
         }
         lock.save(&self.lock)
     }
-}
-
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }

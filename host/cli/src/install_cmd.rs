@@ -75,13 +75,14 @@ fn with_project<T>(
     f(&project)
 }
 
+/// The signer column: `signed by KEY` or `UNSIGNED`.
+fn signer(key: Option<&str>) -> String {
+    key.map_or_else(|| "UNSIGNED".into(), |k| format!("signed by {k}"))
+}
+
 fn print_installed(installed: &[Installed]) {
     for i in installed {
-        let by = i
-            .signer
-            .as_deref()
-            .map(|k| format!("signed by {k}"))
-            .unwrap_or_else(|| "UNSIGNED".into());
+        let by = signer(i.signer.as_deref());
         println!(
             "{:<32} {:<10} {by:<26} {}",
             i.name.to_string(),
@@ -94,12 +95,6 @@ fn print_installed(installed: &[Installed]) {
 pub fn install(a: InstallArgs<'_>) -> Result<()> {
     with_project(a.into, a.lock, a.allow_unsigned, |p| {
         let installed = if a.reqs.is_empty() {
-            if !a.lock.exists() {
-                bail!(
-                    "nothing to install: name plugins, or have a {}",
-                    a.lock.display()
-                );
-            }
             let reg = if a.offline {
                 None
             } else {
@@ -158,11 +153,7 @@ pub fn list(into: &Path, lock: &Path) -> Result<()> {
                 FileState::Modified => "MODIFIED (reinstall: galley plugin install)",
                 FileState::Missing => "missing (galley plugin install)",
             };
-            let by = e
-                .key
-                .as_deref()
-                .map(|k| format!("signed by {k}"))
-                .unwrap_or_else(|| "UNSIGNED".into());
+            let by = signer(e.key.as_deref());
             println!(
                 "{:<32} {:<10} {by:<26} {state}",
                 e.name.to_string(),

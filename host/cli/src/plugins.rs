@@ -9,9 +9,18 @@ use anyhow::{Context, Result, bail};
 use galley_core::seed::{derive_seed, purpose};
 use galley_core::{DataSource, RewardFn};
 use galley_registry::PluginLocator;
-use galley_runtime::{Grants, Runtime};
+use galley_runtime::{Grants, Plugin, Runtime};
 use galley_train::config::RewardSpec;
 use galley_train::config::SourceSection;
+
+/// Finds and loads the component `spec` names; errors name the config key `KEY.plugin`.
+fn load(spec: &str, key: &str, locator: &PluginLocator, rt: &Runtime) -> Result<Plugin> {
+    let path = locator
+        .locate(spec)
+        .with_context(|| format!("{key}.plugin"))?;
+    rt.load(&path)
+        .with_context(|| format!("{key}.plugin: {}", path.display()))
+}
 
 /// Opens `specs` in order; `key` names the config list (e.g. `grpo.rewards`) for errors.
 /// Plugin `i` is seeded `derive_seed(seed, [PLUGIN, i])`, so two plugins never share a stream.
@@ -29,12 +38,7 @@ pub fn open_rewards(
         let key = format!("{key}[{i}]");
         match (&spec.plugin, &spec.builtin, runtime) {
             (Some(name), None, Some(rt)) => {
-                let path = locator
-                    .locate(name)
-                    .with_context(|| format!("{key}.plugin"))?;
-                let plugin = rt
-                    .load(&path)
-                    .with_context(|| format!("{key}.plugin: {}", path.display()))?;
+                let plugin = load(name, &key, locator, rt)?;
                 let mut sb = sandbox.clone();
                 sb.timeout_ms = spec.limits.timeout_ms.unwrap_or(sb.timeout_ms);
                 sb.memory_mb = spec.limits.memory_mb.unwrap_or(sb.memory_mb);
@@ -67,12 +71,7 @@ pub fn open_source(
     let Some(spec) = &src.plugin else {
         return Ok(None);
     };
-    let path = locator
-        .locate(spec)
-        .with_context(|| format!("{key}.plugin"))?;
-    let plugin = runtime
-        .load(&path)
-        .with_context(|| format!("{key}.plugin: {}", path.display()))?;
+    let plugin = load(spec, key, locator, runtime)?;
     let mut grants = Grants::default();
     for (name, dir) in &src.plugin_dirs {
         grants = grants.allow_dir(name.clone(), dir.clone());

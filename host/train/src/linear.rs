@@ -5,7 +5,7 @@
 //! accumulation across micro-batches costs nothing. A frozen W gets no gradient at all, and
 //! when x needs none either (the first layer under LoRA) its product is skipped too.
 
-use crate::ops::{Frozen, slice, uninit, with_f32};
+use crate::ops::{Frozen, slice, with_f32, zeroed};
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail,
 };
@@ -164,7 +164,7 @@ pub struct LoraW {
 /// x (n, i) times wᵀ for w (o, i): the forward product of every projection.
 fn project(x: &[f32], w: &[f32], i: usize, o: usize) -> Vec<f32> {
     let n = x.len() / i;
-    let mut y = uninit(n * o);
+    let mut y = zeroed(n * o);
     // Shapes: x is (n, i), w is (o, i) so wᵀ is (i, o); y is (n, o).
     gemm(&mut y, n, o, i, rm(x, i), tr(w, i), 1.0, false);
     y
@@ -224,7 +224,7 @@ impl CustomOp2 for Trained {
             Some(with_f32(g, |gs| {
                 with_f32(w, |ws| {
                     let n = gs.len() / o;
-                    let mut dx = uninit(n * i);
+                    let mut dx = zeroed(n * i);
                     // Shapes: g is (n, o), w is (o, i); dx is (n, i).
                     gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false);
                     dx
@@ -290,7 +290,7 @@ impl CustomOp3 for FrozenLora {
         let mut y = self.w.with_dense(|w| project(x, w, i, o))?;
         let mut tmp = Vec::new();
         let xd = self.xd(x, &mut tmp);
-        let mut u = uninit(n * r);
+        let mut u = zeroed(n * r);
         // Shapes: xd (n, i), aᵀ (i, r) -> u (n, r); then y += s·u (n, r)·bᵀ (r, o).
         gemm(&mut u, n, r, i, rm(xd, i), tr(a, i), 1.0, false);
         gemm(&mut y, n, o, r, rm(&u, r), tr(b, r), self.lora.scale, true);
@@ -316,8 +316,8 @@ impl CustomOp3 for FrozenLora {
                         let mut tmp = Vec::new();
                         let xd = self.xd(xs, &mut tmp);
                         // gb = g·B (n, r); u = xd·Aᵀ (n, r).
-                        let mut gb = uninit(n * r);
-                        let mut u = uninit(n * r);
+                        let mut gb = zeroed(n * r);
+                        let mut u = zeroed(n * r);
                         gemm(&mut gb, n, r, o, rm(gs, o), rm(bs, r), 1.0, false);
                         gemm(&mut u, n, r, i, rm(xd, i), tr(as_, i), 1.0, false);
                         add_into(&self.lora.grad_a, |da| {
@@ -331,7 +331,7 @@ impl CustomOp3 for FrozenLora {
                         if !need_dx {
                             return Ok(None);
                         }
-                        let mut dx = uninit(n * i);
+                        let mut dx = zeroed(n * i);
                         self.w.with_dense(|ws| {
                             // dx = g·W (n, i)
                             gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false)
@@ -342,7 +342,7 @@ impl CustomOp3 for FrozenLora {
                                 gemm(&mut dx, n, i, r, rm(&gb, r), rm(as_, i), s, true)
                             }
                             Some(m) => {
-                                let mut t = uninit(n * i);
+                                let mut t = zeroed(n * i);
                                 gemm(&mut t, n, i, r, rm(&gb, r), rm(as_, i), s, false);
                                 for ((d, t), m) in dx.iter_mut().zip(&t).zip(m.iter()) {
                                     *d += t * m;
@@ -386,7 +386,7 @@ impl CustomOp1 for FrozenProduct {
         let dx = with_f32(g, |gs| {
             self.0.with_dense(|ws| {
                 let n = gs.len() / o;
-                let mut dx = uninit(n * i);
+                let mut dx = zeroed(n * i);
                 // Shapes: g (n, o)·w (o, i) -> dx (n, i).
                 gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false);
                 dx
@@ -436,7 +436,7 @@ impl CustomOp2 for HeadLoss {
         let (x, e) = (slice(s1, l1)?, slice(s2, l2)?);
         let (v, d) = l2.shape().dims2()?;
         let n = x.len() / d;
-        let mut logits = uninit(n * v);
+        let mut logits = zeroed(n * v);
         // Shapes: x (n, d), eᵀ (d, v) -> logits (n, v).
         gemm(&mut logits, n, v, d, rm(x, d), tr(e, d), self.scale, false);
         let (lse, loss) = crate::ops::nll_rows(&logits, v, &self.targets);
@@ -471,7 +471,7 @@ impl CustomOp2 for HeadLoss {
                 if !x.track_op() {
                     return None;
                 }
-                let mut dx = uninit(n * d);
+                let mut dx = zeroed(n * d);
                 // Shapes: dl (n, v)·e (v, d) -> dx (n, d).
                 gemm(&mut dx, n, d, v, rm(&dl, v), rm(es, d), self.scale, false);
                 Some(dx)
@@ -514,7 +514,7 @@ impl CustomOp1 for Embed {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let e = slice(s, l)?;
         let (v, d) = l.shape().dims2()?;
-        let mut y = uninit(self.ids.len() * d);
+        let mut y = zeroed(self.ids.len() * d);
         for (row, &id) in y.chunks_mut(d).zip(self.ids.iter()) {
             if id as usize >= v {
                 bail!("token id {id} is outside the vocabulary of {v}");
@@ -569,7 +569,7 @@ impl CustomOp2 for AttnProbs {
         let (q, k) = (slice(s1, l1)?, slice(s2, l2)?);
         let (b, kv, r, hd) = l1.shape().dims4()?;
         let t = l2.shape().dims4()?.2;
-        let mut p = uninit(b * kv * r * t);
+        let mut p = zeroed(b * kv * r * t);
         p.par_chunks_mut(r * t).enumerate().for_each(|(bk, pb)| {
             let (qb, kb) = (&q[bk * r * hd..][..r * hd], &k[bk * t * hd..][..t * hd]);
             // Shapes: q block (r, hd), k block (t, hd) so kᵀ is (hd, t); pb is (r, t).
@@ -593,8 +593,8 @@ impl CustomOp2 for AttnProbs {
                 with_f32(p, |ps| {
                     with_f32(g, |gs| {
                         let ds = crate::ops::softmax_grad(ps, gs, t, self.scale);
-                        let mut dq = uninit(qs.len());
-                        let mut dk = uninit(ks.len());
+                        let mut dq = zeroed(qs.len());
+                        let mut dk = zeroed(ks.len());
                         dq.par_chunks_mut(r * hd)
                             .zip(dk.par_chunks_mut(t * hd))
                             .enumerate()

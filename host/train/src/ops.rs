@@ -57,9 +57,9 @@ fn out(v: Vec<f32>, shape: &Shape) -> Result<Tensor> {
 /// A buffer the callee fully overwrites. It is zero-filled: handing out `Vec<f32>` over
 /// uninitialised memory (`set_len` on fresh capacity) is undefined behaviour even when every
 /// element is written before it is read, because a `&mut [f32]` to uninitialised floats may
-/// not exist. The fill is one streaming pass over memory the kernel is about to write anyway
-/// (measured in bench/RESULTS.md: within noise of the old unsound buffer).
-pub(crate) fn uninit(n: usize) -> Vec<f32> {
+/// not exist. The fill costs one streaming pass over memory the kernel then overwrites (not
+/// yet measured against the old unsound buffer: `scripts/bench-train.sh` will tell).
+pub(crate) fn zeroed(n: usize) -> Vec<f32> {
     vec![0f32; n]
 }
 
@@ -92,7 +92,7 @@ impl CustomOp2 for RmsNorm {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
         let d = w.len();
-        let mut y = uninit(x.len());
+        let mut y = zeroed(x.len());
         y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
             let r = rstd(x, self.eps);
             for i in 0..d {
@@ -114,7 +114,7 @@ impl CustomOp2 for RmsNorm {
                 with_f32(g, |g| {
                     let rows = x.len() / d;
                     let per = rows_per_task(rows);
-                    let mut dx = uninit(x.len());
+                    let mut dx = zeroed(x.len());
                     let partial: Vec<Vec<f32>> = dx
                         .par_chunks_mut(per * d)
                         .enumerate()
@@ -219,7 +219,7 @@ impl RopeHeads {
     fn run(&self, x: &[f32], sign: f32, to_heads: bool) -> Vec<f32> {
         let (_, t, h, d) = self.dims;
         let half = d / 2;
-        let mut y = uninit(x.len());
+        let mut y = zeroed(x.len());
         y.par_chunks_mut(d).enumerate().for_each(|(di, yr)| {
             // The destination row's (sequence, head, position) and its source row.
             let (tt, si) = if to_heads {
@@ -307,7 +307,7 @@ pub(crate) fn softmax_rows_inplace(buf: &mut [f32], t: usize, scale: f32) {
 
 /// The gradient through the causal softmax: scale·p·(g - Σ p·g) per row.
 pub(crate) fn softmax_grad(p: &[f32], g: &[f32], t: usize, scale: f32) -> Vec<f32> {
-    let mut dx = uninit(p.len());
+    let mut dx = zeroed(p.len());
     dx.par_chunks_mut(t).enumerate().for_each(|(r, dx)| {
         let pos = r % t;
         let (pr, gr) = (&p[r * t..][..t], &g[r * t..][..t]);
@@ -352,7 +352,7 @@ impl CustomOp2 for SiluMul {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, u) = (slice(s1, l1)?, slice(s2, l2)?);
-        let mut y = uninit(g.len());
+        let mut y = zeroed(g.len());
         y.par_chunks_mut(4096)
             .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
             .for_each(|(y, (g, u))| {
@@ -372,8 +372,8 @@ impl CustomOp2 for SiluMul {
         let (dg, du) = with_f32(g, |g| {
             with_f32(u, |u| {
                 with_f32(dy, |dy| {
-                    let mut dg = uninit(g.len());
-                    let mut du = uninit(g.len());
+                    let mut dg = zeroed(g.len());
+                    let mut du = zeroed(g.len());
                     dg.par_chunks_mut(4096)
                         .zip(du.par_chunks_mut(4096))
                         .enumerate()
