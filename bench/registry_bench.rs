@@ -64,6 +64,7 @@ fn main() {
         root: tmp.join("registry"),
         tokens: BTreeMap::new(),
         max_upload: 1 << 20,
+        limits: Default::default(),
     };
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -97,6 +98,8 @@ fn main() {
             max_blob: 64 << 20,
             wit_supported: &wit,
             manifest_check: &check,
+            signers: Default::default(),
+            allow_signer_change: false,
         };
         let t = Instant::now();
         let (installed, _) = inst.install(&reqs, &tmp.join(into), None).unwrap();

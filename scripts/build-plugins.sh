@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the galley binary and, with it, every plugin under plugins/ (first-party, the
-# Python and JavaScript examples, and the test-only hostile ones) into target/plugins/. All wasm builds share target/wasm, so the
-# standard library for wasm is compiled once.
+# Python and JavaScript examples, and the test-only hostile ones) into target/plugins/. These
+# are this repository's own sources, so they opt into one shared target dir (target/wasm) and
+# the standard library for wasm is compiled once; `galley plugin build` otherwise gives each
+# plugin a target dir of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

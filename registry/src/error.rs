@@ -35,12 +35,31 @@ pub enum RegistryError {
     )]
     Unsigned { name: String, version: String },
     #[error(
-        "{name}@{version}: signed by key {key}, which you do not trust; trust it with `galley plugin trust {key} PUBLIC_KEY` if you know its owner"
+        "{name}@{version}: signed by key {key}, which you do not trust; trust it with `galley plugin trust {key} PUBLIC_KEY --namespace {namespace}` if you know its owner"
     )]
     UntrustedKey {
         name: String,
         version: String,
         key: String,
+        namespace: String,
+    },
+    #[error(
+        "{name}@{version}: signed by key {key}, which you trust for `{scope}` only, not for namespace `{namespace}`; if its owner really publishes there, `galley plugin trust {key} PUBLIC_KEY --namespace {namespace}`"
+    )]
+    KeyOutOfScope {
+        name: String,
+        version: String,
+        key: String,
+        namespace: String,
+        scope: String,
+    },
+    #[error(
+        "{name}: was signed by key {old}, this release by key {new}; a changed signer can mean a stolen package name. If the publisher really rotated keys, pass --allow-signer-change"
+    )]
+    SignerChanged {
+        name: String,
+        old: String,
+        new: String,
     },
     #[error(
         "{name}@{version}: bad signature by key {key}: the index line was altered or not signed by that key"
@@ -91,6 +110,23 @@ pub enum RegistryError {
     },
     #[error("{name}@{version}: not in the local cache and the registry is not reachable (offline)")]
     NotCached { name: String, version: String },
+    #[error(
+        "{name}@{version}: galley.lock pins it as signed by {key}, but no signed release line for it is in the local cache and the registry is not reachable; install once online to verify it"
+    )]
+    Unverifiable {
+        name: String,
+        version: String,
+        key: String,
+    },
+    #[error(
+        "{name}@{version}: galley.lock says {locked}, but the release is {found}; the lockfile was edited or the release replaced"
+    )]
+    LockMismatch {
+        name: String,
+        version: String,
+        locked: String,
+        found: String,
+    },
     #[error("{name}@{version}: already published; releases are immutable (publish a new version)")]
     AlreadyPublished { name: String, version: String },
     #[error("{path}: {reason}")]

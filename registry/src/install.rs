@@ -40,6 +40,11 @@ pub struct Installer<'a> {
     pub max_blob: u64,
     pub wit_supported: &'a dyn Fn(&semver::Version) -> bool,
     pub manifest_check: &'a ManifestCheck,
+    /// The key each package was signed by when it was last installed (`galley.lock`'s
+    /// record; `None`: unsigned). A release by another key is refused unless
+    /// `allow_signer_change`: a new signer can mean a stolen name.
+    pub signers: BTreeMap<PackageName, Option<String>>,
+    pub allow_signer_change: bool,
 }
 
 /// A release whose bytes passed every check, waiting to be written.
@@ -49,6 +54,9 @@ struct Verified {
     digest: String,
     signer: Option<String>,
     blob: Vec<u8>,
+    /// The release line it was verified against, kept in the cache beside the blob so a
+    /// later offline install re-verifies the signature instead of trusting the lockfile.
+    release: Option<Release>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +107,7 @@ impl Installer<'_> {
                 });
             }
             let signer = self.check_signature(r)?;
+            self.check_signer_kept(&r.name, &signer)?;
             let blob = self.fetch(r)?;
             verified.push(Verified {
                 name: r.name.clone(),
@@ -106,13 +115,17 @@ impl Installer<'_> {
                 digest: r.digest.clone(),
                 signer,
                 blob,
+                release: Some(r.clone()),
             });
         }
         self.commit(verified, into)
     }
 
     /// Installs exactly what `lock` pins: from the cache when the bytes are there (offline
-    /// works), else from the registry, which must serve the same digest.
+    /// works), else from the registry, which must serve the same digest. The lockfile is not
+    /// a trust root: each entry's signature is verified again (from the release line cached
+    /// beside the blob, else the registry's) under the same policy as a fresh install, so a
+    /// hand-edited entry cannot smuggle in an unsigned or re-signed package.
     pub fn install_locked(
         &self,
         lock: &Lockfile,
@@ -120,58 +133,107 @@ impl Installer<'_> {
     ) -> Result<Vec<Installed>, RegistryError> {
         let mut verified = Vec::new();
         for e in &lock.plugins {
-            let blob = match (self.read_cache(&e.digest)?, self.registry) {
-                // The lockfile's digest is what an earlier install verified; reading the cache
-                // re-proves it by hashing.
+            let cached = self.read_cache(&e.digest)?;
+            let release = match self.read_cached_release(&e.digest) {
+                Some(r) => Some(r),
+                None => match self.registry {
+                    Some(reg) => Some(self.registry_release(reg, e)?),
+                    None if cached.is_none() => {
+                        return Err(RegistryError::NotCached {
+                            name: e.name.to_string(),
+                            version: e.version.to_string(),
+                        });
+                    }
+                    None => None,
+                },
+            };
+            let signer = self.verify_locked(e, release.as_ref())?;
+            let blob = match (cached, &release) {
                 (Some(blob), _) => {
+                    // The cache file was hashed on read against the pinned digest.
                     self.check_manifest(&e.name, &e.version, &blob)?;
                     blob
                 }
-                (None, None) => {
-                    return Err(RegistryError::NotCached {
-                        name: e.name.to_string(),
-                        version: e.version.to_string(),
-                    });
-                }
-                (None, Some(reg)) => {
-                    let r = reg
-                        .releases(&e.name)?
-                        .into_iter()
-                        .find(|r| r.version == e.version)
-                        .ok_or_else(|| {
-                            RegistryError::Unsatisfiable(format!(
-                                "{}@{} is locked but no longer in the registry",
-                                e.name, e.version
-                            ))
-                        })?;
-                    if r.digest != e.digest {
-                        return Err(RegistryError::LockedDigestChanged {
-                            name: e.name.to_string(),
-                            version: e.version.to_string(),
-                            locked: e.digest.clone(),
-                            offered: r.digest.clone(),
-                        });
-                    }
-                    let signer = self.check_signature(&r)?;
-                    if signer != e.key {
-                        return Err(RegistryError::BadSignature {
-                            name: e.name.to_string(),
-                            version: e.version.to_string(),
-                            key: signer.unwrap_or_else(|| "none".into()),
-                        });
-                    }
-                    self.fetch(&r)?
-                }
+                (None, Some(r)) => self.fetch(r)?,
+                (None, None) => unreachable!("no release only when the blob is cached"),
             };
             verified.push(Verified {
                 name: e.name.clone(),
                 version: e.version.clone(),
                 digest: e.digest.clone(),
-                signer: e.key.clone(),
+                signer,
                 blob,
+                release,
             });
         }
         Ok(self.commit(verified, into)?.0)
+    }
+
+    /// The registry's release line for a locked entry, which must carry the locked digest.
+    fn registry_release(&self, reg: &dyn Source, e: &LockEntry) -> Result<Release, RegistryError> {
+        let r = reg
+            .releases(&e.name)?
+            .into_iter()
+            .find(|r| r.version == e.version)
+            .ok_or_else(|| {
+                RegistryError::Unsatisfiable(format!(
+                    "{}@{} is locked but no longer in the registry",
+                    e.name, e.version
+                ))
+            })?;
+        if r.digest != e.digest {
+            return Err(RegistryError::LockedDigestChanged {
+                name: e.name.to_string(),
+                version: e.version.to_string(),
+                locked: e.digest.clone(),
+                offered: r.digest.clone(),
+            });
+        }
+        Ok(r)
+    }
+
+    /// Checks a locked entry against its release line under this installer's policy; returns
+    /// the signer. Without a line (offline, nothing cached) only an unsigned entry can pass,
+    /// and only where unsigned packages are allowed.
+    fn verify_locked(
+        &self,
+        e: &LockEntry,
+        release: Option<&Release>,
+    ) -> Result<Option<String>, RegistryError> {
+        let (name, version) = (e.name.to_string(), e.version.to_string());
+        let Some(r) = release else {
+            return match &e.key {
+                Some(key) => Err(RegistryError::Unverifiable {
+                    name,
+                    version,
+                    key: key.clone(),
+                }),
+                None if self.policy == TrustPolicy::AllowUnsigned => Ok(None),
+                None => Err(RegistryError::Unsigned { name, version }),
+            };
+        };
+        if r.name != e.name || r.version != e.version || r.digest != e.digest {
+            return Err(RegistryError::LockMismatch {
+                name,
+                version,
+                locked: e.digest.clone(),
+                found: format!("{}@{} {}", r.name, r.version, r.digest),
+            });
+        }
+        let signer = self.check_signature(r)?;
+        if signer != e.key {
+            let show = |k: &Option<String>| {
+                k.as_ref()
+                    .map_or("unsigned".to_string(), |k| format!("signed by {k}"))
+            };
+            return Err(RegistryError::LockMismatch {
+                name,
+                version,
+                locked: show(&e.key),
+                found: show(&signer),
+            });
+        }
+        Ok(signer)
     }
 
     fn check_signature(&self, r: &Release) -> Result<Option<String>, RegistryError> {
@@ -184,10 +246,36 @@ impl Installer<'_> {
         }
     }
 
+    /// Refuses a release signed by another key than the package's last install was.
+    fn check_signer_kept(
+        &self,
+        name: &PackageName,
+        signer: &Option<String>,
+    ) -> Result<(), RegistryError> {
+        match self.signers.get(name) {
+            Some(Some(old)) if signer.as_ref() != Some(old) && !self.allow_signer_change => {
+                Err(RegistryError::SignerChanged {
+                    name: name.to_string(),
+                    old: old.clone(),
+                    new: signer.clone().unwrap_or_else(|| "none (unsigned)".into()),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn cache_path(&self, digest: &str) -> Option<PathBuf> {
         let hex = digest.strip_prefix("sha256:")?;
         (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| self.cache.join(format!("{hex}.wasm")))
+    }
+
+    /// The release line an earlier install verified for `digest`, if it is in the cache
+    /// (it is checked again: the cache is not trusted).
+    fn read_cached_release(&self, digest: &str) -> Option<Release> {
+        let path = self.cache_path(digest)?.with_extension("release.json");
+        let bytes = std::fs::read(path).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     fn read_cache(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
@@ -298,6 +386,10 @@ impl Installer<'_> {
         for v in verified {
             if let Some(cache) = self.cache_path(&v.digest) {
                 write_atomic(&cache, &v.blob)?;
+                if let Some(r) = &v.release {
+                    let line = serde_json::to_vec(r).expect("a release serializes");
+                    write_atomic(&cache.with_extension("release.json"), &line)?;
+                }
             }
             let path = v.name.installed_path(into);
             write_atomic(&path, &v.blob)?;

@@ -1,5 +1,8 @@
 //! Publisher keys (ed25519) and the user's trust store. A key id is the first 16 hex digits
 //! of the SHA-256 of the public key, so ids cannot be chosen to collide with someone else's.
+//! A trusted key is trusted for some namespaces only: `acme` for a publisher's key, `galley`
+//! for the first-party key, `*` (every namespace but `galley`) for one's own. A release signed
+//! by a trusted key outside its namespaces is refused like one by an unknown key.
 
 use crate::error::{RegistryError, io};
 use crate::index::Release;
@@ -80,10 +83,56 @@ impl KeyPair {
     }
 }
 
-/// The keys a user trusts, by id. File format: one `ID PUBLIC_KEY_HEX [comment]` per line.
+/// The namespace only the first-party key signs unless the user says otherwise by name.
+pub const FIRST_PARTY_NAMESPACE: &str = "galley";
+
+/// The namespaces a trusted key may sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace except `galley`.
+    Any,
+    /// These namespaces only.
+    Only(Vec<String>),
+}
+
+impl Scope {
+    /// `*`, or a comma-separated list of namespaces.
+    pub fn parse(s: &str) -> Result<Self, RegistryError> {
+        if s == "*" {
+            return Ok(Scope::Any);
+        }
+        let names: Vec<String> = s.split(',').map(|n| n.trim().to_string()).collect();
+        for n in &names {
+            // A namespace is a package-name part: the same rule as `NAMESPACE/NAME`.
+            crate::index::PackageName::parse(&format!("{n}/x"))
+                .map_err(|_| RegistryError::Key(format!("`{n}` is not a namespace")))?;
+        }
+        Ok(Scope::Only(names))
+    }
+
+    pub fn allows(&self, namespace: &str) -> bool {
+        match self {
+            Scope::Any => namespace != FIRST_PARTY_NAMESPACE,
+            Scope::Only(names) => names.iter().any(|n| n == namespace),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Any => f.write_str("*"),
+            Scope::Only(names) => f.write_str(&names.join(",")),
+        }
+    }
+}
+
+/// The keys a user trusts, by id, each for its namespaces. File format: one
+/// `ID PUBLIC_KEY_HEX NAMESPACES` per line (`acme,acme-labs` or `*`); a line without
+/// namespaces (written by galley before keys were scoped) is read as `*`.
 #[derive(Debug, Clone, Default)]
 pub struct TrustStore {
-    keys: BTreeMap<String, VerifyingKey>,
+    keys: BTreeMap<String, (VerifyingKey, Scope)>,
 }
 
 impl TrustStore {
@@ -100,22 +149,35 @@ impl TrustStore {
                 continue;
             }
             let mut parts = line.split_whitespace();
-            let (Some(id), Some(public)) = (parts.next(), parts.next()) else {
-                return Err(RegistryError::BadFile {
-                    path: path.into(),
-                    reason: format!("line {}: expected `ID PUBLIC_KEY`", i + 1),
-                });
-            };
-            store.add(id, public).map_err(|e| RegistryError::BadFile {
+            let bad = |reason: String| RegistryError::BadFile {
                 path: path.into(),
-                reason: format!("line {}: {e}", i + 1),
-            })?;
+                reason: format!("line {}: {reason}", i + 1),
+            };
+            let (Some(id), Some(public)) = (parts.next(), parts.next()) else {
+                return Err(bad("expected `ID PUBLIC_KEY NAMESPACES`".into()));
+            };
+            let scope =
+                Scope::parse(parts.next().unwrap_or("*")).map_err(|e| bad(e.to_string()))?;
+            store
+                .add_scoped(id, public, scope)
+                .map_err(|e| bad(e.to_string()))?;
         }
         Ok(store)
     }
 
-    /// Trusts `public` (hex); `id` must be its id, so a typo cannot trust the wrong key.
+    /// Trusts `public` (hex) for every namespace but `galley` (one's own key); `id` must be
+    /// its id, so a typo cannot trust the wrong key.
     pub fn add(&mut self, id: &str, public: &str) -> Result<(), RegistryError> {
+        self.add_scoped(id, public, Scope::Any)
+    }
+
+    /// Trusts `public` (hex) for the namespaces of `scope` only.
+    pub fn add_scoped(
+        &mut self,
+        id: &str,
+        public: &str,
+        scope: Scope,
+    ) -> Result<(), RegistryError> {
         let bytes: [u8; 32] = hex::decode(public)
             .ok()
             .and_then(|b| b.try_into().ok())
@@ -130,8 +192,13 @@ impl TrustStore {
                 key_id(&key)
             )));
         }
-        self.keys.insert(id.to_string(), key);
+        self.keys.insert(id.to_string(), (key, scope));
         Ok(())
+    }
+
+    /// The namespaces `id` is trusted for, if it is trusted.
+    pub fn scope(&self, id: &str) -> Option<&Scope> {
+        self.keys.get(id).map(|(_, s)| s)
     }
 
     pub fn save(&self, path: &Path) -> Result<(), RegistryError> {
@@ -141,7 +208,7 @@ impl TrustStore {
         let text: String = self
             .keys
             .iter()
-            .map(|(id, k)| format!("{id} {}\n", hex::encode(k.as_bytes())))
+            .map(|(id, (k, scope))| format!("{id} {} {scope}\n", hex::encode(k.as_bytes())))
             .collect();
         std::fs::write(path, text).map_err(|e| io(path, e))
     }
@@ -156,13 +223,23 @@ impl TrustStore {
         let (Some(id), Some(sig)) = (&r.key, &r.signature) else {
             return Err(RegistryError::Unsigned { name, version });
         };
-        let Some(key) = self.keys.get(id) else {
+        let Some((key, scope)) = self.keys.get(id) else {
             return Err(RegistryError::UntrustedKey {
                 name,
                 version,
                 key: id.clone(),
+                namespace: r.name.namespace.clone(),
             });
         };
+        if !scope.allows(&r.name.namespace) {
+            return Err(RegistryError::KeyOutOfScope {
+                name,
+                version,
+                key: id.clone(),
+                namespace: r.name.namespace.clone(),
+                scope: scope.to_string(),
+            });
+        }
         let bad = || RegistryError::BadSignature {
             name: name.clone(),
             version: version.clone(),

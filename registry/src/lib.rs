@@ -25,13 +25,15 @@ mod store;
 pub use error::RegistryError;
 pub use index::{PackageName, Release};
 pub use install::{Installed, Installer, TrustPolicy};
-pub use keys::{KeyPair, TrustStore, key_id};
-pub use locate::{DEFAULT_INSTALL_DIR, PluginLocator, default_search_path};
+pub use keys::{FIRST_PARTY_NAMESPACE, KeyPair, Scope, TrustStore, key_id};
+pub use locate::{
+    DEFAULT_INSTALL_DIR, DEFAULT_LOCKFILE, Located, PluginLocator, default_search_path,
+};
 pub use lock::{LockEntry, Lockfile};
 pub use oci::{OciClient, OciRef, OciSource, Pulled};
 pub use package::{Component, Describe, Package};
 pub use project::{Change, FileState, Project, Registry, first_party_key};
 pub use resolve::{Requirement, resolve};
-pub use server::{ServerConfig, serve};
+pub use server::{ServerConfig, ServerLimits, serve};
 pub use source::{HttpRegistry, Source, StaticRegistry};
 pub use store::FileRegistry;

@@ -5,7 +5,8 @@
 //!   the folder of the file that names it (the config file; the current folder for a
 //!   command line);
 //! - `NAMESPACE/NAME`, a package `galley plugin install` put in the install folder
-//!   (`.galley/plugins` by default);
+//!   (`.galley/plugins` by default), with the digest `galley.lock` pins for it: the loader
+//!   checks the bytes it reads against it, so a component swapped after install never runs;
 //! - a bare `NAME`, looked up as `NAME.wasm` in the search path: the config's own
 //!   `plugin_path`, else `GALLEY_PLUGIN_PATH` (colon-separated), else `target/plugins` (what
 //!   `scripts/build-plugins.sh` fills).
@@ -16,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 /// Where `galley plugin install` puts packages unless told otherwise.
 pub const DEFAULT_INSTALL_DIR: &str = ".galley/plugins";
+/// The lockfile beside it.
+pub const DEFAULT_LOCKFILE: &str = "galley.lock";
 
 /// Resolves plugin names for one file that names plugins.
 #[derive(Debug, Clone)]
@@ -26,6 +29,16 @@ pub struct PluginLocator {
     pub search: Vec<PathBuf>,
     /// The install folder of `NAMESPACE/NAME` packages.
     pub installed: PathBuf,
+    /// The lockfile that pins their digests.
+    pub lock: PathBuf,
+}
+
+/// A located component, and the digest it must have when it is an installed package.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    pub path: PathBuf,
+    /// `sha256:...` from `galley.lock`, for `NAMESPACE/NAME` packages.
+    pub pinned: Option<String>,
 }
 
 impl PluginLocator {
@@ -41,6 +54,7 @@ impl PluginLocator {
             base,
             search: default_search_path(),
             installed: PathBuf::from(DEFAULT_INSTALL_DIR),
+            lock: PathBuf::from(DEFAULT_LOCKFILE),
         }
     }
 
@@ -52,8 +66,15 @@ impl PluginLocator {
         self
     }
 
-    /// The component file `spec` names.
+    /// The component file `spec` names (for a package, without its pin: see `locate_pinned`).
     pub fn locate(&self, spec: &str) -> Result<PathBuf, RegistryError> {
+        self.locate_pinned(spec).map(|l| l.path)
+    }
+
+    /// The component file `spec` names and, for an installed package, the digest
+    /// `galley.lock` pins for it (a package installed but not pinned is refused).
+    pub fn locate_pinned(&self, spec: &str) -> Result<Located, RegistryError> {
+        let unpinned = |path: PathBuf| Located { path, pinned: None };
         if looks_like_path(spec) {
             let p = self.base.join(spec);
             if !p.is_file() {
@@ -62,23 +83,34 @@ impl PluginLocator {
                     p.display()
                 )));
             }
-            return Ok(p);
+            return Ok(unpinned(p));
         }
         if spec.contains('/') {
             let name = PackageName::parse(spec)?;
             let p = name.installed_path(&self.installed);
-            if p.is_file() {
-                return Ok(p);
+            if !p.is_file() {
+                return Err(RegistryError::PluginNotFound(format!(
+                    "package `{spec}` is not installed in {}; run `galley plugin install {spec}`",
+                    self.installed.display()
+                )));
             }
-            return Err(RegistryError::PluginNotFound(format!(
-                "package `{spec}` is not installed in {}; run `galley plugin install {spec}`",
-                self.installed.display()
-            )));
+            let lock = crate::lock::Lockfile::load(&self.lock)?.unwrap_or_default();
+            let Some(entry) = lock.plugins.iter().find(|e| e.name == name) else {
+                return Err(RegistryError::PluginNotFound(format!(
+                    "package `{spec}` is in {} but {} does not pin it, so its bytes cannot be checked; run `galley plugin install {spec}`",
+                    self.installed.display(),
+                    self.lock.display()
+                )));
+            };
+            return Ok(Located {
+                path: p,
+                pinned: Some(entry.digest.clone()),
+            });
         }
         for dir in &self.search {
             let p = dir.join(format!("{spec}.wasm"));
             if p.is_file() {
-                return Ok(p);
+                return Ok(unpinned(p));
             }
         }
         Err(RegistryError::PluginNotFound(format!(

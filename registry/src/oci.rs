@@ -9,7 +9,9 @@
 //! Transport: the distribution API v2 (`/v2/REPO/manifests/REF`, `/v2/REPO/blobs/DIGEST`,
 //! monolithic `POST`+`PUT` uploads). Loopback hosts are spoken to over plain HTTP, every other
 //! host over HTTPS. Credentials, when needed, come from `GALLEY_OCI_USERNAME` and
-//! `GALLEY_OCI_PASSWORD` (HTTP basic) or `GALLEY_OCI_TOKEN` (a bearer token).
+//! `GALLEY_OCI_PASSWORD` (HTTP basic) or `GALLEY_OCI_TOKEN` (a bearer token), and go only to
+//! the hosts named in `GALLEY_OCI_HOSTS` (comma-separated): references also come from
+//! lockfiles and configs someone else wrote, and must not be a way to collect them.
 
 use crate::error::RegistryError;
 use crate::index::{PackageName, Release};
@@ -129,12 +131,17 @@ impl OciRef {
     }
 
     fn loopback(&self) -> bool {
-        let h = match self.host.find(']') {
-            Some(end) => &self.host[..=end],
-            None => self.host.split(':').next().unwrap_or(""),
-        };
-        matches!(h, "127.0.0.1" | "localhost" | "[::1]")
+        is_loopback(&self.host)
     }
+}
+
+/// Whether `host[:port]` is this machine (the only place plain HTTP is spoken to by default).
+pub(crate) fn is_loopback(host: &str) -> bool {
+    let h = match host.find(']') {
+        Some(end) => &host[..=end],
+        None => host.split(':').next().unwrap_or(""),
+    };
+    matches!(h, "127.0.0.1" | "localhost" | "[::1]")
 }
 
 impl std::fmt::Display for OciRef {
@@ -201,7 +208,14 @@ pub struct Pulled {
 
 pub struct OciClient {
     base: String,
+    host: String,
     client: reqwest::blocking::Client,
+}
+
+/// Whether the user named `host` as one their `GALLEY_OCI_*` credentials are for.
+fn credentials_for(host: &str) -> bool {
+    std::env::var("GALLEY_OCI_HOSTS")
+        .is_ok_and(|v| v.split(',').any(|h| h.trim().eq_ignore_ascii_case(host)))
 }
 
 fn http(url: &str, e: impl std::fmt::Display) -> RegistryError {
@@ -220,10 +234,17 @@ impl OciClient {
             .timeout(Duration::from_secs(120))
             .build()
             .map_err(|e| http(&base, e))?;
-        Ok(Self { base, client })
+        Ok(Self {
+            base,
+            host: r.host.clone(),
+            client,
+        })
     }
 
     fn auth(&self, req: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+        if !credentials_for(&self.host) {
+            return req;
+        }
         if let Ok(token) = std::env::var("GALLEY_OCI_TOKEN") {
             return req.bearer_auth(token);
         }
@@ -246,11 +267,12 @@ impl OciClient {
         let mut body = String::new();
         let _ = resp.take(2048).read_to_string(&mut body);
         let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
-            " (set GALLEY_OCI_TOKEN, or GALLEY_OCI_USERNAME and GALLEY_OCI_PASSWORD)"
+            " (set GALLEY_OCI_TOKEN, or GALLEY_OCI_USERNAME and GALLEY_OCI_PASSWORD, and name this host in GALLEY_OCI_HOSTS)"
         } else {
             ""
         };
-        Err(http(url, format!("status {status}{hint}: {}", body.trim())))
+        let body = galley_core::text::untrusted(body.trim(), 512);
+        Err(http(url, format!("status {status}{hint}: {body}")))
     }
 
     /// Fetches and checks the manifest: size-capped, digest-checked when the reference pins

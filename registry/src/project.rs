@@ -41,8 +41,14 @@ pub enum Registry {
 
 impl Registry {
     /// `spec`, else `GALLEY_REGISTRY`, else the built-in first-party registry. A spec is a
-    /// folder (`DIR` or `file://DIR`) or a server (`http://`, `https://`).
+    /// folder (`DIR` or `file://DIR`) or a server (`https://`, or `http://` on this machine).
     pub fn open(spec: Option<&str>) -> Result<Self, RegistryError> {
+        Self::open_with(spec, false)
+    }
+
+    /// Like `open`; `allow_http` also admits plain `http://` to other machines, where anyone
+    /// on the path can change index lines (hide versions, flip yank flags) and see tokens.
+    pub fn open_with(spec: Option<&str>, allow_http: bool) -> Result<Self, RegistryError> {
         let spec = match spec.map(String::from).or_else(|| {
             std::env::var("GALLEY_REGISTRY")
                 .ok()
@@ -60,6 +66,14 @@ impl Registry {
                 }));
             }
         };
+        if let Some(rest) = spec.strip_prefix("http://")
+            && !allow_http
+            && !crate::oci::is_loopback(rest.split(['/', '?', '#']).next().unwrap_or(""))
+        {
+            return Err(RegistryError::BadReference(format!(
+                "registry `{spec}`: plain http:// to another machine lets anyone on the path change what you install and read your token; use https://, or pass --allow-http if this network is yours"
+            )));
+        }
         if spec.starts_with("http://") || spec.starts_with("https://") {
             return Ok(Registry::Http(HttpRegistry::new(&spec)?));
         }
@@ -142,11 +156,13 @@ impl Registry {
 }
 
 impl TrustStore {
-    /// The keys this user trusts: their trust file plus the first-party key galley ships with.
+    /// The keys this user trusts: their trust file plus the first-party key galley ships
+    /// with, which signs the `galley` namespace only.
     pub fn for_user() -> Result<Self, RegistryError> {
         let mut trust = TrustStore::load(&galley_core::dirs::trust_file())?;
         if let Some((id, public)) = first_party_key() {
-            trust.add(id, public)?;
+            let only = crate::keys::Scope::Only(vec![crate::keys::FIRST_PARTY_NAMESPACE.into()]);
+            trust.add_scoped(id, public, only)?;
         }
         Ok(trust)
     }
@@ -176,6 +192,8 @@ pub struct Project<'a> {
     /// Content-addressed cache of verified blobs (offline installs read it).
     pub cache: PathBuf,
     pub allow_unsigned: bool,
+    /// Accept a package whose signer differs from the one galley.lock records.
+    pub allow_signer_change: bool,
     /// The largest component installed, in bytes.
     pub max_blob: u64,
     pub wit_supported: &'a dyn Fn(&semver::Version) -> bool,
@@ -186,12 +204,18 @@ pub struct Project<'a> {
 }
 
 impl Project<'_> {
-    fn installer<'s>(&'s self, source: Option<&'s dyn Source>, unsigned: bool) -> Installer<'s> {
+    /// An installer under this project's policy (the same for fresh and locked installs),
+    /// remembering the signers `lock` records.
+    fn installer<'s>(
+        &'s self,
+        source: Option<&'s dyn Source>,
+        lock: Option<&Lockfile>,
+    ) -> Installer<'s> {
         Installer {
             registry: source,
             cache: self.cache.clone(),
             trust: self.trust,
-            policy: if unsigned {
+            policy: if self.allow_unsigned {
                 TrustPolicy::AllowUnsigned
             } else {
                 TrustPolicy::SignedOnly
@@ -199,6 +223,15 @@ impl Project<'_> {
             max_blob: self.max_blob,
             wit_supported: self.wit_supported,
             manifest_check: self.manifest_check,
+            signers: lock
+                .map(|l| {
+                    l.plugins
+                        .iter()
+                        .map(|e| (e.name.clone(), e.key.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            allow_signer_change: self.allow_signer_change,
         }
     }
 
@@ -232,7 +265,7 @@ impl Project<'_> {
             lock = new_lock;
         }
         for spec in oci {
-            let (done, entry) = self.install_oci(spec)?;
+            let (done, entry) = self.install_oci(spec, &lock)?;
             lock.upsert(entry);
             installed.push(done);
         }
@@ -297,7 +330,7 @@ impl Project<'_> {
             .collect();
         let pinned = lock.registry_pins(unpin);
         let (installed, mut new_lock) = self
-            .installer(Some(registry.source()), self.allow_unsigned)
+            .installer(Some(registry.source()), Some(lock))
             .install(&reqs, &self.into, Some(&pinned))?;
         new_lock.requirements = wanted;
         new_lock.merge_oci_from(lock);
@@ -325,7 +358,7 @@ impl Project<'_> {
                 ..Lockfile::default()
             };
             installed.extend(
-                self.installer(registry.map(Registry::source), true)
+                self.installer(registry.map(Registry::source), None)
                     .install_locked(&sub, &self.into)?,
             );
         }
@@ -334,16 +367,19 @@ impl Project<'_> {
                 plugins: vec![e.clone()],
                 ..Lockfile::default()
             };
-            match self.installer(None, true).install_locked(&sub, &self.into) {
+            match self.installer(None, None).install_locked(&sub, &self.into) {
                 Ok(done) => installed.extend(done),
-                Err(RegistryError::NotCached { .. }) if registry.is_some() => {
+                Err(RegistryError::NotCached { .. } | RegistryError::Unverifiable { .. })
+                    if registry.is_some() =>
+                {
                     let reference = OciRef::parse(e.source.as_deref().unwrap_or_default())?;
                     let client = OciClient::new(&reference)?;
                     let pulled = client.pull(&reference)?;
-                    let release = self.oci_release(&client, &reference, pulled, e.unsigned)?;
+                    let release =
+                        self.oci_release(&client, &reference, pulled, self.allow_unsigned)?;
                     let source = OciSource::new(client, reference, release);
                     installed.extend(
-                        self.installer(Some(&source), e.unsigned)
+                        self.installer(Some(&source), None)
                             .install_locked(&sub, &self.into)?,
                     );
                 }
@@ -400,7 +436,11 @@ impl Project<'_> {
         Release::from_component(&c, None, &reference.to_string())
     }
 
-    fn install_oci(&self, spec: &str) -> Result<(Installed, LockEntry), RegistryError> {
+    fn install_oci(
+        &self,
+        spec: &str,
+        lock: &Lockfile,
+    ) -> Result<(Installed, LockEntry), RegistryError> {
         let reference = OciRef::parse(spec)?;
         let client = OciClient::new(&reference)?;
         let pulled = client.pull(&reference)?;
@@ -412,10 +452,10 @@ impl Project<'_> {
                 .expect("an exact requirement parses"),
         };
         let source = OciSource::new(client, reference, release);
-        let (mut installed, lock) =
-            self.installer(Some(&source), self.allow_unsigned)
+        let (mut installed, new) =
+            self.installer(Some(&source), Some(lock))
                 .install(&[req], &self.into, None)?;
-        let mut entry = lock.plugins.into_iter().next().ok_or_else(|| {
+        let mut entry = new.plugins.into_iter().next().ok_or_else(|| {
             RegistryError::Unsatisfiable(format!("{spec}: the install produced no lock entry"))
         })?;
         entry.source = Some(pinned.to_string());

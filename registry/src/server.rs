@@ -2,6 +2,12 @@
 //! needs: publish and yank, each behind a bearer token that owns namespaces. Reads carry an
 //! ETag (the content's SHA-256) and answer `If-None-Match` with 304. Uploads are capped; the
 //! folder registry's per-package lock keeps concurrent publishes from corrupting an index.
+//!
+//! Facing the network: a client gets `header_timeout` to send its request headers and
+//! `request_timeout` for the whole request (a slow upload included), at most
+//! `max_connections` are served at once (the rest wait in the kernel's accept queue), and
+//! tokens are compared in constant time, with the same answer for an unknown token as for one
+//! that does not own the namespace.
 
 use crate::error::RegistryError;
 use crate::index::{PackageName, Release};
@@ -16,6 +22,8 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -25,6 +33,29 @@ pub struct ServerConfig {
     pub tokens: BTreeMap<String, Vec<String>>,
     /// The largest upload accepted, in bytes.
     pub max_upload: usize,
+    pub limits: ServerLimits,
+}
+
+/// What one client may hold of the server.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Time to send a request's headers (a client that never finishes them is dropped).
+    pub header_timeout: Duration,
+    /// Time for a whole request, body included (408 after it).
+    pub request_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            // A 64 MiB upload at 1 MB/s.
+            request_timeout: Duration::from_secs(120),
+            max_connections: 256,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -63,7 +94,7 @@ type Shared = Arc<AppState>;
 
 /// Serves until the listener fails. Bind to loopback unless a proxy with TLS is in front.
 pub async fn serve(listener: tokio::net::TcpListener, cfg: ServerConfig) -> std::io::Result<()> {
-    let max = cfg.max_upload;
+    let (max, limits) = (cfg.max_upload, cfg.limits.clone());
     let state = Arc::new(AppState {
         registry: FileRegistry::open(cfg.root.clone()),
         cfg,
@@ -75,8 +106,37 @@ pub async fn serve(listener: tokio::net::TcpListener, cfg: ServerConfig) -> std:
         .route("/api/v1/yank", post(yank))
         .route("/api/v1/search", get(search))
         .layer(DefaultBodyLimit::max(max))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
         .with_state(state);
-    axum::serve(listener, app).await
+    // axum::serve has no header timeout or connection limit, so connections are served here.
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let slot = slots.clone().acquire_owned().await.expect("never closed");
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: pause instead of spinning.
+                tracing::warn!("registry server: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let header_timeout = limits.header_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!("registry server: connection ended: {e}");
+            }
+        });
+    }
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -142,7 +202,10 @@ async fn blob(State(s): State<Shared>, Path(file): Path<String>, headers: Header
     }
 }
 
-/// Whether the request's bearer token owns `ns`: the refusal (401 or 403) when not.
+/// Whether the request's bearer token owns `ns`: the refusal (401 or 403) when not. Every
+/// known token is compared, in constant time over their SHA-256s (so neither the length nor
+/// a prefix of a token leaks through timing), and an unknown token gets the very answer a
+/// known one gets for a namespace it does not own.
 fn authorize(s: &AppState, headers: &HeaderMap, ns: &str) -> Option<Response> {
     let Some(token) = headers
         .get(header::AUTHORIZATION)
@@ -151,14 +214,20 @@ fn authorize(s: &AppState, headers: &HeaderMap, ns: &str) -> Option<Response> {
     else {
         return Some(text(StatusCode::UNAUTHORIZED, "a bearer token is required"));
     };
-    match s.cfg.tokens.get(token) {
-        Some(spaces) if spaces.iter().any(|n| n == ns || n == "*") => None,
-        Some(_) => Some(text(
-            StatusCode::FORBIDDEN,
-            format!("this token may not publish to namespace `{ns}`"),
-        )),
-        None => Some(text(StatusCode::UNAUTHORIZED, "unknown token")),
+    let presented = Sha256::digest(token.as_bytes());
+    let mut owns = subtle::Choice::from(0);
+    for (known, spaces) in &s.cfg.tokens {
+        let same = Sha256::digest(known.as_bytes()).ct_eq(&presented);
+        let allowed = u8::from(spaces.iter().any(|n| n == ns || n == "*"));
+        owns |= same & subtle::Choice::from(allowed);
     }
+    if bool::from(owns) {
+        return None;
+    }
+    Some(text(
+        StatusCode::FORBIDDEN,
+        format!("this token may not publish to or yank in namespace `{ns}`"),
+    ))
 }
 
 fn status_of(e: &RegistryError) -> StatusCode {

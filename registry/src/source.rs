@@ -44,6 +44,32 @@ pub struct HttpRegistry {
     pub max_index: u64,
 }
 
+/// The most of a search answer or an API reply read (an index has `max_index`, a blob its
+/// signed size): a hostile server's endless answer ends here, not in memory.
+pub const MAX_REPLY: u64 = 4 << 20;
+
+/// Reads at most `cap` bytes of a response as text; more is an error naming the URL.
+fn capped_text(
+    resp: reqwest::blocking::Response,
+    cap: u64,
+    url: &str,
+) -> Result<String, RegistryError> {
+    let mut bytes = Vec::new();
+    resp.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| RegistryError::Http {
+            url: url.into(),
+            reason: e.to_string(),
+        })?;
+    if bytes.len() as u64 > cap {
+        return Err(RegistryError::Http {
+            url: url.into(),
+            reason: format!("the answer is larger than {cap} bytes; refusing the rest"),
+        });
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 impl HttpRegistry {
     pub fn new(base: &str) -> Result<Self, RegistryError> {
         let client = reqwest::blocking::Client::builder()
@@ -147,13 +173,13 @@ impl HttpRegistry {
             reason: e.to_string(),
         })?;
         let status = resp.status();
-        let text = resp.text().unwrap_or_default();
+        let text = capped_text(resp, MAX_REPLY, &url).unwrap_or_default();
         if status.is_success() {
             Ok(text)
         } else {
             Err(RegistryError::Http {
                 url,
-                reason: format!("{status}: {text}"),
+                reason: format!("{status}: {}", galley_core::text::untrusted(&text, 512)),
             })
         }
     }
@@ -204,10 +230,13 @@ impl HttpRegistry {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
-        let body = resp.text().map_err(|e| RegistryError::Http {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        if !resp.status().is_success() {
+            return Err(RegistryError::Http {
+                url,
+                reason: format!("status {}", resp.status()),
+            });
+        }
+        let body = capped_text(resp, MAX_REPLY, &url)?;
         let v: Vec<serde_json::Value> =
             serde_json::from_str(&body).map_err(|e| RegistryError::Http {
                 url,

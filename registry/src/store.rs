@@ -1,7 +1,9 @@
 //! A registry in a folder: `index/NS/NAME.jsonl` and `blobs/sha256/HEX.wasm`. The same layout
-//! can be served by any static file host. Writers take a lock file per package so concurrent
-//! publishes never interleave lines, and replace index files by rename so readers never see a
-//! torn file.
+//! can be served by any static file host. Writers hold an OS lock on a per-package lock file
+//! so concurrent publishes never interleave lines (the OS drops it when a writer dies, so a
+//! crash never leaves a package locked), and replace index files by rename so readers never
+//! see a torn file. A blob is written only once its release is known to be new, so refused
+//! publishes leave nothing behind.
 
 use crate::error::{RegistryError, io};
 use crate::index::{PackageName, Release, parse_index};
@@ -81,7 +83,6 @@ impl FileRegistry {
             });
         }
         let blob_path = self.blob_path(release).expect("digest computed above");
-        write_atomic(&blob_path, blob)?;
         self.edit_index(&release.name, |releases| {
             if releases.iter().any(|r| r.version == release.version) {
                 return Err(RegistryError::AlreadyPublished {
@@ -89,6 +90,9 @@ impl FileRegistry {
                     version: release.version.to_string(),
                 });
             }
+            // Under the package's lock, before the index names it: a reader never sees a
+            // release without its blob, and a refused publish writes no blob.
+            write_atomic(&blob_path, blob)?;
             releases.push(release.clone());
             Ok(())
         })
@@ -141,34 +145,34 @@ impl FileRegistry {
     }
 }
 
-/// An exclusive lock held while the file exists (created with `create_new`).
-struct Lock(PathBuf);
+/// An exclusive OS lock (`flock`) on a lock file, held while this value lives. The file
+/// stays; the lock goes with the process, so a crashed writer leaves nothing stale behind
+/// (the lock files of older galleys, made with `create_new`, are simply reused).
+struct Lock {
+    _held: std::fs::File,
+}
 
 impl Lock {
     fn take(path: &Path) -> Result<Self, RegistryError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| io(path, e))?;
         for _ in 0..500 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-            {
-                Ok(_) => return Ok(Self(path.to_path_buf())),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            match file.try_lock() {
+                Ok(()) => return Ok(Self { _held: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {
                     std::thread::sleep(std::time::Duration::from_millis(10))
                 }
-                Err(e) => return Err(io(path, e)),
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(path, e)),
             }
         }
         Err(io(
             path,
-            "still locked after 5 s; remove the lock file if no publish is running",
+            "another publish to this package has held its lock for 5 s; try again",
         ))
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -53,6 +53,8 @@ impl World {
             max_blob: 64 << 20,
             wit_supported: &wit_ok,
             manifest_check: &check,
+            signers: Default::default(),
+            allow_signer_change: false,
         }
     }
 

@@ -16,6 +16,10 @@ fn component(name: &str, version: &str) -> Vec<u8> {
 
 /// Starts a server on an ephemeral loopback port; returns its base URL.
 fn start(root: PathBuf, max_upload: usize) -> String {
+    start_with(root, max_upload, ServerLimits::default())
+}
+
+fn start_with(root: PathBuf, max_upload: usize, limits: ServerLimits) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -26,6 +30,7 @@ fn start(root: PathBuf, max_upload: usize) -> String {
         root,
         tokens,
         max_upload,
+        limits,
     };
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -50,6 +55,8 @@ fn installer<'a>(src: &'a dyn Source, trust: &'a TrustStore, cache: PathBuf) -> 
         max_blob: 64 << 20,
         wit_supported: &wit_ok,
         manifest_check: &check,
+        signers: Default::default(),
+        allow_signer_change: false,
     }
 }
 
@@ -64,14 +71,15 @@ fn publish_search_install_yank_over_http() {
 
     let v1 = component("penalty", "0.1.0");
     let r1 = release("acme", &v1, &key);
-    // Tokens guard namespaces.
-    let e = http.publish(&r1, &v1, "wrong").unwrap_err().to_string();
-    assert!(e.contains("401"), "{e}");
+    // Tokens guard namespaces; an unknown token is told exactly what a known one that does
+    // not own the namespace is, so answers do not reveal which tokens exist.
+    let unknown = http.publish(&r1, &v1, "wrong").unwrap_err().to_string();
     let e = http
         .publish(&r1, &v1, "other-token")
         .unwrap_err()
         .to_string();
     assert!(e.contains("403") && e.contains("namespace `acme`"), "{e}");
+    assert_eq!(unknown, e);
     http.publish(&r1, &v1, "acme-token").unwrap();
     let e = http
         .publish(&r1, &v1, "acme-token")
@@ -244,4 +252,99 @@ fn endless_and_truncated_blobs_install_nothing() {
             "{what}: something was written"
         );
     }
+}
+
+#[test]
+fn a_crashed_publish_leaves_no_lock_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    // The lock file a crashed publish of an older galley left (it took the lock by creating it).
+    std::fs::create_dir_all(root.join("index/acme")).unwrap();
+    std::fs::write(root.join("index/acme/penalty.lock"), b"").unwrap();
+    let http = HttpRegistry::new(&start(root, 8 << 20)).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let v1 = component("penalty", "0.1.0");
+    http.publish(&release("acme", &v1, &key), &v1, "acme-token")
+        .unwrap();
+}
+
+#[test]
+fn a_refused_publish_leaves_no_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let http = HttpRegistry::new(&start(root.clone(), 8 << 20)).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let v1 = component("penalty", "0.1.0");
+    http.publish(&release("acme", &v1, &key), &v1, "acme-token")
+        .unwrap();
+    // Same version, other bytes: refused as a duplicate, and its blob is not kept.
+    let mut other = component("penalty", "0.1.0");
+    other.extend_from_slice(b"different bytes");
+    let r = release("acme", &other, &key);
+    let e = http
+        .publish(&r, &other, "acme-token")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("409"), "{e}");
+    let blobs = std::fs::read_dir(root.join("blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 1, "the refused publish left a blob");
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = ServerLimits {
+        header_timeout: std::time::Duration::from_millis(300),
+        ..ServerLimits::default()
+    };
+    let base = start_with(tmp.path().join("root"), 8 << 20, limits);
+    let addr = base.trim_start_matches("http://");
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    slow.write_all(b"GET /index/acme/penalty.jsonl HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = Vec::new();
+    // The server closes the connection (with or without a 408) instead of waiting forever.
+    let _ = slow.read_to_end(&mut buf);
+    let answer = String::from_utf8_lossy(&buf);
+    assert!(
+        buf.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // And it still serves everyone else.
+    let e = HttpRegistry::new(&base)
+        .unwrap()
+        .releases(&PackageName::parse("acme/none").unwrap())
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::NoPackage(_)), "{e}");
+}
+
+#[test]
+fn an_endless_search_answer_is_cut_off() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut s = stream.unwrap();
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[");
+            let chunk = vec![b' '; 1 << 20];
+            // 64 MiB of whitespace unless the client hangs up first.
+            for _ in 0..64 {
+                if s.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let e = HttpRegistry::new(&format!("http://{addr}"))
+        .unwrap()
+        .search("")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("larger than"), "{e}");
 }

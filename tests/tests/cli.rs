@@ -245,6 +245,93 @@ fn score_config_errors_name_the_file_line_and_key() {
 }
 
 #[test]
+fn limits_that_would_wrap_or_poison_totals_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "c.jsonl", "{\"completion\": \"#### 1\"}\n");
+    let plugins = plugins_dir();
+    for (body, key) in [
+        ("    weight: .nan\n", "rewards[0].weight"),
+        ("    weight: .inf\n", "rewards[0].weight"),
+        // 2^44 MiB is 2^64 bytes: it used to wrap to a 0-byte (or unlimited) cap.
+        (
+            "    limits: {memory_mb: 17592186044416}\n",
+            "rewards[0].limits.memory_mb",
+        ),
+        (
+            "    limits: {memory_mb: 0}\n",
+            "rewards[0].limits.memory_mb",
+        ),
+    ] {
+        write(
+            dir.path(),
+            "s.yaml",
+            &format!(
+                "rewards:\n  - plugin: math-answer\n{body}completions: c.jsonl\nplugin_path: [{}]\n",
+                plugins.display()
+            ),
+        );
+        let line = one_line_error(&galley(
+            &repo_root(),
+            &["score", dir.path().join("s.yaml").to_str().unwrap()],
+        ));
+        assert!(
+            line.contains("s.yaml") && line.contains(key),
+            "{body}: {line}"
+        );
+    }
+    let wasm = plugin("math-answer");
+    for flag in [
+        "--memory-mb=17592186044416",
+        "--memory-mb=0",
+        "--timeout-ms=0",
+    ] {
+        let o = galley(
+            &repo_root(),
+            &[
+                "plugin",
+                "call",
+                wasm.to_str().unwrap(),
+                "--completion",
+                "x",
+                flag,
+            ],
+        );
+        assert!(!o.status.success(), "{flag} accepted");
+        let name = flag.split('=').next().unwrap();
+        assert!(stderr(&o).contains(name), "{flag}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn what_a_plugin_says_reaches_the_terminal_escaped() {
+    let wasm = plugin("hostile-reward");
+    for mode in ["ansi-log", "ansi-error", "ansi-panic"] {
+        let o = galley(
+            &repo_root(),
+            &[
+                "plugin",
+                "call",
+                wasm.to_str().unwrap(),
+                "--config",
+                &format!("{{\"mode\": \"{mode}\"}}"),
+                "--completion",
+                "x",
+            ],
+        );
+        let err = stderr(&o);
+        assert!(err.contains("ALL TESTS PASSED"), "{mode}: {err}");
+        for forbidden in ['\x1b', '\r', '\x07'] {
+            assert!(!err.contains(forbidden), "{mode}: {err:?}");
+        }
+        // No line of the output starts with the forged log prefix.
+        assert!(
+            !err.lines().any(|l| l.starts_with("INFO galley: forged")),
+            "{mode}: {err:?}"
+        );
+    }
+}
+
+#[test]
 fn score_can_stop_or_skip_on_a_failing_plugin() {
     let dir = tempfile::tempdir().unwrap();
     write(

@@ -58,7 +58,12 @@ fn world() -> World {
     let registry = DockerRegistry::start(&root);
     let key = KeyPair::generate().unwrap();
     let mut trust = TrustStore::default();
-    trust.add(&key.id(), &key.public_hex()).unwrap();
+    // These tests publish the first-party plugins under their own `galley` namespace, so the
+    // key stands in for the first-party one, trusted for that namespace alone.
+    let galley_only = Scope::Only(vec!["galley".into()]);
+    trust
+        .add_scoped(&key.id(), &key.public_hex(), galley_only)
+        .unwrap();
     World {
         _tmp: tmp,
         root,
@@ -99,6 +104,8 @@ impl World {
             max_blob: 64 << 20,
             wit_supported: &galley_runtime::wit_supported,
             manifest_check: &check,
+            signers: Default::default(),
+            allow_signer_change: false,
         };
         installer
             .install(&[req], &self.root.join("plugins"), None)

@@ -56,8 +56,9 @@ fn keygen_publish_install_offline_yank() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let id = key_id(&ok(run(d, &["plugin", "keygen"])));
-    let math = plugin("math-answer");
-    let fmt = plugin("format");
+    // The user's own key signs their own namespace (it is not trusted for `galley/*`).
+    let math = relabelled(d, "math-answer", "acme", "math-answer", "0.1.0", &[]);
+    let fmt = relabelled(d, "format", "acme", "format", "0.1.0", &[]);
     ok(run(
         d,
         &[
@@ -65,7 +66,7 @@ fn keygen_publish_install_offline_yank() {
             "publish",
             math.to_str().unwrap(),
             "--namespace",
-            "galley",
+            "acme",
             "--key",
             &id,
         ],
@@ -77,7 +78,7 @@ fn keygen_publish_install_offline_yank() {
             "publish",
             fmt.to_str().unwrap(),
             "--namespace",
-            "galley",
+            "acme",
             "--key",
             &id,
         ],
@@ -89,7 +90,7 @@ fn keygen_publish_install_offline_yank() {
             "publish",
             math.to_str().unwrap(),
             "--namespace",
-            "galley",
+            "acme",
             "--key",
             &id,
         ],
@@ -97,34 +98,34 @@ fn keygen_publish_install_offline_yank() {
     assert!(line.contains("already published"), "{line}");
     let listing = ok(run(d, &["plugin", "search", "math"]));
     assert!(
-        listing.contains("galley/math-answer") && !listing.contains("galley/format"),
+        listing.contains("acme/math-answer") && !listing.contains("acme/format"),
         "{listing}"
     );
 
-    let out = ok(run(d, &["plugin", "install", "galley/math-answer@^0.1"]));
+    let out = ok(run(d, &["plugin", "install", "acme/math-answer@^0.1"]));
     assert!(out.contains(&format!("signed by {id}")), "{out}");
-    ok(run(d, &["plugin", "install", "galley/format"]));
+    ok(run(d, &["plugin", "install", "acme/format"]));
     let lock = std::fs::read_to_string(d.join("galley.lock")).unwrap();
     assert!(
-        lock.contains("galley/math-answer") && lock.contains("galley/format") && lock.contains(&id),
+        lock.contains("acme/math-answer") && lock.contains("acme/format") && lock.contains(&id),
         "{lock}"
     );
 
     let listing = ok(run(d, &["plugin", "list"]));
     assert!(
-        listing.contains("galley/format") && listing.contains("ok"),
+        listing.contains("acme/format") && listing.contains("ok"),
         "{listing}"
     );
-    std::fs::write(d.join(".galley/plugins/galley/format.wasm"), b"tampered").unwrap();
+    std::fs::write(d.join(".galley/plugins/acme/format.wasm"), b"tampered").unwrap();
     assert!(ok(run(d, &["plugin", "list"])).contains("MODIFIED"));
-    ok(run(d, &["plugin", "remove", "galley/format"]));
-    assert!(!d.join(".galley/plugins/galley/format.wasm").exists());
+    ok(run(d, &["plugin", "remove", "acme/format"]));
+    assert!(!d.join(".galley/plugins/acme/format.wasm").exists());
     assert!(
         !std::fs::read_to_string(d.join("galley.lock"))
             .unwrap()
-            .contains("galley/format")
+            .contains("acme/format")
     );
-    ok(run(d, &["plugin", "install", "galley/format"]));
+    ok(run(d, &["plugin", "install", "acme/format"]));
 
     // The installed package by name in a score config.
     std::fs::write(
@@ -134,26 +135,36 @@ fn keygen_publish_install_offline_yank() {
     .unwrap();
     std::fs::write(
         d.join("score.yaml"),
-        "rewards:\n  - plugin: galley/math-answer\ncompletions: c.jsonl\n",
+        "rewards:\n  - plugin: acme/math-answer\ncompletions: c.jsonl\n",
     )
     .unwrap();
     assert!(ok(run(d, &["score", "score.yaml"])).contains("total   1.00"));
+    // A component swapped in after install never runs: its bytes are not the ones pinned.
+    let installed = d.join(".galley/plugins/acme/math-answer.wasm");
+    let good = std::fs::read(&installed).unwrap();
+    std::fs::copy(plugin("hostile-reward"), &installed).unwrap();
+    let line = one_line_error(&run(d, &["score", "score.yaml"]));
+    assert!(
+        line.contains("rewards[0].plugin") && line.contains("galley.lock pins"),
+        "{line}"
+    );
+    std::fs::write(&installed, good).unwrap();
 
     // Offline reinstall from the cache, with the registry gone.
     std::fs::remove_dir_all(d.join(".galley")).unwrap();
     std::fs::rename(d.join("registry"), d.join("registry-away")).unwrap();
     let out = ok(run(d, &["plugin", "install", "--offline"]));
     assert!(
-        out.contains("galley/math-answer") && out.contains("galley/format"),
+        out.contains("acme/math-answer") && out.contains("acme/format"),
         "{out}"
     );
     std::fs::rename(d.join("registry-away"), d.join("registry")).unwrap();
 
     // Yank: the locked version still installs; without the lock nothing fits.
-    ok(run(d, &["plugin", "yank", "galley/format@0.1.0"]));
+    ok(run(d, &["plugin", "yank", "acme/format@0.1.0"]));
     ok(run(d, &["plugin", "install"]));
     std::fs::remove_file(d.join("galley.lock")).unwrap();
-    let line = one_line_error(&run(d, &["plugin", "install", "galley/format"]));
+    let line = one_line_error(&run(d, &["plugin", "install", "acme/format"]));
     assert!(line.contains("0.1.0 (yanked)"), "{line}");
 
     // A stranger's key is not trusted by another user.
@@ -163,7 +174,7 @@ fn keygen_publish_install_offline_yank() {
         other.path(),
         Some(d.join("registry").to_str().unwrap()),
         None,
-        &["plugin", "install", "galley/math-answer"],
+        &["plugin", "install", "acme/math-answer"],
     );
     let line = one_line_error(&o);
     assert!(
@@ -178,45 +189,45 @@ fn keygen_publish_install_offline_yank() {
 fn serve_publish_install_over_http() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    std::fs::write(d.join("tokens"), "s3cret galley\n").unwrap();
+    std::fs::write(d.join("tokens"), "s3cret acme\n").unwrap();
     let server = serve(&d.join("served"), &d.join("tokens"));
     let with = |args: &[&str], token: Option<&str>| as_user(d, Some(&server.url), token, args);
     let id = key_id(&ok(with(&["plugin", "keygen"], None)));
-    let math = plugin("math-answer");
+    let math = relabelled(d, "math-answer", "acme", "math-answer", "0.1.0", &[]);
     let line = one_line_error(&with(
         &[
             "plugin",
             "publish",
             math.to_str().unwrap(),
             "--namespace",
-            "galley",
+            "acme",
             "--key",
             &id,
         ],
         Some("wrong"),
     ));
-    assert!(line.contains("401"), "{line}");
+    assert!(line.contains("403"), "{line}");
     ok(with(
         &[
             "plugin",
             "publish",
             math.to_str().unwrap(),
             "--namespace",
-            "galley",
+            "acme",
             "--key",
             &id,
         ],
         Some("s3cret"),
     ));
-    assert!(ok(with(&["plugin", "search"], None)).contains("galley/math-answer"));
-    let out = ok(with(&["plugin", "install", "galley/math-answer"], None));
+    assert!(ok(with(&["plugin", "search"], None)).contains("acme/math-answer"));
+    let out = ok(with(&["plugin", "install", "acme/math-answer"], None));
     assert!(out.contains(&format!("signed by {id}")), "{out}");
     ok(with(
-        &["plugin", "yank", "galley/math-answer@0.1.0"],
+        &["plugin", "yank", "acme/math-answer@0.1.0"],
         Some("s3cret"),
     ));
     std::fs::remove_file(d.join("galley.lock")).unwrap();
-    let line = one_line_error(&with(&["plugin", "install", "galley/math-answer"], None));
+    let line = one_line_error(&with(&["plugin", "install", "acme/math-answer"], None));
     assert!(line.contains("yanked"), "{line}");
 }
 
@@ -462,7 +473,8 @@ fn oci_publish_install_and_locked_reinstall() {
     let registry = DockerRegistry::start(&d.join("oci"));
     let run = |args: &[&str]| as_user(d, None, None, args);
     let id = key_id(&ok(run(&["plugin", "keygen"])));
-    let math = plugin("math-answer");
+    // Under the user's own namespace: their key is not trusted for `galley/*`.
+    let math = relabelled(d, "math-answer", "acme", "math-answer", "0.1.0", &[]);
     let repo = format!("oci://{}/team/math-answer", registry.host);
     let out = ok(run(&[
         "plugin",
@@ -480,7 +492,7 @@ fn oci_publish_install_and_locked_reinstall() {
 
     let out = ok(run(&["plugin", "install", &format!("{repo}:0.1.0")]));
     assert!(
-        out.contains("galley/math-answer") && out.contains(&format!("signed by {id}")),
+        out.contains("acme/math-answer") && out.contains(&format!("signed by {id}")),
         "{out}"
     );
     let lock = std::fs::read_to_string(d.join("galley.lock")).unwrap();
@@ -489,17 +501,17 @@ fn oci_publish_install_and_locked_reinstall() {
         "{lock}"
     );
     assert_eq!(
-        std::fs::read(d.join(".galley/plugins/galley/math-answer.wasm")).unwrap(),
+        std::fs::read(d.join(".galley/plugins/acme/math-answer.wasm")).unwrap(),
         std::fs::read(&math).unwrap()
     );
 
     // Cache and plugins gone: the lockfile pulls the pinned manifest again.
     std::fs::remove_dir_all(d.join(".galley")).unwrap();
     std::fs::remove_dir_all(d.join("cache")).unwrap();
-    assert!(ok(run(&["plugin", "install"])).contains("galley/math-answer"));
+    assert!(ok(run(&["plugin", "install"])).contains("acme/math-answer"));
     // And offline, from the cache that install refilled.
     std::fs::remove_dir_all(d.join(".galley")).unwrap();
-    assert!(ok(run(&["plugin", "install", "--offline"])).contains("galley/math-answer"));
+    assert!(ok(run(&["plugin", "install", "--offline"])).contains("acme/math-answer"));
 
     // Unsigned: refused unless allowed, and then recorded.
     let fmt = plugin("format");

@@ -58,10 +58,11 @@ pub struct CallArgs {
 #[derive(clap::Args, Clone)]
 pub struct SandboxArgs {
     /// Time budget of one plugin call, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
-    /// Memory cap of one plugin instance, in MiB.
-    #[arg(long, default_value_t = 256)]
+    /// Memory cap of one plugin instance (all its memories together), in MiB.
+    #[arg(long, default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=galley_train::config::MAX_MEMORY_MB))]
     pub memory_mb: u64,
     /// Seed of the plugin's randomness.
     #[arg(long, default_value_t = 0)]
@@ -84,7 +85,8 @@ impl SandboxArgs {
         InstanceOptions {
             limits: Limits {
                 call_timeout: Duration::from_millis(self.timeout_ms),
-                memory_bytes: self.memory_mb << 20,
+                // Saturates rather than wraps; configs are checked against MAX_MEMORY_MB.
+                memory_bytes: self.memory_mb.saturating_mul(1 << 20),
                 ..Limits::default()
             },
             grants,

@@ -5,21 +5,59 @@
 //! registry (`oci://HOST/REPO:TAG`).
 
 use anyhow::{Result, bail};
-use galley_registry::{
-    Component, FileState, Installed, PackageName, Project, Registry, TrustStore,
-};
-use std::path::Path;
+use galley_registry::{Component, FileState, Installed, PackageName, Project, TrustStore};
+use std::path::PathBuf;
 
 /// The largest component galley installs.
 const MAX_BLOB: u64 = 256 << 20;
 
-pub struct InstallArgs<'a> {
-    pub reqs: &'a [String],
-    pub registry: &'a Option<String>,
-    pub into: &'a Path,
-    pub lock: &'a Path,
-    pub allow_unsigned: bool,
-    pub offline: bool,
+/// Where a project keeps its plugins and its lockfile.
+#[derive(clap::Args)]
+pub struct ProjectArgs {
+    #[arg(long, default_value = ".galley/plugins")]
+    into: PathBuf,
+    #[arg(long, default_value = "galley.lock")]
+    lock: PathBuf,
+}
+
+/// Where packages come from and what an install accepts beyond signed-by-a-trusted-key.
+#[derive(clap::Args)]
+pub struct FetchArgs {
+    #[arg(long)]
+    registry: Option<String>,
+    #[command(flatten)]
+    project: ProjectArgs,
+    /// Accept unsigned packages (recorded in the lockfile).
+    #[arg(long)]
+    allow_unsigned: bool,
+    /// Accept a package signed by another key than galley.lock records for it.
+    #[arg(long)]
+    allow_signer_change: bool,
+}
+
+#[derive(clap::Args)]
+pub struct InstallArgs {
+    reqs: Vec<String>,
+    #[command(flatten)]
+    fetch: FetchArgs,
+    /// Use only the local cache (install from galley.lock).
+    #[arg(long)]
+    offline: bool,
+}
+
+#[derive(clap::Args)]
+pub struct UpdateArgs {
+    names: Vec<String>,
+    #[command(flatten)]
+    fetch: FetchArgs,
+}
+
+#[derive(clap::Args)]
+pub struct RemoveArgs {
+    #[arg(required = true)]
+    names: Vec<String>,
+    #[command(flatten)]
+    project: ProjectArgs,
 }
 
 /// The registry's neutral description of a component, read by the runtime.
@@ -54,19 +92,35 @@ fn manifest_check(bytes: &[u8]) -> std::result::Result<(String, semver::Version)
     Ok((m.full_name(), m.version))
 }
 
+/// What a command allows beyond the default policy.
+#[derive(Default)]
+struct Allow {
+    unsigned: bool,
+    signer_change: bool,
+}
+
+impl From<&FetchArgs> for Allow {
+    fn from(f: &FetchArgs) -> Self {
+        Self {
+            unsigned: f.allow_unsigned,
+            signer_change: f.allow_signer_change,
+        }
+    }
+}
+
 fn with_project<T>(
-    into: &Path,
-    lock: &Path,
-    allow_unsigned: bool,
+    a: &ProjectArgs,
+    allow: Allow,
     f: impl FnOnce(&Project<'_>) -> Result<T>,
 ) -> Result<T> {
     let trust = TrustStore::for_user()?;
     let project = Project {
-        into: into.to_path_buf(),
-        lock: lock.to_path_buf(),
+        into: a.into.clone(),
+        lock: a.lock.clone(),
         trust: &trust,
         cache: galley_core::dirs::blobs_dir(),
-        allow_unsigned,
+        allow_unsigned: allow.unsigned,
+        allow_signer_change: allow.signer_change,
         max_blob: MAX_BLOB,
         wit_supported: &galley_runtime::wit_supported,
         describe: &describe,
@@ -92,36 +146,42 @@ fn print_installed(installed: &[Installed]) {
     }
 }
 
-pub fn install(a: InstallArgs<'_>) -> Result<()> {
-    with_project(a.into, a.lock, a.allow_unsigned, |p| {
+pub fn install(a: InstallArgs) -> Result<()> {
+    let f = &a.fetch;
+    with_project(&f.project, f.into(), |p| {
         let installed = if a.reqs.is_empty() {
             let reg = if a.offline {
                 None
             } else {
-                Some(Registry::open(a.registry.as_deref())?)
+                Some(crate::open_registry(&f.registry)?)
             };
             p.install_locked(reg.as_ref())?
         } else {
             if a.offline {
                 bail!(
                     "--offline installs what {} pins; name no plugins",
-                    a.lock.display()
+                    f.project.lock.display()
                 );
             }
-            p.install(a.reqs, &Registry::open(a.registry.as_deref())?)?
+            p.install(&a.reqs, &crate::open_registry(&f.registry)?)?
         };
         print_installed(&installed);
         Ok(())
     })
 }
 
-pub fn update(names: &[String], a: InstallArgs<'_>) -> Result<()> {
-    let names = names
+fn parse_names(names: &[String]) -> Result<Vec<PackageName>> {
+    Ok(names
         .iter()
         .map(|n| PackageName::parse(n))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    with_project(a.into, a.lock, a.allow_unsigned, |p| {
-        let changes = p.update(&names, &Registry::open(a.registry.as_deref())?)?;
+        .collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
+pub fn update(a: UpdateArgs) -> Result<()> {
+    let names = parse_names(&a.names)?;
+    let f = &a.fetch;
+    with_project(&f.project, f.into(), |p| {
+        let changes = p.update(&names, &crate::open_registry(&f.registry)?)?;
         for c in &changes {
             let v = |v: &Option<semver::Version>, none: &str| {
                 v.as_ref().map_or(none.to_string(), ToString::to_string)
@@ -141,10 +201,10 @@ pub fn update(names: &[String], a: InstallArgs<'_>) -> Result<()> {
 }
 
 /// `galley plugin list`: what galley.lock pins, and whether each file is in place and intact.
-pub fn list(into: &Path, lock: &Path) -> Result<()> {
-    with_project(into, lock, false, |p| {
+pub fn list(a: ProjectArgs) -> Result<()> {
+    with_project(&a, Allow::default(), |p| {
         let Some(entries) = p.list()? else {
-            println!("no {}: nothing installed here", lock.display());
+            println!("no {}: nothing installed here", a.lock.display());
             return Ok(());
         };
         for (e, state) in entries {
@@ -165,12 +225,9 @@ pub fn list(into: &Path, lock: &Path) -> Result<()> {
 }
 
 /// `galley plugin remove`: drops packages from galley.lock and the plugin folder.
-pub fn remove(names: &[String], into: &Path, lock: &Path) -> Result<()> {
-    let names = names
-        .iter()
-        .map(|n| PackageName::parse(n))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    with_project(into, lock, false, |p| {
+pub fn remove(a: RemoveArgs) -> Result<()> {
+    let names = parse_names(&a.names)?;
+    with_project(&a.project, Allow::default(), |p| {
         p.remove(&names)?;
         for n in &names {
             println!("removed {n}");

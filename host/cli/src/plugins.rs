@@ -13,13 +13,17 @@ use galley_runtime::{Grants, Plugin, Runtime};
 use galley_train::config::RewardSpec;
 use galley_train::config::SourceSection;
 
-/// Finds and loads the component `spec` names; errors name the config key `KEY.plugin`.
+/// Finds and loads the component `spec` names (an installed package only if its bytes are
+/// the ones galley.lock pins); errors name the config key `KEY.plugin`.
 fn load(spec: &str, key: &str, locator: &PluginLocator, rt: &Runtime) -> Result<Plugin> {
-    let path = locator
-        .locate(spec)
+    let found = locator
+        .locate_pinned(spec)
         .with_context(|| format!("{key}.plugin"))?;
-    rt.load(&path)
-        .with_context(|| format!("{key}.plugin: {}", path.display()))
+    match &found.pinned {
+        Some(digest) => rt.load_pinned(&found.path, digest),
+        None => rt.load(&found.path),
+    }
+    .with_context(|| format!("{key}.plugin: {}", found.path.display()))
 }
 
 /// Opens `specs` in order; `key` names the config list (e.g. `grpo.rewards`) for errors.

@@ -6,8 +6,8 @@
 use crate::install_cmd::describe;
 use anyhow::{Context, Result, bail};
 use galley_registry::{
-    KeyPair, OciClient, OciRef, Package, PackageName, Registry, RegistryError, Release,
-    ServerConfig, TrustStore,
+    KeyPair, OciClient, OciRef, Package, PackageName, RegistryError, Release, Scope, ServerConfig,
+    TrustStore,
 };
 use std::path::{Path, PathBuf};
 
@@ -23,7 +23,91 @@ fn token() -> std::result::Result<String, RegistryError> {
     })
 }
 
-pub fn keygen() -> Result<()> {
+#[derive(clap::Args)]
+pub struct KeygenArgs {
+    /// Print an existing key file's id and public key instead.
+    #[arg(long)]
+    show: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct TrustArgs {
+    id: String,
+    public_key: String,
+    /// The namespaces this key may sign (repeatable, or comma-separated); `*` is every
+    /// namespace but `galley`. A key is trusted for nothing it is not named for.
+    #[arg(long = "namespace", required = true, value_name = "NAMESPACE")]
+    namespaces: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct PackArgs {
+    file: PathBuf,
+    /// The namespace (NAMESPACE/NAME); default: `namespace` in the plugin's galley.toml.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Signing key: a key id from `galley plugin keygen`, or a key file.
+    #[arg(long)]
+    key: Option<String>,
+    #[arg(short, long, default_value = "target/packages")]
+    out_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct PublishArgs {
+    /// A built component, or a packed `*.release.json`.
+    file: PathBuf,
+    /// The registry: a folder, file://, or http(s):// URL of `galley registry serve`; default GALLEY_REGISTRY.
+    #[arg(long, conflicts_with = "oci")]
+    registry: Option<String>,
+    /// Push to an OCI registry instead, as a Wasm OCI artifact: oci://HOST/REPO[:TAG] (tag defaults to the version).
+    #[arg(long)]
+    oci: Option<String>,
+    /// The namespace (NAMESPACE/NAME); default: `namespace` in the plugin's galley.toml.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Signing key: a key id from `galley plugin keygen`, or a key file.
+    #[arg(long)]
+    key: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    #[arg(default_value = "")]
+    term: String,
+    #[arg(long)]
+    registry: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct YankArgs {
+    /// NAMESPACE/NAME@VERSION
+    spec: String,
+    #[arg(long)]
+    registry: Option<String>,
+    #[arg(long)]
+    undo: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[arg(long)]
+    root: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    addr: String,
+    /// A file of `TOKEN NAMESPACE[,NAMESPACE]` lines; without it the registry is read-only.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    max_upload_mb: usize,
+}
+
+pub fn keygen(a: KeygenArgs) -> Result<()> {
+    if let Some(file) = a.show {
+        let key = KeyPair::load(&file)?;
+        println!("{} {}", key.id(), key.public_hex());
+        return Ok(());
+    }
     let key = KeyPair::generate()?;
     let path = key_path(&key.id());
     key.save(&path)?;
@@ -35,19 +119,20 @@ pub fn keygen() -> Result<()> {
     println!("public key  {}", key.public_hex());
     println!("secret key  {} (keep it private)", path.display());
     println!(
-        "others trust it with: galley plugin trust {} {}",
+        "others trust it with: galley plugin trust {} {} --namespace YOUR_NAMESPACE",
         key.id(),
         key.public_hex()
     );
     Ok(())
 }
 
-pub fn trust(id: &str, public: &str) -> Result<()> {
+pub fn trust(a: TrustArgs) -> Result<()> {
     let file = galley_core::dirs::trust_file();
     let mut trust = TrustStore::load(&file)?;
-    trust.add(id, public)?;
+    let scope = Scope::parse(&a.namespaces.join(","))?;
+    println!("trusting key {} for {scope}", a.id);
+    trust.add_scoped(&a.id, &a.public_key, scope)?;
     trust.save(&file)?;
-    println!("trusting key {id}");
     Ok(())
 }
 
@@ -79,9 +164,9 @@ fn signed_by(r: &Release) -> String {
 }
 
 /// `galley plugin pack`: a publishable package, signed here so it can be uploaded elsewhere.
-pub fn pack(file: &Path, namespace: Option<&str>, key: Option<&str>, out_dir: &Path) -> Result<()> {
-    let p = package(file, namespace, key)?;
-    let (wasm, line) = p.write_packed(out_dir)?;
+pub fn pack(a: PackArgs) -> Result<()> {
+    let p = package(&a.file, a.namespace.as_deref(), a.key.as_deref())?;
+    let (wasm, line) = p.write_packed(&a.out_dir)?;
     let r = &p.release;
     println!(
         "packed {}@{} ({} bytes, {}){}",
@@ -95,16 +180,7 @@ pub fn pack(file: &Path, namespace: Option<&str>, key: Option<&str>, out_dir: &P
     Ok(())
 }
 
-pub struct PublishArgs<'a> {
-    /// A built component, or a packed `*.release.json`.
-    pub file: &'a Path,
-    pub registry: &'a Option<String>,
-    pub oci: Option<&'a str>,
-    pub namespace: Option<&'a str>,
-    pub key: Option<&'a str>,
-}
-
-pub fn publish(a: PublishArgs<'_>) -> Result<()> {
+pub fn publish(a: PublishArgs) -> Result<()> {
     let p = if a.file.to_string_lossy().ends_with(".release.json") {
         if a.key.is_some() || a.namespace.is_some() {
             bail!(
@@ -112,12 +188,12 @@ pub fn publish(a: PublishArgs<'_>) -> Result<()> {
                 a.file.display()
             );
         }
-        Package::load_packed(a.file, &describe)?
+        Package::load_packed(&a.file, &describe)?
     } else {
-        package(a.file, a.namespace, a.key)?
+        package(&a.file, a.namespace.as_deref(), a.key.as_deref())?
     };
     let r = &p.release;
-    if let Some(oci) = a.oci {
+    if let Some(oci) = a.oci.as_deref() {
         let mut reference = OciRef::parse(oci)?;
         if !oci
             .rsplit('/')
@@ -144,7 +220,7 @@ pub fn publish(a: PublishArgs<'_>) -> Result<()> {
         );
         return Ok(());
     }
-    Registry::open(a.registry.as_deref())?.publish(r, &p.blob, token)?;
+    crate::open_registry(&a.registry)?.publish(r, &p.blob, token)?;
     println!(
         "published {}@{} ({} bytes, {}){}",
         r.name,
@@ -156,15 +232,16 @@ pub fn publish(a: PublishArgs<'_>) -> Result<()> {
     Ok(())
 }
 
-pub fn search(term: &str, registry: &Option<String>) -> Result<()> {
-    for (name, kind, live) in Registry::open(registry.as_deref())?.search(term)? {
+pub fn search(a: SearchArgs) -> Result<()> {
+    for (name, kind, live) in crate::open_registry(&a.registry)?.search(&a.term)? {
         println!("{name:<32} {kind:<12} {}", live.join(", "));
     }
     Ok(())
 }
 
-pub fn yank(spec: &str, registry: &Option<String>, undo: bool) -> Result<()> {
-    let reg = Registry::open(registry.as_deref())?;
+pub fn yank(a: YankArgs) -> Result<()> {
+    let (spec, undo) = (&a.spec, a.undo);
+    let reg = crate::open_registry(&a.registry)?;
     let (name, version) = spec
         .split_once('@')
         .with_context(|| format!("`{spec}`: expected NAMESPACE/NAME@VERSION"))?;
@@ -180,8 +257,9 @@ pub fn yank(spec: &str, registry: &Option<String>, undo: bool) -> Result<()> {
 }
 
 /// `galley registry serve`: prints the address it bound (useful with port 0), then serves.
-pub fn serve(root: &Path, addr: &str, tokens: Option<&Path>, max_upload_mb: usize) -> Result<()> {
-    let tokens = match tokens {
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let (root, addr) = (&a.root, &a.addr);
+    let tokens = match &a.tokens {
         Some(p) => ServerConfig::load_tokens(p)?,
         None => Default::default(),
     };
@@ -192,7 +270,8 @@ pub fn serve(root: &Path, addr: &str, tokens: Option<&Path>, max_upload_mb: usiz
     let cfg = ServerConfig {
         root: root.to_path_buf(),
         tokens,
-        max_upload: max_upload_mb << 20,
+        max_upload: a.max_upload_mb << 20,
+        limits: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -7,8 +7,7 @@ use crate::call::{SandboxArgs, parse_grants};
 use anyhow::{Context, Result, bail};
 use galley_core::RewardInput;
 use galley_registry::PluginLocator;
-use galley_train::config::OnPluginError;
-use galley_train::config::RewardSpec;
+use galley_train::config::{OnPluginError, RewardSpec};
 use galley_train::rewards;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -58,11 +57,8 @@ fn default_batch() -> usize {
 fn load_config(path: &Path, overrides: &[String]) -> Result<ScoreConfig> {
     let cfg: ScoreConfig =
         galley_core::config::load(Some(path), overrides, &galley_core::config::no_expand)?;
-    if cfg.rewards.is_empty() {
-        bail!(
-            "{}: key `rewards`: list at least one reward function",
-            path.display()
-        );
+    if let Err((key, msg)) = RewardSpec::check_list(&cfg.rewards) {
+        bail!("{}: key `{key}`: {msg}", path.display());
     }
     if cfg.batch_size == 0 {
         bail!("{}: key `batch_size`: must be at least 1", path.display());
@@ -102,26 +98,8 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     .with_context(|| args.config.display().to_string())?;
     let weights: Vec<f64> = cfg.rewards.iter().map(|r| r.weight).collect();
 
-    // scores[f][i]: function f's opinion of completion i.
-    let mut all = rewards::Scored {
-        scores: vec![Vec::with_capacity(inputs.len()); fns.len()],
-        failures: vec![0; fns.len()],
-        secs: vec![0.0; fns.len()],
-        failed: Vec::with_capacity(inputs.len()),
-    };
-    for (b, batch) in rewards::batches(RewardInput::groups(&inputs), cfg.batch_size)
-        .iter()
-        .enumerate()
-    {
-        let s = rewards::score_all(&mut fns, batch, cfg.on_plugin_error, b)
-            .context("stopping (on_plugin_error: stop)")?;
-        for f in 0..fns.len() {
-            all.scores[f].extend(&s.scores[f]);
-            all.failures[f] += s.failures[f];
-            all.secs[f] += s.secs[f];
-        }
-        all.failed.extend(s.failed);
-    }
+    let all = rewards::score_inputs(&mut fns, &inputs, cfg.batch_size, cfg.on_plugin_error)
+        .context("stopping (on_plugin_error: stop)")?;
     let names: Vec<String> = fns.iter().map(|f| f.name().to_string()).collect();
     let totals = galley_train::align::total_rewards(&all.scores, &weights);
     if args.json {
@@ -133,22 +111,15 @@ pub fn run(args: ScoreArgs) -> Result<()> {
 }
 
 fn mean(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        0.0
-    } else {
-        v.iter().sum::<f64>() / v.len() as f64
-    }
+    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 /// Per function: its name, its mean over the completions it scored, and how many.
 fn per_function(names: &[String], all: &rewards::Scored) -> Vec<(String, f64, usize)> {
     names
         .iter()
-        .zip(&all.scores)
-        .map(|(n, s)| {
-            let vals: Vec<f64> = s.iter().flatten().copied().collect();
-            (n.clone(), mean(&vals), vals.len())
-        })
+        .zip(all.means())
+        .map(|(n, (m, c))| (n.clone(), m, c))
         .collect()
 }
 

@@ -11,10 +11,11 @@
 //! | registry blobs | — | `<cache>/blobs` |
 //! | models from `hf://` | `GALLEY_MODEL_CACHE` | `<cache>/models` |
 //! | guest toolchains | `GALLEY_TOOLCHAIN_DIR` | `<cache>/toolchains` |
-//! | wasm build target dir | `GALLEY_WASM_TARGET_DIR` | `<cache>/wasm-target` |
+//! | wasm build target dirs | `GALLEY_WASM_TARGET_DIR` (one, shared: opt-in) | `<cache>/wasm-target/<plugin>-<hash>` (one per plugin) |
 //! | config root | `GALLEY_CONFIG_DIR` | `$XDG_CONFIG_HOME/galley`, `~/.config/galley` |
 //! | signing keys | — | `<config>/keys` |
 //! | trusted keys | — | `<config>/trusted-keys` |
+//! | compiled-cache secret | — | `<config>/cache.key` (not in the cache: see galley-runtime) |
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -70,6 +71,12 @@ pub fn components_dir() -> PathBuf {
     cache_dir().join("components")
 }
 
+/// The secret that authenticates compiled-component cache entries. It lives in the config
+/// folder so that a cache restored or shared from elsewhere never brings its own key.
+pub fn cache_key_file() -> PathBuf {
+    config_dir().join("cache.key")
+}
+
 /// Registry blobs by digest, which make locked installs work offline.
 pub fn blobs_dir() -> PathBuf {
     cache_dir().join("blobs")
@@ -85,9 +92,16 @@ pub fn toolchains_dir() -> PathBuf {
     var("GALLEY_TOOLCHAIN_DIR").unwrap_or_else(|| cache_dir().join("toolchains"))
 }
 
-/// The cargo target dir every wasm plugin build shares (std is rebuilt per target dir).
-pub fn wasm_target_dir() -> PathBuf {
-    var("GALLEY_WASM_TARGET_DIR").unwrap_or_else(|| cache_dir().join("wasm-target"))
+/// The one cargo target dir all wasm plugin builds share, when the user opts in with
+/// `GALLEY_WASM_TARGET_DIR` (faster: std for wasm is built once; but a plugin's build
+/// script could then tamper with another plugin's artifacts).
+pub fn shared_wasm_target_dir() -> Option<PathBuf> {
+    var("GALLEY_WASM_TARGET_DIR")
+}
+
+/// Where each plugin's own cargo target dir goes by default.
+pub fn wasm_target_root() -> PathBuf {
+    cache_dir().join("wasm-target")
 }
 
 /// Publishing keys made by `galley plugin keygen`.

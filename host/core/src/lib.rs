@@ -9,6 +9,7 @@ pub mod dirs;
 pub mod jsonl;
 mod plugin;
 pub mod seed;
+pub mod text;
 
 pub use data::{Example, Message, Metadata, Metric, Prediction, RewardGroup, RewardInput, Value};
 pub use plugin::{

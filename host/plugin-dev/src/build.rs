@@ -93,8 +93,25 @@ impl Toolchain {
 
 /// The target dir shared by every wasm plugin build (the standard library is rebuilt per
 /// target dir, which takes minutes): `GALLEY_WASM_TARGET_DIR`, else the galley cache.
-pub fn default_target_dir() -> PathBuf {
-    galley_core::dirs::wasm_target_dir()
+/// The cargo target dir for building the plugin in `plugin_dir`: `GALLEY_WASM_TARGET_DIR`
+/// when the user opted into one shared dir, else a dir of this plugin's own under
+/// `<cache>/wasm-target`, named after the plugin and a hash of its full path. Separate dirs
+/// keep one plugin's build script from rewriting another's artifacts (std is then built
+/// once per plugin).
+pub fn default_target_dir(plugin_dir: &Path) -> PathBuf {
+    if let Some(shared) = galley_core::dirs::shared_wasm_target_dir() {
+        return shared;
+    }
+    let full = plugin_dir
+        .canonicalize()
+        .unwrap_or_else(|_| plugin_dir.to_path_buf());
+    let digest = galley_runtime::digest_of(full.as_os_str().as_encoded_bytes());
+    let hash = digest.trim_start_matches("sha256:");
+    let name = full
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin".into());
+    galley_core::dirs::wasm_target_root().join(format!("{name}-{}", &hash[..12]))
 }
 
 pub struct Built {

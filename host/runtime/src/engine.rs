@@ -3,7 +3,7 @@
 //! supported WIT version and a deny-by-default WASI, and the epoch ticker that enforces call
 //! time budgets. Loading a plugin checks everything that can be checked before it runs.
 
-use crate::cache::{CacheOutcome, ComponentCache, default_cache_dir};
+use crate::cache::{CacheOutcome, ComponentCache, default_cache_dir, default_cache_key};
 use crate::error::RuntimeError;
 use crate::inspect::{ComponentInfo, inspect};
 use crate::plugin::{ApiPre, Plugin, PluginInner};
@@ -24,6 +24,9 @@ pub const SUPPORTED_WIT: &[semver::Version] = &[v0_1::VERSION];
 pub struct RuntimeConfig {
     /// Where compiled components are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// The secret that authenticates cache entries (made on first use, 0600). Keep it out of
+    /// the cache folder: whoever can write both can forge entries.
+    pub cache_key: PathBuf,
     /// Pre-reserve instance slots (fast instantiation, ~5-20 µs) instead of allocating on
     /// demand. Costs virtual address space only.
     pub pooling: bool,
@@ -37,6 +40,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             cache_dir: default_cache_dir(),
+            cache_key: default_cache_key(),
             pooling: true,
             epoch_tick: Duration::from_millis(5),
             max_wasm_stack: 1 << 20,
@@ -118,12 +122,14 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        crate::blocking::add_to_linker(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         v0_1::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
-        let cache = match &config.cache_dir {
-            Some(dir) => Some(ComponentCache::new(dir.clone(), &engine)?),
-            None => None,
-        };
+        let cache = config
+            .cache_dir
+            .as_deref()
+            .and_then(|dir| ComponentCache::open(dir, &config.cache_key, &engine));
 
         let stop = Arc::new(AtomicBool::new(false));
         {
@@ -159,9 +165,38 @@ impl Runtime {
         self.load_bytes(&bytes, &path.display().to_string())
     }
 
+    /// Like [`Runtime::load`], for an installed package: the bytes read must be the ones
+    /// `digest` (from `galley.lock`) pins. The check costs nothing extra: loading hashes the
+    /// bytes anyway, and the compiled cache is keyed by that same hash.
+    pub fn load_pinned(&self, path: &Path, digest: &str) -> Result<Plugin, RuntimeError> {
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load_inner(&bytes, &path.display().to_string(), Some(digest))
+    }
+
     /// Like [`Runtime::load`], for bytes already in memory; `origin` names them in errors.
     pub fn load_bytes(&self, bytes: &[u8], origin: &str) -> Result<Plugin, RuntimeError> {
+        self.load_inner(bytes, origin, None)
+    }
+
+    fn load_inner(
+        &self,
+        bytes: &[u8],
+        origin: &str,
+        pinned: Option<&str>,
+    ) -> Result<Plugin, RuntimeError> {
         let info = inspect(bytes, origin)?;
+        if let Some(want) = pinned
+            && info.digest != want
+        {
+            return Err(RuntimeError::NotPinned {
+                origin: origin.into(),
+                pinned: want.into(),
+                found: info.digest.clone(),
+            });
+        }
         let manifest = info
             .manifest
             .clone()

@@ -87,6 +87,12 @@ pub enum RuntimeError {
     #[error("cannot start the WebAssembly engine: {0}")]
     Engine(String),
 
-    #[error("compiled-component cache {path}: {reason}")]
-    Cache { path: PathBuf, reason: String },
+    #[error(
+        "{origin}: its digest {found} is not the {pinned} galley.lock pins: the file changed after it was installed; reinstall it with `galley plugin install`"
+    )]
+    NotPinned {
+        origin: String,
+        pinned: String,
+        found: String,
+    },
 }

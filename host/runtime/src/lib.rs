@@ -17,6 +17,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod blocking;
 mod cache;
 mod engine;
 mod error;
@@ -26,7 +27,7 @@ mod plugin;
 mod sandbox;
 pub mod v0_1;
 
-pub use cache::{CacheOutcome, default_cache_dir};
+pub use cache::{CacheOutcome, default_cache_dir, default_cache_key};
 pub use engine::{Runtime, RuntimeConfig, SUPPORTED_WIT, wit_supported};
 pub use error::RuntimeError;
 pub use inspect::{ComponentInfo, digest_of, inspect, parse_plugin_name};

@@ -99,23 +99,41 @@ impl Manifest {
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
                 && s.starts_with(|c: char| c.is_ascii_lowercase())
         };
+        // What a manifest says is printed (`plugin inspect`, `search`, errors): shown escaped.
+        let show = |s: &str| galley_core::text::untrusted(s, 80);
         if !ok_name(&self.name) {
             return Err(format!(
                 "key `name`: `{}` must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter",
-                self.name
+                show(&self.name)
             ));
         }
         if let Some(ns) = &self.namespace
             && !ok_name(ns)
         {
             return Err(format!(
-                "key `namespace`: `{ns}` must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter"
+                "key `namespace`: `{}` must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter",
+                show(ns)
             ));
         }
         for d in &self.capabilities.read_dirs {
             if !ok_name(d) {
                 return Err(format!(
-                    "key `capabilities.read-dirs`: `{d}` must be a plain name (a-z, 0-9, '-', '_'), not a path"
+                    "key `capabilities.read-dirs`: `{}` must be a plain name (a-z, 0-9, '-', '_'), not a path",
+                    show(d)
+                ));
+            }
+        }
+        let texts = [
+            ("description", Some(&self.description)),
+            ("license", self.license.as_ref()),
+        ];
+        let authors = self.authors.iter().map(|a| ("authors", Some(a)));
+        for (key, text) in texts.into_iter().chain(authors) {
+            let Some(text) = text else { continue };
+            if text.len() > 1024 || galley_core::text::has_control(text) {
+                return Err(format!(
+                    "key `{key}`: `{}` must be one line of at most 1024 bytes, without control characters",
+                    show(text)
                 ));
             }
         }

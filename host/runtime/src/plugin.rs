@@ -325,7 +325,8 @@ impl Slot {
                 let chars: Vec<char> = output.chars().collect();
                 chars[chars.len().saturating_sub(600)..].iter().collect()
             };
-            msg.push_str(&format!("; plugin output: {}", tail.replace('\n', " | ")));
+            let tail = galley_core::text::untrusted(&tail.replace('\n', " | "), 2400);
+            msg.push_str(&format!("; plugin output: {tail}"));
         }
         tracing::warn!(plugin = %self.plugin.id(), call, "{msg}");
         self.err(call, kind, msg)
@@ -518,7 +519,10 @@ impl Recipe for WasmRecipe {
             _ => unreachable!("kind checked at construction"),
         })?;
         let mut out: Vec<Stage> = Vec::with_capacity(stages.len());
-        for s in stages {
+        for mut s in stages {
+            // Names are identifiers (printed, used as keys): escaped and capped, never raw.
+            s.name = galley_core::text::untrusted(&s.name, v0_1::MAX_NAME);
+            s.kind = galley_core::text::untrusted(&s.kind, v0_1::MAX_NAME);
             let config: serde_json::Value = serde_json::from_str(&s.config).map_err(|e| {
                 bad_output(
                     &self.slot,
@@ -573,7 +577,9 @@ impl Recipe for WasmRecipe {
         Ok(match d {
             r::Decision::Proceed => Decision::Proceed,
             r::Decision::NextStage => Decision::NextStage,
-            r::Decision::Stop(why) => Decision::Stop(why),
+            r::Decision::Stop(why) => {
+                Decision::Stop(galley_core::text::untrusted(&why, v0_1::MAX_MESSAGE))
+            }
         })
     }
 }

@@ -1,9 +1,9 @@
 //! The sandbox around one plugin instance: the deny-by-default WASI context, the per-call
 //! limits, the memory limiter, and the captured stdout/stderr. Defaults are spelled out here,
 //! not implied: no preopened directories, no environment, no arguments, no network (every
-//! address denied, TCP/UDP/name lookup off), a wall clock frozen at the Unix epoch, a monotonic
-//! clock that only moves when the plugin reads it, and randomness from a generator seeded by
-//! the host so that runs reproduce.
+//! address denied, TCP/UDP/name lookup off), a wall clock frozen at the Unix epoch, a virtual
+//! monotonic clock that moves only when the plugin reads it or sleeps (sleeps return at once:
+//! see `blocking`), and randomness from a generator seeded by the host so that runs reproduce.
 
 use bytes::Bytes;
 use rand::SeedableRng;
@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,7 +30,7 @@ pub struct Limits {
     /// The most linear memory (all memories together) the instance may grow to.
     pub memory_bytes: u64,
     /// Log lines a plugin may emit per call before the rest are dropped (with one warning).
-    pub log_lines_per_call: u32,
+    pub log_lines_per_call: u64,
     /// Bytes of a log line kept; the rest is cut.
     pub log_line_bytes: usize,
     /// Bytes of stdout+stderr kept (the most recent), shown when the plugin fails.
@@ -173,25 +174,30 @@ impl HostWallClock for FrozenWallClock {
 }
 
 /// A monotonic clock that advances one microsecond per reading: enough for language runtimes
-/// that insist time moves forward, deterministic, and useless as a timing side channel.
-struct CountingClock(Mutex<u64>);
+/// that insist time moves forward, deterministic, and useless as a timing side channel. A
+/// sleep moves it to the wake-up time (`blocking`), which shares the counter.
+struct CountingClock(Arc<AtomicU64>);
 
 impl HostMonotonicClock for CountingClock {
     fn resolution(&self) -> u64 {
         1_000
     }
     fn now(&self) -> u64 {
-        let mut t = self.0.lock().unwrap();
-        *t += 1_000;
-        *t
+        self.0
+            .fetch_add(1_000, Ordering::Relaxed)
+            .saturating_add(1_000)
     }
 }
 
-/// Records the first refused memory growth, so the trap that follows can be reported as what
-/// it is: an over-allocation, with the sizes.
+/// Caps the instance's linear memories *together* (a component may define several; a cap per
+/// memory would give one with 16 memories 16 times the budget), and records the first refused
+/// growth so the trap that follows can be reported as what it is: an over-allocation, with the
+/// sizes.
 #[derive(Debug, Default)]
 pub(crate) struct MemoryLimiter {
     pub(crate) cap: u64,
+    /// Bytes of every linear memory of the instance, together.
+    pub(crate) total: u64,
     pub(crate) refused: Option<(u64, u64)>,
 }
 
@@ -202,16 +208,20 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 > self.cap {
-            self.refused.get_or_insert((current as u64, desired as u64));
+        // Called for a memory's initial size too (current 0), so `total` sees every memory.
+        let grow = (desired as u64).saturating_sub(current as u64);
+        let after = self.total.saturating_add(grow);
+        if after > self.cap {
+            self.refused.get_or_insert((self.total, after));
             // Trap instead of returning -1 from memory.grow: a guest allocator would usually
             // abort anyway, and a trap here carries the sizes into the error.
             return Err(wasmtime::format_err!(
-                "memory cap of {} exceeded: the plugin asked to grow its memory to {}",
+                "memory cap of {} exceeded: the plugin asked to grow its memory to {} (all its memories together)",
                 human_bytes(self.cap),
-                human_bytes(desired as u64)
+                human_bytes(after)
             ));
         }
+        self.total = after;
         Ok(true)
     }
 
@@ -236,7 +246,7 @@ pub(crate) fn human_bytes(n: u64) -> String {
 /// Per-call log budget.
 #[derive(Debug, Default)]
 pub(crate) struct LogBudget {
-    pub(crate) used: u32,
+    pub(crate) used: u64,
     pub(crate) warned: bool,
 }
 
@@ -249,6 +259,8 @@ pub(crate) struct PluginState {
     pub(crate) stdio: TailPipe,
     pub(crate) log: LogBudget,
     pub(crate) limits: Limits,
+    /// The virtual monotonic clock, in nanoseconds (shared with the WASI context's clock).
+    pub(crate) clock: Arc<AtomicU64>,
 }
 
 impl WasiView for PluginState {
@@ -269,11 +281,12 @@ impl PluginState {
         dirs: &[(PathBuf, String)],
     ) -> Result<Self, String> {
         let stdio = TailPipe::new(opts.limits.stdio_tail_bytes);
+        let clock = Arc::new(AtomicU64::new(0));
         let mut b = WasiCtxBuilder::new();
         b.stdout(stdio.clone())
             .stderr(stdio.clone())
             .wall_clock(FrozenWallClock)
-            .monotonic_clock(CountingClock(Mutex::new(0)))
+            .monotonic_clock(CountingClock(clock.clone()))
             .secure_random(StdRng::seed_from_u64(opts.seed))
             .insecure_random(StdRng::seed_from_u64(galley_core::seed::derive_seed(
                 opts.seed,
@@ -294,11 +307,55 @@ impl PluginState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 cap: opts.limits.memory_bytes,
+                total: 0,
                 refused: None,
             },
             stdio,
             log: LogBudget::default(),
             limits: opts.limits.clone(),
+            clock,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn the_memory_cap_counts_every_memory_of_an_instance_together() {
+        // A component may define many memories; each one asking for most of the cap must not
+        // get 16 times the budget.
+        let mut l = MemoryLimiter {
+            cap: 256 << 20,
+            ..Default::default()
+        };
+        assert!(l.memory_growing(0, 100 << 20, None).unwrap());
+        assert!(l.memory_growing(0, 100 << 20, None).unwrap());
+        assert!(l.memory_growing(0, 100 << 20, None).is_err());
+        assert_eq!(l.refused, Some((200 << 20, 300 << 20)));
+        // Growing an existing memory counts only the growth.
+        let mut l = MemoryLimiter {
+            cap: 256 << 20,
+            ..Default::default()
+        };
+        assert!(l.memory_growing(0, 64 << 20, None).unwrap());
+        assert!(l.memory_growing(64 << 20, 256 << 20, None).unwrap());
+        assert!(
+            l.memory_growing(256 << 20, (256 << 20) + 65536, None)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_cap_near_the_top_of_u64_saturates_instead_of_wrapping() {
+        let mut l = MemoryLimiter {
+            cap: u64::MAX,
+            total: u64::MAX - 10,
+            refused: None,
+        };
+        assert!(l.memory_growing(0, usize::MAX, None).unwrap());
+        assert_eq!(l.total, u64::MAX);
     }
 }

@@ -78,15 +78,8 @@ impl log::Host for PluginState {
             }
             return;
         }
-        let mut message = message;
-        if message.len() > self.limits.log_line_bytes {
-            let mut cut = self.limits.log_line_bytes;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str(" [...]");
-        }
+        // Escaped: a newline would forge a log line of the host's, ESC a terminal command.
+        let message = galley_core::text::untrusted(&message, self.limits.log_line_bytes);
         let plugin = &self.plugin;
         match level {
             log::Level::Trace => {
@@ -187,23 +180,29 @@ pub(crate) fn metrics_in(m: &[core::Metric]) -> Vec<wit::Metric> {
 pub(crate) fn metrics_out(m: Vec<wit::Metric>) -> Vec<core::Metric> {
     m.into_iter()
         .map(|m| core::Metric {
-            name: m.name,
+            name: galley_core::text::untrusted(&m.name, MAX_NAME),
             value: m.value,
         })
         .collect()
 }
 
-/// A plugin's own error, in the host's terms.
+/// The longest metric or stage name kept from a plugin, in bytes.
+pub(crate) const MAX_NAME: usize = 128;
+/// The longest message (an error, a stop reason) kept from a plugin, in bytes.
+pub(crate) const MAX_MESSAGE: usize = 2048;
+
+/// A plugin's own error, in the host's terms, its message escaped and capped.
 pub(crate) fn plugin_error(e: wit::PluginError) -> (core::PluginErrorKind, String) {
+    let shown = |m: &str| galley_core::text::untrusted(m, MAX_MESSAGE);
     match e {
         wit::PluginError::InvalidConfig(m) => (
             core::PluginErrorKind::InvalidConfig,
-            format!("invalid settings: {m}"),
+            format!("invalid settings: {}", shown(&m)),
         ),
         wit::PluginError::InvalidInput(m) => (
             core::PluginErrorKind::InvalidInput,
-            format!("invalid input: {m}"),
+            format!("invalid input: {}", shown(&m)),
         ),
-        wit::PluginError::Failed(m) => (core::PluginErrorKind::Failed, m),
+        wit::PluginError::Failed(m) => (core::PluginErrorKind::Failed, shown(&m)),
     }
 }

@@ -338,3 +338,72 @@ fn a_read_only_grant_cannot_be_escaped_or_written() {
     assert_eq!(m["wrote"], Value::Bool(false));
     assert!(!dir.path().join("pwned.txt").exists());
 }
+
+/// Runs `f` on its own thread and fails (instead of hanging the suite) if it has not
+/// returned within a minute: the attacks below hang the host when the defence is missing.
+fn within_a_minute<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what}: the host was still blocked after a minute"))
+}
+
+#[test]
+fn sleeping_in_a_host_call_returns_at_once_on_a_virtual_clock() {
+    // A 10^6 s sleep, a wait on a pollable that never fires, and a retry loop that naps until
+    // an hour has passed: each ends at once, and the plugin sees the time it asked for pass.
+    let slept = within_a_minute("sleep", || score_ok("sleep", opts(2_000, 64)));
+    assert!(slept.unwrap() >= 1e6, "{slept:?}");
+    let forever = within_a_minute("sleep-forever", || {
+        score_ok("sleep-forever", opts(2_000, 64))
+    });
+    assert!(forever.unwrap() > 1e9, "{forever:?}");
+    let naps = within_a_minute("sleep-until", || score_ok("sleep-until", opts(2_000, 64)));
+    assert_eq!(naps, Some(60.0));
+    assert_host_healthy();
+}
+
+#[test]
+fn a_fifo_in_a_granted_folder_is_refused_not_waited_on() {
+    let (dir, o) = granted_tmp();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let page = within_a_minute("fifo", move || {
+        load("hostile-loader")
+            .data_loader(&json!({"mode": "fifo"}), o)
+            .unwrap()
+            .next_page(1)
+            .unwrap()
+    });
+    let m = &page[0].metadata;
+    let Value::Text(t) = &m["fifo"] else {
+        panic!("{m:?}")
+    };
+    assert!(t.starts_with("denied"), "{t}");
+    // The regular file beside it still reads: only the FIFO is refused.
+    assert_eq!(m["plain"], Value::Text("granted content".into()));
+    assert_host_healthy();
+}
+
+#[test]
+fn plugin_text_is_escaped_before_it_can_reach_a_terminal() {
+    let forged = "\\u{1b}[2J";
+    for mode in ["ansi-error", "ansi-panic"] {
+        let err = score_err(mode, opts(2_000, 64));
+        let msg = err.to_string();
+        assert!(!galley_core::text::has_control(&msg), "{mode}: {msg:?}");
+        assert!(msg.contains(forged), "{mode}: {msg}");
+        // The carriage return shows as `\r`; the newline as `\n` (or, in an output tail,
+        // as the ` | ` that joins its lines): either way the forged line stays inside ours.
+        assert!(msg.contains("\\rALL TESTS PASSED"), "{mode}: {msg}");
+        assert!(
+            msg.contains("\\nINFO galley: forged") || msg.contains(" | INFO galley: forged"),
+            "{mode}: {msg}"
+        );
+    }
+    assert_eq!(score_ok("ansi-log", opts(2_000, 64)), Some(1.0));
+}

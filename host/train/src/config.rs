@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 mod align;
-pub use align::{DpoSection, GrpoSection, OnPluginError, Reference, RewardLimits, RewardSpec};
+pub use align::{
+    DpoSection, GrpoSection, MAX_MEMORY_MB, OnPluginError, Reference, RewardLimits, RewardSpec,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -521,34 +523,8 @@ impl TrainConfig {
         if g.num_iterations == 0 {
             return bad("num_iterations", "must be at least 1".into());
         }
-        if g.rewards.is_empty() {
-            return bad(
-                "rewards",
-                "list at least one reward function (`plugin: math-answer` or `builtin: think_format`)".into(),
-            );
-        }
-        for (i, r) in g.rewards.iter().enumerate() {
-            match (&r.plugin, &r.builtin) {
-                (None, None) | (Some(_), Some(_)) => {
-                    return bad(
-                        &format!("rewards[{i}]"),
-                        "give exactly one of `plugin` or `builtin`".into(),
-                    );
-                }
-                (None, Some(b)) if !crate::rewards::BUILTINS.contains(&b.as_str()) => {
-                    return bad(
-                        &format!("rewards[{i}].builtin"),
-                        format!(
-                            "unknown built-in `{b}` (known: {})",
-                            crate::rewards::BUILTINS.join(", ")
-                        ),
-                    );
-                }
-                _ => {}
-            }
-            if !r.weight.is_finite() {
-                return bad(&format!("rewards[{i}].weight"), "must be a number".into());
-            }
+        if let Err((key, msg)) = RewardSpec::check_list(&g.rewards) {
+            return bad(&key, msg);
         }
         Ok(())
     }

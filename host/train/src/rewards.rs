@@ -243,6 +243,48 @@ pub fn score_all(
     Ok(out)
 }
 
+impl Scored {
+    /// Each function's mean over the completions it gave an opinion on, and how many.
+    pub fn means(&self) -> Vec<(f64, usize)> {
+        self.scores
+            .iter()
+            .map(|s| {
+                let vals: Vec<f64> = s.iter().flatten().copied().collect();
+                let n = vals.len();
+                (vals.iter().sum::<f64>() / n.max(1) as f64, n)
+            })
+            .collect()
+    }
+}
+
+/// Scores every completion of `inputs` with every function: consecutive inputs with the same
+/// prompt and metadata are one group, and each call takes whole groups of at most
+/// `batch_size` completions. This is `galley score`; a GRPO step is one such call.
+pub fn score_inputs(
+    fns: &mut [Box<dyn RewardFn>],
+    inputs: &[galley_core::RewardInput],
+    batch_size: usize,
+    policy: OnPluginError,
+) -> Result<Scored, PluginError> {
+    let mut all = Scored {
+        scores: vec![Vec::with_capacity(inputs.len()); fns.len()],
+        failures: vec![0; fns.len()],
+        secs: vec![0.0; fns.len()],
+        failed: Vec::with_capacity(inputs.len()),
+    };
+    let groups = galley_core::RewardInput::groups(inputs);
+    for (b, batch) in batches(groups, batch_size).iter().enumerate() {
+        let s = score_all(fns, batch, policy, b)?;
+        for f in 0..fns.len() {
+            all.scores[f].extend(&s.scores[f]);
+            all.failures[f] += s.failures[f];
+            all.secs[f] += s.secs[f];
+        }
+        all.failed.extend(s.failed);
+    }
+    Ok(all)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,7 +95,56 @@ impl RewardSpec {
         let file = raw.rsplit('/').next().unwrap_or(raw);
         file.strip_suffix(".wasm").unwrap_or(file).to_string()
     }
+
+    /// Checks a list of reward functions (`grpo.rewards`, `galley score`'s `rewards`): at
+    /// least one; each a plugin or a known built-in, not both; a finite weight (a NaN weight
+    /// would turn every total into NaN); a memory cap in MiB that fits the sandbox's byte
+    /// count. The error is the key below the list's parent (`rewards[2].weight`) and what is
+    /// wrong with it.
+    pub fn check_list(specs: &[RewardSpec]) -> Result<(), (String, String)> {
+        if specs.is_empty() {
+            return Err((
+                "rewards".into(),
+                "list at least one reward function (`plugin: math-answer` or `builtin: think_format`)".into(),
+            ));
+        }
+        for (i, r) in specs.iter().enumerate() {
+            let bad = |key: &str, msg: String| Err((format!("rewards[{i}]{key}"), msg));
+            match (&r.plugin, &r.builtin) {
+                (None, None) | (Some(_), Some(_)) => {
+                    return bad("", "give exactly one of `plugin` or `builtin`".into());
+                }
+                (None, Some(b)) if !crate::rewards::BUILTINS.contains(&b.as_str()) => {
+                    let known = crate::rewards::BUILTINS.join(", ");
+                    return bad(
+                        ".builtin",
+                        format!("unknown built-in `{b}` (known: {known})"),
+                    );
+                }
+                _ => {}
+            }
+            if !r.weight.is_finite() {
+                return bad(".weight", "must be a finite number".into());
+            }
+            if let Some(mb) = r.limits.memory_mb
+                && !(1..=MAX_MEMORY_MB).contains(&mb)
+            {
+                return bad(
+                    ".limits.memory_mb",
+                    format!("must be between 1 and {MAX_MEMORY_MB} (MiB)"),
+                );
+            }
+            if r.limits.timeout_ms == Some(0) {
+                return bad(".limits.timeout_ms", "must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
 }
+
+/// The largest memory cap a config may give a plugin: 64 GiB, far above what a 32-bit
+/// wasm instance can use (4 GiB per memory), and small enough that the byte count never wraps.
+pub const MAX_MEMORY_MB: u64 = 64 << 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

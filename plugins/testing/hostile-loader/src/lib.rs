@@ -51,6 +51,18 @@ impl DataLoader for Hostile {
                 ex.metadata.insert("wrote", Value::Bool(wrote));
                 Ok(vec![ex])
             }
+            // Opening a FIFO for reading blocks until a writer comes: the host must refuse it.
+            "fifo" => {
+                let mut ex = one("fifo".into());
+                let v = match std::fs::read_to_string("/data/fifo") {
+                    Ok(s) => Value::Text(s),
+                    Err(e) => Value::Text(format!("denied: {e}")),
+                };
+                ex.metadata.insert("fifo", v);
+                let plain = std::fs::read_to_string("/data/secret.txt").unwrap_or_default();
+                ex.metadata.insert("plain", Value::Text(plain));
+                Ok(vec![ex])
+            }
             other => Err(Error::config(format!("unknown mode `{other}`"))),
         }
     }

@@ -159,6 +159,40 @@ impl Reward for Hostile {
                 }
             }
             "nan" => f64::NAN,
+            // Blocks in a host call, not in wasm: epoch interruption alone cannot stop these.
+            // The score is the monotonic time the plugin saw pass, in seconds.
+            "sleep" => {
+                let t = std::time::Instant::now();
+                std::thread::sleep(std::time::Duration::from_secs(1_000_000));
+                t.elapsed().as_secs_f64()
+            }
+            "sleep-forever" => {
+                let t = wasi::clocks::monotonic_clock::now();
+                wasi::clocks::monotonic_clock::subscribe_duration(u64::MAX).block();
+                let later = wasi::clocks::monotonic_clock::now();
+                later.saturating_sub(t) as f64 / 1e9
+            }
+            // Waits for a deadline by polling the clock in short sleeps, as a retry loop does.
+            "sleep-until" => {
+                let t = std::time::Instant::now();
+                let mut naps = 0u32;
+                while t.elapsed() < std::time::Duration::from_secs(3600) {
+                    std::thread::sleep(std::time::Duration::from_secs(60));
+                    naps += 1;
+                }
+                f64::from(naps)
+            }
+            // Terminal escapes, a carriage return over the line and a forged log line.
+            "ansi-error" => {
+                return Err(Error::failed(
+                    "\x1b[2J\x1b]0;owned\x07\rALL TESTS PASSED\nINFO galley: forged line",
+                ));
+            }
+            "ansi-log" => {
+                galley_sdk::log::warn("\x1b[2J\rALL TESTS PASSED\nINFO galley: forged line");
+                1.0
+            }
+            "ansi-panic" => panic!("\x1b[2J\rALL TESTS PASSED\nINFO galley: forged line"),
             "log-flood" => {
                 for i in 0..20_000 {
                     galley_sdk::log::info(&format!("line {i} {}", "x".repeat(10_000)));
