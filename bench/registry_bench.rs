@@ -50,6 +50,7 @@ fn main() {
             dependencies: deps,
             read_dirs: vec![],
             yanked: false,
+            yank: None,
             key: None,
             signature: None,
         };

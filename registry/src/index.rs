@@ -86,8 +86,14 @@ pub struct Release {
     /// Read-only directories the plugin asks for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub read_dirs: Vec<String>,
+    /// The registry's yank flag. For a signed release it counts only when `yank` carries it,
+    /// signed by the release's own key (see `TrustStore::yanked`): a flag anyone holding the
+    /// index can flip must not hide a version or bring one back.
     #[serde(default)]
     pub yanked: bool,
+    /// The publisher's signed statement of the yank state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yank: Option<YankRecord>,
     /// Key id of the publisher's signing key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
@@ -96,7 +102,36 @@ pub struct Release {
     pub signature: Option<String>,
 }
 
+/// A signed yank (or unyank) of one release, made by its publisher after the release.
+/// `seq` grows with each record for the release, so a record is tied to its place in the
+/// release's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct YankRecord {
+    pub yanked: bool,
+    pub seq: u64,
+    /// Key id of the signer (the release's own key).
+    pub key: String,
+    /// Hex ed25519 signature of `Release::yank_message`.
+    pub signature: String,
+}
+
 impl Release {
+    /// The bytes a yank record signs: the release it is about (name, version, digest), the
+    /// state and its sequence number.
+    pub fn yank_message(&self, yanked: bool, seq: u64) -> Vec<u8> {
+        format!(
+            "galley-yank-v1\nname {}\nversion {}\ndigest {}\nyanked {yanked}\nseq {seq}\n",
+            self.name, self.version, self.digest
+        )
+        .into_bytes()
+    }
+
+    /// The sequence number the next yank record of this release takes.
+    pub fn next_yank_seq(&self) -> u64 {
+        self.yank.as_ref().map_or(1, |y| y.seq + 1)
+    }
+
     /// The bytes a publisher signs: every field an installer trusts, in a fixed order, and not
     /// `yanked` (which the registry may flip) nor the signature itself. Changing the version,
     /// digest, size, kind, WIT, dependencies or capabilities breaks the signature.

@@ -89,7 +89,8 @@ impl Installer<'_> {
                     .collect()
             })
             .unwrap_or_default();
-        let releases = resolve(registry, reqs, self.wit_supported, &locked)?;
+        let yanked = |r: &Release| self.trust.yanked(r);
+        let releases = resolve(registry, reqs, self.wit_supported, &yanked, &locked)?;
         let mut verified = Vec::new();
         for r in &releases {
             // A locked version must still be the locked bytes.

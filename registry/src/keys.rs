@@ -5,7 +5,7 @@
 //! by a trusted key outside its namespaces is refused like one by an unknown key.
 
 use crate::error::{RegistryError, io};
-use crate::index::Release;
+use crate::index::{Release, YankRecord};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -73,6 +73,18 @@ impl KeyPair {
         Ok(Self {
             signing: SigningKey::from_bytes(&bytes),
         })
+    }
+
+    /// A signed record yanking (or unyanking) `release`, numbered after its last record.
+    pub fn sign_yank(&self, release: &Release, yanked: bool) -> YankRecord {
+        let seq = release.next_yank_seq();
+        let sig = self.signing.sign(&release.yank_message(yanked, seq));
+        YankRecord {
+            yanked,
+            seq,
+            key: self.id(),
+            signature: hex::encode(sig.to_bytes()),
+        }
     }
 
     /// Signs a release in place.
@@ -215,6 +227,45 @@ impl TrustStore {
 
     pub fn contains(&self, id: &str) -> bool {
         self.keys.contains_key(id)
+    }
+
+    /// Whether `r` is yanked, as far as an installer may believe. An unsigned release has only
+    /// the registry's flag. A signed one is yanked exactly when it carries a yank record
+    /// signed by its own (trusted) key that says so; a bare flag, or a record by anyone else,
+    /// is ignored: otherwise whoever serves the index could hide good versions to force an
+    /// old one, or revive a version its publisher withdrew.
+    pub fn yanked(&self, r: &Release) -> bool {
+        let Some(signer) = &r.key else {
+            return r.yanked;
+        };
+        let Some(y) = &r.yank else {
+            if r.yanked {
+                tracing::warn!(
+                    "{}@{}: the registry marks it yanked without a yank record signed by {signer}; ignoring the flag",
+                    r.name,
+                    r.version
+                );
+            }
+            return false;
+        };
+        let valid = &y.key == signer
+            && self.keys.get(signer).is_some_and(|(key, _)| {
+                hex::decode(&y.signature)
+                    .ok()
+                    .and_then(|b| <[u8; 64]>::try_from(b).ok())
+                    .is_some_and(|b| {
+                        key.verify(&r.yank_message(y.yanked, y.seq), &Signature::from_bytes(&b))
+                            .is_ok()
+                    })
+            });
+        if !valid {
+            tracing::warn!(
+                "{}@{}: its yank record is not signed by the release's key {signer}; ignoring it",
+                r.name,
+                r.version
+            );
+        }
+        valid && y.yanked
     }
 
     /// Checks a release's signature: present, by a trusted key, and valid.

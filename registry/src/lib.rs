@@ -23,7 +23,7 @@ mod source;
 mod store;
 
 pub use error::RegistryError;
-pub use index::{PackageName, Release};
+pub use index::{PackageName, Release, YankRecord};
 pub use install::{Installed, Installer, TrustPolicy};
 pub use keys::{FIRST_PARTY_NAMESPACE, KeyPair, Scope, TrustStore, key_id};
 pub use locate::{

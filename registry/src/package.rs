@@ -82,6 +82,7 @@ impl Release {
             dependencies,
             read_dirs: c.read_dirs.clone(),
             yanked: false,
+            yank: None,
             key: None,
             signature: None,
         })

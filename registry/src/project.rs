@@ -116,16 +116,44 @@ impl Registry {
         }
     }
 
+    /// Refuses writes to the built-in registry.
+    pub fn check_writable(&self) -> Result<(), RegistryError> {
+        match self {
+            Registry::BuiltIn(_) => Err(Self::read_only()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The release `name@version` as this registry lists it.
+    pub fn release(
+        &self,
+        name: &PackageName,
+        version: &semver::Version,
+    ) -> Result<Release, RegistryError> {
+        self.source()
+            .releases(name)?
+            .into_iter()
+            .find(|r| &r.version == version)
+            .ok_or_else(|| RegistryError::Unsatisfiable(format!("{name} has no version {version}")))
+    }
+
+    /// Yanks (or unyanks) a version. A signed release needs `key`, its own signing key:
+    /// installers believe only a yank record signed by the release's key.
     pub fn set_yanked(
         &self,
         name: &PackageName,
         version: &semver::Version,
         yanked: bool,
+        key: Option<&crate::keys::KeyPair>,
         token: impl FnOnce() -> Result<String, RegistryError>,
     ) -> Result<(), RegistryError> {
+        let record = match key {
+            Some(k) => Some(k.sign_yank(&self.release(name, version)?, yanked)),
+            None => None,
+        };
         match self {
-            Registry::File(f) => f.set_yanked(name, version, yanked),
-            Registry::Http(h) => h.set_yanked(name, version, yanked, &token()?),
+            Registry::File(f) => f.set_yanked(name, version, yanked, record),
+            Registry::Http(h) => h.set_yanked(name, version, yanked, record.as_ref(), &token()?),
             Registry::BuiltIn(_) => Err(Self::read_only()),
         }
     }

@@ -33,10 +33,13 @@ impl Requirement {
     }
 }
 
+/// `yanked` says whether a release counts as yanked (`TrustStore::yanked`: only signed
+/// records count for signed releases).
 pub fn resolve(
     registry: &dyn Source,
     roots: &[Requirement],
     wit_supported: &dyn Fn(&semver::Version) -> bool,
+    yanked: &dyn Fn(&Release) -> bool,
     locked: &BTreeMap<PackageName, semver::Version>,
 ) -> Result<Vec<Release>, RegistryError> {
     let mut chosen: BTreeMap<PackageName, Release> = BTreeMap::new();
@@ -66,7 +69,7 @@ pub fn resolve(
             let fits = |r: &Release| {
                 wants.iter().all(|(req, _)| req.matches(&r.version))
                     && wit_supported(&r.wit)
-                    && (!r.yanked || locked.get(name) == Some(&r.version))
+                    && (!yanked(r) || locked.get(name) == Some(&r.version))
             };
             let pick = match locked
                 .get(name)
@@ -84,6 +87,7 @@ pub fn resolve(
                     wants,
                     all,
                     wit_supported,
+                    yanked,
                 )));
             };
             if chosen.get(name).map(|c| &c.version) != Some(&pick.version) {
@@ -105,6 +109,7 @@ fn explain(
     wants: &[(semver::VersionReq, String)],
     all: &[Release],
     wit_supported: &dyn Fn(&semver::Version) -> bool,
+    yanked: &dyn Fn(&Release) -> bool,
 ) -> String {
     let asked: Vec<String> = wants
         .iter()
@@ -113,7 +118,7 @@ fn explain(
     let mut seen: Vec<String> = all
         .iter()
         .map(|r| {
-            let why = if r.yanked {
+            let why = if yanked(r) {
                 "yanked".to_string()
             } else if !wit_supported(&r.wit) {
                 format!(

@@ -279,6 +279,9 @@ struct YankRequest {
     name: String,
     version: semver::Version,
     yanked: bool,
+    /// The publisher's signed record (installers ignore an unsigned yank of a signed release).
+    #[serde(default)]
+    record: Option<crate::index::YankRecord>,
 }
 
 async fn yank(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -295,7 +298,9 @@ async fn yank(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
     }
     let state = s.clone();
     let result = tokio::task::spawn_blocking(move || {
-        state.registry.set_yanked(&name, &req.version, req.yanked)
+        state
+            .registry
+            .set_yanked(&name, &req.version, req.yanked, req.record)
     })
     .await;
     match result {

@@ -3,7 +3,7 @@
 //! byte is checked against signed values downstream.
 
 use crate::error::{RegistryError, io};
-use crate::index::{PackageName, Release, parse_index};
+use crate::index::{PackageName, Release, YankRecord, parse_index};
 use crate::store::FileRegistry;
 use std::io::Read;
 use std::time::Duration;
@@ -206,9 +206,10 @@ impl HttpRegistry {
         name: &PackageName,
         version: &semver::Version,
         yanked: bool,
+        record: Option<&YankRecord>,
         token: &str,
     ) -> Result<(), RegistryError> {
-        let body = serde_json::json!({"name": name.to_string(), "version": version.to_string(), "yanked": yanked}).to_string();
+        let body = serde_json::json!({"name": name.to_string(), "version": version.to_string(), "yanked": yanked, "record": record}).to_string();
         self.post(
             "api/v1/yank",
             token,

@@ -6,7 +6,7 @@
 //! publishes leave nothing behind.
 
 use crate::error::{RegistryError, io};
-use crate::index::{PackageName, Release, parse_index};
+use crate::index::{PackageName, Release, YankRecord, parse_index};
 use std::path::{Path, PathBuf};
 
 pub struct FileRegistry {
@@ -99,12 +99,20 @@ impl FileRegistry {
     }
 
     /// Marks a version yanked (or not): new resolutions skip it, locked installs still work.
+    /// `record` is the publisher's signed statement of it, which installers require for a
+    /// signed release (the flag alone is for unsigned ones).
     pub fn set_yanked(
         &self,
         name: &PackageName,
         version: &semver::Version,
         yanked: bool,
+        record: Option<YankRecord>,
     ) -> Result<(), RegistryError> {
+        if record.as_ref().is_some_and(|y| y.yanked != yanked) {
+            return Err(RegistryError::Unsatisfiable(format!(
+                "{name}@{version}: the yank record says the opposite of the request"
+            )));
+        }
         self.edit_index(name, |releases| {
             let r = releases
                 .iter_mut()
@@ -112,7 +120,18 @@ impl FileRegistry {
                 .ok_or_else(|| {
                     RegistryError::Unsatisfiable(format!("{name} has no version {version}"))
                 })?;
+            if let Some(y) = &record
+                && y.seq < r.next_yank_seq()
+            {
+                return Err(RegistryError::Unsatisfiable(format!(
+                    "{name}@{version}: yank record {} is older than the one the index holds",
+                    y.seq
+                )));
+            }
             r.yanked = yanked;
+            if record.is_some() {
+                r.yank = record;
+            }
             Ok(())
         })
     }

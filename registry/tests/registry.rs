@@ -144,14 +144,9 @@ fn publish_search_install_lock_offline_yank_update() {
     assert_eq!(again.len(), 2);
     assert!(again.iter().all(|i| i.path.exists()));
 
-    // Yank penalty 0.1.0: a fresh resolution cannot pick it; the lockfile still installs it.
-    w.reg
-        .set_yanked(
-            &PackageName::parse("acme/penalty").unwrap(),
-            &semver::Version::new(0, 1, 0),
-            true,
-        )
-        .unwrap();
+    // Yank penalty 0.1.0 (signed by its publisher): a fresh resolution cannot pick it; the
+    // lockfile still installs it.
+    yank(&w, "acme/penalty", "0.1.0", Some(&w.key), true);
     let err = w.install(&["acme/scorer"]).unwrap_err().to_string();
     assert!(
         err.contains("acme/penalty")
@@ -460,4 +455,65 @@ fn concurrent_publishes_never_corrupt_the_index() {
     assert_eq!(releases.len(), 8);
     let (installed, _) = w.install(&["acme/penalty"]).unwrap();
     assert_eq!(installed[0].version, semver::Version::new(0, 7, 0));
+}
+
+/// Sets the yank state of `name@version` in `w`'s registry, with a record signed by `key`.
+fn yank(w: &World, name: &str, version: &str, key: Option<&KeyPair>, yanked: bool) {
+    let name = PackageName::parse(name).unwrap();
+    let version = semver::Version::parse(version).unwrap();
+    let r = w
+        .reg
+        .releases(&name)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.version == version)
+        .unwrap();
+    let record = key.map(|k| k.sign_yank(&r, yanked));
+    w.reg.set_yanked(&name, &version, yanked, record).unwrap();
+}
+
+#[test]
+fn only_the_publisher_can_yank_a_signed_release() {
+    let mut w = world();
+    publish(
+        &w.reg,
+        &w.key,
+        &component("math-answer", "scorer", "1.0.0"),
+        &[],
+    );
+    publish(
+        &w.reg,
+        &w.key,
+        &component("math-answer", "scorer", "1.1.0"),
+        &[],
+    );
+    let newest = |w: &World| {
+        w.install(&["acme/scorer"]).unwrap().0[0]
+            .version
+            .to_string()
+    };
+
+    // Whoever holds the index flips the flag to force the older version: ignored.
+    yank(&w, "acme/scorer", "1.1.0", None, true);
+    assert_eq!(newest(&w), "1.1.0");
+    // A record signed by another key (trusted, even) does not count either.
+    let other = KeyPair::generate().unwrap();
+    w.trust.add(&other.id(), &other.public_hex()).unwrap();
+    yank(&w, "acme/scorer", "1.1.0", Some(&other), true);
+    assert_eq!(newest(&w), "1.1.0");
+    // The publisher's own record does.
+    let key = &w.key;
+    yank(&w, "acme/scorer", "1.1.0", Some(key), true);
+    assert_eq!(newest(&w), "1.0.0");
+    // An older record replayed over a newer one is refused by the registry.
+    let name = PackageName::parse("acme/scorer").unwrap();
+    let v = semver::Version::new(1, 1, 0);
+    let r = w.reg.releases(&name).unwrap().pop().unwrap();
+    let mut stale = key.sign_yank(&r, false);
+    stale.seq = 1;
+    let e = w.reg.set_yanked(&name, &v, false, Some(stale)).unwrap_err();
+    assert!(e.to_string().contains("older"), "{e}");
+    // The publisher's unyank brings it back.
+    yank(&w, "acme/scorer", "1.1.0", Some(key), false);
+    assert_eq!(newest(&w), "1.1.0");
 }

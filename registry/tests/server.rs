@@ -122,13 +122,17 @@ fn publish_search_install_yank_over_http() {
     assert!(installed[0].path.exists());
 
     // Yank 0.7.0 over the API: the next fresh resolution is refused with the reason.
-    http.set_yanked(
-        &PackageName::parse("acme/penalty").unwrap(),
-        &semver::Version::new(0, 7, 0),
-        true,
-        "acme-token",
-    )
-    .unwrap();
+    let name = PackageName::parse("acme/penalty").unwrap();
+    let v7 = semver::Version::new(0, 7, 0);
+    let r7 = http
+        .releases(&name)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.version == v7)
+        .unwrap();
+    let record = key.sign_yank(&r7, true);
+    http.set_yanked(&name, &v7, true, Some(&record), "acme-token")
+        .unwrap();
     let e = installer(&http, &trust, tmp.path().join("cache2"))
         .install(&reqs, &tmp.path().join("p2"), None)
         .unwrap_err()

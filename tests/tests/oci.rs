@@ -31,6 +31,7 @@ fn release(ns: &str, bytes: &[u8]) -> Release {
         dependencies: BTreeMap::new(),
         read_dirs: vec![],
         yanked: false,
+        yank: None,
         key: None,
         signature: None,
     }

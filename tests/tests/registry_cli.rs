@@ -532,3 +532,67 @@ fn oci_publish_install_and_locked_reinstall() {
         "{lock}"
     );
 }
+
+/// A loopback "OCI registry" that answers 401 to everything and reports whether each request
+/// carried an Authorization header.
+fn credential_trap() -> (String, std::sync::mpsc::Receiver<bool>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&req).to_lowercase();
+            let _ = tx.send(text.contains("\nauthorization:"));
+            let _ = s.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (host, rx)
+}
+
+/// A lockfile (from a pull request, say) names an OCI host: the user's registry credentials
+/// must not go there unless the user named that host for them.
+#[test]
+fn oci_credentials_go_only_to_hosts_named_for_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (host, seen) = credential_trap();
+    let install = |hosts: Option<&str>| {
+        let mut c = Command::new(galley_bin());
+        c.current_dir(d)
+            .args(["plugin", "install", &format!("oci://{host}/team/x:1.0.0")])
+            .env("GALLEY_CONFIG_DIR", d.join("config"))
+            .env("GALLEY_CACHE_DIR", d.join("cache"))
+            .env("GALLEY_OCI_TOKEN", "s3cret-token");
+        match hosts {
+            Some(h) => c.env("GALLEY_OCI_HOSTS", h),
+            None => c.env_remove("GALLEY_OCI_HOSTS"),
+        };
+        c.output().unwrap()
+    };
+    let line = one_line_error(&install(None));
+    assert!(
+        line.contains("401") && line.contains("GALLEY_OCI_HOSTS"),
+        "{line}"
+    );
+    assert!(
+        !seen.try_iter().any(|auth| auth),
+        "the token went to an unnamed host"
+    );
+    one_line_error(&install(Some(&format!("registry.example,{host}"))));
+    assert!(
+        seen.try_iter().any(|auth| auth),
+        "the named host got no token"
+    );
+}

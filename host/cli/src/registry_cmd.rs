@@ -87,6 +87,10 @@ pub struct YankArgs {
     registry: Option<String>,
     #[arg(long)]
     undo: bool,
+    /// The release's signing key (a key id or a key file); default: the key that signed it,
+    /// if it is among yours. Installers ignore a yank its signer did not sign.
+    #[arg(long)]
+    key: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -136,18 +140,21 @@ pub fn trust(a: TrustArgs) -> Result<()> {
     Ok(())
 }
 
+/// A signing key given as a key id from `galley plugin keygen` or as a key file.
+fn load_key(k: &str) -> Result<KeyPair> {
+    let path = if Path::new(k).exists() {
+        PathBuf::from(k)
+    } else {
+        key_path(k)
+    };
+    KeyPair::load(&path).with_context(|| format!("signing key `{k}`"))
+}
+
 /// The package of a built component, signed with `key` (a key id or a key file) if given.
 fn package(file: &Path, namespace: Option<&str>, key: Option<&str>) -> Result<Package> {
     let mut p = Package::from_file(file, namespace, &describe)?;
     match key {
-        Some(k) => {
-            let path = if Path::new(k).exists() {
-                PathBuf::from(k)
-            } else {
-                key_path(k)
-            };
-            p.sign(&KeyPair::load(&path).with_context(|| format!("signing key `{k}`"))?);
-        }
+        Some(k) => p.sign(&load_key(k)?),
         None => eprintln!(
             "warning: {}@{} is unsigned (pass --key ID to sign); installers refuse it by default",
             p.release.name, p.release.version
@@ -242,13 +249,23 @@ pub fn search(a: SearchArgs) -> Result<()> {
 pub fn yank(a: YankArgs) -> Result<()> {
     let (spec, undo) = (&a.spec, a.undo);
     let reg = crate::open_registry(&a.registry)?;
+    reg.check_writable()?;
     let (name, version) = spec
         .split_once('@')
         .with_context(|| format!("`{spec}`: expected NAMESPACE/NAME@VERSION"))?;
     let name = PackageName::parse(name)?;
     let version =
         semver::Version::parse(version).with_context(|| format!("`{spec}`: bad version"))?;
-    reg.set_yanked(&name, &version, !undo, token)?;
+    let signer = reg.release(&name, &version)?.key;
+    let key = match (a.key.as_deref(), &signer) {
+        (Some(k), _) => Some(load_key(k)?),
+        (None, Some(id)) if key_path(id).exists() => Some(load_key(id)?),
+        (None, Some(id)) => bail!(
+            "{name}@{version} is signed by key {id}, which is not among yours; installers ignore a yank that key did not sign: pass --key with its key file"
+        ),
+        (None, None) => None,
+    };
+    reg.set_yanked(&name, &version, !undo, key.as_ref(), token)?;
     println!(
         "{} {name}@{version}",
         if undo { "unyanked" } else { "yanked" }

@@ -470,3 +470,32 @@ pub fn componentize(core: &[u8]) -> Result<Vec<u8>> {
         )?
         .encode()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_plugin_builds_in_a_target_dir_of_its_own() {
+        if galley_core::dirs::shared_wasm_target_dir().is_some() {
+            return; // the user opted into one shared dir: nothing to compare
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            tmp.path().join("team-a/reward"),
+            tmp.path().join("team-b/reward"),
+        );
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let (ta, tb) = (default_target_dir(&a), default_target_dir(&b));
+        // Same plugin name, different folders: different target dirs, named after the plugin.
+        assert_ne!(ta, tb);
+        assert!(
+            ta.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("reward-")
+        );
+        assert_eq!(ta, default_target_dir(&a), "stable across builds");
+    }
+}

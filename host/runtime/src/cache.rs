@@ -5,15 +5,19 @@
 //!
 //! Trust: an entry is native code that wasmtime maps and runs without re-validation, so
 //! nothing read from the folder is believed until checked.
-//! - Every entry carries a keyed BLAKE3 tag over the engine key, the component's digest and the
-//!   compiled bytes, made with a 32-byte secret only this user can read (`cache.key` in
-//!   galley's *config* folder, not in the cache: a restored CI cache or a shared volume brings
-//!   entries, never the key). An entry whose tag fails (tampered, copied over another
-//!   plugin's entry, made on another machine) is deleted and recompiled, with one warning.
-//! - The tag is checked over bytes read into memory, and those same bytes are deserialized:
-//!   nothing is re-read between check and use.
+//! - Every entry (`HEX-ENGINE.cwasm`) has a tag file beside it (`HEX-ENGINE.tag`): a keyed
+//!   BLAKE3 MAC over the engine key, the component's digest and the compiled bytes, plus a
+//!   seal binding that tag to the file's inode and change time (so an unchanged entry is not
+//!   hashed again on every load: see `seal`), both made with a 32-byte secret only this user
+//!   can read (`cache.key` in galley's *config* folder, not in
+//!   the cache: a restored CI cache or a shared volume brings entries, never the key). An
+//!   entry whose tag fails (tampered, copied over another plugin's entry, made on another
+//!   machine or by an older galley) is deleted and recompiled, with one warning.
 //! - The folder is made 0700; a folder (or key) that another user owns or that others can
 //!   write is refused, and galley compiles in memory instead, with one warning saying why.
+//!   That is what makes checking the file and then letting wasmtime map it sound: between
+//!   the two, only a process running as this user could swap it, and such a process can
+//!   change galley's memory anyway.
 //! - Entries and the key are opened without following symlinks and without blocking (a FIFO
 //!   planted under an entry's name is refused, not waited on), and must be regular files
 //!   owned by this user. New entries are written to a fresh file (`O_EXCL`, 0600) and
@@ -33,8 +37,10 @@ use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// First bytes of an entry; the number is the entry format's version.
-const MAGIC: &[u8; 8] = b"GLYCWSM1";
+/// First bytes of a tag file; the number is the format's version.
+const MAGIC: &[u8; 8] = b"GLYCTAG2";
+/// A tag file: MAGIC, the content tag, then the seal (see `ComponentCache::seal`).
+const TAG_FILE_LEN: usize = 8 + 2 * TAG_LEN;
 const TAG_LEN: usize = 32;
 /// The largest entry read back (a compiled Python component is ~35 MB).
 const MAX_ENTRY: u64 = 1 << 30;
@@ -117,8 +123,8 @@ fn open_nofollow(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// Reads a regular file of this user's, at most `max` bytes; `Ok(None)` when there is none.
-fn read_private(path: &Path, max: u64, secret: bool) -> Result<Option<Vec<u8>>, String> {
+/// Opens a regular file of this user's of at most `max` bytes; `Ok(None)` when there is none.
+fn open_private(path: &Path, max: u64, secret: bool) -> Result<Option<(File, Metadata)>, String> {
     let file = match open_nofollow(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -141,6 +147,14 @@ fn read_private(path: &Path, max: u64, secret: bool) -> Result<Option<Vec<u8>>, 
             meta.len()
         ));
     }
+    Ok(Some((file, meta)))
+}
+
+/// Reads a regular file of this user's, at most `max` bytes; `Ok(None)` when there is none.
+fn read_private(path: &Path, max: u64, secret: bool) -> Result<Option<Vec<u8>>, String> {
+    let Some((file, meta)) = open_private(path, max, secret)? else {
+        return Ok(None);
+    };
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(max)
         .read_to_end(&mut bytes)
@@ -250,36 +264,85 @@ impl ComponentCache {
         self.dir.join(format!("{hex}-{}.cwasm", self.engine_key))
     }
 
-    fn tag(&self, digest: &str, artifact: &[u8]) -> blake3::Hash {
+    fn hasher(&self, digest: &str) -> blake3::Hasher {
         let mut h = blake3::Hasher::new_keyed(&self.key);
         h.update(CONTEXT);
         h.update(self.engine_key.as_bytes());
         h.update(b"\0");
         h.update(digest.as_bytes());
         h.update(b"\0");
-        h.update(artifact);
+        h
+    }
+
+    /// The seal of an entry: its content tag bound to the file's identity as the kernel
+    /// reports it (device, inode, size, change time to the nanosecond). Any write to the file,
+    /// or a new file put in its place, changes the change time or the inode, and only this
+    /// user's secret makes a seal; so a matching seal proves the file is the one whose bytes
+    /// were hashed, and the load can skip hashing them again (as git trusts its index's stat
+    /// data). A restored or copied cache has new inodes: its entries are hashed in full once.
+    fn seal(&self, digest: &str, content: &[u8; TAG_LEN], meta: &Metadata) -> blake3::Hash {
+        let mut h = self.hasher(digest);
+        h.update(b"seal\0");
+        h.update(content);
+        for v in [
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.ctime() as u64,
+            meta.ctime_nsec() as u64,
+        ] {
+            h.update(&v.to_le_bytes());
+        }
         h.finalize()
     }
 
-    /// The entry's compiled bytes if it is there and authentic (`Ok(None)`: no entry).
-    fn read_entry(&self, path: &Path, digest: &str) -> Result<Option<Vec<u8>>, String> {
-        let Some(mut bytes) = read_private(path, MAX_ENTRY, false)? else {
-            return Ok(None);
+    /// Writes the tag file of the entry at `path`: its content tag and its current seal.
+    fn write_tag(&self, path: &Path, digest: &str, content: &[u8; TAG_LEN]) -> std::io::Result<()> {
+        let meta = open_nofollow(path)?.metadata()?;
+        let seal = self.seal(digest, content, &meta);
+        write_new(
+            &path.with_extension("tag"),
+            &[MAGIC, content, seal.as_bytes()],
+        )
+    }
+
+    /// Whether the entry at `path` is there (`Ok(false)`: no entry) and authentic: its seal
+    /// matches the file as it is now, or else its bytes, streamed through the hash, match its
+    /// content tag (and the seal is renewed).
+    fn verify(&self, path: &Path, digest: &str) -> Result<bool, String> {
+        let Some((mut file, meta)) = open_private(path, MAX_ENTRY, false)? else {
+            return Ok(false);
         };
-        let head = MAGIC.len() + TAG_LEN;
-        if bytes.len() < head || &bytes[..MAGIC.len()] != MAGIC {
-            return Err("not a galley cache entry".into());
-        }
-        let tag: [u8; TAG_LEN] = bytes[MAGIC.len()..head].try_into().expect("32 bytes");
+        let tag = read_private(&path.with_extension("tag"), 128, false)?
+            .filter(|t| t.len() == TAG_FILE_LEN && t.starts_with(MAGIC))
+            .ok_or("it has no valid tag file (made by an older galley, or put there by hand)")?;
+        let content: [u8; TAG_LEN] = tag[MAGIC.len()..][..TAG_LEN].try_into().expect("32 bytes");
+        let sealed: [u8; TAG_LEN] = tag[MAGIC.len() + TAG_LEN..].try_into().expect("32 bytes");
         // blake3::Hash compares in constant time.
-        if self.tag(digest, &bytes[head..]) != blake3::Hash::from_bytes(tag) {
+        if self.seal(digest, &content, &meta) == blake3::Hash::from_bytes(sealed) {
+            return Ok(true);
+        }
+        let mut h = self.hasher(digest);
+        let mut chunk = vec![0u8; 256 << 10];
+        loop {
+            let n = file
+                .read(&mut chunk)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&chunk[..n]);
+        }
+        if h.finalize() != blake3::Hash::from_bytes(content) {
             return Err(
                 "its tag does not verify (tampered with, copied from another component, or made with another key)"
                     .into(),
             );
         }
-        bytes.drain(..head);
-        Ok(Some(bytes))
+        if let Err(e) = self.write_tag(path, digest, &content) {
+            tracing::debug!("cannot renew the seal of {}: {e}", path.display());
+        }
+        Ok(true)
     }
 
     /// The compiled component for `bytes` (whose digest is `digest`), from the cache when an
@@ -291,13 +354,15 @@ impl ComponentCache {
         digest: &str,
     ) -> Result<(Component, CacheOutcome), wasmtime::Error> {
         let path = self.path_for(digest);
-        match self.read_entry(&path, digest) {
-            Ok(Some(artifact)) => {
-                // SAFETY: these bytes carry a valid tag under this user's secret, which binds
-                // them to this engine's settings and to this component's digest: they are what
-                // `precompile_component` produced for this component here. And they are the
-                // very bytes checked, not a second read of the file.
-                match unsafe { Component::deserialize(engine, &artifact) } {
+        match self.verify(&path, digest) {
+            Ok(true) => {
+                // SAFETY: the file carries a valid tag under this user's secret, which binds it
+                // to this engine's settings and to this component's digest: it is what
+                // `precompile_component` produced for this component here. It was opened
+                // without following links, is this user's, and lies in a folder no one else
+                // can write (checked when the cache was opened), so what wasmtime maps now is
+                // what was checked.
+                match unsafe { Component::deserialize_file(engine, &path) } {
                     Ok(c) => return Ok((c, CacheOutcome::Hit)),
                     Err(e) => tracing::warn!(
                         "compiled-component cache: {} did not load ({e}); compiling again",
@@ -305,18 +370,25 @@ impl ComponentCache {
                     ),
                 }
             }
-            Ok(None) => {}
+            Ok(false) => {}
             Err(why) => {
                 tracing::warn!(
                     "compiled-component cache: discarding {}: {why}; compiling again",
                     path.display()
                 );
                 let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(path.with_extension("tag"));
             }
         }
         let compiled = engine.precompile_component(bytes)?;
-        let tag = self.tag(digest, &compiled);
-        if let Err(e) = write_new(&path, &[MAGIC, tag.as_bytes(), &compiled]) {
+        let mut h = self.hasher(digest);
+        h.update(&compiled);
+        let content = *h.finalize().as_bytes();
+        // The entry first, then its tag: a crash in between leaves an entry without a tag,
+        // which the next load discards.
+        let written =
+            write_new(&path, &[&compiled]).and_then(|()| self.write_tag(&path, digest, &content));
+        if let Err(e) = written {
             tracing::warn!("cannot write cache entry {}: {e}", path.display());
         }
         // SAFETY: `compiled` was produced just now by this engine.

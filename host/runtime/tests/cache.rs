@@ -51,7 +51,10 @@ impl Cache {
         std::fs::read_dir(self.components())
             .unwrap()
             .map(|e| e.unwrap().path())
-            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&hex))
+            .find(|p| {
+                p.file_name().unwrap().to_string_lossy().starts_with(&hex)
+                    && p.extension().is_some_and(|e| e == "cwasm")
+            })
             .expect("an entry")
     }
 }
@@ -117,10 +120,9 @@ fn entries_made_under_another_key_are_foreign() {
     assert_eq!(p.cache_outcome(), CacheOutcome::Miss);
     // The stranger's entry now sits there; under our key it is foreign.
     assert_eq!(c.load("length-penalty").cache_outcome(), CacheOutcome::Miss);
-    // And the old-format entry (no tag) of an earlier galley is not trusted either.
-    let entry = c.entry(&p);
-    let raw = std::fs::read(&entry).unwrap();
-    std::fs::write(&entry, &raw[40..]).unwrap();
+    // And an entry without a tag (an earlier galley's, or one put there by hand) is not
+    // trusted either.
+    std::fs::remove_file(c.entry(&p).with_extension("tag")).unwrap();
     assert_eq!(c.load("length-penalty").cache_outcome(), CacheOutcome::Miss);
 }
 

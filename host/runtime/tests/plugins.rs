@@ -415,7 +415,8 @@ fn compiled_components_are_cached_by_digest() {
         .load(&plugin_path("length-penalty"))
         .unwrap();
     assert_eq!(second.cache_outcome(), CacheOutcome::Hit);
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    // One entry and its tag.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     let uncached = Runtime::new(RuntimeConfig {
         cache_dir: None,
         ..RuntimeConfig::default()

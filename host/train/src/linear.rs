@@ -5,10 +5,11 @@
 //! accumulation across micro-batches costs nothing. A frozen W gets no gradient at all, and
 //! when x needs none either (the first layer under LoRA) its product is skipped too.
 
-use crate::ops::{Frozen, slice, with_f32, zeroed};
+use crate::ops::{Frozen, assume_init, assume_init_mut, slice, uninit, with_f32, zeroed};
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail,
 };
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 /// A parameter's gradient buffer, shared by the op that fills it and the optimizer.
@@ -66,24 +67,10 @@ fn gemm(
     accumulate: bool,
 ) {
     let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
-    gemm_with(par, dst, m, n, k, a, b, scale, accumulate)
-}
-
-/// `gemm` on one thread: for callers that parallelise over blocks themselves.
-#[allow(clippy::too_many_arguments)]
-fn gemm1(
-    dst: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    a: Mat,
-    b: Mat,
-    scale: f32,
-    accumulate: bool,
-) {
+    // SAFETY: gemm_with writes only floats through the view.
     gemm_with(
-        gemm::Parallelism::None,
-        dst,
+        par,
+        unsafe { as_uninit(dst) },
         m,
         n,
         k,
@@ -94,12 +81,49 @@ fn gemm1(
     )
 }
 
+/// Floats seen as possibly-uninitialised floats, for `gemm_with`.
+///
+/// # Safety
+/// Only initialised floats may be written through the view (the slice stays `[f32]`).
+unsafe fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; the caller writes nothing but floats.
+    unsafe { &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// A fresh (m, n) matrix = scale · a (m, k) · b (k, n), on rayon's threads. Its buffer is
+/// never zero-filled: gemm overwrites every element (see `gemm_with`).
+fn product(m: usize, n: usize, k: usize, a: Mat, b: Mat, scale: f32) -> Vec<f32> {
+    let mut dst = uninit(m * n);
+    let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    gemm_with(par, &mut dst, m, n, k, a, b, scale, false);
+    // SAFETY: without accumulation gemm writes all m·n elements.
+    unsafe { assume_init(dst) }
+}
+
+/// `product` on one thread into a block of an `uninit` buffer; returns the block, written.
+#[allow(clippy::too_many_arguments)]
+fn product1<'d>(
+    dst: &'d mut [MaybeUninit<f32>],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    scale: f32,
+) -> &'d mut [f32] {
+    gemm_with(gemm::Parallelism::None, dst, m, n, k, a, b, scale, false);
+    // SAFETY: without accumulation gemm writes all m·n elements of dst (checked to be m·n).
+    unsafe { assume_init_mut(dst) }
+}
+
 /// The one call into the `gemm` crate: every length and stride is checked first, so the
-/// wrapper is safe whatever its callers pass.
+/// wrapper is safe whatever its callers pass. `dst` may be uninitialised unless
+/// `accumulate`: gemm then only writes it, every element (with k == 0, zeroes). With
+/// `accumulate` it is read, and the callers pass initialised floats (`gemm`, `gemm1`).
 #[allow(clippy::too_many_arguments)]
 fn gemm_with(
     par: gemm::Parallelism,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     m: usize,
     n: usize,
     k: usize,
@@ -125,13 +149,14 @@ fn gemm_with(
     // SAFETY: dst is exactly (m, n) row-major and exclusively borrowed; the asserts above
     // put every element gemm reads of a (m, k) and b (k, n) inside their slices, which are
     // borrowed (alive, unaliased by dst) for the call. Strides fit isize because they index
-    // inside a slice. With k == 0 gemm reads neither input and scales or zeroes dst.
+    // inside a slice. With k == 0 gemm reads neither input and scales or zeroes dst. dst is
+    // read only when `accumulate`, which only the initialised-float callers ask for.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<f32>(),
             1,
             n as isize,
             accumulate,
@@ -164,10 +189,8 @@ pub struct LoraW {
 /// x (n, i) times wᵀ for w (o, i): the forward product of every projection.
 fn project(x: &[f32], w: &[f32], i: usize, o: usize) -> Vec<f32> {
     let n = x.len() / i;
-    let mut y = zeroed(n * o);
     // Shapes: x is (n, i), w is (o, i) so wᵀ is (i, o); y is (n, o).
-    gemm(&mut y, n, o, i, rm(x, i), tr(w, i), 1.0, false);
-    y
+    product(n, o, i, rm(x, i), tr(w, i), 1.0)
 }
 
 fn add_into(buf: &GradBuf, f: impl FnOnce(&mut [f32])) {
@@ -224,10 +247,8 @@ impl CustomOp2 for Trained {
             Some(with_f32(g, |gs| {
                 with_f32(w, |ws| {
                     let n = gs.len() / o;
-                    let mut dx = zeroed(n * i);
                     // Shapes: g is (n, o), w is (o, i); dx is (n, i).
-                    gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false);
-                    dx
+                    product(n, i, o, rm(gs, o), rm(ws, i), 1.0)
                 })
             })??)
         } else {
@@ -290,9 +311,8 @@ impl CustomOp3 for FrozenLora {
         let mut y = self.w.with_dense(|w| project(x, w, i, o))?;
         let mut tmp = Vec::new();
         let xd = self.xd(x, &mut tmp);
-        let mut u = zeroed(n * r);
         // Shapes: xd (n, i), aᵀ (i, r) -> u (n, r); then y += s·u (n, r)·bᵀ (r, o).
-        gemm(&mut u, n, r, i, rm(xd, i), tr(a, i), 1.0, false);
+        let u = product(n, r, i, rm(xd, i), tr(a, i), 1.0);
         gemm(&mut y, n, o, r, rm(&u, r), tr(b, r), self.lora.scale, true);
         Ok((CpuStorage::F32(y), shape_out(l1, o)))
     }
@@ -316,10 +336,8 @@ impl CustomOp3 for FrozenLora {
                         let mut tmp = Vec::new();
                         let xd = self.xd(xs, &mut tmp);
                         // gb = g·B (n, r); u = xd·Aᵀ (n, r).
-                        let mut gb = zeroed(n * r);
-                        let mut u = zeroed(n * r);
-                        gemm(&mut gb, n, r, o, rm(gs, o), rm(bs, r), 1.0, false);
-                        gemm(&mut u, n, r, i, rm(xd, i), tr(as_, i), 1.0, false);
+                        let gb = product(n, r, o, rm(gs, o), rm(bs, r), 1.0);
+                        let u = product(n, r, i, rm(xd, i), tr(as_, i), 1.0);
                         add_into(&self.lora.grad_a, |da| {
                             // dA += s·gbᵀ (r, n)·xd (n, i)
                             gemm(da, r, i, n, tr(&gb, r), rm(xd, i), s, true)
@@ -331,19 +349,17 @@ impl CustomOp3 for FrozenLora {
                         if !need_dx {
                             return Ok(None);
                         }
-                        let mut dx = zeroed(n * i);
-                        self.w.with_dense(|ws| {
-                            // dx = g·W (n, i)
-                            gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false)
-                        })?;
+                        // dx = g·W (n, i)
+                        let mut dx = self
+                            .w
+                            .with_dense(|ws| product(n, i, o, rm(gs, o), rm(ws, i), 1.0))?;
                         match &self.lora.mask {
                             None => {
                                 // dx += s·gb·A
                                 gemm(&mut dx, n, i, r, rm(&gb, r), rm(as_, i), s, true)
                             }
                             Some(m) => {
-                                let mut t = zeroed(n * i);
-                                gemm(&mut t, n, i, r, rm(&gb, r), rm(as_, i), s, false);
+                                let t = product(n, i, r, rm(&gb, r), rm(as_, i), s);
                                 for ((d, t), m) in dx.iter_mut().zip(&t).zip(m.iter()) {
                                     *d += t * m;
                                 }
@@ -386,10 +402,8 @@ impl CustomOp1 for FrozenProduct {
         let dx = with_f32(g, |gs| {
             self.0.with_dense(|ws| {
                 let n = gs.len() / o;
-                let mut dx = zeroed(n * i);
                 // Shapes: g (n, o)·w (o, i) -> dx (n, i).
-                gemm(&mut dx, n, i, o, rm(gs, o), rm(ws, i), 1.0, false);
-                dx
+                product(n, i, o, rm(gs, o), rm(ws, i), 1.0)
             })
         })??;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
@@ -436,9 +450,8 @@ impl CustomOp2 for HeadLoss {
         let (x, e) = (slice(s1, l1)?, slice(s2, l2)?);
         let (v, d) = l2.shape().dims2()?;
         let n = x.len() / d;
-        let mut logits = zeroed(n * v);
         // Shapes: x (n, d), eᵀ (d, v) -> logits (n, v).
-        gemm(&mut logits, n, v, d, rm(x, d), tr(e, d), self.scale, false);
+        let logits = product(n, v, d, rm(x, d), tr(e, d), self.scale);
         let (lse, loss) = crate::ops::nll_rows(&logits, v, &self.targets);
         *self.stash.lock().expect("head stash") = Some((logits, lse));
         Ok((CpuStorage::F32(loss), Shape::from(n)))
@@ -471,10 +484,8 @@ impl CustomOp2 for HeadLoss {
                 if !x.track_op() {
                     return None;
                 }
-                let mut dx = zeroed(n * d);
                 // Shapes: dl (n, v)·e (v, d) -> dx (n, d).
-                gemm(&mut dx, n, d, v, rm(&dl, v), rm(es, d), self.scale, false);
-                Some(dx)
+                Some(product(n, d, v, rm(&dl, v), rm(es, d), self.scale))
             })
         })??;
         Ok((
@@ -569,13 +580,15 @@ impl CustomOp2 for AttnProbs {
         let (q, k) = (slice(s1, l1)?, slice(s2, l2)?);
         let (b, kv, r, hd) = l1.shape().dims4()?;
         let t = l2.shape().dims4()?.2;
-        let mut p = zeroed(b * kv * r * t);
+        let mut p = uninit(b * kv * r * t);
         p.par_chunks_mut(r * t).enumerate().for_each(|(bk, pb)| {
             let (qb, kb) = (&q[bk * r * hd..][..r * hd], &k[bk * t * hd..][..t * hd]);
             // Shapes: q block (r, hd), k block (t, hd) so kᵀ is (hd, t); pb is (r, t).
-            gemm1(pb, r, t, hd, rm(qb, hd), tr(kb, hd), 1.0, false);
+            let pb = product1(pb, r, t, hd, rm(qb, hd), tr(kb, hd), 1.0);
             crate::ops::softmax_rows_inplace(pb, t, self.scale);
         });
+        // SAFETY: the (r, t) blocks cover `p`, and `product1` wrote each whole.
+        let p = unsafe { assume_init(p) };
         Ok((CpuStorage::F32(p), Shape::from((b, kv, r, t))))
     }
     fn bwd(
@@ -593,8 +606,8 @@ impl CustomOp2 for AttnProbs {
                 with_f32(p, |ps| {
                     with_f32(g, |gs| {
                         let ds = crate::ops::softmax_grad(ps, gs, t, self.scale);
-                        let mut dq = zeroed(qs.len());
-                        let mut dk = zeroed(ks.len());
+                        let mut dq = uninit(qs.len());
+                        let mut dk = uninit(ks.len());
                         dq.par_chunks_mut(r * hd)
                             .zip(dk.par_chunks_mut(t * hd))
                             .enumerate()
@@ -603,10 +616,11 @@ impl CustomOp2 for AttnProbs {
                                 let (qb, kb) =
                                     (&qs[bk * r * hd..][..r * hd], &ks[bk * t * hd..][..t * hd]);
                                 // Shapes: ds (r, t)·k (t, hd) -> dq (r, hd); dsᵀ (t, r)·q (r, hd) -> dk (t, hd).
-                                gemm1(dqb, r, hd, t, rm(dsb, t), rm(kb, hd), 1.0, false);
-                                gemm1(dkb, t, hd, r, tr(dsb, t), rm(qb, hd), 1.0, false);
+                                product1(dqb, r, hd, t, rm(dsb, t), rm(kb, hd), 1.0);
+                                product1(dkb, t, hd, r, tr(dsb, t), rm(qb, hd), 1.0);
                             });
-                        (dq, dk)
+                        // SAFETY: the blocks cover both buffers and each was written whole.
+                        unsafe { (assume_init(dq), assume_init(dk)) }
                     })
                 })
             })

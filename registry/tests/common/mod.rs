@@ -76,6 +76,7 @@ pub fn release(ns: &str, bytes: &[u8], deps: &[(&str, &str)]) -> Release {
             .collect::<BTreeMap<_, _>>(),
         read_dirs: vec![],
         yanked: false,
+        yank: None,
         key: None,
         signature: None,
     }
