@@ -352,3 +352,37 @@ fn an_endless_search_answer_is_cut_off() {
         .to_string();
     assert!(e.contains("larger than"), "{e}");
 }
+
+#[test]
+fn connections_past_the_limit_wait_for_a_free_slot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = ServerLimits {
+        max_connections: 1,
+        header_timeout: std::time::Duration::from_secs(120),
+        ..ServerLimits::default()
+    };
+    let base = start_with(tmp.path().join("root"), 8 << 20, limits);
+    let addr = base.trim_start_matches("http://").to_string();
+    // The only slot, held by a client that sends nothing.
+    let hog = std::net::TcpStream::connect(&addr).unwrap();
+    let mut next = std::net::TcpStream::connect(&addr).unwrap();
+    next.write_all(b"GET /index/acme/none.jsonl HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // While the slot is held, no answer comes (the connection waits in the accept queue).
+    next.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .unwrap();
+    let mut first = [0u8; 1];
+    let waited = next.read(&mut first);
+    assert!(
+        matches!(&waited, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "answered past the connection limit: {waited:?}"
+    );
+    // Once the slot is free, it is served.
+    drop(hog);
+    next.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = Vec::new();
+    next.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+}
