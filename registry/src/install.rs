@@ -89,7 +89,19 @@ impl Installer<'_> {
                     .collect()
             })
             .unwrap_or_default();
-        let yanked = |r: &Release| self.trust.yanked(r);
+        // Resolution asks about a release many times; an ignored yank mark is said once.
+        let warned = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let yanked = |r: &Release| {
+            let (yanked, ignored) = self.trust.yank_state(r);
+            if let Some(why) = ignored
+                && warned
+                    .borrow_mut()
+                    .insert((r.name.clone(), r.version.clone()))
+            {
+                tracing::warn!("{why}");
+            }
+            yanked
+        };
         let releases = resolve(registry, reqs, self.wit_supported, &yanked, &locked)?;
         let mut verified = Vec::new();
         for r in &releases {

@@ -235,18 +235,22 @@ impl TrustStore {
     /// is ignored: otherwise whoever serves the index could hide good versions to force an
     /// old one, or revive a version its publisher withdrew.
     pub fn yanked(&self, r: &Release) -> bool {
+        self.yank_state(r).0
+    }
+
+    /// `yanked`, with the reason when a yank mark was ignored (for one warning per release).
+    pub fn yank_state(&self, r: &Release) -> (bool, Option<String>) {
         let Some(signer) = &r.key else {
-            return r.yanked;
+            return (r.yanked, None);
         };
         let Some(y) = &r.yank else {
-            if r.yanked {
-                tracing::warn!(
-                    "{}@{}: the registry marks it yanked without a yank record signed by {signer}; ignoring the flag",
-                    r.name,
-                    r.version
-                );
-            }
-            return false;
+            let why = r.yanked.then(|| {
+                format!(
+                    "{}@{}: the registry marks it yanked without a yank record signed by {signer}; ignoring the mark",
+                    r.name, r.version
+                )
+            });
+            return (false, why);
         };
         let valid = &y.key == signer
             && self.keys.get(signer).is_some_and(|(key, _)| {
@@ -259,13 +263,13 @@ impl TrustStore {
                     })
             });
         if !valid {
-            tracing::warn!(
+            let why = format!(
                 "{}@{}: its yank record is not signed by the release's key {signer}; ignoring it",
-                r.name,
-                r.version
+                r.name, r.version
             );
+            return (false, Some(why));
         }
-        valid && y.yanked
+        (y.yanked, None)
     }
 
     /// Checks a release's signature: present, by a trusted key, and valid.
