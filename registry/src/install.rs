@@ -184,16 +184,12 @@ impl Installer<'_> {
 
     /// The registry's release line for a locked entry, which must carry the locked digest.
     fn registry_release(&self, reg: &dyn Source, e: &LockEntry) -> Result<Release, RegistryError> {
-        let r = reg
-            .releases(&e.name)?
-            .into_iter()
-            .find(|r| r.version == e.version)
-            .ok_or_else(|| {
-                RegistryError::Unsatisfiable(format!(
-                    "{}@{} is locked but no longer in the registry",
-                    e.name, e.version
-                ))
-            })?;
+        let r = reg.release(&e.name, &e.version)?.ok_or_else(|| {
+            RegistryError::Unsatisfiable(format!(
+                "{}@{} is locked but no longer in the registry",
+                e.name, e.version
+            ))
+        })?;
         if r.digest != e.digest {
             return Err(RegistryError::LockedDigestChanged {
                 name: e.name.to_string(),

@@ -11,6 +11,12 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// A hex ed25519 signature, if it is one.
+fn signature(hex: &str) -> Option<Signature> {
+    let bytes: [u8; 64] = hex::decode(hex).ok()?.try_into().ok()?;
+    Some(Signature::from_bytes(&bytes))
+}
+
 pub fn key_id(public: &VerifyingKey) -> String {
     hex::encode(&Sha256::digest(public.as_bytes())[..8])
 }
@@ -254,13 +260,8 @@ impl TrustStore {
         };
         let valid = &y.key == signer
             && self.keys.get(signer).is_some_and(|(key, _)| {
-                hex::decode(&y.signature)
-                    .ok()
-                    .and_then(|b| <[u8; 64]>::try_from(b).ok())
-                    .is_some_and(|b| {
-                        key.verify(&r.yank_message(y.yanked, y.seq), &Signature::from_bytes(&b))
-                            .is_ok()
-                    })
+                signature(&y.signature)
+                    .is_some_and(|sig| key.verify(&r.yank_message(y.yanked, y.seq), &sig).is_ok())
             });
         if !valid {
             let why = format!(
@@ -300,11 +301,7 @@ impl TrustStore {
             version: version.clone(),
             key: id.clone(),
         };
-        let bytes: [u8; 64] = hex::decode(sig)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(bad)?;
-        key.verify(&r.signed_message(), &Signature::from_bytes(&bytes))
+        key.verify(&r.signed_message(), &signature(sig).ok_or_else(bad)?)
             .map_err(|_| bad())?;
         Ok(id.clone())
     }

@@ -131,9 +131,7 @@ impl Registry {
         version: &semver::Version,
     ) -> Result<Release, RegistryError> {
         self.source()
-            .releases(name)?
-            .into_iter()
-            .find(|r| &r.version == version)
+            .release(name, version)?
             .ok_or_else(|| RegistryError::Unsatisfiable(format!("{name} has no version {version}")))
     }
 

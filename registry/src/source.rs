@@ -11,6 +11,17 @@ use std::time::Duration;
 pub trait Source {
     /// Every release of `name`, yanked ones included.
     fn releases(&self, name: &PackageName) -> Result<Vec<Release>, RegistryError>;
+    /// The release `name@version`, if listed.
+    fn release(
+        &self,
+        name: &PackageName,
+        version: &semver::Version,
+    ) -> Result<Option<Release>, RegistryError> {
+        Ok(self
+            .releases(name)?
+            .into_iter()
+            .find(|r| &r.version == version))
+    }
     /// A reader over the release's blob (unverified).
     fn open_blob(&self, r: &Release) -> Result<Box<dyn Read>, RegistryError>;
     /// For messages.

@@ -461,13 +461,7 @@ fn concurrent_publishes_never_corrupt_the_index() {
 fn yank(w: &World, name: &str, version: &str, key: Option<&KeyPair>, yanked: bool) {
     let name = PackageName::parse(name).unwrap();
     let version = semver::Version::parse(version).unwrap();
-    let r = w
-        .reg
-        .releases(&name)
-        .unwrap()
-        .into_iter()
-        .find(|r| r.version == version)
-        .unwrap();
+    let r = w.reg.release(&name, &version).unwrap().unwrap();
     let record = key.map(|k| k.sign_yank(&r, yanked));
     w.reg.set_yanked(&name, &version, yanked, record).unwrap();
 }

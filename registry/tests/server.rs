@@ -124,12 +124,7 @@ fn publish_search_install_yank_over_http() {
     // Yank 0.7.0 over the API: the next fresh resolution is refused with the reason.
     let name = PackageName::parse("acme/penalty").unwrap();
     let v7 = semver::Version::new(0, 7, 0);
-    let r7 = http
-        .releases(&name)
-        .unwrap()
-        .into_iter()
-        .find(|r| r.version == v7)
-        .unwrap();
+    let r7 = http.release(&name, &v7).unwrap().unwrap();
     let record = key.sign_yank(&r7, true);
     http.set_yanked(&name, &v7, true, Some(&record), "acme-token")
         .unwrap();

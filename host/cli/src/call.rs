@@ -120,8 +120,9 @@ pub fn parse_grants(items: &[String]) -> Result<Grants> {
     Ok(g)
 }
 
-/// Reads JSON lines (or one JSON array) of `T` from a file or `-` (stdin).
-pub fn read_items<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+/// Reads JSON lines (or one JSON array) of `T` from a file or `-` (stdin); `what` names a
+/// line in errors (`bad input line`).
+pub fn read_items<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Vec<T>> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin().lock())?
     } else {
@@ -130,7 +131,7 @@ pub fn read_items<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>>
     Ok(galley_core::jsonl::parse(
         &text,
         &path.display().to_string(),
-        "input",
+        what,
     )?)
 }
 
@@ -159,7 +160,7 @@ pub fn run(args: CallArgs) -> Result<()> {
     match plugin.kind() {
         PluginKind::Reward => {
             let inputs: Vec<RewardInput> = match (&args.input, &args.completion) {
-                (Some(p), _) => read_items::<RewardInput>(p)?,
+                (Some(p), _) => read_items::<RewardInput>(p, "input")?,
                 (None, Some(c)) => vec![RewardInput {
                     prompt: args
                         .prompt
@@ -203,7 +204,7 @@ pub fn run(args: CallArgs) -> Result<()> {
         }
         PluginKind::Evaluator => {
             let preds: Vec<Prediction> = match (&args.input, &args.prediction) {
-                (Some(p), _) => read_items(p)?,
+                (Some(p), _) => read_items(p, "input")?,
                 (None, Some(p)) => vec![Prediction {
                     id: "0".into(),
                     prediction: p.clone(),

@@ -66,20 +66,11 @@ fn load_config(path: &Path, overrides: &[String]) -> Result<ScoreConfig> {
     Ok(cfg)
 }
 
-fn load_completions(path: &Path) -> Result<Vec<RewardInput>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read completions", path.display()))?;
-    Ok(galley_core::jsonl::parse(
-        &text,
-        &path.display().to_string(),
-        "completion",
-    )?)
-}
-
 pub fn run(args: ScoreArgs) -> Result<()> {
     let cfg = load_config(&args.config, &args.overrides)?;
     let locator = PluginLocator::for_file(Some(&args.config)).with_search(&cfg.plugin_path);
-    let inputs = load_completions(&locator.base.join(&cfg.completions))?;
+    let inputs: Vec<RewardInput> =
+        crate::call::read_items(&locator.base.join(&cfg.completions), "completion")?;
     let runtime = if cfg.rewards.iter().any(|r| r.plugin.is_some()) {
         Some(args.sandbox.runtime()?)
     } else {
