@@ -4,6 +4,7 @@
 
 mod call;
 mod dev_cmd;
+mod eval;
 mod infer;
 mod install_cmd;
 mod models;
@@ -59,6 +60,8 @@ enum Top {
     Infer(infer::InferArgs),
     /// Fine-tune (full, LoRA, QLoRA) or pre-train a model from a YAML config.
     Train(train::TrainArgs),
+    /// Evaluate a model (and adapter) on benchmark tasks: built-in or lm-evaluation-harness task files.
+    Eval(eval::EvalArgs),
 }
 
 #[derive(Subcommand)]
@@ -142,6 +145,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Score(a) => score::run(a),
         Top::Infer(a) => infer::run(a),
         Top::Train(a) => train::run(a),
+        Top::Eval(a) => eval::run(a),
         Top::Registry(RegistryCmd::Serve(a)) => registry_cmd::serve(a),
     }
 }

@@ -10,6 +10,7 @@
 //! | compiled components | — | `<cache>/components` |
 //! | registry blobs | — | `<cache>/blobs` |
 //! | models from `hf://` | `GALLEY_MODEL_CACHE` | `<cache>/models` |
+//! | evaluation data (`scripts/fetch-eval-data.sh`) | `GALLEY_EVAL_DATA` | `<cache>/eval-data` |
 //! | guest toolchains | `GALLEY_TOOLCHAIN_DIR` | `<cache>/toolchains` |
 //! | wasm build target dirs | `GALLEY_WASM_TARGET_DIR` (one, shared: opt-in) | `<cache>/wasm-target/<plugin>-<hash>` (one per plugin) |
 //! | config root | `GALLEY_CONFIG_DIR` | `$XDG_CONFIG_HOME/galley`, `~/.config/galley` |
@@ -54,6 +55,13 @@ pub fn cache_dir() -> PathBuf {
         ".cache",
         ".galley/cache",
     )
+}
+
+/// Where benchmark datasets live, laid out as `<dataset_path>/<dataset_name>/<split>.jsonl`
+/// (the hub ids of lm-evaluation-harness's task files, resolved locally: evaluation never
+/// downloads).
+pub fn eval_data_dir() -> PathBuf {
+    var("GALLEY_EVAL_DATA").unwrap_or_else(|| cache_dir().join("eval-data"))
 }
 
 /// galley's config root (keys, trusted keys).

@@ -6,12 +6,16 @@
 pub mod config;
 mod data;
 pub mod dirs;
+pub mod engine;
 pub mod jsonl;
 mod plugin;
 pub mod seed;
 pub mod text;
 
 pub use data::{Example, Message, Metadata, Metric, Prediction, RewardGroup, RewardInput, Value};
+pub use engine::{
+    Engine, EngineError, GenerateRequest, Generated, Loglikelihood, LoglikelihoodRequest,
+};
 pub use plugin::{
     DataSource, Decision, Evaluator, PluginError, PluginErrorKind, PluginKind, Recipe, RewardFn,
     RewardFnExt, Stage,

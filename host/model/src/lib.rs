@@ -4,9 +4,11 @@
 //! tokenizer from `tokenizer.json` or GGUF metadata, HF chat templates through minijinja, and
 //! batched generation with sampling, stops, streaming and per-token log-probabilities.
 
+pub mod adapter;
 pub mod batch;
 pub mod chat;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod hub;
@@ -19,11 +21,13 @@ pub mod sample;
 pub mod tokenizer;
 pub mod weights;
 
+pub use adapter::Adapter;
 pub use chat::ChatTemplate;
 pub use config::{Family, LlamaConfig, RopeScaling};
+pub use engine::NativeEngine;
 pub use error::{ModelError, Result};
 pub use generate::{Completion, Finish, generate};
-pub use load::{Checkpoint, LoadOptions, LoadedModel, load, load_with, open};
+pub use load::{Checkpoint, LoadOptions, LoadedModel, load, load_adapted, load_with, open};
 pub use model::{Cache, Llama};
 pub use sample::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

@@ -49,6 +49,26 @@ pub fn load_with(path: &Path, device: &Device, opts: LoadOptions) -> Result<Load
     })
 }
 
+/// [`load_with`], with a PEFT LoRA adapter applied over the base in memory when given.
+pub fn load_adapted(
+    path: &Path,
+    adapter: Option<&Path>,
+    device: &Device,
+    opts: LoadOptions,
+) -> Result<LoadedModel> {
+    let mut ck = open(path, opts)?;
+    if let Some(dir) = adapter {
+        ck.weights = crate::adapter::Adapter::load(dir, device)?.apply(ck.weights)?;
+    }
+    let model = Llama::load(&ck.weights, ck.config, device)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer: ck.tokenizer,
+        template: ck.template,
+        path: ck.path,
+    })
+}
+
 /// Opens a `.gguf` file or an HF checkpoint folder: weights (not yet read), config,
 /// tokenizer and chat template.
 pub fn open(path: &Path, opts: LoadOptions) -> Result<Checkpoint> {

@@ -28,6 +28,12 @@ pub enum Weights {
         tensors: std::collections::HashMap<String, Tensor>,
         origin: PathBuf,
     },
+    /// A base with LoRA deltas (`scale · B·A`, by HF weight name) added to the projections
+    /// they name: an adapter evaluated over its base without merging anything to disk.
+    Overlay {
+        base: Box<Weights>,
+        deltas: std::collections::HashMap<String, Tensor>,
+    },
 }
 
 /// A projection's weight: dense (out, in) or quantized blocks.
@@ -122,8 +128,10 @@ impl Weights {
 
     /// Run every projection in f32 (GGUF blocks dequantized at load).
     pub fn set_dequantize(&mut self, on: bool) {
-        if let Self::Gguf { dequantize, .. } = self {
-            *dequantize = on;
+        match self {
+            Self::Gguf { dequantize, .. } => *dequantize = on,
+            Self::Overlay { base, .. } => base.set_dequantize(on),
+            _ => {}
         }
     }
 
@@ -131,14 +139,17 @@ impl Weights {
     pub fn gguf_metadata(&self) -> Option<&std::collections::HashMap<String, gguf_file::Value>> {
         match self {
             Self::Gguf { content, .. } => Some(&content.metadata),
+            Self::Overlay { base, .. } => base.gguf_metadata(),
             _ => None,
         }
     }
 
     /// For Llama-architecture GGUFs: undo llama.cpp's Q/K row permutation (heads, kv heads).
     pub fn set_unpermute_qk(&mut self, heads: usize, kv_heads: usize) {
-        if let Self::Gguf { unpermute_qk, .. } = self {
-            *unpermute_qk = Some((heads, kv_heads));
+        match self {
+            Self::Gguf { unpermute_qk, .. } => *unpermute_qk = Some((heads, kv_heads)),
+            Self::Overlay { base, .. } => base.set_unpermute_qk(heads, kv_heads),
+            _ => {}
         }
     }
 
@@ -147,6 +158,7 @@ impl Weights {
             Self::Safetensors { files, .. } => &files[0],
             Self::Gguf { path, .. } => path,
             Self::Memory { origin, .. } => origin,
+            Self::Overlay { base, .. } => base.origin(),
         }
     }
 
@@ -155,6 +167,7 @@ impl Weights {
             Self::Safetensors { st, .. } => st.get(name).is_ok(),
             Self::Gguf { content, .. } => content.tensor_infos.contains_key(&gguf_name(name)),
             Self::Memory { tensors, .. } => tensors.contains_key(name),
+            Self::Overlay { base, .. } => base.has(name),
         }
     }
 
@@ -233,6 +246,7 @@ impl Weights {
                 self.check(name, t.dims(), expected)?;
                 Ok(t.to_device(device)?.to_dtype(DType::F32)?)
             }
+            Self::Overlay { base, .. } => base.tensor(name, expected, device),
         }
     }
 
@@ -259,6 +273,20 @@ impl Weights {
                     }
                     _ => LinearWeight::Quant(QMatMul::from_qtensor(qt)?),
                 })
+            }
+            Self::Overlay { base, deltas } => {
+                let w = base.linear(name, out, inp, device)?;
+                let Some(delta) = deltas.get(name) else {
+                    return Ok(w);
+                };
+                let dense = match w {
+                    LinearWeight::Dense(t) => t,
+                    LinearWeight::Quant(QMatMul::QTensor(q)) => q.dequantize(device)?,
+                    LinearWeight::Quant(QMatMul::Tensor(t)) => t,
+                    LinearWeight::Quant(QMatMul::TensorF16(t)) => t.to_dtype(DType::F32)?,
+                };
+                self.check(name, delta.dims(), &[out, inp])?;
+                Ok(LinearWeight::Dense((dense + delta.to_device(device)?)?))
             }
         }
     }

@@ -1,0 +1,494 @@
+//! `galley eval`: benchmark tasks (built-in, or lm-evaluation-harness task files) on a model,
+//! with an optional PEFT adapter over it, metrics that may be sandboxed evaluator plugins,
+//! and the outputs a harness user expects: `results.json`, `samples.jsonl`, a summary table
+//! (or `--json`), a progress bar with items/s.
+
+use crate::call::SandboxArgs;
+use anyhow::{Context, Result, bail};
+use galley_core::Evaluator;
+use galley_eval::builtin::Catalog;
+use galley_eval::{EvalOptions, Evaluators, Report};
+use galley_registry::PluginLocator;
+use galley_runtime::{Grants, Runtime};
+use serde::Deserialize;
+use sha2::Digest;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// YAML settings (model, adapter, tasks, num_fewshot, limit, output...).
+    config: Option<PathBuf>,
+    /// The model: a .gguf file or an HF checkpoint folder.
+    #[arg(long, short)]
+    model: Option<String>,
+    /// A PEFT LoRA adapter folder, applied over the model in memory.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Tasks, groups or task files, comma-separated (e.g. arc_easy,mmlu,my_task.yaml).
+    #[arg(long, short, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Few-shot examples per prompt, for every task (default: each task's own).
+    #[arg(long)]
+    num_fewshot: Option<usize>,
+    /// Evaluate only the first N documents of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Folder for results.json and samples.jsonl.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Render each prompt with the model's chat template.
+    #[arg(long)]
+    apply_chat_template: bool,
+    /// A system prompt put before every prompt.
+    #[arg(long)]
+    system_prompt: Option<String>,
+    /// Where built-in tasks' data is (default: GALLEY_EVAL_DATA, else galley's cache).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Folders of task files whose names --tasks may use.
+    #[arg(long)]
+    include_path: Vec<PathBuf>,
+    /// Print results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Override a setting (`num_fewshot=5`).
+    #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvalConfig {
+    model: Option<String>,
+    adapter: Option<PathBuf>,
+    #[serde(default)]
+    tasks: Vec<String>,
+    num_fewshot: Option<usize>,
+    limit: Option<usize>,
+    output: Option<PathBuf>,
+    #[serde(default)]
+    apply_chat_template: bool,
+    system_prompt: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    include_path: Vec<PathBuf>,
+    /// Run every matmul in f32 (GGUF blocks dequantized at load), as the harness's HF
+    /// backend runs a GGUF; off: quantized weights stay quantized.
+    #[serde(default = "yes")]
+    dequantize: bool,
+    #[serde(default = "default_fewshot_seed")]
+    fewshot_seed: u64,
+    #[serde(default)]
+    seed: u64,
+    /// Token positions one forward pass may hold (bounds memory).
+    #[serde(default = "default_batch_tokens")]
+    batch_tokens: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_fewshot_seed() -> u64 {
+    1234
+}
+
+fn default_batch_tokens() -> usize {
+    4096
+}
+
+/// Evaluator plugins by the locator and runtime every other command uses.
+struct PluginEvaluators {
+    locator: PluginLocator,
+    sandbox: SandboxArgs,
+    runtime: Option<Runtime>,
+}
+
+impl Evaluators for PluginEvaluators {
+    fn open(
+        &mut self,
+        spec: &str,
+        settings: &serde_json::Value,
+    ) -> Result<Box<dyn Evaluator>, String> {
+        if self.runtime.is_none() {
+            self.runtime = Some(self.sandbox.runtime().map_err(|e| format!("{e:#}"))?);
+        }
+        let rt = self.runtime.as_ref().expect("just opened");
+        let found = self
+            .locator
+            .locate_pinned(spec)
+            .map_err(|e| e.to_string())?;
+        let plugin = match &found.pinned {
+            Some(d) => rt.load_pinned(&found.path, d),
+            None => rt.load(&found.path),
+        }
+        .map_err(|e| format!("{}: {e}", found.path.display()))?;
+        let ev = plugin
+            .evaluator(settings, self.sandbox.options(Grants::default()))
+            .map_err(|e| e.to_string())?;
+        Ok(Box::new(ev))
+    }
+}
+
+/// sha256 over a model file, or over a folder's files (sorted by name).
+fn digest(path: &Path) -> Result<String> {
+    let mut h = sha2::Sha256::new();
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    for f in files {
+        let mut file =
+            std::fs::File::open(&f).with_context(|| format!("{}: cannot read", f.display()))?;
+        h.update(
+            f.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        std::io::copy(&mut file, &mut h)
+            .with_context(|| format!("{}: cannot read", f.display()))?;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let mut cfg: EvalConfig =
+        galley_core::config::load(args.config.as_deref(), &args.set, &|_| None)?;
+    // The command line wins over the file.
+    if let Some(m) = args.model {
+        cfg.model = Some(m);
+    }
+    if args.adapter.is_some() {
+        cfg.adapter = args.adapter;
+    }
+    if !args.tasks.is_empty() {
+        cfg.tasks = args.tasks;
+    }
+    cfg.num_fewshot = args.num_fewshot.or(cfg.num_fewshot);
+    cfg.limit = args.limit.or(cfg.limit);
+    if args.output.is_some() {
+        cfg.output = args.output;
+    }
+    cfg.apply_chat_template |= args.apply_chat_template;
+    if args.system_prompt.is_some() {
+        cfg.system_prompt = args.system_prompt;
+    }
+    if args.data_dir.is_some() {
+        cfg.data_dir = args.data_dir;
+    }
+    cfg.include_path.extend(args.include_path);
+    // Paths in the settings file are relative to it.
+    let base = args
+        .config
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf);
+    let rel = |p: PathBuf| match &base {
+        Some(b) if p.is_relative() => b.join(p),
+        _ => p,
+    };
+
+    let mut catalog = Catalog::builtin();
+    for dir in &cfg.include_path {
+        catalog.add_dir(&rel(dir.clone()))?;
+    }
+    if cfg.tasks.is_empty() {
+        bail!(
+            "no tasks: pass --tasks (available: {})",
+            catalog.names().join(", ")
+        );
+    }
+    let (tasks, groups) = catalog.select(&cfg.tasks)?;
+    let spec = cfg
+        .model
+        .clone()
+        .context("no model: pass --model PATH (or `model:` in the settings file)")?;
+    let path = crate::models::resolve(&spec)?;
+    let adapter = cfg.adapter.clone().map(rel);
+    let device = galley_model::default_device();
+    let started = std::time::Instant::now();
+    let m = galley_model::load_adapted(
+        &path,
+        adapter.as_deref(),
+        &device,
+        galley_model::LoadOptions {
+            dequantize: cfg.dequantize,
+        },
+    )
+    .with_context(|| format!("loading {}", path.display()))?;
+    eprintln!(
+        "loaded {}{} in {:.1} s",
+        path.display(),
+        adapter
+            .as_ref()
+            .map(|a| format!(" + adapter {}", a.display()))
+            .unwrap_or_default(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut engine = galley_model::NativeEngine::new(
+        m.model,
+        m.tokenizer,
+        m.template,
+        path.display().to_string(),
+    );
+    engine.batch_tokens = cfg.batch_tokens.max(64);
+
+    let opts = EvalOptions {
+        limit: cfg.limit,
+        num_fewshot: cfg.num_fewshot,
+        fewshot_seed: cfg.fewshot_seed,
+        seed: cfg.seed,
+        apply_chat_template: cfg.apply_chat_template,
+        system_prompt: cfg.system_prompt.clone(),
+        data_root: cfg
+            .data_dir
+            .clone()
+            .map(rel)
+            .unwrap_or_else(galley_core::dirs::eval_data_dir),
+    };
+    let mut plugins = PluginEvaluators {
+        locator: PluginLocator::for_file(args.config.as_deref()),
+        sandbox: args.sandbox,
+        runtime: None,
+    };
+    let bar = (!args.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>24} [{bar:30}] {pos}/{len} requests {per_sec} eta {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        b
+    });
+    let run_started = std::time::Instant::now();
+    let mut last_task = String::new();
+    let report = galley_eval::evaluate(
+        &mut engine,
+        &tasks,
+        &groups,
+        &opts,
+        &mut plugins,
+        &mut |task, done, total| {
+            if let Some(b) = &bar {
+                if task != last_task {
+                    b.reset();
+                    b.set_message(task.to_string());
+                    b.set_length(total as u64);
+                    last_task = task.to_string();
+                }
+                b.set_position(done as u64);
+            }
+        },
+    )?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let seconds = run_started.elapsed().as_secs_f64();
+    let docs: usize = report.tasks.iter().map(|t| t.n).sum();
+    let results = results_json(&report, &cfg, &path, adapter.as_deref(), seconds)?;
+    if let Some(out) = &cfg.output {
+        write_outputs(out, &results, &report)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print_table(&report);
+        eprintln!(
+            "{docs} documents in {seconds:.1} s ({:.1} documents/s), peak memory {}{}",
+            docs as f64 / seconds.max(1e-9),
+            peak_rss_mib()
+                .map(|m| format!("{m:.0} MiB"))
+                .unwrap_or_else(|| "unknown".into()),
+            cfg.output
+                .as_ref()
+                .map(|o| format!("; results in {}", o.display()))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn results_json(
+    report: &Report,
+    cfg: &EvalConfig,
+    model: &Path,
+    adapter: Option<&Path>,
+    seconds: f64,
+) -> Result<serde_json::Value> {
+    let metrics = |ms: &[galley_eval::MetricValue]| -> serde_json::Value {
+        let mut o = serde_json::Map::new();
+        for m in ms {
+            o.insert(
+                format!("{},{}", m.metric, m.filter),
+                serde_json::json!(m.value),
+            );
+            o.insert(
+                format!("{}_stderr,{}", m.metric, m.filter),
+                serde_json::json!(m.stderr),
+            );
+        }
+        serde_json::Value::Object(o)
+    };
+    let mut results = serde_json::Map::new();
+    for t in &report.tasks {
+        let mut r = metrics(&t.metrics);
+        let o = r.as_object_mut().expect("an object");
+        o.insert(
+            "alias".into(),
+            serde_json::json!(t.alias.clone().unwrap_or_else(|| t.task.clone())),
+        );
+        o.insert("n".into(), serde_json::json!(t.n));
+        o.insert("num_fewshot".into(), serde_json::json!(t.num_fewshot));
+        o.insert("task_digest".into(), serde_json::json!(t.digest));
+        o.insert("skipped".into(), serde_json::json!(t.skipped));
+        o.insert("seconds".into(), serde_json::json!(t.seconds));
+        results.insert(t.task.clone(), r);
+    }
+    let mut groups = serde_json::Map::new();
+    for g in &report.groups {
+        let mut r = metrics(&g.metrics);
+        let o = r.as_object_mut().expect("an object");
+        o.insert("n".into(), serde_json::json!(g.n));
+        o.insert("tasks".into(), serde_json::json!(g.tasks));
+        groups.insert(g.group.clone(), r);
+    }
+    Ok(serde_json::json!({
+        "results": results,
+        "groups": groups,
+        "model": {
+            "path": model.display().to_string(),
+            "digest": digest(model)?,
+            "adapter": adapter.map(|a| a.display().to_string()),
+            "adapter_digest": adapter.map(digest).transpose()?,
+            "dequantize": cfg.dequantize,
+        },
+        "settings": {
+            "tasks": cfg.tasks,
+            "num_fewshot": cfg.num_fewshot,
+            "limit": cfg.limit,
+            "apply_chat_template": cfg.apply_chat_template,
+            "system_prompt": cfg.system_prompt,
+            "fewshot_seed": cfg.fewshot_seed,
+            "batch_tokens": cfg.batch_tokens,
+        },
+        "seed": cfg.seed,
+        "galley_version": env!("CARGO_PKG_VERSION"),
+        "seconds": seconds,
+        "peak_memory_mib": peak_rss_mib(),
+    }))
+}
+
+fn write_outputs(out: &Path, results: &serde_json::Value, report: &Report) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let path = out.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(results)? + "\n")
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    let path = out.join("samples.jsonl");
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(&path)
+            .with_context(|| format!("{}: cannot write", path.display()))?,
+    );
+    for s in &report.samples {
+        serde_json::to_writer(&mut f, s)?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+fn print_table(report: &Report) {
+    let fmt = |v: f64| format!("{v:.4}");
+    let mut rows: Vec<[String; 7]> = vec![];
+    for t in &report.tasks {
+        for m in &t.metrics {
+            rows.push([
+                t.task.clone(),
+                m.filter.clone(),
+                t.num_fewshot.to_string(),
+                m.metric.clone(),
+                fmt(m.value),
+                m.stderr.map(fmt).unwrap_or_else(|| "N/A".into()),
+                m.n.to_string(),
+            ]);
+        }
+    }
+    for g in &report.groups {
+        for m in &g.metrics {
+            rows.push([
+                g.group.clone(),
+                m.filter.clone(),
+                String::new(),
+                m.metric.clone(),
+                fmt(m.value),
+                m.stderr.map(fmt).unwrap_or_else(|| "N/A".into()),
+                m.n.to_string(),
+            ]);
+        }
+    }
+    // Long runs of MMLU subjects: show the groups and a count instead of 57 lines.
+    let subjects = report
+        .tasks
+        .iter()
+        .filter(|t| t.task.starts_with("mmlu_"))
+        .count();
+    if subjects > 8 {
+        rows.retain(|r| {
+            !r[0].starts_with("mmlu_") || report.groups.iter().any(|g| g.group == r[0])
+        });
+    }
+    let head = ["Task", "Filter", "n-shot", "Metric", "Value", "Stderr", "n"];
+    let mut w = head.map(str::len);
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<0$}", w[i]))
+            .collect();
+        println!("| {} |", parts.join(" | "));
+    };
+    line(&head.map(String::from));
+    println!(
+        "|{}|",
+        w.iter()
+            .map(|n| "-".repeat(n + 2))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for r in &rows {
+        line(r);
+    }
+    if subjects > 8 {
+        println!("({subjects} MMLU subjects: per-subject scores in results.json)");
+    }
+}

@@ -1,0 +1,88 @@
+//! The engine trait: what evaluation, judging and data generation need from a language
+//! model, and nothing about where it runs. The native engine (galley-model) implements it over
+//! the host's own weights; remote engines (OpenAI-compatible servers and others) implement the
+//! same calls, so `galley eval` and `galley judge` take any of them.
+//!
+//! The requests are lm-evaluation-harness's: a (context, continuation) pair scored by the
+//! log-probability of the continuation, and a prompt continued greedily or by sampling until a
+//! stop string. Batching is the engine's business: callers hand over whole lists.
+
+use crate::data::Message;
+
+/// Score `continuation` after `context`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LoglikelihoodRequest {
+    pub context: String,
+    pub continuation: String,
+}
+
+/// The continuation's log-probability under the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loglikelihood {
+    /// Sum of the continuation tokens' log-probabilities (natural log).
+    pub logprob: f64,
+    /// Whether greedy decoding from the context would produce exactly the continuation.
+    pub greedy: bool,
+    /// Per continuation token, its log-probability.
+    pub token_logprobs: Vec<f32>,
+}
+
+/// Continue `prompt`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    /// Generation stops at the first of these (which is cut off), or at end of sequence.
+    pub until: Vec<String>,
+    pub max_tokens: usize,
+    /// 0 is greedy.
+    pub temperature: f32,
+    pub seed: u64,
+}
+
+/// A continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub text: String,
+    pub tokens: usize,
+}
+
+/// Why an engine call failed, in one line naming the engine.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{engine}: {message}")]
+pub struct EngineError {
+    pub engine: String,
+    pub message: String,
+}
+
+impl EngineError {
+    pub fn new(engine: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            engine: engine.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Told how many requests of the current call are done (a running count).
+pub type Progress<'a> = dyn FnMut(usize) + 'a;
+
+/// A language model that can score and continue text.
+pub trait Engine: Send {
+    /// What results should record: a path, a model id, a URL.
+    fn name(&self) -> &str;
+    /// One result per request, in order.
+    fn loglikelihood(
+        &mut self,
+        requests: &[LoglikelihoodRequest],
+        progress: &mut Progress<'_>,
+    ) -> Result<Vec<Loglikelihood>, EngineError>;
+    /// One result per request, in order.
+    fn generate(
+        &mut self,
+        requests: &[GenerateRequest],
+        progress: &mut Progress<'_>,
+    ) -> Result<Vec<Generated>, EngineError>;
+    /// `messages` rendered with the model's chat template, ending with the assistant's turn
+    /// opened; an error when the model has none.
+    fn apply_chat_template(&self, messages: &[Message]) -> Result<String, EngineError>;
+}

@@ -1,0 +1,440 @@
+//! Task files: the subset of lm-evaluation-harness's task YAML that galley runs, read with
+//! galley's one YAML loader (`file:line:column` and the key on a mistake). A harness task
+//! that uses only these keys runs unchanged; keys the harness uses for bookkeeping (`tag`,
+//! `metadata`, decontamination) are accepted and ignored; anything else — above all
+//! `!function` (Python code, which galley never runs) — is an error that says what to use
+//! instead. A group file (`group:` + `task:`) aggregates tasks and other groups.
+
+use crate::EvalError;
+use galley_core::config::{self, yaml};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A `doc_to_*` entry: a column name or Jinja template, a literal list, or a literal index.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Field {
+    Index(i64),
+    Text(String),
+    List(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputType {
+    MultipleChoice,
+    Loglikelihood,
+    LoglikelihoodRolling,
+    GenerateUntil,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationKwargs {
+    #[serde(default)]
+    pub until: Vec<String>,
+    #[serde(default = "default_max_gen_toks")]
+    pub max_gen_toks: usize,
+    #[serde(default)]
+    pub do_sample: bool,
+    #[serde(default)]
+    pub temperature: f32,
+}
+
+fn default_max_gen_toks() -> usize {
+    // The harness's default.
+    256
+}
+
+/// One `metric_list` entry: a built-in metric with its options, or an evaluator plugin.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricSpec {
+    /// `acc`, `acc_norm`, `exact_match`... (absent when `plugin` is given).
+    #[serde(default)]
+    pub metric: Option<String>,
+    /// An evaluator plugin: `galley/exact-match`, `name@^1`, or a `.wasm` path.
+    #[serde(default)]
+    pub plugin: Option<String>,
+    /// The plugin's settings (JSON object).
+    #[serde(default)]
+    pub settings: Option<serde_json::Value>,
+    /// What to do when the plugin fails on a batch: `skip` it (graded as missing) or `stop`.
+    #[serde(default)]
+    pub on_error: Option<String>,
+    #[serde(default)]
+    pub aggregation: Option<String>,
+    #[serde(default)]
+    pub higher_is_better: Option<bool>,
+    #[serde(default)]
+    pub ignore_case: bool,
+    #[serde(default)]
+    pub ignore_punctuation: bool,
+    #[serde(default)]
+    pub ignore_numbers: bool,
+    #[serde(default)]
+    pub regexes_to_ignore: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterStep {
+    pub function: String,
+    #[serde(default)]
+    pub regex_pattern: Option<String>,
+    #[serde(default)]
+    pub group_select: Option<i64>,
+    #[serde(default)]
+    pub fallback: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSpec {
+    pub name: String,
+    pub filter: Vec<FilterStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FewshotConfig {
+    #[serde(default = "default_sampler")]
+    pub sampler: String,
+}
+
+fn default_sampler() -> String {
+    "default".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetKwargs {
+    /// `split: file` (or a list of files), relative to the task file.
+    #[serde(default)]
+    pub data_files: Option<BTreeMap<String, OneOrMany>>,
+    #[serde(default)]
+    pub trust_remote_code: Option<bool>,
+}
+
+/// One task.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    pub task: String,
+    #[serde(default)]
+    pub task_alias: Option<String>,
+    /// A hub dataset id (looked up under the evaluation data folder), a local folder
+    /// (relative to the task file), or `json` with `dataset_kwargs.data_files`.
+    #[serde(default)]
+    pub dataset_path: Option<String>,
+    #[serde(default)]
+    pub dataset_name: Option<String>,
+    #[serde(default)]
+    pub dataset_kwargs: Option<DatasetKwargs>,
+    #[serde(default)]
+    pub training_split: Option<String>,
+    #[serde(default)]
+    pub validation_split: Option<String>,
+    #[serde(default)]
+    pub test_split: Option<String>,
+    #[serde(default)]
+    pub fewshot_split: Option<String>,
+    #[serde(default)]
+    pub fewshot_config: Option<FewshotConfig>,
+    /// A data-loader plugin that turns the split's rows into the task's documents.
+    #[serde(default)]
+    pub process_docs: Option<String>,
+    #[serde(default)]
+    pub doc_to_text: Option<Field>,
+    #[serde(default)]
+    pub doc_to_target: Option<Field>,
+    #[serde(default)]
+    pub doc_to_choice: Option<Field>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default = "default_target_delimiter")]
+    pub target_delimiter: String,
+    #[serde(default = "default_fewshot_delimiter")]
+    pub fewshot_delimiter: String,
+    #[serde(default)]
+    pub num_fewshot: Option<usize>,
+    pub output_type: OutputType,
+    #[serde(default)]
+    pub generation_kwargs: Option<GenerationKwargs>,
+    #[serde(default)]
+    pub metric_list: Vec<MetricSpec>,
+    #[serde(default)]
+    pub filter_list: Vec<FilterSpec>,
+    #[serde(default)]
+    pub repeats: Option<u32>,
+    // Accepted and ignored: the harness's bookkeeping.
+    #[serde(default)]
+    pub tag: Option<OneOrMany>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    pub should_decontaminate: Option<bool>,
+    #[serde(default)]
+    pub doc_to_decontamination_query: Option<String>,
+}
+
+fn default_target_delimiter() -> String {
+    " ".into()
+}
+
+fn default_fewshot_delimiter() -> String {
+    "\n\n".into()
+}
+
+/// One `aggregate_metric_list` entry of a group.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSpec {
+    pub metric: String,
+    #[serde(default = "default_aggregation")]
+    pub aggregation: String,
+    #[serde(default = "yes")]
+    pub weight_by_size: bool,
+    #[serde(default)]
+    pub filter_list: Option<OneOrMany>,
+}
+
+fn default_aggregation() -> String {
+    "mean".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub group: String,
+    #[serde(default)]
+    pub group_alias: Option<String>,
+    pub task: Vec<String>,
+    #[serde(default)]
+    pub aggregate_metric_list: Vec<AggregateSpec>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A task with where it came from (relative data paths resolve against `dir`).
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub config: TaskConfig,
+    /// The folder of the task file (built-in tasks: none).
+    pub dir: Option<PathBuf>,
+    /// The task file's text (or the built-in's), part of the task's digest.
+    pub source: String,
+    /// Where it came from, for errors.
+    pub origin: String,
+}
+
+/// A task file or a group file.
+pub enum TaskFile {
+    Task(Task),
+    Group(GroupConfig),
+}
+
+/// Reads a task or group file. `include:` (the harness's template inheritance) is resolved
+/// relative to the file; the including file's keys win.
+pub fn load_file(path: &Path) -> Result<TaskFile, EvalError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EvalError::Task(format!("{origin}: cannot read: {e}")))?;
+    parse(&text, &origin, path.parent())
+}
+
+/// [`load_file`] over text; `dir` resolves `include:` and relative data paths.
+pub fn parse(text: &str, origin: &str, dir: Option<&Path>) -> Result<TaskFile, EvalError> {
+    refuse_functions(text, origin)?;
+    let value: yaml::Value = yaml::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!("{origin}:{}:{}", l.line(), l.column()))
+            .unwrap_or_else(|| origin.to_string());
+        EvalError::Task(format!("{at}: {e}"))
+    })?;
+    let yaml::Value::Mapping(map) = &value else {
+        return Err(EvalError::Task(format!(
+            "{origin}: a task file is a mapping of keys"
+        )));
+    };
+    if map.contains_key("group") {
+        let g = config::parse::<GroupConfig>(text, origin, &[], &|_| None)
+            .map_err(|e| EvalError::Task(e.to_string()))?;
+        return Ok(TaskFile::Group(g));
+    }
+    let (text_for_parse, source) = match map.get("include").and_then(|v| v.as_str()) {
+        None => (text.to_string(), text.to_string()),
+        Some(inc) => {
+            let base = dir
+                .map(|d| d.join(inc))
+                .unwrap_or_else(|| PathBuf::from(inc));
+            let inc_text = std::fs::read_to_string(&base).map_err(|e| {
+                EvalError::Task(format!(
+                    "{origin}: include `{inc}`: cannot read {}: {e}",
+                    base.display()
+                ))
+            })?;
+            refuse_functions(&inc_text, &base.display().to_string())?;
+            let mut merged: yaml::Mapping = match yaml::from_str(&inc_text) {
+                Ok(yaml::Value::Mapping(m)) => m,
+                _ => {
+                    return Err(EvalError::Task(format!(
+                        "{}: an included task file is a mapping of keys",
+                        base.display()
+                    )));
+                }
+            };
+            for (k, v) in map {
+                if k.as_str() != Some("include") {
+                    merged.insert(k.clone(), v.clone());
+                }
+            }
+            let merged = yaml::to_string(&merged).expect("a mapping serializes");
+            (merged, format!("{inc_text}\n---\n{text}"))
+        }
+    };
+    let config: TaskConfig = config::parse(&text_for_parse, origin, &[], &|_| None)
+        .map_err(|e| EvalError::Task(e.to_string()))?;
+    check(&config, origin)?;
+    Ok(TaskFile::Task(Task {
+        config,
+        dir: dir.map(Path::to_path_buf),
+        source,
+        origin: origin.to_string(),
+    }))
+}
+
+/// The harness lets a task call Python (`!function module.fn`); galley runs no Python, and
+/// says so at the line rather than failing later on an odd type.
+fn refuse_functions(text: &str, origin: &str) -> Result<(), EvalError> {
+    for (i, line) in text.lines().enumerate() {
+        // A YAML tag in value position (`key: !function ...` or `- !function ...`), not a comment.
+        if let Some(at) = line.find("!function")
+            && !line.trim_start().starts_with('#')
+            && matches!(line[..at].trim_end().chars().last(), Some(':' | '-'))
+        {
+            let key = line[..at].trim().trim_end_matches(':').trim();
+            let hint = match key {
+                "process_docs" => {
+                    "preprocess the data when fetching it, or name a data-loader plugin (`process_docs: galley/...`)"
+                }
+                "process_results" => "use a metric, or an evaluator plugin in `metric_list`",
+                _ => "use a Jinja template or a column name",
+            };
+            return Err(EvalError::Task(format!(
+                "{origin}:{}: `{key}`: `!function` runs Python, which galley never does: {hint}",
+                i + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What deserialization cannot say: combinations the task cannot run with.
+fn check(c: &TaskConfig, origin: &str) -> Result<(), EvalError> {
+    let bad = |key: &str, msg: &str| Err(EvalError::Task(format!("{origin}: `{key}`: {msg}")));
+    if c.doc_to_text.is_none() && c.output_type != OutputType::LoglikelihoodRolling {
+        return bad("doc_to_text", "missing");
+    }
+    if c.doc_to_target.is_none() {
+        return bad("doc_to_target", "missing");
+    }
+    if c.output_type == OutputType::MultipleChoice && c.doc_to_choice.is_none() {
+        return bad("doc_to_choice", "a multiple_choice task needs its choices");
+    }
+    if c.repeats.is_some_and(|r| r != 1) {
+        return bad("repeats", "galley runs each request once (repeats: 1)");
+    }
+    if let Some(f) = &c.fewshot_config
+        && !matches!(f.sampler.as_str(), "default" | "first_n")
+    {
+        return bad(
+            "fewshot_config.sampler",
+            "galley has `default` (seeded) and `first_n`",
+        );
+    }
+    if c.test_split.is_none() && c.validation_split.is_none() {
+        return bad(
+            "test_split",
+            "a task needs a test_split or a validation_split to evaluate on",
+        );
+    }
+    for (i, m) in c.metric_list.iter().enumerate() {
+        match (&m.metric, &m.plugin) {
+            (None, None) => return bad(&format!("metric_list[{i}]"), "needs `metric` or `plugin`"),
+            (Some(_), Some(_)) => {
+                return bad(
+                    &format!("metric_list[{i}]"),
+                    "give `metric` or `plugin`, not both",
+                );
+            }
+            (Some(name), None) if !crate::metrics::BUILT_IN.contains(&name.as_str()) => {
+                return bad(
+                    &format!("metric_list[{i}].metric"),
+                    &format!(
+                        "unknown metric `{name}` (built in: {}; any other grading is an evaluator plugin: `plugin: NAME`)",
+                        crate::metrics::BUILT_IN.join(", ")
+                    ),
+                );
+            }
+            _ => {}
+        }
+        if let Some(a) = &m.aggregation
+            && a != "mean"
+        {
+            return bad(
+                &format!("metric_list[{i}].aggregation"),
+                "galley aggregates by `mean`",
+            );
+        }
+        if let Some(p) = &m.on_error
+            && p != "skip"
+            && p != "stop"
+        {
+            return bad(
+                &format!("metric_list[{i}].on_error"),
+                "use `skip` or `stop`",
+            );
+        }
+    }
+    for (i, f) in c.filter_list.iter().enumerate() {
+        for (j, s) in f.filter.iter().enumerate() {
+            let at = format!("filter_list[{i}].filter[{j}]");
+            match s.function.as_str() {
+                "regex" => {
+                    if let Some(p) = &s.regex_pattern
+                        && let Err(e) = regex::Regex::new(p)
+                    {
+                        return bad(
+                            &format!("{at}.regex_pattern"),
+                            &e.to_string().replace('\n', " "),
+                        );
+                    }
+                }
+                "take_first" | "lowercase" | "uppercase" | "remove_whitespace" => {}
+                other => {
+                    return bad(
+                        &format!("{at}.function"),
+                        &format!(
+                            "unknown filter `{other}` (galley has regex, take_first, lowercase, uppercase, remove_whitespace)"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! PEFT LoRA adapters applied over a base at load: `adapter_config.json` +
+//! `adapter_model.safetensors` in PEFT's layout (what galley's trainer writes, and what
+//! `PeftModel.save_pretrained` writes). Each adapted projection becomes `W + scale · B·A` in
+//! memory, so evaluating or serving an adapter needs no merged copy on disk, and a quantized
+//! base stays quantized everywhere the adapter does not touch.
+
+use crate::error::{ModelError, Result, bad};
+use crate::weights::Weights;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A loaded adapter: its deltas by HF weight name, and what identifies it.
+pub struct Adapter {
+    pub dir: PathBuf,
+    pub deltas: HashMap<String, Tensor>,
+    pub rank: usize,
+    pub alpha: f64,
+}
+
+#[derive(serde::Deserialize)]
+struct PeftConfig {
+    #[serde(default)]
+    peft_type: Option<String>,
+    r: usize,
+    lora_alpha: f64,
+    #[serde(default)]
+    use_rslora: bool,
+    #[serde(default)]
+    fan_in_fan_out: bool,
+    #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
+    modules_to_save: Option<Vec<String>>,
+    #[serde(default)]
+    rank_pattern: HashMap<String, serde_json::Value>,
+    #[serde(default)]
+    alpha_pattern: HashMap<String, serde_json::Value>,
+}
+
+impl Adapter {
+    /// Reads the adapter in `dir`. Every way it could be silently wrong for galley (a PEFT
+    /// feature galley does not apply, a key it cannot place) is an error naming the file.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, e))?;
+        let cfg: PeftConfig = serde_json::from_str(&text).map_err(|e| bad(&cfg_path, e))?;
+        if let Some(t) = cfg.peft_type.as_deref()
+            && t != "LORA"
+        {
+            return Err(bad(
+                &cfg_path,
+                format!("peft_type `{t}`: galley applies LORA adapters"),
+            ));
+        }
+        let unsupported = [
+            (cfg.fan_in_fan_out, "fan_in_fan_out"),
+            (cfg.use_dora, "use_dora"),
+            (
+                cfg.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()),
+                "modules_to_save",
+            ),
+            (!cfg.rank_pattern.is_empty(), "rank_pattern"),
+            (!cfg.alpha_pattern.is_empty(), "alpha_pattern"),
+        ];
+        if let Some((_, what)) = unsupported.iter().find(|u| u.0) {
+            return Err(bad(
+                &cfg_path,
+                format!("`{what}` is not supported by galley's adapter loader"),
+            ));
+        }
+        if cfg.r == 0 {
+            return Err(bad(&cfg_path, "`r` must be at least 1"));
+        }
+        let scale = if cfg.use_rslora {
+            cfg.lora_alpha / (cfg.r as f64).sqrt()
+        } else {
+            cfg.lora_alpha / cfg.r as f64
+        };
+        let st_path = dir.join("adapter_model.safetensors");
+        if !st_path.is_file() {
+            return Err(bad(
+                &st_path,
+                "missing (galley reads adapters in safetensors)",
+            ));
+        }
+        // SAFETY: mapped read-only and not modified while loaded; safetensors checks offsets.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&st_path) }
+            .map_err(|e| bad(&st_path, format!("not a valid safetensors file: {e}")))?;
+        let mut a_of: HashMap<String, Tensor> = HashMap::new();
+        let mut b_of: HashMap<String, Tensor> = HashMap::new();
+        for (key, _) in st.tensors() {
+            let (module, which) = if let Some(m) = key.strip_suffix(".lora_A.weight") {
+                (m, 'A')
+            } else if let Some(m) = key.strip_suffix(".lora_B.weight") {
+                (m, 'B')
+            } else {
+                return Err(bad(
+                    &st_path,
+                    format!("tensor `{key}` is not a LoRA A or B matrix"),
+                ));
+            };
+            // PEFT prefixes `base_model.model.` to the base's own names.
+            let module = module.strip_prefix("base_model.model.").unwrap_or(module);
+            let t = st
+                .load(&key, device)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .map_err(|e| bad(&st_path, format!("tensor `{key}`: {e}")))?;
+            match which {
+                'A' => a_of.insert(module.to_string(), t),
+                _ => b_of.insert(module.to_string(), t),
+            };
+        }
+        let mut deltas = HashMap::new();
+        for (module, a) in &a_of {
+            let b = b_of
+                .remove(module)
+                .ok_or_else(|| bad(&st_path, format!("`{module}` has lora_A but no lora_B")))?;
+            let (ra, rb) = (a.dim(0)?, b.dim(1)?);
+            if ra != cfg.r || rb != cfg.r {
+                return Err(bad(
+                    &st_path,
+                    format!(
+                        "`{module}`: rank {ra}/{rb} but adapter_config.json says r = {}",
+                        cfg.r
+                    ),
+                ));
+            }
+            let delta = (b.matmul(a)? * scale)?;
+            deltas.insert(format!("{module}.weight"), delta);
+        }
+        if let Some(module) = b_of.keys().next() {
+            return Err(bad(
+                &st_path,
+                format!("`{module}` has lora_B but no lora_A"),
+            ));
+        }
+        if deltas.is_empty() {
+            return Err(bad(&st_path, "holds no LoRA matrices"));
+        }
+        Ok(Self {
+            dir: dir.into(),
+            deltas,
+            rank: cfg.r,
+            alpha: cfg.lora_alpha,
+        })
+    }
+
+    /// `base` with this adapter's deltas added where they apply. A delta that names no
+    /// weight of the base is an error: an adapter for another architecture must not be
+    /// dropped silently.
+    pub fn apply(self, base: Weights) -> Result<Weights> {
+        if let Some(name) = self.deltas.keys().find(|n| !base.has(n)) {
+            return Err(ModelError::Invalid(format!(
+                "{}: the adapter changes `{name}`, which the base model {} does not have",
+                self.dir.display(),
+                base.origin().display()
+            )));
+        }
+        Ok(Weights::Overlay {
+            base: Box::new(base),
+            deltas: self.deltas,
+        })
+    }
+}

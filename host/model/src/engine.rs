@@ -1,0 +1,368 @@
+//! The native engine: galley-core's `Engine` over a loaded model. Log-likelihoods follow
+//! lm-evaluation-harness's HF backend token for token — the context and the continuation are
+//! tokenized as the harness does (trailing spaces of the context move to the continuation; the
+//! continuation is what `encode(context + continuation)` adds after `encode(context)`; no
+//! special tokens; an empty context is the end-of-text token) — so the numbers are the field's.
+//!
+//! What is galley's own is the batching. Requests that share a context (a question's choices)
+//! prefill it once and copy its cache rows, as GRPO does for a group; contexts are sorted by
+//! length so a batch pads little; a one-token continuation (MMLU's " A") needs no second pass,
+//! its log-probability is read from the context's last position.
+
+use crate::chat::ChatTemplate;
+use crate::generate::generate;
+use crate::model::Llama;
+use crate::sample::SamplingParams;
+use crate::tokenizer::Tokenizer;
+use candle_core::Tensor;
+use galley_core::engine::{
+    Engine, EngineError, GenerateRequest, Generated, Loglikelihood, LoglikelihoodRequest, Progress,
+};
+use galley_core::{Message, text};
+use std::collections::HashMap;
+
+pub struct NativeEngine {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    name: String,
+    /// Token positions (rows x padded length) one forward pass may hold: bounds the attention
+    /// scores and the logits kept for a batch.
+    pub batch_tokens: usize,
+    /// Contexts of at most this many rows per batch.
+    pub batch_rows: usize,
+}
+
+/// One distinct context and the continuations scored after it.
+struct Group {
+    context: Vec<u32>,
+    /// (request index, continuation tokens)
+    conts: Vec<(usize, Vec<u32>)>,
+}
+
+impl NativeEngine {
+    pub fn new(
+        model: Llama,
+        tokenizer: Tokenizer,
+        template: Option<ChatTemplate>,
+        name: impl Into<String>,
+    ) -> Self {
+        Self {
+            model,
+            tokenizer,
+            template,
+            name: name.into(),
+            batch_tokens: 4096,
+            batch_rows: 32,
+        }
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::new(&self.name, e.to_string())
+    }
+
+    fn encode(&self, s: &str) -> Result<Vec<u32>, EngineError> {
+        self.tokenizer.encode(s, false).map_err(|e| self.err(e))
+    }
+
+    /// The harness's `_encode_pair`: (context tokens, continuation tokens).
+    fn encode_pair(&self, context: &str, cont: &str) -> Result<(Vec<u32>, Vec<u32>), EngineError> {
+        let trimmed = context.trim_end_matches(|c: char| c.is_whitespace());
+        let (context, cont) = if trimmed.len() < context.len() {
+            (trimmed, format!("{}{cont}", &context[trimmed.len()..]))
+        } else {
+            (context, cont.to_string())
+        };
+        if context.is_empty() {
+            let prefix = self
+                .tokenizer
+                .eos
+                .first()
+                .copied()
+                .or(self.tokenizer.bos)
+                .ok_or_else(|| self.err("an empty context needs an end-of-text token"))?;
+            return Ok((vec![prefix], self.encode(&cont)?));
+        }
+        let whole = self.encode(&format!("{context}{cont}"))?;
+        let ctx = self.encode(context)?;
+        let cont = whole.get(ctx.len()..).unwrap_or_default().to_vec();
+        Ok((ctx, cont))
+    }
+
+    /// Scores one batch of groups; writes results by request index.
+    fn score_batch(
+        &self,
+        groups: &[&Group],
+        out: &mut [Option<Loglikelihood>],
+    ) -> candle_core::Result<()> {
+        let longest = groups.iter().map(|g| g.context.len()).max().unwrap_or(0);
+        let pad_id = self.tokenizer.eos.first().copied().unwrap_or(0);
+        let input: Vec<Vec<u32>> = groups
+            .iter()
+            .map(|g| {
+                std::iter::repeat_n(pad_id, longest - g.context.len())
+                    .chain(g.context.iter().copied())
+                    .collect()
+            })
+            .collect();
+        let pad: Vec<Vec<bool>> = groups
+            .iter()
+            .map(|g| {
+                (0..longest)
+                    .map(|i| i < longest - g.context.len())
+                    .collect()
+            })
+            .collect();
+        let mut cache = self.model.new_cache(groups.len());
+        let last = self
+            .model
+            .forward(&input, Some(&pad), &mut cache, true)?
+            .squeeze(1)?;
+        // Rows of the continuation pass: one per (group, continuation).
+        let rows: Vec<(usize, usize)> = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, grp)| (0..grp.conts.len()).map(move |c| (g, c)))
+            .collect();
+        let longest_cont = rows
+            .iter()
+            .map(|&(g, c)| groups[g].conts[c].1.len())
+            .max()
+            .unwrap_or(0);
+        let rest = if longest_cont > 1 {
+            cache.select_rows(&rows.iter().map(|r| r.0).collect::<Vec<_>>())?;
+            // Right padding: a causal model's real positions never see what follows them.
+            let input: Vec<Vec<u32>> = rows
+                .iter()
+                .map(|&(g, c)| {
+                    let t = &groups[g].conts[c].1;
+                    let mut row = t[..t.len().saturating_sub(1)].to_vec();
+                    row.resize(longest_cont - 1, pad_id);
+                    row
+                })
+                .collect();
+            Some(self.model.forward(&input, None, &mut cache, false)?)
+        } else {
+            None
+        };
+        for (r, &(g, c)) in rows.iter().enumerate() {
+            let (req, tokens) = &groups[g].conts[c];
+            let mut token_logprobs = Vec::with_capacity(tokens.len());
+            let mut greedy = true;
+            for (j, &t) in tokens.iter().enumerate() {
+                let logits: Tensor = if j == 0 {
+                    last.get(g)?
+                } else {
+                    rest.as_ref()
+                        .expect("continuations past one token")
+                        .get(r)?
+                        .get(j - 1)?
+                };
+                let logits = logits.to_vec1::<f32>()?;
+                let (lp, top) = log_softmax_at(&logits, t as usize);
+                token_logprobs.push(lp);
+                greedy &= top == t as usize;
+            }
+            out[*req] = Some(Loglikelihood {
+                logprob: token_logprobs.iter().map(|&x| x as f64).sum(),
+                greedy,
+                token_logprobs,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `log softmax(logits)[t]` and the arg-max (the first, on ties, as torch's).
+fn log_softmax_at(logits: &[f32], t: usize) -> (f32, usize) {
+    let mut top = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[top] {
+            top = i;
+        }
+    }
+    let max = logits[top];
+    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    ((logits[t] - max) - sum.ln() as f32, top)
+}
+
+impl Engine for NativeEngine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn loglikelihood(
+        &mut self,
+        requests: &[LoglikelihoodRequest],
+        progress: &mut Progress<'_>,
+    ) -> Result<Vec<Loglikelihood>, EngineError> {
+        let max_len = self.model.config.max_position_embeddings.max(1);
+        let mut groups: Vec<Group> = Vec::new();
+        let mut by_context: HashMap<Vec<u32>, usize> = HashMap::new();
+        for (i, r) in requests.iter().enumerate() {
+            let (mut ctx, cont) = self.encode_pair(&r.context, &r.continuation)?;
+            if cont.is_empty() {
+                return Err(self.err(format!(
+                    "request {i}: the continuation {:?} adds no tokens to its context",
+                    text::untrusted(&r.continuation, 200)
+                )));
+            }
+            if cont.len() >= max_len {
+                return Err(self.err(format!(
+                    "request {i}: the continuation is {} tokens, more than the model's {max_len}",
+                    cont.len()
+                )));
+            }
+            // The harness keeps the last max_len tokens of context + continuation.
+            let room = max_len + 1 - cont.len();
+            if ctx.len() > room {
+                ctx.drain(..ctx.len() - room);
+            }
+            let g = *by_context.entry(ctx.clone()).or_insert_with(|| {
+                groups.push(Group {
+                    context: ctx,
+                    conts: vec![],
+                });
+                groups.len() - 1
+            });
+            groups[g].conts.push((i, cont));
+        }
+        // Longest first: a batch of similar lengths pads little, and a memory problem shows early.
+        let mut order: Vec<&Group> = groups.iter().collect();
+        order.sort_by_key(|g| {
+            std::cmp::Reverse(
+                g.context.len() + g.conts.iter().map(|c| c.1.len()).max().unwrap_or(0),
+            )
+        });
+        let mut out: Vec<Option<Loglikelihood>> = vec![None; requests.len()];
+        let mut done = 0;
+        let mut at = 0;
+        while at < order.len() {
+            let longest = order[at].context.len();
+            let mut end = at + 1;
+            let mut rows = order[at].conts.len();
+            while end < order.len()
+                && end - at < self.batch_rows
+                && (end - at + 1) * longest <= self.batch_tokens
+                && (rows + order[end].conts.len())
+                    * order[at..=end]
+                        .iter()
+                        .flat_map(|g| g.conts.iter().map(|c| c.1.len()))
+                        .max()
+                        .unwrap_or(1)
+                    <= self.batch_tokens
+            {
+                rows += order[end].conts.len();
+                end += 1;
+            }
+            self.score_batch(&order[at..end], &mut out)
+                .map_err(|e| self.err(crate::error::first_line(&e)))?;
+            done += order[at..end].iter().map(|g| g.conts.len()).sum::<usize>();
+            progress(done);
+            at = end;
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every request scored"))
+            .collect())
+    }
+
+    fn generate(
+        &mut self,
+        requests: &[GenerateRequest],
+        progress: &mut Progress<'_>,
+    ) -> Result<Vec<Generated>, EngineError> {
+        let max_len = self.model.config.max_position_embeddings.max(1);
+        // Requests with the same settings run as one batch (sorted by prompt length).
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        let mut prompts = Vec::with_capacity(requests.len());
+        for r in requests {
+            let mut ids = self.encode(&r.prompt)?;
+            // The harness keeps the last (max_len - max_tokens) prompt tokens.
+            let room = max_len.saturating_sub(r.max_tokens).max(1);
+            if ids.len() > room {
+                ids.drain(..ids.len() - room);
+            }
+            if ids.is_empty() {
+                ids.extend(self.tokenizer.eos.first().copied().or(self.tokenizer.bos));
+            }
+            prompts.push(ids);
+        }
+        order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
+        let mut out: Vec<Option<Generated>> = vec![None; requests.len()];
+        let mut done = 0;
+        let mut at = 0;
+        while at < order.len() {
+            let first = &requests[order[at]];
+            let same = |r: &GenerateRequest| {
+                r.until == first.until
+                    && r.max_tokens == first.max_tokens
+                    && r.temperature == first.temperature
+                    && r.seed == first.seed
+            };
+            let mut end = at + 1;
+            while end < order.len()
+                && end - at < self.batch_rows
+                && (end - at + 1) * (prompts[order[at]].len() + first.max_tokens)
+                    <= self.batch_tokens * 2
+                && same(&requests[order[end]])
+            {
+                end += 1;
+            }
+            let batch: Vec<Vec<u32>> = order[at..end].iter().map(|&i| prompts[i].clone()).collect();
+            let params = SamplingParams {
+                temperature: first.temperature,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed: first.seed,
+                max_tokens: first.max_tokens,
+                stop: first.until.clone(),
+                ..SamplingParams::default()
+            };
+            let done_here = generate(
+                &self.model,
+                &self.tokenizer,
+                &batch,
+                &params,
+                &mut |_, _| {},
+            )
+            .map_err(|e| self.err(e))?;
+            for (&i, c) in order[at..end].iter().zip(done_here) {
+                out[i] = Some(Generated {
+                    text: c.text,
+                    tokens: c.tokens.len(),
+                });
+            }
+            done += end - at;
+            progress(done);
+            at = end;
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every request generated"))
+            .collect())
+    }
+
+    fn apply_chat_template(&self, messages: &[Message]) -> Result<String, EngineError> {
+        let t = self
+            .template
+            .as_ref()
+            .ok_or_else(|| self.err("the model has no chat template"))?;
+        t.render(messages, true, None).map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_softmax_at;
+
+    #[test]
+    fn log_softmax_matches_the_definition() {
+        let l = [1.0f32, 3.0, 2.0];
+        let z: f64 = l.iter().map(|&x| (x as f64).exp()).sum();
+        let (lp, top) = log_softmax_at(&l, 2);
+        assert_eq!(top, 1);
+        assert!((lp as f64 - (2.0 - z.ln())).abs() < 1e-6);
+    }
+}

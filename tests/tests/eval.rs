@@ -1,0 +1,475 @@
+//! `galley eval` through the binary, on a tiny random model made on the spot and task files
+//! written by the test in lm-evaluation-harness's format: a multiple-choice task, a
+//! generation task with regex filters, evaluator plugins as metrics (a real one, and a
+//! trapping one under `skip` and `stop`), a PEFT adapter that changes the scores, and bad
+//! input (an unknown task, a bad key, Python code, missing data): one-line errors that name
+//! the file, line and key.
+
+use galley_e2e::*;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Mutex;
+
+/// Model runs one at a time: candle's threads spin, and two models on two cores crawl.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn eval(dir: &Path, args: &[&str]) -> Output {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = vec!["eval"];
+    all.extend_from_slice(args);
+    galley(dir, &all)
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "failed:\n{}{}", stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+/// A folder with the tiny model, a multiple-choice task and a generation task.
+fn project() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let text: Vec<String> = (0..120)
+        .map(|i| {
+            format!(
+                "Question: what is {i} plus one?\nAnswer: {} #### {}",
+                i + 1,
+                i + 1
+            )
+        })
+        .collect();
+    galley_train::testing::tiny_chat_model_from(&d.join("model"), &text);
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    let mut mc = String::new();
+    for i in 0..12 {
+        let row = serde_json::json!({
+            "question": format!("what is {i} plus one?"),
+            "choices": {"text": [format!("{}", i + 1), format!("{}", i + 7), "no"], "label": ["A", "B", "C"]},
+            "answerKey": ["A", "B", "C"][i % 3],
+        });
+        mc.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(d.join("data/mc.jsonl"), &mc).unwrap();
+    std::fs::write(
+        d.join("sums.yaml"),
+        "task: sums\n\
+         dataset_path: json\n\
+         dataset_kwargs:\n  data_files:\n    test: data/mc.jsonl\n\
+         output_type: multiple_choice\n\
+         test_split: test\n\
+         doc_to_text: \"Question: {{question}}\\nAnswer:\"\n\
+         doc_to_target: \"{{choices.label.index(answerKey)}}\"\n\
+         doc_to_choice: \"{{choices.text}}\"\n\
+         metric_list:\n  - metric: acc\n  - metric: acc_norm\n",
+    )
+    .unwrap();
+    let mut generation = String::new();
+    for i in 0..6 {
+        let row = serde_json::json!({"question": format!("what is {i} plus one?"), "answer": format!("{} #### {}", i + 1, i + 1)});
+        generation.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(d.join("data/gen.jsonl"), &generation).unwrap();
+    std::fs::write(
+        d.join("gen.yaml"),
+        "task: gen\n\
+         dataset_path: json\n\
+         dataset_kwargs:\n  data_files:\n    test: data/gen.jsonl\n\
+         output_type: generate_until\n\
+         test_split: test\n\
+         fewshot_split: test\n\
+         num_fewshot: 1\n\
+         doc_to_text: \"Question: {{question}}\\nAnswer:\"\n\
+         doc_to_target: \"{{answer}}\"\n\
+         generation_kwargs:\n  until: [\"Question:\"]\n  max_gen_toks: 12\n\
+         metric_list:\n  - metric: exact_match\n    regexes_to_ignore: [\"(?s).*#### \"]\n\
+         filter_list:\n  - name: strict\n    filter:\n      - function: regex\n        regex_pattern: \"#### (\\\\-?[0-9]+)\"\n      - function: take_first\n  - name: loose\n    filter:\n      - function: regex\n        regex_pattern: \"(-?[0-9]+)\"\n        group_select: -1\n",
+    )
+    .unwrap();
+    let model = d.join("model");
+    (tmp, model)
+}
+
+fn results(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+}
+
+fn samples(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("samples.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_multiple_choice_task_gives_harness_results_and_samples() {
+    let (tmp, model) = project();
+    let d = tmp.path();
+    let out = ok(eval(
+        d,
+        &[
+            "-m",
+            model.to_str().unwrap(),
+            "--tasks",
+            "sums.yaml",
+            "-o",
+            "out",
+        ],
+    ));
+    assert!(out.contains("| sums") && out.contains("acc_norm"), "{out}");
+    let r = results(&d.join("out"));
+    let t = &r["results"]["sums"];
+    assert_eq!(t["n"], 12);
+    let acc = t["acc,none"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert!(t["acc_stderr,none"].as_f64().unwrap() > 0.0 || acc == 0.0 || acc == 1.0);
+    assert_eq!(t["task_digest"].as_str().unwrap().len(), 64);
+    assert_eq!(r["model"]["digest"].as_str().unwrap().len(), 64);
+    assert!(r["model"]["adapter"].is_null());
+    let s = samples(&d.join("out"));
+    assert_eq!(s.len(), 12);
+    assert_eq!(s[0]["choices"].as_array().unwrap().len(), 3);
+    assert_eq!(s[0]["loglikelihoods"].as_array().unwrap().len(), 3);
+    assert!(
+        s[0]["prompt"]
+            .as_str()
+            .unwrap()
+            .starts_with("Question: what is 0 plus one?")
+    );
+    // Every grade agrees with the log-likelihoods it came from.
+    for x in &s {
+        let lls: Vec<f64> = x["loglikelihoods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].as_f64().unwrap())
+            .collect();
+        assert!(lls.iter().all(|l| *l < 0.0), "{lls:?}");
+        let best = (0..lls.len()).fold(0, |b, i| if lls[i] > lls[b] { i } else { b });
+        let gold = x["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|c| c == &x["target"])
+            .unwrap();
+        assert_eq!(
+            x["grades"]["acc,none"].as_f64().unwrap(),
+            f64::from(u8::from(best == gold))
+        );
+    }
+    // The same run twice gives the same numbers; --json prints the results.
+    let again = ok(eval(
+        d,
+        &[
+            "-m",
+            model.to_str().unwrap(),
+            "--tasks",
+            "sums.yaml",
+            "--json",
+        ],
+    ));
+    let j: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(j["results"]["sums"]["acc,none"], t["acc,none"]);
+    assert_eq!(j["results"]["sums"]["acc_norm,none"], t["acc_norm,none"]);
+}
+
+#[test]
+fn a_generation_task_with_regex_filters() {
+    let (tmp, model) = project();
+    let d = tmp.path();
+    ok(eval(
+        d,
+        &[
+            "-m",
+            model.to_str().unwrap(),
+            "--tasks",
+            "gen.yaml",
+            "-o",
+            "out",
+            "--limit",
+            "4",
+        ],
+    ));
+    let r = results(&d.join("out"));
+    let t = &r["results"]["gen"];
+    assert_eq!(t["n"], 4);
+    assert_eq!(t["num_fewshot"], 1);
+    for f in ["strict", "loose"] {
+        assert!(t[format!("exact_match,{f}")].is_number(), "{t}");
+    }
+    for s in samples(&d.join("out")) {
+        let pred = s["prediction"].as_str().unwrap();
+        assert!(
+            !pred.contains("Question:"),
+            "the stop string is cut: {pred:?}"
+        );
+        // The strict filter finds "#### N" or falls back to [invalid].
+        let strict = s["filtered"]["strict"].as_str().unwrap();
+        assert!(
+            strict == "[invalid]" || strict.parse::<i64>().is_ok(),
+            "{strict}"
+        );
+        // One few-shot example from the same split, never the question itself.
+        let prompt = s["prompt"].as_str().unwrap();
+        assert_eq!(prompt.matches("Question:").count(), 2, "{prompt}");
+        let q = prompt.rsplit("Question:").next().unwrap();
+        assert!(
+            !prompt[..prompt.len() - q.len() - 9].contains(q.trim()),
+            "{prompt}"
+        );
+    }
+}
+
+fn with_metric(d: &Path, name: &str, metric: &str) {
+    let base = std::fs::read_to_string(d.join("sums.yaml")).unwrap();
+    let base = base.replace("task: sums", &format!("task: {name}"));
+    let cut = base.find("metric_list:").unwrap();
+    std::fs::write(
+        d.join(format!("{name}.yaml")),
+        format!("{}metric_list:\n{metric}", &base[..cut]),
+    )
+    .unwrap();
+}
+
+#[test]
+fn evaluator_plugins_grade_in_the_sandbox_under_both_policies() {
+    let (tmp, model) = project();
+    let d = tmp.path();
+    let m = model.to_str().unwrap();
+    let em = plugin("exact-match");
+    with_metric(
+        d,
+        "plugged",
+        &format!(
+            "  - metric: acc\n  - plugin: {}\n    settings: {{ignore_case: true}}\n",
+            em.display()
+        ),
+    );
+    ok(eval(d, &["-m", m, "--tasks", "plugged.yaml", "-o", "out"]));
+    let t = &results(&d.join("out"))["results"]["plugged"];
+    // The plugin grades the chosen answer: the same as acc, here.
+    assert_eq!(t["exact_match,none"], t["acc,none"], "{t}");
+    assert_eq!(t["count,none"], 12, "the plugin's own aggregate: {t}");
+
+    let hostile = plugin("hostile-evaluator");
+    with_metric(
+        d,
+        "skipping",
+        &format!(
+            "  - metric: acc\n  - plugin: {}\n    settings: {{mode: trap-score}}\n    on_error: skip\n",
+            hostile.display()
+        ),
+    );
+    let o = eval(d, &["-m", m, "--tasks", "skipping.yaml", "-o", "skip"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("hostile-evaluator"),
+        "the skip is reported: {}",
+        stderr(&o)
+    );
+    let t = &results(&d.join("skip"))["results"]["skipping"];
+    assert_eq!(t["skipped"], 12);
+    assert!(t["acc,none"].is_number(), "built-in metrics survive: {t}");
+
+    with_metric(
+        d,
+        "stopping",
+        &format!(
+            "  - metric: acc\n  - plugin: {}\n    settings: {{mode: trap-score}}\n    on_error: stop\n",
+            hostile.display()
+        ),
+    );
+    let line = one_line_error(&eval(
+        d,
+        &["-m", m, "--tasks", "stopping.yaml", "-o", "stop"],
+    ));
+    assert!(
+        line.contains("hostile-evaluator") && line.contains("score"),
+        "{line}"
+    );
+}
+
+/// Writes a PEFT adapter (safetensors by hand) that perturbs layer 0's q and v projections.
+fn write_adapter(model: &Path, dir: &Path) {
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let h = cfg["hidden_size"].as_u64().unwrap() as usize;
+    let kv = cfg["num_key_value_heads"].as_u64().unwrap() as usize
+        * (h / cfg["num_attention_heads"].as_u64().unwrap() as usize);
+    let r = 4;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = vec![];
+    for (proj, out) in [("q_proj", h), ("v_proj", kv)] {
+        let p = format!("base_model.model.model.layers.0.self_attn.{proj}");
+        tensors.push((
+            format!("{p}.lora_A.weight"),
+            vec![r, h],
+            (0..r * h)
+                .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.05)
+                .collect(),
+        ));
+        tensors.push((
+            format!("{p}.lora_B.weight"),
+            vec![out, r],
+            (0..out * r)
+                .map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.05)
+                .collect(),
+        ));
+    }
+    let mut header = serde_json::Map::new();
+    let mut data = vec![];
+    for (name, shape, vals) in &tensors {
+        let start = data.len();
+        for v in vals {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}));
+    }
+    let mut h = serde_json::Value::Object(header).to_string();
+    while h.len() % 8 != 0 {
+        h.push(' ');
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let mut file = (h.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(h.as_bytes());
+    file.extend_from_slice(&data);
+    std::fs::write(dir.join("adapter_model.safetensors"), file).unwrap();
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        serde_json::json!({"peft_type": "LORA", "r": r, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}).to_string(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_adapter_changes_the_scores_it_is_not_silently_ignored() {
+    let (tmp, model) = project();
+    let d = tmp.path();
+    let m = model.to_str().unwrap();
+    write_adapter(&model, &d.join("adapter"));
+    ok(eval(d, &["-m", m, "--tasks", "sums.yaml", "-o", "base"]));
+    ok(eval(
+        d,
+        &[
+            "-m",
+            m,
+            "--adapter",
+            "adapter",
+            "--tasks",
+            "sums.yaml",
+            "-o",
+            "adapted",
+        ],
+    ));
+    let (b, a) = (samples(&d.join("base")), samples(&d.join("adapted")));
+    let diff = b
+        .iter()
+        .zip(&a)
+        .flat_map(|(x, y)| {
+            let xs = x["loglikelihoods"].as_array().unwrap().clone();
+            let ys = y["loglikelihoods"].as_array().unwrap().clone();
+            xs.into_iter()
+                .zip(ys)
+                .map(|(p, q)| (p[0].as_f64().unwrap() - q[0].as_f64().unwrap()).abs())
+        })
+        .fold(0.0, f64::max);
+    assert!(
+        diff > 1e-3,
+        "the adapter moved no log-likelihood (max change {diff})"
+    );
+    let r = results(&d.join("adapted"));
+    assert_eq!(r["model"]["adapter_digest"].as_str().unwrap().len(), 64);
+    // An adapter for modules the model lacks is refused, not dropped.
+    let bad = d.join("bad-adapter");
+    write_adapter(&model, &bad);
+    let st = std::fs::read(bad.join("adapter_model.safetensors")).unwrap();
+    let st = String::from_utf8_lossy(&st)
+        .replace("layers.0.", "layers.9.")
+        .into_bytes();
+    std::fs::write(bad.join("adapter_model.safetensors"), st).unwrap();
+    let line = one_line_error(&eval(
+        d,
+        &["-m", m, "--adapter", "bad-adapter", "--tasks", "sums.yaml"],
+    ));
+    assert!(
+        line.contains("layers.9") && line.contains("bad-adapter"),
+        "{line}"
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_naming_what_and_where() {
+    let (tmp, model) = project();
+    let d = tmp.path();
+    let m = model.to_str().unwrap();
+    let line = one_line_error(&eval(d, &["-m", m, "--tasks", "arc_hard"]));
+    assert!(
+        line.contains("arc_hard") && line.contains("arc_easy") && line.contains("gsm8k"),
+        "{line}"
+    );
+    std::fs::write(
+        d.join("typo.yaml"),
+        "task: typo\noutput_type: multiple_choice\ntest_split: test\ndoc_to_txt: x\n",
+    )
+    .unwrap();
+    let line = one_line_error(&eval(d, &["-m", m, "--tasks", "typo.yaml"]));
+    assert!(
+        line.contains("typo.yaml:4") && line.contains("doc_to_txt"),
+        "{line}"
+    );
+    std::fs::write(
+        d.join("py.yaml"),
+        "task: py\noutput_type: multiple_choice\ntest_split: test\nprocess_docs: !function utils.process_docs\n",
+    )
+    .unwrap();
+    let line = one_line_error(&eval(d, &["-m", m, "--tasks", "py.yaml"]));
+    assert!(
+        line.contains("py.yaml:4") && line.contains("process_docs") && line.contains("Python"),
+        "{line}"
+    );
+    let empty = d.join("no-data");
+    std::fs::create_dir_all(&empty).unwrap();
+    let line = one_line_error(&eval(
+        d,
+        &[
+            "-m",
+            m,
+            "--tasks",
+            "arc_easy",
+            "--data-dir",
+            empty.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        line.contains("fetch-eval-data.sh") && line.contains("ARC-Easy"),
+        "{line}"
+    );
+    std::fs::write(
+        d.join("data/broken.jsonl"),
+        "{\"question\": \"q\"}\nnot json\n",
+    )
+    .unwrap();
+    let broken = std::fs::read_to_string(d.join("sums.yaml"))
+        .unwrap()
+        .replace("mc.jsonl", "broken.jsonl");
+    std::fs::write(
+        d.join("broken.yaml"),
+        broken.replace("task: sums", "task: broken"),
+    )
+    .unwrap();
+    let line = one_line_error(&eval(d, &["-m", m, "--tasks", "broken.yaml"]));
+    assert!(line.contains("broken.jsonl:2"), "{line}");
+    // A template naming a column the data lacks: the task, the document and the field.
+    let undefined = std::fs::read_to_string(d.join("sums.yaml"))
+        .unwrap()
+        .replace("{{question}}", "{{questoin}}");
+    std::fs::write(
+        d.join("undef.yaml"),
+        undefined.replace("task: sums", "task: undef"),
+    )
+    .unwrap();
+    let line = one_line_error(&eval(d, &["-m", m, "--tasks", "undef.yaml"]));
+    assert!(
+        line.contains("undef") && line.contains("document 0") && line.contains("doc_to_text"),
+        "{line}"
+    );
+}
