@@ -45,7 +45,7 @@ fn project() -> (tempfile::TempDir, PathBuf) {
         let row = serde_json::json!({
             "question": format!("what is {i} plus one?"),
             "choices": {"text": [format!("{}", i + 1), format!("{}", i + 7), "no"], "label": ["A", "B", "C"]},
-            "answerKey": ["A", "B", "C"][i % 3],
+            "answerKey": (["A", "B", "C"])[i % 3],
         });
         mc.push_str(&format!("{row}\n"));
     }
@@ -249,7 +249,11 @@ fn evaluator_plugins_grade_in_the_sandbox_under_both_policies() {
     let t = &results(&d.join("out"))["results"]["plugged"];
     // The plugin grades the chosen answer: the same as acc, here.
     assert_eq!(t["exact_match,none"], t["acc,none"], "{t}");
-    assert_eq!(t["count,none"], 12, "the plugin's own aggregate: {t}");
+    assert_eq!(
+        t["count,none"].as_f64(),
+        Some(12.0),
+        "the plugin's own aggregate: {t}"
+    );
 
     let hostile = plugin("hostile-evaluator");
     with_metric(
@@ -279,10 +283,13 @@ fn evaluator_plugins_grade_in_the_sandbox_under_both_policies() {
             hostile.display()
         ),
     );
-    let line = one_line_error(&eval(
-        d,
-        &["-m", m, "--tasks", "stopping.yaml", "-o", "stop"],
-    ));
+    let o = eval(d, &["-m", m, "--tasks", "stopping.yaml", "-o", "stop"]);
+    assert!(!o.status.success());
+    // The runtime's warning about the trap, then exactly one error line naming the plugin.
+    let err = stderr(&o);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    let line = errors[0];
     assert!(
         line.contains("hostile-evaluator") && line.contains("score"),
         "{line}"
@@ -381,10 +388,13 @@ fn an_adapter_changes_the_scores_it_is_not_silently_ignored() {
     // An adapter for modules the model lacks is refused, not dropped.
     let bad = d.join("bad-adapter");
     write_adapter(&model, &bad);
-    let st = std::fs::read(bad.join("adapter_model.safetensors")).unwrap();
-    let st = String::from_utf8_lossy(&st)
-        .replace("layers.0.", "layers.9.")
-        .into_bytes();
+    let mut st = std::fs::read(bad.join("adapter_model.safetensors")).unwrap();
+    // Same length, so the header stays valid: only the module names change.
+    for i in 0..st.len() - 9 {
+        if &st[i..i + 9] == b"layers.0." {
+            st[i + 7] = b'9';
+        }
+    }
     std::fs::write(bad.join("adapter_model.safetensors"), st).unwrap();
     let line = one_line_error(&eval(
         d,
@@ -472,4 +482,92 @@ fn bad_input_is_one_line_naming_what_and_where() {
         line.contains("undef") && line.contains("document 0") && line.contains("doc_to_text"),
         "{line}"
     );
+}
+
+#[test]
+fn a_judge_whose_answer_does_not_parse_scores_nothing() {
+    let (tmp, model) = project();
+    let d = tmp.path();
+    let m = model.to_str().unwrap();
+    // A tiny random model writes no `Score:` line: every verdict is a failure, none a score.
+    std::fs::write(
+        d.join("answers.jsonl"),
+        "{\"question\": \"what is 1 plus one?\", \"answer\": \"2\", \"reference\": \"2\"}\n{\"prompt\": \"what is 2 plus one?\", \"completion\": \"5\"}\n",
+    )
+    .unwrap();
+    let o = {
+        let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+        galley(
+            d,
+            &[
+                "judge",
+                "answers.jsonl",
+                "-m",
+                m,
+                "--max-tokens",
+                "8",
+                "-o",
+                "verdicts.jsonl",
+                "--json",
+            ],
+        )
+    };
+    let summary: serde_json::Value = serde_json::from_str(&ok(o)).unwrap();
+    assert_eq!(summary["n"], 2);
+    assert_eq!(summary["failures"], 2);
+    assert!(summary["mean"].is_null(), "{summary}");
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.join("verdicts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        rows.iter()
+            .all(|r| r["judge"]["score"].is_null() && r["judge"]["failure"].is_string()),
+        "{rows:?}"
+    );
+    // Pairwise needs both answers; a row without them names the line.
+    let line = one_line_error(&galley(
+        d,
+        &["judge", "answers.jsonl", "-m", m, "--pairwise"],
+    ));
+    assert!(
+        line.contains("answers.jsonl") && line.contains("item 1") && line.contains("answer_a"),
+        "{line}"
+    );
+    // As a task metric: the judge's failures are counted, the built-in metric still reported.
+    let base = std::fs::read_to_string(d.join("gen.yaml"))
+        .unwrap()
+        .replace("task: gen", "task: judged");
+    let cut = base.find("metric_list:").unwrap();
+    let rest = &base[base.find("filter_list:").unwrap()..];
+    std::fs::write(
+        d.join("judged.yaml"),
+        format!("{}metric_list:\n  - metric: exact_match\n  - metric: judge\n    settings: {{max_tokens: 6}}\n{rest}", &base[..cut]),
+    )
+    .unwrap();
+    ok(eval(
+        d,
+        &[
+            "-m",
+            m,
+            "--tasks",
+            "judged.yaml",
+            "--limit",
+            "3",
+            "-o",
+            "out",
+        ],
+    ));
+    let t = &results(&d.join("out"))["results"]["judged"];
+    assert_eq!(
+        t["judge_failures,none"].as_f64(),
+        Some(6.0),
+        "3 documents x 2 filters: {t}"
+    );
+    assert!(
+        t.get("judge,strict").is_none(),
+        "no score from unparseable verdicts: {t}"
+    );
+    assert!(t["exact_match,strict"].is_number(), "{t}");
 }

@@ -49,6 +49,9 @@ pub struct EvalArgs {
     /// Folders of task files whose names --tasks may use.
     #[arg(long)]
     include_path: Vec<PathBuf>,
+    /// The model that grades `metric: judge` (default: the evaluated model judges itself).
+    #[arg(long)]
+    judge_model: Option<String>,
     /// Print results as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -64,6 +67,7 @@ pub struct EvalArgs {
 struct EvalConfig {
     model: Option<String>,
     adapter: Option<PathBuf>,
+    judge_model: Option<String>,
     #[serde(default)]
     tasks: Vec<String>,
     num_fewshot: Option<usize>,
@@ -184,6 +188,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.adapter.is_some() {
         cfg.adapter = args.adapter;
     }
+    if args.judge_model.is_some() {
+        cfg.judge_model = args.judge_model;
+    }
     if !args.tasks.is_empty() {
         cfg.tasks = args.tasks;
     }
@@ -222,6 +229,20 @@ pub fn run(args: EvalArgs) -> Result<()> {
         );
     }
     let (tasks, groups) = catalog.select(&cfg.tasks)?;
+    let opts = EvalOptions {
+        limit: cfg.limit,
+        num_fewshot: cfg.num_fewshot,
+        fewshot_seed: cfg.fewshot_seed,
+        seed: cfg.seed,
+        apply_chat_template: cfg.apply_chat_template,
+        system_prompt: cfg.system_prompt.clone(),
+        data_root: cfg
+            .data_dir
+            .clone()
+            .map(rel)
+            .unwrap_or_else(galley_core::dirs::eval_data_dir),
+    };
+    galley_eval::check_data(&tasks, &opts)?;
     let spec = cfg
         .model
         .clone()
@@ -256,19 +277,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
     );
     engine.batch_tokens = cfg.batch_tokens.max(64);
 
-    let opts = EvalOptions {
-        limit: cfg.limit,
-        num_fewshot: cfg.num_fewshot,
-        fewshot_seed: cfg.fewshot_seed,
-        seed: cfg.seed,
-        apply_chat_template: cfg.apply_chat_template,
-        system_prompt: cfg.system_prompt.clone(),
-        data_root: cfg
-            .data_dir
-            .clone()
-            .map(rel)
-            .unwrap_or_else(galley_core::dirs::eval_data_dir),
-    };
     let mut plugins = PluginEvaluators {
         locator: PluginLocator::for_file(args.config.as_deref()),
         sandbox: args.sandbox,
@@ -287,8 +295,24 @@ pub fn run(args: EvalArgs) -> Result<()> {
     });
     let run_started = std::time::Instant::now();
     let mut last_task = String::new();
+    let mut judge = match &cfg.judge_model {
+        Some(spec) => {
+            let p = crate::models::resolve(spec)?;
+            let j = galley_model::load(&p, &device)
+                .with_context(|| format!("loading the judge {}", p.display()))?;
+            Some(galley_model::NativeEngine::new(
+                j.model,
+                j.tokenizer,
+                j.template,
+                p.display().to_string(),
+            ))
+        }
+        None => None,
+    };
+    let judge_engine = judge.as_mut().map(|j| j as &mut dyn galley_core::Engine);
     let report = galley_eval::evaluate(
         &mut engine,
+        judge_engine,
         &tasks,
         &groups,
         &opts,

@@ -7,6 +7,7 @@ mod dev_cmd;
 mod eval;
 mod infer;
 mod install_cmd;
+mod judge;
 mod models;
 mod plugins;
 mod registry_cmd;
@@ -62,6 +63,8 @@ enum Top {
     Train(train::TrainArgs),
     /// Evaluate a model (and adapter) on benchmark tasks: built-in or lm-evaluation-harness task files.
     Eval(eval::EvalArgs),
+    /// An LLM judges answers from a JSONL file: a score (or pass/fail) each, or pairwise preferences.
+    Judge(judge::JudgeArgs),
 }
 
 #[derive(Subcommand)]
@@ -146,6 +149,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Infer(a) => infer::run(a),
         Top::Train(a) => train::run(a),
         Top::Eval(a) => eval::run(a),
+        Top::Judge(a) => judge::run(a),
         Top::Registry(RegistryCmd::Serve(a)) => registry_cmd::serve(a),
     }
 }

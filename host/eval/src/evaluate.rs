@@ -141,9 +141,45 @@ struct Prepared {
     contexts: Vec<String>,
 }
 
+/// Checks that every task's data files are where the task says and parse, before a model is
+/// loaded: a missing or broken file is an error naming it (and the fetch script) at once, not
+/// after the model has loaded. (Reading is cheap next to evaluating.)
+pub fn check_data(tasks: &[Task], opts: &EvalOptions) -> Result<(), EvalError> {
+    for task in tasks {
+        let (eval, fewshot) = splits(task);
+        let docs = docs::read(&docs::split_files(task, &eval, &opts.data_root)?)?;
+        // The templates on the first document: a misspelt column fails here too.
+        if let Some(doc) = docs.first() {
+            let t = Templates::new();
+            let c = &task.config;
+            let has_choices = c.doc_to_choice.is_some();
+            if let Some(f) = &c.doc_to_text {
+                t.resolve(f, doc, has_choices, false)
+                    .map_err(|e| doc_err(task, 0, "doc_to_text", e))?;
+            }
+            if let Some(f) = &c.doc_to_target {
+                t.resolve(f, doc, has_choices, true)
+                    .map_err(|e| doc_err(task, 0, "doc_to_target", e))?;
+            }
+            if let Some(f) = &c.doc_to_choice {
+                t.choices(f, doc)
+                    .map_err(|e| doc_err(task, 0, "doc_to_choice", e))?;
+            }
+        }
+        let shots = opts.num_fewshot.or(task.config.num_fewshot).unwrap_or(0);
+        if shots > 0
+            && let Some(f) = fewshot
+        {
+            docs::read(&docs::split_files(task, &f, &opts.data_root)?)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs `tasks` on `engine`, then aggregates `groups` over their results.
 pub fn evaluate(
     engine: &mut dyn Engine,
+    mut judge: Option<&mut dyn Engine>,
     tasks: &[Task],
     groups: &[GroupConfig],
     opts: &EvalOptions,
@@ -158,7 +194,12 @@ pub fn evaluate(
     };
     for task in tasks {
         let started = std::time::Instant::now();
-        let (mut result, samples) = run_task(engine, task, opts, &templates, plugins, progress)?;
+        let judge_now: Option<&mut dyn Engine> = match judge {
+            Some(ref mut j) => Some(&mut **j),
+            None => None,
+        };
+        let (mut result, samples) =
+            run_task(engine, judge_now, task, opts, &templates, plugins, progress)?;
         result.seconds = started.elapsed().as_secs_f64();
         report.tasks.push(result);
         report.samples.extend(samples);
@@ -220,6 +261,7 @@ fn as_text(r: Resolved, choices: Option<&[String]>) -> Option<String> {
 
 fn run_task(
     engine: &mut dyn Engine,
+    mut judge: Option<&mut dyn Engine>,
     task: &Task,
     opts: &EvalOptions,
     t: &Templates,
@@ -598,6 +640,16 @@ fn run_task(
             continue;
         }
         let name = m.metric.as_deref().expect("checked");
+        if name == "judge" {
+            let judge_engine: &mut dyn Engine = match judge {
+                Some(ref mut j) => &mut **j,
+                None => &mut *engine,
+            };
+            let failed =
+                grade_with_judge(task, &prepared, &mut samples, &filters, m, judge_engine)?;
+            aggregates.insert(("judge_failures".into(), "none".into()), failed as f64);
+            continue;
+        }
         let em = if name == "exact_match" {
             Some(ExactMatch::new(m).map_err(|e| {
                 EvalError::Task(format!(
@@ -801,14 +853,7 @@ fn grade_with_plugin(
             .zip(docs)
             .enumerate()
             .map(|(i, ((s, p), d))| {
-                let prediction = match (&s.prediction, &p.choices) {
-                    (Some(_), _) => s.filtered.get(&f.name).cloned().unwrap_or_default(),
-                    (None, Some(ch)) => {
-                        let lls: Vec<f64> = s.loglikelihoods.iter().map(|x| x.0).collect();
-                        ch[metrics::argmax(&lls)].clone()
-                    }
-                    _ => String::new(),
-                };
+                let prediction = graded_prediction(s, p, f);
                 Prediction {
                     id: format!("{}/{i}", task.config.task),
                     prediction,
@@ -852,6 +897,94 @@ fn grade_with_plugin(
         }
     }
     Ok(skipped)
+}
+
+/// The prediction a document is graded on under filter `f`: the filtered generation, or the
+/// chosen choice of a multiple-choice question.
+fn graded_prediction(s: &Sample, p: &Prepared, f: &Filter) -> String {
+    match (&s.prediction, &p.choices) {
+        (Some(_), _) => s.filtered.get(&f.name).cloned().unwrap_or_default(),
+        (None, Some(ch)) if p.contexts.is_empty() => {
+            let lls: Vec<f64> = s.loglikelihoods.iter().map(|x| x.0).collect();
+            ch[metrics::argmax(&lls)].clone()
+        }
+        _ => String::new(),
+    }
+}
+
+/// Grades with an LLM judge (`metric: judge`, settings `prompt` (a template file), `min`,
+/// `max`, `pass_fail`, `max_tokens`, `reference` (default true)); returns how many of the
+/// judge's answers did not parse (those documents get no grade, never a made-up one).
+fn grade_with_judge(
+    task: &Task,
+    prepared: &[Prepared],
+    samples: &mut [Sample],
+    filters: &[Filter],
+    m: &MetricSpec,
+    engine: &mut dyn Engine,
+) -> Result<usize, EvalError> {
+    use crate::judge::{self, JudgeOptions, PointItem, Scale};
+    let bad = |e: String| {
+        EvalError::Task(format!(
+            "{}: task `{}`: metric judge: {e}",
+            task.origin, task.config.task
+        ))
+    };
+    let settings = m.settings.clone().unwrap_or_else(|| serde_json::json!({}));
+    let get = |k: &str| settings.get(k);
+    let mut o = JudgeOptions::default();
+    if let Some(p) = get("prompt").and_then(|v| v.as_str()) {
+        let path = match &task.dir {
+            Some(d) if std::path::Path::new(p).is_relative() => d.join(p),
+            _ => PathBuf::from(p),
+        };
+        o.template = Some(
+            std::fs::read_to_string(&path)
+                .map_err(|e| bad(format!("prompt {}: {e}", path.display())))?,
+        );
+    }
+    if get("pass_fail").and_then(|v| v.as_bool()) == Some(true) {
+        o.scale = Scale::PassFail;
+    } else {
+        let min = get("min").and_then(|v| v.as_i64()).unwrap_or(1);
+        let max = get("max").and_then(|v| v.as_i64()).unwrap_or(10);
+        if min >= max {
+            return Err(bad(format!("min {min} must be below max {max}")));
+        }
+        o.scale = Scale::Range { min, max };
+    }
+    if let Some(n) = get("max_tokens").and_then(|v| v.as_u64()) {
+        o.max_tokens = n as usize;
+    }
+    let with_reference = get("reference").and_then(|v| v.as_bool()).unwrap_or(true);
+    let mut failed = 0;
+    for f in filters {
+        let items: Vec<PointItem> = samples
+            .iter()
+            .zip(prepared)
+            .map(|(s, p)| PointItem {
+                question: p.prompt.clone(),
+                answer: graded_prediction(s, p, f),
+                reference: with_reference.then(|| p.target.clone()),
+            })
+            .collect();
+        let verdicts = judge::pointwise(engine, &items, &o).map_err(|e| bad(e.to_string()))?;
+        for (s, v) in samples.iter_mut().zip(verdicts) {
+            match v.score {
+                Some(x) => {
+                    s.grades.insert(format!("judge,{}", f.name), x);
+                }
+                None => {
+                    failed += 1;
+                    tracing::debug!(
+                        "judge answer did not parse: {}",
+                        v.failure.unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    Ok(failed)
 }
 
 /// Groups over task results (and over other groups, in the order given: members first).

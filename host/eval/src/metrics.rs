@@ -7,8 +7,9 @@
 use crate::task::{FilterStep, MetricSpec};
 use regex::Regex;
 
-pub const BUILT_IN: [&str; 6] = [
+pub const BUILT_IN: [&str; 7] = [
     "acc",
+    "judge",
     "acc_norm",
     "exact_match",
     "word_perplexity",

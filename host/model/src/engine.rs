@@ -31,6 +31,9 @@ pub struct NativeEngine {
     pub batch_tokens: usize,
     /// Contexts of at most this many rows per batch.
     pub batch_rows: usize,
+    /// Continuation positions (rows x padded length) per batch: each keeps a vocabulary-wide
+    /// row of logits (49k floats for SmolLM2), so this bounds the batch's logits memory.
+    pub cont_tokens: usize,
 }
 
 /// One distinct context and the continuations scored after it.
@@ -54,6 +57,7 @@ impl NativeEngine {
             name: name.into(),
             batch_tokens: 4096,
             batch_rows: 32,
+            cont_tokens: 1024,
         }
     }
 
@@ -250,7 +254,7 @@ impl Engine for NativeEngine {
                         .flat_map(|g| g.conts.iter().map(|c| c.1.len()))
                         .max()
                         .unwrap_or(1)
-                    <= self.batch_tokens
+                    <= self.cont_tokens
             {
                 rows += order[end].conts.len();
                 end += 1;
