@@ -571,3 +571,53 @@ fn a_judge_whose_answer_does_not_parse_scores_nothing() {
     );
     assert!(t["exact_match,strict"].is_number(), "{t}");
 }
+
+#[test]
+fn process_docs_runs_a_data_loader_plugin_in_the_sandbox() {
+    let (tmp, model) = project();
+    let d = tmp.path();
+    let m = model.to_str().unwrap();
+    // jsonl-chat turns `prompt` into a user message and keeps the other columns as metadata.
+    let mut rows = String::new();
+    for i in 0..5 {
+        let row = serde_json::json!({
+            "prompt": format!("what is {i} plus one?"),
+            "choices": {"text": [format!("{}", i + 1), "no"], "label": ["A", "B"]},
+            "answerKey": "A",
+        });
+        rows.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(d.join("data/chat.jsonl"), rows).unwrap();
+    std::fs::write(
+        d.join("loaded.yaml"),
+        format!(
+            "task: loaded\n\
+             dataset_path: json\n\
+             dataset_kwargs:\n  data_files:\n    test: data/chat.jsonl\n\
+             process_docs:\n  plugin: {}\n  settings: {{limit: 4}}\n\
+             output_type: multiple_choice\n\
+             test_split: test\n\
+             doc_to_text: \"Question: {{{{messages[0].content}}}}\\nAnswer:\"\n\
+             doc_to_target: \"{{{{choices.label.index(answerKey)}}}}\"\n\
+             doc_to_choice: \"{{{{choices.text}}}}\"\n",
+            plugin("jsonl-chat").display()
+        ),
+    )
+    .unwrap();
+    ok(eval(d, &["-m", m, "--tasks", "loaded.yaml", "-o", "out"]));
+    assert_eq!(
+        results(&d.join("out"))["results"]["loaded"]["n"],
+        4,
+        "the plugin's limit applies"
+    );
+    let s = samples(&d.join("out"));
+    assert!(
+        s[3]["prompt"]
+            .as_str()
+            .unwrap()
+            .starts_with("Question: what is 3 plus one?"),
+        "{:?}",
+        s[3]
+    );
+    assert_eq!(s[3]["choices"][0], "4");
+}

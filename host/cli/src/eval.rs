@@ -5,9 +5,10 @@
 
 use crate::call::SandboxArgs;
 use anyhow::{Context, Result, bail};
+use galley_core::DataSource;
 use galley_core::Evaluator;
 use galley_eval::builtin::Catalog;
-use galley_eval::{EvalOptions, Evaluators, Report};
+use galley_eval::{EvalOptions, Plugins, Report};
 use galley_registry::PluginLocator;
 use galley_runtime::{Grants, Runtime};
 use serde::Deserialize;
@@ -104,19 +105,15 @@ fn default_batch_tokens() -> usize {
     4096
 }
 
-/// Evaluator plugins by the locator and runtime every other command uses.
-struct PluginEvaluators {
+/// Plugins tasks name, by the locator and runtime every other command uses.
+struct TaskPlugins {
     locator: PluginLocator,
     sandbox: SandboxArgs,
     runtime: Option<Runtime>,
 }
 
-impl Evaluators for PluginEvaluators {
-    fn open(
-        &mut self,
-        spec: &str,
-        settings: &serde_json::Value,
-    ) -> Result<Box<dyn Evaluator>, String> {
+impl TaskPlugins {
+    fn load(&mut self, spec: &str) -> Result<galley_runtime::Plugin, String> {
         if self.runtime.is_none() {
             self.runtime = Some(self.sandbox.runtime().map_err(|e| format!("{e:#}"))?);
         }
@@ -125,15 +122,39 @@ impl Evaluators for PluginEvaluators {
             .locator
             .locate_pinned(spec)
             .map_err(|e| e.to_string())?;
-        let plugin = match &found.pinned {
+        match &found.pinned {
             Some(d) => rt.load_pinned(&found.path, d),
             None => rt.load(&found.path),
         }
-        .map_err(|e| format!("{}: {e}", found.path.display()))?;
+        .map_err(|e| format!("{}: {e}", found.path.display()))
+    }
+}
+
+impl Plugins for TaskPlugins {
+    fn evaluator(
+        &mut self,
+        spec: &str,
+        settings: &serde_json::Value,
+    ) -> Result<Box<dyn Evaluator>, String> {
+        let plugin = self.load(spec)?;
         let ev = plugin
             .evaluator(settings, self.sandbox.options(Grants::default()))
             .map_err(|e| e.to_string())?;
         Ok(Box::new(ev))
+    }
+
+    fn data_loader(
+        &mut self,
+        spec: &str,
+        settings: &serde_json::Value,
+        dir: &Path,
+    ) -> Result<Box<dyn DataSource>, String> {
+        let plugin = self.load(spec)?;
+        let grants = Grants::default().allow_dir("data".to_string(), dir.to_path_buf());
+        let loader = plugin
+            .data_loader(settings, self.sandbox.options(grants))
+            .map_err(|e| e.to_string())?;
+        Ok(Box::new(loader))
     }
 }
 
@@ -242,7 +263,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
             .map(rel)
             .unwrap_or_else(galley_core::dirs::eval_data_dir),
     };
-    galley_eval::check_data(&tasks, &opts)?;
+    let mut plugins = TaskPlugins {
+        locator: PluginLocator::for_file(args.config.as_deref()),
+        sandbox: args.sandbox,
+        runtime: None,
+    };
+    galley_eval::check_data(&tasks, &opts, &mut plugins)?;
     let spec = cfg
         .model
         .clone()
@@ -277,11 +303,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
     );
     engine.batch_tokens = cfg.batch_tokens.max(64);
 
-    let mut plugins = PluginEvaluators {
-        locator: PluginLocator::for_file(args.config.as_deref()),
-        sandbox: args.sandbox,
-        runtime: None,
-    };
     let bar = (!args.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(

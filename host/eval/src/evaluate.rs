@@ -10,7 +10,7 @@ use crate::pyrandom::PyRandom;
 use crate::task::{GroupConfig, MetricSpec, OutputType, Task};
 use crate::template::{Doc, Resolved, Templates};
 use galley_core::engine::{Engine, GenerateRequest, LoglikelihoodRequest};
-use galley_core::{Evaluator, Message, Metric, Prediction, Value as MetaValue};
+use galley_core::{DataSource, Evaluator, Message, Metric, Prediction, Value as MetaValue};
 use serde::Serialize;
 use sha2::Digest;
 use std::collections::BTreeMap;
@@ -47,19 +47,109 @@ impl Default for EvalOptions {
     }
 }
 
-/// Opens the evaluator plugins a task's `metric_list` names (the CLI knows the runtime).
-pub trait Evaluators {
-    fn open(
+/// Opens the plugins tasks name: evaluators in `metric_list`, data loaders in `process_docs`.
+/// The CLI implements it (it alone knows the runtime and the registry).
+pub trait Plugins {
+    fn evaluator(
         &mut self,
         spec: &str,
         settings: &serde_json::Value,
     ) -> Result<Box<dyn Evaluator>, String>;
+    /// A data loader granted `dir` read-only (as `data`).
+    fn data_loader(
+        &mut self,
+        spec: &str,
+        settings: &serde_json::Value,
+        dir: &std::path::Path,
+    ) -> Result<Box<dyn DataSource>, String>;
 }
 
 /// No plugins available: a task that names one fails clearly.
-impl Evaluators for () {
-    fn open(&mut self, spec: &str, _: &serde_json::Value) -> Result<Box<dyn Evaluator>, String> {
+impl Plugins for () {
+    fn evaluator(
+        &mut self,
+        spec: &str,
+        _: &serde_json::Value,
+    ) -> Result<Box<dyn Evaluator>, String> {
         Err(format!("evaluator plugin `{spec}`: no plugin runtime here"))
+    }
+    fn data_loader(
+        &mut self,
+        spec: &str,
+        _: &serde_json::Value,
+        _: &std::path::Path,
+    ) -> Result<Box<dyn DataSource>, String> {
+        Err(format!(
+            "data-loader plugin `{spec}`: no plugin runtime here"
+        ))
+    }
+}
+
+/// A task's documents from `files`: as they are, or through its `process_docs` data loader
+/// (the harness's `process_docs`, sandboxed). The loader is granted the file's folder and
+/// told the file (`path`); each example becomes a document of its metadata columns, plus
+/// `messages` when it has any.
+fn load_docs(
+    task: &Task,
+    files: &[PathBuf],
+    plugins: &mut dyn Plugins,
+) -> Result<Vec<Doc>, EvalError> {
+    let Some(pd) = &task.config.process_docs else {
+        return docs::read(files);
+    };
+    let (spec, settings) = pd.parts();
+    let mut out = vec![];
+    for f in files {
+        let dir = f
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let mut settings = settings.clone();
+        if let serde_json::Value::Object(o) = &mut settings {
+            o.insert("path".into(), serde_json::json!(name));
+        }
+        let mut loader = plugins.data_loader(spec, &settings, dir).map_err(|e| {
+            EvalError::Task(format!(
+                "{}: task `{}`: process_docs `{spec}`: {e}",
+                task.origin, task.config.task
+            ))
+        })?;
+        loop {
+            let page = loader.next_page(256)?;
+            if page.is_empty() {
+                break;
+            }
+            for ex in page {
+                let mut doc: Doc = ex
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), meta_json(v)))
+                    .collect();
+                if !ex.messages.is_empty() {
+                    doc.insert(
+                        "messages".into(),
+                        serde_json::to_value(&ex.messages).expect("messages serialize"),
+                    );
+                }
+                if !ex.id.is_empty() {
+                    doc.entry("id").or_insert_with(|| serde_json::json!(ex.id));
+                }
+                out.push(doc);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn meta_json(v: &MetaValue) -> serde_json::Value {
+    match v {
+        MetaValue::Null => serde_json::Value::Null,
+        MetaValue::Bool(b) => serde_json::json!(b),
+        MetaValue::Int(i) => serde_json::json!(i),
+        MetaValue::Float(f) => serde_json::json!(f),
+        MetaValue::Text(t) => serde_json::json!(t),
+        MetaValue::Json(j) => serde_json::from_str(j).unwrap_or_else(|_| serde_json::json!(j)),
     }
 }
 
@@ -144,10 +234,18 @@ struct Prepared {
 /// Checks that every task's data files are where the task says and parse, before a model is
 /// loaded: a missing or broken file is an error naming it (and the fetch script) at once, not
 /// after the model has loaded. (Reading is cheap next to evaluating.)
-pub fn check_data(tasks: &[Task], opts: &EvalOptions) -> Result<(), EvalError> {
+pub fn check_data(
+    tasks: &[Task],
+    opts: &EvalOptions,
+    plugins: &mut dyn Plugins,
+) -> Result<(), EvalError> {
     for task in tasks {
         let (eval, fewshot) = splits(task);
-        let docs = docs::read(&docs::split_files(task, &eval, &opts.data_root)?)?;
+        let docs = load_docs(
+            task,
+            &docs::split_files(task, &eval, &opts.data_root)?,
+            plugins,
+        )?;
         // The templates on the first document: a misspelt column fails here too.
         if let Some(doc) = docs.first() {
             let t = Templates::new();
@@ -170,7 +268,11 @@ pub fn check_data(tasks: &[Task], opts: &EvalOptions) -> Result<(), EvalError> {
         if shots > 0
             && let Some(f) = fewshot
         {
-            docs::read(&docs::split_files(task, &f, &opts.data_root)?)?;
+            load_docs(
+                task,
+                &docs::split_files(task, &f, &opts.data_root)?,
+                plugins,
+            )?;
         }
     }
     Ok(())
@@ -183,7 +285,7 @@ pub fn evaluate(
     tasks: &[Task],
     groups: &[GroupConfig],
     opts: &EvalOptions,
-    plugins: &mut dyn Evaluators,
+    plugins: &mut dyn Plugins,
     progress: &mut OnProgress<'_>,
 ) -> Result<Report, EvalError> {
     let templates = Templates::new();
@@ -265,13 +367,13 @@ fn run_task(
     task: &Task,
     opts: &EvalOptions,
     t: &Templates,
-    plugins: &mut dyn Evaluators,
+    plugins: &mut dyn Plugins,
     progress: &mut OnProgress<'_>,
 ) -> Result<(TaskResult, Vec<Sample>), EvalError> {
     let c = &task.config;
     let (eval_split, fewshot_split) = splits(task);
     let eval_files = docs::split_files(task, &eval_split, &opts.data_root)?;
-    let mut eval_docs = docs::read(&eval_files)?;
+    let mut eval_docs = load_docs(task, &eval_files, plugins)?;
     if let Some(n) = opts.limit {
         eval_docs.truncate(n);
     }
@@ -291,7 +393,7 @@ fn run_task(
         if files != eval_files {
             docs::digest_files(&files, &mut digest)?;
         }
-        let d = docs::read(&files)?;
+        let d = load_docs(task, &files, plugins)?;
         if d.len() < shots + 1 {
             return Err(EvalError::Data(format!(
                 "task `{}`: {shots}-shot needs more than the {} documents of split `{split}`",
@@ -833,12 +935,12 @@ fn grade_with_plugin(
     filters: &[Filter],
     m: &MetricSpec,
     spec: &str,
-    plugins: &mut dyn Evaluators,
+    plugins: &mut dyn Plugins,
     aggregates: &mut BTreeMap<(String, String), f64>,
 ) -> Result<usize, EvalError> {
     const BATCH: usize = 64;
     let settings = m.settings.clone().unwrap_or_else(|| serde_json::json!({}));
-    let mut ev = plugins.open(spec, &settings).map_err(|e| {
+    let mut ev = plugins.evaluator(spec, &settings).map_err(|e| {
         EvalError::Task(format!(
             "{}: task `{}`: metric plugin `{spec}`: {e}",
             task.origin, task.config.task

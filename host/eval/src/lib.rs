@@ -16,7 +16,7 @@ pub mod task;
 pub mod template;
 
 pub use evaluate::{
-    EvalOptions, Evaluators, GroupResult, MetricValue, Report, Sample, TaskResult, check_data,
+    EvalOptions, GroupResult, MetricValue, Plugins, Report, Sample, TaskResult, check_data,
     evaluate,
 };
 pub use task::{GroupConfig, Task, TaskConfig, TaskFile};

@@ -54,6 +54,31 @@ fn default_max_gen_toks() -> usize {
     256
 }
 
+/// A plugin named by a task: `name` or `{plugin: name, settings: {...}}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PluginRef {
+    Name(String),
+    Full {
+        plugin: String,
+        #[serde(default)]
+        settings: Option<serde_json::Value>,
+    },
+}
+
+impl PluginRef {
+    /// (spec, settings: a JSON object).
+    pub fn parts(&self) -> (&str, serde_json::Value) {
+        match self {
+            PluginRef::Name(n) => (n, serde_json::json!({})),
+            PluginRef::Full { plugin, settings } => (
+                plugin,
+                settings.clone().unwrap_or_else(|| serde_json::json!({})),
+            ),
+        }
+    }
+}
+
 /// One `metric_list` entry: a built-in metric with its options, or an evaluator plugin.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,7 +176,7 @@ pub struct TaskConfig {
     pub fewshot_config: Option<FewshotConfig>,
     /// A data-loader plugin that turns the split's rows into the task's documents.
     #[serde(default)]
-    pub process_docs: Option<String>,
+    pub process_docs: Option<PluginRef>,
     #[serde(default)]
     pub doc_to_text: Option<Field>,
     #[serde(default)]
