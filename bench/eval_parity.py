@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 hf_dir = os.path.join(out, "smollm2-f32")
 if not os.path.exists(os.path.join(hf_dir, "config.json")):
     d, f = os.path.dirname(gguf), os.path.basename(gguf)
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     # transformers marks GGUF-loaded models "quantized" although every weight is dense f32.
     for attr in ("hf_quantizer", "is_quantized", "quantization_method"):
@@ -57,6 +57,11 @@ os.makedirs(peer_dir, exist_ok=True)
 def local(text, path, splits):
     text = re.sub(r"^dataset_path:.*$", "dataset_path: json", text, flags=re.M)
     text = re.sub(r"^dataset_name:.*$", "", text, flags=re.M)
+    # The harness reads every split a task names at load: keep only those with data here.
+    for key in ["training_split", "validation_split", "test_split", "fewshot_split"]:
+        m = re.search(rf"^{key}:\s*(\S+)\s*$", text, flags=re.M)
+        if m and m.group(1) not in splits and m.group(1) != "null":
+            text = text.replace(m.group(0), "")
     files = "".join(f"    {s}: {os.path.abspath(os.path.join(data, path, s + '.jsonl'))}\n" for s in splits)
     return text + "dataset_kwargs:\n  data_files:\n" + files
 

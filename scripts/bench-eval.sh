@@ -10,9 +10,9 @@ scripts/fetch-models.sh
 export GALLEY_EVAL_DATA=${GALLEY_EVAL_DATA:-$PWD/.cache/eval-data}
 scripts/fetch-eval-data.sh "$GALLEY_EVAL_DATA"
 py=${GALLEY_EVAL_PYTHON:-bench/.venv-eval/bin/python}
-if ! "$py" -c "import lm_eval, torch, transformers, gguf" 2>/dev/null; then
+if ! "$py" -c "import lm_eval, torch, transformers, gguf, accelerate" 2>/dev/null; then
     python3 -m venv bench/.venv-eval
-    bench/.venv-eval/bin/pip install --quiet torch transformers gguf "lm_eval==0.4.13"
+    bench/.venv-eval/bin/pip install --quiet torch transformers gguf accelerate "lm_eval==0.4.13"
     py=bench/.venv-eval/bin/python
 fi
 cargo build --release -p galley

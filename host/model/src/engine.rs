@@ -14,7 +14,6 @@ use crate::generate::generate;
 use crate::model::Llama;
 use crate::sample::SamplingParams;
 use crate::tokenizer::Tokenizer;
-use candle_core::Tensor;
 use galley_core::engine::{
     Engine, EngineError, GenerateRequest, Generated, Loglikelihood, LoglikelihoodRequest, Progress,
 };
@@ -117,57 +116,74 @@ impl NativeEngine {
                     .collect()
             })
             .collect();
+        tracing::debug!(
+            rows = groups.len(),
+            longest,
+            continuations = groups.iter().map(|g| g.conts.len()).sum::<usize>(),
+            "log-likelihood batch"
+        );
         let mut cache = self.model.new_cache(groups.len());
         let last = self
             .model
             .forward(&input, Some(&pad), &mut cache, true)?
             .squeeze(1)?;
-        // Rows of the continuation pass: one per (group, continuation).
+        // Rows of the continuation passes: one per (group, continuation).
         let rows: Vec<(usize, usize)> = groups
             .iter()
             .enumerate()
             .flat_map(|(g, grp)| (0..grp.conts.len()).map(move |c| (g, c)))
             .collect();
-        let longest_cont = rows
-            .iter()
-            .map(|&(g, c)| groups[g].conts[c].1.len())
-            .max()
-            .unwrap_or(0);
-        let rest = if longest_cont > 1 {
-            cache.select_rows(&rows.iter().map(|r| r.0).collect::<Vec<_>>())?;
+        let tokens = |r: usize| &groups[rows[r].0].conts[rows[r].1].1;
+        // The first continuation token is scored from the context's last position.
+        let mut scored: Vec<(Vec<f32>, bool)> = Vec::with_capacity(rows.len());
+        for (r, &(g, _)) in rows.iter().enumerate() {
+            let (lp, top) = log_softmax_at(&last.get(g)?.to_vec1::<f32>()?, tokens(r)[0] as usize);
+            scored.push((vec![lp], top == tokens(r)[0] as usize));
+        }
+        // The rest in passes of similar lengths: padding every row of a batch to its longest
+        // continuation (ARC's answers run from 1 to 30 tokens) would cost more than the copy of
+        // the context's cache rows each pass makes.
+        let mut longer: Vec<usize> = (0..rows.len()).filter(|&r| tokens(r).len() > 1).collect();
+        longer.sort_by_key(|&r| std::cmp::Reverse(tokens(r).len()));
+        let mut at = 0;
+        while at < longer.len() {
+            let width = tokens(longer[at]).len() - 1;
+            let mut end = at + 1;
+            while end < longer.len()
+                && (end - at + 1) * width <= self.cont_tokens
+                && (tokens(longer[end]).len() - 1) * 4 >= width * 3
+            {
+                end += 1;
+            }
+            let chunk = &longer[at..end];
+            let mut c = cache.clone();
+            c.select_rows(&chunk.iter().map(|&r| rows[r].0).collect::<Vec<_>>())?;
             // Right padding: a causal model's real positions never see what follows them.
-            let input: Vec<Vec<u32>> = rows
+            let input: Vec<Vec<u32>> = chunk
                 .iter()
-                .map(|&(g, c)| {
-                    let t = &groups[g].conts[c].1;
-                    let mut row = t[..t.len().saturating_sub(1)].to_vec();
-                    row.resize(longest_cont - 1, pad_id);
+                .map(|&r| {
+                    let t = tokens(r);
+                    let mut row = t[..t.len() - 1].to_vec();
+                    row.resize(width, pad_id);
                     row
                 })
                 .collect();
-            Some(self.model.forward(&input, None, &mut cache, false)?)
-        } else {
-            None
-        };
-        for (r, &(g, c)) in rows.iter().enumerate() {
-            let (req, tokens) = &groups[g].conts[c];
-            let mut token_logprobs = Vec::with_capacity(tokens.len());
-            let mut greedy = true;
-            for (j, &t) in tokens.iter().enumerate() {
-                let logits: Tensor = if j == 0 {
-                    last.get(g)?
-                } else {
-                    rest.as_ref()
-                        .expect("continuations past one token")
-                        .get(r)?
-                        .get(j - 1)?
-                };
-                let logits = logits.to_vec1::<f32>()?;
-                let (lp, top) = log_softmax_at(&logits, t as usize);
-                token_logprobs.push(lp);
-                greedy &= top == t as usize;
+            let logits = self.model.forward(&input, None, &mut c, false)?;
+            for (i, &r) in chunk.iter().enumerate() {
+                let t = tokens(r);
+                let row = logits.get(i)?;
+                for j in 1..t.len() {
+                    let (lp, top) =
+                        log_softmax_at(&row.get(j - 1)?.to_vec1::<f32>()?, t[j] as usize);
+                    scored[r].0.push(lp);
+                    scored[r].1 &= top == t[j] as usize;
+                }
             }
-            out[*req] = Some(Loglikelihood {
+            at = end;
+        }
+        for (r, (token_logprobs, greedy)) in scored.into_iter().enumerate() {
+            let req = groups[rows[r].0].conts[rows[r].1].0;
+            out[req] = Some(Loglikelihood {
                 logprob: token_logprobs.iter().map(|&x| x as f64).sum(),
                 greedy,
                 token_logprobs,

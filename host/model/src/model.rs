@@ -21,6 +21,7 @@ pub struct Llama {
 
 /// What a batch of sequences has seen so far: cached keys/values per layer and, per row,
 /// which cached positions are real tokens (left padding is not).
+#[derive(Clone)]
 pub struct Cache {
     layers: Vec<KvCache>,
     /// `valid[row][pos]`
