@@ -10,7 +10,7 @@ their prompts from identical documents.
 Checks: per-request log-likelihoods (relative difference), and per-document acc / acc_norm /
 exact_match; prints documents/s for both, their ratio, and peak memory.
 
-python bench/eval_parity.py GALLEY_BIN MODEL.gguf EVAL_DATA OUT [--quick]
+python bench/eval_parity.py GALLEY_BIN MODEL.gguf EVAL_DATA OUT [--quick] [--only=arc_easy,hellaswag,mmlu,gsm8k]
 """
 
 import json
@@ -23,6 +23,7 @@ import time
 
 galley, gguf, data, out = sys.argv[1:5]
 quick = "--quick" in sys.argv
+only = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--only=")), None)
 threads = int(os.environ.get("GALLEY_BENCH_THREADS", "2"))
 os.makedirs(out, exist_ok=True)
 
@@ -96,6 +97,8 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 tm = TaskManager(include_path=peer_dir)
 report = []
 for label, tasks, shots, limit in runs:
+    if only and label not in only:
+        continue
     # --- the harness
     t0 = time.time()
     res = simple_evaluate(

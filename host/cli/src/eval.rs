@@ -12,7 +12,6 @@ use galley_eval::{EvalOptions, Plugins, Report};
 use galley_registry::PluginLocator;
 use galley_runtime::{Grants, Runtime};
 use serde::Deserialize;
-use sha2::Digest;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -156,35 +155,6 @@ impl Plugins for TaskPlugins {
             .map_err(|e| e.to_string())?;
         Ok(Box::new(loader))
     }
-}
-
-/// sha256 over a model file, or over a folder's files (sorted by name).
-fn digest(path: &Path) -> Result<String> {
-    let mut h = sha2::Sha256::new();
-    let files: Vec<PathBuf> = if path.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .collect();
-        v.sort();
-        v
-    } else {
-        vec![path.to_path_buf()]
-    };
-    for f in files {
-        let mut file =
-            std::fs::File::open(&f).with_context(|| format!("{}: cannot read", f.display()))?;
-        h.update(
-            f.file_name()
-                .map(|n| n.as_encoded_bytes())
-                .unwrap_or_default(),
-        );
-        std::io::copy(&mut file, &mut h)
-            .with_context(|| format!("{}: cannot read", f.display()))?;
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 fn peak_rss_mib() -> Option<f64> {
@@ -362,7 +332,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
-        print_table(&report);
+        print!("{}", report.table());
         eprintln!(
             "{docs} documents in {seconds:.1} s ({:.1} documents/s), peak memory {}{}",
             docs as f64 / seconds.max(1e-9),
@@ -385,51 +355,15 @@ fn results_json(
     adapter: Option<&Path>,
     seconds: f64,
 ) -> Result<serde_json::Value> {
-    let metrics = |ms: &[galley_eval::MetricValue]| -> serde_json::Value {
-        let mut o = serde_json::Map::new();
-        for m in ms {
-            o.insert(
-                format!("{},{}", m.metric, m.filter),
-                serde_json::json!(m.value),
-            );
-            o.insert(
-                format!("{}_stderr,{}", m.metric, m.filter),
-                serde_json::json!(m.stderr),
-            );
-        }
-        serde_json::Value::Object(o)
-    };
-    let mut results = serde_json::Map::new();
-    for t in &report.tasks {
-        let mut r = metrics(&t.metrics);
-        let o = r.as_object_mut().expect("an object");
-        o.insert(
-            "alias".into(),
-            serde_json::json!(t.alias.clone().unwrap_or_else(|| t.task.clone())),
-        );
-        o.insert("n".into(), serde_json::json!(t.n));
-        o.insert("num_fewshot".into(), serde_json::json!(t.num_fewshot));
-        o.insert("task_digest".into(), serde_json::json!(t.digest));
-        o.insert("skipped".into(), serde_json::json!(t.skipped));
-        o.insert("seconds".into(), serde_json::json!(t.seconds));
-        results.insert(t.task.clone(), r);
-    }
-    let mut groups = serde_json::Map::new();
-    for g in &report.groups {
-        let mut r = metrics(&g.metrics);
-        let o = r.as_object_mut().expect("an object");
-        o.insert("n".into(), serde_json::json!(g.n));
-        o.insert("tasks".into(), serde_json::json!(g.tasks));
-        groups.insert(g.group.clone(), r);
-    }
+    let (results, groups) = report.results_maps();
     Ok(serde_json::json!({
         "results": results,
         "groups": groups,
         "model": {
             "path": model.display().to_string(),
-            "digest": digest(model)?,
+            "digest": galley_model::load::digest(model)?,
             "adapter": adapter.map(|a| a.display().to_string()),
-            "adapter_digest": adapter.map(digest).transpose()?,
+            "adapter_digest": adapter.map(galley_model::load::digest).transpose()?,
             "dequantize": cfg.dequantize,
         },
         "settings": {
@@ -465,75 +399,4 @@ fn write_outputs(out: &Path, results: &serde_json::Value, report: &Report) -> Re
     f.flush()
         .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
-}
-
-fn print_table(report: &Report) {
-    let fmt = |v: f64| format!("{v:.4}");
-    let mut rows: Vec<[String; 7]> = vec![];
-    for t in &report.tasks {
-        for m in &t.metrics {
-            rows.push([
-                t.task.clone(),
-                m.filter.clone(),
-                t.num_fewshot.to_string(),
-                m.metric.clone(),
-                fmt(m.value),
-                m.stderr.map(fmt).unwrap_or_else(|| "N/A".into()),
-                m.n.to_string(),
-            ]);
-        }
-    }
-    for g in &report.groups {
-        for m in &g.metrics {
-            rows.push([
-                g.group.clone(),
-                m.filter.clone(),
-                String::new(),
-                m.metric.clone(),
-                fmt(m.value),
-                m.stderr.map(fmt).unwrap_or_else(|| "N/A".into()),
-                m.n.to_string(),
-            ]);
-        }
-    }
-    // Long runs of MMLU subjects: show the groups and a count instead of 57 lines.
-    let subjects = report
-        .tasks
-        .iter()
-        .filter(|t| t.task.starts_with("mmlu_"))
-        .count();
-    if subjects > 8 {
-        rows.retain(|r| {
-            !r[0].starts_with("mmlu_") || report.groups.iter().any(|g| g.group == r[0])
-        });
-    }
-    let head = ["Task", "Filter", "n-shot", "Metric", "Value", "Stderr", "n"];
-    let mut w = head.map(str::len);
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.len());
-        }
-    }
-    let line = |cells: &[String]| {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<0$}", w[i]))
-            .collect();
-        println!("| {} |", parts.join(" | "));
-    };
-    line(&head.map(String::from));
-    println!(
-        "|{}|",
-        w.iter()
-            .map(|n| "-".repeat(n + 2))
-            .collect::<Vec<_>>()
-            .join("|")
-    );
-    for r in &rows {
-        line(r);
-    }
-    if subjects > 8 {
-        println!("({subjects} MMLU subjects: per-subject scores in results.json)");
-    }
 }

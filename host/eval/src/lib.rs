@@ -12,6 +12,7 @@ pub mod evaluate;
 pub mod judge;
 pub mod metrics;
 pub mod pyrandom;
+pub mod report;
 pub mod task;
 pub mod template;
 

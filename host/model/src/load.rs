@@ -231,3 +231,32 @@ fn load_hf(dir: &Path) -> Result<Checkpoint> {
         path: dir.into(),
     })
 }
+
+/// What identifies a model or adapter in results: sha256 over a model file, or over a
+/// folder's files (names and bytes, sorted by name).
+pub fn digest(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| bad(path, e))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    for f in files {
+        let mut file = std::fs::File::open(&f).map_err(|e| bad(&f, e))?;
+        h.update(
+            f.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        std::io::copy(&mut file, &mut h).map_err(|e| bad(&f, e))?;
+    }
+    Ok(hex::encode(h.finalize()))
+}
