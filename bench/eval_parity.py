@@ -74,6 +74,27 @@ for name, path, splits in [
 ]:
     src = open(os.path.join(tasks_src, name + ".yaml")).read()
     open(os.path.join(peer_dir, name + ".yaml"), "w").write(local(src, path, splits))
+# Where galley's file stands in for Python the harness runs (winogrande's functions,
+# hellaswag's process_docs), the harness runs its own file and functions: the comparison
+# then also checks galley's Jinja equivalents and the fetch-time preprocessing.
+import lm_eval.tasks as _lt  # noqa: E402
+import shutil  # noqa: E402
+
+harness_tasks = os.path.dirname(_lt.__file__)
+for name, sub, rel, path, splits in [
+    ("winogrande", "winogrande", "default.yaml", "allenai/winogrande/winogrande_xl", ["validation"]),
+    ("hellaswag_harness", "hellaswag", "hellaswag.yaml", "Rowan/hellaswag", ["validation"]),
+    ("piqa", "piqa", "piqa.yaml", "baber/piqa", ["validation"]),
+    ("boolq", "super_glue/boolq", "default.yaml", "aps/super_glue/boolq", ["validation"]),
+]:
+    src_dir = os.path.join(harness_tasks, sub)
+    for f in os.listdir(src_dir):
+        if f.endswith(".py"):
+            shutil.copy(os.path.join(src_dir, f), peer_dir)
+    text = open(os.path.join(src_dir, rel)).read()
+    if name == "hellaswag_harness":
+        continue  # galley's hellaswag file is used for both (above); kept for reference
+    open(os.path.join(peer_dir, name + ".yaml"), "w").write(local(text, path, splits))
 template = open(os.path.join(tasks_src, "mmlu_template.yaml")).read()
 subjects = [line.split() for line in open(os.path.join(tasks_src, "mmlu_subjects.txt")) if line.strip()]
 for subject, _ in subjects:
@@ -89,6 +110,10 @@ runs = [
     # 4 per subject: 228 documents across all 57.
     ("mmlu", [f"mmlu_{s}" for s, _ in subjects], 0, 1 if quick else 4),
     ("gsm8k", ["gsm8k"], 5, 10 if quick else 100),
+    # The harness's own winogrande (Python functions) against galley's Jinja; piqa, boolq.
+    ("winogrande", ["winogrande"], 0, limit_mc),
+    ("piqa", ["piqa"], 0, limit_mc),
+    ("boolq", ["boolq"], 0, limit_mc),
 ]
 
 from lm_eval import simple_evaluate  # noqa: E402

@@ -5,12 +5,14 @@
 
 use crate::EvalError;
 use crate::docs;
+use crate::grade::{default_metrics, grade_with_judge, grade_with_plugin};
+use crate::groups::aggregate_groups;
 use crate::metrics::{self, ExactMatch, Filter};
-use crate::pyrandom::PyRandom;
+use crate::prompt::{self, doc_err};
 use crate::task::{GroupConfig, MetricSpec, OutputType, Task};
-use crate::template::{Doc, Resolved, Templates};
+use crate::template::{Doc, Templates};
 use galley_core::engine::{Engine, GenerateRequest, LoglikelihoodRequest};
-use galley_core::{DataSource, Evaluator, Message, Metric, Prediction, Value as MetaValue};
+use galley_core::{DataSource, Evaluator, Value as MetaValue};
 use serde::Serialize;
 use sha2::Digest;
 use std::collections::BTreeMap;
@@ -219,18 +221,6 @@ pub struct Report {
 /// Progress of a run: (task, documents' requests done, total) as the engine reports.
 pub type OnProgress<'a> = dyn FnMut(&str, usize, usize) + 'a;
 
-/// One document, prepared.
-struct Prepared {
-    prompt: String,
-    choices: Option<Vec<String>>,
-    /// Gold choice index (multiple choice).
-    gold: Option<usize>,
-    /// The reference text.
-    target: String,
-    /// One context per choice ("multiple input" tasks); empty otherwise.
-    contexts: Vec<String>,
-}
-
 /// Checks that every task's data files are where the task says and parse, before a model is
 /// loaded: a missing or broken file is an error naming it (and the fetch script) at once, not
 /// after the model has loaded. (Reading is cheap next to evaluating.)
@@ -310,13 +300,6 @@ pub fn evaluate(
     Ok(report)
 }
 
-fn doc_err(task: &Task, doc: usize, what: &str, e: impl std::fmt::Display) -> EvalError {
-    EvalError::Doc(format!(
-        "{}: task `{}`, document {doc}: {what}: {e}",
-        task.origin, task.config.task
-    ))
-}
-
 /// The splits a task evaluates on and draws few-shot examples from.
 fn splits(task: &Task) -> (String, Option<String>) {
     let c = &task.config;
@@ -331,34 +314,6 @@ fn splits(task: &Task) -> (String, Option<String>) {
         .or_else(|| c.training_split.clone())
         .or_else(|| c.validation_split.clone());
     (eval, fewshot)
-}
-
-/// Python's `maybe_delimit`.
-fn maybe_delimit(prefix: &str, suffix: &str, delimiter: &str) -> String {
-    if prefix.is_empty() {
-        return suffix.to_string();
-    }
-    if suffix.is_empty() {
-        return prefix.to_string();
-    }
-    let ws_end = prefix.chars().last().is_some_and(char::is_whitespace);
-    let ws_start = suffix.chars().next().is_some_and(char::is_whitespace);
-    if ws_end || ws_start {
-        format!("{prefix}{suffix}")
-    } else {
-        format!("{prefix}{delimiter}{suffix}")
-    }
-}
-
-fn as_text(r: Resolved, choices: Option<&[String]>) -> Option<String> {
-    match r {
-        Resolved::Text(s) => Some(s),
-        Resolved::Index(i) => Some(match choices {
-            Some(c) => c.get(i)?.clone(),
-            None => i.to_string(),
-        }),
-        Resolved::List(l) => l.into_iter().next(),
-    }
 }
 
 fn run_task(
@@ -405,192 +360,21 @@ fn run_task(
     } else {
         vec![]
     };
-    let first_n = c
-        .fewshot_config
-        .as_ref()
-        .is_some_and(|f| f.sampler == "first_n");
-    let exclude_self = fewshot_split == c.test_split;
-    let mut rnd = PyRandom::new(opts.fewshot_seed);
-    let has_choices = c.doc_to_choice.is_some();
-    let chat = opts.apply_chat_template;
-    let target_delimiter = if chat {
+    let prepared = prompt::prepare(
+        engine,
+        task,
+        t,
+        opts,
+        &eval_docs,
+        &fewshot_docs,
+        shots,
+        &fewshot_split,
+    )?;
+    let target_delimiter = if opts.apply_chat_template {
         ""
     } else {
         c.target_delimiter.as_str()
     };
-
-    // Documents to prompts.
-    let mut prepared = Vec::with_capacity(eval_docs.len());
-    for (i, doc) in eval_docs.iter().enumerate() {
-        let description = match &c.description {
-            Some(d) => t
-                .render(d, doc)
-                .map_err(|e| doc_err(task, i, "description", e))?,
-            None => String::new(),
-        };
-        let system = maybe_delimit(
-            opts.system_prompt.as_deref().unwrap_or(""),
-            &description,
-            &c.fewshot_delimiter,
-        );
-        let mut text = String::new();
-        if shots > 0 {
-            let picked: Vec<&Doc> = if first_n {
-                fewshot_docs
-                    .iter()
-                    .filter(|d| !exclude_self || *d != doc)
-                    .take(shots)
-                    .collect()
-            } else if exclude_self {
-                let drawn: Vec<&Doc> = rnd
-                    .sample(fewshot_docs.len(), shots + 1)
-                    .into_iter()
-                    .map(|j| &fewshot_docs[j])
-                    .filter(|d| *d != doc)
-                    .take(shots)
-                    .collect();
-                drawn
-            } else {
-                rnd.sample(fewshot_docs.len(), shots)
-                    .into_iter()
-                    .map(|j| &fewshot_docs[j])
-                    .collect()
-            };
-            for shot in picked {
-                let q = t
-                    .resolve(
-                        c.doc_to_text.as_ref().expect("checked"),
-                        shot,
-                        has_choices,
-                        false,
-                    )
-                    .map_err(|e| doc_err(task, i, "few-shot doc_to_text", e))?;
-                let choices = match &c.doc_to_choice {
-                    Some(f) => Some(
-                        t.choices(f, shot)
-                            .map_err(|e| doc_err(task, i, "few-shot doc_to_choice", e))?,
-                    ),
-                    None => None,
-                };
-                let a = t
-                    .resolve(
-                        c.doc_to_target.as_ref().expect("checked"),
-                        shot,
-                        has_choices,
-                        true,
-                    )
-                    .map_err(|e| doc_err(task, i, "few-shot doc_to_target", e))?;
-                // One context per choice (winogrande): the shot shows its right one.
-                let q = match (q, &choices) {
-                    (Resolved::Index(k), Some(ch)) => ch.get(k).cloned().unwrap_or_default(),
-                    (q, _) => as_text(q, None).unwrap_or_default(),
-                };
-                let a = as_text(a, choices.as_deref()).unwrap_or_default();
-                text.push_str(&q);
-                if !a.is_empty() {
-                    text.push_str(&c.target_delimiter);
-                    text.push_str(&a);
-                    text.push_str(&c.fewshot_delimiter);
-                }
-            }
-        }
-        let choices = match &c.doc_to_choice {
-            Some(f) => Some(
-                t.choices(f, doc)
-                    .map_err(|e| doc_err(task, i, "doc_to_choice", e))?,
-            ),
-            None => None,
-        };
-        let q = match &c.doc_to_text {
-            Some(f) => t
-                .resolve(f, doc, has_choices, false)
-                .map_err(|e| doc_err(task, i, "doc_to_text", e))?,
-            None => Resolved::Text(String::new()),
-        };
-        let target = t
-            .resolve(
-                c.doc_to_target.as_ref().expect("checked"),
-                doc,
-                has_choices,
-                true,
-            )
-            .map_err(|e| doc_err(task, i, "doc_to_target", e))?;
-        // An index from doc_to_text: the harness's "multiple input" form, where each choice is
-        // a context and the target the shared continuation.
-        let (q, multi) = match (q, &choices) {
-            (Resolved::Index(g), Some(ch)) if g < ch.len() => (String::new(), Some(g)),
-            (Resolved::Index(g), _) => {
-                return Err(doc_err(
-                    task,
-                    i,
-                    "doc_to_text",
-                    format!("gave index {g}, which names no choice"),
-                ));
-            }
-            (q, _) => (as_text(q, None).unwrap_or_default(), None),
-        };
-        text.push_str(&q);
-        let gold = match (&target, &choices) {
-            _ if multi.is_some() => multi,
-            (Resolved::Index(g), Some(ch)) => {
-                if *g >= ch.len() {
-                    return Err(doc_err(
-                        task,
-                        i,
-                        "doc_to_target",
-                        format!("index {g} but {} choices", ch.len()),
-                    ));
-                }
-                Some(*g)
-            }
-            (Resolved::Text(s), Some(ch)) => {
-                Some(ch.iter().position(|x| x == s).ok_or_else(|| {
-                    doc_err(
-                        task,
-                        i,
-                        "doc_to_target",
-                        format!("{s:?} is not one of the choices"),
-                    )
-                })?)
-            }
-            _ => None,
-        };
-        let target = if multi.is_some() {
-            as_text(target, None).unwrap_or_default()
-        } else {
-            as_text(target, choices.as_deref()).unwrap_or_default()
-        };
-        let render = |text: String| -> Result<String, EvalError> {
-            if chat {
-                let mut msgs = vec![];
-                if !system.is_empty() {
-                    msgs.push(Message::new("system", system.clone()));
-                }
-                msgs.push(Message::new("user", text));
-                Ok(engine.apply_chat_template(&msgs)?)
-            } else {
-                Ok(format!("{system}{text}"))
-            }
-        };
-        let contexts = match (multi, &choices) {
-            (Some(_), Some(ch)) => ch
-                .iter()
-                .map(|choice| render(format!("{text}{choice}")))
-                .collect::<Result<Vec<_>, _>>()?,
-            _ => vec![],
-        };
-        let prompt = match contexts.first() {
-            Some(first) => first.clone(),
-            None => render(text)?,
-        };
-        prepared.push(Prepared {
-            prompt,
-            choices,
-            gold,
-            target,
-            contexts,
-        });
-    }
 
     // Prompts to answers.
     let name = c.task.clone();
@@ -882,313 +666,4 @@ fn run_task(
         },
         samples,
     ))
-}
-
-/// The harness's defaults when a task lists no metrics.
-fn default_metrics(kind: OutputType) -> Vec<MetricSpec> {
-    let names: &[&str] = match kind {
-        OutputType::MultipleChoice => &["acc", "acc_norm"],
-        OutputType::Loglikelihood => &["acc"],
-        OutputType::LoglikelihoodRolling => {
-            &["word_perplexity", "byte_perplexity", "bits_per_byte"]
-        }
-        OutputType::GenerateUntil => &["exact_match"],
-    };
-    names
-        .iter()
-        .map(|n| MetricSpec {
-            metric: Some(n.to_string()),
-            plugin: None,
-            settings: None,
-            on_error: None,
-            aggregation: None,
-            higher_is_better: None,
-            ignore_case: false,
-            ignore_punctuation: false,
-            ignore_numbers: false,
-            regexes_to_ignore: vec![],
-        })
-        .collect()
-}
-
-fn meta_value(v: &serde_json::Value) -> MetaValue {
-    match v {
-        serde_json::Value::Null => MetaValue::Null,
-        serde_json::Value::Bool(b) => MetaValue::Bool(*b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => MetaValue::Int(i),
-            None => MetaValue::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        serde_json::Value::String(s) => MetaValue::Text(s.clone()),
-        other => MetaValue::Json(other.to_string()),
-    }
-}
-
-/// Grades every document with an evaluator plugin, per filter, in batches; returns how many
-/// documents were left ungraded because a batch failed under `on_error: skip`.
-#[allow(clippy::too_many_arguments)]
-fn grade_with_plugin(
-    task: &Task,
-    docs: &[Doc],
-    prepared: &[Prepared],
-    samples: &mut [Sample],
-    filters: &[Filter],
-    m: &MetricSpec,
-    spec: &str,
-    plugins: &mut dyn Plugins,
-    aggregates: &mut BTreeMap<(String, String), f64>,
-) -> Result<usize, EvalError> {
-    const BATCH: usize = 64;
-    let settings = m.settings.clone().unwrap_or_else(|| serde_json::json!({}));
-    let mut ev = plugins.evaluator(spec, &settings).map_err(|e| {
-        EvalError::Task(format!(
-            "{}: task `{}`: metric plugin `{spec}`: {e}",
-            task.origin, task.config.task
-        ))
-    })?;
-    let stop = m.on_error.as_deref() == Some("stop");
-    let mut skipped = 0;
-    for f in filters {
-        let preds: Vec<Prediction> = samples
-            .iter()
-            .zip(prepared)
-            .zip(docs)
-            .enumerate()
-            .map(|(i, ((s, p), d))| {
-                let prediction = graded_prediction(s, p, f);
-                Prediction {
-                    id: format!("{}/{i}", task.config.task),
-                    prediction,
-                    references: vec![p.target.clone()],
-                    metadata: d.iter().map(|(k, v)| (k.clone(), meta_value(v))).collect(),
-                }
-            })
-            .collect();
-        let mut graded: Vec<Vec<Metric>> = vec![];
-        for (b, chunk) in preds.chunks(BATCH).enumerate() {
-            match ev.score(chunk) {
-                Ok(grades) => {
-                    for (j, metrics) in grades.into_iter().enumerate() {
-                        for Metric { name, value } in &metrics {
-                            samples[b * BATCH + j]
-                                .grades
-                                .insert(format!("{name},{}", f.name), *value);
-                        }
-                        graded.push(metrics);
-                    }
-                }
-                Err(e) if stop => return Err(e.into()),
-                Err(e) => {
-                    tracing::warn!(
-                        "{e}; skipping {} documents of task {}",
-                        chunk.len(),
-                        task.config.task
-                    );
-                    skipped += chunk.len();
-                }
-            }
-        }
-        match ev.aggregate(&graded) {
-            Ok(ms) => {
-                for Metric { name, value } in ms {
-                    aggregates.insert((name, f.name.clone()), value);
-                }
-            }
-            Err(e) if stop => return Err(e.into()),
-            Err(e) => tracing::warn!("{e}; reporting the mean of its grades instead"),
-        }
-    }
-    Ok(skipped)
-}
-
-/// The prediction a document is graded on under filter `f`: the filtered generation, or the
-/// chosen choice of a multiple-choice question.
-fn graded_prediction(s: &Sample, p: &Prepared, f: &Filter) -> String {
-    match (&s.prediction, &p.choices) {
-        (Some(_), _) => s.filtered.get(&f.name).cloned().unwrap_or_default(),
-        (None, Some(ch)) if p.contexts.is_empty() => {
-            let lls: Vec<f64> = s.loglikelihoods.iter().map(|x| x.0).collect();
-            ch[metrics::argmax(&lls)].clone()
-        }
-        _ => String::new(),
-    }
-}
-
-/// Grades with an LLM judge (`metric: judge`, settings `prompt` (a template file), `min`,
-/// `max`, `pass_fail`, `max_tokens`, `reference` (default true)); returns how many of the
-/// judge's answers did not parse (those documents get no grade, never a made-up one).
-fn grade_with_judge(
-    task: &Task,
-    prepared: &[Prepared],
-    samples: &mut [Sample],
-    filters: &[Filter],
-    m: &MetricSpec,
-    engine: &mut dyn Engine,
-) -> Result<usize, EvalError> {
-    use crate::judge::{self, JudgeOptions, PointItem, Scale};
-    let bad = |e: String| {
-        EvalError::Task(format!(
-            "{}: task `{}`: metric judge: {e}",
-            task.origin, task.config.task
-        ))
-    };
-    let settings = m.settings.clone().unwrap_or_else(|| serde_json::json!({}));
-    let get = |k: &str| settings.get(k);
-    let mut o = JudgeOptions::default();
-    if let Some(p) = get("prompt").and_then(|v| v.as_str()) {
-        let path = match &task.dir {
-            Some(d) if std::path::Path::new(p).is_relative() => d.join(p),
-            _ => PathBuf::from(p),
-        };
-        o.template = Some(
-            std::fs::read_to_string(&path)
-                .map_err(|e| bad(format!("prompt {}: {e}", path.display())))?,
-        );
-    }
-    if get("pass_fail").and_then(|v| v.as_bool()) == Some(true) {
-        o.scale = Scale::PassFail;
-    } else {
-        let min = get("min").and_then(|v| v.as_i64()).unwrap_or(1);
-        let max = get("max").and_then(|v| v.as_i64()).unwrap_or(10);
-        if min >= max {
-            return Err(bad(format!("min {min} must be below max {max}")));
-        }
-        o.scale = Scale::Range { min, max };
-    }
-    if let Some(n) = get("max_tokens").and_then(|v| v.as_u64()) {
-        o.max_tokens = n as usize;
-    }
-    let with_reference = get("reference").and_then(|v| v.as_bool()).unwrap_or(true);
-    let mut failed = 0;
-    for f in filters {
-        let items: Vec<PointItem> = samples
-            .iter()
-            .zip(prepared)
-            .map(|(s, p)| PointItem {
-                question: p.prompt.clone(),
-                answer: graded_prediction(s, p, f),
-                reference: with_reference.then(|| p.target.clone()),
-            })
-            .collect();
-        let verdicts = judge::pointwise(engine, &items, &o).map_err(|e| bad(e.to_string()))?;
-        for (s, v) in samples.iter_mut().zip(verdicts) {
-            match v.score {
-                Some(x) => {
-                    s.grades.insert(format!("judge,{}", f.name), x);
-                }
-                None => {
-                    failed += 1;
-                    tracing::debug!(
-                        "judge answer did not parse: {}",
-                        v.failure.unwrap_or_default()
-                    );
-                }
-            }
-        }
-    }
-    Ok(failed)
-}
-
-/// Groups over task results (and over other groups, in the order given: members first).
-fn aggregate_groups(groups: &[GroupConfig], tasks: &[TaskResult]) -> Vec<GroupResult> {
-    let mut out: Vec<GroupResult> = vec![];
-    // Members may be groups defined later in the list: resolve by repeated passes.
-    let mut pending: Vec<&GroupConfig> = groups.iter().collect();
-    while !pending.is_empty() {
-        let before = pending.len();
-        pending.retain(|g| {
-            let ready = g
-                .task
-                .iter()
-                .all(|m| tasks.iter().any(|t| &t.task == m) || out.iter().any(|o| &o.group == m));
-            if !ready {
-                return true;
-            }
-            out.push(aggregate_one(g, tasks, &out));
-            false
-        });
-        if pending.len() == before {
-            break;
-        }
-    }
-    out
-}
-
-fn aggregate_one(g: &GroupConfig, tasks: &[TaskResult], done: &[GroupResult]) -> GroupResult {
-    let members: Vec<(&str, usize, &[MetricValue])> = g
-        .task
-        .iter()
-        .map(|m| match tasks.iter().find(|t| &t.task == m) {
-            Some(t) => (t.task.as_str(), t.n, t.metrics.as_slice()),
-            None => {
-                let o = done.iter().find(|o| &o.group == m).expect("checked ready");
-                (o.group.as_str(), o.n, o.metrics.as_slice())
-            }
-        })
-        .collect();
-    let n = members.iter().map(|m| m.1).sum();
-    let mut metrics_out = vec![];
-    for a in &g.aggregate_metric_list {
-        // Every filter the members report this metric under.
-        let mut filters: Vec<String> = vec![];
-        for (_, _, ms) in &members {
-            for mv in ms.iter().filter(|mv| mv.metric == a.metric) {
-                if !filters.contains(&mv.filter) {
-                    filters.push(mv.filter.clone());
-                }
-            }
-        }
-        for f in filters {
-            let vals: Vec<(&MetricValue, usize)> = members
-                .iter()
-                .filter_map(|(_, n, ms)| {
-                    ms.iter()
-                        .find(|mv| mv.metric == a.metric && mv.filter == f)
-                        .map(|mv| (mv, *n))
-                })
-                .collect();
-            if vals.len() != members.len() {
-                continue;
-            }
-            let weights: Vec<f64> = vals
-                .iter()
-                .map(|(_, n)| if a.weight_by_size { *n as f64 } else { 1.0 })
-                .collect();
-            let wsum: f64 = weights.iter().sum();
-            let value = vals
-                .iter()
-                .zip(&weights)
-                .map(|((mv, _), w)| mv.value * w)
-                .sum::<f64>()
-                / wsum;
-            let stderrs: Option<Vec<f64>> = vals.iter().map(|(mv, _)| mv.stderr).collect();
-            let sizes: Vec<usize> = vals.iter().map(|(_, n)| *n).collect();
-            let stderr = stderrs.and_then(|s| metrics::pooled_stderr(&s, &sizes));
-            metrics_out.push(MetricValue {
-                metric: a.metric.clone(),
-                filter: f,
-                value,
-                stderr,
-                n: vals.iter().map(|v| v.0.n).sum(),
-            });
-        }
-    }
-    GroupResult {
-        group: g.group.clone(),
-        tasks: g.task.clone(),
-        n,
-        metrics: metrics_out,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::maybe_delimit;
-
-    #[test]
-    fn delimiting_as_the_harness() {
-        assert_eq!(maybe_delimit("", "x", "\n\n"), "x");
-        assert_eq!(maybe_delimit("sys", "desc", "\n\n"), "sys\n\ndesc");
-        assert_eq!(maybe_delimit("sys\n", "desc", "\n\n"), "sys\ndesc");
-    }
 }

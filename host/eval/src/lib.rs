@@ -9,8 +9,11 @@
 pub mod builtin;
 pub mod docs;
 pub mod evaluate;
+mod grade;
+mod groups;
 pub mod judge;
 pub mod metrics;
+mod prompt;
 pub mod pyrandom;
 pub mod report;
 pub mod task;
