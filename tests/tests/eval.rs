@@ -332,7 +332,7 @@ fn write_adapter(model: &Path, dir: &Path) {
         header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}));
     }
     let mut h = serde_json::Value::Object(header).to_string();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(' ');
     }
     std::fs::create_dir_all(dir).unwrap();

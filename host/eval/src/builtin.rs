@@ -31,7 +31,7 @@ pub struct Catalog {
 
 fn parse_builtin(name: &str, text: &str) -> Task {
     match task::parse(text, &format!("(built-in) {name}"), None) {
-        Ok(TaskFile::Task(t)) => t,
+        Ok(TaskFile::Task(t)) => *t,
         Ok(TaskFile::Group(_)) => unreachable!("built-in {name} is a task"),
         Err(e) => panic!("built-in task {name} is broken: {e}"),
     }
@@ -121,7 +121,7 @@ impl Catalog {
         match f {
             TaskFile::Task(t) => {
                 self.tasks.retain(|x| x.config.task != t.config.task);
-                self.tasks.push(t);
+                self.tasks.push(*t);
             }
             TaskFile::Group(g) => {
                 self.groups.retain(|x| x.group != g.group);

@@ -267,7 +267,7 @@ pub struct Task {
 
 /// A task file or a group file.
 pub enum TaskFile {
-    Task(Task),
+    Task(Box<Task>),
     Group(GroupConfig),
 }
 
@@ -334,12 +334,12 @@ pub fn parse(text: &str, origin: &str, dir: Option<&Path>) -> Result<TaskFile, E
     let config: TaskConfig = config::parse(&text_for_parse, origin, &[], &|_| None)
         .map_err(|e| EvalError::Task(e.to_string()))?;
     check(&config, origin)?;
-    Ok(TaskFile::Task(Task {
+    Ok(TaskFile::Task(Box::new(Task {
         config,
         dir: dir.map(Path::to_path_buf),
         source,
         origin: origin.to_string(),
-    }))
+    })))
 }
 
 /// The harness lets a task call Python (`!function module.fn`); galley runs no Python, and

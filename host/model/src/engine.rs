@@ -172,11 +172,11 @@ impl NativeEngine {
             for (i, &r) in chunk.iter().enumerate() {
                 let t = tokens(r);
                 let row = logits.get(i)?;
-                for j in 1..t.len() {
+                for (j, &tok) in t.iter().enumerate().skip(1) {
                     let (lp, top) =
-                        log_softmax_at(&row.get(j - 1)?.to_vec1::<f32>()?, t[j] as usize);
+                        log_softmax_at(&row.get(j - 1)?.to_vec1::<f32>()?, tok as usize);
                     scored[r].0.push(lp);
-                    scored[r].1 &= top == t[j] as usize;
+                    scored[r].1 &= top == tok as usize;
                 }
             }
             at = end;
