@@ -255,6 +255,20 @@ fn evaluator_plugins_grade_in_the_sandbox_under_both_policies() {
         "the plugin's own aggregate: {t}"
     );
 
+    // A plugin metric named like a built-in one is kept apart, not silently merged.
+    with_metric(
+        d,
+        "both",
+        &format!("  - metric: exact_match\n  - plugin: {}\n", em.display()),
+    );
+    ok(eval(d, &["-m", m, "--tasks", "both.yaml", "-o", "both"]));
+    let t = &results(&d.join("both"))["results"]["both"];
+    assert!(t["exact_match,none"].is_number(), "{t}");
+    assert_eq!(
+        t["exact-match/exact_match,none"], t["exact_match,none"],
+        "{t}"
+    );
+
     let hostile = plugin("hostile-evaluator");
     with_metric(
         d,

@@ -172,6 +172,32 @@ fn peak_rss_mib() -> Option<f64> {
 pub fn run(args: EvalArgs) -> Result<()> {
     let mut cfg: EvalConfig =
         galley_core::config::load(args.config.as_deref(), &args.set, &|_| None)?;
+    // Paths in the settings file are relative to it; those on the command line, to here.
+    if let Some(base) = args.config.as_deref().and_then(Path::parent) {
+        let rel = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        cfg.adapter.iter_mut().for_each(rel);
+        cfg.output.iter_mut().for_each(rel);
+        cfg.data_dir.iter_mut().for_each(rel);
+        cfg.include_path.iter_mut().for_each(rel);
+        for t in cfg
+            .tasks
+            .iter_mut()
+            .filter(|t| t.ends_with(".yaml") || t.ends_with(".yml"))
+        {
+            let mut p = PathBuf::from(&*t);
+            rel(&mut p);
+            *t = p.display().to_string();
+        }
+        if let Some(m) = cfg.model.as_mut().filter(|m| !m.contains("://"))
+            && Path::new(m.as_str()).is_relative()
+        {
+            *m = base.join(&*m).display().to_string();
+        }
+    }
     // The command line wins over the file.
     if let Some(m) = args.model {
         cfg.model = Some(m);
@@ -198,20 +224,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         cfg.data_dir = args.data_dir;
     }
     cfg.include_path.extend(args.include_path);
-    // Paths in the settings file are relative to it.
-    let base = args
-        .config
-        .as_deref()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf);
-    let rel = |p: PathBuf| match &base {
-        Some(b) if p.is_relative() => b.join(p),
-        _ => p,
-    };
-
     let mut catalog = Catalog::builtin();
     for dir in &cfg.include_path {
-        catalog.add_dir(&rel(dir.clone()))?;
+        catalog.add_dir(dir)?;
     }
     if cfg.tasks.is_empty() {
         bail!(
@@ -230,7 +245,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
         data_root: cfg
             .data_dir
             .clone()
-            .map(rel)
             .unwrap_or_else(galley_core::dirs::eval_data_dir),
     };
     let mut plugins = TaskPlugins {
@@ -244,7 +258,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .clone()
         .context("no model: pass --model PATH (or `model:` in the settings file)")?;
     let path = crate::models::resolve(&spec)?;
-    let adapter = cfg.adapter.clone().map(rel);
+    let adapter = cfg.adapter.clone();
     let device = galley_model::default_device();
     let started = std::time::Instant::now();
     let m = galley_model::load_adapted(

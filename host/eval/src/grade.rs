@@ -76,6 +76,30 @@ pub(crate) fn grade_with_plugin(
         ))
     })?;
     let stop = m.on_error.as_deref() == Some("stop");
+    // A plugin metric named like one of the task's built-in metrics (exact_match) would
+    // silently replace it: such names get the plugin's name in front (`exact-match/exact_match`).
+    let taken: Vec<&str> = task
+        .config
+        .metric_list
+        .iter()
+        .filter_map(|x| x.metric.as_deref())
+        .collect();
+    let short = ev
+        .name()
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let key = |name: &str| {
+        if taken.contains(&name) {
+            format!("{short}/{name}")
+        } else {
+            name.to_string()
+        }
+    };
     let mut skipped = 0;
     for f in filters {
         let preds: Vec<Prediction> = samples
@@ -101,7 +125,7 @@ pub(crate) fn grade_with_plugin(
                         for Metric { name, value } in &metrics {
                             samples[b * BATCH + j]
                                 .grades
-                                .insert(format!("{name},{}", f.name), *value);
+                                .insert(format!("{},{}", key(name), f.name), *value);
                         }
                         graded.push(metrics);
                     }
@@ -120,7 +144,7 @@ pub(crate) fn grade_with_plugin(
         match ev.aggregate(&graded) {
             Ok(ms) => {
                 for Metric { name, value } in ms {
-                    aggregates.insert((name, f.name.clone()), value);
+                    aggregates.insert((key(&name), f.name.clone()), value);
                 }
             }
             Err(e) if stop => return Err(e.into()),
