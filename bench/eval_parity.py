@@ -162,6 +162,7 @@ for label, tasks, shots, limit in runs:
         ours[(s["task"], s["doc_id"])] = s
     assert set(ours) == set(peer), f"{label}: different documents: {len(ours)} vs {len(peer)}"
     worst = 0.0
+    worst_at = None
     n_req = 0
     disagree = {}
     gen_diff = 0
@@ -169,9 +170,12 @@ for label, tasks, shots, limit in runs:
         q = peer[key]
         if s.get("loglikelihoods"):
             theirs = [r[0] for r in q["resps"]]
-            for (ll, _), r in zip(s["loglikelihoods"], theirs):
+            for (ll, _), r, arg in zip(s["loglikelihoods"], theirs, q["arguments"]):
                 a, b = ll, float(r[0])
-                worst = max(worst, abs(a - b) / max(abs(b), 1e-9))
+                rel = abs(a - b) / max(abs(b), 1e-9)
+                if rel > worst:
+                    worst, worst_at = rel, {"doc": key[1], "galley": a, "harness": b,
+                                            "continuation": list(arg.values())[1] if isinstance(arg, dict) else arg[1]}
                 n_req += 1
         else:
             if s["prediction"] != q["resps"][0][0].split("Question:")[0] and s["prediction"] not in q["resps"][0][0]:
@@ -185,7 +189,7 @@ for label, tasks, shots, limit in runs:
                 disagree[k] = disagree.get(k, 0) + 1
     n = len(ours)
     line = {
-        "task": label, "documents": n, "requests": n_req, "max_rel_ll_diff": worst,
+        "task": label, "documents": n, "requests": n_req, "max_rel_ll_diff": worst, "worst_request": worst_at,
         "per_doc_metric_disagreements": disagree, "generations_differing": gen_diff,
         "galley_s": galley_s, "harness_s": peer_s,
         "galley_docs_per_s": n / galley_s, "harness_docs_per_s": n / peer_s,
