@@ -252,7 +252,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         sandbox: args.sandbox,
         runtime: None,
     };
-    galley_eval::check_data(&tasks, &opts, &mut plugins)?;
+    let loaded = galley_eval::load_tasks(&tasks, &opts, &mut plugins)?;
     let spec = cfg
         .model
         .clone()
@@ -318,7 +318,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let report = galley_eval::evaluate(
         &mut engine,
         judge_engine,
-        &tasks,
+        &loaded,
         &groups,
         &opts,
         &mut plugins,

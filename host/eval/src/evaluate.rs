@@ -12,7 +12,7 @@ use crate::prompt::{self, doc_err};
 use crate::task::{GroupConfig, MetricSpec, OutputType, Task};
 use crate::template::{Doc, Templates};
 use galley_core::engine::{Engine, GenerateRequest, LoglikelihoodRequest};
-use galley_core::{DataSource, Evaluator, Value as MetaValue};
+use galley_core::{DataSource, Evaluator};
 use serde::Serialize;
 use sha2::Digest;
 use std::collections::BTreeMap;
@@ -126,7 +126,7 @@ fn load_docs(
                 let mut doc: Doc = ex
                     .metadata
                     .iter()
-                    .map(|(k, v)| (k.clone(), meta_json(v)))
+                    .map(|(k, v)| (k.clone(), v.to_json()))
                     .collect();
                 if !ex.messages.is_empty() {
                     doc.insert(
@@ -142,17 +142,6 @@ fn load_docs(
         }
     }
     Ok(out)
-}
-
-fn meta_json(v: &MetaValue) -> serde_json::Value {
-    match v {
-        MetaValue::Null => serde_json::Value::Null,
-        MetaValue::Bool(b) => serde_json::json!(b),
-        MetaValue::Int(i) => serde_json::json!(i),
-        MetaValue::Float(f) => serde_json::json!(f),
-        MetaValue::Text(t) => serde_json::json!(t),
-        MetaValue::Json(j) => serde_json::from_str(j).unwrap_or_else(|_| serde_json::json!(j)),
-    }
 }
 
 /// One metric of one filter.
@@ -221,58 +210,99 @@ pub struct Report {
 /// Progress of a run: (task, documents' requests done, total) as the engine reports.
 pub type OnProgress<'a> = dyn FnMut(&str, usize, usize) + 'a;
 
-/// Checks that every task's data files are where the task says and parse, before a model is
-/// loaded: a missing or broken file is an error naming it (and the fetch script) at once, not
-/// after the model has loaded. (Reading is cheap next to evaluating.)
-pub fn check_data(
+/// A task with its documents read (through its `process_docs` plugin, if any) and its digest.
+pub struct LoadedTask {
+    pub task: Task,
+    eval_docs: Vec<Doc>,
+    fewshot_docs: Vec<Doc>,
+    fewshot_split: Option<String>,
+    shots: usize,
+    digest: String,
+}
+
+/// Reads every task's documents, once, before a model is loaded: a missing or broken file, or
+/// a template that fails on the first document, is an error naming it (and the fetch script)
+/// at once, not after the model has loaded.
+pub fn load_tasks(
     tasks: &[Task],
     opts: &EvalOptions,
     plugins: &mut dyn Plugins,
-) -> Result<(), EvalError> {
-    for task in tasks {
-        let (eval, fewshot) = splits(task);
-        let docs = load_docs(
-            task,
-            &docs::split_files(task, &eval, &opts.data_root)?,
-            plugins,
-        )?;
-        // The templates on the first document: a misspelt column fails here too.
-        if let Some(doc) = docs.first() {
-            let t = Templates::new();
-            let c = &task.config;
-            let has_choices = c.doc_to_choice.is_some();
-            if let Some(f) = &c.doc_to_text {
-                t.resolve(f, doc, has_choices, false)
-                    .map_err(|e| doc_err(task, 0, "doc_to_text", e))?;
-            }
-            if let Some(f) = &c.doc_to_target {
-                t.resolve(f, doc, has_choices, true)
-                    .map_err(|e| doc_err(task, 0, "doc_to_target", e))?;
-            }
-            if let Some(f) = &c.doc_to_choice {
-                t.choices(f, doc)
-                    .map_err(|e| doc_err(task, 0, "doc_to_choice", e))?;
-            }
+) -> Result<Vec<LoadedTask>, EvalError> {
+    tasks.iter().map(|t| load_task(t, opts, plugins)).collect()
+}
+
+fn load_task(
+    task: &Task,
+    opts: &EvalOptions,
+    plugins: &mut dyn Plugins,
+) -> Result<LoadedTask, EvalError> {
+    let c = &task.config;
+    let (eval_split, fewshot_split) = splits(task);
+    let eval_files = docs::split_files(task, &eval_split, &opts.data_root)?;
+    let mut eval_docs = load_docs(task, &eval_files, plugins)?;
+    if let Some(n) = opts.limit {
+        eval_docs.truncate(n);
+    }
+    // The templates on the first document: a misspelt column fails here too.
+    if let Some(doc) = eval_docs.first() {
+        let t = Templates::new();
+        let has_choices = c.doc_to_choice.is_some();
+        if let Some(f) = &c.doc_to_text {
+            t.resolve(f, doc, has_choices, false)
+                .map_err(|e| doc_err(task, 0, "doc_to_text", e))?;
         }
-        let shots = opts.num_fewshot.or(task.config.num_fewshot).unwrap_or(0);
-        if shots > 0
-            && let Some(f) = fewshot
-        {
-            load_docs(
-                task,
-                &docs::split_files(task, &f, &opts.data_root)?,
-                plugins,
-            )?;
+        if let Some(f) = &c.doc_to_target {
+            t.resolve(f, doc, has_choices, true)
+                .map_err(|e| doc_err(task, 0, "doc_to_target", e))?;
+        }
+        if let Some(f) = &c.doc_to_choice {
+            t.choices(f, doc)
+                .map_err(|e| doc_err(task, 0, "doc_to_choice", e))?;
         }
     }
-    Ok(())
+    let shots = opts.num_fewshot.or(c.num_fewshot).unwrap_or(0);
+    let mut digest = sha2::Sha256::new();
+    digest.update((task.source.len() as u64).to_le_bytes());
+    digest.update(task.source.as_bytes());
+    docs::digest_files(&eval_files, &mut digest)?;
+    let fewshot_docs = if shots > 0 {
+        let split = fewshot_split.clone().ok_or_else(|| {
+            EvalError::Task(format!(
+                "{}: task `{}`: {shots}-shot needs a fewshot_split or training_split",
+                task.origin, c.task
+            ))
+        })?;
+        let files = docs::split_files(task, &split, &opts.data_root)?;
+        if files != eval_files {
+            docs::digest_files(&files, &mut digest)?;
+        }
+        let d = load_docs(task, &files, plugins)?;
+        if d.len() < shots + 1 {
+            return Err(EvalError::Data(format!(
+                "task `{}`: {shots}-shot needs more than the {} documents of split `{split}`",
+                c.task,
+                d.len()
+            )));
+        }
+        d
+    } else {
+        vec![]
+    };
+    Ok(LoadedTask {
+        task: task.clone(),
+        eval_docs,
+        fewshot_docs,
+        fewshot_split,
+        shots,
+        digest: hex::encode(digest.finalize()),
+    })
 }
 
 /// Runs `tasks` on `engine`, then aggregates `groups` over their results.
 pub fn evaluate(
     engine: &mut dyn Engine,
     mut judge: Option<&mut dyn Engine>,
-    tasks: &[Task],
+    tasks: &[LoadedTask],
     groups: &[GroupConfig],
     opts: &EvalOptions,
     plugins: &mut dyn Plugins,
@@ -319,56 +349,24 @@ fn splits(task: &Task) -> (String, Option<String>) {
 fn run_task(
     engine: &mut dyn Engine,
     mut judge: Option<&mut dyn Engine>,
-    task: &Task,
+    loaded: &LoadedTask,
     opts: &EvalOptions,
     t: &Templates,
     plugins: &mut dyn Plugins,
     progress: &mut OnProgress<'_>,
 ) -> Result<(TaskResult, Vec<Sample>), EvalError> {
+    let task = &loaded.task;
     let c = &task.config;
-    let (eval_split, fewshot_split) = splits(task);
-    let eval_files = docs::split_files(task, &eval_split, &opts.data_root)?;
-    let mut eval_docs = load_docs(task, &eval_files, plugins)?;
-    if let Some(n) = opts.limit {
-        eval_docs.truncate(n);
-    }
-    let shots = opts.num_fewshot.or(c.num_fewshot).unwrap_or(0);
-    let mut digest = sha2::Sha256::new();
-    digest.update((task.source.len() as u64).to_le_bytes());
-    digest.update(task.source.as_bytes());
-    docs::digest_files(&eval_files, &mut digest)?;
-    let fewshot_docs = if shots > 0 {
-        let split = fewshot_split.clone().ok_or_else(|| {
-            EvalError::Task(format!(
-                "{}: task `{}`: {shots}-shot needs a fewshot_split or training_split",
-                task.origin, c.task
-            ))
-        })?;
-        let files = docs::split_files(task, &split, &opts.data_root)?;
-        if files != eval_files {
-            docs::digest_files(&files, &mut digest)?;
-        }
-        let d = load_docs(task, &files, plugins)?;
-        if d.len() < shots + 1 {
-            return Err(EvalError::Data(format!(
-                "task `{}`: {shots}-shot needs more than the {} documents of split `{split}`",
-                c.task,
-                d.len()
-            )));
-        }
-        d
-    } else {
-        vec![]
-    };
+    let (eval_docs, shots) = (&loaded.eval_docs, loaded.shots);
     let prepared = prompt::prepare(
         engine,
         task,
         t,
         opts,
-        &eval_docs,
-        &fewshot_docs,
+        eval_docs,
+        &loaded.fewshot_docs,
         shots,
-        &fewshot_split,
+        &loaded.fewshot_split,
     )?;
     let target_delimiter = if opts.apply_chat_template {
         ""
@@ -514,7 +512,7 @@ fn run_task(
         if let Some(spec) = &m.plugin {
             skipped += grade_with_plugin(
                 task,
-                &eval_docs,
+                eval_docs,
                 &prepared,
                 &mut samples,
                 &filters,
@@ -659,7 +657,7 @@ fn run_task(
             n: samples.len(),
             num_fewshot: shots,
             output_type: c.output_type,
-            digest: hex::encode(digest.finalize()),
+            digest: loaded.digest.clone(),
             metrics: metrics_out,
             skipped,
             seconds: 0.0,

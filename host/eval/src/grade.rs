@@ -40,19 +40,6 @@ pub(crate) fn default_metrics(kind: OutputType) -> Vec<MetricSpec> {
         .collect()
 }
 
-fn meta_value(v: &serde_json::Value) -> MetaValue {
-    match v {
-        serde_json::Value::Null => MetaValue::Null,
-        serde_json::Value::Bool(b) => MetaValue::Bool(*b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => MetaValue::Int(i),
-            None => MetaValue::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        serde_json::Value::String(s) => MetaValue::Text(s.clone()),
-        other => MetaValue::Json(other.to_string()),
-    }
-}
-
 /// Grades every document with an evaluator plugin, per filter, in batches; returns how many
 /// documents were left ungraded because a batch failed under `on_error: skip`.
 #[allow(clippy::too_many_arguments)]
@@ -113,7 +100,10 @@ pub(crate) fn grade_with_plugin(
                     id: format!("{}/{i}", task.config.task),
                     prediction,
                     references: vec![p.target.clone()],
-                    metadata: d.iter().map(|(k, v)| (k.clone(), meta_value(v))).collect(),
+                    metadata: d
+                        .iter()
+                        .map(|(k, v)| (k.clone(), MetaValue::from(v.clone())))
+                        .collect(),
                 }
             })
             .collect();

@@ -97,6 +97,10 @@ pub enum JudgeError {
     Engine(#[from] EngineError),
 }
 
+fn template_err(e: minijinja::Error) -> JudgeError {
+    JudgeError::Template(e.to_string().replace('\n', " "))
+}
+
 fn env(template: &str) -> Result<Environment<'static>, JudgeError> {
     let mut env = Environment::new();
     env.set_syntax(
@@ -107,7 +111,7 @@ fn env(template: &str) -> Result<Environment<'static>, JudgeError> {
     );
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.add_template_owned("judge", template.to_string())
-        .map_err(|e| JudgeError::Template(e.to_string().replace('\n', " ")))?;
+        .map_err(template_err)?;
     Ok(env)
 }
 
@@ -214,7 +218,7 @@ pub fn pointwise(
                 question => &i.question, answer => &i.answer, reference => &i.reference,
                 min => min, max => max, pass_fail => pass_fail,
             })
-            .map_err(|e| JudgeError::Template(e.to_string().replace('\n', " ")))
+            .map_err(template_err)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let answers = ask(engine, prompts, o)?;
@@ -257,7 +261,7 @@ pub fn pairwise(
         for (a, b) in [(&i.answer_a, &i.answer_b), (&i.answer_b, &i.answer_a)] {
             prompts.push(
                 t.render(context! { question => &i.question, answer_a => a, answer_b => b })
-                    .map_err(|e| JudgeError::Template(e.to_string().replace('\n', " ")))?,
+                    .map_err(template_err)?,
             );
         }
     }

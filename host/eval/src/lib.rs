@@ -20,8 +20,8 @@ pub mod task;
 pub mod template;
 
 pub use evaluate::{
-    EvalOptions, GroupResult, MetricValue, Plugins, Report, Sample, TaskResult, check_data,
-    evaluate,
+    EvalOptions, GroupResult, LoadedTask, MetricValue, Plugins, Report, Sample, TaskResult,
+    evaluate, load_tasks,
 };
 pub use task::{GroupConfig, Task, TaskConfig, TaskFile};
 

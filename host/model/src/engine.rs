@@ -12,7 +12,7 @@
 use crate::chat::ChatTemplate;
 use crate::generate::generate;
 use crate::model::Llama;
-use crate::sample::SamplingParams;
+use crate::sample::{LogSoftmax, SamplingParams};
 use crate::tokenizer::Tokenizer;
 use galley_core::engine::{
     Engine, EngineError, GenerateRequest, Generated, Loglikelihood, LoglikelihoodRequest, Progress,
@@ -134,11 +134,19 @@ impl NativeEngine {
             .flat_map(|(g, grp)| (0..grp.conts.len()).map(move |c| (g, c)))
             .collect();
         let tokens = |r: usize| &groups[rows[r].0].conts[rows[r].1].1;
-        // The first continuation token is scored from the context's last position.
+        // The first continuation token is scored from the context's last position, whose
+        // normaliser the group's choices share.
+        let mut firsts = Vec::with_capacity(groups.len());
+        for g in 0..groups.len() {
+            let row = last.get(g)?.to_vec1::<f32>()?;
+            let norm = LogSoftmax::new(&row);
+            firsts.push((row, norm));
+        }
         let mut scored: Vec<(Vec<f32>, bool)> = Vec::with_capacity(rows.len());
         for (r, &(g, _)) in rows.iter().enumerate() {
-            let (lp, top) = log_softmax_at(&last.get(g)?.to_vec1::<f32>()?, tokens(r)[0] as usize);
-            scored.push((vec![lp], top == tokens(r)[0] as usize));
+            let (row, norm) = &firsts[g];
+            let t = tokens(r)[0];
+            scored.push((vec![norm.at(row, t)], norm.argmax == t as usize));
         }
         // The rest in passes of similar lengths: padding every row of a batch to its longest
         // continuation (ARC's answers run from 1 to 30 tokens) would cost more than the copy of
@@ -173,10 +181,10 @@ impl NativeEngine {
                 let t = tokens(r);
                 let row = logits.get(i)?;
                 for (j, &tok) in t.iter().enumerate().skip(1) {
-                    let (lp, top) =
-                        log_softmax_at(&row.get(j - 1)?.to_vec1::<f32>()?, tok as usize);
-                    scored[r].0.push(lp);
-                    scored[r].1 &= top == tok as usize;
+                    let logits = row.get(j - 1)?.to_vec1::<f32>()?;
+                    let norm = LogSoftmax::new(&logits);
+                    scored[r].0.push(norm.at(&logits, tok));
+                    scored[r].1 &= norm.argmax == tok as usize;
                 }
             }
             at = end;
@@ -191,19 +199,6 @@ impl NativeEngine {
         }
         Ok(())
     }
-}
-
-/// `log softmax(logits)[t]` and the arg-max (the first, on ties, as torch's).
-fn log_softmax_at(logits: &[f32], t: usize) -> (f32, usize) {
-    let mut top = 0;
-    for (i, &x) in logits.iter().enumerate() {
-        if x > logits[top] {
-            top = i;
-        }
-    }
-    let max = logits[top];
-    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    ((logits[t] - max) - sum.ln() as f32, top)
 }
 
 impl Engine for NativeEngine {
@@ -370,19 +365,5 @@ impl Engine for NativeEngine {
             .as_ref()
             .ok_or_else(|| self.err("the model has no chat template"))?;
         t.render(messages, true, None).map_err(|e| self.err(e))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::log_softmax_at;
-
-    #[test]
-    fn log_softmax_matches_the_definition() {
-        let l = [1.0f32, 3.0, 2.0];
-        let z: f64 = l.iter().map(|&x| (x as f64).exp()).sum();
-        let (lp, top) = log_softmax_at(&l, 2);
-        assert_eq!(top, 1);
-        assert!((lp as f64 - (2.0 - z.ln())).abs() < 1e-6);
     }
 }

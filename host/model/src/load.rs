@@ -39,14 +39,7 @@ pub struct Checkpoint {
 }
 
 pub fn load_with(path: &Path, device: &Device, opts: LoadOptions) -> Result<LoadedModel> {
-    let ck = open(path, opts)?;
-    let model = Llama::load(&ck.weights, ck.config, device)?;
-    Ok(LoadedModel {
-        model,
-        tokenizer: ck.tokenizer,
-        template: ck.template,
-        path: ck.path,
-    })
+    load_adapted(path, None, device, opts)
 }
 
 /// [`load_with`], with a PEFT LoRA adapter applied over the base in memory when given.

@@ -84,9 +84,39 @@ pub struct Sampler {
 
 /// `log softmax(logits)[token]`.
 pub fn logprob(logits: &[f32], token: u32) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    (logits[token as usize] - max) - sum.ln() as f32
+    LogSoftmax::new(logits).at(logits, token)
+}
+
+/// A row of logits' normaliser, computed once for scoring several tokens against it.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSoftmax {
+    max: f32,
+    ln_sum: f32,
+    /// The most likely token (the first, on ties, as torch's argmax).
+    pub argmax: usize,
+}
+
+impl LogSoftmax {
+    pub fn new(logits: &[f32]) -> Self {
+        let mut argmax = 0;
+        for (i, &x) in logits.iter().enumerate() {
+            if x > logits[argmax] {
+                argmax = i;
+            }
+        }
+        let max = logits.get(argmax).copied().unwrap_or(f32::NEG_INFINITY);
+        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        Self {
+            max,
+            ln_sum: sum.ln() as f32,
+            argmax,
+        }
+    }
+
+    /// `log softmax(logits)[token]` for the row this was made from.
+    pub fn at(&self, logits: &[f32], token: u32) -> f32 {
+        (logits[token as usize] - self.max) - self.ln_sum
+    }
 }
 
 impl Sampler {
@@ -317,5 +347,15 @@ mod tests {
         let l = [1.0f32, 2.0, 3.0];
         let z: f32 = l.iter().map(|x| x.exp()).sum();
         assert!((logprob(&l, 2) - (3f32.exp() / z).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn log_softmax_matches_the_definition_and_ties_go_first() {
+        let l = [1.0f32, 3.0, 2.0, 3.0];
+        let z: f64 = l.iter().map(|&x| (x as f64).exp()).sum();
+        let n = LogSoftmax::new(&l);
+        assert_eq!(n.argmax, 1);
+        assert!((n.at(&l, 2) as f64 - (2.0 - z.ln())).abs() < 1e-6);
+        assert_eq!(logprob(&l, 2), n.at(&l, 2));
     }
 }
