@@ -146,7 +146,7 @@ fn call_runs_evaluators_and_recipes() {
             "call",
             plugin("curriculum").to_str().unwrap(),
             "--metric",
-            "reward/mean=0.95",
+            "reward=0.95",
             "--stage",
             "grpo",
         ],

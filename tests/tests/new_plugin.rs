@@ -78,7 +78,7 @@ fn check(lang: &str, kind: &str) {
                 "--config",
                 "@test-input.json",
                 "--metric",
-                "reward/mean=0.85",
+                "reward=0.85",
                 "--stage",
                 "grpo",
             ]);

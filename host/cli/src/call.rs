@@ -91,6 +91,10 @@ impl SandboxArgs {
             },
             grants,
             seed: self.seed,
+            stage_kinds: galley_run::STAGE_KINDS
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
         }
     }
 }

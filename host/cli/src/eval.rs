@@ -4,15 +4,12 @@
 //! (or `--json`), a progress bar with items/s.
 
 use crate::call::SandboxArgs;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use galley_core::DataSource;
 use galley_core::Evaluator;
-use galley_eval::builtin::Catalog;
-use galley_eval::{EvalOptions, Plugins, Report};
+use galley_eval::{EvalSettings, Plugins};
 use galley_registry::PluginLocator;
 use galley_runtime::{Grants, Runtime};
-use serde::Deserialize;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -62,53 +59,13 @@ pub struct EvalArgs {
     sandbox: SandboxArgs,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EvalConfig {
-    model: Option<String>,
-    adapter: Option<PathBuf>,
-    judge_model: Option<String>,
-    #[serde(default)]
-    tasks: Vec<String>,
-    num_fewshot: Option<usize>,
-    limit: Option<usize>,
-    output: Option<PathBuf>,
-    #[serde(default)]
-    apply_chat_template: bool,
-    system_prompt: Option<String>,
-    data_dir: Option<PathBuf>,
-    #[serde(default)]
-    include_path: Vec<PathBuf>,
-    /// Run every matmul in f32 (GGUF blocks dequantized at load), as the harness's HF
-    /// backend runs a GGUF; off: quantized weights stay quantized.
-    #[serde(default = "yes")]
-    dequantize: bool,
-    #[serde(default = "default_fewshot_seed")]
-    fewshot_seed: u64,
-    #[serde(default)]
-    seed: u64,
-    /// Token positions one forward pass may hold (bounds memory).
-    #[serde(default = "default_batch_tokens")]
-    batch_tokens: usize,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn default_fewshot_seed() -> u64 {
-    1234
-}
-
-fn default_batch_tokens() -> usize {
-    4096
-}
-
 /// Plugins tasks name, by the locator and runtime every other command uses.
-struct TaskPlugins {
-    locator: PluginLocator,
-    sandbox: SandboxArgs,
-    runtime: Option<Runtime>,
+pub(crate) struct TaskPlugins {
+    pub(crate) locator: PluginLocator,
+    pub(crate) sandbox: SandboxArgs,
+    pub(crate) runtime: Option<Runtime>,
+    /// Every plugin loaded, for a run's manifest.
+    pub(crate) loaded: Vec<galley_runtime::Plugin>,
 }
 
 impl TaskPlugins {
@@ -121,11 +78,13 @@ impl TaskPlugins {
             .locator
             .locate_pinned(spec)
             .map_err(|e| e.to_string())?;
-        match &found.pinned {
+        let p = match &found.pinned {
             Some(d) => rt.load_pinned(&found.path, d),
             None => rt.load(&found.path),
         }
-        .map_err(|e| format!("{}: {e}", found.path.display()))
+        .map_err(|e| format!("{}: {e}", found.path.display()))?;
+        self.loaded.push(p.clone());
+        Ok(p)
     }
 }
 
@@ -157,46 +116,12 @@ impl Plugins for TaskPlugins {
     }
 }
 
-fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
 pub fn run(args: EvalArgs) -> Result<()> {
-    let mut cfg: EvalConfig =
+    let mut cfg: EvalSettings =
         galley_core::config::load(args.config.as_deref(), &args.set, &|_| None)?;
     // Paths in the settings file are relative to it; those on the command line, to here.
     if let Some(base) = args.config.as_deref().and_then(Path::parent) {
-        let rel = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
-        cfg.adapter.iter_mut().for_each(rel);
-        cfg.output.iter_mut().for_each(rel);
-        cfg.data_dir.iter_mut().for_each(rel);
-        cfg.include_path.iter_mut().for_each(rel);
-        for t in cfg
-            .tasks
-            .iter_mut()
-            .filter(|t| t.ends_with(".yaml") || t.ends_with(".yml"))
-        {
-            let mut p = PathBuf::from(&*t);
-            rel(&mut p);
-            *t = p.display().to_string();
-        }
-        if let Some(m) = cfg.model.as_mut().filter(|m| !m.contains("://"))
-            && Path::new(m.as_str()).is_relative()
-        {
-            *m = base.join(&*m).display().to_string();
-        }
+        cfg.relative_to(base);
     }
     // The command line wins over the file.
     if let Some(m) = args.model {
@@ -224,33 +149,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
         cfg.data_dir = args.data_dir;
     }
     cfg.include_path.extend(args.include_path);
-    let mut catalog = Catalog::builtin();
-    for dir in &cfg.include_path {
-        catalog.add_dir(dir)?;
-    }
-    if cfg.tasks.is_empty() {
-        bail!(
-            "no tasks: pass --tasks (available: {})",
-            catalog.names().join(", ")
-        );
-    }
-    let (tasks, groups) = catalog.select(&cfg.tasks)?;
-    let opts = EvalOptions {
-        limit: cfg.limit,
-        num_fewshot: cfg.num_fewshot,
-        fewshot_seed: cfg.fewshot_seed,
-        seed: cfg.seed,
-        apply_chat_template: cfg.apply_chat_template,
-        system_prompt: cfg.system_prompt.clone(),
-        data_root: cfg
-            .data_dir
-            .clone()
-            .unwrap_or_else(galley_core::dirs::eval_data_dir),
-    };
+    let (tasks, groups) = cfg.select().context("--tasks")?;
+    let opts = cfg.options();
     let mut plugins = TaskPlugins {
         locator: PluginLocator::for_file(args.config.as_deref()),
         sandbox: args.sandbox,
         runtime: None,
+        loaded: Vec::new(),
     };
     let loaded = galley_eval::load_tasks(&tasks, &opts, &mut plugins)?;
     let spec = cfg
@@ -261,15 +166,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let adapter = cfg.adapter.clone();
     let device = galley_model::default_device();
     let started = std::time::Instant::now();
-    let m = galley_model::load_adapted(
-        &path,
-        adapter.as_deref(),
-        &device,
-        galley_model::LoadOptions {
-            dequantize: cfg.dequantize,
-        },
-    )
-    .with_context(|| format!("loading {}", path.display()))?;
+    let load = galley_model::LoadOptions {
+        dequantize: cfg.dequantize,
+    };
+    let mut engine = galley_model::NativeEngine::open(&path, adapter.as_deref(), &device, load)
+        .with_context(|| format!("loading {}", path.display()))?;
+    engine.batch_tokens = cfg.batch_tokens.max(64);
     eprintln!(
         "loaded {}{} in {:.1} s",
         path.display(),
@@ -279,14 +181,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
             .unwrap_or_default(),
         started.elapsed().as_secs_f64()
     );
-    let mut engine = galley_model::NativeEngine::new(
-        m.model,
-        m.tokenizer,
-        m.template,
-        path.display().to_string(),
-    );
-    engine.batch_tokens = cfg.batch_tokens.max(64);
-
     let bar = (!args.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -303,14 +197,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut judge = match &cfg.judge_model {
         Some(spec) => {
             let p = crate::models::resolve(spec)?;
-            let j = galley_model::load(&p, &device)
+            let j = galley_model::NativeEngine::open(&p, None, &device, Default::default())
                 .with_context(|| format!("loading the judge {}", p.display()))?;
-            Some(galley_model::NativeEngine::new(
-                j.model,
-                j.tokenizer,
-                j.template,
-                p.display().to_string(),
-            ))
+            Some(j)
         }
         None => None,
     };
@@ -339,9 +228,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let seconds = run_started.elapsed().as_secs_f64();
     let docs: usize = report.tasks.iter().map(|t| t.n).sum();
-    let results = results_json(&report, &cfg, &path, adapter.as_deref(), seconds)?;
+    let model = serde_json::json!({
+        "path": path.display().to_string(),
+        "digest": galley_model::load::digest(&path)?,
+        "adapter": adapter.as_ref().map(|a| a.display().to_string()),
+        "adapter_digest": adapter.as_deref().map(galley_model::load::digest).transpose()?,
+        "dequantize": cfg.dequantize,
+    });
+    let peak = galley_core::peak_rss_mib();
+    let results = cfg.results_json(&report, model, seconds, peak);
     if let Some(out) = &cfg.output {
-        write_outputs(out, &results, &report)?;
+        galley_eval::settings::write_outputs(out, &results, &report)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -350,8 +247,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         eprintln!(
             "{docs} documents in {seconds:.1} s ({:.1} documents/s), peak memory {}{}",
             docs as f64 / seconds.max(1e-9),
-            peak_rss_mib()
-                .map(|m| format!("{m:.0} MiB"))
+            peak.map(|m| format!("{m:.0} MiB"))
                 .unwrap_or_else(|| "unknown".into()),
             cfg.output
                 .as_ref()
@@ -359,58 +255,5 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 .unwrap_or_default()
         );
     }
-    Ok(())
-}
-
-fn results_json(
-    report: &Report,
-    cfg: &EvalConfig,
-    model: &Path,
-    adapter: Option<&Path>,
-    seconds: f64,
-) -> Result<serde_json::Value> {
-    let (results, groups) = report.results_maps();
-    Ok(serde_json::json!({
-        "results": results,
-        "groups": groups,
-        "model": {
-            "path": model.display().to_string(),
-            "digest": galley_model::load::digest(model)?,
-            "adapter": adapter.map(|a| a.display().to_string()),
-            "adapter_digest": adapter.map(galley_model::load::digest).transpose()?,
-            "dequantize": cfg.dequantize,
-        },
-        "settings": {
-            "tasks": cfg.tasks,
-            "num_fewshot": cfg.num_fewshot,
-            "limit": cfg.limit,
-            "apply_chat_template": cfg.apply_chat_template,
-            "system_prompt": cfg.system_prompt,
-            "fewshot_seed": cfg.fewshot_seed,
-            "batch_tokens": cfg.batch_tokens,
-        },
-        "seed": cfg.seed,
-        "galley_version": env!("CARGO_PKG_VERSION"),
-        "seconds": seconds,
-        "peak_memory_mib": peak_rss_mib(),
-    }))
-}
-
-fn write_outputs(out: &Path, results: &serde_json::Value, report: &Report) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let path = out.join("results.json");
-    std::fs::write(&path, serde_json::to_string_pretty(results)? + "\n")
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    let path = out.join("samples.jsonl");
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(&path)
-            .with_context(|| format!("{}: cannot write", path.display()))?,
-    );
-    for s in &report.samples {
-        serde_json::to_writer(&mut f, s)?;
-        f.write_all(b"\n")?;
-    }
-    f.flush()
-        .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }

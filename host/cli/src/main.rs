@@ -11,6 +11,7 @@ mod judge;
 mod models;
 mod plugins;
 mod registry_cmd;
+mod run_cmd;
 mod score;
 mod train;
 
@@ -63,6 +64,10 @@ enum Top {
     Train(train::TrainArgs),
     /// Evaluate a model (and adapter) on benchmark tasks: built-in or lm-evaluation-harness task files.
     Eval(eval::EvalArgs),
+    /// Run recipes' stages (pretrain, sft, dpo, grpo, evaluate, generate, merge) from a run config; writes run.json.
+    Run(run_cmd::RunArgs),
+    /// Resolve and verify a run's plugins and print its merged plan: each setting and where it came from.
+    Plan(run_cmd::PlanArgs),
     /// An LLM judges answers from a JSONL file: a score (or pass/fail) each, or pairwise preferences.
     Judge(judge::JudgeArgs),
 }
@@ -150,6 +155,8 @@ fn run(cli: Cli) -> Result<()> {
         Top::Train(a) => train::run(a),
         Top::Eval(a) => eval::run(a),
         Top::Judge(a) => judge::run(a),
+        Top::Run(a) => run_cmd::run(a),
+        Top::Plan(a) => run_cmd::plan(a),
         Top::Registry(RegistryCmd::Serve(a)) => registry_cmd::serve(a),
     }
 }

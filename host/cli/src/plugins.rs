@@ -15,7 +15,7 @@ use galley_train::config::SourceSection;
 
 /// Finds and loads the component `spec` names (an installed package only if its bytes are
 /// the ones galley.lock pins); errors name the config key `KEY.plugin`.
-fn load(spec: &str, key: &str, locator: &PluginLocator, rt: &Runtime) -> Result<Plugin> {
+pub fn load(spec: &str, key: &str, locator: &PluginLocator, rt: &Runtime) -> Result<Plugin> {
     let found = locator
         .locate_pinned(spec)
         .with_context(|| format!("{key}.plugin"))?;

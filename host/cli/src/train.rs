@@ -31,9 +31,29 @@ pub struct TrainArgs {
     sandbox: SandboxArgs,
 }
 
-struct Bar {
-    bar: Option<indicatif::ProgressBar>,
+pub(crate) struct Bar {
+    pub(crate) bar: Option<indicatif::ProgressBar>,
     last_eval: Option<String>,
+}
+
+impl Bar {
+    /// A steps bar (none when `quiet`).
+    pub(crate) fn new(quiet: bool) -> Self {
+        let bar = (!quiet).then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
+                )
+                .expect("template"),
+            );
+            b
+        });
+        Self {
+            bar,
+            last_eval: None,
+        }
+    }
 }
 
 impl Observer for Bar {
@@ -119,20 +139,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         validation: val_src.as_deref_mut().map(|s| s as &mut dyn DataSource),
         rewards,
     };
-    let bar = (!args.json).then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
-            )
-            .expect("template"),
-        );
-        b
-    });
-    let mut obs = Bar {
-        bar,
-        last_eval: None,
-    };
+    let mut obs = Bar::new(args.json);
     let out = galley_train::run(&cfg, sources, args.resume, &mut obs)
         .with_context(|| format!("training into {}", cfg.training.output_dir.display()))?;
     if let Some(b) = &obs.bar {

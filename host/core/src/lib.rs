@@ -20,3 +20,16 @@ pub use plugin::{
     DataSource, Decision, Evaluator, PluginError, PluginErrorKind, PluginKind, Recipe, RewardFn,
     RewardFnExt, Stage,
 };
+
+/// This process's peak resident memory (VmHWM) in MiB, where /proc says it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}

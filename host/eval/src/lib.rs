@@ -16,6 +16,7 @@ pub mod metrics;
 mod prompt;
 pub mod pyrandom;
 pub mod report;
+pub mod settings;
 pub mod task;
 pub mod template;
 
@@ -23,6 +24,7 @@ pub use evaluate::{
     EvalOptions, GroupResult, LoadedTask, MetricValue, Plugins, Report, Sample, TaskResult,
     evaluate, load_tasks,
 };
+pub use settings::EvalSettings;
 pub use task::{GroupConfig, Task, TaskConfig, TaskFile};
 
 #[derive(Debug, thiserror::Error)]

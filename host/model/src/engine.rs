@@ -60,6 +60,23 @@ impl NativeEngine {
         }
     }
 
+    /// The model at `path` (a `.gguf` file or HF folder), with a PEFT adapter applied in
+    /// memory when given, as an engine named after the path.
+    pub fn open(
+        path: &std::path::Path,
+        adapter: Option<&std::path::Path>,
+        device: &candle_core::Device,
+        opts: crate::LoadOptions,
+    ) -> crate::Result<Self> {
+        let m = crate::load_adapted(path, adapter, device, opts)?;
+        Ok(Self::new(
+            m.model,
+            m.tokenizer,
+            m.template,
+            path.display().to_string(),
+        ))
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> EngineError {
         EngineError::new(&self.name, e.to_string())
     }

@@ -138,7 +138,7 @@ fn call_example(kind: NewKind) -> &'static str {
         NewKind::Reward => "--input test-input.jsonl",
         NewKind::Evaluator => "--input test-input.jsonl",
         NewKind::Loader => "--max 3 --config @test-input.json",
-        NewKind::Recipe => "--config @test-input.json --metric reward/mean=0.95 --stage grpo",
+        NewKind::Recipe => "--config @test-input.json --metric reward=0.95 --stage grpo",
     }
 }
 

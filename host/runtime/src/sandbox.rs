@@ -69,6 +69,9 @@ pub struct InstanceOptions {
     pub limits: Limits,
     pub grants: Grants,
     pub seed: u64,
+    /// What `host.stage-kinds` answers a recipe: the stage kinds the embedding host runs
+    /// (the runtime itself runs none, so it only passes the list on).
+    pub stage_kinds: Vec<String>,
 }
 
 /// A byte sink that keeps only the last `cap` bytes and never refuses a write: a chatty plugin
@@ -261,6 +264,7 @@ pub(crate) struct PluginState {
     pub(crate) limits: Limits,
     /// The virtual monotonic clock, in nanoseconds (shared with the WASI context's clock).
     pub(crate) clock: Arc<AtomicU64>,
+    pub(crate) stage_kinds: Vec<String>,
 }
 
 impl WasiView for PluginState {
@@ -314,6 +318,7 @@ impl PluginState {
             log: LogBudget::default(),
             limits: opts.limits.clone(),
             clock,
+            stage_kinds: opts.stage_kinds.clone(),
         })
     }
 }

@@ -101,15 +101,12 @@ impl log::Host for PluginState {
     }
 }
 
-/// The stage kinds this host runs. Grows as trainers land; recipes ask instead of guessing.
-pub const STAGE_KINDS: &[&str] = &["evaluate"];
-
 impl recipe::galley::plugin::host::Host for PluginState {
     fn version(&mut self) -> String {
         env!("CARGO_PKG_VERSION").to_string()
     }
     fn stage_kinds(&mut self) -> Vec<String> {
-        STAGE_KINDS.iter().map(|s| s.to_string()).collect()
+        self.stage_kinds.clone()
     }
 }
 

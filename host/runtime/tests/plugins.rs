@@ -380,12 +380,12 @@ fn curriculum_plans_and_reacts_to_metrics() {
     );
     assert_eq!(plan[0].config["num_generations"], 8);
     assert_eq!(
-        r.on_metrics("grpo", 10, &[Metric::new("reward/mean", 0.5)])
+        r.on_metrics("grpo", 10, &[Metric::new("reward", 0.5)])
             .unwrap(),
         Decision::Proceed
     );
     assert_eq!(
-        r.on_metrics("grpo", 20, &[Metric::new("reward/mean", 0.85)])
+        r.on_metrics("grpo", 20, &[Metric::new("reward", 0.85)])
             .unwrap(),
         Decision::NextStage
     );

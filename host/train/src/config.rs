@@ -390,6 +390,18 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// A config given as a tree of values (a `galley run` stage's merged settings): `name`
+    /// is what errors call it, relative paths are taken from `base`.
+    pub fn from_value(value: serde_json::Value, name: &str, base: &Path) -> Result<Self> {
+        let mut cfg: TrainConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(name, format!("`{key}`: {}", e.into_inner()))
+        })?;
+        cfg.relative_to(base);
+        cfg.validate(name)?;
+        Ok(cfg)
+    }
+
     fn relative_to(&mut self, dir: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() && !dir.as_os_str().is_empty() {

@@ -159,3 +159,20 @@ pub fn save_merged(
     save_checkpoint_dir(model.merged_tensors()?, &model.config, dir)?;
     save_tokenizer(tok, template, dir)
 }
+
+/// Folds the PEFT adapter in `adapter` into the model at `base` and writes the merged model
+/// (an HF folder with its tokenizer) to `dir`: what a later stage trains from, and what
+/// tools without adapter support load.
+pub fn merge_adapter(base: &Path, adapter: &Path, dir: &Path) -> Result<()> {
+    let dev = candle_core::Device::Cpu;
+    let mut ck = galley_model::open(base, galley_model::LoadOptions { dequantize: true })?;
+    ck.weights = galley_model::Adapter::load(adapter, &dev)?.apply(ck.weights)?;
+    let peft = PeftSection::default();
+    let build = crate::model::Build {
+        tuning: crate::config::Tuning::Full,
+        peft: &peft,
+        seed: 0,
+    };
+    let model = TrainModel::load(&ck.weights, ck.config, &build, &dev)?;
+    save_merged(&model, &ck.tokenizer, ck.template.as_ref(), dir)
+}

@@ -117,11 +117,7 @@ pub struct Outcome {
 
 /// Peak resident memory of this process in MiB (0 where /proc is not available).
 pub fn peak_rss_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    galley_core::peak_rss_mib().unwrap_or(0.0)
 }
 
 fn digest(cfg: &TrainConfig) -> String {

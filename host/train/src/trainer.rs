@@ -167,6 +167,11 @@ pub trait Observer {
     fn step(&mut self, _m: &StepMetrics) {}
     fn eval(&mut self, _m: &EvalMetrics) {}
     fn checkpoint(&mut self, _path: &Path) {}
+    /// Asked after each step, once its metrics, evaluation and checkpoint are done: a reason
+    /// ends the run there, after a checkpoint (a recipe's `next-stage` or `stop`).
+    fn end_requested(&mut self) -> Option<String> {
+        None
+    }
 }
 
 pub struct NoObserver;
@@ -190,6 +195,8 @@ pub struct Summary {
     pub tokens: u64,
     pub tokens_per_s: f64,
     pub resumed_from: Option<usize>,
+    /// Why the run ended before its last step, when the observer asked it to.
+    pub ended_early: Option<String>,
 }
 
 impl Trainer<'_> {
@@ -388,6 +395,7 @@ impl Trainer<'_> {
         let (mut first_loss, mut last_loss) = (None, None);
         let started = Instant::now();
         let start_tokens = state.tokens;
+        let mut ended_early = None;
         while state.step < total {
             let step_start = Instant::now();
             let lr = lr_at(t.lr_scheduler, t.learning_rate, warmup, state.step, total);
@@ -436,10 +444,23 @@ impl Trainer<'_> {
                 log(&e)?;
                 obs.eval(&e);
             }
+            let mut saved = false;
             if (t.save_steps > 0 && state.step.is_multiple_of(t.save_steps)) || state.step == total
             {
                 let path = checkpoint::save(&ck_dir, params, &opt, &state, t.save_total_limit)?;
                 obs.checkpoint(&path);
+                saved = true;
+            }
+            if state.step < total
+                && let Some(reason) = obs.end_requested()
+            {
+                if !saved {
+                    let path = checkpoint::save(&ck_dir, params, &opt, &state, t.save_total_limit)?;
+                    obs.checkpoint(&path);
+                }
+                tracing::info!("ending at step {}: {reason}", state.step);
+                ended_early = Some(reason);
+                break;
             }
         }
         let secs = started.elapsed().as_secs_f64();
@@ -452,6 +473,7 @@ impl Trainer<'_> {
             tokens: state.tokens,
             tokens_per_s: (state.tokens - start_tokens) as f64 / secs.max(1e-9),
             resumed_from,
+            ended_early,
         })
     }
 }

@@ -1,8 +1,10 @@
 //! `curriculum`: the common post-training arc as a recipe. Plans `sft` (optional), `grpo`
-//! and `evaluate`; moves from GRPO to evaluation once `reward/mean` reaches `target_reward`;
-//! stops the run when any reported `loss` is not finite. Settings: `sft_epochs` (1; 0 skips
-//! SFT), `grpo_steps` (200), `target_reward` (0.9), `num_generations` (8). Stages the host
-//! cannot run are still planned but logged, so the user sees it before the run.
+//! and `evaluate`; moves from GRPO to evaluation once the mean `reward` of a step reaches
+//! `target_reward`; stops the run when any reported `loss` is not finite. Settings:
+//! `sft_epochs` (1; 0 skips SFT), `grpo_steps` (200), `target_reward` (0.9),
+//! `num_generations` (8). The data, reward functions and tasks are the run config's
+//! (`defaults.sft`, `defaults.grpo`, `defaults.evaluate`). Stages the host cannot run are
+//! still planned but logged, so the user sees it before the run.
 
 use galley_sdk::recipe::{Decision, Recipe, Stage, host};
 use galley_sdk::serde_json::json;
@@ -82,10 +84,7 @@ impl Recipe for Curriculum {
                 m.name, m.value
             )));
         }
-        let reward = metrics
-            .iter()
-            .find(|m| m.name == "reward/mean")
-            .map(|m| m.value);
+        let reward = metrics.iter().find(|m| m.name == "reward").map(|m| m.value);
         Ok(match (stage, reward) {
             ("grpo", Some(r)) if r >= self.target => Decision::NextStage,
             _ => Decision::Proceed,

@@ -21,7 +21,7 @@
 //!     }
 //!
 //!     fn on_metrics(&mut self, stage: &str, _step: u64, metrics: &[Metric]) -> Result<Decision, Error> {
-//!         let reward = metrics.iter().find(|m| m.name == "reward/mean").map(|m| m.value);
+//!         let reward = metrics.iter().find(|m| m.name == "reward").map(|m| m.value);
 //!         Ok(match (stage, reward) {
 //!             ("grpo", Some(r)) if r >= self.target => Decision::NextStage,
 //!             _ => Decision::Proceed,

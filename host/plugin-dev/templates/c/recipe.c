@@ -24,7 +24,7 @@ int galley_recipe_on_metrics(galley_str stage, uint64_t step, const galley_metri
             galley_decide_stop(d, why);
             return 0;
         }
-        if (galley_str_eq(stage, "grpo") && galley_str_eq(metrics[i].name, "reward/mean") && metrics[i].value >= target)
+        if (galley_str_eq(stage, "grpo") && galley_str_eq(metrics[i].name, "reward") && metrics[i].value >= target)
             galley_decide_next_stage(d);
     }
     return 0;

@@ -12,7 +12,7 @@ recipe(class Plan {
   }
   onMetrics(stage, step, metrics) {
     if (Object.entries(metrics).some(([k, v]) => k.endsWith("loss") && !Number.isFinite(v))) return ["stop", `non-finite loss at step ${step}`];
-    if (stage === "grpo" && (metrics["reward/mean"] ?? 0) >= this.target) return "next-stage";
+    if (stage === "grpo" && (metrics["reward"] ?? 0) >= this.target) return "next-stage";
     return "proceed";
   }
 });

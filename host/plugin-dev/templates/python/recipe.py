@@ -18,6 +18,6 @@ class Plan:
     def on_metrics(self, stage, step, metrics):
         if any(k.endswith("loss") and not math.isfinite(v) for k, v in metrics.items()):
             return ("stop", f"non-finite loss at step {step}")
-        if stage == "grpo" and metrics.get("reward/mean", 0.0) >= self.target:
+        if stage == "grpo" and metrics.get("reward", 0.0) >= self.target:
             return "next-stage"
         return "proceed"

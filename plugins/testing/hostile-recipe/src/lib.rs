@@ -1,4 +1,5 @@
-//! TEST ONLY. A recipe that traps or plans nonsense as its plan settings' `mode` says.
+//! TEST ONLY. A recipe that traps, loops forever or plans nonsense as its plan settings'
+//! `mode` says (`trap-plan`, `loop-plan`, `trap-metrics`, `loop-metrics`, `duplicate`).
 
 use galley_sdk::recipe::{Decision, Recipe, Stage};
 use galley_sdk::serde_json::json;
@@ -14,10 +15,13 @@ impl Recipe for Hostile {
         self.mode = config.get_str("mode").unwrap_or("ok").to_string();
         match self.mode.as_str() {
             "trap-plan" => panic!("hostile recipe panicked in plan on purpose"),
+            "loop-plan" => spin(),
             "duplicate" => Ok(vec![
                 Stage::new("a", "sft", json!({})),
                 Stage::new("a", "grpo", json!({})),
             ]),
+            // A training stage, so a failing `on-metrics` meets a checkpoint to keep.
+            "trap-metrics" | "loop-metrics" => Ok(vec![Stage::new("train", "sft", json!({}))]),
             _ => Ok(vec![Stage::new("only", "evaluate", json!({}))]),
         }
     }
@@ -28,10 +32,20 @@ impl Recipe for Hostile {
         _step: u64,
         _metrics: &[Metric],
     ) -> Result<Decision, Error> {
-        if self.mode == "trap-metrics" {
-            panic!("hostile recipe panicked in on-metrics on purpose");
+        match self.mode.as_str() {
+            "trap-metrics" => panic!("hostile recipe panicked in on-metrics on purpose"),
+            "loop-metrics" => spin(),
+            _ => {}
         }
         Ok(Decision::Proceed)
+    }
+}
+
+/// Never returns: the host's time budget must end the call.
+fn spin() -> ! {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
     }
 }
 

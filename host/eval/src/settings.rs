@@ -1,0 +1,180 @@
+//! What an evaluation is asked to do, as a user writes it: the settings file of `galley eval`
+//! and the `evaluate` stage of `galley run` are the same struct, so a stage's settings and a
+//! standalone evaluation mean the same thing. Also the record an evaluation leaves behind
+//! (`results.json`, `samples.jsonl`), written the same way by both.
+
+use crate::builtin::Catalog;
+use crate::{EvalError, EvalOptions, GroupConfig, Report, Task};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSettings {
+    /// A `.gguf` file or an HF checkpoint folder (or a name `galley infer` resolves).
+    pub model: Option<String>,
+    /// A PEFT LoRA adapter folder applied over the model in memory.
+    pub adapter: Option<PathBuf>,
+    /// The model that grades `metric: judge` (default: the evaluated model judges itself).
+    pub judge_model: Option<String>,
+    /// Tasks, groups or task files.
+    pub tasks: Vec<String>,
+    pub num_fewshot: Option<usize>,
+    /// Evaluate only the first N documents of each task.
+    pub limit: Option<usize>,
+    /// Folder for results.json and samples.jsonl.
+    pub output: Option<PathBuf>,
+    pub apply_chat_template: bool,
+    pub system_prompt: Option<String>,
+    /// Where built-in tasks' data is (default: GALLEY_EVAL_DATA, else galley's cache).
+    pub data_dir: Option<PathBuf>,
+    /// Folders of task files whose names `tasks` may use.
+    pub include_path: Vec<PathBuf>,
+    /// Run every matmul in f32 (GGUF blocks dequantized at load), as the harness's HF
+    /// backend runs a GGUF; off: quantized weights stay quantized.
+    pub dequantize: bool,
+    pub fewshot_seed: u64,
+    pub seed: u64,
+    /// Token positions one forward pass may hold (bounds memory).
+    pub batch_tokens: usize,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        Self {
+            model: None,
+            adapter: None,
+            judge_model: None,
+            tasks: Vec::new(),
+            num_fewshot: None,
+            limit: None,
+            output: None,
+            apply_chat_template: false,
+            system_prompt: None,
+            data_dir: None,
+            include_path: Vec::new(),
+            dequantize: true,
+            // The harness's default few-shot seed.
+            fewshot_seed: 1234,
+            seed: 0,
+            batch_tokens: 4096,
+        }
+    }
+}
+
+impl EvalSettings {
+    /// Takes relative paths (model, adapter, output, data and task folders, task files) as
+    /// relative to `base`, the folder of the file that wrote them.
+    pub fn relative_to(&mut self, base: &Path) {
+        if base.as_os_str().is_empty() {
+            return;
+        }
+        let rel = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        self.adapter.iter_mut().for_each(rel);
+        self.output.iter_mut().for_each(rel);
+        self.data_dir.iter_mut().for_each(rel);
+        self.include_path.iter_mut().for_each(rel);
+        for t in self
+            .tasks
+            .iter_mut()
+            .filter(|t| t.ends_with(".yaml") || t.ends_with(".yml"))
+        {
+            let mut p = PathBuf::from(&*t);
+            rel(&mut p);
+            *t = p.display().to_string();
+        }
+        for m in [&mut self.model, &mut self.judge_model] {
+            if let Some(m) = m.as_mut().filter(|m| !m.contains("://"))
+                && Path::new(m.as_str()).is_relative()
+            {
+                *m = base.join(&*m).display().to_string();
+            }
+        }
+    }
+
+    /// The tasks and groups `tasks` names, from the built-in catalog and `include_path`.
+    pub fn select(&self) -> Result<(Vec<Task>, Vec<GroupConfig>), EvalError> {
+        let mut catalog = Catalog::builtin();
+        for dir in &self.include_path {
+            catalog.add_dir(dir)?;
+        }
+        if self.tasks.is_empty() {
+            return Err(EvalError::Unknown(format!(
+                "no tasks: name some (available: {})",
+                catalog.names().join(", ")
+            )));
+        }
+        catalog.select(&self.tasks)
+    }
+
+    pub fn options(&self) -> EvalOptions {
+        EvalOptions {
+            limit: self.limit,
+            num_fewshot: self.num_fewshot,
+            fewshot_seed: self.fewshot_seed,
+            seed: self.seed,
+            apply_chat_template: self.apply_chat_template,
+            system_prompt: self.system_prompt.clone(),
+            data_root: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(galley_core::dirs::eval_data_dir),
+        }
+    }
+
+    /// `results.json` as the harness shapes it, plus what was evaluated and how.
+    pub fn results_json(
+        &self,
+        report: &Report,
+        model: serde_json::Value,
+        seconds: f64,
+        peak_memory_mib: Option<f64>,
+    ) -> serde_json::Value {
+        let (results, groups) = report.results_maps();
+        serde_json::json!({
+            "results": results,
+            "groups": groups,
+            "model": model,
+            "settings": {
+                "tasks": self.tasks,
+                "num_fewshot": self.num_fewshot,
+                "limit": self.limit,
+                "apply_chat_template": self.apply_chat_template,
+                "system_prompt": self.system_prompt,
+                "fewshot_seed": self.fewshot_seed,
+                "batch_tokens": self.batch_tokens,
+                "dequantize": self.dequantize,
+            },
+            "seed": self.seed,
+            "galley_version": env!("CARGO_PKG_VERSION"),
+            "seconds": seconds,
+            "peak_memory_mib": peak_memory_mib,
+        })
+    }
+}
+
+/// Writes `results.json` and one line per graded document to `samples.jsonl` in `out`.
+pub fn write_outputs(
+    out: &Path,
+    results: &serde_json::Value,
+    report: &Report,
+) -> Result<(), EvalError> {
+    let io = |p: &Path, e: std::io::Error| EvalError::Data(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let path = out.join("results.json");
+    let text = serde_json::to_string_pretty(results).expect("json values serialize") + "\n";
+    std::fs::write(&path, text).map_err(|e| io(&path, e))?;
+    let path = out.join("samples.jsonl");
+    let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+    let mut f = std::io::BufWriter::new(file);
+    for s in &report.samples {
+        serde_json::to_writer(&mut f, s).expect("samples serialize");
+        f.write_all(b"\n").map_err(|e| io(&path, e))?;
+    }
+    f.flush().map_err(|e| io(&path, e))
+}

@@ -1,0 +1,438 @@
+//! `galley run` and `galley plan` through the binary, on a tiny random model made on the
+//! spot, with the first-party recipes (`curriculum`, `preference`) and the hostile test
+//! recipe built from source and run in the sandbox: two recipes concatenated into one run
+//! (SFT -> GRPO -> evaluate -> DPO -> evaluate, each stage's model the next one's), fused
+//! stages, a conflict and the two ways to settle it, a recipe ending a stage on a metric, a
+//! recipe that traps or spins in `plan` and in `on-metrics` (the run ends cleanly, its
+//! checkpoint intact), and a replay from run.json with identical metrics.
+
+use galley_e2e::*;
+use std::path::Path;
+use std::process::Output;
+use std::sync::Mutex;
+
+/// Runs one at a time: two trainings on two cores would each crawl.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    galley(dir, args)
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "failed:\n{}{}", stdout(o), stderr(o));
+    stdout(o)
+}
+
+/// The last line of a failed run's stderr: the error.
+fn error_line(o: &Output) -> String {
+    assert!(!o.status.success(), "expected failure:\n{}", stdout(o));
+    let err = stderr(o);
+    let last = err
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    assert!(last.starts_with("error: "), "{err}");
+    last.to_string()
+}
+
+fn json_file(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A folder with the tiny model, SFT conversations, preference pairs and a local task.
+fn project() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let text: Vec<String> = (0..200)
+        .map(|i| {
+            let (a, b) = (i % 10, i / 10 % 10);
+            format!("What is {a} + {b}? {a} + {b} = {} #### {}", a + b, a + b)
+        })
+        .collect();
+    galley_train::testing::tiny_chat_model_from(&d.join("model"), &text);
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    let (mut chat, mut pairs, mut mc) = (String::new(), String::new(), String::new());
+    for i in 0..16 {
+        let (a, b) = (i % 10, (i * 3) % 10);
+        let q = format!("What is {a} + {b}?");
+        chat.push_str(&format!(
+            "{}\n",
+            serde_json::json!({"messages": [
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": format!("#### {}", a + b)}]})
+        ));
+        pairs.push_str(&format!(
+            "{}\n",
+            serde_json::json!({
+                "prompt": [{"role": "user", "content": q}],
+                "chosen": [{"role": "assistant", "content": format!("#### {}", a + b)}],
+                "rejected": [{"role": "assistant", "content": format!("#### {}", a + b + 3)}]})
+        ));
+        mc.push_str(&format!(
+            "{}\n",
+            serde_json::json!({"question": q, "choices": [format!("{}", a + b), format!("{}", a + b + 5)], "answer": 0})
+        ));
+    }
+    std::fs::write(d.join("data/chat.jsonl"), chat).unwrap();
+    std::fs::write(d.join("data/pairs.jsonl"), pairs).unwrap();
+    std::fs::write(d.join("data/mc.jsonl"), mc).unwrap();
+    std::fs::write(
+        d.join("sums.yaml"),
+        "task: sums\n\
+         dataset_path: json\n\
+         dataset_kwargs:\n  data_files:\n    test: data/mc.jsonl\n\
+         output_type: multiple_choice\n\
+         test_split: test\n\
+         doc_to_text: \"{{question}} Answer:\"\n\
+         doc_to_target: answer\n\
+         doc_to_choice: choices\n\
+         metric_list:\n  - metric: acc\n",
+    )
+    .unwrap();
+    tmp
+}
+
+/// Settings per stage kind that every test's run shares.
+fn defaults() -> String {
+    format!(
+        "defaults:
+  sft:
+    data: {{train: {{path: data/chat.jsonl}}, max_length: 48}}
+    training: {{tuning: full, batch_size: 4, learning_rate: 0.002, eval_on_start: false}}
+  grpo:
+    data:
+      train: {{plugin: {arith}, plugin_config: {{words: false, min: 1, max: 9, ops: ['+']}}, limit: 16}}
+      max_length: 96
+    training: {{tuning: full, batch_size: 8, learning_rate: 0.01, eval_on_start: false}}
+    grpo:
+      max_completion_length: 6
+      temperature: 1.0
+      rewards: [{{plugin: {math}}}]
+  dpo:
+    data: {{train: {{path: data/pairs.jsonl}}, max_length: 48}}
+    training: {{tuning: full, batch_size: 4, learning_rate: 0.001, eval_on_start: false}}
+  evaluate:
+    tasks: [sums.yaml]
+    limit: 8
+",
+        arith = plugin("arith").display(),
+        math = plugin("math-answer").display(),
+    )
+}
+
+fn write_config(dir: &Path, name: &str, body: &str) {
+    std::fs::write(
+        dir.join(name),
+        format!("model: model\nseed: 7\nthreads: 1\n{body}{}", defaults()),
+    )
+    .unwrap();
+}
+
+#[test]
+fn two_recipes_concatenated_chain_sft_grpo_dpo_and_evaluations_in_one_run_folder() {
+    let tmp = project();
+    let d = tmp.path();
+    write_config(
+        d,
+        "run.yaml",
+        &format!(
+            "recipes:
+  - plugin: {}
+    settings: {{sft_epochs: 1, grpo_steps: 2, num_generations: 4, target_reward: 5.0}}
+  - plugin: {}
+    settings: {{steps: 2}}
+",
+            plugin("curriculum").display(),
+            plugin("preference").display()
+        ),
+    );
+    let out = ok(&run(d, &["run", "run.yaml"]));
+    assert!(out.contains("finished"), "{out}");
+    let m = json_file(&d.join("runs/run/run.json"));
+    assert_eq!(m["status"], "finished");
+    let names: Vec<&str> = m["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    // Concatenated in the recipes' order; the two `eval` stages are told apart by recipe.
+    assert_eq!(
+        names,
+        [
+            "warmup",
+            "grpo",
+            "curriculum.eval",
+            "dpo",
+            "preference.eval"
+        ]
+    );
+    for s in m["stages"].as_array().unwrap() {
+        assert_eq!(s["status"], "finished", "{s}");
+        assert!(s["metrics_digest"].is_string(), "{s}");
+    }
+    // Each stage starts from the model the one before it trained.
+    let plan = &m["plan"]["stages"];
+    assert_eq!(plan[1]["model_from"], "warmup");
+    assert_eq!(plan[3]["model_from"], "grpo");
+    assert_eq!(
+        plan[1]["origin"]["training.max_steps"],
+        "recipe curriculum@0.1.0 (recipes[0])"
+    );
+    assert!(d.join("runs/run/warmup/model/model.safetensors").is_file());
+    assert!(d.join("runs/run/grpo/metrics.jsonl").is_file());
+    assert!(d.join("runs/run/dpo/model/model.safetensors").is_file());
+    let results = json_file(&d.join("runs/run/preference.eval/results.json"));
+    assert!(
+        results["results"]["sums"]["acc,none"].is_number(),
+        "{results}"
+    );
+    let dpo_cfg = std::fs::read_to_string(d.join("runs/run/dpo/config.yaml")).unwrap();
+    assert!(dpo_cfg.contains("runs/run/grpo/model"), "{dpo_cfg}");
+    // Every plugin the run opened is recorded with its digest.
+    let ids: Vec<&str> = m["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    for want in [
+        "curriculum@0.1.0",
+        "preference@0.1.0",
+        "arith@0.1.0",
+        "math-answer@0.1.0",
+    ] {
+        assert!(ids.contains(&want), "{ids:?}");
+    }
+    assert!(
+        m["model"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert_eq!(
+        m["data"].as_array().unwrap().len(),
+        2,
+        "chat and pairs: {}",
+        m["data"]
+    );
+}
+
+#[test]
+fn fused_stages_conflicts_and_how_a_run_config_settles_them() {
+    let tmp = project();
+    let d = tmp.path();
+    let curriculum = plugin("curriculum").display().to_string();
+    // Two recipes that both end with an evaluation: fused, one `eval` stage heard by both.
+    write_config(
+        d,
+        "fused.yaml",
+        &format!(
+            "fuse: true
+recipes:
+  - plugin: {curriculum}
+    settings: {{sft_epochs: 0, grpo_steps: 2, num_generations: 4}}
+  - plugin: {}
+",
+            plugin("hostile-recipe").display()
+        ),
+    );
+    let plan: serde_json::Value =
+        serde_json::from_str(&ok(&run(d, &["plan", "fused.yaml", "--json"]))).unwrap();
+    let stages = plan["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2, "{plan}");
+    assert_eq!(stages[1]["name"], "eval");
+    assert_eq!(stages[1]["owners"].as_array().unwrap().len(), 2);
+    assert_eq!(plan["estimates"][0]["steps"], 2);
+
+    // The same recipe twice with different step counts: a conflict naming both and the key.
+    let twice = format!(
+        "fuse: true
+recipes:
+  - plugin: {curriculum}
+    settings: {{sft_epochs: 0, grpo_steps: 2, num_generations: 4}}
+  - plugin: {curriculum}
+    settings: {{sft_epochs: 0, grpo_steps: 3, num_generations: 4}}
+"
+    );
+    write_config(d, "conflict.yaml", &twice);
+    let err = error_line(&run(d, &["plan", "conflict.yaml"]));
+    for want in [
+        "recipes[0]",
+        "recipes[1]",
+        "`grpo`",
+        "`training.max_steps`",
+        "--set stage.grpo",
+    ] {
+        assert!(err.contains(want), "{want} missing: {err}");
+    }
+    // Settled by an override...
+    let out = ok(&run(
+        d,
+        &[
+            "plan",
+            "conflict.yaml",
+            "--set",
+            "stage.grpo.training.max_steps=5",
+        ],
+    ));
+    assert!(
+        out.lines()
+            .any(|l| l.contains("training.max_steps") && l.contains("5") && l.contains("override")),
+        "{out}"
+    );
+    // ...or by a priority.
+    write_config(
+        d,
+        "priority.yaml",
+        &twice.replace(
+            "grpo_steps: 3, num_generations: 4}",
+            "grpo_steps: 3, num_generations: 4}\n    priority: 1",
+        ),
+    );
+    let plan: serde_json::Value =
+        serde_json::from_str(&ok(&run(d, &["plan", "priority.yaml", "--json"]))).unwrap();
+    assert_eq!(plan["stages"][0]["settings"]["training"]["max_steps"], 3);
+}
+
+#[test]
+fn a_recipe_ends_grpo_on_its_reward_and_the_run_moves_on() {
+    let tmp = project();
+    let d = tmp.path();
+    write_config(
+        d,
+        "run.yaml",
+        &format!(
+            "recipes:
+  - plugin: {}
+    settings: {{sft_epochs: 0, grpo_steps: 6, num_generations: 4, target_reward: 0.0}}
+",
+            plugin("curriculum").display()
+        ),
+    );
+    ok(&run(d, &["run", "run.yaml"]));
+    let m = json_file(&d.join("runs/run/run.json"));
+    let grpo = &m["stages"][0];
+    assert_eq!(grpo["steps"], 1, "{grpo}");
+    assert!(
+        grpo["status"].as_str().unwrap().starts_with("ended early"),
+        "{grpo}"
+    );
+    assert!(
+        d.join("runs/run/grpo/checkpoints")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_some()
+    );
+    assert_eq!(m["stages"][1]["name"], "eval");
+    assert_eq!(m["stages"][1]["status"], "finished");
+    assert_eq!(m["status"], "finished");
+}
+
+#[test]
+fn a_hostile_recipe_ends_the_run_cleanly_in_plan_and_in_on_metrics() {
+    let tmp = project();
+    let d = tmp.path();
+    let hostile = plugin("hostile-recipe").display().to_string();
+    let cfg = |mode: &str, extra: &str| {
+        format!(
+            "limits: {{timeout_ms: 400}}
+{extra}recipes:
+  - plugin: {hostile}
+    settings: {{mode: {mode}}}
+stage:
+  train: {{training: {{max_steps: 3}}}}
+"
+        )
+    };
+    for (mode, want) in [("trap-plan", "panicked in plan"), ("loop-plan", "time")] {
+        write_config(
+            d,
+            "h.yaml",
+            &cfg(mode, "").replace("stage:\n  train: {training: {max_steps: 3}}\n", ""),
+        );
+        let err = error_line(&run(d, &["run", "h.yaml"]));
+        assert!(
+            err.contains("hostile-recipe@0.1.0") && err.contains(want),
+            "{mode}: {err}"
+        );
+        assert!(!d.join("runs/h/run.json").exists(), "{mode}: nothing ran");
+    }
+    for (mode, want) in [
+        ("trap-metrics", "panicked in on-metrics"),
+        ("loop-metrics", "time"),
+    ] {
+        let _ = std::fs::remove_dir_all(d.join("runs"));
+        write_config(d, "h.yaml", &cfg(mode, ""));
+        let err = error_line(&run(d, &["run", "h.yaml"]));
+        assert!(
+            err.contains("hostile-recipe@0.1.0") && err.contains(want),
+            "{mode}: {err}"
+        );
+        let m = json_file(&d.join("runs/h/run.json"));
+        assert!(m["status"].as_str().unwrap().starts_with("failed"), "{m}");
+        assert_eq!(
+            m["stages"][0]["steps"], 1,
+            "ended after the first step: {m}"
+        );
+        // The checkpoint of the step it ended at is intact and loads.
+        let ck = d.join("runs/h/train/checkpoints");
+        assert_eq!(ck.read_dir().unwrap().count(), 1, "{mode}");
+        assert!(d.join("runs/h/train/model/model.safetensors").is_file());
+    }
+    // Under `skip`, a failing on-metrics is a warning and the stage runs to its end.
+    let _ = std::fs::remove_dir_all(d.join("runs"));
+    write_config(d, "h.yaml", &cfg("trap-metrics", "on_plugin_error: skip\n"));
+    let o = run(d, &["run", "h.yaml"]);
+    ok(&o);
+    assert!(
+        stderr(&o).contains("on_plugin_error: skip"),
+        "{}",
+        stderr(&o)
+    );
+    let m = json_file(&d.join("runs/h/run.json"));
+    assert_eq!(m["stages"][0]["steps"], 3);
+    assert_eq!(m["status"], "finished");
+}
+
+#[test]
+fn a_replay_from_run_json_reproduces_every_metric_and_refuses_changed_data() {
+    let tmp = project();
+    let d = tmp.path();
+    write_config(
+        d,
+        "run.yaml",
+        "stages:
+  - {name: sft, kind: sft, settings: {max_steps: 3}}
+  - {name: eval, kind: evaluate}
+",
+    );
+    ok(&run(d, &["run", "run.yaml"]));
+    let out = ok(&run(d, &["run", "--replay", "runs/run/run.json"]));
+    assert!(out.contains("identical"), "{out}");
+    let a = json_file(&d.join("runs/run/run.json"));
+    let b = json_file(&d.join("runs/run-replay/run.json"));
+    for i in 0..2 {
+        assert_eq!(
+            a["stages"][i]["metrics_digest"],
+            b["stages"][i]["metrics_digest"]
+        );
+        assert_eq!(a["stages"][i]["metrics"], b["stages"][i]["metrics"]);
+    }
+    // Data that changed since is refused, naming the file.
+    std::fs::write(d.join("data/chat.jsonl"), "{}\n").unwrap();
+    let err = error_line(&run(
+        d,
+        &[
+            "run",
+            "--replay",
+            "runs/run/run.json",
+            "--output",
+            "runs/again",
+        ],
+    ));
+    assert!(err.contains("chat.jsonl"), "{err}");
+}
