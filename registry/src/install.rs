@@ -403,6 +403,7 @@ impl Installer<'_> {
             let path = v.name.installed_path(into);
             write_atomic(&path, &v.blob)?;
             lock.plugins.push(LockEntry {
+                registry: None,
                 name: v.name.clone(),
                 version: v.version.clone(),
                 digest: v.digest,

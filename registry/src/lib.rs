@@ -32,7 +32,10 @@ pub use locate::{
 pub use lock::{LockEntry, Lockfile};
 pub use oci::{OciClient, OciRef, OciSource, Pulled};
 pub use package::{Component, Describe, Package};
-pub use project::{Change, FileState, Project, Registry, first_party_key};
+pub use project::{
+    BUILTIN, Change, FileState, PROJECT_CONFIG, Project, Registry, first_party_key,
+    project_registries,
+};
 pub use resolve::{Requirement, resolve};
 pub use server::{ServerConfig, ServerLimits, serve};
 pub use source::{HttpRegistry, Source, StaticRegistry};

@@ -24,6 +24,12 @@ pub struct LockEntry {
     /// by manifest digest (`oci://HOST/REPO@sha256:...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The registry the package was resolved from: `builtin`, a name the project's
+    /// `.galley/config.toml` gives, or a folder or URL. Installing or updating resolves each
+    /// package against its own registry only. None: a lockfile from before galley recorded
+    /// it (such entries belong to whichever registry a command names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -31,6 +31,45 @@ pub fn first_party_key() -> Option<(&'static str, &'static str)> {
         .map(|(id, k)| (id, k.trim()))
 }
 
+/// The lockfile label of the built-in first-party registry.
+pub const BUILTIN: &str = "builtin";
+
+/// Where a project names its registries (as cargo's `.cargo/config.toml`):
+/// ```toml
+/// [registries]
+/// team = "https://plugins.example.com"
+/// vendored = "third-party/registry"
+/// ```
+pub const PROJECT_CONFIG: &str = ".galley/config.toml";
+
+/// The `[registries]` of the project config at `path` (none when the file is absent).
+pub fn project_registries(
+    path: &std::path::Path,
+) -> Result<BTreeMap<String, String>, RegistryError> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct ProjectConfig {
+        #[serde(default)]
+        registries: BTreeMap<String, String>,
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(crate::error::io(path, e)),
+    };
+    let cfg: ProjectConfig = toml::from_str(&text).map_err(|e| RegistryError::BadFile {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    if cfg.registries.contains_key(BUILTIN) {
+        return Err(RegistryError::BadFile {
+            path: path.into(),
+            reason: format!("`registries.{BUILTIN}` is the name of the built-in registry"),
+        });
+    }
+    Ok(cfg.registries)
+}
+
 /// A registry a project installs from or publishes to.
 pub enum Registry {
     File(FileRegistry),
@@ -55,16 +94,7 @@ impl Registry {
                 .filter(|s| !s.is_empty())
         }) {
             Some(s) => s,
-            None => {
-                let files = first_party::FILES
-                    .iter()
-                    .map(|(p, b)| (p.to_string(), *b))
-                    .collect();
-                return Ok(Registry::BuiltIn(StaticRegistry {
-                    label: "the built-in first-party registry".into(),
-                    files,
-                }));
-            }
+            None => return Ok(Self::builtin()),
         };
         if let Some(rest) = spec.strip_prefix("http://")
             && !allow_http
@@ -85,6 +115,34 @@ impl Registry {
         Ok(Registry::File(FileRegistry::open(
             spec.strip_prefix("file://").unwrap_or(&spec),
         )))
+    }
+
+    /// The registry a lockfile label names: `builtin`, a name from the project's
+    /// `[registries]` (`.galley/config.toml`), or a folder or URL.
+    pub fn open_label(
+        label: &str,
+        named: &BTreeMap<String, String>,
+        allow_http: bool,
+    ) -> Result<Self, RegistryError> {
+        if label == BUILTIN {
+            return Ok(Self::builtin());
+        }
+        Self::open_with(
+            Some(named.get(label).map_or(label, String::as_str)),
+            allow_http,
+        )
+    }
+
+    /// The first-party registry compiled into galley.
+    pub fn builtin() -> Self {
+        let files = first_party::FILES
+            .iter()
+            .map(|(p, b)| (p.to_string(), *b))
+            .collect();
+        Registry::BuiltIn(StaticRegistry {
+            label: "the built-in first-party registry".into(),
+            files,
+        })
     }
 
     pub fn source(&self) -> &dyn Source {
@@ -194,6 +252,11 @@ impl TrustStore {
     }
 }
 
+/// The registry label an entry belongs to (`default` for one from before labels).
+fn group_of<'a>(e: &'a LockEntry, default: &'a str) -> &'a str {
+    e.registry.as_deref().unwrap_or(default)
+}
+
 /// A package whose version `update` moved: `from` none when new, `to` none when dropped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
@@ -269,24 +332,35 @@ impl Project<'_> {
         RegistryError::Unsatisfiable(format!("no {}: {what}", self.lock.display()))
     }
 
-    /// Installs `reqs` (`NAMESPACE/NAME[@REQ]` from `registry`, or `oci://HOST/REPO:TAG`),
-    /// keeping every other pin, and saves the lockfile.
+    /// Installs `reqs` (`NAMESPACE/NAME[@REQ]` from `registry`, whose label — `builtin`, a
+    /// project registry's name, a folder or URL — the lockfile records, or
+    /// `oci://HOST/REPO:TAG`), keeping every other pin: packages from other registries are
+    /// not re-resolved at all. Saves the lockfile.
     pub fn install(
         &self,
         reqs: &[String],
         registry: &Registry,
+        label: &str,
     ) -> Result<Vec<Installed>, RegistryError> {
         let mut lock = self.load_lock()?.unwrap_or_default();
         let (oci, named): (Vec<&String>, Vec<&String>) =
             reqs.iter().partition(|r| r.starts_with("oci://"));
         let mut installed = Vec::new();
         if !named.is_empty() {
-            let mut wanted = lock.wanted(None);
+            let mut extra = Vec::new();
             for r in &named {
                 let r = Requirement::parse(r)?;
-                wanted.insert(r.name, r.req);
+                // Asked for from this registry: it moves here, whatever pinned it before.
+                let elsewhere = lock.plugins.iter().any(|e| {
+                    e.name == r.name && (e.source.is_some() || group_of(e, label) != label)
+                });
+                if elsewhere {
+                    lock.remove(&r.name);
+                }
+                extra.push(r);
             }
-            let (done, new_lock) = self.resolve(&lock, wanted, registry, &BTreeSet::new())?;
+            let (done, new_lock) =
+                self.resolve_group(&lock, label, registry, &extra, &BTreeSet::new(), None)?;
             installed.extend(done);
             lock = new_lock;
         }
@@ -300,11 +374,14 @@ impl Project<'_> {
     }
 
     /// Re-resolves what the lockfile's requirements allow, moving `names` (all, when empty)
-    /// to their newest fitting versions; saves the lockfile and returns what changed.
+    /// to their newest fitting versions, each against the registry it came from (`open`
+    /// opens a label; entries without one belong to `default`). Saves the lockfile and
+    /// returns what changed.
     pub fn update(
         &self,
         names: &[PackageName],
-        registry: &Registry,
+        open: &dyn Fn(&str) -> Result<Registry, RegistryError>,
+        default: &str,
     ) -> Result<Vec<Change>, RegistryError> {
         let lock = self
             .load_lock()?
@@ -326,16 +403,96 @@ impl Project<'_> {
                 Some(_) => {}
             }
         }
-        let unpin: BTreeSet<PackageName> = if names.is_empty() {
-            lock.plugins.iter().map(|e| e.name.clone()).collect()
-        } else {
-            names.iter().cloned().collect()
-        };
-        let wanted = lock.wanted(Some(semver::VersionReq::STAR));
-        let (_, new_lock) = self.resolve(&lock, wanted, registry, &unpin)?;
-        let changes = lock.changes_to(&new_lock);
-        new_lock.save(&self.lock)?;
+        let labels: BTreeSet<String> = lock
+            .plugins
+            .iter()
+            .filter(|e| e.source.is_none())
+            .map(|e| group_of(e, default).to_string())
+            .collect();
+        let mut current = lock.clone();
+        for label in labels {
+            let unpin: BTreeSet<PackageName> = current
+                .plugins
+                .iter()
+                .filter(|e| e.source.is_none() && group_of(e, default) == label)
+                .filter(|e| names.is_empty() || names.contains(&e.name))
+                .map(|e| e.name.clone())
+                .collect();
+            if unpin.is_empty() {
+                continue;
+            }
+            let registry = open(&label)?;
+            let (_, next) = self.resolve_group(
+                &current,
+                &label,
+                &registry,
+                &[],
+                &unpin,
+                Some(semver::VersionReq::STAR),
+            )?;
+            current = next;
+        }
+        let changes = lock.changes_to(&current);
+        current.save(&self.lock)?;
         Ok(changes)
+    }
+
+    /// Resolves the packages of registry `label` (plus `extra` requirements) against
+    /// `registry`, keeping the versions `lock` pins unless they are in `unpin`, and returns
+    /// the new lockfile: that registry's entries replaced, every other registry's entries and
+    /// every OCI entry as they were.
+    fn resolve_group(
+        &self,
+        lock: &Lockfile,
+        label: &str,
+        registry: &Registry,
+        extra: &[Requirement],
+        unpin: &BTreeSet<PackageName>,
+        old: Option<semver::VersionReq>,
+    ) -> Result<(Vec<Installed>, Lockfile), RegistryError> {
+        let (mine, others): (Vec<LockEntry>, Vec<LockEntry>) = lock
+            .plugins
+            .iter()
+            .cloned()
+            .partition(|e| e.source.is_none() && group_of(e, label) == label);
+        let theirs: BTreeSet<PackageName> = others.iter().map(|e| e.name.clone()).collect();
+        let mut wanted: BTreeMap<PackageName, semver::VersionReq> = lock
+            .wanted(old)
+            .into_iter()
+            .filter(|(n, _)| !theirs.contains(n))
+            .collect();
+        for r in extra {
+            wanted.insert(r.name.clone(), r.req.clone());
+        }
+        let sub = Lockfile {
+            plugins: mine,
+            requirements: wanted.clone(),
+            ..Lockfile::default()
+        };
+        let (installed, mut out) = self.resolve(&sub, wanted, registry, unpin)?;
+        if let Some(e) = out.plugins.iter().find(|e| theirs.contains(&e.name)) {
+            let from = lock
+                .plugins
+                .iter()
+                .find(|o| o.name == e.name)
+                .map(|o| o.source.clone().or(o.registry.clone()).unwrap_or_default())
+                .unwrap_or_default();
+            return Err(RegistryError::Unsatisfiable(format!(
+                "{} is pinned from {from}, but resolving from {label} needs it too (a dependency); install it from one registry",
+                e.name
+            )));
+        }
+        for e in &mut out.plugins {
+            e.registry = Some(label.to_string());
+        }
+        for (n, r) in &lock.requirements {
+            if theirs.contains(n) {
+                out.requirements.insert(n.clone(), r.clone());
+            }
+        }
+        out.plugins.extend(others);
+        out.plugins.sort_by(|x, y| x.name.cmp(&y.name));
+        Ok((installed, out))
     }
 
     /// Resolves `wanted` against `registry`, keeping the versions `lock` pins unless they are
@@ -363,11 +520,14 @@ impl Project<'_> {
         Ok((installed, new_lock))
     }
 
-    /// Installs exactly what the lockfile pins: registry entries from `registry` (or only
-    /// the cache when `None`: offline), OCI entries from their pinned manifests (or the cache).
+    /// Installs exactly what the lockfile pins: each registry entry from the registry it came
+    /// from (`open` opens a label; entries without one belong to `default`), or only from the
+    /// cache when `open` is `None` (offline); OCI entries from their pinned manifests (or the
+    /// cache).
     pub fn install_locked(
         &self,
-        registry: Option<&Registry>,
+        open: Option<&dyn Fn(&str) -> Result<Registry, RegistryError>>,
+        default: &str,
     ) -> Result<Vec<Installed>, RegistryError> {
         let lock = self.load_lock()?.ok_or_else(|| {
             RegistryError::Unsatisfiable(format!(
@@ -378,13 +538,21 @@ impl Project<'_> {
         let (oci, plain): (Vec<&LockEntry>, Vec<&LockEntry>) =
             lock.plugins.iter().partition(|e| e.source.is_some());
         let mut installed = Vec::new();
-        if !plain.is_empty() {
+        let mut groups: BTreeMap<&str, Vec<LockEntry>> = BTreeMap::new();
+        for e in plain {
+            groups
+                .entry(group_of(e, default))
+                .or_default()
+                .push(e.clone());
+        }
+        for (label, entries) in groups {
             let sub = Lockfile {
-                plugins: plain.into_iter().cloned().collect(),
+                plugins: entries,
                 ..Lockfile::default()
             };
+            let registry = open.map(|o| o(label)).transpose()?;
             installed.extend(
-                self.installer(registry.map(Registry::source), None)
+                self.installer(registry.as_ref().map(Registry::source), None)
                     .install_locked(&sub, &self.into)?,
             );
         }
@@ -396,7 +564,7 @@ impl Project<'_> {
             match self.installer(None, None).install_locked(&sub, &self.into) {
                 Ok(done) => installed.extend(done),
                 Err(RegistryError::NotCached { .. } | RegistryError::Unverifiable { .. })
-                    if registry.is_some() =>
+                    if open.is_some() =>
                 {
                     let reference = OciRef::parse(e.source.as_deref().unwrap_or_default())?;
                     let client = OciClient::new(&reference)?;

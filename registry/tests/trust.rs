@@ -175,6 +175,7 @@ fn a_hand_written_lock_entry_does_not_bypass_signatures() {
             key: None,
             unsigned: true,
             source: None,
+            registry: None,
         }],
         ..Lockfile::default()
     };

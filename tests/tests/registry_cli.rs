@@ -443,6 +443,7 @@ fn first_party_plugins_install_with_no_server() {
         "jsonl-chat",
         "length-penalty",
         "math-answer",
+        "preference",
     ] {
         assert!(listing.contains(&format!("galley/{p}")), "{listing}");
     }
@@ -595,4 +596,104 @@ fn oci_credentials_go_only_to_hosts_named_for_them() {
         seen.try_iter().any(|auth| auth),
         "the named host got no token"
     );
+}
+
+/// One project, packages from three registries: the first-party one built into galley, a
+/// team's `galley registry serve` named in `.galley/config.toml`, and a folder. galley.lock
+/// records where each came from; installing from one never re-resolves the others against it
+/// (it used to: "no package `galley/math-answer` in the registry"); a locked reinstall on a
+/// clean machine fetches each from its own registry; an update moves each against its own.
+#[test]
+fn a_project_installs_from_three_registries_into_one_lockfile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("tokens"), "t0k team\n").unwrap();
+    let server = serve(&d.join("served"), &d.join("tokens"));
+    let user = |reg: Option<&str>, args: &[&str]| as_user(d, reg, None, args);
+    let id = key_id(&ok(user(None, &["plugin", "keygen"])));
+    let scorer = relabelled(d, "math-answer", "team", "scorer", "0.1.0", &[]);
+    let fmt = relabelled(d, "format", "acme", "fmt", "0.1.0", &[]);
+    let publish = |reg: &str, token: Option<&str>, file: &Path, ns: &str| {
+        ok(as_user(
+            d,
+            Some(reg),
+            token,
+            &[
+                "plugin",
+                "publish",
+                file.to_str().unwrap(),
+                "--namespace",
+                ns,
+                "--key",
+                &id,
+            ],
+        ))
+    };
+    publish(&server.url, Some("t0k"), &scorer, "team");
+    let folder = d.join("vendored");
+    publish(folder.to_str().unwrap(), None, &fmt, "acme");
+    std::fs::create_dir_all(d.join(".galley")).unwrap();
+    std::fs::write(
+        d.join(".galley/config.toml"),
+        format!("[registries]\nteam = \"{}\"\n", server.url),
+    )
+    .unwrap();
+
+    ok(user(None, &["plugin", "install", "galley/math-answer"]));
+    ok(user(
+        None,
+        &["plugin", "install", "team/scorer", "--registry", "team"],
+    ));
+    ok(user(
+        None,
+        &["plugin", "install", "acme/fmt", "--registry", "vendored"],
+    ));
+    let lock: toml::Value =
+        toml::from_str(&std::fs::read_to_string(d.join("galley.lock")).unwrap()).unwrap();
+    let from: std::collections::BTreeMap<String, String> = lock["plugin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["registry"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(from["galley/math-answer"], "builtin");
+    assert_eq!(from["team/scorer"], "team");
+    assert_eq!(from["acme/fmt"], "vendored");
+
+    // A clean machine: no plugins, no cache. `install` reads each from its own registry.
+    std::fs::remove_dir_all(d.join(".galley/plugins")).unwrap();
+    std::fs::remove_dir_all(d.join("cache")).unwrap();
+    let out = ok(user(None, &["plugin", "install"]));
+    for p in ["galley/math-answer", "team/scorer", "acme/fmt"] {
+        assert!(out.contains(p), "{out}");
+    }
+    // A new release on the team's server: update moves it there and leaves the others be.
+    let newer = relabelled(d, "math-answer", "team", "scorer", "0.1.1", &[]);
+    publish(&server.url, Some("t0k"), &newer, "team");
+    let out = ok(user(None, &["plugin", "update"]));
+    assert!(
+        out.contains("team/scorer") && out.contains("0.1.0 -> 0.1.1"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("galley/math-answer") && !out.contains("acme/fmt"),
+        "{out}"
+    );
+    // All three run by name in one scoring config.
+    std::fs::write(
+        d.join("c.jsonl"),
+        "{\"completion\": \"so #### 12\", \"metadata\": {\"answer\": 12}}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("score.yaml"),
+        "rewards:\n  - plugin: galley/math-answer\n  - plugin: team/scorer\n  - plugin: acme/fmt\ncompletions: c.jsonl\n",
+    )
+    .unwrap();
+    ok(user(None, &["score", "score.yaml"]));
 }

@@ -1,8 +1,9 @@
 //! `galley plugin install | update | list | remove`: galley-registry's `Project` does the
 //! work (resolution, verification, `galley.lock`); this module wires in the runtime's view of
-//! components and prints what happened. Plugins come from the project's registry
-//! (`--registry`, `GALLEY_REGISTRY`, else the built-in first-party one) or from an OCI
-//! registry (`oci://HOST/REPO:TAG`).
+//! components and prints what happened. Plugins come from a registry (`--registry` — a name
+//! from `.galley/config.toml`'s `[registries]`, a folder or URL —, `GALLEY_REGISTRY`, else the
+//! built-in first-party one) or from an OCI registry (`oci://HOST/REPO:TAG`); galley.lock
+//! records which, and each package is only ever re-resolved against its own.
 
 use anyhow::{Result, bail};
 use galley_registry::{Component, FileState, Installed, PackageName, Project, TrustStore};
@@ -149,13 +150,15 @@ fn print_installed(installed: &[Installed]) {
 pub fn install(a: InstallArgs) -> Result<()> {
     let f = &a.fetch;
     with_project(&f.project, f.into(), |p| {
+        let label = crate::registry_label(&f.registry);
         let installed = if a.reqs.is_empty() {
-            let reg = if a.offline {
-                None
-            } else {
-                Some(crate::open_registry(&f.registry)?)
+            let open = |l: &str| {
+                crate::open_label(l).map_err(|e| {
+                    galley_registry::RegistryError::BadReference(format!("registry `{l}`: {e:#}"))
+                })
             };
-            p.install_locked(reg.as_ref())?
+            let open: Option<&dyn Fn(&str) -> _> = (!a.offline).then_some(&open as _);
+            p.install_locked(open, &label)?
         } else {
             if a.offline {
                 bail!(
@@ -163,7 +166,7 @@ pub fn install(a: InstallArgs) -> Result<()> {
                     f.project.lock.display()
                 );
             }
-            p.install(&a.reqs, &crate::open_registry(&f.registry)?)?
+            p.install(&a.reqs, &crate::open_label(&label)?, &label)?
         };
         print_installed(&installed);
         Ok(())
@@ -181,7 +184,12 @@ pub fn update(a: UpdateArgs) -> Result<()> {
     let names = parse_names(&a.names)?;
     let f = &a.fetch;
     with_project(&f.project, f.into(), |p| {
-        let changes = p.update(&names, &crate::open_registry(&f.registry)?)?;
+        let open = |l: &str| {
+            crate::open_label(l).map_err(|e| {
+                galley_registry::RegistryError::BadReference(format!("registry `{l}`: {e:#}"))
+            })
+        };
+        let changes = p.update(&names, &open, &crate::registry_label(&f.registry))?;
         for c in &changes {
             let v = |v: &Option<semver::Version>, none: &str| {
                 v.as_ref().map_or(none.to_string(), ToString::to_string)

@@ -416,11 +416,22 @@ impl Events for RunEvents {
         if self.quiet {
             return;
         }
+        // The headline numbers: losses, rewards, preference accuracy, task scores.
+        const HEAD: &[&str] = &[
+            "loss",
+            "eval_loss",
+            "reward",
+            "eval_reward",
+            "rewards_accuracy",
+            "eval_rewards_accuracy",
+        ];
         let shown: Vec<String> = rec
             .metrics
             .iter()
+            .filter(|(k, _)| {
+                HEAD.contains(&k.as_str()) || (k.contains('/') && rec.kind == "evaluate")
+            })
             .filter(|(k, _)| !k.contains("stderr"))
-            .take(8)
             .map(|(k, v)| format!("{k} {v:.4}"))
             .collect();
         eprintln!(

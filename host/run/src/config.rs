@@ -23,7 +23,7 @@ pub struct RunConfig {
     pub threads: Option<usize>,
     /// Recipe plugins, in order: their stages run in this order.
     pub recipes: Vec<RecipeRef>,
-    /// Stages written here, run after the recipes' (or alone).
+    /// Stages written here, run after the recipes' (or before them, `position: first`).
     pub stages: Vec<InlineStage>,
     /// Settings per stage kind (`sft`, `grpo`, `evaluate`...), under every stage of that kind:
     /// the data sources, reward functions and evaluation tasks of a run live here.
@@ -79,6 +79,17 @@ pub struct InlineStage {
     pub kind: String,
     #[serde(default = "empty_object", alias = "config")]
     pub settings: serde_json::Value,
+    /// `last` (after the recipes' stages) or `first` (before them: a baseline evaluation).
+    #[serde(default)]
+    pub position: Position,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Position {
+    First,
+    #[default]
+    Last,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

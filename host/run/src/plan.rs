@@ -105,12 +105,13 @@ pub fn build(cfg: &RunConfig, recipes: &[RecipePlan], run_dir: &Path) -> Result<
             *ordinal += 1;
         }
     }
+    let mut first = 0;
     for (i, st) in cfg.stages.iter().enumerate() {
         check_stage_name(&st.name)
             .map_err(|m| RunError::Plan(format!("run config `stages[{i}]`: {m}")))?;
         let settings = normalize(&st.kind, &st.settings)
             .map_err(|m| RunError::Plan(format!("run config `stages[{i}].settings`: {m}")))?;
-        contributions.push(Contribution {
+        let c = Contribution {
             owner: None,
             origin: format!("run config stages[{i}]"),
             priority: i64::MAX,
@@ -118,23 +119,33 @@ pub fn build(cfg: &RunConfig, recipes: &[RecipePlan], run_dir: &Path) -> Result<
             kind: st.kind.clone(),
             ordinal: 0,
             settings,
-        });
+        };
+        if st.position == crate::config::Position::First {
+            contributions.insert(first, c);
+            first += 1;
+        } else {
+            contributions.push(c);
+        }
     }
 
     // Group: concatenated in order; with `fuse`, the k-th stage of a kind of each recipe
-    // joins the first group of that kind and position that the recipe is not in yet.
+    // joins the first group of that kind and position that the recipe is not in yet, and the
+    // group moves to where its newest member was planned: a fused stage runs after every
+    // stage its recipes planned before it (two recipes' `eval` after both trainings).
     let mut groups: Vec<Vec<Contribution>> = Vec::new();
     for c in contributions {
         if cfg.fuse
             && c.owner.is_some()
-            && let Some(g) = groups.iter_mut().find(|g| {
+            && let Some(at) = groups.iter().position(|g| {
                 g[0].owner.is_some()
                     && g[0].kind == c.kind
                     && g[0].ordinal == c.ordinal
                     && !g.iter().any(|x| x.owner == c.owner)
             })
         {
+            let mut g = groups.remove(at);
             g.push(c);
+            groups.push(g);
             continue;
         }
         groups.push(vec![c]);
@@ -241,7 +252,7 @@ fn check_stage_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// `galley/curriculum@0.1.0` -> `curriculum`.
+/// `galley/curriculum@0.2.0` -> `curriculum`.
 fn short_name(label: &str) -> &str {
     let no_version = label.split('@').next().unwrap_or(label);
     no_version.rsplit('/').next().unwrap_or(no_version)

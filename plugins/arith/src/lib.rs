@@ -2,7 +2,9 @@
 //! (`answer`, an integer), so a GRPO run can train against `math-answer` with no dataset.
 //! Settings: `min`/`max` operand range (1..100), `ops` (any of "+", "-", "*", "/"), `count`
 //! (omit for an endless stream), `words` (true: a short story; false: "12 + 7 = ?"),
-//! `system` (an optional system prompt). The run's seed fixes the sequence.
+//! `system` (an optional system prompt), `solutions` (true: each example ends with the
+//! assistant's worked answer, `12 + 7 = 19. #### 19`, for an SFT warm-up). The run's seed
+//! fixes the sequence.
 
 use galley_sdk::data_loader::DataLoader;
 use galley_sdk::{Config, Error, Example, Message, Value};
@@ -17,6 +19,7 @@ struct Settings {
     count: Option<u64>,
     words: bool,
     system: Option<String>,
+    solutions: bool,
 }
 
 impl Default for Settings {
@@ -28,6 +31,7 @@ impl Default for Settings {
             count: None,
             words: true,
             system: None,
+            solutions: false,
         }
     }
 }
@@ -111,6 +115,12 @@ impl Arith {
             messages.push(Message::new("system", sys.clone()));
         }
         messages.push(Message::new("user", question));
+        if self.s.solutions {
+            messages.push(Message::new(
+                "assistant",
+                format!("{a} {op} {b} = {answer}. #### {answer}"),
+            ));
+        }
         let mut ex = Example {
             id: format!("arith-{}", self.made),
             messages,
