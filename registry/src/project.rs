@@ -31,6 +31,9 @@ pub fn first_party_key() -> Option<(&'static str, &'static str)> {
         .map(|(id, k)| (id, k.trim()))
 }
 
+/// Opens the registry a lockfile label names (the binary knows the project's names).
+pub type OpenRegistry<'a> = dyn Fn(&str) -> Result<Registry, RegistryError> + 'a;
+
 /// The lockfile label of the built-in first-party registry.
 pub const BUILTIN: &str = "builtin";
 
@@ -380,7 +383,7 @@ impl Project<'_> {
     pub fn update(
         &self,
         names: &[PackageName],
-        open: &dyn Fn(&str) -> Result<Registry, RegistryError>,
+        open: &OpenRegistry<'_>,
         default: &str,
     ) -> Result<Vec<Change>, RegistryError> {
         let lock = self
@@ -526,7 +529,7 @@ impl Project<'_> {
     /// cache).
     pub fn install_locked(
         &self,
-        open: Option<&dyn Fn(&str) -> Result<Registry, RegistryError>>,
+        open: Option<&OpenRegistry<'_>>,
         default: &str,
     ) -> Result<Vec<Installed>, RegistryError> {
         let lock = self.load_lock()?.ok_or_else(|| {
