@@ -19,7 +19,7 @@ if [ -f registry/default/first-party.pub ] && [ "$(cat registry/default/first-pa
 fi
 mkdir -p registry/default
 echo "$pub" > registry/default/first-party.pub
-for p in arith curriculum exact-match format jsonl-chat length-penalty math-answer preference; do
+for p in arith curriculum early-stop exact-match format jsonl-chat length-penalty math-answer preference tiny-lm; do
     if ! out=$($galley plugin publish "target/plugins/$p.wasm" --registry registry/default --key "$key" 2>&1); then
         case "$out" in *"already published"*) echo "kept    $p (this version is already released)";; *) echo "$out" >&2; exit 1;; esac
     else

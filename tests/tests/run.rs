@@ -436,3 +436,82 @@ fn a_replay_from_run_json_reproduces_every_metric_and_refuses_changed_data() {
     ));
     assert!(err.contains("chat.jsonl"), "{err}");
 }
+
+#[test]
+fn first_party_recipes_pretrain_from_scratch_and_stop_early_in_python() {
+    let tmp = project();
+    let d = tmp.path();
+    // `tiny-lm`: a model and tokenizer made from plain text; it ends pre-training at the
+    // first held-out loss under its target.
+    let text: String = (0..400)
+        .map(|i| format!("the {} cat sat on the {} mat.\n", i % 7, i % 5))
+        .collect();
+    std::fs::write(d.join("data/text.txt"), text).unwrap();
+    std::fs::write(
+        d.join("pt.yaml"),
+        format!(
+            "seed: 7
+threads: 1
+recipes:
+  - plugin: {}
+    settings: {{hidden_size: 32, layers: 1, heads: 2, vocab_size: 300, target_loss: 100.0}}
+defaults:
+  pretrain:
+    data: {{train: {{path: data/text.txt}}, max_length: 24}}
+    training: {{batch_size: 8, max_steps: 6, eval_steps: 2, eval_on_start: false}}
+",
+            plugin("tiny-lm").display()
+        ),
+    )
+    .unwrap();
+    ok(&run(d, &["run", "pt.yaml"]));
+    let m = json_file(&d.join("runs/pt/run.json"));
+    let st = &m["stages"][0];
+    assert_eq!(st["name"], "pretrain");
+    assert_eq!(st["steps"], 2, "ended at the first evaluation: {st}");
+    assert!(
+        st["status"].as_str().unwrap().starts_with("ended early"),
+        "{st}"
+    );
+    assert!(d.join("runs/pt/pretrain/model/model.safetensors").is_file());
+    assert!(
+        d.join("runs/pt/pretrain/tokenizer/tokenizer.json")
+            .is_file()
+    );
+
+    // `early-stop`, a recipe written in Python: SFT ends once the held-out loss has not
+    // improved by `min_delta` for `patience` evaluations.
+    write_config(
+        d,
+        "es.yaml",
+        &format!(
+            "recipes:
+  - plugin: {}
+    settings: {{epochs: 20, eval_steps: 1, patience: 1, min_delta: 10.0}}
+stage:
+  sft: {{data: {{validation_split: 0.25}}}}
+",
+            plugin("early-stop").display()
+        ),
+    );
+    ok(&run(d, &["run", "es.yaml"]));
+    let m = json_file(&d.join("runs/es/run.json"));
+    assert_eq!(m["plugins"][0]["id"], "early-stop@0.1.0");
+    assert_eq!(m["stages"][0]["steps"], 2, "{}", m["stages"][0]);
+    assert_eq!(m["stages"][1]["name"], "eval");
+    assert_eq!(m["status"], "finished");
+    // Bad settings are the recipe's own error, before anything trains.
+    write_config(
+        d,
+        "bad.yaml",
+        &format!(
+            "recipes:\n  - plugin: {}\n    settings: {{patience: 0}}\n",
+            plugin("early-stop").display()
+        ),
+    );
+    let err = error_line(&run(d, &["run", "bad.yaml"]));
+    assert!(
+        err.contains("early-stop@0.1.0") && err.contains("patience"),
+        "{err}"
+    );
+}

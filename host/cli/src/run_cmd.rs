@@ -524,6 +524,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         status: "running".into(),
         seconds: 0.0,
         planning_seconds: p.seconds,
+        bookkeeping_seconds: 0.0,
     };
     if let (Some(rec), Some(model)) = (&recorded, &recorded.as_ref().and_then(|r| r.model.clone()))
     {
@@ -568,8 +569,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 println!("  {:<10} {k:<8} {}", s.name, path.display());
             }
         }
-        let overhead: f64 =
-            m.planning_seconds + m.stages.iter().map(|s| s.overhead_seconds).sum::<f64>();
+        let overhead = m.overhead_seconds();
         println!(
             "orchestration {:.2} s ({:.2}% of the run)",
             overhead,

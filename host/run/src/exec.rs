@@ -96,6 +96,8 @@ impl Runner<'_> {
                 path: m,
             });
         }
+        manifest.planning_seconds += started.elapsed().as_secs_f64();
+        let mut in_stages = 0.0;
         manifest.write(&self.run_dir)?;
         let mut outputs: BTreeMap<String, Outputs> = BTreeMap::new();
         let mut status = Status::Finished;
@@ -126,6 +128,7 @@ impl Runner<'_> {
                     (rec, None)
                 }
             };
+            in_stages += t0.elapsed().as_secs_f64();
             self.events.stage_end(&record);
             manifest.stages.push(record);
             manifest.plugins = self.host.records();
@@ -146,7 +149,10 @@ impl Runner<'_> {
             manifest.write(&self.run_dir)?;
         }
         manifest.status = status.text();
-        manifest.seconds = started.elapsed().as_secs_f64() + manifest.planning_seconds;
+        let total = started.elapsed().as_secs_f64();
+        // Between stages: the manifest rewritten, outputs handed on.
+        manifest.bookkeeping_seconds = (total - in_stages).max(0.0);
+        manifest.seconds = total + manifest.planning_seconds;
         manifest.write(&self.run_dir)?;
         Ok(Outcome { status, manifest })
     }
@@ -233,10 +239,12 @@ impl Runner<'_> {
             if let Some(p) = src.path.as_ref().filter(|p| p.is_file())
                 && !manifest.data.iter().any(|f| &f.path == p)
             {
+                let t = Instant::now();
                 manifest.data.push(FileRecord {
                     path: p.clone(),
                     digest: manifest::digest_path(p)?,
                 });
+                ctl.overhead += t.elapsed().as_secs_f64();
             }
         }
         let t = Instant::now();
@@ -260,6 +268,14 @@ impl Runner<'_> {
         let out = galley_train::run(&cfg, sources, false, &mut obs)
             .map_err(|e| RunError::stage(&st.name, e))?;
         rec.steps = Some(out.summary.steps);
+        if st
+            .origin
+            .get("training.save_merged")
+            .is_some_and(|o| o.starts_with("host"))
+        {
+            // Written only so the next stage can start from it: hand-over, not training.
+            ctl.overhead += out.merged_seconds;
+        }
         if let Some(r) = &out.summary.ended_early {
             rec.status = format!("ended early: {r}");
         }

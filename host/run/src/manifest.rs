@@ -72,8 +72,22 @@ pub struct Manifest {
     /// `running`, `finished`, `stopped: ...` or `failed: ...`.
     pub status: String,
     pub seconds: f64,
-    /// Seconds of planning (recipes' `plan`, plugin resolution) before the first stage.
+    /// Seconds of planning (recipes' `plan`, plugin resolution, the model's digest) before
+    /// the first stage.
     pub planning_seconds: f64,
+    /// Seconds between stages (the manifest rewritten, outputs handed on).
+    #[serde(default)]
+    pub bookkeeping_seconds: f64,
+}
+
+impl Manifest {
+    /// Orchestration: planning, bookkeeping between stages, and each stage's plugin opening,
+    /// recipe calls, digests and hand-over exports.
+    pub fn overhead_seconds(&self) -> f64 {
+        self.planning_seconds
+            + self.bookkeeping_seconds
+            + self.stages.iter().map(|s| s.overhead_seconds).sum::<f64>()
+    }
 }
 
 impl Manifest {

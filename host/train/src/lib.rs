@@ -113,6 +113,8 @@ pub struct Outcome {
     pub frozen_bytes: usize,
     /// The process's peak resident memory (VmHWM) at the end of the run, in MiB.
     pub peak_rss_mb: f64,
+    /// Seconds spent writing the merged model (`model`), when one was written.
+    pub merged_seconds: f64,
 }
 
 /// Peak resident memory of this process in MiB (0 where /proc is not available).
@@ -522,9 +524,12 @@ pub fn run(
         export::save_adapter(&p.model, &cfg.peft, &p.base, &dir)?;
         adapter = Some(dir);
     }
+    let mut merged_seconds = 0.0;
     if cfg.tuning() == Tuning::Full || cfg.training.save_merged {
         let dir = out.join("model");
+        let t = std::time::Instant::now();
         export::save_merged(&p.model, &p.tokenizer, p.template.as_ref(), &dir)?;
+        merged_seconds = t.elapsed().as_secs_f64();
         model_dir = Some(dir);
     }
     let outcome = Outcome {
@@ -539,6 +544,7 @@ pub fn run(
         trainable_params: p.model.trainable_params(),
         frozen_bytes: p.model.frozen_bytes(),
         peak_rss_mb: peak_rss_mb(),
+        merged_seconds,
     };
     let sp = out.join("summary.json");
     std::fs::write(&sp, serde_json::to_string_pretty(&outcome).expect("json"))

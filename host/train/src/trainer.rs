@@ -454,6 +454,15 @@ impl Trainer<'_> {
             if state.step < total
                 && let Some(reason) = obs.end_requested()
             {
+                // The held-out figures of where the run ended, as at a planned end.
+                if !eval_now && let Some(e) = self.evaluate(state.step)? {
+                    if let Some(l) = e.eval_loss {
+                        first_eval.get_or_insert(l);
+                        last_eval = Some(l);
+                    }
+                    log(&e)?;
+                    obs.eval(&e);
+                }
                 if !saved {
                     let path = checkpoint::save(&ck_dir, params, &opt, &state, t.save_total_limit)?;
                     obs.checkpoint(&path);
