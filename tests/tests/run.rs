@@ -515,3 +515,58 @@ stage:
         "{err}"
     );
 }
+
+#[test]
+fn fused_recipes_with_their_own_data_train_on_a_mixture() {
+    let tmp = project();
+    let d = tmp.path();
+    let few: String = (0..4)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"messages": [
+                    {"role": "user", "content": format!("Say {i}.")},
+                    {"role": "assistant", "content": format!("{i}")}]})
+            )
+        })
+        .collect();
+    std::fs::write(d.join("data/few.jsonl"), few).unwrap();
+    let hostile = plugin("hostile-recipe").display().to_string();
+    write_config(
+        d,
+        "mix.yaml",
+        &format!(
+            "fuse: true
+recipes:
+  - plugin: {hostile}
+    settings: {{mode: sft-data, path: data/chat.jsonl}}
+  - plugin: {hostile}
+    settings: {{mode: sft-data, path: data/few.jsonl}}
+stage:
+  train: {{training: {{max_steps: 2}}, data: {{mixture_stopping: all_exhausted}}}}
+"
+        ),
+    );
+    let plan: serde_json::Value =
+        serde_json::from_str(&ok(&run(d, &["plan", "mix.yaml", "--json"]))).unwrap();
+    let st = &plan["stages"][0];
+    assert_eq!(plan["stages"].as_array().unwrap().len(), 1, "{plan}");
+    let mixture = st["settings"]["data"]["mixture"].as_array().unwrap();
+    assert_eq!(mixture.len(), 2, "{st}");
+    assert!(
+        st["settings"]["data"].get("train").is_none(),
+        "the default source is not mixed in: {st}"
+    );
+    let origin = st["origin"]["data.mixture"].as_str().unwrap();
+    assert!(
+        origin.contains("recipes[0]") && origin.contains("recipes[1]") && origin.contains("mixed"),
+        "{origin}"
+    );
+    ok(&run(d, &["run", "mix.yaml"]));
+    let summary = json_file(&d.join("runs/mix/train/summary.json"));
+    // all_exhausted: every example of both sources, the smaller one started over.
+    assert!(
+        summary["train_examples"].as_u64().unwrap() >= 20,
+        "{summary}"
+    );
+}

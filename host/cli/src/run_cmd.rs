@@ -149,6 +149,15 @@ impl PluginHost for CliHost {
                     out.validation = s;
                 }
             }
+            for (i, src) in cfg.data.mixture.iter().enumerate() {
+                let key = format!("data.mixture[{i}]");
+                if let Some(spec) = &src.plugin {
+                    let p = load(spec, &key, &self.locator, &rt)?;
+                    self.record(spec, &p)?;
+                }
+                out.mixture
+                    .push(open_source(src, &key, &self.locator, &self.sandbox, &rt)?);
+            }
             if cfg.objective() == galley_train::config::Objective::Grpo {
                 for r in &cfg.grpo.rewards {
                     if let Some(spec) = &r.plugin {

@@ -102,6 +102,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let locator = PluginLocator::for_file(args.config.as_deref());
     let needs_runtime = cfg.data.train.plugin.is_some()
+        || cfg.data.mixture.iter().any(|m| m.plugin.is_some())
         || cfg
             .data
             .validation
@@ -115,10 +116,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let mut train_src = None;
     let mut val_src = None;
+    let mut mixture = Vec::new();
     if let Some(rt) = &runtime {
         train_src = open_source(&cfg.data.train, "data.train", &locator, &args.sandbox, rt)?;
         if let Some(v) = &cfg.data.validation {
             val_src = open_source(v, "data.validation", &locator, &args.sandbox, rt)?;
+        }
+        for (i, m) in cfg.data.mixture.iter().enumerate() {
+            let key = format!("data.mixture[{i}]");
+            mixture.push(open_source(m, &key, &locator, &args.sandbox, rt)?);
         }
     }
     let rewards = if cfg.objective() == galley_train::config::Objective::Grpo {
@@ -137,6 +143,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let sources = Sources {
         train: train_src.as_deref_mut().map(|s| s as &mut dyn DataSource),
         validation: val_src.as_deref_mut().map(|s| s as &mut dyn DataSource),
+        mixture: mixture
+            .iter_mut()
+            .map(|m| m.as_deref_mut().map(|s| s as &mut dyn DataSource))
+            .collect(),
         rewards,
     };
     let mut obs = Bar::new(args.json);

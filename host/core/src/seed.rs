@@ -21,6 +21,7 @@ pub mod purpose {
     pub const PLUGIN: u64 = 8;
     pub const WASI_INSECURE: u64 = 9;
     pub const INIT: u64 = 10;
+    pub const MIXTURE: u64 = 11;
 }
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;

@@ -235,7 +235,10 @@ impl Runner<'_> {
         let name = format!("stage `{}`", st.name);
         let cfg = TrainConfig::from_value(settings, &name, &self.base)
             .map_err(|e| RunError::Plan(e.to_string()))?;
-        for src in std::iter::once(&cfg.data.train).chain(cfg.data.validation.as_ref()) {
+        for src in std::iter::once(&cfg.data.train)
+            .chain(cfg.data.validation.as_ref())
+            .chain(&cfg.data.mixture)
+        {
             if let Some(p) = src.path.as_ref().filter(|p| p.is_file())
                 && !manifest.data.iter().any(|f| &f.path == p)
             {
@@ -256,6 +259,11 @@ impl Runner<'_> {
         let sources = galley_train::Sources {
             train: plugins.train.as_deref_mut().map(|s| s as _),
             validation: plugins.validation.as_deref_mut().map(|s| s as _),
+            mixture: plugins
+                .mixture
+                .iter_mut()
+                .map(|m| m.as_deref_mut().map(|s| s as _))
+                .collect(),
             rewards: std::mem::take(&mut plugins.rewards),
         };
         let mut obs = StageObserver {

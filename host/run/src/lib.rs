@@ -64,6 +64,8 @@ impl RunError {
 pub struct TrainPlugins {
     pub train: Option<Box<dyn DataSource>>,
     pub validation: Option<Box<dyn DataSource>>,
+    /// One per `data.mixture` entry (none for a file).
+    pub mixture: Vec<Option<Box<dyn DataSource>>>,
     pub rewards: Vec<Box<dyn RewardFn>>,
 }
 

@@ -205,6 +205,13 @@ pub fn build(cfg: &RunConfig, recipes: &[RecipePlan], run_dir: &Path) -> Result<
             );
         }
         let (fused, fused_origin) = fuse(&name, &g, &leaves(&overrides))?;
+        if fused["data"]["mixture"].is_array()
+            && let Some(d) = settings.get_mut("data").and_then(Value::as_object_mut)
+        {
+            // The mixture lists every training source; a default `data.train` is not one.
+            d.remove("train");
+            origin.retain(|k, _| !k.starts_with("data.train."));
+        }
         for (k, o) in fused_origin {
             origin.insert(k, o);
         }
@@ -407,8 +414,26 @@ fn fuse(
             .keys()
             .any(|o| o == k || (k.starts_with(o.as_str()) && k[o.len()..].starts_with('.')))
     };
-    for c in group {
-        for (k, v) in leaves(&c.settings) {
+    // Training sources of fused recipes are mixed, not chosen between.
+    let mut settings: Vec<Value> = group.iter().map(|c| c.settings.clone()).collect();
+    let mut sources: Vec<(Value, &str)> = Vec::new();
+    for (c, s) in group.iter().zip(&settings) {
+        if let Some(t) = s.get("data").and_then(|d| d.get("train"))
+            && !sources.iter().any(|(v, _)| v == t)
+        {
+            sources.push((t.clone(), c.origin.as_str()));
+        }
+    }
+    let mixed = sources.len() > 1 && !covered("data.train") && !covered("data.mixture");
+    if mixed {
+        for s in &mut settings {
+            if let Some(d) = s.get_mut("data").and_then(Value::as_object_mut) {
+                d.remove("train");
+            }
+        }
+    }
+    for (c, settings) in group.iter().zip(&settings) {
+        for (k, v) in leaves(settings) {
             let Some((old, who, prio)) = chosen.get_mut(&k) else {
                 chosen.insert(k, (v, c.origin.clone(), c.priority));
                 continue;
@@ -444,6 +469,15 @@ fn fuse(
     for (k, (v, who, _)) in chosen {
         set_path(&mut value, &k, v);
         origin.insert(k, who);
+    }
+    if mixed {
+        let who: Vec<&str> = sources.iter().map(|(_, o)| *o).collect();
+        let list: Vec<Value> = sources.into_iter().map(|(v, _)| v).collect();
+        set_path(&mut value, "data.mixture", Value::Array(list));
+        origin.insert(
+            "data.mixture".into(),
+            format!("{} (mixed)", who.join(" + ")),
+        );
     }
     Ok((value, origin))
 }

@@ -116,6 +116,8 @@ pub struct SourceSection {
     pub plugin_dirs: std::collections::BTreeMap<String, PathBuf>,
     /// Use at most this many examples.
     pub limit: Option<usize>,
+    /// This source's share of a `data.mixture` (relative to the others'; default 1).
+    pub weight: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,10 +151,25 @@ pub enum OnBad {
     Error,
 }
 
+/// When a mixture ends (as `interleave_datasets` and Oumi's mixtures end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stopping {
+    /// As soon as one source runs out.
+    #[default]
+    FirstExhausted,
+    /// When every source has run out at least once (the others start over meanwhile).
+    AllExhausted,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
     pub train: SourceSection,
+    /// Several training sources mixed instead of `train`: each drawn with probability
+    /// `weight / sum of weights`, seeded by `data.seed`.
+    pub mixture: Vec<SourceSection>,
+    pub mixture_stopping: Stopping,
     pub validation: Option<SourceSection>,
     /// Share of the training examples held out for validation when no `validation` is given.
     pub validation_split: f64,
@@ -176,6 +193,8 @@ impl Default for DataSection {
     fn default() -> Self {
         Self {
             train: SourceSection::default(),
+            mixture: Vec::new(),
+            mixture_stopping: Stopping::FirstExhausted,
             validation: None,
             validation_split: 0.0,
             max_length: 512,
@@ -415,7 +434,10 @@ impl TrainConfig {
         if let Some(p) = self.model.tokenizer.as_mut().and_then(|t| t.path.as_mut()) {
             fix(p)
         }
-        for src in std::iter::once(&mut self.data.train).chain(self.data.validation.as_mut()) {
+        for src in std::iter::once(&mut self.data.train)
+            .chain(self.data.validation.as_mut())
+            .chain(self.data.mixture.iter_mut())
+        {
             if let Some(p) = src.path.as_mut() {
                 fix(p)
             }
@@ -466,8 +488,29 @@ impl TrainConfig {
         if self.objective() == Objective::Grpo {
             self.validate_grpo(file)?;
         }
-        if self.data.train.path.is_none() && self.data.train.plugin.is_none() {
+        let train_named = self.data.train.path.is_some() || self.data.train.plugin.is_some();
+        if self.data.mixture.is_empty() && !train_named {
             return bad("data.train.path", "name a data file (or `plugin`)");
+        }
+        if !self.data.mixture.is_empty() && train_named {
+            return bad(
+                "data.mixture",
+                "give `data.train` or `data.mixture` (which lists every training source), not both",
+            );
+        }
+        for (i, m) in self.data.mixture.iter().enumerate() {
+            if m.path.is_none() && m.plugin.is_none() {
+                return bad(
+                    &format!("data.mixture[{i}]"),
+                    "name a data file (or `plugin`)",
+                );
+            }
+            if m.weight.is_some_and(|w| !(w > 0.0 && w.is_finite())) {
+                return bad(
+                    &format!("data.mixture[{i}].weight"),
+                    "must be a positive number",
+                );
+            }
         }
         if t.batch_size == 0 {
             return bad("training.batch_size", "must be at least 1");

@@ -24,6 +24,7 @@ pub struct Pair {
 }
 
 /// A pair before tokenization: where it came from, the prompt, and the two answers.
+#[derive(Clone)]
 pub struct PairRecord {
     pub at: String,
     pub prompt: Vec<Message>,

@@ -16,6 +16,7 @@ pub mod error;
 pub mod export;
 pub mod grpo;
 pub mod linear;
+pub mod mixture;
 pub mod model;
 pub mod ops;
 pub mod optim;
@@ -47,7 +48,98 @@ use std::path::{Path, PathBuf};
 pub struct Sources<'a> {
     pub train: Option<&'a mut dyn DataSource>,
     pub validation: Option<&'a mut dyn DataSource>,
+    /// One per `data.mixture` entry (none for a file), in order.
+    pub mixture: Vec<Option<&'a mut dyn DataSource>>,
     pub rewards: Vec<Box<dyn RewardFn>>,
+}
+
+/// The training stream: `data.train` as read by `read`, or every `data.mixture` source read
+/// by it and drawn into one (`mixture`).
+fn read_train<T: Clone>(
+    cfg: &TrainConfig,
+    train: Option<&mut dyn DataSource>,
+    mixture: Vec<Option<&mut dyn DataSource>>,
+    mut read: impl FnMut(&config::SourceSection, Option<&mut dyn DataSource>, &str) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    if cfg.data.mixture.is_empty() {
+        return read(&cfg.data.train, train, "data.train");
+    }
+    let mut plugins = mixture.into_iter();
+    let mut sets = Vec::new();
+    for (i, m) in cfg.data.mixture.iter().enumerate() {
+        let key = format!("data.mixture[{i}]");
+        let set = read(m, plugins.next().flatten(), &key)?;
+        if set.is_empty() {
+            return Err(TrainError::Config {
+                file: key,
+                msg: "has no examples".into(),
+            });
+        }
+        sets.push(set);
+    }
+    let weights: Vec<f64> = cfg
+        .data
+        .mixture
+        .iter()
+        .map(|m| m.weight.unwrap_or(1.0))
+        .collect();
+    Ok(mixture::interleave(
+        sets,
+        &weights,
+        cfg.data_seed(),
+        cfg.data.mixture_stopping,
+    ))
+}
+
+/// Records of one kind as a list (a mixture needs every source in the same shape).
+enum Row {
+    Chat(String, galley_core::Example),
+    Text(String),
+}
+
+impl Clone for Row {
+    fn clone(&self) -> Self {
+        match self {
+            Row::Chat(at, e) => Row::Chat(at.clone(), e.clone()),
+            Row::Text(t) => Row::Text(t.clone()),
+        }
+    }
+}
+
+fn rows(r: Records) -> Vec<Row> {
+    match r {
+        Records::Chats(c) => c.into_iter().map(|(at, e)| Row::Chat(at, e)).collect(),
+        Records::Text(t) => t.into_iter().map(Row::Text).collect(),
+    }
+}
+
+fn records(rows: Vec<Row>) -> Result<Records> {
+    let chats = rows.iter().filter(|r| matches!(r, Row::Chat(..))).count();
+    if chats != 0 && chats != rows.len() {
+        return Err(TrainError::Config {
+            file: "data.mixture".into(),
+            msg: "mixes plain text with conversations; mix sources of one kind".into(),
+        });
+    }
+    Ok(if chats == 0 && !rows.is_empty() {
+        Records::Text(
+            rows.into_iter()
+                .filter_map(|r| match r {
+                    Row::Text(t) => Some(t),
+                    Row::Chat(..) => None,
+                })
+                .collect(),
+        )
+    } else {
+        Records::Chats(
+            rows.into_iter()
+                .filter_map(|r| match r {
+                    Row::Chat(at, e) => Some((at, e)),
+                    Row::Text(_) => None,
+                })
+                .collect(),
+        )
+    })
 }
 
 /// A run's examples, in the shape its objective trains on.
@@ -207,7 +299,7 @@ fn read_pairs(cfg: &TrainConfig, skipped: &mut Skipped) -> Result<Raw> {
         recs.truncate(src.limit.unwrap_or(usize::MAX));
         Ok(recs)
     };
-    let train = read(&cfg.data.train, "data.train")?;
+    let train = read_train(cfg, None, Vec::new(), |src, _, key| read(src, key))?;
     let val = match &cfg.data.validation {
         Some(v) => Some(read(v, "data.validation")?),
         None => None,
@@ -229,22 +321,26 @@ fn read_prompts(cfg: &TrainConfig, sources: Sources, skipped: &mut Skipped) -> R
         }
         (p, _) => read_records(cfg, src, p, skipped),
     };
-    let train = read(&cfg.data.train, sources.train)?;
+    let train = read_train(cfg, sources.train, sources.mixture, |src, p, _| {
+        read(src, p).map(rows)
+    })?;
     let val = match (&cfg.data.validation, sources.validation) {
         (Some(v), p) => Some(read(v, p)?),
         (None, _) => None,
     };
-    Ok(Raw::Prompts(train, val))
+    Ok(Raw::Prompts(records(train)?, val))
 }
 
 /// Reads pre-training text or SFT conversations, from files or data-loader plugins.
 fn read_lm(cfg: &TrainConfig, sources: Sources, skipped: &mut Skipped) -> Result<Raw> {
-    let train = read_records(cfg, &cfg.data.train, sources.train, skipped)?;
+    let train = read_train(cfg, sources.train, sources.mixture, |src, p, _| {
+        read_records(cfg, src, p, skipped).map(rows)
+    })?;
     let val = match (&cfg.data.validation, sources.validation) {
         (Some(v), p) => Some(read_records(cfg, v, p, skipped)?),
         (None, _) => None,
     };
-    Ok(Raw::Lm(train, val))
+    Ok(Raw::Lm(records(train)?, val))
 }
 
 /// The model to train, its tokenizer and chat template, and what it was loaded from.

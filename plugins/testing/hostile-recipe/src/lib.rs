@@ -1,5 +1,6 @@
 //! TEST ONLY. A recipe that traps, loops forever or plans nonsense as its plan settings'
-//! `mode` says (`trap-plan`, `loop-plan`, `trap-metrics`, `loop-metrics`, `duplicate`).
+//! `mode` says (`trap-plan`, `loop-plan`, `trap-metrics`, `loop-metrics`, `duplicate`), or plans an
+//! SFT stage on its own data file (`sft-data`, with `path`).
 
 use galley_sdk::recipe::{Decision, Recipe, Stage};
 use galley_sdk::serde_json::json;
@@ -20,6 +21,12 @@ impl Recipe for Hostile {
                 Stage::new("a", "sft", json!({})),
                 Stage::new("a", "grpo", json!({})),
             ]),
+            // A recipe bringing its own data (two of them fused: a mixture).
+            "sft-data" => Ok(vec![Stage::new(
+                "train",
+                "sft",
+                json!({"data": {"train": {"path": config.get_str("path").unwrap_or("missing")}}}),
+            )]),
             // A training stage, so a failing `on-metrics` meets a checkpoint to keep.
             "trap-metrics" | "loop-metrics" => Ok(vec![Stage::new("train", "sft", json!({}))]),
             _ => Ok(vec![Stage::new("only", "evaluate", json!({}))]),
