@@ -353,6 +353,9 @@ pub fn plan(args: PlanArgs) -> Result<()> {
             );
         }
         for (k, v) in galley_run::plan::leaves(&st.settings) {
+            if k == "model.path" && st.model_from.is_some() {
+                continue; // replaced by the earlier stage's model when the stage starts
+            }
             let from = st.origin.get(&k).map(String::as_str).unwrap_or("host");
             println!("   {k:<34} {:<28} {from}", v.to_string());
         }

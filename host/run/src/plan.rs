@@ -657,3 +657,132 @@ fn count_examples(path: &Path) -> Option<usize> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(label: &str, priority: i64, stages: &[(&str, &str, Value)]) -> RecipePlan {
+        RecipePlan {
+            label: label.into(),
+            priority,
+            stages: stages
+                .iter()
+                .map(|(n, k, c)| Stage {
+                    name: n.to_string(),
+                    kind: k.to_string(),
+                    config: c.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn cfg(yaml: &str) -> RunConfig {
+        galley_core::config::parse(yaml, "run.yaml", &[], &galley_core::config::no_expand).unwrap()
+    }
+
+    #[test]
+    fn flat_recipe_keys_land_in_their_sections() {
+        let v = normalize("grpo", &json!({"epochs": 2, "beta": 0.1, "max_length": 64})).unwrap();
+        assert_eq!(
+            v,
+            json!({"training": {"epochs": 2}, "grpo": {"beta": 0.1}, "data": {"max_length": 64}})
+        );
+        // `beta` is DPO's own in a DPO stage.
+        let v = normalize("dpo", &json!({"beta": 0.2})).unwrap();
+        assert_eq!(v, json!({"dpo": {"beta": 0.2}}));
+        let e = normalize("sft", &json!({"epoch": 1})).unwrap_err();
+        assert!(e.contains("unknown setting `epoch`"), "{e}");
+    }
+
+    #[test]
+    fn layers_in_order_and_names_their_origin() {
+        let c = cfg(
+            "model: m.gguf\nseed: 3\ndefaults:\n  sft: {training: {epochs: 5, batch_size: 2}}\nstage:\n  s: {training: {batch_size: 8}}\n",
+        );
+        let r = recipe("a/r@0.1.0", 0, &[("s", "sft", json!({"epochs": 1}))]);
+        let p = build(&c, &[r], Path::new("/runs/x")).unwrap();
+        let s = &p.stages[0];
+        assert_eq!(
+            s.settings["training"]["epochs"], 1,
+            "the recipe over defaults"
+        );
+        assert_eq!(
+            s.settings["training"]["batch_size"], 8,
+            "the override over all"
+        );
+        assert_eq!(s.settings["training"]["seed"], 3);
+        assert_eq!(s.settings["model"]["path"], "m.gguf");
+        assert_eq!(s.settings["training"]["output_dir"], "/runs/x/s");
+        assert_eq!(s.origin["training.epochs"], "recipe a/r@0.1.0 (recipes[0])");
+        assert_eq!(s.origin["training.batch_size"], "override stage.s");
+        assert_eq!(s.origin["training.seed"], "run config");
+    }
+
+    #[test]
+    fn chains_models_and_qualifies_shared_names() {
+        let c = cfg("model: m.gguf\nrecipes: []\nstages: [{name: x, kind: evaluate}]\n");
+        let a = recipe(
+            "n/a@1.0.0",
+            0,
+            &[("t", "sft", json!({})), ("eval", "evaluate", json!({}))],
+        );
+        let b = recipe(
+            "n/b@1.0.0",
+            0,
+            &[("u", "grpo", json!({})), ("eval", "evaluate", json!({}))],
+        );
+        let p = build(&c, &[a, b], Path::new("/r")).unwrap();
+        let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["t", "a.eval", "u", "b.eval", "x"]);
+        assert_eq!(p.stages[2].model_from.as_deref(), Some("t"));
+        assert_eq!(p.stages[4].model_from.as_deref(), Some("u"));
+        assert_eq!(p.stages[0].settings["training"]["save_merged"], true);
+    }
+
+    #[test]
+    fn fused_recipes_conflict_unless_a_priority_settles_it() {
+        let c = cfg("fuse: true\nrecipes: []\nstages: []\n");
+        let a = |p| {
+            recipe(
+                "n/a@1.0.0",
+                p,
+                &[(
+                    "g",
+                    "grpo",
+                    json!({"max_steps": 5, "grpo": {"rewards": [{"builtin": "x"}]}}),
+                )],
+            )
+        };
+        let b = |p| {
+            recipe(
+                "n/b@1.0.0",
+                p,
+                &[(
+                    "g",
+                    "grpo",
+                    json!({"max_steps": 9, "grpo": {"rewards": [{"builtin": "y"}]}}),
+                )],
+            )
+        };
+        let e = build(&c, &[a(0), b(0)], Path::new("/r"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("n/a@1.0.0") && e.contains("n/b@1.0.0") && e.contains("training.max_steps"),
+            "{e}"
+        );
+        let p = build(&c, &[a(0), b(1)], Path::new("/r")).unwrap();
+        assert_eq!(p.stages.len(), 1);
+        assert_eq!(p.stages[0].settings["training"]["max_steps"], 9);
+        // Reward functions join: a weighted sum of both recipes'.
+        assert_eq!(
+            p.stages[0].settings["grpo"]["rewards"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(p.stages[0].owners.len(), 2);
+    }
+}
