@@ -19,8 +19,11 @@ $g plugin install galley/curriculum galley/preference galley/arith galley/math-a
 out=${BENCH_RUN_DIR:-$PWD/../../bench/out/run}
 rm -rf "$out" && mkdir -p "$out"
 start=$(date +%s.%N)
-$g run quickstart.yaml --output "$out/run" --json > "$out/manifest.json"
+# What a user sees (stage lines on stderr, the summary on stdout) is kept in run.log.
+$g run quickstart.yaml --output "$out/run" > "$out/run.log" 2> "$out/stderr.log"
 run_s=$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$start")
+cp "$out/run/run.json" "$out/manifest.json"
+grep -v " WARN " "$out/stderr.log" || true; cat "$out/run.log"
 # The peer: every stage again as its own command, from the configs the run resolved.
 peer_s=0
 for stage in $(python3 -c "import json,sys; [print(s['name'] + ':' + s['kind'] + ':' + str(s['steps'] or 0)) for s in json.load(open(sys.argv[1]))['stages']]" "$out/manifest.json"); do

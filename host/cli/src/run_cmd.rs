@@ -578,9 +578,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         );
         for s in &m.stages {
             for (k, path) in &s.outputs {
-                println!("  {:<10} {k:<8} {}", s.name, path.display());
+                println!("  {:<16} {k:<8} {}", s.name, path.display());
             }
         }
+        print!("{}", scores_table(&m.stages));
         let overhead = m.overhead_seconds();
         println!(
             "orchestration {:.2} s ({:.2}% of the run)",
@@ -602,6 +603,40 @@ pub fn run(args: RunArgs) -> Result<()> {
         Status::Failed(e) => bail!("{e}"),
         Status::Finished | Status::Stopped(_) => Ok(()),
     }
+}
+
+/// Each task metric measured by more than one evaluation stage, side by side: the run's
+/// before and after.
+fn scores_table(stages: &[StageRecord]) -> String {
+    let evals: Vec<&StageRecord> = stages.iter().filter(|s| s.kind == "evaluate").collect();
+    let mut keys: Vec<&String> = evals
+        .iter()
+        .flat_map(|s| s.metrics.keys())
+        .filter(|k| !k.contains("stderr"))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let keys: Vec<&String> = keys
+        .into_iter()
+        .filter(|k| evals.iter().filter(|s| s.metrics.contains_key(*k)).count() > 1)
+        .collect();
+    if keys.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("{:<28}", "scores");
+    for s in &evals {
+        out.push_str(&format!(" {:>16}", s.name));
+    }
+    out.push('\n');
+    for k in keys {
+        out.push_str(&format!("{k:<28}"));
+        for s in &evals {
+            let v = s.metrics.get(k).map_or("-".into(), |v| format!("{v:.4}"));
+            out.push_str(&format!(" {v:>16}"));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// A replay reads the same data: each recorded data file must still have its digest.

@@ -296,6 +296,11 @@ impl Runner<'_> {
             }
         }
         let metrics = out.out_dir.join("metrics.jsonl");
+        rec.outputs.insert("plot".into(), out.plot.clone());
+        let rewards = out.out_dir.join("reward.png");
+        if rewards.is_file() {
+            rec.outputs.insert("rewards".into(), rewards);
+        }
         last_values(&metrics, &mut rec.metrics);
         rec.metrics_digest = Some(manifest::metrics_digest(&metrics)?);
         let model = out.model.clone();
