@@ -570,3 +570,52 @@ stage:
         "{summary}"
     );
 }
+
+#[test]
+fn lora_stages_hand_on_their_adapters_and_merge_writes_the_same_model() {
+    let tmp = project();
+    let d = tmp.path();
+    write_config(
+        d,
+        "lora.yaml",
+        "stages:
+  - {name: sft, kind: sft, settings: {max_steps: 2, tuning: lora, learning_rate: 0.05}}
+  - {name: dpo, kind: dpo, settings: {max_steps: 2, tuning: lora, learning_rate: 0.05}}
+  - {name: eval, kind: evaluate}
+  - {name: merge, kind: merge}
+",
+    );
+    ok(&run(d, &["run", "lora.yaml"]));
+    let r = d.join("runs/lora");
+    // No merged model is written to hand a LoRA stage's weights on: the next stage applies
+    // the adapters in memory.
+    assert!(!r.join("sft/model").exists() && !r.join("dpo/model").exists());
+    let dpo_cfg = std::fs::read_to_string(r.join("dpo/config.yaml")).unwrap();
+    assert!(dpo_cfg.contains("runs/lora/sft/adapter"), "{dpo_cfg}");
+    let results = json_file(&r.join("eval/results.json"));
+    assert_eq!(
+        results["model"]["adapters"].as_array().unwrap().len(),
+        2,
+        "{results}"
+    );
+    // The merge stage folds both adapters in: the merged model scores exactly the same.
+    assert!(r.join("merge/model/model.safetensors").is_file());
+    let alone = ok(&run(
+        d,
+        &[
+            "eval",
+            "--model",
+            "runs/lora/merge/model",
+            "--tasks",
+            "sums.yaml",
+            "--limit",
+            "8",
+            "--json",
+        ],
+    ));
+    let alone: serde_json::Value = serde_json::from_str(&alone).unwrap();
+    assert_eq!(
+        alone["results"]["sums"]["acc,none"], results["results"]["sums"]["acc,none"],
+        "{alone}"
+    );
+}

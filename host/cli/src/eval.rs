@@ -169,7 +169,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let load = galley_model::LoadOptions {
         dequantize: cfg.dequantize,
     };
-    let mut engine = galley_model::NativeEngine::open(&path, adapter.as_deref(), &device, load)
+    let stacked: Vec<&Path> = adapter.as_deref().into_iter().collect();
+    let mut engine = galley_model::NativeEngine::open(&path, &stacked, &device, load)
         .with_context(|| format!("loading {}", path.display()))?;
     engine.batch_tokens = cfg.batch_tokens.max(64);
     eprintln!(
@@ -197,7 +198,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut judge = match &cfg.judge_model {
         Some(spec) => {
             let p = crate::models::resolve(spec)?;
-            let j = galley_model::NativeEngine::open(&p, None, &device, Default::default())
+            let j = galley_model::NativeEngine::open(&p, &[], &device, Default::default())
                 .with_context(|| format!("loading the judge {}", p.display()))?;
             Some(j)
         }

@@ -60,15 +60,15 @@ impl NativeEngine {
         }
     }
 
-    /// The model at `path` (a `.gguf` file or HF folder), with a PEFT adapter applied in
-    /// memory when given, as an engine named after the path.
+    /// The model at `path` (a `.gguf` file or HF folder), with PEFT adapters applied in
+    /// memory in order, as an engine named after the path.
     pub fn open(
         path: &std::path::Path,
-        adapter: Option<&std::path::Path>,
+        adapters: &[&std::path::Path],
         device: &candle_core::Device,
         opts: crate::LoadOptions,
     ) -> crate::Result<Self> {
-        let m = crate::load_adapted(path, adapter, device, opts)?;
+        let m = crate::load_stacked(path, adapters, device, opts)?;
         Ok(Self::new(
             m.model,
             m.tokenizer,

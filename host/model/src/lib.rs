@@ -27,7 +27,9 @@ pub use config::{Family, LlamaConfig, RopeScaling};
 pub use engine::NativeEngine;
 pub use error::{ModelError, Result};
 pub use generate::{Completion, Finish, generate};
-pub use load::{Checkpoint, LoadOptions, LoadedModel, load, load_adapted, load_with, open};
+pub use load::{
+    Checkpoint, LoadOptions, LoadedModel, load, load_adapted, load_stacked, load_with, open,
+};
 pub use model::{Cache, Llama};
 pub use sample::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

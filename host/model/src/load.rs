@@ -49,8 +49,20 @@ pub fn load_adapted(
     device: &Device,
     opts: LoadOptions,
 ) -> Result<LoadedModel> {
+    let adapters: Vec<&Path> = adapter.into_iter().collect();
+    load_stacked(path, &adapters, device, opts)
+}
+
+/// [`load_with`], with PEFT LoRA adapters applied over the base in memory, in order: each
+/// one trained over the base with the ones before it (a run's chained LoRA stages).
+pub fn load_stacked(
+    path: &Path,
+    adapters: &[&Path],
+    device: &Device,
+    opts: LoadOptions,
+) -> Result<LoadedModel> {
     let mut ck = open(path, opts)?;
-    if let Some(dir) = adapter {
+    for dir in adapters {
         ck.weights = crate::adapter::Adapter::load(dir, device)?.apply(ck.weights)?;
     }
     let model = Llama::load(&ck.weights, ck.config, device)?;

@@ -246,7 +246,17 @@ impl Weights {
                 self.check(name, t.dims(), expected)?;
                 Ok(t.to_device(device)?.to_dtype(DType::F32)?)
             }
-            Self::Overlay { base, .. } => base.tensor(name, expected, device),
+            // A dense read (full fine-tuning's trainable copy, a merge) gets the delta too.
+            Self::Overlay { base, deltas } => {
+                let t = base.tensor(name, expected, device)?;
+                match deltas.get(name) {
+                    Some(delta) => {
+                        self.check(name, delta.dims(), expected)?;
+                        Ok((t + delta.to_device(device)?)?)
+                    }
+                    None => Ok(t),
+                }
+            }
         }
     }
 

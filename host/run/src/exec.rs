@@ -56,8 +56,8 @@ pub struct Outcome {
 struct Outputs {
     /// A model folder or file that loads on its own.
     model: Option<PathBuf>,
-    /// An adapter over `base` (a LoRA stage without a merged model).
-    adapter: Option<(PathBuf, PathBuf)>,
+    /// Adapters over `base`, in order (LoRA stages, each trained over the ones before it).
+    adapter: Option<(PathBuf, Vec<PathBuf>)>,
     dataset: Option<PathBuf>,
 }
 
@@ -197,7 +197,7 @@ impl Runner<'_> {
         };
         for (k, p) in [
             ("model", out.model.as_ref()),
-            ("adapter", out.adapter.as_ref().map(|a| &a.1)),
+            ("adapter", out.adapter.as_ref().and_then(|a| a.1.last())),
             ("dataset", out.dataset.as_ref()),
         ] {
             if let Some(p) = p {
@@ -218,16 +218,24 @@ impl Runner<'_> {
     ) -> Result<Outputs, RunError> {
         let mut settings = st.settings.clone();
         if st.model_from.is_some() {
-            let Some(m) = &input.model else {
-                return Err(RunError::stage(
-                    &st.name,
-                    format!(
-                        "stage `{}` left no model to train from",
-                        st.model_from.as_deref().unwrap_or_default()
-                    ),
-                ));
-            };
-            settings["model"]["path"] = serde_json::json!(m);
+            // A whole model, or the base with the adapters the earlier stages trained: they
+            // are applied in memory, no merged model is written to hand over.
+            match (&input.model, &input.adapter) {
+                (Some(m), _) => settings["model"]["path"] = serde_json::json!(m),
+                (None, Some((base, chain))) => {
+                    settings["model"]["path"] = serde_json::json!(base);
+                    settings["model"]["adapters"] = serde_json::json!(chain);
+                }
+                (None, None) => {
+                    return Err(RunError::stage(
+                        &st.name,
+                        format!(
+                            "stage `{}` left no model to train from",
+                            st.model_from.as_deref().unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
         }
         if let Some(d) = data {
             settings["data"]["train"] = serde_json::json!({"path": d});
@@ -276,14 +284,6 @@ impl Runner<'_> {
         let out = galley_train::run(&cfg, sources, false, &mut obs)
             .map_err(|e| RunError::stage(&st.name, e))?;
         rec.steps = Some(out.summary.steps);
-        if st
-            .origin
-            .get("training.save_merged")
-            .is_some_and(|o| o.starts_with("host"))
-        {
-            // Written only so the next stage can start from it: hand-over, not training.
-            ctl.overhead += out.merged_seconds;
-        }
         if let Some(r) = &out.summary.ended_early {
             rec.status = format!("ended early: {r}");
         }
@@ -305,7 +305,11 @@ impl Runner<'_> {
         rec.metrics_digest = Some(manifest::metrics_digest(&metrics)?);
         let model = out.model.clone();
         let adapter = match (&out.adapter, &cfg.model.path) {
-            (Some(a), Some(base)) => Some((base.clone(), a.clone())),
+            (Some(a), Some(base)) => {
+                let mut chain = cfg.model.adapters.clone();
+                chain.push(a.clone());
+                Some((base.clone(), chain))
+            }
             _ => None,
         };
         Ok(Outputs {
@@ -328,14 +332,17 @@ impl Runner<'_> {
             serde_path_to_error::deserialize(st.settings.clone())
                 .map_err(|e| err(&format!("`{}`: {}", e.path(), e.inner())))?;
         s.relative_to(&self.base);
-        let (model, adapter) = match (&input.model, &input.adapter, &s.model) {
-            (_, _, Some(m)) if st.model_from.is_none() => (PathBuf::from(m), s.adapter.clone()),
-            (Some(m), _, _) => (m.clone(), None),
-            (None, Some((base, a)), _) => (base.clone(), Some(a.clone())),
-            (None, None, _) => {
-                return Err(err(&"no model to evaluate: set `model` in the run config"));
-            }
-        };
+        let (model, adapters): (PathBuf, Vec<PathBuf>) =
+            match (&input.model, &input.adapter, &s.model) {
+                (_, _, Some(m)) if st.model_from.is_none() => {
+                    (PathBuf::from(m), s.adapter.iter().cloned().collect())
+                }
+                (Some(m), _, _) => (m.clone(), Vec::new()),
+                (None, Some((base, chain)), _) => (base.clone(), chain.clone()),
+                (None, None, _) => {
+                    return Err(err(&"no model to evaluate: set `model` in the run config"));
+                }
+            };
         let (tasks, groups) = s.select().map_err(|e| err(&e))?;
         let opts = s.options();
         let t = Instant::now();
@@ -346,9 +353,13 @@ impl Runner<'_> {
             dequantize: s.dequantize,
         };
         let device = galley_model::default_device();
-        let mut engine =
-            galley_model::NativeEngine::open(&model, adapter.as_deref(), &device, load)
-                .map_err(|e| err(&format!("loading {}: {e}", model.display())))?;
+        let mut engine = galley_model::NativeEngine::open(
+            &model,
+            &adapters.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+            &device,
+            load,
+        )
+        .map_err(|e| err(&format!("loading {}: {e}", model.display())))?;
         engine.batch_tokens = s.batch_tokens.max(64);
         let started = Instant::now();
         let events = &mut *self.events;
@@ -364,7 +375,8 @@ impl Runner<'_> {
         .map_err(|e| err(&e))?;
         let model_json = serde_json::json!({
             "path": model,
-            "adapter": adapter,
+            "adapter": adapters.last(),
+            "adapters": adapters,
         });
         let results = s.results_json(
             &report,
@@ -414,9 +426,9 @@ impl Runner<'_> {
         let err = |e: &dyn std::fmt::Display| RunError::stage(&st.name, e);
         let s: GenerateSettings = serde_path_to_error::deserialize(st.settings.clone())
             .map_err(|e| err(&format!("`{}`: {}", e.path(), e.inner())))?;
-        let (model, adapter) = match (&input.model, &input.adapter) {
-            (Some(m), _) => (m.clone(), None),
-            (None, Some((b, a))) => (b.clone(), Some(a.clone())),
+        let (model, adapters): (PathBuf, Vec<PathBuf>) = match (&input.model, &input.adapter) {
+            (Some(m), _) => (m.clone(), Vec::new()),
+            (None, Some((b, chain))) => (b.clone(), chain.clone()),
             (None, None) => return Err(err(&"no model to generate with")),
         };
         let data = self.base.join(&s.data);
@@ -424,7 +436,7 @@ impl Runner<'_> {
         let device = galley_model::default_device();
         let mut engine = galley_model::NativeEngine::open(
             &model,
-            adapter.as_deref(),
+            &adapters.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
             &device,
             Default::default(),
         )
@@ -543,8 +555,8 @@ fn merge(
 ) -> Result<Outputs, RunError> {
     let out = dir.join("model");
     match (&input.adapter, &input.model) {
-        (Some((base, adapter)), _) => {
-            galley_train::export::merge_adapter(base, adapter, &out)
+        (Some((base, chain)), _) => {
+            galley_train::export::merge_adapter(base, chain, &out)
                 .map_err(|e| RunError::stage(&st.name, e))?;
         }
         (None, Some(m)) => {

@@ -562,20 +562,6 @@ fn chain(stages: &mut [PlannedStage]) -> Result<(), RunError> {
                 .map(|s| s.name.clone()),
             None => None,
         };
-        let me = stages[i].name.clone();
-        if let Some(from) = stages[i].model_from.clone()
-            && stages[i].is_training()
-            && let Some(p) = stages
-                .iter_mut()
-                .find(|s| s.name == from && s.is_training())
-        {
-            // A later stage trains from this one's model: write it merged.
-            set_path(&mut p.settings, "training.save_merged", json!(true));
-            p.origin.insert(
-                "training.save_merged".into(),
-                format!("host (stage `{me}` trains from it)"),
-            );
-        }
     }
     Ok(())
 }
@@ -737,7 +723,12 @@ mod tests {
         assert_eq!(names, ["t", "a.eval", "u", "b.eval", "x"]);
         assert_eq!(p.stages[2].model_from.as_deref(), Some("t"));
         assert_eq!(p.stages[4].model_from.as_deref(), Some("u"));
-        assert_eq!(p.stages[0].settings["training"]["save_merged"], true);
+        // A LoRA stage hands its adapters on; nothing merged is written for it.
+        assert!(
+            p.stages[0].settings["training"]
+                .get("save_merged")
+                .is_none()
+        );
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct TrainConfig {
 pub struct ModelSection {
     /// A `.gguf` file or an HF checkpoint folder. Leave unset with `init` to pre-train.
     pub path: Option<PathBuf>,
+    /// PEFT LoRA adapters applied over `path` at load, in order (each trained over the base
+    /// with the ones before it): training continues from an earlier LoRA run without
+    /// writing a merged model.
+    pub adapters: Vec<PathBuf>,
     /// Shape of a model initialised from scratch (pre-training).
     pub init: Option<InitSection>,
     /// A tokenizer.json to use, or `train` settings to train one on the training text.
@@ -430,6 +434,7 @@ impl TrainConfig {
         if let Some(p) = self.model.path.as_mut() {
             fix(p)
         }
+        self.model.adapters.iter_mut().for_each(fix);
         fix(&mut self.training.output_dir);
         if let Some(p) = self.model.tokenizer.as_mut().and_then(|t| t.path.as_mut()) {
             fix(p)
@@ -468,6 +473,12 @@ impl TrainConfig {
                 return bad("model.tokenizer", "a new model needs `path` or `train`");
             }
             _ => {}
+        }
+        if !self.model.adapters.is_empty() && self.model.path.is_none() {
+            return bad(
+                "model.adapters",
+                "adapters apply over `model.path`; name it",
+            );
         }
         if self.objective().is_alignment() && self.model.path.is_none() {
             return bad("model.path", "alignment starts from a trained model");

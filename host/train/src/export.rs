@@ -160,13 +160,14 @@ pub fn save_merged(
     save_tokenizer(tok, template, dir)
 }
 
-/// Folds the PEFT adapter in `adapter` into the model at `base` and writes the merged model
-/// (an HF folder with its tokenizer) to `dir`: what a later stage trains from, and what
-/// tools without adapter support load.
-pub fn merge_adapter(base: &Path, adapter: &Path, dir: &Path) -> Result<()> {
+/// Folds the PEFT adapters in `adapters` (in order) into the model at `base` and writes the
+/// merged model (an HF folder with its tokenizer) to `dir`, for tools that load no adapters.
+pub fn merge_adapter(base: &Path, adapters: &[std::path::PathBuf], dir: &Path) -> Result<()> {
     let dev = candle_core::Device::Cpu;
     let mut ck = galley_model::open(base, galley_model::LoadOptions { dequantize: true })?;
-    ck.weights = galley_model::Adapter::load(adapter, &dev)?.apply(ck.weights)?;
+    for a in adapters {
+        ck.weights = galley_model::Adapter::load(a, &dev)?.apply(ck.weights)?;
+    }
     let peft = PeftSection::default();
     let build = crate::model::Build {
         tuning: crate::config::Tuning::Full,

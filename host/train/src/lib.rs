@@ -365,7 +365,7 @@ fn load_model(
         seed: cfg.training.seed,
     };
     if let Some(path) = &cfg.model.path {
-        let ck = galley_model::open(path, LoadOptions { dequantize: false })?;
+        let ck = open_start(cfg, path)?;
         let tokenizer = match cfg.model.tokenizer.as_ref().and_then(|t| t.path.as_ref()) {
             Some(p) => Tokenizer::from_file(p, ck.tokenizer.bos, ck.tokenizer.eos.clone())?,
             None => ck.tokenizer,
@@ -717,6 +717,16 @@ fn dpo_task_for<'a>(
     })
 }
 
+/// The starting model's checkpoint: `model.path` with `model.adapters` applied in memory.
+fn open_start(cfg: &TrainConfig, path: &Path) -> Result<galley_model::Checkpoint> {
+    let mut ck = galley_model::open(path, LoadOptions { dequantize: false })?;
+    for dir in &cfg.model.adapters {
+        ck.weights =
+            galley_model::Adapter::load(dir, &candle_core::Device::Cpu)?.apply(ck.weights)?;
+    }
+    Ok(ck)
+}
+
 /// A frozen copy of the starting model (an alignment reference).
 fn frozen_copy(cfg: &TrainConfig, p: &Prepared) -> Result<TrainModel> {
     let path = cfg
@@ -724,7 +734,7 @@ fn frozen_copy(cfg: &TrainConfig, p: &Prepared) -> Result<TrainModel> {
         .path
         .as_ref()
         .expect("validated: alignment names a model");
-    let ck = galley_model::open(path, LoadOptions { dequantize: false })?;
+    let ck = open_start(cfg, path)?;
     let frozen = config::PeftSection {
         target_modules: Vec::new(),
         ..cfg.peft.clone()
