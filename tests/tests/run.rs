@@ -619,3 +619,36 @@ fn lora_stages_hand_on_their_adapters_and_merge_writes_the_same_model() {
         "{alone}"
     );
 }
+
+#[test]
+fn a_generate_stage_writes_a_dataset_a_later_stage_trains_on() {
+    let tmp = project();
+    let d = tmp.path();
+    write_config(
+        d,
+        "gen.yaml",
+        "stages:
+  - {name: gen, kind: generate, settings: {data: data/chat.jsonl, limit: 5, max_tokens: 6, temperature: 0.8}}
+  - {name: sft, kind: sft, settings: {max_steps: 2, data: {train: {from: gen}}}}
+",
+    );
+    ok(&run(d, &["run", "gen.yaml"]));
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(d.join("runs/gen/gen/generated.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(rows.len(), 5);
+    for r in &rows {
+        // The prompt's turns, then the model's answer in place of the file's.
+        let m = r["messages"].as_array().unwrap();
+        assert_eq!(m.last().unwrap()["role"], "assistant", "{r}");
+        assert_eq!(m[0]["role"], "user", "{r}");
+    }
+    let sft_cfg = std::fs::read_to_string(d.join("runs/gen/sft/config.yaml")).unwrap();
+    assert!(sft_cfg.contains("runs/gen/gen/generated.jsonl"), "{sft_cfg}");
+    let m = json_file(&d.join("runs/gen/run.json"));
+    assert_eq!(m["stages"][1]["steps"], 2);
+    assert_eq!(m["stages"][0]["metrics"]["completions"], 5.0);
+}
