@@ -647,8 +647,44 @@ fn a_generate_stage_writes_a_dataset_a_later_stage_trains_on() {
         assert_eq!(m[0]["role"], "user", "{r}");
     }
     let sft_cfg = std::fs::read_to_string(d.join("runs/gen/sft/config.yaml")).unwrap();
-    assert!(sft_cfg.contains("runs/gen/gen/generated.jsonl"), "{sft_cfg}");
+    assert!(
+        sft_cfg.contains("runs/gen/gen/generated.jsonl"),
+        "{sft_cfg}"
+    );
     let m = json_file(&d.join("runs/gen/run.json"));
     assert_eq!(m["stages"][1]["steps"], 2);
     assert_eq!(m["stages"][0]["metrics"]["completions"], 5.0);
+}
+
+#[test]
+fn a_replay_fetches_the_registry_packages_its_run_used_and_checks_their_signer() {
+    let tmp = project();
+    let d = tmp.path();
+    ok(&run(d, &["plugin", "install", "galley/curriculum"]));
+    write_config(
+        d,
+        "reg.yaml",
+        "recipes:
+  - plugin: galley/curriculum
+    settings: {sft_epochs: 0, grpo_steps: 2, num_generations: 4}
+",
+    );
+    ok(&run(d, &["run", "reg.yaml"]));
+    let m = json_file(&d.join("runs/reg/run.json"));
+    let first_party =
+        std::fs::read_to_string(repo_root().join("registry/default/first-party.pub")).unwrap();
+    let key = first_party.split_whitespace().next().unwrap();
+    let rec = &m["plugins"][0];
+    assert_eq!(rec["spec"], "galley/curriculum");
+    assert_eq!(rec["signer"], key, "{rec}");
+    assert!(rec["digest"].as_str().unwrap().starts_with("sha256:"));
+    // A machine without the package: the replay installs it as galley.lock pins it.
+    std::fs::remove_dir_all(d.join(".galley/plugins")).unwrap();
+    let o = run(d, &["run", "--replay", "runs/reg/run.json"]);
+    assert!(ok(&o).contains("identical"), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("fetching galley/curriculum"),
+        "{}",
+        stderr(&o)
+    );
 }

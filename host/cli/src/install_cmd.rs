@@ -173,6 +173,24 @@ pub fn install(a: InstallArgs) -> Result<()> {
     })
 }
 
+/// Installs exactly what the project's galley.lock pins, each package from its own registry
+/// (a replay fetching the plugins its run used); returns what was installed.
+pub fn install_project_lock() -> Result<Vec<Installed>> {
+    let project = ProjectArgs {
+        into: PathBuf::from(galley_registry::DEFAULT_INSTALL_DIR),
+        lock: PathBuf::from(galley_registry::DEFAULT_LOCKFILE),
+    };
+    with_project(&project, Allow::default(), |p| {
+        let open = |l: &str| {
+            crate::open_label(l).map_err(|e| {
+                galley_registry::RegistryError::BadReference(format!("registry `{l}`: {e:#}"))
+            })
+        };
+        let label = crate::registry_label(&None);
+        Ok(p.install_locked(Some(&open), &label)?)
+    })
+}
+
 fn parse_names(names: &[String]) -> Result<Vec<PackageName>> {
     Ok(names
         .iter()

@@ -478,6 +478,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 }
             };
             check_recorded_files(&rec)?;
+            fetch_recorded_plugins(&rec)?;
             (
                 rec.config_file.clone(),
                 rec.config.clone(),
@@ -637,6 +638,30 @@ fn scores_table(stages: &[StageRecord]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A replay runs the same plugins: installed packages the recorded run used that are missing
+/// here are fetched as galley.lock pins them (each from its own registry, checked against the
+/// lock's digest); `plan_run` then checks every plugin against run.json's digest.
+fn fetch_recorded_plugins(rec: &Manifest) -> Result<()> {
+    let locator = PluginLocator::for_file(Some(&rec.config_file));
+    let missing: Vec<&str> = rec
+        .plugins
+        .iter()
+        .filter(|p| p.spec.contains('/') && !p.spec.ends_with(".wasm"))
+        .filter(|p| locator.locate_pinned(&p.spec).is_err())
+        .map(|p| p.spec.as_str())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "replay: fetching {} as galley.lock pins them",
+        missing.join(", ")
+    );
+    crate::install_cmd::install_project_lock()
+        .context("replay: fetching the recorded run's plugins")?;
+    Ok(())
 }
 
 /// A replay reads the same data: each recorded data file must still have its digest.

@@ -583,7 +583,8 @@ fn last_values(path: &Path, into: &mut BTreeMap<String, f64>) {
         if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(line) {
             for (k, v) in m {
                 if let Some(x) = v.as_f64()
-                    && !matches!(k.as_str(), "step" | "tokens_per_s" | "elapsed_s" | "lr")
+                    && !matches!(k.as_str(), "step" | "lr")
+                    && !manifest::volatile(&k)
                 {
                     into.insert(k, x);
                 }

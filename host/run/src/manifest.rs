@@ -143,8 +143,11 @@ pub fn digest_path(path: &Path) -> Result<String, RunError> {
         .map_err(|e| RunError::Io(format!("{}: {e}", path.display())))
 }
 
-/// Keys of a metrics line that measure the machine, not the run.
-const VOLATILE: &[&str] = &["tokens_per_s", "elapsed_s", "seconds", "time"];
+/// Whether a metrics key measures the machine rather than the run: wall-clock seconds and
+/// rates (`elapsed_s`, `rollout_s`, `tokens_per_s`...).
+pub fn volatile(key: &str) -> bool {
+    key.ends_with("_s") || matches!(key, "seconds" | "time")
+}
 
 /// Digest of a JSONL metrics file with the wall-clock fields left out.
 pub fn metrics_digest(path: &Path) -> Result<String, RunError> {
@@ -155,7 +158,7 @@ pub fn metrics_digest(path: &Path) -> Result<String, RunError> {
         let mut v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?;
         if let Some(m) = v.as_object_mut() {
-            m.retain(|k, _| !VOLATILE.contains(&k.as_str()));
+            m.retain(|k, _| !volatile(k));
         }
         h.update(v.to_string().as_bytes());
         h.update(b"\n");
