@@ -13,6 +13,6 @@ GALLEY_EVAL_DATA=$PWD/.cache/eval-data scripts/fetch-eval-data.sh
 galley=$PWD/target/release/galley
 cd examples/run
 $galley plugin install galley/curriculum galley/preference galley/arith galley/math-answer galley/format
-$galley plan quickstart.yaml | head -3
+$galley plan quickstart.yaml > /dev/null   # resolve and verify every plugin first
 rm -rf runs/quickstart
 $galley run quickstart.yaml "$@"
