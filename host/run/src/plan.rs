@@ -151,6 +151,31 @@ pub fn build(cfg: &RunConfig, recipes: &[RecipePlan], run_dir: &Path) -> Result<
         groups.push(vec![c]);
     }
 
+    // Fusing must not reorder any recipe's own stages: each recipe's stages keep its order.
+    for (ri, r) in recipes.iter().enumerate() {
+        let order: Vec<(usize, &str)> = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(gi, g)| {
+                g.iter()
+                    .filter(|c| c.owner == Some(ri))
+                    .map(move |c| (gi, c.name.as_str()))
+            })
+            .collect();
+        let planned: Vec<&str> = r.stages.iter().map(|s| s.name.as_str()).collect();
+        let mut ran: Vec<(usize, &str)> = order.clone();
+        ran.sort_by_key(|(gi, _)| *gi);
+        let ran: Vec<&str> = ran.into_iter().map(|(_, n)| n).collect();
+        if ran != planned {
+            return Err(RunError::Plan(format!(
+                "fusing would run recipe {} (recipes[{ri}])'s stages as {} instead of {}: its stages and another recipe's are in different orders; set `fuse: false` or run them as separate stages",
+                r.label,
+                ran.join(" -> "),
+                planned.join(" -> ")
+            )));
+        }
+    }
+
     // Names: a name two stages share is qualified by the recipe (`curriculum.eval`).
     let mut names: Vec<String> = groups.iter().map(|g| g[0].name.clone()).collect();
     let count = |names: &[String], n: &str| names.iter().filter(|x| *x == n).count();
@@ -775,5 +800,22 @@ mod tests {
             2
         );
         assert_eq!(p.stages[0].owners.len(), 2);
+    }
+
+    #[test]
+    fn fusion_that_would_reorder_a_recipe_is_refused() {
+        let c = cfg("fuse: true\nrecipes: []\nstages: []\n");
+        let a = recipe(
+            "n/a@1.0.0",
+            0,
+            &[("s", "sft", json!({})), ("e", "evaluate", json!({}))],
+        );
+        let b = recipe(
+            "n/b@1.0.0",
+            0,
+            &[("e", "evaluate", json!({})), ("s", "sft", json!({}))],
+        );
+        let e = build(&c, &[a, b], Path::new("/r")).unwrap_err().to_string();
+        assert!(e.contains("recipes[") && e.contains("fuse: false"), "{e}");
     }
 }
