@@ -688,3 +688,36 @@ fn a_replay_fetches_the_registry_packages_its_run_used_and_checks_their_signer()
         stderr(&o)
     );
 }
+
+/// `galley plan run.yaml | head -1`: the reader goes away, galley ends quietly (it panicked
+/// on the closed stdout before).
+#[test]
+fn plan_into_a_closed_pipe_ends_quietly() {
+    use std::io::BufRead;
+    let tmp = project();
+    let d = tmp.path();
+    // More plan than a pipe buffers (64 KiB), so galley is still writing when the reader goes.
+    let stages: String = (0..120)
+        .map(|i| format!("  - {{name: s{i}, kind: sft, settings: {{max_steps: 3}}}}\n"))
+        .collect();
+    write_config(d, "run.yaml", &format!("stages:\n{stages}"));
+    let mut child = std::process::Command::new(galley_bin())
+        .current_dir(d)
+        .args(["plan", "run.yaml"])
+        .env(
+            "GALLEY_CACHE_DIR",
+            repo_root().join("target/test-galley-cache"),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("plan run.yaml"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}

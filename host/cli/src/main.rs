@@ -130,6 +130,15 @@ enum PluginCmd {
 }
 
 fn main() {
+    // `galley plan run.yaml | head` must end quietly when the reader goes away, as other
+    // command-line tools do, not panic on a closed stdout: take the default SIGPIPE back
+    // (the Rust runtime ignores it).
+    #[cfg(unix)]
+    // SAFETY: called first in main, before any thread exists; SIG_DFL is a valid handler
+    // for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
     tracing_subscriber::fmt()
