@@ -721,3 +721,49 @@ fn plan_into_a_closed_pipe_ends_quietly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn resume_keeps_completed_stages_and_continues_where_the_run_stopped() {
+    let tmp = project();
+    let d = tmp.path();
+    // The second stage's data is missing: the run stops there, its first stage done.
+    write_config(
+        d,
+        "run.yaml",
+        "stages:
+  - {name: warm, kind: sft, settings: {max_steps: 3, tuning: lora}}
+  - {name: more, kind: sft, settings: {max_steps: 2, tuning: lora, data: {train: {path: data/more.jsonl}}}}
+  - {name: eval, kind: evaluate}
+",
+    );
+    let err = error_line(&run(d, &["run", "run.yaml"]));
+    assert!(err.contains("more.jsonl"), "{err}");
+    let warm_metrics = std::fs::read(d.join("runs/run/warm/metrics.jsonl")).unwrap();
+    // Another config is refused.
+    let e = error_line(&run(d, &["run", "run.yaml", "--resume", "--set", "seed=8"]));
+    assert!(
+        e.contains("--resume") && e.contains("another config"),
+        "{e}"
+    );
+    std::fs::copy(d.join("data/chat.jsonl"), d.join("data/more.jsonl")).unwrap();
+    let o = run(d, &["run", "run.yaml", "--resume"]);
+    ok(&o);
+    assert!(stderr(&o).contains("warm (sft) kept"), "{}", stderr(&o));
+    // The kept stage was not trained again; the next one started from its adapter.
+    assert_eq!(
+        std::fs::read(d.join("runs/run/warm/metrics.jsonl")).unwrap(),
+        warm_metrics
+    );
+    let more_cfg = std::fs::read_to_string(d.join("runs/run/more/config.yaml")).unwrap();
+    assert!(more_cfg.contains("runs/run/warm/adapter"), "{more_cfg}");
+    let m = json_file(&d.join("runs/run/run.json"));
+    assert_eq!(m["status"], "finished");
+    let names: Vec<&str> = m["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["warm", "more", "eval"]);
+    assert_eq!(m["stages"][1]["steps"], 2);
+}

@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// Print the manifest as JSON at the end (no progress bars).
     #[arg(long)]
     json: bool,
+    /// Continue an interrupted or failed run in its folder: stages it completed are kept,
+    /// the next training stage continues from its newest checkpoint (same config needed).
+    #[arg(long, conflicts_with = "replay")]
+    resume: bool,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -389,6 +393,17 @@ impl Observer for RunEvents {
 }
 
 impl Events for RunEvents {
+    fn stage_kept(&mut self, index: usize, count: usize, rec: &StageRecord) {
+        if !self.quiet {
+            eprintln!(
+                "[{}/{count}] {} ({}) kept from the earlier attempt: {}",
+                index + 1,
+                rec.name,
+                rec.kind,
+                rec.status
+            );
+        }
+    }
     fn stage_start(&mut self, index: usize, count: usize, st: &PlannedStage) {
         if !self.quiet {
             eprintln!("[{}/{count}] {} ({})", index + 1, st.name, st.kind);
@@ -521,6 +536,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     for st in &p.plan.stages {
         galley_run::plan::estimate(st, &p.base)?;
     }
+    let (kept, kept_data) = if args.resume {
+        kept_stages(&p.run_dir, &p.cfg, &args.set, &p.plan)?
+    } else {
+        Default::default()
+    };
     let manifest = Manifest {
         galley_version: env!("CARGO_PKG_VERSION").into(),
         galley_revision: option_env!("GALLEY_REVISION").map(String::from),
@@ -530,7 +550,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         plan: p.plan.clone(),
         plugins: p.host.records(),
         model: None,
-        data: Vec::new(),
+        data: kept_data,
         seed: p.cfg.seed,
         threads: rayon::current_num_threads(),
         stages: Vec::new(),
@@ -565,6 +585,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         recipes: p.recipes,
         host: &mut host,
         events: &mut events,
+        kept,
+        resume: args.resume,
     };
     let outcome = runner.run(&p.plan, manifest)?;
     let m = &outcome.manifest;
@@ -662,6 +684,40 @@ fn fetch_recorded_plugins(rec: &Manifest) -> Result<()> {
     crate::install_cmd::install_project_lock()
         .context("replay: fetching the recorded run's plugins")?;
     Ok(())
+}
+
+/// What a resumed run keeps: the stages the earlier attempt in `run_dir` completed, in plan
+/// order, when its config and overrides are this one's.
+fn kept_stages(
+    run_dir: &Path,
+    cfg: &RunConfig,
+    overrides: &[String],
+    plan: &galley_run::Plan,
+) -> Result<(Vec<StageRecord>, Vec<galley_run::manifest::FileRecord>)> {
+    let path = run_dir.join("run.json");
+    if !path.exists() {
+        eprintln!("--resume: no {} yet, starting afresh", path.display());
+        return Ok(Default::default());
+    }
+    let rec = Manifest::read(&path)?;
+    if serde_json::to_value(&rec.config)? != serde_json::to_value(cfg)?
+        || rec.overrides != overrides
+    {
+        bail!(
+            "--resume: {} was written under another config or other --set overrides; resume with the same ones (or pick another output_dir)",
+            path.display()
+        );
+    }
+    let done =
+        |s: &StageRecord| s.status.starts_with("finished") || s.status.starts_with("ended early");
+    let kept = rec
+        .stages
+        .into_iter()
+        .zip(&plan.stages)
+        .take_while(|(s, p)| done(s) && s.name == p.name && s.kind == p.kind)
+        .map(|(s, _)| s)
+        .collect();
+    Ok((kept, rec.data))
 }
 
 /// A replay reads the same data: each recorded data file must still have its digest.

@@ -20,6 +20,8 @@ use std::time::Instant;
 /// arrives through the trainer's own `Observer` calls.
 pub trait Events: Observer {
     fn stage_start(&mut self, _index: usize, _count: usize, _stage: &PlannedStage) {}
+    /// A resumed run keeps a stage the earlier attempt completed.
+    fn stage_kept(&mut self, _index: usize, _count: usize, _record: &StageRecord) {}
     /// Evaluation or generation progress: `what` (a task), done of total.
     fn progress(&mut self, _what: &str, _done: usize, _total: usize) {}
     fn stage_end(&mut self, _record: &StageRecord) {}
@@ -72,6 +74,10 @@ pub struct Runner<'a> {
     pub recipes: Vec<(String, Box<dyn Recipe>)>,
     pub host: &'a mut dyn PluginHost,
     pub events: &'a mut dyn Events,
+    /// Resuming: the stages an earlier attempt completed (a prefix of the plan), kept as they
+    /// are; the next training stage continues from its newest checkpoint.
+    pub kept: Vec<StageRecord>,
+    pub resume: bool,
 }
 
 impl Runner<'_> {
@@ -102,6 +108,13 @@ impl Runner<'_> {
         let mut outputs: BTreeMap<String, Outputs> = BTreeMap::new();
         let mut status = Status::Finished;
         for (i, st) in plan.stages.iter().enumerate() {
+            if let Some(rec) = self.kept.get(i).cloned() {
+                let input = self.input_of(st, &outputs);
+                outputs.insert(st.name.clone(), kept_outputs(st, &input, &rec)?);
+                self.events.stage_kept(i, plan.stages.len(), &rec);
+                manifest.stages.push(rec);
+                continue;
+            }
             self.events.stage_start(i, plan.stages.len(), st);
             let t0 = Instant::now();
             let mut ctl = Control::default();
@@ -157,6 +170,17 @@ impl Runner<'_> {
         Ok(Outcome { status, manifest })
     }
 
+    /// What a stage starts from: the outputs of the stage it chains from, else the run's model.
+    fn input_of(&self, st: &PlannedStage, outputs: &BTreeMap<String, Outputs>) -> Outputs {
+        match &st.model_from {
+            Some(from) => outputs.get(from).cloned().unwrap_or_default(),
+            None => Outputs {
+                model: self.run_model(),
+                ..Default::default()
+            },
+        }
+    }
+
     fn stage(
         &mut self,
         st: &PlannedStage,
@@ -164,13 +188,7 @@ impl Runner<'_> {
         ctl: &mut Control,
         manifest: &mut Manifest,
     ) -> Result<(StageRecord, Outputs), RunError> {
-        let input = match &st.model_from {
-            Some(from) => outputs.get(from).cloned().unwrap_or_default(),
-            None => Outputs {
-                model: self.run_model(),
-                ..Default::default()
-            },
-        };
+        let input = self.input_of(st, outputs);
         let data = st
             .data_from
             .as_ref()
@@ -281,7 +299,7 @@ impl Runner<'_> {
             policy: self.cfg.on_plugin_error,
             ctl,
         };
-        let out = galley_train::run(&cfg, sources, false, &mut obs)
+        let out = galley_train::run(&cfg, sources, self.resume, &mut obs)
             .map_err(|e| RunError::stage(&st.name, e))?;
         rec.steps = Some(out.summary.steps);
         if let Some(r) = &out.summary.ended_early {
@@ -483,6 +501,57 @@ impl Runner<'_> {
             ..input.clone()
         })
     }
+}
+
+/// The outputs of a stage an earlier attempt completed, as later stages take them: a training
+/// stage's adapter goes on top of the chain its config.yaml (as trained) started from.
+fn kept_outputs(
+    st: &PlannedStage,
+    input: &Outputs,
+    rec: &StageRecord,
+) -> Result<Outputs, RunError> {
+    let model = rec.outputs.get("model").cloned();
+    let dataset = rec.outputs.get("dataset").cloned();
+    Ok(match st.kind.as_str() {
+        "evaluate" => input.clone(),
+        "generate" => Outputs {
+            dataset,
+            ..input.clone()
+        },
+        "merge" => match model {
+            Some(m) => Outputs {
+                model: Some(m),
+                ..Default::default()
+            },
+            None => input.clone(),
+        },
+        _ => {
+            let adapter = match rec.outputs.get("adapter") {
+                Some(a) => {
+                    let used = rec
+                        .outputs
+                        .get("config")
+                        .cloned()
+                        .unwrap_or_else(|| a.with_file_name("config.yaml"));
+                    let cfg: TrainConfig = galley_core::config::load(
+                        Some(&used),
+                        &[],
+                        &galley_core::config::no_expand,
+                    )
+                    .map_err(|e| RunError::stage(&st.name, e))?;
+                    let mut chain = cfg.model.adapters.clone();
+                    chain.push(a.clone());
+                    cfg.model.path.map(|base| (base, chain))
+                }
+                None => None,
+            };
+            Outputs {
+                model,
+                adapter,
+                dataset: None,
+            }
+        }
+    })
 }
 
 /// `generate` stage settings.
