@@ -316,55 +316,18 @@ pub fn plan(args: PlanArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("plan {} -> {}", p.file.display(), p.run_dir.display());
-    for r in p.host.records() {
-        println!(
-            "  plugin {}  {}  {}",
-            r.id,
-            r.digest,
-            r.signer
-                .map(|s| format!("signed by {s}"))
-                .unwrap_or_else(|| format!("file {}", r.path.display()))
-        );
-    }
-    for (i, (st, est)) in p.plan.stages.iter().zip(&estimates).enumerate() {
-        let owners: Vec<&str> = st
-            .owners
-            .iter()
-            .map(|(o, _)| p.recipes[*o].0.as_str())
-            .collect();
-        println!(
-            "\n{}. {} ({}){}{}",
-            i + 1,
-            st.name,
-            st.kind,
-            if owners.is_empty() {
-                " from the run config".to_string()
-            } else {
-                format!(" from {}", owners.join(" + "))
-            },
-            st.model_from
-                .as_ref()
-                .map(|m| format!(", model from `{m}`"))
-                .unwrap_or_default()
-        );
-        if let Some(e) = est {
-            println!(
-                "   ~{} steps on {} examples, at most {} tokens",
-                e.steps.map_or("?".into(), |s| s.to_string()),
-                e.examples.map_or("?".into(), |s| s.to_string()),
-                e.max_tokens.map_or("?".into(), |s| s.to_string())
-            );
-        }
-        for (k, v) in galley_run::plan::leaves(&st.settings) {
-            if k == "model.path" && st.model_from.is_some() {
-                continue; // replaced by the earlier stage's model when the stage starts
-            }
-            let from = st.origin.get(&k).map(String::as_str).unwrap_or("host");
-            println!("   {k:<34} {:<28} {from}", v.to_string());
-        }
-    }
-    println!("\n(settings not listed take their defaults)");
+    let labels: Vec<String> = p.recipes.iter().map(|(l, _)| l.clone()).collect();
+    print!(
+        "{}",
+        galley_run::report::plan_text(
+            &p.file,
+            &p.run_dir,
+            &p.host.records(),
+            &labels,
+            &p.plan,
+            &estimates
+        )
+    );
     Ok(())
 }
 
@@ -443,22 +406,8 @@ impl Events for RunEvents {
         if self.quiet {
             return;
         }
-        // The headline numbers: losses, rewards, preference accuracy, task scores.
-        const HEAD: &[&str] = &[
-            "loss",
-            "eval_loss",
-            "reward",
-            "eval_reward",
-            "rewards_accuracy",
-            "eval_rewards_accuracy",
-        ];
-        let shown: Vec<String> = rec
-            .metrics
-            .iter()
-            .filter(|(k, _)| {
-                HEAD.contains(&k.as_str()) || (k.contains('/') && rec.kind == "evaluate")
-            })
-            .filter(|(k, _)| !k.contains("stderr"))
+        let shown: Vec<String> = galley_run::report::headline(rec)
+            .into_iter()
             .map(|(k, v)| format!("{k} {v:.4}"))
             .collect();
         eprintln!(
@@ -604,7 +553,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 println!("  {:<16} {k:<8} {}", s.name, path.display());
             }
         }
-        print!("{}", scores_table(&m.stages));
+        print!("{}", galley_run::report::scores_table(&m.stages));
         let overhead = m.overhead_seconds();
         println!(
             "orchestration {:.2} s ({:.2}% of the run)",
@@ -626,40 +575,6 @@ pub fn run(args: RunArgs) -> Result<()> {
         Status::Failed(e) => bail!("{e}"),
         Status::Finished | Status::Stopped(_) => Ok(()),
     }
-}
-
-/// Each task metric measured by more than one evaluation stage, side by side: the run's
-/// before and after.
-fn scores_table(stages: &[StageRecord]) -> String {
-    let evals: Vec<&StageRecord> = stages.iter().filter(|s| s.kind == "evaluate").collect();
-    let mut keys: Vec<&String> = evals
-        .iter()
-        .flat_map(|s| s.metrics.keys())
-        .filter(|k| !k.contains("stderr"))
-        .collect();
-    keys.sort();
-    keys.dedup();
-    let keys: Vec<&String> = keys
-        .into_iter()
-        .filter(|k| evals.iter().filter(|s| s.metrics.contains_key(*k)).count() > 1)
-        .collect();
-    if keys.is_empty() {
-        return String::new();
-    }
-    let mut out = format!("{:<28}", "scores");
-    for s in &evals {
-        out.push_str(&format!(" {:>16}", s.name));
-    }
-    out.push('\n');
-    for k in keys {
-        out.push_str(&format!("{k:<28}"));
-        for s in &evals {
-            let v = s.metrics.get(k).map_or("-".into(), |v| format!("{v:.4}"));
-            out.push_str(&format!(" {v:>16}"));
-        }
-        out.push('\n');
-    }
-    out
 }
 
 /// A replay runs the same plugins: installed packages the recorded run used that are missing

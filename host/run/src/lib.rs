@@ -12,6 +12,7 @@ pub mod config;
 mod exec;
 pub mod manifest;
 pub mod plan;
+pub mod report;
 
 pub use config::RunConfig;
 pub use exec::{Events, Outcome, Runner, Status};
