@@ -753,7 +753,12 @@ impl Observer for StageObserver<'_, '_> {
             Metric::new("epoch", m.epoch),
             Metric::new("tokens", m.tokens as f64),
         ];
-        metrics.extend(m.extra.iter().map(|(k, v)| Metric::new(k.clone(), *v)));
+        metrics.extend(
+            m.extra
+                .iter()
+                .filter(|(k, _)| !manifest::volatile(k))
+                .map(|(k, v)| Metric::new(k.clone(), *v)),
+        );
         self.tell(m.step, metrics);
     }
     fn eval(&mut self, m: &EvalMetrics) {
@@ -761,6 +766,7 @@ impl Observer for StageObserver<'_, '_> {
         let mut metrics: Vec<Metric> = m
             .extra
             .iter()
+            .filter(|(k, _)| !manifest::volatile(k))
             .map(|(k, v)| Metric::new(k.clone(), *v))
             .collect();
         if let Some(l) = m.eval_loss {
