@@ -64,8 +64,10 @@ pub(crate) struct TaskPlugins {
     pub(crate) locator: PluginLocator,
     pub(crate) sandbox: SandboxArgs,
     pub(crate) runtime: Option<Runtime>,
-    /// Every plugin loaded, for a run's manifest.
-    pub(crate) loaded: Vec<galley_runtime::Plugin>,
+    /// Every plugin loaded, with the spec that named it, for a run's manifest.
+    pub(crate) loaded: Vec<(String, galley_runtime::Plugin)>,
+    /// A replay: the digest each spec must have (checked before the plugin runs).
+    pub(crate) expect: std::collections::BTreeMap<String, String>,
 }
 
 impl TaskPlugins {
@@ -74,16 +76,18 @@ impl TaskPlugins {
             self.runtime = Some(self.sandbox.runtime().map_err(|e| format!("{e:#}"))?);
         }
         let rt = self.runtime.as_ref().expect("just opened");
-        let found = self
-            .locator
-            .locate_pinned(spec)
-            .map_err(|e| e.to_string())?;
-        let p = match &found.pinned {
-            Some(d) => rt.load_pinned(&found.path, d),
-            None => rt.load(&found.path),
+        let p =
+            crate::plugins::load(spec, "task", &self.locator, rt).map_err(|e| format!("{e:#}"))?;
+        if let Some(want) = self.expect.get(spec)
+            && want != &p.info().digest
+        {
+            return Err(format!(
+                "plugin `{spec}` ({}) is {}, but the recorded run used {want}: refusing to replay with other bytes",
+                p.id(),
+                p.info().digest
+            ));
         }
-        .map_err(|e| format!("{}: {e}", found.path.display()))?;
-        self.loaded.push(p.clone());
+        self.loaded.push((spec.to_string(), p.clone()));
         Ok(p)
     }
 }
@@ -156,6 +160,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         sandbox: args.sandbox,
         runtime: None,
         loaded: Vec::new(),
+        expect: Default::default(),
     };
     let loaded = galley_eval::load_tasks(&tasks, &opts, &mut plugins)?;
     let spec = cfg

@@ -13,6 +13,15 @@ use galley_runtime::{Grants, Plugin, Runtime};
 use galley_train::config::RewardSpec;
 use galley_train::config::SourceSection;
 
+/// Told of each plugin after it is loaded and before any of its code runs (a run records it
+/// for its manifest, a replay refuses bytes other than the recorded ones); an error stops.
+pub type OnLoad<'a> = dyn FnMut(&str, &Plugin) -> Result<()> + 'a;
+
+/// The `OnLoad` of commands that keep no record.
+pub fn no_record(_: &str, _: &Plugin) -> Result<()> {
+    Ok(())
+}
+
 /// Finds and loads the component `spec` names (an installed package only if its bytes are
 /// the ones galley.lock pins); errors name the config key `KEY.plugin`.
 pub fn load(spec: &str, key: &str, locator: &PluginLocator, rt: &Runtime) -> Result<Plugin> {
@@ -26,24 +35,31 @@ pub fn load(spec: &str, key: &str, locator: &PluginLocator, rt: &Runtime) -> Res
     .with_context(|| format!("{key}.plugin: {}", found.path.display()))
 }
 
+/// Where a command's plugins are found and the limits they run under.
+pub struct Opener<'a> {
+    pub locator: &'a PluginLocator,
+    pub sandbox: &'a SandboxArgs,
+}
+
 /// Opens `specs` in order; `key` names the config list (e.g. `grpo.rewards`) for errors.
 /// Plugin `i` is seeded `derive_seed(seed, [PLUGIN, i])`, so two plugins never share a stream.
 pub fn open_rewards(
     specs: &[RewardSpec],
     key: &str,
-    locator: &PluginLocator,
-    sandbox: &SandboxArgs,
+    at: &Opener<'_>,
     runtime: Option<&Runtime>,
     grants: &Grants,
     seed: u64,
+    on_load: &mut OnLoad<'_>,
 ) -> Result<Vec<Box<dyn RewardFn>>> {
     let mut out: Vec<Box<dyn RewardFn>> = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let key = format!("{key}[{i}]");
         match (&spec.plugin, &spec.builtin, runtime) {
             (Some(name), None, Some(rt)) => {
-                let plugin = load(name, &key, locator, rt)?;
-                let mut sb = sandbox.clone();
+                let plugin = load(name, &key, at.locator, rt)?;
+                on_load(name, &plugin)?;
+                let mut sb = at.sandbox.clone();
                 sb.timeout_ms = spec.limits.timeout_ms.unwrap_or(sb.timeout_ms);
                 sb.memory_mb = spec.limits.memory_mb.unwrap_or(sb.memory_mb);
                 sb.seed = derive_seed(seed, &[purpose::PLUGIN, i as u64]);
@@ -68,21 +84,22 @@ pub fn open_rewards(
 pub fn open_source(
     src: &SourceSection,
     key: &str,
-    locator: &PluginLocator,
-    sandbox: &SandboxArgs,
+    at: &Opener<'_>,
     runtime: &Runtime,
+    on_load: &mut OnLoad<'_>,
 ) -> Result<Option<Box<dyn DataSource>>> {
     let Some(spec) = &src.plugin else {
         return Ok(None);
     };
-    let plugin = load(spec, key, locator, runtime)?;
+    let plugin = load(spec, key, at.locator, runtime)?;
+    on_load(spec, &plugin)?;
     let mut grants = Grants::default();
     for (name, dir) in &src.plugin_dirs {
         grants = grants.allow_dir(name.clone(), dir.clone());
     }
     let settings = src.plugin_config.clone().unwrap_or(serde_json::json!({}));
     let loader = plugin
-        .data_loader(&settings, sandbox.options(grants))
+        .data_loader(&settings, at.sandbox.options(grants))
         .with_context(|| format!("{key}.plugin ({})", plugin.id()))?;
     Ok(Some(Box::new(loader)))
 }

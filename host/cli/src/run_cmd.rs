@@ -8,8 +8,8 @@ use crate::eval::TaskPlugins;
 use crate::plugins::{load, open_rewards, open_source};
 use crate::train::Bar;
 use anyhow::{Context, Result, bail};
+use galley_core::Recipe;
 use galley_core::seed::{derive_seed, purpose};
-use galley_core::{Recipe, RewardFn};
 use galley_registry::PluginLocator;
 use galley_run::manifest::Manifest;
 use galley_run::{
@@ -81,36 +81,49 @@ impl CliHost {
         }
         Ok(self.tasks.runtime.clone().expect("just opened"))
     }
+}
 
-    fn record(&mut self, spec: &str, p: &Plugin) -> Result<()> {
-        let digest = p.info().digest.clone();
-        if let Some(want) = self.expect.get(spec)
-            && want != &digest
-        {
-            bail!(
-                "plugin `{spec}` ({}) is {digest}, but the recorded run used {want}: refusing to replay with other bytes",
-                p.id()
-            );
-        }
-        if self.records.iter().any(|r| r.spec == spec) {
-            return Ok(());
-        }
-        let signer = if spec.contains('/') && !spec.ends_with(".wasm") {
-            galley_registry::Lockfile::load(&self.locator.lock)?
-                .and_then(|l| l.plugins.into_iter().find(|e| e.name.to_string() == spec))
-                .and_then(|e| e.key)
-        } else {
-            None
-        };
-        self.records.push(PluginRecord {
-            spec: spec.to_string(),
-            id: p.id().to_string(),
-            digest,
-            signer,
-            path: self.locator.locate(spec).unwrap_or_default(),
-        });
-        Ok(())
+/// Records a loaded plugin for the manifest (once per spec); a replay's recorded digest must
+/// match before any of the plugin's code runs.
+fn record(
+    records: &mut Vec<PluginRecord>,
+    expect: &BTreeMap<String, String>,
+    locator: &PluginLocator,
+    spec: &str,
+    p: &Plugin,
+) -> Result<()> {
+    let digest = &p.info().digest;
+    if let Some(want) = expect.get(spec)
+        && want != digest
+    {
+        bail!(
+            "plugin `{spec}` ({}) is {digest}, but the recorded run used {want}: refusing to replay with other bytes",
+            p.id()
+        );
     }
+    if !records.iter().any(|r| r.spec == spec) {
+        records.push(plugin_record(locator, spec, p)?);
+    }
+    Ok(())
+}
+
+/// What the manifest says of a plugin: its id, digest, file and — for an installed package —
+/// the signer galley.lock records.
+fn plugin_record(locator: &PluginLocator, spec: &str, p: &Plugin) -> Result<PluginRecord> {
+    let signer = if spec.contains('/') && !spec.ends_with(".wasm") {
+        galley_registry::Lockfile::load(&locator.lock)?
+            .and_then(|l| l.plugins.into_iter().find(|e| e.name.to_string() == spec))
+            .and_then(|e| e.key)
+    } else {
+        None
+    };
+    Ok(PluginRecord {
+        spec: spec.to_string(),
+        id: p.id().to_string(),
+        digest: p.info().digest.clone(),
+        signer,
+        path: locator.locate(spec).unwrap_or_default(),
+    })
 }
 
 impl PluginHost for CliHost {
@@ -118,7 +131,13 @@ impl PluginHost for CliHost {
         let mut inner = || -> Result<(Box<dyn Recipe>, PluginRecord)> {
             let rt = self.runtime()?;
             let plugin = load(spec, "recipes", &self.locator, &rt)?;
-            self.record(spec, &plugin)?;
+            record(
+                &mut self.records,
+                &self.expect,
+                &self.locator,
+                spec,
+                &plugin,
+            )?;
             let mut sb = self.sandbox.clone();
             sb.timeout_ms = self.limits.timeout_ms;
             sb.memory_mb = self.limits.memory_mb;
@@ -136,49 +155,36 @@ impl PluginHost for CliHost {
     fn train_plugins(&mut self, cfg: &TrainConfig, _stage: &str) -> Result<TrainPlugins, String> {
         let mut inner = || -> Result<TrainPlugins> {
             let rt = self.runtime()?;
-            let mut out = TrainPlugins::default();
-            for (src, key, slot) in [
-                (Some(&cfg.data.train), "data.train", 0),
-                (cfg.data.validation.as_ref(), "data.validation", 1),
-            ] {
-                let Some(src) = src else { continue };
-                if let Some(spec) = &src.plugin {
-                    let p = load(spec, key, &self.locator, &rt)?;
-                    self.record(spec, &p)?;
-                }
-                let s = open_source(src, key, &self.locator, &self.sandbox, &rt)?;
-                if slot == 0 {
-                    out.train = s;
-                } else {
-                    out.validation = s;
-                }
+            let locator = &self.locator;
+            let at = crate::plugins::Opener {
+                locator,
+                sandbox: &self.sandbox,
+            };
+            let (records, expect) = (&mut self.records, &self.expect);
+            // Each plugin is loaded once, recorded (and checked) before it runs.
+            let mut on_load = |spec: &str, p: &Plugin| record(records, expect, locator, spec, p);
+            let mut out = TrainPlugins {
+                train: open_source(&cfg.data.train, "data.train", &at, &rt, &mut on_load)?,
+                ..Default::default()
+            };
+            if let Some(src) = &cfg.data.validation {
+                out.validation = open_source(src, "data.validation", &at, &rt, &mut on_load)?;
             }
             for (i, src) in cfg.data.mixture.iter().enumerate() {
                 let key = format!("data.mixture[{i}]");
-                if let Some(spec) = &src.plugin {
-                    let p = load(spec, &key, &self.locator, &rt)?;
-                    self.record(spec, &p)?;
-                }
                 out.mixture
-                    .push(open_source(src, &key, &self.locator, &self.sandbox, &rt)?);
+                    .push(open_source(src, &key, &at, &rt, &mut on_load)?);
             }
             if cfg.objective() == galley_train::config::Objective::Grpo {
-                for r in &cfg.grpo.rewards {
-                    if let Some(spec) = &r.plugin {
-                        let p = load(spec, "grpo.rewards", &self.locator, &rt)?;
-                        self.record(spec, &p)?;
-                    }
-                }
-                let rewards: Vec<Box<dyn RewardFn>> = open_rewards(
+                out.rewards = open_rewards(
                     &cfg.grpo.rewards,
                     "grpo.rewards",
-                    &self.locator,
-                    &self.sandbox,
+                    &at,
                     Some(&rt),
                     &Grants::default(),
                     cfg.training.seed,
+                    &mut on_load,
                 )?;
-                out.rewards = rewards;
             }
             Ok(out)
         };
@@ -191,15 +197,11 @@ impl PluginHost for CliHost {
 
     fn records(&self) -> Vec<PluginRecord> {
         let mut out = self.records.clone();
-        for p in &self.tasks.loaded {
-            if !out.iter().any(|r| r.digest == p.info().digest) {
-                out.push(PluginRecord {
-                    spec: p.id().to_string(),
-                    id: p.id().to_string(),
-                    digest: p.info().digest.clone(),
-                    signer: None,
-                    path: PathBuf::new(),
-                });
+        for (spec, p) in &self.tasks.loaded {
+            if !out.iter().any(|r| &r.spec == spec)
+                && let Ok(rec) = plugin_record(&self.locator, spec, p)
+            {
+                out.push(rec);
             }
         }
         out
@@ -246,6 +248,7 @@ fn plan_run(
             sandbox,
             runtime: None,
             loaded: Vec::new(),
+            expect: expect.clone(),
         },
         limits: cfg.limits.clone(),
         seed: cfg.seed,

@@ -80,11 +80,14 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let mut fns = crate::plugins::open_rewards(
         &cfg.rewards,
         "rewards",
-        &locator,
-        &args.sandbox,
+        &crate::plugins::Opener {
+            locator: &locator,
+            sandbox: &args.sandbox,
+        },
         runtime.as_ref(),
         &grants,
         args.sandbox.seed,
+        &mut crate::plugins::no_record,
     )
     .with_context(|| args.config.display().to_string())?;
     let weights: Vec<f64> = cfg.rewards.iter().map(|r| r.weight).collect();

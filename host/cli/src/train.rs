@@ -117,25 +117,47 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut train_src = None;
     let mut val_src = None;
     let mut mixture = Vec::new();
+    let at = crate::plugins::Opener {
+        locator: &locator,
+        sandbox: &args.sandbox,
+    };
     if let Some(rt) = &runtime {
-        train_src = open_source(&cfg.data.train, "data.train", &locator, &args.sandbox, rt)?;
+        train_src = open_source(
+            &cfg.data.train,
+            "data.train",
+            &at,
+            rt,
+            &mut crate::plugins::no_record,
+        )?;
         if let Some(v) = &cfg.data.validation {
-            val_src = open_source(v, "data.validation", &locator, &args.sandbox, rt)?;
+            val_src = open_source(
+                v,
+                "data.validation",
+                &at,
+                rt,
+                &mut crate::plugins::no_record,
+            )?;
         }
         for (i, m) in cfg.data.mixture.iter().enumerate() {
             let key = format!("data.mixture[{i}]");
-            mixture.push(open_source(m, &key, &locator, &args.sandbox, rt)?);
+            mixture.push(open_source(
+                m,
+                &key,
+                &at,
+                rt,
+                &mut crate::plugins::no_record,
+            )?);
         }
     }
     let rewards = if cfg.objective() == galley_train::config::Objective::Grpo {
         open_rewards(
             &cfg.grpo.rewards,
             "grpo.rewards",
-            &locator,
-            &args.sandbox,
+            &at,
             runtime.as_ref(),
             &Grants::default(),
             cfg.training.seed,
+            &mut crate::plugins::no_record,
         )?
     } else {
         Vec::new()

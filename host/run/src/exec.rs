@@ -583,36 +583,35 @@ type Row = (
     serde_json::Map<String, serde_json::Value>,
 );
 
-/// Prompts from a JSONL file, each with its other columns.
+/// Prompts from a file in GRPO's prompt shapes (galley-train reads them: `prompt` as text or
+/// messages, or `messages`), each with its other columns; a trailing assistant turn is the
+/// answer the stage generates anew.
 fn read_prompts(path: &Path, limit: Option<usize>) -> Result<Vec<Row>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        if limit.is_some_and(|n| rows.len() >= n) {
-            break;
-        }
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let mut obj: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(line).map_err(|e| format!("{}: {e}", at()))?;
-        let msgs = match obj.remove("messages").or_else(|| obj.remove("prompt")) {
-            Some(serde_json::Value::String(s)) => vec![galley_core::Message::new("user", s)],
-            Some(v @ serde_json::Value::Array(_)) => {
-                let mut m: Vec<galley_core::Message> =
-                    serde_json::from_value(v).map_err(|e| format!("{}: `messages`: {e}", at()))?;
-                // A conversation that ends with the answer: generate the answer again.
-                if m.last().is_some_and(|x| x.role == "assistant") {
-                    m.pop();
-                }
-                m
+    let mut skipped = galley_train::data::Skipped::default();
+    let on_bad = galley_train::config::OnBad::Error;
+    let records =
+        galley_train::grpo::read_prompts(path, on_bad, &mut skipped).map_err(|e| e.to_string())?;
+    let galley_train::data::Records::Chats(chats) = records else {
+        return Err(format!("{}: expected prompts", path.display()));
+    };
+    Ok(chats
+        .into_iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .map(|(_, mut ex)| {
+            if ex.messages.last().is_some_and(|m| m.role == "assistant") {
+                ex.messages.pop();
             }
-            _ => return Err(format!("{}: no `messages` or `prompt`", at())),
-        };
-        rows.push((msgs, obj));
-    }
-    Ok(rows)
+            let mut columns: serde_json::Map<String, serde_json::Value> = ex
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_json()))
+                .collect();
+            if !ex.id.is_empty() {
+                columns.insert("id".into(), ex.id.into());
+            }
+            (ex.messages, columns)
+        })
+        .collect())
 }
 
 /// Folds the input's adapter into its base (a no-op for a stage that already left a model).

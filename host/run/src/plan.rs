@@ -578,7 +578,8 @@ fn chain(stages: &mut [PlannedStage]) -> Result<(), RunError> {
         };
         let has_data = stages[i].is_training()
             && (stages[i].settings["data"]["train"]["path"].is_string()
-                || stages[i].settings["data"]["train"]["plugin"].is_string());
+                || stages[i].settings["data"]["train"]["plugin"].is_string()
+                || stages[i].settings["data"]["mixture"].is_array());
         stages[i].data_from = match data {
             Some(x) => Some(x),
             None if stages[i].is_training() && !has_data => stages[..i]

@@ -92,18 +92,10 @@ fn read_train<T: Clone>(
 }
 
 /// Records of one kind as a list (a mixture needs every source in the same shape).
+#[derive(Clone)]
 enum Row {
     Chat(String, galley_core::Example),
     Text(String),
-}
-
-impl Clone for Row {
-    fn clone(&self) -> Self {
-        match self {
-            Row::Chat(at, e) => Row::Chat(at.clone(), e.clone()),
-            Row::Text(t) => Row::Text(t.clone()),
-        }
-    }
 }
 
 fn rows(r: Records) -> Vec<Row> {
@@ -205,8 +197,6 @@ pub struct Outcome {
     pub frozen_bytes: usize,
     /// The process's peak resident memory (VmHWM) at the end of the run, in MiB.
     pub peak_rss_mb: f64,
-    /// Seconds spent writing the merged model (`model`), when one was written.
-    pub merged_seconds: f64,
 }
 
 /// Peak resident memory of this process in MiB (0 where /proc is not available).
@@ -620,12 +610,9 @@ pub fn run(
         export::save_adapter(&p.model, &cfg.peft, &p.base, &dir)?;
         adapter = Some(dir);
     }
-    let mut merged_seconds = 0.0;
     if cfg.tuning() == Tuning::Full || cfg.training.save_merged {
         let dir = out.join("model");
-        let t = std::time::Instant::now();
         export::save_merged(&p.model, &p.tokenizer, p.template.as_ref(), &dir)?;
-        merged_seconds = t.elapsed().as_secs_f64();
         model_dir = Some(dir);
     }
     let outcome = Outcome {
@@ -640,7 +627,6 @@ pub fn run(
         trainable_params: p.model.trainable_params(),
         frozen_bytes: p.model.frozen_bytes(),
         peak_rss_mb: peak_rss_mb(),
-        merged_seconds,
     };
     let sp = out.join("summary.json");
     std::fs::write(&sp, serde_json::to_string_pretty(&outcome).expect("json"))
