@@ -583,35 +583,57 @@ type Row = (
     serde_json::Map<String, serde_json::Value>,
 );
 
-/// Prompts from a file in GRPO's prompt shapes (galley-train reads them: `prompt` as text or
-/// messages, or `messages`), each with its other columns; a trailing assistant turn is the
-/// answer the stage generates anew.
+/// Prompts from a dataset file in GRPO's prompt shapes (galley-train reads them: `prompt` as
+/// text or messages, or `messages`), each with its other columns; a trailing assistant turn
+/// is the answer the stage generates anew.
 fn read_prompts(path: &Path, limit: Option<usize>) -> Result<Vec<Row>, String> {
+    use galley_train::dataset::{Content, Item};
     let mut skipped = galley_train::data::Skipped::default();
+    let src = galley_train::config::SourceSection {
+        limit,
+        ..Default::default()
+    };
     let on_bad = galley_train::config::OnBad::Error;
     let records =
-        galley_train::grpo::read_prompts(path, on_bad, &mut skipped).map_err(|e| e.to_string())?;
-    let galley_train::data::Records::Chats(chats) = records else {
-        return Err(format!("{}: expected prompts", path.display()));
-    };
-    Ok(chats
+        galley_train::dataset::read(&src, path, on_bad, &mut skipped).map_err(|e| e.to_string())?;
+    records
         .into_iter()
-        .take(limit.unwrap_or(usize::MAX))
-        .map(|(_, mut ex)| {
-            if ex.messages.last().is_some_and(|m| m.role == "assistant") {
-                ex.messages.pop();
+        .map(|r| {
+            let mut messages = match r.item {
+                Item::PromptOnly(Content::Chat(m)) | Item::Lm(Content::Chat(m)) => m,
+                Item::PromptOnly(Content::Text(t)) => vec![galley_core::Message::new("user", t)],
+                Item::PromptCompletion {
+                    prompt: Content::Text(t),
+                    ..
+                } => {
+                    vec![galley_core::Message::new("user", t)]
+                }
+                Item::PromptCompletion {
+                    prompt: Content::Chat(m),
+                    ..
+                } => m,
+                other => {
+                    return Err(format!(
+                        "{}: a {} record; generation reads prompts (`prompt` or `messages`)",
+                        r.at,
+                        other.type_name()
+                    ));
+                }
+            };
+            if messages.last().is_some_and(|m| m.role == "assistant") {
+                messages.pop();
             }
-            let mut columns: serde_json::Map<String, serde_json::Value> = ex
+            let mut columns: serde_json::Map<String, serde_json::Value> = r
                 .metadata
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_json()))
                 .collect();
-            if !ex.id.is_empty() {
-                columns.insert("id".into(), ex.id.into());
+            if !r.id.is_empty() {
+                columns.insert("id".into(), r.id.into());
             }
-            (ex.messages, columns)
+            Ok((messages, columns))
         })
-        .collect())
+        .collect()
 }
 
 /// Folds the input's adapter into its base (a no-op for a stage that already left a model).

@@ -122,6 +122,29 @@ pub struct SourceSection {
     pub limit: Option<usize>,
     /// This source's share of a `data.mixture` (relative to the others'; default 1).
     pub weight: Option<f64>,
+    /// The dataset's type (TRL's): detected from its columns unless named.
+    pub r#type: DatasetType,
+    /// Column mapping: galley's name -> the dataset's (`{prompt: question}`).
+    pub columns: std::collections::BTreeMap<String, String>,
+}
+
+/// TRL's dataset types (each standard or conversational, which the values say).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetType {
+    /// From the columns, as TRL decides.
+    #[default]
+    Auto,
+    /// `text` or `messages`.
+    LanguageModeling,
+    /// `prompt`.
+    PromptOnly,
+    /// `prompt`, `completion`.
+    PromptCompletion,
+    /// `prompt`, `chosen`, `rejected` (or the prompt implicit in `chosen`/`rejected`).
+    Preference,
+    /// `prompt`, `completion`, `label`.
+    UnpairedPreference,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

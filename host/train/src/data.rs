@@ -6,6 +6,7 @@
 //! Batching pads on the right (causal attention never looks at the padding) or packs.
 
 use crate::config::{DataSection, Format, LossOn, OnBad, SourceSection, Truncation};
+use crate::dataset::{Content, Item, Record};
 use crate::error::{Result, TrainError, file_err};
 use crate::ops::IGNORE;
 use galley_core::seed::{derive_seed, purpose};
@@ -37,9 +38,10 @@ impl Skipped {
     }
 }
 
-/// Raw records before tokenization: conversations (with where they came from) or text.
+/// Raw records before tokenization: records of TRL's dataset types, or plain text to cut
+/// into blocks (pre-training from `.txt`).
 pub enum Records {
-    Chats(Vec<(String, Example)>),
+    Items(Vec<Record>),
     Text(Vec<String>),
 }
 
@@ -50,55 +52,55 @@ fn data_err(at: impl Into<String>, msg: impl Into<String>) -> TrainError {
     }
 }
 
-fn format_of(src: &SourceSection, path: &Path) -> Format {
+fn is_text(src: &SourceSection, path: &Path) -> bool {
     match src.format {
+        Some(Format::Text) => true,
         Some(Format::Auto) | None => {
-            if path.is_dir() {
-                return Format::Text;
-            }
-            match path.extension().and_then(|e| e.to_str()) {
-                Some("json") => Format::Alpaca,
-                Some("txt") | Some("text") | Some("md") => Format::Text,
-                _ => Format::Conversations,
-            }
+            let ext = path.extension().and_then(|e| e.to_str());
+            matches!(ext, Some("txt") | Some("text") | Some("md"))
+                || (path.is_dir()
+                    && galley_data::files(path).is_err()
+                    && !read_dir_txt(path).is_empty())
         }
-        Some(f) => f,
+        Some(_) => false,
     }
 }
 
-/// Reads a file source. Bad records are an error (`OnBad::Error`) or counted in `skipped`.
+fn read_dir_txt(path: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Reads a file source: plain text (`.txt`, or a folder of them), or any dataset file
+/// galley-data reads, as TRL's types. Bad records are an error (`OnBad::Error`) or counted in
+/// `skipped`.
 pub fn read_file(
     src: &SourceSection,
     path: &Path,
     on_bad: OnBad,
     skipped: &mut Skipped,
 ) -> Result<Records> {
-    let recs = match format_of(src, path) {
-        Format::Text => Records::Text(read_text(path)?),
-        Format::Alpaca => Records::Chats(read_alpaca(path, on_bad, skipped)?),
-        _ => Records::Chats(read_jsonl(path, on_bad, skipped)?),
-    };
-    Ok(match (recs, src.limit) {
-        (Records::Chats(mut c), Some(n)) => {
-            c.truncate(n);
-            Records::Chats(c)
-        }
-        (r, _) => r,
-    })
+    if is_text(src, path) {
+        return Ok(Records::Text(read_text(path)?));
+    }
+    Ok(Records::Items(crate::dataset::read(
+        src, path, on_bad, skipped,
+    )?))
 }
 
 fn read_text(path: &Path) -> Result<Vec<String>> {
-    let mut files: Vec<PathBuf> = if path.is_dir() {
-        std::fs::read_dir(path)
-            .map_err(|e| file_err(path, e))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-            .collect()
+    let files = if path.is_dir() {
+        read_dir_txt(path)
     } else {
         vec![path.to_path_buf()]
     };
-    files.sort();
     if files.is_empty() {
         return Err(file_err(path, "no .txt files"));
     }
@@ -112,36 +114,6 @@ fn read_text(path: &Path) -> Result<Vec<String>> {
         .collect()
 }
 
-fn read_jsonl(path: &Path, on_bad: OnBad, skipped: &mut Skipped) -> Result<Vec<(String, Example)>> {
-    read_lines(path, on_bad, skipped, |line| {
-        serde_json::from_str::<Example>(line)
-            .map_err(|e| format!("not a conversation ({{\"messages\": [...]}}): {e}"))
-    })
-}
-
-/// Reads a JSONL file a record per non-empty line, each tagged `file:line`; a line `parse`
-/// refuses is an error or skipped and counted, as `on_bad` says.
-pub fn read_lines<T>(
-    path: &Path,
-    on_bad: OnBad,
-    skipped: &mut Skipped,
-    parse: impl Fn(&str) -> std::result::Result<T, String>,
-) -> Result<Vec<(String, T)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let at = format!("{}:{}", path.display(), i + 1);
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse(line) {
-            Ok(rec) => out.push((at, rec)),
-            Err(msg) => bad_record(&at, msg, on_bad, skipped)?,
-        }
-    }
-    Ok(out)
-}
-
 /// A record that cannot be read: an error naming it, or a warning and a count.
 pub fn bad_record(at: &str, msg: String, on_bad: OnBad, skipped: &mut Skipped) -> Result<()> {
     if on_bad == OnBad::Error {
@@ -152,71 +124,15 @@ pub fn bad_record(at: &str, msg: String, on_bad: OnBad, skipped: &mut Skipped) -
     Ok(())
 }
 
-#[derive(serde::Deserialize)]
-struct AlpacaRecord {
-    instruction: String,
-    #[serde(default)]
-    input: String,
-    output: String,
-    #[serde(default)]
-    system: Option<String>,
-    /// Earlier (instruction, output) turns.
-    #[serde(default)]
-    history: Vec<(String, String)>,
-}
-
-fn read_alpaca(
-    path: &Path,
-    on_bad: OnBad,
-    skipped: &mut Skipped,
-) -> Result<Vec<(String, Example)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
-    let records: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
-        data_err(
-            format!("{}:{}", path.display(), e.line()),
-            format!("not a JSON list of Alpaca records: {e}"),
-        )
-    })?;
-    let mut out = Vec::new();
-    for (i, v) in records.into_iter().enumerate() {
-        let at = format!("{}: record {}", path.display(), i + 1);
-        match serde_json::from_value::<AlpacaRecord>(v) {
-            Ok(r) => {
-                let mut messages = Vec::new();
-                if let Some(s) = r.system.filter(|s| !s.is_empty()) {
-                    messages.push(Message::new("system", s));
-                }
-                for (q, a) in r.history {
-                    messages.push(Message::new("user", q));
-                    messages.push(Message::new("assistant", a));
-                }
-                let user = if r.input.is_empty() {
-                    r.instruction
-                } else {
-                    format!("{}\n{}", r.instruction, r.input)
-                };
-                messages.push(Message::new("user", user));
-                messages.push(Message::new("assistant", r.output));
-                out.push((
-                    at,
-                    Example {
-                        id: format!("{}", i + 1),
-                        messages,
-                        metadata: Default::default(),
-                    },
-                ));
-            }
-            Err(e) => {
-                let msg = format!("not an Alpaca record (instruction, input, output): {e}");
-                if on_bad == OnBad::Error {
-                    return Err(data_err(at, msg));
-                }
-                tracing::warn!("{at}: skipped: {msg}");
-                skipped.malformed += 1;
-            }
-        }
+/// A data-loader plugin's example as a record: its conversation is language-modeling data
+/// (or, for GRPO, the prompt), its metadata the other columns.
+pub fn plugin_record(at: String, ex: Example) -> Record {
+    Record {
+        at,
+        id: ex.id,
+        item: Item::Lm(Content::Chat(ex.messages)),
+        metadata: ex.metadata,
     }
-    Ok(out)
 }
 
 /// Examples read from a source that sets no `limit` before it counts as endless.
@@ -266,10 +182,24 @@ pub fn read_source_capped(
                     ex.id.clone()
                 }
             );
-            out.push((at, ex));
+            out.push(plugin_record(at, ex));
         }
     }
-    Ok(Records::Chats(out))
+    Ok(Records::Items(out))
+}
+
+/// A sequence cut where its completion starts, as TRL cuts it: `prompt` is the longest
+/// start the tokenized prompt and the tokenized whole share (BPE may merge tokens across the
+/// boundary, and some templates render a prompt alone differently), `completion` the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    pub prompt: Vec<u32>,
+    pub completion: Vec<u32>,
+}
+
+/// How many leading tokens `a` and `b` share.
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Turns records into samples.
@@ -279,15 +209,35 @@ pub struct Encoder<'a> {
     pub cfg: &'a DataSection,
 }
 
+/// A bad example the policy decides about (`Err` of `Encoded`), or a sample.
+type Encoded = std::result::Result<Sample, (Bad, String)>;
+
 impl Encoder<'_> {
     /// Tokenizes every record; text is cut into `max_length` blocks (with EOS between files).
     pub fn encode(&self, recs: Records, skipped: &mut Skipped) -> Result<Vec<Sample>> {
         match recs {
             Records::Text(docs) => self.encode_text(&docs),
-            Records::Chats(chats) => {
-                let mut out = Vec::with_capacity(chats.len());
-                for (at, ex) in chats {
-                    out.extend(self.encode_one(&at, &ex.messages, skipped)?);
+            Records::Items(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for r in items {
+                    let encoded = match &r.item {
+                        Item::Lm(Content::Chat(msgs)) => self.encode_chat(&r.at, msgs)?,
+                        Item::Lm(Content::Text(text)) => self.encode_plain(text)?,
+                        Item::PromptCompletion { prompt, completion } => {
+                            let s = self.split(&r.at, prompt, completion)?;
+                            self.sample(s.prompt, s.completion)
+                        }
+                        other => {
+                            return Err(data_err(
+                                &r.at,
+                                format!(
+                                    "a {} record; SFT and pre-training read language modeling (`text` | `messages`) or prompt-completion (`prompt`, `completion`) data",
+                                    other.type_name()
+                                ),
+                            ));
+                        }
+                    };
+                    out.extend(self.settle(&r.at, encoded, skipped)?);
                 }
                 Ok(out)
             }
@@ -302,7 +252,28 @@ impl Encoder<'_> {
         msgs: &[Message],
         skipped: &mut Skipped,
     ) -> Result<Option<Sample>> {
-        match self.encode_chat(at, msgs)? {
+        let e = self.encode_chat(at, msgs)?;
+        self.settle(at, e, skipped)
+    }
+
+    /// A prompt and its completion as a sample (loss on the completion), refused or skipped
+    /// like any example.
+    pub fn encode_split(
+        &self,
+        at: &str,
+        s: &Split,
+        skipped: &mut Skipped,
+    ) -> Result<Option<Sample>> {
+        self.settle(
+            at,
+            self.sample(s.prompt.clone(), s.completion.clone()),
+            skipped,
+        )
+    }
+
+    /// The example, or the policy's answer to a bad one.
+    fn settle(&self, at: &str, e: Encoded, skipped: &mut Skipped) -> Result<Option<Sample>> {
+        match e {
             Ok(s) => Ok(Some(s)),
             Err((kind, msg)) => {
                 if self.cfg.on_bad_example == OnBad::Error
@@ -341,12 +312,130 @@ impl Encoder<'_> {
             .collect())
     }
 
-    /// `Ok(Err(..))` is a bad example the policy decides about; `Err` stops the run.
-    fn encode_chat(
+    /// Standard text as TRL tokenizes it: the tokenizer's own special tokens, EOS appended.
+    fn tokenize_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.tokenizer.encode(text, true)?;
+        if let Some(&eos) = self.tokenizer.eos.first()
+            && ids.last() != Some(&eos)
+        {
+            ids.push(eos);
+        }
+        Ok(ids)
+    }
+
+    /// A standard language-modeling example: every token counts.
+    fn encode_plain(&self, text: &str) -> Result<Encoded> {
+        if text.is_empty() {
+            return Ok(Err((Bad::Empty, "empty text".into())));
+        }
+        let ids = self.tokenize_plain(text)?;
+        Ok(self.sample(Vec::new(), ids))
+    }
+
+    fn template(&self, at: &str) -> Result<&ChatTemplate> {
+        self.template.ok_or_else(|| {
+            data_err(
+                at,
+                "the model has no chat template: conversational data needs one (or give the columns as plain text)",
+            )
+        })
+    }
+
+    fn render(&self, at: &str, m: &[Message], add_prompt: bool) -> Result<Vec<u32>> {
+        let text = self.template(at)?.render(m, add_prompt, None)?;
+        Ok(self.tokenizer.encode(&text, false)?)
+    }
+
+    /// A prompt and a completion cut as TRL cuts them: conversational through the template
+    /// (the prompt with the generation prompt), standard as plain concatenation with EOS.
+    pub fn split(&self, at: &str, prompt: &Content, completion: &Content) -> Result<Split> {
+        let (p, whole) = self.tokenize_pair(at, prompt, completion)?;
+        let n = common_prefix(&p, &whole);
+        Ok(Split {
+            prompt: whole[..n].to_vec(),
+            completion: whole[n..].to_vec(),
+        })
+    }
+
+    /// A preference pair cut where either answer leaves the shared prompt (TRL takes the
+    /// shorter of the two common prefixes).
+    pub fn split_pair(
         &self,
         at: &str,
-        msgs: &[Message],
-    ) -> Result<std::result::Result<Sample, (Bad, String)>> {
+        prompt: &Content,
+        chosen: &Content,
+        rejected: &Content,
+    ) -> Result<(Split, Split)> {
+        let (p, c) = self.tokenize_pair(at, prompt, chosen)?;
+        let (_, r) = self.tokenize_pair(at, prompt, rejected)?;
+        let n = common_prefix(&p, &c).min(common_prefix(&p, &r));
+        let cut = |w: Vec<u32>| Split {
+            prompt: w[..n].to_vec(),
+            completion: w[n..].to_vec(),
+        };
+        Ok((cut(c), cut(r)))
+    }
+
+    /// (the prompt's tokens, the whole's tokens).
+    fn tokenize_pair(
+        &self,
+        at: &str,
+        prompt: &Content,
+        completion: &Content,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        match (prompt, completion) {
+            (Content::Chat(p), Content::Chat(c)) => {
+                let mut all = p.clone();
+                all.extend(c.iter().cloned());
+                Ok((self.render(at, p, true)?, self.render(at, &all, false)?))
+            }
+            (Content::Text(p), Content::Text(c)) => Ok((
+                self.tokenizer.encode(p, true)?,
+                self.tokenize_plain(&format!("{p}{c}"))?,
+            )),
+            _ => Err(data_err(
+                at,
+                "the prompt and the completion mix text and messages",
+            )),
+        }
+    }
+
+    /// The sample `prompt ++ completion`, loss on the completion (on everything with
+    /// `loss_on: all`), held to `max_length` as `truncation` says.
+    fn sample(&self, prompt: Vec<u32>, completion: Vec<u32>) -> Encoded {
+        if completion.is_empty() {
+            return Err((Bad::Empty, "the completion has no tokens".into()));
+        }
+        let all = self.cfg.loss_on == LossOn::All;
+        let mut train = vec![all; prompt.len()];
+        train.resize(prompt.len() + completion.len(), true);
+        let mut ids = prompt;
+        ids.extend(completion);
+        self.limit(Sample { ids, train })
+    }
+
+    /// Holds a sample to `max_length`: cut on the right, or refused as too long.
+    fn limit(&self, mut s: Sample) -> Encoded {
+        let n = self.cfg.max_length;
+        if s.ids.len() > n && self.cfg.truncation != Truncation::Right {
+            return Err((
+                Bad::TooLong,
+                format!("{} tokens, longer than data.max_length = {n}", s.ids.len()),
+            ));
+        }
+        s.ids.truncate(n);
+        s.train.truncate(n);
+        if s.train.len() < 2 || !s.train[1..].iter().any(|&t| t) {
+            return Err((
+                Bad::TooLong,
+                format!("no completion token left within data.max_length = {n}"),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// `Ok(Err(..))` is a bad example the policy decides about; `Err` stops the run.
+    fn encode_chat(&self, at: &str, msgs: &[Message]) -> Result<Encoded> {
         if msgs.is_empty() {
             return Ok(Err((Bad::Empty, "no messages".into())));
         }
@@ -362,17 +451,7 @@ impl Encoder<'_> {
                 "conversation has no assistant turn to learn from".into(),
             )));
         }
-        let tmpl = self.template.ok_or_else(|| {
-            data_err(
-                at,
-                "the model has no chat template: conversations need one (or use plain text)",
-            )
-        })?;
-        let render = |m: &[Message], add_prompt: bool| -> Result<Vec<u32>> {
-            let text = tmpl.render(m, add_prompt, None)?;
-            Ok(self.tokenizer.encode(&text, false)?)
-        };
-        let ids = render(msgs, false)?;
+        let ids = self.render(at, msgs, false)?;
         let mut train = vec![self.cfg.loss_on == LossOn::All; ids.len()];
         let turns: &[usize] = match self.cfg.loss_on {
             LossOn::All => &[],
@@ -380,47 +459,22 @@ impl Encoder<'_> {
             LossOn::AllAssistant => &assistant,
         };
         for &i in turns {
-            // The turn's tokens: after the prompt up to it (with the generation prompt), up to
-            // the end of the conversation rendered through it (its end-of-turn token included).
-            let start = render(&msgs[..i], true)?;
-            let end = render(&msgs[..=i], false)?;
-            if ids[..start.len().min(ids.len())] != start[..]
-                || ids[..end.len().min(ids.len())] != end[..]
-            {
-                return Err(data_err(
-                    at,
-                    "the chat template does not render a conversation's turns as prefixes of the whole; cannot find assistant tokens",
-                ));
-            }
-            train[start.len()..end.len()].fill(true);
-        }
-        let n = self.cfg.max_length;
-        if ids.len() > n {
-            match self.cfg.truncation {
-                Truncation::Right => {}
-                _ => {
-                    return Ok(Err((
-                        Bad::TooLong,
-                        format!("{} tokens, longer than data.max_length = {n}", ids.len()),
-                    )));
-                }
+            // The turn's tokens: from where the prompt up to it (with the generation prompt)
+            // and the whole part ways, to where the conversation rendered through it (its
+            // end-of-turn token included) does. Where a template renders a prefix differently
+            // or BPE merges across the boundary, the tokens both share decide (TRL's rule).
+            let start = common_prefix(&self.render(at, &msgs[..i], true)?, &ids);
+            let end = common_prefix(&self.render(at, &msgs[..=i], false)?, &ids);
+            if end > start {
+                train[start..end].fill(true);
             }
         }
-        let mut s = Sample { ids, train };
-        s.ids.truncate(n);
-        s.train.truncate(n);
-        if !s.train[1..].iter().any(|&t| t) {
-            return Ok(Err((
-                Bad::TooLong,
-                format!("no assistant token left within data.max_length = {n}"),
-            )));
-        }
-        Ok(Ok(s))
+        Ok(self.limit(Sample { ids, train }))
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Bad {
+pub enum Bad {
     NoAssistant,
     TooLong,
     Empty,

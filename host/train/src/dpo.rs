@@ -1,20 +1,18 @@
-//! Direct preference optimisation: (prompt, chosen, rejected) pairs from TRL-style JSONL or
-//! Alpaca-style JSON (`conversations` + `chosen` + `rejected`, LLaMA-Factory's layout), each
-//! side templated and masked like an SFT example (loss on the final assistant turn). The
+//! Direct preference optimisation: (prompt, chosen, rejected) pairs of TRL's preference type,
+//! standard or conversational, from any dataset file (LLaMA-Factory's ShareGPT layout too),
+//! cut into a shared prompt and two completions as TRL cuts them (loss on the completions). The
 //! reference is the starting model: the policy with its LoRA adapters switched off, or a
 //! frozen copy; its log-probabilities are computed per batch or once up front and cached.
 //! The loss arithmetic is `align::dpo`; its derivatives weight the fused per-token losses.
 
 use crate::align::{self, PairLogps};
-use crate::config::{DpoSection, OnBad};
+use crate::config::DpoSection;
 use crate::data::{Batch, Encoder, Sample, Skipped, bad_record};
-use crate::error::{Result, TrainError, file_err};
+use crate::dataset::{Item, Record};
+use crate::error::Result;
 use crate::model::{Pass, TrainModel};
 use crate::trainer::{Extra, Micro, Task};
 use candle_core::Tensor;
-use galley_core::Message;
-use serde::Deserialize;
-use std::path::Path;
 
 /// A preference pair, tokenized.
 #[derive(Debug, Clone)]
@@ -23,136 +21,28 @@ pub struct Pair {
     pub rejected: Sample,
 }
 
-/// A pair before tokenization: where it came from, the prompt, and the two answers.
-#[derive(Clone)]
-pub struct PairRecord {
-    pub at: String,
-    pub prompt: Vec<Message>,
-    pub chosen: Vec<Message>,
-    pub rejected: Vec<Message>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Turns {
-    Text(String),
-    Messages(Vec<Message>),
-}
-
-impl Turns {
-    fn into_messages(self, role: &str) -> Vec<Message> {
-        match self {
-            Turns::Text(t) => vec![Message::new(role, t)],
-            Turns::Messages(m) => m,
-        }
-    }
-}
-
-/// TRL's preference line: prompt, chosen and rejected as text or messages.
-#[derive(Deserialize)]
-struct TrlPair {
-    prompt: Turns,
-    chosen: Turns,
-    rejected: Turns,
-}
-
-/// LLaMA-Factory's preference record (ShareGPT-style turns).
-#[derive(Deserialize)]
-struct SharegptPair {
-    conversations: Vec<SharegptTurn>,
-    chosen: SharegptTurn,
-    rejected: SharegptTurn,
-    #[serde(default)]
-    system: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct SharegptTurn {
-    from: String,
-    value: String,
-}
-
-impl SharegptTurn {
-    fn message(self) -> Message {
-        let role = match self.from.as_str() {
-            "human" | "user" => "user",
-            "gpt" | "assistant" => "assistant",
-            "system" => "system",
-            other => other,
-        };
-        Message::new(role, self.value)
-    }
-}
-
-/// Reads preference pairs: `.json` is a list of LLaMA-Factory records, anything else JSONL
-/// with `prompt`, `chosen`, `rejected`.
-pub fn read_pairs(path: &Path, on_bad: OnBad, skipped: &mut Skipped) -> Result<Vec<PairRecord>> {
-    if path.extension().is_some_and(|e| e == "json") {
-        let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
-        let mut out = Vec::new();
-        let recs: Vec<serde_json::Value> =
-            serde_json::from_str(&text).map_err(|e| TrainError::Data {
-                at: format!("{}:{}", path.display(), e.line()),
-                msg: format!("not a JSON list of preference records: {e}"),
-            })?;
-        for (i, v) in recs.into_iter().enumerate() {
-            let at = format!("{}: record {}", path.display(), i + 1);
-            match serde_json::from_value::<SharegptPair>(v) {
-                Ok(r) => {
-                    let mut prompt: Vec<Message> = r
-                        .system
-                        .into_iter()
-                        .map(|s| Message::new("system", s))
-                        .collect();
-                    prompt.extend(r.conversations.into_iter().map(SharegptTurn::message));
-                    out.push(PairRecord {
-                        at,
-                        prompt,
-                        chosen: vec![r.chosen.message()],
-                        rejected: vec![r.rejected.message()],
-                    });
-                }
-                Err(e) => bad_record(
-                    &at,
-                    format!("not a preference record (conversations, chosen, rejected): {e}"),
-                    on_bad,
-                    skipped,
-                )?,
-            }
-        }
-        return Ok(out);
-    }
-    let lines = crate::data::read_lines(path, on_bad, skipped, |line| {
-        serde_json::from_str::<TrlPair>(line)
-            .map_err(|e| format!("not a preference pair (prompt, chosen, rejected): {e}"))
-    })?;
-    Ok(lines
-        .into_iter()
-        .map(|(at, r)| PairRecord {
-            at,
-            prompt: r.prompt.into_messages("user"),
-            chosen: r.chosen.into_messages("assistant"),
-            rejected: r.rejected.into_messages("assistant"),
-        })
-        .collect())
-}
-
-/// Tokenizes pairs; a pair either side of which is refused is skipped (and counted) or stops
-/// the run, as `data.on_bad_example` says.
-pub fn encode_pairs(
-    enc: &Encoder,
-    recs: Vec<PairRecord>,
-    skipped: &mut Skipped,
-) -> Result<Vec<Pair>> {
+/// Tokenizes preference records as TRL's DPO does (`Encoder::split_pair`: conversational
+/// through the template, standard as plain text with EOS); a pair either side of which is
+/// refused is skipped (and counted) or stops the run, as `data.on_bad_example` says.
+pub fn encode_pairs(enc: &Encoder, recs: Vec<Record>, skipped: &mut Skipped) -> Result<Vec<Pair>> {
     let mut out = Vec::with_capacity(recs.len());
     for r in recs {
-        let side = |answer: Vec<Message>, skipped: &mut Skipped| {
-            let mut msgs = r.prompt.clone();
-            msgs.extend(answer);
-            enc.encode_one(&r.at, &msgs, skipped)
+        let Item::Preference {
+            prompt,
+            chosen,
+            rejected,
+        } = &r.item
+        else {
+            let msg = format!(
+                "a {} record; DPO reads preference data (`prompt`, `chosen`, `rejected`)",
+                r.item.type_name()
+            );
+            bad_record(&r.at, msg, enc.cfg.on_bad_example, skipped)?;
+            continue;
         };
-        let chosen = side(r.chosen, skipped)?;
-        let rejected = side(r.rejected, skipped)?;
+        let (c, j) = enc.split_pair(&r.at, prompt, chosen, rejected)?;
+        let chosen = enc.encode_split(&r.at, &c, skipped)?;
+        let rejected = enc.encode_split(&r.at, &j, skipped)?;
         if let (Some(chosen), Some(rejected)) = (chosen, rejected) {
             out.push(Pair { chosen, rejected });
         }

@@ -1,4 +1,4 @@
-//! Group relative policy optimisation. Prompts come from a JSONL file in TRL's layout or
+//! Group relative policy optimisation. Prompts come from a dataset in TRL's layout or
 //! from any `DataSource` (a data-loader plugin such as `arith`), every column besides the
 //! prompt travelling as metadata. Before each batch of steps the policy's current weights
 //! (LoRA merged, in memory) become galley-model's inference engine, which samples
@@ -12,6 +12,7 @@
 use crate::align::{self, Completion as Scored, Surrogate, Whole};
 use crate::config::{DataSection, GrpoSection, OnBad, Truncation};
 use crate::data::{Batch, Records, Sample, Skipped};
+use crate::dataset::{Content, Item, Record};
 use crate::error::{Result, TrainError, file_err};
 use crate::model::{Pass, TrainModel};
 use crate::rewards;
@@ -22,7 +23,7 @@ use galley_model::weights::Weights;
 use galley_model::{ChatTemplate, Llama, SamplingParams, Tokenizer, generate};
 use std::cell::RefCell;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// A prompt, templated and tokenized, with the columns reward functions see.
@@ -34,50 +35,12 @@ pub struct Prompt {
     pub ids: Vec<u32>,
 }
 
-/// Reads TRL-style prompt JSONL: `prompt` (text or messages) or `messages` (a trailing
-/// assistant turn, the reference answer, is dropped); every other column is metadata.
-pub fn read_prompts(path: &Path, on_bad: OnBad, skipped: &mut Skipped) -> Result<Records> {
-    Ok(Records::Chats(crate::data::read_lines(
-        path,
-        on_bad,
-        skipped,
-        prompt_record,
-    )?))
-}
-
-fn prompt_record(line: &str) -> std::result::Result<galley_core::Example, String> {
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-    let serde_json::Value::Object(mut obj) = v else {
-        return Err("not a JSON object".into());
-    };
-    let messages = match (obj.remove("prompt"), obj.remove("messages")) {
-        (Some(serde_json::Value::String(t)), None) => vec![Message::new("user", t)],
-        (Some(m), None) | (None, Some(m)) => serde_json::from_value::<Vec<Message>>(m)
-            .map_err(|e| format!("`prompt`/`messages` is not text or a list of messages: {e}"))?,
-        (None, None) => return Err("no `prompt` (or `messages`)".into()),
-        (Some(_), Some(_)) => return Err("give `prompt` or `messages`, not both".into()),
-    };
-    let mut metadata: Metadata = match obj.remove("metadata") {
-        Some(serde_json::Value::Object(m)) => m.into_iter().map(|(k, v)| (k, v.into())).collect(),
-        _ => Metadata::new(),
-    };
-    let id = match obj.remove("id") {
-        Some(serde_json::Value::String(s)) => s,
-        Some(other) => other.to_string(),
-        None => String::new(),
-    };
-    metadata.extend(obj.into_iter().map(|(k, v)| (k, v.into())));
-    Ok(galley_core::Example {
-        id,
-        messages,
-        metadata,
-    })
-}
-
-/// Templates and tokenizes prompts (generation prompt on). A trailing assistant turn is the
-/// reference answer, not part of the prompt. A prompt that leaves fewer than
-/// `max_completion_length` tokens within `data.max_length` is skipped and counted, or refused
-/// with `truncation: error`.
+/// Tokenizes prompts as TRL's GRPO does: conversational ones through the chat template with
+/// the generation prompt, standard ones as plain text. A `messages` conversation is a prompt
+/// too (its trailing assistant turn, the reference answer, is dropped); a prompt-completion
+/// record's completion is the reference, kept as the `completion` column. A prompt that
+/// leaves fewer than `max_completion_length` tokens within `data.max_length` is skipped and
+/// counted, or refused with `truncation: error`.
 pub fn encode_prompts(
     tok: &Tokenizer,
     template: Option<&ChatTemplate>,
@@ -86,33 +49,43 @@ pub fn encode_prompts(
     max_completion: usize,
     skipped: &mut Skipped,
 ) -> Result<Vec<Prompt>> {
-    let Records::Chats(chats) = recs else {
+    let Records::Items(items) = recs else {
         return Err(TrainError::Config {
             file: "data.train".into(),
-            msg: "GRPO reads prompts (JSONL or a data-loader plugin), not plain text".into(),
+            msg: "GRPO reads prompts (a dataset file or a data-loader plugin), not plain text"
+                .into(),
         });
     };
-    let mut out = Vec::with_capacity(chats.len());
-    for (at, mut ex) in chats {
-        if ex.messages.last().is_some_and(|m| m.role == "assistant") {
-            ex.messages.pop();
-        }
-        if ex.messages.is_empty() {
+    let mut out = Vec::with_capacity(items.len());
+    for r in items {
+        let Some((at, prompt, metadata)) = prompt_of(r, data.on_bad_example, skipped)? else {
+            continue;
+        };
+        let (messages, text, special) = match prompt {
+            Content::Chat(mut m) => {
+                if m.last().is_some_and(|m| m.role == "assistant") {
+                    m.pop();
+                }
+                let text = match template {
+                    Some(t) if !m.is_empty() => t.render(&m, true, None)?,
+                    // No template (a base model): the turns' text, one after another.
+                    _ => m
+                        .iter()
+                        .map(|m| m.content.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                };
+                let special = template.is_none();
+                (m, text, special)
+            }
+            Content::Text(t) => (vec![Message::new("user", t.clone())], t, true),
+        };
+        if messages.is_empty() || text.is_empty() {
             tracing::warn!("{at}: skipped: the prompt is empty");
             skipped.empty += 1;
             continue;
         }
-        let text = match template {
-            Some(t) => t.render(&ex.messages, true, None)?,
-            // No template (a base model): the turns' text, one after another.
-            None => ex
-                .messages
-                .iter()
-                .map(|m| m.content.as_str())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        };
-        let ids = tok.encode(&text, template.is_none())?;
+        let ids = tok.encode(&text, special)?;
         if ids.is_empty() || ids.len() + max_completion > data.max_length {
             let msg = format!(
                 "the prompt's {} tokens leave no room for grpo.max_completion_length = {max_completion} within data.max_length = {}",
@@ -128,12 +101,48 @@ pub fn encode_prompts(
         }
         out.push(Prompt {
             at,
-            messages: ex.messages,
-            metadata: ex.metadata,
+            messages,
+            metadata,
             ids,
         });
     }
     Ok(out)
+}
+
+/// A record's prompt and the columns reward functions see; other types are refused (or
+/// skipped, as `on_bad` says).
+fn prompt_of(
+    r: Record,
+    on_bad: OnBad,
+    skipped: &mut Skipped,
+) -> Result<Option<(String, Content, Metadata)>> {
+    let mut metadata = r.metadata;
+    let prompt = match r.item {
+        Item::PromptOnly(p) => p,
+        Item::Lm(c @ Content::Chat(_)) => c,
+        Item::PromptCompletion { prompt, completion } => {
+            let reference = match completion {
+                Content::Text(t) => galley_core::Value::Text(t),
+                Content::Chat(m) => galley_core::Value::Text(
+                    m.into_iter()
+                        .map(|m| m.content)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+            };
+            metadata.insert("completion".into(), reference);
+            prompt
+        }
+        other => {
+            let msg = format!(
+                "a {} record; GRPO reads prompts (`prompt`, or `messages`)",
+                other.type_name()
+            );
+            crate::data::bad_record(&r.at, msg, on_bad, skipped)?;
+            return Ok(None);
+        }
+    };
+    Ok(Some((r.at, prompt, metadata)))
 }
 
 /// The reference GRPO's KL penalty is measured against.

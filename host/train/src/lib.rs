@@ -11,6 +11,7 @@ pub mod align;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dataset;
 pub mod dpo;
 pub mod error;
 pub mod export;
@@ -94,39 +95,39 @@ fn read_train<T: Clone>(
 /// Records of one kind as a list (a mixture needs every source in the same shape).
 #[derive(Clone)]
 enum Row {
-    Chat(String, galley_core::Example),
+    Item(dataset::Record),
     Text(String),
 }
 
 fn rows(r: Records) -> Vec<Row> {
     match r {
-        Records::Chats(c) => c.into_iter().map(|(at, e)| Row::Chat(at, e)).collect(),
+        Records::Items(c) => c.into_iter().map(Row::Item).collect(),
         Records::Text(t) => t.into_iter().map(Row::Text).collect(),
     }
 }
 
 fn records(rows: Vec<Row>) -> Result<Records> {
-    let chats = rows.iter().filter(|r| matches!(r, Row::Chat(..))).count();
-    if chats != 0 && chats != rows.len() {
+    let items = rows.iter().filter(|r| matches!(r, Row::Item(..))).count();
+    if items != 0 && items != rows.len() {
         return Err(TrainError::Config {
             file: "data.mixture".into(),
-            msg: "mixes plain text with conversations; mix sources of one kind".into(),
+            msg: "mixes plain text with dataset records; mix sources of one kind".into(),
         });
     }
-    Ok(if chats == 0 && !rows.is_empty() {
+    Ok(if items == 0 && !rows.is_empty() {
         Records::Text(
             rows.into_iter()
                 .filter_map(|r| match r {
                     Row::Text(t) => Some(t),
-                    Row::Chat(..) => None,
+                    Row::Item(..) => None,
                 })
                 .collect(),
         )
     } else {
-        Records::Chats(
+        Records::Items(
             rows.into_iter()
                 .filter_map(|r| match r {
-                    Row::Chat(at, e) => Some((at, e)),
+                    Row::Item(i) => Some(i),
                     Row::Text(_) => None,
                 })
                 .collect(),
@@ -271,51 +272,38 @@ fn read_records(
 /// A run's records as read, before tokenizing, per objective.
 enum Raw {
     Lm(Records, Option<Records>),
-    Pairs(Vec<dpo::PairRecord>, Option<Vec<dpo::PairRecord>>),
+    Pairs(Records, Option<Records>),
     Prompts(Records, Option<Records>),
 }
 
 /// Reads DPO's preference pairs from the train and validation files.
 fn read_pairs(cfg: &TrainConfig, skipped: &mut Skipped) -> Result<Raw> {
     let mut read = |src: &config::SourceSection, key: &str| {
-        let path = src.path.as_ref().ok_or_else(|| TrainError::Config {
-            file: key.into(),
-            msg: "DPO reads preference pairs from a file (`path`)".into(),
-        })?;
-        if !path.exists() {
-            return Err(file_err(path, "no such data file"));
+        if src.path.is_none() {
+            return Err(TrainError::Config {
+                file: key.into(),
+                msg: "DPO reads preference pairs from a file (`path`)".into(),
+            });
         }
-        let mut recs = dpo::read_pairs(path, cfg.data.on_bad_example, skipped)?;
-        recs.truncate(src.limit.unwrap_or(usize::MAX));
-        Ok(recs)
+        read_records(cfg, src, None, skipped)
     };
-    let train = read_train(cfg, None, Vec::new(), |src, _, key| read(src, key))?;
+    let train = read_train(cfg, None, Vec::new(), |src, _, key| {
+        read(src, key).map(rows)
+    })?;
     let val = match &cfg.data.validation {
         Some(v) => Some(read(v, "data.validation")?),
         None => None,
     };
-    Ok(Raw::Pairs(train, val))
+    Ok(Raw::Pairs(records(train)?, val))
 }
 
-/// Reads GRPO's prompts: TRL-style prompt files, or a data-loader plugin's examples.
+/// Reads GRPO's prompts: a dataset file, or a data-loader plugin's examples.
 fn read_prompts(cfg: &TrainConfig, sources: Sources, skipped: &mut Skipped) -> Result<Raw> {
-    let mut read = |src: &config::SourceSection, plugin: Option<&mut dyn DataSource>| match (
-        plugin, &src.path,
-    ) {
-        (None, Some(path)) if path.exists() => {
-            let mut r = grpo::read_prompts(path, cfg.data.on_bad_example, skipped)?;
-            if let (Records::Chats(c), Some(n)) = (&mut r, src.limit) {
-                c.truncate(n);
-            }
-            Ok(r)
-        }
-        (p, _) => read_records(cfg, src, p, skipped),
-    };
     let train = read_train(cfg, sources.train, sources.mixture, |src, p, _| {
-        read(src, p).map(rows)
+        read_records(cfg, src, p, skipped).map(rows)
     })?;
     let val = match (&cfg.data.validation, sources.validation) {
-        (Some(v), p) => Some(read(v, p)?),
+        (Some(v), p) => Some(read_records(cfg, v, p, skipped)?),
         (None, _) => None,
     };
     Ok(Raw::Prompts(records(train)?, val))
@@ -476,11 +464,18 @@ fn encode(cfg: &TrainConfig, m: &Loaded, raw: Raw, skipped: &mut Skipped) -> Res
                 cfg: &pair_data,
                 ..enc
             };
-            let train = dpo::encode_pairs(&enc, t, skipped)?;
+            let items = |r: Records| match r {
+                Records::Items(i) => Ok(i),
+                Records::Text(_) => Err(TrainError::Config {
+                    file: "data.train".into(),
+                    msg: "DPO reads preference pairs, not plain text".into(),
+                }),
+            };
+            let train = dpo::encode_pairs(&enc, items(t)?, skipped)?;
             match v {
                 Some(v) => Data::Pairs {
                     train,
-                    val: dpo::encode_pairs(&enc, v, skipped)?,
+                    val: dpo::encode_pairs(&enc, items(v)?, skipped)?,
                 },
                 None => {
                     let (train, val) = data::split(train, split, seed);

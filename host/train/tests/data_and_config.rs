@@ -61,7 +61,7 @@ fn only_assistant_tokens_count_and_turn_policy_is_honoured() {
             metadata: Default::default(),
         };
         enc.encode(
-            Records::Chats(vec![("x".into(), ex)]),
+            Records::Items(vec![data::plugin_record("x".into(), ex)]),
             &mut Skipped::default(),
         )
         .unwrap()
@@ -315,7 +315,7 @@ fn endless_sources_need_a_limit() {
                 .collect())
         }
     }
-    let Records::Chats(c) = data::read_source(&mut Endless(0), Some(300)).unwrap() else {
+    let Records::Items(c) = data::read_source(&mut Endless(0), Some(300)).unwrap() else {
         panic!()
     };
     assert_eq!(c.len(), 300);
