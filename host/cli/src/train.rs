@@ -27,6 +27,10 @@ pub struct TrainArgs {
     /// Print the outcome as JSON (no progress bar).
     #[arg(long)]
     json: bool,
+    /// Read and tokenize the data, write OUTPUT_DIR/tokenized.jsonl (token ids and loss mask
+    /// per example) and stop before training.
+    #[arg(long)]
+    tokenize_only: bool,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -171,6 +175,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .collect(),
         rewards,
     };
+    if args.tokenize_only {
+        let dir = &cfg.training.output_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let p = galley_train::prepare(&cfg, sources, dir).context("reading the data")?;
+        let path = dir.join("tokenized.jsonl");
+        let n = galley_train::tokenized::write(&p.data, &path)?;
+        println!(
+            "{n} examples tokenized ({} skipped): {}",
+            p.skipped.total(),
+            path.display()
+        );
+        return Ok(());
+    }
     let mut obs = Bar::new(args.json);
     let out = galley_train::run(&cfg, sources, args.resume, &mut obs)
         .with_context(|| format!("training into {}", cfg.training.output_dir.display()))?;

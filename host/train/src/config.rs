@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 mod align;
 pub use align::{
-    DpoSection, GrpoSection, MAX_MEMORY_MB, OnPluginError, Reference, RewardLimits, RewardSpec,
+    DpoSection, GrpoSection, KtoSection, MAX_MEMORY_MB, OnPluginError, Reference, RewardLimits,
+    RewardSpec,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -24,6 +25,8 @@ pub struct TrainConfig {
     pub dpo: DpoSection,
     /// Group relative policy optimisation settings (`training.method: grpo`).
     pub grpo: GrpoSection,
+    /// Kahneman-Tversky optimisation settings (`training.method: kto`).
+    pub kto: KtoSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -248,12 +251,14 @@ pub enum Objective {
     Dpo,
     /// Group relative policy optimisation: sampled completions scored by reward functions.
     Grpo,
+    /// Kahneman-Tversky optimisation on (prompt, completion, desirable?) examples.
+    Kto,
 }
 
 impl Objective {
-    /// DPO and GRPO align a trained policy.
+    /// DPO, GRPO and KTO align a trained policy.
     pub fn is_alignment(self) -> bool {
-        matches!(self, Objective::Dpo | Objective::Grpo)
+        matches!(self, Objective::Dpo | Objective::Grpo | Objective::Kto)
     }
 }
 
@@ -278,6 +283,7 @@ pub enum MethodName {
     Sft,
     Dpo,
     Grpo,
+    Kto,
     Full,
     Lora,
     Qlora,
@@ -301,7 +307,7 @@ pub enum Schedule {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingSection {
-    /// `pretrain`, `sft`, `dpo`, `grpo`, or SFT's shorthands `full`, `lora`, `qlora`.
+    /// `pretrain`, `sft`, `dpo`, `grpo`, `kto`, or SFT's shorthands `full`, `lora`, `qlora`.
     pub method: MethodName,
     /// Which weights train: `full`, `lora` or `qlora` (default: `lora`, or `full` to
     /// pre-train).
@@ -522,6 +528,22 @@ impl TrainConfig {
         if self.objective() == Objective::Grpo {
             self.validate_grpo(file)?;
         }
+        if self.objective() == Objective::Kto {
+            let k = &self.kto;
+            if k.beta <= 0.0 || !k.beta.is_finite() {
+                return bad("kto.beta", "must be a positive number");
+            }
+            if !(k.desirable_weight > 0.0 && k.undesirable_weight > 0.0) {
+                return bad("kto.desirable_weight", "the weights must be positive");
+            }
+            if k.loss_type == crate::kto::KtoLoss::Kto && t.batch_size < 2 {
+                // The KL estimate pairs each prompt with another example's completion.
+                return bad(
+                    "training.batch_size",
+                    "KTO estimates its KL term from mismatched pairs within a micro-batch: use a batch size of at least 2",
+                );
+            }
+        }
         let train_named = self.data.train.path.is_some() || self.data.train.plugin.is_some();
         if self.data.mixture.is_empty() && !train_named {
             return bad("data.train.path", "name a data file (or `plugin`)");
@@ -624,6 +646,7 @@ impl TrainConfig {
             MethodName::Pretrain => Objective::Pretrain,
             MethodName::Dpo => Objective::Dpo,
             MethodName::Grpo => Objective::Grpo,
+            MethodName::Kto => Objective::Kto,
             MethodName::Sft | MethodName::Full | MethodName::Lora | MethodName::Qlora => {
                 Objective::Sft
             }

@@ -16,6 +16,7 @@ pub mod dpo;
 pub mod error;
 pub mod export;
 pub mod grpo;
+pub mod kto;
 pub mod linear;
 pub mod mixture;
 pub mod model;
@@ -25,6 +26,7 @@ pub mod plot;
 pub mod rewards;
 #[doc(hidden)]
 pub mod testing;
+pub mod tokenized;
 pub mod trainer;
 
 pub use config::TrainConfig;
@@ -152,6 +154,11 @@ pub enum Data {
         train: Vec<grpo::Prompt>,
         val: Vec<grpo::Prompt>,
     },
+    /// Unpaired desirable / undesirable completions (KTO).
+    Unpaired {
+        train: Vec<kto::KtoExample>,
+        val: Vec<kto::KtoExample>,
+    },
 }
 
 impl Data {
@@ -161,6 +168,7 @@ impl Data {
             Data::Lm { train, val } => (train.len(), val.len()),
             Data::Pairs { train, val } => (train.len(), val.len()),
             Data::Prompts { train, val } => (train.len(), val.len()),
+            Data::Unpaired { train, val } => (train.len(), val.len()),
         }
     }
 
@@ -274,15 +282,17 @@ enum Raw {
     Lm(Records, Option<Records>),
     Pairs(Records, Option<Records>),
     Prompts(Records, Option<Records>),
+    Unpaired(Records, Option<Records>),
 }
 
-/// Reads DPO's preference pairs from the train and validation files.
+/// Reads DPO's or KTO's preference data from the train and validation files.
 fn read_pairs(cfg: &TrainConfig, skipped: &mut Skipped) -> Result<Raw> {
+    let kto = cfg.objective() == Objective::Kto;
     let mut read = |src: &config::SourceSection, key: &str| {
         if src.path.is_none() {
             return Err(TrainError::Config {
                 file: key.into(),
-                msg: "DPO reads preference pairs from a file (`path`)".into(),
+                msg: "preference data is read from a file (`path`)".into(),
             });
         }
         read_records(cfg, src, None, skipped)
@@ -294,7 +304,12 @@ fn read_pairs(cfg: &TrainConfig, skipped: &mut Skipped) -> Result<Raw> {
         Some(v) => Some(read(v, "data.validation")?),
         None => None,
     };
-    Ok(Raw::Pairs(records(train)?, val))
+    let train = records(train)?;
+    Ok(if kto {
+        Raw::Unpaired(train, val)
+    } else {
+        Raw::Pairs(train, val)
+    })
 }
 
 /// Reads GRPO's prompts: a dataset file, or a data-loader plugin's examples.
@@ -438,6 +453,13 @@ fn encode(cfg: &TrainConfig, m: &Loaded, raw: Raw, skipped: &mut Skipped) -> Res
         template: m.template.as_ref(),
         cfg: &cfg.data,
     };
+    let items = |r: Records| match r {
+        Records::Items(i) => Ok(i),
+        Records::Text(_) => Err(TrainError::Config {
+            file: "data.train".into(),
+            msg: "preference training reads dataset records, not plain text".into(),
+        }),
+    };
     Ok(match raw {
         Raw::Lm(t, v) => {
             let mut train = enc.encode(t, skipped)?;
@@ -454,6 +476,27 @@ fn encode(cfg: &TrainConfig, m: &Loaded, raw: Raw, skipped: &mut Skipped) -> Res
             }
             Data::Lm { train, val }
         }
+        Raw::Unpaired(t, v) => {
+            let pair_data = config::DataSection {
+                loss_on: config::LossOn::LastAssistant,
+                ..cfg.data.clone()
+            };
+            let enc = Encoder {
+                cfg: &pair_data,
+                ..enc
+            };
+            let train = kto::encode(&enc, items(t)?, skipped)?;
+            match v {
+                Some(v) => Data::Unpaired {
+                    train,
+                    val: kto::encode(&enc, items(v)?, skipped)?,
+                },
+                None => {
+                    let (train, val) = data::split(train, split, seed);
+                    Data::Unpaired { train, val }
+                }
+            }
+        }
         Raw::Pairs(t, v) => {
             // Each side is an SFT example whose loss is its final (the answer's) turn.
             let pair_data = config::DataSection {
@@ -463,13 +506,6 @@ fn encode(cfg: &TrainConfig, m: &Loaded, raw: Raw, skipped: &mut Skipped) -> Res
             let enc = Encoder {
                 cfg: &pair_data,
                 ..enc
-            };
-            let items = |r: Records| match r {
-                Records::Items(i) => Ok(i),
-                Records::Text(_) => Err(TrainError::Config {
-                    file: "data.train".into(),
-                    msg: "DPO reads preference pairs, not plain text".into(),
-                }),
             };
             let train = dpo::encode_pairs(&enc, items(t)?, skipped)?;
             match v {
@@ -518,7 +554,7 @@ pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Pr
     }
     let mut skipped = Skipped::default();
     let raw = match cfg.objective() {
-        Objective::Dpo => read_pairs(cfg, &mut skipped)?,
+        Objective::Dpo | Objective::Kto => read_pairs(cfg, &mut skipped)?,
         Objective::Grpo => read_prompts(cfg, sources, &mut skipped)?,
         Objective::Pretrain | Objective::Sft => read_lm(cfg, sources, &mut skipped)?,
     };
@@ -571,7 +607,7 @@ pub fn run(
     let rewards = std::mem::take(&mut sources.rewards);
     let p = prepare(cfg, sources, &out)?;
     let pad = p.tokenizer.eos.first().copied().unwrap_or(0);
-    let (sft, dpo_task, grpo_task);
+    let (sft, dpo_task, grpo_task, kto_task);
     let task: &dyn trainer::Task = match &p.data {
         Data::Lm { train, val } => {
             sft = trainer::SftTask { train, val, pad };
@@ -584,6 +620,23 @@ pub fn run(
         Data::Prompts { train, val } => {
             grpo_task = grpo_task_for(cfg, &p, train, val, rewards, pad, &out)?;
             &grpo_task
+        }
+        Data::Unpaired { train, val } => {
+            let reference =
+                if cfg.kto.reference == config::Reference::Copy || cfg.tuning() == Tuning::Full {
+                    kto::Reference::Copy(Box::new(frozen_copy(cfg, &p)?))
+                } else {
+                    kto::Reference::AdaptersOff
+                };
+            kto_task = kto::KtoTask {
+                train,
+                val,
+                reference,
+                cfg: cfg.kto.clone(),
+                pad,
+                max_length: cfg.data.max_length,
+            };
+            &kto_task
         }
     };
     let trainer = trainer::Trainer {

@@ -37,6 +37,31 @@ impl Default for DpoSection {
     }
 }
 
+/// KTO as TRL's KTOTrainer defines it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KtoSection {
+    pub beta: f64,
+    /// `kto` (the paper's loss with the KL reference point) or `apo_zero_unpaired`.
+    pub loss_type: crate::kto::KtoLoss,
+    /// Weight of the desirable examples' losses (raise it when they are fewer).
+    pub desirable_weight: f64,
+    pub undesirable_weight: f64,
+    pub reference: Reference,
+}
+
+impl Default for KtoSection {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            loss_type: crate::kto::KtoLoss::Kto,
+            desirable_weight: 1.0,
+            undesirable_weight: 1.0,
+            reference: Reference::Auto,
+        }
+    }
+}
+
 /// What a reward plugin's failure (trap, timeout, memory cap, bad output) does to the run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
