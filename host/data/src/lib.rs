@@ -236,7 +236,8 @@ fn object(at: String, v: Value) -> Result<Row> {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+/// What a JSON value is, in words, for messages ("a number", "a list").
+pub fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -12,6 +12,7 @@ use crate::config::{DatasetType, OnBad, SourceSection};
 use crate::data::{Skipped, bad_record};
 use crate::error::{Result, TrainError};
 use galley_core::{Message, Metadata};
+use galley_data::kind;
 use serde_json::{Map, Value};
 use std::path::Path;
 
@@ -241,17 +242,6 @@ fn detect(row: &Map<String, Value>) -> std::result::Result<DatasetType, String> 
             }
         ));
     })
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// A column as text or messages.

@@ -453,6 +453,15 @@ fn encode(cfg: &TrainConfig, m: &Loaded, raw: Raw, skipped: &mut Skipped) -> Res
         template: m.template.as_ref(),
         cfg: &cfg.data,
     };
+    // Preference data: each side is an example whose loss is its final (the answer's) turn.
+    let pair_data = config::DataSection {
+        loss_on: config::LossOn::LastAssistant,
+        ..cfg.data.clone()
+    };
+    let pair_enc = Encoder {
+        cfg: &pair_data,
+        ..enc
+    };
     let items = |r: Records| match r {
         Records::Items(i) => Ok(i),
         Records::Text(_) => Err(TrainError::Config {
@@ -477,63 +486,41 @@ fn encode(cfg: &TrainConfig, m: &Loaded, raw: Raw, skipped: &mut Skipped) -> Res
             Data::Lm { train, val }
         }
         Raw::Unpaired(t, v) => {
-            let pair_data = config::DataSection {
-                loss_on: config::LossOn::LastAssistant,
-                ..cfg.data.clone()
-            };
-            let enc = Encoder {
-                cfg: &pair_data,
-                ..enc
-            };
-            let train = kto::encode(&enc, items(t)?, skipped)?;
-            match v {
-                Some(v) => Data::Unpaired {
-                    train,
-                    val: kto::encode(&enc, items(v)?, skipped)?,
-                },
-                None => {
-                    let (train, val) = data::split(train, split, seed);
-                    Data::Unpaired { train, val }
-                }
-            }
+            let (train, val) = sides(t, v, split, seed, |r| {
+                kto::encode(&pair_enc, items(r)?, skipped)
+            })?;
+            Data::Unpaired { train, val }
         }
         Raw::Pairs(t, v) => {
-            // Each side is an SFT example whose loss is its final (the answer's) turn.
-            let pair_data = config::DataSection {
-                loss_on: config::LossOn::LastAssistant,
-                ..cfg.data.clone()
-            };
-            let enc = Encoder {
-                cfg: &pair_data,
-                ..enc
-            };
-            let train = dpo::encode_pairs(&enc, items(t)?, skipped)?;
-            match v {
-                Some(v) => Data::Pairs {
-                    train,
-                    val: dpo::encode_pairs(&enc, items(v)?, skipped)?,
-                },
-                None => {
-                    let (train, val) = data::split(train, split, seed);
-                    Data::Pairs { train, val }
-                }
-            }
+            let (train, val) = sides(t, v, split, seed, |r| {
+                dpo::encode_pairs(&pair_enc, items(r)?, skipped)
+            })?;
+            Data::Pairs { train, val }
         }
         Raw::Prompts(t, v) => {
             let max_c = cfg.grpo.max_completion_length;
             let (tok, tpl) = (&m.tokenizer, m.template.as_ref());
-            let train = grpo::encode_prompts(tok, tpl, t, &cfg.data, max_c, skipped)?;
-            match v {
-                Some(v) => Data::Prompts {
-                    train,
-                    val: grpo::encode_prompts(tok, tpl, v, &cfg.data, max_c, skipped)?,
-                },
-                None => {
-                    let (train, val) = data::split(train, split, seed);
-                    Data::Prompts { train, val }
-                }
-            }
+            let (train, val) = sides(t, v, split, seed, |r| {
+                grpo::encode_prompts(tok, tpl, r, &cfg.data, max_c, skipped)
+            })?;
+            Data::Prompts { train, val }
         }
+    })
+}
+
+/// The training set and the validation set: the validation file's, or `split` of the
+/// training set held out after a seeded shuffle.
+fn sides<T>(
+    train: Records,
+    val: Option<Records>,
+    split: f64,
+    seed: u64,
+    mut f: impl FnMut(Records) -> Result<Vec<T>>,
+) -> Result<(Vec<T>, Vec<T>)> {
+    let train = f(train)?;
+    Ok(match val {
+        Some(v) => (train, f(v)?),
+        None => data::split(train, split, seed),
     })
 }
 
