@@ -24,7 +24,7 @@ use galley_train::TrainConfig;
 
 /// The stage kinds galley runs (what `host.stage-kinds` tells a recipe).
 pub const STAGE_KINDS: &[&str] = &[
-    "pretrain", "sft", "dpo", "grpo", "evaluate", "generate", "merge",
+    "pretrain", "sft", "dpo", "grpo", "kto", "evaluate", "generate", "merge",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The stage kinds that train (their settings are a training config).
-pub const TRAINING_KINDS: &[&str] = &["pretrain", "sft", "dpo", "grpo"];
+pub const TRAINING_KINDS: &[&str] = &["pretrain", "sft", "dpo", "grpo", "kto"];
 
 /// What one recipe's `plan` returned.
 #[derive(Debug, Clone)]
@@ -330,10 +330,10 @@ pub fn normalize(kind: &str, v: &Value) -> Result<Value, String> {
     }
     let sections = train_sections();
     let mut order: Vec<&str> = Vec::new();
-    if kind == "grpo" || kind == "dpo" {
+    if kind == "grpo" || kind == "dpo" || kind == "kto" {
         order.push(kind);
     }
-    order.extend(["training", "data", "peft", "grpo", "dpo"]);
+    order.extend(["training", "data", "peft", "grpo", "dpo", "kto"]);
     let mut out = Map::new();
     for (k, val) in map {
         if sections.contains_key(k) {
@@ -703,6 +703,8 @@ mod tests {
         // `beta` is DPO's own in a DPO stage.
         let v = normalize("dpo", &json!({"beta": 0.2})).unwrap();
         assert_eq!(v, json!({"dpo": {"beta": 0.2}}));
+        let v = normalize("kto", &json!({"beta": 0.2, "desirable_weight": 1.5})).unwrap();
+        assert_eq!(v, json!({"kto": {"beta": 0.2, "desirable_weight": 1.5}}));
         let e = normalize("sft", &json!({"epoch": 1})).unwrap_err();
         assert!(e.contains("unknown setting `epoch`"), "{e}");
     }

@@ -194,8 +194,8 @@ fn grpo_prompts_in_both_forms() {
     assert_eq!(out.summary.steps, 1);
 }
 
-/// Rows as JSONL, and as Parquet (two row groups), a `save_to_disk` folder and a Parquet
-/// shard folder written by pyarrow and `datasets` from the same rows.
+/// Rows as JSONL, and as Parquet (row groups of three), an Arrow IPC file, a `save_to_disk`
+/// folder and a Parquet shard folder written by pyarrow and `datasets` from the same rows.
 fn python_files(d: &Path, rows: &[serde_json::Value]) {
     write_jsonl(&d.join("rows.jsonl"), rows);
     let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/tools-venv/bin/python");
@@ -212,6 +212,8 @@ d = sys.argv[1]
 rows = [json.loads(l) for l in open(os.path.join(d, "rows.jsonl"))]
 t = pa.Table.from_pylist(rows)
 pq.write_table(t, os.path.join(d, "rows.parquet"), row_group_size=3)
+with pa.ipc.new_file(os.path.join(d, "rows.arrow"), t.schema) as w:
+    w.write_table(t)
 datasets.Dataset.from_list(rows).save_to_disk(os.path.join(d, "saved"))
 os.makedirs(os.path.join(d, "shards"))
 pq.write_table(t.slice(0, 4), os.path.join(d, "shards", "train-00000-of-00002.parquet"))
@@ -243,7 +245,7 @@ fn parquet_and_arrow_written_by_pyarrow_and_datasets_read_as_the_same_rows_as_js
     python_files(d, &rows);
     let want = lm(prepare(d, "sft", &d.join("rows.jsonl"), &[]).unwrap());
     assert_eq!(want.len(), 7);
-    for f in ["rows.parquet", "saved", "shards"] {
+    for f in ["rows.parquet", "rows.arrow", "saved", "shards"] {
         assert_eq!(lm(prepare(d, "sft", &d.join(f), &[]).unwrap()), want, "{f}");
     }
 }
@@ -386,4 +388,37 @@ fn a_two_source_mixture_keeps_its_weights_and_resumes_exactly() {
     let resumed = steps("halves", 6, true, &[]);
     assert_eq!(straight.len(), 6);
     assert_eq!(resumed, straight);
+}
+
+#[test]
+fn a_template_that_renders_the_prompt_alone_differently_is_cut_where_they_part() {
+    // Like Gemma's: the generation prompt opens an empty thought block the whole conversation
+    // does not have, so the templated prompt is not a prefix of the templated whole. TRL
+    // starts the completion where they part; galley used to refuse the example.
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let m = model(d);
+    let tmpl = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\nthe answer is no<|im_end|>{% endif %}";
+    let tc = json!({"chat_template": tmpl, "eos_token": "<|im_end|>"});
+    std::fs::write(m.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    write_jsonl(
+        &d.join("c.jsonl"),
+        &[
+            json!({"prompt": [{"role": "user", "content": "the number 4"}],
+                  "completion": [{"role": "assistant", "content": "is 12"}]}),
+        ],
+    );
+    let s = &lm(prepare(d, "sft", &d.join("c.jsonl"), &[]).unwrap())[0];
+    assert_eq!(
+        decode(d, &s.ids),
+        "<|im_start|>user\nthe number 4<|im_end|>\n<|im_start|>assistant\nis 12<|im_end|>\n"
+    );
+    assert_eq!(trained(d, s), "is 12<|im_end|>\n");
+    write_jsonl(
+        &d.join("m.jsonl"),
+        &[json!({"messages": [
+        {"role": "user", "content": "the number 4"}, {"role": "assistant", "content": "is 12"}]})],
+    );
+    let s = &lm(prepare(d, "sft", &d.join("m.jsonl"), &[]).unwrap())[0];
+    assert_eq!(trained(d, s), "is 12<|im_end|>\n");
 }
