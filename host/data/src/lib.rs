@@ -219,8 +219,9 @@ fn map_columns(mut row: Row, columns: &Columns) -> Result<Row> {
 fn open(path: &Path, format: Format) -> Result<RowIter> {
     let f = File::open(path).map_err(|e| file_err(path, e))?;
     match format {
-        Format::Jsonl => Ok(jsonl(path, BufReader::new(f))),
-        Format::Json => json(path, f),
+        // A JSONL record is an object, so a file that opens with `[` is a JSON list whatever
+        // its name says.
+        Format::Jsonl | Format::Json => json(path, f),
         Format::Parquet => parquet_rows(path, f),
         Format::Arrow => arrow_rows(path, f),
     }
