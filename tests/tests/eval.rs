@@ -635,3 +635,50 @@ fn process_docs_runs_a_data_loader_plugin_in_the_sandbox() {
     );
     assert_eq!(s[3]["choices"][0], "4");
 }
+
+#[test]
+fn a_task_reads_the_hubs_parquet_shards_and_scores_as_from_jsonl() {
+    // The same rows as Parquet in the Hub's layout (`data/test-0000N-of-00002.parquet`),
+    // written by pyarrow: nested `choices` (a struct of lists) and all.
+    let (tmp, model) = project();
+    let d = tmp.path();
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/tools-venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/fetch-data.sh (it installs pyarrow there)",
+        py.display()
+    );
+    let script = "import json, sys, pyarrow as pa, pyarrow.parquet as pq, os\n\
+                  d = sys.argv[1]\n\
+                  rows = [json.loads(l) for l in open(os.path.join(d, 'data/mc.jsonl'))]\n\
+                  os.makedirs(os.path.join(d, 'hub/sums/data'))\n\
+                  for i, part in enumerate([rows[:5], rows[5:]]):\n\
+                  \x20   pq.write_table(pa.Table.from_pylist(part), os.path.join(d, f'hub/sums/data/test-0000{i}-of-00002.parquet'))\n";
+    let o = std::process::Command::new(&py)
+        .args(["-c", script])
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let yaml = std::fs::read_to_string(d.join("sums.yaml"))
+        .unwrap()
+        .replace(
+            "dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: data/mc.jsonl\n",
+            "dataset_path: ./hub/sums\n",
+        );
+    assert!(yaml.contains("./hub/sums"));
+    std::fs::write(
+        d.join("sums-parquet.yaml"),
+        yaml.replace("task: sums", "task: sums_pq"),
+    )
+    .unwrap();
+    let m = model.to_str().unwrap();
+    let j = |task: &str| -> serde_json::Value {
+        serde_json::from_str(&ok(eval(d, &["-m", m, "--tasks", task, "--json"]))).unwrap()
+    };
+    let (a, b) = (j("sums.yaml"), j("sums-parquet.yaml"));
+    assert_eq!(b["results"]["sums_pq"]["n"], 12);
+    for k in ["acc,none", "acc_norm,none"] {
+        assert_eq!(a["results"]["sums"][k], b["results"]["sums_pq"][k], "{k}");
+    }
+}
