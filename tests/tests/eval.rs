@@ -311,56 +311,6 @@ fn evaluator_plugins_grade_in_the_sandbox_under_both_policies() {
 }
 
 /// Writes a PEFT adapter (safetensors by hand) that perturbs layer 0's q and v projections.
-fn write_adapter(model: &Path, dir: &Path) {
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
-    let h = cfg["hidden_size"].as_u64().unwrap() as usize;
-    let kv = cfg["num_key_value_heads"].as_u64().unwrap() as usize
-        * (h / cfg["num_attention_heads"].as_u64().unwrap() as usize);
-    let r = 4;
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = vec![];
-    for (proj, out) in [("q_proj", h), ("v_proj", kv)] {
-        let p = format!("base_model.model.model.layers.0.self_attn.{proj}");
-        tensors.push((
-            format!("{p}.lora_A.weight"),
-            vec![r, h],
-            (0..r * h)
-                .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.05)
-                .collect(),
-        ));
-        tensors.push((
-            format!("{p}.lora_B.weight"),
-            vec![out, r],
-            (0..out * r)
-                .map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.05)
-                .collect(),
-        ));
-    }
-    let mut header = serde_json::Map::new();
-    let mut data = vec![];
-    for (name, shape, vals) in &tensors {
-        let start = data.len();
-        for v in vals {
-            data.extend_from_slice(&v.to_le_bytes());
-        }
-        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}));
-    }
-    let mut h = serde_json::Value::Object(header).to_string();
-    while !h.len().is_multiple_of(8) {
-        h.push(' ');
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    let mut file = (h.len() as u64).to_le_bytes().to_vec();
-    file.extend_from_slice(h.as_bytes());
-    file.extend_from_slice(&data);
-    std::fs::write(dir.join("adapter_model.safetensors"), file).unwrap();
-    std::fs::write(
-        dir.join("adapter_config.json"),
-        serde_json::json!({"peft_type": "LORA", "r": r, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}).to_string(),
-    )
-    .unwrap();
-}
-
 #[test]
 fn an_adapter_changes_the_scores_it_is_not_silently_ignored() {
     let (tmp, model) = project();

@@ -13,6 +13,7 @@ mod plugins;
 mod registry_cmd;
 mod run_cmd;
 mod score;
+mod serve;
 mod train;
 
 use anyhow::Result;
@@ -86,6 +87,8 @@ enum Top {
     Plan(run_cmd::PlanArgs),
     /// An LLM judges answers from a JSONL file: a score (or pass/fail) each, or pairwise preferences.
     Judge(judge::JudgeArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming, adapters).
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -179,6 +182,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Infer(a) => infer::run(a),
         Top::Train(a) => train::run(a),
         Top::Eval(a) => eval::run(a),
+        Top::Serve(a) => serve::run(a),
         Top::Judge(a) => judge::run(a),
         Top::Run(a) => run_cmd::run(a),
         Top::Plan(a) => run_cmd::plan(a),

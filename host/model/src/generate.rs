@@ -44,7 +44,7 @@ struct Row {
 
 /// Text safe to show now: not ending in a partial UTF-8 character, and not a prefix of a
 /// stop string that the next token might complete.
-fn settled<'t>(text: &'t str, stops: &[String]) -> &'t str {
+pub fn settled<'t>(text: &'t str, stops: &[String]) -> &'t str {
     let mut end = text.len();
     if text.ends_with('\u{FFFD}') {
         end -= '\u{FFFD}'.len_utf8();

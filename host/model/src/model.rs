@@ -68,6 +68,59 @@ impl Cache {
         self.valid = rows.iter().map(|&r| self.valid[r].clone()).collect();
         Ok(())
     }
+
+    /// Appends `other`'s rows after this cache's: the shorter side is left-padded with
+    /// positions marked not valid (attention skips them, positions count valid ones only), so
+    /// a sequence prefilled on its own joins a batch that is already decoding — continuous
+    /// batching.
+    pub fn join(&mut self, other: Cache) -> candle_core::Result<()> {
+        if self.valid.is_empty() {
+            *self = other;
+            return Ok(());
+        }
+        if other.valid.is_empty() {
+            return Ok(());
+        }
+        let (la, lb) = (self.len(), other.len());
+        let total = la.max(lb);
+        let pad = |kv: &KvCache, l: usize| -> candle_core::Result<Option<(Tensor, Tensor)>> {
+            let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
+                return Ok(None);
+            };
+            if l == total {
+                return Ok(Some((k.contiguous()?, v.contiguous()?)));
+            }
+            let (b, h, _, d) = k.dims4()?;
+            let z = Tensor::zeros((b, h, total - l, d), k.dtype(), k.device())?;
+            Ok(Some((
+                Tensor::cat(&[&z, &k], 2)?.contiguous()?,
+                Tensor::cat(&[&z, &v], 2)?.contiguous()?,
+            )))
+        };
+        for (a, b) in self.layers.iter_mut().zip(&other.layers) {
+            let (Some((ka, va)), Some((kb, vb))) = (pad(a, la)?, pad(b, lb)?) else {
+                candle_core::bail!("joining a cache that holds no keys");
+            };
+            let mut grown = KvCache::new(2, total + 64);
+            grown.append(&Tensor::cat(&[&ka, &kb], 0)?, &Tensor::cat(&[&va, &vb], 0)?)?;
+            *a = grown;
+        }
+        let fill = |v: &mut Vec<bool>, l: usize| {
+            let mut p = vec![false; total - l];
+            p.append(v);
+            *v = p;
+        };
+        self.valid.iter_mut().for_each(|v| fill(v, la));
+        let mut rest = other.valid;
+        rest.iter_mut().for_each(|v| fill(v, lb));
+        self.valid.extend(rest);
+        Ok(())
+    }
+
+    /// Sequences held.
+    pub fn rows(&self) -> usize {
+        self.valid.len()
+    }
 }
 
 impl Llama {

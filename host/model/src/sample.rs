@@ -117,6 +117,22 @@ impl LogSoftmax {
     pub fn at(&self, logits: &[f32], token: u32) -> f32 {
         (logits[token as usize] - self.max) - self.ln_sum
     }
+
+    /// The `k` most likely tokens and their log-probabilities, most likely first.
+    pub fn top(&self, logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+        for (i, &x) in logits.iter().enumerate() {
+            if best.len() == k && best.last().is_some_and(|b| b.1 >= x) {
+                continue;
+            }
+            let at = best.partition_point(|b| b.1 >= x);
+            best.insert(at, (i as u32, x));
+            best.truncate(k);
+        }
+        best.into_iter()
+            .map(|(i, x)| (i, (x - self.max) - self.ln_sum))
+            .collect()
+    }
 }
 
 impl Sampler {

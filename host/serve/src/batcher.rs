@@ -1,0 +1,414 @@
+//! Continuous batching over the native model: one thread owns a model and decodes every live
+//! sequence in one batch, a step at a time. A request waits in a bounded queue; its prompt is
+//! prefilled on its own, a chunk per step (so a long prompt does not stall the others'
+//! decoding), then its cache rows join the batch at the next step (`Cache::join`) and leave
+//! it when it finishes or its client goes away. Each sequence keeps its own sampler (seed,
+//! temperature, penalties), stop strings and budget.
+
+use galley_model::sample::LogSoftmax;
+use galley_model::{Cache, Finish, Llama, Sampler, SamplingParams, Tokenizer};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// One generation request.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    /// Top log-probabilities per generated token (0: only the chosen token's).
+    pub top_logprobs: usize,
+    /// Also score the prompt's own tokens (completions' `echo` with `logprobs`).
+    pub prompt_logprobs: bool,
+    /// Added to these tokens' logits before sampling (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
+    pub events: UnboundedSender<Event>,
+}
+
+/// The most likely tokens at a position and their log-probabilities.
+pub type Top = Vec<(u32, f32)>;
+/// A prompt token, its log-probability (none for the first) and the alternatives.
+pub type Scored = (u32, Option<f32>, Top);
+/// A generated token, its log-probability and the alternatives.
+pub type Sampled = (u32, f32, Top);
+
+/// What a request hears back, in order: prompt scores (if asked), tokens, then `Done`.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Per prompt token: its log-probability (None for the first) and the top alternatives.
+    Prompt(Vec<Scored>),
+    Token {
+        id: u32,
+        /// Text that became final with this token (may be empty mid-character).
+        text: String,
+        logprob: f32,
+        top: Vec<(u32, f32)>,
+    },
+    Done {
+        finish: Finish,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    Error(String),
+}
+
+/// Limits of one model's batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Sequences decoded together.
+    pub max_batch: usize,
+    /// Requests waiting for a place; a full queue refuses (HTTP 429).
+    pub queue: usize,
+    /// Prompt tokens prefilled per step.
+    pub prefill_chunk: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            queue: 256,
+            prefill_chunk: 256,
+        }
+    }
+}
+
+/// Counters a model's batcher keeps (`/health` shows them).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests in the queue.
+    pub waiting: AtomicUsize,
+    /// Sequences being prefilled or decoded.
+    pub running: AtomicUsize,
+    /// Sequences that ended (EOS, stop, length).
+    pub finished: AtomicUsize,
+    /// Sequences dropped because their client went away.
+    pub cancelled: AtomicUsize,
+}
+
+/// The handle the HTTP side submits to.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: SyncSender<Job>,
+    pub stats: Arc<Stats>,
+}
+
+pub enum SubmitError {
+    QueueFull,
+    Stopped,
+}
+
+impl Batcher {
+    /// Starts the decoding thread for `model`.
+    pub fn start(model: Arc<Llama>, tok: Arc<Tokenizer>, limits: Limits) -> Self {
+        let (tx, rx) = sync_channel(limits.queue);
+        let stats = Arc::new(Stats::default());
+        let st = stats.clone();
+        std::thread::Builder::new()
+            .name("galley-batcher".into())
+            .spawn(move || Loop::new(model, tok, limits, st).run(rx))
+            .expect("spawning the batcher thread");
+        Self { tx, stats }
+    }
+
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+        self.tx.try_send(job).map_err(|e| {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            match e {
+                TrySendError::Full(_) => SubmitError::QueueFull,
+                TrySendError::Disconnected(_) => SubmitError::Stopped,
+            }
+        })
+    }
+}
+
+/// A sequence in the batch.
+struct Seq {
+    job: Job,
+    sampler: Sampler,
+    tokens: Vec<u32>,
+    text: String,
+    emitted: usize,
+    eos: Vec<u32>,
+}
+
+/// A prompt being prefilled, a chunk per step.
+struct Prefill {
+    seq: Seq,
+    cache: Cache,
+    done: usize,
+}
+
+struct Loop {
+    model: Arc<Llama>,
+    tok: Arc<Tokenizer>,
+    limits: Limits,
+    active: Vec<Seq>,
+    cache: Cache,
+    prefill: Option<Prefill>,
+    stats: Arc<Stats>,
+}
+
+enum Step {
+    Go,
+    Finished(Finish),
+    Gone,
+}
+
+impl Loop {
+    fn new(model: Arc<Llama>, tok: Arc<Tokenizer>, limits: Limits, stats: Arc<Stats>) -> Self {
+        let cache = model.new_cache(0);
+        Self {
+            model,
+            tok,
+            limits,
+            active: Vec::new(),
+            cache,
+            prefill: None,
+            stats,
+        }
+    }
+
+    fn publish(&self) {
+        let n = self.active.len() + usize::from(self.prefill.is_some());
+        self.stats.running.store(n, Ordering::SeqCst);
+    }
+
+    fn run(mut self, rx: Receiver<Job>) {
+        loop {
+            if self.active.is_empty() && self.prefill.is_none() {
+                // Idle: block for the next request (the thread ends with the server).
+                match rx.recv() {
+                    Ok(job) => self.begin(job),
+                    Err(_) => return,
+                }
+            }
+            if self.prefill.is_none() && self.active.len() < self.limits.max_batch {
+                match rx.try_recv() {
+                    Ok(job) => self.begin(job),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) if self.active.is_empty() => {
+                        return;
+                    }
+                    Err(_) => {}
+                }
+            }
+            if let Err(e) = self.prefill_chunk()
+                && let Some(p) = self.prefill.take()
+            {
+                let _ = p.seq.job.events.send(Event::Error(e.to_string()));
+            }
+            if let Err(e) = self.decode() {
+                // A failed step fails everyone in it; the batch starts afresh.
+                for s in self.active.drain(..) {
+                    let _ = s.job.events.send(Event::Error(e.to_string()));
+                }
+                self.cache = self.model.new_cache(0);
+            }
+            self.publish();
+        }
+    }
+
+    fn begin(&mut self, job: Job) {
+        self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+        let mut eos: Vec<u32> = self
+            .tok
+            .eos
+            .iter()
+            .chain(&self.model.config.eos_token_ids)
+            .chain(&job.params.stop_token_ids)
+            .copied()
+            .collect();
+        eos.sort_unstable();
+        eos.dedup();
+        let seq = Seq {
+            sampler: Sampler::new(job.params.clone(), 0),
+            job,
+            tokens: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+            eos,
+        };
+        self.prefill = Some(Prefill {
+            seq,
+            cache: self.model.new_cache(1),
+            done: 0,
+        });
+    }
+
+    /// Prefills the next chunk of the pending prompt; at its end the first token is sampled
+    /// and the sequence joins the batch.
+    fn prefill_chunk(&mut self) -> candle_core::Result<()> {
+        let Some(p) = &mut self.prefill else {
+            return Ok(());
+        };
+        if p.seq.job.events.is_closed() {
+            self.prefill = None;
+            self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
+        let prompt = &p.seq.job.prompt;
+        // Echo scoring needs every position's logits, so that prompt goes in one pass.
+        let chunk = if p.seq.job.prompt_logprobs {
+            prompt.len()
+        } else {
+            self.limits.prefill_chunk.max(1)
+        };
+        let end = (p.done + chunk).min(prompt.len());
+        let last = end == prompt.len();
+        let all = p.seq.job.prompt_logprobs;
+        let logits =
+            self.model
+                .forward(&[prompt[p.done..end].to_vec()], None, &mut p.cache, !all)?;
+        p.done = end;
+        if !last {
+            return Ok(());
+        }
+        let rows = logits.squeeze(0)?.to_vec2::<f32>()?;
+        if all {
+            let k = p.seq.job.top_logprobs;
+            let mut scores = vec![(prompt[0], None, Vec::new())];
+            for i in 1..prompt.len() {
+                let ls = LogSoftmax::new(&rows[i - 1]);
+                scores.push((
+                    prompt[i],
+                    Some(ls.at(&rows[i - 1], prompt[i])),
+                    ls.top(&rows[i - 1], k),
+                ));
+            }
+            let _ = p.seq.job.events.send(Event::Prompt(scores));
+        }
+        let last_row = rows.last().cloned().unwrap_or_default();
+        let Prefill { mut seq, cache, .. } = self.prefill.take().expect("checked above");
+        match self.emit(&mut seq, &last_row) {
+            Step::Go => {
+                self.cache.join(cache)?;
+                self.active.push(seq);
+            }
+            Step::Finished(f) => self.done(&seq, f),
+            Step::Gone => {
+                self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+
+    /// One decode step for every sequence in the batch.
+    fn decode(&mut self) -> candle_core::Result<()> {
+        if self.active.is_empty() {
+            return Ok(());
+        }
+        let input: Vec<Vec<u32>> = self
+            .active
+            .iter()
+            .map(|s| vec![*s.tokens.last().expect("a joined sequence has a token")])
+            .collect();
+        let logits = self.model.forward(&input, None, &mut self.cache, true)?;
+        let logits = logits.squeeze(1)?.to_vec2::<f32>()?;
+        let mut keep = Vec::with_capacity(self.active.len());
+        let seqs = std::mem::take(&mut self.active);
+        let mut kept = Vec::with_capacity(seqs.len());
+        for (i, (mut s, l)) in seqs.into_iter().zip(&logits).enumerate() {
+            match self.emit(&mut s, l) {
+                Step::Go => {
+                    keep.push(i);
+                    kept.push(s);
+                }
+                Step::Finished(f) => self.done(&s, f),
+                Step::Gone => {
+                    self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        if keep.len() < logits.len() {
+            if keep.is_empty() {
+                self.cache = self.model.new_cache(0);
+            } else {
+                self.cache.select_rows(&keep)?;
+            }
+        }
+        self.active = kept;
+        Ok(())
+    }
+
+    fn done(&self, s: &Seq, finish: Finish) {
+        self.stats.finished.fetch_add(1, Ordering::SeqCst);
+        let _ = s.job.events.send(Event::Done {
+            finish,
+            prompt_tokens: s.job.prompt.len(),
+            completion_tokens: s.tokens.len(),
+        });
+    }
+
+    /// Samples the sequence's next token from `logits` and tells its client.
+    fn emit(&self, s: &mut Seq, logits: &[f32]) -> Step {
+        if s.job.events.is_closed() {
+            return Step::Gone;
+        }
+        let params = &s.job.params;
+        if params.max_tokens == 0 {
+            return Step::Finished(Finish::Length);
+        }
+        let biased;
+        let logits = if s.job.logit_bias.is_empty() {
+            logits
+        } else {
+            let mut l = logits.to_vec();
+            for &(t, b) in &s.job.logit_bias {
+                if let Some(x) = l.get_mut(t as usize) {
+                    *x += b;
+                }
+            }
+            biased = l;
+            &biased
+        };
+        let t = s
+            .sampler
+            .sample(logits, s.job.prompt.iter().chain(&s.tokens));
+        let ls = LogSoftmax::new(logits);
+        s.tokens.push(t);
+        let mut finish = None;
+        if s.eos.contains(&t) {
+            finish = Some(Finish::Eos);
+        } else {
+            s.text = self.tok.decode(&s.tokens, false).unwrap_or_default();
+            if let Some(at) = params
+                .stop
+                .iter()
+                .filter_map(|x| s.text.find(x.as_str()))
+                .min()
+            {
+                s.text.truncate(at);
+                finish = Some(Finish::Stop);
+            } else if s.tokens.len() >= params.max_tokens {
+                finish = Some(Finish::Length);
+            }
+        }
+        let show = if finish.is_some() {
+            s.text.len()
+        } else {
+            galley_model::generate::settled(&s.text, &params.stop).len()
+        };
+        let text = if show > s.emitted && s.text.is_char_boundary(s.emitted) {
+            let t = s.text[s.emitted..show].to_string();
+            s.emitted = show;
+            t
+        } else {
+            String::new()
+        };
+        let ev = Event::Token {
+            id: t,
+            text,
+            logprob: ls.at(logits, t),
+            top: ls.top(logits, s.job.top_logprobs),
+        };
+        if s.job.events.send(ev).is_err() {
+            return Step::Gone;
+        }
+        match finish {
+            Some(f) => Step::Finished(f),
+            None => Step::Go,
+        }
+    }
+}

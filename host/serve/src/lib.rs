@@ -1,0 +1,81 @@
+//! galley-serve owns serving: the OpenAI-compatible HTTP API (`api`) over continuous-batching
+//! decoders (`batcher`), one per model id — the base model and each LoRA adapter applied over
+//! it in memory. The binary binds the address and prints; this crate loads and routes.
+
+pub mod api;
+pub mod batcher;
+
+pub use batcher::Limits;
+
+use api::{Served, Shared};
+use batcher::Batcher;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Model(#[from] galley_model::ModelError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What to serve.
+pub struct ServeOptions {
+    /// A `.gguf` file or an HF folder.
+    pub model: PathBuf,
+    /// The base model's id (default: the file or folder name).
+    pub name: Option<String>,
+    /// (id, PEFT adapter folder): each served as its own model over the base.
+    pub adapters: Vec<(String, PathBuf)>,
+    pub limits: Limits,
+    pub load: galley_model::LoadOptions,
+}
+
+/// The base model's default id: its file or folder name without `.gguf`.
+pub fn model_id(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    name.strip_suffix(".gguf").unwrap_or(&name).to_string()
+}
+
+/// Loads the model (and its adapters) and starts a decoder for each.
+pub fn load(opts: &ServeOptions) -> Result<Arc<Shared>, ServeError> {
+    let device = galley_model::default_device();
+    let base = galley_model::load_with(&opts.model, &device, opts.load)?;
+    let id = opts.name.clone().unwrap_or_else(|| model_id(&opts.model));
+    let mut ids = vec![id.clone()];
+    for (a, _) in &opts.adapters {
+        if ids.contains(a) {
+            return Err(ServeError::Invalid(format!(
+                "--adapter {a}: the id `{a}` is taken"
+            )));
+        }
+        ids.push(a.clone());
+    }
+    let tokenizer = Arc::new(base.tokenizer);
+    let context = base.model.config.max_position_embeddings;
+    let mut models = vec![Served {
+        id,
+        batcher: Batcher::start(Arc::new(base.model), tokenizer.clone(), opts.limits),
+    }];
+    for (name, dir) in &opts.adapters {
+        let m = galley_model::load_adapted(&opts.model, Some(dir), &device, opts.load)?;
+        models.push(Served {
+            id: name.clone(),
+            batcher: Batcher::start(Arc::new(m.model), tokenizer.clone(), opts.limits),
+        });
+    }
+    Ok(Arc::new(Shared {
+        models,
+        tokenizer,
+        template: base.template,
+        context,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        next_id: Default::default(),
+    }))
+}

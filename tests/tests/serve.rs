@@ -1,0 +1,227 @@
+//! `galley serve` on loopback, called with the official `openai` Python client (PyPI, in the
+//! tools venv scripts/fetch-data.sh makes): models, chat (logprobs, `n`, seeds), streaming
+//! with usage, completions with `echo` + `logprobs` and token-id prompts, an adapter chosen
+//! by model id, OpenAI's error codes (404, 400, 429 from a full queue), and a client that
+//! leaves mid-stream freeing its row.
+
+use galley_e2e::*;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A running `galley serve`; killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path, args: &[&str]) -> Server {
+    let mut child = Command::new(galley_bin())
+        .current_dir(dir)
+        .arg("serve")
+        .args(["--port", "0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    Server { child, url }
+}
+
+fn python() -> PathBuf {
+    let py = repo_root().join(".cache/tools-venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/fetch-data.sh (it installs the openai client there)",
+        py.display()
+    );
+    py
+}
+
+fn client(dir: &Path, url: &str, script: &str) -> String {
+    let out = Command::new(python())
+        .current_dir(dir)
+        .arg("-c")
+        .arg(script)
+        .env("URL", format!("{url}/v1"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The tiny chat model with room for long generations, and an adapter for it.
+fn setup() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let text: Vec<String> = (0..120)
+        .map(|i| format!("the number {i} is {} and the answer is yes", i * 3 % 17))
+        .collect();
+    galley_train::testing::tiny_chat_model_from(&d.join("model"), &text);
+    let cfg_path = d.join("model/config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = 4096.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    write_adapter(&d.join("model"), &d.join("adapter"));
+    tmp
+}
+
+const COMMON: &str = r#"
+import os, json, openai
+c = openai.OpenAI(base_url=os.environ["URL"], api_key="none", max_retries=0)
+def check(cond, what):
+    if not cond:
+        raise SystemExit("FAILED: " + what)
+"#;
+
+#[test]
+fn the_openai_client_chats_streams_completes_and_gets_openai_errors() {
+    let tmp = setup();
+    let d = tmp.path();
+    let s = serve(d, &["-m", "model", "--adapter", "tuned=adapter"]);
+    let script = format!(
+        "{COMMON}{}",
+        r#"
+ids = [m.id for m in c.models.list().data]
+check(ids == ["model", "tuned"], f"models {ids}")
+msgs = [{"role": "user", "content": "the number 3 is"}]
+r = c.chat.completions.create(model="model", messages=msgs, max_tokens=8, temperature=0,
+                              logprobs=True, top_logprobs=3)
+ch = r.choices[0]
+check(isinstance(ch.message.content, str) and ch.message.role == "assistant", "message")
+check(ch.finish_reason in ("stop", "length"), f"finish {ch.finish_reason}")
+lp = ch.logprobs.content
+check(len(lp) == r.usage.completion_tokens and r.usage.completion_tokens > 0, "one logprob per token")
+check(all(len(t.top_logprobs) == 3 for t in lp), "top_logprobs")
+# Greedy: the chosen token is the most likely one.
+check(all(abs(t.logprob - t.top_logprobs[0].logprob) < 1e-5 for t in lp), "greedy = top")
+check(r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens, "usage")
+
+# Streaming gives the same greedy text, a finish reason, then usage.
+chunks = list(c.chat.completions.create(model="model", messages=msgs, max_tokens=8, temperature=0,
+                                         stream=True, stream_options={"include_usage": True}))
+text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+check(text == ch.message.content, f"stream {text!r} vs {ch.message.content!r}")
+check(any(ch.choices and ch.choices[0].finish_reason for ch in chunks), "stream finish")
+check(chunks[-1].usage.completion_tokens == r.usage.completion_tokens, "stream usage")
+
+# n samples, seeded: the same seed gives the same three, another seed others.
+a = c.chat.completions.create(model="model", messages=msgs, max_tokens=12, n=3, seed=7, temperature=1)
+b = c.chat.completions.create(model="model", messages=msgs, max_tokens=12, n=3, seed=7, temperature=1)
+check([x.index for x in a.choices] == [0, 1, 2], "n indexes")
+check([x.message.content for x in a.choices] == [x.message.content for x in b.choices], "seeded")
+
+# Completions: echo with logprobs scores the prompt (lm-eval's local-completions does this).
+e = c.completions.create(model="model", prompt="the number 3 is 9", max_tokens=0, echo=True,
+                         logprobs=1, temperature=0)
+lps = e.choices[0].logprobs
+check(e.choices[0].text == "the number 3 is 9", f"echo {e.choices[0].text!r}")
+check(lps.token_logprobs[0] is None and all(x < 0 for x in lps.token_logprobs[1:]), "prompt logprobs")
+check("".join(lps.tokens) == "the number 3 is 9", "tokens")
+ids = c.completions.create(model="model", prompt=[5, 6, 7], max_tokens=3, temperature=0)
+check(ids.usage.prompt_tokens == 3 and ids.usage.completion_tokens == 3, "token-id prompt")
+
+# The adapter is its own model id and changes the scores.
+t = c.chat.completions.create(model="tuned", messages=msgs, max_tokens=8, temperature=0,
+                              logprobs=True, top_logprobs=1)
+check(abs(t.choices[0].logprobs.content[0].logprob - lp[0].logprob) > 1e-4 or
+      t.choices[0].logprobs.content[0].token != lp[0].token, "adapter changes nothing")
+
+# OpenAI's errors.
+for call, err, what in [
+    (lambda: c.chat.completions.create(model="nope", messages=msgs), openai.NotFoundError, "404"),
+    (lambda: c.chat.completions.create(model="model", messages=msgs, max_tokens=5000),
+     openai.BadRequestError, "context"),
+    (lambda: c.chat.completions.create(model="model", messages=msgs, temperature=3),
+     openai.BadRequestError, "temperature"),
+    (lambda: c.completions.create(model="model", prompt=[10**9], max_tokens=1),
+     openai.BadRequestError, "token id"),
+]:
+    try:
+        call()
+        check(False, what + " accepted")
+    except err as ex:
+        check(ex.body and "message" in ex.body, what + " body")
+print("ok")
+"#
+    );
+    assert_eq!(client(d, &s.url, &script).trim(), "ok");
+}
+
+#[test]
+fn a_full_queue_is_429_and_a_client_that_leaves_frees_its_row() {
+    let tmp = setup();
+    let d = tmp.path();
+    let s = serve(d, &["-m", "model", "--max-batch", "1", "--queue", "1"]);
+    let script = format!(
+        "{COMMON}{}",
+        r#"
+import threading, time, urllib.request
+msgs = [{"role": "user", "content": "the number 3 is"}]
+# The end-of-turn token banned (OpenAI's logit_bias): generations run to max_tokens.
+tok = json.load(open("model/tokenizer.json"))
+eos = next(t["id"] for t in tok["added_tokens"] if t["content"] == "<|im_end|>")
+ban = {str(eos): -100}
+def health():
+    with urllib.request.urlopen(os.environ["URL"][:-3] + "/health") as r:
+        return json.load(r)["models"][0]
+
+# One long generation decodes, one waits in the queue of one: the rest are refused with 429.
+codes = []
+def call():
+    try:
+        c.chat.completions.create(model="model", messages=msgs, max_tokens=3000, temperature=1,
+                                  logit_bias=ban)
+        codes.append(200)
+    except openai.RateLimitError:
+        codes.append(429)
+threads = [threading.Thread(target=call) for _ in range(6)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+check(codes.count(429) >= 3 and codes.count(200) >= 1, f"codes {codes}")
+
+# A stream left after two chunks: the server notices, drops the row, and is idle again.
+before = health()
+st = c.chat.completions.create(model="model", messages=msgs, max_tokens=3500, temperature=1,
+                               logit_bias=ban, stream=True)
+for i, _ in enumerate(st):
+    if i == 2:
+        break
+st.close()
+for _ in range(100):
+    h = health()
+    if h["running"] == 0:
+        break
+    time.sleep(0.05)
+check(h["running"] == 0 and h["waiting"] == 0, f"still busy {h}")
+check(h["cancelled"] == before["cancelled"] + 1, f"not cancelled {before} -> {h}")
+check(h["finished"] == before["finished"], f"ran to the end {before} -> {h}")
+print("ok")
+"#
+    );
+    assert_eq!(client(d, &s.url, &script).trim(), "ok");
+}
