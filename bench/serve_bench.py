@@ -1,0 +1,165 @@
+"""Serving benchmark: `galley serve` vs llama.cpp's server (llama-cpp-python[server]) on the
+same GGUF, the same threads, the same prompts, in the same run.
+
+At 1, 8 and 32 concurrent clients, each client sends streaming chat completions one after the
+other (greedy, end-of-turn tokens banned through `logit_bias` so every answer is exactly
+`--max-tokens` long on both servers); measured: aggregate completion tokens/s over the level's
+wall time, and p50 / p99 time to first token (request sent -> first content chunk).
+
+Usage: python bench/serve_bench.py GALLEY_BIN GGUF LLAMA_PYTHON [--threads 2] [--max-tokens 64]
+(scripts/bench-serve.sh builds both and runs this.) Standard library only.
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+PROMPTS = [
+    "Write one sentence about the sea.",
+    "What is the capital of France?",
+    "Give me a tip for learning to cook.",
+    "Name three colors and say why you like them.",
+    "Explain what a prime number is.",
+    "Describe a cat in a few words.",
+    "What do plants need to grow?",
+    "Tell me something about the moon.",
+]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_up(url, proc, timeout=180):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            sys.exit(f"server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url + "/v1/models", timeout=2).read()
+            return
+        except Exception:
+            time.sleep(0.5)
+    sys.exit(f"{url} did not come up")
+
+
+def one(url, model, prompt, max_tokens, ban):
+    body = json.dumps({
+        "model": model, "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens, "temperature": 0, "stream": True, "logit_bias": ban,
+    }).encode()
+    req = urllib.request.Request(url + "/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    ttft, chunks = None, 0
+    with urllib.request.urlopen(req, timeout=600) as r:
+        for raw in r:
+            line = raw.decode().strip()
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            ch = json.loads(data)
+            for c in ch.get("choices", []):
+                if (c.get("delta") or {}).get("content"):
+                    chunks += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+    return ttft if ttft is not None else time.perf_counter() - t0, chunks
+
+
+def level(url, model, clients, per_client, max_tokens, ban):
+    ttfts, tokens = [], []
+    lock = threading.Lock()
+
+    def client(i):
+        for k in range(per_client):
+            t, n = one(url, model, PROMPTS[(i + k) % len(PROMPTS)], max_tokens, ban)
+            with lock:
+                ttfts.append(t)
+                tokens.append(n)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ttfts.sort()
+    p99 = ttfts[min(len(ttfts) - 1, int(round(0.99 * (len(ttfts) - 1))))]
+    return {"clients": clients, "requests": len(ttfts), "tokens": sum(tokens), "wall_s": wall,
+            "tok_per_s": sum(tokens) / wall, "ttft_p50_s": statistics.median(ttfts), "ttft_p99_s": p99}
+
+
+def run(name, cmd, url, model, args, env=None):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_up(url, proc)
+        # SmolLM2's end tokens (<|endoftext|> 0, <|im_end|> 2) banned: fixed-length answers.
+        ban = {"0": -100, "2": -100}
+        one(url, model, PROMPTS[0], 8, ban)  # warm-up
+        out = []
+        for c in args.clients:
+            per = max(1, args.requests // c)
+            r = level(url, model, c, per, args.max_tokens, ban)
+            print(f"  {name:8} {c:>3} clients: {r['tok_per_s']:7.1f} tok/s   TTFT p50 {r['ttft_p50_s']*1000:7.0f} ms"
+                  f"   p99 {r['ttft_p99_s']*1000:7.0f} ms   ({r['requests']} requests, {r['tokens']} tokens,"
+                  f" {r['wall_s']:.1f} s)", flush=True)
+            out.append(r)
+        return out
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("galley")
+    ap.add_argument("gguf")
+    ap.add_argument("llama_python")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=32, help="requests per level (at least one per client)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args()
+
+    port = free_port()
+    g_url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), CANDLE_NUM_THREADS=str(args.threads))
+    print(f"galley serve ({args.threads} threads, max batch 32):")
+    g = run("galley", [args.galley, "serve", "-m", args.gguf, "--port", str(port), "--name", "m"],
+            g_url, "m", args, env)
+
+    port = free_port()
+    l_url = f"http://127.0.0.1:{port}"
+    print(f"llama.cpp server (llama-cpp-python, {args.threads} threads):")
+    lcmd = [args.llama_python, "-m", "llama_cpp.server", "--model", args.gguf, "--host", "127.0.0.1",
+            "--port", str(port), "--n_threads", str(args.threads), "--n_ctx", "4096"]
+    l = run("llama", lcmd, l_url, "m", args)
+
+    print("\n| clients | galley tok/s | llama.cpp tok/s | ratio | galley TTFT p50 / p99 (ms) | llama.cpp TTFT p50 / p99 (ms) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for a, b in zip(g, l):
+        print(f"| {a['clients']} | {a['tok_per_s']:.1f} | {b['tok_per_s']:.1f} | **{a['tok_per_s']/b['tok_per_s']:.2f}x** |"
+              f" {a['ttft_p50_s']*1000:.0f} / {a['ttft_p99_s']*1000:.0f} | {b['ttft_p50_s']*1000:.0f} / {b['ttft_p99_s']*1000:.0f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"galley": g, "llama_cpp": l, "args": vars(args)}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
