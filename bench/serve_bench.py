@@ -135,20 +135,27 @@ def main():
     ap.add_argument("--requests", type=int, default=32, help="requests per level (at least one per client)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--galley-args", default="", help="extra `galley serve` arguments, e.g. --dequantize")
+    ap.add_argument("--skip-llama", action="store_true")
     args = ap.parse_args()
 
     port = free_port()
     g_url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), CANDLE_NUM_THREADS=str(args.threads))
-    print(f"galley serve ({args.threads} threads, max batch 32):")
-    g = run("galley", [args.galley, "serve", "-m", args.gguf, "--port", str(port), "--name", "m"],
-            g_url, "m", args, env)
+    print(f"galley serve ({args.threads} threads, max batch 32) {args.galley_args}:")
+    g = run("galley", [args.galley, "serve", "-m", args.gguf, "--port", str(port), "--name", "m",
+                       *args.galley_args.split()], g_url, "m", args, env)
+    if args.skip_llama:
+        return
 
     port = free_port()
     l_url = f"http://127.0.0.1:{port}"
     print(f"llama.cpp server (llama-cpp-python, {args.threads} threads):")
     lcmd = [args.llama_python, "-m", "llama_cpp.server", "--model", args.gguf, "--host", "127.0.0.1",
-            "--port", str(port), "--n_threads", str(args.threads), "--n_ctx", "4096"]
+            "--port", str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
+            "--n_ctx", "4096",
+            # Queue concurrent requests instead of cutting the running one off (its default).
+            "--interrupt_requests", "False"]
     l = run("llama", lcmd, l_url, "m", args)
 
     print("\n| clients | galley tok/s | llama.cpp tok/s | ratio | galley TTFT p50 / p99 (ms) | llama.cpp TTFT p50 / p99 (ms) |")

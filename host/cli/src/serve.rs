@@ -32,6 +32,11 @@ pub struct ServeArgs {
     /// Dequantize GGUF weights to f32 at load.
     #[arg(long)]
     dequantize: bool,
+    /// Also keep an f32 copy of quantized weights for batched decode steps: single requests
+    /// keep the quantized kernels, a full batch runs dense GEMMs (about 4 bytes per
+    /// parameter more memory).
+    #[arg(long)]
+    dense_batches: bool,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -58,6 +63,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         load: galley_model::LoadOptions {
             dequantize: args.dequantize,
         },
+        dense_batches: args.dense_batches,
     };
     let shared =
         galley_serve::load(&opts).with_context(|| format!("loading {}", model.display()))?;

@@ -167,6 +167,19 @@ impl Llama {
         &self.device
     }
 
+    /// Keeps a dequantized f32 copy of every quantized projection (and the LM head) for
+    /// products of several rows — a server's batched decode — while single sequences keep the
+    /// quantized kernels. Memory for throughput: returns the bytes added.
+    pub fn keep_dense_for_batches(&mut self) -> candle_core::Result<usize> {
+        let mut bytes = self.lm_head.keep_dense()?;
+        for l in &mut self.layers {
+            for lin in l.linears_mut() {
+                bytes += lin.keep_dense()?;
+            }
+        }
+        Ok(bytes)
+    }
+
     /// An empty cache for `batch` sequences.
     pub fn new_cache(&self, batch: usize) -> Cache {
         // Grows as needed; 512 positions before the first reallocation.

@@ -1,12 +1,14 @@
 //! Continuous batching over the native model: one thread owns a model and decodes every live
-//! sequence in one batch, a step at a time. A request waits in a bounded queue; its prompt is
-//! prefilled on its own, a chunk per step (so a long prompt does not stall the others'
-//! decoding), then its cache rows join the batch at the next step (`Cache::join`) and leave
-//! it when it finishes or its client goes away. Each sequence keeps its own sampler (seed,
+//! sequence in one batch, a step at a time. A request waits in a bounded queue. Short prompts
+//! that arrive together are prefilled together in one left-padded pass; a long one is
+//! prefilled on its own, a chunk per step (so it does not stall the others' decoding). Either
+//! way the new cache rows join the batch at the next step (`Cache::join`) and leave it when
+//! their sequence finishes or its client goes away. Each sequence keeps its own sampler (seed,
 //! temperature, penalties), stop strings and budget.
 
 use galley_model::sample::LogSoftmax;
 use galley_model::{Cache, Finish, Llama, Sampler, SamplingParams, Tokenizer};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -176,22 +178,31 @@ impl Loop {
     }
 
     fn run(mut self, rx: Receiver<Job>) {
+        // Arrived requests not yet prefilled (still counted as waiting).
+        let mut waiting: VecDeque<Job> = VecDeque::new();
         loop {
-            if self.active.is_empty() && self.prefill.is_none() {
+            if self.active.is_empty() && self.prefill.is_none() && waiting.is_empty() {
                 // Idle: block for the next request (the thread ends with the server).
                 match rx.recv() {
-                    Ok(job) => self.begin(job),
+                    Ok(job) => waiting.push_back(job),
                     Err(_) => return,
                 }
             }
-            if self.prefill.is_none() && self.active.len() < self.limits.max_batch {
+            // Take what has arrived, up to the batch's free places.
+            while self.active.len() + usize::from(self.prefill.is_some()) + waiting.len()
+                < self.limits.max_batch
+            {
                 match rx.try_recv() {
-                    Ok(job) => self.begin(job),
-                    Err(std::sync::mpsc::TryRecvError::Empty) => {}
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) if self.active.is_empty() => {
-                        return;
-                    }
-                    Err(_) => {}
+                    Ok(job) => waiting.push_back(job),
+                    Err(_) => break,
+                }
+            }
+            if self.prefill.is_none() {
+                let group = self.take_group(&mut waiting);
+                if !group.is_empty() {
+                    self.prefill_group(group);
+                } else if let Some(job) = waiting.pop_front() {
+                    self.begin(job);
                 }
             }
             if let Err(e) = self.prefill_chunk()
@@ -210,7 +221,96 @@ impl Loop {
         }
     }
 
-    fn begin(&mut self, job: Job) {
+    /// Short prompts at the front of the queue that fit the batch, to prefill together.
+    fn take_group(&self, waiting: &mut VecDeque<Job>) -> Vec<Job> {
+        let chunk = self.limits.prefill_chunk.max(1);
+        // Padded positions one grouped prefill may hold.
+        let budget = 4 * chunk;
+        let mut group: Vec<Job> = Vec::new();
+        let mut longest = 0;
+        while let Some(j) = waiting.front() {
+            let len = j.prompt.len();
+            let fits = !j.prompt_logprobs
+                && len <= chunk
+                && (group.len() + 1) * longest.max(len) <= budget
+                && self.active.len() + group.len() < self.limits.max_batch;
+            if !fits {
+                break;
+            }
+            longest = longest.max(len);
+            group.extend(waiting.pop_front());
+        }
+        group
+    }
+
+    /// Prefills short prompts together in one left-padded pass, samples each one's first
+    /// token, and joins the batch with them.
+    fn prefill_group(&mut self, jobs: Vec<Job>) {
+        let mut seqs: Vec<Seq> = jobs.into_iter().map(|j| self.new_seq(j)).collect();
+        let longest = seqs.iter().map(|s| s.job.prompt.len()).max().unwrap_or(0);
+        let pad_id = self.tok.eos.first().copied().unwrap_or(0);
+        let input: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|s| {
+                let p = &s.job.prompt;
+                std::iter::repeat_n(pad_id, longest - p.len())
+                    .chain(p.iter().copied())
+                    .collect()
+            })
+            .collect();
+        let pad: Vec<Vec<bool>> = seqs
+            .iter()
+            .map(|s| {
+                (0..longest)
+                    .map(|i| i < longest - s.job.prompt.len())
+                    .collect()
+            })
+            .collect();
+        let mut cache = self.model.new_cache(seqs.len());
+        let rows = self
+            .model
+            .forward(&input, Some(&pad), &mut cache, true)
+            .and_then(|l| l.squeeze(1)?.to_vec2::<f32>());
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                for s in &seqs {
+                    let _ = s.job.events.send(Event::Error(e.to_string()));
+                }
+                return;
+            }
+        };
+        let (mut keep, mut joined) = (Vec::new(), Vec::new());
+        for (i, (mut s, l)) in seqs.drain(..).zip(&rows).enumerate() {
+            match self.emit(&mut s, l) {
+                Step::Go => {
+                    keep.push(i);
+                    joined.push(s);
+                }
+                Step::Finished(f) => self.done(&s, f),
+                Step::Gone => {
+                    self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        if keep.is_empty() {
+            return;
+        }
+        let joinable = (keep.len() == rows.len() || cache.select_rows(&keep).is_ok())
+            && self.cache.join(cache).is_ok();
+        if joinable {
+            self.active.extend(joined);
+        } else {
+            for s in joined {
+                let _ = s
+                    .job
+                    .events
+                    .send(Event::Error("joining the batch failed".into()));
+            }
+        }
+    }
+
+    fn new_seq(&self, job: Job) -> Seq {
         self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
         let mut eos: Vec<u32> = self
             .tok
@@ -222,14 +322,19 @@ impl Loop {
             .collect();
         eos.sort_unstable();
         eos.dedup();
-        let seq = Seq {
+        Seq {
             sampler: Sampler::new(job.params.clone(), 0),
             job,
             tokens: Vec::new(),
             text: String::new(),
             emitted: 0,
             eos,
-        };
+        }
+    }
+
+    /// Starts a chunked prefill of one prompt (a long one, or one whose prompt is scored).
+    fn begin(&mut self, job: Job) {
+        let seq = self.new_seq(job);
         self.prefill = Some(Prefill {
             seq,
             cache: self.model.new_cache(1),

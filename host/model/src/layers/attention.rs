@@ -21,6 +21,10 @@ pub struct Attention {
 }
 
 impl Attention {
+    pub fn linears_mut(&mut self) -> [&mut Linear; 2] {
+        [&mut self.qkv_proj, &mut self.o_proj]
+    }
+
     pub fn load(w: &Weights, prefix: &str, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let norm = |n: &str| -> Result<Option<RmsNorm>> {

@@ -16,6 +16,13 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// The layer's projections (attention's, then the MLP's).
+    pub fn linears_mut(&mut self) -> Vec<&mut super::Linear> {
+        let [a, b] = self.self_attn.linears_mut();
+        let [c, d] = self.mlp.linears_mut();
+        vec![a, b, c, d]
+    }
+
     pub fn load(w: &Weights, prefix: &str, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::load(

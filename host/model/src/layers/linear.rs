@@ -16,7 +16,13 @@ pub struct Linear {
     /// Multiply Q8_0 weights with unrounded f32 activations (the LM head: close next-token
     /// choices must not flip on 8-bit rounding).
     exact_activations: bool,
+    /// The quantized weight dequantized once and kept (`keep_dense`): products of
+    /// `DENSE_CACHED_FROM_ROWS` rows or more use it, as a server's batched decode steps do.
+    dense_copy: Option<Tensor>,
 }
+
+/// Rows from which a kept dense copy beats per-row quantized dot products.
+const DENSE_CACHED_FROM_ROWS: usize = 16;
 
 /// Rows at or above which a quantized weight is dequantized and multiplied in f32: prompt
 /// processing is compute-bound, and a dense GEMM beats per-row quantized dot products there.
@@ -66,6 +72,7 @@ impl Linear {
             bias,
             parts: parts.iter().map(|p| p.1).collect(),
             exact_activations: false,
+            dense_copy: None,
         })
     }
 
@@ -75,6 +82,21 @@ impl Linear {
             bias: None,
             parts: vec![],
             exact_activations: false,
+            dense_copy: None,
+        }
+    }
+
+    /// Keeps a dequantized f32 copy of a quantized weight for batched products (a serving
+    /// choice: memory for throughput). Returns the bytes it adds.
+    pub fn keep_dense(&mut self) -> candle_core::Result<usize> {
+        match &self.weight {
+            LinearWeight::Quant(QMatMul::QTensor(q)) if self.dense_copy.is_none() => {
+                let d = q.dequantize(&q.device())?;
+                let bytes = d.elem_count() * 4;
+                self.dense_copy = Some(d);
+                Ok(bytes)
+            }
+            _ => Ok(0),
         }
     }
 
@@ -88,6 +110,11 @@ impl Linear {
         let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
         let y = match &self.weight {
             LinearWeight::Dense(w) => dense(x, w)?,
+            LinearWeight::Quant(_)
+                if rows >= DENSE_CACHED_FROM_ROWS && self.dense_copy.is_some() =>
+            {
+                dense(x, self.dense_copy.as_ref().expect("checked"))?
+            }
             LinearWeight::Quant(QMatMul::QTensor(q))
                 if rows >= DENSE_FROM_ROWS && x.device().is_cpu() =>
             {

@@ -13,6 +13,10 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    pub fn linears_mut(&mut self) -> [&mut Linear; 2] {
+        [&mut self.gate_up, &mut self.down]
+    }
+
     pub fn load(w: &Weights, prefix: &str, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
         let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         let (gate, up) = (format!("{prefix}.gate_proj"), format!("{prefix}.up_proj"));
