@@ -225,3 +225,72 @@ print("ok")
     );
     assert_eq!(client(d, &s.url, &script).trim(), "ok");
 }
+
+#[test]
+fn galley_eval_through_galley_serve_scores_as_galley_eval_on_the_model() {
+    // The remote engine (any OpenAI-compatible server) against galley's own server: the same
+    // multiple-choice task, scored by echo log-probabilities over HTTP, gives the same numbers.
+    let tmp = setup();
+    let d = tmp.path();
+    let mut rows = String::new();
+    for i in 0..12 {
+        let row = serde_json::json!({
+            "question": format!("the number {i} is"),
+            "choices": [format!("{}", i * 3 % 17), format!("{}", i + 7), "no"],
+            "gold": i % 3,
+        });
+        rows.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(d.join("mc.jsonl"), rows).unwrap();
+    std::fs::write(
+        d.join("mc.yaml"),
+        "task: mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: mc.jsonl\n\
+         output_type: multiple_choice\ntest_split: test\ndoc_to_text: \"{{question}}\"\n\
+         doc_to_target: \"{{gold}}\"\ndoc_to_choice: \"{{choices}}\"\n\
+         metric_list:\n  - metric: acc\n  - metric: acc_norm\n",
+    )
+    .unwrap();
+    let s = serve(d, &["-m", "model"]);
+    let eval = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["eval", "--tasks", "mc.yaml", "--json"];
+        all.extend_from_slice(args);
+        let o = galley(d, &all);
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    let native = eval(&["-m", "model", "-o", "native"]);
+    let url = format!("{}/v1", s.url);
+    let remote = eval(&["--base-url", &url, "--model-id", "model", "-o", "remote"]);
+    // Every choice's log-likelihood, to float tolerance (one batched pass vs one request each).
+    let lls = |dir: &str| -> Vec<f64> {
+        std::fs::read_to_string(d.join(dir).join("samples.jsonl"))
+            .unwrap()
+            .lines()
+            .flat_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["loglikelihoods"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p[0].as_f64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (a, b) = (lls("native"), lls("remote"));
+    assert_eq!(a.len(), 36);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-3, "log-likelihoods differ by up to {worst}");
+    assert_eq!(remote["results"]["mc"]["n"], 12);
+    for k in ["acc,none", "acc_norm,none"] {
+        assert_eq!(
+            native["results"]["mc"][k], remote["results"]["mc"][k],
+            "{k}"
+        );
+    }
+    assert_eq!(remote["model"]["id"], "model");
+}

@@ -46,6 +46,19 @@ pub struct EvalArgs {
     /// Folders of task files whose names --tasks may use.
     #[arg(long)]
     include_path: Vec<PathBuf>,
+    /// Evaluate a model behind an OpenAI-compatible server (vLLM, llama.cpp's server, `galley
+    /// serve`...) instead of loading one: its `/v1` URL.
+    #[arg(long, value_name = "URL")]
+    base_url: Option<String>,
+    /// The server's model id (with --base-url).
+    #[arg(long, requires = "base_url")]
+    model_id: Option<String>,
+    /// The environment variable holding the server's API key (with --base-url).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    api_key_env: String,
+    /// Requests in flight at once (with --base-url).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
     /// The model that grades `metric: judge` (default: the evaluated model judges itself).
     #[arg(long)]
     judge_model: Option<String>,
@@ -163,30 +176,60 @@ pub fn run(args: EvalArgs) -> Result<()> {
         expect: Default::default(),
     };
     let loaded = galley_eval::load_tasks(&tasks, &opts, &mut plugins)?;
-    let spec = cfg
-        .model
-        .clone()
-        .context("no model: pass --model PATH (or `model:` in the settings file)")?;
-    let path = crate::models::resolve(&spec)?;
-    let adapter = cfg.adapter.clone();
     let device = galley_model::default_device();
-    let started = std::time::Instant::now();
-    let load = galley_model::LoadOptions {
-        dequantize: cfg.dequantize,
+    let adapter = cfg.adapter.clone();
+    let (mut engine, model): (Box<dyn galley_core::Engine>, serde_json::Value) = match &args
+        .base_url
+    {
+        Some(url) => {
+            let id = args
+                .model_id
+                .clone()
+                .context("--base-url needs --model-id (the server's model id)")?;
+            if adapter.is_some() {
+                anyhow::bail!(
+                    "--adapter applies to a model galley loads; a server serves adapters as model ids (--model-id)"
+                );
+            }
+            let mut o = galley_serve::remote::RemoteOptions::new(url.clone(), id.clone());
+            o.api_key = std::env::var(&args.api_key_env).ok();
+            o.concurrency = args.concurrency.max(1);
+            let e = galley_serve::remote::OpenAiEngine::new(o)?;
+            (Box::new(e), serde_json::json!({"base_url": url, "id": id}))
+        }
+        None => {
+            let spec = cfg
+                .model
+                .clone()
+                .context("no model: pass --model PATH (or `model:` in the settings file)")?;
+            let path = crate::models::resolve(&spec)?;
+            let started = std::time::Instant::now();
+            let load = galley_model::LoadOptions {
+                dequantize: cfg.dequantize,
+            };
+            let stacked: Vec<&Path> = adapter.as_deref().into_iter().collect();
+            let mut engine = galley_model::NativeEngine::open(&path, &stacked, &device, load)
+                .with_context(|| format!("loading {}", path.display()))?;
+            engine.batch_tokens = cfg.batch_tokens.max(64);
+            eprintln!(
+                "loaded {}{} in {:.1} s",
+                path.display(),
+                adapter
+                    .as_ref()
+                    .map(|a| format!(" + adapter {}", a.display()))
+                    .unwrap_or_default(),
+                started.elapsed().as_secs_f64()
+            );
+            let model = serde_json::json!({
+                "path": path.display().to_string(),
+                "digest": galley_model::load::digest(&path)?,
+                "adapter": adapter.as_ref().map(|a| a.display().to_string()),
+                "adapter_digest": adapter.as_deref().map(galley_model::load::digest).transpose()?,
+                "dequantize": cfg.dequantize,
+            });
+            (Box::new(engine), model)
+        }
     };
-    let stacked: Vec<&Path> = adapter.as_deref().into_iter().collect();
-    let mut engine = galley_model::NativeEngine::open(&path, &stacked, &device, load)
-        .with_context(|| format!("loading {}", path.display()))?;
-    engine.batch_tokens = cfg.batch_tokens.max(64);
-    eprintln!(
-        "loaded {}{} in {:.1} s",
-        path.display(),
-        adapter
-            .as_ref()
-            .map(|a| format!(" + adapter {}", a.display()))
-            .unwrap_or_default(),
-        started.elapsed().as_secs_f64()
-    );
     let bar = (!args.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -211,7 +254,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let judge_engine = judge.as_mut().map(|j| j as &mut dyn galley_core::Engine);
     let report = galley_eval::evaluate(
-        &mut engine,
+        engine.as_mut(),
         judge_engine,
         &loaded,
         &groups,
@@ -234,13 +277,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let seconds = run_started.elapsed().as_secs_f64();
     let docs: usize = report.tasks.iter().map(|t| t.n).sum();
-    let model = serde_json::json!({
-        "path": path.display().to_string(),
-        "digest": galley_model::load::digest(&path)?,
-        "adapter": adapter.as_ref().map(|a| a.display().to_string()),
-        "adapter_digest": adapter.as_deref().map(galley_model::load::digest).transpose()?,
-        "dequantize": cfg.dequantize,
-    });
     let peak = galley_core::peak_rss_mib();
     let results = cfg.results_json(&report, model, seconds, peak);
     if let Some(out) = &cfg.output {

@@ -1,9 +1,12 @@
 //! galley-serve owns serving: the OpenAI-compatible HTTP API (`api`) over continuous-batching
 //! decoders (`batcher`), one per model id — the base model and each LoRA adapter applied over
-//! it in memory. The binary binds the address and prints; this crate loads and routes.
+//! it in memory — and the remote engines (`remote`: any OpenAI-compatible server behind
+//! galley-core's `Engine`). The binary binds the address and prints; this crate loads and
+//! routes.
 
 pub mod api;
 pub mod batcher;
+pub mod remote;
 
 pub use batcher::Limits;
 

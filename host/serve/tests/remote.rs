@@ -1,0 +1,132 @@
+//! The OpenAI-compatible remote engine against stand-in servers on loopback that speak the
+//! completions API: a busy one (429 twice, then an answer) is retried, one that never
+//! answers in time fails with the timeout named, and a 400 is not retried and keeps the
+//! server's message.
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use galley_core::engine::{Engine, LoglikelihoodRequest};
+use galley_serve::remote::{OpenAiEngine, RemoteOptions};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Serves `app` on a free loopback port in a background runtime; returns its `/v1` URL.
+fn stand_in(app: Router) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    format!("http://{}/v1", rx.recv().unwrap())
+}
+
+fn echo_answer() -> serde_json::Value {
+    // "Answer: yes" as three tokens; the continuation " yes" is the last, and the top choice.
+    serde_json::json!({"choices": [{"text": "Answer: yes", "logprobs": {
+        "tokens": ["Answer", ":", " yes"], "token_logprobs": [null, -0.5, -0.25],
+        "top_logprobs": [null, {":": -0.5}, {" yes": -0.25, " no": -1.5}],
+        "text_offset": [0, 6, 7]}}]})
+}
+
+fn opts(url: &str) -> RemoteOptions {
+    RemoteOptions {
+        backoff: Duration::from_millis(10),
+        ..RemoteOptions::new(url, "m")
+    }
+}
+
+fn request() -> Vec<LoglikelihoodRequest> {
+    vec![LoglikelihoodRequest {
+        context: "Answer:".into(),
+        continuation: " yes".into(),
+    }]
+}
+
+#[test]
+fn a_busy_server_is_retried_and_its_answer_scored() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = Router::new().route(
+        "/v1/completions",
+        post(move || {
+            let c = c.clone();
+            async move {
+                if c.fetch_add(1, Ordering::SeqCst) < 2 {
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "0")],
+                        "busy",
+                    )
+                        .into_response()
+                } else {
+                    axum::Json(echo_answer()).into_response()
+                }
+            }
+        }),
+    );
+    let mut e = OpenAiEngine::new(opts(&stand_in(app))).unwrap();
+    let r = e.loglikelihood(&request(), &mut |_| {}).unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(r[0].logprob, -0.25);
+    assert!(r[0].greedy);
+    assert_eq!(r[0].token_logprobs, vec![-0.25]);
+}
+
+#[test]
+fn a_server_that_never_answers_times_out_by_name() {
+    let app = Router::new().route(
+        "/v1/completions",
+        post(|| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "late"
+        }),
+    );
+    let mut o = opts(&stand_in(app));
+    o.timeout = Duration::from_millis(200);
+    o.retries = 1;
+    let mut e = OpenAiEngine::new(o).unwrap();
+    let err = e
+        .loglikelihood(&request(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("timed out") && err.contains("2 attempts"),
+        "{err}"
+    );
+    assert!(err.starts_with("m at http://127.0.0.1:"), "{err}");
+}
+
+#[test]
+fn a_bad_request_is_not_retried_and_keeps_the_servers_message() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = Router::new().route(
+        "/v1/completions",
+        post(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            async {
+                (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(serde_json::json!({"error": {"message": "prompt too long"}})),
+                )
+            }
+        }),
+    );
+    let mut e = OpenAiEngine::new(opts(&stand_in(app))).unwrap();
+    let err = e
+        .loglikelihood(&request(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("400") && err.contains("prompt too long"),
+        "{err}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
