@@ -294,3 +294,53 @@ fn galley_eval_through_galley_serve_scores_as_galley_eval_on_the_model() {
     }
     assert_eq!(remote["model"]["id"], "model");
 }
+
+#[test]
+fn galley_judge_through_galley_serve_gives_the_local_judges_verdicts() {
+    // A remote judge (the common case) through the server's chat API: greedy, the same
+    // template server-side, so the same raw verdicts as the model judging locally.
+    let tmp = setup();
+    let d = tmp.path();
+    let items: String = (0..3)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"question": format!("the number {i} is"), "answer": format!("{}", i * 3)})
+            )
+        })
+        .collect();
+    std::fs::write(d.join("answers.jsonl"), items).unwrap();
+    let s = serve(d, &["-m", "model"]);
+    let url = format!("{}/v1", s.url);
+    let judge = |out: &str, extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec![
+            "judge",
+            "answers.jsonl",
+            "-m",
+            "model",
+            "--max-tokens",
+            "12",
+            "-o",
+            out,
+        ];
+        all.extend_from_slice(extra);
+        let o = galley(d, &all);
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        std::fs::read_to_string(d.join(out))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["judge"].clone())
+            .collect()
+    };
+    let local = judge("local.jsonl", &[]);
+    let remote = judge("remote.jsonl", &["--base-url", &url]);
+    assert_eq!(local.len(), 3);
+    // The tiny model's verdicts are text of its own (unparseable), but real text.
+    assert!(
+        local
+            .iter()
+            .all(|v| !v["raw"].as_str().unwrap_or_default().is_empty()),
+        "{local:?}"
+    );
+    assert_eq!(local, remote);
+}

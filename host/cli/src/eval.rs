@@ -59,6 +59,10 @@ pub struct EvalArgs {
     /// Requests in flight at once (with --base-url).
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// The judge behind an OpenAI-compatible server (its `/v1` URL; --judge-model is then the
+    /// server's model id).
+    #[arg(long, value_name = "URL", requires = "judge_model")]
+    judge_base_url: Option<String>,
     /// The model that grades `metric: judge` (default: the evaluated model judges itself).
     #[arg(long)]
     judge_model: Option<String>,
@@ -243,16 +247,25 @@ pub fn run(args: EvalArgs) -> Result<()> {
     });
     let run_started = std::time::Instant::now();
     let mut last_task = String::new();
-    let mut judge = match &cfg.judge_model {
-        Some(spec) => {
-            let p = crate::models::resolve(spec)?;
-            let j = galley_model::NativeEngine::open(&p, &[], &device, Default::default())
-                .with_context(|| format!("loading the judge {}", p.display()))?;
-            Some(j)
-        }
+    let mut judge: Option<Box<dyn galley_core::Engine>> =
+        match (&cfg.judge_model, &args.judge_base_url) {
+            (Some(id), Some(url)) => {
+                let mut o = galley_serve::remote::RemoteOptions::new(url.clone(), id.clone());
+                o.api_key = std::env::var(&args.api_key_env).ok();
+                Some(Box::new(galley_serve::remote::OpenAiEngine::new(o)?))
+            }
+            (Some(spec), None) => {
+                let p = crate::models::resolve(spec)?;
+                let j = galley_model::NativeEngine::open(&p, &[], &device, Default::default())
+                    .with_context(|| format!("loading the judge {}", p.display()))?;
+                Some(Box::new(j))
+            }
+            (None, _) => None,
+        };
+    let judge_engine: Option<&mut dyn galley_core::Engine> = match judge.as_mut() {
+        Some(b) => Some(&mut **b),
         None => None,
     };
-    let judge_engine = judge.as_mut().map(|j| j as &mut dyn galley_core::Engine);
     let report = galley_eval::evaluate(
         engine.as_mut(),
         judge_engine,

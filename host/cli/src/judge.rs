@@ -13,9 +13,16 @@ pub struct JudgeArgs {
     /// JSONL in: {"question", "answer", "reference"?} per line, or with --pairwise
     /// {"question", "answer_a", "answer_b"} (`prompt` and `completion`/`response` are accepted too).
     input: PathBuf,
-    /// The judge model: a .gguf file or an HF checkpoint folder.
+    /// The judge model: a .gguf file or an HF checkpoint folder (with --base-url: the
+    /// server's model id).
     #[arg(long, short)]
     model: String,
+    /// Judge with a model behind an OpenAI-compatible server (its `/v1` URL): the common case
+    /// of a large remote judge. The key comes from $OPENAI_API_KEY (or --api-key-env).
+    #[arg(long, value_name = "URL")]
+    base_url: Option<String>,
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    api_key_env: String,
     /// Compare two answers (in both orders) instead of scoring one.
     #[arg(long)]
     pairwise: bool,
@@ -98,15 +105,24 @@ pub fn run(args: JudgeArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         chat: !args.no_chat_template,
     };
-    let path = crate::models::resolve(&args.model)?;
-    let m = galley_model::load(&path, &galley_model::default_device())
-        .with_context(|| format!("loading {}", path.display()))?;
-    let mut engine = galley_model::NativeEngine::new(
-        m.model,
-        m.tokenizer,
-        m.template,
-        path.display().to_string(),
-    );
+    let mut engine: Box<dyn galley_core::Engine> = match &args.base_url {
+        Some(url) => {
+            let mut o = galley_serve::remote::RemoteOptions::new(url.clone(), args.model.clone());
+            o.api_key = std::env::var(&args.api_key_env).ok();
+            Box::new(galley_serve::remote::OpenAiEngine::new(o)?)
+        }
+        None => {
+            let path = crate::models::resolve(&args.model)?;
+            let m = galley_model::load(&path, &galley_model::default_device())
+                .with_context(|| format!("loading {}", path.display()))?;
+            Box::new(galley_model::NativeEngine::new(
+                m.model,
+                m.tokenizer,
+                m.template,
+                path.display().to_string(),
+            ))
+        }
+    };
     let mut out_rows: Vec<serde_json::Value> = vec![];
     let summary = if args.pairwise {
         let items = typed
@@ -124,7 +140,7 @@ pub fn run(args: JudgeArgs) -> Result<()> {
                 ),
             })
             .collect::<Result<Vec<_>>>()?;
-        let verdicts = judge::pairwise(&mut engine, &items, &opts)?;
+        let verdicts = judge::pairwise(engine.as_mut(), &items, &opts)?;
         let count = |w: Winner| verdicts.iter().filter(|v| v.winner == Some(w)).count();
         for (row, v) in rows.iter().zip(&verdicts) {
             let mut r = row.clone();
@@ -154,7 +170,7 @@ pub fn run(args: JudgeArgs) -> Result<()> {
                 ),
             })
             .collect::<Result<Vec<_>>>()?;
-        let verdicts = judge::pointwise(&mut engine, &items, &opts)?;
+        let verdicts = judge::pointwise(engine.as_mut(), &items, &opts)?;
         for (row, v) in rows.iter().zip(&verdicts) {
             let mut r = row.clone();
             r["judge"] = serde_json::to_value(v)?;

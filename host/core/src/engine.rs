@@ -39,6 +39,17 @@ pub struct GenerateRequest {
     pub seed: u64,
 }
 
+/// Answer a conversation (it ends with the user's turn) as the assistant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub until: Vec<String>,
+    pub max_tokens: usize,
+    /// 0 is greedy.
+    pub temperature: f32,
+    pub seed: u64,
+}
+
 /// A continuation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generated {
@@ -85,4 +96,25 @@ pub trait Engine: Send {
     /// `messages` rendered with the model's chat template, ending with the assistant's turn
     /// opened; an error when the model has none.
     fn apply_chat_template(&self, messages: &[Message]) -> Result<String, EngineError>;
+    /// One reply per conversation, in order. The default renders the chat template and
+    /// generates; an engine behind a chat API (a remote one) answers directly.
+    fn chat(
+        &mut self,
+        requests: &[ChatRequest],
+        progress: &mut Progress<'_>,
+    ) -> Result<Vec<Generated>, EngineError> {
+        let prompts = requests
+            .iter()
+            .map(|r| {
+                Ok(GenerateRequest {
+                    prompt: self.apply_chat_template(&r.messages)?,
+                    until: r.until.clone(),
+                    max_tokens: r.max_tokens,
+                    temperature: r.temperature,
+                    seed: r.seed,
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        self.generate(&prompts, progress)
+    }
 }

@@ -7,7 +7,7 @@
 //! score.
 
 use galley_core::Message;
-use galley_core::engine::{Engine, EngineError, GenerateRequest};
+use galley_core::engine::{ChatRequest, Engine, EngineError, GenerateRequest};
 use minijinja::{Environment, context};
 use serde::Serialize;
 
@@ -120,14 +120,24 @@ fn ask(
     prompts: Vec<String>,
     o: &JudgeOptions,
 ) -> Result<Vec<String>, JudgeError> {
-    let prompts = if o.chat {
-        prompts
+    if o.chat {
+        // Through the engine's chat: a local model's template, or a remote chat API.
+        let requests: Vec<ChatRequest> = prompts
             .into_iter()
-            .map(|p| engine.apply_chat_template(&[Message::new("user", p)]))
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        prompts
-    };
+            .map(|p| ChatRequest {
+                messages: vec![Message::new("user", p)],
+                until: vec![],
+                max_tokens: o.max_tokens,
+                temperature: 0.0,
+                seed: 0,
+            })
+            .collect();
+        return Ok(engine
+            .chat(&requests, &mut |_| {})?
+            .into_iter()
+            .map(|g| g.text)
+            .collect());
+    }
     let requests: Vec<GenerateRequest> = prompts
         .into_iter()
         .map(|prompt| GenerateRequest {

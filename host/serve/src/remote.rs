@@ -3,12 +3,13 @@
 //! go through `/v1/completions` with `echo` and `logprobs` (lm-evaluation-harness's
 //! `local-completions` way): the continuation is the tokens whose text offset is at or past
 //! the context's end, greedy when each was its position's top choice. Generation goes through
-//! `/v1/completions`. Requests run `concurrency` at a time; a 429 or 5xx answer is retried with
+//! `/v1/completions`, conversations (a judge's) through `/v1/chat/completions`. Requests run `concurrency` at a time; a 429 or 5xx answer is retried with
 //! exponential backoff (a `Retry-After` header wins), and every call has a timeout.
 
 use galley_core::Message;
 use galley_core::engine::{
-    Engine, EngineError, GenerateRequest, Generated, Loglikelihood, LoglikelihoodRequest, Progress,
+    ChatRequest, Engine, EngineError, GenerateRequest, Generated, Loglikelihood,
+    LoglikelihoodRequest, Progress,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -222,6 +223,30 @@ impl OpenAiEngine {
     }
 }
 
+impl OpenAiEngine {
+    fn reply(&self, r: &ChatRequest) -> Result<Generated, EngineError> {
+        let messages: Vec<Value> = r
+            .messages
+            .iter()
+            .map(|m| json!({"role": m.role, "content": m.content}))
+            .collect();
+        let mut body = json!({"model": self.opts.model, "messages": messages,
+                              "max_tokens": r.max_tokens, "temperature": r.temperature,
+                              "seed": r.seed});
+        if !r.until.is_empty() {
+            body["stop"] = json!(r.until);
+        }
+        let v = self.post("/chat/completions", &body)?;
+        let text = v["choices"][0]["message"]["content"]
+            .as_str()
+            .ok_or_else(|| self.err("the chat completion has no message content"))?;
+        Ok(Generated {
+            text: text.to_string(),
+            tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
+        })
+    }
+}
+
 impl Engine for OpenAiEngine {
     fn name(&self) -> &str {
         &self.name
@@ -241,6 +266,15 @@ impl Engine for OpenAiEngine {
         progress: &mut Progress<'_>,
     ) -> Result<Vec<Generated>, EngineError> {
         self.parallel(requests, progress, |r| self.continue_text(r))
+    }
+
+    /// The server's chat API applies the model's template.
+    fn chat(
+        &mut self,
+        requests: &[ChatRequest],
+        progress: &mut Progress<'_>,
+    ) -> Result<Vec<Generated>, EngineError> {
+        self.parallel(requests, progress, |r| self.reply(r))
     }
 
     fn apply_chat_template(&self, _messages: &[Message]) -> Result<String, EngineError> {
