@@ -53,16 +53,21 @@ pub struct EvalArgs {
     /// The server's model id (with --base-url).
     #[arg(long, requires = "base_url")]
     model_id: Option<String>,
-    /// The environment variable holding the server's API key (with --base-url).
-    #[arg(long, default_value = "OPENAI_API_KEY")]
-    api_key_env: String,
+    /// The environment variable holding the server's API key (default: OPENAI_API_KEY).
+    #[arg(long)]
+    api_key_env: Option<String>,
     /// Requests in flight at once (with --base-url).
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// The judge behind an OpenAI-compatible server (its `/v1` URL; --judge-model is then the
-    /// server's model id).
+    /// The judge behind a remote API (its base URL; --judge-model is then the model id).
     #[arg(long, value_name = "URL", requires = "judge_model")]
     judge_base_url: Option<String>,
+    /// The judge's API: openai (any OpenAI-compatible server), anthropic, vertex.
+    #[arg(long, default_value = "openai", requires = "judge_base_url")]
+    judge_engine: String,
+    /// The environment variable with the judge's key (default by engine).
+    #[arg(long)]
+    judge_api_key_env: Option<String>,
     /// The model that grades `metric: judge` (default: the evaluated model judges itself).
     #[arg(long)]
     judge_model: Option<String>,
@@ -196,7 +201,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 );
             }
             let mut o = galley_serve::remote::RemoteOptions::new(url.clone(), id.clone());
-            o.api_key = std::env::var(&args.api_key_env).ok();
+            o.api_key = std::env::var(args.api_key_env.as_deref().unwrap_or("OPENAI_API_KEY")).ok();
             o.concurrency = args.concurrency.max(1);
             let e = galley_serve::remote::OpenAiEngine::new(o)?;
             (Box::new(e), serde_json::json!({"base_url": url, "id": id}))
@@ -249,11 +254,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut last_task = String::new();
     let mut judge: Option<Box<dyn galley_core::Engine>> =
         match (&cfg.judge_model, &args.judge_base_url) {
-            (Some(id), Some(url)) => {
-                let mut o = galley_serve::remote::RemoteOptions::new(url.clone(), id.clone());
-                o.api_key = std::env::var(&args.api_key_env).ok();
-                Some(Box::new(galley_serve::remote::OpenAiEngine::new(o)?))
-            }
+            (Some(id), Some(url)) => Some(galley_serve::remote_engine(
+                &args.judge_engine,
+                url,
+                id,
+                args.judge_api_key_env.as_deref(),
+            )?),
             (Some(spec), None) => {
                 let p = crate::models::resolve(spec)?;
                 let j = galley_model::NativeEngine::open(&p, &[], &device, Default::default())

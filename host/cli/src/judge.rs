@@ -21,8 +21,13 @@ pub struct JudgeArgs {
     /// of a large remote judge. The key comes from $OPENAI_API_KEY (or --api-key-env).
     #[arg(long, value_name = "URL")]
     base_url: Option<String>,
-    #[arg(long, default_value = "OPENAI_API_KEY")]
-    api_key_env: String,
+    /// The API behind --base-url: openai (any OpenAI-compatible server), anthropic, vertex.
+    #[arg(long, default_value = "openai", requires = "base_url")]
+    engine: String,
+    /// The environment variable with the key (default: OPENAI_API_KEY, ANTHROPIC_API_KEY or
+    /// GOOGLE_API_KEY by engine).
+    #[arg(long)]
+    api_key_env: Option<String>,
     /// Compare two answers (in both orders) instead of scoring one.
     #[arg(long)]
     pairwise: bool,
@@ -106,11 +111,12 @@ pub fn run(args: JudgeArgs) -> Result<()> {
         chat: !args.no_chat_template,
     };
     let mut engine: Box<dyn galley_core::Engine> = match &args.base_url {
-        Some(url) => {
-            let mut o = galley_serve::remote::RemoteOptions::new(url.clone(), args.model.clone());
-            o.api_key = std::env::var(&args.api_key_env).ok();
-            Box::new(galley_serve::remote::OpenAiEngine::new(o)?)
-        }
+        Some(url) => galley_serve::remote_engine(
+            &args.engine,
+            url,
+            &args.model,
+            args.api_key_env.as_deref(),
+        )?,
         None => {
             let path = crate::models::resolve(&args.model)?;
             let m = galley_model::load(&path, &galley_model::default_device())

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod batcher;
+pub mod chat_apis;
 pub mod remote;
 
 pub use batcher::Limits;
@@ -95,4 +96,39 @@ pub fn load(opts: &ServeOptions) -> Result<Arc<Shared>, ServeError> {
             .map_or(0, |d| d.as_secs()),
         next_id: Default::default(),
     }))
+}
+
+/// The remote APIs an engine can speak.
+pub const REMOTE_APIS: &[&str] = &["openai", "anthropic", "vertex"];
+
+/// A remote engine for `api` (`openai`: any OpenAI-compatible server; `anthropic`; `vertex`)
+/// at `base_url` serving `model`, its key read from `key_env` (default per API:
+/// `OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `GOOGLE_API_KEY`) when set.
+pub fn remote_engine(
+    api: &str,
+    base_url: &str,
+    model: &str,
+    key_env: Option<&str>,
+) -> Result<Box<dyn galley_core::Engine>, ServeError> {
+    let default_env = match api {
+        "openai" => "OPENAI_API_KEY",
+        "anthropic" => "ANTHROPIC_API_KEY",
+        "vertex" => "GOOGLE_API_KEY",
+        other => {
+            return Err(ServeError::Invalid(format!(
+                "engine `{other}`: expected one of {}",
+                REMOTE_APIS.join(", ")
+            )));
+        }
+    };
+    let mut o = remote::RemoteOptions::new(base_url, model);
+    o.api_key = std::env::var(key_env.unwrap_or(default_env)).ok();
+    let e = |e: galley_core::engine::EngineError| ServeError::Invalid(e.to_string());
+    Ok(match api {
+        "openai" => Box::new(remote::OpenAiEngine::new(o).map_err(e)?),
+        "anthropic" => {
+            Box::new(chat_apis::ChatApiEngine::new(chat_apis::Api::Anthropic, o).map_err(e)?)
+        }
+        _ => Box::new(chat_apis::ChatApiEngine::new(chat_apis::Api::Vertex, o).map_err(e)?),
+    })
 }

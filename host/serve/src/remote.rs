@@ -61,18 +61,35 @@ impl OpenAiEngine {
         Ok(Self { opts, client, name })
     }
 
-    fn err(&self, m: impl Into<String>) -> EngineError {
+    pub(crate) fn err(&self, m: impl Into<String>) -> EngineError {
         EngineError::new(&self.name, m)
     }
 
-    /// POSTs `body` to `path`, retrying what a busy or failing server answers.
+    /// POSTs `body` to `path` with the key as a bearer token.
     fn post(&self, path: &str, body: &Value) -> Result<Value, EngineError> {
+        let auth: Vec<(&str, String)> = self
+            .opts
+            .api_key
+            .iter()
+            .map(|k| ("authorization", format!("Bearer {k}")))
+            .collect();
+        self.post_with(path, body, &auth)
+    }
+
+    /// POSTs `body` to `path` with `headers`, retrying what a busy or failing server answers
+    /// (the other chat APIs share this: `chat_apis`).
+    pub(crate) fn post_with(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, String)],
+    ) -> Result<Value, EngineError> {
         let url = format!("{}{path}", self.opts.base_url);
         let mut attempt = 0;
         loop {
             let mut req = self.client.post(&url).json(body);
-            if let Some(k) = &self.opts.api_key {
-                req = req.bearer_auth(k);
+            for (k, v) in headers {
+                req = req.header(*k, v);
             }
             let wait = match req.send() {
                 Ok(r) if r.status().is_success() => {
@@ -123,8 +140,12 @@ impl OpenAiEngine {
         }
     }
 
+    pub(crate) fn options(&self) -> &RemoteOptions {
+        &self.opts
+    }
+
     /// Runs `f` over `items`, `concurrency` at a time, results in order.
-    fn parallel<T: Sync, R: Send>(
+    pub(crate) fn parallel<T: Sync, R: Send>(
         &self,
         items: &[T],
         progress: &mut Progress<'_>,

@@ -130,3 +130,111 @@ fn a_bad_request_is_not_retried_and_keeps_the_servers_message() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+fn judge_chat() -> Vec<galley_core::engine::ChatRequest> {
+    vec![galley_core::engine::ChatRequest {
+        messages: vec![
+            galley_core::Message::new("system", "be terse"),
+            galley_core::Message::new("user", "Score: 1 to 10?"),
+        ],
+        until: vec!["\n\n".into()],
+        max_tokens: 16,
+        temperature: 0.0,
+        seed: 0,
+    }]
+}
+
+#[test]
+fn anthropics_messages_api_is_spoken_and_a_busy_answer_retried() {
+    use axum::http::HeaderMap;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (s2, c2) = (seen.clone(), calls.clone());
+    let app = Router::new().route(
+        "/v1/messages",
+        post(
+            move |h: HeaderMap, axum::Json(body): axum::Json<serde_json::Value>| {
+                let (s2, c2) = (s2.clone(), c2.clone());
+                async move {
+                    assert_eq!(h["x-api-key"], "sk-test");
+                    assert_eq!(h["anthropic-version"], "2023-06-01");
+                    s2.lock().unwrap().push(body);
+                    if c2.fetch_add(1, Ordering::SeqCst) == 0 {
+                        return (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response();
+                    }
+                    axum::Json(serde_json::json!({
+                    "content": [{"type": "text", "text": "Score: 7"}],
+                    "usage": {"input_tokens": 12, "output_tokens": 4}}))
+                    .into_response()
+                }
+            },
+        ),
+    );
+    let url = stand_in(app).trim_end_matches("/v1").to_string();
+    let mut o = opts(&url);
+    o.model = "claude-test".into();
+    o.api_key = Some("sk-test".into());
+    let mut e =
+        galley_serve::chat_apis::ChatApiEngine::new(galley_serve::chat_apis::Api::Anthropic, o)
+            .unwrap();
+    let r = e.chat(&judge_chat(), &mut |_| {}).unwrap();
+    assert_eq!((r[0].text.as_str(), r[0].tokens), ("Score: 7", 4));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let body = seen.lock().unwrap()[1].clone();
+    assert_eq!(body["model"], "claude-test");
+    assert_eq!(body["system"], "be terse");
+    assert_eq!(
+        body["messages"],
+        serde_json::json!([{"role": "user", "content": "Score: 1 to 10?"}])
+    );
+    assert_eq!(body["stop_sequences"], serde_json::json!(["\n\n"]));
+    assert_eq!(body["max_tokens"], 16);
+    // No log-likelihoods from a chat API: said, not faked.
+    let err = e
+        .loglikelihood(&request(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no prompt log-likelihoods"), "{err}");
+}
+
+#[test]
+fn vertex_generate_content_is_spoken() {
+    use axum::extract::Path as UrlPath;
+    use axum::http::HeaderMap;
+    let seen = Arc::new(std::sync::Mutex::new(None::<(String, serde_json::Value)>));
+    let s2 = seen.clone();
+    let app = Router::new().route(
+        "/v1/projects/p/locations/l/publishers/google/models/{call}",
+        post(move |UrlPath(call): UrlPath<String>, h: HeaderMap, axum::Json(body): axum::Json<serde_json::Value>| {
+            let s2 = s2.clone();
+            async move {
+                assert_eq!(h["authorization"], "Bearer tok");
+                *s2.lock().unwrap() = Some((call, body));
+                axum::Json(serde_json::json!({
+                    "candidates": [{"content": {"role": "model", "parts": [{"text": "Score: "}, {"text": "9"}]}}],
+                    "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 2}}))
+            }
+        }),
+    );
+    let base = stand_in(app) + "/projects/p/locations/l/publishers/google/models";
+    let mut o = opts(&base);
+    o.model = "gemini-test".into();
+    o.api_key = Some("tok".into());
+    let mut e =
+        galley_serve::chat_apis::ChatApiEngine::new(galley_serve::chat_apis::Api::Vertex, o)
+            .unwrap();
+    let r = e.chat(&judge_chat(), &mut |_| {}).unwrap();
+    assert_eq!((r[0].text.as_str(), r[0].tokens), ("Score: 9", 2));
+    let (call, body) = seen.lock().unwrap().clone().unwrap();
+    assert_eq!(call, "gemini-test:generateContent");
+    assert_eq!(
+        body["contents"],
+        serde_json::json!([{"role": "user", "parts": [{"text": "Score: 1 to 10?"}]}])
+    );
+    assert_eq!(body["systemInstruction"]["parts"][0]["text"], "be terse");
+    assert_eq!(body["generationConfig"]["maxOutputTokens"], 16);
+    assert_eq!(
+        body["generationConfig"]["stopSequences"],
+        serde_json::json!(["\n\n"])
+    );
+}
