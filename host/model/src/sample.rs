@@ -120,6 +120,9 @@ impl LogSoftmax {
 
     /// The `k` most likely tokens and their log-probabilities, most likely first.
     pub fn top(&self, logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+        if k == 0 {
+            return Vec::new();
+        }
         let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
         for (i, &x) in logits.iter().enumerate() {
             if best.len() == k && best.last().is_some_and(|b| b.1 >= x) {

@@ -587,7 +587,7 @@ type Row = (
 /// text or messages, or `messages`), each with its other columns; a trailing assistant turn
 /// is the answer the stage generates anew.
 fn read_prompts(path: &Path, limit: Option<usize>) -> Result<Vec<Row>, String> {
-    use galley_train::dataset::{Content, Item};
+    use galley_train::dataset::Content;
     let mut skipped = galley_train::data::Skipped::default();
     let src = galley_train::config::SourceSection {
         limit,
@@ -599,37 +599,18 @@ fn read_prompts(path: &Path, limit: Option<usize>) -> Result<Vec<Row>, String> {
     records
         .into_iter()
         .map(|r| {
-            let mut messages = match r.item {
-                Item::PromptOnly(Content::Chat(m)) | Item::Lm(Content::Chat(m)) => m,
-                Item::PromptOnly(Content::Text(t)) => vec![galley_core::Message::new("user", t)],
-                Item::PromptCompletion {
-                    prompt: Content::Text(t),
-                    ..
-                } => {
-                    vec![galley_core::Message::new("user", t)]
-                }
-                Item::PromptCompletion {
-                    prompt: Content::Chat(m),
-                    ..
-                } => m,
-                other => {
-                    return Err(format!(
-                        "{}: a {} record; generation reads prompts (`prompt` or `messages`)",
-                        r.at,
-                        other.type_name()
-                    ));
-                }
+            let (at, id) = (r.at.clone(), r.id.clone());
+            let (prompt, metadata) = r.into_prompt().map_err(|msg| format!("{at}: {msg}"))?;
+            let messages = match prompt {
+                Content::Chat(m) => m,
+                Content::Text(t) => vec![galley_core::Message::new("user", t)],
             };
-            if messages.last().is_some_and(|m| m.role == "assistant") {
-                messages.pop();
-            }
-            let mut columns: serde_json::Map<String, serde_json::Value> = r
-                .metadata
+            let mut columns: serde_json::Map<String, serde_json::Value> = metadata
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_json()))
                 .collect();
-            if !r.id.is_empty() {
-                columns.insert("id".into(), r.id.into());
+            if !id.is_empty() {
+                columns.insert("id".into(), id.into());
             }
             Ok((messages, columns))
         })

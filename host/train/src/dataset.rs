@@ -72,6 +72,48 @@ pub struct Record {
     pub metadata: Metadata,
 }
 
+impl Record {
+    /// The record as a prompt to sample from (GRPO's, a `generate` stage's) and the columns
+    /// that travel with it: a prompt-only record's prompt; a conversation without its
+    /// trailing assistant turn (the reference answer); a prompt-completion record's prompt,
+    /// its completion kept as the `completion` column. `Err` names what other types are.
+    pub fn into_prompt(self) -> std::result::Result<(Content, Metadata), String> {
+        let mut metadata = self.metadata;
+        let prompt = match self.item {
+            Item::PromptOnly(p) => p,
+            Item::Lm(c @ Content::Chat(_)) => c,
+            Item::PromptCompletion { prompt, completion } => {
+                let reference = match completion {
+                    Content::Text(t) => t,
+                    Content::Chat(m) => m
+                        .into_iter()
+                        .map(|m| m.content)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                };
+                metadata.insert("completion".into(), galley_core::Value::Text(reference));
+                prompt
+            }
+            other => {
+                return Err(format!(
+                    "a {} record; prompts are `prompt` (text or messages) or `messages`",
+                    other.type_name()
+                ));
+            }
+        };
+        let prompt = match prompt {
+            Content::Chat(mut m) => {
+                if m.last().is_some_and(|m| m.role == "assistant") {
+                    m.pop();
+                }
+                Content::Chat(m)
+            }
+            t => t,
+        };
+        Ok((prompt, metadata))
+    }
+}
+
 const EXPECTED: &str = "language modeling (`text` or `messages`), prompt-only (`prompt`), prompt-completion (`prompt`, `completion`), preference (`prompt`, `chosen`, `rejected`; or `chosen`, `rejected`), unpaired preference (`prompt`, `completion`, `label`)";
 
 /// Reads `path` (any format galley-data reads) as records of TRL's types. Unreadable records

@@ -12,7 +12,7 @@
 use crate::align::{self, Completion as Scored, Surrogate, Whole};
 use crate::config::{DataSection, GrpoSection, OnBad, Truncation};
 use crate::data::{Batch, Records, Sample, Skipped};
-use crate::dataset::{Content, Item, Record};
+use crate::dataset::Content;
 use crate::error::{Result, TrainError, file_err};
 use crate::model::{Pass, TrainModel};
 use crate::rewards;
@@ -58,14 +58,16 @@ pub fn encode_prompts(
     };
     let mut out = Vec::with_capacity(items.len());
     for r in items {
-        let Some((at, prompt, metadata)) = prompt_of(r, data.on_bad_example, skipped)? else {
-            continue;
+        let at = r.at.clone();
+        let (prompt, metadata) = match r.into_prompt() {
+            Ok(p) => p,
+            Err(msg) => {
+                crate::data::bad_record(&at, msg, data.on_bad_example, skipped)?;
+                continue;
+            }
         };
         let (messages, text, special) = match prompt {
-            Content::Chat(mut m) => {
-                if m.last().is_some_and(|m| m.role == "assistant") {
-                    m.pop();
-                }
+            Content::Chat(m) => {
                 let text = match template {
                     Some(t) if !m.is_empty() => t.render(&m, true, None)?,
                     // No template (a base model): the turns' text, one after another.
@@ -107,42 +109,6 @@ pub fn encode_prompts(
         });
     }
     Ok(out)
-}
-
-/// A record's prompt and the columns reward functions see; other types are refused (or
-/// skipped, as `on_bad` says).
-fn prompt_of(
-    r: Record,
-    on_bad: OnBad,
-    skipped: &mut Skipped,
-) -> Result<Option<(String, Content, Metadata)>> {
-    let mut metadata = r.metadata;
-    let prompt = match r.item {
-        Item::PromptOnly(p) => p,
-        Item::Lm(c @ Content::Chat(_)) => c,
-        Item::PromptCompletion { prompt, completion } => {
-            let reference = match completion {
-                Content::Text(t) => galley_core::Value::Text(t),
-                Content::Chat(m) => galley_core::Value::Text(
-                    m.into_iter()
-                        .map(|m| m.content)
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                ),
-            };
-            metadata.insert("completion".into(), reference);
-            prompt
-        }
-        other => {
-            let msg = format!(
-                "a {} record; GRPO reads prompts (`prompt`, or `messages`)",
-                other.type_name()
-            );
-            crate::data::bad_record(&r.at, msg, on_bad, skipped)?;
-            return Ok(None);
-        }
-    };
-    Ok(Some((r.at, prompt, metadata)))
 }
 
 /// The reference GRPO's KL penalty is measured against.

@@ -127,24 +127,21 @@ pub fn kto(logp: f64, ref_logp: f64, desirable: bool, kl: f64, c: &KtoSection) -
     }
 }
 
-/// The mismatched (KL) sequence of example `i` in `items`: its prompt with the previous
+/// The mismatched (KL) sequence of example `k` of `items`: its prompt with the previous
 /// example's completion (the last one's for the first), as TRL rotates them.
 fn kl_sample(set: &[KtoExample], items: &[usize], k: usize, max_length: usize) -> Sample {
-    let me = &set[items[k]];
     let other = &set[items[(k + items.len() - 1) % items.len()]];
-    let mut ids = me.prompt.clone();
-    ids.extend(&other.completion);
-    let mut train = vec![false; me.prompt.len()];
-    train.resize(ids.len(), true);
-    ids.truncate(max_length);
-    train.truncate(max_length);
-    Sample { ids, train }
+    join(&set[items[k]].prompt, &other.completion, max_length)
 }
 
 fn sample(e: &KtoExample, max_length: usize) -> Sample {
-    let mut ids = e.prompt.clone();
-    ids.extend(&e.completion);
-    let mut train = vec![false; e.prompt.len()];
+    join(&e.prompt, &e.completion, max_length)
+}
+
+/// `prompt ++ completion`, loss on the completion, cut to `max_length`.
+fn join(prompt: &[u32], completion: &[u32], max_length: usize) -> Sample {
+    let mut ids = [prompt, completion].concat();
+    let mut train = vec![false; prompt.len()];
     train.resize(ids.len(), true);
     ids.truncate(max_length);
     train.truncate(max_length);
