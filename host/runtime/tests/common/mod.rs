@@ -31,8 +31,10 @@ pub fn plugin_path(name: &str) -> PathBuf {
 pub fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
+        // The same compiled-component cache as the end-to-end tests: one copy of each
+        // component (a Python one compiles to ~40 MB) instead of two.
         Runtime::new(RuntimeConfig {
-            cache_dir: Some(repo_root().join("target/test-component-cache")),
+            cache_dir: Some(repo_root().join("target/test-galley-cache/components")),
             ..RuntimeConfig::default()
         })
         .expect("runtime starts")
