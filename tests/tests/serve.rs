@@ -344,3 +344,80 @@ fn galley_judge_through_galley_serve_gives_the_local_judges_verdicts() {
     );
     assert_eq!(local, remote);
 }
+
+#[test]
+fn galley_infer_through_galley_serve_answers_as_galley_infer_on_the_model() {
+    // `--base-url` makes the model a server's: one prompt and a JSONL batch through its chat
+    // API, greedy, so the same text as the model answering locally.
+    let tmp = setup();
+    let d = tmp.path();
+    std::fs::write(
+        d.join("in.jsonl"),
+        "{\"prompt\": \"the number 4 is\", \"id\": 1}\n{\"messages\": [{\"role\": \"user\", \"content\": \"the number 9 is\"}]}\n",
+    )
+    .unwrap();
+    let s = serve(d, &["-m", "model"]);
+    let url = format!("{}/v1", s.url);
+    let infer = |extra: &[&str]| -> String {
+        let mut all = vec![
+            "infer",
+            "-m",
+            "model",
+            "-s",
+            "temperature=0",
+            "-s",
+            "max_tokens=10",
+        ];
+        all.extend_from_slice(extra);
+        let o = galley(d, &all);
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        stdout(&o)
+    };
+    let local = infer(&["-p", "the number 3 is"]);
+    let remote = infer(&["-p", "the number 3 is", "--base-url", &url]);
+    assert_eq!(local, remote);
+    let completions = |f: &str| -> Vec<(serde_json::Value, String)> {
+        std::fs::read_to_string(d.join(f))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["id"].clone(),
+                    v["completion"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    infer(&["-i", "in.jsonl", "-o", "local.jsonl"]);
+    infer(&["-i", "in.jsonl", "-o", "remote.jsonl", "--base-url", &url]);
+    let done = completions("local.jsonl");
+    assert!(done.iter().all(|(_, c)| !c.is_empty()), "{done:?}");
+    assert_eq!(done, completions("remote.jsonl"));
+    assert_eq!(
+        completions("remote.jsonl")[0].0,
+        1,
+        "the input's columns are kept"
+    );
+    // What a server cannot honour is refused, not dropped.
+    let o = galley(
+        d,
+        &[
+            "infer",
+            "-m",
+            "model",
+            "-p",
+            "x",
+            "-s",
+            "top_k=5",
+            "--base-url",
+            &url,
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        one_line_error(&o).contains("sampling.top_k"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -46,19 +46,12 @@ pub struct EvalArgs {
     /// Folders of task files whose names --tasks may use.
     #[arg(long)]
     include_path: Vec<PathBuf>,
-    /// Evaluate a model behind an OpenAI-compatible server (vLLM, llama.cpp's server, `galley
-    /// serve`...) instead of loading one: its `/v1` URL.
-    #[arg(long, value_name = "URL")]
-    base_url: Option<String>,
-    /// The server's model id (with --base-url).
+    /// Evaluate a model behind a server instead of loading one (see --base-url); its
+    /// model id.
     #[arg(long, requires = "base_url")]
     model_id: Option<String>,
-    /// The environment variable holding the server's API key (default: OPENAI_API_KEY).
-    #[arg(long)]
-    api_key_env: Option<String>,
-    /// Requests in flight at once (with --base-url).
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
+    #[command(flatten)]
+    engine: crate::engine_args::EngineArgs,
     /// The judge behind a remote API (its base URL; --judge-model is then the model id).
     #[arg(long, value_name = "URL", requires = "judge_model")]
     judge_base_url: Option<String>,
@@ -185,59 +178,52 @@ pub fn run(args: EvalArgs) -> Result<()> {
         expect: Default::default(),
     };
     let loaded = galley_eval::load_tasks(&tasks, &opts, &mut plugins)?;
-    let device = galley_model::default_device();
     let adapter = cfg.adapter.clone();
-    let (mut engine, model): (Box<dyn galley_core::Engine>, serde_json::Value) = match &args
-        .base_url
-    {
-        Some(url) => {
-            let id = args
-                .model_id
-                .clone()
-                .context("--base-url needs --model-id (the server's model id)")?;
-            if adapter.is_some() {
-                anyhow::bail!(
-                    "--adapter applies to a model galley loads; a server serves adapters as model ids (--model-id)"
-                );
-            }
-            let mut o = galley_serve::remote::RemoteOptions::new(url.clone(), id.clone());
-            o.api_key = std::env::var(args.api_key_env.as_deref().unwrap_or("OPENAI_API_KEY")).ok();
-            o.concurrency = args.concurrency.max(1);
-            let e = galley_serve::remote::OpenAiEngine::new(o)?;
-            (Box::new(e), serde_json::json!({"base_url": url, "id": id}))
-        }
-        None => {
-            let spec = cfg
-                .model
-                .clone()
-                .context("no model: pass --model PATH (or `model:` in the settings file)")?;
-            let path = crate::models::resolve(&spec)?;
-            let started = std::time::Instant::now();
-            let load = galley_model::LoadOptions {
-                dequantize: cfg.dequantize,
-            };
-            let stacked: Vec<&Path> = adapter.as_deref().into_iter().collect();
-            let mut engine = galley_model::NativeEngine::open(&path, &stacked, &device, load)
-                .with_context(|| format!("loading {}", path.display()))?;
-            engine.batch_tokens = cfg.batch_tokens.max(64);
-            eprintln!(
-                "loaded {}{} in {:.1} s",
-                path.display(),
-                adapter
-                    .as_ref()
-                    .map(|a| format!(" + adapter {}", a.display()))
-                    .unwrap_or_default(),
-                started.elapsed().as_secs_f64()
+    let spec = if args.engine.base_url.is_some() {
+        let id = args
+            .model_id
+            .clone()
+            .context("--base-url needs --model-id (the server's model id)")?;
+        if adapter.is_some() {
+            anyhow::bail!(
+                "--adapter applies to a model galley loads; a server serves adapters as model ids (--model-id)"
             );
-            let model = serde_json::json!({
-                "path": path.display().to_string(),
-                "digest": galley_model::load::digest(&path)?,
-                "adapter": adapter.as_ref().map(|a| a.display().to_string()),
-                "adapter_digest": adapter.as_deref().map(galley_model::load::digest).transpose()?,
-                "dequantize": cfg.dequantize,
-            });
-            (Box::new(engine), model)
         }
+        args.engine.spec(Some(id))
+    } else {
+        let mut spec =
+            args.engine.spec(Some(cfg.model.clone().context(
+                "no model: pass --model PATH (or `model:` in the settings file)",
+            )?));
+        spec.adapters = adapter.iter().cloned().collect();
+        spec.dequantize = cfg.dequantize;
+        spec.batch_tokens = Some(cfg.batch_tokens);
+        spec
+    };
+    let started = std::time::Instant::now();
+    let opened = galley_serve::engines::open(&spec, Path::new("")).context("opening the engine")?;
+    let mut engine = opened.engine;
+    // results.json's `model`: the eval schema (one adapter; a server's `id`).
+    let model = if spec.is_remote() {
+        serde_json::json!({"base_url": spec.base_url, "id": spec.model, "engine": spec.engine})
+    } else {
+        let r = &opened.record;
+        eprintln!(
+            "loaded {}{} in {:.1} s",
+            r["path"].as_str().unwrap_or_default(),
+            adapter
+                .as_ref()
+                .map(|a| format!(" + adapter {}", a.display()))
+                .unwrap_or_default(),
+            started.elapsed().as_secs_f64()
+        );
+        serde_json::json!({
+            "path": r["path"],
+            "digest": r["digest"],
+            "adapter": adapter.as_ref().map(|a| a.display().to_string()),
+            "adapter_digest": r["adapter_digests"].get(0),
+            "dequantize": cfg.dequantize,
+        })
     };
     let bar = (!args.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let b = indicatif::ProgressBar::new(0);
@@ -252,22 +238,23 @@ pub fn run(args: EvalArgs) -> Result<()> {
     });
     let run_started = std::time::Instant::now();
     let mut last_task = String::new();
-    let mut judge: Option<Box<dyn galley_core::Engine>> =
-        match (&cfg.judge_model, &args.judge_base_url) {
-            (Some(id), Some(url)) => Some(galley_serve::remote_engine(
-                &args.judge_engine,
-                url,
-                id,
-                args.judge_api_key_env.as_deref(),
-            )?),
-            (Some(spec), None) => {
-                let p = crate::models::resolve(spec)?;
-                let j = galley_model::NativeEngine::open(&p, &[], &device, Default::default())
-                    .with_context(|| format!("loading the judge {}", p.display()))?;
-                Some(Box::new(j))
-            }
-            (None, _) => None,
-        };
+    let mut judge: Option<Box<dyn galley_core::Engine>> = match &cfg.judge_model {
+        Some(id) => {
+            let judge = crate::engine_args::EngineArgs {
+                engine: args
+                    .judge_base_url
+                    .is_some()
+                    .then(|| args.judge_engine.clone()),
+                base_url: args.judge_base_url.clone(),
+                api_key_env: args.judge_api_key_env.clone(),
+                concurrency: None,
+            };
+            let opened = galley_serve::engines::open(&judge.spec(Some(id.clone())), Path::new(""))
+                .with_context(|| format!("opening the judge {id}"))?;
+            Some(opened.engine)
+        }
+        None => None,
+    };
     let judge_engine: Option<&mut dyn galley_core::Engine> = match judge.as_mut() {
         Some(b) => Some(&mut **b),
         None => None,

@@ -1,6 +1,7 @@
 //! `galley infer`: chat with a model in the terminal, answer one prompt, or run a JSONL file
 //! of conversations through batched generation. Settings come from an optional YAML file
-//! (typed, unknown keys refused) with `--set KEY=VALUE` overrides on top.
+//! (typed, unknown keys refused) with `--set KEY=VALUE` overrides on top. With `--base-url`
+//! (or `--engine`) the model is a server's, and `remote` answers through it.
 
 use anyhow::{Context, Result, bail};
 use galley_core::Message;
@@ -9,6 +10,8 @@ use serde::Deserialize;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+mod remote;
 
 #[derive(clap::Args)]
 pub struct InferArgs {
@@ -29,24 +32,27 @@ pub struct InferArgs {
     /// Override a setting: `sampling.temperature=0`, `max_tokens=64` is `sampling.max_tokens=64`.
     #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Infer through a server instead of loading the model (--model is then its model id).
+    #[command(flatten)]
+    engine: crate::engine_args::EngineArgs,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InferConfig {
-    model: Option<String>,
+pub(crate) struct InferConfig {
+    pub(crate) model: Option<String>,
     /// Run every matmul in f32 (dequantize GGUF blocks at load): slower, closest to the
     /// checkpoint's own numbers.
     #[serde(default)]
-    dequantize: bool,
+    pub(crate) dequantize: bool,
     /// A system message put before every conversation that has none.
     #[serde(default)]
-    system: Option<String>,
+    pub(crate) system: Option<String>,
     #[serde(default)]
-    sampling: SamplingParams,
+    pub(crate) sampling: SamplingParams,
     /// Conversations generated together in batch mode.
     #[serde(default = "default_batch")]
-    batch_size: usize,
+    pub(crate) batch_size: usize,
 }
 
 fn default_batch() -> usize {
@@ -98,8 +104,12 @@ pub fn run(args: InferArgs) -> Result<()> {
         }
         None => None,
     };
+    let engine = args.engine.spec(Some(spec.clone()));
+    if engine.is_remote() {
+        return remote::run(engine, &cfg, &args.prompt, rows, args.output.as_deref());
+    }
     let started = Instant::now();
-    let path = crate::models::resolve(&spec)?;
+    let path = galley_model::hub::resolve(&spec, Path::new(""))?;
     let device = galley_model::default_device();
     let m = galley_model::load_with(
         &path,

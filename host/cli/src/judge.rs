@@ -17,17 +17,9 @@ pub struct JudgeArgs {
     /// server's model id).
     #[arg(long, short)]
     model: String,
-    /// Judge with a model behind an OpenAI-compatible server (its `/v1` URL): the common case
-    /// of a large remote judge. The key comes from $OPENAI_API_KEY (or --api-key-env).
-    #[arg(long, value_name = "URL")]
-    base_url: Option<String>,
-    /// The API behind --base-url: openai (any OpenAI-compatible server), anthropic, vertex.
-    #[arg(long, default_value = "openai", requires = "base_url")]
-    engine: String,
-    /// The environment variable with the key (default: OPENAI_API_KEY, ANTHROPIC_API_KEY or
-    /// GOOGLE_API_KEY by engine).
-    #[arg(long)]
-    api_key_env: Option<String>,
+    /// Judge with a model behind a server (the common case of a large remote judge).
+    #[command(flatten)]
+    engine: crate::engine_args::EngineArgs,
     /// Compare two answers (in both orders) instead of scoring one.
     #[arg(long)]
     pairwise: bool,
@@ -69,17 +61,7 @@ struct Row {
 }
 
 fn parse_scale(s: &str) -> Result<Scale> {
-    let (a, b) = s
-        .split_once('-')
-        .context("--scale: give MIN-MAX, e.g. 1-10")?;
-    let (min, max): (i64, i64) = (
-        a.trim().parse().context("--scale: MIN")?,
-        b.trim().parse().context("--scale: MAX")?,
-    );
-    if min >= max {
-        bail!("--scale: {min} must be below {max}");
-    }
-    Ok(Scale::Range { min, max })
+    Scale::parse(s).map_err(|e| anyhow::anyhow!("--scale: {e}"))
 }
 
 pub fn run(args: JudgeArgs) -> Result<()> {
@@ -110,25 +92,10 @@ pub fn run(args: JudgeArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         chat: !args.no_chat_template,
     };
-    let mut engine: Box<dyn galley_core::Engine> = match &args.base_url {
-        Some(url) => galley_serve::remote_engine(
-            &args.engine,
-            url,
-            &args.model,
-            args.api_key_env.as_deref(),
-        )?,
-        None => {
-            let path = crate::models::resolve(&args.model)?;
-            let m = galley_model::load(&path, &galley_model::default_device())
-                .with_context(|| format!("loading {}", path.display()))?;
-            Box::new(galley_model::NativeEngine::new(
-                m.model,
-                m.tokenizer,
-                m.template,
-                path.display().to_string(),
-            ))
-        }
-    };
+    let spec = args.engine.spec(Some(args.model.clone()));
+    let mut engine = galley_serve::engines::open(&spec, std::path::Path::new(""))
+        .with_context(|| format!("opening the judge {}", args.model))?
+        .engine;
     let mut out_rows: Vec<serde_json::Value> = vec![];
     let summary = if args.pairwise {
         let items = typed

@@ -4,16 +4,17 @@
 
 mod call;
 mod dev_cmd;
+mod engine_args;
 mod eval;
 mod infer;
 mod install_cmd;
 mod judge;
-mod models;
 mod plugins;
 mod registry_cmd;
 mod run_cmd;
 mod score;
 mod serve;
+mod synth;
 mod train;
 
 use anyhow::Result;
@@ -89,6 +90,8 @@ enum Top {
     Judge(judge::JudgeArgs),
     /// Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming, adapters).
     Serve(serve::ServeArgs),
+    /// Synthesize data: completions from any engine for prompts from a dataset or a loader plugin, graded, written as SFT conversations or DPO pairs (resumable).
+    Synth(synth::SynthArgs),
 }
 
 #[derive(Subcommand)]
@@ -183,6 +186,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Train(a) => train::run(a),
         Top::Eval(a) => eval::run(a),
         Top::Serve(a) => serve::run(a),
+        Top::Synth(a) => synth::run(a),
         Top::Judge(a) => judge::run(a),
         Top::Run(a) => run_cmd::run(a),
         Top::Plan(a) => run_cmd::plan(a),

@@ -40,7 +40,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    let model = crate::models::resolve(&args.model)?;
+    let model = galley_model::hub::resolve(&args.model, std::path::Path::new(""))?;
     let mut adapters = Vec::new();
     for a in &args.adapter {
         let Some((name, dir)) = a.split_once('=') else {

@@ -7,6 +7,7 @@ pub mod config;
 mod data;
 pub mod dirs;
 pub mod engine;
+pub mod engine_spec;
 pub mod jsonl;
 mod plugin;
 pub mod seed;
@@ -14,8 +15,10 @@ pub mod text;
 
 pub use data::{Example, Message, Metadata, Metric, Prediction, RewardGroup, RewardInput, Value};
 pub use engine::{
-    Engine, EngineError, GenerateRequest, Generated, Loglikelihood, LoglikelihoodRequest,
+    ChatRequest, Engine, EngineError, GenerateRequest, Generated, Loglikelihood,
+    LoglikelihoodRequest,
 };
+pub use engine_spec::{EngineSpec, REMOTE_APIS};
 pub use plugin::{
     DataSource, Decision, Evaluator, PluginError, PluginErrorKind, PluginKind, Recipe, RewardFn,
     RewardFnExt, Stage,

@@ -23,6 +23,28 @@ pub enum Scale {
     PassFail,
 }
 
+impl Scale {
+    /// `MIN-MAX` (`1-10`) or `pass-fail`.
+    pub fn parse(s: &str) -> Result<Scale, String> {
+        if s.eq_ignore_ascii_case("pass-fail") {
+            return Ok(Scale::PassFail);
+        }
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("`{s}`: give MIN-MAX (e.g. 1-10) or pass-fail"))?;
+        let num = |x: &str, what: &str| {
+            x.trim()
+                .parse::<i64>()
+                .map_err(|_| format!("`{s}`: {what} `{x}` is not a whole number"))
+        };
+        let (min, max) = (num(a, "MIN")?, num(b, "MAX")?);
+        if min >= max {
+            return Err(format!("`{s}`: {min} must be below {max}"));
+        }
+        Ok(Scale::Range { min, max })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct JudgeOptions {
     /// The prompt template (a pointwise or pairwise default when none).

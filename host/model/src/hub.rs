@@ -96,6 +96,17 @@ const SIDE_FILES: &[&str] = &[
     "special_tokens_map.json",
 ];
 
+/// What a `--model` flag or a `model:` key names, as a local path: `hf://...` is fetched
+/// into the model cache on first use; anything else is a file or folder, relative to `base`
+/// (the folder of the config that names it, or the current folder for a flag).
+pub fn resolve(spec: &str, base: &Path) -> Result<PathBuf> {
+    if spec.starts_with("hf://") {
+        let r = HubRef::parse(spec)?;
+        return fetch(&r, &default_cache());
+    }
+    Ok(base.join(spec))
+}
+
 /// Where `hf://` downloads go (`galley_core::dirs` decides).
 pub fn default_cache() -> PathBuf {
     galley_core::dirs::models_dir()

@@ -2,14 +2,17 @@
 //! decoders (`batcher`), one per model id — the base model and each LoRA adapter applied over
 //! it in memory — and the remote engines (`remote`: any OpenAI-compatible server behind
 //! galley-core's `Engine`). The binary binds the address and prints; this crate loads and
-//! routes.
+//! routes. `engines` is the one place any command's engine (native or remote) is opened.
 
 pub mod api;
 pub mod batcher;
 pub mod chat_apis;
+pub mod engines;
 pub mod remote;
 
 pub use batcher::Limits;
+pub use engines::Opened;
+pub use galley_core::{EngineSpec, REMOTE_APIS};
 
 use api::{Served, Shared};
 use batcher::Batcher;
@@ -98,9 +101,6 @@ pub fn load(opts: &ServeOptions) -> Result<Arc<Shared>, ServeError> {
     }))
 }
 
-/// The remote APIs an engine can speak.
-pub const REMOTE_APIS: &[&str] = &["openai", "anthropic", "vertex"];
-
 /// A remote engine for `api` (`openai`: any OpenAI-compatible server; `anthropic`; `vertex`)
 /// at `base_url` serving `model`, its key read from `key_env` (default per API:
 /// `OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `GOOGLE_API_KEY`) when set.
@@ -110,25 +110,12 @@ pub fn remote_engine(
     model: &str,
     key_env: Option<&str>,
 ) -> Result<Box<dyn galley_core::Engine>, ServeError> {
-    let default_env = match api {
-        "openai" => "OPENAI_API_KEY",
-        "anthropic" => "ANTHROPIC_API_KEY",
-        "vertex" => "GOOGLE_API_KEY",
-        other => {
-            return Err(ServeError::Invalid(format!(
-                "engine `{other}`: expected one of {}",
-                REMOTE_APIS.join(", ")
-            )));
-        }
+    let spec = EngineSpec {
+        engine: api.into(),
+        model: Some(model.into()),
+        base_url: Some(base_url.into()),
+        api_key_env: key_env.map(Into::into),
+        ..Default::default()
     };
-    let mut o = remote::RemoteOptions::new(base_url, model);
-    o.api_key = std::env::var(key_env.unwrap_or(default_env)).ok();
-    let e = |e: galley_core::engine::EngineError| ServeError::Invalid(e.to_string());
-    Ok(match api {
-        "openai" => Box::new(remote::OpenAiEngine::new(o).map_err(e)?),
-        "anthropic" => {
-            Box::new(chat_apis::ChatApiEngine::new(chat_apis::Api::Anthropic, o).map_err(e)?)
-        }
-        _ => Box::new(chat_apis::ChatApiEngine::new(chat_apis::Api::Vertex, o).map_err(e)?),
-    })
+    Ok(engines::open(&spec, Path::new("."))?.engine)
 }

@@ -1,0 +1,137 @@
+//! `galley infer` through a remote engine: one prompt, a terminal chat, or a JSONL file of
+//! conversations, answered by the server's chat API (`Engine::chat`) with the same
+//! output rows as the native path. Replies arrive whole (no token stream through the trait).
+
+use super::InferConfig;
+use anyhow::{Context, Result, bail};
+use galley_core::{ChatRequest, Engine, Message};
+use galley_model::batch::Row;
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::time::Instant;
+
+pub(super) fn run(
+    spec: galley_serve::EngineSpec,
+    cfg: &InferConfig,
+    prompt: &Option<String>,
+    rows: Option<Vec<Row>>,
+    output: Option<&Path>,
+) -> Result<()> {
+    // The engine trait carries temperature, max_tokens, stop and seed; refuse what a remote
+    // engine would silently ignore.
+    let d = galley_model::SamplingParams::default();
+    let s = &cfg.sampling;
+    for (key, differs) in [
+        ("top_k", s.top_k != d.top_k),
+        ("top_p", s.top_p != d.top_p),
+        ("min_p", s.min_p != d.min_p),
+        (
+            "repetition_penalty",
+            s.repetition_penalty != d.repetition_penalty,
+        ),
+        ("stop_token_ids", s.stop_token_ids != d.stop_token_ids),
+    ] {
+        if differs {
+            bail!(
+                "sampling.{key}: a remote engine takes temperature, max_tokens, stop and seed only"
+            );
+        }
+    }
+    if cfg.dequantize {
+        bail!("dequantize: applies to a model galley loads, not to a server's");
+    }
+    let mut engine = galley_serve::engines::open(&spec, Path::new(""))
+        .with_context(|| format!("engine {}", spec.engine))?
+        .engine;
+    let request = |messages: &[Message], i: u64| ChatRequest {
+        messages: with_system(cfg.system.as_deref(), messages),
+        until: s.stop.clone(),
+        max_tokens: s.max_tokens,
+        temperature: s.temperature,
+        seed: galley_core::seed::derive_seed(s.seed, &[i]),
+    };
+    match (prompt, rows, output) {
+        (Some(p), _, _) => {
+            let reply = ask(engine.as_mut(), request(&[Message::new("user", p)], 0))?;
+            println!("{reply}");
+            Ok(())
+        }
+        (None, Some(rows), Some(out)) => {
+            let reqs: Vec<ChatRequest> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| request(&r.messages, i as u64))
+                .collect();
+            let t0 = Instant::now();
+            let bar = indicatif::ProgressBar::new(reqs.len() as u64);
+            let done = engine.chat(&reqs, &mut |n| bar.set_position(n as u64))?;
+            bar.finish_and_clear();
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(out)
+                    .with_context(|| format!("{}: cannot create", out.display()))?,
+            );
+            let mut tokens = 0;
+            for (row, g) in rows.iter().zip(&done) {
+                tokens += g.tokens;
+                let mut obj = row.columns.clone();
+                obj.insert("completion".into(), g.text.clone().into());
+                obj.insert("completion_tokens".into(), g.tokens.into());
+                writeln!(f, "{}", serde_json::Value::Object(obj))?;
+            }
+            f.flush()?;
+            let secs = t0.elapsed().as_secs_f64();
+            println!(
+                "{} conversations, {tokens} tokens in {secs:.1} s ({:.1} tok/s) via {} -> {}",
+                rows.len(),
+                tokens as f64 / secs.max(1e-9),
+                engine.name(),
+                out.display()
+            );
+            Ok(())
+        }
+        _ => {
+            eprintln!(
+                "chat with {}: type a message; /reset forgets the conversation, /exit leaves",
+                engine.name()
+            );
+            let mut history: Vec<Message> = Vec::new();
+            let stdin = std::io::stdin();
+            for turn in 0u64.. {
+                eprint!("> ");
+                let mut line = String::new();
+                if stdin.lock().read_line(&mut line)? == 0 {
+                    break;
+                }
+                match line.trim() {
+                    "" => continue,
+                    "/exit" | "/quit" => break,
+                    "/reset" => {
+                        history.clear();
+                        continue;
+                    }
+                    text => history.push(Message::new("user", text)),
+                }
+                let reply = ask(engine.as_mut(), request(&history, turn))?;
+                println!("{reply}");
+                history.push(Message::new("assistant", reply));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn ask(engine: &mut dyn Engine, r: ChatRequest) -> Result<String> {
+    let mut out = engine.chat(std::slice::from_ref(&r), &mut |_| {})?;
+    Ok(out.pop().map(|g| g.text).unwrap_or_default())
+}
+
+fn with_system(system: Option<&str>, messages: &[Message]) -> Vec<Message> {
+    match system {
+        Some(s) if messages.first().is_none_or(|m| m.role != "system") => {
+            std::iter::once(Message::new("system", s))
+                .chain(messages.iter().cloned())
+                .collect()
+        }
+        _ => messages.to_vec(),
+    }
+}
