@@ -288,3 +288,61 @@ fn synth_configs_that_cannot_work_name_the_file_and_key() {
         assert!(e.contains("bad.yaml") && e.contains(want), "{cfg}\n{e}");
     }
 }
+
+#[test]
+fn prompts_from_a_loader_plugin_keep_its_metadata_for_the_reward_plugin_and_the_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    galley_train::testing::tiny_chat_model(&d.join("model"));
+    let cfg = format!(
+        "engine: {{model: model}}
+prompts:
+  data: {{plugin: {arith}, plugin_config: {{count: 5, words: false}}}}
+generation: {{n: 2, max_tokens: 8, temperature: 1.0}}
+grade:
+  rewards: [{{plugin: {math}}}]
+output: {{path: arith.jsonl}}
+",
+        arith = plugin("arith").display(),
+        math = plugin("math-answer").display()
+    );
+    std::fs::write(d.join("synth.yaml"), cfg).unwrap();
+    let out = ok(synth(d, &["synth.yaml", "--json"]));
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (s["prompts"].as_u64(), s["written"].as_u64()),
+        (Some(5), Some(10)),
+        "{out}"
+    );
+    for line in std::fs::read_to_string(d.join("arith.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            v["answer"].is_i64(),
+            "the loader's metadata travels: {line}"
+        );
+        assert!(
+            v["messages"][0]["content"]
+                .as_str()
+                .unwrap()
+                .starts_with("What is"),
+            "{line}"
+        );
+        assert!(
+            v["grade"].is_f64(),
+            "math-answer grades every completion: {line}"
+        );
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("arith.jsonl.synth.json")).unwrap())
+            .unwrap();
+    let keys: Vec<&str> = m["identity"]["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["prompts.data", "grade.rewards"]);
+}
