@@ -30,24 +30,10 @@ os.makedirs(out, exist_ok=True)
 import torch  # noqa: E402
 
 torch.set_num_threads(threads)
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+sys.path.insert(0, os.path.dirname(__file__))
+from hf_f32 import hf_folder  # noqa: E402
 
-hf_dir = os.path.join(out, "smollm2-f32")
-if not os.path.exists(os.path.join(hf_dir, "config.json")):
-    d, f = os.path.dirname(gguf), os.path.basename(gguf)
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    # transformers marks GGUF-loaded models "quantized" although every weight is dense f32.
-    for attr in ("hf_quantizer", "is_quantized", "quantization_method"):
-        if hasattr(model, attr):
-            try:
-                delattr(model, attr)
-            except AttributeError:
-                setattr(model, attr, None)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(hf_dir, safe_serialization=True)
-    AutoTokenizer.from_pretrained(d, gguf_file=f).save_pretrained(hf_dir)
+hf_dir = hf_folder(gguf, os.path.join(out, "smollm2-f32"))
 
 # The harness's tasks: galley's built-in files with local data.
 tasks_src = os.path.join(os.path.dirname(__file__), "..", "host", "eval", "tasks")

@@ -632,3 +632,54 @@ fn a_task_reads_the_hubs_parquet_shards_and_scores_as_from_jsonl() {
         assert_eq!(a["results"]["sums"][k], b["results"]["sums_pq"][k], "{k}");
     }
 }
+
+#[test]
+fn perplexity_documents_longer_than_the_context_are_scored_in_rolling_windows() {
+    // lm-evaluation-harness's loglikelihood_rolling: a document past the model's context
+    // (256 positions here) is scored in windows, every token once, not refused.
+    let (tmp, model) = project();
+    let d = tmp.path();
+    let doc: String = (0..300)
+        .map(|i| format!("the answer is {} ", i % 17))
+        .collect();
+    let rows = format!(
+        "{}\n{}\n",
+        serde_json::json!({"text": doc}),
+        serde_json::json!({"text": "the answer is 3"})
+    );
+    std::fs::write(d.join("data/long.jsonl"), rows).unwrap();
+    std::fs::write(
+        d.join("ppl.yaml"),
+        "task: ppl\n\
+         dataset_path: json\n\
+         dataset_kwargs:\n  data_files:\n    test: data/long.jsonl\n\
+         output_type: loglikelihood_rolling\n\
+         test_split: test\n\
+         doc_to_text: \"\"\n\
+         doc_to_target: \"{{text}}\"\n\
+         metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n",
+    )
+    .unwrap();
+    let m = model.to_str().unwrap();
+    let run = |out: &str, extra: &[&str]| -> Vec<f64> {
+        let mut args = vec!["-m", m, "--tasks", "ppl.yaml", "-o", out];
+        args.extend_from_slice(extra);
+        ok(eval(d, &args));
+        let r = results(&d.join(out));
+        let ppl = r["results"]["ppl"]["word_perplexity,none"]
+            .as_f64()
+            .unwrap();
+        assert!(ppl.is_finite() && ppl > 1.0, "{r}");
+        samples(&d.join(out))
+            .iter()
+            .map(|s| s["loglikelihoods"][0][0].as_f64().unwrap())
+            .collect()
+    };
+    let whole = run("whole", &[]);
+    // A max_length past the model's context is the model's context.
+    assert_eq!(run("clamped", &["-s", "max_length=1000"]), whole);
+    // Shorter windows: the long document reads less context, the short one is one window.
+    let short = run("short", &["-s", "max_length=32"]);
+    assert_ne!(short[0], whole[0]);
+    assert_eq!(short[1], whole[1]);
+}

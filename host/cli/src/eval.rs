@@ -198,6 +198,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         spec.adapters = adapter.iter().cloned().collect();
         spec.dequantize = cfg.dequantize;
         spec.batch_tokens = Some(cfg.batch_tokens);
+        spec.max_length = cfg.max_length;
         spec
     };
     let started = std::time::Instant::now();

@@ -87,6 +87,25 @@ pub trait Engine: Send {
         requests: &[LoglikelihoodRequest],
         progress: &mut Progress<'_>,
     ) -> Result<Vec<Loglikelihood>, EngineError>;
+    /// Each text's log-probability as a whole, with nothing before it but the model's
+    /// start-of-text token: lm-evaluation-harness's `loglikelihood_rolling` (perplexity
+    /// tasks). The default scores each text as one empty-context request, which fits a text
+    /// within the model's context; the native engine scores a longer one in the harness's
+    /// rolling windows.
+    fn loglikelihood_rolling(
+        &mut self,
+        texts: &[String],
+        progress: &mut Progress<'_>,
+    ) -> Result<Vec<Loglikelihood>, EngineError> {
+        let requests: Vec<LoglikelihoodRequest> = texts
+            .iter()
+            .map(|t| LoglikelihoodRequest {
+                context: String::new(),
+                continuation: t.clone(),
+            })
+            .collect();
+        self.loglikelihood(&requests, progress)
+    }
     /// One result per request, in order.
     fn generate(
         &mut self,

@@ -32,6 +32,10 @@ pub struct EngineSpec {
     /// Native only: tokens per forward batch when scoring log-likelihoods (default 4096).
     #[serde(default)]
     pub batch_tokens: Option<usize>,
+    /// Native only: the longest sequence a request is given (the harness's `max_length`;
+    /// default: the model's context length).
+    #[serde(default)]
+    pub max_length: Option<usize>,
     /// Remote: up to and including the API's version segment (`http://127.0.0.1:8080/v1`).
     #[serde(default)]
     pub base_url: Option<String>,
@@ -62,6 +66,7 @@ impl Default for EngineSpec {
             adapters: Vec::new(),
             dequantize: false,
             batch_tokens: None,
+            max_length: None,
             base_url: None,
             api_key_env: None,
             concurrency: None,
@@ -109,13 +114,14 @@ impl EngineSpec {
                     "adapters apply to a model galley loads; a server serves adapters as model ids (`model`)",
                 );
             }
-            if self.dequantize || self.batch_tokens.is_some() {
-                let key = if self.dequantize {
-                    "dequantize"
-                } else {
-                    "batch_tokens"
-                };
-                return bad(key, "applies to a model galley loads");
+            for (key, set) in [
+                ("dequantize", self.dequantize),
+                ("batch_tokens", self.batch_tokens.is_some()),
+                ("max_length", self.max_length.is_some()),
+            ] {
+                if set {
+                    return bad(key, "applies to a model galley loads");
+                }
             }
             if self.concurrency == Some(0) {
                 return bad("concurrency", "must be at least 1");

@@ -434,8 +434,13 @@ fn run_task(
                 }
             }
             let total = requests.len();
-            let answers =
-                engine.loglikelihood(&requests, &mut |done| progress(&name, done, total))?;
+            let answers = if c.output_type == OutputType::LoglikelihoodRolling {
+                // Whole documents, in the model's context-sized windows where they are longer.
+                let texts: Vec<String> = requests.into_iter().map(|r| r.continuation).collect();
+                engine.loglikelihood_rolling(&texts, &mut |done| progress(&name, done, total))?
+            } else {
+                engine.loglikelihood(&requests, &mut |done| progress(&name, done, total))?
+            };
             for (a, &i) in answers.iter().zip(&owner) {
                 samples[i].loglikelihoods.push((a.logprob, a.greedy));
             }

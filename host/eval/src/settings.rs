@@ -38,6 +38,10 @@ pub struct EvalSettings {
     pub seed: u64,
     /// Token positions one forward pass may hold (bounds memory).
     pub batch_tokens: usize,
+    /// The longest sequence the model is given (the harness's `max_length` model argument):
+    /// longer contexts keep their last tokens, longer `loglikelihood_rolling` documents are
+    /// scored in windows of it. Default: the model's context length.
+    pub max_length: Option<usize>,
 }
 
 impl Default for EvalSettings {
@@ -59,6 +63,7 @@ impl Default for EvalSettings {
             fewshot_seed: 1234,
             seed: 0,
             batch_tokens: 4096,
+            max_length: None,
         }
     }
 }
@@ -148,6 +153,7 @@ impl EvalSettings {
                 "system_prompt": self.system_prompt,
                 "fewshot_seed": self.fewshot_seed,
                 "batch_tokens": self.batch_tokens,
+                "max_length": self.max_length,
                 "dequantize": self.dequantize,
             },
             "seed": self.seed,

@@ -33,6 +33,10 @@ pub struct NativeEngine {
     /// Continuation positions (rows x padded length) per batch: each keeps a vocabulary-wide
     /// row of logits (49k floats for SmolLM2), so this bounds the batch's logits memory.
     pub cont_tokens: usize,
+    /// The longest sequence a request is given (the harness's `max_length`): longer contexts
+    /// keep their last tokens, longer rolling texts are cut into windows. Default: the model's
+    /// `max_position_embeddings`.
+    pub max_length: Option<usize>,
 }
 
 /// One distinct context and the continuations scored after it.
@@ -57,6 +61,7 @@ impl NativeEngine {
             batch_tokens: 4096,
             batch_rows: 32,
             cont_tokens: 1024,
+            max_length: None,
         }
     }
 
@@ -77,6 +82,20 @@ impl NativeEngine {
         ))
     }
 
+    fn max_len(&self) -> usize {
+        let model = self.model.config.max_position_embeddings.max(1);
+        self.max_length.map_or(model, |m| m.clamp(1, model))
+    }
+
+    /// What stands before a text with no context: the start-of-text token, else the
+    /// end-of-text one (the harness's HF `prefix_token_id`).
+    fn prefix_token(&self) -> Result<u32, EngineError> {
+        self.tokenizer
+            .bos
+            .or(self.tokenizer.eos.first().copied())
+            .ok_or_else(|| self.err("an empty context needs a start- or end-of-text token"))
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> EngineError {
         EngineError::new(&self.name, e.to_string())
     }
@@ -94,19 +113,77 @@ impl NativeEngine {
             (context, cont.to_string())
         };
         if context.is_empty() {
-            let prefix = self
-                .tokenizer
-                .eos
-                .first()
-                .copied()
-                .or(self.tokenizer.bos)
-                .ok_or_else(|| self.err("an empty context needs an end-of-text token"))?;
-            return Ok((vec![prefix], self.encode(&cont)?));
+            return Ok((vec![self.prefix_token()?], self.encode(&cont)?));
         }
         let whole = self.encode(&format!("{context}{cont}"))?;
         let ctx = self.encode(context)?;
         let cont = whole.get(ctx.len()..).unwrap_or_default().to_vec();
         Ok((ctx, cont))
+    }
+
+    /// Scores (context tokens, continuation tokens) pairs, each fitting the model: contexts
+    /// shared by several continuations are prefilled once, batches are of similar lengths.
+    fn score_pieces(
+        &self,
+        pieces: Vec<(Vec<u32>, Vec<u32>)>,
+        progress: &mut Progress<'_>,
+    ) -> Result<Vec<Loglikelihood>, EngineError> {
+        let n = pieces.len();
+        let mut groups: Vec<Group> = Vec::new();
+        let mut by_context: HashMap<Vec<u32>, usize> = HashMap::new();
+        for (i, (ctx, cont)) in pieces.into_iter().enumerate() {
+            let g = *by_context.entry(ctx.clone()).or_insert_with(|| {
+                groups.push(Group {
+                    context: ctx,
+                    conts: vec![],
+                });
+                groups.len() - 1
+            });
+            groups[g].conts.push((i, cont));
+        }
+        // Longest first: a batch of similar lengths pads little, and a memory problem shows early.
+        let mut order: Vec<&Group> = groups.iter().collect();
+        order.sort_by_key(|g| {
+            std::cmp::Reverse(
+                g.context.len() + g.conts.iter().map(|c| c.1.len()).max().unwrap_or(0),
+            )
+        });
+        let mut out: Vec<Option<Loglikelihood>> = vec![None; n];
+        let mut done = 0;
+        let mut at = 0;
+        // A batch's contexts are left-padded to its longest and its continuations run after
+        // that: the longest context and the longest continuation must fit the model together
+        // (each request fits alone; two near the limit in one batch might not).
+        let positions = self.model.config.max_position_embeddings.max(1);
+        let cont_len = |g: &Group| g.conts.iter().map(|c| c.1.len()).max().unwrap_or(1);
+        while at < order.len() {
+            let mut end = at + 1;
+            let mut rows = order[at].conts.len();
+            let (mut ctx, mut cont) = (order[at].context.len(), cont_len(order[at]));
+            while end < order.len() {
+                let g = order[end];
+                let (c, k) = (ctx.max(g.context.len()), cont.max(cont_len(g)));
+                if end - at >= self.batch_rows
+                    || (end - at + 1) * c > self.batch_tokens
+                    || (rows + g.conts.len()) * k > self.cont_tokens
+                    || c + k - 1 > positions
+                {
+                    break;
+                }
+                (ctx, cont) = (c, k);
+                rows += g.conts.len();
+                end += 1;
+            }
+            self.score_batch(&order[at..end], &mut out)
+                .map_err(|e| self.err(crate::error::first_line(&e)))?;
+            done += order[at..end].iter().map(|g| g.conts.len()).sum::<usize>();
+            progress(done);
+            at = end;
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every request scored"))
+            .collect())
     }
 
     /// Scores one batch of groups; writes results by request index.
@@ -228,9 +305,8 @@ impl Engine for NativeEngine {
         requests: &[LoglikelihoodRequest],
         progress: &mut Progress<'_>,
     ) -> Result<Vec<Loglikelihood>, EngineError> {
-        let max_len = self.model.config.max_position_embeddings.max(1);
-        let mut groups: Vec<Group> = Vec::new();
-        let mut by_context: HashMap<Vec<u32>, usize> = HashMap::new();
+        let max_len = self.max_len();
+        let mut pieces = Vec::with_capacity(requests.len());
         for (i, r) in requests.iter().enumerate() {
             let (mut ctx, cont) = self.encode_pair(&r.context, &r.continuation)?;
             if cont.is_empty() {
@@ -239,64 +315,61 @@ impl Engine for NativeEngine {
                     text::untrusted(&r.continuation, 200)
                 )));
             }
-            if cont.len() >= max_len {
+            if cont.len() > max_len {
                 return Err(self.err(format!(
                     "request {i}: the continuation is {} tokens, more than the model's {max_len}",
                     cont.len()
                 )));
             }
-            // The harness keeps the last max_len tokens of context + continuation.
+            // The harness keeps the last max_len tokens of context + continuation (the model
+            // reads all but the continuation's last).
             let room = max_len + 1 - cont.len();
             if ctx.len() > room {
                 ctx.drain(..ctx.len() - room);
             }
-            let g = *by_context.entry(ctx.clone()).or_insert_with(|| {
-                groups.push(Group {
-                    context: ctx,
-                    conts: vec![],
-                });
-                groups.len() - 1
-            });
-            groups[g].conts.push((i, cont));
+            pieces.push((ctx, cont));
         }
-        // Longest first: a batch of similar lengths pads little, and a memory problem shows early.
-        let mut order: Vec<&Group> = groups.iter().collect();
-        order.sort_by_key(|g| {
-            std::cmp::Reverse(
-                g.context.len() + g.conts.iter().map(|c| c.1.len()).max().unwrap_or(0),
-            )
-        });
-        let mut out: Vec<Option<Loglikelihood>> = vec![None; requests.len()];
-        let mut done = 0;
-        let mut at = 0;
-        while at < order.len() {
-            let longest = order[at].context.len();
-            let mut end = at + 1;
-            let mut rows = order[at].conts.len();
-            while end < order.len()
-                && end - at < self.batch_rows
-                && (end - at + 1) * longest <= self.batch_tokens
-                && (rows + order[end].conts.len())
-                    * order[at..=end]
-                        .iter()
-                        .flat_map(|g| g.conts.iter().map(|c| c.1.len()))
-                        .max()
-                        .unwrap_or(1)
-                    <= self.cont_tokens
-            {
-                rows += order[end].conts.len();
-                end += 1;
+        self.score_pieces(pieces, progress)
+    }
+
+    fn loglikelihood_rolling(
+        &mut self,
+        texts: &[String],
+        progress: &mut Progress<'_>,
+    ) -> Result<Vec<Loglikelihood>, EngineError> {
+        let (max_len, prefix) = (self.max_len(), self.prefix_token()?);
+        let mut pieces = Vec::new();
+        let mut owners = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            let tokens = self.encode(t)?;
+            if tokens.is_empty() {
+                return Err(self.err(format!("text {i} is empty: nothing to score")));
             }
-            self.score_batch(&order[at..end], &mut out)
-                .map_err(|e| self.err(crate::error::first_line(&e)))?;
-            done += order[at..end].iter().map(|g| g.conts.len()).sum::<usize>();
-            progress(done);
-            at = end;
+            for w in rolling_windows(&tokens, prefix, max_len) {
+                pieces.push(w);
+                owners.push(i);
+            }
         }
-        Ok(out
-            .into_iter()
-            .map(|o| o.expect("every request scored"))
-            .collect())
+        let windows = pieces.len();
+        let scored = self.score_pieces(pieces, &mut |done| {
+            progress(done * texts.len() / windows.max(1))
+        })?;
+        // Windows are in text order: sum each text's, its tokens in order.
+        let mut out: Vec<Loglikelihood> = texts
+            .iter()
+            .map(|_| Loglikelihood {
+                logprob: 0.0,
+                greedy: true,
+                token_logprobs: Vec::new(),
+            })
+            .collect();
+        for (s, i) in scored.into_iter().zip(owners) {
+            let o = &mut out[i];
+            o.logprob += s.logprob;
+            o.greedy &= s.greedy;
+            o.token_logprobs.extend(s.token_logprobs);
+        }
+        Ok(out)
     }
 
     fn generate(
@@ -304,7 +377,7 @@ impl Engine for NativeEngine {
         requests: &[GenerateRequest],
         progress: &mut Progress<'_>,
     ) -> Result<Vec<Generated>, EngineError> {
-        let max_len = self.model.config.max_position_embeddings.max(1);
+        let max_len = self.max_len();
         // Requests with the same settings run as one batch (sorted by prompt length).
         let mut order: Vec<usize> = (0..requests.len()).collect();
         let mut prompts = Vec::with_capacity(requests.len());
@@ -382,5 +455,49 @@ impl Engine for NativeEngine {
             .as_ref()
             .ok_or_else(|| self.err("the model has no chat template"))?;
         t.render(messages, true, None).map_err(|e| self.err(e))
+    }
+}
+
+/// lm-evaluation-harness's rolling windows (`get_rolling_token_windows` with `context_len`
+/// 1, each made disjoint): the first window predicts up to `max_len` tokens after the prefix;
+/// each next one predicts the tokens that follow, reading as many tokens before them as fit,
+/// so every token is scored exactly once with as much context as the model takes.
+pub fn rolling_windows(tokens: &[u32], prefix: u32, max_len: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let max_len = max_len.max(1);
+    let first = tokens.len().min(max_len);
+    let mut out = vec![(vec![prefix], tokens[..first].to_vec())];
+    let mut predicted = first;
+    while predicted < tokens.len() {
+        let len = (tokens.len() - predicted).min(max_len);
+        let end = predicted + len;
+        // The harness's context is the max_len tokens before the window's last, cut so that
+        // context + predictions - 1 = max_len.
+        let start = end - 1 - max_len;
+        let ctx = tokens[start..start + max_len - len + 1].to_vec();
+        out.push((ctx, tokens[end - len..end].to_vec()));
+        predicted = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rolling_windows_are_the_harness_s() {
+        // lm-eval's get_rolling_token_windows(range(10), prefix=99, max_seq_len=4,
+        // context_len=1), each through make_disjoint_window.
+        let tokens: Vec<u32> = (0..10).collect();
+        assert_eq!(
+            super::rolling_windows(&tokens, 99, 4),
+            vec![
+                (vec![99], vec![0, 1, 2, 3]),
+                (vec![3], vec![4, 5, 6, 7]),
+                (vec![5, 6, 7], vec![8, 9]),
+            ]
+        );
+        assert_eq!(
+            super::rolling_windows(&[7, 8], 99, 4),
+            vec![(vec![99], vec![7, 8])]
+        );
     }
 }

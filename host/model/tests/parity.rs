@@ -239,3 +239,80 @@ fn sharded_checkpoints_load_like_single_files() {
         "{e}"
     );
 }
+
+/// Log-softmax of `logits` at `token`, in f64.
+fn logprob(logits: &[f32], token: u32) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let z: f64 = logits.iter().map(|&x| ((x as f64) - max).exp()).sum();
+    logits[token as usize] as f64 - max - z.ln()
+}
+
+#[test]
+fn rolling_log_likelihoods_of_a_text_past_the_window_equal_its_windows_scored_one_by_one() {
+    // lm-evaluation-harness's loglikelihood_rolling: a text longer than max_length is scored
+    // in windows, each token once. The engine's batched, shared-prefix scoring must give what
+    // plain forward passes over each window give.
+    use galley_core::Engine;
+    let dir = fixtures().join("tiny/llama-gqa-tied");
+    let mut e = galley_model::NativeEngine::open(
+        &dir,
+        &[],
+        &galley_model::default_device(),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let text = "the quick brown fox jumps over the lazy dog while seven wizards quietly box jugs of liquid; ".repeat(4);
+    let tokens = e.tokenizer.encode(&text, false).unwrap();
+    let max_len = 24;
+    assert!(tokens.len() > 3 * max_len, "{} tokens", tokens.len());
+    e.max_length = Some(max_len);
+    let got = e
+        .loglikelihood_rolling(&[text.clone(), "the dog".into()], &mut |_| {})
+        .unwrap();
+    let prefix = e
+        .tokenizer
+        .bos
+        .or(e.tokenizer.eos.first().copied())
+        .unwrap();
+    let windows = galley_model::engine::rolling_windows(&tokens, prefix, max_len);
+    // Every token predicted once, in order, and no window longer than the model takes.
+    let predicted: Vec<u32> = windows.iter().flat_map(|(_, c)| c.clone()).collect();
+    assert_eq!(predicted, tokens);
+    assert!(
+        windows
+            .iter()
+            .all(|(c, p)| c.len() + p.len() - 1 <= max_len)
+    );
+    let mut want = 0.0;
+    let mut want_tokens = Vec::new();
+    for (ctx, cont) in &windows {
+        let mut input = ctx.clone();
+        input.extend_from_slice(&cont[..cont.len() - 1]);
+        let logits = logits_of(&e.model, &[input], None).remove(0);
+        for (j, &t) in cont.iter().enumerate() {
+            let lp = logprob(&logits[ctx.len() - 1 + j], t);
+            want += lp;
+            want_tokens.push(lp);
+        }
+    }
+    assert_eq!(got[0].token_logprobs.len(), tokens.len());
+    assert!(
+        (got[0].logprob - want).abs() < 1e-3 * want.abs(),
+        "{} vs {want}",
+        got[0].logprob
+    );
+    for (g, w) in got[0].token_logprobs.iter().zip(&want_tokens) {
+        assert!((*g as f64 - w).abs() < 1e-3, "{g} vs {w}");
+    }
+    // A short text is one window: what an empty-context request gives.
+    let one = e
+        .loglikelihood(
+            &[galley_core::LoglikelihoodRequest {
+                context: String::new(),
+                continuation: "the dog".into(),
+            }],
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(got[1], one[0]);
+}

@@ -379,6 +379,7 @@ impl Runner<'_> {
         )
         .map_err(|e| err(&format!("loading {}: {e}", model.display())))?;
         engine.batch_tokens = s.batch_tokens.max(64);
+        engine.max_length = s.max_length;
         let started = Instant::now();
         let events = &mut *self.events;
         let report = galley_eval::evaluate(

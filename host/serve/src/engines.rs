@@ -67,6 +67,7 @@ pub fn open(spec: &EngineSpec, base: &Path) -> Result<Opened, ServeError> {
     if let Some(t) = spec.batch_tokens {
         engine.batch_tokens = t.max(64);
     }
+    engine.max_length = spec.max_length;
     let digests = adapters
         .iter()
         .map(|a| galley_model::load::digest(a))
