@@ -32,11 +32,18 @@ pub struct ServeArgs {
     /// Dequantize GGUF weights to f32 at load.
     #[arg(long)]
     dequantize: bool,
-    /// Also keep an f32 copy of quantized weights for batched decode steps: single requests
-    /// keep the quantized kernels, a full batch runs dense GEMMs (about 4 bytes per
-    /// parameter more memory).
-    #[arg(long)]
-    dense_batches: bool,
+    /// Keep an f32 copy of quantized weights for batched decode steps: single requests keep
+    /// the quantized kernels, a full batch runs dense GEMMs (about 4 bytes per parameter more
+    /// memory, per served model). auto: when all copies together fit in 2 GiB.
+    #[arg(long, value_enum, default_value = "auto")]
+    dense_batches: Dense,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Dense {
+    Auto,
+    On,
+    Off,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -63,7 +70,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         load: galley_model::LoadOptions {
             dequantize: args.dequantize,
         },
-        dense_batches: args.dense_batches,
+        dense_batches: match args.dense_batches {
+            Dense::Auto => None,
+            Dense::On => Some(true),
+            Dense::Off => Some(false),
+        },
     };
     let shared =
         galley_serve::load(&opts).with_context(|| format!("loading {}", model.display()))?;

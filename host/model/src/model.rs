@@ -167,6 +167,19 @@ impl Llama {
         &self.device
     }
 
+    /// The bytes `keep_dense_for_batches` would add, before it does.
+    pub fn dense_copy_bytes(&mut self) -> usize {
+        let mut bytes = self.lm_head.dense_copy_bytes();
+        for l in &mut self.layers {
+            bytes += l
+                .linears_mut()
+                .iter()
+                .map(|lin| lin.dense_copy_bytes())
+                .sum::<usize>();
+        }
+        bytes
+    }
+
     /// Keeps a dequantized f32 copy of every quantized projection (and the LM head) for
     /// products of several rows — a server's batched decode — while single sequences keep the
     /// quantized kernels. Memory for throughput: returns the bytes added.

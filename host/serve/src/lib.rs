@@ -38,9 +38,14 @@ pub struct ServeOptions {
     pub limits: Limits,
     pub load: galley_model::LoadOptions,
     /// Keep an f32 copy of quantized weights for batched decode steps (faster under load,
-    /// about 4 bytes per parameter more memory).
-    pub dense_batches: bool,
+    /// about 4 bytes per parameter more memory, per served model): `Some(on)` as told, `None`
+    /// when the copies of every served model together stay within `DENSE_AUTO_BYTES`.
+    pub dense_batches: Option<bool>,
 }
+
+/// What automatic dense copies may cost in all: a small model (SmolLM2-135M: 0.5 GiB) gets
+/// the faster batches by default, a 7B model (~28 GiB) does not.
+pub const DENSE_AUTO_BYTES: usize = 2 << 30;
 
 /// The base model's default id: its file or folder name without `.gguf`.
 pub fn model_id(path: &Path) -> String {
@@ -55,12 +60,26 @@ pub fn model_id(path: &Path) -> String {
 pub fn load(opts: &ServeOptions) -> Result<Arc<Shared>, ServeError> {
     let device = galley_model::default_device();
     let mut base = galley_model::load_with(&opts.model, &device, opts.load)?;
+    // Each served model (the base and every adapter) keeps its own copy.
+    let copies = (1 + opts.adapters.len()) * base.model.dense_copy_bytes();
+    let keep_dense = opts.dense_batches.unwrap_or(copies <= DENSE_AUTO_BYTES);
+    if opts.dense_batches.is_none() && copies > 0 {
+        tracing::info!(
+            "dense copies for batched steps: {} MiB in all {} (--dense-batches on|off decides)",
+            copies >> 20,
+            if keep_dense {
+                "kept"
+            } else {
+                "past the automatic limit, not kept"
+            }
+        );
+    }
     let dense = |m: &mut galley_model::Llama| -> Result<(), ServeError> {
-        if opts.dense_batches {
+        if keep_dense {
             let bytes = m
                 .keep_dense_for_batches()
                 .map_err(|e| ServeError::Invalid(format!("keeping dense weights: {e}")))?;
-            tracing::info!("dense copies for batched steps: {} MiB", bytes >> 20);
+            tracing::debug!("dense copies for batched steps: {} MiB", bytes >> 20);
         }
         Ok(())
     };

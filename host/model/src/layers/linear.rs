@@ -86,6 +86,16 @@ impl Linear {
         }
     }
 
+    /// The bytes `keep_dense` would add (0 for a dense weight or one already copied).
+    pub fn dense_copy_bytes(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Quant(QMatMul::QTensor(q)) if self.dense_copy.is_none() => {
+                q.shape().elem_count() * 4
+            }
+            _ => 0,
+        }
+    }
+
     /// Keeps a dequantized f32 copy of a quantized weight for batched products (a serving
     /// choice: memory for throughput). Returns the bytes it adds.
     pub fn keep_dense(&mut self) -> candle_core::Result<usize> {
