@@ -444,7 +444,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                     parent.with_file_name(format!("{}-replay", name.unwrap_or("run".into())))
                 }
             };
-            check_recorded_files(&rec)?;
+            rec.check_data()?;
             fetch_recorded_plugins(&rec)?;
             (
                 rec.config_file.clone(),
@@ -604,8 +604,7 @@ fn fetch_recorded_plugins(rec: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// What a resumed run keeps: the stages the earlier attempt in `run_dir` completed, in plan
-/// order, when its config and overrides are this one's.
+/// What a resumed run keeps of the earlier attempt in `run_dir` (galley-run's rule).
 fn kept_stages(
     run_dir: &Path,
     cfg: &RunConfig,
@@ -617,39 +616,10 @@ fn kept_stages(
         eprintln!("--resume: no {} yet, starting afresh", path.display());
         return Ok(Default::default());
     }
-    let rec = Manifest::read(&path)?;
-    if serde_json::to_value(&rec.config)? != serde_json::to_value(cfg)?
-        || rec.overrides != overrides
-    {
-        bail!(
-            "--resume: {} was written under another config or other --set overrides; resume with the same ones (or pick another output_dir)",
-            path.display()
-        );
-    }
-    let done =
-        |s: &StageRecord| s.status.starts_with("finished") || s.status.starts_with("ended early");
-    let kept = rec
-        .stages
-        .into_iter()
-        .zip(&plan.stages)
-        .take_while(|(s, p)| done(s) && s.name == p.name && s.kind == p.kind)
-        .map(|(s, _)| s)
-        .collect();
-    Ok((kept, rec.data))
-}
-
-/// A replay reads the same data: each recorded data file must still have its digest.
-fn check_recorded_files(rec: &Manifest) -> Result<()> {
-    for f in &rec.data {
-        let now = galley_run::manifest::digest_path(&f.path)
-            .with_context(|| format!("replay: data file {}", f.path.display()))?;
-        if now != f.digest {
-            bail!(
-                "replay: {} is {now}, but the recorded run read {}",
-                f.path.display(),
-                f.digest
-            );
-        }
-    }
-    Ok(())
+    Ok(Manifest::read(&path)?.kept_for_resume(
+        &path,
+        &serde_json::to_value(cfg)?,
+        overrides,
+        plan,
+    )?)
 }

@@ -136,6 +136,55 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// A replay reads the same data: each recorded data file must still have its digest.
+    pub fn check_data(&self) -> Result<(), RunError> {
+        for f in &self.data {
+            let now = digest_path(&f.path).map_err(|e| {
+                RunError::Replay(format!("replay: data file {}: {e}", f.path.display()))
+            })?;
+            if now != f.digest {
+                return Err(RunError::Replay(format!(
+                    "replay: {} is {now}, but the recorded run read {}",
+                    f.path.display(),
+                    f.digest
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What a resumed run keeps of this earlier attempt (read from `path`): the stages it
+    /// completed, in `plan` order, and the data it recorded — only when it ran under `cfg`
+    /// (as JSON) and the same `overrides`.
+    pub fn kept_for_resume(
+        &self,
+        path: &Path,
+        cfg: &serde_json::Value,
+        overrides: &[String],
+        plan: &Plan,
+    ) -> Result<(Vec<StageRecord>, Vec<FileRecord>), RunError> {
+        let recorded = serde_json::to_value(&self.config).expect("a config serializes");
+        if &recorded != cfg || self.overrides != overrides {
+            return Err(RunError::Replay(format!(
+                "--resume: {} was written under another config or other --set overrides; resume with the same ones (or pick another output_dir)",
+                path.display()
+            )));
+        }
+        let done = |s: &StageRecord| {
+            s.status.starts_with("finished") || s.status.starts_with("ended early")
+        };
+        let kept = self
+            .stages
+            .iter()
+            .zip(&plan.stages)
+            .take_while(|(s, p)| done(s) && s.name == p.name && s.kind == p.kind)
+            .map(|(s, _)| s.clone())
+            .collect();
+        Ok((kept, self.data.clone()))
+    }
+}
+
 /// `sha256:...` of a file, or of a folder's files (names and bytes, in name order).
 pub fn digest_path(path: &Path) -> Result<String, RunError> {
     galley_model::load::digest(path)
