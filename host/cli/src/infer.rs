@@ -175,8 +175,13 @@ fn one_shot(m: &LoadedModel, cfg: &InferConfig, prompt: &str) -> Result<()> {
 }
 
 fn chat(m: &LoadedModel, cfg: &InferConfig) -> Result<()> {
+    repl("chat", &mut |history| stream(m, cfg, history))
+}
+
+/// The terminal chat both engines run: `answer` replies to the conversation so far.
+pub(crate) fn repl(who: &str, answer: &mut dyn FnMut(&[Message]) -> Result<String>) -> Result<()> {
     eprintln!(
-        "chat: type a message; /reset forgets the conversation, /exit (or end of input) leaves"
+        "{who}: type a message; /reset forgets the conversation, /exit (or end of input) leaves"
     );
     let mut history: Vec<Message> = Vec::new();
     let stdin = std::io::stdin();
@@ -195,7 +200,7 @@ fn chat(m: &LoadedModel, cfg: &InferConfig) -> Result<()> {
             }
             text => history.push(Message::new("user", text)),
         }
-        let reply = stream(m, cfg, &history)?;
+        let reply = answer(&history)?;
         history.push(Message::new("assistant", reply));
     }
 }

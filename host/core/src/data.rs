@@ -19,6 +19,16 @@ impl Message {
     }
 }
 
+/// Puts `system` first in `messages` unless the conversation already opens with a system
+/// message (a conversation's own system prompt wins over a default).
+pub fn with_system(messages: &mut Vec<Message>, system: Option<&str>) {
+    if let Some(s) = system
+        && messages.first().is_none_or(|m| m.role != "system")
+    {
+        messages.insert(0, Message::new("system", s));
+    }
+}
+
 /// A metadata value. Mirrors the WIT `value` variant so nothing is lost crossing the boundary;
 /// nested arrays and objects travel as JSON text.
 #[derive(Debug, Clone, PartialEq)]

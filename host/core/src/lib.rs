@@ -13,7 +13,9 @@ mod plugin;
 pub mod seed;
 pub mod text;
 
-pub use data::{Example, Message, Metadata, Metric, Prediction, RewardGroup, RewardInput, Value};
+pub use data::{
+    Example, Message, Metadata, Metric, Prediction, RewardGroup, RewardInput, Value, with_system,
+};
 pub use engine::{
     ChatRequest, Engine, EngineError, GenerateRequest, Generated, Loglikelihood,
     LoglikelihoodRequest,

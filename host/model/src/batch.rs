@@ -42,11 +42,7 @@ pub fn read_rows(text: &str, name: &str) -> Result<Vec<Row>> {
 /// then the chat template with the generation prompt (no template: the contents, one per line).
 pub fn render(m: &LoadedModel, system: Option<&str>, messages: &[Message]) -> Result<Vec<u32>> {
     let mut msgs = messages.to_vec();
-    if let Some(sys) = system
-        && msgs.first().is_none_or(|m| m.role != "system")
-    {
-        msgs.insert(0, Message::new("system", sys));
-    }
+    galley_core::with_system(&mut msgs, system);
     match &m.template {
         Some(t) => m.tokenizer.encode(&t.render(&msgs, true, None)?, false),
         None => {

@@ -17,7 +17,7 @@ pub struct Opened {
 }
 
 /// The native model's local path (`hf://` fetched), relative paths taken from `base`.
-pub fn model_path(spec: &EngineSpec, base: &Path) -> Result<PathBuf, ServeError> {
+fn model_path(spec: &EngineSpec, base: &Path) -> Result<PathBuf, ServeError> {
     let spec = spec.model.as_deref().unwrap_or_default();
     Ok(galley_model::hub::resolve(spec, base)?)
 }

@@ -17,6 +17,7 @@ pub struct Journal {
     out: File,
     log: File,
     out_path: PathBuf,
+    log_path: PathBuf,
     /// Prompt indices already done (kept on resume).
     pub done: BTreeSet<usize>,
     /// Output lines already written.
@@ -143,6 +144,7 @@ impl Journal {
             out: open(out)?,
             log: open(&lpath)?,
             out_path: out.to_path_buf(),
+            log_path: lpath.clone(),
             done,
             lines,
         })
@@ -172,7 +174,7 @@ impl Journal {
         self.log
             .write_all(log.as_bytes())
             .and_then(|()| self.log.sync_data())
-            .map_err(|e| io(&self.out_path, e))
+            .map_err(|e| io(&self.log_path, e))
     }
 }
 

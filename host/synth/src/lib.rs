@@ -276,17 +276,14 @@ fn grade(
                     });
                 }
             };
+            let id = p.columns.get("id").and_then(Value::as_str).unwrap_or("");
+            let metadata = p.metadata();
             for c in t {
                 preds.push(Prediction {
-                    id: p
-                        .columns
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .into(),
+                    id: id.into(),
                     prediction: c.clone(),
                     references: refs.clone(),
-                    metadata: p.metadata(),
+                    metadata: metadata.clone(),
                 });
             }
         }

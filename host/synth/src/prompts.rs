@@ -71,11 +71,7 @@ impl<'a> Shaper<'a> {
     }
 
     fn with_system(&self, mut messages: Vec<Message>) -> Vec<Message> {
-        if let Some(s) = &self.section.system
-            && messages.first().is_none_or(|m| m.role != "system")
-        {
-            messages.insert(0, Message::new("system", s.clone()));
-        }
+        galley_core::with_system(&mut messages, self.section.system.as_deref());
         messages
     }
 

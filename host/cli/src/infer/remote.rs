@@ -6,7 +6,7 @@ use super::InferConfig;
 use anyhow::{Context, Result, bail};
 use galley_core::{ChatRequest, Engine, Message};
 use galley_model::batch::Row;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -44,7 +44,11 @@ pub(super) fn run(
         .with_context(|| format!("engine {}", spec.engine))?
         .engine;
     let request = |messages: &[Message], i: u64| ChatRequest {
-        messages: with_system(cfg.system.as_deref(), messages),
+        messages: {
+            let mut m = messages.to_vec();
+            galley_core::with_system(&mut m, cfg.system.as_deref());
+            m
+        },
         until: s.stop.clone(),
         max_tokens: s.max_tokens,
         temperature: s.temperature,
@@ -90,32 +94,14 @@ pub(super) fn run(
             Ok(())
         }
         _ => {
-            eprintln!(
-                "chat with {}: type a message; /reset forgets the conversation, /exit leaves",
-                engine.name()
-            );
-            let mut history: Vec<Message> = Vec::new();
-            let stdin = std::io::stdin();
-            for turn in 0u64.. {
-                eprint!("> ");
-                let mut line = String::new();
-                if stdin.lock().read_line(&mut line)? == 0 {
-                    break;
-                }
-                match line.trim() {
-                    "" => continue,
-                    "/exit" | "/quit" => break,
-                    "/reset" => {
-                        history.clear();
-                        continue;
-                    }
-                    text => history.push(Message::new("user", text)),
-                }
-                let reply = ask(engine.as_mut(), request(&history, turn))?;
+            let who = format!("chat with {}", engine.name());
+            let mut turn = 0u64;
+            super::repl(&who, &mut |history| {
+                turn += 1;
+                let reply = ask(engine.as_mut(), request(history, turn - 1))?;
                 println!("{reply}");
-                history.push(Message::new("assistant", reply));
-            }
-            Ok(())
+                Ok(reply)
+            })
         }
     }
 }
@@ -123,15 +109,4 @@ pub(super) fn run(
 fn ask(engine: &mut dyn Engine, r: ChatRequest) -> Result<String> {
     let mut out = engine.chat(std::slice::from_ref(&r), &mut |_| {})?;
     Ok(out.pop().map(|g| g.text).unwrap_or_default())
-}
-
-fn with_system(system: Option<&str>, messages: &[Message]) -> Vec<Message> {
-    match system {
-        Some(s) if messages.first().is_none_or(|m| m.role != "system") => {
-            std::iter::once(Message::new("system", s))
-                .chain(messages.iter().cloned())
-                .collect()
-        }
-        _ => messages.to_vec(),
-    }
 }
