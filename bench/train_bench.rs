@@ -88,7 +88,7 @@ fn child(mode: &str, model: &Path, rows_file: &Path, steps: usize) {
         learning_rate: lr_of(mode),
         ..Default::default()
     };
-    let mut opt = Optimizer::new(&cfg, &m.trainable);
+    let mut opt = Optimizer::new(&cfg, &m.trainable).unwrap();
     let mut losses = Vec::new();
     let mut timed = 0f64;
     for s in 0..steps {
@@ -113,7 +113,7 @@ fn child(mode: &str, model: &Path, rows_file: &Path, steps: usize) {
         let t2 = Instant::now();
         opt.accumulate(&m.trainable, &g).unwrap();
         drop(g);
-        opt.clip(&m.trainable, 1.0);
+        opt.clip(&m.trainable, 1.0).unwrap();
         opt.step(&m.trainable, lr_of(mode)).unwrap();
         eprintln!(
             "step {s}: forward {:.2}s backward {:.2}s optimizer {:.2}s",

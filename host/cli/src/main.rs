@@ -9,6 +9,7 @@ mod eval;
 mod infer;
 mod install_cmd;
 mod judge;
+mod launch;
 mod plugins;
 mod registry_cmd;
 mod run_cmd;
@@ -90,6 +91,8 @@ enum Top {
     Judge(judge::JudgeArgs),
     /// Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming, adapters).
     Serve(serve::ServeArgs),
+    /// Write a SkyPilot task or Slurm script that runs a galley command on every GPU of a cluster, pinning this binary and galley.lock's plugins; submit it unless --emit.
+    Launch(launch::LaunchArgs),
     /// Synthesize data: completions from any engine for prompts from a dataset or a loader plugin, graded, written as SFT conversations or DPO pairs (resumable).
     Synth(synth::SynthArgs),
 }
@@ -187,6 +190,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Eval(a) => eval::run(a),
         Top::Serve(a) => serve::run(a),
         Top::Synth(a) => synth::run(a),
+        Top::Launch(a) => launch::run(a),
         Top::Judge(a) => judge::run(a),
         Top::Run(a) => run_cmd::run(a),
         Top::Plan(a) => run_cmd::plan(a),

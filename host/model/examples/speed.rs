@@ -1,7 +1,11 @@
 //! Decode and prompt speed of the engine on whatever device `GALLEY_DEVICE` picks, for a
 //! model of SmolLM2-135M's shape with random f32 weights (so it runs where no checkpoint can
 //! be fetched, such as a GPU machine with no network), compared with this machine's CPU in the
-//! same run. pp256 = one pass over 256 tokens; tg128 = 128 single-token passes.
+//! same run. pp256 = one pass over 256 tokens; tg128 = 128 single-token passes; tg128x32 =
+//! 128 steps of 32 sequences decoding together (tokens/s counts all 32). On a GPU it is
+//! measured twice: with candle's per-allocation CUDA events (what `galley serve` runs, whose
+//! requests arrive on several threads) and single-stream (`galley_model::cuda::single_stream`,
+//! what training and GRPO rollouts run).
 //!
 //!     cargo run --release -p galley-model --example speed [--features cuda]
 
@@ -84,7 +88,7 @@ fn write_random(path: &std::path::Path, c: &LlamaConfig) {
     candle_core::safetensors::save(&t, path).unwrap();
 }
 
-fn measure(dev: &Device, path: &std::path::Path) -> (f64, f64) {
+fn measure(dev: &Device, path: &std::path::Path) -> (f64, f64, f64) {
     let w = Weights::safetensors(vec![path.to_path_buf()]).unwrap();
     let m = Llama::load(&w, config(), dev).unwrap();
     let prompt: Vec<u32> = (0..256u32).map(|i| (i * 7919 + 13) % 49152).collect();
@@ -112,7 +116,14 @@ fn measure(dev: &Device, path: &std::path::Path) -> (f64, f64) {
             m.forward(&[vec![t]], None, &mut cache, true).unwrap();
         }
     });
-    (256.0 / pp, 128.0 / tg)
+    let tg32 = best(&mut || {
+        let mut cache = m.new_cache(32);
+        for &t in &prompt[..128] {
+            let rows: Vec<Vec<u32>> = (0..32u32).map(|r| vec![(t + r) % 49152]).collect();
+            m.forward(&rows, None, &mut cache, true).unwrap();
+        }
+    });
+    (256.0 / pp, 128.0 / tg, 32.0 * 128.0 / tg32)
 }
 
 fn main() {
@@ -127,13 +138,34 @@ fn main() {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let cpu = measure(&Device::Cpu, &path);
+    // GALLEY_SPEED_GPU_ONLY=1 skips the CPU's row (minutes on a GPU machine's lease).
+    let cpu = match std::env::var_os("GALLEY_SPEED_GPU_ONLY") {
+        Some(_) => (f64::NAN, f64::NAN, f64::NAN),
+        None => measure(&Device::Cpu, &path),
+    };
     println!("SmolLM2-135M shape, random f32 weights; CPU: {threads} threads");
-    println!("{:<8} {:>12} {:>12}", "", "pp256 tok/s", "tg128 tok/s");
-    println!("{:<8} {:>12.1} {:>12.1}", "cpu", cpu.0, cpu.1);
+    println!(
+        "{:<10} {:>12} {:>12} {:>15}",
+        "", "pp256 tok/s", "tg128 tok/s", "tg128x32 tok/s"
+    );
+    let row = |name: &str, r: (f64, f64, f64)| {
+        println!("{name:<10} {:>12.1} {:>12.1} {:>15.1}", r.0, r.1, r.2)
+    };
+    row("cpu", cpu);
     if !dev.is_cpu() {
         let gpu = measure(&dev, &path);
-        println!("{:<8} {:>12.1} {:>12.1}", "gpu", gpu.0, gpu.1);
-        println!("gpu/cpu  {:>11.1}x {:>11.1}x", gpu.0 / cpu.0, gpu.1 / cpu.1);
+        row("gpu", gpu);
+        println!(
+            "gpu/cpu    {:>11.1}x {:>11.1}x {:>14.1}x",
+            gpu.0 / cpu.0,
+            gpu.1 / cpu.1,
+            gpu.2 / cpu.2
+        );
+        #[cfg(feature = "cuda")]
+        {
+            let single = galley_model::device("cuda").unwrap();
+            galley_model::cuda::single_stream(&single);
+            row("gpu 1-str", measure(&single, &path));
+        }
     }
 }

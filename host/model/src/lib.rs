@@ -8,6 +8,8 @@ pub mod adapter;
 pub mod batch;
 pub mod chat;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine;
 pub mod error;
 pub mod generate;
@@ -58,8 +60,11 @@ pub fn device(spec: &str) -> Result<candle_core::Device> {
     };
     #[cfg(feature = "cuda")]
     {
-        candle_core::Device::new_cuda(ordinal)
-            .map_err(|e| ModelError::Invalid(format!("device `{spec}`: {}", error::first_line(&e))))
+        let d = candle_core::Device::new_cuda(ordinal).map_err(|e| {
+            ModelError::Invalid(format!("device `{spec}`: {}", error::first_line(&e)))
+        })?;
+        cuda::keep_pool(&d);
+        Ok(d)
     }
     #[cfg(not(feature = "cuda"))]
     {

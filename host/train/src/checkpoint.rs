@@ -58,17 +58,18 @@ pub fn save(
     std::fs::create_dir_all(&tmp).map_err(|e| file_err(&tmp, e))?;
     let weights: Vec<(String, Tensor)> = params
         .iter()
-        .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
-        .collect();
+        .map(|p| Ok((p.name.clone(), p.var.as_tensor().to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
     tensors_to_file(weights, &tmp.join("trained.safetensors"))?;
     let mut moments = Vec::new();
     for (i, p) in params.iter().enumerate() {
         let n = &p.name;
-        if let Some(m) = opt.m.get(i) {
-            moments.push((format!("m.{n}"), vec_tensor(m)?));
+        let [m, v] = opt.moments(i)?;
+        if let Some(m) = m {
+            moments.push((format!("m.{n}"), vec_tensor(&m)?));
         }
-        if let Some(v) = opt.v.get(i) {
-            moments.push((format!("v.{n}"), vec_tensor(v)?));
+        if let Some(v) = v {
+            moments.push((format!("v.{n}"), vec_tensor(&v)?));
         }
     }
     tensors_to_file(moments, &tmp.join("optimizer.safetensors"))?;
@@ -139,24 +140,27 @@ pub fn load(ck: &Path, params: &[Trainable], opt: &mut Optimizer) -> Result<Stat
             ));
         }
         v.set(&t.to_device(v.device())?)?;
-        let restore = |key: String, buf: Option<&mut Vec<f32>>| -> Result<()> {
-            if let Some(buf) = buf {
-                let t = o
-                    .get(&key)
-                    .ok_or_else(|| file_err(&opath, format!("no tensor `{key}`")))?;
-                let data = t.to_vec1::<f32>()?;
-                if data.len() != buf.len() {
-                    return Err(file_err(
-                        &opath,
-                        format!("`{key}` has {} values, expected {}", data.len(), buf.len()),
-                    ));
-                }
-                buf.copy_from_slice(&data);
+        let keeps = opt.keeps();
+        for (second, key) in [(false, format!("m.{n}")), (true, format!("v.{n}"))] {
+            if !keeps[second as usize] {
+                continue;
             }
-            Ok(())
-        };
-        restore(format!("m.{n}"), opt.m.get_mut(i))?;
-        restore(format!("v.{n}"), opt.v.get_mut(i))?;
+            let t = o
+                .get(&key)
+                .ok_or_else(|| file_err(&opath, format!("no tensor `{key}`")))?;
+            let data = t.to_vec1::<f32>()?;
+            if data.len() != v.elem_count() {
+                return Err(file_err(
+                    &opath,
+                    format!(
+                        "`{key}` has {} values, expected {}",
+                        data.len(),
+                        v.elem_count()
+                    ),
+                ));
+            }
+            opt.restore_moment(i, second, &data)?;
+        }
     }
     opt.t = state.optimizer_t;
     Ok(state)

@@ -289,6 +289,19 @@ pub enum MethodName {
     Qlora,
 }
 
+/// The dtype the forward and backward passes compute in. Weights, gradients and the
+/// optimizer's moments stay f32 either way (bf16 is mixed precision, as PyTorch's autocast:
+/// products in bf16, norms, softmax and the loss in f32, the residual stream in f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// bf16 on a GPU, f32 on the CPU.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
@@ -348,6 +361,8 @@ pub struct TrainingSection {
     pub threads: Option<usize>,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// `auto` (bf16 on a GPU, f32 on the CPU), `f32` or `bf16`.
+    pub precision: Precision,
 }
 
 impl Default for TrainingSection {
@@ -380,6 +395,7 @@ impl Default for TrainingSection {
             save_merged: false,
             threads: None,
             device: "cpu".into(),
+            precision: Precision::Auto,
         }
     }
 }

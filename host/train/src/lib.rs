@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod dataset;
+pub mod dist;
 pub mod dpo;
 pub mod error;
 pub mod export;
@@ -21,7 +22,11 @@ pub mod linear;
 pub mod mixture;
 pub mod model;
 pub mod ops;
+#[cfg(feature = "cuda")]
+pub mod ops_cuda;
 pub mod optim;
+#[cfg(feature = "cuda")]
+pub mod optim_cuda;
 pub mod plot;
 pub mod rewards;
 #[doc(hidden)]
@@ -214,8 +219,12 @@ pub fn peak_rss_mb() -> f64 {
 }
 
 fn digest(cfg: &TrainConfig) -> String {
-    // Settings that change the trajectory; logging and limits may differ on resume.
+    // Settings that change the trajectory; logging and limits may differ on resume, and so
+    // may the device and precision (checkpoints are f32 and device-independent: a run
+    // trained on a GPU resumes on the CPU and the reverse).
     let mut c = cfg.clone();
+    c.training.device = String::new();
+    c.training.precision = config::Precision::Auto;
     c.training.max_steps = None;
     c.training.save_steps = 0;
     c.training.save_total_limit = 0;
@@ -527,18 +536,22 @@ fn sides<T>(
 /// Loads the model, tokenizer and data a config names: read the records the objective
 /// trains on, load (or initialise) the model, tokenize.
 pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Prepared> {
+    dist::Placement::from_env()?.require_single()?;
     let dev = galley_model::device(&cfg.training.device)?;
-    if !dev.is_cpu() {
-        // The fused kernels, gradient buffers and in-place optimizer are CPU code; the
-        // reference ops would run on a GPU but nothing would update the weights there.
-        return Err(TrainError::Config {
-            file: "training.device".into(),
-            msg: format!(
-                "`{}`: training runs on the CPU in this version",
-                cfg.training.device
-            ),
-        });
-    }
+    // The trainer issues all GPU work from this one thread.
+    #[cfg(feature = "cuda")]
+    galley_model::cuda::single_stream(&dev);
+    let compute = match (cfg.training.precision, dev.is_cpu()) {
+        (config::Precision::Bf16, true) => {
+            return Err(TrainError::Config {
+                file: "training.precision".into(),
+                msg: "`bf16` needs a GPU (`training.device: cuda`): the CPU kernels compute in f32"
+                    .into(),
+            });
+        }
+        (config::Precision::Auto | config::Precision::Bf16, false) => candle_core::DType::BF16,
+        _ => candle_core::DType::F32,
+    };
     let mut skipped = Skipped::default();
     let raw = match cfg.objective() {
         Objective::Dpo | Objective::Kto => read_pairs(cfg, &mut skipped)?,
@@ -549,7 +562,8 @@ pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Pr
         Raw::Lm(t, _) => Some(t),
         _ => None,
     };
-    let loaded = load_model(cfg, &dev, text, out_dir)?;
+    let mut loaded = load_model(cfg, &dev, text, out_dir)?;
+    loaded.model.compute = compute;
     let data = encode(cfg, &loaded, raw, &mut skipped)?;
     if skipped.total() > 0 {
         tracing::warn!("skipped {} examples: {:?}", skipped.total(), skipped);

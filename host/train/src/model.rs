@@ -82,10 +82,12 @@ impl Proj {
             Proj::Trained { w, bias } => {
                 let y = match pass.kernels {
                     Kernels::Fused => linear::trained(x, w.var.as_tensor(), &w.grad)?,
-                    Kernels::Reference => ops::linear(x, w.var.as_tensor())?,
+                    Kernels::Reference | Kernels::Cuda => {
+                        ops::linear(x, &ops::cast(w.var.as_tensor(), x.dtype())?)?
+                    }
                 };
                 match bias {
-                    Some(b) => y.broadcast_add(b.as_tensor())?,
+                    Some(b) => y.broadcast_add(&ops::cast(b.as_tensor(), y.dtype())?)?,
                     None => y,
                 }
             }
@@ -113,20 +115,23 @@ impl Proj {
                         },
                     )?,
                     (k, None) => ops::frozen_matmul(x, w, k)?,
-                    (Kernels::Reference, Some(l)) => {
+                    (Kernels::Reference | Kernels::Cuda, Some(l)) => {
+                        let dt = x.dtype();
                         let xd = match mask {
-                            Some(m) => (x * Tensor::from_vec(m, x.shape(), x.device())?)?,
+                            Some(m) => {
+                                (x * Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(dt)?)?
+                            }
                             None => x.clone(),
                         };
                         let delta = ops::linear(
-                            &ops::linear(&xd, l.a.var.as_tensor())?,
-                            l.b.var.as_tensor(),
+                            &ops::linear(&xd, &ops::cast(l.a.var.as_tensor(), dt)?)?,
+                            &ops::cast(l.b.var.as_tensor(), dt)?,
                         )?;
                         (ops::frozen_matmul(x, w, Kernels::Reference)? + (delta * l.scale)?)?
                     }
                 };
                 if let Some(b) = bias {
-                    y = y.broadcast_add(b)?;
+                    y = y.broadcast_add(&ops::cast(b, y.dtype())?)?;
                 }
                 y
             }
@@ -223,6 +228,9 @@ pub struct TrainModel {
     pub lm_head: Option<Proj>,
     pub rope: RopeTables,
     pub kernels: Kernels,
+    /// The dtype products compute in: f32, or bf16 (mixed precision, the GPU's kernels
+    /// only): see `config::Precision`.
+    pub compute: DType,
     /// Trained tensors by name (HF names; LoRA ones in PEFT's naming), in a fixed order.
     pub trainable: Vec<Trainable>,
     pub device: Device,
@@ -255,9 +263,16 @@ pub struct Loader<'a> {
 impl Loader<'_> {
     fn var(&mut self, name: &str, t: Tensor) -> Result<Trainable> {
         let var = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
+        // The fused CPU ops write gradients into this buffer; on a GPU the optimizer keeps
+        // autograd's gradient tensors instead.
+        let n = if self.dev.is_cpu() {
+            var.elem_count()
+        } else {
+            0
+        };
         let tr = Trainable {
             name: name.to_string(),
-            grad: Arc::new(Mutex::new(vec![0f32; var.elem_count()])),
+            grad: Arc::new(Mutex::new(vec![0f32; n])),
             var,
         };
         self.trainable.push(tr.clone());
@@ -414,10 +429,15 @@ impl TrainModel {
             dev,
         )?;
         Ok(Self {
-            kernels: if dev.is_cpu() {
-                Kernels::Fused
+            kernels: match dev {
+                Device::Cpu => Kernels::Fused,
+                Device::Cuda(_) if cfg!(feature = "cuda") => Kernels::Cuda,
+                _ => Kernels::Reference,
+            },
+            compute: if dev.is_cpu() {
+                DType::F32
             } else {
-                Kernels::Reference
+                DType::BF16
             },
             config,
             embed,
@@ -507,16 +527,24 @@ impl TrainModel {
         let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let g = h / kv;
         let ids = Tensor::from_slice(inputs, n, &self.device)?;
-        let mut x = match (&self.embed, k) {
+        let x = match (&self.embed, k) {
             (Param::Trained(e), Kernels::Fused) => {
                 linear::embed(e.var.as_tensor(), inputs, &e.grad)?
             }
             _ => self.embed.t().index_select(&ids, 0)?,
         };
+        // Mixed precision: the residual stream, norms, softmax and loss stay f32; products
+        // run in `dt` (norm outputs are cast down, product outputs cast back up).
+        let dt = self.compute;
+        let x32 = |y: Tensor| ops::cast(&y, DType::F32);
+        let mut x = x32(x)?;
         let scale = 1.0 / (hd as f64).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             let site = |j: u64| (li as u64) * 16 + j;
-            let hn = ops::rms_norm(&x, layer.input_norm.t(), c.rms_norm_eps, k)?;
+            let hn = ops::cast(
+                &ops::rms_norm(&x, layer.input_norm.t(), c.rms_norm_eps, k)?,
+                dt,
+            )?;
             // Projections as (b, t, heads, d); q and k are rotated into (b, heads, t, d).
             let heads = |p: &Proj, nh: usize, j: u64, norm: &Option<Param>| -> Result<Tensor> {
                 let y = p.forward(&hn, pass, site(j))?;
@@ -536,20 +564,27 @@ impl TrainModel {
             let p = match k {
                 Kernels::Fused => linear::attention_probs(&q, &kk, scale)?,
                 Kernels::Reference => ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?,
+                #[cfg(feature = "cuda")]
+                Kernels::Cuda => crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale)?,
+                #[cfg(not(feature = "cuda"))]
+                Kernels::Cuda => ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?,
             };
             let o = p
                 .matmul(&v)?
                 .reshape((b, h, t, hd))?
                 .transpose(1, 2)?
                 .reshape((n, h * hd))?;
-            x = (x + layer.o.forward(&o, pass, site(3))?)?;
-            let hn = ops::rms_norm(&x, layer.post_norm.t(), c.rms_norm_eps, k)?;
+            x = (x + x32(layer.o.forward(&o, pass, site(3))?)?)?;
+            let hn = ops::cast(
+                &ops::rms_norm(&x, layer.post_norm.t(), c.rms_norm_eps, k)?,
+                dt,
+            )?;
             let gate = layer.gate.forward(&hn, pass, site(4))?;
             let up = layer.up.forward(&hn, pass, site(5))?;
             let a = ops::silu_mul(&gate, &up, k)?;
-            x = (x + layer.down.forward(&a, pass, site(6))?)?;
+            x = (x + x32(layer.down.forward(&a, pass, site(6))?)?)?;
         }
-        let x = ops::rms_norm(&x, self.norm.t(), c.rms_norm_eps, k)?;
+        let x = ops::cast(&ops::rms_norm(&x, self.norm.t(), c.rms_norm_eps, k)?, dt)?;
         // The head: fused with the loss on CPU (no logits tensor), plain ops otherwise.
         if k == Kernels::Fused {
             let (w, head) = match (&self.lm_head, &self.embed) {
@@ -583,10 +618,11 @@ impl TrainModel {
         let logits = match &self.lm_head {
             Some(p) => p.forward(&x, pass, u64::MAX)?,
             None => match &self.embed {
-                Param::Trained(e) => ops::linear(&x, e.var.as_tensor())?,
+                Param::Trained(e) => ops::linear(&x, &ops::cast(e.var.as_tensor(), dt)?)?,
                 Param::Fixed(e) => ops::frozen_matmul(&x, &Frozen::Dense(e.clone()), k)?,
             },
         };
+        let logits = x32(logits)?;
         let logits = if temperature == 1.0 {
             logits
         } else {

@@ -24,6 +24,9 @@ pub enum Kernels {
     Fused,
     /// Plain candle ops: any device, slower, the reference the fused ops are checked against.
     Reference,
+    /// On a CUDA GPU: galley's CUDA kernels where it has them (`ops_cuda`: the causal
+    /// softmax), plain candle ops (cuBLAS products) elsewhere. The default there.
+    Cuda,
 }
 
 /// Label of a position that does not count in the loss.
@@ -185,7 +188,17 @@ impl CustomOp2 for RmsNorm {
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, k: Kernels) -> Result<Tensor> {
     match k {
         Kernels::Fused => x.contiguous()?.apply_op2(w, RmsNorm { eps: eps as f32 }),
-        Kernels::Reference => candle_nn::ops::rms_norm_slow(x, w, eps as f32),
+        Kernels::Reference | Kernels::Cuda => {
+            candle_nn::ops::rms_norm_slow(x, &cast(w, x.dtype())?, eps as f32)
+        }
+    }
+}
+
+/// `t` in dtype `dt` (the same tensor when it already is; a cast keeps the autograd graph).
+pub fn cast(t: &Tensor, dt: candle_core::DType) -> Result<Tensor> {
+    match t.dtype() == dt {
+        true => Ok(t.clone()),
+        false => t.to_dtype(dt),
     }
 }
 
@@ -297,12 +310,12 @@ pub fn rope_heads(x: &Tensor, tables: &RopeTables, k: Kernels) -> Result<Tensor>
                 dims,
             })
         }
-        Kernels::Reference => {
+        Kernels::Reference | Kernels::Cuda => {
             let t = x.dim(1)?;
             candle_nn::rotary_emb::rope_slow(
                 &x.transpose(1, 2)?.contiguous()?,
-                &tables.cos_t.narrow(0, 0, t)?,
-                &tables.sin_t.narrow(0, 0, t)?,
+                &cast(&tables.cos_t.narrow(0, 0, t)?, x.dtype())?,
+                &cast(&tables.sin_t.narrow(0, 0, t)?, x.dtype())?,
             )
         }
     }
@@ -352,14 +365,30 @@ pub(crate) fn softmax_grad(p: &[f32], g: &[f32], t: usize, scale: f32) -> Vec<f3
 
 /// Plain candle: softmax(scale * s) over the last dimension with keys after the query masked
 /// out; `s` is (..., rows, t) where row r is query position r % t. The reference for
-/// `linear::attention_probs`.
+/// `linear::attention_probs`. Computed in f32 whatever `s`'s dtype (as autocast does), the
+/// probabilities returned in `s`'s dtype.
 pub fn causal_softmax_reference(s: &Tensor, scale: f64) -> Result<Tensor> {
     let (rows, t) = (s.dim(D::Minus2)?, s.dim(D::Minus1)?);
-    let mask: Vec<f32> = (0..rows)
-        .flat_map(|r| (0..t).map(move |j| if j > r % t { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    let mask = Tensor::from_vec(mask, (rows, t), s.device())?;
-    candle_nn::ops::softmax(&(s * scale)?.broadcast_add(&mask)?, D::Minus1)
+    let dev = s.device();
+    let mask = if rows % t == 0 && !dev.is_cpu() {
+        // Built on the device: no rows x t upload per layer and step.
+        let q = Tensor::arange(0u32, t as u32, dev)?.repeat(rows / t)?;
+        let k = Tensor::arange(0u32, t as u32, dev)?;
+        let future = k.unsqueeze(0)?.broadcast_gt(&q.unsqueeze(1)?)?;
+        let neg = Tensor::new(f32::NEG_INFINITY, dev)?.broadcast_as((rows, t))?;
+        future.where_cond(
+            &neg,
+            &Tensor::zeros((rows, t), candle_core::DType::F32, dev)?,
+        )?
+    } else {
+        let mask: Vec<f32> = (0..rows)
+            .flat_map(|r| (0..t).map(move |j| if j > r % t { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        Tensor::from_vec(mask, (rows, t), dev)?
+    };
+    let s32 = cast(s, candle_core::DType::F32)?;
+    let p = candle_nn::ops::softmax(&(s32 * scale)?.broadcast_add(&mask)?, D::Minus1)?;
+    cast(&p, s.dtype())
 }
 
 // ---------------------------------------------------------------- SiLU gate
@@ -430,7 +459,7 @@ impl CustomOp2 for SiluMul {
 pub fn silu_mul(g: &Tensor, u: &Tensor, k: Kernels) -> Result<Tensor> {
     match k {
         Kernels::Fused => g.contiguous()?.apply_op2(&u.contiguous()?, SiluMul),
-        Kernels::Reference => g.silu()? * u,
+        Kernels::Reference | Kernels::Cuda => g.silu()? * u,
     }
 }
 
@@ -508,7 +537,7 @@ impl Frozen {
     pub fn dense(&self) -> Result<Tensor> {
         match self {
             Frozen::Dense(t) => Ok(t.clone()),
-            Frozen::Quant(q) => q.dequantize(&Device::Cpu),
+            Frozen::Quant(q) => q.dequantize(&q.device()),
         }
     }
 
@@ -562,7 +591,7 @@ impl Frozen {
 pub fn frozen_matmul(x: &Tensor, w: &Frozen, k: Kernels) -> Result<Tensor> {
     match k {
         Kernels::Fused if x.device().is_cpu() => crate::linear::frozen(x, w),
-        _ => x.broadcast_matmul(&w.dense()?.t()?),
+        _ => x.broadcast_matmul(&cast(&w.dense()?, x.dtype())?.t()?),
     }
 }
 

@@ -2,6 +2,8 @@
 //! buffer per parameter, allocated once; AdamW (PyTorch's formulation, decoupled decay) and SGD
 //! with momentum update each parameter's storage in place in one fused pass, so a step
 //! allocates nothing. Norm weights and biases get no weight decay (as HF's Trainer does).
+//! Parameters on a GPU keep their gradients and moments there (`optim_cuda`): same formulas,
+//! one fused kernel per parameter.
 
 use crate::config::{OptimizerKind, Schedule, TrainingSection};
 use crate::error::Result;
@@ -23,24 +25,47 @@ pub struct Optimizer {
     pub momentum: f64,
     /// Updates applied so far (AdamW's bias correction uses it).
     pub t: u64,
-    /// First moments (AdamW) or momentum buffers (SGD), per parameter.
-    pub m: Vec<Vec<f32>>,
+    /// First moments (AdamW) or momentum buffers (SGD), per parameter (CPU parameters).
+    m: Vec<Vec<f32>>,
     /// Second moments (AdamW only).
-    pub v: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
     decay: Vec<bool>,
+    /// The clipping scale the next GPU update applies to its gradients.
+    #[cfg(feature = "cuda")]
+    gscale: f32,
+    /// Gradients and moments of parameters on a GPU.
+    #[cfg(feature = "cuda")]
+    dev: Option<crate::optim_cuda::DeviceState>,
 }
 
 impl Optimizer {
-    pub fn new(cfg: &TrainingSection, params: &[Trainable]) -> Self {
-        let zeros = || {
-            params
-                .iter()
-                .map(|p| vec![0f32; p.var.elem_count()])
-                .collect::<Vec<_>>()
-        };
+    pub fn new(cfg: &TrainingSection, params: &[Trainable]) -> Result<Self> {
         let adam = cfg.optimizer == OptimizerKind::Adamw;
         let sgd_m = cfg.optimizer == OptimizerKind::Sgd && cfg.momentum > 0.0;
-        Self {
+        let on_gpu = params.first().is_some_and(|p| !p.var.device().is_cpu());
+        #[cfg(feature = "cuda")]
+        let dev = match on_gpu {
+            true => Some(crate::optim_cuda::DeviceState::new(
+                params,
+                adam || sgd_m,
+                adam,
+            )?),
+            false => None,
+        };
+        #[cfg(not(feature = "cuda"))]
+        if on_gpu {
+            return Err(crate::error::TrainError::Stopped(
+                "parameters off the CPU need a galley built with CUDA".into(),
+            ));
+        }
+        let zeros = || match on_gpu {
+            true => Vec::new(),
+            false => params
+                .iter()
+                .map(|p| vec![0f32; p.var.elem_count()])
+                .collect::<Vec<_>>(),
+        };
+        Ok(Self {
             kind: cfg.optimizer,
             beta1: cfg.adam_beta1,
             beta2: cfg.adam_beta2,
@@ -54,12 +79,64 @@ impl Optimizer {
                 .iter()
                 .map(|p| !(p.name.ends_with(".bias") || p.name.contains("norm")))
                 .collect(),
+            #[cfg(feature = "cuda")]
+            gscale: 1.0,
+            #[cfg(feature = "cuda")]
+            dev,
+        })
+    }
+
+    /// Whether the optimizer keeps first and second moments.
+    pub fn keeps(&self) -> [bool; 2] {
+        let adam = self.kind == OptimizerKind::Adamw;
+        [
+            adam || (self.kind == OptimizerKind::Sgd && self.momentum > 0.0),
+            adam,
+        ]
+    }
+
+    /// Parameter `i`'s first and second moment as host vectors (None where the optimizer
+    /// keeps none), for checkpoints.
+    pub fn moments(&self, i: usize) -> Result<[Option<Vec<f32>>; 2]> {
+        #[cfg(feature = "cuda")]
+        if let Some(d) = &self.dev {
+            return Ok([d.host(&d.m, i)?, d.host(&d.v, i)?]);
         }
+        Ok([self.m.get(i).cloned(), self.v.get(i).cloned()])
+    }
+
+    /// Overwrites parameter `i`'s first (`second` false) or second moment; false when the
+    /// optimizer keeps no such moment. `data` must have the parameter's length.
+    pub fn restore_moment(&mut self, i: usize, second: bool, data: &[f32]) -> Result<bool> {
+        #[cfg(feature = "cuda")]
+        if let Some(d) = &mut self.dev {
+            return d.restore(second, i, data);
+        }
+        let buf = match second {
+            false => self.m.get_mut(i),
+            true => self.v.get_mut(i),
+        };
+        Ok(match buf {
+            Some(b) => {
+                b.copy_from_slice(data);
+                true
+            }
+            None => false,
+        })
     }
 
     /// Adds the gradients autograd computed for this micro-batch to the step's buffers (the
     /// fused projections have already written theirs).
     pub fn accumulate(&mut self, params: &[Trainable], gs: &GradStore) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(d) = &mut self.dev {
+            for (i, p) in params.iter().enumerate() {
+                if let Some(g) = gs.get(p.var.as_tensor()) {
+                    d.accumulate(i, g)?;
+                }
+            }
+            return Ok(());
+        }
         for p in params {
             if let Some(g) = gs.get(p.var.as_tensor()) {
                 let mut acc = p.grad.lock().expect("gradient buffer");
@@ -74,7 +151,18 @@ impl Optimizer {
     }
 
     /// The global L2 norm of the accumulated gradients; scales them down to `max` if above.
-    pub fn clip(&mut self, params: &[Trainable], max: f64) -> f64 {
+    pub fn clip(&mut self, params: &[Trainable], max: f64) -> Result<f64> {
+        #[cfg(feature = "cuda")]
+        if let Some(d) = &self.dev {
+            // The scale is applied inside the update kernel, not as a pass of its own.
+            let norm = d.norm()?;
+            self.gscale = if max > 0.0 && norm > max {
+                (max / (norm + 1e-6)) as f32
+            } else {
+                1.0
+            };
+            return Ok(norm);
+        }
         // Per-parameter sums in f64, added in a fixed order: the same on any thread count.
         let sq: f64 = params
             .iter()
@@ -96,12 +184,35 @@ impl Optimizer {
                     .for_each(|c| c.iter_mut().for_each(|x| *x *= s));
             }
         }
-        norm
+        Ok(norm)
     }
 
     /// Applies one update at learning rate `lr` and clears the gradient buffers.
     pub fn step(&mut self, params: &[Trainable], lr: f64) -> Result<()> {
         self.t += 1;
+        #[cfg(feature = "cuda")]
+        if let Some(d) = &mut self.dev {
+            for (i, p) in params.iter().enumerate() {
+                let h = crate::optim_cuda::Hyper {
+                    kind: self.kind,
+                    lr,
+                    wd: if self.decay[i] {
+                        self.weight_decay
+                    } else {
+                        0.0
+                    },
+                    beta1: self.beta1,
+                    beta2: self.beta2,
+                    eps: self.eps,
+                    momentum: self.momentum,
+                    t: self.t,
+                    gscale: self.gscale,
+                };
+                crate::optim_cuda::step(d, p, i, &h)?;
+            }
+            self.gscale = 1.0;
+            return Ok(());
+        }
         for (i, p) in params.iter().enumerate() {
             let wd = if self.decay[i] {
                 self.weight_decay
@@ -259,7 +370,7 @@ mod tests {
             weight_decay: 0.1,
             ..Default::default()
         };
-        let mut opt = Optimizer::new(&cfg, &params);
+        let mut opt = Optimizer::new(&cfg, &params).unwrap();
         let grads = [[0.1f32, -0.3, 2.0], [0.2, 0.1, -1.0]];
         let (mut w, mut m, mut v) = ([1.0f64, -2.0, 0.5], [0.0f64; 3], [0.0f64; 3]);
         let (lr, b1, b2, eps, wd) = (0.01, 0.9, 0.999, 1e-8, 0.1);
@@ -294,7 +405,7 @@ mod tests {
             momentum: 0.9,
             ..Default::default()
         };
-        let mut opt = Optimizer::new(&cfg, &params);
+        let mut opt = Optimizer::new(&cfg, &params).unwrap();
         let (mut w, mut b) = ([1.0f64, -1.0], [0.0f64; 2]);
         for g in [[0.5f32, -0.25], [1.0, 2.0]] {
             params[0].grad.lock().unwrap().copy_from_slice(&g);
@@ -311,9 +422,9 @@ mod tests {
     #[test]
     fn clipping_scales_to_the_max_norm() {
         let params = vec![param(&[0.0, 0.0])];
-        let mut opt = Optimizer::new(&TrainingSection::default(), &params);
+        let mut opt = Optimizer::new(&TrainingSection::default(), &params).unwrap();
         params[0].grad.lock().unwrap().copy_from_slice(&[3.0, 4.0]);
-        assert!((opt.clip(&params, 1.0) - 5.0).abs() < 1e-9);
+        assert!((opt.clip(&params, 1.0).unwrap() - 5.0).abs() < 1e-9);
         let g = params[0].grad.lock().unwrap();
         assert!((g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5);
     }

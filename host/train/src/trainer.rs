@@ -349,7 +349,7 @@ impl Trainer<'_> {
             }
             opt.accumulate(params, &out.grads)?;
         }
-        let grad_norm = opt.clip(params, t.max_grad_norm);
+        let grad_norm = opt.clip(params, t.max_grad_norm)?;
         opt.step(params, lr)?;
         self.task.finish_step(&mut extra);
         Ok((loss, tokens, extra, grad_norm))
@@ -363,7 +363,7 @@ impl Trainer<'_> {
             ));
         }
         let params = &self.model.trainable;
-        let mut opt = Optimizer::new(t, params);
+        let mut opt = Optimizer::new(t, params)?;
         let total = self.total_steps();
         let warmup = if t.warmup_steps > 0 {
             t.warmup_steps

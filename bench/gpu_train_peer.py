@@ -1,0 +1,100 @@
+"""The PyTorch peer of bench/gpu_train.rs: the same model shapes, sequence lengths and batches,
+trained the way an ML engineer would in PyTorch today — HF transformers' LlamaForCausalLM with
+f32 master weights under torch.autocast(bf16), SDPA attention (flash kernels), fused AdamW,
+clipping at 1.0; LoRA through peft (r 16, alpha 32, every projection). Prints the same table.
+
+    python3 bench/gpu_train_peer.py [--quick]
+"""
+
+import os
+import sys
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+SHAPES = {
+    "135m": (576, 1536, 30, 9, 3),
+    "1.7b": (2048, 8192, 24, 32, 32),
+}
+PEAK = float(os.environ.get("GALLEY_PEAK_TFLOPS", "989.4"))
+
+
+def config(name):
+    d, f, l, h, kv = SHAPES[name]
+    return LlamaConfig(
+        vocab_size=49152, hidden_size=d, intermediate_size=f, num_hidden_layers=l,
+        num_attention_heads=h, num_key_value_heads=kv, head_dim=d // h, rms_norm_eps=1e-5,
+        rope_theta=130000.0, max_position_embeddings=8192, tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
+
+
+def matmul_params(c):
+    d, hd, f = c.hidden_size, c.hidden_size // c.num_attention_heads, c.intermediate_size
+    attn = d * c.num_attention_heads * hd * 2 + d * c.num_key_value_heads * hd * 2
+    return c.num_hidden_layers * (attn + 3 * d * f) + c.vocab_size * d
+
+
+def run(name, method, seq, batch, steps):
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    c = config(name)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(c)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(
+            r=16, lora_alpha=32, lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    n = batch * seq
+    ids = (torch.arange(n + 1, device="cuda") * 7919 + 13) % c.vocab_size
+    inputs, labels = ids[:n].view(batch, seq), ids[1:].view(batch, seq)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(input_ids=inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, c.vocab_size), labels.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    tok_s = steps * n / secs
+    np_ = matmul_params(c)
+    attn = 12 * c.num_hidden_layers * seq * c.hidden_size
+    per_tok = (6 if method == "full" else 4) * np_ + attn
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    print(f"| torch {name} | {method} | {seq} x {batch} | {tok_s:.0f} | {peak:.1f} | "
+          f"{100 * tok_s * per_tok / (PEAK * 1e12):.1f}% | {loss:.3f} |", flush=True)
+    del model, opt
+
+
+def main():
+    quick = "--quick" in sys.argv
+    steps = 2 if quick else 5
+    plan = [("135m", "lora", 256, 2)] if quick else [
+        ("135m", "full", 2048, 8), ("135m", "lora", 2048, 8),
+        ("1.7b", "full", 2048, 1), ("1.7b", "lora", 2048, 1), ("1.7b", "full", 512, 8),
+    ]
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    print("| model | method | seq x batch | tokens/s | peak GPU GiB | MFU | last loss |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    for name, method, seq, batch in plan:
+        run(name, method, seq, batch, steps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+//! `galley launch`: gathers what galley-launch's job files pin (this binary's SHA-256, the
+//! project's galley.lock and its plugins' digests), writes the SkyPilot task or Slurm script,
+//! and submits it with `sky launch` or `sbatch` unless `--emit` only writes it.
+
+use anyhow::{Context, Result, bail};
+use galley_launch::{Job, Lock, Pin, Target};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TargetArg {
+    Skypilot,
+    Slurm,
+}
+
+#[derive(clap::Args)]
+pub struct LaunchArgs {
+    /// The scheduler: a SkyPilot task (clouds, Kubernetes) or a Slurm batch script.
+    #[arg(long, value_enum)]
+    target: TargetArg,
+    /// Only write the job file here; do not submit it.
+    #[arg(long)]
+    emit: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// GPUs per node, one galley process each (0: one process per node, on its CPUs).
+    #[arg(long, default_value_t = 1)]
+    gpus: usize,
+    /// SkyPilot's GPU type (H100, A100-80GB, ...).
+    #[arg(long)]
+    accelerator: Option<String>,
+    /// SkyPilot's cloud (aws, gcp, azure, kubernetes, ...); default: SkyPilot chooses.
+    #[arg(long)]
+    cloud: Option<String>,
+    /// The job's name (default: galley-COMMAND).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    partition: Option<String>,
+    /// Slurm's time limit (HH:MM:SS or D-HH:MM:SS).
+    #[arg(long)]
+    time: Option<String>,
+    #[arg(long)]
+    account: Option<String>,
+    /// Rank 0's rendezvous port.
+    #[arg(long, default_value_t = 29500)]
+    port: u16,
+    /// The project's lockfile (its plugins are installed, by digest, on every node).
+    #[arg(long, default_value = "galley.lock")]
+    lock: PathBuf,
+    /// The galley binary the nodes run (default: this one).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// What each rank runs, after `--`: `galley launch --target slurm -- train -c sft.yaml`.
+    #[arg(last = true, required = true)]
+    args: Vec<String>,
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+fn lock(workdir: &Path, path: &Path) -> Result<Option<Lock>> {
+    let abs = workdir.join(path);
+    let Some(lf) = galley_registry::Lockfile::load(&abs)? else {
+        return Ok(None);
+    };
+    // Every node sees the project at its own path: the lock is named relative to it.
+    let rel = abs.strip_prefix(workdir).with_context(|| {
+        format!(
+            "--lock {}: must lie inside the project folder",
+            path.display()
+        )
+    })?;
+    Ok(Some(Lock {
+        path: rel.display().to_string(),
+        sha256: sha256_file(&abs)?,
+        plugins: lf
+            .plugins
+            .iter()
+            .map(|p| Pin {
+                name: p.name.to_string(),
+                version: p.version.to_string(),
+                digest: p.digest.clone(),
+            })
+            .collect(),
+    }))
+}
+
+pub fn run(a: LaunchArgs) -> Result<()> {
+    let workdir = std::env::current_dir()?;
+    let binary = match &a.binary {
+        Some(b) => std::path::absolute(b)?,
+        None => std::env::current_exe().context("finding this galley binary")?,
+    };
+    let target = match a.target {
+        TargetArg::Skypilot => Target::Skypilot,
+        TargetArg::Slurm => Target::Slurm,
+    };
+    let job = Job {
+        name: a
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("galley-{}", a.args[0])),
+        args: a.args.clone(),
+        nodes: a.nodes,
+        gpus_per_node: a.gpus,
+        accelerator: a.accelerator.clone(),
+        cloud: a.cloud.clone(),
+        binary_sha256: sha256_file(&binary)?,
+        binary,
+        version: env!("CARGO_PKG_VERSION").into(),
+        lock: lock(&workdir, &a.lock)?,
+        port: a.port,
+        partition: a.partition.clone(),
+        time: a.time.clone(),
+        account: a.account.clone(),
+        workdir,
+    };
+    let text = job.render(target)?;
+    if job.nodes * job.gpus_per_node.max(1) > 1 && job.args[0] == "train" {
+        eprintln!(
+            "note: galley train refuses a world size above one in this version (data-parallel training is not there yet); the job file is ready for when it is"
+        );
+    }
+    if job.lock.is_none() {
+        eprintln!("note: no {}: the job installs no plugins", a.lock.display());
+    }
+    let (ext, tool) = match target {
+        Target::Skypilot => ("yaml", "sky"),
+        Target::Slurm => ("sbatch", "sbatch"),
+    };
+    let file = match &a.emit {
+        Some(f) => f.clone(),
+        None => PathBuf::from(format!(".galley/launch/{}.{ext}", job.name)),
+    };
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
+    println!("wrote {}", file.display());
+    if a.emit.is_some() {
+        return Ok(());
+    }
+    let mut cmd = std::process::Command::new(tool);
+    match target {
+        Target::Skypilot => cmd.args(["launch", "-y", "-c", &job.name]).arg(&file),
+        Target::Slurm => cmd.arg(&file),
+    };
+    let status = match cmd.status() {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "`{tool}` is not installed here; install {} or pass --emit FILE and submit {} yourself",
+            if tool == "sky" {
+                "SkyPilot"
+            } else {
+                "Slurm's client"
+            },
+            file.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("running {tool}")),
+    };
+    if !status.success() {
+        bail!(
+            "`{tool}` failed ({status}); the job file is {}",
+            file.display()
+        );
+    }
+    Ok(())
+}

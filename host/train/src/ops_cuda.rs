@@ -1,0 +1,250 @@
+//! galley's CUDA training kernels, compiled once per process by NVRTC: the causal softmax of
+//! the attention scores (scale, mask and softmax in one pass, f32 arithmetic on f32 or bf16
+//! data) and its backward pass. candle's composite softmax keeps seven score-sized tensors
+//! alive for the backward pass (the f32 copy, the scaled and masked scores, the shifted ones,
+//! their exponentials, the sums' quotient and the bf16 result); this op keeps only its input
+//! and its output, and reads the scores once forward and twice backward.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use std::sync::OnceLock;
+
+const SRC: &str = r#"
+typedef unsigned short bf16_t;
+__device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float ld(const bf16_t* p, long long i) {
+    return __uint_as_float(((unsigned int)p[i]) << 16);
+}
+__device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(bf16_t* p, long long i, float v) {
+    unsigned int u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { p[i] = 0x7fc0; return; }
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    p[i] = (bf16_t)(u >> 16);
+}
+__device__ __forceinline__ float warp_red(float v, bool mx) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = mx ? fmaxf(v, w) : v + w;
+    }
+    return v;
+}
+// Every thread of the block gets the block's max (mx) or sum.
+__device__ float block_red(float v, bool mx) {
+    __shared__ float sh[32];
+    const float id = mx ? __int_as_float(0xff800000) : 0.0f;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    v = warp_red(v, mx);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = threadIdx.x < (blockDim.x >> 5) ? sh[threadIdx.x] : id;
+    if (w == 0) v = warp_red(v, mx);
+    if (threadIdx.x == 0) sh[0] = v;
+    __syncthreads();
+    return sh[0];
+}
+// Row r of (rows, t) is query position r % t: keys after it get probability 0.
+template <typename T>
+__device__ void fwd(const T* s, T* p, int t, float scale) {
+    long long row = blockIdx.x;
+    int pos = (int)(row % t);
+    const T* x = s + row * t;
+    T* y = p + row * t;
+    float m = __int_as_float(0xff800000);
+    for (int j = threadIdx.x; j <= pos; j += blockDim.x) m = fmaxf(m, ld(x, j) * scale);
+    m = block_red(m, true);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j <= pos; j += blockDim.x) sum += __expf(ld(x, j) * scale - m);
+    float inv = 1.0f / block_red(sum, false);
+    for (int j = threadIdx.x; j < t; j += blockDim.x)
+        st(y, j, j <= pos ? __expf(ld(x, j) * scale - m) * inv : 0.0f);
+}
+// ds = scale * p * (dp - sum(p * dp)) over the row's visible keys.
+template <typename T>
+__device__ void bwd(const T* p, const T* dp, T* ds, int t, float scale) {
+    long long row = blockIdx.x;
+    int pos = (int)(row % t);
+    long long o = row * t;
+    float dot = 0.0f;
+    for (int j = threadIdx.x; j <= pos; j += blockDim.x) dot += ld(p, o + j) * ld(dp, o + j);
+    dot = block_red(dot, false);
+    for (int j = threadIdx.x; j < t; j += blockDim.x)
+        st(ds, o + j, j <= pos ? scale * ld(p, o + j) * (ld(dp, o + j) - dot) : 0.0f);
+}
+extern "C" __global__ void causal_softmax_f32(const float* s, float* p, int t, float scale) { fwd(s, p, t, scale); }
+extern "C" __global__ void causal_softmax_bf16(const bf16_t* s, bf16_t* p, int t, float scale) { fwd(s, p, t, scale); }
+extern "C" __global__ void causal_softmax_bwd_f32(const float* p, const float* dp, float* ds, int t, float scale) { bwd(p, dp, ds, t, scale); }
+extern "C" __global__ void causal_softmax_bwd_bf16(const bf16_t* p, const bf16_t* dp, bf16_t* ds, int t, float scale) { bwd(p, dp, ds, t, scale); }
+"#;
+
+const MODULE: &str = "galley_train_ops";
+const THREADS: u32 = 256;
+
+fn ptx() -> Result<&'static str> {
+    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    PTX.get_or_init(|| {
+        candle_core::cuda::cudarc::nvrtc::compile_ptx(SRC)
+            .map(|p| p.to_src())
+            .map_err(|e| format!("compiling galley's CUDA training kernels: {e}"))
+    })
+    .as_deref()
+    .map_err(|e| candle_core::Error::Msg(e.clone()))
+}
+
+fn launch_err(e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(format!("galley CUDA kernel: {e}"))
+}
+
+/// Rows and row length of a contiguous (..., t) layout.
+fn rows(l: &Layout) -> Result<(usize, usize, usize)> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("galley CUDA op: input is not contiguous")
+    };
+    let t = *l.shape().dims().last().unwrap_or(&1);
+    Ok((a, (b - a) / t.max(1), t))
+}
+
+fn cfg(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn fwd_typed<T: CudaDType + DeviceRepr>(
+    name: &str,
+    dev: &CudaDevice,
+    s: &CudaStorage,
+    l: &Layout,
+    scale: f32,
+) -> Result<CudaStorage> {
+    let (a, rows, t) = rows(l)?;
+    let n = rows * t;
+    let src = s.as_cuda_slice::<T>()?.slice(a..a + n);
+    // SAFETY: the kernel writes every element of the row-major (rows, t) output.
+    let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(n)? };
+    let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
+    let (t32, mut b) = (t as i32, f.builder());
+    b.arg(&src).arg(&mut out).arg(&t32).arg(&scale);
+    // SAFETY: arguments match the kernel's signature; buffers hold rows * t elements.
+    unsafe { b.launch(cfg(rows)) }.map_err(launch_err)?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+}
+
+struct CausalSoftmax {
+    scale: f32,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "galley-causal-softmax"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("galley's CUDA causal softmax was given a CPU tensor")
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = s.device().clone();
+        let out = match s.dtype() {
+            DType::F32 => fwd_typed::<f32>("causal_softmax_f32", &dev, s, l, self.scale)?,
+            DType::BF16 => fwd_typed::<half::bf16>("causal_softmax_bf16", &dev, s, l, self.scale)?,
+            d => bail!("galley's causal softmax takes f32 or bf16 scores, not {d:?}"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.to_dtype(res.dtype())?.contiguous()?;
+        Ok(Some(res.apply_op2_no_bwd(
+            &g,
+            &CausalSoftmaxBwd { scale: self.scale },
+        )?))
+    }
+}
+
+struct CausalSoftmaxBwd {
+    scale: f32,
+}
+
+fn bwd_typed<T: CudaDType + DeviceRepr>(
+    name: &str,
+    dev: &CudaDevice,
+    p: (&CudaStorage, &Layout),
+    dp: (&CudaStorage, &Layout),
+    scale: f32,
+) -> Result<CudaStorage> {
+    let (pa, rows_, t) = rows(p.1)?;
+    let (da, drows, dt) = rows(dp.1)?;
+    if (drows, dt) != (rows_, t) {
+        bail!("causal softmax backward: gradient shape differs from the output's")
+    }
+    let n = rows_ * t;
+    let ps = p.0.as_cuda_slice::<T>()?.slice(pa..pa + n);
+    let ds_in = dp.0.as_cuda_slice::<T>()?.slice(da..da + n);
+    // SAFETY: the kernel writes every element.
+    let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(n)? };
+    let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
+    let (t32, mut b) = (t as i32, f.builder());
+    b.arg(&ps).arg(&ds_in).arg(&mut out).arg(&t32).arg(&scale);
+    // SAFETY: arguments match the kernel's signature; buffers hold rows * t elements.
+    unsafe { b.launch(cfg(rows_)) }.map_err(launch_err)?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+}
+
+impl CustomOp2 for CausalSoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "galley-causal-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("galley's CUDA causal softmax backward was given CPU tensors")
+    }
+
+    fn cuda_fwd(
+        &self,
+        p: &CudaStorage,
+        pl: &Layout,
+        dp: &CudaStorage,
+        dl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = p.device().clone();
+        let out = match p.dtype() {
+            DType::F32 => bwd_typed::<f32>(
+                "causal_softmax_bwd_f32",
+                &dev,
+                (p, pl),
+                (dp, dl),
+                self.scale,
+            )?,
+            DType::BF16 => bwd_typed::<half::bf16>(
+                "causal_softmax_bwd_bf16",
+                &dev,
+                (p, pl),
+                (dp, dl),
+                self.scale,
+            )?,
+            d => bail!("galley's causal softmax takes f32 or bf16 scores, not {d:?}"),
+        };
+        Ok((out, pl.shape().clone()))
+    }
+}
+
+/// softmax(scale · s) over the last dimension with keys after the query masked out, `s`
+/// (..., rows, t) on a CUDA device, row r being query position r % t; the probabilities in
+/// `s`'s dtype (computed in f32). The same function as `ops::causal_softmax_reference`.
+pub fn causal_softmax(s: &Tensor, scale: f64) -> Result<Tensor> {
+    s.contiguous()?.apply_op1(CausalSoftmax {
+        scale: scale as f32,
+    })
+}

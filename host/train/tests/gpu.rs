@@ -1,0 +1,601 @@
+//! Training on a CUDA GPU (built with `--features cuda`; run where a GPU answers): the model
+//! on the GPU against the CPU's fused kernels (losses and every gradient, full fine-tuning,
+//! LoRA, QLoRA; f32 and bf16), gradients against finite differences on the device, the fused
+//! optimizer kernel against PyTorch's AdamW formula, and whole runs (SFT, DPO, GRPO) whose
+//! checkpoints resume on the CPU. Without a GPU every test says so and passes: CI machines
+//! have none, and the GPU machine runs this binary (`scripts/gpu-check.sh`).
+
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use common::{chat, tiny_chat_model, write_jsonl};
+use galley_train::config::{PeftSection, Tuning};
+use galley_train::model::{Build, Pass, TrainModel, init_weights};
+use galley_train::ops::{IGNORE, Kernels};
+use galley_train::{NoObserver, Sources, TrainConfig};
+use std::path::Path;
+
+fn gpu() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("no CUDA device ({e}): GPU test skipped");
+            None
+        }
+    }
+}
+
+fn tiny(dir: &Path, tied: bool) -> galley_model::LlamaConfig {
+    let init = galley_train::config::InitSection {
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        max_position_embeddings: 64,
+        tie_word_embeddings: tied,
+        ..Default::default()
+    };
+    let c = TrainModel::init_config(&init, 48, None, vec![0]);
+    let w = init_weights(&c, 0.2, 7).unwrap();
+    galley_train::export::save_checkpoint_dir(w, &c, dir).unwrap();
+    c
+}
+
+fn load(dir: &Path, c: &galley_model::LlamaConfig, method: Tuning, dev: &Device) -> TrainModel {
+    let w =
+        galley_model::weights::Weights::safetensors(vec![dir.join("model.safetensors")]).unwrap();
+    let peft = PeftSection {
+        r: 4,
+        lora_dropout: 0.0,
+        target_modules: ["q_proj", "v_proj", "down_proj"].map(String::from).to_vec(),
+        ..Default::default()
+    };
+    let build = Build {
+        tuning: method,
+        peft: &peft,
+        seed: 1,
+    };
+    let m = TrainModel::load(&w, c.clone(), &build, dev).unwrap();
+    // LoRA B starts at zero; move it so gradient reaches A.
+    for p in &m.trainable {
+        if p.name.contains("lora_B") {
+            let n = p.var.elem_count();
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.02)
+                .collect();
+            p.var
+                .set(&Tensor::from_vec(v, p.var.dims(), dev).unwrap())
+                .unwrap();
+        }
+    }
+    m
+}
+
+fn batch() -> (Vec<u32>, Vec<u32>, usize, usize) {
+    let (b, t) = (3, 17);
+    let inputs: Vec<u32> = (0..b * t).map(|i| (i * 7 % 48) as u32).collect();
+    let mut targets: Vec<u32> = (0..b * t).map(|i| (i * 5 % 48) as u32).collect();
+    targets[3] = IGNORE;
+    targets[20] = IGNORE;
+    (inputs, targets, b, t)
+}
+
+fn pass(k: Kernels) -> Pass {
+    Pass {
+        kernels: k,
+        train: true,
+        adapters: true,
+        seed: 0,
+    }
+}
+
+/// Loss and per-parameter gradients (host vectors) of the model on `batch()`.
+fn loss_and_grads(m: &TrainModel) -> (f32, Vec<Vec<f32>>) {
+    let (inputs, targets, b, t) = batch();
+    for p in &m.trainable {
+        p.grad.lock().unwrap().fill(0.0);
+    }
+    let loss = m
+        .losses(&inputs, &targets, b, t, &pass(m.kernels))
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let gs = loss.backward().unwrap();
+    let grads = m
+        .trainable
+        .iter()
+        .map(|p| match gs.get(p.var.as_tensor()) {
+            // Autograd's gradient (the GPU, and CPU parameters the fused ops do not own)...
+            Some(g) if m.device.is_cuda() => g
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            // ...or the buffer the CPU's fused projections wrote (plus autograd's part).
+            other => {
+                let mut acc = p.grad.lock().unwrap().clone();
+                if let Some(g) = other {
+                    let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    acc.iter_mut().zip(g).for_each(|(a, g)| *a += g);
+                }
+                acc
+            }
+        })
+        .collect();
+    (
+        loss.to_dtype(DType::F32).unwrap().to_scalar().unwrap(),
+        grads,
+    )
+}
+
+fn rel_err(a: &[f32], r: &[f32]) -> f32 {
+    let scale = r.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(r)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
+}
+
+fn gpu_matches_cpu(method: Tuning, tied: bool) {
+    let Some(dev) = gpu() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = tiny(dir.path(), tied);
+    let cpu = load(dir.path(), &c, method, &Device::Cpu);
+    assert_eq!(cpu.kernels, Kernels::Fused);
+    let (lc, gc) = loss_and_grads(&cpu);
+    let mut g32 = load(dir.path(), &c, method, &dev);
+    assert_eq!(g32.kernels, Kernels::Cuda);
+    g32.compute = DType::F32;
+    let (lg, gg) = loss_and_grads(&g32);
+    assert!(
+        (lg - lc).abs() / lc.abs() < 1e-4,
+        "{method:?} f32: loss {lg} vs CPU {lc}"
+    );
+    for (p, (a, r)) in cpu.trainable.iter().zip(gg.iter().zip(&gc)) {
+        assert!(
+            r.iter().any(|&v| v != 0.0),
+            "{method:?}: {} has no gradient",
+            p.name
+        );
+        let e = rel_err(a, r);
+        assert!(
+            e < 1e-3,
+            "{method:?} f32: gradient of {} differs by {e}",
+            p.name
+        );
+    }
+    let mut b16 = load(dir.path(), &c, method, &dev);
+    b16.compute = DType::BF16;
+    let (lb, gb) = loss_and_grads(&b16);
+    assert!(
+        (lb - lc).abs() / lc.abs() < 2e-2,
+        "{method:?} bf16: loss {lb} vs CPU {lc}"
+    );
+    for (p, (a, r)) in cpu.trainable.iter().zip(gb.iter().zip(&gc)) {
+        let cos = cosine(a, r);
+        assert!(
+            cos > 0.99,
+            "{method:?} bf16: gradient of {} has cosine {cos}",
+            p.name
+        );
+    }
+    eprintln!("{method:?} tied={tied}: loss CPU {lc}, GPU f32 {lg}, GPU bf16 {lb}");
+}
+
+#[test]
+fn gpu_full_fine_tuning_matches_the_cpu_kernels() {
+    gpu_matches_cpu(Tuning::Full, false);
+    gpu_matches_cpu(Tuning::Full, true);
+}
+
+#[test]
+fn gpu_lora_matches_the_cpu_kernels() {
+    gpu_matches_cpu(Tuning::Lora, true);
+}
+
+#[test]
+fn gpu_qlora_matches_the_cpu_kernels() {
+    gpu_matches_cpu(Tuning::Qlora, false);
+}
+
+/// The CUDA causal softmax against candle's composite one on the GPU, forward and backward,
+/// in f32 and bf16, for rows shorter and longer than a thread block (grouped query rows).
+#[test]
+fn gpu_causal_softmax_kernel_matches_the_reference() {
+    let Some(dev) = gpu() else { return };
+    for (t, g) in [(5usize, 2usize), (300, 1), (1030, 3)] {
+        for dt in [DType::F32, DType::BF16] {
+            let n = 2 * g * t * t;
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 % 1000) as f32 / 100.0) - 5.0)
+                .collect();
+            let s = Var::from_tensor(
+                &Tensor::from_vec(v, (2, g * t, t), &dev)
+                    .unwrap()
+                    .to_dtype(dt)
+                    .unwrap(),
+            )
+            .unwrap();
+            let w = Tensor::from_vec(
+                (0..n)
+                    .map(|i| ((i * 31 % 17) as f32) - 8.0)
+                    .collect::<Vec<_>>(),
+                (2, g * t, t),
+                &dev,
+            )
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+            let run = |p: Tensor| {
+                let l = (p.to_dtype(DType::F32).unwrap() * w.to_dtype(DType::F32).unwrap())
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let gs = l.backward().unwrap();
+                let grad = gs.get(s.as_tensor()).unwrap().to_dtype(DType::F32).unwrap();
+                let f = |x: &Tensor| {
+                    x.to_dtype(DType::F32)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                };
+                (f(&p), f(&grad))
+            };
+            let (pk, gk) = run(galley_train::ops_cuda::causal_softmax(s.as_tensor(), 0.3).unwrap());
+            let (pr, gr) =
+                run(galley_train::ops::causal_softmax_reference(s.as_tensor(), 0.3).unwrap());
+            let tol = if dt == DType::F32 { 1e-5 } else { 2e-2 };
+            let (ep, eg) = (rel_err(&pk, &pr), rel_err(&gk, &gr));
+            assert!(
+                ep < tol && eg < tol,
+                "t={t} g={g} {dt:?}: probabilities {ep}, gradients {eg}"
+            );
+            // Masked keys get exactly zero.
+            assert_eq!(pk[1], 0.0, "t={t}: the first query sees only itself");
+        }
+    }
+}
+
+/// Central differences of the GPU loss (f32) at each parameter's largest-gradient coordinate.
+#[test]
+fn gpu_gradients_match_finite_differences() {
+    let Some(dev) = gpu() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = tiny(dir.path(), false);
+    let mut m = load(dir.path(), &c, Tuning::Full, &dev);
+    m.compute = DType::F32;
+    let (_, grads) = loss_and_grads(&m);
+    let (inputs, targets, b, t) = batch();
+    let loss = |m: &TrainModel| -> f64 {
+        m.losses(&inputs, &targets, b, t, &pass(m.kernels))
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let mut checked = 0;
+    for (p, g) in m.trainable.iter().zip(&grads) {
+        let (i, gi) = g
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            .unwrap();
+        if gi.abs() < 1e-2 {
+            continue;
+        }
+        let orig = p.var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let at = |delta: f32| {
+            let mut w = orig.clone();
+            w[i] += delta;
+            p.var
+                .set(&Tensor::from_vec(w, p.var.dims(), &dev).unwrap())
+                .unwrap();
+            loss(&m)
+        };
+        let h = 1e-2f32;
+        let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+        at(0.0);
+        let e = (fd - *gi as f64).abs() / gi.abs().max(1e-3) as f64;
+        assert!(
+            e < 2e-2,
+            "{}[{i}]: autograd {gi}, finite differences {fd}",
+            p.name
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} parameters checked");
+}
+
+/// The fused AdamW kernel (with clipping folded in) and SGD with momentum against the
+/// formulas written out in f64, on the GPU.
+#[test]
+fn gpu_optimizer_kernel_matches_the_formulas() {
+    use galley_train::config::{OptimizerKind, TrainingSection};
+    use galley_train::model::Trainable;
+    use std::sync::{Arc, Mutex};
+    let Some(dev) = gpu() else { return };
+    let w0 = [1.0f32, -2.0, 0.5, 3.0];
+    let param = || Trainable {
+        name: "w".into(),
+        var: Var::from_tensor(&Tensor::new(&w0, &dev).unwrap()).unwrap(),
+        grad: Arc::new(Mutex::new(Vec::new())),
+    };
+    // A gradient store holding g for the parameter: d(sum(w*g))/dw = g.
+    let grads_of = |p: &Trainable, g: &[f32]| {
+        let gt = Tensor::new(g, &dev).unwrap();
+        (p.var.as_tensor() * gt)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    };
+    let steps = [[0.1f32, -0.3, 2.0, 4.0], [0.2, 0.1, -1.0, 0.5]];
+    // AdamW, weight decay 0.1, max norm 1 (the first step's norm ~4.5 is clipped).
+    let params = vec![param()];
+    let cfg = TrainingSection {
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    let mut opt = galley_train::optim::Optimizer::new(&cfg, &params).unwrap();
+    let (mut w, mut m, mut v) = (w0.map(|x| x as f64), [0f64; 4], [0f64; 4]);
+    let (lr, b1, b2, eps, wd) = (0.01, 0.9, 0.999, 1e-8, 0.1);
+    for (t, g) in steps.iter().enumerate() {
+        opt.accumulate(&params, &grads_of(&params[0], g)).unwrap();
+        let norm = opt.clip(&params, 1.0).unwrap();
+        let n64 = g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        assert!((norm - n64).abs() < 1e-5 * n64, "norm {norm} vs {n64}");
+        let s = if n64 > 1.0 { 1.0 / (n64 + 1e-6) } else { 1.0 };
+        opt.step(&params, lr).unwrap();
+        for i in 0..4 {
+            let gi = g[i] as f64 * s;
+            w[i] *= 1.0 - lr * wd;
+            m[i] = b1 * m[i] + (1.0 - b1) * gi;
+            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+            let mh = m[i] / (1.0 - b1.powi(t as i32 + 1));
+            let vh = v[i] / (1.0 - b2.powi(t as i32 + 1));
+            w[i] -= lr * mh / (vh.sqrt() + eps);
+        }
+    }
+    let got = params[0].var.as_tensor().to_vec1::<f32>().unwrap();
+    for i in 0..4 {
+        assert!(
+            (got[i] as f64 - w[i]).abs() < 1e-6,
+            "AdamW: {got:?} vs {w:?}"
+        );
+    }
+    // The moments, relative to their size (v is ~1e-4 here; f32 carries ~7 digits).
+    let [mm, vv] = opt.moments(0).unwrap();
+    let (mm, vv) = (mm.unwrap(), vv.unwrap());
+    for i in 0..4 {
+        assert!(
+            (mm[i] as f64 - m[i]).abs() <= 1e-5 * m[i].abs(),
+            "m: {mm:?} vs {m:?}"
+        );
+        assert!(
+            (vv[i] as f64 - v[i]).abs() <= 1e-5 * v[i].abs(),
+            "v: {vv:?} vs {v:?}"
+        );
+    }
+    // SGD with momentum; two micro-batches accumulate.
+    let params = vec![param()];
+    let cfg = TrainingSection {
+        optimizer: OptimizerKind::Sgd,
+        momentum: 0.9,
+        ..Default::default()
+    };
+    let mut opt = galley_train::optim::Optimizer::new(&cfg, &params).unwrap();
+    let (mut w, mut buf) = (w0.map(|x| x as f64), [0f64; 4]);
+    for g in steps {
+        let half: Vec<f32> = g.iter().map(|x| x / 2.0).collect();
+        opt.accumulate(&params, &grads_of(&params[0], &half))
+            .unwrap();
+        opt.accumulate(&params, &grads_of(&params[0], &half))
+            .unwrap();
+        opt.clip(&params, 0.0).unwrap();
+        opt.step(&params, 0.1).unwrap();
+        for i in 0..4 {
+            buf[i] = 0.9 * buf[i] + g[i] as f64;
+            w[i] -= 0.1 * buf[i];
+        }
+    }
+    let got = params[0].var.as_tensor().to_vec1::<f32>().unwrap();
+    for i in 0..4 {
+        assert!((got[i] as f64 - w[i]).abs() < 1e-5, "SGD: {got:?} vs {w:?}");
+    }
+}
+
+fn metric(dir: &Path, key: &str) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()?
+                .get(key)?
+                .as_f64()
+        })
+        .collect()
+}
+
+fn sft_setup(dir: &Path) -> std::path::PathBuf {
+    tiny_chat_model(&dir.join("model"));
+    let data = dir.join("d.jsonl");
+    let rows: Vec<_> = (0..16)
+        .map(|i| {
+            chat(
+                &format!("the number {i}"),
+                &format!("is {} and the answer is yes", i * 3 % 17),
+            )
+        })
+        .collect();
+    write_jsonl(&data, &rows);
+    data
+}
+
+fn cfg(dir: &Path, data: &Path, out: &str, extra: &[&str]) -> TrainConfig {
+    let mut sets = vec![
+        format!("model.path={}", dir.join("model").display()),
+        format!("data.train.path={}", data.display()),
+        format!("training.output_dir={}", dir.join(out).display()),
+        "training.batch_size=4".into(),
+        "training.learning_rate=1e-2".into(),
+        "training.lr_scheduler=constant".into(),
+        "training.eval_on_start=false".into(),
+        "peft.lora_dropout=0".into(),
+    ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    TrainConfig::load(None, &sets).unwrap()
+}
+
+/// SFT (full, LoRA, QLoRA) on the GPU in f32 follows the CPU run step by step; a GPU
+/// checkpoint resumes on the CPU and the run ends as the uninterrupted GPU run does; bf16
+/// trains (the loss falls).
+#[test]
+fn gpu_sft_runs_match_the_cpu_and_resume_on_the_cpu() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = sft_setup(dir.path());
+    for method in ["full", "lora", "qlora"] {
+        let m = format!("training.method={method}");
+        let run = |out: &str, extra: &[&str], resume: bool| {
+            let mut e = vec![m.as_str(), "training.epochs=2"];
+            e.extend(extra);
+            let c = cfg(dir.path(), &data, out, &e);
+            galley_train::run(&c, Sources::default(), resume, &mut NoObserver).unwrap();
+            metric(&dir.path().join(out), "loss")
+        };
+        let cpu = run(&format!("{method}-cpu"), &[], false);
+        let gpu = run(
+            &format!("{method}-gpu"),
+            &["training.device=cuda", "training.precision=f32"],
+            false,
+        );
+        assert_eq!(cpu.len(), 8);
+        for (a, b) in cpu.iter().zip(&gpu) {
+            assert!(
+                (a - b).abs() < 2e-3 * a.abs(),
+                "{method}: CPU {cpu:?} vs GPU {gpu:?}"
+            );
+        }
+        // Stop on the GPU after 4 steps (checkpoint), go on on the CPU.
+        let half = format!("{method}-half");
+        run(
+            &half,
+            &[
+                "training.device=cuda",
+                "training.precision=f32",
+                "training.max_steps=4",
+            ],
+            false,
+        );
+        let resumed = run(&half, &["training.device=cpu"], true);
+        assert_eq!(resumed.len(), 8, "{method}: {resumed:?}");
+        for (a, b) in gpu.iter().zip(&resumed) {
+            assert!(
+                (a - b).abs() < 2e-3 * a.abs(),
+                "{method}: GPU {gpu:?} vs resumed on CPU {resumed:?}"
+            );
+        }
+        let bf = run(
+            &format!("{method}-bf16"),
+            &["training.device=cuda", "training.precision=bf16"],
+            false,
+        );
+        assert!(bf.iter().all(|l| l.is_finite()), "{method} bf16: {bf:?}");
+        assert!(
+            bf[bf.len() - 1] < bf[0],
+            "{method} bf16: loss did not fall: {bf:?}"
+        );
+        eprintln!("{method}: CPU {cpu:?}\n  GPU f32 {gpu:?}\n  resumed {resumed:?}\n  bf16 {bf:?}");
+    }
+}
+
+/// DPO and GRPO (rollouts generated by the engine on the GPU) run with `training.device: cuda`.
+#[test]
+fn gpu_dpo_and_grpo_train() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    tiny_chat_model(&dir.path().join("model"));
+    let prefs: Vec<_> = (0..16)
+        .map(|i| {
+            serde_json::json!({"prompt": format!("the number {i}"),
+            "chosen": format!("is {} and the answer is yes", i % 17),
+            "rejected": format!("is {} and the answer is no", i % 17)})
+        })
+        .collect();
+    let p = dir.path().join("prefs.jsonl");
+    write_jsonl(&p, &prefs);
+    let c = cfg(
+        dir.path(),
+        &p,
+        "dpo",
+        &[
+            "training.method=dpo",
+            "training.epochs=4",
+            "training.device=cuda",
+        ],
+    );
+    galley_train::run(&c, Sources::default(), false, &mut NoObserver).unwrap();
+    let l = metric(&dir.path().join("dpo"), "loss");
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    assert!(
+        l.len() >= 8 && l.iter().all(|x| x.is_finite()),
+        "DPO on the GPU: {l:?}"
+    );
+    assert!(
+        mean(&l[l.len() - 3..]) < mean(&l[..3]),
+        "DPO on the GPU: loss did not fall: {l:?}"
+    );
+    eprintln!("DPO on the GPU: {l:?}");
+    let prompts: Vec<_> = (0..8)
+        .map(|i| serde_json::json!({"prompt": format!("the number {i} is"), "answer": (i * 3 % 17).to_string()}))
+        .collect();
+    let p = dir.path().join("prompts.jsonl");
+    write_jsonl(&p, &prompts);
+    let c = cfg(
+        dir.path(),
+        &p,
+        "grpo",
+        &[
+            "training.method=grpo",
+            "training.tuning=full",
+            "training.max_steps=3",
+            "training.device=cuda",
+            "grpo.num_generations=4",
+            "grpo.max_completion_length=6",
+            "grpo.rewards=[{builtin: exact_match}]",
+            "data.max_length=64",
+        ],
+    );
+    let sources = Sources {
+        rewards: vec![galley_train::rewards::builtin("exact_match").unwrap()],
+        ..Default::default()
+    };
+    galley_train::run(&c, sources, false, &mut NoObserver).unwrap();
+    let l = metric(&dir.path().join("grpo"), "loss");
+    assert_eq!(l.len(), 3, "GRPO on the GPU: {l:?}");
+    assert!(l.iter().all(|x| x.is_finite()));
+}
