@@ -119,9 +119,10 @@ pub fn run(a: LaunchArgs) -> Result<()> {
         workdir,
     };
     let text = job.render(target)?;
-    if job.nodes * job.gpus_per_node.max(1) > 1 && job.args[0] == "train" {
+    if job.nodes * job.gpus_per_node.max(1) > 1 && job.args[0] != "train" {
         eprintln!(
-            "note: galley train refuses a world size above one in this version (data-parallel training is not there yet); the job file is ready for when it is"
+            "note: only `galley train` (SFT, pre-training) runs data-parallel; `galley {}` refuses a world size above one",
+            job.args[0]
         );
     }
     if job.lock.is_none() {

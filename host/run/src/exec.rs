@@ -291,6 +291,8 @@ impl Runner<'_> {
                 .map(|m| m.as_deref_mut().map(|s| s as _))
                 .collect(),
             rewards: std::mem::take(&mut plugins.rewards),
+            // A recipe's stages run in one process (a job of several is refused).
+            group: None,
         };
         let mut obs = StageObserver {
             runner_events: &mut *self.events,

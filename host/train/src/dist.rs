@@ -4,8 +4,16 @@
 //! and Slurm files set too), else those `srun` sets for a job step (`SLURM_PROCID`,
 //! `SLURM_STEP_NUM_TASKS`, `SLURM_LOCALID`; not the allocation's `SLURM_NTASKS`, which a
 //! shell inside `salloc` also has). No variables: a single process.
+//!
+//! It also owns the group the ranks of a data-parallel run form: `Collective` sums buffers
+//! across ranks; `TcpGroup` is its implementation over TCP (rank 0 at `MASTER_ADDR:MASTER_PORT`
+//! sums what every rank sends, in rank order, and sends the sum back), which CPU ranks use and
+//! GPU ranks use through host copies.
 
 use crate::error::{Result, TrainError};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
@@ -73,19 +81,221 @@ impl Placement {
         })
     }
 
-    /// This version trains in one process: a job of several is refused, not run as
-    /// independent copies that would each train on all the data and race on one output.
-    pub fn require_single(&self) -> Result<()> {
+    /// For commands that run in one process: a job of several is refused, not run as
+    /// independent copies that would each do all the work and race on one output.
+    pub fn require_single(&self, what: &str) -> Result<()> {
         if self.world_size > 1 {
             return Err(TrainError::Config {
                 file: "WORLD_SIZE".into(),
                 msg: format!(
-                    "this process is rank {} of {}: data-parallel training is not in this version of galley; launch one process (one GPU) per job",
+                    "this process is rank {} of {}: {what} runs in one process in this version of galley; launch one process per job",
                     self.rank, self.world_size
                 ),
             });
         }
         Ok(())
+    }
+}
+
+/// Ranks that sum buffers together. Every rank must make the same calls in the same order.
+pub trait Collective: Send {
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    /// Sums `buf` element-wise over the ranks, in place; every rank gets the same sum.
+    fn all_reduce_f32(&mut self, buf: &mut [f32]) -> Result<()>;
+    /// As `all_reduce_f32`, for metrics.
+    fn all_reduce_f64(&mut self, buf: &mut [f64]) -> Result<()>;
+}
+
+fn dist_err(msg: impl std::fmt::Display) -> TrainError {
+    TrainError::Stopped(format!("data-parallel group: {msg}"))
+}
+
+const MAGIC: &[u8; 8] = b"GALLEYDP";
+
+/// The ranks of a job over TCP: rank 0 listens, the others connect (retrying while rank 0
+/// starts). Rank 0 adds the buffers in rank order, so every run sums the same way.
+pub struct TcpGroup {
+    rank: usize,
+    world: usize,
+    /// Rank 0: the stream of rank i at index i - 1. Other ranks: the stream to rank 0.
+    peers: Vec<TcpStream>,
+}
+
+impl TcpGroup {
+    /// Joins the group `p` names. `job` (the config's digest) must be the same on every
+    /// rank: a rank started with another config is refused. Reads give up after `timeout`
+    /// (a rank that died or hangs fails the others instead of stopping them for ever).
+    pub fn connect(p: &Placement, job: &str, timeout: Duration) -> Result<Self> {
+        let master = p
+            .master
+            .clone()
+            .ok_or_else(|| dist_err("MASTER_ADDR (and MASTER_PORT) must name rank 0's address"))?;
+        let addr = master
+            .to_socket_addrs()
+            .map_err(|e| dist_err(format!("`{master}`: {e}")))?
+            .next()
+            .ok_or_else(|| dist_err(format!("`{master}` resolves to no address")))?;
+        let hello = |rank: usize| {
+            let mut h = MAGIC.to_vec();
+            h.extend((rank as u64).to_le_bytes());
+            h.extend((p.world_size as u64).to_le_bytes());
+            h.extend((job.len() as u64).to_le_bytes());
+            h.extend(job.as_bytes());
+            h
+        };
+        let setup = |s: &TcpStream| -> Result<()> {
+            s.set_nodelay(true).map_err(dist_err)?;
+            s.set_read_timeout(Some(timeout)).map_err(dist_err)?;
+            s.set_write_timeout(Some(timeout)).map_err(dist_err)
+        };
+        if p.rank == 0 {
+            let listener = TcpListener::bind(addr).map_err(|e| dist_err(format!("{addr}: {e}")))?;
+            listener.set_nonblocking(true).map_err(dist_err)?;
+            let mut slots: Vec<Option<TcpStream>> = (1..p.world_size).map(|_| None).collect();
+            let deadline = Instant::now() + timeout;
+            while slots.iter().any(Option::is_none) {
+                match listener.accept() {
+                    Ok((mut s, from)) => {
+                        s.set_nonblocking(false).map_err(dist_err)?;
+                        setup(&s)?;
+                        let mut head = [0u8; 32];
+                        s.read_exact(&mut head).map_err(dist_err)?;
+                        let num = |i: usize| {
+                            u64::from_le_bytes(head[i..i + 8].try_into().unwrap()) as usize
+                        };
+                        if &head[..8] != MAGIC {
+                            tracing::warn!("{from}: not a galley rank; ignored");
+                            continue;
+                        }
+                        let (rank, world, n) = (num(8), num(16), num(24));
+                        let mut theirs = vec![0u8; n.min(1024)];
+                        s.read_exact(&mut theirs).map_err(dist_err)?;
+                        if world != p.world_size || theirs != job.as_bytes() {
+                            return Err(dist_err(format!(
+                                "rank {rank} (from {from}) runs another job: world size {world} vs {}, or another config",
+                                p.world_size
+                            )));
+                        }
+                        match slots.get_mut(rank.wrapping_sub(1)) {
+                            Some(slot @ None) => *slot = Some(s),
+                            _ => {
+                                return Err(dist_err(format!(
+                                    "rank {rank} (from {from}) is out of range or came twice"
+                                )));
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() > deadline {
+                            return Err(dist_err(format!(
+                                "{} of {} ranks joined within {timeout:?}",
+                                1 + slots.iter().flatten().count(),
+                                p.world_size
+                            )));
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(dist_err(e)),
+                }
+            }
+            return Ok(Self {
+                rank: 0,
+                world: p.world_size,
+                peers: slots.into_iter().flatten().collect(),
+            });
+        }
+        let deadline = Instant::now() + timeout;
+        let mut s = loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(dist_err(format!("rank 0 at {addr}: {e}")));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        setup(&s)?;
+        s.write_all(&hello(p.rank)).map_err(dist_err)?;
+        Ok(Self {
+            rank: p.rank,
+            world: p.world_size,
+            peers: vec![s],
+        })
+    }
+
+    /// Rank 0 adds what every rank sends (in rank order) to its own and sends the sum back;
+    /// `T` is f32 or f64, as little-endian bytes.
+    fn reduce<T: Elem>(&mut self, buf: &mut [T]) -> Result<()> {
+        let lost = |r: usize, e: std::io::Error| dist_err(format!("rank {r}: {e}"));
+        let mut bytes = vec![0u8; buf.len() * T::SIZE];
+        if self.rank == 0 {
+            for (i, s) in self.peers.iter_mut().enumerate() {
+                s.read_exact(&mut bytes).map_err(|e| lost(i + 1, e))?;
+                for (x, c) in buf.iter_mut().zip(bytes.chunks_exact(T::SIZE)) {
+                    *x = x.add(T::from_le(c));
+                }
+            }
+            for (x, c) in buf.iter().zip(bytes.chunks_exact_mut(T::SIZE)) {
+                x.to_le(c);
+            }
+            for (i, s) in self.peers.iter_mut().enumerate() {
+                s.write_all(&bytes).map_err(|e| lost(i + 1, e))?;
+            }
+        } else {
+            for (x, c) in buf.iter().zip(bytes.chunks_exact_mut(T::SIZE)) {
+                x.to_le(c);
+            }
+            let s = &mut self.peers[0];
+            s.write_all(&bytes).map_err(|e| lost(0, e))?;
+            s.read_exact(&mut bytes).map_err(|e| lost(0, e))?;
+            for (x, c) in buf.iter_mut().zip(bytes.chunks_exact(T::SIZE)) {
+                *x = T::from_le(c);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The element types a group sums.
+trait Elem: Copy {
+    const SIZE: usize;
+    fn from_le(b: &[u8]) -> Self;
+    fn to_le(self, out: &mut [u8]);
+    fn add(self, o: Self) -> Self;
+}
+
+macro_rules! elem {
+    ($t:ty) => {
+        impl Elem for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn from_le(b: &[u8]) -> Self {
+                <$t>::from_le_bytes(b.try_into().expect("chunk of SIZE bytes"))
+            }
+            fn to_le(self, out: &mut [u8]) {
+                out.copy_from_slice(&self.to_le_bytes())
+            }
+            fn add(self, o: Self) -> Self {
+                self + o
+            }
+        }
+    };
+}
+elem!(f32);
+elem!(f64);
+
+impl Collective for TcpGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.world
+    }
+    fn all_reduce_f32(&mut self, buf: &mut [f32]) -> Result<()> {
+        self.reduce(buf)
+    }
+    fn all_reduce_f64(&mut self, buf: &mut [f64]) -> Result<()> {
+        self.reduce(buf)
     }
 }
 
@@ -130,9 +340,9 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((s.rank, s.world_size, s.local_rank), (5, 16, 5));
-        let e = s.require_single().unwrap_err().to_string();
+        let e = s.require_single("KTO").unwrap_err().to_string();
         assert!(
-            e.contains("rank 5 of 16") && e.contains("data-parallel"),
+            e.contains("rank 5 of 16") && e.contains("KTO runs in one process"),
             "{e}"
         );
         assert!(from(&[("RANK", "1")]).is_err());
@@ -145,7 +355,51 @@ mod tests {
         );
         from(&[("RANK", "0"), ("WORLD_SIZE", "1")])
             .unwrap()
-            .require_single()
+            .require_single("x")
             .unwrap();
+    }
+
+    /// Three ranks on loopback sum in rank order; a rank of another job is refused.
+    #[test]
+    fn tcp_group_sums_across_ranks_and_refuses_a_stranger() {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let place = |rank, world, port| Placement {
+            rank,
+            world_size: world,
+            local_rank: rank,
+            master: Some(format!("127.0.0.1:{port}")),
+        };
+        let t = Duration::from_secs(20);
+        let port = free();
+        let handles: Vec<_> = (0..3)
+            .map(|r| {
+                let p = place(r, 3, port);
+                std::thread::spawn(move || {
+                    let mut g = TcpGroup::connect(&p, "job-a", t).unwrap();
+                    let mut v = vec![r as f32 + 0.5, 10.0 * r as f32];
+                    g.all_reduce_f32(&mut v).unwrap();
+                    let mut m = [r as f64];
+                    g.all_reduce_f64(&mut m).unwrap();
+                    (v, m[0])
+                })
+            })
+            .collect();
+        for h in handles {
+            let (v, m) = h.join().unwrap();
+            assert_eq!(v, vec![4.5, 30.0]);
+            assert_eq!(m, 3.0);
+        }
+        let port = free();
+        let (p0, p1) = (place(0, 2, port), place(1, 2, port));
+        let root = std::thread::spawn(move || TcpGroup::connect(&p0, "job-a", t).map(|_| ()));
+        let _other = TcpGroup::connect(&p1, "job-b", t);
+        let e = root.join().unwrap().unwrap_err().to_string();
+        assert!(e.contains("another config"), "{e}");
     }
 }

@@ -59,6 +59,9 @@ pub struct Sources<'a> {
     /// One per `data.mixture` entry (none for a file), in order.
     pub mixture: Vec<Option<&'a mut dyn DataSource>>,
     pub rewards: Vec<Box<dyn RewardFn>>,
+    /// The data-parallel group this process is a rank of (SFT and pre-training); None: one
+    /// process, which a job of several (`WORLD_SIZE` above one) is refused as.
+    pub group: Option<Box<dyn dist::Collective>>,
 }
 
 /// The training stream: `data.train` as read by `read`, or every `data.mixture` source read
@@ -218,7 +221,9 @@ pub fn peak_rss_mb() -> f64 {
     galley_core::peak_rss_mib().unwrap_or(0.0)
 }
 
-fn digest(cfg: &TrainConfig) -> String {
+/// The identity of a training run: a digest of the settings that change its trajectory
+/// (resume checks it; the ranks of a data-parallel job must share it).
+pub fn digest(cfg: &TrainConfig) -> String {
     // Settings that change the trajectory; logging and limits may differ on resume, and so
     // may the device and precision (checkpoints are f32 and device-independent: a run
     // trained on a GPU resumes on the CPU and the reverse).
@@ -536,7 +541,6 @@ fn sides<T>(
 /// Loads the model, tokenizer and data a config names: read the records the objective
 /// trains on, load (or initialise) the model, tokenize.
 pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Prepared> {
-    dist::Placement::from_env()?.require_single()?;
     let dev = galley_model::device(&cfg.training.device)?;
     // The trainer issues all GPU work from this one thread.
     #[cfg(feature = "cuda")]
@@ -587,13 +591,33 @@ pub fn run(
     obs: &mut dyn Observer,
 ) -> Result<Outcome> {
     let out = cfg.training.output_dir.clone();
+    let group = sources.group.take();
+    let (rank, world) = group
+        .as_ref()
+        .map_or((0, 1), |g| (g.rank(), g.world_size()));
+    if group.is_none() {
+        dist::Placement::from_env()?.require_single("without a data-parallel group, training")?;
+    }
+    if world > 1 && !matches!(cfg.objective(), Objective::Sft | Objective::Pretrain) {
+        return Err(TrainError::Config {
+            file: "training.method".into(),
+            msg: format!(
+                "data-parallel training (rank {rank} of {world}) runs SFT and pre-training in this version; {:?} runs in one process",
+                cfg.objective()
+            ),
+        });
+    }
+    // Rank 0 writes the run folder; the other ranks only compute.
+    let lead = rank == 0;
     std::fs::create_dir_all(&out).map_err(|e| file_err(&out, e))?;
     let resolved = out.join("config.yaml");
-    std::fs::write(
-        &resolved,
-        galley_core::config::yaml::to_string(cfg).expect("config serializes"),
-    )
-    .map_err(|e| file_err(&resolved, e))?;
+    if lead {
+        std::fs::write(
+            &resolved,
+            galley_core::config::yaml::to_string(cfg).expect("config serializes"),
+        )
+        .map_err(|e| file_err(&resolved, e))?;
+    }
     let grpo = cfg.objective() == Objective::Grpo;
     if grpo && sources.rewards.len() != cfg.grpo.rewards.len() {
         return Err(TrainError::Config {
@@ -646,20 +670,24 @@ pub fn run(
         task,
         out_dir: out.clone(),
         config_digest: digest(cfg),
+        group: std::cell::RefCell::new(group),
     };
     let summary = trainer.run(resume, obs)?;
     let plot = out.join("loss.png");
-    plot::plot(&out.join("metrics.jsonl"), &plot)?;
+    if lead {
+        plot::plot(&out.join("metrics.jsonl"), &plot)?;
+    }
     if grpo {
         plot::plot_rewards(&out.join("metrics.jsonl"), &out.join("reward.png"))?;
     }
     let (mut adapter, mut model_dir) = (None, None);
-    if cfg.tuning() != Tuning::Full {
+    // Every rank holds the same weights; rank 0 writes them.
+    if lead && cfg.tuning() != Tuning::Full {
         let dir = out.join("adapter");
         export::save_adapter(&p.model, &cfg.peft, &p.base, &dir)?;
         adapter = Some(dir);
     }
-    if cfg.tuning() == Tuning::Full || cfg.training.save_merged {
+    if lead && (cfg.tuning() == Tuning::Full || cfg.training.save_merged) {
         let dir = out.join("model");
         export::save_merged(&p.model, &p.tokenizer, p.template.as_ref(), &dir)?;
         model_dir = Some(dir);
@@ -678,8 +706,10 @@ pub fn run(
         peak_rss_mb: peak_rss_mb(),
     };
     let sp = out.join("summary.json");
-    std::fs::write(&sp, serde_json::to_string_pretty(&outcome).expect("json"))
-        .map_err(|e| file_err(&sp, e))?;
+    if lead {
+        std::fs::write(&sp, serde_json::to_string_pretty(&outcome).expect("json"))
+            .map_err(|e| file_err(&sp, e))?;
+    }
     Ok(outcome)
 }
 

@@ -150,6 +150,23 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Sums the step's gradients across the ranks of a data-parallel group (before clipping:
+    /// the norm is the whole batch's).
+    pub fn all_reduce(
+        &mut self,
+        params: &[Trainable],
+        group: &mut dyn crate::dist::Collective,
+    ) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(d) = &mut self.dev {
+            return d.all_reduce(params, group);
+        }
+        for p in params {
+            group.all_reduce_f32(&mut p.grad.lock().expect("gradient buffer"))?;
+        }
+        Ok(())
+    }
+
     /// The global L2 norm of the accumulated gradients; scales them down to `max` if above.
     pub fn clip(&mut self, params: &[Trainable], max: f64) -> Result<f64> {
         #[cfg(feature = "cuda")]

@@ -102,6 +102,24 @@ impl DeviceState {
         Ok(())
     }
 
+    /// Sums the gradients across a data-parallel group through host copies (a parameter
+    /// without a gradient on this rank takes part as zeros, so every rank makes the same calls).
+    pub fn all_reduce(
+        &mut self,
+        params: &[Trainable],
+        group: &mut dyn crate::dist::Collective,
+    ) -> Result<()> {
+        for (i, p) in params.iter().enumerate() {
+            let mut host = match &self.g[i] {
+                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+                None => vec![0f32; p.var.elem_count()],
+            };
+            group.all_reduce_f32(&mut host)?;
+            self.g[i] = Some(Tensor::from_vec(host, p.var.shape(), p.var.device())?);
+        }
+        Ok(())
+    }
+
     /// The global gradient norm, computed on the device with one copy back.
     pub fn norm(&self) -> Result<f64> {
         let sums = self

@@ -5,6 +5,12 @@
 //! preference loss in `dpo`, the policy-gradient loss over sampled completions in `grpo`
 //! (whose rollouts happen in the task's `prepare_step`, before the step's micro-batches).
 //! It reports through `Observer` and `tracing`; it never prints.
+//!
+//! Data-parallel (a `dist::Collective` group): `training.batch_size` is per rank, so a step's
+//! micro-batch is `batch_size x world` items of which each rank trains its slice; the loss is
+//! normalised over the whole step on every rank, the gradients summed across ranks before
+//! clipping, so a run of W ranks takes the steps of one process with W times the batch.
+//! Rank 0 alone writes metrics, evaluations and checkpoints.
 
 use crate::checkpoint::{self, State};
 use crate::config::TrainConfig;
@@ -183,6 +189,8 @@ pub struct Trainer<'a> {
     pub task: &'a dyn Task,
     pub out_dir: PathBuf,
     pub config_digest: String,
+    /// The data-parallel group, when this process is one rank of several.
+    pub group: std::cell::RefCell<Option<Box<dyn crate::dist::Collective>>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -200,8 +208,17 @@ pub struct Summary {
 }
 
 impl Trainer<'_> {
+    /// (rank, world size).
+    fn place(&self) -> (usize, usize) {
+        self.group
+            .borrow()
+            .as_ref()
+            .map_or((0, 1), |g| (g.rank(), g.world_size()))
+    }
+
+    /// Items in one micro-batch over all ranks.
     fn batch_items(&self) -> usize {
-        self.task.batch_items(self.cfg.training.batch_size).max(1)
+        self.task.batch_items(self.cfg.training.batch_size).max(1) * self.place().1
     }
 
     fn batches_per_epoch(&self) -> usize {
@@ -240,6 +257,9 @@ impl Trainer<'_> {
     }
 
     fn evaluate(&self, step: usize) -> Result<Option<EvalMetrics>> {
+        if self.place().0 != 0 {
+            return Ok(None);
+        }
         Ok(self
             .task
             .evaluate(self.model, self.cfg.training.batch_size)?
@@ -280,7 +300,9 @@ impl Trainer<'_> {
                     ck_dir.display()
                 );
             }
-            let _ = std::fs::remove_file(&metrics_path);
+            if self.place().0 == 0 {
+                let _ = std::fs::remove_file(&metrics_path);
+            }
             self.task.start(0)?;
             let fresh = State {
                 step: 0,
@@ -298,7 +320,9 @@ impl Trainer<'_> {
                 "was written under a different config; resume with the same one (or start a new output_dir)",
             ));
         }
-        truncate_metrics(&metrics_path, state.step)?;
+        if self.place().0 == 0 {
+            truncate_metrics(&metrics_path, state.step)?;
+        }
         self.task.start(state.step)?;
         tracing::info!("resuming from {} (step {})", ck.display(), state.step);
         let step = state.step;
@@ -327,19 +351,26 @@ impl Trainer<'_> {
                 TrainError::Stopped(format!("at step {}: {e}; {kept}", step + 1))
             })?;
         let norm = self.task.norm(&micros);
+        // This rank's slice of each micro-batch (the norm above is the whole step's).
+        let (rank, world) = self.place();
+        let micros: Vec<Vec<usize>> = micros
+            .iter()
+            .map(|g| g.chunks(g.len() / world).nth(rank).unwrap_or(&[]).to_vec())
+            .collect();
         let (mut loss, mut tokens) = (0f64, 0usize);
         for (m, items) in micros.iter().enumerate() {
+            let mut streams = vec![
+                galley_core::seed::purpose::DROPOUT,
+                (step * accum + m) as u64,
+            ];
+            if world > 1 {
+                streams.push(rank as u64);
+            }
             let pass = Pass {
                 kernels: self.model.kernels,
                 train: true,
                 adapters: true,
-                seed: galley_core::seed::derive_seed(
-                    t.seed,
-                    &[
-                        galley_core::seed::purpose::DROPOUT,
-                        (step * accum + m) as u64,
-                    ],
-                ),
+                seed: galley_core::seed::derive_seed(t.seed, &streams),
             };
             let out = self.task.micro(self.model, items, norm, &pass)?;
             loss += out.loss;
@@ -348,6 +379,12 @@ impl Trainer<'_> {
                 *extra.entry(k).or_default() += v;
             }
             opt.accumulate(params, &out.grads)?;
+        }
+        if let Some(g) = self.group.borrow_mut().as_mut() {
+            opt.all_reduce(params, g.as_mut())?;
+            let mut sums = [loss, tokens as f64];
+            g.all_reduce_f64(&mut sums)?;
+            (loss, tokens) = (sums[0], sums[1] as usize);
         }
         let grad_norm = opt.clip(params, t.max_grad_norm)?;
         opt.step(params, lr)?;
@@ -373,12 +410,21 @@ impl Trainer<'_> {
         let ck_dir = self.out_dir.join("checkpoints");
         let metrics_path = self.out_dir.join("metrics.jsonl");
         let (mut state, resumed_from) = self.restore(resume, &mut opt, total)?;
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| file_err(&metrics_path, e))?;
+        let lead = self.place().0 == 0;
+        let mut metrics = match lead {
+            true => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&metrics_path)
+                    .map_err(|e| file_err(&metrics_path, e))?,
+            ),
+            false => None,
+        };
         let mut log = |v: &dyn erased::Json| -> Result<()> {
+            let Some(metrics) = metrics.as_mut() else {
+                return Ok(());
+            };
             writeln!(metrics, "{}", v.json()).map_err(|e| file_err(&metrics_path, e))?;
             metrics.flush().map_err(|e| file_err(&metrics_path, e))
         };
@@ -444,8 +490,10 @@ impl Trainer<'_> {
                 log(&e)?;
                 obs.eval(&e);
             }
-            let mut saved = false;
-            if (t.save_steps > 0 && state.step.is_multiple_of(t.save_steps)) || state.step == total
+            let mut saved = !lead;
+            if lead
+                && ((t.save_steps > 0 && state.step.is_multiple_of(t.save_steps))
+                    || state.step == total)
             {
                 let path = checkpoint::save(&ck_dir, params, &opt, &state, t.save_total_limit)?;
                 obs.checkpoint(&path);
