@@ -22,6 +22,9 @@ scripts/setup.sh
 scripts/fetch-models.sh
 scripts/fetch-data.sh
 scripts/build-plugins.sh
+scripts/fetch-sky.sh
+# The launch tests then require SkyPilot to read galley's task files (no silent skip here).
+export GALLEY_SKY_PYTHON="$PWD/.cache/sky-venv/bin/python"
 
 echo "== lints (host and plugin workspaces)"
 cargo clippy --workspace --all-targets -- -D warnings

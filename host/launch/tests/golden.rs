@@ -143,6 +143,36 @@ fn one_gpu_and_cpu_only_jobs() {
     assert!(!text.contains("gpus") && !text.contains("CUDA_VISIBLE_DEVICES"));
 }
 
+/// SkyPilot itself reads the task files (`Task.from_yaml` validates its schema), when
+/// `GALLEY_SKY_PYTHON` names a Python with `sky` installed (scripts/fetch-sky.sh; test.sh sets it).
+#[test]
+fn skypilot_reads_the_task_files() {
+    let Some(py) = std::env::var_os("GALLEY_SKY_PYTHON") else {
+        eprintln!(
+            "GALLEY_SKY_PYTHON unset: SkyPilot's own check skipped (scripts/test.sh runs it)"
+        );
+        return;
+    };
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let check = "import sys, sky\nfor f in sys.argv[1:]:\n    t = sky.Task.from_yaml(f)\n    \
+                 print(t.name, t.num_nodes, sorted(str(r.accelerators) for r in t.resources))";
+    let out = std::process::Command::new(py)
+        .arg("-c")
+        .arg(check)
+        .arg(golden.join("two-nodes.sky.yaml"))
+        .arg(golden.join("one-gpu.sky.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("galley-sft 2 [\"{'H100': 8}\"]"), "{text}");
+    assert!(text.contains("galley-sft 1 [\"{'H100': 1}\"]"), "{text}");
+}
+
 #[test]
 fn bad_settings_name_the_flag() {
     let bad = |f: fn(&mut Job), target: Target, flag: &str| {

@@ -599,3 +599,77 @@ fn gpu_dpo_and_grpo_train() {
     assert_eq!(l.len(), 3, "GRPO on the GPU: {l:?}");
     assert!(l.iter().all(|x| x.is_finite()));
 }
+
+/// Data-parallel on one GPU: two ranks (threads, each its own CUDA context) in a TCP group,
+/// batch 2 each, take the steps of one GPU process with batch 4. (NCCL refuses two ranks on
+/// one device; the TCP group carries GPU gradients through host copies.)
+#[test]
+fn gpu_two_ranks_on_one_gpu_take_the_steps_of_one_process() {
+    use galley_train::dist::{Collective, Placement, TcpGroup};
+    if gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = sft_setup(dir.path());
+    let base = [
+        "training.method=full",
+        "training.device=cuda",
+        "training.precision=f32",
+    ];
+    let one = cfg(
+        dir.path(),
+        &data,
+        "one",
+        &[&base[..], &["training.batch_size=4"]].concat(),
+    );
+    galley_train::run(&one, Sources::default(), false, &mut NoObserver).unwrap();
+    let dp = cfg(
+        dir.path(),
+        &data,
+        "dp",
+        &[&base[..], &["training.batch_size=2"]].concat(),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let job = galley_train::digest(&dp);
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|rank| {
+                let (dp, job) = (&dp, job.clone());
+                s.spawn(move || {
+                    let p = Placement {
+                        rank,
+                        world_size: 2,
+                        local_rank: rank,
+                        master: Some(format!("127.0.0.1:{port}")),
+                    };
+                    let g =
+                        TcpGroup::connect(&p, &job, std::time::Duration::from_secs(60)).unwrap();
+                    let sources = Sources {
+                        group: Some(Box::new(g) as Box<dyn Collective>),
+                        ..Default::default()
+                    };
+                    galley_train::run(dp, sources, false, &mut NoObserver).unwrap();
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+    let (a, b) = (
+        metric(&dir.path().join("one"), "loss"),
+        metric(&dir.path().join("dp"), "loss"),
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() < 1e-4 * x.abs(),
+            "one process {a:?}, two ranks {b:?}"
+        );
+    }
+    eprintln!("data-parallel on one GPU: {b:?}");
+}
