@@ -93,13 +93,18 @@ impl Proj {
             }
             Proj::Frozen { w, bias, lora } => {
                 let lora = lora.as_ref().filter(|_| pass.adapters);
-                let mask = match lora {
-                    Some(l) if pass.train && l.dropout > 0.0 => Some(dropout_mask(
-                        x.elem_count(),
+                let drop = match lora {
+                    Some(l) if pass.train && l.dropout > 0.0 => Some((
                         l.dropout,
                         galley_core::seed::derive_seed(pass.seed, &[site]),
                     )),
                     _ => None,
+                };
+                // On a GPU the mask is drawn there: a host-drawn mask per adapted projection
+                // (tokens x inputs numbers) would cost more than the step's products.
+                let mask = match (pass.kernels, drop) {
+                    (Kernels::Cuda, _) | (_, None) => None,
+                    (_, Some((p, seed))) => Some(dropout_mask(x.elem_count(), p, seed)),
                 };
                 let mut y = match (pass.kernels, lora) {
                     (Kernels::Fused, Some(l)) => linear::frozen_lora(
@@ -117,17 +122,20 @@ impl Proj {
                     (k, None) => ops::frozen_matmul(x, w, k)?,
                     (Kernels::Reference | Kernels::Cuda, Some(l)) => {
                         let dt = x.dtype();
-                        let xd = match mask {
-                            Some(m) => {
+                        let xd = match (mask, drop) {
+                            (Some(m), _) => {
                                 (x * Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(dt)?)?
                             }
-                            None => x.clone(),
+                            (None, Some((p, seed))) => (x * device_dropout_mask(x, p, seed)?)?,
+                            (None, None) => x.clone(),
                         };
+                        // The scale goes on B (out x r), not on the product (tokens x out):
+                        // one activation-sized tensor less per adapted projection.
                         let delta = ops::linear(
                             &ops::linear(&xd, &ops::cast(l.a.var.as_tensor(), dt)?)?,
-                            &ops::cast(l.b.var.as_tensor(), dt)?,
+                            &(ops::cast(l.b.var.as_tensor(), dt)? * l.scale)?,
                         )?;
-                        (ops::frozen_matmul(x, w, Kernels::Reference)? + (delta * l.scale)?)?
+                        (ops::frozen_matmul(x, w, Kernels::Reference)? + delta)?
                     }
                 };
                 if let Some(b) = bias {
@@ -165,6 +173,15 @@ impl Proj {
             Proj::Trained { .. } => 0,
         }
     }
+}
+
+/// An inverted-dropout mask shaped like `x`, drawn on `x`'s device by its generator seeded
+/// with `seed` (so a resumed run on the same kind of device draws the same masks).
+fn device_dropout_mask(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    let dev = x.device();
+    dev.set_seed(seed)?;
+    let keep = Tensor::rand(0f32, 1f32, x.shape(), dev)?.ge(p as f32)?;
+    Ok((keep.to_dtype(x.dtype())? * (1.0 / (1.0 - p)))?)
 }
 
 /// An inverted-dropout mask drawn from `seed` (so a resumed run draws the same masks).
