@@ -112,6 +112,7 @@ fn dist_err(msg: impl std::fmt::Display) -> TrainError {
 }
 
 const MAGIC: &[u8; 8] = b"GALLEYDP";
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The ranks of a job over TCP: rank 0 listens, the others connect (retrying while rank 0
 /// starts). Rank 0 adds the buffers in rank order, so every run sums the same way.
@@ -158,16 +159,18 @@ impl TcpGroup {
                 match listener.accept() {
                     Ok((mut s, from)) => {
                         s.set_nonblocking(false).map_err(dist_err)?;
-                        setup(&s)?;
+                        // A connection that is not a rank (a port scan) must not hold rank 0
+                        // for the whole timeout: the greeting gets a few seconds.
+                        s.set_read_timeout(Some(HELLO_TIMEOUT)).map_err(dist_err)?;
                         let mut head = [0u8; 32];
-                        s.read_exact(&mut head).map_err(dist_err)?;
-                        let num = |i: usize| {
-                            u64::from_le_bytes(head[i..i + 8].try_into().unwrap()) as usize
-                        };
-                        if &head[..8] != MAGIC {
+                        if s.read_exact(&mut head).is_err() || &head[..8] != MAGIC {
                             tracing::warn!("{from}: not a galley rank; ignored");
                             continue;
                         }
+                        setup(&s)?;
+                        let num = |i: usize| {
+                            u64::from_le_bytes(head[i..i + 8].try_into().unwrap()) as usize
+                        };
                         let (rank, world, n) = (num(8), num(16), num(24));
                         let mut theirs = vec![0u8; n.min(1024)];
                         s.read_exact(&mut theirs).map_err(dist_err)?;
@@ -395,6 +398,30 @@ mod tests {
             assert_eq!(v, vec![4.5, 30.0]);
             assert_eq!(m, 3.0);
         }
+        // A silent connection and a stranger's bytes first: ignored, the ranks still meet.
+        let port = free();
+        let (p0, p1) = (place(0, 2, port), place(1, 2, port));
+        let root = std::thread::spawn(move || {
+            let mut g = TcpGroup::connect(&p0, "job-a", t).unwrap();
+            let mut v = [1.0f32];
+            g.all_reduce_f32(&mut v).unwrap();
+            v[0]
+        });
+        let addr = format!("127.0.0.1:{port}");
+        let _silent = loop {
+            match TcpStream::connect(&addr) {
+                Ok(s) => break s,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        TcpStream::connect(&addr)
+            .unwrap()
+            .write_all(b"GET / HTTP/1.1\r\n\r\n..........")
+            .unwrap();
+        let mut g = TcpGroup::connect(&p1, "job-a", t).unwrap();
+        let mut v = [2.0f32];
+        g.all_reduce_f32(&mut v).unwrap();
+        assert_eq!((v[0], root.join().unwrap()), (3.0, 3.0));
         let port = free();
         let (p0, p1) = (place(0, 2, port), place(1, 2, port));
         let root = std::thread::spawn(move || TcpGroup::connect(&p0, "job-a", t).map(|_| ()));
