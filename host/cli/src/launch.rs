@@ -35,11 +35,13 @@ pub struct LaunchArgs {
     /// The job's name (default: galley-COMMAND).
     #[arg(long)]
     name: Option<String>,
+    /// Slurm's partition.
     #[arg(long)]
     partition: Option<String>,
     /// Slurm's time limit (HH:MM:SS or D-HH:MM:SS).
     #[arg(long)]
     time: Option<String>,
+    /// Slurm's account to charge.
     #[arg(long)]
     account: Option<String>,
     /// Rank 0's rendezvous port.
@@ -48,7 +50,8 @@ pub struct LaunchArgs {
     /// The project's lockfile (its plugins are installed, by digest, on every node).
     #[arg(long, default_value = "galley.lock")]
     lock: PathBuf,
-    /// The galley binary the nodes run (default: this one).
+    /// The galley binary the nodes run (default: this one; it must suit the nodes' OS and
+    /// processor).
     #[arg(long)]
     binary: Option<PathBuf>,
     /// What each rank runs, after `--`: `galley launch --target slurm -- train -c sft.yaml`.

@@ -161,10 +161,12 @@ impl Optimizer {
         if let Some(d) = &mut self.dev {
             return d.all_reduce(params, group);
         }
-        for p in params {
-            group.all_reduce_f32(&mut p.grad.lock().expect("gradient buffer"))?;
-        }
-        Ok(())
+        let mut bufs: Vec<_> = params
+            .iter()
+            .map(|p| p.grad.lock().expect("gradient buffer"))
+            .collect();
+        let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        all_reduce_bucketed(&mut slices, group)
     }
 
     /// The global L2 norm of the accumulated gradients; scales them down to `max` if above.
@@ -255,6 +257,44 @@ impl Optimizer {
         }
         Ok(())
     }
+}
+
+/// Floats per all-reduce message: one round trip per ~32 MB of gradients, not per tensor.
+const BUCKET: usize = 8 << 20;
+
+/// Sums `bufs` across the group in buckets of about `BUCKET` floats (small tensors share a
+/// message; each bucket is one round trip), in the same order on every rank.
+pub(crate) fn all_reduce_bucketed(
+    bufs: &mut [&mut [f32]],
+    group: &mut dyn crate::dist::Collective,
+) -> Result<()> {
+    let mut i = 0;
+    while i < bufs.len() {
+        // A run of buffers that fits one bucket (a larger buffer goes alone).
+        let mut j = i;
+        let mut n = 0;
+        while j < bufs.len() && (j == i || n + bufs[j].len() <= BUCKET) {
+            n += bufs[j].len();
+            j += 1;
+        }
+        if j == i + 1 {
+            group.all_reduce_f32(bufs[i])?;
+        } else {
+            let mut flat = Vec::with_capacity(n);
+            for b in &bufs[i..j] {
+                flat.extend_from_slice(b);
+            }
+            group.all_reduce_f32(&mut flat)?;
+            let mut at = 0;
+            for b in &mut bufs[i..j] {
+                let len = b.len();
+                b.copy_from_slice(&flat[at..at + len]);
+                at += len;
+            }
+        }
+        i = j;
+    }
+    Ok(())
 }
 
 /// One parameter's update, applied in place to its storage.
@@ -434,6 +474,38 @@ mod tests {
         }
         let got = params[0].var.as_tensor().to_vec1::<f32>().unwrap();
         assert!((got[0] as f64 - w[0]).abs() < 1e-6 && (got[1] as f64 - w[1]).abs() < 1e-6);
+    }
+
+    /// Buffers go out in buckets (small ones together, a large one alone) and come back to
+    /// the right places.
+    #[test]
+    fn all_reduce_buckets_small_buffers_and_scatters_back() {
+        struct Doubling(Vec<usize>);
+        impl crate::dist::Collective for Doubling {
+            fn rank(&self) -> usize {
+                0
+            }
+            fn world_size(&self) -> usize {
+                2
+            }
+            fn all_reduce_f32(&mut self, buf: &mut [f32]) -> Result<()> {
+                self.0.push(buf.len());
+                buf.iter_mut().for_each(|x| *x *= 2.0);
+                Ok(())
+            }
+            fn all_reduce_f64(&mut self, _: &mut [f64]) -> Result<()> {
+                Ok(())
+            }
+        }
+        let mut a = vec![1.0f32; 3];
+        let mut big = vec![2.0f32; BUCKET + 1];
+        let (mut b, mut c) = (vec![3.0f32; 5], vec![4.0f32; 2]);
+        let mut g = Doubling(Vec::new());
+        let mut bufs: Vec<&mut [f32]> = vec![&mut a, &mut big, &mut b, &mut c];
+        all_reduce_bucketed(&mut bufs, &mut g).unwrap();
+        assert_eq!(g.0, vec![3, BUCKET + 1, 7]);
+        assert!(a == [2.0; 3] && b == [6.0; 5] && c == [8.0; 2]);
+        assert!(big.iter().all(|&x| x == 4.0));
     }
 
     #[test]

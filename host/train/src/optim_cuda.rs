@@ -109,13 +109,18 @@ impl DeviceState {
         params: &[Trainable],
         group: &mut dyn crate::dist::Collective,
     ) -> Result<()> {
-        for (i, p) in params.iter().enumerate() {
-            let mut host = match &self.g[i] {
-                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
-                None => vec![0f32; p.var.elem_count()],
-            };
-            group.all_reduce_f32(&mut host)?;
-            self.g[i] = Some(Tensor::from_vec(host, p.var.shape(), p.var.device())?);
+        let mut host = params
+            .iter()
+            .zip(&self.g)
+            .map(|(p, g)| match g {
+                Some(g) => g.flatten_all()?.to_vec1::<f32>(),
+                None => Ok(vec![0f32; p.var.elem_count()]),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut slices: Vec<&mut [f32]> = host.iter_mut().map(|h| h.as_mut_slice()).collect();
+        crate::optim::all_reduce_bucketed(&mut slices, group)?;
+        for ((p, g), h) in params.iter().zip(&mut self.g).zip(host) {
+            *g = Some(Tensor::from_vec(h, p.var.shape(), p.var.device())?);
         }
         Ok(())
     }
