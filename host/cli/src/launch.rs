@@ -1,11 +1,10 @@
-//! `galley launch`: gathers what galley-launch's job files pin (this binary's SHA-256, the
-//! project's galley.lock and its plugins' digests), writes the SkyPilot task or Slurm script,
-//! and submits it with `sky launch` or `sbatch` unless `--emit` only writes it.
+//! `galley launch`: galley-launch pins this binary and the project's galley.lock and writes
+//! the SkyPilot task or Slurm script; this module submits it with `sky launch` or `sbatch`
+//! unless `--emit` only writes it.
 
 use anyhow::{Context, Result, bail};
-use galley_launch::{Job, Lock, Pin, Target};
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use galley_launch::{Job, Target, pin_lock, sha256_file};
+use std::path::PathBuf;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum TargetArg {
@@ -59,38 +58,6 @@ pub struct LaunchArgs {
     args: Vec<String>,
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
-}
-
-fn lock(workdir: &Path, path: &Path) -> Result<Option<Lock>> {
-    let abs = workdir.join(path);
-    let Some(lf) = galley_registry::Lockfile::load(&abs)? else {
-        return Ok(None);
-    };
-    // Every node sees the project at its own path: the lock is named relative to it.
-    let rel = abs.strip_prefix(workdir).with_context(|| {
-        format!(
-            "--lock {}: must lie inside the project folder",
-            path.display()
-        )
-    })?;
-    Ok(Some(Lock {
-        path: rel.display().to_string(),
-        sha256: sha256_file(&abs)?,
-        plugins: lf
-            .plugins
-            .iter()
-            .map(|p| Pin {
-                name: p.name.to_string(),
-                version: p.version.to_string(),
-                digest: p.digest.clone(),
-            })
-            .collect(),
-    }))
-}
-
 pub fn run(a: LaunchArgs) -> Result<()> {
     let workdir = std::env::current_dir()?;
     let binary = match &a.binary {
@@ -114,7 +81,7 @@ pub fn run(a: LaunchArgs) -> Result<()> {
         binary_sha256: sha256_file(&binary)?,
         binary,
         version: env!("CARGO_PKG_VERSION").into(),
-        lock: lock(&workdir, &a.lock)?,
+        lock: pin_lock(&workdir, &a.lock)?,
         port: a.port,
         partition: a.partition.clone(),
         time: a.time.clone(),

@@ -174,7 +174,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .map(|m| m.as_deref_mut().map(|s| s as &mut dyn DataSource))
             .collect(),
         rewards,
-        group: data_parallel_group(&cfg)?,
+        group: galley_train::dist::join_from_env(&galley_train::digest(&cfg))
+            .context("joining the data-parallel group")?,
     };
     if args.tokenize_only {
         let dir = &cfg.training.output_dir;
@@ -273,35 +274,4 @@ fn reward_summary(metrics: &Path) -> String {
         s.push_str(&format!("   held-out reward {a:.3} -> {b:.3}"));
     }
     s
-}
-
-/// The data-parallel group when a launcher started this process as one rank of several
-/// (torchrun's variables, or an `srun` step's): joined over TCP at `MASTER_ADDR:MASTER_PORT`;
-/// `GALLEY_DIST_TIMEOUT_S` (default 1800) bounds every wait on another rank.
-fn data_parallel_group(
-    cfg: &galley_train::TrainConfig,
-) -> Result<Option<Box<dyn galley_train::dist::Collective>>> {
-    use galley_train::dist::{Placement, TcpGroup};
-    let p = Placement::from_env()?;
-    if p.world_size == 1 {
-        return Ok(None);
-    }
-    let secs = match std::env::var("GALLEY_DIST_TIMEOUT_S") {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("GALLEY_DIST_TIMEOUT_S `{v}`: not a number of seconds"))?,
-        Err(_) => 1800,
-    };
-    let g = TcpGroup::connect(
-        &p,
-        &galley_train::digest(cfg),
-        std::time::Duration::from_secs(secs),
-    )
-    .with_context(|| {
-        format!(
-            "joining the data-parallel group as rank {} of {}",
-            p.rank, p.world_size
-        )
-    })?;
-    Ok(Some(Box::new(g)))
 }

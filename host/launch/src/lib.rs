@@ -8,12 +8,57 @@
 //! is the CLI's.
 
 use serde::Serialize;
-use std::path::PathBuf;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error("{key}: {msg}")]
     Invalid { key: &'static str, msg: String },
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> LaunchError {
+    LaunchError::File {
+        path: path.into(),
+        msg: e.to_string(),
+    }
+}
+
+/// A file's SHA-256, in hex: what every node checks before it runs the file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// The project's lockfile `path` (relative to `workdir`, inside it) as a job pins it: its
+/// SHA-256 and the plugins it lists; None when the project has none.
+pub fn pin_lock(workdir: &Path, path: &Path) -> Result<Option<Lock>> {
+    let abs = workdir.join(path);
+    let Some(lf) = galley_registry::Lockfile::load(&abs).map_err(|e| file_err(&abs, e))? else {
+        return Ok(None);
+    };
+    // Every node sees the project at its own path: the lock is named relative to it.
+    let rel = abs.strip_prefix(workdir).map_err(|_| {
+        invalid(
+            "--lock",
+            format!("{}: must lie inside the project folder", path.display()),
+        )
+    })?;
+    Ok(Some(Lock {
+        path: rel.display().to_string(),
+        sha256: sha256_file(&abs)?,
+        plugins: lf
+            .plugins
+            .iter()
+            .map(|p| Pin {
+                name: p.name.to_string(),
+                version: p.version.to_string(),
+                digest: p.digest.clone(),
+            })
+            .collect(),
+    }))
 }
 
 pub type Result<T> = std::result::Result<T, LaunchError>;

@@ -97,6 +97,26 @@ impl Placement {
     }
 }
 
+/// The group this process belongs to when a launcher started it as one rank of several
+/// (`Placement::from_env`), joined over TCP; None for a single process. `job` identifies the
+/// run (`crate::digest`): every rank must have the same. `GALLEY_DIST_TIMEOUT_S` (default
+/// 1800) bounds every wait on another rank.
+pub fn join_from_env(job: &str) -> Result<Option<Box<dyn Collective>>> {
+    let p = Placement::from_env()?;
+    if p.world_size == 1 {
+        return Ok(None);
+    }
+    let secs = match std::env::var("GALLEY_DIST_TIMEOUT_S") {
+        Ok(v) => v.trim().parse().map_err(|_| TrainError::Config {
+            file: "GALLEY_DIST_TIMEOUT_S".into(),
+            msg: format!("`{v}` is not a number of seconds"),
+        })?,
+        Err(_) => 1800,
+    };
+    let g = TcpGroup::connect(&p, job, Duration::from_secs(secs))?;
+    Ok(Some(Box::new(g)))
+}
+
 /// Ranks that sum buffers together. Every rank must make the same calls in the same order.
 pub trait Collective: Send {
     fn rank(&self) -> usize;
