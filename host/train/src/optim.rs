@@ -339,14 +339,16 @@ impl InplaceOp1 for Update<'_> {
                 let step = (self.lr / bc1) as f32;
                 let sbc2 = bc2.sqrt() as f32;
                 let (b1, b2, eps) = (self.beta1 as f32, self.beta2 as f32, self.eps as f32);
+                // 1 - beta in f64 first, as PyTorch does (1 - 0.999f in f32 is 1.3e-5 off).
+                let (omb1, omb2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
                 p.par_chunks_mut(CHUNK)
                     .zip(self.g.par_chunks(CHUNK))
                     .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
                     .for_each(|((p, g), (m, v))| {
                         for i in 0..p.len() {
                             let gi = g[i];
-                            m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                            m[i] = b1 * m[i] + omb1 * gi;
+                            v[i] = b2 * v[i] + omb2 * gi * gi;
                             let denom = v[i].sqrt() / sbc2 + eps;
                             p[i] = p[i] * decay - step * m[i] / denom;
                         }

@@ -14,13 +14,13 @@ use std::sync::{Mutex, OnceLock};
 
 const SRC: &str = r#"
 extern "C" __global__ void galley_adamw(float* p, const float* g, float* m, float* v,
-        unsigned long long n, float decay, float step, float b1, float b2, float sbc2,
-        float eps, float gscale) {
+        unsigned long long n, float decay, float step, float b1, float b2, float omb1,
+        float omb2, float sbc2, float eps, float gscale) {
     for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
             i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
         float gi = g[i] * gscale;
-        float mi = b1 * m[i] + (1.0f - b1) * gi;
-        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        float mi = b1 * m[i] + omb1 * gi;
+        float vi = b2 * v[i] + omb2 * gi * gi;
         m[i] = mi;
         v[i] = vi;
         p[i] = p[i] * decay - step * mi / (sqrtf(vi) / sbc2 + eps);
@@ -38,7 +38,30 @@ extern "C" __global__ void galley_sgd(float* p, const float* g, float* buf,
         p[i] = p[i] * decay - lr * gi;
     }
 }
+// Each block's sum of squares (in f64) into partial[blockIdx.x]: the host adds the blocks in
+// order, so the norm does not depend on scheduling.
+extern "C" __global__ void galley_sumsq(const float* g, unsigned long long n, double* partial) {
+    __shared__ double sh[32];
+    double acc = 0.0;
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+            i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
+        double x = (double)g[i];
+        acc += x * x;
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (lane == 0) sh[w] = acc;
+    __syncthreads();
+    if (w == 0) {
+        acc = lane < (int)(blockDim.x >> 5) ? sh[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) partial[blockIdx.x] = acc;
+    }
+}
 "#;
+
+/// Blocks of the sum-of-squares kernel per tensor.
+const NORM_BLOCKS: usize = 264;
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
@@ -125,21 +148,52 @@ impl DeviceState {
         Ok(())
     }
 
-    /// The global gradient norm, computed on the device with one copy back.
+    /// The global gradient norm: a sum-of-squares kernel per gradient (candle's `sum_all`
+    /// reduces a whole tensor in one thread block: 169 ms a step for 1.7B parameters on an
+    /// H200), the blocks' partial sums copied back once and added in order on the host.
     pub fn norm(&self) -> Result<f64> {
-        let sums = self
+        let grads: Vec<Tensor> = self
             .g
             .iter()
             .flatten()
-            .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        if sums.is_empty() {
+            .map(|g| g.contiguous())
+            .collect::<candle_core::Result<_>>()?;
+        if grads.is_empty() {
             return Ok(0.0);
         }
-        Ok(Tensor::stack(&sums, 0)?
-            .sum_all()?
-            .to_scalar::<f64>()?
-            .sqrt())
+        let src = ptx()?;
+        let f = self
+            .dev
+            .get_or_load_custom_func("galley_sumsq", "galley_optim", src)?;
+        let mut partial = self.dev.alloc_zeros::<f64>(NORM_BLOCKS * grads.len())?;
+        let cfg = LaunchConfig {
+            grid_dim: (NORM_BLOCKS as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        for (k, g) in grads.iter().enumerate() {
+            let (gs, gl) = g.storage_and_layout();
+            let Storage::Cuda(gc) = &*gs else {
+                return Err(cuda_err("gradient is not on the GPU"));
+            };
+            let n = g.elem_count();
+            let gsl = gc
+                .as_cuda_slice::<f32>()?
+                .slice(gl.start_offset()..gl.start_offset() + n);
+            let mut out = partial.slice_mut(k * NORM_BLOCKS..(k + 1) * NORM_BLOCKS);
+            let n64 = n as u64;
+            let mut b = f.builder();
+            b.arg(&gsl).arg(&n64).arg(&mut out);
+            // SAFETY: the kernel reads n floats of the gradient and writes NORM_BLOCKS
+            // doubles of its slice of `partial`, one per block of the grid launched.
+            unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+        }
+        let host = self
+            .dev
+            .cuda_stream()
+            .clone_dtoh(&partial)
+            .map_err(cuda_err)?;
+        Ok(host.iter().sum::<f64>().sqrt())
     }
 
     /// A moment buffer copied to the host (for checkpoints).
@@ -251,6 +305,9 @@ impl InplaceOp1 for Update<'_> {
                 let bc2 = 1.0 - h.beta2.powi(h.t as i32);
                 let (step, sbc2) = ((h.lr / bc1) as f32, bc2.sqrt() as f32);
                 let (b1, b2, eps) = (h.beta1 as f32, h.beta2 as f32, h.eps as f32);
+                // 1 - beta in f64 first (as PyTorch passes it): 1 - 0.999f in f32 is off by
+                // 1.3e-5 relative, which the second moments then carry.
+                let (omb1, omb2) = ((1.0 - h.beta1) as f32, (1.0 - h.beta2) as f32);
                 let mut l = f.builder();
                 l.arg(&mut p)
                     .arg(self.g)
@@ -261,6 +318,8 @@ impl InplaceOp1 for Update<'_> {
                     .arg(&step)
                     .arg(&b1)
                     .arg(&b2)
+                    .arg(&omb1)
+                    .arg(&omb2)
                     .arg(&sbc2)
                     .arg(&eps)
                     .arg(&h.gscale);
