@@ -153,48 +153,44 @@ fn run(name: &str, tuning: Tuning, seq: usize, batch: usize, steps: usize, dev: 
         adapters: true,
         seed: 0,
     };
-    let mut step = || -> f32 {
+    // One training step; with `phases`, the device is synchronised after the forward pass,
+    // the backward pass and the optimizer, and each one's milliseconds recorded.
+    let mut step = |mut phases: Option<&mut [f64; 3]>| -> f32 {
+        let mut t = Instant::now();
+        let mut mark = |k: usize| {
+            if let Some(p) = phases.as_deref_mut() {
+                dev.synchronize().unwrap();
+                p[k] = t.elapsed().as_secs_f64() * 1e3;
+                t = Instant::now();
+            }
+        };
         let l = m.losses(inputs, targets, batch, seq, &pass).unwrap();
         let loss = (l.sum_all().unwrap() / n as f64).unwrap();
+        mark(0);
         let g = loss.backward().unwrap();
+        mark(1);
         opt.accumulate(&m.trainable, &g).unwrap();
         drop(g);
         opt.clip(&m.trainable, 1.0).unwrap();
         opt.step(&m.trainable, 1e-4).unwrap();
+        mark(2);
         loss.to_scalar::<f32>().unwrap()
     };
     let warm = 2;
     for _ in 0..warm {
-        step();
+        step(None);
     }
     dev.synchronize().unwrap();
     let t0 = Instant::now();
     let mut loss = 0.0;
     for _ in 0..steps {
-        loss = step();
+        loss = step(None);
     }
     dev.synchronize().unwrap();
     let secs = t0.elapsed().as_secs_f64();
+    // One more step, timed phase by phase.
     let mut phases = [0f64; 3];
-    {
-        let ms = |t: Instant| {
-            dev.synchronize().unwrap();
-            t.elapsed().as_secs_f64() * 1e3
-        };
-        let t = Instant::now();
-        let l = m.losses(inputs, targets, batch, seq, &pass).unwrap();
-        let loss = (l.sum_all().unwrap() / n as f64).unwrap();
-        phases[0] = ms(t);
-        let t = Instant::now();
-        let g = loss.backward().unwrap();
-        phases[1] = ms(t);
-        let t = Instant::now();
-        opt.accumulate(&m.trainable, &g).unwrap();
-        drop(g);
-        opt.clip(&m.trainable, 1.0).unwrap();
-        opt.step(&m.trainable, 1e-4).unwrap();
-        phases[2] = ms(t);
-    }
+    step(Some(&mut phases));
     let tok_s = (steps * n) as f64 / secs;
     let np = matmul_params(&c);
     let attn = 12.0 * (c.num_layers * seq * c.num_heads * c.head_dim) as f64;

@@ -83,15 +83,25 @@ extern "C" __global__ void causal_softmax_bwd_bf16(const bf16_t* p, const bf16_t
 const MODULE: &str = "galley_train_ops";
 const THREADS: u32 = 256;
 
-fn ptx() -> Result<&'static str> {
-    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| {
-        candle_core::cuda::cudarc::nvrtc::compile_ptx(SRC)
+/// `src` compiled by NVRTC once per process (`cell` holds the result, an error included),
+/// for every module of galley's CUDA kernels; `what` names them in the error.
+pub(crate) fn compile_once(
+    cell: &'static OnceLock<std::result::Result<String, String>>,
+    src: &str,
+    what: &str,
+) -> Result<&'static str> {
+    cell.get_or_init(|| {
+        candle_core::cuda::cudarc::nvrtc::compile_ptx(src)
             .map(|p| p.to_src())
-            .map_err(|e| format!("compiling galley's CUDA training kernels: {e}"))
+            .map_err(|e| format!("compiling {what}: {e}"))
     })
     .as_deref()
     .map_err(|e| candle_core::Error::Msg(e.clone()))
+}
+
+fn ptx() -> Result<&'static str> {
+    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    compile_once(&PTX, SRC, "galley's CUDA training kernels")
 }
 
 fn launch_err(e: impl std::fmt::Display) -> candle_core::Error {

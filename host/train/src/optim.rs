@@ -40,16 +40,11 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn new(cfg: &TrainingSection, params: &[Trainable]) -> Result<Self> {
-        let adam = cfg.optimizer == OptimizerKind::Adamw;
-        let sgd_m = cfg.optimizer == OptimizerKind::Sgd && cfg.momentum > 0.0;
+        let [first, second] = kept_moments(cfg.optimizer, cfg.momentum);
         let on_gpu = params.first().is_some_and(|p| !p.var.device().is_cpu());
         #[cfg(feature = "cuda")]
         let dev = match on_gpu {
-            true => Some(crate::optim_cuda::DeviceState::new(
-                params,
-                adam || sgd_m,
-                adam,
-            )?),
+            true => Some(crate::optim_cuda::DeviceState::new(params, first, second)?),
             false => None,
         };
         #[cfg(not(feature = "cuda"))]
@@ -73,8 +68,8 @@ impl Optimizer {
             weight_decay: cfg.weight_decay,
             momentum: cfg.momentum,
             t: 0,
-            m: if adam || sgd_m { zeros() } else { Vec::new() },
-            v: if adam { zeros() } else { Vec::new() },
+            m: if first { zeros() } else { Vec::new() },
+            v: if second { zeros() } else { Vec::new() },
             decay: params
                 .iter()
                 .map(|p| !(p.name.ends_with(".bias") || p.name.contains("norm")))
@@ -88,21 +83,21 @@ impl Optimizer {
 
     /// Whether the optimizer keeps first and second moments.
     pub fn keeps(&self) -> [bool; 2] {
-        let adam = self.kind == OptimizerKind::Adamw;
-        [
-            adam || (self.kind == OptimizerKind::Sgd && self.momentum > 0.0),
-            adam,
-        ]
+        kept_moments(self.kind, self.momentum)
     }
 
-    /// Parameter `i`'s first and second moment as host vectors (None where the optimizer
-    /// keeps none), for checkpoints.
-    pub fn moments(&self, i: usize) -> Result<[Option<Vec<f32>>; 2]> {
+    /// Parameter `i`'s first and second moment on the host (None where the optimizer keeps
+    /// none), for checkpoints: borrowed on the CPU, copied back from a GPU.
+    pub fn moments(&self, i: usize) -> Result<[Option<std::borrow::Cow<'_, [f32]>>; 2]> {
+        use std::borrow::Cow;
         #[cfg(feature = "cuda")]
         if let Some(d) = &self.dev {
-            return Ok([d.host(&d.m, i)?, d.host(&d.v, i)?]);
+            return Ok([
+                d.host(&d.m, i)?.map(Cow::Owned),
+                d.host(&d.v, i)?.map(Cow::Owned),
+            ]);
         }
-        Ok([self.m.get(i).cloned(), self.v.get(i).cloned()])
+        Ok([&self.m, &self.v].map(|b| b.get(i).map(|v| Cow::Borrowed(v.as_slice()))))
     }
 
     /// Overwrites parameter `i`'s first (`second` false) or second moment; false when the
@@ -257,6 +252,12 @@ impl Optimizer {
         }
         Ok(())
     }
+}
+
+/// Which moments an optimizer keeps: [first (AdamW, or SGD's momentum), second (AdamW)].
+fn kept_moments(kind: OptimizerKind, momentum: f64) -> [bool; 2] {
+    let adam = kind == OptimizerKind::Adamw;
+    [adam || (kind == OptimizerKind::Sgd && momentum > 0.0), adam]
 }
 
 /// Floats per all-reduce message: one round trip per ~32 MB of gradients, not per tensor.

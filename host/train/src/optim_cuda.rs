@@ -65,13 +65,11 @@ const NORM_BLOCKS: usize = 264;
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| {
-        candle_core::cuda::cudarc::nvrtc::compile_ptx(SRC)
-            .map(|p| p.to_src())
-            .map_err(|e| format!("compiling the optimizer kernel: {e}"))
-    })
-    .as_deref()
-    .map_err(|e| TrainError::Stopped(e.clone()))
+    Ok(crate::ops_cuda::compile_once(
+        &PTX,
+        SRC,
+        "the optimizer kernels",
+    )?)
 }
 
 fn cuda_err(e: impl std::fmt::Display) -> TrainError {
