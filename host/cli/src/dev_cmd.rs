@@ -1,7 +1,7 @@
 //! The plugin author's commands: `galley plugin build | new | bindings | inspect`.
 //! galley-plugin-dev builds and scaffolds; the runtime reads components; this module prints.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use galley_plugin_dev::{self as build, NewKind, NewLang, cplugin};
 use std::path::PathBuf;
 
@@ -98,76 +98,10 @@ pub fn bindings(a: BindingsArgs) -> Result<()> {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
-    let (file, json) = (&a.file, a.json);
-    let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
-    let info = galley_runtime::inspect(&bytes, &file.display().to_string())?;
-    let (kind, wit) = match &info.plugin_export {
-        Some((k, v)) => (k.to_string(), v.to_string()),
-        None => ("none".to_string(), "none".to_string()),
-    };
-    let m = info.manifest.as_ref();
-    let supported = info
-        .plugin_export
-        .as_ref()
-        .is_some_and(|(_, v)| galley_runtime::wit_supported(v));
-    if json {
-        let out = serde_json::json!({
-            "file": file.display().to_string(),
-            "name": m.map(|m| m.name.clone()),
-            "version": m.map(|m| m.version.to_string()),
-            "kind": kind,
-            "wit": wit,
-            "wit_supported": supported,
-            "description": m.map(|m| m.description.clone()),
-            "license": m.and_then(|m| m.license.clone()),
-            "capabilities": m.map(|m| serde_json::to_value(&m.capabilities).unwrap()),
-            "imports": info.imports,
-            "exports": info.exports,
-            "size": info.size,
-            "digest": info.digest,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+    let found = galley_plugin_dev::inspect::inspect(&a.file)?;
+    match a.json {
+        true => println!("{}", serde_json::to_string_pretty(&found.json)?),
+        false => print!("{}", found.text),
     }
-    println!("file         {}", file.display());
-    match m {
-        Some(m) => {
-            println!("plugin       {}", m.id());
-            println!("description  {}", m.description);
-            println!(
-                "license      {}",
-                m.license.as_deref().unwrap_or("(none given)")
-            );
-        }
-        None => println!("plugin       (no galley manifest: not built by `galley plugin build`)"),
-    }
-    println!("kind         {kind}");
-    println!(
-        "wit          galley:plugin@{wit}{}",
-        if supported {
-            " (supported by this galley)"
-        } else {
-            " (NOT supported by this galley)"
-        }
-    );
-    let caps = m
-        .map(|m| m.capabilities.read_dirs.clone())
-        .unwrap_or_default();
-    if caps.is_empty() {
-        println!("capabilities none (fully sandboxed)");
-    } else {
-        println!("capabilities read-only directories: {}", caps.join(", "));
-    }
-    println!("size         {} bytes", info.size);
-    println!("digest       {}", info.digest);
-    println!(
-        "imports      {}",
-        if info.imports.is_empty() {
-            "none".to_string()
-        } else {
-            info.imports.join("\n             ")
-        }
-    );
-    println!("exports      {}", info.exports.join("\n             "));
     Ok(())
 }

@@ -3,13 +3,10 @@
 //! and the outputs a harness user expects: `results.json`, `samples.jsonl`, a summary table
 //! (or `--json`), a progress bar with items/s.
 
-use crate::call::SandboxArgs;
 use anyhow::{Context, Result};
-use galley_core::DataSource;
-use galley_core::Evaluator;
-use galley_eval::{EvalSettings, Plugins};
+use galley_eval::EvalSettings;
+use galley_hosting::{Opener, Sandbox, TaskPlugins};
 use galley_registry::PluginLocator;
-use galley_runtime::{Grants, Runtime};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -71,68 +68,7 @@ pub struct EvalArgs {
     #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
     set: Vec<String>,
     #[command(flatten)]
-    sandbox: SandboxArgs,
-}
-
-/// Plugins tasks name, by the locator and runtime every other command uses.
-pub(crate) struct TaskPlugins {
-    pub(crate) locator: PluginLocator,
-    pub(crate) sandbox: SandboxArgs,
-    pub(crate) runtime: Option<Runtime>,
-    /// Every plugin loaded, with the spec that named it, for a run's manifest.
-    pub(crate) loaded: Vec<(String, galley_runtime::Plugin)>,
-    /// A replay: the digest each spec must have (checked before the plugin runs).
-    pub(crate) expect: std::collections::BTreeMap<String, String>,
-}
-
-impl TaskPlugins {
-    fn load(&mut self, spec: &str) -> Result<galley_runtime::Plugin, String> {
-        if self.runtime.is_none() {
-            self.runtime = Some(self.sandbox.runtime().map_err(|e| format!("{e:#}"))?);
-        }
-        let rt = self.runtime.as_ref().expect("just opened");
-        let p =
-            crate::plugins::load(spec, "task", &self.locator, rt).map_err(|e| format!("{e:#}"))?;
-        if let Some(want) = self.expect.get(spec)
-            && want != &p.info().digest
-        {
-            return Err(format!(
-                "plugin `{spec}` ({}) is {}, but the recorded run used {want}: refusing to replay with other bytes",
-                p.id(),
-                p.info().digest
-            ));
-        }
-        self.loaded.push((spec.to_string(), p.clone()));
-        Ok(p)
-    }
-}
-
-impl Plugins for TaskPlugins {
-    fn evaluator(
-        &mut self,
-        spec: &str,
-        settings: &serde_json::Value,
-    ) -> Result<Box<dyn Evaluator>, String> {
-        let plugin = self.load(spec)?;
-        let ev = plugin
-            .evaluator(settings, self.sandbox.options(Grants::default()))
-            .map_err(|e| e.to_string())?;
-        Ok(Box::new(ev))
-    }
-
-    fn data_loader(
-        &mut self,
-        spec: &str,
-        settings: &serde_json::Value,
-        dir: &Path,
-    ) -> Result<Box<dyn DataSource>, String> {
-        let plugin = self.load(spec)?;
-        let grants = Grants::default().allow_dir("data".to_string(), dir.to_path_buf());
-        let loader = plugin
-            .data_loader(settings, self.sandbox.options(grants))
-            .map_err(|e| e.to_string())?;
-        Ok(Box::new(loader))
-    }
+    sandbox: Sandbox,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -170,62 +106,26 @@ pub fn run(args: EvalArgs) -> Result<()> {
     cfg.include_path.extend(args.include_path);
     let (tasks, groups) = cfg.select().context("--tasks")?;
     let opts = cfg.options();
-    let mut plugins = TaskPlugins {
-        locator: PluginLocator::for_file(args.config.as_deref()),
-        sandbox: args.sandbox,
-        runtime: None,
-        loaded: Vec::new(),
-        expect: Default::default(),
-    };
+    let locator = PluginLocator::for_file(args.config.as_deref());
+    let mut plugins = TaskPlugins::new(Opener::new(locator, args.sandbox), Default::default());
     let loaded = galley_eval::load_tasks(&tasks, &opts, &mut plugins)?;
-    let adapter = cfg.adapter.clone();
-    let spec = if args.engine.base_url.is_some() {
-        let id = args
-            .model_id
-            .clone()
-            .context("--base-url needs --model-id (the server's model id)")?;
-        if adapter.is_some() {
-            anyhow::bail!(
-                "--adapter applies to a model galley loads; a server serves adapters as model ids (--model-id)"
-            );
-        }
-        args.engine.spec(Some(id))
-    } else {
-        let mut spec =
-            args.engine.spec(Some(cfg.model.clone().context(
-                "no model: pass --model PATH (or `model:` in the settings file)",
-            )?));
-        spec.adapters = adapter.iter().cloned().collect();
-        spec.dequantize = cfg.dequantize;
-        spec.batch_tokens = Some(cfg.batch_tokens);
-        spec.max_length = cfg.max_length;
-        spec
-    };
+    let spec = cfg.engine_spec(args.engine.spec(None), args.model_id.clone())?;
     let started = std::time::Instant::now();
     let opened = galley_serve::engines::open(&spec, Path::new("")).context("opening the engine")?;
     let mut engine = opened.engine;
-    // results.json's `model`: the eval schema (one adapter; a server's `id`).
-    let model = if spec.is_remote() {
-        serde_json::json!({"base_url": spec.base_url, "id": spec.model, "engine": spec.engine})
-    } else {
-        let r = &opened.record;
+    let model = cfg.model_record(&spec, &opened.record);
+    if !spec.is_remote() {
+        let adapter = cfg
+            .adapter
+            .as_ref()
+            .map(|a| format!(" + adapter {}", a.display()));
+        let (path, secs) = (&model["path"], started.elapsed().as_secs_f64());
+        let path = path.as_str().unwrap_or_default();
         eprintln!(
-            "loaded {}{} in {:.1} s",
-            r["path"].as_str().unwrap_or_default(),
-            adapter
-                .as_ref()
-                .map(|a| format!(" + adapter {}", a.display()))
-                .unwrap_or_default(),
-            started.elapsed().as_secs_f64()
+            "loaded {path}{} in {secs:.1} s",
+            adapter.unwrap_or_default()
         );
-        serde_json::json!({
-            "path": r["path"],
-            "digest": r["digest"],
-            "adapter": adapter.as_ref().map(|a| a.display().to_string()),
-            "adapter_digest": r["adapter_digests"].get(0),
-            "dequantize": cfg.dequantize,
-        })
-    };
+    }
     let bar = (!args.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(

@@ -3,10 +3,10 @@
 //! (typed, unknown keys refused) with `--set KEY=VALUE` overrides on top. With `--base-url`
 //! (or `--engine`) the model is a server's, and `remote` answers through it.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use galley_core::Message;
-use galley_model::{LoadedModel, SamplingParams, batch, generate};
-use serde::Deserialize;
+use galley_model::batch::{self, InferConfig};
+use galley_model::{LoadedModel, generate};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -37,57 +37,8 @@ pub struct InferArgs {
     engine: crate::engine_args::EngineArgs,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct InferConfig {
-    pub(crate) model: Option<String>,
-    /// Run every matmul in f32 (dequantize GGUF blocks at load): slower, closest to the
-    /// checkpoint's own numbers.
-    #[serde(default)]
-    pub(crate) dequantize: bool,
-    /// A system message put before every conversation that has none.
-    #[serde(default)]
-    pub(crate) system: Option<String>,
-    #[serde(default)]
-    pub(crate) sampling: SamplingParams,
-    /// Conversations generated together in batch mode.
-    #[serde(default = "default_batch")]
-    pub(crate) batch_size: usize,
-}
-
-fn default_batch() -> usize {
-    8
-}
-
-/// `temperature=0` is short for `sampling.temperature=0`, and so on for every sampling key.
-fn expand(key: &str) -> Option<String> {
-    matches!(
-        key,
-        "temperature"
-            | "top_k"
-            | "top_p"
-            | "min_p"
-            | "repetition_penalty"
-            | "seed"
-            | "max_tokens"
-            | "stop"
-    )
-    .then(|| format!("sampling.{key}"))
-}
-
-fn load_config(path: Option<&Path>, sets: &[String]) -> Result<InferConfig> {
-    let cfg: InferConfig = galley_core::config::load(path, sets, &expand)?;
-    cfg.sampling
-        .validate()
-        .map_err(|e| anyhow::anyhow!("sampling: {e}"))?;
-    if cfg.batch_size == 0 {
-        bail!("key `batch_size`: must be at least 1");
-    }
-    Ok(cfg)
-}
-
 pub fn run(args: InferArgs) -> Result<()> {
-    let mut cfg = load_config(args.config.as_deref(), &args.set)?;
+    let mut cfg = InferConfig::load(args.config.as_deref(), &args.set)?;
     if let Some(m) = args.model {
         cfg.model = Some(m);
     }

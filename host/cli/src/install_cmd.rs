@@ -6,11 +6,9 @@
 //! records which, and each package is only ever re-resolved against its own.
 
 use anyhow::{Result, bail};
-use galley_registry::{Component, FileState, Installed, PackageName, Project, TrustStore};
+use galley_hosting::project::{Policy, with_project};
+use galley_registry::{FileState, Installed, PackageName};
 use std::path::PathBuf;
-
-/// The largest component galley installs.
-const MAX_BLOB: u64 = 256 << 20;
 
 /// Where a project keeps its plugins and its lockfile.
 #[derive(clap::Args)]
@@ -61,73 +59,24 @@ pub struct RemoveArgs {
     project: ProjectArgs,
 }
 
-/// The registry's neutral description of a component, read by the runtime.
-pub fn describe(bytes: &[u8], origin: &str) -> std::result::Result<Component, String> {
-    let info = galley_runtime::inspect(bytes, origin).map_err(|e| e.to_string())?;
-    let m = info
-        .manifest
-        .ok_or("no galley manifest; build it with `galley plugin build`")?;
-    let (kind, wit) = info
-        .plugin_export
-        .ok_or("exports no galley plugin interface")?;
-    Ok(Component {
-        namespace: m.namespace,
-        name: m.name,
-        version: m.version,
-        kind,
-        wit,
-        description: m.description,
-        dependencies: m.dependencies,
-        read_dirs: m.capabilities.read_dirs,
-        digest: info.digest,
-        size: info.size as u64,
-        imports: info.imports,
-        exports: info.exports,
-    })
-}
-
-/// Reads a component's embedded manifest for the installer's last check.
-fn manifest_check(bytes: &[u8]) -> std::result::Result<(String, semver::Version), String> {
-    let info = galley_runtime::inspect(bytes, "blob").map_err(|e| e.to_string())?;
-    let m = info.manifest.ok_or("no galley manifest")?;
-    Ok((m.full_name(), m.version))
-}
-
-/// What a command allows beyond the default policy.
-#[derive(Default)]
-struct Allow {
-    unsigned: bool,
-    signer_change: bool,
-}
-
-impl From<&FetchArgs> for Allow {
-    fn from(f: &FetchArgs) -> Self {
-        Self {
-            unsigned: f.allow_unsigned,
-            signer_change: f.allow_signer_change,
+impl FetchArgs {
+    fn policy(&self) -> Policy {
+        Policy {
+            allow_unsigned: self.allow_unsigned,
+            allow_signer_change: self.allow_signer_change,
+            ..self.project.policy()
         }
     }
 }
 
-fn with_project<T>(
-    a: &ProjectArgs,
-    allow: Allow,
-    f: impl FnOnce(&Project<'_>) -> Result<T>,
-) -> Result<T> {
-    let trust = TrustStore::for_user()?;
-    let project = Project {
-        into: a.into.clone(),
-        lock: a.lock.clone(),
-        trust: &trust,
-        cache: galley_core::dirs::blobs_dir(),
-        allow_unsigned: allow.unsigned,
-        allow_signer_change: allow.signer_change,
-        max_blob: MAX_BLOB,
-        wit_supported: &galley_runtime::wit_supported,
-        describe: &describe,
-        manifest_check: &manifest_check,
-    };
-    f(&project)
+impl ProjectArgs {
+    fn policy(&self) -> Policy {
+        Policy {
+            into: self.into.clone(),
+            lock: self.lock.clone(),
+            ..Policy::default()
+        }
+    }
 }
 
 /// The signer column: `signed by KEY` or `UNSIGNED`.
@@ -149,14 +98,11 @@ fn print_installed(installed: &[Installed]) {
 
 pub fn install(a: InstallArgs) -> Result<()> {
     let f = &a.fetch;
-    with_project(&f.project, f.into(), |p| {
-        let label = crate::registry_label(&f.registry);
+    let reg = crate::registries();
+    with_project(&f.policy(), |p| {
+        let label = reg.label(f.registry.as_deref());
         let installed = if a.reqs.is_empty() {
-            let open = |l: &str| {
-                crate::open_label(l).map_err(|e| {
-                    galley_registry::RegistryError::BadReference(format!("registry `{l}`: {e:#}"))
-                })
-            };
+            let open = |l: &str| reg.open_label(l);
             let open: Option<&dyn Fn(&str) -> _> = (!a.offline).then_some(&open as _);
             p.install_locked(open, &label)?
         } else {
@@ -166,28 +112,10 @@ pub fn install(a: InstallArgs) -> Result<()> {
                     f.project.lock.display()
                 );
             }
-            p.install(&a.reqs, &crate::open_label(&label)?, &label)?
+            p.install(&a.reqs, &reg.open_label(&label)?, &label)?
         };
         print_installed(&installed);
         Ok(())
-    })
-}
-
-/// Installs exactly what the project's galley.lock pins, each package from its own registry
-/// (a replay fetching the plugins its run used); returns what was installed.
-pub fn install_project_lock() -> Result<Vec<Installed>> {
-    let project = ProjectArgs {
-        into: PathBuf::from(galley_registry::DEFAULT_INSTALL_DIR),
-        lock: PathBuf::from(galley_registry::DEFAULT_LOCKFILE),
-    };
-    with_project(&project, Allow::default(), |p| {
-        let open = |l: &str| {
-            crate::open_label(l).map_err(|e| {
-                galley_registry::RegistryError::BadReference(format!("registry `{l}`: {e:#}"))
-            })
-        };
-        let label = crate::registry_label(&None);
-        Ok(p.install_locked(Some(&open), &label)?)
     })
 }
 
@@ -201,13 +129,10 @@ fn parse_names(names: &[String]) -> Result<Vec<PackageName>> {
 pub fn update(a: UpdateArgs) -> Result<()> {
     let names = parse_names(&a.names)?;
     let f = &a.fetch;
-    with_project(&f.project, f.into(), |p| {
-        let open = |l: &str| {
-            crate::open_label(l).map_err(|e| {
-                galley_registry::RegistryError::BadReference(format!("registry `{l}`: {e:#}"))
-            })
-        };
-        let changes = p.update(&names, &open, &crate::registry_label(&f.registry))?;
+    let reg = crate::registries();
+    with_project(&f.policy(), |p| {
+        let open = |l: &str| reg.open_label(l);
+        let changes = p.update(&names, &open, &reg.label(f.registry.as_deref()))?;
         for c in &changes {
             let v = |v: &Option<semver::Version>, none: &str| {
                 v.as_ref().map_or(none.to_string(), ToString::to_string)
@@ -228,7 +153,7 @@ pub fn update(a: UpdateArgs) -> Result<()> {
 
 /// `galley plugin list`: what galley.lock pins, and whether each file is in place and intact.
 pub fn list(a: ProjectArgs) -> Result<()> {
-    with_project(&a, Allow::default(), |p| {
+    with_project(&a.policy(), |p| {
         let Some(entries) = p.list()? else {
             println!("no {}: nothing installed here", a.lock.display());
             return Ok(());
@@ -253,7 +178,7 @@ pub fn list(a: ProjectArgs) -> Result<()> {
 /// `galley plugin remove`: drops packages from galley.lock and the plugin folder.
 pub fn remove(a: RemoveArgs) -> Result<()> {
     let names = parse_names(&a.names)?;
-    with_project(&a.project, Allow::default(), |p| {
+    with_project(&a.project.policy(), |p| {
         p.remove(&names)?;
         for n in &names {
             println!("removed {n}");

@@ -2,7 +2,7 @@
 //! the SkyPilot task or Slurm script; this module submits it with `sky launch` or `sbatch`
 //! unless `--emit` only writes it.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use galley_launch::{Job, Target, pin_lock, sha256_file};
 use std::path::PathBuf;
 
@@ -88,55 +88,13 @@ pub fn run(a: LaunchArgs) -> Result<()> {
         account: a.account.clone(),
         workdir,
     };
-    let text = job.render(target)?;
-    if job.nodes * job.gpus_per_node.max(1) > 1 && job.args[0] != "train" {
-        eprintln!(
-            "note: only `galley train` (SFT, pre-training) runs data-parallel; `galley {}` refuses a world size above one",
-            job.args[0]
-        );
+    for note in job.notes(&a.lock) {
+        eprintln!("note: {note}");
     }
-    if job.lock.is_none() {
-        eprintln!("note: no {}: the job installs no plugins", a.lock.display());
-    }
-    let (ext, tool) = match target {
-        Target::Skypilot => ("yaml", "sky"),
-        Target::Slurm => ("sbatch", "sbatch"),
-    };
-    let file = match &a.emit {
-        Some(f) => f.clone(),
-        None => PathBuf::from(format!(".galley/launch/{}.{ext}", job.name)),
-    };
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
+    let file = job.write(target, a.emit.as_deref())?;
     println!("wrote {}", file.display());
-    if a.emit.is_some() {
-        return Ok(());
-    }
-    let mut cmd = std::process::Command::new(tool);
-    match target {
-        Target::Skypilot => cmd.args(["launch", "-y", "-c", &job.name]).arg(&file),
-        Target::Slurm => cmd.arg(&file),
-    };
-    let status = match cmd.status() {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "`{tool}` is not installed here; install {} or pass --emit FILE and submit {} yourself",
-            if tool == "sky" {
-                "SkyPilot"
-            } else {
-                "Slurm's client"
-            },
-            file.display()
-        ),
-        Err(e) => return Err(e).with_context(|| format!("running {tool}")),
-    };
-    if !status.success() {
-        bail!(
-            "`{tool}` failed ({status}); the job file is {}",
-            file.display()
-        );
+    if a.emit.is_none() {
+        job.submit(target, &file)?;
     }
     Ok(())
 }

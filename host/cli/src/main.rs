@@ -10,7 +10,6 @@ mod infer;
 mod install_cmd;
 mod judge;
 mod launch;
-mod plugins;
 mod registry_cmd;
 mod run_cmd;
 mod score;
@@ -25,29 +24,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// `--allow-http`, for every command that opens a registry.
 static ALLOW_HTTP: AtomicBool = AtomicBool::new(false);
 
-/// What galley.lock calls the registry a command uses: `--registry` (a name from
-/// `.galley/config.toml`, a folder or URL), else GALLEY_REGISTRY, else `builtin`.
-fn registry_label(spec: &Option<String>) -> String {
-    spec.clone()
-        .or_else(|| {
-            std::env::var("GALLEY_REGISTRY")
-                .ok()
-                .filter(|s| !s.is_empty())
-        })
-        .unwrap_or_else(|| galley_registry::BUILTIN.to_string())
-}
-
-/// Opens a registry label (see `registry_label`), resolving the project's named registries.
-fn open_label(label: &str) -> Result<galley_registry::Registry> {
-    let allow = ALLOW_HTTP.load(Ordering::Relaxed);
-    let path = std::path::Path::new(galley_registry::PROJECT_CONFIG);
-    let named = galley_registry::project_registries(path)?;
-    Ok(galley_registry::Registry::open_label(label, &named, allow)?)
-}
-
-/// The registry `spec` names (else GALLEY_REGISTRY, else the built-in one).
-fn open_registry(spec: &Option<String>) -> Result<galley_registry::Registry> {
-    open_label(&registry_label(spec))
+/// How this invocation opens registries (`--allow-http`).
+fn registries() -> galley_hosting::project::Registries {
+    galley_hosting::project::Registries {
+        allow_http: ALLOW_HTTP.load(Ordering::Relaxed),
+    }
 }
 
 #[derive(Parser)]

@@ -3,25 +3,10 @@
 //! (packages, signing, registries); this module reads keys from galley's config folder
 //! (`galley_core::dirs`), wires in the runtime's view of components, and prints.
 
-use crate::install_cmd::describe;
 use anyhow::{Context, Result, bail};
-use galley_registry::{
-    KeyPair, OciClient, OciRef, Package, PackageName, RegistryError, Release, Scope, ServerConfig,
-    TrustStore,
-};
+use galley_hosting::project::{key_path, token};
+use galley_registry::{KeyPair, Package, Release, Scope, ServerConfig, TrustStore};
 use std::path::{Path, PathBuf};
-
-fn key_path(id: &str) -> PathBuf {
-    galley_core::dirs::keys_dir().join(format!("{id}.key"))
-}
-
-fn token() -> std::result::Result<String, RegistryError> {
-    std::env::var("GALLEY_REGISTRY_TOKEN").map_err(|_| {
-        RegistryError::BadReference(
-            "publishing to a server needs a token: set GALLEY_REGISTRY_TOKEN".into(),
-        )
-    })
-}
 
 #[derive(clap::Args)]
 pub struct KeygenArgs {
@@ -140,25 +125,14 @@ pub fn trust(a: TrustArgs) -> Result<()> {
     Ok(())
 }
 
-/// A signing key given as a key id from `galley plugin keygen` or as a key file.
-fn load_key(k: &str) -> Result<KeyPair> {
-    let path = if Path::new(k).exists() {
-        PathBuf::from(k)
-    } else {
-        key_path(k)
-    };
-    KeyPair::load(&path).with_context(|| format!("signing key `{k}`"))
-}
-
 /// The package of a built component, signed with `key` (a key id or a key file) if given.
 fn package(file: &Path, namespace: Option<&str>, key: Option<&str>) -> Result<Package> {
-    let mut p = Package::from_file(file, namespace, &describe)?;
-    match key {
-        Some(k) => p.sign(&load_key(k)?),
-        None => eprintln!(
+    let p = galley_hosting::project::package(file, namespace, key)?;
+    if key.is_none() {
+        eprintln!(
             "warning: {}@{} is unsigned (pass --key ID to sign); installers refuse it by default",
             p.release.name, p.release.version
-        ),
+        );
     }
     Ok(p)
 }
@@ -195,39 +169,20 @@ pub fn publish(a: PublishArgs) -> Result<()> {
                 a.file.display()
             );
         }
-        Package::load_packed(&a.file, &describe)?
+        galley_hosting::project::load_packed(&a.file)?
     } else {
         package(&a.file, a.namespace.as_deref(), a.key.as_deref())?
     };
     let r = &p.release;
     if let Some(oci) = a.oci.as_deref() {
-        let mut reference = OciRef::parse(oci)?;
-        if !oci
-            .rsplit('/')
-            .next()
-            .is_some_and(|last| last.contains(':'))
-        {
-            // No tag given: tag with the version, as wkg does.
-            reference.tag = Some(r.version.to_string());
-        }
-        let c = &p.component;
-        let digest = OciClient::new(&reference)?.push(
-            &reference,
-            r,
-            &p.blob,
-            &c.exports,
-            &c.imports,
-            &c.description,
-        )?;
-        println!(
-            "pushed {}@{} to {reference} (manifest {digest}){}",
-            r.name,
-            r.version,
-            signed_by(r)
-        );
+        let (reference, digest) = galley_hosting::project::push_oci(&p, oci)?;
+        let (name, version, by) = (&r.name, &r.version, signed_by(r));
+        println!("pushed {name}@{version} to {reference} (manifest {digest}){by}");
         return Ok(());
     }
-    crate::open_registry(&a.registry)?.publish(r, &p.blob, token)?;
+    crate::registries()
+        .open(a.registry.as_deref())?
+        .publish(r, &p.blob, token)?;
     println!(
         "published {}@{} ({} bytes, {}){}",
         r.name,
@@ -240,36 +195,20 @@ pub fn publish(a: PublishArgs) -> Result<()> {
 }
 
 pub fn search(a: SearchArgs) -> Result<()> {
-    for (name, kind, live) in crate::open_registry(&a.registry)?.search(&a.term)? {
+    for (name, kind, live) in crate::registries()
+        .open(a.registry.as_deref())?
+        .search(&a.term)?
+    {
         println!("{name:<32} {kind:<12} {}", live.join(", "));
     }
     Ok(())
 }
 
 pub fn yank(a: YankArgs) -> Result<()> {
-    let (spec, undo) = (&a.spec, a.undo);
-    let reg = crate::open_registry(&a.registry)?;
-    reg.check_writable()?;
-    let (name, version) = spec
-        .split_once('@')
-        .with_context(|| format!("`{spec}`: expected NAMESPACE/NAME@VERSION"))?;
-    let name = PackageName::parse(name)?;
-    let version =
-        semver::Version::parse(version).with_context(|| format!("`{spec}`: bad version"))?;
-    let signer = reg.release(&name, &version)?.key;
-    let key = match (a.key.as_deref(), &signer) {
-        (Some(k), _) => Some(load_key(k)?),
-        (None, Some(id)) if key_path(id).exists() => Some(load_key(id)?),
-        (None, Some(id)) => bail!(
-            "{name}@{version} is signed by key {id}, which is not among yours; installers ignore a yank that key did not sign: pass --key with its key file"
-        ),
-        (None, None) => None,
-    };
-    reg.set_yanked(&name, &version, !undo, key.as_ref(), token)?;
-    println!(
-        "{} {name}@{version}",
-        if undo { "unyanked" } else { "yanked" }
-    );
+    let reg = crate::registries().open(a.registry.as_deref())?;
+    let (name, version) = galley_hosting::project::yank(&reg, &a.spec, a.key.as_deref(), a.undo)?;
+    let done = if a.undo { "unyanked" } else { "yanked" };
+    println!("{done} {name}@{version}");
     Ok(())
 }
 

@@ -117,6 +117,9 @@ pub enum JudgeError {
     Template(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A judge input file or row is wrong (names the file and item).
+    #[error("{0}")]
+    Input(String),
 }
 
 fn template_err(e: minijinja::Error) -> JudgeError {

@@ -12,6 +12,7 @@ pub mod evaluate;
 mod grade;
 mod groups;
 pub mod judge;
+pub mod judge_file;
 pub mod metrics;
 mod prompt;
 pub mod pyrandom;

@@ -184,3 +184,60 @@ pub fn write_outputs(
     }
     f.flush().map_err(|e| io(&path, e))
 }
+
+impl EvalSettings {
+    /// The engine these settings evaluate: with a server (`flags.base_url`), its model
+    /// `model_id` (an adapter is then the server's to serve, as a model id); else the model
+    /// galley loads, with the adapter over it in memory and the engine settings.
+    pub fn engine_spec(
+        &self,
+        flags: galley_core::EngineSpec,
+        model_id: Option<String>,
+    ) -> Result<galley_core::EngineSpec, EvalError> {
+        let bad = |m: &str| EvalError::Unknown(m.to_string());
+        if flags.base_url.is_some() {
+            let id = model_id
+                .ok_or_else(|| bad("--base-url needs --model-id (the server's model id)"))?;
+            if self.adapter.is_some() {
+                return Err(bad(
+                    "--adapter applies to a model galley loads; a server serves adapters as model ids (--model-id)",
+                ));
+            }
+            return Ok(galley_core::EngineSpec {
+                model: Some(id),
+                ..flags
+            });
+        }
+        let model = self
+            .model
+            .clone()
+            .ok_or_else(|| bad("no model: pass --model PATH (or `model:` in the settings file)"))?;
+        Ok(galley_core::EngineSpec {
+            model: Some(model),
+            adapters: self.adapter.iter().cloned().collect(),
+            dequantize: self.dequantize,
+            batch_tokens: Some(self.batch_tokens),
+            max_length: self.max_length,
+            ..flags
+        })
+    }
+
+    /// results.json's `model`: a server's API and model id, or the loaded model's path and
+    /// digest with its adapter's (`record` is what the engine opener recorded).
+    pub fn model_record(
+        &self,
+        spec: &galley_core::EngineSpec,
+        record: &serde_json::Value,
+    ) -> serde_json::Value {
+        if spec.is_remote() {
+            return serde_json::json!({"base_url": spec.base_url, "id": spec.model, "engine": spec.engine});
+        }
+        serde_json::json!({
+            "path": record["path"],
+            "digest": record["digest"],
+            "adapter": self.adapter.as_ref().map(|a| a.display().to_string()),
+            "adapter_digest": record["adapter_digests"].get(0),
+            "dequantize": self.dequantize,
+        })
+    }
+}

@@ -4,8 +4,8 @@
 //! `MASTER_PORT`, one GPU per process through `CUDA_VISIBLE_DEVICES`). Every node checks the
 //! galley binary's SHA-256 and the project's `galley.lock` before it runs anything, then
 //! installs exactly the plugins the lock pins (each verified by digest), so every rank runs
-//! byte-identical code. This crate only writes text; submitting it (`sky launch`, `sbatch`)
-//! is the CLI's.
+//! byte-identical code. `write` puts the job file in place and `submit` hands it to the
+//! scheduler's own client (`sky launch`, `sbatch`); galley schedules nothing itself.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -17,6 +17,9 @@ pub enum LaunchError {
     Invalid { key: &'static str, msg: String },
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
+    /// The scheduler's client is missing or refused the job (names the job file).
+    #[error("{0}")]
+    Submit(String),
 }
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> LaunchError {
@@ -367,5 +370,81 @@ impl Job {
             );
         }
         Ok(s)
+    }
+}
+
+impl Target {
+    /// The job file's extension and the client that submits it.
+    fn tool(self) -> (&'static str, &'static str) {
+        match self {
+            Target::Skypilot => ("yaml", "sky"),
+            Target::Slurm => ("sbatch", "sbatch"),
+        }
+    }
+}
+
+impl Job {
+    /// Renders the job for `target` into `file` (default `.galley/launch/NAME.EXT`).
+    pub fn write(&self, target: Target, file: Option<&Path>) -> Result<PathBuf> {
+        let text = self.render(target)?;
+        let file = match file {
+            Some(f) => f.to_path_buf(),
+            None => PathBuf::from(format!(".galley/launch/{}.{}", self.name, target.tool().0)),
+        };
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        }
+        std::fs::write(&file, text).map_err(|e| file_err(&file, e))?;
+        Ok(file)
+    }
+
+    /// What a user should know before the job runs (a command that refuses several ranks,
+    /// a job with no plugins).
+    pub fn notes(&self, lock: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.nodes * self.gpus_per_node.max(1) > 1 && self.args[0] != "train" {
+            out.push(format!(
+                "only `galley train` (SFT, pre-training) runs data-parallel; `galley {}` refuses a world size above one",
+                self.args[0]
+            ));
+        }
+        if self.lock.is_none() {
+            out.push(format!(
+                "no {}: the job installs no plugins",
+                lock.display()
+            ));
+        }
+        out
+    }
+
+    /// Submits the written job `file` with `sky launch` or `sbatch`.
+    pub fn submit(&self, target: Target, file: &Path) -> Result<()> {
+        let tool = target.tool().1;
+        let mut cmd = std::process::Command::new(tool);
+        match target {
+            Target::Skypilot => cmd.args(["launch", "-y", "-c", &self.name]).arg(file),
+            Target::Slurm => cmd.arg(file),
+        };
+        let status = match cmd.status() {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let what = match target {
+                    Target::Skypilot => "SkyPilot",
+                    Target::Slurm => "Slurm's client",
+                };
+                return Err(LaunchError::Submit(format!(
+                    "`{tool}` is not installed here; install {what} or pass --emit FILE and submit {} yourself",
+                    file.display()
+                )));
+            }
+            Err(e) => return Err(LaunchError::Submit(format!("running {tool}: {e}"))),
+        };
+        if !status.success() {
+            return Err(LaunchError::Submit(format!(
+                "`{tool}` failed ({status}); the job file is {}",
+                file.display()
+            )));
+        }
+        Ok(())
     }
 }

@@ -123,3 +123,89 @@ mod tests {
         assert!(e.starts_with("in.jsonl:1:"), "{e}");
     }
 }
+
+/// `galley infer`'s settings (a YAML file with `--set` overrides): the model, sampling, a
+/// system message and the batch size.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferConfig {
+    pub model: Option<String>,
+    /// Run every matmul in f32 (dequantize GGUF blocks at load): slower, closest to the
+    /// checkpoint's own numbers.
+    #[serde(default)]
+    pub dequantize: bool,
+    /// A system message put before every conversation that has none.
+    #[serde(default)]
+    pub system: Option<String>,
+    #[serde(default)]
+    pub sampling: SamplingParams,
+    /// Conversations generated together in batch mode.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_batch() -> usize {
+    8
+}
+
+/// `temperature=0` is short for `sampling.temperature=0`, and so on for every sampling key.
+fn expand(key: &str) -> Option<String> {
+    matches!(
+        key,
+        "temperature"
+            | "top_k"
+            | "top_p"
+            | "min_p"
+            | "repetition_penalty"
+            | "seed"
+            | "max_tokens"
+            | "stop"
+    )
+    .then(|| format!("sampling.{key}"))
+}
+
+impl InferConfig {
+    /// Reads the settings (none: every default) with `KEY=VALUE` overrides on top.
+    pub fn load(path: Option<&std::path::Path>, sets: &[String]) -> Result<Self> {
+        let cfg: InferConfig = galley_core::config::load(path, sets, &expand)
+            .map_err(|e| ModelError::Invalid(e.to_string()))?;
+        cfg.sampling
+            .validate()
+            .map_err(|e| ModelError::Invalid(format!("sampling: {e}")))?;
+        if cfg.batch_size == 0 {
+            return Err(ModelError::Invalid(
+                "key `batch_size`: must be at least 1".into(),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// What a remote engine cannot honour: it takes temperature, max_tokens, stop and seed
+    /// only, and serves its own weights; refuse rather than ignore the rest silently.
+    pub fn check_remote(&self) -> Result<()> {
+        let d = SamplingParams::default();
+        let s = &self.sampling;
+        for (key, differs) in [
+            ("top_k", s.top_k != d.top_k),
+            ("top_p", s.top_p != d.top_p),
+            ("min_p", s.min_p != d.min_p),
+            (
+                "repetition_penalty",
+                s.repetition_penalty != d.repetition_penalty,
+            ),
+            ("stop_token_ids", s.stop_token_ids != d.stop_token_ids),
+        ] {
+            if differs {
+                return Err(ModelError::Invalid(format!(
+                    "sampling.{key}: a remote engine takes temperature, max_tokens, stop and seed only"
+                )));
+            }
+        }
+        if self.dequantize {
+            return Err(ModelError::Invalid(
+                "dequantize: applies to a model galley loads, not to a server's".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -9,6 +9,7 @@ pub mod build;
 pub mod cplugin;
 pub mod embedded;
 mod error;
+pub mod inspect;
 pub mod new;
 pub mod toolchains;
 

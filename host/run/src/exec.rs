@@ -282,18 +282,8 @@ impl Runner<'_> {
             .train_plugins(&cfg, &st.name)
             .map_err(|e| RunError::stage(&st.name, e))?;
         ctl.overhead += t.elapsed().as_secs_f64();
-        let sources = galley_train::Sources {
-            train: plugins.train.as_deref_mut().map(|s| s as _),
-            validation: plugins.validation.as_deref_mut().map(|s| s as _),
-            mixture: plugins
-                .mixture
-                .iter_mut()
-                .map(|m| m.as_deref_mut().map(|s| s as _))
-                .collect(),
-            rewards: std::mem::take(&mut plugins.rewards),
-            // A recipe's stages run in one process (a job of several is refused).
-            group: None,
-        };
+        // A recipe's stages run in one process (a job of several is refused).
+        let sources = plugins.sources(None);
         let mut obs = StageObserver {
             runner_events: &mut *self.events,
             recipes: &mut self.recipes,

@@ -13,11 +13,13 @@ mod exec;
 pub mod manifest;
 pub mod plan;
 pub mod report;
+pub mod start;
 
 pub use config::RunConfig;
 pub use exec::{Events, Outcome, Runner, Status};
 pub use manifest::{Manifest, PluginRecord, StageRecord};
 pub use plan::{Plan, PlannedStage, RecipePlan};
+pub use start::{Planned, plan_run};
 
 use galley_core::{DataSource, Recipe, RewardFn};
 use galley_train::TrainConfig;
@@ -68,6 +70,26 @@ pub struct TrainPlugins {
     /// One per `data.mixture` entry (none for a file).
     pub mixture: Vec<Option<Box<dyn DataSource>>>,
     pub rewards: Vec<Box<dyn RewardFn>>,
+}
+
+impl TrainPlugins {
+    /// The trainer's view of these plugins (rewards handed over), as a member of `group`.
+    pub fn sources(
+        &mut self,
+        group: Option<Box<dyn galley_train::dist::Collective>>,
+    ) -> galley_train::Sources<'_> {
+        galley_train::Sources {
+            train: self.train.as_deref_mut().map(|s| s as _),
+            validation: self.validation.as_deref_mut().map(|s| s as _),
+            mixture: self
+                .mixture
+                .iter_mut()
+                .map(|m| m.as_deref_mut().map(|s| s as _))
+                .collect(),
+            rewards: std::mem::take(&mut self.rewards),
+            group,
+        }
+    }
 }
 
 /// How the run reaches plugins: the binary, which alone knows the runtime and registry,

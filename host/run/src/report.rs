@@ -114,3 +114,42 @@ pub fn scores_table(stages: &[StageRecord]) -> String {
     }
     out
 }
+
+/// The line a finished stage gets: its status, time, steps and headline metrics.
+pub fn stage_line(rec: &StageRecord) -> String {
+    let shown: Vec<String> = headline(rec)
+        .into_iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect();
+    let steps = rec
+        .steps
+        .map(|s| format!(", {s} steps"))
+        .unwrap_or_default();
+    let metrics = match shown.is_empty() {
+        true => String::new(),
+        false => format!(": {}", shown.join(", ")),
+    };
+    format!(
+        "      {} in {:.1} s{steps}{metrics}",
+        rec.status, rec.seconds
+    )
+}
+
+/// A finished run's summary: status and folder, each stage's outputs, the scores table and
+/// the orchestration overhead.
+pub fn run_summary(m: &crate::Manifest, run_dir: &std::path::Path) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let dir = run_dir.display();
+    let _ = writeln!(t, "{} in {:.1} s; run folder {dir}", m.status, m.seconds);
+    for s in &m.stages {
+        for (k, path) in &s.outputs {
+            let _ = writeln!(t, "  {:<16} {k:<8} {}", s.name, path.display());
+        }
+    }
+    t.push_str(&scores_table(&m.stages));
+    let overhead = m.overhead_seconds();
+    let share = 100.0 * overhead / m.seconds.max(1e-9);
+    let _ = writeln!(t, "orchestration {overhead:.2} s ({share:.2}% of the run)");
+    t
+}

@@ -80,6 +80,47 @@ pub struct Summary {
     pub output: PathBuf,
 }
 
+impl Summary {
+    /// What `galley synth` ends with: what was generated and graded in `secs`, and where.
+    pub fn text(&self, secs: f64) -> String {
+        let mut t = String::new();
+        if self.resumed > 0 {
+            let (r, p) = (self.resumed, self.prompts);
+            t.push_str(&format!(
+                "resumed: {r} of {p} prompts were done by an earlier run\n"
+            ));
+        }
+        let dropped = match self.dropped {
+            0 => String::new(),
+            n => format!(" ({n} prompts gave none)"),
+        };
+        t.push_str(&format!(
+            "{} prompts, {} completions ({} tokens) in {secs:.1} s; {} ungraded; {} lines written{dropped}\n",
+            self.generated, self.completions, self.tokens, self.ungraded, self.written,
+        ));
+        let manifest = manifest_path(&self.output);
+        t.push_str(&format!(
+            "{}: {} lines (settings and digests in {})\n",
+            self.output.display(),
+            self.lines,
+            manifest.display()
+        ));
+        t
+    }
+}
+
+/// What a resumed file must share with its first run about an engine: digests, not paths or
+/// URLs (a moved model or a restarted server on another port is the same engine).
+pub fn engine_identity(record: &Value) -> Value {
+    let mut r = record.clone();
+    if let Some(o) = r.as_object_mut() {
+        for k in ["path", "adapters", "base_url"] {
+            o.remove(k);
+        }
+    }
+    r
+}
+
 /// The identity a resumed file must match: the settings that decide its content (not the
 /// output path, a server's URL or its connection limits), the data's digest, and provenance.
 fn identity(cfg: &SynthConfig, base: &Path, prov: &Provenance) -> Result<Value, SynthError> {

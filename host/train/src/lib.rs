@@ -30,6 +30,8 @@ pub mod optim;
 pub mod optim_cuda;
 pub mod plot;
 pub mod rewards;
+pub mod score;
+mod summary;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokenized;

@@ -2,9 +2,9 @@
 //! conversations, answered by the server's chat API (`Engine::chat`) with the same
 //! output rows as the native path. Replies arrive whole (no token stream through the trait).
 
-use super::InferConfig;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use galley_core::{ChatRequest, Engine, Message};
+use galley_model::batch::InferConfig;
 use galley_model::batch::Row;
 use std::io::Write;
 use std::path::Path;
@@ -17,29 +17,8 @@ pub(super) fn run(
     rows: Option<Vec<Row>>,
     output: Option<&Path>,
 ) -> Result<()> {
-    // The engine trait carries temperature, max_tokens, stop and seed; refuse what a remote
-    // engine would silently ignore.
-    let d = galley_model::SamplingParams::default();
+    cfg.check_remote()?;
     let s = &cfg.sampling;
-    for (key, differs) in [
-        ("top_k", s.top_k != d.top_k),
-        ("top_p", s.top_p != d.top_p),
-        ("min_p", s.min_p != d.min_p),
-        (
-            "repetition_penalty",
-            s.repetition_penalty != d.repetition_penalty,
-        ),
-        ("stop_token_ids", s.stop_token_ids != d.stop_token_ids),
-    ] {
-        if differs {
-            bail!(
-                "sampling.{key}: a remote engine takes temperature, max_tokens, stop and seed only"
-            );
-        }
-    }
-    if cfg.dequantize {
-        bail!("dequantize: applies to a model galley loads, not to a server's");
-    }
     let mut engine = galley_serve::engines::open(&spec, Path::new(""))
         .with_context(|| format!("engine {}", spec.engine))?
         .engine;

@@ -1,0 +1,248 @@
+//! `galley plugin call`: one plugin run by hand, the way an author tries it before a run —
+//! reward inputs scored, a loader's first examples read, predictions graded, a recipe's plan
+//! (and its decision on reported metrics). The inputs come from flags or a JSON-lines file;
+//! what comes back is data, for the binary to print.
+
+use crate::{At, HostingError, Result};
+use galley_core::{
+    DataSource, Decision, Evaluator, Example, Message, Metadata, Metric, PluginKind, Prediction,
+    Recipe, RewardFnExt, RewardInput, Stage, Value,
+};
+use galley_runtime::{Grants, InstanceOptions, Plugin};
+use std::path::Path;
+
+/// What to call a plugin with; which fields apply depends on its kind.
+#[derive(Debug, Default)]
+pub struct Inputs<'a> {
+    /// JSON lines or a JSON array of reward inputs or predictions (`-`: stdin).
+    pub file: Option<&'a Path>,
+    pub completion: Option<&'a str>,
+    pub prompt: Option<&'a str>,
+    pub prediction: Option<&'a str>,
+    pub references: &'a [String],
+    /// `KEY=VALUE` metadata columns (VALUE as JSON if it parses, else text).
+    pub meta: &'a [String],
+    /// Examples a data loader is asked for.
+    pub max: usize,
+    /// `NAME=VALUE` metrics a recipe is told after planning.
+    pub metrics: &'a [String],
+    /// The stage those metrics come from (default: the plan's first).
+    pub stage: &'a str,
+}
+
+/// What the plugin answered.
+#[derive(Debug)]
+pub enum Called {
+    /// A reward plugin: a score (or no opinion) per input.
+    Scores(Vec<Option<f64>>),
+    /// A data loader: its first examples.
+    Examples(Vec<Example>),
+    /// An evaluator: each prediction's grades (with its id), then the summary.
+    Grades {
+        ids: Vec<String>,
+        scores: Vec<Vec<Metric>>,
+        summary: Vec<Metric>,
+    },
+    /// A recipe: its stages, and its decision when metrics were reported.
+    Plan {
+        stages: Vec<Stage>,
+        decision: Option<Decision>,
+    },
+}
+
+/// `--meta KEY=VALUE` items as metadata.
+pub fn parse_meta(items: &[String]) -> Result<Metadata> {
+    let mut m = Metadata::new();
+    for item in items {
+        let (k, v) = split(item, "--meta", "KEY=VALUE")?;
+        let value = serde_json::from_str::<serde_json::Value>(v)
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::Text(v.to_string()));
+        m.insert(k.to_string(), value);
+    }
+    Ok(m)
+}
+
+/// `--allow-dir NAME=PATH` items as read-only grants.
+pub fn parse_grants(items: &[String]) -> Result<Grants> {
+    let mut g = Grants::default();
+    for item in items {
+        let (k, v) = split(item, "--allow-dir", "NAME=PATH")?;
+        g = g.allow_dir(k, v);
+    }
+    Ok(g)
+}
+
+fn split<'s>(item: &'s str, flag: &str, shape: &str) -> Result<(&'s str, &'s str)> {
+    item.split_once('=').ok_or_else(|| HostingError::At {
+        at: format!("{flag} `{item}`"),
+        message: format!("expected {shape}"),
+    })
+}
+
+/// Reads JSON lines (or one JSON array) of `T` from a file or `-` (stdin); `what` names a
+/// line in errors (`bad input line`).
+pub fn read_items<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Vec<T>> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin().lock()).at(|| "stdin".into())?
+    } else {
+        std::fs::read_to_string(path).at(|| format!("{}: cannot read", path.display()))?
+    };
+    galley_core::jsonl::parse(&text, &path.display().to_string(), what)
+        .map_err(|e| HostingError::Invalid(crate::chain(&e)))
+}
+
+/// A plugin's settings: a JSON object, or `@FILE` holding one.
+pub fn parse_config(text: &str) -> Result<serde_json::Value> {
+    let (text, origin) = match text.strip_prefix('@') {
+        Some(path) => (
+            std::fs::read_to_string(path).at(|| format!("--config: cannot read {path}"))?,
+            path.to_string(),
+        ),
+        None => (text.to_string(), "--config".to_string()),
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).at(|| format!("{origin}: not valid JSON"))?;
+    if !v.is_object() {
+        return Err(HostingError::At {
+            at: origin,
+            message: "settings must be a JSON object".into(),
+        });
+    }
+    Ok(v)
+}
+
+fn parse_metrics(items: &[String]) -> Result<Vec<Metric>> {
+    items
+        .iter()
+        .map(|m| {
+            let (k, v) = split(m, "--metric", "NAME=VALUE")?;
+            let v = v
+                .parse::<f64>()
+                .at(|| format!("--metric {m}: not a number"))?;
+            Ok(Metric::new(k, v))
+        })
+        .collect()
+}
+
+/// Calls `plugin` (started with `opts` and `config`) the way its kind is called in a run.
+pub fn call(
+    plugin: &Plugin,
+    config: &serde_json::Value,
+    opts: InstanceOptions,
+    inp: &Inputs<'_>,
+) -> Result<Called> {
+    let at = || plugin.id().to_string();
+    Ok(match plugin.kind() {
+        PluginKind::Reward => {
+            let inputs: Vec<RewardInput> = match (inp.file, inp.completion) {
+                (Some(p), _) => read_items(p, "input")?,
+                (None, Some(c)) => vec![RewardInput {
+                    prompt: inp
+                        .prompt
+                        .iter()
+                        .map(|p| Message::new("user", *p))
+                        .collect(),
+                    completion: c.to_string(),
+                    metadata: parse_meta(inp.meta)?,
+                }],
+                (None, None) => {
+                    return Err(HostingError::Invalid(format!(
+                        "{} is a reward plugin: give --completion TEXT (with --meta KEY=VALUE) or --input FILE",
+                        plugin.id()
+                    )));
+                }
+            };
+            let mut reward = plugin.reward(config, opts)?;
+            Called::Scores(reward.score_inputs(&inputs).at(at)?)
+        }
+        PluginKind::DataLoader => {
+            let mut loader = plugin.data_loader(config, opts)?;
+            let mut out = Vec::new();
+            while out.len() < inp.max {
+                let page = loader.next_page((inp.max - out.len()).min(64)).at(at)?;
+                if page.is_empty() {
+                    break;
+                }
+                out.extend(page);
+            }
+            Called::Examples(out)
+        }
+        PluginKind::Evaluator => {
+            let preds: Vec<Prediction> = match (inp.file, inp.prediction) {
+                (Some(p), _) => read_items(p, "input")?,
+                (None, Some(p)) => vec![Prediction {
+                    id: "0".into(),
+                    prediction: p.to_string(),
+                    references: inp.references.to_vec(),
+                    metadata: parse_meta(inp.meta)?,
+                }],
+                (None, None) => {
+                    return Err(HostingError::Invalid(format!(
+                        "{} is an evaluator: give --prediction TEXT --reference TEXT, or --input FILE",
+                        plugin.id()
+                    )));
+                }
+            };
+            let mut eval = plugin.evaluator(config, opts)?;
+            let scores = eval.score(&preds).at(at)?;
+            let summary = eval.aggregate(&scores).at(at)?;
+            Called::Grades {
+                ids: preds.into_iter().map(|p| p.id).collect(),
+                scores,
+                summary,
+            }
+        }
+        PluginKind::Recipe => {
+            let mut recipe = plugin.recipe(opts)?;
+            let stages = recipe.plan(config).at(at)?;
+            let mut decision = None;
+            if !inp.metrics.is_empty() {
+                let metrics = parse_metrics(inp.metrics)?;
+                let stage = match inp.stage {
+                    "" => stages.first().map(|s| s.name.clone()).unwrap_or_default(),
+                    s => s.to_string(),
+                };
+                decision = Some(recipe.on_metrics(&stage, 0, &metrics).at(at)?);
+            }
+            Called::Plan { stages, decision }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_flags_name_the_flag_and_the_item() {
+        let e = parse_meta(&["noequals".into()]).unwrap_err().to_string();
+        assert_eq!(e, "--meta `noequals`: expected KEY=VALUE");
+        let e = parse_grants(&["data".into()]).unwrap_err().to_string();
+        assert_eq!(e, "--allow-dir `data`: expected NAME=PATH");
+        let e = parse_metrics(&["acc=high".into()]).unwrap_err().to_string();
+        assert!(e.starts_with("--metric acc=high: not a number"), "{e}");
+    }
+
+    #[test]
+    fn meta_values_are_json_where_they_parse() {
+        let m = parse_meta(&["n=3".into(), "s=three".into(), "l=[1,2]".into()]).unwrap();
+        assert_eq!(m["n"], Value::from(serde_json::json!(3)));
+        assert_eq!(m["s"], Value::Text("three".into()));
+        assert_eq!(m["l"], Value::from(serde_json::json!([1, 2])));
+    }
+
+    #[test]
+    fn settings_must_be_an_object() {
+        assert!(parse_config("{\"a\": 1}").is_ok());
+        let e = parse_config("[1]").unwrap_err().to_string();
+        assert_eq!(e, "--config: settings must be a JSON object");
+        let e = parse_config("@/nonexistent/settings.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--config: cannot read /nonexistent/settings.json"),
+            "{e}"
+        );
+    }
+}
