@@ -13,7 +13,7 @@ pub mod run_host;
 pub mod sandbox;
 pub mod synth;
 
-pub use open::{OnLoad, Opener, load, no_record, open_rewards, open_source, open_train};
+pub use open::{OnLoad, Opener, no_record, open_rewards, open_source, open_train};
 pub use run_host::{RunHost, TaskPlugins};
 pub use sandbox::Sandbox;
 

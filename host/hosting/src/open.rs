@@ -49,21 +49,20 @@ impl Opener {
         Ok(self.runtime.get_or_init(|| rt))
     }
 
-    /// Finds and loads the component `spec` names; errors name the config key `KEY.plugin`.
+    /// Finds and loads the component `spec` names (an installed package only if its bytes
+    /// are the ones galley.lock pins); errors name the config key `KEY.plugin`.
     pub fn load(&self, spec: &str, key: &str) -> Result<Plugin> {
-        load(spec, key, &self.locator, self.runtime()?)
+        let found = self
+            .locator
+            .locate_pinned(spec)
+            .at(|| format!("{key}.plugin"))?;
+        let rt = self.runtime()?;
+        match &found.pinned {
+            Some(digest) => rt.load_pinned(&found.path, digest),
+            None => rt.load(&found.path),
+        }
+        .at(|| format!("{key}.plugin: {}", found.path.display()))
     }
-}
-
-/// Finds and loads the component `spec` names (an installed package only if its bytes are
-/// the ones galley.lock pins); errors name the config key `KEY.plugin`.
-pub fn load(spec: &str, key: &str, locator: &PluginLocator, rt: &Runtime) -> Result<Plugin> {
-    let found = locator.locate_pinned(spec).at(|| format!("{key}.plugin"))?;
-    match &found.pinned {
-        Some(digest) => rt.load_pinned(&found.path, digest),
-        None => rt.load(&found.path),
-    }
-    .at(|| format!("{key}.plugin: {}", found.path.display()))
 }
 
 /// Opens `specs` in order; `key` names the config list (e.g. `grpo.rewards`) for errors.

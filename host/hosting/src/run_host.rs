@@ -31,7 +31,7 @@ fn check_expected(expect: &Expected, spec: &str, p: &Plugin) -> Result<()> {
 
 /// What the manifest says of a plugin: its id, digest, file and — for an installed package —
 /// the signer galley.lock records.
-pub fn plugin_record(locator: &PluginLocator, spec: &str, p: &Plugin) -> Result<PluginRecord> {
+fn plugin_record(locator: &PluginLocator, spec: &str, p: &Plugin) -> Result<PluginRecord> {
     let signer = if spec.contains('/') && !spec.ends_with(".wasm") {
         galley_registry::Lockfile::load(&locator.lock)?
             .and_then(|l| l.plugins.into_iter().find(|e| e.name.to_string() == spec))

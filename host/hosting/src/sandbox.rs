@@ -26,17 +26,6 @@ pub struct Sandbox {
     pub no_cache: bool,
 }
 
-impl Default for Sandbox {
-    fn default() -> Self {
-        Self {
-            timeout_ms: 10_000,
-            memory_mb: 256,
-            seed: 0,
-            no_cache: false,
-        }
-    }
-}
-
 impl Sandbox {
     /// A runtime with galley's compiled-component cache (none with `no_cache`).
     pub fn runtime(&self) -> crate::Result<Runtime> {
