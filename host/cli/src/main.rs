@@ -4,7 +4,6 @@
 
 mod call;
 mod dev_cmd;
-mod engine_args;
 mod eval;
 mod infer;
 mod install_cmd;
@@ -15,10 +14,13 @@ mod run_cmd;
 mod score;
 mod serve;
 mod synth;
+mod term;
 mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use galley_hosting::flags as hf;
+use galley_plugin_dev::flags as df;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `--allow-http`, for every command that opens a registry.
@@ -71,9 +73,9 @@ enum Top {
     /// An LLM judges answers from a JSONL file: a score (or pass/fail) each, or pairwise preferences.
     Judge(judge::JudgeArgs),
     /// Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming, adapters).
-    Serve(serve::ServeArgs),
+    Serve(galley_serve::flags::ServeFlags),
     /// Write a SkyPilot task or Slurm script that runs a galley command on every GPU of a cluster, pinning this binary and galley.lock's plugins; submit it unless --emit.
-    Launch(launch::LaunchArgs),
+    Launch(galley_launch::flags::LaunchFlags),
     /// Synthesize data: completions from any engine for prompts from a dataset or a loader plugin, graded, written as SFT conversations or DPO pairs (resumable).
     Synth(synth::SynthArgs),
 }
@@ -81,40 +83,40 @@ enum Top {
 #[derive(Subcommand)]
 enum RegistryCmd {
     /// Serve a registry folder over HTTP: index and blobs with ETags, token-guarded publish and yank.
-    Serve(registry_cmd::ServeArgs),
+    Serve(hf::RegistryServeFlags),
 }
 
 #[derive(Subcommand)]
 enum PluginCmd {
     /// Build plugins (folders with galley.toml and a Cargo.toml, plugin.py or plugin.js) into components.
-    Build(dev_cmd::BuildArgs),
+    Build(df::BuildFlags),
     /// Scaffold a plugin: manifest, a working example, a test input and a README.
-    New(dev_cmd::NewArgs),
+    New(df::NewFlags),
     /// Write the C bindings of a plugin kind's world (for a C toolchain of your own).
-    Bindings(dev_cmd::BindingsArgs),
+    Bindings(df::BindingsFlags),
     /// Make an ed25519 publishing key (and trust it yourself); with --show, print an existing key's id and public key.
-    Keygen(registry_cmd::KeygenArgs),
+    Keygen(hf::KeygenFlags),
     /// Trust a publisher's key.
-    Trust(registry_cmd::TrustArgs),
+    Trust(hf::TrustFlags),
     /// Make a package from a built component: NAME-VERSION.wasm plus its signed release line
     /// (NAME-VERSION.release.json), ready for `galley plugin publish` from anywhere.
-    Pack(registry_cmd::PackArgs),
+    Pack(hf::PackFlags),
     /// Publish a built component (or a packed NAME-VERSION.release.json) to a registry.
-    Publish(registry_cmd::PublishArgs),
+    Publish(hf::PublishFlags),
     /// List a registry's packages (optionally those whose name contains TERM).
-    Search(registry_cmd::SearchArgs),
+    Search(hf::SearchFlags),
     /// Resolve, verify and install plugins (NAMESPACE/NAME[@REQ] or oci://HOST/REPO:TAG); with none, install galley.lock.
-    Install(install_cmd::InstallArgs),
+    Install(hf::InstallFlags),
     /// Move installed plugins (all, or those named) to the newest versions galley.lock's requirements allow.
-    Update(install_cmd::UpdateArgs),
+    Update(hf::UpdateFlags),
     /// List the plugins galley.lock pins and check their files.
-    List(install_cmd::ProjectArgs),
+    List(hf::ProjectFlags),
     /// Remove installed plugins (from galley.lock and the plugin folder).
-    Remove(install_cmd::RemoveArgs),
+    Remove(hf::RemoveFlags),
     /// Yank a version (new resolutions skip it; lockfiles still install it).
-    Yank(registry_cmd::YankArgs),
+    Yank(hf::YankFlags),
     /// Show a component's kind, WIT version, imports, capabilities, size and digest.
-    Inspect(dev_cmd::InspectArgs),
+    Inspect(df::InspectFlags),
     /// Run a plugin by hand: score completions, read a page of examples, grade predictions or plan a recipe.
     Call(call::CallArgs),
 }
@@ -176,5 +178,15 @@ fn run(cli: Cli) -> Result<()> {
         Top::Run(a) => run_cmd::run(a),
         Top::Plan(a) => run_cmd::plan(a),
         Top::Registry(RegistryCmd::Serve(a)) => registry_cmd::serve(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Flags come from several crates: clap checks here that no two share a name and that
+    /// every `requires` / `conflicts_with` names a flag of the same command.
+    #[test]
+    fn the_command_tree_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

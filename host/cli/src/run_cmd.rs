@@ -3,7 +3,7 @@
 //! locator, the sandbox, the lockfile's pins and signers), draws progress and prints; the
 //! planning, chaining, recipe decisions and the manifest are galley-run's.
 
-use crate::train::Bar;
+use crate::term::{self, Phases, Steps};
 use anyhow::{Context, Result, bail};
 use galley_hosting::{RunHost, Sandbox};
 use galley_run::manifest::Manifest;
@@ -75,14 +75,13 @@ pub fn plan(args: PlanArgs) -> Result<()> {
 /// Progress on the terminal: a line per stage, the trainer's bar, evaluation's bar.
 struct RunEvents {
     quiet: bool,
-    train: Bar,
-    bar: Option<indicatif::ProgressBar>,
-    what: String,
+    train: Steps,
+    phases: Phases,
 }
 
 impl Observer for RunEvents {
     fn start(&mut self, done: usize, total: usize) {
-        self.train = Bar::new(self.quiet);
+        self.train = Steps::new(self.quiet);
         self.train.start(done, total);
     }
     fn step(&mut self, m: &StepMetrics) {
@@ -98,59 +97,36 @@ impl Observer for RunEvents {
 
 impl Events for RunEvents {
     fn stage_kept(&mut self, index: usize, count: usize, rec: &StageRecord) {
-        if !self.quiet {
-            eprintln!(
-                "[{}/{count}] {} ({}) kept from the earlier attempt: {}",
-                index + 1,
-                rec.name,
-                rec.kind,
-                rec.status
-            );
-        }
+        let (i, name, kind, status) = (index + 1, &rec.name, &rec.kind, &rec.status);
+        self.say(format!(
+            "[{i}/{count}] {name} ({kind}) kept from the earlier attempt: {status}"
+        ));
     }
     fn stage_start(&mut self, index: usize, count: usize, st: &PlannedStage) {
-        if !self.quiet {
-            eprintln!("[{}/{count}] {} ({})", index + 1, st.name, st.kind);
-        }
+        self.say(format!("[{}/{count}] {} ({})", index + 1, st.name, st.kind));
     }
     fn progress(&mut self, what: &str, done: usize, total: usize) {
-        if self.quiet {
-            return;
+        if self.phases.bar.is_none() && !self.quiet {
+            let template = "{msg:>20} [{bar:30}] {pos}/{len} {per_sec} eta {eta}";
+            self.phases = Phases::new(Some(term::bar(total, template)));
         }
-        let b = self.bar.get_or_insert_with(|| {
-            let b = indicatif::ProgressBar::new(total as u64);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg:>20} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
-            );
-            b
-        });
-        if what != self.what {
-            b.reset();
-            b.set_length(total as u64);
-            b.set_message(what.to_string());
-            self.what = what.to_string();
-        }
-        b.set_position(done as u64);
+        self.phases.set(what, done, total);
     }
     fn stage_end(&mut self, rec: &StageRecord) {
-        if let Some(b) = self.train.bar.take() {
-            b.finish_and_clear();
-        }
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-        self.what.clear();
-        if self.quiet {
-            return;
-        }
-        eprintln!("{}", galley_run::report::stage_line(rec));
+        self.train.clear();
+        self.phases.clear();
+        self.say(galley_run::report::stage_line(rec));
     }
     fn warn(&mut self, message: &str) {
         tracing::warn!("{message}");
+    }
+}
+
+impl RunEvents {
+    fn say(&self, line: String) {
+        if !self.quiet {
+            eprintln!("{line}");
+        }
     }
 }
 
@@ -208,9 +184,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let mut events = RunEvents {
         quiet: args.json,
-        train: Bar::new(true),
-        bar: None,
-        what: String::new(),
+        train: Steps::new(true),
+        phases: Phases::default(),
     };
     let runner = galley_run::Runner {
         cfg: &p.cfg,

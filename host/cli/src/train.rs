@@ -7,8 +7,8 @@
 use anyhow::{Context, Result};
 use galley_hosting::{Opener, Sandbox, no_record, open_train};
 use galley_registry::PluginLocator;
-use galley_train::{EvalMetrics, Observer, StepMetrics, TrainConfig};
-use std::path::{Path, PathBuf};
+use galley_train::TrainConfig;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -30,66 +30,6 @@ pub struct TrainArgs {
     tokenize_only: bool,
     #[command(flatten)]
     sandbox: Sandbox,
-}
-
-pub(crate) struct Bar {
-    pub(crate) bar: Option<indicatif::ProgressBar>,
-    last_eval: Option<String>,
-}
-
-impl Bar {
-    /// A steps bar (none when `quiet`).
-    pub(crate) fn new(quiet: bool) -> Self {
-        let bar = (!quiet).then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
-                )
-                .expect("template"),
-            );
-            b
-        });
-        Self {
-            bar,
-            last_eval: None,
-        }
-    }
-}
-
-impl Observer for Bar {
-    fn start(&mut self, done: usize, total: usize) {
-        if let Some(b) = &self.bar {
-            b.set_length(total as u64);
-            b.set_position(done as u64);
-            b.reset_eta();
-        }
-    }
-    fn step(&mut self, m: &StepMetrics) {
-        if let Some(b) = &self.bar {
-            let eval = self.last_eval.as_deref().unwrap_or_default();
-            let head = match m.extra.get("reward") {
-                // GRPO: the reward is what moves; its loss hovers near zero by construction.
-                Some(r) => format!("reward {r:.3}"),
-                None => format!("loss {:.4}", m.loss),
-            };
-            b.set_message(format!(
-                "{head}{eval} lr {:.2e} {:.0} tok/s",
-                m.lr, m.tokens_per_s
-            ));
-            b.set_position(m.step as u64);
-        }
-    }
-    fn eval(&mut self, m: &EvalMetrics) {
-        self.last_eval = match (m.eval_loss, m.extra.get("eval_reward")) {
-            (Some(l), _) => Some(format!(" eval {l:.4}")),
-            (None, Some(r)) => Some(format!(" eval reward {r:.3}")),
-            (None, None) => None,
-        };
-    }
-    fn checkpoint(&mut self, path: &Path) {
-        tracing::info!("checkpoint {}", path.display());
-    }
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -120,12 +60,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let mut obs = Bar::new(args.json);
+    let mut obs = crate::term::Steps::new(args.json);
     let out = galley_train::run(&cfg, sources, args.resume, &mut obs)
         .with_context(|| format!("training into {}", cfg.training.output_dir.display()))?;
-    if let Some(b) = &obs.bar {
-        b.finish_and_clear();
-    }
+    obs.clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());

@@ -9,6 +9,8 @@
 pub mod builtin;
 pub mod docs;
 pub mod evaluate;
+#[cfg(feature = "clap")]
+pub mod flags;
 mod grade;
 mod groups;
 pub mod judge;

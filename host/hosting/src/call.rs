@@ -9,25 +9,41 @@ use galley_core::{
     Recipe, RewardFnExt, RewardInput, Stage, Value,
 };
 use galley_runtime::{Grants, InstanceOptions, Plugin};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// What to call a plugin with; which fields apply depends on its kind.
-#[derive(Debug, Default)]
-pub struct Inputs<'a> {
-    /// JSON lines or a JSON array of reward inputs or predictions (`-`: stdin).
-    pub file: Option<&'a Path>,
-    pub completion: Option<&'a str>,
-    pub prompt: Option<&'a str>,
-    pub prediction: Option<&'a str>,
-    pub references: &'a [String],
-    /// `KEY=VALUE` metadata columns (VALUE as JSON if it parses, else text).
-    pub meta: &'a [String],
-    /// Examples a data loader is asked for.
+/// What to call a plugin with; which fields apply depends on its kind. These are
+/// `galley plugin call`'s flags (behind the `clap` feature).
+#[derive(Debug, Default, Clone)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct Inputs {
+    /// Inputs as JSON lines or a JSON array: reward inputs ({prompt: text or messages, completion, metadata}) or
+    /// predictions ({prediction, references, metadata}). `-` reads stdin.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub input: Option<PathBuf>,
+    /// Reward: one completion to score.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub completion: Option<String>,
+    /// Reward: the user prompt the completion answers.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub prompt: Option<String>,
+    /// Evaluator: one prediction to grade (with --reference).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub prediction: Option<String>,
+    /// Evaluator: an acceptable answer (repeatable).
+    #[cfg_attr(feature = "clap", arg(long = "reference"))]
+    pub references: Vec<String>,
+    /// A metadata column, KEY=VALUE (VALUE as JSON if it parses, else text). Repeatable.
+    #[cfg_attr(feature = "clap", arg(long = "meta", value_name = "KEY=VALUE"))]
+    pub meta: Vec<String>,
+    /// Data loader: how many examples to read.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 5))]
     pub max: usize,
-    /// `NAME=VALUE` metrics a recipe is told after planning.
-    pub metrics: &'a [String],
-    /// The stage those metrics come from (default: the plan's first).
-    pub stage: &'a str,
+    /// Recipe: report these metrics (NAME=VALUE, repeatable) to `on-metrics` after planning.
+    #[cfg_attr(feature = "clap", arg(long = "metric", value_name = "NAME=VALUE"))]
+    pub metrics: Vec<String>,
+    /// Recipe: the stage the metrics come from.
+    #[cfg_attr(feature = "clap", arg(long, default_value = ""))]
+    pub stage: String,
 }
 
 /// What the plugin answered.
@@ -130,21 +146,21 @@ pub fn call(
     plugin: &Plugin,
     config: &serde_json::Value,
     opts: InstanceOptions,
-    inp: &Inputs<'_>,
+    inp: &Inputs,
 ) -> Result<Called> {
     let at = || plugin.id().to_string();
     Ok(match plugin.kind() {
         PluginKind::Reward => {
-            let inputs: Vec<RewardInput> = match (inp.file, inp.completion) {
+            let inputs: Vec<RewardInput> = match (&inp.input, &inp.completion) {
                 (Some(p), _) => read_items(p, "input")?,
                 (None, Some(c)) => vec![RewardInput {
                     prompt: inp
                         .prompt
                         .iter()
-                        .map(|p| Message::new("user", *p))
+                        .map(|p| Message::new("user", p.as_str()))
                         .collect(),
-                    completion: c.to_string(),
-                    metadata: parse_meta(inp.meta)?,
+                    completion: c.clone(),
+                    metadata: parse_meta(&inp.meta)?,
                 }],
                 (None, None) => {
                     return Err(HostingError::Invalid(format!(
@@ -169,13 +185,13 @@ pub fn call(
             Called::Examples(out)
         }
         PluginKind::Evaluator => {
-            let preds: Vec<Prediction> = match (inp.file, inp.prediction) {
+            let preds: Vec<Prediction> = match (&inp.input, &inp.prediction) {
                 (Some(p), _) => read_items(p, "input")?,
                 (None, Some(p)) => vec![Prediction {
                     id: "0".into(),
-                    prediction: p.to_string(),
-                    references: inp.references.to_vec(),
-                    metadata: parse_meta(inp.meta)?,
+                    prediction: p.clone(),
+                    references: inp.references.clone(),
+                    metadata: parse_meta(&inp.meta)?,
                 }],
                 (None, None) => {
                     return Err(HostingError::Invalid(format!(
@@ -198,8 +214,8 @@ pub fn call(
             let stages = recipe.plan(config).at(at)?;
             let mut decision = None;
             if !inp.metrics.is_empty() {
-                let metrics = parse_metrics(inp.metrics)?;
-                let stage = match inp.stage {
+                let metrics = parse_metrics(&inp.metrics)?;
+                let stage = match inp.stage.as_str() {
                     "" => stages.first().map(|s| s.name.clone()).unwrap_or_default(),
                     s => s.to_string(),
                 };
@@ -208,6 +224,77 @@ pub fn call(
             Called::Plan { stages, decision }
         }
     })
+}
+
+impl Called {
+    /// What `galley plugin call` prints: tab-separated lines, or JSON with `json` (scores,
+    /// grades and stages; examples are JSON lines either way).
+    pub fn render(&self, json: bool) -> Result<String> {
+        let metrics = |m: &[Metric]| {
+            let m: Vec<String> = m
+                .iter()
+                .map(|m| format!("{}={:.4}", m.name, m.value))
+                .collect();
+            m.join(" ")
+        };
+        let mut out = String::new();
+        let mut line = |l: String| {
+            out.push_str(&l);
+            out.push('\n');
+        };
+        match self {
+            Called::Scores(scores) if json => line(js(scores)?),
+            Called::Scores(scores) => {
+                for (i, s) in scores.iter().enumerate() {
+                    match s {
+                        Some(v) => line(format!("{i}\t{v}")),
+                        None => line(format!("{i}\tnone (no opinion)")),
+                    }
+                }
+            }
+            Called::Examples(examples) => {
+                for ex in examples {
+                    line(js(ex)?);
+                }
+            }
+            Called::Grades {
+                scores, summary, ..
+            } if json => line(js(
+                &serde_json::json!({"scores": scores, "summary": summary}),
+            )?),
+            Called::Grades {
+                ids,
+                scores,
+                summary,
+            } => {
+                for (id, s) in ids.iter().zip(scores) {
+                    line(format!("{id}\t{}", metrics(s)));
+                }
+                line(format!("summary\t{}", metrics(summary)));
+            }
+            Called::Plan { stages, decision } => {
+                if json {
+                    line(js(stages)?);
+                } else {
+                    for s in stages {
+                        line(format!("{}\t{}\t{}", s.name, s.kind, s.config));
+                    }
+                }
+                match decision {
+                    None => {}
+                    Some(Decision::Proceed) => line("decision\tproceed".into()),
+                    Some(Decision::NextStage) => line("decision\tnext-stage".into()),
+                    Some(Decision::Stop(why)) => line(format!("decision\tstop: {why}")),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// JSON text of plain data (string-keyed maps only, so this fails only on a broken type).
+fn js<T: serde::Serialize + ?Sized>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| HostingError::Invalid(e.to_string()))
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! accepted, which seed a plugin gets) lives in one tested place and not in argument parsing.
 
 pub mod call;
+#[cfg(feature = "clap")]
+pub mod flags;
 pub mod open;
 pub mod project;
 pub mod run_host;

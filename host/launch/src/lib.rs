@@ -7,6 +7,9 @@
 //! byte-identical code. `write` puts the job file in place and `submit` hands it to the
 //! scheduler's own client (`sky launch`, `sbatch`); galley schedules nothing itself.
 
+#[cfg(feature = "clap")]
+pub mod flags;
+
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -67,6 +70,7 @@ pub fn pin_lock(workdir: &Path, path: &Path) -> Result<Option<Lock>> {
 pub type Result<T> = std::result::Result<T, LaunchError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Target {
     Skypilot,
     Slurm,

@@ -101,6 +101,91 @@ pub fn generate_rows(
     Ok(())
 }
 
+/// Generates for every row and writes each row with its completion to `output` as JSON
+/// lines, in input order; `progress` hears the rows and tokens done after each batch.
+/// Returns the tokens generated.
+pub fn write_rows(
+    m: &LoadedModel,
+    cfg: &InferConfig,
+    rows: &[Row],
+    output: &std::path::Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<usize> {
+    use std::io::Write;
+    let at = |e: std::io::Error| ModelError::Invalid(format!("{}: {e}", output.display()));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(output).map_err(at)?);
+    let (mut done, mut generated) = (0, 0);
+    let system = cfg.system.as_deref();
+    generate_rows(
+        m,
+        rows,
+        system,
+        &cfg.sampling,
+        cfg.batch_size,
+        &mut |rows, completions| {
+            for (row, c) in rows.iter().zip(&completions) {
+                generated += c.tokens.len();
+                writeln!(out, "{}", output_row(row, c)).map_err(at)?;
+            }
+            done += rows.len();
+            progress(done, generated);
+            Ok(())
+        },
+    )?;
+    out.flush().map_err(at)?;
+    Ok(generated)
+}
+
+#[cfg(feature = "clap")]
+/// `galley infer`'s own flags (the binary adds the engine's), beside the settings they fill.
+#[derive(clap::Args, Debug)]
+pub struct InferFlags {
+    /// YAML settings (model, sampling, system, batch_size).
+    pub config: Option<std::path::PathBuf>,
+    /// The model: a .gguf file or an HF checkpoint folder (overrides `model`).
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Answer this one prompt and exit.
+    #[arg(long, short)]
+    pub prompt: Option<String>,
+    /// JSONL in: one {"messages": [...]} or {"prompt": "..."} per line (other keys are kept).
+    #[arg(long, short, requires = "output")]
+    pub input: Option<std::path::PathBuf>,
+    /// JSONL out: each input line plus completion, finish_reason and token counts.
+    #[arg(long, short)]
+    pub output: Option<std::path::PathBuf>,
+    /// Override a setting: `sampling.temperature=0`, `max_tokens=64` is `sampling.max_tokens=64`.
+    #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[cfg(feature = "clap")]
+impl InferFlags {
+    /// The settings file with `--set` over it and `--model` over both; and the model named.
+    pub fn settings(&self) -> Result<(InferConfig, String)> {
+        let mut cfg = InferConfig::load(self.config.as_deref(), &self.set)?;
+        if self.model.is_some() {
+            cfg.model.clone_from(&self.model);
+        }
+        let no_model = "no model: pass --model PATH (or `model:` in the settings file)";
+        let model = cfg
+            .model
+            .clone()
+            .ok_or_else(|| ModelError::Invalid(no_model.into()))?;
+        Ok((cfg, model))
+    }
+
+    /// The input rows, read and checked whole before any model loads (none without --input).
+    pub fn rows(&self) -> Result<Option<Vec<Row>>> {
+        let Some(input) = &self.input else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(input)
+            .map_err(|e| ModelError::Invalid(format!("{}: cannot read: {e}", input.display())))?;
+        read_rows(&text, &input.display().to_string()).map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

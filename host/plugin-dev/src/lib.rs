@@ -9,6 +9,8 @@ pub mod build;
 pub mod cplugin;
 pub mod embedded;
 mod error;
+#[cfg(feature = "clap")]
+pub mod flags;
 pub mod inspect;
 pub mod new;
 pub mod toolchains;

@@ -8,6 +8,8 @@ pub mod api;
 pub mod batcher;
 pub mod chat_apis;
 pub mod engines;
+#[cfg(feature = "clap")]
+pub mod flags;
 pub mod remote;
 
 pub use batcher::Limits;
