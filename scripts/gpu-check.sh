@@ -53,6 +53,6 @@ step() { # name, seconds, command...
     tail -n 40 "$out/$name.log"
 }
 step tests 180 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-tests --test-threads=1 --nocapture
-step train 150 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-train
+[ -n "${SKIP_TRAIN:-}" ] || step train 150 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-train
 [ -n "${SKIP_PEER:-}" ] || step peer 130 env PYTHONUNBUFFERED=1 python3 bench/gpu_train_peer.py
 step speed 80 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_SPEED_GPU_ONLY=1 /tmp/gpu-bin/speed

@@ -5,7 +5,9 @@
 //! 128 steps of 32 sequences decoding together (tokens/s counts all 32). On a GPU it is
 //! measured twice: with candle's per-allocation CUDA events (what `galley serve` runs, whose
 //! requests arrive on several threads) and single-stream (`galley_model::cuda::single_stream`,
-//! what training and GRPO rollouts run).
+//! what training and GRPO rollouts run), then through `decode::Decoder` (one CUDA graph per
+//! decode, replayed each step: what `generate` runs on a GPU), with and without reading each
+//! step's logits back to the host as generation's sampling does.
 //!
 //!     cargo run --release -p galley-model --example speed [--features cuda]
 
@@ -126,6 +128,40 @@ fn measure(dev: &Device, path: &std::path::Path) -> (f64, f64, f64) {
     (256.0 / pp, 128.0 / tg, 32.0 * 128.0 / tg32)
 }
 
+/// tg128 at batch 1 and 32 through `decode::Decoder`: on a GPU, one CUDA graph recorded at
+/// the first step (its recording timed with the rest) and replayed for the other 127. With
+/// `read`, every step's logits come back to the host and the next tokens are their argmax,
+/// as `generate` reads them for sampling; without, the steps queue up as the rows above do.
+#[cfg(feature = "cuda")]
+fn measure_graph(dev: &Device, path: &std::path::Path, read: bool) -> (f64, f64) {
+    let w = Weights::safetensors(vec![path.to_path_buf()]).unwrap();
+    let m = Llama::load(&w, config(), dev).unwrap();
+    let best = |rows: usize| {
+        let run = || {
+            let t = Instant::now();
+            let mut d = galley_model::decode::Decoder::new(&m, rows, 192).unwrap();
+            let mut ids: Vec<u32> = (0..rows as u32).map(|r| (r * 7919 + 13) % 49152).collect();
+            for step in 0..128u32 {
+                let logits = d.step(&ids).unwrap();
+                ids = if read {
+                    let rows = logits.to_vec2::<f32>().unwrap();
+                    let argmax = |r: &Vec<f32>| {
+                        (0..r.len()).fold(0, |b, i| if r[i] > r[b] { i } else { b }) as u32
+                    };
+                    rows.iter().map(argmax).collect()
+                } else {
+                    ids.iter().map(|t| (t + step + 1) % 49152).collect()
+                };
+            }
+            dev.synchronize().unwrap();
+            t.elapsed().as_secs_f64()
+        };
+        run();
+        (0..3).map(|_| run()).fold(f64::INFINITY, f64::min)
+    };
+    (128.0 / best(1), 32.0 * 128.0 / best(32))
+}
+
 fn main() {
     let dir = std::env::temp_dir().join("galley-speed");
     std::fs::create_dir_all(&dir).unwrap();
@@ -166,6 +202,10 @@ fn main() {
             let single = galley_model::device("cuda").unwrap();
             galley_model::cuda::single_stream(&single);
             row("gpu 1-str", measure(&single, &path));
+            let (g1, g32) = measure_graph(&single, &path, false);
+            println!("{:<10} {:>12} {g1:>12.1} {g32:>15.1}", "gpu graph", "-");
+            let (r1, r32) = measure_graph(&single, &path, true);
+            println!("{:<10} {:>12} {r1:>12.1} {r32:>15.1}", "graph+read", "-");
         }
     }
 }

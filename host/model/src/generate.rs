@@ -3,6 +3,7 @@
 //! tokens and stop strings, a token budget, a streaming callback, and each chosen token's
 //! log-probability under the model (what the trainers of GRPO and DPO need).
 
+use crate::decode::Decoder;
 use crate::error::Result;
 use crate::model::Llama;
 use crate::sample::{Sampler, SamplingParams, logprob};
@@ -134,17 +135,33 @@ pub fn generate(
     let mut active: Vec<usize> = (0..rows.len())
         .filter(|&i| rows[i].finish.is_none())
         .collect();
+    // On a GPU the steps after the prefill replay one CUDA graph (`decode`); every row then
+    // stays in the batch, a finished row's step being wasted work rather than a new graph.
+    let mut decoder: Option<Decoder<'_>> = None;
     while !active.is_empty() {
-        let logits = model.forward(
-            &input,
-            if first { Some(&pad) } else { None },
-            &mut cache,
-            true,
-        )?;
-        let mut logits = logits.squeeze(1)?.to_vec2::<f32>()?;
-        if first && distinct.len() < rows.len() {
-            cache.select_rows(&of)?;
-            logits = of.iter().map(|&d| logits[d].clone()).collect();
+        let logits = match decoder.as_mut() {
+            Some(d) => {
+                let last = |r: &Row| *r.tokens.last().unwrap_or(&pad_id);
+                let ids: Vec<u32> = rows.iter().map(last).collect();
+                let mut all = d.step(&ids)?.to_vec2::<f32>()?;
+                active
+                    .iter()
+                    .map(|&i| std::mem::take(&mut all[i]))
+                    .collect()
+            }
+            None => {
+                let pad = if first { Some(pad.as_slice()) } else { None };
+                let logits = model.forward(&input, pad, &mut cache, true)?;
+                let mut logits = logits.squeeze(1)?.to_vec2::<f32>()?;
+                if first && distinct.len() < rows.len() {
+                    cache.select_rows(&of)?;
+                    logits = of.iter().map(|&d| logits[d].clone()).collect();
+                }
+                logits
+            }
+        };
+        if first {
+            decoder = crate::decode::for_generation(model, &cache, params.max_tokens);
         }
         first = false;
         for (&i, l) in active.iter().zip(&logits) {
@@ -184,7 +201,7 @@ pub fn generate(
         let keep: Vec<usize> = (0..active.len())
             .filter(|&p| rows[active[p]].finish.is_none())
             .collect();
-        if keep.len() < active.len() && !keep.is_empty() {
+        if decoder.is_none() && keep.len() < active.len() && !keep.is_empty() {
             cache.select_rows(&keep)?;
         }
         active = keep.iter().map(|&p| active[p]).collect();

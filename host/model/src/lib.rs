@@ -10,6 +10,9 @@ pub mod chat;
 pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_decode;
+pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod generate;

@@ -23,9 +23,9 @@ pub struct Llama {
 /// which cached positions are real tokens (left padding is not).
 #[derive(Clone)]
 pub struct Cache {
-    layers: Vec<KvCache>,
+    pub(crate) layers: Vec<KvCache>,
     /// `valid[row][pos]`
-    valid: Vec<Vec<bool>>,
+    pub(crate) valid: Vec<Vec<bool>>,
 }
 
 impl Cache {
@@ -165,6 +165,38 @@ impl Llama {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The activations' and the KV cache's dtype (the embeddings').
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// One token per row through a fixed-capacity cache (`decode::Decoder` holds the buffers):
+    /// `ids` and `positions` (b,) u32, `slot` and `mask` as `Attention::step` takes them,
+    /// `kv` one (keys, values) pair per layer. Returns the logits, (b, vocab) f32.
+    pub fn step(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        slot: &Tensor,
+        mask: &Tensor,
+        kv: &[(Tensor, Tensor)],
+    ) -> candle_core::Result<Tensor> {
+        let b = ids.dim(0)?;
+        let angles = self.rotary.at_device(positions)?;
+        let hidden = self.config.hidden_size;
+        let mut x = self
+            .embed_tokens
+            .index_select(ids, 0)?
+            .reshape((b, 1, hidden))?;
+        for (layer, (k, v)) in self.layers.iter().zip(kv) {
+            x = layer.step(&x, &angles, slot, mask, (k, v))?;
+        }
+        let logits = self.lm_head.forward(&self.norm.forward(&x)?)?;
+        logits
+            .reshape((b, self.config.vocab_size))?
+            .to_dtype(DType::F32)
     }
 
     /// The bytes `keep_dense_for_batches` would add, before it does.

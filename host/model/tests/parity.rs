@@ -316,3 +316,53 @@ fn rolling_log_likelihoods_of_a_text_past_the_window_equal_its_windows_scored_on
         .unwrap();
     assert_eq!(got[1], one[0]);
 }
+
+/// The fixed-shape decode step (what a GPU replays as a CUDA graph) gives the growing cache's
+/// logits: after a left-padded batched prefill, and from an empty cache.
+#[test]
+fn the_fixed_shape_decoder_matches_the_growing_cache() {
+    use galley_model::decode::Decoder;
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let step = |m: &galley_model::Llama, c: &mut galley_model::Cache, ids: &[u32]| {
+        let rows: Vec<Vec<u32>> = ids.iter().map(|&t| vec![t]).collect();
+        let out = m.forward(&rows, None, c, true).unwrap();
+        out.squeeze(1).unwrap().to_vec2::<f32>().unwrap()
+    };
+    for name in FAMILIES {
+        let (m, ids, _) = tiny(name);
+        let m = &m.model;
+        let n = ids.len();
+        let rows = [ids[..4].to_vec(), [vec![0, 0], ids[4..6].to_vec()].concat()];
+        let pad = vec![vec![false; 4], vec![true, true, false, false]];
+        let mut cache = m.new_cache(2);
+        m.forward(&rows, Some(&pad), &mut cache, true).unwrap();
+        let mut dec = Decoder::from_cache(m, &cache, 16).unwrap();
+        for i in 0..6 {
+            let next = [ids[(i + 6) % n], ids[(i + 1) % n]];
+            let want = step(m, &mut cache, &next);
+            let got = dec.step(&next).unwrap().to_vec2::<f32>().unwrap();
+            for r in 0..2 {
+                let err = rel_err(&got[r], &want[r]);
+                assert!(
+                    err < 1e-5,
+                    "{name}: step {i}, row {r}: relative error {err}"
+                );
+            }
+        }
+        assert_eq!(dec.len(), 10);
+        let mut fresh = Decoder::new(m, 1, 8).unwrap();
+        let mut cache = m.new_cache(1);
+        for &t in &ids[..8.min(n)] {
+            let (want, got) = (step(m, &mut cache, &[t]), fresh.step(&[t]).unwrap());
+            let err = rel_err(&got.to_vec2::<f32>().unwrap()[0], &want[0]);
+            assert!(err < 1e-5, "{name}: from empty: relative error {err}");
+        }
+        if n >= 8 {
+            let full = fresh.step(&[1]).unwrap_err().to_string();
+            assert!(
+                full.starts_with("the decoder is full (8 positions)"),
+                "{name}: {full}"
+            );
+        }
+    }
+}

@@ -113,4 +113,63 @@ impl Attention {
             .reshape((b, t, self.heads * d))?;
         self.o_proj.forward(&out)
     }
+
+    /// One token per row (`x` (b, 1, hidden)) against a cache of fixed capacity: the new key
+    /// and value go to the slot `slot` ((1,) u32) holds, attention spans every slot under
+    /// `mask` ((b, 1, 1, capacity), additive). Every shape is the same from step to step, so
+    /// the step can be replayed as a CUDA graph; on a GPU two fused kernels do the work
+    /// between the projections (`cuda_decode`).
+    pub fn step(
+        &self,
+        x: &Tensor,
+        angles: &Angles,
+        slot: &Tensor,
+        mask: &Tensor,
+        (k_cache, v_cache): (&Tensor, &Tensor),
+    ) -> candle_core::Result<Tensor> {
+        let b = x.dim(0)?;
+        let d = self.head_dim;
+        let scale = 1.0 / (d as f64).sqrt();
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() && self.q_norm.is_none() {
+            let fused = self.qkv_proj.forward(x)?;
+            let kv = (k_cache, v_cache);
+            let q = crate::cuda_decode::rope_kv(&fused, angles, slot, kv, self.heads)?;
+            let out = crate::cuda_decode::attend(&q, kv, mask, scale as f32)?;
+            return self.o_proj.forward(&out);
+        }
+        let qkv = self.qkv_proj.forward_split(x)?;
+        let mut q = qkv[0].reshape((b, 1, self.heads, d))?;
+        let mut k = qkv[1].reshape((b, 1, self.kv_heads, d))?;
+        let v = qkv[2]
+            .reshape((b, 1, self.kv_heads, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = angles.rotate(&q.transpose(1, 2)?)?;
+        let k = angles.rotate(&k.transpose(1, 2)?)?;
+        let slots = slot
+            .reshape((1, 1, 1, 1))?
+            .broadcast_as((b, self.kv_heads, 1, d))?
+            .contiguous()?;
+        k_cache.scatter_set(&slots, &k, 2)?;
+        v_cache.scatter_set(&slots, &v, 2)?;
+        let capacity = k_cache.dim(2)?;
+        let rep = self.heads / self.kv_heads;
+        let q = q.reshape((b, self.kv_heads, rep, d))?;
+        let scores = (q.matmul(&k_cache.t()?)? * scale)?
+            .reshape((b, self.heads, 1, capacity))?
+            .broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs
+            .reshape((b, self.kv_heads, rep, capacity))?
+            .matmul(v_cache)?
+            .reshape((b, self.heads, 1, d))?
+            .transpose(1, 2)?
+            .reshape((b, 1, self.heads * d))?;
+        self.o_proj.forward(&out)
+    }
 }

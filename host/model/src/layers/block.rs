@@ -61,4 +61,20 @@ impl DecoderLayer {
             .mlp
             .forward(&self.post_attention_layernorm.forward(&h)?)?
     }
+
+    /// One token per row against a fixed-capacity cache (`Attention::step`).
+    pub fn step(
+        &self,
+        x: &Tensor,
+        angles: &Angles,
+        slot: &Tensor,
+        mask: &Tensor,
+        kv: (&Tensor, &Tensor),
+    ) -> candle_core::Result<Tensor> {
+        let a = self.input_layernorm.forward(x)?;
+        let h = (x + self.self_attn.step(&a, angles, slot, mask, kv)?)?;
+        &h + self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h)?)?
+    }
 }

@@ -79,6 +79,17 @@ impl Rotary {
     }
 }
 
+impl Rotary {
+    /// The angles of one position per row, read from `positions` ((b,) u32) on the device:
+    /// a decode step replayed as a CUDA graph cannot take them from the host.
+    pub fn at_device(&self, positions: &Tensor) -> candle_core::Result<Angles> {
+        let (b, half) = (positions.dim(0)?, self.cos.dim(1)?);
+        let cos = self.cos.index_select(positions, 0)?.reshape((b, 1, half))?;
+        let sin = self.sin.index_select(positions, 0)?.reshape((b, 1, half))?;
+        Ok(Angles { cos, sin })
+    }
+}
+
 /// cos/sin of each (sequence, position), shared by all layers of one forward pass.
 pub struct Angles {
     cos: Tensor,
@@ -86,6 +97,15 @@ pub struct Angles {
 }
 
 impl Angles {
+    /// cos and sin, (b, t, head_dim / 2), for kernels that rotate by themselves.
+    pub fn cos(&self) -> &Tensor {
+        &self.cos
+    }
+
+    pub fn sin(&self) -> &Tensor {
+        &self.sin
+    }
+
     /// Rotates `x` (b, heads, t, d).
     pub fn rotate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos, &self.sin)

@@ -1,0 +1,347 @@
+//! The two fused kernels of a decode step on the GPU (`decode::Decoder` replays the step as a
+//! CUDA graph, where every kernel and every allocation is a node the GPU walks through one
+//! after another, ~1-2 µs each): one puts the fused projection's queries through RoPE and
+//! writes the rotated key and the value into the cache slot, one attends a query over the
+//! whole fixed-capacity cache under the slot mask. They take the place of ~15 kernels and
+//! their allocations per layer (the split copies, the transposes, the two RoPEs, the two
+//! scatters, the scores' product, scale, mask, softmax, second product and transpose).
+//! Compiled once per process by NVRTC; f32 arithmetic on f32 or bf16 data.
+
+use crate::layers::rotary::Angles;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda::{CudaDType, CudaStorage};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, bail};
+use std::sync::OnceLock;
+
+const SRC: &str = r#"
+typedef unsigned short bf16_t;
+__device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float ld(const bf16_t* p, long long i) {
+    return __uint_as_float(((unsigned int)p[i]) << 16);
+}
+__device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(bf16_t* p, long long i, float v) {
+    unsigned int u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { p[i] = 0x7fc0; return; }
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    p[i] = (bf16_t)(u >> 16);
+}
+// Every thread of the block gets the block's max (mx) or sum.
+__device__ float block_red(float v, bool mx) {
+    __shared__ float part[32];
+    const float id = mx ? __int_as_float(0xff800000) : 0.0f;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) {
+        float u = __shfl_xor_sync(0xffffffffu, v, o);
+        v = mx ? fmaxf(v, u) : v + u;
+    }
+    __syncthreads();
+    if (lane == 0) part[w] = v;
+    __syncthreads();
+    v = lane < (int)((blockDim.x + 31) >> 5) ? part[lane] : id;
+    for (int o = 16; o > 0; o >>= 1) {
+        float u = __shfl_xor_sync(0xffffffffu, v, o);
+        v = mx ? fmaxf(v, u) : v + u;
+    }
+    return v;
+}
+// Block (row, head) of the fused projection (row, 1, (H + 2 KV) D): a query head (h < H) is
+// rotated into q (row, H, 1, D); a key head is rotated into the key cache (row, KV, cap, D)
+// at *slot, its value copied into the value cache there. HF's RoPE layout: dimension i pairs
+// with i + D/2.
+template <typename T>
+__device__ void rope_kv(const T* qkv, const T* cs, const T* sn, const unsigned int* slot,
+                        T* q, T* kc, T* vc, int H, int KV, int D, int cap) {
+    const int row = blockIdx.x, h = blockIdx.y, half = D / 2;
+    const long long W = (long long)(H + 2 * KV) * D;
+    const T* x = qkv + row * W + (long long)h * D;
+    const long long s = slot[0];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float c = ld(cs, (long long)row * half + i), n = ld(sn, (long long)row * half + i);
+        float x1 = ld(x, i), x2 = ld(x, i + half);
+        float o1 = x1 * c - x2 * n, o2 = x2 * c + x1 * n;
+        if (h < H) {
+            long long o = ((long long)row * H + h) * D;
+            st(q, o + i, o1);
+            st(q, o + i + half, o2);
+        } else {
+            int k = h - H;
+            long long o = (((long long)row * KV + k) * cap + s) * D;
+            st(kc, o + i, o1);
+            st(kc, o + i + half, o2);
+            const T* v = qkv + row * W + (long long)(H + KV) * D + (long long)k * D;
+            st(vc, o + i, ld(v, i));
+            st(vc, o + i + half, ld(v, i + half));
+        }
+    }
+}
+// Block (row, head): softmax(q k^T scale + mask) v over every slot of the cache, into
+// out (row, 1, H D). Masked slots (-inf) are skipped. Dynamic shared memory: cap + D floats.
+template <typename T>
+__device__ void attend(const T* q, const T* kc, const T* vc, const T* mask, T* out,
+                       int H, int KV, int D, int cap, float scale) {
+    extern __shared__ float sm[];
+    float* sc = sm;
+    float* qs = sm + cap;
+    const int row = blockIdx.x, h = blockIdx.y, kh = h / (H / KV);
+    const float ninf = __int_as_float(0xff800000);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) qs[i] = ld(q, ((long long)row * H + h) * D + i);
+    __syncthreads();
+    const long long base = ((long long)row * KV + kh) * cap * D;
+    float mx = ninf;
+    for (int j = threadIdx.x; j < cap; j += blockDim.x) {
+        float m = ld(mask, (long long)row * cap + j), a = ninf;
+        if (m != ninf) {
+            float acc = 0.0f;
+            for (int d = 0; d < D; d++) acc += qs[d] * ld(kc, base + (long long)j * D + d);
+            a = acc * scale + m;
+        }
+        sc[j] = a;
+        mx = fmaxf(mx, a);
+    }
+    mx = block_red(mx, true);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < cap; j += blockDim.x) {
+        float e = sc[j] == ninf ? 0.0f : expf(sc[j] - mx);
+        sc[j] = e;
+        sum += e;
+    }
+    sum = block_red(sum, false);
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < cap; j++) acc += sc[j] * ld(vc, base + (long long)j * D + d);
+        st(out, ((long long)row * H + h) * D + d, acc / sum);
+    }
+}
+#define BOTH(T, S) \
+extern "C" __global__ void rope_kv_##S(const T* qkv, const T* cs, const T* sn, const unsigned int* slot, T* q, T* kc, T* vc, int H, int KV, int D, int cap) { rope_kv(qkv, cs, sn, slot, q, kc, vc, H, KV, D, cap); } \
+extern "C" __global__ void attend_##S(const T* q, const T* kc, const T* vc, const T* mask, T* out, int H, int KV, int D, int cap, float scale) { attend(q, kc, vc, mask, out, H, KV, D, cap, scale); }
+BOTH(float, f32)
+BOTH(bf16_t, bf16)
+"#;
+
+const MODULE: &str = "galley_decode";
+const THREADS: u32 = 128;
+
+fn ptx() -> Result<&'static str> {
+    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    PTX.get_or_init(|| {
+        candle_core::cuda::cudarc::nvrtc::compile_ptx(SRC)
+            .map(|p| p.to_src())
+            .map_err(|e| format!("compiling galley's CUDA decode kernels: {e}"))
+    })
+    .as_deref()
+    .map_err(|e| candle_core::Error::Msg(e.clone()))
+}
+
+fn launch_err(e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(format!("galley CUDA decode kernel: {e}"))
+}
+
+/// The CUDA memory of a contiguous tensor (its storage read-locked in `st`), as `T`.
+fn view<'a, T: CudaDType + DeviceRepr>(
+    st: &'a Storage,
+    l: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, T>> {
+    let Storage::Cuda(cs) = st else {
+        bail!("decode kernel: {what} is not on a CUDA device")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("decode kernel: {what} is not contiguous")
+    };
+    Ok(cs.as_cuda_slice::<T>()?.slice(a..b))
+}
+
+/// `fused` (b, 1, (heads + 2 kv_heads) head_dim), the fused projection's output: returns the
+/// queries rotated, (b, heads, 1, head_dim), and writes each row's rotated key and its value
+/// into `k_cache` / `v_cache` (b, kv_heads, capacity, head_dim) at the slot `slot` ((1,) u32)
+/// holds.
+pub fn rope_kv(
+    fused: &Tensor,
+    angles: &Angles,
+    slot: &Tensor,
+    (k_cache, v_cache): (&Tensor, &Tensor),
+    heads: usize,
+) -> Result<Tensor> {
+    let (b, kv, cap, d) = k_cache.dims4()?;
+    fused.apply_op1_no_bwd(&RopeKv {
+        cos: angles.cos().clone(),
+        sin: angles.sin().clone(),
+        slot: slot.clone(),
+        k: k_cache.clone(),
+        v: v_cache.clone(),
+        dims: [b, heads, kv, d, cap],
+    })
+}
+
+/// Softmax attention of `q` (b, heads, 1, head_dim) over every slot of the caches under
+/// `mask` (b, 1, 1, capacity): (b, 1, heads head_dim).
+pub fn attend(
+    q: &Tensor,
+    (k_cache, v_cache): (&Tensor, &Tensor),
+    mask: &Tensor,
+    scale: f32,
+) -> Result<Tensor> {
+    let (b, heads, _, d) = q.dims4()?;
+    let (_, kv, cap, _) = k_cache.dims4()?;
+    q.apply_op1_no_bwd(&Attend {
+        k: k_cache.clone(),
+        v: v_cache.clone(),
+        mask: mask.clone(),
+        dims: [b, heads, kv, d, cap],
+        scale,
+    })
+}
+
+struct RopeKv {
+    cos: Tensor,
+    sin: Tensor,
+    slot: Tensor,
+    k: Tensor,
+    v: Tensor,
+    /// b, heads, kv_heads, head_dim, capacity
+    dims: [usize; 5],
+}
+
+struct Attend {
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor,
+    dims: [usize; 5],
+    scale: f32,
+}
+
+impl RopeKv {
+    fn run<T: CudaDType + DeviceRepr>(
+        &self,
+        name: &str,
+        s: &CudaStorage,
+        l: &Layout,
+    ) -> Result<CudaStorage> {
+        let [b, h, kv, d, cap] = self.dims;
+        if l.dims() != [b, 1, (h + 2 * kv) * d] || d % 2 != 0 || kv == 0 || h % kv != 0 {
+            bail!(
+                "rope_kv: a fused projection of shape {:?} does not fit {h} heads of {d} over {kv}",
+                l.dims()
+            );
+        }
+        let Some((a, e)) = l.contiguous_offsets() else {
+            bail!("rope_kv: the projection is not contiguous")
+        };
+        let dev = s.device().clone();
+        let fused = s.as_cuda_slice::<T>()?.slice(a..e);
+        let held =
+            [&self.cos, &self.sin, &self.slot, &self.k, &self.v].map(Tensor::storage_and_layout);
+        let cos = view::<T>(&held[0].0, held[0].1, "cos")?;
+        let sin = view::<T>(&held[1].0, held[1].1, "sin")?;
+        let slot = view::<u32>(&held[2].0, held[2].1, "slot")?;
+        let kc = view::<T>(&held[3].0, held[3].1, "the key cache")?;
+        let vc = view::<T>(&held[4].0, held[4].1, "the value cache")?;
+        // SAFETY: the kernel writes every element of the (b, h, 1, d) output.
+        let mut q: CudaSlice<T> = unsafe { dev.alloc::<T>(b * h * d)? };
+        let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
+        let ints = [h as i32, kv as i32, d as i32, cap as i32];
+        let mut lb = f.builder();
+        lb.arg(&fused)
+            .arg(&cos)
+            .arg(&sin)
+            .arg(&slot)
+            .arg(&mut q)
+            .arg(&kc)
+            .arg(&vc);
+        for i in &ints {
+            lb.arg(i);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (b as u32, (h + kv) as u32, 1),
+            block_dim: ((d as u32 / 2).clamp(1, THREADS), 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel's signature and the shapes checked above; the
+        // kernel writes the caches (the decoder's own buffers, read by no other stream) only
+        // at the slot, inside their (b, kv, cap, d) extent.
+        unsafe { lb.launch(cfg) }.map_err(launch_err)?;
+        Ok(CudaStorage::wrap_cuda_slice(q, dev))
+    }
+}
+
+impl Attend {
+    fn run<T: CudaDType + DeviceRepr>(
+        &self,
+        name: &str,
+        s: &CudaStorage,
+        l: &Layout,
+    ) -> Result<CudaStorage> {
+        let [b, h, kv, d, cap] = self.dims;
+        if kv == 0 || h % kv != 0 || self.mask.dims() != [b, 1, 1, cap] {
+            bail!(
+                "attend: {h} heads over {kv}, mask {:?} for {b} rows of {cap} slots",
+                self.mask.dims()
+            );
+        }
+        let Some((a, e)) = l.contiguous_offsets() else {
+            bail!("attend: the queries are not contiguous")
+        };
+        let dev = s.device().clone();
+        let q = s.as_cuda_slice::<T>()?.slice(a..e);
+        let held = [&self.k, &self.v, &self.mask].map(Tensor::storage_and_layout);
+        let kc = view::<T>(&held[0].0, held[0].1, "the key cache")?;
+        let vc = view::<T>(&held[1].0, held[1].1, "the value cache")?;
+        let mask = view::<T>(&held[2].0, held[2].1, "the mask")?;
+        // SAFETY: the kernel writes every element of the (b, 1, h * d) output.
+        let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(b * h * d)? };
+        let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
+        let ints = [h as i32, kv as i32, d as i32, cap as i32];
+        let mut lb = f.builder();
+        lb.arg(&q).arg(&kc).arg(&vc).arg(&mask).arg(&mut out);
+        for i in &ints {
+            lb.arg(i);
+        }
+        lb.arg(&self.scale);
+        let cfg = LaunchConfig {
+            grid_dim: (b as u32, h as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: ((cap + d) * 4) as u32,
+        };
+        // SAFETY: the arguments match the kernel's signature and the shapes checked above;
+        // (cap + d) floats of shared memory stay under the 48 KiB default for the decoder's
+        // capacities (at most `decode::MAX_CAPACITY`).
+        unsafe { lb.launch(cfg) }.map_err(launch_err)?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+}
+
+macro_rules! by_dtype {
+    ($op:ty, $label:literal, $out:expr) => {
+        impl CustomOp1 for $op {
+            fn name(&self) -> &'static str {
+                concat!("galley-", $label)
+            }
+
+            fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+                bail!(concat!("galley's CUDA ", $label, " was given a CPU tensor"))
+            }
+
+            fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+                let out = match s.dtype() {
+                    DType::F32 => self.run::<f32>(concat!($label, "_f32"), s, l)?,
+                    DType::BF16 => self.run::<half::bf16>(concat!($label, "_bf16"), s, l)?,
+                    d => bail!(
+                        concat!("galley's ", $label, " takes f32 or bf16, not {:?}"),
+                        d
+                    ),
+                };
+                let [b, h, _, d, _] = self.dims;
+                Ok((out, $out(b, h, d)))
+            }
+        }
+    };
+}
+
+by_dtype!(RopeKv, "rope_kv", |b, h, d| Shape::from((b, h, 1, d)));
+by_dtype!(Attend, "attend", |b, h, d| Shape::from((b, 1, h * d)));
