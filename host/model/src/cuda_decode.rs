@@ -29,6 +29,14 @@ __device__ __forceinline__ void st(bf16_t* p, long long i, float v) {
     u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
     p[i] = (bf16_t)(u >> 16);
 }
+// v as the element type would hold it (f32: itself; bf16: rounded), as an op that stores
+// its result before the next reads it.
+__device__ __forceinline__ float ld_round(float v, const float*) { return v; }
+__device__ __forceinline__ float ld_round(float v, const bf16_t*) {
+    bf16_t b;
+    st(&b, 0, v);
+    return ld(&b, 0);
+}
 // Every thread of the block gets the block's max (mx) or sum.
 __device__ float block_red(float v, bool mx) {
     __shared__ float part[32];
@@ -117,9 +125,37 @@ __device__ void attend(const T* q, const T* kc, const T* vc, const T* mask, T* o
         st(out, ((long long)row * H + h) * D + d, acc / sum);
     }
 }
+// Row r of x and d (rows, n): h = x + d into out's first half, rms_norm(h) * w into its second.
+template <typename T>
+__device__ void add_rms(const T* x, const T* d, const T* w, T* out, int n, float eps, int rows) {
+    const long long r = blockIdx.x;
+    T* hr = out + r * n;
+    T* nr = out + ((long long)rows + r) * n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        st(hr, i, ld(x, r * n + i) + ld(d, r * n + i));
+        float h = ld(hr, i);
+        ss += h * h;
+    }
+    ss = block_red(ss, false);
+    const float inv = rsqrtf(ss / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) st(nr, i, ld(hr, i) * inv * ld(w, i));
+}
+// Row r of the fused gate/up product (rows, 2 I): silu(gate) * up, (rows, I).
+template <typename T>
+__device__ void silu_mul(const T* gu, T* out, int inter) {
+    const long long r = blockIdx.x;
+    for (int i = threadIdx.x; i < inter; i += blockDim.x) {
+        float g = ld(gu, r * 2 * inter + i), u = ld(gu, r * 2 * inter + inter + i);
+        float s = g / (1.0f + expf(-g));
+        st(out, r * inter + i, ld_round(s, out) * u);
+    }
+}
 #define BOTH(T, S) \
 extern "C" __global__ void rope_kv_##S(const T* qkv, const T* cs, const T* sn, const unsigned int* slot, T* q, T* kc, T* vc, int H, int KV, int D, int cap) { rope_kv(qkv, cs, sn, slot, q, kc, vc, H, KV, D, cap); } \
-extern "C" __global__ void attend_##S(const T* q, const T* kc, const T* vc, const T* mask, T* out, int H, int KV, int D, int cap, float scale) { attend(q, kc, vc, mask, out, H, KV, D, cap, scale); }
+extern "C" __global__ void attend_##S(const T* q, const T* kc, const T* vc, const T* mask, T* out, int H, int KV, int D, int cap, float scale) { attend(q, kc, vc, mask, out, H, KV, D, cap, scale); } \
+extern "C" __global__ void add_rms_##S(const T* x, const T* d, const T* w, T* out, int n, float eps, int rows) { add_rms(x, d, w, out, n, eps, rows); } \
+extern "C" __global__ void silu_mul_##S(const T* gu, T* out, int inter) { silu_mul(gu, out, inter); }
 BOTH(float, f32)
 BOTH(bf16_t, bf16)
 "#;
@@ -316,6 +352,128 @@ impl Attend {
     }
 }
 
+/// `x + d` and its RMS norm with `weight` in one kernel: (x + d, rms_norm(x + d) * weight),
+/// both shaped as `x` (rows of its last dimension).
+pub fn add_rms_norm(x: &Tensor, d: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    let n = x.dim(candle_core::D::Minus1)?;
+    let rows = x.elem_count() / n.max(1);
+    let both = x.apply_op1_no_bwd(&AddRms {
+        d: d.contiguous()?,
+        w: weight.clone(),
+        dims: [rows, 0, 0, n, 0],
+        eps,
+    })?;
+    Ok((
+        both.get(0)?.reshape(x.shape())?,
+        both.get(1)?.reshape(x.shape())?,
+    ))
+}
+
+/// `silu(gate) * up` of the fused gate/up product `gu` (..., 2 I): (..., I).
+pub fn silu_mul(gu: &Tensor) -> Result<Tensor> {
+    let two = gu.dim(candle_core::D::Minus1)?;
+    let rows = gu.elem_count() / two.max(1);
+    let mut shape = gu.dims().to_vec();
+    *shape.last_mut().expect("rank >= 1") = two / 2;
+    let out = gu.contiguous()?.apply_op1_no_bwd(&SiluMul {
+        dims: [rows, 0, 0, two / 2, 0],
+    })?;
+    out.reshape(shape)
+}
+
+struct AddRms {
+    d: Tensor,
+    w: Tensor,
+    /// rows, -, -, n, -
+    dims: [usize; 5],
+    eps: f32,
+}
+
+struct SiluMul {
+    /// rows, -, -, I, -
+    dims: [usize; 5],
+}
+
+impl AddRms {
+    fn run<T: CudaDType + DeviceRepr>(
+        &self,
+        name: &str,
+        s: &CudaStorage,
+        l: &Layout,
+    ) -> Result<CudaStorage> {
+        let [rows, _, _, n, _] = self.dims;
+        if self.d.elem_count() != rows * n || self.w.elem_count() != n {
+            bail!(
+                "add_rms_norm: {:?} + {:?} under a weight of {:?}",
+                l.dims(),
+                self.d.dims(),
+                self.w.dims()
+            );
+        }
+        let Some((a, e)) = l.contiguous_offsets() else {
+            bail!("add_rms_norm: the input is not contiguous")
+        };
+        let dev = s.device().clone();
+        let x = s.as_cuda_slice::<T>()?.slice(a..e);
+        let held = [&self.d, &self.w].map(Tensor::storage_and_layout);
+        let d = view::<T>(&held[0].0, held[0].1, "the addend")?;
+        let w = view::<T>(&held[1].0, held[1].1, "the norm's weight")?;
+        // SAFETY: the kernel writes every element of both (rows, n) halves.
+        let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(2 * rows * n)? };
+        let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
+        let (n32, rows32) = (n as i32, rows as i32);
+        let mut lb = f.builder();
+        lb.arg(&x)
+            .arg(&d)
+            .arg(&w)
+            .arg(&mut out)
+            .arg(&n32)
+            .arg(&self.eps)
+            .arg(&rows32);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel's signature and the sizes checked above.
+        unsafe { lb.launch(cfg) }.map_err(launch_err)?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+}
+
+impl SiluMul {
+    fn run<T: CudaDType + DeviceRepr>(
+        &self,
+        name: &str,
+        s: &CudaStorage,
+        l: &Layout,
+    ) -> Result<CudaStorage> {
+        let [rows, _, _, inter, _] = self.dims;
+        let Some((a, e)) = l.contiguous_offsets() else {
+            bail!("silu_mul: the input is not contiguous")
+        };
+        if e - a != rows * 2 * inter {
+            bail!("silu_mul: {:?} is not (rows, 2 I)", l.dims());
+        }
+        let dev = s.device().clone();
+        let gu = s.as_cuda_slice::<T>()?.slice(a..e);
+        // SAFETY: the kernel writes every element of the (rows, I) output.
+        let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * inter)? };
+        let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
+        let i32_ = inter as i32;
+        let mut lb = f.builder();
+        lb.arg(&gu).arg(&mut out).arg(&i32_);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel's signature and the sizes checked above.
+        unsafe { lb.launch(cfg) }.map_err(launch_err)?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+}
+
 macro_rules! by_dtype {
     ($op:ty, $label:literal, $out:expr) => {
         impl CustomOp1 for $op {
@@ -345,3 +503,7 @@ macro_rules! by_dtype {
 
 by_dtype!(RopeKv, "rope_kv", |b, h, d| Shape::from((b, h, 1, d)));
 by_dtype!(Attend, "attend", |b, h, d| Shape::from((b, 1, h * d)));
+by_dtype!(AddRms, "add_rms", |rows, _, n| Shape::from((2, rows, n)));
+by_dtype!(SiluMul, "silu_mul", |rows, _, inter| Shape::from((
+    rows, inter
+)));

@@ -230,10 +230,23 @@ impl<'m> Decoder<'m> {
     }
 }
 
+/// 0: as `GALLEY_CUDA_GRAPHS` says; 1: on; 2: off.
+static GRAPHS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
 /// Whether GPU decoding replays CUDA graphs (default) or issues every kernel
 /// (`GALLEY_CUDA_GRAPHS=0`, for comparison and as a way out).
 pub fn graphs_enabled() -> bool {
-    std::env::var("GALLEY_CUDA_GRAPHS").map_or(true, |v| v != "0")
+    match GRAPHS.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => std::env::var("GALLEY_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+    }
+}
+
+/// Turns graph replay on or off for this process, over `GALLEY_CUDA_GRAPHS` (tests and
+/// benchmarks compare the two in one process).
+pub fn set_graphs(on: bool) {
+    GRAPHS.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The decoder `generate` continues a prefill with: on a GPU with graphs on, when the

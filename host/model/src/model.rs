@@ -186,14 +186,22 @@ impl Llama {
         let b = ids.dim(0)?;
         let angles = self.rotary.at_device(positions)?;
         let hidden = self.config.hidden_size;
-        let mut x = self
+        let mut h = self
             .embed_tokens
             .index_select(ids, 0)?
             .reshape((b, 1, hidden))?;
-        for (layer, (k, v)) in self.layers.iter().zip(kv) {
-            x = layer.step(&x, &angles, slot, mask, (k, v))?;
+        let Some(first) = self.layers.first() else {
+            candle_core::bail!("a model without layers")
+        };
+        let mut a = first.input_norm().forward(&h)?;
+        for (i, (layer, (k, v))) in self.layers.iter().zip(kv).enumerate() {
+            let next = self
+                .layers
+                .get(i + 1)
+                .map_or(&self.norm, |l| l.input_norm());
+            (h, a) = layer.step((&h, &a), &angles, slot, mask, (k, v), next)?;
         }
-        let logits = self.lm_head.forward(&self.norm.forward(&x)?)?;
+        let logits = self.lm_head.forward(&a)?;
         logits
             .reshape((b, self.config.vocab_size))?
             .to_dtype(DType::F32)

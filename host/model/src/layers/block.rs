@@ -62,19 +62,26 @@ impl DecoderLayer {
             .forward(&self.post_attention_layernorm.forward(&h)?)?
     }
 
-    /// One token per row against a fixed-capacity cache (`Attention::step`).
+    /// One token per row against a fixed-capacity cache (`Attention::step`), with the norms
+    /// fused into the residual additions before them: `h` is the residual stream and `a` this
+    /// layer's input norm of it; returns the new stream and `next`'s norm of it (the next
+    /// layer's input norm, or the model's final one).
     pub fn step(
         &self,
-        x: &Tensor,
+        (h, a): (&Tensor, &Tensor),
         angles: &Angles,
         slot: &Tensor,
         mask: &Tensor,
         kv: (&Tensor, &Tensor),
-    ) -> candle_core::Result<Tensor> {
-        let a = self.input_layernorm.forward(x)?;
-        let h = (x + self.self_attn.step(&a, angles, slot, mask, kv)?)?;
-        &h + self
-            .mlp
-            .forward(&self.post_attention_layernorm.forward(&h)?)?
+        next: &RmsNorm,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let attn = self.self_attn.step(a, angles, slot, mask, kv)?;
+        let (h, a) = self.post_attention_layernorm.add_forward(h, &attn)?;
+        next.add_forward(&h, &self.mlp.step(&a)?)
+    }
+
+    /// The norm before attention (the previous layer's step applies it).
+    pub fn input_norm(&self) -> &RmsNorm {
+        &self.input_layernorm
     }
 }

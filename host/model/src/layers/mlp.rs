@@ -26,6 +26,16 @@ impl Mlp {
         })
     }
 
+    /// `forward` for a decode step: on a GPU, SiLU and the product in one kernel.
+    pub fn step(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let gu = self.gate_up.forward(x)?;
+            return self.down.forward(&crate::cuda_decode::silu_mul(&gu)?);
+        }
+        self.forward(x)
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let gu = self.gate_up.forward_split(x)?;
         let gated = (candle_nn::ops::silu(&gu[0])? * &gu[1])?;

@@ -20,4 +20,16 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
     }
+
+    /// `(x + d, norm(x + d))`: a residual connection and the norm after it, one kernel on a
+    /// GPU (a decode step's graph walks one node less per call).
+    pub fn add_forward(&self, x: &Tensor, d: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() && x.is_contiguous() {
+            return crate::cuda_decode::add_rms_norm(x, d, &self.weight, self.eps);
+        }
+        let h = (x + d)?;
+        let n = self.forward(&h)?;
+        Ok((h, n))
+    }
 }
