@@ -5,6 +5,9 @@
 #     scripts/gpu-pack.sh          # here: builds (scripts/build-cuda.sh) and packs .gpu/
 #     scripts/gpu-check.sh [OUT]   # there: runs what .gpu/ holds, logs into OUT
 #
+# SKIP_TESTS, SKIP_TRAIN, SKIP_PEER (set to anything) leave out the GPU tests, the training
+# benchmark or its PyTorch peer, to spend a short lease on what changed.
+#
 # The binaries were linked against stub libraries (scripts/build-cuda.sh); the dynamic loader
 # finds the driver's libcuda and the toolkit libraries that the machine's Python packages carry.
 set -uo pipefail
@@ -52,7 +55,7 @@ step() { # name, seconds, command...
     echo "rc=$? in $((SECONDS - t0)) s" | tee -a "$out/$name.log"
     tail -n 40 "$out/$name.log"
 }
-step tests 180 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-tests --test-threads=1 --nocapture
+[ -n "${SKIP_TESTS:-}" ] || step tests 180 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-tests --test-threads=1 --nocapture
 [ -n "${SKIP_TRAIN:-}" ] || step train 150 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-train
 [ -n "${SKIP_PEER:-}" ] || step peer 130 env PYTHONUNBUFFERED=1 python3 bench/gpu_train_peer.py
 step speed 80 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_SPEED_GPU_ONLY=1 /tmp/gpu-bin/speed

@@ -162,6 +162,31 @@ fn measure_graph(dev: &Device, path: &std::path::Path, read: bool) -> (f64, f64)
     (128.0 / best(1), 32.0 * 128.0 / best(32))
 }
 
+/// What one replayed step is made of, and what replaying it costs alone (no inputs written,
+/// no host work between launches): where the decode step's time goes.
+#[cfg(feature = "cuda")]
+fn anatomy(dev: &Device, path: &std::path::Path) {
+    let w = Weights::safetensors(vec![path.to_path_buf()]).unwrap();
+    let m = Llama::load(&w, config(), dev).unwrap();
+    for rows in [1usize, 32] {
+        let mut d = galley_model::decode::Decoder::new(&m, rows, 192).unwrap();
+        let ids: Vec<u32> = (0..rows as u32).collect();
+        d.step(&ids).unwrap();
+        d.step(&ids).unwrap();
+        let n = d.graph_nodes().expect("a recorded graph");
+        d.replay(20).unwrap();
+        dev.synchronize().unwrap();
+        let t = Instant::now();
+        d.replay(500).unwrap();
+        dev.synchronize().unwrap();
+        let us = t.elapsed().as_secs_f64() / 500.0 * 1e6;
+        println!(
+            "batch {rows}: a step's graph has {} kernels, {} copies, {} memsets, {} allocations, {} frees, {} other; a bare replay takes {us:.0} us",
+            n.kernels, n.copies, n.memsets, n.allocs, n.frees, n.other
+        );
+    }
+}
+
 fn main() {
     let dir = std::env::temp_dir().join("galley-speed");
     std::fs::create_dir_all(&dir).unwrap();
@@ -206,6 +231,7 @@ fn main() {
             println!("{:<10} {:>12} {g1:>12.1} {g32:>15.1}", "gpu graph", "-");
             let (r1, r32) = measure_graph(&single, &path, true);
             println!("{:<10} {:>12} {r1:>12.1} {r32:>15.1}", "graph+read", "-");
+            anatomy(&single, &path);
         }
     }
 }

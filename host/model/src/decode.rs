@@ -45,6 +45,18 @@ struct Inputs {
     mask: Tensor,
 }
 
+/// A recorded step's nodes by kind (what a replay walks through).
+#[cfg(feature = "cuda")]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GraphNodes {
+    pub kernels: usize,
+    pub copies: usize,
+    pub memsets: usize,
+    pub allocs: usize,
+    pub frees: usize,
+    pub other: usize,
+}
+
 #[cfg(feature = "cuda")]
 enum Graph {
     /// Eager steps (no GPU, or graphs turned off).
@@ -157,6 +169,56 @@ impl<'m> Decoder<'m> {
         self.next_pos.iter_mut().for_each(|p| *p += 1);
         self.len += 1;
         Ok(self.out.clone())
+    }
+
+    /// The recorded graph's nodes by kind, once a step has recorded it.
+    #[cfg(feature = "cuda")]
+    pub fn graph_nodes(&self) -> Option<GraphNodes> {
+        use candle_core::cuda::cudarc::driver::sys;
+        let Graph::Ready(g) = &self.graph else {
+            return None;
+        };
+        let mut n = 0usize;
+        // SAFETY: a live graph; a null array asks for the count only.
+        let r = unsafe { sys::cuGraphGetNodes(g.cu_graph(), std::ptr::null_mut(), &mut n) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return None;
+        }
+        let mut nodes = vec![std::ptr::null_mut(); n];
+        // SAFETY: `nodes` has room for the `n` handles the call writes.
+        let r = unsafe { sys::cuGraphGetNodes(g.cu_graph(), nodes.as_mut_ptr(), &mut n) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return None;
+        }
+        let mut out = GraphNodes::default();
+        for node in nodes {
+            let mut t = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
+            // SAFETY: a node handle of the live graph, and an out-pointer to fill.
+            unsafe { sys::cuGraphNodeGetType(node, &mut t) };
+            use sys::CUgraphNodeType as T;
+            match t {
+                T::CU_GRAPH_NODE_TYPE_KERNEL => out.kernels += 1,
+                T::CU_GRAPH_NODE_TYPE_MEMCPY => out.copies += 1,
+                T::CU_GRAPH_NODE_TYPE_MEMSET => out.memsets += 1,
+                T::CU_GRAPH_NODE_TYPE_MEM_ALLOC => out.allocs += 1,
+                T::CU_GRAPH_NODE_TYPE_MEM_FREE => out.frees += 1,
+                _ => out.other += 1,
+            }
+        }
+        Some(out)
+    }
+
+    /// Launches the recorded graph `n` times on the inputs of the last step (it rewrites the
+    /// same slot with the same values): the replay's own cost, for benchmarks.
+    #[cfg(feature = "cuda")]
+    pub fn replay(&self, n: usize) -> candle_core::Result<()> {
+        let Graph::Ready(g) = &self.graph else {
+            candle_core::bail!("no graph recorded yet")
+        };
+        for _ in 0..n {
+            g.launch().map_err(candle_core::Error::wrap)?;
+        }
+        Ok(())
     }
 
     /// Copies this step's inputs into the buffers the step reads.
