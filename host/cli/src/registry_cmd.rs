@@ -56,10 +56,15 @@ fn package(file: &Path, sign: &SignFlags) -> Result<Package> {
     Ok(p)
 }
 
+/// `, signed by KEY` or `, UNSIGNED`.
+fn signed_by(r: &Release) -> String {
+    let by = r.key.as_deref().map(|k| format!(", signed by {k}"));
+    by.unwrap_or_else(|| ", UNSIGNED".into())
+}
+
 /// `NAME@VERSION (SIZE bytes, DIGEST), signed by KEY` (or `, UNSIGNED`).
 fn described(r: &Release) -> String {
-    let by = r.key.as_deref().map(|k| format!(", signed by {k}"));
-    let by = by.unwrap_or_else(|| ", UNSIGNED".into());
+    let by = signed_by(r);
     format!(
         "{}@{} ({} bytes, {}){by}",
         r.name, r.version, r.size, r.digest
@@ -90,8 +95,7 @@ pub fn publish(a: PublishFlags) -> Result<()> {
     let r = &p.release;
     if let Some(oci) = a.oci.as_deref() {
         let (reference, digest) = galley_hosting::project::push_oci(&p, oci)?;
-        let by = r.key.as_deref().map(|k| format!(", signed by {k}"));
-        let by = by.unwrap_or_else(|| ", UNSIGNED".into());
+        let by = signed_by(r);
         println!(
             "pushed {}@{} to {reference} (manifest {digest}){by}",
             r.name, r.version

@@ -7,6 +7,69 @@
 
 use candle_core::Device;
 use candle_core::cuda::cudarc::driver::sys;
+use std::sync::OnceLock;
+
+/// The CUDA source every module of galley's kernels starts with (galley-model's decode
+/// kernels, galley-train's training kernels): bf16 loads and stores around f32 arithmetic
+/// (stores round to nearest even), and warp and block reductions (max or sum; blocks of a
+/// multiple of 32 threads). A macro so that modules can `concat!` it with their own source.
+#[macro_export]
+macro_rules! cuda_prelude {
+    () => {
+        r#"
+typedef unsigned short bf16_t;
+__device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float ld(const bf16_t* p, long long i) {
+    return __uint_as_float(((unsigned int)p[i]) << 16);
+}
+__device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(bf16_t* p, long long i, float v) {
+    unsigned int u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { p[i] = 0x7fc0; return; }
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    p[i] = (bf16_t)(u >> 16);
+}
+__device__ __forceinline__ float warp_red(float v, bool mx) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = mx ? fmaxf(v, w) : v + w;
+    }
+    return v;
+}
+// Every thread of the block gets the block's max (mx) or sum.
+__device__ float block_red(float v, bool mx) {
+    __shared__ float sh[32];
+    const float id = mx ? __int_as_float(0xff800000) : 0.0f;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    v = warp_red(v, mx);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = threadIdx.x < (blockDim.x >> 5) ? sh[threadIdx.x] : id;
+    if (w == 0) v = warp_red(v, mx);
+    if (threadIdx.x == 0) sh[0] = v;
+    __syncthreads();
+    return sh[0];
+}
+"#
+    };
+}
+
+/// `src` compiled by NVRTC once per process (`cell` holds the result, an error included),
+/// for every module of galley's CUDA kernels; `what` names them in the error.
+pub fn compile_once(
+    cell: &'static OnceLock<Result<String, String>>,
+    src: &str,
+    what: &str,
+) -> candle_core::Result<&'static str> {
+    cell.get_or_init(|| {
+        candle_core::cuda::cudarc::nvrtc::compile_ptx(src)
+            .map(|p| p.to_src())
+            .map_err(|e| format!("compiling {what}: {e}"))
+    })
+    .as_deref()
+    .map_err(|e| candle_core::Error::Msg(e.clone()))
+}
 
 fn pool(dev: &Device) -> Option<sys::CUmemoryPool> {
     let d = dev.as_cuda_device().ok()?;

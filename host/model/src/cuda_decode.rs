@@ -18,19 +18,9 @@ use candle_core::cuda::{CudaDType, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, bail};
 use std::sync::OnceLock;
 
-const SRC: &str = r#"
-typedef unsigned short bf16_t;
-__device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
-__device__ __forceinline__ float ld(const bf16_t* p, long long i) {
-    return __uint_as_float(((unsigned int)p[i]) << 16);
-}
-__device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void st(bf16_t* p, long long i, float v) {
-    unsigned int u = __float_as_uint(v);
-    if ((u & 0x7fffffffu) > 0x7f800000u) { p[i] = 0x7fc0; return; }
-    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-    p[i] = (bf16_t)(u >> 16);
-}
+const SRC: &str = concat!(
+    crate::cuda_prelude!(),
+    r#"
 // v as the element type would hold it (f32: itself; bf16: rounded), as an op that stores
 // its result before the next reads it.
 __device__ __forceinline__ float ld_round(float v, const float*) { return v; }
@@ -38,25 +28,6 @@ __device__ __forceinline__ float ld_round(float v, const bf16_t*) {
     bf16_t b;
     st(&b, 0, v);
     return ld(&b, 0);
-}
-// Every thread of the block gets the block's max (mx) or sum.
-__device__ float block_red(float v, bool mx) {
-    __shared__ float part[32];
-    const float id = mx ? __int_as_float(0xff800000) : 0.0f;
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    for (int o = 16; o > 0; o >>= 1) {
-        float u = __shfl_xor_sync(0xffffffffu, v, o);
-        v = mx ? fmaxf(v, u) : v + u;
-    }
-    __syncthreads();
-    if (lane == 0) part[w] = v;
-    __syncthreads();
-    v = lane < (int)((blockDim.x + 31) >> 5) ? part[lane] : id;
-    for (int o = 16; o > 0; o >>= 1) {
-        float u = __shfl_xor_sync(0xffffffffu, v, o);
-        v = mx ? fmaxf(v, u) : v + u;
-    }
-    return v;
 }
 // Block (row, head) of the fused projection (row, 1, (H + 2 KV) D): a query head (h < H) is
 // rotated into q (row, H, 1, D); a key head is rotated into the key cache (row, KV, cap, D)
@@ -160,20 +131,15 @@ extern "C" __global__ void add_rms_##S(const T* x, const T* d, const T* w, T* ou
 extern "C" __global__ void silu_mul_##S(const T* gu, T* out, int inter) { silu_mul(gu, out, inter); }
 BOTH(float, f32)
 BOTH(bf16_t, bf16)
-"#;
+"#
+);
 
 const MODULE: &str = "galley_decode";
 const THREADS: u32 = 128;
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| {
-        candle_core::cuda::cudarc::nvrtc::compile_ptx(SRC)
-            .map(|p| p.to_src())
-            .map_err(|e| format!("compiling galley's CUDA decode kernels: {e}"))
-    })
-    .as_deref()
-    .map_err(|e| candle_core::Error::Msg(e.clone()))
+    crate::cuda::compile_once(&PTX, SRC, "galley's CUDA decode kernels")
 }
 
 fn launch_err(e: impl std::fmt::Display) -> candle_core::Error {
@@ -189,10 +155,28 @@ fn view<'a, T: CudaDType + DeviceRepr>(
     let Storage::Cuda(cs) = st else {
         bail!("decode kernel: {what} is not on a CUDA device")
     };
+    slice(cs, l, what)
+}
+
+/// The memory `l` covers in `cs` (an op's own input), checked contiguous, as `T`.
+fn slice<'a, T: CudaDType + DeviceRepr>(
+    cs: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, T>> {
     let Some((a, b)) = l.contiguous_offsets() else {
         bail!("decode kernel: {what} is not contiguous")
     };
     Ok(cs.as_cuda_slice::<T>()?.slice(a..b))
+}
+
+/// `blocks` (x, y) of `threads` threads with `shared` bytes of dynamic shared memory.
+fn grid((x, y): (usize, usize), threads: u32, shared: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (x as u32, y as u32, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: shared as u32,
+    }
 }
 
 /// `fused` (b, 1, (heads + 2 kv_heads) head_dim), the fused projection's output: returns the
@@ -268,11 +252,8 @@ impl RopeKv {
                 l.dims()
             );
         }
-        let Some((a, e)) = l.contiguous_offsets() else {
-            bail!("rope_kv: the projection is not contiguous")
-        };
         let dev = s.device().clone();
-        let fused = s.as_cuda_slice::<T>()?.slice(a..e);
+        let fused = slice::<T>(s, l, "rope_kv's projection")?;
         let held =
             [&self.cos, &self.sin, &self.slot, &self.k, &self.v].map(Tensor::storage_and_layout);
         let cos = view::<T>(&held[0].0, held[0].1, "cos")?;
@@ -295,11 +276,7 @@ impl RopeKv {
         for i in &ints {
             lb.arg(i);
         }
-        let cfg = LaunchConfig {
-            grid_dim: (b as u32, (h + kv) as u32, 1),
-            block_dim: ((d as u32 / 2).clamp(1, THREADS), 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = grid((b, h + kv), (d as u32 / 2).clamp(1, THREADS), 0);
         // SAFETY: the arguments match the kernel's signature and the shapes checked above; the
         // kernel writes the caches (the decoder's own buffers, read by no other stream) only
         // at the slot, inside their (b, kv, cap, d) extent.
@@ -322,11 +299,8 @@ impl Attend {
                 self.mask.dims()
             );
         }
-        let Some((a, e)) = l.contiguous_offsets() else {
-            bail!("attend: the queries are not contiguous")
-        };
         let dev = s.device().clone();
-        let q = s.as_cuda_slice::<T>()?.slice(a..e);
+        let q = slice::<T>(s, l, "attend's queries")?;
         let held = [&self.k, &self.v, &self.mask].map(Tensor::storage_and_layout);
         let kc = view::<T>(&held[0].0, held[0].1, "the key cache")?;
         let vc = view::<T>(&held[1].0, held[1].1, "the value cache")?;
@@ -341,11 +315,7 @@ impl Attend {
             lb.arg(i);
         }
         lb.arg(&self.scale);
-        let cfg = LaunchConfig {
-            grid_dim: (b as u32, h as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: ((cap + d) * 4) as u32,
-        };
+        let cfg = grid((b, h), THREADS, (cap + d) * 4);
         // SAFETY: the arguments match the kernel's signature and the shapes checked above;
         // (cap + d) floats of shared memory stay under the 48 KiB default for the decoder's
         // capacities (at most `decode::MAX_CAPACITY`).
@@ -412,11 +382,8 @@ impl AddRms {
                 self.w.dims()
             );
         }
-        let Some((a, e)) = l.contiguous_offsets() else {
-            bail!("add_rms_norm: the input is not contiguous")
-        };
         let dev = s.device().clone();
-        let x = s.as_cuda_slice::<T>()?.slice(a..e);
+        let x = slice::<T>(s, l, "add_rms_norm's input")?;
         let held = [&self.d, &self.w].map(Tensor::storage_and_layout);
         let d = view::<T>(&held[0].0, held[0].1, "the addend")?;
         let w = view::<T>(&held[1].0, held[1].1, "the norm's weight")?;
@@ -432,11 +399,7 @@ impl AddRms {
             .arg(&n32)
             .arg(&self.eps)
             .arg(&rows32);
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = grid((rows, 1), 256, 0);
         // SAFETY: the arguments match the kernel's signature and the sizes checked above.
         unsafe { lb.launch(cfg) }.map_err(launch_err)?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
@@ -451,25 +414,18 @@ impl SiluMul {
         l: &Layout,
     ) -> Result<CudaStorage> {
         let [rows, _, _, inter, _] = self.dims;
-        let Some((a, e)) = l.contiguous_offsets() else {
-            bail!("silu_mul: the input is not contiguous")
-        };
-        if e - a != rows * 2 * inter {
+        let dev = s.device().clone();
+        let gu = slice::<T>(s, l, "silu_mul's input")?;
+        if gu.len() != rows * 2 * inter {
             bail!("silu_mul: {:?} is not (rows, 2 I)", l.dims());
         }
-        let dev = s.device().clone();
-        let gu = s.as_cuda_slice::<T>()?.slice(a..e);
         // SAFETY: the kernel writes every element of the (rows, I) output.
         let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * inter)? };
         let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
         let i32_ = inter as i32;
         let mut lb = f.builder();
         lb.arg(&gu).arg(&mut out).arg(&i32_);
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = grid((rows, 1), 256, 0);
         // SAFETY: the arguments match the kernel's signature and the sizes checked above.
         unsafe { lb.launch(cfg) }.map_err(launch_err)?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))

@@ -23,8 +23,6 @@ pub struct Decoder<'m> {
     capacity: usize,
     /// Slots written so far, the same for every row (left padding takes slots too).
     len: usize,
-    /// `valid[row][slot]`: whether a written slot holds a real token.
-    valid: Vec<Vec<bool>>,
     /// Each row's rotary position for its next token (real tokens before it).
     next_pos: Vec<u32>,
     kv: Vec<(Tensor, Tensor)>,
@@ -42,7 +40,10 @@ struct Inputs {
     /// (1,) u32: the slot this step writes.
     slot: Tensor,
     /// (rows, 1, 1, capacity) in the cache's dtype: 0 where a row may attend, -inf elsewhere.
+    /// Made with the decoder from the prefill's padding; each step opens its own slot.
     mask: Tensor,
+    /// (rows, 1, 1, 1) zeros: what opening a slot writes into `mask`.
+    open: Tensor,
 }
 
 /// A recorded step's nodes by kind (what a replay walks through).
@@ -107,18 +108,25 @@ impl<'m> Decoder<'m> {
             .iter()
             .map(|v| v.iter().filter(|x| **x).count() as u32)
             .collect();
+        // Prefill slots holding real tokens are open, padding and the slots to come closed.
+        let mut mask = vec![f32::NEG_INFINITY; rows * capacity];
+        for (row, valid) in cache.valid.iter().enumerate() {
+            for (slot, _) in valid.iter().enumerate().filter(|(_, v)| **v) {
+                mask[row * capacity + slot] = 0.0;
+            }
+        }
         let inputs = Inputs {
             ids: Tensor::zeros(rows, DType::U32, dev)?,
             positions: Tensor::zeros(rows, DType::U32, dev)?,
             slot: Tensor::zeros(1, DType::U32, dev)?,
-            mask: Tensor::zeros((rows, 1, 1, capacity), dtype, dev)?,
+            mask: Tensor::from_vec(mask, (rows, 1, 1, capacity), dev)?.to_dtype(dtype)?,
+            open: Tensor::zeros((rows, 1, 1, 1), dtype, dev)?,
         };
         Ok(Self {
             model,
             rows,
             capacity,
             len,
-            valid: cache.valid.clone(),
             next_pos,
             kv,
             inputs,
@@ -163,9 +171,6 @@ impl<'m> Decoder<'m> {
         }
         #[cfg(not(feature = "cuda"))]
         self.run()?;
-        for v in &mut self.valid {
-            v.push(true);
-        }
         self.next_pos.iter_mut().for_each(|p| *p += 1);
         self.len += 1;
         Ok(self.out.clone())
@@ -231,16 +236,8 @@ impl<'m> Decoder<'m> {
             Tensor::new(self.next_pos.as_slice(), dev)?,
         )?;
         put(&self.inputs.slot, Tensor::new(&[self.len as u32], dev)?)?;
-        let mut mask = vec![f32::NEG_INFINITY; self.rows * self.capacity];
-        for (row, valid) in self.valid.iter().enumerate() {
-            let m = &mut mask[row * self.capacity..(row + 1) * self.capacity];
-            for (slot, _) in valid.iter().enumerate().filter(|(_, v)| **v) {
-                m[slot] = 0.0;
-            }
-            m[self.len] = 0.0;
-        }
-        let mask = Tensor::from_vec(mask, (self.rows, 1, 1, self.capacity), dev)?;
-        put(&self.inputs.mask, mask.to_dtype(self.inputs.mask.dtype())?)
+        // The token of this step attends to itself (and stays open for the steps after).
+        self.inputs.mask.slice_set(&self.inputs.open, 3, self.len)
     }
 
     /// One step, eagerly: the model's fixed-shape step, its logits copied into `out`.

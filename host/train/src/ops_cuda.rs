@@ -11,41 +11,9 @@ use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use std::sync::OnceLock;
 
-const SRC: &str = r#"
-typedef unsigned short bf16_t;
-__device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
-__device__ __forceinline__ float ld(const bf16_t* p, long long i) {
-    return __uint_as_float(((unsigned int)p[i]) << 16);
-}
-__device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void st(bf16_t* p, long long i, float v) {
-    unsigned int u = __float_as_uint(v);
-    if ((u & 0x7fffffffu) > 0x7f800000u) { p[i] = 0x7fc0; return; }
-    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-    p[i] = (bf16_t)(u >> 16);
-}
-__device__ __forceinline__ float warp_red(float v, bool mx) {
-    for (int o = 16; o > 0; o >>= 1) {
-        float w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = mx ? fmaxf(v, w) : v + w;
-    }
-    return v;
-}
-// Every thread of the block gets the block's max (mx) or sum.
-__device__ float block_red(float v, bool mx) {
-    __shared__ float sh[32];
-    const float id = mx ? __int_as_float(0xff800000) : 0.0f;
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    v = warp_red(v, mx);
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    v = threadIdx.x < (blockDim.x >> 5) ? sh[threadIdx.x] : id;
-    if (w == 0) v = warp_red(v, mx);
-    if (threadIdx.x == 0) sh[0] = v;
-    __syncthreads();
-    return sh[0];
-}
+const SRC: &str = concat!(
+    galley_model::cuda_prelude!(),
+    r#"
 // Row r of (rows, t) is query position r % t: keys after it get probability 0.
 template <typename T>
 __device__ void fwd(const T* s, T* p, int t, float scale) {
@@ -78,30 +46,15 @@ extern "C" __global__ void causal_softmax_f32(const float* s, float* p, int t, f
 extern "C" __global__ void causal_softmax_bf16(const bf16_t* s, bf16_t* p, int t, float scale) { fwd(s, p, t, scale); }
 extern "C" __global__ void causal_softmax_bwd_f32(const float* p, const float* dp, float* ds, int t, float scale) { bwd(p, dp, ds, t, scale); }
 extern "C" __global__ void causal_softmax_bwd_bf16(const bf16_t* p, const bf16_t* dp, bf16_t* ds, int t, float scale) { bwd(p, dp, ds, t, scale); }
-"#;
+"#
+);
 
 const MODULE: &str = "galley_train_ops";
 const THREADS: u32 = 256;
 
-/// `src` compiled by NVRTC once per process (`cell` holds the result, an error included),
-/// for every module of galley's CUDA kernels; `what` names them in the error.
-pub(crate) fn compile_once(
-    cell: &'static OnceLock<std::result::Result<String, String>>,
-    src: &str,
-    what: &str,
-) -> Result<&'static str> {
-    cell.get_or_init(|| {
-        candle_core::cuda::cudarc::nvrtc::compile_ptx(src)
-            .map(|p| p.to_src())
-            .map_err(|e| format!("compiling {what}: {e}"))
-    })
-    .as_deref()
-    .map_err(|e| candle_core::Error::Msg(e.clone()))
-}
-
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    compile_once(&PTX, SRC, "galley's CUDA training kernels")
+    galley_model::cuda::compile_once(&PTX, SRC, "galley's CUDA training kernels")
 }
 
 fn launch_err(e: impl std::fmt::Display) -> candle_core::Error {

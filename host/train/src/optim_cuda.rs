@@ -65,7 +65,7 @@ const NORM_BLOCKS: usize = 264;
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    Ok(crate::ops_cuda::compile_once(
+    Ok(galley_model::cuda::compile_once(
         &PTX,
         SRC,
         "the optimizer kernels",

@@ -77,6 +77,18 @@ impl Attention {
         mask: Option<&Tensor>,
         cache: &mut KvCache,
     ) -> candle_core::Result<Tensor> {
+        let (q, k, v) = self.project(x, angles)?;
+        let (k, v) = cache.append(&k, &v)?;
+        self.attend(&q, &k, &v, mask)
+    }
+
+    /// The rotated queries (b, heads, t, d) and keys (b, kv_heads, t, d) of `x` (b, t,
+    /// hidden), and its values (b, kv_heads, t, d).
+    fn project(
+        &self,
+        x: &Tensor,
+        angles: &Angles,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
         let qkv = self.qkv_proj.forward_split(x)?;
@@ -92,21 +104,31 @@ impl Attention {
         }
         let q = angles.rotate(&q.transpose(1, 2)?)?;
         let k = angles.rotate(&k.transpose(1, 2)?)?;
-        let (k, v) = cache.append(&k, &v)?;
-        let total = k.dim(2)?;
+        Ok((q, k, v))
+    }
+
+    /// Softmax attention of `q` (b, heads, t, d) over `k`, `v` (b, kv_heads, n, d) under an
+    /// additive `mask` that broadcasts to (b, heads, t, n), through the output projection.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, _, t, d) = q.dims4()?;
+        let n = k.dim(2)?;
         let rep = self.heads / self.kv_heads;
         // (b, heads, t, d) -> (b, kv_heads, rep * t, d): query heads of one group side by side.
         let q = q.reshape((b, self.kv_heads, rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.heads, t, total))?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.heads, t, n))?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs
-            .reshape((b, self.kv_heads, rep * t, total))?
-            .matmul(&v)?;
+        let out = probs.reshape((b, self.kv_heads, rep * t, n))?.matmul(v)?;
         let out = out
             .reshape((b, self.heads, t, d))?
             .transpose(1, 2)?
@@ -127,49 +149,22 @@ impl Attention {
         mask: &Tensor,
         (k_cache, v_cache): (&Tensor, &Tensor),
     ) -> candle_core::Result<Tensor> {
-        let b = x.dim(0)?;
-        let d = self.head_dim;
-        let scale = 1.0 / (d as f64).sqrt();
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() && self.q_norm.is_none() {
             let fused = self.qkv_proj.forward(x)?;
             let kv = (k_cache, v_cache);
+            let scale = (1.0 / (self.head_dim as f64).sqrt()) as f32;
             let q = crate::cuda_decode::rope_kv(&fused, angles, slot, kv, self.heads)?;
-            let out = crate::cuda_decode::attend(&q, kv, mask, scale as f32)?;
+            let out = crate::cuda_decode::attend(&q, kv, mask, scale)?;
             return self.o_proj.forward(&out);
         }
-        let qkv = self.qkv_proj.forward_split(x)?;
-        let mut q = qkv[0].reshape((b, 1, self.heads, d))?;
-        let mut k = qkv[1].reshape((b, 1, self.kv_heads, d))?;
-        let v = qkv[2]
-            .reshape((b, 1, self.kv_heads, d))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(&q)?;
-            k = kn.forward(&k)?;
-        }
-        let q = angles.rotate(&q.transpose(1, 2)?)?;
-        let k = angles.rotate(&k.transpose(1, 2)?)?;
+        let (q, k, v) = self.project(x, angles)?;
         let slots = slot
             .reshape((1, 1, 1, 1))?
-            .broadcast_as((b, self.kv_heads, 1, d))?
+            .broadcast_as(k.shape())?
             .contiguous()?;
         k_cache.scatter_set(&slots, &k, 2)?;
         v_cache.scatter_set(&slots, &v, 2)?;
-        let capacity = k_cache.dim(2)?;
-        let rep = self.heads / self.kv_heads;
-        let q = q.reshape((b, self.kv_heads, rep, d))?;
-        let scores = (q.matmul(&k_cache.t()?)? * scale)?
-            .reshape((b, self.heads, 1, capacity))?
-            .broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs
-            .reshape((b, self.kv_heads, rep, capacity))?
-            .matmul(v_cache)?
-            .reshape((b, self.heads, 1, d))?
-            .transpose(1, 2)?
-            .reshape((b, 1, self.heads * d))?;
-        self.o_proj.forward(&out)
+        self.attend(&q, k_cache, v_cache, Some(mask))
     }
 }
