@@ -1,7 +1,8 @@
 //! Running tasks: documents to prompts (description, few-shot turns and the question, joined
-//! as the harness joins them, or through the model's chat template), prompts to requests, all
-//! of a task's requests to the engine in one call (it batches), answers to grades, grades to
-//! means with standard errors, tasks to groups.
+//! as the harness joins them, or through the model's chat template), prompts to requests, the
+//! log-likelihood requests of all tasks to the engine in one call (it sorts and batches them,
+//! as the harness does), answers to grades, grades to means with standard errors, tasks to
+//! groups.
 
 use crate::EvalError;
 use crate::docs;
@@ -167,6 +168,8 @@ pub struct TaskResult {
     pub metrics: Vec<MetricValue>,
     /// Documents a failing evaluator plugin left ungraded (`on_error: skip`).
     pub skipped: usize,
+    /// Wall time of the task's own work, plus its share (by request count) of the
+    /// log-likelihood call it shared with the run's other tasks.
     pub seconds: f64,
 }
 
@@ -299,6 +302,11 @@ fn load_task(
 }
 
 /// Runs `tasks` on `engine`, then aggregates `groups` over their results.
+///
+/// Every task's log-likelihood requests go to the engine in one call, as the harness gathers
+/// them: the engine sorts them all by length and batches across tasks, so MMLU's 57 subjects
+/// pad as one set of similar lengths instead of 57 small ones. Rolling log-likelihoods and
+/// generations run task by task.
 pub fn evaluate(
     engine: &mut dyn Engine,
     mut judge: Option<&mut dyn Engine>,
@@ -309,25 +317,125 @@ pub fn evaluate(
     progress: &mut OnProgress<'_>,
 ) -> Result<Report, EvalError> {
     let templates = Templates::new();
+    let mut staged = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let started = std::time::Instant::now();
+        let mut s = stage(engine, task, opts, &templates)?;
+        s.seconds = started.elapsed().as_secs_f64();
+        staged.push(s);
+    }
+    answer_shared(engine, &mut staged, progress)?;
     let mut report = Report {
         tasks: vec![],
         groups: vec![],
         samples: vec![],
     };
-    for task in tasks {
+    for s in staged {
         let started = std::time::Instant::now();
         let judge_now: Option<&mut dyn Engine> = match judge {
             Some(ref mut j) => Some(&mut **j),
             None => None,
         };
-        let (mut result, samples) =
-            run_task(engine, judge_now, task, opts, &templates, plugins, progress)?;
-        result.seconds = started.elapsed().as_secs_f64();
+        let before = s.seconds;
+        let (mut result, samples) = finish_task(engine, judge_now, s, opts, plugins, progress)?;
+        result.seconds = before + started.elapsed().as_secs_f64();
         report.tasks.push(result);
         report.samples.extend(samples);
     }
     report.groups = aggregate_groups(groups, &report.tasks);
     Ok(report)
+}
+
+/// A task between its prompts and its grades.
+struct Staged<'a> {
+    loaded: &'a LoadedTask,
+    prepared: Vec<prompt::Prepared>,
+    samples: Vec<Sample>,
+    /// Log-likelihood requests and the sample each belongs to (empty for generation).
+    requests: Vec<LoglikelihoodRequest>,
+    owner: Vec<usize>,
+    /// Whether the requests are answered yet (by the call tasks share).
+    answered: bool,
+    /// Wall time spent on this task so far, its share of a shared call included.
+    seconds: f64,
+}
+
+/// The log-likelihood requests of every task that has them (not rolling ones), answered in
+/// one engine call. Each task's `seconds` gets a share of the call by its requests' count.
+fn answer_shared(
+    engine: &mut dyn Engine,
+    staged: &mut [Staged<'_>],
+    progress: &mut OnProgress<'_>,
+) -> Result<(), EvalError> {
+    let shared: Vec<usize> = (0..staged.len())
+        .filter(|&i| {
+            matches!(
+                staged[i].loaded.task.config.output_type,
+                OutputType::MultipleChoice | OutputType::Loglikelihood
+            )
+        })
+        .collect();
+    let requests: Vec<LoglikelihoodRequest> = shared
+        .iter()
+        .flat_map(|&i| staged[i].requests.iter().cloned())
+        .collect();
+    if requests.is_empty() {
+        return Ok(());
+    }
+    let total = requests.len();
+    let label = match shared.as_slice() {
+        [one] => staged[*one].loaded.task.config.task.clone(),
+        many => format!("{} tasks", many.len()),
+    };
+    let started = std::time::Instant::now();
+    let answers = engine
+        .loglikelihood(&requests, &mut |done| progress(&label, done, total))
+        .map_err(|e| name_request(e, shared.iter().map(|&i| &staged[i])))?;
+    if answers.len() != total {
+        return Err(EvalError::Engine(galley_core::EngineError::new(
+            engine.name(),
+            format!("{} answers to {total} requests", answers.len()),
+        )));
+    }
+    let per_request = started.elapsed().as_secs_f64() / total as f64;
+    let mut answers = answers.into_iter();
+    for &i in &shared {
+        let s = &mut staged[i];
+        s.seconds += per_request * s.requests.len() as f64;
+        for (&doc, a) in s.owner.iter().zip(answers.by_ref()) {
+            s.samples[doc].loglikelihoods.push((a.logprob, a.greedy));
+        }
+        s.answered = true;
+    }
+    Ok(())
+}
+
+/// An engine error about "request N" of a shared call, restated as the task's own request N.
+fn name_request<'a>(
+    e: galley_core::EngineError,
+    tasks: impl Iterator<Item = &'a Staged<'a>>,
+) -> EvalError {
+    let n = e
+        .message
+        .strip_prefix("request ")
+        .and_then(|r| r.split_once(':'))
+        .and_then(|(n, _)| n.parse::<usize>().ok());
+    if let Some(mut n) = n {
+        for s in tasks {
+            if n < s.requests.len() {
+                let rest = e.message.split_once(':').map_or("", |x| x.1);
+                return EvalError::Engine(galley_core::EngineError::new(
+                    e.engine,
+                    format!(
+                        "task `{}`, document {}, request {n}:{rest}",
+                        s.loaded.task.config.task, s.owner[n]
+                    ),
+                ));
+            }
+            n -= s.requests.len();
+        }
+    }
+    EvalError::Engine(e)
 }
 
 /// The splits a task evaluates on and draws few-shot examples from.
@@ -346,15 +454,13 @@ fn splits(task: &Task) -> (String, Option<String>) {
     (eval, fewshot)
 }
 
-fn run_task(
+/// A task's prompts, its samples, and its log-likelihood requests.
+fn stage<'a>(
     engine: &mut dyn Engine,
-    mut judge: Option<&mut dyn Engine>,
-    loaded: &LoadedTask,
+    loaded: &'a LoadedTask,
     opts: &EvalOptions,
     t: &Templates,
-    plugins: &mut dyn Plugins,
-    progress: &mut OnProgress<'_>,
-) -> Result<(TaskResult, Vec<Sample>), EvalError> {
+) -> Result<Staged<'a>, EvalError> {
     let task = &loaded.task;
     let c = &task.config;
     let (eval_docs, shots) = (&loaded.eval_docs, loaded.shots);
@@ -374,9 +480,8 @@ fn run_task(
         c.target_delimiter.as_str()
     };
 
-    // Prompts to answers.
     let name = c.task.clone();
-    let mut samples: Vec<Sample> = prepared
+    let samples: Vec<Sample> = prepared
         .iter()
         .enumerate()
         .map(|(i, p)| Sample {
@@ -391,48 +496,84 @@ fn run_task(
             grades: BTreeMap::new(),
         })
         .collect();
+    let mut requests = vec![];
+    let mut owner = vec![];
+    for (i, p) in prepared.iter().enumerate() {
+        match c.output_type {
+            OutputType::MultipleChoice if !p.contexts.is_empty() => {
+                for ctx in &p.contexts {
+                    requests.push(LoglikelihoodRequest {
+                        context: ctx.clone(),
+                        continuation: format!("{target_delimiter}{}", p.target),
+                    });
+                    owner.push(i);
+                }
+            }
+            OutputType::MultipleChoice => {
+                for ch in p.choices.as_deref().unwrap_or_default() {
+                    requests.push(LoglikelihoodRequest {
+                        context: p.prompt.clone(),
+                        continuation: format!("{target_delimiter}{ch}"),
+                    });
+                    owner.push(i);
+                }
+            }
+            OutputType::Loglikelihood => {
+                requests.push(LoglikelihoodRequest {
+                    context: p.prompt.clone(),
+                    continuation: p.target.clone(),
+                });
+                owner.push(i);
+            }
+            OutputType::LoglikelihoodRolling => {
+                requests.push(LoglikelihoodRequest {
+                    context: String::new(),
+                    continuation: p.target.clone(),
+                });
+                owner.push(i);
+            }
+            OutputType::GenerateUntil => {}
+        }
+    }
+    Ok(Staged {
+        loaded,
+        prepared,
+        samples,
+        requests,
+        owner,
+        answered: false,
+        seconds: 0.0,
+    })
+}
+
+/// A staged task's remaining answers (rolling log-likelihoods, generations), then its grades
+/// and their means.
+fn finish_task(
+    engine: &mut dyn Engine,
+    mut judge: Option<&mut dyn Engine>,
+    staged: Staged<'_>,
+    opts: &EvalOptions,
+    plugins: &mut dyn Plugins,
+    progress: &mut OnProgress<'_>,
+) -> Result<(TaskResult, Vec<Sample>), EvalError> {
+    let Staged {
+        loaded,
+        prepared,
+        mut samples,
+        requests,
+        owner,
+        answered,
+        seconds: _,
+    } = staged;
+    let task = &loaded.task;
+    let c = &task.config;
+    let (eval_docs, shots) = (&loaded.eval_docs, loaded.shots);
+    let name = c.task.clone();
     match c.output_type {
+        _ if answered => {}
         OutputType::MultipleChoice
         | OutputType::Loglikelihood
         | OutputType::LoglikelihoodRolling => {
-            let mut requests = vec![];
-            let mut owner = vec![];
-            for (i, p) in prepared.iter().enumerate() {
-                match c.output_type {
-                    OutputType::MultipleChoice if !p.contexts.is_empty() => {
-                        for ctx in &p.contexts {
-                            requests.push(LoglikelihoodRequest {
-                                context: ctx.clone(),
-                                continuation: format!("{target_delimiter}{}", p.target),
-                            });
-                            owner.push(i);
-                        }
-                    }
-                    OutputType::MultipleChoice => {
-                        for ch in p.choices.as_deref().unwrap_or_default() {
-                            requests.push(LoglikelihoodRequest {
-                                context: p.prompt.clone(),
-                                continuation: format!("{target_delimiter}{ch}"),
-                            });
-                            owner.push(i);
-                        }
-                    }
-                    OutputType::Loglikelihood => {
-                        requests.push(LoglikelihoodRequest {
-                            context: p.prompt.clone(),
-                            continuation: p.target.clone(),
-                        });
-                        owner.push(i);
-                    }
-                    _ => {
-                        requests.push(LoglikelihoodRequest {
-                            context: String::new(),
-                            continuation: p.target.clone(),
-                        });
-                        owner.push(i);
-                    }
-                }
-            }
             let total = requests.len();
             let answers = if c.output_type == OutputType::LoglikelihoodRolling {
                 // Whole documents, in the model's context-sized windows where they are longer.

@@ -18,6 +18,7 @@ use galley_core::engine::{
     Engine, EngineError, GenerateRequest, Generated, Loglikelihood, LoglikelihoodRequest, Progress,
 };
 use galley_core::{Message, text};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 pub struct NativeEngine {
@@ -271,15 +272,28 @@ impl NativeEngine {
                 })
                 .collect();
             let logits = self.model.forward(&input, None, &mut c, false)?;
-            for (i, &r) in chunk.iter().enumerate() {
-                let t = tokens(r);
-                let row = logits.get(i)?;
-                for (j, &tok) in t.iter().enumerate().skip(1) {
-                    let logits = row.get(j - 1)?.to_vec1::<f32>()?;
-                    let norm = LogSoftmax::new(&logits);
-                    scored[r].0.push(norm.at(&logits, tok));
-                    scored[r].1 &= norm.argmax == tok as usize;
-                }
+            let vocab = logits.dim(2)?;
+            let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+            // Each position's normaliser is a pass over the vocabulary: in parallel.
+            let wanted: Vec<(usize, usize, u32)> = chunk
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &r)| {
+                    let t = tokens(r);
+                    (1..t.len()).map(move |j| (r, (i * width + j - 1) * vocab, t[j]))
+                })
+                .collect();
+            let got: Vec<(f32, bool)> = wanted
+                .par_iter()
+                .map(|&(_, at, tok)| {
+                    let row = &logits[at..at + vocab];
+                    let norm = LogSoftmax::new(row);
+                    (norm.at(row, tok), norm.argmax == tok as usize)
+                })
+                .collect();
+            for (&(r, _, _), (lp, greedy)) in wanted.iter().zip(got) {
+                scored[r].0.push(lp);
+                scored[r].1 &= greedy;
             }
             at = end;
         }

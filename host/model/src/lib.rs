@@ -8,6 +8,7 @@ pub mod adapter;
 pub mod batch;
 pub mod chat;
 pub mod config;
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "cuda")]

@@ -4,7 +4,7 @@
 
 use crate::config::LlamaConfig;
 use crate::error::Result;
-use crate::layers::{DecoderLayer, Linear, RmsNorm, Rotary};
+use crate::layers::{DecoderLayer, Linear, Mask, RmsNorm, Rotary};
 use crate::weights::{LinearWeight, Weights};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::kv_cache::KvCache;
@@ -279,7 +279,13 @@ impl Llama {
         let angles = self.rotary.at(&positions, b, t)?;
         let total = past + t;
         let needs_mask = t > 1 || cache.valid.iter().any(|v| v.iter().any(|x| !x));
-        let mask = if needs_mask {
+        let mask = if self.device.is_cpu() && self.dtype() == DType::F32 {
+            // The CPU kernel reads the flags themselves: no (b, t, total) tensor to build.
+            Some(Mask::Rows(crate::cpu::Visible {
+                past,
+                valid: std::sync::Arc::new(cache.valid.clone()),
+            }))
+        } else if needs_mask {
             let mut m = vec![0f32; b * t * total];
             for (row, valid) in cache.valid.iter().enumerate() {
                 for i in 0..t {
@@ -294,7 +300,11 @@ impl Llama {
                     }
                 }
             }
-            Some(Tensor::from_vec(m, (b, 1, t, total), &self.device)?)
+            Some(Mask::Dense(Tensor::from_vec(
+                m,
+                (b, 1, t, total),
+                &self.device,
+            )?))
         } else {
             None
         };

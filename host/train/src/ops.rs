@@ -10,11 +10,9 @@
 //! depend on the thread count and runs are bit-for-bit repeatable.
 
 use candle_core::quantized::QTensor;
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, D, Device, Layout, Result, Shape, Storage, Tensor, bail,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Device, Layout, Result, Shape, Tensor};
+use galley_model::cpu::{assume_init, slice, uninit, with_f32, zeroed};
 use rayon::prelude::*;
-use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 /// Which implementation the model's forward pass uses.
@@ -32,68 +30,8 @@ pub enum Kernels {
 /// Label of a position that does not count in the loss.
 pub const IGNORE: u32 = u32::MAX;
 
-pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("galley op: input is not contiguous"),
-    }
-}
-
-/// Runs `f` on the f32 data of a CPU tensor (made contiguous first if needed).
-pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = if t.is_contiguous() {
-        t.clone()
-    } else {
-        t.contiguous()?
-    };
-    let (st, l) = t.storage_and_layout();
-    let Storage::Cpu(c) = &*st else {
-        bail!("galley's fused ops run on the CPU")
-    };
-    Ok(f(slice(c, l)?))
-}
-
 fn out(v: Vec<f32>, shape: &Shape) -> Result<Tensor> {
     Tensor::from_vec(v, shape.clone(), &Device::Cpu)
-}
-
-/// A zero-filled buffer, for kernels that write only part of it or whose output is small.
-pub(crate) fn zeroed(n: usize) -> Vec<f32> {
-    vec![0f32; n]
-}
-
-/// A buffer a kernel will write in full, not yet initialised: `MaybeUninit`, so no `&[f32]`
-/// over uninitialised memory ever exists (that would be undefined behaviour even if every
-/// element were written before it is read). Zero-filling instead cost ~20% of a full
-/// fine-tuning step (`train-bench`, same-run A/B): the backward pass makes many large
-/// buffers that the kernels overwrite anyway.
-pub(crate) fn uninit(n: usize) -> Vec<MaybeUninit<f32>> {
-    let mut v = Vec::with_capacity(n);
-    // SAFETY: `MaybeUninit` needs no initialisation, and the capacity is `n`.
-    unsafe { v.set_len(n) };
-    v
-}
-
-/// The floats of a buffer from `uninit` once written.
-///
-/// # Safety
-/// Every element of `v` must have been written.
-pub(crate) unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
-    let mut v = std::mem::ManuallyDrop::new(v);
-    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
-    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, the allocation is handed over
-    // whole (the original is not dropped), and the caller vouches that every element is set.
-    unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) }
-}
-
-/// A written part of an `uninit` buffer, as floats.
-///
-/// # Safety
-/// Every element of `s` must have been written.
-pub(crate) unsafe fn assume_init_mut(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    // SAFETY: same layout; the caller vouches that every element is set.
-    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// Rows per parallel task for row-wise kernels.

@@ -8,9 +8,9 @@
 use crate::config::{OptimizerKind, Schedule, TrainingSection};
 use crate::error::Result;
 use crate::model::Trainable;
-use crate::ops::with_f32;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, InplaceOp1, Layout};
+use galley_model::cpu::with_f32;
 use rayon::prelude::*;
 use std::sync::Mutex;
 

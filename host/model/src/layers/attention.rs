@@ -10,6 +10,15 @@ use crate::weights::Weights;
 use candle_core::{Device, Tensor};
 use candle_nn::kv_cache::KvCache;
 
+/// What a forward pass's queries may see.
+#[derive(Debug, Clone)]
+pub enum Mask {
+    /// Additive, (b, 1, t, past + t): GPUs, through candle's ops.
+    Dense(Tensor),
+    /// The CPU kernel's own form (`cpu::attend` applies it inside the kernel).
+    Rows(crate::cpu::Visible),
+}
+
 pub struct Attention {
     qkv_proj: Linear,
     o_proj: Linear,
@@ -68,18 +77,28 @@ impl Attention {
         })
     }
 
-    /// `x` (b, t, hidden); `mask` (b, 1, t, past + t), additive, or `None` for a plain causal
-    /// step of one token.
+    /// `x` (b, t, hidden); `mask` as the pass's queries see, or `None` for a plain causal step
+    /// of one token.
     pub fn forward(
         &self,
         x: &Tensor,
         angles: &Angles,
-        mask: Option<&Tensor>,
+        mask: Option<&Mask>,
         cache: &mut KvCache,
     ) -> candle_core::Result<Tensor> {
         let (q, k, v) = self.project(x, angles)?;
         let (k, v) = cache.append(&k, &v)?;
-        self.attend(&q, &k, &v, mask)
+        match mask {
+            Some(Mask::Rows(visible)) => {
+                let (b, _, t, d) = q.dims4()?;
+                let scale = (1.0 / (d as f64).sqrt()) as f32;
+                let out = crate::cpu::attend(&q, &k, &v, scale, visible.clone())?;
+                let out = out.transpose(1, 2)?.reshape((b, t, self.heads * d))?;
+                self.o_proj.forward(&out)
+            }
+            Some(Mask::Dense(m)) => self.attend(&q, &k, &v, Some(m)),
+            None => self.attend(&q, &k, &v, None),
+        }
     }
 
     /// The rotated queries (b, heads, t, d) and keys (b, kv_heads, t, d) of `x` (b, t,

@@ -48,7 +48,7 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         angles: &Angles,
-        mask: Option<&Tensor>,
+        mask: Option<&super::Mask>,
         cache: &mut KvCache,
     ) -> candle_core::Result<Tensor> {
         let h = (x + self.self_attn.forward(

@@ -8,7 +8,7 @@ pub mod mlp;
 pub mod rms_norm;
 pub mod rotary;
 
-pub use attention::Attention;
+pub use attention::{Attention, Mask};
 pub use block::DecoderLayer;
 pub use linear::Linear;
 pub use mlp::Mlp;

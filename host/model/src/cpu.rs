@@ -1,0 +1,535 @@
+//! The CPU kernels' plumbing and the inference ops built on it. The plumbing — f32 views of
+//! candle's CPU storage, buffers a kernel writes in full without zero-filling them first, and
+//! the one safe wrapper over the `gemm` crate — is shared with galley-train's fused training
+//! ops. The inference ops replace chains of candle ops that each allocate and walk a full
+//! tensor: attention over the KV cache with the causal and padding masks applied inside the
+//! kernel (no mask tensor, no score tensor for the whole batch, keys after the last query of
+//! a block never multiplied), and SiLU of the gate times the up projection read from their
+//! fused output.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+pub fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("galley op: input is not contiguous"),
+    }
+}
+
+/// Runs `f` on the f32 data of a CPU tensor (made contiguous first if needed).
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.contiguous()?
+    };
+    let (st, l) = t.storage_and_layout();
+    let Storage::Cpu(c) = &*st else {
+        bail!("galley's fused ops run on the CPU")
+    };
+    Ok(f(slice(c, l)?))
+}
+
+/// A zero-filled buffer, for kernels that write only part of it or whose output is small.
+pub fn zeroed(n: usize) -> Vec<f32> {
+    vec![0f32; n]
+}
+
+/// A buffer a kernel will write in full, not yet initialised: `MaybeUninit`, so no `&[f32]`
+/// over uninitialised memory ever exists (that would be undefined behaviour even if every
+/// element were written before it is read). Zero-filling instead cost ~20% of a full
+/// fine-tuning step (`train-bench`, same-run A/B): the backward pass makes many large
+/// buffers that the kernels overwrite anyway.
+pub fn uninit(n: usize) -> Vec<MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: `MaybeUninit` needs no initialisation, and the capacity is `n`.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// The floats of a buffer from `uninit` once written.
+///
+/// # Safety
+/// Every element of `v` must have been written.
+pub unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, the allocation is handed over
+    // whole (the original is not dropped), and the caller vouches that every element is set.
+    unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) }
+}
+
+/// A written part of an `uninit` buffer, as floats.
+///
+/// # Safety
+/// Every element of `s` must have been written.
+pub unsafe fn assume_init_mut(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: same layout; the caller vouches that every element is set.
+    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// A matrix view over a slice: element (i, j) at `data[i*rs + j*cs]`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl Mat<'_> {
+    /// Whether every element of a (rows, cols) matrix lies inside the slice.
+    fn holds(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || (rows - 1)
+                .checked_mul(self.rs)
+                .zip((cols - 1).checked_mul(self.cs))
+                .and_then(|(r, c)| r.checked_add(c))
+                .is_some_and(|last| last < self.data.len())
+    }
+}
+
+pub fn rm(s: &[f32], cols: usize) -> Mat<'_> {
+    Mat {
+        data: s,
+        rs: cols,
+        cs: 1,
+    }
+}
+
+/// The transpose of a row-major (rows, cols) matrix.
+pub fn tr(s: &[f32], cols: usize) -> Mat<'_> {
+    Mat {
+        data: s,
+        rs: 1,
+        cs: cols,
+    }
+}
+
+/// dst (m, n, row-major) = [dst +] scale · a (m, k) · b (k, n), on rayon's threads.
+/// Panics when a view does not fit its slice (a bug in the caller, never UB).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    scale: f32,
+    accumulate: bool,
+) {
+    let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    // SAFETY: gemm_with writes only floats through the view.
+    gemm_with(
+        par,
+        unsafe { as_uninit(dst) },
+        m,
+        n,
+        k,
+        a,
+        b,
+        scale,
+        accumulate,
+    )
+}
+
+/// Floats seen as possibly-uninitialised floats, for `gemm_with`.
+///
+/// # Safety
+/// Only initialised floats may be written through the view (the slice stays `[f32]`).
+unsafe fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; the caller writes nothing but floats.
+    unsafe { &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// A fresh (m, n) matrix = scale · a (m, k) · b (k, n), on rayon's threads. Its buffer is
+/// never zero-filled: gemm overwrites every element (see `gemm_with`).
+pub fn product(m: usize, n: usize, k: usize, a: Mat, b: Mat, scale: f32) -> Vec<f32> {
+    let mut dst = uninit(m * n);
+    let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    gemm_with(par, &mut dst, m, n, k, a, b, scale, false);
+    // SAFETY: without accumulation gemm writes all m·n elements.
+    unsafe { assume_init(dst) }
+}
+
+/// `product` on one thread into a block of an `uninit` buffer; returns the block, written.
+#[allow(clippy::too_many_arguments)]
+pub fn product1<'d>(
+    dst: &'d mut [MaybeUninit<f32>],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    scale: f32,
+) -> &'d mut [f32] {
+    gemm_with(gemm::Parallelism::None, dst, m, n, k, a, b, scale, false);
+    // SAFETY: without accumulation gemm writes all m·n elements of dst (checked to be m·n).
+    unsafe { assume_init_mut(dst) }
+}
+
+/// The one call into the `gemm` crate: every length and stride is checked first, so the
+/// wrapper is safe whatever its callers pass. `dst` may be uninitialised unless
+/// `accumulate`: gemm then only writes it, every element (with k == 0, zeroes). With
+/// `accumulate` it is read, and the callers pass initialised floats (`gemm`, `gemm1`).
+#[allow(clippy::too_many_arguments)]
+fn gemm_with(
+    par: gemm::Parallelism,
+    dst: &mut [MaybeUninit<f32>],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    scale: f32,
+    accumulate: bool,
+) {
+    assert_eq!(dst.len(), m * n, "gemm: dst is not ({m}, {n})");
+    assert!(
+        a.holds(m, k),
+        "gemm: a is not ({m}, {k}) inside its {} elements",
+        a.data.len()
+    );
+    assert!(
+        b.holds(k, n),
+        "gemm: b is not ({k}, {n}) inside its {} elements",
+        b.data.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: dst is exactly (m, n) row-major and exclusively borrowed; the asserts above
+    // put every element gemm reads of a (m, k) and b (k, n) inside their slices, which are
+    // borrowed (alive, unaliased by dst) for the call. Strides fit isize because they index
+    // inside a slice. With k == 0 gemm reads neither input and scales or zeroes dst. dst is
+    // read only when `accumulate`, which only the initialised-float callers ask for.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().cast::<f32>(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+// ------------------------------------------------------------------ attention (inference)
+
+/// Which keys each query of a forward pass sees: rows of `past + t` flags (false for padding)
+/// and the causal rule (query i of the pass sits at `past + i`). A padding query sees itself as
+/// well, so its softmax is defined (its output is never read).
+#[derive(Debug, Clone)]
+pub struct Visible {
+    pub past: usize,
+    pub valid: Arc<Vec<Vec<bool>>>,
+}
+
+struct Attend {
+    scale: f32,
+    visible: Visible,
+}
+
+/// Query rows per block: each block's scores are (rows, keys up to the block's last query).
+const QUERY_BLOCK: usize = 64;
+
+/// A (b, dim1, n, d) tensor's view of batch row `bi`, head `h`: its (n, d) rows.
+fn head_rows<'a>(data: &'a [f32], l: &Layout, bi: usize, h: usize) -> Result<Mat<'a>> {
+    let st = l.stride();
+    if st.len() != 4 || st[3] != 1 {
+        bail!("galley attention: keys and values need a unit stride in the head dimension");
+    }
+    let at = l.start_offset() + bi * st[0] + h * st[1];
+    Ok(Mat {
+        data: data.get(at..).unwrap_or_default(),
+        rs: st[2],
+        cs: 1,
+    })
+}
+
+impl CustomOp3 for Attend {
+    fn name(&self) -> &'static str {
+        "galley-attend"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let q = slice(s1, l1)?;
+        let (ks, vs) = (s2.as_slice::<f32>()?, s3.as_slice::<f32>()?);
+        let (b, heads, t, d) = l1.shape().dims4()?;
+        let (kb, kvh, n, kd) = l2.shape().dims4()?;
+        if l3.shape().dims4()? != (kb, kvh, n, kd)
+            || (kb, kd) != (b, d)
+            || kvh == 0
+            || !heads.is_multiple_of(kvh)
+            || self.visible.valid.len() != b
+            || self.visible.valid.iter().any(|v| v.len() != n)
+            || self.visible.past + t != n
+        {
+            bail!(
+                "galley attention: q {:?}, k {:?}, v {:?} and the mask ({} rows, past {}) disagree",
+                l1.shape(),
+                l2.shape(),
+                l3.shape(),
+                self.visible.valid.len(),
+                self.visible.past
+            );
+        }
+        let rep = heads / kvh;
+        let past = self.visible.past;
+        let mut out = uninit(b * heads * t * d);
+        out.par_chunks_mut(t * d)
+            .enumerate()
+            .try_for_each(|(task, o)| -> Result<()> {
+                let (bi, h) = (task / heads, task % heads);
+                let valid = &self.visible.valid[bi];
+                let (kr, vr) = (
+                    head_rows(ks, l2, bi, h / rep)?,
+                    head_rows(vs, l3, bi, h / rep)?,
+                );
+                let qh = &q[task * t * d..][..t * d];
+                let mut scores = uninit(QUERY_BLOCK * n);
+                for i0 in (0..t).step_by(QUERY_BLOCK) {
+                    let rows = QUERY_BLOCK.min(t - i0);
+                    // Keys after the block's last query are masked for every row of it.
+                    let keys = past + i0 + rows;
+                    let s = product1(
+                        &mut scores[..rows * keys],
+                        rows,
+                        keys,
+                        d,
+                        rm(&qh[i0 * d..], d),
+                        Mat {
+                            data: kr.data,
+                            rs: 1,
+                            cs: kr.rs,
+                        },
+                        self.scale,
+                    );
+                    for (r, row) in s.chunks_exact_mut(keys).enumerate() {
+                        let at = past + i0 + r;
+                        softmax_visible(row, at, valid);
+                    }
+                    // SAFETY of the view: `o` is (t, d); this block is its rows i0..i0+rows.
+                    let dst = &mut o[i0 * d..][..rows * d];
+                    let s = &*s;
+                    gemm_with(
+                        gemm::Parallelism::None,
+                        dst,
+                        rows,
+                        d,
+                        keys,
+                        rm(s, keys),
+                        vr,
+                        1.0,
+                        false,
+                    );
+                }
+                Ok(())
+            })?;
+        // SAFETY: the (t, d) blocks cover `out` and each block's row blocks were written whole.
+        let out = unsafe { assume_init(out) };
+        Ok((CpuStorage::F32(out), Shape::from((b, heads, t, d))))
+    }
+}
+
+/// softmax over the keys query position `at` sees (`valid[j]` and `j <= at`, plus itself), in
+/// place on its row of already scaled scores; the rest become 0.
+fn softmax_visible(row: &mut [f32], at: usize, valid: &[bool]) {
+    let sees = |j: usize| j == at || (j < at && valid[j]);
+    let mut m = f32::NEG_INFINITY;
+    for (j, &v) in row.iter().enumerate() {
+        if sees(j) {
+            m = m.max(v);
+        }
+    }
+    let mut sum = 0f32;
+    for (j, v) in row.iter_mut().enumerate() {
+        if sees(j) {
+            *v = (*v - m).exp();
+            sum += *v;
+        } else {
+            *v = 0.0;
+        }
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// softmax(scale·q·kᵀ under `visible`)·v for q (b, heads, t, d), k and v (b, kv_heads, past +
+/// t, d) (views into a KV cache are read in place); returns (b, heads, t, d). CPU, f32.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, visible: Visible) -> Result<Tensor> {
+    q.contiguous()?
+        .apply_op3_no_bwd(k, v, &Attend { scale, visible })
+}
+
+// ------------------------------------------------------------------ SiLU gate (inference)
+
+struct SiluMulHalves;
+
+impl CustomOp1 for SiluMulHalves {
+    fn name(&self) -> &'static str {
+        "galley-silu-mul-halves"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let dims = l.shape().dims();
+        let w = *dims.last().unwrap_or(&0);
+        if !w.is_multiple_of(2) {
+            bail!("galley silu-mul: the last dimension ({w}) is not gate and up halves");
+        }
+        let i = w / 2;
+        let mut y = uninit(x.len() / 2);
+        y.par_chunks_mut(i).zip(x.par_chunks(w)).for_each(|(y, x)| {
+            let (g, u) = x.split_at(i);
+            for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                y.write(g / (1.0 + (-g).exp()) * u);
+            }
+        });
+        // SAFETY: one (i) output row per input row, every element written.
+        let y = unsafe { assume_init(y) };
+        let mut out = dims.to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = i;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+}
+
+/// silu(gate)·up for `x` (..., 2·i) holding the gate and up projections side by side; returns
+/// (..., i). CPU, f32.
+pub fn silu_mul_halves(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&SiluMulHalves)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{D, Device};
+
+    /// The dense-mask path GPUs run: scores, additive mask, softmax, product.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, vis: &Visible) -> Tensor {
+        let (b, heads, t, _) = q.dims4().unwrap();
+        let (kvh, n) = (k.dim(1).unwrap(), k.dim(2).unwrap());
+        let rep = heads / kvh;
+        let mut m = vec![0f32; b * t * n];
+        for (r, valid) in vis.valid.iter().enumerate() {
+            for i in 0..t {
+                for j in 0..n {
+                    let at = vis.past + i;
+                    if !(j == at || (j < at && valid[j])) {
+                        m[(r * t + i) * n + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(m, (b, 1, t, n), &Device::Cpu).unwrap();
+        let expand = |x: &Tensor| {
+            x.unsqueeze(2)
+                .unwrap()
+                .repeat((1, 1, rep, 1, 1))
+                .unwrap()
+                .reshape((b, heads, n, x.dim(3).unwrap()))
+                .unwrap()
+        };
+        let (k, v) = (expand(k), expand(v));
+        let s = (q.matmul(&k.t().unwrap()).unwrap() * scale as f64).unwrap();
+        let p = candle_nn::ops::softmax_last_dim(&s.broadcast_add(&mask).unwrap()).unwrap();
+        p.matmul(&v).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(D::Minus1)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn attention_matches_the_dense_mask_path_with_padding_past_and_cache_views() {
+        let dev = Device::Cpu;
+        // 70 queries: two query blocks, the second partial. Row 1 is left-padded by 5 and has
+        // a padding hole in the past (a joined cache); keys and values are views into a
+        // cache buffer with room to spare, as KvCache hands them out.
+        let (b, heads, kvh, d, past, t) = (2, 6, 2, 16, 9, 70);
+        let n = past + t;
+        let q = Tensor::randn(0f32, 1.0, (b, heads, t, d), &dev).unwrap();
+        let kbuf = Tensor::randn(0f32, 1.0, (b, kvh, n + 30, d), &dev).unwrap();
+        let vbuf = Tensor::randn(0f32, 1.0, (b, kvh, n + 30, d), &dev).unwrap();
+        let (k, v) = (kbuf.narrow(2, 0, n).unwrap(), vbuf.narrow(2, 0, n).unwrap());
+        let mut valid = vec![vec![true; n]; b];
+        valid[1][..5].fill(false);
+        valid[1][past + 3] = false;
+        let vis = Visible {
+            past,
+            valid: Arc::new(valid),
+        };
+        let got = attend(&q, &k, &v, 0.25, vis.clone()).unwrap();
+        let want = reference(
+            &q,
+            &k.contiguous().unwrap(),
+            &v.contiguous().unwrap(),
+            0.25,
+            &vis,
+        );
+        assert_eq!(got.dims(), want.dims());
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+    }
+
+    #[test]
+    fn attention_refuses_a_mask_of_another_shape() {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((1, 2, 3, 4), candle_core::DType::F32, &dev).unwrap();
+        let k = Tensor::zeros((1, 1, 3, 4), candle_core::DType::F32, &dev).unwrap();
+        let vis = Visible {
+            past: 1,
+            valid: Arc::new(vec![vec![true; 3]]),
+        };
+        let e = attend(&q, &k, &k, 1.0, vis).unwrap_err().to_string();
+        assert!(e.contains("disagree"), "{e}");
+    }
+
+    #[test]
+    fn silu_gate_of_halves_matches_candle() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.0, (3, 5, 2 * 7), &dev).unwrap();
+        let got = silu_mul_halves(&x).unwrap();
+        let (g, u) = (x.narrow(2, 0, 7).unwrap(), x.narrow(2, 7, 7).unwrap());
+        let want = (candle_nn::ops::silu(&g).unwrap() * u).unwrap();
+        assert_eq!(got.dims(), &[3, 5, 7]);
+        assert_eq!(max_diff(&got, &want), 0.0);
+    }
+}
