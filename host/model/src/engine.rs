@@ -5,13 +5,14 @@
 //! special tokens; an empty context is the end-of-text token) — so the numbers are the field's.
 //!
 //! What is galley's own is the batching. Requests that share a context (a question's choices)
-//! prefill it once and copy its cache rows, as GRPO does for a group; contexts are sorted by
-//! length so a batch pads little; a one-token continuation (MMLU's " A") needs no second pass,
-//! its log-probability is read from the context's last position.
+//! prefill it once and copy its cache rows, as GRPO does for a group; contexts that share a
+//! long prefix (a task's few-shot examples) compute it once too; contexts are sorted by length
+//! so a batch pads little; a one-token continuation (MMLU's " A") needs no second pass, its
+//! log-probability is read from the context's last position.
 
 use crate::chat::ChatTemplate;
 use crate::generate::generate;
-use crate::model::Llama;
+use crate::model::{Cache, Llama};
 use crate::sample::{LogSoftmax, SamplingParams};
 use crate::tokenizer::Tokenizer;
 use galley_core::engine::{
@@ -26,6 +27,10 @@ pub struct NativeEngine {
     pub tokenizer: Tokenizer,
     pub template: Option<ChatTemplate>,
     name: String,
+    /// Contexts that share a prefix of at least this many tokens (a task's few-shot examples)
+    /// have it computed once and its cache rows copied, as llama.cpp's and vLLM's prompt
+    /// caches do. `usize::MAX` turns sharing off.
+    pub share_prefix_from: usize,
     /// Token positions (rows x padded length) one forward pass may hold: bounds the attention
     /// scores and the logits kept for a batch.
     pub batch_tokens: usize,
@@ -59,6 +64,7 @@ impl NativeEngine {
             tokenizer,
             template,
             name: name.into(),
+            share_prefix_from: 64,
             batch_tokens: 4096,
             batch_rows: 32,
             cont_tokens: 1024,
@@ -142,21 +148,51 @@ impl NativeEngine {
             });
             groups[g].conts.push((i, cont));
         }
+        let mut out: Vec<Option<Loglikelihood>> = vec![None; n];
+        let mut done = 0;
+        let (families, rest) = families(&groups, self.share_prefix_from);
+        for (shared, members) in families {
+            // The shared prefix once, one row; its rows are copied for each batch.
+            let mut base = self.model.new_cache(1);
+            let prefix = &groups[members[0]].context[..shared];
+            self.model
+                .forward(&[prefix.to_vec()], None, &mut base, true)
+                .map_err(|e| self.err(crate::error::first_line(&e)))?;
+            let order: Vec<&Group> = members.iter().map(|&g| &groups[g]).collect();
+            self.run_batches(&order, Some((&base, shared)), &mut out, &mut done, progress)?;
+        }
+        let order: Vec<&Group> = rest.iter().map(|&g| &groups[g]).collect();
+        self.run_batches(&order, None, &mut out, &mut done, progress)?;
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every request scored"))
+            .collect())
+    }
+
+    /// Scores `groups` in batches of similar lengths, after the `prefix` cache (one row holding
+    /// the first `.1` tokens every context of `groups` starts with) when given.
+    fn run_batches(
+        &self,
+        groups: &[&Group],
+        prefix: Option<(&Cache, usize)>,
+        out: &mut [Option<Loglikelihood>],
+        done: &mut usize,
+        progress: &mut Progress<'_>,
+    ) -> Result<(), EngineError> {
+        let skip = prefix.map_or(0, |p| p.1);
         // Longest first: a batch of similar lengths pads little, and a memory problem shows early.
-        let mut order: Vec<&Group> = groups.iter().collect();
+        let mut order: Vec<&Group> = groups.to_vec();
         order.sort_by_key(|g| {
             std::cmp::Reverse(
                 g.context.len() + g.conts.iter().map(|c| c.1.len()).max().unwrap_or(0),
             )
         });
-        let mut out: Vec<Option<Loglikelihood>> = vec![None; n];
-        let mut done = 0;
-        let mut at = 0;
         // A batch's contexts are left-padded to its longest and its continuations run after
         // that: the longest context and the longest continuation must fit the model together
         // (each request fits alone; two near the limit in one batch might not).
         let positions = self.model.config.max_position_embeddings.max(1);
         let cont_len = |g: &Group| g.conts.iter().map(|c| c.1.len()).max().unwrap_or(1);
+        let mut at = 0;
         while at < order.len() {
             let mut end = at + 1;
             let mut rows = order[at].conts.len();
@@ -165,7 +201,7 @@ impl NativeEngine {
                 let g = order[end];
                 let (c, k) = (ctx.max(g.context.len()), cont.max(cont_len(g)));
                 if end - at >= self.batch_rows
-                    || (end - at + 1) * c > self.batch_tokens
+                    || (end - at + 1) * (c - skip) > self.batch_tokens
                     || (rows + g.conts.len()) * k > self.cont_tokens
                     || c + k - 1 > positions
                 {
@@ -175,39 +211,43 @@ impl NativeEngine {
                 rows += g.conts.len();
                 end += 1;
             }
-            self.score_batch(&order[at..end], &mut out)
+            self.score_batch(&order[at..end], prefix, out)
                 .map_err(|e| self.err(crate::error::first_line(&e)))?;
-            done += order[at..end].iter().map(|g| g.conts.len()).sum::<usize>();
-            progress(done);
+            *done += order[at..end].iter().map(|g| g.conts.len()).sum::<usize>();
+            progress(*done);
             at = end;
         }
-        Ok(out
-            .into_iter()
-            .map(|o| o.expect("every request scored"))
-            .collect())
+        Ok(())
     }
 
     /// Scores one batch of groups; writes results by request index.
     fn score_batch(
         &self,
         groups: &[&Group],
+        prefix: Option<(&Cache, usize)>,
         out: &mut [Option<Loglikelihood>],
     ) -> candle_core::Result<()> {
-        let longest = groups.iter().map(|g| g.context.len()).max().unwrap_or(0);
+        let skip = prefix.map_or(0, |p| p.1);
+        fn own(g: &Group, skip: usize) -> &[u32] {
+            &g.context[skip..]
+        }
+        let longest = groups.iter().map(|g| own(g, skip).len()).max().unwrap_or(0);
         let pad_id = self.tokenizer.eos.first().copied().unwrap_or(0);
         let input: Vec<Vec<u32>> = groups
             .iter()
             .map(|g| {
-                std::iter::repeat_n(pad_id, longest - g.context.len())
-                    .chain(g.context.iter().copied())
+                std::iter::repeat_n(pad_id, longest - own(g, skip).len())
+                    .chain(own(g, skip).iter().copied())
                     .collect()
             })
             .collect();
+        // Padding sits between the shared prefix and a row's own tokens: positions count real
+        // tokens only, and no query sees a padding key, so the row scores as if unpadded.
         let pad: Vec<Vec<bool>> = groups
             .iter()
             .map(|g| {
                 (0..longest)
-                    .map(|i| i < longest - g.context.len())
+                    .map(|i| i < longest - own(g, skip).len())
                     .collect()
             })
             .collect();
@@ -217,7 +257,14 @@ impl NativeEngine {
             continuations = groups.iter().map(|g| g.conts.len()).sum::<usize>(),
             "log-likelihood batch"
         );
-        let mut cache = self.model.new_cache(groups.len());
+        let mut cache = match prefix {
+            Some((base, _)) => {
+                let mut c = base.clone();
+                c.select_rows(&vec![0; groups.len()])?;
+                c
+            }
+            None => self.model.new_cache(groups.len()),
+        };
         let last = self
             .model
             .forward(&input, Some(&pad), &mut cache, true)?
@@ -472,6 +519,45 @@ impl Engine for NativeEngine {
     }
 }
 
+/// Groups whose contexts share a prefix of at least `min` tokens (few-shot
+/// examples every question of a task repeats), as (prefix length, members), and the rest.
+/// Contexts are sorted so that those sharing a prefix are neighbours; a family grows while
+/// the next context shares enough of its prefix, and each member keeps at least its last
+/// token out of the prefix (its last position's logits score the first continuation
+/// token).
+fn families(groups: &[Group], min: usize) -> (Vec<(usize, Vec<usize>)>, Vec<usize>) {
+    let mut idx: Vec<usize> = (0..groups.len()).collect();
+    idx.sort_by(|&a, &b| groups[a].context.cmp(&groups[b].context));
+    let (mut families, mut rest) = (Vec::new(), Vec::new());
+    let mut i = 0;
+    while i < idx.len() {
+        let first = &groups[idx[i]].context;
+        let mut shared = first.len().saturating_sub(1);
+        let mut j = i + 1;
+        while j < idx.len() {
+            let c = &groups[idx[j]].context;
+            let common = first[..shared]
+                .iter()
+                .zip(c)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(c.len().saturating_sub(1));
+            if common < min.max(1) {
+                break;
+            }
+            shared = common;
+            j += 1;
+        }
+        if j - i >= 2 {
+            families.push((shared, idx[i..j].to_vec()));
+        } else {
+            rest.push(idx[i]);
+        }
+        i = j;
+    }
+    (families, rest)
+}
+
 /// lm-evaluation-harness's rolling windows (`get_rolling_token_windows` with `context_len`
 /// 1, each made disjoint): the first window predicts up to `max_len` tokens after the prefix;
 /// each next one predicts the tokens that follow, reading as many tokens before them as fit,
@@ -496,6 +582,40 @@ pub fn rolling_windows(tokens: &[u32], prefix: u32, max_len: usize) -> Vec<(Vec<
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_sharing_a_long_prefix_form_a_family_and_keep_a_token_each() {
+        let group = |c: &[u32]| Group {
+            context: c.to_vec(),
+            conts: vec![],
+        };
+        let p: Vec<u32> = (100..110).collect();
+        let with = |tail: &[u32]| [p.as_slice(), tail].concat();
+        let groups = vec![
+            group(&with(&[1, 2])),
+            group(&[7, 8, 9]),
+            group(&with(&[3])),
+            // Only the prefix: it keeps its last token, so the family shares 9.
+            group(&p),
+            group(&with(&[1, 5, 6])),
+        ];
+        let (fams, rest) = families(&groups, 8);
+        assert_eq!(rest, vec![1]);
+        assert_eq!(fams.len(), 1);
+        let (shared, mut members) = fams[0].clone();
+        members.sort();
+        assert_eq!((shared, members), (9, vec![0, 2, 3, 4]));
+        // A longer threshold takes only the two that share p + [1].
+        let (fams, rest) = families(&groups, 11);
+        assert_eq!(fams, vec![(11, vec![0, 4])]);
+        assert_eq!(rest.len(), 3);
+        // Past every common prefix nothing is shared.
+        let (fams, rest) = families(&groups, 12);
+        assert!(fams.is_empty());
+        assert_eq!(rest.len(), 5);
+    }
+
     #[test]
     fn rolling_windows_are_the_harness_s() {
         // lm-eval's get_rolling_token_windows(range(10), prefix=99, max_seq_len=4,

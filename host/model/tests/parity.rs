@@ -366,3 +366,74 @@ fn the_fixed_shape_decoder_matches_the_growing_cache() {
         }
     }
 }
+
+/// Contexts that share a long prefix (a task's few-shot examples) have it computed once and
+/// its cache rows copied, with padding between it and each row's own tokens: every score must
+/// be what the same requests give with sharing off, and what a plain forward pass gives.
+#[test]
+fn a_shared_prefix_scores_as_if_every_context_ran_alone() {
+    use galley_core::{Engine, LoglikelihoodRequest};
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = fixtures().join("tiny/llama-gqa-tied");
+    let mut e = galley_model::NativeEngine::open(
+        &dir,
+        &[],
+        &galley_model::default_device(),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    // The tiny model takes 64 positions.
+    let shots = "Q: 2+2? A: 4.\n".repeat(2);
+    let pairs = [
+        ("Q: cat? A:", " sat"),
+        ("Q: cat sat on? A:", " mat"),
+        ("Q: dog? A:", " ran away"),
+        ("Q: dog? A:", " slept"),
+    ];
+    let mut requests: Vec<LoglikelihoodRequest> = pairs
+        .iter()
+        .map(|(q, a)| LoglikelihoodRequest {
+            context: format!("{shots}{q}"),
+            continuation: a.to_string(),
+        })
+        .collect();
+    requests.push(LoglikelihoodRequest {
+        context: "unrelated words here".into(),
+        continuation: " yes".into(),
+    });
+    let shared_tokens = e.tokenizer.encode(&shots, false).unwrap().len();
+    assert!(shared_tokens > 16, "{shared_tokens}");
+    e.share_prefix_from = 16;
+    let shared = e.loglikelihood(&requests, &mut |_| {}).unwrap();
+    e.share_prefix_from = usize::MAX;
+    let alone = e.loglikelihood(&requests, &mut |_| {}).unwrap();
+    for (i, (a, b)) in shared.iter().zip(&alone).enumerate() {
+        assert_eq!(a.token_logprobs.len(), b.token_logprobs.len());
+        assert!(
+            (a.logprob - b.logprob).abs() < 1e-4 * b.logprob.abs().max(1.0),
+            "request {i}: {} vs {}",
+            a.logprob,
+            b.logprob
+        );
+        assert_eq!(a.greedy, b.greedy, "request {i}");
+    }
+    // And a plain forward pass over one context and its continuation.
+    let ctx = e.tokenizer.encode(&requests[2].context, false).unwrap();
+    let whole = e
+        .tokenizer
+        .encode(
+            &format!("{}{}", requests[2].context, requests[2].continuation),
+            false,
+        )
+        .unwrap();
+    assert_eq!(&whole[..ctx.len()], ctx.as_slice());
+    let logits = logits_of(&e.model, &[whole[..whole.len() - 1].to_vec()], None).remove(0);
+    let want: f64 = (ctx.len()..whole.len())
+        .map(|j| logprob(&logits[j - 1], whole[j]))
+        .sum();
+    assert!(
+        (shared[2].logprob - want).abs() < 1e-4 * want.abs().max(1.0),
+        "{} vs {want}",
+        shared[2].logprob
+    );
+}
