@@ -95,6 +95,8 @@ runs = [
     ("hellaswag", ["hellaswag"], 0, limit_mc),
     # 4 per subject: 228 documents across all 57.
     ("mmlu", [f"mmlu_{s}" for s, _ in subjects], 0, 1 if quick else 4),
+    # 5-shot: every question of a subject repeats the same five dev examples (first_n).
+    ("mmlu_5shot", [f"mmlu_{s}" for s, _ in subjects], 5, 1 if quick else 4),
     ("gsm8k", ["gsm8k"], 5, 10 if quick else 100),
     # The harness's own winogrande (Python functions) against galley's Jinja; piqa, boolq.
     ("winogrande", ["winogrande"], 0, limit_mc),
@@ -181,8 +183,8 @@ for label, tasks, shots, limit in runs:
         "galley_docs_per_s": n / galley_s, "harness_docs_per_s": n / peer_s,
         "speedup": peer_s / galley_s,
         "galley_peak_mib": gres.get("peak_memory_mib"),
-        "galley": {t: {k: v for k, v in r.items() if "," in k} for t, r in (gres["groups"] or gres["results"]).items()} if label != "mmlu" else None,
-        "harness": {t: {k: v for k, v in r.items() if "," in k} for t, r in res["results"].items()} if label != "mmlu" else None,
+        "galley": {t: {k: v for k, v in r.items() if "," in k} for t, r in (gres["groups"] or gres["results"]).items()} if not label.startswith("mmlu") else None,
+        "harness": {t: {k: v for k, v in r.items() if "," in k} for t, r in res["results"].items()} if not label.startswith("mmlu") else None,
     }
     report.append(line)
     print(json.dumps(line), flush=True)

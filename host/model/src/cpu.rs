@@ -302,28 +302,41 @@ impl CustomOp3 for Attend {
         }
         let rep = heads / kvh;
         let past = self.visible.past;
+        // A short pass (a decode step, a short prefill) multiplies the query heads that share
+        // a KV head as one block of rep·t rows (row r at position r % t): bigger products, a
+        // fraction of the calls. A long one goes head by head in blocks of query positions,
+        // each multiplying only the keys up to its last query.
+        let group = if t <= QUERY_BLOCK { rep } else { 1 };
+        let block_rows = if group > 1 {
+            group * t
+        } else {
+            QUERY_BLOCK.min(t)
+        };
         let mut out = uninit(b * heads * t * d);
-        out.par_chunks_mut(t * d)
+        out.par_chunks_mut(group * t * d)
             .enumerate()
             .try_for_each(|(task, o)| -> Result<()> {
-                let (bi, h) = (task / heads, task % heads);
+                let per_row = heads / group;
+                let (bi, h0) = (task / per_row, (task % per_row) * group);
                 let valid = &self.visible.valid[bi];
                 let (kr, vr) = (
-                    head_rows(ks, l2, bi, h / rep)?,
-                    head_rows(vs, l3, bi, h / rep)?,
+                    head_rows(ks, l2, bi, h0 / rep)?,
+                    head_rows(vs, l3, bi, h0 / rep)?,
                 );
-                let qh = &q[task * t * d..][..t * d];
-                let mut scores = uninit(QUERY_BLOCK * n);
-                for i0 in (0..t).step_by(QUERY_BLOCK) {
-                    let rows = QUERY_BLOCK.min(t - i0);
+                // Rows (bi, h0..h0 + group, all t positions) of q and of the output.
+                let qh = &q[task * group * t * d..][..group * t * d];
+                let mut scores = uninit(block_rows * n);
+                for r0 in (0..group * t).step_by(block_rows) {
+                    let rows = block_rows.min(group * t - r0);
+                    let last = if group > 1 { t - 1 } else { r0 + rows - 1 };
                     // Keys after the block's last query are masked for every row of it.
-                    let keys = past + i0 + rows;
+                    let keys = past + last + 1;
                     let s = product1(
                         &mut scores[..rows * keys],
                         rows,
                         keys,
                         d,
-                        rm(&qh[i0 * d..], d),
+                        rm(&qh[r0 * d..], d),
                         Mat {
                             data: kr.data,
                             rs: 1,
@@ -332,15 +345,12 @@ impl CustomOp3 for Attend {
                         self.scale,
                     );
                     for (r, row) in s.chunks_exact_mut(keys).enumerate() {
-                        let at = past + i0 + r;
-                        softmax_visible(row, at, valid);
+                        softmax_visible(row, past + (r0 + r) % t, valid);
                     }
-                    // SAFETY of the view: `o` is (t, d); this block is its rows i0..i0+rows.
-                    let dst = &mut o[i0 * d..][..rows * d];
                     let s = &*s;
                     gemm_with(
                         gemm::Parallelism::None,
-                        dst,
+                        &mut o[r0 * d..][..rows * d],
                         rows,
                         d,
                         keys,
@@ -352,7 +362,7 @@ impl CustomOp3 for Attend {
                 }
                 Ok(())
             })?;
-        // SAFETY: the (t, d) blocks cover `out` and each block's row blocks were written whole.
+        // SAFETY: the tasks' chunks cover `out` and each chunk's row blocks were written whole.
         let out = unsafe { assume_init(out) };
         Ok((CpuStorage::F32(out), Shape::from((b, heads, t, d))))
     }
@@ -481,32 +491,31 @@ mod tests {
     #[test]
     fn attention_matches_the_dense_mask_path_with_padding_past_and_cache_views() {
         let dev = Device::Cpu;
-        // 70 queries: two query blocks, the second partial. Row 1 is left-padded by 5 and has
-        // a padding hole in the past (a joined cache); keys and values are views into a
-        // cache buffer with room to spare, as KvCache hands them out.
-        let (b, heads, kvh, d, past, t) = (2, 6, 2, 16, 9, 70);
-        let n = past + t;
-        let q = Tensor::randn(0f32, 1.0, (b, heads, t, d), &dev).unwrap();
-        let kbuf = Tensor::randn(0f32, 1.0, (b, kvh, n + 30, d), &dev).unwrap();
-        let vbuf = Tensor::randn(0f32, 1.0, (b, kvh, n + 30, d), &dev).unwrap();
-        let (k, v) = (kbuf.narrow(2, 0, n).unwrap(), vbuf.narrow(2, 0, n).unwrap());
-        let mut valid = vec![vec![true; n]; b];
-        valid[1][..5].fill(false);
-        valid[1][past + 3] = false;
-        let vis = Visible {
-            past,
-            valid: Arc::new(valid),
-        };
-        let got = attend(&q, &k, &v, 0.25, vis.clone()).unwrap();
-        let want = reference(
-            &q,
-            &k.contiguous().unwrap(),
-            &v.contiguous().unwrap(),
-            0.25,
-            &vis,
-        );
-        assert_eq!(got.dims(), want.dims());
-        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        // 70 queries: two query blocks head by head, the second partial; 9 and 1 (a decode
+        // step): the heads of a KV group as one block. Row 1 is left-padded by 5 and has a
+        // padding hole in the past (a joined cache); keys and values are views into a cache
+        // buffer with room to spare, as KvCache hands them out.
+        for t in [70, 9, 1] {
+            let (b, heads, kvh, d, past) = (2, 6, 2, 16, 9);
+            let n = past + t;
+            let q = Tensor::randn(0f32, 1.0, (b, heads, t, d), &dev).unwrap();
+            let kbuf = Tensor::randn(0f32, 1.0, (b, kvh, n + 30, d), &dev).unwrap();
+            let vbuf = Tensor::randn(0f32, 1.0, (b, kvh, n + 30, d), &dev).unwrap();
+            let (k, v) = (kbuf.narrow(2, 0, n).unwrap(), vbuf.narrow(2, 0, n).unwrap());
+            let mut valid = vec![vec![true; n]; b];
+            valid[1][..5].fill(false);
+            valid[1][past + t / 2] = false;
+            let vis = Visible {
+                past,
+                valid: Arc::new(valid),
+            };
+            let got = attend(&q, &k, &v, 0.25, vis.clone()).unwrap();
+            let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
+            let want = reference(&q, &kc, &vc, 0.25, &vis);
+            assert_eq!(got.dims(), want.dims());
+            let diff = max_diff(&got, &want);
+            assert!(diff < 1e-5, "t = {t}: {diff}");
+        }
     }
 
     #[test]
