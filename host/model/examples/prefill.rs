@@ -1,9 +1,12 @@
-//! Where a batched prefill's time goes on the CPU: the real model's whole `forward` over a
-//! left-padded batch (as the log-likelihood engine runs it), then one decoder layer's ops
-//! replayed one by one on tensors of the same shapes, each timed alone, so a slow op shows
-//! against the projections' GEMMs.
+//! A batched prefill on the CPU, as the log-likelihood engine runs one: the real model's whole
+//! `forward` over a left-padded batch (one row a quarter padding), only the last position's
+//! logits, best of 3 — against PyTorch's transformers on the same weights and shapes in the
+//! same run (`bench/prefill_peer.py`, through the Python in `GALLEY_BENCH_PYTHON`, default
+//! bench/.venv-eval/bin/python, which scripts/bench-eval.sh builds; skipped when absent). Then
+//! one decoder layer's ops replayed one by one on tensors of the same shapes, each timed
+//! alone, so a slow op shows against the projections' GEMMs (`PREFILL_NO_SPLIT=1` skips it).
 //!
-//!     cargo run --release -p galley-model --example prefill [GGUF] [BxT ...]
+//!     RAYON_NUM_THREADS=2 cargo run --release -p galley-model --example prefill [GGUF] [BxT ...]
 
 use candle_core::{D, DType, Device, Tensor};
 use galley_model::load::{LoadOptions, load_with};
@@ -45,6 +48,7 @@ fn main() -> candle_core::Result<()> {
     )
     .expect("model loads");
     let c = m.model.config.clone();
+    let peer = torch(&gguf, &shapes);
     for &(b, t) in &shapes {
         let tokens: Vec<Vec<u32>> = (0..b)
             .map(|r| {
@@ -73,11 +77,39 @@ fn main() -> candle_core::Result<()> {
             (b * t) as f64 / whole,
             flops / whole / 1e9
         );
+        if let Some(s) = peer.as_ref().and_then(|p| p[format!("{b}x{t}")].as_f64()) {
+            println!(
+                "  PyTorch {:.1} ms, {:.0} tok/s: galley {:.2}x",
+                s * 1e3,
+                (b * t) as f64 / s,
+                s / whole
+            );
+        }
         if std::env::var_os("PREFILL_NO_SPLIT").is_none() {
             split(&c, b, t, &dev)?;
         }
     }
     Ok(())
+}
+
+/// PyTorch's times for `shapes` (`bench/prefill_peer.py`), or None where its Python is absent.
+fn torch(gguf: &str, shapes: &[(usize, usize)]) -> Option<serde_json::Value> {
+    let python = std::env::var("GALLEY_BENCH_PYTHON")
+        .unwrap_or_else(|_| "bench/.venv-eval/bin/python".into());
+    if !std::path::Path::new(&python).exists() {
+        eprintln!("no PyTorch peer: {python} is absent (scripts/bench-eval.sh builds it)");
+        return None;
+    }
+    let threads = rayon::current_num_threads().to_string();
+    let out = std::process::Command::new(&python)
+        .arg("bench/prefill_peer.py")
+        .args([gguf, ".cache/hf-f32", &threads])
+        .args(shapes.iter().map(|(b, t)| format!("{b}x{t}")))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("the peer starts");
+    assert!(out.status.success(), "the PyTorch peer failed");
+    Some(serde_json::from_slice(out.stdout.trim_ascii()).expect("the peer prints JSON"))
 }
 
 /// One layer's ops on random tensors of the prefill's shapes, each timed alone (ms, best of 3),
