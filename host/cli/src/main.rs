@@ -121,6 +121,30 @@ enum PluginCmd {
     Call(call::CallArgs),
 }
 
+/// Keeps freed memory in the process instead of handing it back to the kernel. A forward pass
+/// allocates and frees the same few-MB activations layer after layer; glibc's default
+/// thresholds return them (mmap, or a heap trim) and the next layer takes page faults and
+/// zeroes fresh pages, several percent of an evaluation's time (`bench/RESULTS.md`). Fixed
+/// thresholds also turn off glibc's sliding mmap threshold. Costs a few hundred MB of peak
+/// resident memory on a 135M model. A user's own `GLIBC_TUNABLES` or `MALLOC_*_THRESHOLD_`
+/// settings are left alone.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let user_set = std::env::var_os("GLIBC_TUNABLES").is_some()
+            || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
+            || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some();
+        if !user_set {
+            // SAFETY: mallopt only changes allocator parameters; called before any thread exists.
+            unsafe {
+                // 32 MiB is the most glibc accepts on 64-bit targets.
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+            }
+        }
+    }
+}
+
 fn main() {
     // `galley plan run.yaml | head` must end quietly when the reader goes away, as other
     // command-line tools do, not panic on a closed stdout: take the default SIGPIPE back
@@ -131,6 +155,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    keep_freed_memory();
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
     tracing_subscriber::fmt()

@@ -11,7 +11,7 @@
 //! log-probability is read from the context's last position.
 
 use crate::chat::ChatTemplate;
-use crate::generate::generate;
+use crate::generate::generate_sharing;
 use crate::model::{Cache, Llama};
 use crate::sample::{LogSoftmax, SamplingParams};
 use crate::tokenizer::Tokenizer;
@@ -44,6 +44,11 @@ pub struct NativeEngine {
     /// `max_position_embeddings`.
     pub max_length: Option<usize>,
 }
+
+/// Token positions from which a prefill pass's GEMMs run near their best rate on a CPU
+/// (measured with `examples/prefill`): a batch this big stops taking contexts much shorter
+/// than its longest, whose padding would cost more than a further pass.
+const MIN_PASS_TOKENS: usize = 512;
 
 /// One distinct context and the continuations scored after it.
 struct Group {
@@ -180,12 +185,14 @@ impl NativeEngine {
         progress: &mut Progress<'_>,
     ) -> Result<(), EngineError> {
         let skip = prefix.map_or(0, |p| p.1);
-        // Longest first: a batch of similar lengths pads little, and a memory problem shows early.
+        // Longest context first: a batch of similar context lengths pads its prefill little,
+        // and a memory problem shows early. (Continuations have their own length-sorted passes.)
         let mut order: Vec<&Group> = groups.to_vec();
         order.sort_by_key(|g| {
-            std::cmp::Reverse(
-                g.context.len() + g.conts.iter().map(|c| c.1.len()).max().unwrap_or(0),
-            )
+            std::cmp::Reverse((
+                g.context.len(),
+                g.conts.iter().map(|c| c.1.len()).max().unwrap_or(0),
+            ))
         });
         // A batch's contexts are left-padded to its longest and its continuations run after
         // that: the longest context and the longest continuation must fit the model together
@@ -200,10 +207,15 @@ impl NativeEngine {
             while end < order.len() {
                 let g = order[end];
                 let (c, k) = (ctx.max(g.context.len()), cont.max(cont_len(g)));
+                // Past a pass big enough to keep the GEMMs efficient, a context much
+                // shorter than the batch's longest starts a new batch instead of padding.
+                let full = (end - at) * (ctx - skip) >= MIN_PASS_TOKENS
+                    && (g.context.len() - skip) * 8 < (ctx - skip) * 7;
                 if end - at >= self.batch_rows
                     || (end - at + 1) * (c - skip) > self.batch_tokens
                     || (rows + g.conts.len()) * k > self.cont_tokens
                     || c + k - 1 > positions
+                    || full
                 {
                     break;
                 }
@@ -486,11 +498,12 @@ impl Engine for NativeEngine {
                 stop: first.until.clone(),
                 ..SamplingParams::default()
             };
-            let done_here = generate(
+            let done_here = generate_sharing(
                 &self.model,
                 &self.tokenizer,
                 &batch,
                 &params,
+                self.share_prefix_from,
                 &mut |_, _| {},
             )
             .map_err(|e| self.err(e))?;

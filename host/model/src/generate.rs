@@ -61,11 +61,28 @@ pub fn settled<'t>(text: &'t str, stops: &[String]) -> &'t str {
     &text[..end]
 }
 
+/// Prompts that all start with this many tokens or more (a few-shot prompt's examples, a
+/// long system prompt) have that prefix prefilled once and its cache rows copied.
+pub const SHARE_PREFIX_FROM: usize = 64;
+
 pub fn generate(
     model: &Llama,
     tok: &Tokenizer,
     prompts: &[Vec<u32>],
     params: &SamplingParams,
+    on_text: &mut OnText<'_>,
+) -> Result<Vec<Completion>> {
+    generate_sharing(model, tok, prompts, params, SHARE_PREFIX_FROM, on_text)
+}
+
+/// `generate`, with the prompts' common prefix computed once when it is at least
+/// `share_from` tokens long (`usize::MAX`: never).
+pub fn generate_sharing(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    share_from: usize,
     on_text: &mut OnText<'_>,
 ) -> Result<Vec<Completion>> {
     if prompts.is_empty() {
@@ -110,21 +127,52 @@ pub fn generate(
             }
         })
         .collect();
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let pad_id = eos.first().copied().unwrap_or(0);
+    // The prefix every distinct prompt starts with, each keeping a token of its own (its
+    // prefill gives the first logits). Left padding then sits between the prefix and a row's
+    // own tokens: positions count real tokens only, so each row decodes as if alone.
+    let shared = if distinct.len() > 1 {
+        let lcp = distinct[1..].iter().fold(distinct[0].len(), |n, p| {
+            n.min(
+                distinct[0]
+                    .iter()
+                    .zip(p.iter())
+                    .take_while(|(a, b)| a == b)
+                    .count(),
+            )
+        });
+        let shortest = distinct.iter().map(|p| p.len()).min().unwrap_or(0);
+        Some(lcp.min(shortest.saturating_sub(1))).filter(|&n| n >= share_from)
+    } else {
+        None
+    };
+    let skip = shared.unwrap_or(0);
+    let longest = distinct.iter().map(|p| p.len() - skip).max().unwrap_or(0);
     let mut input: Vec<Vec<u32>> = distinct
         .iter()
         .map(|p| {
-            std::iter::repeat_n(pad_id, longest - p.len())
-                .chain(p.iter().copied())
+            std::iter::repeat_n(pad_id, longest - (p.len() - skip))
+                .chain(p[skip..].iter().copied())
                 .collect()
         })
         .collect();
     let pad: Vec<Vec<bool>> = distinct
         .iter()
-        .map(|p| (0..longest).map(|i| i < longest - p.len()).collect())
+        .map(|p| {
+            (0..longest)
+                .map(|i| i < longest - (p.len() - skip))
+                .collect()
+        })
         .collect();
-    let mut cache = model.new_cache(distinct.len());
+    let mut cache = match shared {
+        Some(n) => {
+            let mut base = model.new_cache(1);
+            model.forward(&[distinct[0][..n].to_vec()], None, &mut base, true)?;
+            base.select_rows(&vec![0; distinct.len()])?;
+            base
+        }
+        None => model.new_cache(distinct.len()),
+    };
     let mut first = true;
     if params.max_tokens == 0 {
         rows.iter_mut()
