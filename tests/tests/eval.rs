@@ -220,6 +220,91 @@ fn a_generation_task_with_regex_filters() {
     }
 }
 
+/// MMLU's shape: the examples come from a separate `dev` split holding exactly as many
+/// documents as the shots, taken in order (`first_n`); none is excluded, since none is the
+/// question. With the evaluated split as the few-shot split, a document is never its own
+/// example, and a split of only K documents is too small for K shots.
+#[test]
+fn a_separate_fewshot_split_of_exactly_k_documents_gives_k_shots() {
+    let (tmp, model) = project();
+    let d = tmp.path();
+    let dev: String = ["seventy", "eighty"]
+        .iter()
+        .map(|w| {
+            let row =
+                serde_json::json!({"question": format!("what is {w}?"), "answer": "1 #### 1"});
+            format!("{row}\n")
+        })
+        .collect();
+    std::fs::write(d.join("data/dev.jsonl"), dev).unwrap();
+    let task = |name: &str, fewshot: &str| {
+        format!(
+            "task: {name}\n\
+             dataset_path: json\n\
+             dataset_kwargs:\n  data_files:\n    test: data/gen.jsonl\n    dev: data/dev.jsonl\n\
+             output_type: generate_until\n\
+             test_split: test\n\
+             fewshot_split: {fewshot}\n\
+             num_fewshot: 2\n\
+             fewshot_config:\n  sampler: first_n\n\
+             doc_to_text: \"Question: {{{{question}}}}\\nAnswer:\"\n\
+             doc_to_target: \"{{{{answer}}}}\"\n\
+             generation_kwargs:\n  until: [\"Question:\"]\n  max_gen_toks: 4\n\
+             metric_list:\n  - metric: exact_match\n"
+        )
+    };
+    std::fs::write(d.join("dev.yaml"), task("dev", "dev")).unwrap();
+    let m = model.to_str().unwrap();
+    ok(eval(
+        d,
+        &["-m", m, "--tasks", "dev.yaml", "-o", "out", "--limit", "3"],
+    ));
+    let s = samples(&d.join("out"));
+    assert_eq!(s.len(), 3);
+    for s in s {
+        let prompt = s["prompt"].as_str().unwrap();
+        assert_eq!(prompt.matches("Question:").count(), 3, "{prompt}");
+        let seventy = prompt.find("what is seventy?").expect(prompt);
+        let eighty = prompt.find("what is eighty?").expect(prompt);
+        assert!(seventy < eighty, "{prompt}");
+    }
+    // Drawing from `test` itself (6 documents): 2 shots, never the question.
+    std::fs::write(d.join("self.yaml"), task("self", "test")).unwrap();
+    ok(eval(
+        d,
+        &[
+            "-m",
+            m,
+            "--tasks",
+            "self.yaml",
+            "-o",
+            "self",
+            "--limit",
+            "3",
+        ],
+    ));
+    // And a `dev` of 2 documents is too small for 3 shots; the error says how many it needs.
+    let o = eval(
+        d,
+        &[
+            "-m",
+            m,
+            "--tasks",
+            "dev.yaml",
+            "-o",
+            "x",
+            "--num-fewshot",
+            "3",
+        ],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("3-shot needs 3 documents in split `dev`, which has 2"),
+        "{err}"
+    );
+}
+
 fn with_metric(d: &Path, name: &str, metric: &str) {
     let base = std::fs::read_to_string(d.join("sums.yaml")).unwrap();
     let base = base.replace("task: sums", &format!("task: {name}"));

@@ -280,9 +280,13 @@ fn load_task(
             docs::digest_files(&files, &mut digest)?;
         }
         let d = load_docs(task, &files, plugins)?;
-        if d.len() < shots + 1 {
+        // Drawing from the evaluated split itself, a document is never its own example, so
+        // it takes one more (the harness draws shots + 1 there); MMLU's `dev` split has
+        // exactly the 5 its 5-shot uses.
+        let need = shots + usize::from(fewshot_split == c.test_split);
+        if d.len() < need {
             return Err(EvalError::Data(format!(
-                "task `{}`: {shots}-shot needs more than the {} documents of split `{split}`",
+                "task `{}`: {shots}-shot needs {need} documents in split `{split}`, which has {}",
                 c.task,
                 d.len()
             )));
