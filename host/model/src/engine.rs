@@ -240,29 +240,12 @@ impl NativeEngine {
         out: &mut [Option<Loglikelihood>],
     ) -> candle_core::Result<()> {
         let skip = prefix.map_or(0, |p| p.1);
-        fn own(g: &Group, skip: usize) -> &[u32] {
-            &g.context[skip..]
-        }
-        let longest = groups.iter().map(|g| own(g, skip).len()).max().unwrap_or(0);
         let pad_id = self.tokenizer.eos.first().copied().unwrap_or(0);
-        let input: Vec<Vec<u32>> = groups
-            .iter()
-            .map(|g| {
-                std::iter::repeat_n(pad_id, longest - own(g, skip).len())
-                    .chain(own(g, skip).iter().copied())
-                    .collect()
-            })
-            .collect();
         // Padding sits between the shared prefix and a row's own tokens: positions count real
         // tokens only, and no query sees a padding key, so the row scores as if unpadded.
-        let pad: Vec<Vec<bool>> = groups
-            .iter()
-            .map(|g| {
-                (0..longest)
-                    .map(|i| i < longest - own(g, skip).len())
-                    .collect()
-            })
-            .collect();
+        let own: Vec<&[u32]> = groups.iter().map(|g| &g.context[skip..]).collect();
+        let (input, pad) = crate::model::left_pad(&own, pad_id);
+        let longest = pad.first().map_or(0, Vec::len);
         tracing::debug!(
             rows = groups.len(),
             longest,

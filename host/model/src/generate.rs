@@ -147,23 +147,8 @@ pub fn generate_sharing(
         None
     };
     let skip = shared.unwrap_or(0);
-    let longest = distinct.iter().map(|p| p.len() - skip).max().unwrap_or(0);
-    let mut input: Vec<Vec<u32>> = distinct
-        .iter()
-        .map(|p| {
-            std::iter::repeat_n(pad_id, longest - (p.len() - skip))
-                .chain(p[skip..].iter().copied())
-                .collect()
-        })
-        .collect();
-    let pad: Vec<Vec<bool>> = distinct
-        .iter()
-        .map(|p| {
-            (0..longest)
-                .map(|i| i < longest - (p.len() - skip))
-                .collect()
-        })
-        .collect();
+    let own: Vec<&[u32]> = distinct.iter().map(|p| &p[skip..]).collect();
+    let (mut input, pad) = crate::model::left_pad(&own, pad_id);
     let mut cache = match shared {
         Some(n) => {
             let mut base = model.new_cache(1);

@@ -123,6 +123,22 @@ impl Cache {
     }
 }
 
+/// Rows of different lengths as one `forward` input: each left-padded with `pad_id` to the
+/// longest, and the flags marking the padding (`forward`'s `pad`), which attention skips and
+/// positions do not count, so every row computes as if alone.
+pub fn left_pad(rows: &[&[u32]], pad_id: u32) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {
+    let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|r| {
+            let n = longest - r.len();
+            let ids = std::iter::repeat_n(pad_id, n)
+                .chain(r.iter().copied())
+                .collect();
+            (ids, (0..longest).map(|i| i < n).collect())
+        })
+        .unzip()
+}
+
 impl Llama {
     pub fn load(w: &Weights, config: LlamaConfig, device: &Device) -> Result<Self> {
         let c = &config;

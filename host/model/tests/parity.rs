@@ -50,6 +50,17 @@ fn tiny(name: &str) -> (galley_model::LoadedModel, Vec<u32>, Vec<Vec<f32>>) {
     )
 }
 
+/// The log-likelihood engine on the tiny GQA model (64 positions).
+fn tiny_engine() -> galley_model::NativeEngine {
+    galley_model::NativeEngine::open(
+        &fixtures().join("tiny/llama-gqa-tied"),
+        &[],
+        &galley_model::default_device(),
+        LoadOptions::default(),
+    )
+    .unwrap()
+}
+
 const FAMILIES: [&str; 5] = [
     "llama-gqa-tied",
     "llama3-rope-scaling",
@@ -253,14 +264,7 @@ fn rolling_log_likelihoods_of_a_text_past_the_window_equal_its_windows_scored_on
     // in windows, each token once. The engine's batched, shared-prefix scoring must give what
     // plain forward passes over each window give.
     use galley_core::Engine;
-    let dir = fixtures().join("tiny/llama-gqa-tied");
-    let mut e = galley_model::NativeEngine::open(
-        &dir,
-        &[],
-        &galley_model::default_device(),
-        LoadOptions::default(),
-    )
-    .unwrap();
+    let mut e = tiny_engine();
     let text = "the quick brown fox jumps over the lazy dog while seven wizards quietly box jugs of liquid; ".repeat(4);
     let tokens = e.tokenizer.encode(&text, false).unwrap();
     let max_len = 24;
@@ -378,14 +382,7 @@ fn the_fixed_shape_decoder_matches_the_growing_cache() {
 fn a_shared_prefix_scores_as_if_every_context_ran_alone() {
     use galley_core::{Engine, LoglikelihoodRequest};
     let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = fixtures().join("tiny/llama-gqa-tied");
-    let mut e = galley_model::NativeEngine::open(
-        &dir,
-        &[],
-        &galley_model::default_device(),
-        LoadOptions::default(),
-    )
-    .unwrap();
+    let mut e = tiny_engine();
     // The tiny model takes 64 positions.
     let shots = "Q: 2+2? A: 4.\n".repeat(2);
     let pairs = [

@@ -247,25 +247,9 @@ impl Loop {
     /// token, and joins the batch with them.
     fn prefill_group(&mut self, jobs: Vec<Job>) {
         let mut seqs: Vec<Seq> = jobs.into_iter().map(|j| self.new_seq(j)).collect();
-        let longest = seqs.iter().map(|s| s.job.prompt.len()).max().unwrap_or(0);
         let pad_id = self.tok.eos.first().copied().unwrap_or(0);
-        let input: Vec<Vec<u32>> = seqs
-            .iter()
-            .map(|s| {
-                let p = &s.job.prompt;
-                std::iter::repeat_n(pad_id, longest - p.len())
-                    .chain(p.iter().copied())
-                    .collect()
-            })
-            .collect();
-        let pad: Vec<Vec<bool>> = seqs
-            .iter()
-            .map(|s| {
-                (0..longest)
-                    .map(|i| i < longest - s.job.prompt.len())
-                    .collect()
-            })
-            .collect();
+        let prompts: Vec<&[u32]> = seqs.iter().map(|s| s.job.prompt.as_slice()).collect();
+        let (input, pad) = galley_model::model::left_pad(&prompts, pad_id);
         let mut cache = self.model.new_cache(seqs.len());
         let rows = self
             .model
