@@ -2,11 +2,12 @@
 # Installs what the build and the tests need from Debian: when rustup has no wasm32-wasip2
 # target, Debian's wasm-capable Rust (it builds std for wasm from source), wasm-ld and
 # wasi-libc; and always docker-registry, the OCI registry the OCI interop tests push to, and
-# the DejaVu font the training loss plots label their axes with.
+# the DejaVu font the training loss plots label their axes with; and g++, which compiles
+# galley's CUDA kernel sources for the CPU in tests (galley-cuda-emu).
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
 
-packages=(docker-registry fonts-dejavu-core)
+packages=(docker-registry fonts-dejavu-core g++)
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     echo "setup: rustup has wasm32-wasip2; no Debian wasm toolchain needed"
 else

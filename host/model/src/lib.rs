@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod cuda;
 #[cfg(feature = "cuda")]
 mod cuda_decode;
+pub mod cuda_src;
 pub mod decode;
 pub mod engine;
 pub mod error;

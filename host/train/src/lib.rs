@@ -10,6 +10,7 @@
 pub mod align;
 pub mod checkpoint;
 pub mod config;
+pub mod cuda_src;
 pub mod data;
 pub mod dataset;
 pub mod dist;

@@ -1,0 +1,197 @@
+//! galley-model's CUDA decode kernels (`kernels/decode.cu`, the text NVRTC compiles on a GPU)
+//! run on the CPU through galley-cuda-emu, against plain Rust written from the kernels'
+//! definitions, in f32 and bf16, with the launch shapes `cuda_decode` uses. The GPU tests
+//! (`tests/gpu_decode.rs` under `--features cuda`) stay the authority on the device itself.
+
+use galley_cuda_emu::check::{Ty, assert_close as close};
+use galley_cuda_emu::{Arg, Buf, LaunchCfg, Module};
+use galley_model::cuda_src::{DECODE, PRELUDE};
+use std::sync::OnceLock;
+
+fn module() -> &'static Module {
+    static M: OnceLock<Module> = OnceLock::new();
+    M.get_or_init(|| Module::build(&[PRELUDE, DECODE]).expect("decode kernels compile"))
+}
+
+#[test]
+fn rope_kv_rotates_queries_and_writes_only_the_slot_of_each_cache() {
+    // rows, query heads, kv heads, head dim, capacity, slot
+    let (b, h, kv, d, cap, slot) = (2usize, 4usize, 2usize, 16usize, 5usize, 3u32);
+    let half = d / 2;
+    for ty in Ty::ALL {
+        let w = (h + 2 * kv) * d;
+        let qkv = ty.input(b * w, 1);
+        let cs = ty.input(b * half, 2);
+        let sn = ty.input(b * half, 3);
+        let cache_k = ty.input(b * kv * cap * d, 4);
+        let cache_v = ty.input(b * kv * cap * d, 5);
+        let (mut bq, mut bk, mut bv) = (ty.uninit(b * h * d), ty.buf(&cache_k), ty.buf(&cache_v));
+        module()
+            .launch(
+                &format!("rope_kv_{}", ty.suffix()),
+                LaunchCfg::new((b as u32, (h + kv) as u32, 1), ((d / 2) as u32, 1, 1), 0),
+                &mut [
+                    Arg::Buf(&mut ty.buf(&qkv)),
+                    Arg::Buf(&mut ty.buf(&cs)),
+                    Arg::Buf(&mut ty.buf(&sn)),
+                    Arg::Buf(&mut Buf::from_slice(&[slot])),
+                    Arg::Buf(&mut bq),
+                    Arg::Buf(&mut bk),
+                    Arg::Buf(&mut bv),
+                    Arg::I32(h as i32),
+                    Arg::I32(kv as i32),
+                    Arg::I32(d as i32),
+                    Arg::I32(cap as i32),
+                ],
+            )
+            .unwrap();
+        let rot = |row: usize, x: &[f32]| -> Vec<f32> {
+            let mut o = vec![0.0; d];
+            for i in 0..half {
+                let (c, s) = (cs[row * half + i], sn[row * half + i]);
+                o[i] = ty.round(x[i] * c - x[i + half] * s);
+                o[i + half] = ty.round(x[i + half] * c + x[i] * s);
+            }
+            o
+        };
+        let (mut q, mut kc, mut vc) = (vec![0.0; b * h * d], cache_k.clone(), cache_v.clone());
+        for row in 0..b {
+            let x = &qkv[row * w..(row + 1) * w];
+            for hh in 0..h {
+                q[(row * h + hh) * d..][..d].copy_from_slice(&rot(row, &x[hh * d..][..d]));
+            }
+            for k in 0..kv {
+                let at = ((row * kv + k) * cap + slot as usize) * d;
+                kc[at..at + d].copy_from_slice(&rot(row, &x[(h + k) * d..][..d]));
+                vc[at..at + d].copy_from_slice(&x[(h + kv + k) * d..][..d]);
+            }
+        }
+        close(&ty.read(&bq), &q, ty.tol(), "q");
+        close(&ty.read(&bk), &kc, ty.tol(), "key cache");
+        close(&ty.read(&bv), &vc, 0.0, "value cache");
+    }
+}
+
+#[test]
+fn attend_is_a_softmax_over_the_unmasked_slots() {
+    let (b, h, kv, d, cap) = (2usize, 4usize, 2usize, 16usize, 40usize);
+    let scale = 1.0 / (d as f32).sqrt();
+    for ty in Ty::ALL {
+        let q = ty.input(b * h * d, 11);
+        let kc = ty.input(b * kv * cap * d, 12);
+        let vc = ty.input(b * kv * cap * d, 13);
+        // Row 0 sees slots 0..30 but not 7; row 1 sees 0..4 and 35.
+        let mask: Vec<f32> = (0..b * cap)
+            .map(|i| {
+                let (r, j) = (i / cap, i % cap);
+                let open = if r == 0 {
+                    j < 30 && j != 7
+                } else {
+                    j < 4 || j == 35
+                };
+                if open { 0.0 } else { f32::NEG_INFINITY }
+            })
+            .collect();
+        let mut out = ty.uninit(b * h * d);
+        module()
+            .launch(
+                &format!("attend_{}", ty.suffix()),
+                LaunchCfg::new((b as u32, h as u32, 1), (128, 1, 1), (cap + d) * 4),
+                &mut [
+                    Arg::Buf(&mut ty.buf(&q)),
+                    Arg::Buf(&mut ty.buf(&kc)),
+                    Arg::Buf(&mut ty.buf(&vc)),
+                    Arg::Buf(&mut ty.buf(&mask)),
+                    Arg::Buf(&mut out),
+                    Arg::I32(h as i32),
+                    Arg::I32(kv as i32),
+                    Arg::I32(d as i32),
+                    Arg::I32(cap as i32),
+                    Arg::F32(scale),
+                ],
+            )
+            .unwrap();
+        let mut want = vec![0.0; b * h * d];
+        for r in 0..b {
+            for hh in 0..h {
+                let k = hh / (h / kv);
+                let qv = &q[(r * h + hh) * d..][..d];
+                let base = (r * kv + k) * cap * d;
+                let logits: Vec<f32> = (0..cap)
+                    .map(|j| {
+                        let dot: f32 = (0..d).map(|i| qv[i] * kc[base + j * d + i]).sum();
+                        dot * scale + mask[r * cap + j]
+                    })
+                    .collect();
+                let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = logits.iter().map(|l| (l - mx).exp()).collect();
+                let sum: f32 = e.iter().sum();
+                for i in 0..d {
+                    let acc: f32 = (0..cap).map(|j| e[j] * vc[base + j * d + i]).sum();
+                    want[(r * h + hh) * d + i] = acc / sum;
+                }
+            }
+        }
+        close(&ty.read(&out), &want, ty.tol(), &format!("attend {ty:?}"));
+    }
+}
+
+#[test]
+fn add_rms_and_silu_mul_match_their_definitions() {
+    let (rows, n, inter, eps) = (3usize, 300usize, 200usize, 1e-5f32);
+    for ty in Ty::ALL {
+        let x = ty.input(rows * n, 21);
+        let dd = ty.input(rows * n, 22);
+        let w = ty.input(n, 23);
+        let mut out = ty.uninit(2 * rows * n);
+        module()
+            .launch(
+                &format!("add_rms_{}", ty.suffix()),
+                LaunchCfg::new((rows as u32, 1, 1), (256, 1, 1), 0),
+                &mut [
+                    Arg::Buf(&mut ty.buf(&x)),
+                    Arg::Buf(&mut ty.buf(&dd)),
+                    Arg::Buf(&mut ty.buf(&w)),
+                    Arg::Buf(&mut out),
+                    Arg::I32(n as i32),
+                    Arg::F32(eps),
+                    Arg::I32(rows as i32),
+                ],
+            )
+            .unwrap();
+        let hs: Vec<f32> = x.iter().zip(&dd).map(|(a, b)| ty.round(a + b)).collect();
+        let mut normed = vec![0.0; rows * n];
+        for r in 0..rows {
+            let row = &hs[r * n..][..n];
+            let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / n as f32 + eps).sqrt();
+            for i in 0..n {
+                normed[r * n + i] = row[i] * inv * w[i];
+            }
+        }
+        let got = ty.read(&out);
+        close(&got[..rows * n], &hs, 0.0, "residual sum");
+        close(&got[rows * n..], &normed, ty.tol(), "rms norm");
+
+        let gu = ty.input(rows * 2 * inter, 24);
+        let mut out = ty.uninit(rows * inter);
+        module()
+            .launch(
+                &format!("silu_mul_{}", ty.suffix()),
+                LaunchCfg::new((rows as u32, 1, 1), (256, 1, 1), 0),
+                &mut [
+                    Arg::Buf(&mut ty.buf(&gu)),
+                    Arg::Buf(&mut out),
+                    Arg::I32(inter as i32),
+                ],
+            )
+            .unwrap();
+        let want: Vec<f32> = (0..rows * inter)
+            .map(|k| {
+                let (r, i) = (k / inter, k % inter);
+                let (g, u) = (gu[r * 2 * inter + i], gu[r * 2 * inter + inter + i]);
+                ty.round(g / (1.0 + (-g).exp())) * u
+            })
+            .collect();
+        close(&ty.read(&out), &want, ty.tol(), "silu_mul");
+    }
+}
