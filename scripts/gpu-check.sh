@@ -5,8 +5,9 @@
 #     scripts/gpu-pack.sh          # here: builds (scripts/build-cuda.sh) and packs .gpu/
 #     scripts/gpu-check.sh [OUT]   # there: runs what .gpu/ holds, logs into OUT
 #
-# SKIP_TESTS, SKIP_TRAIN, SKIP_PEER (set to anything) leave out the GPU tests, the training
-# benchmark or its PyTorch peer, to spend a short lease on what changed.
+# SKIP_TESTS, SKIP_TRAIN, SKIP_PEER, SKIP_UNFUSED (set to anything) leave out the GPU tests, the
+# training benchmark, its PyTorch peer or its run without the fused CUDA ops, to spend a short
+# lease on what changed.
 #
 # The binaries were linked against stub libraries (scripts/build-cuda.sh); the dynamic loader
 # finds the driver's libcuda and the toolkit libraries that the machine's Python packages carry.
@@ -57,5 +58,8 @@ step() { # name, seconds, command...
 }
 [ -n "${SKIP_TESTS:-}" ] || step tests 180 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-tests --test-threads=1 --nocapture
 [ -n "${SKIP_TRAIN:-}" ] || step train 150 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-train
+# The same benchmark on candle's composites instead of the fused CUDA ops (RMS norm, RoPE,
+# SiLU gate, cross-entropy): their effect, measured in the same lease.
+[ -n "${SKIP_TRAIN:-}${SKIP_UNFUSED:-}" ] || step train-unfused 150 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_CUDA_FUSED=0 /tmp/gpu-bin/gpu-train
 [ -n "${SKIP_PEER:-}" ] || step peer 130 env PYTHONUNBUFFERED=1 python3 bench/gpu_train_peer.py
 step speed 80 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_SPEED_GPU_ONLY=1 /tmp/gpu-bin/speed

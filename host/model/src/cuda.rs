@@ -9,6 +9,59 @@ use candle_core::Device;
 use candle_core::cuda::cudarc::driver::sys;
 use std::sync::OnceLock;
 
+/// `parts` (joined: `cuda_src::PRELUDE` and a module's kernels) compiled by NVRTC once per
+/// process (`cell` holds the result, an error included), for every module of galley's CUDA
+/// kernels; `what` names them in the error.
+pub fn compile_once(
+    cell: &'static OnceLock<Result<String, String>>,
+    parts: &[&str],
+    what: &str,
+) -> candle_core::Result<&'static str> {
+    cell.get_or_init(|| {
+        candle_core::cuda::cudarc::nvrtc::compile_ptx(parts.concat())
+            .map(|p| p.to_src())
+            .map_err(|e| format!("compiling {what}: {e}"))
+    })
+    .as_deref()
+    .map_err(|e| candle_core::Error::Msg(e.clone()))
+}
+
+fn pool(dev: &Device) -> Option<sys::CUmemoryPool> {
+    let d = dev.as_cuda_device().ok()?;
+    let stream = d.cuda_stream();
+    let ctx = stream.context();
+    ctx.bind_to_thread().ok()?;
+    let mut pool = std::ptr::null_mut();
+    // SAFETY: a valid device handle from a live context, and an out-pointer to fill.
+    let r = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    (r == sys::CUresult::CUDA_SUCCESS).then_some(pool)
+}
+
+fn attr(pool: sys::CUmemoryPool, a: sys::CUmemPool_attribute) -> Option<u64> {
+    let mut v: u64 = 0;
+    // SAFETY: these attributes are 64-bit values (cuuint64_t).
+    let r = unsafe { sys::cuMemPoolGetAttribute(pool, a, &mut v as *mut u64 as *mut _) };
+    (r == sys::CUresult::CUDA_SUCCESS).then_some(v)
+}
+
+/// Keeps freed GPU memory in the pool for reuse instead of returning it at each sync.
+pub fn keep_pool(dev: &Device) {
+    if let Some(p) = pool(dev) {
+        let mut max = u64::MAX;
+        // SAFETY: RELEASE_THRESHOLD takes a cuuint64_t.
+        let r = unsafe {
+            sys::cuMemPoolSetAttribute(
+                p,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut max as *mut u64 as *mut _,
+            )
+        };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            tracing::warn!("could not keep freed GPU memory pooled: {r:?}");
+        }
+    }
+}
+
 /// Stops recording cross-stream events on tensors made from now on. Only for a process in
 /// which one host thread issues all the work on `dev` (candle's stream is per thread, and
 /// the events are what orders work issued from two threads): training and the benchmarks.

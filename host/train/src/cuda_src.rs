@@ -43,3 +43,60 @@ pub fn elementwise(n: usize) -> Shape {
 pub fn rms_bwd_parts(rows: usize) -> usize {
     rows.clamp(1, 128)
 }
+
+/// The fused causal attention for long sequences (`flash_cuda`); needs
+/// `galley_model::cuda_src::PRELUDE` before it.
+pub const FLASH: &str = include_str!("../kernels/flash.cu");
+
+/// A launch of the attention kernels: a 2-D grid, threads, dynamic shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch2 {
+    pub grid: (u32, u32),
+    pub block: u32,
+    pub shared_bytes: usize,
+}
+
+/// Whether the fused attention kernels take head dimension `d` (a multiple of 32, at most
+/// 128: a lane owns at most 4 output dimensions, and the staged keys fit in 48 KiB).
+pub fn flash_supports(d: usize) -> bool {
+    d > 0 && d % 32 == 0 && d <= 128
+}
+
+const FLASH_KEYS: usize = 32;
+const FLASH_ROWS: usize = 16;
+const FLASH_QB: usize = 8;
+
+/// The forward pass over `rows` query rows per (batch, KV head), `bkv` of those.
+pub fn flash_fwd(rows: usize, bkv: usize, d: usize) -> Launch2 {
+    Launch2 {
+        grid: (rows.div_ceil(FLASH_ROWS) as u32, bkv as u32),
+        block: 128,
+        shared_bytes: (2 * FLASH_KEYS * (d + 1) + 4 * d) * 4,
+    }
+}
+
+/// The backward pass's dQ (same tiles as the forward pass, two staged rows per warp).
+pub fn flash_bwd_q(rows: usize, bkv: usize, d: usize) -> Launch2 {
+    Launch2 {
+        shared_bytes: (2 * FLASH_KEYS * (d + 1) + 8 * d) * 4,
+        ..flash_fwd(rows, bkv, d)
+    }
+}
+
+/// The backward pass's dK and dV: a block per chunk of 32 keys.
+pub fn flash_bwd_kv(t: usize, bkv: usize, d: usize) -> Launch2 {
+    Launch2 {
+        grid: (t.div_ceil(FLASH_KEYS) as u32, bkv as u32),
+        block: 128,
+        shared_bytes: (2 * FLASH_KEYS * (d + 1) + 2 * FLASH_QB * (d + 1) + 2 * FLASH_QB) * 4,
+    }
+}
+
+/// Each row's dO . O, a warp per row (`all_rows` over the whole batch).
+pub fn flash_dot(all_rows: usize) -> Launch2 {
+    Launch2 {
+        grid: (all_rows.div_ceil(4) as u32, 1),
+        block: 128,
+        shared_bytes: 0,
+    }
+}

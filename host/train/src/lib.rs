@@ -17,6 +17,10 @@ pub mod dist;
 pub mod dpo;
 pub mod error;
 pub mod export;
+#[cfg(feature = "cuda")]
+pub mod flash_cuda;
+#[cfg(feature = "cuda")]
+pub mod fused_cuda;
 pub mod grpo;
 pub mod kto;
 pub mod linear;

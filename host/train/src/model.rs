@@ -558,10 +558,7 @@ impl TrainModel {
         let scale = 1.0 / (hd as f64).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             let site = |j: u64| (li as u64) * 16 + j;
-            let hn = ops::cast(
-                &ops::rms_norm(&x, layer.input_norm.t(), c.rms_norm_eps, k)?,
-                dt,
-            )?;
+            let hn = ops::rms_norm_to(&x, layer.input_norm.t(), c.rms_norm_eps, k, dt)?;
             // Projections as (b, t, heads, d); q and k are rotated into (b, heads, t, d).
             let heads = |p: &Proj, nh: usize, j: u64, norm: &Option<Param>| -> Result<Tensor> {
                 let y = p.forward(&hn, pass, site(j))?;
@@ -578,30 +575,51 @@ impl TrainModel {
                 .contiguous()?;
             // Query heads grouped under their KV head: no repeated keys or values.
             let q = q.reshape((b, kv, g * t, hd))?;
-            let p = match k {
-                Kernels::Fused => linear::attention_probs(&q, &kk, scale)?,
-                Kernels::Reference => ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?,
-                #[cfg(feature = "cuda")]
-                Kernels::Cuda => crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale)?,
-                #[cfg(not(feature = "cuda"))]
-                Kernels::Cuda => ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?,
+            // Long sequences on a GPU: the fused attention, which keeps no score matrix.
+            #[cfg(feature = "cuda")]
+            let fused = match k == Kernels::Cuda
+                && ops::flash_attention_wanted(
+                    (b, h, t, hd),
+                    dt.size_in_bytes(),
+                    std::env::var("GALLEY_CUDA_ATTENTION").ok().as_deref(),
+                ) {
+                true => Some(crate::flash_cuda::attention(&q, &kk, &v, scale)?),
+                false => None,
             };
-            let o = p
-                .matmul(&v)?
+            #[cfg(not(feature = "cuda"))]
+            let fused: Option<Tensor> = None;
+            let o = match fused {
+                Some(o) => o,
+                None => {
+                    let p = match k {
+                        Kernels::Fused => linear::attention_probs(&q, &kk, scale)?,
+                        Kernels::Reference => {
+                            ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?
+                        }
+                        #[cfg(feature = "cuda")]
+                        Kernels::Cuda => {
+                            crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale)?
+                        }
+                        #[cfg(not(feature = "cuda"))]
+                        Kernels::Cuda => {
+                            ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?
+                        }
+                    };
+                    p.matmul(&v)?
+                }
+            };
+            let o = o
                 .reshape((b, h, t, hd))?
                 .transpose(1, 2)?
                 .reshape((n, h * hd))?;
             x = (x + x32(layer.o.forward(&o, pass, site(3))?)?)?;
-            let hn = ops::cast(
-                &ops::rms_norm(&x, layer.post_norm.t(), c.rms_norm_eps, k)?,
-                dt,
-            )?;
+            let hn = ops::rms_norm_to(&x, layer.post_norm.t(), c.rms_norm_eps, k, dt)?;
             let gate = layer.gate.forward(&hn, pass, site(4))?;
             let up = layer.up.forward(&hn, pass, site(5))?;
             let a = ops::silu_mul(&gate, &up, k)?;
             x = (x + x32(layer.down.forward(&a, pass, site(6))?)?)?;
         }
-        let x = ops::cast(&ops::rms_norm(&x, self.norm.t(), c.rms_norm_eps, k)?, dt)?;
+        let x = ops::rms_norm_to(&x, self.norm.t(), c.rms_norm_eps, k, dt)?;
         // The head: fused with the loss on CPU (no logits tensor), plain ops otherwise.
         if k == Kernels::Fused {
             let (w, head) = match (&self.lm_head, &self.embed) {
@@ -639,6 +657,15 @@ impl TrainModel {
                 Param::Fixed(e) => ops::frozen_matmul(&x, &Frozen::Dense(e.clone()), k)?,
             },
         };
+        #[cfg(feature = "cuda")]
+        if k == Kernels::Cuda && ops::cuda_fused() {
+            // Straight from the products' dtype: no f32 copy of the logits.
+            return Ok(crate::fused_cuda::cross_entropy(
+                &logits,
+                targets,
+                temperature,
+            )?);
+        }
         let logits = x32(logits)?;
         let logits = if temperature == 1.0 {
             logits

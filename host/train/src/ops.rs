@@ -23,8 +23,16 @@ pub enum Kernels {
     /// Plain candle ops: any device, slower, the reference the fused ops are checked against.
     Reference,
     /// On a CUDA GPU: galley's CUDA kernels where it has them (`ops_cuda`: the causal
-    /// softmax), plain candle ops (cuBLAS products) elsewhere. The default there.
+    /// softmax; `fused_cuda`: RMS norm, rotary embedding, SiLU gate, cross-entropy), plain
+    /// candle ops (cuBLAS products) elsewhere. The default there.
     Cuda,
+}
+
+/// Whether `Kernels::Cuda` runs galley's fused CUDA ops (`fused_cuda`) rather than candle's
+/// composites: on, unless `GALLEY_CUDA_FUSED=0` (so that a benchmark can measure both).
+pub fn cuda_fused() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GALLEY_CUDA_FUSED").map_or(true, |v| v != "0"))
 }
 
 /// Label of a position that does not count in the loss.
@@ -124,6 +132,28 @@ impl CustomOp2 for RmsNorm {
 
 /// RMS norm over the last dimension, scaled by `w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, k: Kernels) -> Result<Tensor> {
+    rms_norm_to(x, w, eps, k, x.dtype())
+}
+
+/// `rms_norm` with its result in `dt` (on a GPU the cast is part of the norm's write).
+pub fn rms_norm_to(
+    x: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    k: Kernels,
+    dt: candle_core::DType,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if k == Kernels::Cuda
+        && cuda_fused()
+        && (x.dtype() == candle_core::DType::F32 || x.dtype() == dt)
+    {
+        return crate::fused_cuda::rms_norm(x, w, eps, dt);
+    }
+    cast(&rms_norm_plain(x, w, eps, k)?, dt)
+}
+
+fn rms_norm_plain(x: &Tensor, w: &Tensor, eps: f64, k: Kernels) -> Result<Tensor> {
     match k {
         Kernels::Fused => x.contiguous()?.apply_op2(w, RmsNorm { eps: eps as f32 }),
         Kernels::Reference | Kernels::Cuda => {
@@ -173,6 +203,11 @@ impl RopeTables {
             cos_t,
             sin_t,
         })
+    }
+
+    /// The (positions, half) cos and sin tables on the model's device, f32.
+    pub fn device_tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos_t, &self.sin_t)
     }
 }
 
@@ -248,6 +283,8 @@ pub fn rope_heads(x: &Tensor, tables: &RopeTables, k: Kernels) -> Result<Tensor>
                 dims,
             })
         }
+        #[cfg(feature = "cuda")]
+        Kernels::Cuda if cuda_fused() => crate::fused_cuda::rope_heads(x, tables),
         Kernels::Reference | Kernels::Cuda => {
             let t = x.dim(1)?;
             candle_nn::rotary_emb::rope_slow(
@@ -329,6 +366,30 @@ pub fn causal_softmax_reference(s: &Tensor, scale: f64) -> Result<Tensor> {
     cast(&p, s.dtype())
 }
 
+/// Dense attention's kept scores past which the fused attention (`flash_cuda`) is used on a
+/// GPU: the dense path keeps b·h·t² scores and as many probabilities per layer for the
+/// backward pass, and the fused one runs on the CUDA cores, so it pays only where the
+/// dense path's memory does not fit a layer budget.
+pub const FLASH_FROM_BYTES: usize = 1 << 30;
+
+/// Whether the GPU attention of a (b, h heads, t positions, d head dim) batch with
+/// `elem_bytes`-byte scores goes through the fused kernels: `setting` (the value of
+/// `GALLEY_CUDA_ATTENTION`) `flash` or `dense` decides; otherwise (`auto`) the fused kernels
+/// take head dimensions they support once the dense scores of a layer pass
+/// `FLASH_FROM_BYTES`.
+pub fn flash_attention_wanted(
+    (b, h, t, d): (usize, usize, usize, usize),
+    elem_bytes: usize,
+    setting: Option<&str>,
+) -> bool {
+    let supported = d > 0 && d % 32 == 0 && d <= 128;
+    match setting {
+        Some("flash") => supported,
+        Some("dense") => false,
+        _ => supported && b * h * t * t * elem_bytes > FLASH_FROM_BYTES,
+    }
+}
+
 // ---------------------------------------------------------------- SiLU gate
 
 struct SiluMul;
@@ -397,6 +458,8 @@ impl CustomOp2 for SiluMul {
 pub fn silu_mul(g: &Tensor, u: &Tensor, k: Kernels) -> Result<Tensor> {
     match k {
         Kernels::Fused => g.contiguous()?.apply_op2(&u.contiguous()?, SiluMul),
+        #[cfg(feature = "cuda")]
+        Kernels::Cuda if cuda_fused() => crate::fused_cuda::silu_gate(g, u),
         Kernels::Reference | Kernels::Cuda => g.silu()? * u,
     }
 }
@@ -536,4 +599,23 @@ pub fn frozen_matmul(x: &Tensor, w: &Frozen, k: Kernels) -> Result<Tensor> {
 /// `x` (..., in) times the trained `w` (out, in) transposed.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.broadcast_matmul(&w.t()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fused_gpu_attention_is_picked_by_memory_or_by_setting() {
+        // SmolLM2-1.7B's shape (32 heads of 64) in bf16: 2,048 tokens keep 256 MiB of scores
+        // a layer (dense), 8,192 keep 4 GiB (fused).
+        assert!(!flash_attention_wanted((1, 32, 2048, 64), 2, None));
+        assert!(flash_attention_wanted((1, 32, 8192, 64), 2, None));
+        assert!(flash_attention_wanted((1, 32, 8192, 64), 2, Some("auto")));
+        assert!(!flash_attention_wanted((1, 32, 8192, 64), 2, Some("dense")));
+        assert!(flash_attention_wanted((1, 32, 128, 64), 2, Some("flash")));
+        // Head dimensions the kernels do not take stay dense whatever the setting.
+        assert!(!flash_attention_wanted((1, 32, 8192, 80), 2, Some("flash")));
+        assert!(!flash_attention_wanted((1, 32, 8192, 256), 2, None));
+    }
 }

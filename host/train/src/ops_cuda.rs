@@ -12,10 +12,10 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use galley_model::cuda_src::PRELUDE;
 use std::sync::OnceLock;
 
-const MODULE: &str = "galley_train_ops";
+pub(crate) const MODULE: &str = "galley_train_ops";
 const THREADS: u32 = 256;
 
-fn ptx() -> Result<&'static str> {
+pub(crate) fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
     galley_model::cuda::compile_once(
         &PTX,

@@ -271,6 +271,167 @@ fn gpu_causal_softmax_kernel_matches_the_reference() {
     }
 }
 
+/// Each fused CUDA op (`fused_cuda`, `flash_cuda`) against candle's composite (the `Reference` kernels) on
+/// the GPU: values and the gradients of a weighted sum, f32 and bf16.
+#[test]
+fn gpu_fused_ops_match_the_composites() {
+    use galley_train::fused_cuda;
+    use galley_train::ops::{self, RopeTables};
+    let Some(dev) = gpu() else { return };
+    let vals = |n: usize, k: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + k * 104729) % 2000) as f32 / 1000.0) - 1.0)
+            .collect()
+    };
+    let flat = |x: &Tensor| -> Vec<f32> {
+        x.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    // Output and input gradients of sum(y * w) for a fixed weight w.
+    let probe = |vars: &[&Var], y: Tensor| -> (Vec<f32>, Vec<Vec<f32>>) {
+        let w = Tensor::from_vec(vals(y.elem_count(), 9), y.shape(), &dev).unwrap();
+        let l = (y.to_dtype(DType::F32).unwrap() * w)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let gs = l.backward().unwrap();
+        let grads = vars
+            .iter()
+            .map(|v| flat(gs.get(v.as_tensor()).unwrap()))
+            .collect();
+        (flat(&y), grads)
+    };
+    let check =
+        |what: &str, dt: DType, a: (Vec<f32>, Vec<Vec<f32>>), b: (Vec<f32>, Vec<Vec<f32>>)| {
+            let tol = if dt == DType::F32 { 1e-5 } else { 2e-2 };
+            let e = rel_err(&a.0, &b.0);
+            assert!(e < tol, "{what} {dt:?}: values differ by {e}");
+            for (i, (ga, gb)) in a.1.iter().zip(&b.1).enumerate() {
+                let e = rel_err(ga, gb);
+                assert!(e < tol * 10.0, "{what} {dt:?}: gradient {i} differs by {e}");
+            }
+        };
+    let (rows, n) = (300usize, 576usize);
+    for dt in [DType::F32, DType::BF16] {
+        // RMS norm from f32 into dt (the pre-product norm) and within dt (q/k norms).
+        for from in [DType::F32, dt] {
+            let x = Var::from_tensor(
+                &Tensor::from_vec(vals(rows * n, 1), (rows, n), &dev)
+                    .unwrap()
+                    .to_dtype(from)
+                    .unwrap(),
+            )
+            .unwrap();
+            let w = Var::from_tensor(&Tensor::from_vec(vals(n, 2), n, &dev).unwrap()).unwrap();
+            let f = probe(
+                &[&x, &w],
+                fused_cuda::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5, dt).unwrap(),
+            );
+            let r = probe(
+                &[&x, &w],
+                ops::rms_norm_to(x.as_tensor(), w.as_tensor(), 1e-5, Kernels::Reference, dt)
+                    .unwrap(),
+            );
+            check(&format!("rms norm from {from:?}"), dt, f, r);
+        }
+        let g = Var::from_tensor(
+            &Tensor::from_vec(vals(rows * n, 3), (rows, n), &dev)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap(),
+        )
+        .unwrap();
+        let u = Var::from_tensor(
+            &Tensor::from_vec(vals(rows * n, 4), (rows, n), &dev)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap(),
+        )
+        .unwrap();
+        let f = probe(
+            &[&g, &u],
+            fused_cuda::silu_gate(g.as_tensor(), u.as_tensor()).unwrap(),
+        );
+        let r = probe(
+            &[&g, &u],
+            ops::silu_mul(g.as_tensor(), u.as_tensor(), Kernels::Reference).unwrap(),
+        );
+        check("silu gate", dt, f, r);
+
+        let (b, t, h, d) = (2usize, 37usize, 3usize, 64usize);
+        let inv: Vec<f32> = (0..d / 2)
+            .map(|i| 10000f32.powf(-(2 * i) as f32 / d as f32))
+            .collect();
+        let tables = RopeTables::new(&inv, 64, &dev).unwrap();
+        let x = Var::from_tensor(
+            &Tensor::from_vec(vals(b * t * h * d, 5), (b, t, h, d), &dev)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap(),
+        )
+        .unwrap();
+        let f = probe(
+            &[&x],
+            fused_cuda::rope_heads(x.as_tensor(), &tables).unwrap(),
+        );
+        let r = probe(
+            &[&x],
+            ops::rope_heads(x.as_tensor(), &tables, Kernels::Reference).unwrap(),
+        );
+        check("rotary heads", dt, f, r);
+
+        // The loss at temperature 0.7 with an ignored row, against the f32 reference.
+        let (rows, v) = (6usize, 3000usize);
+        let z = Var::from_tensor(
+            &(Tensor::from_vec(vals(rows * v, 6), (rows, v), &dev).unwrap() * 6.0)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap(),
+        )
+        .unwrap();
+        let targets = [5u32, ops::IGNORE, 2999, 0, 1234, 77];
+        let f = probe(
+            &[&z],
+            fused_cuda::cross_entropy(z.as_tensor(), &targets, 0.7).unwrap(),
+        );
+        let z32 = (z.as_tensor().to_dtype(DType::F32).unwrap() / 0.7).unwrap();
+        let r = probe(&[&z], ops::cross_entropy_reference(&z32, &targets).unwrap());
+        check("cross-entropy", dt, f, r);
+
+        // The fused attention against scores, causal softmax and product, grouped query heads
+        // (3 per KV head), a length that ends inside a key chunk.
+        let (g, t, d) = (3usize, 150usize, 64usize);
+        let var = |shape: (usize, usize, usize, usize), k: usize| {
+            let n = shape.0 * shape.1 * shape.2 * shape.3;
+            Var::from_tensor(
+                &Tensor::from_vec(vals(n, k), shape, &dev)
+                    .unwrap()
+                    .to_dtype(dt)
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        let (qv, kv, vv) = (
+            var((2, 1, g * t, d), 7),
+            var((2, 1, t, d), 8),
+            var((2, 1, t, d), 10),
+        );
+        let scale = 1.0 / (d as f64).sqrt();
+        let (q, k, v) = (qv.as_tensor(), kv.as_tensor(), vv.as_tensor());
+        let f = probe(
+            &[&qv, &kv, &vv],
+            galley_train::flash_cuda::attention(q, k, v, scale).unwrap(),
+        );
+        let p = ops::causal_softmax_reference(&q.matmul(&k.t().unwrap()).unwrap(), scale).unwrap();
+        let r = probe(&[&qv, &kv, &vv], p.matmul(v).unwrap());
+        check("flash attention", dt, f, r);
+    }
+}
+
 /// Central differences of the GPU loss (f32) at each parameter's largest-gradient coordinate.
 #[test]
 fn gpu_gradients_match_finite_differences() {
