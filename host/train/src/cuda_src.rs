@@ -59,7 +59,7 @@ pub struct Launch2 {
 /// Whether the fused attention kernels take head dimension `d` (a multiple of 32, at most
 /// 128: a lane owns at most 4 output dimensions, and the staged keys fit in 48 KiB).
 pub fn flash_supports(d: usize) -> bool {
-    d > 0 && d % 32 == 0 && d <= 128
+    d > 0 && d.is_multiple_of(32) && d <= 128
 }
 
 const FLASH_KEYS: usize = 32;

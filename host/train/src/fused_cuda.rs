@@ -16,7 +16,7 @@ use crate::ops::RopeTables;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig};
 use candle_core::cuda::cudarc::driver::{LaunchArgs, PushKernelArg};
-use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::cuda::{CudaDType, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage};
 use candle_core::{Tensor, WithDType, bail};
 use half::bf16;

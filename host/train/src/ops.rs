@@ -382,7 +382,7 @@ pub fn flash_attention_wanted(
     elem_bytes: usize,
     setting: Option<&str>,
 ) -> bool {
-    let supported = d > 0 && d % 32 == 0 && d <= 128;
+    let supported = crate::cuda_src::flash_supports(d);
     match setting {
         Some("flash") => supported,
         Some("dense") => false,

@@ -364,7 +364,7 @@ fn gpu_fused_ops_match_the_composites() {
 
         let (b, t, h, d) = (2usize, 37usize, 3usize, 64usize);
         let inv: Vec<f32> = (0..d / 2)
-            .map(|i| 10000f32.powf(-(2 * i) as f32 / d as f32))
+            .map(|i| 10000f32.powf(-((2 * i) as f32) / d as f32))
             .collect();
         let tables = RopeTables::new(&inv, 64, &dev).unwrap();
         let x = Var::from_tensor(
