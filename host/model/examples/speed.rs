@@ -296,6 +296,14 @@ fn main() {
             println!("{:<10} {:>12} {g1:>12.1} {g32:>15.1}", "gpu graph", "-");
             let (r1, r32) = measure_graph(&single, &path, true);
             println!("{:<10} {:>12} {r1:>12.1} {r32:>15.1}", "graph+read", "-");
+            // The same graph with the nine-kernel layer (candle's products and the four
+            // decode kernels) instead of the fused step's five, for batch 1 (a batch of 32
+            // takes the nine-kernel layer either way).
+            galley_model::decode::set_fused_step(false);
+            let (u1, u32_) = measure_graph(&single, &path, false);
+            println!("{:<10} {:>12} {u1:>12.1} {u32_:>15.1}", "graph 9/l", "-");
+            galley_model::decode::set_fused_step(true);
+            println!("fused step vs nine-kernel layer at batch 1: {:.2}x", g1 / u1);
             anatomy(&single, &path);
             kernel_times(&single);
         }

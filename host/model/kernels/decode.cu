@@ -103,10 +103,148 @@ __device__ void silu_mul(const T* gu, T* out, int inter) {
         st(out, r * inter + i, ld_round(s, out) * u);
     }
 }
+// ---- The fused decode step for small batches (b <= DG_MAX_ROWS rows): each layer is
+// qkv_step, attend, gemv (o), mlp_up_step, gemv (down). A "step" kernel takes the residual
+// stream h and the previous sublayer's output d, and every block recomputes h + d and its RMS
+// norm (b x n values, cheap) into shared memory, so the norm needs no kernel of its own;
+// block (0, 0) writes h + d out as the new stream. Each warp then multiplies weight rows
+// (read once for all b rows) by the normed rows. Values are rounded to T where the unfused
+// step stores them (the stream, the norm, the projections), so both steps agree.
+#define DG_MAX_ROWS 8
+#define DG_WARPS 8
+
+// a (b, n) in shared = rms_norm(h + d) * w per row; hout = h + d when `write`.
+template <typename T>
+__device__ void dg_norm_rows(const T* h, const T* d, const T* w, T* hout, float* a, int n,
+                             int b, float eps, bool write) {
+    for (int r = 0; r < b; r++) {
+        const long long o = (long long)r * n;
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            float v = ld_round(ld(h, o + i) + ld(d, o + i), h);
+            a[o + i] = v;
+            ss += v * v;
+            if (write) st(hout, o + i, v);
+        }
+        const float inv = rsqrtf(block_red(ss, false) / (float)n + eps);
+        for (int i = threadIdx.x; i < n; i += blockDim.x) a[o + i] = ld_round(a[o + i] * inv * ld(w, i), h);
+    }
+    __syncthreads();
+}
+
+// Weight rows r1 and r2 (of n) times each of the b shared rows of a: the sums, complete in
+// every lane.
+template <typename T>
+__device__ void dg_dot2(const T* W, long long r1, long long r2, const float* a, int n, int b,
+                        float* x1, float* x2) {
+    float s1[DG_MAX_ROWS], s2[DG_MAX_ROWS];
+    for (int r = 0; r < DG_MAX_ROWS; r++) { s1[r] = 0.0f; s2[r] = 0.0f; }
+    for (int k = threadIdx.x & 31; k < n; k += 32) {
+        const float w1 = ld(W, r1 * n + k), w2 = ld(W, r2 * n + k);
+        for (int r = 0; r < DG_MAX_ROWS; r++) {
+            if (r < b) {
+                s1[r] += w1 * a[(long long)r * n + k];
+                s2[r] += w2 * a[(long long)r * n + k];
+            }
+        }
+    }
+    for (int r = 0; r < DG_MAX_ROWS; r++) {
+        if (r < b) {
+            x1[r] = warp_red(s1[r], false);
+            x2[r] = warp_red(s2[r], false);
+        }
+    }
+}
+
+// grid (H + 2 KV, ceil(D/2 / 8)), 256 threads; dynamic shared b n floats. Warp w of block
+// (head, y) takes dimension pair (i, i + D/2), i = 8 y + w, of the fused q|k|v projection
+// W ((H + 2 KV) D, n; bias optional, `has_bias`): queries rotated into q (b, H, 1, D), keys
+// rotated and values copied into the caches (b, KV, cap, D) at *slot. out: the new stream.
+template <typename T>
+__device__ void qkv_step(const T* h, const T* d, const T* nw, T* hout, const T* W,
+                         const T* bias, int has_bias, const T* cs, const T* sn,
+                         const unsigned int* slot, T* q, T* kc, T* vc, int n, int b, float eps,
+                         int H, int KV, int D, int cap) {
+    extern __shared__ float dsm[];
+    dg_norm_rows(h, d, nw, hout, dsm, n, b, eps, blockIdx.x == 0 && blockIdx.y == 0);
+    const int half = D / 2, head = blockIdx.x, i = blockIdx.y * DG_WARPS + (threadIdx.x >> 5);
+    if (i >= half) return;
+    const long long r1 = (long long)head * D + i, r2 = r1 + half;
+    float x1[DG_MAX_ROWS], x2[DG_MAX_ROWS];
+    dg_dot2(W, r1, r2, dsm, n, b, x1, x2);
+    if ((threadIdx.x & 31) != 0) return;
+    const long long s = slot[0];
+    for (int r = 0; r < b && r < DG_MAX_ROWS; r++) {
+        float a1 = x1[r], a2 = x2[r];
+        if (has_bias) { a1 = ld_round(a1, W) + ld(bias, r1); a2 = ld_round(a2, W) + ld(bias, r2); }
+        a1 = ld_round(a1, W);
+        a2 = ld_round(a2, W);
+        if (head >= H + KV) {
+            const long long o = (((long long)r * KV + (head - H - KV)) * cap + s) * D;
+            st(vc, o + i, a1);
+            st(vc, o + i + half, a2);
+            continue;
+        }
+        const float c = ld(cs, (long long)r * half + i), sn_ = ld(sn, (long long)r * half + i);
+        const float o1 = a1 * c - a2 * sn_, o2 = a2 * c + a1 * sn_;
+        if (head < H) {
+            const long long o = ((long long)r * H + head) * D;
+            st(q, o + i, o1);
+            st(q, o + i + half, o2);
+        } else {
+            const long long o = (((long long)r * KV + (head - H)) * cap + s) * D;
+            st(kc, o + i, o1);
+            st(kc, o + i + half, o2);
+        }
+    }
+}
+
+// grid (ceil(I / 8)), 256 threads; dynamic shared b n floats. Warp w takes i = 8 x + w: rows
+// i (gate) and I + i (up) of the fused W (2 I, n) against the normed h + d; act (b, I) =
+// silu(gate) * up. out: the new stream.
+template <typename T>
+__device__ void mlp_up_step(const T* h, const T* d, const T* nw, T* hout, const T* W, T* act,
+                            int n, int b, float eps, int I) {
+    extern __shared__ float dsm[];
+    dg_norm_rows(h, d, nw, hout, dsm, n, b, eps, blockIdx.x == 0);
+    const int i = blockIdx.x * DG_WARPS + (threadIdx.x >> 5);
+    if (i >= I) return;
+    float g[DG_MAX_ROWS], u[DG_MAX_ROWS];
+    dg_dot2(W, i, (long long)I + i, dsm, n, b, g, u);
+    if ((threadIdx.x & 31) != 0) return;
+    for (int r = 0; r < b && r < DG_MAX_ROWS; r++) {
+        const float gv = ld_round(g[r], W), uv = ld_round(u[r], W);
+        st(act, (long long)r * I + i, ld_round(gv / (1.0f + expf(-gv)), W) * uv);
+    }
+}
+
+// grid (ceil(out / 8)), 256 threads: y (b, out) = x (b, n) W^T (+ bias), a warp per row of W.
+template <typename T>
+__device__ void gemv_rows(const T* x, const T* W, const T* bias, int has_bias, T* y, int n,
+                          int out, int b) {
+    const int row = blockIdx.x * DG_WARPS + (threadIdx.x >> 5);
+    if (row >= out) return;
+    float s[DG_MAX_ROWS];
+    for (int r = 0; r < DG_MAX_ROWS; r++) s[r] = 0.0f;
+    for (int k = threadIdx.x & 31; k < n; k += 32) {
+        const float w = ld(W, (long long)row * n + k);
+        for (int r = 0; r < DG_MAX_ROWS; r++) if (r < b) s[r] += w * ld(x, (long long)r * n + k);
+    }
+    for (int r = 0; r < DG_MAX_ROWS; r++) {
+        if (r >= b) break;
+        float v = warp_red(s[r], false);
+        if (has_bias) v = ld_round(v, W) + ld(bias, row);
+        if ((threadIdx.x & 31) == 0) st(y, (long long)r * out + row, v);
+    }
+}
+
 #define BOTH(T, S) \
 extern "C" __global__ void rope_kv_##S(const T* qkv, const T* cs, const T* sn, const unsigned int* slot, T* q, T* kc, T* vc, int H, int KV, int D, int cap) { rope_kv(qkv, cs, sn, slot, q, kc, vc, H, KV, D, cap); } \
 extern "C" __global__ void attend_##S(const T* q, const T* kc, const T* vc, const T* mask, T* out, int H, int KV, int D, int cap, float scale) { attend(q, kc, vc, mask, out, H, KV, D, cap, scale); } \
 extern "C" __global__ void add_rms_##S(const T* x, const T* d, const T* w, T* out, int n, float eps, int rows) { add_rms(x, d, w, out, n, eps, rows); } \
-extern "C" __global__ void silu_mul_##S(const T* gu, T* out, int inter) { silu_mul(gu, out, inter); }
+extern "C" __global__ void silu_mul_##S(const T* gu, T* out, int inter) { silu_mul(gu, out, inter); } \
+extern "C" __global__ void qkv_step_##S(const T* h, const T* d, const T* nw, T* hout, const T* W, const T* bias, int has_bias, const T* cs, const T* sn, const unsigned int* slot, T* q, T* kc, T* vc, int n, int b, float eps, int H, int KV, int D, int cap) { qkv_step(h, d, nw, hout, W, bias, has_bias, cs, sn, slot, q, kc, vc, n, b, eps, H, KV, D, cap); } \
+extern "C" __global__ void mlp_up_step_##S(const T* h, const T* d, const T* nw, T* hout, const T* W, T* act, int n, int b, float eps, int I) { mlp_up_step(h, d, nw, hout, W, act, n, b, eps, I); } \
+extern "C" __global__ void gemv_rows_##S(const T* x, const T* W, const T* bias, int has_bias, T* y, int n, int out, int b) { gemv_rows(x, W, bias, has_bias, y, n, out, b); }
 BOTH(float, f32)
 BOTH(bf16_t, bf16)

@@ -19,20 +19,20 @@ use candle_core::cuda::{CudaDType, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, bail};
 use std::sync::OnceLock;
 
-const MODULE: &str = "galley_decode";
+pub(crate) const MODULE: &str = "galley_decode";
 const THREADS: u32 = 128;
 
-fn ptx() -> Result<&'static str> {
+pub(crate) fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
     crate::cuda::compile_once(&PTX, &[PRELUDE, DECODE], "galley's CUDA decode kernels")
 }
 
-fn launch_err(e: impl std::fmt::Display) -> candle_core::Error {
+pub(crate) fn launch_err(e: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(format!("galley CUDA decode kernel: {e}"))
 }
 
 /// The CUDA memory of a contiguous tensor (its storage read-locked in `st`), as `T`.
-fn view<'a, T: CudaDType + DeviceRepr>(
+pub(crate) fn view<'a, T: CudaDType + DeviceRepr>(
     st: &'a Storage,
     l: &Layout,
     what: &str,
@@ -44,7 +44,7 @@ fn view<'a, T: CudaDType + DeviceRepr>(
 }
 
 /// The memory `l` covers in `cs` (an op's own input), checked contiguous, as `T`.
-fn slice<'a, T: CudaDType + DeviceRepr>(
+pub(crate) fn slice<'a, T: CudaDType + DeviceRepr>(
     cs: &'a CudaStorage,
     l: &Layout,
     what: &str,

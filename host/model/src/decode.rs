@@ -308,6 +308,25 @@ pub fn set_graphs(on: bool) {
     GRAPHS.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// 0: as `GALLEY_CUDA_FUSED_STEP` says; 1: on; 2: off.
+static FUSED_STEP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether a GPU decode step of a few rows takes the fused kernels (`cuda_step`: five a
+/// layer instead of nine; default) or candle's products with the four decode kernels
+/// (`GALLEY_CUDA_FUSED_STEP=0`, for comparison and as a way out).
+pub fn fused_step_enabled() -> bool {
+    match FUSED_STEP.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => std::env::var("GALLEY_CUDA_FUSED_STEP").map_or(true, |v| v != "0"),
+    }
+}
+
+/// Turns the fused step on or off for this process, over `GALLEY_CUDA_FUSED_STEP`.
+pub fn set_fused_step(on: bool) {
+    FUSED_STEP.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The decoder `generate` continues a prefill with: on a GPU with graphs on, when the
 /// prompt and `max_tokens` fit a cache of at most `MAX_CAPACITY` positions; otherwise none
 /// (the growing cache's eager steps, which also let finished rows leave the batch).

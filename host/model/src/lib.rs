@@ -14,6 +14,8 @@ pub mod cuda;
 #[cfg(feature = "cuda")]
 mod cuda_decode;
 pub mod cuda_src;
+#[cfg(feature = "cuda")]
+mod cuda_step;
 pub mod decode;
 pub mod engine;
 pub mod error;

@@ -209,6 +209,23 @@ impl Llama {
         let Some(first) = self.layers.first() else {
             candle_core::bail!("a model without layers")
         };
+        // A few rows on a GPU: five fused kernels a layer (`cuda_step`), the norms inside.
+        #[cfg(feature = "cuda")]
+        if h.device().is_cuda()
+            && crate::decode::fused_step_enabled()
+            && crate::cuda_src::fused_step_fits(b, hidden)
+            && self.layers.iter().all(|l| l.fused_step_ok(h.dtype()))
+        {
+            let mut d = h.zeros_like()?;
+            for (layer, (k, v)) in self.layers.iter().zip(kv) {
+                (h, d) = layer.step_fused((&h, &d), &angles, slot, mask, (k, v))?;
+            }
+            let (_, a) = self.norm.add_forward(&h, &d)?;
+            let logits = self.lm_head.forward(&a)?;
+            return logits
+                .reshape((b, self.config.vocab_size))?
+                .to_dtype(DType::F32);
+        }
         let mut a = first.input_norm().forward(&h)?;
         for (i, (layer, (k, v))) in self.layers.iter().zip(kv).enumerate() {
             let next = self

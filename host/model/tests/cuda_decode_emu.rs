@@ -195,3 +195,193 @@ fn add_rms_and_silu_mul_match_their_definitions() {
         close(&ty.read(&out), &want, ty.tol(), "silu_mul");
     }
 }
+
+fn step_cfg(l: galley_model::cuda_src::StepLaunch) -> LaunchCfg {
+    LaunchCfg::new((l.grid.0, l.grid.1, 1), (l.block, 1, 1), l.shared_bytes)
+}
+
+/// rms_norm(h + d) * w per row, with the stream and the norm rounded as stored.
+fn norm_rows(ty: Ty, h: &[f32], d: &[f32], w: &[f32], n: usize, eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let hs: Vec<f32> = h.iter().zip(d).map(|(a, b)| ty.round(a + b)).collect();
+    let mut a = vec![0.0; hs.len()];
+    for r in 0..hs.len() / n {
+        let row = &hs[r * n..][..n];
+        let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / n as f32 + eps).sqrt();
+        for i in 0..n {
+            a[r * n + i] = ty.round(row[i] * inv * w[i]);
+        }
+    }
+    (hs, a)
+}
+
+/// y (rows, out) = x (rows, n) Wᵀ, rounded to the element type.
+fn matvec(ty: Ty, x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
+    let out = w.len() / n;
+    (0..x.len() / n)
+        .flat_map(|r| (0..out).map(move |o| (r, o)))
+        .map(|(r, o)| ty.round((0..n).map(|k| x[r * n + k] * w[o * n + k]).sum()))
+        .collect()
+}
+
+#[test]
+fn the_fused_step_kernels_match_norm_projection_rope_and_gate() {
+    // A hidden size that is no multiple of 32, three rows, grouped heads, a partial last block.
+    let (b, n, h, kv, d, cap, slot, eps) = (
+        3usize, 96usize, 4usize, 2usize, 16usize, 5usize, 2u32, 1e-5f32,
+    );
+    let half = d / 2;
+    for ty in Ty::ALL {
+        let s = ty.suffix();
+        let (hh, dd, nw) = (ty.input(b * n, 31), ty.input(b * n, 32), ty.input(n, 33));
+        let wq = ty.input((h + 2 * kv) * d * n, 34);
+        let bias = ty.input((h + 2 * kv) * d, 35);
+        let (cs, sn) = (ty.input(b * half, 36), ty.input(b * half, 37));
+        let (k0, v0) = (
+            ty.input(b * kv * cap * d, 38),
+            ty.input(b * kv * cap * d, 39),
+        );
+        for has_bias in [0, 1] {
+            let (mut hout, mut q) = (ty.uninit(b * n), ty.uninit(b * h * d));
+            let (mut kc, mut vc) = (ty.buf(&k0), ty.buf(&v0));
+            module()
+                .launch(
+                    &format!("qkv_step_{s}"),
+                    step_cfg(galley_model::cuda_src::qkv_step(h + 2 * kv, d, b, n)),
+                    &mut [
+                        Arg::Buf(&mut ty.buf(&hh)),
+                        Arg::Buf(&mut ty.buf(&dd)),
+                        Arg::Buf(&mut ty.buf(&nw)),
+                        Arg::Buf(&mut hout),
+                        Arg::Buf(&mut ty.buf(&wq)),
+                        Arg::Buf(&mut ty.buf(&bias)),
+                        Arg::I32(has_bias),
+                        Arg::Buf(&mut ty.buf(&cs)),
+                        Arg::Buf(&mut ty.buf(&sn)),
+                        Arg::Buf(&mut Buf::from_slice(&[slot])),
+                        Arg::Buf(&mut q),
+                        Arg::Buf(&mut kc),
+                        Arg::Buf(&mut vc),
+                        Arg::I32(n as i32),
+                        Arg::I32(b as i32),
+                        Arg::F32(eps),
+                        Arg::I32(h as i32),
+                        Arg::I32(kv as i32),
+                        Arg::I32(d as i32),
+                        Arg::I32(cap as i32),
+                    ],
+                )
+                .unwrap();
+            let (hs, a) = norm_rows(ty, &hh, &dd, &nw, n, eps);
+            let mut proj = matvec(ty, &a, &wq, n);
+            if has_bias == 1 {
+                let w = (h + 2 * kv) * d;
+                for (i, p) in proj.iter_mut().enumerate() {
+                    *p = ty.round(*p + bias[i % w]);
+                }
+            }
+            let (mut wq_, mut wk, mut wv) = (vec![0.0; b * h * d], k0.clone(), v0.clone());
+            for r in 0..b {
+                let row = &proj[r * (h + 2 * kv) * d..];
+                let rot = |x: &[f32]| -> Vec<f32> {
+                    let mut o = vec![0.0; d];
+                    for i in 0..half {
+                        let (c, sv) = (cs[r * half + i], sn[r * half + i]);
+                        o[i] = x[i] * c - x[i + half] * sv;
+                        o[i + half] = x[i + half] * c + x[i] * sv;
+                    }
+                    o
+                };
+                for head in 0..h {
+                    wq_[(r * h + head) * d..][..d].copy_from_slice(&rot(&row[head * d..][..d]));
+                }
+                for k in 0..kv {
+                    let at = ((r * kv + k) * cap + slot as usize) * d;
+                    wk[at..at + d].copy_from_slice(&rot(&row[(h + k) * d..][..d]));
+                    wv[at..at + d].copy_from_slice(&row[(h + kv + k) * d..][..d]);
+                }
+            }
+            let what = format!("qkv_step {s} bias={has_bias}");
+            close(&ty.read(&hout), &hs, 0.0, &format!("{what}: stream"));
+            close(&ty.read(&q), &wq_, ty.tol(), &format!("{what}: q"));
+            close(&ty.read(&kc), &wk, ty.tol(), &format!("{what}: key cache"));
+            close(
+                &ty.read(&vc),
+                &wv,
+                ty.tol(),
+                &format!("{what}: value cache"),
+            );
+        }
+
+        // The MLP's first half, then the down projection through gemv_rows (with a bias).
+        let inter = 40usize;
+        let wgu = ty.input(2 * inter * n, 40);
+        let (mut hout, mut act) = (ty.uninit(b * n), ty.uninit(b * inter));
+        module()
+            .launch(
+                &format!("mlp_up_step_{s}"),
+                step_cfg(galley_model::cuda_src::mlp_up_step(inter, b, n)),
+                &mut [
+                    Arg::Buf(&mut ty.buf(&hh)),
+                    Arg::Buf(&mut ty.buf(&dd)),
+                    Arg::Buf(&mut ty.buf(&nw)),
+                    Arg::Buf(&mut hout),
+                    Arg::Buf(&mut ty.buf(&wgu)),
+                    Arg::Buf(&mut act),
+                    Arg::I32(n as i32),
+                    Arg::I32(b as i32),
+                    Arg::F32(eps),
+                    Arg::I32(inter as i32),
+                ],
+            )
+            .unwrap();
+        let (hs, a) = norm_rows(ty, &hh, &dd, &nw, n, eps);
+        let gu = matvec(ty, &a, &wgu, n);
+        let want: Vec<f32> = (0..b * inter)
+            .map(|k| {
+                let (r, i) = (k / inter, k % inter);
+                let (g, u) = (gu[r * 2 * inter + i], gu[r * 2 * inter + inter + i]);
+                ty.round(ty.round(g / (1.0 + (-g).exp())) * u)
+            })
+            .collect();
+        close(
+            &ty.read(&hout),
+            &hs,
+            0.0,
+            &format!("mlp_up_step {s}: stream"),
+        );
+        let act_v = ty.read(&act);
+        close(
+            &act_v,
+            &want,
+            ty.tol(),
+            &format!("mlp_up_step {s}: activation"),
+        );
+
+        let out = 50usize;
+        let wd = ty.input(out * inter, 41);
+        let bd = ty.input(out, 42);
+        let mut y = ty.uninit(b * out);
+        module()
+            .launch(
+                &format!("gemv_rows_{s}"),
+                step_cfg(galley_model::cuda_src::gemv_rows(out)),
+                &mut [
+                    Arg::Buf(&mut ty.buf(&act_v)),
+                    Arg::Buf(&mut ty.buf(&wd)),
+                    Arg::Buf(&mut ty.buf(&bd)),
+                    Arg::I32(1),
+                    Arg::Buf(&mut y),
+                    Arg::I32(inter as i32),
+                    Arg::I32(out as i32),
+                    Arg::I32(b as i32),
+                ],
+            )
+            .unwrap();
+        let want: Vec<f32> = matvec(ty, &act_v, &wd, inter)
+            .iter()
+            .enumerate()
+            .map(|(k, v)| ty.round(v + bd[k % out]))
+            .collect();
+        close(&ty.read(&y), &want, ty.tol(), &format!("gemv_rows {s}"));
+    }
+}

@@ -884,20 +884,31 @@ fn gpu_decode_replayed_as_a_cuda_graph_matches_eager_steps() {
     };
     let prompts = [vec![3u32, 9, 4, 17, 5], vec![0, 0, 0, 21, 8]];
     let pad = vec![vec![false; 5], vec![true, true, true, false, false]];
-    let mut cache = m.new_cache(2);
-    m.forward(&prompts, Some(&pad), &mut cache, true).unwrap();
-    let mut dec = galley_model::decode::Decoder::from_cache(&m, &cache, 40).unwrap();
-    let mut worst = 0f32;
-    for i in 0..30u32 {
-        let next = [(i * 7 + 1) % 48, (i * 5 + 2) % 48];
-        let want = step(&mut cache, &next);
-        let got = dec.step(&next).unwrap().to_vec2::<f32>().unwrap();
-        for r in 0..2 {
-            worst = worst.max(rel_err(&got[r], &want[r]));
+    // The step in candle's products with the four decode kernels, then in the fused kernels
+    // (`cuda_step`: norms inside the products, RoPE and SiLU in their epilogues).
+    for fused in [false, true] {
+        galley_model::decode::set_fused_step(fused);
+        let mut cache = m.new_cache(2);
+        m.forward(&prompts, Some(&pad), &mut cache, true).unwrap();
+        let mut dec = galley_model::decode::Decoder::from_cache(&m, &cache, 40).unwrap();
+        let mut worst = 0f32;
+        for i in 0..30u32 {
+            let next = [(i * 7 + 1) % 48, (i * 5 + 2) % 48];
+            let want = step(&mut cache, &next);
+            let got = dec.step(&next).unwrap().to_vec2::<f32>().unwrap();
+            for r in 0..2 {
+                worst = worst.max(rel_err(&got[r], &want[r]));
+            }
         }
+        println!(
+            "graph replay (fused step {fused}) vs eager: worst relative logit error {worst:.2e} over 30 steps"
+        );
+        assert!(
+            worst < 1e-5,
+            "graph replay (fused step {fused}) differs: {worst}"
+        );
     }
-    println!("graph replay vs eager: worst relative logit error {worst:.2e} over 30 steps");
-    assert!(worst < 1e-5, "graph replay differs: {worst}");
+    galley_model::decode::set_fused_step(true);
 }
 
 /// Generation on the GPU gives the same greedy tokens, and log-probabilities within 1e-5,

@@ -155,6 +155,29 @@ impl Attention {
         self.o_proj.forward(&out)
     }
 
+    /// For the fused decode step: the q|k|v weight and bias, the output projection's weight
+    /// and bias, the query heads; none when a projection is not dense or the heads are
+    /// normed (Qwen3), which the fused kernels do not do.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn fused_parts(
+        &self,
+    ) -> Option<(
+        (&Tensor, Option<&Tensor>),
+        (&Tensor, Option<&Tensor>),
+        usize,
+        usize,
+    )> {
+        if self.q_norm.is_some() || self.k_norm.is_some() {
+            return None;
+        }
+        Some((
+            self.qkv_proj.dense_parts()?,
+            self.o_proj.dense_parts()?,
+            self.heads,
+            self.head_dim,
+        ))
+    }
+
     /// One token per row (`x` (b, 1, hidden)) against a cache of fixed capacity: the new key
     /// and value go to the slot `slot` ((1,) u32) holds, attention spans every slot under
     /// `mask` ((b, 1, 1, capacity), additive). Every shape is the same from step to step, so

@@ -80,6 +80,60 @@ impl DecoderLayer {
         next.add_forward(&h, &self.mlp.step(&a)?)
     }
 
+    /// Whether the fused decode step can run this layer with activations of `dt`.
+    pub fn fused_step_ok(&self, dt: candle_core::DType) -> bool {
+        let (Some((qkv, o, _, _)), Some((gu, down))) =
+            (self.self_attn.fused_parts(), self.mlp.fused_parts())
+        else {
+            return false;
+        };
+        [
+            qkv.0,
+            o.0,
+            gu,
+            down.0,
+            self.input_layernorm.parts().0,
+            self.post_attention_layernorm.parts().0,
+        ]
+        .iter()
+        .all(|w| w.dtype() == dt)
+    }
+
+    /// The decode step in the fused kernels (`cuda_step`, on a GPU; `fused_step_ok` first):
+    /// `(h, d)` is the residual stream before the last sublayer's output `d` is added; returns
+    /// the pair for the next layer (the norms are applied inside the products).
+    #[cfg(feature = "cuda")]
+    pub fn step_fused(
+        &self,
+        (h, d): (&Tensor, &Tensor),
+        angles: &Angles,
+        slot: &Tensor,
+        mask: &Tensor,
+        kv: (&Tensor, &Tensor),
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        use crate::{cuda_decode, cuda_step};
+        let (Some((qkv, o, heads, hd)), Some((gu, down))) =
+            (self.self_attn.fused_parts(), self.mlp.fused_parts())
+        else {
+            candle_core::bail!("this layer cannot take the fused decode step")
+        };
+        let (h1, q) = cuda_step::qkv_step(
+            h,
+            d,
+            self.input_layernorm.parts(),
+            qkv,
+            angles,
+            slot,
+            kv,
+            heads,
+        )?;
+        let attn = cuda_decode::attend(&q, kv, mask, (1.0 / (hd as f64).sqrt()) as f32)?;
+        let d1 = cuda_step::gemv(&attn, o.0, o.1)?;
+        let (h2, act) =
+            cuda_step::mlp_up_step(&h1, &d1, self.post_attention_layernorm.parts(), gu)?;
+        Ok((h2, cuda_step::gemv(&act, down.0, down.1)?))
+    }
+
     /// The norm before attention (the previous layer's step applies it).
     pub fn input_norm(&self) -> &RmsNorm {
         &self.input_layernorm

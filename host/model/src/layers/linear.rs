@@ -143,6 +143,23 @@ impl Linear {
         }
     }
 
+    /// The dense weight (out, in) and the bias, when the weight is a plain contiguous f32
+    /// or bf16 matrix (what the fused decode step's products read).
+    pub(crate) fn dense_parts(&self) -> Option<(&Tensor, Option<&Tensor>)> {
+        match &self.weight {
+            LinearWeight::Dense(w)
+                if w.is_contiguous()
+                    && matches!(
+                        w.dtype(),
+                        candle_core::DType::F32 | candle_core::DType::BF16
+                    ) =>
+            {
+                Some((w, self.bias.as_ref()))
+            }
+            _ => None,
+        }
+    }
+
     /// The fused projections' outputs, split back apart along the last dimension.
     pub fn forward_split(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         let y = self.forward(x)?;

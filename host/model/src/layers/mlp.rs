@@ -26,6 +26,15 @@ impl Mlp {
         })
     }
 
+    /// For the fused decode step: the gate|up weight (without a bias, which the fused kernel
+    /// does not add) and the down projection's weight and bias.
+    pub(crate) fn fused_parts(&self) -> Option<(&Tensor, (&Tensor, Option<&Tensor>))> {
+        match self.gate_up.dense_parts()? {
+            (gu, None) => Some((gu, self.down.dense_parts()?)),
+            _ => None,
+        }
+    }
+
     /// `forward` for a decode step: on a GPU, SiLU and the product in one kernel.
     pub fn step(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         #[cfg(feature = "cuda")]

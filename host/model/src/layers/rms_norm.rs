@@ -21,6 +21,11 @@ impl RmsNorm {
         candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
     }
 
+    /// The weight and epsilon (the fused decode step applies the norm inside its products).
+    pub(crate) fn parts(&self) -> (&Tensor, f32) {
+        (&self.weight, self.eps)
+    }
+
     /// `(x + d, norm(x + d))`: a residual connection and the norm after it, one kernel on a
     /// GPU (a decode step's graph walks one node less per call).
     pub fn add_forward(&self, x: &Tensor, d: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
