@@ -303,7 +303,10 @@ fn main() {
             let (u1, u32_) = measure_graph(&single, &path, false);
             println!("{:<10} {:>12} {u1:>12.1} {u32_:>15.1}", "graph 9/l", "-");
             galley_model::decode::set_fused_step(true);
-            println!("fused step vs nine-kernel layer at batch 1: {:.2}x", g1 / u1);
+            println!(
+                "fused step vs nine-kernel layer at batch 1: {:.2}x",
+                g1 / u1
+            );
             anatomy(&single, &path);
             kernel_times(&single);
         }
