@@ -3,7 +3,7 @@
 //! checkpoint reaches a GPU machine), bf16 compute with f32 master weights and moments, the
 //! trainer's own step (forward, backward, clipping, the fused AdamW kernel).
 //!
-//!     scripts/build-cuda.sh && target/cuda/release/examples/gpu-train [--quick]
+//!     scripts/build-cuda.sh && target/cuda/release/examples/gpu-train [--quick | --long]
 //!
 //! MFU = model FLOPs / time / the GPU's bf16 dense peak (`GALLEY_PEAK_TFLOPS`, default 989.4,
 //! an H100/H200 SXM). Model FLOPs per token: 6·N + 12·L·T·d for full fine-tuning (N counts
@@ -222,11 +222,16 @@ fn run(name: &str, tuning: Tuning, seq: usize, batch: usize, steps: usize, dev: 
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // --long: one long sequence, where the dense attention would keep 4 GiB of scores a
+    // layer (96 GiB over 24) and the fused attention (`flash_cuda`) keeps none.
+    let long = std::env::args().any(|a| a == "--long");
     let dev = galley_model::device("cuda").expect("a CUDA GPU");
     galley_model::cuda::single_stream(&dev);
-    let steps = if quick { 2 } else { 5 };
+    let steps = if quick || long { 2 } else { 5 };
     let plan: Vec<(&str, Tuning, usize, usize)> = if quick {
         vec![("135m", Tuning::Lora, 256, 2)]
+    } else if long {
+        vec![("1.7b", Tuning::Full, 8192, 1)]
     } else {
         vec![
             ("135m", Tuning::Full, 2048, 8),

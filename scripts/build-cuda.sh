@@ -54,4 +54,4 @@ fi
 if [ $# -eq 0 ]; then
     set -- -p galley-train -p galley-model -p galley-bench --tests --bins --examples
 fi
-exec cargo "${GALLEY_CUDA_CARGO:-build}" --release --features galley-model/cuda,galley-train/cuda "$@"
+exec cargo "${GALLEY_CUDA_CARGO:-build}" --release --features galley-model/cuda,galley-train/cuda,galley-train/nccl "$@"

@@ -5,9 +5,9 @@
 #     scripts/gpu-pack.sh          # here: builds (scripts/build-cuda.sh) and packs .gpu/
 #     scripts/gpu-check.sh [OUT]   # there: runs what .gpu/ holds, logs into OUT
 #
-# SKIP_TESTS, SKIP_TRAIN, SKIP_PEER, SKIP_UNFUSED (set to anything) leave out the GPU tests, the
-# training benchmark, its PyTorch peer or its run without the fused CUDA ops, to spend a short
-# lease on what changed.
+# SKIP_TESTS, SKIP_TRAIN, SKIP_PEER, SKIP_UNFUSED, SKIP_LONG (set to anything) leave out the GPU
+# tests, the training benchmark, its PyTorch peer, its run without the fused CUDA ops or its
+# 8k-token run, to spend a short lease on what changed.
 #
 # The binaries were linked against stub libraries (scripts/build-cuda.sh); the dynamic loader
 # finds the driver's libcuda and the toolkit libraries that the machine's Python packages carry.
@@ -35,7 +35,7 @@ export LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/nvidia/lib:$libs:${LD
 # The stubs gave the binaries no DT_NEEDED entries (the linker drops libraries that resolve
 # nothing), so the real libraries are preloaded.
 pre=
-for lib in libcuda.so.1 libcudart.so.13 libcublasLt.so.13 libcublas.so.13 libcurand.so.10 libnvrtc.so.13; do
+for lib in libcuda.so.1 libcudart.so.13 libcublasLt.so.13 libcublas.so.13 libcurand.so.10 libnvrtc.so.13 libnccl.so.2; do
     f=
     for d in ${LD_LIBRARY_PATH//:/ } /usr/lib/x86_64-linux-gnu /usr/lib64; do
         [ -e "$d/$lib" ] && { f=$d/$lib; break; }
@@ -61,5 +61,8 @@ step() { # name, seconds, command...
 # The same benchmark on candle's composites instead of the fused CUDA ops (RMS norm, RoPE,
 # SiLU gate, cross-entropy): their effect, measured in the same lease.
 [ -n "${SKIP_TRAIN:-}${SKIP_UNFUSED:-}" ] || step train-unfused 150 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_CUDA_FUSED=0 /tmp/gpu-bin/gpu-train
+# 8,192 tokens of the 1.7B shape: the fused attention's memory (the dense path would keep
+# 96 GiB of scores).
+[ -n "${SKIP_TRAIN:-}${SKIP_LONG:-}" ] || step train-long 150 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-train --long
 [ -n "${SKIP_PEER:-}" ] || step peer 130 env PYTHONUNBUFFERED=1 python3 bench/gpu_train_peer.py
 step speed 80 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_SPEED_GPU_ONLY=1 /tmp/gpu-bin/speed

@@ -43,6 +43,17 @@ pub use model::{Cache, Llama};
 pub use sample::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
 
+/// How many CUDA GPUs this process sees (0 without the `cuda` feature or a driver).
+pub fn cuda_device_count() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        candle_core::cuda::cudarc::driver::CudaContext::device_count()
+            .map_or(0, |n| n.max(0) as usize)
+    }
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
 /// The device named by `spec`: `cpu`, `cuda` or `cuda:N`. Asking for CUDA from a galley built
 /// without the `cuda` feature, or when no GPU answers, is an error that says which.
 pub fn device(spec: &str) -> Result<candle_core::Device> {

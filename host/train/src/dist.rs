@@ -83,6 +83,19 @@ impl Placement {
 
     /// For commands that run in one process: a job of several is refused, not run as
     /// independent copies that would each do all the work and race on one output.
+    /// The device this rank trains on for `training.device` = `spec`: a plain `cuda` in a job
+    /// of several ranks is the GPU of this rank's local rank (`cuda:N`, N = local rank modulo
+    /// the `gpus` this node has, so ranks share GPUs only when there are more ranks than
+    /// GPUs), as torchrun's one-process-per-GPU convention has it; anything else as given.
+    pub fn device(&self, spec: &str, gpus: usize) -> String {
+        match spec {
+            "cuda" if self.world_size > 1 && gpus > 0 => {
+                format!("cuda:{}", self.local_rank % gpus)
+            }
+            _ => spec.to_string(),
+        }
+    }
+
     pub fn require_single(&self, what: &str) -> Result<()> {
         if self.world_size > 1 {
             return Err(TrainError::Config {
@@ -94,6 +107,37 @@ impl Placement {
             });
         }
         Ok(())
+    }
+}
+
+/// How a GPU group sums gradients: through host copies over TCP, or NCCL on the devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Tcp,
+    Nccl,
+}
+
+/// This rank's choice for `GALLEY_DIST_BACKEND` = `setting`: `tcp`; `nccl` (an error where
+/// this rank is not on a GPU or has no NCCL library); unset or `auto`, NCCL where it can.
+/// The ranks then agree (`nccl::choose`): NCCL only if every rank chose it.
+pub fn choose_backend(setting: Option<&str>, on_gpu: bool, nccl_present: bool) -> Result<Backend> {
+    let can = on_gpu && nccl_present;
+    match setting.map(str::trim) {
+        Some("tcp") => Ok(Backend::Tcp),
+        Some("nccl") if can => Ok(Backend::Nccl),
+        Some("nccl") => Err(TrainError::Config {
+            file: "GALLEY_DIST_BACKEND".into(),
+            msg: if on_gpu {
+                "nccl: the NCCL library (libnccl.so.2) was not found; install NCCL (or the nvidia-nccl wheel) or use tcp".into()
+            } else {
+                "nccl: this rank does not train on a GPU (training.device); use tcp".into()
+            },
+        }),
+        None | Some("auto") | Some("") => Ok(if can { Backend::Nccl } else { Backend::Tcp }),
+        Some(other) => Err(TrainError::Config {
+            file: "GALLEY_DIST_BACKEND".into(),
+            msg: format!("`{other}`: use auto, nccl or tcp"),
+        }),
     }
 }
 
@@ -125,6 +169,13 @@ pub trait Collective: Send {
     fn all_reduce_f32(&mut self, buf: &mut [f32]) -> Result<()>;
     /// As `all_reduce_f32`, for metrics.
     fn all_reduce_f64(&mut self, buf: &mut [f64]) -> Result<()>;
+    /// Sums f32 gradient tensors on a GPU in place, without host copies, when the group can
+    /// (NCCL, chosen by the ranks together at the first call); None when it cannot, and the
+    /// caller sums through host copies. Every rank must make the same calls.
+    #[cfg(feature = "cuda")]
+    fn all_reduce_device(&mut self, _grads: &mut [candle_core::Tensor]) -> Option<Result<()>> {
+        None
+    }
 }
 
 fn dist_err(msg: impl std::fmt::Display) -> TrainError {
@@ -141,6 +192,9 @@ pub struct TcpGroup {
     world: usize,
     /// Rank 0: the stream of rank i at index i - 1. Other ranks: the stream to rank 0.
     peers: Vec<TcpStream>,
+    /// NCCL on the GPUs, once the ranks have chosen (None: not yet; Some(None): TCP).
+    #[cfg(feature = "nccl")]
+    nccl: Option<Option<crate::nccl::Nccl>>,
 }
 
 impl TcpGroup {
@@ -226,6 +280,8 @@ impl TcpGroup {
                 rank: 0,
                 world: p.world_size,
                 peers: slots.into_iter().flatten().collect(),
+                #[cfg(feature = "nccl")]
+                nccl: None,
             });
         }
         let deadline = Instant::now() + timeout;
@@ -244,6 +300,8 @@ impl TcpGroup {
             rank: p.rank,
             world: p.world_size,
             peers: vec![s],
+            #[cfg(feature = "nccl")]
+            nccl: None,
         })
     }
 
@@ -331,6 +389,18 @@ impl Collective for TcpGroup {
     fn all_reduce_f64(&mut self, buf: &mut [f64]) -> Result<()> {
         self.reduce(buf)
     }
+    #[cfg(feature = "nccl")]
+    fn all_reduce_device(&mut self, grads: &mut [candle_core::Tensor]) -> Option<Result<()>> {
+        if self.nccl.is_none() {
+            let dev = grads.first()?.device().clone();
+            match crate::nccl::choose(self, &dev) {
+                Ok(n) => self.nccl = Some(n),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        let nccl = self.nccl.as_ref()?.as_ref()?;
+        Some(nccl.sum(grads))
+    }
 }
 
 #[cfg(test)]
@@ -394,6 +464,52 @@ mod tests {
     }
 
     /// Three ranks on loopback sum in rank order; a rank of another job is refused.
+    #[test]
+    fn the_gradient_transport_follows_the_setting_and_what_the_rank_has() {
+        use Backend::*;
+        assert_eq!(choose_backend(None, true, true).unwrap(), Nccl);
+        assert_eq!(choose_backend(Some("auto"), true, false).unwrap(), Tcp);
+        assert_eq!(choose_backend(None, false, true).unwrap(), Tcp);
+        assert_eq!(choose_backend(Some("tcp"), true, true).unwrap(), Tcp);
+        assert_eq!(choose_backend(Some("nccl"), true, true).unwrap(), Nccl);
+        let e = choose_backend(Some("nccl"), true, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("GALLEY_DIST_BACKEND") && e.contains("libnccl"),
+            "{e}"
+        );
+        let e = choose_backend(Some("nccl"), false, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not train on a GPU"), "{e}");
+        let e = choose_backend(Some("gloo"), true, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`gloo`") && e.contains("auto, nccl or tcp"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn each_local_rank_trains_on_its_own_gpu() {
+        let p = |local_rank, world_size| Placement {
+            rank: local_rank + 8,
+            world_size,
+            local_rank,
+            master: None,
+        };
+        assert_eq!(p(3, 16).device("cuda", 8), "cuda:3");
+        // More ranks than GPUs: they share, in turn.
+        assert_eq!(p(3, 16).device("cuda", 2), "cuda:1");
+        // A named GPU, the CPU, a single process, or no GPU at all: as configured.
+        assert_eq!(p(3, 16).device("cuda:0", 8), "cuda:0");
+        assert_eq!(p(3, 16).device("cpu", 8), "cpu");
+        assert_eq!(p(0, 1).device("cuda", 8), "cuda");
+        assert_eq!(p(3, 16).device("cuda", 0), "cuda");
+    }
+
     #[test]
     fn tcp_group_sums_across_ranks_and_refuses_a_stranger() {
         let free = || {

@@ -27,6 +27,8 @@ pub mod linear;
 mod loading;
 pub mod mixture;
 pub mod model;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod ops;
 #[cfg(feature = "cuda")]
 pub mod ops_cuda;
@@ -413,7 +415,10 @@ fn sides<T>(
 /// Loads the model, tokenizer and data a config names: read the records the objective
 /// trains on, load (or initialise) the model, tokenize.
 pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Prepared> {
-    let dev = galley_model::device(&cfg.training.device)?;
+    // One GPU per local rank when the config says plain `cuda` (torchrun's convention).
+    let spec = dist::Placement::from_env()?
+        .device(&cfg.training.device, galley_model::cuda_device_count());
+    let dev = galley_model::device(&spec)?;
     // The trainer issues all GPU work from this one thread.
     #[cfg(feature = "cuda")]
     galley_model::cuda::single_stream(&dev);

@@ -261,7 +261,7 @@ fn kept_moments(kind: OptimizerKind, momentum: f64) -> [bool; 2] {
 }
 
 /// Floats per all-reduce message: one round trip per ~32 MB of gradients, not per tensor.
-const BUCKET: usize = 8 << 20;
+pub(crate) const BUCKET: usize = 8 << 20;
 
 /// Sums `bufs` across the group in buckets of about `BUCKET` floats (small tensors share a
 /// message; each bucket is one round trip), in the same order on every rank.

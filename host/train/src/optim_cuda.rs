@@ -75,13 +75,30 @@ impl DeviceState {
         Ok(())
     }
 
-    /// Sums the gradients across a data-parallel group through host copies (a parameter
+    /// Sums the gradients across a data-parallel group: on the GPUs through NCCL where the
+    /// ranks can (`Collective::all_reduce_device`), else through host copies (a parameter
     /// without a gradient on this rank takes part as zeros, so every rank makes the same calls).
     pub fn all_reduce(
         &mut self,
         params: &[Trainable],
         group: &mut dyn crate::dist::Collective,
     ) -> Result<()> {
+        let mut grads = params
+            .iter()
+            .zip(&self.g)
+            .map(|(p, g)| match g {
+                Some(g) => Ok(g.clone()),
+                None => Tensor::zeros(p.var.shape(), DType::F32, p.var.device()),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        if let Some(done) = group.all_reduce_device(&mut grads) {
+            done?;
+            for (g, t) in self.g.iter_mut().zip(grads) {
+                *g = Some(t);
+            }
+            return Ok(());
+        }
+        drop(grads);
         let mut host = params
             .iter()
             .zip(&self.g)

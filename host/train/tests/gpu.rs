@@ -764,6 +764,49 @@ fn gpu_dpo_and_grpo_train() {
 /// Data-parallel on one GPU: two ranks (threads, each its own CUDA context) in a TCP group,
 /// batch 2 each, take the steps of one GPU process with batch 4. (NCCL refuses two ranks on
 /// one device; the TCP group carries GPU gradients through host copies.)
+/// The NCCL path of a GPU group (one rank: NCCL needs a GPU per rank, and the machine has
+/// one): the ranks' choice, the communicator, and bucketed sums that give back every
+/// gradient unchanged, small ones sharing a bucket and a large one alone. The two-rank test
+/// below shares one GPU, so there the ranks agree on TCP.
+#[cfg(feature = "nccl")]
+#[test]
+fn gpu_nccl_sums_gradients_on_the_device() {
+    use galley_train::dist::{Collective, Placement, TcpGroup};
+    let Some(dev) = gpu() else { return };
+    let p = Placement {
+        rank: 0,
+        world_size: 1,
+        local_rank: 0,
+        master: Some("127.0.0.1:0".into()),
+    };
+    let mut g = TcpGroup::connect(&p, "nccl-test", std::time::Duration::from_secs(30)).unwrap();
+    let grads: Vec<Tensor> = [vec![3usize, 4], vec![1000], vec![3000, 3000]]
+        .iter()
+        .enumerate()
+        .map(|(i, dims)| {
+            let n: usize = dims.iter().product();
+            let v: Vec<f32> = (0..n).map(|k| ((k * 31 + i) % 97) as f32 - 48.0).collect();
+            Tensor::from_vec(v, dims.as_slice(), &dev).unwrap()
+        })
+        .collect();
+    let mut got = grads.clone();
+    match g.all_reduce_device(&mut got) {
+        None => println!("NCCL: no libnccl in this process, so the group sums on the host"),
+        Some(r) => {
+            r.unwrap();
+            for (a, b) in got.iter().zip(&grads) {
+                assert_eq!(a.dims(), b.dims());
+                let (a, b) = (
+                    a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                );
+                assert_eq!(a, b, "a one-rank sum is the gradient itself");
+            }
+            println!("NCCL: one-rank sums on the device match");
+        }
+    }
+}
+
 #[test]
 fn gpu_two_ranks_on_one_gpu_take_the_steps_of_one_process() {
     use galley_train::dist::{Collective, Placement, TcpGroup};
