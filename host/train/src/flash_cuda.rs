@@ -12,8 +12,9 @@
 //! shapes come from `cuda_src`, the same ones the CPU emulation tests launch.
 
 use crate::cuda_src::{self, FLASH, Launch2};
+use crate::fused_cuda::{sfx, view};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig};
+use candle_core::cuda::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig};
 use candle_core::cuda::cudarc::driver::{LaunchArgs, PushKernelArg};
 use candle_core::cuda::{CudaDType, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage};
@@ -30,32 +31,15 @@ fn ptx() -> Result<&'static str> {
 }
 
 fn launch(b: &mut LaunchArgs, l: Launch2) -> Result<()> {
-    let cfg = LaunchConfig {
-        grid_dim: (l.grid.0, l.grid.1, 1),
-        block_dim: (l.block, 1, 1),
-        shared_mem_bytes: l.shared_bytes as u32,
-    };
-    // SAFETY: every caller pushes exactly the kernel's parameters in order, with buffers of
-    // the sizes its dims describe (checked before pushing); the shared memory stays under the
-    // 48 KiB default for the head dimensions `flash_supports` admits.
-    unsafe { b.launch(cfg) }
-        .map(|_| ())
-        .map_err(|e| candle_core::Error::Msg(format!("galley CUDA attention kernel: {e}")))
-}
-
-fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        bail!("galley CUDA attention: {what} is not contiguous")
-    };
-    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
-}
-
-fn sfx(d: DType) -> Result<&'static str> {
-    Ok(match d {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        d => bail!("galley's CUDA attention takes f32 or bf16, not {d:?}"),
-    })
+    // The head dimensions `flash_supports` admits keep the shared memory under 48 KiB.
+    crate::fused_cuda::launch_with(
+        b,
+        LaunchConfig {
+            grid_dim: (l.grid.0, l.grid.1, 1),
+            block_dim: (l.block, 1, 1),
+            shared_mem_bytes: l.shared_bytes as u32,
+        },
+    )
 }
 
 /// (batch x kv heads, group size, length, head dim).

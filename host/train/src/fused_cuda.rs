@@ -30,7 +30,11 @@ fn lc(s: cuda_src::Shape) -> LaunchConfig {
 }
 
 /// A contiguous layout's elements as a typed view.
-fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+pub(crate) fn view<'a, T: CudaDType>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, T>> {
     let Some((a, b)) = l.contiguous_offsets() else {
         bail!("galley CUDA op: {what} is not contiguous")
     };
@@ -47,15 +51,21 @@ fn held<R>(t: &Tensor, body: impl FnOnce(&CudaStorage, &Layout) -> Result<R>) ->
 }
 
 fn launch(b: &mut LaunchArgs, shape: cuda_src::Shape) -> Result<()> {
+    launch_with(b, lc(shape))
+}
+
+/// Launches the kernel whose arguments `b` holds (shared by galley-train's CUDA modules).
+pub(crate) fn launch_with(b: &mut LaunchArgs, cfg: LaunchConfig) -> Result<()> {
     // SAFETY: every caller pushes exactly the kernel's parameters, in order, with buffers of
-    // the sizes its launch shape covers (checked by each caller before pushing).
-    unsafe { b.launch(lc(shape)) }
+    // the sizes its launch covers (checked by each caller before pushing), and asks for no
+    // more dynamic shared memory than the 48 KiB default.
+    unsafe { b.launch(cfg) }
         .map(|_| ())
         .map_err(|e| candle_core::Error::Msg(format!("galley CUDA kernel: {e}")))
 }
 
 /// Suffix of a kernel instance for a dtype.
-fn sfx(d: DType) -> Result<&'static str> {
+pub(crate) fn sfx(d: DType) -> Result<&'static str> {
     Ok(match d {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
