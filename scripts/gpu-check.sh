@@ -5,9 +5,13 @@
 #     scripts/gpu-pack.sh          # here: builds (scripts/build-cuda.sh) and packs .gpu/
 #     scripts/gpu-check.sh [OUT]   # there: runs what .gpu/ holds, logs into OUT
 #
-# SKIP_TESTS, SKIP_TRAIN, SKIP_PEER, SKIP_UNFUSED, SKIP_LONG (set to anything) leave out the GPU
-# tests, the training benchmark, its PyTorch peer, its run without the fused CUDA ops or its
-# 8k-token run, to spend a short lease on what changed.
+# STEPS (default: all of them, in this order) picks what runs, to spend a short lease on what
+# changed: tests (the GPU tests, ~3 min), train (the training benchmark, ~2.5), unfused (it
+# again on candle's composites instead of the fused CUDA ops), long (8k tokens through the
+# fused attention), peer (PyTorch, same shapes), speed (decode, ~1.5). All of them take ~14
+# minutes, more than one 10-minute command: a 15-minute lease runs
+# `STEPS="tests train unfused speed"` first (PyTorch's figures are an earlier lease's, on the
+# same kind of machine), then `STEPS=long` if time is left.
 #
 # The binaries were linked against stub libraries (scripts/build-cuda.sh); the dynamic loader
 # finds the driver's libcuda and the toolkit libraries that the machine's Python packages carry.
@@ -56,13 +60,15 @@ step() { # name, seconds, command...
     echo "rc=$? in $((SECONDS - t0)) s" | tee -a "$out/$name.log"
     tail -n 40 "$out/$name.log"
 }
-[ -n "${SKIP_TESTS:-}" ] || step tests 180 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-tests --test-threads=1 --nocapture
-[ -n "${SKIP_TRAIN:-}" ] || step train 150 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-train
+steps=" ${STEPS:-tests train unfused long peer speed} "
+want() { [[ "$steps" == *" $1 "* ]]; }
+want tests && step tests 180 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-tests --test-threads=1 --nocapture
+want train && step train 150 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-train
 # The same benchmark on candle's composites instead of the fused CUDA ops (RMS norm, RoPE,
 # SiLU gate, cross-entropy): their effect, measured in the same lease.
-[ -n "${SKIP_TRAIN:-}${SKIP_UNFUSED:-}" ] || step train-unfused 150 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_CUDA_FUSED=0 /tmp/gpu-bin/gpu-train
+want unfused && step train-unfused 150 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_CUDA_FUSED=0 /tmp/gpu-bin/gpu-train
 # 8,192 tokens of the 1.7B shape: the fused attention's memory (the dense path would keep
 # 96 GiB of scores).
-[ -n "${SKIP_TRAIN:-}${SKIP_LONG:-}" ] || step train-long 150 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-train --long
-[ -n "${SKIP_PEER:-}" ] || step peer 130 env PYTHONUNBUFFERED=1 python3 bench/gpu_train_peer.py
-step speed 80 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_SPEED_GPU_ONLY=1 /tmp/gpu-bin/speed
+want long && step train-long 150 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-train --long
+want peer && step peer 130 env PYTHONUNBUFFERED=1 python3 bench/gpu_train_peer.py
+want speed && step speed 80 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_SPEED_GPU_ONLY=1 /tmp/gpu-bin/speed

@@ -3,7 +3,8 @@
 # (Debian packages) if needed, fetches the SmolLM2 test model and the training data, builds galley and every
 # plugin from source, then runs all tests: the runtime's (every plugin kind, the
 # hostile-plugin suite, bad input), the registry's, the model's (parity with transformers,
-# generation), the trainer's (gradient checks, data, optimizers), the end-to-end CLI tests
+# generation), the trainer's (gradient checks, data, optimizers), galley's CUDA kernels on the
+# CPU emulation (galley-cuda-emu: every kernel against its definition), the end-to-end CLI tests
 # (training runs included), the plugins' own unit tests, and the SDK's
 # documentation examples. Formatting is checked first, clippy (warnings are errors) before
 # the tests.
