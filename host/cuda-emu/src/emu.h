@@ -1,11 +1,12 @@
 // galley-cuda-emu: enough of CUDA's device-side C++ to run galley's kernels on the CPU in
 // tests. Each thread of a block is a fiber (ucontext) that runs until it reaches a barrier
 // (__syncthreads, or a warp's rendezvous in a shuffle) and then yields; a barrier opens when
-// every thread of its block (or warp) that has not returned waits at it, as on the GPU. The
-// scheduling is deterministic, and a barrier that can never open is reported at once. A
-// __shared__ array is a thread_local static: the blocks of a launch run in parallel on a few
-// worker threads, each running one block at a time. Only for checking what a kernel
-// computes: nothing here says how fast it is on a GPU.
+// every thread of its block (or warp) that has not returned waits at it, as on the GPU, and
+// the threads it frees run first. The scheduling is deterministic (first to last thread, or
+// last to first: the host runs both and compares), and a barrier that can never open is
+// reported at once. Shared memory is per block and starts as NaN bytes; the blocks of a
+// launch run in parallel on a few worker threads, each running one block at a time. Only for
+// checking what a kernel computes: nothing here says how fast it is on a GPU.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -31,7 +32,9 @@
 #define __forceinline__ inline
 #define __noinline__
 #define __launch_bounds__(...)
-// A worker thread runs one block at a time: its thread_local statics are the block's memory.
+// Every `__shared__` declaration is rewritten by the host (galley-cuda-emu) into a slot of the
+// running block's arena, poisoned (NaN bytes) when the block starts, so a read of a value no
+// thread of this block wrote shows. The macro covers any the rewrite could not see.
 #define __shared__ static thread_local
 #define __align__(n) __attribute__((aligned(n)))
 
@@ -51,9 +54,16 @@ struct Block {
     std::vector<char*> stacks;
     std::vector<unsigned long long> slot;  // one per thread, for warp shuffles
     std::vector<unsigned char> dyn;
+    // Static __shared__ arrays: (declaration site, offset) and the bytes they take.
+    std::vector<unsigned char> arena;
+    std::vector<std::pair<int, size_t>> slots;
+    size_t used = 0;
     ucontext_t sched;
     unsigned int current = 0;
     const std::function<void()>* kernel = nullptr;
+    // Run the threads between barriers last to first: a kernel whose result depends on the
+    // order (a missing __syncthreads or __syncwarp) shows as a difference between the orders.
+    bool reverse = false;
 };
 
 inline thread_local Block* blk = nullptr;
@@ -73,6 +83,21 @@ inline void wait_at(State st) {
     swapcontext(&b.ctx[me], &b.sched);
 }
 inline void* dyn_shared() { return blk->dyn.data(); }
+// The block's copy of the __shared__ declaration at `site`: every thread of the block gets the
+// same bytes, allocated when the first thread reaches the declaration.
+inline void* shared_slot(size_t bytes, size_t align, int site) {
+    Block& b = *blk;
+    for (auto& s : b.slots)
+        if (s.first == site) return b.arena.data() + s.second;
+    size_t off = (b.used + align - 1) / align * align;
+    if (off + bytes > b.arena.size()) {
+        std::fprintf(stderr, "galley-cuda-emu: more than %zu bytes of static __shared__ memory\n", b.arena.size());
+        std::abort();
+    }
+    b.slots.emplace_back(site, off);
+    b.used = off + bytes;
+    return b.arena.data() + off;
+}
 // Every lane of the warp publishes v, then reads lane `src` (its own value when src is
 // outside the warp, as CUDA does).
 template <typename T>
@@ -150,6 +175,11 @@ inline void fiber_main() {
 
 // Runs block `id` on this worker thread. d: grid x, y, z then block x, y, z.
 inline void run_block(Block& b, const unsigned int* d, unsigned long long id) {
+    // Shared memory starts as poison (NaN bytes): nothing carries over from another block.
+    std::memset(b.arena.data(), 0xFF, b.arena.size());
+    std::memset(b.dyn.data(), 0xFF, b.dyn.size());
+    b.slots.clear();
+    b.used = 0;
     blockIdx = {(unsigned)(id % d[0]), (unsigned)((id / d[0]) % d[1]), (unsigned)(id / ((unsigned long long)d[0] * d[1]))};
     for (unsigned int t = 0; t < b.n; t++) {
         getcontext(&b.ctx[t]);
@@ -159,10 +189,35 @@ inline void run_block(Block& b, const unsigned int* d, unsigned long long id) {
         makecontext(&b.ctx[t], fiber_main, 0);
         b.state[t] = READY;
     }
-    const unsigned int warps = (b.n + 31) / 32;
+    // A barrier opens as soon as its last live thread reaches it, and the threads it frees run
+    // before any thread that has not reached it yet: a thread never sees more of its block's
+    // progress than the barriers it passed guarantee (a missing barrier shows as a read of
+    // poison or of a partial result, which then differs between the two thread orders).
+    auto warp_open = [&](unsigned int w) {
+        bool any = false;
+        for (unsigned int t = w * 32; t < std::min(b.n, w * 32 + 32); t++) {
+            if (b.state[t] == DONE) continue;
+            if (b.state[t] != AT_WARP) return false;
+            any = true;
+        }
+        return any;
+    };
+    auto block_open = [&] {
+        bool any = false;
+        for (unsigned int t = 0; t < b.n; t++) {
+            if (b.state[t] == DONE) continue;
+            if (b.state[t] != AT_BLOCK) return false;
+            any = true;
+        }
+        return any;
+    };
+    auto release = [&](State st, unsigned int lo, unsigned int hi) {
+        for (unsigned int t = lo; t < hi; t++) if (b.state[t] == st) b.state[t] = READY;
+    };
     for (;;) {
         bool ran = false;
-        for (unsigned int t = 0; t < b.n; t++) {
+        for (unsigned int i = 0; i < b.n; i++) {
+            const unsigned int t = b.reverse ? b.n - 1 - i : i;
             if (b.state[t] != READY) continue;
             b.current = t;
             lane_ = t % 32;
@@ -170,44 +225,31 @@ inline void run_block(Block& b, const unsigned int* d, unsigned long long id) {
             threadIdx = {t % d[3], (t / d[3]) % d[4], t / (d[3] * d[4])};
             swapcontext(&b.sched, &b.ctx[t]);
             ran = true;
-        }
-        // Open every barrier at which all its live threads now wait.
-        bool opened = false, live = false;
-        for (unsigned int w = 0; w < warps; w++) {
-            unsigned int lo = w * 32, hi = std::min(b.n, lo + 32);
-            bool all = true, any = false;
-            for (unsigned int t = lo; t < hi; t++) {
-                if (b.state[t] == DONE) continue;
-                any = true;
-                if (b.state[t] != AT_WARP) all = false;
+            // Its warp's barrier (a shuffle, __syncwarp) or the block's may have just opened:
+            // then the freed threads go first (the scan restarts).
+            const unsigned int w = t / 32;
+            if (warp_open(w)) {
+                release(AT_WARP, w * 32, std::min(b.n, w * 32 + 32));
+                break;
             }
-            if (any && all) {
-                for (unsigned int t = lo; t < hi; t++) if (b.state[t] == AT_WARP) b.state[t] = READY;
-                opened = true;
+            if (block_open()) {
+                release(AT_BLOCK, 0, b.n);
+                break;
             }
         }
-        bool all_block = true;
-        for (unsigned int t = 0; t < b.n; t++) {
-            if (b.state[t] == DONE) continue;
-            live = true;
-            if (b.state[t] != AT_BLOCK) all_block = false;
-        }
+        if (ran) continue;
+        bool live = false;
+        for (unsigned int t = 0; t < b.n; t++) live = live || b.state[t] != DONE;
         if (!live) return;
-        if (live && all_block) {
-            for (unsigned int t = 0; t < b.n; t++) if (b.state[t] == AT_BLOCK) b.state[t] = READY;
-            opened = true;
-        }
-        if (!ran && !opened) {
-            std::fprintf(stderr, "galley-cuda-emu: block (%u, %u, %u) can never pass a barrier: "
-                         "some threads wait at __syncthreads, others in a warp shuffle or __syncwarp "
-                         "their warp-mates never reach\n", blockIdx.x, blockIdx.y, blockIdx.z);
-            std::abort();
-        }
+        std::fprintf(stderr, "galley-cuda-emu: block (%u, %u, %u) can never pass a barrier: "
+                     "some threads wait at __syncthreads, others in a warp shuffle or __syncwarp "
+                     "their warp-mates never reach\n", blockIdx.x, blockIdx.y, blockIdx.z);
+        std::abort();
     }
 }
 
 // Runs the grid: blocks in CUDA's order (x fastest) handed out to up to 4 worker threads.
-inline void launch(const unsigned int* d, unsigned long long shmem, const std::function<void()>& k) {
+inline void launch(const unsigned int* d, unsigned long long shmem, bool reverse, const std::function<void()>& k) {
     const unsigned int n = d[3] * d[4] * d[5];
     const unsigned long long blocks = (unsigned long long)d[0] * d[1] * d[2];
     std::atomic<unsigned long long> next{0};
@@ -219,8 +261,10 @@ inline void launch(const unsigned int* d, unsigned long long shmem, const std::f
         b.ctx.resize(n);
         b.state.resize(n);
         b.slot.resize(n);
-        b.dyn.assign(shmem, 0xA5);  // not zeroed, as on the GPU: a kernel must not rely on it
+        b.dyn.assign(shmem, 0xFF);
+        b.arena.assign(64 * 1024, 0xFF);
         b.kernel = &k;
+        b.reverse = reverse;
         for (unsigned int t = 0; t < n; t++) {
             void* m = mmap(nullptr, STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
             if (m == MAP_FAILED) { std::perror("galley-cuda-emu: fiber stack"); std::abort(); }

@@ -6,12 +6,17 @@
 //! pointer per parameter). Every block's threads are real threads, so barriers and shuffles
 //! rendezvous as on the GPU; blocks run one after another.
 //!
-//! It checks what a kernel computes, and some of how it is launched: arguments against the
-//! kernel's parameter types (pointer or scalar, element size), CUDA's launch limits (1,024
-//! threads a block, 48 KiB of dynamic shared memory unless the launch opts in, as
-//! `cuFuncSetAttribute` must on the GPU), and writes past either end of a buffer (guard
-//! words around each one). It says nothing about speed, and it cannot see races the GPU's
-//! scheduling would expose but a CPU's does not. GPU tests stay the authority.
+//! It checks what a kernel computes, and some of how it is launched and synchronised:
+//! arguments against the kernel's parameter types (pointer or scalar, element size), CUDA's
+//! launch limits (1,024 threads a block, 48 KiB of dynamic shared memory unless the launch
+//! opts in, as `cuFuncSetAttribute` must on the GPU), writes past either end of a buffer
+//! (guard words around each one), and races between a block's threads: shared memory starts
+//! as NaN bytes in every block, a barrier frees its threads before any other thread moves on,
+//! and every launch runs twice, the threads first to last and then last to first; a buffer
+//! that differs names the race (a missing `__syncthreads` or `__syncwarp` was caught this way
+//! in tests). It says nothing about speed, nor about what only the hardware decides (memory
+//! ordering across blocks, warp-synchronous code that relies on lockstep). GPU tests stay the
+//! authority.
 
 pub mod check;
 
@@ -34,6 +39,14 @@ pub enum EmuError {
     NoKernel(String),
     #[error("kernel `{kernel}`: {msg}")]
     Launch { kernel: String, msg: String },
+    #[error(
+        "kernel `{kernel}`: buffer argument {arg} (`{param}`) depends on the order its threads run in (a race: a missing __syncthreads or __syncwarp?)"
+    )]
+    OrderDependent {
+        kernel: String,
+        arg: usize,
+        param: String,
+    },
     #[error("kernel `{kernel}` wrote outside buffer argument {arg} (`{param}`)")]
     OutOfBounds {
         kernel: String,
@@ -181,6 +194,11 @@ pub struct LaunchCfg {
     /// Whether the caller raised the kernel's dynamic shared memory limit (on the GPU:
     /// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`), up to an H100/H200's 227 KiB.
     pub shared_opt_in: bool,
+    /// Run the grid twice, the threads of each block between barriers first to last and then
+    /// last to first, and report any buffer that differs (default on). A kernel whose threads
+    /// race (a shared value read before the barrier that orders its write) gives different
+    /// results; float atomics, whose order legitimately changes the sum, turn it off.
+    pub order_check: bool,
 }
 
 impl LaunchCfg {
@@ -190,6 +208,7 @@ impl LaunchCfg {
             block,
             shared_bytes,
             shared_opt_in: false,
+            order_check: true,
         }
     }
 }
@@ -241,7 +260,7 @@ impl Param {
     }
 }
 
-type LaunchFn = unsafe extern "C" fn(*const u32, u64, *mut *mut c_void);
+type LaunchFn = unsafe extern "C" fn(*const u32, u64, i32, *mut *mut c_void);
 
 /// A compiled module of kernels, loaded into this process.
 pub struct Module {
@@ -268,34 +287,53 @@ fn run(cmd: &mut Command) -> Result<String> {
 }
 
 /// `extern __shared__ T name[];` (dynamic shared memory) has no C++ spelling: it becomes a
-/// pointer to the launch's dynamic shared bytes.
-fn lower_dynamic_shared(src: &str) -> Result<String> {
-    const KEY: &str = "extern __shared__";
+/// pointer to the launch's dynamic shared bytes. `__shared__ T name[N];` becomes a reference
+/// to the running block's slot for that declaration (`shared_slot`), so every block starts
+/// from poisoned memory instead of what the last block on its worker left.
+fn lower_shared(src: &str) -> Result<String> {
+    const KEY: &str = "__shared__";
     let mut out = String::with_capacity(src.len());
     let mut rest = src;
     while let Some(i) = rest.find(KEY) {
-        out.push_str(&rest[..i]);
+        let before = &rest[..i];
+        let dynamic = before.trim_end().ends_with("extern");
+        let keep = if dynamic {
+            &before[..before.trim_end().len() - "extern".len()]
+        } else {
+            before
+        };
+        out.push_str(keep);
         let after = &rest[i + KEY.len()..];
         let end = after
             .find(';')
-            .ok_or_else(|| EmuError::Source("`extern __shared__` without `;`".into()))?;
+            .ok_or_else(|| EmuError::Source("a `__shared__` declaration without `;`".into()))?;
         let decl = after[..end].trim();
-        let decl = decl.strip_suffix("[]").ok_or_else(|| {
-            EmuError::Source(format!(
-                "`extern __shared__ {decl}`: expected `TYPE NAME[]`"
-            ))
-        })?;
-        let words: Vec<&str> = decl
+        let (head, dims) = match decl.find('[') {
+            Some(k) => (&decl[..k], decl[k..].trim()),
+            None => (decl, ""),
+        };
+        let words: Vec<&str> = head
             .split_whitespace()
             .filter(|w| !w.starts_with("__align__"))
             .collect();
         let (name, ty) = words
             .split_last()
-            .ok_or_else(|| EmuError::Source("empty `extern __shared__`".into()))?;
+            .ok_or_else(|| EmuError::Source(format!("`__shared__ {decl}`: no name")))?;
         let ty = ty.join(" ");
-        out.push_str(&format!(
-            "{ty}* {name} = ({ty}*)::galley_emu::dyn_shared();"
-        ));
+        if dynamic {
+            if dims != "[]" {
+                return Err(EmuError::Source(format!(
+                    "`extern __shared__ {decl}`: expected `TYPE NAME[]`"
+                )));
+            }
+            out.push_str(&format!(
+                "{ty}* {name} = ({ty}*)::galley_emu::dyn_shared();"
+            ));
+        } else {
+            out.push_str(&format!(
+                "{ty} (&{name}){dims} = *reinterpret_cast<{ty}(*){dims}>(::galley_emu::shared_slot(sizeof({ty}{dims}), alignof({ty}), __COUNTER__));"
+            ));
+        }
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -350,7 +388,7 @@ impl Module {
     /// Compiles `parts` (joined, as `compile_once` joins them for NVRTC) for the CPU.
     pub fn build(parts: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let src = lower_dynamic_shared(&parts.concat())?;
+        let src = lower_shared(&parts.concat())?;
         std::fs::write(dir.path().join("emu.h"), include_str!("emu.h"))?;
         let body = format!("#include \"emu.h\"\n#line 1 \"kernels.cu\"\n{src}\n");
         let cpp = dir.path().join("kernels.cpp");
@@ -367,7 +405,7 @@ impl Module {
                 .map(|(i, p)| format!("*({}*)a[{i}]", p.ty))
                 .collect();
             launchers.push_str(&format!(
-                "extern \"C\" void galley_emu_launch__{name}(const unsigned int* d, unsigned long long sh, void** a) {{\n    galley_emu::launch(d, sh, [&] {{ {name}({}); }});\n}}\n",
+                "extern \"C\" void galley_emu_launch__{name}(const unsigned int* d, unsigned long long sh, int rev, void** a) {{\n    galley_emu::launch(d, sh, rev != 0, [&] {{ {name}({}); }});\n}}\n",
                 args.join(", ")
             ));
         }
@@ -484,14 +522,42 @@ impl Module {
             .collect();
         let dims = [g.0, g.1, g.2, b.0, b.1, b.2];
         let sym = format!("galley_emu_launch__{name}");
-        // SAFETY: the launcher was generated for this kernel with this signature; every
-        // argument slot was checked against the parameter's kind and size above.
-        unsafe {
-            let f: libloading::Symbol<LaunchFn> = self
-                .lib
-                .get(sym.as_bytes())
-                .map_err(|e| EmuError::Load(e.to_string()))?;
-            f(dims.as_ptr(), cfg.shared_bytes as u64, ptrs.as_mut_ptr());
+        // SAFETY (the symbol and both calls): the launcher was generated for this kernel with
+        // this signature; every argument slot was checked against the parameter's kind and
+        // size above, and points into a buffer that outlives the calls.
+        let f: libloading::Symbol<LaunchFn> =
+            unsafe { self.lib.get(sym.as_bytes()) }.map_err(|e| EmuError::Load(e.to_string()))?;
+        let bufs = |args: &[Arg]| -> Vec<Option<Vec<u64>>> {
+            args.iter()
+                .map(|a| match a {
+                    Arg::Buf(b) => Some(b.words.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let before = cfg.order_check.then(|| bufs(args));
+        unsafe { f(dims.as_ptr(), cfg.shared_bytes as u64, 0, ptrs.as_mut_ptr()) };
+        if let Some(before) = before {
+            // The same launch with every block's threads in the other order, from the same
+            // inputs (restored in place: the argument pointers stay valid).
+            let first = bufs(args);
+            for (a, w) in args.iter_mut().zip(&before) {
+                if let (Arg::Buf(b), Some(w)) = (a, w) {
+                    b.words.copy_from_slice(w);
+                }
+            }
+            unsafe { f(dims.as_ptr(), cfg.shared_bytes as u64, 1, ptrs.as_mut_ptr()) };
+            for (i, (a, w)) in args.iter().zip(&first).enumerate() {
+                if let (Arg::Buf(b), Some(w)) = (a, w)
+                    && &b.words != w
+                {
+                    return Err(EmuError::OrderDependent {
+                        kernel: name.into(),
+                        arg: i,
+                        param: params[i].name.clone(),
+                    });
+                }
+            }
         }
         for (i, a) in args.iter().enumerate() {
             if let Arg::Buf(b) = a

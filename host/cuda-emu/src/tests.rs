@@ -41,6 +41,13 @@ extern "C" __global__ void overrun(float* y, int n) {
     y[threadIdx.x] = 1.0f;
     if (threadIdx.x == 0) y[n] = 2.0f;
 }
+// Reads a neighbour's shared value with no barrier after the writes: a race.
+extern "C" __global__ void racy(const float* x, float* y) {
+    __shared__ float tile[64];
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    tile[threadIdx.x] = x[i];
+    y[i] = tile[(threadIdx.x + 1) % blockDim.x];
+}
 extern "C" __global__ void sums(float* acc, double* dacc) {
     atomicAdd(acc, 1.0f);
     atomicAdd(dacc, 0.5);
@@ -56,7 +63,7 @@ fn reductions_indices_shared_memory_and_early_returns_behave_as_on_a_gpu() {
     let m = module();
     assert_eq!(
         m.kernels(),
-        ["block_sum", "overrun", "reverse", "sums", "where"]
+        ["block_sum", "overrun", "racy", "reverse", "sums", "where"]
     );
 
     let x: Vec<f32> = (0..1000).map(|i| (i % 7) as f32).collect();
@@ -174,6 +181,23 @@ fn a_wrong_launch_is_refused_and_a_write_past_the_end_is_caught() {
         m.launch("nope", LaunchCfg::new((1, 1, 1), (1, 1, 1), 0), &mut []),
         Err(EmuError::NoKernel(_))
     ));
+
+    // A race between a block's threads is caught by running them in the other order too.
+    let x: Vec<f32> = (0..128).map(|i| i as f32).collect();
+    let err = m
+        .launch(
+            "racy",
+            LaunchCfg::new((2, 1, 1), (64, 1, 1), 0),
+            &mut [
+                Arg::Buf(&mut Buf::from_slice(&x)),
+                Arg::Buf(&mut Buf::zeros::<f32>(128)),
+            ],
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, EmuError::OrderDependent { arg: 1, param, .. } if param == "y"),
+        "{err}"
+    );
 
     let err =
         Module::build(&["extern \"C\" __global__ void k(float* y) { y[0] = undefined_name; }"])
