@@ -3,8 +3,8 @@
 //! GPU, compiles it with the system C++ compiler against `emu.h` (CUDA's built-in variables,
 //! `__syncthreads`, warp shuffles, `__shared__` memory, the intrinsics galley uses), finds the
 //! kernels after macro expansion, and launches them with cudarc's argument convention (one
-//! pointer per parameter). Every block's threads are real threads, so barriers and shuffles
-//! rendezvous as on the GPU; blocks run one after another.
+//! pointer per parameter). Every GPU thread is a fiber, so barriers and shuffles rendezvous
+//! as on the GPU; the blocks of a launch are shared out to a few worker threads.
 //!
 //! It checks what a kernel computes, and some of how it is launched and synchronised:
 //! arguments against the kernel's parameter types (pointer or scalar, element size), CUDA's
