@@ -48,7 +48,10 @@ if [ -z "${CUDA_HOME:-}" ] && ! command -v nvcc > /dev/null; then
         done
     fi
     [ -e "$CUDA_HOME/lib64" ] || ln -s lib "$CUDA_HOME/lib64"
-    export RUSTFLAGS="${RUSTFLAGS:-} -L $stubs -L $CUDA_HOME/lib -C link-arg=-Wl,--unresolved-symbols=ignore-all"
+    # Lazy binding (rustc asks for -z now): a symbol is looked up when first called, so a
+    # binary starts on a GPU machine without NCCL, and galley uses NCCL only where the library
+    # is in the process (galley_train::nccl checks).
+    export RUSTFLAGS="${RUSTFLAGS:-} -L $stubs -L $CUDA_HOME/lib -C link-arg=-Wl,--unresolved-symbols=ignore-all -C link-arg=-Wl,-z,lazy"
 fi
 
 if [ $# -eq 0 ]; then

@@ -25,22 +25,18 @@ pub struct Nccl(Comm);
 // overlap, which the group's `&mut self` methods guarantee.
 unsafe impl Send for Nccl {}
 
-/// Whether the NCCL library is in this process. galley links it with lazy symbols that are
-/// bound when the process starts (a toolkit build lists it as needed; the driverless build of
-/// `scripts/build-cuda.sh` relies on it being preloaded, as `scripts/gpu-check.sh` does), so
-/// a library opened later would not help: only one already loaded counts.
+/// Whether the NCCL library is in this process, or can be brought in. A toolkit build lists
+/// it as needed (loaded at start); the driverless build of `scripts/build-cuda.sh` leaves its
+/// symbols to be bound lazily at their first call, which a library opened here with
+/// RTLD_GLOBAL satisfies (or one preloaded, as `scripts/gpu-check.sh` does).
 fn loaded() -> bool {
     ["libnccl.so.2", "libnccl.so"].iter().any(|name| {
         let c = std::ffi::CString::new(*name).expect("no NUL");
-        // SAFETY: RTLD_NOLOAD only looks the library up; the handle, if any, is released.
+        // SAFETY: dlopen of a library name; NCCL's initialisers are the library's own. The
+        // handle is kept (never closed) so that its symbols stay bound.
         unsafe {
-            let h = libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
-            if h.is_null() {
-                false
-            } else {
-                libc::dlclose(h);
-                true
-            }
+            !libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD).is_null()
+                || !libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL).is_null()
         }
     })
 }
