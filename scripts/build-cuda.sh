@@ -48,13 +48,10 @@ if [ -z "${CUDA_HOME:-}" ] && ! command -v nvcc > /dev/null; then
         done
     fi
     [ -e "$CUDA_HOME/lib64" ] || ln -s lib "$CUDA_HOME/lib64"
-    # Lazy binding (rustc asks for -z now): a symbol is looked up when first called, so a
-    # binary starts on a GPU machine without NCCL, and galley uses NCCL only where the library
-    # is in the process (galley_train::nccl checks).
-    export RUSTFLAGS="${RUSTFLAGS:-} -L $stubs -L $CUDA_HOME/lib -C link-arg=-Wl,--unresolved-symbols=ignore-all -C link-arg=-Wl,-z,lazy"
+    export RUSTFLAGS="${RUSTFLAGS:-} -L $stubs -L $CUDA_HOME/lib -C link-arg=-Wl,--unresolved-symbols=ignore-all"
 fi
 
 if [ $# -eq 0 ]; then
     set -- -p galley-train -p galley-model -p galley-bench --tests --bins --examples
 fi
-exec cargo "${GALLEY_CUDA_CARGO:-build}" --release --features galley-model/cuda,galley-train/cuda,galley-train/nccl "$@"
+exec cargo "${GALLEY_CUDA_CARGO:-build}" --release --features galley-model/cuda,galley-train/cuda "$@"

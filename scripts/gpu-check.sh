@@ -39,7 +39,7 @@ export LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/nvidia/lib:$libs:${LD
 # The stubs gave the binaries no DT_NEEDED entries (the linker drops libraries that resolve
 # nothing), so the real libraries are preloaded.
 pre=
-for lib in libcuda.so.1 libcudart.so.13 libcublasLt.so.13 libcublas.so.13 libcurand.so.10 libnvrtc.so.13 libnccl.so.2; do
+for lib in libcuda.so.1 libcudart.so.13 libcublasLt.so.13 libcublas.so.13 libcurand.so.10 libnvrtc.so.13; do
     f=
     for d in ${LD_LIBRARY_PATH//:/ } /usr/lib/x86_64-linux-gnu /usr/lib64; do
         [ -e "$d/$lib" ] && { f=$d/$lib; break; }

@@ -193,7 +193,7 @@ pub struct TcpGroup {
     /// Rank 0: the stream of rank i at index i - 1. Other ranks: the stream to rank 0.
     peers: Vec<TcpStream>,
     /// NCCL on the GPUs, once the ranks have chosen (None: not yet; Some(None): TCP).
-    #[cfg(feature = "nccl")]
+    #[cfg(feature = "cuda")]
     nccl: Option<Option<crate::nccl::Nccl>>,
 }
 
@@ -280,7 +280,7 @@ impl TcpGroup {
                 rank: 0,
                 world: p.world_size,
                 peers: slots.into_iter().flatten().collect(),
-                #[cfg(feature = "nccl")]
+                #[cfg(feature = "cuda")]
                 nccl: None,
             });
         }
@@ -300,7 +300,7 @@ impl TcpGroup {
             rank: p.rank,
             world: p.world_size,
             peers: vec![s],
-            #[cfg(feature = "nccl")]
+            #[cfg(feature = "cuda")]
             nccl: None,
         })
     }
@@ -389,7 +389,7 @@ impl Collective for TcpGroup {
     fn all_reduce_f64(&mut self, buf: &mut [f64]) -> Result<()> {
         self.reduce(buf)
     }
-    #[cfg(feature = "nccl")]
+    #[cfg(feature = "cuda")]
     fn all_reduce_device(&mut self, grads: &mut [candle_core::Tensor]) -> Option<Result<()>> {
         if self.nccl.is_none() {
             let dev = grads.first()?.device().clone();

@@ -27,7 +27,7 @@ pub mod linear;
 mod loading;
 pub mod mixture;
 pub mod model;
-#[cfg(feature = "nccl")]
+#[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod ops;
 #[cfg(feature = "cuda")]

@@ -768,7 +768,7 @@ fn gpu_dpo_and_grpo_train() {
 /// one): the ranks' choice, the communicator, and bucketed sums that give back every
 /// gradient unchanged, small ones sharing a bucket and a large one alone. The two-rank test
 /// below shares one GPU, so there the ranks agree on TCP.
-#[cfg(feature = "nccl")]
+#[cfg(feature = "cuda")]
 #[test]
 fn gpu_nccl_sums_gradients_on_the_device() {
     use galley_train::dist::{Collective, Placement, TcpGroup};
