@@ -17,7 +17,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig};
 use candle_core::cuda::cudarc::driver::{LaunchArgs, PushKernelArg};
 use candle_core::cuda::{CudaDType, CudaStorage};
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage};
+use candle_core::{CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage};
 use candle_core::{Tensor, WithDType, bail};
 use galley_model::cuda_src::PRELUDE;
 use half::bf16;
@@ -107,17 +107,7 @@ impl CustomOp3 for Flash {
     fn name(&self) -> &'static str {
         "galley-flash-attention-cuda"
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("galley's CUDA attention was given CPU tensors")
-    }
+    crate::fused_cuda::gpu_only!(3, "galley's CUDA attention was given CPU tensors");
     fn cuda_fwd(
         &self,
         q: &CudaStorage,
@@ -265,9 +255,7 @@ impl CustomOp1 for FlashBwd {
     fn name(&self) -> &'static str {
         "galley-flash-attention-bwd-cuda"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("galley's CUDA attention backward was given a CPU tensor")
-    }
+    crate::fused_cuda::gpu_only!(1, "galley's CUDA attention backward was given a CPU tensor");
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let all = match s.dtype() {
             DType::F32 => bwd_typed::<f32>(self, (s, l))?,

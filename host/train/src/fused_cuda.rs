@@ -17,9 +17,47 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig};
 use candle_core::cuda::cudarc::driver::{LaunchArgs, PushKernelArg};
 use candle_core::cuda::{CudaDType, CudaStorage};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage};
+use candle_core::{CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage};
 use candle_core::{Tensor, WithDType, bail};
 use half::bf16;
+
+/// The `cpu_fwd` of a custom op that only runs on a GPU (arity 1, 2 or 3): an error naming it.
+macro_rules! gpu_only {
+    (1, $msg:literal) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!($msg)
+        }
+    };
+    (2, $msg:literal) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!($msg)
+        }
+    };
+    (3, $msg:literal) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!($msg)
+        }
+    };
+}
+pub(crate) use gpu_only;
 
 fn lc(s: cuda_src::Shape) -> LaunchConfig {
     LaunchConfig {
@@ -118,15 +156,7 @@ impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "galley-rms-norm-cuda"
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("galley's CUDA RMS norm was given CPU tensors")
-    }
+    crate::fused_cuda::gpu_only!(2, "galley's CUDA RMS norm was given CPU tensors");
     fn cuda_fwd(
         &self,
         x: &CudaStorage,
@@ -223,15 +253,7 @@ impl CustomOp2 for RmsNormBwd {
     fn name(&self) -> &'static str {
         "galley-rms-norm-bwd-cuda"
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("galley's CUDA RMS norm backward was given CPU tensors")
-    }
+    crate::fused_cuda::gpu_only!(2, "galley's CUDA RMS norm backward was given CPU tensors");
     fn cuda_fwd(
         &self,
         x: &CudaStorage,
@@ -256,9 +278,7 @@ impl CustomOp1 for RmsDw {
     fn name(&self) -> &'static str {
         "galley-rms-norm-dw-cuda"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("galley's CUDA RMS norm backward was given CPU tensors")
-    }
+    crate::fused_cuda::gpu_only!(1, "galley's CUDA RMS norm backward was given CPU tensors");
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let (parts, n) = l.shape().dims2()?;
         let dev = s.device().clone();
@@ -323,15 +343,7 @@ impl CustomOp2 for SiluGate {
     fn name(&self) -> &'static str {
         "galley-silu-gate-cuda"
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("galley's CUDA SiLU gate was given CPU tensors")
-    }
+    crate::fused_cuda::gpu_only!(2, "galley's CUDA SiLU gate was given CPU tensors");
     fn cuda_fwd(
         &self,
         g: &CudaStorage,
@@ -402,15 +414,7 @@ impl CustomOp2 for SiluGateBwd {
     fn name(&self) -> &'static str {
         "galley-silu-gate-bwd-cuda"
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("galley's CUDA SiLU gate backward was given CPU tensors")
-    }
+    crate::fused_cuda::gpu_only!(2, "galley's CUDA SiLU gate backward was given CPU tensors");
     fn cuda_fwd(
         &self,
         g: &CudaStorage,
@@ -480,9 +484,7 @@ impl CustomOp1 for RopeHeads {
     fn name(&self) -> &'static str {
         "galley-rope-heads-cuda"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("galley's CUDA rotary embedding was given a CPU tensor")
-    }
+    crate::fused_cuda::gpu_only!(1, "galley's CUDA rotary embedding was given a CPU tensor");
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let y = by_dtype!(s.dtype(), rope_run(self, s, l))?;
         let (b, t, h, d) = self.dims;
@@ -554,9 +556,7 @@ impl CustomOp1 for Xent {
     fn name(&self) -> &'static str {
         "galley-cross-entropy-cuda"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("galley's CUDA cross-entropy was given a CPU tensor")
-    }
+    crate::fused_cuda::gpu_only!(1, "galley's CUDA cross-entropy was given a CPU tensor");
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let nll = by_dtype!(s.dtype(), xent_fwd(self, s, l))?;
         Ok((nll, Shape::from(l.shape().dims2()?.0)))
@@ -620,9 +620,10 @@ impl CustomOp1 for XentBwd {
     fn name(&self) -> &'static str {
         "galley-cross-entropy-bwd-cuda"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("galley's CUDA cross-entropy backward was given a CPU tensor")
-    }
+    crate::fused_cuda::gpu_only!(
+        1,
+        "galley's CUDA cross-entropy backward was given a CPU tensor"
+    );
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let dz = by_dtype!(s.dtype(), xent_bwd(self, s, l))?;
         Ok((dz, l.shape().clone()))

@@ -15,7 +15,7 @@ use crate::error::{Result, TrainError};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::CudaStorage;
 use candle_core::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CustomOp1, DType, Layout, Shape, Tensor};
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::OnceLock;
 
@@ -194,9 +194,7 @@ impl CustomOp1 for Sum<'_> {
     fn name(&self) -> &'static str {
         "galley-nccl-sum"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("NCCL sums GPU tensors")
-    }
+    crate::fused_cuda::gpu_only!(1, "NCCL sums GPU tensors");
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
         let Some((a, b)) = l.contiguous_offsets() else {
             candle_core::bail!("NCCL: a gradient bucket is not contiguous")

@@ -8,7 +8,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use galley_model::cuda_src::PRELUDE;
 use std::sync::OnceLock;
 
@@ -74,9 +74,7 @@ impl CustomOp1 for CausalSoftmax {
         "galley-causal-softmax"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("galley's CUDA causal softmax was given a CPU tensor")
-    }
+    crate::fused_cuda::gpu_only!(1, "galley's CUDA causal softmax was given a CPU tensor");
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = s.device().clone();
@@ -131,15 +129,10 @@ impl CustomOp2 for CausalSoftmaxBwd {
         "galley-causal-softmax-bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("galley's CUDA causal softmax backward was given CPU tensors")
-    }
+    crate::fused_cuda::gpu_only!(
+        2,
+        "galley's CUDA causal softmax backward was given CPU tensors"
+    );
 
     fn cuda_fwd(
         &self,
