@@ -249,8 +249,11 @@ inline void run_block(Block& b, const unsigned int* d, unsigned long long id) {
 }
 
 // Runs the grid: blocks in CUDA's order (x fastest) handed out to up to 4 worker threads.
-inline void launch(const unsigned int* d, unsigned long long shmem, bool reverse, const std::function<void()>& k) {
+// Returns the most shared memory a block took, static and dynamic together (on the GPU their
+// sum must fit the per-block limit).
+inline unsigned long long launch(const unsigned int* d, unsigned long long shmem, bool reverse, const std::function<void()>& k) {
     const unsigned int n = d[3] * d[4] * d[5];
+    std::atomic<unsigned long long> most{0};
     const unsigned long long blocks = (unsigned long long)d[0] * d[1] * d[2];
     std::atomic<unsigned long long> next{0};
     unsigned int workers = std::max(1u, std::min(4u, std::thread::hardware_concurrency()));
@@ -273,7 +276,11 @@ inline void launch(const unsigned int* d, unsigned long long shmem, bool reverse
         blk = &b;
         blockDim = {d[3], d[4], d[5]};
         gridDim = {d[0], d[1], d[2]};
-        for (unsigned long long id; (id = next.fetch_add(1)) < blocks;) run_block(b, d, id);
+        for (unsigned long long id; (id = next.fetch_add(1)) < blocks;) {
+            run_block(b, d, id);
+            unsigned long long took = b.used + shmem, seen = most.load();
+            while (took > seen && !most.compare_exchange_weak(seen, took)) {}
+        }
         for (char* m : b.stacks) munmap(m, STACK);
         blk = nullptr;
     };
@@ -281,5 +288,6 @@ inline void launch(const unsigned int* d, unsigned long long shmem, bool reverse
     for (unsigned int w = 1; w < workers; w++) ts.emplace_back(work);
     work();
     for (auto& t : ts) t.join();
+    return most.load();
 }
 }  // namespace galley_emu

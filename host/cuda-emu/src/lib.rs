@@ -260,7 +260,7 @@ impl Param {
     }
 }
 
-type LaunchFn = unsafe extern "C" fn(*const u32, u64, i32, *mut *mut c_void);
+type LaunchFn = unsafe extern "C" fn(*const u32, u64, i32, *mut *mut c_void) -> u64;
 
 /// A compiled module of kernels, loaded into this process.
 pub struct Module {
@@ -405,7 +405,7 @@ impl Module {
                 .map(|(i, p)| format!("*({}*)a[{i}]", p.ty))
                 .collect();
             launchers.push_str(&format!(
-                "extern \"C\" void galley_emu_launch__{name}(const unsigned int* d, unsigned long long sh, int rev, void** a) {{\n    galley_emu::launch(d, sh, rev != 0, [&] {{ {name}({}); }});\n}}\n",
+                "extern \"C\" unsigned long long galley_emu_launch__{name}(const unsigned int* d, unsigned long long sh, int rev, void** a) {{\n    return galley_emu::launch(d, sh, rev != 0, [&] {{ {name}({}); }});\n}}\n",
                 args.join(", ")
             ));
         }
@@ -536,7 +536,12 @@ impl Module {
                 .collect()
         };
         let before = cfg.order_check.then(|| bufs(args));
-        unsafe { f(dims.as_ptr(), cfg.shared_bytes as u64, 0, ptrs.as_mut_ptr()) };
+        let took = unsafe { f(dims.as_ptr(), cfg.shared_bytes as u64, 0, ptrs.as_mut_ptr()) };
+        if took as usize > limit {
+            return Err(bad(format!(
+                "a block takes {took} bytes of shared memory, static and dynamic together; the limit is {limit}"
+            )));
+        }
         if let Some(before) = before {
             // The same launch with every block's threads in the other order, from the same
             // inputs (restored in place: the argument pointers stay valid).

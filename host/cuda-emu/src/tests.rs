@@ -48,6 +48,15 @@ extern "C" __global__ void racy(const float* x, float* y) {
     tile[threadIdx.x] = x[i];
     y[i] = tile[(threadIdx.x + 1) % blockDim.x];
 }
+// 40 KiB of static shared memory, plus whatever dynamic memory the launch gives.
+extern "C" __global__ void big_tile(float* y) {
+    __shared__ float big[10240];
+    extern __shared__ float more[];
+    big[threadIdx.x] = 1.0f;
+    more[threadIdx.x] = 2.0f;
+    __syncthreads();
+    y[threadIdx.x] = big[threadIdx.x] + more[threadIdx.x];
+}
 extern "C" __global__ void sums(float* acc, double* dacc) {
     atomicAdd(acc, 1.0f);
     atomicAdd(dacc, 0.5);
@@ -63,7 +72,15 @@ fn reductions_indices_shared_memory_and_early_returns_behave_as_on_a_gpu() {
     let m = module();
     assert_eq!(
         m.kernels(),
-        ["block_sum", "overrun", "racy", "reverse", "sums", "where"]
+        [
+            "big_tile",
+            "block_sum",
+            "overrun",
+            "racy",
+            "reverse",
+            "sums",
+            "where"
+        ]
     );
 
     let x: Vec<f32> = (0..1000).map(|i| (i % 7) as f32).collect();
@@ -181,6 +198,25 @@ fn a_wrong_launch_is_refused_and_a_write_past_the_end_is_caught() {
         m.launch("nope", LaunchCfg::new((1, 1, 1), (1, 1, 1), 0), &mut []),
         Err(EmuError::NoKernel(_))
     ));
+
+    // Static and dynamic shared memory share the 48 KiB: 40 KiB + 4 KiB fits, 40 + 16 does not.
+    let mut y = Buf::zeros::<f32>(32);
+    m.launch(
+        "big_tile",
+        LaunchCfg::new((1, 1, 1), (32, 1, 1), 4096),
+        &mut [Arg::Buf(&mut y)],
+    )
+    .unwrap();
+    assert_eq!(y.to_vec::<f32>(), vec![3.0; 32]);
+    let err = m
+        .launch(
+            "big_tile",
+            LaunchCfg::new((1, 1, 1), (32, 1, 1), 16384),
+            &mut [Arg::Buf(&mut y)],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("static and dynamic together"), "{err}");
 
     // A race between a block's threads is caught by running them in the other order too.
     let x: Vec<f32> = (0..128).map(|i| i as f32).collect();

@@ -13,9 +13,10 @@ pub const PRELUDE: &str = include_str!("../kernels/prelude.cuh");
 pub const DECODE: &str = include_str!("../kernels/decode.cu");
 
 /// The fused decode step's limits: at most this many rows (a warp keeps one partial sum per
-/// row and weight row), and their normed activations (rows x hidden f32) in shared memory.
+/// row and weight row), and their normed activations (rows x hidden f32) in shared memory,
+/// which leaves room under the 48 KiB a block has for the block reduction's static 128 bytes.
 pub const FUSED_STEP_MAX_ROWS: usize = 8;
-const FUSED_STEP_MAX_SHARED: usize = 48 * 1024;
+const FUSED_STEP_MAX_SHARED: usize = 47 * 1024;
 
 /// Whether a decode step of `rows` rows of a `hidden`-wide model can take the fused kernels.
 pub fn fused_step_fits(rows: usize, hidden: usize) -> bool {
@@ -57,5 +58,19 @@ pub fn gemv_rows(out: usize) -> StepLaunch {
         grid: (out.div_ceil(STEP_WARPS) as u32, 1),
         block: (STEP_WARPS * 32) as u32,
         shared_bytes: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_fused_step_takes_batches_whose_rows_fit_shared_memory() {
+        assert!(super::fused_step_fits(1, 576));
+        assert!(super::fused_step_fits(8, 576)); // SmolLM2-135M: 18 KiB
+        assert!(super::fused_step_fits(4, 2048)); // a 2,048-wide model: 32 KiB
+        // 8 x 1,536 floats are the whole 48 KiB, with no room for the reduction's 128 bytes.
+        assert!(!super::fused_step_fits(8, 1536));
+        assert!(!super::fused_step_fits(9, 64));
+        assert!(!super::fused_step_fits(0, 64));
     }
 }
