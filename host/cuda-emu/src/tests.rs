@@ -242,3 +242,32 @@ fn a_wrong_launch_is_refused_and_a_write_past_the_end_is_caught() {
             .to_string();
     assert!(err.contains("undefined_name"), "{err}");
 }
+
+/// Half a warp at `__syncthreads`, the other half at `__syncwarp`: neither barrier can open.
+const STUCK: &str = r#"
+extern "C" __global__ void stuck() {
+    if (threadIdx.x < 16) __syncthreads(); else __syncwarp();
+}
+"#;
+
+#[test]
+fn a_barrier_that_can_never_open_stops_the_process_with_a_message() {
+    // The child: the launch never returns (the emulator aborts the process rather than hang).
+    if std::env::var_os("GALLEY_EMU_STUCK_CHILD").is_some() {
+        let m = Module::build(&[STUCK]).unwrap();
+        let _ = m.launch("stuck", LaunchCfg::new((1, 1, 1), (32, 1, 1), 0), &mut []);
+        unreachable!("a launch that can never finish returned");
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tests::a_barrier_that_can_never_open_stops_the_process_with_a_message",
+            "--nocapture",
+        ])
+        .env("GALLEY_EMU_STUCK_CHILD", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the child finished: {err}");
+    assert!(err.contains("can never pass a barrier"), "{err}");
+}
