@@ -1,6 +1,7 @@
 //! galley-model's CUDA decode kernels (`kernels/decode.cu`, the text NVRTC compiles on a GPU)
 //! run on the CPU through galley-cuda-emu, against plain Rust written from the kernels'
-//! definitions, in f32 and bf16, with the launch shapes `cuda_decode` uses. The GPU tests
+//! definitions, in f32 and bf16, with the launch shapes `cuda_decode` uses, and a whole decode
+//! step of a tiny checkpoint chained from them against the CPU model. The GPU tests
 //! (`tests/gpu_decode.rs` under `--features cuda`) stay the authority on the device itself.
 
 use galley_cuda_emu::check::{Ty, assert_close as close};
@@ -383,5 +384,204 @@ fn the_fused_step_kernels_match_norm_projection_rope_and_gate() {
             .map(|(k, v)| ty.round(v + bd[k % out]))
             .collect();
         close(&ty.read(&y), &want, ty.tol(), &format!("gemv_rows {s}"));
+    }
+}
+
+/// A whole decode step of a real (tiny, random) checkpoint through the fused kernels, as
+/// `cuda_step` chains them on a GPU — qkv_step, attend, gemv, mlp_up_step, gemv per layer,
+/// then add_rms and the tied LM head — against the CPU model's fixed-shape decoder, for three
+/// tokens (the caches the first steps write are what the later ones attend over).
+#[test]
+fn a_decode_step_chained_from_the_fused_kernels_matches_the_cpu_model() {
+    use candle_core::Device;
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/llama-gqa-tied");
+    let cpu = galley_model::load(&dir, &Device::Cpu).unwrap().model;
+    let w = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let get = |name: &str| -> Vec<f32> { w[name].flatten_all().unwrap().to_vec1::<f32>().unwrap() };
+    // llama-gqa-tied's config.json: 2 layers, hidden 32, 4 heads of 8 over 2 KV heads,
+    // intermediate 64, vocabulary 128, theta 10,000, eps 1e-5.
+    let (layers, n, h, kv, d, inter, vocab, eps) = (
+        2usize, 32usize, 4usize, 2usize, 8usize, 64usize, 128usize, 1e-5f32,
+    );
+    let (cap, half, ty) = (4usize, d / 2, Ty::F32);
+    let cat = |parts: &[Vec<f32>]| parts.concat();
+    let layer_w: Vec<_> = (0..layers)
+        .map(|l| {
+            let p = |s: &str| get(&format!("model.layers.{l}.{s}.weight"));
+            (
+                p("input_layernorm"),
+                cat(&[
+                    p("self_attn.q_proj"),
+                    p("self_attn.k_proj"),
+                    p("self_attn.v_proj"),
+                ]),
+                p("self_attn.o_proj"),
+                p("post_attention_layernorm"),
+                cat(&[p("mlp.gate_proj"), p("mlp.up_proj")]),
+                p("mlp.down_proj"),
+            )
+        })
+        .collect();
+    let (embed, final_norm) = (get("model.embed_tokens.weight"), get("model.norm.weight"));
+    let mut caches: Vec<(Buf, Buf)> = (0..layers)
+        .map(|_| {
+            (
+                Buf::zeros::<f32>(kv * cap * d),
+                Buf::zeros::<f32>(kv * cap * d),
+            )
+        })
+        .collect();
+    let mut dec = galley_model::decode::Decoder::new(&cpu, 1, cap).unwrap();
+    let m = module();
+    let step = |name: &str, l: galley_model::cuda_src::StepLaunch, args: &mut [Arg]| {
+        m.launch(&format!("{name}_f32"), step_cfg(l), args).unwrap()
+    };
+    for (pos, tok) in [5u32, 77, 3].into_iter().enumerate() {
+        let want = dec
+            .step(&[tok])
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let (cs, sn): (Vec<f32>, Vec<f32>) = (0..half)
+            .map(|i| {
+                let a = pos as f32 / 10000f32.powf((2 * i) as f32 / d as f32);
+                (a.cos(), a.sin())
+            })
+            .unzip();
+        let mask: Vec<f32> = (0..cap)
+            .map(|j| if j <= pos { 0.0 } else { f32::NEG_INFINITY })
+            .collect();
+        let mut hs = Buf::from_slice(&embed[tok as usize * n..][..n]);
+        let mut ds = Buf::zeros::<f32>(n);
+        for (l, (in_norm, wqkv, wo, post_norm, wgu, wdown)) in layer_w.iter().enumerate() {
+            let (kc, vc) = &mut caches[l];
+            let (mut h1, mut q) = (Buf::uninit::<f32>(n), Buf::uninit::<f32>(h * d));
+            step(
+                "qkv_step",
+                galley_model::cuda_src::qkv_step(h + 2 * kv, d, 1, n),
+                &mut [
+                    Arg::Buf(&mut hs),
+                    Arg::Buf(&mut ds),
+                    Arg::Buf(&mut ty.buf(in_norm)),
+                    Arg::Buf(&mut h1),
+                    Arg::Buf(&mut ty.buf(wqkv)),
+                    Arg::Buf(&mut ty.buf(wqkv)),
+                    Arg::I32(0),
+                    Arg::Buf(&mut ty.buf(&cs)),
+                    Arg::Buf(&mut ty.buf(&sn)),
+                    Arg::Buf(&mut Buf::from_slice(&[pos as u32])),
+                    Arg::Buf(&mut q),
+                    Arg::Buf(kc),
+                    Arg::Buf(vc),
+                    Arg::I32(n as i32),
+                    Arg::I32(1),
+                    Arg::F32(eps),
+                    Arg::I32(h as i32),
+                    Arg::I32(kv as i32),
+                    Arg::I32(d as i32),
+                    Arg::I32(cap as i32),
+                ],
+            );
+            let mut att = Buf::uninit::<f32>(h * d);
+            m.launch(
+                "attend_f32",
+                LaunchCfg::new((1, h as u32, 1), (128, 1, 1), (cap + d) * 4),
+                &mut [
+                    Arg::Buf(&mut q),
+                    Arg::Buf(kc),
+                    Arg::Buf(vc),
+                    Arg::Buf(&mut ty.buf(&mask)),
+                    Arg::Buf(&mut att),
+                    Arg::I32(h as i32),
+                    Arg::I32(kv as i32),
+                    Arg::I32(d as i32),
+                    Arg::I32(cap as i32),
+                    Arg::F32(1.0 / (d as f32).sqrt()),
+                ],
+            )
+            .unwrap();
+            let gemv = |x: &mut Buf, wt: &[f32], inp: usize, out: usize| -> Buf {
+                let mut y = Buf::uninit::<f32>(out);
+                step(
+                    "gemv_rows",
+                    galley_model::cuda_src::gemv_rows(out),
+                    &mut [
+                        Arg::Buf(x),
+                        Arg::Buf(&mut ty.buf(wt)),
+                        Arg::Buf(&mut ty.buf(wt)),
+                        Arg::I32(0),
+                        Arg::Buf(&mut y),
+                        Arg::I32(inp as i32),
+                        Arg::I32(out as i32),
+                        Arg::I32(1),
+                    ],
+                );
+                y
+            };
+            let mut d1 = gemv(&mut att, wo, h * d, n);
+            let (mut h2, mut act) = (Buf::uninit::<f32>(n), Buf::uninit::<f32>(inter));
+            step(
+                "mlp_up_step",
+                galley_model::cuda_src::mlp_up_step(inter, 1, n),
+                &mut [
+                    Arg::Buf(&mut h1),
+                    Arg::Buf(&mut d1),
+                    Arg::Buf(&mut ty.buf(post_norm)),
+                    Arg::Buf(&mut h2),
+                    Arg::Buf(&mut ty.buf(wgu)),
+                    Arg::Buf(&mut act),
+                    Arg::I32(n as i32),
+                    Arg::I32(1),
+                    Arg::F32(eps),
+                    Arg::I32(inter as i32),
+                ],
+            );
+            ds = gemv(&mut act, wdown, inter, n);
+            hs = h2;
+        }
+        let mut both = Buf::uninit::<f32>(2 * n);
+        m.launch(
+            "add_rms_f32",
+            LaunchCfg::new((1, 1, 1), (256, 1, 1), 0),
+            &mut [
+                Arg::Buf(&mut hs),
+                Arg::Buf(&mut ds),
+                Arg::Buf(&mut ty.buf(&final_norm)),
+                Arg::Buf(&mut both),
+                Arg::I32(n as i32),
+                Arg::F32(eps),
+                Arg::I32(1),
+            ],
+        )
+        .unwrap();
+        let mut normed = Buf::from_slice(&both.to_vec::<f32>()[n..]);
+        let mut logits = Buf::uninit::<f32>(vocab);
+        step(
+            "gemv_rows",
+            galley_model::cuda_src::gemv_rows(vocab),
+            &mut [
+                Arg::Buf(&mut normed),
+                Arg::Buf(&mut ty.buf(&embed)),
+                Arg::Buf(&mut ty.buf(&embed)),
+                Arg::I32(0),
+                Arg::Buf(&mut logits),
+                Arg::I32(n as i32),
+                Arg::I32(vocab as i32),
+                Arg::I32(1),
+            ],
+        );
+        let got = logits.to_vec::<f32>();
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let worst = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+        assert!(
+            worst <= 1e-5 * scale,
+            "step {pos}: logits off by {worst} (scale {scale})"
+        );
     }
 }
