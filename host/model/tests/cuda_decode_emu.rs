@@ -2,7 +2,7 @@
 //! run on the CPU through galley-cuda-emu, against plain Rust written from the kernels'
 //! definitions, in f32 and bf16, with the launch shapes `cuda_decode` uses, and a whole decode
 //! step of a tiny checkpoint chained from them against the CPU model. The GPU tests
-//! (`tests/gpu_decode.rs` under `--features cuda`) stay the authority on the device itself.
+//! (`host/train/tests/gpu.rs`, built with `--features cuda`) stay the authority on the device.
 
 use galley_cuda_emu::check::{Ty, assert_close as close};
 use galley_cuda_emu::{Arg, Buf, LaunchCfg, Module};
