@@ -5,9 +5,36 @@
 //! allocator does). Each allocation also records two CUDA events for cross-stream safety,
 //! which a single host thread issuing all work does not need.
 
-use candle_core::Device;
 use candle_core::cuda::cudarc::driver::sys;
+use candle_core::cuda::cudarc::driver::{CudaView, DeviceRepr};
+use candle_core::cuda::{CudaDType, CudaStorage};
+use candle_core::{Device, Layout, Storage};
 use std::sync::OnceLock;
+
+/// The CUDA memory of a contiguous tensor (its storage read-locked in `st`), as `T`.
+pub fn view<'a, T: CudaDType + DeviceRepr>(
+    st: &'a Storage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<CudaView<'a, T>> {
+    let Storage::Cuda(cs) = st else {
+        candle_core::bail!("galley CUDA kernel: {what} is not on a CUDA device")
+    };
+    slice(cs, l, what)
+}
+
+/// The memory `l` covers in `cs` (an op's own input), checked contiguous, as `T`: how every
+/// galley CUDA op (galley-model's and galley-train's) reads its tensors.
+pub fn slice<'a, T: CudaDType + DeviceRepr>(
+    cs: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<CudaView<'a, T>> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("galley CUDA kernel: {what} is not contiguous")
+    };
+    Ok(cs.as_cuda_slice::<T>()?.slice(a..b))
+}
 
 /// `parts` (joined: `cuda_src::PRELUDE` and a module's kernels) compiled by NVRTC once per
 /// process (`cell` holds the result, an error included), for every module of galley's CUDA

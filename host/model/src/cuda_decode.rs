@@ -9,14 +9,13 @@
 //! is a residual connection and the RMS norm after it; `silu_mul` the MLP's gate. Compiled
 //! once per process by NVRTC; f32 arithmetic on f32 or bf16 data.
 
+use crate::cuda::{slice, view};
 use crate::cuda_src::{DECODE, PRELUDE};
 use crate::layers::rotary::Angles;
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use candle_core::cuda::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda::{CudaDType, CudaStorage};
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, bail};
 use std::sync::OnceLock;
 
 pub(crate) const MODULE: &str = "galley_decode";
@@ -29,30 +28,6 @@ pub(crate) fn ptx() -> Result<&'static str> {
 
 pub(crate) fn launch_err(e: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(format!("galley CUDA decode kernel: {e}"))
-}
-
-/// The CUDA memory of a contiguous tensor (its storage read-locked in `st`), as `T`.
-pub(crate) fn view<'a, T: CudaDType + DeviceRepr>(
-    st: &'a Storage,
-    l: &Layout,
-    what: &str,
-) -> Result<CudaView<'a, T>> {
-    let Storage::Cuda(cs) = st else {
-        bail!("decode kernel: {what} is not on a CUDA device")
-    };
-    slice(cs, l, what)
-}
-
-/// The memory `l` covers in `cs` (an op's own input), checked contiguous, as `T`.
-pub(crate) fn slice<'a, T: CudaDType + DeviceRepr>(
-    cs: &'a CudaStorage,
-    l: &Layout,
-    what: &str,
-) -> Result<CudaView<'a, T>> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        bail!("decode kernel: {what} is not contiguous")
-    };
-    Ok(cs.as_cuda_slice::<T>()?.slice(a..b))
 }
 
 /// `blocks` (x, y) of `threads` threads with `shared` bytes of dynamic shared memory.

@@ -13,7 +13,8 @@
 //! keep cuBLAS. Kernels: `kernels/decode.cu`; launch shapes: `cuda_src`, as the CPU
 //! emulation tests launch them.
 
-use crate::cuda_decode::{MODULE, launch_err, ptx, slice, view};
+use crate::cuda::{slice, view};
+use crate::cuda_decode::{MODULE, launch_err, ptx};
 use crate::cuda_src::{self, StepLaunch};
 use crate::layers::rotary::Angles;
 use candle_core::backend::BackendStorage;

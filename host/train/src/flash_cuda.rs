@@ -12,13 +12,14 @@
 //! shapes come from `cuda_src`, the same ones the CPU emulation tests launch.
 
 use crate::cuda_src::{self, FLASH, Launch2};
-use crate::fused_cuda::{sfx, view};
+use crate::fused_cuda::sfx;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig};
 use candle_core::cuda::cudarc::driver::{LaunchArgs, PushKernelArg};
 use candle_core::cuda::{CudaDType, CudaStorage};
 use candle_core::{CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage};
 use candle_core::{Tensor, WithDType, bail};
+use galley_model::cuda::slice;
 use galley_model::cuda_src::PRELUDE;
 use half::bf16;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -79,9 +80,9 @@ fn fwd_typed<T: CudaDType + WithDType + DeviceRepr>(
     let dev = q.0.device().clone();
     let dm = op.dims;
     let (qv, kv, vv) = (
-        view::<T>(q.0, q.1, "q")?,
-        view::<T>(k.0, k.1, "k")?,
-        view::<T>(v.0, v.1, "v")?,
+        slice::<T>(q.0, q.1, "q")?,
+        slice::<T>(k.0, k.1, "k")?,
+        slice::<T>(v.0, v.1, "v")?,
     );
     if qv.len() != dm.nq() || kv.len() != dm.nk() || vv.len() != dm.nk() {
         bail!("galley CUDA attention: q, k, v do not match {dm:?}")
@@ -191,7 +192,7 @@ fn bwd_typed<T: CudaDType + WithDType + DeviceRepr>(
     let dev = dout.0.device().clone();
     let dm = op.dims;
     let (nq, nk, rows) = (dm.nq(), dm.nk(), dm.bkv * dm.rows());
-    let dov = view::<T>(dout.0, dout.1, "the output gradient")?;
+    let dov = slice::<T>(dout.0, dout.1, "the output gradient")?;
     if dov.len() != nq || op.lse.len() != rows {
         bail!("galley CUDA attention backward: gradient or state does not match {dm:?}")
     }
@@ -206,10 +207,10 @@ fn bwd_typed<T: CudaDType + WithDType + DeviceRepr>(
     let (r32, t32, g32, d32) = (dm.rows() as i32, dm.t as i32, dm.g as i32, dm.d as i32);
     with_held([&op.q, &op.k, &op.v, &op.o], |[q, k, v, o]| {
         let (qv, kv, vv, ov) = (
-            view::<T>(q.0, q.1, "q")?,
-            view::<T>(k.0, k.1, "k")?,
-            view::<T>(v.0, v.1, "v")?,
-            view::<T>(o.0, o.1, "the output")?,
+            slice::<T>(q.0, q.1, "q")?,
+            slice::<T>(k.0, k.1, "k")?,
+            slice::<T>(v.0, v.1, "v")?,
+            slice::<T>(o.0, o.1, "the output")?,
         );
         let rows64 = rows as i64;
         let mut b = f_dot.builder();

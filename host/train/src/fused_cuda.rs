@@ -14,11 +14,12 @@
 use crate::cuda_src::{self, ROW_THREADS, VOCAB_THREADS};
 use crate::ops::RopeTables;
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig};
+use candle_core::cuda::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig};
 use candle_core::cuda::cudarc::driver::{LaunchArgs, PushKernelArg};
 use candle_core::cuda::{CudaDType, CudaStorage};
 use candle_core::{CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage};
 use candle_core::{Tensor, WithDType, bail};
+use galley_model::cuda::slice;
 use half::bf16;
 
 /// The `cpu_fwd` of a custom op that only runs on a GPU (arity 1, 2 or 3): an error naming it.
@@ -65,18 +66,6 @@ fn lc(s: cuda_src::Shape) -> LaunchConfig {
         block_dim: (s.block, 1, 1),
         shared_mem_bytes: 0,
     }
-}
-
-/// A contiguous layout's elements as a typed view.
-pub(crate) fn view<'a, T: CudaDType>(
-    s: &'a CudaStorage,
-    l: &Layout,
-    what: &str,
-) -> Result<CudaView<'a, T>> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        bail!("galley CUDA op: {what} is not contiguous")
-    };
-    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
 }
 
 /// Runs `body` with a tensor's CUDA storage and layout (a tensor the op holds, not an input).
@@ -134,8 +123,8 @@ fn rms_fwd<X: CudaDType + WithDType + DeviceRepr, Y: CudaDType + WithDType + Dev
     w: (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
     let dev = x.0.device().clone();
-    let xs = view::<X>(x.0, x.1, "the norm's input")?;
-    let ws = view::<f32>(w.0, w.1, "the norm's weight")?;
+    let xs = slice::<X>(x.0, x.1, "the norm's input")?;
+    let ws = slice::<f32>(w.0, w.1, "the norm's weight")?;
     let n = ws.len();
     if n == 0 || xs.len() % n != 0 {
         bail!("rms norm: {} values are not rows of {n}", xs.len())
@@ -209,8 +198,8 @@ fn rms_bwd<X: CudaDType + WithDType + DeviceRepr, G: CudaDType + WithDType + Dev
     w: (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
     let dev = x.0.device().clone();
-    let xs = view::<X>(x.0, x.1, "the norm's input")?;
-    let ws = view::<f32>(w.0, w.1, "the norm's weight")?;
+    let xs = slice::<X>(x.0, x.1, "the norm's input")?;
+    let ws = slice::<f32>(w.0, w.1, "the norm's weight")?;
     let n = ws.len();
     let rows = xs.len() / n.max(1);
     let parts = cuda_src::rms_bwd_parts(rows);
@@ -222,11 +211,11 @@ fn rms_bwd<X: CudaDType + WithDType + DeviceRepr, G: CudaDType + WithDType + Dev
     let name = format!("rms_bwd_{}_{}", sfx(X::DTYPE)?, sfx(G::DTYPE)?);
     let f = dev.get_or_load_custom_func(&name, crate::ops_cuda::MODULE, crate::ops_cuda::ptx()?)?;
     held(&op.g, |gs, gl| {
-        let gv = view::<G>(gs, gl, "the norm's output gradient")?;
+        let gv = slice::<G>(gs, gl, "the norm's output gradient")?;
         held(&op.part, |ps, pl| {
             // The kernel writes the shares through this view: `part` is this op's own buffer,
             // made for it and read by nothing before `RmsDw` runs after it on the same stream.
-            let pv = view::<f32>(ps, pl, "the weight gradient's shares")?;
+            let pv = slice::<f32>(ps, pl, "the weight gradient's shares")?;
             let (n32, rows64) = (n as i32, rows as i64);
             let mut b = f.builder();
             b.arg(&xs)
@@ -282,7 +271,7 @@ impl CustomOp1 for RmsDw {
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let (parts, n) = l.shape().dims2()?;
         let dev = s.device().clone();
-        let pv = view::<f32>(s, l, "the weight gradient's shares")?;
+        let pv = slice::<f32>(s, l, "the weight gradient's shares")?;
         // SAFETY: the kernel writes all n elements.
         let mut dw: CudaSlice<f32> = unsafe { dev.alloc::<f32>(n)? };
         let f = dev.get_or_load_custom_func(
@@ -321,8 +310,8 @@ fn silu_fwd<T: CudaDType + WithDType + DeviceRepr>(
 ) -> Result<CudaStorage> {
     let dev = g.0.device().clone();
     let (gv, uv) = (
-        view::<T>(g.0, g.1, "the gate")?,
-        view::<T>(u.0, u.1, "the up projection")?,
+        slice::<T>(g.0, g.1, "the gate")?,
+        slice::<T>(u.0, u.1, "the up projection")?,
     );
     if gv.len() != uv.len() {
         bail!("silu gate: {} gates for {} values", gv.len(), uv.len())
@@ -383,8 +372,8 @@ fn silu_bwd<T: CudaDType + WithDType + DeviceRepr>(
 ) -> Result<CudaStorage> {
     let dev = g.0.device().clone();
     let (gv, uv) = (
-        view::<T>(g.0, g.1, "the gate")?,
-        view::<T>(u.0, u.1, "the up projection")?,
+        slice::<T>(g.0, g.1, "the gate")?,
+        slice::<T>(u.0, u.1, "the up projection")?,
     );
     let n = gv.len();
     if uv.len() != n || op.dy.elem_count() != n {
@@ -395,7 +384,7 @@ fn silu_bwd<T: CudaDType + WithDType + DeviceRepr>(
     let name = format!("silu_gate_bwd_{}", sfx(T::DTYPE)?);
     let f = dev.get_or_load_custom_func(&name, crate::ops_cuda::MODULE, crate::ops_cuda::ptx()?)?;
     held(&op.dy, |ds, dl| {
-        let dv = view::<T>(ds, dl, "the gate's output gradient")?;
+        let dv = slice::<T>(ds, dl, "the gate's output gradient")?;
         let (mut dg, mut du) = out.split_at_mut(n);
         let n64 = n as i64;
         let mut b = f.builder();
@@ -452,7 +441,7 @@ fn rope_run<T: CudaDType + WithDType + DeviceRepr>(
     l: &Layout,
 ) -> Result<CudaStorage> {
     let dev = s.device().clone();
-    let x = view::<T>(s, l, "the rotary embedding's input")?;
+    let x = slice::<T>(s, l, "the rotary embedding's input")?;
     let (b, t, h, d) = op.dims;
     if x.len() != b * t * h * d || d % 2 != 0 || op.cos.dim(0)? < t || op.cos.dim(1)? != d / 2 {
         bail!(
@@ -467,7 +456,7 @@ fn rope_run<T: CudaDType + WithDType + DeviceRepr>(
     let f = dev.get_or_load_custom_func(&name, crate::ops_cuda::MODULE, crate::ops_cuda::ptx()?)?;
     held(&op.cos, |cs, cl| {
         held(&op.sin, |ss, sl| {
-            let (cv, sv) = (view::<f32>(cs, cl, "cos")?, view::<f32>(ss, sl, "sin")?);
+            let (cv, sv) = (slice::<f32>(cs, cl, "cos")?, slice::<f32>(ss, sl, "sin")?);
             let ints = [b as i32, t as i32, h as i32, d as i32, op.to_heads as i32];
             let mut lb = f.builder();
             lb.arg(&x).arg(&cv).arg(&sv).arg(&mut y);
@@ -537,13 +526,13 @@ fn xent_fwd<T: CudaDType + WithDType + DeviceRepr>(
             op.targets.elem_count()
         )
     }
-    let z = view::<T>(s, l, "the logits")?;
+    let z = slice::<T>(s, l, "the logits")?;
     // SAFETY: the kernel writes one loss per row.
     let mut nll: CudaSlice<f32> = unsafe { dev.alloc::<f32>(rows)? };
     let name = format!("xent_{}", sfx(T::DTYPE)?);
     let f = dev.get_or_load_custom_func(&name, crate::ops_cuda::MODULE, crate::ops_cuda::ptx()?)?;
     held(&op.targets, |ts, tl| {
-        let tv = view::<u32>(ts, tl, "the targets")?;
+        let tv = slice::<u32>(ts, tl, "the targets")?;
         let v32 = v as i32;
         let mut b = f.builder();
         b.arg(&z).arg(&tv).arg(&mut nll).arg(&v32).arg(&op.inv_t);
@@ -589,7 +578,7 @@ fn xent_bwd<T: CudaDType + WithDType + DeviceRepr>(
     if op.nll.elem_count() != rows || op.gout.elem_count() != rows {
         bail!("cross-entropy backward: losses or gradients for other than {rows} rows")
     }
-    let z = view::<T>(s, l, "the logits")?;
+    let z = slice::<T>(s, l, "the logits")?;
     // SAFETY: the kernel writes every element of every row.
     let mut dz: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * v)? };
     let name = format!("xent_bwd_{}", sfx(T::DTYPE)?);
@@ -597,9 +586,9 @@ fn xent_bwd<T: CudaDType + WithDType + DeviceRepr>(
     held(&op.targets, |ts, tl| {
         held(&op.nll, |ns, nl| {
             held(&op.gout, |gs, gl| {
-                let tv = view::<u32>(ts, tl, "the targets")?;
-                let nv = view::<f32>(ns, nl, "the losses")?;
-                let gv = view::<f32>(gs, gl, "the losses' gradient")?;
+                let tv = slice::<u32>(ts, tl, "the targets")?;
+                let nv = slice::<f32>(ns, nl, "the losses")?;
+                let gv = slice::<f32>(gs, gl, "the losses' gradient")?;
                 let v32 = v as i32;
                 let mut b = f.builder();
                 b.arg(&z)
