@@ -231,14 +231,9 @@ impl Nccl {
     /// Sums `grads` (f32, on the communicator's GPU) across the ranks, replacing each with
     /// the sum; small tensors share a bucket, in the same order on every rank.
     pub fn sum(&self, grads: &mut [Tensor]) -> Result<()> {
-        let mut i = 0;
-        while i < grads.len() {
-            let (mut j, mut n) = (i, 0);
-            while j < grads.len() && (j == i || n + grads[j].elem_count() <= crate::optim::BUCKET) {
-                n += grads[j].elem_count();
-                j += 1;
-            }
-            let flat: Vec<Tensor> = grads[i..j]
+        let lens: Vec<usize> = grads.iter().map(Tensor::elem_count).collect();
+        for r in crate::optim::buckets(&lens) {
+            let flat: Vec<Tensor> = grads[r.clone()]
                 .iter()
                 .map(|g| g.to_dtype(DType::F32)?.flatten_all())
                 .collect::<candle_core::Result<_>>()?;
@@ -249,12 +244,11 @@ impl Nccl {
             };
             let summed = bucket.contiguous()?.apply_op1_no_bwd(&Sum(self))?;
             let mut at = 0;
-            for g in &mut grads[i..j] {
+            for g in &mut grads[r] {
                 let len = g.elem_count();
                 *g = summed.narrow(0, at, len)?.reshape(g.shape())?;
                 at += len;
             }
-            i = j;
         }
         Ok(())
     }

@@ -261,7 +261,7 @@ fn kept_moments(kind: OptimizerKind, momentum: f64) -> [bool; 2] {
 }
 
 /// Floats per all-reduce message: one round trip per ~32 MB of gradients, not per tensor.
-pub(crate) const BUCKET: usize = 8 << 20;
+const BUCKET: usize = 8 << 20;
 
 /// Sums `bufs` across the group in buckets of about `BUCKET` floats (small tensors share a
 /// message; each bucket is one round trip), in the same order on every rank.
@@ -269,33 +269,43 @@ pub(crate) fn all_reduce_bucketed(
     bufs: &mut [&mut [f32]],
     group: &mut dyn crate::dist::Collective,
 ) -> Result<()> {
-    let mut i = 0;
-    while i < bufs.len() {
-        // A run of buffers that fits one bucket (a larger buffer goes alone).
-        let mut j = i;
-        let mut n = 0;
-        while j < bufs.len() && (j == i || n + bufs[j].len() <= BUCKET) {
-            n += bufs[j].len();
-            j += 1;
+    let lens: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
+    for r in buckets(&lens) {
+        if r.len() == 1 {
+            group.all_reduce_f32(bufs[r.start])?;
+            continue;
         }
-        if j == i + 1 {
-            group.all_reduce_f32(bufs[i])?;
-        } else {
-            let mut flat = Vec::with_capacity(n);
-            for b in &bufs[i..j] {
-                flat.extend_from_slice(b);
-            }
-            group.all_reduce_f32(&mut flat)?;
-            let mut at = 0;
-            for b in &mut bufs[i..j] {
-                let len = b.len();
-                b.copy_from_slice(&flat[at..at + len]);
-                at += len;
-            }
+        let mut flat = Vec::with_capacity(lens[r.clone()].iter().sum());
+        for b in &bufs[r.clone()] {
+            flat.extend_from_slice(b);
         }
-        i = j;
+        group.all_reduce_f32(&mut flat)?;
+        let mut at = 0;
+        for b in &mut bufs[r] {
+            let len = b.len();
+            b.copy_from_slice(&flat[at..at + len]);
+            at += len;
+        }
     }
     Ok(())
+}
+
+/// Consecutive runs of buffers of these lengths that fit one bucket of `BUCKET` floats (a
+/// larger buffer goes alone), in order: every rank and every transport (TCP, NCCL) groups
+/// gradients the same way.
+pub(crate) fn buckets(lens: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lens.len() {
+        let (mut j, mut n) = (i, 0);
+        while j < lens.len() && (j == i || n + lens[j] <= BUCKET) {
+            n += lens[j];
+            j += 1;
+        }
+        out.push(i..j);
+        i = j;
+    }
+    out
 }
 
 /// One parameter's update, applied in place to its storage.
