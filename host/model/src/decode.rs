@@ -289,42 +289,65 @@ impl<'m> Decoder<'m> {
     }
 }
 
-/// 0: as `GALLEY_CUDA_GRAPHS` says; 1: on; 2: off.
-static GRAPHS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// A choice the process can turn on or off over its environment variable (on unless the
+/// variable is `0`): tests and benchmarks compare both ways in one process.
+struct Switch {
+    /// 0: not yet read from the variable; 1: on; 2: off.
+    state: std::sync::atomic::AtomicU8,
+    var: &'static str,
+}
+
+impl Switch {
+    const fn new(var: &'static str) -> Self {
+        Self {
+            state: std::sync::atomic::AtomicU8::new(0),
+            var,
+        }
+    }
+
+    fn on(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.state.load(Relaxed) {
+            1 => true,
+            2 => false,
+            _ => {
+                let on = std::env::var(self.var).map_or(true, |v| v != "0");
+                self.set(on);
+                on
+            }
+        }
+    }
+
+    fn set(&self, on: bool) {
+        let v = if on { 1 } else { 2 };
+        self.state.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+static GRAPHS: Switch = Switch::new("GALLEY_CUDA_GRAPHS");
+static FUSED_STEP: Switch = Switch::new("GALLEY_CUDA_FUSED_STEP");
 
 /// Whether GPU decoding replays CUDA graphs (default) or issues every kernel
 /// (`GALLEY_CUDA_GRAPHS=0`, for comparison and as a way out).
 pub fn graphs_enabled() -> bool {
-    match GRAPHS.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => std::env::var("GALLEY_CUDA_GRAPHS").map_or(true, |v| v != "0"),
-    }
+    GRAPHS.on()
 }
 
-/// Turns graph replay on or off for this process, over `GALLEY_CUDA_GRAPHS` (tests and
-/// benchmarks compare the two in one process).
+/// Turns graph replay on or off for this process, over `GALLEY_CUDA_GRAPHS`.
 pub fn set_graphs(on: bool) {
-    GRAPHS.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+    GRAPHS.set(on)
 }
-
-/// 0: as `GALLEY_CUDA_FUSED_STEP` says; 1: on; 2: off.
-static FUSED_STEP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Whether a GPU decode step of a few rows takes the fused kernels (`cuda_step`: five a
 /// layer instead of nine; default) or candle's products with the four decode kernels
 /// (`GALLEY_CUDA_FUSED_STEP=0`, for comparison and as a way out).
 pub fn fused_step_enabled() -> bool {
-    match FUSED_STEP.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => std::env::var("GALLEY_CUDA_FUSED_STEP").map_or(true, |v| v != "0"),
-    }
+    FUSED_STEP.on()
 }
 
 /// Turns the fused step on or off for this process, over `GALLEY_CUDA_FUSED_STEP`.
 pub fn set_fused_step(on: bool) {
-    FUSED_STEP.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+    FUSED_STEP.set(on)
 }
 
 /// The decoder `generate` continues a prefill with: on a GPU with graphs on, when the

@@ -581,7 +581,7 @@ impl TrainModel {
                 && ops::flash_attention_wanted(
                     (b, h, t, hd),
                     dt.size_in_bytes(),
-                    std::env::var("GALLEY_CUDA_ATTENTION").ok().as_deref(),
+                    ops::attention_setting(),
                 ) {
                 true => Some(crate::flash_cuda::attention(&q, &kk, &v, scale)?),
                 false => None,

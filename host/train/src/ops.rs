@@ -366,6 +366,14 @@ pub fn causal_softmax_reference(s: &Tensor, scale: f64) -> Result<Tensor> {
     cast(&p, s.dtype())
 }
 
+/// `GALLEY_CUDA_ATTENTION` (`auto`, `flash` or `dense`), read once per process.
+pub fn attention_setting() -> Option<&'static str> {
+    static SETTING: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SETTING
+        .get_or_init(|| std::env::var("GALLEY_CUDA_ATTENTION").ok())
+        .as_deref()
+}
+
 /// Dense attention's kept scores past which the fused attention (`flash_cuda`) is used on a
 /// GPU: the dense path keeps b·h·t² scores and as many probabilities per layer for the
 /// backward pass, and the fused one runs on the CUDA cores, so it pays only where the
