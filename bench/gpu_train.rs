@@ -5,6 +5,9 @@
 //!
 //!     scripts/build-cuda.sh && target/cuda/release/examples/gpu-train [--quick | --long]
 //!
+//! `GALLEY_CUDA_PROFILE=1` also prints, for one more step of each, what the GPU ran in the
+//! forward pass, the backward pass and the optimizer, kernel by kernel (`galley_model::cupti`).
+//!
 //! MFU = model FLOPs / time / the GPU's bf16 dense peak (`GALLEY_PEAK_TFLOPS`, default 989.4,
 //! an H100/H200 SXM). Model FLOPs per token: 6·N + 12·L·T·d for full fine-tuning (N counts
 //! every matrix the token passes through, the LM head included; the attention term is the
@@ -154,13 +157,22 @@ fn run(name: &str, tuning: Tuning, seq: usize, batch: usize, steps: usize, dev: 
         seed: 0,
     };
     // One training step; with `phases`, the device is synchronised after the forward pass,
-    // the backward pass and the optimizer, and each one's milliseconds recorded.
-    let mut step = |mut phases: Option<&mut [f64; 3]>| -> f32 {
+    // the backward pass and the optimizer, and each one's milliseconds recorded; with a
+    // profiler too, what the GPU ran in each phase.
+    let mut step = |mut phases: Option<&mut [f64; 3]>,
+                    mut prof: Option<(&galley_model::cupti::Profiler, &mut Vec<String>)>|
+     -> f32 {
         let mut t = Instant::now();
         let mut mark = |k: usize| {
             if let Some(p) = phases.as_deref_mut() {
                 dev.synchronize().unwrap();
                 p[k] = t.elapsed().as_secs_f64() * 1e3;
+                if let Some((profiler, tables)) = prof.as_mut() {
+                    tables.push(match profiler.take() {
+                        Ok(p) => p.table(15),
+                        Err(e) => e,
+                    });
+                }
                 t = Instant::now();
             }
         };
@@ -178,19 +190,34 @@ fn run(name: &str, tuning: Tuning, seq: usize, batch: usize, steps: usize, dev: 
     };
     let warm = 2;
     for _ in 0..warm {
-        step(None);
+        step(None, None);
     }
     dev.synchronize().unwrap();
     let t0 = Instant::now();
     let mut loss = 0.0;
     for _ in 0..steps {
-        loss = step(None);
+        loss = step(None, None);
     }
     dev.synchronize().unwrap();
     let secs = t0.elapsed().as_secs_f64();
     // One more step, timed phase by phase.
     let mut phases = [0f64; 3];
-    step(Some(&mut phases));
+    step(Some(&mut phases), None);
+    // GALLEY_CUDA_PROFILE=1: one more step, kernel by kernel, phase by phase (CUPTI).
+    if std::env::var_os("GALLEY_CUDA_PROFILE").is_some() {
+        let mut tables = Vec::new();
+        match galley_model::cupti::Profiler::start() {
+            Ok(p) => {
+                dev.synchronize().unwrap();
+                let _ = p.take();
+                step(Some(&mut [0f64; 3]), Some((&p, &mut tables)));
+            }
+            Err(e) => tables.push(e),
+        }
+        for (phase, t) in ["forward", "backward", "optimizer"].iter().zip(&tables) {
+            println!("\n{name} {tuning:?} {seq} x {batch}, {phase}, kernel by kernel:\n{t}");
+        }
+    }
     let tok_s = (steps * n) as f64 / secs;
     let np = matmul_params(&c);
     let attn = 12.0 * (c.num_layers * seq * c.num_heads * c.head_dim) as f64;

@@ -184,6 +184,18 @@ fn anatomy(dev: &Device, path: &std::path::Path) {
             "batch {rows}: a step's graph has {} kernels, {} copies, {} memsets, {} allocations, {} frees, {} other; a bare replay takes {us:.0} us",
             n.kernels, n.copies, n.memsets, n.allocs, n.frees, n.other
         );
+        // GALLEY_CUDA_PROFILE=1: what 100 replays ran, kernel by kernel (CUPTI).
+        if std::env::var_os("GALLEY_CUDA_PROFILE").is_some() {
+            let table = galley_model::cupti::Profiler::start().and_then(|p| {
+                d.replay(100).map_err(|e| e.to_string())?;
+                dev.synchronize().map_err(|e| e.to_string())?;
+                Ok(p.take()?.table(15))
+            });
+            match table {
+                Ok(t) => println!("batch {rows}, 100 replayed steps, kernel by kernel:\n{t}"),
+                Err(e) => println!("batch {rows}: no profile: {e}"),
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@ mod cuda_decode;
 pub mod cuda_src;
 #[cfg(feature = "cuda")]
 mod cuda_step;
+pub mod cupti;
 pub mod decode;
 pub mod engine;
 pub mod error;
