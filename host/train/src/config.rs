@@ -345,6 +345,9 @@ pub struct TrainingSection {
     pub momentum: f64,
     /// Clip the global gradient norm to this (0 = off).
     pub max_grad_norm: f64,
+    /// Data-parallel runs sum gradients across the ranks in buckets of up to this many MB
+    /// (HF's `ddp_bucket_cap_mb`), each started as soon as its gradients are final.
+    pub ddp_bucket_cap_mb: f64,
     pub seed: u64,
     pub logging_steps: usize,
     /// Validation every this many steps (0 = at the end of each epoch).
@@ -386,6 +389,7 @@ impl Default for TrainingSection {
             adam_epsilon: 1e-8,
             momentum: 0.0,
             max_grad_norm: 1.0,
+            ddp_bucket_cap_mb: 32.0,
             seed: 42,
             logging_steps: 1,
             eval_steps: 0,
@@ -589,6 +593,12 @@ impl TrainConfig {
         }
         if t.gradient_accumulation_steps == 0 {
             return bad("training.gradient_accumulation_steps", "must be at least 1");
+        }
+        if !(t.ddp_bucket_cap_mb.is_finite() && t.ddp_bucket_cap_mb > 0.0) {
+            return bad(
+                "training.ddp_bucket_cap_mb",
+                "must be a positive number of MB",
+            );
         }
         if !(t.learning_rate.is_finite() && t.learning_rate >= 0.0) {
             return bad("training.learning_rate", "must be a non-negative number");

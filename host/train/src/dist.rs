@@ -169,11 +169,16 @@ pub trait Collective: Send {
     fn all_reduce_f32(&mut self, buf: &mut [f32]) -> Result<()>;
     /// As `all_reduce_f32`, for metrics.
     fn all_reduce_f64(&mut self, buf: &mut [f64]) -> Result<()>;
-    /// Sums f32 gradient tensors on a GPU in place, without host copies, when the group can
-    /// (NCCL, chosen by the ranks together at the first call); None when it cannot, and the
-    /// caller sums through host copies. Every rank must make the same calls.
+    /// Sums f32 gradient tensors on a GPU in place, without host copies, in buckets of up to
+    /// `cap` floats, when the group can (NCCL, chosen by the ranks together at the first
+    /// call); None when it cannot, and the caller sums through host copies. Every rank must
+    /// make the same calls.
     #[cfg(feature = "cuda")]
-    fn all_reduce_device(&mut self, _grads: &mut [candle_core::Tensor]) -> Option<Result<()>> {
+    fn all_reduce_device(
+        &mut self,
+        _grads: &mut [candle_core::Tensor],
+        _cap: usize,
+    ) -> Option<Result<()>> {
         None
     }
 }
@@ -390,7 +395,11 @@ impl Collective for TcpGroup {
         self.reduce(buf)
     }
     #[cfg(feature = "cuda")]
-    fn all_reduce_device(&mut self, grads: &mut [candle_core::Tensor]) -> Option<Result<()>> {
+    fn all_reduce_device(
+        &mut self,
+        grads: &mut [candle_core::Tensor],
+        cap: usize,
+    ) -> Option<Result<()>> {
         if self.nccl.is_none() {
             let dev = grads.first()?.device().clone();
             match crate::nccl::choose(self, &dev) {
@@ -399,7 +408,7 @@ impl Collective for TcpGroup {
             }
         }
         let nccl = self.nccl.as_ref()?.as_ref()?;
-        Some(nccl.sum(grads))
+        Some(nccl.sum(grads, cap))
     }
 }
 

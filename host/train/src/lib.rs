@@ -21,6 +21,7 @@ pub mod export;
 pub mod flash_cuda;
 #[cfg(feature = "cuda")]
 pub mod fused_cuda;
+pub mod grad;
 pub mod grpo;
 pub mod kto;
 pub mod linear;
@@ -35,6 +36,7 @@ pub mod ops_cuda;
 pub mod optim;
 #[cfg(feature = "cuda")]
 pub mod optim_cuda;
+pub mod overlap;
 pub mod plot;
 pub mod rewards;
 pub mod score;
@@ -548,6 +550,9 @@ pub fn run(
         out_dir: out.clone(),
         config_digest: digest(cfg),
         group: std::cell::RefCell::new(group),
+        overlap: std::cell::RefCell::new(overlap::Overlap::new(optim::bucket_floats(
+            cfg.training.ddp_bucket_cap_mb,
+        ))),
     };
     let summary = trainer.run(resume, obs)?;
     let plot = out.join("loss.png");

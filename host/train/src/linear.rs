@@ -14,8 +14,7 @@ use galley_model::cpu::{
 };
 use std::sync::{Arc, Mutex};
 
-/// A parameter's gradient buffer, shared by the op that fills it and the optimizer.
-pub type GradBuf = Arc<Mutex<Vec<f32>>>;
+pub use crate::grad::GradBuf;
 
 /// LoRA beside a frozen weight.
 #[derive(Clone)]
@@ -32,11 +31,6 @@ fn project(x: &[f32], w: &[f32], i: usize, o: usize) -> Vec<f32> {
     let n = x.len() / i;
     // Shapes: x is (n, i), w is (o, i) so wᵀ is (i, o); y is (n, o).
     product(n, o, i, rm(x, i), tr(w, i), 1.0)
-}
-
-fn add_into(buf: &GradBuf, f: impl FnOnce(&mut [f32])) {
-    let mut g = buf.lock().expect("gradient buffer");
-    f(&mut g);
 }
 
 fn shape_out(l: &Layout, o: usize) -> Shape {
@@ -78,7 +72,7 @@ impl CustomOp2 for Trained {
         with_f32(x, |xs| {
             with_f32(g, |gs| {
                 let n = gs.len() / o;
-                add_into(&self.grad, |dw| {
+                self.grad.write(|dw| {
                     // Shapes: gᵀ is (o, n), x is (n, i); dw is (o, i).
                     gemm(dw, o, i, n, tr(gs, o), rm(xs, i), 1.0, true)
                 });
@@ -179,11 +173,11 @@ impl CustomOp3 for FrozenLora {
                         // gb = g·B (n, r); u = xd·Aᵀ (n, r).
                         let gb = product(n, r, o, rm(gs, o), rm(bs, r), 1.0);
                         let u = product(n, r, i, rm(xd, i), tr(as_, i), 1.0);
-                        add_into(&self.lora.grad_a, |da| {
+                        self.lora.grad_a.write(|da| {
                             // dA += s·gbᵀ (r, n)·xd (n, i)
                             gemm(da, r, i, n, tr(&gb, r), rm(xd, i), s, true)
                         });
-                        add_into(&self.lora.grad_b, |db| {
+                        self.lora.grad_b.write(|db| {
                             // dB += s·gᵀ (o, n)·u (n, r)
                             gemm(db, o, r, n, tr(gs, o), rm(&u, r), s, true)
                         });
@@ -317,7 +311,7 @@ impl CustomOp2 for HeadLoss {
         let dx = with_f32(x, |xs| {
             with_f32(e, |es| {
                 if let HeadW::Trained(buf) = &self.w {
-                    add_into(buf, |de| {
+                    buf.write(|de| {
                         // Shapes: dlᵀ (v, n)·x (n, d) -> de (v, d).
                         gemm(de, v, d, n, tr(&dl, v), rm(xs, d), self.scale, true)
                     });
@@ -378,7 +372,7 @@ impl CustomOp1 for Embed {
     fn bwd(&self, e: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let d = e.dim(1)?;
         with_f32(g, |gs| {
-            add_into(&self.grad, |de| {
+            self.grad.write(|de| {
                 // Rows in order: the same sums on every run.
                 for (row, &id) in gs.chunks(d).zip(self.ids.iter()) {
                     for (a, b) in de[id as usize * d..][..d].iter_mut().zip(row) {

@@ -6,14 +6,15 @@
 
 use crate::config::{InitSection, PeftSection, QuantKind, Tuning};
 use crate::error::{Result, TrainError};
-use crate::linear::{self, GradBuf, LoraW};
+use crate::grad::GradBuf;
+use crate::linear::{self, LoraW};
 use crate::ops::{self, Frozen, Kernels, RopeTables};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor, Var};
 use galley_model::weights::{LinearWeight, Weights};
 use galley_model::{Family, LlamaConfig, RopeScaling};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The projection names LoRA may target.
 pub const MODULES: [&str; 7] = [
@@ -135,7 +136,7 @@ impl Proj {
                             &ops::linear(&xd, &ops::cast(l.a.var.as_tensor(), dt)?)?,
                             &(ops::cast(l.b.var.as_tensor(), dt)? * l.scale)?,
                         )?;
-                        (ops::frozen_matmul(x, w, Kernels::Reference)? + delta)?
+                        (ops::frozen_matmul(x, w, pass.kernels)? + delta)?
                     }
                 };
                 if let Some(b) = bias {
@@ -289,7 +290,7 @@ impl Loader<'_> {
         };
         let tr = Trainable {
             name: name.to_string(),
-            grad: Arc::new(Mutex::new(vec![0f32; n])),
+            grad: crate::grad::Grad::zeros(n),
             var,
         };
         self.trainable.push(tr.clone());

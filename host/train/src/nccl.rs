@@ -230,9 +230,9 @@ impl CustomOp1 for Sum<'_> {
 impl Nccl {
     /// Sums `grads` (f32, on the communicator's GPU) across the ranks, replacing each with
     /// the sum; small tensors share a bucket, in the same order on every rank.
-    pub fn sum(&self, grads: &mut [Tensor]) -> Result<()> {
+    pub fn sum(&self, grads: &mut [Tensor], cap: usize) -> Result<()> {
         let lens: Vec<usize> = grads.iter().map(Tensor::elem_count).collect();
-        for r in crate::optim::buckets(&lens) {
+        for r in crate::optim::buckets(&lens, cap) {
             let flat: Vec<Tensor> = grads[r.clone()]
                 .iter()
                 .map(|g| g.to_dtype(DType::F32)?.flatten_all())

@@ -4,7 +4,8 @@
 //! products use; and the frozen (possibly quantized) weight type. candle's own fused versions cut the autograd graph and its matmul
 //! backward computes gradients for frozen inputs; its composite versions allocate one tensor
 //! per elementary step. Every op here has an unfused reference (`Kernels::Reference`, plain
-//! candle ops, also the path on GPUs) that the gradient checks compare against.
+//! candle ops, also the path on GPUs) that the gradient checks compare against. One op runs
+//! on every device: the product with a frozen weight, whose backward skips the weight.
 //!
 //! Reductions run over a fixed number of chunks, never "one per thread", so the result does not
 //! depend on the thread count and runs are bit-for-bit repeatable.
@@ -600,8 +601,77 @@ impl Frozen {
 pub fn frozen_matmul(x: &Tensor, w: &Frozen, k: Kernels) -> Result<Tensor> {
     match k {
         Kernels::Fused if x.device().is_cpu() => crate::linear::frozen(x, w),
+        Kernels::Cuda => frozen_product(x, &cast(&w.dense()?, x.dtype())?),
         _ => x.broadcast_matmul(&cast(&w.dense()?, x.dtype())?.t()?),
     }
+}
+
+/// x·wᵀ on any device, with a backward pass for `x` alone. candle's matmul backward computes
+/// the gradient of both operands, trained or not: for a frozen weight one more product as
+/// large as the forward's, then a weight-sized zero fill and add, all thrown away. On a GPU
+/// under LoRA that was a third of the backward pass's products.
+struct FrozenProduct;
+
+/// (n, i)·(o, i)ᵀ through the backend's own matmul (cuBLAS on a GPU).
+fn frozen_product_fwd<S: candle_core::backend::BackendStorage>(
+    x: &S,
+    lx: &Layout,
+    w: &S,
+    lw: &Layout,
+) -> Result<(S, Shape)> {
+    let ((n, i), (o, wi)) = (lx.shape().dims2()?, lw.shape().dims2()?);
+    if i != wi {
+        candle_core::bail!("frozen product: {n}x{i} input against a {o}x{wi} weight");
+    }
+    let y = x.matmul(w, (1, n, o, i), lx, &lw.transpose(0, 1)?)?;
+    Ok((y, Shape::from((n, o))))
+}
+
+impl CustomOp2 for FrozenProduct {
+    fn name(&self) -> &'static str {
+        "galley-frozen-product"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        frozen_product_fwd(s1, l1, s2, l2)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::cuda::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::cuda::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::cuda::CudaStorage, Shape)> {
+        frozen_product_fwd(s1, l1, s2, l2)
+    }
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // Shapes: g (n, o)·w (o, i) -> dx (n, i).
+        Ok((Some(g.contiguous()?.matmul(w)?), None))
+    }
+}
+
+/// `x` (..., in) times `w` (out, in, same dtype and device) transposed, as a frozen weight:
+/// `x` gets a gradient, `w` never does (not even when it is a variable).
+pub fn frozen_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (&i, lead) = x.dims().split_last().expect("rank >= 1");
+    let n = lead.iter().product::<usize>();
+    let x2 = x.contiguous()?.reshape((n, i))?;
+    let y = x2.apply_op2(&w.contiguous()?, FrozenProduct)?;
+    let mut dims = lead.to_vec();
+    dims.push(w.dim(0)?);
+    y.reshape(dims)
 }
 
 /// `x` (..., in) times the trained `w` (out, in) transposed.

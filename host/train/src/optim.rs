@@ -25,6 +25,8 @@ pub struct Optimizer {
     pub momentum: f64,
     /// Updates applied so far (AdamW's bias correction uses it).
     pub t: u64,
+    /// Floats per data-parallel bucket (`training.ddp_bucket_cap_mb`).
+    pub bucket: usize,
     /// First moments (AdamW) or momentum buffers (SGD), per parameter (CPU parameters).
     m: Vec<Vec<f32>>,
     /// Second moments (AdamW only).
@@ -68,6 +70,7 @@ impl Optimizer {
             weight_decay: cfg.weight_decay,
             momentum: cfg.momentum,
             t: 0,
+            bucket: bucket_floats(cfg.ddp_bucket_cap_mb),
             m: if first { zeros() } else { Vec::new() },
             v: if second { zeros() } else { Vec::new() },
             decay: params
@@ -134,11 +137,12 @@ impl Optimizer {
         }
         for p in params {
             if let Some(g) = gs.get(p.var.as_tensor()) {
-                let mut acc = p.grad.lock().expect("gradient buffer");
                 with_f32(g, |g| {
-                    acc.par_chunks_mut(CHUNK)
-                        .zip(g.par_chunks(CHUNK))
-                        .for_each(|(a, g)| a.iter_mut().zip(g).for_each(|(a, g)| *a += g))
+                    p.grad.write(|acc| {
+                        acc.par_chunks_mut(CHUNK)
+                            .zip(g.par_chunks(CHUNK))
+                            .for_each(|(a, g)| a.iter_mut().zip(g).for_each(|(a, g)| *a += g))
+                    })
                 })?;
             }
         }
@@ -154,14 +158,21 @@ impl Optimizer {
     ) -> Result<()> {
         #[cfg(feature = "cuda")]
         if let Some(d) = &mut self.dev {
-            return d.all_reduce(params, group);
+            return d.all_reduce(params, group, self.bucket);
         }
-        let mut bufs: Vec<_> = params
-            .iter()
-            .map(|p| p.grad.lock().expect("gradient buffer"))
-            .collect();
+        let mut bufs: Vec<_> = params.iter().map(|p| p.grad.lock()).collect();
         let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-        all_reduce_bucketed(&mut slices, group)
+        all_reduce_bucketed(&mut slices, group, self.bucket)
+    }
+
+    /// Whether the gradients live in the parameters' host buffers (`Trainable::grad`), where
+    /// the fused CPU ops write them during the backward pass; false on a GPU.
+    pub fn on_host(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if self.dev.is_some() {
+            return false;
+        }
+        true
     }
 
     /// The global L2 norm of the accumulated gradients; scales them down to `max` if above.
@@ -181,7 +192,7 @@ impl Optimizer {
         let sq: f64 = params
             .iter()
             .map(|p| {
-                let g = p.grad.lock().expect("gradient buffer");
+                let g = p.grad.lock();
                 g.par_chunks(CHUNK)
                     .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
                     .collect::<Vec<_>>()
@@ -193,7 +204,7 @@ impl Optimizer {
         if max > 0.0 && norm > max {
             let s = (max / (norm + 1e-6)) as f32;
             for p in params {
-                let mut g = p.grad.lock().expect("gradient buffer");
+                let mut g = p.grad.lock();
                 g.par_chunks_mut(CHUNK)
                     .for_each(|c| c.iter_mut().for_each(|x| *x *= s));
             }
@@ -233,7 +244,7 @@ impl Optimizer {
             } else {
                 0.0
             };
-            let mut g = p.grad.lock().expect("gradient buffer");
+            let mut g = p.grad.lock();
             let op = Update {
                 kind: self.kind,
                 lr,
@@ -260,45 +271,61 @@ fn kept_moments(kind: OptimizerKind, momentum: f64) -> [bool; 2] {
     [adam || (kind == OptimizerKind::Sgd && momentum > 0.0), adam]
 }
 
-/// Floats per all-reduce message: one round trip per ~32 MB of gradients, not per tensor.
+/// Floats per all-reduce message by default (`training.ddp_bucket_cap_mb`, 32 MB): one round
+/// trip per ~32 MB of gradients, not per tensor.
+#[cfg(test)]
 const BUCKET: usize = 8 << 20;
 
-/// Sums `bufs` across the group in buckets of about `BUCKET` floats (small tensors share a
+/// `training.ddp_bucket_cap_mb` in f32 values.
+pub(crate) fn bucket_floats(mb: f64) -> usize {
+    ((mb * (1 << 20) as f64 / 4.0) as usize).max(1)
+}
+
+/// Sums `bufs` across the group in buckets of up to `cap` floats (small tensors share a
 /// message; each bucket is one round trip), in the same order on every rank.
 pub(crate) fn all_reduce_bucketed(
     bufs: &mut [&mut [f32]],
     group: &mut dyn crate::dist::Collective,
+    cap: usize,
 ) -> Result<()> {
     let lens: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
-    for r in buckets(&lens) {
-        if r.len() == 1 {
-            group.all_reduce_f32(bufs[r.start])?;
-            continue;
-        }
-        let mut flat = Vec::with_capacity(lens[r.clone()].iter().sum());
-        for b in &bufs[r.clone()] {
-            flat.extend_from_slice(b);
-        }
-        group.all_reduce_f32(&mut flat)?;
-        let mut at = 0;
-        for b in &mut bufs[r] {
-            let len = b.len();
-            b.copy_from_slice(&flat[at..at + len]);
-            at += len;
-        }
+    for r in buckets(&lens, cap) {
+        reduce_bucket(&mut bufs[r], group)?;
     }
     Ok(())
 }
 
-/// Consecutive runs of buffers of these lengths that fit one bucket of `BUCKET` floats (a
+/// Sums one bucket's buffers across the group as one message.
+pub(crate) fn reduce_bucket(
+    bufs: &mut [&mut [f32]],
+    group: &mut dyn crate::dist::Collective,
+) -> Result<()> {
+    if let [one] = bufs {
+        return group.all_reduce_f32(one);
+    }
+    let mut flat = Vec::with_capacity(bufs.iter().map(|b| b.len()).sum());
+    for b in bufs.iter() {
+        flat.extend_from_slice(b);
+    }
+    group.all_reduce_f32(&mut flat)?;
+    let mut at = 0;
+    for b in bufs.iter_mut() {
+        let len = b.len();
+        b.copy_from_slice(&flat[at..at + len]);
+        at += len;
+    }
+    Ok(())
+}
+
+/// Consecutive runs of buffers of these lengths that fit one bucket of `cap` floats (a
 /// larger buffer goes alone), in order: every rank and every transport (TCP, NCCL) groups
 /// gradients the same way.
-pub(crate) fn buckets(lens: &[usize]) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn buckets(lens: &[usize], cap: usize) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < lens.len() {
         let (mut j, mut n) = (i, 0);
-        while j < lens.len() && (j == i || n + lens[j] <= BUCKET) {
+        while j < lens.len() && (j == i || n + lens[j] <= cap) {
             n += lens[j];
             j += 1;
         }
@@ -412,13 +439,12 @@ pub fn lr_at(schedule: Schedule, base: f64, warmup: usize, step: usize, total: u
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor, Var};
-    use std::sync::Arc;
 
     fn param(v: &[f32]) -> Trainable {
         Trainable {
             name: "w".into(),
             var: Var::from_tensor(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap(),
-            grad: Arc::new(Mutex::new(vec![0.0; v.len()])),
+            grad: crate::grad::Grad::zeros(v.len()),
         }
     }
 
@@ -445,7 +471,7 @@ mod tests {
         let (mut w, mut m, mut v) = ([1.0f64, -2.0, 0.5], [0.0f64; 3], [0.0f64; 3]);
         let (lr, b1, b2, eps, wd) = (0.01, 0.9, 0.999, 1e-8, 0.1);
         for (t, g) in grads.iter().enumerate() {
-            params[0].grad.lock().unwrap().copy_from_slice(g);
+            params[0].grad.lock().copy_from_slice(g);
             opt.step(&params, lr).unwrap();
             for i in 0..3 {
                 let gi = g[i] as f64;
@@ -457,7 +483,7 @@ mod tests {
                 w[i] -= lr * mh / (vh.sqrt() + eps);
             }
             assert!(
-                params[0].grad.lock().unwrap().iter().all(|&g| g == 0.0),
+                params[0].grad.lock().iter().all(|&g| g == 0.0),
                 "buffers cleared"
             );
         }
@@ -478,7 +504,7 @@ mod tests {
         let mut opt = Optimizer::new(&cfg, &params).unwrap();
         let (mut w, mut b) = ([1.0f64, -1.0], [0.0f64; 2]);
         for g in [[0.5f32, -0.25], [1.0, 2.0]] {
-            params[0].grad.lock().unwrap().copy_from_slice(&g);
+            params[0].grad.lock().copy_from_slice(&g);
             opt.step(&params, 0.1).unwrap();
             for i in 0..2 {
                 b[i] = 0.9 * b[i] + g[i] as f64;
@@ -515,7 +541,7 @@ mod tests {
         let (mut b, mut c) = (vec![3.0f32; 5], vec![4.0f32; 2]);
         let mut g = Doubling(Vec::new());
         let mut bufs: Vec<&mut [f32]> = vec![&mut a, &mut big, &mut b, &mut c];
-        all_reduce_bucketed(&mut bufs, &mut g).unwrap();
+        all_reduce_bucketed(&mut bufs, &mut g, BUCKET).unwrap();
         assert_eq!(g.0, vec![3, BUCKET + 1, 7]);
         assert!(a == [2.0; 3] && b == [6.0; 5] && c == [8.0; 2]);
         assert!(big.iter().all(|&x| x == 4.0));
@@ -525,9 +551,9 @@ mod tests {
     fn clipping_scales_to_the_max_norm() {
         let params = vec![param(&[0.0, 0.0])];
         let mut opt = Optimizer::new(&TrainingSection::default(), &params).unwrap();
-        params[0].grad.lock().unwrap().copy_from_slice(&[3.0, 4.0]);
+        params[0].grad.lock().copy_from_slice(&[3.0, 4.0]);
         assert!((opt.clip(&params, 1.0).unwrap() - 5.0).abs() < 1e-9);
-        let g = params[0].grad.lock().unwrap();
+        let g = params[0].grad.lock();
         assert!((g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5);
     }
 }

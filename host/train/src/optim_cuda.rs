@@ -82,6 +82,7 @@ impl DeviceState {
         &mut self,
         params: &[Trainable],
         group: &mut dyn crate::dist::Collective,
+        cap: usize,
     ) -> Result<()> {
         let mut grads = params
             .iter()
@@ -91,7 +92,7 @@ impl DeviceState {
                 None => Tensor::zeros(p.var.shape(), DType::F32, p.var.device()),
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        if let Some(done) = group.all_reduce_device(&mut grads) {
+        if let Some(done) = group.all_reduce_device(&mut grads, cap) {
             done?;
             for (g, t) in self.g.iter_mut().zip(grads) {
                 *g = Some(t);
@@ -108,7 +109,7 @@ impl DeviceState {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let mut slices: Vec<&mut [f32]> = host.iter_mut().map(|h| h.as_mut_slice()).collect();
-        crate::optim::all_reduce_bucketed(&mut slices, group)?;
+        crate::optim::all_reduce_bucketed(&mut slices, group, cap)?;
         for ((p, g), h) in params.iter().zip(&mut self.g).zip(host) {
             *g = Some(Tensor::from_vec(h, p.var.shape(), p.var.device())?);
         }

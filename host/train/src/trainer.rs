@@ -10,6 +10,7 @@
 //! micro-batch is `batch_size x world` items of which each rank trains its slice; the loss is
 //! normalised over the whole step on every rank, the gradients summed across ranks before
 //! clipping, so a run of W ranks takes the steps of one process with W times the batch.
+//! On the CPU the sums of a step's last micro-batch overlap its backward pass (`overlap`).
 //! Rank 0 alone writes metrics, evaluations and checkpoints.
 
 use crate::checkpoint::{self, State};
@@ -191,6 +192,8 @@ pub struct Trainer<'a> {
     pub config_digest: String,
     /// The data-parallel group, when this process is one rank of several.
     pub group: std::cell::RefCell<Option<Box<dyn crate::dist::Collective>>>,
+    /// What the group's sums overlapped with the backward pass learn from step to step.
+    pub overlap: std::cell::RefCell<crate::overlap::Overlap>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -358,6 +361,11 @@ impl Trainer<'_> {
             .map(|g| g.chunks(g.len() / world).nth(rank).unwrap_or(&[]).to_vec())
             .collect();
         let (mut loss, mut tokens) = (0f64, 0usize);
+        let mut group = self.group.borrow_mut();
+        // The step's last backward pass makes the gradients final: on the CPU its buffers are
+        // summed across the ranks bucket by bucket while it runs.
+        let overlap = group.is_some() && opt.on_host() && crate::overlap::enabled();
+        let mut summed = None;
         for (m, items) in micros.iter().enumerate() {
             let mut streams = vec![
                 galley_core::seed::purpose::DROPOUT,
@@ -372,16 +380,40 @@ impl Trainer<'_> {
                 adapters: true,
                 seed: galley_core::seed::derive_seed(t.seed, &streams),
             };
-            let out = self.task.micro(self.model, items, norm, &pass)?;
+            let out = match group.as_mut() {
+                Some(g) if overlap && m + 1 == micros.len() => {
+                    let (out, s) = self.overlap.borrow_mut().run(
+                        params,
+                        g.as_mut(),
+                        || self.task.micro(self.model, items, norm, &pass),
+                        |out| opt.accumulate(params, &out.grads),
+                    )?;
+                    summed = Some(s);
+                    out
+                }
+                _ => {
+                    let out = self.task.micro(self.model, items, norm, &pass)?;
+                    opt.accumulate(params, &out.grads)?;
+                    out
+                }
+            };
             loss += out.loss;
             tokens += out.tokens;
             for (k, v) in out.extra {
                 *extra.entry(k).or_default() += v;
             }
-            opt.accumulate(params, &out.grads)?;
         }
-        if let Some(g) = self.group.borrow_mut().as_mut() {
-            opt.all_reduce(params, g.as_mut())?;
+        if let Some(g) = group.as_mut() {
+            match summed {
+                // The share of the gradients summed before the backward pass ended (rank 0's).
+                Some(s) => {
+                    extra.insert(
+                        "allreduce_overlap".into(),
+                        s.early as f64 / s.total.max(1) as f64,
+                    );
+                }
+                None => opt.all_reduce(params, g.as_mut())?,
+            }
             let mut sums = [loss, tokens as f64];
             g.all_reduce_f64(&mut sums)?;
             (loss, tokens) = (sums[0], sums[1] as usize);

@@ -219,6 +219,15 @@ fn config_errors_name_file_line_and_key() {
         err.contains("training.epochs") && err.contains("override"),
         "{err}"
     );
+    for bad in ["0", "-1", ".nan"] {
+        let err = TrainConfig::load(Some(&path), &[format!("training.ddp_bucket_cap_mb={bad}")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("training.ddp_bucket_cap_mb") && err.contains("positive"),
+            "{bad}: {err}"
+        );
+    }
     let ok = TrainConfig::load(Some(&path), &["training.max_steps=3".into()]).unwrap();
     assert_eq!(ok.training.max_steps, Some(3));
     assert_eq!(

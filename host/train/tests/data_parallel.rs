@@ -1,6 +1,7 @@
 //! Data-parallel SFT over a TCP group on loopback: two ranks with batch 1 and two accumulation
 //! steps take the steps of one process with batch 4 — the same losses, gradient norms and
-//! final weights — and only rank 0 writes the run folder. A resumed two-rank run ends where
+//! final weights, with the sums in small buckets overlapping the backward pass — and only
+//! rank 0 writes the run folder. A resumed two-rank run ends where
 //! the uninterrupted one does. Objectives that do not run data-parallel yet are refused.
 
 mod common;
@@ -106,6 +107,8 @@ fn two_ranks_take_the_steps_of_one_process_with_the_whole_batch() {
     let dp_sets = [
         "training.batch_size=1".to_string(),
         "training.gradient_accumulation_steps=2".into(),
+        // Buckets of ~2,600 values: many per layer, so the sums overlap the backward pass.
+        "training.ddp_bucket_cap_mb=0.01".into(),
     ];
     let dp = cfg(d, "dp", &dp_sets);
     for r in run_ranks(&dp, 2, false) {
@@ -122,6 +125,14 @@ fn two_ranks_take_the_steps_of_one_process_with_the_whole_batch() {
             );
         }
     }
+    // Every step's sums went through the overlap (the first one learning its plan).
+    let overlap = column(&d.join("dp"), "allreduce_overlap");
+    assert_eq!(overlap.len(), 8, "{overlap:?}");
+    assert!(
+        overlap.iter().all(|f| (0.0..=1.0).contains(f)),
+        "{overlap:?}"
+    );
+    println!("share of the gradients summed during the backward pass, by step: {overlap:?}");
     let (wa, wb) = (weights(&d.join("one")), weights(&d.join("dp")));
     let scale = wa.iter().fold(0f32, |m, v| m.max(v.abs()));
     let diff = wa
@@ -145,6 +156,7 @@ fn two_ranks_take_the_steps_of_one_process_with_the_whole_batch() {
         &[
             dp_sets[0].clone(),
             dp_sets[1].clone(),
+            dp_sets[2].clone(),
             "training.max_steps=4".into(),
         ],
     );

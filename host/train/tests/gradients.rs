@@ -175,6 +175,36 @@ fn frozen_matmul_gradients_dense_and_quantized() {
     });
 }
 
+/// The frozen product a GPU runs (`ops::frozen_product`, any device; here on the CPU): the
+/// input's gradient as candle's matmul gives it, and none for the weight, even a variable.
+#[test]
+fn frozen_product_gives_the_input_its_gradient_and_the_weight_none() {
+    let wt = rand_t(&[5, 8], 3, 1.0);
+    check("frozen_product", &[&[2, 3, 8]], |a, k| match k {
+        Kernels::Fused => ops::frozen_product(&a[0], &wt).unwrap(),
+        _ => a[0].broadcast_matmul(&wt.t().unwrap()).unwrap(),
+    });
+    let x = Var::from_tensor(&rand_t(&[4, 8], 5, 1.0)).unwrap();
+    let w = Var::from_tensor(&wt).unwrap();
+    let g = loss_of(
+        &ops::frozen_product(x.as_tensor(), w.as_tensor()).unwrap(),
+        7,
+    )
+    .backward()
+    .unwrap();
+    assert!(g.get(&x).is_some() && g.get(&w).is_none());
+    // candle's own product computes (and throws away) the weight's: what this op saves.
+    let g = loss_of(&x.matmul(&w.t().unwrap()).unwrap(), 7)
+        .backward()
+        .unwrap();
+    assert!(g.get(&w).is_some());
+    let e = ops::frozen_product(&rand_t(&[4, 7], 6, 1.0), &wt).unwrap_err();
+    assert!(
+        e.to_string().contains("4x7 input against a 5x8 weight"),
+        "{e}"
+    );
+}
+
 /// A tiny Llama (GQA, untied head) written as safetensors so it loads like a checkpoint.
 fn tiny(dir: &std::path::Path, tied: bool) -> galley_model::LlamaConfig {
     let init = galley_train::config::InitSection {
@@ -226,7 +256,7 @@ fn whole_model(method: Tuning, tied: bool) {
     // everything else comes through autograd and `accumulate`.
     let mut run = |k: Kernels| {
         for p in &m.trainable {
-            p.grad.lock().unwrap().fill(0.0);
+            p.grad.lock().fill(0.0);
         }
         let pass = Pass {
             kernels: k,
@@ -238,11 +268,7 @@ fn whole_model(method: Tuning, tied: bool) {
         let loss = l.sum_all().unwrap();
         let g = loss.backward().unwrap();
         opt.accumulate(&m.trainable, &g).unwrap();
-        let grads: Vec<Vec<f32>> = m
-            .trainable
-            .iter()
-            .map(|p| p.grad.lock().unwrap().clone())
-            .collect();
+        let grads: Vec<Vec<f32>> = m.trainable.iter().map(|p| p.grad.lock().clone()).collect();
         (loss.to_scalar::<f32>().unwrap(), grads)
     };
     let (lf, gf) = run(Kernels::Fused);
@@ -294,13 +320,12 @@ fn whole_model_qlora_matches_the_reference() {
 #[test]
 fn projection_ops_match_autograd_including_dropout() {
     use galley_train::linear::{self, LoraW};
-    use std::sync::Mutex;
     let (n, i, o, r) = (5, 8, 6, 3);
     let x = Var::from_tensor(&rand_t(&[n, i], 1, 1.0)).unwrap();
     let w = Var::from_tensor(&rand_t(&[o, i], 2, 1.0)).unwrap();
     let a = Var::from_tensor(&rand_t(&[r, i], 3, 1.0)).unwrap();
     let b = Var::from_tensor(&rand_t(&[o, r], 4, 1.0)).unwrap();
-    let buf = |len| Arc::new(Mutex::new(vec![0f32; len]));
+    let buf = galley_train::grad::Grad::zeros;
     let close = |got: &[f32], want: &Tensor, what: &str| {
         let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
@@ -323,7 +348,7 @@ fn projection_ops_match_autograd_including_dropout() {
         &yr,
         "trained forward",
     );
-    close(&gw.lock().unwrap(), gr.get(&w).unwrap(), "dW");
+    close(&gw.lock(), gr.get(&w).unwrap(), "dW");
     close(
         &g.get(&x)
             .unwrap()
@@ -355,7 +380,7 @@ fn projection_ops_match_autograd_including_dropout() {
     .unwrap();
     let gr = loss_of(&lr, 9).backward().unwrap();
     close(&l.to_vec1::<f32>().unwrap(), &lr, "head loss");
-    close(&ge.lock().unwrap(), gr.get(&e).unwrap(), "head dE");
+    close(&ge.lock(), gr.get(&e).unwrap(), "head dE");
     close(
         &g.get(&x)
             .unwrap()
@@ -407,8 +432,8 @@ fn projection_ops_match_autograd_including_dropout() {
             &yr,
             "lora forward",
         );
-        close(&ga.lock().unwrap(), gr.get(&a).unwrap(), "dA");
-        close(&gb.lock().unwrap(), gr.get(&b).unwrap(), "dB");
+        close(&ga.lock(), gr.get(&a).unwrap(), "dA");
+        close(&gb.lock(), gr.get(&b).unwrap(), "dB");
         close(
             &g.get(&x)
                 .unwrap()
