@@ -197,6 +197,9 @@ pub struct TcpGroup {
     world: usize,
     /// Rank 0: the stream of rank i at index i - 1. Other ranks: the stream to rank 0.
     peers: Vec<TcpStream>,
+    /// Where a rank other than 0 receives the sum, kept from call to call: a fresh buffer
+    /// each time cost a page fault per 4 KiB (8-byte words, so f32 and f64 both fit).
+    scratch: Vec<u64>,
     /// NCCL on the GPUs, once the ranks have chosen (None: not yet; Some(None): TCP).
     #[cfg(feature = "cuda")]
     nccl: Option<Option<crate::nccl::Nccl>>,
@@ -285,6 +288,7 @@ impl TcpGroup {
                 rank: 0,
                 world: p.world_size,
                 peers: slots.into_iter().flatten().collect(),
+                scratch: Vec::new(),
                 #[cfg(feature = "cuda")]
                 nccl: None,
             });
@@ -305,6 +309,7 @@ impl TcpGroup {
             rank: p.rank,
             world: p.world_size,
             peers: vec![s],
+            scratch: Vec::new(),
             #[cfg(feature = "cuda")]
             nccl: None,
         })
@@ -336,7 +341,11 @@ impl TcpGroup {
         }
         let s = &mut self.peers[0];
         let mut w = s.try_clone().map_err(|e| lost(0, e))?;
-        let mut sum = vec![T::zeroed(); buf.len()];
+        let words = (std::mem::size_of_val(buf)).div_ceil(8);
+        if self.scratch.len() < words {
+            self.scratch.resize(words, 0);
+        }
+        let sum: &mut [T] = &mut bytemuck::cast_slice_mut(&mut self.scratch[..words])[..buf.len()];
         let mine: &[T] = buf;
         let sent = std::thread::scope(|sc| {
             let writer = sc.spawn(move || {
@@ -352,7 +361,7 @@ impl TcpGroup {
             got.and(sent)
         });
         sent.map_err(|e| lost(0, e))?;
-        buf.copy_from_slice(&sum);
+        buf.copy_from_slice(sum);
         Ok(())
     }
 }
