@@ -41,6 +41,7 @@ pub mod plot;
 pub mod rewards;
 pub mod score;
 mod summary;
+mod tcp;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokenized;
