@@ -226,7 +226,6 @@ impl TcpGroup {
             _ => {}
         }
         let part = |r: usize| n * r / w..n * (r + 1) / w;
-        let lost = |r: usize, e: std::io::Error| dist_err(format!("rank {r}: {e}"));
         let mine = part(me);
         let len = mine.len();
         let words = (len * w * std::mem::size_of::<T>()).div_ceil(8);
@@ -237,27 +236,10 @@ impl TcpGroup {
         let links = &self.links;
         // Reduce-scatter: part r of this rank's buffer to rank r; the copies of this rank's
         // part from every other into its slot of `copies`.
-        std::thread::scope(|sc| -> Result<()> {
-            let mut writers = Vec::new();
-            for (r, link) in links.iter().enumerate() {
-                let Some(s) = link else { continue };
-                let mut s = s.try_clone().map_err(|e| lost(r, e))?;
-                let out: &[T] = &buf[part(r)];
-                writers.push((r, sc.spawn(move || s.write_all(bytemuck::cast_slice(out)))));
-            }
-            for (r, slot) in copies.chunks_mut(len.max(1)).enumerate().take(w) {
-                if let Some(mut s) = links[r].as_ref() {
-                    s.read_exact(bytemuck::cast_slice_mut(slot))
-                        .map_err(|e| lost(r, e))?;
-                }
-            }
-            for (r, h) in writers {
-                h.join()
-                    .expect("a sending thread does not panic")
-                    .map_err(|e| lost(r, e))?;
-            }
-            Ok(())
-        })?;
+        let linked = |r: &usize| links[*r].is_some();
+        let outs = (0..w).filter(linked).map(|r| (r, &buf[part(r)])).collect();
+        let ins = copies.chunks_mut(len.max(1)).enumerate().take(w);
+        exchange(links, outs, ins.filter(|(r, _)| linked(r)).collect())?;
         let own = &mut buf[mine];
         for (i, x) in own.iter_mut().enumerate() {
             let of = |r: usize| if r == me { *x } else { copies[r * len + i] };
@@ -276,30 +258,39 @@ impl TcpGroup {
             rest = tail;
         }
         let summed: &[T] = std::mem::take(&mut parts[me]) as &[T];
-        std::thread::scope(|sc| -> Result<()> {
-            let mut writers = Vec::new();
-            for (r, link) in links.iter().enumerate() {
-                let Some(s) = link else { continue };
-                let mut s = s.try_clone().map_err(|e| lost(r, e))?;
-                writers.push((
-                    r,
-                    sc.spawn(move || s.write_all(bytemuck::cast_slice(summed))),
-                ));
-            }
-            for (r, p) in parts.iter_mut().enumerate() {
-                if let Some(mut s) = links[r].as_ref() {
-                    s.read_exact(bytemuck::cast_slice_mut(p))
-                        .map_err(|e| lost(r, e))?;
-                }
-            }
-            for (r, h) in writers {
-                h.join()
-                    .expect("a sending thread does not panic")
-                    .map_err(|e| lost(r, e))?;
-            }
-            Ok(())
-        })
+        let outs = (0..w).filter(linked).map(|r| (r, summed)).collect();
+        let ins = parts.into_iter().enumerate().filter(|(r, _)| linked(r));
+        exchange(links, outs, ins.collect())
     }
+}
+
+/// One exchange of a sum: each `outs` buffer to its rank (a thread each), while this thread
+/// reads each `ins` buffer from its rank, in rank order; every stream carries data both ways.
+fn exchange<T: Elem>(
+    links: &[Option<TcpStream>],
+    outs: Vec<(usize, &[T])>,
+    ins: Vec<(usize, &mut [T])>,
+) -> Result<()> {
+    let lost = |r: usize, e: std::io::Error| dist_err(format!("rank {r}: {e}"));
+    let link = |r: usize| links[r].as_ref().expect("every other rank is linked");
+    std::thread::scope(|sc| {
+        let mut writers = Vec::new();
+        for (r, out) in outs {
+            let mut s = link(r).try_clone().map_err(|e| lost(r, e))?;
+            writers.push((r, sc.spawn(move || s.write_all(bytemuck::cast_slice(out)))));
+        }
+        for (r, into) in ins {
+            link(r)
+                .read_exact(bytemuck::cast_slice_mut(into))
+                .map_err(|e| lost(r, e))?;
+        }
+        for (r, h) in writers {
+            h.join()
+                .expect("a sending thread does not panic")
+                .map_err(|e| lost(r, e))?;
+        }
+        Ok(())
+    })
 }
 
 impl TcpGroup {
