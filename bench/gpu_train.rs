@@ -5,8 +5,9 @@
 //!
 //!     scripts/build-cuda.sh && target/cuda/release/examples/gpu-train [--quick | --long]
 //!
-//! `GALLEY_CUDA_PROFILE=1` also prints, for one more step of each, what the GPU ran in the
-//! forward pass, the backward pass and the optimizer, kernel by kernel (`galley_model::cupti`).
+//! `GALLEY_CUDA_PROFILE=1` runs the 1.7B shape at 2,048 tokens only (full and LoRA) and
+//! prints, for one more step of each, what the GPU ran in the forward pass, the backward pass
+//! and the optimizer, kernel by kernel (`galley_model::cupti`).
 //!
 //! MFU = model FLOPs / time / the GPU's bf16 dense peak (`GALLEY_PEAK_TFLOPS`, default 989.4,
 //! an H100/H200 SXM). Model FLOPs per token: 6·N + 12·L·T·d for full fine-tuning (N counts
@@ -252,11 +253,19 @@ fn main() {
     // --long: one long sequence, where the dense attention would keep 4 GiB of scores a
     // layer (96 GiB over 24) and the fused attention (`flash_cuda`) keeps none.
     let long = std::env::args().any(|a| a == "--long");
+    // GALLEY_CUDA_PROFILE=1: the goal's shape only (1.7B at 2,048 tokens), full and LoRA, two
+    // timed steps, then the step kernel by kernel: a short lease's minute, not three.
+    let profile = std::env::var_os("GALLEY_CUDA_PROFILE").is_some();
     let dev = galley_model::device("cuda").expect("a CUDA GPU");
     galley_model::cuda::single_stream(&dev);
-    let steps = if quick || long { 2 } else { 5 };
+    let steps = if quick || long || profile { 2 } else { 5 };
     let plan: Vec<(&str, Tuning, usize, usize)> = if quick {
         vec![("135m", Tuning::Lora, 256, 2)]
+    } else if profile {
+        vec![
+            ("1.7b", Tuning::Full, 2048, 1),
+            ("1.7b", Tuning::Lora, 2048, 1),
+        ]
     } else if long {
         vec![("1.7b", Tuning::Full, 8192, 1)]
     } else {

@@ -5,15 +5,15 @@
 #     scripts/gpu-pack.sh          # here: builds (scripts/build-cuda.sh) and packs .gpu/
 #     scripts/gpu-check.sh [OUT]   # there: runs what .gpu/ holds, logs into OUT
 #
-# STEPS (default: all of them, in this order) picks what runs, to spend a short lease on what
-# changed: tests (the GPU tests, ~3 min), train (the training benchmark, ~2.5), unfused (it
-# again on candle's composites instead of the fused CUDA ops), long (8k tokens through the
-# fused attention), peer (PyTorch, same shapes), speed (decode, ~1.5). All of them take ~14
-# minutes, more than one 10-minute command: a 15-minute lease runs
-# `STEPS="tests train unfused speed"` first (PyTorch's figures are an earlier lease's, on the
-# same kind of machine), then `STEPS=long` if time is left. `profile` (not in the default)
-# runs the training benchmark and the decode anatomy with GALLEY_CUDA_PROFILE=1: every
-# kernel's device time per phase, through the CUPTI that the machine's PyTorch carries.
+# STEPS (default: all of them but profile, in this order) picks what runs, to spend a short
+# lease on what changed: tests (the GPU tests, ~3 min), train (the training benchmark, ~2.5),
+# unfused (it again on candle's composites instead of the fused CUDA ops), long (8k tokens
+# through the fused attention), peer (PyTorch, same shapes), speed (decode, ~1.5), profile
+# (GALLEY_CUDA_PROFILE=1: the 1.7B shape's step kernel by kernel, full and LoRA, and the
+# decode replays, through the CUPTI the machine's PyTorch carries; ~2.5). The default takes
+# ~14 minutes, more than one 10-minute command: a 15-minute lease runs
+# `STEPS="tests train profile"` first (PyTorch's figures are an earlier lease's, on the same
+# kind of machine), then `STEPS="speed unfused"` if time is left.
 #
 # The binaries were linked against stub libraries (scripts/build-cuda.sh); the dynamic loader
 # finds the driver's libcuda and the toolkit libraries that the machine's Python packages carry.
@@ -74,5 +74,5 @@ want unfused && step train-unfused 150 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_C
 want long && step train-long 150 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-train --long
 want peer && step peer 130 env PYTHONUNBUFFERED=1 python3 bench/gpu_train_peer.py
 want speed && step speed 80 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_SPEED_GPU_ONLY=1 /tmp/gpu-bin/speed
-want profile && step train-profile 200 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_CUDA_PROFILE=1 /tmp/gpu-bin/gpu-train
+want profile && step train-profile 120 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_CUDA_PROFILE=1 /tmp/gpu-bin/gpu-train
 want profile && step speed-profile 100 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_CUDA_PROFILE=1 GALLEY_SPEED_GPU_ONLY=1 /tmp/gpu-bin/speed
