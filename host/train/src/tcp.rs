@@ -105,7 +105,7 @@ fn accept_ranks(
         if their_world != world || theirs != job.as_bytes() {
             return Err(dist_err(format!(
                 "rank {rank} (from {from}) runs another job: world size {their_world} vs \
-                 {world}, or another config"
+                 {world}, or another config or GALLEY_DIST_OVERLAP"
             )));
         }
         match got.get_mut(rank.wrapping_sub(want.start)) {
@@ -128,9 +128,12 @@ fn accept_ranks(
 
 impl TcpGroup {
     /// Joins the group `p` names. `job` (the config's digest) must be the same on every
-    /// rank: a rank started with another config is refused. Reads give up after `timeout`
-    /// (a rank that died or hangs fails the others instead of stopping them for ever).
+    /// rank: a rank started with another config is refused, and so is one with another
+    /// `GALLEY_DIST_OVERLAP` (the two settings make different calls, which would desynchronise
+    /// the streams). Reads give up after `timeout` (a rank that died or hangs fails the others
+    /// instead of stopping them for ever).
     pub fn connect(p: &Placement, job: &str, timeout: Duration) -> Result<Self> {
+        let job = &format!("{job} overlap={}", crate::overlap::enabled());
         let master = p
             .master
             .clone()
