@@ -21,7 +21,7 @@ use crate::dist::Collective;
 use crate::error::{Result, TrainError};
 use crate::grad::{End, Writes};
 use crate::model::Trainable;
-use crate::optim::{buckets, reduce_bucket};
+use crate::optim::{all_reduce_bucketed, buckets, reduce_bucket};
 use std::ops::Range;
 
 /// Whether the sums overlap the backward pass: yes, unless `GALLEY_DIST_OVERLAP=0` (so that
@@ -138,12 +138,9 @@ impl Overlap {
             // The first step: the sums after the pass, in parameter order; then the plan.
             let out = both()?;
             drop(unwatch);
-            let mut bufs: Vec<_> = params.iter().map(|p| p.grad.lock()).collect();
-            let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-            for r in buckets(&lens, self.cap) {
-                reduce_bucket(&mut slices[r], group)?;
-            }
-            drop(bufs);
+            sum_params(params, 0..params.len(), group, |s, g| {
+                all_reduce_bucketed(s, g, self.cap)
+            })?;
             let (during, after) = writes.counts();
             let plan = Plan::learn(during, &after, &lens, self.cap);
             let mut f = [plan.fingerprint()];
@@ -173,10 +170,10 @@ impl Overlap {
         let out = out?;
         let early = summed?;
         let (during, after) = writes.counts();
-        for (k, &i) in plan.order.iter().enumerate() {
-            let streamed = plan.buckets[..plan.streamed].iter().any(|r| r.contains(&k));
-            let (more, late) = (during[i] > plan.expected[i], after[i] > 0);
-            if streamed && (more || late) {
+        // The parameters of the streamed buckets: the first ones of `order`.
+        let streamed = plan.buckets[..plan.streamed].last().map_or(0, |r| r.end);
+        for &i in &plan.order[..streamed] {
+            if during[i] > plan.expected[i] || after[i] > 0 {
                 return Err(TrainError::Stopped(format!(
                     "data-parallel sums: the gradient of `{}` was written {} times during a \
                      backward pass and {} after it, where the first step wrote it {} times \
@@ -211,11 +208,21 @@ fn sum_as_ready(
             Some(End::Done) => {}
             None => early += ix.iter().map(|&i| lens[i]).sum::<usize>(),
         }
-        let mut bufs: Vec<_> = ix.iter().map(|&i| params[i].grad.lock()).collect();
-        let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-        reduce_bucket(&mut slices, group)?;
+        sum_params(params, ix.iter().copied(), group, reduce_bucket)?;
     }
     Ok(early)
+}
+
+/// Runs `sum` on the gradient buffers of the parameters `ix`, locked, in that order.
+fn sum_params(
+    params: &[Trainable],
+    ix: impl Iterator<Item = usize>,
+    group: &mut dyn Collective,
+    sum: impl FnOnce(&mut [&mut [f32]], &mut dyn Collective) -> Result<()>,
+) -> Result<()> {
+    let mut bufs: Vec<_> = ix.map(|i| params[i].grad.lock()).collect();
+    let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+    sum(&mut slices, group)
 }
 
 #[cfg(test)]
@@ -274,6 +281,29 @@ mod tests {
             .expect("a bucket summed")
     }
 
+    /// The buffers hold twice what `learn`'s pass and `after` write (the twin's share).
+    fn assert_doubled(ps: &[Trainable]) {
+        let sums: Vec<Vec<f32>> = ps.iter().map(|p| p.grad.lock().clone()).collect();
+        assert_eq!(
+            sums,
+            [vec![4.0; 4], vec![4.0; 4], vec![6.0; 4], vec![8.0; 2]]
+        );
+    }
+
+    /// Four parameters and an overlap that has learnt its plan from `learn`'s step, with the
+    /// twin group and the lengths of the messages it sends.
+    fn learnt() -> (Vec<Trainable>, Overlap, Twin, Receiver<usize>) {
+        let ps = params(&[4, 4, 4, 2]);
+        let (tx, rx) = channel();
+        let mut g = Twin {
+            sent: tx,
+            skew: 0.0,
+        };
+        let mut ov = Overlap::new(4);
+        learn(&ps, &mut ov, &mut g, &rx);
+        (ps, ov, g, rx)
+    }
+
     /// p0 is a tied embedding (written twice), p3 a norm weight (its gradient comes after the
     /// pass); buckets of 4 values, one per parameter.
     fn learn(ps: &[Trainable], ov: &mut Overlap, g: &mut Twin, rx: &Receiver<usize>) {
@@ -298,11 +328,7 @@ mod tests {
         // The first step sums after the pass, in parameter order.
         let lens: Vec<usize> = (0..4).map(|_| next(rx)).collect();
         assert_eq!(lens, [4, 4, 4, 2]);
-        let sums: Vec<Vec<f32>> = ps.iter().map(|p| p.grad.lock().clone()).collect();
-        assert_eq!(
-            sums,
-            [vec![4.0; 4], vec![4.0; 4], vec![6.0; 4], vec![8.0; 2]]
-        );
+        assert_doubled(ps);
         for p in ps {
             p.grad.lock().fill(0.0);
         }
@@ -310,14 +336,7 @@ mod tests {
 
     #[test]
     fn buckets_are_summed_while_the_pass_still_runs_and_the_late_ones_after_it() {
-        let ps = params(&[4, 4, 4, 2]);
-        let (tx, rx) = channel();
-        let mut g = Twin {
-            sent: tx,
-            skew: 0.0,
-        };
-        let mut ov = Overlap::new(4);
-        learn(&ps, &mut ov, &mut g, &rx);
+        let (ps, mut ov, mut g, rx) = learnt();
         // Each bucket is summed before the pass goes on: the pass waits for the sum of the
         // bucket it has just finished, so it would hang (and fail) without the overlap.
         let (_, s) = ov
@@ -342,24 +361,13 @@ mod tests {
             .unwrap();
         assert_eq!(next(&rx), 2, "the norm's bucket, at the end");
         assert_eq!((s.early, s.total), (12, 14));
-        let sums: Vec<Vec<f32>> = ps.iter().map(|p| p.grad.lock().clone()).collect();
-        assert_eq!(
-            sums,
-            [vec![4.0; 4], vec![4.0; 4], vec![6.0; 4], vec![8.0; 2]]
-        );
+        assert_doubled(&ps);
         assert!(rx.try_recv().is_err(), "no other message");
     }
 
     #[test]
     fn a_gradient_written_after_its_bucket_was_summed_fails_the_step() {
-        let ps = params(&[4, 4, 4, 2]);
-        let (tx, rx) = channel();
-        let mut g = Twin {
-            sent: tx,
-            skew: 0.0,
-        };
-        let mut ov = Overlap::new(4);
-        learn(&ps, &mut ov, &mut g, &rx);
+        let (ps, mut ov, mut g, rx) = learnt();
         let e = ov
             .run(
                 &ps,
@@ -385,14 +393,7 @@ mod tests {
 
     #[test]
     fn a_failed_pass_stops_the_sums_and_ranks_with_another_plan_are_refused() {
-        let ps = params(&[4, 4, 4, 2]);
-        let (tx, rx) = channel();
-        let mut g = Twin {
-            sent: tx,
-            skew: 0.0,
-        };
-        let mut ov = Overlap::new(4);
-        learn(&ps, &mut ov, &mut g, &rx);
+        let (ps, mut ov, mut g, rx) = learnt();
         let e = ov
             .run(
                 &ps,
