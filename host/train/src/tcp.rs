@@ -231,11 +231,7 @@ impl TcpGroup {
         let part = |r: usize| n * r / w..n * (r + 1) / w;
         let mine = part(me);
         let len = mine.len();
-        let words = (len * w * std::mem::size_of::<T>()).div_ceil(8);
-        if self.scratch.len() < words {
-            self.scratch.resize(words, 0);
-        }
-        let copies: &mut [T] = &mut bytemuck::cast_slice_mut(&mut self.scratch[..words])[..len * w];
+        let copies: &mut [T] = scratch(&mut self.scratch, len * w);
         let links = &self.links;
         // Reduce-scatter: part r of this rank's buffer to rank r; the copies of this rank's
         // part from every other into its slot of `copies`.
@@ -265,6 +261,15 @@ impl TcpGroup {
         let ins = parts.into_iter().enumerate().filter(|(r, _)| linked(r));
         exchange(links, outs, ins.collect())
     }
+}
+
+/// `len` values of the kept receive buffer, grown to hold them if it must.
+fn scratch<T: Elem>(words: &mut Vec<u64>, len: usize) -> &mut [T] {
+    let n = (len * std::mem::size_of::<T>()).div_ceil(8);
+    if words.len() < n {
+        words.resize(n, 0);
+    }
+    &mut bytemuck::cast_slice_mut(&mut words[..n])[..len]
 }
 
 /// One exchange of a sum: each `outs` buffer to its rank (a thread each), while this thread
@@ -321,11 +326,7 @@ impl TcpGroup {
             return Ok(());
         }
         let mut w = s.try_clone().map_err(|e| lost(0, e))?;
-        let words = (std::mem::size_of_val(buf)).div_ceil(8);
-        if self.scratch.len() < words {
-            self.scratch.resize(words, 0);
-        }
-        let sum: &mut [T] = &mut bytemuck::cast_slice_mut(&mut self.scratch[..words])[..buf.len()];
+        let sum: &mut [T] = scratch(&mut self.scratch, buf.len());
         let mine: &[T] = buf;
         let sent = std::thread::scope(|sc| {
             let writer = sc.spawn(move || {
