@@ -160,9 +160,10 @@ impl Optimizer {
         if let Some(d) = &mut self.dev {
             return d.all_reduce(params, group, self.bucket);
         }
-        let mut bufs: Vec<_> = params.iter().map(|p| p.grad.lock()).collect();
-        let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-        all_reduce_bucketed(&mut slices, group, self.bucket)
+        let cap = self.bucket;
+        sum_params(params, 0..params.len(), group, |s, g| {
+            all_reduce_bucketed(s, g, cap)
+        })
     }
 
     /// Whether the gradients live in the parameters' host buffers (`Trainable::grad`), where
@@ -293,6 +294,18 @@ pub(crate) fn all_reduce_bucketed(
         reduce_bucket(&mut bufs[r], group)?;
     }
     Ok(())
+}
+
+/// Runs `sum` on the host gradient buffers of the parameters `ix`, locked, in that order.
+pub(crate) fn sum_params(
+    params: &[Trainable],
+    ix: impl Iterator<Item = usize>,
+    group: &mut dyn crate::dist::Collective,
+    sum: impl FnOnce(&mut [&mut [f32]], &mut dyn crate::dist::Collective) -> Result<()>,
+) -> Result<()> {
+    let mut bufs: Vec<_> = ix.map(|i| params[i].grad.lock()).collect();
+    let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+    sum(&mut slices, group)
 }
 
 /// Sums one bucket's buffers across the group as one message.

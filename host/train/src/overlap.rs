@@ -21,7 +21,7 @@ use crate::dist::Collective;
 use crate::error::{Result, TrainError};
 use crate::grad::{End, Writes};
 use crate::model::Trainable;
-use crate::optim::{all_reduce_bucketed, buckets, reduce_bucket};
+use crate::optim::{all_reduce_bucketed, buckets, reduce_bucket, sum_params};
 use std::ops::Range;
 
 /// Whether the sums overlap the backward pass: yes, unless `GALLEY_DIST_OVERLAP=0` (so that
@@ -211,18 +211,6 @@ fn sum_as_ready(
         sum_params(params, ix.iter().copied(), group, reduce_bucket)?;
     }
     Ok(early)
-}
-
-/// Runs `sum` on the gradient buffers of the parameters `ix`, locked, in that order.
-fn sum_params(
-    params: &[Trainable],
-    ix: impl Iterator<Item = usize>,
-    group: &mut dyn Collective,
-    sum: impl FnOnce(&mut [&mut [f32]], &mut dyn Collective) -> Result<()>,
-) -> Result<()> {
-    let mut bufs: Vec<_> = ix.map(|i| params[i].grad.lock()).collect();
-    let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-    sum(&mut slices, group)
 }
 
 #[cfg(test)]
