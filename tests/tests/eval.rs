@@ -765,6 +765,10 @@ fn perplexity_documents_longer_than_the_context_are_scored_in_rolling_windows() 
     assert_eq!(run("clamped", &["-s", "max_length=1000"]), whole);
     // Shorter windows: the long document reads less context, the short one is one window.
     let short = run("short", &["-s", "max_length=32"]);
-    assert_ne!(short[0], whole[0]);
-    assert_eq!(short[1], whole[1]);
+    // Rounding moves a score by ~1e-8 of itself; less context moves the long one by ~1e-4.
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
+    assert!(rel(short[0], whole[0]) > 1e-5, "{short:?} {whole:?}");
+    // The same window, batched with other windows: equal up to the GEMM's rounding (its
+    // k-blocking depends on the matrix shape, so a row's bits may depend on its batch).
+    assert!(rel(short[1], whole[1]) < 1e-6, "{short:?} {whole:?}");
 }
