@@ -6,10 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
-if [ ! -x bench/.venv-llama/bin/python ] || ! bench/.venv-llama/bin/python -c "import llama_cpp.server, uvicorn" 2>/dev/null; then
-    python3 -m venv bench/.venv-llama
-    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) bench/.venv-llama/bin/pip install --quiet "llama-cpp-python[server]==0.3.36"
-fi
+scripts/llama-venv.sh server
 cargo build --release -p galley
 python3 bench/serve_bench.py target/release/galley .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf \
     bench/.venv-llama/bin/python "$@"
