@@ -40,8 +40,6 @@ pub struct TcpGroup {
     /// fresh buffer each call faulted in a page per 4 KiB); 8-byte words, so f32 and f64
     /// both fit.
     scratch: Vec<u64>,
-    /// Bytes per piece of the pipelined sum (`MESH_PIECE_BYTES`; tests make it small).
-    piece_bytes: usize,
     /// NCCL on the GPUs, once the ranks have chosen (None: not yet; Some(None): TCP).
     #[cfg(feature = "cuda")]
     nccl: Option<Option<crate::nccl::Nccl>>,
@@ -215,21 +213,18 @@ impl TcpGroup {
             world,
             links,
             scratch: Vec::new(),
-            piece_bytes: MESH_PIECE_BYTES,
             #[cfg(feature = "cuda")]
             nccl: None,
         })
     }
 
     /// The sum, in place: a reduce-scatter (each rank adds the copies of its part, in rank
-    /// order), then an all-gather of the summed parts, pipelined piece by piece. One thread per
-    /// peer sends it this rank's copy of the peer's part, then each piece of this rank's sum
-    /// as soon as it is added; this thread reads the pieces of its part from every peer (rank
-    /// order, a piece at a time, so the copies are still in cache when it adds them), then the
-    /// peers' summed parts. Two ranks take `reduce_pair`.
-    ///
-    /// Nothing waits in a cycle: the copies a rank sends depend on nothing, its sums only on
-    /// the copies it receives, and every stream is read in the order it is written.
+    /// order), then an all-gather of the summed parts. Each stream carries data both ways at
+    /// once: this thread reads while one thread per peer writes. Two ranks take `reduce_pair`.
+    /// (Pipelining the phases in pieces of 256 KiB to 64 MiB, adding each piece's copies while
+    /// in cache and sending its sum at once, measured no faster at four ranks on a 2-core
+    /// machine — 0.70-0.86x gloo's time against 0.80x, `dist-bench --ranks 4` — so it is not
+    /// done; where the cores are saturated by the socket copies, overlap cannot pay.)
     fn reduce<T: Elem>(&mut self, buf: &mut [T]) -> Result<()> {
         let (w, me, n) = (self.world, self.rank, buf.len());
         match w {
@@ -237,115 +232,38 @@ impl TcpGroup {
             2 => return self.reduce_pair(buf),
             _ => {}
         }
-        let lost = |r: usize, e: std::io::Error| dist_err(format!("rank {r}: {e}"));
-        let piece = (self.piece_bytes / std::mem::size_of::<T>()).max(1);
+        let part = |r: usize| n * r / w..n * (r + 1) / w;
+        let mine = part(me);
+        let len = mine.len();
+        let copies: &mut [T] = scratch(&mut self.scratch, len * w);
         let links = &self.links;
-        let link = |r: usize| links[r].as_ref().expect("every other rank is linked");
-        // The buffer cut into the ranks' parts, each owned by whoever touches it now.
-        let mut parts: Vec<Option<&mut [T]>> = Vec::with_capacity(w);
+        // Reduce-scatter: part r of this rank's buffer to rank r; the copies of this rank's
+        // part from every other into its slot of `copies`.
+        let linked = |r: &usize| links[*r].is_some();
+        let outs = (0..w).filter(linked).map(|r| (r, &buf[part(r)])).collect();
+        let ins = copies.chunks_mut(len.max(1)).enumerate().take(w);
+        exchange(links, outs, ins.filter(|(r, _)| linked(r)).collect())?;
+        let own = &mut buf[mine];
+        for (i, x) in own.iter_mut().enumerate() {
+            let of = |r: usize| if r == me { *x } else { copies[r * len + i] };
+            let mut acc = of(0);
+            for r in 1..w {
+                acc = acc.add(of(r));
+            }
+            *x = acc;
+        }
+        // All-gather: this rank's summed part to every other; part r from rank r.
+        let mut parts: Vec<&mut [T]> = Vec::with_capacity(w);
         let mut rest = buf;
         for r in 0..w {
-            let (head, tail) = rest.split_at_mut(n * (r + 1) / w - n * r / w);
-            parts.push(Some(head));
+            let (head, tail) = rest.split_at_mut(part(r).len());
+            parts.push(head);
             rest = tail;
         }
-        let own = parts[me].take().expect("this rank's part");
-        let copies: &mut [T] = scratch(&mut self.scratch, piece * w);
-        std::thread::scope(|sc| {
-            // Per peer: its part goes to its sender thread, which hands it back once sent (the
-            // peer's sum of it then arrives into it), then sends this rank's summed pieces.
-            let mut senders = Vec::with_capacity(w);
-            let mut handed = Vec::with_capacity(w);
-            for (r, slot) in parts.iter_mut().enumerate() {
-                let Some(theirs) = slot.take() else { continue };
-                let mut s = link(r).try_clone().map_err(|e| lost(r, e))?;
-                let (sums_tx, sums_rx) = std::sync::mpsc::channel::<&[T]>();
-                let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<&mut [T]>(1);
-                let h = sc.spawn(move || -> std::io::Result<()> {
-                    s.write_all(bytemuck::cast_slice(&*theirs))?;
-                    let _ = back_tx.send(theirs);
-                    for p in sums_rx {
-                        s.write_all(bytemuck::cast_slice(p))?;
-                    }
-                    Ok(())
-                });
-                senders.push((r, h, sums_tx));
-                handed.push((r, back_rx));
-            }
-            let peers: Vec<usize> = (0..w).filter(|&r| r != me).collect();
-            // Reduce-scatter, a piece at a time; each summed piece is passed to every sender.
-            let mut read = Ok(());
-            for p in own.chunks_mut(piece) {
-                let k = p.len();
-                for &r in &peers {
-                    let into = &mut copies[r * piece..r * piece + k];
-                    if let Err(e) = link(r).read_exact(bytemuck::cast_slice_mut(into)) {
-                        read = Err(lost(r, e));
-                        break;
-                    }
-                }
-                if read.is_err() {
-                    break;
-                }
-                for (i, x) in p.iter_mut().enumerate() {
-                    let of = |r: usize| if r == me { *x } else { copies[r * piece + i] };
-                    let mut acc = of(0);
-                    for r in 1..w {
-                        acc = acc.add(of(r));
-                    }
-                    *x = acc;
-                }
-                let done: &[T] = p;
-                for (_, _, tx) in &senders {
-                    let _ = tx.send(done);
-                }
-            }
-            // All-gather: each peer's summed part, into its part once this rank's copy of it
-            // has gone (a failed read above stops the senders: their channels close).
-            let mut txs = Vec::with_capacity(w);
-            let mut joins = Vec::with_capacity(w);
-            for (r, h, tx) in senders {
-                txs.push(tx);
-                joins.push((r, h));
-            }
-            drop(txs);
-            if read.is_err() {
-                abandon(links);
-                for (_, h) in joins {
-                    let _ = h.join();
-                }
-                return read;
-            }
-            let mut got = Ok(());
-            for (r, back) in handed {
-                let Ok(into) = back.recv() else {
-                    continue; // its sender failed: reported below
-                };
-                if got.is_ok() {
-                    got = link(r)
-                        .read_exact(bytemuck::cast_slice_mut(into))
-                        .map_err(|e| lost(r, e));
-                }
-            }
-            if got.is_err() {
-                abandon(links);
-            }
-            for (r, h) in joins {
-                h.join()
-                    .expect("a sending thread does not panic")
-                    .map_err(|e| lost(r, e))?;
-            }
-            got
-        })
-    }
-}
-
-/// Shuts every stream of a group whose sum failed: its streams are out of step for good, and
-/// this wakes this rank's senders (blocked on peers that stopped reading) and the peers'
-/// readers at once, where they would otherwise wait out the group's timeout.
-fn abandon(links: &[Option<TcpStream>]) {
-    for s in links.iter().flatten() {
-        let _ = s.shutdown(std::net::Shutdown::Both);
+        let summed: &[T] = std::mem::take(&mut parts[me]) as &[T];
+        let outs = (0..w).filter(linked).map(|r| (r, summed)).collect();
+        let ins = parts.into_iter().enumerate().filter(|(r, _)| linked(r));
+        exchange(links, outs, ins.collect())
     }
 }
 
@@ -356,6 +274,52 @@ fn scratch<T: Elem>(words: &mut Vec<u64>, len: usize) -> &mut [T] {
         words.resize(n, 0);
     }
     &mut bytemuck::cast_slice_mut(&mut words[..n])[..len]
+}
+
+/// One exchange of a sum: each `outs` buffer to its rank (a thread each), while this thread
+/// reads each `ins` buffer from its rank, in rank order; every stream carries data both ways.
+fn exchange<T: Elem>(
+    links: &[Option<TcpStream>],
+    outs: Vec<(usize, &[T])>,
+    ins: Vec<(usize, &mut [T])>,
+) -> Result<()> {
+    let lost = |r: usize, e: std::io::Error| dist_err(format!("rank {r}: {e}"));
+    let link = |r: usize| links[r].as_ref().expect("every other rank is linked");
+    std::thread::scope(|sc| {
+        let mut writers = Vec::new();
+        for (r, out) in outs {
+            let mut s = link(r).try_clone().map_err(|e| lost(r, e))?;
+            writers.push((r, sc.spawn(move || s.write_all(bytemuck::cast_slice(out)))));
+        }
+        let mut got = Ok(());
+        for (r, into) in ins {
+            got = link(r)
+                .read_exact(bytemuck::cast_slice_mut(into))
+                .map_err(|e| lost(r, e));
+            if got.is_err() {
+                // The senders may be blocked on ranks that stopped reading.
+                abandon(links);
+                break;
+            }
+        }
+        for (r, h) in writers {
+            let sent = h.join().expect("a sending thread does not panic");
+            if let (Ok(()), Err(e)) = (&got, sent) {
+                abandon(links);
+                got = Err(lost(r, e));
+            }
+        }
+        got
+    })
+}
+
+/// Shuts every stream of a group whose sum failed: its streams are out of step for good, and
+/// this wakes this rank's senders (blocked on peers that stopped reading) and the peers'
+/// readers at once, where they would otherwise wait out the group's timeout.
+fn abandon(links: &[Option<TcpStream>]) {
+    for s in links.iter().flatten() {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 impl TcpGroup {
@@ -403,10 +367,6 @@ impl TcpGroup {
         Ok(())
     }
 }
-
-/// Bytes per piece of a sum over three ranks or more: the copies of one piece from every rank
-/// (4 MiB at four ranks) stay in a core's L2 cache until they are added.
-const MESH_PIECE_BYTES: usize = 1 << 20;
 
 /// Bytes per piece two ranks send: large enough to amortise the calls, small enough that
 /// rank 0's adding overlaps the transfer.
@@ -567,9 +527,7 @@ mod tests {
                     })
                 })
                 .collect();
-            hs.into_iter()
-                .filter_map(|h| h.join().unwrap())
-                .collect()
+            hs.into_iter().filter_map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(errs.len(), 2);
         for (e, took) in errs {
@@ -579,8 +537,8 @@ mod tests {
         }
     }
 
-    /// Two (a pair through rank 0), three and four ranks (the mesh, pipelined in pieces),
-    /// buffers shorter and longer than the world and than a piece: every rank gets the sum of the buffers added in rank order, to
+    /// Two (a pair through rank 0), three and four ranks (the mesh), buffers shorter and
+    /// longer than the world: every rank gets the sum of the buffers added in rank order, to
     /// the bit (values chosen so that another order rounds differently), and the group's
     /// streams stay in step call after call.
     #[test]
@@ -616,9 +574,6 @@ mod tests {
                             master: Some(format!("127.0.0.1:{port}")),
                         };
                         let mut g = TcpGroup::connect(&p, "job", Duration::from_secs(30)).unwrap();
-                        // Pieces of 1,000 values: the longer buffers take many, and a short
-                        // last one.
-                        g.piece_bytes = 4000;
                         let mut out = Vec::new();
                         for &n in &lens {
                             let mut v: Vec<f32> = (0..n).map(|i| value(rank, i)).collect();
