@@ -167,6 +167,12 @@ pub trait Collective: Send {
     fn all_reduce_f32(&mut self, buf: &mut [f32]) -> Result<()>;
     /// As `all_reduce_f32`, for metrics.
     fn all_reduce_f64(&mut self, buf: &mut [f64]) -> Result<()>;
+    /// Sums several buffers (one bucket of gradients) as one message: the same sums as
+    /// `all_reduce_f32` on their concatenation. This default copies them into one buffer and
+    /// back; a group that can send and add them where they are overrides it.
+    fn all_reduce_f32_parts(&mut self, parts: &mut [&mut [f32]]) -> Result<()> {
+        through_one_buffer(parts, |b| self.all_reduce_f32(b))
+    }
     /// Sums f32 gradient tensors on a GPU in place, without host copies, in buckets of up to
     /// `cap` floats, when the group can (NCCL, chosen by the ranks together at the first
     /// call); None when it cannot, and the caller sums through host copies. Every rank must
@@ -179,6 +185,29 @@ pub trait Collective: Send {
     ) -> Option<Result<()>> {
         None
     }
+}
+
+/// Sums `parts` as one buffer through `sum`: copied into one (unless there is only one),
+/// summed, copied back.
+pub(crate) fn through_one_buffer(
+    parts: &mut [&mut [f32]],
+    sum: impl FnOnce(&mut [f32]) -> Result<()>,
+) -> Result<()> {
+    if let [one] = parts {
+        return sum(one);
+    }
+    let mut flat: Vec<f32> = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts.iter() {
+        flat.extend_from_slice(p);
+    }
+    sum(&mut flat)?;
+    let mut rest = flat.as_slice();
+    for p in parts.iter_mut() {
+        let (head, tail) = rest.split_at(p.len());
+        p.copy_from_slice(head);
+        rest = tail;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

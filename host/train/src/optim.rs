@@ -310,21 +310,7 @@ pub(crate) fn reduce_bucket(
     bufs: &mut [&mut [f32]],
     group: &mut dyn crate::dist::Collective,
 ) -> Result<()> {
-    if let [one] = bufs {
-        return group.all_reduce_f32(one);
-    }
-    let mut flat = Vec::with_capacity(bufs.iter().map(|b| b.len()).sum());
-    for b in bufs.iter() {
-        flat.extend_from_slice(b);
-    }
-    group.all_reduce_f32(&mut flat)?;
-    let mut at = 0;
-    for b in bufs.iter_mut() {
-        let len = b.len();
-        b.copy_from_slice(&flat[at..at + len]);
-        at += len;
-    }
-    Ok(())
+    group.all_reduce_f32_parts(bufs)
 }
 
 /// Consecutive runs of buffers of these lengths that fit one bucket of `cap` floats (a
