@@ -27,6 +27,9 @@ const DENSE_CACHED_FROM_ROWS: usize = 16;
 /// Rows at or above which a quantized weight is dequantized and multiplied in f32: prompt
 /// processing is compute-bound, and a dense GEMM beats per-row quantized dot products there.
 const DENSE_FROM_ROWS: usize = 32;
+/// Up to this many rows, an f32 product on the CPU is galley's dot-product kernel, not
+/// candle's GEMM (whose AVX-512 path packs the whole weight each call).
+const SKINNY_ROWS: usize = 16;
 
 impl Linear {
     /// Loads `{prefix}.weight` of shape (out, inp) and, when `bias`, `{prefix}.bias`.
@@ -181,6 +184,21 @@ impl Linear {
 fn dense(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let dims = x.dims();
     let k = *dims.last().expect("rank >= 1");
+    let n = x.elem_count() / k.max(1);
+    let f32 = candle_core::DType::F32;
+    if n <= SKINNY_ROWS
+        && x.device().is_cpu()
+        && (x.dtype(), w.dtype()) == (f32, f32)
+        && k.is_multiple_of(32)
+    {
+        let rows = w.dim(0)?;
+        let out = crate::cpu::with_f32(x, |xs| {
+            crate::cpu::with_f32(w, |ws| crate::kernels::f32_matmul(xs, n, k, ws, rows))
+        })??;
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = rows;
+        return Tensor::from_vec(out, shape, x.device());
+    }
     let y = x.reshape(((), k))?.matmul(&w.t()?)?;
     let mut shape = dims.to_vec();
     *shape.last_mut().expect("rank >= 1") = w.dim(0)?;
