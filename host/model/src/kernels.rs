@@ -195,9 +195,8 @@ fn has_avx512_vnni() -> bool {
     {
         static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *VNNI.get_or_init(|| {
-            std::env::var_os("GALLEY_NO_AVX512").is_none()
+            has_avx512f()
                 && has_avx2()
-                && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512dq")
                 && is_x86_feature_detected!("avx512vnni")
@@ -351,7 +350,14 @@ pub fn q8_0_matmul_f32(x: &[f32], n: usize, k: usize, w: &[u8], rows: usize) -> 
         k.is_multiple_of(QK) && x.len() == n * k && w.len() == rows * k / QK * Q8_0_BLOCK_BYTES
     );
     let acts: Vec<&[f32]> = x.chunks_exact(k).collect();
-    drive(dot_q8_0_f32, Q8_0_BLOCK_BYTES, &acts, k, w, rows, false)
+    drive(
+        dot_q8_0_f32,
+        k / QK * Q8_0_BLOCK_BYTES,
+        &acts,
+        w,
+        rows,
+        false,
+    )
 }
 
 /// `x` (n × k) times the f32 matrix `w` (rows × k) transposed, for decode-sized n: every
@@ -359,13 +365,13 @@ pub fn q8_0_matmul_f32(x: &[f32], n: usize, k: usize, w: &[u8], rows: usize) -> 
 /// AVX-512 path packs the whole weight for each such product: GRPO's f32 rollouts (16 rows)
 /// took 1.6x as long through it as through its AVX2 path (`bench/RESULTS.md`).
 pub fn f32_matmul(x: &[f32], n: usize, k: usize, w: &[f32], rows: usize) -> Vec<f32> {
-    assert!(k.is_multiple_of(QK) && x.len() == n * k && w.len() == rows * k);
+    assert!(k > 0 && x.len() == n * k && w.len() == rows * k);
     let acts: Vec<&[f32]> = x.chunks_exact(k).collect();
+    let row_bytes = k * std::mem::size_of::<f32>();
     drive(
         dot_f32,
-        QK * 4,
+        row_bytes,
         &acts,
-        k,
         bytemuck::cast_slice(w),
         rows,
         true,
@@ -486,7 +492,7 @@ fn matmul_with(
 ) -> Vec<f32> {
     assert!(k.is_multiple_of(QK) && x.len() == n * k && w.len() == rows * k / QK * block_bytes);
     let acts: Vec<Q8Row> = x.chunks_exact(k).map(quantize_row).collect();
-    drive(dot, block_bytes, &acts, k, w, rows, false)
+    drive(dot, k / QK * block_bytes, &acts, w, rows, false)
 }
 
 /// Splits `rows` weight rows across the decode pool and applies `dot` to each with every
@@ -496,14 +502,12 @@ fn matmul_with(
 /// cache (GRPO's rollouts: 28.5 s against 17.6 s of generation).
 fn drive<A: Sync>(
     dot: fn(&[u8], &A) -> f32,
-    block_bytes: usize,
+    row_bytes: usize,
     acts: &[A],
-    k: usize,
     w: &[u8],
     rows: usize,
     rows_outer: bool,
 ) -> Vec<f32> {
-    let row_bytes = k / QK * block_bytes;
     let n = acts.len();
     let mut out = vec![0f32; n * rows];
     // Each thread of the decode pool takes a contiguous band of weight rows for every
@@ -539,7 +543,8 @@ mod tests {
     /// pool's parts and lengths with a remainder past the 16 lanes.
     #[test]
     fn f32_matmul_matches_the_exact_product() {
-        let (n, k, rows) = (3, 96, 37);
+        // k = 100: not a multiple of the 16 lanes, nor of a quantized block.
+        let (n, k, rows) = (3, 100, 37);
         let w: Vec<f32> = (0..rows * k)
             .map(|i| (i * 53 % 97) as f32 / 48.0 - 1.0)
             .collect();

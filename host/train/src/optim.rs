@@ -288,7 +288,7 @@ pub(crate) fn all_reduce_bucketed(
 ) -> Result<()> {
     let lens: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
     for r in buckets(&lens, cap) {
-        reduce_bucket(&mut bufs[r], group)?;
+        group.all_reduce_f32_parts(&mut bufs[r])?;
     }
     Ok(())
 }
@@ -303,14 +303,6 @@ pub(crate) fn sum_params(
     let mut bufs: Vec<_> = ix.map(|i| params[i].grad.lock()).collect();
     let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
     sum(&mut slices, group)
-}
-
-/// Sums one bucket's buffers across the group as one message.
-pub(crate) fn reduce_bucket(
-    bufs: &mut [&mut [f32]],
-    group: &mut dyn crate::dist::Collective,
-) -> Result<()> {
-    group.all_reduce_f32_parts(bufs)
 }
 
 /// Consecutive runs of buffers of these lengths that fit one bucket of `cap` floats (a
@@ -343,8 +335,9 @@ struct Update<'a> {
     t: u64,
     /// The clipping scale, applied to each gradient as it is read.
     gscale: f32,
-    /// Read, then cleared for the next step in the same pass (a pass of its own cost ~5% of
-    /// a 135M-parameter step's optimizer time).
+    /// Read, then cleared for the next step in the same pass (the clipping and clearing
+    /// passes of their own took the optimizer phase from 0.47 to 0.59 s a step for 135M
+    /// parameters on one thread).
     g: Mutex<&'a mut [f32]>,
     m: Mutex<Option<&'a mut [f32]>>,
     v: Mutex<Option<&'a mut [f32]>>,

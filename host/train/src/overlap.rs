@@ -21,7 +21,7 @@ use crate::dist::Collective;
 use crate::error::{Result, TrainError};
 use crate::grad::{End, Writes};
 use crate::model::Trainable;
-use crate::optim::{all_reduce_bucketed, buckets, reduce_bucket, sum_params};
+use crate::optim::{all_reduce_bucketed, buckets, sum_params};
 use std::ops::Range;
 
 /// Whether the sums overlap the backward pass: yes, unless `GALLEY_DIST_OVERLAP=0` (so that
@@ -208,7 +208,9 @@ fn sum_as_ready(
             Some(End::Done) => {}
             None => early += ix.iter().map(|&i| lens[i]).sum::<usize>(),
         }
-        sum_params(params, ix.iter().copied(), group, reduce_bucket)?;
+        sum_params(params, ix.iter().copied(), group, |s, g| {
+            g.all_reduce_f32_parts(s)
+        })?;
     }
     Ok(early)
 }

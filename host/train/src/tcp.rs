@@ -556,9 +556,9 @@ mod tests {
     }
 
     /// Two (a pair through rank 0), three and four ranks (the mesh), buffers shorter and
-    /// longer than the world, alone and as the parts of one bucket: every rank gets the sum of the buffers added in rank order, to
-    /// the bit (values chosen so that another order rounds differently), and the group's
-    /// streams stay in step call after call.
+    /// longer than the world, alone and as the parts of one bucket: every rank gets the sum of
+    /// the buffers added in rank order, to the bit (values chosen so that another order rounds
+    /// differently), and the group's streams stay in step call after call.
     #[test]
     fn sums_match_rank_order_to_the_bit_on_two_to_four_ranks() {
         for world in [2, 3, 4] {

@@ -186,11 +186,7 @@ fn dense(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let k = *dims.last().expect("rank >= 1");
     let n = x.elem_count() / k.max(1);
     let f32 = candle_core::DType::F32;
-    if n <= SKINNY_ROWS
-        && x.device().is_cpu()
-        && (x.dtype(), w.dtype()) == (f32, f32)
-        && k.is_multiple_of(32)
-    {
+    if n <= SKINNY_ROWS && x.device().is_cpu() && (x.dtype(), w.dtype()) == (f32, f32) && k > 0 {
         let rows = w.dim(0)?;
         let out = crate::cpu::with_f32(x, |xs| {
             crate::cpu::with_f32(w, |ws| crate::kernels::f32_matmul(xs, n, k, ws, rows))
