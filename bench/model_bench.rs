@@ -1,11 +1,15 @@
 //! Prompt processing (pp) and decode (tg) speed of galley's native engine against llama.cpp
 //! on the same GGUF, the same thread count, in the same run: pp256 is one forward pass over
 //! 256 prompt tokens, tg128 is 128 single-token passes with the KV cache (as llama-bench
-//! measures them; no sampling), best of 3 after a warm-up. The peer runs through
-//! llama-cpp-python (`bench/llama_cpp_peer.py`, in the venv scripts/bench-model.sh builds).
+//! measures them; no sampling), best of 3 after a warm-up. Two peers on the same ggml build:
+//! llama-cpp-python (`bench/llama_cpp_peer.py`, in the venv scripts/bench-model.sh builds) and
+//! llama.cpp's own `llama-bench` (C++, no Python between the steps; scripts/llama-cpp.sh builds
+//! it into bench/.llama-cpp/bin; its mean of 3 runs), the figure llama.cpp users quote.
 //!
 //! Usage: model-bench [GGUF] (default .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf);
-//! GALLEY_BENCH_PYTHON names the peer's Python (default bench/.venv-llama/bin/python).
+//! GALLEY_BENCH_PYTHON names the peer's Python (default bench/.venv-llama/bin/python),
+//! GALLEY_LLAMA_BENCH the llama-bench binary (default bench/.llama-cpp/bin/llama-bench; the
+//! column is left out when it is missing).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -86,23 +90,69 @@ fn main() {
         peer["tg_tok_s"].as_f64().unwrap(),
     );
 
+    let cpp = llama_bench(&root, &gguf, threads);
+
     println!("model: {} ({} threads)", gguf.display(), threads);
     println!(
-        "{:<8} {:>14} {:>14} {:>8}",
-        "", "galley tok/s", "llama.cpp", "ratio"
+        "{:<8} {:>14} {:>14} {:>8} {:>13} {:>8}",
+        "", "galley tok/s", "llama.cpp-py", "ratio", "llama-bench", "ratio"
     );
-    println!(
-        "{:<8} {:>14.1} {:>14.1} {:>7.2}x",
-        format!("pp{PP}"),
-        galley.0,
-        lpp,
-        galley.0 / lpp
+    for (name, ours, py, cpp) in [
+        (format!("pp{PP}"), galley.0, lpp, cpp.map(|c| c.0)),
+        (format!("tg{TG}"), galley.1, ltg, cpp.map(|c| c.1)),
+    ] {
+        let cpp = cpp.map_or("-".to_string(), |c| format!("{c:13.1} {:>7.2}x", ours / c));
+        println!(
+            "{name:<8} {ours:>14.1} {py:>14.1} {:>7.2}x {cpp}",
+            ours / py
+        );
+    }
+}
+
+/// llama-bench's mean pp and tg tokens/s (3 runs) on the same GGUF and threads, when built.
+fn llama_bench(
+    root: &std::path::Path,
+    gguf: &std::path::Path,
+    threads: usize,
+) -> Option<(f64, f64)> {
+    let bin = std::env::var("GALLEY_LLAMA_BENCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("bench/.llama-cpp/bin/llama-bench"));
+    if !bin.exists() {
+        eprintln!(
+            "{}: not built (scripts/llama-cpp.sh); its column is left out",
+            bin.display()
+        );
+        return None;
+    }
+    let out = std::process::Command::new(&bin)
+        .arg("-m")
+        .arg(gguf)
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-p",
+            &PP.to_string(),
+            "-n",
+            &TG.to_string(),
+        ])
+        .args(["-r", &REPS.to_string(), "-o", "json"])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    assert!(
+        out.status.success(),
+        "llama-bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    println!(
-        "{:<8} {:>14.1} {:>14.1} {:>7.2}x",
-        format!("tg{TG}"),
-        galley.1,
-        ltg,
-        galley.1 / ltg
-    );
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("llama-bench prints JSON");
+    let rate = |prompt: u64, generated: u64| {
+        runs.iter()
+            .find(|r| {
+                r["n_prompt"].as_u64() == Some(prompt) && r["n_gen"].as_u64() == Some(generated)
+            })
+            .and_then(|r| r["avg_ts"].as_f64())
+            .expect("llama-bench reports the test")
+    };
+    Some((rate(PP as u64, 0), rate(0, TG as u64)))
 }

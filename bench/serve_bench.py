@@ -1,12 +1,15 @@
-"""Serving benchmark: `galley serve` vs llama.cpp's server (llama-cpp-python[server]) on the
-same GGUF, the same threads, the same prompts, in the same run.
+"""Serving benchmark: `galley serve` vs llama.cpp's own `llama-server` (C++, continuous batching
+over as many parallel slots as the most clients, `--llama-server PATH`) or, without it,
+llama-cpp-python's server (one request at a time), on the same GGUF, the same threads, the same
+prompts, in the same run.
 
 At 1, 8 and 32 concurrent clients, each client sends streaming chat completions one after the
 other (greedy, end-of-turn tokens banned through `logit_bias` so every answer is exactly
 `--max-tokens` long on both servers); measured: aggregate completion tokens/s over the level's
 wall time, and p50 / p99 time to first token (request sent -> first content chunk).
 
-Usage: python bench/serve_bench.py GALLEY_BIN GGUF LLAMA_PYTHON [--threads 2] [--max-tokens 64]
+Usage: python bench/serve_bench.py GALLEY_BIN GGUF LLAMA_PYTHON [--llama-server PATH]
+       [--threads 2] [--max-tokens 64]
 (scripts/bench-serve.sh builds both and runs this.) Standard library only.
 """
 
@@ -137,6 +140,7 @@ def main():
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--galley-args", default="", help="extra `galley serve` arguments, e.g. --dequantize")
     ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--llama-server", help="llama.cpp's llama-server binary (scripts/llama-cpp.sh builds it)")
     args = ap.parse_args()
 
     port = free_port()
@@ -150,12 +154,20 @@ def main():
 
     port = free_port()
     l_url = f"http://127.0.0.1:{port}"
-    print(f"llama.cpp server (llama-cpp-python, {args.threads} threads):")
-    lcmd = [args.llama_python, "-m", "llama_cpp.server", "--model", args.gguf, "--host", "127.0.0.1",
-            "--port", str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
-            "--n_ctx", "4096",
-            # Queue concurrent requests instead of cutting the running one off (its default).
-            "--interrupt_requests", "False"]
+    if args.llama_server:
+        slots = max(args.clients)
+        print(f"llama.cpp llama-server ({args.threads} threads, {slots} parallel slots, continuous batching):")
+        # 512 context positions per slot: a prompt of ~30 tokens and its answer fit many times over.
+        lcmd = [args.llama_server, "-m", args.gguf, "--host", "127.0.0.1", "--port", str(port),
+                "-t", str(args.threads), "-tb", str(args.threads), "-np", str(slots),
+                "-c", str(512 * slots), "-a", "m", "--no-webui"]
+    else:
+        print(f"llama.cpp server (llama-cpp-python, {args.threads} threads):")
+        lcmd = [args.llama_python, "-m", "llama_cpp.server", "--model", args.gguf, "--host", "127.0.0.1",
+                "--port", str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
+                "--n_ctx", "4096",
+                # Queue concurrent requests instead of cutting the running one off (its default).
+                "--interrupt_requests", "False"]
     l = run("llama", lcmd, l_url, "m", args)
 
     print("\n| clients | galley tok/s | llama.cpp tok/s | ratio | galley TTFT p50 / p99 (ms) | llama.cpp TTFT p50 / p99 (ms) |")

@@ -1,8 +1,8 @@
 //! `galley serve` on loopback, called with the official `openai` Python client (PyPI, in the
 //! tools venv scripts/fetch-data.sh makes): models, chat (logprobs, `n`, seeds), streaming
 //! with usage, completions with `echo` + `logprobs` and token-id prompts, an adapter chosen
-//! by model id, OpenAI's error codes (404, 400, 429 from a full queue), and a client that
-//! leaves mid-stream freeing its row.
+//! by model id, OpenAI's error codes (404, 400, 429 from a full queue), a client that
+//! leaves mid-stream freeing its row, and the prompt cache (answers as without it).
 
 use galley_e2e::*;
 use std::io::{BufRead, BufReader};
@@ -224,6 +224,81 @@ print("ok")
 "#
     );
     assert_eq!(client(d, &s.url, &script).trim(), "ok");
+}
+
+/// A repeated request, a conversation's next turn and concurrent requests sharing a system
+/// prompt: with the prompt cache (default) the server prefills only their new tokens, and its
+/// answers are those of a server without it (`--prompt-cache-mib 0`): the same tokens, the
+/// same log-probabilities within float rounding.
+#[test]
+fn the_prompt_cache_skips_shared_prompts_and_answers_as_without_it() {
+    let tmp = setup();
+    let d = tmp.path();
+    let script = format!(
+        "{COMMON}{}",
+        r#"
+import sys, threading, urllib.request
+def health():
+    with urllib.request.urlopen(os.environ["URL"][:-3] + "/health") as r:
+        return json.load(r)["models"][0]
+tok = json.load(open("model/tokenizer.json"))
+eos = next(t["id"] for t in tok["added_tokens"] if t["content"] == "<|im_end|>")
+def ask(msgs):
+    r = c.chat.completions.create(model="model", messages=msgs, max_tokens=12, temperature=0,
+                                  logprobs=True, logit_bias={str(eos): -100})
+    return [(t.token, t.logprob) for t in r.choices[0].logprobs.content], r.choices[0].message.content
+system = {"role": "system", "content": "the number 1 is 3 and the answer is yes. " * 4}
+first = [system, {"role": "user", "content": "the number 3 is"}]
+out = [ask(first), ask(first)]
+second = first + [{"role": "assistant", "content": out[0][1]},
+                  {"role": "user", "content": "the number 5 is"}]
+out.append(ask(second))
+# Four at once, sharing the system prompt.
+together = [None] * 4
+def one(i):
+    together[i] = ask([system, {"role": "user", "content": f"the number {i + 7} is"}])
+threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps({"answers": out + together, "cache": health()["prompt_cache"]}))
+"#
+    );
+    let run = |args: &[&str]| -> serde_json::Value {
+        let s = serve(d, &[&["-m", "model"], args].concat());
+        let out = client(d, &s.url, &script);
+        serde_json::from_str(out.trim().lines().last().unwrap()).unwrap()
+    };
+    let with = run(&[]);
+    let without = run(&["--prompt-cache-mib", "0"]);
+    let cache = &with["cache"];
+    // The repeat and the next turn hit (the four concurrent ones may or may not, by timing).
+    assert!(cache["hits"].as_u64().unwrap() >= 2, "{cache}");
+    assert!(cache["tokens"].as_u64().unwrap() >= 2 * 40, "{cache}");
+    assert!(cache["bytes"].as_u64().unwrap() > 0, "{cache}");
+    assert_eq!(without["cache"]["hits"], 0, "{}", without["cache"]);
+    assert_eq!(without["cache"]["bytes"], 0, "{}", without["cache"]);
+    let (a, b) = (
+        with["answers"].as_array().unwrap(),
+        without["answers"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), 7);
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert_eq!(x[1], y[1], "answer {i}: the texts differ");
+        for (p, q) in x[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(y[0].as_array().unwrap())
+        {
+            assert_eq!(p[0], q[0], "answer {i}");
+            let (lp, lq) = (p[1].as_f64().unwrap(), q[1].as_f64().unwrap());
+            assert!(
+                (lp - lq).abs() <= 1e-4 * (1.0 + lq.abs()),
+                "answer {i}: {lp} vs {lq}"
+            );
+        }
+    }
+    assert_eq!(a[0], a[1], "the repeat answers as the first");
 }
 
 #[test]

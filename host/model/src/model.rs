@@ -121,6 +121,56 @@ impl Cache {
     pub fn rows(&self) -> usize {
         self.valid.len()
     }
+
+    /// Positions `from..to` of row `row` as a one-row cache of their own (a copy), with room
+    /// for `room` more before it reallocates: a prompt's keys and values kept for the next
+    /// request that starts with the same tokens (`galley serve`'s prompt cache). Every copied
+    /// position must be a real token (not padding).
+    pub fn slice_row(
+        &self,
+        row: usize,
+        from: usize,
+        to: usize,
+        room: usize,
+    ) -> candle_core::Result<Cache> {
+        let real = self
+            .valid
+            .get(row)
+            .and_then(|v| v.get(from..to))
+            .is_some_and(|v| from < to && v.iter().all(|x| *x));
+        if !real {
+            candle_core::bail!(
+                "cache row {row} positions {from}..{to}: not all real tokens of a row held"
+            );
+        }
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for kv in &self.layers {
+            let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
+                candle_core::bail!("slicing a cache that holds no keys");
+            };
+            let cut = |t: &Tensor| {
+                t.narrow(0, row, 1)?
+                    .narrow(2, from, to - from)?
+                    .contiguous()
+            };
+            let mut copy = KvCache::new(2, to - from + room);
+            copy.append(&cut(&k)?, &cut(&v)?)?;
+            layers.push(copy);
+        }
+        Ok(Cache {
+            layers,
+            valid: vec![vec![true; to - from]],
+        })
+    }
+
+    /// Bytes of keys and values held (what a copy of this cache costs).
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .filter_map(|kv| Some((kv.k().ok()??, kv.v().ok()??)))
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
 }
 
 /// Rows of different lengths as one `forward` input: each left-padded with `pad_id` to the

@@ -82,7 +82,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Liveness, and each model's queue: waiting, running, finished and cancelled sequences.
+/// Liveness, and each model's queue: waiting, running, finished and cancelled sequences, and
+/// its prompt cache (hits, prompt tokens not prefilled thanks to it, bytes kept).
 async fn health(State(s): State<AppState>) -> Json<Value> {
     let load = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::SeqCst);
     let models: Vec<Value> = s
@@ -91,7 +92,10 @@ async fn health(State(s): State<AppState>) -> Json<Value> {
         .map(|m| {
             let st = &m.batcher.stats;
             json!({"id": m.id, "waiting": load(&st.waiting), "running": load(&st.running),
-                   "finished": load(&st.finished), "cancelled": load(&st.cancelled)})
+                   "finished": load(&st.finished), "cancelled": load(&st.cancelled),
+                   "prompt_cache": {"hits": load(&st.prompt_cache_hits),
+                                    "tokens": load(&st.prompt_cache_tokens),
+                                    "bytes": load(&st.prompt_cache_bytes)}})
         })
         .collect();
     Json(json!({"status": "ok", "models": models}))

@@ -4,8 +4,11 @@
 //! prefilled on its own, a chunk per step (so it does not stall the others' decoding). Either
 //! way the new cache rows join the batch at the next step (`Cache::join`) and leave it when
 //! their sequence finishes or its client goes away. Each sequence keeps its own sampler (seed,
-//! temperature, penalties), stop strings and budget.
+//! temperature, penalties), stop strings and budget. Every prefilled prompt's keys and values
+//! go to the model's prompt cache (`prompt_cache`); a request that begins with a kept prompt
+//! copies them and prefills only the rest.
 
+use crate::prompt_cache::PromptCache;
 use galley_model::sample::LogSoftmax;
 use galley_model::{Cache, Finish, Llama, Sampler, SamplingParams, Tokenizer};
 use std::collections::VecDeque;
@@ -63,6 +66,8 @@ pub struct Limits {
     pub queue: usize,
     /// Prompt tokens prefilled per step.
     pub prefill_chunk: usize,
+    /// Bytes of recent prompts' keys and values kept for requests that begin the same way.
+    pub prompt_cache: usize,
 }
 
 impl Default for Limits {
@@ -71,6 +76,7 @@ impl Default for Limits {
             max_batch: 32,
             queue: 256,
             prefill_chunk: 256,
+            prompt_cache: 256 << 20,
         }
     }
 }
@@ -86,6 +92,11 @@ pub struct Stats {
     pub finished: AtomicUsize,
     /// Sequences dropped because their client went away.
     pub cancelled: AtomicUsize,
+    /// Prompts that began with a kept prompt, and the tokens they did not prefill for it.
+    pub prompt_cache_hits: AtomicUsize,
+    pub prompt_cache_tokens: AtomicUsize,
+    /// Bytes of keys and values the prompt cache keeps.
+    pub prompt_cache_bytes: AtomicUsize,
 }
 
 /// The handle the HTTP side submits to.
@@ -149,6 +160,7 @@ struct Loop {
     active: Vec<Seq>,
     cache: Cache,
     prefill: Option<Prefill>,
+    prompts: PromptCache,
     stats: Arc<Stats>,
 }
 
@@ -168,6 +180,7 @@ impl Loop {
             active: Vec::new(),
             cache,
             prefill: None,
+            prompts: PromptCache::new(limits.prompt_cache),
             stats,
         }
     }
@@ -175,6 +188,8 @@ impl Loop {
     fn publish(&self) {
         let n = self.active.len() + usize::from(self.prefill.is_some());
         self.stats.running.store(n, Ordering::SeqCst);
+        let bytes = self.prompts.bytes();
+        self.stats.prompt_cache_bytes.store(bytes, Ordering::SeqCst);
     }
 
     fn run(mut self, rx: Receiver<Job>) {
@@ -198,9 +213,12 @@ impl Loop {
                 }
             }
             if self.prefill.is_none() {
-                let group = self.take_group(&mut waiting);
+                // Prompts the cache begins are prefilled together from where their cached
+                // parts end; the others together from the start.
+                let cached = waiting.front().is_some_and(|j| self.cached(j) > 0);
+                let group = self.take_group(&mut waiting, cached);
                 if !group.is_empty() {
-                    self.prefill_group(group);
+                    self.prefill_group(group, cached);
                 } else if let Some(job) = waiting.pop_front() {
                     self.begin(job);
                 }
@@ -221,16 +239,19 @@ impl Loop {
         }
     }
 
-    /// Short prompts at the front of the queue that fit the batch, to prefill together.
-    fn take_group(&self, waiting: &mut VecDeque<Job>) -> Vec<Job> {
+    /// Short prompts at the front of the queue that fit the batch, to prefill together: all
+    /// begun by the prompt cache (`cached`; short counts what follows the cached part) or none.
+    fn take_group(&self, waiting: &mut VecDeque<Job>, cached: bool) -> Vec<Job> {
         let chunk = self.limits.prefill_chunk.max(1);
         // Padded positions one grouped prefill may hold.
         let budget = 4 * chunk;
         let mut group: Vec<Job> = Vec::new();
         let mut longest = 0;
         while let Some(j) = waiting.front() {
-            let len = j.prompt.len();
+            let shared = self.cached(j);
+            let len = j.prompt.len() - shared;
             let fits = !j.prompt_logprobs
+                && (shared > 0) == cached
                 && len <= chunk
                 && (group.len() + 1) * longest.max(len) <= budget
                 && self.active.len() + group.len() < self.limits.max_batch;
@@ -245,12 +266,40 @@ impl Loop {
 
     /// Prefills short prompts together in one left-padded pass, samples each one's first
     /// token, and joins the batch with them.
-    fn prefill_group(&mut self, jobs: Vec<Job>) {
+    fn prefill_group(&mut self, jobs: Vec<Job>, cached: bool) {
         let mut seqs: Vec<Seq> = jobs.into_iter().map(|j| self.new_seq(j)).collect();
         let pad_id = self.tok.eos.first().copied().unwrap_or(0);
-        let prompts: Vec<&[u32]> = seqs.iter().map(|s| s.job.prompt.as_slice()).collect();
+        // Where each prompt's prefill starts, and the cache the pass continues.
+        let mut starts = vec![0; seqs.len()];
+        let mut cache = self.model.new_cache(if cached { 0 } else { seqs.len() });
+        if cached {
+            for (i, s) in seqs.iter().enumerate() {
+                let room = s.job.prompt.len() + s.job.params.max_tokens.min(4096);
+                let joined = match self.prompts.lookup(&s.job.prompt, room) {
+                    Some((n, c)) => {
+                        starts[i] = n;
+                        self.stats.prompt_cache_hits.fetch_add(1, Ordering::SeqCst);
+                        self.stats
+                            .prompt_cache_tokens
+                            .fetch_add(n, Ordering::SeqCst);
+                        cache.join(c).map_err(|e| e.to_string())
+                    }
+                    None => Err("the prompt cache lost a prompt it held".into()),
+                };
+                if let Err(e) = joined {
+                    for s in &seqs {
+                        let _ = s.job.events.send(Event::Error(e.clone()));
+                    }
+                    return;
+                }
+            }
+        }
+        let prompts: Vec<&[u32]> = seqs
+            .iter()
+            .zip(&starts)
+            .map(|(s, &n)| &s.job.prompt[n..])
+            .collect();
         let (input, pad) = galley_model::model::left_pad(&prompts, pad_id);
-        let mut cache = self.model.new_cache(seqs.len());
         let rows = self
             .model
             .forward(&input, Some(&pad), &mut cache, true)
@@ -264,6 +313,17 @@ impl Loop {
                 return;
             }
         };
+        // Each row's prompt is its last positions (the rows are left-padded; a continued row
+        // whose new part was padded has a gap, fails the slice and is not kept again).
+        let total = cache.len();
+        for (i, s) in seqs.iter().enumerate() {
+            let n = s.job.prompt.len();
+            if !self.prompts.covers(&s.job.prompt)
+                && let Ok(c) = cache.slice_row(i, total - n, total, 0)
+            {
+                self.prompts.store(&s.job.prompt, c);
+            }
+        }
         let (mut keep, mut joined) = (Vec::new(), Vec::new());
         for (i, (mut s, l)) in seqs.drain(..).zip(&rows).enumerate() {
             match self.emit(&mut s, l) {
@@ -316,14 +376,33 @@ impl Loop {
         }
     }
 
-    /// Starts a chunked prefill of one prompt (a long one, or one whose prompt is scored).
+    /// Leading tokens of `job`'s prompt the prompt cache holds (0 when its prompt is scored:
+    /// that needs every position's logits).
+    fn cached(&self, job: &Job) -> usize {
+        if job.prompt_logprobs {
+            return 0;
+        }
+        self.prompts.shared_len(&job.prompt)
+    }
+
+    /// Starts a chunked prefill of one prompt (a long one, one whose prompt is scored, or one
+    /// the prompt cache begins: then from the end of the cached part).
     fn begin(&mut self, job: Job) {
+        let hit = if job.prompt_logprobs {
+            None
+        } else {
+            let room = job.prompt.len() + job.params.max_tokens.min(4096);
+            self.prompts.lookup(&job.prompt, room)
+        };
+        if let Some((n, _)) = &hit {
+            self.stats.prompt_cache_hits.fetch_add(1, Ordering::SeqCst);
+            self.stats
+                .prompt_cache_tokens
+                .fetch_add(*n, Ordering::SeqCst);
+        }
+        let (done, cache) = hit.unwrap_or_else(|| (0, self.model.new_cache(1)));
         let seq = self.new_seq(job);
-        self.prefill = Some(Prefill {
-            seq,
-            cache: self.model.new_cache(1),
-            done: 0,
-        });
+        self.prefill = Some(Prefill { seq, cache, done });
     }
 
     /// Prefills the next chunk of the pending prompt; at its end the first token is sampled
@@ -353,6 +432,11 @@ impl Loop {
         p.done = end;
         if !last {
             return Ok(());
+        }
+        if !self.prompts.covers(prompt)
+            && let Ok(c) = p.cache.slice_row(0, 0, prompt.len(), 0)
+        {
+            self.prompts.store(prompt, c);
         }
         let rows = logits.squeeze(0)?.to_vec2::<f32>()?;
         if all {

@@ -70,12 +70,17 @@ pub struct ServeFlags {
     /// Prompt tokens prefilled per decode step (long prompts do not stall the batch).
     #[arg(long, default_value_t = 256)]
     pub prefill_chunk: usize,
+    /// MiB of recent prompts' keys and values each served model keeps, so a request that
+    /// begins the same way (a system prompt, earlier turns) prefills only the rest; 0: none
+    /// (for users who must not learn each other's prompts from how fast a prefix answers).
+    #[arg(long, default_value_t = 256)]
+    pub prompt_cache_mib: usize,
     /// Dequantize GGUF weights to f32 at load.
     #[arg(long)]
     pub dequantize: bool,
-    /// Keep an f32 copy of quantized weights for batched decode steps: single requests keep
-    /// the quantized kernels, a full batch runs dense GEMMs (about 4 bytes per parameter more
-    /// memory, per served model). auto: when all copies together fit in 2 GiB.
+    /// Keep an f32 copy of quantized weights for passes of 64 rows or more (grouped prefills,
+    /// batches past 64): those run dense GEMMs, smaller ones the quantized kernels (about 4
+    /// bytes per parameter more memory, per served model). auto: when all copies fit in 2 GiB.
     #[arg(long, value_enum, default_value = "auto")]
     pub dense_batches: Dense,
 }
@@ -115,6 +120,7 @@ impl ServeFlags {
                 max_batch: self.max_batch,
                 queue: self.queue,
                 prefill_chunk: self.prefill_chunk,
+                prompt_cache: self.prompt_cache_mib << 20,
             },
             load: galley_model::LoadOptions {
                 dequantize: self.dequantize,
