@@ -91,23 +91,6 @@ unsafe fn rows_avx2_n<const R: usize>(w: &[f32], x: &[&[f32]; R], out: &mut [f32
     }
 }
 
-/// Picks the group size's instantiation of `$kernel` (an unsafe fn of `R` rows).
-macro_rules! by_size {
-    ($kernel:ident, $w:expr, $x:expr, $out:expr) => {
-        match $x.len() {
-            4 => $kernel::<4>($w, $x.try_into().expect("4 rows"), $out),
-            3 => $kernel::<3>($w, $x.try_into().expect("3 rows"), $out),
-            2 => $kernel::<2>($w, $x.try_into().expect("2 rows"), $out),
-            _ => {
-                for (row, o) in $x.iter().zip($out) {
-                    let one: &[&[f32]; 1] = std::slice::from_ref(row).try_into().expect("1 row");
-                    $kernel::<1>($w, one, std::slice::from_mut(o));
-                }
-            }
-        }
-    };
-}
-
 /// One f32 weight row (`w`'s bytes) against a group of up to [`GROUP`](super::GROUP) rows.
 pub(super) fn rows(w: &[u8], x: &[&[f32]], out: &mut [f32]) {
     let w: &[f32] = bytemuck::cast_slice(w);
@@ -115,12 +98,12 @@ pub(super) fn rows(w: &[u8], x: &[&[f32]], out: &mut [f32]) {
     if has_avx512f() {
         // SAFETY: the CPU has AVX-512F (checked at run time); each arm passes as many rows
         // as its array holds, each as long as `w` (drive cuts both at k).
-        return unsafe { by_size!(rows_avx512_n, w, x, out) };
+        return unsafe { by_group_size!(rows_avx512_n, w, x, out) };
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU has AVX2 (checked at run time); as above.
-        return unsafe { by_size!(rows_avx2_n, w, x, out) };
+        return unsafe { by_group_size!(rows_avx2_n, w, x, out) };
     }
     for (row, o) in x.iter().zip(out) {
         *o = dot_portable(w, row);

@@ -15,6 +15,24 @@
 //!
 //! Submodules: `q4_1` and `q8_0` (the block formats), `f32` (dense rows).
 
+/// Calls the instantiation of `$kernel` (an unsafe fn over `R` activation rows) for the group
+/// size of `$acts` (1 to [`GROUP`]): a group of four, three or two in one call, one row alone.
+macro_rules! by_group_size {
+    ($kernel:ident, $w:expr, $acts:expr, $out:expr) => {
+        match $acts.len() {
+            4 => $kernel::<4>($w, $acts.try_into().expect("4 rows"), $out),
+            3 => $kernel::<3>($w, $acts.try_into().expect("3 rows"), $out),
+            2 => $kernel::<2>($w, $acts.try_into().expect("2 rows"), $out),
+            _ => {
+                for (row, o) in $acts.iter().zip($out) {
+                    let one = std::slice::from_ref(row).try_into().expect("1 row");
+                    $kernel::<1>($w, one, std::slice::from_mut(o));
+                }
+            }
+        }
+    };
+}
+
 mod f32;
 mod q4_1;
 mod q8_0;

@@ -152,19 +152,7 @@ pub(super) fn rows(w: &[u8], a: &[Q8Row], out: &mut [f32]) {
     if has_avx512_vnni() {
         // SAFETY: the CPU has AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C (checked at run time);
         // each arm passes as many rows as its array holds.
-        unsafe {
-            match a.len() {
-                4 => rows_avx512::<4>(w, a.try_into().expect("4 rows"), out),
-                3 => rows_avx512::<3>(w, a.try_into().expect("3 rows"), out),
-                2 => rows_avx512::<2>(w, a.try_into().expect("2 rows"), out),
-                _ => {
-                    for (row, o) in a.iter().zip(out) {
-                        let one: &[Q8Row; 1] = std::slice::from_ref(row).try_into().expect("1 row");
-                        rows_avx512::<1>(w, one, std::slice::from_mut(o));
-                    }
-                }
-            }
-        }
+        unsafe { by_group_size!(rows_avx512, w, a, out) }
         return;
     }
     for (row, o) in a.iter().zip(out) {

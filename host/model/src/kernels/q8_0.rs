@@ -114,8 +114,9 @@ unsafe fn dot_q8_0_f32_avx2(w: &[u8], x: &[f32]) -> f32 {
 }
 
 /// One Q8_0 block per step against `R` rows of f32 activations: the block's bytes are widened
-/// to f32 and scaled once, then meet every row (two accumulators per row, so a row's result
-/// does not depend on `R`).
+/// to f32 and scaled once, then meet every row. Four accumulators per row (even and odd
+/// blocks, low and high halves), so a row's chain of fused adds does not wait on itself
+/// (a single row was latency-bound) and its result does not depend on `R`.
 /// # Safety
 /// The CPU must have AVX-512F, AVX2, FMA and F16C (callers check); each row of `x` must hold
 /// 32 floats per Q8_0 block of `w`.
@@ -127,26 +128,38 @@ unsafe fn rows_f32_avx512<const R: usize>(w: &[u8], x: &[&[f32]; R], out: &mut [
     debug_assert!(x.iter().all(|r| r.len() >= blocks * QK));
     // SAFETY: block b's weights are w[34b+2 .. 34b+34], its activations x[r][32b .. 32b+32].
     unsafe {
-        let mut lo = [_mm512_setzero_ps(); R];
-        let mut hi = [_mm512_setzero_ps(); R];
-        for b in 0..blocks {
-            let blk = w.as_ptr().add(b * BLOCK_BYTES);
-            prefetch(blk.wrapping_add(PREFETCH));
-            let d = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
-                (blk as *const u16).read_unaligned(),
-            )))));
-            let q0 = _mm_loadu_si128(blk.add(2) as *const __m128i);
-            let q1 = _mm_loadu_si128(blk.add(18) as *const __m128i);
-            let w0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)));
-            let w1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)));
-            for r in 0..R {
-                let xs = x[r].as_ptr().add(b * QK);
-                lo[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xs), lo[r]);
-                hi[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xs.add(16)), hi[r]);
-            }
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        // Block `$b` into accumulators `$a` and `$a + 1` of every row.
+        macro_rules! block {
+            ($b:expr, $a:expr) => {{
+                let b = $b;
+                let blk = w.as_ptr().add(b * BLOCK_BYTES);
+                prefetch(blk.wrapping_add(PREFETCH));
+                let d = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+                    (blk as *const u16).read_unaligned(),
+                )))));
+                let q0 = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                let q1 = _mm_loadu_si128(blk.add(18) as *const __m128i);
+                let w0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)));
+                let w1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)));
+                for r in 0..R {
+                    let xs = x[r].as_ptr().add(b * QK);
+                    acc[r][$a] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xs), acc[r][$a]);
+                    acc[r][$a + 1] =
+                        _mm512_fmadd_ps(w1, _mm512_loadu_ps(xs.add(16)), acc[r][$a + 1]);
+                }
+            }};
+        }
+        for p in 0..blocks / 2 {
+            block!(2 * p, 0);
+            block!(2 * p + 1, 2);
+        }
+        if blocks % 2 == 1 {
+            block!(blocks - 1, 0);
         }
         for r in 0..R {
-            out[r] = _mm512_reduce_add_ps(_mm512_add_ps(lo[r], hi[r]));
+            let [a, b, c, d] = acc[r];
+            out[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
         }
     }
 }
@@ -157,20 +170,7 @@ pub(super) fn rows_f32(w: &[u8], x: &[&[f32]], out: &mut [f32]) {
     if has_avx512f() && has_avx2() {
         // SAFETY: the CPU has AVX-512F, AVX2, FMA and F16C (checked at run time); each arm
         // passes as many rows as its array holds.
-        unsafe {
-            match x.len() {
-                4 => rows_f32_avx512::<4>(w, x.try_into().expect("4 rows"), out),
-                3 => rows_f32_avx512::<3>(w, x.try_into().expect("3 rows"), out),
-                2 => rows_f32_avx512::<2>(w, x.try_into().expect("2 rows"), out),
-                _ => {
-                    for (row, o) in x.iter().zip(out) {
-                        let one: &[&[f32]; 1] =
-                            std::slice::from_ref(row).try_into().expect("1 row");
-                        rows_f32_avx512::<1>(w, one, std::slice::from_mut(o));
-                    }
-                }
-            }
-        }
+        unsafe { by_group_size!(rows_f32_avx512, w, x, out) }
         return;
     }
     for (row, o) in x.iter().zip(out) {

@@ -6,6 +6,24 @@ use super::*;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+fn quantize(w: Vec<f32>, rows: usize, k: usize, t: GgmlDType) -> QTensor {
+    let dev = Device::Cpu;
+    QTensor::quantize(&Tensor::from_vec(w, (rows, k), &dev).unwrap(), t).unwrap()
+}
+
+/// `x` (n × k) times the dequantized `qt` transposed, in candle's f32.
+fn dequantized_product(x: &[f32], n: usize, k: usize, qt: &QTensor) -> Vec<f32> {
+    let dev = Device::Cpu;
+    Tensor::from_slice(x, (n, k), &dev)
+        .unwrap()
+        .matmul(&qt.dequantize(&dev).unwrap().t().unwrap())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
 /// The f32 decode product against the plain sum in f64, on rows not a multiple of the
 /// pool's parts and lengths with a remainder past the 16 lanes.
 #[test]
@@ -48,7 +66,6 @@ fn f32_matmul_matches_the_exact_product() {
 
 #[test]
 fn q8_0_matches_the_portable_path_and_the_exact_product() {
-    let dev = Device::Cpu;
     let (rows, k) = (45, 64);
     let w: Vec<f32> = (0..rows * k)
         .map(|i| ((i * 53 % 97) as f32 / 48.0 - 1.0) * 0.5)
@@ -56,22 +73,11 @@ fn q8_0_matches_the_portable_path_and_the_exact_product() {
     let x: Vec<f32> = (0..k)
         .map(|i| ((i * 7 % 23) as f32 / 11.0 - 1.0) * 3.0)
         .collect();
-    let qt = QTensor::quantize(
-        &Tensor::from_vec(w, (rows, k), &dev).unwrap(),
-        GgmlDType::Q8_0,
-    )
-    .unwrap();
+    let qt = quantize(w, rows, k, GgmlDType::Q8_0);
     let bytes = qt.data().unwrap();
     let ours = quant_matmul(Blocks::Q8_0, &x, 1, k, &bytes, rows);
     let act = quantize_row(&x);
-    let exact = Tensor::from_vec(x.clone(), (1, k), &dev)
-        .unwrap()
-        .matmul(&qt.dequantize(&dev).unwrap().t().unwrap())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let exact = dequantized_product(&x, 1, k, &qt);
     for r in 0..rows {
         let rb = k / QK * Q8_0_BLOCK_BYTES;
         let p = dot_q8_0_portable(&bytes[r * rb..(r + 1) * rb], &act);
@@ -89,7 +95,6 @@ fn q8_0_matches_the_portable_path_and_the_exact_product() {
 
 #[test]
 fn q8_0_with_f32_activations_is_the_exact_product() {
-    let dev = Device::Cpu;
     let (rows, k) = (37, 96);
     let w: Vec<f32> = (0..rows * k)
         .map(|i| ((i * 29 % 89) as f32 / 44.0 - 1.0) * 0.7)
@@ -97,20 +102,9 @@ fn q8_0_with_f32_activations_is_the_exact_product() {
     let x: Vec<f32> = (0..2 * k)
         .map(|i| ((i * 11 % 31) as f32 / 15.0 - 1.0) * 1.5)
         .collect();
-    let qt = QTensor::quantize(
-        &Tensor::from_vec(w, (rows, k), &dev).unwrap(),
-        GgmlDType::Q8_0,
-    )
-    .unwrap();
+    let qt = quantize(w, rows, k, GgmlDType::Q8_0);
     let ours = q8_0_matmul_f32(&x, 2, k, &qt.data().unwrap(), rows);
-    let exact = Tensor::from_vec(x, (2, k), &dev)
-        .unwrap()
-        .matmul(&qt.dequantize(&dev).unwrap().t().unwrap())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let exact = dequantized_product(&x, 2, k, &qt);
     for (a, b) in ours.iter().zip(&exact) {
         assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
     }
@@ -118,7 +112,6 @@ fn q8_0_with_f32_activations_is_the_exact_product() {
 
 #[test]
 fn matches_candle_and_the_portable_path() {
-    let dev = Device::Cpu;
     let (rows, k, n) = (70, 96, 3);
     let w: Vec<f32> = (0..rows * k)
         .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.3)
@@ -126,11 +119,7 @@ fn matches_candle_and_the_portable_path() {
     let x: Vec<f32> = (0..n * k)
         .map(|i| ((i * 13 % 29) as f32 / 14.0 - 1.0) * 2.0)
         .collect();
-    let qt = QTensor::quantize(
-        &Tensor::from_vec(w, (rows, k), &dev).unwrap(),
-        GgmlDType::Q4_1,
-    )
-    .unwrap();
+    let qt = quantize(w, rows, k, GgmlDType::Q4_1);
     let bytes = qt.data().unwrap();
     let ours = q4_1_matmul(&x, n, k, &bytes, rows);
     // The same integers on every path: equal up to float summation order.
@@ -163,14 +152,7 @@ fn matches_candle_and_the_portable_path() {
         }
     }
     // And close to the exact product with the dequantized weights (activation rounding only).
-    let exact = Tensor::from_vec(x, (n, k), &dev)
-        .unwrap()
-        .matmul(&qt.dequantize(&dev).unwrap().t().unwrap())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let exact = dequantized_product(&x, n, k, &qt);
     let scale = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
     for (a, b) in ours.iter().zip(&exact) {
         assert!((a - b).abs() < 0.02 * scale, "{a} vs {b}");
@@ -182,7 +164,6 @@ fn matches_candle_and_the_portable_path() {
 /// number of Q4_1 blocks (the AVX2 tail) and f32 rows with a remainder past the 16 lanes.
 #[test]
 fn a_rows_result_does_not_depend_on_its_batch() {
-    let dev = Device::Cpu;
     let (rows, k) = (23, 160);
     let w: Vec<f32> = (0..rows * k)
         .map(|i| ((i * 41 % 103) as f32 / 51.0 - 1.0) * 0.4)
@@ -190,17 +171,8 @@ fn a_rows_result_does_not_depend_on_its_batch() {
     let x: Vec<f32> = (0..7 * k)
         .map(|i| ((i * 17 % 37) as f32 / 18.0 - 1.0) * 1.7)
         .collect();
-    let wt = Tensor::from_vec(w.clone(), (rows, k), &dev).unwrap();
-    let q41 = QTensor::quantize(&wt, GgmlDType::Q4_1)
-        .unwrap()
-        .data()
-        .unwrap()
-        .to_vec();
-    let q80 = QTensor::quantize(&wt, GgmlDType::Q8_0)
-        .unwrap()
-        .data()
-        .unwrap()
-        .to_vec();
+    let bytes = |t| quantize(w.clone(), rows, k, t).data().unwrap().to_vec();
+    let (q41, q80) = (bytes(GgmlDType::Q4_1), bytes(GgmlDType::Q8_0));
     type Product<'a> = Box<dyn Fn(&[f32], usize) -> Vec<f32> + 'a>;
     let kf = k - 3;
     let products: [(&str, usize, Product); 4] = [

@@ -27,12 +27,15 @@ pub struct Linear {
 /// 88 ms against 134, 48 rows 134 against 152, 64 rows 184 against 153.
 const DENSE_CACHED_FROM_ROWS: usize = 64;
 
-/// Rows at or above which a quantized weight is dequantized and multiplied in f32: prompt
-/// processing is compute-bound, and a dense GEMM beats the quantized kernels there.
-const DENSE_FROM_ROWS: usize = 64;
+/// Rows at or above which a quantized weight with no kept copy (evaluation, `galley infer`)
+/// is dequantized and multiplied in f32: prompt passes keep f32 activations, which is what
+/// holds galley's log-likelihoods within 1e-4 of lm-evaluation-harness on the dequantized
+/// model (the quantized kernels round activations to 8 bits), and is faster from ~56 rows.
+const DENSE_FROM_ROWS: usize = 32;
 /// Up to this many rows, an f32 product on the CPU is galley's dot-product kernel, not
-/// candle's GEMM (whose AVX-512 path packs the whole weight each call).
-const SKINNY_ROWS: usize = 16;
+/// candle's GEMM (whose AVX-512 path packs the whole weight each call): SmolLM2-135M's step,
+/// 2 threads, 32 rows 98 ms against 153, 40 rows 167 against 149 (`decode_kernels` example).
+const SKINNY_ROWS: usize = 32;
 
 impl Linear {
     /// Loads `{prefix}.weight` of shape (out, inp) and, when `bias`, `{prefix}.bias`.
@@ -132,7 +135,7 @@ impl Linear {
                 dense(x, self.dense_copy.as_ref().expect("checked"))?
             }
             LinearWeight::Quant(QMatMul::QTensor(q))
-                if rows >= DENSE_FROM_ROWS && x.device().is_cpu() =>
+                if rows >= DENSE_FROM_ROWS && self.dense_copy.is_none() && x.device().is_cpu() =>
             {
                 dense(x, &q.dequantize(x.device())?)?
             }
