@@ -126,3 +126,149 @@ impl PromptCache {
         self.entries.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+    use galley_model::weights::Weights;
+    use galley_model::{Family, Llama, LlamaConfig, RopeScaling};
+
+    /// A two-layer model with random weights: enough for real keys and values.
+    fn tiny() -> Llama {
+        let c = LlamaConfig {
+            family: Family::Llama,
+            vocab_size: 64,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
+            max_position_embeddings: 256,
+            tie_word_embeddings: true,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            qk_norm: false,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+        };
+        let dev = Device::Cpu;
+        let mut t = vec![];
+        let mut put = |name: String, shape: &[usize]| {
+            let w = Tensor::randn(0f32, 0.3, shape, &dev).unwrap();
+            t.push((name, w));
+        };
+        let (h, d, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        put("model.embed_tokens.weight".into(), &[c.vocab_size, h]);
+        put("model.norm.weight".into(), &[h]);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            put(
+                format!("{p}.self_attn.q_proj.weight"),
+                &[c.num_heads * d, h],
+            );
+            put(
+                format!("{p}.self_attn.k_proj.weight"),
+                &[c.num_kv_heads * d, h],
+            );
+            put(
+                format!("{p}.self_attn.v_proj.weight"),
+                &[c.num_kv_heads * d, h],
+            );
+            put(
+                format!("{p}.self_attn.o_proj.weight"),
+                &[h, c.num_heads * d],
+            );
+            put(format!("{p}.mlp.gate_proj.weight"), &[f, h]);
+            put(format!("{p}.mlp.up_proj.weight"), &[f, h]);
+            put(format!("{p}.mlp.down_proj.weight"), &[h, f]);
+            put(format!("{p}.input_layernorm.weight"), &[h]);
+            put(format!("{p}.post_attention_layernorm.weight"), &[h]);
+        }
+        Llama::load(&Weights::memory(t, "tiny"), c, &dev).unwrap()
+    }
+
+    /// `prompt`'s cache (one row) and the logits of its last position.
+    fn prefill(m: &Llama, prompt: &[u32]) -> (Cache, Vec<f32>) {
+        let mut cache = m.new_cache(1);
+        let logits = m
+            .forward(&[prompt.to_vec()], None, &mut cache, true)
+            .unwrap();
+        (cache, logits.flatten_all().unwrap().to_vec1().unwrap())
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn a_continued_prompt_computes_what_a_whole_prefill_does() {
+        let m = tiny();
+        let system: Vec<u32> = (3..23).collect();
+        let mut pc = PromptCache::new(1 << 20);
+        let (c, _) = prefill(&m, &system);
+        pc.store(&system, c);
+        // The next request: the system prompt and a question.
+        let asked: Vec<u32> = system.iter().copied().chain([40, 41, 42]).collect();
+        assert_eq!(pc.shared_len(&asked), system.len());
+        let (n, mut cache) = pc.lookup(&asked, 8).unwrap();
+        assert_eq!((n, cache.len()), (system.len(), system.len()));
+        let logits = m
+            .forward(&[asked[n..].to_vec()], None, &mut cache, true)
+            .unwrap();
+        close(
+            &logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            &prefill(&m, &asked).1,
+        );
+        // A repeat runs its last token again (its logits start the answer).
+        assert_eq!(pc.shared_len(&system), system.len() - 1);
+        // Short or different beginnings are prefilled from the start.
+        assert_eq!(pc.shared_len(&system[..MIN_SHARED]), 0);
+        assert_eq!(pc.shared_len(&[9, 9, 9, 9, 9, 9, 9, 9, 9, 9]), 0);
+    }
+
+    #[test]
+    fn the_least_recently_used_prompt_leaves_and_longer_prompts_replace_their_beginnings() {
+        let m = tiny();
+        let prompt = |first: u32| -> Vec<u32> { (first..first + 12).collect() };
+        let (a, b, c) = (prompt(3), prompt(20), prompt(40));
+        let one = prefill(&m, &a).0.bytes();
+        // Room for two prompts of twelve tokens, not three.
+        let mut pc = PromptCache::new(2 * one + one / 2);
+        pc.store(&a, prefill(&m, &a).0);
+        pc.store(&b, prefill(&m, &b).0);
+        assert_eq!((pc.len(), pc.bytes()), (2, 2 * one));
+        // `a` is used, so `b` is the least recently used when `c` arrives.
+        assert!(pc.lookup(&[a.clone(), vec![50]].concat(), 0).is_some());
+        pc.store(&c, prefill(&m, &c).0);
+        assert_eq!(pc.len(), 2);
+        assert!(
+            pc.shared_len(&[b.clone(), vec![50]].concat()) == 0,
+            "b left"
+        );
+        assert!(
+            pc.shared_len(&[a.clone(), vec![50]].concat()) > 0,
+            "a stayed"
+        );
+        // A prompt that a kept one begins with adds nothing ...
+        pc.store(&a[..10], prefill(&m, &a[..10]).0);
+        assert_eq!(pc.len(), 2);
+        // ... and one that begins with a kept prompt replaces it.
+        let longer = [a.clone(), vec![60, 61]].concat();
+        pc.store(&longer, prefill(&m, &longer).0);
+        assert_eq!(pc.len(), 2);
+        assert!(!pc.covers(&[a.clone(), vec![50]].concat()) && pc.covers(&longer));
+        assert!(pc.bytes() <= 2 * one + one / 2);
+        // A prompt larger than the whole budget is not kept, and nothing else leaves for it.
+        let long: Vec<u32> = (3..40).collect();
+        pc.store(&long, prefill(&m, &long).0);
+        assert_eq!(pc.len(), 2);
+    }
+}
