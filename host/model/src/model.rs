@@ -21,7 +21,7 @@ pub struct Llama {
 
 /// What a batch of sequences has seen so far: cached keys/values per layer and, per row,
 /// which cached positions are real tokens (left padding is not).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Cache {
     pub(crate) layers: Vec<KvCache>,
     /// `valid[row][pos]`
@@ -74,47 +74,60 @@ impl Cache {
     /// a sequence prefilled on its own joins a batch that is already decoding — continuous
     /// batching.
     pub fn join(&mut self, other: Cache) -> candle_core::Result<()> {
-        if self.valid.is_empty() {
-            *self = other;
-            return Ok(());
-        }
-        if other.valid.is_empty() {
-            return Ok(());
-        }
-        let (la, lb) = (self.len(), other.len());
-        let total = la.max(lb);
-        let pad = |kv: &KvCache, l: usize| -> candle_core::Result<Option<(Tensor, Tensor)>> {
-            let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
-                return Ok(None);
-            };
-            if l == total {
-                return Ok(Some((k.contiguous()?, v.contiguous()?)));
-            }
-            let (b, h, _, d) = k.dims4()?;
-            let z = Tensor::zeros((b, h, total - l, d), k.dtype(), k.device())?;
-            Ok(Some((
-                Tensor::cat(&[&z, &k], 2)?.contiguous()?,
-                Tensor::cat(&[&z, &v], 2)?.contiguous()?,
-            )))
-        };
-        for (a, b) in self.layers.iter_mut().zip(&other.layers) {
-            let (Some((ka, va)), Some((kb, vb))) = (pad(a, la)?, pad(b, lb)?) else {
-                candle_core::bail!("joining a cache that holds no keys");
-            };
-            let mut grown = KvCache::new(2, total + 64);
-            grown.append(&Tensor::cat(&[&ka, &kb], 0)?, &Tensor::cat(&[&va, &vb], 0)?)?;
-            *a = grown;
-        }
-        let fill = |v: &mut Vec<bool>, l: usize| {
-            let mut p = vec![false; total - l];
-            p.append(v);
-            *v = p;
-        };
-        self.valid.iter_mut().for_each(|v| fill(v, la));
-        let mut rest = other.valid;
-        rest.iter_mut().for_each(|v| fill(v, lb));
-        self.valid.extend(rest);
+        let this = std::mem::take(self);
+        *self = Cache::stack(vec![this, other])?;
         Ok(())
+    }
+
+    /// The rows of every part, in order, as one cache: each part left-padded to the longest as
+    /// in `join`, all copied once (joining n parts one by one would copy the first n times).
+    pub fn stack(parts: Vec<Cache>) -> candle_core::Result<Cache> {
+        let mut parts: Vec<Cache> = parts.into_iter().filter(|c| !c.valid.is_empty()).collect();
+        if parts.len() <= 1 {
+            return Ok(parts.pop().unwrap_or_default());
+        }
+        let total = parts.iter().map(Cache::len).max().unwrap_or(0);
+        let layers = parts[0].layers.len();
+        let mut stacked = Vec::with_capacity(layers);
+        for layer in 0..layers {
+            let (mut k_rows, mut v_rows) = (Vec::new(), Vec::new());
+            for part in &parts {
+                let kv = &part.layers[layer];
+                let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
+                    candle_core::bail!("joining a cache that holds no keys");
+                };
+                let (k, v) = (k.contiguous()?, v.contiguous()?);
+                let missing = total - part.len();
+                if missing == 0 {
+                    k_rows.push(k);
+                    v_rows.push(v);
+                    continue;
+                }
+                // Left padding along positions, then the part's own keys and values.
+                let (b, h, _, d) = k.dims4()?;
+                let z = Tensor::zeros((b, h, missing, d), k.dtype(), k.device())?;
+                k_rows.push(Tensor::cat(&[&z, &k], 2)?);
+                v_rows.push(Tensor::cat(&[&z, &v], 2)?);
+            }
+            let mut grown = KvCache::new(2, total + 64);
+            grown.append(&Tensor::cat(&k_rows, 0)?, &Tensor::cat(&v_rows, 0)?)?;
+            stacked.push(grown);
+        }
+        let valid = parts
+            .into_iter()
+            .flat_map(|p| {
+                let missing = total - p.len();
+                p.valid.into_iter().map(move |v| {
+                    let mut row = vec![false; missing];
+                    row.extend(v);
+                    row
+                })
+            })
+            .collect();
+        Ok(Cache {
+            layers: stacked,
+            valid,
+        })
     }
 
     /// Sequences held.

@@ -271,28 +271,30 @@ impl Loop {
         let pad_id = self.tok.eos.first().copied().unwrap_or(0);
         // Where each prompt's prefill starts, and the cache the pass continues.
         let mut starts = vec![0; seqs.len()];
-        let mut cache = self.model.new_cache(if cached { 0 } else { seqs.len() });
+        let mut cache = self.model.new_cache(seqs.len());
         if cached {
+            // Stacking copies the kept prefixes once more, so they are cut without room.
+            let mut parts = Vec::with_capacity(seqs.len());
             for (i, s) in seqs.iter().enumerate() {
-                let room = s.job.prompt.len() + s.job.params.max_tokens.min(4096);
-                let joined = match self.prompts.lookup(&s.job.prompt, room) {
-                    Some((n, c)) => {
-                        starts[i] = n;
-                        self.stats.prompt_cache_hits.fetch_add(1, Ordering::SeqCst);
-                        self.stats
-                            .prompt_cache_tokens
-                            .fetch_add(n, Ordering::SeqCst);
-                        cache.join(c).map_err(|e| e.to_string())
-                    }
-                    None => Err("the prompt cache lost a prompt it held".into()),
-                };
-                if let Err(e) = joined {
+                let Some((n, c)) = self.reuse(&s.job, 0) else {
                     for s in &seqs {
-                        let _ = s.job.events.send(Event::Error(e.clone()));
+                        let e = "the prompt cache lost a prompt it held".to_string();
+                        let _ = s.job.events.send(Event::Error(e));
+                    }
+                    return;
+                };
+                starts[i] = n;
+                parts.push(c);
+            }
+            cache = match Cache::stack(parts) {
+                Ok(c) => c,
+                Err(e) => {
+                    for s in &seqs {
+                        let _ = s.job.events.send(Event::Error(e.to_string()));
                     }
                     return;
                 }
-            }
+            };
         }
         let prompts: Vec<&[u32]> = seqs
             .iter()
@@ -385,22 +387,28 @@ impl Loop {
         self.prompts.shared_len(&job.prompt)
     }
 
+    /// The longest kept prefix of `job`'s prompt, as a one-row cache with `room` positions to
+    /// grow, counted in the stats; none for a prompt that is scored (every position's logits).
+    fn reuse(&mut self, job: &Job, room: usize) -> Option<(usize, Cache)> {
+        if job.prompt_logprobs {
+            return None;
+        }
+        let (n, cache) = self.prompts.lookup(&job.prompt, room)?;
+        self.stats.prompt_cache_hits.fetch_add(1, Ordering::SeqCst);
+        self.stats
+            .prompt_cache_tokens
+            .fetch_add(n, Ordering::SeqCst);
+        Some((n, cache))
+    }
+
     /// Starts a chunked prefill of one prompt (a long one, one whose prompt is scored, or one
     /// the prompt cache begins: then from the end of the cached part).
     fn begin(&mut self, job: Job) {
-        let hit = if job.prompt_logprobs {
-            None
-        } else {
-            let room = job.prompt.len() + job.params.max_tokens.min(4096);
-            self.prompts.lookup(&job.prompt, room)
-        };
-        if let Some((n, _)) = &hit {
-            self.stats.prompt_cache_hits.fetch_add(1, Ordering::SeqCst);
-            self.stats
-                .prompt_cache_tokens
-                .fetch_add(*n, Ordering::SeqCst);
-        }
-        let (done, cache) = hit.unwrap_or_else(|| (0, self.model.new_cache(1)));
+        // The copy then grows in place through the prompt's rest and its answer.
+        let room = job.prompt.len() + job.params.max_tokens.min(4096);
+        let (done, cache) = self
+            .reuse(&job, room)
+            .unwrap_or_else(|| (0, self.model.new_cache(1)));
         let seq = self.new_seq(job);
         self.prefill = Some(Prefill { seq, cache, done });
     }

@@ -130,67 +130,27 @@ impl PromptCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use candle_core::Device;
+    use galley_model::Llama;
     use galley_model::weights::Weights;
-    use galley_model::{Family, Llama, LlamaConfig, RopeScaling};
+    use galley_train::config::InitSection;
+    use galley_train::model::{TrainModel, init_weights};
 
-    /// A two-layer model with random weights: enough for real keys and values.
+    /// A two-layer model with random weights (the trainer's initialisation, wide enough that
+    /// logits are of order one): enough for real keys and values.
     fn tiny() -> Llama {
-        let c = LlamaConfig {
-            family: Family::Llama,
-            vocab_size: 64,
+        let init = InitSection {
             hidden_size: 32,
             intermediate_size: 48,
             num_layers: 2,
             num_heads: 4,
             num_kv_heads: 2,
-            head_dim: 8,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            rope_scaling: RopeScaling::None,
             max_position_embeddings: 256,
-            tie_word_embeddings: true,
-            qkv_bias: false,
-            o_bias: false,
-            mlp_bias: false,
-            qk_norm: false,
-            bos_token_id: Some(1),
-            eos_token_ids: vec![2],
+            ..Default::default()
         };
-        let dev = Device::Cpu;
-        let mut t = vec![];
-        let mut put = |name: String, shape: &[usize]| {
-            let w = Tensor::randn(0f32, 0.3, shape, &dev).unwrap();
-            t.push((name, w));
-        };
-        let (h, d, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
-        put("model.embed_tokens.weight".into(), &[c.vocab_size, h]);
-        put("model.norm.weight".into(), &[h]);
-        for i in 0..c.num_layers {
-            let p = format!("model.layers.{i}");
-            put(
-                format!("{p}.self_attn.q_proj.weight"),
-                &[c.num_heads * d, h],
-            );
-            put(
-                format!("{p}.self_attn.k_proj.weight"),
-                &[c.num_kv_heads * d, h],
-            );
-            put(
-                format!("{p}.self_attn.v_proj.weight"),
-                &[c.num_kv_heads * d, h],
-            );
-            put(
-                format!("{p}.self_attn.o_proj.weight"),
-                &[h, c.num_heads * d],
-            );
-            put(format!("{p}.mlp.gate_proj.weight"), &[f, h]);
-            put(format!("{p}.mlp.up_proj.weight"), &[f, h]);
-            put(format!("{p}.mlp.down_proj.weight"), &[h, f]);
-            put(format!("{p}.input_layernorm.weight"), &[h]);
-            put(format!("{p}.post_attention_layernorm.weight"), &[h]);
-        }
-        Llama::load(&Weights::memory(t, "tiny"), c, &dev).unwrap()
+        let c = TrainModel::init_config(&init, 64, Some(1), vec![2]);
+        let w = init_weights(&c, 0.3, 7).unwrap();
+        Llama::load(&Weights::memory(w, "tiny"), c, &Device::Cpu).unwrap()
     }
 
     /// `prompt`'s cache (one row) and the logits of its last position.
@@ -270,5 +230,38 @@ mod tests {
         let long: Vec<u32> = (3..40).collect();
         pc.store(&long, prefill(&m, &long).0);
         assert_eq!(pc.len(), 2);
+    }
+
+    /// What the batcher does with requests the cache begins: their kept prefixes (of
+    /// different lengths) stacked into one cache, their rests left-padded into one pass; each
+    /// row's logits are those of its own whole prefill.
+    #[test]
+    fn stacked_prefixes_continue_together_as_each_alone() {
+        let m = tiny();
+        let mut pc = PromptCache::new(1 << 20);
+        let kept: Vec<Vec<u32>> = vec![(3..15).collect(), (20..40).collect(), (41..50).collect()];
+        for k in &kept {
+            pc.store(k, prefill(&m, k).0);
+        }
+        let asked: Vec<Vec<u32>> = vec![
+            [kept[0].clone(), vec![50, 51, 52]].concat(),
+            [kept[1].clone(), vec![53]].concat(),
+            [kept[2].clone(), vec![54, 55]].concat(),
+        ];
+        let (mut starts, mut parts) = (vec![], vec![]);
+        for a in &asked {
+            let (n, c) = pc.lookup(a, 0).unwrap();
+            starts.push(n);
+            parts.push(c);
+        }
+        let mut cache = Cache::stack(parts).unwrap();
+        assert_eq!((cache.rows(), cache.len()), (3, 20));
+        let rests: Vec<&[u32]> = asked.iter().zip(&starts).map(|(a, &n)| &a[n..]).collect();
+        let (input, pad) = galley_model::model::left_pad(&rests, 0);
+        let logits = m.forward(&input, Some(&pad), &mut cache, true).unwrap();
+        let rows = logits.squeeze(1).unwrap().to_vec2::<f32>().unwrap();
+        for (row, a) in rows.iter().zip(&asked) {
+            close(row, &prefill(&m, a).1);
+        }
     }
 }

@@ -68,7 +68,7 @@ fn prefetch(p: *const u8) {
 }
 
 /// Activations of one row rounded to 8 bits per block of 32: scale, scale × sum, values.
-/// `pairs` repeats the scales for the AVX-512 kernel, 32 floats per two blocks: the two `d`s
+/// `pairs` (empty unless asked for) repeats the scales for the AVX-512 kernel, 32 floats per two blocks: the two `d`s
 /// eight times each (the lanes their products land in), then each `s` in the first of its
 /// eight lanes, zeros elsewhere (so the weights' minimum times it is the exact product).
 struct Q8Row {
@@ -78,13 +78,14 @@ struct Q8Row {
     pairs: Vec<f32>,
 }
 
-fn quantize_row(x: &[f32]) -> Q8Row {
+/// `pairs`: also write `pairs` (only the AVX-512 Q4_1 kernel reads them).
+fn quantize_row(x: &[f32], pairs: bool) -> Q8Row {
     let blocks = x.len() / QK;
     let mut row = Q8Row {
         d: Vec::with_capacity(blocks),
         s: Vec::with_capacity(blocks),
         q: vec![0; x.len()],
-        pairs: Vec::with_capacity(blocks / 2 * 32),
+        pairs: Vec::with_capacity(if pairs { blocks / 2 * 32 } else { 0 }),
     };
     for (b, chunk) in x.chunks_exact(QK).enumerate() {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -99,13 +100,15 @@ fn quantize_row(x: &[f32]) -> Q8Row {
         row.d.push(d);
         row.s.push(d * sum as f32);
     }
-    for p in 0..blocks / 2 {
-        let (b0, b1) = (2 * p, 2 * p + 1);
-        row.pairs.extend([row.d[b0]; 8]);
-        row.pairs.extend([row.d[b1]; 8]);
-        for b in [b0, b1] {
-            row.pairs.push(row.s[b]);
-            row.pairs.extend([0f32; 7]);
+    if pairs {
+        for p in 0..blocks / 2 {
+            let (b0, b1) = (2 * p, 2 * p + 1);
+            row.pairs.extend([row.d[b0]; 8]);
+            row.pairs.extend([row.d[b1]; 8]);
+            for b in [b0, b1] {
+                row.pairs.push(row.s[b]);
+                row.pairs.extend([0f32; 7]);
+            }
         }
     }
     row
@@ -238,7 +241,8 @@ pub fn quant_matmul(
 ) -> Vec<f32> {
     let row_bytes = k / QK * kind.bytes();
     assert!(k.is_multiple_of(QK) && x.len() == n * k && w.len() == rows * row_bytes);
-    let acts: Vec<Q8Row> = x.chunks_exact(k).map(quantize_row).collect();
+    let pairs = kind == Blocks::Q4_1 && has_avx512_vnni();
+    let acts: Vec<Q8Row> = x.chunks_exact(k).map(|r| quantize_row(r, pairs)).collect();
     let group = match kind {
         Blocks::Q4_1 => q4_1::rows,
         Blocks::Q8_0 => q8_0::rows,

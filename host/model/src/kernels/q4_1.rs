@@ -98,7 +98,8 @@ unsafe fn rows_avx512<const R: usize>(w: &[u8], a: &[Q8Row; R], out: &mut [f32])
     );
     // SAFETY: blocks b and b+1 (b = 2p, b + 1 < blocks) are w[20b .. 20b+40]: nibbles at
     // +4 and +24, `d` and `m` at +0 and +20; their activations are q[32b .. 32b+64] and
-    // pairs[32p .. 32p+32] of each row (quantize_row writes both for every whole pair).
+    // pairs[32p .. 32p+32] of each row (quantize_row writes both for every whole pair when
+    // asked, as quant_matmul does wherever this kernel runs).
     unsafe {
         let low = _mm_set1_epi8(0x0F);
         // [d0, m0, d1, m1] -> d0 (lanes 0-7), d1 (8-15); m0, m1 the same way.

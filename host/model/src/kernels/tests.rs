@@ -76,7 +76,7 @@ fn q8_0_matches_the_portable_path_and_the_exact_product() {
     let qt = quantize(w, rows, k, GgmlDType::Q8_0);
     let bytes = qt.data().unwrap();
     let ours = quant_matmul(Blocks::Q8_0, &x, 1, k, &bytes, rows);
-    let act = quantize_row(&x);
+    let act = quantize_row(&x, false);
     let exact = dequantized_product(&x, 1, k, &qt);
     for r in 0..rows {
         let rb = k / QK * Q8_0_BLOCK_BYTES;
@@ -126,7 +126,7 @@ fn matches_candle_and_the_portable_path() {
     #[cfg(target_arch = "x86_64")]
     if has_avx512_vnni() {
         let row_bytes = k / QK * Q4_1_BLOCK_BYTES;
-        let act = quantize_row(&x[..k]);
+        let act = quantize_row(&x[..k], true);
         for r in 0..rows {
             let wr = &bytes[r * row_bytes..(r + 1) * row_bytes];
             let mut v512 = [0f32];
@@ -140,7 +140,7 @@ fn matches_candle_and_the_portable_path() {
             );
         }
     }
-    let acts: Vec<Q8Row> = x.chunks_exact(k).map(quantize_row).collect();
+    let acts: Vec<Q8Row> = x.chunks_exact(k).map(|r| quantize_row(r, false)).collect();
     let row_bytes = k / QK * Q4_1_BLOCK_BYTES;
     for i in 0..n {
         for r in 0..rows {
