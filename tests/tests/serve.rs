@@ -220,6 +220,7 @@ for _ in range(100):
 check(h["running"] == 0 and h["waiting"] == 0, f"still busy {h}")
 check(h["cancelled"] == before["cancelled"] + 1, f"not cancelled {before} -> {h}")
 check(h["finished"] == before["finished"], f"ran to the end {before} -> {h}")
+check(h["failed"] == 0, f"failed {h}")
 print("ok")
 "#
     );

@@ -74,8 +74,8 @@ impl Cache {
     /// a sequence prefilled on its own joins a batch that is already decoding — continuous
     /// batching.
     pub fn join(&mut self, other: Cache) -> candle_core::Result<()> {
-        let this = std::mem::take(self);
-        *self = Cache::stack(vec![this, other])?;
+        // A clone shares the tensors (no copy), and a failed join leaves the batch as it was.
+        *self = Cache::stack(vec![self.clone(), other])?;
         Ok(())
     }
 

@@ -82,7 +82,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Liveness, and each model's queue: waiting, running, finished and cancelled sequences, and
+/// Liveness, and each model's queue: waiting, running, finished, cancelled and failed
+/// sequences (waiting is read before running: a sequence moving between them counts in one), and
 /// its prompt cache (hits, prompt tokens not prefilled thanks to it, bytes kept).
 async fn health(State(s): State<AppState>) -> Json<Value> {
     let load = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::SeqCst);
@@ -91,8 +92,11 @@ async fn health(State(s): State<AppState>) -> Json<Value> {
         .iter()
         .map(|m| {
             let st = &m.batcher.stats;
-            json!({"id": m.id, "waiting": load(&st.waiting), "running": load(&st.running),
+            let waiting = load(&st.waiting);
+            let running = load(&st.running);
+            json!({"id": m.id, "waiting": waiting, "running": running,
                    "finished": load(&st.finished), "cancelled": load(&st.cancelled),
+                   "failed": load(&st.failed),
                    "prompt_cache": {"hits": load(&st.prompt_cache_hits),
                                     "tokens": load(&st.prompt_cache_tokens),
                                     "bytes": load(&st.prompt_cache_bytes)}})

@@ -92,6 +92,8 @@ pub struct Stats {
     pub finished: AtomicUsize,
     /// Sequences dropped because their client went away.
     pub cancelled: AtomicUsize,
+    /// Sequences ended by an error (their client was told).
+    pub failed: AtomicUsize,
     /// Prompts that began with a kept prompt, and the tokens they did not prefill for it.
     pub prompt_cache_hits: AtomicUsize,
     pub prompt_cache_tokens: AtomicUsize,
@@ -226,12 +228,12 @@ impl Loop {
             if let Err(e) = self.prefill_chunk()
                 && let Some(p) = self.prefill.take()
             {
-                let _ = p.seq.job.events.send(Event::Error(e.to_string()));
+                self.fail(&p.seq, e);
             }
             if let Err(e) = self.decode() {
                 // A failed step fails everyone in it; the batch starts afresh.
-                for s in self.active.drain(..) {
-                    let _ = s.job.events.send(Event::Error(e.to_string()));
+                for s in std::mem::take(&mut self.active) {
+                    self.fail(&s, &e);
                 }
                 self.cache = self.model.new_cache(0);
             }
@@ -273,13 +275,19 @@ impl Loop {
         let mut starts = vec![0; seqs.len()];
         let mut cache = self.model.new_cache(seqs.len());
         if cached {
-            // Stacking copies the kept prefixes once more, so they are cut without room.
+            // Stacking copies the kept prefixes once more, so they are cut without room; a
+            // lone one is not stacked (copied) again: it gets its whole generation's room, as
+            // in `begin` (cut without room, candle's cache grows by its first size, a prompt's
+            // length: a reallocation every few tokens).
+            let room = match &seqs[..] {
+                [s] => Self::room(&s.job),
+                _ => 0,
+            };
             let mut parts = Vec::with_capacity(seqs.len());
             for (i, s) in seqs.iter().enumerate() {
-                let Some((n, c)) = self.reuse(&s.job, 0) else {
+                let Some((n, c)) = self.reuse(&s.job, room) else {
                     for s in &seqs {
-                        let e = "the prompt cache lost a prompt it held".to_string();
-                        let _ = s.job.events.send(Event::Error(e));
+                        self.fail(s, "the prompt cache lost a prompt it held");
                     }
                     return;
                 };
@@ -290,7 +298,7 @@ impl Loop {
                 Ok(c) => c,
                 Err(e) => {
                     for s in &seqs {
-                        let _ = s.job.events.send(Event::Error(e.to_string()));
+                        self.fail(s, &e);
                     }
                     return;
                 }
@@ -310,7 +318,7 @@ impl Loop {
             Ok(r) => r,
             Err(e) => {
                 for s in &seqs {
-                    let _ = s.job.events.send(Event::Error(e.to_string()));
+                    self.fail(s, &e);
                 }
                 return;
             }
@@ -347,16 +355,16 @@ impl Loop {
         if joinable {
             self.active.extend(joined);
         } else {
-            for s in joined {
-                let _ = s
-                    .job
-                    .events
-                    .send(Event::Error("joining the batch failed".into()));
+            for s in &joined {
+                self.fail(s, "joining the batch failed");
             }
         }
     }
 
     fn new_seq(&self, job: Job) -> Seq {
+        // Counted running before it stops counting as waiting, so that `/health` never shows
+        // a live sequence as neither (`publish` corrects the count at the end of the step).
+        self.stats.running.fetch_add(1, Ordering::SeqCst);
         self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
         let mut eos: Vec<u32> = self
             .tok
@@ -401,13 +409,17 @@ impl Loop {
         Some((n, cache))
     }
 
+    /// Positions a copied prefix of `job`'s prompt keeps free, so that it grows in place
+    /// through the prompt's rest and its answer.
+    fn room(job: &Job) -> usize {
+        job.prompt.len() + job.params.max_tokens.min(4096)
+    }
+
     /// Starts a chunked prefill of one prompt (a long one, one whose prompt is scored, or one
     /// the prompt cache begins: then from the end of the cached part).
     fn begin(&mut self, job: Job) {
-        // The copy then grows in place through the prompt's rest and its answer.
-        let room = job.prompt.len() + job.params.max_tokens.min(4096);
         let (done, cache) = self
-            .reuse(&job, room)
+            .reuse(&job, Self::room(&job))
             .unwrap_or_else(|| (0, self.model.new_cache(1)));
         let seq = self.new_seq(job);
         self.prefill = Some(Prefill { seq, cache, done });
@@ -463,10 +475,11 @@ impl Loop {
         let last_row = rows.last().cloned().unwrap_or_default();
         let Prefill { mut seq, cache, .. } = self.prefill.take().expect("checked above");
         match self.emit(&mut seq, &last_row) {
-            Step::Go => {
-                self.cache.join(cache)?;
-                self.active.push(seq);
-            }
+            // The sequence is out of `self.prefill` here: a failed join must fail it itself.
+            Step::Go => match self.cache.join(cache) {
+                Ok(()) => self.active.push(seq),
+                Err(e) => self.fail(&seq, e),
+            },
             Step::Finished(f) => self.done(&seq, f),
             Step::Gone => {
                 self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
@@ -511,6 +524,12 @@ impl Loop {
         }
         self.active = kept;
         Ok(())
+    }
+
+    /// Ends a sequence with an error its client is told of.
+    fn fail(&self, s: &Seq, e: impl std::fmt::Display) {
+        self.stats.failed.fetch_add(1, Ordering::SeqCst);
+        let _ = s.job.events.send(Event::Error(e.to_string()));
     }
 
     fn done(&self, s: &Seq, finish: Finish) {
