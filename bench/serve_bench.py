@@ -57,10 +57,15 @@ def wait_up(url, proc, timeout=180):
     sys.exit(f"{url} did not come up")
 
 
+# Request fields beyond the defaults (--temperature, --logprobs).
+EXTRA = {}
+
+
 def one(url, model, prompt, max_tokens, ban):
     body = json.dumps({
         "model": model, "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens, "temperature": 0, "stream": True, "logit_bias": ban,
+        **EXTRA,
     }).encode()
     req = urllib.request.Request(url + "/v1/chat/completions", data=body,
                                  headers={"Content-Type": "application/json"})
@@ -138,15 +143,24 @@ def main():
     ap.add_argument("--requests", type=int, default=32, help="requests per level (at least one per client)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="sample at this temperature instead of greedy, with llama.cpp's default "
+                         "cuts sent to both servers: top-k 40, top-p 0.95, min-p 0.05")
+    ap.add_argument("--logprobs", type=int, default=None,
+                    help="ask for each token's log-probability and this many alternatives")
     ap.add_argument("--galley-args", default="", help="extra `galley serve` arguments, e.g. --dequantize")
     ap.add_argument("--skip-llama", action="store_true")
     ap.add_argument("--llama-server", help="llama.cpp's llama-server binary (scripts/llama-cpp.sh builds it)")
     args = ap.parse_args()
+    if args.temperature:
+        EXTRA.update(temperature=args.temperature, top_k=40, top_p=0.95, min_p=0.05)
+    if args.logprobs is not None:
+        EXTRA.update(logprobs=True, top_logprobs=args.logprobs)
 
     port = free_port()
     g_url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), CANDLE_NUM_THREADS=str(args.threads))
-    print(f"galley serve ({args.threads} threads, max batch 32) {args.galley_args}:")
+    print(f"galley serve ({args.threads} threads, max batch 32) {args.galley_args} {EXTRA or 'greedy'}:")
     g = run("galley", [args.galley, "serve", "-m", args.gguf, "--port", str(port), "--name", "m",
                        *args.galley_args.split()], g_url, "m", args, env)
     if args.skip_llama:

@@ -7,7 +7,7 @@ use crate::decode::Decoder;
 use crate::error::Result;
 use crate::model::Llama;
 use crate::sample::{Sampler, SamplingParams, logprob};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{TextStream, Tokenizer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
@@ -37,7 +37,7 @@ struct Row {
     prompt: Vec<u32>,
     tokens: Vec<u32>,
     logprobs: Vec<f32>,
-    text: String,
+    text: TextStream,
     emitted: usize,
     finish: Option<Finish>,
     sampler: Sampler,
@@ -59,6 +59,25 @@ pub fn settled<'t>(text: &'t str, stops: &[String]) -> &'t str {
         }
     }
     &text[..end]
+}
+
+/// Where the first of `stops` begins in `text`, looking only at matches that end after
+/// `from` (text before it was searched when it arrived): a search per token over the whole
+/// text made long generations quadratic.
+pub fn find_stop(text: &str, from: usize, stops: &[String]) -> Option<usize> {
+    let longest = stops.iter().map(String::len).max()?;
+    let mut start = from
+        .saturating_sub(longest.saturating_sub(1))
+        .min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text[start..].find(s.as_str()))
+        .min()
+        .map(|at| start + at)
 }
 
 /// Prompts that all start with this many tokens or more (a few-shot prompt's examples, a
@@ -109,7 +128,7 @@ pub fn generate_sharing(
             prompt: p.clone(),
             tokens: vec![],
             logprobs: vec![],
-            text: String::new(),
+            text: TextStream::default(),
             emitted: 0,
             finish: None,
             sampler: Sampler::new(params.clone(), i as u64),
@@ -207,24 +226,22 @@ pub fn generate_sharing(
             row.logprobs.push(logprob(l, t));
             if eos.contains(&t) {
                 row.finish = Some(Finish::Eos);
+                row.text.finish(tok)?;
             } else {
-                row.text = tok.decode(&row.tokens, false)?;
-                if let Some(at) = params
-                    .stop
-                    .iter()
-                    .filter_map(|s| row.text.find(s.as_str()))
-                    .min()
-                {
-                    row.text.truncate(at);
+                let added = row.text.push(tok, t)?;
+                let text = &mut row.text.text;
+                if let Some(at) = find_stop(text, text.len() - added, &params.stop) {
+                    text.truncate(at);
                     row.finish = Some(Finish::Stop);
                 } else if row.tokens.len() >= params.max_tokens {
                     row.finish = Some(Finish::Length);
+                    row.text.finish(tok)?;
                 }
             }
             let show = if row.finish.is_some() {
-                row.text.as_str()
+                row.text.text.as_str()
             } else {
-                settled(&row.text, &params.stop)
+                settled(&row.text.text, &params.stop)
             };
             if show.len() > row.emitted && show.is_char_boundary(row.emitted) {
                 on_text(i, &show[row.emitted..]);
@@ -246,7 +263,7 @@ pub fn generate_sharing(
     Ok(rows
         .into_iter()
         .map(|r| Completion {
-            text: r.text,
+            text: r.text.text,
             prompt_tokens: r.prompt.len(),
             tokens: r.tokens,
             logprobs: r.logprobs,
@@ -265,5 +282,24 @@ mod tests {
         assert_eq!(settled("Paris.\nUs", &stops), "Paris.");
         assert_eq!(settled("Paris.", &stops), "Paris.");
         assert_eq!(settled("caf\u{FFFD}", &[]), "caf");
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::find_stop;
+
+    #[test]
+    fn a_stop_is_found_where_it_ends_in_the_new_text_only() {
+        let stops = vec!["\nUser:".to_string(), "END".to_string()];
+        // Spanning the old and the new text.
+        assert_eq!(find_stop("Paris.\nUser: hi", 9, &stops), Some(6));
+        // Wholly in the old text: found when it arrived, not again.
+        assert_eq!(find_stop("END and more", 6, &stops), None);
+        assert_eq!(find_stop("aEND", 0, &stops), Some(1));
+        // Multi-byte text before the window's start.
+        assert_eq!(find_stop("日本語END", 9, &stops), Some(9));
+        assert_eq!(find_stop("日本語EN", 8, &stops), None);
+        assert_eq!(find_stop("anything", 0, &[]), None);
     }
 }

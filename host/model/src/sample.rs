@@ -2,6 +2,7 @@
 //! top-p (in that order, as llama.cpp and HF apply them), with a seeded generator per
 //! sequence so the same seed gives the same text. Temperature 0 is greedy.
 
+use crate::kernels::softmax;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::Deserialize;
@@ -98,14 +99,8 @@ pub struct LogSoftmax {
 
 impl LogSoftmax {
     pub fn new(logits: &[f32]) -> Self {
-        let mut argmax = 0;
-        for (i, &x) in logits.iter().enumerate() {
-            if x > logits[argmax] {
-                argmax = i;
-            }
-        }
-        let max = logits.get(argmax).copied().unwrap_or(f32::NEG_INFINITY);
-        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let (argmax, max) = softmax::argmax(logits);
+        let sum = softmax::exp_sum(logits, max, 1.0);
         Self {
             max,
             ln_sum: sum.ln() as f32,
@@ -118,22 +113,12 @@ impl LogSoftmax {
         (logits[token as usize] - self.max) - self.ln_sum
     }
 
-    /// The `k` most likely tokens and their log-probabilities, most likely first.
+    /// The `k` most likely tokens and their log-probabilities, most likely first (ties in
+    /// vocabulary order).
     pub fn top(&self, logits: &[f32], k: usize) -> Vec<(u32, f32)> {
-        if k == 0 {
-            return Vec::new();
-        }
-        let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
-        for (i, &x) in logits.iter().enumerate() {
-            if best.len() == k && best.last().is_some_and(|b| b.1 >= x) {
-                continue;
-            }
-            let at = best.partition_point(|b| b.1 >= x);
-            best.insert(at, (i as u32, x));
-            best.truncate(k);
-        }
-        best.into_iter()
-            .map(|(i, x)| (i, (x - self.max) - self.ln_sum))
+        softmax::top_k(logits, k)
+            .into_iter()
+            .map(|i| (i, (logits[i as usize] - self.max) - self.ln_sum))
             .collect()
     }
 }
@@ -175,33 +160,25 @@ impl Sampler {
         } else {
             logits
         };
-        let argmax = || {
-            logits
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i as u32)
-                .unwrap_or(0)
-        };
         if p.temperature == 0.0 {
-            return argmax();
+            // The first most likely token, as torch's argmax (NaN never).
+            return softmax::argmax(logits).0 as u32;
         }
         if (p.top_k == 0 || p.top_k >= logits.len()) && p.min_p == 0.0 && p.top_p >= 1.0 {
             return self.sample_all(logits);
         }
-        let mut cand: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l / p.temperature))
+        // Top-k first, from the few logits that can be among the k largest (sorting a whole
+        // vocabulary every token costs milliseconds); min-p and top-p then need only the k
+        // survivors in order.
+        let kept: Vec<u32> = if p.top_k > 0 && p.top_k < logits.len() {
+            softmax::top_k(logits, p.top_k)
+        } else {
+            softmax::top_k(logits, logits.len())
+        };
+        let cand: Vec<(u32, f32)> = kept
+            .into_iter()
+            .map(|i| (i, logits[i as usize] / p.temperature))
             .collect();
-        let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
-        // Top-k first, by partial selection: sorting a whole vocabulary every token costs
-        // milliseconds; min-p and top-p then need only the k survivors in order.
-        if p.top_k > 0 && p.top_k < cand.len() {
-            cand.select_nth_unstable_by(p.top_k - 1, desc);
-            cand.truncate(p.top_k);
-        }
-        cand.sort_unstable_by(desc);
         let max = cand[0].1;
         let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
         let sum: f64 = probs.iter().sum();
@@ -237,22 +214,31 @@ impl Sampler {
     /// Nothing cut (GRPO's and TRL's default sampling): draw from the whole tempered softmax
     /// in vocabulary order. Sorting 49k logits per token would cost more than the draw.
     fn sample_all(&mut self, logits: &[f32]) -> u32 {
-        let t = self.params.temperature;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = logits.iter().map(|&l| (((l - max) / t) as f64).exp()).sum();
-        let mut r = self.rng.random::<f64>() * sum;
-        let mut last = 0;
-        for (i, &l) in logits.iter().enumerate() {
-            let w = (((l - max) / t) as f64).exp();
-            if w > 0.0 {
-                last = i;
+        let scale = 1.0 / self.params.temperature;
+        let (_, max) = softmax::argmax(logits);
+        // Weights summed per block, then the draw walks the blocks and only its own block's
+        // logits one by one.
+        let mut blocks = Vec::with_capacity(logits.len().div_ceil(softmax::BLOCK));
+        let total = softmax::block_sums(logits, max, scale, &mut blocks);
+        let mut r = self.rng.random::<f64>() * total;
+        for (b, &sum) in blocks.iter().enumerate() {
+            if r - sum as f64 > 0.0 {
+                r -= sum as f64;
+                continue;
             }
-            r -= w;
-            if r <= 0.0 {
-                return i as u32;
+            let start = b * softmax::BLOCK;
+            let end = (start + softmax::BLOCK).min(logits.len());
+            for (i, &l) in logits[start..end].iter().enumerate() {
+                let w = softmax::exp((l - max) * scale) as f64;
+                r -= w;
+                if r <= 0.0 && w > 0.0 {
+                    return (start + i) as u32;
+                }
             }
         }
-        last as u32
+        // Rounding left a sliver of r: the last token with weight.
+        let weighs = |l: &f32| softmax::exp((l - max) * scale) > 0.0;
+        logits.iter().rposition(weighs).unwrap_or(0) as u32
     }
 }
 

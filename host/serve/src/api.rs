@@ -321,13 +321,14 @@ fn n_of(p: &Sampling) -> Result<usize, ApiError> {
     Ok(n)
 }
 
-/// Submits `n` jobs (seeds `seed`, `seed + 1`, ...) and returns their event streams.
+/// Submits `n` jobs (seeds `seed`, `seed + 1`, ...) and returns their event streams;
+/// `logprobs`: the chosen tokens' log-probabilities and this many alternatives are wanted.
 fn submit(
     b: &Batcher,
     prompt: &[u32],
     params: &SamplingParams,
     n: usize,
-    top: usize,
+    logprobs: Option<usize>,
     prompt_logprobs: bool,
     bias: &[(u32, f32)],
 ) -> Result<Vec<UnboundedReceiver<Event>>, ApiError> {
@@ -340,7 +341,8 @@ fn submit(
                 seed: params.seed.wrapping_add(i as u64),
                 ..params.clone()
             },
-            top_logprobs: top,
+            logprobs: logprobs.is_some(),
+            top_logprobs: logprobs.unwrap_or(0),
             prompt_logprobs,
             logit_bias: bias.to_vec(),
             events: tx,
@@ -494,8 +496,15 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
     )?;
     let n = n_of(&req.sampling)?;
     let bias = logit_bias(&s, &req.sampling)?;
-    let top = if req.logprobs { top } else { 0 };
-    let rxs = submit(b, &prompt, &params, n, top, false, &bias)?;
+    let rxs = submit(
+        b,
+        &prompt,
+        &params,
+        n,
+        req.logprobs.then_some(top),
+        false,
+        &bias,
+    )?;
     let id = format!("chatcmpl-{}", s.next_id.fetch_add(1, Ordering::Relaxed));
     if req.stream {
         let usage = req.stream_options.is_some_and(|o| o.include_usage);
@@ -725,7 +734,7 @@ async fn completions(
         let echo_scores = req.echo && req.logprobs.is_some();
         pending.push((
             p.clone(),
-            submit(b, p, &params, n, top, echo_scores, &bias)?,
+            submit(b, p, &params, n, req.logprobs, echo_scores, &bias)?,
         ));
     }
     let mut choices = Vec::new();

@@ -9,8 +9,9 @@
 //! copies them and prefills only the rest.
 
 use crate::prompt_cache::PromptCache;
+use galley_model::generate::find_stop;
 use galley_model::sample::LogSoftmax;
-use galley_model::{Cache, Finish, Llama, Sampler, SamplingParams, Tokenizer};
+use galley_model::{Cache, Finish, Llama, Sampler, SamplingParams, TextStream, Tokenizer};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +22,9 @@ use tokio::sync::mpsc::UnboundedSender;
 pub struct Job {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
+    /// The chosen tokens' log-probabilities are wanted (else `Event::Token`'s is NaN: a
+    /// normaliser over the vocabulary per token is not free).
+    pub logprobs: bool,
     /// Top log-probabilities per generated token (0: only the chosen token's).
     pub top_logprobs: usize,
     /// Also score the prompt's own tokens (completions' `echo` with `logprobs`).
@@ -46,6 +50,7 @@ pub enum Event {
         id: u32,
         /// Text that became final with this token (may be empty mid-character).
         text: String,
+        /// NaN unless the job asked for log-probabilities.
         logprob: f32,
         top: Vec<(u32, f32)>,
     },
@@ -143,7 +148,7 @@ struct Seq {
     job: Job,
     sampler: Sampler,
     tokens: Vec<u32>,
-    text: String,
+    text: TextStream,
     emitted: usize,
     eos: Vec<u32>,
 }
@@ -380,7 +385,7 @@ impl Loop {
             sampler: Sampler::new(job.params.clone(), 0),
             job,
             tokens: Vec::new(),
-            text: String::new(),
+            text: TextStream::default(),
             emitted: 0,
             eos,
         }
@@ -566,42 +571,49 @@ impl Loop {
         let t = s
             .sampler
             .sample(logits, s.job.prompt.iter().chain(&s.tokens));
-        let ls = LogSoftmax::new(logits);
         s.tokens.push(t);
         let mut finish = None;
         if s.eos.contains(&t) {
             finish = Some(Finish::Eos);
         } else {
-            s.text = self.tok.decode(&s.tokens, false).unwrap_or_default();
-            if let Some(at) = params
-                .stop
-                .iter()
-                .filter_map(|x| s.text.find(x.as_str()))
-                .min()
-            {
-                s.text.truncate(at);
+            // A detokenizer error (none for byte-level BPE) loses the token's text, not the
+            // sequence.
+            let added = s.text.push(&self.tok, t).unwrap_or(0);
+            let text = &mut s.text.text;
+            if let Some(at) = find_stop(text, text.len() - added, &params.stop) {
+                text.truncate(at);
                 finish = Some(Finish::Stop);
             } else if s.tokens.len() >= params.max_tokens {
                 finish = Some(Finish::Length);
             }
         }
+        if matches!(finish, Some(Finish::Eos | Finish::Length)) {
+            let _ = s.text.finish(&self.tok);
+        }
+        let all = &s.text.text;
         let show = if finish.is_some() {
-            s.text.len()
+            all.len()
         } else {
-            galley_model::generate::settled(&s.text, &params.stop).len()
+            galley_model::generate::settled(all, &params.stop).len()
         };
-        let text = if show > s.emitted && s.text.is_char_boundary(s.emitted) {
-            let t = s.text[s.emitted..show].to_string();
+        let text = if show > s.emitted && all.is_char_boundary(s.emitted) {
+            let t = all[s.emitted..show].to_string();
             s.emitted = show;
             t
         } else {
             String::new()
         };
+        let (logprob, top) = if s.job.logprobs {
+            let ls = LogSoftmax::new(logits);
+            (ls.at(logits, t), ls.top(logits, s.job.top_logprobs))
+        } else {
+            (f32::NAN, Vec::new())
+        };
         let ev = Event::Token {
             id: t,
             text,
-            logprob: ls.at(logits, t),
-            top: ls.top(logits, s.job.top_logprobs),
+            logprob,
+            top,
         };
         if s.job.events.send(ev).is_err() {
             return Step::Gone;
