@@ -56,6 +56,20 @@ fn naive_top_k(logits: &[f32], k: usize) -> u32 {
     cand[0].0
 }
 
+/// What a draw with nothing cut did before: f64 `exp` per logit, twice.
+fn naive_sample_all(logits: &[f32], u: f64) -> u32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let mut r = u * sum;
+    for (i, &l) in logits.iter().enumerate() {
+        r -= ((l - max) as f64).exp();
+        if r <= 0.0 {
+            return i as u32;
+        }
+    }
+    0
+}
+
 /// What `LogSoftmax::top` did before: a sorted insertion pass over the vocabulary.
 fn naive_top(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
@@ -110,6 +124,23 @@ fn main() {
         g,
         n,
     );
+    let mut s = Sampler::new(
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        },
+        0,
+    );
+    let g = time(2000, || {
+        black_box(s.sample(black_box(&logits), [].iter()));
+    });
+    let n = time(2000, || {
+        black_box(naive_sample_all(black_box(&logits), 0.5));
+    });
+    row("draw from the whole vocabulary (TRL's default)", g, n);
     let g = time(2000, || {
         black_box(softmax::top_k(black_box(&logits), 20));
     });
