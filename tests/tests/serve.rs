@@ -230,7 +230,8 @@ print("ok")
 /// A repeated request, a conversation's next turn and concurrent requests sharing a system
 /// prompt: with the prompt cache (default) the server prefills only their new tokens, and its
 /// answers are those of a server without it (`--prompt-cache-mib 0`): the same tokens, the
-/// same log-probabilities within float rounding.
+/// same log-probabilities within float rounding. A prompt kept under one `cache_salt` serves
+/// only requests with that salt.
 #[test]
 fn the_prompt_cache_skips_shared_prompts_and_answers_as_without_it() {
     let tmp = setup();
@@ -244,9 +245,9 @@ def health():
         return json.load(r)["models"][0]
 tok = json.load(open("model/tokenizer.json"))
 eos = next(t["id"] for t in tok["added_tokens"] if t["content"] == "<|im_end|>")
-def ask(msgs):
+def ask(msgs, **kw):
     r = c.chat.completions.create(model="model", messages=msgs, max_tokens=12, temperature=0,
-                                  logprobs=True, logit_bias={str(eos): -100})
+                                  logprobs=True, logit_bias={str(eos): -100}, **kw)
     return [(t.token, t.logprob) for t in r.choices[0].logprobs.content], r.choices[0].message.content
 system = {"role": "system", "content": "the number 1 is 3 and the answer is yes. " * 4}
 first = [system, {"role": "user", "content": "the number 3 is"}]
@@ -261,7 +262,19 @@ def one(i):
 threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
 for t in threads: t.start()
 for t in threads: t.join()
-print(json.dumps({"answers": out + together, "cache": health()["prompt_cache"]}))
+cache = health()["prompt_cache"]
+# Salted (vLLM's cache_salt): a prompt kept unsalted or under another salt is not reused.
+hits = []
+for salt in ["alice", "alice", "bob"]:
+    before = health()["prompt_cache"]["hits"]
+    same = ask(first, extra_body={"cache_salt": salt}) == out[0]
+    hits.append([health()["prompt_cache"]["hits"] - before, same])
+try:
+    ask(first, extra_body={"cache_salt": ""})
+    hits.append("empty salt accepted")
+except openai.BadRequestError as e:
+    hits.append(e.body["param"])
+print(json.dumps({"answers": out + together, "cache": cache, "salted": hits}))
 "#
     );
     let run = |args: &[&str]| -> serde_json::Value {
@@ -300,6 +313,12 @@ print(json.dumps({"answers": out + together, "cache": health()["prompt_cache"]})
         }
     }
     assert_eq!(a[0], a[1], "the repeat answers as the first");
+    // Salted: alice's first request misses (the prompt is kept unsalted), her repeat hits,
+    // bob misses; the answers are the unsalted ones.
+    let salted = serde_json::json!([[0, true], [1, true], [0, true], "cache_salt"]);
+    assert_eq!(with["salted"], salted);
+    let off = serde_json::json!([[0, true], [0, true], [0, true], "cache_salt"]);
+    assert_eq!(without["salted"], off);
 }
 
 #[test]

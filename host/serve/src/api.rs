@@ -1,8 +1,8 @@
 //! The OpenAI-compatible HTTP API over the batchers: `GET /health`, `GET /v1/models`,
 //! `POST /v1/chat/completions` (the model's chat template; `stream` as server-sent events
 //! ending `data: [DONE]`; `n`, `logprobs` + `top_logprobs`, `stop`, `seed`, `logit_bias`,
-//! and galley's
-//! `top_k`, `min_p`, `repetition_penalty`) and `POST /v1/completions` (text or token-id
+//! and the `top_k`, `min_p`, `repetition_penalty` and `cache_salt` of llama.cpp's and vLLM's
+//! servers) and `POST /v1/completions` (text or token-id
 //! prompts, `echo` with `logprobs`, which is how lm-evaluation-harness's `local-completions`
 //! scores log-likelihoods). The request's `model` picks the base or one of its adapters.
 //! Errors have OpenAI's body: 400 for a bad parameter or a prompt past the context, 404 for an
@@ -174,6 +174,31 @@ struct Sampling {
     n: Option<usize>,
     /// Token id (as a string, OpenAI's shape) -> bias added to its logit, in [-100, 100].
     logit_bias: Option<std::collections::HashMap<String, f32>>,
+    /// Prompt-cache isolation (vLLM's field): kept prompts are reused only by requests with
+    /// the same salt.
+    cache_salt: Option<String>,
+}
+
+/// What a request adds to its jobs beyond sampling: its logit biases and cache salt.
+struct Extras {
+    bias: Vec<(u32, f32)>,
+    cache_salt: Option<String>,
+}
+
+/// `logit_bias` and `cache_salt`, checked.
+fn extras(s: &Shared, p: &Sampling) -> Result<Extras, ApiError> {
+    if let Some(salt) = &p.cache_salt
+        && (salt.is_empty() || salt.len() > 1024)
+    {
+        return Err(ApiError::bad(
+            format!("cache_salt must be 1 to 1024 bytes, not {}", salt.len()),
+            Some("cache_salt"),
+        ));
+    }
+    Ok(Extras {
+        bias: logit_bias(s, p)?,
+        cache_salt: p.cache_salt.clone(),
+    })
 }
 
 /// `logit_bias` as (token, bias) pairs, checked.
@@ -330,7 +355,7 @@ fn submit(
     n: usize,
     logprobs: Option<usize>,
     prompt_logprobs: bool,
-    bias: &[(u32, f32)],
+    extras: &Extras,
 ) -> Result<Vec<UnboundedReceiver<Event>>, ApiError> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -344,7 +369,8 @@ fn submit(
             logprobs: logprobs.is_some(),
             top_logprobs: logprobs.unwrap_or(0),
             prompt_logprobs,
-            logit_bias: bias.to_vec(),
+            logit_bias: extras.bias.clone(),
+            cache_salt: extras.cache_salt.clone(),
             events: tx,
         };
         b.submit(job).map_err(|e| match e {
@@ -495,7 +521,7 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
         prompt.len(),
     )?;
     let n = n_of(&req.sampling)?;
-    let bias = logit_bias(&s, &req.sampling)?;
+    let extras = extras(&s, &req.sampling)?;
     let rxs = submit(
         b,
         &prompt,
@@ -503,7 +529,7 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
         n,
         req.logprobs.then_some(top),
         false,
-        &bias,
+        &extras,
     )?;
     let id = format!("chatcmpl-{}", s.next_id.fetch_add(1, Ordering::Relaxed));
     if req.stream {
@@ -721,7 +747,7 @@ async fn completions(
         ));
     }
     let n = n_of(&req.sampling)?;
-    let bias = logit_bias(&s, &req.sampling)?;
+    let extras = extras(&s, &req.sampling)?;
     let mut pending = Vec::new();
     for p in &prompts {
         // The legacy endpoint's default completion length.
@@ -734,7 +760,7 @@ async fn completions(
         let echo_scores = req.echo && req.logprobs.is_some();
         pending.push((
             p.clone(),
-            submit(b, p, &params, n, req.logprobs, echo_scores, &bias)?,
+            submit(b, p, &params, n, req.logprobs, echo_scores, &extras)?,
         ));
     }
     let mut choices = Vec::new();

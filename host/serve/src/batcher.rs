@@ -31,6 +31,8 @@ pub struct Job {
     pub prompt_logprobs: bool,
     /// Added to these tokens' logits before sampling (OpenAI's `logit_bias`).
     pub logit_bias: Vec<(u32, f32)>,
+    /// The prompt cache reuses only prompts kept under the same salt (vLLM's `cache_salt`).
+    pub cache_salt: Option<String>,
     pub events: UnboundedSender<Event>,
 }
 
@@ -333,10 +335,11 @@ impl Loop {
         let total = cache.len();
         for (i, s) in seqs.iter().enumerate() {
             let n = s.job.prompt.len();
-            if !self.prompts.covers(&s.job.prompt)
+            let salt = s.job.cache_salt.as_deref();
+            if !self.prompts.covers(&s.job.prompt, salt)
                 && let Ok(c) = cache.slice_row(i, total - n, total, 0)
             {
-                self.prompts.store(&s.job.prompt, c);
+                self.prompts.store(&s.job.prompt, salt, c);
             }
         }
         let (mut keep, mut joined) = (Vec::new(), Vec::new());
@@ -397,7 +400,8 @@ impl Loop {
         if job.prompt_logprobs {
             return 0;
         }
-        self.prompts.shared_len(&job.prompt)
+        self.prompts
+            .shared_len(&job.prompt, job.cache_salt.as_deref())
     }
 
     /// The longest kept prefix of `job`'s prompt, as a one-row cache with `room` positions to
@@ -406,7 +410,8 @@ impl Loop {
         if job.prompt_logprobs {
             return None;
         }
-        let (n, cache) = self.prompts.lookup(&job.prompt, room)?;
+        let salt = job.cache_salt.as_deref();
+        let (n, cache) = self.prompts.lookup(&job.prompt, salt, room)?;
         self.stats.prompt_cache_hits.fetch_add(1, Ordering::SeqCst);
         self.stats
             .prompt_cache_tokens
@@ -458,10 +463,11 @@ impl Loop {
         if !last {
             return Ok(());
         }
-        if !self.prompts.covers(prompt)
+        let salt = p.seq.job.cache_salt.as_deref();
+        if !self.prompts.covers(prompt, salt)
             && let Ok(c) = p.cache.slice_row(0, 0, prompt.len(), 0)
         {
-            self.prompts.store(prompt, c);
+            self.prompts.store(prompt, salt, c);
         }
         let rows = logits.squeeze(0)?.to_vec2::<f32>()?;
         if all {

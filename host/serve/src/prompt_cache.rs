@@ -4,6 +4,11 @@
 //! and vLLM (prefix caching) do. One per served model, owned by its batcher thread; bounded in
 //! bytes, the least recently used prompt leaves first. A request's output does not change with
 //! it beyond float rounding: the cached positions hold what the same tokens computed before.
+//!
+//! A hit is faster than a miss, so timing can tell a client whether another sent a prompt
+//! (the side channel every prefix cache has). Entries carry the request's `cache_salt`
+//! (vLLM's field): a prompt is reused only by requests with the same salt, so users given
+//! salts of their own share nothing.
 
 use galley_model::Cache;
 
@@ -11,6 +16,7 @@ use galley_model::Cache;
 pub const MIN_SHARED: usize = 8;
 
 struct Entry {
+    salt: Option<String>,
     tokens: Vec<u32>,
     cache: Cache,
     bytes: usize,
@@ -39,26 +45,33 @@ impl PromptCache {
         }
     }
 
-    /// How many leading tokens of `prompt` a kept prompt holds (0 below [`MIN_SHARED`]). At
-    /// most `prompt.len() - 1`: the last token is always run, for the logits of the first new one.
-    pub fn shared_len(&self, prompt: &[u32]) -> usize {
-        self.best(prompt).map_or(0, |(_, n)| n)
+    /// How many leading tokens of `prompt` a prompt kept under `salt` holds (0 below
+    /// [`MIN_SHARED`]). At most `prompt.len() - 1`: the last token is always run, for the
+    /// logits of the first new one.
+    pub fn shared_len(&self, prompt: &[u32], salt: Option<&str>) -> usize {
+        self.best(prompt, salt).map_or(0, |(_, n)| n)
     }
 
-    fn best(&self, prompt: &[u32]) -> Option<(usize, usize)> {
+    fn best(&self, prompt: &[u32], salt: Option<&str>) -> Option<(usize, usize)> {
         let most = prompt.len().saturating_sub(1);
         self.entries
             .iter()
             .enumerate()
+            .filter(|(_, e)| e.salt.as_deref() == salt)
             .map(|(i, e)| (i, shared(&e.tokens, prompt).min(most)))
             .filter(|&(_, n)| n >= MIN_SHARED)
             .max_by_key(|&(i, n)| (n, self.entries[i].used))
     }
 
-    /// A one-row cache holding the longest kept prefix of `prompt`, and its length; `room`
-    /// positions beyond it before the copy reallocates.
-    pub fn lookup(&mut self, prompt: &[u32], room: usize) -> Option<(usize, Cache)> {
-        let (i, n) = self.best(prompt)?;
+    /// A one-row cache holding the longest prefix of `prompt` kept under `salt`, and its
+    /// length; `room` positions beyond it before the copy reallocates.
+    pub fn lookup(
+        &mut self,
+        prompt: &[u32],
+        salt: Option<&str>,
+        room: usize,
+    ) -> Option<(usize, Cache)> {
+        let (i, n) = self.best(prompt, salt)?;
         self.clock += 1;
         let e = &mut self.entries[i];
         e.used = self.clock;
@@ -66,10 +79,10 @@ impl PromptCache {
         Some((n, cache))
     }
 
-    /// Keeps `prompt`'s keys and values: `cache` is a one-row cache of exactly its positions.
-    /// A prompt that a kept one already begins with adds nothing; kept prompts that begin this
-    /// one are replaced by it.
-    pub fn store(&mut self, prompt: &[u32], cache: Cache) {
+    /// Keeps `prompt`'s keys and values under `salt`: `cache` is a one-row cache of exactly
+    /// its positions. A prompt that a kept one (same salt) already begins with adds nothing;
+    /// kept prompts that begin this one are replaced by it.
+    pub fn store(&mut self, prompt: &[u32], salt: Option<&str>, cache: Cache) {
         let bytes = cache.bytes();
         if bytes == 0 || bytes > self.budget || prompt.len() < MIN_SHARED {
             return;
@@ -78,14 +91,14 @@ impl PromptCache {
         if let Some(e) = self
             .entries
             .iter_mut()
-            .find(|e| e.tokens.starts_with(prompt))
+            .find(|e| e.salt.as_deref() == salt && e.tokens.starts_with(prompt))
         {
             e.used = self.clock;
             return;
         }
         let mut freed = 0;
         self.entries.retain(|e| {
-            let covered = prompt.starts_with(&e.tokens);
+            let covered = e.salt.as_deref() == salt && prompt.starts_with(&e.tokens);
             if covered {
                 freed += e.bytes;
             }
@@ -100,6 +113,7 @@ impl PromptCache {
         }
         self.bytes += bytes;
         self.entries.push(Entry {
+            salt: salt.map(str::to_string),
             tokens: prompt.to_vec(),
             cache,
             bytes,
@@ -107,9 +121,12 @@ impl PromptCache {
         });
     }
 
-    /// Whether a kept prompt begins with all of `prompt` (storing it would add nothing).
-    pub fn covers(&self, prompt: &[u32]) -> bool {
-        self.entries.iter().any(|e| e.tokens.starts_with(prompt))
+    /// Whether a prompt kept under `salt` begins with all of `prompt` (storing it would add
+    /// nothing).
+    pub fn covers(&self, prompt: &[u32], salt: Option<&str>) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.salt.as_deref() == salt && e.tokens.starts_with(prompt))
     }
 
     /// Bytes of keys and values kept.
@@ -174,11 +191,11 @@ mod tests {
         let system: Vec<u32> = (3..23).collect();
         let mut pc = PromptCache::new(1 << 20);
         let (c, _) = prefill(&m, &system);
-        pc.store(&system, c);
+        pc.store(&system, None, c);
         // The next request: the system prompt and a question.
         let asked: Vec<u32> = system.iter().copied().chain([40, 41, 42]).collect();
-        assert_eq!(pc.shared_len(&asked), system.len());
-        let (n, mut cache) = pc.lookup(&asked, 8).unwrap();
+        assert_eq!(pc.shared_len(&asked, None), system.len());
+        let (n, mut cache) = pc.lookup(&asked, None, 8).unwrap();
         assert_eq!((n, cache.len()), (system.len(), system.len()));
         let logits = m
             .forward(&[asked[n..].to_vec()], None, &mut cache, true)
@@ -188,10 +205,10 @@ mod tests {
             &prefill(&m, &asked).1,
         );
         // A repeat runs its last token again (its logits start the answer).
-        assert_eq!(pc.shared_len(&system), system.len() - 1);
+        assert_eq!(pc.shared_len(&system, None), system.len() - 1);
         // Short or different beginnings are prefilled from the start.
-        assert_eq!(pc.shared_len(&system[..MIN_SHARED]), 0);
-        assert_eq!(pc.shared_len(&[9, 9, 9, 9, 9, 9, 9, 9, 9, 9]), 0);
+        assert_eq!(pc.shared_len(&system[..MIN_SHARED], None), 0);
+        assert_eq!(pc.shared_len(&[9, 9, 9, 9, 9, 9, 9, 9, 9, 9], None), 0);
     }
 
     #[test]
@@ -202,34 +219,59 @@ mod tests {
         let one = prefill(&m, &a).0.bytes();
         // Room for two prompts of twelve tokens, not three.
         let mut pc = PromptCache::new(2 * one + one / 2);
-        pc.store(&a, prefill(&m, &a).0);
-        pc.store(&b, prefill(&m, &b).0);
+        pc.store(&a, None, prefill(&m, &a).0);
+        pc.store(&b, None, prefill(&m, &b).0);
         assert_eq!((pc.len(), pc.bytes()), (2, 2 * one));
         // `a` is used, so `b` is the least recently used when `c` arrives.
-        assert!(pc.lookup(&[a.clone(), vec![50]].concat(), 0).is_some());
-        pc.store(&c, prefill(&m, &c).0);
+        assert!(
+            pc.lookup(&[a.clone(), vec![50]].concat(), None, 0)
+                .is_some()
+        );
+        pc.store(&c, None, prefill(&m, &c).0);
         assert_eq!(pc.len(), 2);
         assert!(
-            pc.shared_len(&[b.clone(), vec![50]].concat()) == 0,
+            pc.shared_len(&[b.clone(), vec![50]].concat(), None) == 0,
             "b left"
         );
         assert!(
-            pc.shared_len(&[a.clone(), vec![50]].concat()) > 0,
+            pc.shared_len(&[a.clone(), vec![50]].concat(), None) > 0,
             "a stayed"
         );
         // A prompt that a kept one begins with adds nothing ...
-        pc.store(&a[..10], prefill(&m, &a[..10]).0);
+        pc.store(&a[..10], None, prefill(&m, &a[..10]).0);
         assert_eq!(pc.len(), 2);
         // ... and one that begins with a kept prompt replaces it.
         let longer = [a.clone(), vec![60, 61]].concat();
-        pc.store(&longer, prefill(&m, &longer).0);
+        pc.store(&longer, None, prefill(&m, &longer).0);
         assert_eq!(pc.len(), 2);
-        assert!(!pc.covers(&[a.clone(), vec![50]].concat()) && pc.covers(&longer));
+        assert!(!pc.covers(&[a.clone(), vec![50]].concat(), None) && pc.covers(&longer, None));
         assert!(pc.bytes() <= 2 * one + one / 2);
         // A prompt larger than the whole budget is not kept, and nothing else leaves for it.
         let long: Vec<u32> = (3..40).collect();
-        pc.store(&long, prefill(&m, &long).0);
+        pc.store(&long, None, prefill(&m, &long).0);
         assert_eq!(pc.len(), 2);
+    }
+
+    /// A prompt kept under one salt serves only requests with that salt: no hit, so no
+    /// timing difference, across users given salts of their own.
+    #[test]
+    fn salted_prompts_are_reused_only_under_the_same_salt() {
+        let m = tiny();
+        let mut pc = PromptCache::new(1 << 20);
+        let system: Vec<u32> = (3..23).collect();
+        let asked: Vec<u32> = system.iter().copied().chain([40, 41]).collect();
+        pc.store(&system, Some("alice"), prefill(&m, &system).0);
+        assert_eq!(pc.shared_len(&asked, Some("alice")), system.len());
+        assert_eq!(pc.shared_len(&asked, Some("bob")), 0);
+        assert_eq!(pc.shared_len(&asked, None), 0);
+        assert!(pc.lookup(&asked, Some("bob"), 0).is_none());
+        assert!(pc.covers(&system, Some("alice")) && !pc.covers(&system, None));
+        // The same prompt under another salt is a separate entry, not a replacement.
+        pc.store(&system, None, prefill(&m, &system).0);
+        pc.store(&asked, Some("bob"), prefill(&m, &asked).0);
+        assert_eq!(pc.len(), 3);
+        assert_eq!(pc.shared_len(&asked, None), system.len());
+        assert_eq!(pc.shared_len(&asked, Some("alice")), system.len());
     }
 
     /// What the batcher does with requests the cache begins: their kept prefixes (of
@@ -241,7 +283,7 @@ mod tests {
         let mut pc = PromptCache::new(1 << 20);
         let kept: Vec<Vec<u32>> = vec![(3..15).collect(), (20..40).collect(), (41..50).collect()];
         for k in &kept {
-            pc.store(k, prefill(&m, k).0);
+            pc.store(k, None, prefill(&m, k).0);
         }
         let asked: Vec<Vec<u32>> = vec![
             [kept[0].clone(), vec![50, 51, 52]].concat(),
@@ -250,7 +292,7 @@ mod tests {
         ];
         let (mut starts, mut parts) = (vec![], vec![]);
         for a in &asked {
-            let (n, c) = pc.lookup(a, 0).unwrap();
+            let (n, c) = pc.lookup(a, None, 0).unwrap();
             starts.push(n);
             parts.push(c);
         }
