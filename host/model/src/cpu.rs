@@ -302,6 +302,37 @@ impl CustomOp3 for Attend {
         }
         let rep = heads / kvh;
         let past = self.visible.past;
+        if t == 1 {
+            // A decode step: its own kernel (no gemm packing for 3 x n products).
+            let rows = |l: &Layout, data| -> Result<crate::kernels::attend::Rows> {
+                let st = l.stride();
+                if st[3] != 1 {
+                    bail!(
+                        "galley attention: keys and values need a unit stride in the head dimension"
+                    );
+                }
+                Ok(crate::kernels::attend::Rows {
+                    data,
+                    start: l.start_offset(),
+                    sb: st[0],
+                    sh: st[1],
+                    sj: st[2],
+                })
+            };
+            let step = crate::kernels::attend::Step {
+                q,
+                k: rows(l2, ks)?,
+                v: rows(l3, vs)?,
+                valid: &self.visible.valid,
+                past,
+                heads,
+                kv_heads: kvh,
+                d,
+                scale: self.scale,
+            };
+            let out = crate::kernels::attend::decode(&step);
+            return Ok((CpuStorage::F32(out), Shape::from((b, heads, t, d))));
+        }
         // A short pass (a decode step, a short prefill) multiplies the query heads that share
         // a KV head as one block of rep·t rows (row r at position r % t): bigger products, a
         // fraction of the calls. A long one goes head by head in blocks of query positions,
@@ -495,8 +526,9 @@ mod tests {
         // step): the heads of a KV group as one block. Row 1 is left-padded by 5 and has a
         // padding hole in the past (a joined cache); keys and values are views into a cache
         // buffer with room to spare, as KvCache hands them out.
-        for t in [70, 9, 1] {
-            let (b, heads, kvh, d, past) = (2, 6, 2, 16, 9);
+        // A decode step also with heads of 64 and of 40 (a partial lane group) dimensions.
+        for (t, d) in [(70, 16), (9, 16), (1, 16), (1, 64), (1, 40)] {
+            let (b, heads, kvh, past) = (2, 6, 2, 9);
             let n = past + t;
             let q = Tensor::randn(0f32, 1.0, (b, heads, t, d), &dev).unwrap();
             let kbuf = Tensor::randn(0f32, 1.0, (b, kvh, n + 30, d), &dev).unwrap();
@@ -514,7 +546,7 @@ mod tests {
             let want = reference(&q, &kc, &vc, 0.25, &vis);
             assert_eq!(got.dims(), want.dims());
             let diff = max_diff(&got, &want);
-            assert!(diff < 1e-5, "t = {t}: {diff}");
+            assert!(diff < 1e-5, "t = {t}, d = {d}: {diff}");
         }
     }
 

@@ -13,8 +13,9 @@
 //! depends on the other rows it is computed with (each row's operations run in the same order
 //! in every group size), so batched and single decoding agree bit for bit.
 //!
-//! Submodules: `q4_1` and `q8_0` (the block formats), `f32` (dense rows), `softmax` (the
-//! per-token work over a vocabulary's logits: exponential sums, maxima, top-k).
+//! Submodules: `q4_1` and `q8_0` (the block formats), `f32` (dense rows), `attend` (a decode
+//! step's attention over the KV cache), `softmax` (the per-token work over a vocabulary's
+//! logits: exponential sums, maxima, top-k).
 
 /// Calls the instantiation of `$kernel` (an unsafe fn over `R` activation rows) for the group
 /// size of `$acts` (1 to [`GROUP`]): a group of four, three or two in one call, one row alone.
@@ -34,6 +35,7 @@ macro_rules! by_group_size {
     };
 }
 
+pub mod attend;
 mod f32;
 mod q4_1;
 mod q8_0;
