@@ -8,9 +8,8 @@
 //! multiply-adds, on the decode pool. A task computes the same bits whatever the batch, the
 //! partition or the instruction set (AVX-512, AVX2+FMA, portable).
 
+use super::softmax::LANES;
 use super::{SendPtr, softmax};
-
-const LANES: usize = 16;
 
 /// Keys or values of a (b, kv_heads, n, d) tensor with a unit stride along d: element
 /// (bi, h, j, c) is `data[start + bi * sb + h * sh + j * sj + c]`.
@@ -58,14 +57,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (i, (x, y)) in ta.iter().zip(tb).enumerate() {
         acc[i] = x.mul_add(*y, acc[i]);
     }
-    let mut w = LANES;
-    while w > 1 {
-        w /= 2;
-        for i in 0..w {
-            acc[i] += acc[i + w];
-        }
-    }
-    acc[0]
+    softmax::fold_lanes(acc, |a, b| a + b)
 }
 
 /// Task (bi, g): the query heads of KV head g of row bi into `out` (rep x d).

@@ -10,7 +10,22 @@
 
 /// Logits per block: lane sums stay short (f32 error ~1e-7 relative), blocks add in f64.
 pub const BLOCK: usize = 256;
-const LANES: usize = 16;
+/// Lanes of the vectorizable loops (one AVX-512 register of f32).
+pub(super) const LANES: usize = 16;
+
+/// `acc`'s lanes folded pairwise in a fixed order (halves, then quarters, ...), so every
+/// instruction set combines them alike.
+#[inline(always)]
+pub(super) fn fold_lanes(mut acc: [f32; LANES], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] = f(acc[i], acc[i + w]);
+        }
+    }
+    acc[0]
+}
 
 /// `exp(x)`: 0 below -87 (where f32's normal range ends) and for NaN; clamped at 88.
 #[inline(always)]
@@ -56,15 +71,7 @@ fn block_sum(xs: &[f32], shift: f32, scale: f32) -> f32 {
     for (i, &x) in chunks.remainder().iter().enumerate() {
         acc[i] += exp((x - shift) * scale);
     }
-    // Pairwise, in a fixed order.
-    let mut w = LANES;
-    while w > 1 {
-        w /= 2;
-        for i in 0..w {
-            acc[i] += acc[i + w];
-        }
-    }
-    acc[0]
+    fold_lanes(acc, |a, b| a + b)
 }
 
 #[inline(always)]
@@ -100,14 +107,7 @@ fn block_max_impl(xs: &[f32], out: &mut Vec<f32>) {
         for (i, &x) in chunks.remainder().iter().enumerate() {
             acc[i] = larger(acc[i], x);
         }
-        let mut w = LANES;
-        while w > 1 {
-            w /= 2;
-            for i in 0..w {
-                acc[i] = larger(acc[i], acc[i + w]);
-            }
-        }
-        out.push(acc[0]);
+        out.push(fold_lanes(acc, larger));
     }
 }
 
