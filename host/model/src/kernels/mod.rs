@@ -82,6 +82,70 @@ struct Q8Row {
     pairs: Vec<f32>,
 }
 
+/// Each block of [`QK`] values as 8-bit integers times a scale (llama.cpp's Q8_1: the scale
+/// maps the largest magnitude to 127, values round half away from zero, and the block's sum
+/// of integers times its scale is kept for the Q4_1 minimum term).
+#[inline(always)]
+fn quantize_blocks_impl(x: &[f32], row: &mut Q8Row) {
+    use softmax::{LANES, fold_lanes};
+    // `if a > m` is the max instruction exactly (NaN skipped, as `f32::max` would).
+    let larger = |m: f32, a: f32| if a > m { a } else { m };
+    for (b, chunk) in x.chunks_exact(QK).enumerate() {
+        let mut acc = [0f32; LANES];
+        for c in chunk.chunks_exact(LANES) {
+            for i in 0..LANES {
+                acc[i] = larger(acc[i], c[i].abs());
+            }
+        }
+        let d = fold_lanes(acc, larger) / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (v, q) in chunk.iter().zip(&mut row.q[b * QK..(b + 1) * QK]) {
+            // `f32::round` (half away from zero) without the libm call that kept this loop
+            // scalar: y - trunc(y) is exact, so this is the same integer for every y.
+            let y = v * inv;
+            let t = y.trunc();
+            let r = if (y - t).abs() >= 0.5 {
+                t + 1f32.copysign(y)
+            } else {
+                t
+            };
+            let r = r as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        row.d.push(d);
+        row.s.push(d * sum as f32);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn quantize_blocks_avx512(x: &[f32], row: &mut Q8Row) {
+    quantize_blocks_impl(x, row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn quantize_blocks_avx2(x: &[f32], row: &mut Q8Row) {
+    quantize_blocks_impl(x, row)
+}
+
+fn quantize_blocks(x: &[f32], row: &mut Q8Row) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512f() {
+            // SAFETY: the CPU has AVX-512F (checked at run time).
+            return unsafe { quantize_blocks_avx512(x, row) };
+        }
+        if has_avx2() {
+            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+            return unsafe { quantize_blocks_avx2(x, row) };
+        }
+    }
+    quantize_blocks_impl(x, row)
+}
+
 /// `pairs`: also write `pairs` (only the AVX-512 Q4_1 kernel reads them).
 fn quantize_row(x: &[f32], pairs: bool) -> Q8Row {
     let blocks = x.len() / QK;
@@ -91,19 +155,7 @@ fn quantize_row(x: &[f32], pairs: bool) -> Q8Row {
         q: vec![0; x.len()],
         pairs: Vec::with_capacity(if pairs { blocks / 2 * 32 } else { 0 }),
     };
-    for (b, chunk) in x.chunks_exact(QK).enumerate() {
-        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for (j, v) in chunk.iter().enumerate() {
-            let q = (v * inv).round() as i32;
-            row.q[b * QK + j] = q as i8;
-            sum += q;
-        }
-        row.d.push(d);
-        row.s.push(d * sum as f32);
-    }
+    quantize_blocks(x, &mut row);
     if pairs {
         for p in 0..blocks / 2 {
             let (b0, b1) = (2 * p, 2 * p + 1);

@@ -208,3 +208,38 @@ fn a_rows_result_does_not_depend_on_its_batch() {
         }
     }
 }
+
+/// The vectorized activation quantization gives llama.cpp's integers (round half away from
+/// zero) and scales bit for bit, ties, zero blocks and NaN included.
+#[test]
+fn activations_quantize_as_the_scalar_rule_does() {
+    let mut x: Vec<f32> = (0..8 * QK)
+        .map(|i| ((i * 7919 % 509) as f32 / 254.0 - 1.0) * 3.7)
+        .collect();
+    // Exact halves after scaling: amax 127 makes the scale 1.
+    for (j, v) in [127.0, 0.5, -0.5, 1.5, -2.5, 126.5, -126.5, 3.0]
+        .iter()
+        .enumerate()
+    {
+        x[QK + j] = *v;
+    }
+    x[2 * QK..3 * QK].fill(0.0);
+    x[3 * QK + 5] = f32::NAN;
+    x[4 * QK + 1] = -0.0;
+    let got = quantize_row(&x, false);
+    for (b, chunk) in x.chunks_exact(QK).enumerate() {
+        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let q: Vec<i32> = chunk.iter().map(|v| (v * inv).round() as i32).collect();
+        let sum: i32 = q.iter().sum();
+        assert_eq!(got.d[b].to_bits(), d.to_bits(), "block {b}");
+        assert_eq!(got.s[b].to_bits(), (d * sum as f32).to_bits(), "block {b}");
+        let ours: Vec<i32> = got.q[b * QK..(b + 1) * QK]
+            .iter()
+            .map(|&v| v as i32)
+            .collect();
+        assert_eq!(ours, q, "block {b}");
+    }
+    assert_eq!(&got.q[QK..QK + 8], &[127, 1, -1, 2, -3, 127, -127, 3]);
+}
