@@ -164,6 +164,14 @@ for call, err, what in [
         check(False, what + " accepted")
     except err as ex:
         check(ex.body and "message" in ex.body, what + " body")
+# A field of the wrong type is a 400 naming its key, also for the fields both endpoints share.
+for body, key in [({"temperature": "hot"}, "temperature"), ({"cache_salt": 5}, "cache_salt"),
+                  ({"max_tokens": "many"}, "max_tokens"), ({"stop": 3}, "stop")]:
+    try:
+        c.chat.completions.create(model="model", messages=msgs, extra_body=body)
+        check(False, f"{body} accepted")
+    except openai.BadRequestError as ex:
+        check(f"`{key}`" in ex.body["message"], f"{body}: {ex.body}")
 print("ok")
 "#
     );

@@ -114,14 +114,42 @@ async fn models(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
-/// Reads a JSON body ourselves, so a malformed one gets OpenAI's error shape.
+/// Keys of [`Sampling`], the fields both requests flatten in.
+const SAMPLING_KEYS: [&str; 10] = [
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "seed",
+    "stop",
+    "n",
+    "logit_bias",
+    "cache_salt",
+];
+
+/// Reads a JSON body ourselves, so a malformed one gets OpenAI's error shape, naming the key.
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+        let mut path = e.path().to_string();
+        let mut param = None;
+        // A flattened field's error has no path (serde buffers them): find the key by
+        // reading each sampling key alone.
+        if path == "." {
+            let obj: serde_json::Map<String, Value> =
+                serde_json::from_slice(body).unwrap_or_default();
+            param = SAMPLING_KEYS.into_iter().find(|k| {
+                obj.get(*k)
+                    .is_some_and(|v| serde_json::from_value::<Sampling>(json!({ *k: v })).is_err())
+            });
+            if let Some(k) = param {
+                path = k.to_string();
+            }
+        }
         ApiError::bad(
             format!("invalid request body at `{path}`: {}", e.inner()),
-            None,
+            param,
         )
     })
 }
