@@ -171,7 +171,7 @@ for body, key in [({"temperature": "hot"}, "temperature"), ({"cache_salt": 5}, "
         c.chat.completions.create(model="model", messages=msgs, extra_body=body)
         check(False, f"{body} accepted")
     except openai.BadRequestError as ex:
-        check(f"`{key}`" in ex.body["message"], f"{body}: {ex.body}")
+        check(f"`{key}`" in ex.body["message"] and ex.body["param"] == key, f"{body}: {ex.body}")
 print("ok")
 "#
     );

@@ -302,7 +302,7 @@ impl CustomOp3 for Attend {
         }
         let rep = heads / kvh;
         let past = self.visible.past;
-        if t == 1 {
+        if t == 1 && rep <= crate::kernels::attend::MAX_GROUP {
             // A decode step: its own kernel (no gemm packing for 3 x n products).
             let rows = |l: &Layout, data| -> Result<crate::kernels::attend::Rows> {
                 let st = l.stride();

@@ -37,10 +37,69 @@ struct Row {
     prompt: Vec<u32>,
     tokens: Vec<u32>,
     logprobs: Vec<f32>,
-    text: TextStream,
-    emitted: usize,
+    out: Output,
     finish: Option<Finish>,
     sampler: Sampler,
+}
+
+/// A sequence's text as its tokens arrive (`generate`'s rows, `galley serve`'s sequences):
+/// stop strings, the token budget, and the part of the text that is safe to show.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    text: TextStream,
+    /// Bytes of `text` already shown.
+    emitted: usize,
+}
+
+impl Output {
+    /// Takes the sampled token `t`, the `count`th (`eos`: it ends the sequence); returns how
+    /// the sequence ends, if it does. A stop string is cut from the text.
+    pub fn take(
+        &mut self,
+        tok: &Tokenizer,
+        t: u32,
+        eos: bool,
+        count: usize,
+        params: &SamplingParams,
+    ) -> Result<Option<Finish>> {
+        if eos {
+            self.text.finish(tok)?;
+            return Ok(Some(Finish::Eos));
+        }
+        let added = self.text.push(tok, t)?;
+        let text = &mut self.text.text;
+        if let Some(at) = find_stop(text, text.len() - added, &params.stop) {
+            text.truncate(at);
+            return Ok(Some(Finish::Stop));
+        }
+        if count >= params.max_tokens {
+            self.text.finish(tok)?;
+            return Ok(Some(Finish::Length));
+        }
+        Ok(None)
+    }
+
+    /// Text not shown before that is safe to show now (all of what is left once `finished`:
+    /// no stop string can follow), and marks it shown.
+    pub fn fresh(&mut self, finished: bool, stops: &[String]) -> &str {
+        let all = self.text.text.as_str();
+        let show = if finished { all } else { settled(all, stops) };
+        if show.len() > self.emitted && show.is_char_boundary(self.emitted) {
+            let from = std::mem::replace(&mut self.emitted, show.len());
+            &show[from..]
+        } else {
+            ""
+        }
+    }
+
+    /// The text so far (a stop string cut).
+    pub fn text(&self) -> &str {
+        &self.text.text
+    }
+
+    pub fn into_text(self) -> String {
+        self.text.text
+    }
 }
 
 /// Text safe to show now: not ending in a partial UTF-8 character, and not a prefix of a
@@ -128,8 +187,7 @@ pub fn generate_sharing(
             prompt: p.clone(),
             tokens: vec![],
             logprobs: vec![],
-            text: TextStream::default(),
-            emitted: 0,
+            out: Output::default(),
             finish: None,
             sampler: Sampler::new(params.clone(), i as u64),
         })
@@ -224,28 +282,11 @@ pub fn generate_sharing(
             let t = row.sampler.sample(l, row.prompt.iter().chain(&row.tokens));
             row.tokens.push(t);
             row.logprobs.push(logprob(l, t));
-            if eos.contains(&t) {
-                row.finish = Some(Finish::Eos);
-                row.text.finish(tok)?;
-            } else {
-                let added = row.text.push(tok, t)?;
-                let text = &mut row.text.text;
-                if let Some(at) = find_stop(text, text.len() - added, &params.stop) {
-                    text.truncate(at);
-                    row.finish = Some(Finish::Stop);
-                } else if row.tokens.len() >= params.max_tokens {
-                    row.finish = Some(Finish::Length);
-                    row.text.finish(tok)?;
-                }
-            }
-            let show = if row.finish.is_some() {
-                row.text.text.as_str()
-            } else {
-                settled(&row.text.text, &params.stop)
-            };
-            if show.len() > row.emitted && show.is_char_boundary(row.emitted) {
-                on_text(i, &show[row.emitted..]);
-                row.emitted = show.len();
+            let count = row.tokens.len();
+            row.finish = row.out.take(tok, t, eos.contains(&t), count, params)?;
+            let fresh = row.out.fresh(row.finish.is_some(), &params.stop);
+            if !fresh.is_empty() {
+                on_text(i, fresh);
             }
         }
         let keep: Vec<usize> = (0..active.len())
@@ -263,7 +304,7 @@ pub fn generate_sharing(
     Ok(rows
         .into_iter()
         .map(|r| Completion {
-            text: r.text.text,
+            text: r.out.into_text(),
             prompt_tokens: r.prompt.len(),
             tokens: r.tokens,
             logprobs: r.logprobs,

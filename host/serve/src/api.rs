@@ -58,7 +58,7 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     kind: &'static str,
-    param: Option<&'static str>,
+    param: Option<std::borrow::Cow<'static, str>>,
     code: Option<&'static str>,
 }
 
@@ -68,7 +68,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
             kind: "invalid_request_error",
-            param,
+            param: param.map(Into::into),
             code: None,
         }
     }
@@ -114,43 +114,29 @@ async fn models(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
-/// Keys of [`Sampling`], the fields both requests flatten in.
-const SAMPLING_KEYS: [&str; 10] = [
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "seed",
-    "stop",
-    "n",
-    "logit_bias",
-    "cache_salt",
-];
-
 /// Reads a JSON body ourselves, so a malformed one gets OpenAI's error shape, naming the key.
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let mut path = e.path().to_string();
-        let mut param = None;
-        // A flattened field's error has no path (serde buffers them): find the key by
-        // reading each sampling key alone.
+        // A flattened field's error has no path (serde buffers [`Sampling`]'s fields): find
+        // the key by reading each one alone as `Sampling`, which ignores other keys.
         if path == "." {
             let obj: serde_json::Map<String, Value> =
                 serde_json::from_slice(body).unwrap_or_default();
-            param = SAMPLING_KEYS.into_iter().find(|k| {
-                obj.get(*k)
-                    .is_some_and(|v| serde_json::from_value::<Sampling>(json!({ *k: v })).is_err())
-            });
-            if let Some(k) = param {
-                path = k.to_string();
+            if let Some((k, _)) = obj.iter().find(|(k, v)| {
+                serde_json::from_value::<Sampling>(json!({ k.as_str(): v })).is_err()
+            }) {
+                path = k.clone();
             }
         }
-        ApiError::bad(
-            format!("invalid request body at `{path}`: {}", e.inner()),
-            param,
-        )
+        ApiError {
+            param: (path != ".").then(|| path.clone().into()),
+            ..ApiError::bad(
+                format!("invalid request body at `{path}`: {}", e.inner()),
+                None,
+            )
+        }
     })
 }
 
@@ -306,7 +292,7 @@ fn batcher<'a>(s: &'a Shared, model: &str) -> Result<&'a Batcher, ApiError> {
                     .join(", ")
             ),
             kind: "invalid_request_error",
-            param: Some("model"),
+            param: Some("model".into()),
             code: Some("model_not_found"),
         })
 }

@@ -9,9 +9,9 @@
 //! copies them and prefills only the rest.
 
 use crate::prompt_cache::PromptCache;
-use galley_model::generate::find_stop;
+use galley_model::generate::Output;
 use galley_model::sample::LogSoftmax;
-use galley_model::{Cache, Finish, Llama, Sampler, SamplingParams, TextStream, Tokenizer};
+use galley_model::{Cache, Finish, Llama, Sampler, SamplingParams, Tokenizer};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -150,8 +150,7 @@ struct Seq {
     job: Job,
     sampler: Sampler,
     tokens: Vec<u32>,
-    text: TextStream,
-    emitted: usize,
+    out: Output,
     eos: Vec<u32>,
 }
 
@@ -176,7 +175,10 @@ struct Loop {
 enum Step {
     Go,
     Finished(Finish),
+    /// The client went away.
     Gone,
+    /// Ended by an error, already told and counted (`fail`).
+    Failed,
 }
 
 impl Loop {
@@ -353,6 +355,7 @@ impl Loop {
                 Step::Gone => {
                     self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
                 }
+                Step::Failed => {}
             }
         }
         if keep.is_empty() {
@@ -388,8 +391,7 @@ impl Loop {
             sampler: Sampler::new(job.params.clone(), 0),
             job,
             tokens: Vec::new(),
-            text: TextStream::default(),
-            emitted: 0,
+            out: Output::default(),
             eos,
         }
     }
@@ -495,6 +497,7 @@ impl Loop {
             Step::Gone => {
                 self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
             }
+            Step::Failed => {}
         }
         Ok(())
     }
@@ -524,6 +527,7 @@ impl Loop {
                 Step::Gone => {
                     self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
                 }
+                Step::Failed => {}
             }
         }
         if keep.len() < logits.len() {
@@ -578,37 +582,16 @@ impl Loop {
             .sampler
             .sample(logits, s.job.prompt.iter().chain(&s.tokens));
         s.tokens.push(t);
-        let mut finish = None;
-        if s.eos.contains(&t) {
-            finish = Some(Finish::Eos);
-        } else {
-            // A detokenizer error (none for byte-level BPE) loses the token's text, not the
-            // sequence.
-            let added = s.text.push(&self.tok, t).unwrap_or(0);
-            let text = &mut s.text.text;
-            if let Some(at) = find_stop(text, text.len() - added, &params.stop) {
-                text.truncate(at);
-                finish = Some(Finish::Stop);
-            } else if s.tokens.len() >= params.max_tokens {
-                finish = Some(Finish::Length);
+        let eos = s.eos.contains(&t);
+        let finish = match s.out.take(&self.tok, t, eos, s.tokens.len(), params) {
+            Ok(f) => f,
+            // A detokenizer error (none for byte-level BPE): the client is told.
+            Err(e) => {
+                self.fail(s, e);
+                return Step::Failed;
             }
-        }
-        if matches!(finish, Some(Finish::Eos | Finish::Length)) {
-            let _ = s.text.finish(&self.tok);
-        }
-        let all = &s.text.text;
-        let show = if finish.is_some() {
-            all.len()
-        } else {
-            galley_model::generate::settled(all, &params.stop).len()
         };
-        let text = if show > s.emitted && all.is_char_boundary(s.emitted) {
-            let t = all[s.emitted..show].to_string();
-            s.emitted = show;
-            t
-        } else {
-            String::new()
-        };
+        let text = s.out.fresh(finish.is_some(), &params.stop).to_string();
         let (logprob, top) = if s.job.logprobs {
             let ls = LogSoftmax::new(logits);
             (ls.at(logits, t), ls.top(logits, s.job.top_logprobs))

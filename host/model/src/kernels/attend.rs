@@ -11,6 +11,10 @@
 use super::softmax::LANES;
 use super::{SendPtr, softmax};
 
+/// Query heads per KV head this kernel takes (Llama-family models have up to 8; the general
+/// attention takes larger groups).
+pub const MAX_GROUP: usize = 16;
+
 /// Keys or values of a (b, kv_heads, n, d) tensor with a unit stride along d: element
 /// (bi, h, j, c) is `data[start + bi * sb + h * sh + j * sj + c]`.
 #[derive(Clone, Copy)]
@@ -70,15 +74,19 @@ fn task_impl(s: &Step, bi: usize, g: usize, scores: &mut Vec<f32>, out: &mut [f3
     let sees = |j: usize| j == s.past || valid[j];
     scores.clear();
     scores.resize(rep * n, f32::NEG_INFINITY);
+    // Each query head's largest score, kept as they are computed (the query sees itself, so
+    // every head has one).
+    let mut maxima = [f32::NEG_INFINITY; MAX_GROUP];
     for j in (0..n).filter(|&j| sees(j)) {
         let kj = s.k.row(bi, g, j, d);
-        for r in 0..rep {
-            scores[r * n + j] = dot(&q[r * d..][..d], kj) * s.scale;
+        for (r, m) in maxima[..rep].iter_mut().enumerate() {
+            let x = dot(&q[r * d..][..d], kj) * s.scale;
+            scores[r * n + j] = x;
+            *m = m.max(x);
         }
     }
-    for r in 0..rep {
+    for (r, &max) in maxima[..rep].iter().enumerate() {
         let row = &mut scores[r * n..][..n];
-        let (_, max) = softmax::argmax(row);
         let mut sum = 0f32;
         for x in row.iter_mut() {
             *x = softmax::exp(*x - max);
@@ -101,32 +109,7 @@ fn task_impl(s: &Step, bi: usize, g: usize, scores: &mut Vec<f32>, out: &mut [f3
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn task_avx512(s: &Step, bi: usize, g: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
-    task_impl(s, bi, g, scores, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn task_avx2(s: &Step, bi: usize, g: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
-    task_impl(s, bi, g, scores, out)
-}
-
-fn task(s: &Step, bi: usize, g: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::has_avx512f() {
-            // SAFETY: the CPU has AVX-512F (checked at run time).
-            return unsafe { task_avx512(s, bi, g, scores, out) };
-        }
-        if super::has_avx2() {
-            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-            return unsafe { task_avx2(s, bi, g, scores, out) };
-        }
-    }
-    task_impl(s, bi, g, scores, out)
-}
+vectorized!(fn task(s: &Step, bi: usize, g: usize, scores: &mut Vec<f32>, out: &mut [f32]) = task_impl);
 
 /// softmax(scale · q · kᵀ over the keys each row sees) · v for one query per row; returns
 /// (b, heads, d). Row bi's query sits at `past` and sees itself and the valid keys before it.

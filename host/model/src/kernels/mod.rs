@@ -35,6 +35,38 @@ macro_rules! by_group_size {
     };
 }
 
+/// `fn $name(args) -> ret` running `$portable` (an `#[inline(always)]` fn of plain Rust the
+/// compiler vectorizes) compiled for AVX-512F or AVX2+FMA when the CPU has them (checked
+/// once), else as it is. The code is the same on every path, so are the bits it computes
+/// (no fast-math: lane order and fused multiply-adds are the code's).
+macro_rules! vectorized {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $portable:ident) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $portable($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $portable($($arg),*)
+                }
+                if $crate::kernels::has_avx512f() {
+                    // SAFETY: the CPU has AVX-512F (checked at run time).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if $crate::kernels::has_avx2() {
+                    // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $portable($($arg),*)
+        }
+    };
+}
+
 pub mod attend;
 mod f32;
 mod q4_1;
@@ -119,32 +151,7 @@ fn quantize_blocks_impl(x: &[f32], row: &mut Q8Row) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn quantize_blocks_avx512(x: &[f32], row: &mut Q8Row) {
-    quantize_blocks_impl(x, row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn quantize_blocks_avx2(x: &[f32], row: &mut Q8Row) {
-    quantize_blocks_impl(x, row)
-}
-
-fn quantize_blocks(x: &[f32], row: &mut Q8Row) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx512f() {
-            // SAFETY: the CPU has AVX-512F (checked at run time).
-            return unsafe { quantize_blocks_avx512(x, row) };
-        }
-        if has_avx2() {
-            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-            return unsafe { quantize_blocks_avx2(x, row) };
-        }
-    }
-    quantize_blocks_impl(x, row)
-}
+vectorized!(fn quantize_blocks(x: &[f32], row: &mut Q8Row) = quantize_blocks_impl);
 
 /// `pairs`: also write `pairs` (only the AVX-512 Q4_1 kernel reads them).
 fn quantize_row(x: &[f32], pairs: bool) -> Q8Row {

@@ -111,45 +111,10 @@ fn block_max_impl(xs: &[f32], out: &mut Vec<f32>) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn block_sums_avx512(xs: &[f32], shift: f32, scale: f32, out: &mut Vec<f32>) -> f64 {
-    block_sums_impl(xs, shift, scale, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn block_sums_avx2(xs: &[f32], shift: f32, scale: f32, out: &mut Vec<f32>) -> f64 {
-    block_sums_impl(xs, shift, scale, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn block_max_avx512(xs: &[f32], out: &mut Vec<f32>) {
-    block_max_impl(xs, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn block_max_avx2(xs: &[f32], out: &mut Vec<f32>) {
-    block_max_impl(xs, out)
-}
-
-/// `exp((x - shift) · scale)` summed per [`BLOCK`] into `out`; returns the total.
-pub fn block_sums(xs: &[f32], shift: f32, scale: f32, out: &mut Vec<f32>) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::has_avx512f() {
-            // SAFETY: the CPU has AVX-512F (checked at run time).
-            return unsafe { block_sums_avx512(xs, shift, scale, out) };
-        }
-        if super::has_avx2() {
-            // SAFETY: the CPU has AVX2 (checked at run time).
-            return unsafe { block_sums_avx2(xs, shift, scale, out) };
-        }
-    }
-    block_sums_impl(xs, shift, scale, out)
-}
+vectorized!(
+    /// `exp((x - shift) · scale)` summed per [`BLOCK`] into `out`; returns the total.
+    pub fn block_sums(xs: &[f32], shift: f32, scale: f32, out: &mut Vec<f32>) -> f64 = block_sums_impl
+);
 
 /// `Σ exp((x - shift) · scale)`.
 pub fn exp_sum(xs: &[f32], shift: f32, scale: f32) -> f64 {
@@ -178,21 +143,10 @@ pub fn argmax(xs: &[f32]) -> (usize, f32) {
     (at, max)
 }
 
-/// Maxima of consecutive runs of [`RUN`] values.
-fn block_max(xs: &[f32], out: &mut Vec<f32>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::has_avx512f() {
-            // SAFETY: the CPU has AVX-512F (checked at run time).
-            return unsafe { block_max_avx512(xs, out) };
-        }
-        if super::has_avx2() {
-            // SAFETY: the CPU has AVX2 (checked at run time).
-            return unsafe { block_max_avx2(xs, out) };
-        }
-    }
-    block_max_impl(xs, out)
-}
+vectorized!(
+    /// Maxima of consecutive runs of [`RUN`] values.
+    fn block_max(xs: &[f32], out: &mut Vec<f32>) = block_max_impl
+);
 
 /// Indices of the `k` largest values, largest first (ties by index, NaN last): candidates are
 /// only the values at least the k-th largest maximum of [`RUN`]-value runs, in the runs that
