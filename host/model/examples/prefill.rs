@@ -7,6 +7,11 @@
 //! alone, so a slow op shows against the projections' GEMMs (`PREFILL_NO_SPLIT=1` skips it).
 //!
 //!     RAYON_NUM_THREADS=2 cargo run --release -p galley-model --example prefill [GGUF] [BxT ...]
+//!
+//! The `galley` binary keeps freed memory in the process (`mallopt`, see its `main`); an
+//! example does not, so each large buffer is fresh pages the kernel zero-fills (7-10% of a
+//! 4 x 512 pass). `MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824` in the
+//! environment gives the binary's setting.
 
 use candle_core::{D, DType, Device, Tensor};
 use galley_model::load::{LoadOptions, load_with};

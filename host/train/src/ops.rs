@@ -300,21 +300,10 @@ pub fn rope_heads(x: &Tensor, tables: &RopeTables, k: Kernels) -> Result<Tensor>
 // ---------------------------------------------------------------- causal softmax
 
 /// A row of `t` scores for query position `pos` to softmax(scale·x) with the keys after the
-/// query masked out, in place.
+/// query masked out, in place (vectorized; rows with NaN or infinities spread them as
+/// `f32::exp` does).
 fn softmax_row(row: &mut [f32], pos: usize, scale: f32) {
-    let m = row[..=pos]
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-    let mut sum = 0f32;
-    for v in &mut row[..=pos] {
-        *v = (*v * scale - m).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in &mut row[..=pos] {
-        *v *= inv;
-    }
-    row[pos + 1..].fill(0.0);
+    galley_model::kernels::rowwise::softmax_causal(row, pos, &[], scale);
 }
 
 /// Causal softmax of every row of `buf` (rows of `t`; row r is query r % t), in place.
@@ -403,10 +392,6 @@ pub fn flash_attention_wanted(
 
 struct SiluMul;
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "galley-silu-mul"
@@ -422,11 +407,7 @@ impl CustomOp2 for SiluMul {
         let mut y = uninit(g.len());
         y.par_chunks_mut(4096)
             .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
-            .for_each(|(y, (g, u))| {
-                for i in 0..y.len() {
-                    y[i].write(g[i] * sigmoid(g[i]) * u[i]);
-                }
-            });
+            .for_each(|(y, (g, u))| galley_model::kernels::rowwise::silu_gate(y, g, u));
         // SAFETY: the chunks cover `y` and every element of each was written.
         let y = unsafe { assume_init(y) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -447,12 +428,9 @@ impl CustomOp2 for SiluMul {
                         .zip(du.par_chunks_mut(4096))
                         .enumerate()
                         .for_each(|(c, (dg, du))| {
-                            let o = c * 4096;
-                            for i in 0..dg.len() {
-                                let (x, s) = (g[o + i], sigmoid(g[o + i]));
-                                du[i].write(dy[o + i] * x * s);
-                                dg[i].write(dy[o + i] * u[o + i] * s * (1.0 + x * (1.0 - s)));
-                            }
+                            let o = c * 4096..c * 4096 + dg.len();
+                            let (g, u, dy) = (&g[o.clone()], &u[o.clone()], &dy[o]);
+                            galley_model::kernels::rowwise::silu_gate_grad(dg, du, g, u, dy);
                         });
                     // SAFETY: the chunks cover both buffers, every element written.
                     unsafe { (assume_init(dg), assume_init(du)) }
@@ -485,9 +463,7 @@ pub(crate) fn nll_rows(logits: &[f32], v: usize, targets: &[u32]) -> (Vec<f32>, 
             if t == IGNORE {
                 return (0.0, 0.0);
             }
-            let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let sum: f32 = row.iter().map(|&v| (v - m).exp()).sum();
-            let lse = m + sum.ln();
+            let lse = galley_model::kernels::rowwise::log_sum_exp(row);
             (lse, lse - row[t as usize])
         })
         .unzip()
@@ -499,9 +475,7 @@ pub(crate) fn nll_grad_row(row: &mut [f32], target: u32, g: f32, lse: f32) {
         row.fill(0.0);
         return;
     }
-    for z in row.iter_mut() {
-        *z = g * (*z - lse).exp();
-    }
+    galley_model::kernels::rowwise::scaled_exp(row, lse, g);
     row[target as usize] -= g;
 }
 

@@ -71,6 +71,7 @@ pub mod attend;
 mod f32;
 mod q4_1;
 mod q8_0;
+pub mod rowwise;
 pub mod softmax;
 #[cfg(test)]
 mod tests;
