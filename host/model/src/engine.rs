@@ -36,8 +36,8 @@ pub struct NativeEngine {
     pub batch_tokens: usize,
     /// Contexts of at most this many rows per batch.
     pub batch_rows: usize,
-    /// Continuation positions (rows x padded length) per batch: each keeps a vocabulary-wide
-    /// row of logits (49k floats for SmolLM2), so this bounds the batch's logits memory.
+    /// Continuation positions (rows x padded length) per batch: bounds the activations of a
+    /// continuation pass (the logits are taken [`HEAD_ROWS`] positions at a time).
     pub cont_tokens: usize,
     /// The longest sequence a request is given (the harness's `max_length`): longer contexts
     /// keep their last tokens, longer rolling texts are cut into windows. Default: the model's
@@ -49,6 +49,10 @@ pub struct NativeEngine {
 /// (measured with `examples/prefill`): a batch this big stops taking contexts much shorter
 /// than its longest, whose padding would cost more than a further pass.
 const MIN_PASS_TOKENS: usize = 512;
+
+/// Positions whose logits one LM-head product computes while scoring continuations: 512
+/// vocabulary-wide rows (100 MB for SmolLM2's 49k words) per product.
+pub const HEAD_ROWS: usize = 512;
 
 /// One distinct context and the continuations scored after it.
 struct Group {
@@ -72,7 +76,7 @@ impl NativeEngine {
             share_prefix_from: 64,
             batch_tokens: 4096,
             batch_rows: 32,
-            cont_tokens: 1024,
+            cont_tokens: 4096,
             max_length: None,
         }
     }
@@ -258,7 +262,8 @@ impl NativeEngine {
                 c.select_rows(&vec![0; groups.len()])?;
                 c
             }
-            None => self.model.new_cache(groups.len()),
+            // The batch's contexts exactly: each continuation pass copies the rows it needs.
+            None => self.model.new_cache_with(groups.len(), longest),
         };
         let last = self
             .model
@@ -313,26 +318,35 @@ impl NativeEngine {
                     row
                 })
                 .collect();
-            let logits = self.model.forward(&input, None, &mut c, false)?;
-            let vocab = logits.dim(2)?;
-            let logits = logits.flatten_all()?.to_vec1::<f32>()?;
-            // Each position's normaliser is a pass over the vocabulary: in parallel.
-            let wanted: Vec<(usize, usize, u32)> = chunk
+            let hidden = self.model.hidden(&input, None, &mut c)?;
+            let hidden = hidden.reshape((chunk.len() * width, hidden.dim(2)?))?;
+            // Only real positions go through the LM head (padding's logits were never read),
+            // in chunks that bound the logits' memory.
+            let wanted: Vec<(usize, u32, u32)> = chunk
                 .iter()
                 .enumerate()
                 .flat_map(|(i, &r)| {
                     let t = tokens(r);
-                    (1..t.len()).map(move |j| (r, (i * width + j - 1) * vocab, t[j]))
+                    (1..t.len()).map(move |j| (r, (i * width + j - 1) as u32, t[j]))
                 })
                 .collect();
-            let got: Vec<(f32, bool)> = wanted
-                .par_iter()
-                .map(|&(_, at, tok)| {
-                    let row = &logits[at..at + vocab];
-                    let norm = LogSoftmax::new(row);
-                    (norm.at(row, tok), norm.argmax == tok as usize)
-                })
-                .collect();
+            let mut got: Vec<(f32, bool)> = Vec::with_capacity(wanted.len());
+            for part in wanted.chunks(HEAD_ROWS) {
+                let at: Vec<u32> = part.iter().map(|w| w.1).collect();
+                let at = candle_core::Tensor::from_vec(at, part.len(), hidden.device())?;
+                let logits = self.model.logits(&hidden.index_select(&at, 0)?)?;
+                let vocab = logits.dim(1)?;
+                // Read in place on the CPU (a GPU's logits come over first).
+                let logits = logits.to_device(&candle_core::Device::Cpu)?;
+                // Each position's normaliser is a pass over the vocabulary: in parallel.
+                crate::cpu::with_f32(&logits, |logits| {
+                    got.par_extend(part.par_iter().enumerate().map(|(i, &(_, _, tok))| {
+                        let row = &logits[i * vocab..(i + 1) * vocab];
+                        let norm = LogSoftmax::new(row);
+                        (norm.at(row, tok), norm.argmax == tok as usize)
+                    }))
+                })?;
+            }
             for (&(r, _, _), (lp, greedy)) in wanted.iter().zip(got) {
                 scored[r].0.push(lp);
                 scored[r].1 &= greedy;

@@ -332,9 +332,16 @@ impl Llama {
     /// An empty cache for `batch` sequences.
     pub fn new_cache(&self, batch: usize) -> Cache {
         // Grows as needed; 512 positions before the first reallocation.
+        self.new_cache_with(batch, 512)
+    }
+
+    /// An empty cache for `batch` sequences with room for `positions` before it grows. The
+    /// room is zero-filled at the first pass (candle's cache; one thread): 512 positions for
+    /// 32 rows of SmolLM2 are 755 MB, where a batch of 40-token contexts needs 60.
+    pub fn new_cache_with(&self, batch: usize, positions: usize) -> Cache {
         Cache {
             layers: (0..self.config.num_layers)
-                .map(|_| KvCache::new(2, 512))
+                .map(|_| KvCache::new(2, positions.max(1)))
                 .collect(),
             valid: vec![Vec::new(); batch],
         }
@@ -349,6 +356,29 @@ impl Llama {
         pad: Option<&[Vec<bool>]>,
         cache: &mut Cache,
         last_only: bool,
+    ) -> candle_core::Result<Tensor> {
+        let x = self.hidden(tokens, pad, cache)?;
+        let x = if last_only {
+            x.narrow(1, x.dim(1)? - 1, 1)?
+        } else {
+            x
+        };
+        self.logits(&x)
+    }
+
+    /// The LM head's logits (f32) of final hidden states from [`Llama::hidden`], any shape
+    /// ending in the hidden size: a caller that needs only some positions' logits gathers
+    /// those rows first, and may take them in chunks to bound the logits' memory.
+    pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        self.lm_head.forward(hidden)?.to_dtype(DType::F32)
+    }
+
+    /// [`Llama::forward`] without the LM head: the final norm's output (b, t, hidden).
+    pub fn hidden(
+        &self,
+        tokens: &[Vec<u32>],
+        pad: Option<&[Vec<bool>]>,
+        cache: &mut Cache,
     ) -> candle_core::Result<Tensor> {
         let b = tokens.len();
         let t = tokens.first().map_or(0, Vec::len);
@@ -412,8 +442,6 @@ impl Llama {
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &angles, mask.as_ref(), kv)?;
         }
-        let x = if last_only { x.narrow(1, t - 1, 1)? } else { x };
-        let logits = self.lm_head.forward(&self.norm.forward(&x)?)?;
-        logits.to_dtype(DType::F32)
+        self.norm.forward(&x)
     }
 }

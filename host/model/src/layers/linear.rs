@@ -19,7 +19,19 @@ pub struct Linear {
     /// The quantized weight dequantized once and kept (`keep_dense`): products of
     /// `DENSE_CACHED_FROM_ROWS` rows or more use it, as a server's grouped prefills do.
     dense_copy: Option<Tensor>,
+    /// A vocabulary-wide f32 weight (an LM head) transposed, made at its first product of
+    /// more than `SKINNY_ROWS` rows (see `TRANSPOSE_FROM_OUT`).
+    transposed: std::sync::OnceLock<Tensor>,
 }
+
+/// Output widths from which a dense CPU weight keeps a transposed copy for products of many
+/// rows. gemm multiplies a row-major (out, in) weight by packing all of it, on the calling
+/// thread, at every call; for an LM head scoring a few hundred positions (log-likelihoods of
+/// continuations) that pack of 28M floats took as long as the product, with the other cores
+/// idle. Transposed, gemm reads it in place. Costs one more copy of the head (113 MB for
+/// SmolLM2-135M); projections (a few thousand wide) are multiplied with thousands of rows,
+/// where the pack is a small part, and keep their one copy.
+const TRANSPOSE_FROM_OUT: usize = 8192;
 
 /// Rows from which a kept dense copy beats the quantized kernels. Since those read each
 /// weight row once for four activation rows, they beat candle's GEMM (which packs the whole
@@ -82,6 +94,7 @@ impl Linear {
             parts: parts.iter().map(|p| p.1).collect(),
             exact_activations: false,
             dense_copy: None,
+            transposed: Default::default(),
         })
     }
 
@@ -92,7 +105,44 @@ impl Linear {
             parts: vec![],
             exact_activations: false,
             dense_copy: None,
+            transposed: Default::default(),
         }
+    }
+
+    /// `x Wᵀ` for this projection's f32 weight `w`: through the transposed copy when `w` is
+    /// vocabulary-wide and `x` has many rows on the CPU.
+    fn dense(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        let f32 = candle_core::DType::F32;
+        let (out, k) = w.dims2()?;
+        let n = x.elem_count() / k.max(1);
+        if out < TRANSPOSE_FROM_OUT
+            || n <= SKINNY_ROWS
+            || !x.device().is_cpu()
+            || (x.dtype(), w.dtype()) != (f32, f32)
+            || k == 0
+        {
+            return dense(x, w);
+        }
+        if self.transposed.get().is_none() {
+            // Two threads racing here both build it; one is kept.
+            let _ = self.transposed.set(w.t()?.contiguous()?);
+        }
+        let wt = self.transposed.get().expect("set above");
+        let mut shape = x.dims().to_vec();
+        *shape.last_mut().expect("rank >= 1") = out;
+        let y = crate::cpu::with_f32(x, |xs| {
+            crate::cpu::with_f32(wt, |wt| {
+                crate::cpu::product_by_columns(
+                    n,
+                    out,
+                    k,
+                    crate::cpu::rm(xs, k),
+                    crate::cpu::rm(wt, out),
+                    1.0,
+                )
+            })
+        })??;
+        Tensor::from_vec(y, shape, x.device())
     }
 
     /// The bytes `keep_dense` would add (0 for a dense weight or one already copied).
@@ -128,11 +178,11 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
         let y = match &self.weight {
-            LinearWeight::Dense(w) => dense(x, w)?,
+            LinearWeight::Dense(w) => self.dense(x, w)?,
             LinearWeight::Quant(_)
                 if rows >= DENSE_CACHED_FROM_ROWS && self.dense_copy.is_some() =>
             {
-                dense(x, self.dense_copy.as_ref().expect("checked"))?
+                self.dense(x, self.dense_copy.as_ref().expect("checked"))?
             }
             LinearWeight::Quant(QMatMul::QTensor(q))
                 if rows >= DENSE_FROM_ROWS && self.dense_copy.is_none() && x.device().is_cpu() =>
@@ -209,7 +259,7 @@ fn dense(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         // memset of every output, 2.7% of a batched prefill): gemm writes each element.
         let out = crate::cpu::with_f32(x, |xs| {
             crate::cpu::with_f32(w, |ws| {
-                crate::cpu::product(
+                crate::cpu::product_by_columns(
                     n,
                     rows,
                     k,
@@ -292,4 +342,37 @@ fn stack(weights: Vec<LinearWeight>, dev: &Device) -> Result<LinearWeight> {
         })
         .collect::<candle_core::Result<_>>()?;
     Ok(LinearWeight::Dense(Tensor::cat(&dense, 0)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A vocabulary-wide dense weight: few rows take the dot-product kernel, many rows the
+    /// transposed copy (built once, reused); both equal candle's matmul of the original.
+    #[test]
+    fn a_wide_dense_weight_gives_the_same_products_through_its_transposed_copy() {
+        let dev = Device::Cpu;
+        let (out, k) = (TRANSPOSE_FROM_OUT + 5, 24);
+        let w = Tensor::randn(0f32, 1.0, (out, k), &dev).unwrap();
+        let lin = Linear::from_weight(LinearWeight::Dense(w.clone()));
+        for rows in [3, SKINNY_ROWS + 1, 70] {
+            let x = Tensor::randn(0f32, 1.0, (1, rows, k), &dev).unwrap();
+            let got = lin.forward(&x).unwrap();
+            let want = x.matmul(&w.t().unwrap().unsqueeze(0).unwrap()).unwrap();
+            assert_eq!(got.dims(), &[1, rows, out]);
+            let diff: f32 = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(diff < 1e-4, "{rows} rows: {diff}");
+            assert_eq!(lin.transposed.get().is_some(), rows > SKINNY_ROWS);
+        }
+    }
 }
