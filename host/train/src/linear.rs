@@ -29,8 +29,9 @@ pub struct LoraW {
 /// x (n, i) times wᵀ for w (o, i): the forward product of every projection.
 fn project(x: &[f32], w: &[f32], i: usize, o: usize) -> Vec<f32> {
     let n = x.len() / i;
-    // Shapes: x is (n, i), w is (o, i) so wᵀ is (i, o); y is (n, o).
-    product(n, o, i, rm(x, i), tr(w, i), 1.0)
+    // Shapes: x is (n, i), w is (o, i) so wᵀ is (i, o); y is (n, o). In blocks of output
+    // columns: gemm's own split packs all of w on one thread (see `product_by_columns`).
+    galley_model::cpu::product_by_columns(n, o, i, rm(x, i), tr(w, i), 1.0)
 }
 
 fn shape_out(l: &Layout, o: usize) -> Shape {
