@@ -1,6 +1,7 @@
 //! The CPU kernels' plumbing and the inference ops built on it. The plumbing — f32 views of
 //! candle's CPU storage, buffers a kernel writes in full without zero-filling them first, and
-//! the one safe wrapper over the `gemm` crate — is shared with galley-train's fused training
+//! the safe wrappers over the `gemm` crate (one call, or blocks of output columns the
+//! threads pack and multiply in parallel) — is shared with galley-train's fused training
 //! ops. The inference ops replace chains of candle ops that each allocate and walk a full
 //! tensor: attention over the KV cache with the causal and padding masks applied inside the
 //! kernel (no mask tensor, no score tensor for the whole batch, keys after the last query of
@@ -157,6 +158,21 @@ pub fn product(m: usize, n: usize, k: usize, a: Mat, b: Mat, scale: f32) -> Vec<
     unsafe { assume_init(dst) }
 }
 
+/// Panics unless `a` holds an (m, k) matrix and `b` a (k, n) one (a bug in the caller, never
+/// UB: checked before every call into gemm).
+fn check_views(m: usize, n: usize, k: usize, a: Mat, b: Mat) {
+    assert!(
+        a.holds(m, k),
+        "gemm: a is not ({m}, {k}) inside its {} elements",
+        a.data.len()
+    );
+    assert!(
+        b.holds(k, n),
+        "gemm: b is not ({k}, {n}) inside its {} elements",
+        b.data.len()
+    );
+}
+
 /// Output columns per task of [`product_by_columns`]: whole 64-row tiles of gemm's AVX-512
 /// kernel (it runs the transposed problem, so our columns are its rows).
 const COLUMN_TILE: usize = 64;
@@ -178,16 +194,7 @@ pub fn product_by_columns(m: usize, n: usize, k: usize, a: Mat, b: Mat, scale: f
     if tiles < 2 || m == 0 || k == 0 {
         return product(m, n, k, a, b, scale);
     }
-    assert!(
-        a.holds(m, k),
-        "gemm: a is not ({m}, {k}) inside its {} elements",
-        a.data.len()
-    );
-    assert!(
-        b.holds(k, n),
-        "gemm: b is not ({k}, {n}) inside its {} elements",
-        b.data.len()
-    );
+    check_views(m, n, k, a, b);
     let width = tiles.div_ceil(COLUMN_TASKS) * COLUMN_TILE;
     let mut dst = uninit(m * n);
     /// The output's address, shared by the tasks (each writes only its own columns).
@@ -206,26 +213,14 @@ pub fn product_by_columns(m: usize, n: usize, k: usize, a: Mat, b: Mat, scale: f
                 // (m, k) and b's columns j0..j0 + nb are (k, nb) inside their slices (checked
                 // above for the whole of b; column j0 starts j0·cs further in).
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        nb,
-                        k,
-                        out.0.add(j0),
-                        1,
-                        n as isize,
-                        false,
-                        a.data.as_ptr(),
-                        a.cs as isize,
-                        a.rs as isize,
-                        b.data.as_ptr().add(j0 * b.cs),
-                        b.cs as isize,
-                        b.rs as isize,
-                        1.0,
+                    raw_gemm(
+                        gemm::Parallelism::None,
+                        (out.0.add(j0), n),
+                        (m, nb, k),
+                        (a.data.as_ptr(), a),
+                        (b.data.as_ptr().add(j0 * b.cs), b),
                         scale,
                         false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
                     )
                 }
             });
@@ -268,16 +263,7 @@ fn gemm_with(
     accumulate: bool,
 ) {
     assert_eq!(dst.len(), m * n, "gemm: dst is not ({m}, {n})");
-    assert!(
-        a.holds(m, k),
-        "gemm: a is not ({m}, {k}) inside its {} elements",
-        a.data.len()
-    );
-    assert!(
-        b.holds(k, n),
-        "gemm: b is not ({k}, {n}) inside its {} elements",
-        b.data.len()
-    );
+    check_views(m, n, k, a, b);
     if m == 0 || n == 0 {
         return;
     }
@@ -287,20 +273,50 @@ fn gemm_with(
     // inside a slice. With k == 0 gemm reads neither input and scales or zeroes dst. dst is
     // read only when `accumulate`, which only the initialised-float callers ask for.
     unsafe {
+        raw_gemm(
+            par,
+            (dst.as_mut_ptr().cast::<f32>(), n),
+            (m, n, k),
+            (a.data.as_ptr(), a),
+            (b.data.as_ptr(), b),
+            scale,
+            accumulate,
+        )
+    }
+}
+
+/// dst (m, n; rows `dst.1` apart) = [dst +] scale · a (m, k) · b (k, n), the matrices' first
+/// elements at the given pointers with the strides of their views.
+///
+/// # Safety
+/// Every element of the three matrices lies inside live memory that nothing else uses
+/// during the call (dst: nothing else reads or writes it); dst is initialised when
+/// `accumulate`.
+unsafe fn raw_gemm(
+    par: gemm::Parallelism,
+    dst: (*mut f32, usize),
+    (m, n, k): (usize, usize, usize),
+    a: (*const f32, Mat),
+    b: (*const f32, Mat),
+    scale: f32,
+    accumulate: bool,
+) {
+    // SAFETY: the caller's contract is gemm's.
+    unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr().cast::<f32>(),
+            dst.0,
             1,
-            n as isize,
+            dst.1 as isize,
             accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
+            a.0,
+            a.1.cs as isize,
+            a.1.rs as isize,
+            b.0,
+            b.1.cs as isize,
+            b.1.rs as isize,
             1.0,
             scale,
             false,

@@ -15,7 +15,8 @@
 //!
 //! Submodules: `q4_1` and `q8_0` (the block formats), `f32` (dense rows), `attend` (a decode
 //! step's attention over the KV cache), `softmax` (the per-token work over a vocabulary's
-//! logits: exponential sums, maxima, top-k).
+//! logits: exponential sums, maxima, top-k), `rowwise` (the exponentials around a forward or
+//! backward pass's products: causal softmax rows, the SiLU gate, the cross-entropy's sums).
 
 /// Calls the instantiation of `$kernel` (an unsafe fn over `R` activation rows) for the group
 /// size of `$acts` (1 to [`GROUP`]): a group of four, three or two in one call, one row alone.

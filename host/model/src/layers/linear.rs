@@ -128,21 +128,7 @@ impl Linear {
             let _ = self.transposed.set(w.t()?.contiguous()?);
         }
         let wt = self.transposed.get().expect("set above");
-        let mut shape = x.dims().to_vec();
-        *shape.last_mut().expect("rank >= 1") = out;
-        let y = crate::cpu::with_f32(x, |xs| {
-            crate::cpu::with_f32(wt, |wt| {
-                crate::cpu::product_by_columns(
-                    n,
-                    out,
-                    k,
-                    crate::cpu::rm(xs, k),
-                    crate::cpu::rm(wt, out),
-                    1.0,
-                )
-            })
-        })??;
-        Tensor::from_vec(y, shape, x.device())
+        by_columns(x, wt, out, k, |wt| crate::cpu::rm(wt, out))
     }
 
     /// The bytes `keep_dense` would add (0 for a dense weight or one already copied).
@@ -252,26 +238,34 @@ fn dense(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         return Tensor::from_vec(out, shape, x.device());
     }
     let rows = w.dim(0)?;
-    let mut shape = dims.to_vec();
-    *shape.last_mut().expect("rank >= 1") = rows;
     if x.device().is_cpu() && (x.dtype(), w.dtype()) == (f32, f32) && k > 0 {
         // The same product as candle's matmul, without its zero-filled output buffer (a
         // memset of every output, 2.7% of a batched prefill): gemm writes each element.
-        let out = crate::cpu::with_f32(x, |xs| {
-            crate::cpu::with_f32(w, |ws| {
-                crate::cpu::product_by_columns(
-                    n,
-                    rows,
-                    k,
-                    crate::cpu::rm(xs, k),
-                    crate::cpu::tr(ws, k),
-                    1.0,
-                )
-            })
-        })??;
-        return Tensor::from_vec(out, shape, x.device());
+        return by_columns(x, w, rows, k, |ws| crate::cpu::tr(ws, k));
     }
+    let mut shape = dims.to_vec();
+    *shape.last_mut().expect("rank >= 1") = rows;
     x.reshape(((), k))?.matmul(&w.t()?)?.reshape(shape)
+}
+
+/// `x` (..., k) times the (k, out) matrix `view` makes of `w`'s floats, in blocks of output
+/// columns (`cpu::product_by_columns`); CPU, f32.
+fn by_columns(
+    x: &Tensor,
+    w: &Tensor,
+    out: usize,
+    k: usize,
+    view: impl Fn(&[f32]) -> crate::cpu::Mat<'_>,
+) -> candle_core::Result<Tensor> {
+    let n = x.elem_count() / k;
+    let mut shape = x.dims().to_vec();
+    *shape.last_mut().expect("rank >= 1") = out;
+    let y = crate::cpu::with_f32(x, |xs| {
+        crate::cpu::with_f32(w, |ws| {
+            crate::cpu::product_by_columns(n, out, k, crate::cpu::rm(xs, k), view(ws), 1.0)
+        })
+    })??;
+    Tensor::from_vec(y, shape, x.device())
 }
 
 /// Decode-sized products with Q4_1 or Q8_0 weights, through galley's SIMD kernels.
