@@ -299,18 +299,13 @@ pub fn rope_heads(x: &Tensor, tables: &RopeTables, k: Kernels) -> Result<Tensor>
 
 // ---------------------------------------------------------------- causal softmax
 
-/// A row of `t` scores for query position `pos` to softmax(scale·x) with the keys after the
-/// query masked out, in place (vectorized; rows with NaN or infinities spread them as
-/// `f32::exp` does).
-fn softmax_row(row: &mut [f32], pos: usize, scale: f32) {
-    galley_model::kernels::rowwise::softmax_causal(row, pos, &[], scale);
-}
-
-/// Causal softmax of every row of `buf` (rows of `t`; row r is query r % t), in place.
+/// Causal softmax of every row of `buf` (rows of `t`; row r is query r % t) of scale·x, the
+/// keys after each query masked out, in place (vectorized; rows with NaN or infinities spread
+/// them as `f32::exp` does).
 pub(crate) fn softmax_rows_inplace(buf: &mut [f32], t: usize, scale: f32) {
-    buf.par_chunks_mut(t)
-        .enumerate()
-        .for_each(|(r, row)| softmax_row(row, r % t, scale));
+    buf.par_chunks_mut(t).enumerate().for_each(|(r, row)| {
+        galley_model::kernels::rowwise::softmax_causal(row, r % t, &[], scale)
+    });
 }
 
 /// The gradient through the causal softmax: scale·p·(g - Σ p·g) per row.

@@ -229,8 +229,9 @@ fn scaled_exp_impl(row: &mut [f32], shift: f32, g: f32) {
     }
 }
 
-/// `x = g·e^(x - shift)` in place: a softmax gradient's first term from the row's
-/// log-sum-exp. A NaN or an infinity in the row takes `f32::exp`.
+/// `x = g·e^(x - shift)` in place: a softmax gradient's first term from `shift`, the row's
+/// [`log_sum_exp`]. A NaN or a +inf in the row makes that non-finite, and then `f32::exp`
+/// spreads them as before (a -inf gives 0 either way).
 pub fn scaled_exp(row: &mut [f32], shift: f32, g: f32) {
     if !shift.is_finite() {
         row.iter_mut().for_each(|z| *z = g * (*z - shift).exp());
