@@ -252,6 +252,10 @@ fn main() {
         println!("        galley losses {}", g["losses"]);
         if let Some(p) = &p {
             println!("        torch  losses {}", p["losses"]);
+            println!(
+                "        first loss in f64 from torch's logits {}",
+                p["first_loss_f64"]
+            );
         }
         println!(
             "        trainable {} params, frozen projections {} MB",

@@ -51,11 +51,21 @@ for s in range(steps):
     logits = model(input_ids=batch[:, :T]).logits
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
     loss.backward()
+    if s == 0:
+        # The first loss again in f64 from the same logits (after the backward pass freed its
+        # graph, a few rows at a time, so the peak memory is not the f64 copy's): what an f32
+        # loss is off by, torch's and galley's alike.
+        flat, tgt = logits.detach().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+        nll = sum(
+            torch.nn.functional.cross_entropy(flat[i : i + 64].double(), tgt[i : i + 64], reduction="sum").item()
+            for i in range(0, flat.shape[0], 64)
+        )
+        first_f64 = nll / flat.shape[0]
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    losses.append(round(loss.item(), 4))
+    losses.append(loss.item())
     if s > 0:
         timed += time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"mode": a.mode, "tokens_per_s": (steps - 1) * B * T / timed, "peak_rss_mb": peak, "losses": losses}))
+print(json.dumps({"mode": a.mode, "tokens_per_s": (steps - 1) * B * T / timed, "peak_rss_mb": peak, "losses": losses, "first_loss_f64": first_f64}))
