@@ -23,9 +23,13 @@ pub enum Weights {
         unpermute_qk: Option<(usize, usize)>,
         dequantize: bool,
     },
-    /// Tensors by HF name, already in memory; `origin` names them in errors.
+    /// Tensors by HF name, already in memory; `origin` names them in errors. `stacked` holds
+    /// projections already stacked row-wise as the engine fuses them (q|k|v, gate|up), keyed
+    /// by their parts' weight names joined with `|`: a trainer merges adapters straight into
+    /// that layout instead of the engine copying the parts together again.
     Memory {
         tensors: std::collections::HashMap<String, Tensor>,
+        stacked: std::collections::HashMap<String, Tensor>,
         origin: PathBuf,
     },
     /// A base with LoRA deltas (`scale · B·A`, by HF weight name) added to the projections
@@ -94,10 +98,44 @@ impl Weights {
         tensors: impl IntoIterator<Item = (String, Tensor)>,
         origin: impl Into<PathBuf>,
     ) -> Self {
+        Self::memory_stacked(tensors, [], origin)
+    }
+
+    /// Tensors by HF name plus fused projections already stacked (see [`Weights::Memory`]):
+    /// each `(parts, weight)` gives the parts' weight names in stacking order.
+    pub fn memory_stacked(
+        tensors: impl IntoIterator<Item = (String, Tensor)>,
+        stacked: impl IntoIterator<Item = (Vec<String>, Tensor)>,
+        origin: impl Into<PathBuf>,
+    ) -> Self {
         Self::Memory {
             tensors: tensors.into_iter().collect(),
+            stacked: stacked
+                .into_iter()
+                .map(|(parts, t)| (parts.join("|"), t))
+                .collect(),
             origin: origin.into(),
         }
+    }
+
+    /// The projections `names` (weight names, in order) already stacked into one
+    /// (`rows`, `inp`) weight, when these weights hold them so.
+    pub fn stacked(
+        &self,
+        names: &[String],
+        rows: usize,
+        inp: usize,
+        device: &Device,
+    ) -> Result<Option<Tensor>> {
+        let Self::Memory { stacked, .. } = self else {
+            return Ok(None);
+        };
+        let key = names.join("|");
+        let Some(t) = stacked.get(&key) else {
+            return Ok(None);
+        };
+        self.check(&key, t.dims(), &[rows, inp])?;
+        Ok(Some(t.to_device(device)?.to_dtype(DType::F32)?))
     }
 
     pub fn gguf(path: &Path) -> Result<Self> {

@@ -19,7 +19,6 @@ use crate::rewards;
 use crate::trainer::{Extra, Micro, Task};
 use candle_core::Tensor;
 use galley_core::{Message, Metadata, RewardFn, RewardGroup};
-use galley_model::weights::Weights;
 use galley_model::{ChatTemplate, Llama, SamplingParams, Tokenizer, generate};
 use std::cell::RefCell;
 use std::io::Write;
@@ -207,7 +206,7 @@ impl<'a> GrpoTask<'a> {
 
     /// The inference engine over the policy's current weights (adapters merged), in memory.
     fn engine(&self, model: &TrainModel) -> Result<Llama> {
-        let w = Weights::memory(model.merged_tensors()?, "the policy being trained");
+        let w = model.engine_weights("the policy being trained")?;
         Ok(Llama::load(&w, model.config.clone(), &model.device)?)
     }
 

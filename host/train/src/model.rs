@@ -11,9 +11,12 @@ use crate::linear::{self, LoraW};
 use crate::ops::{self, Frozen, Kernels, RopeTables};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor, Var};
+use galley_model::cpu::{self, with_f32};
 use galley_model::weights::{LinearWeight, Weights};
 use galley_model::{Family, LlamaConfig, RopeScaling};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 /// The projection names LoRA may target.
@@ -147,8 +150,83 @@ impl Proj {
         })
     }
 
+    /// (out, in) of the weight.
+    fn dims(&self) -> Result<(usize, usize)> {
+        Ok(match self {
+            Proj::Trained { w, .. } => w.var.as_tensor().dims2()?,
+            Proj::Frozen { w, .. } => w.dims(),
+        })
+    }
+
+    /// Whether `merge_into` can write this weight: every tensor of it f32 on the CPU.
+    fn merges_on_cpu(&self) -> bool {
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        match self {
+            Proj::Trained { w, .. } => f32_cpu(w.var.as_tensor()),
+            Proj::Frozen { w, lora, .. } => {
+                let base = match w {
+                    Frozen::Dense(t) => f32_cpu(t),
+                    Frozen::Quant(q) => q.device().is_cpu(),
+                };
+                base && lora
+                    .as_ref()
+                    .is_none_or(|l| f32_cpu(l.a.var.as_tensor()) && f32_cpu(l.b.var.as_tensor()))
+            }
+        }
+    }
+
+    /// Writes the weight with any adapter merged in (out·in floats, row-major) into `dst`, on
+    /// the CPU (`merges_on_cpu`): the base copied in, then `scale·B·A` added by one
+    /// accumulating product. (candle's ops took a product, a scaled copy of it, a sum and, for
+    /// the engine's fused q|k|v and gate|up, a concatenation: four passes over every weight.)
+    fn merge_into(&self, dst: &mut [MaybeUninit<f32>]) -> Result<()> {
+        let (out, inp) = self.dims()?;
+        assert_eq!(
+            dst.len(),
+            out * inp,
+            "merge_into: a buffer of another shape"
+        );
+        let copy = |src: &[f32]| {
+            dst.par_chunks_mut(1 << 16)
+                .zip(src.par_chunks(1 << 16))
+                .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| _ = d.write(s)));
+        };
+        match self {
+            Proj::Trained { w, .. } => with_f32(w.var.as_tensor(), copy)?,
+            Proj::Frozen { w, .. } => w.with_dense(copy)?,
+        }
+        // SAFETY: the copy above wrote all out·in elements (the base has the weight's shape).
+        let dst = unsafe { cpu::assume_init_mut(dst) };
+        if let Proj::Frozen { lora: Some(l), .. } = self {
+            let r = l.a.var.as_tensor().dim(0)?;
+            with_f32(l.b.var.as_tensor(), |b| {
+                with_f32(l.a.var.as_tensor(), |a| {
+                    cpu::gemm(
+                        dst,
+                        out,
+                        inp,
+                        r,
+                        cpu::rm(b, r),
+                        cpu::rm(a, inp),
+                        l.scale as f32,
+                        true,
+                    )
+                })
+            })??;
+        }
+        Ok(())
+    }
+
     /// The weight with any adapter merged in (W + scale·B·A), dense.
     pub fn merged(&self) -> Result<Tensor> {
+        if self.merges_on_cpu() {
+            let (out, inp) = self.dims()?;
+            let mut buf = cpu::uninit(out * inp);
+            self.merge_into(&mut buf)?;
+            // SAFETY: merge_into wrote every element.
+            let data = unsafe { cpu::assume_init(buf) };
+            return Ok(Tensor::from_vec(data, (out, inp), &Device::Cpu)?);
+        }
         Ok(match self {
             Proj::Trained { w, .. } => w.var.as_tensor().clone(),
             Proj::Frozen { w, lora, .. } => {
@@ -678,6 +756,26 @@ impl TrainModel {
 
     /// Every weight by HF name, with adapters merged (for export as a plain checkpoint).
     pub fn merged_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(self.merged_parts(false)?.0)
+    }
+
+    /// The inference engine's weights (rollouts, generating with the weights being trained):
+    /// `merged_tensors`, except that on the CPU q|k|v and gate|up are merged straight into the
+    /// stacked layout the engine fuses them into, one buffer each, instead of merged apart and
+    /// copied together again by `Llama::load`.
+    pub fn engine_weights(&self, origin: &str) -> Result<Weights> {
+        let (tensors, stacked) = self.merged_parts(true)?;
+        Ok(Weights::memory_stacked(tensors, stacked, origin))
+    }
+
+    /// `merged_tensors`, and with `stack` the q|k|v and gate|up groups that merge on the CPU
+    /// apart, stacked, by their parts' weight names.
+    #[allow(clippy::type_complexity)]
+    fn merged_parts(
+        &self,
+        stack: bool,
+    ) -> Result<(Vec<(String, Tensor)>, Vec<(Vec<String>, Tensor)>)> {
+        let mut stacked = Vec::new();
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
             self.embed.t().clone(),
@@ -698,10 +796,28 @@ impl TrainModel {
             if let Some(n) = &l.k_norm {
                 out.push((format!("{p}.self_attn.k_norm.weight"), n.t().clone()));
             }
-            for (part, module, proj) in l.projs() {
-                out.push((format!("{p}.{part}.{module}.weight"), proj.merged()?));
-                if let Some(b) = proj.bias() {
-                    out.push((format!("{p}.{part}.{module}.bias"), b));
+            let groups: [&[usize]; 3] = match stack {
+                true => [&[0, 1, 2], &[3], &[4, 5]],
+                false => [&[0, 1, 2, 3, 4, 5], &[], &[]],
+            };
+            let projs = l.projs();
+            let name = |i: usize| format!("{p}.{}.{}.weight", projs[i].0, projs[i].1);
+            for group in groups.into_iter().chain([&[6][..]]) {
+                let members: Vec<&Proj> = group.iter().map(|&i| projs[i].2).collect();
+                if group.len() > 1 && members.iter().all(|m| m.merges_on_cpu()) && stack {
+                    stacked.push((
+                        group.iter().map(|&i| name(i)).collect(),
+                        stack_merged(&members)?,
+                    ));
+                } else {
+                    for &i in group {
+                        out.push((name(i), projs[i].2.merged()?));
+                    }
+                }
+                for &i in group {
+                    if let Some(b) = projs[i].2.bias() {
+                        out.push((format!("{p}.{}.{}.bias", projs[i].0, projs[i].1), b));
+                    }
                 }
             }
         }
@@ -709,8 +825,30 @@ impl TrainModel {
         if let Some(h) = &self.lm_head {
             out.push(("lm_head.weight".into(), h.merged()?));
         }
-        Ok(out)
+        Ok((out, stacked))
     }
+}
+
+/// Projections of one input merged into one (rows stacked in order), each written once into
+/// its rows of the buffer. They share the input width, checked.
+fn stack_merged(projs: &[&Proj]) -> Result<Tensor> {
+    let dims: Vec<(usize, usize)> = projs.iter().map(|p| p.dims()).collect::<Result<_>>()?;
+    let inp = dims[0].1;
+    assert!(
+        dims.iter().all(|d| d.1 == inp),
+        "stacked projections read one input"
+    );
+    let rows: usize = dims.iter().map(|d| d.0).sum();
+    let mut buf = cpu::uninit(rows * inp);
+    let mut rest = &mut buf[..];
+    for (p, (out, _)) in projs.iter().zip(&dims) {
+        let (mine, tail) = rest.split_at_mut(out * inp);
+        p.merge_into(mine)?;
+        rest = tail;
+    }
+    // SAFETY: the parts' rows cover the buffer, and merge_into wrote every element of each.
+    let data = unsafe { cpu::assume_init(buf) };
+    Ok(Tensor::from_vec(data, (rows, inp), &Device::Cpu)?)
 }
 
 /// Random initial weights for pre-training, by HF name (GPT-2/Llama style: normal(0, std)

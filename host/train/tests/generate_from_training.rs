@@ -9,7 +9,7 @@ use common::tiny_chat_model;
 use galley_model::weights::Weights;
 use galley_model::{Llama, LlamaConfig};
 use galley_train::config::{PeftSection, Tuning};
-use galley_train::model::{Build, Pass, TrainModel};
+use galley_train::model::{Build, Pass, Proj, TrainModel};
 use galley_train::ops::Kernels;
 
 #[test]
@@ -58,12 +58,60 @@ fn an_inference_model_from_merged_lora_weights_in_memory_matches_the_trainer() {
         .to_vec1::<f32>()
         .unwrap();
 
+    // The merge (the base copied, then one accumulating product) is W + scale·B·A as
+    // candle's ops compute it.
+    for layer in &m.layers {
+        for (_, _, proj) in layer.projs() {
+            let Proj::Frozen {
+                w, lora: Some(l), ..
+            } = proj
+            else {
+                continue;
+            };
+            let want = (w.dense().unwrap()
+                + (l.b.var.matmul(l.a.var.as_tensor()).unwrap() * l.scale).unwrap())
+            .unwrap();
+            let diff = (proj.merged().unwrap() - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-6, "merged weight off by {diff}");
+        }
+    }
+
     let llama = Llama::load(
         &Weights::memory(m.merged_tensors().unwrap(), "trainer weights"),
+        cfg.clone(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    // What GRPO's rollouts load: q|k|v and gate|up merged straight into their stacked
+    // layout (adapted and plain projections mixed in one stack here). The same weights, so
+    // the same logits to the bit.
+    let stacked = Llama::load(
+        &m.engine_weights("trainer weights").unwrap(),
         cfg,
         &Device::Cpu,
     )
     .unwrap();
+    let run = |model: &Llama| {
+        let mut cache = model.new_cache(1);
+        model
+            .forward(std::slice::from_ref(&ids), None, &mut cache, false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert!(
+        run(&llama) == run(&stacked),
+        "the stacked engine's logits differ"
+    );
     let mut cache = llama.new_cache(1);
     let logits = llama
         .forward(std::slice::from_ref(&ids), None, &mut cache, false)

@@ -70,19 +70,32 @@ impl Linear {
         bias: bool,
         dev: &Device,
     ) -> Result<Self> {
-        let mut weights = Vec::with_capacity(parts.len());
+        let names: Vec<String> = parts.iter().map(|(p, _)| format!("{p}.weight")).collect();
+        let rows = parts.iter().map(|p| p.1).sum();
+        let ready = match parts.len() {
+            1 => None,
+            _ => w.stacked(&names, rows, inp, dev)?,
+        };
+        let weight = match ready {
+            Some(t) => LinearWeight::Dense(t),
+            None => {
+                let mut weights = Vec::with_capacity(parts.len());
+                for (name, (_, out)) in names.iter().zip(parts) {
+                    weights.push(w.linear(name, *out, inp, dev)?);
+                }
+                if weights.len() == 1 {
+                    weights.remove(0)
+                } else {
+                    stack(weights, dev)?
+                }
+            }
+        };
         let mut biases = Vec::new();
-        for (prefix, out) in parts {
-            weights.push(w.linear(&format!("{prefix}.weight"), *out, inp, dev)?);
-            if bias {
+        if bias {
+            for (prefix, out) in parts {
                 biases.push(w.tensor(&format!("{prefix}.bias"), &[*out], dev)?);
             }
         }
-        let weight = if weights.len() == 1 {
-            weights.remove(0)
-        } else {
-            stack(weights, dev)?
-        };
         let bias = if bias {
             Some(Tensor::cat(&biases, 0)?)
         } else {
