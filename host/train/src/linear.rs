@@ -260,16 +260,30 @@ pub enum HeadW {
     Frozen,
 }
 
-/// Logits and log-sum-exps kept from the forward pass; the backward pass turns the logits into
-/// their gradient in place, so one (rows, vocab) buffer serves both passes.
-type Stash = Mutex<Option<(Vec<f32>, Vec<f32>)>>;
+/// What the forward pass keeps for the backward pass: the scored rows' logits (turned into
+/// their gradient in place, so one (rows, vocab) buffer serves both passes), their
+/// log-sum-exps, and which rows of the input they are (None: every row).
+struct Kept {
+    logits: Vec<f32>,
+    lse: Vec<f32>,
+    rows: Option<Vec<usize>>,
+}
 
 struct HeadLoss {
     targets: Arc<Vec<u32>>,
     w: HeadW,
     /// Logits are x·Eᵀ times this (1 / temperature for GRPO's sampled distribution).
     scale: f32,
-    stash: Stash,
+    stash: Mutex<Option<Kept>>,
+}
+
+/// Rows `rows` of the (n, d) matrix `x`, packed.
+fn gather_rows(x: &[f32], d: usize, rows: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for &r in rows {
+        out.extend_from_slice(&x[r * d..][..d]);
+    }
+    out
 }
 
 impl CustomOp2 for HeadLoss {
@@ -286,10 +300,34 @@ impl CustomOp2 for HeadLoss {
         let (x, e) = (slice(s1, l1)?, slice(s2, l2)?);
         let (v, d) = l2.shape().dims2()?;
         let n = x.len() / d;
-        // Shapes: x (n, d), eᵀ (d, v) -> logits (n, v).
-        let logits = product(n, v, d, rm(x, d), tr(e, d), self.scale);
-        let (lse, loss) = crate::ops::nll_rows(&logits, v, &self.targets);
-        *self.stash.lock().expect("head stash") = Some((logits, lse));
+        // Only rows with a target are multiplied by the head: prompt tokens of a completion
+        // loss (SFT's completion-only loss, DPO, GRPO) and padding cost nothing here. Each
+        // such row was a vocabulary's products and exponentials twice (forward, backward).
+        let scored: Vec<usize> = (0..n)
+            .filter(|&r| self.targets[r] != crate::ops::IGNORE)
+            .collect();
+        let rows = (scored.len() < n).then_some(scored);
+        let packed = rows.as_ref().map(|r| gather_rows(x, d, r));
+        let xk = packed.as_deref().unwrap_or(x);
+        let k = xk.len() / d;
+        let targets: Vec<u32> = match &rows {
+            Some(r) => r.iter().map(|&i| self.targets[i]).collect(),
+            None => self.targets.to_vec(),
+        };
+        // Shapes: x (k, d), eᵀ (d, v) -> logits (k, v).
+        let logits = product(k, v, d, rm(xk, d), tr(e, d), self.scale);
+        let (lse, loss_k) = crate::ops::nll_rows(&logits, v, &targets);
+        let loss = match &rows {
+            None => loss_k,
+            Some(r) => {
+                let mut loss = zeroed(n);
+                for (&i, l) in r.iter().zip(loss_k) {
+                    loss[i] = l;
+                }
+                loss
+            }
+        };
+        *self.stash.lock().expect("head stash") = Some(Kept { logits, lse, rows });
         Ok((CpuStorage::F32(loss), Shape::from(n)))
     }
     fn bwd(
@@ -301,27 +339,49 @@ impl CustomOp2 for HeadLoss {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         use rayon::prelude::*;
         let (v, d) = e.dims2()?;
-        let Some((mut dl, lse)) = self.stash.lock().expect("head stash").take() else {
+        let Some(Kept {
+            logits: mut dl,
+            lse,
+            rows,
+        }) = self.stash.lock().expect("head stash").take()
+        else {
             bail!("galley-head-loss: backward ran twice")
         };
         let gs = g.to_vec1::<f32>()?;
-        dl.par_chunks_mut(v)
-            .enumerate()
-            .for_each(|(r, row)| crate::ops::nll_grad_row(row, self.targets[r], gs[r], lse[r]));
         let n = gs.len();
+        let at = |r: usize| rows.as_ref().map_or(r, |rows| rows[r]);
+        dl.par_chunks_mut(v).enumerate().for_each(|(r, row)| {
+            let i = at(r);
+            crate::ops::nll_grad_row(row, self.targets[i], gs[i], lse[r])
+        });
+        let k = dl.len() / v;
         let dx = with_f32(x, |xs| {
             with_f32(e, |es| {
-                if let HeadW::Trained(buf) = &self.w {
+                let packed = rows.as_ref().map(|r| gather_rows(xs, d, r));
+                let xk = packed.as_deref().unwrap_or(xs);
+                if let HeadW::Trained(buf) = &self.w
+                    && k > 0
+                {
                     buf.write(|de| {
-                        // Shapes: dlᵀ (v, n)·x (n, d) -> de (v, d).
-                        gemm(de, v, d, n, tr(&dl, v), rm(xs, d), self.scale, true)
+                        // Shapes: dlᵀ (v, k)·x (k, d) -> de (v, d).
+                        gemm(de, v, d, k, tr(&dl, v), rm(xk, d), self.scale, true)
                     });
                 }
                 if !x.track_op() {
                     return None;
                 }
-                // Shapes: dl (n, v)·e (v, d) -> dx (n, d).
-                Some(product(n, d, v, rm(&dl, v), rm(es, d), self.scale))
+                // Shapes: dl (k, v)·e (v, d) -> dx (k, d), then into the scored rows.
+                let dk = product(k, d, v, rm(&dl, v), rm(es, d), self.scale);
+                Some(match &rows {
+                    None => dk,
+                    Some(r) => {
+                        let mut dx = zeroed(n * d);
+                        for (&i, row) in r.iter().zip(dk.chunks(d)) {
+                            dx[i * d..][..d].copy_from_slice(row);
+                        }
+                        dx
+                    }
+                })
             })
         })??;
         Ok((

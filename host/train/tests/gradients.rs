@@ -391,6 +391,22 @@ fn projection_ops_match_autograd_including_dropout() {
         gr.get(&x).unwrap(),
         "head dx",
     );
+    // No row with a target (a batch of prompt tokens only): zero losses and gradients, the
+    // weight's buffer untouched.
+    let before = ge.lock().clone();
+    let l = linear::head_loss(
+        x.as_tensor(),
+        e.as_tensor(),
+        &[IGNORE; 5],
+        linear::HeadW::Trained(ge.clone()),
+        1.0,
+    )
+    .unwrap();
+    let g = loss_of(&l, 9).backward().unwrap();
+    assert_eq!(l.to_vec1::<f32>().unwrap(), vec![0.0; n]);
+    let dx = g.get(&x).unwrap().flatten_all().unwrap();
+    assert_eq!(dx.to_vec1::<f32>().unwrap(), vec![0.0; n * i]);
+    assert_eq!(*ge.lock(), before);
     // Frozen weight with LoRA, scale 0.5, with and without dropout.
     for mask in [
         None,
