@@ -19,6 +19,10 @@ pub struct Linear {
     /// The quantized weight dequantized once and kept (`keep_dense`): products of
     /// `DENSE_CACHED_FROM_ROWS` rows or more use it, as a server's grouped prefills do.
     dense_copy: Option<Tensor>,
+    /// The kept copy is stored transposed, (in, out): a vocabulary-wide weight on the CPU,
+    /// which products of that many rows read transposed anyway (see `TRANSPOSE_FROM_OUT`), so
+    /// the one copy `--dense-batches` budgets for is the only one.
+    copy_transposed: bool,
     /// A vocabulary-wide f32 weight (an LM head) transposed, made at its first product of
     /// more than `SKINNY_ROWS` rows (see `TRANSPOSE_FROM_OUT`).
     transposed: std::sync::OnceLock<Tensor>,
@@ -107,6 +111,7 @@ impl Linear {
             parts: parts.iter().map(|p| p.1).collect(),
             exact_activations: false,
             dense_copy: None,
+            copy_transposed: false,
             transposed: Default::default(),
         })
     }
@@ -118,6 +123,7 @@ impl Linear {
             parts: vec![],
             exact_activations: false,
             dense_copy: None,
+            copy_transposed: false,
             transposed: Default::default(),
         }
     }
@@ -161,7 +167,11 @@ impl Linear {
             LinearWeight::Quant(QMatMul::QTensor(q)) if self.dense_copy.is_none() => {
                 let d = q.dequantize(&q.device())?;
                 let bytes = d.elem_count() * 4;
-                self.dense_copy = Some(d);
+                self.copy_transposed = d.dim(0)? >= TRANSPOSE_FROM_OUT && d.device().is_cpu();
+                self.dense_copy = Some(match self.copy_transposed {
+                    true => d.t()?.contiguous()?,
+                    false => d,
+                });
                 Ok(bytes)
             }
             _ => Ok(0),
@@ -181,7 +191,15 @@ impl Linear {
             LinearWeight::Quant(_)
                 if rows >= DENSE_CACHED_FROM_ROWS && self.dense_copy.is_some() =>
             {
-                self.dense(x, self.dense_copy.as_ref().expect("checked"))?
+                let copy = self.dense_copy.as_ref().expect("checked");
+                match self.copy_transposed {
+                    true if x.dtype() == candle_core::DType::F32 => {
+                        let (k, out) = copy.dims2()?;
+                        by_columns(x, copy, out, k, |wt| crate::cpu::rm(wt, out))?
+                    }
+                    true => dense(x, &copy.t()?)?,
+                    false => self.dense(x, copy)?,
+                }
             }
             LinearWeight::Quant(QMatMul::QTensor(q))
                 if rows >= DENSE_FROM_ROWS && self.dense_copy.is_none() && x.device().is_cpu() =>
@@ -381,5 +399,39 @@ mod tests {
             assert!(diff < 1e-4, "{rows} rows: {diff}");
             assert_eq!(lin.transposed.get().is_some(), rows > SKINNY_ROWS);
         }
+    }
+
+    /// A served quantized head keeps one f32 copy, stored transposed: batched products read
+    /// it, give what the dequantized weight gives, and make no second (transposed) copy.
+    #[test]
+    fn a_wide_quantized_weight_keeps_one_dense_copy_for_batches() {
+        use candle_core::quantized::GgmlDType;
+        let dev = Device::Cpu;
+        let (out, k) = (TRANSPOSE_FROM_OUT + 32, 64);
+        let w = Tensor::randn(0f32, 1.0, (out, k), &dev).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let dq = q.dequantize(&dev).unwrap();
+        let mut lin = Linear::from_weight(LinearWeight::Quant(QMatMul::from_qtensor(q).unwrap()));
+        let budget = lin.dense_copy_bytes();
+        assert_eq!(lin.keep_dense().unwrap(), budget);
+        assert_eq!(budget, out * k * 4);
+        assert_eq!(lin.dense_copy_bytes(), 0);
+        let rows = DENSE_CACHED_FROM_ROWS + 3;
+        let x = Tensor::randn(0f32, 1.0, (1, rows, k), &dev).unwrap();
+        let got = lin.forward(&x).unwrap();
+        let want = x.matmul(&dq.t().unwrap().unsqueeze(0).unwrap()).unwrap();
+        assert_eq!(got.dims(), &[1, rows, out]);
+        let diff: f32 = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-4, "{diff}");
+        assert!(lin.transposed.get().is_none(), "a second copy was made");
     }
 }
