@@ -373,6 +373,11 @@ fn stack(weights: Vec<LinearWeight>, dev: &Device) -> Result<LinearWeight> {
 mod tests {
     use super::*;
 
+    fn max_diff(a: Tensor, b: Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+        d.max(0).unwrap().to_scalar().unwrap()
+    }
+
     /// A vocabulary-wide dense weight: few rows take the dot-product kernel, many rows the
     /// transposed copy (built once, reused); both equal candle's matmul of the original.
     #[test]
@@ -386,16 +391,7 @@ mod tests {
             let got = lin.forward(&x).unwrap();
             let want = x.matmul(&w.t().unwrap().unsqueeze(0).unwrap()).unwrap();
             assert_eq!(got.dims(), &[1, rows, out]);
-            let diff: f32 = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let diff = max_diff(got, want);
             assert!(diff < 1e-4, "{rows} rows: {diff}");
             assert_eq!(lin.transposed.get().is_some(), rows > SKINNY_ROWS);
         }
@@ -421,16 +417,7 @@ mod tests {
         let got = lin.forward(&x).unwrap();
         let want = x.matmul(&dq.t().unwrap().unsqueeze(0).unwrap()).unwrap();
         assert_eq!(got.dims(), &[1, rows, out]);
-        let diff: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_diff(got, want);
         assert!(diff < 1e-4, "{diff}");
         assert!(lin.transposed.get().is_none(), "a second copy was made");
     }
