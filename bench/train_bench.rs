@@ -4,8 +4,12 @@
 //! its own process so peak RSS is that mode's alone. Prints tokens/s, peak RSS, the ratios, and
 //! both loss curves (full fine-tuning starts from identical weights, so they should agree).
 //!
+//! With `--prompt-share P` the first P of each row's positions carry no loss in either framework
+//! (as a completion-only SFT loss leaves the prompt out; tokens/s still counts every position).
+//!
 //! `cargo run --release -p galley-bench --bin train-bench -- [--steps N] [--threads N]
-//!  [--modes full,lora,qlora] [--python PATH]`; `scripts/bench-train.sh` builds the venv.
+//!  [--modes full,lora,qlora] [--prompt-share P] [--python PATH]`; `scripts/bench-train.sh`
+//! builds the venv.
 
 use candle_core::Device;
 use galley_train::config::{PeftSection, TrainingSection, Tuning};
@@ -62,7 +66,7 @@ fn make_rows(model: &Path, data: &Path, n: usize) -> Vec<Vec<u32>> {
 }
 
 /// One mode in this process: prints a JSON line.
-fn child(mode: &str, model: &Path, rows_file: &Path, steps: usize) {
+fn child(mode: &str, model: &Path, rows_file: &Path, steps: usize, skip: usize) {
     let rows: Vec<Vec<u32>> =
         serde_json::from_str(&std::fs::read_to_string(rows_file).unwrap()).unwrap();
     let method = match mode {
@@ -96,7 +100,8 @@ fn child(mode: &str, model: &Path, rows_file: &Path, steps: usize) {
         let mut targets = Vec::with_capacity(B * T);
         for r in &rows[s * B..(s + 1) * B] {
             inputs.extend_from_slice(&r[..T]);
-            targets.extend_from_slice(&r[1..]);
+            targets.extend(std::iter::repeat_n(galley_train::ops::IGNORE, skip));
+            targets.extend_from_slice(&r[1 + skip..]);
         }
         let t0 = Instant::now();
         let pass = Pass {
@@ -106,7 +111,7 @@ fn child(mode: &str, model: &Path, rows_file: &Path, steps: usize) {
             seed: s as u64,
         };
         let l = m.losses(&inputs, &targets, B, T, &pass).unwrap();
-        let loss = (l.sum_all().unwrap() / (B * T) as f64).unwrap();
+        let loss = (l.sum_all().unwrap() / (B * (T - skip)) as f64).unwrap();
         losses.push(loss.to_scalar::<f32>().unwrap());
         let t1 = Instant::now();
         let g = loss.backward().unwrap();
@@ -146,6 +151,16 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let model = root.join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let steps: usize = arg(&args, "--steps").map_or(4, |s| s.parse().expect("--steps N"));
+    // Positions without a loss at the start of each row: `--skip` between the processes.
+    let skip: usize = match (arg(&args, "--skip"), arg(&args, "--prompt-share")) {
+        (Some(k), _) => k.parse().expect("--skip N"),
+        (None, Some(p)) => {
+            let p: f64 = p.parse().expect("--prompt-share P");
+            assert!((0.0..1.0).contains(&p), "--prompt-share takes 0 <= P < 1");
+            (p * T as f64).round() as usize
+        }
+        (None, None) => 0,
+    };
     if let Some(threads) = arg(&args, "--threads") {
         let n: usize = threads.parse().expect("--threads N");
         rayon::ThreadPoolBuilder::new()
@@ -160,6 +175,7 @@ fn main() {
             &model,
             Path::new(&arg(&args, "--rows").unwrap()),
             steps,
+            skip,
         );
         return;
     }
@@ -181,7 +197,9 @@ fn main() {
     let rows_file = work.join("rows.json");
     std::fs::write(&rows_file, serde_json::to_string(&rows).unwrap()).unwrap();
     println!(
-        "SmolLM2-135M, batch {B} x {T}, AdamW, {steps} steps (first untimed), {threads} threads"
+        "SmolLM2-135M, batch {B} x {T}, AdamW, {steps} steps (first untimed), {threads} threads, \
+         loss on the last {} positions of each row",
+        T - skip
     );
     println!(
         "{:<7} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
@@ -199,6 +217,8 @@ fn main() {
                 &steps.to_string(),
                 "--threads",
                 &threads,
+                "--skip",
+                &skip.to_string(),
             ])
             .output()
             .expect("galley child");
@@ -224,6 +244,7 @@ fn main() {
                     model.to_str().unwrap(),
                 ])
                 .args(["--threads", &threads, "--lr", &lr_of(mode).to_string()])
+                .args(["--skip", &skip.to_string()])
                 .output()
                 .expect("python peer");
             let v = last_json(&out.stdout);

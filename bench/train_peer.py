@@ -17,6 +17,7 @@ p.add_argument("--rows", required=True)
 p.add_argument("--model", required=True)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--lr", type=float, required=True)
+p.add_argument("--skip", type=int, default=0, help="positions without a loss at the start of each row")
 a = p.parse_args()
 
 torch.set_num_threads(a.threads)
@@ -49,18 +50,20 @@ for s in range(steps):
     batch = torch.tensor(rows[s * B : (s + 1) * B], dtype=torch.long)
     t0 = time.perf_counter()
     logits = model(input_ids=batch[:, :T]).logits
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+    labels = batch[:, 1:].clone()
+    labels[:, : a.skip] = -100
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
     loss.backward()
     if s == 0:
         # The first loss again in f64 from the same logits (after the backward pass freed its
         # graph, a few rows at a time, so the peak memory is not the f64 copy's): what an f32
         # loss is off by, torch's and galley's alike.
-        flat, tgt = logits.detach().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+        flat, tgt = logits.detach().reshape(-1, logits.shape[-1]), labels.reshape(-1)
         nll = sum(
             torch.nn.functional.cross_entropy(flat[i : i + 64].double(), tgt[i : i + 64], reduction="sum").item()
             for i in range(0, flat.shape[0], 64)
         )
-        first_f64 = nll / flat.shape[0]
+        first_f64 = nll / int((tgt != -100).sum())
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
