@@ -262,11 +262,12 @@ pub enum HeadW {
 
 /// What the forward pass keeps for the backward pass: the scored rows' logits (turned into
 /// their gradient in place, so one (rows, vocab) buffer serves both passes), their
-/// log-sum-exps, and which rows of the input they are (None: every row).
+/// log-sum-exps, and which rows of the input they are with those rows packed (None: every
+/// row, the input itself).
 struct Kept {
     logits: Vec<f32>,
     lse: Vec<f32>,
-    rows: Option<Vec<usize>>,
+    rows: Option<(Vec<usize>, Vec<f32>)>,
 }
 
 struct HeadLoss {
@@ -306,12 +307,14 @@ impl CustomOp2 for HeadLoss {
         let scored: Vec<usize> = (0..n)
             .filter(|&r| self.targets[r] != crate::ops::IGNORE)
             .collect();
-        let rows = (scored.len() < n).then_some(scored);
-        let packed = rows.as_ref().map(|r| gather_rows(x, d, r));
-        let xk = packed.as_deref().unwrap_or(x);
+        let rows = (scored.len() < n).then(|| {
+            let packed = gather_rows(x, d, &scored);
+            (scored, packed)
+        });
+        let xk = rows.as_ref().map_or(x, |r| &r.1[..]);
         let k = xk.len() / d;
         let targets: Vec<u32> = match &rows {
-            Some(r) => r.iter().map(|&i| self.targets[i]).collect(),
+            Some((r, _)) => r.iter().map(|&i| self.targets[i]).collect(),
             None => self.targets.to_vec(),
         };
         // Shapes: x (k, d), eᵀ (d, v) -> logits (k, v).
@@ -319,7 +322,7 @@ impl CustomOp2 for HeadLoss {
         let (lse, loss_k) = crate::ops::nll_rows(&logits, v, &targets);
         let loss = match &rows {
             None => loss_k,
-            Some(r) => {
+            Some((r, _)) => {
                 let mut loss = zeroed(n);
                 for (&i, l) in r.iter().zip(loss_k) {
                     loss[i] = l;
@@ -349,7 +352,7 @@ impl CustomOp2 for HeadLoss {
         };
         let gs = g.to_vec1::<f32>()?;
         let n = gs.len();
-        let at = |r: usize| rows.as_ref().map_or(r, |rows| rows[r]);
+        let at = |r: usize| rows.as_ref().map_or(r, |rows| rows.0[r]);
         dl.par_chunks_mut(v).enumerate().for_each(|(r, row)| {
             let i = at(r);
             crate::ops::nll_grad_row(row, self.targets[i], gs[i], lse[r])
@@ -357,8 +360,7 @@ impl CustomOp2 for HeadLoss {
         let k = dl.len() / v;
         let dx = with_f32(x, |xs| {
             with_f32(e, |es| {
-                let packed = rows.as_ref().map(|r| gather_rows(xs, d, r));
-                let xk = packed.as_deref().unwrap_or(xs);
+                let xk = rows.as_ref().map_or(xs, |r| &r.1[..]);
                 if let HeadW::Trained(buf) = &self.w
                     && k > 0
                 {
@@ -374,7 +376,7 @@ impl CustomOp2 for HeadLoss {
                 let dk = product(k, d, v, rm(&dl, v), rm(es, d), self.scale);
                 Some(match &rows {
                     None => dk,
-                    Some(r) => {
+                    Some((r, _)) => {
                         let mut dx = zeroed(n * d);
                         for (&i, row) in r.iter().zip(dk.chunks(d)) {
                             dx[i * d..][..d].copy_from_slice(row);

@@ -217,9 +217,10 @@ impl Proj {
         Ok(())
     }
 
-    /// The weight with any adapter merged in (W + scale·B·A), dense.
+    /// The weight with any adapter merged in (W + scale·B·A), dense. A weight without an
+    /// adapter is handed out as it is (no copy).
     pub fn merged(&self) -> Result<Tensor> {
-        if self.merges_on_cpu() {
+        if matches!(self, Proj::Frozen { lora: Some(_), .. }) && self.merges_on_cpu() {
             let (out, inp) = self.dims()?;
             let mut buf = cpu::uninit(out * inp);
             self.merge_into(&mut buf)?;
@@ -796,25 +797,24 @@ impl TrainModel {
             if let Some(n) = &l.k_norm {
                 out.push((format!("{p}.self_attn.k_norm.weight"), n.t().clone()));
             }
-            let groups: [&[usize]; 3] = match stack {
-                true => [&[0, 1, 2], &[3], &[4, 5]],
-                false => [&[0, 1, 2, 3, 4, 5], &[], &[]],
-            };
+            // Indices into `projs()`: q|k|v and gate|up are the engine's stacks.
+            const STACKS: [&[usize]; 4] = [&[0, 1, 2], &[3], &[4, 5], &[6]];
+            const APART: [&[usize]; 7] = [&[0], &[1], &[2], &[3], &[4], &[5], &[6]];
             let projs = l.projs();
             let name = |i: usize| format!("{p}.{}.{}.weight", projs[i].0, projs[i].1);
-            for group in groups.into_iter().chain([&[6][..]]) {
+            for group in if stack { &STACKS[..] } else { &APART[..] } {
                 let members: Vec<&Proj> = group.iter().map(|&i| projs[i].2).collect();
-                if group.len() > 1 && members.iter().all(|m| m.merges_on_cpu()) && stack {
+                if group.len() > 1 && members.iter().all(|m| m.merges_on_cpu()) {
                     stacked.push((
                         group.iter().map(|&i| name(i)).collect(),
                         stack_merged(&members)?,
                     ));
                 } else {
-                    for &i in group {
+                    for &i in *group {
                         out.push((name(i), projs[i].2.merged()?));
                     }
                 }
-                for &i in group {
+                for &i in *group {
                     if let Some(b) = projs[i].2.bias() {
                         out.push((format!("{p}.{}.{}.bias", projs[i].0, projs[i].1), b));
                     }

@@ -10,7 +10,7 @@
 //! spread as they did (a diverged training run still shows a NaN loss; the vectorized `exp`
 //! alone gives NaN no weight, which is right for sampling and wrong here).
 
-use super::softmax::{BLOCK, LANES, exp, fold_lanes};
+use super::softmax::{LANES, exp, fold_lanes};
 use std::mem::MaybeUninit;
 
 /// `if x > a` is x86's `max` instruction exactly; NaN never wins.
@@ -197,39 +197,32 @@ vectorized!(
 );
 
 #[inline(always)]
-fn log_sum_exp_impl(row: &[f32]) -> f32 {
-    let (m, finite) = scaled_max(row, &[], 1.0);
+fn finite_max_impl(row: &[f32]) -> (f32, bool) {
+    scaled_max(row, &[], 1.0)
+}
+
+vectorized!(
+    /// The row's largest value, and whether every value is finite.
+    fn finite_max(row: &[f32]) -> (f32, bool) = finite_max_impl
+);
+
+/// `ln Σ e^x` over a row (a NaN or an infinity in it gives what `f32::exp` gives).
+///
+/// The sum is the sampler's ([`softmax::exp_sum`](super::softmax::exp_sum): lanes within
+/// 256-value blocks, blocks added in f64). Running f32 sums over a whole vocabulary drop the
+/// tail's small terms against a large total: on logits drawn with a standard deviation of 4
+/// (49,152 of them) 16 running lane sums underestimate the log-sum-exp by 3.8e-6 on average and
+/// a single running sum by 7.2e-5, where blocks stay within 1e-7
+/// (`log_sum_exp_has_no_bias_over_a_vocabulary`).
+pub fn log_sum_exp(row: &[f32]) -> f32 {
+    let (m, finite) = finite_max(row);
     if !finite {
         let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let sum: f32 = row.iter().map(|&v| (v - m).exp()).sum();
         return m + sum.ln();
     }
-    // Lanes within a block, blocks added in f64. One f32 running sum per lane over a whole
-    // vocabulary drops the tail's small terms against a large total: on logits drawn with a
-    // standard deviation of 4 (49,152 of them) 16 lanes underestimate the log-sum-exp by
-    // 3.8e-6 on average and a single running sum by 7.2e-5, where blocks stay within 1e-7
-    // (`log_sum_exp_has_no_bias_over_a_vocabulary`).
-    let mut total = 0f64;
-    for block in row.chunks(BLOCK) {
-        let mut acc = [0f32; LANES];
-        let mut chunks = block.chunks_exact(LANES);
-        for c in &mut chunks {
-            for i in 0..LANES {
-                acc[i] += exp(c[i] - m);
-            }
-        }
-        for (i, &x) in chunks.remainder().iter().enumerate() {
-            acc[i] += exp(x - m);
-        }
-        total += fold_lanes(acc, |a, b| a + b) as f64;
-    }
-    (m as f64 + total.ln()) as f32
+    (m as f64 + super::softmax::exp_sum(row, m, 1.0).ln()) as f32
 }
-
-vectorized!(
-    /// `ln Σ e^x` over a row (a NaN or an infinity in it gives what `f32::exp` gives).
-    pub fn log_sum_exp(row: &[f32]) -> f32 = log_sum_exp_impl
-);
 
 #[inline(always)]
 fn scaled_exp_impl(row: &mut [f32], shift: f32, g: f32) {
