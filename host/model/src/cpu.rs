@@ -139,6 +139,33 @@ pub fn gemm(
     )
 }
 
+/// `gemm` on the calling thread only (for callers that are themselves one of many parallel
+/// tasks).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm1(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    scale: f32,
+    accumulate: bool,
+) {
+    // SAFETY: gemm_with writes only floats through the view.
+    gemm_with(
+        gemm::Parallelism::None,
+        unsafe { as_uninit(dst) },
+        m,
+        n,
+        k,
+        a,
+        b,
+        scale,
+        accumulate,
+    )
+}
+
 /// Floats seen as possibly-uninitialised floats, for `gemm_with`.
 ///
 /// # Safety

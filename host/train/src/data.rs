@@ -544,6 +544,8 @@ pub struct Batch {
     pub targets: Vec<u32>,
     /// Input positions that hold real tokens (not padding).
     pub real_tokens: usize,
+    /// Each row's real input positions (the rest of its `t` is padding, at the end).
+    pub lens: Vec<usize>,
 }
 
 impl Batch {
@@ -570,13 +572,35 @@ impl Batch {
                 }
             }
         }
-        let real_tokens = samples.iter().map(|s| s.ids.len() - 1).sum();
+        let lens: Vec<usize> = samples.iter().map(|s| s.ids.len() - 1).collect();
         Self {
             b,
             t,
             inputs,
             targets,
-            real_tokens,
+            real_tokens: lens.iter().sum(),
+            lens,
         }
+    }
+
+    /// The real tokens of every row end to end (inputs, targets), and for each of the
+    /// batch's b·t positions its index in them (padding: one past the end); None when no row
+    /// has padding.
+    pub fn packed(&self) -> Option<(Vec<u32>, Vec<u32>, Vec<u32>)> {
+        if self.lens.len() != self.b || self.lens.iter().all(|&l| l == self.t) {
+            return None;
+        }
+        let n = self.lens.iter().sum::<usize>();
+        let (mut inputs, mut targets) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut index = vec![n as u32; self.b * self.t];
+        for (r, &l) in self.lens.iter().enumerate() {
+            let row = r * self.t..r * self.t + l;
+            for (i, slot) in index[row.clone()].iter_mut().enumerate() {
+                *slot = (inputs.len() + i) as u32;
+            }
+            inputs.extend_from_slice(&self.inputs[row.clone()]);
+            targets.extend_from_slice(&self.targets[row]);
+        }
+        Some((inputs, targets, index))
     }
 }

@@ -79,7 +79,7 @@ fn forward(model: &TrainModel, pairs: &[&Pair], pad: u32, pass: &Pass) -> Result
         .chain(pairs.iter().map(|p| &p.rejected))
         .collect();
     let b = Batch::from_samples(&rows, pad);
-    let losses = model.losses(&b.inputs, &b.targets, b.b, b.t, pass)?;
+    let losses = model.batch_losses(&b, pass, 1.0)?;
     Ok((losses, b))
 }
 

@@ -244,7 +244,7 @@ impl<'a> GrpoTask<'a> {
             ..Pass::eval(model)
         };
         let nll = model
-            .losses_at(&b.inputs, &b.targets, b.b, b.t, &pass, self.cfg.temperature)?
+            .batch_losses(&b, &pass, self.cfg.temperature)?
             .detach()
             .to_vec1::<f32>()?;
         Ok(rows
@@ -529,7 +529,7 @@ impl Task for GrpoTask<'_> {
         let samples: Vec<Sample> = rows.iter().map(|r| self.sample(r)).collect();
         let refs: Vec<&Sample> = samples.iter().collect();
         let b = Batch::from_samples(&refs, self.pad);
-        let nll = model.losses_at(&b.inputs, &b.targets, b.b, b.t, pass, self.cfg.temperature)?;
+        let nll = model.batch_losses(&b, pass, self.cfg.temperature)?;
         let values = nll.detach().to_vec1::<f32>()?;
         let logp: Vec<Vec<f64>> = rows
             .iter()

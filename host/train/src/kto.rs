@@ -158,7 +158,7 @@ fn logps(
 ) -> Result<(Tensor, Batch, Vec<f64>)> {
     let refs: Vec<&Sample> = rows.iter().collect();
     let b = Batch::from_samples(&refs, pad);
-    let losses = model.losses(&b.inputs, &b.targets, b.b, b.t, pass)?;
+    let losses = model.batch_losses(&b, pass, 1.0)?;
     let sums = losses
         .detach()
         .reshape((b.b, b.t))?

@@ -8,6 +8,7 @@
 //! config to a run directory.
 
 pub mod align;
+pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod cuda_src;

@@ -9,9 +9,7 @@ use crate::ops::Frozen;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail,
 };
-use galley_model::cpu::{
-    assume_init, gemm, product, product1, rm, slice, tr, uninit, with_f32, zeroed,
-};
+use galley_model::cpu::{gemm, product, rm, slice, tr, with_f32, zeroed};
 use std::sync::{Arc, Mutex};
 
 pub use crate::grad::GradBuf;
@@ -455,89 +453,4 @@ pub fn embed(e: &Tensor, ids: &[u32], grad: &GradBuf) -> Result<Tensor> {
         ids: Arc::new(ids.to_vec()),
         grad: grad.clone(),
     })
-}
-
-// ------------------------------------------------------------------ attention probabilities
-
-struct AttnProbs {
-    scale: f32,
-}
-
-impl CustomOp2 for AttnProbs {
-    fn name(&self) -> &'static str {
-        "galley-attention-probs"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
-        let (q, k) = (slice(s1, l1)?, slice(s2, l2)?);
-        let (b, kv, r, hd) = l1.shape().dims4()?;
-        let t = l2.shape().dims4()?.2;
-        let mut p = uninit(b * kv * r * t);
-        p.par_chunks_mut(r * t).enumerate().for_each(|(bk, pb)| {
-            let (qb, kb) = (&q[bk * r * hd..][..r * hd], &k[bk * t * hd..][..t * hd]);
-            // Shapes: q block (r, hd), k block (t, hd) so kᵀ is (hd, t); pb is (r, t).
-            let pb = product1(pb, r, t, hd, rm(qb, hd), tr(kb, hd), 1.0);
-            crate::ops::softmax_rows_inplace(pb, t, self.scale);
-        });
-        // SAFETY: the (r, t) blocks cover `p`, and `product1` wrote each whole.
-        let p = unsafe { assume_init(p) };
-        Ok((CpuStorage::F32(p), Shape::from((b, kv, r, t))))
-    }
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        p: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        use rayon::prelude::*;
-        let (_, _, r, hd) = q.dims4()?;
-        let t = k.dim(2)?;
-        let (dq, dk) = with_f32(q, |qs| {
-            with_f32(k, |ks| {
-                with_f32(p, |ps| {
-                    with_f32(g, |gs| {
-                        let ds = crate::ops::softmax_grad(ps, gs, t, self.scale);
-                        let mut dq = uninit(qs.len());
-                        let mut dk = uninit(ks.len());
-                        dq.par_chunks_mut(r * hd)
-                            .zip(dk.par_chunks_mut(t * hd))
-                            .enumerate()
-                            .for_each(|(bk, (dqb, dkb))| {
-                                let dsb = &ds[bk * r * t..][..r * t];
-                                let (qb, kb) =
-                                    (&qs[bk * r * hd..][..r * hd], &ks[bk * t * hd..][..t * hd]);
-                                // Shapes: ds (r, t)·k (t, hd) -> dq (r, hd); dsᵀ (t, r)·q (r, hd) -> dk (t, hd).
-                                product1(dqb, r, hd, t, rm(dsb, t), rm(kb, hd), 1.0);
-                                product1(dkb, t, hd, r, tr(dsb, t), rm(qb, hd), 1.0);
-                            });
-                        // SAFETY: the blocks cover both buffers and each was written whole.
-                        unsafe { (assume_init(dq), assume_init(dk)) }
-                    })
-                })
-            })
-        })????;
-        Ok((
-            Some(Tensor::from_vec(dq, q.shape(), q.device())?),
-            Some(Tensor::from_vec(dk, k.shape(), k.device())?),
-        ))
-    }
-}
-
-/// softmax(scale·q·kᵀ) with the causal mask, for q (b, kv, rows, hd) (query heads grouped
-/// per KV head; row r is query position r % t) and k (b, kv, t, hd): the scores never exist
-/// as a tensor of their own, so the graph keeps only the probabilities.
-pub fn attention_probs(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
-    q.contiguous()?.apply_op2(
-        &k.contiguous()?,
-        AttnProbs {
-            scale: scale as f32,
-        },
-    )
 }

@@ -5,6 +5,7 @@
 //! pass runs through `ops` so every step has a backward pass that skips frozen weights.
 
 use crate::config::{InitSection, PeftSection, QuantKind, Tuning};
+use crate::data::Batch;
 use crate::error::{Result, TrainError};
 use crate::grad::GradBuf;
 use crate::linear::{self, LoraW};
@@ -612,17 +613,52 @@ impl TrainModel {
         pass: &Pass,
         temperature: f64,
     ) -> Result<Tensor> {
+        self.forward_losses(inputs, targets, (b, t), None, pass, temperature)
+    }
+
+    /// `losses_at` of a right-padded batch (`Batch::from_samples`) without computing its
+    /// padding: the rows' real tokens run packed end to end, each row attending only to
+    /// itself from position 0, and the losses come back in the batch's (b·t) layout with 0
+    /// at padding. Preference pairs and GRPO groups pad short rows to the longest, often
+    /// doubling the products; TRL leaves that padding in on the CPU (its padding-free mode
+    /// needs flash-attention kernels).
+    pub fn batch_losses(&self, batch: &Batch, pass: &Pass, temperature: f64) -> Result<Tensor> {
+        let (b, t) = (batch.b, batch.t);
+        let Some((inputs, targets, index)) = batch.packed() else {
+            return self.losses_at(&batch.inputs, &batch.targets, b, t, pass, temperature);
+        };
+        let n = inputs.len();
+        let lens = &batch.lens;
+        let packed =
+            self.forward_losses(&inputs, &targets, (1, n), Some(lens), pass, temperature)?;
+        // Padding positions read one extra zero; the gradient they send it goes nowhere.
+        let zero = Tensor::zeros(1, packed.dtype(), packed.device())?;
+        let all = Tensor::cat(&[&packed, &zero], 0)?;
+        Ok(all.index_select(&Tensor::from_vec(index, b * t, packed.device())?, 0)?)
+    }
+
+    /// The forward pass of (b, t) rows, or with `segments`, of one row of sequences of
+    /// those lengths packed end to end (b = 1, t = their sum).
+    fn forward_losses(
+        &self,
+        inputs: &[u32],
+        targets: &[u32],
+        (b, t): (usize, usize),
+        segments: Option<&[usize]>,
+        pass: &Pass,
+        temperature: f64,
+    ) -> Result<Tensor> {
         let c = &self.config;
-        if t > c.max_position_embeddings {
+        let longest = segments.map_or(t, |s| s.iter().copied().max().unwrap_or(0));
+        if longest > c.max_position_embeddings {
             return Err(TrainError::Stopped(format!(
-                "sequence of {t} tokens is longer than the model's {} positions",
+                "sequence of {longest} tokens is longer than the model's {} positions",
                 c.max_position_embeddings
             )));
         }
         let k = pass.kernels;
         let n = b * t;
         let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let g = h / kv;
         let ids = Tensor::from_slice(inputs, n, &self.device)?;
         let x = match (&self.embed, k) {
             (Param::Trained(e), Kernels::Fused) => {
@@ -635,7 +671,6 @@ impl TrainModel {
         let dt = self.compute;
         let x32 = |y: Tensor| ops::cast(&y, DType::F32);
         let mut x = x32(x)?;
-        let scale = 1.0 / (hd as f64).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             let site = |j: u64| (li as u64) * 16 + j;
             let hn = ops::rms_norm_to(&x, layer.input_norm.t(), c.rms_norm_eps, k, dt)?;
@@ -648,50 +683,24 @@ impl TrainModel {
                     None => y,
                 })
             };
-            let q = ops::rope_heads(&heads(&layer.q, h, 0, &layer.q_norm)?, &self.rope, k)?;
-            let kk = ops::rope_heads(&heads(&layer.k, kv, 1, &layer.k_norm)?, &self.rope, k)?;
-            let v = heads(&layer.v, kv, 2, &None)?
-                .transpose(1, 2)?
-                .contiguous()?;
-            // Query heads grouped under their KV head: no repeated keys or values.
-            let q = q.reshape((b, kv, g * t, hd))?;
-            // Long sequences on a GPU: the fused attention, which keeps no score matrix.
-            #[cfg(feature = "cuda")]
-            let fused = match k == Kernels::Cuda
-                && ops::flash_attention_wanted(
-                    (b, h, t, hd),
-                    dt.size_in_bytes(),
-                    ops::attention_setting(),
-                ) {
-                true => Some(crate::flash_cuda::attention(&q, &kk, &v, scale)?),
-                false => None,
-            };
-            #[cfg(not(feature = "cuda"))]
-            let fused: Option<Tensor> = None;
-            let o = match fused {
-                Some(o) => o,
-                None => {
-                    let p = match k {
-                        Kernels::Fused => linear::attention_probs(&q, &kk, scale)?,
-                        Kernels::Reference => {
-                            ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?
-                        }
-                        #[cfg(feature = "cuda")]
-                        Kernels::Cuda => {
-                            crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale)?
-                        }
-                        #[cfg(not(feature = "cuda"))]
-                        Kernels::Cuda => {
-                            ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?
-                        }
-                    };
-                    p.matmul(&v)?
+            let (qh, kh) = (
+                heads(&layer.q, h, 0, &layer.q_norm)?,
+                heads(&layer.k, kv, 1, &layer.k_norm)?,
+            );
+            let vh = heads(&layer.v, kv, 2, &None)?;
+            let o = match segments {
+                None => self.attend(&qh, &kh, &vh, k, dt)?,
+                Some(lens) => {
+                    let mut parts = Vec::with_capacity(lens.len());
+                    let mut at = 0;
+                    for &l in lens.iter().filter(|&&l| l > 0) {
+                        let part = |x: &Tensor| x.narrow(1, at, l);
+                        parts.push(self.attend(&part(&qh)?, &part(&kh)?, &part(&vh)?, k, dt)?);
+                        at += l;
+                    }
+                    Tensor::cat(&parts, 0)?
                 }
             };
-            let o = o
-                .reshape((b, h, t, hd))?
-                .transpose(1, 2)?
-                .reshape((n, h * hd))?;
             x = (x + x32(layer.o.forward(&o, pass, site(3))?)?)?;
             let hn = ops::rms_norm_to(&x, layer.post_norm.t(), c.rms_norm_eps, k, dt)?;
             let gate = layer.gate.forward(&hn, pass, site(4))?;
@@ -753,6 +762,64 @@ impl TrainModel {
             (logits / temperature)?
         };
         Ok(ops::cross_entropy_reference(&logits, targets)?)
+    }
+
+    /// Causal attention of (b, t, heads, head dim) projections, rotated here: the output as
+    /// (b·t, heads·head dim) rows for the output projection.
+    fn attend(
+        &self,
+        qh: &Tensor,
+        kh: &Tensor,
+        vh: &Tensor,
+        k: Kernels,
+        dt: DType,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t) = (qh.dim(0)?, qh.dim(1)?);
+        let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let g = h / kv;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let q = ops::rope_heads(qh, &self.rope, k)?;
+        let kk = ops::rope_heads(kh, &self.rope, k)?;
+        let v = vh.transpose(1, 2)?.contiguous()?;
+        // Query heads grouped under their KV head: no repeated keys or values.
+        let q = q.reshape((b, kv, g * t, hd))?;
+        // Long sequences on a GPU: the fused attention, which keeps no score matrix.
+        #[cfg(feature = "cuda")]
+        let fused = match k == Kernels::Cuda
+            && ops::flash_attention_wanted(
+                (b, h, t, hd),
+                dt.size_in_bytes(),
+                ops::attention_setting(),
+            ) {
+            true => Some(crate::flash_cuda::attention(&q, &kk, &v, scale)?),
+            false => None,
+        };
+        #[cfg(not(feature = "cuda"))]
+        let fused: Option<Tensor> = {
+            let _ = dt;
+            None
+        };
+        let o = match fused {
+            Some(o) => o,
+            // On the CPU, blocks of queries against the unmasked keys only, nothing of t² kept.
+            None if k == Kernels::Fused => crate::attention::causal_attention(&q, &kk, &v, scale)?,
+            None => {
+                let p = match k {
+                    Kernels::Fused | Kernels::Reference => {
+                        ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?
+                    }
+                    #[cfg(feature = "cuda")]
+                    Kernels::Cuda => crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale)?,
+                    #[cfg(not(feature = "cuda"))]
+                    Kernels::Cuda => ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?,
+                };
+                p.matmul(&v)?
+            }
+        };
+        Ok(o.reshape((b, h, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b * t, h * hd))?)
     }
 
     /// Every weight by HF name, with adapters merged (for export as a plain checkpoint).

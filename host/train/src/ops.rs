@@ -1,7 +1,8 @@
 //! The fused element-wise CPU operations training runs through, each with its own backward
 //! pass: RMS norm, rotary embedding fused with the attention's head transpose, and the SiLU-gate
-//! product; the row kernels of the causal softmax and of the cross-entropy that `linear`'s
-//! products use; and the frozen (possibly quantized) weight type. candle's own fused versions cut the autograd graph and its matmul
+//! product; the row kernel of the cross-entropy that `linear`'s products use; the causal
+//! softmax's reference (the fused attention is `attention`); and the frozen (possibly
+//! quantized) weight type. candle's own fused versions cut the autograd graph and its matmul
 //! backward computes gradients for frozen inputs; its composite versions allocate one tensor
 //! per elementary step. Every op here has an unfused reference (`Kernels::Reference`, plain
 //! candle ops, also the path on GPUs) that the gradient checks compare against. One op runs
@@ -297,35 +298,11 @@ pub fn rope_heads(x: &Tensor, tables: &RopeTables, k: Kernels) -> Result<Tensor>
     }
 }
 
-// ---------------------------------------------------------------- causal softmax
-
-/// Causal softmax of every row of `buf` (rows of `t`; row r is query r % t) of scale·x, the
-/// keys after each query masked out, in place (vectorized; rows with NaN or infinities spread
-/// them as `f32::exp` does).
-pub(crate) fn softmax_rows_inplace(buf: &mut [f32], t: usize, scale: f32) {
-    buf.par_chunks_mut(t).enumerate().for_each(|(r, row)| {
-        galley_model::kernels::rowwise::softmax_causal(row, r % t, &[], scale)
-    });
-}
-
-/// The gradient through the causal softmax: scale·p·(g - Σ p·g) per row.
-pub(crate) fn softmax_grad(p: &[f32], g: &[f32], t: usize, scale: f32) -> Vec<f32> {
-    let mut dx = zeroed(p.len());
-    dx.par_chunks_mut(t).enumerate().for_each(|(r, dx)| {
-        let pos = r % t;
-        let (pr, gr) = (&p[r * t..][..t], &g[r * t..][..t]);
-        let dot: f32 = (0..=pos).map(|j| pr[j] * gr[j]).sum();
-        for j in 0..=pos {
-            dx[j] = scale * pr[j] * (gr[j] - dot);
-        }
-        dx[pos + 1..].fill(0.0);
-    });
-    dx
-}
+// ---------------------------------------------------------------- causal softmax (reference)
 
 /// Plain candle: softmax(scale * s) over the last dimension with keys after the query masked
 /// out; `s` is (..., rows, t) where row r is query position r % t. The reference for
-/// `linear::attention_probs`. Computed in f32 whatever `s`'s dtype (as autocast does), the
+/// `attention::causal_attention`'s probabilities. Computed in f32 whatever `s`'s dtype (as autocast does), the
 /// probabilities returned in `s`'s dtype.
 pub fn causal_softmax_reference(s: &Tensor, scale: f64) -> Result<Tensor> {
     let (rows, t) = (s.dim(D::Minus2)?, s.dim(D::Minus1)?);

@@ -137,7 +137,7 @@ impl Task for SftTask<'_> {
     fn micro(&self, model: &TrainModel, items: &[usize], norm: f64, pass: &Pass) -> Result<Micro> {
         let picks: Vec<&Sample> = items.iter().map(|&i| &self.train[i]).collect();
         let b = Batch::from_samples(&picks, self.pad);
-        let losses = model.losses(&b.inputs, &b.targets, b.b, b.t, pass)?;
+        let losses = model.batch_losses(&b, pass, 1.0)?;
         let sum = losses.sum_all()?;
         let loss = sum.to_scalar::<f32>()? as f64 / norm;
         let grads = (sum / norm)?.backward()?;
@@ -157,9 +157,7 @@ impl Task for SftTask<'_> {
             let refs: Vec<&Sample> = chunk.iter().collect();
             let b = Batch::from_samples(&refs, self.pad);
             let pass = Pass::eval(model);
-            let losses = model
-                .losses(&b.inputs, &b.targets, b.b, b.t, &pass)?
-                .detach();
+            let losses = model.batch_losses(&b, &pass, 1.0)?.detach();
             nll += losses.sum_all()?.to_scalar::<f32>()? as f64;
             tokens += b.label_tokens();
         }

@@ -116,19 +116,26 @@ fn rope_fused_with_the_head_transpose_gradients() {
 }
 
 #[test]
-fn attention_probabilities_gradients() {
-    // 2 query heads per KV head: rows = 2 * t; the fused op computes q·kᵀ and the softmax.
-    check(
-        "attention_probs",
-        &[&[2, 3, 10, 4], &[2, 3, 5, 4]],
-        |a, k| match k {
-            Kernels::Fused => galley_train::linear::attention_probs(&a[0], &a[1], 0.5).unwrap(),
-            Kernels::Reference | Kernels::Cuda => {
-                ops::causal_softmax_reference(&a[0].matmul(&a[1].t().unwrap()).unwrap(), 0.5)
-                    .unwrap()
-            }
-        },
-    );
+fn causal_attention_gradients() {
+    // 2 query heads per KV head (rows = 2 * t): one block of positions, then three (the
+    // last one partial), so blocks that see earlier blocks' keys are checked too.
+    for t in [10, 150] {
+        check(
+            "causal_attention",
+            &[&[2, 3, 2 * t, 4], &[2, 3, t, 4], &[2, 3, t, 4]],
+            |a, k| match k {
+                Kernels::Fused => {
+                    galley_train::attention::causal_attention(&a[0], &a[1], &a[2], 0.5).unwrap()
+                }
+                Kernels::Reference | Kernels::Cuda => {
+                    ops::causal_softmax_reference(&a[0].matmul(&a[1].t().unwrap()).unwrap(), 0.5)
+                        .unwrap()
+                        .matmul(&a[2])
+                        .unwrap()
+                }
+            },
+        );
+    }
 }
 
 #[test]
@@ -313,6 +320,99 @@ fn whole_model_lora_matches_the_reference() {
 #[test]
 fn whole_model_qlora_matches_the_reference() {
     whole_model(Tuning::Qlora, false);
+}
+
+/// A right-padded batch run without its padding (`batch_losses`: rows packed end to end,
+/// attention per row) gives the padded run's losses and every gradient, with both kernel
+/// sets, for full fine-tuning and LoRA: packing must not let a row see another or move its
+/// positions.
+#[test]
+fn a_padded_batch_runs_packed_with_the_padded_losses_and_gradients() {
+    use galley_train::data::{Batch, Sample};
+    for method in [Tuning::Full, Tuning::Lora] {
+        let dir = tempfile::tempdir().unwrap();
+        let c = tiny(dir.path(), false);
+        let w =
+            galley_model::weights::Weights::safetensors(vec![dir.path().join("model.safetensors")])
+                .unwrap();
+        let peft = PeftSection {
+            r: 4,
+            lora_dropout: 0.0,
+            target_modules: galley_train::model::MODULES.map(String::from).to_vec(),
+            ..Default::default()
+        };
+        let build = Build {
+            tuning: method,
+            peft: &peft,
+            seed: 1,
+        };
+        let m = TrainModel::load(&w, c, &build, &Device::Cpu).unwrap();
+        for p in &m.trainable {
+            if p.name.contains("lora_B") {
+                p.var.set(&rand_t(p.var.dims(), 5, 0.1)).unwrap();
+            }
+        }
+        // Rows of 9, 4 and 6 inputs; the middle one's first tokens carry no loss.
+        let samples: Vec<Sample> = [(10, 0), (5, 2), (7, 0)]
+            .iter()
+            .enumerate()
+            .map(|(r, &(len, prompt))| Sample {
+                ids: (0..len).map(|i| ((i * 7 + r * 11) % 40) as u32).collect(),
+                train: (0..len).map(|i| i > prompt).collect(),
+            })
+            .collect();
+        let b = Batch::from_samples(&samples.iter().collect::<Vec<_>>(), 0);
+        assert!(b.packed().is_some(), "the rows have padding");
+        let cfg = galley_train::config::TrainingSection::default();
+        let mut opt = galley_train::optim::Optimizer::new(&cfg, &m.trainable).unwrap();
+        for k in [Kernels::Fused, Kernels::Reference] {
+            let mut run = |packed: bool| {
+                for p in &m.trainable {
+                    p.grad.lock().fill(0.0);
+                }
+                let pass = Pass {
+                    kernels: k,
+                    train: true,
+                    adapters: true,
+                    seed: 0,
+                };
+                let l = match packed {
+                    true => m.batch_losses(&b, &pass, 1.0).unwrap(),
+                    false => m.losses(&b.inputs, &b.targets, b.b, b.t, &pass).unwrap(),
+                };
+                let g = l.sum_all().unwrap().backward().unwrap();
+                opt.accumulate(&m.trainable, &g).unwrap();
+                let grads: Vec<Vec<f32>> =
+                    m.trainable.iter().map(|p| p.grad.lock().clone()).collect();
+                (l.to_vec1::<f32>().unwrap(), grads)
+            };
+            let (lp, gp) = run(false);
+            let (lk, gk) = run(true);
+            assert_eq!(lk.len(), b.b * b.t);
+            for (i, (x, y)) in lk.iter().zip(&lp).enumerate() {
+                let (row, pos) = (i / b.t, i % b.t);
+                if pos >= b.lens[row] {
+                    assert_eq!(*x, 0.0, "{method:?} {k:?}: padding at {i} has a loss");
+                }
+                assert!(
+                    (x - y).abs() <= 1e-5 * y.abs().max(1.0),
+                    "{method:?} {k:?}: loss at {i}: packed {x}, padded {y}"
+                );
+            }
+            assert!(lk.iter().filter(|&&x| x != 0.0).count() > 10);
+            for (p, (a, r)) in m.trainable.iter().zip(gk.iter().zip(&gp)) {
+                let scale = r.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let e = a
+                    .iter()
+                    .zip(r)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max)
+                    / scale;
+                assert!(r.iter().any(|&v| v != 0.0), "{}: no gradient", p.name);
+                assert!(e < 1e-4, "{method:?} {k:?}: {} differs by {e}", p.name);
+            }
+        }
+    }
 }
 
 /// The fused projection ops write weight gradients into buffers: check those and the input

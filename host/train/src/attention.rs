@@ -1,0 +1,214 @@
+//! Causal attention on the CPU as one op with its own backward pass, the way FlashAttention
+//! does it: per block of query positions, the scores against the keys up to the block's last
+//! position (never the masked half), their softmax and the product with the values, in a
+//! scratch block that is dropped at once. Nothing of size t² outlives the op: the backward pass
+//! recomputes each block's probabilities from q and k. Against kept probabilities (one (t, t)
+//! matrix per head per layer, alive until the backward pass, and products over all t keys)
+//! this halves the attention's products and keeps its memory linear in t.
+//!
+//! Query heads that share a KV head are rows of one q (grouped-query attention without
+//! repeated keys or values). Every result is summed in a fixed order whatever the thread
+//! count: the forward blocks and the backward heads are independent tasks, and the key and
+//! value gradients of the query heads of one KV head are added in head order.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use galley_model::cpu::{assume_init, gemm1, product1, rm, slice, tr, uninit, with_f32, zeroed};
+use galley_model::kernels::rowwise::softmax_causal;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Query positions per block: a block's scores are (64, keys) floats, at most 2 MB at 8,192
+/// keys, and the products stay wide enough for the GEMM kernels.
+const BLOCK: usize = 64;
+
+/// The sizes of one call: q (b·kv, g·t rows, hd), k and v (b·kv, t, hd).
+#[derive(Clone, Copy)]
+struct Dims {
+    g: usize,
+    t: usize,
+    hd: usize,
+    scale: f32,
+}
+
+impl Dims {
+    /// softmax(scale·q·kᵀ) of the query block at position `pos` (`n` rows starting at q's
+    /// row `row` of KV head `bk`) against keys 0..pos + n, into `s` (n, pos + n).
+    #[allow(clippy::too_many_arguments)]
+    fn probs<'s>(
+        &self,
+        s: &'s mut [MaybeUninit<f32>],
+        q: &[f32],
+        k: &[f32],
+        bk: usize,
+        row: usize,
+        pos: usize,
+        n: usize,
+    ) -> &'s mut [f32] {
+        let (t, hd, keys) = (self.t, self.hd, pos + n);
+        let qb = &q[(bk * self.g * t + row) * hd..][..n * hd];
+        let kb = &k[bk * t * hd..][..keys * hd];
+        let s = product1(&mut s[..n * keys], n, keys, hd, rm(qb, hd), tr(kb, hd), 1.0);
+        for (i, r) in s.chunks_mut(keys).enumerate() {
+            softmax_causal(r, pos + i, &[], self.scale);
+        }
+        s
+    }
+}
+
+struct CausalAttention {
+    scale: f32,
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "galley-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (b, kv, r, hd) = l1.shape().dims4()?;
+        let t = l2.shape().dims4()?.2;
+        let d = Dims {
+            g: r / t,
+            t,
+            hd,
+            scale: self.scale,
+        };
+        let mut o = uninit(b * kv * r * hd);
+        // One task per (query head, block of positions); a head's rows are t·hd of o.
+        o.par_chunks_mut(t * hd).enumerate().for_each(|(head, oh)| {
+            let (bk, row) = (head / d.g, (head % d.g) * t);
+            oh.par_chunks_mut(BLOCK * hd)
+                .enumerate()
+                .for_each(|(blk, ob)| {
+                    let (pos, n) = (blk * BLOCK, ob.len() / hd);
+                    let keys = pos + n;
+                    let mut s = uninit(n * keys);
+                    let p = d.probs(&mut s, q, k, bk, row + pos, pos, n);
+                    let vb = &v[bk * t * hd..][..keys * hd];
+                    product1(ob, n, hd, keys, rm(p, keys), rm(vb, hd), 1.0);
+                });
+        });
+        // SAFETY: the blocks cover o, and `product1` wrote each whole.
+        let o = unsafe { assume_init(o) };
+        Ok((CpuStorage::F32(o), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _o: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, _, r, hd) = q.dims4()?;
+        let t = k.dim(2)?;
+        let d = Dims {
+            g: r / t,
+            t,
+            hd,
+            scale: self.scale,
+        };
+        let (dq, dk, dv) = with_f32(q, |qs| {
+            with_f32(k, |ks| {
+                with_f32(v, |vs| with_f32(g, |gs| backward(&d, qs, ks, vs, gs)))
+            })
+        })????;
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), q.device())?),
+            Some(Tensor::from_vec(dk, k.shape(), k.device())?),
+            Some(Tensor::from_vec(dv, v.shape(), v.device())?),
+        ))
+    }
+}
+
+/// dq, dk and dv from the output's gradient `go`: one task per query head, its blocks in
+/// order, each recomputing its probabilities; the head's key and value gradients accumulate
+/// in its own buffers, summed per KV head afterwards in head order.
+fn backward(
+    d: &Dims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    go: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (t, hd, scale) = (d.t, d.hd, d.scale);
+    let mut dq = uninit(q.len());
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = dq
+        .par_chunks_mut(t * hd)
+        .enumerate()
+        .map(|(head, dqh)| {
+            let (bk, row) = (head / d.g, (head % d.g) * t);
+            let (kb, vb) = (&k[bk * t * hd..][..t * hd], &v[bk * t * hd..][..t * hd]);
+            let (mut dk, mut dv) = (zeroed(t * hd), zeroed(t * hd));
+            let mut s = uninit(BLOCK.min(t) * t);
+            let mut dp = uninit(BLOCK.min(t) * t);
+            for (blk, dqb) in dqh.chunks_mut(BLOCK * hd).enumerate() {
+                let (pos, n) = (blk * BLOCK, dqb.len() / hd);
+                let keys = pos + n;
+                let at = (bk * d.g * t + row + pos) * hd;
+                let (qb, gb) = (&q[at..][..n * hd], &go[at..][..n * hd]);
+                let p = d.probs(&mut s, q, k, bk, row + pos, pos, n);
+                // dP = dO·vᵀ, then dS = scale·P·(dP - Σ P·dP) row by row, in place.
+                let ds = product1(
+                    &mut dp[..n * keys],
+                    n,
+                    keys,
+                    hd,
+                    rm(gb, hd),
+                    tr(vb, hd),
+                    1.0,
+                );
+                for (i, (pr, gr)) in p.chunks(keys).zip(ds.chunks_mut(keys)).enumerate() {
+                    let seen = pos + i + 1;
+                    let dot: f32 = pr[..seen].iter().zip(&gr[..seen]).map(|(a, b)| a * b).sum();
+                    for (gj, pj) in gr[..seen].iter_mut().zip(&pr[..seen]) {
+                        *gj = scale * pj * (*gj - dot);
+                    }
+                    gr[seen..].fill(0.0);
+                }
+                // dq = dS·k; dk += dSᵀ·q; dv += Pᵀ·dO, over this block's keys only.
+                product1(dqb, n, hd, keys, rm(ds, keys), rm(kb, hd), 1.0);
+                let (dkb, dvb) = (&mut dk[..keys * hd], &mut dv[..keys * hd]);
+                gemm1(dkb, keys, hd, n, tr(ds, keys), rm(qb, hd), 1.0, true);
+                gemm1(dvb, keys, hd, n, tr(p, keys), rm(gb, hd), 1.0, true);
+            }
+            (dk, dv)
+        })
+        .collect();
+    // SAFETY: each head's blocks cover its rows of dq and `product1` wrote every one.
+    let dq = unsafe { assume_init(dq) };
+    let (mut dk, mut dv) = (zeroed(k.len()), zeroed(v.len()));
+    dk.par_chunks_mut(t * hd)
+        .zip(dv.par_chunks_mut(t * hd))
+        .enumerate()
+        .for_each(|(bk, (dkh, dvh))| {
+            for (pk, pv) in &parts[bk * d.g..(bk + 1) * d.g] {
+                dkh.iter_mut().zip(pk).for_each(|(a, b)| *a += b);
+                dvh.iter_mut().zip(pv).for_each(|(a, b)| *a += b);
+            }
+        });
+    (dq, dk, dv)
+}
+
+/// softmax(scale·q·kᵀ, causal)·v for q (b, kv, g·t, hd) (the g query heads of each KV head
+/// stacked as rows: row r is head r / t at position r % t), k and v (b, kv, t, hd); the
+/// output is laid out as q.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        CausalAttention {
+            scale: scale as f32,
+        },
+    )
+}
