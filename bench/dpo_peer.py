@@ -3,7 +3,7 @@ reference as the PEFT model with adapters off under LoRA, a frozen copy for full
 on the same SmolLM2-135M-Instruct (transformers reads the GGUF and dequantizes it to f32), the
 same conversational preference pairs in file order (no shuffle), the same batch, max_length,
 AdamW, constant learning rate and gradient clipping. Prints one JSON line: each optimizer
-step's end time, loss, and the tokens it saw (non-padding, chosen and rejected), and the peak
+step's end time, loss, and the inputs it saw (non-padding, chosen and rejected), and the peak
 resident memory."""
 
 import argparse
@@ -99,7 +99,9 @@ class InOrder(trl.DPOTrainer):
         return SequentialSampler(self.train_dataset)
 
     def training_step(self, model, inputs, *rest, **kw):
-        clock.tokens.append(int(inputs["attention_mask"].sum()))
+        # Inputs, as galley counts them: each sequence's tokens but its last.
+        m = inputs["attention_mask"]
+        clock.tokens.append(int(m.sum()) - m.shape[0])
         return super().training_step(model, inputs, *rest, **kw)
 
 
