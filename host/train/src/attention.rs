@@ -6,10 +6,12 @@
 //! matrix per head per layer, alive until the backward pass, and products over all t keys)
 //! this halves the attention's products and keeps its memory linear in t.
 //!
-//! Query heads that share a KV head are rows of one q (grouped-query attention without
-//! repeated keys or values). Every result is summed in a fixed order whatever the thread
-//! count: the forward blocks and the backward heads are independent tasks, and the key and
-//! value gradients of the query heads of one KV head are added in head order.
+//! The queries may be the last positions of the keys (a branch after a shared prefix: its rows
+//! see the prefix's keys and their own). Query heads that share a KV head are rows of one q
+//! (grouped-query attention without repeated keys or values). Every result is summed in a
+//! fixed order whatever the thread count: the forward blocks and the backward heads are
+//! independent tasks, and the key and value gradients of the query heads of one KV head are
+//! added in head order.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use galley_model::cpu::{assume_init, gemm1, product1, rm, slice, tr, uninit, with_f32, zeroed};
@@ -21,18 +23,25 @@ use std::mem::MaybeUninit;
 /// keys, and the products stay wide enough for the GEMM kernels.
 const BLOCK: usize = 64;
 
-/// The sizes of one call: q (b·kv, g·t rows, hd), k and v (b·kv, t, hd).
+/// The sizes of one call: q (b·kv, g·tq rows, hd), k and v (b·kv, tk, hd); query i sits at
+/// key position tk - tq + i.
 #[derive(Clone, Copy)]
 struct Dims {
     g: usize,
-    t: usize,
+    tq: usize,
+    tk: usize,
     hd: usize,
     scale: f32,
 }
 
 impl Dims {
-    /// softmax(scale·q·kᵀ) of the query block at position `pos` (`n` rows starting at q's
-    /// row `row` of KV head `bk`) against keys 0..pos + n, into `s` (n, pos + n).
+    /// Key position of query 0.
+    fn off(&self) -> usize {
+        self.tk - self.tq
+    }
+
+    /// softmax(scale·q·kᵀ) of the block of `n` queries from query `pos` (q's rows from `row`,
+    /// KV head `bk`) against the keys they see, 0..off + pos + n, into `s`.
     #[allow(clippy::too_many_arguments)]
     fn probs<'s>(
         &self,
@@ -44,12 +53,13 @@ impl Dims {
         pos: usize,
         n: usize,
     ) -> &'s mut [f32] {
-        let (t, hd, keys) = (self.t, self.hd, pos + n);
-        let qb = &q[(bk * self.g * t + row) * hd..][..n * hd];
-        let kb = &k[bk * t * hd..][..keys * hd];
+        let (hd, at) = (self.hd, self.off() + pos);
+        let keys = at + n;
+        let qb = &q[(bk * self.g * self.tq + row) * hd..][..n * hd];
+        let kb = &k[bk * self.tk * hd..][..keys * hd];
         let s = product1(&mut s[..n * keys], n, keys, hd, rm(qb, hd), tr(kb, hd), 1.0);
         for (i, r) in s.chunks_mut(keys).enumerate() {
-            softmax_causal(r, pos + i, &[], self.scale);
+            softmax_causal(r, at + i, &[], self.scale);
         }
         s
     }
@@ -57,6 +67,21 @@ impl Dims {
 
 struct CausalAttention {
     scale: f32,
+    /// Query heads per KV head.
+    g: usize,
+}
+
+impl CausalAttention {
+    fn dims(&self, q: (usize, usize), tk: usize) -> Dims {
+        let (rows, hd) = q;
+        Dims {
+            g: self.g,
+            tq: rows / self.g,
+            tk,
+            hd,
+            scale: self.scale,
+        }
+    }
 }
 
 impl CustomOp3 for CausalAttention {
@@ -75,28 +100,25 @@ impl CustomOp3 for CausalAttention {
     ) -> Result<(CpuStorage, Shape)> {
         let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let (b, kv, r, hd) = l1.shape().dims4()?;
-        let t = l2.shape().dims4()?.2;
-        let d = Dims {
-            g: r / t,
-            t,
-            hd,
-            scale: self.scale,
-        };
+        let d = self.dims((r, hd), l2.shape().dims4()?.2);
+        let (tq, tk) = (d.tq, d.tk);
         let mut o = uninit(b * kv * r * hd);
-        // One task per (query head, block of positions); a head's rows are t·hd of o.
-        o.par_chunks_mut(t * hd).enumerate().for_each(|(head, oh)| {
-            let (bk, row) = (head / d.g, (head % d.g) * t);
-            oh.par_chunks_mut(BLOCK * hd)
-                .enumerate()
-                .for_each(|(blk, ob)| {
-                    let (pos, n) = (blk * BLOCK, ob.len() / hd);
-                    let keys = pos + n;
-                    let mut s = uninit(n * keys);
-                    let p = d.probs(&mut s, q, k, bk, row + pos, pos, n);
-                    let vb = &v[bk * t * hd..][..keys * hd];
-                    product1(ob, n, hd, keys, rm(p, keys), rm(vb, hd), 1.0);
-                });
-        });
+        // One task per (query head, block of queries); a head's rows are tq·hd of o.
+        o.par_chunks_mut(tq * hd)
+            .enumerate()
+            .for_each(|(head, oh)| {
+                let (bk, row) = (head / d.g, (head % d.g) * tq);
+                oh.par_chunks_mut(BLOCK * hd)
+                    .enumerate()
+                    .for_each(|(blk, ob)| {
+                        let (pos, n) = (blk * BLOCK, ob.len() / hd);
+                        let keys = d.off() + pos + n;
+                        let mut s = uninit(n * keys);
+                        let p = d.probs(&mut s, q, k, bk, row + pos, pos, n);
+                        let vb = &v[bk * tk * hd..][..keys * hd];
+                        product1(ob, n, hd, keys, rm(p, keys), rm(vb, hd), 1.0);
+                    });
+            });
         // SAFETY: the blocks cover o, and `product1` wrote each whole.
         let o = unsafe { assume_init(o) };
         Ok((CpuStorage::F32(o), l1.shape().clone()))
@@ -111,13 +133,7 @@ impl CustomOp3 for CausalAttention {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, _, r, hd) = q.dims4()?;
-        let t = k.dim(2)?;
-        let d = Dims {
-            g: r / t,
-            t,
-            hd,
-            scale: self.scale,
-        };
+        let d = self.dims((r, hd), k.dim(2)?);
         let (dq, dk, dv) = with_f32(q, |qs| {
             with_f32(k, |ks| {
                 with_f32(v, |vs| with_f32(g, |gs| backward(&d, qs, ks, vs, gs)))
@@ -141,21 +157,21 @@ fn backward(
     v: &[f32],
     go: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (t, hd, scale) = (d.t, d.hd, d.scale);
+    let (tq, tk, hd, scale) = (d.tq, d.tk, d.hd, d.scale);
     let mut dq = uninit(q.len());
     let parts: Vec<(Vec<f32>, Vec<f32>)> = dq
-        .par_chunks_mut(t * hd)
+        .par_chunks_mut(tq * hd)
         .enumerate()
         .map(|(head, dqh)| {
-            let (bk, row) = (head / d.g, (head % d.g) * t);
-            let (kb, vb) = (&k[bk * t * hd..][..t * hd], &v[bk * t * hd..][..t * hd]);
-            let (mut dk, mut dv) = (zeroed(t * hd), zeroed(t * hd));
-            let mut s = uninit(BLOCK.min(t) * t);
-            let mut dp = uninit(BLOCK.min(t) * t);
+            let (bk, row) = (head / d.g, (head % d.g) * tq);
+            let (kb, vb) = (&k[bk * tk * hd..][..tk * hd], &v[bk * tk * hd..][..tk * hd]);
+            let (mut dk, mut dv) = (zeroed(tk * hd), zeroed(tk * hd));
+            let mut s = uninit(BLOCK.min(tq) * tk);
+            let mut dp = uninit(BLOCK.min(tq) * tk);
             for (blk, dqb) in dqh.chunks_mut(BLOCK * hd).enumerate() {
                 let (pos, n) = (blk * BLOCK, dqb.len() / hd);
-                let keys = pos + n;
-                let at = (bk * d.g * t + row + pos) * hd;
+                let keys = d.off() + pos + n;
+                let at = (bk * d.g * tq + row + pos) * hd;
                 let (qb, gb) = (&q[at..][..n * hd], &go[at..][..n * hd]);
                 let p = d.probs(&mut s, q, k, bk, row + pos, pos, n);
                 // dP = dO·vᵀ, then dS = scale·P·(dP - Σ P·dP) row by row, in place.
@@ -169,7 +185,7 @@ fn backward(
                     1.0,
                 );
                 for (i, (pr, gr)) in p.chunks(keys).zip(ds.chunks_mut(keys)).enumerate() {
-                    let seen = pos + i + 1;
+                    let seen = d.off() + pos + i + 1;
                     let dot: f32 = pr[..seen].iter().zip(&gr[..seen]).map(|(a, b)| a * b).sum();
                     for (gj, pj) in gr[..seen].iter_mut().zip(&pr[..seen]) {
                         *gj = scale * pj * (*gj - dot);
@@ -188,8 +204,8 @@ fn backward(
     // SAFETY: each head's blocks cover its rows of dq and `product1` wrote every one.
     let dq = unsafe { assume_init(dq) };
     let (mut dk, mut dv) = (zeroed(k.len()), zeroed(v.len()));
-    dk.par_chunks_mut(t * hd)
-        .zip(dv.par_chunks_mut(t * hd))
+    dk.par_chunks_mut(tk * hd)
+        .zip(dv.par_chunks_mut(tk * hd))
         .enumerate()
         .for_each(|(bk, (dkh, dvh))| {
             for (pk, pv) in &parts[bk * d.g..(bk + 1) * d.g] {
@@ -200,15 +216,27 @@ fn backward(
     (dq, dk, dv)
 }
 
-/// softmax(scale·q·kᵀ, causal)·v for q (b, kv, g·t, hd) (the g query heads of each KV head
-/// stacked as rows: row r is head r / t at position r % t), k and v (b, kv, t, hd); the
-/// output is laid out as q.
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+/// softmax(scale·q·kᵀ, causal)·v for q (b, kv, g·tq, hd) (the g query heads of each KV head
+/// stacked as rows: row r is head r / tq, query r % tq) and k, v (b, kv, tk, hd) with
+/// tk ≥ tq: query i sits at key position tk - tq + i and sees the keys up to it. The output
+/// is laid out as q.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (rows, tk) = (q.dim(2)?, k.dim(2)?);
+    if g == 0 || !rows.is_multiple_of(g) || rows / g > tk {
+        candle_core::bail!("causal attention: {rows} query rows, {g} a KV head, {tk} keys");
+    }
     q.contiguous()?.apply_op3(
         &k.contiguous()?,
         &v.contiguous()?,
         CausalAttention {
             scale: scale as f32,
+            g,
         },
     )
 }

@@ -582,25 +582,4 @@ impl Batch {
             lens,
         }
     }
-
-    /// The real tokens of every row end to end (inputs, targets), and for each of the
-    /// batch's b·t positions its index in them (padding: one past the end); None when no row
-    /// has padding.
-    pub fn packed(&self) -> Option<(Vec<u32>, Vec<u32>, Vec<u32>)> {
-        if self.lens.len() != self.b || self.lens.iter().all(|&l| l == self.t) {
-            return None;
-        }
-        let n = self.lens.iter().sum::<usize>();
-        let (mut inputs, mut targets) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let mut index = vec![n as u32; self.b * self.t];
-        for (r, &l) in self.lens.iter().enumerate() {
-            let row = r * self.t..r * self.t + l;
-            for (i, slot) in index[row.clone()].iter_mut().enumerate() {
-                *slot = (inputs.len() + i) as u32;
-            }
-            inputs.extend_from_slice(&self.inputs[row.clone()]);
-            targets.extend_from_slice(&self.targets[row]);
-        }
-        Some((inputs, targets, index))
-    }
 }

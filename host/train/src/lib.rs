@@ -38,6 +38,7 @@ pub mod optim;
 #[cfg(feature = "cuda")]
 pub mod optim_cuda;
 pub mod overlap;
+pub mod packing;
 pub mod plot;
 pub mod rewards;
 pub mod score;

@@ -10,6 +10,7 @@ use crate::error::{Result, TrainError};
 use crate::grad::GradBuf;
 use crate::linear::{self, LoraW};
 use crate::ops::{self, Frozen, Kernels, RopeTables};
+use crate::packing::Packed;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor, Var};
 use galley_model::cpu::{self, with_f32};
@@ -617,39 +618,42 @@ impl TrainModel {
     }
 
     /// `losses_at` of a right-padded batch (`Batch::from_samples`) without computing its
-    /// padding: the rows' real tokens run packed end to end, each row attending only to
-    /// itself from position 0, and the losses come back in the batch's (b·t) layout with 0
-    /// at padding. Preference pairs and GRPO groups pad short rows to the longest, often
-    /// doubling the products; TRL leaves that padding in on the CPU (its padding-free mode
-    /// needs flash-attention kernels).
+    /// padding (`packing::plan`): the rows' real tokens run packed end to end, each row
+    /// attending only to itself, and the losses come back in the batch's (b·t) layout with 0
+    /// at padding. On the CPU, rows that begin alike (a GRPO group's prompt, a preference
+    /// pair's) run their common beginning once. Preference pairs and GRPO groups pad short
+    /// rows to the longest, often doubling the products; TRL leaves that padding in on the CPU
+    /// (its padding-free mode needs flash-attention kernels) and runs each prompt per row.
     pub fn batch_losses(&self, batch: &Batch, pass: &Pass, temperature: f64) -> Result<Tensor> {
         let (b, t) = (batch.b, batch.t);
-        let Some((inputs, targets, index)) = batch.packed() else {
+        // Branches need the blocked attention's queries after a prefix: the CPU kernels.
+        let share = pass.kernels == Kernels::Fused;
+        let Some(p) = crate::packing::plan(batch, share) else {
             return self.losses_at(&batch.inputs, &batch.targets, b, t, pass, temperature);
         };
-        let n = inputs.len();
-        let lens = &batch.lens;
+        let n = p.inputs.len();
+        let index = p.index.clone();
         let packed =
-            self.forward_losses(&inputs, &targets, (1, n), Some(lens), pass, temperature)?;
+            self.forward_losses(&p.inputs, &p.targets, (1, n), Some(&p), pass, temperature)?;
         // Padding positions read one extra zero; the gradient they send it goes nowhere.
         let zero = Tensor::zeros(1, packed.dtype(), packed.device())?;
         let all = Tensor::cat(&[&packed, &zero], 0)?;
         Ok(all.index_select(&Tensor::from_vec(index, b * t, packed.device())?, 0)?)
     }
 
-    /// The forward pass of (b, t) rows, or with `segments`, of one row of sequences of
-    /// those lengths packed end to end (b = 1, t = their sum).
+    /// The forward pass of (b, t) rows, or with `packed`, of its pieces end to end (b = 1,
+    /// t = their sum).
     fn forward_losses(
         &self,
         inputs: &[u32],
         targets: &[u32],
         (b, t): (usize, usize),
-        segments: Option<&[usize]>,
+        packed: Option<&Packed>,
         pass: &Pass,
         temperature: f64,
     ) -> Result<Tensor> {
         let c = &self.config;
-        let longest = segments.map_or(t, |s| s.iter().copied().max().unwrap_or(0));
+        let longest = packed.map_or(t, Packed::longest);
         if longest > c.max_position_embeddings {
             return Err(TrainError::Stopped(format!(
                 "sequence of {longest} tokens is longer than the model's {} positions",
@@ -688,15 +692,26 @@ impl TrainModel {
                 heads(&layer.k, kv, 1, &layer.k_norm)?,
             );
             let vh = heads(&layer.v, kv, 2, &None)?;
-            let o = match segments {
-                None => self.attend(&qh, &kh, &vh, k, dt)?,
-                Some(lens) => {
-                    let mut parts = Vec::with_capacity(lens.len());
+            let o = match packed {
+                None => self.attend((&qh, &kh, &vh), 0, None, k, dt)?.0,
+                Some(p) => {
+                    let mut parts = Vec::with_capacity(p.pieces.len());
+                    // Each piece's rotated keys and values, for the branches that follow it.
+                    let mut kvs: Vec<(Tensor, Tensor)> = Vec::with_capacity(p.pieces.len());
                     let mut at = 0;
-                    for &l in lens.iter().filter(|&&l| l > 0) {
-                        let part = |x: &Tensor| x.narrow(1, at, l);
-                        parts.push(self.attend(&part(&qh)?, &part(&kh)?, &part(&vh)?, k, dt)?);
-                        at += l;
+                    for piece in &p.pieces {
+                        let part = |x: &Tensor| x.narrow(1, at, piece.len);
+                        let prefix = piece.after.map(|i| &kvs[i]);
+                        let (o, kv) = self.attend(
+                            (&part(&qh)?, &part(&kh)?, &part(&vh)?),
+                            piece.start,
+                            prefix,
+                            k,
+                            dt,
+                        )?;
+                        parts.push(o);
+                        kvs.push(kv);
+                        at += piece.len;
                     }
                     Tensor::cat(&parts, 0)?
                 }
@@ -764,26 +779,43 @@ impl TrainModel {
         Ok(ops::cross_entropy_reference(&logits, targets)?)
     }
 
-    /// Causal attention of (b, t, heads, head dim) projections, rotated here: the output as
-    /// (b·t, heads·head dim) rows for the output projection.
+    /// Causal attention of (b, t, heads, head dim) projections at positions `start`..,
+    /// rotated here, after the rotated keys and values of a `prefix` when one is given (a
+    /// branch; the CPU kernels only): the output as (b·t, heads·head dim) rows for the output
+    /// projection, and this part's own rotated keys and values for branches that follow it.
     fn attend(
         &self,
-        qh: &Tensor,
-        kh: &Tensor,
-        vh: &Tensor,
+        (qh, kh, vh): (&Tensor, &Tensor, &Tensor),
+        start: usize,
+        prefix: Option<&(Tensor, Tensor)>,
         k: Kernels,
         dt: DType,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
         let c = &self.config;
         let (b, t) = (qh.dim(0)?, qh.dim(1)?);
         let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let g = h / kv;
         let scale = 1.0 / (hd as f64).sqrt();
-        let q = ops::rope_heads(qh, &self.rope, k)?;
-        let kk = ops::rope_heads(kh, &self.rope, k)?;
+        let q = ops::rope_heads_from(qh, &self.rope, k, start)?;
+        let kk = ops::rope_heads_from(kh, &self.rope, k, start)?;
         let v = vh.transpose(1, 2)?.contiguous()?;
         // Query heads grouped under their KV head: no repeated keys or values.
         let q = q.reshape((b, kv, g * t, hd))?;
+        if let Some((pk, pv)) = prefix {
+            if k != Kernels::Fused {
+                return Err(TrainError::Stopped(
+                    "a branch after a shared prefix runs on the CPU kernels only".into(),
+                ));
+            }
+            let keys = Tensor::cat(&[pk, &kk], 2)?;
+            let values = Tensor::cat(&[pv, &v], 2)?;
+            let o = crate::attention::causal_attention(&q, &keys, &values, g, scale)?;
+            let o = o
+                .reshape((b, h, t, hd))?
+                .transpose(1, 2)?
+                .reshape((b * t, h * hd))?;
+            return Ok((o, (kk, v)));
+        }
         // Long sequences on a GPU: the fused attention, which keeps no score matrix.
         #[cfg(feature = "cuda")]
         let fused = match k == Kernels::Cuda
@@ -803,7 +835,9 @@ impl TrainModel {
         let o = match fused {
             Some(o) => o,
             // On the CPU, blocks of queries against the unmasked keys only, nothing of t² kept.
-            None if k == Kernels::Fused => crate::attention::causal_attention(&q, &kk, &v, scale)?,
+            None if k == Kernels::Fused => {
+                crate::attention::causal_attention(&q, &kk, &v, g, scale)?
+            }
             None => {
                 let p = match k {
                     Kernels::Fused | Kernels::Reference => {
@@ -817,9 +851,11 @@ impl TrainModel {
                 p.matmul(&v)?
             }
         };
-        Ok(o.reshape((b, h, t, hd))?
+        let o = o
+            .reshape((b, h, t, hd))?
             .transpose(1, 2)?
-            .reshape((b * t, h * hd))?)
+            .reshape((b * t, h * hd))?;
+        Ok((o, (kk, v)))
     }
 
     /// Every weight by HF name, with adapters merged (for export as a plain checkpoint).

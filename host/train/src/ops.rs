@@ -230,6 +230,8 @@ fn rotate(x: &[f32], y: &mut [f32], c: &[f32], s: &[f32], sign: f32) {
 struct RopeHeads {
     tables: RopeTables,
     dims: (usize, usize, usize, usize),
+    /// Position of the first row (a branch after a shared prefix starts past 0).
+    start: usize,
 }
 
 impl RopeHeads {
@@ -248,9 +250,10 @@ impl RopeHeads {
                 (tt, (bb * h + hh) * t + tt)
             };
             let xr = &x[si * d..][..d];
+            let at = (self.start + tt) * half;
             let (c, s) = (
-                &self.tables.cos[tt * half..][..half],
-                &self.tables.sin[tt * half..][..half],
+                &self.tables.cos[at..][..half],
+                &self.tables.sin[at..][..half],
             );
             rotate(xr, yr, c, s, sign);
         });
@@ -277,24 +280,36 @@ impl CustomOp1 for RopeHeads {
 
 /// `x` (b, t, heads, d) rotated and laid out as (b, heads, t, d).
 pub fn rope_heads(x: &Tensor, tables: &RopeTables, k: Kernels) -> Result<Tensor> {
+    rope_heads_from(x, tables, k, 0)
+}
+
+/// `rope_heads` for rows at positions `start`.. (a branch after a shared prefix).
+pub fn rope_heads_from(
+    x: &Tensor,
+    tables: &RopeTables,
+    k: Kernels,
+    start: usize,
+) -> Result<Tensor> {
+    let t = x.dim(1)?;
+    if start + t > tables.cos.len() / tables.half.max(1) {
+        candle_core::bail!("rope: positions {start}..{} past the tables", start + t);
+    }
     match k {
         Kernels::Fused => {
             let dims = x.dims4()?;
             x.contiguous()?.apply_op1(RopeHeads {
                 tables: tables.clone(),
                 dims,
+                start,
             })
         }
         #[cfg(feature = "cuda")]
-        Kernels::Cuda if cuda_fused() => crate::fused_cuda::rope_heads(x, tables),
-        Kernels::Reference | Kernels::Cuda => {
-            let t = x.dim(1)?;
-            candle_nn::rotary_emb::rope_slow(
-                &x.transpose(1, 2)?.contiguous()?,
-                &cast(&tables.cos_t.narrow(0, 0, t)?, x.dtype())?,
-                &cast(&tables.sin_t.narrow(0, 0, t)?, x.dtype())?,
-            )
-        }
+        Kernels::Cuda if cuda_fused() && start == 0 => crate::fused_cuda::rope_heads(x, tables),
+        Kernels::Reference | Kernels::Cuda => candle_nn::rotary_emb::rope_slow(
+            &x.transpose(1, 2)?.contiguous()?,
+            &cast(&tables.cos_t.narrow(0, start, t)?, x.dtype())?,
+            &cast(&tables.sin_t.narrow(0, start, t)?, x.dtype())?,
+        ),
     }
 }
 

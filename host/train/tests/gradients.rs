@@ -125,7 +125,7 @@ fn causal_attention_gradients() {
             &[&[2, 3, 2 * t, 4], &[2, 3, t, 4], &[2, 3, t, 4]],
             |a, k| match k {
                 Kernels::Fused => {
-                    galley_train::attention::causal_attention(&a[0], &a[1], &a[2], 0.5).unwrap()
+                    galley_train::attention::causal_attention(&a[0], &a[1], &a[2], 2, 0.5).unwrap()
                 }
                 Kernels::Reference | Kernels::Cuda => {
                     ops::causal_softmax_reference(&a[0].matmul(&a[1].t().unwrap()).unwrap(), 0.5)
@@ -136,6 +136,45 @@ fn causal_attention_gradients() {
             },
         );
     }
+}
+
+/// Queries that are the last 70 of 100 key positions (a branch after a shared prefix): each
+/// sees the prefix's keys and its own up to itself.
+#[test]
+fn causal_attention_after_a_prefix_gradients() {
+    let (tq, tk) = (70, 100);
+    check(
+        "causal_attention after a prefix",
+        &[&[1, 2, 2 * tq, 4], &[1, 2, tk, 4], &[1, 2, tk, 4]],
+        |a, k| match k {
+            Kernels::Fused => {
+                galley_train::attention::causal_attention(&a[0], &a[1], &a[2], 2, 0.5).unwrap()
+            }
+            Kernels::Reference | Kernels::Cuda => {
+                let off = tk - tq;
+                let mask: Vec<f32> = (0..2 * tq)
+                    .flat_map(|r| {
+                        (0..tk).map(move |j| {
+                            if j > off + r % tq {
+                                f32::NEG_INFINITY
+                            } else {
+                                0.0
+                            }
+                        })
+                    })
+                    .collect();
+                let mask = Tensor::from_vec(mask, (2 * tq, tk), &Device::Cpu).unwrap();
+                let s = (a[0].matmul(&a[1].t().unwrap()).unwrap() * 0.5)
+                    .unwrap()
+                    .broadcast_add(&mask)
+                    .unwrap();
+                candle_nn::ops::softmax(&s, candle_core::D::Minus1)
+                    .unwrap()
+                    .matmul(&a[2])
+                    .unwrap()
+            }
+        },
+    );
 }
 
 #[test]
@@ -323,9 +362,10 @@ fn whole_model_qlora_matches_the_reference() {
 }
 
 /// A right-padded batch run without its padding (`batch_losses`: rows packed end to end,
-/// attention per row) gives the padded run's losses and every gradient, with both kernel
-/// sets, for full fine-tuning and LoRA: packing must not let a row see another or move its
-/// positions.
+/// attention per row, common beginnings run once on the CPU kernels) gives the padded run's
+/// losses and every gradient, with both kernel sets, for full fine-tuning and LoRA: packing
+/// must not let a row see another or move its positions, and a shared position must count
+/// in every row.
 #[test]
 fn a_padded_batch_runs_packed_with_the_padded_losses_and_gradients() {
     use galley_train::data::{Batch, Sample};
@@ -352,17 +392,44 @@ fn a_padded_batch_runs_packed_with_the_padded_losses_and_gradients() {
                 p.var.set(&rand_t(p.var.dims(), 5, 0.1)).unwrap();
             }
         }
-        // Rows of 9, 4 and 6 inputs; the middle one's first tokens carry no loss.
-        let samples: Vec<Sample> = [(10, 0), (5, 2), (7, 0)]
-            .iter()
-            .enumerate()
-            .map(|(r, &(len, prompt))| Sample {
-                ids: (0..len).map(|i| ((i * 7 + r * 11) % 40) as u32).collect(),
-                train: (0..len).map(|i| i > prompt).collect(),
-            })
-            .collect();
+        // Rows of 29, 4, 25 and 39 inputs. The first, third and fourth begin with the same 20
+        // tokens and no loss on their first 18 (a prompt several completions share), so on
+        // the CPU kernels they run that beginning once; the second row's first tokens carry
+        // no loss either.
+        let prompt: Vec<u32> = (0..20).map(|i| (i * 3 % 40) as u32).collect();
+        let row = |len: usize, seed: usize, shared: bool, prompt_len: usize| {
+            let ids: Vec<u32> = (0..len)
+                .map(|i| match shared && i < 20 {
+                    true => prompt[i],
+                    false => ((i * 7 + seed * 11) % 40) as u32,
+                })
+                .collect();
+            Sample {
+                train: (0..len).map(|i| i > prompt_len).collect(),
+                ids,
+            }
+        };
+        let samples = [
+            row(30, 0, true, 18),
+            row(5, 1, false, 2),
+            row(26, 2, true, 18),
+            row(40, 3, true, 18),
+        ];
         let b = Batch::from_samples(&samples.iter().collect::<Vec<_>>(), 0);
-        assert!(b.packed().is_some(), "the rows have padding");
+        let shared = galley_train::packing::plan(&b, true).expect("padding");
+        let apart = galley_train::packing::plan(&b, false).expect("padding");
+        assert!(
+            shared.pieces.iter().filter(|p| p.after.is_some()).count() == 3,
+            "{:?}",
+            shared.pieces
+        );
+        assert!(shared.inputs.len() < apart.inputs.len());
+        assert!(
+            apart
+                .pieces
+                .iter()
+                .all(|p| p.after.is_none() && p.start == 0)
+        );
         let cfg = galley_train::config::TrainingSection::default();
         let mut opt = galley_train::optim::Optimizer::new(&cfg, &m.trainable).unwrap();
         for k in [Kernels::Fused, Kernels::Reference] {

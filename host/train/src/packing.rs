@@ -1,0 +1,144 @@
+//! How a right-padded batch runs without its padding: the rows' real tokens packed end to
+//! end as pieces, each with the position its first token sits at, and the map from every
+//! (row, position) of the padded batch to its packed token. Rows that begin alike (the
+//! completions of one GRPO prompt, the chosen and rejected answers of a preference pair) can
+//! share their common beginning: it is packed once, as a prefix piece, and each row continues
+//! as a branch piece that attends to the prefix's keys and its own. A shared position's loss
+//! appears in every row it belongs to, and its gradient is the sum of theirs, as in the padded
+//! batch.
+
+use crate::data::Batch;
+
+/// Shared beginnings shorter than this are packed with each row: sharing adds a concatenation
+/// of the prefix's keys and values per branch and layer.
+pub const MIN_SHARED: usize = 16;
+
+/// Consecutive packed tokens that run as one sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub len: usize,
+    /// The position of its first token (a branch starts where its prefix ends).
+    pub start: usize,
+    /// The prefix piece whose keys come before its own.
+    pub after: Option<usize>,
+}
+
+/// A batch's real tokens, packed.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub pieces: Vec<Piece>,
+    /// For each of the batch's b·t positions, its packed token (padding: `inputs.len()`).
+    pub index: Vec<u32>,
+}
+
+impl Packed {
+    /// Positions the longest piece reaches.
+    pub fn longest(&self) -> usize {
+        self.pieces
+            .iter()
+            .map(|p| p.start + p.len)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The packing of `batch`, its rows' common beginnings shared when `share`; None when it
+/// would change nothing (no padding and nothing shared).
+pub fn plan(batch: &Batch, share: bool) -> Option<Packed> {
+    let (b, t) = (batch.b, batch.t);
+    if batch.lens.len() != b {
+        return None;
+    }
+    let row = |r: usize| {
+        let at = r * t..r * t + batch.lens[r];
+        (&batch.inputs[at.clone()], &batch.targets[at])
+    };
+    // Same inputs and the same targets: a shared position must have one loss for all rows.
+    let common = |a: usize, c: usize| {
+        let ((ia, ta), (ic, tc)) = (row(a), row(c));
+        (0..ia.len().min(ic.len()))
+            .take_while(|&i| ia[i] == ic[i] && ta[i] == tc[i])
+            .count()
+    };
+    // Groups of rows by their first row, with the beginning all of them share.
+    let mut groups: Vec<(Vec<usize>, usize)> = Vec::new();
+    for r in 0..b {
+        let joined = share
+            && groups.iter_mut().any(|(rows, shared)| {
+                let c = common(rows[0], r);
+                if c >= MIN_SHARED {
+                    rows.push(r);
+                    *shared = (*shared).min(c);
+                }
+                c >= MIN_SHARED
+            });
+        if !joined {
+            groups.push((vec![r], batch.lens[r]));
+        }
+    }
+    let shares = |(rows, shared): &(Vec<usize>, usize)| {
+        // Every branch keeps at least one token of its own.
+        let shared = rows
+            .iter()
+            .map(|&r| batch.lens[r] - 1)
+            .fold(*shared, usize::min);
+        (rows.len() > 1 && shared >= MIN_SHARED).then_some(shared)
+    };
+    if batch.lens.iter().all(|&l| l == t) && groups.iter().all(|g| shares(g).is_none()) {
+        return None;
+    }
+    let n = batch.lens.iter().sum::<usize>();
+    let mut p = Packed {
+        inputs: Vec::with_capacity(n),
+        targets: Vec::with_capacity(n),
+        pieces: Vec::new(),
+        index: vec![0; b * t],
+    };
+    // Appends row r's positions `from`.. as a piece; maps them.
+    let push = |p: &mut Packed, r: usize, from: usize, after: Option<usize>| {
+        let (i, g) = row(r);
+        let at = p.inputs.len();
+        for (k, slot) in p.index[r * t + from..r * t + i.len()]
+            .iter_mut()
+            .enumerate()
+        {
+            *slot = (at + k) as u32;
+        }
+        p.inputs.extend_from_slice(&i[from..]);
+        p.targets.extend_from_slice(&g[from..]);
+        p.pieces.push(Piece {
+            len: i.len() - from,
+            start: from,
+            after,
+        });
+    };
+    for g in &groups {
+        match shares(g) {
+            Some(shared) => {
+                let (i, tg) = row(g.0[0]);
+                let (at, prefix) = (p.inputs.len(), p.pieces.len());
+                p.inputs.extend_from_slice(&i[..shared]);
+                p.targets.extend_from_slice(&tg[..shared]);
+                p.pieces.push(Piece {
+                    len: shared,
+                    start: 0,
+                    after: None,
+                });
+                for &r in &g.0 {
+                    for (k, slot) in p.index[r * t..r * t + shared].iter_mut().enumerate() {
+                        *slot = (at + k) as u32;
+                    }
+                    push(&mut p, r, shared, Some(prefix));
+                }
+            }
+            None => g.0.iter().for_each(|&r| push(&mut p, r, 0, None)),
+        }
+    }
+    let end = p.inputs.len() as u32;
+    for (r, &l) in batch.lens.iter().enumerate() {
+        p.index[r * t + l..(r + 1) * t].fill(end);
+    }
+    Some(p)
+}
