@@ -64,7 +64,8 @@ pub fn plan(batch: &Batch, share: bool) -> Option<Packed> {
     };
     // Groups of rows by their first row, with the beginning all of them share.
     let mut groups: Vec<(Vec<usize>, usize)> = Vec::new();
-    for r in 0..b {
+    // A row without tokens is all padding: no piece.
+    for r in (0..b).filter(|&r| batch.lens[r] > 0) {
         let joined = share
             && groups.iter_mut().any(|(rows, shared)| {
                 let c = common(rows[0], r);
@@ -82,7 +83,7 @@ pub fn plan(batch: &Batch, share: bool) -> Option<Packed> {
         // Every branch keeps at least one token of its own.
         let shared = rows
             .iter()
-            .map(|&r| batch.lens[r] - 1)
+            .map(|&r| batch.lens[r].saturating_sub(1))
             .fold(*shared, usize::min);
         (rows.len() > 1 && shared >= MIN_SHARED).then_some(shared)
     };
@@ -141,4 +142,80 @@ pub fn plan(batch: &Batch, share: bool) -> Option<Packed> {
         p.index[r * t + l..(r + 1) * t].fill(end);
     }
     Some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Sample;
+
+    fn sample(ids: Vec<u32>, prompt: usize) -> Sample {
+        let train = (0..ids.len()).map(|i| i > prompt).collect();
+        Sample { ids, train }
+    }
+
+    fn batch(samples: &[Sample]) -> Batch {
+        Batch::from_samples(&samples.iter().collect::<Vec<_>>(), 0)
+    }
+
+    /// Every real position maps to a packed token with its input and target; padding to the end.
+    fn check_map(b: &Batch, p: &Packed) {
+        for r in 0..b.b {
+            for i in 0..b.t {
+                let (at, k) = (r * b.t + i, p.index[r * b.t + i] as usize);
+                match i < b.lens[r] {
+                    true => {
+                        assert_eq!(p.inputs[k], b.inputs[at], "input of row {r} at {i}");
+                        assert_eq!(p.targets[k], b.targets[at], "target of row {r} at {i}");
+                    }
+                    false => assert_eq!(k, p.inputs.len(), "padding of row {r} at {i}"),
+                }
+            }
+        }
+        let total: usize = p.pieces.iter().map(|x| x.len).sum();
+        assert_eq!(total, p.inputs.len());
+    }
+
+    #[test]
+    fn full_rows_with_nothing_in_common_stay_as_they_are() {
+        let b = batch(&[sample((0..9).collect(), 0), sample((20..29).collect(), 0)]);
+        assert!(plan(&b, true).is_none());
+    }
+
+    #[test]
+    fn full_rows_with_a_shared_prompt_are_packed_and_mapped() {
+        let prompt: Vec<u32> = (100..120).collect();
+        let row = |tail: u32| sample(prompt.iter().copied().chain(tail..tail + 6).collect(), 18);
+        let b = batch(&[row(1), row(50)]);
+        let p = plan(&b, true).expect("shared");
+        check_map(&b, &p);
+        // One prefix, two branches after it; the prefix ends where the targets part.
+        assert_eq!(p.pieces.len(), 3);
+        assert_eq!(p.pieces[0].after, None);
+        assert!(
+            p.pieces[1..]
+                .iter()
+                .all(|x| x.after == Some(0) && x.start == p.pieces[0].len)
+        );
+        assert_eq!(p.pieces[0].len, 19);
+        assert!(plan(&b, false).is_none(), "nothing to pack without sharing");
+    }
+
+    #[test]
+    fn short_common_beginnings_empty_rows_and_padding() {
+        let b = batch(&[
+            sample((0..10).collect(), 0),
+            sample((0..6).chain(40..44).collect(), 0),
+            sample(vec![7], 0),
+            sample((0..30).collect(), 3),
+        ]);
+        assert_eq!(b.lens[2], 0);
+        for share in [true, false] {
+            let p = plan(&b, share).expect("padding");
+            check_map(&b, &p);
+            // 6 tokens in common is too few to share; the empty row has no piece.
+            assert!(p.pieces.iter().all(|x| x.after.is_none() && x.start == 0));
+            assert_eq!(p.pieces.len(), 3);
+        }
+    }
 }
