@@ -6,14 +6,19 @@
 //! matrix per head per layer, alive until the backward pass, and products over all t keys)
 //! this halves the attention's products and keeps its memory linear in t.
 //!
-//! The queries may be the last positions of the keys (a branch after a shared prefix: its rows
-//! see the prefix's keys and their own). Query heads that share a KV head are rows of one q
+//! `attend` is the model's attention on every device: the rotation, then this op on the CPU,
+//! the dense or fused CUDA kernels on a GPU, plain candle ops as the reference. The queries
+//! may be the last positions of the keys (a branch after a shared prefix: its rows see the
+//! prefix's keys and their own). Query heads that share a KV head are rows of one q
 //! (grouped-query attention without repeated keys or values). Every result is summed in a
 //! fixed order whatever the thread count: the forward blocks and the backward heads are
 //! independent tasks, and the key and value gradients of the query heads of one KV head are
 //! added in head order.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use crate::error::{Result as TrainResult, TrainError};
+use crate::ops::{self, Kernels, RopeTables};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use galley_model::LlamaConfig;
 use galley_model::cpu::{assume_init, gemm1, product1, rm, slice, tr, uninit, with_f32, zeroed};
 use galley_model::kernels::rowwise::softmax_causal;
 use rayon::prelude::*;
@@ -239,4 +244,78 @@ pub fn causal_attention(
             g,
         },
     )
+}
+
+/// Causal attention of (b, t, heads, head dim) projections at positions `start`..,
+/// rotated here, after the rotated keys and values of a `prefix` when one is given (a
+/// branch; the CPU kernels only): the output as (b·t, heads·head dim) rows for the output
+/// projection, and this part's own rotated keys and values for branches that follow it.
+pub(crate) fn attend(
+    c: &LlamaConfig,
+    rope: &RopeTables,
+    (qh, kh, vh): (&Tensor, &Tensor, &Tensor),
+    start: usize,
+    prefix: Option<&(Tensor, Tensor)>,
+    k: Kernels,
+    dt: DType,
+) -> TrainResult<(Tensor, (Tensor, Tensor))> {
+    let (b, t) = (qh.dim(0)?, qh.dim(1)?);
+    let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+    let g = h / kv;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let q = ops::rope_heads_from(qh, rope, k, start)?;
+    let kk = ops::rope_heads_from(kh, rope, k, start)?;
+    let v = vh.transpose(1, 2)?.contiguous()?;
+    // Query heads grouped under their KV head: no repeated keys or values.
+    let q = q.reshape((b, kv, g * t, hd))?;
+    if let Some((pk, pv)) = prefix {
+        if k != Kernels::Fused {
+            return Err(TrainError::Stopped(
+                "a branch after a shared prefix runs on the CPU kernels only".into(),
+            ));
+        }
+        let keys = Tensor::cat(&[pk, &kk], 2)?;
+        let values = Tensor::cat(&[pv, &v], 2)?;
+        let o = causal_attention(&q, &keys, &values, g, scale)?;
+        let o = o
+            .reshape((b, h, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b * t, h * hd))?;
+        return Ok((o, (kk, v)));
+    }
+    // Long sequences on a GPU: the fused attention, which keeps no score matrix.
+    #[cfg(feature = "cuda")]
+    let fused = match k == Kernels::Cuda
+        && ops::flash_attention_wanted((b, h, t, hd), dt.size_in_bytes(), ops::attention_setting())
+    {
+        true => Some(crate::flash_cuda::attention(&q, &kk, &v, scale)?),
+        false => None,
+    };
+    #[cfg(not(feature = "cuda"))]
+    let fused: Option<Tensor> = {
+        let _ = dt;
+        None
+    };
+    let o = match fused {
+        Some(o) => o,
+        // On the CPU, blocks of queries against the unmasked keys only, nothing of t² kept.
+        None if k == Kernels::Fused => causal_attention(&q, &kk, &v, g, scale)?,
+        None => {
+            let p = match k {
+                Kernels::Fused | Kernels::Reference => {
+                    ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?
+                }
+                #[cfg(feature = "cuda")]
+                Kernels::Cuda => crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale)?,
+                #[cfg(not(feature = "cuda"))]
+                Kernels::Cuda => ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?,
+            };
+            p.matmul(&v)?
+        }
+    };
+    let o = o
+        .reshape((b, h, t, hd))?
+        .transpose(1, 2)?
+        .reshape((b * t, h * hd))?;
+    Ok((o, (kk, v)))
 }

@@ -4,6 +4,7 @@
 //! frozen projections as 4/8-bit GGUF blocks and dequantizes them per product). The forward
 //! pass runs through `ops` so every step has a backward pass that skips frozen weights.
 
+use crate::attention;
 use crate::config::{InitSection, PeftSection, QuantKind, Tuning};
 use crate::data::Batch;
 use crate::error::{Result, TrainError};
@@ -693,7 +694,7 @@ impl TrainModel {
             );
             let vh = heads(&layer.v, kv, 2, &None)?;
             let o = match packed {
-                None => self.attend((&qh, &kh, &vh), 0, None, k, dt)?.0,
+                None => attention::attend(c, &self.rope, (&qh, &kh, &vh), 0, None, k, dt)?.0,
                 Some(p) => {
                     let mut parts = Vec::with_capacity(p.pieces.len());
                     // Each piece's rotated keys and values, for the branches that follow it.
@@ -702,7 +703,9 @@ impl TrainModel {
                     for piece in &p.pieces {
                         let part = |x: &Tensor| x.narrow(1, at, piece.len);
                         let prefix = piece.after.map(|i| &kvs[i]);
-                        let (o, kv) = self.attend(
+                        let (o, kv) = attention::attend(
+                            c,
+                            &self.rope,
                             (&part(&qh)?, &part(&kh)?, &part(&vh)?),
                             piece.start,
                             prefix,
@@ -777,85 +780,6 @@ impl TrainModel {
             (logits / temperature)?
         };
         Ok(ops::cross_entropy_reference(&logits, targets)?)
-    }
-
-    /// Causal attention of (b, t, heads, head dim) projections at positions `start`..,
-    /// rotated here, after the rotated keys and values of a `prefix` when one is given (a
-    /// branch; the CPU kernels only): the output as (b·t, heads·head dim) rows for the output
-    /// projection, and this part's own rotated keys and values for branches that follow it.
-    fn attend(
-        &self,
-        (qh, kh, vh): (&Tensor, &Tensor, &Tensor),
-        start: usize,
-        prefix: Option<&(Tensor, Tensor)>,
-        k: Kernels,
-        dt: DType,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let c = &self.config;
-        let (b, t) = (qh.dim(0)?, qh.dim(1)?);
-        let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let g = h / kv;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let q = ops::rope_heads_from(qh, &self.rope, k, start)?;
-        let kk = ops::rope_heads_from(kh, &self.rope, k, start)?;
-        let v = vh.transpose(1, 2)?.contiguous()?;
-        // Query heads grouped under their KV head: no repeated keys or values.
-        let q = q.reshape((b, kv, g * t, hd))?;
-        if let Some((pk, pv)) = prefix {
-            if k != Kernels::Fused {
-                return Err(TrainError::Stopped(
-                    "a branch after a shared prefix runs on the CPU kernels only".into(),
-                ));
-            }
-            let keys = Tensor::cat(&[pk, &kk], 2)?;
-            let values = Tensor::cat(&[pv, &v], 2)?;
-            let o = crate::attention::causal_attention(&q, &keys, &values, g, scale)?;
-            let o = o
-                .reshape((b, h, t, hd))?
-                .transpose(1, 2)?
-                .reshape((b * t, h * hd))?;
-            return Ok((o, (kk, v)));
-        }
-        // Long sequences on a GPU: the fused attention, which keeps no score matrix.
-        #[cfg(feature = "cuda")]
-        let fused = match k == Kernels::Cuda
-            && ops::flash_attention_wanted(
-                (b, h, t, hd),
-                dt.size_in_bytes(),
-                ops::attention_setting(),
-            ) {
-            true => Some(crate::flash_cuda::attention(&q, &kk, &v, scale)?),
-            false => None,
-        };
-        #[cfg(not(feature = "cuda"))]
-        let fused: Option<Tensor> = {
-            let _ = dt;
-            None
-        };
-        let o = match fused {
-            Some(o) => o,
-            // On the CPU, blocks of queries against the unmasked keys only, nothing of t² kept.
-            None if k == Kernels::Fused => {
-                crate::attention::causal_attention(&q, &kk, &v, g, scale)?
-            }
-            None => {
-                let p = match k {
-                    Kernels::Fused | Kernels::Reference => {
-                        ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?
-                    }
-                    #[cfg(feature = "cuda")]
-                    Kernels::Cuda => crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale)?,
-                    #[cfg(not(feature = "cuda"))]
-                    Kernels::Cuda => ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?,
-                };
-                p.matmul(&v)?
-            }
-        };
-        let o = o
-            .reshape((b, h, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b * t, h * hd))?;
-        Ok((o, (kk, v)))
     }
 
     /// Every weight by HF name, with adapters merged (for export as a plain checkpoint).
