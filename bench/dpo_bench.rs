@@ -102,17 +102,25 @@ impl Run {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn galley(
-    bin: &Path,
-    model: &Path,
-    work: &Path,
-    mode: &str,
+/// What both sides run: the model, the folder with `pairs.jsonl`, and the schedule.
+struct Setup {
+    model: PathBuf,
+    work: PathBuf,
     steps: usize,
     batch: usize,
     max_length: usize,
-    threads: &str,
-) -> Result<Run, String> {
+    threads: String,
+}
+
+fn galley(bin: &Path, s: &Setup, mode: &str) -> Result<Run, String> {
+    let Setup {
+        model,
+        work,
+        steps,
+        batch,
+        max_length,
+        threads,
+    } = s;
     let dir = work.join(format!("galley-{mode}"));
     let cfg = format!(
         "model: {{path: {model}}}\n\
@@ -157,28 +165,22 @@ fn galley(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn trl(
-    python: &str,
-    root: &Path,
-    model: &Path,
-    work: &Path,
-    mode: &str,
-    steps: usize,
-    batch: usize,
-    max_length: usize,
-    threads: &str,
-) -> Result<Run, String> {
+fn trl(python: &str, root: &Path, s: &Setup, mode: &str) -> Result<Run, String> {
     let out = Command::new(python)
         .arg(root.join("bench/dpo_peer.py"))
-        .args(["--mode", mode, "--model", model.to_str().unwrap()])
-        .args(["--data", work.join("pairs.jsonl").to_str().unwrap()])
-        .args(["--steps", &steps.to_string(), "--batch", &batch.to_string()])
+        .args(["--mode", mode, "--model", s.model.to_str().unwrap()])
+        .args(["--data", s.work.join("pairs.jsonl").to_str().unwrap()])
+        .args([
+            "--steps",
+            &s.steps.to_string(),
+            "--batch",
+            &s.batch.to_string(),
+        ])
         .args([
             "--max-length",
-            &max_length.to_string(),
+            &s.max_length.to_string(),
             "--threads",
-            threads,
+            &s.threads,
         ])
         .args(["--lr", &lr_of(mode).to_string()])
         .output()
@@ -260,10 +262,16 @@ fn main() {
         "trl MB",
         "memory"
     );
+    let setup = Setup {
+        model,
+        work,
+        steps,
+        batch,
+        max_length,
+        threads,
+    };
     for mode in modes.split(',') {
-        let g = match galley(
-            &bin, &model, &work, mode, steps, batch, max_length, &threads,
-        ) {
+        let g = match galley(&bin, &setup, mode) {
             Ok(g) => g,
             Err(e) => {
                 eprintln!("galley {mode} failed: {e}");
@@ -271,11 +279,9 @@ fn main() {
             }
         };
         let p = python.as_deref().and_then(|py| {
-            trl(
-                py, &root, &model, &work, mode, steps, batch, max_length, &threads,
-            )
-            .map_err(|e| eprintln!("trl {mode} failed: {e}"))
-            .ok()
+            trl(py, &root, &setup, mode)
+                .map_err(|e| eprintln!("trl {mode} failed: {e}"))
+                .ok()
         });
         let nan = f64::NAN;
         let (pp, pt, pm) = p.as_ref().map_or((nan, nan, nan), |p| {
@@ -300,5 +306,5 @@ fn main() {
             println!("      trl    losses {:?}", p.losses);
         }
     }
-    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&setup.work);
 }

@@ -152,9 +152,10 @@ pub fn gemm1(
     scale: f32,
     accumulate: bool,
 ) {
+    let par = gemm::Parallelism::None;
     // SAFETY: gemm_with writes only floats through the view.
     gemm_with(
-        gemm::Parallelism::None,
+        par,
         unsafe { as_uninit(dst) },
         m,
         n,

@@ -268,20 +268,10 @@ pub(crate) fn attend(
     let v = vh.transpose(1, 2)?.contiguous()?;
     // Query heads grouped under their KV head: no repeated keys or values.
     let q = q.reshape((b, kv, g * t, hd))?;
-    if let Some((pk, pv)) = prefix {
-        if k != Kernels::Fused {
-            return Err(TrainError::Stopped(
-                "a branch after a shared prefix runs on the CPU kernels only".into(),
-            ));
-        }
-        let keys = Tensor::cat(&[pk, &kk], 2)?;
-        let values = Tensor::cat(&[pv, &v], 2)?;
-        let o = causal_attention(&q, &keys, &values, g, scale)?;
-        let o = o
-            .reshape((b, h, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b * t, h * hd))?;
-        return Ok((o, (kk, v)));
+    if prefix.is_some() && k != Kernels::Fused {
+        return Err(TrainError::Stopped(
+            "a branch after a shared prefix runs on the CPU kernels only".into(),
+        ));
     }
     // Long sequences on a GPU: the fused attention, which keeps no score matrix.
     #[cfg(feature = "cuda")]
@@ -296,11 +286,16 @@ pub(crate) fn attend(
         let _ = dt;
         None
     };
-    let o = match fused {
-        Some(o) => o,
+    let o = match (fused, prefix) {
+        (Some(o), _) => o,
+        (None, Some((pk, pv))) => {
+            let keys = Tensor::cat(&[pk, &kk], 2)?;
+            let values = Tensor::cat(&[pv, &v], 2)?;
+            causal_attention(&q, &keys, &values, g, scale)?
+        }
         // On the CPU, blocks of queries against the unmasked keys only, nothing of t² kept.
-        None if k == Kernels::Fused => causal_attention(&q, &kk, &v, g, scale)?,
-        None => {
+        (None, None) if k == Kernels::Fused => causal_attention(&q, &kk, &v, g, scale)?,
+        (None, None) => {
             let p = match k {
                 Kernels::Fused | Kernels::Reference => {
                     ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?

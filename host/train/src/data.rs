@@ -542,13 +542,16 @@ pub struct Batch {
     pub t: usize,
     pub inputs: Vec<u32>,
     pub targets: Vec<u32>,
-    /// Input positions that hold real tokens (not padding).
-    pub real_tokens: usize,
     /// Each row's real input positions (the rest of its `t` is padding, at the end).
     pub lens: Vec<usize>,
 }
 
 impl Batch {
+    /// Input positions that hold real tokens (not padding).
+    pub fn real_tokens(&self) -> usize {
+        self.lens.iter().sum()
+    }
+
     /// Tokens that count in the loss.
     pub fn label_tokens(&self) -> usize {
         self.targets.iter().filter(|&&t| t != IGNORE).count()
@@ -578,7 +581,6 @@ impl Batch {
             t,
             inputs,
             targets,
-            real_tokens: lens.iter().sum(),
             lens,
         }
     }

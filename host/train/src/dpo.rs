@@ -202,7 +202,7 @@ impl Task for DpoTask<'_> {
         extra.values_mut().for_each(|v| *v /= norm);
         Ok(Micro {
             loss: outs.iter().map(|o| o.loss).sum::<f64>() / norm,
-            tokens: b.real_tokens,
+            tokens: b.real_tokens(),
             extra,
             grads,
         })

@@ -579,7 +579,7 @@ impl Task for GrpoTask<'_> {
         let whole_tokens = s.whole.tokens.max(1) as f64;
         let mut extra = Extra::from([
             ("clip_ratio".to_string(), out.clipped as f64 / whole_tokens),
-            ("update_tokens".to_string(), b.real_tokens as f64),
+            ("update_tokens".to_string(), b.real_tokens() as f64),
             ("update_s".to_string(), t0.elapsed().as_secs_f64()),
         ]);
         if surrogate.beta > 0.0 {
@@ -587,7 +587,7 @@ impl Task for GrpoTask<'_> {
         }
         Ok(Micro {
             loss: out.loss,
-            tokens: b.real_tokens,
+            tokens: b.real_tokens(),
             extra,
             grads,
         })

@@ -320,7 +320,7 @@ impl Task for KtoTask<'_> {
         self.sums(self.train, items, &s, &pol, &mut extra, "");
         Ok(Micro {
             loss: s.outs.iter().map(|o| o.loss).sum::<f64>() / norm,
-            tokens: b.real_tokens,
+            tokens: b.real_tokens(),
             extra,
             grads,
         })

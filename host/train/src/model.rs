@@ -633,13 +633,12 @@ impl TrainModel {
             return self.losses_at(&batch.inputs, &batch.targets, b, t, pass, temperature);
         };
         let n = p.inputs.len();
-        let index = p.index.clone();
         let packed =
             self.forward_losses(&p.inputs, &p.targets, (1, n), Some(&p), pass, temperature)?;
         // Padding positions read one extra zero; the gradient they send it goes nowhere.
         let zero = Tensor::zeros(1, packed.dtype(), packed.device())?;
         let all = Tensor::cat(&[&packed, &zero], 0)?;
-        Ok(all.index_select(&Tensor::from_vec(index, b * t, packed.device())?, 0)?)
+        Ok(all.index_select(&Tensor::from_vec(p.index, b * t, packed.device())?, 0)?)
     }
 
     /// The forward pass of (b, t) rows, or with `packed`, of its pieces end to end (b = 1,

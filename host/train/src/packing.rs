@@ -97,44 +97,31 @@ pub fn plan(batch: &Batch, share: bool) -> Option<Packed> {
         pieces: Vec::new(),
         index: vec![0; b * t],
     };
-    // Appends row r's positions `from`.. as a piece; maps them.
-    let push = |p: &mut Packed, r: usize, from: usize, after: Option<usize>| {
-        let (i, g) = row(r);
-        let at = p.inputs.len();
-        for (k, slot) in p.index[r * t + from..r * t + i.len()]
-            .iter_mut()
-            .enumerate()
-        {
-            *slot = (at + k) as u32;
+    // Appends positions `at` of rows[0] as a piece starting there, and maps those positions
+    // of every row in `rows` to it; returns the piece's index.
+    let push = |p: &mut Packed, rows: &[usize], at: std::ops::Range<usize>, after| {
+        let (i, g) = row(rows[0]);
+        let first = p.inputs.len();
+        for &r in rows {
+            let slots = &mut p.index[r * t + at.start..r * t + at.end];
+            for (k, slot) in slots.iter_mut().enumerate() {
+                *slot = (first + k) as u32;
+            }
         }
-        p.inputs.extend_from_slice(&i[from..]);
-        p.targets.extend_from_slice(&g[from..]);
+        p.inputs.extend_from_slice(&i[at.clone()]);
+        p.targets.extend_from_slice(&g[at.clone()]);
         p.pieces.push(Piece {
-            len: i.len() - from,
-            start: from,
+            len: at.len(),
+            start: at.start,
             after,
         });
+        p.pieces.len() - 1
     };
     for g in &groups {
-        match shares(g) {
-            Some(shared) => {
-                let (i, tg) = row(g.0[0]);
-                let (at, prefix) = (p.inputs.len(), p.pieces.len());
-                p.inputs.extend_from_slice(&i[..shared]);
-                p.targets.extend_from_slice(&tg[..shared]);
-                p.pieces.push(Piece {
-                    len: shared,
-                    start: 0,
-                    after: None,
-                });
-                for &r in &g.0 {
-                    for (k, slot) in p.index[r * t..r * t + shared].iter_mut().enumerate() {
-                        *slot = (at + k) as u32;
-                    }
-                    push(&mut p, r, shared, Some(prefix));
-                }
-            }
-            None => g.0.iter().for_each(|&r| push(&mut p, r, 0, None)),
+        let shared = shares(g);
+        let prefix = shared.map(|s| push(&mut p, &g.0, 0..s, None));
+        for &r in &g.0 {
+            push(&mut p, &[r], shared.unwrap_or(0)..batch.lens[r], prefix);
         }
     }
     let end = p.inputs.len() as u32;

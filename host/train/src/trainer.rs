@@ -143,7 +143,7 @@ impl Task for SftTask<'_> {
         let grads = (sum / norm)?.backward()?;
         Ok(Micro {
             loss,
-            tokens: b.real_tokens,
+            tokens: b.real_tokens(),
             extra: Extra::new(),
             grads,
         })

@@ -269,7 +269,9 @@ fn tiny(dir: &std::path::Path, tied: bool) -> galley_model::LlamaConfig {
     c
 }
 
-fn whole_model(method: Tuning, tied: bool) {
+/// The tiny Llama loaded for `method` with LoRA r 4 on `modules`, its LoRA B moved off zero
+/// so the adapter path carries gradient into A; the folder lives as long as the model needs.
+fn tiny_model(method: Tuning, tied: bool, modules: &[&str]) -> (tempfile::TempDir, TrainModel) {
     let dir = tempfile::tempdir().unwrap();
     let c = tiny(dir.path(), tied);
     let w = galley_model::weights::Weights::safetensors(vec![dir.path().join("model.safetensors")])
@@ -277,7 +279,7 @@ fn whole_model(method: Tuning, tied: bool) {
     let peft = PeftSection {
         r: 4,
         lora_dropout: 0.0,
-        target_modules: ["q_proj", "v_proj", "down_proj"].map(String::from).to_vec(),
+        target_modules: modules.iter().map(|m| m.to_string()).collect(),
         ..Default::default()
     };
     let build = Build {
@@ -286,36 +288,64 @@ fn whole_model(method: Tuning, tied: bool) {
         seed: 1,
     };
     let m = TrainModel::load(&w, c, &build, &Device::Cpu).unwrap();
-    // LoRA B starts at zero; move it so the adapter path carries gradient into A.
     for p in &m.trainable {
         if p.name.contains("lora_B") {
             p.var.set(&rand_t(p.var.dims(), 5, 0.1)).unwrap();
         }
     }
+    (dir, m)
+}
+
+/// A training pass with kernels `k`.
+fn train_pass(k: Kernels) -> Pass {
+    Pass {
+        kernels: k,
+        train: true,
+        adapters: true,
+        seed: 0,
+    }
+}
+
+/// Every trainable tensor's gradient of the sum of `losses`, as the trainer sees them: fused
+/// projections write their buffers directly, everything else comes through autograd and
+/// `accumulate`.
+fn gradients(
+    m: &TrainModel,
+    opt: &mut galley_train::optim::Optimizer,
+    losses: &Tensor,
+) -> Vec<Vec<f32>> {
+    for p in &m.trainable {
+        p.grad.lock().fill(0.0);
+    }
+    let g = losses.sum_all().unwrap().backward().unwrap();
+    opt.accumulate(&m.trainable, &g).unwrap();
+    m.trainable.iter().map(|p| p.grad.lock().clone()).collect()
+}
+
+/// The largest difference between two gradients, relative to the reference's largest value;
+/// the reference must not be all zero.
+fn grad_error(name: &str, got: &[f32], want: &[f32]) -> f32 {
+    assert!(want.iter().any(|&v| v != 0.0), "{name} has no gradient");
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    got.iter()
+        .zip(want)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+fn whole_model(method: Tuning, tied: bool) {
+    let (_dir, m) = tiny_model(method, tied, &["q_proj", "v_proj", "down_proj"]);
     let (b, t) = (2, 9);
     let inputs: Vec<u32> = (0..b * t).map(|i| (i * 7 % 40) as u32).collect();
     let mut targets: Vec<u32> = (0..b * t).map(|i| (i * 5 % 40) as u32).collect();
     targets[3] = IGNORE;
     let cfg = galley_train::config::TrainingSection::default();
     let mut opt = galley_train::optim::Optimizer::new(&cfg, &m.trainable).unwrap();
-    // Gradients as the trainer sees them: fused projections write their buffers directly,
-    // everything else comes through autograd and `accumulate`.
     let mut run = |k: Kernels| {
-        for p in &m.trainable {
-            p.grad.lock().fill(0.0);
-        }
-        let pass = Pass {
-            kernels: k,
-            train: true,
-            adapters: true,
-            seed: 0,
-        };
-        let l = m.losses(&inputs, &targets, b, t, &pass).unwrap();
-        let loss = l.sum_all().unwrap();
-        let g = loss.backward().unwrap();
-        opt.accumulate(&m.trainable, &g).unwrap();
-        let grads: Vec<Vec<f32>> = m.trainable.iter().map(|p| p.grad.lock().clone()).collect();
-        (loss.to_scalar::<f32>().unwrap(), grads)
+        let l = m.losses(&inputs, &targets, b, t, &train_pass(k)).unwrap();
+        let grads = gradients(&m, &mut opt, &l);
+        (l.sum_all().unwrap().to_scalar::<f32>().unwrap(), grads)
     };
     let (lf, gf) = run(Kernels::Fused);
     let (lr, gr) = run(Kernels::Reference);
@@ -325,18 +355,7 @@ fn whole_model(method: Tuning, tied: bool) {
     );
     assert!(!m.trainable.is_empty());
     for (p, (a, r)) in m.trainable.iter().zip(gf.iter().zip(&gr)) {
-        let scale = r.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-        let e = a
-            .iter()
-            .zip(r)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-            / scale;
-        assert!(
-            r.iter().any(|&v| v != 0.0),
-            "{method:?}: {} has no gradient",
-            p.name
-        );
+        let e = grad_error(&format!("{method:?}: {}", p.name), a, r);
         assert!(
             e < 1e-3,
             "{method:?}: gradient of {} differs by {e}",
@@ -370,28 +389,7 @@ fn whole_model_qlora_matches_the_reference() {
 fn a_padded_batch_runs_packed_with_the_padded_losses_and_gradients() {
     use galley_train::data::{Batch, Sample};
     for method in [Tuning::Full, Tuning::Lora] {
-        let dir = tempfile::tempdir().unwrap();
-        let c = tiny(dir.path(), false);
-        let w =
-            galley_model::weights::Weights::safetensors(vec![dir.path().join("model.safetensors")])
-                .unwrap();
-        let peft = PeftSection {
-            r: 4,
-            lora_dropout: 0.0,
-            target_modules: galley_train::model::MODULES.map(String::from).to_vec(),
-            ..Default::default()
-        };
-        let build = Build {
-            tuning: method,
-            peft: &peft,
-            seed: 1,
-        };
-        let m = TrainModel::load(&w, c, &build, &Device::Cpu).unwrap();
-        for p in &m.trainable {
-            if p.name.contains("lora_B") {
-                p.var.set(&rand_t(p.var.dims(), 5, 0.1)).unwrap();
-            }
-        }
+        let (_dir, m) = tiny_model(method, false, &galley_train::model::MODULES);
         // Rows of 29, 4, 25 and 39 inputs. The first, third and fourth begin with the same 20
         // tokens and no loss on their first 18 (a prompt several completions share), so on
         // the CPU kernels they run that beginning once; the second row's first tokens carry
@@ -434,23 +432,13 @@ fn a_padded_batch_runs_packed_with_the_padded_losses_and_gradients() {
         let mut opt = galley_train::optim::Optimizer::new(&cfg, &m.trainable).unwrap();
         for k in [Kernels::Fused, Kernels::Reference] {
             let mut run = |packed: bool| {
-                for p in &m.trainable {
-                    p.grad.lock().fill(0.0);
-                }
-                let pass = Pass {
-                    kernels: k,
-                    train: true,
-                    adapters: true,
-                    seed: 0,
-                };
                 let l = match packed {
-                    true => m.batch_losses(&b, &pass, 1.0).unwrap(),
-                    false => m.losses(&b.inputs, &b.targets, b.b, b.t, &pass).unwrap(),
+                    true => m.batch_losses(&b, &train_pass(k), 1.0).unwrap(),
+                    false => m
+                        .losses(&b.inputs, &b.targets, b.b, b.t, &train_pass(k))
+                        .unwrap(),
                 };
-                let g = l.sum_all().unwrap().backward().unwrap();
-                opt.accumulate(&m.trainable, &g).unwrap();
-                let grads: Vec<Vec<f32>> =
-                    m.trainable.iter().map(|p| p.grad.lock().clone()).collect();
+                let grads = gradients(&m, &mut opt, &l);
                 (l.to_vec1::<f32>().unwrap(), grads)
             };
             let (lp, gp) = run(false);
@@ -468,14 +456,7 @@ fn a_padded_batch_runs_packed_with_the_padded_losses_and_gradients() {
             }
             assert!(lk.iter().filter(|&&x| x != 0.0).count() > 10);
             for (p, (a, r)) in m.trainable.iter().zip(gk.iter().zip(&gp)) {
-                let scale = r.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-                let e = a
-                    .iter()
-                    .zip(r)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0.0, f32::max)
-                    / scale;
-                assert!(r.iter().any(|&v| v != 0.0), "{}: no gradient", p.name);
+                let e = grad_error(&p.name, a, r);
                 assert!(e < 1e-4, "{method:?} {k:?}: {} differs by {e}", p.name);
             }
         }
