@@ -403,9 +403,19 @@ fn train_config_errors_name_the_file_line_and_key() {
         "model:\n  path: nothing.gguf\ndata:\n  train: {path: none.jsonl}\n",
     )
     .unwrap();
-    let o = galley(dir.path(), &["train", "-c", "ok.yaml"]);
+    // The config as the first argument (as `galley run` and `galley score` take theirs)
+    // reads the same file; a stray word after it is still refused as an override.
+    for args in [&["train", "-c", "ok.yaml"][..], &["train", "ok.yaml"]] {
+        let o = galley(dir.path(), args);
+        assert!(
+            stderr(&o).contains("none.jsonl") && stderr(&o).contains("no such data file"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    let o = galley(dir.path(), &["train", "ok.yaml", "oops"]);
     assert!(
-        stderr(&o).contains("none.jsonl") && stderr(&o).contains("no such data file"),
+        stderr(&o).contains("override `oops`: expected KEY=VALUE"),
         "{}",
         stderr(&o)
     );

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// The training config (YAML: model, data, training, peft).
+    /// The training config (YAML: model, data, training, peft); also taken as the first
+    /// argument (`galley train sft.yaml key=value`), as `galley run` and `galley score` take it.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Overrides, `training.max_steps=20 peft.r=16`.
@@ -32,7 +33,11 @@ pub struct TrainArgs {
     sandbox: Sandbox,
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(mut args: TrainArgs) -> Result<()> {
+    // `galley train sft.yaml`: a first argument that is no KEY=VALUE is the config.
+    if args.config.is_none() && args.overrides.first().is_some_and(|a| !a.contains('=')) {
+        args.config = Some(PathBuf::from(args.overrides.remove(0)));
+    }
     let cfg = TrainConfig::load(args.config.as_deref(), &args.overrides)?;
     galley_train::keep_freed_memory();
     if let Some(n) = cfg.training.threads {

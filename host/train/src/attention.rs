@@ -6,23 +6,27 @@
 //! matrix per head per layer, alive until the backward pass, and products over all t keys)
 //! this halves the attention's products and keeps its memory linear in t.
 //!
-//! `attend` is the model's attention on every device: the rotation, then this op on the CPU,
-//! the dense or fused CUDA kernels on a GPU, plain candle ops as the reference. The queries
-//! may be the last positions of the keys (a branch after a shared prefix: its rows see the
-//! prefix's keys and their own). Query heads that share a KV head are rows of one q
-//! (grouped-query attention without repeated keys or values). Every result is summed in a
-//! fixed order whatever the thread count: the forward blocks and the backward heads are
-//! independent tasks, and the key and value gradients of the query heads of one KV head are
-//! added in head order.
+//! `packed` is that op as the model calls it on the CPU: every row or packed piece of a batch
+//! in one op, from the fused q|k|v rows of the projections (rotated inside, from each piece's
+//! start position) to the token rows the output projection reads. A branch piece's queries
+//! are the last positions of its keys: its shared prefix's rotated keys and values come
+//! first. Query heads that share a KV head are rows of one q (grouped-query attention without
+//! repeated keys or values). Every result is summed in a fixed order whatever the thread
+//! count: the forward blocks and the backward heads are independent tasks, the key and value
+//! gradients of the query heads of one KV head are added in head order, and a branch's
+//! gradients for its prefix in piece order. `attend` is the attention of the reference and
+//! CUDA kernels (the dense or fused CUDA kernels on a GPU, plain candle ops as the reference).
 
-use crate::error::{Result as TrainResult, TrainError};
+use crate::error::Result as TrainResult;
 use crate::ops::{self, Kernels, RopeTables};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use crate::packing::Piece;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use galley_model::LlamaConfig;
 use galley_model::cpu::{assume_init, gemm1, product1, rm, slice, tr, uninit, with_f32, zeroed};
 use galley_model::kernels::rowwise::softmax_causal;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex};
 
 /// Query positions per block: a block's scores are (64, keys) floats, at most 2 MB at 8,192
 /// keys, and the products stay wide enough for the GEMM kernels.
@@ -67,88 +71,6 @@ impl Dims {
             softmax_causal(r, at + i, &[], self.scale);
         }
         s
-    }
-}
-
-struct CausalAttention {
-    scale: f32,
-    /// Query heads per KV head.
-    g: usize,
-}
-
-impl CausalAttention {
-    fn dims(&self, q: (usize, usize), tk: usize) -> Dims {
-        let (rows, hd) = q;
-        Dims {
-            g: self.g,
-            tq: rows / self.g,
-            tk,
-            hd,
-            scale: self.scale,
-        }
-    }
-}
-
-impl CustomOp3 for CausalAttention {
-    fn name(&self) -> &'static str {
-        "galley-causal-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        let (b, kv, r, hd) = l1.shape().dims4()?;
-        let d = self.dims((r, hd), l2.shape().dims4()?.2);
-        let (tq, tk) = (d.tq, d.tk);
-        let mut o = uninit(b * kv * r * hd);
-        // One task per (query head, block of queries); a head's rows are tq·hd of o.
-        o.par_chunks_mut(tq * hd)
-            .enumerate()
-            .for_each(|(head, oh)| {
-                let (bk, row) = (head / d.g, (head % d.g) * tq);
-                oh.par_chunks_mut(BLOCK * hd)
-                    .enumerate()
-                    .for_each(|(blk, ob)| {
-                        let (pos, n) = (blk * BLOCK, ob.len() / hd);
-                        let keys = d.off() + pos + n;
-                        let mut s = uninit(n * keys);
-                        let p = d.probs(&mut s, q, k, bk, row + pos, pos, n);
-                        let vb = &v[bk * tk * hd..][..keys * hd];
-                        product1(ob, n, hd, keys, rm(p, keys), rm(vb, hd), 1.0);
-                    });
-            });
-        // SAFETY: the blocks cover o, and `product1` wrote each whole.
-        let o = unsafe { assume_init(o) };
-        Ok((CpuStorage::F32(o), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _o: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (_, _, r, hd) = q.dims4()?;
-        let d = self.dims((r, hd), k.dim(2)?);
-        let (dq, dk, dv) = with_f32(q, |qs| {
-            with_f32(k, |ks| {
-                with_f32(v, |vs| with_f32(g, |gs| backward(&d, qs, ks, vs, gs)))
-            })
-        })????;
-        Ok((
-            Some(Tensor::from_vec(dq, q.shape(), q.device())?),
-            Some(Tensor::from_vec(dk, k.shape(), k.device())?),
-            Some(Tensor::from_vec(dv, v.shape(), v.device())?),
-        ))
     }
 }
 
@@ -221,96 +143,335 @@ fn backward(
     (dq, dk, dv)
 }
 
-/// softmax(scale·q·kᵀ, causal)·v for q (b, kv, g·tq, hd) (the g query heads of each KV head
-/// stacked as rows: row r is head r / tq, query r % tq) and k, v (b, kv, tk, hd) with
-/// tk ≥ tq: query i sits at key position tk - tq + i and sees the keys up to it. The output
-/// is laid out as q.
-pub fn causal_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: usize,
-    scale: f64,
-) -> Result<Tensor> {
-    let (rows, tk) = (q.dim(2)?, k.dim(2)?);
-    if g == 0 || !rows.is_multiple_of(g) || rows / g > tk {
-        candle_core::bail!("causal attention: {rows} query rows, {g} a KV head, {tk} keys");
-    }
-    q.contiguous()?.apply_op3(
-        &k.contiguous()?,
-        &v.contiguous()?,
-        CausalAttention {
-            scale: scale as f32,
-            g,
-        },
-    )
-}
-
-/// Causal attention of (b, t, heads, head dim) projections at positions `start`..,
-/// rotated here, after the rotated keys and values of a `prefix` when one is given (a
-/// branch; the CPU kernels only): the output as (b·t, heads·head dim) rows for the output
-/// projection, and this part's own rotated keys and values for branches that follow it.
+/// Causal attention of (b, t, heads, head dim) projections on the reference and CUDA
+/// kernels, rotated here: the output as (b·t, heads·head dim) rows for the output projection.
+/// (The CPU kernels take `packed`, which runs every row or piece of a batch as one op.)
 pub(crate) fn attend(
     c: &LlamaConfig,
     rope: &RopeTables,
     (qh, kh, vh): (&Tensor, &Tensor, &Tensor),
-    start: usize,
-    prefix: Option<&(Tensor, Tensor)>,
     k: Kernels,
     dt: DType,
-) -> TrainResult<(Tensor, (Tensor, Tensor))> {
+) -> TrainResult<Tensor> {
     let (b, t) = (qh.dim(0)?, qh.dim(1)?);
     let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
     let g = h / kv;
     let scale = 1.0 / (hd as f64).sqrt();
-    let q = ops::rope_heads_from(qh, rope, k, start)?;
-    let kk = ops::rope_heads_from(kh, rope, k, start)?;
+    let q = ops::rope_heads(qh, rope, k)?;
+    let kk = ops::rope_heads(kh, rope, k)?;
     let v = vh.transpose(1, 2)?.contiguous()?;
     // Query heads grouped under their KV head: no repeated keys or values.
     let q = q.reshape((b, kv, g * t, hd))?;
-    if prefix.is_some() && k != Kernels::Fused {
-        return Err(TrainError::Stopped(
-            "a branch after a shared prefix runs on the CPU kernels only".into(),
-        ));
-    }
     // Long sequences on a GPU: the fused attention, which keeps no score matrix.
     #[cfg(feature = "cuda")]
-    let fused = match k == Kernels::Cuda
+    if k == Kernels::Cuda
         && ops::flash_attention_wanted((b, h, t, hd), dt.size_in_bytes(), ops::attention_setting())
     {
-        true => Some(crate::flash_cuda::attention(&q, &kk, &v, scale)?),
-        false => None,
-    };
+        let o = crate::flash_cuda::attention(&q, &kk, &v, scale)?;
+        return Ok(o
+            .reshape((b, h, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b * t, h * hd))?);
+    }
     #[cfg(not(feature = "cuda"))]
-    let fused: Option<Tensor> = {
-        let _ = dt;
-        None
-    };
-    let o = match (fused, prefix) {
-        (Some(o), _) => o,
-        (None, Some((pk, pv))) => {
-            let keys = Tensor::cat(&[pk, &kk], 2)?;
-            let values = Tensor::cat(&[pv, &v], 2)?;
-            causal_attention(&q, &keys, &values, g, scale)?
+    let _ = dt;
+    let p = match k {
+        Kernels::Fused | Kernels::Reference => {
+            ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?
         }
-        // On the CPU, blocks of queries against the unmasked keys only, nothing of t² kept.
-        (None, None) if k == Kernels::Fused => causal_attention(&q, &kk, &v, g, scale)?,
-        (None, None) => {
-            let p = match k {
-                Kernels::Fused | Kernels::Reference => {
-                    ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?
-                }
-                #[cfg(feature = "cuda")]
-                Kernels::Cuda => crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale)?,
-                #[cfg(not(feature = "cuda"))]
-                Kernels::Cuda => ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?,
-            };
-            p.matmul(&v)?
-        }
+        #[cfg(feature = "cuda")]
+        Kernels::Cuda => crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale)?,
+        #[cfg(not(feature = "cuda"))]
+        Kernels::Cuda => ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?,
     };
-    let o = o
-        .reshape((b, h, t, hd))?
+    let o = p.matmul(&v)?;
+    Ok(o.reshape((b, h, t, hd))?
         .transpose(1, 2)?
-        .reshape((b * t, h * hd))?;
-    Ok((o, (kk, v)))
+        .reshape((b * t, h * hd))?)
+}
+
+// ---------------------------------------------------------------- packed pieces, one op
+
+/// One piece's operands as the blocked kernel reads them: rotated queries (kv, g·len, hd),
+/// rotated keys and values (kv, tk, hd) — its prefix's keys first for a branch.
+struct PieceBufs {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    tk: usize,
+}
+
+/// Causal attention over the packed pieces of a batch, from the fused (tokens, q|k|v) rows
+/// of the projections to the (tokens, heads·hd) rows the output projection reads: the
+/// rotation, the grouping of heads, every piece's attention (a branch after its prefix's
+/// keys and values) and the return to token rows happen inside, so the graph keeps neither
+/// per-piece slices nor transposed copies, and the backward pass hands the projections one
+/// gradient instead of a sum of zero-padded slices per piece (candle's `narrow` backward).
+struct PackedAttention {
+    pieces: Arc<Vec<Piece>>,
+    rope: RopeTables,
+    heads: (usize, usize, usize),
+    scale: f32,
+    /// The operands kept for the backward pass (None when nothing will ask for gradients).
+    kept: Option<Mutex<Vec<PieceBufs>>>,
+}
+
+impl PackedAttention {
+    fn width(&self) -> usize {
+        let (h, kv, hd) = self.heads;
+        (h + 2 * kv) * hd
+    }
+
+    /// Token offset of each piece in the packed rows.
+    fn offsets(&self) -> Vec<usize> {
+        self.pieces
+            .iter()
+            .scan(0, |at, p| {
+                let o = *at;
+                *at += p.len;
+                Some(o)
+            })
+            .collect()
+    }
+
+    /// Each piece's rotated, head-major operands, in piece order (a branch copies its
+    /// prefix's keys and values, built before it).
+    fn gather(&self, x: &[f32]) -> Result<Vec<PieceBufs>> {
+        let (h, kv, hd) = self.heads;
+        let (w, half) = (self.width(), self.rope.half);
+        let mut out: Vec<PieceBufs> = Vec::with_capacity(self.pieces.len());
+        for (p, off) in self.pieces.iter().zip(self.offsets()) {
+            if p.start + p.len > self.rope.cos.len() / half.max(1) {
+                candle_core::bail!(
+                    "rope: positions {}..{} past the tables",
+                    p.start,
+                    p.start + p.len
+                );
+            }
+            let (pre, ptk) = match p.after {
+                Some(a) if a < out.len() => (Some(&out[a]), out[a].tk),
+                Some(a) => {
+                    candle_core::bail!("packed attention: piece after piece {a}, not yet built")
+                }
+                None => (None, 0),
+            };
+            let (len, tk) = (p.len, ptk + p.len);
+            // Row r of a (heads, len, hd) operand: head r / len, token r % len.
+            let fill = |dst: &mut [f32],
+                        col: usize,
+                        rows: usize,
+                        rotated: bool,
+                        prefix: Option<&[f32]>| {
+                dst.par_chunks_mut(hd).enumerate().for_each(|(r, y)| {
+                    let (head, i) = (r / rows, r % rows);
+                    if i < rows - len {
+                        // A branch's first rows: its prefix's, as they are.
+                        let src = prefix.expect("prefix rows");
+                        y.copy_from_slice(&src[(head * (rows - len) + i) * hd..][..hd]);
+                        return;
+                    }
+                    let t = i - (rows - len);
+                    let xr = &x[(off + t) * w + (col + head) * hd..][..hd];
+                    match rotated {
+                        true => {
+                            let at = (p.start + t) * half;
+                            let (c, s) =
+                                (&self.rope.cos[at..][..half], &self.rope.sin[at..][..half]);
+                            ops::rotate(xr, y, c, s, 1.0);
+                        }
+                        false => y.copy_from_slice(xr),
+                    }
+                });
+            };
+            let mut q = zeroed(h * len * hd);
+            fill(&mut q, 0, len, true, None);
+            let mut k = zeroed(kv * tk * hd);
+            fill(&mut k, h, tk, true, pre.map(|b| &b.k[..]));
+            let mut v = zeroed(kv * tk * hd);
+            fill(&mut v, h + kv, tk, false, pre.map(|b| &b.v[..]));
+            out.push(PieceBufs { q, k, v, tk });
+        }
+        Ok(out)
+    }
+
+    fn dims(&self, p: &Piece, b: &PieceBufs) -> Dims {
+        let (h, kv, hd) = self.heads;
+        Dims {
+            g: h / kv,
+            tq: p.len,
+            tk: b.tk,
+            hd,
+            scale: self.scale,
+        }
+    }
+}
+
+/// A (heads, len, hd) head-major buffer's rows written into the (len, stride) token rows of
+/// `dst` from column block `col` (rotated back by `sign` when given).
+fn scatter_rows(
+    src: &[f32],
+    dst: &mut [f32],
+    (len, stride, hd): (usize, usize, usize),
+    col: usize,
+    unrotate: Option<(&RopeTables, usize)>,
+) {
+    let heads = src.len() / (len * hd);
+    dst.par_chunks_mut(stride).enumerate().for_each(|(t, row)| {
+        for head in 0..heads {
+            let s = &src[(head * len + t) * hd..][..hd];
+            let y = &mut row[(col + head) * hd..][..hd];
+            match unrotate {
+                Some((rope, start)) => {
+                    let (half, at) = (rope.half, (start + t) * rope.half);
+                    ops::rotate(s, y, &rope.cos[at..][..half], &rope.sin[at..][..half], -1.0);
+                }
+                None => y.copy_from_slice(s),
+            }
+        }
+    });
+}
+
+impl CustomOp1 for PackedAttention {
+    fn name(&self) -> &'static str {
+        "galley-packed-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let (h, _, hd) = self.heads;
+        let (n, w) = l.shape().dims2()?;
+        if w != self.width() || n != self.pieces.iter().map(|p| p.len).sum::<usize>() {
+            candle_core::bail!("packed attention: ({n}, {w}) rows for these pieces and heads");
+        }
+        let bufs = self.gather(x)?;
+        let mut o = zeroed(n * h * hd);
+        let offsets = self.offsets();
+        // Pieces in parallel, each piece's heads and blocks in parallel within it.
+        let outs: Vec<Vec<f32>> = self
+            .pieces
+            .par_iter()
+            .zip(bufs.par_iter())
+            .map(|(p, b)| {
+                let d = self.dims(p, b);
+                let mut oh = uninit(h * p.len * hd);
+                oh.par_chunks_mut(p.len * hd)
+                    .enumerate()
+                    .for_each(|(head, oh)| {
+                        let (bk, row) = (head / d.g, (head % d.g) * d.tq);
+                        oh.par_chunks_mut(BLOCK * hd)
+                            .enumerate()
+                            .for_each(|(blk, ob)| {
+                                let (pos, m) = (blk * BLOCK, ob.len() / hd);
+                                let keys = d.off() + pos + m;
+                                let mut sc = uninit(m * keys);
+                                let pr = d.probs(&mut sc, &b.q, &b.k, bk, row + pos, pos, m);
+                                let vb = &b.v[bk * d.tk * hd..][..keys * hd];
+                                product1(ob, m, hd, keys, rm(pr, keys), rm(vb, hd), 1.0);
+                            });
+                    });
+                // SAFETY: the blocks cover every head's rows, each written whole by product1.
+                unsafe { assume_init(oh) }
+            })
+            .collect();
+        for ((p, off), oh) in self.pieces.iter().zip(&offsets).zip(&outs) {
+            let dst = &mut o[off * h * hd..][..p.len * h * hd];
+            scatter_rows(oh, dst, (p.len, h * hd, hd), 0, None);
+        }
+        if let Some(kept) = &self.kept {
+            *kept.lock().expect("attention stash") = bufs;
+        }
+        Ok((CpuStorage::F32(o), Shape::from((n, h * hd))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let (h, kv, hd) = self.heads;
+        let w = self.width();
+        let bufs = match &self.kept {
+            Some(k) => std::mem::take(&mut *k.lock().expect("attention stash")),
+            None => Vec::new(),
+        };
+        if bufs.len() != self.pieces.len() {
+            candle_core::bail!("galley-packed-attention: backward without its forward's operands");
+        }
+        let offsets = self.offsets();
+        // Each piece's gradients from its output rows, head-major like its operands.
+        let mut grads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = with_f32(g, |gs| {
+            self.pieces
+                .par_iter()
+                .zip(bufs.par_iter())
+                .zip(offsets.par_iter())
+                .map(|((p, b), &off)| {
+                    let len = p.len;
+                    let mut go = zeroed(h * len * hd);
+                    go.par_chunks_mut(hd).enumerate().for_each(|(r, y)| {
+                        let (head, t) = (r / len, r % len);
+                        y.copy_from_slice(&gs[(off + t) * h * hd + head * hd..][..hd]);
+                    });
+                    backward(&self.dims(p, b), &b.q, &b.k, &b.v, &go)
+                })
+                .collect()
+        })?;
+        // A branch's gradients for its prefix's keys and values go to the prefix, latest
+        // piece first (a prefix comes before its branches), in a fixed order.
+        for i in (0..self.pieces.len()).rev() {
+            let Some(a) = self.pieces[i].after else {
+                continue;
+            };
+            let (ptk, tk) = (bufs[a].tk, bufs[i].tk);
+            let (head, tail) = grads.split_at_mut(i);
+            let (src, dst) = (&tail[0], &mut head[a]);
+            for bk in 0..kv {
+                let add = |d: &mut [f32], s: &[f32]| {
+                    let d = &mut d[bk * ptk * hd..][..ptk * hd];
+                    d.iter_mut()
+                        .zip(&s[bk * tk * hd..][..ptk * hd])
+                        .for_each(|(a, b)| *a += b);
+                };
+                add(&mut dst.1, &src.1);
+                add(&mut dst.2, &src.2);
+            }
+        }
+        let n = offsets
+            .last()
+            .map_or(0, |o| o + self.pieces.last().map_or(0, |p| p.len));
+        let mut dx = zeroed(n * w);
+        for (((p, off), (dq, dk, dv)), b) in self.pieces.iter().zip(&offsets).zip(&grads).zip(&bufs)
+        {
+            let (len, tk) = (p.len, b.tk);
+            let rows = &mut dx[off * w..][..len * w];
+            scatter_rows(dq, rows, (len, w, hd), 0, Some((&self.rope, p.start)));
+            // The piece's own keys and values: the last `len` of its tk rows per KV head.
+            let own = |t: &[f32]| -> Vec<f32> {
+                (0..kv)
+                    .flat_map(|bk| t[(bk * tk + tk - len) * hd..][..len * hd].iter().copied())
+                    .collect()
+            };
+            scatter_rows(&own(dk), rows, (len, w, hd), h, Some((&self.rope, p.start)));
+            scatter_rows(&own(dv), rows, (len, w, hd), h + kv, None);
+        }
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// Causal attention of the packed `pieces` from the fused (tokens, (h + 2·kv)·hd) rows of the
+/// q, k and v projections (unrotated): each piece attends to itself from its start position,
+/// a branch after its prefix's keys too. Returns (tokens, h·hd) rows. CPU kernels only.
+/// `heads` is (query heads, KV heads, head dim).
+pub fn packed(
+    qkv: &Tensor,
+    pieces: &[Piece],
+    rope: &RopeTables,
+    (h, kv, hd): (usize, usize, usize),
+) -> Result<Tensor> {
+    if kv == 0 || !h.is_multiple_of(kv) {
+        candle_core::bail!("packed attention: {h} heads over {kv} KV heads");
+    }
+    let op = PackedAttention {
+        pieces: Arc::new(pieces.to_vec()),
+        rope: rope.clone(),
+        heads: (h, kv, hd),
+        scale: (1.0 / (hd as f64).sqrt()) as f32,
+        kept: qkv.track_op().then(|| Mutex::new(Vec::new())),
+    };
+    qkv.contiguous()?.apply_op1(op)
 }

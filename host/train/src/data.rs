@@ -32,9 +32,44 @@ pub struct Skipped {
     pub empty: usize,
 }
 
+/// How many skipped records are named one by one as warnings; the rest go to the debug log
+/// (a dataset of long records would otherwise bury a run's progress under identical lines).
+pub const WARN_EACH: usize = 5;
+
 impl Skipped {
     pub fn total(&self) -> usize {
         self.malformed + self.no_assistant + self.too_long + self.empty
+    }
+
+    /// Names a record just counted: a warning for the first `WARN_EACH`, debug after.
+    pub(crate) fn report(&self, at: &str, msg: &str) {
+        match self.total() <= WARN_EACH {
+            true => tracing::warn!("{at}: skipped: {msg}"),
+            false => tracing::debug!("{at}: skipped: {msg}"),
+        }
+    }
+
+    /// The run's one line about what was skipped (None: nothing was).
+    pub fn summary(&self) -> Option<String> {
+        let n = self.total();
+        let reasons = [
+            (self.malformed, "malformed"),
+            (self.no_assistant, "without an assistant turn"),
+            (self.too_long, "too long"),
+            (self.empty, "empty"),
+        ];
+        let reasons: Vec<String> = reasons
+            .iter()
+            .filter(|(k, _)| *k > 0)
+            .map(|(k, what)| format!("{k} {what}"))
+            .collect();
+        let more = match n > WARN_EACH {
+            true => format!(
+                "; the first {WARN_EACH} are named above, `--log galley_train=debug` names all"
+            ),
+            false => String::new(),
+        };
+        (n > 0).then(|| format!("skipped {n} examples: {}{more}", reasons.join(", ")))
     }
 }
 
@@ -119,8 +154,8 @@ pub fn bad_record(at: &str, msg: String, on_bad: OnBad, skipped: &mut Skipped) -
     if on_bad == OnBad::Error {
         return Err(data_err(at, msg));
     }
-    tracing::warn!("{at}: skipped: {msg}");
     skipped.malformed += 1;
+    skipped.report(at, &msg);
     Ok(())
 }
 
@@ -271,6 +306,24 @@ impl Encoder<'_> {
         )
     }
 
+    /// A preference pair's two samples (the same prompt, each answer): kept together,
+    /// or refused or skipped as one example (counted once) when either side is bad.
+    pub fn encode_pair(
+        &self,
+        at: &str,
+        (chosen, rejected): (&Split, &Split),
+        skipped: &mut Skipped,
+    ) -> Result<Option<(Sample, Sample)>> {
+        let side = |s: &Split| self.sample(s.prompt.clone(), s.completion.clone());
+        let bad = match (side(chosen), side(rejected)) {
+            (Ok(c), Ok(j)) => return Ok(Some((c, j))),
+            (Err((k, m)), Ok(_)) => (k, format!("the chosen answer: {m}")),
+            (Ok(_), Err((k, m))) => (k, format!("the rejected answer: {m}")),
+            (Err((k, m)), Err(_)) => (k, format!("both answers: {m}")),
+        };
+        self.settle(at, Err(bad), skipped).map(|_| None)
+    }
+
     /// The example, or the policy's answer to a bad one.
     fn settle(&self, at: &str, e: Encoded, skipped: &mut Skipped) -> Result<Option<Sample>> {
         match e {
@@ -281,12 +334,12 @@ impl Encoder<'_> {
                 {
                     return Err(data_err(at, msg));
                 }
-                tracing::warn!("{at}: skipped: {msg}");
                 match kind {
                     Bad::NoAssistant => skipped.no_assistant += 1,
                     Bad::TooLong => skipped.too_long += 1,
                     Bad::Empty => skipped.empty += 1,
                 }
+                skipped.report(at, &msg);
                 Ok(None)
             }
         }

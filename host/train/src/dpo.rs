@@ -41,9 +41,7 @@ pub fn encode_pairs(enc: &Encoder, recs: Vec<Record>, skipped: &mut Skipped) -> 
             continue;
         };
         let (c, j) = enc.split_pair(&r.at, prompt, chosen, rejected)?;
-        let chosen = enc.encode_split(&r.at, &c, skipped)?;
-        let rejected = enc.encode_split(&r.at, &j, skipped)?;
-        if let (Some(chosen), Some(rejected)) = (chosen, rejected) {
+        if let Some((chosen, rejected)) = enc.encode_pair(&r.at, (&c, &j), skipped)? {
             out.push(Pair { chosen, rejected });
         }
     }

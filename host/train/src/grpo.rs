@@ -82,8 +82,8 @@ pub fn encode_prompts(
             Content::Text(t) => (vec![Message::new("user", t.clone())], t, true),
         };
         if messages.is_empty() || text.is_empty() {
-            tracing::warn!("{at}: skipped: the prompt is empty");
             skipped.empty += 1;
+            skipped.report(&at, "the prompt is empty");
             continue;
         }
         let ids = tok.encode(&text, special)?;
@@ -96,8 +96,8 @@ pub fn encode_prompts(
             if data.truncation == Truncation::Error || data.on_bad_example == OnBad::Error {
                 return Err(TrainError::Data { at, msg });
             }
-            tracing::warn!("{at}: skipped: {msg}");
             skipped.too_long += 1;
+            skipped.report(&at, &msg);
             continue;
         }
         out.push(Prompt {

@@ -451,8 +451,8 @@ pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Pr
     let mut loaded = load_model(cfg, &dev, text, out_dir)?;
     loaded.model.compute = compute;
     let data = encode(cfg, &loaded, raw, &mut skipped)?;
-    if skipped.total() > 0 {
-        tracing::warn!("skipped {} examples: {:?}", skipped.total(), skipped);
+    if let Some(line) = skipped.summary() {
+        tracing::warn!("{line}");
     }
     Ok(Prepared {
         model: loaded.model,

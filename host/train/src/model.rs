@@ -11,7 +11,7 @@ use crate::error::{Result, TrainError};
 use crate::grad::GradBuf;
 use crate::linear::{self, LoraW};
 use crate::ops::{self, Frozen, Kernels, RopeTables};
-use crate::packing::Packed;
+use crate::packing::{Packed, Piece};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor, Var};
 use galley_model::cpu::{self, with_f32};
@@ -675,48 +675,45 @@ impl TrainModel {
         let dt = self.compute;
         let x32 = |y: Tensor| ops::cast(&y, DType::F32);
         let mut x = x32(x)?;
+        // The pieces the CPU's attention op runs: the packed ones, or each row whole.
+        let cpu_pieces: Option<Vec<Piece>> = (k == Kernels::Fused).then(|| match packed {
+            Some(p) => p.pieces.clone(),
+            None => vec![
+                Piece {
+                    len: t,
+                    start: 0,
+                    after: None,
+                };
+                b
+            ],
+        });
         for (li, layer) in self.layers.iter().enumerate() {
             let site = |j: u64| (li as u64) * 16 + j;
             let hn = ops::rms_norm_to(&x, layer.input_norm.t(), c.rms_norm_eps, k, dt)?;
-            // Projections as (b, t, heads, d); q and k are rotated into (b, heads, t, d).
-            let heads = |p: &Proj, nh: usize, j: u64, norm: &Option<Param>| -> Result<Tensor> {
-                let y = p.forward(&hn, pass, site(j))?;
-                let y = y.reshape((b, t, nh, hd))?;
-                Ok(match norm {
-                    Some(w) => ops::rms_norm(&y, w.t(), c.rms_norm_eps, k)?,
-                    None => y,
-                })
-            };
-            let (qh, kh) = (
-                heads(&layer.q, h, 0, &layer.q_norm)?,
-                heads(&layer.k, kv, 1, &layer.k_norm)?,
-            );
-            let vh = heads(&layer.v, kv, 2, &None)?;
-            let o = match packed {
-                None => attention::attend(c, &self.rope, (&qh, &kh, &vh), 0, None, k, dt)?.0,
-                Some(p) => {
-                    let mut parts = Vec::with_capacity(p.pieces.len());
-                    // Each piece's rotated keys and values, for the branches that follow it.
-                    let mut kvs: Vec<(Tensor, Tensor)> = Vec::with_capacity(p.pieces.len());
-                    let mut at = 0;
-                    for piece in &p.pieces {
-                        let part = |x: &Tensor| x.narrow(1, at, piece.len);
-                        let prefix = piece.after.map(|i| &kvs[i]);
-                        let (o, kv) = attention::attend(
-                            c,
-                            &self.rope,
-                            (&part(&qh)?, &part(&kh)?, &part(&vh)?),
-                            piece.start,
-                            prefix,
-                            k,
-                            dt,
-                        )?;
-                        parts.push(o);
-                        kvs.push(kv);
-                        at += piece.len;
-                    }
-                    Tensor::cat(&parts, 0)?
-                }
+            // The CPU kernels: every row or piece in one op from the fused q|k|v rows
+            // (q and k normed per head first where the model says so).
+            let o = if let Some(pieces) = &cpu_pieces {
+                let rows = |p: &Proj, nh: usize, j: u64, norm: &Option<Param>| -> Result<Tensor> {
+                    let y = p.forward(&hn, pass, site(j))?;
+                    Ok(match norm {
+                        Some(w) => {
+                            ops::rms_norm(&y.reshape((n, nh, hd))?, w.t(), c.rms_norm_eps, k)?
+                                .reshape((n, nh * hd))?
+                        }
+                        None => y,
+                    })
+                };
+                let qkv = Tensor::cat(
+                    &[
+                        rows(&layer.q, h, 0, &layer.q_norm)?,
+                        rows(&layer.k, kv, 1, &layer.k_norm)?,
+                        rows(&layer.v, kv, 2, &None)?,
+                    ],
+                    1,
+                )?;
+                attention::packed(&qkv, pieces, &self.rope, (h, kv, hd))?
+            } else {
+                self.attention_per_piece(&hn, layer, packed, pass, (b, t), site(0))?
             };
             x = (x + x32(layer.o.forward(&o, pass, site(3))?)?)?;
             let hn = ops::rms_norm_to(&x, layer.post_norm.t(), c.rms_norm_eps, k, dt)?;
@@ -779,6 +776,53 @@ impl TrainModel {
             (logits / temperature)?
         };
         Ok(ops::cross_entropy_reference(&logits, targets)?)
+    }
+
+    /// The attention of the reference and CUDA kernels: each row, or each packed piece,
+    /// through `attention::attend`.
+    fn attention_per_piece(
+        &self,
+        hn: &Tensor,
+        layer: &Layer,
+        packed: Option<&Packed>,
+        pass: &Pass,
+        (b, t): (usize, usize),
+        site0: u64,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (k, dt) = (pass.kernels, self.compute);
+        let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let heads = |p: &Proj, nh: usize, j: u64, norm: &Option<Param>| -> Result<Tensor> {
+            let y = p.forward(hn, pass, site0 + j)?;
+            let y = y.reshape((b, t, nh, hd))?;
+            Ok(match norm {
+                Some(w) => ops::rms_norm(&y, w.t(), c.rms_norm_eps, k)?,
+                None => y,
+            })
+        };
+        let (qh, kh) = (
+            heads(&layer.q, h, 0, &layer.q_norm)?,
+            heads(&layer.k, kv, 1, &layer.k_norm)?,
+        );
+        let vh = heads(&layer.v, kv, 2, &None)?;
+        let Some(p) = packed else {
+            return attention::attend(c, &self.rope, (&qh, &kh, &vh), k, dt);
+        };
+        let mut parts = Vec::with_capacity(p.pieces.len());
+        let mut at = 0;
+        for piece in &p.pieces {
+            // These kernels pack without sharing: every piece is a row of its own from 0.
+            if piece.after.is_some() || piece.start != 0 {
+                return Err(TrainError::Stopped(
+                    "a branch after a shared prefix runs on the CPU kernels only".into(),
+                ));
+            }
+            let part = |x: &Tensor| x.narrow(1, at, piece.len);
+            let qkv = (&part(&qh)?, &part(&kh)?, &part(&vh)?);
+            parts.push(attention::attend(c, &self.rope, qkv, k, dt)?);
+            at += piece.len;
+        }
+        Ok(Tensor::cat(&parts, 0)?)
     }
 
     /// Every weight by HF name, with adapters merged (for export as a plain checkpoint).

@@ -215,7 +215,7 @@ impl RopeTables {
 
 /// One head's (d) values rotated by `sign` times the angles whose cos/sin are `c`/`s`, in the
 /// HF half-split layout.
-fn rotate(x: &[f32], y: &mut [f32], c: &[f32], s: &[f32], sign: f32) {
+pub(crate) fn rotate(x: &[f32], y: &mut [f32], c: &[f32], s: &[f32], sign: f32) {
     let half = c.len();
     for i in 0..half {
         let (a, b) = (x[i], x[half + i]);
@@ -317,8 +317,8 @@ pub fn rope_heads_from(
 
 /// Plain candle: softmax(scale * s) over the last dimension with keys after the query masked
 /// out; `s` is (..., rows, t) where row r is query position r % t. The reference for
-/// `attention::causal_attention`'s probabilities. Computed in f32 whatever `s`'s dtype (as
-/// autocast does), the probabilities returned in `s`'s dtype.
+/// the CPU attention op's probabilities (`attention::packed`). Computed in f32 whatever
+/// `s`'s dtype (as autocast does), the probabilities returned in `s`'s dtype.
 pub fn causal_softmax_reference(s: &Tensor, scale: f64) -> Result<Tensor> {
     let (rows, t) = (s.dim(D::Minus2)?, s.dim(D::Minus1)?);
     let dev = s.device();

@@ -167,6 +167,52 @@ fn too_long_sequences_follow_the_truncation_policy() {
 }
 
 #[test]
+fn a_preference_pair_too_long_on_either_side_is_skipped_and_counted_once() {
+    let dir = setup();
+    let data = dir.path().join("pairs.jsonl");
+    let long = "the number 7 is 4 and the answer is yes ".repeat(40);
+    let pair = |chosen: &str, rejected: &str| {
+        json!({"prompt": [{"role": "user", "content": "the number 1"}],
+               "chosen": [{"role": "assistant", "content": chosen}],
+               "rejected": [{"role": "assistant", "content": rejected}]})
+    };
+    write_jsonl(
+        &data,
+        &[
+            pair("is 3", "is 4"),
+            pair(&long, "is 4"),
+            pair("is 3", &long),
+            pair(&long, &long),
+        ],
+    );
+    let sets = ["training.method=dpo", "data.truncation=skip"];
+    let p = prepare(&config(dir.path(), &data, &sets), dir.path()).unwrap();
+    let galley_train::Data::Pairs { train, .. } = &p.data else {
+        panic!("DPO data are pairs")
+    };
+    // Three records skipped, not four: the pair whose two answers are both too long is one
+    // example, and the summary says so.
+    assert_eq!(
+        (train.len(), p.skipped.too_long, p.skipped.total()),
+        (1, 3, 3)
+    );
+    assert_eq!(
+        p.skipped.summary().unwrap(),
+        "skipped 3 examples: 3 too long"
+    );
+    // As an error, the record is named with the side at fault.
+    let sets = ["training.method=dpo", "data.truncation=error"];
+    let err = prepare(&config(dir.path(), &data, &sets), dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("pairs.jsonl:2") && err.contains("the chosen answer"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_lora_target_is_refused_by_name() {
     let dir = setup();
     let data = dir.path().join("d.jsonl");

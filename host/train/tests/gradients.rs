@@ -115,66 +115,91 @@ fn rope_fused_with_the_head_transpose_gradients() {
     });
 }
 
+/// The CPU's attention op over packed pieces, from fused q|k|v rows (2 query heads per KV
+/// head): a row of 150 positions (three blocks, the last partial, so blocks that see earlier
+/// blocks' keys are checked), a 30-token prefix with two branches after it (70 and 10
+/// positions, starting at position 30, seeing the prefix's keys), and a row of 10. The
+/// reference is candle's ops piece by piece: rotation from the piece's start, the prefix's
+/// rotated keys and values concatenated before a branch's, a causal mask shifted by them.
 #[test]
-fn causal_attention_gradients() {
-    // 2 query heads per KV head (rows = 2 * t): one block of positions, then three (the
-    // last one partial), so blocks that see earlier blocks' keys are checked too.
-    for t in [10, 150] {
-        check(
-            "causal_attention",
-            &[&[2, 3, 2 * t, 4], &[2, 3, t, 4], &[2, 3, t, 4]],
-            |a, k| match k {
-                Kernels::Fused => {
-                    galley_train::attention::causal_attention(&a[0], &a[1], &a[2], 2, 0.5).unwrap()
-                }
-                Kernels::Reference | Kernels::Cuda => {
-                    ops::causal_softmax_reference(&a[0].matmul(&a[1].t().unwrap()).unwrap(), 0.5)
+fn packed_attention_gradients() {
+    use galley_train::packing::Piece;
+    let (h, kv, hd) = (4, 2, 8);
+    let g = h / kv;
+    let inv: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32))
+        .collect();
+    let rope = RopeTables::new(&inv, 256, &Device::Cpu).unwrap();
+    let piece = |len, start, after| Piece { len, start, after };
+    let pieces = [
+        piece(150, 0, None),
+        piece(30, 0, None),
+        piece(70, 30, Some(1)),
+        piece(10, 30, Some(1)),
+        piece(10, 0, None),
+    ];
+    let n: usize = pieces.iter().map(|p| p.len).sum();
+    let w = (h + 2 * kv) * hd;
+    check("packed attention", &[&[n, w]], |a, k| match k {
+        Kernels::Fused => {
+            galley_train::attention::packed(&a[0], &pieces, &rope, (h, kv, hd)).unwrap()
+        }
+        Kernels::Reference | Kernels::Cuda => {
+            let r = Kernels::Reference;
+            let mut outs = Vec::new();
+            let mut kvs: Vec<(Tensor, Tensor)> = Vec::new();
+            let mut at = 0;
+            for p in &pieces {
+                let rows = a[0].narrow(0, at, p.len).unwrap();
+                let part = |col: usize, nh: usize| {
+                    rows.narrow(1, col * hd, nh * hd)
                         .unwrap()
-                        .matmul(&a[2])
+                        .reshape((1, p.len, nh, hd))
                         .unwrap()
+                };
+                let q = ops::rope_heads_from(&part(0, h), &rope, r, p.start).unwrap();
+                let mut keys = ops::rope_heads_from(&part(h, kv), &rope, r, p.start).unwrap();
+                let mut values = part(h + kv, kv)
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap();
+                if let Some(i) = p.after {
+                    keys = Tensor::cat(&[&kvs[i].0, &keys], 2).unwrap();
+                    values = Tensor::cat(&[&kvs[i].1, &values], 2).unwrap();
                 }
-            },
-        );
-    }
-}
-
-/// Queries that are the last 70 of 100 key positions (a branch after a shared prefix): each
-/// sees the prefix's keys and its own up to itself.
-#[test]
-fn causal_attention_after_a_prefix_gradients() {
-    let (tq, tk) = (70, 100);
-    check(
-        "causal_attention after a prefix",
-        &[&[1, 2, 2 * tq, 4], &[1, 2, tk, 4], &[1, 2, tk, 4]],
-        |a, k| match k {
-            Kernels::Fused => {
-                galley_train::attention::causal_attention(&a[0], &a[1], &a[2], 2, 0.5).unwrap()
-            }
-            Kernels::Reference | Kernels::Cuda => {
-                let off = tk - tq;
-                let mask: Vec<f32> = (0..2 * tq)
-                    .flat_map(|r| {
-                        (0..tk).map(move |j| {
-                            if j > off + r % tq {
-                                f32::NEG_INFINITY
-                            } else {
-                                0.0
-                            }
+                let tk = keys.dim(2).unwrap();
+                let off = tk - p.len;
+                let mask: Vec<f32> = (0..g * p.len)
+                    .flat_map(|row| {
+                        (0..tk).map(move |j| match j > off + row % p.len {
+                            true => f32::NEG_INFINITY,
+                            false => 0.0,
                         })
                     })
                     .collect();
-                let mask = Tensor::from_vec(mask, (2 * tq, tk), &Device::Cpu).unwrap();
-                let s = (a[0].matmul(&a[1].t().unwrap()).unwrap() * 0.5)
+                let mask = Tensor::from_vec(mask, (g * p.len, tk), &Device::Cpu).unwrap();
+                let q = q.reshape((1, kv, g * p.len, hd)).unwrap();
+                let s = (q.matmul(&keys.t().unwrap()).unwrap() / (hd as f64).sqrt())
                     .unwrap()
                     .broadcast_add(&mask)
                     .unwrap();
-                candle_nn::ops::softmax(&s, candle_core::D::Minus1)
+                let o = candle_nn::ops::softmax(&s, candle_core::D::Minus1)
                     .unwrap()
-                    .matmul(&a[2])
+                    .matmul(&values)
+                    .unwrap();
+                let o = o
+                    .reshape((1, h, p.len, hd))
                     .unwrap()
+                    .transpose(1, 2)
+                    .unwrap();
+                outs.push(o.reshape((p.len, h * hd)).unwrap());
+                kvs.push((keys, values));
+                at += p.len;
             }
-        },
-    );
+            Tensor::cat(&outs, 0).unwrap()
+        }
+    });
 }
 
 #[test]
