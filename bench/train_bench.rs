@@ -88,6 +88,9 @@ fn child(mode: &str, model: &Path, rows_file: &Path, steps: usize, skip: usize) 
         seed: 0,
     };
     let m = TrainModel::load(&ck.weights, ck.config, &build, &Device::Cpu).expect("load");
+    // As `galley train` does: the model keeps what it uses (frozen q|k|v and gate|up are
+    // restacked, so the checkpoint's own tensors would otherwise stay alive beside them).
+    drop(ck.weights);
     let cfg = TrainingSection {
         learning_rate: lr_of(mode),
         ..Default::default()

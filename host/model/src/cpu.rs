@@ -139,6 +139,48 @@ pub fn gemm(
     )
 }
 
+/// A strided view: element (i, j) at `s[i*rs + j*cs]` (a column block of a wider matrix).
+pub fn view(s: &[f32], rs: usize, cs: usize) -> Mat<'_> {
+    Mat { data: s, rs, cs }
+}
+
+/// `gemm` into the (m, n) block of a row-major matrix whose rows are `rs` apart, starting at
+/// `dst[0]` (a column block of a fused product's output). Panics when the block does not fit.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_block(
+    dst: &mut [f32],
+    rs: usize,
+    (m, n, k): (usize, usize, usize),
+    a: Mat,
+    b: Mat,
+    scale: f32,
+    accumulate: bool,
+) {
+    assert!(
+        n <= rs && (m == 0 || n == 0 || (m - 1) * rs + n <= dst.len()),
+        "gemm_block: ({m}, {n}) rows {rs} apart do not fit {} elements",
+        dst.len()
+    );
+    check_views(m, n, k, a, b);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    // SAFETY: every element of the (m, n) block at row stride rs lies inside dst (asserted),
+    // which is exclusively borrowed and initialised; a and b are checked views.
+    unsafe {
+        raw_gemm(
+            par,
+            (dst.as_mut_ptr(), rs),
+            (m, n, k),
+            (a.data.as_ptr(), a),
+            (b.data.as_ptr(), b),
+            scale,
+            accumulate,
+        )
+    }
+}
+
 /// `gemm` on the calling thread only (for callers that are themselves one of many parallel
 /// tasks).
 #[allow(clippy::too_many_arguments)]
@@ -218,13 +260,43 @@ const COLUMN_TASKS: usize = 16;
 /// 64 x 1536 -> 576 95 -> 179, 2048 x 576 -> 3072 354 -> 359. Narrow products (fewer
 /// than two tiles of columns) stay one parallel gemm call.
 pub fn product_by_columns(m: usize, n: usize, k: usize, a: Mat, b: Mat, scale: f32) -> Vec<f32> {
-    let tiles = n / COLUMN_TILE;
-    if tiles < 2 || m == 0 || k == 0 {
-        return product(m, n, k, a, b, scale);
-    }
-    check_views(m, n, k, a, b);
-    let width = tiles.div_ceil(COLUMN_TASKS) * COLUMN_TILE;
     let mut dst = uninit(m * n);
+    product_by_columns_into(&mut dst, n, (m, n, k), a, b, scale);
+    // SAFETY: `product_by_columns_into` writes every element of the (m, n) block, which is
+    // all of dst (rows n apart).
+    unsafe { assume_init(dst) }
+}
+
+/// `product_by_columns` into the (m, n) block of a row-major matrix whose rows are `rs`
+/// apart, starting at `dst[0]` (a column block of a fused product's output): every element
+/// of the block is written, nothing else. Panics when the block does not fit.
+pub fn product_by_columns_into(
+    dst: &mut [MaybeUninit<f32>],
+    rs: usize,
+    (m, n, k): (usize, usize, usize),
+    a: Mat,
+    b: Mat,
+    scale: f32,
+) {
+    assert!(
+        n <= rs && (m == 0 || n == 0 || (m - 1) * rs + n <= dst.len()),
+        "product_by_columns_into: ({m}, {n}) rows {rs} apart do not fit {} elements",
+        dst.len()
+    );
+    check_views(m, n, k, a, b);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let tiles = n / COLUMN_TILE;
+    // Narrow products (fewer than two tiles of columns) stay one parallel gemm call.
+    let width = match tiles < 2 {
+        true => n,
+        false => tiles.div_ceil(COLUMN_TASKS) * COLUMN_TILE,
+    };
+    let par = match tiles < 2 {
+        true => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        false => gemm::Parallelism::None,
+    };
     /// The output's address, shared by the tasks (each writes only its own columns).
     struct Out(*mut f32);
     // SAFETY: the pointer is only used to write disjoint columns, inside `scope`.
@@ -235,15 +307,16 @@ pub fn product_by_columns(m: usize, n: usize, k: usize, a: Mat, b: Mat, scale: f
         for j0 in (0..n).step_by(width) {
             let nb = width.min(n - j0);
             sc.spawn(move |_| {
-                // SAFETY: dst is (m, n) row-major and lives until the scope ends; this task
-                // writes only columns j0..j0 + nb of it (no two tasks share a column), and
-                // gemm writes every one of those elements (no accumulation, k > 0). a is
-                // (m, k) and b's columns j0..j0 + nb are (k, nb) inside their slices (checked
-                // above for the whole of b; column j0 starts j0·cs further in).
+                // SAFETY: the (m, n) block at row stride rs lies inside dst (asserted) and
+                // lives until the scope ends; this task writes only columns j0..j0 + nb of
+                // it (no two tasks share a column), and gemm writes every one of those
+                // elements (no accumulation; with k == 0 it zeroes them). a is (m, k) and
+                // b's columns j0..j0 + nb are (k, nb) inside their slices (checked above for
+                // the whole of b; column j0 starts j0·cs further in).
                 unsafe {
                     raw_gemm(
-                        gemm::Parallelism::None,
-                        (out.0.add(j0), n),
+                        par,
+                        (out.0.add(j0), rs),
                         (m, nb, k),
                         (a.data.as_ptr(), a),
                         (b.data.as_ptr().add(j0 * b.cs), b),
@@ -254,8 +327,6 @@ pub fn product_by_columns(m: usize, n: usize, k: usize, a: Mat, b: Mat, scale: f
             });
         }
     });
-    // SAFETY: the tasks' column blocks cover all n columns of all m rows.
-    unsafe { assume_init(dst) }
 }
 
 /// `product` on one thread into a block of an `uninit` buffer; returns the block, written.

@@ -9,7 +9,10 @@ use crate::ops::Frozen;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail,
 };
-use galley_model::cpu::{gemm, product, rm, slice, tr, with_f32, zeroed};
+use galley_model::cpu::{
+    assume_init, gemm, gemm_block, product, product_by_columns_into, rm, slice, tr, uninit, view,
+    with_f32, zeroed,
+};
 use std::sync::{Arc, Mutex};
 
 pub use crate::grad::GradBuf;
@@ -112,17 +115,6 @@ impl FrozenLora {
     fn dims(&self) -> (usize, usize) {
         self.w.dims()
     }
-
-    /// The adapter's input: x, or x times the dropout mask.
-    fn xd<'a>(&self, x: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
-        match &self.lora.mask {
-            None => x,
-            Some(m) => {
-                *buf = x.iter().zip(m.iter()).map(|(a, b)| a * b).collect();
-                buf
-            }
-        }
-    }
 }
 
 impl CustomOp3 for FrozenLora {
@@ -144,7 +136,7 @@ impl CustomOp3 for FrozenLora {
         let n = x.len() / i;
         let mut y = self.w.with_dense(|w| project(x, w, i, o))?;
         let mut tmp = Vec::new();
-        let xd = self.xd(x, &mut tmp);
+        let xd = xd(x, &self.lora.mask, &mut tmp);
         // Shapes: xd (n, i), aᵀ (i, r) -> u (n, r); then y += s·u (n, r)·bᵀ (r, o).
         let u = product(n, r, i, rm(xd, i), tr(a, i), 1.0);
         gemm(&mut y, n, o, r, rm(&u, r), tr(b, r), self.lora.scale, true);
@@ -168,7 +160,7 @@ impl CustomOp3 for FrozenLora {
                         let n = gs.len() / o;
                         let r = as_.len() / i;
                         let mut tmp = Vec::new();
-                        let xd = self.xd(xs, &mut tmp);
+                        let xd = xd(xs, &self.lora.mask, &mut tmp);
                         // gb = g·B (n, r); u = xd·Aᵀ (n, r).
                         let gb = product(n, r, o, rm(gs, o), rm(bs, r), 1.0);
                         let u = product(n, r, i, rm(xd, i), tr(as_, i), 1.0);
@@ -247,6 +239,248 @@ impl CustomOp1 for FrozenProduct {
 /// x (..., in) times the frozen w (out, in) transposed.
 pub fn frozen(x: &Tensor, w: &Frozen) -> Result<Tensor> {
     x.contiguous()?.apply_op1(FrozenProduct(w.clone()))
+}
+
+// ------------------------------------------------------------------ projections sharing an input
+
+/// A projection's weight in a group: trained (its gradient into `grad`) or frozen.
+#[derive(Clone)]
+pub enum GroupW {
+    Trained { w: Tensor, grad: GradBuf },
+    Frozen(Frozen),
+}
+
+/// One projection of a group: its weight and, beside a frozen one, a LoRA adapter (A, B).
+#[derive(Clone)]
+pub struct GroupPart {
+    pub w: GroupW,
+    pub lora: Option<(Tensor, Tensor, LoraW)>,
+}
+
+impl GroupPart {
+    fn dims(&self) -> Result<(usize, usize)> {
+        match &self.w {
+            GroupW::Trained { w, .. } => w.dims2(),
+            GroupW::Frozen(f) => Ok(f.dims()),
+        }
+    }
+}
+
+/// Projections of one input (q|k|v, gate|up) as one op: one product against the weights
+/// stacked, into one (n, Σout) output whose column blocks are the parts' outputs; each
+/// adapter's low-rank product added into its block. The backward pass forms x's gradient
+/// with one product over all the parts' output gradients (not one per part and candle's sum
+/// of them), and every weight gradient straight into its buffer.
+struct Group {
+    parts: Vec<GroupPart>,
+    /// The frozen weights already stacked (out·in floats, the parts in order), when the
+    /// model keeps them so (`Layer`): no copy per call.
+    stacked: Option<Tensor>,
+    /// Each adapted part's x·Aᵀ (n, r) from the forward pass, for B's gradient.
+    kept: Mutex<Vec<Option<Vec<f32>>>>,
+}
+
+impl Group {
+    /// (Σout, in) and each part's first output column.
+    fn layout(&self) -> Result<(usize, usize, Vec<usize>)> {
+        let (mut out, mut inp, mut cols) = (0, None, Vec::with_capacity(self.parts.len()));
+        for p in &self.parts {
+            let (o, i) = p.dims()?;
+            if inp.is_some_and(|x| x != i) {
+                bail!("galley-linear-group: parts of different input sizes");
+            }
+            inp = Some(i);
+            cols.push(out);
+            out += o;
+        }
+        Ok((out, inp.unwrap_or(0), cols))
+    }
+
+    /// Runs `f` on each part's weight (out, in) with its first output column.
+    fn each_weight(&self, mut f: impl FnMut(usize, &[f32])) -> Result<()> {
+        let (_, _, cols) = self.layout()?;
+        for (p, &c) in self.parts.iter().zip(&cols) {
+            match &p.w {
+                GroupW::Trained { w, .. } => with_f32(w, |w| f(c, w))?,
+                GroupW::Frozen(fw) => fw.with_dense(|w| f(c, w))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp2 for Group {
+    fn name(&self) -> &'static str {
+        "galley-linear-group"
+    }
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        _anchor: &CpuStorage,
+        _anchor_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let (out, i, cols) = self.layout()?;
+        let n = x.len() / i.max(1);
+        // One product against the kept stack; otherwise each weight's product into its
+        // block of columns (a stack copied per call cost more than it saved).
+        let mut y = match &self.stacked {
+            Some(t) => with_f32(t, |w| project(x, w, i, out))?,
+            None => {
+                let mut y = uninit(n * out);
+                self.each_weight(|c, w| {
+                    let o = w.len() / i.max(1);
+                    // Shapes: x (n, i)·wᵀ (i, o) -> columns c..c + o of y (n, out).
+                    product_by_columns_into(&mut y[c..], out, (n, o, i), rm(x, i), tr(w, i), 1.0)
+                })?;
+                // SAFETY: the parts' column blocks cover all `out` columns of every row.
+                unsafe { assume_init(y) }
+            }
+        };
+        let mut kept = Vec::with_capacity(self.parts.len());
+        for (p, &c) in self.parts.iter().zip(&cols) {
+            let Some((a, b, lw)) = &p.lora else {
+                kept.push(None);
+                continue;
+            };
+            let o = p.dims()?.0;
+            let u = with_f32(a, |a| {
+                let r = a.len() / i;
+                let mut tmp = Vec::new();
+                let xd = xd(x, &lw.mask, &mut tmp);
+                // Shapes: xd (n, i)·Aᵀ (i, r) -> u (n, r).
+                product(n, r, i, rm(xd, i), tr(a, i), 1.0)
+            })?;
+            with_f32(b, |b| {
+                let r = b.len() / o;
+                // y[:, c..c + o] += s·u (n, r)·Bᵀ (r, o)
+                gemm_block(
+                    &mut y[c..],
+                    out,
+                    (n, o, r),
+                    rm(&u, r),
+                    tr(b, r),
+                    lw.scale,
+                    true,
+                )
+            })?;
+            kept.push(Some(u));
+        }
+        *self.kept.lock().expect("group stash") = kept;
+        Ok((CpuStorage::F32(y), shape_out(l, out)))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _anchor: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (out, i, cols) = self.layout()?;
+        let kept = std::mem::take(&mut *self.kept.lock().expect("group stash"));
+        let need_dx = x.track_op();
+        let dx = with_f32(x, |xs| {
+            with_f32(g, |gs| -> Result<Option<Vec<f32>>> {
+                let n = gs.len() / out;
+                // Shapes: g (n, Σout)·W (Σout, i) -> dx (n, i): every part at once, or
+                // part by part into one buffer.
+                let mut dx = match (need_dx, &self.stacked) {
+                    (false, _) => None,
+                    (true, Some(t)) => Some(with_f32(t, |w| {
+                        product(n, i, out, rm(gs, out), rm(w, i), 1.0)
+                    })?),
+                    (true, None) => {
+                        let mut dx = zeroed(n * i);
+                        self.each_weight(|c, w| {
+                            let o = w.len() / i.max(1);
+                            let gp = view(&gs[c..], out, 1);
+                            gemm(&mut dx, n, i, o, gp, rm(w, i), 1.0, true)
+                        })?;
+                        Some(dx)
+                    }
+                };
+                for ((p, &c), u) in self.parts.iter().zip(&cols).zip(&kept) {
+                    let o = p.dims()?.0;
+                    // This part's gradient: columns c..c + o of g, and its transpose.
+                    let (gp, gpt) = (view(&gs[c..], out, 1), view(&gs[c..], 1, out));
+                    if let GroupW::Trained { grad, .. } = &p.w {
+                        // dW += gᵀ (o, n)·x (n, i)
+                        grad.write(|dw| gemm(dw, o, i, n, gpt, rm(xs, i), 1.0, true));
+                    }
+                    let (Some((a, b, lw)), Some(u)) = (&p.lora, u) else {
+                        continue;
+                    };
+                    with_f32(a, |a| {
+                        with_f32(b, |b| {
+                            let r = a.len() / i;
+                            let s = lw.scale;
+                            let mut tmp = Vec::new();
+                            let xd = xd(xs, &lw.mask, &mut tmp);
+                            // gb = g·B (n, r)
+                            let gb = product(n, r, o, gp, rm(b, r), 1.0);
+                            // dA += s·gbᵀ (r, n)·xd (n, i); dB += s·gᵀ (o, n)·u (n, r)
+                            lw.grad_a
+                                .write(|da| gemm(da, r, i, n, tr(&gb, r), rm(xd, i), s, true));
+                            lw.grad_b
+                                .write(|db| gemm(db, o, r, n, gpt, rm(u, r), s, true));
+                            let Some(dx) = dx.as_mut() else { return };
+                            match &lw.mask {
+                                // dx += s·gb·A
+                                None => gemm(dx, n, i, r, rm(&gb, r), rm(a, i), s, true),
+                                Some(m) => {
+                                    let t = product(n, i, r, rm(&gb, r), rm(a, i), s);
+                                    for ((d, t), m) in dx.iter_mut().zip(&t).zip(m.iter()) {
+                                        *d += t * m;
+                                    }
+                                }
+                            }
+                        })
+                    })??;
+                }
+                Ok(dx)
+            })
+        })???;
+        let dx = dx
+            .map(|d| Tensor::from_vec(d, x.shape(), x.device()))
+            .transpose()?;
+        Ok((dx, None))
+    }
+}
+
+/// The adapter's input: x, or x times the dropout mask.
+fn xd<'a>(x: &'a [f32], mask: &Option<Arc<Vec<f32>>>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    match mask {
+        None => x,
+        Some(m) => {
+            *buf = x.iter().zip(m.iter()).map(|(a, b)| a * b).collect();
+            buf
+        }
+    }
+}
+
+/// The projections `parts` of x as one (n, Σout) product (see `Group`); `stacked` holds the
+/// frozen parts' weights already stacked, when the model keeps them so.
+pub fn group(x: &Tensor, parts: Vec<GroupPart>, stacked: Option<Tensor>) -> Result<Tensor> {
+    // The op's second input is one of its trained tensors (gradient: none; theirs go to
+    // their buffers): candle records the op for the backward pass only when an input is
+    // tracked, and under LoRA the first layer's x is not.
+    let anchor = parts
+        .iter()
+        .find_map(|p| match (&p.w, &p.lora) {
+            (GroupW::Trained { w, .. }, _) => Some(w.clone()),
+            (_, Some((a, _, _))) => Some(a.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| x.clone());
+    x.contiguous()?.apply_op2(
+        &anchor,
+        Group {
+            parts,
+            stacked,
+            kept: Mutex::new(Vec::new()),
+        },
+    )
 }
 
 // ------------------------------------------------------------------ LM head + cross-entropy

@@ -9,7 +9,7 @@ use crate::config::{InitSection, PeftSection, QuantKind, Tuning};
 use crate::data::Batch;
 use crate::error::{Result, TrainError};
 use crate::grad::GradBuf;
-use crate::linear::{self, LoraW};
+use crate::linear::{self, GroupPart, GroupW, LoraW};
 use crate::ops::{self, Frozen, Kernels, RopeTables};
 use crate::packing::{Packed, Piece};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -151,6 +151,45 @@ impl Proj {
                 y
             }
         })
+    }
+
+    /// This projection as a part of a fused group on the CPU kernels (`linear::group`), with
+    /// the adapter and dropout mask `forward` would use at `site`; None with a bias (those
+    /// run apart).
+    fn group_part(&self, x: &Tensor, pass: &Pass, site: u64) -> Option<GroupPart> {
+        match self {
+            Proj::Trained { w, bias: None } => Some(GroupPart {
+                w: GroupW::Trained {
+                    w: w.var.as_tensor().clone(),
+                    grad: w.grad.clone(),
+                },
+                lora: None,
+            }),
+            Proj::Frozen {
+                w,
+                bias: None,
+                lora,
+            } => {
+                let lora = lora.as_ref().filter(|_| pass.adapters).map(|l| {
+                    let mask = (pass.train && l.dropout > 0.0).then(|| {
+                        let seed = galley_core::seed::derive_seed(pass.seed, &[site]);
+                        Arc::new(dropout_mask(x.elem_count(), l.dropout, seed))
+                    });
+                    let lw = LoraW {
+                        grad_a: l.a.grad.clone(),
+                        grad_b: l.b.grad.clone(),
+                        scale: l.scale as f32,
+                        mask,
+                    };
+                    (l.a.var.as_tensor().clone(), l.b.var.as_tensor().clone(), lw)
+                });
+                Some(GroupPart {
+                    w: GroupW::Frozen(w.clone()),
+                    lora,
+                })
+            }
+            _ => None,
+        }
     }
 
     /// (out, in) of the weight.
@@ -303,6 +342,10 @@ pub struct Layer {
     pub gate: Proj,
     pub up: Proj,
     pub down: Proj,
+    /// The frozen q|k|v and gate|up weights stacked (their `Frozen::Dense` are views into
+    /// these), for the CPU kernels' fused products; None when trained or quantized.
+    pub qkv_stack: Option<Tensor>,
+    pub gate_up_stack: Option<Tensor>,
 }
 
 impl Layer {
@@ -502,7 +545,14 @@ impl TrainModel {
                 gate: l.proj(&mlp, "gate_proj", c.intermediate_size, d, c.mlp_bias)?,
                 up: l.proj(&mlp, "up_proj", c.intermediate_size, d, c.mlp_bias)?,
                 down: l.proj(&mlp, "down_proj", d, c.intermediate_size, c.mlp_bias)?,
+                qkv_stack: None,
+                gate_up_stack: None,
             });
+            if dev.is_cpu() {
+                let layer = layers.last_mut().expect("just pushed");
+                layer.qkv_stack = stack_frozen(&mut [&mut layer.q, &mut layer.k, &mut layer.v])?;
+                layer.gate_up_stack = stack_frozen(&mut [&mut layer.gate, &mut layer.up])?;
+            }
         }
         let norm = l.param("model.norm.weight", &[d])?;
         let lm_head = if c.tie_word_embeddings {
@@ -692,7 +742,18 @@ impl TrainModel {
             let hn = ops::rms_norm_to(&x, layer.input_norm.t(), c.rms_norm_eps, k, dt)?;
             // The CPU kernels: every row or piece in one op from the fused q|k|v rows
             // (q and k normed per head first where the model says so).
+            // One product for the projections of one input, where every part can join.
+            let group = |x: &Tensor, projs: &[&Proj], first: u64, stack: &Option<Tensor>| {
+                let parts: Option<Vec<GroupPart>> = (projs.iter().enumerate())
+                    .map(|(j, p)| p.group_part(x, pass, site(first + j as u64)))
+                    .collect();
+                parts.map(|parts| linear::group(x, parts, stack.clone()))
+            };
             let o = if let Some(pieces) = &cpu_pieces {
+                let fused = match layer.q_norm.is_none() && layer.k_norm.is_none() {
+                    true => group(&hn, &[&layer.q, &layer.k, &layer.v], 0, &layer.qkv_stack),
+                    false => None,
+                };
                 let rows = |p: &Proj, nh: usize, j: u64, norm: &Option<Param>| -> Result<Tensor> {
                     let y = p.forward(&hn, pass, site(j))?;
                     Ok(match norm {
@@ -703,23 +764,35 @@ impl TrainModel {
                         None => y,
                     })
                 };
-                let qkv = Tensor::cat(
-                    &[
-                        rows(&layer.q, h, 0, &layer.q_norm)?,
-                        rows(&layer.k, kv, 1, &layer.k_norm)?,
-                        rows(&layer.v, kv, 2, &None)?,
-                    ],
-                    1,
-                )?;
+                let qkv = match fused {
+                    Some(qkv) => qkv?,
+                    None => Tensor::cat(
+                        &[
+                            rows(&layer.q, h, 0, &layer.q_norm)?,
+                            rows(&layer.k, kv, 1, &layer.k_norm)?,
+                            rows(&layer.v, kv, 2, &None)?,
+                        ],
+                        1,
+                    )?,
+                };
                 attention::packed(&qkv, pieces, &self.rope, (h, kv, hd))?
             } else {
                 self.attention_per_piece(&hn, layer, packed, pass, (b, t), site(0))?
             };
             x = (x + x32(layer.o.forward(&o, pass, site(3))?)?)?;
             let hn = ops::rms_norm_to(&x, layer.post_norm.t(), c.rms_norm_eps, k, dt)?;
-            let gate = layer.gate.forward(&hn, pass, site(4))?;
-            let up = layer.up.forward(&hn, pass, site(5))?;
-            let a = ops::silu_mul(&gate, &up, k)?;
+            let fused = match cpu_pieces.is_some() {
+                true => group(&hn, &[&layer.gate, &layer.up], 4, &layer.gate_up_stack),
+                false => None,
+            };
+            let a = match fused {
+                Some(gate_up) => ops::silu_mul_halves(&gate_up?)?,
+                None => {
+                    let gate = layer.gate.forward(&hn, pass, site(4))?;
+                    let up = layer.up.forward(&hn, pass, site(5))?;
+                    ops::silu_mul(&gate, &up, k)?
+                }
+            };
             x = (x + x32(layer.down.forward(&a, pass, site(6))?)?)?;
         }
         let x = ops::rms_norm_to(&x, self.norm.t(), c.rms_norm_eps, k, dt)?;
@@ -901,6 +974,36 @@ impl TrainModel {
 
 /// Projections of one input merged into one (rows stacked in order), each written once into
 /// its rows of the buffer. They share the input width, checked.
+/// Frozen dense f32 weights of one input's projections stacked into one tensor, each
+/// projection's weight becoming a view of its rows (no second copy): the fused product's
+/// operand as it is. None (nothing changed) unless every one is frozen, dense and f32.
+fn stack_frozen(projs: &mut [&mut Proj]) -> Result<Option<Tensor>> {
+    let dense: Option<Vec<Tensor>> = projs
+        .iter()
+        .map(|p| match p {
+            Proj::Frozen {
+                w: Frozen::Dense(t),
+                bias: None,
+                ..
+            } if t.dtype() == DType::F32 => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    let Some(dense) = dense else {
+        return Ok(None);
+    };
+    let stacked = Tensor::cat(&dense, 0)?;
+    let mut at = 0;
+    for (p, t) in projs.iter_mut().zip(&dense) {
+        let rows = t.dim(0)?;
+        if let Proj::Frozen { w, .. } = &mut **p {
+            *w = Frozen::Dense(stacked.narrow(0, at, rows)?);
+        }
+        at += rows;
+    }
+    Ok(Some(stacked))
+}
+
 fn stack_merged(projs: &[&Proj]) -> Result<Tensor> {
     let dims: Vec<(usize, usize)> = projs.iter().map(|p| p.dims()).collect::<Result<_>>()?;
     let inp = dims[0].1;

@@ -209,6 +209,113 @@ fn silu_mul_gradients() {
     });
 }
 
+#[test]
+fn silu_mul_halves_gradients() {
+    check("silu_mul_halves", &[&[7, 18]], |a, k| match k {
+        Kernels::Fused => ops::silu_mul_halves(&a[0]).unwrap(),
+        Kernels::Reference | Kernels::Cuda => {
+            let (g, u) = (a[0].narrow(1, 0, 9).unwrap(), a[0].narrow(1, 9, 9).unwrap());
+            (candle_nn::ops::silu(&g).unwrap() * u).unwrap()
+        }
+    });
+}
+
+/// Projections of one input as one op (q|k|v, gate|up): a trained weight, a frozen one with
+/// LoRA (with and without dropout), a frozen one alone, and the frozen weights pre-stacked;
+/// the output, x's gradient and every buffer's gradient against candle's autograd through
+/// the separate products concatenated.
+#[test]
+fn grouped_projections_match_separate_ones() {
+    use galley_train::linear::{self, GroupPart, GroupW, LoraW};
+    let (n, i, r, s) = (5, 8, 3, 0.5f32);
+    let x = Var::from_tensor(&rand_t(&[n, i], 1, 1.0)).unwrap();
+    let w1 = Var::from_tensor(&rand_t(&[6, i], 2, 1.0)).unwrap();
+    let w2 = rand_t(&[4, i], 3, 1.0);
+    let w3 = rand_t(&[5, i], 4, 1.0);
+    let a = Var::from_tensor(&rand_t(&[r, i], 5, 1.0)).unwrap();
+    let b = Var::from_tensor(&rand_t(&[4, r], 6, 1.0)).unwrap();
+    let buf = galley_train::grad::Grad::zeros;
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let close = |got: &[f32], want: &Tensor, what: &str| {
+        let want = flat(want);
+        let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let e = (got.iter().zip(&want))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+            / scale;
+        assert!(e < 1e-5, "{what}: {e}");
+    };
+    let mask: Vec<f32> = rand_vec(n * i, 7, 1.0)
+        .iter()
+        .map(|v| if *v > 0.0 { 2.0 } else { 0.0 })
+        .collect();
+    for (trained, dropout, stacked) in [
+        (true, false, false),
+        (true, true, false),
+        (false, true, true),
+    ] {
+        let (gw, ga, gb) = (buf(6 * i), buf(r * i), buf(4 * r));
+        let mask = dropout.then(|| Arc::new(mask.clone()));
+        let lora = LoraW {
+            grad_a: ga.clone(),
+            grad_b: gb.clone(),
+            scale: s,
+            mask: mask.clone(),
+        };
+        let mut parts = Vec::new();
+        if trained {
+            parts.push(GroupPart {
+                w: GroupW::Trained {
+                    w: w1.as_tensor().clone(),
+                    grad: gw.clone(),
+                },
+                lora: None,
+            });
+        }
+        parts.push(GroupPart {
+            w: GroupW::Frozen(Frozen::Dense(w2.clone())),
+            lora: Some((a.as_tensor().clone(), b.as_tensor().clone(), lora)),
+        });
+        parts.push(GroupPart {
+            w: GroupW::Frozen(Frozen::Dense(w3.clone())),
+            lora: None,
+        });
+        let stack = stacked.then(|| Tensor::cat(&[&w2, &w3], 0).unwrap());
+        let y = linear::group(x.as_tensor(), parts, stack).unwrap();
+        let g = loss_of(&y, 9).backward().unwrap();
+        // The reference: each product apart, concatenated.
+        let xd = match &mask {
+            Some(m) => (x.as_tensor()
+                * Tensor::from_vec(m.to_vec(), (n, i), &Device::Cpu).unwrap())
+            .unwrap(),
+            None => x.as_tensor().clone(),
+        };
+        let lin = |x: &Tensor, w: &Tensor| x.matmul(&w.t().unwrap()).unwrap();
+        let adapted = (lin(x.as_tensor(), &w2)
+            + (lin(&lin(&xd, a.as_tensor()), b.as_tensor()) * s as f64).unwrap())
+        .unwrap();
+        let mut outs = Vec::new();
+        if trained {
+            outs.push(lin(x.as_tensor(), w1.as_tensor()));
+        }
+        outs.extend([adapted, lin(x.as_tensor(), &w3)]);
+        let yr = Tensor::cat(&outs, 1).unwrap();
+        let gr = loss_of(&yr, 9).backward().unwrap();
+        let what = format!("trained {trained}, dropout {dropout}, stacked {stacked}");
+        close(&flat(&y), &yr, &format!("{what}: forward"));
+        close(
+            &flat(g.get(&x).unwrap()),
+            gr.get(&x).unwrap(),
+            &format!("{what}: dx"),
+        );
+        close(&ga.lock(), gr.get(&a).unwrap(), &format!("{what}: dA"));
+        close(&gb.lock(), gr.get(&b).unwrap(), &format!("{what}: dB"));
+        if trained {
+            close(&gw.lock(), gr.get(&w1).unwrap(), &format!("{what}: dW"));
+        }
+    }
+}
+
 /// The LM head fused with the cross-entropy, for the hidden states' gradient (the head
 /// weight's, written to its buffer, is checked in `projection_ops_match_autograd...`).
 #[test]
