@@ -384,7 +384,9 @@ fn frozen_product_gives_the_input_its_gradient_and_the_weight_none() {
 }
 
 /// A tiny Llama (GQA, untied head) written as safetensors so it loads like a checkpoint.
-fn tiny(dir: &std::path::Path, tied: bool) -> galley_model::LlamaConfig {
+/// With `qwen`: q/k/v biases (Qwen2) and per-head q/k norms (Qwen3), which the CPU
+/// kernels run apart from the fused q|k|v product.
+fn tiny_with(dir: &std::path::Path, tied: bool, qwen: bool) -> galley_model::LlamaConfig {
     let init = galley_train::config::InitSection {
         hidden_size: 32,
         intermediate_size: 64,
@@ -395,8 +397,29 @@ fn tiny(dir: &std::path::Path, tied: bool) -> galley_model::LlamaConfig {
         tie_word_embeddings: tied,
         ..Default::default()
     };
-    let c = TrainModel::init_config(&init, 40, None, vec![0]);
-    let w = init_weights(&c, 0.2, 7).unwrap();
+    let mut c = TrainModel::init_config(&init, 40, None, vec![0]);
+    let mut w = init_weights(&c, 0.2, 7).unwrap();
+    if qwen {
+        (c.qkv_bias, c.qk_norm) = (true, true);
+        let hd = c.head_dim;
+        for l in 0..c.num_layers {
+            let at = format!("model.layers.{l}.self_attn");
+            for (m, rows, seed) in [
+                ("q", c.num_heads * hd, 1),
+                ("k", c.num_kv_heads * hd, 2),
+                ("v", c.num_kv_heads * hd, 3),
+            ] {
+                w.push((
+                    format!("{at}.{m}_proj.bias"),
+                    rand_t(&[rows], 30 + seed + l as u64, 0.5),
+                ));
+            }
+            for (m, seed) in [("q", 4), ("k", 5)] {
+                let norm = (rand_t(&[hd], 30 + seed + l as u64, 0.3) + 1.0).unwrap();
+                w.push((format!("{at}.{m}_norm.weight"), norm));
+            }
+        }
+    }
     galley_train::export::save_checkpoint_dir(w, &c, dir).unwrap();
     c
 }
@@ -404,8 +427,17 @@ fn tiny(dir: &std::path::Path, tied: bool) -> galley_model::LlamaConfig {
 /// The tiny Llama loaded for `method` with LoRA r 4 on `modules`, its LoRA B moved off zero
 /// so the adapter path carries gradient into A; the folder lives as long as the model needs.
 fn tiny_model(method: Tuning, tied: bool, modules: &[&str]) -> (tempfile::TempDir, TrainModel) {
+    tiny_model_with(method, tied, false, modules)
+}
+
+fn tiny_model_with(
+    method: Tuning,
+    tied: bool,
+    qwen: bool,
+    modules: &[&str],
+) -> (tempfile::TempDir, TrainModel) {
     let dir = tempfile::tempdir().unwrap();
-    let c = tiny(dir.path(), tied);
+    let c = tiny_with(dir.path(), tied, qwen);
     let w = galley_model::weights::Weights::safetensors(vec![dir.path().join("model.safetensors")])
         .unwrap();
     let peft = PeftSection {
@@ -467,7 +499,11 @@ fn grad_error(name: &str, got: &[f32], want: &[f32]) -> f32 {
 }
 
 fn whole_model(method: Tuning, tied: bool) {
-    let (_dir, m) = tiny_model(method, tied, &["q_proj", "v_proj", "down_proj"]);
+    whole_model_with(method, tied, false)
+}
+
+fn whole_model_with(method: Tuning, tied: bool, qwen: bool) {
+    let (_dir, m) = tiny_model_with(method, tied, qwen, &["q_proj", "v_proj", "down_proj"]);
     let (b, t) = (2, 9);
     let inputs: Vec<u32> = (0..b * t).map(|i| (i * 7 % 40) as u32).collect();
     let mut targets: Vec<u32> = (0..b * t).map(|i| (i * 5 % 40) as u32).collect();
@@ -505,6 +541,14 @@ fn whole_model_full_fine_tuning_matches_the_reference() {
 #[test]
 fn whole_model_lora_matches_the_reference() {
     whole_model(Tuning::Lora, true);
+}
+
+/// Qwen's layers (q/k/v biases, q/k norms per head) take the CPU kernels' path beside the
+/// fused q|k|v product: the same losses and gradients as the reference.
+#[test]
+fn whole_model_with_qwen_layers_matches_the_reference() {
+    whole_model_with(Tuning::Full, false, true);
+    whole_model_with(Tuning::Lora, true, true);
 }
 
 #[test]
