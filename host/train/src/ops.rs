@@ -217,11 +217,15 @@ impl RopeTables {
 /// HF half-split layout.
 pub(crate) fn rotate(x: &[f32], y: &mut [f32], c: &[f32], s: &[f32], sign: f32) {
     let half = c.len();
-    for i in 0..half {
-        let (a, b) = (x[i], x[half + i]);
-        let sn = sign * s[i];
-        y[i] = a * c[i] - b * sn;
-        y[half + i] = b * c[i] + a * sn;
+    // Halves and zipped iterators rather than indices: no bounds checks, so the loop
+    // vectorizes (the same arithmetic, the same bits).
+    let (x1, x2) = x[..2 * half].split_at(half);
+    let (y1, y2) = y[..2 * half].split_at_mut(half);
+    let pairs = x1.iter().zip(x2).zip(c.iter().zip(&s[..half]));
+    for ((y1, y2), ((&a, &b), (&c, &s))) in y1.iter_mut().zip(y2).zip(pairs) {
+        let sn = sign * s;
+        *y1 = a * c - b * sn;
+        *y2 = b * c + a * sn;
     }
 }
 
