@@ -6,7 +6,7 @@
 //! tensor: attention over the KV cache with the causal and padding masks applied inside the
 //! kernel (no mask tensor, no score tensor for the whole batch, keys after the last query of
 //! a block never multiplied), and SiLU of the gate times the up projection read from their
-//! fused output.
+//! fused output (with a backward pass: training's fused gate|up product uses it too).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
@@ -144,9 +144,17 @@ pub fn view(s: &[f32], rs: usize, cs: usize) -> Mat<'_> {
     Mat { data: s, rs, cs }
 }
 
+/// Panics unless an (m, n) block with rows `rs` apart fits a destination of `len` elements
+/// from its start (a bug in the caller, never UB: checked before every block product).
+fn check_block(len: usize, rs: usize, m: usize, n: usize) {
+    assert!(
+        n <= rs && (m == 0 || n == 0 || (m - 1) * rs + n <= len),
+        "gemm: an ({m}, {n}) block with rows {rs} apart does not fit {len} elements"
+    );
+}
+
 /// `gemm` into the (m, n) block of a row-major matrix whose rows are `rs` apart, starting at
 /// `dst[0]` (a column block of a fused product's output). Panics when the block does not fit.
-#[allow(clippy::too_many_arguments)]
 pub fn gemm_block(
     dst: &mut [f32],
     rs: usize,
@@ -156,11 +164,7 @@ pub fn gemm_block(
     scale: f32,
     accumulate: bool,
 ) {
-    assert!(
-        n <= rs && (m == 0 || n == 0 || (m - 1) * rs + n <= dst.len()),
-        "gemm_block: ({m}, {n}) rows {rs} apart do not fit {} elements",
-        dst.len()
-    );
+    check_block(dst.len(), rs, m, n);
     check_views(m, n, k, a, b);
     if m == 0 || n == 0 {
         return;
@@ -278,11 +282,7 @@ pub fn product_by_columns_into(
     b: Mat,
     scale: f32,
 ) {
-    assert!(
-        n <= rs && (m == 0 || n == 0 || (m - 1) * rs + n <= dst.len()),
-        "product_by_columns_into: ({m}, {n}) rows {rs} apart do not fit {} elements",
-        dst.len()
-    );
+    check_block(dst.len(), rs, m, n);
     check_views(m, n, k, a, b);
     if m == 0 || n == 0 {
         return;
@@ -604,7 +604,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, visible: Visible) 
         .apply_op3_no_bwd(k, v, &Attend { scale, visible })
 }
 
-// ------------------------------------------------------------------ SiLU gate (inference)
+// ------------------------------------------------------------------ SiLU gate
 
 struct SiluMulHalves;
 
@@ -633,12 +633,33 @@ impl CustomOp1 for SiluMulHalves {
         }
         Ok((CpuStorage::F32(y), Shape::from(out)))
     }
+    /// For training (the fused gate|up product's output): both halves' gradients in one
+    /// tensor of x's shape.
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let w = *x.dims().last().unwrap_or(&0);
+        let i = w / 2;
+        let dx = with_f32(x, |x| {
+            with_f32(dy, |dy| {
+                let mut dx = uninit(x.len());
+                dx.par_chunks_mut(w.max(1))
+                    .zip(x.par_chunks(w.max(1)).zip(dy.par_chunks(i.max(1))))
+                    .for_each(|(d, (r, dy))| {
+                        let (dg, du) = d.split_at_mut(i);
+                        let (g, u) = r.split_at(i);
+                        crate::kernels::rowwise::silu_gate_grad(dg, du, g, u, dy);
+                    });
+                // SAFETY: every row's two halves written.
+                unsafe { assume_init(dx) }
+            })
+        })??;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
 }
 
 /// silu(gate)·up for `x` (..., 2·i) holding the gate and up projections side by side; returns
-/// (..., i). CPU, f32.
+/// (..., i). CPU, f32; with a backward pass when x is tracked (training's fused gate|up).
 pub fn silu_mul_halves(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&SiluMulHalves)
+    x.contiguous()?.apply_op1(SiluMulHalves)
 }
 
 #[cfg(test)]

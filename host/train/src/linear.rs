@@ -1,14 +1,14 @@
 //! The projection op training spends most of its time in: y = x·Wᵀ (+ s·(x·Aᵀ)·Bᵀ for LoRA),
-//! one custom op with its own backward. Weight gradients (W when trained, A and B for LoRA) are
+//! one custom op with its own backward, for one projection or for several of one input
+//! (q|k|v, gate|up) at once. Weight gradients (W when trained, A and B for LoRA) are
 //! accumulated by GEMM straight into the parameter's gradient buffer, which the optimizer
 //! reads: no gradient tensor is allocated, zero-filled, transposed or added, and gradient
 //! accumulation across micro-batches costs nothing. A frozen W gets no gradient at all, and
-//! when x needs none either (the first layer under LoRA) its product is skipped too.
+//! when x needs none either (the first layer under LoRA) its product is skipped too. The LM
+//! head fused with the cross-entropy and the embedding lookup are here too.
 
 use crate::ops::Frozen;
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use galley_model::cpu::{
     assume_init, gemm, gemm_block, product, product_by_columns_into, rm, slice, tr, uninit, view,
     with_f32, zeroed,
@@ -41,207 +41,7 @@ fn shape_out(l: &Layout, o: usize) -> Shape {
     Shape::from(dims)
 }
 
-// ------------------------------------------------------------------ trained weight: x·Wᵀ
-
-/// x·Wᵀ for a trained W whose gradient goes to `grad`.
-struct Trained {
-    grad: GradBuf,
-}
-
-impl CustomOp2 for Trained {
-    fn name(&self) -> &'static str {
-        "galley-linear"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
-        let (o, i) = l2.shape().dims2()?;
-        Ok((CpuStorage::F32(project(x, w, i, o)), shape_out(l1, o)))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (o, i) = w.dims2()?;
-        with_f32(x, |xs| {
-            with_f32(g, |gs| {
-                let n = gs.len() / o;
-                self.grad.write(|dw| {
-                    // Shapes: gᵀ is (o, n), x is (n, i); dw is (o, i).
-                    gemm(dw, o, i, n, tr(gs, o), rm(xs, i), 1.0, true)
-                });
-            })
-        })??;
-        let dx = if x.track_op() {
-            Some(with_f32(g, |gs| {
-                with_f32(w, |ws| {
-                    let n = gs.len() / o;
-                    // Shapes: g is (n, o), w is (o, i); dx is (n, i).
-                    product(n, i, o, rm(gs, o), rm(ws, i), 1.0)
-                })
-            })??)
-        } else {
-            None
-        };
-        Ok((
-            dx.map(|d| Tensor::from_vec(d, x.shape(), x.device()))
-                .transpose()?,
-            None,
-        ))
-    }
-}
-
-/// x·Wᵀ with W trained: W's gradient goes to `grad`.
-pub fn trained(x: &Tensor, w: &Tensor, grad: &GradBuf) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(w, Trained { grad: grad.clone() })
-}
-
-// ------------------------------------------------------------------ frozen weight + LoRA
-
-struct FrozenLora {
-    w: Frozen,
-    lora: LoraW,
-}
-
-impl FrozenLora {
-    fn dims(&self) -> (usize, usize) {
-        self.w.dims()
-    }
-}
-
-impl CustomOp3 for FrozenLora {
-    fn name(&self) -> &'static str {
-        "galley-lora-linear"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, a, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        let (o, i) = self.dims();
-        let r = a.len() / i;
-        let n = x.len() / i;
-        let mut y = self.w.with_dense(|w| project(x, w, i, o))?;
-        let mut tmp = Vec::new();
-        let xd = xd(x, &self.lora.mask, &mut tmp);
-        // Shapes: xd (n, i), aᵀ (i, r) -> u (n, r); then y += s·u (n, r)·bᵀ (r, o).
-        let u = product(n, r, i, rm(xd, i), tr(a, i), 1.0);
-        gemm(&mut y, n, o, r, rm(&u, r), tr(b, r), self.lora.scale, true);
-        Ok((CpuStorage::F32(y), shape_out(l1, o)))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        a: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (o, i) = self.dims();
-        let s = self.lora.scale;
-        let need_dx = x.track_op();
-        let dx = with_f32(x, |xs| {
-            with_f32(a, |as_| {
-                with_f32(b, |bs| {
-                    with_f32(g, |gs| -> Result<Option<Vec<f32>>> {
-                        let n = gs.len() / o;
-                        let r = as_.len() / i;
-                        let mut tmp = Vec::new();
-                        let xd = xd(xs, &self.lora.mask, &mut tmp);
-                        // gb = g·B (n, r); u = xd·Aᵀ (n, r).
-                        let gb = product(n, r, o, rm(gs, o), rm(bs, r), 1.0);
-                        let u = product(n, r, i, rm(xd, i), tr(as_, i), 1.0);
-                        self.lora.grad_a.write(|da| {
-                            // dA += s·gbᵀ (r, n)·xd (n, i)
-                            gemm(da, r, i, n, tr(&gb, r), rm(xd, i), s, true)
-                        });
-                        self.lora.grad_b.write(|db| {
-                            // dB += s·gᵀ (o, n)·u (n, r)
-                            gemm(db, o, r, n, tr(gs, o), rm(&u, r), s, true)
-                        });
-                        if !need_dx {
-                            return Ok(None);
-                        }
-                        // dx = g·W (n, i)
-                        let mut dx = self
-                            .w
-                            .with_dense(|ws| product(n, i, o, rm(gs, o), rm(ws, i), 1.0))?;
-                        match &self.lora.mask {
-                            None => {
-                                // dx += s·gb·A
-                                gemm(&mut dx, n, i, r, rm(&gb, r), rm(as_, i), s, true)
-                            }
-                            Some(m) => {
-                                let t = product(n, i, r, rm(&gb, r), rm(as_, i), s);
-                                for ((d, t), m) in dx.iter_mut().zip(&t).zip(m.iter()) {
-                                    *d += t * m;
-                                }
-                            }
-                        }
-                        Ok(Some(dx))
-                    })
-                })
-            })
-        })?????;
-        let dx = dx
-            .map(|d| Tensor::from_vec(d, x.shape(), x.device()))
-            .transpose()?;
-        Ok((dx, None, None))
-    }
-}
-
-/// x·Wᵀ + s·(x·Aᵀ)·Bᵀ with W frozen; A's and B's gradients go to their buffers.
-pub fn frozen_lora(x: &Tensor, w: &Frozen, a: &Tensor, b: &Tensor, lora: LoraW) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op3(a, b, FrozenLora { w: w.clone(), lora })
-}
-
-/// x·Wᵀ for a frozen W: only x gets a gradient (and none is computed when x needs none,
-/// since candle records no backward for an input that is not tracked).
-struct FrozenProduct(Frozen);
-
-impl CustomOp1 for FrozenProduct {
-    fn name(&self) -> &'static str {
-        "galley-frozen-linear"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
-        let (o, i) = self.0.dims();
-        let y = self.0.with_dense(|w| project(x, w, i, o))?;
-        Ok((CpuStorage::F32(y), shape_out(l, o)))
-    }
-    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let (o, i) = self.0.dims();
-        let dx = with_f32(g, |gs| {
-            self.0.with_dense(|ws| {
-                let n = gs.len() / o;
-                // Shapes: g (n, o)·w (o, i) -> dx (n, i).
-                product(n, i, o, rm(gs, o), rm(ws, i), 1.0)
-            })
-        })??;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
-    }
-}
-
-/// x (..., in) times the frozen w (out, in) transposed.
-pub fn frozen(x: &Tensor, w: &Frozen) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(FrozenProduct(w.clone()))
-}
-
-// ------------------------------------------------------------------ projections sharing an input
+// ------------------------------------------------------------------ projections (one, or several of one input)
 
 /// A projection's weight in a group: trained (its gradient into `grad`) or frozen.
 #[derive(Clone)]
@@ -266,11 +66,12 @@ impl GroupPart {
     }
 }
 
-/// Projections of one input (q|k|v, gate|up) as one op: one product against the weights
-/// stacked, into one (n, Σout) output whose column blocks are the parts' outputs; each
-/// adapter's low-rank product added into its block. The backward pass forms x's gradient
-/// with one product over all the parts' output gradients (not one per part and candle's sum
-/// of them), and every weight gradient straight into its buffer.
+/// Projections of one input as one op — a single projection is a group of one; q|k|v and
+/// gate|up are groups of three and two: one product against the weights stacked (or part
+/// by part into column blocks), into one (n, Σout) output whose column blocks are the parts'
+/// outputs; each adapter's low-rank product added into its block. The backward pass forms x's
+/// gradient with one product over all the parts' output gradients (not one per part and
+/// candle's sum of them), and every weight gradient straight into its buffer.
 struct Group {
     parts: Vec<GroupPart>,
     /// The frozen weights already stacked (out·in floats, the parts in order), when the
@@ -322,6 +123,10 @@ impl CustomOp2 for Group {
     ) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l)?;
         let (out, i, cols) = self.layout()?;
+        let width = l.shape().dims().last().copied().unwrap_or(0);
+        if width != i {
+            bail!("galley-linear-group: input rows of {width} against weights of {i} columns");
+        }
         let n = x.len() / i.max(1);
         // One product against the kept stack; otherwise each weight's product into its
         // block of columns (a stack copied per call cost more than it saved).
@@ -379,6 +184,9 @@ impl CustomOp2 for Group {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (out, i, cols) = self.layout()?;
         let kept = std::mem::take(&mut *self.kept.lock().expect("group stash"));
+        if kept.len() != self.parts.len() {
+            bail!("galley-linear-group: backward ran twice");
+        }
         let need_dx = x.track_op();
         let dx = with_f32(x, |xs| {
             with_f32(g, |gs| -> Result<Option<Vec<f32>>> {
@@ -481,6 +289,16 @@ pub fn group(x: &Tensor, parts: Vec<GroupPart>, stacked: Option<Tensor>) -> Resu
             kept: Mutex::new(Vec::new()),
         },
     )
+}
+
+/// x (..., in) times the frozen w (out, in) transposed: only x gets a gradient (none is
+/// computed when x needs none).
+pub fn frozen(x: &Tensor, w: &Frozen) -> Result<Tensor> {
+    let part = GroupPart {
+        w: GroupW::Frozen(w.clone()),
+        lora: None,
+    };
+    group(x, vec![part], None)
 }
 
 // ------------------------------------------------------------------ LM head + cross-entropy

@@ -88,98 +88,77 @@ impl Pass {
     }
 }
 
+impl Lora {
+    /// The dropout on the adapter's input in a training pass at `site`: its rate and seed.
+    fn dropout(&self, pass: &Pass, site: u64) -> Option<(f64, u64)> {
+        (pass.train && self.dropout > 0.0).then(|| {
+            (
+                self.dropout,
+                galley_core::seed::derive_seed(pass.seed, &[site]),
+            )
+        })
+    }
+}
+
 impl Proj {
     fn forward(&self, x: &Tensor, pass: &Pass, site: u64) -> Result<Tensor> {
-        Ok(match self {
-            Proj::Trained { w, bias } => {
-                let y = match pass.kernels {
-                    Kernels::Fused => linear::trained(x, w.var.as_tensor(), &w.grad)?,
-                    Kernels::Reference | Kernels::Cuda => {
-                        ops::linear(x, &ops::cast(w.var.as_tensor(), x.dtype())?)?
-                    }
-                };
-                match bias {
-                    Some(b) => y.broadcast_add(&ops::cast(b.as_tensor(), y.dtype())?)?,
-                    None => y,
-                }
-            }
-            Proj::Frozen { w, bias, lora } => {
-                let lora = lora.as_ref().filter(|_| pass.adapters);
-                let drop = match lora {
-                    Some(l) if pass.train && l.dropout > 0.0 => Some((
-                        l.dropout,
-                        galley_core::seed::derive_seed(pass.seed, &[site]),
-                    )),
-                    _ => None,
-                };
-                // On a GPU the mask is drawn there: a host-drawn mask per adapted projection
-                // (tokens x inputs numbers) would cost more than the step's products.
-                let mask = match (pass.kernels, drop) {
-                    (Kernels::Cuda, _) | (_, None) => None,
-                    (_, Some((p, seed))) => Some(dropout_mask(x.elem_count(), p, seed)),
-                };
-                let mut y = match (pass.kernels, lora) {
-                    (Kernels::Fused, Some(l)) => linear::frozen_lora(
-                        x,
-                        w,
-                        l.a.var.as_tensor(),
-                        l.b.var.as_tensor(),
-                        LoraW {
-                            grad_a: l.a.grad.clone(),
-                            grad_b: l.b.grad.clone(),
-                            scale: l.scale as f32,
-                            mask: mask.map(Arc::new),
-                        },
-                    )?,
-                    (k, None) => ops::frozen_matmul(x, w, k)?,
-                    (Kernels::Reference | Kernels::Cuda, Some(l)) => {
-                        let dt = x.dtype();
-                        let xd = match (mask, drop) {
-                            (Some(m), _) => {
-                                (x * Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(dt)?)?
-                            }
-                            (None, Some((p, seed))) => (x * device_dropout_mask(x, p, seed)?)?,
-                            (None, None) => x.clone(),
-                        };
-                        // The scale goes on B (out x r), not on the product (tokens x out):
-                        // one activation-sized tensor less per adapted projection.
-                        let delta = ops::linear(
-                            &ops::linear(&xd, &ops::cast(l.a.var.as_tensor(), dt)?)?,
-                            &(ops::cast(l.b.var.as_tensor(), dt)? * l.scale)?,
-                        )?;
-                        (ops::frozen_matmul(x, w, pass.kernels)? + delta)?
-                    }
-                };
-                if let Some(b) = bias {
-                    y = y.broadcast_add(&ops::cast(b, y.dtype())?)?;
-                }
-                y
-            }
+        let y = match pass.kernels {
+            // The CPU kernels: one projection is a group of one.
+            Kernels::Fused => linear::group(x, vec![self.part(x, pass, site)], None)?,
+            Kernels::Reference | Kernels::Cuda => self.forward_ops(x, pass, site)?,
+        };
+        Ok(match self.bias() {
+            Some(b) => y.broadcast_add(&ops::cast(&b, y.dtype())?)?,
+            None => y,
         })
     }
 
-    /// This projection as a part of a fused group on the CPU kernels (`linear::group`), with
-    /// the adapter and dropout mask `forward` would use at `site`; None with a bias (those
-    /// run apart).
-    fn group_part(&self, x: &Tensor, pass: &Pass, site: u64) -> Option<GroupPart> {
+    /// The product (no bias) through candle's ops: the reference and the GPU.
+    fn forward_ops(&self, x: &Tensor, pass: &Pass, site: u64) -> Result<Tensor> {
+        let (w, lora) = match self {
+            Proj::Trained { w, .. } => {
+                return Ok(ops::linear(x, &ops::cast(w.var.as_tensor(), x.dtype())?)?);
+            }
+            Proj::Frozen { w, lora, .. } => (w, lora.as_ref().filter(|_| pass.adapters)),
+        };
+        let base = ops::frozen_matmul(x, w, pass.kernels)?;
+        let Some(l) = lora else { return Ok(base) };
+        let dt = x.dtype();
+        let xd = match (pass.kernels, l.dropout(pass, site)) {
+            (_, None) => x.clone(),
+            // On a GPU the mask is drawn there: a host-drawn mask per adapted projection
+            // (tokens x inputs numbers) would cost more than the step's products.
+            (Kernels::Cuda, Some((p, seed))) => (x * device_dropout_mask(x, p, seed)?)?,
+            (_, Some((p, seed))) => {
+                let m = dropout_mask(x.elem_count(), p, seed);
+                (x * Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(dt)?)?
+            }
+        };
+        // The scale goes on B (out x r), not on the product (tokens x out): one
+        // activation-sized tensor less per adapted projection.
+        let delta = ops::linear(
+            &ops::linear(&xd, &ops::cast(l.a.var.as_tensor(), dt)?)?,
+            &(ops::cast(l.b.var.as_tensor(), dt)? * l.scale)?,
+        )?;
+        Ok((base + delta)?)
+    }
+
+    /// This projection's product (without its bias) as a part of `linear::group`, the CPU
+    /// kernels' op, with the adapter and dropout mask it has at `site` in `pass`.
+    fn part(&self, x: &Tensor, pass: &Pass, site: u64) -> GroupPart {
         match self {
-            Proj::Trained { w, bias: None } => Some(GroupPart {
+            Proj::Trained { w, .. } => GroupPart {
                 w: GroupW::Trained {
                     w: w.var.as_tensor().clone(),
                     grad: w.grad.clone(),
                 },
                 lora: None,
-            }),
-            Proj::Frozen {
-                w,
-                bias: None,
-                lora,
-            } => {
+            },
+            Proj::Frozen { w, lora, .. } => {
                 let lora = lora.as_ref().filter(|_| pass.adapters).map(|l| {
-                    let mask = (pass.train && l.dropout > 0.0).then(|| {
-                        let seed = galley_core::seed::derive_seed(pass.seed, &[site]);
-                        Arc::new(dropout_mask(x.elem_count(), l.dropout, seed))
-                    });
+                    let mask = l
+                        .dropout(pass, site)
+                        .map(|(p, seed)| Arc::new(dropout_mask(x.elem_count(), p, seed)));
                     let lw = LoraW {
                         grad_a: l.a.grad.clone(),
                         grad_b: l.b.grad.clone(),
@@ -188,13 +167,21 @@ impl Proj {
                     };
                     (l.a.var.as_tensor().clone(), l.b.var.as_tensor().clone(), lw)
                 });
-                Some(GroupPart {
+                GroupPart {
                     w: GroupW::Frozen(w.clone()),
                     lora,
-                })
+                }
             }
-            _ => None,
         }
+    }
+
+    /// `part` for a fused group of several projections; None with a bias (those run apart).
+    fn group_part(&self, x: &Tensor, pass: &Pass, site: u64) -> Option<GroupPart> {
+        let biased = matches!(
+            self,
+            Proj::Trained { bias: Some(_), .. } | Proj::Frozen { bias: Some(_), .. }
+        );
+        (!biased).then(|| self.part(x, pass, site))
     }
 
     /// (out, in) of the weight.
@@ -541,7 +528,7 @@ impl TrainModel {
                 false => None,
             };
             let a = match fused {
-                Some(gate_up) => ops::silu_mul_halves(&gate_up?)?,
+                Some(gate_up) => cpu::silu_mul_halves(&gate_up?)?,
                 None => {
                     let gate = layer.gate.forward(&hn, pass, site(4))?;
                     let up = layer.up.forward(&hn, pass, site(5))?;

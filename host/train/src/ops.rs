@@ -442,64 +442,6 @@ pub fn silu_mul(g: &Tensor, u: &Tensor, k: Kernels) -> Result<Tensor> {
     }
 }
 
-/// SiLU(gate)·up from one (n, 2·i) tensor holding the gate's columns then the up
-/// projection's (the fused gate|up product's output), to (n, i); the backward pass writes
-/// both halves' gradients into one (n, 2·i) tensor.
-struct SiluMulHalves;
-
-impl CustomOp1 for SiluMulHalves {
-    fn name(&self) -> &'static str {
-        "galley-silu-mul-halves"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
-        let w = l.shape().dims().last().copied().unwrap_or(0);
-        let i = w / 2;
-        let mut y = uninit(x.len() / 2);
-        y.par_chunks_mut(i.max(1))
-            .zip(x.par_chunks(w.max(1)))
-            .for_each(|(y, r)| galley_model::kernels::rowwise::silu_gate(y, &r[..i], &r[i..]));
-        // SAFETY: one row of y per row of x, every element written.
-        let y = unsafe { assume_init(y) };
-        let mut dims = l.shape().dims().to_vec();
-        *dims.last_mut().expect("rank >= 1") = i;
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
-    }
-    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let w = x.dims().last().copied().unwrap_or(0);
-        let i = w / 2;
-        let dx = with_f32(x, |x| {
-            with_f32(dy, |dy| {
-                let mut dx = uninit(x.len());
-                dx.par_chunks_mut(w.max(1))
-                    .zip(x.par_chunks(w.max(1)).zip(dy.par_chunks(i.max(1))))
-                    .for_each(|(d, (r, dy))| {
-                        let (dg, du) = d.split_at_mut(i);
-                        galley_model::kernels::rowwise::silu_gate_grad(
-                            dg,
-                            du,
-                            &r[..i],
-                            &r[i..],
-                            dy,
-                        );
-                    });
-                // SAFETY: every row's two halves written.
-                unsafe { assume_init(dx) }
-            })
-        })??;
-        Ok(Some(out(dx, x.shape())?))
-    }
-}
-
-/// SiLU of the first half of the last dimension times its second half (CPU kernels).
-pub fn silu_mul_halves(x: &Tensor) -> Result<Tensor> {
-    let w = x.dims().last().copied().unwrap_or(0);
-    if !w.is_multiple_of(2) {
-        candle_core::bail!("silu_mul_halves: an odd last dimension {w}");
-    }
-    x.contiguous()?.apply_op1(SiluMulHalves)
-}
-
 // ---------------------------------------------------------------- cross-entropy
 
 /// Each row's log-sum-exp and the negative log-likelihood of its target ((0, 0) for rows

@@ -212,7 +212,7 @@ fn silu_mul_gradients() {
 #[test]
 fn silu_mul_halves_gradients() {
     check("silu_mul_halves", &[&[7, 18]], |a, k| match k {
-        Kernels::Fused => ops::silu_mul_halves(&a[0]).unwrap(),
+        Kernels::Fused => galley_model::cpu::silu_mul_halves(&a[0]).unwrap(),
         Kernels::Reference | Kernels::Cuda => {
             let (g, u) = (a[0].narrow(1, 0, 9).unwrap(), a[0].narrow(1, 9, 9).unwrap());
             (candle_nn::ops::silu(&g).unwrap() * u).unwrap()
@@ -643,7 +643,7 @@ fn a_padded_batch_runs_packed_with_the_padded_losses_and_gradients() {
 /// gradient against plain autograd, with and without a dropout mask.
 #[test]
 fn projection_ops_match_autograd_including_dropout() {
-    use galley_train::linear::{self, LoraW};
+    use galley_train::linear::{self, GroupPart, GroupW, LoraW};
     let (n, i, o, r) = (5, 8, 6, 3);
     let x = Var::from_tensor(&rand_t(&[n, i], 1, 1.0)).unwrap();
     let w = Var::from_tensor(&rand_t(&[o, i], 2, 1.0)).unwrap();
@@ -663,7 +663,14 @@ fn projection_ops_match_autograd_including_dropout() {
     };
     // Trained weight.
     let gw = buf(o * i);
-    let y = linear::trained(x.as_tensor(), w.as_tensor(), &gw).unwrap();
+    let part = GroupPart {
+        w: GroupW::Trained {
+            w: w.as_tensor().clone(),
+            grad: gw.clone(),
+        },
+        lora: None,
+    };
+    let y = linear::group(x.as_tensor(), vec![part], None).unwrap();
     let g = loss_of(&y, 9).backward().unwrap();
     let yr = x.matmul(&w.t().unwrap()).unwrap();
     let gr = loss_of(&yr, 9).backward().unwrap();
@@ -749,8 +756,11 @@ fn projection_ops_match_autograd_including_dropout() {
             mask: mask.clone().map(Arc::new),
         };
         let frozen = Frozen::Dense(w.as_tensor().detach());
-        let y =
-            linear::frozen_lora(x.as_tensor(), &frozen, a.as_tensor(), b.as_tensor(), lw).unwrap();
+        let part = GroupPart {
+            w: GroupW::Frozen(frozen),
+            lora: Some((a.as_tensor().clone(), b.as_tensor().clone(), lw)),
+        };
+        let y = linear::group(x.as_tensor(), vec![part], None).unwrap();
         let g = loss_of(&y, 9).backward().unwrap();
         let xd = match &mask {
             Some(m) => (x.as_tensor() * Tensor::from_vec(m.clone(), (n, i), &Device::Cpu).unwrap())
