@@ -58,6 +58,15 @@ impl PluginLocator {
         }
     }
 
+    /// The same locator for names written in a file in `dir`: relative paths are taken from
+    /// `dir`; the search path, the install folder and the lockfile stay the project's.
+    pub fn named_in(&self, dir: &Path) -> Self {
+        Self {
+            base: dir.to_path_buf(),
+            ..self.clone()
+        }
+    }
+
     /// Replaces the search path with `dirs` (relative to the base) when any are given.
     pub fn with_search(mut self, dirs: &[PathBuf]) -> Self {
         if !dirs.is_empty() {

@@ -395,6 +395,56 @@ fn evaluator_plugins_grade_in_the_sandbox_under_both_policies() {
     );
 }
 
+/// A task file's relative paths — its data and its metric plugin — are taken from the task
+/// file's folder, whichever folder galley runs from (the plugin's used to be taken from the
+/// current folder, so a task folder that worked from one place failed from another).
+#[test]
+fn a_task_files_plugin_path_is_relative_to_the_task_file() {
+    let (tmp, model) = project();
+    let d = tmp.path();
+    let m = model.to_str().unwrap();
+    let tasks = d.join("suite/tasks");
+    std::fs::create_dir_all(tasks.join("data")).unwrap();
+    std::fs::create_dir_all(tasks.join("plugins")).unwrap();
+    std::fs::copy(d.join("data/mc.jsonl"), tasks.join("data/mc.jsonl")).unwrap();
+    std::fs::copy(plugin("exact-match"), tasks.join("plugins/em.wasm")).unwrap();
+    with_metric(d, "moved", "  - metric: acc\n  - plugin: plugins/em.wasm\n");
+    std::fs::rename(d.join("moved.yaml"), tasks.join("moved.yaml")).unwrap();
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    ok(eval(
+        &elsewhere,
+        &[
+            "-m",
+            m,
+            "--tasks",
+            "moved",
+            "--include-path",
+            "../suite/tasks",
+            "-o",
+            "out",
+        ],
+    ));
+    let t = &results(&elsewhere.join("out"))["results"]["moved"];
+    assert!(t["acc,none"].is_number(), "{t}");
+    assert_eq!(t["exact_match,none"], t["acc,none"], "{t}");
+
+    // A plugin the task names that is not there: the error names the task file and the path
+    // it looked at, beside the task file.
+    with_metric(d, "missing", "  - plugin: plugins/nope.wasm\n");
+    std::fs::rename(d.join("missing.yaml"), tasks.join("missing.yaml")).unwrap();
+    let o = eval(
+        &elsewhere,
+        &["-m", m, "--tasks", "../suite/tasks/missing.yaml", "-o", "m"],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("missing.yaml") && err.contains("suite/tasks/plugins/nope.wasm"),
+        "{err}"
+    );
+}
+
 /// Writes a PEFT adapter (safetensors by hand) that perturbs layer 0's q and v projections.
 #[test]
 fn an_adapter_changes_the_scores_it_is_not_silently_ignored() {

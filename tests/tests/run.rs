@@ -767,3 +767,76 @@ fn resume_keeps_completed_stages_and_continues_where_the_run_stopped() {
     assert_eq!(names, ["warm", "more", "eval"]);
     assert_eq!(m["stages"][1]["steps"], 2);
 }
+
+/// An evaluation stage's tasks, their data and the plugins they name are checked before the
+/// first stage trains: a misspelt task or a missing metric plugin used to fail only after the
+/// training before it had run. A task file's plugin path is taken from the task file's folder.
+#[test]
+fn an_evaluation_that_cannot_run_fails_the_run_before_anything_trains() {
+    let tmp = project();
+    let d = tmp.path();
+    let stages = |tasks: &str| {
+        format!(
+            "stages:
+  - {{name: warm, kind: sft, settings: {{max_steps: 1}}}}
+  - {{name: check, kind: evaluate, settings: {{tasks: {tasks}, include_path: suite}}}}
+"
+        )
+    };
+    std::fs::create_dir_all(d.join("suite/plugins")).unwrap();
+    let sums = std::fs::read_to_string(d.join("sums.yaml")).unwrap();
+    std::fs::write(
+        d.join("suite/graded.yaml"),
+        sums.replace("task: sums", "task: graded")
+            .replace("data/mc.jsonl", "../data/mc.jsonl")
+            + "  - plugin: plugins/em.wasm\n",
+    )
+    .unwrap();
+    let before_training = |config: &str, wants: &[&str]| {
+        let o = run(d, &["run", config]);
+        let line = error_line(&o);
+        for w in wants {
+            assert!(line.contains(w), "{w}: {line}");
+        }
+        assert!(
+            !d.join("runs/run/warm").exists(),
+            "the sft stage must not have run: {line}"
+        );
+    };
+
+    write_config(d, "run.yaml", &stages("[sumz]"));
+    before_training("run.yaml", &["check", "sumz"]);
+    write_config(d, "run.yaml", &stages("[graded]"));
+    before_training(
+        "run.yaml",
+        &["check", "graded.yaml", "suite/plugins/em.wasm"],
+    );
+    std::fs::rename(d.join("data/mc.jsonl"), d.join("data/mc.moved")).unwrap();
+    write_config(d, "run.yaml", &stages("sums.yaml"));
+    before_training("run.yaml", &["check", "data/mc.jsonl"]);
+    std::fs::rename(d.join("data/mc.moved"), d.join("data/mc.jsonl")).unwrap();
+
+    // With the plugin where the task file says, the run goes through and records its file.
+    std::fs::copy(plugin("exact-match"), d.join("suite/plugins/em.wasm")).unwrap();
+    write_config(d, "run.yaml", &stages("graded"));
+    ok(&run(d, &["run", "run.yaml"]));
+    let m = json_file(&d.join("runs/run/run.json"));
+    let em = m["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["spec"] == "plugins/em.wasm")
+        .unwrap_or_else(|| panic!("{}", m["plugins"]));
+    assert!(
+        em["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("suite/plugins/em.wasm"),
+        "{em}"
+    );
+    let results = json_file(&d.join("runs/run/check/results.json"));
+    assert!(
+        results["results"]["graded"]["exact_match,none"].is_number(),
+        "{results}"
+    );
+}

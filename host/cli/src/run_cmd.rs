@@ -168,6 +168,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     );
     let p = galley_run::plan_run(&file, cfg, run_dir, &mut host)?;
     p.estimates()?;
+    p.check_evaluations(&mut host)?;
     let (kept, kept_data) = match args.resume {
         true => p.kept(&args.set)?.unwrap_or_else(|| {
             let path = p.run_dir.join("run.json");

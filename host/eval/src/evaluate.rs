@@ -51,20 +51,63 @@ impl Default for EvalOptions {
 }
 
 /// Opens the plugins tasks name: evaluators in `metric_list`, data loaders in `process_docs`.
-/// The CLI implements it (it alone knows the runtime and the registry).
+/// The CLI implements it (it alone knows the runtime and the registry). `named_in` is the
+/// folder of the task file that names the plugin (none for a built-in task): a relative
+/// `.wasm` path is taken from there, as every config's paths are from its own file.
 pub trait Plugins {
     fn evaluator(
         &mut self,
         spec: &str,
+        named_in: Option<&std::path::Path>,
         settings: &serde_json::Value,
     ) -> Result<Box<dyn Evaluator>, String>;
     /// A data loader granted `dir` read-only (as `data`).
     fn data_loader(
         &mut self,
         spec: &str,
+        named_in: Option<&std::path::Path>,
         settings: &serde_json::Value,
         dir: &std::path::Path,
     ) -> Result<Box<dyn DataSource>, String>;
+    /// Finds and loads the component `spec` names without starting it (digests checked), so
+    /// a run can refuse a missing or altered plugin before its first stage, not after hours
+    /// of training.
+    fn check(&mut self, spec: &str, named_in: Option<&std::path::Path>) -> Result<(), String>;
+}
+
+/// Checks, without reading documents, that each task's evaluation data is there and that
+/// every plugin it names (metrics, `process_docs`) is there and loads; an error names the task
+/// file, the task and the file or plugin.
+pub fn check_tasks(
+    tasks: &[Task],
+    opts: &EvalOptions,
+    plugins: &mut dyn Plugins,
+) -> Result<(), EvalError> {
+    for task in tasks {
+        let c = &task.config;
+        let (split, _) = splits(task);
+        for f in docs::split_files(task, &split, &opts.data_root)? {
+            if !f.exists() {
+                return Err(EvalError::Data(format!(
+                    "{}: task `{}`: no such data file {}",
+                    task.origin,
+                    c.task,
+                    f.display()
+                )));
+            }
+        }
+        let metrics = c.metric_list.iter().filter_map(|m| m.plugin.as_deref());
+        let docs = c.process_docs.as_ref().map(|p| p.parts().0);
+        for spec in metrics.chain(docs) {
+            plugins.check(spec, task.dir.as_deref()).map_err(|e| {
+                EvalError::Task(format!(
+                    "{}: task `{}`: plugin `{spec}`: {e}",
+                    task.origin, c.task
+                ))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// No plugins available: a task that names one fails clearly.
@@ -72,6 +115,7 @@ impl Plugins for () {
     fn evaluator(
         &mut self,
         spec: &str,
+        _: Option<&std::path::Path>,
         _: &serde_json::Value,
     ) -> Result<Box<dyn Evaluator>, String> {
         Err(format!("evaluator plugin `{spec}`: no plugin runtime here"))
@@ -79,12 +123,16 @@ impl Plugins for () {
     fn data_loader(
         &mut self,
         spec: &str,
+        _: Option<&std::path::Path>,
         _: &serde_json::Value,
         _: &std::path::Path,
     ) -> Result<Box<dyn DataSource>, String> {
         Err(format!(
             "data-loader plugin `{spec}`: no plugin runtime here"
         ))
+    }
+    fn check(&mut self, spec: &str, _: Option<&std::path::Path>) -> Result<(), String> {
+        Err(format!("plugin `{spec}`: no plugin runtime here"))
     }
 }
 
@@ -112,12 +160,14 @@ fn load_docs(
         if let serde_json::Value::Object(o) = &mut settings {
             o.insert("path".into(), serde_json::json!(name));
         }
-        let mut loader = plugins.data_loader(spec, &settings, dir).map_err(|e| {
-            EvalError::Task(format!(
-                "{}: task `{}`: process_docs `{spec}`: {e}",
-                task.origin, task.config.task
-            ))
-        })?;
+        let mut loader = plugins
+            .data_loader(spec, task.dir.as_deref(), &settings, dir)
+            .map_err(|e| {
+                EvalError::Task(format!(
+                    "{}: task `{}`: process_docs `{spec}`: {e}",
+                    task.origin, task.config.task
+                ))
+            })?;
         loop {
             let page = loader.next_page(256)?;
             if page.is_empty() {

@@ -56,12 +56,14 @@ pub(crate) fn grade_with_plugin(
 ) -> Result<usize, EvalError> {
     const BATCH: usize = 64;
     let settings = m.settings.clone().unwrap_or_else(|| serde_json::json!({}));
-    let mut ev = plugins.evaluator(spec, &settings).map_err(|e| {
-        EvalError::Task(format!(
-            "{}: task `{}`: metric plugin `{spec}`: {e}",
-            task.origin, task.config.task
-        ))
-    })?;
+    let mut ev = plugins
+        .evaluator(spec, task.dir.as_deref(), &settings)
+        .map_err(|e| {
+            EvalError::Task(format!(
+                "{}: task `{}`: metric plugin `{spec}`: {e}",
+                task.origin, task.config.task
+            ))
+        })?;
     let stop = m.on_error.as_deref() == Some("stop");
     // A plugin metric named like one of the task's built-in metrics (exact_match) would
     // silently replace it: such names get the plugin's name in front (`exact-match/exact_match`).

@@ -25,7 +25,7 @@ pub mod template;
 
 pub use evaluate::{
     EvalOptions, GroupResult, LoadedTask, MetricValue, Plugins, Report, Sample, TaskResult,
-    evaluate, load_tasks,
+    check_tasks, evaluate, load_tasks,
 };
 pub use settings::EvalSettings;
 pub use task::{GroupConfig, Task, TaskConfig, TaskFile};

@@ -18,7 +18,9 @@ pub struct EvalSettings {
     pub adapter: Option<PathBuf>,
     /// The model that grades `metric: judge` (default: the evaluated model judges itself).
     pub judge_model: Option<String>,
-    /// Tasks, groups or task files.
+    /// Tasks, groups or task files: a list, or one string (`arc_easy,hellaswag` as on the
+    /// command line).
+    #[serde(deserialize_with = "names")]
     pub tasks: Vec<String>,
     pub num_fewshot: Option<usize>,
     /// Evaluate only the first N documents of each task.
@@ -29,7 +31,9 @@ pub struct EvalSettings {
     pub system_prompt: Option<String>,
     /// Where built-in tasks' data is (default: GALLEY_EVAL_DATA, else galley's cache).
     pub data_dir: Option<PathBuf>,
-    /// Folders of task files whose names `tasks` may use.
+    /// Folders of task files whose names `tasks` may use: a list, or one folder (as the
+    /// harness's `--include_path` takes).
+    #[serde(deserialize_with = "folders")]
     pub include_path: Vec<PathBuf>,
     /// Run every matmul in f32 (GGUF blocks dequantized at load), as the harness's HF
     /// backend runs a GGUF; off: quantized weights stay quantized.
@@ -68,7 +72,34 @@ impl Default for EvalSettings {
     }
 }
 
+/// A list of names, or one string of comma-separated names.
+fn names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(match crate::task::OneOrMany::deserialize(d)? {
+        crate::task::OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect(),
+        crate::task::OneOrMany::Many(v) => v,
+    })
+}
+
+/// A list of folders, or one.
+fn folders<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    Ok(match crate::task::OneOrMany::deserialize(d)? {
+        crate::task::OneOrMany::One(s) => vec![PathBuf::from(s)],
+        crate::task::OneOrMany::Many(v) => v.into_iter().map(PathBuf::from).collect(),
+    })
+}
+
 impl EvalSettings {
+    /// An `evaluate` stage's settings (a run config's JSON), an error naming the key.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, String> {
+        serde_path_to_error::deserialize(value)
+            .map_err(|e| format!("`{}`: {}", e.path(), e.inner()))
+    }
+
     /// Takes relative paths (model, adapter, output, data and task folders, task files) as
     /// relative to `base`, the folder of the file that wrote them.
     pub fn relative_to(&mut self, base: &Path) {
@@ -239,5 +270,33 @@ impl EvalSettings {
             "adapter_digest": record["adapter_digests"].get(0),
             "dequantize": self.dequantize,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_and_include_path_may_be_one_string_as_on_the_command_line() {
+        let one = EvalSettings::from_value(serde_json::json!({
+            "tasks": "arc_easy, hellaswag",
+            "include_path": "my/tasks",
+        }))
+        .unwrap();
+        assert_eq!(one.tasks, ["arc_easy", "hellaswag"]);
+        assert_eq!(one.include_path, [PathBuf::from("my/tasks")]);
+        let many = EvalSettings::from_value(serde_json::json!({
+            "tasks": ["arc_easy"],
+            "include_path": ["a", "b"],
+        }))
+        .unwrap();
+        assert_eq!(many.tasks, ["arc_easy"]);
+        assert_eq!(many.include_path.len(), 2);
+        // A wrong value names its key.
+        let err = EvalSettings::from_value(serde_json::json!({"limit": "ten"})).unwrap_err();
+        assert!(err.starts_with("`limit`:"), "{err}");
+        let err = EvalSettings::from_value(serde_json::json!({"tasks": 3})).unwrap_err();
+        assert!(err.starts_with("`tasks`:"), "{err}");
     }
 }

@@ -41,6 +41,15 @@ impl Opener {
         }
     }
 
+    /// The same opener for names written in a file in `dir` (a task file): relative paths
+    /// are taken from there; the runtime is shared.
+    pub fn named_in(&self, dir: &std::path::Path) -> Self {
+        Self {
+            locator: self.locator.named_in(dir),
+            ..self.clone()
+        }
+    }
+
     pub fn runtime(&self) -> Result<&Runtime> {
         if let Some(rt) = self.runtime.get() {
             return Ok(rt);

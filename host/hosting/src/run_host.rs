@@ -12,7 +12,7 @@ use galley_run::{PluginHost, PluginRecord, TrainPlugins};
 use galley_runtime::{Grants, Plugin};
 use galley_train::TrainConfig;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The digest a replay expects of each spec, from the recorded run.json (empty for a new run).
 pub type Expected = BTreeMap<String, String>;
@@ -31,7 +31,12 @@ fn check_expected(expect: &Expected, spec: &str, p: &Plugin) -> Result<()> {
 
 /// What the manifest says of a plugin: its id, digest, file and — for an installed package —
 /// the signer galley.lock records.
-fn plugin_record(locator: &PluginLocator, spec: &str, p: &Plugin) -> Result<PluginRecord> {
+fn plugin_record(
+    locator: &PluginLocator,
+    spec: &str,
+    path: PathBuf,
+    p: &Plugin,
+) -> Result<PluginRecord> {
     let signer = if spec.contains('/') && !spec.ends_with(".wasm") {
         galley_registry::Lockfile::load(&locator.lock)?
             .and_then(|l| l.plugins.into_iter().find(|e| e.name.to_string() == spec))
@@ -44,7 +49,7 @@ fn plugin_record(locator: &PluginLocator, spec: &str, p: &Plugin) -> Result<Plug
         id: p.id().to_string(),
         digest: p.info().digest.clone(),
         signer,
-        path: locator.locate(spec).unwrap_or_default(),
+        path,
     })
 }
 
@@ -58,7 +63,8 @@ fn record(
 ) -> Result<()> {
     check_expected(expect, spec, p)?;
     if !records.iter().any(|r| r.spec == spec) {
-        records.push(plugin_record(locator, spec, p)?);
+        let path = locator.locate(spec).unwrap_or_default();
+        records.push(plugin_record(locator, spec, path, p)?);
     }
     Ok(())
 }
@@ -66,8 +72,9 @@ fn record(
 /// Plugins evaluation tasks name (`galley eval`, a run's evaluate stages).
 pub struct TaskPlugins {
     pub opener: Opener,
-    /// Every plugin loaded, with the spec that named it, for a run's manifest.
-    pub loaded: Vec<(String, Plugin)>,
+    /// Every plugin loaded, with the spec that named it and the file it was read from (a
+    /// relative spec is taken from its task file's folder), for a run's manifest.
+    pub loaded: Vec<(String, PathBuf, Plugin)>,
     pub expect: Expected,
 }
 
@@ -80,13 +87,15 @@ impl TaskPlugins {
         }
     }
 
-    fn load(&mut self, spec: &str) -> Result<Plugin, String> {
-        let p = self
-            .opener
-            .load(spec, "task")
-            .map_err(|e| crate::chain(&e))?;
+    fn load(&mut self, spec: &str, named_in: Option<&Path>) -> Result<Plugin, String> {
+        let opener = match named_in {
+            Some(dir) => &self.opener.named_in(dir),
+            None => &self.opener,
+        };
+        let p = opener.load(spec, "task").map_err(|e| crate::chain(&e))?;
         check_expected(&self.expect, spec, &p).map_err(|e| crate::chain(&e))?;
-        self.loaded.push((spec.to_string(), p.clone()));
+        let path = opener.locator.locate(spec).unwrap_or_default();
+        self.loaded.push((spec.to_string(), path, p.clone()));
         Ok(p)
     }
 }
@@ -95,9 +104,10 @@ impl galley_eval::Plugins for TaskPlugins {
     fn evaluator(
         &mut self,
         spec: &str,
+        named_in: Option<&Path>,
         settings: &serde_json::Value,
     ) -> Result<Box<dyn Evaluator>, String> {
-        let plugin = self.load(spec)?;
+        let plugin = self.load(spec, named_in)?;
         let ev = plugin
             .evaluator(settings, self.opener.sandbox.options(Grants::default()))
             .map_err(|e| crate::chain(&e))?;
@@ -107,15 +117,20 @@ impl galley_eval::Plugins for TaskPlugins {
     fn data_loader(
         &mut self,
         spec: &str,
+        named_in: Option<&Path>,
         settings: &serde_json::Value,
         dir: &Path,
     ) -> Result<Box<dyn DataSource>, String> {
-        let plugin = self.load(spec)?;
+        let plugin = self.load(spec, named_in)?;
         let grants = Grants::default().allow_dir("data".to_string(), dir.to_path_buf());
         let loader = plugin
             .data_loader(settings, self.opener.sandbox.options(grants))
             .map_err(|e| crate::chain(&e))?;
         Ok(Box::new(loader))
+    }
+
+    fn check(&mut self, spec: &str, named_in: Option<&Path>) -> Result<(), String> {
+        self.load(spec, named_in).map(drop)
     }
 }
 
@@ -188,9 +203,9 @@ impl PluginHost for RunHost {
 
     fn records(&self) -> Vec<PluginRecord> {
         let mut out = self.records.clone();
-        for (spec, p) in &self.tasks.loaded {
+        for (spec, path, p) in &self.tasks.loaded {
             if !out.iter().any(|r| &r.spec == spec)
-                && let Ok(rec) = plugin_record(&self.opener.locator, spec, p)
+                && let Ok(rec) = plugin_record(&self.opener.locator, spec, path.clone(), p)
             {
                 out.push(rec);
             }

@@ -338,9 +338,8 @@ impl Runner<'_> {
         rec: &mut StageRecord,
     ) -> Result<Outputs, RunError> {
         let err = |e: &dyn std::fmt::Display| RunError::stage(&st.name, e);
-        let mut s: galley_eval::EvalSettings =
-            serde_path_to_error::deserialize(st.settings.clone())
-                .map_err(|e| err(&format!("`{}`: {}", e.path(), e.inner())))?;
+        let mut s =
+            galley_eval::EvalSettings::from_value(st.settings.clone()).map_err(|e| err(&e))?;
         s.relative_to(&self.base);
         let (model, adapters): (PathBuf, Vec<PathBuf>) =
             match (&input.model, &input.adapter, &s.model) {

@@ -90,7 +90,7 @@ impl Planned {
     }
 
     /// What `galley plan` checks beyond `estimates`: each training stage's plugins resolved
-    /// and verified as the run will open them, each evaluation's tasks found.
+    /// and verified as the run will open them, and `check_evaluations`.
     pub fn verify(&self, host: &mut dyn PluginHost) -> Result<Vec<Option<Estimate>>, RunError> {
         let estimates = self.estimates()?;
         for st in &self.plan.stages {
@@ -104,14 +104,24 @@ impl Planned {
                 host.train_plugins(&cfg, &st.name)
                     .map_err(|e| RunError::stage(&st.name, e))?;
             }
-            if st.kind == "evaluate" {
-                let mut s: galley_eval::EvalSettings = serde_json::from_value(st.settings.clone())
-                    .map_err(|e| RunError::stage(&st.name, e))?;
-                s.relative_to(&self.base);
-                s.select().map_err(|e| RunError::stage(&st.name, e))?;
-            }
         }
+        self.check_evaluations(host)?;
         Ok(estimates)
+    }
+
+    /// Each evaluation stage's settings read, its tasks and their data found, and the
+    /// plugins they name located and loaded (not started): `galley run` does this before the first stage, so a
+    /// misspelt task or a missing metric plugin fails in a second, not after the training.
+    pub fn check_evaluations(&self, host: &mut dyn PluginHost) -> Result<(), RunError> {
+        for st in self.plan.stages.iter().filter(|s| s.kind == "evaluate") {
+            let mut s = galley_eval::EvalSettings::from_value(st.settings.clone())
+                .map_err(|e| RunError::stage(&st.name, e))?;
+            s.relative_to(&self.base);
+            let (tasks, _) = s.select().map_err(|e| RunError::stage(&st.name, e))?;
+            galley_eval::check_tasks(&tasks, &s.options(), host.eval_plugins())
+                .map_err(|e| RunError::stage(&st.name, e))?;
+        }
+        Ok(())
     }
 
     /// What a resumed run keeps of the earlier attempt in its folder: the completed stages
