@@ -88,6 +88,14 @@ fn setup() -> tempfile::TempDir {
     tmp
 }
 
+/// Serves the tiny model and runs `script` (after COMMON) against it; it must print "ok".
+fn serve_and_run(script: &str) {
+    let tmp = setup();
+    let d = tmp.path();
+    let s = serve(d, &["-m", "model"]);
+    assert_eq!(client(d, &s.url, &format!("{COMMON}{script}")).trim(), "ok");
+}
+
 const COMMON: &str = r#"
 import os, json, openai
 c = openai.OpenAI(base_url=os.environ["URL"], api_key="none", max_retries=0)
@@ -176,6 +184,84 @@ print("ok")
 "#
     );
     assert_eq!(client(d, &s.url, &script).trim(), "ok");
+}
+
+/// What galley cannot honour is refused by name (a client asking for tool calls or JSON output
+/// used to get plain text with a 200); OpenAI's frequency and presence penalties change what
+/// is generated, deterministically.
+#[test]
+fn tools_and_json_output_are_refused_and_the_penalties_apply() {
+    serve_and_run(
+        r#"
+msgs = [{"role": "user", "content": "the number 3 is"}]
+tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+for kw, key in [({"tools": [tool]}, "tools"),
+                ({"response_format": {"type": "json_object"}}, "response_format"),
+                ({"frequency_penalty": 2.5}, "frequency_penalty"),
+                ({"presence_penalty": -3}, "presence_penalty")]:
+    try:
+        c.chat.completions.create(model="model", messages=msgs, max_tokens=4, **kw)
+        check(False, f"{kw} accepted")
+    except openai.BadRequestError as ex:
+        check(key in ex.body["message"], f"{kw}: {ex.body}")
+# Asking for nothing passes.
+c.chat.completions.create(model="model", messages=msgs, max_tokens=2, tools=[], tool_choice="none",
+                          response_format={"type": "text"}, user="someone")
+
+def tokens(**kw):
+    r = c.chat.completions.create(model="model", messages=msgs, max_tokens=48, temperature=0,
+                                  logprobs=True, **kw)
+    return [t.token for t in r.choices[0].logprobs.content]
+plain = tokens()
+most = max(plain.count(t) for t in plain)
+check(most >= 3, f"the greedy text should repeat itself: {plain}")
+freq = tokens(frequency_penalty=2.0)
+check(freq == tokens(frequency_penalty=2.0), "penalised greedy is deterministic")
+check(freq != plain and max(freq.count(t) for t in freq) < most, f"frequency {freq} vs {plain}")
+pres = tokens(presence_penalty=2.0)
+check(pres != plain and max(pres.count(t) for t in pres) < most, f"presence {pres} vs {plain}")
+print("ok")
+"#,
+    );
+}
+
+/// `/v1/completions` streams (it used to refuse `stream`): each choice's pieces join to the
+/// text, log-probabilities and finish reason of the same request without streaming, choices
+/// indexed prompt by prompt, and usage comes last when asked.
+#[test]
+fn completions_stream_what_they_answer_without_streaming() {
+    serve_and_run(
+        r#"
+prompts = ["the number 3 is", "the number 12 is 2 and"]
+kw = dict(model="model", prompt=prompts, max_tokens=10, n=2, temperature=0.8, seed=5, logprobs=2)
+whole = c.completions.create(**kw)
+chunks = list(c.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+check(all(ch.object == "text_completion" for ch in chunks), "object")
+texts, lps, finish = {}, {}, {}
+for ch in chunks:
+    for x in ch.choices:
+        texts[x.index] = texts.get(x.index, "") + x.text
+        if x.logprobs:
+            lps.setdefault(x.index, []).extend(x.logprobs.token_logprobs)
+        if x.finish_reason:
+            finish[x.index] = x.finish_reason
+check(sorted(texts) == [0, 1, 2, 3], f"indexes {sorted(texts)}")
+for w in whole.choices:
+    check(texts[w.index] == w.text, f"{w.index}: {texts[w.index]!r} vs {w.text!r}")
+    check(finish[w.index] == w.finish_reason, "finish")
+    want = w.logprobs.token_logprobs
+    check(len(lps[w.index]) == len(want) and all(abs(a - b) < 1e-5 for a, b in zip(lps[w.index], want)),
+          f"logprobs {lps[w.index]} vs {want}")
+check(chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens and
+      chunks[-1].usage.completion_tokens == whole.usage.completion_tokens, f"usage {chunks[-1].usage}")
+try:
+    c.completions.create(model="model", prompt="x", echo=True, stream=True)
+    check(False, "echo with stream accepted")
+except openai.BadRequestError as ex:
+    check(ex.body["param"] == "echo", f"{ex.body}")
+print("ok")
+"#,
+    );
 }
 
 #[test]

@@ -114,7 +114,7 @@ fn main() {
         0,
     );
     let g = time(2000, || {
-        black_box(s.sample(black_box(&logits), [].iter()));
+        black_box(s.sample(black_box(&logits), &[], &[]));
     });
     let n = time(2000, || {
         black_box(naive_top_k(black_box(&logits), 40));
@@ -135,7 +135,7 @@ fn main() {
         0,
     );
     let g = time(2000, || {
-        black_box(s.sample(black_box(&logits), [].iter()));
+        black_box(s.sample(black_box(&logits), &[], &[]));
     });
     let n = time(2000, || {
         black_box(naive_sample_all(black_box(&logits), 0.5));

@@ -242,6 +242,8 @@ fn expand(key: &str) -> Option<String> {
             | "top_p"
             | "min_p"
             | "repetition_penalty"
+            | "frequency_penalty"
+            | "presence_penalty"
             | "seed"
             | "max_tokens"
             | "stop"
@@ -278,6 +280,11 @@ impl InferConfig {
                 "repetition_penalty",
                 s.repetition_penalty != d.repetition_penalty,
             ),
+            (
+                "frequency_penalty",
+                s.frequency_penalty != d.frequency_penalty,
+            ),
+            ("presence_penalty", s.presence_penalty != d.presence_penalty),
             ("stop_token_ids", s.stop_token_ids != d.stop_token_ids),
         ] {
             if differs {

@@ -279,7 +279,7 @@ pub fn generate_sharing(
             if row.finish.is_some() {
                 continue;
             }
-            let t = row.sampler.sample(l, row.prompt.iter().chain(&row.tokens));
+            let t = row.sampler.sample(l, &row.prompt, &row.tokens);
             row.tokens.push(t);
             row.logprobs.push(logprob(l, t));
             let count = row.tokens.len();

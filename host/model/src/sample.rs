@@ -1,6 +1,7 @@
-//! Choosing the next token from logits: repetition penalty, temperature, top-k, min-p and
-//! top-p (in that order, as llama.cpp and HF apply them), with a seeded generator per
-//! sequence so the same seed gives the same text. Temperature 0 is greedy.
+//! Choosing the next token from logits: repetition penalty, frequency and presence penalties,
+//! temperature, top-k, min-p and top-p (in that order, as llama.cpp, HF and vLLM apply them),
+//! with a seeded generator per sequence so the same seed gives the same text. Temperature 0 is
+//! greedy.
 
 use crate::kernels::softmax;
 use rand::rngs::StdRng;
@@ -18,8 +19,13 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Drop tokens less likely than `min_p` times the most likely one; 0 keeps all.
     pub min_p: f32,
-    /// Divides positive (multiplies negative) logits of tokens already seen; 1 is off.
+    /// Divides positive (multiplies negative) logits of tokens already seen (prompt and
+    /// output); 1 is off.
     pub repetition_penalty: f32,
+    /// OpenAI's: subtracted from a token's logit once per time the output has it; 0 is off.
+    pub frequency_penalty: f32,
+    /// OpenAI's: subtracted from a token's logit when the output has it at all; 0 is off.
+    pub presence_penalty: f32,
     pub seed: u64,
     pub max_tokens: usize,
     /// Generation stops when the text contains one of these (they are cut off).
@@ -37,6 +43,8 @@ impl Default for SamplingParams {
             top_p: 0.95,
             min_p: 0.05,
             repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 0,
             max_tokens: 512,
             stop: vec![],
@@ -73,6 +81,15 @@ impl SamplingParams {
                 "key `repetition_penalty`: {} must be > 0",
                 self.repetition_penalty
             ));
+        }
+        // OpenAI's range; NaN fails too.
+        for (key, v) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(format!("key `{key}`: {v} must be in [-2, 2]"));
+            }
         }
         Ok(())
     }
@@ -136,23 +153,39 @@ impl Sampler {
         }
     }
 
-    /// Picks a token. `seen` are the tokens the penalty applies to (prompt and output).
-    pub fn sample<'s>(&mut self, logits: &[f32], seen: impl IntoIterator<Item = &'s u32>) -> u32 {
+    /// Picks a token after `prompt` and the `output` generated so far: the repetition
+    /// penalty counts both, the frequency and presence penalties the output only (as OpenAI
+    /// and vLLM do).
+    pub fn sample(&mut self, logits: &[f32], prompt: &[u32], output: &[u32]) -> u32 {
         let p = &self.params;
-        // Copied only when the penalty changes them.
+        // Copied only when a penalty changes them.
         let penalised;
-        let logits: &[f32] = if p.repetition_penalty != 1.0 {
+        let counted = p.frequency_penalty != 0.0 || p.presence_penalty != 0.0;
+        let logits: &[f32] = if p.repetition_penalty != 1.0 || counted {
             let mut logits = logits.to_vec();
-            let mut done = std::collections::HashSet::new();
-            for &t in seen {
-                if done.insert(t)
-                    && let Some(l) = logits.get_mut(t as usize)
-                {
-                    *l = if *l > 0.0 {
-                        *l / p.repetition_penalty
-                    } else {
-                        *l * p.repetition_penalty
-                    };
+            if p.repetition_penalty != 1.0 {
+                let mut done = std::collections::HashSet::new();
+                for &t in prompt.iter().chain(output) {
+                    if done.insert(t)
+                        && let Some(l) = logits.get_mut(t as usize)
+                    {
+                        *l = if *l > 0.0 {
+                            *l / p.repetition_penalty
+                        } else {
+                            *l * p.repetition_penalty
+                        };
+                    }
+                }
+            }
+            if counted {
+                let mut counts = std::collections::HashMap::<u32, u32>::new();
+                for &t in output {
+                    *counts.entry(t).or_default() += 1;
+                }
+                for (t, n) in counts {
+                    if let Some(l) = logits.get_mut(t as usize) {
+                        *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
+                    }
                 }
             }
             penalised = logits;
@@ -265,7 +298,7 @@ mod tests {
         let n = 40_000;
         let mut counts = [0usize; 5];
         for _ in 0..n {
-            counts[s.sample(&logits, &[]) as usize] += 1;
+            counts[s.sample(&logits, &[], &[]) as usize] += 1;
         }
         let z: f64 = logits.iter().map(|&l| ((l / t) as f64).exp()).sum();
         for (i, &c) in counts.iter().enumerate() {
@@ -283,7 +316,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax_and_penalty_can_change_it() {
         let mut s = Sampler::new(SamplingParams::greedy(1), 0);
-        assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[]), 1);
+        assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[], &[]), 1);
         let mut s = Sampler::new(
             SamplingParams {
                 repetition_penalty: 1.2,
@@ -291,7 +324,39 @@ mod tests {
             },
             0,
         );
-        assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[1]), 2);
+        assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[1], &[]), 2);
+    }
+
+    /// OpenAI's penalties count the output only, the frequency one per occurrence.
+    #[test]
+    fn frequency_and_presence_penalties_count_the_output() {
+        let logits = [0.1, 2.0, 1.9];
+        let pick = |frequency_penalty, presence_penalty, prompt: &[u32], output: &[u32]| {
+            let p = SamplingParams {
+                frequency_penalty,
+                presence_penalty,
+                ..SamplingParams::greedy(1)
+            };
+            p.validate().unwrap();
+            Sampler::new(p, 0).sample(&logits, prompt, output)
+        };
+        // 2.0 - 0.06 stays above 1.9; twice it falls below.
+        assert_eq!(pick(0.06, 0.0, &[], &[1]), 1);
+        assert_eq!(pick(0.06, 0.0, &[], &[1, 1]), 2);
+        // Presence counts once however often.
+        assert_eq!(pick(0.0, 0.06, &[], &[1, 1, 1]), 1);
+        assert_eq!(pick(0.0, 0.2, &[], &[1]), 2);
+        // The prompt does not count.
+        assert_eq!(pick(1.0, 1.0, &[1, 1, 1], &[]), 1);
+        // A negative penalty favours repeats.
+        assert_eq!(pick(-0.5, 0.0, &[], &[2]), 2);
+        for bad in [2.5, -2.1, f32::NAN] {
+            let p = SamplingParams {
+                presence_penalty: bad,
+                ..SamplingParams::greedy(1)
+            };
+            assert!(p.validate().unwrap_err().contains("presence_penalty"));
+        }
     }
 
     #[test]
@@ -306,7 +371,9 @@ mod tests {
         };
         let run = |p: SamplingParams| {
             let mut s = Sampler::new(p, 7);
-            (0..200).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| s.sample(&logits, &[], &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(params.clone()), run(params.clone()));
         assert_ne!(

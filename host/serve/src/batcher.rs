@@ -578,9 +578,7 @@ impl Loop {
             biased = l;
             &biased
         };
-        let t = s
-            .sampler
-            .sample(logits, s.job.prompt.iter().chain(&s.tokens));
+        let t = s.sampler.sample(logits, &s.job.prompt, &s.tokens);
         s.tokens.push(t);
         let eos = s.eos.contains(&t);
         let finish = match s.out.take(&self.tok, t, eos, s.tokens.len(), params) {

@@ -12,6 +12,8 @@ pub mod engines;
 pub mod flags;
 pub mod prompt_cache;
 pub mod remote;
+mod request;
+mod stream;
 
 pub use batcher::Limits;
 pub use engines::Opened;

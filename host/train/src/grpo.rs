@@ -279,6 +279,8 @@ impl<'a> GrpoTask<'a> {
             top_p: self.cfg.top_p as f32,
             min_p: 0.0,
             repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed,
             max_tokens: self.cfg.max_completion_length,
             stop: Vec::new(),

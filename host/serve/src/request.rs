@@ -1,0 +1,407 @@
+//! What a request to the API may say, read and checked: the bodies of
+//! `/v1/chat/completions` and `/v1/completions`, their sampling parameters (OpenAI's, and the
+//! `top_k`, `min_p`, `repetition_penalty` and `cache_salt` of llama.cpp's and vLLM's servers)
+//! turned into galley's `SamplingParams`, and what galley does not do — tool calls,
+//! constrained output — refused by name rather than ignored, since a client that sent
+//! `response_format: json_object` would otherwise parse whatever text comes back.
+
+use crate::api::{ApiError, Shared};
+use galley_model::SamplingParams;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Reads a JSON body ourselves, so a malformed one gets OpenAI's error shape, naming the key.
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut path = e.path().to_string();
+        // A flattened field's error has no path (serde buffers [`Sampling`]'s fields): find
+        // the key by reading each one alone as `Sampling`, which ignores other keys.
+        if path == "." {
+            let obj: serde_json::Map<String, Value> =
+                serde_json::from_slice(body).unwrap_or_default();
+            if let Some((k, _)) = obj.iter().find(|(k, v)| {
+                serde_json::from_value::<Sampling>(json!({ k.as_str(): v })).is_err()
+            }) {
+                path = k.clone();
+            }
+        }
+        ApiError {
+            param: (path != ".").then(|| path.clone().into()),
+            ..ApiError::bad(
+                format!("invalid request body at `{path}`: {}", e.inner()),
+                None,
+            )
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Part {
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    #[serde(default)]
+    pub(crate) text: String,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ChatMessage {
+    pub(crate) role: String,
+    #[serde(default)]
+    pub(crate) content: Option<Content>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct StreamOptions {
+    #[serde(default)]
+    pub(crate) include_usage: bool,
+}
+
+/// Sampling settings shared by both endpoints.
+#[derive(Deserialize, Default)]
+pub(crate) struct Sampling {
+    pub(crate) temperature: Option<f32>,
+    pub(crate) top_p: Option<f32>,
+    pub(crate) top_k: Option<usize>,
+    pub(crate) min_p: Option<f32>,
+    pub(crate) repetition_penalty: Option<f32>,
+    /// OpenAI's, over the tokens generated so far, in [-2, 2].
+    pub(crate) frequency_penalty: Option<f32>,
+    pub(crate) presence_penalty: Option<f32>,
+    pub(crate) seed: Option<u64>,
+    pub(crate) stop: Option<Stop>,
+    pub(crate) n: Option<usize>,
+    /// Token id (as a string, OpenAI's shape) -> bias added to its logit, in [-100, 100].
+    pub(crate) logit_bias: Option<std::collections::HashMap<String, f32>>,
+    /// Prompt-cache isolation (vLLM's field): kept prompts are reused only by requests with
+    /// the same salt.
+    pub(crate) cache_salt: Option<String>,
+}
+
+/// What a request adds to its jobs beyond sampling: its logit biases and cache salt.
+pub(crate) struct Extras {
+    pub(crate) bias: Vec<(u32, f32)>,
+    pub(crate) cache_salt: Option<String>,
+}
+
+/// `logit_bias` and `cache_salt`, checked.
+pub(crate) fn extras(s: &Shared, p: &Sampling) -> Result<Extras, ApiError> {
+    if let Some(salt) = &p.cache_salt
+        && (salt.is_empty() || salt.len() > 1024)
+    {
+        return Err(ApiError::bad(
+            format!("cache_salt must be 1 to 1024 bytes, not {}", salt.len()),
+            Some("cache_salt"),
+        ));
+    }
+    Ok(Extras {
+        bias: logit_bias(s, p)?,
+        cache_salt: p.cache_salt.clone(),
+    })
+}
+
+/// `logit_bias` as (token, bias) pairs, checked.
+pub(crate) fn logit_bias(s: &Shared, p: &Sampling) -> Result<Vec<(u32, f32)>, ApiError> {
+    let vocab = s.tokenizer.vocab_size() as u32;
+    let mut out = Vec::new();
+    for (k, &b) in p.logit_bias.iter().flatten() {
+        let t: u32 = k.parse().ok().filter(|&t| t < vocab).ok_or_else(|| {
+            ApiError::bad(
+                format!("logit_bias: `{k}` is not a token id below {vocab}"),
+                Some("logit_bias"),
+            )
+        })?;
+        if !(-100.0..=100.0).contains(&b) {
+            return Err(ApiError::bad(
+                format!("logit_bias: {b} is not in [-100, 100]"),
+                Some("logit_bias"),
+            ));
+        }
+        out.push((t, b));
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ChatRequest {
+    pub(crate) model: String,
+    pub(crate) messages: Vec<ChatMessage>,
+    pub(crate) max_tokens: Option<usize>,
+    pub(crate) max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    pub(crate) stream: bool,
+    pub(crate) stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub(crate) logprobs: bool,
+    pub(crate) top_logprobs: Option<usize>,
+    /// Refused unless absent or plain text (see [`refuse_unsupported`]).
+    pub(crate) response_format: Option<Value>,
+    pub(crate) tools: Option<Value>,
+    pub(crate) tool_choice: Option<Value>,
+    pub(crate) functions: Option<Value>,
+    pub(crate) function_call: Option<Value>,
+    #[serde(flatten)]
+    pub(crate) sampling: Sampling,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CompletionRequest {
+    pub(crate) model: String,
+    pub(crate) prompt: Prompt,
+    pub(crate) max_tokens: Option<usize>,
+    #[serde(default)]
+    pub(crate) echo: bool,
+    pub(crate) logprobs: Option<usize>,
+    #[serde(default)]
+    pub(crate) stream: bool,
+    pub(crate) stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    pub(crate) sampling: Sampling,
+}
+
+/// The request's sampling parameters, checked, for `prompt_len` prompt tokens.
+pub(crate) fn params(
+    s: &Shared,
+    p: &Sampling,
+    max_tokens: Option<usize>,
+    prompt_len: usize,
+) -> Result<SamplingParams, ApiError> {
+    let t = p.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&t) {
+        return Err(ApiError::bad(
+            format!("temperature {t} is not in [0, 2]"),
+            Some("temperature"),
+        ));
+    }
+    let top_p = p.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::bad(
+            format!("top_p {top_p} is not in (0, 1]"),
+            Some("top_p"),
+        ));
+    }
+    let room = s.context.saturating_sub(prompt_len);
+    let max = max_tokens.unwrap_or(room);
+    if prompt_len + max > s.context {
+        return Err(ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::bad(
+                format!(
+                    "This model's maximum context length is {} tokens. However, you requested {} tokens ({prompt_len} in the prompt, {max} in the completion).",
+                    s.context,
+                    prompt_len + max
+                ),
+                Some("messages"),
+            )
+        });
+    }
+    let params = SamplingParams {
+        temperature: t,
+        top_p,
+        top_k: p.top_k.unwrap_or(0),
+        min_p: p.min_p.unwrap_or(0.0),
+        repetition_penalty: p.repetition_penalty.unwrap_or(1.0),
+        frequency_penalty: p.frequency_penalty.unwrap_or(0.0),
+        presence_penalty: p.presence_penalty.unwrap_or(0.0),
+        seed: p.seed.unwrap_or(0),
+        max_tokens: max,
+        stop: match &p.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        },
+        stop_token_ids: Vec::new(),
+    };
+    params.validate().map_err(|e| ApiError::bad(e, None))?;
+    Ok(params)
+}
+
+pub(crate) fn n_of(p: &Sampling) -> Result<usize, ApiError> {
+    let n = p.n.unwrap_or(1);
+    if !(1..=16).contains(&n) {
+        return Err(ApiError::bad(format!("n {n} is not in [1, 16]"), Some("n")));
+    }
+    Ok(n)
+}
+
+/// Refuses what galley cannot honour instead of answering as if it had: tool calling (the
+/// model's text would come back where the client expects `tool_calls`) and JSON output
+/// (`response_format` other than text: galley has no constrained decoding). An empty tool
+/// list and `tool_choice: "none"` ask for nothing and pass.
+pub(crate) fn refuse_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
+    let asked = |v: &Option<Value>| match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::String(s)) => s != "none",
+        Some(_) => true,
+    };
+    for (key, v) in [
+        ("tools", &req.tools),
+        ("tool_choice", &req.tool_choice),
+        ("functions", &req.functions),
+        ("function_call", &req.function_call),
+    ] {
+        if asked(v) {
+            return Err(ApiError::bad(
+                format!("`{key}`: galley serve does not call tools; send the request without it"),
+                Some(key),
+            ));
+        }
+    }
+    if let Some(f) = &req.response_format {
+        let kind = f.get("type").and_then(Value::as_str).unwrap_or_default();
+        if kind != "text" {
+            return Err(ApiError::bad(
+                format!(
+                    "`response_format` type `{kind}`: galley serve has no constrained decoding, so it cannot promise JSON output; leave response_format out or use {{\"type\": \"text\"}}"
+                ),
+                Some("response_format"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The keys of a request body that neither endpoint reads, for a warning in the server's
+/// log (vLLM's behaviour): a client that sends a parameter galley does not know learns why
+/// it had no effect. Keys OpenAI clients send that change nothing here are not listed.
+pub(crate) fn ignored_keys(body: &[u8], chat: bool) -> Vec<String> {
+    const SAMPLING: &[&str] = &[
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "frequency_penalty",
+        "presence_penalty",
+        "seed",
+        "stop",
+        "n",
+        "logit_bias",
+        "cache_salt",
+    ];
+    const CHAT: &[&str] = &[
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "stream",
+        "stream_options",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "functions",
+        "function_call",
+    ];
+    const COMPLETION: &[&str] = &[
+        "model",
+        "prompt",
+        "max_tokens",
+        "echo",
+        "logprobs",
+        "stream",
+    ];
+    // Bookkeeping fields that do not change an answer.
+    const HARMLESS: &[&str] = &[
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "parallel_tool_calls",
+    ];
+    let known = if chat { CHAT } else { COMPLETION };
+    let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    obj.keys()
+        .filter(|k| {
+            let k = k.as_str();
+            !SAMPLING.contains(&k) && !known.contains(&k) && !HARMLESS.contains(&k)
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(extra: Value) -> ChatRequest {
+        let mut body = json!({"model": "m", "messages": []});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn tools_and_json_output_are_refused_by_name_and_empty_asks_pass() {
+        for (extra, key) in [
+            (
+                json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+                "tools",
+            ),
+            (json!({"tool_choice": "auto"}), "tool_choice"),
+            (json!({"functions": [{"name": "f"}]}), "functions"),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {}}}),
+                "response_format",
+            ),
+        ] {
+            let e = refuse_unsupported(&chat(extra.clone())).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(key), "{extra}");
+            assert!(e.message.contains(key), "{}", e.message);
+        }
+        for extra in [
+            json!({"tools": []}),
+            json!({"tool_choice": "none"}),
+            json!({"response_format": {"type": "text"}}),
+            json!({"tools": null}),
+        ] {
+            assert!(refuse_unsupported(&chat(extra.clone())).is_ok(), "{extra}");
+        }
+    }
+
+    #[test]
+    fn keys_no_endpoint_reads_are_named_and_harmless_ones_are_not() {
+        let body = br#"{"model": "m", "messages": [], "user": "u", "temperature": 1,
+                        "frequency_penalty": 0.5, "best_of": 2, "mirostat": 2}"#;
+        assert_eq!(ignored_keys(body, true), ["best_of", "mirostat"]);
+        // `echo` belongs to completions only.
+        let body = br#"{"model": "m", "prompt": "p", "echo": true, "messages": []}"#;
+        assert!(ignored_keys(body, false) == ["messages"]);
+        assert_eq!(
+            ignored_keys(br#"{"model": "m", "echo": true}"#, true),
+            ["echo"]
+        );
+    }
+}
