@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 dir=.cache/data
 mkdir -p "$dir"
 # pyarrow and datasets write the Parquet files and save_to_disk folders the data-format
-# tests read, and the official openai client calls `galley serve` in its tests (a private
-# venv, not the user's Python).
+# tests read, the official openai client calls `galley serve` in its tests, and gguf-py
+# (llama.cpp's own GGUF reader) reads what `galley export` writes (a private venv, not the
+# user's Python).
 venv=.cache/tools-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c "import pyarrow, datasets, openai" 2>/dev/null || "$venv/bin/pip" install --quiet "pyarrow>=14" "datasets>=3" "openai>=1.50"
+"$venv/bin/python" -c "import pyarrow, datasets, openai, gguf, safetensors" 2>/dev/null || "$venv/bin/pip" install --quiet "pyarrow>=14" "datasets>=3" "openai>=1.50" "gguf>=0.17" "safetensors>=0.4"
 if [ -f "$dir/alpaca_en_demo.json" ] && [ -f "$dir/dpo_en_demo.json" ] && [ -d "$dir/shakespeare" ]; then
     echo "fetch-data: $dir present"
     exit 0

@@ -5,6 +5,7 @@
 mod call;
 mod dev_cmd;
 mod eval;
+mod export;
 mod infer;
 mod install_cmd;
 mod judge;
@@ -76,6 +77,8 @@ enum Top {
     Serve(galley_serve::flags::ServeFlags),
     /// Write a SkyPilot task or Slurm script that runs a galley command on every GPU of a cluster, pinning this binary and galley.lock's plugins; submit it unless --emit.
     Launch(galley_launch::flags::LaunchFlags),
+    /// Write a model, with LoRA adapters folded in, as a GGUF file for llama.cpp (-o NAME.gguf, --outtype f16|q8_0|q4_0...) or an HF folder.
+    Export(export::ExportArgs),
     /// Synthesize data: completions from any engine for prompts from a dataset or a loader plugin, graded, written as SFT conversations or DPO pairs (resumable).
     Synth(synth::SynthArgs),
 }
@@ -198,6 +201,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Eval(a) => eval::run(a),
         Top::Serve(a) => serve::run(a),
         Top::Synth(a) => synth::run(a),
+        Top::Export(a) => export::run(a),
         Top::Launch(a) => launch::run(a),
         Top::Judge(a) => judge::run(a),
         Top::Run(a) => run_cmd::run(a),

@@ -21,6 +21,7 @@ pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod gguf_export;
 pub mod hub;
 pub mod kernels;
 pub mod layers;

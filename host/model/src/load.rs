@@ -110,7 +110,12 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<Checkpoint> {
         .expect("a GGUF has metadata")
         .clone();
     let tied = !weights.has("lm_head.weight");
-    let config = LlamaConfig::from_gguf(path, &md, tied)?;
+    let mut config = LlamaConfig::from_gguf(path, &md, tied)?;
+    // Biases are optional tensors to llama.cpp's Llama (an HF model with `attention_bias`
+    // converts with them): present means used.
+    config.qkv_bias |= weights.has("model.layers.0.self_attn.q_proj.bias");
+    config.o_bias |= weights.has("model.layers.0.self_attn.o_proj.bias");
+    config.mlp_bias |= weights.has("model.layers.0.mlp.gate_proj.bias");
     if config.family == Family::Llama {
         weights.set_unpermute_qk(config.num_heads, config.num_kv_heads);
     }

@@ -201,6 +201,135 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// The `tokenizer.ggml.*` metadata llama.cpp builds this tokenizer from — the reverse of
+    /// [`Tokenizer::from_gguf`]: tokens by id (padded to `vocab_size` rows of embeddings with
+    /// unused `[PAD<i>]` tokens, as llama.cpp's converter does), their types (added special
+    /// tokens are control tokens), the merges by rank, and the pre-tokenizer by llama.cpp's
+    /// name for it. Only byte-level BPE is written; another model or an unnamed pre-tokenizer
+    /// is an error rather than a GGUF that tokenizes differently.
+    pub fn gguf_metadata(&self, vocab_size: usize) -> Result<Vec<(String, Value)>> {
+        let unsupported = |what: String| ModelError::Tokenizer(format!("GGUF export: {what}"));
+        let model = serde_json::to_value(self.inner.get_model()).map_err(tok_err)?;
+        if model.get("type").and_then(|t| t.as_str()) != Some("BPE") {
+            return Err(unsupported(format!(
+                "only byte-level BPE tokenizers are written (this one is {})",
+                model.get("type").unwrap_or(&serde_json::Value::Null)
+            )));
+        }
+        let merges: Vec<Value> = model
+            .get("merges")
+            .and_then(|m| m.as_array())
+            .ok_or_else(|| unsupported("the BPE model has no merges".into()))?
+            .iter()
+            .map(|m| match m {
+                // The tokenizers crate writes pairs; older tokenizer.json files "a b" strings.
+                serde_json::Value::Array(p) if p.len() == 2 => Ok(Value::String(format!(
+                    "{} {}",
+                    p[0].as_str().unwrap_or_default(),
+                    p[1].as_str().unwrap_or_default()
+                ))),
+                serde_json::Value::String(s) => Ok(Value::String(s.clone())),
+                other => Err(unsupported(format!("malformed merge {other}"))),
+            })
+            .collect::<Result<_>>()?;
+        let pre = serde_json::to_value(self.inner.get_pre_tokenizer()).map_err(tok_err)?;
+        let pre = llama_cpp_pre(&pre).ok_or_else(|| {
+            unsupported(format!(
+                "the pre-tokenizer {pre} has no llama.cpp name galley knows (gpt-2, smollm, llama-bpe, qwen2)"
+            ))
+        })?;
+        let vocab = self.inner.get_vocab(true);
+        let n = vocab_size.max(vocab.values().map(|&i| i as usize + 1).max().unwrap_or(0));
+        let mut tokens: Vec<Option<String>> = vec![None; n];
+        for (t, &i) in &vocab {
+            tokens[i as usize] = Some(t.clone());
+        }
+        let added = self.inner.get_added_tokens_decoder();
+        let mut types = Vec::with_capacity(n);
+        let tokens: Vec<Value> = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                // llama.cpp's types: 1 normal, 3 control, 4 user-defined, 5 unused.
+                let kind = match (&t, added.get(&(i as u32))) {
+                    (None, _) => 5,
+                    (_, Some(a)) if a.special => 3,
+                    (_, Some(_)) => 4,
+                    _ => 1,
+                };
+                types.push(Value::I32(kind));
+                Value::String(t.unwrap_or_else(|| format!("[PAD{i}]")))
+            })
+            .collect();
+        let mut md = vec![
+            ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
+            ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
+            ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+            ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+            (
+                "tokenizer.ggml.add_bos_token".into(),
+                Value::Bool(self.adds_bos()),
+            ),
+        ];
+        if let Some(b) = self.bos {
+            md.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(b)));
+        }
+        if let Some(&e) = self.eos.first() {
+            md.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(e)));
+        }
+        Ok(md)
+    }
+}
+
+impl Tokenizer {
+    /// Whether plain text gets BOS first: galley's own rule (GGUF's `add_bos_token`), or a
+    /// tokenizer.json whose post-processor puts the BOS token before a single sequence
+    /// (Llama 3's `TemplateProcessing`), which llama.cpp knows only as `add_bos_token`.
+    fn adds_bos(&self) -> bool {
+        if self.add_bos {
+            return true;
+        }
+        let Some(bos) = self.bos.and_then(|b| self.id_to_token(b)) else {
+            return false;
+        };
+        let post = serde_json::to_value(self.inner.get_post_processor()).unwrap_or_default();
+        let first = post
+            .get("single")
+            .and_then(|s| s.get(0))
+            .and_then(|t| t.get("SpecialToken"))
+            .and_then(|t| t.get("id"))
+            .and_then(|id| id.as_str());
+        first == Some(bos.as_str())
+    }
+}
+
+/// llama.cpp's name for a tokenizer.json pre-tokenizer (the ones [`Tokenizer::from_gguf`]
+/// builds), read from its structure.
+fn llama_cpp_pre(pre: &serde_json::Value) -> Option<&'static str> {
+    let kind = |v: &serde_json::Value| v.get("type").and_then(|t| t.as_str()).map(String::from);
+    let byte_level = |v: &serde_json::Value, regex: bool| {
+        kind(v).as_deref() == Some("ByteLevel")
+            && v.get("use_regex").and_then(|r| r.as_bool()).unwrap_or(true) == regex
+    };
+    if byte_level(pre, true) {
+        return Some("gpt-2");
+    }
+    let parts = pre.get("pretokenizers")?.as_array()?;
+    match parts.as_slice() {
+        [d, b] if kind(d).as_deref() == Some("Digits") && byte_level(b, true) => {
+            d.get("individual_digits")?.as_bool()?.then_some("smollm")
+        }
+        [s, b] if kind(s).as_deref() == Some("Split") && byte_level(b, false) => {
+            match s.get("pattern")?.get("Regex")?.as_str()? {
+                LLAMA3_SPLIT => Some("llama-bpe"),
+                QWEN2_SPLIT => Some("qwen2"),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 /// A generation's text as its tokens arrive. Each token decodes a short window — the tokens

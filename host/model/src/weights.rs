@@ -47,7 +47,7 @@ pub enum LinearWeight {
 }
 
 /// `name` in llama.cpp's GGUF naming.
-fn gguf_name(hf: &str) -> String {
+pub(crate) fn gguf_name(hf: &str) -> String {
     let simple = [
         ("model.embed_tokens.weight", "token_embd.weight"),
         ("model.norm.weight", "output_norm.weight"),
@@ -342,7 +342,11 @@ impl Weights {
 
 /// llama.cpp stores each head's Q/K rows as (d/2, 2) interleaved pairs; HF as (2, d/2) halves.
 /// Rows are independent runs of quant blocks, so the fix is a byte-level row reorder.
-fn unpermute_rows(qt: &QTensor, heads: usize, device: &Device) -> candle_core::Result<QTensor> {
+pub(crate) fn unpermute_rows(
+    qt: &QTensor,
+    heads: usize,
+    device: &Device,
+) -> candle_core::Result<QTensor> {
     let dims = qt.shape().dims().to_vec();
     let rows = dims[0];
     if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {

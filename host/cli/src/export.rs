@@ -1,0 +1,77 @@
+//! `galley export`: a model — with the LoRA adapters a run trained folded in — written for
+//! tools that load no adapters: a GGUF file for llama.cpp (`-o NAME.gguf`, `--outtype` as
+//! llama.cpp's converter takes it), or an HF checkpoint folder (safetensors, config.json,
+//! tokenizer) for transformers and everything built on it — which also turns a GGUF into an
+//! HF checkpoint (its blocks dequantized).
+
+use anyhow::{Context, Result};
+use galley_model::gguf_export::{OutType, write_gguf};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The model: a .gguf file, an HF checkpoint folder, or an `hf://` name.
+    model: String,
+    /// A PEFT LoRA adapter folder folded into the weights; repeat for a chain (in order).
+    #[arg(long, short)]
+    adapter: Vec<PathBuf>,
+    /// Where to write: `NAME.gguf` for a GGUF file, anything else for an HF folder.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// The GGUF's weight type: f32, f16, q8_0, q4_0 or q4_1 (norms and biases stay f32).
+    #[arg(long, default_value = "f16")]
+    outtype: OutType,
+    /// `general.name` in the GGUF (default: the output's file stem).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+pub fn run(a: ExportArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let model = galley_model::hub::resolve(&a.model, std::path::Path::new("."))
+        .with_context(|| format!("model {}", a.model))?;
+    let gguf = a.output.extension().is_some_and(|e| e == "gguf");
+    if !gguf {
+        galley_train::export::merge_adapter(&model, &a.adapter, &a.output)
+            .with_context(|| format!("writing {}", a.output.display()))?;
+        println!(
+            "wrote {} (model.safetensors, config.json, tokenizer) in {:.1} s",
+            a.output.display(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    let dev = candle_core::Device::Cpu;
+    let mut ck = galley_model::open(&model, galley_model::LoadOptions { dequantize: true })
+        .with_context(|| format!("opening {}", model.display()))?;
+    for dir in &a.adapter {
+        ck.weights = galley_model::Adapter::load(dir, &dev)
+            .and_then(|ad| ad.apply(ck.weights))
+            .with_context(|| format!("adapter {}", dir.display()))?;
+    }
+    let name = a.name.clone().unwrap_or_else(|| {
+        a.output
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let out = write_gguf(&ck, &name, a.outtype, &a.output)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    if !out.in_f16.is_empty() {
+        eprintln!(
+            "{} weights have rows that do not split into 32-value blocks and were written in f16: {}",
+            out.in_f16.len(),
+            out.in_f16.join(", ")
+        );
+    }
+    println!(
+        "wrote {}: {} tensors, {:.1}M parameters, {:.1} MiB, {:?} in {:.1} s",
+        a.output.display(),
+        out.tensors,
+        out.parameters as f64 / 1e6,
+        out.bytes as f64 / (1 << 20) as f64,
+        a.outtype,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! `galley export`: a model (with LoRA adapters folded in) written as GGUF for llama.cpp and
+//! as an HF folder. What is written is read back by galley — the GGUF's log-likelihoods
+//! equal the source's (f32) or stay close (q8_0) on a scored task — and by the Python
+//! ecosystem: gguf-py (llama.cpp's own reader) finds llama.cpp's tensor names, types and
+//! metadata, and the permuted Q/K rows.
+
+use galley_e2e::*;
+use std::path::Path;
+use std::process::Output;
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "failed:\n{}{}", stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+/// The tiny model, a LoRA adapter for it and a multiple-choice task over local data.
+fn project() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    galley_train::testing::tiny_chat_model(&d.join("model"));
+    write_adapter(&d.join("model"), &d.join("adapter"));
+    let mut mc = String::new();
+    for i in 0..10 {
+        let row = serde_json::json!({"q": format!("the number {i} is"), "choices": [format!("{}", i * 3 % 17), "yes", "no and"], "answer": 0});
+        mc.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(d.join("mc.jsonl"), mc).unwrap();
+    std::fs::write(
+        d.join("mc.yaml"),
+        "task: mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: mc.jsonl\n\
+         output_type: multiple_choice\ntest_split: test\ndoc_to_text: \"{{q}}\"\n\
+         doc_to_target: answer\ndoc_to_choice: choices\nmetric_list:\n  - metric: acc\n",
+    )
+    .unwrap();
+    tmp
+}
+
+/// Every choice's log-likelihood, document by document, when `model` (and `adapter`) score
+/// the task.
+fn scores(d: &Path, model: &str, adapter: Option<&str>, out: &str) -> Vec<f64> {
+    let mut args = vec!["eval", "-m", model, "--tasks", "mc.yaml", "-o", out];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", a]);
+    }
+    ok(galley(d, &args));
+    std::fs::read_to_string(d.join(out).join("samples.jsonl"))
+        .unwrap()
+        .lines()
+        .flat_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["loglikelihoods"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p[0].as_f64().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn an_exported_gguf_scores_as_its_source_adapters_folded_in() {
+    let tmp = project();
+    let d = tmp.path();
+    let base = scores(d, "model", None, "base");
+    let adapted = scores(d, "model", Some("adapter"), "adapted");
+    assert!(
+        max_diff(&base, &adapted) > 1e-3,
+        "the adapter changes scores"
+    );
+
+    ok(galley(
+        d,
+        &["export", "model", "-o", "f32.gguf", "--outtype", "f32"],
+    ));
+    assert!(max_diff(&scores(d, "f32.gguf", None, "f32"), &base) < 1e-4);
+    let out = ok(galley(
+        d,
+        &[
+            "export",
+            "model",
+            "--adapter",
+            "adapter",
+            "-o",
+            "tuned.gguf",
+            "--outtype",
+            "f32",
+        ],
+    ));
+    assert!(out.contains("tuned.gguf"), "{out}");
+    assert!(max_diff(&scores(d, "tuned.gguf", None, "tuned"), &adapted) < 1e-4);
+
+    // q8_0: a quarter of f32's bytes for the weights, scores close to the source's.
+    ok(galley(
+        d,
+        &["export", "model", "-o", "q8.gguf", "--outtype", "q8_0"],
+    ));
+    let size = |f: &str| std::fs::metadata(d.join(f)).unwrap().len();
+    assert!(
+        size("q8.gguf") < size("f32.gguf") / 2,
+        "{} vs {}",
+        size("q8.gguf"),
+        size("f32.gguf")
+    );
+    let q8 = max_diff(&scores(d, "q8.gguf", None, "q8"), &base);
+    assert!(q8 < 0.05 && q8 > 0.0, "q8_0 differs by {q8}");
+
+    // And back: a GGUF to an HF folder (dequantized), which scores as the GGUF does.
+    ok(galley(d, &["export", "tuned.gguf", "-o", "tuned-hf"]));
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        assert!(d.join("tuned-hf").join(f).exists(), "{f}");
+    }
+    assert!(max_diff(&scores(d, "tuned-hf", None, "back"), &adapted) < 1e-4);
+}
+
+#[test]
+fn gguf_py_reads_llama_cpps_names_types_and_metadata() {
+    let tmp = project();
+    let d = tmp.path();
+    ok(galley(
+        d,
+        &["export", "model", "-o", "m.gguf", "--outtype", "q8_0"],
+    ));
+    let py = repo_root().join(".cache/tools-venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/fetch-data.sh",
+        py.display()
+    );
+    let script = r#"
+import json, sys
+import numpy as np
+from gguf import GGUFReader, GGMLQuantizationType as T
+from gguf.quants import dequantize
+from safetensors.numpy import load_file
+r = GGUFReader(sys.argv[1])
+def field(k):
+    f = r.fields[k]
+    return f.contents()
+def check(c, what):
+    if not c:
+        raise SystemExit("FAILED: " + what)
+check(field("general.architecture") == "llama", "architecture")
+check(field("llama.block_count") == 2 and field("llama.embedding_length") == 32, "sizes")
+check(field("llama.attention.head_count") == 4 and field("llama.attention.head_count_kv") == 2, "heads")
+check(field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.pre") == "gpt-2", "tokenizer")
+tok = json.load(open(sys.argv[2] + "/tokenizer.json"))
+check(len(field("tokenizer.ggml.tokens")) == len(tok["model"]["vocab"]) + 2, "tokens")
+check("<|im_start|>" in field("tokenizer.chat_template"), "chat template")
+types = dict(zip(field("tokenizer.ggml.tokens"), field("tokenizer.ggml.token_type")))
+check(types["<|im_end|>"] == 3, "control token")
+t = {x.name: x for x in r.tensors}
+names = {"token_embd.weight", "output_norm.weight", "blk.0.attn_q.weight", "blk.1.ffn_down.weight", "blk.0.attn_norm.weight"}
+check(names <= set(t), f"names {sorted(t)}")
+check(t["blk.0.attn_q.weight"].tensor_type == T.Q8_0 and t["blk.0.attn_norm.weight"].tensor_type == T.F32, "types")
+# llama.cpp's Q row order: within each head, HF's halves interleaved.
+hf = load_file(sys.argv[2] + "/model.safetensors")["model.layers.0.self_attn.q_proj.weight"]
+q = dequantize(t["blk.0.attn_q.weight"].data, T.Q8_0).reshape(hf.shape)
+heads, d = 4, 8
+perm = hf.reshape(heads, 2, d // 2, -1).swapaxes(1, 2).reshape(hf.shape)
+check(np.abs(q - perm).max() < 0.01 and np.abs(q - hf).max() > 0.01, "q rows permuted")
+print("ok")
+"#;
+    let o = std::process::Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .arg(d.join("m.gguf"))
+        .arg(d.join("model"))
+        .output()
+        .unwrap();
+    assert_eq!(ok(o).trim(), "ok");
+}
+
+#[test]
+fn export_errors_name_the_input() {
+    let tmp = project();
+    let d = tmp.path();
+    let o = galley(d, &["export", "nope", "-o", "x.gguf"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+    let o = galley(d, &["export", "model", "-o", "x.gguf", "--outtype", "q5_k"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("q5_k"), "{}", stderr(&o));
+    let o = galley(
+        d,
+        &["export", "model", "--adapter", "missing", "-o", "x.gguf"],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
+    assert!(!d.join("x.gguf").exists());
+}
