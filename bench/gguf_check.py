@@ -1,10 +1,12 @@
 """llama.cpp reads what `galley export` writes: each exported GGUF is loaded by llama.cpp
 (llama-cpp-python, built from source by scripts/llama-venv.sh) and scores texts token by
-token (`echo` + `logprobs`, as lm-evaluation-harness scores through a completions API); the
-same texts are scored by `galley serve` on the source checkpoint. Prints, per GGUF, the
+token (the log-softmax of its logits); the same texts are scored by `galley serve` on the
+source checkpoint (`echo` + `logprobs`, as lm-evaluation-harness scores through a completions
+API). Prints, per GGUF, the
 largest difference of a token's log-probability, the mean, and whether greedy continuations
 agree. Usage: gguf_check.py GALLEY_URL FILE.gguf [FILE.gguf ...]"""
 import json, sys, urllib.request
+import numpy as np
 from llama_cpp import Llama
 
 TEXTS = [
@@ -33,15 +35,20 @@ def main():
         llm = Llama(model_path=f, n_ctx=512, logits_all=True, n_threads=2, verbose=False)
         diffs, tokens_differ = [], 0
         for t, r in zip(TEXTS, ref):
-            out = llm.create_completion(t, max_tokens=1, echo=True, logprobs=1, temperature=0)
-            lp = out["choices"][0]["logprobs"]
-            # The echo's tokens: llama.cpp's tokenizer on galley's exported vocabulary.
-            n = len(r["token_logprobs"])
-            if lp["tokens"][:n] != r["tokens"]:
+            # From llama.cpp's logits: llama-cpp-python 0.3.x's `echo` + `logprobs` returns
+            # numbers ~10 nats off the log-softmax of those same logits.
+            ids = llm.tokenize(t.encode(), add_bos=False, special=False)
+            pieces = [llm.detokenize([i]).decode("utf-8", "replace") for i in ids]
+            if pieces != r["tokens"]:
                 tokens_differ += 1
                 continue
-            for a, b in zip(lp["token_logprobs"][1:n], r["token_logprobs"][1:]):
-                diffs.append(abs(a - b))
+            llm.reset()
+            llm.eval(ids)
+            sc = np.array(llm.scores[: len(ids)], dtype=np.float64)
+            m = sc.max(1, keepdims=True)
+            ls = sc - m - np.log(np.exp(sc - m).sum(1, keepdims=True))
+            for i in range(1, len(ids)):
+                diffs.append(abs(float(ls[i - 1, ids[i]]) - r["token_logprobs"][i]))
         gen = [llm.create_completion(p, max_tokens=24, temperature=0)["choices"][0]["text"]
                for p in PROMPTS]
         print(json.dumps({

@@ -213,9 +213,19 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
         } else if permute && hf.contains(".k_proj.") {
             t = permute_rows(&t, c.num_kv_heads)?;
         }
+        // The output matrix (the LM head, or the embeddings a tied model reads out with) is
+        // kept finer under 4-bit types, as llama.cpp's quantizer keeps it: Q6_K, or Q8_0 where
+        // rows do not split into 256-value super-blocks.
+        let output = hf == "lm_head.weight"
+            || (c.tie_word_embeddings && hf == "model.embed_tokens.weight");
+        let finer = match shape[shape.len() - 1].is_multiple_of(256) {
+            true => GgmlDType::Q6K,
+            false => GgmlDType::Q8_0,
+        };
         let dtype = match (shape.len(), ty) {
             (1, _) => GgmlDType::F32,
             (_, OutType::F32 | OutType::F16) => ty.dtype(),
+            (_, OutType::Q4_0 | OutType::Q4_1) if output => finer,
             (_, _) if !shape[1].is_multiple_of(ty.dtype().block_size()) => {
                 in_f16.push(hf.clone());
                 GgmlDType::F16
