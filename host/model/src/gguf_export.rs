@@ -216,8 +216,8 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
         // The output matrix (the LM head, or the embeddings a tied model reads out with) is
         // kept finer under 4-bit types, as llama.cpp's quantizer keeps it: Q6_K, or Q8_0 where
         // rows do not split into 256-value super-blocks.
-        let output = hf == "lm_head.weight"
-            || (c.tie_word_embeddings && hf == "model.embed_tokens.weight");
+        let output =
+            hf == "lm_head.weight" || (c.tie_word_embeddings && hf == "model.embed_tokens.weight");
         let finer = match shape[shape.len() - 1].is_multiple_of(256) {
             true => GgmlDType::Q6K,
             false => GgmlDType::Q8_0,
