@@ -582,7 +582,7 @@ fn lora_stages_hand_on_their_adapters_and_merge_writes_the_same_model() {
   - {name: sft, kind: sft, settings: {max_steps: 2, tuning: lora, learning_rate: 0.05}}
   - {name: dpo, kind: dpo, settings: {max_steps: 2, tuning: lora, learning_rate: 0.05}}
   - {name: eval, kind: evaluate}
-  - {name: merge, kind: merge}
+  - {name: merge, kind: merge, settings: {gguf: f32}}
 ",
     );
     ok(&run(d, &["run", "lora.yaml"]));
@@ -618,6 +618,47 @@ fn lora_stages_hand_on_their_adapters_and_merge_writes_the_same_model() {
         alone["results"]["sums"]["acc,none"], results["results"]["sums"]["acc,none"],
         "{alone}"
     );
+    // `gguf: f32` also wrote the merged model for llama.cpp, recorded in run.json; galley
+    // scores it as the merged folder.
+    let m = json_file(&r.join("run.json"));
+    let merge = m["stages"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        merge["outputs"]["gguf"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("merge/model.gguf")),
+        "{merge}"
+    );
+    let gguf = ok(&run(
+        d,
+        &[
+            "eval",
+            "--model",
+            "runs/lora/merge/model.gguf",
+            "--tasks",
+            "sums.yaml",
+            "--limit",
+            "8",
+            "--json",
+        ],
+    ));
+    let gguf: serde_json::Value = serde_json::from_str(&gguf).unwrap();
+    assert_eq!(
+        gguf["results"]["sums"]["acc,none"], alone["results"]["sums"]["acc,none"],
+        "{gguf}"
+    );
+
+    // A type llama.cpp's converter does not name is refused before anything trains.
+    write_config(
+        d,
+        "bad.yaml",
+        "stages:
+  - {name: sft, kind: sft, settings: {max_steps: 1}}
+  - {name: m, kind: merge, settings: {gguf: q3_k}}
+",
+    );
+    let line = error_line(&run(d, &["run", "bad.yaml"]));
+    assert!(line.contains("gguf") && line.contains("q3_k"), "{line}");
+    assert!(!d.join("runs/bad/sft").exists(), "{line}");
 }
 
 #[test]

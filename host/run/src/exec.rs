@@ -609,31 +609,42 @@ fn read_prompts(path: &Path, limit: Option<usize>) -> Result<Vec<Row>, String> {
         .collect()
 }
 
-/// Folds the input's adapter into its base (a no-op for a stage that already left a model).
+/// Folds the input's adapter into its base (a no-op for a stage that already left a model);
+/// with `gguf: TYPE`, also writes the model as `model.gguf` for llama.cpp.
 fn merge(
     st: &PlannedStage,
     input: &Outputs,
     dir: &Path,
     rec: &mut StageRecord,
 ) -> Result<Outputs, RunError> {
+    let gguf = crate::plan::merge_gguf(st)?;
     let out = dir.join("model");
-    match (&input.adapter, &input.model) {
+    let model = match (&input.adapter, &input.model) {
         (Some((base, chain)), _) => {
             galley_train::export::merge_adapter(base, chain, &out)
                 .map_err(|e| RunError::stage(&st.name, e))?;
+            rec.metrics_digest = Some(manifest::digest_path(&out.join("model.safetensors"))?);
+            out
         }
         (None, Some(m)) => {
             rec.status = format!(
                 "finished (nothing to merge: {} is a whole model)",
                 m.display()
             );
-            return Ok(input.clone());
+            m.clone()
         }
         (None, None) => return Err(RunError::stage(&st.name, "no adapter to merge")),
+    };
+    if let Some(ty) = gguf {
+        let path = dir.join("model.gguf");
+        let ck = galley_model::open(&model, galley_model::LoadOptions { dequantize: true })
+            .map_err(|e| RunError::stage(&st.name, e))?;
+        galley_model::gguf_export::write_gguf(&ck, &st.name, ty, &path)
+            .map_err(|e| RunError::stage(&st.name, e))?;
+        rec.outputs.insert("gguf".into(), path);
     }
-    rec.metrics_digest = Some(manifest::digest_path(&out.join("model.safetensors"))?);
     Ok(Outputs {
-        model: Some(out),
+        model: Some(model),
         adapter: None,
         dataset: None,
     })

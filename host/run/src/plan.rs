@@ -617,6 +617,9 @@ pub struct Estimate {
 
 /// The stage's training config, checked (for a training stage), and what it will cost.
 pub fn estimate(st: &PlannedStage, base: &Path) -> Result<Option<Estimate>, RunError> {
+    if st.kind == "merge" {
+        merge_gguf(st)?;
+    }
     if !st.is_training() {
         return Ok(None);
     }
@@ -654,6 +657,24 @@ pub fn estimate(st: &PlannedStage, base: &Path) -> Result<Option<Estimate>, RunE
         steps,
         max_tokens: steps.map(|s| s as u64 * rows * row as u64),
     }))
+}
+
+/// A merge stage's `gguf` setting: the type its model is also written as GGUF in
+/// (`f16`, `q8_0`...), checked before the run starts.
+pub fn merge_gguf(
+    st: &PlannedStage,
+) -> Result<Option<galley_model::gguf_export::OutType>, RunError> {
+    match st.settings.get("gguf") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(t)) => t
+            .parse()
+            .map(Some)
+            .map_err(|e| RunError::stage(&st.name, format!("`gguf`: {e}"))),
+        Some(other) => Err(RunError::stage(
+            &st.name,
+            format!("`gguf`: expected a type name (f16, q8_0...), not {other}"),
+        )),
+    }
 }
 
 /// Examples in a JSONL (lines) or JSON (array) file; none for other formats.
