@@ -4,7 +4,10 @@ token (the log-softmax of its logits); the same texts are scored by `galley serv
 source checkpoint (`echo` + `logprobs`, as lm-evaluation-harness scores through a completions
 API). Prints, per GGUF, the
 largest difference of a token's log-probability, the mean, and whether greedy continuations
-agree. Usage: gguf_check.py GALLEY_URL FILE.gguf [FILE.gguf ...]"""
+agree. Usage: gguf_check.py GALLEY_URL FILE.gguf [FILE.gguf ...]; an entry BASE.gguf+LORA.gguf
+loads a llama.cpp LoRA adapter over the base and is compared with galley's model `tuned` (the
+adapter's PEFT folder served over the same source); BASE.gguf+none compares the base alone
+with `tuned`, to show how far the adapter moves the scores."""
 import json, sys, urllib.request
 import numpy as np
 from llama_cpp import Llama
@@ -27,12 +30,25 @@ def galley(url, body):
 
 def main():
     url, files = sys.argv[1], sys.argv[2:]
-    ref = [galley(url, {"model": "m", "prompt": t, "max_tokens": 0, "echo": True, "logprobs": 1,
-                        "temperature": 0})["choices"][0]["logprobs"] for t in TEXTS]
-    ref_gen = [galley(url, {"model": "m", "prompt": p, "max_tokens": 24, "temperature": 0})
-               ["choices"][0]["text"] for p in PROMPTS]
+    refs = {}
+
+    def reference(model):
+        if model not in refs:
+            scored = [galley(url, {"model": model, "prompt": t, "max_tokens": 0, "echo": True,
+                                   "logprobs": 1, "temperature": 0})["choices"][0]["logprobs"]
+                      for t in TEXTS]
+            gen = [galley(url, {"model": model, "prompt": p, "max_tokens": 24, "temperature": 0})
+                   ["choices"][0]["text"] for p in PROMPTS]
+            refs[model] = (scored, gen)
+        return refs[model]
+
     for f in files:
-        llm = Llama(model_path=f, n_ctx=512, logits_all=True, n_threads=2, verbose=False)
+        base, _, lora = f.partition("+")
+        ref, ref_gen = reference("tuned" if "+" in f else "m")
+        # BASE.gguf+none: the base alone against the adapted model, the adapter's own effect.
+        lora = None if lora in ("", "none") else lora
+        llm = Llama(model_path=base, lora_path=lora, n_ctx=512, logits_all=True,
+                    n_threads=2, verbose=False)
         diffs, tokens_differ = [], 0
         for t, r in zip(TEXTS, ref):
             # From llama.cpp's logits: llama-cpp-python 0.3.x's `echo` + `logprobs` returns

@@ -4,7 +4,8 @@
 # f16, q8_0, q4_0 and q4_1; each quantized export compared tensor by tensor with llama.cpp's own
 # quantizer run on galley's f32 export (bench/gguf_same.py), and each export loaded by llama.cpp
 # (llama-cpp-python from source, scripts/llama-venv.sh) and scored against `galley serve` on
-# the source (bench/gguf_check.py). Not part of the test command: it builds llama.cpp (~5-10
+# the source (bench/gguf_check.py); and a random PEFT adapter (bench/make_adapter.py) exported
+# as a llama.cpp LoRA GGUF, loaded over the f32 export, against galley serving the adapter. Not part of the test command: it builds llama.cpp (~5-10
 # minutes once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,14 +18,17 @@ mkdir -p $out
 for t in f32 f16 q8_0 q4_0 q4_1; do
     ./target/release/galley export $src -o $out/smollm2-$t.gguf --outtype $t
 done
+.cache/tools-venv/bin/python bench/make_adapter.py $src $out/adapter
+./target/release/galley export $out/adapter --base $src -o $out/lora-f32.gguf --outtype f32
 for t in q8_0 q4_0 q4_1; do
     bench/.venv-llama/bin/python bench/gguf_same.py quantize $out/smollm2-f32.gguf $out/llama-cpp-$t.gguf $t 2>/dev/null
     .cache/tools-venv/bin/python bench/gguf_same.py compare $out/smollm2-$t.gguf $out/llama-cpp-$t.gguf
 done
 log=$out/serve.log
-./target/release/galley serve -m $src --name m --port 0 > $log 2>&1 &
+./target/release/galley serve -m $src --name m --adapter tuned=$out/adapter --port 0 > $log 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null' EXIT
 for _ in $(seq 100); do grep -q "http://127.0.0.1:" $log && break; sleep 0.2; done
 url=$(grep -o "http://127.0.0.1:[0-9]*" $log | head -1)
-bench/.venv-llama/bin/python bench/gguf_check.py "$url" $out/smollm2-{f32,f16,q8_0,q4_0,q4_1}.gguf
+bench/.venv-llama/bin/python bench/gguf_check.py "$url" $out/smollm2-{f32,f16,q8_0,q4_0,q4_1}.gguf \
+    $out/smollm2-f32.gguf+$out/lora-f32.gguf $out/smollm2-f32.gguf+none

@@ -179,6 +179,75 @@ print("ok")
     assert_eq!(ok(o).trim(), "ok");
 }
 
+/// An adapter folder on its own becomes a llama.cpp LoRA adapter GGUF: gguf-py finds
+/// llama.cpp's `adapter` metadata and `.lora_a` / `.lora_b` tensors, B's Q rows permuted as the
+/// base's are.
+#[test]
+fn an_adapter_becomes_a_llama_cpp_lora_gguf() {
+    let tmp = project();
+    let d = tmp.path();
+    let o = galley(d, &["export", "adapter", "-o", "lora.gguf"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--base"),
+        "{}",
+        stderr(&o)
+    );
+    let o = galley(d, &["export", "adapter", "--base", "model", "-o", "lora"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains(".gguf"),
+        "{}",
+        stderr(&o)
+    );
+    ok(galley(
+        d,
+        &[
+            "export",
+            "adapter",
+            "--base",
+            "model",
+            "-o",
+            "lora.gguf",
+            "--outtype",
+            "f32",
+        ],
+    ));
+    let script = r#"
+import json, sys
+import numpy as np
+from gguf import GGUFReader
+from safetensors.numpy import load_file
+r = GGUFReader(sys.argv[1])
+cfg = json.load(open(sys.argv[2] + "/adapter_config.json"))
+st = load_file(sys.argv[2] + "/adapter_model.safetensors")
+def check(c, what):
+    if not c:
+        raise SystemExit("FAILED: " + what)
+f = lambda k: r.fields[k].contents()
+check(f("general.type") == "adapter" and f("adapter.type") == "lora", "adapter metadata")
+check(f("general.architecture") == "llama", "architecture")
+check(abs(f("adapter.lora.alpha") - cfg["lora_alpha"]) < 1e-6, "alpha")
+t = {x.name: np.asarray(x.data) for x in r.tensors}
+pre = "base_model.model.model.layers.0.self_attn."
+a, b = st[pre + "q_proj.lora_A.weight"], st[pre + "q_proj.lora_B.weight"]
+check(np.array_equal(t["blk.0.attn_q.weight.lora_a"].reshape(a.shape), a), "A as is")
+perm = b.reshape(4, 2, b.shape[0] // 8, -1).swapaxes(1, 2).reshape(b.shape)
+check(np.array_equal(t["blk.0.attn_q.weight.lora_b"].reshape(b.shape), perm), "B rows permuted")
+vb = st[pre + "v_proj.lora_B.weight"]
+check(np.array_equal(t["blk.0.attn_v.weight.lora_b"].reshape(vb.shape), vb), "V's B as is")
+check(len(t) == 2 * sum(1 for k in st if k.endswith("lora_A.weight")), f"tensors {sorted(t)}")
+print("ok")
+"#;
+    let py = repo_root().join(".cache/tools-venv/bin/python");
+    let o = std::process::Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .arg(d.join("lora.gguf"))
+        .arg(d.join("adapter"))
+        .output()
+        .unwrap();
+    assert_eq!(ok(o).trim(), "ok");
+}
+
 #[test]
 fn export_errors_name_the_input() {
     let tmp = project();

@@ -2,7 +2,8 @@
 //! tools that load no adapters: a GGUF file for llama.cpp (`-o NAME.gguf`, `--outtype` as
 //! llama.cpp's converter takes it), or an HF checkpoint folder (safetensors, config.json,
 //! tokenizer) for transformers and everything built on it — which also turns a GGUF into an
-//! HF checkpoint (its blocks dequantized).
+//! HF checkpoint (its blocks dequantized). An adapter folder on its own (`--base` names the
+//! model it was trained on) becomes a llama.cpp LoRA adapter GGUF (`llama-cli --lora`).
 
 use anyhow::{Context, Result};
 use galley_model::gguf_export::{OutType, write_gguf};
@@ -10,8 +11,12 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
-    /// The model: a .gguf file, an HF checkpoint folder, or an `hf://` name.
+    /// The model: a .gguf file, an HF checkpoint folder, or an `hf://` name; or a PEFT
+    /// adapter folder, written as a llama.cpp LoRA GGUF (with --base).
     model: String,
+    /// The model a PEFT adapter given as MODEL was trained on (its architecture and heads).
+    #[arg(long)]
+    base: Option<String>,
     /// A PEFT LoRA adapter folder folded into the weights; repeat for a chain (in order).
     #[arg(long, short)]
     adapter: Vec<PathBuf>,
@@ -31,6 +36,9 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let model = galley_model::hub::resolve(&a.model, std::path::Path::new("."))
         .with_context(|| format!("model {}", a.model))?;
     let gguf = a.output.extension().is_some_and(|e| e == "gguf");
+    if model.join("adapter_config.json").is_file() {
+        return lora(&a, &model, gguf, started);
+    }
     if !gguf {
         galley_train::export::merge_adapter(&model, &a.adapter, &a.output)
             .with_context(|| format!("writing {}", a.output.display()))?;
@@ -49,12 +57,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
             .and_then(|ad| ad.apply(ck.weights))
             .with_context(|| format!("adapter {}", dir.display()))?;
     }
-    let name = a.name.clone().unwrap_or_else(|| {
-        a.output
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
+    let name = name_of(&a);
     let out = write_gguf(&ck, &name, a.outtype, &a.output)
         .with_context(|| format!("writing {}", a.output.display()))?;
     if !out.in_f16.is_empty() {
@@ -74,4 +77,57 @@ pub fn run(a: ExportArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A PEFT adapter folder as a llama.cpp LoRA adapter GGUF.
+fn lora(
+    a: &ExportArgs,
+    dir: &std::path::Path,
+    gguf: bool,
+    started: std::time::Instant,
+) -> Result<()> {
+    if !gguf {
+        anyhow::bail!(
+            "{} is a PEFT adapter, already in PEFT's layout: name the output NAME.gguf for a llama.cpp LoRA adapter, or give the base as MODEL and this folder as --adapter to fold it in",
+            dir.display()
+        );
+    }
+    let Some(base) = &a.base else {
+        anyhow::bail!(
+            "{} is a PEFT adapter: give --base MODEL, the model it was trained on (its architecture and heads decide how the adapter is written)",
+            dir.display()
+        );
+    };
+    let base_path = galley_model::hub::resolve(base, std::path::Path::new("."))
+        .with_context(|| format!("--base {base}"))?;
+    let ck = galley_model::open(&base_path, galley_model::LoadOptions::default())
+        .with_context(|| format!("opening {}", base_path.display()))?;
+    let adapter = galley_model::Adapter::load(dir, &candle_core::Device::Cpu)
+        .with_context(|| format!("adapter {}", dir.display()))?;
+    let name = name_of(a);
+    let out = galley_model::gguf_export::write_lora_gguf(
+        &adapter, &ck.config, &name, a.outtype, &a.output,
+    )
+    .with_context(|| format!("writing {}", a.output.display()))?;
+    println!(
+        "wrote {}: a LoRA adapter for llama.cpp (r {}, alpha {}), {} tensors, {:.2}M parameters, {:?} in {:.1} s",
+        a.output.display(),
+        adapter.rank,
+        adapter.alpha,
+        out.tensors,
+        out.parameters as f64 / 1e6,
+        a.outtype,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `general.name`: --name, else the output's file stem.
+fn name_of(a: &ExportArgs) -> String {
+    a.name.clone().unwrap_or_else(|| {
+        a.output
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    })
 }

@@ -14,8 +14,13 @@ use std::path::{Path, PathBuf};
 pub struct Adapter {
     pub dir: PathBuf,
     pub deltas: HashMap<String, Tensor>,
+    /// The factors behind each delta, by HF weight name: (A of shape (r, in), B of (out, r)),
+    /// for writing the adapter itself (a llama.cpp LoRA GGUF).
+    pub factors: Vec<(String, Tensor, Tensor)>,
     pub rank: usize,
     pub alpha: f64,
+    /// What `B·A` is multiplied by: alpha / r, or alpha / sqrt(r) under rsLoRA.
+    pub scale: f64,
 }
 
 #[derive(serde::Deserialize)]
@@ -112,6 +117,7 @@ impl Adapter {
             };
         }
         let mut deltas = HashMap::new();
+        let mut factors = Vec::new();
         for (module, a) in &a_of {
             let b = b_of
                 .remove(module)
@@ -128,6 +134,7 @@ impl Adapter {
             }
             let delta = (b.matmul(a)? * scale)?;
             deltas.insert(format!("{module}.weight"), delta);
+            factors.push((format!("{module}.weight"), a.clone(), b));
         }
         if let Some(module) = b_of.keys().next() {
             return Err(bad(
@@ -135,14 +142,17 @@ impl Adapter {
                 format!("`{module}` has lora_B but no lora_A"),
             ));
         }
+        factors.sort_by(|x, y| x.0.cmp(&y.0));
         if deltas.is_empty() {
             return Err(bad(&st_path, "holds no LoRA matrices"));
         }
         Ok(Self {
             dir: dir.into(),
             deltas,
+            factors,
             rank: cfg.r,
             alpha: cfg.lora_alpha,
+            scale,
         })
     }
 

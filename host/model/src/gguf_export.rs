@@ -235,12 +235,7 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
         let q = QTensor::quantize(&t, dtype).map_err(|e| bad(&ck.path, format!("{hf}: {e}")))?;
         tensors.push((gguf_name(&hf), q));
     }
-    let mut file = std::io::BufWriter::new(std::fs::File::create(out).map_err(|e| bad(out, e))?);
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut file, &md_refs, &t_refs).map_err(|e| bad(out, e))?;
-    use std::io::Write;
-    file.flush().map_err(|e| bad(out, e))?;
+    write_file(out, &md, &tensors)?;
     let bytes = std::fs::metadata(out).map_err(|e| bad(out, e))?.len();
     Ok(Exported {
         tensors: tensors.len(),
@@ -248,6 +243,88 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
         bytes,
         in_f16,
     })
+}
+
+/// Writes `adapter` as a llama.cpp LoRA adapter GGUF for a base of `config` (what its
+/// `convert_lora_to_gguf.py` writes, for `llama-cli --lora`): `general.type: adapter`,
+/// `adapter.lora.alpha` such that llama.cpp's alpha / r is the adapter's scale (rsLoRA's
+/// too), and each projection's factors as `NAME.lora_a` (r, in) and `NAME.lora_b` (out, r)
+/// under the base tensor's llama.cpp name, B's rows permuted as the base's Q/K rows are.
+pub fn write_lora_gguf(
+    adapter: &crate::Adapter,
+    config: &LlamaConfig,
+    name: &str,
+    ty: OutType,
+    out: &Path,
+) -> Result<Exported> {
+    let dtype = match ty {
+        OutType::F32 | OutType::F16 => ty.dtype(),
+        _ => {
+            return Err(ModelError::Invalid(format!(
+                "a LoRA adapter is written in f32 or f16, not {ty:?}"
+            )));
+        }
+    };
+    let shapes: std::collections::HashMap<String, Vec<usize>> =
+        tensor_shapes(config).into_iter().collect();
+    let permute = matches!(config.family, Family::Llama | Family::Mistral);
+    let md = vec![
+        (
+            "general.architecture".to_string(),
+            Value::String(arch(config.family).into()),
+        ),
+        ("general.type".into(), Value::String("adapter".into())),
+        ("general.name".into(), Value::String(name.into())),
+        ("adapter.type".into(), Value::String("lora".into())),
+        (
+            "adapter.lora.alpha".into(),
+            Value::F32((adapter.scale * adapter.rank as f64) as f32),
+        ),
+    ];
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut parameters = 0;
+    for (hf, a, b) in &adapter.factors {
+        let shape = shapes.get(hf).filter(|s| s.len() == 2).ok_or_else(|| {
+            ModelError::Invalid(format!(
+                "{}: the adapter changes `{hf}`, which the base has no projection of",
+                adapter.dir.display()
+            ))
+        })?;
+        if a.dims() != [adapter.rank, shape[1]] || b.dims() != [shape[0], adapter.rank] {
+            return Err(ModelError::Invalid(format!(
+                "{}: `{hf}`: factors {:?} and {:?} do not fit the base's {shape:?}",
+                adapter.dir.display(),
+                a.dims(),
+                b.dims()
+            )));
+        }
+        let b = match (permute, hf.contains(".q_proj."), hf.contains(".k_proj.")) {
+            (true, true, _) => permute_rows(b, config.num_heads)?,
+            (true, _, true) => permute_rows(b, config.num_kv_heads)?,
+            _ => b.clone(),
+        };
+        let g = gguf_name(hf);
+        for (suffix, t) in [("lora_a", a), ("lora_b", &b)] {
+            parameters += t.elem_count();
+            tensors.push((format!("{g}.{suffix}"), QTensor::quantize(t, dtype)?));
+        }
+    }
+    write_file(out, &md, &tensors)?;
+    Ok(Exported {
+        tensors: tensors.len(),
+        parameters,
+        bytes: std::fs::metadata(out).map_err(|e| bad(out, e))?.len(),
+        in_f16: Vec::new(),
+    })
+}
+
+fn write_file(out: &Path, md: &[(String, Value)], tensors: &[(String, QTensor)]) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(out).map_err(|e| bad(out, e))?);
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut file, &md_refs, &t_refs).map_err(|e| bad(out, e))?;
+    file.flush().map_err(|e| bad(out, e))
 }
 
 #[cfg(test)]
