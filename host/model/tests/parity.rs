@@ -81,6 +81,38 @@ fn tiny_random_models_match_transformers() {
     }
 }
 
+/// Every family written by `galley export` as an f32 GGUF and read back gives transformers'
+/// logits: llama.cpp's names for Qwen2's biases and Qwen3's q/k norms, the Llama family's Q/K
+/// rows permuted on the way out and back. Llama 3.1's rope scaling is refused, not dropped.
+#[test]
+fn every_family_exported_to_gguf_reads_back_with_transformers_logits() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    for name in FAMILIES {
+        let dir = fixtures().join("tiny").join(name);
+        let ck = galley_model::open(&dir, LoadOptions::default()).unwrap();
+        let out = tmp.path().join(format!("{name}.gguf"));
+        let written = galley_model::gguf_export::write_gguf(
+            &ck,
+            name,
+            galley_model::gguf_export::OutType::F32,
+            &out,
+        );
+        if name == "llama3-rope-scaling" {
+            let err = written.unwrap_err().to_string();
+            assert!(err.contains("rope scaling"), "{err}");
+            continue;
+        }
+        written.unwrap();
+        let (_, ids, want) = tiny(name);
+        let m = load(&out, &galley_model::default_device()).unwrap();
+        let got = logits_of(&m.model, &[ids], None);
+        let err = rel_err(&got[0].concat(), &want.concat());
+        println!("{name} through GGUF: relative error {err:.2e}");
+        assert!(err < 1e-4, "{name} through GGUF: relative error {err}");
+    }
+}
+
 #[test]
 fn the_kv_cache_and_left_padding_change_nothing() {
     let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
