@@ -72,6 +72,9 @@ pub struct Summary {
     pub tokens: usize,
     /// Completions with no grade (no grader had an opinion, or one failed on it).
     pub ungraded: usize,
+    /// Per grader (a reward plugin's id, the evaluator's, `judge`), the completions it gave
+    /// no grade: so "9 ungraded" says whose opinion was missing.
+    pub no_grade: std::collections::BTreeMap<String, usize>,
     /// Lines this run wrote, and the file's lines in all.
     pub written: usize,
     pub lines: usize,
@@ -94,8 +97,20 @@ impl Summary {
             0 => String::new(),
             n => format!(" ({n} prompts gave none)"),
         };
+        let why = match self.ungraded {
+            0 => String::new(),
+            _ => {
+                let each: Vec<String> = self
+                    .no_grade
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(g, n)| format!("{g} gave no grade to {n}"))
+                    .collect();
+                format!(" ({})", each.join(", "))
+            }
+        };
         t.push_str(&format!(
-            "{} prompts, {} completions ({} tokens) in {secs:.1} s; {} ungraded; {} lines written{dropped}\n",
+            "{} prompts, {} completions ({} tokens) in {secs:.1} s; {} ungraded{why}; {} lines written{dropped}\n",
             self.generated, self.completions, self.tokens, self.ungraded, self.written,
         ));
         let manifest = manifest_path(&self.output);
@@ -245,7 +260,7 @@ pub fn synthesize(
             .map(|c| c.iter().map(|o| o.text.clone()).collect())
             .collect();
         let batch: Vec<&Prompt> = chunk.iter().map(|&i| &prompts[i]).collect();
-        let grades = grade(cfg, &batch, &texts, engine, graders, b)?;
+        let grades = grade(cfg, &batch, &texts, engine, graders, b, &mut sum.no_grade)?;
         sum.ungraded += grades.iter().flatten().filter(|g| g.is_none()).count();
         let finished: Vec<(usize, Vec<String>)> = chunk
             .iter()
@@ -264,7 +279,8 @@ pub fn synthesize(
     Ok(sum)
 }
 
-/// Each completion's grade (`grades[prompt][completion]`), or all `None` without graders.
+/// Each completion's grade (`grades[prompt][completion]`), or all `None` without graders;
+/// adds to `no_grade` each grader's completions without an opinion.
 fn grade(
     cfg: &SynthConfig,
     batch: &[&Prompt],
@@ -272,9 +288,11 @@ fn grade(
     engine: &mut dyn Engine,
     graders: &mut Graders<'_>,
     step: usize,
+    no_grade: &mut std::collections::BTreeMap<String, usize>,
 ) -> Result<Vec<Vec<Option<f64>>>, SynthError> {
     let n: usize = texts.iter().map(Vec::len).sum();
-    let mut parts: Vec<(f64, Vec<Option<f64>>)> = Vec::new();
+    // (grader, weight, a grade per completion)
+    let mut parts: Vec<(String, f64, Vec<Option<f64>>)> = Vec::new();
     let Some(gr) = &cfg.grade else {
         return Ok(texts.iter().map(|t| vec![None; t.len()]).collect());
     };
@@ -293,8 +311,9 @@ fn grade(
             .collect();
         let scored = galley_train::rewards::score_all(&mut graders.rewards, &groups, policy, step)
             .map_err(|e| SynthError::Plugin(e.to_string()))?;
-        for (s, spec) in scored.scores.into_iter().zip(&gr.rewards) {
-            parts.push((spec.weight, s));
+        let names = graders.rewards.iter().map(|r| r.name().to_string());
+        for ((s, spec), name) in scored.scores.into_iter().zip(&gr.rewards).zip(names) {
+            parts.push((name, spec.weight, s));
         }
     }
     if let (Some(spec), Some(ev)) = (&gr.evaluator, graders.evaluator.as_mut()) {
@@ -329,7 +348,7 @@ fn grade(
             }
         }
         let scores = evaluate(&mut **ev, &preds, spec.metric.as_deref(), policy)?;
-        parts.push((spec.weight, scores));
+        parts.push((ev.name().to_string(), spec.weight, scores));
     }
     if let Some(spec) = &gr.judge {
         let scale = galley_eval::judge::Scale::parse(&spec.scale).map_err(SynthError::Judge)?;
@@ -361,13 +380,17 @@ fn grade(
         };
         let verdicts = galley_eval::judge::pointwise(judge, &items, &opts)
             .map_err(|e| SynthError::Judge(e.to_string()))?;
-        parts.push((spec.weight, verdicts.into_iter().map(|v| v.score).collect()));
+        let scores = verdicts.into_iter().map(|v| v.score).collect();
+        parts.push(("the judge".to_string(), spec.weight, scores));
+    }
+    for (name, _, s) in &parts {
+        *no_grade.entry(name.clone()).or_default() += s.iter().filter(|g| g.is_none()).count();
     }
     // Flat per-completion totals back into per-prompt rows.
     let mut totals = (0..n).map(|i| {
         let mut any = false;
         let mut t = 0.0;
-        for (w, s) in &parts {
+        for (_, w, s) in &parts {
             if let Some(v) = s[i] {
                 any = true;
                 t += w * v;

@@ -205,6 +205,60 @@ fn a_rerun_with_other_settings_or_a_changed_file_is_refused() {
     assert!(e.contains("remove it or choose another output.path"), "{e}");
 }
 
+/// No opinion on anything (a reward whose column the rows lack).
+struct NoOpinion;
+impl RewardFn for NoOpinion {
+    fn name(&self) -> &str {
+        "no-opinion"
+    }
+    fn score(&mut self, groups: &[RewardGroup<'_>]) -> Result<Vec<Option<f64>>, PluginError> {
+        Ok(groups
+            .iter()
+            .flat_map(|g| g.completions.iter().map(|_| None))
+            .collect())
+    }
+}
+
+/// "8 ungraded" says whose grade was missing.
+#[test]
+fn the_summary_names_the_graders_that_gave_no_grade() {
+    let d = tempfile::tempdir().unwrap();
+    write_prompts(d.path(), 2);
+    // Two rewards in the config, whichever two graders each run brings.
+    let mut c = cfg(d.path(), "");
+    let gr = c.grade.as_mut().unwrap();
+    gr.rewards.push(gr.rewards[0].clone());
+    let summary = |rewards: Vec<Box<dyn RewardFn>>| {
+        let prompts = prompts::from_file(&c.prompts, d.path()).unwrap();
+        let mut g = Graders {
+            rewards,
+            ..Default::default()
+        };
+        let _ = std::fs::remove_dir_all(d.path().join("out"));
+        synthesize(
+            &c,
+            d.path(),
+            &prompts,
+            &mut engine(usize::MAX),
+            &mut g,
+            &Provenance::default(),
+            &mut |_, _| {},
+        )
+        .unwrap()
+    };
+    let s = summary(vec![Box::new(Shortness), Box::new(NoOpinion)]);
+    assert_eq!(s.ungraded, 0, "one opinion is a grade");
+    assert_eq!(s.no_grade["no-opinion"], 8);
+    assert_eq!(s.no_grade["shortness"], 0);
+    let s = summary(vec![Box::new(NoOpinion), Box::new(NoOpinion)]);
+    assert_eq!(s.ungraded, 8);
+    let text = s.text(1.0);
+    assert!(
+        text.contains("8 ungraded (no-opinion gave no grade to 16)"),
+        "{text}"
+    );
+}
+
 #[test]
 fn sft_keeps_the_best_or_all_completions_with_their_grades() {
     let d = tempfile::tempdir().unwrap();
