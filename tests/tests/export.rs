@@ -266,3 +266,42 @@ fn export_errors_name_the_input() {
     assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
     assert!(!d.join("x.gguf").exists());
 }
+
+/// A Llama 3.1-scaled model through GGUF and back to an HF folder: the GGUF carries the
+/// scaling as llama.cpp's `rope_freqs` factors, config.json says them again as `rope_scaling`
+/// settings, and the model gives the logits it started with.
+#[test]
+fn llama_3_rope_scaling_survives_gguf_and_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let src = repo_root().join("host/model/tests/fixtures/tiny/llama3-rope-scaling");
+    let src = src.to_str().unwrap();
+    ok(galley(
+        d,
+        &["export", src, "-o", "l3.gguf", "--outtype", "f32"],
+    ));
+    ok(galley(d, &["export", "l3.gguf", "-o", "back"]));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("back/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["rope_scaling"]["rope_type"], "llama3", "{cfg}");
+    let dev = candle_core::Device::Cpu;
+    let logits = |path: &Path| {
+        let m = galley_model::load(path, &dev).unwrap().model;
+        let mut cache = m.new_cache(1);
+        let ids: Vec<u32> = (1..40).collect();
+        m.forward(&[ids], None, &mut cache, false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (logits(Path::new(src)), logits(&d.join("back")));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "logits differ by {diff}");
+}

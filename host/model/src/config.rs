@@ -54,6 +54,9 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: usize,
     },
+    /// llama.cpp's `rope_freqs` tensor (how a GGUF carries Llama 3.1's scaling): each base
+    /// frequency divided by its own factor.
+    Factors(Vec<f64>),
 }
 
 #[derive(Debug, Clone, PartialEq)]

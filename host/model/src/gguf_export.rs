@@ -180,11 +180,8 @@ fn metadata(ck: &Checkpoint, name: &str, ty: OutType) -> Result<Vec<(String, Val
             md.push((k("rope.scaling.type"), Value::String("linear".into())));
             md.push((k("rope.scaling.factor"), Value::F32(factor as f32)));
         }
-        RopeScaling::Llama3 { .. } => {
-            return Err(ModelError::Invalid(
-                "GGUF export: Llama 3.1's rope scaling (llama.cpp's rope_freqs tensor) is not written yet".into(),
-            ));
-        }
+        // Written as the `rope_freqs` tensor (see `write_gguf`), as llama.cpp's converter does.
+        RopeScaling::Llama3 { .. } | RopeScaling::Factors(_) => {}
     }
     md.extend(ck.tokenizer.gguf_metadata(c.vocab_size)?);
     if let Some(t) = &ck.template {
@@ -234,6 +231,25 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
         };
         let q = QTensor::quantize(&t, dtype).map_err(|e| bad(&ck.path, format!("{hf}: {e}")))?;
         tensors.push((gguf_name(&hf), q));
+    }
+    // Llama 3.1's scaling: each frequency's divisor, llama.cpp's `rope_freqs.weight`.
+    if matches!(
+        c.rope_scaling,
+        RopeScaling::Llama3 { .. } | RopeScaling::Factors(_)
+    ) {
+        let base = crate::layers::rotary::base_freq(c);
+        let scaled = crate::layers::rotary::scaled_freq(c);
+        let factors: Vec<f32> = base
+            .iter()
+            .zip(&scaled)
+            .map(|(b, s)| (b / s) as f32)
+            .collect();
+        let n = factors.len();
+        let t = Tensor::from_vec(factors, n, &dev)?;
+        tensors.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&t, GgmlDType::F32)?,
+        ));
     }
     write_file(out, &md, &tensors)?;
     let bytes = std::fs::metadata(out).map_err(|e| bad(out, e))?.len();

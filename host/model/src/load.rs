@@ -119,6 +119,19 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<Checkpoint> {
     if config.family == Family::Llama {
         weights.set_unpermute_qk(config.num_heads, config.num_kv_heads);
     }
+    // Llama 3.1's rope scaling, as llama.cpp's converter writes it: a factor per frequency.
+    if weights.has("rope_freqs.weight") {
+        let half = config.head_dim / 2;
+        let t = weights.tensor("rope_freqs.weight", &[half], &Device::Cpu)?;
+        let factors: Vec<f64> = t.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
+        if factors.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+            return Err(bad(
+                path,
+                "tensor `rope_freqs.weight` holds a factor that is not positive",
+            ));
+        }
+        config.rope_scaling = crate::config::RopeScaling::Factors(factors);
+    }
     let tokenizer = Tokenizer::from_gguf(path, &md)?;
     let token = |id: Option<u32>| {
         id.and_then(|i| tokenizer.id_to_token(i))

@@ -89,7 +89,16 @@ pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
         "bos_token_id": c.bos_token_id,
         "eos_token_id": if c.eos_token_ids.len() == 1 { json!(c.eos_token_ids[0]) } else { json!(c.eos_token_ids) },
     });
-    match &c.rope_scaling {
+    // A GGUF's per-frequency factors, said as the Llama 3.1 settings that give them.
+    let fitted;
+    let scaling = match &c.rope_scaling {
+        RopeScaling::Factors(f) => {
+            fitted = galley_model::layers::rotary::llama3_from_factors(c, f);
+            fitted.as_ref().unwrap_or(&c.rope_scaling)
+        }
+        other => other,
+    };
+    match scaling {
         RopeScaling::None => {}
         RopeScaling::Linear { factor } => {
             v["rope_scaling"] = json!({"rope_type": "linear", "factor": factor});
@@ -106,6 +115,9 @@ pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
                 "original_max_position_embeddings": original_max_position_embeddings,
             });
         }
+        // Per-frequency factors no Llama 3.1 settings give: config.json has no way to say
+        // them (`save_checkpoint_dir` refuses before anything is written).
+        RopeScaling::Factors(_) => {}
     }
     v
 }
@@ -137,6 +149,14 @@ pub fn save_checkpoint_dir(
     config: &LlamaConfig,
     dir: &Path,
 ) -> Result<()> {
+    if let RopeScaling::Factors(f) = &config.rope_scaling
+        && galley_model::layers::rotary::llama3_from_factors(config, f).is_none()
+    {
+        return Err(file_err(
+            dir,
+            "the model's rope_freqs factors match no Llama 3.1 rope_scaling, so config.json cannot say them",
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     let map: HashMap<String, Tensor> = named.into_iter().collect();
     let path = dir.join("model.safetensors");
