@@ -36,6 +36,22 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let model = galley_model::hub::resolve(&a.model, std::path::Path::new("."))
         .with_context(|| format!("model {}", a.model))?;
     let gguf = a.output.extension().is_some_and(|e| e == "gguf");
+    // Writing over what is being read (a model's own file or folder, an adapter's) would
+    // truncate files that are memory-mapped while they are read.
+    let same = |p: &std::path::Path| {
+        let (x, y) = (p.canonicalize(), a.output.canonicalize());
+        matches!((x, y), (Ok(x), Ok(y)) if x == y)
+    };
+    if let Some(p) = std::iter::once(model.as_path())
+        .chain(a.adapter.iter().map(PathBuf::as_path))
+        .find(|p| same(p))
+    {
+        anyhow::bail!(
+            "-o {}: that is the input {}; write the export somewhere else",
+            a.output.display(),
+            p.display()
+        );
+    }
     if model.join("adapter_config.json").is_file() {
         return lora(&a, &model, gguf, started);
     }
