@@ -192,3 +192,21 @@ pub fn write_adapter(model: &Path, dir: &Path) {
     )
     .unwrap();
 }
+
+/// Every choice's log-likelihood in a `galley eval` output folder's samples.jsonl, document
+/// by document.
+pub fn loglikelihoods(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("samples.jsonl"))
+        .unwrap()
+        .lines()
+        .flat_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["loglikelihoods"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p[0].as_f64().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

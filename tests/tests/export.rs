@@ -43,19 +43,7 @@ fn scores(d: &Path, model: &str, adapter: Option<&str>, out: &str) -> Vec<f64> {
         args.extend(["--adapter", a]);
     }
     ok(galley(d, &args));
-    std::fs::read_to_string(d.join(out).join("samples.jsonl"))
-        .unwrap()
-        .lines()
-        .flat_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["loglikelihoods"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p[0].as_f64().unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    loglikelihoods(&d.join(out))
 }
 
 fn max_diff(a: &[f64], b: &[f64]) -> f64 {

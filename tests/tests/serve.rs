@@ -467,21 +467,7 @@ fn galley_eval_through_galley_serve_scores_as_galley_eval_on_the_model() {
     let url = format!("{}/v1", s.url);
     let remote = eval(&["--base-url", &url, "--model-id", "model", "-o", "remote"]);
     // Every choice's log-likelihood, to float tolerance (one batched pass vs one request each).
-    let lls = |dir: &str| -> Vec<f64> {
-        std::fs::read_to_string(d.join(dir).join("samples.jsonl"))
-            .unwrap()
-            .lines()
-            .flat_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v["loglikelihoods"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p[0].as_f64().unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
+    let lls = |dir: &str| loglikelihoods(&d.join(dir));
     let (a, b) = (lls("native"), lls("remote"));
     assert_eq!(a.len(), 36);
     let worst = a
