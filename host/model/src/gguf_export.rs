@@ -5,14 +5,15 @@
 //! the config, and the tokenizer and chat template as `tokenizer.*` keys. The source is any
 //! checkpoint galley opens — an HF folder, a GGUF, either with LoRA adapters applied over it
 //! (`Weights::Overlay`) — read tensor by tensor as dense f32 in HF's layout, so a GGUF source
-//! is requantized to the chosen type. candle's GGUF writer lays the file out (version 2,
-//! which llama.cpp and gguf-py read).
+//! is requantized to the chosen type. The file (GGUF version 3, as llama.cpp writes it) is
+//! laid out here, one tensor read, converted and written at a time: candle's GGUF writer
+//! takes every tensor at once, which for a 7B model in f16 is 14 GB held in memory.
 
 use crate::config::{Family, LlamaConfig, RopeScaling};
 use crate::error::{ModelError, Result, bad};
 use crate::load::Checkpoint;
 use crate::weights::gguf_name;
-use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use std::path::Path;
@@ -194,22 +195,16 @@ fn metadata(ck: &Checkpoint, name: &str, ty: OutType) -> Result<Vec<(String, Val
 }
 
 /// Writes `ck` (its weights read now, adapters and all) to `out` as a GGUF named `name`,
-/// its 2-D weights in `ty`.
+/// its 2-D weights in `ty`. Tensors are read, converted and written one at a time, so the
+/// export holds one tensor in memory, not the model.
 pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Result<Exported> {
     let c = &ck.config;
     let md = metadata(ck, name, ty)?;
     let dev = Device::Cpu;
     let permute = matches!(c.family, Family::Llama | Family::Mistral);
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let (mut parameters, mut in_f16) = (0, Vec::new());
+    let mut plan: Vec<Planned> = Vec::new();
+    let mut in_f16 = Vec::new();
     for (hf, shape) in tensor_shapes(c) {
-        let mut t = ck.weights.tensor(&hf, &shape, &dev)?;
-        parameters += t.elem_count();
-        if permute && hf.contains(".q_proj.") {
-            t = permute_rows(&t, c.num_heads)?;
-        } else if permute && hf.contains(".k_proj.") {
-            t = permute_rows(&t, c.num_kv_heads)?;
-        }
         // The output matrix (the LM head, or the embeddings a tied model reads out with) is
         // kept finer under 4-bit types, as llama.cpp's quantizer keeps it: Q6_K, or Q8_0 where
         // rows do not split into 256-value super-blocks.
@@ -229,32 +224,54 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
             }
             _ => ty.dtype(),
         };
-        let q = QTensor::quantize(&t, dtype).map_err(|e| bad(&ck.path, format!("{hf}: {e}")))?;
-        tensors.push((gguf_name(&hf), q));
+        plan.push(Planned {
+            name: gguf_name(&hf),
+            source: hf,
+            shape,
+            dtype,
+        });
     }
     // Llama 3.1's scaling: each frequency's divisor, llama.cpp's `rope_freqs.weight`.
-    if matches!(
+    let rope_freqs = matches!(
         c.rope_scaling,
         RopeScaling::Llama3 { .. } | RopeScaling::Factors(_)
-    ) {
-        let base = crate::layers::rotary::base_freq(c);
-        let scaled = crate::layers::rotary::scaled_freq(c);
-        let factors: Vec<f32> = base
-            .iter()
-            .zip(&scaled)
-            .map(|(b, s)| (b / s) as f32)
-            .collect();
-        let n = factors.len();
-        let t = Tensor::from_vec(factors, n, &dev)?;
-        tensors.push((
-            "rope_freqs.weight".into(),
-            QTensor::quantize(&t, GgmlDType::F32)?,
-        ));
+    );
+    if rope_freqs {
+        plan.push(Planned {
+            name: "rope_freqs.weight".into(),
+            source: String::new(),
+            shape: vec![c.head_dim / 2],
+            dtype: GgmlDType::F32,
+        });
     }
-    write_file(out, &md, &tensors)?;
-    let bytes = std::fs::metadata(out).map_err(|e| bad(out, e))?.len();
+    let mut parameters = 0;
+    let bytes = write_file(out, &md, &plan, |p| {
+        let t = if p.source.is_empty() {
+            let base = crate::layers::rotary::base_freq(c);
+            let scaled = crate::layers::rotary::scaled_freq(c);
+            let factors: Vec<f32> = base
+                .iter()
+                .zip(&scaled)
+                .map(|(b, s)| (b / s) as f32)
+                .collect();
+            Tensor::from_vec(factors, p.shape[0], &dev)?
+        } else {
+            let t = ck.weights.tensor(&p.source, &p.shape, &dev)?;
+            parameters += t.elem_count();
+            match (
+                permute,
+                p.source.contains(".q_proj."),
+                p.source.contains(".k_proj."),
+            ) {
+                (true, true, _) => permute_rows(&t, c.num_heads)?,
+                (true, _, true) => permute_rows(&t, c.num_kv_heads)?,
+                _ => t,
+            }
+        };
+        QTensor::quantize(&t, p.dtype).map_err(|e| bad(&ck.path, format!("{}: {e}", p.source)))
+    })?;
     Ok(Exported {
-        tensors: tensors.len(),
+        tensors: plan.len(),
         parameters,
         bytes,
         in_f16,
@@ -297,8 +314,8 @@ pub fn write_lora_gguf(
             Value::F32((adapter.scale * adapter.rank as f64) as f32),
         ),
     ];
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let mut parameters = 0;
+    let mut plan = Vec::new();
+    let mut tensors: Vec<Tensor> = Vec::new();
     for (hf, a, b) in &adapter.factors {
         let shape = shapes.get(hf).filter(|s| s.len() == 2).ok_or_else(|| {
             ModelError::Invalid(format!(
@@ -320,27 +337,161 @@ pub fn write_lora_gguf(
             _ => b.clone(),
         };
         let g = gguf_name(hf);
-        for (suffix, t) in [("lora_a", a), ("lora_b", &b)] {
-            parameters += t.elem_count();
-            tensors.push((format!("{g}.{suffix}"), QTensor::quantize(t, dtype)?));
+        for (suffix, t) in [("lora_a", a.clone()), ("lora_b", b)] {
+            plan.push(Planned {
+                name: format!("{g}.{suffix}"),
+                source: hf.clone(),
+                shape: t.dims().to_vec(),
+                dtype,
+            });
+            tensors.push(t);
         }
     }
-    write_file(out, &md, &tensors)?;
+    let mut next = tensors.into_iter();
+    let bytes = write_file(out, &md, &plan, |p| {
+        let t = next.next().expect("one tensor per planned entry");
+        Ok(QTensor::quantize(&t, p.dtype)?)
+    })?;
     Ok(Exported {
-        tensors: tensors.len(),
-        parameters,
-        bytes: std::fs::metadata(out).map_err(|e| bad(out, e))?.len(),
+        tensors: plan.len(),
+        parameters: plan.iter().map(|p| p.shape.iter().product::<usize>()).sum(),
+        bytes,
         in_f16: Vec::new(),
     })
 }
 
-fn write_file(out: &Path, md: &[(String, Value)], tensors: &[(String, QTensor)]) -> Result<()> {
-    use std::io::Write;
-    let mut file = std::io::BufWriter::new(std::fs::File::create(out).map_err(|e| bad(out, e))?);
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut file, &md_refs, &t_refs).map_err(|e| bad(out, e))?;
-    file.flush().map_err(|e| bad(out, e))
+/// One tensor of a GGUF being written: its llama.cpp name, the HF weight it is made from
+/// (empty for one computed from the config), its shape (rows first) and its type.
+struct Planned {
+    name: String,
+    source: String,
+    shape: Vec<usize>,
+    dtype: GgmlDType,
+}
+
+/// GGUF's code for a tensor type (ggml's `ggml_type`), for the types galley writes.
+fn type_code(t: GgmlDType) -> u32 {
+    match t {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q8_0 => 8,
+        GgmlDType::Q6K => 14,
+        other => unreachable!("galley does not write {other:?}"),
+    }
+}
+
+fn put_str(w: &mut impl std::io::Write, s: &str) -> std::io::Result<()> {
+    w.write_all(&(s.len() as u64).to_le_bytes())?;
+    w.write_all(s.as_bytes())
+}
+
+/// A metadata value's GGUF type code and bytes (candle's writer keeps its encoder private).
+fn put_value(w: &mut impl std::io::Write, v: &Value, typed: bool) -> std::io::Result<()> {
+    let code = |v: &Value| match v {
+        Value::U8(_) => 0u32,
+        Value::I8(_) => 1,
+        Value::U16(_) => 2,
+        Value::I16(_) => 3,
+        Value::U32(_) => 4,
+        Value::I32(_) => 5,
+        Value::F32(_) => 6,
+        Value::Bool(_) => 7,
+        Value::String(_) => 8,
+        Value::Array(_) => 9,
+        Value::U64(_) => 10,
+        Value::I64(_) => 11,
+        Value::F64(_) => 12,
+    };
+    if typed {
+        w.write_all(&code(v).to_le_bytes())?;
+    }
+    match v {
+        Value::U8(x) => w.write_all(&x.to_le_bytes()),
+        Value::I8(x) => w.write_all(&x.to_le_bytes()),
+        Value::U16(x) => w.write_all(&x.to_le_bytes()),
+        Value::I16(x) => w.write_all(&x.to_le_bytes()),
+        Value::U32(x) => w.write_all(&x.to_le_bytes()),
+        Value::I32(x) => w.write_all(&x.to_le_bytes()),
+        Value::F32(x) => w.write_all(&x.to_le_bytes()),
+        Value::Bool(x) => w.write_all(&[u8::from(*x)]),
+        Value::String(x) => put_str(w, x),
+        Value::U64(x) => w.write_all(&x.to_le_bytes()),
+        Value::I64(x) => w.write_all(&x.to_le_bytes()),
+        Value::F64(x) => w.write_all(&x.to_le_bytes()),
+        Value::Array(items) => {
+            // The element type once, then the elements untyped (an empty array: u8).
+            let elem = items.first().map_or(0, code);
+            w.write_all(&elem.to_le_bytes())?;
+            w.write_all(&(items.len() as u64).to_le_bytes())?;
+            items.iter().try_for_each(|x| put_value(w, x, false))
+        }
+    }
+}
+
+/// Writes a GGUF (version 3, 32-byte alignment): the header, `md`, the tensor table for
+/// `plan` (offsets from each type's block size), then each tensor as `make` produces it, one
+/// at a time. Returns the file's size.
+fn write_file(
+    out: &Path,
+    md: &[(String, Value)],
+    plan: &[Planned],
+    mut make: impl FnMut(&Planned) -> Result<QTensor>,
+) -> Result<u64> {
+    use std::io::{Seek, Write};
+    const ALIGN: u64 = 32;
+    let size = |p: &Planned| {
+        let n: usize = p.shape.iter().product();
+        (n / p.dtype.block_size() * p.dtype.type_size()) as u64
+    };
+    let io = |e: std::io::Error| bad(out, e);
+    let mut w = std::io::BufWriter::new(std::fs::File::create(out).map_err(io)?);
+    w.write_all(b"GGUF").map_err(io)?;
+    w.write_all(&3u32.to_le_bytes()).map_err(io)?;
+    w.write_all(&(plan.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(&(md.len() as u64).to_le_bytes()).map_err(io)?;
+    for (k, v) in md {
+        put_str(&mut w, k).map_err(io)?;
+        put_value(&mut w, v, true).map_err(io)?;
+    }
+    let mut offset = 0u64;
+    for p in plan {
+        put_str(&mut w, &p.name).map_err(io)?;
+        w.write_all(&(p.shape.len() as u32).to_le_bytes())
+            .map_err(io)?;
+        // ggml's order: the innermost dimension first.
+        for &d in p.shape.iter().rev() {
+            w.write_all(&(d as u64).to_le_bytes()).map_err(io)?;
+        }
+        w.write_all(&type_code(p.dtype).to_le_bytes()).map_err(io)?;
+        w.write_all(&offset.to_le_bytes()).map_err(io)?;
+        offset += size(p).div_ceil(ALIGN) * ALIGN;
+    }
+    let pad = |w: &mut std::io::BufWriter<std::fs::File>| -> Result<()> {
+        let at = w.stream_position().map_err(io)?;
+        let fill = at.div_ceil(ALIGN) * ALIGN - at;
+        w.write_all(&vec![0u8; fill as usize]).map_err(io)
+    };
+    pad(&mut w)?;
+    for p in plan {
+        let q = make(p)?;
+        let data = q.data()?;
+        if data.len() as u64 != size(p) {
+            return Err(ModelError::Invalid(format!(
+                "{}: {} bytes for `{}`, {} expected",
+                out.display(),
+                data.len(),
+                p.name,
+                size(p)
+            )));
+        }
+        w.write_all(&data).map_err(io)?;
+        pad(&mut w)?;
+    }
+    w.flush().map_err(io)?;
+    Ok(w.stream_position().map_err(io)?)
 }
 
 #[cfg(test)]
