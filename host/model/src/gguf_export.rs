@@ -491,7 +491,7 @@ fn write_file(
         pad(&mut w)?;
     }
     w.flush().map_err(io)?;
-    Ok(w.stream_position().map_err(io)?)
+    w.stream_position().map_err(io)
 }
 
 #[cfg(test)]
