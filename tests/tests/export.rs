@@ -169,7 +169,7 @@ print("ok")
 
 /// An adapter folder on its own becomes a llama.cpp LoRA adapter GGUF: gguf-py finds
 /// llama.cpp's `adapter` metadata and `.lora_a` / `.lora_b` tensors, B's Q rows permuted as the
-/// base's are.
+/// base's are; and `--adapter lora.gguf` reads it back, scoring as the PEFT folder does.
 #[test]
 fn an_adapter_becomes_a_llama_cpp_lora_gguf() {
     let tmp = project();
@@ -234,6 +234,35 @@ print("ok")
         .output()
         .unwrap();
     assert_eq!(ok(o).trim(), "ok");
+    // And galley reads it back as an adapter: the same scores as the PEFT folder.
+    let peft = scores(d, "model", Some("adapter"), "peft");
+    let gguf = scores(d, "model", Some("lora.gguf"), "gguf");
+    assert!(max_diff(&peft, &gguf) < 1e-4, "{}", max_diff(&peft, &gguf));
+    let base = scores(d, "model", None, "base");
+    assert!(max_diff(&peft, &base) > 1e-3);
+    // A model GGUF is not an adapter.
+    ok(galley(
+        d,
+        &["export", "model", "-o", "m.gguf", "--outtype", "f32"],
+    ));
+    let o = galley(
+        d,
+        &[
+            "eval",
+            "-m",
+            "model",
+            "--adapter",
+            "m.gguf",
+            "--tasks",
+            "mc.yaml",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not a LoRA adapter GGUF"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

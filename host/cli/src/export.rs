@@ -69,7 +69,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let mut ck = galley_model::open(&model, galley_model::LoadOptions { dequantize: true })
         .with_context(|| format!("opening {}", model.display()))?;
     for dir in &a.adapter {
-        ck.weights = galley_model::Adapter::load(dir, &dev)
+        ck.weights = galley_model::Adapter::load(dir, &ck.config, &dev)
             .and_then(|ad| ad.apply(ck.weights))
             .with_context(|| format!("adapter {}", dir.display()))?;
     }
@@ -118,7 +118,7 @@ fn lora(
         .with_context(|| format!("--base {base}"))?;
     let ck = galley_model::open(&base_path, galley_model::LoadOptions::default())
         .with_context(|| format!("opening {}", base_path.display()))?;
-    let adapter = galley_model::Adapter::load(dir, &candle_core::Device::Cpu)
+    let adapter = galley_model::Adapter::load(dir, &ck.config, &candle_core::Device::Cpu)
         .with_context(|| format!("adapter {}", dir.display()))?;
     let name = name_of(a);
     let out = galley_model::gguf_export::write_lora_gguf(

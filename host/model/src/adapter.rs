@@ -1,9 +1,11 @@
-//! PEFT LoRA adapters applied over a base at load: `adapter_config.json` +
+//! LoRA adapters applied over a base at load: `adapter_config.json` +
 //! `adapter_model.safetensors` in PEFT's layout (what galley's trainer writes, and what
-//! `PeftModel.save_pretrained` writes). Each adapted projection becomes `W + scale · B·A` in
+//! `PeftModel.save_pretrained` writes), or a llama.cpp LoRA adapter GGUF (`.lora_a` /
+//! `.lora_b` factors under llama.cpp's tensor names, B's Q/K rows in its order). Each adapted projection becomes `W + scale · B·A` in
 //! memory, so evaluating or serving an adapter needs no merged copy on disk, and a quantized
 //! base stays quantized everywhere the adapter does not touch.
 
+use crate::config::{Family, LlamaConfig};
 use crate::error::{ModelError, Result, bad};
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
@@ -44,9 +46,13 @@ struct PeftConfig {
 }
 
 impl Adapter {
-    /// Reads the adapter in `dir`. Every way it could be silently wrong for galley (a PEFT
-    /// feature galley does not apply, a key it cannot place) is an error naming the file.
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+    /// Reads the adapter in `dir` (a PEFT folder) or the llama.cpp adapter file `dir`, for a
+    /// base of `config`. Every way it could be silently wrong for galley (a PEFT feature
+    /// galley does not apply, a key it cannot place) is an error naming the file.
+    pub fn load(dir: &Path, config: &LlamaConfig, device: &Device) -> Result<Self> {
+        if dir.is_file() {
+            return Self::from_gguf(dir, config, device);
+        }
         let cfg_path = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, e))?;
         let cfg: PeftConfig = serde_json::from_str(&text).map_err(|e| bad(&cfg_path, e))?;
@@ -152,6 +158,96 @@ impl Adapter {
             factors,
             rank: cfg.r,
             alpha: cfg.lora_alpha,
+            scale,
+        })
+    }
+
+    /// A llama.cpp LoRA adapter GGUF (what its `convert_lora_to_gguf.py` and `galley export`
+    /// write): scale `adapter.lora.alpha / r`, B's Q/K rows put back in HF's order.
+    fn from_gguf(path: &Path, config: &LlamaConfig, device: &Device) -> Result<Self> {
+        use candle_core::quantized::gguf_file;
+        let mut file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| bad(path, format!("not a GGUF file: {e}")))?;
+        let text = |k: &str| {
+            content
+                .metadata
+                .get(k)
+                .and_then(|v| v.to_string().ok())
+                .cloned()
+        };
+        if text("general.type").as_deref() != Some("adapter")
+            || text("adapter.type").as_deref() != Some("lora")
+        {
+            return Err(bad(
+                path,
+                "not a LoRA adapter GGUF (general.type `adapter`, adapter.type `lora`); a model GGUF is given with --model",
+            ));
+        }
+        let alpha = content
+            .metadata
+            .get("adapter.lora.alpha")
+            .and_then(|v| v.to_f32().ok())
+            .map(f64::from)
+            .unwrap_or(0.0);
+        let permute = matches!(config.family, Family::Llama | Family::Mistral);
+        let read = |name: &str, file: &mut std::fs::File| -> Result<Tensor> {
+            let info = &content.tensor_infos[name];
+            let q = info
+                .read(file, content.tensor_data_offset, device)
+                .map_err(|e| bad(path, format!("tensor `{name}`: {e}")))?;
+            Ok(q.dequantize(device)?)
+        };
+        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+        names.sort();
+        let (mut deltas, mut factors, mut rank) = (HashMap::new(), Vec::new(), 0);
+        let mut scale = 1.0;
+        for a_name in names.iter().filter(|n| n.ends_with(".lora_a")) {
+            let base = a_name.trim_end_matches(".lora_a");
+            let b_name = format!("{base}.lora_b");
+            if !content.tensor_infos.contains_key(&b_name) {
+                return Err(bad(path, format!("`{a_name}` has no `{b_name}`")));
+            }
+            let hf = crate::weights::hf_name(base)
+                .ok_or_else(|| bad(path, format!("`{base}` is not a tensor galley places")))?;
+            let a = read(a_name, &mut file)?;
+            let mut b = read(&b_name, &mut file)?;
+            let r = a.dim(0)?;
+            if b.dim(1)? != r {
+                return Err(bad(
+                    path,
+                    format!("`{base}`: A has rank {r}, B {}", b.dim(1)?),
+                ));
+            }
+            // llama.cpp: alpha / r, or 1 when no alpha is given.
+            rank = r;
+            scale = if alpha == 0.0 { 1.0 } else { alpha / r as f64 };
+            let heads = match (permute, hf.contains(".q_proj."), hf.contains(".k_proj.")) {
+                (true, true, _) => Some(config.num_heads),
+                (true, _, true) => Some(config.num_kv_heads),
+                _ => None,
+            };
+            if let Some(h) = heads {
+                // llama.cpp's interleaved rows back to HF's halves, per head.
+                let (out, d) = (b.dim(0)?, b.dim(0)? / h);
+                b = b
+                    .reshape((h, d / 2, 2, r))?
+                    .transpose(1, 2)?
+                    .contiguous()?
+                    .reshape((out, r))?;
+            }
+            deltas.insert(hf.clone(), (b.matmul(&a)? * scale)?);
+            factors.push((hf, a, b));
+        }
+        if deltas.is_empty() {
+            return Err(bad(path, "holds no LoRA factors (`.lora_a` / `.lora_b`)"));
+        }
+        Ok(Self {
+            dir: path.into(),
+            deltas,
+            factors,
+            rank,
+            alpha: if alpha == 0.0 { rank as f64 } else { alpha },
             scale,
         })
     }

@@ -63,7 +63,7 @@ pub fn load_stacked(
 ) -> Result<LoadedModel> {
     let mut ck = open(path, opts)?;
     for dir in adapters {
-        ck.weights = crate::adapter::Adapter::load(dir, device)?.apply(ck.weights)?;
+        ck.weights = crate::adapter::Adapter::load(dir, &ck.config, device)?.apply(ck.weights)?;
     }
     let model = Llama::load(&ck.weights, ck.config, device)?;
     Ok(LoadedModel {

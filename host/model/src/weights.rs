@@ -46,14 +46,46 @@ pub enum LinearWeight {
     Quant(QMatMul),
 }
 
+const SIMPLE: [(&str, &str); 3] = [
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+
+const LAYER_PARTS: [(&str, &str); 11] = [
+    ("self_attn.q_proj.", "attn_q."),
+    ("self_attn.k_proj.", "attn_k."),
+    ("self_attn.v_proj.", "attn_v."),
+    ("self_attn.o_proj.", "attn_output."),
+    ("self_attn.q_norm.", "attn_q_norm."),
+    ("self_attn.k_norm.", "attn_k_norm."),
+    ("mlp.gate_proj.", "ffn_gate."),
+    ("mlp.up_proj.", "ffn_up."),
+    ("mlp.down_proj.", "ffn_down."),
+    ("input_layernorm.", "attn_norm."),
+    ("post_attention_layernorm.", "ffn_norm."),
+];
+
+/// The HF name of a tensor in llama.cpp's GGUF naming (the reverse of `gguf_name`), if it is
+/// one galley knows.
+pub(crate) fn hf_name(gguf: &str) -> Option<String> {
+    if let Some((h, _)) = SIMPLE.iter().find(|(_, g)| *g == gguf) {
+        return Some(h.to_string());
+    }
+    let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    // The longest llama.cpp part first: `attn_q_norm.` before `attn_q.`.
+    let mut parts = LAYER_PARTS.to_vec();
+    parts.sort_by_key(|(_, g)| std::cmp::Reverse(g.len()));
+    parts.iter().find_map(|(h, g)| {
+        rest.strip_prefix(g)
+            .map(|suffix| format!("model.layers.{layer}.{h}{suffix}"))
+    })
+}
+
 /// `name` in llama.cpp's GGUF naming.
 pub(crate) fn gguf_name(hf: &str) -> String {
-    let simple = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-    ];
-    if let Some((_, g)) = simple.iter().find(|(h, _)| *h == hf) {
+    if let Some((_, g)) = SIMPLE.iter().find(|(h, _)| *h == hf) {
         return g.to_string();
     }
     let Some(rest) = hf.strip_prefix("model.layers.") else {
@@ -62,20 +94,7 @@ pub(crate) fn gguf_name(hf: &str) -> String {
     let Some((layer, rest)) = rest.split_once('.') else {
         return hf.to_string();
     };
-    let parts = [
-        ("self_attn.q_proj.", "attn_q."),
-        ("self_attn.k_proj.", "attn_k."),
-        ("self_attn.v_proj.", "attn_v."),
-        ("self_attn.o_proj.", "attn_output."),
-        ("self_attn.q_norm.", "attn_q_norm."),
-        ("self_attn.k_norm.", "attn_k_norm."),
-        ("mlp.gate_proj.", "ffn_gate."),
-        ("mlp.up_proj.", "ffn_up."),
-        ("mlp.down_proj.", "ffn_down."),
-        ("input_layernorm.", "attn_norm."),
-        ("post_attention_layernorm.", "ffn_norm."),
-    ];
-    for (h, g) in parts {
+    for (h, g) in LAYER_PARTS {
         if let Some(suffix) = rest.strip_prefix(h) {
             return format!("blk.{layer}.{g}{suffix}");
         }
@@ -388,6 +407,15 @@ mod tests {
             "blk.11.attn_q.bias"
         );
         assert_eq!(gguf_name("model.embed_tokens.weight"), "token_embd.weight");
+        for hf in [
+            "model.layers.3.self_attn.q_norm.weight",
+            "model.layers.3.self_attn.q_proj.weight",
+            "model.layers.10.mlp.down_proj.bias",
+            "lm_head.weight",
+        ] {
+            assert_eq!(hf_name(&gguf_name(hf)).as_deref(), Some(hf));
+        }
+        assert_eq!(hf_name("rope_freqs.weight"), None);
     }
 
     #[test]

@@ -186,7 +186,7 @@ pub fn merge_adapter(base: &Path, adapters: &[std::path::PathBuf], dir: &Path) -
     let dev = candle_core::Device::Cpu;
     let mut ck = galley_model::open(base, galley_model::LoadOptions { dequantize: true })?;
     for a in adapters {
-        ck.weights = galley_model::Adapter::load(a, &dev)?.apply(ck.weights)?;
+        ck.weights = galley_model::Adapter::load(a, &ck.config, &dev)?.apply(ck.weights)?;
     }
     let peft = PeftSection::default();
     let build = crate::model::Build {

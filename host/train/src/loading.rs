@@ -153,8 +153,8 @@ fn new_model_tokenizer(
 pub(crate) fn open_start(cfg: &TrainConfig, path: &Path) -> Result<galley_model::Checkpoint> {
     let mut ck = galley_model::open(path, LoadOptions { dequantize: false })?;
     for dir in &cfg.model.adapters {
-        ck.weights =
-            galley_model::Adapter::load(dir, &candle_core::Device::Cpu)?.apply(ck.weights)?;
+        ck.weights = galley_model::Adapter::load(dir, &ck.config, &candle_core::Device::Cpu)?
+            .apply(ck.weights)?;
     }
     Ok(ck)
 }
