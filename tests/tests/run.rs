@@ -646,7 +646,50 @@ fn lora_stages_hand_on_their_adapters_and_merge_writes_the_same_model() {
         gguf["results"]["sums"]["acc,none"], alone["results"]["sums"]["acc,none"],
         "{gguf}"
     );
-
+    // `galley export` of the last LoRA stage's folder folds in the chain its config.yaml
+    // names (sft's adapter, then its own): every choice scores as on the merge stage's model.
+    let out = ok(&run(
+        d,
+        &[
+            "export",
+            "runs/lora/dpo",
+            "-o",
+            "dpo.gguf",
+            "--outtype",
+            "f32",
+        ],
+    ));
+    assert!(out.contains("dpo.gguf"), "{out}");
+    for (model, to) in [("runs/lora/merge/model", "m-out"), ("dpo.gguf", "e-out")] {
+        ok(&run(
+            d,
+            &[
+                "eval",
+                "--model",
+                model,
+                "--tasks",
+                "sums.yaml",
+                "--limit",
+                "8",
+                "-o",
+                to,
+            ],
+        ));
+    }
+    let (m, e) = (
+        loglikelihoods(&d.join("m-out")),
+        loglikelihoods(&d.join("e-out")),
+    );
+    assert_eq!(m.len(), e.len());
+    let diff = m
+        .iter()
+        .zip(&e)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        diff < 1e-4,
+        "the export differs from the merged model by {diff}"
+    );
     // A type llama.cpp's converter does not name is refused before anything trains.
     write_config(
         d,

@@ -3,7 +3,9 @@
 //! llama.cpp's converter takes it), or an HF checkpoint folder (safetensors, config.json,
 //! tokenizer) for transformers and everything built on it — which also turns a GGUF into an
 //! HF checkpoint (its blocks dequantized). An adapter folder on its own (`--base` names the
-//! model it was trained on) becomes a llama.cpp LoRA adapter GGUF (`llama-cli --lora`).
+//! model it was trained on) becomes a llama.cpp LoRA adapter GGUF (`llama-cli --lora`). A
+//! training's output folder (`galley train`'s, or a stage of `galley run`) stands for what it
+//! trained: its base with the adapters before it and its own, or its whole model.
 
 use anyhow::{Context, Result};
 use galley_model::gguf_export::{OutType, write_gguf};
@@ -35,6 +37,11 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let model = galley_model::hub::resolve(&a.model, std::path::Path::new("."))
         .with_context(|| format!("model {}", a.model))?;
+    let (model, chain) = trained(&model)?;
+    let a = ExportArgs {
+        adapter: chain.into_iter().chain(a.adapter).collect(),
+        ..a
+    };
     let gguf = a.output.extension().is_some_and(|e| e == "gguf");
     // Writing over what is being read (a model's own file or folder, an adapter's) would
     // truncate files that are memory-mapped while they are read.
@@ -136,6 +143,53 @@ fn lora(
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// What a training's output folder stands for: (the model, the adapters to fold in, in
+/// order) read from the `config.yaml` it was trained with — its base, the adapters it was
+/// trained over, then its own `adapter/`; or its `model/` after full fine-tuning. Any other
+/// path stands for itself.
+fn trained(dir: &std::path::Path) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let cfg = dir.join("config.yaml");
+    let whole = dir.join("model");
+    let own = dir.join("adapter");
+    let has_model = whole.join("config.json").is_file();
+    let has_adapter = own.join("adapter_config.json").is_file();
+    if !cfg.is_file() || !(has_model || has_adapter) || dir.join("config.json").exists() {
+        return Ok((dir.to_path_buf(), Vec::new()));
+    }
+    if has_model {
+        eprintln!(
+            "{}: the fine-tuned model in {}",
+            dir.display(),
+            whole.display()
+        );
+        return Ok((whole, Vec::new()));
+    }
+    let text = std::fs::read_to_string(&cfg).with_context(|| cfg.display().to_string())?;
+    let v: galley_core::config::yaml::Value = galley_core::config::yaml::from_str(&text)
+        .with_context(|| format!("{}: not YAML", cfg.display()))?;
+    let path = |v: &galley_core::config::yaml::Value| v.as_str().map(|p| dir.join(p));
+    let Some(base) = path(&v["model"]["path"]) else {
+        anyhow::bail!(
+            "{}: `model.path` names no base model; give the base as MODEL and --adapter {}",
+            cfg.display(),
+            own.display()
+        );
+    };
+    let mut chain: Vec<PathBuf> = v["model"]["adapters"]
+        .as_sequence()
+        .map(|s| s.iter().filter_map(path).collect())
+        .unwrap_or_default();
+    chain.push(own);
+    eprintln!(
+        "{}: {} with {} adapter(s) folded in, as {} says",
+        dir.display(),
+        base.display(),
+        chain.len(),
+        cfg.display()
+    );
+    Ok((base, chain))
 }
 
 /// `general.name`: --name, else the output's file stem.
