@@ -97,7 +97,7 @@ fn serve_and_run(script: &str) {
 }
 
 const COMMON: &str = r#"
-import os, json, openai
+import os, sys, json, openai
 c = openai.OpenAI(base_url=os.environ["URL"], api_key="none", max_retries=0)
 def check(cond, what):
     if not cond:
@@ -186,9 +186,10 @@ print("ok")
     assert_eq!(client(d, &s.url, &script).trim(), "ok");
 }
 
-/// What galley cannot honour is refused by name (a client asking for tool calls or JSON output
-/// used to get plain text with a 200); OpenAI's frequency and presence penalties change what
-/// is generated, deterministically.
+/// What galley cannot honour is refused by name (a client asking for tool calls or a JSON
+/// schema used to get plain text with a 200); OpenAI's frequency and presence penalties change
+/// what is generated, deterministically; JSON mode holds even a random model to one JSON
+/// object, ended as soon as it closes.
 #[test]
 fn tools_and_json_output_are_refused_and_the_penalties_apply() {
     serve_and_run(
@@ -196,7 +197,8 @@ fn tools_and_json_output_are_refused_and_the_penalties_apply() {
 msgs = [{"role": "user", "content": "the number 3 is"}]
 tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
 for kw, key in [({"tools": [tool]}, "tools"),
-                ({"response_format": {"type": "json_object"}}, "response_format"),
+                ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+                 "response_format"),
                 ({"frequency_penalty": 2.5}, "frequency_penalty"),
                 ({"presence_penalty": -3}, "presence_penalty")]:
     try:
@@ -220,6 +222,19 @@ check(freq == tokens(frequency_penalty=2.0), "penalised greedy is deterministic"
 check(freq != plain and max(freq.count(t) for t in freq) < most, f"frequency {freq} vs {plain}")
 pres = tokens(presence_penalty=2.0)
 check(pres != plain and max(pres.count(t) for t in pres) < most, f"presence {pres} vs {plain}")
+
+# JSON mode on a random model: every answer opens an object, and every one that stopped is
+# exactly one JSON object.
+stopped = 0
+for seed in range(12):
+    r = c.chat.completions.create(model="model", messages=msgs, max_tokens=96, temperature=1.0,
+                                  seed=seed, response_format={"type": "json_object"})
+    ch = r.choices[0]
+    check(ch.message.content.startswith("{"), f"json mode: {ch.message.content!r}")
+    if ch.finish_reason == "stop":
+        stopped += 1
+        check(isinstance(json.loads(ch.message.content), dict), f"json mode: {ch.message.content!r}")
+print(f"json mode: {stopped} of 12 closed their object", file=sys.stderr)
 print("ok")
 "#,
     );
@@ -262,6 +277,42 @@ except openai.BadRequestError as ex:
 print("ok")
 "#,
     );
+}
+
+/// JSON mode on SmolLM2 (`response_format: json_object`): asked for an object, the model
+/// answers greedily with Python code; in JSON mode the same request is one JSON object,
+/// ended when it closes.
+#[test]
+fn json_mode_turns_smollm2s_answer_into_one_json_object() {
+    let model = repo_root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        model.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        model.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let m = model.to_str().unwrap();
+    // No prompt cache: the second request must not start from the first one's rows.
+    let s = serve(
+        tmp.path(),
+        &["-m", m, "--name", "smol", "--prompt-cache-mib", "0"],
+    );
+    let script = format!(
+        "{COMMON}{}",
+        r#"
+msgs = [{"role": "user", "content": "Return a JSON object with a key fruits listing three fruits."}]
+plain = c.chat.completions.create(model="smol", messages=msgs, max_tokens=200, temperature=0)
+r = c.chat.completions.create(model="smol", messages=msgs, max_tokens=200, temperature=0,
+                              response_format={"type": "json_object"})
+text = r.choices[0].message.content
+print("plain:", repr(plain.choices[0].message.content[:80]), file=sys.stderr)
+print("json mode:", repr(text), file=sys.stderr)
+check(r.choices[0].finish_reason == "stop", f"{r.choices[0].finish_reason}: {text!r}")
+check(isinstance(json.loads(text), dict), text)
+print("ok")
+"#
+    );
+    assert_eq!(client(tmp.path(), &s.url, &script).trim(), "ok");
 }
 
 #[test]

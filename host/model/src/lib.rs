@@ -23,6 +23,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf_export;
 pub mod hub;
+pub mod json_mode;
 pub mod kernels;
 pub mod layers;
 pub mod load;

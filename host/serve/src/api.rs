@@ -158,6 +158,7 @@ fn submit(
             prompt_logprobs,
             logit_bias: extras.bias.clone(),
             cache_salt: extras.cache_salt.clone(),
+            json: extras.json,
             events: tx,
         };
         b.submit(job).map_err(|e| match e {
@@ -293,7 +294,7 @@ fn render(s: &Shared, msgs: &[ChatMessage]) -> Result<Vec<u32>, ApiError> {
 async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req: ChatRequest = parse(&body)?;
     warn_ignored(&body, true);
-    refuse_unsupported(&req)?;
+    let json = refuse_unsupported(&req)?;
     let b = batcher(&s, &req.model)?;
     let prompt = render(&s, &req.messages)?;
     let top = req.top_logprobs.unwrap_or(0);
@@ -310,7 +311,10 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
         prompt.len(),
     )?;
     let n = n_of(&req.sampling)?;
-    let extras = extras(&s, &req.sampling)?;
+    let extras = Extras {
+        json,
+        ..extras(&s, &req.sampling)?
+    };
     let rxs = submit(
         b,
         &prompt,

@@ -10,6 +10,7 @@
 
 use crate::prompt_cache::PromptCache;
 use galley_model::generate::Output;
+use galley_model::json_mode::{self, JsonPrefix};
 use galley_model::sample::LogSoftmax;
 use galley_model::{Cache, Finish, Llama, Sampler, SamplingParams, Tokenizer};
 use std::collections::VecDeque;
@@ -33,6 +34,8 @@ pub struct Job {
     pub logit_bias: Vec<(u32, f32)>,
     /// The prompt cache reuses only prompts kept under the same salt (vLLM's `cache_salt`).
     pub cache_salt: Option<String>,
+    /// JSON mode (`response_format: json_object`): the answer is one JSON object.
+    pub json: bool,
     pub events: UnboundedSender<Event>,
 }
 
@@ -152,6 +155,8 @@ struct Seq {
     tokens: Vec<u32>,
     out: Output,
     eos: Vec<u32>,
+    /// Where the answer is in its JSON object, in JSON mode.
+    json: Option<JsonPrefix>,
 }
 
 /// A prompt being prefilled, a chunk per step.
@@ -164,6 +169,8 @@ struct Prefill {
 struct Loop {
     model: Arc<Llama>,
     tok: Arc<Tokenizer>,
+    /// Each token's text for JSON mode (special tokens: empty), made on first use.
+    texts: std::sync::OnceLock<Vec<String>>,
     limits: Limits,
     active: Vec<Seq>,
     cache: Cache,
@@ -187,6 +194,7 @@ impl Loop {
         Self {
             model,
             tok,
+            texts: std::sync::OnceLock::new(),
             limits,
             active: Vec::new(),
             cache,
@@ -372,6 +380,34 @@ impl Loop {
         }
     }
 
+    /// Each token's text, for JSON mode: special tokens have none, so they never pass.
+    fn texts(&self) -> &[String] {
+        self.texts.get_or_init(|| {
+            let special: std::collections::HashSet<u32> = self
+                .tok
+                .inner()
+                .get_added_tokens_decoder()
+                .into_iter()
+                .filter(|(_, t)| t.special)
+                .map(|(id, _)| id)
+                .collect();
+            (0..self.model.config.vocab_size as u32)
+                .map(|id| {
+                    if special.contains(&id) {
+                        return String::new();
+                    }
+                    // A token holding part of a multi-byte character decodes alone to nothing
+                    // (or to U+FFFD): it can only be inside a string, which is where U+FFFD
+                    // passes and nowhere else.
+                    match self.tok.decode(&[id], false).unwrap_or_default() {
+                        t if t.is_empty() => "\u{FFFD}".to_string(),
+                        t => t,
+                    }
+                })
+                .collect()
+        })
+    }
+
     fn new_seq(&self, job: Job) -> Seq {
         // Counted running before it stops counting as waiting, so that `/health` never shows
         // a live sequence as neither (`publish` corrects the count at the end of the step).
@@ -389,6 +425,7 @@ impl Loop {
         eos.dedup();
         Seq {
             sampler: Sampler::new(job.params.clone(), 0),
+            json: job.json.then(JsonPrefix::new),
             job,
             tokens: Vec::new(),
             out: Output::default(),
@@ -566,7 +603,7 @@ impl Loop {
             return Step::Finished(Finish::Length);
         }
         let biased;
-        let logits = if s.job.logit_bias.is_empty() {
+        let logits = if s.job.logit_bias.is_empty() && s.json.is_none() {
             logits
         } else {
             let mut l = logits.to_vec();
@@ -575,12 +612,24 @@ impl Loop {
                     *x += b;
                 }
             }
+            if let Some(state) = &s.json {
+                json_mode::mask(&mut l, state, self.texts(), &s.eos);
+            }
             biased = l;
             &biased
         };
         let t = s.sampler.sample(logits, &s.job.prompt, &s.tokens);
         s.tokens.push(t);
-        let eos = s.eos.contains(&t);
+        let mut eos = s.eos.contains(&t);
+        if let Some(state) = &mut s.json
+            && !eos
+        {
+            match state.after(&self.texts()[t as usize]) {
+                Some(next) => *state = next,
+                // Nothing could continue the object (every logit masked): the answer ends.
+                None => eos = true,
+            }
+        }
         let finish = match s.out.take(&self.tok, t, eos, s.tokens.len(), params) {
             Ok(f) => f,
             // A detokenizer error (none for byte-level BPE): the client is told.

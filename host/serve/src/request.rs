@@ -1,9 +1,9 @@
 //! What a request to the API may say, read and checked: the bodies of
 //! `/v1/chat/completions` and `/v1/completions`, their sampling parameters (OpenAI's, and the
 //! `top_k`, `min_p`, `repetition_penalty` and `cache_salt` of llama.cpp's and vLLM's servers)
-//! turned into galley's `SamplingParams`, and what galley does not do — tool calls,
-//! constrained output — refused by name rather than ignored, since a client that sent
-//! `response_format: json_object` would otherwise parse whatever text comes back.
+//! turned into galley's `SamplingParams`, JSON mode, and what galley does not do — tool
+//! calls, JSON schemas — refused by name rather than ignored, since a client that sent
+//! `tools` would otherwise parse whatever text comes back as if no tool had been called.
 
 use crate::api::{ApiError, Shared};
 use galley_model::SamplingParams;
@@ -96,6 +96,8 @@ pub(crate) struct Sampling {
 pub(crate) struct Extras {
     pub(crate) bias: Vec<(u32, f32)>,
     pub(crate) cache_salt: Option<String>,
+    /// JSON mode (`response_format: json_object`, chat only).
+    pub(crate) json: bool,
 }
 
 /// `logit_bias` and `cache_salt`, checked.
@@ -111,6 +113,7 @@ pub(crate) fn extras(s: &Shared, p: &Sampling) -> Result<Extras, ApiError> {
     Ok(Extras {
         bias: logit_bias(s, p)?,
         cache_salt: p.cache_salt.clone(),
+        json: false,
     })
 }
 
@@ -248,10 +251,11 @@ pub(crate) fn n_of(p: &Sampling) -> Result<usize, ApiError> {
 }
 
 /// Refuses what galley cannot honour instead of answering as if it had: tool calling (the
-/// model's text would come back where the client expects `tool_calls`) and JSON output
-/// (`response_format` other than text: galley has no constrained decoding). An empty tool
-/// list and `tool_choice: "none"` ask for nothing and pass.
-pub(crate) fn refuse_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
+/// model's text would come back where the client expects `tool_calls`) and a JSON schema
+/// (`response_format: json_schema`: galley constrains output to JSON, not to a schema). An
+/// empty tool list and `tool_choice: "none"` ask for nothing and pass. Returns whether JSON
+/// mode (`response_format: json_object`) is asked for.
+pub(crate) fn refuse_unsupported(req: &ChatRequest) -> Result<bool, ApiError> {
     let asked = |v: &Option<Value>| match v {
         None | Some(Value::Null) => false,
         Some(Value::Array(a)) => !a.is_empty(),
@@ -271,18 +275,19 @@ pub(crate) fn refuse_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
             ));
         }
     }
-    if let Some(f) = &req.response_format {
-        let kind = f.get("type").and_then(Value::as_str).unwrap_or_default();
-        if kind != "text" {
-            return Err(ApiError::bad(
-                format!(
-                    "`response_format` type `{kind}`: galley serve has no constrained decoding, so it cannot promise JSON output; leave response_format out or use {{\"type\": \"text\"}}"
-                ),
-                Some("response_format"),
-            ));
-        }
+    let Some(f) = &req.response_format else {
+        return Ok(false);
+    };
+    match f.get("type").and_then(Value::as_str).unwrap_or_default() {
+        "text" => Ok(false),
+        "json_object" => Ok(true),
+        kind => Err(ApiError::bad(
+            format!(
+                "`response_format` type `{kind}`: galley serve constrains answers to a JSON object (`json_object`), not to a schema; use json_object and describe the schema in the prompt, or leave response_format out"
+            ),
+            Some("response_format"),
+        )),
     }
-    Ok(())
 }
 
 /// The keys of a request body that neither endpoint reads, for a warning in the server's
@@ -360,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn tools_and_json_output_are_refused_by_name_and_empty_asks_pass() {
+    fn tools_and_json_schemas_are_refused_by_name_and_json_mode_is_asked() {
         for (extra, key) in [
             (
                 json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
@@ -369,7 +374,7 @@ mod tests {
             (json!({"tool_choice": "auto"}), "tool_choice"),
             (json!({"functions": [{"name": "f"}]}), "functions"),
             (
-                json!({"response_format": {"type": "json_object"}}),
+                json!({"response_format": {"type": "grammar"}}),
                 "response_format",
             ),
             (
@@ -387,8 +392,14 @@ mod tests {
             json!({"response_format": {"type": "text"}}),
             json!({"tools": null}),
         ] {
-            assert!(refuse_unsupported(&chat(extra.clone())).is_ok(), "{extra}");
+            assert_eq!(
+                refuse_unsupported(&chat(extra.clone())).ok(),
+                Some(false),
+                "{extra}"
+            );
         }
+        let json_mode = chat(json!({"response_format": {"type": "json_object"}}));
+        assert_eq!(refuse_unsupported(&json_mode).ok(), Some(true));
     }
 
     #[test]
