@@ -268,16 +268,51 @@ impl JsonPrefix {
     }
 }
 
-/// Masks `logits` for JSON mode at `state`: every token whose text (`texts[id]`) would break
-/// the prefix gets -inf; the `eos` tokens are allowed exactly when the object is complete,
-/// and then only they are.
-pub fn mask(logits: &mut [f32], state: &JsonPrefix, texts: &[String], eos: &[u32]) {
+/// The vocabulary as JSON mode sees it: each token's text (special tokens: empty), and
+/// whether it is plain string content — no quote, backslash or control character — which
+/// inside a string (where most of an answer's tokens go) passes without being walked.
+pub struct Vocab {
+    texts: Vec<String>,
+    plain: Vec<bool>,
+}
+
+impl Vocab {
+    pub fn new(texts: Vec<String>) -> Self {
+        let plain = texts
+            .iter()
+            .map(|t| {
+                !t.is_empty()
+                    && !t
+                        .chars()
+                        .any(|c| c == '"' || c == '\\' || (c as u32) < 0x20)
+            })
+            .collect();
+        Self { texts, plain }
+    }
+
+    pub fn text(&self, id: u32) -> &str {
+        self.texts.get(id as usize).map_or("", String::as_str)
+    }
+}
+
+/// Masks `logits` for JSON mode at `state`: every token whose text would break the prefix
+/// gets -inf; the `eos` tokens are allowed exactly when the object is complete, and then only
+/// they are.
+pub fn mask(logits: &mut [f32], state: &JsonPrefix, vocab: &Vocab, eos: &[u32]) {
     let done = state.done();
+    let in_string = matches!(state.mode, Mode::Str { escape: 0, .. });
     for (id, l) in logits.iter_mut().enumerate() {
         let keep = if eos.contains(&(id as u32)) {
             done
+        } else if done {
+            false
+        } else if in_string && vocab.plain.get(id).copied().unwrap_or(false) {
+            true
         } else {
-            !done && texts.get(id).is_some_and(|t| state.after(t).is_some())
+            vocab
+                .texts
+                .get(id)
+                .is_some_and(|t| state.after(t).is_some())
         };
         if !keep {
             *l = f32::NEG_INFINITY;
@@ -375,10 +410,12 @@ mod tests {
         let texts: Vec<String> = ["{", "}", "\"a\"", ":", " 1", "x", ""]
             .map(String::from)
             .to_vec();
+        let n = texts.len();
+        let vocab = Vocab::new(texts);
         let eos = [6];
         let allowed = |s: &JsonPrefix| {
-            let mut l = vec![0.0f32; texts.len()];
-            mask(&mut l, s, &texts, &eos);
+            let mut l = vec![0.0f32; n];
+            mask(&mut l, s, &vocab, &eos);
             (0..l.len()).filter(|&i| l[i] == 0.0).collect::<Vec<_>>()
         };
         assert_eq!(allowed(&JsonPrefix::new()), [0]);
@@ -386,5 +423,9 @@ mod tests {
         assert_eq!(allowed(&feed("{\"a\"").unwrap()), [3]);
         assert_eq!(allowed(&feed("{\"a\":").unwrap()), [0, 2, 4]);
         assert_eq!(allowed(&feed("{}").unwrap()), [6]);
+        // Inside a string: plain content passes without a walk, the rest is walked.
+        assert_eq!(allowed(&feed("{\"").unwrap()), [0, 1, 3, 4, 5]);
+        // After a backslash only an escape passes: `"a"` (an escaped quote, then more).
+        assert_eq!(allowed(&feed("{\"a\": \"\\").unwrap()), [2]);
     }
 }

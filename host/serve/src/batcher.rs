@@ -169,8 +169,8 @@ struct Prefill {
 struct Loop {
     model: Arc<Llama>,
     tok: Arc<Tokenizer>,
-    /// Each token's text for JSON mode (special tokens: empty), made on first use.
-    texts: std::sync::OnceLock<Vec<String>>,
+    /// The vocabulary as JSON mode sees it (special tokens: no text), made on first use.
+    texts: std::sync::OnceLock<json_mode::Vocab>,
     limits: Limits,
     active: Vec<Seq>,
     cache: Cache,
@@ -381,7 +381,7 @@ impl Loop {
     }
 
     /// Each token's text, for JSON mode: special tokens have none, so they never pass.
-    fn texts(&self) -> &[String] {
+    fn texts(&self) -> &json_mode::Vocab {
         self.texts.get_or_init(|| {
             let special: std::collections::HashSet<u32> = self
                 .tok
@@ -391,7 +391,7 @@ impl Loop {
                 .filter(|(_, t)| t.special)
                 .map(|(id, _)| id)
                 .collect();
-            (0..self.model.config.vocab_size as u32)
+            let texts = (0..self.model.config.vocab_size as u32)
                 .map(|id| {
                     if special.contains(&id) {
                         return String::new();
@@ -404,7 +404,8 @@ impl Loop {
                         t => t,
                     }
                 })
-                .collect()
+                .collect();
+            json_mode::Vocab::new(texts)
         })
     }
 
@@ -624,7 +625,7 @@ impl Loop {
         if let Some(state) = &mut s.json
             && !eos
         {
-            match state.after(&self.texts()[t as usize]) {
+            match state.after(self.texts().text(t)) {
                 Some(next) => *state = next,
                 // Nothing could continue the object (every logit masked): the answer ends.
                 None => eos = true,
