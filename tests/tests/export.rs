@@ -282,6 +282,29 @@ fn export_errors_name_the_input() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
     assert!(!d.join("x.gguf").exists());
+    // Flags that would change nothing are refused, not ignored.
+    for (args, flag) in [
+        (
+            &["export", "model", "-o", "hf", "--outtype", "q8_0"][..],
+            "--outtype",
+        ),
+        (
+            &["export", "model", "-o", "hf", "--name", "x"][..],
+            "--name",
+        ),
+        (
+            &["export", "model", "--base", "model", "-o", "x.gguf"][..],
+            "--base",
+        ),
+    ] {
+        let o = galley(d, args);
+        assert!(
+            !o.status.success() && stderr(&o).contains(flag),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert!(!d.join("hf").exists() && !d.join("x.gguf").exists());
     // The output may not be the input: it is memory-mapped while it is read.
     ok(galley(
         d,

@@ -25,9 +25,10 @@ pub struct ExportArgs {
     /// Where to write: `NAME.gguf` for a GGUF file, anything else for an HF folder.
     #[arg(long, short)]
     output: PathBuf,
-    /// The GGUF's weight type: f32, f16, q8_0, q4_0 or q4_1 (norms and biases stay f32).
-    #[arg(long, default_value = "f16")]
-    outtype: OutType,
+    /// The GGUF's weight type: f32, f16 (the default), q8_0, q4_0 or q4_1 (norms and biases
+    /// stay f32).
+    #[arg(long)]
+    outtype: Option<OutType>,
     /// `general.name` in the GGUF (default: the output's file stem).
     #[arg(long)]
     name: Option<String>,
@@ -59,7 +60,28 @@ pub fn run(a: ExportArgs) -> Result<()> {
             p.display()
         );
     }
-    if model.join("adapter_config.json").is_file() {
+    let is_adapter = model.join("adapter_config.json").is_file();
+    // Flags that would change nothing are refused rather than ignored.
+    if !gguf
+        && let Some(flag) = [
+            ("--outtype", a.outtype.is_some()),
+            ("--name", a.name.is_some()),
+        ]
+        .iter()
+        .find_map(|(f, given)| given.then_some(f))
+    {
+        anyhow::bail!(
+            "{flag}: {} is written as an HF folder (f32 safetensors); name the output NAME.gguf for a GGUF",
+            a.output.display()
+        );
+    }
+    if a.base.is_some() && !is_adapter {
+        anyhow::bail!(
+            "--base: {} is not a PEFT adapter folder; --base names the model an adapter given as MODEL was trained on",
+            model.display()
+        );
+    }
+    if is_adapter {
         return lora(&a, &model, gguf, started);
     }
     if !gguf {
@@ -72,16 +94,12 @@ pub fn run(a: ExportArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let dev = candle_core::Device::Cpu;
-    let mut ck = galley_model::open(&model, galley_model::LoadOptions { dequantize: true })
+    let opts = galley_model::LoadOptions { dequantize: true };
+    let ck = galley_model::open_adapted(&model, &a.adapter, opts, &candle_core::Device::Cpu)
         .with_context(|| format!("opening {}", model.display()))?;
-    for dir in &a.adapter {
-        ck.weights = galley_model::Adapter::load(dir, &ck.config, &dev)
-            .and_then(|ad| ad.apply(ck.weights))
-            .with_context(|| format!("adapter {}", dir.display()))?;
-    }
     let name = name_of(&a);
-    let out = write_gguf(&ck, &name, a.outtype, &a.output)
+    let ty = a.outtype.unwrap_or(OutType::F16);
+    let out = write_gguf(&ck, &name, ty, &a.output)
         .with_context(|| format!("writing {}", a.output.display()))?;
     if !out.in_f16.is_empty() {
         eprintln!(
@@ -96,7 +114,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         out.tensors,
         out.parameters as f64 / 1e6,
         out.bytes as f64 / (1 << 20) as f64,
-        a.outtype,
+        ty,
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -128,10 +146,10 @@ fn lora(
     let adapter = galley_model::Adapter::load(dir, &ck.config, &candle_core::Device::Cpu)
         .with_context(|| format!("adapter {}", dir.display()))?;
     let name = name_of(a);
-    let out = galley_model::gguf_export::write_lora_gguf(
-        &adapter, &ck.config, &name, a.outtype, &a.output,
-    )
-    .with_context(|| format!("writing {}", a.output.display()))?;
+    let ty = a.outtype.unwrap_or(OutType::F16);
+    let out =
+        galley_model::gguf_export::write_lora_gguf(&adapter, &ck.config, &name, ty, &a.output)
+            .with_context(|| format!("writing {}", a.output.display()))?;
     println!(
         "wrote {}: a LoRA adapter for llama.cpp (r {}, alpha {}), {} tensors, {:.2}M parameters, {:?} in {:.1} s",
         a.output.display(),
@@ -139,7 +157,7 @@ fn lora(
         adapter.alpha,
         out.tensors,
         out.parameters as f64 / 1e6,
-        a.outtype,
+        ty,
         started.elapsed().as_secs_f64()
     );
     Ok(())

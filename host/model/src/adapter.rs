@@ -5,7 +5,7 @@
 //! memory, so evaluating or serving an adapter needs no merged copy on disk, and a quantized
 //! base stays quantized everywhere the adapter does not touch.
 
-use crate::config::{Family, LlamaConfig};
+use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result, bad};
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
@@ -190,12 +190,16 @@ impl Adapter {
             .and_then(|v| v.to_f32().ok())
             .map(f64::from)
             .unwrap_or(0.0);
-        let permute = matches!(config.family, Family::Llama | Family::Mistral);
-        let read = |name: &str, file: &mut std::fs::File| -> Result<Tensor> {
+        // A factor dequantized; B's rows put back from llama.cpp's order when it permutes them.
+        let read = |name: &str, heads: Option<usize>, file: &mut std::fs::File| -> Result<Tensor> {
             let info = &content.tensor_infos[name];
-            let q = info
+            let mut q = info
                 .read(file, content.tensor_data_offset, device)
                 .map_err(|e| bad(path, format!("tensor `{name}`: {e}")))?;
+            if let Some(h) = heads {
+                q = crate::weights::unpermute_rows(&q, h, device)
+                    .map_err(|e| bad(path, format!("tensor `{name}`: {e}")))?;
+            }
             Ok(q.dequantize(device)?)
         };
         let mut names: Vec<&String> = content.tensor_infos.keys().collect();
@@ -210,8 +214,12 @@ impl Adapter {
             }
             let hf = crate::weights::hf_name(base)
                 .ok_or_else(|| bad(path, format!("`{base}` is not a tensor galley places")))?;
-            let a = read(a_name, &mut file)?;
-            let mut b = read(&b_name, &mut file)?;
+            let a = read(a_name, None, &mut file)?;
+            let b = read(
+                &b_name,
+                crate::weights::llama_cpp_heads(&hf, config),
+                &mut file,
+            )?;
             let r = a.dim(0)?;
             if b.dim(1)? != r {
                 return Err(bad(
@@ -222,20 +230,6 @@ impl Adapter {
             // llama.cpp: alpha / r, or 1 when no alpha is given.
             rank = r;
             scale = if alpha == 0.0 { 1.0 } else { alpha / r as f64 };
-            let heads = match (permute, hf.contains(".q_proj."), hf.contains(".k_proj.")) {
-                (true, true, _) => Some(config.num_heads),
-                (true, _, true) => Some(config.num_kv_heads),
-                _ => None,
-            };
-            if let Some(h) = heads {
-                // llama.cpp's interleaved rows back to HF's halves, per head.
-                let (out, d) = (b.dim(0)?, b.dim(0)? / h);
-                b = b
-                    .reshape((h, d / 2, 2, r))?
-                    .transpose(1, 2)?
-                    .contiguous()?
-                    .reshape((out, r))?;
-            }
             deltas.insert(hf.clone(), (b.matmul(&a)? * scale)?);
             factors.push((hf, a, b));
         }

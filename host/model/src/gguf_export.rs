@@ -12,7 +12,7 @@
 use crate::config::{Family, LlamaConfig, RopeScaling};
 use crate::error::{ModelError, Result, bad};
 use crate::load::Checkpoint;
-use crate::weights::gguf_name;
+use crate::weights::{gguf_name, llama_cpp_heads};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -201,7 +201,6 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
     let c = &ck.config;
     let md = metadata(ck, name, ty)?;
     let dev = Device::Cpu;
-    let permute = matches!(c.family, Family::Llama | Family::Mistral);
     let mut plan: Vec<Planned> = Vec::new();
     let mut in_f16 = Vec::new();
     for (hf, shape) in tensor_shapes(c) {
@@ -226,7 +225,7 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
         };
         plan.push(Planned {
             name: gguf_name(&hf),
-            source: hf,
+            source: Some(hf),
             shape,
             dtype,
         });
@@ -239,36 +238,35 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
     if rope_freqs {
         plan.push(Planned {
             name: "rope_freqs.weight".into(),
-            source: String::new(),
+            source: None,
             shape: vec![c.head_dim / 2],
             dtype: GgmlDType::F32,
         });
     }
     let mut parameters = 0;
     let bytes = write_file(out, &md, &plan, |p| {
-        let t = if p.source.is_empty() {
-            let base = crate::layers::rotary::base_freq(c);
-            let scaled = crate::layers::rotary::scaled_freq(c);
-            let factors: Vec<f32> = base
-                .iter()
-                .zip(&scaled)
-                .map(|(b, s)| (b / s) as f32)
-                .collect();
-            Tensor::from_vec(factors, p.shape[0], &dev)?
-        } else {
-            let t = ck.weights.tensor(&p.source, &p.shape, &dev)?;
-            parameters += t.elem_count();
-            match (
-                permute,
-                p.source.contains(".q_proj."),
-                p.source.contains(".k_proj."),
-            ) {
-                (true, true, _) => permute_rows(&t, c.num_heads)?,
-                (true, _, true) => permute_rows(&t, c.num_kv_heads)?,
-                _ => t,
+        let t = match &p.source {
+            Some(source) => {
+                let t = ck.weights.tensor(source, &p.shape, &dev)?;
+                parameters += t.elem_count();
+                match llama_cpp_heads(source, c) {
+                    Some(h) => permute_rows(&t, h)?,
+                    None => t,
+                }
+            }
+            // rope_freqs: each frequency's divisor under the config's scaling.
+            None => {
+                let base = crate::layers::rotary::base_freq(c);
+                let scaled = crate::layers::rotary::scaled_freq(c);
+                let factors: Vec<f32> = base
+                    .iter()
+                    .zip(&scaled)
+                    .map(|(b, s)| (b / s) as f32)
+                    .collect();
+                Tensor::from_vec(factors, p.shape[0], &dev)?
             }
         };
-        QTensor::quantize(&t, p.dtype).map_err(|e| bad(&ck.path, format!("{}: {e}", p.source)))
+        QTensor::quantize(&t, p.dtype).map_err(|e| bad(&ck.path, format!("{}: {e}", p.name)))
     })?;
     Ok(Exported {
         tensors: plan.len(),
@@ -300,7 +298,6 @@ pub fn write_lora_gguf(
     };
     let shapes: std::collections::HashMap<String, Vec<usize>> =
         tensor_shapes(config).into_iter().collect();
-    let permute = matches!(config.family, Family::Llama | Family::Mistral);
     let md = vec![
         (
             "general.architecture".to_string(),
@@ -331,16 +328,15 @@ pub fn write_lora_gguf(
                 b.dims()
             )));
         }
-        let b = match (permute, hf.contains(".q_proj."), hf.contains(".k_proj.")) {
-            (true, true, _) => permute_rows(b, config.num_heads)?,
-            (true, _, true) => permute_rows(b, config.num_kv_heads)?,
-            _ => b.clone(),
+        let b = match llama_cpp_heads(hf, config) {
+            Some(h) => permute_rows(b, h)?,
+            None => b.clone(),
         };
         let g = gguf_name(hf);
         for (suffix, t) in [("lora_a", a.clone()), ("lora_b", b)] {
             plan.push(Planned {
                 name: format!("{g}.{suffix}"),
-                source: hf.clone(),
+                source: Some(hf.clone()),
                 shape: t.dims().to_vec(),
                 dtype,
             });
@@ -361,10 +357,10 @@ pub fn write_lora_gguf(
 }
 
 /// One tensor of a GGUF being written: its llama.cpp name, the HF weight it is made from
-/// (empty for one computed from the config), its shape (rows first) and its type.
+/// (none for one computed from the config), its shape (rows first) and its type.
 struct Planned {
     name: String,
-    source: String,
+    source: Option<String>,
     shape: Vec<usize>,
     dtype: GgmlDType,
 }

@@ -41,6 +41,7 @@ pub use error::{ModelError, Result};
 pub use generate::{Completion, Finish, generate, generate_sharing};
 pub use load::{
     Checkpoint, LoadOptions, LoadedModel, load, load_adapted, load_stacked, load_with, open,
+    open_adapted,
 };
 pub use model::{Cache, Llama};
 pub use sample::{Sampler, SamplingParams};

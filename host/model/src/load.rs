@@ -61,10 +61,7 @@ pub fn load_stacked(
     device: &Device,
     opts: LoadOptions,
 ) -> Result<LoadedModel> {
-    let mut ck = open(path, opts)?;
-    for dir in adapters {
-        ck.weights = crate::adapter::Adapter::load(dir, &ck.config, device)?.apply(ck.weights)?;
-    }
+    let ck = open_adapted(path, adapters, opts, device)?;
     let model = Llama::load(&ck.weights, ck.config, device)?;
     Ok(LoadedModel {
         model,
@@ -72,6 +69,22 @@ pub fn load_stacked(
         template: ck.template,
         path: ck.path,
     })
+}
+
+/// [`open`], with LoRA adapters (PEFT folders or llama.cpp adapter GGUFs) applied over the
+/// weights in memory, in order.
+pub fn open_adapted(
+    path: &Path,
+    adapters: &[impl AsRef<Path>],
+    opts: LoadOptions,
+    device: &Device,
+) -> Result<Checkpoint> {
+    let mut ck = open(path, opts)?;
+    for dir in adapters {
+        let adapter = crate::adapter::Adapter::load(dir.as_ref(), &ck.config, device)?;
+        ck.weights = adapter.apply(ck.weights)?;
+    }
+    Ok(ck)
 }
 
 /// Opens a `.gguf` file or an HF checkpoint folder: weights (not yet read), config,

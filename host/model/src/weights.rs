@@ -83,6 +83,27 @@ pub(crate) fn hf_name(gguf: &str) -> Option<String> {
     })
 }
 
+/// The heads whose rows llama.cpp interleaves in the weight (or bias, or LoRA B) `name`:
+/// (heads, kv heads) for a Q or K projection, none for anything else.
+fn permuted_heads(name: &str, (heads, kv_heads): (usize, usize)) -> Option<usize> {
+    if name.contains(".q_proj.") {
+        Some(heads)
+    } else if name.contains(".k_proj.") {
+        Some(kv_heads)
+    } else {
+        None
+    }
+}
+
+/// [`permuted_heads`] for a model of `config`: llama.cpp permutes the Llama family's Q/K
+/// rows (Mistral is Llama to it), not Qwen's.
+pub(crate) fn llama_cpp_heads(name: &str, config: &crate::config::LlamaConfig) -> Option<usize> {
+    use crate::config::Family;
+    matches!(config.family, Family::Llama | Family::Mistral)
+        .then(|| permuted_heads(name, (config.num_heads, config.num_kv_heads)))
+        .flatten()
+}
+
 /// `name` in llama.cpp's GGUF naming.
 pub(crate) fn gguf_name(hf: &str) -> String {
     if let Some((_, g)) = SIMPLE.iter().find(|(h, _)| *h == hf) {
@@ -272,16 +293,7 @@ impl Weights {
         let qt = info
             .read(&mut *f, content.tensor_data_offset, device)
             .map_err(|e| bad(path, format!("tensor `{g}`: {e}")))?;
-        let heads = match (
-            unpermute_qk,
-            name.contains(".q_proj."),
-            name.contains(".k_proj."),
-        ) {
-            (Some((h, _)), true, _) => Some(*h),
-            (Some((_, kv)), _, true) => Some(*kv),
-            _ => None,
-        };
-        match heads {
+        match unpermute_qk.and_then(|h| permuted_heads(name, h)) {
             Some(h) => {
                 unpermute_rows(&qt, h, device).map_err(|e| bad(path, format!("tensor `{g}`: {e}")))
             }

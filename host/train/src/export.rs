@@ -184,10 +184,8 @@ pub fn save_merged(
 /// merged model (an HF folder with its tokenizer) to `dir`, for tools that load no adapters.
 pub fn merge_adapter(base: &Path, adapters: &[std::path::PathBuf], dir: &Path) -> Result<()> {
     let dev = candle_core::Device::Cpu;
-    let mut ck = galley_model::open(base, galley_model::LoadOptions { dequantize: true })?;
-    for a in adapters {
-        ck.weights = galley_model::Adapter::load(a, &ck.config, &dev)?.apply(ck.weights)?;
-    }
+    let opts = galley_model::LoadOptions { dequantize: true };
+    let ck = galley_model::open_adapted(base, adapters, opts, &dev)?;
     let peft = PeftSection::default();
     let build = crate::model::Build {
         tuning: crate::config::Tuning::Full,

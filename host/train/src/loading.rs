@@ -151,12 +151,14 @@ fn new_model_tokenizer(
 /// (`data.validation_split`) when no validation source is named.
 /// The starting model's checkpoint: `model.path` with `model.adapters` applied in memory.
 pub(crate) fn open_start(cfg: &TrainConfig, path: &Path) -> Result<galley_model::Checkpoint> {
-    let mut ck = galley_model::open(path, LoadOptions { dequantize: false })?;
-    for dir in &cfg.model.adapters {
-        ck.weights = galley_model::Adapter::load(dir, &ck.config, &candle_core::Device::Cpu)?
-            .apply(ck.weights)?;
-    }
-    Ok(ck)
+    let dev = candle_core::Device::Cpu;
+    let opts = LoadOptions { dequantize: false };
+    Ok(galley_model::open_adapted(
+        path,
+        &cfg.model.adapters,
+        opts,
+        &dev,
+    )?)
 }
 
 /// A frozen copy of the starting model (an alignment reference).
