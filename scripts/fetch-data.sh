@@ -14,6 +14,19 @@ mkdir -p "$dir"
 venv=.cache/tools-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -c "import pyarrow, datasets, openai, gguf, safetensors" 2>/dev/null || "$venv/bin/pip" install --quiet "pyarrow>=14" "datasets>=3" "openai>=1.50" "gguf>=0.17" "safetensors>=0.4"
+# llama.cpp's tokenizer test vocabularies (vocabulary-only GGUFs with the texts and ids its
+# test-tokenizer-0 checks, MIT), from the llama-cpp-python source archive: the GGUF tokenizer
+# tests hold galley to them. Only the archive is fetched (its build dependencies are not).
+vocab=.cache/llama-vocab
+if [ ! -f "$vocab/ggml-vocab-llama-spm.gguf.out" ]; then
+    vtmp=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python -d "$vtmp" llama-cpp-python==0.3.36
+    tar -xzf "$vtmp"/llama_cpp_python-0.3.36.tar.gz -C "$vtmp" --wildcards '*/vendor/llama.cpp/models/ggml-vocab-*'
+    rm -rf "$vocab.part" && mkdir -p "$vocab.part"
+    cp "$vtmp"/llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-* "$vocab.part/"
+    rm -rf "$vtmp" "$vocab" && mv "$vocab.part" "$vocab"
+    echo "fetch-data: $vocab ($(du -sh "$vocab" | cut -f1))"
+fi
 if [ -f "$dir/alpaca_en_demo.json" ] && [ -f "$dir/dpo_en_demo.json" ] && [ -d "$dir/shakespeare" ]; then
     echo "fetch-data: $dir present"
     exit 0

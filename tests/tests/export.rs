@@ -15,9 +15,14 @@ fn ok(o: Output) -> String {
 
 /// The tiny model, a LoRA adapter for it and a multiple-choice task over local data.
 fn project() -> tempfile::TempDir {
+    project_with(galley_train::testing::tiny_chat_model)
+}
+
+/// A project whose `model` folder `write_model` writes.
+fn project_with(write_model: impl FnOnce(&Path)) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    galley_train::testing::tiny_chat_model(&d.join("model"));
+    write_model(&d.join("model"));
     write_adapter(&d.join("model"), &d.join("adapter"));
     let mut mc = String::new();
     for i in 0..10 {
@@ -162,6 +167,81 @@ print("ok")
         .arg(script)
         .arg(d.join("m.gguf"))
         .arg(d.join("model"))
+        .output()
+        .unwrap();
+    assert_eq!(ok(o).trim(), "ok");
+}
+
+/// A tiny model with Llama 2's SentencePiece vocabulary (from llama.cpp's test files), kept
+/// as transformers keeps it: a BPE over `▁` with byte fallback, BOS first.
+fn sentencepiece_model(dir: &Path) {
+    let vocab = repo_root().join(".cache/llama-vocab/ggml-vocab-llama-spm.gguf");
+    assert!(
+        vocab.exists(),
+        "{} is missing: run scripts/fetch-data.sh",
+        vocab.display()
+    );
+    let mut f = std::fs::File::open(&vocab).unwrap();
+    let md = candle_core::quantized::gguf_file::Content::read(&mut f)
+        .unwrap()
+        .metadata;
+    let tok = galley_model::Tokenizer::from_gguf(&vocab, &md).unwrap();
+    let mut inner = tok.inner().clone();
+    let bos = tokenizers::processors::template::TemplateProcessing::builder()
+        .try_single("<s> $A")
+        .unwrap()
+        .special_tokens(vec![("<s>".to_string(), tok.bos.unwrap())])
+        .build()
+        .unwrap();
+    inner.with_post_processor(Some(bos));
+    let template = "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% else %} {{ m['content'] }}</s>{% endif %}{% endfor %}";
+    let tc =
+        serde_json::json!({"chat_template": template, "bos_token": "<s>", "eos_token": "</s>"});
+    galley_train::testing::tiny_model_with_tokenizer(dir, &inner, Some("<s>"), "</s>", &tc);
+}
+
+/// Llama 2's and Mistral's kind of vocabulary is written as llama.cpp's `llama` tokenizer
+/// (tokens, scores derived from the merges, byte and control types, the space prefix), and
+/// the GGUF scores a task as its source does: galley rebuilds from it the tokenizer the HF
+/// folder has (and `host/model/tests/gguf_vocab.rs` holds that rebuild to llama.cpp's ids).
+#[test]
+fn a_sentencepiece_vocabulary_exports_as_llama_cpps_llama_tokenizer() {
+    let tmp = project_with(sentencepiece_model);
+    let d = tmp.path();
+    let base = scores(d, "model", None, "base");
+    ok(galley(
+        d,
+        &["export", "model", "-o", "spm.gguf", "--outtype", "f32"],
+    ));
+    assert!(max_diff(&scores(d, "spm.gguf", None, "gguf"), &base) < 1e-4);
+    let script = r#"
+import sys
+from gguf import GGUFReader
+r = GGUFReader(sys.argv[1])
+def field(k):
+    return r.fields[k].contents()
+def check(c, what):
+    if not c:
+        raise SystemExit("FAILED: " + what)
+check(field("tokenizer.ggml.model") == "llama", "model")
+check("tokenizer.ggml.merges" not in r.fields and "tokenizer.ggml.pre" not in r.fields, "no BPE keys")
+tokens = field("tokenizer.ggml.tokens")
+scores = field("tokenizer.ggml.scores")
+check(len(tokens) == 32000 and len(scores) == 32000, "sizes")
+types = dict(zip(tokens, field("tokenizer.ggml.token_type")))
+check(types["<unk>"] == 2 and types["<s>"] == 3 and types["<0x0A>"] == 6 and types["▁the"] == 1, "types")
+s = dict(zip(tokens, scores))
+check(s["▁the"] > s["▁Hello"], "scores follow the merges")
+check(field("tokenizer.ggml.add_space_prefix") is True, "space prefix")
+check(field("tokenizer.ggml.add_bos_token") is True and field("tokenizer.ggml.bos_token_id") == 1, "BOS")
+check(field("tokenizer.ggml.unknown_token_id") == 0, "unknown")
+print("ok")
+"#;
+    let py = repo_root().join(".cache/tools-venv/bin/python");
+    let o = std::process::Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .arg(d.join("spm.gguf"))
         .output()
         .unwrap();
     assert_eq!(ok(o).trim(), "ok");

@@ -237,7 +237,7 @@ async fn gather(mut rx: UnboundedReceiver<Event>) -> Result<Gathered, ApiError> 
 }
 
 pub(crate) fn token_text(tok: &Tokenizer, id: u32) -> String {
-    tok.decode(&[id], false).unwrap_or_default()
+    tok.piece(id).unwrap_or_default()
 }
 
 /// Chat's `logprobs.content` entries.

@@ -399,7 +399,7 @@ impl Loop {
                     // A token holding part of a multi-byte character decodes alone to nothing
                     // (or to U+FFFD): it can only be inside a string, which is where U+FFFD
                     // passes and nowhere else.
-                    match self.tok.decode(&[id], false).unwrap_or_default() {
+                    match self.tok.piece(id).unwrap_or_default() {
                         t if t.is_empty() => "\u{FFFD}".to_string(),
                         t => t,
                     }

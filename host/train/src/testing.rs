@@ -17,8 +17,23 @@ pub fn tiny_chat_model_from(dir: &Path, text: &[String]) {
         tokenizers::AddedToken::from("<|im_start|>", true),
         tokenizers::AddedToken::from("<|im_end|>", true),
     ]);
-    let vocab = inner.get_vocab_size(true);
-    let eos = inner.token_to_id("<|im_end|>").expect("added above");
+    let tc = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>"});
+    tiny_model_with_tokenizer(dir, &inner, None, "<|im_end|>", &tc);
+}
+
+/// Writes a tiny random model for `tokenizer` (its embeddings as many rows as it has tokens)
+/// into `dir`, with `tokenizer_config` (chat template, special tokens) beside it.
+pub fn tiny_model_with_tokenizer(
+    dir: &Path,
+    tokenizer: &tokenizers::Tokenizer,
+    bos: Option<&str>,
+    eos: &str,
+    tokenizer_config: &serde_json::Value,
+) {
+    let vocab = tokenizer.get_vocab_size(true);
+    let eos = tokenizer
+        .token_to_id(eos)
+        .expect("the EOS token is in the vocabulary");
     let init = InitSection {
         hidden_size: 32,
         intermediate_size: 64,
@@ -28,14 +43,22 @@ pub fn tiny_chat_model_from(dir: &Path, text: &[String]) {
         max_position_embeddings: 256,
         ..Default::default()
     };
-    let cfg = TrainModel::init_config(&init, vocab, None, vec![eos]);
+    let bos = bos.map(|b| {
+        tokenizer
+            .token_to_id(b)
+            .expect("the BOS token is in the vocabulary")
+    });
+    let cfg = TrainModel::init_config(&init, vocab, bos, vec![eos]);
     let w = init_weights(&cfg, 0.02, 3).expect("weights");
     crate::export::save_checkpoint_dir(w, &cfg, dir).expect("checkpoint written");
-    inner
+    tokenizer
         .save(dir.join("tokenizer.json"), false)
         .expect("tokenizer written");
-    let tc = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>"});
-    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).expect("config written");
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        tokenizer_config.to_string(),
+    )
+    .expect("config written");
 }
 
 /// The tiny chat model with a tokenizer trained on short number sentences.
