@@ -214,6 +214,10 @@ fn a_sentencepiece_vocabulary_exports_as_llama_cpps_llama_tokenizer() {
         &["export", "model", "-o", "spm.gguf", "--outtype", "f32"],
     ));
     assert!(max_diff(&scores(d, "spm.gguf", None, "gguf"), &base) < 1e-4);
+    // scripts/gguf-check.sh keeps the file to hand to llama.cpp itself.
+    if let Some(keep) = std::env::var_os("GALLEY_KEEP_SPM_GGUF") {
+        std::fs::copy(d.join("spm.gguf"), keep).unwrap();
+    }
     let script = r#"
 import sys
 from gguf import GGUFReader

@@ -279,6 +279,54 @@ print("ok")
     );
 }
 
+/// `/tokenize` and `/detokenize` (vLLM's shape): a prompt's count is the `prompt_tokens`
+/// completions bill, messages' the count chat bills, ids decode back to the prompt; bad
+/// requests are OpenAI-shaped errors naming the key.
+#[test]
+fn tokenize_counts_what_completions_and_chat_bill_and_detokenize_reverses_it() {
+    serve_and_run(
+        r#"
+import urllib.request, urllib.error
+root = os.environ["URL"][:-len("/v1")]
+def post(path, body):
+    req = urllib.request.Request(root + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+prompt = "the number 7 is 4 and the answer"
+st, t = post("/tokenize", {"model": "model", "prompt": prompt, "return_token_strs": True})
+check(st == 200 and t["count"] == len(t["tokens"]) == len(t["token_strs"]) and t["max_model_len"] == 4096, f"{st} {t}")
+done = c.completions.create(model="model", prompt=prompt, max_tokens=1)
+check(done.usage.prompt_tokens == t["count"], f"{done.usage} vs {t['count']}")
+st, d = post("/detokenize", {"tokens": t["tokens"]})
+check(st == 200 and d["prompt"] == prompt, f"{st} {d}")
+msgs = [{"role": "user", "content": "the number 3 is"}]
+st, m = post("/tokenize", {"messages": msgs})
+chat = c.chat.completions.create(model="model", messages=msgs, max_tokens=1)
+check(st == 200 and chat.usage.prompt_tokens == m["count"], f"{chat.usage} vs {m}")
+st, m2 = post("/tokenize", {"messages": msgs, "add_generation_prompt": False})
+check(m2["count"] < m["count"] and m["tokens"][:m2["count"]] == m2["tokens"], "generation prompt")
+for path, body, code, param in [
+    ("/tokenize", {"prompt": "a", "messages": msgs}, 400, "prompt"),
+    ("/tokenize", {}, 400, "prompt"),
+    ("/tokenize", {"prompt": "a", "temperature": 1}, 400, None),
+    ("/tokenize", {"model": "nope", "prompt": "a"}, 404, "model"),
+    ("/detokenize", {"tokens": [1, 10**6]}, 400, "tokens"),
+]:
+    st, e = post(path, body)
+    check(st == code and e["error"]["type"] == ("invalid_request_error" if code == 400 else e["error"]["type"]), f"{path} {body}: {st} {e}")
+    check(param is None or e["error"]["param"] == param, f"{path} {body}: {e}")
+st, e = post("/tokenize", {"prompt": "a", "temperature": 1})
+check("temperature" in e["error"]["message"], f"{e}")
+st, e = post("/detokenize", {"tokens": [1, 10**6]})
+check("tokens[1]" in e["error"]["message"], f"{e}")
+print("ok")
+"#,
+    );
+}
+
 /// JSON mode on SmolLM2 (`response_format: json_object`): asked for an object, the model
 /// answers greedily with Python code; in JSON mode the same request is one JSON object,
 /// ended when it closes.

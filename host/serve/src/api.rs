@@ -2,7 +2,7 @@
 //! `POST /v1/chat/completions` (the model's chat template; the parameters `request` reads
 //! and checks) and `POST /v1/completions` (text or token-id prompts, `echo` with `logprobs`,
 //! which is how lm-evaluation-harness's `local-completions` scores log-likelihoods); both
-//! stream as server-sent events (`stream`). The request's `model` picks the base or one of its adapters.
+//! stream as server-sent events (`stream`); `POST /tokenize` and `/detokenize` ([`crate::tokenize`]). The request's `model` picks the base or one of its adapters.
 //! Errors have OpenAI's body: 400 for a bad parameter or a prompt past the context, 404 for an
 //! unknown model, 429 when the queue is full. Sampling defaults are OpenAI's (temperature 1,
 //! top-p 1, no top-k), not llama.cpp's.
@@ -48,6 +48,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/tokenize", post(crate::tokenize::tokenize))
+        .route("/detokenize", post(crate::tokenize::detokenize))
         .with_state(state)
 }
 
@@ -112,7 +114,7 @@ async fn models(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
-fn batcher<'a>(s: &'a Shared, model: &str) -> Result<&'a Batcher, ApiError> {
+pub(crate) fn batcher<'a>(s: &'a Shared, model: &str) -> Result<&'a Batcher, ApiError> {
     s.models
         .iter()
         .find(|m| m.id == model)
@@ -257,7 +259,14 @@ pub(crate) fn chat_logprobs(tok: &Tokenizer, toks: &[Sampled]) -> Value {
     json!({"content": content})
 }
 
-fn render(s: &Shared, msgs: &[ChatMessage]) -> Result<Vec<u32>, ApiError> {
+/// `msgs` through the chat template, as token ids (`special`: the tokenizer's own BOS rule
+/// too, for templates that do not write BOS).
+pub(crate) fn render(
+    s: &Shared,
+    msgs: &[ChatMessage],
+    generation_prompt: bool,
+    special: bool,
+) -> Result<Vec<u32>, ApiError> {
     let tmpl = s.template.as_ref().ok_or_else(|| {
         ApiError::bad(
             "this model has no chat template: use /v1/completions",
@@ -284,10 +293,10 @@ fn render(s: &Shared, msgs: &[ChatMessage]) -> Result<Vec<u32>, ApiError> {
         })
         .collect();
     let text = tmpl
-        .render(&messages, true, None)
+        .render(&messages, generation_prompt, None)
         .map_err(|e| ApiError::bad(format!("the chat template failed: {e}"), Some("messages")))?;
     s.tokenizer
-        .encode(&text, false)
+        .encode(&text, special)
         .map_err(|e| ApiError::bad(e.to_string(), Some("messages")))
 }
 
@@ -296,7 +305,7 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
     warn_ignored(&body, true);
     let json = refuse_unsupported(&req)?;
     let b = batcher(&s, &req.model)?;
-    let prompt = render(&s, &req.messages)?;
+    let prompt = render(&s, &req.messages, true, false)?;
     let top = req.top_logprobs.unwrap_or(0);
     if top > 20 {
         return Err(ApiError::bad(

@@ -14,6 +14,7 @@ pub mod prompt_cache;
 pub mod remote;
 mod request;
 mod stream;
+mod tokenize;
 
 pub use batcher::Limits;
 pub use engines::Opened;
