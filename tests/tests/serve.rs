@@ -363,6 +363,77 @@ print("ok")
     assert_eq!(client(tmp.path(), &s.url, &script).trim(), "ok");
 }
 
+/// Structured outputs on SmolLM2, as a Python user asks for them: the openai client's
+/// `chat.completions.parse` with a pydantic model (the client writes the strict JSON schema:
+/// `$defs` and `$ref` for the enum, every property required, no extra ones). The answer
+/// parses into the model; a hand-written schema with limits holds the answer to them; and a
+/// schema galley cannot enforce is a 400 naming the keyword.
+#[test]
+fn structured_outputs_parse_into_the_clients_pydantic_model() {
+    let model = repo_root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        model.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        model.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let m = model.to_str().unwrap();
+    let s = serve(
+        tmp.path(),
+        &["-m", m, "--name", "smol", "--prompt-cache-mib", "0"],
+    );
+    let script = format!(
+        "{COMMON}{}",
+        r#"
+import enum
+from typing import Optional
+from pydantic import BaseModel
+class Color(str, enum.Enum):
+    red = "red"
+    green = "green"
+    blue = "blue"
+class City(BaseModel):
+    name: str
+    country: str
+    population_millions: float
+    capital: bool
+    color: Color
+    nickname: Optional[str]
+    landmarks: list[str]
+msgs = [{"role": "user", "content": "Describe Paris as a JSON object with its name, country, population in millions, whether it is a capital, a color, a nickname and two landmarks."}]
+# A 135M model repeats itself inside an open list when greedy; a frequency penalty ends it.
+r = c.chat.completions.parse(model="smol", messages=msgs, max_tokens=300, temperature=0,
+                             frequency_penalty=0.5, response_format=City)
+text = r.choices[0].message.content
+print("parsed:", repr(text), file=sys.stderr)
+check(r.choices[0].finish_reason == "stop", f"{r.choices[0].finish_reason}: {text!r}")
+city = r.choices[0].message.parsed
+check(isinstance(city, City), f"{city!r}")
+check(list(json.loads(text)) == list(City.model_fields), f"keys in schema order: {text}")
+# Limits: at most two short tags, an integer count.
+schema = {"type": "object", "additionalProperties": False, "required": ["tags", "count"],
+          "properties": {"tags": {"type": "array", "items": {"type": "string", "maxLength": 6}, "minItems": 1, "maxItems": 2},
+                         "count": {"type": "integer"}}}
+r = c.chat.completions.create(model="smol", messages=[{"role": "user", "content": "List tags for a blog post about cooking pasta, and how many."}],
+                              max_tokens=200, temperature=0.7, seed=3,
+                              response_format={"type": "json_schema", "json_schema": {"name": "tags", "schema": schema, "strict": True}})
+doc = json.loads(r.choices[0].message.content)
+print("limited:", doc, file=sys.stderr)
+check(list(doc) == ["tags", "count"] and 1 <= len(doc["tags"]) <= 2, f"{doc}")
+check(all(isinstance(t, str) and len(t) <= 6 for t in doc["tags"]) and isinstance(doc["count"], int), f"{doc}")
+schema["properties"]["count"]["minimum"] = 0
+try:
+    c.chat.completions.create(model="smol", messages=msgs, max_tokens=5,
+                              response_format={"type": "json_schema", "json_schema": {"name": "tags", "schema": schema}})
+    check(False, "an unenforceable schema was accepted")
+except openai.BadRequestError as ex:
+    check(ex.body["param"] == "response_format" and "/properties/count/minimum" in ex.body["message"], f"{ex.body}")
+print("ok")
+"#
+    );
+    assert_eq!(client(tmp.path(), &s.url, &script).trim(), "ok");
+}
+
 #[test]
 fn a_full_queue_is_429_and_a_client_that_leaves_frees_its_row() {
     let tmp = setup();

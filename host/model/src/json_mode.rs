@@ -40,7 +40,7 @@ enum Mode {
 /// Where in a number: after `-`, after a leading `0`, in the integer digits, after `.`, in
 /// the fraction, after `e`, after the exponent's sign, in the exponent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Num {
+pub(crate) enum Num {
     Minus,
     Zero,
     Int,
@@ -53,14 +53,30 @@ enum Num {
 
 impl Num {
     /// Whether the number may end here.
-    fn complete(self) -> bool {
+    pub(crate) fn complete(self) -> bool {
         matches!(self, Num::Zero | Num::Int | Num::Frac | Num::Exp)
+    }
+
+    /// The number's state after `c`; `None` where `c` cannot continue it.
+    pub(crate) fn next(self, c: char) -> Option<Num> {
+        let digit = c.is_ascii_digit();
+        Some(match (self, c) {
+            (Num::Minus, '0') => Num::Zero,
+            (Num::Minus, _) if digit => Num::Int,
+            (Num::Int, _) if digit => Num::Int,
+            (Num::Zero | Num::Int, '.') => Num::Dot,
+            (Num::Dot | Num::Frac, _) if digit => Num::Frac,
+            (Num::Zero | Num::Int | Num::Frac, 'e' | 'E') => Num::E,
+            (Num::E, '+' | '-') => Num::ESign,
+            (Num::E | Num::ESign | Num::Exp, _) if digit => Num::Exp,
+            _ => return None,
+        })
     }
 }
 
 /// Whitespace runs longer than this are refused, so a model cannot stall in blank space
 /// (llama.cpp's JSON grammar bounds it the same way); pretty-printed nesting still fits.
-const MAX_BLANK: u8 = 20;
+pub(crate) const MAX_BLANK: u8 = 20;
 const MAX_DEPTH: u8 = 64;
 
 /// A valid prefix of one JSON object.
@@ -243,27 +259,18 @@ impl JsonPrefix {
                 };
                 Some(())
             }
-            Mode::Number(n) => {
-                let digit = c.is_ascii_digit();
-                let next = match (n, c) {
-                    (Num::Minus, '0') => Num::Zero,
-                    (Num::Minus, _) if digit && c != '0' => Num::Int,
-                    (Num::Int, _) if digit => Num::Int,
-                    (Num::Zero | Num::Int, '.') => Num::Dot,
-                    (Num::Dot | Num::Frac, _) if digit => Num::Frac,
-                    (Num::Zero | Num::Int | Num::Frac, 'e' | 'E') => Num::E,
-                    (Num::E, '+' | '-') => Num::ESign,
-                    (Num::E | Num::ESign | Num::Exp, _) if digit => Num::Exp,
-                    // The number ends: `c` is what follows it.
-                    (n, _) if n.complete() => {
-                        self.mode = Mode::After;
-                        return self.push(c);
-                    }
-                    _ => return None,
-                };
-                self.mode = Mode::Number(next);
-                Some(())
-            }
+            Mode::Number(n) => match n.next(c) {
+                Some(next) => {
+                    self.mode = Mode::Number(next);
+                    Some(())
+                }
+                // The number ends: `c` is what follows it.
+                None if n.complete() => {
+                    self.mode = Mode::After;
+                    self.push(c)
+                }
+                None => None,
+            },
         }
     }
 }
@@ -299,20 +306,31 @@ impl Vocab {
 /// gets -inf; the `eos` tokens are allowed exactly when the object is complete, and then only
 /// they are.
 pub fn mask(logits: &mut [f32], state: &JsonPrefix, vocab: &Vocab, eos: &[u32]) {
-    let done = state.done();
     let in_string = matches!(state.mode, Mode::Str { escape: 0, .. });
+    mask_by(logits, vocab, eos, state.done(), in_string, |t| {
+        state.after(t).is_some()
+    });
+}
+
+/// The masking every JSON constraint shares: `done` (only EOS may follow), `plain_ok` (inside
+/// a free string, where plain tokens pass without a walk), `accepts` for the rest.
+pub(crate) fn mask_by(
+    logits: &mut [f32],
+    vocab: &Vocab,
+    eos: &[u32],
+    done: bool,
+    plain_ok: bool,
+    accepts: impl Fn(&str) -> bool,
+) {
     for (id, l) in logits.iter_mut().enumerate() {
         let keep = if eos.contains(&(id as u32)) {
             done
         } else if done {
             false
-        } else if in_string && vocab.plain.get(id).copied().unwrap_or(false) {
+        } else if plain_ok && vocab.plain.get(id).copied().unwrap_or(false) {
             true
         } else {
-            vocab
-                .texts
-                .get(id)
-                .is_some_and(|t| state.after(t).is_some())
+            vocab.texts.get(id).is_some_and(|t| accepts(t))
         };
         if !keep {
             *l = f32::NEG_INFINITY;

@@ -24,6 +24,7 @@ pub mod generate;
 pub mod gguf_export;
 pub mod hub;
 pub mod json_mode;
+pub mod json_schema;
 pub mod kernels;
 pub mod layers;
 pub mod load;

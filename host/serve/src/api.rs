@@ -1,6 +1,6 @@
 //! The OpenAI-compatible HTTP API over the batchers: `GET /health`, `GET /v1/models`,
 //! `POST /v1/chat/completions` (the model's chat template; the parameters `request` reads
-//! and checks) and `POST /v1/completions` (text or token-id prompts, `echo` with `logprobs`,
+//! and checks, JSON mode and JSON schemas among them) and `POST /v1/completions` (text or token-id prompts, `echo` with `logprobs`,
 //! which is how lm-evaluation-harness's `local-completions` scores log-likelihoods); both
 //! stream as server-sent events (`stream`); `POST /tokenize` and `/detokenize` ([`crate::tokenize`]). The request's `model` picks the base or one of its adapters.
 //! Errors have OpenAI's body: 400 for a bad parameter or a prompt past the context, 404 for an
@@ -160,7 +160,7 @@ fn submit(
             prompt_logprobs,
             logit_bias: extras.bias.clone(),
             cache_salt: extras.cache_salt.clone(),
-            json: extras.json,
+            json: extras.json.clone(),
             events: tx,
         };
         b.submit(job).map_err(|e| match e {
@@ -303,7 +303,7 @@ pub(crate) fn render(
 async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req: ChatRequest = parse(&body)?;
     warn_ignored(&body, true);
-    let json = refuse_unsupported(&req)?;
+    let json = refuse_unsupported(&req, &body)?;
     let b = batcher(&s, &req.model)?;
     let prompt = render(&s, &req.messages, true, false)?;
     let top = req.top_logprobs.unwrap_or(0);

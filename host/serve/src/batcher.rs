@@ -10,7 +10,8 @@
 
 use crate::prompt_cache::PromptCache;
 use galley_model::generate::Output;
-use galley_model::json_mode::{self, JsonPrefix};
+use galley_model::json_mode;
+use galley_model::json_schema::Guide;
 use galley_model::sample::LogSoftmax;
 use galley_model::{Cache, Finish, Llama, Sampler, SamplingParams, Tokenizer};
 use std::collections::VecDeque;
@@ -34,8 +35,9 @@ pub struct Job {
     pub logit_bias: Vec<(u32, f32)>,
     /// The prompt cache reuses only prompts kept under the same salt (vLLM's `cache_salt`).
     pub cache_salt: Option<String>,
-    /// JSON mode (`response_format: json_object`): the answer is one JSON object.
-    pub json: bool,
+    /// JSON mode or a schema (`response_format`): the answer is one JSON object, held to it
+    /// from its first token.
+    pub json: Option<Guide>,
     pub events: UnboundedSender<Event>,
 }
 
@@ -156,7 +158,7 @@ struct Seq {
     out: Output,
     eos: Vec<u32>,
     /// Where the answer is in its JSON object, in JSON mode.
-    json: Option<JsonPrefix>,
+    json: Option<Guide>,
 }
 
 /// A prompt being prefilled, a chunk per step.
@@ -426,7 +428,7 @@ impl Loop {
         eos.dedup();
         Seq {
             sampler: Sampler::new(job.params.clone(), 0),
-            json: job.json.then(JsonPrefix::new),
+            json: job.json.clone(),
             job,
             tokens: Vec::new(),
             out: Output::default(),
@@ -613,8 +615,8 @@ impl Loop {
                     *x += b;
                 }
             }
-            if let Some(state) = &s.json {
-                json_mode::mask(&mut l, state, self.texts(), &s.eos);
+            if let Some(guide) = &s.json {
+                guide.mask(&mut l, self.texts(), &s.eos);
             }
             biased = l;
             &biased
@@ -622,14 +624,12 @@ impl Loop {
         let t = s.sampler.sample(logits, &s.job.prompt, &s.tokens);
         s.tokens.push(t);
         let mut eos = s.eos.contains(&t);
-        if let Some(state) = &mut s.json
+        if let Some(guide) = &mut s.json
             && !eos
+            // Nothing could continue the object (every logit masked): the answer ends.
+            && !guide.advance(self.texts().text(t))
         {
-            match state.after(self.texts().text(t)) {
-                Some(next) => *state = next,
-                // Nothing could continue the object (every logit masked): the answer ends.
-                None => eos = true,
-            }
+            eos = true;
         }
         let finish = match s.out.take(&self.tok, t, eos, s.tokens.len(), params) {
             Ok(f) => f,

@@ -1,12 +1,14 @@
 //! What a request to the API may say, read and checked: the bodies of
 //! `/v1/chat/completions` and `/v1/completions`, their sampling parameters (OpenAI's, and the
 //! `top_k`, `min_p`, `repetition_penalty` and `cache_salt` of llama.cpp's and vLLM's servers)
-//! turned into galley's `SamplingParams`, JSON mode, and what galley does not do — tool
-//! calls, JSON schemas — refused by name rather than ignored, since a client that sent
-//! `tools` would otherwise parse whatever text comes back as if no tool had been called.
+//! turned into galley's `SamplingParams`, JSON mode and JSON schemas (structured outputs), and
+//! what galley does not do — tool calls, schema keywords it cannot enforce — refused by name
+//! rather than ignored, since a client that sent `tools` would otherwise parse whatever text
+//! comes back as if no tool had been called.
 
 use crate::api::{ApiError, Shared};
 use galley_model::SamplingParams;
+use galley_model::json_schema::{Guide, Json, Schema};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -96,8 +98,8 @@ pub(crate) struct Sampling {
 pub(crate) struct Extras {
     pub(crate) bias: Vec<(u32, f32)>,
     pub(crate) cache_salt: Option<String>,
-    /// JSON mode (`response_format: json_object`, chat only).
-    pub(crate) json: bool,
+    /// JSON mode or a schema (`response_format`, chat only).
+    pub(crate) json: Option<Guide>,
 }
 
 /// `logit_bias` and `cache_salt`, checked.
@@ -113,7 +115,7 @@ pub(crate) fn extras(s: &Shared, p: &Sampling) -> Result<Extras, ApiError> {
     Ok(Extras {
         bias: logit_bias(s, p)?,
         cache_salt: p.cache_salt.clone(),
-        json: false,
+        json: None,
     })
 }
 
@@ -251,11 +253,16 @@ pub(crate) fn n_of(p: &Sampling) -> Result<usize, ApiError> {
 }
 
 /// Refuses what galley cannot honour instead of answering as if it had: tool calling (the
-/// model's text would come back where the client expects `tool_calls`) and a JSON schema
-/// (`response_format: json_schema`: galley constrains output to JSON, not to a schema). An
-/// empty tool list and `tool_choice: "none"` ask for nothing and pass. Returns whether JSON
-/// mode (`response_format: json_object`) is asked for.
-pub(crate) fn refuse_unsupported(req: &ChatRequest) -> Result<bool, ApiError> {
+/// model's text would come back where the client expects `tool_calls`) and a schema galley
+/// cannot enforce (the error names the keyword and where it is). An empty tool list and
+/// `tool_choice: "none"` ask for nothing and pass. Returns what the answer is held to:
+/// nothing, one JSON object (`response_format: json_object`) or one that follows
+/// `response_format.json_schema.schema`, read from `body` so that its properties keep the
+/// order they are written in.
+pub(crate) fn refuse_unsupported(
+    req: &ChatRequest,
+    body: &[u8],
+) -> Result<Option<Guide>, ApiError> {
     let asked = |v: &Option<Value>| match v {
         None | Some(Value::Null) => false,
         Some(Value::Array(a)) => !a.is_empty(),
@@ -276,17 +283,39 @@ pub(crate) fn refuse_unsupported(req: &ChatRequest) -> Result<bool, ApiError> {
         }
     }
     let Some(f) = &req.response_format else {
-        return Ok(false);
+        return Ok(None);
     };
+    let bad = |m: String| ApiError::bad(m, Some("response_format"));
     match f.get("type").and_then(Value::as_str).unwrap_or_default() {
-        "text" => Ok(false),
-        "json_object" => Ok(true),
-        kind => Err(ApiError::bad(
-            format!(
-                "`response_format` type `{kind}`: galley serve constrains answers to a JSON object (`json_object`), not to a schema; use json_object and describe the schema in the prompt, or leave response_format out"
-            ),
-            Some("response_format"),
-        )),
+        "text" => Ok(None),
+        "json_object" => Ok(Some(Guide::object())),
+        "json_schema" => {
+            #[derive(Deserialize)]
+            struct Body {
+                response_format: Format,
+            }
+            #[derive(Deserialize)]
+            struct Format {
+                json_schema: Option<Wrapper>,
+            }
+            #[derive(Deserialize)]
+            struct Wrapper {
+                schema: Option<Json>,
+            }
+            let b: Body =
+                serde_json::from_slice(body).map_err(|e| bad(format!("`response_format`: {e}")))?;
+            let schema = b
+                .response_format
+                .json_schema
+                .and_then(|w| w.schema)
+                .ok_or_else(|| bad("`response_format.json_schema.schema` is missing".into()))?;
+            let compiled =
+                Schema::compile(&schema).map_err(|e| bad(format!("`response_format`: {e}")))?;
+            Ok(Some(Guide::schema(std::sync::Arc::new(compiled))))
+        }
+        kind => Err(bad(format!(
+            "`response_format` type `{kind}` is not one galley serve knows (text, json_object, json_schema)"
+        ))),
     }
 }
 
@@ -365,7 +394,7 @@ mod tests {
     }
 
     #[test]
-    fn tools_and_json_schemas_are_refused_by_name_and_json_mode_is_asked() {
+    fn tools_and_unenforceable_schemas_are_refused_by_name_and_json_output_is_asked() {
         for (extra, key) in [
             (
                 json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
@@ -381,25 +410,45 @@ mod tests {
                 json!({"response_format": {"type": "json_schema", "json_schema": {}}}),
                 "response_format",
             ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                    "schema": {"type": "object", "properties": {"zip": {"type": "string", "pattern": "[0-9]+"}}}}}}),
+                "response_format",
+            ),
         ] {
-            let e = refuse_unsupported(&chat(extra.clone())).unwrap_err();
+            let body = serde_json::to_vec(&extra_body(&extra)).unwrap();
+            let e = refuse_unsupported(&chat(extra.clone()), &body).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(key), "{extra}");
             assert!(e.message.contains(key), "{}", e.message);
         }
+        let asked = |extra: Value| {
+            let body = serde_json::to_vec(&extra_body(&extra)).unwrap();
+            refuse_unsupported(&chat(extra), &body).ok()
+        };
         for extra in [
             json!({"tools": []}),
             json!({"tool_choice": "none"}),
             json!({"response_format": {"type": "text"}}),
             json!({"tools": null}),
         ] {
-            assert_eq!(
-                refuse_unsupported(&chat(extra.clone())).ok(),
-                Some(false),
-                "{extra}"
-            );
+            assert!(matches!(asked(extra.clone()), Some(None)), "{extra}");
         }
-        let json_mode = chat(json!({"response_format": {"type": "json_object"}}));
-        assert_eq!(refuse_unsupported(&json_mode).ok(), Some(true));
+        assert!(matches!(
+            asked(json!({"response_format": {"type": "json_object"}})),
+            Some(Some(Guide::Object(_)))
+        ));
+        let schema = json!({"response_format": {"type": "json_schema", "json_schema": {"name": "p",
+            "schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}});
+        assert!(matches!(asked(schema), Some(Some(Guide::Schema(..)))));
+    }
+
+    /// A chat body with `extra`'s keys.
+    fn extra_body(extra: &Value) -> Value {
+        let mut body = json!({"model": "m", "messages": []});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
     }
 
     #[test]

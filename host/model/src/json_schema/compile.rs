@@ -1,0 +1,458 @@
+//! Compiling a JSON schema into the node table [`super::SchemaPrefix`] walks: what each
+//! keyword means, which ones are refused (with the path to them), `$ref`s resolved into
+//! shared nodes (recursion through a reserved slot), and each node's possible first
+//! characters, by which union branches are told apart.
+
+use super::tree::{Json, Obj};
+use std::collections::HashMap;
+
+/// A schema that cannot be enforced, with where in it (a JSON pointer) and why.
+#[derive(Debug, thiserror::Error)]
+#[error("json_schema at `{path}`: {message}")]
+pub struct SchemaError {
+    pub path: String,
+    pub message: String,
+}
+
+fn err(path: &str, message: impl Into<String>) -> SchemaError {
+    SchemaError {
+        path: if path.is_empty() {
+            "/".into()
+        } else {
+            path.into()
+        },
+        message: message.into(),
+    }
+}
+
+/// One property of an object node: its key as JSON text (quotes included), its value's node.
+#[derive(Debug, Clone)]
+pub(super) struct Prop {
+    pub(super) key: String,
+    pub(super) node: u16,
+    pub(super) required: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum Node {
+    Object(Vec<Prop>),
+    Array {
+        items: u16,
+        min: u32,
+        max: u32,
+    },
+    Str {
+        min: u32,
+        max: u32,
+    },
+    Number {
+        integer: bool,
+    },
+    /// Exactly one of these JSON texts (`enum`, `const`, booleans, null).
+    Choice(Vec<String>),
+    /// One of these nodes, told apart by their first character.
+    Union(Vec<u16>),
+    /// A `$ref` not compiled yet (replaced before compiling ends).
+    Pending,
+}
+
+/// A compiled schema (shared by every sequence that follows it).
+#[derive(Debug, Clone)]
+pub struct Schema {
+    pub(super) nodes: Vec<Node>,
+    /// Each node's possible first characters.
+    pub(super) first: Vec<Vec<char>>,
+    pub(super) root: u16,
+}
+
+/// Keywords that describe without constraining.
+const NOTES: &[&str] = &[
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$schema",
+    "$id",
+    "$comment",
+    "$defs",
+    "definitions",
+    "strict",
+];
+const MAX_CHOICES: usize = 64;
+
+struct Compiler<'a> {
+    doc: &'a Json,
+    nodes: Vec<Node>,
+    refs: HashMap<String, u16>,
+    /// Unions to check, with their paths.
+    unions: Vec<(u16, String)>,
+}
+
+impl Schema {
+    /// Compiles `schema` (JSON text; its properties' order is the order they are written in),
+    /// whose root must be an object, as OpenAI requires.
+    pub fn compile_str(schema: &str) -> Result<Schema, SchemaError> {
+        let tree: Json =
+            serde_json::from_str(schema).map_err(|e| err("", format!("not JSON: {e}")))?;
+        Self::compile(&tree)
+    }
+
+    /// Compiles a parsed schema.
+    pub fn compile(schema: &Json) -> Result<Schema, SchemaError> {
+        let mut c = Compiler {
+            doc: schema,
+            nodes: Vec::new(),
+            refs: HashMap::new(),
+            unions: Vec::new(),
+        };
+        let root = c.node(schema, "")?;
+        let first = (0..c.nodes.len() as u16)
+            .map(|n| {
+                let mut f = Vec::new();
+                firsts(&c.nodes, n, &mut f, 0);
+                f.sort_unstable();
+                f.dedup();
+                f
+            })
+            .collect();
+        let s = Schema {
+            nodes: c.nodes,
+            first,
+            root,
+        };
+        for (id, path) in &c.unions {
+            let Node::Union(kids) = &s.nodes[*id as usize] else {
+                continue;
+            };
+            let mut seen: Vec<char> = Vec::new();
+            for &k in kids {
+                let f = &s.first[k as usize];
+                if f.is_empty() {
+                    return Err(err(
+                        path,
+                        "a branch that is only a reference back to this union has no first character",
+                    ));
+                }
+                if let Some(c) = f.iter().find(|c| seen.contains(c)) {
+                    return Err(err(
+                        path,
+                        format!(
+                            "two branches can both begin with `{c}`: galley tells branches apart by their first character (for example one string, one number and null)"
+                        ),
+                    ));
+                }
+                seen.extend(f);
+            }
+        }
+        if !matches!(s.nodes[s.resolve(root) as usize], Node::Object(_)) {
+            return Err(err(
+                "",
+                "the root must be an object (`\"type\": \"object\"`)",
+            ));
+        }
+        Ok(s)
+    }
+}
+
+impl Schema {
+    /// `node` with `$ref` aliases (one-branch unions) followed.
+    fn resolve(&self, mut node: u16) -> u16 {
+        for _ in 0..32 {
+            match &self.nodes[node as usize] {
+                Node::Union(kids) if kids.len() == 1 => node = kids[0],
+                _ => break,
+            }
+        }
+        node
+    }
+}
+
+/// The characters a value of `node` may begin with (for telling union branches apart).
+/// (`depth` stops a union that is, through references, a branch of itself.)
+fn firsts(nodes: &[Node], node: u16, out: &mut Vec<char>, depth: u8) {
+    if depth > 32 {
+        return;
+    }
+    match &nodes[node as usize] {
+        Node::Object(_) => out.push('{'),
+        Node::Array { .. } => out.push('['),
+        Node::Str { .. } => out.push('"'),
+        Node::Number { .. } => out.extend(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']),
+        Node::Choice(texts) => out.extend(texts.iter().filter_map(|t| t.chars().next())),
+        Node::Union(kids) => kids.iter().for_each(|&k| firsts(nodes, k, out, depth + 1)),
+        Node::Pending => {}
+    }
+}
+
+impl Compiler<'_> {
+    fn push(&mut self, n: Node, path: &str) -> Result<u16, SchemaError> {
+        if self.nodes.len() >= u16::MAX as usize {
+            return Err(err(path, "the schema is too large"));
+        }
+        self.nodes.push(n);
+        Ok((self.nodes.len() - 1) as u16)
+    }
+
+    fn node(&mut self, v: &Json, path: &str) -> Result<u16, SchemaError> {
+        let obj = match v {
+            Json::Object(o) => o,
+            Json::Bool(_) => {
+                return Err(err(
+                    path,
+                    "a schema that allows any value cannot be enforced; give it a type",
+                ));
+            }
+            _ => return Err(err(path, "a schema must be an object")),
+        };
+        if let Some(r) = obj.get("$ref") {
+            return self.reference(r, path);
+        }
+        for k in obj.keys() {
+            let known = NOTES.contains(&k.as_str())
+                || matches!(
+                    k.as_str(),
+                    "type"
+                        | "properties"
+                        | "required"
+                        | "additionalProperties"
+                        | "items"
+                        | "minItems"
+                        | "maxItems"
+                        | "minLength"
+                        | "maxLength"
+                        | "enum"
+                        | "const"
+                        | "anyOf"
+                        | "oneOf"
+                );
+            if !known {
+                return Err(err(
+                    &format!("{path}/{k}"),
+                    format!(
+                        "the keyword `{k}` is not supported (galley enforces type, properties, required, items, minItems, maxItems, minLength, maxLength, enum, const, anyOf, oneOf, $ref)"
+                    ),
+                ));
+            }
+        }
+        if let Some(values) = obj.get("enum") {
+            let values = values
+                .as_array()
+                .ok_or_else(|| err(&format!("{path}/enum"), "`enum` must be a list"))?;
+            return self.choice(values, &format!("{path}/enum"));
+        }
+        if let Some(value) = obj.get("const") {
+            return self.choice(std::slice::from_ref(value), &format!("{path}/const"));
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(branches) = obj.get(key) {
+                let branches = branches.as_array().ok_or_else(|| {
+                    err(&format!("{path}/{key}"), format!("`{key}` must be a list"))
+                })?;
+                let kids = branches
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| self.node(b, &format!("{path}/{key}/{i}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                return self.union(kids, &format!("{path}/{key}"));
+            }
+        }
+        let kind = match obj.get("type") {
+            Some(Json::String(t)) => t.clone(),
+            Some(Json::Array(types)) => {
+                // ["string", "null"]: one branch per type, with the same keywords.
+                let mut kids = Vec::new();
+                for (i, t) in types.iter().enumerate() {
+                    let mut one = obj.clone();
+                    one.insert("type", t.clone());
+                    kids.push(self.node(&Json::Object(one), &format!("{path}/type/{i}"))?);
+                }
+                return self.union(kids, &format!("{path}/type"));
+            }
+            Some(_) => {
+                return Err(err(
+                    &format!("{path}/type"),
+                    "`type` must be a string or a list",
+                ));
+            }
+            None if obj.contains_key("properties") => "object".into(),
+            None if obj.contains_key("items") => "array".into(),
+            None => {
+                return Err(err(
+                    path,
+                    "a schema without `type` allows any value, which cannot be enforced; give it a type",
+                ));
+            }
+        };
+        let count = |k: &str| -> Result<Option<u32>, SchemaError> {
+            obj.get(k)
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| {
+                            err(&format!("{path}/{k}"), format!("`{k}` must be a count"))
+                        })
+                })
+                .transpose()
+        };
+        let node = match kind.as_str() {
+            "object" => return self.object(obj, path),
+            "array" => {
+                let items = obj.get("items").ok_or_else(|| {
+                    err(path, "an array needs `items` (a schema for its elements)")
+                })?;
+                // Reserve the array's slot first so recursive items can point at it.
+                let id = self.push(Node::Pending, path)?;
+                let items = self.node(items, &format!("{path}/items"))?;
+                let (min, max) = (
+                    count("minItems")?.unwrap_or(0),
+                    count("maxItems")?.unwrap_or(u32::MAX),
+                );
+                if min > max {
+                    return Err(err(path, "minItems is above maxItems"));
+                }
+                self.nodes[id as usize] = Node::Array { items, min, max };
+                return Ok(id);
+            }
+            "string" => {
+                let (min, max) = (
+                    count("minLength")?.unwrap_or(0),
+                    count("maxLength")?.unwrap_or(u32::MAX),
+                );
+                if min > max {
+                    return Err(err(path, "minLength is above maxLength"));
+                }
+                Node::Str { min, max }
+            }
+            "number" => Node::Number { integer: false },
+            "integer" => Node::Number { integer: true },
+            "boolean" => Node::Choice(vec!["true".into(), "false".into()]),
+            "null" => Node::Choice(vec!["null".into()]),
+            other => {
+                return Err(err(
+                    &format!("{path}/type"),
+                    format!("unknown type `{other}`"),
+                ));
+            }
+        };
+        let wrong = |k: &str| obj.contains_key(k);
+        for (k, for_kind) in [
+            ("minItems", "array"),
+            ("maxItems", "array"),
+            ("minLength", "string"),
+            ("maxLength", "string"),
+            ("properties", "object"),
+            ("required", "object"),
+        ] {
+            if wrong(k) && kind != for_kind {
+                return Err(err(&format!("{path}/{k}"), format!("`{k}` on a {kind}")));
+            }
+        }
+        self.push(node, path)
+    }
+
+    fn object(&mut self, obj: &Obj, path: &str) -> Result<u16, SchemaError> {
+        if let Some(extra) = obj.get("additionalProperties")
+            && !matches!(extra, Json::Bool(_))
+        {
+            return Err(err(
+                &format!("{path}/additionalProperties"),
+                "only `true` or `false` (galley writes the declared properties only)",
+            ));
+        }
+        let required: Vec<&str> = match obj.get("required") {
+            None => Vec::new(),
+            Some(Json::Array(r)) => r
+                .iter()
+                .map(|k| {
+                    k.as_str()
+                        .ok_or_else(|| err(&format!("{path}/required"), "names must be strings"))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(err(
+                    &format!("{path}/required"),
+                    "`required` must be a list",
+                ));
+            }
+        };
+        let empty = Obj::default();
+        let props = match obj.get("properties") {
+            None => &empty,
+            Some(Json::Object(p)) => p,
+            Some(_) => {
+                return Err(err(
+                    &format!("{path}/properties"),
+                    "`properties` must be an object",
+                ));
+            }
+        };
+        if props.len() > MAX_CHOICES {
+            return Err(err(
+                &format!("{path}/properties"),
+                format!("more than {MAX_CHOICES} properties"),
+            ));
+        }
+        if let Some(missing) = required.iter().find(|k| !props.contains_key(k)) {
+            return Err(err(
+                &format!("{path}/required"),
+                format!("`{missing}` is required but not among the properties"),
+            ));
+        }
+        let id = self.push(Node::Pending, path)?;
+        let mut out = Vec::with_capacity(props.len());
+        for (k, v) in &props.0 {
+            let node = self.node(v, &format!("{path}/properties/{k}"))?;
+            out.push(Prop {
+                key: serde_json::to_string(k).expect("a string serializes"),
+                node,
+                required: required.contains(&k.as_str()),
+            });
+        }
+        self.nodes[id as usize] = Node::Object(out);
+        Ok(id)
+    }
+
+    fn choice(&mut self, values: &[Json], path: &str) -> Result<u16, SchemaError> {
+        if values.is_empty() || values.len() > MAX_CHOICES {
+            return Err(err(path, format!("between 1 and {MAX_CHOICES} values")));
+        }
+        let mut texts: Vec<String> = values.iter().map(|v| v.to_value().to_string()).collect();
+        texts.dedup();
+        self.push(Node::Choice(texts), path)
+    }
+
+    /// A union; its branches are checked to begin differently once every node is compiled
+    /// (a branch may be a reference still compiling).
+    fn union(&mut self, kids: Vec<u16>, path: &str) -> Result<u16, SchemaError> {
+        let id = self.push(Node::Union(kids), path)?;
+        self.unions.push((id, path.to_string()));
+        Ok(id)
+    }
+
+    fn reference(&mut self, r: &Json, path: &str) -> Result<u16, SchemaError> {
+        let r = r
+            .as_str()
+            .ok_or_else(|| err(&format!("{path}/$ref"), "`$ref` must be a string"))?;
+        if let Some(&id) = self.refs.get(r) {
+            return Ok(id);
+        }
+        let target = r
+            .strip_prefix('#')
+            .and_then(|p| self.doc.pointer(p))
+            .ok_or_else(|| {
+                err(
+                    &format!("{path}/$ref"),
+                    format!(
+                        "`{r}` is not a definition in this schema (only `#/...` references are)"
+                    ),
+                )
+            })?;
+        // The reference's own slot, so that a reference back to it while its target compiles
+        // (recursion) has a node to point at; it becomes a one-branch union over the target.
+        let slot = self.push(Node::Pending, path)?;
+        self.refs.insert(r.into(), slot);
+        let id = self.node(target, r.trim_start_matches('#'))?;
+        self.nodes[slot as usize] = Node::Union(vec![id]);
+        Ok(slot)
+    }
+}

@@ -1,0 +1,210 @@
+//! Schema-constrained prefixes: instances walk through character by character and end
+//! complete; texts that break the schema stop at the first character that does.
+
+use super::*;
+
+/// Compiled from JSON text, so the properties keep their written order.
+fn schema(text: &str) -> Schema {
+    Schema::compile_str(text).unwrap()
+}
+
+/// Feeds `text` char by char: the state after it, or the byte offset where it broke.
+fn feed(s: &Schema, text: &str) -> Result<SchemaPrefix, usize> {
+    let mut st = SchemaPrefix::new();
+    for (i, c) in text.char_indices() {
+        st = st.after(s, &c.to_string()).ok_or(i)?;
+    }
+    Ok(st)
+}
+
+fn accepts(s: &Schema, text: &str) -> bool {
+    feed(s, text).is_ok_and(|st| st.done())
+}
+
+/// Where `text` breaks (it must).
+fn breaks_at(s: &Schema, text: &str) -> usize {
+    match feed(s, text) {
+        Ok(st) => panic!("{text:?} was accepted (done: {})", st.done()),
+        Err(i) => i,
+    }
+}
+
+fn person() -> Schema {
+    schema(
+        r##"{
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 8},
+            "age": {"type": "integer"},
+            "email": {"type": ["string", "null"]},
+            "color": {"enum": ["red", "green", 10, 100]},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2},
+            "ok": {"type": "boolean"}
+        },
+        "required": ["name", "age", "color", "tags"],
+        "additionalProperties": false
+    }"##,
+    )
+}
+
+#[test]
+fn instances_in_schema_order_are_accepted_and_end_the_document() {
+    let s = person();
+    for doc in [
+        r##"{"name":"Ann","age":31,"color":"red","tags":["a"]}"##,
+        r##"{ "name" : "Ann Lee" , "age": -4, "email": null, "color": 100, "tags": ["a", "b"], "ok": true }"##,
+        r##"{"name":"","age":0,"email":"a@b","color":10,"tags":["x\"y\u00e9"],"ok":false}"##,
+        "{\n  \"name\": \"Bo\",\n  \"age\": 7,\n  \"color\": \"green\",\n  \"tags\": [\"t\"]\n}",
+    ] {
+        assert!(accepts(&s, doc), "{doc}");
+    }
+    // Complete but not closed: not done.
+    assert!(
+        !feed(&s, r##"{"name":"Ann","age":31,"color":"red","tags":["a"]"##)
+            .unwrap()
+            .done()
+    );
+}
+
+#[test]
+fn what_breaks_the_schema_stops_where_it_breaks() {
+    let s = person();
+    let cases = [
+        // A required property skipped: `age` is the only key that may come after name.
+        (r##"{"name":"A","color""##, 13),
+        // Keys out of order, unknown keys, a closing brace before the required ones.
+        (r##"{"age":1"##, 2),
+        (r##"{"nickname":"##, 3),
+        (r##"{"name":"A"}"##, 11),
+        // A string past maxLength, an integer with a fraction, a value outside the enum.
+        (r##"{"name":"123456789"##, 17),
+        (r##"{"name":"A","age":1.5"##, 19),
+        (r##"{"name":"A","age":1,"color":"blue""##, 29),
+        (r##"{"name":"A","age":1,"color":1000"##, 31),
+        // Arrays: at least one item, at most two; items of the item type.
+        (r##"{"name":"A","age":1,"color":10,"tags":[]"##, 39),
+        (r##"{"name":"A","age":1,"color":10,"tags":["a","b","##, 46),
+        (r##"{"name":"A","age":1,"color":10,"tags":[1"##, 39),
+        // Nothing before the object; nothing after it.
+        (r##" {"##, 0),
+        (r##"{"name":"A","age":1,"color":10,"tags":["a"]} "##, 44),
+    ];
+    for (text, at) in cases {
+        assert_eq!(breaks_at(&s, text), at, "{text}");
+    }
+}
+
+#[test]
+fn references_recurse_and_unions_pick_their_branch_by_first_character() {
+    // A linked list, as pydantic writes a self-referencing model.
+    let s = schema(
+        r##"{
+        "$defs": {"Node": {"type": "object", "properties": {
+            "v": {"type": "number"},
+            "next": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]}
+        }, "required": ["v", "next"]}},
+        "$ref": "#/$defs/Node"
+    }"##,
+    );
+    assert!(accepts(&s, r##"{"v":1,"next":{"v":2.5e3,"next":null}}"##));
+    assert!(accepts(&s, r##"{"v":-0.5,"next":null}"##));
+    assert_eq!(breaks_at(&s, r##"{"v":1,"next":"x"##), 14);
+}
+
+#[test]
+fn optional_properties_may_be_skipped_but_not_reordered() {
+    let s = schema(
+        r##"{"type": "object", "properties": {
+        "a": {"type": "string"}, "b": {"type": "string"}, "c": {"type": "string"}
+    }}"##,
+    );
+    for doc in [
+        "{}",
+        r##"{"b":""}"##,
+        r##"{"a":"","c":""}"##,
+        r##"{"a":"","b":"","c":""}"##,
+    ] {
+        assert!(accepts(&s, doc), "{doc}");
+    }
+    assert_eq!(
+        breaks_at(&s, r##"{"c":"","a"##),
+        7,
+        "nothing may follow the last property"
+    );
+    let s = schema(r##"{"type": "object", "properties": {"a": {"type": "string"}}}"##);
+    assert_eq!(
+        breaks_at(&s, r##"{"a":"",""##),
+        7,
+        "a comma needs a property after it"
+    );
+}
+
+#[test]
+fn unsupported_schemas_are_errors_naming_where() {
+    let cases = [
+        (r##"{"type": "string"}"##, "/", "root must be an object"),
+        (
+            r##"{"type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]+$"}}}"##,
+            "/properties/zip/pattern",
+            "`pattern`",
+        ),
+        (
+            r##"{"type": "object", "properties": {"x": {}}}"##,
+            "/properties/x",
+            "without `type`",
+        ),
+        (
+            r##"{"type": "object", "properties": {"x": {"anyOf": [{"type": "string"}, {"enum": ["a"]}]}}}"##,
+            "/properties/x/anyOf",
+            "both begin with `\"`",
+        ),
+        (
+            r##"{"type": "object", "properties": {"x": {"$ref": "#/$defs/Missing"}}}"##,
+            "/properties/x/$ref",
+            "not a definition",
+        ),
+        (
+            r##"{"type": "object", "required": ["y"], "properties": {"x": {"type": "integer"}}}"##,
+            "/required",
+            "`y`",
+        ),
+        (
+            r##"{"type": "object", "additionalProperties": {"type": "integer"}}"##,
+            "/additionalProperties",
+            "only `true` or `false`",
+        ),
+    ];
+    for (v, path, msg) in cases {
+        let e = Schema::compile_str(v).unwrap_err();
+        assert_eq!(e.path, path, "{e}");
+        assert!(e.to_string().contains(msg), "{e}");
+    }
+}
+
+#[test]
+fn the_mask_keeps_exactly_the_tokens_that_continue_the_schema() {
+    let s = person();
+    let texts: Vec<String> = [
+        "{", "{\"", "\"name\"", "\"age\"", ":", " \"", "Ann", "\"", "}", "x", "",
+    ]
+    .iter()
+    .map(|t| t.to_string())
+    .collect();
+    let vocab = Vocab::new(texts.clone());
+    let eos = [10u32];
+    let kept = |st: &SchemaPrefix| {
+        let mut l = vec![0.0f32; texts.len()];
+        mask(&mut l, &s, st, &vocab, &eos);
+        (0..texts.len())
+            .filter(|&i| l[i].is_finite())
+            .map(|i| texts[i].as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kept(&SchemaPrefix::new()), ["{", "{\""]);
+    let st = feed(&s, "{").unwrap();
+    assert_eq!(kept(&st), ["\"name\"", " \"", "\""]);
+    // Inside a string with a length limit (8) every token is walked: one more character
+    // fits, "Ann" does not; `{`, `:` and `}` are string content there.
+    let st = feed(&s, r##"{"name": "1234567"##).unwrap();
+    assert_eq!(kept(&st), ["{", "{\"", ":", " \"", "\"", "}", "x"]);
+}
