@@ -64,7 +64,7 @@ def run(url, model, fmt, seed):
     req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     first = last = None
-    chunks, text, usage = 0, "", None
+    chunks, text, usage, finish = 0, "", None, None
     with urllib.request.urlopen(req, timeout=600) as r:
         for line in r:
             line = line.decode().strip()
@@ -74,6 +74,7 @@ def run(url, model, fmt, seed):
             if ev.get("usage"):
                 usage = ev["usage"]
             for ch in ev.get("choices", []):
+                finish = ch.get("finish_reason") or finish
                 piece = (ch.get("delta") or {}).get("content") or ""
                 if piece:
                     now = time.perf_counter()
@@ -82,10 +83,10 @@ def run(url, model, fmt, seed):
                     chunks += 1
                     text += piece
     n = usage["completion_tokens"] if usage else chunks
-    if fmt:
-        json.loads(text)  # the constrained answer must be one JSON document
+    if fmt and finish == "stop":
+        json.loads(text)  # a constrained answer that ended must be one JSON document
     rate = (n - 1) / (last - first) if last and last > first else float("nan")
-    return n, rate
+    return n, rate, finish
 
 
 def main():
@@ -112,9 +113,9 @@ def main():
             for mode, fmt in MODES.items():
                 rates = []
                 for i in range(args.runs):
-                    n, rate = run(url, "m", fmt, i + 1)
+                    n, rate, finish = run(url, "m", fmt, i + 1)
                     rates.append(rate)
-                    print(f"{name:9} {mode:11} run {i + 1}: {n:3} tokens, {rate:6.1f} tok/s decode")
+                    print(f"{name:9} {mode:11} run {i + 1}: {n:3} tokens ({finish}), {rate:6.1f} tok/s decode")
                 med[(name, mode)] = statistics.median(rates)
         finally:
             proc.terminate()

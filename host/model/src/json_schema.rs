@@ -74,6 +74,29 @@ enum Lex {
     },
 }
 
+/// A node's exact texts: an object's keys or a choice's values.
+#[derive(Clone, Copy)]
+enum Texts<'a> {
+    Keys(&'a [Prop]),
+    Values(&'a [String]),
+}
+
+impl<'a> Texts<'a> {
+    fn len(self) -> usize {
+        match self {
+            Texts::Keys(p) => p.len(),
+            Texts::Values(v) => v.len(),
+        }
+    }
+
+    fn get(self, i: usize) -> &'a str {
+        match self {
+            Texts::Keys(p) => &p[i].key,
+            Texts::Values(v) => &v[i],
+        }
+    }
+}
+
 /// A valid prefix of one JSON object following a [`Schema`].
 #[derive(Debug, Clone, Copy)]
 pub struct SchemaPrefix {
@@ -215,12 +238,12 @@ impl SchemaPrefix {
         }
     }
 
-    /// The texts a `Lex::Text` matches against.
-    fn texts(s: &Schema, node: u16, key: bool) -> Vec<&str> {
+    /// The texts a `Lex::Text` matches against (borrowed: this runs for every token tried).
+    fn texts(s: &Schema, node: u16, key: bool) -> Texts<'_> {
         match &s.nodes[node as usize] {
-            Node::Object(p) if key => p.iter().map(|p| p.key.as_str()).collect(),
-            Node::Choice(t) => t.iter().map(String::as_str).collect(),
-            _ => Vec::new(),
+            Node::Object(p) if key => Texts::Keys(p),
+            Node::Choice(t) => Texts::Values(t),
+            _ => Texts::Values(&[]),
         }
     }
 
@@ -241,7 +264,8 @@ impl SchemaPrefix {
         let p = pos as usize;
         let mut next = 0u64;
         let mut complete = false;
-        for (i, t) in texts.iter().enumerate() {
+        for i in 0..texts.len() {
+            let t = texts.get(i);
             if mask >> i & 1 == 1 {
                 if t.as_bytes()[p..].starts_with(cb) {
                     next |= 1 << i;
@@ -258,7 +282,7 @@ impl SchemaPrefix {
             return None;
         }
         let pos = p + cb.len();
-        let ended = |i: usize| texts[i].len() == pos;
+        let ended = |i: usize| texts.get(i).len() == pos;
         let all_ended = (0..texts.len()).filter(|i| next >> i & 1 == 1).all(ended);
         if key {
             if let Some(j) = (0..texts.len()).find(|&i| next >> i & 1 == 1 && ended(i)) {
@@ -468,13 +492,28 @@ impl Guide {
 
 /// Masks `logits` for a schema at `state`, as [`crate::json_mode::mask`] does for JSON mode.
 pub fn mask(logits: &mut [f32], schema: &Schema, state: &SchemaPrefix, vocab: &Vocab, eos: &[u32]) {
+    // Most tokens fail on their first character, and ~50k tokens start with far fewer
+    // distinct ones: the state after each ASCII first character is worked out once a step.
+    let mut firsts: [Option<Option<SchemaPrefix>>; 128] = [None; 128];
+    let firsts = std::cell::RefCell::new(&mut firsts);
     mask_by(
         logits,
         vocab,
         eos,
         state.done(),
         state.plain_ok(schema),
-        |t| state.after(schema, t).is_some(),
+        |t| {
+            let mut chars = t.chars();
+            let Some(c) = chars.next().filter(char::is_ascii) else {
+                return state.after(schema, t).is_some();
+            };
+            let after_first = *firsts.borrow_mut()[c as usize]
+                .get_or_insert_with(|| state.after(schema, &t[..1]));
+            match after_first {
+                None => false,
+                Some(st) => chars.as_str().is_empty() || st.after(schema, chars.as_str()).is_some(),
+            }
+        },
     );
 }
 
