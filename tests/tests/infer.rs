@@ -60,6 +60,113 @@ fn smollm2_answers_the_capital_of_france() {
     }
 }
 
+/// `--json-schema` (llama.cpp's `-j`): SmolLM2's answer, alone and in a JSONL batch, is one
+/// object with the schema's keys in its order; a schema galley cannot enforce, or one given
+/// with a remote engine, is an error before anything loads.
+#[test]
+fn json_schema_holds_answers_to_the_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let m = smollm2();
+    let m = m.to_str().unwrap();
+    std::fs::write(
+        d.join("city.json"),
+        r#"{"type": "object", "required": ["name", "country", "landmarks"], "additionalProperties": false,
+            "properties": {"name": {"type": "string", "maxLength": 30}, "country": {"type": "string", "maxLength": 30},
+                           "landmarks": {"type": "array", "items": {"type": "string", "maxLength": 40}, "minItems": 1, "maxItems": 3}}}"#,
+    )
+    .unwrap();
+    let keys = |text: &str| -> Vec<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        let o = v.as_object().unwrap();
+        assert!(
+            (1..=3).contains(&o["landmarks"].as_array().unwrap().len()),
+            "{text}"
+        );
+        // serde_json sorts keys: read the order from the text itself.
+        let mut ks: Vec<(usize, String)> = o
+            .keys()
+            .map(|k| (text.find(&format!("\"{k}\"")).unwrap(), k.clone()))
+            .collect();
+        ks.sort();
+        ks.into_iter().map(|(_, k)| k).collect()
+    };
+    let out = ok(infer(
+        d,
+        &[
+            "-m",
+            m,
+            "-p",
+            "Describe Paris.",
+            "-j",
+            "city.json",
+            "-s",
+            "temperature=0",
+            "-s",
+            "frequency_penalty=0.5",
+        ],
+    ));
+    assert_eq!(keys(&out), ["name", "country", "landmarks"], "{out}");
+    let rows =
+        "{\"prompt\": \"Describe Rome.\"}\n{\"prompt\": \"Describe a small fishing town.\"}\n";
+    std::fs::write(d.join("in.jsonl"), rows).unwrap();
+    let inline = std::fs::read_to_string(d.join("city.json")).unwrap();
+    ok(infer(
+        d,
+        &[
+            "-m",
+            m,
+            "-i",
+            "in.jsonl",
+            "-o",
+            "out.jsonl",
+            "-j",
+            &inline,
+            "-s",
+            "frequency_penalty=0.5",
+            "-s",
+            "seed=4",
+        ],
+    ));
+    for line in std::fs::read_to_string(d.join("out.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(row["finish_reason"], "stop", "{row}");
+        assert_eq!(
+            keys(row["completion"].as_str().unwrap()),
+            ["name", "country", "landmarks"],
+            "{row}"
+        );
+    }
+    let bad =
+        r#"{"type": "object", "properties": {"email": {"type": "string", "format": "email"}}}"#;
+    let o = infer(d, &["-m", "no-such-model.gguf", "-p", "x", "-j", bad]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("--json-schema") && e.contains("/properties/email/format"),
+        "{e}"
+    );
+    let o = infer(
+        d,
+        &[
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "-m",
+            "x",
+            "-p",
+            "x",
+            "-j",
+            "city.json",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("response_format"), "{}", stderr(&o));
+}
+
 #[test]
 fn a_jsonl_batch_with_settings_from_yaml() {
     let tmp = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use galley_core::Message;
 use galley_model::batch::{self, InferConfig, InferFlags};
-use galley_model::{LoadedModel, generate};
+use galley_model::{LoadedModel, generate, generate_guided};
 use galley_serve::flags::EngineFlags;
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -62,16 +62,14 @@ fn stream(m: &LoadedModel, cfg: &InferConfig, messages: &[Message]) -> Result<St
     let ids = batch::render(m, cfg.system.as_deref(), messages)?;
     let t0 = Instant::now();
     let mut out = std::io::stdout();
-    let done = generate(
-        &m.model,
-        &m.tokenizer,
-        &[ids],
-        &cfg.sampling,
-        &mut |_, piece| {
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
-        },
-    )?;
+    let mut show = |_: usize, piece: &str| {
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+    };
+    let done = match &cfg.guide {
+        Some(g) => generate_guided(&m.model, &m.tokenizer, &[ids], &cfg.sampling, g, &mut show)?,
+        None => generate(&m.model, &m.tokenizer, &[ids], &cfg.sampling, &mut show)?,
+    };
     let c = &done[0];
     println!();
     let secs = t0.elapsed().as_secs_f64();

@@ -82,6 +82,7 @@ pub fn generate_rows(
     system: Option<&str>,
     sampling: &SamplingParams,
     batch_size: usize,
+    guide: Option<&crate::json_schema::Guide>,
     done: &mut OnBatch<'_>,
 ) -> Result<()> {
     let mut prompts = Vec::with_capacity(rows.len());
@@ -95,7 +96,17 @@ pub fn generate_rows(
         .chunks(batch_size.max(1))
         .zip(prompts.chunks(batch_size.max(1)))
     {
-        let out = generate(&m.model, &m.tokenizer, prompts, sampling, &mut |_, _| {})?;
+        let out = match guide {
+            Some(g) => crate::generate_guided(
+                &m.model,
+                &m.tokenizer,
+                prompts,
+                sampling,
+                g,
+                &mut |_, _| {},
+            )?,
+            None => generate(&m.model, &m.tokenizer, prompts, sampling, &mut |_, _| {})?,
+        };
         done(rows, out)?;
     }
     Ok(())
@@ -122,6 +133,7 @@ pub fn write_rows(
         system,
         &cfg.sampling,
         cfg.batch_size,
+        cfg.guide.as_ref(),
         &mut |rows, completions| {
             for (row, c) in rows.iter().zip(&completions) {
                 generated += c.tokens.len();
@@ -157,6 +169,10 @@ pub struct InferFlags {
     /// Override a setting: `sampling.temperature=0`, `max_tokens=64` is `sampling.max_tokens=64`.
     #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Hold every answer to a JSON schema: the schema's JSON, or a file holding it (as
+    /// llama.cpp's `--json-schema`; the answer is one object that validates).
+    #[arg(long, short = 'j', value_name = "SCHEMA")]
+    pub json_schema: Option<String>,
 }
 
 #[cfg(feature = "clap")]
@@ -166,6 +182,21 @@ impl InferFlags {
         let mut cfg = InferConfig::load(self.config.as_deref(), &self.set)?;
         if self.model.is_some() {
             cfg.model.clone_from(&self.model);
+        }
+        if let Some(spec) = &self.json_schema {
+            let (text, from) = if spec.trim_start().starts_with('{') {
+                (spec.clone(), "--json-schema".to_string())
+            } else {
+                let text = std::fs::read_to_string(spec).map_err(|e| {
+                    ModelError::Invalid(format!("--json-schema {spec}: cannot read: {e}"))
+                })?;
+                (text, format!("--json-schema {spec}"))
+            };
+            let schema = crate::json_schema::Schema::compile_str(&text)
+                .map_err(|e| ModelError::Invalid(format!("{from}: {e}")))?;
+            cfg.guide = Some(crate::json_schema::Guide::schema(std::sync::Arc::new(
+                schema,
+            )));
         }
         let no_model = "no model: pass --model PATH (or `model:` in the settings file)";
         let model = cfg
@@ -227,6 +258,9 @@ pub struct InferConfig {
     /// Conversations generated together in batch mode.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Every answer held to a JSON schema (`--json-schema`).
+    #[serde(skip)]
+    pub guide: Option<crate::json_schema::Guide>,
 }
 
 fn default_batch() -> usize {
@@ -270,6 +304,11 @@ impl InferConfig {
     /// What a remote engine cannot honour: it takes temperature, max_tokens, stop and seed
     /// only, and serves its own weights; refuse rather than ignore the rest silently.
     pub fn check_remote(&self) -> Result<()> {
+        if self.guide.is_some() {
+            return Err(ModelError::Invalid(
+                "--json-schema holds a local model's answers; a remote server takes a schema in its own API (`response_format`)".into(),
+            ));
+        }
         let d = SamplingParams::default();
         let s = &self.sampling;
         for (key, differs) in [

@@ -1,10 +1,13 @@
 //! Generation: prompts in, completions out, several sequences of different lengths at once
 //! (left-padded into one batch sharing a KV cache), with the sampling of `sample.rs`, stop
 //! tokens and stop strings, a token budget, a streaming callback, and each chosen token's
-//! log-probability under the model (what the trainers of GRPO and DPO need).
+//! log-probability under the model (what the trainers of GRPO and DPO need); optionally held
+//! to JSON or a JSON schema ([`generate_guided`]).
 
 use crate::decode::Decoder;
 use crate::error::Result;
+use crate::json_mode::Vocab;
+use crate::json_schema::Guide;
 use crate::model::Llama;
 use crate::sample::{Sampler, SamplingParams, logprob};
 use crate::tokenizer::{TextStream, Tokenizer};
@@ -40,6 +43,7 @@ struct Row {
     out: Output,
     finish: Option<Finish>,
     sampler: Sampler,
+    guide: Option<Guide>,
 }
 
 /// A sequence's text as its tokens arrive (`generate`'s rows, `galley serve`'s sequences):
@@ -153,6 +157,28 @@ pub fn generate(
     generate_sharing(model, tok, prompts, params, SHARE_PREFIX_FROM, on_text)
 }
 
+/// `generate`, each answer held to `guide` (one JSON object, or one following a schema):
+/// every step, tokens that cannot continue it are masked before sampling, and the answer
+/// ends when the object closes. Log-probabilities stay the model's own.
+pub fn generate_guided(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    guide: &Guide,
+    on_text: &mut OnText<'_>,
+) -> Result<Vec<Completion>> {
+    run(
+        model,
+        tok,
+        prompts,
+        params,
+        SHARE_PREFIX_FROM,
+        Some(guide),
+        on_text,
+    )
+}
+
 /// `generate`, with the prompts' common prefix computed once when it is at least
 /// `share_from` tokens long (`usize::MAX`: never).
 pub fn generate_sharing(
@@ -161,6 +187,18 @@ pub fn generate_sharing(
     prompts: &[Vec<u32>],
     params: &SamplingParams,
     share_from: usize,
+    on_text: &mut OnText<'_>,
+) -> Result<Vec<Completion>> {
+    run(model, tok, prompts, params, share_from, None, on_text)
+}
+
+fn run(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    share_from: usize,
+    guide: Option<&Guide>,
     on_text: &mut OnText<'_>,
 ) -> Result<Vec<Completion>> {
     if prompts.is_empty() {
@@ -190,8 +228,10 @@ pub fn generate_sharing(
             out: Output::default(),
             finish: None,
             sampler: Sampler::new(params.clone(), i as u64),
+            guide: guide.cloned(),
         })
         .collect();
+    let vocab = guide.map(|_| Vocab::for_tokenizer(tok, model.config.vocab_size));
     // Identical prompts (a GRPO group's samples) are prefilled once, then their cache rows copied.
     let mut distinct: Vec<&Vec<u32>> = Vec::new();
     let of: Vec<usize> = prompts
@@ -279,11 +319,26 @@ pub fn generate_sharing(
             if row.finish.is_some() {
                 continue;
             }
-            let t = row.sampler.sample(l, &row.prompt, &row.tokens);
+            let t = match (&row.guide, &vocab) {
+                (Some(g), Some(v)) => {
+                    let mut masked = l.clone();
+                    g.mask(&mut masked, v, &eos);
+                    row.sampler.sample(&masked, &row.prompt, &row.tokens)
+                }
+                _ => row.sampler.sample(l, &row.prompt, &row.tokens),
+            };
             row.tokens.push(t);
             row.logprobs.push(logprob(l, t));
             let count = row.tokens.len();
-            row.finish = row.out.take(tok, t, eos.contains(&t), count, params)?;
+            let mut end = eos.contains(&t);
+            if let (Some(g), Some(v)) = (&mut row.guide, &vocab)
+                && !end
+                // Nothing could continue the object (every logit masked): the answer ends.
+                && !g.advance(v.text(t))
+            {
+                end = true;
+            }
+            row.finish = row.out.take(tok, t, end, count, params)?;
             let fresh = row.out.fresh(row.finish.is_some(), &params.stop);
             if !fresh.is_empty() {
                 on_text(i, fresh);

@@ -284,6 +284,31 @@ pub struct Vocab {
 }
 
 impl Vocab {
+    /// Each of a model's `vocab_size` tokens' text mid-answer: special tokens have none, so
+    /// they never pass; a token holding part of a multi-byte character reads as U+FFFD, which
+    /// can only be inside a string, where it passes and nowhere else.
+    pub fn for_tokenizer(tok: &crate::Tokenizer, vocab_size: usize) -> Self {
+        let special: std::collections::HashSet<u32> = tok
+            .inner()
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        let texts = (0..vocab_size as u32)
+            .map(|id| {
+                if special.contains(&id) {
+                    return String::new();
+                }
+                match tok.piece(id).unwrap_or_default() {
+                    t if t.is_empty() => "\u{FFFD}".to_string(),
+                    t => t,
+                }
+            })
+            .collect();
+        Self::new(texts)
+    }
+
     pub fn new(texts: Vec<String>) -> Self {
         let plain = texts
             .iter()

@@ -382,32 +382,10 @@ impl Loop {
         }
     }
 
-    /// Each token's text, for JSON mode: special tokens have none, so they never pass.
+    /// Each token's text, for JSON mode and schemas (built on the first such request).
     fn texts(&self) -> &json_mode::Vocab {
         self.texts.get_or_init(|| {
-            let special: std::collections::HashSet<u32> = self
-                .tok
-                .inner()
-                .get_added_tokens_decoder()
-                .into_iter()
-                .filter(|(_, t)| t.special)
-                .map(|(id, _)| id)
-                .collect();
-            let texts = (0..self.model.config.vocab_size as u32)
-                .map(|id| {
-                    if special.contains(&id) {
-                        return String::new();
-                    }
-                    // A token holding part of a multi-byte character decodes alone to nothing
-                    // (or to U+FFFD): it can only be inside a string, which is where U+FFFD
-                    // passes and nowhere else.
-                    match self.tok.piece(id).unwrap_or_default() {
-                        t if t.is_empty() => "\u{FFFD}".to_string(),
-                        t => t,
-                    }
-                })
-                .collect();
-            json_mode::Vocab::new(texts)
+            json_mode::Vocab::for_tokenizer(&self.tok, self.model.config.vocab_size)
         })
     }
 
