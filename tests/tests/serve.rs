@@ -421,6 +421,12 @@ doc = json.loads(r.choices[0].message.content)
 print("limited:", doc, file=sys.stderr)
 check(list(doc) == ["tags", "count"] and 1 <= len(doc["tags"]) <= 2, f"{doc}")
 check(all(isinstance(t, str) and len(t) <= 6 for t in doc["tags"]) and isinstance(doc["count"], int), f"{doc}")
+# The legacy endpoint takes it too (vLLM's extension), as a raw prompt's continuation.
+r = c.completions.create(model="smol", prompt="Tags for a post about pasta, as JSON:", max_tokens=120,
+                         temperature=0.7, seed=3, extra_body={"response_format": {"type": "json_schema",
+                         "json_schema": {"name": "tags", "schema": schema}}})
+doc = json.loads(r.choices[0].text)
+check(list(doc) == ["tags", "count"] and 1 <= len(doc["tags"]) <= 2, f"completions: {doc}")
 schema["properties"]["count"]["minimum"] = 0
 try:
     c.chat.completions.create(model="smol", messages=msgs, max_tokens=5,

@@ -447,7 +447,17 @@ async fn completions(
         ));
     }
     let n = n_of(&req.sampling)?;
-    let extras = extras(&s, &req.sampling)?;
+    let json = response_format(req.response_format.as_ref(), &body)?;
+    if json.is_some() && req.echo {
+        return Err(ApiError::bad(
+            "`echo` repeats the prompt before an answer `response_format` holds to JSON; send one or the other",
+            Some("echo"),
+        ));
+    }
+    let extras = Extras {
+        json,
+        ..extras(&s, &req.sampling)?
+    };
     let mut pending = Vec::new();
     for p in &prompts {
         // The legacy endpoint's default completion length.

@@ -179,6 +179,8 @@ pub(crate) struct CompletionRequest {
     pub(crate) max_tokens: Option<usize>,
     #[serde(default)]
     pub(crate) echo: bool,
+    /// vLLM's: JSON mode or a schema on the legacy endpoint too.
+    pub(crate) response_format: Option<Value>,
     pub(crate) logprobs: Option<usize>,
     #[serde(default)]
     pub(crate) stream: bool,
@@ -282,7 +284,15 @@ pub(crate) fn refuse_unsupported(
             ));
         }
     }
-    let Some(f) = &req.response_format else {
+    response_format(req.response_format.as_ref(), body)
+}
+
+/// What `response_format` holds the answer to: nothing (absent or `text`), one JSON object
+/// (`json_object`) or one that follows `json_schema.schema`, read from the raw `body` so that
+/// its properties keep the order they are written in. An unknown type or a schema galley
+/// cannot enforce is a 400 naming `response_format`.
+pub(crate) fn response_format(f: Option<&Value>, body: &[u8]) -> Result<Option<Guide>, ApiError> {
+    let Some(f) = f else {
         return Ok(None);
     };
     let bad = |m: String| ApiError::bad(m, Some("response_format"));
@@ -359,6 +369,8 @@ pub(crate) fn ignored_keys(body: &[u8], chat: bool) -> Vec<String> {
         "echo",
         "logprobs",
         "stream",
+        "stream_options",
+        "response_format",
     ];
     // Bookkeeping fields that do not change an answer.
     const HARMLESS: &[&str] = &[
@@ -463,5 +475,9 @@ mod tests {
             ignored_keys(br#"{"model": "m", "echo": true}"#, true),
             ["echo"]
         );
+        // Completions read these (a warning said otherwise for stream_options).
+        let body = br#"{"model": "m", "prompt": "p", "stream_options": {"include_usage": true},
+                        "response_format": {"type": "json_object"}}"#;
+        assert!(ignored_keys(body, false).is_empty());
     }
 }

@@ -208,3 +208,28 @@ fn the_mask_keeps_exactly_the_tokens_that_continue_the_schema() {
     let st = feed(&s, r##"{"name": "1234567"##).unwrap();
     assert_eq!(kept(&st), ["{", "{\"", ":", " \"", "\"", "}", "x"]);
 }
+
+#[test]
+fn hostile_schemas_end_in_errors_not_hangs() {
+    // A reference to itself, directly and through a union: no node to begin with.
+    let e =
+        Schema::compile_str(r##"{"$defs": {"A": {"$ref": "#/$defs/A"}}, "$ref": "#/$defs/A"}"##)
+            .unwrap_err();
+    assert!(e.to_string().contains("root must be an object"), "{e}");
+    let e = Schema::compile_str(
+        r##"{"type": "object", "properties": {"x": {"$ref": "#/$defs/U"}},
+            "$defs": {"U": {"anyOf": [{"$ref": "#/$defs/U"}, {"type": "null"}]}}}"##,
+    )
+    .unwrap_err();
+    assert_eq!(e.path, "/$defs/U/anyOf", "{e}");
+    // Nesting past what a prefix tracks is refused as it is typed, not followed forever.
+    let s = schema(
+        r##"{"$defs": {"N": {"type": "object", "properties": {"n": {"$ref": "#/$defs/N"}}}},
+            "$ref": "#/$defs/N"}"##,
+    );
+    let deep = "{\"n\":".repeat(16);
+    assert!(feed(&s, &deep).is_ok());
+    assert_eq!(breaks_at(&s, &"{\"n\":".repeat(17)), 16 * 5);
+    // Not JSON at all.
+    assert!(Schema::compile_str("{").is_err());
+}
