@@ -385,7 +385,7 @@ fn structured_outputs_parse_into_the_clients_pydantic_model() {
     let script = format!(
         "{COMMON}{}",
         r#"
-import enum
+import datetime, enum
 from typing import Optional
 from pydantic import BaseModel
 class Color(str, enum.Enum):
@@ -400,7 +400,8 @@ class City(BaseModel):
     color: Color
     nickname: Optional[str]
     landmarks: list[str]
-msgs = [{"role": "user", "content": "Describe Paris as a JSON object with its name, country, population in millions, whether it is a capital, a color, a nickname and two landmarks."}]
+    founded: datetime.date
+msgs = [{"role": "user", "content": "Describe Paris as a JSON object with its name, country, population in millions, whether it is a capital, a color, a nickname, two landmarks and when it was founded."}]
 # A 135M model repeats itself inside an open list when greedy; a frequency penalty ends it.
 r = c.chat.completions.parse(model="smol", messages=msgs, max_tokens=300, temperature=0,
                              frequency_penalty=0.5, response_format=City)

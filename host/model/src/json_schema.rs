@@ -3,16 +3,17 @@
 //! schema, and ends exactly when that object closes. A schema is compiled once into a table
 //! of nodes ([`Schema::compile`]; the subset OpenAI's strict mode and pydantic produce:
 //! objects with `properties` / `required`, arrays with `items` / `minItems` / `maxItems`,
-//! strings with `minLength` / `maxLength`, numbers, integers, booleans, null, `enum`,
-//! `const`, `anyOf` / `oneOf` / type lists whose branches begin with different characters,
-//! and `$ref` into `$defs`, recursion included). A keyword that would change what is valid
-//! but is not enforced here (`pattern`, `format`, `minimum`...) is an error naming where it
-//! is, never silently ignored. Properties come in the schema's order, as OpenAI's and
-//! llama.cpp's constrained decoders write them, optional ones skippable; no other key is
-//! written. The per-sequence state ([`SchemaPrefix`]) is a small `Copy` value (a frame per
-//! open container, up to 16), so trying each vocabulary token a step costs a copy and a few
-//! transitions, as in JSON mode ([`crate::json_mode`], whose masking and number rules it
-//! shares).
+//! strings with `minLength` / `maxLength` / `pattern` / `format` (date-time, date, time,
+//! uuid, email, uri, ipv4; each a DFA over the unescaped string), numbers, integers,
+//! booleans, null, `enum`, `const`, `anyOf` / `oneOf` / type lists whose branches begin with
+//! different characters, and `$ref` into `$defs`, recursion included). A keyword that would
+//! change what is valid but is not enforced here (`minimum`, `uniqueItems`...) is an error
+//! naming where it is, never silently ignored. Properties come in the schema's order, as
+//! OpenAI's and llama.cpp's constrained decoders write them, optional ones skippable; no
+//! other key is written. The per-sequence state ([`SchemaPrefix`]) is a small `Copy` value
+//! (a frame per open container, up to 16), so trying each vocabulary token a step costs a
+//! copy and a few transitions, as in JSON mode ([`crate::json_mode`], whose masking and
+//! number rules it shares).
 
 mod compile;
 mod tree;
@@ -20,6 +21,10 @@ mod tree;
 use crate::json_mode::{JsonPrefix, MAX_BLANK, Num, Vocab, mask_by};
 use compile::{Node, Prop};
 pub use compile::{Schema, SchemaError};
+use regex_automata::Anchored;
+use regex_automata::dfa::Automaton;
+use regex_automata::util::primitives::StateID;
+use regex_automata::util::start::Config as StartConfig;
 use std::sync::Arc;
 pub use tree::{Json, Obj};
 
@@ -59,6 +64,8 @@ enum Lex {
         node: u16,
         escape: u8,
         len: u32,
+        /// The pattern's DFA state, if the string has one.
+        dfa: u32,
     },
     /// Matching exact texts: a Choice node's values or (`key`) an object's keys; `mask` the
     /// candidates still matching, `pos` bytes matched.
@@ -136,7 +143,7 @@ impl SchemaPrefix {
     /// Inside a free string with no length limit (plain tokens pass without a walk).
     fn plain_ok(&self, s: &Schema) -> bool {
         matches!(self.lex, Lex::Str { node, escape: 0, .. }
-            if matches!(s.nodes[node as usize], Node::Str { max: u32::MAX, .. }))
+            if matches!(s.nodes[node as usize], Node::Str { max: u32::MAX, pattern: None, .. }))
     }
 
     /// The state after `text`, if it keeps the prefix valid (an empty text does not).
@@ -205,11 +212,21 @@ impl SchemaPrefix {
                 self.depth += 1;
                 Some(())
             }
-            Node::Str { .. } if c == '"' => {
+            Node::Str { pattern, .. } if c == '"' => {
+                let dfa = match pattern {
+                    Some(p) => {
+                        let d = &s.patterns[*p as usize];
+                        d.start_state(&StartConfig::new().anchored(Anchored::Yes))
+                            .ok()?
+                            .as_u32()
+                    }
+                    None => 0,
+                };
                 self.lex = Lex::Str {
                     node,
                     escape: 0,
                     len: 0,
+                    dfa,
                 };
                 Some(())
             }
@@ -330,50 +347,80 @@ impl SchemaPrefix {
         self.text(s, '"')
     }
 
-    fn push(&mut self, s: &Schema, c: char) -> Option<()> {
-        match self.lex {
-            Lex::Str { node, escape, len } => {
-                let Node::Str { min, max } = s.nodes[node as usize] else {
+    /// `c` inside a string of `node`: JSON's escapes, the length limits, and the pattern's
+    /// DFA fed the unescaped text (where a pattern holds, `\u` escapes are refused: a model
+    /// has no need of them there and their halves would have to be decoded first).
+    fn string_char(
+        &mut self,
+        s: &Schema,
+        node: u16,
+        escape: u8,
+        len: u32,
+        dfa: u32,
+        c: char,
+    ) -> Option<()> {
+        let Node::Str { min, max, pattern } = s.nodes[node as usize] else {
+            return None;
+        };
+        let pattern = pattern.map(|p| &s.patterns[p as usize]);
+        // The text `c` stands for, when it stands for text (not for the start of an escape).
+        let (escape, len, text) = match (escape, c) {
+            (0, '"') => {
+                let matched = pattern.is_none_or(|d| {
+                    let id = StateID::new(dfa as usize).expect("a state of this DFA");
+                    d.is_match_state(d.next_eoi_state(id))
+                });
+                if len < min || !matched {
                     return None;
-                };
-                let more = |len: u32| (len < max).then_some(len + 1);
-                self.lex = match (escape, c) {
-                    (0, '"') if len >= min => {
-                        self.value_done();
-                        return Some(());
-                    }
-                    (0, '"') => return None,
-                    (0, '\\') => Lex::Str {
-                        node,
-                        escape: 1,
-                        len: more(len)?,
-                    },
-                    (0, c) if (c as u32) < 0x20 => return None,
-                    (0, _) => Lex::Str {
-                        node,
-                        escape: 0,
-                        len: more(len)?,
-                    },
-                    (1, '"' | '\\' | '/' | 'b' | 'f' | 'n' | 'r' | 't') => Lex::Str {
-                        node,
-                        escape: 0,
-                        len,
-                    },
-                    (1, 'u') => Lex::Str {
-                        node,
-                        escape: 5,
-                        len,
-                    },
-                    (1, _) => return None,
-                    (n, c) if c.is_ascii_hexdigit() => Lex::Str {
-                        node,
-                        escape: if n == 2 { 0 } else { n - 1 },
-                        len,
-                    },
-                    _ => return None,
-                };
+                }
+                self.value_done();
                 return Some(());
             }
+            (0, '\\') => (1, len.checked_add(1).filter(|&l| l <= max)?, None),
+            (0, c) if (c as u32) < 0x20 => return None,
+            (0, c) => (0, len.checked_add(1).filter(|&l| l <= max)?, Some(c)),
+            (1, '"' | '\\' | '/') => (0, len, Some(c)),
+            (1, 'b') => (0, len, Some('\u{8}')),
+            (1, 'f') => (0, len, Some('\u{c}')),
+            (1, 'n') => (0, len, Some('\n')),
+            (1, 'r') => (0, len, Some('\r')),
+            (1, 't') => (0, len, Some('\t')),
+            (1, 'u') if pattern.is_none() => (5, len, None),
+            (1, _) => return None,
+            (n, c) if n >= 2 && c.is_ascii_hexdigit() => {
+                (if n == 2 { 0 } else { n - 1 }, len, None)
+            }
+            _ => return None,
+        };
+        let mut dfa = dfa;
+        if let (Some(d), Some(t)) = (pattern, text) {
+            let mut id = StateID::new(dfa as usize).expect("a state of this DFA");
+            let mut buf = [0u8; 4];
+            for &b in t.encode_utf8(&mut buf).as_bytes() {
+                id = d.next_state(id, b);
+                if d.is_dead_state(id) || d.is_quit_state(id) {
+                    return None;
+                }
+            }
+            dfa = id.as_u32();
+        }
+        self.lex = Lex::Str {
+            node,
+            escape,
+            len,
+            dfa,
+        };
+        Some(())
+    }
+
+    fn push(&mut self, s: &Schema, c: char) -> Option<()> {
+        match self.lex {
+            Lex::Str {
+                node,
+                escape,
+                len,
+                dfa,
+            } => return self.string_char(s, node, escape, len, dfa, c),
             Lex::Number { num, integer } => {
                 let next = num
                     .next(c)

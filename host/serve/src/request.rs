@@ -424,7 +424,7 @@ mod tests {
             ),
             (
                 json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
-                    "schema": {"type": "object", "properties": {"zip": {"type": "string", "pattern": "[0-9]+"}}}}}}),
+                    "schema": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}}}}),
                 "response_format",
             ),
         ] {

@@ -4,7 +4,67 @@
 //! characters, by which union branches are told apart.
 
 use super::tree::{Json, Obj};
+use regex_automata::dfa::StartKind;
+use regex_automata::dfa::dense;
 use std::collections::HashMap;
+
+pub(super) type Dfa = dense::DFA<Vec<u32>>;
+
+/// `format`s as whole-string patterns: RFC 3339 times and dates, UUIDs, and loose shapes of
+/// e-mail addresses, URIs and IPv4 addresses (the shape only: `x@y.z` is an address here
+/// whether or not it exists).
+const FORMATS: &[(&str, &str)] = &[
+    (
+        "date-time",
+        r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])",
+    ),
+    ("date", r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"),
+    (
+        "time",
+        r"([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?",
+    ),
+    (
+        "uuid",
+        r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+    ),
+    (
+        "email",
+        r"[^@\s\x00-\x1f]+@[^@\s\x00-\x1f.]+(\.[^@\s\x00-\x1f.]+)+",
+    ),
+    ("uri", r"[A-Za-z][A-Za-z0-9+.-]*:[^\s\x00-\x1f]+"),
+    (
+        "ipv4",
+        r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
+    ),
+];
+
+/// JSON Schema's `pattern` matches anywhere in the string (a search); galley's DFAs match the
+/// whole string, so a pattern is wrapped in "anything" on each side it does not anchor.
+fn whole_string(p: &str) -> String {
+    let (p, head) = match p.strip_prefix('^') {
+        Some(rest) => (rest, ""),
+        None => (p, "(?s:.*)"),
+    };
+    // A final `$` anchors unless it is escaped (an odd number of backslashes before it).
+    let anchored_end = p.ends_with('$')
+        && p[..p.len() - 1]
+            .chars()
+            .rev()
+            .take_while(|&c| c == '\\')
+            .count()
+            % 2
+            == 0;
+    let (p, tail) = if anchored_end {
+        (&p[..p.len() - 1], "")
+    } else {
+        (p, "(?s:.*)")
+    };
+    format!("{head}(?:{p}){tail}")
+}
+
+fn format_pattern(name: &str) -> Option<&'static str> {
+    FORMATS.iter().find(|(n, _)| *n == name).map(|(_, re)| *re)
+}
 
 /// A schema that cannot be enforced, with where in it (a JSON pointer) and why.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +101,11 @@ pub(super) enum Node {
         min: u32,
         max: u32,
     },
+    /// `pattern`: an index into [`Schema::patterns`].
     Str {
         min: u32,
         max: u32,
+        pattern: Option<u16>,
     },
     Number {
         integer: bool,
@@ -60,6 +122,9 @@ pub(super) enum Node {
 #[derive(Debug, Clone)]
 pub struct Schema {
     pub(super) nodes: Vec<Node>,
+    /// Strings' `pattern`s (and `format`s, as patterns), each a DFA over the string's
+    /// unescaped UTF-8 that matches the whole string.
+    pub(super) patterns: Vec<Dfa>,
     /// Each node's possible first characters.
     pub(super) first: Vec<Vec<char>>,
     pub(super) root: u16,
@@ -83,6 +148,7 @@ const MAX_CHOICES: usize = 64;
 struct Compiler<'a> {
     doc: &'a Json,
     nodes: Vec<Node>,
+    patterns: Vec<Dfa>,
     refs: HashMap<String, u16>,
     /// Unions to check, with their paths.
     unions: Vec<(u16, String)>,
@@ -102,6 +168,7 @@ impl Schema {
         let mut c = Compiler {
             doc: schema,
             nodes: Vec::new(),
+            patterns: Vec::new(),
             refs: HashMap::new(),
             unions: Vec::new(),
         };
@@ -117,6 +184,7 @@ impl Schema {
             .collect();
         let s = Schema {
             nodes: c.nodes,
+            patterns: c.patterns,
             first,
             root,
         };
@@ -224,6 +292,8 @@ impl Compiler<'_> {
                         | "const"
                         | "anyOf"
                         | "oneOf"
+                        | "pattern"
+                        | "format"
                 );
             if !known {
                 return Err(err(
@@ -321,7 +391,38 @@ impl Compiler<'_> {
                 if min > max {
                     return Err(err(path, "minLength is above maxLength"));
                 }
-                Node::Str { min, max }
+                let pattern = match (obj.get("pattern"), obj.get("format")) {
+                    (None, None) => None,
+                    (Some(_), Some(_)) => {
+                        return Err(err(path, "both `pattern` and `format`: give one"));
+                    }
+                    (Some(p), None) => {
+                        let p = p.as_str().ok_or_else(|| {
+                            err(&format!("{path}/pattern"), "`pattern` must be a string")
+                        })?;
+                        Some(self.pattern(&whole_string(p), &format!("{path}/pattern"))?)
+                    }
+                    (None, Some(f)) => {
+                        let f = f.as_str().ok_or_else(|| {
+                            err(&format!("{path}/format"), "`format` must be a string")
+                        })?;
+                        let re = format_pattern(f).ok_or_else(|| {
+                            err(
+                                &format!("{path}/format"),
+                                format!(
+                                    "the format `{f}` is not supported ({})",
+                                    FORMATS
+                                        .iter()
+                                        .map(|(n, _)| *n)
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                            )
+                        })?;
+                        Some(self.pattern(re, &format!("{path}/format"))?)
+                    }
+                };
+                Node::Str { min, max, pattern }
             }
             "number" => Node::Number { integer: false },
             "integer" => Node::Number { integer: true },
@@ -340,6 +441,8 @@ impl Compiler<'_> {
             ("maxItems", "array"),
             ("minLength", "string"),
             ("maxLength", "string"),
+            ("pattern", "string"),
+            ("format", "string"),
             ("properties", "object"),
             ("required", "object"),
         ] {
@@ -419,6 +522,35 @@ impl Compiler<'_> {
         let mut texts: Vec<String> = values.iter().map(|v| v.to_value().to_string()).collect();
         texts.dedup();
         self.push(Node::Choice(texts), path)
+    }
+
+    /// A whole-string DFA for `re`, bounded in size (a hostile pattern is an error, not a
+    /// gigabyte of states).
+    fn pattern(&mut self, re: &str, path: &str) -> Result<u16, SchemaError> {
+        if self.patterns.len() >= 256 {
+            return Err(err(path, "more than 256 patterns"));
+        }
+        let dfa = dense::Builder::new()
+            .configure(
+                dense::DFA::config()
+                    .start_kind(StartKind::Anchored)
+                    // A state no match can follow becomes the dead state, so a string
+                    // is refused at the first character that rules a match out.
+                    .minimize(true)
+                    .dfa_size_limit(Some(8 << 20))
+                    .determinize_size_limit(Some(8 << 20)),
+            )
+            // `$`: a DFA reports a match one byte late, so without the end anchor the
+            // byte after a complete match (a `T` after a date) would look alive.
+            .build(&format!("(?:{re})$"))
+            .map_err(|e| {
+                err(
+                    path,
+                    format!("the pattern does not compile to an automaton galley can walk: {e}"),
+                )
+            })?;
+        self.patterns.push(dfa);
+        Ok((self.patterns.len() - 1) as u16)
     }
 
     /// A union; its branches are checked to begin differently once every node is compiled

@@ -144,9 +144,19 @@ fn unsupported_schemas_are_errors_naming_where() {
     let cases = [
         (r##"{"type": "string"}"##, "/", "root must be an object"),
         (
-            r##"{"type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]+$"}}}"##,
-            "/properties/zip/pattern",
-            "`pattern`",
+            r##"{"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}"##,
+            "/properties/n/minimum",
+            "`minimum`",
+        ),
+        (
+            r##"{"type": "object", "properties": {"h": {"type": "string", "format": "hostname"}}}"##,
+            "/properties/h/format",
+            "`hostname`",
+        ),
+        (
+            r##"{"type": "object", "properties": {"p": {"type": "string", "pattern": "(a"}}}"##,
+            "/properties/p/pattern",
+            "does not compile",
         ),
         (
             r##"{"type": "object", "properties": {"x": {}}}"##,
@@ -230,6 +240,57 @@ fn hostile_schemas_end_in_errors_not_hangs() {
     let deep = "{\"n\":".repeat(16);
     assert!(feed(&s, &deep).is_ok());
     assert_eq!(breaks_at(&s, &"{\"n\":".repeat(17)), 16 * 5);
+    // A pattern whose automaton explodes is refused at its size limit, not built.
+    let e = Schema::compile_str(
+        r##"{"type": "object", "properties": {"p": {"type": "string", "pattern": "^[ab]*a[ab]{24}$"}}}"##,
+    )
+    .unwrap_err();
+    assert_eq!(e.path, "/properties/p/pattern", "{e}");
     // Not JSON at all.
     assert!(Schema::compile_str("{").is_err());
+}
+
+#[test]
+fn patterns_and_formats_hold_whole_strings() {
+    let s = schema(
+        r##"{"type": "object", "properties": {
+            "code": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{3}$"},
+            "word": {"type": "string", "pattern": "cat"},
+            "at": {"type": "string", "format": "date-time"},
+            "id": {"type": "string", "format": "uuid"},
+            "mail": {"type": "string", "format": "email"}
+        }, "required": ["code", "word", "at", "id", "mail"]}"##,
+    );
+    let good = r##"{"code":"AB123","word":"concatenate","at":"2026-12-06T05:19:54.5+01:00","id":"123e4567-e89b-12d3-a456-426614174000","mail":"ann.lee@example.org"}"##;
+    assert!(accepts(&s, good), "{good}");
+    // Each field cut or bent where it stops matching.
+    let cases = [
+        (r##"{"code":"AB12""##, 13),
+        // A character past a complete match (a DFA reports matches a byte late).
+        (r##"{"code":"AB1234"##, 14),
+        (r##"{"code":"ab"##, 9),
+        (r##"{"code":"AB123","word":"dog""##, 27),
+        (r##"{"code":"AB123","word":"cat","at":"2026-13"##, 41),
+        (
+            r##"{"code":"AB123","word":"cat","at":"2026-12-06T05:19:54Z","id":"123g"##,
+            66,
+        ),
+        (
+            r##"{"code":"AB123","word":"cat","at":"2026-12-06T05:19:54Z","id":"123e4567-e89b-12d3-a456-426614174000","mail":"ann@example""##,
+            120,
+        ),
+    ];
+    for (text, at) in cases {
+        assert_eq!(breaks_at(&s, text), at, "{text}");
+    }
+    // Escapes reach the pattern unescaped.
+    let s = schema(
+        r##"{"type": "object", "properties": {"q": {"type": "string", "pattern": "^a\"b$"}}}"##,
+    );
+    assert!(accepts(&s, r##"{"q":"a\"b"}"##));
+    assert_eq!(
+        breaks_at(&s, r##"{"q":"a\u0022"##),
+        8,
+        "no \\u escapes where a pattern holds"
+    );
 }
