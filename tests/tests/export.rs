@@ -51,6 +51,24 @@ fn scores(d: &Path, model: &str, adapter: Option<&str>, out: &str) -> Vec<f64> {
     loglikelihoods(&d.join(out))
 }
 
+/// Runs `script` with gguf-py (the tools venv scripts/fetch-data.sh makes) on `args`; it
+/// must print "ok".
+fn gguf_py(script: &str, args: &[&Path]) {
+    let py = repo_root().join(".cache/tools-venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/fetch-data.sh",
+        py.display()
+    );
+    let o = std::process::Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(ok(o).trim(), "ok");
+}
+
 fn max_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -122,12 +140,6 @@ fn gguf_py_reads_llama_cpps_names_types_and_metadata() {
         d,
         &["export", "model", "-o", "m.gguf", "--outtype", "q8_0"],
     ));
-    let py = repo_root().join(".cache/tools-venv/bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run scripts/fetch-data.sh",
-        py.display()
-    );
     let script = r#"
 import json, sys
 import numpy as np
@@ -162,14 +174,7 @@ perm = hf.reshape(heads, 2, d // 2, -1).swapaxes(1, 2).reshape(hf.shape)
 check(np.abs(q - perm).max() < 0.01 and np.abs(q - hf).max() > 0.01, "q rows permuted")
 print("ok")
 "#;
-    let o = std::process::Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .arg(d.join("m.gguf"))
-        .arg(d.join("model"))
-        .output()
-        .unwrap();
-    assert_eq!(ok(o).trim(), "ok");
+    gguf_py(script, &[&d.join("m.gguf"), &d.join("model")]);
 }
 
 /// A tiny model with Llama 2's SentencePiece vocabulary (from llama.cpp's test files), kept
@@ -241,14 +246,7 @@ check(field("tokenizer.ggml.add_bos_token") is True and field("tokenizer.ggml.bo
 check(field("tokenizer.ggml.unknown_token_id") == 0, "unknown")
 print("ok")
 "#;
-    let py = repo_root().join(".cache/tools-venv/bin/python");
-    let o = std::process::Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .arg(d.join("spm.gguf"))
-        .output()
-        .unwrap();
-    assert_eq!(ok(o).trim(), "ok");
+    gguf_py(script, &[&d.join("spm.gguf")]);
 }
 
 /// An adapter folder on its own becomes a llama.cpp LoRA adapter GGUF: gguf-py finds
@@ -309,15 +307,7 @@ check(np.array_equal(t["blk.0.attn_v.weight.lora_b"].reshape(vb.shape), vb), "V'
 check(len(t) == 2 * sum(1 for k in st if k.endswith("lora_A.weight")), f"tensors {sorted(t)}")
 print("ok")
 "#;
-    let py = repo_root().join(".cache/tools-venv/bin/python");
-    let o = std::process::Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .arg(d.join("lora.gguf"))
-        .arg(d.join("adapter"))
-        .output()
-        .unwrap();
-    assert_eq!(ok(o).trim(), "ok");
+    gguf_py(script, &[&d.join("lora.gguf"), &d.join("adapter")]);
     // And galley reads it back as an adapter: the same scores as the PEFT folder.
     let peft = scores(d, "model", Some("adapter"), "peft");
     let gguf = scores(d, "model", Some("lora.gguf"), "gguf");

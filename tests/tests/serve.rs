@@ -44,6 +44,18 @@ fn serve(dir: &Path, args: &[&str]) -> Server {
     Server { child, url }
 }
 
+/// SmolLM2 served as `smol`, without a prompt cache (each request from its own rows).
+fn serve_smollm2(dir: &Path) -> Server {
+    let model = repo_root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        model.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        model.display()
+    );
+    let m = model.to_str().unwrap();
+    serve(dir, &["-m", m, "--name", "smol", "--prompt-cache-mib", "0"])
+}
+
 fn python() -> PathBuf {
     let py = repo_root().join(".cache/tools-venv/bin/python");
     assert!(
@@ -332,19 +344,9 @@ print("ok")
 /// ended when it closes.
 #[test]
 fn json_mode_turns_smollm2s_answer_into_one_json_object() {
-    let model = repo_root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model.exists(),
-        "{} is missing: run scripts/fetch-models.sh",
-        model.display()
-    );
     let tmp = tempfile::tempdir().unwrap();
-    let m = model.to_str().unwrap();
     // No prompt cache: the second request must not start from the first one's rows.
-    let s = serve(
-        tmp.path(),
-        &["-m", m, "--name", "smol", "--prompt-cache-mib", "0"],
-    );
+    let s = serve_smollm2(tmp.path());
     let script = format!(
         "{COMMON}{}",
         r#"
@@ -370,18 +372,8 @@ print("ok")
 /// schema galley cannot enforce is a 400 naming the keyword.
 #[test]
 fn structured_outputs_parse_into_the_clients_pydantic_model() {
-    let model = repo_root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model.exists(),
-        "{} is missing: run scripts/fetch-models.sh",
-        model.display()
-    );
     let tmp = tempfile::tempdir().unwrap();
-    let m = model.to_str().unwrap();
-    let s = serve(
-        tmp.path(),
-        &["-m", m, "--name", "smol", "--prompt-cache-mib", "0"],
-    );
+    let s = serve_smollm2(tmp.path());
     let script = format!(
         "{COMMON}{}",
         r#"
