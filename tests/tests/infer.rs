@@ -166,6 +166,55 @@ fn json_schema_holds_answers_to_the_schema() {
     assert!(stderr(&o).contains("response_format"), "{}", stderr(&o));
 }
 
+/// A settings file names its model and schema relative to itself, and works from another
+/// folder; a random tiny model, held to the schema, still answers with an instance of it.
+#[test]
+fn settings_paths_are_relative_to_the_settings_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let cfg = d.join("cfg");
+    std::fs::create_dir_all(&cfg).unwrap();
+    tiny_copy(&cfg);
+    std::fs::write(
+        cfg.join("answer.json"),
+        r#"{"type": "object", "required": ["ok", "pick"],
+            "properties": {"ok": {"type": "boolean"}, "pick": {"enum": ["x", "y", 3]}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        cfg.join("infer.yaml"),
+        "model: model
+json_schema: answer.json
+sampling:
+  max_tokens: 300
+  seed: 7
+",
+    )
+    .unwrap();
+    let out = ok(infer(d, &["cfg/infer.yaml", "-p", "hello"]));
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert!(
+        v["ok"].is_boolean() && ["x", "y", "3"].contains(&v["pick"].to_string().trim_matches('"')),
+        "{v}"
+    );
+    // A missing schema file is named as the settings file's key resolves it.
+    std::fs::write(
+        cfg.join("infer.yaml"),
+        "model: model
+json_schema: nope.json
+",
+    )
+    .unwrap();
+    let o = infer(d, &["cfg/infer.yaml", "-p", "hello"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("json_schema cfg/nope.json"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn a_jsonl_batch_with_settings_from_yaml() {
     let tmp = tempfile::tempdir().unwrap();

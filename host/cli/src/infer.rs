@@ -24,7 +24,7 @@ pub struct InferArgs {
 }
 
 pub fn run(InferArgs { flags, engine }: InferArgs) -> Result<()> {
-    let (cfg, spec) = flags.settings()?;
+    let (cfg, spec, base) = flags.settings()?;
     // The whole input is read before the model loads, so a bad line fails fast.
     let rows = flags.rows()?;
     let engine = engine.spec(Some(spec.clone()));
@@ -32,7 +32,7 @@ pub fn run(InferArgs { flags, engine }: InferArgs) -> Result<()> {
         return remote::run(engine, &cfg, &flags.prompt, rows, flags.output.as_deref());
     }
     let started = Instant::now();
-    let path = galley_model::hub::resolve(&spec, Path::new(""))?;
+    let path = galley_model::hub::resolve(&spec, &base)?;
     let device = galley_model::default_device();
     let load = galley_model::LoadOptions {
         dequantize: cfg.dequantize,

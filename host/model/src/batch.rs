@@ -177,20 +177,36 @@ pub struct InferFlags {
 
 #[cfg(feature = "clap")]
 impl InferFlags {
-    /// The settings file with `--set` over it and `--model` over both; and the model named.
-    pub fn settings(&self) -> Result<(InferConfig, String)> {
+    /// The settings file with `--set` over it and `--model` over both; the model named, and
+    /// the folder a relative model path is relative to (the settings file's for its `model:`,
+    /// the current one for `--model`).
+    pub fn settings(&self) -> Result<(InferConfig, String, std::path::PathBuf)> {
         let mut cfg = InferConfig::load(self.config.as_deref(), &self.set)?;
+        let config_dir = self
+            .config
+            .as_deref()
+            .and_then(|c| c.parent())
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let mut base = config_dir.clone();
         if self.model.is_some() {
             cfg.model.clone_from(&self.model);
+            base = std::path::PathBuf::new();
         }
-        if let Some(spec) = &self.json_schema {
+        let schema = match (&self.json_schema, &cfg.json_schema) {
+            (Some(spec), _) => Some((spec.clone(), std::path::PathBuf::new(), "--json-schema")),
+            (None, Some(spec)) => Some((spec.clone(), config_dir, "json_schema")),
+            (None, None) => None,
+        };
+        if let Some((spec, dir, from)) = schema {
             let (text, from) = if spec.trim_start().starts_with('{') {
-                (spec.clone(), "--json-schema".to_string())
+                (spec, from.to_string())
             } else {
-                let text = std::fs::read_to_string(spec).map_err(|e| {
-                    ModelError::Invalid(format!("--json-schema {spec}: cannot read: {e}"))
+                let path = dir.join(&spec);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ModelError::Invalid(format!("{from} {}: cannot read: {e}", path.display()))
                 })?;
-                (text, format!("--json-schema {spec}"))
+                (text, format!("{from} {}", path.display()))
             };
             let schema = crate::json_schema::Schema::compile_str(&text)
                 .map_err(|e| ModelError::Invalid(format!("{from}: {e}")))?;
@@ -203,7 +219,7 @@ impl InferFlags {
             .model
             .clone()
             .ok_or_else(|| ModelError::Invalid(no_model.into()))?;
-        Ok((cfg, model))
+        Ok((cfg, model, base))
     }
 
     /// The input rows, read and checked whole before any model loads (none without --input).
@@ -258,7 +274,11 @@ pub struct InferConfig {
     /// Conversations generated together in batch mode.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
-    /// Every answer held to a JSON schema (`--json-schema`).
+    /// Every answer held to this JSON schema: its JSON, or a file holding it (relative to
+    /// this settings file). `--json-schema` overrides it.
+    #[serde(default)]
+    pub json_schema: Option<String>,
+    /// The compiled `json_schema`.
     #[serde(skip)]
     pub guide: Option<crate::json_schema::Guide>,
 }
