@@ -332,9 +332,30 @@ impl Vocab {
 /// they are.
 pub fn mask(logits: &mut [f32], state: &JsonPrefix, vocab: &Vocab, eos: &[u32]) {
     let in_string = matches!(state.mode, Mode::Str { escape: 0, .. });
-    mask_by(logits, vocab, eos, state.done(), in_string, |t| {
-        state.after(t).is_some()
-    });
+    let accepts = first_char_memo(state, |s, t| s.after(t));
+    mask_by(logits, vocab, eos, state.done(), in_string, accepts);
+}
+
+/// Whether a token's text continues `state`, with the state after each ASCII first character
+/// worked out once: most tokens fail on their first character, and ~50k tokens begin with
+/// far fewer distinct ones.
+pub(crate) fn first_char_memo<S: Copy>(
+    state: &S,
+    after: impl Fn(&S, &str) -> Option<S>,
+) -> impl Fn(&str) -> bool {
+    let firsts: std::cell::RefCell<Vec<Option<Option<S>>>> =
+        std::cell::RefCell::new(vec![None; 128]);
+    move |t: &str| {
+        let mut chars = t.chars();
+        let Some(c) = chars.next().filter(char::is_ascii) else {
+            return after(state, t).is_some();
+        };
+        let first = *firsts.borrow_mut()[c as usize].get_or_insert_with(|| after(state, &t[..1]));
+        match first {
+            None => false,
+            Some(st) => chars.as_str().is_empty() || after(&st, chars.as_str()).is_some(),
+        }
+    }
 }
 
 /// The masking every JSON constraint shares: `done` (only EOS may follow), `plain_ok` (inside

@@ -18,7 +18,7 @@
 mod compile;
 mod tree;
 
-use crate::json_mode::{JsonPrefix, MAX_BLANK, Num, Vocab, mask_by};
+use crate::json_mode::{JsonPrefix, MAX_BLANK, Num, Vocab, first_char_memo, mask_by};
 use compile::{Node, Prop};
 pub use compile::{Schema, SchemaError};
 use regex_automata::Anchored;
@@ -539,28 +539,14 @@ impl Guide {
 
 /// Masks `logits` for a schema at `state`, as [`crate::json_mode::mask`] does for JSON mode.
 pub fn mask(logits: &mut [f32], schema: &Schema, state: &SchemaPrefix, vocab: &Vocab, eos: &[u32]) {
-    // Most tokens fail on their first character, and ~50k tokens start with far fewer
-    // distinct ones: the state after each ASCII first character is worked out once a step.
-    let mut firsts: [Option<Option<SchemaPrefix>>; 128] = [None; 128];
-    let firsts = std::cell::RefCell::new(&mut firsts);
+    let accepts = first_char_memo(state, |s, t| s.after(schema, t));
     mask_by(
         logits,
         vocab,
         eos,
         state.done(),
         state.plain_ok(schema),
-        |t| {
-            let mut chars = t.chars();
-            let Some(c) = chars.next().filter(char::is_ascii) else {
-                return state.after(schema, t).is_some();
-            };
-            let after_first = *firsts.borrow_mut()[c as usize]
-                .get_or_insert_with(|| state.after(schema, &t[..1]));
-            match after_first {
-                None => false,
-                Some(st) => chars.as_str().is_empty() || st.after(schema, chars.as_str()).is_some(),
-            }
-        },
+        accepts,
     );
 }
 
