@@ -319,13 +319,24 @@ pub(crate) fn response_format(f: Option<&Value>, body: &[u8]) -> Result<Option<G
                 .json_schema
                 .and_then(|w| w.schema)
                 .ok_or_else(|| bad("`response_format.json_schema.schema` is missing".into()))?;
-            let compiled =
-                Schema::compile(&schema).map_err(|e| bad(format!("`response_format`: {e}")))?;
+            // Building a schema's pattern automata can take a while (bounded by their size
+            // limits): not on a thread that polls other requests.
+            let compiled = blocking(|| Schema::compile(&schema))
+                .map_err(|e| bad(format!("`response_format`: {e}")))?;
             Ok(Some(Guide::schema(std::sync::Arc::new(compiled))))
         }
         kind => Err(bad(format!(
             "`response_format` type `{kind}` is not one galley serve knows (text, json_object, json_schema)"
         ))),
+    }
+}
+
+/// Runs `f` where blocking is allowed: on the server's multi-threaded runtime the worker hands
+/// its other tasks on first; elsewhere (a test's runtime, no runtime) `f` just runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

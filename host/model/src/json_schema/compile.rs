@@ -10,6 +10,11 @@ use std::collections::HashMap;
 
 pub(super) type Dfa = dense::DFA<Vec<u32>>;
 
+/// Bytes one pattern's automaton may take, and all of a schema's together.
+const PATTERN_LIMIT: usize = 4 << 20;
+const PATTERN_BUDGET: usize = 16 << 20;
+const MAX_PATTERNS: usize = 64;
+
 /// `format`s as whole-string patterns: RFC 3339 times and dates, UUIDs, and loose shapes of
 /// e-mail addresses, URIs and IPv4 addresses (the shape only: `x@y.z` is an address here
 /// whether or not it exists).
@@ -527,9 +532,20 @@ impl Compiler<'_> {
     /// A whole-string DFA for `re`, bounded in size (a hostile pattern is an error, not a
     /// gigabyte of states).
     fn pattern(&mut self, re: &str, path: &str) -> Result<u16, SchemaError> {
-        if self.patterns.len() >= 256 {
-            return Err(err(path, "more than 256 patterns"));
+        // A schema comes from a request: its automata are bounded one by one and together,
+        // so no request builds more than PATTERN_BUDGET bytes of them.
+        let used: usize = self.patterns.iter().map(|d| d.memory_usage()).sum();
+        let left = PATTERN_BUDGET.saturating_sub(used);
+        if self.patterns.len() >= MAX_PATTERNS || left == 0 {
+            return Err(err(
+                path,
+                format!(
+                    "more patterns than galley builds for one schema ({MAX_PATTERNS}, {} MiB)",
+                    PATTERN_BUDGET >> 20
+                ),
+            ));
         }
+        let limit = left.min(PATTERN_LIMIT);
         let dfa = dense::Builder::new()
             .configure(
                 dense::DFA::config()
@@ -537,8 +553,8 @@ impl Compiler<'_> {
                     // A state no match can follow becomes the dead state, so a string
                     // is refused at the first character that rules a match out.
                     .minimize(true)
-                    .dfa_size_limit(Some(8 << 20))
-                    .determinize_size_limit(Some(8 << 20)),
+                    .dfa_size_limit(Some(limit))
+                    .determinize_size_limit(Some(limit)),
             )
             // `$`: a DFA reports a match one byte late, so without the end anchor the
             // byte after a complete match (a `T` after a date) would look alive.

@@ -246,6 +246,26 @@ fn hostile_schemas_end_in_errors_not_hangs() {
     )
     .unwrap_err();
     assert_eq!(e.path, "/properties/p/pattern", "{e}");
+    // Many patterns: their automata are bounded together.
+    let group = |g: &str| {
+        let props: Vec<String> = (0..40)
+            .map(|i| format!(r#""{g}{i}": {{"type": "string", "pattern": "^x{i}$"}}"#))
+            .collect();
+        format!(
+            r#"{{"type": "object", "properties": {{{}}}}}"#,
+            props.join(",")
+        )
+    };
+    let text = format!(
+        r#"{{"type": "object", "properties": {{"a": {}, "b": {}}}}}"#,
+        group("a"),
+        group("b")
+    );
+    let e = Schema::compile_str(&text).unwrap_err();
+    assert!(
+        e.to_string().contains("more patterns than galley builds"),
+        "{e}"
+    );
     // Not JSON at all.
     assert!(Schema::compile_str("{").is_err());
 }
