@@ -339,6 +339,45 @@ print("ok")
     );
 }
 
+/// `GET /metrics` (OpenMetrics text, `model` labels): after three completions and a streamed
+/// chat, the token counters are what the responses billed and each histogram saw each
+/// sequence once.
+#[test]
+fn metrics_count_what_the_responses_billed() {
+    serve_and_run(
+        r#"
+import urllib.request, re
+root = os.environ["URL"][:-len("/v1")]
+billed_prompt = billed_gen = 0
+for i in range(3):
+    r = c.completions.create(model="model", prompt=f"the number {i} is", max_tokens=5 + i, temperature=0)
+    billed_prompt += r.usage.prompt_tokens
+    billed_gen += r.usage.completion_tokens
+chunks = list(c.chat.completions.create(model="model", messages=[{"role": "user", "content": "the number 4 is"}],
+                                        max_tokens=7, stream=True, stream_options={"include_usage": True}))
+billed_prompt += chunks[-1].usage.prompt_tokens
+billed_gen += chunks[-1].usage.completion_tokens
+with urllib.request.urlopen(root + "/metrics") as r:
+    ctype = r.headers["Content-Type"]
+    text = r.read().decode()
+check(ctype.startswith("application/openmetrics-text"), ctype)
+check(text.rstrip().endswith('# EOF'), text[-200:])
+def value(name):
+    m = re.search(r"^" + re.escape(name) + r'\{model="model"\} (\S+)$', text, re.M)
+    check(m is not None, f"{name} missing in:\n{text}")
+    return float(m.group(1))
+check(value("galley_prompt_tokens_total") == billed_prompt, f"prompt {value('galley_prompt_tokens_total')} vs {billed_prompt}")
+check(value("galley_generation_tokens_total") == billed_gen, f"generated {value('galley_generation_tokens_total')} vs {billed_gen}")
+check(value("galley_sequences_finished_total") == 4, "finished")
+check(value("galley_time_to_first_token_seconds_count") == 4, "ttft count")
+check(value("galley_request_duration_seconds_count") == 4, "duration count")
+check(value("galley_requests_running") == 0 and value("galley_requests_waiting") == 0, "idle")
+check(0 < value("galley_time_to_first_token_seconds_sum") <= value("galley_request_duration_seconds_sum"), "ttft before the end")
+print("ok")
+"#,
+    );
+}
+
 /// JSON mode on SmolLM2 (`response_format: json_object`): asked for an object, the model
 /// answers greedily with Python code; in JSON mode the same request is one JSON object,
 /// ended when it closes.

@@ -2,7 +2,8 @@
 //! `POST /v1/chat/completions` (the model's chat template; the parameters `request` reads
 //! and checks, JSON mode and JSON schemas among them) and `POST /v1/completions` (text or token-id prompts, `echo` with `logprobs`,
 //! which is how lm-evaluation-harness's `local-completions` scores log-likelihoods); both
-//! stream as server-sent events (`stream`); `POST /tokenize` and `/detokenize` ([`crate::tokenize`]). The request's `model` picks the base or one of its adapters.
+//! stream as server-sent events (`stream`); `POST /tokenize` and `/detokenize` ([`crate::tokenize`]);
+//! `GET /metrics` ([`crate::metrics`]). The request's `model` picks the base or one of its adapters.
 //! Errors have OpenAI's body: 400 for a bad parameter or a prompt past the context, 404 for an
 //! unknown model, 429 when the queue is full. Sampling defaults are OpenAI's (temperature 1,
 //! top-p 1, no top-k), not llama.cpp's.
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/metrics", get(crate::metrics::metrics))
         .route("/tokenize", post(crate::tokenize::tokenize))
         .route("/detokenize", post(crate::tokenize::detokenize))
         .with_state(state)
@@ -161,6 +163,7 @@ fn submit(
             logit_bias: extras.bias.clone(),
             cache_salt: extras.cache_salt.clone(),
             json: extras.json.clone(),
+            submitted: std::time::Instant::now(),
             events: tx,
         };
         b.submit(job).map_err(|e| match e {

@@ -14,6 +14,8 @@ use galley_model::json_mode;
 use galley_model::json_schema::Guide;
 use galley_model::sample::LogSoftmax;
 use galley_model::{Cache, Finish, Llama, Sampler, SamplingParams, Tokenizer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,6 +40,8 @@ pub struct Job {
     /// JSON mode or a schema (`response_format`): the answer is one JSON object, held to it
     /// from its first token.
     pub json: Option<Guide>,
+    /// When the request was taken (time to first token and request time count from here).
+    pub submitted: std::time::Instant,
     pub events: UnboundedSender<Event>,
 }
 
@@ -93,8 +97,8 @@ impl Default for Limits {
     }
 }
 
-/// Counters a model's batcher keeps (`/health` shows them).
-#[derive(Debug, Default)]
+/// Counters a model's batcher keeps (`/health` and `/metrics` show them).
+#[derive(Debug)]
 pub struct Stats {
     /// Requests in the queue.
     pub waiting: AtomicUsize,
@@ -111,6 +115,31 @@ pub struct Stats {
     pub prompt_cache_tokens: AtomicUsize,
     /// Bytes of keys and values the prompt cache keeps.
     pub prompt_cache_bytes: AtomicUsize,
+    /// Prompt and generated tokens of the sequences that ended.
+    pub prompt_tokens: Counter,
+    pub generation_tokens: Counter,
+    /// Seconds from a sequence's submission to its first token, and to its end.
+    pub ttft: Histogram,
+    pub latency: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            waiting: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            cancelled: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            prompt_cache_hits: AtomicUsize::new(0),
+            prompt_cache_tokens: AtomicUsize::new(0),
+            prompt_cache_bytes: AtomicUsize::new(0),
+            prompt_tokens: Counter::default(),
+            generation_tokens: Counter::default(),
+            ttft: crate::metrics::ttft_histogram(),
+            latency: crate::metrics::latency_histogram(),
+        }
+    }
 }
 
 /// The handle the HTTP side submits to.
@@ -567,6 +596,11 @@ impl Loop {
 
     fn done(&self, s: &Seq, finish: Finish) {
         self.stats.finished.fetch_add(1, Ordering::SeqCst);
+        self.stats.prompt_tokens.inc_by(s.job.prompt.len() as u64);
+        self.stats.generation_tokens.inc_by(s.tokens.len() as u64);
+        self.stats
+            .latency
+            .observe(s.job.submitted.elapsed().as_secs_f64());
         let _ = s.job.events.send(Event::Done {
             finish,
             prompt_tokens: s.job.prompt.len(),
@@ -601,6 +635,11 @@ impl Loop {
         };
         let t = s.sampler.sample(logits, &s.job.prompt, &s.tokens);
         s.tokens.push(t);
+        if s.tokens.len() == 1 {
+            self.stats
+                .ttft
+                .observe(s.job.submitted.elapsed().as_secs_f64());
+        }
         let mut eos = s.eos.contains(&t);
         if let Some(guide) = &mut s.json
             && !eos
