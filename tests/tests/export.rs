@@ -219,6 +219,33 @@ fn a_sentencepiece_vocabulary_exports_as_llama_cpps_llama_tokenizer() {
         &["export", "model", "-o", "spm.gguf", "--outtype", "f32"],
     ));
     assert!(max_diff(&scores(d, "spm.gguf", None, "gguf"), &base) < 1e-4);
+    // A SentencePiece token's text mid-answer keeps its `▁` as a space: structured output
+    // from the GGUF (random weights, so only the mask makes it valid) parses, spaces and all.
+    let schema = r#"{"type": "object", "required": ["note", "pick"], "properties": {
+        "note": {"type": "string", "minLength": 3, "maxLength": 24}, "pick": {"enum": ["a b", "c"]}}}"#;
+    for seed in ["1", "2", "3"] {
+        let out = ok(galley(
+            d,
+            &[
+                "infer",
+                "-m",
+                "spm.gguf",
+                "-p",
+                "hello there",
+                "-j",
+                schema,
+                "-s",
+                "max_tokens=400",
+                "-s",
+                &format!("seed={seed}"),
+            ],
+        ));
+        let v: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        let note = v["note"].as_str().unwrap();
+        assert!((3..=24).contains(&note.chars().count()), "{v}");
+        assert!(["a b", "c"].contains(&v["pick"].as_str().unwrap()), "{v}");
+    }
     // scripts/gguf-check.sh keeps the file to hand to llama.cpp itself.
     if let Some(keep) = std::env::var_os("GALLEY_KEEP_SPM_GGUF") {
         std::fs::copy(d.join("spm.gguf"), keep).unwrap();
