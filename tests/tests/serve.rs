@@ -442,6 +442,23 @@ check(r.choices[0].finish_reason == "stop", f"{r.choices[0].finish_reason}: {tex
 city = r.choices[0].message.parsed
 check(isinstance(city, City), f"{city!r}")
 check(list(json.loads(text)) == list(City.model_fields), f"keys in schema order: {text}")
+# A discriminated union (oneOf + discriminator): the answer is one of the branches, whole.
+from typing import Literal, Union
+from pydantic import Field
+class Cat(BaseModel):
+    kind: Literal["cat"]
+    meows: int
+class Dog(BaseModel):
+    kind: Literal["dog"]
+    barks: bool
+class Owner(BaseModel):
+    name: str
+    pet: Union[Cat, Dog] = Field(discriminator="kind")
+r = c.chat.completions.parse(model="smol", messages=[{"role": "user", "content": "Describe a dog owner named Ann as JSON."}],
+                             max_tokens=120, temperature=0, response_format=Owner)
+owner = r.choices[0].message.parsed
+print("owner:", repr(r.choices[0].message.content), file=sys.stderr)
+check(isinstance(owner, Owner) and isinstance(owner.pet, (Cat, Dog)), f"{r.choices[0].message.content!r}")
 # Limits: at most two short tags, an integer count.
 schema = {"type": "object", "additionalProperties": False, "required": ["tags", "count"],
           "properties": {"tags": {"type": "array", "items": {"type": "string", "maxLength": 6}, "minItems": 1, "maxItems": 2},

@@ -6,7 +6,8 @@
 //! strings with `minLength` / `maxLength` / `pattern` / `format` (date-time, date, time,
 //! uuid, email, uri, ipv4; each a DFA over the unescaped string), numbers, integers,
 //! booleans, null, `enum`, `const`, `anyOf` / `oneOf` / type lists whose branches begin with
-//! different characters, and `$ref` into `$defs`, recursion included). A keyword that would
+//! different characters or are objects told apart by a first constant property, and `$ref`
+//! into `$defs`, recursion included). A keyword that would
 //! change what is valid but is not enforced here (`minimum`, `uniqueItems`...) is an error
 //! naming where it is, never silently ignored. Properties come in the schema's order, as
 //! OpenAI's and llama.cpp's constrained decoders write them, optional ones skippable; no
@@ -164,8 +165,23 @@ impl SchemaPrefix {
 
     fn props<'a>(&self, s: &'a Schema, node: u16) -> &'a [Prop] {
         match &s.nodes[node as usize] {
-            Node::Object(p) => p,
+            Node::Object(p) | Node::Tagged { tag: p, .. } => p,
             _ => &[],
+        }
+    }
+
+    /// The value `choice` of `node` has been written: where it is a tagged union's tag, the
+    /// object goes on as the branch that tag names (its own first property, the tag, done).
+    fn chose(&mut self, s: &Schema, node: u16, choice: usize) {
+        if self.depth == 0 {
+            return;
+        }
+        let f = self.top();
+        if let Node::Tagged { tag, branches } = &s.nodes[f.node as usize]
+            && tag[0].node == node
+            && f.n == 1
+        {
+            f.node = branches[choice];
         }
     }
 
@@ -195,8 +211,8 @@ impl SchemaPrefix {
                     .find(|&k| s.first[k as usize].contains(&c))?;
                 self.start(s, kid, c)
             }
-            Node::Object(_) | Node::Array { .. } => {
-                let want = if matches!(s.nodes[node as usize], Node::Object(_)) {
+            Node::Object(_) | Node::Tagged { .. } | Node::Array { .. } => {
+                let want = if !matches!(s.nodes[node as usize], Node::Array { .. }) {
                     '{'
                 } else {
                     '['
@@ -258,7 +274,7 @@ impl SchemaPrefix {
     /// The texts a `Lex::Text` matches against (borrowed: this runs for every token tried).
     fn texts(s: &Schema, node: u16, key: bool) -> Texts<'_> {
         match &s.nodes[node as usize] {
-            Node::Object(p) if key => Texts::Keys(p),
+            Node::Object(p) | Node::Tagged { tag: p, .. } if key => Texts::Keys(p),
             Node::Choice(t) => Texts::Values(t),
             _ => Texts::Values(&[]),
         }
@@ -293,6 +309,11 @@ impl SchemaPrefix {
         if next == 0 {
             // A value text that is complete ends here, and `c` follows it.
             if complete && !key {
+                if let Some(i) =
+                    (0..texts.len()).find(|&i| mask >> i & 1 == 1 && texts.get(i).len() == p)
+                {
+                    self.chose(s, node, i);
+                }
                 self.value_done();
                 return self.push(s, c);
             }
@@ -311,6 +332,7 @@ impl SchemaPrefix {
                 return Some(());
             }
         } else if all_ended {
+            self.chose(s, node, next.trailing_zeros() as usize);
             self.value_done();
             return Some(());
         }
@@ -457,7 +479,7 @@ impl SchemaPrefix {
         }
         let f = self.frames[self.depth as usize - 1];
         match &s.nodes[f.node as usize] {
-            Node::Object(props) => {
+            Node::Object(props) | Node::Tagged { tag: props, .. } => {
                 let rest_optional = props[f.n as usize..].iter().all(|p| !p.required);
                 match (f.phase, c) {
                     (Phase::First | Phase::After, '}') if rest_optional => self.close(),

@@ -119,6 +119,14 @@ pub(super) enum Node {
     Choice(Vec<String>),
     /// One of these nodes, told apart by their first character.
     Union(Vec<u16>),
+    /// One of these objects, told apart by their first property: the same key in each, a
+    /// different constant value (a discriminated union, as pydantic writes `Union[A, B]`
+    /// with a `Literal` tag). `tag` is that property, its node a Choice of the values in
+    /// `branches`' order; once the value is written, the object goes on as that branch.
+    Tagged {
+        tag: Vec<Prop>,
+        branches: Vec<u16>,
+    },
     /// A `$ref` not compiled yet (replaced before compiling ends).
     Pending,
 }
@@ -147,6 +155,8 @@ const NOTES: &[&str] = &[
     "$defs",
     "definitions",
     "strict",
+    // OpenAPI's / pydantic's hint for a tagged union: galley finds the tag itself.
+    "discriminator",
 ];
 const MAX_CHOICES: usize = 64;
 
@@ -178,6 +188,7 @@ impl Schema {
             unions: Vec::new(),
         };
         let root = c.node(schema, "")?;
+        c.tag_unions()?;
         let first = (0..c.nodes.len() as u16)
             .map(|n| {
                 let mut f = Vec::new();
@@ -210,14 +221,17 @@ impl Schema {
                     return Err(err(
                         path,
                         format!(
-                            "two branches can both begin with `{c}`: galley tells branches apart by their first character (for example one string, one number and null)"
+                            "two branches can both begin with `{c}`: galley tells branches apart by their first character (for example one string, one number and null), and objects by a first property they all have, with a different constant in each"
                         ),
                     ));
                 }
                 seen.extend(f);
             }
         }
-        if !matches!(s.nodes[s.resolve(root) as usize], Node::Object(_)) {
+        if !matches!(
+            s.nodes[s.resolve(root) as usize],
+            Node::Object(_) | Node::Tagged { .. }
+        ) {
             return Err(err(
                 "",
                 "the root must be an object (`\"type\": \"object\"`)",
@@ -247,7 +261,7 @@ fn firsts(nodes: &[Node], node: u16, out: &mut Vec<char>, depth: u8) {
         return;
     }
     match &nodes[node as usize] {
-        Node::Object(_) => out.push('{'),
+        Node::Object(_) | Node::Tagged { .. } => out.push('{'),
         Node::Array { .. } => out.push('['),
         Node::Str { .. } => out.push('"'),
         Node::Number { .. } => out.extend(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']),
@@ -567,6 +581,65 @@ impl Compiler<'_> {
             })?;
         self.patterns.push(dfa);
         Ok((self.patterns.len() - 1) as u16)
+    }
+
+    /// Unions whose branches are all objects beginning with the same key and a different
+    /// constant become tagged unions (before the first-character check, which would refuse
+    /// them: every object begins with `{`).
+    fn tag_unions(&mut self) -> Result<(), SchemaError> {
+        let resolve = |nodes: &[Node], mut n: u16| {
+            for _ in 0..32 {
+                match &nodes[n as usize] {
+                    Node::Union(k) if k.len() == 1 => n = k[0],
+                    _ => break,
+                }
+            }
+            n
+        };
+        for (id, _) in self.unions.clone() {
+            let Node::Union(kids) = &self.nodes[id as usize] else {
+                continue;
+            };
+            if kids.len() < 2 {
+                continue;
+            }
+            let mut key: Option<&str> = None;
+            let mut tags: Vec<String> = Vec::new();
+            let mut branches = Vec::new();
+            let tagged = kids.iter().all(|&k| {
+                let k = resolve(&self.nodes, k);
+                let Node::Object(props) = &self.nodes[k as usize] else {
+                    return false;
+                };
+                let Some(first) = props.first().filter(|p| p.required) else {
+                    return false;
+                };
+                let Node::Choice(values) = &self.nodes[resolve(&self.nodes, first.node) as usize]
+                else {
+                    return false;
+                };
+                if values.len() != 1 || tags.contains(&values[0]) {
+                    return false;
+                }
+                if *key.get_or_insert(&first.key) != first.key {
+                    return false;
+                }
+                tags.push(values[0].clone());
+                branches.push(k);
+                true
+            });
+            let Some(key) = key.filter(|_| tagged).map(str::to_string) else {
+                continue;
+            };
+            let choice = self.push(Node::Choice(tags), "")?;
+            let tag = vec![Prop {
+                key,
+                node: choice,
+                required: true,
+            }];
+            self.nodes[id as usize] = Node::Tagged { tag, branches };
+        }
+        Ok(())
     }
 
     /// A union; its branches are checked to begin differently once every node is compiled

@@ -314,3 +314,32 @@ fn patterns_and_formats_hold_whole_strings() {
         "no \\u escapes where a pattern holds"
     );
 }
+
+#[test]
+fn objects_told_apart_by_a_first_constant_property_are_a_tagged_union() {
+    // As pydantic writes `pet: Union[Cat, Dog] = Field(discriminator="kind")`.
+    let s = schema(
+        r##"{"type": "object", "required": ["pet"], "properties": {
+            "pet": {"oneOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}],
+                    "discriminator": {"propertyName": "kind"}}},
+          "$defs": {
+            "Cat": {"type": "object", "required": ["kind", "meows"],
+                    "properties": {"kind": {"const": "cat", "type": "string"}, "meows": {"type": "integer"}}},
+            "Dog": {"type": "object", "required": ["kind", "barks"],
+                    "properties": {"kind": {"enum": ["dog"]}, "barks": {"type": "boolean"}}}}}"##,
+    );
+    assert!(accepts(&s, r##"{"pet":{"kind":"cat","meows":3}}"##));
+    assert!(accepts(&s, r##"{"pet": {"kind": "dog", "barks": true}}"##));
+    // A cat's properties after a cat's tag, a tag of neither.
+    assert_eq!(breaks_at(&s, r##"{"pet":{"kind":"cat","barks""##), 22);
+    assert_eq!(breaks_at(&s, r##"{"pet":{"kind":"bird""##), 16);
+    assert_eq!(breaks_at(&s, r##"{"pet":{"meows""##), 9);
+    // Objects without such a tag first are still refused, saying what galley needs.
+    let e = Schema::compile_str(
+        r##"{"type": "object", "properties": {"x": {"anyOf": [
+            {"type": "object", "properties": {"a": {"type": "integer"}}},
+            {"type": "object", "properties": {"b": {"type": "integer"}}}]}}}"##,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("a first property they all have"), "{e}");
+}
