@@ -341,5 +341,8 @@ fn objects_told_apart_by_a_first_constant_property_are_a_tagged_union() {
             {"type": "object", "properties": {"b": {"type": "integer"}}}]}}}"##,
     )
     .unwrap_err();
-    assert!(e.to_string().contains("a first property they all have"), "{e}");
+    assert!(
+        e.to_string().contains("a first property they all have"),
+        "{e}"
+    );
 }
