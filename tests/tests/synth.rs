@@ -253,6 +253,59 @@ fn an_interrupted_remote_synth_resumes_to_the_same_file_without_asking_again() {
     assert_eq!(std::fs::read(cut.path().join("sft.jsonl")).unwrap(), want);
 }
 
+/// `generation.json_schema` (a file beside the config): every completion of the tiny model
+/// (random weights: only the mask makes them valid) is one object following the schema; a
+/// remote engine refuses a schema rather than ignoring it.
+#[test]
+fn structured_completions_follow_the_configs_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    galley_train::testing::tiny_chat_model(&d.join("model"));
+    topics(d, 3);
+    std::fs::write(
+        d.join("card.json"),
+        r#"{"type": "object", "required": ["topic", "rating"], "properties": {
+            "topic": {"type": "string", "maxLength": 12}, "rating": {"enum": [1, 2, 3]}, "good": {"type": "boolean"}}}"#,
+    )
+    .unwrap();
+    let cfg = "engine: {model: model}\nprompts: {data: {path: topics.jsonl}, template: 'Describe {{ topic }}.'}\n\
+               generation: {n: 2, max_tokens: 200, json_schema: card.json}\noutput: {path: out/cards.jsonl, format: sft}\n";
+    std::fs::write(d.join("synth.yaml"), cfg).unwrap();
+    ok(synth(d, &["synth.yaml"]));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.join("out/cards.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 6);
+    for row in &rows {
+        let answer = row["messages"].as_array().unwrap().last().unwrap();
+        assert_eq!(answer["role"], "assistant", "{row}");
+        let card: serde_json::Value = serde_json::from_str(answer["content"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{e}: {row}"));
+        assert!(
+            card["topic"].as_str().unwrap().chars().count() <= 12,
+            "{card}"
+        );
+        assert!(
+            [1, 2, 3].contains(&card["rating"].as_i64().unwrap()),
+            "{card}"
+        );
+    }
+    let remote = cfg.replace(
+        "{model: model}",
+        "{engine: openai, base_url: 'http://127.0.0.1:9/v1', model: m}",
+    );
+    std::fs::write(
+        d.join("remote.yaml"),
+        remote.replace("out/cards", "out/remote"),
+    )
+    .unwrap();
+    let o = synth(d, &["remote.yaml"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("JSON schema"), "{}", stderr(&o));
+}
+
 #[test]
 fn synth_configs_that_cannot_work_name_the_file_and_key() {
     let tmp = tempfile::tempdir().unwrap();

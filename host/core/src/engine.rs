@@ -37,6 +37,9 @@ pub struct GenerateRequest {
     /// 0 is greedy.
     pub temperature: f32,
     pub seed: u64,
+    /// A JSON schema (its JSON text, properties in the order written) the answer is held to:
+    /// one object that validates. An engine that cannot hold to one refuses the request.
+    pub json_schema: Option<String>,
 }
 
 /// Answer a conversation (it ends with the user's turn) as the assistant.
@@ -48,6 +51,8 @@ pub struct ChatRequest {
     /// 0 is greedy.
     pub temperature: f32,
     pub seed: u64,
+    /// As [`GenerateRequest::json_schema`].
+    pub json_schema: Option<String>,
 }
 
 /// A continuation.
@@ -131,6 +136,7 @@ pub trait Engine: Send {
                     max_tokens: r.max_tokens,
                     temperature: r.temperature,
                     seed: r.seed,
+                    json_schema: r.json_schema.clone(),
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;

@@ -663,6 +663,7 @@ fn finish_task(
                     max_tokens: g.max_gen_toks,
                     temperature,
                     seed: opts.seed,
+                    json_schema: None,
                 })
                 .collect();
             let total = requests.len();

@@ -155,6 +155,7 @@ fn ask(
                 max_tokens: o.max_tokens,
                 temperature: 0.0,
                 seed: 0,
+                json_schema: None,
             })
             .collect();
         return Ok(engine
@@ -171,6 +172,7 @@ fn ask(
             max_tokens: o.max_tokens,
             temperature: 0.0,
             seed: 0,
+            json_schema: None,
         })
         .collect();
     Ok(engine

@@ -474,6 +474,7 @@ impl Engine for NativeEngine {
                     && r.max_tokens == first.max_tokens
                     && r.temperature == first.temperature
                     && r.seed == first.seed
+                    && r.json_schema == first.json_schema
             };
             let mut end = at + 1;
             while end < order.len()
@@ -495,14 +496,29 @@ impl Engine for NativeEngine {
                 stop: first.until.clone(),
                 ..SamplingParams::default()
             };
-            let done_here = generate_sharing(
-                &self.model,
-                &self.tokenizer,
-                &batch,
-                &params,
-                self.share_prefix_from,
-                &mut |_, _| {},
-            )
+            let done_here = match &first.json_schema {
+                Some(text) => {
+                    let schema =
+                        crate::json_schema::Schema::compile_str(text).map_err(|e| self.err(e))?;
+                    let guide = crate::json_schema::Guide::schema(std::sync::Arc::new(schema));
+                    crate::generate_guided(
+                        &self.model,
+                        &self.tokenizer,
+                        &batch,
+                        &params,
+                        &guide,
+                        &mut |_, _| {},
+                    )
+                }
+                None => generate_sharing(
+                    &self.model,
+                    &self.tokenizer,
+                    &batch,
+                    &params,
+                    self.share_prefix_from,
+                    &mut |_, _| {},
+                ),
+            }
             .map_err(|e| self.err(e))?;
             for (&i, c) in order[at..end].iter().zip(done_here) {
                 out[i] = Some(Generated {

@@ -461,6 +461,7 @@ impl Runner<'_> {
                 max_tokens: s.max_tokens,
                 temperature: s.temperature,
                 seed: galley_core::seed::derive_seed(s.seed, &[i as u64]),
+                json_schema: None,
             });
         }
         let total = requests.len();

@@ -160,6 +160,7 @@ impl Engine for ChatApiEngine {
                 max_tokens: r.max_tokens,
                 temperature: r.temperature,
                 seed: r.seed,
+                json_schema: r.json_schema.clone(),
             })
             .collect();
         self.chat(&chats, progress)
@@ -170,6 +171,12 @@ impl Engine for ChatApiEngine {
         requests: &[ChatRequest],
         progress: &mut Progress<'_>,
     ) -> Result<Vec<Generated>, EngineError> {
+        if requests.iter().any(|r| r.json_schema.is_some()) {
+            return Err(EngineError::new(
+                self.name(),
+                "this API is not given a JSON schema by galley yet; hold answers to one with a local model",
+            ));
+        }
         self.http.parallel(requests, progress, |r| self.reply(r))
     }
 

@@ -245,6 +245,11 @@ impl OpenAiEngine {
 }
 
 impl OpenAiEngine {
+    /// A schema is not forwarded yet (as `response_format`, with its properties' order kept).
+    fn no_schema(&self) -> EngineError {
+        self.err("a remote engine is not given a JSON schema by galley yet; hold answers to one with a local model")
+    }
+
     fn reply(&self, r: &ChatRequest) -> Result<Generated, EngineError> {
         let messages: Vec<Value> = r
             .messages
@@ -286,6 +291,9 @@ impl Engine for OpenAiEngine {
         requests: &[GenerateRequest],
         progress: &mut Progress<'_>,
     ) -> Result<Vec<Generated>, EngineError> {
+        if requests.iter().any(|r| r.json_schema.is_some()) {
+            return Err(self.no_schema());
+        }
         self.parallel(requests, progress, |r| self.continue_text(r))
     }
 
@@ -295,6 +303,9 @@ impl Engine for OpenAiEngine {
         requests: &[ChatRequest],
         progress: &mut Progress<'_>,
     ) -> Result<Vec<Generated>, EngineError> {
+        if requests.iter().any(|r| r.json_schema.is_some()) {
+            return Err(self.no_schema());
+        }
         self.parallel(requests, progress, |r| self.reply(r))
     }
 

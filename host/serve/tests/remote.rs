@@ -141,6 +141,7 @@ fn judge_chat() -> Vec<galley_core::engine::ChatRequest> {
         max_tokens: 16,
         temperature: 0.0,
         seed: 0,
+        json_schema: None,
     }]
 }
 

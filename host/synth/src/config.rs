@@ -54,6 +54,9 @@ pub struct Generation {
     pub stop: Vec<String>,
     /// Prompts per engine call (and per resume checkpoint).
     pub batch_size: usize,
+    /// Every completion held to this JSON schema: a file (relative to this config) or the
+    /// schema's JSON. A local engine only; a remote one refuses it.
+    pub json_schema: Option<String>,
 }
 
 impl Default for Generation {
@@ -65,6 +68,7 @@ impl Default for Generation {
             seed: 0,
             stop: Vec::new(),
             batch_size: 16,
+            json_schema: None,
         }
     }
 }

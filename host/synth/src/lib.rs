@@ -215,6 +215,19 @@ pub fn synthesize(
     let out = base.join(&cfg.output.path);
     let mut journal = journal::Journal::open(&out, &identity(cfg, base, provenance)?)?;
     let g = &cfg.generation;
+    let schema = match &g.json_schema {
+        None => None,
+        Some(spec) if spec.trim_start().starts_with('{') => Some(spec.clone()),
+        Some(path) => {
+            Some(
+                std::fs::read_to_string(base.join(path)).map_err(|e| SynthError::Config {
+                    key: "generation.json_schema".into(),
+                    msg: format!("{}: {e}", base.join(path).display()),
+                })?,
+            )
+        }
+    };
+    let schema = schema.as_ref();
     let mut sum = Summary {
         prompts: prompts.len(),
         resumed: journal.done.iter().filter(|i| **i < prompts.len()).count(),
@@ -243,6 +256,7 @@ pub fn synthesize(
                     max_tokens: g.max_tokens,
                     temperature: g.temperature,
                     seed: galley_core::seed::derive_seed(g.seed, &[i as u64, j as u64]),
+                    json_schema: schema.cloned(),
                 })
             })
             .collect();
