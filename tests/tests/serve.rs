@@ -357,9 +357,17 @@ chunks = list(c.chat.completions.create(model="model", messages=[{"role": "user"
                                         max_tokens=7, stream=True, stream_options={"include_usage": True}))
 billed_prompt += chunks[-1].usage.prompt_tokens
 billed_gen += chunks[-1].usage.completion_tokens
-with urllib.request.urlopen(root + "/metrics") as r:
-    ctype = r.headers["Content-Type"]
-    text = r.read().decode()
+import time
+def scrape():
+    with urllib.request.urlopen(root + "/metrics") as r:
+        return r.headers["Content-Type"], r.read().decode()
+# The queue gauges are published at the end of the batcher's step, which may come just after
+# the last answer reached us: wait for them to settle (the counters are final already).
+for _ in range(100):
+    ctype, text = scrape()
+    if re.search(r'^galley_requests_running\{model="model"\} 0$', text, re.M):
+        break
+    time.sleep(0.1)
 check(ctype.startswith("application/openmetrics-text"), ctype)
 check(text.rstrip().endswith('# EOF'), text[-200:])
 def value(name):
