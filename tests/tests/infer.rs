@@ -61,8 +61,8 @@ fn smollm2_answers_the_capital_of_france() {
 }
 
 /// `--json-schema` (llama.cpp's `-j`): SmolLM2's answer, alone and in a JSONL batch, is one
-/// object with the schema's keys in its order; a schema galley cannot enforce, or one given
-/// with a remote engine, is an error before anything loads.
+/// object with the schema's keys in its order; a schema galley cannot enforce is an error
+/// before anything loads. (Through a server: `tests/serve.rs`.)
 #[test]
 fn json_schema_holds_answers_to_the_schema() {
     let tmp = tempfile::tempdir().unwrap();
@@ -149,21 +149,6 @@ fn json_schema_holds_answers_to_the_schema() {
         e.contains("--json-schema") && e.contains("/properties/age/minimum"),
         "{e}"
     );
-    let o = infer(
-        d,
-        &[
-            "--base-url",
-            "http://127.0.0.1:9/v1",
-            "-m",
-            "x",
-            "-p",
-            "x",
-            "-j",
-            "city.json",
-        ],
-    );
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("response_format"), "{}", stderr(&o));
 }
 
 /// A settings file names its model and schema relative to itself, and works from another

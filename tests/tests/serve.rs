@@ -800,6 +800,35 @@ fn galley_infer_through_galley_serve_answers_as_galley_infer_on_the_model() {
     let local = infer(&["-p", "the number 3 is"]);
     let remote = infer(&["-p", "the number 3 is", "--base-url", &url]);
     assert_eq!(local, remote);
+    // A schema goes to the server as `response_format`, properties in their order: the same
+    // object as the model held to it locally.
+    let schema = r#"{"type": "object", "required": ["z", "a"], "properties": {
+        "z": {"enum": ["yes", "no"]}, "a": {"type": "string", "maxLength": 8}}}"#;
+    let local = infer(&[
+        "-p",
+        "the number 3 is",
+        "-j",
+        schema,
+        "-s",
+        "max_tokens=300",
+    ]);
+    let remote = infer(&[
+        "-p",
+        "the number 3 is",
+        "-j",
+        schema,
+        "-s",
+        "max_tokens=300",
+        "--base-url",
+        &url,
+    ]);
+    assert_eq!(local, remote);
+    let v: serde_json::Value =
+        serde_json::from_str(local.trim()).unwrap_or_else(|e| panic!("{e}: {local:?}"));
+    assert!(
+        local.find("\"z\"") < local.find("\"a\"") && v["z"].is_string(),
+        "{local}"
+    );
     let completions = |f: &str| -> Vec<(serde_json::Value, String)> {
         std::fs::read_to_string(d.join(f))
             .unwrap()

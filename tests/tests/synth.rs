@@ -254,8 +254,8 @@ fn an_interrupted_remote_synth_resumes_to_the_same_file_without_asking_again() {
 }
 
 /// `generation.json_schema` (a file beside the config): every completion of the tiny model
-/// (random weights: only the mask makes them valid) is one object following the schema; a
-/// remote engine refuses a schema rather than ignoring it.
+/// (random weights: only the mask makes them valid) is one object following the schema; an
+/// engine that cannot be given one (Anthropic's API) refuses it rather than ignoring it.
 #[test]
 fn structured_completions_follow_the_configs_schema() {
     let tmp = tempfile::tempdir().unwrap();
@@ -294,7 +294,7 @@ fn structured_completions_follow_the_configs_schema() {
     }
     let remote = cfg.replace(
         "{model: model}",
-        "{engine: openai, base_url: 'http://127.0.0.1:9/v1', model: m}",
+        "{engine: anthropic, base_url: 'http://127.0.0.1:9', model: m}",
     );
     std::fs::write(
         d.join("remote.yaml"),

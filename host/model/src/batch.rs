@@ -213,6 +213,7 @@ impl InferFlags {
             cfg.guide = Some(crate::json_schema::Guide::schema(std::sync::Arc::new(
                 schema,
             )));
+            cfg.schema_text = Some(text);
         }
         let no_model = "no model: pass --model PATH (or `model:` in the settings file)";
         let model = cfg
@@ -278,9 +279,11 @@ pub struct InferConfig {
     /// this settings file). `--json-schema` overrides it.
     #[serde(default)]
     pub json_schema: Option<String>,
-    /// The compiled `json_schema`.
+    /// The compiled `json_schema`, and its text (what a remote engine is sent).
     #[serde(skip)]
     pub guide: Option<crate::json_schema::Guide>,
+    #[serde(skip)]
+    pub schema_text: Option<String>,
 }
 
 fn default_batch() -> usize {
@@ -324,11 +327,6 @@ impl InferConfig {
     /// What a remote engine cannot honour: it takes temperature, max_tokens, stop and seed
     /// only, and serves its own weights; refuse rather than ignore the rest silently.
     pub fn check_remote(&self) -> Result<()> {
-        if self.guide.is_some() {
-            return Err(ModelError::Invalid(
-                "--json-schema holds a local model's answers; a remote server takes a schema in its own API (`response_format`)".into(),
-            ));
-        }
         let d = SamplingParams::default();
         let s = &self.sampling;
         for (key, differs) in [

@@ -11,6 +11,7 @@ use galley_core::engine::{
     ChatRequest, Engine, EngineError, GenerateRequest, Generated, Loglikelihood,
     LoglikelihoodRequest, Progress,
 };
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -66,7 +67,7 @@ impl OpenAiEngine {
     }
 
     /// POSTs `body` to `path` with the key as a bearer token.
-    fn post(&self, path: &str, body: &Value) -> Result<Value, EngineError> {
+    fn post(&self, path: &str, body: &impl serde::Serialize) -> Result<Value, EngineError> {
         let auth: Vec<(&str, String)> = self
             .opts
             .api_key
@@ -81,7 +82,7 @@ impl OpenAiEngine {
     pub(crate) fn post_with(
         &self,
         path: &str,
-        body: &Value,
+        body: &impl serde::Serialize,
         headers: &[(&str, String)],
     ) -> Result<Value, EngineError> {
         let url = format!("{}{path}", self.opts.base_url);
@@ -245,9 +246,9 @@ impl OpenAiEngine {
 }
 
 impl OpenAiEngine {
-    /// A schema is not forwarded yet (as `response_format`, with its properties' order kept).
+    /// A schema goes to the chat API only (`response_format` is not OpenAI's on completions).
     fn no_schema(&self) -> EngineError {
-        self.err("a remote engine is not given a JSON schema by galley yet; hold answers to one with a local model")
+        self.err("a JSON schema goes through the server's chat API, not its completions; ask through chat")
     }
 
     fn reply(&self, r: &ChatRequest) -> Result<Generated, EngineError> {
@@ -262,7 +263,27 @@ impl OpenAiEngine {
         if !r.until.is_empty() {
             body["stop"] = json!(r.until);
         }
-        let v = self.post("/chat/completions", &body)?;
+        let v = match &r.json_schema {
+            None => self.post("/chat/completions", &body)?,
+            Some(schema) => {
+                // The schema goes as written (a `Value` would sort its keys, and the
+                // properties' order is the answer's).
+                let schema = RawValue::from_string(schema.clone())
+                    .map_err(|e| self.err(format!("json_schema is not JSON: {e}")))?;
+                let with = WithSchema {
+                    body: &body,
+                    response_format: Format {
+                        kind: "json_schema",
+                        json_schema: Named {
+                            name: "galley",
+                            strict: true,
+                            schema: &schema,
+                        },
+                    },
+                };
+                self.post("/chat/completions", &with)?
+            }
+        };
         let text = v["choices"][0]["message"]["content"]
             .as_str()
             .ok_or_else(|| self.err("the chat completion has no message content"))?;
@@ -303,9 +324,6 @@ impl Engine for OpenAiEngine {
         requests: &[ChatRequest],
         progress: &mut Progress<'_>,
     ) -> Result<Vec<Generated>, EngineError> {
-        if requests.iter().any(|r| r.json_schema.is_some()) {
-            return Err(self.no_schema());
-        }
         self.parallel(requests, progress, |r| self.reply(r))
     }
 
@@ -314,4 +332,26 @@ impl Engine for OpenAiEngine {
             "a remote completions API does not expose the model's chat template; evaluate without --apply-chat-template",
         ))
     }
+}
+
+/// A chat body with OpenAI's `response_format: {"type": "json_schema", ...}` beside its keys.
+#[derive(serde::Serialize)]
+struct WithSchema<'a> {
+    #[serde(flatten)]
+    body: &'a Value,
+    response_format: Format<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct Format<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    json_schema: Named<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct Named<'a> {
+    name: &'static str,
+    strict: bool,
+    schema: &'a RawValue,
 }

@@ -55,7 +55,8 @@ pub struct Generation {
     /// Prompts per engine call (and per resume checkpoint).
     pub batch_size: usize,
     /// Every completion held to this JSON schema: a file (relative to this config) or the
-    /// schema's JSON. A local engine only; a remote one refuses it.
+    /// schema's JSON. A native engine masks to it, an OpenAI-compatible server is sent it as
+    /// `response_format`; Anthropic's and Vertex's APIs refuse it.
     pub json_schema: Option<String>,
 }
 

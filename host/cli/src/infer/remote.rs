@@ -32,7 +32,7 @@ pub(super) fn run(
         max_tokens: s.max_tokens,
         temperature: s.temperature,
         seed: galley_core::seed::derive_seed(s.seed, &[i]),
-        json_schema: None,
+        json_schema: cfg.schema_text.clone(),
     };
     match (prompt, rows, output) {
         (Some(p), _, _) => {
