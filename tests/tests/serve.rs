@@ -44,16 +44,25 @@ fn serve(dir: &Path, args: &[&str]) -> Server {
     Server { child, url }
 }
 
-/// SmolLM2 served as `smol`, without a prompt cache (each request from its own rows).
-fn serve_smollm2(dir: &Path) -> Server {
+/// Serves SmolLM2 as `smol` without a prompt cache (one request must not start from
+/// another's rows) and runs `script` (after COMMON) against it; it must print "ok".
+fn serve_smollm2_and_run(script: &str) {
     let model = repo_root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         model.exists(),
         "{} is missing: run scripts/fetch-models.sh",
         model.display()
     );
+    let tmp = tempfile::tempdir().unwrap();
     let m = model.to_str().unwrap();
-    serve(dir, &["-m", m, "--name", "smol", "--prompt-cache-mib", "0"])
+    let s = serve(
+        tmp.path(),
+        &["-m", m, "--name", "smol", "--prompt-cache-mib", "0"],
+    );
+    assert_eq!(
+        client(tmp.path(), &s.url, &format!("{COMMON}{script}")).trim(),
+        "ok"
+    );
 }
 
 fn python() -> PathBuf {
@@ -391,11 +400,7 @@ print("ok")
 /// ended when it closes.
 #[test]
 fn json_mode_turns_smollm2s_answer_into_one_json_object() {
-    let tmp = tempfile::tempdir().unwrap();
-    // No prompt cache: the second request must not start from the first one's rows.
-    let s = serve_smollm2(tmp.path());
-    let script = format!(
-        "{COMMON}{}",
+    serve_smollm2_and_run(
         r#"
 msgs = [{"role": "user", "content": "Return a JSON object with a key fruits listing three fruits."}]
 plain = c.chat.completions.create(model="smol", messages=msgs, max_tokens=200, temperature=0)
@@ -407,9 +412,8 @@ print("json mode:", repr(text), file=sys.stderr)
 check(r.choices[0].finish_reason == "stop", f"{r.choices[0].finish_reason}: {text!r}")
 check(isinstance(json.loads(text), dict), text)
 print("ok")
-"#
+"#,
     );
-    assert_eq!(client(tmp.path(), &s.url, &script).trim(), "ok");
 }
 
 /// Structured outputs on SmolLM2, as a Python user asks for them: the openai client's
@@ -419,10 +423,7 @@ print("ok")
 /// schema galley cannot enforce is a 400 naming the keyword.
 #[test]
 fn structured_outputs_parse_into_the_clients_pydantic_model() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = serve_smollm2(tmp.path());
-    let script = format!(
-        "{COMMON}{}",
+    serve_smollm2_and_run(
         r#"
 import datetime, enum
 from typing import Optional
@@ -492,9 +493,8 @@ try:
 except openai.BadRequestError as ex:
     check(ex.body["param"] == "response_format" and "/properties/count/minimum" in ex.body["message"], f"{ex.body}")
 print("ok")
-"#
+"#,
     );
-    assert_eq!(client(tmp.path(), &s.url, &script).trim(), "ok");
 }
 
 #[test]

@@ -304,6 +304,26 @@ fn structured_completions_follow_the_configs_schema() {
     let o = synth(d, &["remote.yaml"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("JSON schema"), "{}", stderr(&o));
+    // A schema galley cannot enforce is refused before anything is generated, naming the key.
+    std::fs::write(
+        d.join("bad.json"),
+        r#"{"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("bad.yaml"),
+        cfg.replace("card.json", "bad.json")
+            .replace("out/cards", "out/bad"),
+    )
+    .unwrap();
+    let o = synth(d, &["bad.yaml"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("generation.json_schema") && e.contains("/properties/n/minimum"),
+        "{e}"
+    );
+    assert!(!d.join("out/bad.jsonl").exists(), "nothing written");
 }
 
 #[test]

@@ -199,17 +199,8 @@ impl InferFlags {
             (None, None) => None,
         };
         if let Some((spec, dir, from)) = schema {
-            let (text, from) = if spec.trim_start().starts_with('{') {
-                (spec, from.to_string())
-            } else {
-                let path = dir.join(&spec);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ModelError::Invalid(format!("{from} {}: cannot read: {e}", path.display()))
-                })?;
-                (text, format!("{from} {}", path.display()))
-            };
-            let schema = crate::json_schema::Schema::compile_str(&text)
-                .map_err(|e| ModelError::Invalid(format!("{from}: {e}")))?;
+            let (text, schema) = crate::json_schema::load(&spec, &dir)
+                .map_err(|e| ModelError::Invalid(format!("{from} {e}")))?;
             cfg.guide = Some(crate::json_schema::Guide::schema(std::sync::Arc::new(
                 schema,
             )));

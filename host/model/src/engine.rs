@@ -467,6 +467,7 @@ impl Engine for NativeEngine {
         let mut out: Vec<Option<Generated>> = vec![None; requests.len()];
         let mut done = 0;
         let mut at = 0;
+        let mut guides: Vec<(String, crate::json_schema::Guide)> = Vec::new();
         while at < order.len() {
             let first = &requests[order[at]];
             let same = |r: &GenerateRequest| {
@@ -498,9 +499,17 @@ impl Engine for NativeEngine {
             };
             let done_here = match &first.json_schema {
                 Some(text) => {
-                    let schema =
-                        crate::json_schema::Schema::compile_str(text).map_err(|e| self.err(e))?;
-                    let guide = crate::json_schema::Guide::schema(std::sync::Arc::new(schema));
+                    // Compiled once a call, however many batches share it.
+                    let guide = match guides.iter().find(|(t, _)| t == text) {
+                        Some((_, g)) => g.clone(),
+                        None => {
+                            let schema = crate::json_schema::Schema::compile_str(text)
+                                .map_err(|e| self.err(e))?;
+                            let g = crate::json_schema::Guide::schema(std::sync::Arc::new(schema));
+                            guides.push((text.clone(), g.clone()));
+                            g
+                        }
+                    };
                     crate::generate_guided(
                         &self.model,
                         &self.tokenizer,

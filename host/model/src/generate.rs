@@ -6,7 +6,6 @@
 
 use crate::decode::Decoder;
 use crate::error::Result;
-use crate::json_mode::Vocab;
 use crate::json_schema::Guide;
 use crate::model::Llama;
 use crate::sample::{Sampler, SamplingParams, logprob};
@@ -231,7 +230,7 @@ fn run(
             guide: guide.cloned(),
         })
         .collect();
-    let vocab = guide.map(|_| Vocab::for_tokenizer(tok, model.config.vocab_size));
+    let vocab = guide.map(|_| tok.json_vocab(model.config.vocab_size));
     // Identical prompts (a GRPO group's samples) are prefilled once, then their cache rows copied.
     let mut distinct: Vec<&Vec<u32>> = Vec::new();
     let of: Vec<usize> = prompts

@@ -514,6 +514,25 @@ impl SchemaPrefix {
     }
 }
 
+/// A schema as a flag or a config gives it, read and compiled: its JSON (`{...}`), or a file
+/// holding it, relative to `base`. Returns the text (what a server is sent) and the compiled
+/// schema; the error says which file and where in the schema.
+pub fn load(spec: &str, base: &std::path::Path) -> Result<(String, Schema), String> {
+    let (text, origin) = if spec.trim_start().starts_with('{') {
+        (spec.to_string(), None)
+    } else {
+        let path = base.join(spec);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        (text, Some(path))
+    };
+    let schema = Schema::compile_str(&text).map_err(|e| match &origin {
+        Some(p) => format!("{}: {e}", p.display()),
+        None => e.to_string(),
+    })?;
+    Ok((text, schema))
+}
+
 /// What a sequence's text is held to, and where in it the sequence is: one JSON object
 /// (JSON mode) or one that follows a schema.
 #[derive(Debug, Clone)]

@@ -148,6 +148,15 @@ fn an_unsupported_vocabulary_is_an_error_naming_the_file_and_what_is_missing() {
         e.contains("ggml-vocab-bert-bge.gguf") && e.contains("`bert`"),
         "{e}"
     );
+    // Token types that do not line up with the tokens: refused, not indexed past the end.
+    let spm = dir.join("ggml-vocab-llama-spm.gguf");
+    let mut f = std::fs::File::open(&spm).unwrap();
+    let mut md = gguf_file::Content::read(&mut f).unwrap().metadata;
+    if let Some(gguf_file::Value::Array(types)) = md.get_mut("tokenizer.ggml.token_type") {
+        types.push(gguf_file::Value::I32(3));
+    }
+    let e = Tokenizer::from_gguf(&spm, &md).err().unwrap().to_string();
+    assert!(e.contains("32001 token types for 32000 tokens"), "{e}");
     let falcon = dir.join("ggml-vocab-falcon.gguf");
     let e = tokenizer(&falcon).err().unwrap().to_string();
     assert!(e.contains("`falcon`") && e.contains("llama-bpe"), "{e}");

@@ -201,7 +201,7 @@ struct Loop {
     model: Arc<Llama>,
     tok: Arc<Tokenizer>,
     /// The vocabulary as JSON mode sees it (special tokens: no text), made on first use.
-    texts: std::sync::OnceLock<json_mode::Vocab>,
+    texts: std::sync::OnceLock<std::sync::Arc<json_mode::Vocab>>,
     limits: Limits,
     active: Vec<Seq>,
     cache: Cache,
@@ -413,9 +413,8 @@ impl Loop {
 
     /// Each token's text, for JSON mode and schemas (built on the first such request).
     fn texts(&self) -> &json_mode::Vocab {
-        self.texts.get_or_init(|| {
-            json_mode::Vocab::for_tokenizer(&self.tok, self.model.config.vocab_size)
-        })
+        self.texts
+            .get_or_init(|| self.tok.json_vocab(self.model.config.vocab_size))
     }
 
     fn new_seq(&self, job: Job) -> Seq {

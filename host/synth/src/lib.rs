@@ -212,21 +212,21 @@ pub fn synthesize(
 ) -> Result<Summary, SynthError> {
     cfg.check()
         .map_err(|(key, msg)| SynthError::Config { key, msg })?;
+    // Read and checked before anything is generated or written (a remote engine is sent the
+    // text as written).
+    let schema = cfg
+        .generation
+        .json_schema
+        .as_deref()
+        .map(|spec| galley_model::json_schema::load(spec, base).map(|(text, _)| text))
+        .transpose()
+        .map_err(|msg| SynthError::Config {
+            key: "generation.json_schema".into(),
+            msg,
+        })?;
     let out = base.join(&cfg.output.path);
     let mut journal = journal::Journal::open(&out, &identity(cfg, base, provenance)?)?;
     let g = &cfg.generation;
-    let schema = match &g.json_schema {
-        None => None,
-        Some(spec) if spec.trim_start().starts_with('{') => Some(spec.clone()),
-        Some(path) => {
-            Some(
-                std::fs::read_to_string(base.join(path)).map_err(|e| SynthError::Config {
-                    key: "generation.json_schema".into(),
-                    msg: format!("{}: {e}", base.join(path).display()),
-                })?,
-            )
-        }
-    };
     let schema = schema.as_ref();
     let mut sum = Summary {
         prompts: prompts.len(),

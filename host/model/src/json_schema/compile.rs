@@ -158,7 +158,10 @@ const NOTES: &[&str] = &[
     // OpenAPI's / pydantic's hint for a tagged union: galley finds the tag itself.
     "discriminator",
 ];
+/// Properties of an object, values of an enum, tags of a union: each is a bit of a mask.
 const MAX_CHOICES: usize = 64;
+/// The longest key or constant matched as exact text (its position is kept in 16 bits).
+const MAX_TEXT: usize = 4096;
 
 struct Compiler<'a> {
     doc: &'a Json,
@@ -229,7 +232,7 @@ impl Schema {
             }
         }
         if !matches!(
-            s.nodes[s.resolve(root) as usize],
+            s.nodes[resolve(&s.nodes, root) as usize],
             Node::Object(_) | Node::Tagged { .. }
         ) {
             return Err(err(
@@ -241,17 +244,15 @@ impl Schema {
     }
 }
 
-impl Schema {
-    /// `node` with `$ref` aliases (one-branch unions) followed.
-    fn resolve(&self, mut node: u16) -> u16 {
-        for _ in 0..32 {
-            match &self.nodes[node as usize] {
-                Node::Union(kids) if kids.len() == 1 => node = kids[0],
-                _ => break,
-            }
+/// `node` with `$ref` aliases (one-branch unions) followed.
+fn resolve(nodes: &[Node], mut node: u16) -> u16 {
+    for _ in 0..32 {
+        match &nodes[node as usize] {
+            Node::Union(kids) if kids.len() == 1 => node = kids[0],
+            _ => break,
         }
-        node
     }
+    node
 }
 
 /// The characters a value of `node` may begin with (for telling union branches apart).
@@ -318,7 +319,7 @@ impl Compiler<'_> {
                 return Err(err(
                     &format!("{path}/{k}"),
                     format!(
-                        "the keyword `{k}` is not supported (galley enforces type, properties, required, items, minItems, maxItems, minLength, maxLength, enum, const, anyOf, oneOf, $ref)"
+                        "the keyword `{k}` is not supported (galley enforces type, properties, required, items, minItems, maxItems, minLength, maxLength, pattern, format, enum, const, anyOf, oneOf, $ref)"
                     ),
                 ));
             }
@@ -523,6 +524,12 @@ impl Compiler<'_> {
         let id = self.push(Node::Pending, path)?;
         let mut out = Vec::with_capacity(props.len());
         for (k, v) in &props.0 {
+            if k.len() > MAX_TEXT {
+                return Err(err(
+                    &format!("{path}/properties"),
+                    format!("a key longer than {MAX_TEXT} bytes"),
+                ));
+            }
             let node = self.node(v, &format!("{path}/properties/{k}"))?;
             out.push(Prop {
                 key: serde_json::to_string(k).expect("a string serializes"),
@@ -538,8 +545,16 @@ impl Compiler<'_> {
         if values.is_empty() || values.len() > MAX_CHOICES {
             return Err(err(path, format!("between 1 and {MAX_CHOICES} values")));
         }
-        let mut texts: Vec<String> = values.iter().map(|v| v.to_value().to_string()).collect();
-        texts.dedup();
+        let mut texts: Vec<String> = Vec::with_capacity(values.len());
+        for v in values {
+            let t = v.to_value().to_string();
+            if t.len() > MAX_TEXT {
+                return Err(err(path, format!("a value longer than {MAX_TEXT} bytes")));
+            }
+            if !texts.contains(&t) {
+                texts.push(t);
+            }
+        }
         self.push(Node::Choice(texts), path)
     }
 
@@ -587,20 +602,12 @@ impl Compiler<'_> {
     /// constant become tagged unions (before the first-character check, which would refuse
     /// them: every object begins with `{`).
     fn tag_unions(&mut self) -> Result<(), SchemaError> {
-        let resolve = |nodes: &[Node], mut n: u16| {
-            for _ in 0..32 {
-                match &nodes[n as usize] {
-                    Node::Union(k) if k.len() == 1 => n = k[0],
-                    _ => break,
-                }
-            }
-            n
-        };
         for (id, _) in self.unions.clone() {
             let Node::Union(kids) = &self.nodes[id as usize] else {
                 continue;
             };
-            if kids.len() < 2 {
+            // A tag is matched as a choice: at most MAX_CHOICES of them.
+            if kids.len() < 2 || kids.len() > MAX_CHOICES {
                 continue;
             }
             let mut key: Option<&str> = None;

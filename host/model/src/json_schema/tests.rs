@@ -266,6 +266,23 @@ fn hostile_schemas_end_in_errors_not_hangs() {
         e.to_string().contains("more patterns than galley builds"),
         "{e}"
     );
+    // More tagged branches than a mask holds: refused as an untagged union, not followed.
+    let branches: Vec<String> = (0..70)
+        .map(|i| format!(r#"{{"type": "object", "required": ["k"], "properties": {{"k": {{"const": {i}}}}}}}"#))
+        .collect();
+    let e = Schema::compile_str(&format!(
+        r#"{{"type": "object", "properties": {{"x": {{"anyOf": [{}]}}}}}}"#,
+        branches.join(",")
+    ))
+    .unwrap_err();
+    assert_eq!(e.path, "/properties/x/anyOf", "{e}");
+    // A constant too long to match as exact text.
+    let long = "a".repeat(5000);
+    let e = Schema::compile_str(&format!(
+        r#"{{"type": "object", "properties": {{"x": {{"const": "{long}"}}}}}}"#
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("longer than"), "{e}");
     // Not JSON at all.
     assert!(Schema::compile_str("{").is_err());
 }

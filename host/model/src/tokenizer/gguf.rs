@@ -121,6 +121,16 @@ impl Tokenizer {
             .and_then(|v| v.to_vec().ok())
             .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
             .unwrap_or_default();
+        if !types.is_empty() && types.len() != tokens.len() {
+            return Err(bad(
+                path,
+                format!(
+                    "{} token types for {} tokens (`tokenizer.ggml.token_type`)",
+                    types.len(),
+                    tokens.len()
+                ),
+            ));
+        }
         // `add_space_prefix`: a space before the text, as SentencePiece-style models expect.
         let space_prefix = get("tokenizer.ggml.add_space_prefix")
             .and_then(|v| v.to_bool().ok())
@@ -147,7 +157,7 @@ impl Tokenizer {
         let special: Vec<AddedToken> = types
             .iter()
             .enumerate()
-            .filter(|(_, t)| matches!(t, 3 | 4))
+            .filter(|(_, t)| matches!(**t, spm::CONTROL | spm::USER_DEFINED))
             .map(|(i, _)| AddedToken::from(tokens[i].clone(), true))
             .collect();
         inner.add_special_tokens(&special);
@@ -160,6 +170,7 @@ impl Tokenizer {
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
             scores,
+            json_vocab: Default::default(),
         })
     }
 
