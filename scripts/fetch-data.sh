@@ -15,17 +15,25 @@ venv=.cache/tools-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -c "import pyarrow, datasets, openai, gguf, safetensors" 2>/dev/null || "$venv/bin/pip" install --quiet "pyarrow>=14" "datasets>=3" "openai>=1.50" "gguf>=0.17" "safetensors>=0.4"
 # llama.cpp's tokenizer test vocabularies (vocabulary-only GGUFs with the texts and ids its
-# test-tokenizer-0 checks, MIT), from the llama-cpp-python source archive: the GGUF tokenizer
-# tests hold galley to them. Only the archive is fetched (its build dependencies are not).
+# test-tokenizer-0 checks, MIT) and the chat templates of its chat tests (real models' HF
+# templates: Qwen, Hermes, Llama 3.x, Mistral...), from the llama-cpp-python source archive:
+# the GGUF tokenizer and chat-template tests hold galley to them. Only the archive is fetched
+# (its build dependencies are not).
 vocab=.cache/llama-vocab
-if [ ! -f "$vocab/ggml-vocab-llama-spm.gguf.out" ]; then
+templates=.cache/chat-templates
+if [ ! -f "$vocab/ggml-vocab-llama-spm.gguf.out" ] || [ ! -f "$templates/Qwen-Qwen2.5-7B-Instruct.jinja" ]; then
     vtmp=$(mktemp -d)
     python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python -d "$vtmp" llama-cpp-python==0.3.36
-    tar -xzf "$vtmp"/llama_cpp_python-0.3.36.tar.gz -C "$vtmp" --wildcards '*/vendor/llama.cpp/models/ggml-vocab-*'
-    rm -rf "$vocab.part" && mkdir -p "$vocab.part"
-    cp "$vtmp"/llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-* "$vocab.part/"
-    rm -rf "$vtmp" "$vocab" && mv "$vocab.part" "$vocab"
-    echo "fetch-data: $vocab ($(du -sh "$vocab" | cut -f1))"
+    src="$vtmp"/llama_cpp_python-0.3.36/vendor/llama.cpp/models
+    tar -xzf "$vtmp"/llama_cpp_python-0.3.36.tar.gz -C "$vtmp" --wildcards '*/vendor/llama.cpp/models/ggml-vocab-*' '*/vendor/llama.cpp/models/templates/*'
+    for pair in "$vocab:ggml-vocab-*" "$templates:templates/*"; do
+        to=${pair%%:*}
+        rm -rf "$to.part" && mkdir -p "$to.part"
+        cp "$src"/${pair#*:} "$to.part/"
+        rm -rf "$to" && mv "$to.part" "$to"
+        echo "fetch-data: $to ($(du -sh "$to" | cut -f1))"
+    done
+    rm -rf "$vtmp"
 fi
 if [ -f "$dir/alpaca_en_demo.json" ] && [ -f "$dir/dpo_en_demo.json" ] && [ -d "$dir/shakespeare" ]; then
     echo "fetch-data: $dir present"

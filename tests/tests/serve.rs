@@ -207,12 +207,12 @@ print("ok")
     assert_eq!(client(d, &s.url, &script).trim(), "ok");
 }
 
-/// What galley cannot honour is refused by name (a client asking for tool calls or a JSON
-/// schema used to get plain text with a 200); OpenAI's frequency and presence penalties change
-/// what is generated, deterministically; JSON mode holds even a random model to one JSON
-/// object, ended as soon as it closes.
+/// What galley cannot honour is refused by name (tools the model's template cannot show, a
+/// JSON schema galley cannot enforce: both used to get plain text with a 200); OpenAI's
+/// frequency and presence penalties change what is generated, deterministically; JSON mode
+/// holds even a random model to one JSON object, ended as soon as it closes.
 #[test]
-fn tools_and_json_output_are_refused_and_the_penalties_apply() {
+fn unshowable_tools_and_json_output_are_refused_and_the_penalties_apply() {
     serve_and_run(
         r#"
 msgs = [{"role": "user", "content": "the number 3 is"}]
@@ -259,6 +259,151 @@ print(f"json mode: {stopped} of 12 closed their object", file=sys.stderr)
 print("ok")
 "#,
     );
+}
+
+/// A Hermes-style template written for these tests (the tools in the system turn, calls in
+/// `<tool_call>` blocks, results in `<tool_response>` blocks, as Qwen's and Hermes' do).
+const TOOLS_TEMPLATE: &str = r#"{%- if tools %}<|im_start|>system
+You may call these functions:
+<tools>
+{%- for tool in tools %}
+{{ tool | tojson }}
+{%- endfor %}
+</tools>
+Call one as <tool_call>
+{"name": <name>, "arguments": <object>}
+</tool_call><|im_end|>
+{% endif %}
+{%- for m in messages %}
+{%- if m.role == "tool" %}<|im_start|>user
+<tool_response>
+{{ m.content }}
+</tool_response><|im_end|>
+{% elif m.tool_calls %}<|im_start|>assistant
+{%- for c in m.tool_calls %}
+<tool_call>
+{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}
+</tool_call>
+{%- endfor %}<|im_end|>
+{% else %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"#;
+
+/// Tool calling through the openai client: `tool_choice` required or named holds even a
+/// random model to a call of one of the tools whose arguments validate, streamed or not (the
+/// same call for the same seed); a conversation's earlier call and its result reach the
+/// template as the model was trained to read them (`--chat-template` given as a path
+/// relative to where galley runs); the model's own template, which shows no tools, gets
+/// `auto` refused with what to do.
+#[test]
+fn tool_choice_required_and_named_return_calls_that_validate_streamed_or_not() {
+    let tmp = setup();
+    let d = tmp.path();
+    std::fs::write(d.join("tools.jinja"), TOOLS_TEMPLATE).unwrap();
+    let s = serve(d, &["-m", "model", "--chat-template", "tools.jinja"]);
+    let plain = serve(d, &["-m", "model"]);
+    let script = format!(
+        "{COMMON}PLAIN = {:?} + '/v1'\n{}",
+        plain.url,
+        r#"
+import urllib.request
+tools = [
+  {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+   "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                  "unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["city", "unit"]}}},
+  {"type": "function", "function": {"name": "add", "parameters": {"type": "object",
+   "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}},
+]
+msgs = [{"role": "user", "content": "the number 3 is"}]
+def valid(call):
+    args = json.loads(call.function.arguments)
+    if call.function.name == "get_weather":
+        return list(args) == ["city", "unit"] and len(args["city"]) <= 12 and args["unit"] in ("c", "f")
+    return call.function.name == "add" and list(args) == ["a", "b"] and all(type(v) is int for v in args.values())
+
+seen, finished = set(), 0
+for seed in range(8):
+    kw = dict(model="model", messages=msgs, tools=tools, tool_choice="required", max_tokens=160, seed=seed)
+    r = c.chat.completions.create(**kw)
+    ch = r.choices[0]
+    if ch.finish_reason == "length":
+        continue
+    check(ch.finish_reason == "tool_calls" and ch.message.content is None, f"{seed}: {ch}")
+    check(len(ch.message.tool_calls) == 1 and valid(ch.message.tool_calls[0]), f"{seed}: {ch.message}")
+    call = ch.message.tool_calls[0]
+    check(call.type == "function" and call.id.startswith("call_"), f"{call}")
+    seen.add(call.function.name)
+    finished += 1
+    # Streamed: the same call, whole, in one tool_calls delta before the finish reason.
+    parts, finish, content = {}, None, ""
+    for chunk in c.chat.completions.create(stream=True, **kw):
+        for d in chunk.choices:
+            content += d.delta.content or ""
+            for tc in d.delta.tool_calls or []:
+                parts.setdefault(tc.index, []).append(tc)
+            finish = d.finish_reason or finish
+    check(content == "" and finish == "tool_calls" and list(parts) == [0], f"{seed}: {parts} {finish} {content!r}")
+    got = parts[0][0]
+    check((got.function.name, got.function.arguments) == (call.function.name, call.function.arguments),
+          f"{seed}: streamed {got} vs {call}")
+# Strings are bounded and the tiny model's numbers end: most answers close their call.
+check(finished >= 6 and seen == {"get_weather", "add"}, f"{finished} of 8 calls closed: {seen}")
+
+for seed in range(3):
+    r = c.chat.completions.create(model="model", messages=msgs, tools=tools, max_tokens=160, seed=seed,
+                                  tool_choice={"type": "function", "function": {"name": "add"}})
+    ch = r.choices[0]
+    if ch.finish_reason != "length":
+        check(ch.message.tool_calls[0].function.name == "add" and valid(ch.message.tool_calls[0]), f"{ch}")
+
+# An earlier call and its result, as the client sends them back, through the template.
+turns = msgs + [
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+      "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"c\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"},
+]
+root = os.environ["URL"][:-len("/v1")]
+def post(path, body):
+    req = urllib.request.Request(root + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
+ids = post("/tokenize", {"messages": turns, "tools": tools})["tokens"]
+text = post("/detokenize", {"tokens": ids})["prompt"]
+for want in ['{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city", "parameters": {"type": "object", "properties": {"city"',
+             '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>',
+             '<tool_response>\n{"temp": 21}\n</tool_response>']:
+    check(want in text, f"{want!r} not in {text!r}")
+r = c.chat.completions.create(model="model", messages=turns, tools=tools, max_tokens=8)
+check(r.choices[0].finish_reason in ("stop", "length", "tool_calls"), f"{r}")
+check(r.usage.prompt_tokens == len(ids), f"{r.usage} vs {len(ids)}")
+
+# The model's own template shows no tools: auto is refused, saying what would work; a
+# forced call still works (one bare JSON object).
+p = openai.OpenAI(base_url=PLAIN, api_key="none", max_retries=0)
+try:
+    p.chat.completions.create(model="model", messages=msgs, tools=tools, max_tokens=4)
+    check(False, "auto accepted without a template that shows tools")
+except openai.BadRequestError as ex:
+    check(ex.body["param"] == "tools" and "--chat-template" in ex.body["message"], f"{ex.body}")
+r = p.chat.completions.create(model="model", messages=msgs, tools=tools, tool_choice="required",
+                              max_tokens=160, seed=1)
+ch = r.choices[0]
+check(ch.finish_reason == "length" or valid(ch.message.tool_calls[0]), f"{ch}")
+for kw, param in [({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name"),
+                  ({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+                  ({"functions": [{"name": "f"}]}, "functions")]:
+    try:
+        c.chat.completions.create(model="model", messages=msgs, max_tokens=4, **kw)
+        check(False, f"{kw} accepted")
+    except openai.BadRequestError as ex:
+        check(ex.body["param"] == param, f"{kw}: {ex.body}")
+print("ok")
+"#
+    );
+    assert_eq!(client(d, &s.url, &script).trim(), "ok");
 }
 
 /// `/v1/completions` streams (it used to refuse `stream`): each choice's pieces join to the

@@ -1,11 +1,18 @@
 //! Chat templates: the HF Jinja templates a checkpoint ships (`tokenizer_config.json`'s
 //! `chat_template`, a `chat_template.jinja` file, or GGUF's `tokenizer.chat_template`),
 //! rendered with minijinja plus the Python string methods and helpers (`raise_exception`,
-//! `strftime_now`) the templates expect. Errors name the template's origin.
+//! `strftime_now`) the templates expect, and `tojson` as transformers writes it (Python's
+//! `json.dumps`: `", "` and `": "` separators, `indent`, keys in order, nothing escaped for
+//! HTML) since the text of the tools and tool-call arguments a template writes is what the
+//! model was trained on. Messages go in as JSON objects ([`ChatTemplate::render_turns`]) so
+//! a turn's `tool_calls`, `tool_call_id` and `name` reach the template as sent, and a key
+//! not sent stays undefined (templates test `'tool_calls' in message`). Errors name the
+//! template's origin.
 
 use crate::error::{ModelError, Result};
+use crate::json_schema::{Json, Obj};
 use galley_core::Message;
-use minijinja::value::Serde;
+use minijinja::value::{Kwargs, Serde};
 use minijinja::{Environment, Error, ErrorKind, Value, context};
 
 pub struct ChatTemplate {
@@ -26,6 +33,52 @@ fn strftime_now(_fmt: String) -> String {
     "01 Jan 2026".into()
 }
 
+/// Python's `json.dumps(value, ensure_ascii=False, indent=indent)`, as transformers' `tojson`.
+fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
+    use serde::Serialize;
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let res = match indent {
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let fmt = serde_json::ser::PrettyFormatter::with_indent(&pad);
+            value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, fmt))
+        }
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out, Spaced,
+        )),
+    };
+    res.map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let text = String::from_utf8(out).expect("serde_json writes UTF-8");
+    Ok(Value::from_safe_string(text))
+}
+
+/// Python's default JSON separators: `", "` between items, `": "` after keys.
+struct Spaced;
+
+impl serde_json::ser::Formatter for Spaced {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+}
+
 impl ChatTemplate {
     /// Compiles `source`; `origin` names the file (and key) it came from.
     pub fn new(source: &str, origin: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
@@ -33,6 +86,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
         // HF renders with trim_blocks and lstrip_blocks on.
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
@@ -62,19 +116,36 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tools: Option<&serde_json::Value>,
     ) -> Result<String> {
+        let turns: Vec<Json> = messages
+            .iter()
+            .map(|m| {
+                Json::Object(Obj(vec![
+                    ("role".into(), Json::String(m.role.clone())),
+                    ("content".into(), Json::String(m.content.clone())),
+                ]))
+            })
+            .collect();
+        self.render_turns(
+            &turns,
+            add_generation_prompt,
+            tools.map(Json::from).as_ref(),
+        )
+    }
+
+    /// Renders messages given as JSON objects (an OpenAI request's: `role`, `content`,
+    /// `tool_calls`, `tool_call_id`, `name`), keys in their order, with `tools` when given.
+    pub fn render_turns(
+        &self,
+        messages: &[Json],
+        add_generation_prompt: bool,
+        tools: Option<&Json>,
+    ) -> Result<String> {
         let err = |e: Error| ModelError::Template {
             origin: self.origin.clone(),
             reason: one_line(&e),
         };
         let tmpl = self.env.get_template("chat").map_err(err)?;
-        let msgs: Vec<Value> = messages
-            .iter()
-            .map(|m| {
-                Value::from(Serde(
-                    serde_json::json!({"role": m.role, "content": m.content}),
-                ))
-            })
-            .collect();
+        let msgs: Vec<Value> = messages.iter().map(|m| Value::from(Serde(m))).collect();
         let tools = tools.map(|t| Value::from(Serde(t)));
         tmpl.render(context! {
             messages => msgs,
@@ -84,6 +155,12 @@ impl ChatTemplate {
             tools => tools,
         })
         .map_err(err)
+    }
+
+    /// Whether the template reads `tools` at all (one that does not cannot show a model
+    /// the functions it may call).
+    pub fn renders_tools(&self) -> bool {
+        self.source.contains("tools")
     }
 }
 

@@ -32,6 +32,7 @@ pub mod model;
 mod pool;
 pub mod sample;
 pub mod tokenizer;
+pub mod tool_calls;
 pub mod weights;
 
 pub use adapter::Adapter;

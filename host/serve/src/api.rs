@@ -17,7 +17,6 @@ use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use galley_core::Message;
 use galley_model::{ChatTemplate, Finish, SamplingParams, Tokenizer};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -35,6 +34,9 @@ pub struct Shared {
     pub models: Vec<Served>,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Option<ChatTemplate>,
+    /// How the model writes a tool call (told from its template or `--tool-call-parser`);
+    /// `None`: the template shows no format galley knows.
+    pub tool_format: Option<galley_model::tool_calls::ToolFormat>,
     /// The model's context length (prompt + completion tokens).
     pub context: usize,
     pub created: u64,
@@ -56,6 +58,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// An OpenAI-shaped error response.
+#[derive(Debug)]
 pub struct ApiError {
     pub(crate) status: StatusCode,
     pub(crate) message: String,
@@ -262,42 +265,31 @@ pub(crate) fn chat_logprobs(tok: &Tokenizer, toks: &[Sampled]) -> Value {
     json!({"content": content})
 }
 
-/// `msgs` through the chat template, as token ids (`special`: the tokenizer's own BOS rule
-/// too, for templates that do not write BOS).
+/// `msgs` (with `tools` when given) through the chat template, then `suffix` (a forced tool
+/// call's opening), as token ids (`special`: the tokenizer's own BOS rule too, for templates
+/// that do not write BOS).
 pub(crate) fn render(
     s: &Shared,
     msgs: &[ChatMessage],
     generation_prompt: bool,
     special: bool,
+    tools: Option<&galley_model::json_schema::Json>,
+    suffix: &str,
 ) -> Result<Vec<u32>, ApiError> {
     let tmpl = s.template.as_ref().ok_or_else(|| {
         ApiError::bad(
-            "this model has no chat template: use /v1/completions",
+            "this model has no chat template: use /v1/completions, or serve it with --chat-template FILE",
             Some("messages"),
         )
     })?;
     if msgs.is_empty() {
         return Err(ApiError::bad("messages is empty", Some("messages")));
     }
-    let messages: Vec<Message> = msgs
-        .iter()
-        .map(|m| {
-            let content = match &m.content {
-                None => String::new(),
-                Some(Content::Text(t)) => t.clone(),
-                Some(Content::Parts(parts)) => parts
-                    .iter()
-                    .filter(|p| p.kind == "text")
-                    .map(|p| p.text.as_str())
-                    .collect::<Vec<_>>()
-                    .join(""),
-            };
-            Message::new(m.role.clone(), content)
-        })
-        .collect();
-    let text = tmpl
-        .render(&messages, generation_prompt, None)
+    let turns: Vec<_> = msgs.iter().map(ChatMessage::turn).collect();
+    let mut text = tmpl
+        .render_turns(&turns, generation_prompt, tools)
         .map_err(|e| ApiError::bad(format!("the chat template failed: {e}"), Some("messages")))?;
+    text.push_str(suffix);
     s.tokenizer
         .encode(&text, special)
         .map_err(|e| ApiError::bad(e.to_string(), Some("messages")))
@@ -307,8 +299,13 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
     let req: ChatRequest = parse(&body)?;
     warn_ignored(&body, true);
     let json = refuse_unsupported(&req, &body)?;
+    let tools = crate::tools::read(s.template.as_ref(), s.tool_format, &body, json.is_some())?;
     let b = batcher(&s, &req.model)?;
-    let prompt = render(&s, &req.messages, true, false)?;
+    let plan = tools.plan;
+    let suffix = plan
+        .filter(|p| p.forced)
+        .map_or("", |p| p.format.forced_prefix());
+    let prompt = render(&s, &req.messages, true, false, tools.list.as_ref(), suffix)?;
     let top = req.top_logprobs.unwrap_or(0);
     if top > 20 {
         return Err(ApiError::bad(
@@ -324,7 +321,7 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
     )?;
     let n = n_of(&req.sampling)?;
     let extras = Extras {
-        json,
+        json: json.or(tools.guide),
         ..extras(&s, &req.sampling)?
     };
     let rxs = submit(
@@ -341,6 +338,7 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
         let usage = req.stream_options.is_some_and(|o| o.include_usage);
         let shape = Shape::Chat {
             logprobs: req.logprobs,
+            tools: plan,
         };
         let usage = usage.then_some(prompt.len());
         return Ok(Sse::new(events(s.clone(), rxs, id, req.model, shape, usage)).into_response());
@@ -350,11 +348,25 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
     for (i, rx) in rxs.into_iter().enumerate() {
         let g = gather(rx).await?;
         completion_tokens += g.tokens.len();
+        let finish = g.finish.unwrap_or(Finish::Length);
+        let mut message = json!({"role": "assistant", "content": g.text});
+        let mut reason = finish_reason(finish);
+        if let Some(plan) = &plan {
+            let p = crate::tools::parse(plan, &g.text);
+            if !p.calls.is_empty() {
+                message["content"] = p.content.map_or(Value::Null, Value::String);
+                message["tool_calls"] =
+                    crate::tools::calls_json(plan, &p.calls, crate::tools::id_seed(&s, i), false);
+                if !matches!(finish, Finish::Length) {
+                    reason = "tool_calls";
+                }
+            }
+        }
         choices.push(json!({
             "index": i,
-            "message": {"role": "assistant", "content": g.text},
+            "message": message,
             "logprobs": if req.logprobs { chat_logprobs(&s.tokenizer, &g.tokens) } else { Value::Null },
-            "finish_reason": finish_reason(g.finish.unwrap_or(Finish::Length)),
+            "finish_reason": reason,
         }));
     }
     Ok(Json(json!({

@@ -83,6 +83,14 @@ pub struct ServeFlags {
     /// bytes per parameter more memory, per served model). auto: when all copies fit in 2 GiB.
     #[arg(long, value_enum, default_value = "auto")]
     pub dense_batches: Dense,
+    /// A Jinja chat template file to use instead of the model's own (for a model whose
+    /// template shows no tools, or none at all).
+    #[arg(long, value_name = "FILE", alias = "chat-template-file")]
+    pub chat_template: Option<PathBuf>,
+    /// How the model writes tool calls: hermes (`<tool_call>` blocks: Qwen, Hermes),
+    /// llama3_json, mistral, or json (one bare object). Default: told from the chat template.
+    #[arg(long, value_name = "FORMAT", value_parser = ["hermes", "llama3_json", "mistral", "json"])]
+    pub tool_call_parser: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -130,6 +138,11 @@ impl ServeFlags {
                 Dense::On => Some(true),
                 Dense::Off => Some(false),
             },
+            chat_template: self.chat_template.clone(),
+            tool_call_parser: self
+                .tool_call_parser
+                .as_deref()
+                .and_then(galley_model::tool_calls::ToolFormat::from_name),
         })
     }
 

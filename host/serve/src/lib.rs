@@ -16,6 +16,7 @@ pub mod remote;
 mod request;
 mod stream;
 mod tokenize;
+mod tools;
 
 pub use batcher::Limits;
 pub use engines::Opened;
@@ -48,6 +49,11 @@ pub struct ServeOptions {
     /// about 4 bytes per parameter more memory, per served model): `Some(on)` as told, `None`
     /// when the copies of every served model together stay within `DENSE_AUTO_BYTES`.
     pub dense_batches: Option<bool>,
+    /// A Jinja chat template file used instead of the model's own (vLLM's `--chat-template`).
+    pub chat_template: Option<PathBuf>,
+    /// How the model writes tool calls, when its template does not tell (`hermes`,
+    /// `llama3_json`, `mistral`, `json`).
+    pub tool_call_parser: Option<galley_model::tool_calls::ToolFormat>,
 }
 
 /// What automatic dense copies may cost in all: a small model (SmolLM2-135M: 0.5 GiB) gets
@@ -101,6 +107,29 @@ pub fn load(opts: &ServeOptions) -> Result<Arc<Shared>, ServeError> {
         }
         ids.push(a.clone());
     }
+    if let Some(path) = &opts.chat_template {
+        let token = |id: Option<u32>| {
+            id.and_then(|i| base.tokenizer.id_to_token(i))
+                .unwrap_or_default()
+        };
+        let (bos, eos) = match &base.template {
+            Some(t) => (t.bos_token.clone(), t.eos_token.clone()),
+            None => (
+                token(base.tokenizer.bos),
+                token(base.tokenizer.eos.first().copied()),
+            ),
+        };
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| ServeError::Invalid(format!("--chat-template {}: {e}", path.display())))?;
+        let origin = path.display().to_string();
+        base.template = Some(galley_model::ChatTemplate::new(&src, &origin, &bos, &eos)?);
+    }
+    let tools = match &base.template {
+        Some(t) => opts
+            .tool_call_parser
+            .or_else(|| galley_model::tool_calls::ToolFormat::detect(&t.source)),
+        None => None,
+    };
     let tokenizer = Arc::new(base.tokenizer);
     let context = base.model.config.max_position_embeddings;
     let mut models = vec![Served {
@@ -119,6 +148,7 @@ pub fn load(opts: &ServeOptions) -> Result<Arc<Shared>, ServeError> {
         models,
         tokenizer,
         template: base.template,
+        tool_format: tools,
         context,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -1,14 +1,14 @@
 //! What a request to the API may say, read and checked: the bodies of
 //! `/v1/chat/completions` and `/v1/completions`, their sampling parameters (OpenAI's, and the
 //! `top_k`, `min_p`, `repetition_penalty` and `cache_salt` of llama.cpp's and vLLM's servers)
-//! turned into galley's `SamplingParams`, JSON mode and JSON schemas (structured outputs), and
-//! what galley does not do — tool calls, schema keywords it cannot enforce — refused by name
-//! rather than ignored, since a client that sent `tools` would otherwise parse whatever text
-//! comes back as if no tool had been called.
+//! turned into galley's `SamplingParams`, JSON mode and JSON schemas (structured outputs), the
+//! turns of a conversation with their tool calls and results (`tools` themselves are
+//! [`crate::tools`]'), and what galley does not do — the legacy `functions`, schema keywords
+//! it cannot enforce — refused by name rather than ignored.
 
 use crate::api::{ApiError, Shared};
 use galley_model::SamplingParams;
-use galley_model::json_schema::{Guide, Json, Schema};
+use galley_model::json_schema::{Guide, Json, Obj, Schema};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -65,6 +65,81 @@ pub(crate) struct ChatMessage {
     pub(crate) role: String,
     #[serde(default)]
     pub(crate) content: Option<Content>,
+    /// An assistant turn's calls, as an earlier answer returned them.
+    pub(crate) tool_calls: Option<Vec<ToolCallIn>>,
+    /// A tool turn: the call it answers.
+    pub(crate) tool_call_id: Option<String>,
+    pub(crate) name: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ToolCallIn {
+    pub(crate) id: Option<String>,
+    pub(crate) function: FunctionIn,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct FunctionIn {
+    pub(crate) name: String,
+    /// OpenAI's clients send the JSON text; some send the object.
+    pub(crate) arguments: Json,
+}
+
+impl ChatMessage {
+    /// The turn as chat templates read it (HF's message dicts): `content` as text,
+    /// `tool_calls[].function.arguments` as an object (templates write it with `tojson`; a
+    /// JSON string there would be written quoted), keys not sent left out.
+    pub(crate) fn turn(&self) -> Json {
+        let content = match &self.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t.clone(),
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .filter(|p| p.kind == "text")
+                .map(|p| p.text.as_str())
+                .collect::<Vec<_>>()
+                .join(""),
+        };
+        let mut o = Obj(vec![
+            ("role".into(), Json::String(self.role.clone())),
+            ("content".into(), Json::String(content)),
+        ]);
+        if let Some(n) = &self.name {
+            o.insert("name", Json::String(n.clone()));
+        }
+        if let Some(id) = &self.tool_call_id {
+            o.insert("tool_call_id", Json::String(id.clone()));
+        }
+        if let Some(calls) = &self.tool_calls {
+            let calls = calls
+                .iter()
+                .map(|c| {
+                    let args = match &c.function.arguments {
+                        Json::String(t) => match serde_json::from_str::<Json>(t) {
+                            Ok(v @ Json::Object(_)) => v,
+                            _ => Json::String(t.clone()),
+                        },
+                        other => other.clone(),
+                    };
+                    let mut call = Obj::default();
+                    if let Some(id) = &c.id {
+                        call.insert("id", Json::String(id.clone()));
+                    }
+                    call.insert("type", Json::String("function".into()));
+                    call.insert(
+                        "function",
+                        Json::Object(Obj(vec![
+                            ("name".into(), Json::String(c.function.name.clone())),
+                            ("arguments".into(), args),
+                        ])),
+                    );
+                    Json::Object(call)
+                })
+                .collect();
+            o.insert("tool_calls", Json::Array(calls));
+        }
+        Json::Object(o)
+    }
 }
 
 #[derive(Deserialize)]
@@ -155,8 +230,8 @@ pub(crate) struct ChatRequest {
     pub(crate) top_logprobs: Option<usize>,
     /// Refused unless absent or plain text (see [`refuse_unsupported`]).
     pub(crate) response_format: Option<Value>,
-    pub(crate) tools: Option<Value>,
-    pub(crate) tool_choice: Option<Value>,
+    // `tools`, `tool_choice` and `parallel_tool_calls` are read, in order, by
+    // [`crate::tools::read`].
     pub(crate) functions: Option<Value>,
     pub(crate) function_call: Option<Value>,
     #[serde(flatten)]
@@ -254,10 +329,10 @@ pub(crate) fn n_of(p: &Sampling) -> Result<usize, ApiError> {
     Ok(n)
 }
 
-/// Refuses what galley cannot honour instead of answering as if it had: tool calling (the
-/// model's text would come back where the client expects `tool_calls`) and a schema galley
-/// cannot enforce (the error names the keyword and where it is). An empty tool list and
-/// `tool_choice: "none"` ask for nothing and pass. Returns what the answer is held to:
+/// Refuses what galley cannot honour instead of answering as if it had: the legacy
+/// `functions` and `function_call` (their answers have another shape; `tools` is the same
+/// thing in today's shape) and a schema galley cannot enforce (the error names the keyword
+/// and where it is). Returns what the answer is held to:
 /// nothing, one JSON object (`response_format: json_object`) or one that follows
 /// `response_format.json_schema.schema`, read from `body` so that its properties keep the
 /// order they are written in.
@@ -272,14 +347,14 @@ pub(crate) fn refuse_unsupported(
         Some(_) => true,
     };
     for (key, v) in [
-        ("tools", &req.tools),
-        ("tool_choice", &req.tool_choice),
         ("functions", &req.functions),
         ("function_call", &req.function_call),
     ] {
         if asked(v) {
             return Err(ApiError::bad(
-                format!("`{key}`: galley serve does not call tools; send the request without it"),
+                format!(
+                    "`{key}` is OpenAI's deprecated form of `tools`, which galley serve takes instead"
+                ),
                 Some(key),
             ));
         }
@@ -370,6 +445,7 @@ pub(crate) fn ignored_keys(body: &[u8], chat: bool) -> Vec<String> {
         "response_format",
         "tools",
         "tool_choice",
+        "parallel_tool_calls",
         "functions",
         "function_call",
     ];
@@ -384,13 +460,7 @@ pub(crate) fn ignored_keys(body: &[u8], chat: bool) -> Vec<String> {
         "response_format",
     ];
     // Bookkeeping fields that do not change an answer.
-    const HARMLESS: &[&str] = &[
-        "user",
-        "metadata",
-        "store",
-        "service_tier",
-        "parallel_tool_calls",
-    ];
+    const HARMLESS: &[&str] = &["user", "metadata", "store", "service_tier"];
     let known = if chat { CHAT } else { COMPLETION };
     let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
         return Vec::new();
@@ -417,14 +487,10 @@ mod tests {
     }
 
     #[test]
-    fn tools_and_unenforceable_schemas_are_refused_by_name_and_json_output_is_asked() {
+    fn legacy_functions_and_unenforceable_schemas_are_refused_by_name_and_json_output_is_asked() {
         for (extra, key) in [
-            (
-                json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
-                "tools",
-            ),
-            (json!({"tool_choice": "auto"}), "tool_choice"),
             (json!({"functions": [{"name": "f"}]}), "functions"),
+            (json!({"function_call": "auto"}), "function_call"),
             (
                 json!({"response_format": {"type": "grammar"}}),
                 "response_format",

@@ -1,12 +1,17 @@
 //! Streaming answers as server-sent events, for both endpoints: each sequence's tokens as
 //! they are decoded (chat deltas, or the completions endpoint's text pieces with its legacy
 //! log-probabilities), each sequence's finish reason, the usage when asked, then `[DONE]`.
-//! The sequences of one request interleave in the order their tokens come.
+//! The sequences of one request interleave in the order their tokens come. With tools, chat
+//! text that may open a tool call is held back ([`CallStream`]); the calls come whole in one
+//! `delta.tool_calls` chunk at the end of their choice, before its finish reason.
 
 use crate::api::{AppState, chat_logprobs, finish_reason, legacy_logprobs, now};
 use crate::batcher::Event;
+use crate::tools::{ToolPlan, calls_json, id_seed, limit};
 use axum::response::sse::Event as SseEvent;
 use futures_util::{Stream, StreamExt};
+use galley_model::Finish;
+use galley_model::tool_calls::CallStream;
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -14,8 +19,12 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 /// Which endpoint's chunks to write.
 #[derive(Clone, Copy)]
 pub(crate) enum Shape {
-    /// `chat.completion.chunk`: a role delta first, then content deltas.
-    Chat { logprobs: bool },
+    /// `chat.completion.chunk`: a role delta first, then content deltas (and tool calls,
+    /// read as `tools` says).
+    Chat {
+        logprobs: bool,
+        tools: Option<ToolPlan>,
+    },
     /// `text_completion`: text pieces.
     Text { logprobs: bool },
 }
@@ -27,6 +36,8 @@ struct State {
     completion: usize,
     offsets: Vec<usize>,
     over: bool,
+    /// Each chat choice's tool-call reader, when the request has tools.
+    calls: Vec<Option<CallStream>>,
 }
 
 /// The events of `rxs` (choice `i` is `rxs[i]`) as `shape`'s chunks; `usage`: the request's
@@ -77,11 +88,18 @@ pub(crate) fn events(
             .collect(),
         Shape::Text { .. } => Vec::new(),
     };
+    let plan = match shape {
+        Shape::Chat { tools, .. } => tools,
+        Shape::Text { .. } => None,
+    };
     let state = State {
         rx,
         completion: 0,
         offsets: vec![0; n],
         over: false,
+        calls: (0..n)
+            .map(|_| plan.map(|p| CallStream::new(p.format, p.forced)))
+            .collect(),
     };
     let rest = futures_util::stream::unfold(state, move |mut st| {
         let s = s.clone();
@@ -117,7 +135,15 @@ pub(crate) fn events(
                     } => {
                         st.completion += 1;
                         match shape {
-                            Shape::Chat { logprobs } => {
+                            Shape::Chat { logprobs, .. } => {
+                                let text = match st.calls[i].as_mut() {
+                                    Some(c) => c.push(&text),
+                                    None => text,
+                                };
+                                if text.is_empty() && st.calls[i].is_some() {
+                                    // Held: it may be a tool call.
+                                    continue;
+                                }
                                 let lp = if logprobs {
                                     chat_logprobs(&s.tokenizer, &[(id, logprob, top)])
                                 } else {
@@ -138,15 +164,34 @@ pub(crate) fn events(
                         }
                     }
                     Event::Done { finish, .. } => {
-                        let reason = finish_reason(finish);
-                        match shape {
+                        let mut reason = finish_reason(finish);
+                        let mut out = Vec::new();
+                        if let (Some(c), Some(plan)) = (st.calls[i].take(), plan) {
+                            let mut p = c.finish();
+                            limit(&plan, &mut p);
+                            if let Some(text) = p.content.filter(|t| !t.is_empty()) {
+                                let d = json!({"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null});
+                                out.push(chunk(json!([d]), None));
+                            }
+                            if !p.calls.is_empty() {
+                                let calls = calls_json(&plan, &p.calls, id_seed(&s, i), true);
+                                let d = json!({"index": i, "delta": {"tool_calls": calls}, "logprobs": null, "finish_reason": null});
+                                out.push(chunk(json!([d]), None));
+                                if !matches!(finish, Finish::Length) {
+                                    reason = "tool_calls";
+                                }
+                            }
+                        }
+                        let last = match shape {
                             Shape::Chat { .. } => {
                                 json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": reason})
                             }
                             Shape::Text { .. } => {
                                 json!({"index": i, "text": "", "logprobs": null, "finish_reason": reason})
                             }
-                        }
+                        };
+                        out.push(chunk(json!([last]), None));
+                        return Some((out, st));
                     }
                     Event::Error(e) => {
                         let c = SseEvent::default().data(

@@ -19,6 +19,8 @@ pub(crate) struct TokenizeRequest {
     model: Option<String>,
     prompt: Option<String>,
     messages: Option<Vec<ChatMessage>>,
+    /// Rendered with the messages, as a chat request's.
+    tools: Option<galley_model::json_schema::Json>,
     /// Default: true for a prompt, false for messages (the template writes its own).
     add_special_tokens: Option<bool>,
     add_generation_prompt: Option<bool>,
@@ -51,6 +53,8 @@ pub(crate) async fn tokenize(
             m,
             req.add_generation_prompt.unwrap_or(true),
             req.add_special_tokens.unwrap_or(false),
+            req.tools.as_ref(),
+            "",
         )?,
         _ => {
             return Err(ApiError::bad(

@@ -181,8 +181,18 @@ impl Schema {
         Self::compile(&tree)
     }
 
-    /// Compiles a parsed schema.
+    /// Compiles a parsed schema (its root an object).
     pub fn compile(schema: &Json) -> Result<Schema, SchemaError> {
+        Self::compile_root(schema, false)
+    }
+
+    /// Compiles a parsed schema whose root may also be an array (a list of tool calls, as
+    /// Mistral's models write them); still not a scalar, whose end the text could not show.
+    pub fn compile_list(schema: &Json) -> Result<Schema, SchemaError> {
+        Self::compile_root(schema, true)
+    }
+
+    fn compile_root(schema: &Json, list: bool) -> Result<Schema, SchemaError> {
         let mut c = Compiler {
             doc: schema,
             nodes: Vec::new(),
@@ -231,10 +241,12 @@ impl Schema {
                 seen.extend(f);
             }
         }
-        if !matches!(
-            s.nodes[resolve(&s.nodes, root) as usize],
-            Node::Object(_) | Node::Tagged { .. }
-        ) {
+        let root_ok = match s.nodes[resolve(&s.nodes, root) as usize] {
+            Node::Object(_) | Node::Tagged { .. } => true,
+            Node::Array { .. } => list,
+            _ => false,
+        };
+        if !root_ok {
             return Err(err(
                 "",
                 "the root must be an object (`\"type\": \"object\"`)",

@@ -3,6 +3,7 @@
 //! `preserve_order` feature, which would reorder every other JSON galley writes) sorts keys.
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +65,18 @@ impl Json {
         }
     }
 
+    pub fn as_object(&self) -> Option<&Obj> {
+        match self {
+            Json::Object(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// Compact JSON text, keys in order.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("a Json tree always serializes")
+    }
+
     pub fn as_array(&self) -> Option<&[Json]> {
         match self {
             Json::Array(a) => Some(a),
@@ -98,6 +111,32 @@ impl Json {
             Json::Array(a) => Value::Array(a.iter().map(Json::to_value).collect()),
             Json::Object(o) => {
                 Value::Object(o.0.iter().map(|(k, v)| (k.clone(), v.to_value())).collect())
+            }
+        }
+    }
+}
+
+/// Written with its keys in order (chat templates render tools and arguments as sent).
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Json::Null => s.serialize_unit(),
+            Json::Bool(b) => s.serialize_bool(*b),
+            Json::Number(n) => n.serialize(s),
+            Json::String(t) => s.serialize_str(t),
+            Json::Array(a) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for v in a {
+                    seq.serialize_element(v)?;
+                }
+                seq.end()
+            }
+            Json::Object(o) => {
+                let mut map = s.serialize_map(Some(o.len()))?;
+                for (k, v) in &o.0 {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
             }
         }
     }

@@ -1,0 +1,379 @@
+//! Tool calls in a model's own words. A chat template teaches its model one way of writing a
+//! call, and the server has to read calls back in that way: Hermes' and Qwen's
+//! `<tool_call>{"name": ..., "arguments": ...}</tool_call>` blocks (Hermes 2/3, Qwen 2.5/3,
+//! SmolLM3), Llama 3.1's bare `{"name": ..., "parameters": ...}` object (`<|python_tag|>`
+//! first at times, several joined by `;`), Mistral's `[TOOL_CALLS][{...}, ...]` list, or, for
+//! a template that shows no tools, one plain `{"name", "arguments"}` object (galley's own,
+//! used only where decoding is held to it). [`ToolFormat::detect`] tells the format from the
+//! template's source; [`parse`] reads a finished answer and [`CallStream`] a streamed one,
+//! holding back only text that may open a call. A call that does not parse leaves the whole
+//! answer as text, as vLLM's parsers do: nothing the model wrote is lost.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// How a model writes a tool call (the names are vLLM's `--tool-call-parser` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolFormat {
+    Hermes,
+    Llama3Json,
+    Mistral,
+    /// One `{"name": ..., "arguments": ...}` object, nothing around it.
+    Json,
+}
+
+/// One call read from the text: the function's name and its arguments as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// An answer split into the text around its calls and the calls.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Parsed {
+    pub content: Option<String>,
+    pub calls: Vec<ToolCall>,
+}
+
+const HERMES_OPEN: &str = "<tool_call>";
+const HERMES_CLOSE: &str = "</tool_call>";
+const PYTHON_TAG: &str = "<|python_tag|>";
+const MISTRAL_OPEN: &str = "[TOOL_CALLS]";
+
+impl ToolFormat {
+    /// The format a template's source teaches, if galley knows it.
+    pub fn detect(source: &str) -> Option<Self> {
+        if source.contains(HERMES_OPEN) {
+            Some(Self::Hermes)
+        } else if source.contains(MISTRAL_OPEN) {
+            Some(Self::Mistral)
+        } else if source.contains(PYTHON_TAG) || source.contains("\"parameters\": ") {
+            Some(Self::Llama3Json)
+        } else {
+            None
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "hermes" => Self::Hermes,
+            "llama3_json" => Self::Llama3Json,
+            "mistral" => Self::Mistral,
+            "json" => Self::Json,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hermes => "hermes",
+            Self::Llama3Json => "llama3_json",
+            Self::Mistral => "mistral",
+            Self::Json => "json",
+        }
+    }
+
+    /// The key a call's arguments go under.
+    pub fn arguments_key(self) -> &'static str {
+        match self {
+            Self::Llama3Json => "parameters",
+            _ => "arguments",
+        }
+    }
+
+    /// What the prompt is given after the generation prompt when a call is required, so the
+    /// model writes the call as it was taught to (the JSON after it is held to the tools).
+    pub fn forced_prefix(self) -> &'static str {
+        match self {
+            Self::Hermes => "<tool_call>\n",
+            Self::Mistral => MISTRAL_OPEN,
+            Self::Llama3Json | Self::Json => "",
+        }
+    }
+
+    /// Whether a required call is written as a JSON list of calls (Mistral's) rather than
+    /// one object.
+    pub fn forced_list(self) -> bool {
+        self == Self::Mistral
+    }
+
+    /// Tool-call ids the template accepts: Mistral's templates refuse any but nine
+    /// letters and digits.
+    pub fn call_id(self, seed: u64) -> String {
+        let mut x = seed;
+        let mut next = || {
+            // splitmix64: ids only need to differ, not to be secret.
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let (prefix, n) = match self {
+            Self::Mistral => ("", 9),
+            _ => ("call_", 24),
+        };
+        let tail: String = (0..n)
+            .map(|_| ALNUM[(next() % ALNUM.len() as u64) as usize] as char)
+            .collect();
+        format!("{prefix}{tail}")
+    }
+}
+
+/// A call as the formats write it; Llama 3.1 says `parameters`, the others `arguments`.
+#[derive(Deserialize)]
+struct RawCall<'a> {
+    name: String,
+    #[serde(borrow, alias = "parameters")]
+    arguments: Option<&'a RawValue>,
+}
+
+impl RawCall<'_> {
+    fn call(self) -> ToolCall {
+        let arguments = match self.arguments {
+            None => "{}".to_string(),
+            // Some models write the arguments as a JSON string holding the object.
+            Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+                Ok(s) => s,
+                Err(_) => raw.get().trim().to_string(),
+            },
+        };
+        ToolCall {
+            name: self.name,
+            arguments,
+        }
+    }
+}
+
+/// The calls at the start of `text`, a JSON object or (`list`) a JSON list of objects, each
+/// `{"name", "arguments" | "parameters"}`; objects may follow one another, apart or joined by
+/// `;`. Returns them and the text after them.
+fn calls_json(text: &str, list: bool) -> Option<(Vec<ToolCall>, &str)> {
+    let text = text.trim_start();
+    if list {
+        let mut de = serde_json::Deserializer::from_str(text).into_iter::<Vec<RawCall>>();
+        let calls = de.next()?.ok()?;
+        let rest = &text[de.byte_offset()..];
+        return (!calls.is_empty()).then(|| (calls.into_iter().map(RawCall::call).collect(), rest));
+    }
+    let mut out = Vec::new();
+    let mut rest = text;
+    while rest.starts_with('{') {
+        let mut de = serde_json::Deserializer::from_str(rest).into_iter::<RawCall>();
+        let call = de.next()?.ok()?;
+        let used = de.byte_offset();
+        out.push(call.call());
+        rest = rest[used..].trim_start();
+        if let Some(r) = rest.strip_prefix(';') {
+            rest = r.trim_start();
+        }
+    }
+    (!out.is_empty()).then_some((out, rest))
+}
+
+/// Every call in `text` and nothing else (blanks aside).
+fn only_calls(text: &str, list: bool) -> Option<Vec<ToolCall>> {
+    calls_json(text, list)
+        .filter(|(_, rest)| rest.trim().is_empty())
+        .map(|(c, _)| c)
+}
+
+fn nonempty(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Splits a finished answer into its text and its calls (none, and the whole answer as
+/// text, when the calls it opens do not parse).
+pub fn parse(format: ToolFormat, text: &str) -> Parsed {
+    let whole = || Parsed {
+        content: Some(text.to_string()),
+        calls: Vec::new(),
+    };
+    let found = match format {
+        ToolFormat::Hermes => {
+            let Some(start) = text.find(HERMES_OPEN) else {
+                return whole();
+            };
+            let mut calls = Vec::new();
+            let mut rest = &text[start..];
+            let mut after = String::new();
+            while let Some(body) = rest.strip_prefix(HERMES_OPEN) {
+                let (inner, next) = match body.find(HERMES_CLOSE) {
+                    Some(end) => (&body[..end], &body[end + HERMES_CLOSE.len()..]),
+                    // The answer ended (a stop token) before the close.
+                    None => (body, ""),
+                };
+                match only_calls(inner, false) {
+                    Some(c) => calls.extend(c),
+                    None => return whole(),
+                }
+                let next = next.trim_start();
+                match next.find(HERMES_OPEN) {
+                    Some(i) => {
+                        after.push_str(&next[..i]);
+                        rest = &next[i..];
+                    }
+                    None => {
+                        after.push_str(next);
+                        rest = "";
+                    }
+                }
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            let content = nonempty(&format!("{}{}", text[..start].trim_end(), after.trim()));
+            Some(Parsed { content, calls })
+        }
+        ToolFormat::Mistral => {
+            let (before, body) = match text.find(MISTRAL_OPEN) {
+                Some(i) => (&text[..i], &text[i + MISTRAL_OPEN.len()..]),
+                None if text.trim_start().starts_with('[') => ("", text),
+                None => return whole(),
+            };
+            calls_json(body, true).map(|(calls, rest)| Parsed {
+                content: nonempty(&format!("{}{}", before.trim_end(), rest.trim())),
+                calls,
+            })
+        }
+        ToolFormat::Llama3Json | ToolFormat::Json => {
+            let t = text.trim_start();
+            let t = t.strip_prefix(PYTHON_TAG).unwrap_or(t);
+            if !t.trim_start().starts_with('{') {
+                return whole();
+            }
+            calls_json(t, false).map(|(calls, rest)| Parsed {
+                content: nonempty(rest),
+                calls,
+            })
+        }
+    };
+    found.unwrap_or_else(whole)
+}
+
+/// What a forced call (`tool_choice` required or named) wrote after the prompt's
+/// [`ToolFormat::forced_prefix`]: one object, or Mistral's list.
+pub fn parse_forced(format: ToolFormat, text: &str) -> Parsed {
+    let body = text.trim();
+    let body = body.strip_suffix(HERMES_CLOSE).unwrap_or(body);
+    match only_calls(body, format.forced_list()) {
+        Some(calls) => Parsed {
+            content: None,
+            calls,
+        },
+        None => Parsed {
+            content: Some(text.to_string()),
+            calls: Vec::new(),
+        },
+    }
+}
+
+/// A streamed answer read as it comes: text is passed on at once, except what may open a
+/// call; from a call's opening on, everything is kept until the end, when [`Self::finish`]
+/// parses it.
+#[derive(Debug)]
+pub struct CallStream {
+    format: ToolFormat,
+    forced: bool,
+    text: String,
+    /// Bytes of `text` passed on.
+    sent: usize,
+    in_call: bool,
+}
+
+impl CallStream {
+    /// `forced`: the answer is a call from its first token (see [`parse_forced`]).
+    pub fn new(format: ToolFormat, forced: bool) -> Self {
+        Self {
+            format,
+            forced,
+            text: String::new(),
+            sent: 0,
+            in_call: forced,
+        }
+    }
+
+    /// Takes the next piece of text; returns what may be passed on now.
+    pub fn push(&mut self, piece: &str) -> String {
+        self.text.push_str(piece);
+        if self.in_call {
+            return String::new();
+        }
+        let unsent = &self.text[self.sent..];
+        let keep_from = match self.format {
+            ToolFormat::Hermes => opening(unsent, HERMES_OPEN),
+            ToolFormat::Mistral => {
+                if self.sent == 0 && starts_call(unsent, &["["]) {
+                    Some((0, self.sent == 0 && unsent.trim_start().starts_with('[')))
+                } else {
+                    opening(unsent, MISTRAL_OPEN)
+                }
+            }
+            ToolFormat::Llama3Json | ToolFormat::Json => {
+                if self.sent == 0 && starts_call(unsent, &["{", PYTHON_TAG]) {
+                    let t = unsent.trim_start();
+                    Some((0, t.starts_with('{') || t.starts_with(PYTHON_TAG)))
+                } else {
+                    None
+                }
+            }
+        };
+        let end = match keep_from {
+            Some((at, opened)) => {
+                self.in_call = opened;
+                self.sent + at
+            }
+            None => self.text.len(),
+        };
+        let out = self.text[self.sent..end].to_string();
+        self.sent = end;
+        out
+    }
+
+    /// The end of the answer: the text not passed on yet, and the calls.
+    pub fn finish(self) -> Parsed {
+        let rest = &self.text[self.sent..];
+        if self.forced {
+            return parse_forced(self.format, &self.text);
+        }
+        if !self.in_call {
+            return Parsed {
+                content: (!rest.is_empty()).then(|| rest.to_string()),
+                calls: Vec::new(),
+            };
+        }
+        let p = parse(self.format, rest);
+        if p.calls.is_empty() {
+            return Parsed {
+                content: Some(rest.to_string()),
+                calls: Vec::new(),
+            };
+        }
+        p
+    }
+}
+
+/// Where in `text` a call may open: `(at, opened)` for the whole `marker` at `at`, or a tail
+/// of `text` that is the start of `marker` (held back, not opened yet).
+fn opening(text: &str, marker: &str) -> Option<(usize, bool)> {
+    if let Some(i) = text.find(marker) {
+        return Some((i, true));
+    }
+    (1..marker.len())
+        .rev()
+        .find(|&n| text.ends_with(&marker[..n]))
+        .map(|n| (text.len() - n, false))
+}
+
+/// Whether text at the start of an answer is, or may become, one of `openers` after
+/// blanks (blank text alone is held: what follows decides).
+fn starts_call(text: &str, openers: &[&str]) -> bool {
+    let t = text.trim_start();
+    t.is_empty() || openers.iter().any(|o| t.starts_with(o) || o.starts_with(t))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,198 @@
+use super::*;
+
+fn call(name: &str, arguments: &str) -> ToolCall {
+    ToolCall {
+        name: name.into(),
+        arguments: arguments.into(),
+    }
+}
+
+#[test]
+fn hermes_blocks_with_text_around_them_and_no_close_at_the_end() {
+    // Qwen 2.5's parallel calls, as its template shows them.
+    let text = "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"c\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>";
+    let p = parse(ToolFormat::Hermes, text);
+    assert_eq!(p.content.as_deref(), Some("Let me look."));
+    assert_eq!(
+        p.calls,
+        vec![
+            call("get_weather", r#"{"city": "Paris", "unit": "c"}"#),
+            call("get_time", "{}")
+        ]
+    );
+    // A stop token came before `</tool_call>`; arguments written as a JSON string.
+    let p = parse(
+        ToolFormat::Hermes,
+        "<tool_call>\n{\"name\": \"f\", \"arguments\": \"{\\\"x\\\": 1}\"}\n",
+    );
+    assert_eq!((p.content, p.calls), (None, vec![call("f", r#"{"x": 1}"#)]));
+}
+
+#[test]
+fn a_call_that_does_not_parse_leaves_the_whole_answer_as_text() {
+    for (f, text) in [
+        (
+            ToolFormat::Hermes,
+            "ok <tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": }\n</tool_call>",
+        ),
+        (
+            ToolFormat::Hermes,
+            "<tool_call>{\"arguments\": {}}</tool_call>",
+        ),
+        (
+            ToolFormat::Llama3Json,
+            "{\"name\": \"f\", \"parameters\": {\"x\": 1}",
+        ),
+        (
+            ToolFormat::Mistral,
+            "[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {}}",
+        ),
+        (ToolFormat::Llama3Json, "The answer is {x}."),
+    ] {
+        let p = parse(f, text);
+        assert_eq!(
+            (p.content.as_deref(), p.calls.len()),
+            (Some(text), 0),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        parse(ToolFormat::Hermes, "plain").content.as_deref(),
+        Some("plain")
+    );
+}
+
+#[test]
+fn llama3_objects_with_python_tag_or_semicolons_and_mistral_lists() {
+    let p = parse(
+        ToolFormat::Llama3Json,
+        "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}",
+    );
+    assert_eq!(p.calls, vec![call("get_weather", r#"{"city": "Paris"}"#)]);
+    let p = parse(
+        ToolFormat::Llama3Json,
+        " {\"name\": \"a\", \"parameters\": {}}; {\"name\": \"b\", \"parameters\": {\"x\": [1, 2]}}",
+    );
+    assert_eq!(
+        p.calls,
+        vec![call("a", "{}"), call("b", r#"{"x": [1, 2]}"#)]
+    );
+    let p = parse(
+        ToolFormat::Mistral,
+        "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}, {\"name\": \"t\", \"arguments\": {}}]",
+    );
+    assert_eq!(p.content, None);
+    assert_eq!(
+        p.calls,
+        vec![call("get_weather", r#"{"city": "Paris"}"#), call("t", "{}")]
+    );
+    // Without the marker (a tokenizer that drops it), a list at the start is a call list.
+    let p = parse(
+        ToolFormat::Mistral,
+        "[{\"name\": \"t\", \"arguments\": {}}]",
+    );
+    assert_eq!(p.calls, vec![call("t", "{}")]);
+}
+
+#[test]
+fn forced_calls_are_the_json_after_the_prefix() {
+    let p = parse_forced(
+        ToolFormat::Hermes,
+        "{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>",
+    );
+    assert_eq!(p.calls, vec![call("f", r#"{"a": 1}"#)]);
+    let p = parse_forced(
+        ToolFormat::Mistral,
+        "[{\"name\": \"f\", \"arguments\": {}}]",
+    );
+    assert_eq!(p.calls, vec![call("f", "{}")]);
+    let p = parse_forced(ToolFormat::Json, "{\"name\": \"f\", \"argu");
+    assert_eq!(
+        (p.content.as_deref(), p.calls.len()),
+        (Some("{\"name\": \"f\", \"argu"), 0)
+    );
+}
+
+/// Feeds `text` a character at a time: what was passed on, and the end.
+fn stream(f: ToolFormat, text: &str) -> (String, Parsed) {
+    let mut s = CallStream::new(f, false);
+    let mut sent = String::new();
+    for c in text.chars() {
+        sent.push_str(&s.push(&c.to_string()));
+    }
+    (sent, s.finish())
+}
+
+#[test]
+fn streams_pass_text_on_and_hold_only_what_may_open_a_call() {
+    let text =
+        "Let me look. <tool_call>\n{\"name\": \"f\", \"arguments\": {\"q\": \"é\"}}\n</tool_call>";
+    let (sent, end) = stream(ToolFormat::Hermes, text);
+    assert_eq!(sent, "Let me look. ");
+    assert_eq!(
+        (end.content, end.calls),
+        (None, vec![call("f", r#"{"q": "é"}"#)])
+    );
+    // A `<tool` that never becomes a call is passed on once it cannot.
+    let (sent, end) = stream(ToolFormat::Hermes, "a <tool is here <tool");
+    assert_eq!(sent, "a <tool is here ");
+    assert_eq!(
+        (end.content.as_deref(), end.calls.len()),
+        (Some("<tool"), 0)
+    );
+    // Llama 3: a call only opens an answer; blanks first are held until the text decides.
+    let (sent, end) = stream(
+        ToolFormat::Llama3Json,
+        "  {\"name\": \"f\", \"parameters\": {}}",
+    );
+    assert_eq!((sent.as_str(), end.calls), ("", vec![call("f", "{}")]));
+    let (sent, end) = stream(ToolFormat::Llama3Json, "  It is {warm}.");
+    assert_eq!((sent.as_str(), end.content), ("  It is {warm}.", None));
+    // A call that does not parse comes back as text at the end.
+    let (sent, end) = stream(ToolFormat::Hermes, "x<tool_call>{oops}");
+    assert_eq!(
+        (sent.as_str(), end.content.as_deref()),
+        ("x", Some("<tool_call>{oops}"))
+    );
+    let (sent, end) = stream(
+        ToolFormat::Mistral,
+        "[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {}}]",
+    );
+    assert_eq!((sent.as_str(), end.calls), ("", vec![call("f", "{}")]));
+    let mut forced = CallStream::new(ToolFormat::Hermes, true);
+    assert_eq!(forced.push("{\"name\": \"f\", "), "");
+    assert_eq!(forced.push("\"arguments\": {}}"), "");
+    assert_eq!(forced.finish().calls, vec![call("f", "{}")]);
+}
+
+#[test]
+fn formats_are_told_from_template_sources_and_ids_fit_them() {
+    assert_eq!(
+        ToolFormat::detect("x <tool_call> y"),
+        Some(ToolFormat::Hermes)
+    );
+    assert_eq!(
+        ToolFormat::detect("{{ '[TOOL_CALLS][' }}"),
+        Some(ToolFormat::Mistral)
+    );
+    assert_eq!(
+        ToolFormat::detect(r#"{{- '"parameters": ' }}"#),
+        Some(ToolFormat::Llama3Json)
+    );
+    assert_eq!(ToolFormat::detect("{{ messages }}"), None);
+    let id = ToolFormat::Mistral.call_id(7);
+    assert!(
+        id.len() == 9 && id.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{id}"
+    );
+    let a = ToolFormat::Hermes.call_id(7);
+    assert!(a.starts_with("call_") && a.len() == 29 && a != ToolFormat::Hermes.call_id(8));
+    for f in [
+        ToolFormat::Hermes,
+        ToolFormat::Llama3Json,
+        ToolFormat::Mistral,
+        ToolFormat::Json,
+    ] {
+        assert_eq!(ToolFormat::from_name(f.name()), Some(f));
+    }
+}
