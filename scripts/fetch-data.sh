@@ -8,12 +8,13 @@ cd "$(dirname "$0")/.."
 dir=.cache/data
 mkdir -p "$dir"
 # pyarrow and datasets write the Parquet files and save_to_disk folders the data-format
-# tests read, the official openai client calls `galley serve` in its tests, and gguf-py
+# tests read, the official openai client calls `galley serve` in its tests, Jinja2 renders chat
+# templates as transformers does for the template tests to compare with, and gguf-py
 # (llama.cpp's own GGUF reader) reads what `galley export` writes (a private venv, not the
 # user's Python).
 venv=.cache/tools-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c "import pyarrow, datasets, openai, gguf, safetensors" 2>/dev/null || "$venv/bin/pip" install --quiet "pyarrow>=14" "datasets>=3" "openai>=1.50" "gguf>=0.17" "safetensors>=0.4"
+"$venv/bin/python" -c "import pyarrow, datasets, openai, gguf, safetensors, jinja2" 2>/dev/null || "$venv/bin/pip" install --quiet "pyarrow>=14" "datasets>=3" "openai>=1.50" "gguf>=0.17" "safetensors>=0.4" "jinja2>=3.1"
 # llama.cpp's tokenizer test vocabularies (vocabulary-only GGUFs with the texts and ids its
 # test-tokenizer-0 checks, MIT) and the chat templates of its chat tests (real models' HF
 # templates: Qwen, Hermes, Llama 3.x, Mistral...), from the llama-cpp-python source archive:

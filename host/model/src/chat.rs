@@ -28,15 +28,29 @@ fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, msg))
 }
 
-/// Templates call it for "today's date"; galley renders reproducibly, so it is fixed.
-fn strftime_now(_fmt: String) -> String {
-    "01 Jan 2026".into()
+/// Templates call it for "today's date" (Python's `datetime.now().strftime(fmt)`); galley
+/// renders reproducibly, so the date is fixed at 2026-01-01, written in the template's format.
+fn strftime_now(fmt: String) -> std::result::Result<String, Error> {
+    use std::fmt::Write;
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("a valid date");
+    let mut out = String::new();
+    write!(out, "{}", day.format(&fmt)).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: {fmt:?} is not a strftime format"),
+        )
+    })?;
+    Ok(out)
 }
 
-/// Python's `json.dumps(value, ensure_ascii=False, indent=indent)`, as transformers' `tojson`.
+/// Python's `json.dumps(value, ensure_ascii=ensure_ascii, indent=indent)`, as transformers'
+/// `tojson` (`ensure_ascii` false unless asked).
 fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
     use serde::Serialize;
     let indent: Option<usize> = kwargs.get("indent")?;
+    let ascii: Option<bool> = kwargs.get("ensure_ascii")?;
     kwargs.assert_all_used()?;
     let mut out = Vec::new();
     let res = match indent {
@@ -50,7 +64,22 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
         )),
     };
     res.map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
-    let text = String::from_utf8(out).expect("serde_json writes UTF-8");
+    let mut text = String::from_utf8(out).expect("serde_json writes UTF-8");
+    if ascii == Some(true) {
+        // Outside strings JSON is ASCII, so escaping every other character escapes strings'.
+        let mut esc = String::with_capacity(text.len());
+        for c in text.chars() {
+            if c.is_ascii() {
+                esc.push(c);
+            } else {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    esc.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+        }
+        text = esc;
+    }
     Ok(Value::from_safe_string(text))
 }
 
@@ -79,6 +108,45 @@ impl serde_json::ser::Formatter for Spaced {
     }
 }
 
+/// Jinja's `iterable` test as Python has it: `none` is not iterable (minijinja iterates it as
+/// empty, and templates guard `tools | length` with `tools is iterable`).
+fn is_iterable(v: Value) -> bool {
+    !(v.is_none() || v.is_undefined()) && v.try_iter().is_ok()
+}
+
+/// transformers' `{% generation %}` blocks (they mark the assistant's tokens for its
+/// `return_assistant_tokens_mask`) render their body unchanged; an always-true `if` with the
+/// same whitespace control does the same here.
+fn generation_blocks(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(i) = rest.find("{%") {
+        out.push_str(&rest[..i]);
+        let tag = &rest[i..];
+        let Some(end) = tag.find("%}") else {
+            out.push_str(tag);
+            return out;
+        };
+        let inner = &tag[2..end];
+        let (lead, body) = match inner.strip_prefix('-') {
+            Some(b) => ("-", b),
+            None => ("", inner),
+        };
+        let (body, trail) = match body.strip_suffix('-') {
+            Some(b) => (b, "-"),
+            None => (body, ""),
+        };
+        match body.trim() {
+            "generation" => out.push_str(&format!("{{%{lead} if true {trail}%}}")),
+            "endgeneration" => out.push_str(&format!("{{%{lead} endif {trail}%}}")),
+            _ => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl ChatTemplate {
     /// Compiles `source`; `origin` names the file (and key) it came from.
     pub fn new(source: &str, origin: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
@@ -87,6 +155,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
+        env.add_test("iterable", is_iterable);
         // HF renders with trim_blocks and lstrip_blocks on.
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
@@ -95,7 +164,7 @@ impl ChatTemplate {
                 .build()
                 .expect("default delimiters"),
         );
-        env.add_template_owned("chat", source.to_string())
+        env.add_template_owned("chat", generation_blocks(source))
             .map_err(|e| ModelError::Template {
                 origin: origin.into(),
                 reason: one_line(&e),
@@ -231,6 +300,17 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn generation_blocks_none_tools_and_the_date_render_as_in_transformers() {
+        let src = "{% for m in messages %}{%- generation -%} [{{ m.content }}] {%- endgeneration %}{% endfor %}|{{ tools is iterable }}|{{ 'ab' is iterable }}|{{ strftime_now('%Y-%m-%d %b') }}";
+        let t = ChatTemplate::new(src, "t", "", "").unwrap();
+        assert_eq!(
+            t.render(&[msg("user", "a"), msg("assistant", "b")], false, None)
+                .unwrap(),
+            "[a][b]|False|True|2026-01-01 Jan"
+        );
     }
 
     #[test]
