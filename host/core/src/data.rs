@@ -3,11 +3,20 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// One chat message; `role` is free text ("system", "user", "assistant", "tool"...).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One chat message; `role` is free text ("system", "user", "assistant", "tool"...). An
+/// assistant turn may carry tool calls and a tool turn the call it answers, as OpenAI's
+/// messages and TRL's tool-calling datasets write them (absent keys stay absent on the wire).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A tool turn's function name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Message {
@@ -15,7 +24,58 @@ impl Message {
         Self {
             role: role.into(),
             content: content.into(),
+            ..Self::default()
         }
+    }
+}
+
+/// A function call in an assistant turn: `{"id", "type": "function", "function": {"name",
+/// "arguments"}}` on the wire; `arguments` is kept as JSON text (OpenAI sends text, TRL's
+/// datasets an object, which is written out as text here).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ToolCall {
+    pub id: Option<String>,
+    pub name: String,
+    pub arguments: String,
+}
+
+impl Serialize for ToolCall {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = serde_json::json!({
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        });
+        if let Some(id) = &self.id {
+            v["id"] = id.clone().into();
+        }
+        v.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ToolCall {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            id: Option<String>,
+            function: Function,
+        }
+        #[derive(Deserialize)]
+        struct Function {
+            name: String,
+            #[serde(default)]
+            arguments: serde_json::Value,
+        }
+        let w = Wire::deserialize(d)?;
+        let arguments = match w.function.arguments {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Null => "{}".into(),
+            other => other.to_string(),
+        };
+        Ok(ToolCall {
+            id: w.id,
+            name: w.function.name,
+            arguments,
+        })
     }
 }
 

@@ -183,22 +183,10 @@ impl ChatTemplate {
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
-        tools: Option<&serde_json::Value>,
+        tools: Option<&Json>,
     ) -> Result<String> {
-        let turns: Vec<Json> = messages
-            .iter()
-            .map(|m| {
-                Json::Object(Obj(vec![
-                    ("role".into(), Json::String(m.role.clone())),
-                    ("content".into(), Json::String(m.content.clone())),
-                ]))
-            })
-            .collect();
-        self.render_turns(
-            &turns,
-            add_generation_prompt,
-            tools.map(Json::from).as_ref(),
-        )
+        let turns: Vec<Json> = messages.iter().map(turn).collect();
+        self.render_turns(&turns, add_generation_prompt, tools)
     }
 
     /// Renders messages given as JSON objects (an OpenAI request's: `role`, `content`,
@@ -233,6 +221,49 @@ impl ChatTemplate {
     }
 }
 
+/// A message as chat templates read it (HF's message dicts): `tool_calls` with their
+/// `arguments` as an object (templates write them with `tojson`; text there would be written
+/// quoted), `tool_call_id` and `name` where set, and no key for what is not.
+pub fn turn(m: &Message) -> Json {
+    let mut o = Obj(vec![
+        ("role".into(), Json::String(m.role.clone())),
+        ("content".into(), Json::String(m.content.clone())),
+    ]);
+    if let Some(n) = &m.name {
+        o.insert("name", Json::String(n.clone()));
+    }
+    if let Some(id) = &m.tool_call_id {
+        o.insert("tool_call_id", Json::String(id.clone()));
+    }
+    if !m.tool_calls.is_empty() {
+        let calls = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                let args = match serde_json::from_str::<Json>(&c.arguments) {
+                    Ok(v @ Json::Object(_)) => v,
+                    _ => Json::String(c.arguments.clone()),
+                };
+                let mut call = Obj::default();
+                if let Some(id) = &c.id {
+                    call.insert("id", Json::String(id.clone()));
+                }
+                call.insert("type", Json::String("function".into()));
+                call.insert(
+                    "function",
+                    Json::Object(Obj(vec![
+                        ("name".into(), Json::String(c.name.clone())),
+                        ("arguments".into(), args),
+                    ])),
+                );
+                Json::Object(call)
+            })
+            .collect();
+        o.insert("tool_calls", Json::Array(calls));
+    }
+    Json::Object(o)
+}
+
 fn one_line(e: &Error) -> String {
     let mut s = e.to_string();
     if let Some(line) = e.line() {
@@ -246,10 +277,7 @@ mod tests {
     use super::*;
 
     fn msg(role: &str, content: &str) -> Message {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
+        Message::new(role, content)
     }
 
     /// The ChatML template SmolLM2 and Qwen ship (abridged to its logic).

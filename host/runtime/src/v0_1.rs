@@ -147,6 +147,8 @@ pub(crate) fn metadata_out(m: Vec<wit::Entry>) -> core::Metadata {
     m.into_iter().map(|e| (e.key, value_out(e.value))).collect()
 }
 
+/// Messages for a plugin. WIT v0.1's message is a role and a text: a turn's tool calls do not
+/// cross (a later WIT version would carry them).
 pub(crate) fn messages_in(m: &[core::Message]) -> Vec<wit::Message> {
     m.iter()
         .map(|m| wit::Message {
@@ -158,10 +160,7 @@ pub(crate) fn messages_in(m: &[core::Message]) -> Vec<wit::Message> {
 
 pub(crate) fn messages_out(m: Vec<wit::Message>) -> Vec<core::Message> {
     m.into_iter()
-        .map(|m| core::Message {
-            role: m.role,
-            content: m.content,
-        })
+        .map(|m| core::Message::new(m.role, m.content))
         .collect()
 }
 

@@ -285,9 +285,9 @@ pub(crate) fn render(
     if msgs.is_empty() {
         return Err(ApiError::bad("messages is empty", Some("messages")));
     }
-    let turns: Vec<_> = msgs.iter().map(ChatMessage::turn).collect();
+    let messages: Vec<_> = msgs.iter().map(ChatMessage::message).collect();
     let mut text = tmpl
-        .render_turns(&turns, generation_prompt, tools)
+        .render(&messages, generation_prompt, tools)
         .map_err(|e| ApiError::bad(format!("the chat template failed: {e}"), Some("messages")))?;
     text.push_str(suffix);
     s.tokenizer

@@ -8,7 +8,7 @@
 
 use crate::api::{ApiError, Shared};
 use galley_model::SamplingParams;
-use galley_model::json_schema::{Guide, Json, Obj, Schema};
+use galley_model::json_schema::{Guide, Json, Schema};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -86,10 +86,9 @@ pub(crate) struct FunctionIn {
 }
 
 impl ChatMessage {
-    /// The turn as chat templates read it (HF's message dicts): `content` as text,
-    /// `tool_calls[].function.arguments` as an object (templates write it with `tojson`; a
-    /// JSON string there would be written quoted), keys not sent left out.
-    pub(crate) fn turn(&self) -> Json {
+    /// The turn as galley's message: `content` as text (the text parts joined), calls'
+    /// `arguments` as the JSON text the client sent (or the object it sent, written out).
+    pub(crate) fn message(&self) -> galley_core::Message {
         let content = match &self.content {
             None => String::new(),
             Some(Content::Text(t)) => t.clone(),
@@ -100,45 +99,26 @@ impl ChatMessage {
                 .collect::<Vec<_>>()
                 .join(""),
         };
-        let mut o = Obj(vec![
-            ("role".into(), Json::String(self.role.clone())),
-            ("content".into(), Json::String(content)),
-        ]);
-        if let Some(n) = &self.name {
-            o.insert("name", Json::String(n.clone()));
+        let tool_calls = self
+            .tool_calls
+            .iter()
+            .flatten()
+            .map(|c| galley_core::ToolCall {
+                id: c.id.clone(),
+                name: c.function.name.clone(),
+                arguments: match &c.function.arguments {
+                    Json::String(t) => t.clone(),
+                    other => other.to_text(),
+                },
+            })
+            .collect();
+        galley_core::Message {
+            role: self.role.clone(),
+            content,
+            tool_calls,
+            tool_call_id: self.tool_call_id.clone(),
+            name: self.name.clone(),
         }
-        if let Some(id) = &self.tool_call_id {
-            o.insert("tool_call_id", Json::String(id.clone()));
-        }
-        if let Some(calls) = &self.tool_calls {
-            let calls = calls
-                .iter()
-                .map(|c| {
-                    let args = match &c.function.arguments {
-                        Json::String(t) => match serde_json::from_str::<Json>(t) {
-                            Ok(v @ Json::Object(_)) => v,
-                            _ => Json::String(t.clone()),
-                        },
-                        other => other.clone(),
-                    };
-                    let mut call = Obj::default();
-                    if let Some(id) = &c.id {
-                        call.insert("id", Json::String(id.clone()));
-                    }
-                    call.insert("type", Json::String("function".into()));
-                    call.insert(
-                        "function",
-                        Json::Object(Obj(vec![
-                            ("name".into(), Json::String(c.function.name.clone())),
-                            ("arguments".into(), args),
-                        ])),
-                    );
-                    Json::Object(call)
-                })
-                .collect();
-            o.insert("tool_calls", Json::Array(calls));
-        }
-        Json::Object(o)
     }
 }
 

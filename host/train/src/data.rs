@@ -11,6 +11,7 @@ use crate::error::{Result, TrainError, file_err};
 use crate::ops::IGNORE;
 use galley_core::seed::{derive_seed, purpose};
 use galley_core::{DataSource, Example, Message};
+use galley_model::json_schema::Json;
 use galley_model::{ChatTemplate, Tokenizer};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
@@ -255,11 +256,13 @@ impl Encoder<'_> {
             Records::Items(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for r in items {
+                    let tools = r.tools();
+                    let tools = tools.as_ref();
                     let encoded = match &r.item {
-                        Item::Lm(Content::Chat(msgs)) => self.encode_chat(&r.at, msgs)?,
+                        Item::Lm(Content::Chat(msgs)) => self.encode_chat(&r.at, msgs, tools)?,
                         Item::Lm(Content::Text(text)) => self.encode_plain(text)?,
                         Item::PromptCompletion { prompt, completion } => {
-                            let s = self.split(&r.at, prompt, completion)?;
+                            let s = self.split(&r.at, prompt, completion, tools)?;
                             self.sample(s.prompt, s.completion)
                         }
                         other => {
@@ -287,7 +290,7 @@ impl Encoder<'_> {
         msgs: &[Message],
         skipped: &mut Skipped,
     ) -> Result<Option<Sample>> {
-        let e = self.encode_chat(at, msgs)?;
+        let e = self.encode_chat(at, msgs, None)?;
         self.settle(at, e, skipped)
     }
 
@@ -394,15 +397,28 @@ impl Encoder<'_> {
         })
     }
 
-    fn render(&self, at: &str, m: &[Message], add_prompt: bool) -> Result<Vec<u32>> {
-        let text = self.template(at)?.render(m, add_prompt, None)?;
+    /// `m` through the chat template (with the record's `tools`), as token ids.
+    fn render(
+        &self,
+        at: &str,
+        m: &[Message],
+        add_prompt: bool,
+        tools: Option<&Json>,
+    ) -> Result<Vec<u32>> {
+        let text = self.template(at)?.render(m, add_prompt, tools)?;
         Ok(self.tokenizer.encode(&text, false)?)
     }
 
     /// A prompt and a completion cut as TRL cuts them: conversational through the template
     /// (the prompt with the generation prompt), standard as plain concatenation with EOS.
-    pub fn split(&self, at: &str, prompt: &Content, completion: &Content) -> Result<Split> {
-        let (p, whole) = self.tokenize_pair(at, prompt, completion)?;
+    pub fn split(
+        &self,
+        at: &str,
+        prompt: &Content,
+        completion: &Content,
+        tools: Option<&Json>,
+    ) -> Result<Split> {
+        let (p, whole) = self.tokenize_pair(at, prompt, completion, tools)?;
         let n = common_prefix(&p, &whole);
         Ok(Split {
             prompt: whole[..n].to_vec(),
@@ -418,9 +434,10 @@ impl Encoder<'_> {
         prompt: &Content,
         chosen: &Content,
         rejected: &Content,
+        tools: Option<&Json>,
     ) -> Result<(Split, Split)> {
-        let (p, c) = self.tokenize_pair(at, prompt, chosen)?;
-        let (_, r) = self.tokenize_pair(at, prompt, rejected)?;
+        let (p, c) = self.tokenize_pair(at, prompt, chosen, tools)?;
+        let (_, r) = self.tokenize_pair(at, prompt, rejected, tools)?;
         let n = common_prefix(&p, &c).min(common_prefix(&p, &r));
         let cut = |w: Vec<u32>| Split {
             prompt: w[..n].to_vec(),
@@ -435,12 +452,16 @@ impl Encoder<'_> {
         at: &str,
         prompt: &Content,
         completion: &Content,
+        tools: Option<&Json>,
     ) -> Result<(Vec<u32>, Vec<u32>)> {
         match (prompt, completion) {
             (Content::Chat(p), Content::Chat(c)) => {
                 let mut all = p.clone();
                 all.extend(c.iter().cloned());
-                Ok((self.render(at, p, true)?, self.render(at, &all, false)?))
+                Ok((
+                    self.render(at, p, true, tools)?,
+                    self.render(at, &all, false, tools)?,
+                ))
             }
             (Content::Text(p), Content::Text(c)) => Ok((
                 self.tokenizer.encode(p, true)?,
@@ -488,7 +509,7 @@ impl Encoder<'_> {
     }
 
     /// `Ok(Err(..))` is a bad example the policy decides about; `Err` stops the run.
-    fn encode_chat(&self, at: &str, msgs: &[Message]) -> Result<Encoded> {
+    fn encode_chat(&self, at: &str, msgs: &[Message], tools: Option<&Json>) -> Result<Encoded> {
         if msgs.is_empty() {
             return Ok(Err((Bad::Empty, "no messages".into())));
         }
@@ -504,7 +525,7 @@ impl Encoder<'_> {
                 "conversation has no assistant turn to learn from".into(),
             )));
         }
-        let ids = self.render(at, msgs, false)?;
+        let ids = self.render(at, msgs, false, tools)?;
         let mut train = vec![self.cfg.loss_on == LossOn::All; ids.len()];
         let turns: &[usize] = match self.cfg.loss_on {
             LossOn::All => &[],
@@ -516,8 +537,8 @@ impl Encoder<'_> {
             // and the whole part ways, to where the conversation rendered through it (its
             // end-of-turn token included) does. Where a template renders a prefix differently
             // or BPE merges across the boundary, the tokens both share decide (TRL's rule).
-            let start = common_prefix(&self.render(at, &msgs[..i], true)?, &ids);
-            let end = common_prefix(&self.render(at, &msgs[..=i], false)?, &ids);
+            let start = common_prefix(&self.render(at, &msgs[..i], true, tools)?, &ids);
+            let end = common_prefix(&self.render(at, &msgs[..=i], false, tools)?, &ids);
             if end > start {
                 train[start..end].fill(true);
             }

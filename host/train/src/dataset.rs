@@ -13,6 +13,7 @@ use crate::data::{Skipped, bad_record};
 use crate::error::{Result, TrainError};
 use galley_core::{Message, Metadata};
 use galley_data::kind;
+use galley_model::json_schema::Json;
 use serde_json::{Map, Value};
 use std::path::Path;
 
@@ -73,6 +74,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record's tools (checked when it was read), for the chat template.
+    pub fn tools(&self) -> Option<Json> {
+        tools_of(&self.metadata).ok().flatten()
+    }
+
     /// The record as a prompt to sample from (GRPO's, a `generate` stage's) and the columns
     /// that travel with it: a prompt-only record's prompt; a conversation without its
     /// trailing assistant turn (the reference answer); a prompt-completion record's prompt,
@@ -242,7 +248,27 @@ pub fn parse(
         None => Metadata::new(),
     };
     metadata.extend(row.into_iter().map(|(k, v)| (k, v.into())));
+    tools_of(&metadata)?;
     Ok((id, item, metadata))
+}
+
+/// TRL's `tools` column: the functions a conversation may call, which the chat template
+/// shows the model (as `apply_chat_template(..., tools=...)`). A list of tools, or that list
+/// as JSON text (datasets often keep it so, since rows' schemas differ); the text keeps its
+/// keys' order, a list read from a file has them sorted.
+pub fn tools_of(m: &Metadata) -> std::result::Result<Option<Json>, String> {
+    let bad = || "column `tools` is not a list of tools (nor that list as JSON text)".to_string();
+    match m.get("tools") {
+        None | Some(galley_core::Value::Null) => Ok(None),
+        Some(galley_core::Value::Json(t) | galley_core::Value::Text(t)) => {
+            match serde_json::from_str::<Json>(t) {
+                Ok(list @ Json::Array(_)) => Ok(Some(list)),
+                Ok(Json::Null) => Ok(None),
+                _ => Err(bad()),
+            }
+        }
+        Some(_) => Err(bad()),
+    }
 }
 
 fn type_label(t: DatasetType) -> &'static str {
@@ -290,11 +316,25 @@ fn detect(row: &Map<String, Value>) -> std::result::Result<DatasetType, String> 
 fn content(col: &str, v: Value) -> std::result::Result<Content, String> {
     match v {
         Value::String(s) => Ok(Content::Text(s)),
-        Value::Array(_) => serde_json::from_value::<Vec<Message>>(v)
-            .map(Content::Chat)
-            .map_err(|e| {
-                format!("column `{col}` is a list but not of messages ({{role, content}}): {e}")
-            }),
+        Value::Array(mut turns) => {
+            // An assistant turn that only calls tools has no content (TRL's tool-calling
+            // rows) or a null one (OpenAI's): it is an empty text.
+            for t in &mut turns {
+                if let Value::Object(m) = t
+                    && m.get("tool_calls").is_some_and(|c| !c.is_null())
+                    && m.get("content").is_none_or(Value::is_null)
+                {
+                    m.insert("content".into(), Value::String(String::new()));
+                }
+            }
+            serde_json::from_value::<Vec<Message>>(Value::Array(turns))
+                .map(Content::Chat)
+                .map_err(|e| {
+                    format!(
+                        "column `{col}` is a list but not of messages ({{role, content}}, with tool_calls or tool_call_id where they belong): {e}"
+                    )
+                })
+        }
         other => Err(format!(
             "column `{col}` is {}; expected text or a list of messages",
             kind(&other)

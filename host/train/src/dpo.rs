@@ -40,7 +40,7 @@ pub fn encode_pairs(enc: &Encoder, recs: Vec<Record>, skipped: &mut Skipped) -> 
             bad_record(&r.at, msg, enc.cfg.on_bad_example, skipped)?;
             continue;
         };
-        let (c, j) = enc.split_pair(&r.at, prompt, chosen, rejected)?;
+        let (c, j) = enc.split_pair(&r.at, prompt, chosen, rejected, r.tools().as_ref())?;
         if let Some((chosen, rejected)) = enc.encode_pair(&r.at, (&c, &j), skipped)? {
             out.push(Pair { chosen, rejected });
         }

@@ -58,6 +58,7 @@ pub fn encode_prompts(
     let mut out = Vec::with_capacity(items.len());
     for r in items {
         let at = r.at.clone();
+        let tools = r.tools();
         let (prompt, metadata) = match r.into_prompt() {
             Ok(p) => p,
             Err(msg) => {
@@ -68,7 +69,8 @@ pub fn encode_prompts(
         let (messages, text, special) = match prompt {
             Content::Chat(m) => {
                 let text = match template {
-                    Some(t) if !m.is_empty() => t.render(&m, true, None)?,
+                    // TRL's `tools` column: the template shows the model what it may call.
+                    Some(t) if !m.is_empty() => t.render(&m, true, tools.as_ref())?,
                     // No template (a base model): the turns' text, one after another.
                     _ => m
                         .iter()

@@ -45,14 +45,20 @@ pub fn encode(enc: &Encoder, recs: Vec<Record>, skipped: &mut Skipped) -> Result
                 prompt,
                 completion,
                 label,
-            } => vec![(enc.split(&r.at, prompt, completion)?, *label)],
+            } => vec![(
+                enc.split(&r.at, prompt, completion, r.tools().as_ref())?,
+                *label,
+            )],
             Item::Preference {
                 prompt,
                 chosen,
                 rejected,
             } => vec![
-                (enc.split(&r.at, prompt, chosen)?, true),
-                (enc.split(&r.at, prompt, rejected)?, false),
+                (enc.split(&r.at, prompt, chosen, r.tools().as_ref())?, true),
+                (
+                    enc.split(&r.at, prompt, rejected, r.tools().as_ref())?,
+                    false,
+                ),
             ],
             other => {
                 let msg = format!(

@@ -422,3 +422,88 @@ fn a_template_that_renders_the_prompt_alone_differently_is_cut_where_they_part()
     let s = &lm(prepare(d, "sft", &d.join("m.jsonl"), &[]).unwrap())[0];
     assert_eq!(trained(d, s), "is 12<|im_end|>\n");
 }
+
+/// TRL's tool-calling rows verbatim (an assistant turn with `tool_calls` and no content, a
+/// `tool` turn, a `tools` column of JSON schemas) train through a real tool-calling template
+/// (Qwen 2.5's, from the templates llama.cpp's tests keep): the tools are in the prompt, the
+/// assistant's call is written as the model reads calls and trained on, the tool's answer is
+/// not. OpenAI's shape (`content: null`, `arguments` as JSON text) and `tools` kept as JSON
+/// text read the same; a `tools` column that is not a list is named.
+#[test]
+fn trls_tool_calling_rows_train_on_the_calls_through_the_models_template() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let m = model(d);
+    let qwen = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.cache/chat-templates/Qwen-Qwen2.5-7B-Instruct.jinja");
+    let tmpl = std::fs::read_to_string(&qwen)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/fetch-data.sh)", qwen.display()));
+    let tc = json!({"chat_template": tmpl, "eos_token": "<|im_end|>"});
+    std::fs::write(m.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    let tool = json!({"type": "function", "function": {"name": "control_light",
+        "description": "Controls the lights in a room.",
+        "parameters": {"type": "object", "properties": {
+            "room": {"type": "string", "description": "The name of the room."},
+            "state": {"type": "string", "description": "The state of the light: on or off."}},
+            "required": ["room", "state"]}}});
+    let trl = json!({"messages": [
+        {"role": "user", "content": "Turn on the living room lights."},
+        {"role": "assistant", "tool_calls": [{"type": "function", "function": {
+            "name": "control_light", "arguments": {"room": "living room", "state": "on"}}}]},
+        {"role": "tool", "name": "control_light", "content": "The lights in the living room are now on."},
+        {"role": "assistant", "content": "Done!"}],
+        "tools": [tool]});
+    let openai = json!({"messages": [
+        {"role": "user", "content": "Turn on the living room lights."},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "control_light", "arguments": "{\"room\": \"living room\", \"state\": \"on\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "The lights in the living room are now on."},
+        {"role": "assistant", "content": "Done!"}],
+        "tools": tool_text(&tool)});
+    write_jsonl(&d.join("tools.jsonl"), &[trl, openai]);
+    let max = ["data.max_length=2048"];
+    let samples = lm(prepare(d, "sft", &d.join("tools.jsonl"), &max).unwrap());
+    let call = "<tool_call>\n{\"name\": \"control_light\", \"arguments\": {\"room\": \"living room\", \"state\": \"on\"}}\n</tool_call><|im_end|>\n";
+    for s in &samples {
+        let text = decode(d, &s.ids);
+        assert!(
+            text.contains(
+                "<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"control_light\""
+            ) || text.contains(
+                "<tools>\n{\"function\": {\"description\": \"Controls the lights in a room.\""
+            ),
+            "{text}"
+        );
+        assert_eq!(trained(d, s), format!("{call}Done!<|im_end|>\n"), "{text}");
+        assert!(text.contains(
+            "<tool_response>\nThe lights in the living room are now on.\n</tool_response>"
+        ));
+    }
+    // The JSON text keeps the tool's keys in order; the list read from JSONL has them sorted.
+    assert!(decode(d, &samples[1].ids).contains(
+        "{\"type\": \"function\", \"function\": {\"name\": \"control_light\", \"description\""
+    ));
+    write_jsonl(
+        &d.join("bad.jsonl"),
+        &[
+            json!({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "tools": 3}),
+        ],
+    );
+    let e = prepare(d, "sft", &d.join("bad.jsonl"), &max)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("bad.jsonl") && e.contains("column `tools`"),
+        "{e}"
+    );
+}
+
+/// A tool as the JSON text a dataset keeps it as, its keys in the order written.
+fn tool_text(tool: &serde_json::Value) -> String {
+    let f = &tool["function"];
+    format!(
+        r#"[{{"type": "function", "function": {{"name": {}, "description": {}, "parameters": {}}}}}]"#,
+        f["name"], f["description"], f["parameters"]
+    )
+}
