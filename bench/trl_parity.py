@@ -1,7 +1,7 @@
 """Token and KTO parity with TRL (1.16), run against the galley binary.
 
 Part 1, tokens: for each of TRL's dataset types in both forms (standard and conversational),
-the same rows go through TRL's own trainers (SFTTrainer, DPOTrainer, KTOTrainer build their
+and for TRL's tool-calling rows through Qwen 2.5's template, the same rows go through TRL's own trainers (SFTTrainer, DPOTrainer, KTOTrainer build their
 tokenized train_dataset; GRPOTrainer's `_tokenize_prompts` tokenizes prompts) and through
 `galley train --tokenize-only`, with SmolLM2-135M-Instruct's tokenizer and chat template from
 the same GGUF. Input ids and loss masks must be equal, example by example.
@@ -96,15 +96,46 @@ DATASETS = {
     "prompt-only, conversational": ("grpo", [{"prompt": [u(q)]} for q, _, _ in QS], []),
 }
 
+# Tool calling, TRL's documented rows (assistant `tool_calls` without content, a `tool` turn,
+# a `tools` column kept as JSON text), through Qwen 2.5's template (SmolLM2's shows no tools;
+# both use ChatML's tokens): TRL's `chat_template_path`, galley's `model.chat_template`.
+QWEN = os.path.join(os.path.dirname(__file__), "..", ".cache", "chat-templates", "Qwen-Qwen2.5-7B-Instruct.jinja")
+LIGHT = {"type": "function", "function": {"name": "control_light", "description": "Controls the lights in a room.",
+         "parameters": {"type": "object", "properties": {"room": {"type": "string"}, "state": {"type": "string"}},
+                        "required": ["room", "state"]}}}
 
-def trl_tokens(method, rows):
+
+def call(room, state):
+    return {"role": "assistant", "tool_calls": [{"type": "function", "function": {
+        "name": "control_light", "arguments": {"room": room, "state": state}}}]}
+
+
+def tool_turns(room, state):
+    return [call(room, state), {"role": "tool", "name": "control_light", "content": f"The {room} lights are {state}."},
+            a("Done!")]
+
+
+ROOMS = [("kitchen", "on"), ("living room", "off"), ("hall", "on")]
+TOOLS = json.dumps([LIGHT])
+TOOL_DATASETS = {
+    "tool calling, language modeling": (
+        "sft", [{"messages": [u(f"Turn {s} the {r} lights.")] + tool_turns(r, s), "tools": TOOLS} for r, s in ROOMS],
+        ["data.loss_on=all"]),
+    "tool calling, prompt-completion": (
+        "sft", [{"prompt": [u(f"Turn {s} the {r} lights.")], "completion": tool_turns(r, s), "tools": TOOLS}
+                for r, s in ROOMS], []),
+}
+
+
+def trl_tokens(method, rows, template=None):
     """What TRL trains on: per example (input ids, loss mask) or prompt ids."""
     ds = Dataset.from_list(rows)
     out = os.path.join(WORK, "trl-out")
     common = dict(output_dir=out, report_to="none", per_device_train_batch_size=2, use_cpu=True, bf16=False)
     m = tiny_model()
     if method == "sft":
-        t = trl.SFTTrainer(model=m, args=trl.SFTConfig(**common), train_dataset=ds, processing_class=tok)
+        args = trl.SFTConfig(**common, chat_template_path=template)
+        t = trl.SFTTrainer(model=m, args=args, train_dataset=ds, processing_class=copy.deepcopy(tok))
         res = []
         for ex in t.train_dataset:
             ids = ex["input_ids"]
@@ -174,8 +205,11 @@ def galley_tokens(method, rows, extra):
 def tokens():
     print(f"{'dataset type, form':46} {'method':6} {'examples':>8} {'ids':>6} {'masks':>6}")
     bad = 0
-    for name, (method, rows, extra) in DATASETS.items():
-        want = trl_tokens(method, rows)
+    cases = [(n, m, r, e, None) for n, (m, r, e) in DATASETS.items()]
+    cases += [(n, m, r, e + [f"model.chat_template={os.path.abspath(QWEN)}"], QWEN)
+              for n, (m, r, e) in TOOL_DATASETS.items()]
+    for name, method, rows, extra, template in cases:
+        want = trl_tokens(method, rows, template)
         got = galley_tokens(method, rows, extra)
         ids = sum(g[0] == w[0] for g, w in zip(got, want)) if len(got) == len(want) else 0
         masks = sum(g[1] == w[1] for g, w in zip(got, want)) if len(got) == len(want) else 0

@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
+scripts/fetch-data.sh
 py=${GALLEY_TRL_PYTHON:-bench/.venv-eval/bin/python}
 if ! "$py" -c "import torch, transformers, gguf, trl, datasets" 2>/dev/null; then
     [ -x bench/.venv-eval/bin/python ] || python3 -m venv bench/.venv-eval

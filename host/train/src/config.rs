@@ -42,6 +42,11 @@ pub struct ModelSection {
     pub init: Option<InitSection>,
     /// A tokenizer.json to use, or `train` settings to train one on the training text.
     pub tokenizer: Option<TokenizerSection>,
+    /// A Jinja chat template file used instead of the model's own (TRL's `chat_template_path`,
+    /// axolotl's `chat_template_jinja`): for a base model without one, or a template that
+    /// shows tools. It is written with what the run leaves (the merged model's
+    /// tokenizer_config.json, `chat_template.jinja` beside an adapter).
+    pub chat_template: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -484,6 +489,9 @@ impl TrainConfig {
             fix(p)
         }
         self.model.adapters.iter_mut().for_each(fix);
+        if let Some(p) = self.model.chat_template.as_mut() {
+            fix(p)
+        }
         fix(&mut self.training.output_dir);
         if let Some(p) = self.model.tokenizer.as_mut().and_then(|t| t.path.as_mut()) {
             fix(p)

@@ -570,6 +570,12 @@ pub fn run(
     if lead && cfg.tuning() != Tuning::Full {
         let dir = out.join("adapter");
         export::save_adapter(&p.model, &cfg.peft, &p.base, &dir)?;
+        // Trained with another template than the base's: it goes with the adapter (as TRL
+        // saves the tokenizer beside it), for `galley serve --chat-template`.
+        if let (Some(_), Some(t)) = (&cfg.model.chat_template, &p.template) {
+            let path = dir.join("chat_template.jinja");
+            std::fs::write(&path, &t.source).map_err(|e| error::file_err(&path, e))?;
+        }
         adapter = Some(dir);
     }
     if lead && (cfg.tuning() == Tuning::Full || cfg.training.save_merged) {

@@ -67,10 +67,14 @@ pub(crate) fn load_model(
             None => ck.tokenizer,
         };
         let model = TrainModel::load(&ck.weights, ck.config, &build, dev)?;
+        let template = match &cfg.model.chat_template {
+            Some(p) => Some(chat_template(p, ck.template.as_ref(), &tokenizer)?),
+            None => ck.template,
+        };
         return Ok(Loaded {
             model,
             tokenizer,
-            template: ck.template,
+            template,
             base: path.display().to_string(),
         });
     }
@@ -95,10 +99,14 @@ pub(crate) fn load_model(
     }
     let weights = Weights::safetensors(vec![init_dir.join("model.safetensors")])?;
     let model = TrainModel::load(&weights, config, &build, dev)?;
+    let template = match &cfg.model.chat_template {
+        Some(p) => Some(chat_template(p, None, &tokenizer)?),
+        None => None,
+    };
     Ok(Loaded {
         model,
         tokenizer,
-        template: None,
+        template,
         base: "scratch".to_string(),
     })
 }
@@ -183,4 +191,24 @@ pub(crate) fn frozen_copy(cfg: &TrainConfig, p: &Prepared) -> Result<TrainModel>
     // from the first step.
     m.compute = p.model.compute;
     Ok(m)
+}
+
+/// `model.chat_template`: the file's template, with the BOS and EOS texts of the model's own
+/// template (or its tokenizer's) for templates that write them.
+fn chat_template(path: &Path, own: Option<&ChatTemplate>, tok: &Tokenizer) -> Result<ChatTemplate> {
+    let src = std::fs::read_to_string(path).map_err(|e| TrainError::File {
+        path: path.into(),
+        msg: format!("model.chat_template: {e}"),
+    })?;
+    let token = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
+    let (bos, eos) = match own {
+        Some(t) => (t.bos_token.clone(), t.eos_token.clone()),
+        None => (token(tok.bos), token(tok.eos.first().copied())),
+    };
+    Ok(ChatTemplate::new(
+        &src,
+        &path.display().to_string(),
+        &bos,
+        &eos,
+    )?)
 }

@@ -433,13 +433,12 @@ fn a_template_that_renders_the_prompt_alone_differently_is_cut_where_they_part()
 fn trls_tool_calling_rows_train_on_the_calls_through_the_models_template() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let m = model(d);
     let qwen = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../.cache/chat-templates/Qwen-Qwen2.5-7B-Instruct.jinja");
     let tmpl = std::fs::read_to_string(&qwen)
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/fetch-data.sh)", qwen.display()));
-    let tc = json!({"chat_template": tmpl, "eos_token": "<|im_end|>"});
-    std::fs::write(m.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    // The tiny model's own template shows no tools: the run is given Qwen's.
+    let with_qwen = format!("model.chat_template={}", qwen.display());
     let tool = json!({"type": "function", "function": {"name": "control_light",
         "description": "Controls the lights in a room.",
         "parameters": {"type": "object", "properties": {
@@ -461,7 +460,7 @@ fn trls_tool_calling_rows_train_on_the_calls_through_the_models_template() {
         {"role": "assistant", "content": "Done!"}],
         "tools": tool_text(&tool)});
     write_jsonl(&d.join("tools.jsonl"), &[trl, openai]);
-    let max = ["data.max_length=2048"];
+    let max = ["data.max_length=2048", with_qwen.as_str()];
     let samples = lm(prepare(d, "sft", &d.join("tools.jsonl"), &max).unwrap());
     let call = "<tool_call>\n{\"name\": \"control_light\", \"arguments\": {\"room\": \"living room\", \"state\": \"on\"}}\n</tool_call><|im_end|>\n";
     for s in &samples {
@@ -497,6 +496,28 @@ fn trls_tool_calling_rows_train_on_the_calls_through_the_models_template() {
         e.contains("bad.jsonl") && e.contains("column `tools`"),
         "{e}"
     );
+    // A LoRA run on them leaves the template it was trained with beside its adapter (the
+    // tiny model given room for Qwen's long system turn).
+    let cfg_path = model(d).join("config.json");
+    let mut mc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    mc["max_position_embeddings"] = 2048.into();
+    std::fs::write(&cfg_path, mc.to_string()).unwrap();
+    let cfg = config(
+        d,
+        "sft",
+        &[
+            format!("data.train.path={}", d.join("tools.jsonl").display()),
+            "data.max_length=2048".into(),
+            with_qwen.clone(),
+            "training.tuning=lora".into(),
+            "training.max_steps=1".into(),
+            format!("training.output_dir={}", d.join("run").display()),
+        ],
+    );
+    let out = galley_train::run(&cfg, Sources::default(), false, &mut NoObserver).unwrap();
+    let saved = out.adapter.unwrap().join("chat_template.jinja");
+    assert_eq!(std::fs::read_to_string(saved).unwrap(), tmpl);
 }
 
 /// A tool as the JSON text a dataset keeps it as, its keys in the order written.
