@@ -406,6 +406,77 @@ print("ok")
     assert_eq!(client(d, &s.url, &script).trim(), "ok");
 }
 
+/// A thinking template (DeepSeek-R1's way: the generation prompt opens `<think>`; Qwen 3's
+/// `enable_thinking: false` closes it empty), written for these tests.
+const THINK_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning_content %}<think>\n{{ m.reasoning_content }}\n</think>\n\n{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}";
+
+/// Thinking models' answers: with a template that opens a `<think>` block, what the model
+/// writes before closing it comes back as `reasoning_content` (streamed as
+/// `delta.reasoning_content`, the same text for the same seed), `chat_template_kwargs`
+/// reach the template (`enable_thinking: false` leaves no block open: all is content), an
+/// earlier turn's `reasoning_content` is rendered back, and `--reasoning-format none`
+/// leaves everything in `content`.
+#[test]
+fn thinking_comes_back_as_reasoning_content_and_template_kwargs_reach_the_template() {
+    let tmp = setup();
+    let d = tmp.path();
+    std::fs::write(d.join("think.jinja"), THINK_TEMPLATE).unwrap();
+    let s = serve(d, &["-m", "model", "--chat-template", "think.jinja"]);
+    let raw = serve(
+        d,
+        &[
+            "-m",
+            "model",
+            "--chat-template",
+            "think.jinja",
+            "--reasoning-format",
+            "none",
+        ],
+    );
+    let script = format!(
+        "{COMMON}RAW = {:?} + '/v1'\n{}",
+        raw.url,
+        r#"
+import urllib.request
+msgs = [{"role": "user", "content": "the number 3 is"}]
+kw = dict(model="model", messages=msgs, max_tokens=12, seed=5, temperature=1.0)
+r = c.chat.completions.create(**kw).choices[0]
+thought = r.message.model_extra.get("reasoning_content")
+# A random model never closes the block: all it wrote is thinking, out of tokens.
+check(r.finish_reason == "length" and thought and r.message.content == "", f"{r}")
+reasoning, content = "", ""
+for chunk in c.chat.completions.create(stream=True, **kw):
+    for ch in chunk.choices:
+        reasoning += (ch.delta.model_extra or {}).get("reasoning_content") or ""
+        content += ch.delta.content or ""
+check((reasoning, content) == (thought, ""), f"streamed {reasoning!r} {content!r} vs {thought!r}")
+# Thinking turned off through the template: the answer is content.
+off = c.chat.completions.create(extra_body={"chat_template_kwargs": {"enable_thinking": False}}, **kw).choices[0]
+check(off.message.model_extra.get("reasoning_content") is None and off.message.content, f"{off}")
+# The same answer from a server that leaves thinking in the text.
+plain = openai.OpenAI(base_url=RAW, api_key="none", max_retries=0).chat.completions.create(**kw).choices[0]
+check(plain.message.content == thought and plain.message.model_extra.get("reasoning_content") is None,
+      f"{plain} vs {thought!r}")
+# An earlier turn's thinking is rendered back where the template puts it.
+root = os.environ["URL"][:-len("/v1")]
+body = {"messages": msgs + [{"role": "assistant", "content": "9", "reasoning_content": "3 times 3"}],
+        "add_generation_prompt": False}
+req = urllib.request.Request(root + "/tokenize", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+ids = json.load(urllib.request.urlopen(req))["tokens"]
+req = urllib.request.Request(root + "/detokenize", data=json.dumps({"tokens": ids}).encode(), headers={"Content-Type": "application/json"})
+text = json.load(urllib.request.urlopen(req))["prompt"]
+check("<|im_start|>assistant\n<think>\n3 times 3\n</think>\n\n9<|im_end|>" in text, text)
+try:
+    c.chat.completions.create(extra_body={"chat_template_kwargs": {"messages": []}}, **kw)
+    check(False, "chat_template_kwargs replaced messages")
+except openai.BadRequestError as ex:
+    check(ex.body["param"] == "chat_template_kwargs", f"{ex.body}")
+print("ok")
+"#
+    );
+    assert_eq!(client(d, &s.url, &script).trim(), "ok");
+}
+
 /// `/v1/completions` streams (it used to refuse `stream`): each choice's pieces join to the
 /// text, log-probabilities and finish reason of the same request without streaming, choices
 /// indexed prompt by prompt, and usage comes last when asked.

@@ -17,6 +17,10 @@ pub struct Message {
     /// A tool turn's function name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// An assistant turn's thinking, apart from its content (as reasoning models' templates,
+    /// Qwen 3's among them, read it back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 impl Message {

@@ -13,7 +13,7 @@ use crate::error::{ModelError, Result};
 use crate::json_schema::{Json, Obj};
 use galley_core::Message;
 use minijinja::value::{Kwargs, Serde};
-use minijinja::{Environment, Error, ErrorKind, Value, context};
+use minijinja::{Environment, Error, ErrorKind, Value};
 
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -185,8 +185,21 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tools: Option<&Json>,
     ) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, tools, None)
+    }
+
+    /// [`Self::render`] with `extra` variables for the template (an object: a request's
+    /// `chat_template_kwargs`, such as Qwen 3's `enable_thinking`); they cannot replace the
+    /// variables galley sets.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        tools: Option<&Json>,
+        extra: Option<&Obj>,
+    ) -> Result<String> {
         let turns: Vec<Json> = messages.iter().map(turn).collect();
-        self.render_turns(&turns, add_generation_prompt, tools)
+        self.render_vars(&turns, add_generation_prompt, tools, extra)
     }
 
     /// Renders messages given as JSON objects (an OpenAI request's: `role`, `content`,
@@ -197,6 +210,16 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tools: Option<&Json>,
     ) -> Result<String> {
+        self.render_vars(messages, add_generation_prompt, tools, None)
+    }
+
+    fn render_vars(
+        &self,
+        messages: &[Json],
+        add_generation_prompt: bool,
+        tools: Option<&Json>,
+        extra: Option<&Obj>,
+    ) -> Result<String> {
         let err = |e: Error| ModelError::Template {
             origin: self.origin.clone(),
             reason: one_line(&e),
@@ -204,14 +227,21 @@ impl ChatTemplate {
         let tmpl = self.env.get_template("chat").map_err(err)?;
         let msgs: Vec<Value> = messages.iter().map(|m| Value::from(Serde(m))).collect();
         let tools = tools.map(|t| Value::from(Serde(t)));
-        tmpl.render(context! {
-            messages => msgs,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token.clone(),
-            eos_token => self.eos_token.clone(),
-            tools => tools,
-        })
-        .map_err(err)
+        let mut vars: std::collections::BTreeMap<String, Value> = extra
+            .into_iter()
+            .flat_map(|o| o.0.iter())
+            .map(|(k, v)| (k.clone(), Value::from(Serde(v))))
+            .collect();
+        for (k, v) in [
+            ("messages", Value::from(msgs)),
+            ("add_generation_prompt", Value::from(add_generation_prompt)),
+            ("bos_token", Value::from(self.bos_token.clone())),
+            ("eos_token", Value::from(self.eos_token.clone())),
+            ("tools", tools.unwrap_or(Value::from(()))),
+        ] {
+            vars.insert(k.into(), v);
+        }
+        tmpl.render(Value::from(vars)).map_err(err)
     }
 
     /// Whether the template reads `tools` at all (one that does not cannot show a model
@@ -234,6 +264,9 @@ pub fn turn(m: &Message) -> Json {
     }
     if let Some(id) = &m.tool_call_id {
         o.insert("tool_call_id", Json::String(id.clone()));
+    }
+    if let Some(r) = &m.reasoning_content {
+        o.insert("reasoning_content", Json::String(r.clone()));
     }
     if !m.tool_calls.is_empty() {
         let calls = m

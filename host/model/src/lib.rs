@@ -30,6 +30,7 @@ pub mod layers;
 pub mod load;
 pub mod model;
 mod pool;
+pub mod reasoning;
 pub mod sample;
 pub mod tokenizer;
 pub mod tool_calls;

@@ -37,6 +37,8 @@ pub struct Shared {
     /// How the model writes a tool call (told from its template or `--tool-call-parser`);
     /// `None`: the template shows no format galley knows.
     pub tool_format: Option<galley_model::tool_calls::ToolFormat>,
+    /// The template writes thinking blocks: answers' are returned as `reasoning_content`.
+    pub thinks: bool,
     /// The model's context length (prompt + completion tokens).
     pub context: usize,
     pub created: u64,
@@ -265,17 +267,25 @@ pub(crate) fn chat_logprobs(tok: &Tokenizer, toks: &[Sampled]) -> Value {
     json!({"content": content})
 }
 
-/// `msgs` (with `tools` when given) through the chat template, then `suffix` (a forced tool
-/// call's opening), as token ids (`special`: the tokenizer's own BOS rule too, for templates
-/// that do not write BOS).
+/// What a chat prompt holds beside its messages: the request's tools, its
+/// `chat_template_kwargs`, and what follows the template's text (a forced tool call's
+/// opening).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Extra<'a> {
+    pub(crate) tools: Option<&'a galley_model::json_schema::Json>,
+    pub(crate) kwargs: Option<&'a galley_model::json_schema::Obj>,
+    pub(crate) suffix: &'a str,
+}
+
+/// `msgs` through the chat template with `extra`, as token ids (`special`: the tokenizer's
+/// own BOS rule too, for templates that do not write BOS) and the prompt's text.
 pub(crate) fn render(
     s: &Shared,
     msgs: &[ChatMessage],
     generation_prompt: bool,
     special: bool,
-    tools: Option<&galley_model::json_schema::Json>,
-    suffix: &str,
-) -> Result<Vec<u32>, ApiError> {
+    extra: Extra,
+) -> Result<(Vec<u32>, String), ApiError> {
     let tmpl = s.template.as_ref().ok_or_else(|| {
         ApiError::bad(
             "this model has no chat template: use /v1/completions, or serve it with --chat-template FILE",
@@ -287,12 +297,14 @@ pub(crate) fn render(
     }
     let messages: Vec<_> = msgs.iter().map(ChatMessage::message).collect();
     let mut text = tmpl
-        .render(&messages, generation_prompt, tools)
+        .render_with(&messages, generation_prompt, extra.tools, extra.kwargs)
         .map_err(|e| ApiError::bad(format!("the chat template failed: {e}"), Some("messages")))?;
-    text.push_str(suffix);
-    s.tokenizer
+    text.push_str(extra.suffix);
+    let ids = s
+        .tokenizer
         .encode(&text, special)
-        .map_err(|e| ApiError::bad(e.to_string(), Some("messages")))
+        .map_err(|e| ApiError::bad(e.to_string(), Some("messages")))?;
+    Ok((ids, text))
 }
 
 async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
@@ -305,7 +317,17 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
     let suffix = plan
         .filter(|p| p.forced)
         .map_or("", |p| p.format.forced_prefix());
-    let prompt = render(&s, &req.messages, true, false, tools.list.as_ref(), suffix)?;
+    let kwargs = template_kwargs(req.chat_template_kwargs.as_ref())?;
+    let extra = Extra {
+        tools: tools.list.as_ref(),
+        kwargs,
+        suffix,
+    };
+    let (prompt, text) = render(&s, &req.messages, true, false, extra)?;
+    // A thinking model's block is returned apart, unless decoding is held to JSON from the
+    // first token (then there is no block).
+    let guided = json.is_some() || tools.guide.is_some();
+    let think = (s.thinks && !guided).then(|| galley_model::reasoning::prompt_opens(&text));
     let top = req.top_logprobs.unwrap_or(0);
     if top > 20 {
         return Err(ApiError::bad(
@@ -339,6 +361,7 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
         let shape = Shape::Chat {
             logprobs: req.logprobs,
             tools: plan,
+            think,
         };
         let usage = usage.then_some(prompt.len());
         return Ok(Sse::new(events(s.clone(), rxs, id, req.model, shape, usage)).into_response());
@@ -349,10 +372,17 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
         let g = gather(rx).await?;
         completion_tokens += g.tokens.len();
         let finish = g.finish.unwrap_or(Finish::Length);
-        let mut message = json!({"role": "assistant", "content": g.text});
+        let (reasoning, text) = match think {
+            Some(open) => galley_model::reasoning::split(&g.text, open),
+            None => (None, g.text),
+        };
+        let mut message = json!({"role": "assistant", "content": text});
+        if let Some(r) = reasoning {
+            message["reasoning_content"] = r.into();
+        }
         let mut reason = finish_reason(finish);
         if let Some(plan) = &plan {
-            let p = crate::tools::parse(plan, &g.text);
+            let p = crate::tools::parse(plan, &text);
             if !p.calls.is_empty() {
                 message["content"] = p.content.map_or(Value::Null, Value::String);
                 message["tool_calls"] =

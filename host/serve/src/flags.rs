@@ -91,6 +91,11 @@ pub struct ServeFlags {
     /// llama3_json, mistral, or json (one bare object). Default: told from the chat template.
     #[arg(long, value_name = "FORMAT", value_parser = ["hermes", "llama3_json", "mistral", "json"])]
     pub tool_call_parser: Option<String>,
+    /// Thinking in answers (`<think>...</think>`): auto returns it apart, as
+    /// `reasoning_content`, when the chat template writes such blocks; none leaves it in
+    /// `content`.
+    #[arg(long, value_name = "FORMAT", default_value = "auto", value_parser = ["auto", "none"])]
+    pub reasoning_format: String,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -139,6 +144,7 @@ impl ServeFlags {
                 Dense::Off => Some(false),
             },
             chat_template: self.chat_template.clone(),
+            reasoning: self.reasoning_format != "none",
             tool_call_parser: self
                 .tool_call_parser
                 .as_deref()

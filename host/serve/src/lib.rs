@@ -54,6 +54,9 @@ pub struct ServeOptions {
     /// How the model writes tool calls, when its template does not tell (`hermes`,
     /// `llama3_json`, `mistral`, `json`).
     pub tool_call_parser: Option<galley_model::tool_calls::ToolFormat>,
+    /// Return a thinking model's `<think>` block apart (`reasoning_content`) when its
+    /// template writes one.
+    pub reasoning: bool,
 }
 
 /// What automatic dense copies may cost in all: a small model (SmolLM2-135M: 0.5 GiB) gets
@@ -130,6 +133,11 @@ pub fn load(opts: &ServeOptions) -> Result<Arc<Shared>, ServeError> {
             .or_else(|| galley_model::tool_calls::ToolFormat::detect(&t.source)),
         None => None,
     };
+    let thinks = opts.reasoning
+        && base
+            .template
+            .as_ref()
+            .is_some_and(|t| galley_model::reasoning::template_thinks(&t.source));
     let tokenizer = Arc::new(base.tokenizer);
     let context = base.model.config.max_position_embeddings;
     let mut models = vec![Served {
@@ -149,6 +157,7 @@ pub fn load(opts: &ServeOptions) -> Result<Arc<Shared>, ServeError> {
         tokenizer,
         template: base.template,
         tool_format: tools,
+        thinks,
         context,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -8,7 +8,7 @@
 
 use crate::api::{ApiError, Shared};
 use galley_model::SamplingParams;
-use galley_model::json_schema::{Guide, Json, Schema};
+use galley_model::json_schema::{Guide, Json, Obj, Schema};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -70,6 +70,8 @@ pub(crate) struct ChatMessage {
     /// A tool turn: the call it answers.
     pub(crate) tool_call_id: Option<String>,
     pub(crate) name: Option<String>,
+    /// An earlier answer's thinking, as galley (and vLLM, llama.cpp) returned it.
+    pub(crate) reasoning_content: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +120,7 @@ impl ChatMessage {
             tool_calls,
             tool_call_id: self.tool_call_id.clone(),
             name: self.name.clone(),
+            reasoning_content: self.reasoning_content.clone(),
         }
     }
 }
@@ -212,6 +215,9 @@ pub(crate) struct ChatRequest {
     pub(crate) response_format: Option<Value>,
     // `tools`, `tool_choice` and `parallel_tool_calls` are read, in order, by
     // [`crate::tools::read`].
+    /// Extra variables for the chat template (vLLM's and llama.cpp's: Qwen 3's
+    /// `enable_thinking`...).
+    pub(crate) chat_template_kwargs: Option<Json>,
     pub(crate) functions: Option<Value>,
     pub(crate) function_call: Option<Value>,
     #[serde(flatten)]
@@ -386,6 +392,31 @@ pub(crate) fn response_format(f: Option<&Value>, body: &[u8]) -> Result<Option<G
     }
 }
 
+/// `chat_template_kwargs`, checked: an object whose keys are not the template's own
+/// variables (messages, tools, add_generation_prompt, bos_token, eos_token).
+pub(crate) fn template_kwargs(k: Option<&Json>) -> Result<Option<&Obj>, ApiError> {
+    let bad = |m: String| ApiError::bad(m, Some("chat_template_kwargs"));
+    match k {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Object(o)) => {
+            const OWN: &[&str] = &[
+                "messages",
+                "tools",
+                "add_generation_prompt",
+                "bos_token",
+                "eos_token",
+            ];
+            if let Some(k) = o.keys().find(|k| OWN.contains(&k.as_str())) {
+                return Err(bad(format!(
+                    "chat_template_kwargs: `{k}` is set by galley, not by the request"
+                )));
+            }
+            Ok(Some(o))
+        }
+        Some(_) => Err(bad("chat_template_kwargs must be an object".into())),
+    }
+}
+
 /// Runs `f` where blocking is allowed: on the server's multi-threaded runtime the worker hands
 /// its other tasks on first; elsewhere (a test's runtime, no runtime) `f` just runs.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -426,6 +457,7 @@ pub(crate) fn ignored_keys(body: &[u8], chat: bool) -> Vec<String> {
         "tools",
         "tool_choice",
         "parallel_tool_calls",
+        "chat_template_kwargs",
         "functions",
         "function_call",
     ];

@@ -11,6 +11,7 @@ use crate::tools::{ToolPlan, calls_json, id_seed, limit};
 use axum::response::sse::Event as SseEvent;
 use futures_util::{Stream, StreamExt};
 use galley_model::Finish;
+use galley_model::reasoning::ThinkStream;
 use galley_model::tool_calls::CallStream;
 use serde_json::{Value, json};
 use std::convert::Infallible;
@@ -24,6 +25,8 @@ pub(crate) enum Shape {
     Chat {
         logprobs: bool,
         tools: Option<ToolPlan>,
+        /// A thinking block is split off (`Some(open)`: the prompt left one open).
+        think: Option<bool>,
     },
     /// `text_completion`: text pieces.
     Text { logprobs: bool },
@@ -38,6 +41,8 @@ struct State {
     over: bool,
     /// Each chat choice's tool-call reader, when the request has tools.
     calls: Vec<Option<CallStream>>,
+    /// Each chat choice's thinking reader, when the model thinks.
+    thinks: Vec<Option<ThinkStream>>,
 }
 
 /// The events of `rxs` (choice `i` is `rxs[i]`) as `shape`'s chunks; `usage`: the request's
@@ -88,9 +93,9 @@ pub(crate) fn events(
             .collect(),
         Shape::Text { .. } => Vec::new(),
     };
-    let plan = match shape {
-        Shape::Chat { tools, .. } => tools,
-        Shape::Text { .. } => None,
+    let (plan, think) = match shape {
+        Shape::Chat { tools, think, .. } => (tools, think),
+        Shape::Text { .. } => (None, None),
     };
     let state = State {
         rx,
@@ -100,6 +105,7 @@ pub(crate) fn events(
         calls: (0..n)
             .map(|_| plan.map(|p| CallStream::new(p.format, p.forced)))
             .collect(),
+        thinks: (0..n).map(|_| think.map(ThinkStream::new)).collect(),
     };
     let rest = futures_util::stream::unfold(state, move |mut st| {
         let s = s.clone();
@@ -136,12 +142,17 @@ pub(crate) fn events(
                         st.completion += 1;
                         match shape {
                             Shape::Chat { logprobs, .. } => {
+                                let (reasoning, text) = match st.thinks[i].as_mut() {
+                                    Some(t) => t.push(&text),
+                                    None => (String::new(), text),
+                                };
                                 let text = match st.calls[i].as_mut() {
                                     Some(c) => c.push(&text),
                                     None => text,
                                 };
-                                if text.is_empty() && st.calls[i].is_some() {
-                                    // Held: it may be a tool call.
+                                let reading = st.calls[i].is_some() || st.thinks[i].is_some();
+                                if text.is_empty() && reasoning.is_empty() && reading {
+                                    // Held: it may be a tag or a tool call.
                                     continue;
                                 }
                                 let lp = if logprobs {
@@ -149,7 +160,14 @@ pub(crate) fn events(
                                 } else {
                                     Value::Null
                                 };
-                                json!({"index": i, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
+                                let delta = if reasoning.is_empty() {
+                                    json!({"content": text})
+                                } else if text.is_empty() {
+                                    json!({"reasoning_content": reasoning})
+                                } else {
+                                    json!({"reasoning_content": reasoning, "content": text})
+                                };
+                                json!({"index": i, "delta": delta, "logprobs": lp, "finish_reason": null})
                             }
                             Shape::Text { logprobs } => {
                                 let lp = if logprobs {
@@ -166,21 +184,40 @@ pub(crate) fn events(
                     Event::Done { finish, .. } => {
                         let mut reason = finish_reason(finish);
                         let mut out = Vec::new();
-                        if let (Some(c), Some(plan)) = (st.calls[i].take(), plan) {
-                            let mut p = c.finish();
-                            limit(&plan, &mut p);
-                            if let Some(text) = p.content.filter(|t| !t.is_empty()) {
-                                let d = json!({"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null});
-                                out.push(chunk(json!([d]), None));
+                        let delta = |d: Value| {
+                            let c = json!({"index": i, "delta": d, "logprobs": null, "finish_reason": null});
+                            chunk(json!([c]), None)
+                        };
+                        // What the thinking and tool-call readers held back, then the calls.
+                        let mut tail = String::new();
+                        if let Some(t) = st.thinks[i].take() {
+                            let (r, c) = t.finish();
+                            if !r.is_empty() {
+                                out.push(delta(json!({"reasoning_content": r})));
                             }
-                            if !p.calls.is_empty() {
-                                let calls = calls_json(&plan, &p.calls, id_seed(&s, i), true);
-                                let d = json!({"index": i, "delta": {"tool_calls": calls}, "logprobs": null, "finish_reason": null});
-                                out.push(chunk(json!([d]), None));
-                                if !matches!(finish, Finish::Length) {
-                                    reason = "tool_calls";
+                            tail = c;
+                        }
+                        match (st.calls[i].take(), plan) {
+                            (Some(mut c), Some(plan)) => {
+                                let now = c.push(&tail);
+                                if !now.is_empty() {
+                                    out.push(delta(json!({"content": now})));
+                                }
+                                let mut p = c.finish();
+                                limit(&plan, &mut p);
+                                if let Some(text) = p.content.filter(|t| !t.is_empty()) {
+                                    out.push(delta(json!({"content": text})));
+                                }
+                                if !p.calls.is_empty() {
+                                    let calls = calls_json(&plan, &p.calls, id_seed(&s, i), true);
+                                    out.push(delta(json!({"tool_calls": calls})));
+                                    if !matches!(finish, Finish::Length) {
+                                        reason = "tool_calls";
+                                    }
                                 }
                             }
+                            _ if !tail.is_empty() => out.push(delta(json!({"content": tail}))),
+                            _ => {}
                         }
                         let last = match shape {
                             Shape::Chat { .. } => {

@@ -6,8 +6,8 @@
 //! takes `tokens`. Unknown keys, unknown models and ids outside the vocabulary are 400/404
 //! errors in OpenAI's error body.
 
-use crate::api::{ApiError, AppState, batcher, render};
-use crate::request::{ChatMessage, parse};
+use crate::api::{ApiError, AppState, Extra, batcher, render};
+use crate::request::{ChatMessage, parse, template_kwargs};
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
@@ -21,6 +21,7 @@ pub(crate) struct TokenizeRequest {
     messages: Option<Vec<ChatMessage>>,
     /// Rendered with the messages, as a chat request's.
     tools: Option<galley_model::json_schema::Json>,
+    chat_template_kwargs: Option<galley_model::json_schema::Json>,
     /// Default: true for a prompt, false for messages (the template writes its own).
     add_special_tokens: Option<bool>,
     add_generation_prompt: Option<bool>,
@@ -48,14 +49,20 @@ pub(crate) async fn tokenize(
             .tokenizer
             .encode(p, req.add_special_tokens.unwrap_or(true))
             .map_err(|e| ApiError::bad(e.to_string(), Some("prompt")))?,
-        (None, Some(m)) => render(
-            &s,
-            m,
-            req.add_generation_prompt.unwrap_or(true),
-            req.add_special_tokens.unwrap_or(false),
-            req.tools.as_ref(),
-            "",
-        )?,
+        (None, Some(m)) => {
+            render(
+                &s,
+                m,
+                req.add_generation_prompt.unwrap_or(true),
+                req.add_special_tokens.unwrap_or(false),
+                Extra {
+                    tools: req.tools.as_ref(),
+                    kwargs: template_kwargs(req.chat_template_kwargs.as_ref())?,
+                    suffix: "",
+                },
+            )?
+            .0
+        }
         _ => {
             return Err(ApiError::bad(
                 "give either `prompt` or `messages`",
