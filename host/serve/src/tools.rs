@@ -18,6 +18,10 @@ use serde_json::{Value, json};
 use std::borrow::Cow;
 use std::sync::Arc;
 
+/// The most tools `tool_choice: "required"` holds a call to (the schema's tagged union
+/// matches the name as one of at most this many constants).
+const MAX_REQUIRED: usize = 64;
+
 /// How an answer's tool calls are read.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ToolPlan {
@@ -170,6 +174,17 @@ pub(crate) fn read(
         _ => ToolFormat::Json,
     };
     let forced = !matches!(choice, Choice::Auto);
+    // A forced call tells the tools apart by their name, matched as one of at most 64
+    // constants.
+    if matches!(choice, Choice::Required) && tools.len() > MAX_REQUIRED {
+        return Err(bad(
+            format!(
+                "tool_choice required: a call among at most {MAX_REQUIRED} tools can be enforced, not {}; name one, or use auto",
+                tools.len()
+            ),
+            "tool_choice",
+        ));
+    }
     let guide = match &choice {
         Choice::Required => Some(forced_guide(&tools, format, parallel)?),
         Choice::Named(n) => {

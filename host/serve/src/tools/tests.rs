@@ -212,3 +212,23 @@ fn calls_are_written_as_openai_does_with_ids_the_format_accepts() {
     assert!(v[0].get("index").is_none());
     assert_eq!(calls_json(&plan, &p.calls, 1, true)[0]["index"], 0);
 }
+
+#[test]
+fn more_tools_than_a_forced_call_can_tell_apart_are_refused_plainly() {
+    let t = hermes();
+    let many: Vec<String> = (0..70)
+        .map(|i| format!(r#"{{"type": "function", "function": {{"name": "f{i}"}}}}"#))
+        .collect();
+    let b = format!(
+        r#"{{"tools": [{}], "tool_choice": "required"}}"#,
+        many.join(", ")
+    );
+    let e = read_with(Some(&t), Some(ToolFormat::Hermes), b.as_bytes())
+        .err()
+        .unwrap();
+    assert_eq!(e.param.as_deref(), Some("tool_choice"));
+    assert!(e.message.contains("64"), "{}", e.message);
+    // Auto reads calls from text: any number of tools is shown.
+    let b = format!(r#"{{"tools": [{}]}}"#, many.join(", "));
+    assert!(read_with(Some(&t), Some(ToolFormat::Hermes), b.as_bytes()).is_ok());
+}
