@@ -406,6 +406,71 @@ print("ok")
     assert_eq!(client(d, &s.url, &script).trim(), "ok");
 }
 
+/// `tool_choice: "auto"` holds each call the model opens to the tools (llama.cpp's lazy
+/// grammar), and leaves the answer free around it: a random model whose vocabulary has
+/// `<tool_call>` as one token (as Qwen's has), pushed to write it by `logit_bias`, writes
+/// call after call, each of which parses and validates; streamed, the same text.
+#[test]
+fn auto_tool_calls_are_held_to_the_tools_once_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let text: Vec<String> = (0..120)
+        .map(|i| format!("the number {i} is {} and the answer is yes", i * 3 % 17))
+        .collect();
+    galley_train::testing::tiny_chat_model_with(&d.join("model"), &text, &["<tool_call>"]);
+    let cfg_path = d.join("model/config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = 4096.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    std::fs::write(d.join("tools.jinja"), TOOLS_TEMPLATE).unwrap();
+    let s = serve(d, &["-m", "model", "--chat-template", "tools.jinja"]);
+    let script = format!(
+        "{COMMON}{}",
+        r#"
+import urllib.request
+root = os.environ["URL"][:-len("/v1")]
+req = urllib.request.Request(root + "/tokenize", data=json.dumps({"prompt": "<tool_call>", "add_special_tokens": False}).encode(),
+                             headers={"Content-Type": "application/json"})
+ids = json.load(urllib.request.urlopen(req))["tokens"]
+check(len(ids) == 1, f"<tool_call> is {ids}")
+tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object",
+          "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}},
+         {"type": "function", "function": {"name": "pick", "parameters": {"type": "object",
+          "properties": {"unit": {"enum": ["c", "f"]}}, "required": ["unit"]}}}]
+msgs = [{"role": "user", "content": "the number 3 is"}]
+calls = 0
+for seed in range(4):
+    kw = dict(model="model", messages=msgs, tools=tools, max_tokens=400, seed=seed, logit_bias={str(ids[0]): 100})
+    r = c.chat.completions.create(**kw).choices[0]
+    m = r.message
+    if m.tool_calls:
+        segs = [json.dumps({"name": t.function.name, "arguments": json.loads(t.function.arguments)}) for t in m.tool_calls]
+    else:
+        # Out of tokens inside the last call: the answer comes back as text, each call
+        # before the last one whole.
+        check(r.finish_reason == "length" and m.content.startswith("<tool_call>"), f"{r}")
+        segs = m.content.split("<tool_call>")[1:-1]
+    check(len(segs) >= 2, f"{seed}: {m}")
+    for seg in segs:
+        call = json.loads(seg)
+        args = call["arguments"]
+        ok = (call["name"] == "add" and list(args) == ["a", "b"] and all(type(v) is int for v in args.values())) or \
+             (call["name"] == "pick" and args == {"unit": args["unit"]} and args["unit"] in ("c", "f"))
+        check(ok, f"{seed}: {seg!r}")
+        calls += 1
+    streamed = ""
+    for chunk in c.chat.completions.create(stream=True, **kw):
+        for ch in chunk.choices:
+            streamed += ch.delta.content or ""
+    if not m.tool_calls:
+        check(streamed == m.content, f"{seed}: streamed {streamed!r} vs {m.content!r}")
+print("ok")
+"#
+    );
+    assert_eq!(client(d, &s.url, &script).trim(), "ok");
+}
+
 /// A thinking template (DeepSeek-R1's way: the generation prompt opens `<think>`; Qwen 3's
 /// `enable_thinking: false` closes it empty), written for these tests.
 const THINK_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning_content %}<think>\n{{ m.reasoning_content }}\n</think>\n\n{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}";
@@ -471,6 +536,50 @@ try:
     check(False, "chat_template_kwargs replaced messages")
 except openai.BadRequestError as ex:
     check(ex.body["param"] == "chat_template_kwargs", f"{ex.body}")
+print("ok")
+"#
+    );
+    assert_eq!(client(d, &s.url, &script).trim(), "ok");
+}
+
+/// JSON asked of a thinking model whose prompt opened a block is held from the block's end
+/// (the thinking stays free): a random model with `</think>` as one token, pushed to write
+/// it, answers with reasoning apart and content that is one JSON object, ended when it
+/// closes.
+#[test]
+fn json_from_a_thinking_model_is_held_from_the_end_of_its_thinking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let text: Vec<String> = (0..120)
+        .map(|i| format!("the number {i} is {} and the answer is yes", i * 3 % 17))
+        .collect();
+    galley_train::testing::tiny_chat_model_with(&d.join("model"), &text, &["</think>"]);
+    std::fs::write(d.join("think.jinja"), THINK_TEMPLATE).unwrap();
+    let s = serve(d, &["-m", "model", "--chat-template", "think.jinja"]);
+    let script = format!(
+        "{COMMON}{}",
+        r#"
+import urllib.request
+root = os.environ["URL"][:-len("/v1")]
+req = urllib.request.Request(root + "/tokenize", data=json.dumps({"prompt": "</think>", "add_special_tokens": False}).encode(),
+                             headers={"Content-Type": "application/json"})
+close = json.load(urllib.request.urlopen(req))["tokens"]
+check(len(close) == 1, f"</think> is {close}")
+msgs = [{"role": "user", "content": "the number 3 is"}]
+closed = 0
+for seed in range(6):
+    # The block is closed at once (bias), then the answer must be an object.
+    r = c.chat.completions.create(model="model", messages=msgs, max_tokens=96, seed=seed,
+                                  logit_bias={close[0]: 100}, response_format={"type": "json_object"}).choices[0]
+    check(r.message.model_extra.get("reasoning_content") == "" and r.message.content.startswith("{"), f"{seed}: {r}")
+    if r.finish_reason == "stop":
+        check(isinstance(json.loads(r.message.content), dict), f"{seed}: {r.message.content!r}")
+        closed += 1
+check(closed >= 1, f"no object closed in 6 answers")
+# Without the push the model thinks freely, and the object never starts: all reasoning.
+r = c.chat.completions.create(model="model", messages=msgs, max_tokens=16, seed=1,
+                              response_format={"type": "json_object"}).choices[0]
+check(r.message.model_extra.get("reasoning_content") and r.message.content == "", f"{r}")
 print("ok")
 "#
     );

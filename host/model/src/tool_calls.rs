@@ -74,6 +74,15 @@ impl ToolFormat {
         }
     }
 
+    /// The text that opens a call anywhere in an answer, for formats that have one.
+    pub fn opener(self) -> Option<&'static str> {
+        match self {
+            Self::Hermes => Some(HERMES_OPEN),
+            Self::Mistral => Some(MISTRAL_OPEN),
+            Self::Llama3Json | Self::Json => None,
+        }
+    }
+
     /// The key a call's arguments go under.
     pub fn arguments_key(self) -> &'static str {
         match self {
@@ -201,10 +210,13 @@ pub fn parse(format: ToolFormat, text: &str) -> Parsed {
             let mut rest = &text[start..];
             let mut after = String::new();
             while let Some(body) = rest.strip_prefix(HERMES_OPEN) {
-                let (inner, next) = match body.find(HERMES_CLOSE) {
-                    Some(end) => (&body[..end], &body[end + HERMES_CLOSE.len()..]),
+                let (inner, next) = match (body.find(HERMES_CLOSE), body.find(HERMES_OPEN)) {
+                    // No close before the next call: that call ends this one.
+                    (Some(end), Some(o)) if o < end => (&body[..o], &body[o..]),
+                    (None, Some(o)) => (&body[..o], &body[o..]),
+                    (Some(end), _) => (&body[..end], &body[end + HERMES_CLOSE.len()..]),
                     // The answer ended (a stop token) before the close.
-                    None => (body, ""),
+                    (None, None) => (body, ""),
                 };
                 match only_calls(inner, false) {
                     Some(c) => calls.extend(c),

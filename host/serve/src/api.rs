@@ -168,6 +168,7 @@ fn submit(
             logit_bias: extras.bias.clone(),
             cache_salt: extras.cache_salt.clone(),
             json: extras.json.clone(),
+            lazy: extras.lazy.clone(),
             submitted: std::time::Instant::now(),
             events: tx,
         };
@@ -326,8 +327,23 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
     let (prompt, text) = render(&s, &req.messages, true, false, extra)?;
     // A thinking model's block is returned apart, unless decoding is held to JSON from the
     // first token (then there is no block).
+    let opens = s.thinks && galley_model::reasoning::prompt_opens(&text);
+    // A thinking model's block is returned apart. JSON asked of it (`response_format`) is
+    // held from the block's end when the prompt opened one (vLLM's structured outputs with
+    // a reasoning parser); held from the first token otherwise (then there is no block).
+    let (json, think_lazy) = match json {
+        Some(guide) if opens => (
+            None,
+            Some(crate::lazy::Lazy {
+                trigger: galley_model::reasoning::CLOSE.into(),
+                guide,
+                end: true,
+            }),
+        ),
+        other => (other, None),
+    };
     let guided = json.is_some() || tools.guide.is_some();
-    let think = (s.thinks && !guided).then(|| galley_model::reasoning::prompt_opens(&text));
+    let think = (s.thinks && !guided).then_some(opens);
     let top = req.top_logprobs.unwrap_or(0);
     if top > 20 {
         return Err(ApiError::bad(
@@ -344,6 +360,7 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
     let n = n_of(&req.sampling)?;
     let extras = Extras {
         json: json.or(tools.guide),
+        lazy: think_lazy.or(tools.lazy),
         ..extras(&s, &req.sampling)?
     };
     let rxs = submit(

@@ -8,6 +8,7 @@
 //! go to the model's prompt cache (`prompt_cache`); a request that begins with a kept prompt
 //! copies them and prefills only the rest.
 
+use crate::lazy::{Lazy, LazyState, blank_tokens};
 use crate::prompt_cache::PromptCache;
 use galley_model::generate::Output;
 use galley_model::json_mode;
@@ -40,6 +41,9 @@ pub struct Job {
     /// JSON mode or a schema (`response_format`): the answer is one JSON object, held to it
     /// from its first token.
     pub json: Option<Guide>,
+    /// A constraint that waits for a trigger in the answer (auto tool calls, JSON after a
+    /// thinking block).
+    pub lazy: Option<Lazy>,
     /// When the request was taken (time to first token and request time count from here).
     pub submitted: std::time::Instant,
     pub events: UnboundedSender<Event>,
@@ -188,6 +192,7 @@ struct Seq {
     eos: Vec<u32>,
     /// Where the answer is in its JSON object, in JSON mode.
     json: Option<Guide>,
+    lazy: Option<LazyState>,
 }
 
 /// A prompt being prefilled, a chunk per step.
@@ -202,6 +207,8 @@ struct Loop {
     tok: Arc<Tokenizer>,
     /// The vocabulary as JSON mode sees it (special tokens: no text), made on first use.
     texts: std::sync::OnceLock<std::sync::Arc<json_mode::Vocab>>,
+    /// The tokens that are only blank space (for lazy constraints), made on first use.
+    blanks: std::sync::OnceLock<Vec<u32>>,
     limits: Limits,
     active: Vec<Seq>,
     cache: Cache,
@@ -226,6 +233,7 @@ impl Loop {
             model,
             tok,
             texts: std::sync::OnceLock::new(),
+            blanks: std::sync::OnceLock::new(),
             limits,
             active: Vec::new(),
             cache,
@@ -417,6 +425,11 @@ impl Loop {
             .get_or_init(|| self.tok.json_vocab(self.model.config.vocab_size))
     }
 
+    fn blanks(&self) -> &[u32] {
+        self.blanks
+            .get_or_init(|| blank_tokens(self.texts(), self.model.config.vocab_size))
+    }
+
     fn new_seq(&self, job: Job) -> Seq {
         // Counted running before it stops counting as waiting, so that `/health` never shows
         // a live sequence as neither (`publish` corrects the count at the end of the step).
@@ -435,6 +448,7 @@ impl Loop {
         Seq {
             sampler: Sampler::new(job.params.clone(), 0),
             json: job.json.clone(),
+            lazy: job.lazy.clone().map(LazyState::new),
             job,
             tokens: Vec::new(),
             out: Output::default(),
@@ -617,7 +631,8 @@ impl Loop {
             return Step::Finished(Finish::Length);
         }
         let biased;
-        let logits = if s.job.logit_bias.is_empty() && s.json.is_none() {
+        let held = s.lazy.as_ref().is_some_and(LazyState::holds);
+        let logits = if s.job.logit_bias.is_empty() && s.json.is_none() && !held {
             logits
         } else {
             let mut l = logits.to_vec();
@@ -628,6 +643,9 @@ impl Loop {
             }
             if let Some(guide) = &s.json {
                 guide.mask(&mut l, self.texts(), &s.eos);
+            }
+            if let Some(lazy) = &s.lazy {
+                lazy.mask(&mut l, self.texts(), &s.eos, self.blanks());
             }
             biased = l;
             &biased
@@ -644,6 +662,13 @@ impl Loop {
             && !eos
             // Nothing could continue the object (every logit masked): the answer ends.
             && !guide.advance(self.texts().text(t))
+        {
+            eos = true;
+        }
+        if let Some(lazy) = &mut s.lazy
+            && !eos
+            // The tokenizer's text, special tokens' included: a trigger may be one.
+            && !lazy.after(&self.tok.piece(t).unwrap_or_default())
         {
             eos = true;
         }

@@ -10,6 +10,7 @@ pub mod chat_apis;
 pub mod engines;
 #[cfg(feature = "clap")]
 pub mod flags;
+pub mod lazy;
 pub mod metrics;
 pub mod prompt_cache;
 pub mod remote;

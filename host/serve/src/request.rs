@@ -158,6 +158,8 @@ pub(crate) struct Extras {
     pub(crate) cache_salt: Option<String>,
     /// JSON mode or a schema (`response_format`, chat only).
     pub(crate) json: Option<Guide>,
+    /// A constraint waiting for a trigger (auto tool calls; JSON after thinking).
+    pub(crate) lazy: Option<crate::lazy::Lazy>,
 }
 
 /// `logit_bias` and `cache_salt`, checked.
@@ -174,6 +176,7 @@ pub(crate) fn extras(s: &Shared, p: &Sampling) -> Result<Extras, ApiError> {
         bias: logit_bias(s, p)?,
         cache_salt: p.cache_salt.clone(),
         json: None,
+        lazy: None,
     })
 }
 

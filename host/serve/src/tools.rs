@@ -10,6 +10,7 @@
 //! parses and validates. `none` shows the tools and reads no call.
 
 use crate::api::{ApiError, Shared};
+use crate::lazy::Lazy;
 use galley_model::ChatTemplate;
 use galley_model::json_schema::{Guide, Json, Obj, Schema};
 use galley_model::tool_calls::{Parsed, ToolCall, ToolFormat};
@@ -39,6 +40,8 @@ pub(crate) struct Tools {
     pub(crate) list: Option<Json>,
     pub(crate) plan: Option<ToolPlan>,
     pub(crate) guide: Option<Guide>,
+    /// With `auto`: each call the model opens is held to the tools' schemas.
+    pub(crate) lazy: Option<Lazy>,
 }
 
 #[derive(Deserialize)]
@@ -193,8 +196,23 @@ pub(crate) fn read(
         }
         _ => None,
     };
+    // `auto`: a call the model opens is held to the tools (llama.cpp's lazy grammar); the
+    // text around it stays free. Tools whose schemas galley cannot enforce are only read.
+    let lazy = match (&choice, format.opener()) {
+        (Choice::Auto, Some(trigger)) if tools.len() <= MAX_REQUIRED => {
+            forced_guide(&tools, format, parallel)
+                .ok()
+                .map(|guide| Lazy {
+                    trigger: trigger.into(),
+                    guide,
+                    end: false,
+                })
+        }
+        _ => None,
+    };
     Ok(Tools {
         list,
+        lazy,
         plan: Some(ToolPlan {
             format,
             forced,

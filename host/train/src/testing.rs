@@ -11,12 +11,23 @@ pub const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{
 
 /// Writes the tiny chat model into `dir`, its tokenizer trained on `text` lines.
 pub fn tiny_chat_model_from(dir: &Path, text: &[String]) {
+    tiny_chat_model_with(dir, text, &[]);
+}
+
+/// [`tiny_chat_model_from`] with `added` as whole tokens of the vocabulary (not special:
+/// they are text, as Qwen's `<tool_call>` is).
+pub fn tiny_chat_model_with(dir: &Path, text: &[String], added: &[&str]) {
     let tok = crate::train_tokenizer(&[text.join("\n")], 300, 1).expect("tokenizer trains");
     let mut inner = tok.inner().clone();
     inner.add_special_tokens(&[
         tokenizers::AddedToken::from("<|im_start|>", true),
         tokenizers::AddedToken::from("<|im_end|>", true),
     ]);
+    let added: Vec<_> = added
+        .iter()
+        .map(|t| tokenizers::AddedToken::from(t.to_string(), false))
+        .collect();
+    inner.add_tokens(&added);
     let tc = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>"});
     tiny_model_with_tokenizer(dir, &inner, None, "<|im_end|>", &tc);
 }

@@ -26,6 +26,12 @@ fn hermes_blocks_with_text_around_them_and_no_close_at_the_end() {
         "<tool_call>\n{\"name\": \"f\", \"arguments\": \"{\\\"x\\\": 1}\"}\n",
     );
     assert_eq!((p.content, p.calls), (None, vec![call("f", r#"{"x": 1}"#)]));
+    // Calls without their closes, one after another.
+    let p = parse(
+        ToolFormat::Hermes,
+        "<tool_call>{\"name\": \"f\", \"arguments\": {}}<tool_call>{\"name\": \"g\", \"arguments\": {}}",
+    );
+    assert_eq!(p.calls, vec![call("f", "{}"), call("g", "{}")]);
 }
 
 #[test]
