@@ -96,17 +96,23 @@ fn client(dir: &Path, url: &str, script: &str) -> String {
 fn setup() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
+    tiny_model(d, &[]);
+    write_adapter(&d.join("model"), &d.join("adapter"));
+    tmp
+}
+
+/// Writes the tiny chat model into `d/model`, with `added` as whole tokens of its
+/// vocabulary, and room for long prompts.
+fn tiny_model(d: &Path, added: &[&str]) {
     let text: Vec<String> = (0..120)
         .map(|i| format!("the number {i} is {} and the answer is yes", i * 3 % 17))
         .collect();
-    galley_train::testing::tiny_chat_model_from(&d.join("model"), &text);
+    galley_train::testing::tiny_chat_model_with(&d.join("model"), &text, added);
     let cfg_path = d.join("model/config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["max_position_embeddings"] = 4096.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    write_adapter(&d.join("model"), &d.join("adapter"));
-    tmp
 }
 
 /// Serves the tiny model and runs `script` (after COMMON) against it; it must print "ok".
@@ -414,15 +420,7 @@ print("ok")
 fn auto_tool_calls_are_held_to_the_tools_once_opened() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let text: Vec<String> = (0..120)
-        .map(|i| format!("the number {i} is {} and the answer is yes", i * 3 % 17))
-        .collect();
-    galley_train::testing::tiny_chat_model_with(&d.join("model"), &text, &["<tool_call>"]);
-    let cfg_path = d.join("model/config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    cfg["max_position_embeddings"] = 4096.into();
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    tiny_model(d, &["<tool_call>"]);
     std::fs::write(d.join("tools.jinja"), TOOLS_TEMPLATE).unwrap();
     let s = serve(d, &["-m", "model", "--chat-template", "tools.jinja"]);
     let script = format!(
@@ -550,10 +548,7 @@ print("ok")
 fn json_from_a_thinking_model_is_held_from_the_end_of_its_thinking() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let text: Vec<String> = (0..120)
-        .map(|i| format!("the number {i} is {} and the answer is yes", i * 3 % 17))
-        .collect();
-    galley_train::testing::tiny_chat_model_with(&d.join("model"), &text, &["</think>"]);
+    tiny_model(d, &["</think>"]);
     std::fs::write(d.join("think.jinja"), THINK_TEMPLATE).unwrap();
     let s = serve(d, &["-m", "model", "--chat-template", "think.jinja"]);
     let script = format!(
