@@ -398,6 +398,15 @@ r = p.chat.completions.create(model="model", messages=msgs, tools=tools, tool_ch
                               max_tokens=160, seed=1)
 ch = r.choices[0]
 check(ch.finish_reason == "length" or valid(ch.message.tool_calls[0]), f"{ch}")
+# The openai client's strict tools from pydantic models, parsed back into them.
+import pydantic
+class Add(pydantic.BaseModel):
+    a: int
+    b: int
+r = c.chat.completions.parse(model="model", messages=msgs, tools=[openai.pydantic_function_tool(Add)],
+                             tool_choice="required", max_tokens=160, seed=3)
+ch = r.choices[0]
+check(isinstance(ch.message.tool_calls[0].function.parsed_arguments, Add), f"{ch}")
 for kw, param in [({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name"),
                   ({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
                   ({"functions": [{"name": "f"}]}, "functions")]:
