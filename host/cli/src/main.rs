@@ -66,7 +66,7 @@ enum Top {
     /// Fine-tune (full, LoRA, QLoRA) or pre-train a model from a YAML config.
     Train(train::TrainArgs),
     /// Evaluate a model (and adapter) on benchmark tasks: built-in or lm-evaluation-harness task files.
-    Eval(eval::EvalArgs),
+    Eval(Box<eval::EvalArgs>),
     /// Run recipes' stages (pretrain, sft, dpo, grpo, evaluate, generate, merge) from a run config; writes run.json.
     Run(run_cmd::RunArgs),
     /// Resolve and verify a run's plugins and print its merged plan: each setting and where it came from.
@@ -198,7 +198,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Score(a) => score::run(a),
         Top::Infer(a) => infer::run(a),
         Top::Train(a) => train::run(a),
-        Top::Eval(a) => eval::run(a),
+        Top::Eval(a) => eval::run(*a),
         Top::Serve(a) => serve::run(a),
         Top::Synth(a) => synth::run(a),
         Top::Export(a) => export::run(a),

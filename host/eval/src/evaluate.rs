@@ -32,6 +32,8 @@ pub struct EvalOptions {
     pub seed: u64,
     pub apply_chat_template: bool,
     pub system_prompt: Option<String>,
+    /// Generations are scored from after the last of these (a reasoning model's `</think>`).
+    pub think_end_token: Option<String>,
     /// Where hub dataset ids are looked up.
     pub data_root: PathBuf,
 }
@@ -45,6 +47,7 @@ impl Default for EvalOptions {
             seed: 0,
             apply_chat_template: false,
             system_prompt: None,
+            think_end_token: None,
             data_root: galley_core::dirs::eval_data_dir(),
         }
     }
@@ -678,7 +681,10 @@ fn finish_task(
                         text.truncate(at);
                     }
                 }
-                s.prediction = Some(text);
+                s.prediction = Some(crate::grade::after_thinking(
+                    text,
+                    opts.think_end_token.as_deref(),
+                ));
             }
         }
     }

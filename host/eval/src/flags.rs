@@ -38,6 +38,10 @@ pub struct EvalFlags {
     /// A system prompt put before every prompt.
     #[arg(long)]
     pub system_prompt: Option<String>,
+    /// A reasoning model's end of thinking (`</think>`): each generation is scored from
+    /// after it (the harness's `think_end_token`).
+    #[arg(long, value_name = "TOKEN")]
+    pub think_end_token: Option<String>,
     /// Where built-in tasks' data is (default: GALLEY_EVAL_DATA, else galley's cache).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -83,6 +87,7 @@ impl EvalFlags {
         take(&self.judge_model, &mut cfg.judge_model);
         take(&self.output, &mut cfg.output);
         take(&self.system_prompt, &mut cfg.system_prompt);
+        take(&self.think_end_token, &mut cfg.think_end_token);
         take(&self.data_dir, &mut cfg.data_dir);
         if !self.tasks.is_empty() {
             cfg.tasks.clone_from(&self.tasks);
@@ -243,6 +248,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("limt"), "{e}");
+        let think = eval(&[path, "--think-end-token", "</think>"])
+            .settings()
+            .unwrap();
+        assert_eq!(think.options().think_end_token.as_deref(), Some("</think>"));
+        let set = eval(&[path, "-s", "think_end_token=</think>"])
+            .settings()
+            .unwrap();
+        assert_eq!(set.think_end_token.as_deref(), Some("</think>"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Grading beyond the built-in metrics: evaluator plugins (in batches, under the task's
 //! `skip | stop` policy, their own aggregate winning over a mean) and LLM judges; the
-//! harness's default metrics per output type.
+//! harness's default metrics per output type; a reasoning model's generation cut to its
+//! answer (`think_end_token`).
 
 use crate::EvalError;
 use crate::evaluate::{Plugins, Sample};
@@ -232,4 +233,36 @@ pub(crate) fn grade_with_judge(
         }
     }
     Ok(failed)
+}
+
+/// A generation as it is scored: what follows the last `think_end` (the harness's
+/// `think_end_token`: a reasoning model's answer without its thinking), blanks before it
+/// dropped; one that never ends its thinking is scored as written.
+pub fn after_thinking(text: String, think_end: Option<&str>) -> String {
+    match think_end
+        .filter(|t| !t.is_empty())
+        .and_then(|t| text.rfind(t).map(|at| at + t.len()))
+    {
+        Some(end) => text[end..].trim_start().to_string(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod think_tests {
+    use super::after_thinking;
+
+    #[test]
+    fn generations_are_scored_from_after_the_last_end_of_thinking() {
+        let t = |s: &str, e: Option<&str>| after_thinking(s.to_string(), e);
+        assert_eq!(
+            t("<think>2+2</think>\n\nThe answer is 4", Some("</think>")),
+            "The answer is 4"
+        );
+        assert_eq!(t("a</think>b</think> c", Some("</think>")), "c");
+        // Never closed: scored as written (the harness does the same).
+        assert_eq!(t("<think>still", Some("</think>")), "<think>still");
+        assert_eq!(t("x</think>y", None), "x</think>y");
+        assert_eq!(t("x</think>y", Some("")), "x</think>y");
+    }
 }

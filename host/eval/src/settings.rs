@@ -29,6 +29,9 @@ pub struct EvalSettings {
     pub output: Option<PathBuf>,
     pub apply_chat_template: bool,
     pub system_prompt: Option<String>,
+    /// A reasoning model's end of thinking (`</think>`): each generation is scored from
+    /// after its last one (the harness's `think_end_token` model argument).
+    pub think_end_token: Option<String>,
     /// Where built-in tasks' data is (default: GALLEY_EVAL_DATA, else galley's cache).
     pub data_dir: Option<PathBuf>,
     /// Folders of task files whose names `tasks` may use: a list, or one folder (as the
@@ -60,6 +63,7 @@ impl Default for EvalSettings {
             output: None,
             apply_chat_template: false,
             system_prompt: None,
+            think_end_token: None,
             data_dir: None,
             include_path: Vec::new(),
             dequantize: true,
@@ -156,6 +160,7 @@ impl EvalSettings {
             seed: self.seed,
             apply_chat_template: self.apply_chat_template,
             system_prompt: self.system_prompt.clone(),
+            think_end_token: self.think_end_token.clone(),
             data_root: self
                 .data_dir
                 .clone()
@@ -182,6 +187,7 @@ impl EvalSettings {
                 "limit": self.limit,
                 "apply_chat_template": self.apply_chat_template,
                 "system_prompt": self.system_prompt,
+                "think_end_token": self.think_end_token,
                 "fewshot_seed": self.fewshot_seed,
                 "batch_tokens": self.batch_tokens,
                 "max_length": self.max_length,
