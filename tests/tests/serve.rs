@@ -343,7 +343,8 @@ for seed in range(8):
     check(call.type == "function" and call.id.startswith("call_"), f"{call}")
     seen.add(call.function.name)
     finished += 1
-    # Streamed: the same call, whole, in one tool_calls delta before the finish reason.
+    # Streamed: the name first (with the id), then the arguments piece by piece, as OpenAI
+    # streams them; joined, the same call.
     parts, finish, content = {}, None, ""
     for chunk in c.chat.completions.create(stream=True, **kw):
         for d in chunk.choices:
@@ -352,9 +353,15 @@ for seed in range(8):
                 parts.setdefault(tc.index, []).append(tc)
             finish = d.finish_reason or finish
     check(content == "" and finish == "tool_calls" and list(parts) == [0], f"{seed}: {parts} {finish} {content!r}")
-    got = parts[0][0]
-    check((got.function.name, got.function.arguments) == (call.function.name, call.function.arguments),
-          f"{seed}: streamed {got} vs {call}")
+    first, rest = parts[0][0], parts[0][1:]
+    check(first.id.startswith("call_") and first.function.name == call.function.name, f"{seed}: {first}")
+    check(len(rest) >= 2 and all(p.id is None and p.function.name is None for p in rest), f"{seed}: {rest}")
+    joined = "".join(p.function.arguments or "" for p in parts[0])
+    check(joined == call.function.arguments, f"{seed}: streamed {joined!r} vs {call.function.arguments!r}")
+    # The openai client's own stream helper puts them together the same way.
+    with c.chat.completions.stream(**kw) as st:
+        final = st.get_final_completion().choices[0].message.tool_calls[0]
+    check((final.function.name, final.function.arguments) == (call.function.name, call.function.arguments), f"{final}")
 # Strings are bounded and the tiny model's numbers end: most answers close their call.
 check(finished >= 6 and seen == {"get_weather", "add"}, f"{finished} of 8 calls closed: {seen}")
 

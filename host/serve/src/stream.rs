@@ -2,8 +2,10 @@
 //! they are decoded (chat deltas, or the completions endpoint's text pieces with its legacy
 //! log-probabilities), each sequence's finish reason, the usage when asked, then `[DONE]`.
 //! The sequences of one request interleave in the order their tokens come. With tools, chat
-//! text that may open a tool call is held back ([`CallStream`]); the calls come whole in one
-//! `delta.tool_calls` chunk at the end of their choice, before its finish reason.
+//! text that may open a tool call is held back ([`CallStream`]); a call comes as OpenAI
+//! streams it, its name (with its id) as soon as it is written, then its arguments piece by
+//! piece; what the end's parse finds that the stream did not give comes before the finish
+//! reason. A thinking model's block comes as `delta.reasoning_content` ([`ThinkStream`]).
 
 use crate::api::{AppState, chat_logprobs, finish_reason, legacy_logprobs, now};
 use crate::batcher::Event;
@@ -12,7 +14,7 @@ use axum::response::sse::Event as SseEvent;
 use futures_util::{Stream, StreamExt};
 use galley_model::Finish;
 use galley_model::reasoning::ThinkStream;
-use galley_model::tool_calls::CallStream;
+use galley_model::tool_calls::{CallDelta, CallStream};
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -43,6 +45,22 @@ struct State {
     calls: Vec<Option<CallStream>>,
     /// Each chat choice's thinking reader, when the model thinks.
     thinks: Vec<Option<ThinkStream>>,
+    /// Whether a choice has streamed part of a call.
+    called: Vec<bool>,
+}
+
+/// A call's part as OpenAI streams it: its first with the id, type and name, then pieces of
+/// its arguments.
+fn call_delta(s: &AppState, plan: &ToolPlan, choice: usize, d: CallDelta) -> Value {
+    match d.name {
+        Some(name) => json!({
+            "index": d.index,
+            "id": plan.format.call_id(id_seed(s, choice)),
+            "type": "function",
+            "function": {"name": name, "arguments": d.arguments},
+        }),
+        None => json!({"index": d.index, "function": {"arguments": d.arguments}}),
+    }
 }
 
 /// The events of `rxs` (choice `i` is `rxs[i]`) as `shape`'s chunks; `usage`: the request's
@@ -106,6 +124,7 @@ pub(crate) fn events(
             .map(|_| plan.map(|p| CallStream::new(p.format, p.forced)))
             .collect(),
         thinks: (0..n).map(|_| think.map(ThinkStream::new)).collect(),
+        called: vec![false; n],
     };
     let rest = futures_util::stream::unfold(state, move |mut st| {
         let s = s.clone();
@@ -146,28 +165,52 @@ pub(crate) fn events(
                                     Some(t) => t.push(&text),
                                     None => (String::new(), text),
                                 };
-                                let text = match st.calls[i].as_mut() {
-                                    Some(c) => c.push(&text),
-                                    None => text,
+                                let (text, deltas) = match st.calls[i].as_mut() {
+                                    Some(c) => {
+                                        let p = c.push(&text);
+                                        (p.content, p.calls)
+                                    }
+                                    None => (text, Vec::new()),
+                                };
+                                // Calls' names and argument pieces as they come (only the
+                                // first call without parallel calls).
+                                let calls: Vec<Value> = match plan {
+                                    Some(plan) => deltas
+                                        .into_iter()
+                                        .filter(|d| plan.parallel || d.index == 0)
+                                        .map(|d| call_delta(&s, &plan, i, d))
+                                        .collect(),
+                                    None => Vec::new(),
                                 };
                                 let reading = st.calls[i].is_some() || st.thinks[i].is_some();
-                                if text.is_empty() && reasoning.is_empty() && reading {
+                                let said = !text.is_empty() || !reasoning.is_empty();
+                                if !said && calls.is_empty() && reading {
                                     // Held: it may be a tag or a tool call.
                                     continue;
                                 }
-                                let lp = if logprobs {
-                                    chat_logprobs(&s.tokenizer, &[(id, logprob, top)])
-                                } else {
-                                    Value::Null
-                                };
-                                let delta = if reasoning.is_empty() {
-                                    json!({"content": text})
-                                } else if text.is_empty() {
-                                    json!({"reasoning_content": reasoning})
-                                } else {
-                                    json!({"reasoning_content": reasoning, "content": text})
-                                };
-                                json!({"index": i, "delta": delta, "logprobs": lp, "finish_reason": null})
+                                let mut out = Vec::new();
+                                if said || calls.is_empty() {
+                                    let lp = if logprobs {
+                                        chat_logprobs(&s.tokenizer, &[(id, logprob, top)])
+                                    } else {
+                                        Value::Null
+                                    };
+                                    let delta = if reasoning.is_empty() {
+                                        json!({"content": text})
+                                    } else if text.is_empty() {
+                                        json!({"reasoning_content": reasoning})
+                                    } else {
+                                        json!({"reasoning_content": reasoning, "content": text})
+                                    };
+                                    let c = json!({"index": i, "delta": delta, "logprobs": lp, "finish_reason": null});
+                                    out.push(chunk(json!([c]), None));
+                                }
+                                if !calls.is_empty() {
+                                    st.called[i] = true;
+                                    let c = json!({"index": i, "delta": {"tool_calls": calls}, "logprobs": null, "finish_reason": null});
+                                    out.push(chunk(json!([c]), None));
+                                }
+                                return Some((out, st));
                             }
                             Shape::Text { logprobs } => {
                                 let lp = if logprobs {
@@ -200,20 +243,44 @@ pub(crate) fn events(
                         match (st.calls[i].take(), plan) {
                             (Some(mut c), Some(plan)) => {
                                 let now = c.push(&tail);
-                                if !now.is_empty() {
-                                    out.push(delta(json!({"content": now})));
+                                if !now.content.is_empty() {
+                                    out.push(delta(json!({"content": now.content})));
                                 }
-                                let mut p = c.finish();
-                                limit(&plan, &mut p);
-                                if let Some(text) = p.content.filter(|t| !t.is_empty()) {
+                                let mut end = c.finish();
+                                limit(&plan, &mut end.parsed);
+                                if let Some(text) =
+                                    end.parsed.content.clone().filter(|t| !t.is_empty())
+                                {
                                     out.push(delta(json!({"content": text})));
                                 }
-                                if !p.calls.is_empty() {
-                                    let calls = calls_json(&plan, &p.calls, id_seed(&s, i), true);
-                                    out.push(delta(json!({"tool_calls": calls})));
-                                    if !matches!(finish, Finish::Length) {
-                                        reason = "tool_calls";
+                                // What the stream still owes of each call: all of one it
+                                // did not begin, the rest of one it did.
+                                let mut owed = Vec::new();
+                                for (k, call) in end.parsed.calls.iter().enumerate() {
+                                    match end.owed(k) {
+                                        None => {
+                                            let one = calls_json(
+                                                &plan,
+                                                std::slice::from_ref(call),
+                                                id_seed(&s, i),
+                                                true,
+                                            );
+                                            let mut v = one[0].clone();
+                                            v["index"] = k.into();
+                                            owed.push(v);
+                                        }
+                                        Some(rest) if !rest.is_empty() => {
+                                            owed.push(json!({"index": k, "function": {"arguments": rest}}));
+                                        }
+                                        Some(_) => {}
                                     }
+                                }
+                                if !owed.is_empty() {
+                                    out.push(delta(json!({"tool_calls": owed})));
+                                }
+                                let called = st.called[i] || !end.parsed.calls.is_empty();
+                                if called && !matches!(finish, Finish::Length) {
+                                    reason = "tool_calls";
                                 }
                             }
                             _ if !tail.is_empty() => out.push(delta(json!({"content": tail}))),

@@ -119,14 +119,33 @@ fn forced_calls_are_the_json_after_the_prefix() {
     );
 }
 
-/// Feeds `text` a character at a time: what was passed on, and the end.
-fn stream(f: ToolFormat, text: &str) -> (String, Parsed) {
-    let mut s = CallStream::new(f, false);
+/// Feeds `text` a character at a time: the content passed on, the end, and each call's
+/// name and arguments as streamed.
+fn stream_all(
+    f: ToolFormat,
+    forced: bool,
+    text: &str,
+) -> (String, Finished, Vec<(String, String)>) {
+    let mut s = CallStream::new(f, forced);
     let mut sent = String::new();
+    let mut calls: Vec<(String, String)> = Vec::new();
     for c in text.chars() {
-        sent.push_str(&s.push(&c.to_string()));
+        let p = s.push(&c.to_string());
+        sent.push_str(&p.content);
+        for d in p.calls {
+            if let Some(n) = d.name {
+                assert_eq!(d.index, calls.len(), "calls begin in order");
+                calls.push((n, String::new()));
+            }
+            calls[d.index].1.push_str(&d.arguments);
+        }
     }
-    (sent, s.finish())
+    (sent, s.finish(), calls)
+}
+
+fn stream(f: ToolFormat, text: &str) -> (String, Parsed) {
+    let (sent, end, _) = stream_all(f, false, text);
+    (sent, end.parsed)
 }
 
 #[test]
@@ -165,10 +184,66 @@ fn streams_pass_text_on_and_hold_only_what_may_open_a_call() {
         "[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {}}]",
     );
     assert_eq!((sent.as_str(), end.calls), ("", vec![call("f", "{}")]));
-    let mut forced = CallStream::new(ToolFormat::Hermes, true);
-    assert_eq!(forced.push("{\"name\": \"f\", "), "");
-    assert_eq!(forced.push("\"arguments\": {}}"), "");
-    assert_eq!(forced.finish().calls, vec![call("f", "{}")]);
+}
+
+#[test]
+fn calls_stream_their_name_then_their_arguments_piece_by_piece() {
+    let text = "Sure.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris {x}\", \"n\": [1, {\"a\": \"}\"}]}}\n</tool_call>\n<tool_call>\n{\"name\": \"t\", \"arguments\": {}}\n</tool_call>";
+    let (sent, end, calls) = stream_all(ToolFormat::Hermes, false, text);
+    assert_eq!(sent, "Sure.");
+    let want: Vec<(String, String)> = end
+        .parsed
+        .calls
+        .iter()
+        .map(|c| (c.name.clone(), c.arguments.clone()))
+        .collect();
+    assert_eq!(calls, want, "the stream's calls are the parsed ones");
+    assert_eq!(calls[0].1, r#"{"city": "Paris {x}", "n": [1, {"a": "}"}]}"#);
+    assert_eq!(
+        (end.owed(0), end.owed(1)),
+        (Some(String::new()), Some(String::new()))
+    );
+    // Llama 3's calls joined by `;`; a forced call from its first token.
+    let (_, end, calls) = stream_all(
+        ToolFormat::Llama3Json,
+        false,
+        "{\"name\": \"a\", \"parameters\": {\"x\": 1}}; {\"name\": \"b\", \"parameters\": {}}",
+    );
+    assert_eq!(
+        calls,
+        [
+            ("a".into(), r#"{"x": 1}"#.into()),
+            ("b".into(), "{}".into())
+        ]
+    );
+    assert_eq!(end.parsed.calls.len(), 2);
+    let (_, end, calls) = stream_all(
+        ToolFormat::Hermes,
+        true,
+        "{\"name\": \"f\", \"arguments\": {\"k\": true}}",
+    );
+    assert_eq!(calls, [("f".into(), r#"{"k": true}"#.into())]);
+    assert_eq!(end.owed(0), Some(String::new()));
+    // Written otherwise (arguments first, arguments as text, Mistral's list): whole at the
+    // end, nothing streamed.
+    for (f, text) in [
+        (
+            ToolFormat::Hermes,
+            "<tool_call>{\"arguments\": {}, \"name\": \"f\"}</tool_call>",
+        ),
+        (
+            ToolFormat::Hermes,
+            "<tool_call>{\"name\": \"f\", \"arguments\": \"{}\"}</tool_call>",
+        ),
+        (
+            ToolFormat::Mistral,
+            "[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {}}]",
+        ),
+    ] {
+        let (_, end, calls) = stream_all(f, false, text);
+        assert!(calls.is_empty(), "{text}: {calls:?}");
+        assert_eq!((end.parsed.calls.len(), end.owed(0)), (1, None), "{text}");
+    }
 }
 
 #[test]
