@@ -4,8 +4,8 @@
 //! SmolLM3), Llama 3.1's bare `{"name": ..., "parameters": ...}` object (`<|python_tag|>`
 //! first at times, several joined by `;`), Mistral's `[TOOL_CALLS][{...}, ...]` list, or, for
 //! a template that shows no tools, one plain `{"name", "arguments"}` object (galley's own,
-//! used only where decoding is held to it). [`ToolFormat::detect`] tells the format from the
-//! template's source; [`parse`] reads a finished answer and [`CallStream`] a streamed one,
+//! used only where decoding is held to it). [`ToolFormat::of_template`] finds the format a
+//! template writes by rendering a call with it and reading it back; [`parse`] reads a finished answer and [`CallStream`] a streamed one,
 //! holding back only text that may open a call. A call that does not parse leaves the whole
 //! answer as text, as vLLM's parsers do: nothing the model wrote is lost.
 
@@ -18,6 +18,9 @@ pub enum ToolFormat {
     Hermes,
     Llama3Json,
     Mistral,
+    /// Mistral's later form (Mistral Small 3.2, Devstral, Magistral):
+    /// `[TOOL_CALLS]name[ARGS]{...}` (`[CALL_ID]id` between at times), a call after another.
+    MistralArgs,
     /// One `{"name": ..., "arguments": ...}` object, nothing around it.
     Json,
 }
@@ -42,17 +45,62 @@ const PYTHON_TAG: &str = "<|python_tag|>";
 const MISTRAL_OPEN: &str = "[TOOL_CALLS]";
 
 impl ToolFormat {
-    /// The format a template's source teaches, if galley knows it.
-    pub fn detect(source: &str) -> Option<Self> {
-        if source.contains(HERMES_OPEN) {
-            Some(Self::Hermes)
-        } else if source.contains(MISTRAL_OPEN) {
-            Some(Self::Mistral)
-        } else if source.contains(PYTHON_TAG) || source.contains("\"parameters\": ") {
-            Some(Self::Llama3Json)
-        } else {
-            None
-        }
+    /// The format `template` writes calls in, found by asking it: a conversation with one
+    /// call is rendered and each format galley knows reads the answer's part back; the one
+    /// that finds the same call is the template's. A template whose calls no format reads
+    /// (Qwen3-Coder's XML, GLM's tags...) has none, so `auto` is refused rather than read or
+    /// held in a format its model does not write.
+    pub fn of_template(template: &crate::ChatTemplate) -> Option<Self> {
+        use crate::json_schema::Json;
+        let json = |s: &str| serde_json::from_str::<Json>(s).expect("a valid probe");
+        let tools = json(
+            r#"[{"type": "function", "function": {"name": "probe_call", "description": "A probe.",
+                "parameters": {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]}}}]"#,
+        );
+        let user = json(r#"{"role": "user", "content": "Call the probe."}"#);
+        let call = json(
+            r#"{"role": "assistant", "content": "", "tool_calls": [{"id": "probe0001", "type": "function",
+                "function": {"name": "probe_call", "arguments": {"key": "value"}}}]}"#,
+        );
+        let asked = template
+            .render_turns(std::slice::from_ref(&user), true, Some(&tools))
+            .ok()?;
+        let answered = template
+            .render_turns(&[user, call], false, Some(&tools))
+            .ok()?;
+        // Where the prompt and the answered conversation part ways, the answer begins.
+        let start = asked
+            .char_indices()
+            .zip(answered.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(asked.len().min(answered.len()), |((i, _), _)| i);
+        // Or from the line or tag it is in (a generation prompt may end with a tag the
+        // answered conversation does not have: `<think>` where the answer has `<tool_call>`).
+        let line = answered[..start]
+            .rfind(['\n', '>', ']'])
+            .map_or(start, |i| i + 1);
+        let want = serde_json::json!({"key": "value"});
+        let reads = |f: Self, said: &str| {
+            let p = parse(f, said);
+            p.calls.len() == 1
+                && p.calls[0].name == "probe_call"
+                && serde_json::from_str::<serde_json::Value>(&p.calls[0].arguments).ok()
+                    == Some(want.clone())
+        };
+        let (found, said) = [
+            Self::Hermes,
+            Self::Mistral,
+            Self::MistralArgs,
+            Self::Llama3Json,
+        ]
+        .into_iter()
+        .flat_map(|f| [(f, &answered[start..]), (f, &answered[line..])])
+        .find(|&(f, said)| reads(f, said))?;
+        // A bare object is Llama 3's when it says `parameters`, else plain JSON's.
+        Some(match found {
+            Self::Llama3Json if !said.contains("\"parameters\"") => Self::Json,
+            f => f,
+        })
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -60,6 +108,7 @@ impl ToolFormat {
             "hermes" => Self::Hermes,
             "llama3_json" => Self::Llama3Json,
             "mistral" => Self::Mistral,
+            "mistral_args" => Self::MistralArgs,
             "json" => Self::Json,
             _ => return None,
         })
@@ -70,6 +119,7 @@ impl ToolFormat {
             Self::Hermes => "hermes",
             Self::Llama3Json => "llama3_json",
             Self::Mistral => "mistral",
+            Self::MistralArgs => "mistral_args",
             Self::Json => "json",
         }
     }
@@ -78,7 +128,7 @@ impl ToolFormat {
     pub fn opener(self) -> Option<&'static str> {
         match self {
             Self::Hermes => Some(HERMES_OPEN),
-            Self::Mistral => Some(MISTRAL_OPEN),
+            Self::Mistral | Self::MistralArgs => Some(MISTRAL_OPEN),
             Self::Llama3Json | Self::Json => None,
         }
     }
@@ -97,8 +147,14 @@ impl ToolFormat {
         match self {
             Self::Hermes => "<tool_call>\n",
             Self::Mistral => MISTRAL_OPEN,
-            Self::Llama3Json | Self::Json => "",
+            Self::MistralArgs | Self::Llama3Json | Self::Json => "",
         }
+    }
+
+    /// Whether calls are JSON a schema can hold (not Mistral's `name[ARGS]{...}`: a required
+    /// call of that form is written as one bare JSON object instead).
+    pub fn holdable(self) -> bool {
+        self != Self::MistralArgs
     }
 
     /// Whether a required call is written as a JSON list of calls (Mistral's) rather than
@@ -121,7 +177,7 @@ impl ToolFormat {
         };
         const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
         let (prefix, n) = match self {
-            Self::Mistral => ("", 9),
+            Self::Mistral | Self::MistralArgs => ("", 9),
             _ => ("call_", 24),
         };
         let tail: String = (0..n)
@@ -189,6 +245,32 @@ fn only_calls(text: &str, list: bool) -> Option<Vec<ToolCall>> {
         .map(|(c, _)| c)
 }
 
+/// `[TOOL_CALLS]name[CALL_ID]id[ARGS]{...}` calls, one after another, at the start of `text`;
+/// the calls and the text after them.
+fn args_calls(text: &str) -> Option<(Vec<ToolCall>, &str)> {
+    const ARGS: &str = "[ARGS]";
+    const CALL_ID: &str = "[CALL_ID]";
+    let mut calls = Vec::new();
+    let mut rest = text;
+    while let Some(body) = rest.strip_prefix(MISTRAL_OPEN) {
+        let a = body.find(ARGS)?;
+        let name = match body[..a].split_once(CALL_ID) {
+            Some((n, _)) => n,
+            None => &body[..a],
+        };
+        let args = &body[a + ARGS.len()..];
+        let mut de = serde_json::Deserializer::from_str(args).into_iter::<&RawValue>();
+        let raw = de.next()?.ok()?;
+        let used = de.byte_offset();
+        calls.push(ToolCall {
+            name: name.trim().to_string(),
+            arguments: raw.get().to_string(),
+        });
+        rest = args[used..].trim_start();
+    }
+    (!calls.is_empty()).then_some((calls, rest))
+}
+
 fn nonempty(s: &str) -> Option<String> {
     let s = s.trim();
     (!s.is_empty()).then(|| s.to_string())
@@ -248,6 +330,15 @@ pub fn parse(format: ToolFormat, text: &str) -> Parsed {
             };
             calls_json(body, true).map(|(calls, rest)| Parsed {
                 content: nonempty(&format!("{}{}", before.trim_end(), rest.trim())),
+                calls,
+            })
+        }
+        ToolFormat::MistralArgs => {
+            let Some(i) = text.find(MISTRAL_OPEN) else {
+                return whole();
+            };
+            args_calls(&text[i..]).map(|(calls, rest)| Parsed {
+                content: nonempty(&format!("{}{}", text[..i].trim_end(), rest.trim())),
                 calls,
             })
         }

@@ -43,6 +43,15 @@ fn real_templates_render_tools_and_their_calls_read_back_as_sent() {
         ("meta-llama-Llama-3.2-3B-Instruct", ToolFormat::Llama3Json),
         ("meta-llama-Llama-3.3-70B-Instruct", ToolFormat::Llama3Json),
         ("mistralai-Mistral-Nemo-Instruct-2407", ToolFormat::Mistral),
+        (
+            "Mistral-Small-3.2-24B-Instruct-2506",
+            ToolFormat::MistralArgs,
+        ),
+        (
+            "unsloth-mistral-Devstral-Small-2507",
+            ToolFormat::MistralArgs,
+        ),
+        ("Qwen-QwQ-32B", ToolFormat::Hermes),
     ];
     let tools = json(TOOLS);
     let user = json(r#"{"role": "user", "content": "What is the weather in Paris?"}"#);
@@ -56,7 +65,7 @@ fn real_templates_render_tools_and_their_calls_read_back_as_sent() {
     let mut failures = Vec::new();
     for (name, format) in cases {
         let t = template(name);
-        assert_eq!(ToolFormat::detect(&t.source), Some(format), "{name}");
+        assert_eq!(ToolFormat::of_template(&t), Some(format), "{name}");
         assert!(t.renders_tools(), "{name}");
         let asked = t
             .render_turns(std::slice::from_ref(&user), true, Some(&tools))
@@ -80,10 +89,15 @@ fn real_templates_render_tools_and_their_calls_read_back_as_sent() {
             whole.contains("temp"),
             "{name}: the tool's result is missing: {whole}"
         );
-        let Some(said) = answered.strip_prefix(asked.as_str()) else {
-            failures.push(format!("{name}: the answer does not follow the prompt"));
-            continue;
-        };
+        // The answer: where the answered conversation leaves the prompt, from the line it
+        // is in (QwQ's prompt ends `<think>\n`, which its answered turn does not have).
+        let part = asked
+            .char_indices()
+            .zip(answered.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(asked.len(), |((i, _), _)| i);
+        let line = answered[..part].rfind('\n').map_or(0, |i| i + 1);
+        let said = &answered[line..];
         let mut said = said.trim_end().to_string();
         for end in ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "</s>"] {
             said = said.trim_end().trim_end_matches(end).to_string();
@@ -100,7 +114,7 @@ fn real_templates_render_tools_and_their_calls_read_back_as_sent() {
     assert!(failures.is_empty(), "{failures:#?}");
     // This edit of SmolLM3's template dropped its tools: galley says so rather than guess.
     let t = template("HuggingFaceTB-SmolLM3-3B");
-    assert!(!t.renders_tools() && ToolFormat::detect(&t.source).is_none());
+    assert!(!t.renders_tools() && ToolFormat::of_template(&t).is_none());
 }
 
 #[test]
@@ -215,4 +229,45 @@ fn every_template_renders_what_transformers_renders() {
     );
     assert!(same >= 190, "{same}");
     assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
+/// Which format each real template is found to write calls in (printed), with the ones whose
+/// calls are not JSON objects (Qwen3-Coder's XML, GLM's tags) found to have none.
+#[test]
+fn every_templates_call_format_is_found_by_asking_it() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/chat-templates");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".jinja").map(String::from))
+        .collect();
+    names.sort();
+    let mut found = std::collections::BTreeMap::new();
+    for n in &names {
+        let src = std::fs::read_to_string(dir.join(format!("{n}.jinja"))).unwrap();
+        let Ok(t) = ChatTemplate::new(&src, n, "<s>", "</s>") else {
+            continue;
+        };
+        found.insert(n.clone(), ToolFormat::of_template(&t));
+    }
+    for (n, f) in &found {
+        eprintln!("{n:55} {}", f.map_or("-", |f| f.name()));
+    }
+    // Qwen3-Coder's and Nemotron's XML, GLM's tags, DeepSeek's own tokens: not read.
+    for none in [
+        "Qwen3-Coder",
+        "Qwen3.5-4B",
+        "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
+        "GLM-4.6",
+        "deepseek-ai-DeepSeek-V3.1",
+        "google-gemma-2-2b-it",
+    ] {
+        assert_eq!(found[none], None, "{none}");
+    }
+    let read = found.values().filter(|f| f.is_some()).count();
+    eprintln!(
+        "{read} of {} templates write calls galley reads",
+        found.len()
+    );
+    assert!(read >= 16, "{read}");
 }

@@ -131,7 +131,7 @@ pub fn load(opts: &ServeOptions) -> Result<Arc<Shared>, ServeError> {
     let tools = match &base.template {
         Some(t) => opts
             .tool_call_parser
-            .or_else(|| galley_model::tool_calls::ToolFormat::detect(&t.source)),
+            .or_else(|| galley_model::tool_calls::ToolFormat::of_template(t)),
         None => None,
     };
     let thinks = opts.reasoning

@@ -166,7 +166,7 @@ pub(crate) fn read(
         (Choice::Auto, true, None) => {
             return Err(bad(
                 format!(
-                    "galley does not know how the model of this chat template ({origin}) writes a tool call: serve it with --tool-call-parser hermes|llama3_json|mistral|json"
+                    "galley does not know how the model of this chat template ({origin}) writes a tool call: serve it with --tool-call-parser hermes|llama3_json|mistral|mistral_args|json"
                 ),
                 "tools",
             ));
@@ -177,6 +177,12 @@ pub(crate) fn read(
         _ => ToolFormat::Json,
     };
     let forced = !matches!(choice, Choice::Auto);
+    // A call no schema can hold (Mistral's `name[ARGS]{...}`) is forced as one bare object.
+    let format = if forced && !format.holdable() {
+        ToolFormat::Json
+    } else {
+        format
+    };
     // A forced call tells the tools apart by their name, matched as one of at most 64
     // constants.
     if matches!(choice, Choice::Required) && tools.len() > MAX_REQUIRED {
@@ -199,7 +205,7 @@ pub(crate) fn read(
     // `auto`: a call the model opens is held to the tools (llama.cpp's lazy grammar); the
     // text around it stays free. Tools whose schemas galley cannot enforce are only read.
     let lazy = match (&choice, format.opener()) {
-        (Choice::Auto, Some(trigger)) if tools.len() <= MAX_REQUIRED => {
+        (Choice::Auto, Some(trigger)) if tools.len() <= MAX_REQUIRED && format.holdable() => {
             forced_guide(&tools, format, parallel)
                 .ok()
                 .map(|guide| Lazy {

@@ -82,7 +82,7 @@ pub struct CallStream {
 impl CallStream {
     /// `forced`: the answer is a call from its first token (see [`parse_forced`]).
     pub fn new(format: ToolFormat, forced: bool) -> Self {
-        let scan = if format == ToolFormat::Mistral {
+        let scan = if matches!(format, ToolFormat::Mistral | ToolFormat::MistralArgs) {
             Scan::Whole
         } else {
             Scan::Seek(0)
@@ -116,6 +116,7 @@ impl CallStream {
         let unsent = &self.text[self.sent..];
         let keep_from = match self.format {
             ToolFormat::Hermes => opening(unsent, HERMES_OPEN),
+            ToolFormat::MistralArgs => opening(unsent, MISTRAL_OPEN),
             ToolFormat::Mistral => {
                 if self.sent == 0 && starts_call(unsent, &["["]) {
                     Some((0, unsent.trim_start().starts_with('[')))

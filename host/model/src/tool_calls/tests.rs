@@ -92,6 +92,16 @@ fn llama3_objects_with_python_tag_or_semicolons_and_mistral_lists() {
         p.calls,
         vec![call("get_weather", r#"{"city": "Paris"}"#), call("t", "{}")]
     );
+    // Mistral's later form: a name, an id at times, the arguments; a call after another.
+    let p = parse(
+        ToolFormat::MistralArgs,
+        "Sure.[TOOL_CALLS]get_weather[CALL_ID]abcdefghi[ARGS]{\"city\": \"Paris\"}[TOOL_CALLS]t[ARGS]{}",
+    );
+    assert_eq!(p.content.as_deref(), Some("Sure."));
+    assert_eq!(
+        p.calls,
+        vec![call("get_weather", r#"{"city": "Paris"}"#), call("t", "{}")]
+    );
     // Without the marker (a tokenizer that drops it), a list at the start is a call list.
     let p = parse(
         ToolFormat::Mistral,
@@ -247,20 +257,42 @@ fn calls_stream_their_name_then_their_arguments_piece_by_piece() {
 }
 
 #[test]
-fn formats_are_told_from_template_sources_and_ids_fit_them() {
+fn formats_are_found_by_rendering_a_call_and_ids_fit_them() {
+    let of = |calls: &str| {
+        let src = format!(
+            "{{% for m in messages %}}{{% if m.tool_calls %}}{calls}{{% else %}}{{{{ m.content }}}}{{% endif %}}|{{% endfor %}}"
+        );
+        ToolFormat::of_template(&crate::ChatTemplate::new(&src, "t", "", "").unwrap())
+    };
+    let f = "m.tool_calls[0].function";
     assert_eq!(
-        ToolFormat::detect("x <tool_call> y"),
+        of(&format!(
+            "<tool_call>{{\"name\": \"{{{{ {f}.name }}}}\", \"arguments\": {{{{ {f}.arguments | tojson }}}}}}</tool_call>"
+        )),
         Some(ToolFormat::Hermes)
     );
     assert_eq!(
-        ToolFormat::detect("{{ '[TOOL_CALLS][' }}"),
+        of(&format!("[TOOL_CALLS][{{{{ {f} | tojson }}}}]")),
         Some(ToolFormat::Mistral)
     );
     assert_eq!(
-        ToolFormat::detect(r#"{{- '"parameters": ' }}"#),
+        of(&format!(
+            "{{\"name\": \"{{{{ {f}.name }}}}\", \"parameters\": {{{{ {f}.arguments | tojson }}}}}}"
+        )),
         Some(ToolFormat::Llama3Json)
     );
-    assert_eq!(ToolFormat::detect("{{ messages }}"), None);
+    assert_eq!(
+        of(&format!("{{{{ {f} | tojson }}}}")),
+        Some(ToolFormat::Json)
+    );
+    // Tags galley does not read (Qwen3-Coder's XML), or no call at all: none.
+    assert_eq!(
+        of(&format!(
+            "<tool_call><function={{{{ {f}.name }}}}></function></tool_call>"
+        )),
+        None
+    );
+    assert_eq!(of(""), None);
     let id = ToolFormat::Mistral.call_id(7);
     assert!(
         id.len() == 9 && id.chars().all(|c| c.is_ascii_alphanumeric()),
