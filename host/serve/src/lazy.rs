@@ -191,6 +191,52 @@ mod tests {
     }
 
     #[test]
+    fn any_pieces_move_it_without_panicking() {
+        const BITS: &[&str] = &[
+            "<tool_call>",
+            "<tool",
+            "_call>",
+            "{",
+            "}",
+            "\"",
+            "\\",
+            ":",
+            ",",
+            " ",
+            "\n",
+            "é",
+            "😀",
+            "\"name\"",
+            "\"f\"",
+            "\"arguments\"",
+            "\"n\"",
+            "1",
+            "x",
+        ];
+        let vocab = Vocab::new(BITS.iter().map(|b| b.to_string()).collect());
+        let blanks = blank_tokens(&vocab, BITS.len());
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for end in [false, true] {
+            for _ in 0..500 {
+                let mut l = lazy(end);
+                for _ in 0..next(40) {
+                    let mut logits = vec![0.0; BITS.len()];
+                    l.mask(&mut logits, &vocab, &[], &blanks);
+                    if !l.after(BITS[next(BITS.len())]) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_mask_lets_blanks_pass_only_before_the_value() {
         let vocab = Vocab::new(vec![
             "\n".into(),

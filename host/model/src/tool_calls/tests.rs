@@ -309,3 +309,94 @@ fn formats_are_found_by_rendering_a_call_and_ids_fit_them() {
         assert_eq!(ToolFormat::from_name(f.name()), Some(f));
     }
 }
+
+/// Hostile text: fragments of every tag and JSON token, in random orders and random pieces
+/// (cut anywhere between characters), through every reader: nothing panics, and a stream's
+/// text passed on plus what its end gives back holds everything it was given.
+#[test]
+fn any_text_in_any_pieces_is_read_without_panicking_or_losing_text() {
+    const BITS: &[&str] = &[
+        "<tool_call>",
+        "</tool_call>",
+        "<tool_",
+        "[TOOL_CALLS]",
+        "[ARGS]",
+        "[CALL_ID]",
+        "<|python_tag|>",
+        "{",
+        "}",
+        "[",
+        "]",
+        "\"",
+        "\\",
+        ":",
+        ",",
+        ";",
+        " ",
+        "\n",
+        "é",
+        "😀",
+        "\"name\"",
+        "\"arguments\"",
+        "\"parameters\"",
+        "\"f\"",
+        "1",
+        "true",
+        "<think>",
+        "</think>",
+        "x",
+    ];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let formats = [
+        ToolFormat::Hermes,
+        ToolFormat::Llama3Json,
+        ToolFormat::Mistral,
+        ToolFormat::MistralArgs,
+        ToolFormat::Json,
+    ];
+    for _ in 0..3000 {
+        let text: String = (0..next(24)).map(|_| BITS[next(BITS.len())]).collect();
+        let chars: Vec<char> = text.chars().collect();
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        while at < chars.len() {
+            let n = 1 + next(6);
+            pieces.push(
+                chars[at..(at + n).min(chars.len())]
+                    .iter()
+                    .collect::<String>(),
+            );
+            at += n;
+        }
+        for f in formats {
+            let whole = parse(f, &text);
+            assert!(whole.content.is_some() || !whole.calls.is_empty() || text.is_empty());
+            let _ = parse_forced(f, &text);
+            for forced in [false, true] {
+                let mut s = CallStream::new(f, forced);
+                let mut sent = String::new();
+                for p in &pieces {
+                    sent.push_str(&s.push(p).content);
+                }
+                let end = s.finish();
+                let _ = end.owed(0);
+                if end.parsed.calls.is_empty() && !forced {
+                    let kept = end.parsed.content.unwrap_or_default();
+                    assert_eq!(format!("{sent}{kept}"), text, "{f:?}: {pieces:?}");
+                }
+            }
+        }
+        let mut t = crate::reasoning::ThinkStream::new(next(2) == 0);
+        for p in &pieces {
+            let _ = t.push(p);
+        }
+        let _ = t.finish();
+        let _ = crate::reasoning::split(&text, true);
+    }
+}
