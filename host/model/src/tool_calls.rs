@@ -21,6 +21,10 @@ pub enum ToolFormat {
     /// Mistral's later form (Mistral Small 3.2, Devstral, Magistral):
     /// `[TOOL_CALLS]name[ARGS]{...}` (`[CALL_ID]id` between at times), a call after another.
     MistralArgs,
+    /// Qwen3-Coder's, Qwen 3.5's and Nemotron 3's XML: `<tool_call><function=name>
+    /// <parameter=key>value</parameter>...</function></tool_call>`, values as written (a
+    /// value is JSON where it reads as JSON other than a string, else text).
+    QwenXml,
     /// One `{"name": ..., "arguments": ...}` object, nothing around it.
     Json,
 }
@@ -91,6 +95,7 @@ impl ToolFormat {
             Self::Hermes,
             Self::Mistral,
             Self::MistralArgs,
+            Self::QwenXml,
             Self::Llama3Json,
         ]
         .into_iter()
@@ -109,6 +114,7 @@ impl ToolFormat {
             "llama3_json" => Self::Llama3Json,
             "mistral" => Self::Mistral,
             "mistral_args" => Self::MistralArgs,
+            "qwen3_coder" => Self::QwenXml,
             "json" => Self::Json,
             _ => return None,
         })
@@ -120,6 +126,7 @@ impl ToolFormat {
             Self::Llama3Json => "llama3_json",
             Self::Mistral => "mistral",
             Self::MistralArgs => "mistral_args",
+            Self::QwenXml => "qwen3_coder",
             Self::Json => "json",
         }
     }
@@ -127,7 +134,7 @@ impl ToolFormat {
     /// The text that opens a call anywhere in an answer, for formats that have one.
     pub fn opener(self) -> Option<&'static str> {
         match self {
-            Self::Hermes => Some(HERMES_OPEN),
+            Self::Hermes | Self::QwenXml => Some(HERMES_OPEN),
             Self::Mistral | Self::MistralArgs => Some(MISTRAL_OPEN),
             Self::Llama3Json | Self::Json => None,
         }
@@ -147,14 +154,14 @@ impl ToolFormat {
         match self {
             Self::Hermes => "<tool_call>\n",
             Self::Mistral => MISTRAL_OPEN,
-            Self::MistralArgs | Self::Llama3Json | Self::Json => "",
+            Self::MistralArgs | Self::QwenXml | Self::Llama3Json | Self::Json => "",
         }
     }
 
     /// Whether calls are JSON a schema can hold (not Mistral's `name[ARGS]{...}`: a required
     /// call of that form is written as one bare JSON object instead).
     pub fn holdable(self) -> bool {
-        self != Self::MistralArgs
+        !matches!(self, Self::MistralArgs | Self::QwenXml)
     }
 
     /// Whether a required call is written as a JSON list of calls (Mistral's) rather than
@@ -245,6 +252,52 @@ fn only_calls(text: &str, list: bool) -> Option<Vec<ToolCall>> {
         .map(|(c, _)| c)
 }
 
+/// `<tool_call><function=name><parameter=key>value</parameter></function></tool_call>`
+/// calls, one after another, at the start of `text`; the calls (arguments as a JSON object in
+/// the order written) and the text after them.
+fn xml_calls(text: &str) -> Option<(Vec<ToolCall>, &str)> {
+    const FUNCTION: &str = "<function=";
+    const PARAM: &str = "<parameter=";
+    let mut calls = Vec::new();
+    let mut rest = text;
+    while let Some(body) = rest.strip_prefix(HERMES_OPEN) {
+        let end = body.find(HERMES_CLOSE);
+        let (inner, after) = match end {
+            Some(e) => (&body[..e], &body[e + HERMES_CLOSE.len()..]),
+            None => (body, ""),
+        };
+        let f = inner.trim_start().strip_prefix(FUNCTION)?;
+        let close = f.find('>')?;
+        let name = f[..close].trim().to_string();
+        let mut args = crate::json_schema::Obj::default();
+        let mut p = &f[close + 1..];
+        while let Some(at) = p.find(PARAM) {
+            let q = &p[at + PARAM.len()..];
+            let k_end = q.find('>')?;
+            let key = q[..k_end].trim();
+            let v = &q[k_end + 1..];
+            let v_end = v.find("</parameter>")?;
+            let raw = v[..v_end].strip_prefix('\n').unwrap_or(&v[..v_end]);
+            let raw = raw.strip_suffix('\n').unwrap_or(raw);
+            let value = match serde_json::from_str::<crate::json_schema::Json>(raw) {
+                Ok(j) if !matches!(j, crate::json_schema::Json::String(_)) => j,
+                _ => crate::json_schema::Json::String(raw.to_string()),
+            };
+            args.insert(key, value);
+            p = &v[v_end + "</parameter>".len()..];
+        }
+        if !p.contains("</function>") && end.is_some() {
+            return None;
+        }
+        calls.push(ToolCall {
+            name,
+            arguments: crate::json_schema::Json::Object(args).to_text(),
+        });
+        rest = after.trim_start();
+    }
+    (!calls.is_empty()).then_some((calls, rest))
+}
+
 /// `[TOOL_CALLS]name[CALL_ID]id[ARGS]{...}` calls, one after another, at the start of `text`;
 /// the calls and the text after them.
 fn args_calls(text: &str) -> Option<(Vec<ToolCall>, &str)> {
@@ -330,6 +383,15 @@ pub fn parse(format: ToolFormat, text: &str) -> Parsed {
             };
             calls_json(body, true).map(|(calls, rest)| Parsed {
                 content: nonempty(&format!("{}{}", before.trim_end(), rest.trim())),
+                calls,
+            })
+        }
+        ToolFormat::QwenXml => {
+            let Some(i) = text.find(HERMES_OPEN) else {
+                return whole();
+            };
+            xml_calls(&text[i..]).map(|(calls, rest)| Parsed {
+                content: nonempty(&format!("{}{}", text[..i].trim_end(), rest.trim())),
                 calls,
             })
         }

@@ -82,7 +82,10 @@ pub struct CallStream {
 impl CallStream {
     /// `forced`: the answer is a call from its first token (see [`parse_forced`]).
     pub fn new(format: ToolFormat, forced: bool) -> Self {
-        let scan = if matches!(format, ToolFormat::Mistral | ToolFormat::MistralArgs) {
+        let scan = if matches!(
+            format,
+            ToolFormat::Mistral | ToolFormat::MistralArgs | ToolFormat::QwenXml
+        ) {
             Scan::Whole
         } else {
             Scan::Seek(0)
@@ -117,6 +120,7 @@ impl CallStream {
         let keep_from = match self.format {
             ToolFormat::Hermes => opening(unsent, HERMES_OPEN),
             ToolFormat::MistralArgs => opening(unsent, MISTRAL_OPEN),
+            ToolFormat::QwenXml => opening(unsent, HERMES_OPEN),
             ToolFormat::Mistral => {
                 if self.sent == 0 && starts_call(unsent, &["["]) {
                     Some((0, unsent.trim_start().starts_with('[')))

@@ -92,6 +92,22 @@ fn llama3_objects_with_python_tag_or_semicolons_and_mistral_lists() {
         p.calls,
         vec![call("get_weather", r#"{"city": "Paris"}"#), call("t", "{}")]
     );
+    // Qwen3-Coder's XML: values as written, JSON where they read as JSON (not a string).
+    let p = parse(
+        ToolFormat::QwenXml,
+        "Ok.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis, \"FR\"\n</parameter>\n<parameter=days>\n3\n</parameter>\n<parameter=opts>\n{\"a\": [1]}\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=t>\n</function>\n</tool_call>",
+    );
+    assert_eq!(p.content.as_deref(), Some("Ok."));
+    assert_eq!(
+        p.calls,
+        vec![
+            call(
+                "get_weather",
+                r#"{"city":"Paris, \"FR\"","days":3,"opts":{"a":[1]}}"#
+            ),
+            call("t", "{}")
+        ]
+    );
     // Mistral's later form: a name, an id at times, the arguments; a call after another.
     let p = parse(
         ToolFormat::MistralArgs,
@@ -358,6 +374,7 @@ fn any_text_in_any_pieces_is_read_without_panicking_or_losing_text() {
         ToolFormat::Llama3Json,
         ToolFormat::Mistral,
         ToolFormat::MistralArgs,
+        ToolFormat::QwenXml,
         ToolFormat::Json,
     ];
     for _ in 0..3000 {
