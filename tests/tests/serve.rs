@@ -129,6 +129,16 @@ c = openai.OpenAI(base_url=os.environ["URL"], api_key="none", max_retries=0)
 def check(cond, what):
     if not cond:
         raise SystemExit("FAILED: " + what)
+def post_json(path, body):
+    import urllib.request
+    root = os.environ["URL"][:-len("/v1")]
+    req = urllib.request.Request(root + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req))
+def one_token(text):
+    ids = post_json("/tokenize", {"prompt": text, "add_special_tokens": False})["tokens"]
+    check(len(ids) == 1, f"{text} is {ids}")
+    return ids[0]
 "#;
 
 #[test]
@@ -442,12 +452,7 @@ fn auto_tool_calls_are_held_to_the_tools_once_opened() {
     let script = format!(
         "{COMMON}{}",
         r#"
-import urllib.request
-root = os.environ["URL"][:-len("/v1")]
-req = urllib.request.Request(root + "/tokenize", data=json.dumps({"prompt": "<tool_call>", "add_special_tokens": False}).encode(),
-                             headers={"Content-Type": "application/json"})
-ids = json.load(urllib.request.urlopen(req))["tokens"]
-check(len(ids) == 1, f"<tool_call> is {ids}")
+ids = [one_token("<tool_call>")]
 tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object",
           "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}},
          {"type": "function", "function": {"name": "pick", "parameters": {"type": "object",
@@ -570,12 +575,7 @@ fn json_from_a_thinking_model_is_held_from_the_end_of_its_thinking() {
     let script = format!(
         "{COMMON}{}",
         r#"
-import urllib.request
-root = os.environ["URL"][:-len("/v1")]
-req = urllib.request.Request(root + "/tokenize", data=json.dumps({"prompt": "</think>", "add_special_tokens": False}).encode(),
-                             headers={"Content-Type": "application/json"})
-close = json.load(urllib.request.urlopen(req))["tokens"]
-check(len(close) == 1, f"</think> is {close}")
+close = [one_token("</think>")]
 msgs = [{"role": "user", "content": "the number 3 is"}]
 closed = 0
 for seed in range(6):
