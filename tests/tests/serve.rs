@@ -490,6 +490,45 @@ print("ok")
     assert_eq!(client(d, &s.url, &script).trim(), "ok");
 }
 
+/// A real template whose calls are not JSON (Qwen3-Coder's XML, from llama.cpp's test
+/// templates): galley finds the format by rendering a call with it, `auto` is read (not held),
+/// and a required call is held to the tools as one bare JSON object.
+#[test]
+fn a_template_that_writes_xml_calls_serves_auto_and_required() {
+    let tmp = setup();
+    let d = tmp.path();
+    let tmpl = repo_root().join(".cache/chat-templates/Qwen3-Coder.jinja");
+    assert!(
+        tmpl.exists(),
+        "{} is missing: run scripts/fetch-data.sh",
+        tmpl.display()
+    );
+    let s = serve(
+        d,
+        &["-m", "model", "--chat-template", tmpl.to_str().unwrap()],
+    );
+    let script = format!(
+        "{COMMON}{}",
+        r#"
+tools = [{"type": "function", "function": {"name": "add", "description": "Adds two numbers", "parameters": {"type": "object",
+          "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}]
+msgs = [{"role": "user", "content": "the number 3 is"}]
+ids = post_json("/tokenize", {"messages": msgs, "tools": tools})["tokens"]
+prompt = post_json("/detokenize", {"tokens": ids})["prompt"]
+check("<name>add</name>" in prompt and "Adds two numbers" in prompt, prompt)
+r = c.chat.completions.create(model="model", messages=msgs, tools=tools, max_tokens=8, seed=1).choices[0]
+check(r.finish_reason in ("stop", "length") and r.message.tool_calls is None, f"{r}")
+r = c.chat.completions.create(model="model", messages=msgs, tools=tools, tool_choice="required",
+                              max_tokens=120, seed=2).choices[0]
+check(r.finish_reason == "tool_calls", f"{r}")
+args = json.loads(r.message.tool_calls[0].function.arguments)
+check(r.message.tool_calls[0].function.name == "add" and sorted(args) == ["a", "b"], f"{r}")
+print("ok")
+"#
+    );
+    assert_eq!(client(d, &s.url, &script).trim(), "ok");
+}
+
 /// A thinking template (DeepSeek-R1's way: the generation prompt opens `<think>`; Qwen 3's
 /// `enable_thinking: false` closes it empty), written for these tests.
 const THINK_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning_content %}<think>\n{{ m.reasoning_content }}\n</think>\n\n{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}";
