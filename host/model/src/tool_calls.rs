@@ -25,6 +25,12 @@ pub enum ToolFormat {
     /// <parameter=key>value</parameter>...</function></tool_call>`, values as written (a
     /// value is JSON where it reads as JSON other than a string, else text).
     QwenXml,
+    /// DeepSeek V3.1's: `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>name<｜tool▁sep｜>{...}
+    /// <｜tool▁call▁end｜>...<｜tool▁calls▁end｜>`.
+    DeepSeekV31,
+    /// Kimi K2's: `<|tool_calls_section_begin|><|tool_call_begin|>functions.name:0
+    /// <|tool_call_argument_begin|>{...}<|tool_call_end|>...<|tool_calls_section_end|>`.
+    KimiK2,
     /// One `{"name": ..., "arguments": ...}` object, nothing around it.
     Json,
 }
@@ -96,6 +102,8 @@ impl ToolFormat {
             Self::Mistral,
             Self::MistralArgs,
             Self::QwenXml,
+            Self::DeepSeekV31,
+            Self::KimiK2,
             Self::Llama3Json,
         ]
         .into_iter()
@@ -115,6 +123,8 @@ impl ToolFormat {
             "mistral" => Self::Mistral,
             "mistral_args" => Self::MistralArgs,
             "qwen3_coder" => Self::QwenXml,
+            "deepseek_v31" => Self::DeepSeekV31,
+            "kimi_k2" => Self::KimiK2,
             "json" => Self::Json,
             _ => return None,
         })
@@ -127,6 +137,8 @@ impl ToolFormat {
             Self::Mistral => "mistral",
             Self::MistralArgs => "mistral_args",
             Self::QwenXml => "qwen3_coder",
+            Self::DeepSeekV31 => "deepseek_v31",
+            Self::KimiK2 => "kimi_k2",
             Self::Json => "json",
         }
     }
@@ -136,6 +148,8 @@ impl ToolFormat {
         match self {
             Self::Hermes | Self::QwenXml => Some(HERMES_OPEN),
             Self::Mistral | Self::MistralArgs => Some(MISTRAL_OPEN),
+            Self::DeepSeekV31 => Some(DEEPSEEK.section),
+            Self::KimiK2 => Some(KIMI.section),
             Self::Llama3Json | Self::Json => None,
         }
     }
@@ -154,14 +168,23 @@ impl ToolFormat {
         match self {
             Self::Hermes => "<tool_call>\n",
             Self::Mistral => MISTRAL_OPEN,
-            Self::MistralArgs | Self::QwenXml | Self::Llama3Json | Self::Json => "",
+            _ => "",
         }
     }
 
     /// Whether calls are JSON a schema can hold (not Mistral's `name[ARGS]{...}`: a required
     /// call of that form is written as one bare JSON object instead).
     pub fn holdable(self) -> bool {
-        !matches!(self, Self::MistralArgs | Self::QwenXml)
+        matches!(
+            self,
+            Self::Hermes | Self::Mistral | Self::Llama3Json | Self::Json
+        )
+    }
+
+    /// Whether a call's arguments stream piece by piece (calls written as
+    /// `{"name", "arguments": {...}}` objects); others come whole at the end.
+    pub fn streams_pieces(self) -> bool {
+        matches!(self, Self::Hermes | Self::Llama3Json | Self::Json)
     }
 
     /// Whether a required call is written as a JSON list of calls (Mistral's) rather than
@@ -250,6 +273,58 @@ fn only_calls(text: &str, list: bool) -> Option<Vec<ToolCall>> {
     calls_json(text, list)
         .filter(|(_, rest)| rest.trim().is_empty())
         .map(|(c, _)| c)
+}
+
+/// The markers of a format that writes `begin name sep {arguments} end` per call inside a
+/// section.
+struct Marks {
+    section: &'static str,
+    section_end: &'static str,
+    begin: &'static str,
+    sep: &'static str,
+    end: &'static str,
+}
+
+const DEEPSEEK: Marks = Marks {
+    section: "<｜tool▁calls▁begin｜>",
+    section_end: "<｜tool▁calls▁end｜>",
+    begin: "<｜tool▁call▁begin｜>",
+    sep: "<｜tool▁sep｜>",
+    end: "<｜tool▁call▁end｜>",
+};
+
+const KIMI: Marks = Marks {
+    section: "<|tool_calls_section_begin|>",
+    section_end: "<|tool_calls_section_end|>",
+    begin: "<|tool_call_begin|>",
+    sep: "<|tool_call_argument_begin|>",
+    end: "<|tool_call_end|>",
+};
+
+/// Calls written with `m`'s markers at the start of `text` (its section's opening first, or
+/// a call's); the calls and the text after them. Kimi's names are `functions.name:index`.
+fn marked_calls<'a>(text: &'a str, m: &Marks) -> Option<(Vec<ToolCall>, &'a str)> {
+    let mut rest = text.strip_prefix(m.section).unwrap_or(text).trim_start();
+    let mut calls = Vec::new();
+    while let Some(body) = rest.strip_prefix(m.begin) {
+        let s = body.find(m.sep)?;
+        let mut name = body[..s].trim();
+        if let Some(n) = name.strip_prefix("functions.") {
+            name = n.rsplit_once(':').map_or(n, |(n, _)| n);
+        }
+        let args = &body[s + m.sep.len()..];
+        let mut de = serde_json::Deserializer::from_str(args).into_iter::<&RawValue>();
+        let raw = de.next()?.ok()?;
+        let used = de.byte_offset();
+        calls.push(ToolCall {
+            name: name.to_string(),
+            arguments: raw.get().to_string(),
+        });
+        rest = args[used..].trim_start();
+        rest = rest.strip_prefix(m.end).unwrap_or(rest).trim_start();
+    }
+    rest = rest.strip_prefix(m.section_end).unwrap_or(rest);
+    (!calls.is_empty()).then_some((calls, rest))
 }
 
 /// `<tool_call><function=name><parameter=key>value</parameter></function></tool_call>`
@@ -383,6 +458,20 @@ pub fn parse(format: ToolFormat, text: &str) -> Parsed {
             };
             calls_json(body, true).map(|(calls, rest)| Parsed {
                 content: nonempty(&format!("{}{}", before.trim_end(), rest.trim())),
+                calls,
+            })
+        }
+        ToolFormat::DeepSeekV31 | ToolFormat::KimiK2 => {
+            let m = if format == ToolFormat::KimiK2 {
+                &KIMI
+            } else {
+                &DEEPSEEK
+            };
+            let Some(i) = text.find(m.section).or_else(|| text.find(m.begin)) else {
+                return whole();
+            };
+            marked_calls(&text[i..], m).map(|(calls, rest)| Parsed {
+                content: nonempty(&format!("{}{}", text[..i].trim_end(), rest.trim())),
                 calls,
             })
         }

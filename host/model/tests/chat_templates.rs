@@ -55,6 +55,7 @@ fn real_templates_render_tools_and_their_calls_read_back_as_sent() {
         ("Qwen3-Coder", ToolFormat::QwenXml),
         ("Qwen3.5-4B", ToolFormat::QwenXml),
         ("NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", ToolFormat::QwenXml),
+        ("moonshotai-Kimi-K2", ToolFormat::KimiK2),
     ];
     let tools = json(TOOLS);
     let user = json(r#"{"role": "user", "content": "What is the weather in Paris?"}"#);
@@ -262,14 +263,20 @@ fn every_templates_call_format_is_found_by_asking_it() {
     for (n, f) in &found {
         eprintln!("{n:55} {}", f.map_or("-", |f| f.name()));
     }
-    // GLM's tags, DeepSeek's own tokens, a template without tools: not read.
+    // GLM's tags, DeepSeek V3.2's DSML, a template without tools: not read.
     for none in [
         "GLM-4.6",
-        "deepseek-ai-DeepSeek-V3.1",
+        "deepseek-ai-DeepSeek-V3.2",
         "google-gemma-2-2b-it",
     ] {
         assert_eq!(found[none], None, "{none}");
     }
+    // DeepSeek V3.1's template writes calls but shows no tools (its users put them in the
+    // system turn): the format is found all the same.
+    assert_eq!(
+        found["deepseek-ai-DeepSeek-V3.1"],
+        Some(ToolFormat::DeepSeekV31)
+    );
     let read = found.values().filter(|f| f.is_some()).count();
     eprintln!(
         "{read} of {} templates write calls galley reads",

@@ -89,9 +89,9 @@ pub struct ServeFlags {
     pub chat_template: Option<PathBuf>,
     /// How the model writes tool calls: hermes (`<tool_call>` blocks: Qwen, Hermes),
     /// llama3_json, mistral (`[TOOL_CALLS][...]`), mistral_args (`[TOOL_CALLS]name[ARGS]{...}`),
-    /// qwen3_coder (`<function=...>` XML), or json (one bare object). Default: found by
-    /// rendering a call with the chat template.
-    #[arg(long, value_name = "FORMAT", value_parser = ["hermes", "llama3_json", "mistral", "mistral_args", "qwen3_coder", "json"])]
+    /// qwen3_coder (`<function=...>` XML), deepseek_v31, kimi_k2, or json (one bare object).
+    /// Default: found by rendering a call with the chat template.
+    #[arg(long, value_name = "FORMAT", value_parser = ["hermes", "llama3_json", "mistral", "mistral_args", "qwen3_coder", "deepseek_v31", "kimi_k2", "json"])]
     pub tool_call_parser: Option<String>,
     /// Thinking in answers (`<think>...</think>`): auto returns it apart, as
     /// `reasoning_content`, when the chat template writes such blocks; none leaves it in

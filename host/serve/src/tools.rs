@@ -166,7 +166,7 @@ pub(crate) fn read(
         (Choice::Auto, true, None) => {
             return Err(bad(
                 format!(
-                    "galley does not know how the model of this chat template ({origin}) writes a tool call: serve it with --tool-call-parser hermes|llama3_json|mistral|mistral_args|qwen3_coder|json"
+                    "galley does not know how the model of this chat template ({origin}) writes a tool call: serve it with --tool-call-parser hermes|llama3_json|mistral|mistral_args|qwen3_coder|deepseek_v31|kimi_k2|json"
                 ),
                 "tools",
             ));

@@ -82,13 +82,10 @@ pub struct CallStream {
 impl CallStream {
     /// `forced`: the answer is a call from its first token (see [`parse_forced`]).
     pub fn new(format: ToolFormat, forced: bool) -> Self {
-        let scan = if matches!(
-            format,
-            ToolFormat::Mistral | ToolFormat::MistralArgs | ToolFormat::QwenXml
-        ) {
-            Scan::Whole
-        } else {
+        let scan = if format.streams_pieces() {
             Scan::Seek(0)
+        } else {
+            Scan::Whole
         };
         Self {
             format,
@@ -118,9 +115,11 @@ impl CallStream {
     fn content(&mut self) -> String {
         let unsent = &self.text[self.sent..];
         let keep_from = match self.format {
-            ToolFormat::Hermes => opening(unsent, HERMES_OPEN),
-            ToolFormat::MistralArgs => opening(unsent, MISTRAL_OPEN),
-            ToolFormat::QwenXml => opening(unsent, HERMES_OPEN),
+            ToolFormat::Hermes
+            | ToolFormat::MistralArgs
+            | ToolFormat::QwenXml
+            | ToolFormat::DeepSeekV31
+            | ToolFormat::KimiK2 => opening(unsent, self.format.opener().unwrap_or(HERMES_OPEN)),
             ToolFormat::Mistral => {
                 if self.sent == 0 && starts_call(unsent, &["["]) {
                     Some((0, unsent.trim_start().starts_with('[')))
@@ -400,6 +399,7 @@ fn opening(text: &str, marker: &str) -> Option<(usize, bool)> {
     }
     (1..marker.len())
         .rev()
+        .filter(|&n| marker.is_char_boundary(n))
         .find(|&n| text.ends_with(&marker[..n]))
         .map(|n| (text.len() - n, false))
 }

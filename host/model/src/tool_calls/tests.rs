@@ -108,6 +108,23 @@ fn llama3_objects_with_python_tag_or_semicolons_and_mistral_lists() {
             call("t", "{}")
         ]
     );
+    // DeepSeek V3.1's and Kimi K2's markers around a name and its arguments.
+    let p = parse(
+        ToolFormat::DeepSeekV31,
+        "Ok.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>{\"a\": 1}<｜tool▁call▁end｜><｜tool▁call▁begin｜>g<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+    );
+    assert_eq!(
+        (p.content.as_deref(), p.calls),
+        (Some("Ok."), vec![call("f", r#"{"a": 1}"#), call("g", "{}")])
+    );
+    let p = parse(
+        ToolFormat::KimiK2,
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{\"city\": \"Paris\"}<|tool_call_end|><|tool_calls_section_end|>",
+    );
+    assert_eq!(
+        (p.content, p.calls),
+        (None, vec![call("get_weather", r#"{"city": "Paris"}"#)])
+    );
     // Mistral's later form: a name, an id at times, the arguments; a call after another.
     let p = parse(
         ToolFormat::MistralArgs,
@@ -332,6 +349,11 @@ fn formats_are_found_by_rendering_a_call_and_ids_fit_them() {
 #[test]
 fn any_text_in_any_pieces_is_read_without_panicking_or_losing_text() {
     const BITS: &[&str] = &[
+        "<｜tool▁call▁begin｜>",
+        "<｜tool▁sep｜>",
+        "<|tool_call_begin|>",
+        "<|tool_call_argument_begin|>",
+        "functions.",
         "<tool_call>",
         "</tool_call>",
         "<tool_",
@@ -375,6 +397,8 @@ fn any_text_in_any_pieces_is_read_without_panicking_or_losing_text() {
         ToolFormat::Mistral,
         ToolFormat::MistralArgs,
         ToolFormat::QwenXml,
+        ToolFormat::DeepSeekV31,
+        ToolFormat::KimiK2,
         ToolFormat::Json,
     ];
     for _ in 0..3000 {
