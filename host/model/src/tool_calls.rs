@@ -399,6 +399,11 @@ fn args_calls(text: &str) -> Option<(Vec<ToolCall>, &str)> {
     (!calls.is_empty()).then_some((calls, rest))
 }
 
+/// The text around calls: what came before them and after, blanks at the seam dropped.
+fn around(before: &str, after: &str) -> Option<String> {
+    nonempty(&format!("{}{}", before.trim_end(), after.trim()))
+}
+
 fn nonempty(s: &str) -> Option<String> {
     let s = s.trim();
     (!s.is_empty()).then(|| s.to_string())
@@ -447,7 +452,7 @@ pub fn parse(format: ToolFormat, text: &str) -> Parsed {
                     break;
                 }
             }
-            let content = nonempty(&format!("{}{}", text[..start].trim_end(), after.trim()));
+            let content = around(&text[..start], &after);
             Some(Parsed { content, calls })
         }
         ToolFormat::Mistral => {
@@ -457,7 +462,7 @@ pub fn parse(format: ToolFormat, text: &str) -> Parsed {
                 None => return whole(),
             };
             calls_json(body, true).map(|(calls, rest)| Parsed {
-                content: nonempty(&format!("{}{}", before.trim_end(), rest.trim())),
+                content: around(before, rest),
                 calls,
             })
         }
@@ -471,7 +476,7 @@ pub fn parse(format: ToolFormat, text: &str) -> Parsed {
                 return whole();
             };
             marked_calls(&text[i..], m).map(|(calls, rest)| Parsed {
-                content: nonempty(&format!("{}{}", text[..i].trim_end(), rest.trim())),
+                content: around(&text[..i], rest),
                 calls,
             })
         }
@@ -480,7 +485,7 @@ pub fn parse(format: ToolFormat, text: &str) -> Parsed {
                 return whole();
             };
             xml_calls(&text[i..]).map(|(calls, rest)| Parsed {
-                content: nonempty(&format!("{}{}", text[..i].trim_end(), rest.trim())),
+                content: around(&text[..i], rest),
                 calls,
             })
         }
@@ -489,7 +494,7 @@ pub fn parse(format: ToolFormat, text: &str) -> Parsed {
                 return whole();
             };
             args_calls(&text[i..]).map(|(calls, rest)| Parsed {
-                content: nonempty(&format!("{}{}", text[..i].trim_end(), rest.trim())),
+                content: around(&text[..i], rest),
                 calls,
             })
         }

@@ -403,7 +403,7 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
             if !p.calls.is_empty() {
                 message["content"] = p.content.map_or(Value::Null, Value::String);
                 message["tool_calls"] =
-                    crate::tools::calls_json(plan, &p.calls, crate::tools::id_seed(&s, i), false);
+                    crate::tools::calls_json(plan, &p.calls, crate::tools::id_seed(&s, i));
                 if !matches!(finish, Finish::Length) {
                     reason = "tool_calls";
                 }

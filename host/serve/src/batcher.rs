@@ -425,6 +425,16 @@ impl Loop {
             .get_or_init(|| self.tok.json_vocab(self.model.config.vocab_size))
     }
 
+    /// A token's text as a lazy constraint's trigger is looked for in: the vocabulary's (made
+    /// once), or for a special token, which has none there, the tokenizer's (a trigger may be
+    /// one: Mistral's `[TOOL_CALLS]`).
+    fn trigger_text(&self, t: u32) -> std::borrow::Cow<'_, str> {
+        match self.texts().text(t) {
+            "" => self.tok.piece(t).unwrap_or_default().into(),
+            text => text.into(),
+        }
+    }
+
     fn blanks(&self) -> &[u32] {
         self.blanks
             .get_or_init(|| blank_tokens(self.texts(), self.model.config.vocab_size))
@@ -667,8 +677,7 @@ impl Loop {
         }
         if let Some(lazy) = &mut s.lazy
             && !eos
-            // The tokenizer's text, special tokens' included: a trigger may be one.
-            && !lazy.after(&self.tok.piece(t).unwrap_or_default())
+            && !lazy.after(&self.trigger_text(t))
         {
             eos = true;
         }

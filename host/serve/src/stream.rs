@@ -9,7 +9,7 @@
 
 use crate::api::{AppState, chat_logprobs, finish_reason, legacy_logprobs, now};
 use crate::batcher::Event;
-use crate::tools::{ToolPlan, calls_json, id_seed, limit};
+use crate::tools::{ToolPlan, id_seed, limit};
 use axum::response::sse::Event as SseEvent;
 use futures_util::{Stream, StreamExt};
 use galley_model::Finish;
@@ -258,17 +258,16 @@ pub(crate) fn events(
                                 let mut owed = Vec::new();
                                 for (k, call) in end.parsed.calls.iter().enumerate() {
                                     match end.owed(k) {
-                                        None => {
-                                            let one = calls_json(
-                                                &plan,
-                                                std::slice::from_ref(call),
-                                                id_seed(&s, i),
-                                                true,
-                                            );
-                                            let mut v = one[0].clone();
-                                            v["index"] = k.into();
-                                            owed.push(v);
-                                        }
+                                        None => owed.push(call_delta(
+                                            &s,
+                                            &plan,
+                                            i,
+                                            CallDelta {
+                                                index: k,
+                                                name: Some(call.name.clone()),
+                                                arguments: call.arguments.clone(),
+                                            },
+                                        )),
                                         Some(rest) if !rest.is_empty() => {
                                             owed.push(json!({"index": k, "function": {"arguments": rest}}));
                                         }

@@ -391,22 +391,18 @@ pub(crate) fn limit(plan: &ToolPlan, p: &mut Parsed) {
     }
 }
 
-/// Calls as OpenAI writes them (`tool_calls` entries; with `index` in stream deltas), each
-/// with a fresh id from `seed`.
-pub(crate) fn calls_json(plan: &ToolPlan, calls: &[ToolCall], seed: u64, delta: bool) -> Value {
+/// Calls as OpenAI writes them in a message's `tool_calls` (streams write them as deltas,
+/// `stream::call_delta`), each with a fresh id from `seed`.
+pub(crate) fn calls_json(plan: &ToolPlan, calls: &[ToolCall], seed: u64) -> Value {
     calls
         .iter()
         .enumerate()
         .map(|(k, c)| {
-            let mut v = json!({
+            json!({
                 "id": plan.format.call_id(seed.wrapping_mul(31).wrapping_add(k as u64)),
                 "type": "function",
                 "function": {"name": c.name, "arguments": c.arguments},
-            });
-            if delta {
-                v["index"] = k.into();
-            }
-            v
+            })
         })
         .collect()
 }

@@ -204,13 +204,12 @@ fn calls_are_written_as_openai_does_with_ids_the_format_accepts() {
     let text = "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n</tool_call>\n<tool_call>\n{\"name\": \"add\", \"arguments\": {}}\n</tool_call>";
     let p = parse(&plan, text);
     assert_eq!(p.calls.len(), 1, "one call unless parallel");
-    let v = calls_json(&plan, &p.calls, 1, false);
+    let v = calls_json(&plan, &p.calls, 1);
     assert_eq!(v[0]["type"], "function");
     assert_eq!(v[0]["function"]["name"], "add");
     assert_eq!(v[0]["function"]["arguments"], r#"{"a": 1, "b": 2}"#);
     assert!(v[0]["id"].as_str().unwrap().starts_with("call_"));
     assert!(v[0].get("index").is_none());
-    assert_eq!(calls_json(&plan, &p.calls, 1, true)[0]["index"], 0);
 }
 
 #[test]
