@@ -528,3 +528,114 @@ galley_sdk::export_reward!(EndsWithPeriod);
         "{err}"
     );
 }
+
+/// `galley cache`: a newcomer's disk filled with compiled plugins; `info` shows where and how
+/// much, the cache keeps itself under GALLEY_COMPONENT_CACHE_MAX, `prune` trims on demand and
+/// `clear` deletes folders (and only galley's own: a folder swapped for a link is unlinked).
+#[test]
+fn cache_shows_bounds_prunes_and_clears() {
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join("cache");
+    let run = |args: &[&str], max: &str| {
+        std::process::Command::new(galley_bin())
+            .args(args)
+            .env("GALLEY_CACHE_DIR", &cache)
+            .env("GALLEY_CONFIG_DIR", home.path().join("config"))
+            .env("GALLEY_COMPONENT_CACHE_MAX", max)
+            .env_remove("GALLEY_MODEL_CACHE")
+            .env_remove("GALLEY_EVAL_DATA")
+            .env_remove("GALLEY_TOOLCHAIN_DIR")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let json = |o: &std::process::Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let call = |name: &str, max: &str| {
+        let o = run(
+            &[
+                "plugin",
+                "call",
+                plugin(name).to_str().unwrap(),
+                "--completion",
+                "#### 4",
+            ],
+            max,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    call("math-answer", "");
+    call("format", "");
+    let info = json(&run(&["cache", "info", "--json"], ""));
+    assert_eq!(info["components"]["entries"], 2, "{info}");
+    assert_eq!(info["components"]["limit"], 2u64 << 30);
+    let total = info["components"]["bytes"].as_u64().unwrap();
+    let names: Vec<_> = info["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "components",
+            "blobs",
+            "models",
+            "eval-data",
+            "toolchains",
+            "wasm-target"
+        ]
+    );
+    // A bound that holds one entry: the next store pushes the older ones out.
+    call("arith", "1");
+    let info = json(&run(&["cache", "info", "--json"], "1"));
+    assert_eq!(info["components"]["entries"], 1, "{info}");
+    assert!(info["components"]["bytes"].as_u64().unwrap() < total);
+    // The human table names the bound; a bad bound is a warning naming the variable, and
+    // the default is kept.
+    let o = run(&["cache", "info"], "lots");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("bound 2.0 GiB"), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("GALLEY_COMPONENT_CACHE_MAX: \"lots\" is not a size"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["cache", "prune", "--max-size", "many"], "");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--max-size: \"many\" is not a size"),
+        "{}",
+        stderr(&o)
+    );
+    let p = json(&run(&["cache", "prune", "--max-size", "0", "--json"], ""));
+    assert_eq!(
+        (p["removed"].as_u64(), p["kept"].as_u64()),
+        (Some(1), Some(0)),
+        "{p}"
+    );
+    // clear: a real folder is deleted; a link in a folder's place is removed, its target kept.
+    let elsewhere = home.path().join("precious");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("keep.txt"), "mine").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, cache.join("models")).unwrap();
+    let o = run(&["cache", "clear", "models", "components"], "");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("cleared models"), "{}", stdout(&o));
+    assert!(
+        elsewhere.join("keep.txt").exists(),
+        "the link's target is not galley's"
+    );
+    assert!(!cache.join("models").exists() && !cache.join("components").exists());
+    let o = run(&["cache", "clear"], "");
+    assert!(!o.status.success(), "clear names what to delete");
+    // The cache works again after a clear.
+    call("math-answer", "");
+    assert_eq!(
+        json(&run(&["cache", "info", "--json"], ""))["components"]["entries"],
+        1
+    );
+}

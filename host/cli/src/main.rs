@@ -2,6 +2,7 @@
 //! terminal output and error context (which file, plugin or key is at fault); the work is
 //! done by galley-runtime and friends.
 
+mod cache_cmd;
 mod call;
 mod dev_cmd;
 mod eval;
@@ -75,6 +76,9 @@ enum Top {
     Judge(judge::JudgeArgs),
     /// Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming, adapters).
     Serve(galley_serve::flags::ServeFlags),
+    /// Show, trim or clear galley's caches (compiled plugins, registry blobs, models, data, toolchains).
+    #[command(subcommand)]
+    Cache(cache_cmd::CacheCmd),
     /// Write a SkyPilot task or Slurm script that runs a galley command on every GPU of a cluster, pinning this binary and galley.lock's plugins; submit it unless --emit.
     Launch(galley_launch::flags::LaunchFlags),
     /// Write a model, with LoRA adapters folded in, as a GGUF file for llama.cpp (-o NAME.gguf, --outtype f16|q8_0|q4_0...) or an HF folder.
@@ -203,6 +207,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Synth(a) => synth::run(a),
         Top::Export(a) => export::run(a),
         Top::Launch(a) => launch::run(a),
+        Top::Cache(c) => cache_cmd::run(c),
         Top::Judge(a) => judge::run(a),
         Top::Run(a) => run_cmd::run(a),
         Top::Plan(a) => run_cmd::plan(a),

@@ -50,6 +50,8 @@ pub(crate) struct ComponentCache {
     dir: PathBuf,
     engine_key: String,
     key: [u8; 32],
+    /// The size bound (`cache_gc`); `None`: unbounded.
+    limit: Option<u64>,
 }
 
 /// Where the cache is, unless the caller says otherwise (`galley_core::dirs` decides).
@@ -115,7 +117,7 @@ fn check_owner(meta: &Metadata, path: &Path, also_unreadable: bool) -> Result<()
 }
 
 /// Opens a file for reading without following a symlink and without blocking on a FIFO.
-fn open_nofollow(path: &Path) -> std::io::Result<File> {
+pub(crate) fn open_nofollow(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -237,7 +239,12 @@ fn secret(path: &Path) -> Result<[u8; 32], String> {
 impl ComponentCache {
     /// Opens the cache in `dir` with the secret in `key_file`. A folder or key galley must
     /// not trust is refused with one warning, and `None` means: compile in memory.
-    pub(crate) fn open(dir: &Path, key_file: &Path, engine: &Engine) -> Option<Self> {
+    pub(crate) fn open(
+        dir: &Path,
+        key_file: &Path,
+        limit: Option<u64>,
+        engine: &Engine,
+    ) -> Option<Self> {
         let checked = private_dir(dir).and_then(|()| secret(key_file));
         let key = match checked {
             Ok(k) => k,
@@ -255,7 +262,19 @@ impl ComponentCache {
             dir: dir.to_path_buf(),
             engine_key,
             key,
+            limit,
         })
+    }
+
+    /// What the folder holds.
+    pub(crate) fn usage(&self) -> std::io::Result<crate::cache_gc::CacheUsage> {
+        crate::cache_gc::usage(&self.dir, &self.engine_key, self.limit)
+    }
+
+    /// `galley cache prune`: to `limit` (else the configured bound), with other builds'
+    /// entries and leftovers removed.
+    pub(crate) fn prune(&self, limit: Option<u64>) -> std::io::Result<crate::cache_gc::Pruned> {
+        crate::cache_gc::prune(&self.dir, &self.engine_key, limit.or(self.limit))
     }
 
     fn path_for(&self, digest: &str) -> PathBuf {
@@ -362,7 +381,10 @@ impl ComponentCache {
                 // can write (checked when the cache was opened), so what wasmtime maps now is
                 // what was checked.
                 match unsafe { Component::deserialize_file(engine, &path) } {
-                    Ok(c) => return Ok((c, CacheOutcome::Hit)),
+                    Ok(c) => {
+                        crate::cache_gc::touch(&path.with_extension("tag"));
+                        return Ok((c, CacheOutcome::Hit));
+                    }
                     Err(e) => tracing::warn!(
                         "compiled-component cache: {} did not load ({e}); compiling again",
                         path.display()
@@ -389,6 +411,26 @@ impl ComponentCache {
             write_new(&path, &[&compiled]).and_then(|()| self.write_tag(&path, digest, &content));
         if let Err(e) = written {
             tracing::warn!("cannot write cache entry {}: {e}", path.display());
+        } else if self.limit.is_some() {
+            match crate::cache_gc::evict(
+                &self.dir,
+                &self.engine_key,
+                self.limit,
+                Some(&path),
+                false,
+            ) {
+                Ok(p) if p.removed > 0 => tracing::info!(
+                    "compiled-component cache: removed {} entries ({}) to stay under {}",
+                    p.removed,
+                    bytesize::ByteSize(p.freed).display().iec(),
+                    bytesize::ByteSize(self.limit.unwrap_or(0)).display().iec()
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    "compiled-component cache: cannot trim {}: {e}",
+                    self.dir.display()
+                ),
+            }
         }
         // SAFETY: `compiled` was produced just now by this engine.
         let component = unsafe { Component::deserialize(engine, &compiled)? };

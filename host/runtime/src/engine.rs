@@ -27,6 +27,9 @@ pub struct RuntimeConfig {
     /// The secret that authenticates cache entries (made on first use, 0600). Keep it out of
     /// the cache folder: whoever can write both can forge entries.
     pub cache_key: PathBuf,
+    /// The cache's size bound (least recently used entries go past it); `None`: unbounded.
+    /// Default: `GALLEY_COMPONENT_CACHE_MAX`, else 2 GiB.
+    pub cache_limit: Option<u64>,
     /// Pre-reserve instance slots (fast instantiation, ~5-20 µs) instead of allocating on
     /// demand. Costs virtual address space only.
     pub pooling: bool,
@@ -41,6 +44,7 @@ impl Default for RuntimeConfig {
         Self {
             cache_dir: default_cache_dir(),
             cache_key: default_cache_key(),
+            cache_limit: crate::cache_gc::default_cache_limit(),
             pooling: true,
             epoch_tick: Duration::from_millis(5),
             max_wasm_stack: 1 << 20,
@@ -126,10 +130,9 @@ impl Runtime {
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         v0_1::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
-        let cache = config
-            .cache_dir
-            .as_deref()
-            .and_then(|dir| ComponentCache::open(dir, &config.cache_key, &engine));
+        let cache = config.cache_dir.as_deref().and_then(|dir| {
+            ComponentCache::open(dir, &config.cache_key, config.cache_limit, &engine)
+        });
 
         let stop = Arc::new(AtomicBool::new(false));
         {
@@ -153,6 +156,21 @@ impl Runtime {
                 stop,
             }),
         })
+    }
+
+    /// What the compiled-component cache holds; `None` when this runtime has no cache
+    /// (none configured, or a folder it refused).
+    pub fn cache_usage(&self) -> Option<std::io::Result<crate::cache_gc::CacheUsage>> {
+        self.shared.cache.as_ref().map(|c| c.usage())
+    }
+
+    /// Trims the compiled-component cache to `limit` (else its configured bound) and removes
+    /// entries of other galley builds and what crashes left; `None` without a cache.
+    pub fn prune_cache(
+        &self,
+        limit: Option<u64>,
+    ) -> Option<std::io::Result<crate::cache_gc::Pruned>> {
+        self.shared.cache.as_ref().map(|c| c.prune(limit))
     }
 
     /// Loads a plugin file: reads, checks, compiles (or loads from the cache) and

@@ -19,6 +19,7 @@
 
 mod blocking;
 mod cache;
+mod cache_gc;
 mod engine;
 mod error;
 mod inspect;
@@ -28,6 +29,10 @@ mod sandbox;
 pub mod v0_1;
 
 pub use cache::{CacheOutcome, default_cache_dir, default_cache_key};
+pub use cache_gc::{
+    CACHE_LIMIT_VAR, CacheUsage, DEFAULT_CACHE_LIMIT, Pruned, default_cache_limit,
+    parse_cache_limit,
+};
 pub use engine::{Runtime, RuntimeConfig, SUPPORTED_WIT, wit_supported};
 pub use error::RuntimeError;
 pub use inspect::{ComponentInfo, digest_of, inspect, parse_plugin_name};

@@ -220,3 +220,86 @@ fn a_cache_folder_others_can_write_is_not_used() {
         CacheOutcome::Disabled
     );
 }
+
+impl Cache {
+    fn bounded(&self, limit: Option<u64>) -> Runtime {
+        Runtime::new(RuntimeConfig {
+            cache_dir: Some(self.components()),
+            cache_key: self.key.clone(),
+            cache_limit: limit,
+            ..RuntimeConfig::default()
+        })
+        .unwrap()
+    }
+}
+
+/// Regression: the cache grew without bound (18 GB of compiled Python plugins after two days
+/// of test runs). Past its limit, a new entry pushes out the least recently *used* one: a hit
+/// counts as a use, so an entry loaded often outlives one stored after it.
+#[test]
+fn a_bounded_cache_evicts_the_least_recently_used_entry() {
+    let names = ["length-penalty", "exact-match", "arith"];
+    // Each entry's size, learnt from an unbounded cache.
+    let sizes: Vec<u64> = {
+        let c = Cache::new();
+        let rt = c.bounded(None);
+        names
+            .iter()
+            .map(|n| {
+                let before = rt.cache_usage().unwrap().unwrap().bytes;
+                rt.load(&plugin_path(n)).unwrap();
+                rt.cache_usage().unwrap().unwrap().bytes - before
+            })
+            .collect()
+    };
+    let c = Cache::new();
+    // Room for the first entry and either of the others, not for all three.
+    let rt = c.bounded(Some(sizes[0] + sizes[1].max(sizes[2])));
+    let outcome = |n: &str| rt.load(&plugin_path(n)).unwrap().cache_outcome();
+    assert_eq!(outcome(names[0]), CacheOutcome::Miss);
+    assert_eq!(outcome(names[1]), CacheOutcome::Miss);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(
+        outcome(names[0]),
+        CacheOutcome::Hit,
+        "the first, used again"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(outcome(names[2]), CacheOutcome::Miss);
+    let u = rt.cache_usage().unwrap().unwrap();
+    assert_eq!(u.entries, 2, "{u:?}");
+    assert!(u.bytes <= u.limit.unwrap(), "{u:?}");
+    assert_eq!(
+        outcome(names[0]),
+        CacheOutcome::Hit,
+        "the recently used entry stayed"
+    );
+    assert_eq!(outcome(names[2]), CacheOutcome::Hit, "the new entry stayed");
+    assert_eq!(
+        outcome(names[1]),
+        CacheOutcome::Miss,
+        "the least recently used went"
+    );
+    // An entry bigger than the whole bound is still stored (and is all that stays).
+    let tiny = c.bounded(Some(1));
+    assert_eq!(
+        tiny.load(&plugin_path(names[1])).unwrap().cache_outcome(),
+        CacheOutcome::Hit
+    );
+    assert_eq!(
+        tiny.load(&plugin_path("preference"))
+            .unwrap()
+            .cache_outcome(),
+        CacheOutcome::Miss
+    );
+    assert_eq!(tiny.cache_usage().unwrap().unwrap().entries, 1);
+    // `galley cache prune` with a bound of nothing empties it.
+    let p = tiny.prune_cache(Some(0)).unwrap().unwrap();
+    assert_eq!((p.removed, p.kept), (1, 0), "{p:?}");
+    assert_eq!(
+        tiny.load(&plugin_path("preference"))
+            .unwrap()
+            .cache_outcome(),
+        CacheOutcome::Miss
+    );
+}
