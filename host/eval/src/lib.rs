@@ -6,6 +6,7 @@
 //! aggregated with pooled standard errors, and LLM-as-judge (`judge`). Everything is
 //! returned as values: the CLI prints and writes files.
 
+pub mod bfcl;
 pub mod builtin;
 pub mod docs;
 pub mod evaluate;
