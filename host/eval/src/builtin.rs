@@ -1,5 +1,6 @@
 //! The built-in tasks (arc_easy, arc_challenge, hellaswag, piqa, winogrande, boolq, the 57
-//! MMLU subjects with their groups, gsm8k) — the harness's own task files, embedded — and
+//! MMLU subjects with their groups, gsm8k, BFCL's eleven single-turn categories with their
+//! groups) — the harness's own task files, embedded — and
 //! choosing tasks by name: a task, a group (its members, groups first expanded), or a path
 //! to a task or group file; names also resolve against the task files of extra folders.
 
@@ -21,6 +22,21 @@ const FILES: [(&str, &str); 7] = [
 ];
 const MMLU_TEMPLATE: &str = include_str!("../tasks/mmlu_template.yaml");
 const MMLU_SUBJECTS: &str = include_str!("../tasks/mmlu_subjects.txt");
+const BFCL_TEMPLATE: &str = include_str!("../tasks/bfcl_template.yaml");
+/// BFCL's single-turn Python categories (`bfcl_<category>`).
+const BFCL_CATEGORIES: [&str; 11] = [
+    "simple_python",
+    "multiple",
+    "parallel",
+    "parallel_multiple",
+    "irrelevance",
+    "live_simple",
+    "live_multiple",
+    "live_parallel",
+    "live_parallel_multiple",
+    "live_irrelevance",
+    "live_relevance",
+];
 
 /// Tasks and groups that can be named.
 #[derive(Default)]
@@ -38,6 +54,10 @@ fn parse_builtin(name: &str, text: &str) -> Task {
 }
 
 fn acc_group(name: &str, members: Vec<String>) -> GroupConfig {
+    weighted_acc_group(name, members, true)
+}
+
+fn weighted_acc_group(name: &str, members: Vec<String>, weight_by_size: bool) -> GroupConfig {
     GroupConfig {
         group: name.into(),
         group_alias: None,
@@ -45,7 +65,7 @@ fn acc_group(name: &str, members: Vec<String>) -> GroupConfig {
         aggregate_metric_list: vec![AggregateSpec {
             metric: "acc".into(),
             aggregation: "mean".into(),
-            weight_by_size: true,
+            weight_by_size,
             filter_list: None,
         }],
         metadata: None,
@@ -97,6 +117,40 @@ impl Catalog {
                 .map(|(cat, _)| format!("mmlu_{cat}"))
                 .collect(),
         ));
+        let bfcl = parse_builtin(
+            "bfcl_template.yaml",
+            &format!("task: bfcl_template\n{BFCL_TEMPLATE}"),
+        );
+        for category in BFCL_CATEGORIES {
+            let mut t = bfcl.clone();
+            t.config.task = format!("bfcl_{category}");
+            t.config.dataset_name = Some(category.into());
+            t.origin = format!("(built-in) bfcl_{category}");
+            t.source = format!("{}\n# category: {category}\n", t.source);
+            tasks.push(t);
+        }
+        let names = |c: &[&str]| c.iter().map(|c| format!("bfcl_{c}")).collect::<Vec<_>>();
+        groups.push(weighted_acc_group(
+            "bfcl_non_live",
+            names(&["simple_python", "multiple", "parallel", "parallel_multiple"]),
+            false,
+        ));
+        groups.push(acc_group(
+            "bfcl_live",
+            names(&[
+                "live_simple",
+                "live_multiple",
+                "live_parallel",
+                "live_parallel_multiple",
+            ]),
+        ));
+        groups.push(GroupConfig {
+            group: "bfcl".into(),
+            group_alias: None,
+            task: names(&BFCL_CATEGORIES),
+            aggregate_metric_list: vec![],
+            metadata: None,
+        });
         Self { tasks, groups }
     }
 

@@ -253,6 +253,9 @@ pub struct Sample {
     pub filtered: BTreeMap<String, String>,
     /// `metric,filter` -> grade.
     pub grades: BTreeMap<String, f64>,
+    /// A function-calling answer as BFCL's checker read it: the calls, and why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checked: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -270,6 +273,8 @@ pub type OnProgress<'a> = dyn FnMut(&str, usize, usize) + 'a;
 pub struct LoadedTask {
     pub task: Task,
     eval_docs: Vec<Doc>,
+    /// A `function_calling` task's BFCL entries (empty for other tasks).
+    entries: Vec<crate::bfcl::Entry>,
     fewshot_docs: Vec<Doc>,
     fewshot_split: Option<String>,
     shots: usize,
@@ -295,9 +300,20 @@ fn load_task(
     let c = &task.config;
     let (eval_split, fewshot_split) = splits(task);
     let eval_files = docs::split_files(task, &eval_split, &opts.data_root)?;
-    let mut eval_docs = load_docs(task, &eval_files, plugins)?;
+    let function_calling = c.output_type == OutputType::FunctionCalling;
+    let mut entries = if function_calling {
+        crate::bfcl::task::read_entries(task, &eval_files)?
+    } else {
+        vec![]
+    };
+    let mut eval_docs = if function_calling {
+        vec![Doc::new(); entries.len()]
+    } else {
+        load_docs(task, &eval_files, plugins)?
+    };
     if let Some(n) = opts.limit {
         eval_docs.truncate(n);
+        entries.truncate(n);
     }
     // The templates on the first document: a misspelt column fails here too.
     if let Some(doc) = eval_docs.first() {
@@ -351,6 +367,7 @@ fn load_task(
     Ok(LoadedTask {
         task: task.clone(),
         eval_docs,
+        entries,
         fewshot_docs,
         fewshot_split,
         shots,
@@ -521,16 +538,37 @@ fn stage<'a>(
     let task = &loaded.task;
     let c = &task.config;
     let (eval_docs, shots) = (&loaded.eval_docs, loaded.shots);
-    let prepared = prompt::prepare(
-        engine,
-        task,
-        t,
-        opts,
-        eval_docs,
-        &loaded.fewshot_docs,
-        shots,
-        &loaded.fewshot_split,
-    )?;
+    let prepared = if c.output_type == OutputType::FunctionCalling {
+        let entries = &loaded.entries;
+        let engine: &dyn Engine = engine;
+        entries
+            .iter()
+            .map(|e| prompt::Prepared {
+                prompt: crate::bfcl::task::prompt_text(engine, e),
+                choices: None,
+                gold: None,
+                target: serde_json::to_string(
+                    &e.ground_truth
+                        .iter()
+                        .map(|g| g.to_json())
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap_or_default(),
+                contexts: vec![],
+            })
+            .collect()
+    } else {
+        prompt::prepare(
+            engine,
+            task,
+            t,
+            opts,
+            eval_docs,
+            &loaded.fewshot_docs,
+            shots,
+            &loaded.fewshot_split,
+        )?
+    };
     let target_delimiter = if opts.apply_chat_template {
         ""
     } else {
@@ -551,6 +589,7 @@ fn stage<'a>(
             prediction: None,
             filtered: BTreeMap::new(),
             grades: BTreeMap::new(),
+            checked: None,
         })
         .collect();
     let mut requests = vec![];
@@ -589,7 +628,7 @@ fn stage<'a>(
                 });
                 owner.push(i);
             }
-            OutputType::GenerateUntil => {}
+            OutputType::GenerateUntil | OutputType::FunctionCalling => {}
         }
     }
     Ok(Staged {
@@ -626,8 +665,33 @@ fn finish_task(
     let c = &task.config;
     let (eval_docs, shots) = (&loaded.eval_docs, loaded.shots);
     let name = c.task.clone();
+    let generation = c
+        .generation_kwargs
+        .clone()
+        .unwrap_or(crate::task::GenerationKwargs {
+            until: vec![c.fewshot_delimiter.clone()],
+            max_gen_toks: 256,
+            do_sample: false,
+            temperature: 0.0,
+        });
     match c.output_type {
         _ if answered => {}
+        OutputType::FunctionCalling => {
+            let total = loaded.entries.len();
+            let answers = crate::bfcl::task::answers(
+                engine,
+                &loaded.entries,
+                &generation,
+                opts.seed,
+                &mut |done| progress(&name, done, total),
+            )?;
+            for (s, a) in samples.iter_mut().zip(answers) {
+                s.prediction = Some(crate::grade::after_thinking(
+                    a,
+                    opts.think_end_token.as_deref(),
+                ));
+            }
+        }
         OutputType::MultipleChoice
         | OutputType::Loglikelihood
         | OutputType::LoglikelihoodRolling => {
@@ -644,15 +708,7 @@ fn finish_task(
             }
         }
         OutputType::GenerateUntil => {
-            let g = c
-                .generation_kwargs
-                .clone()
-                .unwrap_or(crate::task::GenerationKwargs {
-                    until: vec![c.fewshot_delimiter.clone()],
-                    max_gen_toks: 256,
-                    do_sample: false,
-                    temperature: 0.0,
-                });
+            let g = &generation;
             let temperature = if g.do_sample {
                 g.temperature.max(f32::MIN_POSITIVE)
             } else {
@@ -765,6 +821,15 @@ fn finish_task(
                     }
                     ("acc", OutputType::Loglikelihood) => {
                         f64::from(u8::from(s.loglikelihoods[0].1))
+                    }
+                    ("acc", OutputType::FunctionCalling) => {
+                        let (grade, checked) = crate::bfcl::task::grade(
+                            crate::bfcl::task::checker_of(task),
+                            &loaded.entries[s.doc_id],
+                            s.prediction.as_deref().unwrap_or_default(),
+                        );
+                        s.checked = Some(checked);
+                        grade
                     }
                     ("exact_match", _) => {
                         let pred = match c.output_type {

@@ -23,6 +23,7 @@ pub(crate) fn default_metrics(kind: OutputType) -> Vec<MetricSpec> {
             &["word_perplexity", "byte_perplexity", "bits_per_byte"]
         }
         OutputType::GenerateUntil => &["exact_match"],
+        OutputType::FunctionCalling => &["acc"],
     };
     names
         .iter()

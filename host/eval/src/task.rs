@@ -27,6 +27,9 @@ pub enum OutputType {
     Loglikelihood,
     LoglikelihoodRolling,
     GenerateUntil,
+    /// galley's: the model is shown functions and answers with calls, judged by BFCL's AST
+    /// checker (`bfcl`); documents are BFCL entries.
+    FunctionCalling,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -194,6 +197,10 @@ pub struct TaskConfig {
     pub output_type: OutputType,
     #[serde(default)]
     pub generation_kwargs: Option<GenerationKwargs>,
+    /// How a `function_calling` task judges answers (default: from `dataset_name`, as BFCL
+    /// picks a checker from its category's name).
+    #[serde(default)]
+    pub function_calling: Option<crate::bfcl::FunctionCalling>,
     #[serde(default)]
     pub metric_list: Vec<MetricSpec>,
     #[serde(default)]
@@ -371,10 +378,54 @@ fn refuse_functions(text: &str, origin: &str) -> Result<(), EvalError> {
 /// What deserialization cannot say: combinations the task cannot run with.
 fn check(c: &TaskConfig, origin: &str) -> Result<(), EvalError> {
     let bad = |key: &str, msg: &str| Err(EvalError::Task(format!("{origin}: `{key}`: {msg}")));
-    if c.doc_to_text.is_none() && c.output_type != OutputType::LoglikelihoodRolling {
+    if c.output_type == OutputType::FunctionCalling {
+        // The document is the request: BFCL's question and functions, judged against its
+        // possible answers; templates and per-document plugins have nothing to do.
+        for (key, set) in [
+            ("doc_to_text", c.doc_to_text.is_some()),
+            ("doc_to_target", c.doc_to_target.is_some()),
+            ("doc_to_choice", c.doc_to_choice.is_some()),
+            ("process_docs", c.process_docs.is_some()),
+            ("filter_list", !c.filter_list.is_empty()),
+        ] {
+            if set {
+                return bad(
+                    key,
+                    "a function_calling task's documents are BFCL entries (question, function, ground_truth); leave it out",
+                );
+            }
+        }
+        if c.num_fewshot.is_some_and(|n| n > 0) {
+            return bad(
+                "num_fewshot",
+                "function_calling tasks are zero-shot, as BFCL's are",
+            );
+        }
+        if let Some(m) = c
+            .metric_list
+            .iter()
+            .position(|m| m.metric.as_deref() != Some("acc"))
+        {
+            return bad(
+                &format!("metric_list[{m}]"),
+                "a function_calling task has one metric, `acc` (BFCL's accuracy)",
+            );
+        }
+    } else if c.function_calling.is_some() {
+        return bad(
+            "function_calling",
+            "only for `output_type: function_calling`",
+        );
+    }
+    if c.doc_to_text.is_none()
+        && !matches!(
+            c.output_type,
+            OutputType::LoglikelihoodRolling | OutputType::FunctionCalling
+        )
+    {
         return bad("doc_to_text", "missing");
     }
-    if c.doc_to_target.is_none() {
+    if c.doc_to_target.is_none() && c.output_type != OutputType::FunctionCalling {
         return bad("doc_to_target", "missing");
     }
     if c.output_type == OutputType::MultipleChoice && c.doc_to_choice.is_none() {

@@ -12,6 +12,7 @@
 
 pub mod checker;
 pub mod python;
+pub mod task;
 pub mod value;
 
 use checker::{Checker, Verdict, ast_checker};

@@ -1,0 +1,105 @@
+//! `output_type: function_calling` inside `galley eval`: reading a task's BFCL entries,
+//! asking the engine (one chat request per entry, BFCL's conversation), and grading each
+//! answer with BFCL's checker. `evaluate` calls these where a harness task would build
+//! prompts from templates and grade with the harness's metrics.
+
+use super::checker::Checker;
+use super::value::Py;
+use super::{Entry, Judged, judge};
+use crate::EvalError;
+use crate::task::{GenerationKwargs, Task};
+use galley_core::engine::Progress;
+use galley_core::{ChatRequest, Engine};
+use std::io::BufRead;
+use std::path::PathBuf;
+
+/// The checker of `task`: its `function_calling.checker`, else BFCL's choice for the
+/// category its `dataset_name` (or its name) names.
+pub fn checker_of(task: &Task) -> Checker {
+    let c = &task.config;
+    c.function_calling
+        .as_ref()
+        .map(|f| f.checker)
+        .unwrap_or_else(|| Checker::for_category(c.dataset_name.as_deref().unwrap_or(&c.task)))
+}
+
+/// The entries of `files`. JSON lines are read in their written order (BFCL's prompt lists
+/// the functions as written); other formats through galley-data, whose objects come with
+/// sorted keys.
+pub fn read_entries(task: &Task, files: &[PathBuf]) -> Result<Vec<Entry>, EvalError> {
+    let bad = |f: &std::path::Path, line: usize, e: String| {
+        EvalError::Doc(format!(
+            "{}:{line}: task `{}`: {e}",
+            f.display(),
+            task.config.task
+        ))
+    };
+    let mut out = vec![];
+    for f in files {
+        let lines = f.extension().is_some_and(|e| e == "jsonl") && f.is_file();
+        if lines {
+            let file = std::fs::File::open(f)
+                .map_err(|e| EvalError::Data(format!("{}: cannot read: {e}", f.display())))?;
+            for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+                let line = line.map_err(|e| bad(f, i + 1, e.to_string()))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                out.push(Entry::parse(&line).map_err(|e| bad(f, i + 1, e))?);
+            }
+        } else {
+            for (i, d) in crate::docs::read(std::slice::from_ref(f))?
+                .into_iter()
+                .enumerate()
+            {
+                let v = Py::from_json(&serde_json::Value::Object(d));
+                out.push(Entry::from_py(&v).map_err(|e| bad(f, i + 1, e))?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a sample records as its prompt: the conversation through the model's chat template
+/// where the engine has one here, else the conversation as JSON (a remote chat API renders
+/// it itself).
+pub fn prompt_text(engine: &dyn Engine, entry: &Entry) -> String {
+    let conversation = entry.conversation();
+    engine
+        .apply_chat_template(&conversation)
+        .unwrap_or_else(|_| serde_json::to_string(&conversation).unwrap_or_default())
+}
+
+/// The engine's answers, one chat request per entry (greedy unless the task samples).
+pub fn answers(
+    engine: &mut dyn Engine,
+    entries: &[Entry],
+    g: &GenerationKwargs,
+    seed: u64,
+    progress: &mut Progress<'_>,
+) -> Result<Vec<String>, EvalError> {
+    let temperature = if g.do_sample {
+        g.temperature.max(f32::MIN_POSITIVE)
+    } else {
+        0.0
+    };
+    let requests: Vec<ChatRequest> = entries
+        .iter()
+        .map(|e| ChatRequest {
+            messages: e.conversation(),
+            until: g.until.clone(),
+            max_tokens: g.max_gen_toks,
+            temperature,
+            seed,
+            json_schema: None,
+        })
+        .collect();
+    let replies = engine.chat(&requests, progress)?;
+    Ok(replies.into_iter().map(|r| r.text).collect())
+}
+
+/// The grade of one answer (1 or 0) and what the sample records of it.
+pub fn grade(kind: Checker, entry: &Entry, answer: &str) -> (f64, serde_json::Value) {
+    let j: Judged = judge(kind, entry, answer);
+    (f64::from(u8::from(j.verdict.valid)), j.to_json())
+}

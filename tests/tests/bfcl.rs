@@ -1,0 +1,400 @@
+//! `galley eval --tasks bfcl_...` through the binary, on BFCL's own data
+//! (`scripts/fetch-bfcl.sh`): a stand-in OpenAI-compatible server on loopback answers some
+//! entries with their ground truth written as Python calls and others wrongly, and galley's
+//! accuracy must be exactly the share it answered right, with each sample saying what the
+//! checker read; the tiny local model runs the same task through its chat template; and bad
+//! task files and entries are one-line errors naming the key or the file and line.
+
+use galley_e2e::*;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+fn data_dir() -> PathBuf {
+    let d = std::env::var_os("GALLEY_EVAL_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cache/eval-data"));
+    let bfcl = d.join("gorilla-llm/Berkeley-Function-Calling-Leaderboard/simple_python/test.jsonl");
+    assert!(
+        bfcl.is_file(),
+        "{} is missing: run scripts/fetch-bfcl.sh .cache/eval-data (scripts/test.sh does)",
+        bfcl.display()
+    );
+    d
+}
+
+fn entries(category: &str, n: usize) -> Vec<serde_json::Value> {
+    let f = data_dir().join(format!(
+        "gorilla-llm/Berkeley-Function-Calling-Leaderboard/{category}/test.jsonl"
+    ));
+    std::fs::read_to_string(f)
+        .unwrap()
+        .lines()
+        .take(n)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The ground truth as a model would write it: each call with the first possible value of
+/// each parameter (optional ones left out).
+fn truth_text(entry: &serde_json::Value) -> String {
+    format!("[{}]", truth_calls(entry).join(", "))
+}
+
+fn truth_calls(entry: &serde_json::Value) -> Vec<String> {
+    entry["ground_truth"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|call| {
+            let (name, params) = call.as_object().unwrap().iter().next().unwrap();
+            let args: Vec<String> = params
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter_map(|(k, options)| {
+                    let v = options.as_array()?.iter().find(|o| *o != "")?;
+                    Some(format!("{k}={}", py_literal(v)))
+                })
+                .collect();
+            format!("{name}({})", args.join(", "))
+        })
+        .collect()
+}
+
+fn py_literal(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Bool(b) => if *b { "True" } else { "False" }.into(),
+        serde_json::Value::Null => "None".into(),
+        serde_json::Value::Array(a) => {
+            format!(
+                "[{}]",
+                a.iter().map(py_literal).collect::<Vec<_>>().join(", ")
+            )
+        }
+        serde_json::Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter()
+                .map(|(k, v)| format!("{}: {}", serde_json::json!(k), py_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// An OpenAI-compatible server that answers by the last user message.
+fn stand_in(answers: HashMap<String, String>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    let answers = std::sync::Arc::new(answers);
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let answers = answers.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; len];
+                r.read_exact(&mut body).unwrap();
+                let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let messages = req["messages"].as_array().unwrap();
+                let system_ok = messages[0]["role"] == "system"
+                    && messages[0]["content"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("You are an expert in composing functions.");
+                let user = messages.last().unwrap()["content"].as_str().unwrap();
+                let text = match answers.get(user) {
+                    Some(a) if system_ok => a.clone(),
+                    _ => "I do not know that one.".into(),
+                };
+                let v = serde_json::json!({"choices": [{"index": 0, "message":
+                    {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 3}});
+                let body = v.to_string();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    url
+}
+
+fn last_user(entry: &serde_json::Value) -> String {
+    entry["question"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn samples(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("samples.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn accuracy_is_the_share_of_answers_bfcls_checker_accepts() {
+    let data = data_dir();
+    let mut answers = HashMap::new();
+    // simple_python: the first 6 right, in three writings (plain, fenced, one call without
+    // brackets); the next 4 unanswered. parallel: 3 right, the 4th with its calls reversed
+    // (still right: any order), the 5th with one call missing.
+    let simple = entries("simple_python", 10);
+    for (i, e) in simple.iter().enumerate().take(6) {
+        let t = truth_text(e);
+        let t = match i % 3 {
+            0 => t,
+            1 => format!("```\n{t}\n```"),
+            _ => t.trim_start_matches('[').trim_end_matches(']').to_string(),
+        };
+        answers.insert(last_user(e), t);
+    }
+    let parallel = entries("parallel", 5);
+    for (i, e) in parallel.iter().enumerate() {
+        let mut calls = truth_calls(e);
+        assert!(calls.len() > 1, "a parallel entry has several calls");
+        match i {
+            3 => calls.reverse(),
+            4 => calls.truncate(1),
+            _ => {}
+        }
+        let t = format!("[{}]", calls.join(", "));
+        answers.insert(last_user(e), t);
+    }
+    // irrelevance: 3 answered with a call (wrong), 2 with text (right).
+    let irrelevance = entries("irrelevance", 5);
+    for e in irrelevance.iter().take(3) {
+        let f = e["function"][0]["name"].as_str().unwrap();
+        answers.insert(last_user(e), format!("[{f}()]"));
+    }
+    let url = stand_in(answers);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = |tasks: &str, limit: &str| {
+        let o = galley(
+            tmp.path(),
+            &[
+                "eval",
+                "--tasks",
+                tasks,
+                "--limit",
+                limit,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--base-url",
+                &url,
+                "--model-id",
+                "stand-in",
+                "-o",
+                out.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    let r = run("bfcl_simple_python", "10");
+    assert_eq!(r["results"]["bfcl_simple_python"]["acc,none"], 0.6, "{r}");
+    let s = samples(&out);
+    assert_eq!(s.len(), 10);
+    assert_eq!(s[0]["checked"]["valid"], true, "{}", s[0]);
+    let (name, _) = simple[0]["ground_truth"][0]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
+    assert!(s[0]["checked"]["decoded"][0][name].is_object(), "{}", s[0]);
+    assert_eq!(
+        s[7]["checked"]["error_type"], "ast_decoder:decoder_failed",
+        "{}",
+        s[7]
+    );
+    assert!(
+        s[7]["prompt"]
+            .as_str()
+            .unwrap()
+            .contains("Here is a list of functions in json format")
+    );
+
+    let r = run("bfcl_parallel", "5");
+    assert_eq!(r["results"]["bfcl_parallel"]["acc,none"], 0.8, "{r}");
+    let s = samples(&out);
+    assert_eq!(
+        s[4]["checked"]["error_type"], "parallel_function_checker_no_order:wrong_count",
+        "{}",
+        s[4]
+    );
+    let r = run("bfcl_irrelevance", "5");
+    assert_eq!(r["results"]["bfcl_irrelevance"]["acc,none"], 0.4, "{r}");
+    // The groups: bfcl_non_live is BFCL's unweighted mean over its four categories.
+    let r = run("bfcl_non_live", "5");
+    let g = &r["groups"]["bfcl_non_live"]["acc,none"];
+    let parts: f64 = ["simple_python", "multiple", "parallel", "parallel_multiple"]
+        .iter()
+        .map(|c| {
+            r["results"][format!("bfcl_{c}")]["acc,none"]
+                .as_f64()
+                .unwrap()
+        })
+        .sum();
+    assert!((g.as_f64().unwrap() - parts / 4.0).abs() < 1e-12, "{r}");
+}
+
+#[test]
+fn the_local_model_answers_through_its_chat_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let text: Vec<String> = (0..40)
+        .map(|i| format!("[calc(a={i})] is a call"))
+        .collect();
+    galley_train::testing::tiny_chat_model_from(&d.join("model"), &text);
+    // BFCL's prompt (its system prompt lists the functions as JSON) is thousands of this
+    // tokenizer's tokens; random weights take any length.
+    let cfg = d.join("model/config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    c["max_position_embeddings"] = 16384.into();
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    let o = galley(
+        d,
+        &[
+            "eval",
+            "-m",
+            "model",
+            "--tasks",
+            "bfcl_simple_python,bfcl_irrelevance",
+            "--limit",
+            "2",
+            "--data-dir",
+            data_dir().to_str().unwrap(),
+            "-o",
+            "out",
+        ],
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let s = samples(&d.join("out"));
+    assert_eq!(s.len(), 4);
+    for x in &s {
+        // The conversation went through the model's template: ChatML here.
+        let p = x["prompt"].as_str().unwrap();
+        assert!(
+            p.starts_with("<|im_start|>system\nYou are an expert in composing functions."),
+            "{p}"
+        );
+        assert!(
+            x["checked"]["valid"].is_boolean() && x["prediction"].is_string(),
+            "{x}"
+        );
+    }
+    assert!(stdout(&o).contains("bfcl_simple_python"), "{}", stdout(&o));
+}
+
+#[test]
+fn bad_function_calling_tasks_and_entries_name_the_key_or_the_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(
+        d.join("fc.yaml"),
+        "task: fc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: calls.jsonl\n\
+         test_split: test\noutput_type: function_calling\ndoc_to_text: \"{{question}}\"\n",
+    )
+    .unwrap();
+    let o = galley(
+        d,
+        &[
+            "eval",
+            "--tasks",
+            "fc.yaml",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model-id",
+            "x",
+        ],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("fc.yaml") && e.contains("`doc_to_text`") && e.contains("BFCL entries"),
+        "{e}"
+    );
+
+    std::fs::write(
+        d.join("fc.yaml"),
+        "task: fc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: calls.jsonl\n\
+         test_split: test\noutput_type: function_calling\nfunction_calling: {checker: simple}\n",
+    )
+    .unwrap();
+    let good = entries("simple_python", 1)[0].to_string();
+    std::fs::write(
+        d.join("calls.jsonl"),
+        format!("{good}\n{{\"id\": \"x\", \"question\": 3}}\n"),
+    )
+    .unwrap();
+    let o = galley(
+        d,
+        &[
+            "eval",
+            "--tasks",
+            "fc.yaml",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model-id",
+            "x",
+        ],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("calls.jsonl:2") && e.contains("`question` is not a list"),
+        "{e}"
+    );
+
+    std::fs::write(
+        d.join("fc.yaml"),
+        "task: fc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: calls.jsonl\n\
+         test_split: test\noutput_type: function_calling\nfunction_calling: {checker: sometimes}\n",
+    )
+    .unwrap();
+    let o = galley(
+        d,
+        &[
+            "eval",
+            "--tasks",
+            "fc.yaml",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model-id",
+            "x",
+        ],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("fc.yaml") && e.contains("sometimes"), "{e}");
+}
