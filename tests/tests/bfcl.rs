@@ -5,6 +5,8 @@
 //! checker read; the tiny local model runs the same task through its chat template; and bad
 //! task files and entries are one-line errors naming the key or the file and line.
 
+mod served;
+
 use galley_e2e::*;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -112,19 +114,37 @@ fn stand_in(answers: HashMap<String, String>) -> String {
                 r.read_exact(&mut body).unwrap();
                 let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
                 let messages = req["messages"].as_array().unwrap();
-                let system_ok = messages[0]["role"] == "system"
+                let bfcl_prompt = messages[0]["role"] == "system"
                     && messages[0]["content"]
                         .as_str()
                         .unwrap()
                         .starts_with("You are an expert in composing functions.");
+                // Prompting mode: BFCL's system prompt, no tools. Native: tools, no prompt.
+                let tools = req["tools"].as_array();
+                let native = tools.is_some_and(|t| t[0]["type"] == "function") && !bfcl_prompt;
                 let user = messages.last().unwrap()["content"].as_str().unwrap();
-                let text = match answers.get(user) {
-                    Some(a) if system_ok => a.clone(),
-                    _ => "I do not know that one.".into(),
+                let message = match answers.get(user) {
+                    Some(a) if native && a.starts_with("CALLS:") => {
+                        let calls: Vec<serde_json::Value> = serde_json::from_str(&a[6..]).unwrap();
+                        let calls: Vec<_> = calls
+                            .iter()
+                            .enumerate()
+                            .map(|(i, c)| {
+                                serde_json::json!(
+                            {"id": format!("call_{i}"), "type": "function", "function": c})
+                            })
+                            .collect();
+                        serde_json::json!({"role": "assistant", "content": null, "tool_calls": calls})
+                    }
+                    Some(a) if bfcl_prompt && tools.is_none() && !a.starts_with("CALLS:") => {
+                        serde_json::json!({"role": "assistant", "content": a})
+                    }
+                    _ => {
+                        serde_json::json!({"role": "assistant", "content": "I do not know that one."})
+                    }
                 };
-                let v = serde_json::json!({"choices": [{"index": 0, "message":
-                    {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 3}});
+                let v = serde_json::json!({"choices": [{"index": 0, "message": message,
+                    "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}});
                 let body = v.to_string();
                 let _ = write!(
                     s,
@@ -397,4 +417,168 @@ fn bad_function_calling_tasks_and_entries_name_the_key_or_the_line() {
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains("fc.yaml") && e.contains("sometimes"), "{e}");
+}
+
+/// BFCL's FC mode: the functions go as OpenAI tools (names with dots underscored), the
+/// server answers with tool calls, and those are judged; a model whose template shows no
+/// tools is told so.
+#[test]
+fn native_mode_sends_tools_and_judges_tool_calls() {
+    let data = data_dir();
+    let simple = entries("simple_python", 4);
+    let mut answers = HashMap::new();
+    for (i, e) in simple.iter().enumerate() {
+        let (name, params) = e["ground_truth"][0]
+            .as_object()
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap();
+        let mut args = serde_json::Map::new();
+        for (k, options) in params.as_object().unwrap() {
+            if let Some(v) = options.as_array().unwrap().iter().find(|o| *o != "") {
+                args.insert(k.clone(), v.clone());
+            }
+        }
+        if i == 2 {
+            let k = args.keys().next().unwrap().clone();
+            args.insert(k, serde_json::json!("not this"));
+        }
+        let call = serde_json::json!({"name": name.replace('.', "_"),
+            "arguments": serde_json::Value::Object(args).to_string()});
+        if i < 3 {
+            answers.insert(last_user(e), format!("CALLS:{}", serde_json::json!([call])));
+        }
+    }
+    let url = stand_in(answers);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = galley(
+        tmp.path(),
+        &[
+            "eval",
+            "--tasks",
+            "bfcl_simple_python",
+            "--limit",
+            "4",
+            "--function-calling",
+            "native",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--base-url",
+            &url,
+            "--model-id",
+            "stand-in",
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["results"]["bfcl_simple_python"]["acc,none"], 0.5, "{r}");
+    assert_eq!(r["settings"]["function_calling"], "native", "{r}");
+    let s = samples(&out);
+    assert_eq!(s[0]["checked"]["valid"], true, "{}", s[0]);
+    assert_eq!(
+        s[0]["checked"]["tool_calls"][0]["type"], "function",
+        "{}",
+        s[0]
+    );
+    assert_eq!(
+        s[2]["checked"]["error_type"], "type_error:simple",
+        "{}",
+        s[2]
+    );
+    assert_eq!(
+        s[3]["checked"]["error_type"], "ast_decoder:decoder_failed",
+        "{}",
+        s[3]
+    );
+    let prompt: serde_json::Value = serde_json::from_str(s[0]["prompt"].as_str().unwrap()).unwrap();
+    assert_eq!(prompt["tools"][0]["type"], "function", "{prompt}");
+
+    // The tiny model's ChatML template has no place for tools.
+    let d = tmp.path();
+    galley_train::testing::tiny_chat_model_from(&d.join("model"), &["a b c".to_string()]);
+    let o = galley(
+        d,
+        &[
+            "eval",
+            "-m",
+            "model",
+            "--tasks",
+            "bfcl_simple_python",
+            "--limit",
+            "1",
+            "--function-calling",
+            "native",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("chat template shows no tools"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Native mode end to end with models whose template shows tools: the local engine renders
+/// BFCL's tools through the template and reads calls back; `galley serve` takes the same
+/// tools (their schemas, `"format": "float"` included) from the remote engine. A random
+/// model's answers are judged, whatever they are.
+#[test]
+fn native_mode_through_a_tool_template_locally_and_through_galley_serve() {
+    let data = data_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    served::tiny_model(d, &["<tool_call>", "</tool_call>"]);
+    let cfg = d.join("model/config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    c["max_position_embeddings"] = 16384.into();
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    std::fs::write(d.join("tools.jinja"), served::TOOLS_TEMPLATE).unwrap();
+    let s = served::serve(d, &["-m", "model", "--chat-template", "tools.jinja"]);
+    let url = format!("{}/v1", s.url);
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--tasks",
+            "bfcl_simple_python,bfcl_parallel,bfcl_irrelevance",
+            "--limit",
+            "2",
+            "--function-calling",
+            "native",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str], out: &str| {
+        let a = args(&[extra, &["-o", out]].concat());
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let o = galley(d, &a);
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        samples(&d.join(out))
+    };
+    let remote = run(&["--base-url", &url, "--model-id", "model"], "remote");
+    assert_eq!(remote.len(), 6);
+    for x in &remote {
+        assert!(x["checked"]["valid"].is_boolean(), "{x}");
+    }
+    // The local engine, with the same template as the model's own.
+    let tc = d.join("model/tokenizer_config.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tc).unwrap()).unwrap();
+    t["chat_template"] = served::TOOLS_TEMPLATE.into();
+    std::fs::write(&tc, t.to_string()).unwrap();
+    let local = run(&["-m", "model"], "local");
+    assert_eq!(local.len(), 6);
+    for x in &local {
+        assert!(x["checked"]["valid"].is_boolean(), "{x}");
+    }
 }

@@ -53,13 +53,22 @@ pub struct ChatRequest {
     pub seed: u64,
     /// As [`GenerateRequest::json_schema`].
     pub json_schema: Option<String>,
+    /// Functions the model may call, as the JSON text of OpenAI's list (`[{"type":
+    /// "function", "function": {"name", "description", "parameters"}}]`; text, as
+    /// `json_schema` is, so the properties keep the order they are shown in): shown to the
+    /// model by its chat template (or sent to a remote API), its calls returned in
+    /// [`Generated::tool_calls`]. An engine that cannot show them refuses the request.
+    pub tools: Option<String>,
 }
 
 /// A continuation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Generated {
+    /// The text; for a chat request with tools, the text around the model's calls.
     pub text: String,
     pub tokens: usize,
+    /// The calls a chat request with tools was answered with.
+    pub tool_calls: Vec<crate::ToolCall>,
 }
 
 /// Why an engine call failed, in one line naming the engine.
@@ -127,6 +136,12 @@ pub trait Engine: Send {
         requests: &[ChatRequest],
         progress: &mut Progress<'_>,
     ) -> Result<Vec<Generated>, EngineError> {
+        if requests.iter().any(|r| r.tools.is_some()) {
+            return Err(EngineError::new(
+                self.name(),
+                "this engine cannot show a model tools (use the native engine or an OpenAI-compatible server)",
+            ));
+        }
         let prompts = requests
             .iter()
             .map(|r| {

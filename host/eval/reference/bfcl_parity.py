@@ -41,6 +41,7 @@ def load_bfcl(wheel):
     # Enums and prompt constants: plain modules.
     exec(compile(src("constants/enums.py"), "enums.py", "exec"), ns)
     exec(compile(src("constants/default_prompts.py"), "default_prompts.py", "exec"), ns)
+    exec(compile(src("constants/type_mappings.py"), "type_mappings.py", "exec"), ns)
     import builtins, operator, re
     from functools import reduce
     ns.update(ast=ast, builtins=builtins, copy=copy, json=json, operator=operator, re=re, reduce=reduce)
@@ -56,12 +57,14 @@ def load_bfcl(wheel):
                       "_get_language_specific_hint", "_func_doc_language_specific_pre_processing"])
     pick("model_handler/utils.py", ["default_decode_ast_prompting", "ast_parse", "resolve_ast_call",
                                     "resolve_ast_by_type", "formulate_system_prompt",
-                                    "format_function_doc", "parse_prompt_variation_params"])
+                                    "format_function_doc", "parse_prompt_variation_params",
+                                    "convert_to_tool", "_cast_to_openai_type"])
     # The checker module, its package imports replaced by what it needs for Python.
     tree = ast.parse(src("eval_checker/ast_eval/ast_checker.py"))
     tree.body = [n for n in tree.body if not isinstance(n, ast.ImportFrom)]
-    cfg = types.SimpleNamespace(underscore_to_dot=False)
-    checker = {"Language": ns["Language"], "MODEL_CONFIG_MAPPING": {"galley": cfg},
+    checker = {"Language": ns["Language"],
+               "MODEL_CONFIG_MAPPING": {"galley": types.SimpleNamespace(underscore_to_dot=False),
+                                        "galley-FC": types.SimpleNamespace(underscore_to_dot=True)},
                "JAVA_TYPE_CONVERSION": {}, "JS_TYPE_CONVERSION": {}, "re": re,
                "java_type_converter": None, "js_type_converter": None}
     exec(compile(tree, "ast_checker.py", "exec"), checker)
@@ -69,11 +72,22 @@ def load_bfcl(wheel):
     return ns
 
 
-def bfcl_verdict(b, category, entry, answer):
+def decode_fc(calls):
+    """BFCL's OpenAI FC decode: each call's arguments parsed as JSON; an answer without calls
+    is text, which does not decode."""
+    if not calls:
+        raise ValueError("no tool calls")
+    return [{c["name"]: json.loads(c["arguments"])} for c in calls]
+
+
+def bfcl_verdict(b, category, entry, answer, native=False):
     ReturnFormat, Language = b["ReturnFormat"], b["Language"]
     relevance = "relevance" in category
     try:
-        decoded = b["default_decode_ast_prompting"](answer, ReturnFormat.PYTHON, False)
+        if native:
+            decoded = decode_fc(answer)
+        else:
+            decoded = b["default_decode_ast_prompting"](answer, ReturnFormat.PYTHON, False)
     except Exception as e:
         if relevance:
             return {"valid": "irrelevance" in category, "error_type": "decoder_failed"}
@@ -85,7 +99,7 @@ def bfcl_verdict(b, category, entry, answer):
         return {"valid": False, "error_type": "ast_decoder:decoder_wrong_output_format"}
     try:
         r = b["ast_checker"](entry["function"], decoded, entry["ground_truth"], Language.PYTHON,
-                             category, "galley")
+                             category, "galley-FC" if native else "galley")
     except Exception as e:
         return {"valid": False, "error_type": f"crash:{type(e).__name__}"}
     return {"valid": r["valid"], "error_type": r.get("error_type", "") if not r["valid"] else ""}
@@ -226,9 +240,25 @@ def main():
                 first = e["question"][0][0]
                 if first["role"] == "system":
                     system = system + "\n\n" + first["content"]
+            tools = None
+            if system is not None:
+                hinted = b["_func_doc_language_specific_pre_processing"](copy.deepcopy(e["function"]), cat)
+                tools = b["convert_to_tool"](hinted, b["GORILLA_TO_OPENAPI"], b["ModelStyle"].OPENAI_COMPLETIONS)
             row = {"category": cat, "entry": e, "label": label, "answer": text,
-                   "bfcl": bfcl_verdict(b, cat, e, text), "system": system}
+                   "bfcl": bfcl_verdict(b, cat, e, text), "system": system, "tools": tools}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            # The same answer as native tool calls (names underscored, arguments as JSON),
+            # where it reads as calls at all.
+            try:
+                calls = b["default_decode_ast_prompting"](text, b["ReturnFormat"].PYTHON, False)
+                native = [{"name": n.replace(".", "_"), "arguments": json.dumps(a)}
+                          for c in calls for n, a in c.items()]
+            except Exception:  # not calls, or values JSON cannot hold
+                native = []
+            if label.startswith("truth") or label in ("text", "empty") or rng.random() < 0.3:
+                row = {"category": cat, "entry": e, "label": label + "/native", "answer": native,
+                       "bfcl": bfcl_verdict(b, cat, e, native, True), "system": None, "tools": None}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(f"bfcl_parity.py: {len(rows)} answers with BFCL's verdicts in {a.out}")
 
 

@@ -34,6 +34,8 @@ pub struct EvalOptions {
     pub system_prompt: Option<String>,
     /// Generations are scored from after the last of these (a reasoning model's `</think>`).
     pub think_end_token: Option<String>,
+    /// How function-calling tasks ask the model.
+    pub function_calling: crate::bfcl::Mode,
     /// Where hub dataset ids are looked up.
     pub data_root: PathBuf,
 }
@@ -48,6 +50,7 @@ impl Default for EvalOptions {
             apply_chat_template: false,
             system_prompt: None,
             think_end_token: None,
+            function_calling: crate::bfcl::Mode::Prompt,
             data_root: galley_core::dirs::eval_data_dir(),
         }
     }
@@ -544,7 +547,7 @@ fn stage<'a>(
         entries
             .iter()
             .map(|e| prompt::Prepared {
-                prompt: crate::bfcl::task::prompt_text(engine, e),
+                prompt: crate::bfcl::task::prompt_text(engine, e, opts.function_calling),
                 choices: None,
                 gold: None,
                 target: serde_json::to_string(
@@ -674,22 +677,33 @@ fn finish_task(
             do_sample: false,
             temperature: 0.0,
         });
+    // A function-calling task's grades, made as its answers come (native answers are tool
+    // calls, which a sample's text does not hold).
+    let mut function_calling: Vec<(f64, serde_json::Value)> = vec![];
     match c.output_type {
         _ if answered => {}
         OutputType::FunctionCalling => {
             let total = loaded.entries.len();
+            let mode = opts.function_calling;
             let answers = crate::bfcl::task::answers(
                 engine,
                 &loaded.entries,
+                mode,
                 &generation,
                 opts.seed,
                 &mut |done| progress(&name, done, total),
             )?;
-            for (s, a) in samples.iter_mut().zip(answers) {
-                s.prediction = Some(crate::grade::after_thinking(
-                    a,
-                    opts.think_end_token.as_deref(),
+            let kind = crate::bfcl::task::checker_of(task);
+            for ((s, a), e) in samples.iter_mut().zip(answers).zip(&loaded.entries) {
+                let text = crate::grade::after_thinking(a.text, opts.think_end_token.as_deref());
+                function_calling.push(crate::bfcl::task::grade(
+                    kind,
+                    e,
+                    mode,
+                    &text,
+                    &a.tool_calls,
                 ));
+                s.prediction = Some(text);
             }
         }
         OutputType::MultipleChoice
@@ -823,11 +837,7 @@ fn finish_task(
                         f64::from(u8::from(s.loglikelihoods[0].1))
                     }
                     ("acc", OutputType::FunctionCalling) => {
-                        let (grade, checked) = crate::bfcl::task::grade(
-                            crate::bfcl::task::checker_of(task),
-                            &loaded.entries[s.doc_id],
-                            s.prediction.as_deref().unwrap_or_default(),
-                        );
+                        let (grade, checked) = function_calling[s.doc_id].clone();
                         s.checked = Some(checked);
                         grade
                     }

@@ -42,6 +42,11 @@ pub struct EvalFlags {
     /// after it (the harness's `think_end_token`).
     #[arg(long, value_name = "TOKEN")]
     pub think_end_token: Option<String>,
+    /// How function-calling tasks (BFCL) ask the model: `prompt` (BFCL's system prompt,
+    /// calls written as Python) or `native` (the functions as tools through the chat template
+    /// or a server's `tools`; BFCL's FC mode).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub function_calling: Option<crate::bfcl::Mode>,
     /// Where built-in tasks' data is (default: GALLEY_EVAL_DATA, else galley's cache).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -88,6 +93,9 @@ impl EvalFlags {
         take(&self.output, &mut cfg.output);
         take(&self.system_prompt, &mut cfg.system_prompt);
         take(&self.think_end_token, &mut cfg.think_end_token);
+        if let Some(m) = self.function_calling {
+            cfg.function_calling = m;
+        }
         take(&self.data_dir, &mut cfg.data_dir);
         if !self.tasks.is_empty() {
             cfg.tasks.clone_from(&self.tasks);

@@ -156,6 +156,7 @@ fn ask(
                 temperature: 0.0,
                 seed: 0,
                 json_schema: None,
+                tools: None,
             })
             .collect();
         return Ok(engine

@@ -32,6 +32,8 @@ pub struct EvalSettings {
     /// A reasoning model's end of thinking (`</think>`): each generation is scored from
     /// after its last one (the harness's `think_end_token` model argument).
     pub think_end_token: Option<String>,
+    /// How function-calling tasks (BFCL) ask the model: `prompt` or `native`.
+    pub function_calling: crate::bfcl::Mode,
     /// Where built-in tasks' data is (default: GALLEY_EVAL_DATA, else galley's cache).
     pub data_dir: Option<PathBuf>,
     /// Folders of task files whose names `tasks` may use: a list, or one folder (as the
@@ -64,6 +66,7 @@ impl Default for EvalSettings {
             apply_chat_template: false,
             system_prompt: None,
             think_end_token: None,
+            function_calling: crate::bfcl::Mode::Prompt,
             data_dir: None,
             include_path: Vec::new(),
             dequantize: true,
@@ -161,6 +164,7 @@ impl EvalSettings {
             apply_chat_template: self.apply_chat_template,
             system_prompt: self.system_prompt.clone(),
             think_end_token: self.think_end_token.clone(),
+            function_calling: self.function_calling,
             data_root: self
                 .data_dir
                 .clone()
@@ -188,6 +192,7 @@ impl EvalSettings {
                 "apply_chat_template": self.apply_chat_template,
                 "system_prompt": self.system_prompt,
                 "think_end_token": self.think_end_token,
+                "function_calling": self.function_calling,
                 "fewshot_seed": self.fewshot_seed,
                 "batch_tokens": self.batch_tokens,
                 "max_length": self.max_length,

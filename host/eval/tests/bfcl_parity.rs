@@ -1,12 +1,14 @@
 //! galley's BFCL reader and checker against BFCL's own code: `reference/bfcl_parity.py` runs
 //! BFCL's decoder and AST checker (from the bfcl-eval wheel that `scripts/fetch-bfcl.sh`
 //! keeps beside the data) on ~89,000 answers — every entry's ground truth written as Python
-//! calls, and mutations of it that each break one rule — and galley must give the same
-//! verdict on each (validity, and BFCL's error type where invalid), and send the same system
-//! prompt for every entry. `GALLEY_BFCL_ANSWERS=samples.jsonl` adds a model's own answers
+//! calls, and mutations of it that each break one rule, written as Python (prompting mode)
+//! and, for a share of them, as native tool calls (FC mode) — and galley must give the same
+//! verdict on each (validity, and BFCL's error type where invalid), send the same system
+//! prompt and make the same tools of every entry's functions. `GALLEY_BFCL_ANSWERS=samples.jsonl` adds a model's own answers
 //! (a `galley eval --output` run's samples).
 
-use galley_eval::bfcl::{Entry, checker::Checker, judge, value::Py};
+use galley_eval::bfcl::value::{Py, json_dumps_indent4};
+use galley_eval::bfcl::{Entry, checker::Checker, judge, judge_calls, openai_tools};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -58,17 +60,34 @@ fn verdicts_and_prompts_equal_bfcls() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let mut per: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let (mut prompts, mut prompt_diffs) = (0, 0);
+    let (mut prompts, mut prompt_diffs, mut tool_sets) = (0, 0, 0);
     let mut diffs = vec![];
     for line in std::fs::read_to_string(out.path()).unwrap().lines() {
         let row: Py = serde_json::from_str(line).unwrap();
         let category = text(field(&row, "category")).to_string();
         let entry = Entry::from_py(field(&row, "entry")).unwrap();
-        let answer = text(field(&row, "answer"));
         let want = field(&row, "bfcl");
         let want_valid = matches!(field(want, "valid"), Py::Bool(true));
         let kind = Checker::for_category(&category);
-        let got = judge(kind, &entry, answer).verdict;
+        // A string is a written answer; a list, the same answer as native tool calls.
+        let (answer, got) = match field(&row, "answer") {
+            Py::Str(a) => (a.clone(), judge(kind, &entry, a).verdict),
+            Py::List(calls) => {
+                let calls: Vec<galley_core::ToolCall> = calls
+                    .iter()
+                    .map(|c| galley_core::ToolCall {
+                        id: None,
+                        name: text(field(c, "name")).into(),
+                        arguments: text(field(c, "arguments")).into(),
+                    })
+                    .collect();
+                (
+                    format!("{calls:?}"),
+                    judge_calls(kind, &entry, &calls).verdict,
+                )
+            }
+            _ => panic!("an answer is text or calls"),
+        };
         let same = got.valid == want_valid
             && (want_valid
                 || matches!(kind, Checker::Irrelevance | Checker::Relevance)
@@ -88,6 +107,16 @@ fn verdicts_and_prompts_equal_bfcls() {
                 got.error
             ));
         }
+        if let tools @ Py::List(_) = field(&row, "tools") {
+            tool_sets += 1;
+            let (want, ours) = (
+                json_dumps_indent4(tools),
+                json_dumps_indent4(&openai_tools(&entry.functions)),
+            );
+            if want != ours {
+                diffs.push(format!("{}: tools differ:\n{want}\n---\n{ours}", entry.id));
+            }
+        }
         if let Py::Str(system) = field(&row, "system") {
             prompts += 1;
             let ours = &entry.conversation()[0].content;
@@ -105,7 +134,7 @@ fn verdicts_and_prompts_equal_bfcls() {
         eprintln!("  {c:<24} {ok}/{n}");
     }
     eprintln!(
-        "bfcl parity: {ok}/{n} verdicts agree; {}/{prompts} system prompts identical",
+        "bfcl parity: {ok}/{n} verdicts agree; {}/{prompts} system prompts identical; {tool_sets} entries' tools compared",
         prompts - prompt_diffs
     );
     assert!(n > 80_000, "{n} answers: the reference wrote too few");

@@ -16,7 +16,8 @@ use crate::model::{Cache, Llama};
 use crate::sample::{LogSoftmax, SamplingParams};
 use crate::tokenizer::Tokenizer;
 use galley_core::engine::{
-    Engine, EngineError, GenerateRequest, Generated, Loglikelihood, LoglikelihoodRequest, Progress,
+    ChatRequest, Engine, EngineError, GenerateRequest, Generated, Loglikelihood,
+    LoglikelihoodRequest, Progress,
 };
 use galley_core::{Message, text};
 use rayon::prelude::*;
@@ -43,6 +44,9 @@ pub struct NativeEngine {
     /// keep their last tokens, longer rolling texts are cut into windows. Default: the model's
     /// `max_position_embeddings`.
     pub max_length: Option<usize>,
+    /// How the model writes tool calls (`None`: found from its chat template, as `galley
+    /// serve` finds it).
+    pub tool_format: Option<crate::tool_calls::ToolFormat>,
 }
 
 /// Token positions from which a prefill pass's GEMMs run near their best rate on a CPU
@@ -78,6 +82,7 @@ impl NativeEngine {
             batch_rows: 32,
             cont_tokens: 4096,
             max_length: None,
+            tool_format: None,
         }
     }
 
@@ -533,6 +538,7 @@ impl Engine for NativeEngine {
                 out[i] = Some(Generated {
                     text: c.text,
                     tokens: c.tokens.len(),
+                    tool_calls: vec![],
                 });
             }
             done += end - at;
@@ -551,6 +557,84 @@ impl Engine for NativeEngine {
             .as_ref()
             .ok_or_else(|| self.err("the model has no chat template"))?;
         t.render(messages, true, None).map_err(|e| self.err(e))
+    }
+
+    /// As the default, and with tools: the template shows them to the model and the
+    /// answer's calls are read back in the format the template writes them in.
+    fn chat(
+        &mut self,
+        requests: &[ChatRequest],
+        progress: &mut Progress<'_>,
+    ) -> Result<Vec<Generated>, EngineError> {
+        let t = self
+            .template
+            .as_ref()
+            .ok_or_else(|| self.err("the model has no chat template"))?;
+        let with_tools = requests.iter().any(|r| r.tools.is_some());
+        let format = if with_tools {
+            if !t.renders_tools() {
+                return Err(self.err(
+                    "the model's chat template shows no tools: ask it in prompting mode (BFCL's system prompt) instead",
+                ));
+            }
+            Some(
+                self.tool_format
+                    .or_else(|| crate::tool_calls::ToolFormat::of_template(t))
+                    .ok_or_else(|| {
+                        self.err(
+                            "galley cannot read the tool calls this model's chat template writes",
+                        )
+                    })?,
+            )
+        } else {
+            None
+        };
+        let prompts = requests
+            .iter()
+            .map(|r| {
+                let tools = match &r.tools {
+                    None => None,
+                    Some(text) => Some(
+                        serde_json::from_str::<crate::json_schema::Json>(text)
+                            .map_err(|e| self.err(format!("tools is not JSON: {e}")))?,
+                    ),
+                };
+                Ok(GenerateRequest {
+                    prompt: t
+                        .render(&r.messages, true, tools.as_ref())
+                        .map_err(|e| self.err(e))?,
+                    until: r.until.clone(),
+                    max_tokens: r.max_tokens,
+                    temperature: r.temperature,
+                    seed: r.seed,
+                    json_schema: r.json_schema.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let mut out = self.generate(&prompts, progress)?;
+        if let Some(format) = format {
+            for (g, r) in out.iter_mut().zip(requests) {
+                if r.tools.is_none() {
+                    continue;
+                }
+                let parsed = crate::tool_calls::parse(format, &g.text);
+                if parsed.calls.is_empty() {
+                    continue;
+                }
+                g.text = parsed.content.unwrap_or_default();
+                g.tool_calls = parsed
+                    .calls
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| galley_core::ToolCall {
+                        id: Some(format!("call_{i}")),
+                        name: c.name,
+                        arguments: c.arguments,
+                    })
+                    .collect();
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -127,6 +127,7 @@ impl ChatApiEngine {
         Ok(Generated {
             text,
             tokens: tokens.unwrap_or(0) as usize,
+            tool_calls: vec![],
         })
     }
 }
@@ -161,6 +162,7 @@ impl Engine for ChatApiEngine {
                 temperature: r.temperature,
                 seed: r.seed,
                 json_schema: r.json_schema.clone(),
+                tools: None,
             })
             .collect();
         self.chat(&chats, progress)
@@ -175,6 +177,12 @@ impl Engine for ChatApiEngine {
             return Err(EngineError::new(
                 self.name(),
                 "this API is not given a JSON schema by galley yet; hold answers to one with a local model",
+            ));
+        }
+        if requests.iter().any(|r| r.tools.is_some()) {
+            return Err(EngineError::new(
+                self.name(),
+                "galley does not send tools to this API yet; ask a local model or an OpenAI-compatible server",
             ));
         }
         self.http.parallel(requests, progress, |r| self.reply(r))

@@ -241,6 +241,7 @@ impl OpenAiEngine {
         Ok(Generated {
             text: text[..cut].to_string(),
             tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
+            tool_calls: vec![],
         })
     }
 }
@@ -263,33 +264,69 @@ impl OpenAiEngine {
         if !r.until.is_empty() {
             body["stop"] = json!(r.until);
         }
-        let v = match &r.json_schema {
-            None => self.post("/chat/completions", &body)?,
-            Some(schema) => {
-                // The schema goes as written (a `Value` would sort its keys, and the
-                // properties' order is the answer's).
-                let schema = RawValue::from_string(schema.clone())
-                    .map_err(|e| self.err(format!("json_schema is not JSON: {e}")))?;
-                let with = WithSchema {
-                    body: &body,
-                    response_format: Format {
-                        kind: "json_schema",
-                        json_schema: Named {
-                            name: "galley",
-                            strict: true,
-                            schema: &schema,
-                        },
-                    },
-                };
-                self.post("/chat/completions", &with)?
-            }
+        // The schema and the tools go as written (a `Value` would sort their keys, and the
+        // properties' order is the answer's, and what the model is shown).
+        let raw = |text: &String, what: &str| {
+            RawValue::from_string(text.clone())
+                .map_err(|e| self.err(format!("{what} is not JSON: {e}")))
         };
-        let text = v["choices"][0]["message"]["content"]
-            .as_str()
-            .ok_or_else(|| self.err("the chat completion has no message content"))?;
+        let schema = r
+            .json_schema
+            .as_ref()
+            .map(|s| raw(s, "json_schema"))
+            .transpose()?;
+        let tools = r.tools.as_ref().map(|t| raw(t, "tools")).transpose()?;
+        let with = WithExtras {
+            body: &body,
+            tools: tools.as_deref(),
+            response_format: schema.as_deref().map(|schema| Format {
+                kind: "json_schema",
+                json_schema: Named {
+                    name: "galley",
+                    strict: true,
+                    schema,
+                },
+            }),
+        };
+        let v = self.post("/chat/completions", &with)?;
+        let message = &v["choices"][0]["message"];
+        let tool_calls = match &message["tool_calls"] {
+            Value::Null => vec![],
+            Value::Array(calls) => calls
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let f = &c["function"];
+                    match (f["name"].as_str(), &f["arguments"]) {
+                        (Some(name), Value::String(args)) => Ok(galley_core::ToolCall {
+                            id: c["id"].as_str().map(str::to_string),
+                            name: name.to_string(),
+                            arguments: args.clone(),
+                        }),
+                        // Some servers send the arguments as an object.
+                        (Some(name), args @ Value::Object(_)) => Ok(galley_core::ToolCall {
+                            id: c["id"].as_str().map(str::to_string),
+                            name: name.to_string(),
+                            arguments: args.to_string(),
+                        }),
+                        _ => Err(self.err(format!(
+                            "tool_calls[{i}] has no function name and arguments"
+                        ))),
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(self.err("the message's tool_calls is not a list")),
+        };
+        let text = match (message["content"].as_str(), tool_calls.is_empty()) {
+            (Some(t), _) => t,
+            // A message of calls has no content.
+            (None, false) => "",
+            (None, true) => return Err(self.err("the chat completion has no message content")),
+        };
         Ok(Generated {
             text: text.to_string(),
             tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
+            tool_calls,
         })
     }
 }
@@ -334,12 +371,16 @@ impl Engine for OpenAiEngine {
     }
 }
 
-/// A chat body with OpenAI's `response_format: {"type": "json_schema", ...}` beside its keys.
+/// A chat body with `tools` and OpenAI's `response_format: {"type": "json_schema", ...}`
+/// beside its keys, each as written.
 #[derive(serde::Serialize)]
-struct WithSchema<'a> {
+struct WithExtras<'a> {
     #[serde(flatten)]
     body: &'a Value,
-    response_format: Format<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Format<'a>>,
 }
 
 #[derive(serde::Serialize)]

@@ -142,6 +142,7 @@ fn judge_chat() -> Vec<galley_core::engine::ChatRequest> {
         temperature: 0.0,
         seed: 0,
         json_schema: None,
+        tools: None,
     }]
 }
 

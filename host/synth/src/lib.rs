@@ -257,6 +257,7 @@ pub fn synthesize(
                     temperature: g.temperature,
                     seed: galley_core::seed::derive_seed(g.seed, &[i as u64, j as u64]),
                     json_schema: schema.cloned(),
+                    tools: None,
                 })
             })
             .collect();

@@ -50,6 +50,7 @@ impl Engine for Scripted {
                 Generated {
                     text: letter.to_string().repeat((r.seed % 7 + 1) as usize),
                     tokens: 1,
+                    tool_calls: vec![],
                 }
             })
             .collect())

@@ -33,6 +33,7 @@ pub(super) fn run(
         temperature: s.temperature,
         seed: galley_core::seed::derive_seed(s.seed, &[i]),
         json_schema: cfg.schema_text.clone(),
+        tools: None,
     };
     match (prompt, rows, output) {
         (Some(p), _, _) => {

@@ -141,6 +141,153 @@ pub fn system_prompt(functions: &[Py]) -> String {
     format!("{persona}{task}\n\n{tool_call}\n\n{multiturn}\n\n{tools}")
 }
 
+/// How the model is asked: BFCL's prompting mode (the functions in its system prompt, calls
+/// written as Python) or its function-calling ("FC") mode (the functions as tools, through
+/// the model's chat template or a server's `tools`, calls returned as tool calls).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Mode {
+    #[default]
+    Prompt,
+    Native,
+}
+
+/// BFCL's `GORILLA_TO_OPENAPI`.
+fn openapi_type(t: &str) -> &'static str {
+    match t {
+        "integer" | "byte" | "short" | "long" | "Bigint" => "integer",
+        "number" | "float" | "double" => "number",
+        "boolean" | "bool" => "boolean",
+        "array" | "list" | "tuple" | "ArrayList" | "Array" | "Queue" | "Stack" => "array",
+        "dict" | "object" | "HashMap" | "Hashtable" => "object",
+        // string, any, char, String, Any and whatever else: a string.
+        _ => "string",
+    }
+}
+
+fn set(kv: &mut Vec<(Py, Py)>, key: &str, v: Py) {
+    match kv
+        .iter_mut()
+        .find(|(k, _)| matches!(k, Py::Str(s) if s == key))
+    {
+        Some(slot) => slot.1 = v,
+        None => kv.push((Py::Str(key.into()), v)),
+    }
+}
+
+fn get_mut<'a>(kv: &'a mut [(Py, Py)], key: &str) -> Option<&'a mut Py> {
+    kv.iter_mut()
+        .find(|(k, _)| matches!(k, Py::Str(s) if s == key))
+        .map(|(_, v)| v)
+}
+
+fn set_item_type(item: &mut Py) {
+    if let Py::Dict(kv) = item
+        && let Some(Py::Str(t)) = get_mut(kv, "type")
+    {
+        *t = openapi_type(t).into();
+    }
+}
+
+/// BFCL's `_cast_to_openai_type` over a `properties` dict.
+fn cast_properties(props: &mut Py) {
+    let Py::Dict(props) = props else { return };
+    for (_, value) in props.iter_mut() {
+        let Py::Dict(v) = value else { continue };
+        let var_type = match get(&Py::Dict(v.clone()), "type") {
+            Some(Py::Str(t)) => t.clone(),
+            _ => {
+                set(v, "type", Py::Str("string".into()));
+                "string".into()
+            }
+        };
+        if var_type == "float" {
+            set(v, "format", Py::Str("float".into()));
+            if let Some(Py::Str(d)) = get_mut(v, "description") {
+                d.push_str(" This is a float type value.");
+            }
+        }
+        let mapped = openapi_type(&var_type);
+        set(v, "type", Py::Str(mapped.into()));
+        if matches!(mapped, "array" | "object") {
+            if let Some(p) = get_mut(v, "properties") {
+                cast_properties(p);
+            } else if let Some(Py::Dict(items)) = get_mut(v, "items") {
+                if let Some(Py::Str(t)) = get_mut(items, "type") {
+                    *t = openapi_type(t).into();
+                }
+                let inner_type = match get_mut(items, "type") {
+                    Some(Py::Str(t)) => t.clone(),
+                    _ => String::new(),
+                };
+                if inner_type == "array"
+                    && let Some(inner) = get_mut(items, "items")
+                {
+                    set_item_type(inner);
+                } else if inner_type == "object"
+                    && let Some(p) = get_mut(items, "properties")
+                {
+                    cast_properties(p);
+                }
+            }
+        }
+    }
+}
+
+/// The functions as OpenAI tools, as BFCL's `convert_to_tool(functions, GORILLA_TO_OPENAPI,
+/// OPENAI_COMPLETIONS)` makes them for a model asked in FC mode: names with dots written with
+/// underscores (OpenAI's rule for names), `dict` as `object`, `float` as `number` (with
+/// `"format": "float"` and a note in the description), each wrapped as `{"type":
+/// "function", "function": ...}`; keys in their order.
+pub fn openai_tools(functions: &[Py]) -> Py {
+    // BFCL adds the language note to every entry when it loads them, for both modes.
+    let tools = with_python_hint(functions)
+        .iter()
+        .map(|f| {
+            let mut f = f.clone();
+            if let Py::Dict(kv) = &mut f {
+                if let Some(Py::Str(name)) = get_mut(kv, "name") {
+                    *name = name.replace('.', "_");
+                }
+                if let Some(Py::Dict(params)) = get_mut(kv, "parameters") {
+                    set(params, "type", Py::Str("object".into()));
+                    if let Some(p) = get_mut(params, "properties") {
+                        cast_properties(p);
+                    }
+                }
+            }
+            Py::Dict(vec![
+                (Py::Str("type".into()), Py::Str("function".into())),
+                (Py::Str("function".into()), f),
+            ])
+        })
+        .collect();
+    Py::List(tools)
+}
+
+/// Judges an answer given as tool calls (FC mode), as BFCL's FC handlers decode them: each
+/// call's arguments parsed as JSON; no calls, or arguments that are not a JSON object, is an
+/// answer that does not decode. Names are compared in their underscored form.
+pub fn judge_calls(kind: Checker, entry: &Entry, calls: &[galley_core::ToolCall]) -> Judged {
+    let decoded: Result<Vec<python::Call>, String> = if calls.is_empty() {
+        Err("the model made no tool call".into())
+    } else {
+        calls
+            .iter()
+            .map(|c| match serde_json::from_str::<Py>(&c.arguments) {
+                Ok(args @ Py::Dict(_)) => Ok((c.name.clone(), args)),
+                Ok(other) => Err(format!(
+                    "arguments are a {}, not an object",
+                    other.type_name()
+                )),
+                Err(e) => Err(format!("arguments are not JSON: {e}")),
+            })
+            .collect()
+    };
+    verdict(kind, entry, decoded, true)
+}
+
 /// A judged answer: the verdict and the calls read from it (`None`: it did not read as calls).
 pub struct Judged {
     pub verdict: Verdict,
@@ -166,9 +313,23 @@ impl Judged {
 
 /// Judges `answer` for `entry` as BFCL's evaluation runner does for the checker's category.
 pub fn judge(kind: Checker, entry: &Entry, answer: &str) -> Judged {
-    let decoded = python::decode_calls(answer);
+    verdict(kind, entry, python::decode_calls(answer), false)
+}
+
+fn verdict(
+    kind: Checker,
+    entry: &Entry,
+    decoded: Result<Vec<python::Call>, String>,
+    underscore_to_dot: bool,
+) -> Judged {
     let verdict = match (&decoded, kind) {
-        (Ok(calls), _) => ast_checker(kind, &entry.functions, calls, &entry.ground_truth, false),
+        (Ok(calls), _) => ast_checker(
+            kind,
+            &entry.functions,
+            calls,
+            &entry.ground_truth,
+            underscore_to_dot,
+        ),
         (Err(_), Checker::Irrelevance) => Verdict {
             valid: true,
             error: vec![],

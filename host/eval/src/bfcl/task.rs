@@ -4,8 +4,8 @@
 //! prompts from templates and grade with the harness's metrics.
 
 use super::checker::Checker;
-use super::value::Py;
-use super::{Entry, Judged, judge};
+use super::value::{Py, json_dumps_indent4};
+use super::{Entry, Judged, Mode, judge, judge_calls, openai_tools};
 use crate::EvalError;
 use crate::task::{GenerationKwargs, Task};
 use galley_core::engine::Progress;
@@ -60,24 +60,34 @@ pub fn read_entries(task: &Task, files: &[PathBuf]) -> Result<Vec<Entry>, EvalEr
     Ok(out)
 }
 
-/// What a sample records as its prompt: the conversation through the model's chat template
-/// where the engine has one here, else the conversation as JSON (a remote chat API renders
-/// it itself).
-pub fn prompt_text(engine: &dyn Engine, entry: &Entry) -> String {
+/// What a sample records as its prompt. Prompting mode: the conversation through the
+/// model's chat template where the engine has one here, else the conversation as JSON (a
+/// remote chat API renders it itself). Native mode: the messages and the tools, as JSON.
+pub fn prompt_text(engine: &dyn Engine, entry: &Entry, mode: Mode) -> String {
+    if mode == Mode::Native {
+        return serde_json::json!({
+            "messages": entry.messages,
+            "tools": openai_tools(&entry.functions).to_json(),
+        })
+        .to_string();
+    }
     let conversation = entry.conversation();
     engine
         .apply_chat_template(&conversation)
         .unwrap_or_else(|_| serde_json::to_string(&conversation).unwrap_or_default())
 }
 
-/// The engine's answers, one chat request per entry (greedy unless the task samples).
+/// The engine's answers, one chat request per entry (greedy unless the task samples): in
+/// prompting mode BFCL's conversation, in native mode the entry's own messages with the
+/// functions as tools.
 pub fn answers(
     engine: &mut dyn Engine,
     entries: &[Entry],
+    mode: Mode,
     g: &GenerationKwargs,
     seed: u64,
     progress: &mut Progress<'_>,
-) -> Result<Vec<String>, EvalError> {
+) -> Result<Vec<galley_core::Generated>, EvalError> {
     let temperature = if g.do_sample {
         g.temperature.max(f32::MIN_POSITIVE)
     } else {
@@ -86,20 +96,37 @@ pub fn answers(
     let requests: Vec<ChatRequest> = entries
         .iter()
         .map(|e| ChatRequest {
-            messages: e.conversation(),
+            messages: match mode {
+                Mode::Prompt => e.conversation(),
+                Mode::Native => e.messages.clone(),
+            },
             until: g.until.clone(),
             max_tokens: g.max_gen_toks,
             temperature,
             seed,
             json_schema: None,
+            tools: (mode == Mode::Native).then(|| json_dumps_indent4(&openai_tools(&e.functions))),
         })
         .collect();
-    let replies = engine.chat(&requests, progress)?;
-    Ok(replies.into_iter().map(|r| r.text).collect())
+    Ok(engine.chat(&requests, progress)?)
 }
 
-/// The grade of one answer (1 or 0) and what the sample records of it.
-pub fn grade(kind: Checker, entry: &Entry, answer: &str) -> (f64, serde_json::Value) {
-    let j: Judged = judge(kind, entry, answer);
-    (f64::from(u8::from(j.verdict.valid)), j.to_json())
+/// The grade of one answer (1 or 0) and what the sample records of it: the text in
+/// prompting mode, the tool calls in native mode.
+pub fn grade(
+    kind: Checker,
+    entry: &Entry,
+    mode: Mode,
+    text: &str,
+    calls: &[galley_core::ToolCall],
+) -> (f64, serde_json::Value) {
+    let j: Judged = match mode {
+        Mode::Prompt => judge(kind, entry, text),
+        Mode::Native => judge_calls(kind, entry, calls),
+    };
+    let mut out = j.to_json();
+    if mode == Mode::Native {
+        out["tool_calls"] = serde_json::to_value(calls).unwrap_or_default();
+    }
+    (f64::from(u8::from(j.verdict.valid)), out)
 }
