@@ -582,3 +582,88 @@ fn native_mode_through_a_tool_template_locally_and_through_galley_serve() {
         assert!(x["checked"]["valid"].is_boolean(), "{x}");
     }
 }
+
+/// The `galley/function-call` reward plugin is the same judge, in the sandbox: scored by
+/// `galley score` (the policy GRPO uses) through the real runtime, right and wrong answers to
+/// BFCL entries of five categories get exactly the verdicts galley-bfcl gives natively.
+#[test]
+fn the_function_call_reward_plugin_scores_as_the_evaluation_judges() {
+    use galley_bfcl::checker::Checker;
+    use galley_bfcl::value::Py;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut rows = String::new();
+    let mut want = vec![];
+    for category in [
+        "simple_python",
+        "multiple",
+        "parallel",
+        "irrelevance",
+        "live_simple",
+    ] {
+        for e in entries(category, 6) {
+            let mut answers = vec!["I cannot help with that.".to_string()];
+            if e.get("ground_truth").is_some() {
+                let calls = truth_calls(&e);
+                answers.push(format!("[{}]", calls.join(", ")));
+                answers.push(format!("```\n{}\n```", calls.join(", ")));
+                // One value changed: the first `=` gets a different value.
+                let wrong = calls[0].replacen('=', "=999 if False else ", 1);
+                answers.push(format!("[{wrong}]"));
+                answers.push(format!("[{}]", calls[0].replace('(', "_v2(")));
+            } else {
+                let f = e["function"][0]["name"].as_str().unwrap();
+                answers.push(format!("[{f}()]"));
+            }
+            let functions: Py = serde_json::from_str(&e["function"].to_string()).unwrap();
+            let truth: Py = serde_json::from_str(
+                &e.get("ground_truth")
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::json!([]))
+                    .to_string(),
+            )
+            .unwrap();
+            let (Py::List(functions), Py::List(truth)) = (functions, truth) else {
+                panic!()
+            };
+            for a in answers {
+                let kind = Checker::for_category(e["id"].as_str().unwrap());
+                let native = galley_bfcl::judge(kind, &functions, &truth, &a)
+                    .verdict
+                    .valid;
+                want.push(if native { 1.0 } else { 0.0 });
+                let mut metadata = serde_json::json!({"id": e["id"], "function": e["function"]});
+                if let Some(g) = e.get("ground_truth") {
+                    metadata["ground_truth"] = g.clone();
+                }
+                let row = serde_json::json!({"prompt": last_user(&e), "completion": a, "metadata": metadata});
+                rows.push_str(&format!("{row}\n"));
+            }
+        }
+    }
+    std::fs::write(d.join("completions.jsonl"), rows).unwrap();
+    std::fs::write(
+        d.join("score.yaml"),
+        format!(
+            "rewards:\n  - plugin: {}\ncompletions: completions.jsonl\nbatch_size: 8\non_plugin_error: stop\n",
+            plugin("function-call").display()
+        ),
+    )
+    .unwrap();
+    let o = galley(d, &["score", "score.yaml", "--json"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let got: Vec<f64> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("index").is_some())
+        .map(|v| v["scores"]["function-call@0.1.0"].as_f64().unwrap())
+        .collect();
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got, want);
+    let right = got.iter().filter(|&&x| x == 1.0).count();
+    assert!(
+        right > 20 && right < got.len() - 20,
+        "{right} of {} right: both kinds are tested",
+        got.len()
+    );
+}

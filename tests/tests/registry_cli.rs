@@ -440,6 +440,7 @@ fn first_party_plugins_install_with_no_server() {
         "curriculum",
         "exact-match",
         "format",
+        "function-call",
         "jsonl-chat",
         "length-penalty",
         "math-answer",

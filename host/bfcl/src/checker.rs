@@ -8,11 +8,11 @@
 //! "multiple" answer is one call chosen among several functions.
 //!
 //! Error types are BFCL's own strings, so a galley sample and a BFCL score file can be read
-//! side by side; `reference/bfcl_parity.py` runs BFCL's checker on galley's decoded answers
+//! side by side; `host/eval/reference/bfcl_parity.py` runs BFCL's checker on galley's decoded answers
 //! and compares every verdict.
 
-use super::python::Call;
-use super::value::{Py, contains, dict_get, iterate};
+use crate::python::Call;
+use crate::value::{Py, contains, dict_get, iterate};
 
 /// BFCL's result: `valid`, and why not.
 #[derive(Debug, Clone, PartialEq)]
@@ -614,7 +614,7 @@ pub fn ast_checker(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bfcl::python::decode_calls;
+    use crate::python::decode_calls;
 
     fn py(json: &str) -> Py {
         serde_json::from_str(json).unwrap()

@@ -6,7 +6,7 @@
 //! `ast.unparse`, close enough for BFCL's string comparison.
 
 use super::lex::{KEYWORDS, Lexer, Tok};
-use crate::bfcl::value::Py;
+use crate::value::Py;
 
 /// A parsed expression; `Other` is syntax that is valid but that BFCL's resolver rejects.
 #[derive(Debug, Clone)]

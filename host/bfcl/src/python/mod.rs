@@ -16,7 +16,7 @@
 mod lex;
 mod parse;
 
-use super::value::Py;
+use crate::value::Py;
 use parse::{Expr, R, parse_expr, unparse};
 
 /// BFCL's `resolve_ast_by_type`.
