@@ -170,6 +170,21 @@ fn last_user(entry: &serde_json::Value) -> String {
         .to_string()
 }
 
+/// A tiny chat model that takes BFCL's long prompts (its system prompt lists the functions as
+/// JSON: thousands of this tokenizer's tokens; random weights take any length).
+fn long_context_model(d: &Path, text: &[String]) {
+    galley_train::testing::tiny_chat_model_from(&d.join("model"), text);
+    widen(d);
+}
+
+fn widen(d: &Path) {
+    let cfg = d.join("model/config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    c["max_position_embeddings"] = 16384.into();
+    std::fs::write(&cfg, c.to_string()).unwrap();
+}
+
 fn samples(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("samples.jsonl"))
         .unwrap()
@@ -294,14 +309,7 @@ fn the_local_model_answers_through_its_chat_template() {
     let text: Vec<String> = (0..40)
         .map(|i| format!("[calc(a={i})] is a call"))
         .collect();
-    galley_train::testing::tiny_chat_model_from(&d.join("model"), &text);
-    // BFCL's prompt (its system prompt lists the functions as JSON) is thousands of this
-    // tokenizer's tokens; random weights take any length.
-    let cfg = d.join("model/config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-    c["max_position_embeddings"] = 16384.into();
-    std::fs::write(&cfg, c.to_string()).unwrap();
+    long_context_model(d, &text);
     let o = galley(
         d,
         &[
@@ -535,11 +543,7 @@ fn native_mode_through_a_tool_template_locally_and_through_galley_serve() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     served::tiny_model(d, &["<tool_call>", "</tool_call>"]);
-    let cfg = d.join("model/config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-    c["max_position_embeddings"] = 16384.into();
-    std::fs::write(&cfg, c.to_string()).unwrap();
+    widen(d);
     std::fs::write(d.join("tools.jinja"), served::TOOLS_TEMPLATE).unwrap();
     let s = served::serve(d, &["-m", "model", "--chat-template", "tools.jinja"]);
     let url = format!("{}/v1", s.url);
@@ -666,4 +670,138 @@ fn the_function_call_reward_plugin_scores_as_the_evaluation_judges() {
         "{right} of {} right: both kinds are tested",
         got.len()
     );
+}
+
+/// GRPO on BFCL with both plugins in the sandbox: `galley/bfcl-prompts` turns entries into
+/// BFCL's prompts (the system prompt the evaluation uses) with their functions and answers as
+/// metadata, the trainer generates, and `galley/function-call` scores each completion — every
+/// recorded reward equals galley-bfcl's native verdict on that completion, and the loader's
+/// conversations are the ones `galley eval` sends.
+#[test]
+fn grpo_on_bfcl_prompts_with_the_function_call_reward() {
+    use galley_bfcl::checker::Checker;
+    use galley_bfcl::value::Py;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let text: Vec<String> = (0..60)
+        .map(|i| format!("[calculate_area(base={i}, height=5)] I cannot help with that."))
+        .collect();
+    long_context_model(d, &text);
+    std::fs::create_dir(d.join("granted")).unwrap();
+    let rows: Vec<String> = entries("simple_python", 2)
+        .into_iter()
+        .chain(entries("irrelevance", 2))
+        .map(|e| e.to_string())
+        .collect();
+    std::fs::write(d.join("granted/bfcl.jsonl"), rows.join("\n") + "\n").unwrap();
+    std::fs::write(
+        d.join("grpo.yaml"),
+        format!(
+            "model:
+  path: model
+data:
+  train:
+    plugin: {loader}
+    plugin_config: {{path: bfcl.jsonl}}
+    plugin_dirs: {{data: granted}}
+  max_length: 16384
+training:
+  method: grpo
+  tuning: full
+  output_dir: run
+  batch_size: 4
+  max_steps: 2
+  learning_rate: 0.01
+  eval_on_start: false
+grpo:
+  num_generations: 2
+  max_completion_length: 8
+  temperature: 1.0
+  rewards:
+    - plugin: {reward}
+",
+            loader = plugin("bfcl-prompts").display(),
+            reward = plugin("function-call").display()
+        ),
+    )
+    .unwrap();
+    let o = galley(d, &["train", "-c", "grpo.yaml"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let comps = std::fs::read_to_string(d.join("run/completions.jsonl")).unwrap();
+    let comps: Vec<serde_json::Value> = comps
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(comps.len(), 8);
+    let mut irrelevance_prompts = 0;
+    for c in &comps {
+        let md = &c["metadata"];
+        let id = md["id"].as_str().unwrap();
+        let json = |v: &serde_json::Value| -> Vec<Py> {
+            // Nested metadata reached the plugin as JSON text; the record keeps it as written.
+            let text = v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
+            match serde_json::from_str::<Py>(&text).unwrap() {
+                Py::List(l) => l,
+                other => panic!("{other:?}"),
+            }
+        };
+        let functions = json(&md["function"]);
+        let truth = if md.get("ground_truth").is_some_and(|g| !g.is_null()) {
+            json(&md["ground_truth"])
+        } else {
+            vec![]
+        };
+        let completion = c["completion"].as_str().unwrap();
+        let native = galley_bfcl::judge(Checker::for_category(id), &functions, &truth, completion)
+            .verdict
+            .valid;
+        assert_eq!(
+            c["rewards"]["function-call"].as_f64(),
+            Some(if native { 1.0 } else { 0.0 }),
+            "{c}"
+        );
+        if id.starts_with("irrelevance") {
+            irrelevance_prompts += 1;
+        }
+    }
+    assert_eq!(
+        irrelevance_prompts, 4,
+        "both entries of each kind were trained on"
+    );
+
+    // The loader's conversations are the ones `galley eval` sends (galley-eval's `Entry`).
+    let o = galley(
+        d,
+        &[
+            "plugin",
+            "call",
+            plugin("bfcl-prompts").to_str().unwrap(),
+            "--config",
+            r#"{"path": "bfcl.jsonl"}"#,
+            "--allow-dir",
+            "data=granted",
+            "--max",
+            "4",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let examples: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(examples.len(), 4);
+    for (ex, row) in examples.iter().zip(&rows) {
+        let entry = galley_bfcl::Entry::parse(row).unwrap();
+        let want: Vec<serde_json::Value> = entry
+            .conversation()
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+            .collect();
+        assert_eq!(ex["messages"].as_array().unwrap(), &want, "{}", entry.id);
+        assert_eq!(ex["id"], entry.id.as_str());
+    }
 }

@@ -437,6 +437,7 @@ fn first_party_plugins_install_with_no_server() {
     let listing = ok(run(&["plugin", "search"]));
     for p in [
         "arith",
+        "bfcl-prompts",
         "curriculum",
         "exact-match",
         "format",

@@ -10,8 +10,11 @@
 //! them: its default system prompt (`system_prompt`) or OpenAI tools (`openai_tools`).
 
 pub mod checker;
+mod entry;
 pub mod python;
 pub mod value;
+
+pub use entry::{Entry, Msg};
 
 use checker::{Checker, Verdict, ast_checker};
 use value::{Py, dict_get, json_dumps_indent4};

@@ -201,6 +201,45 @@ pub fn json_dumps_indent4(v: &Py) -> String {
     out
 }
 
+/// `json.dumps(v)` on one line (Python's `, ` and `: ` separators), keys in their order: how
+/// nested metadata travels to a plugin without losing that order.
+pub fn json_dumps(v: &Py) -> String {
+    let mut out = String::new();
+    dumps_line(v, &mut out);
+    out
+}
+
+fn dumps_line(v: &Py, out: &mut String) {
+    match v {
+        Py::List(items) | Py::Tuple(items) => {
+            out.push('[');
+            for (i, x) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                dumps_line(x, out);
+            }
+            out.push(']');
+        }
+        Py::Dict(kv) => {
+            out.push('{');
+            for (i, (k, x)) in kv.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                match k {
+                    Py::Str(s) => json_str(s, out),
+                    other => json_str(&other.repr(), out),
+                }
+                out.push_str(": ");
+                dumps_line(x, out);
+            }
+            out.push('}');
+        }
+        scalar => dumps(scalar, 0, out),
+    }
+}
+
 fn dumps(v: &Py, depth: usize, out: &mut String) {
     let pad = |n: usize| "    ".repeat(n);
     match v {
@@ -367,6 +406,18 @@ mod tests {
         assert!(a.py_eq(&b));
         assert!(!Py::Str("1".into()).py_eq(&Py::Int(1)));
         assert!(!Py::None.py_eq(&Py::Str(String::new())));
+    }
+
+    #[test]
+    fn dumps_keep_order_and_read_back() {
+        let text = r#"{"b": [1, 2.5, "\u00e9"], "a": {"z": null, "y": true}}"#;
+        let v: Py = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            json_dumps(&v),
+            r#"{"b": [1, 2.5, "\u00e9"], "a": {"z": null, "y": true}}"#
+        );
+        let back: Py = serde_json::from_str(&json_dumps_indent4(&v)).unwrap();
+        assert!(back.py_eq(&v));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! `messages_key`, `shuffle` (with the run's seed), `limit`, `skip_bad_lines` (default false:
 //! a malformed line is an error naming the file and line).
 
-use galley_sdk::data_loader::DataLoader;
+use galley_sdk::data_loader::{DataLoader, granted_path, shuffle};
 use galley_sdk::{Config, Error, Example, Message, Metadata, Value};
 use serde::Deserialize;
 use std::io::{BufRead, BufReader};
@@ -39,13 +39,7 @@ struct JsonlChat {
 impl DataLoader for JsonlChat {
     fn new(config: &Config, seed: u64) -> Result<Self, Error> {
         let s: Settings = config.parse_into()?;
-        if s.path.starts_with('/') || s.path.split('/').any(|p| p == "..") {
-            return Err(Error::config(format!(
-                "`path` {} must be relative to the granted directory, without `..`",
-                s.path
-            )));
-        }
-        let path = format!("/data/{}", s.path);
+        let path = granted_path("data", &s.path)?;
         let file = std::fs::File::open(&path).map_err(|e| {
             Error::config(format!(
                 "cannot open {} in the granted `data` directory: {e}",
@@ -161,19 +155,6 @@ fn to_value(v: serde_json::Value) -> Value {
             .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN))),
         serde_json::Value::String(s) => Value::Text(s),
         other => Value::Json(other.to_string()),
-    }
-}
-
-/// Fisher-Yates with splitmix64, so a seed gives the same order on every machine.
-fn shuffle<T>(v: &mut [T], seed: u64) {
-    let mut state = seed;
-    for i in (1..v.len()).rev() {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        v.swap(i, (z % (i as u64 + 1)) as usize);
     }
 }
 

@@ -61,6 +61,31 @@ mod conv {
 
 use bindings::galley::plugin::types as wit;
 
+/// Where a file `path` of the granted directory `dir` is inside the sandbox (`/dir/path`);
+/// a path that is absolute or climbs out with `..` is a configuration error.
+pub fn granted_path(dir: &str, path: &str) -> Result<String, crate::Error> {
+    if path.starts_with('/') || path.split('/').any(|p| p == "..") {
+        return Err(crate::Error::config(format!(
+            "`path` {path} must be relative to the granted directory, without `..`"
+        )));
+    }
+    Ok(format!("/{dir}/{path}"))
+}
+
+/// Shuffles `v` in place with the run's `seed` (Fisher-Yates over splitmix64): the same seed
+/// gives the same order on every machine, so a run replays.
+pub fn shuffle<T>(v: &mut [T], seed: u64) {
+    let mut state = seed;
+    for i in (1..v.len()).rev() {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        v.swap(i, (z % (i as u64 + 1)) as usize);
+    }
+}
+
 /// A source of examples.
 pub trait DataLoader: Sized + 'static {
     /// Builds the loader from the user's settings and the run's seed.

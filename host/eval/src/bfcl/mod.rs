@@ -16,12 +16,17 @@
 
 pub mod task;
 
-pub use galley_bfcl::{Judged, checker, openai_tools, python, system_prompt, value};
+pub use galley_bfcl::{Entry, Judged, Msg, checker, openai_tools, python, system_prompt, value};
 
 use checker::Checker;
-use galley_bfcl::get;
 use galley_core::Message;
-use value::Py;
+
+/// BFCL's messages as galley's.
+pub fn messages(m: &[Msg]) -> Vec<Message> {
+    m.iter()
+        .map(|m| Message::new(m.role.as_str(), m.content.as_str()))
+        .collect()
+}
 
 /// A task's `function_calling:` block.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -30,72 +35,6 @@ pub struct FunctionCalling {
     /// How answers are judged: `simple`, `multiple`, `parallel` (BFCL's parallel and
     /// parallel-multiple), `irrelevance` (no call is right), `relevance` (any call is).
     pub checker: Checker,
-}
-
-/// One BFCL entry.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub id: String,
-    /// The first turn's messages (single-turn categories have one turn).
-    pub messages: Vec<Message>,
-    pub functions: Vec<Py>,
-    pub ground_truth: Vec<Py>,
-}
-
-impl Entry {
-    /// An entry from its JSON line (read in order: the prompt shows the functions as written).
-    pub fn parse(line: &str) -> Result<Entry, String> {
-        let v: Py = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-        Self::from_py(&v)
-    }
-
-    pub fn from_py(v: &Py) -> Result<Entry, String> {
-        let id = match get(v, "id") {
-            Some(Py::Str(s)) => s.clone(),
-            _ => String::new(),
-        };
-        let Some(Py::List(turns)) = get(v, "question") else {
-            return Err("`question` is not a list of turns".into());
-        };
-        let first = match turns.first() {
-            Some(Py::List(m)) => m,
-            // One flat list of messages, as some copies of the data have it.
-            _ => turns,
-        };
-        let messages = first
-            .iter()
-            .map(|m| match (get(m, "role"), get(m, "content")) {
-                (Some(Py::Str(r)), Some(Py::Str(c))) => Ok(Message::new(r.as_str(), c.as_str())),
-                _ => Err("a message without a string `role` and `content`".to_string()),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let Some(Py::List(functions)) = get(v, "function") else {
-            return Err("`function` is not a list of function documents".into());
-        };
-        let ground_truth = match get(v, "ground_truth") {
-            Some(Py::List(g)) => g.clone(),
-            None | Some(Py::None) => vec![],
-            Some(_) => return Err("`ground_truth` is not a list of calls".into()),
-        };
-        Ok(Entry {
-            id,
-            messages,
-            functions: functions.clone(),
-            ground_truth,
-        })
-    }
-
-    /// The conversation BFCL sends an open model: its default system prompt first (merged
-    /// with the entry's own system message, which comes after it).
-    pub fn conversation(&self) -> Vec<Message> {
-        let prompt = system_prompt(&self.functions);
-        let mut messages = self.messages.clone();
-        match messages.first_mut() {
-            Some(m) if m.role == "system" => m.content = format!("{prompt}\n\n{}", m.content),
-            _ => messages.insert(0, Message::new("system", prompt)),
-        }
-        messages
-    }
 }
 
 /// How the model is asked: BFCL's prompting mode (the functions in its system prompt, calls

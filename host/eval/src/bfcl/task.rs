@@ -71,7 +71,7 @@ pub fn prompt_text(engine: &dyn Engine, entry: &Entry, mode: Mode) -> String {
         })
         .to_string();
     }
-    let conversation = entry.conversation();
+    let conversation = super::messages(&entry.conversation());
     engine
         .apply_chat_template(&conversation)
         .unwrap_or_else(|_| serde_json::to_string(&conversation).unwrap_or_default())
@@ -97,8 +97,8 @@ pub fn answers(
         .iter()
         .map(|e| ChatRequest {
             messages: match mode {
-                Mode::Prompt => e.conversation(),
-                Mode::Native => e.messages.clone(),
+                Mode::Prompt => super::messages(&e.conversation()),
+                Mode::Native => super::messages(&e.messages),
             },
             until: g.until.clone(),
             max_tokens: g.max_gen_toks,

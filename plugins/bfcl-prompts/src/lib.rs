@@ -1,0 +1,104 @@
+//! `bfcl-prompts`: BFCL entries as training prompts. Each line of a BFCL file (as
+//! `scripts/fetch-bfcl.sh` writes them: `question`, `function`, `ground_truth`, `id`) becomes
+//! an example whose conversation is what `galley eval` asks the model in BFCL's prompting
+//! mode — BFCL's default system prompt listing the functions, then the entry's messages — and
+//! whose metadata carries `id`, `function` and `ground_truth` (JSON, in their written order)
+//! for the `galley/function-call` reward. Built on galley-bfcl, the code the evaluation runs,
+//! so training prompts and evaluation prompts cannot drift apart.
+//!
+//! Settings: `path` (relative to the granted `data` directory, required), `shuffle` (with
+//! the run's seed), `limit`. A malformed line is an error naming the file and line.
+
+use galley_bfcl::Entry;
+use galley_bfcl::value::{Py, json_dumps};
+use galley_sdk::data_loader::{DataLoader, granted_path, shuffle};
+use galley_sdk::{Config, Error, Example, Message, Metadata, Value};
+use serde::Deserialize;
+use std::io::{BufRead, BufReader};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    path: String,
+    #[serde(default)]
+    shuffle: bool,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+struct BfclPrompts {
+    path: String,
+    lines: std::vec::IntoIter<(usize, String)>,
+    limit: Option<usize>,
+    emitted: usize,
+}
+
+impl DataLoader for BfclPrompts {
+    fn new(config: &Config, seed: u64) -> Result<Self, Error> {
+        let s: Settings = config.parse_into()?;
+        let file = std::fs::File::open(granted_path("data", &s.path)?).map_err(|e| {
+            Error::config(format!(
+                "cannot open {} in the granted `data` directory: {e}",
+                s.path
+            ))
+        })?;
+        let mut lines = vec![];
+        for (i, l) in BufReader::new(file).lines().enumerate() {
+            let l =
+                l.map_err(|e| Error::failed(format!("{}:{}: read error: {e}", s.path, i + 1)))?;
+            if !l.trim().is_empty() {
+                lines.push((i + 1, l));
+            }
+        }
+        if s.shuffle {
+            shuffle(&mut lines, seed);
+        }
+        Ok(Self {
+            path: s.path,
+            lines: lines.into_iter(),
+            limit: s.limit,
+            emitted: 0,
+        })
+    }
+
+    fn next_page(&mut self, max: usize) -> Result<Vec<Example>, Error> {
+        let mut page = Vec::new();
+        while page.len() < max && self.limit.is_none_or(|l| self.emitted < l) {
+            let Some((line_no, line)) = self.lines.next() else {
+                break;
+            };
+            let e = Entry::parse(&line)
+                .map_err(|e| Error::input(format!("{}:{line_no}: {e}", self.path)))?;
+            let mut metadata = Metadata::default();
+            metadata.insert("id", Value::Text(e.id.clone()));
+            metadata.insert(
+                "function",
+                Value::Json(json_dumps(&Py::List(e.functions.clone()))),
+            );
+            if !e.ground_truth.is_empty() {
+                metadata.insert(
+                    "ground_truth",
+                    Value::Json(json_dumps(&Py::List(e.ground_truth.clone()))),
+                );
+            }
+            let messages = e
+                .conversation()
+                .into_iter()
+                .map(|m| Message::new(&m.role, &m.content))
+                .collect();
+            self.emitted += 1;
+            page.push(Example {
+                id: if e.id.is_empty() {
+                    format!("{}:{line_no}", self.path)
+                } else {
+                    e.id
+                },
+                messages,
+                metadata,
+            });
+        }
+        Ok(page)
+    }
+}
+
+galley_sdk::export_data_loader!(BfclPrompts);
