@@ -1,6 +1,8 @@
 //! The chat-only remote engines: Anthropic's Messages API and Vertex AI's Gemini
-//! `generateContent`. Both answer conversations (`Engine::chat`; a judge's, a generation's);
-//! a plain prompt is sent as one user turn. Neither offers prompt log-likelihoods, so scoring
+//! `generateContent`. Both answer conversations (`Engine::chat`; a judge's, a generation's)
+//! and take tools (Anthropic's `tools` and `tool_use` blocks, Gemini's `functionDeclarations`
+//! and `functionCall` parts; a tool's parameters go as a JSON value, keys sorted); a plain
+//! prompt is sent as one user turn. Neither offers prompt log-likelihoods, so scoring
 //! tasks ask for an engine that does. Transport, retries (429/5xx with backoff), timeouts and
 //! concurrency are `remote::OpenAiEngine`'s; only the request and answer shapes differ.
 
@@ -29,7 +31,58 @@ pub struct ChatApiEngine {
     name: String,
 }
 
+/// The function objects of an OpenAI tools list (`[{"type": "function", "function": {...}}]`,
+/// or the functions themselves), each with at least a name.
+fn functions_of(text: &str) -> Result<Vec<Value>, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("tools is not JSON: {e}"))?;
+    let items = v.as_array().ok_or("tools is not a list")?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let f = t.get("function").unwrap_or(t);
+            match f.get("name").and_then(Value::as_str) {
+                Some(_) => Ok(f.clone()),
+                None => Err(format!("tools[{i}] has no function name")),
+            }
+        })
+        .collect()
+}
+
 impl ChatApiEngine {
+    /// The calls in an answer: Anthropic's `tool_use` blocks, Gemini's `functionCall` parts.
+    fn tool_calls(&self, v: &Value) -> Result<Vec<galley_core::ToolCall>, EngineError> {
+        let parts = match self.api {
+            Api::Anthropic => v["content"].as_array(),
+            Api::Vertex => v["candidates"][0]["content"]["parts"].as_array(),
+        };
+        let mut calls = vec![];
+        for p in parts.into_iter().flatten() {
+            let (id, call) = match self.api {
+                Api::Anthropic if p["type"] == "tool_use" => (p["id"].as_str(), p),
+                Api::Vertex if p.get("functionCall").is_some() => (None, &p["functionCall"]),
+                _ => continue,
+            };
+            let name = call["name"]
+                .as_str()
+                .ok_or_else(|| self.http.err("a tool call without a name"))?;
+            let args = match self.api {
+                Api::Anthropic => &call["input"],
+                Api::Vertex => &call["args"],
+            };
+            calls.push(galley_core::ToolCall {
+                id: id.map(str::to_string),
+                name: name.to_string(),
+                arguments: if args.is_null() {
+                    "{}".into()
+                } else {
+                    args.to_string()
+                },
+            });
+        }
+        Ok(calls)
+    }
+
     pub fn new(api: Api, opts: RemoteOptions) -> Result<Self, EngineError> {
         let name = format!("{} ({:?}) at {}", opts.model, api, opts.base_url);
         Ok(Self {
@@ -50,6 +103,10 @@ impl ChatApiEngine {
             .map(|m| m.content.as_str())
             .collect();
         let turns = r.messages.iter().filter(|m| m.role != "system");
+        let functions = match &r.tools {
+            Some(text) => Some(functions_of(text).map_err(|e| self.http.err(e))?),
+            None => None,
+        };
         let v = match self.api {
             Api::Anthropic => {
                 let mut body = json!({
@@ -61,6 +118,24 @@ impl ChatApiEngine {
                 }
                 if !r.until.is_empty() {
                     body["stop_sequences"] = json!(r.until);
+                }
+                if let Some(fns) = &functions {
+                    // Anthropic's tool: the function's name and description, its parameters
+                    // as `input_schema`.
+                    let tools: Vec<Value> = fns
+                        .iter()
+                        .map(|f| {
+                            let mut t = json!({"name": f["name"], "input_schema": f
+                                .get("parameters")
+                                .cloned()
+                                .unwrap_or(json!({"type": "object", "properties": {}}))});
+                            if let Some(d) = f.get("description") {
+                                t["description"] = d.clone();
+                            }
+                            t
+                        })
+                        .collect();
+                    body["tools"] = json!(tools);
                 }
                 let headers = [
                     ("x-api-key", key),
@@ -88,6 +163,9 @@ impl ChatApiEngine {
                 if !system.is_empty() {
                     body["systemInstruction"] = json!({"parts": [{"text": system.join("\n")}]});
                 }
+                if let Some(fns) = &functions {
+                    body["tools"] = json!([{"functionDeclarations": fns}]);
+                }
                 let headers: Vec<(&str, String)> = if key.is_empty() {
                     Vec::new()
                 } else {
@@ -97,6 +175,7 @@ impl ChatApiEngine {
                     .post_with(&format!("/{}:generateContent", o.model), &body, &headers)?
             }
         };
+        let tool_calls = self.tool_calls(&v)?;
         let (text, tokens) = match self.api {
             Api::Anthropic => (
                 v["content"]
@@ -127,7 +206,7 @@ impl ChatApiEngine {
         Ok(Generated {
             text,
             tokens: tokens.unwrap_or(0) as usize,
-            tool_calls: vec![],
+            tool_calls,
         })
     }
 }
@@ -177,12 +256,6 @@ impl Engine for ChatApiEngine {
             return Err(EngineError::new(
                 self.name(),
                 "this API is not given a JSON schema by galley yet; hold answers to one with a local model",
-            ));
-        }
-        if requests.iter().any(|r| r.tools.is_some()) {
-            return Err(EngineError::new(
-                self.name(),
-                "galley does not send tools to this API yet; ask a local model or an OpenAI-compatible server",
             ));
         }
         self.http.parallel(requests, progress, |r| self.reply(r))

@@ -1,7 +1,8 @@
-//! The OpenAI-compatible remote engine against stand-in servers on loopback that speak the
-//! completions API: a busy one (429 twice, then an answer) is retried, one that never
+//! The remote engines against stand-in servers on loopback. The OpenAI-compatible one, speaking
+//! the completions API: a busy server (429 twice, then an answer) is retried, one that never
 //! answers in time fails with the timeout named, and a 400 is not retried and keeps the
-//! server's message.
+//! server's message. Anthropic's and Vertex's chat APIs: their request shapes, tools out and
+//! calls back.
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -238,5 +239,122 @@ fn vertex_generate_content_is_spoken() {
     assert_eq!(
         body["generationConfig"]["stopSequences"],
         serde_json::json!(["\n\n"])
+    );
+}
+
+fn tools_chat() -> Vec<galley_core::engine::ChatRequest> {
+    let mut r = judge_chat();
+    r[0].tools = Some(
+        r#"[{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]"#
+            .into(),
+    );
+    r
+}
+
+/// Tools through Anthropic's Messages API: sent as `tools` with `input_schema`, the answer's
+/// `tool_use` blocks returned as calls beside its text.
+#[test]
+fn anthropic_takes_tools_and_returns_tool_use_as_calls() {
+    let seen = Arc::new(std::sync::Mutex::new(None::<serde_json::Value>));
+    let s2 = seen.clone();
+    let app = Router::new().route(
+        "/v1/messages",
+        post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let s2 = s2.clone();
+            async move {
+                *s2.lock().unwrap() = Some(body);
+                axum::Json(serde_json::json!({"content": [
+                    {"type": "text", "text": "Let me look."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}],
+                    "usage": {"output_tokens": 9}}))
+            }
+        }),
+    );
+    let url = stand_in(app).trim_end_matches("/v1").to_string();
+    let mut e = galley_serve::chat_apis::ChatApiEngine::new(
+        galley_serve::chat_apis::Api::Anthropic,
+        opts(&url),
+    )
+    .unwrap();
+    let r = e.chat(&tools_chat(), &mut |_| {}).unwrap();
+    assert_eq!(r[0].text, "Let me look.");
+    assert_eq!(r[0].tool_calls.len(), 1);
+    let c = &r[0].tool_calls[0];
+    assert_eq!(
+        (c.id.as_deref(), c.name.as_str()),
+        (Some("toolu_1"), "get_weather")
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&c.arguments).unwrap(),
+        serde_json::json!({"city": "Paris"})
+    );
+    let body = seen.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        body["tools"],
+        serde_json::json!([{"name": "get_weather", "description": "Weather in a city.",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}])
+    );
+    // A tools list without names is refused before anything is sent.
+    let mut bad = tools_chat();
+    bad[0].tools = Some(r#"[{"type": "function", "function": {"description": "x"}}]"#.into());
+    let err = e.chat(&bad, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("tools[0] has no function name"), "{err}");
+}
+
+/// Tools through Gemini's `generateContent`: `functionDeclarations` out, `functionCall`
+/// parts back (Gemini gives calls no id).
+#[test]
+fn vertex_takes_tools_and_returns_function_calls() {
+    use axum::extract::Path as UrlPath;
+    let seen = Arc::new(std::sync::Mutex::new(None::<serde_json::Value>));
+    let s2 = seen.clone();
+    let app = Router::new().route(
+        "/v1/models/{call}",
+        post(
+            move |UrlPath(_call): UrlPath<String>,
+                  axum::Json(body): axum::Json<serde_json::Value>| {
+                let s2 = s2.clone();
+                async move {
+                    *s2.lock().unwrap() = Some(body);
+                    axum::Json(
+                        serde_json::json!({"candidates": [{"content": {"role": "model", "parts": [
+                    {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}},
+                    {"functionCall": {"name": "get_weather", "args": {"city": "Rome"}}}]}}]}),
+                    )
+                }
+            },
+        ),
+    );
+    let base = stand_in(app) + "/models";
+    let mut e = galley_serve::chat_apis::ChatApiEngine::new(
+        galley_serve::chat_apis::Api::Vertex,
+        opts(&base),
+    )
+    .unwrap();
+    let r = e.chat(&tools_chat(), &mut |_| {}).unwrap();
+    assert_eq!(r[0].text, "");
+    let cities: Vec<serde_json::Value> = r[0]
+        .tool_calls
+        .iter()
+        .map(|c| serde_json::from_str::<serde_json::Value>(&c.arguments).unwrap()["city"].clone())
+        .collect();
+    assert_eq!(
+        cities,
+        [serde_json::json!("Oslo"), serde_json::json!("Rome")]
+    );
+    assert!(
+        r[0].tool_calls
+            .iter()
+            .all(|c| c.id.is_none() && c.name == "get_weather")
+    );
+    let body = seen.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        body["tools"][0]["functionDeclarations"][0]["name"],
+        "get_weather"
+    );
+    assert_eq!(
+        body["tools"][0]["functionDeclarations"][0]["parameters"]["required"],
+        serde_json::json!(["city"])
     );
 }
