@@ -324,6 +324,8 @@ fn the_local_model_answers_through_its_chat_template() {
             data_dir().to_str().unwrap(),
             "-o",
             "out",
+            "--gen-kwargs",
+            "max_gen_toks=3",
         ],
     );
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
@@ -342,6 +344,11 @@ fn the_local_model_answers_through_its_chat_template() {
         );
     }
     assert!(stdout(&o).contains("bfcl_simple_python"), "{}", stdout(&o));
+    // `--gen-kwargs` reached the task and the record.
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/results.json")).unwrap())
+            .unwrap();
+    assert_eq!(r["settings"]["gen_kwargs"]["max_gen_toks"], 3, "{r}");
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub struct EvalOptions {
     pub think_end_token: Option<String>,
     /// How function-calling tasks ask the model.
     pub function_calling: crate::bfcl::Mode,
+    /// Laid over every generation task's `generation_kwargs`.
+    pub gen_kwargs: Option<crate::task::GenKwargs>,
     /// Where hub dataset ids are looked up.
     pub data_root: PathBuf,
 }
@@ -51,6 +53,7 @@ impl Default for EvalOptions {
             system_prompt: None,
             think_end_token: None,
             function_calling: crate::bfcl::Mode::Prompt,
+            gen_kwargs: None,
             data_root: galley_core::dirs::eval_data_dir(),
         }
     }
@@ -668,7 +671,7 @@ fn finish_task(
     let c = &task.config;
     let (eval_docs, shots) = (&loaded.eval_docs, loaded.shots);
     let name = c.task.clone();
-    let generation = c
+    let mut generation = c
         .generation_kwargs
         .clone()
         .unwrap_or(crate::task::GenerationKwargs {
@@ -677,6 +680,9 @@ fn finish_task(
             do_sample: false,
             temperature: 0.0,
         });
+    if let Some(g) = &opts.gen_kwargs {
+        g.apply(&mut generation);
+    }
     // A function-calling task's grades, made as its answers come (native answers are tool
     // calls, which a sample's text does not hold).
     let mut function_calling: Vec<(f64, serde_json::Value)> = vec![];

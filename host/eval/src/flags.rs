@@ -47,6 +47,10 @@ pub struct EvalFlags {
     /// or a server's `tools`; BFCL's FC mode).
     #[arg(long, value_enum, value_name = "MODE")]
     pub function_calling: Option<crate::bfcl::Mode>,
+    /// Generation settings over every generation task's own (the harness's `--gen_kwargs`):
+    /// `max_gen_toks=64,temperature=0.7,do_sample=true`.
+    #[arg(long, value_name = "K=V,...", value_parser = crate::task::GenKwargs::parse)]
+    pub gen_kwargs: Option<crate::task::GenKwargs>,
     /// Where built-in tasks' data is (default: GALLEY_EVAL_DATA, else galley's cache).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -96,6 +100,7 @@ impl EvalFlags {
         if let Some(m) = self.function_calling {
             cfg.function_calling = m;
         }
+        take(&self.gen_kwargs, &mut cfg.gen_kwargs);
         take(&self.data_dir, &mut cfg.data_dir);
         if !self.tasks.is_empty() {
             cfg.tasks.clone_from(&self.tasks);
@@ -264,6 +269,48 @@ mod tests {
             .settings()
             .unwrap();
         assert_eq!(set.think_end_token.as_deref(), Some("</think>"));
+    }
+
+    #[test]
+    fn gen_kwargs_as_the_harness_takes_them() {
+        use crate::task::{GenKwargs, GenerationKwargs};
+        let g = eval(&["--gen-kwargs", "max_gen_toks=8,temperature=0.5"])
+            .settings()
+            .unwrap()
+            .gen_kwargs
+            .unwrap();
+        let mut k = GenerationKwargs {
+            until: vec!["Q:".into()],
+            max_gen_toks: 256,
+            do_sample: false,
+            temperature: 0.0,
+        };
+        g.apply(&mut k);
+        assert_eq!((k.max_gen_toks, k.temperature, k.do_sample), (8, 0.5, true));
+        assert_eq!(k.until, ["Q:"], "what is not given stays");
+        let bad = Eval::try_parse_from(["eval", "--gen-kwargs", "top_p=0.9"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            bad.contains("`top_p`") && bad.contains("max_gen_toks"),
+            "{bad}"
+        );
+        assert!(GenKwargs::parse("max_gen_toks=many").is_err());
+        // A settings file takes the string or a map.
+        let dir = tempfile::tempdir().unwrap();
+        for (i, yaml) in [
+            "gen_kwargs: max_new_tokens=4\n",
+            "gen_kwargs: {max_gen_toks: 4}\n",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let f = dir.path().join(format!("e{i}.yaml"));
+            std::fs::write(&f, yaml).unwrap();
+            let s = eval(&[f.to_str().unwrap()]).settings().unwrap();
+            assert_eq!(s.gen_kwargs.unwrap().max_gen_toks, Some(4), "{yaml}");
+        }
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct EvalSettings {
     pub think_end_token: Option<String>,
     /// How function-calling tasks (BFCL) ask the model: `prompt` or `native`.
     pub function_calling: crate::bfcl::Mode,
+    /// Generation settings over every generation task's own (`max_gen_toks=64,...` or a map).
+    pub gen_kwargs: Option<crate::task::GenKwargs>,
     /// Where built-in tasks' data is (default: GALLEY_EVAL_DATA, else galley's cache).
     pub data_dir: Option<PathBuf>,
     /// Folders of task files whose names `tasks` may use: a list, or one folder (as the
@@ -67,6 +69,7 @@ impl Default for EvalSettings {
             system_prompt: None,
             think_end_token: None,
             function_calling: crate::bfcl::Mode::Prompt,
+            gen_kwargs: None,
             data_dir: None,
             include_path: Vec::new(),
             dequantize: true,
@@ -165,6 +168,7 @@ impl EvalSettings {
             system_prompt: self.system_prompt.clone(),
             think_end_token: self.think_end_token.clone(),
             function_calling: self.function_calling,
+            gen_kwargs: self.gen_kwargs.clone(),
             data_root: self
                 .data_dir
                 .clone()
@@ -193,6 +197,7 @@ impl EvalSettings {
                 "system_prompt": self.system_prompt,
                 "think_end_token": self.think_end_token,
                 "function_calling": self.function_calling,
+                "gen_kwargs": self.gen_kwargs,
                 "fewshot_seed": self.fewshot_seed,
                 "batch_tokens": self.batch_tokens,
                 "max_length": self.max_length,

@@ -52,6 +52,110 @@ pub struct GenerationKwargs {
     pub temperature: f32,
 }
 
+/// `--gen-kwargs`: generation settings laid over every generation task's own, as the
+/// harness's `--gen_kwargs` (`max_gen_toks=64,temperature=0.7`); in a settings file a string
+/// of that form or a map. A temperature above 0 without `do_sample` turns sampling on.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct GenKwargs {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_gen_toks: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub do_sample: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<Vec<String>>,
+}
+
+impl GenKwargs {
+    /// `key=value,key=value`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut g = GenKwargs::default();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| format!("`{item}` is not KEY=VALUE"))?;
+            let (k, v) = (k.trim(), v.trim());
+            let bad = |what: &str| format!("`{k}={v}`: {what}");
+            match k {
+                "max_gen_toks" | "max_new_tokens" => {
+                    g.max_gen_toks = Some(v.parse().map_err(|_| bad("not a token count"))?)
+                }
+                "temperature" => {
+                    let t: f32 = v.parse().map_err(|_| bad("not a number"))?;
+                    if !(t >= 0.0 && t.is_finite()) {
+                        return Err(bad("a temperature is 0 or more"));
+                    }
+                    g.temperature = Some(t)
+                }
+                "do_sample" => {
+                    g.do_sample = Some(match v {
+                        "true" | "True" | "1" => true,
+                        "false" | "False" | "0" => false,
+                        _ => return Err(bad("not true or false")),
+                    })
+                }
+                "until" => g.until = Some(vec![v.to_string()]),
+                other => {
+                    return Err(format!(
+                        "`{other}`: galley's generation takes max_gen_toks, temperature, do_sample and until"
+                    ));
+                }
+            }
+        }
+        Ok(g)
+    }
+
+    /// `kwargs` with these laid over them.
+    pub fn apply(&self, kwargs: &mut GenerationKwargs) {
+        if let Some(n) = self.max_gen_toks {
+            kwargs.max_gen_toks = n;
+        }
+        if let Some(t) = self.temperature {
+            kwargs.temperature = t;
+            kwargs.do_sample = self.do_sample.unwrap_or(t > 0.0);
+        }
+        if let Some(d) = self.do_sample {
+            kwargs.do_sample = d;
+        }
+        if let Some(u) = &self.until {
+            kwargs.until.clone_from(u);
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GenKwargs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Map {
+            #[serde(default, alias = "max_new_tokens")]
+            max_gen_toks: Option<usize>,
+            #[serde(default)]
+            temperature: Option<f32>,
+            #[serde(default)]
+            do_sample: Option<bool>,
+            #[serde(default)]
+            until: Option<Vec<String>>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            Map(Map),
+        }
+        match Form::deserialize(d)? {
+            Form::Text(t) => GenKwargs::parse(&t).map_err(serde::de::Error::custom),
+            Form::Map(m) => Ok(GenKwargs {
+                max_gen_toks: m.max_gen_toks,
+                temperature: m.temperature,
+                do_sample: m.do_sample,
+                until: m.until,
+            }),
+        }
+    }
+}
+
 fn default_max_gen_toks() -> usize {
     // The harness's default.
     256
