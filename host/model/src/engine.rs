@@ -456,16 +456,25 @@ impl Engine for NativeEngine {
         // Requests with the same settings run as one batch (sorted by prompt length).
         let mut order: Vec<usize> = (0..requests.len()).collect();
         let mut prompts = Vec::with_capacity(requests.len());
+        // Each request's token budget, cut to what the context has left after its prompt: a
+        // budget past the model's positions (512 tokens asked of a 256-position model) ends
+        // the answer there, as a length stop, instead of failing the request.
+        let mut budgets = Vec::with_capacity(requests.len());
         for r in requests {
             let mut ids = self.encode(&r.prompt)?;
-            // The harness keeps the last (max_len - max_tokens) prompt tokens.
-            let room = max_len.saturating_sub(r.max_tokens).max(1);
+            // The harness keeps the last (max_len - max_tokens) prompt tokens, and at least
+            // half the context when the budget would leave less.
+            let room = max_len
+                .saturating_sub(r.max_tokens)
+                .max(max_len / 2)
+                .clamp(1, max_len.saturating_sub(1).max(1));
             if ids.len() > room {
                 ids.drain(..ids.len() - room);
             }
             if ids.is_empty() {
                 ids.extend(self.tokenizer.eos.first().copied().or(self.tokenizer.bos));
             }
+            budgets.push(r.max_tokens.min(max_len.saturating_sub(ids.len())).max(1));
             prompts.push(ids);
         }
         order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
@@ -475,9 +484,11 @@ impl Engine for NativeEngine {
         let mut guides: Vec<(String, crate::json_schema::Guide)> = Vec::new();
         while at < order.len() {
             let first = &requests[order[at]];
-            let same = |r: &GenerateRequest| {
-                r.until == first.until
-                    && r.max_tokens == first.max_tokens
+            let budget = budgets[order[at]];
+            let same = |i: usize| {
+                let r = &requests[i];
+                budgets[i] == budget
+                    && r.until == first.until
                     && r.temperature == first.temperature
                     && r.seed == first.seed
                     && r.json_schema == first.json_schema
@@ -485,9 +496,8 @@ impl Engine for NativeEngine {
             let mut end = at + 1;
             while end < order.len()
                 && end - at < self.batch_rows
-                && (end - at + 1) * (prompts[order[at]].len() + first.max_tokens)
-                    <= self.batch_tokens * 2
-                && same(&requests[order[end]])
+                && (end - at + 1) * (prompts[order[at]].len() + budget) <= self.batch_tokens * 2
+                && same(order[end])
             {
                 end += 1;
             }
@@ -498,7 +508,7 @@ impl Engine for NativeEngine {
                 top_p: 1.0,
                 min_p: 0.0,
                 seed: first.seed,
-                max_tokens: first.max_tokens,
+                max_tokens: budget,
                 stop: first.until.clone(),
                 ..SamplingParams::default()
             };

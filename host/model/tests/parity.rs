@@ -524,3 +524,40 @@ fn generation_after_a_shared_prefix_decodes_as_each_prompt_alone() {
         );
     }
 }
+
+/// Regression: asking a 64-position model for more tokens than it has positions failed the
+/// request ("position 64 is past the model's 64 positions"). The answer now ends where the
+/// context does (a length stop), and a long prompt keeps its last half-context of tokens.
+#[test]
+fn a_budget_past_the_context_ends_the_answer_at_the_context() {
+    use galley_core::engine::{Engine, GenerateRequest};
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut e = tiny_engine();
+    let ask = |prompt: &str, max_tokens: usize| GenerateRequest {
+        prompt: prompt.into(),
+        until: vec![],
+        max_tokens,
+        temperature: 0.0,
+        seed: 0,
+        json_schema: None,
+    };
+    let long = "the cat sat on the mat and ".repeat(20);
+    let out = e
+        .generate(
+            &[ask("Q: cat? A:", 500), ask(&long, 100), ask("Q:", 4)],
+            &mut |_| {},
+        )
+        .unwrap();
+    let prompt_len = |p: &str| e.tokenizer.encode(p, false).unwrap().len();
+    assert!(
+        out[0].tokens <= 64 - prompt_len("Q: cat? A:"),
+        "{}",
+        out[0].tokens
+    );
+    assert!(
+        out[1].tokens <= 32,
+        "the long prompt kept 32 tokens: {}",
+        out[1].tokens
+    );
+    assert!(out[2].tokens <= 4);
+}
