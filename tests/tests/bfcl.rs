@@ -812,3 +812,73 @@ grpo:
         assert_eq!(ex["id"], entry.id.as_str());
     }
 }
+
+/// Rejection sampling for function calling: `galley synth` asks an engine (a stand-in server)
+/// BFCL's prompts from `galley/bfcl-prompts`, `galley/function-call` grades the answers, and
+/// only those BFCL's checker accepts become SFT conversations (system prompt, question,
+/// the right calls).
+#[test]
+fn synth_keeps_only_the_answers_bfcls_checker_accepts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir(d.join("granted")).unwrap();
+    let simple = entries("simple_python", 5);
+    let rows: Vec<String> = simple.iter().map(|e| e.to_string()).collect();
+    std::fs::write(d.join("granted/bfcl.jsonl"), rows.join("\n") + "\n").unwrap();
+    // Entries 0, 2 and 4 answered right; 1 wrongly; 3 not at all.
+    let mut answers = HashMap::new();
+    for (i, e) in simple.iter().enumerate() {
+        let mut calls = truth_calls(e);
+        match i {
+            1 => calls[0] = calls[0].replacen('(', "_wrong(", 1),
+            3 => continue,
+            _ => {}
+        }
+        answers.insert(last_user(e), format!("[{}]", calls.join(", ")));
+    }
+    let url = stand_in(answers);
+    std::fs::write(
+        d.join("synth.yaml"),
+        format!(
+            "engine: {{engine: openai, base_url: '{url}', model: stand-in, retries: 0}}
+prompts:
+  data:
+    plugin: {loader}
+    plugin_config: {{path: bfcl.jsonl}}
+    plugin_dirs: {{data: granted}}
+generation: {{n: 1, max_tokens: 64, temperature: 0.0, batch_size: 2}}
+grade:
+  rewards:
+    - plugin: {reward}
+output: {{path: out/calls.jsonl, format: sft, min_grade: 1.0}}
+",
+            loader = plugin("bfcl-prompts").display(),
+            reward = plugin("function-call").display()
+        ),
+    )
+    .unwrap();
+    let o = galley(d, &["synth", "synth.yaml"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = std::fs::read_to_string(d.join("out/calls.jsonl")).unwrap();
+    let kept: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(kept.len(), 3, "{out}");
+    for (row, i) in kept.iter().zip([0, 2, 4]) {
+        let m = row["messages"].as_array().unwrap();
+        assert_eq!(m[0]["role"], "system");
+        assert!(
+            m[0]["content"]
+                .as_str()
+                .unwrap()
+                .starts_with("You are an expert in composing functions.")
+        );
+        assert_eq!(m[m.len() - 1]["role"], "assistant");
+        assert_eq!(
+            m[m.len() - 1]["content"].as_str().unwrap(),
+            format!("[{}]", truth_calls(&simple[i]).join(", ")),
+            "{row}"
+        );
+    }
+}
