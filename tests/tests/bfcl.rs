@@ -300,6 +300,10 @@ fn accuracy_is_the_share_of_answers_bfcls_checker_accepts() {
         })
         .sum();
     assert!((g.as_f64().unwrap() - parts / 4.0).abs() < 1e-12, "{r}");
+    // `bfcl` is every category, its subgroups with their figures.
+    let r = run("bfcl", "1");
+    assert_eq!(r["results"].as_object().unwrap().len(), 11, "{r}");
+    assert!(r["groups"]["bfcl_live"]["acc,none"].is_number(), "{r}");
 }
 
 #[test]

@@ -144,10 +144,19 @@ impl Catalog {
                 "live_parallel_multiple",
             ]),
         ));
+        // `bfcl`: the two AST groups (with their figures) and the relevance categories.
         groups.push(GroupConfig {
             group: "bfcl".into(),
             group_alias: None,
-            task: names(&BFCL_CATEGORIES),
+            task: ["bfcl_non_live", "bfcl_live"]
+                .into_iter()
+                .map(String::from)
+                .chain(names(&[
+                    "irrelevance",
+                    "live_irrelevance",
+                    "live_relevance",
+                ]))
+                .collect(),
             aggregate_metric_list: vec![],
             metadata: None,
         });
