@@ -599,16 +599,19 @@ impl Engine for NativeEngine {
         } else {
             None
         };
+        let tools: Vec<Option<crate::json_schema::Json>> = requests
+            .iter()
+            .map(|r| match &r.tools {
+                None => Ok(None),
+                Some(text) => serde_json::from_str::<crate::json_schema::Json>(text)
+                    .map(Some)
+                    .map_err(|e| self.err(format!("tools is not JSON: {e}"))),
+            })
+            .collect::<Result<_, EngineError>>()?;
         let prompts = requests
             .iter()
-            .map(|r| {
-                let tools = match &r.tools {
-                    None => None,
-                    Some(text) => Some(
-                        serde_json::from_str::<crate::json_schema::Json>(text)
-                            .map_err(|e| self.err(format!("tools is not JSON: {e}")))?,
-                    ),
-                };
+            .zip(&tools)
+            .map(|(r, tools)| {
                 Ok(GenerateRequest {
                     prompt: t
                         .render(&r.messages, true, tools.as_ref())
@@ -623,11 +626,11 @@ impl Engine for NativeEngine {
             .collect::<Result<Vec<_>, EngineError>>()?;
         let mut out = self.generate(&prompts, progress)?;
         if let Some(format) = format {
-            for (g, r) in out.iter_mut().zip(requests) {
-                if r.tools.is_none() {
+            for (g, tools) in out.iter_mut().zip(&tools) {
+                if tools.is_none() {
                     continue;
                 }
-                let parsed = crate::tool_calls::parse(format, &g.text);
+                let parsed = crate::tool_calls::parse_with_tools(format, &g.text, tools.as_ref());
                 if parsed.calls.is_empty() {
                     continue;
                 }

@@ -331,6 +331,15 @@ fn marked_calls<'a>(text: &'a str, m: &Marks) -> Option<(Vec<ToolCall>, &'a str)
 /// calls, one after another, at the start of `text`; the calls (arguments as a JSON object in
 /// the order written) and the text after them.
 fn xml_calls(text: &str) -> Option<(Vec<ToolCall>, &str)> {
+    xml_calls_typed(text, &|_, _| None)
+}
+
+/// [`xml_calls`] with each parameter's type from its tool's schema (`types(function,
+/// parameter)`), which decides how its text reads (see [`xml_value`]).
+fn xml_calls_typed<'a>(
+    text: &'a str,
+    types: &dyn Fn(&str, &str) -> Option<String>,
+) -> Option<(Vec<ToolCall>, &'a str)> {
     const FUNCTION: &str = "<function=";
     const PARAM: &str = "<parameter=";
     let mut calls = Vec::new();
@@ -354,11 +363,7 @@ fn xml_calls(text: &str) -> Option<(Vec<ToolCall>, &str)> {
             let v_end = v.find("</parameter>")?;
             let raw = v[..v_end].strip_prefix('\n').unwrap_or(&v[..v_end]);
             let raw = raw.strip_suffix('\n').unwrap_or(raw);
-            let value = match serde_json::from_str::<crate::json_schema::Json>(raw) {
-                Ok(j) if !matches!(j, crate::json_schema::Json::String(_)) => j,
-                _ => crate::json_schema::Json::String(raw.to_string()),
-            };
-            args.insert(key, value);
+            args.insert(key, xml_value(raw, types(&name, key).as_deref()));
             p = &v[v_end + "</parameter>".len()..];
         }
         if !p.contains("</function>") && end.is_some() {
@@ -371,6 +376,107 @@ fn xml_calls(text: &str) -> Option<(Vec<ToolCall>, &str)> {
         rest = after.trim_start();
     }
     (!calls.is_empty()).then_some((calls, rest))
+}
+
+/// A parameter's text as a value: as its schema's type asks (`string`: the text as written,
+/// so "1.10" stays "1.10"; `integer`/`number`: a JSON number; `boolean`: true/false in any
+/// case; `object`/`array`: JSON), else — no schema, or text that is not of the type — read as
+/// JSON when it is JSON other than a string, and kept as text otherwise. vLLM's qwen3_coder
+/// parser reads them by schema the same way.
+fn xml_value(raw: &str, ty: Option<&str>) -> crate::json_schema::Json {
+    use crate::json_schema::Json;
+    let json = || serde_json::from_str::<Json>(raw.trim()).ok();
+    let typed = match ty {
+        Some("string") => Some(Json::String(raw.to_string())),
+        Some("integer" | "number") => json().filter(|j| matches!(j, Json::Number(_))),
+        Some("boolean") => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" => Some(Json::Bool(true)),
+            "false" => Some(Json::Bool(false)),
+            _ => None,
+        },
+        Some("object") => json().filter(|j| matches!(j, Json::Object(_))),
+        Some("array") => json().filter(|j| matches!(j, Json::Array(_))),
+        _ => None,
+    };
+    typed.unwrap_or_else(|| match json() {
+        Some(j) if !matches!(j, Json::String(_)) => j,
+        _ => Json::String(raw.to_string()),
+    })
+}
+
+/// Each tool's parameters' types, from an OpenAI tools list (`{"type": "function",
+/// "function": {...}}` or the function itself); a type list (`["string", "null"]`) gives its
+/// first type that is not `null`.
+fn parameter_types(tools: &crate::json_schema::Json) -> Vec<(String, String, String)> {
+    use crate::json_schema::Json;
+    let mut out = vec![];
+    let Json::Array(tools) = tools else {
+        return out;
+    };
+    for t in tools {
+        let Json::Object(t) = t else { continue };
+        let f = match t.get("function") {
+            Some(Json::Object(f)) => f,
+            _ => t,
+        };
+        let Some(Json::String(name)) = f.get("name") else {
+            continue;
+        };
+        let props = match f.get("parameters") {
+            Some(Json::Object(p)) => p.get("properties"),
+            _ => None,
+        };
+        let Some(Json::Object(props)) = props else {
+            continue;
+        };
+        for (key, schema) in &props.0 {
+            let ty = match schema {
+                Json::Object(o) => match o.get("type") {
+                    Some(Json::String(ty)) => Some(ty.clone()),
+                    Some(Json::Array(tys)) => tys.iter().find_map(|t| match t {
+                        Json::String(t) if t != "null" => Some(t.clone()),
+                        _ => None,
+                    }),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(ty) = ty {
+                out.push((name.clone(), key.clone(), ty));
+            }
+        }
+    }
+    out
+}
+
+/// [`parse`] knowing the tools the answer was asked with. Qwen3-Coder's XML writes every value
+/// as text, and what a parameter's schema asks decides how the text reads (a `string`
+/// parameter's "1.10" or "007" stays as written); JSON formats type their values themselves.
+pub fn parse_with_tools(
+    format: ToolFormat,
+    text: &str,
+    tools: Option<&crate::json_schema::Json>,
+) -> Parsed {
+    let (ToolFormat::QwenXml, Some(tools)) = (format, tools) else {
+        return parse(format, text);
+    };
+    let Some(i) = text.find(HERMES_OPEN) else {
+        return parse(format, text);
+    };
+    let types = parameter_types(tools);
+    let lookup = |f: &str, p: &str| {
+        types
+            .iter()
+            .find(|(n, k, _)| n == f && k == p)
+            .map(|(_, _, t)| t.clone())
+    };
+    match xml_calls_typed(&text[i..], &lookup) {
+        Some((calls, rest)) => Parsed {
+            content: around(&text[..i], rest),
+            calls,
+        },
+        None => parse(format, text),
+    }
 }
 
 /// `[TOOL_CALLS]name[CALL_ID]id[ARGS]{...}` calls, one after another, at the start of `text`;

@@ -399,7 +399,7 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
         }
         let mut reason = finish_reason(finish);
         if let Some(plan) = &plan {
-            let p = crate::tools::parse(plan, &text);
+            let p = crate::tools::parse(plan, &text, tools.list.as_ref());
             if !p.calls.is_empty() {
                 message["content"] = p.content.map_or(Value::Null, Value::String);
                 message["tool_calls"] =

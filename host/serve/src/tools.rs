@@ -373,12 +373,13 @@ fn rebase_refs(v: &mut Json, at: &str) {
     }
 }
 
-/// `text`'s calls under `plan` (at most one unless parallel).
-pub(crate) fn parse(plan: &ToolPlan, text: &str) -> Parsed {
+/// `text`'s calls under `plan` (at most one unless parallel), read with the request's tools
+/// (`tools`: what the template was given).
+pub(crate) fn parse(plan: &ToolPlan, text: &str, tools: Option<&Json>) -> Parsed {
     let mut p = if plan.forced {
         galley_model::tool_calls::parse_forced(plan.format, text)
     } else {
-        galley_model::tool_calls::parse(plan.format, text)
+        galley_model::tool_calls::parse_with_tools(plan.format, text, tools)
     };
     limit(plan, &mut p);
     p

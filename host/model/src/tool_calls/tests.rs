@@ -441,3 +441,53 @@ fn any_text_in_any_pieces_is_read_without_panicking_or_losing_text() {
         let _ = crate::reasoning::split(&text, true);
     }
 }
+
+/// Qwen3-Coder's XML values read by their tools' schemas, as vLLM's qwen3_coder parser reads
+/// them: a string parameter keeps "1.10", "007" and "true" as written; numbers, booleans,
+/// objects and arrays are typed where the schema asks for them; text that is not of its
+/// type, and parameters the schema does not name, fall back to the JSON guess.
+#[test]
+fn qwen_xml_values_are_typed_by_the_tools_schemas() {
+    let tools: crate::json_schema::Json = serde_json::from_str(
+        r#"[{"type": "function", "function": {"name": "release", "parameters": {"type": "object", "properties": {
+            "version": {"type": "string"}, "build": {"type": ["string", "null"]}, "flag": {"type": "string"},
+            "count": {"type": "integer"}, "ratio": {"type": "number"}, "dry": {"type": "boolean"},
+            "tags": {"type": "array"}, "meta": {"type": "object"}, "odd": {"type": "integer"}}}}}]"#,
+    )
+    .unwrap();
+    let p = |name: &str, value: &str| format!("<parameter={name}>\n{value}\n</parameter>\n");
+    let text = format!(
+        "<tool_call>\n<function=release>\n{}{}{}{}{}{}{}{}{}{}</function>\n</tool_call>",
+        p("version", "1.10"),
+        p("build", "007"),
+        p("flag", "true"),
+        p("count", "3"),
+        p("ratio", "0.5"),
+        p("dry", "False"),
+        p("tags", "[\"a\", \"b\"]"),
+        p("meta", "{\"k\": 1}"),
+        p("odd", "many"),
+        p("unknown", "12"),
+    );
+    let typed = parse_with_tools(ToolFormat::QwenXml, &text, Some(&tools));
+    assert_eq!(
+        typed.calls,
+        vec![call(
+            "release",
+            r#"{"version":"1.10","build":"007","flag":"true","count":3,"ratio":0.5,"dry":false,"tags":["a","b"],"meta":{"k":1},"odd":"many","unknown":12}"#
+        )]
+    );
+    // Without the tools, the guess: "1.10" reads as the number 1.1.
+    let guessed = parse(ToolFormat::QwenXml, &text);
+    assert!(
+        guessed.calls[0].arguments.contains(r#""version":1.1"#),
+        "{:?}",
+        guessed.calls
+    );
+    // Other formats are JSON and read the same either way.
+    let hermes = "<tool_call>\n{\"name\": \"release\", \"arguments\": {\"version\": \"1.10\"}}\n</tool_call>";
+    assert_eq!(
+        parse_with_tools(ToolFormat::Hermes, hermes, Some(&tools)),
+        parse(ToolFormat::Hermes, hermes)
+    );
+}

@@ -202,7 +202,7 @@ fn calls_are_written_as_openai_does_with_ids_the_format_accepts() {
         parallel: false,
     };
     let text = "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n</tool_call>\n<tool_call>\n{\"name\": \"add\", \"arguments\": {}}\n</tool_call>";
-    let p = parse(&plan, text);
+    let p = parse(&plan, text, None);
     assert_eq!(p.calls.len(), 1, "one call unless parallel");
     let v = calls_json(&plan, &p.calls, 1);
     assert_eq!(v[0]["type"], "function");
