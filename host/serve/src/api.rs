@@ -381,7 +381,16 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
             think,
         };
         let usage = usage.then_some(prompt.len());
-        return Ok(Sse::new(events(s.clone(), rxs, id, req.model, shape, usage)).into_response());
+        return Ok(Sse::new(events(
+            s.clone(),
+            rxs,
+            id,
+            req.model,
+            shape,
+            usage,
+            tools.list.clone(),
+        ))
+        .into_response());
     }
     let mut choices = Vec::with_capacity(n);
     let mut completion_tokens = 0;
@@ -544,7 +553,9 @@ async fn completions(
         let shape = Shape::Text {
             logprobs: req.logprobs.is_some(),
         };
-        return Ok(Sse::new(events(s.clone(), rxs, id, req.model, shape, usage)).into_response());
+        return Ok(
+            Sse::new(events(s.clone(), rxs, id, req.model, shape, usage, None)).into_response(),
+        );
     }
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);

@@ -72,6 +72,8 @@ pub(crate) fn events(
     model: String,
     shape: Shape,
     usage: Option<usize>,
+    // The request's tools (what the template rendered), which type a text format's calls.
+    tool_list: Option<galley_model::json_schema::Json>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let (tx, rx) = unbounded_channel::<(usize, Event)>();
     let n = rxs.len();
@@ -121,7 +123,9 @@ pub(crate) fn events(
         offsets: vec![0; n],
         over: false,
         calls: (0..n)
-            .map(|_| plan.map(|p| CallStream::new(p.format, p.forced)))
+            .map(|_| {
+                plan.map(|p| CallStream::new(p.format, p.forced).with_tools(tool_list.clone()))
+            })
             .collect(),
         thinks: (0..n).map(|_| think.map(ThinkStream::new)).collect(),
         called: vec![false; n],

@@ -6,7 +6,9 @@
 //! The end ([`CallStream::finish`]) parses everything as [`super::parse`] does and says what
 //! the stream still owes.
 
-use super::{HERMES_OPEN, MISTRAL_OPEN, PYTHON_TAG, Parsed, ToolFormat, parse, parse_forced};
+use super::{
+    HERMES_OPEN, MISTRAL_OPEN, PYTHON_TAG, Parsed, ToolFormat, parse_forced, parse_with_tools,
+};
 
 /// Part of a call, as it comes: its name first (with an empty argument piece), then pieces
 /// of its arguments' JSON text.
@@ -77,6 +79,8 @@ pub struct CallStream {
     calls_at: Option<usize>,
     scan: Scan,
     streamed: Vec<(String, String)>,
+    /// The request's tools, which type what a text format's calls write (`parse_with_tools`).
+    tools: Option<crate::json_schema::Json>,
 }
 
 impl CallStream {
@@ -95,7 +99,14 @@ impl CallStream {
             calls_at: forced.then_some(0),
             scan,
             streamed: Vec::new(),
+            tools: None,
         }
+    }
+
+    /// Reads the calls at the end knowing the request's tools (see [`parse_with_tools`]).
+    pub fn with_tools(mut self, tools: Option<crate::json_schema::Json>) -> Self {
+        self.tools = tools;
+        self
     }
 
     /// Takes the next piece of text.
@@ -265,7 +276,7 @@ impl CallStream {
             },
             Some(at) => {
                 let rest = &self.text[at..];
-                let p = parse(self.format, rest);
+                let p = parse_with_tools(self.format, rest, self.tools.as_ref());
                 if p.calls.is_empty() {
                     Parsed {
                         content: Some(rest.to_string()),

@@ -484,6 +484,12 @@ fn qwen_xml_values_are_typed_by_the_tools_schemas() {
         "{:?}",
         guessed.calls
     );
+    // A streamed answer ends with the same typed calls.
+    let mut st = CallStream::new(ToolFormat::QwenXml, false).with_tools(Some(tools.clone()));
+    for piece in text.as_bytes().chunks(7) {
+        st.push(std::str::from_utf8(piece).unwrap());
+    }
+    assert_eq!(st.finish().parsed.calls, typed.calls);
     // Other formats are JSON and read the same either way.
     let hermes = "<tool_call>\n{\"name\": \"release\", \"arguments\": {\"version\": \"1.10\"}}\n</tool_call>";
     assert_eq!(
