@@ -9,8 +9,6 @@ mod served;
 
 use galley_e2e::*;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 fn data_dir() -> PathBuf {
@@ -88,73 +86,38 @@ fn py_literal(v: &serde_json::Value) -> String {
 
 /// An OpenAI-compatible server that answers by the last user message.
 fn stand_in(answers: HashMap<String, String>) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", l.local_addr().unwrap());
-    let answers = std::sync::Arc::new(answers);
-    std::thread::spawn(move || {
-        for stream in l.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let answers = answers.clone();
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0u8; len];
-                r.read_exact(&mut body).unwrap();
-                let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let messages = req["messages"].as_array().unwrap();
-                let bfcl_prompt = messages[0]["role"] == "system"
-                    && messages[0]["content"]
-                        .as_str()
-                        .unwrap()
-                        .starts_with("You are an expert in composing functions.");
-                // Prompting mode: BFCL's system prompt, no tools. Native: tools, no prompt.
-                let tools = req["tools"].as_array();
-                let native = tools.is_some_and(|t| t[0]["type"] == "function") && !bfcl_prompt;
-                let user = messages.last().unwrap()["content"].as_str().unwrap();
-                let message = match answers.get(user) {
-                    Some(a) if native && a.starts_with("CALLS:") => {
-                        let calls: Vec<serde_json::Value> = serde_json::from_str(&a[6..]).unwrap();
-                        let calls: Vec<_> = calls
-                            .iter()
-                            .enumerate()
-                            .map(|(i, c)| {
-                                serde_json::json!(
-                            {"id": format!("call_{i}"), "type": "function", "function": c})
-                            })
-                            .collect();
-                        serde_json::json!({"role": "assistant", "content": null, "tool_calls": calls})
-                    }
-                    Some(a) if bfcl_prompt && tools.is_none() && !a.starts_with("CALLS:") => {
-                        serde_json::json!({"role": "assistant", "content": a})
-                    }
-                    _ => {
-                        serde_json::json!({"role": "assistant", "content": "I do not know that one."})
-                    }
-                };
-                let v = serde_json::json!({"choices": [{"index": 0, "message": message,
-                    "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}});
-                let body = v.to_string();
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    url
+    loopback_json_server(move |req| {
+        let messages = req["messages"].as_array().unwrap();
+        let bfcl_prompt = messages[0]["role"] == "system"
+            && messages[0]["content"]
+                .as_str()
+                .unwrap()
+                .starts_with("You are an expert in composing functions.");
+        // Prompting mode: BFCL's system prompt, no tools. Native: tools, no prompt.
+        let tools = req["tools"].as_array();
+        let native = tools.is_some_and(|t| t[0]["type"] == "function") && !bfcl_prompt;
+        let user = messages.last().unwrap()["content"].as_str().unwrap();
+        let message = match answers.get(user) {
+            Some(a) if native && a.starts_with("CALLS:") => {
+                let calls: Vec<serde_json::Value> = serde_json::from_str(&a[6..]).unwrap();
+                let calls: Vec<_> = calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        serde_json::json!({"id": format!("call_{i}"), "type": "function", "function": c})
+                    })
+                    .collect();
+                serde_json::json!({"role": "assistant", "content": null, "tool_calls": calls})
+            }
+            Some(a) if bfcl_prompt && tools.is_none() && !a.starts_with("CALLS:") => {
+                serde_json::json!({"role": "assistant", "content": a})
+            }
+            _ => serde_json::json!({"role": "assistant", "content": "I do not know that one."}),
+        };
+        let v = serde_json::json!({"choices": [{"index": 0, "message": message,
+            "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}});
+        ("200 OK", v)
+    })
 }
 
 fn last_user(entry: &serde_json::Value) -> String {
@@ -183,14 +146,6 @@ fn widen(d: &Path) {
         serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     c["max_position_embeddings"] = 16384.into();
     std::fs::write(&cfg, c.to_string()).unwrap();
-}
-
-fn samples(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("samples.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]
@@ -359,26 +314,26 @@ fn the_local_model_answers_through_its_chat_template() {
 fn bad_function_calling_tasks_and_entries_name_the_key_or_the_line() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
+    // The task fails before any request: the server is never reached.
+    let fails = || {
+        let args = [
+            "eval",
+            "--tasks",
+            "fc.yaml",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        ];
+        let o = galley(d, &[&args[..], &["--model-id", "x"]].concat());
+        assert!(!o.status.success());
+        stderr(&o)
+    };
     std::fs::write(
         d.join("fc.yaml"),
         "task: fc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: calls.jsonl\n\
          test_split: test\noutput_type: function_calling\ndoc_to_text: \"{{question}}\"\n",
     )
     .unwrap();
-    let o = galley(
-        d,
-        &[
-            "eval",
-            "--tasks",
-            "fc.yaml",
-            "--base-url",
-            "http://127.0.0.1:9/v1",
-            "--model-id",
-            "x",
-        ],
-    );
-    assert!(!o.status.success());
-    let e = stderr(&o);
+    let e = fails();
     assert!(
         e.contains("fc.yaml") && e.contains("`doc_to_text`") && e.contains("BFCL entries"),
         "{e}"
@@ -396,20 +351,7 @@ fn bad_function_calling_tasks_and_entries_name_the_key_or_the_line() {
         format!("{good}\n{{\"id\": \"x\", \"question\": 3}}\n"),
     )
     .unwrap();
-    let o = galley(
-        d,
-        &[
-            "eval",
-            "--tasks",
-            "fc.yaml",
-            "--base-url",
-            "http://127.0.0.1:9/v1",
-            "--model-id",
-            "x",
-        ],
-    );
-    assert!(!o.status.success());
-    let e = stderr(&o);
+    let e = fails();
     assert!(
         e.contains("calls.jsonl:2") && e.contains("`question` is not a list"),
         "{e}"
@@ -421,20 +363,7 @@ fn bad_function_calling_tasks_and_entries_name_the_key_or_the_line() {
          test_split: test\noutput_type: function_calling\nfunction_calling: {checker: sometimes}\n",
     )
     .unwrap();
-    let o = galley(
-        d,
-        &[
-            "eval",
-            "--tasks",
-            "fc.yaml",
-            "--base-url",
-            "http://127.0.0.1:9/v1",
-            "--model-id",
-            "x",
-        ],
-    );
-    assert!(!o.status.success());
-    let e = stderr(&o);
+    let e = fails();
     assert!(e.contains("fc.yaml") && e.contains("sometimes"), "{e}");
 }
 

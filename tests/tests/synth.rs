@@ -5,8 +5,6 @@
 //! for a finished prompt again; and configs that cannot work, refused naming file and key.
 
 use galley_e2e::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -125,62 +123,30 @@ struct StandIn {
 }
 
 fn stand_in() -> StandIn {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", l.local_addr().unwrap());
     let answered = Arc::new(AtomicUsize::new(0));
     let budget = Arc::new(AtomicUsize::new(usize::MAX));
     let (a, b) = (answered.clone(), budget.clone());
-    std::thread::spawn(move || {
-        for stream in l.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let (a, b) = (a.clone(), b.clone());
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let l = line.to_ascii_lowercase();
-                    if let Some(v) = l.strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0u8; len];
-                r.read_exact(&mut body).unwrap();
-                let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let (status, answer) = if a.load(Ordering::SeqCst) >= b.load(Ordering::SeqCst) {
-                    (
-                        "500 Internal Server Error",
-                        r#"{"error": {"message": "down"}}"#.to_string(),
-                    )
-                } else {
-                    a.fetch_add(1, Ordering::SeqCst);
-                    let last = req["messages"].as_array().unwrap().last().unwrap()["content"]
-                        .as_str()
-                        .unwrap()
-                        .to_string();
-                    let text = if last.contains("Score:") {
-                        format!("Fine. Score: {}", last.len() % 10 + 1)
-                    } else {
-                        "la ".repeat((req["seed"].as_u64().unwrap() % 5 + 1) as usize)
-                    };
-                    let v = serde_json::json!({"choices": [{"index": 0, "message":
-                        {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 5, "completion_tokens": 3}});
-                    ("200 OK", v.to_string())
-                };
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
-            });
+    let url = loopback_json_server(move |req| {
+        if a.load(Ordering::SeqCst) >= b.load(Ordering::SeqCst) {
+            return (
+                "500 Internal Server Error",
+                serde_json::json!({"error": {"message": "down"}}),
+            );
         }
+        a.fetch_add(1, Ordering::SeqCst);
+        let last = req["messages"].as_array().unwrap().last().unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let text = if last.contains("Score:") {
+            format!("Fine. Score: {}", last.len() % 10 + 1)
+        } else {
+            "la ".repeat((req["seed"].as_u64().unwrap() % 5 + 1) as usize)
+        };
+        let v = serde_json::json!({"choices": [{"index": 0, "message":
+            {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3}});
+        ("200 OK", v)
     });
     StandIn {
         url,

@@ -243,8 +243,12 @@ fn list_checker(param: &str, value: &[Py], possible: &[Py]) -> Verdict {
 }
 
 fn dict_checker(value: &[(Py, Py)], possible: &[Py]) -> Verdict {
-    let mut result = Verdict::fail("dict_checker:unclear", String::new());
-    result.error.clear();
+    // What BFCL returns when no answer is a dict to compare with.
+    let mut result = Verdict {
+        valid: false,
+        error: vec![],
+        error_type: "dict_checker:unclear".into(),
+    };
     for answer in possible {
         if matches!(answer, Py::Str(s) if s.is_empty()) {
             continue;

@@ -20,7 +20,7 @@ use checker::{Checker, Verdict, ast_checker};
 use value::{Py, dict_get, json_dumps_indent4};
 
 /// A key of a JSON object (`None` for a missing key or a non-object).
-pub fn get<'a>(d: &'a Py, key: &str) -> Option<&'a Py> {
+pub(crate) fn get<'a>(d: &'a Py, key: &str) -> Option<&'a Py> {
     match d {
         Py::Dict(kv) => dict_get(kv, &Py::Str(key.into())),
         _ => None,
@@ -109,7 +109,7 @@ fn cast_properties(props: &mut Py) {
     let Py::Dict(props) = props else { return };
     for (_, value) in props.iter_mut() {
         let Py::Dict(v) = value else { continue };
-        let var_type = match get(&Py::Dict(v.clone()), "type") {
+        let var_type = match dict_get(v, &Py::Str("type".into())) {
             Some(Py::Str(t)) => t.clone(),
             _ => {
                 set(v, "type", Py::Str("string".into()));

@@ -61,6 +61,21 @@ pub struct ChatRequest {
     pub tools: Option<String>,
 }
 
+impl ChatRequest {
+    /// The request as a continuation of `prompt`, the conversation as the model's template
+    /// rendered it.
+    pub fn continuing(&self, prompt: String) -> GenerateRequest {
+        GenerateRequest {
+            prompt,
+            until: self.until.clone(),
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            seed: self.seed,
+            json_schema: self.json_schema.clone(),
+        }
+    }
+}
+
 /// A continuation.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Generated {
@@ -144,16 +159,7 @@ pub trait Engine: Send {
         }
         let prompts = requests
             .iter()
-            .map(|r| {
-                Ok(GenerateRequest {
-                    prompt: self.apply_chat_template(&r.messages)?,
-                    until: r.until.clone(),
-                    max_tokens: r.max_tokens,
-                    temperature: r.temperature,
-                    seed: r.seed,
-                    json_schema: r.json_schema.clone(),
-                })
-            })
+            .map(|r| Ok(r.continuing(self.apply_chat_template(&r.messages)?)))
             .collect::<Result<Vec<_>, EngineError>>()?;
         self.generate(&prompts, progress)
     }

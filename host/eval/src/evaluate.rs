@@ -729,11 +729,7 @@ fn finish_task(
         }
         OutputType::GenerateUntil => {
             let g = &generation;
-            let temperature = if g.do_sample {
-                g.temperature.max(f32::MIN_POSITIVE)
-            } else {
-                0.0
-            };
+            let temperature = g.request_temperature();
             let requests: Vec<GenerateRequest> = prepared
                 .iter()
                 .map(|p| GenerateRequest {

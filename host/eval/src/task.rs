@@ -52,6 +52,18 @@ pub struct GenerationKwargs {
     pub temperature: f32,
 }
 
+impl GenerationKwargs {
+    /// The temperature a request is sent: greedy (0) unless `do_sample`, then at least the
+    /// smallest positive one (the harness samples at `temperature: 0` with `do_sample`).
+    pub fn request_temperature(&self) -> f32 {
+        if self.do_sample {
+            self.temperature.max(f32::MIN_POSITIVE)
+        } else {
+            0.0
+        }
+    }
+}
+
 /// `--gen-kwargs`: generation settings laid over every generation task's own, as the
 /// harness's `--gen_kwargs` (`max_gen_toks=64,temperature=0.7`); in a settings file a string
 /// of that form or a map. A temperature above 0 without `do_sample` turns sampling on.

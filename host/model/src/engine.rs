@@ -612,16 +612,10 @@ impl Engine for NativeEngine {
             .iter()
             .zip(&tools)
             .map(|(r, tools)| {
-                Ok(GenerateRequest {
-                    prompt: t
-                        .render(&r.messages, true, tools.as_ref())
-                        .map_err(|e| self.err(e))?,
-                    until: r.until.clone(),
-                    max_tokens: r.max_tokens,
-                    temperature: r.temperature,
-                    seed: r.seed,
-                    json_schema: r.json_schema.clone(),
-                })
+                let prompt = t
+                    .render(&r.messages, true, tools.as_ref())
+                    .map_err(|e| self.err(e))?;
+                Ok(r.continuing(prompt))
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
         let mut out = self.generate(&prompts, progress)?;

@@ -88,11 +88,7 @@ pub fn answers(
     seed: u64,
     progress: &mut Progress<'_>,
 ) -> Result<Vec<galley_core::Generated>, EvalError> {
-    let temperature = if g.do_sample {
-        g.temperature.max(f32::MIN_POSITIVE)
-    } else {
-        0.0
-    };
+    let temperature = g.request_temperature();
     let requests: Vec<ChatRequest> = entries
         .iter()
         .map(|e| ChatRequest {
