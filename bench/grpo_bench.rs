@@ -163,6 +163,7 @@ fn main() {
                 prompt: vec![Message::new("user", c["prompt"].as_str().unwrap_or(""))],
                 completion: c["completion"].as_str().unwrap().to_string(),
                 metadata,
+                ..Default::default()
             }
         })
         .collect();

@@ -28,7 +28,7 @@ impl RewardFn for NativeMathAnswer {
                     }
                     None => None,
                 };
-                answer::score(completion, truth, true).map(|ok| if ok { 1.0 } else { 0.0 })
+                answer::score(completion.text, truth, true).map(|ok| if ok { 1.0 } else { 0.0 })
             })
             .collect())
     }

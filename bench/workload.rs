@@ -45,6 +45,7 @@ pub fn workload(prompts: usize, per: usize) -> Vec<RewardInput> {
                 prompt: prompt.clone(),
                 completion: steps + &ending,
                 metadata: metadata.clone(),
+                ..Default::default()
             });
         }
     }

@@ -213,9 +213,25 @@ bool exports_galley_plugin_reward_score(exports_galley_plugin_reward_list_reward
         }
         galley_metadata meta = {grp->metadata.ptr, grp->metadata.len};
         for (size_t c = 0; c < grp->completions.len; c++) {
-            galley_reward_input in = {prompt, grp->prompt.len, view(&grp->completions.ptr[c]), &meta};
+            exports_galley_plugin_reward_completion_t *comp = &grp->completions.ptr[c];
+            galley_plugin_types_message_t *msg = &comp->message;
+            galley_tool_call *calls = malloc((msg->tool_calls.len ? msg->tool_calls.len : 1) * sizeof *calls);
+            for (size_t k = 0; k < msg->tool_calls.len; k++) {
+                galley_plugin_types_tool_call_t *tc = &msg->tool_calls.ptr[k];
+                calls[k].has_id = tc->id.is_some;
+                calls[k].id = tc->id.is_some ? view(&tc->id.val) : (galley_str){"", 0};
+                calls[k].name = view(&tc->name);
+                calls[k].arguments = view(&tc->arguments);
+            }
+            galley_reward_input in = {prompt, grp->prompt.len, view(&comp->text), &meta,
+                                      view(&msg->content), calls, msg->tool_calls.len,
+                                      msg->reasoning.is_some,
+                                      msg->reasoning.is_some ? view(&msg->reasoning.val) : (galley_str){"", 0},
+                                      comp->truncated};
             galley_score s = {false, 0.0};
-            if (galley_reward_score(&in, &s, &e) != 0) { ok = false; break; }
+            int rc = galley_reward_score(&in, &s, &e);
+            free(calls);
+            if (rc != 0) { ok = false; break; }
             ret->ptr[ret->len].is_some = s.has_value;
             ret->ptr[ret->len].val = s.value;
             ret->len++;
@@ -258,6 +274,8 @@ void galley_example_id(galley_example *ex, const char *id) {
 void galley_example_message(galley_example *ex, const char *role, const char *content) {
     galley_plugin_types_list_message_t *l = &ex->ex->messages;
     l->ptr = grow(l->ptr, &ex->messages_cap, l->len, sizeof *l->ptr);
+    /* No calls, no call id, name or reasoning. */
+    memset(&l->ptr[l->len], 0, sizeof *l->ptr);
     dup_into(&l->ptr[l->len].role, role);
     dup_into(&l->ptr[l->len].content, content);
     l->len++;

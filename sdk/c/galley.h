@@ -27,7 +27,16 @@
 
 typedef struct { const char *ptr; size_t len; } galley_str;
 
+/* A message's role and text (its content, without reasoning or call markup). */
 typedef struct { galley_str role; galley_str content; } galley_message;
+
+/* A function call in an assistant turn; `arguments` is JSON text as the model wrote it. */
+typedef struct {
+    bool has_id;
+    galley_str id;
+    galley_str name;
+    galley_str arguments;
+} galley_tool_call;
 
 typedef enum { GALLEY_NULL, GALLEY_BOOL, GALLEY_INT, GALLEY_FLOAT, GALLEY_TEXT, GALLEY_JSON } galley_value_kind;
 
@@ -69,8 +78,17 @@ bool galley_str_eq(galley_str s, const char *c);
 typedef struct {
     const galley_message *prompt;
     size_t prompt_len;
+    /* What the model wrote, reasoning and call markup included. */
     galley_str completion;
     const galley_metadata *metadata;
+    /* The completion read as an assistant turn: its content, its calls, its reasoning. */
+    galley_str content;
+    const galley_tool_call *tool_calls;
+    size_t tool_calls_len;
+    bool has_reasoning;
+    galley_str reasoning;
+    /* The token budget cut the completion before the model ended it. */
+    bool truncated;
 } galley_reward_input;
 
 typedef struct { bool has_value; double value; } galley_score;

@@ -7,10 +7,15 @@
 //
 //   reward((completion, { answer, prompt, config }) => completion.includes(String(answer)) ? 1 : 0);
 //
-// reward(fn):     fn(completion, columns) -> number | null; `columns` holds every metadata
-//                 column of the example plus `prompt` ([{role, content}]) and `config`.
+// reward(fn):     fn(completion, columns) -> number | null; `completion` is the text;
+//                 `columns` holds every metadata column of the example plus `prompt` (message
+//                 objects), `message` (the completion read as an assistant turn: {role,
+//                 content}, with `tool_calls` ([{id, type, function: {name, arguments}}],
+//                 arguments an object where they parse) and `reasoning_content` where the
+//                 model wrote them), `truncated` and `config`.
 // dataLoader(fn): fn(config, seed) is a generator (or returns an iterable) of
-//                 {messages, metadata, id} objects.
+//                 {messages, metadata, id} objects (messages as TRL writes them, tool_calls
+//                 and tool turns included).
 // evaluator(fn, {aggregate}): fn(prediction, references, metadata) -> {metric: value};
 //                 aggregate(listOfDicts) -> dict defaults to the mean of each metric.
 // recipe(Class):  new Class() with plan(config) -> [{name, kind, config}] and optional
@@ -18,7 +23,7 @@
 // Throw ConfigError for bad settings and InputError for bad input; anything else thrown is
 // reported as the plugin's failure.
 
-import { log as __galleyLog } from "galley:plugin/log@0.1.0";
+import { log as __galleyLog } from "galley:plugin/log@0.2.0";
 
 class ConfigError extends Error {}
 class InputError extends Error {}
@@ -91,6 +96,51 @@ function __valueOut(v) {
   return { tag: "json", val: JSON.stringify(v) };
 }
 
+function __argumentsIn(text) {
+  try {
+    const v = JSON.parse(text);
+    return v !== null && typeof v === "object" && !Array.isArray(v) ? v : text;
+  } catch (e) {
+    return text;
+  }
+}
+
+function __messageIn(m) {
+  const out = { role: m.role, content: m.content };
+  if (m.toolCalls && m.toolCalls.length) {
+    out.tool_calls = m.toolCalls.map((c) => ({
+      ...(c.id !== undefined && c.id !== null ? { id: c.id } : {}),
+      type: "function",
+      function: { name: c.name, arguments: __argumentsIn(c.arguments) },
+    }));
+  }
+  if (m.toolCallId !== undefined && m.toolCallId !== null) out.tool_call_id = m.toolCallId;
+  if (m.name !== undefined && m.name !== null) out.name = m.name;
+  if (m.reasoning !== undefined && m.reasoning !== null) out.reasoning_content = m.reasoning;
+  return out;
+}
+
+function __optText(v) {
+  return v === undefined || v === null ? undefined : String(v);
+}
+
+function __messageOut(m) {
+  const calls = (m.tool_calls || []).map((c, i) => {
+    const f = (c && c.function) || c;
+    if (!f || typeof f.name !== "string") throw new InputError(`tool call ${i} has no function name`);
+    const args = f.arguments === undefined ? {} : f.arguments;
+    return { id: __optText(c.id), name: f.name, arguments: typeof args === "string" ? args : JSON.stringify(args) };
+  });
+  return {
+    role: String(m.role),
+    content: m.content === undefined || m.content === null ? "" : String(m.content),
+    toolCalls: calls,
+    toolCallId: __optText(m.tool_call_id),
+    name: __optText(m.name),
+    reasoning: __optText(m.reasoning_content),
+  };
+}
+
 function __metadataIn(entries) {
   const out = {};
   for (const e of entries) out[e.key] = __valueIn(e.value);
@@ -120,10 +170,12 @@ const __rewardExport = {
       const out = [];
       for (const g of groups) {
         const columns = __metadataIn(g.metadata);
-        columns.prompt = g.prompt.map((m) => ({ role: m.role, content: m.content }));
+        columns.prompt = g.prompt.map(__messageIn);
         columns.config = __galley.state.config;
         for (const c of g.completions) {
-          const s = fn(c, columns);
+          columns.message = __messageIn(c.message);
+          columns.truncated = c.truncated;
+          const s = fn(c.text, columns);
           out.push(s === null || s === undefined ? undefined : Number(s));
         }
       }
@@ -149,7 +201,7 @@ const __dataLoaderExport = {
         if (!value || !Array.isArray(value.messages)) throw new InputError(`example ${__galley.state.made} needs a messages array`);
         page.push({
           id: String(value.id ?? __galley.state.made),
-          messages: value.messages.map((m) => ({ role: String(m.role), content: String(m.content) })),
+          messages: value.messages.map(__messageOut),
           metadata: __metadataOut(value.metadata),
         });
         __galley.state.made += 1;

@@ -188,15 +188,121 @@ impl Metric {
 }
 
 /// One completion for a reward function to score; also one line of a completions file,
-/// where the prompt may be plain text (a user message) or a list of messages.
+/// where the prompt may be plain text (a user message) or a list of messages, and the
+/// completion plain text or an assistant message (alone, or in a list as TRL writes a
+/// conversational completion) whose tool calls and reasoning then reach the function.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RewardInputWire")]
 pub struct RewardInput {
-    #[serde(default, deserialize_with = "text_or_messages")]
     pub prompt: Vec<Message>,
+    /// The completion's text (a message's content, when it came as one).
     pub completion: String,
-    #[serde(default)]
+    /// The completion read as an assistant turn, where it came as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Message>,
+    /// The token budget cut the completion.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
     pub metadata: Metadata,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RewardInputWire {
+    #[serde(default, deserialize_with = "text_or_messages")]
+    prompt: Vec<Message>,
+    completion: CompletionWire,
+    #[serde(default)]
+    message: Option<Message>,
+    #[serde(default)]
+    truncated: bool,
+    #[serde(default)]
+    metadata: Metadata,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CompletionWire {
+    Text(String),
+    Message(Message),
+    Messages(Vec<Message>),
+}
+
+impl TryFrom<RewardInputWire> for RewardInput {
+    type Error = String;
+
+    fn try_from(w: RewardInputWire) -> Result<Self, String> {
+        let message = match w.completion {
+            CompletionWire::Text(t) => {
+                return Ok(Self {
+                    prompt: w.prompt,
+                    completion: t,
+                    message: w.message,
+                    truncated: w.truncated,
+                    metadata: w.metadata,
+                });
+            }
+            CompletionWire::Message(m) => m,
+            CompletionWire::Messages(mut m) if m.len() == 1 => m.remove(0),
+            CompletionWire::Messages(m) => {
+                return Err(format!(
+                    "`completion` is a list of {} messages; a completion is one assistant turn",
+                    m.len()
+                ));
+            }
+        };
+        if message.role != "assistant" {
+            return Err(format!(
+                "`completion` is a `{}` message; a completion is an assistant turn",
+                message.role
+            ));
+        }
+        if w.message.is_some() {
+            return Err("`completion` is a message and `message` is given too".into());
+        }
+        Ok(Self {
+            prompt: w.prompt,
+            completion: message.content.clone(),
+            message: Some(message),
+            truncated: w.truncated,
+            metadata: w.metadata,
+        })
+    }
+}
+
+/// One completion as a reward function receives it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Completion<'a> {
+    /// What the model wrote, decoded as it came: reasoning and tool-call markup included.
+    pub text: &'a str,
+    /// The text read as an assistant turn (content, reasoning and tool calls apart), where
+    /// the caller had a reading; `None` stands for an assistant turn whose content is `text`.
+    pub message: Option<&'a Message>,
+    /// The token budget cut the completion before the model ended it.
+    pub truncated: bool,
+}
+
+impl<'a> Completion<'a> {
+    /// The answer's text without its reasoning and call markup, where there was a reading;
+    /// else the text as it came.
+    pub fn content(&self) -> &'a str {
+        self.message.map_or(self.text, |m| m.content.as_str())
+    }
+
+    /// A completion known only as text.
+    pub fn text(text: &'a str) -> Self {
+        Self {
+            text,
+            message: None,
+            truncated: false,
+        }
+    }
+}
+
+impl<'a> From<&'a str> for Completion<'a> {
+    fn from(text: &'a str) -> Self {
+        Self::text(text)
+    }
 }
 
 /// One prompt's completions, as a reward function receives them: the prompt and its metadata
@@ -207,7 +313,7 @@ pub struct RewardInput {
 pub struct RewardGroup<'a> {
     pub prompt: &'a [Message],
     pub metadata: &'a Metadata,
-    pub completions: Vec<&'a str>,
+    pub completions: Vec<Completion<'a>>,
 }
 
 impl<'a> RewardGroup<'a> {
@@ -222,18 +328,27 @@ impl<'a> RewardGroup<'a> {
 }
 
 impl RewardInput {
+    /// This input's completion, borrowed.
+    pub fn as_completion(&self) -> Completion<'_> {
+        Completion {
+            text: &self.completion,
+            message: self.message.as_ref(),
+            truncated: self.truncated,
+        }
+    }
+
     /// Groups consecutive inputs that share a prompt and metadata, in order.
     pub fn groups(inputs: &[RewardInput]) -> Vec<RewardGroup<'_>> {
         let mut out: Vec<RewardGroup<'_>> = Vec::new();
         for i in inputs {
             match out.last_mut() {
                 Some(g) if g.prompt == i.prompt.as_slice() && *g.metadata == i.metadata => {
-                    g.completions.push(&i.completion)
+                    g.completions.push(i.as_completion())
                 }
                 _ => out.push(RewardGroup {
                     prompt: &i.prompt,
                     metadata: &i.metadata,
-                    completions: vec![&i.completion],
+                    completions: vec![i.as_completion()],
                 }),
             }
         }

@@ -14,8 +14,8 @@ pub mod seed;
 pub mod text;
 
 pub use data::{
-    Example, Message, Metadata, Metric, Prediction, RewardGroup, RewardInput, ToolCall, Value,
-    with_system,
+    Completion, Example, Message, Metadata, Metric, Prediction, RewardGroup, RewardInput, ToolCall,
+    Value, with_system,
 };
 pub use engine::{
     ChatRequest, Engine, EngineError, GenerateRequest, Generated, Loglikelihood,

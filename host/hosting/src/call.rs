@@ -161,6 +161,7 @@ pub fn call(
                         .collect(),
                     completion: c.clone(),
                     metadata: parse_meta(&inp.meta)?,
+                    ..Default::default()
                 }],
                 (None, None) => {
                     return Err(HostingError::Invalid(format!(

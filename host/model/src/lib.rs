@@ -5,6 +5,7 @@
 //! batched generation with sampling, stops, streaming and per-token log-probabilities.
 
 pub mod adapter;
+pub mod answer;
 pub mod batch;
 pub mod chat;
 pub mod config;

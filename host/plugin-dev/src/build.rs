@@ -266,7 +266,7 @@ impl Scratch {
                 .unwrap_or(0)
         ));
         std::fs::create_dir_all(dir.join("wit"))?;
-        embedded::write_all(&dir.join("wit"), embedded::WIT_0_1_0)?;
+        embedded::write_all(&dir.join("wit"), embedded::WIT_0_2_0)?;
         Ok(Self(dir))
     }
 }

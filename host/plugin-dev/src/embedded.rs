@@ -1,21 +1,22 @@
-//! Files the binary carries so it can build plugins anywhere: the frozen WIT of each
-//! supported `galley:plugin` version, and the Python and JavaScript guest SDKs.
+//! Files the binary carries so it can build plugins anywhere: the frozen WIT the guest SDKs
+//! are written against (plugins are built against the newest `galley:plugin` version; the
+//! host still runs those built against earlier ones), and the guest SDKs.
 
 use std::path::Path;
 
-/// `galley:plugin@0.1.0`, file by file.
-pub const WIT_0_1_0: &[(&str, &str)] = &[
-    ("types.wit", include_str!("../../../wit/v0.1.0/types.wit")),
-    ("reward.wit", include_str!("../../../wit/v0.1.0/reward.wit")),
+/// `galley:plugin@0.2.0`, file by file: what `galley plugin build` builds against.
+pub const WIT_0_2_0: &[(&str, &str)] = &[
+    ("types.wit", include_str!("../../../wit/v0.2.0/types.wit")),
+    ("reward.wit", include_str!("../../../wit/v0.2.0/reward.wit")),
     (
         "data-loader.wit",
-        include_str!("../../../wit/v0.1.0/data-loader.wit"),
+        include_str!("../../../wit/v0.2.0/data-loader.wit"),
     ),
     (
         "evaluator.wit",
-        include_str!("../../../wit/v0.1.0/evaluator.wit"),
+        include_str!("../../../wit/v0.2.0/evaluator.wit"),
     ),
-    ("recipe.wit", include_str!("../../../wit/v0.1.0/recipe.wit")),
+    ("recipe.wit", include_str!("../../../wit/v0.2.0/recipe.wit")),
 ];
 
 /// The Python SDK package `galley_sdk`.
@@ -39,7 +40,7 @@ pub const PYTHON_SDK: &[(&str, &str)] = &[
 ];
 
 /// The Rust guest SDK crate, laid out as in the repository (its bindings find the WIT at
-/// `../../wit/v0.1.0`), so scaffolded plugins can depend on it by path anywhere.
+/// `../../wit/v0.2.0`), so scaffolded plugins can depend on it by path anywhere.
 pub const RUST_SDK: &[(&str, &str)] = &[
     (
         "sdk/rust/Cargo.toml",

@@ -43,7 +43,7 @@ pub fn rust_sdk_dir() -> Result<PathBuf> {
     let crate_dir = root.join("sdk/rust");
     // Rewritten every time: cheap, and a galley upgrade must not leave an old SDK behind.
     embedded::write_all(&root, embedded::RUST_SDK)?;
-    embedded::write_all(&root.join("wit/v0.1.0"), embedded::WIT_0_1_0)?;
+    embedded::write_all(&root.join("wit/v0.2.0"), embedded::WIT_0_2_0)?;
     Ok(crate_dir)
 }
 

@@ -8,7 +8,7 @@ use crate::error::RuntimeError;
 use crate::inspect::{ComponentInfo, inspect};
 use crate::plugin::{ApiPre, Plugin, PluginInner};
 use crate::sandbox::PluginState;
-use crate::v0_1;
+use crate::{v0_1, v0_2};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +17,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// The `galley:plugin` versions this host runs, newest last.
-pub const SUPPORTED_WIT: &[semver::Version] = &[v0_1::VERSION];
+pub const SUPPORTED_WIT: &[semver::Version] = &[v0_1::VERSION, v0_2::VERSION];
 
 /// How the runtime is set up. `Default` is what the `galley` command uses.
 #[derive(Debug, Clone)]
@@ -129,6 +129,7 @@ impl Runtime {
         crate::blocking::add_to_linker(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         v0_1::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        v0_2::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let cache = config.cache_dir.as_deref().and_then(|dir| {
             ComponentCache::open(dir, &config.cache_key, config.cache_limit, &engine)
@@ -262,13 +263,16 @@ impl Runtime {
                 reason: format!("{e:#}"),
             })?;
         // Exhaustive over supported versions: a new WIT version adds an arm here.
+        let mismatch = |e: wasmtime::Error| RuntimeError::Invalid {
+            origin: origin.into(),
+            reason: format!(
+                "its galley:plugin/{kind}@{wit} export does not match the {}.{} interface: {e:#}",
+                wit.major, wit.minor
+            ),
+        };
         let api = match (wit.major, wit.minor) {
-            (0, 1) => ApiPre::V0_1(v0_1_pre(kind, pre).map_err(|e| RuntimeError::Invalid {
-                origin: origin.into(),
-                reason: format!(
-                    "its galley:plugin/{kind}@{wit} export does not match the 0.1 interface: {e:#}"
-                ),
-            })?),
+            (0, 1) => ApiPre::V0_1(v0_1::pre(kind, pre).map_err(mismatch)?),
+            (0, 2) => ApiPre::V0_2(v0_2::pre(kind, pre).map_err(mismatch)?),
             _ => unreachable!("check_wit admits only supported versions"),
         };
         Ok(Plugin {
@@ -284,20 +288,6 @@ impl Runtime {
             }),
         })
     }
-}
-
-fn v0_1_pre(
-    kind: galley_core::PluginKind,
-    pre: wasmtime::component::InstancePre<PluginState>,
-) -> wasmtime::Result<crate::plugin::V0_1Pre> {
-    use crate::plugin::V0_1Pre;
-    use galley_core::PluginKind as K;
-    Ok(match kind {
-        K::Reward => V0_1Pre::Reward(v0_1::reward::RewardPluginPre::new(pre)?),
-        K::DataLoader => V0_1Pre::DataLoader(v0_1::data_loader::DataLoaderPluginPre::new(pre)?),
-        K::Evaluator => V0_1Pre::Evaluator(v0_1::evaluator::EvaluatorPluginPre::new(pre)?),
-        K::Recipe => V0_1Pre::Recipe(v0_1::recipe::RecipePluginPre::new(pre)?),
-    })
 }
 
 /// A plugin built against `found` runs here if some supported version has the same major and

@@ -20,6 +20,7 @@
 mod blocking;
 mod cache;
 mod cache_gc;
+mod calls;
 mod engine;
 mod error;
 mod inspect;
@@ -27,6 +28,7 @@ mod manifest;
 mod plugin;
 mod sandbox;
 pub mod v0_1;
+pub mod v0_2;
 
 pub use cache::{CacheOutcome, default_cache_dir, default_cache_key};
 pub use cache_gc::{

@@ -3,11 +3,12 @@
 //! plugin that crashed on one input serves the next; a trap never poisons the host.
 
 use crate::cache::CacheOutcome;
+use crate::calls::{self, Call};
 use crate::error::RuntimeError;
 use crate::inspect::ComponentInfo;
 use crate::manifest::Manifest;
 use crate::sandbox::{InstanceOptions, PluginState, human_bytes};
-use crate::v0_1::{self, wit};
+use crate::{v0_1, v0_2};
 use galley_core::{
     DataSource, Decision, Evaluator, Example, Metric, PluginError, PluginErrorKind as K,
     PluginKind, Prediction, Recipe, RewardFn, RewardGroup, Stage,
@@ -16,17 +17,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use wasmtime::Store;
 
-/// Pre-instantiated components of the 0.1 interface, one variant per world.
-pub(crate) enum V0_1Pre {
-    Reward(v0_1::reward::RewardPluginPre<PluginState>),
-    DataLoader(v0_1::data_loader::DataLoaderPluginPre<PluginState>),
-    Evaluator(v0_1::evaluator::EvaluatorPluginPre<PluginState>),
-    Recipe(v0_1::recipe::RecipePluginPre<PluginState>),
-}
-
 /// One arm per supported `galley:plugin` version.
 pub(crate) enum ApiPre {
-    V0_1(V0_1Pre),
+    V0_1(v0_1::Pre),
+    V0_2(v0_2::Pre),
 }
 
 pub(crate) struct PluginInner {
@@ -127,12 +121,20 @@ impl Plugin {
     }
 }
 
-/// A live instance of some world.
+/// A live instance of some world of some version.
 enum Live {
-    Reward(v0_1::reward::RewardPlugin),
-    DataLoader(v0_1::data_loader::DataLoaderPlugin),
-    Evaluator(v0_1::evaluator::EvaluatorPlugin),
-    Recipe(v0_1::recipe::RecipePlugin),
+    V0_1(v0_1::Live),
+    V0_2(v0_2::Live),
+}
+
+/// Calls the same export of whichever version `live` is.
+macro_rules! dispatch {
+    ($live:expr, $store:expr, $f:ident ( $($arg:expr),* )) => {
+        match $live {
+            Live::V0_1(l) => v0_1::$f(l, $store, $($arg),*),
+            Live::V0_2(l) => v0_2::$f(l, $store, $($arg),*),
+        }
+    };
 }
 
 /// One instance slot: the store and bindings, created on demand and dropped after a trap.
@@ -143,8 +145,6 @@ struct Slot {
     dirs: Vec<(PathBuf, String)>,
     live: Option<(Store<PluginState>, Live)>,
 }
-
-type CallResult<R> = wasmtime::Result<Result<R, wit::PluginError>>;
 
 impl Slot {
     fn new(
@@ -222,12 +222,9 @@ impl Slot {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks());
-        let ApiPre::V0_1(pre) = &self.plugin.inner.api;
-        let made = match pre {
-            V0_1Pre::Reward(p) => p.instantiate(&mut store).map(Live::Reward),
-            V0_1Pre::DataLoader(p) => p.instantiate(&mut store).map(Live::DataLoader),
-            V0_1Pre::Evaluator(p) => p.instantiate(&mut store).map(Live::Evaluator),
-            V0_1Pre::Recipe(p) => p.instantiate(&mut store).map(Live::Recipe),
+        let made = match &self.plugin.inner.api {
+            ApiPre::V0_1(pre) => v0_1::instantiate(pre, &mut store).map(Live::V0_1),
+            ApiPre::V0_2(pre) => v0_2::instantiate(pre, &mut store).map(Live::V0_2),
         };
         let live = match made {
             Ok(l) => l,
@@ -235,23 +232,13 @@ impl Slot {
         };
         let seed = self.opts.seed;
         let config = self.config.clone();
-        let init: CallResult<()> = match &live {
-            Live::Reward(b) => b.galley_plugin_reward().call_init(&mut store, &config),
-            Live::DataLoader(b) => b
-                .galley_plugin_data_loader()
-                .call_init(&mut store, &config, seed),
-            Live::Evaluator(b) => b.galley_plugin_evaluator().call_init(&mut store, &config),
-            Live::Recipe(_) => Ok(Ok(())),
-        };
+        let init: Call<()> = dispatch!(&live, &mut store, init(&config, seed));
         match init {
             Ok(Ok(())) => {
                 self.live = Some((store, live));
                 Ok(())
             }
-            Ok(Err(e)) => {
-                let (kind, msg) = v0_1::plugin_error(e);
-                Err(self.err("init", kind, msg))
-            }
+            Ok(Err((kind, msg))) => Err(self.err("init", kind, msg)),
             Err(e) => Err(self.classify(&store, "init", e)),
         }
     }
@@ -260,7 +247,7 @@ impl Slot {
     fn call<R>(
         &mut self,
         call: &str,
-        f: impl FnOnce(&Live, &mut Store<PluginState>) -> CallResult<R>,
+        f: impl FnOnce(&Live, &mut Store<PluginState>) -> Call<R>,
     ) -> Result<R, PluginError> {
         self.ensure(call)?;
         let ticks = self.deadline_ticks();
@@ -269,10 +256,7 @@ impl Slot {
         store.data_mut().log = Default::default();
         match f(live, store) {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                let (kind, msg) = v0_1::plugin_error(e);
-                Err(self.err(call, kind, msg))
-            }
+            Ok(Err((kind, msg))) => Err(self.err(call, kind, msg)),
             Err(e) => {
                 let (store, _) = self.live.take().expect("live");
                 Err(self.classify(&store, call, e))
@@ -362,19 +346,9 @@ impl RewardFn for WasmReward {
     }
 
     fn score(&mut self, groups: &[RewardGroup<'_>]) -> Result<Vec<Option<f64>>, PluginError> {
-        use v0_1::reward::exports::galley::plugin::reward::RewardGroup as WitGroup;
-        let input: Vec<WitGroup> = groups
-            .iter()
-            .map(|g| WitGroup {
-                prompt: v0_1::messages_in(g.prompt),
-                metadata: v0_1::metadata_in(g.metadata),
-                completions: g.completions.iter().map(|c| c.to_string()).collect(),
-            })
-            .collect();
         let n: usize = groups.iter().map(RewardGroup::len).sum();
-        let out = self.slot.call("score", |live, store| match live {
-            Live::Reward(b) => b.galley_plugin_reward().call_score(store, &input),
-            _ => unreachable!("kind checked at construction"),
+        let out = self.slot.call("score", |live, store| {
+            dispatch!(live, store, score_rewards(groups))
         })?;
         if out.len() != n {
             return Err(bad_output(
@@ -410,9 +384,8 @@ impl DataSource for WasmDataSource {
             return Ok(Vec::new());
         }
         let max32 = u32::try_from(max).unwrap_or(u32::MAX);
-        let page = self.slot.call("next-page", |live, store| match live {
-            Live::DataLoader(b) => b.galley_plugin_data_loader().call_next_page(store, max32),
-            _ => unreachable!("kind checked at construction"),
+        let page = self.slot.call("next-page", |live, store| {
+            dispatch!(live, store, next_page(max32))
         })?;
         if page.len() > max {
             return Err(bad_output(
@@ -425,14 +398,7 @@ impl DataSource for WasmDataSource {
             ));
         }
         self.done = page.is_empty();
-        Ok(page
-            .into_iter()
-            .map(|e| Example {
-                id: e.id,
-                messages: v0_1::messages_out(e.messages),
-                metadata: v0_1::metadata_out(e.metadata),
-            })
-            .collect())
+        Ok(page)
     }
 }
 
@@ -458,19 +424,8 @@ impl Evaluator for WasmEvaluator {
     }
 
     fn score(&mut self, batch: &[Prediction]) -> Result<Vec<Vec<Metric>>, PluginError> {
-        use v0_1::evaluator::exports::galley::plugin::evaluator as e;
-        let input: Vec<e::Prediction> = batch
-            .iter()
-            .map(|p| e::Prediction {
-                id: p.id.clone(),
-                prediction: p.prediction.clone(),
-                references: p.references.clone(),
-                metadata: v0_1::metadata_in(&p.metadata),
-            })
-            .collect();
-        let out = self.slot.call("score", |live, store| match live {
-            Live::Evaluator(b) => b.galley_plugin_evaluator().call_score(store, &input),
-            _ => unreachable!("kind checked at construction"),
+        let out = self.slot.call("score", |live, store| {
+            dispatch!(live, store, evaluate(batch))
         })?;
         if out.len() != batch.len() {
             return Err(bad_output(
@@ -483,7 +438,6 @@ impl Evaluator for WasmEvaluator {
                 ),
             ));
         }
-        let out: Vec<Vec<Metric>> = out.into_iter().map(v0_1::metrics_out).collect();
         for m in &out {
             check_metrics(&self.slot, "score", m)?;
         }
@@ -491,12 +445,9 @@ impl Evaluator for WasmEvaluator {
     }
 
     fn aggregate(&mut self, scores: &[Vec<Metric>]) -> Result<Vec<Metric>, PluginError> {
-        let input: Vec<Vec<wit::Metric>> = scores.iter().map(|m| v0_1::metrics_in(m)).collect();
-        let out = self.slot.call("aggregate", |live, store| match live {
-            Live::Evaluator(b) => b.galley_plugin_evaluator().call_aggregate(store, &input),
-            _ => unreachable!("kind checked at construction"),
+        let out = self.slot.call("aggregate", |live, store| {
+            dispatch!(live, store, aggregate(scores))
         })?;
-        let out = v0_1::metrics_out(out);
         check_metrics(&self.slot, "aggregate", &out)?;
         Ok(out)
     }
@@ -514,23 +465,25 @@ impl Recipe for WasmRecipe {
 
     fn plan(&mut self, config: &serde_json::Value) -> Result<Vec<Stage>, PluginError> {
         let text = config.to_string();
-        let stages = self.slot.call("plan", |live, store| match live {
-            Live::Recipe(b) => b.galley_plugin_recipe().call_plan(store, &text),
-            _ => unreachable!("kind checked at construction"),
-        })?;
+        let stages = self
+            .slot
+            .call("plan", |live, store| dispatch!(live, store, plan(&text)))?;
         let mut out: Vec<Stage> = Vec::with_capacity(stages.len());
-        for mut s in stages {
+        for (name, kind, settings) in stages {
             // Names are identifiers (printed, used as keys): escaped and capped, never raw.
-            s.name = galley_core::text::untrusted(&s.name, v0_1::MAX_NAME);
-            s.kind = galley_core::text::untrusted(&s.kind, v0_1::MAX_NAME);
-            let config: serde_json::Value = serde_json::from_str(&s.config).map_err(|e| {
+            let mut s = Stage {
+                name: galley_core::text::untrusted(&name, calls::MAX_NAME),
+                kind: galley_core::text::untrusted(&kind, calls::MAX_NAME),
+                config: serde_json::Value::Null,
+            };
+            s.config = serde_json::from_str(&settings).map_err(|e| {
                 bad_output(
                     &self.slot,
                     "plan",
                     format!("stage `{}` has settings that are not JSON: {e}", s.name),
                 )
             })?;
-            if !config.is_object() {
+            if !s.config.is_object() {
                 return Err(bad_output(
                     &self.slot,
                     "plan",
@@ -551,11 +504,7 @@ impl Recipe for WasmRecipe {
                     format!("two stages are named `{}`", s.name),
                 ));
             }
-            out.push(Stage {
-                name: s.name,
-                kind: s.kind,
-                config,
-            });
+            out.push(s);
         }
         Ok(out)
     }
@@ -566,20 +515,14 @@ impl Recipe for WasmRecipe {
         step: u64,
         metrics: &[Metric],
     ) -> Result<Decision, PluginError> {
-        use v0_1::recipe::exports::galley::plugin::recipe as r;
-        let input = v0_1::metrics_in(metrics);
-        let d = self.slot.call("on-metrics", |live, store| match live {
-            Live::Recipe(b) => b
-                .galley_plugin_recipe()
-                .call_on_metrics(store, stage, step, &input),
-            _ => unreachable!("kind checked at construction"),
+        let d = self.slot.call("on-metrics", |live, store| {
+            dispatch!(live, store, on_metrics(stage, step, metrics))
         })?;
         Ok(match d {
-            r::Decision::Proceed => Decision::Proceed,
-            r::Decision::NextStage => Decision::NextStage,
-            r::Decision::Stop(why) => {
-                Decision::Stop(galley_core::text::untrusted(&why, v0_1::MAX_MESSAGE))
+            Decision::Stop(why) => {
+                Decision::Stop(galley_core::text::untrusted(&why, calls::MAX_MESSAGE))
             }
+            d => d,
         })
     }
 }

@@ -138,7 +138,7 @@ fn the_wrong_world_is_refused_where_it_is_used() {
         .err()
         .unwrap();
     assert!(
-        err.to_string().contains("exact-match@0.1.0")
+        err.to_string().contains("exact-match@0.2.0")
             && err.message.contains("kind `evaluator`")
             && err.message.contains("kind `reward`"),
         "{err}"
@@ -148,15 +148,37 @@ fn the_wrong_world_is_refused_where_it_is_used() {
 #[test]
 fn a_newer_wit_asks_for_a_newer_galley() {
     let bytes = embed_manifest(
-        &dummy_component("reward-plugin", "0.2.0", None),
+        &dummy_component("reward-plugin", "0.3.0", None),
         &manifest(PluginKind::Reward),
     );
     let e = load_err(&bytes);
     assert!(matches!(e, RuntimeError::UnsupportedWit { .. }), "{e}");
     let text = e.to_string();
     assert!(
-        text.contains("galley:plugin@0.2.0") && text.contains("upgrade galley"),
+        text.contains("galley:plugin@0.3.0") && text.contains("upgrade galley"),
         "{text}"
+    );
+}
+
+/// A component that names a supported version but has another version's shape (0.1's
+/// `completions: list<string>` labelled 0.2.0) is refused before any data crosses.
+#[test]
+fn a_0_1_shape_labelled_0_2_is_refused_before_a_call() {
+    let bytes = embed_manifest(
+        &dummy_component("reward-plugin", "0.2.0", None),
+        &manifest(PluginKind::Reward),
+    );
+    let e = match runtime().load_bytes(&bytes, "test.wasm") {
+        Err(e) => e.to_string(),
+        Ok(p) => match p.reward(&serde_json::json!({}), InstanceOptions::default()) {
+            Ok(_) => panic!("a 0.1-shaped component was instantiated as 0.2"),
+            Err(e) => e.to_string(),
+        },
+    };
+    eprintln!("{e}");
+    assert!(
+        e.contains("type mismatch") || e.contains("does not match"),
+        "{e}"
     );
 }
 

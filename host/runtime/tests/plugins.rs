@@ -82,7 +82,7 @@ fn math_answer_settings_are_checked() {
         .unwrap();
     assert_eq!(err.kind, PluginErrorKind::InvalidConfig);
     assert!(
-        err.to_string().contains("math-answer@0.1.0") && err.to_string().contains("anser_key"),
+        err.to_string().contains("math-answer@0.2.0") && err.to_string().contains("anser_key"),
         "{err}"
     );
 }
@@ -217,7 +217,7 @@ fn jsonl_chat_needs_the_users_grant() {
         .unwrap();
     assert_eq!(err.kind, PluginErrorKind::InvalidConfig);
     assert!(
-        err.to_string().contains("jsonl-chat@0.1.0") && err.message.contains("--allow-dir data="),
+        err.to_string().contains("jsonl-chat@0.2.0") && err.message.contains("--allow-dir data="),
         "{err}"
     );
 
@@ -311,6 +311,7 @@ fn arith_answers_feed_math_answer() {
                 e.metadata["answer"].as_text().unwrap()
             ),
             metadata: e.metadata.clone(),
+            ..Default::default()
         })
         .collect();
     assert!(
@@ -434,13 +435,13 @@ fn compiled_components_are_cached_by_digest() {
 #[test]
 fn manifests_travel_inside_components() {
     let p = load("jsonl-chat");
-    assert_eq!(p.id(), "jsonl-chat@0.1.0");
+    assert_eq!(p.id(), "jsonl-chat@0.2.0");
     assert_eq!(p.kind(), PluginKind::DataLoader);
     assert_eq!(
         p.manifest().capabilities.read_dirs,
         vec!["data".to_string()]
     );
-    assert_eq!(p.manifest().wit, Some(semver::Version::new(0, 1, 0)));
+    assert_eq!(p.manifest().wit, Some(semver::Version::new(0, 2, 0)));
     assert_eq!(p.manifest().license.as_deref(), Some("Apache-2.0"));
     assert!(p.info().digest.starts_with("sha256:"));
 }

@@ -321,7 +321,7 @@ fn grade(
             .map(|((p, m), t)| RewardGroup {
                 prompt: &p.messages,
                 metadata: m,
-                completions: t.iter().map(String::as_str).collect(),
+                completions: t.iter().map(|s| galley_core::Completion::text(s)).collect(),
             })
             .collect();
         let scored = galley_train::rewards::score_all(&mut graders.rewards, &groups, policy, step)

@@ -73,7 +73,7 @@ impl RewardFn for Shortness {
     fn score(&mut self, groups: &[RewardGroup<'_>]) -> Result<Vec<Option<f64>>, PluginError> {
         Ok(groups
             .iter()
-            .flat_map(|g| g.completions.iter().map(|c| Some(-(c.len() as f64))))
+            .flat_map(|g| g.completions.iter().map(|c| Some(-(c.text.len() as f64))))
             .collect())
     }
 }

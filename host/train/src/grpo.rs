@@ -19,6 +19,8 @@ use crate::rewards;
 use crate::trainer::{Extra, Micro, Task};
 use candle_core::Tensor;
 use galley_core::{Message, Metadata, RewardFn, RewardGroup};
+use galley_model::answer::AnswerReader;
+use galley_model::json_schema::Json;
 use galley_model::{ChatTemplate, Llama, SamplingParams, Tokenizer, generate};
 use std::cell::RefCell;
 use std::io::Write;
@@ -32,6 +34,10 @@ pub struct Prompt {
     pub messages: Vec<Message>,
     pub metadata: Metadata,
     pub ids: Vec<u32>,
+    /// The tools the prompt offered (TRL's `tools` column), for reading calls back.
+    pub tools: Option<Json>,
+    /// The rendered prompt leaves a thinking block open for the answer.
+    pub opens: bool,
 }
 
 /// Tokenizes prompts as TRL's GRPO does: conversational ones through the chat template with
@@ -56,6 +62,7 @@ pub fn encode_prompts(
         });
     };
     let mut out = Vec::with_capacity(items.len());
+    let reader = template.map(AnswerReader::of_template);
     for r in items {
         let at = r.at.clone();
         let tools = r.tools();
@@ -102,11 +109,14 @@ pub fn encode_prompts(
             skipped.report(&at, &msg);
             continue;
         }
+        let opens = !special && reader.is_some_and(|r| r.opens(&text));
         out.push(Prompt {
             at,
             messages,
             metadata,
             ids,
+            tools,
+            opens,
         });
     }
     Ok(out)
@@ -158,6 +168,9 @@ pub struct GrpoTask<'a> {
     labels: Vec<String>,
     weights: Vec<f64>,
     state: RefCell<Option<Rollouts>>,
+    /// How completions are read as assistant turns for reward functions (`None`: no chat
+    /// template, so a completion is its text).
+    reader: Option<AnswerReader>,
 }
 
 /// The mean and standard deviation of the totals no function failed on.
@@ -199,7 +212,34 @@ impl<'a> GrpoTask<'a> {
             labels,
             weights,
             state: RefCell::new(None),
+            reader: None,
         }
+    }
+
+    /// Reads completions as assistant turns (reasoning and tool calls apart) with `reader`
+    /// before they are scored: the chat template's reading.
+    pub fn reading_answers(mut self, reader: Option<AnswerReader>) -> Self {
+        self.reader = reader;
+        self
+    }
+
+    /// Each completion of `groups` read as an assistant turn, in order (`None` without a
+    /// reader).
+    fn read(
+        &self,
+        groups: &[(usize, &[galley_model::Completion])],
+        set: &[Prompt],
+    ) -> Vec<Option<Message>> {
+        groups
+            .iter()
+            .flat_map(|(p, outs)| {
+                let p = &set[*p];
+                outs.iter().map(move |c| {
+                    self.reader
+                        .map(|r| r.read(&c.text, p.opens, p.tools.as_ref()))
+                })
+            })
+            .collect()
     }
 
     fn completions_path(&self) -> PathBuf {
@@ -218,14 +258,23 @@ impl<'a> GrpoTask<'a> {
         &self,
         step: usize,
         groups: &[(usize, &[galley_model::Completion])],
+        read: &[Option<Message>],
         set: &[Prompt],
     ) -> Result<rewards::Scored> {
+        let mut read = read.iter();
         let batch: Vec<RewardGroup<'_>> = groups
             .iter()
-            .map(|(p, texts)| RewardGroup {
+            .map(|(p, outs)| RewardGroup {
                 prompt: &set[*p].messages,
                 metadata: &set[*p].metadata,
-                completions: texts.iter().map(|c| c.text.as_str()).collect(),
+                completions: outs
+                    .iter()
+                    .map(|c| galley_core::Completion {
+                        text: &c.text,
+                        message: read.next().and_then(Option::as_ref),
+                        truncated: c.finish == galley_model::Finish::Length,
+                    })
+                    .collect(),
             })
             .collect();
         let mut fns = self.rewards.borrow_mut();
@@ -323,12 +372,13 @@ impl<'a> GrpoTask<'a> {
         drop(engine);
         let groups: Vec<(usize, &[galley_model::Completion])> =
             order.iter().copied().zip(outs.chunks(g)).collect();
+        let read = self.read(&groups, self.prompts);
         let rewards::Scored {
             scores,
             failed,
             failures,
             secs,
-        } = self.score(step + 1, &groups, self.prompts)?;
+        } = self.score(step + 1, &groups, &read, self.prompts)?;
         let reward_s: f64 = secs.iter().sum();
         let totals = align::total_rewards(&scores, &self.weights);
         let known: Vec<bool> = failed.iter().map(|f| !f).collect();
@@ -418,7 +468,7 @@ impl<'a> GrpoTask<'a> {
         );
         m.insert("reward_s".into(), reward_s);
         m.insert("logp_s".into(), logp_s);
-        self.write_completions(step + 1, &rows, &outs, &scores, &totals, &failed)?;
+        self.write_completions(step + 1, &rows, &outs, &read, &scores, &totals, &failed)?;
         let whole = Whole {
             sequences: rows.len(),
             tokens: rows
@@ -447,6 +497,7 @@ impl<'a> GrpoTask<'a> {
         step: usize,
         rows: &[Row],
         outs: &[galley_model::Completion],
+        read: &[Option<Message>],
         scores: &[Vec<Option<f64>>],
         totals: &[f64],
         failed: &[bool],
@@ -466,7 +517,7 @@ impl<'a> GrpoTask<'a> {
                 .enumerate()
                 .map(|(k, l)| (l.clone(), scores[k][i].into()))
                 .collect();
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "step": step,
                 "prompt": p.messages.last().map(|m| m.content.clone()),
                 "at": p.at,
@@ -479,6 +530,12 @@ impl<'a> GrpoTask<'a> {
                 "advantage": row.advantage,
                 "failed": failed[i],
             });
+            // The reading reward functions saw, where it took something out of the text.
+            if let Some(Some(m)) = read.get(i)
+                && (!m.tool_calls.is_empty() || m.reasoning_content.is_some())
+            {
+                line["message"] = serde_json::to_value(m).expect("a message serializes");
+            }
             writeln!(f, "{line}").map_err(|e| file_err(&path, e))?;
         }
         Ok(())
@@ -619,7 +676,8 @@ impl Task for GrpoTask<'_> {
         drop(engine);
         let groups: Vec<(usize, &[galley_model::Completion])> =
             outs.chunks(1).enumerate().collect();
-        let rewards::Scored { scores, failed, .. } = self.score(0, &groups, self.val)?;
+        let read = self.read(&groups, self.val);
+        let rewards::Scored { scores, failed, .. } = self.score(0, &groups, &read, self.val)?;
         let totals = align::total_rewards(&scores, &self.weights);
         let mut extra = Extra::new();
         extra.insert("eval_reward".into(), known_mean_std(&totals, &failed).0);

@@ -632,6 +632,11 @@ fn grpo_task_for<'a>(
         cfg.training.seed,
         pad,
         out.to_path_buf(),
+    )
+    .reading_answers(
+        p.template
+            .as_ref()
+            .map(galley_model::answer::AnswerReader::of_template),
     ))
 }
 

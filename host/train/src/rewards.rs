@@ -10,7 +10,7 @@
 use crate::config::OnPluginError;
 use crate::config::RewardSpec;
 use crate::error::{Result, TrainError};
-use galley_core::{PluginError, PluginErrorKind, RewardFn, RewardGroup};
+use galley_core::{Completion, PluginError, PluginErrorKind, RewardFn, RewardGroup};
 
 /// The built-in reward functions, by the name a config gives them.
 pub const BUILTINS: &[&str] = &["think_format", "exact_match"];
@@ -26,7 +26,7 @@ impl RewardFn for ThinkFormat {
     fn score(&mut self, groups: &[RewardGroup<'_>]) -> Result<Vec<Option<f64>>, PluginError> {
         Ok(completions(groups)
             .map(|(_, c)| {
-                let ok = c.strip_prefix("<think>").is_some_and(|rest| {
+                let ok = c.text.strip_prefix("<think>").is_some_and(|rest| {
                     rest.find("</think>")
                         .is_some_and(|end| !rest[..end].contains("<think>"))
                         && !rest.contains("<think>")
@@ -37,7 +37,8 @@ impl RewardFn for ThinkFormat {
     }
 }
 
-/// 1.0 when the trimmed completion equals `metadata.answer` (as text); no opinion without one.
+/// 1.0 when the trimmed answer (the completion's content: its reasoning and calls apart, where
+/// the trainer read them) equals `metadata.answer` (as text); no opinion without one.
 struct ExactMatch;
 
 impl RewardFn for ExactMatch {
@@ -48,7 +49,12 @@ impl RewardFn for ExactMatch {
         Ok(completions(groups)
             .map(|(g, c)| {
                 let answer = g.metadata.get("answer")?.as_text()?;
-                Some(if c.trim() == answer.trim() { 1.0 } else { 0.0 })
+                // The answer, not the reasoning before it, is what must match.
+                Some(if c.content().trim() == answer.trim() {
+                    1.0
+                } else {
+                    0.0
+                })
             })
             .collect())
     }
@@ -72,7 +78,7 @@ pub fn builtin(name: &str) -> Result<Box<dyn RewardFn>> {
 /// Every completion of `groups` in order, with its group.
 fn completions<'g, 'a>(
     groups: &'g [RewardGroup<'a>],
-) -> impl Iterator<Item = (&'g RewardGroup<'a>, &'a str)> + 'g {
+) -> impl Iterator<Item = (&'g RewardGroup<'a>, Completion<'a>)> + 'g {
     groups
         .iter()
         .flat_map(|g| g.completions.iter().map(move |c| (g, *c)))
@@ -178,7 +184,7 @@ pub fn score_batch(
                 let prompt = g.prompt.last().map_or("", |m| m.content.as_str());
                 tracing::warn!(
                     "step {step}: {e}; completion {:?} of prompt {:?} is marked failed: no score from it, so no reward and advantage 0 in GRPO (on_plugin_error: skip)",
-                    snippet(c),
+                    snippet(c.text),
                     snippet(prompt),
                 );
                 out.failed[i] = true;
@@ -297,7 +303,7 @@ mod tests {
             "picky@0.1.0"
         }
         fn score(&mut self, groups: &[RewardGroup<'_>]) -> Result<Vec<Option<f64>>, PluginError> {
-            if completions(groups).any(|(_, c)| c.contains("boom")) {
+            if completions(groups).any(|(_, c)| c.text.contains("boom")) {
                 return Err(PluginError::new(
                     "picky@0.1.0",
                     "score",

@@ -20,7 +20,7 @@ impl RewardFn for Chars {
         Ok(groups
             .iter()
             .flat_map(|g| &g.completions)
-            .map(|c| Some(c.chars().count() as f64))
+            .map(|c| Some(c.text.chars().count() as f64))
             .collect())
     }
 }
@@ -38,7 +38,9 @@ impl RewardFn for HasDigit {
             .map(|(g, c)| {
                 // No opinion on prompts without an answer column.
                 g.metadata.get("answer")?;
-                Some(f64::from(u8::from(c.chars().any(|c| c.is_ascii_digit()))))
+                Some(f64::from(u8::from(
+                    c.text.chars().any(|c| c.is_ascii_digit()),
+                )))
             })
             .collect())
     }

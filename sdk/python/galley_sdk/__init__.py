@@ -2,7 +2,7 @@
 
 A galley plugin runs as a sandboxed WebAssembly component (built by ``galley plugin build``
 with componentize-py). Write ``plugin.py`` beside a ``galley.toml`` manifest and decorate one
-function or class; the SDK turns it into the ``galley:plugin@0.1.0`` interface, so nothing of
+function or class; the SDK turns it into the ``galley:plugin@0.2.0`` interface, so nothing of
 the WIT shows in plugin code.
 
 Reward (``kind = "reward"``)::
@@ -13,13 +13,18 @@ Reward (``kind = "reward"``)::
     def ends_with_period(completion, **columns):
         return 1.0 if completion.rstrip().endswith(".") else 0.0
 
-The function is called once per completion with the completion as its first argument and,
-as keyword arguments TRL users know, every metadata column of the example (``answer=...``),
-plus ``prompt`` (a list of ``{"role", "content"}`` dicts) and ``config`` (the user's settings)
-when the function accepts them. Return a float, or ``None`` for "no opinion".
+The function is called once per completion with the completion's text as its first argument
+and, as keyword arguments TRL users know, every metadata column of the example
+(``answer=...``), plus, when the function accepts them: ``prompt`` (a list of message dicts),
+``message`` (the completion read as an assistant turn: ``{"role", "content"}`` with
+``tool_calls`` (``[{"id", "type": "function", "function": {"name", "arguments"}}]``, the
+arguments a dict where they parse) and ``reasoning_content`` where the model wrote them),
+``truncated`` (the token budget cut the completion) and ``config`` (the user's settings).
+Return a float, or ``None`` for "no opinion".
 
 Data loader (``kind = "data-loader"``): a generator function of ``(config, seed)`` yielding
-``{"messages": [...], "metadata": {...}, "id": ...}`` dicts::
+``{"messages": [...], "metadata": {...}, "id": ...}`` dicts (messages as TRL writes them,
+``tool_calls`` and ``tool`` turns included)::
 
     from galley_sdk import data_loader
 

@@ -93,14 +93,75 @@ def metadata_out(d):
     return [types.Entry(str(k), value_out(v)) for k, v in (d or {}).items()]
 
 
+def _arguments_in(text):
+    """A call's arguments as TRL's datasets hold them: a dict where the text is a JSON
+    object, else the text as the model wrote it."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
+def message_in(m):
+    """A WIT message as an OpenAI/TRL-style dict; optional keys only where present."""
+    out = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {
+                **({"id": c.id} if c.id is not None else {}),
+                "type": "function",
+                "function": {"name": c.name, "arguments": _arguments_in(c.arguments)},
+            }
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    if m.name is not None:
+        out["name"] = m.name
+    if m.reasoning is not None:
+        out["reasoning_content"] = m.reasoning
+    return out
+
+
 def messages_in(messages):
-    return [{"role": m.role, "content": m.content} for m in messages]
+    return [message_in(m) for m in messages]
+
+
+def _tool_call_out(c, index):
+    from wit_world.imports import types
+
+    if not isinstance(c, dict):
+        raise InputError(f"tool call {index} is not a dict")
+    f = c.get("function", c)
+    if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+        raise InputError(f"tool call {index} has no function name")
+    args = f.get("arguments", {})
+    args = args if isinstance(args, str) else json.dumps(args)
+    call_id = c.get("id")
+    return types.ToolCall(None if call_id is None else str(call_id), f["name"], args)
 
 
 def messages_out(messages):
+    """Message dicts (OpenAI/TRL style: `tool_calls` with arguments as a dict or JSON text,
+    `tool_call_id`, `name`, `reasoning_content`) as WIT messages."""
     from wit_world.imports import types
 
-    return [types.Message(m["role"], m["content"]) for m in messages]
+    out = []
+    for m in messages:
+        calls = [_tool_call_out(c, i) for i, c in enumerate(m.get("tool_calls") or [])]
+        opt = lambda k: None if m.get(k) is None else str(m[k])
+        out.append(
+            types.Message(
+                m["role"],
+                m.get("content") or "",
+                calls,
+                opt("tool_call_id"),
+                opt("name"),
+                opt("reasoning_content"),
+            )
+        )
+    return out
 
 
 def log(level, message):

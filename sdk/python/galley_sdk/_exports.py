@@ -3,6 +3,7 @@ plugin's kind into the generated entry module; authors never see these."""
 
 from ._core import (
     InputError,
+    message_in,
     metadata_in,
     metadata_out,
     messages_in,
@@ -37,7 +38,11 @@ class Reward:
                 if var or "config" in names:
                     extra["config"] = config
                 for c in g.completions:
-                    s = fn(c, **extra)
+                    if var or "message" in names:
+                        extra["message"] = message_in(c.message)
+                    if var or "truncated" in names:
+                        extra["truncated"] = c.truncated
+                    s = fn(c.text, **extra)
                     out.append(None if s is None else float(s))
             return out
         except Exception as e:

@@ -46,7 +46,7 @@ use crate::{Config, Error, Example};
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/v0.1.0",
+        path: "../../wit/v0.2.0",
         world: "galley:plugin/data-loader-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_data_loader_world",

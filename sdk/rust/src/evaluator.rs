@@ -27,7 +27,7 @@ use crate::{Config, Error, Metadata, Metric};
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/v0.1.0",
+        path: "../../wit/v0.2.0",
         world: "galley:plugin/evaluator-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_evaluator_world",

@@ -3,8 +3,10 @@
 //! A galley plugin is a WebAssembly component that the galley host runs in a sandbox: no
 //! files (unless a data loader is granted a read-only directory), no network, no environment,
 //! no wall clock, seeded randomness, and a time and memory budget on every call. This crate is
-//! the Rust face of the `galley:plugin@0.1.0` WIT contract: implement one trait, call one
-//! export macro, and build with `galley plugin build`.
+//! the Rust face of the `galley:plugin@0.2.0` WIT contract: implement one trait, call one
+//! export macro, and build with `galley plugin build`. (galley-sdk 0.1 built against
+//! `galley:plugin@0.1.0`; galley keeps running those plugins. 0.2 adds a message's tool calls
+//! and reasoning, and a completion's reading as an assistant turn.)
 //!
 //! | kind | cargo feature | trait | macro |
 //! | --- | --- | --- | --- |
@@ -26,7 +28,7 @@
 //! ```
 //!
 //! Each kind's module has a complete example. Values that cross the boundary use this crate's
-//! own types ([`Message`], [`Metadata`], [`Value`], [`Metric`]), so nothing of the WIT
+//! own types ([`Message`], [`ToolCall`], [`Metadata`], [`Value`], [`Metric`]), so nothing of the WIT
 //! bindings leaks into plugin code.
 
 extern crate self as galley_sdk;
@@ -36,7 +38,7 @@ mod types;
 
 pub use config::Config;
 pub use serde_json;
-pub use types::{Error, ErrorKind, Example, Message, Metadata, Metric, Value};
+pub use types::{Error, ErrorKind, Example, Message, Metadata, Metric, ToolCall, Value};
 
 #[cfg(feature = "data-loader")]
 pub mod data_loader;

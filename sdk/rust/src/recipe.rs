@@ -37,7 +37,7 @@ use crate::{Config, Error, Metric};
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/v0.1.0",
+        path: "../../wit/v0.2.0",
         world: "galley:plugin/recipe-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_recipe_world",

@@ -35,7 +35,7 @@ use crate::{Config, Error, Message, Metadata};
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/v0.1.0",
+        path: "../../wit/v0.2.0",
         world: "galley:plugin/reward-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_reward_world",
@@ -50,14 +50,32 @@ mod conv {
 
 use bindings::exports::galley::plugin::reward as wit;
 
+/// One completion of a group, as the host sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// What the model wrote, decoded as it came: reasoning and tool-call markup included.
+    pub text: String,
+    /// The text read as an assistant turn, as a server returns it: `content` without the
+    /// reasoning and the calls, which are in `reasoning` and `tool_calls` (read in the format
+    /// the model's chat template writes them; only where the prompt offered tools).
+    pub message: Message,
+    /// The token budget cut the completion before the model ended it.
+    pub truncated: bool,
+}
+
 /// One completion to score, borrowing the group's prompt and metadata (zero-copy).
 #[derive(Debug, Clone, Copy)]
 pub struct RewardInput<'a> {
     /// The conversation the completion answers.
     pub prompt: &'a [Message],
-    /// The model's completion.
+    /// The model's completion as text (`message.content` is the answer without its
+    /// reasoning and calls).
     pub completion: &'a str,
-    /// The example's other columns: ground truth, source, ...
+    /// The completion read as an assistant turn: its tool calls and reasoning apart.
+    pub message: &'a Message,
+    /// The token budget cut the completion before the model ended it.
+    pub truncated: bool,
+    /// The example's other columns: ground truth, source, the `tools` offered...
     pub metadata: &'a Metadata,
 }
 
@@ -75,14 +93,16 @@ pub trait Reward: Sized + 'static {
         &mut self,
         prompt: &[Message],
         metadata: &Metadata,
-        completions: &[String],
+        completions: &[Completion],
     ) -> Result<Vec<Option<f64>>, Error> {
         completions
             .iter()
             .map(|c| {
                 self.score(&RewardInput {
                     prompt,
-                    completion: c,
+                    completion: &c.text,
+                    message: &c.message,
+                    truncated: c.truncated,
                     metadata,
                 })
             })
@@ -112,9 +132,18 @@ pub fn __score<T: Reward>(
         for g in groups {
             let prompt = conv::messages_in(g.prompt);
             let metadata = conv::metadata_in(g.metadata);
+            let completions: Vec<Completion> = g
+                .completions
+                .into_iter()
+                .map(|c| Completion {
+                    text: c.text,
+                    message: conv::message_in(c.message),
+                    truncated: c.truncated,
+                })
+                .collect();
             out.extend(
                 state
-                    .score_group(&prompt, &metadata, &g.completions)
+                    .score_group(&prompt, &metadata, &completions)
                     .map_err(conv::error_out)?,
             );
         }

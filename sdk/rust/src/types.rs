@@ -3,10 +3,20 @@
 use std::fmt;
 
 /// One chat message.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Message {
+    /// "system", "user", "assistant", "tool"...
     pub role: String,
+    /// The text, without the reasoning or the calls' markup.
     pub content: String,
+    /// An assistant turn's function calls.
+    pub tool_calls: Vec<ToolCall>,
+    /// A tool turn: the id of the call it answers.
+    pub tool_call_id: Option<String>,
+    /// A tool turn: the function whose result it is.
+    pub name: Option<String>,
+    /// An assistant turn's reasoning ("thinking"), apart from its content.
+    pub reasoning: Option<String>,
 }
 
 impl Message {
@@ -14,6 +24,27 @@ impl Message {
         Self {
             role: role.into(),
             content: content.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A function call in an assistant turn.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ToolCall {
+    /// The call's id, where the model or the data gave one.
+    pub id: Option<String>,
+    pub name: String,
+    /// The arguments as JSON text (an object, as the model wrote it: it may not parse).
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// The arguments parsed, or `None` where they are not a JSON object.
+    pub fn arguments_json(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        match serde_json::from_str(&self.arguments).ok()? {
+            serde_json::Value::Object(m) => Some(m),
+            _ => None,
         }
     }
 }
@@ -192,13 +223,28 @@ macro_rules! __conversions {
         }
 
         #[allow(dead_code)]
+        pub(crate) fn message_in(m: wit::Message) -> $crate::Message {
+            $crate::Message {
+                role: m.role,
+                content: m.content,
+                tool_calls: m
+                    .tool_calls
+                    .into_iter()
+                    .map(|c| $crate::ToolCall {
+                        id: c.id,
+                        name: c.name,
+                        arguments: c.arguments,
+                    })
+                    .collect(),
+                tool_call_id: m.tool_call_id,
+                name: m.name,
+                reasoning: m.reasoning,
+            }
+        }
+
+        #[allow(dead_code)]
         pub(crate) fn messages_in(m: Vec<wit::Message>) -> Vec<$crate::Message> {
-            m.into_iter()
-                .map(|m| $crate::Message {
-                    role: m.role,
-                    content: m.content,
-                })
-                .collect()
+            m.into_iter().map(message_in).collect()
         }
 
         #[allow(dead_code)]
@@ -207,6 +253,18 @@ macro_rules! __conversions {
                 .map(|m| wit::Message {
                     role: m.role,
                     content: m.content,
+                    tool_calls: m
+                        .tool_calls
+                        .into_iter()
+                        .map(|c| wit::ToolCall {
+                            id: c.id,
+                            name: c.name,
+                            arguments: c.arguments,
+                        })
+                        .collect(),
+                    tool_call_id: m.tool_call_id,
+                    name: m.name,
+                    reasoning: m.reasoning,
                 })
                 .collect()
         }

@@ -3,7 +3,7 @@
 //! Modes that probe a capability return 1.0 when the capability was available (a sandbox
 //! hole) and 0.0 when it was denied.
 
-use galley_sdk::reward::{Reward, RewardInput};
+use galley_sdk::reward::{Completion, Reward, RewardInput};
 use galley_sdk::{Config, Error, Message, Metadata};
 use std::hint::black_box;
 
@@ -213,7 +213,7 @@ impl Reward for Hostile {
         &mut self,
         prompt: &[Message],
         metadata: &Metadata,
-        completions: &[String],
+        completions: &[Completion],
     ) -> Result<Vec<Option<f64>>, Error> {
         if self.mode == "wrong-length" {
             return Ok(vec![Some(1.0); completions.len() + 1]);
@@ -228,7 +228,9 @@ impl Reward for Hostile {
             .map(|c| {
                 self.score(&RewardInput {
                     prompt,
-                    completion: c,
+                    completion: &c.text,
+                    message: &c.message,
+                    truncated: c.truncated,
                     metadata,
                 })
             })
