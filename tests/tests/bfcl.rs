@@ -600,7 +600,7 @@ fn the_function_call_reward_plugin_scores_as_the_evaluation_judges() {
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v.get("index").is_some())
-        .map(|v| v["scores"]["function-call@0.1.0"].as_f64().unwrap())
+        .map(|v| v["scores"]["function-call@0.2.0"].as_f64().unwrap())
         .collect();
     assert_eq!(got.len(), want.len());
     assert_eq!(got, want);

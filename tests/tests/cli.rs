@@ -40,7 +40,7 @@ fn inspect_shows_kind_wit_capabilities_size_and_digest() {
     );
     let text = stdout(&o);
     assert!(
-        text.contains("math-answer@0.1.0") && text.contains("capabilities none (fully sandboxed)"),
+        text.contains("math-answer@0.2.0") && text.contains("capabilities none (fully sandboxed)"),
         "{text}"
     );
 }
@@ -114,7 +114,7 @@ fn call_reads_a_granted_directory() {
     );
     let line = one_line_error(&o);
     assert!(
-        line.contains("jsonl-chat@0.1.0") && line.contains("--allow-dir data=PATH"),
+        line.contains("jsonl-chat@0.2.0") && line.contains("--allow-dir data=PATH"),
         "{line}"
     );
 }
@@ -172,12 +172,12 @@ fn score_runs_the_demo_config() {
     assert_eq!(lines.len(), 7);
     // The completion with no ground truth: math-answer has no opinion, the others still count.
     assert_eq!(
-        lines[5]["scores"]["math-answer@0.1.0"],
+        lines[5]["scores"]["math-answer@0.2.0"],
         serde_json::Value::Null
     );
     assert_eq!(lines[5]["total"], 0.2);
     assert_eq!(lines[0]["total"], 1.2);
-    assert_eq!(lines[4]["scores"]["length-penalty@0.1.0"], -1.0);
+    assert_eq!(lines[4]["scores"]["length-penalty@0.2.0"], -1.0);
     let summary = &lines[6]["summary"];
     assert_eq!(summary["completions"], 6);
     assert_eq!(summary["rewards"][0]["scored"], 5);
@@ -425,7 +425,7 @@ fn malformed_components_are_one_line_errors() {
         ],
     ));
     assert!(
-        line.contains("exact-match@0.1.0") && line.contains("evaluator"),
+        line.contains("exact-match@0.2.0") && line.contains("evaluator"),
         "{line}"
     );
 }

@@ -179,7 +179,7 @@ fn two_recipes_concatenated_chain_sft_grpo_dpo_and_evaluations_in_one_run_folder
     assert_eq!(plan[3]["model_from"], "grpo");
     assert_eq!(
         plan[1]["origin"]["training.max_steps"],
-        "recipe curriculum@0.2.0 (recipes[0])"
+        "recipe curriculum@0.3.0 (recipes[0])"
     );
     assert!(d.join("runs/run/warmup/model/model.safetensors").is_file());
     assert!(d.join("runs/run/grpo/metrics.jsonl").is_file());
@@ -199,10 +199,10 @@ fn two_recipes_concatenated_chain_sft_grpo_dpo_and_evaluations_in_one_run_folder
         .map(|p| p["id"].as_str().unwrap())
         .collect();
     for want in [
-        "curriculum@0.2.0",
-        "preference@0.1.0",
-        "arith@0.1.1",
-        "math-answer@0.1.0",
+        "curriculum@0.3.0",
+        "preference@0.2.0",
+        "arith@0.2.0",
+        "math-answer@0.2.0",
     ] {
         assert!(ids.contains(&want), "{ids:?}");
     }

@@ -84,7 +84,7 @@ output: {{path: out/pairs.jsonl, format: dpo}}
     let manifest = std::fs::read_to_string(d.join("conf/out/pairs.jsonl.synth.json")).unwrap();
     let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
     assert_eq!(
-        m["identity"]["plugins"][0]["id"], "length-penalty@0.1.0",
+        m["identity"]["plugins"][0]["id"], "length-penalty@0.2.0",
         "{manifest}"
     );
     assert_eq!(

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
+    /// `null` or absent reads as empty: an assistant turn that only calls has no content.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
@@ -21,6 +23,10 @@ pub struct Message {
     /// Qwen 3's among them, read it back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Message {
@@ -211,7 +217,7 @@ pub struct RewardInput {
 struct RewardInputWire {
     #[serde(default, deserialize_with = "text_or_messages")]
     prompt: Vec<Message>,
-    completion: CompletionWire,
+    completion: serde_json::Value,
     #[serde(default)]
     message: Option<Message>,
     #[serde(default)]
@@ -220,20 +226,12 @@ struct RewardInputWire {
     metadata: Metadata,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum CompletionWire {
-    Text(String),
-    Message(Message),
-    Messages(Vec<Message>),
-}
-
 impl TryFrom<RewardInputWire> for RewardInput {
     type Error = String;
 
     fn try_from(w: RewardInputWire) -> Result<Self, String> {
-        let message = match w.completion {
-            CompletionWire::Text(t) => {
+        let one = match w.completion {
+            serde_json::Value::String(t) => {
                 return Ok(Self {
                     prompt: w.prompt,
                     completion: t,
@@ -242,15 +240,23 @@ impl TryFrom<RewardInputWire> for RewardInput {
                     metadata: w.metadata,
                 });
             }
-            CompletionWire::Message(m) => m,
-            CompletionWire::Messages(mut m) if m.len() == 1 => m.remove(0),
-            CompletionWire::Messages(m) => {
+            serde_json::Value::Array(mut m) if m.len() == 1 => m.remove(0),
+            serde_json::Value::Array(m) => {
                 return Err(format!(
                     "`completion` is a list of {} messages; a completion is one assistant turn",
                     m.len()
                 ));
             }
+            m @ serde_json::Value::Object(_) => m,
+            _ => {
+                return Err(
+                    "`completion` must be text or an assistant message (alone or in a list)"
+                        .into(),
+                );
+            }
         };
+        let message: Message = serde_json::from_value(one)
+            .map_err(|e| format!("`completion` is not a message: {e}"))?;
         if message.role != "assistant" {
             return Err(format!(
                 "`completion` is a `{}` message; a completion is an assistant turn",

@@ -67,6 +67,14 @@ impl Reward for Hostile {
     fn score(&mut self, input: &RewardInput) -> Result<Option<f64>, Error> {
         Ok(Some(match self.mode.as_str() {
             "ok" => input.completion.len() as f64,
+            // Not attacks: what 0.2 hands over, made visible to the tests.
+            "reasoning-chars" => input
+                .message
+                .reasoning
+                .as_ref()
+                .map_or(-1.0, |r| r.chars().count() as f64),
+            "truncated" => f64::from(u8::from(input.truncated)),
+            "tool-calls" => input.message.tool_calls.len() as f64,
             "loop" => {
                 let mut i = 0u64;
                 loop {
