@@ -250,8 +250,7 @@ impl TryFrom<RewardInputWire> for RewardInput {
             m @ serde_json::Value::Object(_) => m,
             _ => {
                 return Err(
-                    "`completion` must be text or an assistant message (alone or in a list)"
-                        .into(),
+                    "`completion` must be text or an assistant message (alone or in a list)".into(),
                 );
             }
         };
