@@ -20,7 +20,7 @@ fn inspect_shows_kind_wit_capabilities_size_and_digest() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["name"], "jsonl-chat");
     assert_eq!(v["kind"], "data-loader");
-    assert_eq!(v["wit"], "0.1.0");
+    assert_eq!(v["wit"], "0.2.0");
     assert_eq!(v["wit_supported"], true);
     assert_eq!(v["capabilities"]["read-dirs"][0], "data");
     let bytes = std::fs::read(plugin("jsonl-chat")).unwrap();
@@ -31,7 +31,7 @@ fn inspect_shows_kind_wit_capabilities_size_and_digest() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|i| i == "galley:plugin/log@0.1.0")
+            .any(|i| i == "galley:plugin/log@0.2.0")
     );
 
     let o = galley(
@@ -524,7 +524,7 @@ galley_sdk::export_reward!(EndsWithPeriod);
     assert!(
         !o.status.success()
             && err.contains("key `kind` is `evaluator`")
-            && err.contains("galley:plugin/reward@0.1.0"),
+            && err.contains("galley:plugin/reward@0.2.0"),
         "{err}"
     );
 }
