@@ -815,3 +815,89 @@ output: {{path: out/calls.jsonl, format: sft, min_grade: 1.0}}
         );
     }
 }
+
+/// Rejection sampling in BFCL's native mode: prompts carry TRL's `tools` column, the engine (a
+/// stand-in OpenAI server) answers with tool calls, `galley/function-call` judges the calls it
+/// is handed (`galley:plugin@0.2`), and the kept rows are TRL tool-calling conversations: the
+/// assistant turn with its `tool_calls`, the `tools` column beside — rows `galley train` reads.
+#[test]
+fn synth_in_native_mode_keeps_right_tool_calls_as_tool_calling_rows() {
+    use galley_bfcl::value::Py;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let simple = entries("simple_python", 4);
+    let mut rows = Vec::new();
+    let mut answers = HashMap::new();
+    let mut right_calls = Vec::new();
+    for (i, e) in simple.iter().enumerate() {
+        let functions: Py = serde_json::from_str(&e["function"].to_string()).unwrap();
+        let Py::List(functions) = functions else {
+            panic!()
+        };
+        let tools = galley_bfcl::openai_tools(&functions).to_json();
+        let (name, params) = e["ground_truth"][0]
+            .as_object()
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap();
+        let mut args = serde_json::Map::new();
+        for (k, options) in params.as_object().unwrap() {
+            if let Some(v) = options.as_array().unwrap().iter().find(|o| *o != "") {
+                args.insert(k.clone(), v.clone());
+            }
+        }
+        if i == 1 {
+            let k = args.keys().next().unwrap().clone();
+            args.insert(k, serde_json::json!("not this"));
+        }
+        let call = serde_json::json!({"name": name.replace('.', "_"),
+            "arguments": serde_json::Value::Object(args).to_string()});
+        if i != 3 {
+            answers.insert(last_user(e), format!("CALLS:{}", serde_json::json!([call])));
+        }
+        if i == 0 || i == 2 {
+            right_calls.push(call);
+        }
+        rows.push(
+            serde_json::json!({"prompt": [{"role": "user", "content": last_user(e)}],
+                "tools": tools, "id": e["id"], "function": e["function"], "ground_truth": e["ground_truth"]})
+            .to_string(),
+        );
+    }
+    std::fs::write(d.join("prompts.jsonl"), rows.join("\n") + "\n").unwrap();
+    let url = stand_in(answers);
+    std::fs::write(
+        d.join("synth.yaml"),
+        format!(
+            "engine: {{engine: openai, base_url: '{url}', model: stand-in, retries: 0}}
+prompts:
+  data: {{path: prompts.jsonl}}
+generation: {{n: 1, max_tokens: 64, temperature: 0.0, batch_size: 2}}
+grade:
+  rewards:
+    - plugin: {reward}
+output: {{path: out/calls.jsonl, format: sft, min_grade: 1.0}}
+",
+            reward = plugin("function-call").display()
+        ),
+    )
+    .unwrap();
+    let o = galley(d, &["synth", "synth.yaml"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = std::fs::read_to_string(d.join("out/calls.jsonl")).unwrap();
+    let kept: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(kept.len(), 2, "entries 0 and 2 were answered right: {out}");
+    for (row, call) in kept.iter().zip(&right_calls) {
+        let m = row["messages"].as_array().unwrap();
+        let last = &m[m.len() - 1];
+        assert_eq!(last["role"], "assistant", "{row}");
+        assert_eq!(last["tool_calls"][0]["function"], *call, "{row}");
+        assert_eq!(last["tool_calls"][0]["type"], "function", "{row}");
+        assert_eq!(row["tools"][0]["type"], "function", "{row}");
+        assert_eq!(row["grade"], 1.0, "{row}");
+    }
+}

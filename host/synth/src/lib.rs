@@ -247,9 +247,14 @@ pub fn synthesize(
     }
     progress(sum.resumed, prompts.len());
     for (b, chunk) in pending.chunks(g.batch_size).enumerate() {
+        let tools = chunk
+            .iter()
+            .map(|&i| prompts[i].tools())
+            .collect::<Result<Vec<_>, _>>()?;
         let requests: Vec<ChatRequest> = chunk
             .iter()
-            .flat_map(|&i| {
+            .zip(&tools)
+            .flat_map(|(&i, tools)| {
                 (0..g.n).map(move |j| ChatRequest {
                     messages: prompts[i].messages.clone(),
                     until: g.stop.clone(),
@@ -257,7 +262,8 @@ pub fn synthesize(
                     temperature: g.temperature,
                     seed: galley_core::seed::derive_seed(g.seed, &[i as u64, j as u64]),
                     json_schema: schema.cloned(),
-                    tools: None,
+                    // TRL's `tools` column: the engine offers them, and calls come back apart.
+                    tools: tools.clone(),
                 })
             })
             .collect();
@@ -270,9 +276,18 @@ pub fn synthesize(
         }
         sum.tokens += outs.iter().map(|o| o.tokens).sum::<usize>();
         sum.completions += outs.len();
-        let texts: Vec<Vec<String>> = outs
+        // Each answer as the assistant turn it is: its text and the calls it made.
+        let texts: Vec<Vec<Message>> = outs
             .chunks(g.n)
-            .map(|c| c.iter().map(|o| o.text.clone()).collect())
+            .map(|c| {
+                c.iter()
+                    .map(|o| {
+                        let mut m = Message::new("assistant", o.text.clone());
+                        m.tool_calls = o.tool_calls.clone();
+                        m
+                    })
+                    .collect()
+            })
             .collect();
         let batch: Vec<&Prompt> = chunk.iter().map(|&i| &prompts[i]).collect();
         let grades = grade(cfg, &batch, &texts, engine, graders, b, &mut sum.no_grade)?;
@@ -299,7 +314,7 @@ pub fn synthesize(
 fn grade(
     cfg: &SynthConfig,
     batch: &[&Prompt],
-    texts: &[Vec<String>],
+    texts: &[Vec<Message>],
     engine: &mut dyn Engine,
     graders: &mut Graders<'_>,
     step: usize,
@@ -321,7 +336,14 @@ fn grade(
             .map(|((p, m), t)| RewardGroup {
                 prompt: &p.messages,
                 metadata: m,
-                completions: t.iter().map(|s| galley_core::Completion::text(s)).collect(),
+                completions: t
+                    .iter()
+                    .map(|m| galley_core::Completion {
+                        text: &m.content,
+                        message: Some(m),
+                        truncated: false,
+                    })
+                    .collect(),
             })
             .collect();
         let scored = galley_train::rewards::score_all(&mut graders.rewards, &groups, policy, step)
@@ -356,7 +378,7 @@ fn grade(
             for c in t {
                 preds.push(Prediction {
                     id: id.into(),
-                    prediction: c.clone(),
+                    prediction: c.content.clone(),
                     references: refs.clone(),
                     metadata: metadata.clone(),
                 });
@@ -384,7 +406,7 @@ fn grade(
                     .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
                 t.iter().map(move |c| galley_eval::judge::PointItem {
                     question: p.question().to_string(),
-                    answer: c.clone(),
+                    answer: c.content.clone(),
                     reference: reference.clone(),
                 })
             })
@@ -463,12 +485,12 @@ fn evaluate(
         .collect())
 }
 
-fn assistant(text: &str) -> Value {
-    json!([{"role": "assistant", "content": text}])
+fn assistant(m: &Message) -> Value {
+    json!([m])
 }
 
 /// A prompt's output lines, in the format asked for.
-fn lines(cfg: &SynthConfig, p: &Prompt, texts: &[String], grades: &[Option<f64>]) -> Vec<String> {
+fn lines(cfg: &SynthConfig, p: &Prompt, texts: &[Message], grades: &[Option<f64>]) -> Vec<String> {
     let o = &cfg.output;
     let prompt = serde_json::to_value(&p.messages).expect("messages");
     match o.format {
@@ -492,7 +514,7 @@ fn lines(cfg: &SynthConfig, p: &Prompt, texts: &[String], grades: &[Option<f64>]
                 .map(|j| {
                     let mut row: Map<String, Value> = p.columns.clone();
                     let mut messages = p.messages.clone();
-                    messages.push(Message::new("assistant", texts[j].clone()));
+                    messages.push(texts[j].clone());
                     row.insert(
                         "messages".into(),
                         serde_json::to_value(messages).expect("json"),

@@ -30,6 +30,24 @@ impl Prompt {
             .collect()
     }
 
+    /// TRL's `tools` column as JSON text for the engine (`None` without one); a column that
+    /// is not a list of tools is an error naming the prompt.
+    pub fn tools(&self) -> Result<Option<String>, SynthError> {
+        match self.columns.get("tools") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(t)) => {
+                galley_train::dataset::tools_of(&self.metadata())
+                    .map_err(|m| data_err(&self.at, m))?;
+                Ok(Some(t.clone()))
+            }
+            Some(list @ Value::Array(_)) => Ok(Some(list.to_string())),
+            Some(_) => Err(data_err(
+                &self.at,
+                "column `tools` is not a list of tools (nor that list as JSON text)",
+            )),
+        }
+    }
+
     /// The last user turn: what a judge is shown as the question.
     pub fn question(&self) -> &str {
         self.messages
