@@ -1,6 +1,8 @@
 //! Plugin-call benchmark: the `math-answer` reward as a sandboxed WASM component against the
 //! very same source compiled natively into the host (`plugins/math-answer/src/answer.rs`),
-//! measured in the same run, plus instantiation, cached load and cold compile times.
+//! measured in the same run, plus instantiation, cached load and cold compile times, and what
+//! `galley:plugin@0.2`'s richer completions cost against 0.1: the same plugin's 0.1 release
+//! (the embedded registry's blob) against today's 0.2 build, alternated in one run.
 //!
 //! Run: `scripts/bench.sh` (builds the plugins, then `cargo run --release -p galley-bench`).
 
@@ -97,6 +99,50 @@ fn main() {
         }
     }
 
+    // The contract's cost: math-answer@0.1.0 (built against 0.1, from the registry) against
+    // today's build (0.2: each completion also crosses as an assistant message), on the same
+    // groups; then with readings (a reasoning block apart, as GRPO hands a thinking model's).
+    let old = runtime
+        .load(&released(&root, "math-answer", "0.1.0"))
+        .unwrap();
+    assert_eq!(old.wit_version().to_string(), "0.1.0");
+    assert_eq!(plugin.wit_version().to_string(), "0.2.0");
+    let mut old = old
+        .reward(&serde_json::json!({}), InstanceOptions::default())
+        .unwrap();
+    let read: Vec<galley_core::RewardInput> = grpo
+        .iter()
+        .map(|i| {
+            let mut r = i.clone();
+            let mut m = galley_core::Message::new("assistant", i.completion.clone());
+            m.reasoning_content = Some("Let me work it out step by step first.".into());
+            r.message = Some(m);
+            r
+        })
+        .collect();
+    assert_eq!(
+        old.score_inputs(&grpo).unwrap(),
+        wasm.score_inputs(&grpo).unwrap()
+    );
+    println!(
+        "{:<44} {:>14} {:>14} {:>8}",
+        "the same plugin, per contract version", "0.2 (today)", "0.1 (release)", "ratio"
+    );
+    let mut contract = Vec::new();
+    for (label, items) in [
+        ("GRPO groups of 8, text only", &grpo),
+        ("GRPO groups of 8, with readings", &read),
+    ] {
+        // Alternated, best of three each: the two share the machine's drift.
+        let (mut w2, mut w1) = (0f64, 0f64);
+        for _ in 0..3 {
+            w1 = w1.max(throughput(&mut old, items, 64, min / 3));
+            w2 = w2.max(throughput(&mut wasm, items, 64, min / 3));
+        }
+        println!("{label:<44} {w2:>12.0}/s {w1:>12.0}/s {:>7.2}x", w2 / w1);
+        contract.push(serde_json::json!({"case": label, "v0_2_per_s": w2, "v0_1_per_s": w1, "ratio": w2 / w1}));
+    }
+
     // Instantiate (store + instance from InstancePre + `init`), as a trainer does per worker.
     let reps = 300;
     let t = Instant::now();
@@ -144,9 +190,25 @@ fn main() {
     );
     println!(
         "{}",
-        serde_json::json!({"bench": "plugin", "throughput": rows, "instantiate_us": inst_us, "cached_load_ms": cached_ms, "cold_compile_ms": cold_ms})
+        serde_json::json!({"bench": "plugin", "throughput": rows, "contract": contract, "instantiate_us": inst_us, "cached_load_ms": cached_ms, "cold_compile_ms": cold_ms})
     );
     let _ = std::fs::remove_dir_all(&cache);
+}
+
+/// The embedded registry's blob of `galley/name@version`.
+fn released(root: &std::path::Path, name: &str, version: &str) -> PathBuf {
+    let index = root.join(format!("registry/default/index/galley/{name}.jsonl"));
+    let text = std::fs::read_to_string(&index).unwrap();
+    let line: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["version"] == version)
+        .unwrap_or_else(|| panic!("galley/{name}@{version} is not in {}", index.display()));
+    let hex = line["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    root.join(format!("registry/default/blobs/sha256/{hex}.wasm"))
 }
 
 fn tempfile_dir() -> PathBuf {

@@ -620,25 +620,20 @@ impl Engine for NativeEngine {
             .collect::<Result<Vec<_>, EngineError>>()?;
         let mut out = self.generate(&prompts, progress)?;
         if let Some(format) = format {
+            // Calls only; an evaluation reads the answer whole, reasoning included.
+            let reader = crate::answer::AnswerReader {
+                thinks: false,
+                tool_format: Some(format),
+            };
             for (g, tools) in out.iter_mut().zip(&tools) {
                 if tools.is_none() {
                     continue;
                 }
-                let parsed = crate::tool_calls::parse_with_tools(format, &g.text, tools.as_ref());
-                if parsed.calls.is_empty() {
-                    continue;
+                let m = reader.read(&g.text, false, tools.as_ref());
+                if !m.tool_calls.is_empty() {
+                    g.text = m.content;
+                    g.tool_calls = m.tool_calls;
                 }
-                g.text = parsed.content.unwrap_or_default();
-                g.tool_calls = parsed
-                    .calls
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, c)| galley_core::ToolCall {
-                        id: Some(format!("call_{i}")),
-                        name: c.name,
-                        arguments: c.arguments,
-                    })
-                    .collect();
             }
         }
         Ok(out)

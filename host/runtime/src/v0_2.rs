@@ -124,7 +124,14 @@ fn reward_group_in(
                 text: c.text.to_string(),
                 message: match c.message {
                     Some(m) => message_in(m),
-                    None => message_in(&core::Message::new("assistant", c.text)),
+                    None => wit::Message {
+                        role: "assistant".into(),
+                        content: c.text.to_string(),
+                        tool_calls: Vec::new(),
+                        tool_call_id: None,
+                        name: None,
+                        reasoning: None,
+                    },
                 },
                 truncated: c.truncated,
             })
