@@ -171,3 +171,103 @@ fn a_python_component_compiles_once() {
         vec![Some(1.0)]
     );
 }
+
+/// Every SDK hands a reward the same reading of a completion (`galley:plugin@0.2`): its tool
+/// calls with their arguments (parsed to a dict or object in Python and JavaScript), its
+/// reasoning and whether the budget cut it. Each plugin folds what it got into one number
+/// (1000 x calls + 100 x argument keys + reasoning length + 0.5 if cut).
+#[test]
+fn every_sdk_hands_over_the_same_reading() {
+    use galley_core::{Completion, Message, Metadata, RewardFn, RewardGroup, ToolCall};
+    let call = |name: &str, args: &str| ToolCall {
+        id: Some(format!("call_{name}")),
+        name: name.into(),
+        arguments: args.into(),
+    };
+    let mut two_calls = Message::new("assistant", "");
+    two_calls.tool_calls = vec![
+        call("get_weather", r#"{"city": "Paris", "unit": "celsius"}"#),
+        call("get_time", r#"{"zone": "CET"}"#),
+    ];
+    two_calls.reasoning_content = Some("Weather and time.".into());
+    let mut not_json = Message::new("assistant", "text");
+    not_json.tool_calls = vec![call("broken", r#"{"x": "#)];
+    let plain = Message::new("assistant", "Just text.");
+    let completions = vec![
+        Completion {
+            text: "<tool_call>...</tool_call>",
+            message: Some(&two_calls),
+            truncated: false,
+        },
+        Completion {
+            text: "text",
+            message: Some(&not_json),
+            truncated: true,
+        },
+        Completion {
+            text: "Just text.",
+            message: Some(&plain),
+            truncated: false,
+        },
+        Completion::text("no reading at all"),
+    ];
+    let prompt = [Message::new("user", "Weather and time in Paris?")];
+    let metadata = Metadata::new();
+    let groups = [RewardGroup {
+        prompt: &prompt,
+        metadata: &metadata,
+        completions,
+    }];
+    let want = vec![Some(2317.0), Some(1000.5), Some(0.0), Some(0.0)];
+    for name in ["hostile-reward", "hostile-py", "hostile-js", "reading-c"] {
+        let got = load(name)
+            .reward(&json!({"mode": "reading"}), opts(20_000, 256))
+            .unwrap()
+            .score(&groups)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+/// The Python and JavaScript SDKs hand a data loader's TRL tool-calling conversation over
+/// whole: calls (arguments given as a dict or as JSON text), a tool turn's call id and name,
+/// reasoning, and an assistant turn that only calls.
+#[test]
+fn python_and_javascript_loaders_hand_over_tool_calls() {
+    use galley_core::{DataSource, ToolCall};
+    for name in ["tools-loader-py", "tools-loader-js"] {
+        let mut loader = load(name)
+            .data_loader(&json!({}), InstanceOptions::default())
+            .unwrap();
+        let page = loader.next_page(4).unwrap();
+        assert_eq!(page.len(), 1, "{name}");
+        let m = &page[0].messages;
+        assert_eq!(m.len(), 4, "{name}");
+        assert_eq!(m[1].content, "", "{name}");
+        assert_eq!(
+            m[1].reasoning_content.as_deref(),
+            Some("Ask the tool."),
+            "{name}"
+        );
+        assert_eq!(m[1].tool_calls.len(), 2, "{name}");
+        assert_eq!(m[1].tool_calls[0].id.as_deref(), Some("c1"), "{name}");
+        assert_eq!(m[1].tool_calls[0].name, "get_weather", "{name}");
+        let args: serde_json::Value = serde_json::from_str(&m[1].tool_calls[0].arguments).unwrap();
+        assert_eq!(args, json!({"city": "Paris"}), "{name}");
+        assert_eq!(
+            m[1].tool_calls[1],
+            ToolCall {
+                id: None,
+                name: "get_time".into(),
+                arguments: r#"{"zone": "CET"}"#.into(),
+            },
+            "{name}"
+        );
+        assert_eq!(m[2].tool_call_id.as_deref(), Some("c1"), "{name}");
+        assert_eq!(m[2].name.as_deref(), Some("get_weather"), "{name}");
+        assert!(
+            m[3].tool_calls.is_empty() && m[3].reasoning_content.is_none(),
+            "{name}"
+        );
+    }
+}

@@ -7,10 +7,16 @@ from galley_sdk import reward
 
 
 @reward
-def hostile(completion, config, **_):
+def hostile(completion, config, message, truncated, **_):
     mode = config.get("mode", "ok")
     if mode == "ok":
         return float(len(completion))
+    if mode == "reading":
+        # Not an attack: what the SDK hands over, as one number the tests compare across
+        # languages (calls, the keys of the calls' parsed arguments, reasoning, truncation).
+        calls = message.get("tool_calls", [])
+        keys = sum(len(c["function"]["arguments"]) for c in calls if isinstance(c["function"]["arguments"], dict))
+        return 1000.0 * len(calls) + 100.0 * keys + len(message.get("reasoning_content") or "") + (0.5 if truncated else 0.0)
     if mode == "loop":
         while True:
             pass

@@ -75,6 +75,23 @@ impl Reward for Hostile {
                 .map_or(-1.0, |r| r.chars().count() as f64),
             "truncated" => f64::from(u8::from(input.truncated)),
             "tool-calls" => input.message.tool_calls.len() as f64,
+            // The number hostile-py and hostile-js compute from what their SDKs hand over.
+            "reading" => {
+                let calls = &input.message.tool_calls;
+                let keys: usize = calls
+                    .iter()
+                    .filter_map(|c| c.arguments_json())
+                    .map(|a| a.len())
+                    .sum();
+                1000.0 * calls.len() as f64
+                    + 100.0 * keys as f64
+                    + input
+                        .message
+                        .reasoning
+                        .as_ref()
+                        .map_or(0, |r| r.chars().count()) as f64
+                    + if input.truncated { 0.5 } else { 0.0 }
+            }
             "loop" => {
                 let mut i = 0u64;
                 loop {
