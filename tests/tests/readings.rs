@@ -11,6 +11,32 @@ use std::path::Path;
 /// `<think>` block, which the model's answer closes.
 const THINKING_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}{# answers close the block: </think> #}";
 
+/// A Hermes-style tool template (as Qwen 2.5's writes calls) whose assistant turn begins as
+/// its generation prompt ends (`assistant\n`), so what SFT teaches is what sampling continues.
+const HERMES_TEMPLATE: &str = r#"{%- if tools %}<|im_start|>system
+You may call these functions:
+<tools>
+{%- for tool in tools %}
+{{ tool | tojson }}
+{%- endfor %}
+</tools><|im_end|>
+{% endif %}
+{%- for m in messages %}
+{%- if m.role == "tool" %}<|im_start|>user
+<tool_response>
+{{ m.content }}
+</tool_response><|im_end|>
+{% elif m.tool_calls %}<|im_start|>assistant
+{% for c in m.tool_calls %}<tool_call>
+{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}
+</tool_call>{% endfor %}<|im_end|>
+{% else %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"#;
+
 fn thinking_model(d: &Path) {
     galley_train::testing::tiny_chat_model(&d.join("model"));
     let cfg = d.join("model/tokenizer_config.json");
@@ -161,4 +187,116 @@ fn galley_score_takes_assistant_messages_with_tool_calls() {
         e.contains("completions.jsonl") && e.contains("2") && e.contains("assistant"),
         "{e}"
     );
+}
+
+/// Function calling trained end to end in BFCL's native mode: a tiny model is taught one
+/// call by SFT on TRL's tool-calling rows (the `tools` column rendered by a Hermes-style
+/// template), then GRPO samples from it with the same tools offered; the trainer reads the
+/// calls back in the template's format and `galley/function-call` judges the calls it is
+/// handed with BFCL's checker.
+#[test]
+fn sft_on_tool_rows_then_grpo_rewards_the_calls_the_trainer_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let functions = serde_json::json!([{"name": "math.hypot", "description": "Hypotenuse.",
+        "parameters": {"type": "dict", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
+        "required": ["x", "y"]}}]);
+    let tools = serde_json::json!([{"type": "function", "function": {"name": "math_hypot",
+        "description": "Hypotenuse.", "parameters": {"type": "object", "properties":
+        {"x": {"type": "integer"}, "y": {"type": "integer"}}, "required": ["x", "y"]}}}]);
+    let question = "Hypotenuse of 4 and 5?";
+    let call = r#"{"name": "math_hypot", "arguments": {"x": 4, "y": 5}}"#;
+    let text: Vec<String> = (0..40)
+        .map(|i| format!("{question} <tool_call>\n{call}\n</tool_call> {tools} {i}"))
+        .collect();
+    galley_train::testing::tiny_chat_model_with(
+        &d.join("model"),
+        &text,
+        &["<tool_call>", "</tool_call>"],
+    );
+    let cfg = d.join("model/tokenizer_config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    c["chat_template"] = HERMES_TEMPLATE.into();
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    let cfg = d.join("model/config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    c["max_position_embeddings"] = 1024.into();
+    std::fs::write(&cfg, c.to_string()).unwrap();
+
+    let row = serde_json::json!({"messages": [
+        {"role": "user", "content": question},
+        {"role": "assistant", "tool_calls": [{"type": "function",
+            "function": {"name": "math_hypot", "arguments": {"x": 4, "y": 5}}}]}],
+        "tools": tools});
+    std::fs::write(d.join("sft.jsonl"), format!("{row}\n").repeat(8)).unwrap();
+    std::fs::write(
+        d.join("sft.yaml"),
+        "model: {path: model}
+data: {train: {path: sft.jsonl}, max_length: 1024}
+training:
+  method: sft
+  tuning: full
+  output_dir: sft
+  batch_size: 8
+  max_steps: 100
+  learning_rate: 0.01
+  lr_scheduler: constant
+  warmup_steps: 0
+  eval_on_start: false
+",
+    )
+    .unwrap();
+    let o = galley(d, &["train", "-c", "sft.yaml"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+
+    let prompt = serde_json::json!({"prompt": [{"role": "user", "content": question}], "tools": tools,
+        "id": "simple_python_1", "function": functions,
+        "ground_truth": [{"math.hypot": {"x": [4], "y": [5]}}]});
+    std::fs::write(d.join("prompts.jsonl"), format!("{prompt}\n").repeat(2)).unwrap();
+    std::fs::write(
+        d.join("grpo.yaml"),
+        format!(
+            "model: {{path: sft/model}}
+data: {{train: {{path: prompts.jsonl}}, max_length: 1024}}
+training:
+  method: grpo
+  tuning: full
+  output_dir: grpo
+  batch_size: 4
+  max_steps: 1
+  learning_rate: 0.0001
+  eval_on_start: false
+grpo:
+  num_generations: 2
+  max_completion_length: 48
+  temperature: 0.05
+  rewards:
+    - plugin: {reward}
+",
+            reward = plugin("function-call").display()
+        ),
+    )
+    .unwrap();
+    let o = galley(d, &["train", "-c", "grpo.yaml"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let comps: Vec<serde_json::Value> = std::fs::read_to_string(d.join("grpo/completions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(comps.len(), 4);
+    for c in &comps {
+        // Read back in the template's format: one call, the right one, rewarded as such.
+        let calls = c["message"]["tool_calls"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no calls read from {c}"));
+        assert_eq!(calls.len(), 1, "{c}");
+        assert_eq!(calls[0]["function"]["name"], "math_hypot", "{c}");
+        let args: serde_json::Value =
+            serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, serde_json::json!({"x": 4, "y": 5}), "{c}");
+        assert_eq!(c["rewards"]["function-call"], 1.0, "{c}");
+    }
 }
