@@ -120,6 +120,29 @@ fn stand_in(answers: HashMap<String, String>) -> String {
     })
 }
 
+/// The entry's first ground-truth call as an OpenAI tool call (`{"name", "arguments"}`, the
+/// name underscored as BFCL's FC mode writes it); `wrong`: its first argument replaced.
+fn native_call(entry: &serde_json::Value, wrong: bool) -> serde_json::Value {
+    let (name, params) = entry["ground_truth"][0]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
+    let mut args = serde_json::Map::new();
+    for (k, options) in params.as_object().unwrap() {
+        if let Some(v) = options.as_array().unwrap().iter().find(|o| *o != "") {
+            args.insert(k.clone(), v.clone());
+        }
+    }
+    if wrong {
+        let k = args.keys().next().unwrap().clone();
+        args.insert(k, serde_json::json!("not this"));
+    }
+    serde_json::json!({"name": name.replace('.', "_"),
+        "arguments": serde_json::Value::Object(args).to_string()})
+}
+
 fn last_user(entry: &serde_json::Value) -> String {
     entry["question"][0]
         .as_array()
@@ -376,24 +399,7 @@ fn native_mode_sends_tools_and_judges_tool_calls() {
     let simple = entries("simple_python", 4);
     let mut answers = HashMap::new();
     for (i, e) in simple.iter().enumerate() {
-        let (name, params) = e["ground_truth"][0]
-            .as_object()
-            .unwrap()
-            .iter()
-            .next()
-            .unwrap();
-        let mut args = serde_json::Map::new();
-        for (k, options) in params.as_object().unwrap() {
-            if let Some(v) = options.as_array().unwrap().iter().find(|o| *o != "") {
-                args.insert(k.clone(), v.clone());
-            }
-        }
-        if i == 2 {
-            let k = args.keys().next().unwrap().clone();
-            args.insert(k, serde_json::json!("not this"));
-        }
-        let call = serde_json::json!({"name": name.replace('.', "_"),
-            "arguments": serde_json::Value::Object(args).to_string()});
+        let call = native_call(e, i == 2);
         if i < 3 {
             answers.insert(last_user(e), format!("CALLS:{}", serde_json::json!([call])));
         }
@@ -835,24 +841,7 @@ fn synth_in_native_mode_keeps_right_tool_calls_as_tool_calling_rows() {
             panic!()
         };
         let tools = galley_bfcl::openai_tools(&functions).to_json();
-        let (name, params) = e["ground_truth"][0]
-            .as_object()
-            .unwrap()
-            .iter()
-            .next()
-            .unwrap();
-        let mut args = serde_json::Map::new();
-        for (k, options) in params.as_object().unwrap() {
-            if let Some(v) = options.as_array().unwrap().iter().find(|o| *o != "") {
-                args.insert(k.clone(), v.clone());
-            }
-        }
-        if i == 1 {
-            let k = args.keys().next().unwrap().clone();
-            args.insert(k, serde_json::json!("not this"));
-        }
-        let call = serde_json::json!({"name": name.replace('.', "_"),
-            "arguments": serde_json::Value::Object(args).to_string()});
+        let call = native_call(e, i == 1);
         if i != 3 {
             answers.insert(last_user(e), format!("CALLS:{}", serde_json::json!([call])));
         }
