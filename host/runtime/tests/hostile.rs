@@ -319,6 +319,38 @@ fn granted_tmp() -> (tempfile::TempDir, InstanceOptions) {
     (dir, opts)
 }
 
+/// A 0.2 loader's tool calls are data the host renders into prompts and logs: identifiers
+/// (call ids, function names, a tool turn's call id and name) arrive escaped and capped, and
+/// the arguments as written (the chat template and the data checks read them as JSON).
+#[test]
+fn a_loaders_tool_call_identifiers_are_escaped_and_capped() {
+    let (_dir, o) = granted_tmp();
+    let page = load("hostile-loader")
+        .data_loader(&json!({"mode": "forged-calls"}), o)
+        .unwrap()
+        .next_page(1)
+        .unwrap();
+    let m = &page[0].messages;
+    let call = &m[1].tool_calls[0];
+    for ident in [
+        call.id.as_deref().unwrap(),
+        call.name.as_str(),
+        m[2].tool_call_id.as_deref().unwrap(),
+        m[2].name.as_deref().unwrap(),
+    ] {
+        assert!(ident.len() <= 256 + 32, "{} bytes", ident.len());
+        assert!(!galley_core::text::has_control(ident), "{ident:?}");
+    }
+    assert!(
+        call.name.starts_with("get\\u{1b}[2J\\nINFO"),
+        "{}",
+        call.name
+    );
+    assert!(call.name.contains("more bytes]"), "{}", call.name);
+    assert_eq!(call.arguments, "{\"city\": ");
+    assert_host_healthy();
+}
+
 #[test]
 fn a_read_only_grant_cannot_be_escaped_or_written() {
     let (dir, o) = granted_tmp();

@@ -2,7 +2,7 @@
 //! reports, as metadata, which paths it could read: only `/data/...` may succeed.
 
 use galley_sdk::data_loader::DataLoader;
-use galley_sdk::{Config, Error, Example, Message, Value};
+use galley_sdk::{Config, Error, Example, Message, ToolCall, Value};
 
 struct Hostile {
     mode: String,
@@ -29,6 +29,24 @@ impl DataLoader for Hostile {
                 // A 1 GiB string, returned to the host.
                 let s = "x".repeat(1 << 30);
                 Ok(vec![one(s)])
+            }
+            // Tool calls (galley:plugin@0.2) whose identifiers would forge a log line or run
+            // on for megabytes, beside arguments that are not JSON.
+            "forged-calls" => {
+                let mut ex = one("forged-calls".into());
+                let mut m = Message::new("assistant", "");
+                m.tool_calls.push(ToolCall {
+                    id: Some(format!("call\n{}", "9".repeat(1 << 20))),
+                    name: format!("get\x1b[2J\nINFO galley: forged{}", "x".repeat(10_000)),
+                    arguments: "{\"city\": ".into(),
+                });
+                m.reasoning = Some("\x1b[31mthinking".into());
+                ex.messages.push(m);
+                let mut t = Message::new("tool", "22");
+                t.tool_call_id = Some("\r\u{202e}c1".into());
+                t.name = Some("n".repeat(5000));
+                ex.messages.push(t);
+                Ok(vec![ex])
             }
             "too-many" => Ok((0..max + 5).map(|i| one(format!("extra-{i}"))).collect()),
             "trap-next" => panic!("hostile loader panicked in next-page on purpose"),
