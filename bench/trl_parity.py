@@ -124,6 +124,11 @@ TOOL_DATASETS = {
     "tool calling, prompt-completion": (
         "sft", [{"prompt": [u(f"Turn {s} the {r} lights.")], "completion": tool_turns(r, s), "tools": TOOLS}
                 for r, s in ROOMS], []),
+    # `tools` as a list of objects, keys in OpenAI's order (`type` before `function`, `name`
+    # before `description`): the template shows them as written.
+    "tool calling, tools as a list": (
+        "sft", [{"messages": [u(f"Turn {s} the {r} lights.")] + tool_turns(r, s), "tools": [LIGHT]}
+                for r, s in ROOMS], ["data.loss_on=all"]),
 }
 
 

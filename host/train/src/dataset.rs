@@ -255,7 +255,8 @@ pub fn parse(
 /// TRL's `tools` column: the functions a conversation may call, which the chat template
 /// shows the model (as `apply_chat_template(..., tools=...)`). A list of tools, or that list
 /// as JSON text (datasets often keep it so, since rows' schemas differ); the text keeps its
-/// keys' order, a list read from a file has them sorted.
+/// keys' order, and so does a list (JSON objects keep their keys in the order written, as
+/// TRL's Python dicts do).
 pub fn tools_of(m: &Metadata) -> std::result::Result<Option<Json>, String> {
     let bad = || "column `tools` is not a list of tools (nor that list as JSON text)".to_string();
     match m.get("tools") {
