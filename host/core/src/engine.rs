@@ -84,6 +84,9 @@ pub struct Generated {
     pub tokens: usize,
     /// The calls a chat request with tools was answered with.
     pub tool_calls: Vec<crate::ToolCall>,
+    /// The token budget cut the answer (OpenAI's `finish_reason: length`, Anthropic's
+    /// `max_tokens`, Gemini's `MAX_TOKENS`).
+    pub truncated: bool,
 }
 
 /// Why an engine call failed, in one line naming the engine.

@@ -546,6 +546,7 @@ impl Engine for NativeEngine {
             .map_err(|e| self.err(e))?;
             for (&i, c) in order[at..end].iter().zip(done_here) {
                 out[i] = Some(Generated {
+                    truncated: c.finish == crate::Finish::Length,
                     text: c.text,
                     tokens: c.tokens.len(),
                     tool_calls: vec![],

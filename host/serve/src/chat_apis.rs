@@ -203,10 +203,15 @@ impl ChatApiEngine {
                 v["usageMetadata"]["candidatesTokenCount"].as_u64(),
             ),
         };
+        let truncated = match self.api {
+            Api::Anthropic => v["stop_reason"] == "max_tokens",
+            Api::Vertex => v["candidates"][0]["finishReason"] == "MAX_TOKENS",
+        };
         Ok(Generated {
             text,
             tokens: tokens.unwrap_or(0) as usize,
             tool_calls,
+            truncated,
         })
     }
 }

@@ -242,6 +242,7 @@ impl OpenAiEngine {
             text: text[..cut].to_string(),
             tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
             tool_calls: vec![],
+            truncated: v["choices"][0]["finish_reason"] == "length",
         })
     }
 }
@@ -327,6 +328,7 @@ impl OpenAiEngine {
             text: text.to_string(),
             tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
             tool_calls,
+            truncated: v["choices"][0]["finish_reason"] == "length",
         })
     }
 }

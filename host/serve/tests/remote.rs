@@ -166,7 +166,7 @@ fn anthropics_messages_api_is_spoken_and_a_busy_answer_retried() {
                         return (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response();
                     }
                     axum::Json(serde_json::json!({
-                    "content": [{"type": "text", "text": "Score: 7"}],
+                    "content": [{"type": "text", "text": "Score: 7"}], "stop_reason": "max_tokens",
                     "usage": {"input_tokens": 12, "output_tokens": 4}}))
                     .into_response()
                 }
@@ -182,6 +182,10 @@ fn anthropics_messages_api_is_spoken_and_a_busy_answer_retried() {
             .unwrap();
     let r = e.chat(&judge_chat(), &mut |_| {}).unwrap();
     assert_eq!((r[0].text.as_str(), r[0].tokens), ("Score: 7", 4));
+    assert!(
+        r[0].truncated,
+        "Anthropic's `max_tokens` stop is a cut answer"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     let body = seen.lock().unwrap()[1].clone();
     assert_eq!(body["model"], "claude-test");
@@ -214,7 +218,7 @@ fn vertex_generate_content_is_spoken() {
                 assert_eq!(h["authorization"], "Bearer tok");
                 *s2.lock().unwrap() = Some((call, body));
                 axum::Json(serde_json::json!({
-                    "candidates": [{"content": {"role": "model", "parts": [{"text": "Score: "}, {"text": "9"}]}}],
+                    "candidates": [{"content": {"role": "model", "parts": [{"text": "Score: "}, {"text": "9"}]}, "finishReason": "STOP"}],
                     "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 2}}))
             }
         }),
@@ -228,6 +232,7 @@ fn vertex_generate_content_is_spoken() {
             .unwrap();
     let r = e.chat(&judge_chat(), &mut |_| {}).unwrap();
     assert_eq!((r[0].text.as_str(), r[0].tokens), ("Score: 9", 2));
+    assert!(!r[0].truncated, "Gemini's `STOP` is a finished answer");
     let (call, body) = seen.lock().unwrap().clone().unwrap();
     assert_eq!(call, "gemini-test:generateContent");
     assert_eq!(
@@ -357,4 +362,28 @@ fn vertex_takes_tools_and_returns_function_calls() {
         body["tools"][0]["functionDeclarations"][0]["parameters"]["required"],
         serde_json::json!(["city"])
     );
+}
+
+/// An OpenAI-compatible server's `finish_reason: length` marks a cut answer (what a synth
+/// grader's `truncated` reads); `stop` a finished one.
+#[test]
+fn an_openai_length_finish_is_a_cut_answer() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let reason = if n == 0 { "length" } else { "stop" };
+                axum::Json(serde_json::json!({"choices": [{"index": 0, "message":
+                    {"role": "assistant", "content": "Score: 3"}, "finish_reason": reason}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 3}}))
+            }
+        }),
+    );
+    let mut e = OpenAiEngine::new(opts(&stand_in(app))).unwrap();
+    let first = e.chat(&judge_chat(), &mut |_| {}).unwrap();
+    let second = e.chat(&judge_chat(), &mut |_| {}).unwrap();
+    assert!(first[0].truncated && !second[0].truncated);
 }

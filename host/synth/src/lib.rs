@@ -276,6 +276,7 @@ pub fn synthesize(
         }
         sum.tokens += outs.iter().map(|o| o.tokens).sum::<usize>();
         sum.completions += outs.len();
+        let cut: Vec<bool> = outs.iter().map(|o| o.truncated).collect();
         // Each answer as the assistant turn it is: its text and the calls it made.
         let texts: Vec<Vec<Message>> = outs
             .chunks(g.n)
@@ -290,7 +291,15 @@ pub fn synthesize(
             })
             .collect();
         let batch: Vec<&Prompt> = chunk.iter().map(|&i| &prompts[i]).collect();
-        let grades = grade(cfg, &batch, &texts, engine, graders, b, &mut sum.no_grade)?;
+        let grades = grade(
+            cfg,
+            &batch,
+            (&texts, &cut),
+            engine,
+            graders,
+            b,
+            &mut sum.no_grade,
+        )?;
         sum.ungraded += grades.iter().flatten().filter(|g| g.is_none()).count();
         let finished: Vec<(usize, Vec<String>)> = chunk
             .iter()
@@ -314,7 +323,7 @@ pub fn synthesize(
 fn grade(
     cfg: &SynthConfig,
     batch: &[&Prompt],
-    texts: &[Vec<Message>],
+    (texts, cut): (&[Vec<Message>], &[bool]),
     engine: &mut dyn Engine,
     graders: &mut Graders<'_>,
     step: usize,
@@ -329,6 +338,7 @@ fn grade(
     let policy = gr.on_plugin_error;
     if !graders.rewards.is_empty() {
         let metas: Vec<_> = batch.iter().map(|p| p.metadata()).collect();
+        let mut cut = cut.iter();
         let groups: Vec<RewardGroup<'_>> = batch
             .iter()
             .zip(&metas)
@@ -341,7 +351,7 @@ fn grade(
                     .map(|m| galley_core::Completion {
                         text: &m.content,
                         message: Some(m),
-                        truncated: false,
+                        truncated: cut.next().copied().unwrap_or(false),
                     })
                     .collect(),
             })

@@ -6,8 +6,8 @@ use super::*;
 use galley_core::{EngineError, GenerateRequest, Generated, Loglikelihood, LoglikelihoodRequest};
 use galley_core::{PluginError, engine::Progress as EngineProgress};
 
-/// Answers each request with `seed % 7 + 1` copies of a letter; fails once `budget`
-/// requests have been answered (an interruption).
+/// Answers each request with `seed % 7 + 1` copies of a letter (six or more: cut by the
+/// budget); fails once `budget` requests have been answered (an interruption).
 struct Scripted {
     answered: usize,
     budget: usize,
@@ -47,10 +47,12 @@ impl Engine for Scripted {
             .iter()
             .map(|r| {
                 let letter = (b'a' + (r.messages.len() as u8 % 26)) as char;
+                let n = (r.seed % 7 + 1) as usize;
                 Generated {
-                    text: letter.to_string().repeat((r.seed % 7 + 1) as usize),
+                    text: letter.to_string().repeat(n),
                     tokens: 1,
-                    tool_calls: vec![],
+                    truncated: n >= 6,
+                    ..Default::default()
                 }
             })
             .collect())
@@ -331,4 +333,57 @@ fn settings_that_cannot_work_name_their_key() {
         let (k, _) = c.check().expect_err(key);
         assert_eq!(k, key, "{sets:?}");
     }
+}
+
+/// -1 for an answer the budget cut, else 0.
+struct CutPenalty;
+impl RewardFn for CutPenalty {
+    fn name(&self) -> &str {
+        "cut-penalty"
+    }
+    fn score(&mut self, groups: &[RewardGroup<'_>]) -> Result<Vec<Option<f64>>, PluginError> {
+        Ok(groups
+            .iter()
+            .flat_map(|g| {
+                g.completions
+                    .iter()
+                    .map(|c| Some(if c.truncated { -1.0 } else { 0.0 }))
+            })
+            .collect())
+    }
+}
+
+#[test]
+fn graders_learn_which_answers_the_budget_cut() {
+    let d = tempfile::tempdir().unwrap();
+    write_prompts(d.path(), 4);
+    let mut c = cfg(d.path(), "");
+    c.output.format = config::Format::Sft;
+    c.output.keep = config::Keep::All;
+    let prompts = prompts::from_file(&c.prompts, d.path()).unwrap();
+    let mut g = Graders {
+        rewards: vec![Box::new(CutPenalty)],
+        ..Default::default()
+    };
+    let mut e = engine(usize::MAX);
+    synthesize(
+        &c,
+        d.path(),
+        &prompts,
+        &mut e,
+        &mut g,
+        &Provenance::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(d.path().join("out/pairs.jsonl")).unwrap();
+    let mut seen = [false, false];
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let answer = v["messages"][1]["content"].as_str().unwrap();
+        let cut = answer.len() >= 6;
+        seen[usize::from(cut)] = true;
+        assert_eq!(v["grade"], if cut { -1.0 } else { 0.0 }, "{line}");
+    }
+    assert_eq!(seen, [true, true], "both kinds were generated: {text}");
 }
