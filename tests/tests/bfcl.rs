@@ -890,3 +890,193 @@ output: {{path: out/calls.jsonl, format: sft, min_grade: 1.0}}
         assert_eq!(row["grade"], 1.0, "{row}");
     }
 }
+
+/// BFCL's native mode in training: `galley/bfcl-prompts` with `mode: native` hands the
+/// entries' own messages with BFCL's OpenAI tools as the `tools` column (what `galley eval
+/// --function-calling native` sends); a tiny model SFT'd on those prompts with the right calls
+/// (TRL tool-calling rows) is sampled by GRPO, the trainer reads its calls back in the chat
+/// template's format, and `galley/function-call` judges them as BFCL's FC mode does.
+#[test]
+fn grpo_in_native_mode_rewards_the_calls_read_back_from_completions() {
+    use galley_bfcl::checker::Checker;
+    use galley_bfcl::value::{Py, json_dumps};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let simple = entries("simple_python", 2);
+    let tools_text = |e: &serde_json::Value| {
+        let Py::List(functions) = serde_json::from_str::<Py>(&e["function"].to_string()).unwrap()
+        else {
+            panic!()
+        };
+        json_dumps(&galley_bfcl::openai_tools(&functions))
+    };
+    // The loader's view first: the entry's messages, the tools as eval's native mode sends.
+    std::fs::create_dir(d.join("granted")).unwrap();
+    let rows: Vec<String> = simple.iter().map(|e| e.to_string()).collect();
+    std::fs::write(d.join("granted/bfcl.jsonl"), rows.join("\n") + "\n").unwrap();
+    let o = galley(
+        d,
+        &[
+            "plugin",
+            "call",
+            plugin("bfcl-prompts").to_str().unwrap(),
+            "--config",
+            r#"{"path": "bfcl.jsonl", "mode": "native"}"#,
+            "--allow-dir",
+            "data=granted",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let examples: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (ex, e) in examples.iter().zip(&simple) {
+        let entry = galley_bfcl::Entry::parse(&e.to_string()).unwrap();
+        let want: Vec<serde_json::Value> = entry
+            .messages
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+            .collect();
+        assert_eq!(ex["messages"].as_array().unwrap(), &want);
+        let tools = &ex["metadata"]["tools"];
+        let tools: serde_json::Value = match tools.as_str() {
+            Some(t) => serde_json::from_str(t).unwrap(),
+            None => tools.clone(),
+        };
+        let Py::List(functions) = serde_json::from_str::<Py>(&e["function"].to_string()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(tools, galley_bfcl::openai_tools(&functions).to_json());
+    }
+
+    // A tiny model taught the right call for each entry, through a Hermes-style template.
+    let calls: Vec<serde_json::Value> = simple.iter().map(|e| native_call(e, false)).collect();
+    let text: Vec<String> = simple
+        .iter()
+        .zip(&calls)
+        .flat_map(|(e, c)| {
+            let line = format!(
+                "{} <tool_call>\n{c}\n</tool_call> {}",
+                last_user(e),
+                tools_text(e)
+            );
+            std::iter::repeat_n(line, 20)
+        })
+        .collect();
+    galley_train::testing::tiny_chat_model_with(
+        &d.join("model"),
+        &text,
+        &["<tool_call>", "</tool_call>"],
+    );
+    let cfg = d.join("model/tokenizer_config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    c["chat_template"] = HERMES_TEMPLATE.into();
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    widen(d);
+    let sft: String = simple
+        .iter()
+        .zip(&calls)
+        .map(|(e, c)| {
+            let args: serde_json::Value =
+                serde_json::from_str(c["arguments"].as_str().unwrap()).unwrap();
+            let row = serde_json::json!({"messages": [
+                {"role": "user", "content": last_user(e)},
+                {"role": "assistant", "tool_calls": [{"type": "function",
+                    "function": {"name": c["name"], "arguments": args}}]}],
+                "tools": tools_text(e)});
+            format!("{row}\n").repeat(4)
+        })
+        .collect();
+    std::fs::write(d.join("sft.jsonl"), sft).unwrap();
+    std::fs::write(
+        d.join("sft.yaml"),
+        "model: {path: model}
+data: {train: {path: sft.jsonl}, max_length: 16384}
+training:
+  method: sft
+  tuning: full
+  output_dir: sft
+  batch_size: 8
+  max_steps: 150
+  learning_rate: 0.01
+  lr_scheduler: constant
+  warmup_steps: 0
+  eval_on_start: false
+",
+    )
+    .unwrap();
+    let o = galley(d, &["train", "-c", "sft.yaml"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+
+    std::fs::write(
+        d.join("grpo.yaml"),
+        format!(
+            "model: {{path: sft/model}}
+data:
+  train:
+    plugin: {loader}
+    plugin_config: {{path: bfcl.jsonl, mode: native}}
+    plugin_dirs: {{data: granted}}
+  max_length: 16384
+training:
+  method: grpo
+  tuning: full
+  output_dir: grpo
+  batch_size: 4
+  max_steps: 1
+  learning_rate: 0.0001
+  eval_on_start: false
+grpo:
+  num_generations: 2
+  max_completion_length: 96
+  temperature: 0.05
+  rewards:
+    - plugin: {reward}
+",
+            loader = plugin("bfcl-prompts").display(),
+            reward = plugin("function-call").display()
+        ),
+    )
+    .unwrap();
+    let o = galley(d, &["train", "-c", "grpo.yaml"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let comps: Vec<serde_json::Value> = std::fs::read_to_string(d.join("grpo/completions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(comps.len(), 4);
+    for c in &comps {
+        let id = c["metadata"]["id"].as_str().unwrap();
+        let e = simple.iter().find(|e| e["id"] == id).unwrap();
+        let Py::List(functions) = serde_json::from_str::<Py>(&e["function"].to_string()).unwrap()
+        else {
+            panic!()
+        };
+        let Py::List(truth) = serde_json::from_str::<Py>(&e["ground_truth"].to_string()).unwrap()
+        else {
+            panic!()
+        };
+        let read: Vec<(String, String)> = c["message"]["tool_calls"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no calls read from {c}"))
+            .iter()
+            .map(|t| {
+                (
+                    t["function"]["name"].as_str().unwrap().to_string(),
+                    t["function"]["arguments"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let native = galley_bfcl::judge_calls(Checker::for_category(id), &functions, &truth, &read);
+        assert!(
+            native.verdict.valid,
+            "the taught call is right by BFCL: {c}"
+        );
+        assert_eq!(c["rewards"]["function-call"], 1.0, "{c}");
+    }
+}

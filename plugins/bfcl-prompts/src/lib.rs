@@ -6,10 +6,17 @@
 //! for the `galley/function-call` reward. Built on galley-bfcl, the code the evaluation runs,
 //! so training prompts and evaluation prompts cannot drift apart.
 //!
-//! Settings: `path` (relative to the granted `data` directory, required), `shuffle` (with
-//! the run's seed), `limit`. A malformed line is an error naming the file and line.
+//! In `mode: native` (BFCL's function-calling mode, `galley eval --function-calling native`)
+//! the conversation is the entry's own messages and the functions travel as TRL's `tools`
+//! column (BFCL's OpenAI tools, `.` in names written `_`): the trainer shows them through the
+//! model's chat template and reads the calls back, and `function-call` judges those calls.
+//!
+//! Settings: `path` (relative to the granted `data` directory, required), `mode`
+//! (`prompting` or `native`), `shuffle` (with the run's seed), `limit`. A malformed line is
+//! an error naming the file and line.
 
 use galley_bfcl::Entry;
+use galley_bfcl::openai_tools;
 use galley_bfcl::value::{Py, json_dumps};
 use galley_sdk::data_loader::{DataLoader, granted_path, shuffle};
 use galley_sdk::{Config, Error, Example, Message, Metadata, Value};
@@ -21,13 +28,25 @@ use std::io::{BufRead, BufReader};
 struct Settings {
     path: String,
     #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
     shuffle: bool,
     #[serde(default)]
     limit: Option<usize>,
 }
 
+/// How the functions reach the model: in BFCL's system prompt, or as tools.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    #[default]
+    Prompting,
+    Native,
+}
+
 struct BfclPrompts {
     path: String,
+    mode: Mode,
     lines: std::vec::IntoIter<(usize, String)>,
     limit: Option<usize>,
     emitted: usize,
@@ -55,6 +74,7 @@ impl DataLoader for BfclPrompts {
         }
         Ok(Self {
             path: s.path,
+            mode: s.mode,
             lines: lines.into_iter(),
             limit: s.limit,
             emitted: 0,
@@ -81,8 +101,17 @@ impl DataLoader for BfclPrompts {
                     Value::Json(json_dumps(&Py::List(e.ground_truth.clone()))),
                 );
             }
-            let messages = e
-                .conversation()
+            let turns = match self.mode {
+                Mode::Prompting => e.conversation(),
+                Mode::Native => {
+                    metadata.insert(
+                        "tools",
+                        Value::Json(json_dumps(&openai_tools(&e.functions))),
+                    );
+                    e.messages.clone()
+                }
+            };
+            let messages = turns
                 .into_iter()
                 .map(|m| Message::new(&m.role, &m.content))
                 .collect();
