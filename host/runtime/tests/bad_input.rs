@@ -175,7 +175,6 @@ fn a_0_1_shape_labelled_0_2_is_refused_before_a_call() {
             Err(e) => e.to_string(),
         },
     };
-    eprintln!("{e}");
     assert!(
         e.contains("type mismatch") || e.contains("does not match"),
         "{e}"
