@@ -213,11 +213,25 @@ pub fn loglikelihoods(out: &Path) -> Vec<f64> {
 
 /// `samples.jsonl` of a `galley eval -o DIR` run, one value per document.
 pub fn samples(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("samples.jsonl"))
-        .unwrap()
+    jsonl(&dir.join("samples.jsonl"))
+}
+
+/// The values of a JSON-lines file (a run's completions.jsonl, say), one per line.
+pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// Sets `key` of a JSON object file: a model's `tokenizer_config.json` (its chat template)
+/// or `config.json`.
+pub fn set_json_key(path: &Path, key: &str, value: impl Into<serde_json::Value>) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v[key] = value.into();
+    std::fs::write(path, v.to_string()).unwrap();
 }
 
 /// A stand-in HTTP server on loopback for galley's remote engines: every POST body is given

@@ -363,11 +363,11 @@ fn native_mode_through_a_tool_template_locally_and_through_galley_serve() {
         assert!(x["checked"]["valid"].is_boolean(), "{x}");
     }
     // The local engine, with the same template as the model's own.
-    let tc = d.join("model/tokenizer_config.json");
-    let mut t: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&tc).unwrap()).unwrap();
-    t["chat_template"] = served::TOOLS_TEMPLATE.into();
-    std::fs::write(&tc, t.to_string()).unwrap();
+    set_json_key(
+        &d.join("model/tokenizer_config.json"),
+        "chat_template",
+        served::TOOLS_TEMPLATE,
+    );
     let local = run(&["-m", "model"], "local");
     assert_eq!(local.len(), 6);
     for x in &local {

@@ -149,11 +149,7 @@ grpo:
     .unwrap();
     let o = galley(d, &["train", "-c", "grpo.yaml"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    let comps = std::fs::read_to_string(d.join("run/completions.jsonl")).unwrap();
-    let comps: Vec<serde_json::Value> = comps
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let comps = jsonl(&d.join("run/completions.jsonl"));
     assert_eq!(comps.len(), 8);
     let mut irrelevance_prompts = 0;
     for c in &comps {
@@ -304,7 +300,6 @@ output: {{path: out/calls.jsonl, format: sft, min_grade: 1.0}}
 /// assistant turn with its `tool_calls`, the `tools` column beside — rows `galley train` reads.
 #[test]
 fn synth_in_native_mode_keeps_right_tool_calls_as_tool_calling_rows() {
-    use galley_bfcl::value::Py;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let simple = entries("simple_python", 4);
@@ -312,11 +307,7 @@ fn synth_in_native_mode_keeps_right_tool_calls_as_tool_calling_rows() {
     let mut answers = HashMap::new();
     let mut right_calls = Vec::new();
     for (i, e) in simple.iter().enumerate() {
-        let functions: Py = serde_json::from_str(&e["function"].to_string()).unwrap();
-        let Py::List(functions) = functions else {
-            panic!()
-        };
-        let tools = galley_bfcl::openai_tools(&functions).to_json();
+        let tools = galley_bfcl::openai_tools(&py_list(&e["function"])).to_json();
         let call = native_call(e, i == 1);
         if i != 3 {
             answers.insert(last_user(e), format!("CALLS:{}", serde_json::json!([call])));
@@ -375,17 +366,12 @@ output: {{path: out/calls.jsonl, format: sft, min_grade: 1.0}}
 #[test]
 fn grpo_in_native_mode_rewards_the_calls_read_back_from_completions() {
     use galley_bfcl::checker::Checker;
-    use galley_bfcl::value::{Py, json_dumps};
+    use galley_bfcl::value::json_dumps;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let simple = entries("simple_python", 2);
-    let tools_text = |e: &serde_json::Value| {
-        let Py::List(functions) = serde_json::from_str::<Py>(&e["function"].to_string()).unwrap()
-        else {
-            panic!()
-        };
-        json_dumps(&galley_bfcl::openai_tools(&functions))
-    };
+    let tools_text =
+        |e: &serde_json::Value| json_dumps(&galley_bfcl::openai_tools(&py_list(&e["function"])));
     // The loader's view first: the entry's messages, the tools as eval's native mode sends.
     std::fs::create_dir(d.join("granted")).unwrap();
     let rows: Vec<String> = simple.iter().map(|e| e.to_string()).collect();
@@ -421,11 +407,10 @@ fn grpo_in_native_mode_rewards_the_calls_read_back_from_completions() {
             Some(t) => serde_json::from_str(t).unwrap(),
             None => tools.clone(),
         };
-        let Py::List(functions) = serde_json::from_str::<Py>(&e["function"].to_string()).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(tools, galley_bfcl::openai_tools(&functions).to_json());
+        assert_eq!(
+            tools,
+            galley_bfcl::openai_tools(&py_list(&e["function"])).to_json()
+        );
     }
 
     // A tiny model taught the right call for each entry, through a Hermes-style template.
@@ -447,11 +432,11 @@ fn grpo_in_native_mode_rewards_the_calls_read_back_from_completions() {
         &text,
         &["<tool_call>", "</tool_call>"],
     );
-    let cfg = d.join("model/tokenizer_config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-    c["chat_template"] = HERMES_TEMPLATE.into();
-    std::fs::write(&cfg, c.to_string()).unwrap();
+    set_json_key(
+        &d.join("model/tokenizer_config.json"),
+        "chat_template",
+        HERMES_TEMPLATE,
+    );
     widen(d);
     let sft: String = simple
         .iter()
@@ -520,23 +505,12 @@ grpo:
     .unwrap();
     let o = galley(d, &["train", "-c", "grpo.yaml"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    let comps: Vec<serde_json::Value> = std::fs::read_to_string(d.join("grpo/completions.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let comps = jsonl(&d.join("grpo/completions.jsonl"));
     assert_eq!(comps.len(), 4);
     for c in &comps {
         let id = c["metadata"]["id"].as_str().unwrap();
         let e = simple.iter().find(|e| e["id"] == id).unwrap();
-        let Py::List(functions) = serde_json::from_str::<Py>(&e["function"].to_string()).unwrap()
-        else {
-            panic!()
-        };
-        let Py::List(truth) = serde_json::from_str::<Py>(&e["ground_truth"].to_string()).unwrap()
-        else {
-            panic!()
-        };
+        let (functions, truth) = (py_list(&e["function"]), py_list(&e["ground_truth"]));
         let read: Vec<(String, String)> = c["message"]["tool_calls"]
             .as_array()
             .unwrap_or_else(|| panic!("no calls read from {c}"))

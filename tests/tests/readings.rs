@@ -13,11 +13,11 @@ const THINKING_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}
 
 fn thinking_model(d: &Path) {
     galley_train::testing::tiny_chat_model(&d.join("model"));
-    let cfg = d.join("model/tokenizer_config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-    c["chat_template"] = THINKING_TEMPLATE.into();
-    std::fs::write(&cfg, c.to_string()).unwrap();
+    set_json_key(
+        &d.join("model/tokenizer_config.json"),
+        "chat_template",
+        THINKING_TEMPLATE,
+    );
 }
 
 #[test]
@@ -60,11 +60,7 @@ grpo:
     .unwrap();
     let o = galley(d, &["train", "-c", "grpo.yaml"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    let comps: Vec<serde_json::Value> = std::fs::read_to_string(d.join("run/completions.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let comps = jsonl(&d.join("run/completions.jsonl"));
     assert_eq!(comps.len(), 8);
     let mut cut = 0;
     for c in &comps {
@@ -188,16 +184,16 @@ fn sft_on_tool_rows_then_grpo_rewards_the_calls_the_trainer_reads() {
         &text,
         &["<tool_call>", "</tool_call>"],
     );
-    let cfg = d.join("model/tokenizer_config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-    c["chat_template"] = HERMES_TEMPLATE.into();
-    std::fs::write(&cfg, c.to_string()).unwrap();
-    let cfg = d.join("model/config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-    c["max_position_embeddings"] = 1024.into();
-    std::fs::write(&cfg, c.to_string()).unwrap();
+    set_json_key(
+        &d.join("model/tokenizer_config.json"),
+        "chat_template",
+        HERMES_TEMPLATE,
+    );
+    set_json_key(
+        &d.join("model/config.json"),
+        "max_position_embeddings",
+        1024,
+    );
 
     let row = serde_json::json!({"messages": [
         {"role": "user", "content": question},
@@ -255,11 +251,7 @@ grpo:
     .unwrap();
     let o = galley(d, &["train", "-c", "grpo.yaml"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    let comps: Vec<serde_json::Value> = std::fs::read_to_string(d.join("grpo/completions.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let comps = jsonl(&d.join("grpo/completions.jsonl"));
     assert_eq!(comps.len(), 4);
     for c in &comps {
         // Read back in the template's format: one call, the right one, rewarded as such.

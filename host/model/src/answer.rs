@@ -30,14 +30,15 @@ impl AnswerReader {
         }
     }
 
-    /// Whether a prompt rendered as `prompt` leaves a thinking block open for the answer.
-    pub fn opens(&self, prompt: &str) -> bool {
-        self.thinks && crate::reasoning::prompt_opens(prompt)
+    /// Whether reading can take anything out of an answer: the template thinks, or tools
+    /// were offered and galley reads the template's calls. Otherwise the reading is the text.
+    pub fn reads(&self, tools_offered: bool) -> bool {
+        self.thinks || (tools_offered && self.tool_format.is_some())
     }
 
-    /// `text` as an assistant turn. `opens`: the prompt left a thinking block open (see
-    /// [`Self::opens`]); `tools`: the tools the prompt offered (calls are read only then,
-    /// as a server reads them only for a request with tools).
+    /// `text` as an assistant turn. `opens`: the prompt left a thinking block open
+    /// ([`crate::reasoning::prompt_opens`]); `tools`: the tools the prompt offered (calls are
+    /// read only then, as a server reads them only for a request with tools).
     pub fn read(&self, text: &str, opens: bool, tools: Option<&Json>) -> Message {
         let (reasoning, content) = if self.thinks {
             crate::reasoning::split(text, opens)
@@ -102,6 +103,7 @@ mod tests {
             thinks: false,
             tool_format: Some(ToolFormat::Hermes),
         };
+        assert!(r.reads(true) && !r.reads(false));
         let text = "<tool_call>{\"name\": \"get_weather\", \"arguments\": {}}</tool_call>";
         let m = r.read(text, false, None);
         assert!(m.tool_calls.is_empty());
@@ -115,7 +117,7 @@ mod tests {
             thinks: true,
             tool_format: None,
         };
-        assert!(r.opens("<|im_start|>assistant\n<think>\n"));
+        assert!(r.reads(false));
         let m = r.read("the sum is 4</think>\n\n4", true, None);
         assert_eq!(m.reasoning_content.as_deref(), Some("the sum is 4"));
         assert_eq!(m.content, "4");

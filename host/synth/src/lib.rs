@@ -196,6 +196,24 @@ fn data_digest(path: &Path) -> Result<String, SynthError> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// One generated answer: the assistant turn it is (its text and the calls it made) and
+/// whether the engine's budget cut it.
+struct Answer {
+    message: Message,
+    truncated: bool,
+}
+
+impl Answer {
+    fn of(g: &galley_core::Generated) -> Self {
+        let mut message = Message::new("assistant", g.text.clone());
+        message.tool_calls = g.tool_calls.clone();
+        Self {
+            message,
+            truncated: g.truncated,
+        }
+    }
+}
+
 /// Told (prompts done, prompts in all) as batches finish.
 pub type Progress<'a> = dyn FnMut(usize, usize) + 'a;
 
@@ -276,34 +294,16 @@ pub fn synthesize(
         }
         sum.tokens += outs.iter().map(|o| o.tokens).sum::<usize>();
         sum.completions += outs.len();
-        let cut: Vec<bool> = outs.iter().map(|o| o.truncated).collect();
-        // Each answer as the assistant turn it is: its text and the calls it made.
-        let texts: Vec<Vec<Message>> = outs
+        let answers: Vec<Vec<Answer>> = outs
             .chunks(g.n)
-            .map(|c| {
-                c.iter()
-                    .map(|o| {
-                        let mut m = Message::new("assistant", o.text.clone());
-                        m.tool_calls = o.tool_calls.clone();
-                        m
-                    })
-                    .collect()
-            })
+            .map(|c| c.iter().map(Answer::of).collect())
             .collect();
         let batch: Vec<&Prompt> = chunk.iter().map(|&i| &prompts[i]).collect();
-        let grades = grade(
-            cfg,
-            &batch,
-            (&texts, &cut),
-            engine,
-            graders,
-            b,
-            &mut sum.no_grade,
-        )?;
+        let grades = grade(cfg, &batch, &answers, engine, graders, b, &mut sum.no_grade)?;
         sum.ungraded += grades.iter().flatten().filter(|g| g.is_none()).count();
         let finished: Vec<(usize, Vec<String>)> = chunk
             .iter()
-            .zip(batch.iter().zip(texts.iter().zip(&grades)))
+            .zip(batch.iter().zip(answers.iter().zip(&grades)))
             .map(|(&i, (p, (t, gr)))| (i, lines(cfg, p, t, gr)))
             .collect();
         for (_, l) in &finished {
@@ -323,35 +323,34 @@ pub fn synthesize(
 fn grade(
     cfg: &SynthConfig,
     batch: &[&Prompt],
-    (texts, cut): (&[Vec<Message>], &[bool]),
+    answers: &[Vec<Answer>],
     engine: &mut dyn Engine,
     graders: &mut Graders<'_>,
     step: usize,
     no_grade: &mut std::collections::BTreeMap<String, usize>,
 ) -> Result<Vec<Vec<Option<f64>>>, SynthError> {
-    let n: usize = texts.iter().map(Vec::len).sum();
+    let n: usize = answers.iter().map(Vec::len).sum();
     // (grader, weight, a grade per completion)
     let mut parts: Vec<(String, f64, Vec<Option<f64>>)> = Vec::new();
     let Some(gr) = &cfg.grade else {
-        return Ok(texts.iter().map(|t| vec![None; t.len()]).collect());
+        return Ok(answers.iter().map(|t| vec![None; t.len()]).collect());
     };
     let policy = gr.on_plugin_error;
     if !graders.rewards.is_empty() {
         let metas: Vec<_> = batch.iter().map(|p| p.metadata()).collect();
-        let mut cut = cut.iter();
         let groups: Vec<RewardGroup<'_>> = batch
             .iter()
             .zip(&metas)
-            .zip(texts)
+            .zip(answers)
             .map(|((p, m), t)| RewardGroup {
                 prompt: &p.messages,
                 metadata: m,
                 completions: t
                     .iter()
-                    .map(|m| galley_core::Completion {
-                        text: &m.content,
-                        message: Some(m),
-                        truncated: cut.next().copied().unwrap_or(false),
+                    .map(|a| galley_core::Completion {
+                        text: &a.message.content,
+                        message: Some(&a.message),
+                        truncated: a.truncated,
                     })
                     .collect(),
             })
@@ -365,7 +364,7 @@ fn grade(
     }
     if let (Some(spec), Some(ev)) = (&gr.evaluator, graders.evaluator.as_mut()) {
         let mut preds = Vec::with_capacity(n);
-        for (p, t) in batch.iter().zip(texts) {
+        for (p, t) in batch.iter().zip(answers) {
             let refs = match p.columns.get(&spec.references) {
                 Some(Value::String(s)) => vec![s.clone()],
                 Some(Value::Array(a)) => a
@@ -388,7 +387,7 @@ fn grade(
             for c in t {
                 preds.push(Prediction {
                     id: id.into(),
-                    prediction: c.content.clone(),
+                    prediction: c.message.content.clone(),
                     references: refs.clone(),
                     metadata: metadata.clone(),
                 });
@@ -407,7 +406,7 @@ fn grade(
         };
         let items: Vec<_> = batch
             .iter()
-            .zip(texts)
+            .zip(answers)
             .flat_map(|(p, t)| {
                 let reference = spec
                     .reference
@@ -416,7 +415,7 @@ fn grade(
                     .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
                 t.iter().map(move |c| galley_eval::judge::PointItem {
                     question: p.question().to_string(),
-                    answer: c.content.clone(),
+                    answer: c.message.content.clone(),
                     reference: reference.clone(),
                 })
             })
@@ -445,7 +444,7 @@ fn grade(
         }
         any.then_some(t)
     });
-    Ok(texts
+    Ok(answers
         .iter()
         .map(|t| (0..t.len()).map(|_| totals.next().flatten()).collect())
         .collect())
@@ -500,13 +499,13 @@ fn assistant(m: &Message) -> Value {
 }
 
 /// A prompt's output lines, in the format asked for.
-fn lines(cfg: &SynthConfig, p: &Prompt, texts: &[Message], grades: &[Option<f64>]) -> Vec<String> {
+fn lines(cfg: &SynthConfig, p: &Prompt, answers: &[Answer], grades: &[Option<f64>]) -> Vec<String> {
     let o = &cfg.output;
     let prompt = serde_json::to_value(&p.messages).expect("messages");
     match o.format {
         Format::Sft => {
             let keep: Vec<usize> = match o.keep {
-                Keep::All => (0..texts.len())
+                Keep::All => (0..answers.len())
                     .filter(|&j| {
                         o.min_grade
                             .is_none_or(|m| grades[j].is_some_and(|g| g >= m))
@@ -524,7 +523,7 @@ fn lines(cfg: &SynthConfig, p: &Prompt, texts: &[Message], grades: &[Option<f64>
                 .map(|j| {
                     let mut row: Map<String, Value> = p.columns.clone();
                     let mut messages = p.messages.clone();
-                    messages.push(texts[j].clone());
+                    messages.push(answers[j].message.clone());
                     row.insert(
                         "messages".into(),
                         serde_json::to_value(messages).expect("json"),
@@ -546,8 +545,8 @@ fn lines(cfg: &SynthConfig, p: &Prompt, texts: &[Message], grades: &[Option<f64>
             }
             let mut row: Map<String, Value> = p.columns.clone();
             row.insert("prompt".into(), prompt);
-            row.insert("chosen".into(), assistant(&texts[c]));
-            row.insert("rejected".into(), assistant(&texts[r]));
+            row.insert("chosen".into(), assistant(&answers[c].message));
+            row.insert("rejected".into(), assistant(&answers[r].message));
             row.insert("score_chosen".into(), gc.into());
             row.insert("score_rejected".into(), gr.into());
             vec![Value::Object(row).to_string()]

@@ -62,7 +62,8 @@ pub fn encode_prompts(
         });
     };
     let mut out = Vec::with_capacity(items.len());
-    let reader = template.map(AnswerReader::of_template);
+    // Only whether the template thinks matters here; how it writes calls is the task's.
+    let thinks = template.is_some_and(|t| galley_model::reasoning::template_thinks(&t.source));
     for r in items {
         let at = r.at.clone();
         let tools = r.tools();
@@ -109,7 +110,7 @@ pub fn encode_prompts(
             skipped.report(&at, &msg);
             continue;
         }
-        let opens = !special && reader.is_some_and(|r| r.opens(&text));
+        let opens = !special && thinks && galley_model::reasoning::prompt_opens(&text);
         out.push(Prompt {
             at,
             messages,
@@ -223,8 +224,8 @@ impl<'a> GrpoTask<'a> {
         self
     }
 
-    /// Each completion of `groups` read as an assistant turn, in order (`None` without a
-    /// reader).
+    /// Each completion of `groups` read as an assistant turn, in order (`None` where there is
+    /// no reader or it could take nothing out: the completion is then its text).
     fn read(
         &self,
         groups: &[(usize, &[galley_model::Completion])],
@@ -234,10 +235,9 @@ impl<'a> GrpoTask<'a> {
             .iter()
             .flat_map(|(p, outs)| {
                 let p = &set[*p];
-                outs.iter().map(move |c| {
-                    self.reader
-                        .map(|r| r.read(&c.text, p.opens, p.tools.as_ref()))
-                })
+                let reader = self.reader.filter(|r| r.reads(p.tools.is_some()));
+                outs.iter()
+                    .map(move |c| reader.map(|r| r.read(&c.text, p.opens, p.tools.as_ref())))
             })
             .collect()
     }

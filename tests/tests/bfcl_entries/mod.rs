@@ -160,9 +160,17 @@ pub fn long_context_model(d: &Path, text: &[String]) {
 }
 
 pub fn widen(d: &Path) {
-    let cfg = d.join("model/config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-    c["max_position_embeddings"] = 16384.into();
-    std::fs::write(&cfg, c.to_string()).unwrap();
+    set_json_key(
+        &d.join("model/config.json"),
+        "max_position_embeddings",
+        16384,
+    );
+}
+
+/// A JSON list (an entry's `function` or `ground_truth`) as galley-bfcl's Python values.
+pub fn py_list(v: &serde_json::Value) -> Vec<galley_bfcl::value::Py> {
+    match serde_json::from_str(&v.to_string()).unwrap() {
+        galley_bfcl::value::Py::List(items) => items,
+        other => panic!("not a list: {other:?}"),
+    }
 }
