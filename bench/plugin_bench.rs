@@ -2,11 +2,13 @@
 //! very same source compiled natively into the host (`plugins/math-answer/src/answer.rs`),
 //! measured in the same run, plus instantiation, cached load and cold compile times, and what
 //! `galley:plugin@0.2`'s richer completions cost against 0.1: the same plugin's 0.1 release
-//! (the embedded registry's blob) against today's 0.2 build, alternated in one run.
+//! (the embedded registry's blob) against today's 0.2 build, alternated in one run; and
+//! tool calls (`tool_calls`: the calculator against its native self).
 //!
 //! Run: `scripts/bench.sh` (builds the plugins, then `cargo run --release -p galley-bench`).
 
 mod native_math;
+mod tool_calls;
 mod workload;
 
 use native_math::NativeMathAnswer;
@@ -143,6 +145,8 @@ fn main() {
         contract.push(serde_json::json!({"case": label, "v0_2_per_s": w2, "v0_1_per_s": w1, "ratio": w2 / w1}));
     }
 
+    let tools = tool_calls::bench(&runtime, path.parent().unwrap(), min);
+
     // Instantiate (store + instance from InstancePre + `init`), as a trainer does per worker.
     let reps = 300;
     let t = Instant::now();
@@ -190,7 +194,7 @@ fn main() {
     );
     println!(
         "{}",
-        serde_json::json!({"bench": "plugin", "throughput": rows, "contract": contract, "instantiate_us": inst_us, "cached_load_ms": cached_ms, "cold_compile_ms": cold_ms})
+        serde_json::json!({"bench": "plugin", "throughput": rows, "contract": contract, "tools": tools, "instantiate_us": inst_us, "cached_load_ms": cached_ms, "cold_compile_ms": cold_ms})
     );
     let _ = std::fs::remove_dir_all(&cache);
 }

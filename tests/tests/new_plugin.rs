@@ -87,6 +87,26 @@ fn check(lang: &str, kind: &str) {
                 "{lang}: {out}"
             );
         }
+        "tool" => {
+            // No calls: the functions, as the `tools` list a template is shown.
+            let listed: serde_json::Value = serde_json::from_str(call(&[]).trim()).unwrap();
+            assert_eq!(
+                listed["function"]["name"], "count_words",
+                "{lang}: {listed}"
+            );
+            let out = call(&[
+                "--function",
+                "count_words",
+                "--arguments",
+                r#"{"text": "one two three"}"#,
+            ]);
+            assert_eq!(out, "count_words\t3\n", "{lang}");
+            let out = call(&["--function", "count_words", "--arguments", "{}"]);
+            assert!(
+                out.contains("error: invalid input: `text` must be a string"),
+                "{lang}: {out}"
+            );
+        }
         _ => unreachable!(),
     }
 }
@@ -100,6 +120,7 @@ fn all_kinds(lang: &str) {
 #[test]
 fn rust_plugins_from_scratch() {
     all_kinds("rust");
+    check("rust", "tool");
 }
 
 #[test]
@@ -127,4 +148,10 @@ fn new_refuses_a_bad_name_or_a_used_folder() {
     let line = one_line_error(&galley(tmp.path(), &["plugin", "new", "taken"]));
     assert!(line.contains("not empty"), "{line}");
     assert!(!Path::new(&tmp.path().join("Bad Name")).exists());
+    let line = one_line_error(&galley(
+        tmp.path(),
+        &["plugin", "new", "t", "--lang", "python", "--kind", "tool"],
+    ));
+    assert!(line.contains("written in Rust for now"), "{line}");
+    assert!(!tmp.path().join("t").exists());
 }

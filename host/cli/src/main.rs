@@ -125,7 +125,7 @@ enum PluginCmd {
     /// Show a component's kind, WIT version, imports, capabilities, size and digest.
     Inspect(df::InspectFlags),
     /// Run a plugin by hand: score completions, read a page of examples, grade predictions or plan a recipe.
-    Call(call::CallArgs),
+    Call(Box<call::CallArgs>),
 }
 
 /// Keeps freed memory in the process instead of handing it back to the kernel. A forward pass
@@ -197,7 +197,7 @@ fn run(cli: Cli) -> Result<()> {
             P::Update(a) => install_cmd::update(a),
             P::List(a) => install_cmd::list(a),
             P::Remove(a) => install_cmd::remove(a),
-            P::Call(a) => call::run(a),
+            P::Call(a) => call::run(*a),
         },
         Top::Score(a) => score::run(a),
         Top::Infer(a) => infer::run(a),

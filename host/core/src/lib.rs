@@ -23,8 +23,8 @@ pub use engine::{
 };
 pub use engine_spec::{EngineSpec, REMOTE_APIS};
 pub use plugin::{
-    DataSource, Decision, Evaluator, PluginError, PluginErrorKind, PluginKind, Recipe, RewardFn,
-    RewardFnExt, Stage,
+    DataSource, Decision, Evaluator, FunctionCall, PluginError, PluginErrorKind, PluginKind,
+    Recipe, RewardFn, RewardFnExt, Stage, Tool, ToolFunction,
 };
 
 /// This process's peak resident memory (VmHWM) in MiB, where /proc says it.

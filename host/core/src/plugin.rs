@@ -6,7 +6,7 @@ use crate::data::{Example, Metric, Prediction, RewardGroup};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The four kinds of plugin.
+/// The kinds of plugin (`tool` is new in `galley:plugin@0.3`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PluginKind {
@@ -14,14 +14,16 @@ pub enum PluginKind {
     DataLoader,
     Evaluator,
     Recipe,
+    Tool,
 }
 
 impl PluginKind {
-    pub const ALL: [PluginKind; 4] = [
+    pub const ALL: [PluginKind; 5] = [
         PluginKind::Reward,
         PluginKind::DataLoader,
         PluginKind::Evaluator,
         PluginKind::Recipe,
+        PluginKind::Tool,
     ];
 
     /// The name used in manifests and on the command line.
@@ -31,6 +33,7 @@ impl PluginKind {
             PluginKind::DataLoader => "data-loader",
             PluginKind::Evaluator => "evaluator",
             PluginKind::Recipe => "recipe",
+            PluginKind::Tool => "tool",
         }
     }
 
@@ -157,4 +160,52 @@ pub trait Recipe: Send {
         step: u64,
         metrics: &[Metric],
     ) -> Result<Decision, PluginError>;
+}
+
+/// One function a tool offers, as OpenAI's `tools` list describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolFunction {
+    pub name: String,
+    pub description: String,
+    /// The JSON Schema of the arguments object.
+    pub parameters: serde_json::Value,
+}
+
+impl ToolFunction {
+    /// The OpenAI `tools` entry a chat template renders: `{"type": "function", "function":
+    /// {...}}`.
+    pub fn openai(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            }
+        })
+    }
+}
+
+/// One call a model wrote: a function's name and its arguments (JSON text, as written).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FunctionCall<'a> {
+    pub name: &'a str,
+    pub arguments: &'a str,
+}
+
+/// Functions a model may call while it answers (a GRPO rollout's tool turns).
+pub trait Tool: Send {
+    /// `name@version`, for logs and metrics.
+    fn name(&self) -> &str;
+    /// The functions it offers (asked once, when the instance starts).
+    fn functions(&self) -> &[ToolFunction];
+    /// Runs a batch of calls (one round of a rollout's), one result per call in order: the
+    /// text is the tool turn the model reads, an error what is wrong with that call. The
+    /// outer error: the batch as a whole failed (a trap, the time budget), so no result is
+    /// known; the caller may retry the calls one by one.
+    #[allow(clippy::type_complexity)]
+    fn call(
+        &mut self,
+        calls: &[FunctionCall<'_>],
+    ) -> Result<Vec<Result<String, PluginError>>, PluginError>;
 }

@@ -22,6 +22,7 @@ pub mod purpose {
     pub const WASI_INSECURE: u64 = 9;
     pub const INIT: u64 = 10;
     pub const MIXTURE: u64 = 11;
+    pub const TOOL: u64 = 12;
 }
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;

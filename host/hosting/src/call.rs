@@ -1,12 +1,12 @@
 //! `galley plugin call`: one plugin run by hand, the way an author tries it before a run —
 //! reward inputs scored, a loader's first examples read, predictions graded, a recipe's plan
-//! (and its decision on reported metrics). The inputs come from flags or a JSON-lines file;
+//! (and its decision on reported metrics), a tool's functions and the results of calls. The inputs come from flags or a JSON-lines file;
 //! what comes back is data, for the binary to print.
 
 use crate::{At, HostingError, Result};
 use galley_core::{
-    DataSource, Decision, Evaluator, Example, Message, Metadata, Metric, PluginKind, Prediction,
-    Recipe, RewardFnExt, RewardInput, Stage, Value,
+    DataSource, Decision, Evaluator, Example, FunctionCall, Message, Metadata, Metric, PluginKind,
+    Prediction, Recipe, RewardFnExt, RewardInput, Stage, Tool, ToolFunction, Value,
 };
 use galley_runtime::{Grants, InstanceOptions, Plugin};
 use std::path::{Path, PathBuf};
@@ -44,6 +44,21 @@ pub struct Inputs {
     /// Recipe: the stage the metrics come from.
     #[cfg_attr(feature = "clap", arg(long, default_value = ""))]
     pub stage: String,
+    /// Tool: the function to call (with --arguments); without it, the functions are listed.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub function: Option<String>,
+    /// Tool: the call's arguments, a JSON object.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "{}"))]
+    pub arguments: String,
+}
+
+/// One tool call of `--input` (`{"name": ..., "arguments": {...}}`, OpenAI's function shape).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallLine {
+    name: String,
+    #[serde(default)]
+    arguments: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What the plugin answered.
@@ -63,6 +78,11 @@ pub enum Called {
     Plan {
         stages: Vec<Stage>,
         decision: Option<Decision>,
+    },
+    /// A tool: its functions, and each call's result (or the error the model would read).
+    Tool {
+        functions: Vec<ToolFunction>,
+        results: Vec<(String, std::result::Result<String, String>)>,
     },
 }
 
@@ -224,6 +244,46 @@ pub fn call(
             }
             Called::Plan { stages, decision }
         }
+        PluginKind::Tool => {
+            let mut tool = plugin.tool(config, opts)?;
+            let calls: Vec<(String, String)> = match (&inp.input, &inp.function) {
+                (Some(p), _) => read_items::<CallLine>(p, "call")?
+                    .into_iter()
+                    .map(|c| (c.name, serde_json::Value::Object(c.arguments).to_string()))
+                    .collect(),
+                (None, Some(f)) => {
+                    let args: serde_json::Value = serde_json::from_str(&inp.arguments)
+                        .at(|| "--arguments: not valid JSON".into())?;
+                    if !args.is_object() {
+                        return Err(HostingError::At {
+                            at: "--arguments".into(),
+                            message: "the arguments must be a JSON object".into(),
+                        });
+                    }
+                    vec![(f.clone(), args.to_string())]
+                }
+                (None, None) => Vec::new(),
+            };
+            let batch: Vec<FunctionCall> = calls
+                .iter()
+                .map(|(name, arguments)| FunctionCall { name, arguments })
+                .collect();
+            // Sent as a rollout sends them: the calls in one batch.
+            let answers = if batch.is_empty() {
+                Vec::new()
+            } else {
+                tool.call(&batch).at(at)?
+            };
+            let results = calls
+                .into_iter()
+                .zip(answers)
+                .map(|((name, _), r)| (name, r.map_err(|e| e.message)))
+                .collect();
+            Called::Tool {
+                functions: tool.functions().to_vec(),
+                results,
+            }
+        }
     })
 }
 
@@ -286,6 +346,24 @@ impl Called {
                     Some(Decision::Proceed) => line("decision\tproceed".into()),
                     Some(Decision::NextStage) => line("decision\tnext-stage".into()),
                     Some(Decision::Stop(why)) => line(format!("decision\tstop: {why}")),
+                }
+            }
+            // No calls: the functions, as the `tools` list a chat template is shown.
+            Called::Tool { functions, results } if results.is_empty() => {
+                for f in functions {
+                    line(js(&f.openai())?);
+                }
+            }
+            Called::Tool { results, .. } => {
+                for (name, r) in results {
+                    match (json, r) {
+                        (true, Ok(text)) => {
+                            line(js(&serde_json::json!({"name": name, "result": text}))?)
+                        }
+                        (true, Err(e)) => line(js(&serde_json::json!({"name": name, "error": e}))?),
+                        (false, Ok(text)) => line(format!("{name}\t{text}")),
+                        (false, Err(e)) => line(format!("{name}\terror: {e}")),
+                    }
                 }
             }
         }

@@ -6,12 +6,12 @@
 
 use crate::{At, HostingError, Result, Sandbox};
 use galley_core::seed::{derive_seed, purpose};
-use galley_core::{DataSource, RewardFn};
+use galley_core::{DataSource, RewardFn, Tool};
 use galley_registry::PluginLocator;
 use galley_run::TrainPlugins;
 use galley_runtime::{Grants, Plugin, Runtime};
 use galley_train::TrainConfig;
-use galley_train::config::{Objective, RewardSpec, SourceSection};
+use galley_train::config::{Objective, RewardSpec, SourceSection, ToolSpec};
 use std::sync::{Arc, OnceLock};
 
 /// Told of each plugin after it is loaded and before any of its code runs (a run records it
@@ -119,6 +119,33 @@ pub fn open_rewards(
     Ok(out)
 }
 
+/// Opens the tool plugins `specs` names, in order (`key`: the config list, e.g.
+/// `grpo.tools`). Tool `i` is seeded `derive_seed(seed, [TOOL, i])`.
+pub fn open_tools(
+    specs: &[ToolSpec],
+    key: &str,
+    at: &Opener,
+    seed: u64,
+    on_load: &mut OnLoad<'_>,
+) -> Result<Vec<Box<dyn Tool>>> {
+    let mut out: Vec<Box<dyn Tool>> = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let key = format!("{key}[{i}]");
+        let plugin = at.load(&spec.plugin, &key)?;
+        on_load(&spec.plugin, &plugin)?;
+        let sb = at
+            .sandbox
+            .with_limits(spec.limits.timeout_ms, spec.limits.memory_mb)
+            .seeded(derive_seed(seed, &[purpose::TOOL, i as u64]));
+        let settings = spec.settings.clone().unwrap_or(serde_json::json!({}));
+        let tool = plugin
+            .tool(&settings, sb.options(Grants::default()))
+            .at(|| format!("{key} ({})", plugin.id()))?;
+        out.push(Box::new(tool));
+    }
+    Ok(out)
+}
+
 /// The data-loader plugin of a data source, if it names one, with its granted folders.
 pub fn open_source(
     src: &SourceSection,
@@ -166,6 +193,13 @@ pub fn open_train(
             "grpo.rewards",
             at,
             &Grants::default(),
+            cfg.training.seed,
+            on_load,
+        )?;
+        out.tools = open_tools(
+            &cfg.grpo.tools,
+            "grpo.tools",
+            at,
             cfg.training.seed,
             on_load,
         )?;

@@ -19,6 +19,8 @@ pub struct Tokenizer {
     scores: Option<Vec<f32>>,
     /// Each token's text for constrained decoding, made once (see [`Tokenizer::json_vocab`]).
     json_vocab: std::sync::Mutex<Option<(usize, std::sync::Arc<crate::json_mode::Vocab>)>>,
+    /// A copy that reads special tokens' spellings as plain text (see [`Tokenizer::encode_plain`]).
+    plain: std::sync::OnceLock<tokenizers::Tokenizer>,
 }
 
 fn tok_err(e: impl std::fmt::Display) -> ModelError {
@@ -37,6 +39,7 @@ impl Tokenizer {
             eos,
             scores: None,
             json_vocab: Default::default(),
+            plain: Default::default(),
         })
     }
 
@@ -53,6 +56,19 @@ impl Tokenizer {
             ids.insert(0, b);
         }
         Ok(ids)
+    }
+
+    /// Token ids of `text` read as ordinary characters: a special token's spelling inside it
+    /// (`<|im_end|>`) becomes the pieces of that spelling, never the token. For text that
+    /// comes from outside the model (a tool's result) and must not end a turn or open one.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let plain = self.plain.get_or_init(|| {
+            let mut t = self.inner.clone();
+            t.set_encode_special_tokens(true);
+            t
+        });
+        let enc = plain.encode(text, false).map_err(tok_err)?;
+        Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
@@ -104,6 +120,7 @@ impl Tokenizer {
             eos,
             scores: None,
             json_vocab: Default::default(),
+            plain: Default::default(),
         }
     }
 

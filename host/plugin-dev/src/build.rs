@@ -157,6 +157,7 @@ pub fn world_of(kind: PluginKind) -> &'static str {
         PluginKind::DataLoader => "data-loader-plugin",
         PluginKind::Evaluator => "evaluator-plugin",
         PluginKind::Recipe => "recipe-plugin",
+        PluginKind::Tool => "tool-plugin",
     }
 }
 
@@ -177,6 +178,12 @@ pub fn build(
     })?;
     let mut manifest = Manifest::from_toml(&text, &manifest_path.display().to_string())?;
     let lang = Lang::detect(dir)?;
+    if manifest.kind == PluginKind::Tool && lang != Lang::Rust {
+        bail!(
+            "{}: tool plugins are written in Rust for now (galley-sdk's `tool` feature); the Python, JavaScript and C SDKs build the other kinds",
+            dir.display()
+        );
+    }
     let component = match lang {
         Lang::Rust => build_rust(dir, target_dir, toolchain()?, &manifest)?,
         Lang::Python => build_python(dir, manifest.kind).with_context(|| {
@@ -302,6 +309,7 @@ fn build_python(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
         PluginKind::DataLoader => "DataLoader",
         PluginKind::Evaluator => "Evaluator",
         PluginKind::Recipe => "Recipe",
+        PluginKind::Tool => unreachable!("refused before the build"),
     };
     let entry = scratch.0.join("entry");
     std::fs::create_dir_all(&entry)?;
@@ -352,6 +360,7 @@ fn build_js(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
         PluginKind::DataLoader => "export { __dataLoaderExport as dataLoader };",
         PluginKind::Evaluator => "export { __evaluatorExport as evaluator };",
         PluginKind::Recipe => "export { __recipeExport as recipe };",
+        PluginKind::Tool => unreachable!("refused before the build"),
     };
     let entry = scratch.0.join("entry.js");
     std::fs::write(

@@ -104,5 +104,6 @@ pub fn template(kind: PluginKind) -> &'static str {
         PluginKind::DataLoader => include_str!("../templates/c/data-loader.c"),
         PluginKind::Evaluator => include_str!("../templates/c/evaluator.c"),
         PluginKind::Recipe => include_str!("../templates/c/recipe.c"),
+        PluginKind::Tool => unreachable!("`galley plugin new` makes no C tool"),
     }
 }

@@ -19,6 +19,23 @@ pub const WIT_0_2_0: &[(&str, &str)] = &[
     ("recipe.wit", include_str!("../../../wit/v0.2.0/recipe.wit")),
 ];
 
+/// `galley:plugin@0.3.0`, file by file: what the Rust SDK's tool world is built against (the
+/// tool world is new in 0.3; the other kinds build against 0.2.0).
+pub const WIT_0_3_0: &[(&str, &str)] = &[
+    ("types.wit", include_str!("../../../wit/v0.3.0/types.wit")),
+    ("reward.wit", include_str!("../../../wit/v0.3.0/reward.wit")),
+    (
+        "data-loader.wit",
+        include_str!("../../../wit/v0.3.0/data-loader.wit"),
+    ),
+    (
+        "evaluator.wit",
+        include_str!("../../../wit/v0.3.0/evaluator.wit"),
+    ),
+    ("recipe.wit", include_str!("../../../wit/v0.3.0/recipe.wit")),
+    ("tool.wit", include_str!("../../../wit/v0.3.0/tool.wit")),
+];
+
 /// The Python SDK package `galley_sdk`.
 pub const PYTHON_SDK: &[(&str, &str)] = &[
     (
@@ -40,7 +57,7 @@ pub const PYTHON_SDK: &[(&str, &str)] = &[
 ];
 
 /// The Rust guest SDK crate, laid out as in the repository (its bindings find the WIT at
-/// `../../wit/v0.2.0`), so scaffolded plugins can depend on it by path anywhere.
+/// `../../wit/v0.2.0` and, for tools, `../../wit/v0.3.0`), so scaffolded plugins can depend on it by path anywhere.
 pub const RUST_SDK: &[(&str, &str)] = &[
     (
         "sdk/rust/Cargo.toml",
@@ -77,6 +94,10 @@ pub const RUST_SDK: &[(&str, &str)] = &[
     (
         "sdk/rust/src/recipe.rs",
         include_str!("../../../sdk/rust/src/recipe.rs"),
+    ),
+    (
+        "sdk/rust/src/tool.rs",
+        include_str!("../../../sdk/rust/src/tool.rs"),
     ),
 ];
 

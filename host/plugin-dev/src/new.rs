@@ -23,6 +23,8 @@ pub enum NewKind {
     Loader,
     Evaluator,
     Recipe,
+    /// A function a model calls during GRPO rollouts (Rust only, for now).
+    Tool,
 }
 
 impl NewKind {
@@ -32,6 +34,7 @@ impl NewKind {
             NewKind::Loader => PluginKind::DataLoader,
             NewKind::Evaluator => PluginKind::Evaluator,
             NewKind::Recipe => PluginKind::Recipe,
+            NewKind::Tool => PluginKind::Tool,
         }
     }
 }
@@ -44,10 +47,16 @@ pub fn rust_sdk_dir() -> Result<PathBuf> {
     // Rewritten every time: cheap, and a galley upgrade must not leave an old SDK behind.
     embedded::write_all(&root, embedded::RUST_SDK)?;
     embedded::write_all(&root.join("wit/v0.2.0"), embedded::WIT_0_2_0)?;
+    embedded::write_all(&root.join("wit/v0.3.0"), embedded::WIT_0_3_0)?;
     Ok(crate_dir)
 }
 
 pub fn run(name: &str, lang: NewLang, kind: NewKind, dir: Option<PathBuf>) -> Result<PathBuf> {
+    if kind == NewKind::Tool && lang != NewLang::Rust {
+        bail!(
+            "tool plugins are written in Rust for now (galley-sdk's `tool` feature): use --lang rust"
+        );
+    }
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     let manifest = format!(
         "# The registry namespace you publish under (galley plugin publish): NAMESPACE/NAME.\n# namespace = \"your-name\"\nname = \"{name}\"\nversion = \"0.1.0\"\nkind = \"{}\"\ndescription = \"{}\"\nlicense = \"Apache-2.0\"\n{}",
@@ -108,6 +117,7 @@ fn description(kind: NewKind) -> &'static str {
         NewKind::Loader => "Counting questions with their answers",
         NewKind::Evaluator => "Exact match after trimming and lower-casing",
         NewKind::Recipe => "SFT, then GRPO until the mean reward reaches a target, then evaluation",
+        NewKind::Tool => "Counts the words of a text, for a model to call",
     }
 }
 
@@ -130,6 +140,7 @@ fn test_input(kind: NewKind) -> Option<&'static str> {
         // Settings: `galley plugin call ... --config @test-input.json`.
         NewKind::Loader => Some("{\"count\": 5}\n"),
         NewKind::Recipe => Some("{\"target\": 0.8}\n"),
+        NewKind::Tool => None,
     }
 }
 
@@ -139,6 +150,7 @@ fn call_example(kind: NewKind) -> &'static str {
         NewKind::Evaluator => "--input test-input.jsonl",
         NewKind::Loader => "--max 3 --config @test-input.json",
         NewKind::Recipe => "--config @test-input.json --metric reward=0.95 --stage grpo",
+        NewKind::Tool => "--function count_words --arguments '{\"text\": \"one two three\"}'",
     }
 }
 
@@ -171,6 +183,7 @@ fn rust_body(kind: NewKind) -> &'static str {
         NewKind::Loader => include_str!("../templates/rust/data-loader.rs"),
         NewKind::Evaluator => include_str!("../templates/rust/evaluator.rs"),
         NewKind::Recipe => include_str!("../templates/rust/recipe.rs"),
+        NewKind::Tool => include_str!("../templates/rust/tool.rs"),
     }
 }
 
@@ -180,6 +193,7 @@ fn python_body(kind: NewKind) -> &'static str {
         NewKind::Loader => include_str!("../templates/python/data-loader.py"),
         NewKind::Evaluator => include_str!("../templates/python/evaluator.py"),
         NewKind::Recipe => include_str!("../templates/python/recipe.py"),
+        NewKind::Tool => unreachable!("refused in run"),
     }
 }
 
@@ -189,6 +203,7 @@ fn js_body(kind: NewKind) -> &'static str {
         NewKind::Loader => include_str!("../templates/js/data-loader.js"),
         NewKind::Evaluator => include_str!("../templates/js/evaluator.js"),
         NewKind::Recipe => include_str!("../templates/js/recipe.js"),
+        NewKind::Tool => unreachable!("refused in run"),
     }
 }
 

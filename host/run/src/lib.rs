@@ -70,6 +70,8 @@ pub struct TrainPlugins {
     /// One per `data.mixture` entry (none for a file).
     pub mixture: Vec<Option<Box<dyn DataSource>>>,
     pub rewards: Vec<Box<dyn RewardFn>>,
+    /// GRPO's tools, one per `grpo.tools` entry.
+    pub tools: Vec<Box<dyn galley_core::Tool>>,
 }
 
 impl TrainPlugins {
@@ -87,6 +89,7 @@ impl TrainPlugins {
                 .map(|m| m.as_deref_mut().map(|s| s as _))
                 .collect(),
             rewards: std::mem::take(&mut self.rewards),
+            tools: std::mem::take(&mut self.tools),
             group,
         }
     }

@@ -53,8 +53,10 @@ pub(crate) fn log_line(
 }
 
 /// Expands, inside a version module that has run `bindgen!` into `reward`, `data_loader`,
-/// `evaluator` and `recipe` and defines `messages_in`, `messages_out` and
-/// `reward_group_in`, to that version's calls (see the module comment).
+/// `evaluator` and `recipe` and defines `messages_in`, `messages_out`, `reward_group_in`
+/// and its tool world (`ToolPre`, `ToolLive`, `tool_pre`, `instantiate_tool`, `init_tool`,
+/// `tool_functions`, `call_tool`: `crate::no_tool_world!()` before 0.3), to that version's
+/// calls (see the module comment).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! world_calls {
@@ -108,6 +110,7 @@ macro_rules! world_calls {
             DataLoader(data_loader::DataLoaderPluginPre<PluginState>),
             Evaluator(evaluator::EvaluatorPluginPre<PluginState>),
             Recipe(recipe::RecipePluginPre<PluginState>),
+            Tool(ToolPre),
         }
 
         /// A live instance of one of this version's worlds.
@@ -116,6 +119,7 @@ macro_rules! world_calls {
             DataLoader(data_loader::DataLoaderPlugin),
             Evaluator(evaluator::EvaluatorPlugin),
             Recipe(recipe::RecipePlugin),
+            Tool(ToolLive),
         }
 
         /// Checks that the component exports `kind`'s world as this version defines it.
@@ -129,6 +133,7 @@ macro_rules! world_calls {
                 K::DataLoader => Pre::DataLoader(data_loader::DataLoaderPluginPre::new(pre)?),
                 K::Evaluator => Pre::Evaluator(evaluator::EvaluatorPluginPre::new(pre)?),
                 K::Recipe => Pre::Recipe(recipe::RecipePluginPre::new(pre)?),
+                K::Tool => Pre::Tool(tool_pre(pre)?),
             })
         }
 
@@ -141,6 +146,7 @@ macro_rules! world_calls {
                 Pre::DataLoader(p) => p.instantiate(store).map(Live::DataLoader),
                 Pre::Evaluator(p) => p.instantiate(store).map(Live::Evaluator),
                 Pre::Recipe(p) => p.instantiate(store).map(Live::Recipe),
+                Pre::Tool(p) => instantiate_tool(p, store).map(Live::Tool),
             }
         }
 
@@ -160,6 +166,7 @@ macro_rules! world_calls {
                 Live::DataLoader(b) => b.galley_plugin_data_loader().call_init(store, config, seed),
                 Live::Evaluator(b) => b.galley_plugin_evaluator().call_init(store, config),
                 Live::Recipe(_) => Ok(Ok(())),
+                Live::Tool(b) => return init_tool(b, store, config),
             })
         }
 
@@ -336,6 +343,158 @@ macro_rules! world_calls {
                     format!("invalid input: {}", shown(&m)),
                 ),
                 wit::PluginError::Failed(m) => (core::PluginErrorKind::Failed, shown(&m)),
+            }
+        }
+    };
+}
+
+/// The tool world of versions before 0.3, which have none: a component claiming one is
+/// refused when it is loaded, and no tool value of these versions can exist.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! no_tool_world {
+    () => {
+        pub(crate) enum ToolPre {}
+        pub(crate) enum ToolLive {}
+
+        fn tool_pre(
+            _: wasmtime::component::InstancePre<$crate::sandbox::PluginState>,
+        ) -> wasmtime::Result<ToolPre> {
+            Err(wasmtime::Error::msg(
+                "the tool world is new in galley:plugin@0.3.0",
+            ))
+        }
+
+        fn instantiate_tool(
+            p: &ToolPre,
+            _: &mut wasmtime::Store<$crate::sandbox::PluginState>,
+        ) -> wasmtime::Result<ToolLive> {
+            match *p {}
+        }
+
+        fn init_tool(
+            l: &ToolLive,
+            _: &mut wasmtime::Store<$crate::sandbox::PluginState>,
+            _: &str,
+        ) -> $crate::calls::Call<()> {
+            match *l {}
+        }
+
+        pub(crate) fn tool_functions(
+            live: &Live,
+            _: &mut wasmtime::Store<$crate::sandbox::PluginState>,
+        ) -> $crate::calls::Call<Vec<(String, String, String)>> {
+            let Live::Tool(l) = live else {
+                unreachable!("kind checked at construction")
+            };
+            match *l {}
+        }
+
+        #[allow(clippy::type_complexity)]
+        pub(crate) fn call_tool(
+            live: &Live,
+            _: &mut wasmtime::Store<$crate::sandbox::PluginState>,
+            _: &[galley_core::FunctionCall<'_>],
+        ) -> $crate::calls::Call<Vec<Result<String, (galley_core::PluginErrorKind, String)>>> {
+            let Live::Tool(l) = live else {
+                unreachable!("kind checked at construction")
+            };
+            match *l {}
+        }
+    };
+}
+
+/// What 0.2 changed, for 0.2 and every later version that keeps it (the generated types
+/// differ per version, so each expands its own): a message carries its tool calls, a tool
+/// turn's call id and name and an assistant turn's reasoning; a completion comes with its
+/// reading as an assistant turn and whether the budget cut it.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! messages_since_0_2 {
+    () => {
+        /// The longest tool-call id, function name or call id kept from a data loader, in
+        /// bytes: they are identifiers, shown in logs and rendered into prompts.
+        const MAX_IDENT: usize = 256;
+
+        fn tool_calls_in(calls: &[galley_core::ToolCall]) -> Vec<wit::ToolCall> {
+            calls
+                .iter()
+                .map(|c| wit::ToolCall {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    arguments: c.arguments.clone(),
+                })
+                .collect()
+        }
+
+        fn message_in(m: &galley_core::Message) -> wit::Message {
+            wit::Message {
+                role: m.role.clone(),
+                content: m.content.clone(),
+                tool_calls: tool_calls_in(&m.tool_calls),
+                tool_call_id: m.tool_call_id.clone(),
+                name: m.name.clone(),
+                reasoning: m.reasoning_content.clone(),
+            }
+        }
+
+        pub(crate) fn messages_in(m: &[galley_core::Message]) -> Vec<wit::Message> {
+            m.iter().map(message_in).collect()
+        }
+
+        /// Messages from a data loader. Identifiers are capped; a call's arguments stay as
+        /// written (the trainer's chat template and the data checks read them as JSON later,
+        /// and refuse them there with the example's id).
+        pub(crate) fn messages_out(m: Vec<wit::Message>) -> Vec<galley_core::Message> {
+            let ident = |s: String| galley_core::text::untrusted(&s, MAX_IDENT);
+            m.into_iter()
+                .map(|m| galley_core::Message {
+                    role: m.role,
+                    content: m.content,
+                    tool_calls: m
+                        .tool_calls
+                        .into_iter()
+                        .map(|c| galley_core::ToolCall {
+                            id: c.id.map(ident),
+                            name: ident(c.name),
+                            arguments: c.arguments,
+                        })
+                        .collect(),
+                    tool_call_id: m.tool_call_id.map(ident),
+                    name: m.name.map(ident),
+                    reasoning_content: m.reasoning,
+                })
+                .collect()
+        }
+
+        /// A group: each completion's text and its reading as an assistant turn (the text
+        /// itself as content where the caller had no reading).
+        fn reward_group_in(
+            g: &galley_core::RewardGroup<'_>,
+        ) -> reward::exports::galley::plugin::reward::RewardGroup {
+            use reward::exports::galley::plugin::reward as r;
+            r::RewardGroup {
+                prompt: messages_in(g.prompt),
+                metadata: metadata_in(g.metadata),
+                completions: g
+                    .completions
+                    .iter()
+                    .map(|c| r::Completion {
+                        text: c.text.to_string(),
+                        message: match c.message {
+                            Some(m) => message_in(m),
+                            None => wit::Message {
+                                role: "assistant".into(),
+                                content: c.text.to_string(),
+                                tool_calls: Vec::new(),
+                                tool_call_id: None,
+                                name: None,
+                                reasoning: None,
+                            },
+                        },
+                        truncated: c.truncated,
+                    })
+                    .collect(),
             }
         }
     };

@@ -27,8 +27,10 @@ mod inspect;
 mod manifest;
 mod plugin;
 mod sandbox;
+pub mod tools;
 pub mod v0_1;
 pub mod v0_2;
+pub mod v0_3;
 
 pub use cache::{CacheOutcome, default_cache_dir, default_cache_key};
 pub use cache_gc::{
@@ -39,5 +41,5 @@ pub use engine::{Runtime, RuntimeConfig, SUPPORTED_WIT, wit_supported};
 pub use error::RuntimeError;
 pub use inspect::{ComponentInfo, digest_of, inspect, parse_plugin_name};
 pub use manifest::{Capabilities, MANIFEST_SECTION, Manifest, embed as embed_manifest};
-pub use plugin::{Plugin, WasmDataSource, WasmEvaluator, WasmRecipe, WasmReward};
+pub use plugin::{Plugin, WasmDataSource, WasmEvaluator, WasmRecipe, WasmReward, WasmTool};
 pub use sandbox::{Grants, InstanceOptions, Limits};

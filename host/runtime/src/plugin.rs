@@ -8,10 +8,11 @@ use crate::error::RuntimeError;
 use crate::inspect::ComponentInfo;
 use crate::manifest::Manifest;
 use crate::sandbox::{InstanceOptions, PluginState, human_bytes};
-use crate::{v0_1, v0_2};
+use crate::{v0_1, v0_2, v0_3};
 use galley_core::{
-    DataSource, Decision, Evaluator, Example, Metric, PluginError, PluginErrorKind as K,
-    PluginKind, Prediction, Recipe, RewardFn, RewardGroup, Stage,
+    DataSource, Decision, Evaluator, Example, FunctionCall, Metric, PluginError,
+    PluginErrorKind as K, PluginKind, Prediction, Recipe, RewardFn, RewardGroup, Stage, Tool,
+    ToolFunction,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use wasmtime::Store;
 pub(crate) enum ApiPre {
     V0_1(v0_1::Pre),
     V0_2(v0_2::Pre),
+    V0_3(v0_3::Pre),
 }
 
 pub(crate) struct PluginInner {
@@ -39,6 +41,24 @@ pub(crate) struct PluginInner {
 #[derive(Clone)]
 pub struct Plugin {
     pub(crate) inner: Arc<PluginInner>,
+}
+
+/// A live instance of some world of some version.
+enum Live {
+    V0_1(v0_1::Live),
+    V0_2(v0_2::Live),
+    V0_3(v0_3::Live),
+}
+
+/// Calls the same export of whichever version `live` is.
+macro_rules! dispatch {
+    ($live:expr, $store:expr, $f:ident ( $($arg:expr),* )) => {
+        match $live {
+            Live::V0_1(l) => v0_1::$f(l, $store, $($arg),*),
+            Live::V0_2(l) => v0_2::$f(l, $store, $($arg),*),
+            Live::V0_3(l) => v0_3::$f(l, $store, $($arg),*),
+        }
+    };
 }
 
 impl Plugin {
@@ -119,22 +139,23 @@ impl Plugin {
             slot: Slot::new(self.clone(), &serde_json::json!({}), opts)?,
         })
     }
-}
 
-/// A live instance of some world of some version.
-enum Live {
-    V0_1(v0_1::Live),
-    V0_2(v0_2::Live),
-}
-
-/// Calls the same export of whichever version `live` is.
-macro_rules! dispatch {
-    ($live:expr, $store:expr, $f:ident ( $($arg:expr),* )) => {
-        match $live {
-            Live::V0_1(l) => v0_1::$f(l, $store, $($arg),*),
-            Live::V0_2(l) => v0_2::$f(l, $store, $($arg),*),
-        }
-    };
+    /// A tool instance, initialised with the user's settings; its functions are asked for
+    /// and checked here, once.
+    pub fn tool(
+        &self,
+        config: &serde_json::Value,
+        opts: InstanceOptions,
+    ) -> Result<WasmTool, PluginError> {
+        self.expect(PluginKind::Tool)?;
+        let mut slot = Slot::new(self.clone(), config, opts)?;
+        let raw = slot.call("functions", |live, store| {
+            dispatch!(live, store, tool_functions())
+        })?;
+        let functions =
+            crate::tools::check_functions(raw).map_err(|m| bad_output(&slot, "functions", m))?;
+        Ok(WasmTool { slot, functions })
+    }
 }
 
 /// One instance slot: the store and bindings, created on demand and dropped after a trap.
@@ -225,6 +246,7 @@ impl Slot {
         let made = match &self.plugin.inner.api {
             ApiPre::V0_1(pre) => v0_1::instantiate(pre, &mut store).map(Live::V0_1),
             ApiPre::V0_2(pre) => v0_2::instantiate(pre, &mut store).map(Live::V0_2),
+            ApiPre::V0_3(pre) => v0_3::instantiate(pre, &mut store).map(Live::V0_3),
         };
         let live = match made {
             Ok(l) => l,
@@ -524,5 +546,89 @@ impl Recipe for WasmRecipe {
             }
             d => d,
         })
+    }
+}
+
+/// A tool plugin instance behind the [`Tool`] trait.
+pub struct WasmTool {
+    slot: Slot,
+    functions: Vec<ToolFunction>,
+}
+
+impl Tool for WasmTool {
+    fn name(&self) -> &str {
+        self.slot.plugin.id()
+    }
+
+    fn functions(&self) -> &[ToolFunction] {
+        &self.functions
+    }
+
+    fn call(
+        &mut self,
+        calls: &[FunctionCall<'_>],
+    ) -> Result<Vec<Result<String, PluginError>>, PluginError> {
+        // What the contract promises the plugin is checked here, per call: a function it
+        // offers, arguments that are a JSON object. Only those calls cross.
+        let mut out: Vec<Option<Result<String, PluginError>>> = calls
+            .iter()
+            .map(|c| {
+                if !self.functions.iter().any(|f| f.name == c.name) {
+                    let name = galley_core::text::untrusted(c.name, calls::MAX_NAME);
+                    return Some(Err(self.slot.err(
+                        "call",
+                        K::InvalidInput,
+                        format!("offers no function named `{name}`"),
+                    )));
+                }
+                match serde_json::from_str::<serde_json::Value>(c.arguments) {
+                    Ok(serde_json::Value::Object(_)) => None,
+                    Ok(_) => Some(Err(self.slot.err(
+                        "call",
+                        K::InvalidInput,
+                        "the arguments must be a JSON object",
+                    ))),
+                    Err(e) => Some(Err(self.slot.err(
+                        "call",
+                        K::InvalidInput,
+                        format!("the arguments are not JSON: {e}"),
+                    ))),
+                }
+            })
+            .collect();
+        let sent: Vec<FunctionCall<'_>> = calls
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| o.is_none())
+            .map(|(c, _)| *c)
+            .collect();
+        if !sent.is_empty() {
+            let answers = self.slot.call("call", |live, store| {
+                dispatch!(live, store, call_tool(&sent))
+            })?;
+            if answers.len() != sent.len() {
+                return Err(bad_output(
+                    &self.slot,
+                    "call",
+                    format!(
+                        "returned {} results for a batch of {}",
+                        answers.len(),
+                        sent.len()
+                    ),
+                ));
+            }
+            let mut answers = answers.into_iter();
+            for o in out.iter_mut().filter(|o| o.is_none()) {
+                let a = answers.next().expect("lengths checked");
+                *o = Some(
+                    a.map(crate::tools::cap_result)
+                        .map_err(|(kind, msg)| self.slot.err("call", kind, msg)),
+                );
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every call answered"))
+            .collect())
     }
 }

@@ -1,5 +1,5 @@
 //! Host bindings of the frozen `galley:plugin@0.1.0` WIT (wit/v0.1.0). One module per
-//! released version (`v0_2` beside this one): the host keeps serving 0.1 plugins through it.
+//! released version (`v0_2`, `v0_3` beside this one): the host keeps serving 0.1 plugins through it.
 //! What 0.1 has that later versions changed is here (a message is a role and a text, a
 //! completion only its text); the rest is `crate::world_calls!`. Nothing outside this module
 //! sees the generated types.
@@ -82,4 +82,5 @@ fn reward_group_in(
     }
 }
 
+crate::no_tool_world!();
 crate::world_calls!();

@@ -49,6 +49,14 @@ fn wit_v0_2_0_is_unchanged() {
     );
 }
 
+#[test]
+fn wit_v0_3_0_is_unchanged() {
+    check_frozen(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../wit"),
+        "0.3.0",
+    );
+}
+
 /// Every version folder is pinned and served: a folder without its `.sha256`, or one the
 /// host has no bindings for, is a release half made.
 #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 mod align;
 pub use align::{
     DpoSection, GrpoSection, KtoSection, MAX_MEMORY_MB, OnPluginError, Reference, RewardLimits,
-    RewardSpec,
+    RewardSpec, ToolSpec,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -670,6 +670,34 @@ impl TrainConfig {
         }
         if let Err((key, msg)) = RewardSpec::check_list(&g.rewards) {
             return bad(&key, msg);
+        }
+        for (i, t) in g.tools.iter().enumerate() {
+            if t.plugin.trim().is_empty() {
+                return bad(
+                    &format!("tools[{i}].plugin"),
+                    "name the tool plugin (`plugin: calculator`)".into(),
+                );
+            }
+            if t.limits.timeout_ms == Some(0) {
+                return bad(
+                    &format!("tools[{i}].limits.timeout_ms"),
+                    "must be at least 1".into(),
+                );
+            }
+            if let Some(mb) = t.limits.memory_mb
+                && !(1..=MAX_MEMORY_MB).contains(&mb)
+            {
+                return bad(
+                    &format!("tools[{i}].limits.memory_mb"),
+                    format!("must be between 1 and {MAX_MEMORY_MB} (MiB)"),
+                );
+            }
+        }
+        if !g.tools.is_empty() && g.max_tool_calling_iterations == 0 {
+            return bad(
+                "max_tool_calling_iterations",
+                "must be at least 1 when tools are listed".into(),
+            );
         }
         Ok(())
     }

@@ -6,8 +6,9 @@
 //! batch. Reward functions (`RewardFn`: sandboxed plugins or built-ins) score each group in
 //! one call; "no opinion" is left out of a completion's weighted sum, and a failure follows
 //! `on_plugin_error` (`rewards`). Advantages and the clipped surrogate are `align`'s; the
-//! loss weights the fused per-token NLL, so one backward pass trains the policy. Every
-//! completion is written to completions.jsonl with its rewards and advantage.
+//! loss weights the fused per-token NLL, so one backward pass trains the policy. With tools
+//! (`tool_turns`), a completion goes on through its calls' results, which stay out of the
+//! loss. Every completion is written to completions.jsonl with its rewards and advantage.
 
 use crate::align::{self, Completion as Scored, Surrogate, Whole};
 use crate::config::{DataSection, GrpoSection, OnBad, Truncation};
@@ -16,6 +17,7 @@ use crate::dataset::Content;
 use crate::error::{Result, TrainError, file_err};
 use crate::model::{Pass, TrainModel};
 use crate::rewards;
+use crate::tool_turns::{self, Asked, Exchange, ToolBox};
 use crate::trainer::{Extra, Micro, Task};
 use candle_core::Tensor;
 use galley_core::{Message, Metadata, RewardFn, RewardGroup};
@@ -52,6 +54,7 @@ pub fn encode_prompts(
     recs: Records,
     data: &DataSection,
     max_completion: usize,
+    run_tools: &[serde_json::Value],
     skipped: &mut Skipped,
 ) -> Result<Vec<Prompt>> {
     let Records::Items(items) = recs else {
@@ -66,7 +69,8 @@ pub fn encode_prompts(
     let thinks = template.is_some_and(|t| galley_model::reasoning::template_thinks(&t.source));
     for r in items {
         let at = r.at.clone();
-        let tools = r.tools();
+        // The run's tools (`grpo.tools`) are offered to every prompt, before the row's own.
+        let tools = tool_turns::offered_with(run_tools, r.tools());
         let (prompt, metadata) = match r.into_prompt() {
             Ok(p) => p,
             Err(msg) => {
@@ -137,6 +141,9 @@ pub enum Reference {
 struct Row {
     prompt: usize,
     tokens: Vec<u32>,
+    /// Where tools ran: true where the model wrote the token (tool turns stay out of the
+    /// loss). `None`: every token is the model's.
+    mask: Option<Vec<bool>>,
     advantage: f64,
     /// Enters the loss: it has tokens, and is not a cut completion masked by
     /// `mask_truncated_completions`.
@@ -172,6 +179,18 @@ pub struct GrpoTask<'a> {
     /// How completions are read as assistant turns for reward functions (`None`: no chat
     /// template, so a completion is its text).
     reader: Option<AnswerReader>,
+    /// The run's tools and the template their turns are rendered with (`grpo.tools`).
+    tools: Option<(RefCell<ToolBox>, &'a ChatTemplate)>,
+}
+
+impl Row {
+    /// Positions in `tokens` that enter the loss.
+    fn trained(&self) -> Vec<usize> {
+        match &self.mask {
+            None => (0..self.tokens.len()).collect(),
+            Some(m) => (0..self.tokens.len()).filter(|&t| m[t]).collect(),
+        }
+    }
 }
 
 /// The mean and standard deviation of the totals no function failed on.
@@ -214,7 +233,21 @@ impl<'a> GrpoTask<'a> {
             weights,
             state: RefCell::new(None),
             reader: None,
+            tools: None,
         }
+    }
+
+    /// Runs `toolbox`'s functions when the model calls them, their turns rendered by
+    /// `template` (whose calls the reader must be able to read).
+    pub fn with_tools(mut self, toolbox: ToolBox, template: &'a ChatTemplate) -> Result<Self> {
+        if self.reader.is_none_or(|r| r.tool_format.is_none()) {
+            return Err(TrainError::Config {
+                file: "grpo.tools".into(),
+                msg: "the chat template does not show the model tools in a format galley reads calls back from (Hermes <tool_call>, Llama 3 JSON, Mistral [TOOL_CALLS], Qwen3-Coder XML...); set model.chat_template to one that does".into(),
+            });
+        }
+        self.tools = Some((RefCell::new(toolbox), template));
+        Ok(self)
     }
 
     /// Reads completions as assistant turns (reasoning and tool calls apart) with `reader`
@@ -226,20 +259,72 @@ impl<'a> GrpoTask<'a> {
 
     /// Each completion of `groups` read as an assistant turn, in order (`None` where there is
     /// no reader or it could take nothing out: the completion is then its text).
+    /// Where tools ran (`exchanges`), the model's last turn is read.
     fn read(
         &self,
         groups: &[(usize, &[galley_model::Completion])],
         set: &[Prompt],
+        exchanges: &[Exchange],
     ) -> Vec<Option<Message>> {
+        let mut ex = exchanges.iter();
         groups
             .iter()
             .flat_map(|(p, outs)| {
                 let p = &set[*p];
                 let reader = self.reader.filter(|r| r.reads(p.tools.is_some()));
-                outs.iter()
-                    .map(move |c| reader.map(|r| r.read(&c.text, p.opens, p.tools.as_ref())))
+                outs.iter().map(move |c| (p, reader, c))
+            })
+            .map(|(p, reader, c)| {
+                let (text, opens) = match ex.next() {
+                    Some(e) if !e.turns.is_empty() => (e.last.as_str(), e.last_opens),
+                    _ => (c.text.as_str(), p.opens),
+                };
+                reader.map(|r| r.read(text, opens, p.tools.as_ref()))
             })
             .collect()
+    }
+
+    /// Takes each completion of `set`'s prompts `order` (`per` a prompt) through its tool
+    /// calls, where the run has tools; the completions then hold the whole exchange.
+    fn tool_turns(
+        &self,
+        engine: &Llama,
+        set: &[Prompt],
+        order: &[usize],
+        per: usize,
+        outs: &mut [galley_model::Completion],
+        sampling: &SamplingParams,
+    ) -> Result<Vec<Exchange>> {
+        let (Some((toolbox, template)), Some(reader)) = (&self.tools, self.reader) else {
+            return Ok(Vec::new());
+        };
+        let asked: Vec<Asked> = order
+            .iter()
+            .flat_map(|&p| std::iter::repeat_n(&set[p], per))
+            .map(|p| Asked {
+                ids: &p.ids,
+                opens: p.opens,
+                tools: p.tools.as_ref(),
+            })
+            .collect();
+        let firsts = outs.to_vec();
+        let exchanges = tool_turns::roll(
+            &mut toolbox.borrow_mut(),
+            engine,
+            self.tokenizer,
+            template,
+            reader,
+            &asked,
+            firsts,
+            sampling,
+            self.cfg.max_completion_length,
+        )?;
+        for (c, e) in outs.iter_mut().zip(&exchanges) {
+            c.tokens.clone_from(&e.tokens);
+            c.text.clone_from(&e.text);
+            c.finish = e.finish;
+        }
+        Ok(exchanges)
     }
 
     fn completions_path(&self) -> PathBuf {
@@ -303,7 +388,8 @@ impl<'a> GrpoTask<'a> {
             .enumerate()
             .map(|(i, r)| {
                 let start = self.prompts[r.prompt].ids.len() - 1;
-                (0..r.tokens.len())
+                r.trained()
+                    .into_iter()
                     .map(|t| -(nll[i * b.t + start + t] as f64))
                     .collect()
             })
@@ -315,7 +401,10 @@ impl<'a> GrpoTask<'a> {
         let mut ids = p.clone();
         ids.extend(&r.tokens);
         let mut train = vec![false; p.len()];
-        train.extend(std::iter::repeat_n(true, r.tokens.len()));
+        match &r.mask {
+            None => train.extend(std::iter::repeat_n(true, r.tokens.len())),
+            Some(m) => train.extend(m),
+        }
         Sample { ids, train }
     }
 
@@ -361,18 +450,16 @@ impl<'a> GrpoTask<'a> {
             &[galley_core::seed::purpose::ROLLOUT, key as u64],
         );
         let t1 = Instant::now();
-        let outs = generate(
-            &engine,
-            self.tokenizer,
-            &inputs,
-            &self.sampling(seed, false),
-            &mut |_, _| {},
-        )?;
+        let sampling = self.sampling(seed, false);
+        let mut outs = generate(&engine, self.tokenizer, &inputs, &sampling, &mut |_, _| {})?;
         let gen_s = t1.elapsed().as_secs_f64();
+        let t_tools = Instant::now();
+        let exchanges = self.tool_turns(&engine, self.prompts, &order, g, &mut outs, &sampling)?;
+        let tools_s = t_tools.elapsed().as_secs_f64();
         drop(engine);
         let groups: Vec<(usize, &[galley_model::Completion])> =
             order.iter().copied().zip(outs.chunks(g)).collect();
-        let read = self.read(&groups, self.prompts);
+        let read = self.read(&groups, self.prompts, &exchanges);
         let rewards::Scored {
             scores,
             failed,
@@ -393,6 +480,10 @@ impl<'a> GrpoTask<'a> {
             .map(|(i, c)| Row {
                 prompt: order[i / g],
                 tokens: c.tokens.clone(),
+                mask: exchanges
+                    .get(i)
+                    .filter(|e| e.mask.contains(&false))
+                    .map(|e| e.mask.clone()),
                 advantage: adv[i],
                 in_loss: !(c.tokens.is_empty()
                     || self.cfg.mask_truncated_completions && truncated[i]),
@@ -451,11 +542,29 @@ impl<'a> GrpoTask<'a> {
             "frac_reward_zero_std".into(),
             zero_std as f64 / (totals.len() / g) as f64,
         );
-        let gen_tokens: usize = outs.iter().map(|c| c.tokens.len()).sum();
+        // The model's tokens: tool turns are not generated (TRL counts the same).
+        let gen_tokens: usize = rows.iter().map(|r| r.trained().len()).sum();
         m.insert(
             "completions/mean_length".into(),
             gen_tokens as f64 / outs.len() as f64,
         );
+        if self.tools.is_some() {
+            let calls: usize = exchanges.iter().map(|e| e.calls).sum();
+            let failures: usize = exchanges.iter().map(|e| e.failures).sum();
+            m.insert(
+                "tools/call_frequency".into(),
+                calls as f64 / outs.len() as f64,
+            );
+            m.insert(
+                "tools/failure_frequency".into(),
+                if calls > 0 {
+                    failures as f64 / calls as f64
+                } else {
+                    0.0
+                },
+            );
+            m.insert("tools_s".into(), tools_s);
+        }
         m.insert(
             "completions/clipped_ratio".into(),
             truncated.iter().filter(|t| **t).count() as f64 / outs.len() as f64,
@@ -468,13 +577,22 @@ impl<'a> GrpoTask<'a> {
         );
         m.insert("reward_s".into(), reward_s);
         m.insert("logp_s".into(), logp_s);
-        self.write_completions(step + 1, &rows, &outs, &read, &scores, &totals, &failed)?;
+        self.write_completions(
+            step + 1,
+            &rows,
+            &outs,
+            &read,
+            &exchanges,
+            &scores,
+            &totals,
+            &failed,
+        )?;
         let whole = Whole {
             sequences: rows.len(),
             tokens: rows
                 .iter()
                 .filter(|r| r.in_loss)
-                .map(|r| r.tokens.len())
+                .map(|r| r.trained().len())
                 .sum(),
         };
         let mut micro_rows = Vec::with_capacity(micros.len());
@@ -498,6 +616,7 @@ impl<'a> GrpoTask<'a> {
         rows: &[Row],
         outs: &[galley_model::Completion],
         read: &[Option<Message>],
+        exchanges: &[Exchange],
         scores: &[Vec<Option<f64>>],
         totals: &[f64],
         failed: &[bool],
@@ -530,11 +649,20 @@ impl<'a> GrpoTask<'a> {
                 "advantage": row.advantage,
                 "failed": failed[i],
             });
-            // The reading reward functions saw, where it took something out of the text.
+            // The reading reward functions saw, where it took something out of the text (or
+            // the text is a whole exchange with tools, and this its last turn).
+            let tools_ran = exchanges.get(i).is_some_and(|e| !e.turns.is_empty());
             if let Some(Some(m)) = read.get(i)
-                && (!m.tool_calls.is_empty() || m.reasoning_content.is_some())
+                && (!m.tool_calls.is_empty() || m.reasoning_content.is_some() || tools_ran)
             {
                 line["message"] = serde_json::to_value(m).expect("a message serializes");
+            }
+            // Where tools ran: the turns before the last, and the model's share of the tokens.
+            if let Some(e) = exchanges.get(i).filter(|e| !e.turns.is_empty()) {
+                line["turns"] = serde_json::to_value(&e.turns).expect("messages serialize");
+                line["tool_calls"] = e.calls.into();
+                line["tool_failures"] = e.failures.into();
+                line["model_tokens"] = row.trained().len().into();
             }
             writeln!(f, "{line}").map_err(|e| file_err(&path, e))?;
         }
@@ -597,8 +725,11 @@ impl Task for GrpoTask<'_> {
             .enumerate()
             .map(|(i, r)| {
                 let start = self.prompts[r.prompt].ids.len() - 1;
-                let n = if r.in_loss { r.tokens.len() } else { 0 };
-                (0..n)
+                if !r.in_loss {
+                    return Vec::new();
+                }
+                r.trained()
+                    .into_iter()
                     .map(|t| -(values[i * b.t + start + t] as f64))
                     .collect()
             })
@@ -631,7 +762,7 @@ impl Task for GrpoTask<'_> {
         let mut coef = vec![0f32; b.b * b.t];
         for (i, r) in rows.iter().enumerate() {
             let start = self.prompts[r.prompt].ids.len() - 1;
-            for (t, d) in out.d_logp[i].iter().enumerate() {
+            for (t, d) in r.trained().into_iter().zip(&out.d_logp[i]) {
                 coef[i * b.t + start + t] = -(*d as f32);
             }
         }
@@ -666,17 +797,14 @@ impl Task for GrpoTask<'_> {
         // One greedy completion per held-out prompt, scored by the run's reward functions.
         let engine = self.engine(model)?;
         let inputs: Vec<Vec<u32>> = self.val.iter().map(|p| p.ids.clone()).collect();
-        let outs = generate(
-            &engine,
-            self.tokenizer,
-            &inputs,
-            &self.sampling(0, true),
-            &mut |_, _| {},
-        )?;
+        let sampling = self.sampling(0, true);
+        let mut outs = generate(&engine, self.tokenizer, &inputs, &sampling, &mut |_, _| {})?;
+        let order: Vec<usize> = (0..self.val.len()).collect();
+        let exchanges = self.tool_turns(&engine, self.val, &order, 1, &mut outs, &sampling)?;
         drop(engine);
         let groups: Vec<(usize, &[galley_model::Completion])> =
             outs.chunks(1).enumerate().collect();
-        let read = self.read(&groups, self.val);
+        let read = self.read(&groups, self.val, &exchanges);
         let rewards::Scored { scores, failed, .. } = self.score(0, &groups, &read, self.val)?;
         let totals = align::total_rewards(&scores, &self.weights);
         let mut extra = Extra::new();

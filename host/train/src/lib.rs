@@ -47,6 +47,7 @@ mod tcp;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokenized;
+pub mod tool_turns;
 pub mod trainer;
 
 pub use config::TrainConfig;
@@ -59,7 +60,7 @@ use crate::config::{Objective, Tuning};
 use crate::data::{Encoder, Records, Sample, Skipped};
 use crate::error::file_err;
 use crate::model::TrainModel;
-use galley_core::{DataSource, RewardFn};
+use galley_core::{DataSource, RewardFn, Tool};
 use galley_model::{ChatTemplate, Tokenizer};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -75,6 +76,8 @@ pub struct Sources<'a> {
     /// One per `data.mixture` entry (none for a file), in order.
     pub mixture: Vec<Option<&'a mut dyn DataSource>>,
     pub rewards: Vec<Box<dyn RewardFn>>,
+    /// GRPO's tools, one per `grpo.tools` entry in order.
+    pub tools: Vec<Box<dyn Tool>>,
     /// The data-parallel group this process is a rank of (SFT and pre-training); None: one
     /// process, which a job of several (`WORLD_SIZE` above one) is refused as.
     pub group: Option<Box<dyn dist::Collective>>,
@@ -339,7 +342,14 @@ fn read_lm(cfg: &TrainConfig, sources: Sources, skipped: &mut Skipped) -> Result
     Ok(Raw::Lm(records(train)?, val))
 }
 
-fn encode(cfg: &TrainConfig, m: &Loaded, raw: Raw, skipped: &mut Skipped) -> Result<Data> {
+/// `offered`: the run's tools, shown to every GRPO prompt.
+fn encode(
+    cfg: &TrainConfig,
+    m: &Loaded,
+    raw: Raw,
+    offered: &[serde_json::Value],
+    skipped: &mut Skipped,
+) -> Result<Data> {
     let (split, seed) = (cfg.data.validation_split, cfg.data_seed());
     let enc = Encoder {
         tokenizer: &m.tokenizer,
@@ -394,7 +404,7 @@ fn encode(cfg: &TrainConfig, m: &Loaded, raw: Raw, skipped: &mut Skipped) -> Res
             let max_c = cfg.grpo.max_completion_length;
             let (tok, tpl) = (&m.tokenizer, m.template.as_ref());
             let (train, val) = sides(t, v, split, seed, |r| {
-                grpo::encode_prompts(tok, tpl, r, &cfg.data, max_c, skipped)
+                grpo::encode_prompts(tok, tpl, r, &cfg.data, max_c, offered, skipped)
             })?;
             Data::Prompts { train, val }
         }
@@ -420,6 +430,17 @@ fn sides<T>(
 /// Loads the model, tokenizer and data a config names: read the records the objective
 /// trains on, load (or initialise) the model, tokenize.
 pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Prepared> {
+    prepare_offering(cfg, sources, &[], out_dir)
+}
+
+/// [`prepare`], with `offered` (the run's tools, as OpenAI's `tools` list) shown to every
+/// GRPO prompt.
+pub fn prepare_offering(
+    cfg: &TrainConfig,
+    sources: Sources,
+    offered: &[serde_json::Value],
+    out_dir: &Path,
+) -> Result<Prepared> {
     // One GPU per local rank when the config says plain `cuda` (torchrun's convention).
     let spec = dist::Placement::from_env()?
         .device(&cfg.training.device, galley_model::cuda_device_count());
@@ -450,7 +471,7 @@ pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Pr
     };
     let mut loaded = load_model(cfg, &dev, text, out_dir)?;
     loaded.model.compute = compute;
-    let data = encode(cfg, &loaded, raw, &mut skipped)?;
+    let data = encode(cfg, &loaded, raw, offered, &mut skipped)?;
     if let Some(line) = skipped.summary() {
         tracing::warn!("{line}");
     }
@@ -512,7 +533,28 @@ pub fn run(
         });
     }
     let rewards = std::mem::take(&mut sources.rewards);
-    let p = prepare(cfg, sources, &out)?;
+    if grpo && sources.tools.len() != cfg.grpo.tools.len() {
+        return Err(TrainError::Config {
+            file: "grpo.tools".into(),
+            msg: format!(
+                "{} tools listed but {} opened",
+                cfg.grpo.tools.len(),
+                sources.tools.len()
+            ),
+        });
+    }
+    let toolbox = match std::mem::take(&mut sources.tools) {
+        t if grpo && !t.is_empty() => Some(tool_turns::ToolBox::new(
+            t,
+            cfg.grpo.max_tool_calling_iterations,
+        )?),
+        _ => None,
+    };
+    let offered = toolbox
+        .as_ref()
+        .map_or(&[][..], |t| &t.offered[..])
+        .to_vec();
+    let p = prepare_offering(cfg, sources, &offered, &out)?;
     let pad = p.tokenizer.eos.first().copied().unwrap_or(0);
     let (sft, dpo_task, grpo_task, kto_task);
     let task: &dyn trainer::Task = match &p.data {
@@ -525,7 +567,7 @@ pub fn run(
             &dpo_task
         }
         Data::Prompts { train, val } => {
-            grpo_task = grpo_task_for(cfg, &p, train, val, rewards, pad, &out)?;
+            grpo_task = grpo_task_for(cfg, &p, train, val, rewards, toolbox, pad, &out)?;
             &grpo_task
         }
         Data::Unpaired { train, val } => {
@@ -604,14 +646,16 @@ pub fn run(
     Ok(outcome)
 }
 
-/// GRPO's task: rollouts from the policy, the reward functions, and the KL reference
-/// (none at beta 0, adapters off, or a frozen copy of the starting model).
+/// GRPO's task: rollouts from the policy, the reward functions, the tools, and the KL
+/// reference (none at beta 0, adapters off, or a frozen copy of the starting model).
+#[allow(clippy::too_many_arguments)]
 fn grpo_task_for<'a>(
     cfg: &TrainConfig,
     p: &'a Prepared,
     train: &'a [grpo::Prompt],
     val: &'a [grpo::Prompt],
     rewards: Vec<Box<dyn RewardFn>>,
+    toolbox: Option<tool_turns::ToolBox>,
     pad: u32,
     out: &Path,
 ) -> Result<grpo::GrpoTask<'a>> {
@@ -622,7 +666,7 @@ fn grpo_task_for<'a>(
     } else {
         grpo::Reference::AdaptersOff
     };
-    Ok(grpo::GrpoTask::new(
+    let task = grpo::GrpoTask::new(
         train,
         val,
         cfg.grpo.clone(),
@@ -637,7 +681,15 @@ fn grpo_task_for<'a>(
         p.template
             .as_ref()
             .map(galley_model::answer::AnswerReader::of_template),
-    ))
+    );
+    match (toolbox, &p.template) {
+        (Some(tb), Some(t)) => task.with_tools(tb, t),
+        (Some(_), None) => Err(TrainError::Config {
+            file: "grpo.tools".into(),
+            msg: "tools need a chat template (the model's, or model.chat_template) to show them to the model and read its calls".into(),
+        }),
+        (None, _) => Ok(task),
+    }
 }
 
 /// DPO's task: the reference (adapters off, or a frozen copy of the starting model) and,

@@ -3,10 +3,12 @@
 //! A galley plugin is a WebAssembly component that the galley host runs in a sandbox: no
 //! files (unless a data loader is granted a read-only directory), no network, no environment,
 //! no wall clock, seeded randomness, and a time and memory budget on every call. This crate is
-//! the Rust face of the `galley:plugin@0.2.0` WIT contract: implement one trait, call one
-//! export macro, and build with `galley plugin build`. (galley-sdk 0.1 built against
+//! the Rust face of the `galley:plugin` WIT contract: implement one trait, call one export
+//! macro, and build with `galley plugin build`. (galley-sdk 0.1 built against
 //! `galley:plugin@0.1.0`; galley keeps running those plugins. 0.2 adds a message's tool calls
-//! and reasoning, and a completion's reading as an assistant turn.)
+//! and reasoning, and a completion's reading as an assistant turn. 0.3 adds tools, built
+//! against `galley:plugin@0.3.0`, where their world is new; the other kinds are still built
+//! against 0.2.0, the oldest contract that has all they use, so they run on any host since.)
 //!
 //! | kind | cargo feature | trait | macro |
 //! | --- | --- | --- | --- |
@@ -14,6 +16,7 @@
 //! | data loader | `data-loader` | [`data_loader::DataLoader`] | [`export_data_loader!`] |
 //! | evaluator | `evaluator` | [`evaluator::Evaluator`] | [`export_evaluator!`] |
 //! | recipe | `recipe` | [`recipe::Recipe`] | [`export_recipe!`] |
+//! | tool | `tool` | [`tool::Tool`] | [`export_tool!`] |
 //!
 //! Enable exactly one feature: a component exports exactly one world.
 //!
@@ -48,6 +51,8 @@ pub mod evaluator;
 pub mod recipe;
 #[cfg(feature = "reward")]
 pub mod reward;
+#[cfg(feature = "tool")]
+pub mod tool;
 
 pub mod log;
 

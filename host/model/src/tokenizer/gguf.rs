@@ -171,6 +171,7 @@ impl Tokenizer {
             eos: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
             scores,
             json_vocab: Default::default(),
+            plain: Default::default(),
         })
     }
 

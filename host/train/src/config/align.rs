@@ -167,6 +167,17 @@ impl RewardSpec {
     }
 }
 
+/// One tool plugin (a component path, a name on the plugin path, or an installed
+/// `NAMESPACE/NAME`) with its settings and sandbox limits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolSpec {
+    pub plugin: String,
+    /// Passed to the plugin's `init` (a JSON object).
+    pub settings: Option<serde_json::Value>,
+    pub limits: RewardLimits,
+}
+
 /// The largest memory cap a config may give a plugin: 64 GiB, far above what a 32-bit
 /// wasm instance can use (4 GiB per memory), and small enough that the byte count never wraps.
 pub const MAX_MEMORY_MB: u64 = 64 << 10;
@@ -183,6 +194,11 @@ pub struct GrpoSection {
     /// 0 keeps every token.
     pub top_k: usize,
     pub rewards: Vec<RewardSpec>,
+    /// Tool plugins the model may call while it answers (TRL's `tools`): each call runs in
+    /// its plugin and the result is fed back as a tool turn, kept out of the loss.
+    pub tools: Vec<ToolSpec>,
+    /// The most rounds of tool calls in one completion (TRL's `max_tool_calling_iterations`).
+    pub max_tool_calling_iterations: usize,
     pub scale_rewards: crate::align::ScaleRewards,
     pub loss_type: crate::align::GrpoLoss,
     /// The clipping range below 1 (and above, unless `epsilon_high` is set).
@@ -213,6 +229,8 @@ impl Default for GrpoSection {
             top_p: 1.0,
             top_k: 0,
             rewards: Vec::new(),
+            tools: Vec::new(),
+            max_tool_calling_iterations: 4,
             scale_rewards: crate::align::ScaleRewards::Group,
             loss_type: crate::align::GrpoLoss::Dapo,
             epsilon: 0.2,
