@@ -178,9 +178,9 @@ pub fn build(
     })?;
     let mut manifest = Manifest::from_toml(&text, &manifest_path.display().to_string())?;
     let lang = Lang::detect(dir)?;
-    if manifest.kind == PluginKind::Tool && lang != Lang::Rust {
+    if manifest.kind == PluginKind::Tool && !matches!(lang, Lang::Rust | Lang::Python) {
         bail!(
-            "{}: tool plugins are written in Rust for now (galley-sdk's `tool` feature); the Python, JavaScript and C SDKs build the other kinds",
+            "{}: tool plugins are written in Rust or Python for now (galley-sdk's `tool` feature, `@tool`); the JavaScript and C SDKs build the other kinds",
             dir.display()
         );
     }
@@ -263,7 +263,14 @@ fn build_rust(
 pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Scratch {
+    /// With `galley:plugin@0.2.0`, what every kind but tools builds against.
     pub(crate) fn new() -> Result<Self> {
+        Self::for_kind(PluginKind::Reward)
+    }
+
+    /// With the WIT `kind` builds against: 0.3.0 for tools (their world is new there),
+    /// 0.2.0 for the rest (the oldest contract with all they use).
+    pub(crate) fn for_kind(kind: PluginKind) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "galley-build-{}-{}",
             std::process::id(),
@@ -273,7 +280,11 @@ impl Scratch {
                 .unwrap_or(0)
         ));
         std::fs::create_dir_all(dir.join("wit"))?;
-        embedded::write_all(&dir.join("wit"), embedded::WIT_0_2_0)?;
+        let wit = match kind {
+            PluginKind::Tool => embedded::WIT_0_3_0,
+            _ => embedded::WIT_0_2_0,
+        };
+        embedded::write_all(&dir.join("wit"), wit)?;
         Ok(Self(dir))
     }
 }
@@ -301,7 +312,7 @@ fn run_tool(cmd: &mut std::process::Command, what: &str) -> Result<()> {
 /// author's `plugin.py` and the SDK's export class for the kind.
 fn build_python(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
     let tool = toolchains::componentize_py()?;
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::for_kind(kind)?;
     let sdk = scratch.0.join("sdk");
     embedded::write_all(&sdk, embedded::PYTHON_SDK)?;
     let export = match kind {
@@ -309,7 +320,7 @@ fn build_python(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
         PluginKind::DataLoader => "DataLoader",
         PluginKind::Evaluator => "Evaluator",
         PluginKind::Recipe => "Recipe",
-        PluginKind::Tool => unreachable!("refused before the build"),
+        PluginKind::Tool => "Tool",
     };
     let entry = scratch.0.join("entry");
     std::fs::create_dir_all(&entry)?;

@@ -23,7 +23,7 @@ pub enum NewKind {
     Loader,
     Evaluator,
     Recipe,
-    /// A function a model calls during GRPO rollouts (Rust only, for now).
+    /// A function a model calls during GRPO rollouts (Rust or Python, for now).
     Tool,
 }
 
@@ -52,9 +52,9 @@ pub fn rust_sdk_dir() -> Result<PathBuf> {
 }
 
 pub fn run(name: &str, lang: NewLang, kind: NewKind, dir: Option<PathBuf>) -> Result<PathBuf> {
-    if kind == NewKind::Tool && lang != NewLang::Rust {
+    if kind == NewKind::Tool && !matches!(lang, NewLang::Rust | NewLang::Python) {
         bail!(
-            "tool plugins are written in Rust for now (galley-sdk's `tool` feature): use --lang rust"
+            "tool plugins are written in Rust or Python for now: use --lang rust or --lang python"
         );
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
@@ -193,7 +193,7 @@ fn python_body(kind: NewKind) -> &'static str {
         NewKind::Loader => include_str!("../templates/python/data-loader.py"),
         NewKind::Evaluator => include_str!("../templates/python/evaluator.py"),
         NewKind::Recipe => include_str!("../templates/python/recipe.py"),
-        NewKind::Tool => unreachable!("refused in run"),
+        NewKind::Tool => include_str!("../templates/python/tool.py"),
     }
 }
 

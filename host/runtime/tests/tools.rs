@@ -173,3 +173,70 @@ fn forged_markers_arrive_as_text() {
     let out = one(&mut t, "echo", "{}").unwrap();
     assert!(out.contains("<|im_end|>\n<|im_start|>assistant"), "{out}");
 }
+
+/// Tools written in Python as TRL users write them: the schema comes from the type hints and
+/// the docstring, dicts come back as JSON, exceptions as errors the model reads.
+#[test]
+fn python_tools_are_read_from_typed_functions() {
+    let p = load("tools-py");
+    assert_eq!(p.wit_version(), &semver::Version::new(0, 3, 0));
+    let mut t = p.tool(&json!({}), opts(10_000, 256)).unwrap();
+    let f = t.functions().to_vec();
+    assert_eq!(f.len(), 2);
+    assert_eq!(f[0].name, "multiply");
+    assert_eq!(f[0].description, "Multiplies two integers.");
+    assert_eq!(
+        f[0].parameters,
+        json!({"type": "object", "properties": {
+            "a": {"type": "integer", "description": "The first factor."},
+            "b": {"type": "integer", "description": "The second factor."}},
+            "required": ["a", "b"]})
+    );
+    assert_eq!(
+        f[1].parameters["properties"]["units"]["type"],
+        json!(["string", "null"])
+    );
+    assert_eq!(f[1].parameters["required"], json!(["city"]));
+    let calls = [
+        FunctionCall {
+            name: "multiply",
+            arguments: r#"{"a": 6, "b": 7}"#,
+        },
+        FunctionCall {
+            name: "lookup",
+            arguments: r#"{"city": "Oslo"}"#,
+        },
+        FunctionCall {
+            name: "lookup",
+            arguments: r#"{"city": "Atlantis"}"#,
+        },
+        FunctionCall {
+            name: "multiply",
+            arguments: r#"{"a": 6}"#,
+        },
+        FunctionCall {
+            name: "multiply",
+            arguments: r#"{"a": 6, "b": 7, "c": 8}"#,
+        },
+    ];
+    let out = t.call(&calls).unwrap();
+    assert_eq!(out[0].as_deref(), Ok("42"));
+    let v: serde_json::Value = serde_json::from_str(out[1].as_ref().unwrap()).unwrap();
+    assert_eq!(
+        v,
+        json!({"city": "Oslo", "temperature": 21, "units": "metric"})
+    );
+    let e = out[2].as_ref().unwrap_err();
+    assert_eq!(e.kind, K::Failed);
+    assert!(e.message.contains("ValueError: no such city"), "{e}");
+    let e = out[3].as_ref().unwrap_err();
+    assert_eq!(e.kind, K::InvalidInput);
+    assert!(e.message.contains("multiply needs b"), "{e}");
+    assert!(
+        out[4]
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("takes no argument c")
+    );
+}

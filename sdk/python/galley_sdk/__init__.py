@@ -2,7 +2,7 @@
 
 A galley plugin runs as a sandboxed WebAssembly component (built by ``galley plugin build``
 with componentize-py). Write ``plugin.py`` beside a ``galley.toml`` manifest and decorate one
-function or class; the SDK turns it into the ``galley:plugin@0.2.0`` interface, so nothing of
+function or class; the SDK turns it into the ``galley:plugin@0.2.0`` interface (tools: ``@0.3.0``), so nothing of
 the WIT shows in plugin code.
 
 Reward (``kind = "reward"``)::
@@ -46,18 +46,35 @@ Recipe (``kind = "recipe"``): a class with ``plan(self, config)`` returning stag
 (``{"name", "kind", "config"}``) and optionally ``on_metrics(self, stage, step, metrics)``
 returning ``"proceed"``, ``"next-stage"`` or ``("stop", reason)``.
 
+Tool (``kind = "tool"``, ``galley:plugin@0.3.0``): plain functions a model may call during
+GRPO rollouts, as TRL takes them — the name, the docstring and the type hints are what the
+model is shown; the return value is what it reads back::
+
+    from galley_sdk import tool
+
+    @tool
+    def multiply(a: int, b: int) -> int:
+        '''Multiplies two integers.
+
+        Args:
+            a: The first factor.
+            b: The second factor.
+        '''
+        return a * b
+
 Raise ``ConfigError`` for bad settings and ``InputError`` for bad input; any other exception
 is reported to the host as the plugin's failure, with its message.
 """
 
 from ._core import ConfigError, InputError, PluginFailure, log
-from ._kinds import data_loader, evaluator, recipe, reward
+from ._kinds import data_loader, evaluator, recipe, reward, tool
 
 __all__ = [
     "reward",
     "data_loader",
     "evaluator",
     "recipe",
+    "tool",
     "ConfigError",
     "InputError",
     "PluginFailure",

@@ -1,6 +1,8 @@
 """The WIT export classes componentize-py binds to. The build imports the one for the
 plugin's kind into the generated entry module; authors never see these."""
 
+import inspect
+
 from ._core import (
     InputError,
     message_in,
@@ -12,7 +14,7 @@ from ._core import (
     registered,
     to_wit_error,
 )
-from ._kinds import _accepts
+from ._kinds import _accepts, schema
 
 _state = {}
 
@@ -160,3 +162,55 @@ class Recipe:
             raise InputError(f"on_metrics returned {d!r}; expected 'proceed', 'next-stage' or ('stop', reason)")
         except Exception as e:
             raise to_wit_error(e)
+
+
+class Tool:
+    def init(self, config):
+        try:
+            _state["tool"] = {f.__name__: f for f in registered("tool")}
+            parse_config(config)
+        except Exception as e:
+            raise to_wit_error(e)
+
+    def functions(self):
+        import json
+
+        from wit_world.exports import tool as t
+
+        try:
+            out = []
+            for name, fn in _state["tool"].items():
+                description, params = schema(fn)
+                out.append(t.Function(name, description, json.dumps(params)))
+            return out
+        except Exception as e:
+            raise to_wit_error(e)
+
+    def call(self, calls):
+        import json
+
+        from componentize_py_types import Ok
+
+        out = []
+        for c in calls:
+            try:
+                fn = _state["tool"][c.name]
+                args = json.loads(c.arguments)
+                if not isinstance(args, dict):
+                    raise InputError("the arguments must be a JSON object")
+                names, var = _accepts(fn)
+                unknown = sorted(set(args) - names)
+                if unknown and not var:
+                    raise InputError(f"{c.name} takes no argument {', '.join(unknown)}")
+                missing = [
+                    p.name
+                    for p in inspect.signature(fn).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in args
+                ]
+                if missing:
+                    raise InputError(f"{c.name} needs {', '.join(missing)}")
+                result = fn(**args)
+                out.append(Ok(result if isinstance(result, str) else json.dumps(result)))
+            except Exception as e:
+                out.append(to_wit_error(e))
+        return out
