@@ -93,12 +93,26 @@ impl ToolBox {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!("{e}; calling its {} calls one at a time", batch.len());
+                    // Once one call alone runs out of time, the rest of the round is answered
+                    // with that error uncalled: a tool that always hangs costs a round two
+                    // time budgets, not one per call.
+                    let mut hung: Option<galley_core::PluginError> = None;
                     batch
                         .iter()
-                        .map(|c| match tool.call(std::slice::from_ref(c)) {
-                            Ok(mut one) if one.len() == 1 => one.remove(0),
-                            Ok(_) => Err(e.clone()),
-                            Err(e) => Err(e),
+                        .map(|c| {
+                            if let Some(h) = &hung {
+                                return Err(h.clone());
+                            }
+                            match tool.call(std::slice::from_ref(c)) {
+                                Ok(mut one) if one.len() == 1 => one.remove(0),
+                                Ok(_) => Err(e.clone()),
+                                Err(e) => {
+                                    if e.kind == galley_core::PluginErrorKind::Timeout {
+                                        hung = Some(e.clone());
+                                    }
+                                    Err(e)
+                                }
+                            }
                         })
                         .collect()
                 }
@@ -435,7 +449,12 @@ Tools: {% for t in tools %}{{ t.function.name }} {% endfor %}<|im_end|>
         assert!(err.to_string().contains("does not continue"), "{err}");
     }
 
-    struct Echo(Vec<galley_core::ToolFunction>, usize);
+    /// Functions, the largest batch it takes, and how many times it was called.
+    struct Echo(
+        Vec<galley_core::ToolFunction>,
+        usize,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    );
 
     impl Tool for Echo {
         fn name(&self) -> &str {
@@ -463,6 +482,10 @@ Tools: {% for t in tools %}{{ t.function.name }} {% endfor %}<|im_end|>
             if calls.len() > self.1 {
                 return Err(err("batch too big"));
             }
+            self.2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if calls.iter().any(|c| c.arguments == "hang") {
+                return Err(err("ran past its time budget"));
+            }
             Ok(calls
                 .iter()
                 .map(|c| match c.arguments {
@@ -474,6 +497,14 @@ Tools: {% for t in tools %}{{ t.function.name }} {% endfor %}<|im_end|>
     }
 
     fn echo(name: &str, batch: usize) -> Box<dyn Tool> {
+        echo_counted(name, batch, Default::default())
+    }
+
+    fn echo_counted(
+        name: &str,
+        batch: usize,
+        count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Box<dyn Tool> {
         Box::new(Echo(
             vec![galley_core::ToolFunction {
                 name: name.into(),
@@ -481,6 +512,7 @@ Tools: {% for t in tools %}{{ t.function.name }} {% endfor %}<|im_end|>
                 parameters: serde_json::json!({"type": "object"}),
             }],
             batch,
+            count,
         ))
     }
 
@@ -526,5 +558,20 @@ Tools: {% for t in tools %}{{ t.function.name }} {% endfor %}<|im_end|>
         assert_eq!(out[0], ("a:1".into(), false));
         assert!(out[1].1);
         assert_eq!(out[2], ("a:3".into(), false));
+    }
+
+    /// A tool that hangs costs a round two time budgets (the batch, then the first call
+    /// alone), however many calls the round has.
+    #[test]
+    fn a_hanging_tool_is_not_called_once_per_call() {
+        let count = std::sync::Arc::<std::sync::atomic::AtomicUsize>::default();
+        let mut tb = ToolBox::new(vec![echo_counted("a", 64, count.clone())], 1).unwrap();
+        let calls: Vec<ToolCall> = (0..10).map(|_| call("a", "hang")).collect();
+        let out = tb.run(&calls);
+        assert!(
+            out.iter()
+                .all(|(text, failed)| *failed && text.contains("time budget"))
+        );
+        assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 }
