@@ -278,28 +278,21 @@ pub fn loopback_json_server(
     url
 }
 
-/// A Hermes-style tool template (as Qwen 2.5's writes calls) whose assistant turn begins as
-/// its generation prompt ends (`assistant\n`), so what SFT teaches is what sampling continues.
-pub const HERMES_TEMPLATE: &str = r#"{%- if tools %}<|im_start|>system
-You may call these functions:
-<tools>
-{%- for tool in tools %}
-{{ tool | tojson }}
-{%- endfor %}
-</tools><|im_end|>
-{% endif %}
-{%- for m in messages %}
-{%- if m.role == "tool" %}<|im_start|>user
-<tool_response>
-{{ m.content }}
-</tool_response><|im_end|>
-{% elif m.tool_calls %}<|im_start|>assistant
-{% for c in m.tool_calls %}<tool_call>
-{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}
-</tool_call>{% endfor %}<|im_end|>
-{% else %}<|im_start|>{{ m.role }}
-{{ m.content }}<|im_end|>
-{% endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}<|im_start|>assistant
-{% endif %}"#;
+pub use galley_train::testing::HERMES_TEMPLATE;
+
+/// A tiny chat model in `dir/model` whose tokenizer learned `text` (with `added` as whole
+/// tokens) and whose template is [`HERMES_TEMPLATE`], with `positions` positions: the model
+/// the tool-calling tests teach by SFT.
+pub fn hermes_model(dir: &Path, text: &[String], added: &[&str], positions: usize) {
+    galley_train::testing::tiny_chat_model_with(&dir.join("model"), text, added);
+    set_json_key(
+        &dir.join("model/tokenizer_config.json"),
+        "chat_template",
+        HERMES_TEMPLATE,
+    );
+    set_json_key(
+        &dir.join("model/config.json"),
+        "max_position_embeddings",
+        positions,
+    );
+}

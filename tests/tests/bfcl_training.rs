@@ -427,17 +427,7 @@ fn grpo_in_native_mode_rewards_the_calls_read_back_from_completions() {
             std::iter::repeat_n(line, 20)
         })
         .collect();
-    galley_train::testing::tiny_chat_model_with(
-        &d.join("model"),
-        &text,
-        &["<tool_call>", "</tool_call>"],
-    );
-    set_json_key(
-        &d.join("model/tokenizer_config.json"),
-        "chat_template",
-        HERMES_TEMPLATE,
-    );
-    widen(d);
+    hermes_model(d, &text, &["<tool_call>", "</tool_call>"], 16384);
     let sft: String = simple
         .iter()
         .zip(&calls)

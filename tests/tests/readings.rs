@@ -179,21 +179,7 @@ fn sft_on_tool_rows_then_grpo_rewards_the_calls_the_trainer_reads() {
     let text: Vec<String> = (0..40)
         .map(|i| format!("{question} <tool_call>\n{call}\n</tool_call> {tools} {i}"))
         .collect();
-    galley_train::testing::tiny_chat_model_with(
-        &d.join("model"),
-        &text,
-        &["<tool_call>", "</tool_call>"],
-    );
-    set_json_key(
-        &d.join("model/tokenizer_config.json"),
-        "chat_template",
-        HERMES_TEMPLATE,
-    );
-    set_json_key(
-        &d.join("model/config.json"),
-        "max_position_embeddings",
-        1024,
-    );
+    hermes_model(d, &text, &["<tool_call>", "</tool_call>"], 1024);
 
     let row = serde_json::json!({"messages": [
         {"role": "user", "content": question},

@@ -48,26 +48,13 @@ fn taught_model(d: &Path, tools: &serde_json::Value) {
             )
         })
         .collect();
-    galley_train::testing::tiny_chat_model_with(
-        &d.join("model"),
-        &text,
-        &[
-            "<tool_call>",
-            "</tool_call>",
-            "<tool_response>",
-            "</tool_response>",
-        ],
-    );
-    set_json_key(
-        &d.join("model/tokenizer_config.json"),
-        "chat_template",
-        HERMES_TEMPLATE,
-    );
-    set_json_key(
-        &d.join("model/config.json"),
-        "max_position_embeddings",
-        1024,
-    );
+    let added = [
+        "<tool_call>",
+        "</tool_call>",
+        "<tool_response>",
+        "</tool_response>",
+    ];
+    hermes_model(d, &text, &added, 1024);
     // TRL's tool-calling layout: the call, the tool's answer, the final answer.
     let row = serde_json::json!({"messages": [
         {"role": "user", "content": QUESTION},

@@ -84,3 +84,29 @@ pub fn tiny_chat_model(dir: &Path) {
         .collect();
     tiny_chat_model_from(dir, &text);
 }
+
+/// A Hermes-style tool template (as Qwen 2.5's writes calls) whose assistant turn begins as
+/// its generation prompt ends (`assistant\n`), so what SFT teaches is what sampling continues.
+pub const HERMES_TEMPLATE: &str = r#"{%- if tools %}<|im_start|>system
+You may call these functions:
+<tools>
+{%- for tool in tools %}
+{{ tool | tojson }}
+{%- endfor %}
+</tools><|im_end|>
+{% endif %}
+{%- for m in messages %}
+{%- if m.role == "tool" %}<|im_start|>user
+<tool_response>
+{{ m.content }}
+</tool_response><|im_end|>
+{% elif m.tool_calls %}<|im_start|>assistant
+{% for c in m.tool_calls %}<tool_call>
+{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}
+</tool_call>{% endfor %}<|im_end|>
+{% else %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"#;

@@ -358,24 +358,7 @@ mod tests {
     use super::*;
 
     /// Hermes' layout: a tool turn is a user turn holding `<tool_response>`.
-    const TEMPLATE: &str = r#"{%- if tools %}<|im_start|>system
-Tools: {% for t in tools %}{{ t.function.name }} {% endfor %}<|im_end|>
-{% endif %}
-{%- for m in messages %}
-{%- if m.role == "tool" %}<|im_start|>user
-<tool_response>
-{{ m.content }}
-</tool_response><|im_end|>
-{% elif m.tool_calls %}<|im_start|>assistant
-{% for c in m.tool_calls %}<tool_call>
-{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}
-</tool_call>{% endfor %}<|im_end|>
-{% else %}<|im_start|>{{ m.role }}
-{{ m.content }}<|im_end|>
-{% endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}<|im_start|>assistant
-{% endif %}"#;
+    use crate::testing::HERMES_TEMPLATE as TEMPLATE;
 
     fn setup() -> (tempfile::TempDir, Tokenizer, ChatTemplate, u32) {
         let dir = tempfile::tempdir().unwrap();
