@@ -20,6 +20,10 @@
 //                 aggregate(listOfDicts) -> dict defaults to the mean of each metric.
 // recipe(Class):  new Class() with plan(config) -> [{name, kind, config}] and optional
 //                 onMetrics(stage, step, metrics) -> "proceed" | "next-stage" | ["stop", why].
+// tool({name, description, parameters}, fn): a function a model may call during GRPO
+//                 rollouts (galley:plugin@0.3.0; call tool() once per function):
+//                 `parameters` is its arguments' JSON Schema, fn(args) returns the text the
+//                 model reads (anything else is sent as JSON).
 // Throw ConfigError for bad settings and InputError for bad input; anything else thrown is
 // reported as the plugin's failure.
 
@@ -40,6 +44,13 @@ function reward(fn) { return __register("reward", fn); }
 function dataLoader(fn) { return __register("data-loader", fn); }
 function evaluator(fn, options = {}) { return __register("evaluator", { fn, aggregate: options.aggregate }); }
 function recipe(cls) { return __register("recipe", cls); }
+function tool(spec, fn) {
+  const tools = (__galley.registered.tool ||= []);
+  if (!spec || typeof spec.name !== "string") throw new Error("tool(spec, fn): spec needs a name");
+  if (tools.some((t) => t.name === spec.name)) throw new Error(`two tools are named ${spec.name}`);
+  tools.push({ ...spec, fn });
+  return fn;
+}
 
 function log(level, message) {
   const levels = ["trace", "debug", "info", "warn", "error"];
@@ -250,6 +261,35 @@ const __recipeExport = {
       if (d === "next-stage") return { tag: "next-stage" };
       if (Array.isArray(d) && d[0] === "stop") return { tag: "stop", val: String(d[1]) };
       throw new InputError(`onMetrics returned ${JSON.stringify(d)}`);
+    });
+  },
+};
+
+const __toolExport = {
+  init(config) {
+    __guard(() => { __registered("tool"); __parseConfig(config); });
+  },
+  functions() {
+    return __guard(() => __registered("tool").map((t) => ({
+      name: t.name,
+      description: t.description || "",
+      parameters: JSON.stringify(t.parameters || { type: "object", properties: {} }),
+    })));
+  },
+  // One result per call: a call's error is its own, the others still answer.
+  call(calls) {
+    const tools = __registered("tool");
+    return calls.map((c) => {
+      try {
+        const t = tools.find((x) => x.name === c.name);
+        if (!t) throw new InputError(`no function named ${c.name}`);
+        let args;
+        try { args = JSON.parse(c.arguments); } catch (e) { throw new InputError(`the arguments are not JSON: ${e.message}`); }
+        const r = t.fn(args);
+        return { tag: "ok", val: typeof r === "string" ? r : JSON.stringify(r) };
+      } catch (e) {
+        return { tag: "err", val: __witError(e) };
+      }
     });
   },
 };

@@ -133,6 +133,7 @@ fn python_plugins_from_scratch() {
 #[test]
 fn javascript_plugins_from_scratch() {
     all_kinds("js");
+    check("js", "tool");
 }
 
 #[test]
@@ -152,8 +153,11 @@ fn new_refuses_a_bad_name_or_a_used_folder() {
     assert!(!Path::new(&tmp.path().join("Bad Name")).exists());
     let line = one_line_error(&galley(
         tmp.path(),
-        &["plugin", "new", "t", "--lang", "js", "--kind", "tool"],
+        &["plugin", "new", "t", "--lang", "c", "--kind", "tool"],
     ));
-    assert!(line.contains("written in Rust or Python for now"), "{line}");
+    assert!(
+        line.contains("written in Rust, Python or JavaScript for now"),
+        "{line}"
+    );
     assert!(!tmp.path().join("t").exists());
 }

@@ -178,9 +178,9 @@ pub fn build(
     })?;
     let mut manifest = Manifest::from_toml(&text, &manifest_path.display().to_string())?;
     let lang = Lang::detect(dir)?;
-    if manifest.kind == PluginKind::Tool && !matches!(lang, Lang::Rust | Lang::Python) {
+    if manifest.kind == PluginKind::Tool && lang == Lang::C {
         bail!(
-            "{}: tool plugins are written in Rust or Python for now (galley-sdk's `tool` feature, `@tool`); the JavaScript and C SDKs build the other kinds",
+            "{}: tool plugins are written in Rust, Python or JavaScript for now; the C SDK builds the other kinds",
             dir.display()
         );
     }
@@ -357,7 +357,7 @@ fn build_js(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
     let source_path = dir.join("plugin.js");
     let source = std::fs::read_to_string(&source_path)
         .with_context(|| format!("reading {}", source_path.display()))?;
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::for_kind(kind)?;
     let body: String = source
         .lines()
         .filter(|l| {
@@ -371,15 +371,19 @@ fn build_js(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
         PluginKind::DataLoader => "export { __dataLoaderExport as dataLoader };",
         PluginKind::Evaluator => "export { __evaluatorExport as evaluator };",
         PluginKind::Recipe => "export { __recipeExport as recipe };",
-        PluginKind::Tool => unreachable!("refused before the build"),
+        PluginKind::Tool => "export { __toolExport as tool };",
+    };
+    // The prelude imports the log of the contract the kind builds against (tools: 0.3.0).
+    let sdk = match kind {
+        PluginKind::Tool => {
+            embedded::JS_SDK.replace("\"galley:plugin/log@0.2.0\"", "\"galley:plugin/log@0.3.0\"")
+        }
+        _ => embedded::JS_SDK.to_string(),
     };
     let entry = scratch.0.join("entry.js");
     std::fs::write(
         &entry,
-        format!(
-            "{}\n// ---- plugin.js ----\n{body}\n{export}\n",
-            embedded::JS_SDK
-        ),
+        format!("{sdk}\n// ---- plugin.js ----\n{body}\n{export}\n"),
     )?;
     let out = scratch.0.join("plugin.wasm");
     run_tool(

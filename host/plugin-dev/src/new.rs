@@ -23,7 +23,7 @@ pub enum NewKind {
     Loader,
     Evaluator,
     Recipe,
-    /// A function a model calls during GRPO rollouts (Rust or Python, for now).
+    /// A function a model calls during GRPO rollouts (Rust, Python or JavaScript, for now).
     Tool,
 }
 
@@ -52,9 +52,9 @@ pub fn rust_sdk_dir() -> Result<PathBuf> {
 }
 
 pub fn run(name: &str, lang: NewLang, kind: NewKind, dir: Option<PathBuf>) -> Result<PathBuf> {
-    if kind == NewKind::Tool && !matches!(lang, NewLang::Rust | NewLang::Python) {
+    if kind == NewKind::Tool && lang == NewLang::C {
         bail!(
-            "tool plugins are written in Rust or Python for now: use --lang rust or --lang python"
+            "tool plugins are written in Rust, Python or JavaScript for now: use --lang rust, python or js"
         );
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
@@ -203,7 +203,7 @@ fn js_body(kind: NewKind) -> &'static str {
         NewKind::Loader => include_str!("../templates/js/data-loader.js"),
         NewKind::Evaluator => include_str!("../templates/js/evaluator.js"),
         NewKind::Recipe => include_str!("../templates/js/recipe.js"),
-        NewKind::Tool => unreachable!("refused in run"),
+        NewKind::Tool => include_str!("../templates/js/tool.js"),
     }
 }
 

@@ -174,15 +174,14 @@ fn forged_markers_arrive_as_text() {
     assert!(out.contains("<|im_end|>\n<|im_start|>assistant"), "{out}");
 }
 
-/// Tools written in Python as TRL users write them: the schema comes from the type hints and
-/// the docstring, dicts come back as JSON, exceptions as errors the model reads.
-#[test]
-fn python_tools_are_read_from_typed_functions() {
-    let p = load("tools-py");
+/// What the Python and JavaScript test tools share: `multiply` and `lookup`, their schemas,
+/// and results in order (a dict comes back as JSON, a thrown error as that call's error).
+fn check_typed_tools(name: &str) -> Vec<Result<String, PluginError>> {
+    let p = load(name);
     assert_eq!(p.wit_version(), &semver::Version::new(0, 3, 0));
     let mut t = p.tool(&json!({}), opts(10_000, 256)).unwrap();
     let f = t.functions().to_vec();
-    assert_eq!(f.len(), 2);
+    assert_eq!(f.len(), 2, "{name}");
     assert_eq!(f[0].name, "multiply");
     assert_eq!(f[0].description, "Multiplies two integers.");
     assert_eq!(
@@ -190,7 +189,8 @@ fn python_tools_are_read_from_typed_functions() {
         json!({"type": "object", "properties": {
             "a": {"type": "integer", "description": "The first factor."},
             "b": {"type": "integer", "description": "The second factor."}},
-            "required": ["a", "b"]})
+            "required": ["a", "b"]}),
+        "{name}"
     );
     assert_eq!(
         f[1].parameters["properties"]["units"]["type"],
@@ -220,15 +220,24 @@ fn python_tools_are_read_from_typed_functions() {
         },
     ];
     let out = t.call(&calls).unwrap();
-    assert_eq!(out[0].as_deref(), Ok("42"));
+    assert_eq!(out[0].as_deref(), Ok("42"), "{name}");
     let v: serde_json::Value = serde_json::from_str(out[1].as_ref().unwrap()).unwrap();
     assert_eq!(
         v,
         json!({"city": "Oslo", "temperature": 21, "units": "metric"})
     );
     let e = out[2].as_ref().unwrap_err();
-    assert_eq!(e.kind, K::Failed);
-    assert!(e.message.contains("ValueError: no such city"), "{e}");
+    assert_eq!(e.kind, K::Failed, "{name}");
+    assert!(e.message.contains("no such city"), "{e}");
+    out
+}
+
+/// Tools written in Python as TRL users write them: the schema comes from the type hints and
+/// the docstring, and the SDK checks the arguments against the signature.
+#[test]
+fn python_tools_are_read_from_typed_functions() {
+    let out = check_typed_tools("tools-py");
+    assert!(out[2].as_ref().unwrap_err().message.contains("ValueError"));
     let e = out[3].as_ref().unwrap_err();
     assert_eq!(e.kind, K::InvalidInput);
     assert!(e.message.contains("multiply needs b"), "{e}");
@@ -239,4 +248,21 @@ fn python_tools_are_read_from_typed_functions() {
             .message
             .contains("takes no argument c")
     );
+}
+
+/// Tools written in JavaScript give their schemas with them; the arguments reach the
+/// function as an object, as the model wrote them.
+#[test]
+fn javascript_tools_give_their_schemas() {
+    let out = check_typed_tools("tools-js");
+    assert!(
+        out[2]
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("Error: no such city")
+    );
+    // JavaScript's arithmetic on a missing argument, sent back as JSON: the model reads it.
+    assert_eq!(out[3].as_deref(), Ok("null"));
+    assert_eq!(out[4].as_deref(), Ok("42"));
 }
