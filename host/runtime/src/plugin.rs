@@ -569,20 +569,25 @@ impl Tool for WasmTool {
         calls: &[FunctionCall<'_>],
     ) -> Result<Vec<Result<String, PluginError>>, PluginError> {
         // What the contract promises the plugin is checked here, per call: a function it
-        // offers, arguments that are a JSON object. Only those calls cross.
+        // offers, arguments that are a JSON object matching the top of its schema (so a tool
+        // in any language gets the same checks). Only those calls cross.
         let mut out: Vec<Option<Result<String, PluginError>>> = calls
             .iter()
             .map(|c| {
-                if !self.functions.iter().any(|f| f.name == c.name) {
+                let Some(f) = self.functions.iter().find(|f| f.name == c.name) else {
                     let name = galley_core::text::untrusted(c.name, calls::MAX_NAME);
                     return Some(Err(self.slot.err(
                         "call",
                         K::InvalidInput,
                         format!("offers no function named `{name}`"),
                     )));
-                }
+                };
                 match serde_json::from_str::<serde_json::Value>(c.arguments) {
-                    Ok(serde_json::Value::Object(_)) => None,
+                    Ok(serde_json::Value::Object(args)) => {
+                        crate::tools::check_arguments(&f.parameters, &args)
+                            .err()
+                            .map(|m| Err(self.slot.err("call", K::InvalidInput, m)))
+                    }
                     Ok(_) => Some(Err(self.slot.err(
                         "call",
                         K::InvalidInput,

@@ -72,6 +72,54 @@ pub fn check_functions(raw: Vec<(String, String, String)>) -> Result<Vec<ToolFun
     Ok(out)
 }
 
+/// Checks a call's arguments against the top level of its function's schema before they
+/// cross: every `required` key present, every property whose schema names a JSON `type`
+/// (or a list of them) of that type, no other key where `additionalProperties` is `false`.
+/// Deeper keywords are the tool's to check. The error names the argument, for the model.
+pub fn check_arguments(
+    schema: &serde_json::Value,
+    args: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), String> {
+    use serde_json::Value;
+    let props = schema.get("properties").and_then(Value::as_object);
+    if let Some(required) = schema.get("required").and_then(Value::as_array) {
+        for key in required.iter().filter_map(Value::as_str) {
+            if !args.contains_key(key) {
+                return Err(format!("missing the required argument `{key}`"));
+            }
+        }
+    }
+    for (key, value) in args {
+        let Some(p) = props.and_then(|p| p.get(key)) else {
+            if schema.get("additionalProperties") == Some(&Value::Bool(false)) {
+                let key = galley_core::text::untrusted(key, 64);
+                return Err(format!("takes no argument `{key}`"));
+            }
+            continue;
+        };
+        let types: Vec<&str> = match p.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => continue,
+        };
+        let is = |t: &str| match t {
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "array" => value.is_array(),
+            "object" => value.is_object(),
+            "null" => value.is_null(),
+            // A type this check does not know: the tool's to judge.
+            _ => true,
+        };
+        if !types.is_empty() && !types.iter().any(|t| is(t)) {
+            return Err(format!("`{key}` must be {}", types.join(" or ")));
+        }
+    }
+    Ok(())
+}
+
 /// A result within [`MAX_RESULT`] bytes, cut at a character boundary with the cut said, so
 /// the model (and whoever reads the rollouts) knows the text ends there.
 pub fn cap_result(mut text: String) -> String {
@@ -117,6 +165,36 @@ mod tests {
             .map(|i| f(&format!("f{i}"), "{}"))
             .collect();
         assert!(err(many).contains("at most 64"));
+    }
+
+    #[test]
+    fn arguments_are_checked_against_the_top_of_the_schema() {
+        let schema = serde_json::json!({"type": "object", "properties": {
+            "a": {"type": "integer"}, "s": {"type": ["string", "null"]}, "x": {"minimum": 3}},
+            "required": ["a"]});
+        let args = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let check = |v| check_arguments(&schema, &args(v));
+        assert_eq!(
+            check(serde_json::json!({"a": 1, "s": null, "x": "any", "extra": 1})),
+            Ok(())
+        );
+        assert_eq!(
+            check(serde_json::json!({"s": "t"})),
+            Err("missing the required argument `a`".into())
+        );
+        assert_eq!(
+            check(serde_json::json!({"a": 1.5})),
+            Err("`a` must be integer".into())
+        );
+        assert_eq!(
+            check(serde_json::json!({"a": 1, "s": 2})),
+            Err("`s` must be string or null".into())
+        );
+        let closed = serde_json::json!({"properties": {}, "additionalProperties": false});
+        assert_eq!(
+            check_arguments(&closed, &args(serde_json::json!({"b": 1}))),
+            Err("takes no argument `b`".into())
+        );
     }
 
     #[test]

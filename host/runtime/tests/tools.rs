@@ -229,6 +229,16 @@ fn check_typed_tools(name: &str) -> Vec<Result<String, PluginError>> {
     let e = out[2].as_ref().unwrap_err();
     assert_eq!(e.kind, K::Failed, "{name}");
     assert!(e.message.contains("no such city"), "{e}");
+    // A required argument missing, or one of the wrong type: the host's check against the
+    // declared schema, the same in every language, before the call crosses.
+    let e = out[3].as_ref().unwrap_err();
+    assert_eq!(e.kind, K::InvalidInput);
+    assert!(
+        e.message.contains("missing the required argument `b`"),
+        "{e}"
+    );
+    let e = one(&mut t, "multiply", r#"{"a": "6", "b": 7}"#).unwrap_err();
+    assert!(e.message.contains("`a` must be integer"), "{e}");
     out
 }
 
@@ -238,16 +248,9 @@ fn check_typed_tools(name: &str) -> Vec<Result<String, PluginError>> {
 fn python_tools_are_read_from_typed_functions() {
     let out = check_typed_tools("tools-py");
     assert!(out[2].as_ref().unwrap_err().message.contains("ValueError"));
-    let e = out[3].as_ref().unwrap_err();
-    assert_eq!(e.kind, K::InvalidInput);
-    assert!(e.message.contains("multiply needs b"), "{e}");
-    assert!(
-        out[4]
-            .as_ref()
-            .unwrap_err()
-            .message
-            .contains("takes no argument c")
-    );
+    // An argument the function does not take: the SDK checks the signature.
+    let e = out[4].as_ref().unwrap_err();
+    assert!(e.message.contains("takes no argument c"), "{e}");
 }
 
 /// Tools written in JavaScript give their schemas with them; the arguments reach the
@@ -255,14 +258,8 @@ fn python_tools_are_read_from_typed_functions() {
 #[test]
 fn javascript_tools_give_their_schemas() {
     let out = check_typed_tools("tools-js");
-    assert!(
-        out[2]
-            .as_ref()
-            .unwrap_err()
-            .message
-            .contains("Error: no such city")
-    );
-    // JavaScript's arithmetic on a missing argument, sent back as JSON: the model reads it.
-    assert_eq!(out[3].as_deref(), Ok("null"));
+    let e = out[2].as_ref().unwrap_err();
+    assert!(e.message.contains("Error: no such city"), "{e}");
+    // An extra argument the schema does not close out reaches the function, which ignores it.
     assert_eq!(out[4].as_deref(), Ok("42"));
 }

@@ -92,7 +92,7 @@ pub trait Tool: Sized + 'static {
     fn functions(&self) -> Vec<Function>;
 
     /// Runs function `name` with the arguments the model wrote (a JSON object: the host
-    /// checked that it parses). The text returned is the tool turn the model reads; an
+    /// checked that it parses, has the schema's required keys and their declared types). The text returned is the tool turn the model reads; an
     /// error is shown to the model as `{"error": "..."}`
     /// ([`Error::input`]: the call was wrong).
     fn call(&mut self, name: &str, arguments: &serde_json::Value) -> Result<String, Error>;
