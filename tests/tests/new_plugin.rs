@@ -104,7 +104,7 @@ fn check(lang: &str, kind: &str) {
             // A call the model got wrong comes back as an input error it can read.
             let out = call(&["--function", "count_words", "--arguments", "{}"]);
             assert!(
-                out.starts_with("count_words\terror: invalid input: ") && out.contains("text"),
+                out.starts_with("count_words\terror: ") && out.contains("`text`"),
                 "{lang}: {out}"
             );
         }
