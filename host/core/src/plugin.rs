@@ -172,6 +172,16 @@ pub struct ToolFunction {
 }
 
 impl ToolFunction {
+    /// Whether `name` is one OpenAI's API accepts for a function: 1-64 of a-z, A-Z, 0-9, '_'
+    /// or '-' (what a chat template and a call parser can carry; serving and tool plugins
+    /// both hold names to it).
+    pub fn valid_name(name: &str) -> bool {
+        (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }
+
     /// The OpenAI `tools` entry a chat template renders: `{"type": "function", "function":
     /// {...}}`.
     pub fn openai(&self) -> serde_json::Value {

@@ -13,14 +13,6 @@ pub const MAX_PARAMETERS: usize = 16 << 10;
 /// The longest result handed to the model, in bytes; the rest is cut and the cut said.
 pub const MAX_RESULT: usize = 64 << 10;
 
-/// A name OpenAI's API accepts for a function: 1-64 of a-z, A-Z, 0-9, '_' or '-'.
-pub fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 /// The declared functions, checked: every name valid and unique, every description and
 /// schema within its size, every schema a JSON object. The error says which and why.
 pub fn check_functions(raw: Vec<(String, String, String)>) -> Result<Vec<ToolFunction>, String> {
@@ -36,7 +28,7 @@ pub fn check_functions(raw: Vec<(String, String, String)>) -> Result<Vec<ToolFun
     let mut out: Vec<ToolFunction> = Vec::with_capacity(raw.len());
     for (name, description, parameters) in raw {
         let shown = galley_core::text::untrusted(&name, 80);
-        if !valid_name(&name) {
+        if !ToolFunction::valid_name(&name) {
             return Err(format!(
                 "declares a function named `{shown}`: a name is 1-64 characters of a-z, A-Z, 0-9, '_' or '-'"
             ));

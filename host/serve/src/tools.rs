@@ -248,11 +248,7 @@ fn tool(t: &Json, i: usize) -> Result<Tool, ApiError> {
             )
         })?;
     let name = f.get("name").and_then(Json::as_str).unwrap_or_default();
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if !ok {
+    if !galley_core::ToolFunction::valid_name(name) {
         return Err(bad(
             format!(
                 "{}: the name {name:?} must be 1 to 64 letters, digits, `_` or `-`",

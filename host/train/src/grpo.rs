@@ -276,8 +276,8 @@ impl<'a> GrpoTask<'a> {
             })
             .map(|(p, reader, c)| {
                 let (text, opens) = match ex.next() {
-                    Some(e) if !e.turns.is_empty() => (e.last.as_str(), e.last_opens),
-                    _ => (c.text.as_str(), p.opens),
+                    Some(e) => (e.last_turn(c), e.last_opens),
+                    None => (c.text.as_str(), p.opens),
                 };
                 reader.map(|r| r.read(text, opens, p.tools.as_ref()))
             })
@@ -307,24 +307,17 @@ impl<'a> GrpoTask<'a> {
                 tools: p.tools.as_ref(),
             })
             .collect();
-        let firsts = outs.to_vec();
-        let exchanges = tool_turns::roll(
+        tool_turns::roll(
             &mut toolbox.borrow_mut(),
             engine,
             self.tokenizer,
             template,
             reader,
             &asked,
-            firsts,
+            outs,
             sampling,
             self.cfg.max_completion_length,
-        )?;
-        for (c, e) in outs.iter_mut().zip(&exchanges) {
-            c.tokens.clone_from(&e.tokens);
-            c.text.clone_from(&e.text);
-            c.finish = e.finish;
-        }
-        Ok(exchanges)
+        )
     }
 
     fn completions_path(&self) -> PathBuf {
@@ -480,10 +473,7 @@ impl<'a> GrpoTask<'a> {
             .map(|(i, c)| Row {
                 prompt: order[i / g],
                 tokens: c.tokens.clone(),
-                mask: exchanges
-                    .get(i)
-                    .filter(|e| e.mask.contains(&false))
-                    .map(|e| e.mask.clone()),
+                mask: exchanges.get(i).and_then(|e| e.mask.clone()),
                 advantage: adv[i],
                 in_loss: !(c.tokens.is_empty()
                     || self.cfg.mask_truncated_completions && truncated[i]),

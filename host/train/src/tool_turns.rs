@@ -144,24 +144,32 @@ pub fn offered_with(run: &[serde_json::Value], row: Option<Json>) -> Option<Json
     Some(Json::Array(all))
 }
 
-/// One completion after its tool turns.
-#[derive(Debug, Clone)]
+/// What tool turns added to one completion (the completion itself, `galley_model`'s, holds
+/// the whole token sequence, text and finish).
+#[derive(Debug, Clone, Default)]
 pub struct Exchange {
-    /// Every token after the prompt: the model's and the tool turns'.
-    pub tokens: Vec<u32>,
-    /// True where the model wrote the token (it enters the loss).
-    pub mask: Vec<bool>,
-    /// All of it as decoded, tool turns included, as the model saw it.
-    pub text: String,
-    /// The model's last turn, as it wrote it.
+    /// Where tools ran: true where the model wrote the token (it enters the loss). `None`:
+    /// no tool turn, every token is the model's.
+    pub mask: Option<Vec<bool>>,
+    /// The model's last turn as it wrote it, where tools ran (else the completion's text).
     pub last: String,
-    /// That turn's prompt left a thinking block open.
+    /// The last turn's prompt left a thinking block open.
     pub last_opens: bool,
-    pub finish: Finish,
     /// The turns before the last: assistant turns with calls, and the tool turns answering.
     pub turns: Vec<Message>,
     pub calls: usize,
     pub failures: usize,
+}
+
+impl Exchange {
+    /// The model's last turn, of `c`, the completion this exchange belongs to.
+    pub fn last_turn<'a>(&'a self, c: &'a Completion) -> &'a str {
+        if self.turns.is_empty() {
+            &c.text
+        } else {
+            &self.last
+        }
+    }
 }
 
 /// What the loop needs of a prompt.
@@ -171,8 +179,10 @@ pub struct Asked<'a> {
     pub tools: Option<&'a Json>,
 }
 
-/// Continues each of `firsts` (the first turn of `asked[i]`'s completion) through its tool
-/// calls. `budget`: the completion's tokens in all, as `max_completion_length`.
+/// Continues each of `outs` (the first turn of `asked[i]`'s completion) through its tool
+/// calls, in place: a completion that went on holds the whole exchange (tokens, text, the
+/// tool tokens' log-probabilities as 0, the last turn's finish). `budget`: the completion's
+/// tokens in all, as `max_completion_length`.
 #[allow(clippy::too_many_arguments)]
 pub fn roll(
     toolbox: &mut ToolBox,
@@ -181,33 +191,25 @@ pub fn roll(
     template: &ChatTemplate,
     reader: AnswerReader,
     asked: &[Asked<'_>],
-    firsts: Vec<Completion>,
+    outs: &mut [Completion],
     sampling: &SamplingParams,
     budget: usize,
 ) -> Result<Vec<Exchange>> {
-    let mut out: Vec<Exchange> = firsts
-        .into_iter()
-        .zip(asked)
-        .map(|(c, a)| Exchange {
-            mask: vec![true; c.tokens.len()],
-            tokens: c.tokens,
-            text: c.text.clone(),
-            last: c.text,
+    let mut ex: Vec<Exchange> = asked
+        .iter()
+        .map(|a| Exchange {
             last_opens: a.opens,
-            finish: c.finish,
-            turns: Vec::new(),
-            calls: 0,
-            failures: 0,
+            ..Exchange::default()
         })
         .collect();
     for round in 0..toolbox.max_iterations {
         // Rows whose last turn ended by the model's own choice with calls in it.
         let mut asking: Vec<(usize, Message)> = Vec::new();
-        for (i, ex) in out.iter().enumerate() {
-            if ex.finish != Finish::Eos {
+        for (i, (c, e)) in outs.iter().zip(&ex).enumerate() {
+            if c.finish != Finish::Eos {
                 continue;
             }
-            let read = reader.read(&ex.last, ex.last_opens, asked[i].tools);
+            let read = reader.read(e.last_turn(c), e.last_opens, asked[i].tools);
             if !read.tool_calls.is_empty() {
                 asking.push((i, read));
             }
@@ -218,44 +220,47 @@ pub fn roll(
             .flat_map(|(_, m)| m.tool_calls.iter().cloned())
             .collect();
         let mut answers = toolbox.run(&all).into_iter();
-        let mut next: Vec<(usize, Vec<u32>)> = Vec::new();
+        let (mut going, mut inputs): (Vec<usize>, Vec<Vec<u32>>) = (Vec::new(), Vec::new());
         for (i, read) in asking {
-            let ex = &mut out[i];
+            let (c, e) = (&mut outs[i], &mut ex[i]);
             let mut results = Vec::with_capacity(read.tool_calls.len());
             for call in &read.tool_calls {
                 let (content, failed) = answers.next().expect("one answer per call");
-                ex.calls += 1;
-                ex.failures += failed as usize;
+                e.calls += 1;
+                e.failures += failed as usize;
                 let mut m = Message::new("tool", content);
                 m.name = Some(call.name.clone());
                 m.tool_call_id = call.id.clone();
                 results.push(m);
             }
-            let end = *ex.tokens.last().expect("an ended turn has its end token");
+            let end = *c.tokens.last().expect("an ended turn has its end token");
             let (suffix, opens) = tool_suffix(tok, template, asked[i].tools, &results, end)?;
             // A result that leaves no room: the completion ends at its calls (as TRL rolls
             // back a result past max_completion_length).
-            if ex.tokens.len() + suffix.len() >= budget {
+            if c.tokens.len() + suffix.len() >= budget {
                 continue;
             }
-            ex.text.push_str(&tok.decode(&[end], false)?);
-            ex.text.push_str(&tok.decode(&suffix, false)?);
-            ex.tokens.extend(&suffix);
-            ex.mask.extend(std::iter::repeat_n(false, suffix.len()));
-            ex.turns.push(read);
-            ex.turns.extend(results);
-            ex.last_opens = opens;
+            let mask = e.mask.get_or_insert_with(|| vec![true; c.tokens.len()]);
+            mask.extend(std::iter::repeat_n(false, suffix.len()));
+            c.text.push_str(&tok.decode(&[end], false)?);
+            c.text.push_str(&tok.decode(&suffix, false)?);
+            c.tokens.extend(&suffix);
+            c.logprobs.extend(std::iter::repeat_n(0.0, suffix.len()));
+            e.turns.push(read);
+            e.turns.extend(results);
+            e.last_opens = opens;
             let mut ids = asked[i].ids.to_vec();
-            ids.extend(&ex.tokens);
-            next.push((i, ids));
+            ids.extend(&c.tokens);
+            going.push(i);
+            inputs.push(ids);
         }
-        if next.is_empty() {
+        if going.is_empty() {
             break;
         }
         // One batch for every row that goes on; each is cut to its own budget after.
-        let room = next
+        let room = going
             .iter()
-            .map(|(i, _)| budget - out[*i].tokens.len())
+            .map(|&i| budget - outs[i].tokens.len())
             .max()
             .unwrap_or(0);
         let params = SamplingParams {
@@ -266,24 +271,27 @@ pub fn roll(
             ),
             ..sampling.clone()
         };
-        let inputs: Vec<Vec<u32>> = next.iter().map(|(_, ids)| ids.clone()).collect();
         let turns = generate(engine, tok, &inputs, &params, &mut |_, _| {})?;
-        for ((i, _), mut c) in next.into_iter().zip(turns) {
-            let ex = &mut out[i];
-            let left = budget - ex.tokens.len();
-            if c.tokens.len() > left {
-                c.tokens.truncate(left);
-                c.text = tok.decode(&c.tokens, true)?;
-                c.finish = Finish::Length;
+        for (i, mut t) in going.into_iter().zip(turns) {
+            let (c, e) = (&mut outs[i], &mut ex[i]);
+            let left = budget - c.tokens.len();
+            if t.tokens.len() > left {
+                t.tokens.truncate(left);
+                t.logprobs.truncate(left);
+                t.text = tok.decode(&t.tokens, true)?;
+                t.finish = Finish::Length;
             }
-            ex.mask.extend(std::iter::repeat_n(true, c.tokens.len()));
-            ex.tokens.extend(&c.tokens);
-            ex.text.push_str(&c.text);
-            ex.last = c.text;
-            ex.finish = c.finish;
+            if let Some(mask) = &mut e.mask {
+                mask.extend(std::iter::repeat_n(true, t.tokens.len()));
+            }
+            c.tokens.extend(&t.tokens);
+            c.logprobs.extend(&t.logprobs);
+            c.text.push_str(&t.text);
+            e.last = t.text;
+            c.finish = t.finish;
         }
     }
-    Ok(out)
+    Ok(ex)
 }
 
 /// The tokens that follow an assistant turn ending in `end` (its end-of-turn token) when
