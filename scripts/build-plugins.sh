@@ -15,8 +15,8 @@ export GALLEY_WASM_TARGET_DIR="$PWD/target/wasm"
 export GALLEY_TOOLCHAIN_DIR="${GALLEY_TOOLCHAIN_DIR:-$PWD/target/toolchains}"
 ./target/$profile/galley plugin build -o target/plugins \
     plugins/math-answer plugins/format plugins/length-penalty \
-    plugins/jsonl-chat plugins/arith plugins/exact-match plugins/curriculum plugins/preference plugins/tiny-lm plugins/early-stop plugins/function-call plugins/bfcl-prompts plugins/calculator \
+    plugins/jsonl-chat plugins/arith plugins/exact-match plugins/curriculum plugins/preference plugins/tiny-lm plugins/early-stop plugins/function-call plugins/bfcl-prompts plugins/calculator plugins/wordle \
     plugins/testing/hostile-reward plugins/testing/hostile-loader \
-    plugins/testing/hostile-evaluator plugins/testing/hostile-recipe plugins/testing/hostile-tool \
+    plugins/testing/hostile-evaluator plugins/testing/hostile-recipe plugins/testing/hostile-tool plugins/testing/hostile-env \
     plugins/examples/math-answer-py plugins/examples/math-answer-js plugins/examples/math-answer-c \
     plugins/testing/hostile-py plugins/testing/hostile-js plugins/testing/reading-c plugins/testing/tools-loader-py plugins/testing/tools-loader-js plugins/testing/tools-py plugins/testing/tools-js

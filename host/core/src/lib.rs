@@ -23,8 +23,9 @@ pub use engine::{
 };
 pub use engine_spec::{EngineSpec, REMOTE_APIS};
 pub use plugin::{
-    DataSource, Decision, Evaluator, FunctionCall, PluginError, PluginErrorKind, PluginKind,
-    Recipe, RewardFn, RewardFnExt, Stage, Tool, ToolFunction,
+    DataSource, Decision, Environment, Episode, Evaluator, FunctionCall, PluginError,
+    PluginErrorKind, PluginKind, Recipe, RewardFn, RewardFnExt, Stage, Tool, ToolFunction,
+    episode_row,
 };
 
 /// This process's peak resident memory (VmHWM) in MiB, where /proc says it.

@@ -6,7 +6,7 @@ use crate::data::{Example, Metric, Prediction, RewardGroup};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The kinds of plugin (`tool` is new in `galley:plugin@0.3`).
+/// The kinds of plugin (`tool` is new in `galley:plugin@0.3`, `environment` in 0.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PluginKind {
@@ -15,15 +15,17 @@ pub enum PluginKind {
     Evaluator,
     Recipe,
     Tool,
+    Environment,
 }
 
 impl PluginKind {
-    pub const ALL: [PluginKind; 5] = [
+    pub const ALL: [PluginKind; 6] = [
         PluginKind::Reward,
         PluginKind::DataLoader,
         PluginKind::Evaluator,
         PluginKind::Recipe,
         PluginKind::Tool,
+        PluginKind::Environment,
     ];
 
     /// The name used in manifests and on the command line.
@@ -34,6 +36,7 @@ impl PluginKind {
             PluginKind::Evaluator => "evaluator",
             PluginKind::Recipe => "recipe",
             PluginKind::Tool => "tool",
+            PluginKind::Environment => "environment",
         }
     }
 
@@ -218,4 +221,50 @@ pub trait Tool: Send {
         &mut self,
         calls: &[FunctionCall<'_>],
     ) -> Result<Vec<Result<String, PluginError>>, PluginError>;
+}
+
+/// An environment a model acts in (TRL's `environment_factory`): functions with state, one
+/// fresh episode per rollout.
+pub trait Environment: Send {
+    /// `name@version`, for logs and metrics.
+    fn name(&self) -> &str;
+    /// The functions every episode offers (asked once, when the environment is opened).
+    fn functions(&self) -> &[ToolFunction];
+    /// Starts an episode from a dataset row (a JSON object) and a seed: the episode, and the
+    /// text to append to the prompt's last message, if any.
+    fn start(
+        &mut self,
+        row: &serde_json::Value,
+        seed: u64,
+    ) -> Result<(Box<dyn Episode>, Option<String>), PluginError>;
+}
+
+/// The row an episode starts from: the example's metadata columns, and `prompt`, its
+/// messages (TRL passes a row's columns to `reset`).
+pub fn episode_row(
+    prompt: &[crate::data::Message],
+    metadata: &crate::data::Metadata,
+) -> serde_json::Value {
+    let mut row: serde_json::Map<String, serde_json::Value> = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_json()))
+        .collect();
+    row.insert(
+        "prompt".into(),
+        serde_json::to_value(prompt).unwrap_or(serde_json::Value::Null),
+    );
+    serde_json::Value::Object(row)
+}
+
+/// One rollout's episode: its own state, seen by no other.
+pub trait Episode: Send {
+    /// One turn's calls, one result per call in order (as [`Tool::call`]); the outer error:
+    /// the episode itself failed (a trap, the time budget) and is over.
+    #[allow(clippy::type_complexity)]
+    fn call(
+        &mut self,
+        calls: &[FunctionCall<'_>],
+    ) -> Result<Vec<Result<String, PluginError>>, PluginError>;
+    /// The episode's score, or `None` where the environment does not score.
+    fn reward(&mut self) -> Result<Option<f64>, PluginError>;
 }

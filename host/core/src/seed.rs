@@ -23,6 +23,7 @@ pub mod purpose {
     pub const INIT: u64 = 10;
     pub const MIXTURE: u64 = 11;
     pub const TOOL: u64 = 12;
+    pub const EPISODE: u64 = 13;
 }
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;

@@ -5,8 +5,9 @@
 
 use crate::{At, HostingError, Result};
 use galley_core::{
-    DataSource, Decision, Evaluator, Example, FunctionCall, Message, Metadata, Metric, PluginKind,
-    Prediction, Recipe, RewardFnExt, RewardInput, Stage, Tool, ToolFunction, Value,
+    DataSource, Decision, Episode as _, Evaluator, Example, FunctionCall, Message, Metadata,
+    Metric, PluginKind, Prediction, Recipe, RewardFnExt, RewardInput, Stage, Tool, ToolFunction,
+    Value,
 };
 use galley_runtime::{Grants, InstanceOptions, Plugin};
 use std::path::{Path, PathBuf};
@@ -44,7 +45,8 @@ pub struct Inputs {
     /// Recipe: the stage the metrics come from.
     #[cfg_attr(feature = "clap", arg(long, default_value = ""))]
     pub stage: String,
-    /// Tool: the function to call (with --arguments); without it, the functions are listed.
+    /// Tool, environment: the function to call (with --arguments); without it, a tool's
+    /// functions are listed. An environment's calls run in one episode, one turn each.
     #[cfg_attr(feature = "clap", arg(long))]
     pub function: Option<String>,
     /// Tool: the call's arguments, a JSON object.
@@ -83,6 +85,14 @@ pub enum Called {
     Tool {
         functions: Vec<ToolFunction>,
         results: Vec<(String, std::result::Result<String, String>)>,
+    },
+    /// An environment: one episode — what `reset` appended to the prompt, each call's
+    /// result (one turn per call, in order, so the state carries), and the episode's score.
+    Episode {
+        functions: Vec<ToolFunction>,
+        shown: Option<String>,
+        results: Vec<(String, std::result::Result<String, String>)>,
+        reward: Option<f64>,
     },
 }
 
@@ -246,24 +256,7 @@ pub fn call(
         }
         PluginKind::Tool => {
             let mut tool = plugin.tool(config, opts)?;
-            let calls: Vec<(String, String)> = match (&inp.input, &inp.function) {
-                (Some(p), _) => read_items::<CallLine>(p, "call")?
-                    .into_iter()
-                    .map(|c| (c.name, serde_json::Value::Object(c.arguments).to_string()))
-                    .collect(),
-                (None, Some(f)) => {
-                    let args: serde_json::Value = serde_json::from_str(&inp.arguments)
-                        .at(|| "--arguments: not valid JSON".into())?;
-                    if !args.is_object() {
-                        return Err(HostingError::At {
-                            at: "--arguments".into(),
-                            message: "the arguments must be a JSON object".into(),
-                        });
-                    }
-                    vec![(f.clone(), args.to_string())]
-                }
-                (None, None) => Vec::new(),
-            };
+            let calls = tool_calls(inp)?;
             let batch: Vec<FunctionCall> = calls
                 .iter()
                 .map(|(name, arguments)| FunctionCall { name, arguments })
@@ -284,6 +277,60 @@ pub fn call(
                 results,
             }
         }
+        PluginKind::Environment => {
+            // The row as a run builds it: the --meta columns and --prompt as its messages.
+            let prompt: Vec<Message> = inp
+                .prompt
+                .iter()
+                .map(|p| Message::new("user", p.as_str()))
+                .collect();
+            let row = galley_core::episode_row(&prompt, &parse_meta(&inp.meta)?);
+            let seed = opts.seed;
+            let env = plugin.environment(config, opts)?;
+            let (mut episode, shown) = env.episode(&row, seed).at(at)?;
+            let mut results = Vec::new();
+            for (name, arguments) in tool_calls(inp)? {
+                let call = FunctionCall {
+                    name: &name,
+                    arguments: &arguments,
+                };
+                let r = episode
+                    .call(std::slice::from_ref(&call))
+                    .at(at)?
+                    .remove(0)
+                    .map_err(|e| e.message);
+                results.push((name, r));
+            }
+            let reward = episode.reward().at(at)?;
+            Called::Episode {
+                functions: galley_core::Environment::functions(&env).to_vec(),
+                shown,
+                results,
+                reward,
+            }
+        }
+    })
+}
+
+/// The calls of `--input` (one per line) or of `--function` with `--arguments`.
+fn tool_calls(inp: &Inputs) -> Result<Vec<(String, String)>> {
+    Ok(match (&inp.input, &inp.function) {
+        (Some(p), _) => read_items::<CallLine>(p, "call")?
+            .into_iter()
+            .map(|c| (c.name, serde_json::Value::Object(c.arguments).to_string()))
+            .collect(),
+        (None, Some(f)) => {
+            let args: serde_json::Value =
+                serde_json::from_str(&inp.arguments).at(|| "--arguments: not valid JSON".into())?;
+            if !args.is_object() {
+                return Err(HostingError::At {
+                    at: "--arguments".into(),
+                    message: "the arguments must be a JSON object".into(),
+                });
+            }
+            vec![(f.clone(), args.to_string())]
+        }
+        (None, None) => Vec::new(),
     })
 }
 
@@ -352,6 +399,47 @@ impl Called {
             Called::Tool { functions, results } if results.is_empty() => {
                 for f in functions {
                     line(js(&f.openai())?);
+                }
+            }
+            Called::Episode {
+                shown,
+                results,
+                reward,
+                ..
+            } if json => line(js(&serde_json::json!({
+                "shown": shown,
+                "results": results
+                    .iter()
+                    .map(|(name, r)| match r {
+                        Ok(text) => serde_json::json!({"name": name, "result": text}),
+                        Err(e) => serde_json::json!({"name": name, "error": e}),
+                    })
+                    .collect::<Vec<_>>(),
+                "reward": reward,
+            }))?),
+            Called::Episode {
+                functions,
+                shown,
+                results,
+                reward,
+            } => {
+                if results.is_empty() {
+                    for f in functions {
+                        line(js(&f.openai())?);
+                    }
+                }
+                if let Some(text) = shown {
+                    line(format!("reset\t{text}"));
+                }
+                for (name, r) in results {
+                    match r {
+                        Ok(text) => line(format!("{name}\t{text}")),
+                        Err(e) => line(format!("{name}\terror: {e}")),
+                    }
+                }
+                match reward {
+                    Some(v) => line(format!("reward\t{v}")),
+                    None => line("reward\tnone (the environment does not score)".into()),
                 }
             }
             Called::Tool { results, .. } => {

@@ -158,6 +158,7 @@ pub fn world_of(kind: PluginKind) -> &'static str {
         PluginKind::Evaluator => "evaluator-plugin",
         PluginKind::Recipe => "recipe-plugin",
         PluginKind::Tool => "tool-plugin",
+        PluginKind::Environment => "environment-plugin",
     }
 }
 
@@ -181,6 +182,12 @@ pub fn build(
     if manifest.kind == PluginKind::Tool && lang == Lang::C {
         bail!(
             "{}: tool plugins are written in Rust, Python or JavaScript for now; the C SDK builds the other kinds",
+            dir.display()
+        );
+    }
+    if manifest.kind == PluginKind::Environment && lang != Lang::Rust {
+        bail!(
+            "{}: environment plugins are written in Rust for now (galley-sdk's `environment` feature); the Python, JavaScript and C SDKs build the other kinds",
             dir.display()
         );
     }
@@ -268,8 +275,9 @@ impl Scratch {
         Self::for_kind(PluginKind::Reward)
     }
 
-    /// With the WIT `kind` builds against: 0.3.0 for tools (their world is new there),
-    /// 0.2.0 for the rest (the oldest contract with all they use).
+    /// With the WIT `kind` builds against: 0.3.0 for tools and 0.4.0 for environments
+    /// (their worlds are new there), 0.2.0 for the rest (the oldest contract with all they
+    /// use).
     pub(crate) fn for_kind(kind: PluginKind) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "galley-build-{}-{}",
@@ -282,6 +290,7 @@ impl Scratch {
         std::fs::create_dir_all(dir.join("wit"))?;
         let wit = match kind {
             PluginKind::Tool => embedded::WIT_0_3_0,
+            PluginKind::Environment => embedded::WIT_0_4_0,
             _ => embedded::WIT_0_2_0,
         };
         embedded::write_all(&dir.join("wit"), wit)?;
@@ -321,6 +330,7 @@ fn build_python(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
         PluginKind::Evaluator => "Evaluator",
         PluginKind::Recipe => "Recipe",
         PluginKind::Tool => "Tool",
+        PluginKind::Environment => unreachable!("refused before the build"),
     };
     let entry = scratch.0.join("entry");
     std::fs::create_dir_all(&entry)?;
@@ -372,6 +382,7 @@ fn build_js(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
         PluginKind::Evaluator => "export { __evaluatorExport as evaluator };",
         PluginKind::Recipe => "export { __recipeExport as recipe };",
         PluginKind::Tool => "export { __toolExport as tool };",
+        PluginKind::Environment => unreachable!("refused before the build"),
     };
     // The prelude imports the log of the contract the kind builds against (tools: 0.3.0).
     let sdk = match kind {

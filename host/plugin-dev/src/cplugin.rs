@@ -105,5 +105,6 @@ pub fn template(kind: PluginKind) -> &'static str {
         PluginKind::Evaluator => include_str!("../templates/c/evaluator.c"),
         PluginKind::Recipe => include_str!("../templates/c/recipe.c"),
         PluginKind::Tool => unreachable!("`galley plugin new` makes no C tool"),
+        PluginKind::Environment => unreachable!("`galley plugin new` makes no C environment"),
     }
 }

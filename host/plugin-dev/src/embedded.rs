@@ -36,6 +36,27 @@ pub const WIT_0_3_0: &[(&str, &str)] = &[
     ("tool.wit", include_str!("../../../wit/v0.3.0/tool.wit")),
 ];
 
+/// `galley:plugin@0.4.0`, file by file: what the Rust SDK's environment world is built
+/// against (new in 0.4).
+pub const WIT_0_4_0: &[(&str, &str)] = &[
+    ("types.wit", include_str!("../../../wit/v0.4.0/types.wit")),
+    ("reward.wit", include_str!("../../../wit/v0.4.0/reward.wit")),
+    (
+        "data-loader.wit",
+        include_str!("../../../wit/v0.4.0/data-loader.wit"),
+    ),
+    (
+        "evaluator.wit",
+        include_str!("../../../wit/v0.4.0/evaluator.wit"),
+    ),
+    ("recipe.wit", include_str!("../../../wit/v0.4.0/recipe.wit")),
+    ("tool.wit", include_str!("../../../wit/v0.4.0/tool.wit")),
+    (
+        "environment.wit",
+        include_str!("../../../wit/v0.4.0/environment.wit"),
+    ),
+];
+
 /// The Python SDK package `galley_sdk`.
 pub const PYTHON_SDK: &[(&str, &str)] = &[
     (
@@ -57,7 +78,7 @@ pub const PYTHON_SDK: &[(&str, &str)] = &[
 ];
 
 /// The Rust guest SDK crate, laid out as in the repository (its bindings find the WIT at
-/// `../../wit/v0.2.0` and, for tools, `../../wit/v0.3.0`), so scaffolded plugins can depend on it by path anywhere.
+/// `../../wit/v0.2.0`, for tools `../../wit/v0.3.0`, for environments `../../wit/v0.4.0`), so scaffolded plugins can depend on it by path anywhere.
 pub const RUST_SDK: &[(&str, &str)] = &[
     (
         "sdk/rust/Cargo.toml",
@@ -98,6 +119,14 @@ pub const RUST_SDK: &[(&str, &str)] = &[
     (
         "sdk/rust/src/tool.rs",
         include_str!("../../../sdk/rust/src/tool.rs"),
+    ),
+    (
+        "sdk/rust/src/function.rs",
+        include_str!("../../../sdk/rust/src/function.rs"),
+    ),
+    (
+        "sdk/rust/src/environment.rs",
+        include_str!("../../../sdk/rust/src/environment.rs"),
     ),
 ];
 

@@ -48,6 +48,7 @@ pub fn rust_sdk_dir() -> Result<PathBuf> {
     embedded::write_all(&root, embedded::RUST_SDK)?;
     embedded::write_all(&root.join("wit/v0.2.0"), embedded::WIT_0_2_0)?;
     embedded::write_all(&root.join("wit/v0.3.0"), embedded::WIT_0_3_0)?;
+    embedded::write_all(&root.join("wit/v0.4.0"), embedded::WIT_0_4_0)?;
     Ok(crate_dir)
 }
 

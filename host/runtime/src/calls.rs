@@ -54,9 +54,9 @@ pub(crate) fn log_line(
 
 /// Expands, inside a version module that has run `bindgen!` into `reward`, `data_loader`,
 /// `evaluator` and `recipe` and defines `messages_in`, `messages_out`, `reward_group_in`
-/// and its tool world (`ToolPre`, `ToolLive`, `tool_pre`, `instantiate_tool`, `init_tool`,
-/// `tool_functions`, `call_tool`: `crate::no_tool_world!()` before 0.3), to that version's
-/// calls (see the module comment).
+/// its tool world (`ToolPre`, `ToolLive`, `tool_pre`, `instantiate_tool`, `init_tool`,
+/// `tool_functions`, `call_tool`: `crate::no_tool_world!()` before 0.3) and its environment
+/// world (`crate::episodes`' macros), to that version's calls (see the module comment).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! world_calls {
@@ -111,6 +111,7 @@ macro_rules! world_calls {
             Evaluator(evaluator::EvaluatorPluginPre<PluginState>),
             Recipe(recipe::RecipePluginPre<PluginState>),
             Tool(ToolPre),
+            Environment(EnvPre),
         }
 
         /// A live instance of one of this version's worlds.
@@ -120,6 +121,7 @@ macro_rules! world_calls {
             Evaluator(evaluator::EvaluatorPlugin),
             Recipe(recipe::RecipePlugin),
             Tool(ToolLive),
+            Environment(EnvLive),
         }
 
         /// Checks that the component exports `kind`'s world as this version defines it.
@@ -134,6 +136,7 @@ macro_rules! world_calls {
                 K::Evaluator => Pre::Evaluator(evaluator::EvaluatorPluginPre::new(pre)?),
                 K::Recipe => Pre::Recipe(recipe::RecipePluginPre::new(pre)?),
                 K::Tool => Pre::Tool(tool_pre(pre)?),
+                K::Environment => Pre::Environment(env_pre(pre)?),
             })
         }
 
@@ -147,6 +150,7 @@ macro_rules! world_calls {
                 Pre::Evaluator(p) => p.instantiate(store).map(Live::Evaluator),
                 Pre::Recipe(p) => p.instantiate(store).map(Live::Recipe),
                 Pre::Tool(p) => instantiate_tool(p, store).map(Live::Tool),
+                Pre::Environment(p) => instantiate_env(p, store).map(Live::Environment),
             }
         }
 
@@ -167,6 +171,7 @@ macro_rules! world_calls {
                 Live::Evaluator(b) => b.galley_plugin_evaluator().call_init(store, config),
                 Live::Recipe(_) => Ok(Ok(())),
                 Live::Tool(b) => return init_tool(b, store, config),
+                Live::Environment(b) => return init_env(b, store, config),
             })
         }
 
@@ -496,6 +501,77 @@ macro_rules! messages_since_0_2 {
                     })
                     .collect(),
             }
+        }
+    };
+}
+
+/// The tool world as 0.3 defined it, for 0.3 and every later version that keeps it (the
+/// generated types differ per version, so each expands its own).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! tool_world_since_0_3 {
+    () => {
+        pub(crate) type ToolPre = tool::ToolPluginPre<$crate::sandbox::PluginState>;
+        pub(crate) type ToolLive = tool::ToolPlugin;
+
+        fn tool_pre(
+            pre: wasmtime::component::InstancePre<$crate::sandbox::PluginState>,
+        ) -> wasmtime::Result<ToolPre> {
+            tool::ToolPluginPre::new(pre)
+        }
+
+        fn instantiate_tool(
+            p: &ToolPre,
+            store: &mut wasmtime::Store<$crate::sandbox::PluginState>,
+        ) -> wasmtime::Result<ToolLive> {
+            p.instantiate(store)
+        }
+
+        fn init_tool(
+            l: &ToolLive,
+            store: &mut wasmtime::Store<$crate::sandbox::PluginState>,
+            config: &str,
+        ) -> $crate::calls::Call<()> {
+            answer(l.galley_plugin_tool().call_init(store, config))
+        }
+
+        /// The functions as the plugin wrote them: (name, description, parameters as JSON text).
+        pub(crate) fn tool_functions(
+            live: &Live,
+            store: &mut wasmtime::Store<$crate::sandbox::PluginState>,
+        ) -> $crate::calls::Call<Vec<(String, String, String)>> {
+            let Live::Tool(b) = live else {
+                unreachable!("kind checked at construction")
+            };
+            answer(b.galley_plugin_tool().call_functions(store)).map(|r| {
+                r.map(|f| {
+                    f.into_iter()
+                        .map(|f| (f.name, f.description, f.parameters))
+                        .collect()
+                })
+            })
+        }
+
+        /// Each call's result as the plugin wrote it (its errors in the host's terms).
+        pub(crate) fn call_tool(
+            live: &Live,
+            store: &mut wasmtime::Store<$crate::sandbox::PluginState>,
+            calls: &[galley_core::FunctionCall<'_>],
+        ) -> $crate::calls::Call<Vec<Result<String, (galley_core::PluginErrorKind, String)>>> {
+            use tool::exports::galley::plugin::tool as t;
+            let Live::Tool(b) = live else {
+                unreachable!("kind checked at construction")
+            };
+            let input: Vec<t::FunctionCall> = calls
+                .iter()
+                .map(|c| t::FunctionCall {
+                    name: c.name.to_string(),
+                    arguments: c.arguments.to_string(),
+                })
+                .collect();
+            b.galley_plugin_tool()
+                .call_call(store, &input)
+                .map(|out| Ok(out.into_iter().map(|r| r.map_err(plugin_error)).collect()))
         }
     };
 }

@@ -8,7 +8,7 @@ use crate::error::RuntimeError;
 use crate::inspect::{ComponentInfo, inspect};
 use crate::plugin::{ApiPre, Plugin, PluginInner};
 use crate::sandbox::PluginState;
-use crate::{v0_1, v0_2, v0_3};
+use crate::{v0_1, v0_2, v0_3, v0_4};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +17,8 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// The `galley:plugin` versions this host runs, newest last.
-pub const SUPPORTED_WIT: &[semver::Version] = &[v0_1::VERSION, v0_2::VERSION, v0_3::VERSION];
+pub const SUPPORTED_WIT: &[semver::Version] =
+    &[v0_1::VERSION, v0_2::VERSION, v0_3::VERSION, v0_4::VERSION];
 
 /// How the runtime is set up. `Default` is what the `galley` command uses.
 #[derive(Debug, Clone)]
@@ -131,6 +132,7 @@ impl Runtime {
         v0_1::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         v0_2::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         v0_3::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        v0_4::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let cache = config.cache_dir.as_deref().and_then(|dir| {
             ComponentCache::open(dir, &config.cache_key, config.cache_limit, &engine)
@@ -275,6 +277,7 @@ impl Runtime {
             (0, 1) => ApiPre::V0_1(v0_1::pre(kind, pre).map_err(mismatch)?),
             (0, 2) => ApiPre::V0_2(v0_2::pre(kind, pre).map_err(mismatch)?),
             (0, 3) => ApiPre::V0_3(v0_3::pre(kind, pre).map_err(mismatch)?),
+            (0, 4) => ApiPre::V0_4(v0_4::pre(kind, pre).map_err(mismatch)?),
             _ => unreachable!("check_wit admits only supported versions"),
         };
         Ok(Plugin {

@@ -22,6 +22,7 @@ mod cache;
 mod cache_gc;
 mod calls;
 mod engine;
+mod episodes;
 mod error;
 mod inspect;
 mod manifest;
@@ -31,6 +32,7 @@ pub mod tools;
 pub mod v0_1;
 pub mod v0_2;
 pub mod v0_3;
+pub mod v0_4;
 
 pub use cache::{CacheOutcome, default_cache_dir, default_cache_key};
 pub use cache_gc::{
@@ -38,6 +40,7 @@ pub use cache_gc::{
     parse_cache_limit,
 };
 pub use engine::{Runtime, RuntimeConfig, SUPPORTED_WIT, wit_supported};
+pub use episodes::{WasmEnvironment, WasmEpisode};
 pub use error::RuntimeError;
 pub use inspect::{ComponentInfo, digest_of, inspect, parse_plugin_name};
 pub use manifest::{Capabilities, MANIFEST_SECTION, Manifest, embed as embed_manifest};

@@ -8,7 +8,7 @@ use crate::error::RuntimeError;
 use crate::inspect::ComponentInfo;
 use crate::manifest::Manifest;
 use crate::sandbox::{InstanceOptions, PluginState, human_bytes};
-use crate::{v0_1, v0_2, v0_3};
+use crate::{v0_1, v0_2, v0_3, v0_4};
 use galley_core::{
     DataSource, Decision, Evaluator, Example, FunctionCall, Metric, PluginError,
     PluginErrorKind as K, PluginKind, Prediction, Recipe, RewardFn, RewardGroup, Stage, Tool,
@@ -23,6 +23,7 @@ pub(crate) enum ApiPre {
     V0_1(v0_1::Pre),
     V0_2(v0_2::Pre),
     V0_3(v0_3::Pre),
+    V0_4(v0_4::Pre),
 }
 
 pub(crate) struct PluginInner {
@@ -44,22 +45,25 @@ pub struct Plugin {
 }
 
 /// A live instance of some world of some version.
-enum Live {
+pub(crate) enum Live {
     V0_1(v0_1::Live),
     V0_2(v0_2::Live),
     V0_3(v0_3::Live),
+    V0_4(v0_4::Live),
 }
 
 /// Calls the same export of whichever version `live` is.
 macro_rules! dispatch {
     ($live:expr, $store:expr, $f:ident ( $($arg:expr),* )) => {
         match $live {
-            Live::V0_1(l) => v0_1::$f(l, $store, $($arg),*),
-            Live::V0_2(l) => v0_2::$f(l, $store, $($arg),*),
-            Live::V0_3(l) => v0_3::$f(l, $store, $($arg),*),
+            $crate::plugin::Live::V0_1(l) => $crate::v0_1::$f(l, $store, $($arg),*),
+            $crate::plugin::Live::V0_2(l) => $crate::v0_2::$f(l, $store, $($arg),*),
+            $crate::plugin::Live::V0_3(l) => $crate::v0_3::$f(l, $store, $($arg),*),
+            $crate::plugin::Live::V0_4(l) => $crate::v0_4::$f(l, $store, $($arg),*),
         }
     };
 }
+pub(crate) use dispatch;
 
 impl Plugin {
     /// `name@version`.
@@ -83,7 +87,7 @@ impl Plugin {
         self.inner.cache
     }
 
-    fn expect(&self, kind: PluginKind) -> Result<(), PluginError> {
+    pub(crate) fn expect(&self, kind: PluginKind) -> Result<(), PluginError> {
         if self.inner.kind == kind {
             return Ok(());
         }
@@ -159,16 +163,20 @@ impl Plugin {
 }
 
 /// One instance slot: the store and bindings, created on demand and dropped after a trap.
-struct Slot {
-    plugin: Plugin,
+pub(crate) struct Slot {
+    pub(crate) plugin: Plugin,
     config: String,
     opts: InstanceOptions,
     dirs: Vec<(PathBuf, String)>,
     live: Option<(Store<PluginState>, Live)>,
+    /// Set for an episode's instance, whose state is the point: after a trap it is not
+    /// re-created (a fresh one would have forgotten the episode), every later call fails.
+    pub(crate) once: bool,
+    ended: bool,
 }
 
 impl Slot {
-    fn new(
+    pub(crate) fn new(
         plugin: Plugin,
         config: &serde_json::Value,
         opts: InstanceOptions,
@@ -217,12 +225,14 @@ impl Slot {
             opts,
             dirs,
             live: None,
+            once: false,
+            ended: false,
         };
         slot.ensure("init")?;
         Ok(slot)
     }
 
-    fn err(&self, call: &str, kind: K, message: impl Into<String>) -> PluginError {
+    pub(crate) fn err(&self, call: &str, kind: K, message: impl Into<String>) -> PluginError {
         PluginError::new(self.plugin.id(), call, kind, message)
     }
 
@@ -236,6 +246,13 @@ impl Slot {
         if self.live.is_some() {
             return Ok(());
         }
+        if self.ended {
+            return Err(self.err(
+                call,
+                K::Failed,
+                "its episode ended when the instance failed earlier (its state is gone)",
+            ));
+        }
         let shared = &self.plugin.inner.shared;
         let state = PluginState::new(self.plugin.id().to_string(), &self.opts, &self.dirs)
             .map_err(|m| self.err(call, K::InvalidConfig, m))?;
@@ -247,6 +264,7 @@ impl Slot {
             ApiPre::V0_1(pre) => v0_1::instantiate(pre, &mut store).map(Live::V0_1),
             ApiPre::V0_2(pre) => v0_2::instantiate(pre, &mut store).map(Live::V0_2),
             ApiPre::V0_3(pre) => v0_3::instantiate(pre, &mut store).map(Live::V0_3),
+            ApiPre::V0_4(pre) => v0_4::instantiate(pre, &mut store).map(Live::V0_4),
         };
         let live = match made {
             Ok(l) => l,
@@ -266,7 +284,7 @@ impl Slot {
     }
 
     /// Runs one export under the time budget; a trap drops the instance.
-    fn call<R>(
+    pub(crate) fn call<R>(
         &mut self,
         call: &str,
         f: impl FnOnce(&Live, &mut Store<PluginState>) -> Call<R>,
@@ -281,6 +299,7 @@ impl Slot {
             Ok(Err((kind, msg))) => Err(self.err(call, kind, msg)),
             Err(e) => {
                 let (store, _) = self.live.take().expect("live");
+                self.ended = self.once;
                 Err(self.classify(&store, call, e))
             }
         }
@@ -353,7 +372,7 @@ fn runtime_error(id: &str, call: &str, e: RuntimeError) -> PluginError {
     )
 }
 
-fn bad_output(slot: &Slot, call: &str, msg: String) -> PluginError {
+pub(crate) fn bad_output(slot: &Slot, call: &str, msg: String) -> PluginError {
     slot.err(call, K::BadOutput, msg)
 }
 
@@ -568,72 +587,90 @@ impl Tool for WasmTool {
         &mut self,
         calls: &[FunctionCall<'_>],
     ) -> Result<Vec<Result<String, PluginError>>, PluginError> {
-        // What the contract promises the plugin is checked here, per call: a function it
-        // offers, arguments that are a JSON object matching the top of its schema (so a tool
-        // in any language gets the same checks). Only those calls cross.
-        let mut out: Vec<Option<Result<String, PluginError>>> = calls
-            .iter()
-            .map(|c| {
-                let Some(f) = self.functions.iter().find(|f| f.name == c.name) else {
-                    let name = galley_core::text::untrusted(c.name, calls::MAX_NAME);
-                    return Some(Err(self.slot.err(
-                        "call",
-                        K::InvalidInput,
-                        format!("offers no function named `{name}`"),
-                    )));
-                };
-                match serde_json::from_str::<serde_json::Value>(c.arguments) {
-                    Ok(serde_json::Value::Object(args)) => {
-                        crate::tools::check_arguments(&f.parameters, &args)
-                            .err()
-                            .map(|m| Err(self.slot.err("call", K::InvalidInput, m)))
-                    }
-                    Ok(_) => Some(Err(self.slot.err(
-                        "call",
-                        K::InvalidInput,
-                        "the arguments must be a JSON object",
-                    ))),
-                    Err(e) => Some(Err(self.slot.err(
-                        "call",
-                        K::InvalidInput,
-                        format!("the arguments are not JSON: {e}"),
-                    ))),
-                }
-            })
-            .collect();
-        let sent: Vec<FunctionCall<'_>> = calls
-            .iter()
-            .zip(&out)
-            .filter(|(_, o)| o.is_none())
-            .map(|(c, _)| *c)
-            .collect();
-        if !sent.is_empty() {
-            let answers = self.slot.call("call", |live, store| {
-                dispatch!(live, store, call_tool(&sent))
-            })?;
-            if answers.len() != sent.len() {
-                return Err(bad_output(
-                    &self.slot,
-                    "call",
-                    format!(
-                        "returned {} results for a batch of {}",
-                        answers.len(),
-                        sent.len()
-                    ),
-                ));
-            }
-            let mut answers = answers.into_iter();
-            for o in out.iter_mut().filter(|o| o.is_none()) {
-                let a = answers.next().expect("lengths checked");
-                *o = Some(
-                    a.map(crate::tools::cap_result)
-                        .map_err(|(kind, msg)| self.slot.err("call", kind, msg)),
-                );
-            }
-        }
-        Ok(out
-            .into_iter()
-            .map(|o| o.expect("every call answered"))
-            .collect())
+        checked_calls(
+            &mut self.slot,
+            &self.functions,
+            calls,
+            |live, store, sent| dispatch!(live, store, call_tool(sent)),
+        )
     }
+}
+
+/// Runs a turn's `calls` through `f` after what the contract promises the plugin is checked,
+/// per call: a function it offers, arguments that are a JSON object matching the top of its
+/// schema (so a tool in any language gets the same checks). Only those calls cross; each
+/// result is capped. Tools and environments both call through here.
+#[allow(clippy::type_complexity)]
+pub(crate) fn checked_calls(
+    slot: &mut Slot,
+    functions: &[ToolFunction],
+    calls: &[FunctionCall<'_>],
+    f: impl FnOnce(
+        &Live,
+        &mut Store<PluginState>,
+        &[FunctionCall<'_>],
+    ) -> Call<Vec<Result<String, (K, String)>>>,
+) -> Result<Vec<Result<String, PluginError>>, PluginError> {
+    let mut out: Vec<Option<Result<String, PluginError>>> = calls
+        .iter()
+        .map(|c| {
+            let Some(f) = functions.iter().find(|f| f.name == c.name) else {
+                let name = galley_core::text::untrusted(c.name, calls::MAX_NAME);
+                return Some(Err(slot.err(
+                    "call",
+                    K::InvalidInput,
+                    format!("offers no function named `{name}`"),
+                )));
+            };
+            match serde_json::from_str::<serde_json::Value>(c.arguments) {
+                Ok(serde_json::Value::Object(args)) => {
+                    crate::tools::check_arguments(&f.parameters, &args)
+                        .err()
+                        .map(|m| Err(slot.err("call", K::InvalidInput, m)))
+                }
+                Ok(_) => Some(Err(slot.err(
+                    "call",
+                    K::InvalidInput,
+                    "the arguments must be a JSON object",
+                ))),
+                Err(e) => Some(Err(slot.err(
+                    "call",
+                    K::InvalidInput,
+                    format!("the arguments are not JSON: {e}"),
+                ))),
+            }
+        })
+        .collect();
+    let sent: Vec<FunctionCall<'_>> = calls
+        .iter()
+        .zip(&out)
+        .filter(|(_, o)| o.is_none())
+        .map(|(c, _)| *c)
+        .collect();
+    if !sent.is_empty() {
+        let answers = slot.call("call", |live, store| f(live, store, &sent))?;
+        if answers.len() != sent.len() {
+            return Err(bad_output(
+                slot,
+                "call",
+                format!(
+                    "returned {} results for a batch of {}",
+                    answers.len(),
+                    sent.len()
+                ),
+            ));
+        }
+        let mut answers = answers.into_iter();
+        for o in out.iter_mut().filter(|o| o.is_none()) {
+            let a = answers.next().expect("lengths checked");
+            *o = Some(
+                a.map(crate::tools::cap_result)
+                    .map_err(|(kind, msg)| slot.err("call", kind, msg)),
+            );
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|o| o.expect("every call answered"))
+        .collect())
 }

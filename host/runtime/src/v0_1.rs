@@ -83,4 +83,5 @@ fn reward_group_in(
 }
 
 crate::no_tool_world!();
+crate::no_environment_world!();
 crate::world_calls!();

@@ -55,4 +55,5 @@ pub use reward::galley::plugin::types as wit;
 
 crate::messages_since_0_2!();
 crate::no_tool_world!();
+crate::no_environment_world!();
 crate::world_calls!();

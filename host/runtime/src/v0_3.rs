@@ -64,60 +64,8 @@ pub use reward::galley::plugin::types as wit;
 
 crate::messages_since_0_2!();
 
-// ---- what 0.3 added: the tool world ----
-
-pub(crate) type ToolPre = tool::ToolPluginPre<PluginState>;
-pub(crate) type ToolLive = tool::ToolPlugin;
-
-fn tool_pre(pre: wasmtime::component::InstancePre<PluginState>) -> wasmtime::Result<ToolPre> {
-    tool::ToolPluginPre::new(pre)
-}
-
-fn instantiate_tool(p: &ToolPre, store: &mut Store<PluginState>) -> wasmtime::Result<ToolLive> {
-    p.instantiate(store)
-}
-
-fn init_tool(l: &ToolLive, store: &mut Store<PluginState>, config: &str) -> Call<()> {
-    answer(l.galley_plugin_tool().call_init(store, config))
-}
-
-/// The functions as the plugin wrote them: (name, description, parameters as JSON text).
-pub(crate) fn tool_functions(
-    live: &Live,
-    store: &mut Store<PluginState>,
-) -> Call<Vec<(String, String, String)>> {
-    let Live::Tool(b) = live else {
-        unreachable!("kind checked at construction")
-    };
-    answer(b.galley_plugin_tool().call_functions(store)).map(|r| {
-        r.map(|f| {
-            f.into_iter()
-                .map(|f| (f.name, f.description, f.parameters))
-                .collect()
-        })
-    })
-}
-
-/// Each call's result as the plugin wrote it (its errors in the host's terms).
-pub(crate) fn call_tool(
-    live: &Live,
-    store: &mut Store<PluginState>,
-    calls: &[core::FunctionCall<'_>],
-) -> Call<Vec<Result<String, (core::PluginErrorKind, String)>>> {
-    use tool::exports::galley::plugin::tool as t;
-    let Live::Tool(b) = live else {
-        unreachable!("kind checked at construction")
-    };
-    let input: Vec<t::FunctionCall> = calls
-        .iter()
-        .map(|c| t::FunctionCall {
-            name: c.name.to_string(),
-            arguments: c.arguments.to_string(),
-        })
-        .collect();
-    b.galley_plugin_tool()
-        .call_call(store, &input)
-        .map(|out| Ok(out.into_iter().map(|r| r.map_err(plugin_error)).collect()))
-}
+// What 0.3 added: the tool world.
+crate::tool_world_since_0_3!();
+crate::no_environment_world!();
 
 crate::world_calls!();

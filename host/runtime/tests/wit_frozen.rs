@@ -56,6 +56,13 @@ fn wit_v0_3_0_is_unchanged() {
         "0.3.0",
     );
 }
+#[test]
+fn wit_v0_4_0_is_unchanged() {
+    check_frozen(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../wit"),
+        "0.4.0",
+    );
+}
 
 /// Every version folder is pinned and served: a folder without its `.sha256`, or one the
 /// host has no bindings for, is a release half made.

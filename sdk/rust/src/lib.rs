@@ -8,7 +8,9 @@
 //! `galley:plugin@0.1.0`; galley keeps running those plugins. 0.2 adds a message's tool calls
 //! and reasoning, and a completion's reading as an assistant turn. 0.3 adds tools, built
 //! against `galley:plugin@0.3.0`, where their world is new; the other kinds are still built
-//! against 0.2.0, the oldest contract that has all they use, so they run on any host since.)
+//! against 0.2.0, the oldest contract that has all they use, so they run on any host since.
+//! 0.4 adds environments — functions with state, one instance per rollout — built against
+//! `galley:plugin@0.4.0`.)
 //!
 //! | kind | cargo feature | trait | macro |
 //! | --- | --- | --- | --- |
@@ -17,6 +19,7 @@
 //! | evaluator | `evaluator` | [`evaluator::Evaluator`] | [`export_evaluator!`] |
 //! | recipe | `recipe` | [`recipe::Recipe`] | [`export_recipe!`] |
 //! | tool | `tool` | [`tool::Tool`] | [`export_tool!`] |
+//! | environment | `environment` | [`environment::Environment`] | [`export_environment!`] |
 //!
 //! Enable exactly one feature: a component exports exactly one world.
 //!
@@ -37,14 +40,18 @@
 extern crate self as galley_sdk;
 
 mod config;
+mod function;
 mod types;
 
 pub use config::Config;
+pub use function::Function;
 pub use serde_json;
 pub use types::{Error, ErrorKind, Example, Message, Metadata, Metric, ToolCall, Value};
 
 #[cfg(feature = "data-loader")]
 pub mod data_loader;
+#[cfg(feature = "environment")]
+pub mod environment;
 #[cfg(feature = "evaluator")]
 pub mod evaluator;
 #[cfg(feature = "recipe")]

@@ -36,6 +36,16 @@ fn emit(level: u8, message: &str) {
         use crate::recipe::bindings::galley::plugin::log as l;
         l::log(level_of!(l, level), message);
     }
+    #[cfg(all(target_family = "wasm", feature = "tool"))]
+    {
+        use crate::tool::bindings::galley::plugin::log as l;
+        l::log(level_of!(l, level), message);
+    }
+    #[cfg(all(target_family = "wasm", feature = "environment"))]
+    {
+        use crate::environment::bindings::galley::plugin::log as l;
+        l::log(level_of!(l, level), message);
+    }
 }
 
 pub fn trace(message: &str) {

@@ -57,30 +57,7 @@ mod conv {
 use bindings::exports::galley::plugin::tool as wit_tool;
 use bindings::galley::plugin::types as wit;
 
-/// One function the model may call, as OpenAI's `tools` list describes it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Function {
-    /// 1-64 characters of a-z, A-Z, 0-9, '_' or '-'.
-    pub name: String,
-    /// What it does, shown to the model.
-    pub description: String,
-    /// The JSON Schema of the arguments object.
-    pub parameters: serde_json::Value,
-}
-
-impl Function {
-    pub fn new(
-        name: impl Into<String>,
-        description: impl Into<String>,
-        parameters: serde_json::Value,
-    ) -> Self {
-        Self {
-            name: name.into(),
-            description: description.into(),
-            parameters,
-        }
-    }
-}
+pub use crate::function::Function;
 
 /// A tool plugin: its functions, and what a call of one returns. The host may send any call
 /// to any instance, so a call should depend on its arguments (and the settings) alone.
