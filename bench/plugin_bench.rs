@@ -3,10 +3,12 @@
 //! measured in the same run, plus instantiation, cached load and cold compile times, and what
 //! `galley:plugin@0.2`'s richer completions cost against 0.1: the same plugin's 0.1 release
 //! (the embedded registry's blob) against today's 0.2 build, alternated in one run; and
-//! tool calls (`tool_calls`: the calculator against its native self).
+//! tool calls (`tool_calls`: the calculator against its native self); and environment
+//! episodes (`episodes`: Wordle against its native self).
 //!
 //! Run: `scripts/bench.sh` (builds the plugins, then `cargo run --release -p galley-bench`).
 
+mod episodes;
 mod native_math;
 mod tool_calls;
 mod workload;
@@ -146,6 +148,7 @@ fn main() {
     }
 
     let tools = tool_calls::bench(&runtime, path.parent().unwrap(), min);
+    let episodes = episodes::bench(&runtime, path.parent().unwrap(), min);
 
     // Instantiate (store + instance from InstancePre + `init`), as a trainer does per worker.
     let reps = 300;
@@ -194,7 +197,7 @@ fn main() {
     );
     println!(
         "{}",
-        serde_json::json!({"bench": "plugin", "throughput": rows, "contract": contract, "tools": tools, "instantiate_us": inst_us, "cached_load_ms": cached_ms, "cold_compile_ms": cold_ms})
+        serde_json::json!({"bench": "plugin", "throughput": rows, "contract": contract, "tools": tools, "episodes": episodes, "instantiate_us": inst_us, "cached_load_ms": cached_ms, "cold_compile_ms": cold_ms})
     );
     let _ = std::fs::remove_dir_all(&cache);
 }

@@ -108,6 +108,15 @@ fn check(lang: &str, kind: &str) {
                 "{lang}: {out}"
             );
         }
+        "environment" => {
+            // One game from the scaffold's test input: the row's secret, two guesses.
+            let out = call(&["--meta", "secret=42", "--input", "test-input.jsonl"]);
+            assert!(
+                out.contains("guess\tlower\nguess\tcorrect\nreward\t0.5\n"),
+                "{lang}: {out}"
+            );
+            assert!(out.contains("reset\t\" I am thinking"), "{lang}: {out}");
+        }
         _ => unreachable!(),
     }
 }
@@ -122,6 +131,7 @@ fn all_kinds(lang: &str) {
 fn rust_plugins_from_scratch() {
     all_kinds("rust");
     check("rust", "tool");
+    check("rust", "environment");
 }
 
 #[test]
@@ -160,4 +170,17 @@ fn new_refuses_a_bad_name_or_a_used_folder() {
         "{line}"
     );
     assert!(!tmp.path().join("t").exists());
+    let line = one_line_error(&galley(
+        tmp.path(),
+        &[
+            "plugin",
+            "new",
+            "e",
+            "--lang",
+            "python",
+            "--kind",
+            "environment",
+        ],
+    ));
+    assert!(line.contains("written in Rust for now"), "{line}");
 }

@@ -428,8 +428,9 @@ impl Called {
                         line(js(&f.openai())?);
                     }
                 }
+                // As a JSON string: the text usually spans lines.
                 if let Some(text) = shown {
-                    line(format!("reset\t{text}"));
+                    line(format!("reset\t{}", js(text)?));
                 }
                 for (name, r) in results {
                     match r {

@@ -6,12 +6,12 @@
 
 use crate::{At, HostingError, Result, Sandbox};
 use galley_core::seed::{derive_seed, purpose};
-use galley_core::{DataSource, RewardFn, Tool};
+use galley_core::{DataSource, Environment, RewardFn, Tool};
 use galley_registry::PluginLocator;
 use galley_run::TrainPlugins;
 use galley_runtime::{Grants, Plugin, Runtime};
 use galley_train::TrainConfig;
-use galley_train::config::{Objective, RewardSpec, SourceSection, ToolSpec};
+use galley_train::config::{EnvironmentSpec, Objective, RewardSpec, SourceSection, ToolSpec};
 use std::sync::{Arc, OnceLock};
 
 /// Told of each plugin after it is loaded and before any of its code runs (a run records it
@@ -170,7 +170,7 @@ pub fn open_source(
 }
 
 /// Every plugin a training config names — its data sources' loaders and, for GRPO, its
-/// reward functions — opened for `galley train` and for a run's training stages alike.
+/// reward functions, tools and environment — opened for `galley train` and for a run's training stages alike.
 pub fn open_train(
     cfg: &TrainConfig,
     at: &Opener,
@@ -203,6 +203,33 @@ pub fn open_train(
             cfg.training.seed,
             on_load,
         )?;
+        if let Some(spec) = &cfg.grpo.environment {
+            out.environment = Some(open_environment(spec, at, cfg.training.seed, on_load)?);
+        }
     }
     Ok(out)
+}
+
+/// GRPO's environment (`grpo.environment`): its functions are asked of one instance here;
+/// each episode is a fresh instance under the spec's limits, its sandbox seeded
+/// `derive_seed(seed, [EPISODE])` (the same in every episode, so a group's rollouts start
+/// alike; each episode's `reset` gets a seed of its own prompt).
+pub fn open_environment(
+    spec: &EnvironmentSpec,
+    at: &Opener,
+    seed: u64,
+    on_load: &mut OnLoad<'_>,
+) -> Result<Box<dyn Environment>> {
+    let key = "grpo.environment";
+    let plugin = at.load(&spec.plugin, key)?;
+    on_load(&spec.plugin, &plugin)?;
+    let sb = at
+        .sandbox
+        .with_limits(spec.limits.timeout_ms, spec.limits.memory_mb)
+        .seeded(derive_seed(seed, &[purpose::EPISODE]));
+    let settings = spec.settings.clone().unwrap_or(serde_json::json!({}));
+    let env = plugin
+        .environment(&settings, sb.options(Grants::default()))
+        .at(|| format!("{key} ({})", plugin.id()))?;
+    Ok(Box::new(env))
 }

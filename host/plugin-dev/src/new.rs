@@ -25,6 +25,8 @@ pub enum NewKind {
     Recipe,
     /// A function a model calls during GRPO rollouts (Rust, Python or JavaScript, for now).
     Tool,
+    /// Functions with state, one instance per GRPO rollout (Rust, for now).
+    Environment,
 }
 
 impl NewKind {
@@ -35,6 +37,7 @@ impl NewKind {
             NewKind::Evaluator => PluginKind::Evaluator,
             NewKind::Recipe => PluginKind::Recipe,
             NewKind::Tool => PluginKind::Tool,
+            NewKind::Environment => PluginKind::Environment,
         }
     }
 }
@@ -57,6 +60,9 @@ pub fn run(name: &str, lang: NewLang, kind: NewKind, dir: Option<PathBuf>) -> Re
         bail!(
             "tool plugins are written in Rust, Python or JavaScript for now: use --lang rust, python or js"
         );
+    }
+    if kind == NewKind::Environment && lang != NewLang::Rust {
+        bail!("environment plugins are written in Rust for now: use --lang rust");
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     let manifest = format!(
@@ -119,6 +125,7 @@ fn description(kind: NewKind) -> &'static str {
         NewKind::Evaluator => "Exact match after trimming and lower-casing",
         NewKind::Recipe => "SFT, then GRPO until the mean reward reaches a target, then evaluation",
         NewKind::Tool => "Counts the words of a text, for a model to call",
+        NewKind::Environment => "Guess a number from 1 to 100, one game per rollout",
     }
 }
 
@@ -142,6 +149,13 @@ fn test_input(kind: NewKind) -> Option<&'static str> {
         NewKind::Loader => Some("{\"count\": 5}\n"),
         NewKind::Recipe => Some("{\"target\": 0.8}\n"),
         NewKind::Tool => None,
+        // One episode's calls, one turn each: `galley plugin call ... --input`.
+        NewKind::Environment => Some(concat!(
+            r#"{"name": "guess", "arguments": {"n": 50}}"#,
+            "\n",
+            r#"{"name": "guess", "arguments": {"n": 42}}"#,
+            "\n",
+        )),
     }
 }
 
@@ -152,6 +166,7 @@ fn call_example(kind: NewKind) -> &'static str {
         NewKind::Loader => "--max 3 --config @test-input.json",
         NewKind::Recipe => "--config @test-input.json --metric reward=0.95 --stage grpo",
         NewKind::Tool => "--function count_words --arguments '{\"text\": \"one two three\"}'",
+        NewKind::Environment => "--meta secret=42 --input test-input.jsonl",
     }
 }
 
@@ -185,6 +200,7 @@ fn rust_body(kind: NewKind) -> &'static str {
         NewKind::Evaluator => include_str!("../templates/rust/evaluator.rs"),
         NewKind::Recipe => include_str!("../templates/rust/recipe.rs"),
         NewKind::Tool => include_str!("../templates/rust/tool.rs"),
+        NewKind::Environment => include_str!("../templates/rust/environment.rs"),
     }
 }
 
@@ -195,6 +211,7 @@ fn python_body(kind: NewKind) -> &'static str {
         NewKind::Evaluator => include_str!("../templates/python/evaluator.py"),
         NewKind::Recipe => include_str!("../templates/python/recipe.py"),
         NewKind::Tool => include_str!("../templates/python/tool.py"),
+        NewKind::Environment => unreachable!("refused above"),
     }
 }
 
@@ -205,6 +222,7 @@ fn js_body(kind: NewKind) -> &'static str {
         NewKind::Evaluator => include_str!("../templates/js/evaluator.js"),
         NewKind::Recipe => include_str!("../templates/js/recipe.js"),
         NewKind::Tool => include_str!("../templates/js/tool.js"),
+        NewKind::Environment => unreachable!("refused above"),
     }
 }
 

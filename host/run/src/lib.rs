@@ -72,6 +72,8 @@ pub struct TrainPlugins {
     pub rewards: Vec<Box<dyn RewardFn>>,
     /// GRPO's tools, one per `grpo.tools` entry.
     pub tools: Vec<Box<dyn galley_core::Tool>>,
+    /// GRPO's environment (`grpo.environment`).
+    pub environment: Option<Box<dyn galley_core::Environment>>,
 }
 
 impl TrainPlugins {
@@ -90,6 +92,7 @@ impl TrainPlugins {
                 .collect(),
             rewards: std::mem::take(&mut self.rewards),
             tools: std::mem::take(&mut self.tools),
+            environment: self.environment.take(),
             group,
         }
     }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 mod align;
 pub use align::{
-    DpoSection, GrpoSection, KtoSection, MAX_MEMORY_MB, OnPluginError, Reference, RewardLimits,
-    RewardSpec, ToolSpec,
+    DpoSection, EnvironmentSpec, GrpoSection, KtoSection, MAX_MEMORY_MB, OnPluginError, Reference,
+    RewardLimits, RewardSpec, ToolSpec,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -668,32 +668,53 @@ impl TrainConfig {
         if g.num_iterations == 0 {
             return bad("num_iterations", "must be at least 1".into());
         }
-        if let Err((key, msg)) = RewardSpec::check_list(&g.rewards) {
+        // An environment that scores its episodes is a reward of its own (TRL makes
+        // `reward_funcs` optional then).
+        if !(g.rewards.is_empty() && g.environment.is_some())
+            && let Err((key, msg)) = RewardSpec::check_list(&g.rewards)
+        {
             return bad(&key, msg);
         }
-        for (i, t) in g.tools.iter().enumerate() {
-            if t.plugin.trim().is_empty() {
+        let env = g
+            .environment
+            .iter()
+            .map(|e| ("environment".to_string(), &e.plugin, &e.limits));
+        let tools = g
+            .tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("tools[{i}]"), &t.plugin, &t.limits));
+        for (key, plugin, limits) in tools.chain(env) {
+            if plugin.trim().is_empty() {
                 return bad(
-                    &format!("tools[{i}].plugin"),
-                    "name the tool plugin (`plugin: calculator`)".into(),
+                    &format!("{key}.plugin"),
+                    "name the plugin (`plugin: calculator`, `plugin: wordle`)".into(),
                 );
             }
-            if t.limits.timeout_ms == Some(0) {
+            if limits.timeout_ms == Some(0) {
                 return bad(
-                    &format!("tools[{i}].limits.timeout_ms"),
+                    &format!("{key}.limits.timeout_ms"),
                     "must be at least 1".into(),
                 );
             }
-            if let Some(mb) = t.limits.memory_mb
+            if let Some(mb) = limits.memory_mb
                 && !(1..=MAX_MEMORY_MB).contains(&mb)
             {
                 return bad(
-                    &format!("tools[{i}].limits.memory_mb"),
+                    &format!("{key}.limits.memory_mb"),
                     format!("must be between 1 and {MAX_MEMORY_MB} (MiB)"),
                 );
             }
         }
-        if !g.tools.is_empty() && g.max_tool_calling_iterations == 0 {
+        if let Some(e) = &g.environment
+            && !e.reward_weight.is_finite()
+        {
+            return bad(
+                "environment.reward_weight",
+                "must be a finite number".into(),
+            );
+        }
+        if (!g.tools.is_empty() || g.environment.is_some()) && g.max_tool_calling_iterations == 0 {
             return bad(
                 "max_tool_calling_iterations",
                 "must be at least 1 when tools are listed".into(),

@@ -139,6 +139,7 @@ pub enum Reference {
 
 /// One sampled completion and everything the update needs of it.
 struct Row {
+    /// Its prompt, in the step's `Rollouts::asked`.
     prompt: usize,
     tokens: Vec<u32>,
     /// Where tools ran: true where the model wrote the token (tool turns stay out of the
@@ -155,6 +156,9 @@ struct Row {
 /// The rollouts of one data step, split by micro-batch.
 struct Rollouts {
     key: usize,
+    /// The step's prompts, one per group, as the model was asked them (an environment's
+    /// start appended).
+    asked: Vec<Prompt>,
     micros: Vec<Vec<Row>>,
     whole: Whole,
     metrics: Extra,
@@ -181,6 +185,7 @@ pub struct GrpoTask<'a> {
     reader: Option<AnswerReader>,
     /// The run's tools and the template their turns are rendered with (`grpo.tools`).
     tools: Option<(RefCell<ToolBox>, &'a ChatTemplate)>,
+    max_length: usize,
 }
 
 impl Row {
@@ -217,8 +222,17 @@ impl<'a> GrpoTask<'a> {
         pad: u32,
         out_dir: PathBuf,
     ) -> Self {
-        let labels = rewards::labels(&cfg.rewards);
-        let weights = cfg.rewards.iter().map(|r| r.weight).collect();
+        // The environment's own score is the last function (TRL appends `get_reward`).
+        let mut specs = cfg.rewards.clone();
+        if let Some(e) = &cfg.environment {
+            specs.push(crate::config::RewardSpec {
+                plugin: Some(e.plugin.clone()),
+                weight: e.reward_weight,
+                ..Default::default()
+            });
+        }
+        let labels = rewards::labels(&specs);
+        let weights = specs.iter().map(|r| r.weight).collect();
         Self {
             prompts,
             val,
@@ -234,15 +248,28 @@ impl<'a> GrpoTask<'a> {
             state: RefCell::new(None),
             reader: None,
             tools: None,
+            max_length: usize::MAX,
         }
+    }
+
+    /// The longest prompt plus completion (`data.max_length`), which a prompt grown by an
+    /// environment's start must still keep.
+    pub fn within(mut self, max_length: usize) -> Self {
+        self.max_length = max_length;
+        self
     }
 
     /// Runs `toolbox`'s functions when the model calls them, their turns rendered by
     /// `template` (whose calls the reader must be able to read).
     pub fn with_tools(mut self, toolbox: ToolBox, template: &'a ChatTemplate) -> Result<Self> {
         if self.reader.is_none_or(|r| r.tool_format.is_none()) {
+            let key = if self.cfg.tools.is_empty() && self.cfg.environment.is_some() {
+                "grpo.environment"
+            } else {
+                "grpo.tools"
+            };
             return Err(TrainError::Config {
-                file: "grpo.tools".into(),
+                file: key.into(),
                 msg: "the chat template does not show the model tools in a format galley reads calls back from (Hermes <tool_call>, Llama 3 JSON, Mistral [TOOL_CALLS], Qwen3-Coder XML...); set model.chat_template to one that does".into(),
             });
         }
@@ -284,13 +311,84 @@ impl<'a> GrpoTask<'a> {
             .collect()
     }
 
-    /// Takes each completion of `set`'s prompts `order` (`per` a prompt) through its tool
-    /// calls, where the run has tools; the completions then hold the whole exchange.
+    /// The prompts of a step, `set`'s `order`, as the model is asked them: where the run
+    /// has an environment, `per` episodes start for each (its row, and a seed from `stream`
+    /// and the prompt), and the text they add is appended to the prompt's last message.
+    fn ask(&self, set: &[Prompt], order: &[usize], per: usize, stream: u64) -> Result<Vec<Prompt>> {
+        let mut asked: Vec<Prompt> = order.iter().map(|&p| set[p].clone()).collect();
+        let Some((toolbox, template)) = &self.tools else {
+            return Ok(asked);
+        };
+        let mut toolbox = toolbox.borrow_mut();
+        let Some(env) = toolbox.environment().map(str::to_string) else {
+            return Ok(asked);
+        };
+        let starts: Vec<(serde_json::Value, u64)> = order
+            .iter()
+            .map(|&p| {
+                let seed = galley_core::seed::derive_seed(
+                    self.seed,
+                    &[galley_core::seed::purpose::EPISODE, stream, p as u64],
+                );
+                (
+                    galley_core::episode_row(&set[p].messages, &set[p].metadata),
+                    seed,
+                )
+            })
+            .collect();
+        let at: Vec<&str> = order.iter().map(|&p| set[p].at.as_str()).collect();
+        let shown = toolbox.start(&starts, per, &at)?;
+        let thinks = galley_model::reasoning::template_thinks(&template.source);
+        for (q, text) in asked.iter_mut().zip(shown) {
+            let Some(text) = text else { continue };
+            let bad = |msg: String| TrainError::Data {
+                at: q.at.clone(),
+                msg: format!("grpo.environment ({env}): {msg}"),
+            };
+            // The start's text is the environment's, not the data's: it may not spell the
+            // tokenizer's markers (it would end the user's turn and write the model's).
+            if self.tokenizer.encode(&text, false)? != self.tokenizer.encode_plain(&text)? {
+                return Err(bad(
+                    "the text its reset appends to the prompt spells a special token of the tokenizer".into(),
+                ));
+            }
+            let last = q.messages.last_mut().expect("prompts are not empty");
+            last.content.push_str(&text);
+            let rendered = template.render(&q.messages, true, q.tools.as_ref())?;
+            q.ids = self.tokenizer.encode(&rendered, false)?;
+            q.opens = thinks && galley_model::reasoning::prompt_opens(&rendered);
+            if q.ids.len() + self.cfg.max_completion_length > self.max_length {
+                return Err(bad(format!(
+                    "with the text its reset appends, the prompt's {} tokens leave no room for grpo.max_completion_length = {} within data.max_length = {}",
+                    q.ids.len(),
+                    self.cfg.max_completion_length,
+                    self.max_length
+                )));
+            }
+        }
+        Ok(asked)
+    }
+
+    /// Ends the episodes of the rollouts just made: each one's score, or `None` for every
+    /// row where the run has no environment.
+    fn end_episodes(
+        &self,
+        rows: usize,
+    ) -> Option<Vec<std::result::Result<Option<f64>, galley_core::PluginError>>> {
+        let (toolbox, _) = self.tools.as_ref()?;
+        let mut toolbox = toolbox.borrow_mut();
+        toolbox.environment()?;
+        let out = toolbox.end();
+        debug_assert_eq!(out.len(), rows);
+        Some(out)
+    }
+
+    /// Takes each completion of `asked` (`per` a prompt) through its tool calls, where the
+    /// run has tools; the completions then hold the whole exchange.
     fn tool_turns(
         &self,
         engine: &Llama,
-        set: &[Prompt],
-        order: &[usize],
+        asked: &[Prompt],
         per: usize,
         outs: &mut [galley_model::Completion],
         sampling: &SamplingParams,
@@ -298,9 +396,9 @@ impl<'a> GrpoTask<'a> {
         let (Some((toolbox, template)), Some(reader)) = (&self.tools, self.reader) else {
             return Ok(Vec::new());
         };
-        let asked: Vec<Asked> = order
+        let asked: Vec<Asked> = asked
             .iter()
-            .flat_map(|&p| std::iter::repeat_n(&set[p], per))
+            .flat_map(|p| std::iter::repeat_n(p, per))
             .map(|p| Asked {
                 ids: &p.ids,
                 opens: p.opens,
@@ -363,9 +461,53 @@ impl<'a> GrpoTask<'a> {
         })
     }
 
+    /// Adds the episodes' own scores (`ended`, one per row) as the last function's column,
+    /// under the run's failure policy: an episode that failed is a reward function failing
+    /// on that completion.
+    fn add_episode_scores(
+        &self,
+        scored: &mut rewards::Scored,
+        ended: Vec<std::result::Result<Option<f64>, galley_core::PluginError>>,
+        step: usize,
+        asked: &[Prompt],
+        per: usize,
+    ) -> Result<()> {
+        let mut column = Vec::with_capacity(ended.len());
+        let mut failures = 0;
+        for (i, r) in ended.into_iter().enumerate() {
+            match r {
+                Ok(v) => column.push(v),
+                Err(e) if self.cfg.on_plugin_error == crate::config::OnPluginError::Stop => {
+                    return Err(TrainError::Reward(format!(
+                        "{e} (on_plugin_error: stop, so the run stops here)"
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "step {step}: {e}; completion {} of prompt {:?} is marked failed: no score from its episode, so advantage 0 (on_plugin_error: skip)",
+                        i % per,
+                        asked[i / per].at
+                    );
+                    scored.failed[i] = true;
+                    failures += 1;
+                    column.push(None);
+                }
+            }
+        }
+        scored.scores.push(column);
+        scored.failures.push(failures);
+        Ok(())
+    }
+
     /// Per-token log-probabilities of each row's completion under `model` (no gradient).
-    fn logps(&self, model: &TrainModel, rows: &[&Row], adapters: bool) -> Result<Vec<Vec<f64>>> {
-        let samples: Vec<Sample> = rows.iter().map(|r| self.sample(r)).collect();
+    fn logps(
+        &self,
+        model: &TrainModel,
+        rows: &[&Row],
+        asked: &[Prompt],
+        adapters: bool,
+    ) -> Result<Vec<Vec<f64>>> {
+        let samples: Vec<Sample> = rows.iter().map(|r| self.sample(r, asked)).collect();
         let refs: Vec<&Sample> = samples.iter().collect();
         let b = Batch::from_samples(&refs, self.pad);
         let pass = Pass {
@@ -380,7 +522,7 @@ impl<'a> GrpoTask<'a> {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let start = self.prompts[r.prompt].ids.len() - 1;
+                let start = asked[r.prompt].ids.len() - 1;
                 r.trained()
                     .into_iter()
                     .map(|t| -(nll[i * b.t + start + t] as f64))
@@ -389,8 +531,8 @@ impl<'a> GrpoTask<'a> {
             .collect())
     }
 
-    fn sample(&self, r: &Row) -> Sample {
-        let p = &self.prompts[r.prompt].ids;
+    fn sample(&self, r: &Row, asked: &[Prompt]) -> Sample {
+        let p = &asked[r.prompt].ids;
         let mut ids = p.clone();
         ids.extend(&r.tokens);
         let mut train = vec![false; p.len()];
@@ -434,9 +576,10 @@ impl<'a> GrpoTask<'a> {
         let engine = self.engine(model)?;
         let build_s = t0.elapsed().as_secs_f64();
         let order: Vec<usize> = micros.iter().flatten().copied().collect();
-        let inputs: Vec<Vec<u32>> = order
+        let asked = self.ask(self.prompts, &order, g, key as u64)?;
+        let inputs: Vec<Vec<u32>> = asked
             .iter()
-            .flat_map(|&p| std::iter::repeat_n(self.prompts[p].ids.clone(), g))
+            .flat_map(|p| std::iter::repeat_n(p.ids.clone(), g))
             .collect();
         let seed = galley_core::seed::derive_seed(
             self.seed,
@@ -447,18 +590,26 @@ impl<'a> GrpoTask<'a> {
         let mut outs = generate(&engine, self.tokenizer, &inputs, &sampling, &mut |_, _| {})?;
         let gen_s = t1.elapsed().as_secs_f64();
         let t_tools = Instant::now();
-        let exchanges = self.tool_turns(&engine, self.prompts, &order, g, &mut outs, &sampling)?;
+        let exchanges = self.tool_turns(&engine, &asked, g, &mut outs, &sampling)?;
         let tools_s = t_tools.elapsed().as_secs_f64();
         drop(engine);
         let groups: Vec<(usize, &[galley_model::Completion])> =
-            order.iter().copied().zip(outs.chunks(g)).collect();
-        let read = self.read(&groups, self.prompts, &exchanges);
+            outs.chunks(g).enumerate().collect();
+        let read = self.read(&groups, &asked, &exchanges);
+        let t_env = Instant::now();
+        let ended = self.end_episodes(outs.len());
+        let env_s = t_env.elapsed().as_secs_f64();
+        let mut scored = self.score(step + 1, &groups, &read, &asked)?;
+        if let Some(ended) = ended {
+            self.add_episode_scores(&mut scored, ended, step + 1, &asked, g)?;
+            scored.secs.push(env_s);
+        }
         let rewards::Scored {
             scores,
             failed,
             failures,
             secs,
-        } = self.score(step + 1, &groups, &read, self.prompts)?;
+        } = scored;
         let reward_s: f64 = secs.iter().sum();
         let totals = align::total_rewards(&scores, &self.weights);
         let known: Vec<bool> = failed.iter().map(|f| !f).collect();
@@ -471,7 +622,7 @@ impl<'a> GrpoTask<'a> {
             .iter()
             .enumerate()
             .map(|(i, c)| Row {
-                prompt: order[i / g],
+                prompt: i / g,
                 tokens: c.tokens.clone(),
                 mask: exchanges.get(i).and_then(|e| e.mask.clone()),
                 advantage: adv[i],
@@ -488,7 +639,7 @@ impl<'a> GrpoTask<'a> {
             let mut out = Vec::with_capacity(rows.len());
             for chunk in rows.chunks(per_micro) {
                 let r: Vec<&Row> = chunk.iter().collect();
-                out.extend(self.logps(m, &r, adapters)?);
+                out.extend(self.logps(m, &r, &asked, adapters)?);
             }
             Ok(out)
         };
@@ -569,6 +720,7 @@ impl<'a> GrpoTask<'a> {
         m.insert("logp_s".into(), logp_s);
         self.write_completions(
             step + 1,
+            &asked,
             &rows,
             &outs,
             &read,
@@ -592,6 +744,7 @@ impl<'a> GrpoTask<'a> {
         }
         Ok(Rollouts {
             key,
+            asked,
             micros: micro_rows,
             whole,
             metrics: m,
@@ -603,6 +756,7 @@ impl<'a> GrpoTask<'a> {
     fn write_completions(
         &self,
         step: usize,
+        asked: &[Prompt],
         rows: &[Row],
         outs: &[galley_model::Completion],
         read: &[Option<Message>],
@@ -619,7 +773,7 @@ impl<'a> GrpoTask<'a> {
             .map_err(|e| file_err(&path, e))?;
         let keep = self.cfg.log_completions.unwrap_or(usize::MAX);
         for (i, (row, c)) in rows.iter().zip(outs).enumerate().take(keep) {
-            let p = &self.prompts[row.prompt];
+            let p = &asked[row.prompt];
             let per: serde_json::Map<String, serde_json::Value> = self
                 .labels
                 .iter()
@@ -705,7 +859,7 @@ impl Task for GrpoTask<'_> {
         let rows = &s.micros[s.next];
         s.next += 1;
         debug_assert_eq!(rows.len(), items.len() * self.cfg.num_generations);
-        let samples: Vec<Sample> = rows.iter().map(|r| self.sample(r)).collect();
+        let samples: Vec<Sample> = rows.iter().map(|r| self.sample(r, &s.asked)).collect();
         let refs: Vec<&Sample> = samples.iter().collect();
         let b = Batch::from_samples(&refs, self.pad);
         let nll = model.batch_losses(&b, pass, self.cfg.temperature)?;
@@ -714,7 +868,7 @@ impl Task for GrpoTask<'_> {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let start = self.prompts[r.prompt].ids.len() - 1;
+                let start = s.asked[r.prompt].ids.len() - 1;
                 if !r.in_loss {
                     return Vec::new();
                 }
@@ -751,7 +905,7 @@ impl Task for GrpoTask<'_> {
         // loss = Σ d·logp = Σ -d·nll: the derivatives weight the per-position NLL.
         let mut coef = vec![0f32; b.b * b.t];
         for (i, r) in rows.iter().enumerate() {
-            let start = self.prompts[r.prompt].ids.len() - 1;
+            let start = s.asked[r.prompt].ids.len() - 1;
             for (t, d) in r.trained().into_iter().zip(&out.d_logp[i]) {
                 coef[i * b.t + start + t] = -(*d as f32);
             }
@@ -786,16 +940,23 @@ impl Task for GrpoTask<'_> {
         }
         // One greedy completion per held-out prompt, scored by the run's reward functions.
         let engine = self.engine(model)?;
-        let inputs: Vec<Vec<u32>> = self.val.iter().map(|p| p.ids.clone()).collect();
+        let order: Vec<usize> = (0..self.val.len()).collect();
+        // Held-out episodes start alike at every evaluation (one seed stream for them all).
+        let asked = self.ask(self.val, &order, 1, u64::MAX)?;
+        let inputs: Vec<Vec<u32>> = asked.iter().map(|p| p.ids.clone()).collect();
         let sampling = self.sampling(0, true);
         let mut outs = generate(&engine, self.tokenizer, &inputs, &sampling, &mut |_, _| {})?;
-        let order: Vec<usize> = (0..self.val.len()).collect();
-        let exchanges = self.tool_turns(&engine, self.val, &order, 1, &mut outs, &sampling)?;
+        let exchanges = self.tool_turns(&engine, &asked, 1, &mut outs, &sampling)?;
         drop(engine);
         let groups: Vec<(usize, &[galley_model::Completion])> =
             outs.chunks(1).enumerate().collect();
-        let read = self.read(&groups, self.val, &exchanges);
-        let rewards::Scored { scores, failed, .. } = self.score(0, &groups, &read, self.val)?;
+        let read = self.read(&groups, &asked, &exchanges);
+        let ended = self.end_episodes(outs.len());
+        let mut scored = self.score(0, &groups, &read, &asked)?;
+        if let Some(ended) = ended {
+            self.add_episode_scores(&mut scored, ended, 0, &asked, 1)?;
+        }
+        let rewards::Scored { scores, failed, .. } = scored;
         let totals = align::total_rewards(&scores, &self.weights);
         let mut extra = Extra::new();
         extra.insert("eval_reward".into(), known_mean_std(&totals, &failed).0);

@@ -60,7 +60,7 @@ use crate::config::{Objective, Tuning};
 use crate::data::{Encoder, Records, Sample, Skipped};
 use crate::error::file_err;
 use crate::model::TrainModel;
-use galley_core::{DataSource, RewardFn, Tool};
+use galley_core::{DataSource, Environment, RewardFn, Tool};
 use galley_model::{ChatTemplate, Tokenizer};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -78,6 +78,8 @@ pub struct Sources<'a> {
     pub rewards: Vec<Box<dyn RewardFn>>,
     /// GRPO's tools, one per `grpo.tools` entry in order.
     pub tools: Vec<Box<dyn Tool>>,
+    /// GRPO's environment (`grpo.environment`).
+    pub environment: Option<Box<dyn Environment>>,
     /// The data-parallel group this process is a rank of (SFT and pre-training); None: one
     /// process, which a job of several (`WORLD_SIZE` above one) is refused as.
     pub group: Option<Box<dyn dist::Collective>>,
@@ -543,11 +545,21 @@ pub fn run(
             ),
         });
     }
-    let toolbox = match std::mem::take(&mut sources.tools) {
-        t if grpo && !t.is_empty() => Some(tool_turns::ToolBox::new(
-            t,
-            cfg.grpo.max_tool_calling_iterations,
-        )?),
+    if grpo && sources.environment.is_some() != cfg.grpo.environment.is_some() {
+        return Err(TrainError::Config {
+            file: "grpo.environment".into(),
+            msg: "the environment listed and the one opened differ".into(),
+        });
+    }
+    let env = sources.environment.take();
+    let toolbox = match (std::mem::take(&mut sources.tools), env) {
+        (t, env) if grpo && (!t.is_empty() || env.is_some()) => {
+            let tb = tool_turns::ToolBox::new(t, cfg.grpo.max_tool_calling_iterations)?;
+            Some(match env {
+                Some(e) => tb.with_environment(e)?,
+                None => tb,
+            })
+        }
         _ => None,
     };
     let offered = toolbox
@@ -681,12 +693,13 @@ fn grpo_task_for<'a>(
         p.template
             .as_ref()
             .map(galley_model::answer::AnswerReader::of_template),
-    );
+    )
+    .within(cfg.data.max_length);
     match (toolbox, &p.template) {
         (Some(tb), Some(t)) => task.with_tools(tb, t),
         (Some(_), None) => Err(TrainError::Config {
             file: "grpo.tools".into(),
-            msg: "tools need a chat template (the model's, or model.chat_template) to show them to the model and read its calls".into(),
+            msg: "tools and environments need a chat template (the model's, or model.chat_template) to show their functions to the model and read its calls".into(),
         }),
         (None, _) => Ok(task),
     }

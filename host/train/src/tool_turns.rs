@@ -12,7 +12,7 @@
 //! turn and speak as the assistant or the system.
 
 use crate::error::{Result, TrainError};
-use galley_core::{FunctionCall, Message, Tool, ToolCall};
+use galley_core::{Environment, Episode, FunctionCall, Message, Tool, ToolCall};
 use galley_model::answer::AnswerReader;
 use galley_model::json_schema::Json;
 use galley_model::{ChatTemplate, Completion, Finish, Llama, SamplingParams, Tokenizer, generate};
@@ -21,24 +21,36 @@ use galley_model::{ChatTemplate, Completion, Finish, Llama, SamplingParams, Toke
 const OPEN: char = '\u{E000}';
 const CLOSE: char = '\u{E001}';
 
-/// The run's tools, and which one runs each function.
+/// Which plugin runs a function.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Runs {
+    /// `tools[i]`.
+    Tool(usize),
+    /// The row's episode of the environment.
+    Episode,
+}
+
+/// The run's tools and environment, and which one runs each function.
 pub struct ToolBox {
     tools: Vec<Box<dyn Tool>>,
-    /// Function name -> index in `tools`.
-    route: Vec<(String, usize)>,
+    /// Function name -> what runs it.
+    route: Vec<(String, Runs)>,
     /// Every function, as the OpenAI `tools` list a template renders.
     pub offered: Vec<serde_json::Value>,
     pub max_iterations: usize,
+    env: Option<Box<dyn Environment>>,
+    /// The episodes of the rollouts under way, one per row (`start` to `end`).
+    episodes: Vec<Option<Box<dyn Episode>>>,
 }
 
 impl ToolBox {
     /// `tools` in order; two offering the same function name is a config error naming both.
     pub fn new(tools: Vec<Box<dyn Tool>>, max_iterations: usize) -> Result<Self> {
-        let mut route: Vec<(String, usize)> = Vec::new();
+        let mut route: Vec<(String, Runs)> = Vec::new();
         let mut offered = Vec::new();
         for (i, t) in tools.iter().enumerate() {
             for f in t.functions() {
-                if let Some((_, j)) = route.iter().find(|(n, _)| *n == f.name) {
+                if let Some((_, Runs::Tool(j))) = route.iter().find(|(n, _)| *n == f.name) {
                     return Err(TrainError::Config {
                         file: format!("grpo.tools[{i}]"),
                         msg: format!(
@@ -49,7 +61,7 @@ impl ToolBox {
                         ),
                     });
                 }
-                route.push((f.name.clone(), i));
+                route.push((f.name.clone(), Runs::Tool(i)));
                 offered.push(f.openai());
             }
         }
@@ -58,26 +70,157 @@ impl ToolBox {
             route,
             offered,
             max_iterations,
+            env: None,
+            episodes: Vec::new(),
         })
+    }
+
+    /// With an environment: its functions are offered after the tools', each call of one
+    /// runs in the calling row's own episode.
+    pub fn with_environment(mut self, env: Box<dyn Environment>) -> Result<Self> {
+        for f in env.functions() {
+            if let Some((_, Runs::Tool(j))) = self.route.iter().find(|(n, _)| *n == f.name) {
+                return Err(TrainError::Config {
+                    file: "grpo.environment".into(),
+                    msg: format!(
+                        "{} and grpo.tools[{j}] ({}) both offer a function named `{}`",
+                        env.name(),
+                        self.tools[*j].name(),
+                        f.name
+                    ),
+                });
+            }
+            self.route.push((f.name.clone(), Runs::Episode));
+            self.offered.push(f.openai());
+        }
+        self.env = Some(env);
+        Ok(self)
+    }
+
+    /// The environment's name, where there is one.
+    pub fn environment(&self) -> Option<&str> {
+        self.env.as_deref().map(|e| e.name())
+    }
+
+    /// Starts `per` episodes for each of `starts` (a row and its seed), in order — the
+    /// rollouts of one prompt alike — after ending any left over. Per start, the text to
+    /// append to the prompt's last message; each must be the same for all `per` episodes
+    /// (the start of a group's task must depend on its row and seed alone, or GRPO compares
+    /// answers to different tasks). `at` names each start's prompt in errors.
+    pub fn start(
+        &mut self,
+        starts: &[(serde_json::Value, u64)],
+        per: usize,
+        at: &[&str],
+    ) -> Result<Vec<Option<String>>> {
+        self.episodes.clear();
+        let Some(env) = self.env.as_mut() else {
+            return Ok(vec![None; starts.len()]);
+        };
+        let mut shown = Vec::with_capacity(starts.len());
+        for ((row, seed), at) in starts.iter().zip(at) {
+            let mut first: Option<Option<String>> = None;
+            for _ in 0..per {
+                let (episode, text) = env.start(row, *seed).map_err(|e| TrainError::Data {
+                    at: at.to_string(),
+                    msg: format!("grpo.environment could not start an episode: {e}"),
+                })?;
+                match &first {
+                    None => first = Some(text),
+                    Some(f) if *f != text => {
+                        return Err(TrainError::Data {
+                            at: at.to_string(),
+                            msg: format!(
+                                "grpo.environment ({}) started two rollouts of this prompt differently from the same row and seed: an environment's start must depend on its row and seed alone, or GRPO compares answers to different tasks",
+                                env.name()
+                            ),
+                        });
+                    }
+                    Some(_) => {}
+                }
+                self.episodes.push(Some(episode));
+            }
+            shown.push(first.flatten());
+        }
+        Ok(shown)
+    }
+
+    /// Ends the episodes under way: each one's score, in row order (none without an
+    /// environment).
+    pub fn end(&mut self) -> Vec<std::result::Result<Option<f64>, galley_core::PluginError>> {
+        std::mem::take(&mut self.episodes)
+            .into_iter()
+            .map(|e| match e {
+                Some(mut e) => e.reward(),
+                None => Ok(None),
+            })
+            .collect()
     }
 
     /// Runs a round's calls, each tool's in one batch; per call, the text the model reads
     /// (an error as `{"error": ...}`) and whether the call failed. A batch that fails as a
     /// whole (a trap, the time budget) is retried one call at a time, so only the calls that
     /// fail alone are answered with an error (the reward functions' skip policy).
-    pub fn run(&mut self, calls: &[ToolCall]) -> Vec<(String, bool)> {
+    ///
+    /// Each call comes with its row: an environment's function runs in that row's episode,
+    /// the row's calls of one turn in one batch. An episode that fails as a whole (a trap,
+    /// the time budget) is over: its calls, and any it is sent later, answer that error.
+    pub fn run(&mut self, calls: &[(usize, ToolCall)]) -> Vec<(String, bool)> {
         let fail = |msg: &str| (serde_json::json!({ "error": msg }).to_string(), true);
         let mut out: Vec<(String, bool)> = calls
             .iter()
-            .map(|c| fail(&format!("no tool named `{}`", c.name)))
+            .map(|(_, c)| fail(&format!("no tool named `{}`", c.name)))
             .collect();
+        let runs = |name: &str| self.route.iter().find(|(n, _)| n == name).map(|(_, r)| *r);
+        let by: Vec<Option<Runs>> = calls.iter().map(|(_, c)| runs(&c.name)).collect();
+        // The environment's calls, row by row.
+        let mut rows: Vec<usize> = calls
+            .iter()
+            .zip(&by)
+            .filter(|(_, r)| **r == Some(Runs::Episode))
+            .map(|((row, _), _)| *row)
+            .collect();
+        rows.dedup();
+        for row in rows {
+            let mine: Vec<usize> = (0..calls.len())
+                .filter(|&k| calls[k].0 == row && by[k] == Some(Runs::Episode))
+                .collect();
+            let batch: Vec<FunctionCall> = mine
+                .iter()
+                .map(|&k| FunctionCall {
+                    name: &calls[k].1.name,
+                    arguments: &calls[k].1.arguments,
+                })
+                .collect();
+            let answers = match self.episodes.get_mut(row).and_then(Option::as_mut) {
+                Some(e) => e.call(&batch),
+                None => Err(galley_core::PluginError::new(
+                    self.environment().unwrap_or("environment"),
+                    "call",
+                    galley_core::PluginErrorKind::Failed,
+                    "no episode is under way for this rollout",
+                )),
+            };
+            match answers {
+                Ok(a) => {
+                    for (&k, a) in mine.iter().zip(a) {
+                        out[k] = match a {
+                            Ok(text) => (text, false),
+                            Err(e) => fail(&e.message),
+                        };
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; the rollout's episode is over");
+                    for &k in &mine {
+                        out[k] = fail(&e.message);
+                    }
+                }
+            }
+        }
         for (t, tool) in self.tools.iter_mut().enumerate() {
             let mine: Vec<usize> = (0..calls.len())
-                .filter(|&k| {
-                    self.route
-                        .iter()
-                        .any(|(n, i)| *i == t && *n == calls[k].name)
-                })
+                .filter(|&k| by[k] == Some(Runs::Tool(t)))
                 .collect();
             if mine.is_empty() {
                 continue;
@@ -85,8 +228,8 @@ impl ToolBox {
             let batch: Vec<FunctionCall> = mine
                 .iter()
                 .map(|&k| FunctionCall {
-                    name: &calls[k].name,
-                    arguments: &calls[k].arguments,
+                    name: &calls[k].1.name,
+                    arguments: &calls[k].1.arguments,
                 })
                 .collect();
             let answers = match tool.call(&batch) {
@@ -215,9 +358,9 @@ pub fn roll(
             }
         }
         // Every call of the round, each tool's in one batch.
-        let all: Vec<ToolCall> = asking
+        let all: Vec<(usize, ToolCall)> = asking
             .iter()
-            .flat_map(|(_, m)| m.tool_calls.iter().cloned())
+            .flat_map(|(i, m)| m.tool_calls.iter().map(|c| (*i, c.clone())))
             .collect();
         let mut answers = toolbox.run(&all).into_iter();
         let (mut going, mut inputs): (Vec<usize>, Vec<Vec<u32>>) = (Vec::new(), Vec::new());
@@ -367,6 +510,7 @@ mod tests {
 
     /// Hermes' layout: a tool turn is a user turn holding `<tool_response>`.
     use crate::testing::HERMES_TEMPLATE as TEMPLATE;
+    use galley_core::{PluginError, PluginErrorKind as K};
 
     fn setup() -> (tempfile::TempDir, Tokenizer, ChatTemplate, u32) {
         let dir = tempfile::tempdir().unwrap();
@@ -507,12 +651,17 @@ mod tests {
         ))
     }
 
-    fn call(name: &str, args: &str) -> ToolCall {
-        ToolCall {
+    fn call(name: &str, args: &str) -> (usize, ToolCall) {
+        on(0, name, args)
+    }
+
+    fn on(row: usize, name: &str, args: &str) -> (usize, ToolCall) {
+        let c = ToolCall {
             id: None,
             name: name.into(),
             arguments: args.into(),
-        }
+        };
+        (row, c)
     }
 
     #[test]
@@ -557,12 +706,144 @@ mod tests {
     fn a_hanging_tool_is_not_called_once_per_call() {
         let count = std::sync::Arc::<std::sync::atomic::AtomicUsize>::default();
         let mut tb = ToolBox::new(vec![echo_counted("a", 64, count.clone())], 1).unwrap();
-        let calls: Vec<ToolCall> = (0..10).map(|_| call("a", "hang")).collect();
+        let calls: Vec<(usize, ToolCall)> = (0..10).map(|_| call("a", "hang")).collect();
         let out = tb.run(&calls);
         assert!(
             out.iter()
                 .all(|(text, failed)| *failed && text.contains("time budget"))
         );
         assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    /// An environment whose episodes count their calls; `reset` shows the row's `shown`, or
+    /// a different text at every start where the row asks for `vary`.
+    struct Counting {
+        functions: Vec<galley_core::ToolFunction>,
+        starts: usize,
+    }
+
+    struct Count(u64);
+
+    impl Episode for Count {
+        fn call(
+            &mut self,
+            calls: &[FunctionCall<'_>],
+        ) -> std::result::Result<Vec<std::result::Result<String, PluginError>>, PluginError>
+        {
+            if calls.iter().any(|c| c.arguments == "trap") {
+                return Err(PluginError::new("counting", "call", K::Trap, "trapped"));
+            }
+            Ok(calls
+                .iter()
+                .map(|_| {
+                    self.0 += 1;
+                    Ok(self.0.to_string())
+                })
+                .collect())
+        }
+        fn reward(&mut self) -> std::result::Result<Option<f64>, PluginError> {
+            Ok(Some(self.0 as f64))
+        }
+    }
+
+    impl Environment for Counting {
+        fn name(&self) -> &str {
+            "counting@0.1.0"
+        }
+        fn functions(&self) -> &[galley_core::ToolFunction] {
+            &self.functions
+        }
+        fn start(
+            &mut self,
+            row: &serde_json::Value,
+            seed: u64,
+        ) -> std::result::Result<(Box<dyn Episode>, Option<String>), PluginError> {
+            self.starts += 1;
+            let shown = if row["vary"] == true {
+                Some(format!("start {}", self.starts))
+            } else {
+                row["shown"].as_str().map(|s| format!("{s} {seed}"))
+            };
+            Ok((Box::new(Count(0)), shown))
+        }
+    }
+
+    fn counting(name: &str) -> Box<dyn Environment> {
+        Box::new(Counting {
+            functions: vec![galley_core::ToolFunction {
+                name: name.into(),
+                description: String::new(),
+                parameters: serde_json::json!({"type": "object"}),
+            }],
+            starts: 0,
+        })
+    }
+
+    #[test]
+    fn each_rows_calls_run_in_its_own_episode() {
+        let mut tb = ToolBox::new(vec![echo("a", 8)], 2)
+            .unwrap()
+            .with_environment(counting("bump"))
+            .unwrap();
+        assert_eq!(
+            tb.offered.len(),
+            2,
+            "the tool's function, then the environment's"
+        );
+        let starts = [
+            (serde_json::json!({"shown": "x"}), 7),
+            (serde_json::json!({}), 8),
+        ];
+        let shown = tb.start(&starts, 2, &["p0", "p1"]).unwrap();
+        assert_eq!(shown, [Some("x 7".to_string()), None]);
+        // Rows 0-1 are prompt 0's rollouts, 2-3 prompt 1's.
+        let out = tb.run(&[
+            on(1, "bump", "{}"),
+            on(0, "a", "1"),
+            on(1, "bump", "{}"),
+            on(3, "bump", "{}"),
+        ]);
+        let texts: Vec<&str> = out.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(texts, ["1", "a:1", "2", "1"]);
+        // An episode that fails is over; its row's calls answer the error, the others go on.
+        let out = tb.run(&[on(3, "bump", "trap"), on(2, "bump", "{}")]);
+        assert!(out[0].1 && out[0].0.contains("trapped"), "{:?}", out[0]);
+        assert_eq!(out[1], ("1".into(), false));
+        let scores: Vec<Option<f64>> = tb.end().into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(scores, [Some(0.0), Some(2.0), Some(1.0), Some(1.0)]);
+        assert!(tb.end().is_empty(), "ended episodes are gone");
+        // A function name the environment shares with a tool is a config error.
+        let err = ToolBox::new(vec![echo("bump", 1)], 1)
+            .unwrap()
+            .with_environment(counting("bump"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("grpo.environment"), "{err}");
+        assert!(err.to_string().contains("grpo.tools[0]"), "{err}");
+    }
+
+    #[test]
+    fn a_group_started_differently_is_refused() {
+        let mut tb = ToolBox::new(Vec::new(), 1)
+            .unwrap()
+            .with_environment(counting("bump"))
+            .unwrap();
+        let err = tb
+            .start(
+                &[(serde_json::json!({"vary": true}), 1)],
+                2,
+                &["data.jsonl:3"],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("data.jsonl:3"), "{err}");
+        assert!(err.contains("row and seed alone"), "{err}");
+        // One rollout per prompt (evaluation) has nothing to compare.
+        assert_eq!(
+            tb.start(&[(serde_json::json!({"vary": true}), 1)], 1, &["v"])
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

@@ -178,6 +178,32 @@ pub struct ToolSpec {
     pub limits: RewardLimits,
 }
 
+/// An environment plugin (TRL's `environment_factory`): one fresh instance per rollout,
+/// started from the prompt's row; its functions are offered beside the tools', and its own
+/// score enters the rewards as one more function.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvironmentSpec {
+    pub plugin: String,
+    /// Passed to each instance's `init` (a JSON object).
+    pub settings: Option<serde_json::Value>,
+    /// Per episode: each rollout's instance has this memory cap and time budget per call.
+    pub limits: RewardLimits,
+    /// The weight of the episode's score among the rewards (TRL adds it with weight 1).
+    pub reward_weight: f64,
+}
+
+impl Default for EnvironmentSpec {
+    fn default() -> Self {
+        Self {
+            plugin: String::new(),
+            settings: None,
+            limits: RewardLimits::default(),
+            reward_weight: 1.0,
+        }
+    }
+}
+
 /// The largest memory cap a config may give a plugin: 64 GiB, far above what a 32-bit
 /// wasm instance can use (4 GiB per memory), and small enough that the byte count never wraps.
 pub const MAX_MEMORY_MB: u64 = 64 << 10;
@@ -197,6 +223,9 @@ pub struct GrpoSection {
     /// Tool plugins the model may call while it answers (TRL's `tools`): each call runs in
     /// its plugin and the result is fed back as a tool turn, kept out of the loss.
     pub tools: Vec<ToolSpec>,
+    /// An environment each rollout acts in through function calls (TRL's
+    /// `environment_factory`); its score is one more reward.
+    pub environment: Option<EnvironmentSpec>,
     /// The most rounds of tool calls in one completion (TRL's `max_tool_calling_iterations`).
     pub max_tool_calling_iterations: usize,
     pub scale_rewards: crate::align::ScaleRewards,
@@ -230,6 +259,7 @@ impl Default for GrpoSection {
             top_k: 0,
             rewards: Vec::new(),
             tools: Vec::new(),
+            environment: None,
             max_tool_calling_iterations: 4,
             scale_rewards: crate::align::ScaleRewards::Group,
             loss_type: crate::align::GrpoLoss::Dapo,
