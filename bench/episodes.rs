@@ -3,7 +3,8 @@
 //! same game compiled natively into the host (`plugins/wordle/src/game.rs`), what a trainer
 //! that ran its environments in-process (TRL's `environment_factory`) would pay. Two cases:
 //! starting an episode (instance, `init`, `reset`), and a whole game (start, six guesses
-//! one turn each, the score).
+//! one turn each, the score). And a Python environment (`plugins/testing/env-py`, a TRL-style
+//! class) started as a component against the same class started in CPython, as TRL does.
 
 #[path = "../plugins/wordle/src/game.rs"]
 #[allow(dead_code)]
@@ -111,6 +112,44 @@ pub fn bench(runtime: &Runtime, plugin_dir: &Path, min: Duration) -> serde_json:
             1e6 / w
         );
         rows.push(serde_json::json!({"case": label, "wasm_per_s": w, "native_per_s": n, "ratio": w / n, "wasm_us": 1e6 / w}));
+    }
+    // Python: the component (CPython inside, one instance per episode) against CPython.
+    let py = runtime.load(&plugin_dir.join("env-py.wasm")).unwrap();
+    let py_env = py
+        .environment(
+            &serde_json::json!({"target": 9}),
+            InstanceOptions::default(),
+        )
+        .unwrap();
+    let py_row = serde_json::json!({"start": 7});
+    let start_py = per_s(
+        || {
+            std::hint::black_box(py_env.episode(&py_row, 3).unwrap());
+        },
+        min,
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cpython = std::process::Command::new("python3")
+        .current_dir(root.join("plugins/testing/env-py"))
+        .env("PYTHONPATH", root.join("sdk/python"))
+        .args([
+            "-c",
+            "import time, plugin\nn, t = 0, time.perf_counter()\nwhile time.perf_counter() - t < 1:\n    c = plugin.Counter({'target': 9}); c.reset(seed=3, start=7); n += 1\nprint(n / (time.perf_counter() - t))",
+        ])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<f64>().ok());
+    match cpython {
+        Some(c) => {
+            let label = "python class: start (wasm vs CPython)";
+            println!(
+                "{label:<44} {start_py:>12.0}/s {c:>12.0}/s {:>7.4}x   ({:.1} µs per wasm episode)",
+                start_py / c,
+                1e6 / start_py
+            );
+            rows.push(serde_json::json!({"case": label, "wasm_per_s": start_py, "cpython_per_s": c, "ratio": start_py / c, "wasm_us": 1e6 / start_py}));
+        }
+        None => println!("python class: start {start_py:.0}/s (no python3 for the CPython peer)"),
     }
     serde_json::Value::Array(rows)
 }

@@ -19,4 +19,4 @@ export GALLEY_TOOLCHAIN_DIR="${GALLEY_TOOLCHAIN_DIR:-$PWD/target/toolchains}"
     plugins/testing/hostile-reward plugins/testing/hostile-loader \
     plugins/testing/hostile-evaluator plugins/testing/hostile-recipe plugins/testing/hostile-tool plugins/testing/hostile-env \
     plugins/examples/math-answer-py plugins/examples/math-answer-js plugins/examples/math-answer-c \
-    plugins/testing/hostile-py plugins/testing/hostile-js plugins/testing/reading-c plugins/testing/tools-loader-py plugins/testing/tools-loader-js plugins/testing/tools-py plugins/testing/tools-js
+    plugins/testing/hostile-py plugins/testing/hostile-js plugins/testing/reading-c plugins/testing/tools-loader-py plugins/testing/tools-loader-js plugins/testing/tools-py plugins/testing/tools-js plugins/testing/env-py

@@ -138,6 +138,7 @@ fn rust_plugins_from_scratch() {
 fn python_plugins_from_scratch() {
     all_kinds("python");
     check("python", "tool");
+    check("python", "environment");
 }
 
 #[test]
@@ -177,10 +178,10 @@ fn new_refuses_a_bad_name_or_a_used_folder() {
             "new",
             "e",
             "--lang",
-            "python",
+            "js",
             "--kind",
             "environment",
         ],
     ));
-    assert!(line.contains("written in Rust for now"), "{line}");
+    assert!(line.contains("written in Rust or Python for now"), "{line}");
 }

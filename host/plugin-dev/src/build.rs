@@ -185,9 +185,9 @@ pub fn build(
             dir.display()
         );
     }
-    if manifest.kind == PluginKind::Environment && lang != Lang::Rust {
+    if manifest.kind == PluginKind::Environment && !matches!(lang, Lang::Rust | Lang::Python) {
         bail!(
-            "{}: environment plugins are written in Rust for now (galley-sdk's `environment` feature); the Python, JavaScript and C SDKs build the other kinds",
+            "{}: environment plugins are written in Rust or Python for now; the JavaScript and C SDKs build the other kinds",
             dir.display()
         );
     }
@@ -330,7 +330,7 @@ fn build_python(dir: &Path, kind: PluginKind) -> Result<Vec<u8>> {
         PluginKind::Evaluator => "Evaluator",
         PluginKind::Recipe => "Recipe",
         PluginKind::Tool => "Tool",
-        PluginKind::Environment => unreachable!("refused before the build"),
+        PluginKind::Environment => "Environment",
     };
     let entry = scratch.0.join("entry");
     std::fs::create_dir_all(&entry)?;

@@ -25,7 +25,7 @@ pub enum NewKind {
     Recipe,
     /// A function a model calls during GRPO rollouts (Rust, Python or JavaScript, for now).
     Tool,
-    /// Functions with state, one instance per GRPO rollout (Rust, for now).
+    /// Functions with state, one instance per GRPO rollout (Rust or Python, for now).
     Environment,
 }
 
@@ -61,8 +61,10 @@ pub fn run(name: &str, lang: NewLang, kind: NewKind, dir: Option<PathBuf>) -> Re
             "tool plugins are written in Rust, Python or JavaScript for now: use --lang rust, python or js"
         );
     }
-    if kind == NewKind::Environment && lang != NewLang::Rust {
-        bail!("environment plugins are written in Rust for now: use --lang rust");
+    if kind == NewKind::Environment && !matches!(lang, NewLang::Rust | NewLang::Python) {
+        bail!(
+            "environment plugins are written in Rust or Python for now: use --lang rust or python"
+        );
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     let manifest = format!(
@@ -211,7 +213,7 @@ fn python_body(kind: NewKind) -> &'static str {
         NewKind::Evaluator => include_str!("../templates/python/evaluator.py"),
         NewKind::Recipe => include_str!("../templates/python/recipe.py"),
         NewKind::Tool => include_str!("../templates/python/tool.py"),
-        NewKind::Environment => unreachable!("refused above"),
+        NewKind::Environment => include_str!("../templates/python/environment.py"),
     }
 }
 

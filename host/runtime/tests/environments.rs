@@ -194,3 +194,45 @@ fn a_flooded_prompt_and_a_nan_score_are_refused() {
     assert_eq!((e.kind, e.call.as_str()), (K::BadOutput, "reward"));
     assert!(e.message.contains("non-finite"), "{e}");
 }
+
+/// A TRL-style environment class in Python (`@environment`): its public methods are the
+/// functions, typed from their hints and docstrings; `reset` gets the row's columns and the
+/// seed; TRL's `get_reward` scores; each episode is an instance of its own.
+#[test]
+fn python_environments_are_trl_classes() {
+    let env = load("env-py")
+        .environment(&json!({"target": 9}), opts(10_000, 256))
+        .unwrap();
+    let names: Vec<&str> = env.functions().iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["move", "peek"],
+        "no reset, reward or private method"
+    );
+    let mv = &env.functions()[0];
+    assert_eq!(mv.description, "Moves the counter.");
+    assert_eq!(mv.parameters["properties"]["by"]["type"], "integer");
+    assert_eq!(
+        mv.parameters["properties"]["direction"]["enum"],
+        json!(["up", "down"])
+    );
+    assert_eq!(mv.parameters["required"], json!(["by"]));
+    let (mut a, shown) = env.episode(&json!({"start": 7}), 3).unwrap();
+    assert_eq!(
+        shown.as_deref(),
+        Some(" The counter is at 7; bring it to 9 (seed 3).")
+    );
+    let (mut b, _) = env.episode(&json!({}), 3).unwrap();
+    assert_eq!(
+        one(&mut a, "move", r#"{"by": 2}"#).unwrap(),
+        "the counter is at 9"
+    );
+    assert_eq!(one(&mut b, "peek", "{}").unwrap(), "0");
+    // The schema's types are the host's to check; the method's own rule, the plugin's.
+    let e = one(&mut a, "move", r#"{"by": "two"}"#).unwrap_err();
+    assert_eq!(e.kind, K::InvalidInput);
+    let e = one(&mut a, "move", r#"{"by": 9}"#).unwrap_err();
+    assert!(e.message.contains("at most 5"), "{e}");
+    assert_eq!(a.reward().unwrap(), Some(1.0));
+    assert_eq!(b.reward().unwrap(), Some(0.0));
+}

@@ -62,12 +62,39 @@ model is shown; the return value is what it reads back::
         '''
         return a * b
 
+Environment (``kind = "environment"``, ``galley:plugin@0.4.0``): a class as TRL's
+``environment_factory`` takes one — galley makes one instance per GRPO rollout, so its state
+is one episode's. ``reset(self, **row)`` gets the dataset row's columns (``prompt``, and
+``seed`` where it accepts one) and returns text appended to the prompt; the other public
+methods are the functions the model may call; ``reward(self)`` (or ``get_reward``) scores
+the episode::
+
+    from galley_sdk import environment
+
+    @environment
+    class Counter:
+        def reset(self, start: int = 0, **row):
+            self.n = start
+            return f" The counter is at {start}."
+
+        def bump(self, by: int) -> int:
+            '''Adds to the counter.
+
+            Args:
+                by: How much to add.
+            '''
+            self.n += by
+            return self.n
+
+        def reward(self):
+            return float(self.n == 10)
+
 Raise ``ConfigError`` for bad settings and ``InputError`` for bad input; any other exception
 is reported to the host as the plugin's failure, with its message.
 """
 
 from ._core import ConfigError, InputError, PluginFailure, log
-from ._kinds import data_loader, evaluator, recipe, reward, tool
+from ._kinds import data_loader, environment, evaluator, recipe, reward, tool
 
 __all__ = [
     "reward",
@@ -75,6 +102,7 @@ __all__ = [
     "evaluator",
     "recipe",
     "tool",
+    "environment",
     "ConfigError",
     "InputError",
     "PluginFailure",

@@ -14,7 +14,7 @@ from ._core import (
     registered,
     to_wit_error,
 )
-from ._kinds import _accepts, schema
+from ._kinds import _accepts, environment_functions, schema
 
 _state = {}
 
@@ -187,30 +187,91 @@ class Tool:
             raise to_wit_error(e)
 
     def call(self, calls):
+        return _call(_state["tool"], calls)
+
+
+def _call(fns, calls):
+    """Each call run on `fns[name]` with its arguments as keywords: a result, or the error."""
+    import json
+
+    from componentize_py_types import Ok
+
+    out = []
+    for c in calls:
+        try:
+            fn = fns[c.name]
+            args = json.loads(c.arguments)
+            if not isinstance(args, dict):
+                raise InputError("the arguments must be a JSON object")
+            names, var = _accepts(fn)
+            unknown = sorted(set(args) - names)
+            if unknown and not var:
+                raise InputError(f"{c.name} takes no argument {', '.join(unknown)}")
+            missing = [
+                p.name
+                for p in inspect.signature(fn).parameters.values()
+                if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in args
+            ]
+            if missing:
+                raise InputError(f"{c.name} needs {', '.join(missing)}")
+            result = fn(**args)
+            out.append(Ok(result if isinstance(result, str) else json.dumps(result)))
+        except Exception as e:
+            out.append(to_wit_error(e))
+    return out
+
+
+class Environment:
+    """One instance per episode (galley instantiates the component per rollout)."""
+
+    def init(self, config):
+        try:
+            cls = registered("environment")
+            settings = parse_config(config)
+            names, var = _accepts(cls.__init__)
+            obj = cls(config=settings) if var or "config" in names else cls()
+            _state["environment"] = (obj, environment_functions(obj))
+        except Exception as e:
+            raise to_wit_error(e)
+
+    def functions(self):
         import json
 
-        from componentize_py_types import Ok
+        from wit_world.exports import environment as e
 
-        out = []
-        for c in calls:
-            try:
-                fn = _state["tool"][c.name]
-                args = json.loads(c.arguments)
-                if not isinstance(args, dict):
-                    raise InputError("the arguments must be a JSON object")
-                names, var = _accepts(fn)
-                unknown = sorted(set(args) - names)
-                if unknown and not var:
-                    raise InputError(f"{c.name} takes no argument {', '.join(unknown)}")
-                missing = [
-                    p.name
-                    for p in inspect.signature(fn).parameters.values()
-                    if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in args
-                ]
-                if missing:
-                    raise InputError(f"{c.name} needs {', '.join(missing)}")
-                result = fn(**args)
-                out.append(Ok(result if isinstance(result, str) else json.dumps(result)))
-            except Exception as e:
-                out.append(to_wit_error(e))
-        return out
+        try:
+            _, fns = _state["environment"]
+            out = []
+            for name, fn in fns.items():
+                description, params = schema(fn)
+                out.append(e.Function(name, description, json.dumps(params)))
+            return out
+        except Exception as e:
+            raise to_wit_error(e)
+
+    def reset(self, row, seed):
+        import json
+
+        try:
+            obj, _ = _state["environment"]
+            columns = json.loads(row)
+            names, var = _accepts(obj.reset)
+            columns["seed"] = seed
+            shown = obj.reset(**{k: v for k, v in columns.items() if var or k in names})
+            return None if shown is None else str(shown)
+        except Exception as e:
+            raise to_wit_error(e)
+
+    def call(self, calls):
+        return _call(_state["environment"][1], calls)
+
+    def reward(self):
+        try:
+            obj, _ = _state["environment"]
+            score = getattr(obj, "reward", None) or getattr(obj, "get_reward", None)
+            if score is None:
+                return None
+            v = score()
+            return None if v is None else float(v)
+        except Exception as e:
+            raise to_wit_error(e)

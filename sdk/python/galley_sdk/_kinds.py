@@ -53,6 +53,32 @@ def tool(fn):
     return fn
 
 
+def environment(cls):
+    """Registers an environment class, as TRL's ``environment_factory`` takes one: galley
+    makes one instance per rollout. ``reset(self, **row)`` starts the episode from the dataset
+    row's columns (``prompt`` among them, and ``seed`` where it accepts one) and returns the
+    text to append to the prompt, or None; every other public method is a function the model
+    may call (its name, docstring and type hints are what the model is shown); ``reward(self)``
+    (or TRL's ``get_reward``), where defined, scores the episode. ``__init__`` may take
+    ``config``, the user's settings."""
+    if not callable(getattr(cls, "reset", None)):
+        raise RuntimeError(f"environment {cls.__name__} needs a reset method")
+    register("environment", cls)
+    return cls
+
+
+_NOT_FUNCTIONS = ("reset", "reward", "get_reward")
+
+
+def environment_functions(obj):
+    """The bound methods of an environment instance the model may call, by name."""
+    return {
+        name: getattr(obj, name)
+        for name, _ in inspect.getmembers(type(obj), predicate=inspect.isfunction)
+        if not name.startswith("_") and name not in _NOT_FUNCTIONS
+    }
+
+
 def register_tool(fn):
     from ._core import _registered
 
