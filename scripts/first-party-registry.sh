@@ -22,7 +22,7 @@ echo "$pub" > registry/default/first-party.pub
 # early-stop (Python) is not embedded: a Python component carries its own CPython (~18 MB),
 # which would be compiled into every galley binary and kept in git; it is built from source
 # (scripts/build-plugins.sh) and published to a team registry like any plugin.
-for p in arith bfcl-prompts calculator curriculum exact-match format function-call jsonl-chat length-penalty math-answer preference tiny-lm; do
+for p in arith bfcl-prompts calculator curriculum exact-match format function-call jsonl-chat length-penalty math-answer preference tiny-lm wordle; do
     if ! out=$($galley plugin publish "target/plugins/$p.wasm" --registry registry/default --key "$key" 2>&1); then
         case "$out" in *"already published"*) echo "kept    $p (this version is already released)";; *) echo "$out" >&2; exit 1;; esac
     else

@@ -438,6 +438,7 @@ fn first_party_plugins_install_with_no_server() {
     for p in [
         "arith",
         "bfcl-prompts",
+        "calculator",
         "curriculum",
         "exact-match",
         "format",
@@ -446,6 +447,7 @@ fn first_party_plugins_install_with_no_server() {
         "length-penalty",
         "math-answer",
         "preference",
+        "wordle",
     ] {
         assert!(listing.contains(&format!("galley/{p}")), "{listing}");
     }

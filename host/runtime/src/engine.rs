@@ -87,21 +87,23 @@ impl Runtime {
             // plugin after a trap or per worker. What each setting costs:
             let mut pool = PoolingAllocationConfig::default();
             // Live instances at once, across every plugin of the process. A run opens a few
-            // plugins (rewards, a loader, an evaluator), each possibly re-instantiated; 256
-            // is far above that. Each slot is a small host-side allocation.
-            pool.total_component_instances(256)
+            // plugins (rewards, a loader, an evaluator), each possibly re-instantiated — and
+            // an environment one instance per rollout of a GRPO step, all alive until the
+            // step is scored: 2048 covers a step of 2048 rollouts of a Rust environment.
+            // Each slot is a small host-side allocation.
+            pool.total_component_instances(2048)
                 // Python (componentize-py) and JS components link a dozen core modules each.
-                .total_core_instances(2048)
+                .total_core_instances(16384)
                 // Linear memories at once: each slot *reserves* (does not commit) address
-                // space for `max_memory_size` plus wasmtime's guard region, so 512 x ~4 GiB
-                // is ~2 TiB of virtual address space. That is fine on 64-bit Linux (128 TiB of
+                // space for `max_memory_size` plus wasmtime's guard region, so 2048 x ~4 GiB
+                // is ~8 TiB of virtual address space. That is fine on 64-bit Linux (128 TiB of
                 // user address space; nothing is resident until a plugin touches its pages,
                 // and the memory cap of each instance is enforced separately by the store's
                 // limiter). It is not fine under `ulimit -v` or `vm.overcommit_memory=2`:
                 // there, set `RuntimeConfig::pooling = false` (on-demand allocation, same
                 // sandbox, slower instantiation).
-                .total_memories(512)
-                .total_tables(2048)
+                .total_memories(2048)
+                .total_tables(16384)
                 // Fiber stacks, used only by async calls (calls here are synchronous); one
                 // per instance so turning async on later needs no retuning.
                 .total_stacks(256)

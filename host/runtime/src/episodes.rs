@@ -55,7 +55,17 @@ impl WasmEnvironment {
         row: &serde_json::Value,
         seed: u64,
     ) -> Result<(WasmEpisode, Option<String>), PluginError> {
-        let mut slot = Slot::new(self.plugin.clone(), &self.config, self.opts.clone())?;
+        let mut slot =
+            Slot::new(self.plugin.clone(), &self.config, self.opts.clone()).map_err(|mut e| {
+                // The pool of live instances is shared by the process; an environment holds
+                // one per rollout of a step, so this is what to change.
+                if e.message.contains("maximum concurrent limit") {
+                    e.message.push_str(
+                        " (an environment keeps one instance per rollout of a GRPO step alive until the step is scored: lower training.batch_size)",
+                    );
+                }
+                e
+            })?;
         slot.once = true;
         let row = row.to_string();
         let shown = slot.call("reset", |live, store| {

@@ -236,3 +236,19 @@ fn python_environments_are_trl_classes() {
     assert_eq!(a.reward().unwrap(), Some(1.0));
     assert_eq!(b.reward().unwrap(), Some(0.0));
 }
+
+/// A GRPO step keeps one episode per rollout alive until it is scored: a step of 600
+/// rollouts (more than the 256 instances the runtime once allowed at once) starts them all.
+#[test]
+fn a_big_steps_episodes_are_alive_together() {
+    let env = load("wordle")
+        .environment(&json!({}), opts(2_000, 64))
+        .unwrap();
+    let mut alive = Vec::new();
+    for i in 0..600 {
+        alive.push(env.episode(&json!({}), i).unwrap().0);
+    }
+    for e in alive.iter_mut().step_by(97) {
+        assert!(guess(e, "crane").unwrap().starts_with("CRANE: "));
+    }
+}

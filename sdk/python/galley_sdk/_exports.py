@@ -230,9 +230,18 @@ class Environment:
             settings = parse_config(config)
             names, var = _accepts(cls.__init__)
             obj = cls(config=settings) if var or "config" in names else cls()
-            _state["environment"] = (obj, environment_functions(obj))
+            # The functions are looked up on the first call, not here: an episode starts per
+            # rollout, and most are asked for no function before their first call.
+            _state["environment"] = [obj, None]
         except Exception as e:
             raise to_wit_error(e)
+
+    @staticmethod
+    def _functions():
+        s = _state["environment"]
+        if s[1] is None:
+            s[1] = environment_functions(s[0])
+        return s[1]
 
     def functions(self):
         import json
@@ -240,9 +249,8 @@ class Environment:
         from wit_world.exports import environment as e
 
         try:
-            _, fns = _state["environment"]
             out = []
-            for name, fn in fns.items():
+            for name, fn in self._functions().items():
                 description, params = schema(fn)
                 out.append(e.Function(name, description, json.dumps(params)))
             return out
@@ -263,7 +271,7 @@ class Environment:
             raise to_wit_error(e)
 
     def call(self, calls):
-        return _call(_state["environment"][1], calls)
+        return _call(self._functions(), calls)
 
     def reward(self):
         try:
