@@ -280,6 +280,31 @@ pub fn loopback_json_server(
 
 pub use galley_train::testing::HERMES_TEMPLATE;
 
+/// Full fine-tuning of `dir/model` on `dir/sft.jsonl` into `dir/sft/model`: 120 steps at a
+/// high constant rate, enough for a tiny model to learn the few rows by heart (the tool
+/// and environment tests teach one to call a function this way).
+pub fn teach_by_sft(dir: &Path) {
+    std::fs::write(
+        dir.join("sft.yaml"),
+        "model: {path: model}
+data: {train: {path: sft.jsonl}, max_length: 1024}
+training:
+  method: sft
+  tuning: full
+  output_dir: sft
+  batch_size: 8
+  max_steps: 120
+  learning_rate: 0.01
+  lr_scheduler: constant
+  warmup_steps: 0
+  eval_on_start: false
+",
+    )
+    .unwrap();
+    let o = galley(dir, &["train", "-c", "sft.yaml"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+}
+
 /// A tiny chat model in `dir/model` whose tokenizer learned `text` (with `added` as whole
 /// tokens) and whose template is [`HERMES_TEMPLATE`], with `positions` positions: the model
 /// the tool-calling tests teach by SFT.

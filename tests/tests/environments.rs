@@ -94,25 +94,7 @@ fn taught_model(d: &Path, tools: &serde_json::Value, rules: &str) {
         })
         .collect();
     std::fs::write(d.join("sft.jsonl"), rows).unwrap();
-    std::fs::write(
-        d.join("sft.yaml"),
-        "model: {path: model}
-data: {train: {path: sft.jsonl}, max_length: 1024}
-training:
-  method: sft
-  tuning: full
-  output_dir: sft
-  batch_size: 8
-  max_steps: 120
-  learning_rate: 0.01
-  lr_scheduler: constant
-  warmup_steps: 0
-  eval_on_start: false
-",
-    )
-    .unwrap();
-    let o = galley(d, &["train", "-c", "sft.yaml"]);
-    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    teach_by_sft(d);
 }
 
 fn grpo_config(model: &str, env: &Path) -> String {
