@@ -228,8 +228,13 @@ class Environment:
         try:
             cls = registered("environment")
             settings = parse_config(config)
-            names, var = _accepts(cls.__init__)
-            obj = cls(config=settings) if var or "config" in names else cls()
+            # A class without an __init__ of its own takes nothing (object's signature says
+            # *args, **kwargs, but passes nothing on).
+            takes = False
+            if cls.__init__ is not object.__init__:
+                names, var = _accepts(cls.__init__)
+                takes = var or "config" in names
+            obj = cls(config=settings) if takes else cls()
             # The functions are looked up on the first call, not here: an episode starts per
             # rollout, and most are asked for no function before their first call.
             _state["environment"] = [obj, None]
