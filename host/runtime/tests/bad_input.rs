@@ -148,14 +148,14 @@ fn the_wrong_world_is_refused_where_it_is_used() {
 #[test]
 fn a_newer_wit_asks_for_a_newer_galley() {
     let bytes = embed_manifest(
-        &dummy_component("reward-plugin", "0.4.0", None),
+        &dummy_component("reward-plugin", "0.5.0", None),
         &manifest(PluginKind::Reward),
     );
     let e = load_err(&bytes);
     assert!(matches!(e, RuntimeError::UnsupportedWit { .. }), "{e}");
     let text = e.to_string();
     assert!(
-        text.contains("galley:plugin@0.4.0") && text.contains("upgrade galley"),
+        text.contains("galley:plugin@0.5.0") && text.contains("upgrade galley"),
         "{text}"
     );
 }
