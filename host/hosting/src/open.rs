@@ -211,7 +211,8 @@ pub fn open_train(
 }
 
 /// GRPO's environment (`grpo.environment`): its functions are asked of one instance here;
-/// each episode is a fresh instance under the spec's limits, its sandbox seeded
+/// each episode is a fresh instance under the spec's limits (and all of them together under
+/// `episodes_memory_mb`), its sandbox seeded
 /// `derive_seed(seed, [EPISODE])` (the same in every episode, so a group's rollouts start
 /// alike; each episode's `reset` gets a seed of its own prompt).
 pub fn open_environment(
@@ -228,8 +229,12 @@ pub fn open_environment(
         .with_limits(spec.limits.timeout_ms, spec.limits.memory_mb)
         .seeded(derive_seed(seed, &[purpose::EPISODE]));
     let settings = spec.settings.clone().unwrap_or(serde_json::json!({}));
+    let mut opts = sb.options(Grants::default());
+    opts.pool = spec
+        .episodes_memory_mb
+        .map(|mb| galley_runtime::MemoryPool::new(mb << 20));
     let env = plugin
-        .environment(&settings, sb.options(Grants::default()))
+        .environment(&settings, opts)
         .at(|| format!("{key} ({})", plugin.id()))?;
     Ok(Box::new(env))
 }

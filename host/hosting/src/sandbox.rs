@@ -65,6 +65,7 @@ impl Sandbox {
             },
             grants,
             seed: self.seed,
+            pool: None,
             stage_kinds: galley_run::STAGE_KINDS
                 .iter()
                 .map(|k| k.to_string())

@@ -7,7 +7,7 @@
 //! where the other kinds quietly start a fresh one.
 
 use crate::plugin::{Plugin, Slot, bad_output, checked_calls, dispatch};
-use crate::sandbox::InstanceOptions;
+use crate::sandbox::{InstanceOptions, MemoryPool};
 use galley_core::{
     Environment, Episode, FunctionCall, PluginError, PluginErrorKind as K, PluginKind, ToolFunction,
 };
@@ -18,13 +18,17 @@ pub const MAX_OBSERVATION: usize = 64 * 1024;
 
 impl Plugin {
     /// An environment: its functions are asked of one instance and checked here, once;
-    /// each episode is then a fresh instance with `config` (a JSON object).
+    /// each episode is then a fresh instance with `config` (a JSON object). Its episodes
+    /// draw on one memory budget together, `opts.pool` (by default half of this machine's
+    /// memory), on top of each one's own cap.
     pub fn environment(
         &self,
         config: &serde_json::Value,
-        opts: InstanceOptions,
+        mut opts: InstanceOptions,
     ) -> Result<WasmEnvironment, PluginError> {
         self.expect(PluginKind::Environment)?;
+        opts.pool
+            .get_or_insert_with(|| MemoryPool::new(MemoryPool::default_cap()));
         let mut probe = Slot::new(self.clone(), config, opts.clone())?;
         let raw = probe.call("functions", |live, store| {
             dispatch!(live, store, env_functions())
@@ -49,6 +53,11 @@ pub struct WasmEnvironment {
 }
 
 impl WasmEnvironment {
+    /// The memory budget its episodes share.
+    pub fn pool(&self) -> &MemoryPool {
+        self.opts.pool.as_deref().expect("set when opened")
+    }
+
     /// A new episode, typed (the trait's `start` boxes it).
     pub fn episode(
         &self,

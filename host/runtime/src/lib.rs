@@ -45,4 +45,4 @@ pub use error::RuntimeError;
 pub use inspect::{ComponentInfo, digest_of, inspect, parse_plugin_name};
 pub use manifest::{Capabilities, MANIFEST_SECTION, Manifest, embed as embed_manifest};
 pub use plugin::{Plugin, WasmDataSource, WasmEvaluator, WasmRecipe, WasmReward, WasmTool};
-pub use sandbox::{Grants, InstanceOptions, Limits};
+pub use sandbox::{Grants, InstanceOptions, Limits, MemoryPool};

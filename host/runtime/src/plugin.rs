@@ -310,7 +310,16 @@ impl Slot {
     fn classify(&self, store: &Store<PluginState>, call: &str, e: wasmtime::Error) -> PluginError {
         let state = store.data();
         let limits = &self.opts.limits;
-        let (kind, mut msg) = if let Some((_, asked)) = state.limiter.refused {
+        let (kind, mut msg) = if let Some((cap, asked)) = state.limiter.pool_refused {
+            (
+                K::OutOfMemory,
+                format!(
+                    "its instances together exceeded their shared memory budget of {} (this one's growth would have made it {}); an environment's episodes share one budget: raise it (`episodes_memory_mb` in the environment's config) or lower training.batch_size",
+                    human_bytes(cap),
+                    human_bytes(asked)
+                ),
+            )
+        } else if let Some((_, asked)) = state.limiter.refused {
             (
                 K::OutOfMemory,
                 format!(

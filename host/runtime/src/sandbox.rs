@@ -63,12 +63,76 @@ impl Grants {
     }
 }
 
+/// A memory budget several instances draw on together: an environment's live episodes (one
+/// per rollout of a step), so that a plugin whose every episode grows to its own cap cannot
+/// hold cap x rollouts.
+#[derive(Debug)]
+pub struct MemoryPool {
+    cap: u64,
+    used: AtomicU64,
+}
+
+impl MemoryPool {
+    pub fn new(cap_bytes: u64) -> Arc<Self> {
+        Arc::new(Self {
+            cap: cap_bytes,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Half of this machine's memory (`MemTotal`), 16 GiB where /proc does not say: the
+    /// default budget of an environment's episodes together.
+    pub fn default_cap() -> u64 {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .map_or(16 << 30, |kib| kib * 1024 / 2)
+    }
+
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// Bytes the instances drawing on it hold now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` if they fit, atomically.
+    fn take(&self, bytes: u64) -> Result<(), u64> {
+        let mut now = self.used.load(Ordering::Relaxed);
+        loop {
+            let after = now.saturating_add(bytes);
+            if after > self.cap {
+                return Err(after);
+            }
+            match self
+                .used
+                .compare_exchange_weak(now, after, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 /// How an instance is made: limits, grants and the seed of its randomness.
 #[derive(Debug, Clone, Default)]
 pub struct InstanceOptions {
     pub limits: Limits,
     pub grants: Grants,
     pub seed: u64,
+    /// A budget shared with other instances (an environment's episodes), on top of
+    /// `limits.memory_bytes` for this one.
+    pub pool: Option<Arc<MemoryPool>>,
     /// What `host.stage-kinds` answers a recipe: the stage kinds the embedding host runs
     /// (the runtime itself runs none, so it only passes the list on).
     pub stage_kinds: Vec<String>,
@@ -202,6 +266,10 @@ pub(crate) struct MemoryLimiter {
     /// Bytes of every linear memory of the instance, together.
     pub(crate) total: u64,
     pub(crate) refused: Option<(u64, u64)>,
+    /// The budget shared with other instances, and what it held when this one was refused
+    /// by it (its cap, what the growth would have made it).
+    pub(crate) pool: Option<Arc<MemoryPool>>,
+    pub(crate) pool_refused: Option<(u64, u64)>,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
@@ -222,6 +290,15 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
                 "memory cap of {} exceeded: the plugin asked to grow its memory to {} (all its memories together)",
                 human_bytes(self.cap),
                 human_bytes(after)
+            ));
+        }
+        if let Some(p) = &self.pool
+            && let Err(pool_after) = p.take(grow)
+        {
+            self.pool_refused.get_or_insert((p.cap, pool_after));
+            return Err(wasmtime::format_err!(
+                "shared memory budget of {} exceeded",
+                human_bytes(p.cap)
             ));
         }
         self.total = after;
@@ -265,6 +342,15 @@ pub(crate) struct PluginState {
     /// The virtual monotonic clock, in nanoseconds (shared with the WASI context's clock).
     pub(crate) clock: Arc<AtomicU64>,
     pub(crate) stage_kinds: Vec<String>,
+}
+
+impl Drop for PluginState {
+    /// The instance's memory goes back to the shared budget with its store.
+    fn drop(&mut self) {
+        if let Some(p) = &self.limiter.pool {
+            p.give_back(self.limiter.total);
+        }
+    }
 }
 
 impl WasiView for PluginState {
@@ -313,6 +399,8 @@ impl PluginState {
                 cap: opts.limits.memory_bytes,
                 total: 0,
                 refused: None,
+                pool: opts.pool.clone(),
+                pool_refused: None,
             },
             stdio,
             log: LogBudget::default(),
@@ -358,9 +446,31 @@ mod tests {
         let mut l = MemoryLimiter {
             cap: u64::MAX,
             total: u64::MAX - 10,
-            refused: None,
+            ..Default::default()
         };
         assert!(l.memory_growing(0, usize::MAX, None).unwrap());
         assert_eq!(l.total, u64::MAX);
+    }
+
+    #[test]
+    fn instances_sharing_a_pool_are_held_to_it_together() {
+        let pool = MemoryPool::new(3 << 20);
+        let mut a = MemoryLimiter {
+            cap: 2 << 20,
+            pool: Some(pool.clone()),
+            ..Default::default()
+        };
+        let mut b = MemoryLimiter {
+            cap: 2 << 20,
+            pool: Some(pool.clone()),
+            ..Default::default()
+        };
+        assert!(a.memory_growing(0, 2 << 20, None).unwrap());
+        // b is within its own cap, but the two together would pass the pool's.
+        assert!(b.memory_growing(0, 2 << 20, None).is_err());
+        assert_eq!(b.pool_refused, Some((3 << 20, 4 << 20)));
+        assert_eq!(b.total, 0, "a refused growth takes nothing");
+        assert!(b.memory_growing(0, 1 << 20, None).unwrap());
+        assert_eq!(pool.used(), 3 << 20);
     }
 }

@@ -252,3 +252,39 @@ fn a_big_steps_episodes_are_alive_together() {
         assert!(guess(e, "crane").unwrap().starts_with("CRANE: "));
     }
 }
+
+/// Each episode has its own cap, and all of an environment's episodes share one budget: a
+/// plugin whose every episode grows to its cap cannot hold cap x rollouts.
+#[test]
+fn episodes_share_one_memory_budget() {
+    let pool = galley_runtime::MemoryPool::new(30 << 20);
+    let env = load("hostile-env")
+        .environment(
+            &json!({"mode": "hold"}),
+            galley_runtime::InstanceOptions {
+                pool: Some(pool.clone()),
+                ..opts(10_000, 64)
+            },
+        )
+        .unwrap();
+    let (mut a, _) = env.episode(&json!({}), 0).unwrap();
+    let (mut b, _) = env.episode(&json!({}), 0).unwrap();
+    for _ in 0..2 {
+        one(&mut a, "bump", "{}").unwrap();
+    }
+    one(&mut b, "bump", "{}").unwrap();
+    // b is far below its own 64 MiB, but a and b together would pass 30.
+    let e = one(&mut b, "bump", "{}").unwrap_err();
+    assert_eq!(e.kind, K::OutOfMemory, "{e}");
+    assert!(e.message.contains("shared memory budget of 30 MiB"), "{e}");
+    assert!(e.message.contains("episodes_memory_mb"), "{e}");
+    // b's instance is gone and gave its memory back; a goes on.
+    assert_eq!(a.reward().unwrap(), Some(2.0));
+    drop(a);
+    let (mut c, _) = env.episode(&json!({}), 0).unwrap();
+    for _ in 0..3 {
+        one(&mut c, "bump", "{}").unwrap();
+    }
+    drop(c);
+    assert_eq!(env.pool().used(), 0, "every episode's memory went back");
+}

@@ -714,6 +714,14 @@ impl TrainConfig {
                 "must be a finite number".into(),
             );
         }
+        if let Some(mb) = g.environment.as_ref().and_then(|e| e.episodes_memory_mb)
+            && !(1..=1 << 30).contains(&mb)
+        {
+            return bad(
+                "environment.episodes_memory_mb",
+                "must be between 1 and 2^30 (MiB)".into(),
+            );
+        }
         if (!g.tools.is_empty() || g.environment.is_some()) && g.max_tool_calling_iterations == 0 {
             return bad(
                 "max_tool_calling_iterations",

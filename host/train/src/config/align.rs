@@ -189,6 +189,9 @@ pub struct EnvironmentSpec {
     pub settings: Option<serde_json::Value>,
     /// Per episode: each rollout's instance has this memory cap and time budget per call.
     pub limits: RewardLimits,
+    /// All live episodes together (one per rollout of a step): the memory they may hold
+    /// at once, in MiB (default: half of the machine's memory).
+    pub episodes_memory_mb: Option<u64>,
     /// The weight of the episode's score among the rewards (TRL adds it with weight 1).
     pub reward_weight: f64,
 }
@@ -199,6 +202,7 @@ impl Default for EnvironmentSpec {
             plugin: String::new(),
             settings: None,
             limits: RewardLimits::default(),
+            episodes_memory_mb: None,
             reward_weight: 1.0,
         }
     }

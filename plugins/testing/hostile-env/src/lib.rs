@@ -8,6 +8,8 @@
 //! - `trap`: `bump` panics (that episode is over; the others go on);
 //! - `loop`: `bump` spins forever (the time budget stops it);
 //! - `grow`: `bump` allocates without end (the memory cap stops it);
+//! - `hold`: each `bump` allocates 8 MiB more and keeps it (the episodes' shared budget stops
+//!   them together);
 //! - `huge`: `reset` returns 1 MiB to append to the prompt (refused);
 //! - `nan`: `reward` returns NaN (refused).
 
@@ -58,6 +60,11 @@ impl Environment for Hostile {
             "grow" => loop {
                 self.hoard.push(vec![1u8; 1 << 20]);
             },
+            "hold" => {
+                self.hoard.push(vec![1u8; 8 << 20]);
+                self.count += 1;
+                Ok(format!("holding {} MiB", self.count * 8))
+            }
             _ => {
                 self.count += 1;
                 Ok(self.count.to_string())
