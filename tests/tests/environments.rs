@@ -120,10 +120,8 @@ grpo:
     )
 }
 
-#[test]
-fn each_rollout_plays_its_own_game_and_the_game_scores_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
+/// The rules Wordle appends, with a tiny model in `d/sft/model` taught to open with "crane".
+fn taught(d: &Path) -> String {
     std::fs::write(
         d.join("guesses.jsonl"),
         "{\"name\": \"guess\", \"arguments\": {\"word\": \"crane\"}}\n{\"name\": \"guess\", \"arguments\": {\"word\": \"plate\"}}\n",
@@ -131,6 +129,14 @@ fn each_rollout_plays_its_own_game_and_the_game_scores_it() {
     .unwrap();
     let (tools, rules) = wordle_functions_and_rules(d);
     taught_model(d, &tools, &rules);
+    rules
+}
+
+#[test]
+fn each_rollout_plays_its_own_game_and_the_game_scores_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let rules = taught(d);
 
     // The secret is the row's `word` column; the prompt says only "Play Wordle.".
     let prompts: String = ANSWERS
@@ -208,6 +214,87 @@ fn an_environment_needs_an_environment_plugin_and_a_template_that_shows_it() {
     let err = stderr(&o);
     assert!(
         err.contains("grpo.environment") && err.contains("does not show the model tools"),
+        "{err}"
+    );
+}
+
+/// Environments by name in one run (TRL's dict of factories): each prompt's `environment`
+/// column picks Wordle or a counter from another plugin; each prompt is offered its own
+/// environment's functions only, its rollouts act in that environment, and each
+/// environment's score is a reward column of its own.
+#[test]
+fn prompts_pick_their_environment_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let rules = taught(d);
+    let rows = [
+        serde_json::json!({"prompt": [{"role": "user", "content": "Play Wordle."}], "word": "crane", "environment": "game"}),
+        serde_json::json!({"prompt": [{"role": "user", "content": "Play Wordle."}], "tag": "t", "environment": "counter"}),
+    ];
+    let prompts: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(d.join("prompts.jsonl"), prompts).unwrap();
+    let config = grpo_config("sft/model", &plugin("wordle")).replace(
+        &format!("  environment:\n    plugin: {}\n", plugin("wordle").display()),
+        &format!(
+            "  environments:\n    game: {{plugin: {}}}\n    counter: {{plugin: {}, settings: {{mode: ok}}}}\n",
+            plugin("wordle").display(),
+            plugin("hostile-env").display()
+        ),
+    );
+    assert!(config.contains("environments:"), "{config}");
+    std::fs::write(d.join("grpo.yaml"), &config).unwrap();
+    let o = galley(d, &["train", "-c", "grpo.yaml"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let comps = jsonl(&d.join("grpo/completions.jsonl"));
+    assert_eq!(comps.len(), 4);
+    for c in &comps {
+        // The picking column is the run's, not a column rewards or `reset` see.
+        assert!(c["metadata"].get("environment").is_none(), "{c}");
+        if c["metadata"]["word"] == "crane" {
+            assert_eq!(c["prompt"], format!("Play Wordle.{rules}"), "{c}");
+            assert_eq!(
+                c["turns"][1]["content"], "CRANE: G G G G G, solved in 1 guess",
+                "{c}"
+            );
+            assert_eq!(c["rewards"]["game"], 1.0, "{c}");
+            assert!(c["rewards"]["counter"].is_null(), "{c}");
+        } else {
+            // The counter's start, with this prompt's seed.
+            let prompt = c["prompt"].as_str().unwrap();
+            assert!(prompt.starts_with("Play Wordle. [t "), "{c}");
+            // Wordle's `guess` is not this prompt's to call.
+            if let Some(turns) = c["turns"].as_array() {
+                let answer = turns[1]["content"].as_str().unwrap();
+                assert!(answer.contains("no tool named `guess`"), "{c}");
+            }
+            assert_eq!(c["rewards"]["counter"], 0.0, "{c}");
+            assert!(c["rewards"]["game"].is_null(), "{c}");
+        }
+    }
+    let metrics = jsonl(&d.join("grpo/metrics.jsonl"));
+    let step = metrics
+        .iter()
+        .find(|m| m.get("rewards/game/mean").is_some())
+        .unwrap_or_else(|| panic!("no environment rewards in {metrics:?}"));
+    assert_eq!(step["rewards/game/mean"], 1.0, "{step}");
+    assert_eq!(step["rewards/counter/mean"], 0.0, "{step}");
+
+    // A prompt that picks no environment, or one the run does not have, is a bad row.
+    let bad = serde_json::json!({"prompt": [{"role": "user", "content": "Play Wordle."}], "environment": "casino"});
+    std::fs::write(d.join("prompts.jsonl"), format!("{bad}\n")).unwrap();
+    std::fs::write(
+        d.join("grpo.yaml"),
+        config.replace(
+            "data: {train: {path: prompts.jsonl}",
+            "data: {on_bad_example: error, train: {path: prompts.jsonl}",
+        ),
+    )
+    .unwrap();
+    let o = galley(d, &["train", "-c", "grpo.yaml"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("prompts.jsonl:1") && err.contains("`casino`") && err.contains("game"),
         "{err}"
     );
 }

@@ -203,8 +203,15 @@ pub fn open_train(
             cfg.training.seed,
             on_load,
         )?;
-        if let Some(spec) = &cfg.grpo.environment {
-            out.environment = Some(open_environment(spec, at, cfg.training.seed, on_load)?);
+        for (_, key, spec) in cfg.grpo.environment_specs() {
+            let key = format!("grpo.{key}");
+            out.environments.push(open_environment(
+                spec,
+                &key,
+                at,
+                cfg.training.seed,
+                on_load,
+            )?);
         }
     }
     Ok(out)
@@ -217,11 +224,11 @@ pub fn open_train(
 /// alike; each episode's `reset` gets a seed of its own prompt).
 pub fn open_environment(
     spec: &EnvironmentSpec,
+    key: &str,
     at: &Opener,
     seed: u64,
     on_load: &mut OnLoad<'_>,
 ) -> Result<Box<dyn Environment>> {
-    let key = "grpo.environment";
     let plugin = at.load(&spec.plugin, key)?;
     on_load(&spec.plugin, &plugin)?;
     let sb = at

@@ -72,8 +72,8 @@ pub struct TrainPlugins {
     pub rewards: Vec<Box<dyn RewardFn>>,
     /// GRPO's tools, one per `grpo.tools` entry.
     pub tools: Vec<Box<dyn galley_core::Tool>>,
-    /// GRPO's environment (`grpo.environment`).
-    pub environment: Option<Box<dyn galley_core::Environment>>,
+    /// GRPO's environments (`grpo.environment`, or each of `grpo.environments`).
+    pub environments: Vec<Box<dyn galley_core::Environment>>,
 }
 
 impl TrainPlugins {
@@ -92,7 +92,7 @@ impl TrainPlugins {
                 .collect(),
             rewards: std::mem::take(&mut self.rewards),
             tools: std::mem::take(&mut self.tools),
-            environment: self.environment.take(),
+            environments: std::mem::take(&mut self.environments),
             group,
         }
     }

@@ -670,15 +670,29 @@ impl TrainConfig {
         }
         // An environment that scores its episodes is a reward of its own (TRL makes
         // `reward_funcs` optional then).
-        if !(g.rewards.is_empty() && g.environment.is_some())
+        if g.environment.is_some() && !g.environments.is_empty() {
+            return bad(
+                "environments",
+                "give `environment` (one for every prompt) or `environments` (by name, each prompt's `environment` column picking one), not both".into(),
+            );
+        }
+        for name in g.environments.keys() {
+            if !galley_core::ToolFunction::valid_name(name) {
+                return bad(
+                    &format!("environments.{name}"),
+                    "a name is 1-64 of a-z, A-Z, 0-9, '_' or '-'".into(),
+                );
+            }
+        }
+        let envs = g.environment_specs();
+        if (!g.rewards.is_empty() || envs.is_empty())
             && let Err((key, msg)) = RewardSpec::check_list(&g.rewards)
         {
             return bad(&key, msg);
         }
-        let env = g
-            .environment
+        let env = envs
             .iter()
-            .map(|e| ("environment".to_string(), &e.plugin, &e.limits));
+            .map(|(_, key, e)| (key.clone(), &e.plugin, &e.limits));
         let tools = g
             .tools
             .iter()
@@ -706,23 +720,23 @@ impl TrainConfig {
                 );
             }
         }
-        if let Some(e) = &g.environment
-            && !e.reward_weight.is_finite()
-        {
-            return bad(
-                "environment.reward_weight",
-                "must be a finite number".into(),
-            );
+        for (_, key, e) in &envs {
+            if !e.reward_weight.is_finite() {
+                return bad(
+                    &format!("{key}.reward_weight"),
+                    "must be a finite number".into(),
+                );
+            }
+            if let Some(mb) = e.episodes_memory_mb
+                && !(1..=1 << 30).contains(&mb)
+            {
+                return bad(
+                    &format!("{key}.episodes_memory_mb"),
+                    "must be between 1 and 2^30 (MiB)".into(),
+                );
+            }
         }
-        if let Some(mb) = g.environment.as_ref().and_then(|e| e.episodes_memory_mb)
-            && !(1..=1 << 30).contains(&mb)
-        {
-            return bad(
-                "environment.episodes_memory_mb",
-                "must be between 1 and 2^30 (MiB)".into(),
-            );
-        }
-        if (!g.tools.is_empty() || g.environment.is_some()) && g.max_tool_calling_iterations == 0 {
+        if (!g.tools.is_empty() || !envs.is_empty()) && g.max_tool_calling_iterations == 0 {
             return bad(
                 "max_tool_calling_iterations",
                 "must be at least 1 when tools are listed".into(),

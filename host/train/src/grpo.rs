@@ -40,6 +40,8 @@ pub struct Prompt {
     pub tools: Option<Json>,
     /// The rendered prompt leaves a thinking block open for the answer.
     pub opens: bool,
+    /// The environment its rollouts act in (an index of the run's), where the run has any.
+    pub env: Option<usize>,
 }
 
 /// Tokenizes prompts as TRL's GRPO does: conversational ones through the chat template with
@@ -54,7 +56,7 @@ pub fn encode_prompts(
     recs: Records,
     data: &DataSection,
     max_completion: usize,
-    run_tools: &[serde_json::Value],
+    offer: &tool_turns::Offer,
     skipped: &mut Skipped,
 ) -> Result<Vec<Prompt>> {
     let Records::Items(items) = recs else {
@@ -69,15 +71,31 @@ pub fn encode_prompts(
     let thinks = template.is_some_and(|t| galley_model::reasoning::template_thinks(&t.source));
     for r in items {
         let at = r.at.clone();
-        // The run's tools (`grpo.tools`) are offered to every prompt, before the row's own.
-        let tools = tool_turns::offered_with(run_tools, r.tools());
-        let (prompt, metadata) = match r.into_prompt() {
+        let row_tools = r.tools();
+        let (prompt, mut metadata) = match r.into_prompt() {
             Ok(p) => p,
             Err(msg) => {
                 crate::data::bad_record(&at, msg, data.on_bad_example, skipped)?;
                 continue;
             }
         };
+        // With environments by name, the `environment` column picks the prompt's (a control
+        // column: no reward function or `reset` sees it, as in TRL).
+        let named = offer.environments.iter().any(|(n, _)| n.is_some());
+        let column = named
+            .then(|| metadata.remove("environment"))
+            .flatten()
+            .map(|v| v.as_text().unwrap_or_default());
+        let (env, run) = match offer.for_row(column.as_deref()) {
+            Ok(o) => o,
+            Err(msg) => {
+                crate::data::bad_record(&at, msg, data.on_bad_example, skipped)?;
+                continue;
+            }
+        };
+        // The run's tools (`grpo.tools`, then the prompt's environment's) are offered to the
+        // prompt, before the row's own.
+        let tools = tool_turns::offered_with(&run, row_tools);
         let (messages, text, special) = match prompt {
             Content::Chat(m) => {
                 let text = match template {
@@ -122,6 +140,7 @@ pub fn encode_prompts(
             ids,
             tools,
             opens,
+            env,
         });
     }
     Ok(out)
@@ -224,9 +243,10 @@ impl<'a> GrpoTask<'a> {
     ) -> Self {
         // The environment's own score is the last function (TRL appends `get_reward`).
         let mut specs = cfg.rewards.clone();
-        if let Some(e) = &cfg.environment {
+        // One per environment, labelled by its name where the run names them.
+        for (name, _, e) in cfg.environment_specs() {
             specs.push(crate::config::RewardSpec {
-                plugin: Some(e.plugin.clone()),
+                plugin: Some(name.unwrap_or_else(|| e.plugin.clone())),
                 weight: e.reward_weight,
                 ..Default::default()
             });
@@ -263,10 +283,12 @@ impl<'a> GrpoTask<'a> {
     /// `template` (whose calls the reader must be able to read).
     pub fn with_tools(mut self, toolbox: ToolBox, template: &'a ChatTemplate) -> Result<Self> {
         if self.reader.is_none_or(|r| r.tool_format.is_none()) {
-            let key = if self.cfg.tools.is_empty() && self.cfg.environment.is_some() {
+            let key = if !self.cfg.tools.is_empty() {
+                "grpo.tools"
+            } else if self.cfg.environment.is_some() {
                 "grpo.environment"
             } else {
-                "grpo.tools"
+                "grpo.environments"
             };
             return Err(TrainError::Config {
                 file: key.into(),
@@ -320,20 +342,18 @@ impl<'a> GrpoTask<'a> {
             return Ok(asked);
         };
         let mut toolbox = toolbox.borrow_mut();
-        let Some(env) = toolbox.environment().map(str::to_string) else {
+        if !toolbox.has_environments() {
             return Ok(asked);
-        };
-        let starts: Vec<(serde_json::Value, u64)> = order
+        }
+        let starts: Vec<(Option<usize>, serde_json::Value, u64)> = order
             .iter()
             .map(|&p| {
                 let seed = galley_core::seed::derive_seed(
                     self.seed,
                     &[galley_core::seed::purpose::EPISODE, stream, p as u64],
                 );
-                (
-                    galley_core::episode_row(&set[p].messages, &set[p].metadata),
-                    seed,
-                )
+                let row = galley_core::episode_row(&set[p].messages, &set[p].metadata);
+                (set[p].env, row, seed)
             })
             .collect();
         let at: Vec<&str> = order.iter().map(|&p| set[p].at.as_str()).collect();
@@ -341,9 +361,10 @@ impl<'a> GrpoTask<'a> {
         let thinks = galley_model::reasoning::template_thinks(&template.source);
         for (q, text) in asked.iter_mut().zip(shown) {
             let Some(text) = text else { continue };
+            let env = toolbox.describe(q.env.expect("a prompt with a start has an environment"));
             let bad = |msg: String| TrainError::Data {
                 at: q.at.clone(),
-                msg: format!("grpo.environment ({env}): {msg}"),
+                msg: format!("{env}: {msg}"),
             };
             // The start's text is the environment's, not the data's: it may not spell the
             // tokenizer's markers (it would end the user's turn and write the model's).
@@ -369,18 +390,29 @@ impl<'a> GrpoTask<'a> {
         Ok(asked)
     }
 
-    /// Ends the episodes of the rollouts just made: each one's score, or `None` for every
-    /// row where the run has no environment.
+    /// Ends the episodes of the rollouts just made: how many environments the run has, and
+    /// per row its environment and the episode's score (`None`: the run has none).
+    #[allow(clippy::type_complexity)]
     fn end_episodes(
         &self,
         rows: usize,
-    ) -> Option<Vec<std::result::Result<Option<f64>, galley_core::PluginError>>> {
+    ) -> Option<(
+        usize,
+        Vec<
+            Option<(
+                usize,
+                std::result::Result<Option<f64>, galley_core::PluginError>,
+            )>,
+        >,
+    )> {
         let (toolbox, _) = self.tools.as_ref()?;
         let mut toolbox = toolbox.borrow_mut();
-        toolbox.environment()?;
+        if !toolbox.has_environments() {
+            return None;
+        }
         let out = toolbox.end();
         debug_assert_eq!(out.len(), rows);
-        Some(out)
+        Some((toolbox.environments(), out))
     }
 
     /// Takes each completion of `asked` (`per` a prompt) through its tool calls, where the
@@ -464,38 +496,48 @@ impl<'a> GrpoTask<'a> {
     /// Adds the episodes' own scores (`ended`, one per row) as the last function's column,
     /// under the run's failure policy: an episode that failed is a reward function failing
     /// on that completion.
+    #[allow(clippy::type_complexity)]
     fn add_episode_scores(
         &self,
         scored: &mut rewards::Scored,
-        ended: Vec<std::result::Result<Option<f64>, galley_core::PluginError>>,
+        (envs, ended): (
+            usize,
+            Vec<
+                Option<(
+                    usize,
+                    std::result::Result<Option<f64>, galley_core::PluginError>,
+                )>,
+            >,
+        ),
         step: usize,
         asked: &[Prompt],
         per: usize,
     ) -> Result<()> {
-        let mut column = Vec::with_capacity(ended.len());
-        let mut failures = 0;
+        // One column per environment, in the run's order; a row scores only in its own.
+        let mut columns = vec![vec![None; ended.len()]; envs];
+        let mut failures = vec![0; envs];
         for (i, r) in ended.into_iter().enumerate() {
+            let Some((e, r)) = r else { continue };
             match r {
-                Ok(v) => column.push(v),
-                Err(e) if self.cfg.on_plugin_error == crate::config::OnPluginError::Stop => {
+                Ok(v) => columns[e][i] = v,
+                Err(err) if self.cfg.on_plugin_error == crate::config::OnPluginError::Stop => {
                     return Err(TrainError::Reward(format!(
-                        "{e} (on_plugin_error: stop, so the run stops here)"
+                        "{err} (on_plugin_error: stop, so the run stops here)"
                     )));
                 }
-                Err(e) => {
+                Err(err) => {
                     tracing::warn!(
-                        "step {step}: {e}; completion {} of prompt {:?} is marked failed: no score from its episode, so advantage 0 (on_plugin_error: skip)",
+                        "step {step}: {err}; completion {} of prompt {:?} is marked failed: no score from its episode, so advantage 0 (on_plugin_error: skip)",
                         i % per,
                         asked[i / per].at
                     );
                     scored.failed[i] = true;
-                    failures += 1;
-                    column.push(None);
+                    failures[e] += 1;
                 }
             }
         }
-        scored.scores.push(column);
-        scored.failures.push(failures);
+        scored.scores.extend(columns);
+        scored.failures.extend(failures);
         Ok(())
     }
 

@@ -78,8 +78,8 @@ pub struct Sources<'a> {
     pub rewards: Vec<Box<dyn RewardFn>>,
     /// GRPO's tools, one per `grpo.tools` entry in order.
     pub tools: Vec<Box<dyn Tool>>,
-    /// GRPO's environment (`grpo.environment`).
-    pub environment: Option<Box<dyn Environment>>,
+    /// GRPO's environments: `grpo.environment`, or each of `grpo.environments` in order.
+    pub environments: Vec<Box<dyn Environment>>,
     /// The data-parallel group this process is a rank of (SFT and pre-training); None: one
     /// process, which a job of several (`WORLD_SIZE` above one) is refused as.
     pub group: Option<Box<dyn dist::Collective>>,
@@ -344,12 +344,12 @@ fn read_lm(cfg: &TrainConfig, sources: Sources, skipped: &mut Skipped) -> Result
     Ok(Raw::Lm(records(train)?, val))
 }
 
-/// `offered`: the run's tools, shown to every GRPO prompt.
+/// `offered`: the run's tools and environments, shown to the GRPO prompts.
 fn encode(
     cfg: &TrainConfig,
     m: &Loaded,
     raw: Raw,
-    offered: &[serde_json::Value],
+    offered: &tool_turns::Offer,
     skipped: &mut Skipped,
 ) -> Result<Data> {
     let (split, seed) = (cfg.data.validation_split, cfg.data_seed());
@@ -432,15 +432,15 @@ fn sides<T>(
 /// Loads the model, tokenizer and data a config names: read the records the objective
 /// trains on, load (or initialise) the model, tokenize.
 pub fn prepare(cfg: &TrainConfig, sources: Sources, out_dir: &Path) -> Result<Prepared> {
-    prepare_offering(cfg, sources, &[], out_dir)
+    prepare_offering(cfg, sources, &tool_turns::Offer::default(), out_dir)
 }
 
-/// [`prepare`], with `offered` (the run's tools, as OpenAI's `tools` list) shown to every
-/// GRPO prompt.
+/// [`prepare`], with `offered` (the run's tools, and its environments' functions, as
+/// OpenAI's `tools` list) shown to the GRPO prompts.
 pub fn prepare_offering(
     cfg: &TrainConfig,
     sources: Sources,
-    offered: &[serde_json::Value],
+    offered: &tool_turns::Offer,
     out_dir: &Path,
 ) -> Result<Prepared> {
     // One GPU per local rank when the config says plain `cuda` (torchrun's convention).
@@ -545,27 +545,29 @@ pub fn run(
             ),
         });
     }
-    if grpo && sources.environment.is_some() != cfg.grpo.environment.is_some() {
+    let specs = cfg.grpo.environment_specs();
+    if grpo && sources.environments.len() != specs.len() {
         return Err(TrainError::Config {
-            file: "grpo.environment".into(),
-            msg: "the environment listed and the one opened differ".into(),
+            file: "grpo.environments".into(),
+            msg: format!(
+                "{} environments listed but {} opened",
+                specs.len(),
+                sources.environments.len()
+            ),
         });
     }
-    let env = sources.environment.take();
-    let toolbox = match (std::mem::take(&mut sources.tools), env) {
-        (t, env) if grpo && (!t.is_empty() || env.is_some()) => {
-            let tb = tool_turns::ToolBox::new(t, cfg.grpo.max_tool_calling_iterations)?;
-            Some(match env {
-                Some(e) => tb.with_environment(e)?,
-                None => tb,
-            })
+    let envs = std::mem::take(&mut sources.environments);
+    let toolbox = match (std::mem::take(&mut sources.tools), envs) {
+        (t, envs) if grpo && (!t.is_empty() || !envs.is_empty()) => {
+            let mut tb = tool_turns::ToolBox::new(t, cfg.grpo.max_tool_calling_iterations)?;
+            for ((name, _, _), e) in specs.into_iter().zip(envs) {
+                tb = tb.with_environment(name, e)?;
+            }
+            Some(tb)
         }
         _ => None,
     };
-    let offered = toolbox
-        .as_ref()
-        .map_or(&[][..], |t| &t.offered[..])
-        .to_vec();
+    let offered = toolbox.as_ref().map(|t| t.offer()).unwrap_or_default();
     let p = prepare_offering(cfg, sources, &offered, &out)?;
     let pad = p.tokenizer.eos.first().copied().unwrap_or(0);
     let (sft, dpo_task, grpo_task, kto_task);

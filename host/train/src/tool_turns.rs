@@ -26,31 +26,84 @@ const CLOSE: char = '\u{E001}';
 enum Runs {
     /// `tools[i]`.
     Tool(usize),
-    /// The row's episode of the environment.
+    /// The row's episode (of the environment its prompt picked).
     Episode,
 }
 
-/// The run's tools and environment, and which one runs each function.
+/// What the run offers each prompt: the tools' functions, then those of the prompt's
+/// environment (by its `environment` column where the run names several).
+#[derive(Debug, Clone, Default)]
+pub struct Offer {
+    pub tools: Vec<serde_json::Value>,
+    /// Each environment's name (none for the one `grpo.environment`) and functions.
+    pub environments: Vec<(Option<String>, Vec<serde_json::Value>)>,
+}
+
+impl Offer {
+    /// The environment a row's `environment` column picks, and every function it is
+    /// offered; `Err`: what is wrong with the column.
+    pub fn for_row(
+        &self,
+        column: Option<&str>,
+    ) -> std::result::Result<(Option<usize>, Vec<serde_json::Value>), String> {
+        let env = match (self.environments.as_slice(), column) {
+            ([], _) => None,
+            ([(None, _)], _) => Some(0),
+            (named, Some(c)) => match named.iter().position(|(n, _)| n.as_deref() == Some(c)) {
+                Some(i) => Some(i),
+                None => {
+                    return Err(format!(
+                        "its `environment` column names `{c}`, not one of grpo.environments ({})",
+                        self.names()
+                    ));
+                }
+            },
+            (_, None) => {
+                return Err(format!(
+                    "it has no `environment` column to pick one of grpo.environments ({})",
+                    self.names()
+                ));
+            }
+        };
+        let mut all = self.tools.clone();
+        if let Some(e) = env {
+            all.extend(self.environments[e].1.iter().cloned());
+        }
+        Ok((env, all))
+    }
+
+    fn names(&self) -> String {
+        self.environments
+            .iter()
+            .filter_map(|(n, _)| n.as_deref())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The run's tools and environments, and which one runs each function.
 pub struct ToolBox {
     tools: Vec<Box<dyn Tool>>,
-    /// Function name -> what runs it.
-    route: Vec<(String, Runs)>,
-    /// Every function, as the OpenAI `tools` list a template renders.
+    /// Tool function name -> the tool.
+    route: Vec<(String, usize)>,
+    /// The tools' functions, as the OpenAI `tools` list a template renders.
     pub offered: Vec<serde_json::Value>,
     pub max_iterations: usize,
-    env: Option<Box<dyn Environment>>,
-    /// The episodes of the rollouts under way, one per row (`start` to `end`).
-    episodes: Vec<Option<Box<dyn Episode>>>,
+    /// `grpo.environment` (no name) or `grpo.environments` (by name).
+    envs: Vec<(Option<String>, Box<dyn Environment>)>,
+    /// The episodes of the rollouts under way, one per row (`start` to `end`), with their
+    /// environment.
+    episodes: Vec<Option<(usize, Box<dyn Episode>)>>,
 }
 
 impl ToolBox {
     /// `tools` in order; two offering the same function name is a config error naming both.
     pub fn new(tools: Vec<Box<dyn Tool>>, max_iterations: usize) -> Result<Self> {
-        let mut route: Vec<(String, Runs)> = Vec::new();
+        let mut route: Vec<(String, usize)> = Vec::new();
         let mut offered = Vec::new();
         for (i, t) in tools.iter().enumerate() {
             for f in t.functions() {
-                if let Some((_, Runs::Tool(j))) = route.iter().find(|(n, _)| *n == f.name) {
+                if let Some((_, j)) = route.iter().find(|(n, _)| *n == f.name) {
                     return Err(TrainError::Config {
                         file: format!("grpo.tools[{i}]"),
                         msg: format!(
@@ -61,7 +114,7 @@ impl ToolBox {
                         ),
                     });
                 }
-                route.push((f.name.clone(), Runs::Tool(i)));
+                route.push((f.name.clone(), i));
                 offered.push(f.openai());
             }
         }
@@ -70,18 +123,28 @@ impl ToolBox {
             route,
             offered,
             max_iterations,
-            env: None,
+            envs: Vec::new(),
             episodes: Vec::new(),
         })
     }
 
-    /// With an environment: its functions are offered after the tools', each call of one
-    /// runs in the calling row's own episode.
-    pub fn with_environment(mut self, env: Box<dyn Environment>) -> Result<Self> {
+    /// With an environment (`name`: its key in `grpo.environments`; none for
+    /// `grpo.environment`): its functions are offered after the tools' to the prompts that
+    /// pick it, and each call of one runs in the calling row's own episode. Two
+    /// environments may share function names (a prompt sees one); a tool may not.
+    pub fn with_environment(
+        mut self,
+        name: Option<String>,
+        env: Box<dyn Environment>,
+    ) -> Result<Self> {
+        let key = match &name {
+            Some(n) => format!("grpo.environments.{n}"),
+            None => "grpo.environment".into(),
+        };
         for f in env.functions() {
-            if let Some((_, Runs::Tool(j))) = self.route.iter().find(|(n, _)| *n == f.name) {
+            if let Some((_, j)) = self.route.iter().find(|(n, _)| *n == f.name) {
                 return Err(TrainError::Config {
-                    file: "grpo.environment".into(),
+                    file: key,
                     msg: format!(
                         "{} and grpo.tools[{j}] ({}) both offer a function named `{}`",
                         env.name(),
@@ -90,70 +153,115 @@ impl ToolBox {
                     ),
                 });
             }
-            self.route.push((f.name.clone(), Runs::Episode));
-            self.offered.push(f.openai());
         }
-        self.env = Some(env);
+        self.envs.push((name, env));
         Ok(self)
     }
 
-    /// The environment's name, where there is one.
-    pub fn environment(&self) -> Option<&str> {
-        self.env.as_deref().map(|e| e.name())
+    /// Whether the run has an environment.
+    pub fn has_environments(&self) -> bool {
+        !self.envs.is_empty()
     }
 
-    /// Starts `per` episodes for each of `starts` (a row and its seed), in order — the
-    /// rollouts of one prompt alike — after ending any left over. Per start, the text to
-    /// append to the prompt's last message; each must be the same for all `per` episodes
-    /// (the start of a group's task must depend on its row and seed alone, or GRPO compares
-    /// answers to different tasks). `at` names each start's prompt in errors.
+    /// How many environments the run has.
+    pub fn environments(&self) -> usize {
+        self.envs.len()
+    }
+
+    /// Environment `e` as errors name it: its config key and plugin.
+    pub fn describe(&self, e: usize) -> String {
+        let (name, env) = &self.envs[e];
+        match name {
+            Some(n) => format!("grpo.environments.{n} ({})", env.name()),
+            None => format!("grpo.environment ({})", env.name()),
+        }
+    }
+
+    /// What each prompt is offered.
+    pub fn offer(&self) -> Offer {
+        Offer {
+            tools: self.offered.clone(),
+            environments: self
+                .envs
+                .iter()
+                .map(|(n, e)| {
+                    (
+                        n.clone(),
+                        e.functions().iter().map(|f| f.openai()).collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Starts `per` episodes for each of `starts` (an environment, a row and its seed), in
+    /// order — the rollouts of one prompt alike — after ending any left over. Per start, the
+    /// text to append to the prompt's last message; each must be the same for all `per`
+    /// episodes (the start of a group's task must depend on its row and seed alone, or GRPO
+    /// compares answers to different tasks). A start without an environment starts none.
+    /// `at` names each start's prompt in errors.
     pub fn start(
         &mut self,
-        starts: &[(serde_json::Value, u64)],
+        starts: &[(Option<usize>, serde_json::Value, u64)],
         per: usize,
         at: &[&str],
     ) -> Result<Vec<Option<String>>> {
         self.episodes.clear();
-        let Some(env) = self.env.as_mut() else {
-            return Ok(vec![None; starts.len()]);
-        };
         let mut shown = Vec::with_capacity(starts.len());
-        for ((row, seed), at) in starts.iter().zip(at) {
+        for ((env, row, seed), at) in starts.iter().zip(at) {
+            let Some(e) = *env else {
+                self.episodes.extend((0..per).map(|_| None));
+                shown.push(None);
+                continue;
+            };
+            let (name, environment) = &mut self.envs[e];
+            let key = match name {
+                Some(n) => format!("grpo.environments.{n}"),
+                None => "grpo.environment".into(),
+            };
             let mut first: Option<Option<String>> = None;
             for _ in 0..per {
-                let (episode, text) = env.start(row, *seed).map_err(|e| TrainError::Data {
-                    at: at.to_string(),
-                    msg: format!("grpo.environment could not start an episode: {e}"),
-                })?;
+                let (episode, text) =
+                    environment
+                        .start(row, *seed)
+                        .map_err(|err| TrainError::Data {
+                            at: at.to_string(),
+                            msg: format!("{key} could not start an episode: {err}"),
+                        })?;
                 match &first {
                     None => first = Some(text),
                     Some(f) if *f != text => {
                         return Err(TrainError::Data {
                             at: at.to_string(),
                             msg: format!(
-                                "grpo.environment ({}) started two rollouts of this prompt differently from the same row and seed: an environment's start must depend on its row and seed alone, or GRPO compares answers to different tasks",
-                                env.name()
+                                "{key} ({}) started two rollouts of this prompt differently from the same row and seed: an environment's start must depend on its row and seed alone, or GRPO compares answers to different tasks",
+                                environment.name()
                             ),
                         });
                     }
                     Some(_) => {}
                 }
-                self.episodes.push(Some(episode));
+                self.episodes.push(Some((e, episode)));
             }
             shown.push(first.flatten());
         }
         Ok(shown)
     }
 
-    /// Ends the episodes under way: each one's score, in row order (none without an
-    /// environment).
-    pub fn end(&mut self) -> Vec<std::result::Result<Option<f64>, galley_core::PluginError>> {
+    /// Ends the episodes under way: per row, its environment and the episode's score (none
+    /// for a row without an episode).
+    #[allow(clippy::type_complexity)]
+    pub fn end(
+        &mut self,
+    ) -> Vec<
+        Option<(
+            usize,
+            std::result::Result<Option<f64>, galley_core::PluginError>,
+        )>,
+    > {
         std::mem::take(&mut self.episodes)
             .into_iter()
-            .map(|e| match e {
-                Some(mut e) => e.reward(),
-                None => Ok(None),
-            })
+            .map(|e| e.map(|(env, mut e)| (env, e.reward())))
             .collect()
     }
 
@@ -171,8 +279,16 @@ impl ToolBox {
             .iter()
             .map(|(_, c)| fail(&format!("no tool named `{}`", c.name)))
             .collect();
-        let runs = |name: &str| self.route.iter().find(|(n, _)| n == name).map(|(_, r)| *r);
-        let by: Vec<Option<Runs>> = calls.iter().map(|(_, c)| runs(&c.name)).collect();
+        // A tool's function runs in the tool; else the row's environment's, in its episode.
+        let runs = |row: usize, name: &str| {
+            if let Some((_, i)) = self.route.iter().find(|(n, _)| n == name) {
+                return Some(Runs::Tool(*i));
+            }
+            let (env, _) = self.episodes.get(row)?.as_ref()?;
+            let offers = self.envs[*env].1.functions().iter().any(|f| f.name == name);
+            offers.then_some(Runs::Episode)
+        };
+        let by: Vec<Option<Runs>> = calls.iter().map(|(row, c)| runs(*row, &c.name)).collect();
         // The environment's calls, row by row.
         let mut rows: Vec<usize> = calls
             .iter()
@@ -192,15 +308,10 @@ impl ToolBox {
                     arguments: &calls[k].1.arguments,
                 })
                 .collect();
-            let answers = match self.episodes.get_mut(row).and_then(Option::as_mut) {
-                Some(e) => e.call(&batch),
-                None => Err(galley_core::PluginError::new(
-                    self.environment().unwrap_or("environment"),
-                    "call",
-                    galley_core::PluginErrorKind::Failed,
-                    "no episode is under way for this rollout",
-                )),
-            };
+            let (_, episode) = self.episodes[row]
+                .as_mut()
+                .expect("routed to an episode only where the row has one");
+            let answers = episode.call(&batch);
             match answers {
                 Ok(a) => {
                     for (&k, a) in mine.iter().zip(a) {
@@ -779,20 +890,26 @@ mod tests {
         })
     }
 
+    fn scores(tb: &mut ToolBox) -> Vec<Option<(usize, Option<f64>)>> {
+        tb.end()
+            .into_iter()
+            .map(|r| r.map(|(e, s)| (e, s.unwrap())))
+            .collect()
+    }
+
     #[test]
     fn each_rows_calls_run_in_its_own_episode() {
         let mut tb = ToolBox::new(vec![echo("a", 8)], 2)
             .unwrap()
-            .with_environment(counting("bump"))
+            .with_environment(None, counting("bump"))
             .unwrap();
-        assert_eq!(
-            tb.offered.len(),
-            2,
-            "the tool's function, then the environment's"
-        );
+        let offer = tb.offer();
+        let (env, all) = offer.for_row(None).unwrap();
+        assert_eq!(env, Some(0));
+        assert_eq!(all.len(), 2, "the tool's function, then the environment's");
         let starts = [
-            (serde_json::json!({"shown": "x"}), 7),
-            (serde_json::json!({}), 8),
+            (Some(0), serde_json::json!({"shown": "x"}), 7),
+            (Some(0), serde_json::json!({}), 8),
         ];
         let shown = tb.start(&starts, 2, &["p0", "p1"]).unwrap();
         assert_eq!(shown, [Some("x 7".to_string()), None]);
@@ -809,28 +926,86 @@ mod tests {
         let out = tb.run(&[on(3, "bump", "trap"), on(2, "bump", "{}")]);
         assert!(out[0].1 && out[0].0.contains("trapped"), "{:?}", out[0]);
         assert_eq!(out[1], ("1".into(), false));
-        let scores: Vec<Option<f64>> = tb.end().into_iter().map(|r| r.unwrap()).collect();
-        assert_eq!(scores, [Some(0.0), Some(2.0), Some(1.0), Some(1.0)]);
+        assert_eq!(
+            scores(&mut tb),
+            [
+                Some((0, Some(0.0))),
+                Some((0, Some(2.0))),
+                Some((0, Some(1.0))),
+                Some((0, Some(1.0)))
+            ]
+        );
         assert!(tb.end().is_empty(), "ended episodes are gone");
         // A function name the environment shares with a tool is a config error.
         let err = ToolBox::new(vec![echo("bump", 1)], 1)
             .unwrap()
-            .with_environment(counting("bump"))
+            .with_environment(None, counting("bump"))
             .err()
             .unwrap();
         assert!(err.to_string().contains("grpo.environment"), "{err}");
         assert!(err.to_string().contains("grpo.tools[0]"), "{err}");
     }
 
+    /// Environments by name (TRL's dict): each prompt is offered its own environment's
+    /// functions, two environments may share a function name, and a call runs in the row's
+    /// own environment — a function of another is not the row's to call.
+    #[test]
+    fn each_prompt_acts_in_the_environment_it_picks() {
+        let mut tb = ToolBox::new(Vec::new(), 1)
+            .unwrap()
+            .with_environment(Some("game".into()), counting("bump"))
+            .unwrap()
+            .with_environment(Some("shop".into()), counting("bump"))
+            .unwrap()
+            .with_environment(Some("bank".into()), counting("deposit"))
+            .unwrap();
+        let offer = tb.offer();
+        let (env, all) = offer.for_row(Some("bank")).unwrap();
+        assert_eq!(env, Some(2));
+        assert_eq!(all[0]["function"]["name"], "deposit");
+        assert_eq!(all.len(), 1, "only the prompt's environment's functions");
+        let e = offer.for_row(Some("casino")).unwrap_err();
+        assert!(
+            e.contains("`casino`") && e.contains("game, shop, bank"),
+            "{e}"
+        );
+        let e = offer.for_row(None).unwrap_err();
+        assert!(e.contains("no `environment` column"), "{e}");
+        let starts = [
+            (Some(0), serde_json::json!({}), 1),
+            (Some(2), serde_json::json!({}), 1),
+            (None, serde_json::json!({}), 1),
+        ];
+        tb.start(&starts, 1, &["a", "b", "c"]).unwrap();
+        let out = tb.run(&[
+            on(0, "bump", "{}"),
+            on(1, "bump", "{}"),
+            on(1, "deposit", "{}"),
+            on(2, "deposit", "{}"),
+        ]);
+        assert_eq!(out[0], ("1".into(), false));
+        assert!(
+            out[1].1 && out[1].0.contains("no tool named `bump`"),
+            "{:?}",
+            out[1]
+        );
+        assert_eq!(out[2], ("1".into(), false));
+        assert!(out[3].1, "a row without an environment has no episode");
+        assert_eq!(
+            scores(&mut tb),
+            [Some((0, Some(1.0))), Some((2, Some(1.0))), None]
+        );
+    }
+
     #[test]
     fn a_group_started_differently_is_refused() {
         let mut tb = ToolBox::new(Vec::new(), 1)
             .unwrap()
-            .with_environment(counting("bump"))
+            .with_environment(None, counting("bump"))
             .unwrap();
         let err = tb
             .start(
-                &[(serde_json::json!({"vary": true}), 1)],
+                &[(Some(0), serde_json::json!({"vary": true}), 1)],
                 2,
                 &["data.jsonl:3"],
             )
@@ -840,9 +1015,13 @@ mod tests {
         assert!(err.contains("row and seed alone"), "{err}");
         // One rollout per prompt (evaluation) has nothing to compare.
         assert_eq!(
-            tb.start(&[(serde_json::json!({"vary": true}), 1)], 1, &["v"])
-                .unwrap()
-                .len(),
+            tb.start(
+                &[(Some(0), serde_json::json!({"vary": true}), 1)],
+                1,
+                &["v"]
+            )
+            .unwrap()
+            .len(),
             1
         );
     }

@@ -383,3 +383,44 @@ fn endless_sources_need_a_limit() {
         "{err}"
     );
 }
+
+/// Environments: one for every prompt or several by name, not both; names are
+/// identifiers; each one's keys are checked under its own name; with one, reward functions
+/// may be left out (the environment scores).
+#[test]
+fn environment_configs_are_checked_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grpo.yaml");
+    let check = |grpo: &str| {
+        std::fs::write(
+            &path,
+            format!("model: {{path: m.gguf}}\ndata: {{train: {{path: p.jsonl}}}}\ntraining: {{method: grpo, batch_size: 8}}\ngrpo:\n{grpo}"),
+        )
+        .unwrap();
+        TrainConfig::load(Some(&path), &[])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(check("  environment: {plugin: wordle}\n"), Ok(()));
+    assert_eq!(
+        check("  environments: {game: {plugin: wordle}, bank: {plugin: bank.wasm}}\n"),
+        Ok(())
+    );
+    let e = check("  environment: {plugin: wordle}\n  environments: {game: {plugin: wordle}}\n")
+        .unwrap_err();
+    assert!(
+        e.contains("grpo.environments") && e.contains("not both"),
+        "{e}"
+    );
+    let e = check("  environments: {\"my game\": {plugin: wordle}}\n").unwrap_err();
+    assert!(e.contains("grpo.environments.my game"), "{e}");
+    let e = check("  environments: {game: {plugin: wordle, reward_weight: .nan}}\n").unwrap_err();
+    assert!(e.contains("grpo.environments.game.reward_weight"), "{e}");
+    let e = check("  environment: {plugin: wordle, episodes_memory_mb: 0}\n").unwrap_err();
+    assert!(e.contains("grpo.environment.episodes_memory_mb"), "{e}");
+    let e = check("  environments: {game: {plugin: ''}}\n").unwrap_err();
+    assert!(e.contains("grpo.environments.game.plugin"), "{e}");
+    // Without an environment, a reward function is still required.
+    let e = check("  num_generations: 8\n").unwrap_err();
+    assert!(e.contains("grpo.rewards"), "{e}");
+}

@@ -230,6 +230,9 @@ pub struct GrpoSection {
     /// An environment each rollout acts in through function calls (TRL's
     /// `environment_factory`); its score is one more reward.
     pub environment: Option<EnvironmentSpec>,
+    /// Several environments by name, each prompt picking one with its `environment`
+    /// column (TRL's dict of factories); each one's score is a reward of its own.
+    pub environments: std::collections::BTreeMap<String, EnvironmentSpec>,
     /// The most rounds of tool calls in one completion (TRL's `max_tool_calling_iterations`).
     pub max_tool_calling_iterations: usize,
     pub scale_rewards: crate::align::ScaleRewards,
@@ -253,6 +256,21 @@ pub struct GrpoSection {
     pub log_completions: Option<usize>,
 }
 
+impl GrpoSection {
+    /// The run's environments in order, each with its name (none for `environment`) and
+    /// its config key.
+    pub fn environment_specs(&self) -> Vec<(Option<String>, String, &EnvironmentSpec)> {
+        match &self.environment {
+            Some(e) => vec![(None, "environment".into(), e)],
+            None => self
+                .environments
+                .iter()
+                .map(|(n, e)| (Some(n.clone()), format!("environments.{n}"), e))
+                .collect(),
+        }
+    }
+}
+
 impl Default for GrpoSection {
     fn default() -> Self {
         Self {
@@ -264,6 +282,7 @@ impl Default for GrpoSection {
             rewards: Vec::new(),
             tools: Vec::new(),
             environment: None,
+            environments: Default::default(),
             max_tool_calling_iterations: 4,
             scale_rewards: crate::align::ScaleRewards::Group,
             loss_type: crate::align::GrpoLoss::Dapo,
