@@ -280,6 +280,29 @@ pub fn loopback_json_server(
 
 pub use galley_train::testing::HERMES_TEMPLATE;
 
+/// A one-step GRPO run of `model` on `prompts.jsonl` (2 prompts x 2 completions, nearly
+/// greedy, full fine-tuning into `grpo/`), with `plugins` — YAML lines under `grpo:` (its
+/// rewards, tools, environments) — appended.
+pub fn grpo_yaml(model: &str, plugins: &str) -> String {
+    format!(
+        "model: {{path: {model}}}
+data: {{train: {{path: prompts.jsonl}}, max_length: 1024}}
+training:
+  method: grpo
+  tuning: full
+  output_dir: grpo
+  batch_size: 4
+  max_steps: 1
+  learning_rate: 0.0001
+  eval_on_start: false
+grpo:
+  num_generations: 2
+  max_completion_length: 96
+  temperature: 0.05
+{plugins}"
+    )
+}
+
 /// Full fine-tuning of `dir/model` on `dir/sft.jsonl` into `dir/sft/model`: 120 steps at a
 /// high constant rate, enough for a tiny model to learn the few rows by heart (the tool
 /// and environment tests teach one to call a function this way).

@@ -68,27 +68,12 @@ fn taught_model(d: &Path, tools: &serde_json::Value) {
 }
 
 fn grpo_config(model: &str, tool: &Path) -> String {
-    format!(
-        "model: {{path: {model}}}
-data: {{train: {{path: prompts.jsonl}}, max_length: 1024}}
-training:
-  method: grpo
-  tuning: full
-  output_dir: grpo
-  batch_size: 4
-  max_steps: 1
-  learning_rate: 0.0001
-  eval_on_start: false
-grpo:
-  num_generations: 2
-  max_completion_length: 96
-  temperature: 0.05
-  rewards:
-    - builtin: exact_match
-  tools:
-    - plugin: {tool}
-",
-        tool = tool.display()
+    grpo_yaml(
+        model,
+        &format!(
+            "  rewards:\n    - builtin: exact_match\n  tools:\n    - plugin: {}\n",
+            tool.display()
+        ),
     )
 }
 

@@ -92,10 +92,6 @@ impl MemoryPool {
             .map_or(16 << 30, |kib| kib * 1024 / 2)
     }
 
-    pub fn cap(&self) -> u64 {
-        self.cap
-    }
-
     /// Bytes the instances drawing on it hold now.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)

@@ -26,6 +26,7 @@ use galley_core::{Message, Metadata, RewardFn, RewardGroup};
 use galley_model::answer::AnswerReader;
 use galley_model::json_schema::Json;
 use galley_model::{ChatTemplate, Llama, SamplingParams, Tokenizer, generate};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
@@ -175,11 +176,11 @@ struct Row {
 }
 
 /// The rollouts of one data step, split by micro-batch.
-struct Rollouts {
+struct Rollouts<'a> {
     key: usize,
     /// The step's prompts, one per group, as the model was asked them (an environment's
     /// start appended).
-    asked: Vec<Prompt>,
+    asked: Vec<Cow<'a, Prompt>>,
     micros: Vec<Vec<Row>>,
     whole: Whole,
     metrics: Extra,
@@ -200,7 +201,7 @@ pub struct GrpoTask<'a> {
     /// Each function's name in metrics and completions.jsonl (a repeated one gets `#2`...).
     labels: Vec<String>,
     weights: Vec<f64>,
-    state: RefCell<Option<Rollouts>>,
+    state: RefCell<Option<Rollouts<'a>>>,
     /// How completions are read as assistant turns for reward functions (`None`: no chat
     /// template, so a completion is its text).
     reader: Option<AnswerReader>,
@@ -314,7 +315,7 @@ impl<'a> GrpoTask<'a> {
     fn read(
         &self,
         groups: &[(usize, &[galley_model::Completion])],
-        set: &[Prompt],
+        set: &[Cow<'_, Prompt>],
         exchanges: &[Exchange],
     ) -> Vec<Option<Message>> {
         let mut ex = exchanges.iter();
@@ -340,7 +341,7 @@ impl<'a> GrpoTask<'a> {
     fn tool_turns(
         &self,
         engine: &Llama,
-        asked: &[Prompt],
+        asked: &[Cow<'_, Prompt>],
         per: usize,
         outs: &mut [galley_model::Completion],
         sampling: &SamplingParams,
@@ -387,7 +388,7 @@ impl<'a> GrpoTask<'a> {
         step: usize,
         groups: &[(usize, &[galley_model::Completion])],
         read: &[Option<Message>],
-        set: &[Prompt],
+        set: &[Cow<'_, Prompt>],
     ) -> Result<rewards::Scored> {
         let mut read = read.iter();
         let batch: Vec<RewardGroup<'_>> = groups
@@ -418,7 +419,7 @@ impl<'a> GrpoTask<'a> {
         &self,
         model: &TrainModel,
         rows: &[&Row],
-        asked: &[Prompt],
+        asked: &[Cow<'_, Prompt>],
         adapters: bool,
     ) -> Result<Vec<Vec<f64>>> {
         let samples: Vec<Sample> = rows.iter().map(|r| self.sample(r, asked)).collect();
@@ -445,7 +446,7 @@ impl<'a> GrpoTask<'a> {
             .collect())
     }
 
-    fn sample(&self, r: &Row, asked: &[Prompt]) -> Sample {
+    fn sample(&self, r: &Row, asked: &[Cow<'_, Prompt>]) -> Sample {
         let p = &asked[r.prompt].ids;
         let mut ids = p.clone();
         ids.extend(&r.tokens);
@@ -484,7 +485,7 @@ impl<'a> GrpoTask<'a> {
         step: usize,
         key: usize,
         micros: &[Vec<usize>],
-    ) -> Result<Rollouts> {
+    ) -> Result<Rollouts<'a>> {
         let g = self.cfg.num_generations;
         let t0 = Instant::now();
         let engine = self.engine(model)?;
@@ -670,7 +671,7 @@ impl<'a> GrpoTask<'a> {
     fn write_completions(
         &self,
         step: usize,
-        asked: &[Prompt],
+        asked: &[Cow<'_, Prompt>],
         rows: &[Row],
         outs: &[galley_model::Completion],
         read: &[Option<Message>],

@@ -5,6 +5,7 @@
 use super::{GrpoTask, Prompt};
 use crate::error::{Result, TrainError};
 use crate::rewards;
+use std::borrow::Cow;
 
 /// The episodes of a step, ended: how many environments the run has, and per row its
 /// environment and the episode's score (`None`: the row had no episode).
@@ -22,14 +23,16 @@ impl GrpoTask<'_> {
     /// The prompts of a step, `set`'s `order`, as the model is asked them: where the run
     /// has an environment, `per` episodes start for each (its row, and a seed from `stream`
     /// and the prompt), and the text they add is appended to the prompt's last message.
-    pub(super) fn ask(
+    /// A prompt is copied only where a start changes it; the others are borrowed.
+    pub(super) fn ask<'s>(
         &self,
-        set: &[Prompt],
+        set: &'s [Prompt],
         order: &[usize],
         per: usize,
         stream: u64,
-    ) -> Result<Vec<Prompt>> {
-        let mut asked: Vec<Prompt> = order.iter().map(|&p| set[p].clone()).collect();
+    ) -> Result<Vec<Cow<'s, Prompt>>> {
+        let mut asked: Vec<Cow<'s, Prompt>> =
+            order.iter().map(|&p| Cow::Borrowed(&set[p])).collect();
         let Some((toolbox, template)) = &self.tools else {
             return Ok(asked);
         };
@@ -53,6 +56,7 @@ impl GrpoTask<'_> {
         let thinks = galley_model::reasoning::template_thinks(&template.source);
         for (q, text) in asked.iter_mut().zip(shown) {
             let Some(text) = text else { continue };
+            let q = q.to_mut();
             let env = toolbox.describe(q.env.expect("a prompt with a start has an environment"));
             let bad = |msg: String| TrainError::Data {
                 at: q.at.clone(),
@@ -103,7 +107,7 @@ impl GrpoTask<'_> {
         scored: &mut rewards::Scored,
         (envs, ended): Ended,
         step: usize,
-        asked: &[Prompt],
+        asked: &[Cow<'_, Prompt>],
         per: usize,
     ) -> Result<()> {
         // One column per environment, in the run's order; a row scores only in its own.
