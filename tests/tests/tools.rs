@@ -139,6 +139,13 @@ fn grpo_runs_the_calls_the_model_makes_and_trains_on_its_own_tokens_only() {
         .unwrap_or_else(|| panic!("no tool metrics in {metrics:?}"));
     assert_eq!(step["tools/call_frequency"], 1.0, "{step}");
     assert_eq!(step["tools/failure_frequency"], 0.0, "{step}");
+    // The turn after the result resumed from what the first turn had seen: only the end of
+    // the turn and the tool turn were prefilled again, not the prompt and the call.
+    let (prefilled, resumed) = (
+        step["tools/prefill_tokens"].as_f64().unwrap(),
+        step["tools/resumed_tokens"].as_f64().unwrap(),
+    );
+    assert!(prefilled > 0.0 && resumed > 2.0 * prefilled, "{step}");
 }
 
 /// A template that cannot show the model tools, or a plugin of another kind, is refused

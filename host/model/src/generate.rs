@@ -2,12 +2,14 @@
 //! (left-padded into one batch sharing a KV cache), with the sampling of `sample.rs`, stop
 //! tokens and stop strings, a token budget, a streaming callback, and each chosen token's
 //! log-probability under the model (what the trainers of GRPO and DPO need); optionally held
-//! to JSON or a JSON schema ([`generate_guided`]).
+//! to JSON or a JSON schema ([`generate_guided`]); optionally keeping what finished sequences
+//! have seen, so that a later generation continuing them (a rollout's next turn, after its
+//! tool results) prefills only what is new ([`generate_resuming`]).
 
 use crate::decode::Decoder;
 use crate::error::Result;
 use crate::json_schema::Guide;
-use crate::model::Llama;
+use crate::model::{Cache, Llama};
 use crate::sample::{Sampler, SamplingParams, logprob};
 use crate::tokenizer::{TextStream, Tokenizer};
 
@@ -29,6 +31,9 @@ pub struct Completion {
     /// `log p(token)` under the model's distribution (temperature 1, no filtering), per token.
     pub logprobs: Vec<f32>,
     pub prompt_tokens: usize,
+    /// Of `prompt_tokens`, those whose keys and values came from a kept cache
+    /// ([`generate_resuming`]) and were not prefilled again.
+    pub cached_tokens: usize,
     pub finish: Finish,
 }
 
@@ -37,6 +42,7 @@ pub type OnText<'a> = dyn FnMut(usize, &str) + 'a;
 
 struct Row {
     prompt: Vec<u32>,
+    cached: usize,
     tokens: Vec<u32>,
     logprobs: Vec<f32>,
     out: Output,
@@ -167,6 +173,7 @@ pub fn generate_guided(
     guide: &Guide,
     on_text: &mut OnText<'_>,
 ) -> Result<Vec<Completion>> {
+    let resume = Resume::default();
     run(
         model,
         tok,
@@ -174,8 +181,10 @@ pub fn generate_guided(
         params,
         SHARE_PREFIX_FROM,
         Some(guide),
+        resume,
         on_text,
     )
+    .map(|(c, _)| c)
 }
 
 /// `generate`, with the prompts' common prefix computed once when it is at least
@@ -188,9 +197,90 @@ pub fn generate_sharing(
     share_from: usize,
     on_text: &mut OnText<'_>,
 ) -> Result<Vec<Completion>> {
-    run(model, tok, prompts, params, share_from, None, on_text)
+    let resume = Resume::default();
+    run(
+        model, tok, prompts, params, share_from, None, resume, on_text,
+    )
+    .map(|(c, _)| c)
 }
 
+/// The keys and values of the tokens a finished sequence was fed (its prompt and its
+/// completion but the last token, which was sampled and not fed yet), for a later generation
+/// whose prompt continues them.
+#[derive(Clone)]
+pub struct Kept {
+    ids: Vec<u32>,
+    cache: Cache,
+}
+
+impl Kept {
+    /// The tokens whose keys and values are held.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
+    /// Whether `prompt` can resume from this: it starts with these tokens and has at least
+    /// one more (the first new token's logits come from feeding it).
+    fn continued_by(&self, prompt: &[u32]) -> bool {
+        prompt.len() > self.ids.len() && prompt.starts_with(&self.ids)
+    }
+}
+
+/// Which sequences keep their caches when they finish ([`generate_resuming`]): called with
+/// the row, its text and how it ended. Keeping costs memory (SmolLM2-135M in f32: 46 KB a
+/// token), so a caller keeps only the sequences it will continue.
+pub type KeepIf<'a> = dyn Fn(usize, &str, Finish) -> bool + 'a;
+
+#[derive(Default)]
+struct Resume<'a> {
+    from: Vec<Option<Kept>>,
+    keep_if: Option<&'a KeepIf<'a>>,
+}
+
+/// [`generate`], where `from[i]` (when given and `prompts[i]` continues its tokens) spares
+/// prefilling what row i has already seen, and which returns, for each row `keep_if` picks
+/// as it finishes, what it has seen in turn (`None` for the others). A `from` that `prompts[i]`
+/// does not continue is ignored (the row is prefilled whole), so a stale cache costs time,
+/// never a wrong result. On a GPU, where the steps after the prefill replay one CUDA graph,
+/// nothing is kept: the next generation prefills again.
+pub fn generate_resuming(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    from: Vec<Option<Kept>>,
+    params: &SamplingParams,
+    keep_if: &KeepIf<'_>,
+    on_text: &mut OnText<'_>,
+) -> Result<(Vec<Completion>, Vec<Option<Kept>>)> {
+    if !from.is_empty() && from.len() != prompts.len() {
+        return Err(crate::error::ModelError::Invalid(format!(
+            "{} kept caches for {} prompts",
+            from.len(),
+            prompts.len()
+        )));
+    }
+    let resume = Resume {
+        from,
+        keep_if: Some(keep_if),
+    };
+    run(
+        model,
+        tok,
+        prompts,
+        params,
+        SHARE_PREFIX_FROM,
+        None,
+        resume,
+        on_text,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run(
     model: &Llama,
     tok: &Tokenizer,
@@ -198,10 +288,11 @@ fn run(
     params: &SamplingParams,
     share_from: usize,
     guide: Option<&Guide>,
+    mut resume: Resume<'_>,
     on_text: &mut OnText<'_>,
-) -> Result<Vec<Completion>> {
+) -> Result<(Vec<Completion>, Vec<Option<Kept>>)> {
     if prompts.is_empty() {
-        return Ok(vec![]);
+        return Ok((vec![], vec![]));
     }
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         return Err(crate::error::ModelError::Invalid(format!(
@@ -222,6 +313,7 @@ fn run(
         .enumerate()
         .map(|(i, p)| Row {
             prompt: p.clone(),
+            cached: 0,
             tokens: vec![],
             logprobs: vec![],
             out: Output::default(),
@@ -244,10 +336,23 @@ fn run(
         })
         .collect();
     let pad_id = eos.first().copied().unwrap_or(0);
+    // What each distinct prompt resumes from: the first kept cache of its rows that it
+    // continues.
+    let mut resumed: Vec<Option<Kept>> = vec![None; distinct.len()];
+    for (i, k) in std::mem::take(&mut resume.from).into_iter().enumerate() {
+        let d = of[i];
+        if resumed[d].is_none() && k.as_ref().is_some_and(|k| k.continued_by(distinct[d])) {
+            resumed[d] = k;
+        }
+    }
+    let resuming = resumed.iter().any(Option::is_some);
+    for (r, &d) in rows.iter_mut().zip(&of) {
+        r.cached = resumed[d].as_ref().map_or(0, |k| k.ids.len());
+    }
     // The prefix every distinct prompt starts with, each keeping a token of its own (its
     // prefill gives the first logits). Left padding then sits between the prefix and a row's
     // own tokens: positions count real tokens only, so each row decodes as if alone.
-    let shared = if distinct.len() > 1 {
+    let shared = if distinct.len() > 1 && !resuming {
         let lcp = distinct[1..].iter().fold(distinct[0].len(), |n, p| {
             n.min(
                 distinct[0]
@@ -263,9 +368,21 @@ fn run(
         None
     };
     let skip = shared.unwrap_or(0);
-    let own: Vec<&[u32]> = distinct.iter().map(|p| &p[skip..]).collect();
+    let own: Vec<&[u32]> = distinct
+        .iter()
+        .zip(&resumed)
+        .map(|(p, k)| &p[k.as_ref().map_or(skip, |k| k.ids.len())..])
+        .collect();
     let (mut input, pad) = crate::model::left_pad(&own, pad_id);
     let mut cache = match shared {
+        // Each row's own cache, stacked (left-padded to the longest); a row with nothing to
+        // resume from starts as all padding and is prefilled whole.
+        None if resuming => Cache::stack(
+            resumed
+                .into_iter()
+                .map(|k| k.map_or_else(|| model.new_cache_with(1, 1), |k| k.cache))
+                .collect(),
+        )?,
         Some(n) => {
             let mut base = model.new_cache(1);
             model.forward(&[distinct[0][..n].to_vec()], None, &mut base, true)?;
@@ -274,6 +391,7 @@ fn run(
         }
         None => model.new_cache(distinct.len()),
     };
+    let mut kept: Vec<Option<Kept>> = vec![None; rows.len()];
     let mut first = true;
     if params.max_tokens == 0 {
         rows.iter_mut()
@@ -343,6 +461,20 @@ fn run(
                 on_text(i, fresh);
             }
         }
+        if let (Some(keep_if), None) = (resume.keep_if, &decoder) {
+            // Cache row p is row active[p]; it holds the prompt and every token but the last.
+            for (p, &i) in active.iter().enumerate() {
+                let r = &rows[i];
+                if let Some(f) = r.finish
+                    && keep_if(i, r.out.text(), f)
+                {
+                    let mut ids = r.prompt.clone();
+                    ids.extend(&r.tokens[..r.tokens.len() - 1]);
+                    let cache = cache.take_row(p, 64)?;
+                    kept[i] = Some(Kept { ids, cache });
+                }
+            }
+        }
         let keep: Vec<usize> = (0..active.len())
             .filter(|&p| rows[active[p]].finish.is_none())
             .collect();
@@ -355,16 +487,18 @@ fn run(
             .map(|&i| vec![*rows[i].tokens.last().unwrap_or(&pad_id)])
             .collect();
     }
-    Ok(rows
+    let completions = rows
         .into_iter()
         .map(|r| Completion {
             text: r.out.into_text(),
             prompt_tokens: r.prompt.len(),
+            cached_tokens: r.cached,
             tokens: r.tokens,
             logprobs: r.logprobs,
             finish: r.finish.unwrap_or(Finish::Length),
         })
-        .collect())
+        .collect();
+    Ok((completions, kept))
 }
 
 #[cfg(test)]

@@ -42,7 +42,10 @@ pub use chat::ChatTemplate;
 pub use config::{Family, LlamaConfig, RopeScaling};
 pub use engine::NativeEngine;
 pub use error::{ModelError, Result};
-pub use generate::{Completion, Finish, generate, generate_guided, generate_sharing};
+pub use generate::{
+    Completion, Finish, KeepIf, Kept, generate, generate_guided, generate_resuming,
+    generate_sharing,
+};
 pub use load::{
     Checkpoint, LoadOptions, LoadedModel, load, load_adapted, load_stacked, load_with, open,
     open_adapted,

@@ -88,24 +88,40 @@ impl Cache {
         }
         let total = parts.iter().map(Cache::len).max().unwrap_or(0);
         let layers = parts[0].layers.len();
+        if parts.iter().any(|p| p.layers.len() != layers) {
+            candle_core::bail!("joining caches of models with different layer counts");
+        }
         let mut stacked = Vec::with_capacity(layers);
         for layer in 0..layers {
+            // A part that has seen nothing yet (a sequence with nothing to resume from) is
+            // all padding: its shape is any other part's.
+            let Some(like) = parts
+                .iter()
+                .find_map(|p| p.layers[layer].k().ok().flatten())
+            else {
+                candle_core::bail!("joining caches that hold no keys");
+            };
+            let (_, h, _, d) = like.dims4()?;
             let (mut k_rows, mut v_rows) = (Vec::new(), Vec::new());
             for part in &parts {
                 let kv = &part.layers[layer];
-                let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
-                    candle_core::bail!("joining a cache that holds no keys");
-                };
-                let (k, v) = (k.contiguous()?, v.contiguous()?);
                 let missing = total - part.len();
+                let (k, v) = match (kv.k()?, kv.v()?) {
+                    (Some(k), Some(v)) => (k.contiguous()?, v.contiguous()?),
+                    _ if part.is_empty() => {
+                        let z = Tensor::zeros((part.rows(), h, 0, d), like.dtype(), like.device())?;
+                        (z.clone(), z)
+                    }
+                    _ => candle_core::bail!("joining a cache that holds no keys"),
+                };
                 if missing == 0 {
                     k_rows.push(k);
                     v_rows.push(v);
                     continue;
                 }
                 // Left padding along positions, then the part's own keys and values.
-                let (b, h, _, d) = k.dims4()?;
-                let z = Tensor::zeros((b, h, missing, d), k.dtype(), k.device())?;
+                let b = part.rows();
+                let z = Tensor::zeros((b, h, missing, d), like.dtype(), like.device())?;
                 k_rows.push(Tensor::cat(&[&z, &k], 2)?);
                 v_rows.push(Tensor::cat(&[&z, &v], 2)?);
             }
@@ -173,6 +189,41 @@ impl Cache {
         Ok(Cache {
             layers,
             valid: vec![vec![true; to - from]],
+        })
+    }
+
+    /// Row `row`'s real positions (its padding left out) as a one-row cache of its own (a
+    /// copy), with room for `room` more: what a finished sequence has seen, kept for a later
+    /// generation that continues it (a rollout's next turn after its tool results).
+    pub fn take_row(&self, row: usize, room: usize) -> candle_core::Result<Cache> {
+        let Some(valid) = self.valid.get(row) else {
+            candle_core::bail!("cache row {row}: the cache holds {} rows", self.rows());
+        };
+        let real: Vec<u32> = (0..valid.len() as u32)
+            .filter(|&j| valid[j as usize])
+            .collect();
+        let n = real.len();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for kv in &self.layers {
+            let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
+                candle_core::bail!("taking a row of a cache that holds no keys");
+            };
+            let idx = Tensor::from_vec(real.clone(), n, k.device())?;
+            let cut = |t: &Tensor| {
+                let t = t.narrow(0, row, 1)?.contiguous()?;
+                if n == valid.len() {
+                    Ok(t)
+                } else {
+                    t.index_select(&idx, 2)
+                }
+            };
+            let mut copy = KvCache::new(2, n + room.max(1));
+            copy.append(&cut(&k)?, &cut(&v)?)?;
+            layers.push(copy);
+        }
+        Ok(Cache {
+            layers,
+            valid: vec![vec![true; n]],
         })
     }
 

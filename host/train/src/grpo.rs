@@ -336,18 +336,23 @@ impl<'a> GrpoTask<'a> {
             .collect()
     }
 
-    /// Takes each completion of `asked` (`per` a prompt) through its tool calls, where the
-    /// run has tools; the completions then hold the whole exchange.
-    fn tool_turns(
+    /// Samples the completions of `asked` (`per` a prompt) and takes each through its tool
+    /// calls, where the run has tools; the completions then hold the whole exchange. A turn
+    /// with calls keeps its cache, so the next turn prefills only the tools' results.
+    fn sample_turns(
         &self,
         engine: &Llama,
         asked: &[Cow<'_, Prompt>],
         per: usize,
-        outs: &mut [galley_model::Completion],
         sampling: &SamplingParams,
-    ) -> Result<Vec<Exchange>> {
+    ) -> Result<(Vec<galley_model::Completion>, Vec<Exchange>, f64)> {
+        let inputs: Vec<Vec<u32>> = asked
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.ids.clone(), per))
+            .collect();
         let (Some((toolbox, template)), Some(reader)) = (&self.tools, self.reader) else {
-            return Ok(Vec::new());
+            let outs = generate(engine, self.tokenizer, &inputs, sampling, &mut |_, _| {})?;
+            return Ok((outs, Vec::new(), 0.0));
         };
         let asked: Vec<Asked> = asked
             .iter()
@@ -358,17 +363,23 @@ impl<'a> GrpoTask<'a> {
                 tools: p.tools.as_ref(),
             })
             .collect();
-        tool_turns::roll(
+        let tok = self.tokenizer;
+        let (mut outs, kept) =
+            tool_turns::first_turn(engine, tok, reader, &asked, &inputs, sampling)?;
+        let t = Instant::now();
+        let exchanges = tool_turns::roll(
             &mut toolbox.borrow_mut(),
             engine,
-            self.tokenizer,
+            tok,
             template,
             reader,
             &asked,
-            outs,
+            &mut outs,
+            kept,
             sampling,
             self.cfg.max_completion_length,
-        )
+        )?;
+        Ok((outs, exchanges, t.elapsed().as_secs_f64()))
     }
 
     fn completions_path(&self) -> PathBuf {
@@ -492,21 +503,14 @@ impl<'a> GrpoTask<'a> {
         let build_s = t0.elapsed().as_secs_f64();
         let order: Vec<usize> = micros.iter().flatten().copied().collect();
         let asked = self.ask(self.prompts, &order, g, key as u64)?;
-        let inputs: Vec<Vec<u32>> = asked
-            .iter()
-            .flat_map(|p| std::iter::repeat_n(p.ids.clone(), g))
-            .collect();
         let seed = galley_core::seed::derive_seed(
             self.seed,
             &[galley_core::seed::purpose::ROLLOUT, key as u64],
         );
         let t1 = Instant::now();
         let sampling = self.sampling(seed, false);
-        let mut outs = generate(&engine, self.tokenizer, &inputs, &sampling, &mut |_, _| {})?;
-        let gen_s = t1.elapsed().as_secs_f64();
-        let t_tools = Instant::now();
-        let exchanges = self.tool_turns(&engine, &asked, g, &mut outs, &sampling)?;
-        let tools_s = t_tools.elapsed().as_secs_f64();
+        let (outs, exchanges, tools_s) = self.sample_turns(&engine, &asked, g, &sampling)?;
+        let gen_s = t1.elapsed().as_secs_f64() - tools_s;
         drop(engine);
         let groups: Vec<(usize, &[galley_model::Completion])> =
             outs.chunks(g).enumerate().collect();
@@ -620,6 +624,12 @@ impl<'a> GrpoTask<'a> {
                 },
             );
             m.insert("tools_s".into(), tools_s);
+            // What the turns after tool results prefilled, and what they took from the
+            // caches their earlier turns left (as a server's prefix-cache hit rate).
+            let prefilled: usize = exchanges.iter().map(|e| e.prefilled).sum();
+            let resumed: usize = exchanges.iter().map(|e| e.resumed).sum();
+            m.insert("tools/prefill_tokens".into(), prefilled as f64);
+            m.insert("tools/resumed_tokens".into(), resumed as f64);
         }
         m.insert(
             "completions/clipped_ratio".into(),
@@ -858,10 +868,8 @@ impl Task for GrpoTask<'_> {
         let order: Vec<usize> = (0..self.val.len()).collect();
         // Held-out episodes start alike at every evaluation (one seed stream for them all).
         let asked = self.ask(self.val, &order, 1, u64::MAX)?;
-        let inputs: Vec<Vec<u32>> = asked.iter().map(|p| p.ids.clone()).collect();
         let sampling = self.sampling(0, true);
-        let mut outs = generate(&engine, self.tokenizer, &inputs, &sampling, &mut |_, _| {})?;
-        let exchanges = self.tool_turns(&engine, &asked, 1, &mut outs, &sampling)?;
+        let (outs, exchanges, _) = self.sample_turns(&engine, &asked, 1, &sampling)?;
         drop(engine);
         let groups: Vec<(usize, &[galley_model::Completion])> =
             outs.chunks(1).enumerate().collect();

@@ -15,7 +15,9 @@ use crate::error::{Result, TrainError};
 use galley_core::{Environment, Episode, FunctionCall, Message, Tool, ToolCall};
 use galley_model::answer::AnswerReader;
 use galley_model::json_schema::Json;
-use galley_model::{ChatTemplate, Completion, Finish, Llama, SamplingParams, Tokenizer, generate};
+use galley_model::{
+    ChatTemplate, Completion, Finish, Kept, Llama, SamplingParams, Tokenizer, generate_resuming,
+};
 
 /// Private-use characters around an index: where a result goes in the rendered turn.
 const OPEN: char = '\u{E000}';
@@ -413,6 +415,10 @@ pub struct Exchange {
     pub turns: Vec<Message>,
     pub calls: usize,
     pub failures: usize,
+    /// Tokens the turns after tool results prefilled, and those they resumed from a kept
+    /// cache instead (what the earlier turns had already seen).
+    pub prefilled: usize,
+    pub resumed: usize,
 }
 
 impl Exchange {
@@ -433,10 +439,50 @@ pub struct Asked<'a> {
     pub tools: Option<&'a Json>,
 }
 
+/// Whether a turn (its text, whether its prompt left a thinking block open, how it ended)
+/// calls tools: such turns, and only those, go on to a tool round.
+fn calls_tools(
+    reader: AnswerReader,
+    text: &str,
+    opens: bool,
+    tools: Option<&Json>,
+    finish: Finish,
+) -> Option<Message> {
+    let read = (finish == Finish::Eos).then(|| reader.read(text, opens, tools))?;
+    (!read.tool_calls.is_empty()).then_some(read)
+}
+
+/// The first turn of every row of `asked` (`inputs[i]`: row i's prompt), keeping the caches
+/// of the turns that call tools, which [`roll`] then continues without prefilling them again.
+pub fn first_turn(
+    engine: &Llama,
+    tok: &Tokenizer,
+    reader: AnswerReader,
+    asked: &[Asked<'_>],
+    inputs: &[Vec<u32>],
+    sampling: &SamplingParams,
+) -> Result<(Vec<Completion>, Vec<Option<Kept>>)> {
+    let keep_if = |i: usize, text: &str, finish: Finish| {
+        let a = &asked[i];
+        calls_tools(reader, text, a.opens, a.tools, finish).is_some()
+    };
+    let noop = &mut |_: usize, _: &str| {};
+    Ok(generate_resuming(
+        engine,
+        tok,
+        inputs,
+        vec![],
+        sampling,
+        &keep_if,
+        noop,
+    )?)
+}
+
 /// Continues each of `outs` (the first turn of `asked[i]`'s completion) through its tool
 /// calls, in place: a completion that went on holds the whole exchange (tokens, text, the
 /// tool tokens' log-probabilities as 0, the last turn's finish). `budget`: the completion's
-/// tokens in all, as `max_completion_length`.
+/// tokens in all, as `max_completion_length`. `kept[i]`, where given, is what row i's last
+/// turn has seen ([`first_turn`]): its next turn prefills only the tool results.
 #[allow(clippy::too_many_arguments)]
 pub fn roll(
     toolbox: &mut ToolBox,
@@ -446,6 +492,7 @@ pub fn roll(
     reader: AnswerReader,
     asked: &[Asked<'_>],
     outs: &mut [Completion],
+    mut kept: Vec<Option<Kept>>,
     sampling: &SamplingParams,
     budget: usize,
 ) -> Result<Vec<Exchange>> {
@@ -456,16 +503,16 @@ pub fn roll(
             ..Exchange::default()
         })
         .collect();
+    kept.resize(outs.len(), None);
     for round in 0..toolbox.max_iterations {
         // Rows whose last turn ended by the model's own choice with calls in it.
         let mut asking: Vec<(usize, Message)> = Vec::new();
         for (i, (c, e)) in outs.iter().zip(&ex).enumerate() {
-            if c.finish != Finish::Eos {
-                continue;
-            }
-            let read = reader.read(e.last_turn(c), e.last_opens, asked[i].tools);
-            if !read.tool_calls.is_empty() {
-                asking.push((i, read));
+            let text = e.last_turn(c);
+            match calls_tools(reader, text, e.last_opens, asked[i].tools, c.finish) {
+                Some(read) => asking.push((i, read)),
+                // Its exchange is over: what it has seen is not needed again.
+                None => kept[i] = None,
             }
         }
         // Every call of the round, each tool's in one batch.
@@ -492,6 +539,7 @@ pub fn roll(
             // A result that leaves no room: the completion ends at its calls (as TRL rolls
             // back a result past max_completion_length).
             if c.tokens.len() + suffix.len() >= budget {
+                kept[i] = None;
                 continue;
             }
             let mask = e.mask.get_or_insert_with(|| vec![true; c.tokens.len()]);
@@ -525,15 +573,25 @@ pub fn roll(
             ),
             ..sampling.clone()
         };
-        let turns = generate(engine, tok, &inputs, &params, &mut |_, _| {})?;
-        for (i, mut t) in going.into_iter().zip(turns) {
+        let from: Vec<Option<Kept>> = going.iter().map(|&i| kept[i].take()).collect();
+        let keep_if = |j: usize, text: &str, finish: Finish| {
+            let i = going[j];
+            calls_tools(reader, text, ex[i].last_opens, asked[i].tools, finish).is_some()
+        };
+        let noop = &mut |_: usize, _: &str| {};
+        let (turns, seen) = generate_resuming(engine, tok, &inputs, from, &params, &keep_if, noop)?;
+        for ((i, mut t), seen) in going.into_iter().zip(turns).zip(seen) {
             let (c, e) = (&mut outs[i], &mut ex[i]);
             let left = budget - c.tokens.len();
+            kept[i] = seen;
+            e.resumed += t.cached_tokens;
+            e.prefilled += t.prompt_tokens - t.cached_tokens;
             if t.tokens.len() > left {
                 t.tokens.truncate(left);
                 t.logprobs.truncate(left);
                 t.text = tok.decode(&t.tokens, true)?;
                 t.finish = Finish::Length;
+                kept[i] = None;
             }
             if let Some(mask) = &mut e.mask {
                 mask.extend(std::iter::repeat_n(true, t.tokens.len()));
