@@ -11,7 +11,8 @@
 //!   generates with transformers (`bench/tool_rounds_peer.py`, in the same run).
 //!
 //! End-of-sequence tokens are switched off on every side, so each turn is exactly `--turn`
-//! tokens and every side does the same work whatever it samples.
+//! tokens and every side does the same work whatever it samples. Sampling is GRPO's: the
+//! whole distribution at temperature 0.7 (no top-k, top-p or min-p).
 //!
 //! Run: `scripts/bench-tool-rounds.sh [--rounds N] [--turn N] [--prompts N] [--group N]`.
 
@@ -112,6 +113,7 @@ fn main() {
         temperature: 0.7,
         top_k: 0,
         top_p: 1.0,
+        min_p: 0.0,
         max_tokens: turn,
         seed: 1234 + round as u64,
         ..SamplingParams::default()

@@ -141,6 +141,28 @@ fn main() {
         black_box(naive_sample_all(black_box(&logits), 0.5));
     });
     row("draw from the whole vocabulary (TRL's default)", g, n);
+    // vLLM-style settings: min-p with no top-k. Naive: the whole vocabulary sorted (what a
+    // top-k of all but one logit still does).
+    let cut = |top_k| SamplingParams {
+        temperature: 0.8,
+        top_k,
+        top_p: 0.95,
+        min_p: 0.05,
+        ..Default::default()
+    };
+    let mut s = Sampler::new(cut(0), 0);
+    let g = time(2000, || {
+        black_box(s.sample(black_box(&logits), &[], &[]));
+    });
+    let mut s = Sampler::new(cut(vocab - 1), 0);
+    let n = time(2000, || {
+        black_box(s.sample(black_box(&logits), &[], &[]));
+    });
+    row(
+        "draw, min-p 0.05 / top-p 0.95, no top-k (naive: sorted)",
+        g,
+        n,
+    );
     let g = time(2000, || {
         black_box(softmax::top_k(black_box(&logits), 20));
     });

@@ -203,8 +203,17 @@ impl Sampler {
         // Top-k first, from the few logits that can be among the k largest (sorting a whole
         // vocabulary every token costs milliseconds); min-p and top-p then need only the k
         // survivors in order.
-        let kept: Vec<u32> = if p.top_k > 0 && p.top_k < logits.len() {
+        let top_k = p.top_k > 0 && p.top_k < logits.len();
+        let (_, top) = softmax::argmax(logits);
+        // Without top-k, min-p alone bounds what can be drawn: the tokens within its factor of
+        // the most likely one (found in one pass; a little below the bound, so that rounding
+        // never leaves out one the floor below keeps) are sorted, not the whole vocabulary.
+        let bound = top + p.temperature * p.min_p.ln() - 1e-3 * p.temperature.max(1.0);
+        let filtered = !top_k && p.min_p > 0.0 && bound.is_finite();
+        let kept: Vec<u32> = if top_k {
             softmax::top_k(logits, p.top_k)
+        } else if filtered {
+            softmax::at_least(logits, bound)
         } else {
             softmax::top_k(logits, logits.len())
         };
@@ -214,7 +223,12 @@ impl Sampler {
             .collect();
         let max = cand[0].1;
         let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
-        let sum: f64 = probs.iter().sum();
+        // Top-p counts mass over the whole vocabulary, filtered tokens included.
+        let sum: f64 = if filtered && p.top_p < 1.0 {
+            softmax::exp_sum(logits, top, 1.0 / p.temperature)
+        } else {
+            probs.iter().sum()
+        };
         probs.iter_mut().for_each(|x| *x /= sum);
         let mut keep = probs.len();
         if p.min_p > 0.0 {
@@ -278,6 +292,49 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Min-p without top-k finds its candidates in one pass instead of sorting the
+    /// vocabulary: the draws must be those of the sorted path (top-k of all but one logit,
+    /// which min-p cuts anyway), seed for seed, with and without top-p.
+    #[test]
+    fn min_p_draws_as_if_the_whole_vocabulary_were_sorted() {
+        let n = 5000;
+        let logits: Vec<f32> = (0..n)
+            .map(|i| {
+                let u = ((i * 7919) % 10007) as f32 / 10007.0;
+                -6.0 * u + if i % 331 == 0 { 5.0 } else { 0.0 } + if i == 17 { -30.0 } else { 0.0 }
+            })
+            .collect();
+        for (min_p, top_p, t) in [
+            (0.05, 1.0, 1.0),
+            (0.02, 0.9, 0.7),
+            (0.3, 0.5, 1.3),
+            (1.0, 1.0, 1.0),
+        ] {
+            let params = |top_k| SamplingParams {
+                temperature: t,
+                top_k,
+                top_p,
+                min_p,
+                seed: 5,
+                ..SamplingParams::default()
+            };
+            let (mut fast, mut sorted) =
+                (Sampler::new(params(0), 1), Sampler::new(params(n - 1), 1));
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..2000 {
+                let t = fast.sample(&logits, &[], &[]);
+                assert_eq!(
+                    t,
+                    sorted.sample(&logits, &[], &[]),
+                    "min-p {min_p}, top-p {top_p}"
+                );
+                seen.insert(t);
+            }
+            // Draws spread over the candidates (not one token every time), except at min-p 1.
+            assert_eq!(seen.len() > 1, min_p < 1.0, "{seen:?}");
+        }
+    }
 
     /// With nothing cut, draws follow softmax(logits / T) (checked on 40k draws).
     #[test]

@@ -192,6 +192,23 @@ pub fn top_k(xs: &[f32], k: usize) -> Vec<u32> {
     cand
 }
 
+/// Indices of the values at least `floor`, largest first (ties by index), found run by run
+/// as [`top_k`]'s: what min-p sampling can draw, without sorting a whole vocabulary.
+pub fn at_least(xs: &[f32], floor: f32) -> Vec<u32> {
+    let mut maxima = Vec::with_capacity(xs.len().div_ceil(RUN));
+    block_max(xs, &mut maxima);
+    let mut cand: Vec<u32> = Vec::new();
+    for (r, &m) in maxima.iter().enumerate() {
+        if m >= floor {
+            let start = r * RUN;
+            let end = (start + RUN).min(xs.len());
+            cand.extend((start..end).filter(|&i| xs[i] >= floor).map(|i| i as u32));
+        }
+    }
+    cand.sort_unstable_by(|a, b| xs[*b as usize].total_cmp(&xs[*a as usize]).then(a.cmp(b)));
+    cand
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
