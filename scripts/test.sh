@@ -37,7 +37,7 @@ echo "== host workspace"
 cargo test --workspace
 
 echo "== plugin logic, natively"
-cargo test --manifest-path plugins/Cargo.toml --target-dir target/plugins-native -p math-answer -p function-call -p jsonl-chat -p calculator -p wordle --lib
+cargo test --manifest-path plugins/Cargo.toml --target-dir target/plugins-native -p math-answer -p function-call -p jsonl-chat -p calculator -p wordle -p wordle-sft --lib
 
 echo "== SDK documentation examples"
 cargo test --manifest-path sdk/rust/Cargo.toml --target-dir target/sdk-native --all-features --doc

@@ -42,6 +42,11 @@ const WORDS: &[&str] = &[
     "white", "whole", "woman", "world", "worry", "write", "wrong", "young", "youth", "zebra",
 ];
 
+/// The words secrets are drawn from when the settings name none.
+pub fn default_words() -> &'static [&'static str] {
+    WORDS
+}
+
 /// What a letter of a guess says about the secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mark {
