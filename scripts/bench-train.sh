@@ -2,18 +2,13 @@
 # Training speed and memory: galley vs PyTorch + transformers + peft on SmolLM2-135M, full
 # fine-tuning, LoRA and QLoRA, batch 4 x 256, same data, same threads, same run; then checks
 # that peft loads a galley LoRA adapter and agrees with galley's merged model. Builds a venv
-# with torch, transformers, peft and gguf from PyPI into bench/.venv-train (several GB, once),
+# with torch, transformers, peft and gguf from PyPI into bench/.venv-train (scripts/torch-venv.sh, once),
 # or uses GALLEY_TORCH_PYTHON. Run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
 scripts/fetch-data.sh
-py=${GALLEY_TORCH_PYTHON:-bench/.venv-train/bin/python}
-if ! "$py" -c "import torch, transformers, peft, gguf" 2>/dev/null; then
-    python3 -m venv bench/.venv-train
-    bench/.venv-train/bin/pip install --quiet torch transformers peft gguf
-    py=bench/.venv-train/bin/python
-fi
+py=$(scripts/torch-venv.sh)
 cargo build --release -p galley-bench --bin train-bench
 cargo build --release -p galley
 ./target/release/train-bench --python "$py" "$@"

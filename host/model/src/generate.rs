@@ -173,18 +173,11 @@ pub fn generate_guided(
     guide: &Guide,
     on_text: &mut OnText<'_>,
 ) -> Result<Vec<Completion>> {
-    let resume = Resume::default();
-    run(
-        model,
-        tok,
-        prompts,
-        params,
-        SHARE_PREFIX_FROM,
-        Some(guide),
-        resume,
-        on_text,
-    )
-    .map(|(c, _)| c)
+    let how = How {
+        guide: Some(guide),
+        ..How::default()
+    };
+    run(model, tok, prompts, params, how, on_text).map(|(c, _)| c)
 }
 
 /// `generate`, with the prompts' common prefix computed once when it is at least
@@ -197,11 +190,11 @@ pub fn generate_sharing(
     share_from: usize,
     on_text: &mut OnText<'_>,
 ) -> Result<Vec<Completion>> {
-    let resume = Resume::default();
-    run(
-        model, tok, prompts, params, share_from, None, resume, on_text,
-    )
-    .map(|(c, _)| c)
+    let how = How {
+        share_from,
+        ..How::default()
+    };
+    run(model, tok, prompts, params, how, on_text).map(|(c, _)| c)
 }
 
 /// The keys and values of the tokens a finished sequence was fed (its prompt and its
@@ -236,10 +229,26 @@ impl Kept {
 /// token), so a caller keeps only the sequences it will continue.
 pub type KeepIf<'a> = dyn Fn(usize, &str, Finish) -> bool + 'a;
 
-#[derive(Default)]
-struct Resume<'a> {
+/// How one generation runs beyond its prompts and sampling (each public entry point sets
+/// its own part).
+struct How<'a> {
+    /// Prompts sharing at least this many leading tokens have them prefilled once.
+    share_from: usize,
+    guide: Option<&'a Guide>,
+    /// What each row has already seen (empty: nothing).
     from: Vec<Option<Kept>>,
     keep_if: Option<&'a KeepIf<'a>>,
+}
+
+impl Default for How<'_> {
+    fn default() -> Self {
+        Self {
+            share_from: SHARE_PREFIX_FROM,
+            guide: None,
+            from: Vec::new(),
+            keep_if: None,
+        }
+    }
 }
 
 /// [`generate`], where `from[i]` (when given and `prompts[i]` continues its tokens) spares
@@ -264,33 +273,28 @@ pub fn generate_resuming(
             prompts.len()
         )));
     }
-    let resume = Resume {
+    let how = How {
         from,
         keep_if: Some(keep_if),
+        ..How::default()
     };
-    run(
-        model,
-        tok,
-        prompts,
-        params,
-        SHARE_PREFIX_FROM,
-        None,
-        resume,
-        on_text,
-    )
+    run(model, tok, prompts, params, how, on_text)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run(
     model: &Llama,
     tok: &Tokenizer,
     prompts: &[Vec<u32>],
     params: &SamplingParams,
-    share_from: usize,
-    guide: Option<&Guide>,
-    mut resume: Resume<'_>,
+    how: How<'_>,
     on_text: &mut OnText<'_>,
 ) -> Result<(Vec<Completion>, Vec<Option<Kept>>)> {
+    let How {
+        share_from,
+        guide,
+        from,
+        keep_if,
+    } = how;
     if prompts.is_empty() {
         return Ok((vec![], vec![]));
     }
@@ -339,7 +343,7 @@ fn run(
     // What each distinct prompt resumes from: the first kept cache of its rows that it
     // continues.
     let mut resumed: Vec<Option<Kept>> = vec![None; distinct.len()];
-    for (i, k) in std::mem::take(&mut resume.from).into_iter().enumerate() {
+    for (i, k) in from.into_iter().enumerate() {
         let d = of[i];
         if resumed[d].is_none() && k.as_ref().is_some_and(|k| k.continued_by(distinct[d])) {
             resumed[d] = k;
@@ -461,7 +465,7 @@ fn run(
                 on_text(i, fresh);
             }
         }
-        if let (Some(keep_if), None) = (resume.keep_if, &decoder) {
+        if let (Some(keep_if), None) = (keep_if, &decoder) {
             // Cache row p is row active[p]; it holds the prompt and every token but the last.
             for (p, &i) in active.iter().enumerate() {
                 let r = &rows[i];

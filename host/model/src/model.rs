@@ -203,18 +203,21 @@ impl Cache {
             .filter(|&j| valid[j as usize])
             .collect();
         let n = real.len();
+        // The positions to gather, made once on the cache's device (none: no padding).
+        let mut idx: Option<Tensor> = None;
         let mut layers = Vec::with_capacity(self.layers.len());
         for kv in &self.layers {
             let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
                 candle_core::bail!("taking a row of a cache that holds no keys");
             };
-            let idx = Tensor::from_vec(real.clone(), n, k.device())?;
+            if idx.is_none() && n < valid.len() {
+                idx = Some(Tensor::from_vec(real.clone(), n, k.device())?);
+            }
             let cut = |t: &Tensor| {
                 let t = t.narrow(0, row, 1)?.contiguous()?;
-                if n == valid.len() {
-                    Ok(t)
-                } else {
-                    t.index_select(&idx, 2)
+                match &idx {
+                    Some(idx) => t.index_select(idx, 2),
+                    None => Ok(t),
                 }
             };
             let mut copy = KvCache::new(2, n + room.max(1));

@@ -204,18 +204,20 @@ impl Sampler {
         // vocabulary every token costs milliseconds); min-p and top-p then need only the k
         // survivors in order.
         let top_k = p.top_k > 0 && p.top_k < logits.len();
-        let (_, top) = softmax::argmax(logits);
         // Without top-k, min-p alone bounds what can be drawn: the tokens within its factor of
         // the most likely one (found in one pass; a little below the bound, so that rounding
         // never leaves out one the floor below keeps) are sorted, not the whole vocabulary.
-        let bound = top + p.temperature * p.min_p.ln() - 1e-3 * p.temperature.max(1.0);
-        let filtered = !top_k && p.min_p > 0.0 && bound.is_finite();
-        let kept: Vec<u32> = if top_k {
-            softmax::top_k(logits, p.top_k)
-        } else if filtered {
-            softmax::at_least(logits, bound)
-        } else {
-            softmax::top_k(logits, logits.len())
+        let min_p_bound = (!top_k && p.min_p > 0.0)
+            .then(|| {
+                let (_, top) = softmax::argmax(logits);
+                top + p.temperature * p.min_p.ln() - 1e-3 * p.temperature.max(1.0)
+            })
+            .filter(|b| b.is_finite());
+        let filtered = min_p_bound.is_some();
+        let kept: Vec<u32> = match min_p_bound {
+            Some(bound) => softmax::at_least(logits, bound),
+            None if top_k => softmax::top_k(logits, p.top_k),
+            None => softmax::top_k(logits, logits.len()),
         };
         let cand: Vec<(u32, f32)> = kept
             .into_iter()
@@ -225,7 +227,7 @@ impl Sampler {
         let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
         // Top-p counts mass over the whole vocabulary, filtered tokens included.
         let sum: f64 = if filtered && p.top_p < 1.0 {
-            softmax::exp_sum(logits, top, 1.0 / p.temperature)
+            softmax::exp_sum(logits, logits[cand[0].0 as usize], 1.0 / p.temperature)
         } else {
             probs.iter().sum()
         };

@@ -7,22 +7,10 @@ use galley_model::{LoadOptions, load, load_with};
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{HEAVY, smollm2};
+use common::{HEAVY, rel_err, smollm2};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// max |a - b| / max |b|: relative to the logits' scale, so near-zero logits do not dominate.
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
-    diff / scale
 }
 
 fn logits_of(

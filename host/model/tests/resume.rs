@@ -6,23 +6,12 @@
 use galley_model::{Finish, Kept, SamplingParams, generate_resuming, generate_sharing, load};
 use std::path::PathBuf;
 
-/// One model test at a time: candle's threads spin-wait.
-static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+mod common;
+use common::{HEAVY, rel_err};
 
 fn tiny(name: &str) -> galley_model::LoadedModel {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
     load(&dir.join(name), &galley_model::default_device()).unwrap()
-}
-
-/// max |a - b| / max |b|.
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    diff / b.iter().map(|y| y.abs()).fold(1e-6, f32::max)
 }
 
 fn check(name: &str) {

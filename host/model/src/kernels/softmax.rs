@@ -164,31 +164,16 @@ pub fn top_k(xs: &[f32], k: usize) -> Vec<u32> {
     } else {
         f32::NEG_INFINITY
     };
-    // Only runs whose maximum reaches the floor can hold candidates.
-    let mut cand: Vec<u32> = Vec::with_capacity(4 * k);
-    for (r, &m) in maxima.iter().enumerate() {
-        if m >= floor {
-            let start = r * RUN;
-            let end = (start + RUN).min(xs.len());
-            cand.extend((start..end).filter(|&i| xs[i] >= floor).map(|i| i as u32));
-        }
-    }
+    let mut cand = in_runs_reaching(xs, &maxima, floor);
     if cand.len() < k {
         // Fewer than k numbers (NaN): every index is a candidate, NaN ranked last.
         cand = (0..xs.len() as u32).collect();
     }
-    let desc = |a: &u32, b: &u32| {
-        let (x, y) = (xs[*a as usize], xs[*b as usize]);
-        // NaN after everything (-inf included), then larger first, then by index.
-        (x.is_nan().cmp(&y.is_nan()))
-            .then(y.total_cmp(&x))
-            .then(a.cmp(b))
-    };
     if cand.len() > k {
-        cand.select_nth_unstable_by(k - 1, desc);
+        cand.select_nth_unstable_by(k - 1, |a, b| descending(xs, a, b));
         cand.truncate(k);
     }
-    cand.sort_unstable_by(desc);
+    cand.sort_unstable_by(|a, b| descending(xs, a, b));
     cand
 }
 
@@ -197,7 +182,15 @@ pub fn top_k(xs: &[f32], k: usize) -> Vec<u32> {
 pub fn at_least(xs: &[f32], floor: f32) -> Vec<u32> {
     let mut maxima = Vec::with_capacity(xs.len().div_ceil(RUN));
     block_max(xs, &mut maxima);
-    let mut cand: Vec<u32> = Vec::new();
+    let mut cand = in_runs_reaching(xs, &maxima, floor);
+    cand.sort_unstable_by(|a, b| descending(xs, a, b));
+    cand
+}
+
+/// The indices of values at least `floor`, looked for only in the [`RUN`]-value runs whose
+/// maximum (`maxima`, from `block_max`) reaches it.
+fn in_runs_reaching(xs: &[f32], maxima: &[f32], floor: f32) -> Vec<u32> {
+    let mut cand = Vec::new();
     for (r, &m) in maxima.iter().enumerate() {
         if m >= floor {
             let start = r * RUN;
@@ -205,8 +198,16 @@ pub fn at_least(xs: &[f32], floor: f32) -> Vec<u32> {
             cand.extend((start..end).filter(|&i| xs[i] >= floor).map(|i| i as u32));
         }
     }
-    cand.sort_unstable_by(|a, b| xs[*b as usize].total_cmp(&xs[*a as usize]).then(a.cmp(b)));
     cand
+}
+
+/// The candidates' order: NaN after everything (-inf included), then larger first, then by
+/// index.
+fn descending(xs: &[f32], a: &u32, b: &u32) -> std::cmp::Ordering {
+    let (x, y) = (xs[*a as usize], xs[*b as usize]);
+    (x.is_nan().cmp(&y.is_nan()))
+        .then(y.total_cmp(&x))
+        .then(a.cmp(b))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Shared by the model test files: where the real model is, and the lock that runs model tests
-//! one at a time.
+//! one at a time, and how far apart two rows of numbers are. (Each test file uses part of it.)
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -20,4 +21,16 @@ pub fn smollm2() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// max |a - b| / max |b|: relative to the logits' scale, so near-zero logits do not dominate.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    diff / scale
 }
