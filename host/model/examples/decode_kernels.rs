@@ -2,14 +2,17 @@
 //! fused QKV, output, fused gate/up and down projections, and the 49k-row LM head), random
 //! weights, every layer a different matrix (so the weights stream from memory as in a real
 //! step, not from a warm cache), for `n` activation rows at once. Per kernel: galley's Q4_1
-//! layers with the Q8_0 head (what a Q4_1 GGUF runs), its f32 kernel, and candle's f32 GEMM
-//! (what `--dense-batches` copies run): the figures that set `DENSE_CACHED_FROM_ROWS`. A
+//! layers with the Q8_0 head (what a Q4_1 GGUF runs), its f32 kernel, candle's f32 GEMM, and
+//! the gemm path `layers::linear` takes past `SKINNY_ROWS` (by blocks of output columns, the
+//! head through a transposed copy): the figures that set `DENSE_CACHED_FROM_ROWS` and
+//! `SKINNY_ROWS`. A
 //! diagnostic, not a peer comparison (model-bench and serve_bench.py compare with llama.cpp).
 //!
 //!     RAYON_NUM_THREADS=2 cargo run --release -p galley-model --example decode_kernels [N ...]
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use galley_model::cpu;
 use galley_model::kernels::{f32_matmul, q4_1_matmul, q8_0_matmul_f32};
 use std::time::Instant;
 
@@ -62,7 +65,9 @@ fn main() {
         .map(|(i, w)| Tensor::from_slice(w, SHAPES[i % 4], &dev).unwrap())
         .collect();
     let headt = Tensor::from_slice(&headf, HEAD, &dev).unwrap();
-    println!("rows   q4_1 + q8_0 head   f32 kernel   candle f32 GEMM   (ms per step)");
+    println!(
+        "rows   q4_1 + q8_0 head   f32 kernel   candle f32 GEMM   galley f32 GEMM   (ms per step)"
+    );
     for n in ns {
         let x: [Vec<f32>; 2] = [values(n * 576, 1), values(n * 1536, 2)];
         let xin = |k: usize| if k == 576 { &x[0] } else { &x[1] };
@@ -95,6 +100,21 @@ fn main() {
             }
             std::hint::black_box(xt[0].matmul(&headt.t().unwrap()).unwrap());
         });
-        println!("{n:>4} {q:>18.2} {f:>12.2} {g:>17.2}");
+        // What `layers::linear` runs past SKINNY_ROWS: gemm by blocks of output columns over
+        // the untransposed weight (the head through its transposed copy).
+        let headtr: Vec<f32> = (0..HEAD.1)
+            .flat_map(|c| (0..HEAD.0).map(move |r| (r, c)))
+            .map(|(r, c)| headf[r * HEAD.1 + c])
+            .collect();
+        let b = time(|| {
+            for (i, w) in f32w.iter().enumerate() {
+                let (rows, k) = SHAPES[i % 4];
+                let a = cpu::rm(xin(k), k);
+                std::hint::black_box(cpu::product_by_columns(n, rows, k, a, cpu::tr(w, k), 1.0));
+            }
+            let (a, h) = (cpu::rm(&x[0], HEAD.1), cpu::rm(&headtr, HEAD.0));
+            std::hint::black_box(cpu::product_by_columns(n, HEAD.0, HEAD.1, a, h, 1.0));
+        });
+        println!("{n:>4} {q:>18.2} {f:>12.2} {g:>17.2} {b:>16.2}");
     }
 }

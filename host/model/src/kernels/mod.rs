@@ -82,8 +82,9 @@ use q8_0::BLOCK_BYTES as Q8_0_BLOCK_BYTES;
 
 pub const QK: usize = 32;
 
-/// Activation rows a weight row meets at once: the AVX-512 kernels keep two accumulators per
-/// row, 16 registers at four rows, beside the unpacked weights.
+/// Activation rows a weight row meets at once: the quantized AVX-512 kernels keep two
+/// accumulators per row, 16 registers at four rows, beside the unpacked weights (the f32
+/// kernel one per product, for four weight rows at once: `f32::TILE`).
 const GROUP: usize = 4;
 
 /// How far ahead of the block being multiplied the kernels ask for weight bytes. Decoding
@@ -267,8 +268,32 @@ pub fn q8_0_matmul_f32(x: &[f32], n: usize, k: usize, w: &[u8], rows: usize) -> 
 pub fn f32_matmul(x: &[f32], n: usize, k: usize, w: &[f32], rows: usize) -> Vec<f32> {
     assert!(k > 0 && x.len() == n * k && w.len() == rows * k);
     let acts: Vec<&[f32]> = x.chunks_exact(k).collect();
-    let row_bytes = k * std::mem::size_of::<f32>();
-    drive(f32::rows, row_bytes, &acts, bytemuck::cast_slice(w), rows)
+    let mut out = vec![0f32; n * rows];
+    let pool = crate::pool::Pool::global();
+    let per = rows.div_ceil(pool.parts());
+    let dst = SendPtr(out.as_mut_ptr());
+    pool.run(&|part, _| {
+        let end = ((part + 1) * per).min(rows);
+        let mut row = (part * per).min(rows);
+        let mut got = [[0f32; GROUP]; f32::TILE];
+        while row < end {
+            let t = (end - row).min(f32::TILE);
+            let ws: [&[f32]; f32::TILE] =
+                std::array::from_fn(|i| &w[(row + i.min(t - 1)) * k..][..k]);
+            for (g, some) in acts.chunks(GROUP).enumerate() {
+                f32::tile(&ws[..t], some, &mut got);
+                for (i, products) in got[..t].iter().enumerate() {
+                    for (j, v) in products[..some.len()].iter().enumerate() {
+                        // SAFETY: `(g * GROUP + j) * rows + row + i` is inside `out` (len
+                        // n * rows), and only this part writes rows start..end.
+                        unsafe { *dst.get().add((g * GROUP + j) * rows + row + i) = *v };
+                    }
+                }
+            }
+            row += t;
+        }
+    });
+    out
 }
 
 /// The block formats galley's kernels multiply.

@@ -56,6 +56,23 @@ fn f32_matmul_matches_the_exact_product() {
             assert_eq!(got[i * rows + r].to_bits(), portable.to_bits(), "{i},{r}");
         }
     }
+    // The AVX2 path too (this machine may run the AVX-512 one), every group size.
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        let xs: Vec<&[f32]> = x.chunks_exact(k).collect();
+        for r in 0..rows {
+            let wr = &w[r * k..(r + 1) * k];
+            for g in 1..=n {
+                let mut v2 = [0f32; super::GROUP];
+                // SAFETY: the CPU has AVX2 and FMA (checked); every row is k long.
+                unsafe { super::f32::by_avx2(wr, &xs[..g], &mut v2) };
+                for i in 0..g {
+                    let portable = super::f32::dot_portable(wr, xs[i]);
+                    assert_eq!(v2[i].to_bits(), portable.to_bits(), "avx2 {g}: {i},{r}");
+                }
+            }
+        }
+    }
     let one = f32_matmul(&x[k..2 * k], 1, k, &w, rows);
     assert_eq!(
         one,
