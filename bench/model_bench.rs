@@ -6,7 +6,11 @@
 //! llama.cpp's own `llama-bench` (C++, no Python between the steps; scripts/llama-cpp.sh builds
 //! it into bench/.llama-cpp/bin; its mean of 3 runs), the figure llama.cpp users quote.
 //!
-//! Usage: model-bench [GGUF] (default .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf);
+//! With `--depth N,M,...`, decode at depth instead (llama-bench's `-d`): tg128 after N tokens
+//! already in the cache (their prefill untimed), galley against llama-bench only, each depth
+//! one row: where attention over a long cache, not the weights, sets a step's time.
+//!
+//! Usage: model-bench [GGUF] [--depth N,...] (default .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf);
 //! GALLEY_BENCH_PYTHON names the peer's Python (default bench/.venv-llama/bin/python),
 //! GALLEY_LLAMA_BENCH the llama-bench binary (default bench/.llama-cpp/bin/llama-bench; the
 //! column is left out when it is missing).
@@ -31,8 +35,17 @@ fn best(reps: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let gguf = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let depths: Option<Vec<usize>> = args.iter().position(|a| a == "--depth").map(|i| {
+        let list = args.get(i + 1).expect("--depth N,M,...");
+        list.split(',')
+            .map(|d| d.parse().expect("--depth: token counts"))
+            .collect()
+    });
+    let gguf = args
+        .iter()
+        .take_while(|a| *a != "--depth")
+        .next()
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     let threads = std::thread::available_parallelism()
@@ -42,6 +55,10 @@ fn main() {
     let m = galley_model::load(&gguf, &dev).expect("model loads");
     let vocab = m.model.config.vocab_size as u32;
     let prompt: Vec<u32> = (0..PP as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+
+    if let Some(depths) = depths {
+        return at_depths(&root, &gguf, &m.model, threads, &depths);
+    }
 
     let pp_s = best(REPS, || {
         let mut cache = m.model.new_cache(1);
@@ -109,12 +126,83 @@ fn main() {
     }
 }
 
-/// llama-bench's mean pp and tg tokens/s (3 runs) on the same GGUF and threads, when built.
-fn llama_bench(
+/// tg128 at each depth: galley's best of 3 (each after prefilling the depth's tokens again,
+/// untimed) against llama-bench's mean of 3 with `-d`.
+fn at_depths(
+    root: &std::path::Path,
+    gguf: &std::path::Path,
+    model: &galley_model::Llama,
+    threads: usize,
+    depths: &[usize],
+) {
+    let vocab = model.config.vocab_size as u32;
+    println!("model: {} ({} threads)", gguf.display(), threads);
+    println!(
+        "{:<14} {:>14} {:>13} {:>8}",
+        "", "galley tok/s", "llama-bench", "ratio"
+    );
+    for &depth in depths {
+        let context: Vec<u32> = (0..depth as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+        let mut best_s = f64::INFINITY;
+        for _ in 0..=REPS {
+            let mut cache = model.new_cache(1);
+            // Prefilled in pieces of 512, as llama.cpp's default batch does.
+            for piece in context.chunks(512) {
+                model
+                    .forward(&[piece.to_vec()], None, &mut cache, true)
+                    .unwrap();
+            }
+            let t = Instant::now();
+            for i in 0..TG {
+                model
+                    .forward(&[vec![(i as u32 * 31 + 7) % vocab]], None, &mut cache, true)
+                    .unwrap();
+            }
+            best_s = best_s.min(t.elapsed().as_secs_f64());
+        }
+        let ours = TG as f64 / best_s;
+        let cpp = llama_bench_at(root, gguf, threads, depth)
+            .map_or("-".to_string(), |c| format!("{c:13.1} {:>7.2}x", ours / c));
+        println!("{:<14} {ours:>14.1} {cpp}", format!("tg{TG} @ d{depth}"));
+    }
+}
+
+/// llama-bench's mean tg tokens/s (3 runs) after `depth` tokens of context, when built.
+fn llama_bench_at(
     root: &std::path::Path,
     gguf: &std::path::Path,
     threads: usize,
-) -> Option<(f64, f64)> {
+    depth: usize,
+) -> Option<f64> {
+    let bin = llama_bench_bin(root)?;
+    let out = std::process::Command::new(&bin)
+        .arg("-m")
+        .arg(gguf)
+        .args(["-t", &threads.to_string(), "-p", "0", "-n", &TG.to_string()])
+        .args([
+            "-d",
+            &depth.to_string(),
+            "-r",
+            &REPS.to_string(),
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    assert!(
+        out.status.success(),
+        "llama-bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("llama-bench prints JSON");
+    runs.iter()
+        .find(|r| r["n_gen"].as_u64() == Some(TG as u64))
+        .and_then(|r| r["avg_ts"].as_f64())
+}
+
+/// The llama-bench binary, or None (with a word why) when it is not built.
+fn llama_bench_bin(root: &std::path::Path) -> Option<PathBuf> {
     let bin = std::env::var("GALLEY_LLAMA_BENCH")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("bench/.llama-cpp/bin/llama-bench"));
@@ -125,6 +213,16 @@ fn llama_bench(
         );
         return None;
     }
+    Some(bin)
+}
+
+/// llama-bench's mean pp and tg tokens/s (3 runs) on the same GGUF and threads, when built.
+fn llama_bench(
+    root: &std::path::Path,
+    gguf: &std::path::Path,
+    threads: usize,
+) -> Option<(f64, f64)> {
+    let bin = llama_bench_bin(root)?;
     let out = std::process::Command::new(&bin)
         .arg("-m")
         .arg(gguf)

@@ -10,6 +10,7 @@
 //! in sixteen dependent additions; four weight rows against four activation rows keep sixteen
 //! chains in flight, load each chunk once for four products, and fold in four steps.
 
+use super::softmax::fold_lanes;
 use super::{PREFETCH, prefetch};
 #[cfg(target_arch = "x86_64")]
 use super::{has_avx2, has_avx512f};
@@ -28,19 +29,7 @@ pub(super) fn dot_portable(w: &[f32], x: &[f32]) -> f32 {
             acc[i] = wv[i].mul_add(xv[i], acc[i]);
         }
     }
-    finish(fold(acc), w, x, wc.len() * 16)
-}
-
-/// The sixteen sums folded in halves: the order the AVX registers fold in (upper half onto
-/// lower half, four times).
-#[inline(always)]
-fn fold(mut v: [f32; 16]) -> f32 {
-    for half in [8, 4, 2, 1] {
-        for i in 0..half {
-            v[i] += v[i + half];
-        }
-    }
-    v[0]
+    finish(fold_lanes(acc, |a, b| a + b), w, x, wc.len() * 16)
 }
 
 /// The folded sum, then the products past the last whole chunk in order.
@@ -53,7 +42,8 @@ fn finish(folded: f32, w: &[f32], x: &[f32], from: usize) -> f32 {
     s
 }
 
-/// An AVX-512 register's sixteen lanes folded as [`fold`] does.
+/// An AVX-512 register's sixteen lanes folded as `fold_lanes` does (upper half onto lower
+/// half, four times).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn fold512(v: std::arch::x86_64::__m512) -> f32 {

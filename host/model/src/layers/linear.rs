@@ -37,11 +37,13 @@ pub struct Linear {
 /// where the pack is a small part, and keep their one copy.
 const TRANSPOSE_FROM_OUT: usize = 8192;
 
-/// Rows from which a kept dense copy beats the quantized kernels. Since those read each
-/// weight row once for four activation rows, they beat candle's GEMM (which packs the whole
-/// weight every call) up to ~56 rows: SmolLM2-135M's 30 layers and head, 2 threads, 32 rows
-/// 88 ms against 134, 48 rows 134 against 152, 64 rows 184 against 153.
-const DENSE_CACHED_FROM_ROWS: usize = 64;
+/// Rows from which a kept dense copy beats the quantized kernels: galley's f32 kernel (up to
+/// `SKINNY_ROWS`) reads each weight row once for sixteen products, the quantized ones for four,
+/// with more work per product. SmolLM2-135M's 30 layers and head, 2 threads (`decode_kernels`
+/// example, 2026-12-07): 16 rows 48.5-57.2 ms quantized against 52.3-59.5 in f32, 24 rows
+/// 88.3 against 73.5, 32 rows 112-127 against 65-74. A transposed copy (an LM head) is only
+/// read by gemm, so past `SKINNY_ROWS`; below, the head stays on its quantized kernel.
+const DENSE_CACHED_FROM_ROWS: usize = 24;
 
 /// Rows at or above which a quantized weight with no kept copy (evaluation, `galley infer`)
 /// is dequantized and multiplied in f32: prompt passes keep f32 activations, which is what
@@ -190,7 +192,9 @@ impl Linear {
         let y = match &self.weight {
             LinearWeight::Dense(w) => self.dense(x, w)?,
             LinearWeight::Quant(_)
-                if rows >= DENSE_CACHED_FROM_ROWS && self.dense_copy.is_some() =>
+                if rows >= DENSE_CACHED_FROM_ROWS
+                    && self.dense_copy.is_some()
+                    && (!self.copy_transposed || rows > SKINNY_ROWS) =>
             {
                 let copy = self.dense_copy.as_ref().expect("checked");
                 match self.copy_transposed {
@@ -413,7 +417,7 @@ mod tests {
         assert_eq!(lin.keep_dense().unwrap(), budget);
         assert_eq!(budget, out * k * 4);
         assert_eq!(lin.dense_copy_bytes(), 0);
-        let rows = DENSE_CACHED_FROM_ROWS + 3;
+        let rows = DENSE_CACHED_FROM_ROWS.max(SKINNY_ROWS + 1) + 3;
         let x = Tensor::randn(0f32, 1.0, (1, rows, k), &dev).unwrap();
         let got = lin.forward(&x).unwrap();
         let want = x.matmul(&dq.t().unwrap().unsqueeze(0).unwrap()).unwrap();
@@ -421,5 +425,47 @@ mod tests {
         let diff = max_diff(got, want);
         assert!(diff < 1e-4, "{diff}");
         assert!(lin.transposed.get().is_none(), "a second copy was made");
+        // Fewer rows, which gemm would multiply slowly through the transposed copy, stay on
+        // the quantized kernel (activations rounded to 8 bits: close, not exact).
+        let few = DENSE_CACHED_FROM_ROWS.max(SKINNY_ROWS);
+        let x = x.narrow(1, 0, few).unwrap();
+        let want = x.matmul(&dq.t().unwrap().unsqueeze(0).unwrap()).unwrap();
+        let got = lin.forward(&x).unwrap();
+        let diff = max_diff(got.clone(), want);
+        assert!(diff > 1e-6 && diff < 1.0, "{diff}");
+        let quantized = quant_forward(
+            &x,
+            match &lin.weight {
+                LinearWeight::Quant(QMatMul::QTensor(q)) => q,
+                _ => unreachable!(),
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(max_diff(got, quantized), 0.0);
+    }
+
+    /// A served projection's copy (not transposed) serves from `DENSE_CACHED_FROM_ROWS` rows
+    /// through the f32 kernel: the dequantized weight's products; fewer rows stay quantized.
+    #[test]
+    fn a_projections_dense_copy_serves_batches_from_its_threshold() {
+        use candle_core::quantized::GgmlDType;
+        let dev = Device::Cpu;
+        let (out, k) = (96, 64);
+        let w = Tensor::randn(0f32, 1.0, (out, k), &dev).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+        let dq = q.dequantize(&dev).unwrap();
+        let mut lin = Linear::from_weight(LinearWeight::Quant(QMatMul::from_qtensor(q).unwrap()));
+        lin.keep_dense().unwrap();
+        assert!(!lin.copy_transposed);
+        for rows in [DENSE_CACHED_FROM_ROWS - 1, DENSE_CACHED_FROM_ROWS] {
+            let x = Tensor::randn(0f32, 1.0, (1, rows, k), &dev).unwrap();
+            let want = x.matmul(&dq.t().unwrap().unsqueeze(0).unwrap()).unwrap();
+            let diff = max_diff(lin.forward(&x).unwrap(), want);
+            match rows >= DENSE_CACHED_FROM_ROWS {
+                true => assert!(diff < 1e-4, "{rows} rows: {diff}"),
+                false => assert!(diff > 1e-6, "{rows} rows: {diff} (expected 8-bit rounding)"),
+            }
+        }
     }
 }
