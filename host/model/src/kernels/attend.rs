@@ -14,7 +14,8 @@
 //! network on AVX-512 (each addition the one the lane-by-lane fold makes: the same bits), the
 //! exponentials and their sum run in sixteen lanes, and value rows are added four at a time
 //! (in key order: the same bits). SmolLM2-135M, one sequence at depth 4,096: 810 -> ~400 µs
-//! a layer.
+//! a layer. A long cache is split into segments of [`SEGMENT`] keys, each a task, so one
+//! sequence's few KV heads keep both threads busy.
 
 use super::softmax::LANES;
 use super::{SendPtr, softmax};
@@ -76,38 +77,48 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// one network of shuffles (`dots16_avx512`) instead of sixteen lane-by-lane folds.
 const KEY_BLOCK: usize = 16;
 
-/// What a task reuses between calls: the scores (rep x n) and the keys a row sees.
+/// What a task reuses between calls: its segment's scores (rep x keys).
 #[derive(Default)]
 pub struct Scratch {
     scores: Vec<f32>,
-    keys: Vec<usize>,
 }
 
-/// Task (bi, g): the query heads of KV head g of row bi into `out` (rep x d).
+/// Keys a task takes at most. A longer cache is split into segments of this many of the
+/// keys its row sees, each a task with its own largest score, combined in segment order: at
+/// one sequence a step had one task per KV head (three for SmolLM2), so with two threads one
+/// did two. Counting the keys a row sees, not positions, keeps a row's segments (and bits)
+/// the same whatever padding its batch adds.
+const SEGMENT: usize = 512;
+
+/// Task (bi, g, keys): the query heads of KV head g of row bi over `keys` (a segment of the
+/// keys the row sees): into `out` (rep x d) each head's value rows weighted by
+/// exp(score - the segment's largest), into `stats` (rep x 2) that largest and the weights' sum.
 #[inline(always)]
-fn task_impl(s: &Step, bi: usize, g: usize, scratch: &mut Scratch, out: &mut [f32]) {
-    let (d, n) = (s.d, s.past + 1);
-    let rep = s.heads / s.kv_heads;
+fn task_impl(
+    s: &Step,
+    bi: usize,
+    g: usize,
+    keys: &[usize],
+    scratch: &mut Scratch,
+    out: &mut [f32],
+    stats: &mut [f32],
+) {
+    let d = s.d;
+    let (rep, len) = (s.heads / s.kv_heads, keys.len());
     let q = &s.q[(bi * s.heads + g * rep) * d..][..rep * d];
-    let valid = &s.valid[bi];
-    let Scratch { scores, keys } = scratch;
-    keys.clear();
-    keys.extend((0..n).filter(|&j| j == s.past || valid[j]));
+    let scores = &mut scratch.scores;
     scores.clear();
-    scores.resize(rep * n, f32::NEG_INFINITY);
-    // Each query head's largest score, kept as they are computed (the query sees itself, so
-    // every head has one).
+    scores.resize(rep * len, 0.0);
+    // Each query head's largest score, kept as they are computed (a segment is never empty).
     let mut maxima = [f32::NEG_INFINITY; MAX_GROUP];
     let mut dots = [0f32; KEY_BLOCK];
-    for block in keys.chunks(KEY_BLOCK) {
+    for (b, block) in keys.chunks(KEY_BLOCK).enumerate() {
         let rows: [&[f32]; KEY_BLOCK] =
             std::array::from_fn(|i| s.k.row(bi, g, block[i.min(block.len() - 1)], d));
         for (r, m) in maxima[..rep].iter_mut().enumerate() {
             dots_block(&q[r * d..][..d], &rows[..block.len()], &mut dots);
             let xs = dots.map(|dot| dot * s.scale);
-            for (&j, &x) in block.iter().zip(&xs) {
-                scores[r * n + j] = x;
-            }
+            scores[r * len + b * KEY_BLOCK..][..block.len()].copy_from_slice(&xs[..block.len()]);
             // The block's largest in a tree of lanes (a maximum is the same in any order);
             // a short block's spare lanes repeat its last key.
             let last = xs[block.len() - 1];
@@ -116,8 +127,8 @@ fn task_impl(s: &Step, bi: usize, g: usize, scratch: &mut Scratch, out: &mut [f3
         }
     }
     for (r, &max) in maxima[..rep].iter().enumerate() {
-        let row = &mut scores[r * n..][..n];
-        // Exponentials and their sum in sixteen lanes (keys no row sees are -inf: 0).
+        let row = &mut scores[r * len..][..len];
+        // Exponentials and their sum in sixteen lanes.
         let mut acc = [0f32; LANES];
         let mut chunks = row.chunks_exact_mut(LANES);
         for c in &mut chunks {
@@ -130,23 +141,31 @@ fn task_impl(s: &Step, bi: usize, g: usize, scratch: &mut Scratch, out: &mut [f3
             *x = softmax::exp(*x - max);
             acc[i] += *x;
         }
-        let inv = 1.0 / softmax::fold_lanes(acc, |a, b| a + b);
-        for x in row.iter_mut() {
-            *x *= inv;
-        }
+        stats[2 * r] = max;
+        stats[2 * r + 1] = softmax::fold_lanes(acc, |a, b| a + b);
     }
     let scores = &scores[..];
     out.fill(0.0);
     // Four value rows at a time: each output element takes their four products in key order
     // (the bits of one row at a time) with one load and store of it instead of four.
     let mut quads = keys.chunks_exact(4);
-    for quad in &mut quads {
-        add_values4(s, bi, g, quad.try_into().expect("4 keys"), scores, n, out);
+    for (i, quad) in (&mut quads).enumerate() {
+        add_values4(
+            s,
+            bi,
+            g,
+            quad.try_into().expect("4 keys"),
+            4 * i,
+            scores,
+            len,
+            out,
+        );
     }
-    for &j in quads.remainder() {
+    let done = len - quads.remainder().len();
+    for (i, &j) in quads.remainder().iter().enumerate() {
         let vj = s.v.row(bi, g, j, d);
         for r in 0..rep {
-            let p = scores[r * n + j];
+            let p = scores[r * len + done + i];
             for (o, &x) in out[r * d..][..d].iter_mut().zip(vj) {
                 *o = p.mul_add(x, *o);
             }
@@ -156,20 +175,23 @@ fn task_impl(s: &Step, bi: usize, g: usize, scratch: &mut Scratch, out: &mut [f3
 
 /// `out` (rep x d) plus the value rows of keys `js` weighted by their probabilities, added
 /// in key order.
+/// `at`: the first key's place in the segment (its scores' column).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn add_values4(
     s: &Step,
     bi: usize,
     g: usize,
     js: &[usize; 4],
+    at: usize,
     scores: &[f32],
-    n: usize,
+    len: usize,
     out: &mut [f32],
 ) {
     let d = s.d;
     let v = js.map(|j| s.v.row(bi, g, j, d));
     for (r, o) in out.chunks_exact_mut(d).enumerate() {
-        let p = js.map(|j| scores[r * n + j]);
+        let p: [f32; 4] = std::array::from_fn(|k| scores[r * len + at + k]);
         let rows = v[0].iter().zip(v[1]).zip(v[2].iter().zip(v[3]));
         for (o, ((a, b), (c, e))) in o.iter_mut().zip(rows) {
             let acc = p[0].mul_add(*a, *o);
@@ -180,7 +202,9 @@ fn add_values4(
     }
 }
 
-vectorized!(fn task(s: &Step, bi: usize, g: usize, scratch: &mut Scratch, out: &mut [f32]) = task_impl);
+vectorized!(fn task(s: &Step, bi: usize, g: usize, keys: &[usize], scratch: &mut Scratch, out: &mut [f32], stats: &mut [f32]) = task_impl);
+
+type Task = fn(&Step, usize, usize, &[usize], &mut Scratch, &mut [f32], &mut [f32]);
 
 /// `dots[i]` = `q` · `keys[i]` (each as [`dot`] computes it) for up to [`KEY_BLOCK`] keys.
 #[inline(always)]
@@ -258,22 +282,71 @@ pub(super) unsafe fn dots16_avx512(
 /// softmax(scale · q · kᵀ over the keys each row sees) · v for one query per row; returns
 /// (b, heads, d). Row bi's query sits at `past` and sees itself and the valid keys before it.
 pub fn decode(s: &Step) -> Vec<f32> {
-    let b = s.valid.len();
+    decode_by(s, task)
+}
+
+fn decode_by(s: &Step, task: Task) -> Vec<f32> {
+    let (b, n, d) = (s.valid.len(), s.past + 1, s.d);
     let rep = s.heads / s.kv_heads;
-    let tasks = b * s.kv_heads;
-    let mut out = vec![0f32; b * s.heads * s.d];
-    let dst = SendPtr(out.as_mut_ptr());
-    let chunk = rep * s.d;
-    crate::pool::Pool::global().run(&|part, parts| {
+    let keys: Vec<Vec<usize>> = s
+        .valid
+        .iter()
+        .map(|valid| (0..n).filter(|&j| j == s.past || valid[j]).collect())
+        .collect();
+    // (row, KV head, segment), a row's segments side by side.
+    let tasks: Vec<(usize, usize, usize)> = (0..b)
+        .flat_map(|bi| {
+            let segments = keys[bi].len().div_ceil(SEGMENT);
+            (0..s.kv_heads).flat_map(move |g| (0..segments).map(move |sg| (bi, g, sg)))
+        })
+        .collect();
+    let chunk = rep * d;
+    let mut parts = vec![0f32; tasks.len() * chunk];
+    let mut stats = vec![0f32; tasks.len() * rep * 2];
+    let (dst, dst_stats) = (SendPtr(parts.as_mut_ptr()), SendPtr(stats.as_mut_ptr()));
+    crate::pool::Pool::global().run(&|part, threads| {
         let mut scratch = Scratch::default();
-        for t in (part..tasks).step_by(parts) {
-            // SAFETY: task t writes only out[t * chunk..(t + 1) * chunk] (row bi's query heads
-            // of KV head g are heads g·rep.. of row bi, contiguous), each task in one part,
-            // and `out` outlives the job.
-            let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(t * chunk), chunk) };
-            task(s, t / s.kv_heads, t % s.kv_heads, &mut scratch, o);
+        for t in (part..tasks.len()).step_by(threads) {
+            let (bi, g, sg) = tasks[t];
+            let seg = &keys[bi][sg * SEGMENT..((sg + 1) * SEGMENT).min(keys[bi].len())];
+            // SAFETY: task t writes only parts[t * chunk..][..chunk] and
+            // stats[t * 2rep..][..2rep], each task in one part; both outlive the job.
+            let (o, st) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(dst.get().add(t * chunk), chunk),
+                    std::slice::from_raw_parts_mut(dst_stats.get().add(t * rep * 2), rep * 2),
+                )
+            };
+            task(s, bi, g, seg, &mut scratch, o, st);
         }
     });
+    // Each (row, KV head)'s segments, in order: rescaled to the largest score of them all.
+    let mut out = vec![0f32; b * s.heads * d];
+    let mut t = 0;
+    for (bi, row_keys) in keys.iter().enumerate() {
+        let segments = row_keys.len().div_ceil(SEGMENT);
+        for g in 0..s.kv_heads {
+            for r in 0..rep {
+                let stat = |sg: usize| &stats[((t + sg) * rep + r) * 2..][..2];
+                let max = (0..segments)
+                    .map(|sg| stat(sg)[0])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let o = &mut out[(bi * s.heads + g * rep + r) * d..][..d];
+                let mut sum = 0f32;
+                for sg in 0..segments {
+                    let w = softmax::exp(stat(sg)[0] - max);
+                    sum = w.mul_add(stat(sg)[1], sum);
+                    let part = &parts[(t + sg) * chunk + r * d..][..d];
+                    for (o, &x) in o.iter_mut().zip(part) {
+                        *o = w.mul_add(x, *o);
+                    }
+                }
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|x| *x *= inv);
+            }
+            t += segments;
+        }
+    }
     out
 }
 
@@ -309,9 +382,17 @@ mod tests {
         }
     }
 
+    /// A short cache (one segment a row) and a long one (three, the last ones of different
+    /// lengths in rows with padding).
     #[test]
     fn a_rows_attention_is_the_same_bits_alone_in_a_batch_and_on_every_instruction_set() {
-        let (b, heads, kvh, d, past, cap) = (3, 9, 3, 64, 20, 40);
+        for (past, cap) in [(20, 40), (2 * SEGMENT + 276, 2 * SEGMENT + 290)] {
+            same_bits_alone_in_a_batch_and_on_every_instruction_set(past, cap);
+        }
+    }
+
+    fn same_bits_alone_in_a_batch_and_on_every_instruction_set(past: usize, cap: usize) {
+        let (b, heads, kvh, d) = (3, 9, 3, 64);
         let q = values(b * heads * d, 1);
         // Cache buffers with room to spare, as KvCache's views.
         let (kbuf, vbuf) = (values(b * kvh * cap * d, 2), values(b * kvh * cap * d, 3));
@@ -352,13 +433,7 @@ mod tests {
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&alone), bits(&all[heads * d..2 * heads * d]));
         // The portable code computes the same bits as the instruction set picked at run time.
-        let chunk = heads / kvh * d;
-        let mut scratch = Scratch::default();
-        for t in 0..b * kvh {
-            let mut o = vec![0f32; chunk];
-            task_impl(&step, t / kvh, t % kvh, &mut scratch, &mut o);
-            assert_eq!(bits(&o), bits(&all[t * chunk..(t + 1) * chunk]), "task {t}");
-        }
+        assert_eq!(bits(&decode_by(&step, task_impl)), bits(&all));
         // And it is attention: softmax(scale q k) v over the keys each row sees, in f64.
         let rep = heads / kvh;
         for bi in 0..b {
