@@ -174,19 +174,28 @@ fn llama_bench_at(
     threads: usize,
     depth: usize,
 ) -> Option<f64> {
+    let tests = ["-p", "0", "-n", &TG.to_string(), "-d", &depth.to_string()];
+    let runs = run_llama_bench(root, gguf, threads, &tests)?;
+    runs.iter()
+        .find(|r| r["n_gen"].as_u64() == Some(TG as u64))
+        .and_then(|r| r["avg_ts"].as_f64())
+}
+
+/// llama-bench's JSON records for `tests` (its -p/-n/-d flags) on the same GGUF and threads,
+/// 3 runs each, when built.
+fn run_llama_bench(
+    root: &std::path::Path,
+    gguf: &std::path::Path,
+    threads: usize,
+    tests: &[&str],
+) -> Option<Vec<serde_json::Value>> {
     let bin = llama_bench_bin(root)?;
     let out = std::process::Command::new(&bin)
         .arg("-m")
         .arg(gguf)
-        .args(["-t", &threads.to_string(), "-p", "0", "-n", &TG.to_string()])
-        .args([
-            "-d",
-            &depth.to_string(),
-            "-r",
-            &REPS.to_string(),
-            "-o",
-            "json",
-        ])
+        .args(["-t", &threads.to_string()])
+        .args(tests)
+        .args(["-r", &REPS.to_string(), "-o", "json"])
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
     assert!(
@@ -194,11 +203,7 @@ fn llama_bench_at(
         "llama-bench failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let runs: Vec<serde_json::Value> =
-        serde_json::from_slice(&out.stdout).expect("llama-bench prints JSON");
-    runs.iter()
-        .find(|r| r["n_gen"].as_u64() == Some(TG as u64))
-        .and_then(|r| r["avg_ts"].as_f64())
+    Some(serde_json::from_slice(&out.stdout).expect("llama-bench prints JSON"))
 }
 
 /// The llama-bench binary, or None (with a word why) when it is not built.
@@ -222,28 +227,8 @@ fn llama_bench(
     gguf: &std::path::Path,
     threads: usize,
 ) -> Option<(f64, f64)> {
-    let bin = llama_bench_bin(root)?;
-    let out = std::process::Command::new(&bin)
-        .arg("-m")
-        .arg(gguf)
-        .args([
-            "-t",
-            &threads.to_string(),
-            "-p",
-            &PP.to_string(),
-            "-n",
-            &TG.to_string(),
-        ])
-        .args(["-r", &REPS.to_string(), "-o", "json"])
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-    assert!(
-        out.status.success(),
-        "llama-bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let runs: Vec<serde_json::Value> =
-        serde_json::from_slice(&out.stdout).expect("llama-bench prints JSON");
+    let tests = ["-p", &PP.to_string(), "-n", &TG.to_string()];
+    let runs = run_llama_bench(root, gguf, threads, &tests)?;
     let rate = |prompt: u64, generated: u64| {
         runs.iter()
             .find(|r| {
