@@ -150,16 +150,16 @@ pub(super) unsafe fn by_avx2(w: &[f32], x: &[&[f32]], out: &mut [f32; super::GRO
     }
 }
 
-/// Up to [`TILE`] weight rows (`w`, all of one length) against a group of up to
-/// [`GROUP`](super::GROUP) activation rows: `out[t][r]` is row `t` of `w` times row `r` of `x`.
-pub(super) fn tile(w: &[&[f32]], x: &[&[f32]], out: &mut [[f32; super::GROUP]; TILE]) {
-    assert!(!w.is_empty() && w.len() <= TILE && x.len() <= super::GROUP);
+/// [`TILE`] weight rows (`w`, all of one length; a band's last tile repeats its last row)
+/// against a group of up to [`GROUP`](super::GROUP) activation rows: `out[t][r]` is row `t`
+/// of `w` times row `r` of `x`.
+pub(super) fn tile(w: &[&[f32]; TILE], x: &[&[f32]], out: &mut [[f32; super::GROUP]; TILE]) {
+    assert!(!x.is_empty() && x.len() <= super::GROUP);
     #[cfg(target_arch = "x86_64")]
-    if has_avx512f() && w.len() == TILE {
+    if has_avx512f() {
         // SAFETY: the CPU has AVX-512F (checked at run time; it implies FMA); each arm passes
         // as many rows as its array holds, each as long as `w[0]` (the caller cuts all at k).
         unsafe {
-            let w: &[&[f32]; TILE] = w.try_into().expect("TILE rows");
             match x.len() {
                 4 => tile_avx512::<TILE, 4>(w, x.try_into().expect("4"), out),
                 3 => tile_avx512::<TILE, 3>(w, x.try_into().expect("3"), out),
@@ -171,23 +171,8 @@ pub(super) fn tile(w: &[&[f32]], x: &[&[f32]], out: &mut [[f32; super::GROUP]; T
     }
     for (wr, o) in w.iter().zip(out.iter_mut()) {
         #[cfg(target_arch = "x86_64")]
-        if has_avx512f() {
-            // SAFETY: as above, one weight row.
-            unsafe {
-                let one = std::slice::from_ref(wr).try_into().expect("1 row");
-                let o = std::slice::from_mut(o).try_into().expect("1 row");
-                match x.len() {
-                    4 => tile_avx512::<1, 4>(one, x.try_into().expect("4"), o),
-                    3 => tile_avx512::<1, 3>(one, x.try_into().expect("3"), o),
-                    2 => tile_avx512::<1, 2>(one, x.try_into().expect("2"), o),
-                    _ => tile_avx512::<1, 1>(one, x.try_into().expect("1"), o),
-                }
-            }
-            continue;
-        }
-        #[cfg(target_arch = "x86_64")]
         if has_avx2() {
-            // SAFETY: the CPU has AVX2 and FMA (checked at run time); as above.
+            // SAFETY: the CPU has AVX2 and FMA (checked at run time); every row is k long.
             unsafe { by_avx2(wr, x, o) };
             continue;
         }

@@ -278,14 +278,15 @@ pub fn f32_matmul(x: &[f32], n: usize, k: usize, w: &[f32], rows: usize) -> Vec<
         let mut got = [[0f32; GROUP]; f32::TILE];
         while row < end {
             let t = (end - row).min(f32::TILE);
+            // A band's last tile, if short, repeats its last row (computed, not written).
             let ws: [&[f32]; f32::TILE] =
                 std::array::from_fn(|i| &w[(row + i.min(t - 1)) * k..][..k]);
             for (g, some) in acts.chunks(GROUP).enumerate() {
-                f32::tile(&ws[..t], some, &mut got);
+                f32::tile(&ws, some, &mut got);
                 for (i, products) in got[..t].iter().enumerate() {
                     for (j, v) in products[..some.len()].iter().enumerate() {
                         // SAFETY: `(g * GROUP + j) * rows + row + i` is inside `out` (len
-                        // n * rows), and only this part writes rows start..end.
+                        // n * rows), and only this part writes its band of weight rows.
                         unsafe { *dst.get().add((g * GROUP + j) * rows + row + i) = *v };
                     }
                 }
