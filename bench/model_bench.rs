@@ -8,7 +8,9 @@
 //!
 //! With `--depth N,M,...`, decode at depth instead (llama-bench's `-d`): tg128 after N tokens
 //! already in the cache (their prefill untimed), galley against llama-bench only, each depth
-//! one row: where attention over a long cache, not the weights, sets a step's time.
+//! one row: where attention over a long cache, not the weights, sets a step's time. galley
+//! runs twice a depth: with its default f16 KV cache (llama.cpp's default `-ctk f16 -ctv
+//! f16`, the column compared) and with an f32 one.
 //!
 //! Usage: model-bench [GGUF] [--depth N,...] (default .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf);
 //! GALLEY_BENCH_PYTHON names the peer's Python (default bench/.venv-llama/bin/python),
@@ -52,12 +54,12 @@ fn main() {
         .map(|n| n.get())
         .unwrap_or(1);
     let dev = candle_core::Device::Cpu;
-    let m = galley_model::load(&gguf, &dev).expect("model loads");
+    let mut m = galley_model::load(&gguf, &dev).expect("model loads");
     let vocab = m.model.config.vocab_size as u32;
     let prompt: Vec<u32> = (0..PP as u32).map(|i| (i * 7919 + 13) % vocab).collect();
 
     if let Some(depths) = depths {
-        return at_depths(&root, &gguf, &m.model, threads, &depths);
+        return at_depths(&root, &gguf, &mut m.model, threads, &depths);
     }
 
     let pp_s = best(REPS, || {
@@ -127,21 +129,41 @@ fn main() {
 }
 
 /// tg128 at each depth: galley's best of 3 after a warm-up (each after prefilling the depth's
-/// tokens again, untimed) against llama-bench's mean of 3 with `-d`.
+/// tokens again, untimed), with an f16 and an f32 KV cache, against llama-bench's mean of 3
+/// with `-d` (its default f16 cache).
 fn at_depths(
     root: &std::path::Path,
     gguf: &std::path::Path,
-    model: &galley_model::Llama,
+    model: &mut galley_model::Llama,
     threads: usize,
     depths: &[usize],
 ) {
-    let vocab = model.config.vocab_size as u32;
     println!("model: {} ({} threads)", gguf.display(), threads);
     println!(
-        "{:<14} {:>14} {:>13} {:>8}",
-        "", "galley tok/s", "llama-bench", "ratio"
+        "{:<14} {:>14} {:>14} {:>13} {:>8}",
+        "", "galley f16 KV", "galley f32 KV", "llama-bench", "ratio"
     );
     for &depth in depths {
+        let [half, full] = [candle_core::DType::F16, candle_core::DType::F32].map(|dt| {
+            model
+                .set_kv_dtype(dt)
+                .expect("a CPU model keeps f16 or f32");
+            decode_at(model, depth)
+        });
+        model.set_kv_dtype(candle_core::DType::F16).unwrap();
+        let cpp = llama_bench_at(root, gguf, threads, depth)
+            .map_or("-".to_string(), |c| format!("{c:13.1} {:>7.2}x", half / c));
+        println!(
+            "{:<14} {half:>14.1} {full:>14.1} {cpp}",
+            format!("tg{TG} @ d{depth}")
+        );
+    }
+}
+
+/// galley's tg128 tokens/s after `depth` tokens of context.
+fn decode_at(model: &galley_model::Llama, depth: usize) -> f64 {
+    let vocab = model.config.vocab_size as u32;
+    {
         let context: Vec<u32> = (0..depth as u32).map(|i| (i * 7919 + 13) % vocab).collect();
         let mut best_s = f64::INFINITY;
         // A warm-up, then REPS timed runs.
@@ -163,10 +185,7 @@ fn at_depths(
                 best_s = best_s.min(t.elapsed().as_secs_f64());
             }
         }
-        let ours = TG as f64 / best_s;
-        let cpp = llama_bench_at(root, gguf, threads, depth)
-            .map_or("-".to_string(), |c| format!("{c:13.1} {:>7.2}x", ours / c));
-        println!("{:<14} {ours:>14.1} {cpp}", format!("tg{TG} @ d{depth}"));
+        TG as f64 / best_s
     }
 }
 

@@ -65,7 +65,10 @@ fn main() {
     let mut m = load_with(
         &path,
         &candle_core::Device::Cpu,
-        LoadOptions { dequantize: true },
+        LoadOptions {
+            dequantize: true,
+            ..Default::default()
+        },
     )
     .expect("scripts/fetch-models.sh first");
     // Every turn runs its whole budget: the same work on every side, whatever is sampled.

@@ -41,10 +41,12 @@ fn ok(o: Output) -> String {
 fn smollm2_answers_the_capital_of_france() {
     let tmp = tempfile::tempdir().unwrap();
     let m = smollm2();
-    // Quantized matmuls (the default) and f32 throughout give the same greedy answer.
+    // Quantized matmuls (the default) and f32 throughout, an f16 KV cache (the default on a
+    // CPU) and an f32 one, give the same greedy answer.
     for extra in [
         &["-s", "dequantize=false"][..],
         &["-s", "dequantize=true"][..],
+        &["-s", "kv_cache_dtype=f32"][..],
     ] {
         let mut args = vec![
             "-m",
@@ -281,6 +283,11 @@ fn settings_errors_name_the_file_and_key() {
     assert!(line.contains("top_p"), "{line}");
     let line = one_line_error(&infer(d, &["-m", "nope.gguf", "-p", "hi"]));
     assert!(line.contains("nope.gguf"), "{line}");
+    let line = one_line_error(&infer(d, &["-m", "x.gguf", "-s", "kv_cache_dtype=q8"]));
+    assert!(
+        line.contains("kv_cache_dtype") && line.contains("f16"),
+        "{line}"
+    );
 }
 
 /// Copies the tiny checkpoint into `dir` so a test can break one file of it.

@@ -94,7 +94,10 @@ pub fn run(a: ExportArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let opts = galley_model::LoadOptions { dequantize: true };
+    let opts = galley_model::LoadOptions {
+        dequantize: true,
+        ..Default::default()
+    };
     let ck = galley_model::open_adapted(&model, &a.adapter, opts, &candle_core::Device::Cpu)
         .with_context(|| format!("opening {}", model.display()))?;
     let name = name_of(&a);

@@ -36,6 +36,7 @@ pub fn run(InferArgs { flags, engine }: InferArgs) -> Result<()> {
     let device = galley_model::default_device();
     let load = galley_model::LoadOptions {
         dequantize: cfg.dequantize,
+        kv_cache: cfg.kv_cache_dtype,
     };
     let m = galley_model::load_with(&path, &device, load)?;
     let (secs, layers) = (started.elapsed().as_secs_f64(), m.model.config.num_layers);

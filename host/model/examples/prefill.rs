@@ -49,7 +49,10 @@ fn main() -> candle_core::Result<()> {
     let m = load_with(
         std::path::Path::new(&gguf),
         &dev,
-        LoadOptions { dequantize: true },
+        LoadOptions {
+            dequantize: true,
+            ..Default::default()
+        },
     )
     .expect("model loads");
     let c = m.model.config.clone();

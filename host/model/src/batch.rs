@@ -258,6 +258,9 @@ pub struct InferConfig {
     /// checkpoint's own numbers.
     #[serde(default)]
     pub dequantize: bool,
+    /// What the KV cache keeps keys and values in: `f16` (the default on a CPU) or `f32`.
+    #[serde(default)]
+    pub kv_cache_dtype: Option<crate::KvCacheDtype>,
     /// A system message put before every conversation that has none.
     #[serde(default)]
     pub system: Option<String>,
@@ -344,6 +347,11 @@ impl InferConfig {
         if self.dequantize {
             return Err(ModelError::Invalid(
                 "dequantize: applies to a model galley loads, not to a server's".into(),
+            ));
+        }
+        if self.kv_cache_dtype.is_some() {
+            return Err(ModelError::Invalid(
+                "kv_cache_dtype: applies to a model galley loads, not to a server's".into(),
             ));
         }
         Ok(())

@@ -8,10 +8,13 @@
 //! a block never multiplied), and SiLU of the gate times the up projection read from their
 //! fused output (with a backward pass: training's fused gate|up product uses it too).
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
+
+use crate::kernels::attend::Elems;
 
 pub fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
@@ -445,18 +448,55 @@ struct Attend {
 /// Query rows per block: each block's scores are (rows, keys up to the block's last query).
 const QUERY_BLOCK: usize = 64;
 
-/// A (b, dim1, n, d) tensor's view of batch row `bi`, head `h`: its (n, d) rows.
-fn head_rows<'a>(data: &'a [f32], l: &Layout, bi: usize, h: usize) -> Result<Mat<'a>> {
+/// A (b, dim1, n, d) tensor's view of batch row `bi`, head `h`: its (n, d) rows, in place
+/// when f32, else widened into `buf` (the products read f32).
+fn head_rows<'a>(
+    data: Elems<'a>,
+    l: &Layout,
+    bi: usize,
+    h: usize,
+    buf: &'a mut Vec<f32>,
+) -> Result<Mat<'a>> {
     let st = l.stride();
     if st.len() != 4 || st[3] != 1 {
         bail!("galley attention: keys and values need a unit stride in the head dimension");
     }
     let at = l.start_offset() + bi * st[0] + h * st[1];
-    Ok(Mat {
-        data: data.get(at..).unwrap_or_default(),
-        rs: st[2],
-        cs: 1,
-    })
+    match data {
+        Elems::F32(x) => Ok(Mat {
+            data: x.get(at..).unwrap_or_default(),
+            rs: st[2],
+            cs: 1,
+        }),
+        Elems::F16(x) => {
+            let (n, d) = (l.dims()[2], l.dims()[3]);
+            buf.resize(n * d, 0.0);
+            for (j, dst) in buf.chunks_exact_mut(d).enumerate() {
+                let row = x.get(at + j * st[2]..).and_then(|r| r.get(..d));
+                let Some(row) = row else {
+                    bail!("galley attention: a key or value row past its storage");
+                };
+                crate::kernels::attend::widen(row, dst);
+            }
+            Ok(Mat {
+                data: &buf[..],
+                rs: d,
+                cs: 1,
+            })
+        }
+    }
+}
+
+/// A KV cache's storage as the attention kernels read it: f32 or f16.
+fn elems(s: &CpuStorage) -> Result<Elems<'_>> {
+    match s {
+        CpuStorage::F32(x) => Ok(Elems::F32(x)),
+        CpuStorage::F16(x) => Ok(Elems::F16(x)),
+        other => bail!(
+            "galley attention: keys and values in {:?} (f32 or f16 are read)",
+            other.dtype()
+        ),
+    }
 }
 
 impl CustomOp3 for Attend {
@@ -473,7 +513,14 @@ impl CustomOp3 for Attend {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let q = slice(s1, l1)?;
-        let (ks, vs) = (s2.as_slice::<f32>()?, s3.as_slice::<f32>()?);
+        let (ks, vs) = (elems(s2)?, elems(s3)?);
+        if s2.dtype() != s3.dtype() {
+            bail!(
+                "galley attention: keys in {:?}, values in {:?}",
+                s2.dtype(),
+                s3.dtype()
+            );
+        }
         let (b, heads, t, d) = l1.shape().dims4()?;
         let (kb, kvh, n, kd) = l2.shape().dims4()?;
         if l3.shape().dims4()? != (kb, kvh, n, kd)
@@ -497,7 +544,7 @@ impl CustomOp3 for Attend {
         let past = self.visible.past;
         if t == 1 && rep <= crate::kernels::attend::MAX_GROUP {
             // A decode step: its own kernel (no gemm packing for 3 x n products).
-            let rows = |l: &Layout, data| -> Result<crate::kernels::attend::Rows> {
+            let rows = |l: &Layout, data| -> Result<crate::kernels::attend::Rows<'_>> {
                 let st = l.stride();
                 if st[3] != 1 {
                     bail!(
@@ -543,9 +590,10 @@ impl CustomOp3 for Attend {
                 let per_row = heads / group;
                 let (bi, h0) = (task / per_row, (task % per_row) * group);
                 let valid = &self.visible.valid[bi];
+                let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
                 let (kr, vr) = (
-                    head_rows(ks, l2, bi, h0 / rep)?,
-                    head_rows(vs, l3, bi, h0 / rep)?,
+                    head_rows(ks, l2, bi, h0 / rep, &mut kbuf)?,
+                    head_rows(vs, l3, bi, h0 / rep, &mut vbuf)?,
                 );
                 // Rows (bi, h0..h0 + group, all t positions) of q and of the output.
                 let qh = &q[task * group * t * d..][..group * t * d];
@@ -598,7 +646,8 @@ impl CustomOp3 for Attend {
 }
 
 /// softmax(scale·q·kᵀ under `visible`)·v for q (b, heads, t, d), k and v (b, kv_heads, past +
-/// t, d) (views into a KV cache are read in place); returns (b, heads, t, d). CPU, f32.
+/// t, d) (views into a KV cache are read in place; f32 or f16); returns (b, heads, t, d).
+/// CPU; q f32.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, visible: Visible) -> Result<Tensor> {
     q.contiguous()?
         .apply_op3_no_bwd(k, v, &Attend { scale, visible })
@@ -665,7 +714,7 @@ pub fn silu_mul_halves(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{D, Device};
+    use candle_core::{D, DType, Device};
 
     /// The dense-mask path GPUs run: scores, additive mask, softmax, product.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, vis: &Visible) -> Tensor {
@@ -739,6 +788,23 @@ mod tests {
             assert_eq!(got.dims(), want.dims());
             let diff = max_diff(&got, &want);
             assert!(diff < 1e-5, "t = {t}, d = {d}: {diff}");
+            // An f16 cache (views into it, as for f32) gives the bits of its values widened
+            // first, in the decode kernel and in the blocked products alike.
+            let (kh, vh) = (
+                kbuf.to_dtype(DType::F16).unwrap(),
+                vbuf.to_dtype(DType::F16).unwrap(),
+            );
+            let view = |x: &Tensor| x.narrow(2, 0, n).unwrap();
+            let wide = |x: &Tensor| x.to_dtype(DType::F32).unwrap().narrow(2, 0, n).unwrap();
+            let half = attend(&q, &view(&kh), &view(&vh), 0.25, vis.clone()).unwrap();
+            let widened = attend(&q, &wide(&kh), &wide(&vh), 0.25, vis.clone()).unwrap();
+            let bits = |x: &Tensor| -> Vec<u32> {
+                let v = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v.iter().map(|x| x.to_bits()).collect()
+            };
+            assert_eq!(bits(&half), bits(&widened), "t = {t}, d = {d}");
+            // Keys in f16, values in f32: refused, not misread.
+            assert!(attend(&q, &view(&kh), &v, 0.25, vis.clone()).is_err());
         }
     }
 

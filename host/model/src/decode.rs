@@ -98,8 +98,9 @@ impl<'m> Decoder<'m> {
                 Tensor::zeros(shape, dtype, dev)?,
             );
             if let (Some(pk), Some(pv)) = (layer.k()?, layer.v()?) {
-                k.slice_set(&pk.contiguous()?, 2, 0)?;
-                v.slice_set(&pv.contiguous()?, 2, 0)?;
+                // A CPU cache may hold f16 (`Llama::kv_dtype`); these buffers hold `dtype`.
+                k.slice_set(&pk.to_dtype(dtype)?.contiguous()?, 2, 0)?;
+                v.slice_set(&pv.to_dtype(dtype)?.contiguous()?, 2, 0)?;
             }
             kv.push((k, v));
         }

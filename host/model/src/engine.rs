@@ -167,7 +167,7 @@ impl NativeEngine {
         let (families, rest) = families(&groups, self.share_prefix_from);
         for (shared, members) in families {
             // The shared prefix once, one row; its rows are copied for each batch.
-            let mut base = self.model.new_cache(1);
+            let mut base = self.model.new_exact_cache(1, 512);
             let prefix = &groups[members[0]].context[..shared];
             self.model
                 .forward(&[prefix.to_vec()], None, &mut base, true)
@@ -268,7 +268,7 @@ impl NativeEngine {
                 c
             }
             // The batch's contexts exactly: each continuation pass copies the rows it needs.
-            None => self.model.new_cache_with(groups.len(), longest),
+            None => self.model.new_exact_cache(groups.len(), longest),
         };
         let last = self
             .model

@@ -47,8 +47,8 @@ pub use generate::{
     generate_sharing,
 };
 pub use load::{
-    Checkpoint, LoadOptions, LoadedModel, load, load_adapted, load_stacked, load_with, open,
-    open_adapted,
+    Checkpoint, KvCacheDtype, LoadOptions, LoadedModel, load, load_adapted, load_stacked,
+    load_with, open, open_adapted,
 };
 pub use model::{Cache, Llama};
 pub use sample::{Sampler, SamplingParams};

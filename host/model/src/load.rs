@@ -22,6 +22,30 @@ pub struct LoadedModel {
 pub struct LoadOptions {
     /// Dequantize GGUF blocks to f32 at load: every matmul in f32.
     pub dequantize: bool,
+    /// What the KV cache keeps keys and values in ([`Llama::set_kv_dtype`]); `None`: f16 on
+    /// a CPU, the activations' dtype on a GPU.
+    pub kv_cache: Option<KvCacheDtype>,
+}
+
+/// A KV cache's element type as configs (`kv_cache_dtype: f32`) and flags
+/// (`--kv-cache-dtype f32`) name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum KvCacheDtype {
+    /// Half the bytes (llama.cpp's default cache type); rounds keys and values to 11 bits.
+    F16,
+    /// No rounding beyond the activations' (transformers' cache on a CPU).
+    F32,
+}
+
+impl KvCacheDtype {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::F16 => candle_core::DType::F16,
+            Self::F32 => candle_core::DType::F32,
+        }
+    }
 }
 
 pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
@@ -62,7 +86,10 @@ pub fn load_stacked(
     opts: LoadOptions,
 ) -> Result<LoadedModel> {
     let ck = open_adapted(path, adapters, opts, device)?;
-    let model = Llama::load(&ck.weights, ck.config, device)?;
+    let mut model = Llama::load(&ck.weights, ck.config, device)?;
+    if let Some(kv) = opts.kv_cache {
+        model.set_kv_dtype(kv.dtype())?;
+    }
     Ok(LoadedModel {
         model,
         tokenizer: ck.tokenizer,

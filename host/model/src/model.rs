@@ -17,6 +17,9 @@ pub struct Llama {
     lm_head: Linear,
     rotary: Rotary,
     device: Device,
+    /// What new caches store keys and values in where the CPU kernel attends
+    /// ([`Llama::set_kv_dtype`]).
+    kv_dtype: DType,
 }
 
 /// What a batch of sequences has seen so far: cached keys/values per layer and, per row,
@@ -26,6 +29,9 @@ pub struct Cache {
     pub(crate) layers: Vec<KvCache>,
     /// `valid[row][pos]`
     pub(crate) valid: Vec<Vec<bool>>,
+    /// The keys' and values' dtype on the CPU (`None`: the model's [`Llama::kv_dtype`]); a
+    /// GPU keeps them in the activations' dtype.
+    pub(crate) dtype: Option<DType>,
 }
 
 impl Cache {
@@ -88,6 +94,7 @@ impl Cache {
         }
         let total = parts.iter().map(Cache::len).max().unwrap_or(0);
         let layers = parts[0].layers.len();
+        let parts_dtype = parts[0].dtype;
         if parts.iter().any(|p| p.layers.len() != layers) {
             candle_core::bail!("joining caches of models with different layer counts");
         }
@@ -102,12 +109,20 @@ impl Cache {
                 candle_core::bail!("joining caches that hold no keys");
             };
             let (_, h, _, d) = like.dims4()?;
+            // Every part in the first's dtype (parts made with different settings).
+            let same = |t: Tensor| {
+                if t.dtype() == like.dtype() {
+                    Ok(t)
+                } else {
+                    t.to_dtype(like.dtype())
+                }
+            };
             let (mut k_rows, mut v_rows) = (Vec::new(), Vec::new());
             for part in &parts {
                 let kv = &part.layers[layer];
                 let missing = total - part.len();
                 let (k, v) = match (kv.k()?, kv.v()?) {
-                    (Some(k), Some(v)) => (k.contiguous()?, v.contiguous()?),
+                    (Some(k), Some(v)) => (same(k.contiguous()?)?, same(v.contiguous()?)?),
                     _ if part.is_empty() => {
                         let z = Tensor::zeros((part.rows(), h, 0, d), like.dtype(), like.device())?;
                         (z.clone(), z)
@@ -143,6 +158,7 @@ impl Cache {
         Ok(Cache {
             layers: stacked,
             valid,
+            dtype: parts_dtype,
         })
     }
 
@@ -189,6 +205,7 @@ impl Cache {
         Ok(Cache {
             layers,
             valid: vec![vec![true; to - from]],
+            dtype: self.dtype,
         })
     }
 
@@ -227,6 +244,7 @@ impl Cache {
         Ok(Cache {
             layers,
             valid: vec![vec![true; n]],
+            dtype: self.dtype,
         })
     }
 
@@ -285,6 +303,7 @@ impl Llama {
             weight => Linear::from_weight(weight).with_exact_activations(),
         };
         let rotary = Rotary::new(c, device)?;
+        let kv_dtype = default_kv_dtype(device, embed_tokens.dtype());
         Ok(Self {
             config,
             embed_tokens,
@@ -293,7 +312,38 @@ impl Llama {
             lm_head,
             rotary,
             device: device.clone(),
+            kv_dtype,
         })
+    }
+
+    /// What new caches keep keys and values in: f16 on a CPU (as llama.cpp's default cache
+    /// type: a long context's decode step streams half the bytes, and a server holds twice
+    /// the contexts in the same memory), the activations' dtype on a GPU.
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+
+    /// Keeps new caches' keys and values in `dtype`: f16 or f32 on a CPU (f32 adds no
+    /// rounding to the activations'); on a GPU only the activations' dtype.
+    pub fn set_kv_dtype(&mut self, dtype: DType) -> candle_core::Result<()> {
+        let ok = if self.device.is_cpu() && self.dtype() == DType::F32 {
+            matches!(dtype, DType::F16 | DType::F32)
+        } else {
+            dtype == self.dtype()
+        };
+        if !ok {
+            candle_core::bail!(
+                "a KV cache in {dtype:?} on this device (activations in {:?}): {}",
+                self.dtype(),
+                if self.device.is_cpu() {
+                    "f16 or f32"
+                } else {
+                    "the activations' dtype only"
+                }
+            );
+        }
+        self.kv_dtype = dtype;
+        Ok(())
     }
 
     pub fn device(&self) -> &Device {
@@ -398,6 +448,17 @@ impl Llama {
                 .map(|_| KvCache::new(2, positions.max(1)))
                 .collect(),
             valid: vec![Vec::new(); batch],
+            dtype: None,
+        }
+    }
+
+    /// [`Llama::new_cache_with`] keeping keys and values in the activations' dtype whatever
+    /// [`Llama::kv_dtype`] says: scoring (log-likelihoods, perplexity) adds no rounding of its
+    /// own, so its figures stay those of the reference implementations.
+    pub fn new_exact_cache(&self, batch: usize, positions: usize) -> Cache {
+        Cache {
+            dtype: Some(self.dtype()),
+            ..self.new_cache_with(batch, positions)
         }
     }
 
@@ -488,14 +549,25 @@ impl Llama {
         } else {
             None
         };
+        let kv_dtype = cache.dtype.unwrap_or(self.kv_dtype);
         let ids = Tensor::from_vec(tokens.concat(), b * t, &self.device)?;
         let mut x =
             self.embed_tokens
                 .index_select(&ids, 0)?
                 .reshape((b, t, self.config.hidden_size))?;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &angles, mask.as_ref(), kv)?;
+            x = layer.forward(&x, &angles, mask.as_ref(), kv, kv_dtype)?;
         }
         self.norm.forward(&x)
+    }
+}
+
+/// f16 keys and values where the CPU kernel attends (f32 activations on a CPU), else the
+/// activations' dtype.
+fn default_kv_dtype(device: &Device, activations: DType) -> DType {
+    if device.is_cpu() && activations == DType::F32 {
+        DType::F16
+    } else {
+        activations
     }
 }

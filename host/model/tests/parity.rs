@@ -18,7 +18,8 @@ fn logits_of(
     rows: &[Vec<u32>],
     pad: Option<&[Vec<bool>]>,
 ) -> Vec<Vec<Vec<f32>>> {
-    let mut cache = m.new_cache(rows.len());
+    // Keys and values in f32, as transformers keeps them (the f16 default has its own test).
+    let mut cache = m.new_exact_cache(rows.len(), 64);
     m.forward(rows, pad, &mut cache, false)
         .unwrap()
         .to_vec3::<f32>()
@@ -114,7 +115,7 @@ fn the_kv_cache_and_left_padding_change_nothing() {
     for name in FAMILIES {
         let (m, ids, want) = tiny(name);
         // Prefill 6 tokens, then one at a time.
-        let mut cache = m.model.new_cache(1);
+        let mut cache = m.model.new_exact_cache(1, 64);
         let mut got = m
             .model
             .forward(&[ids[..6].to_vec()], None, &mut cache, false)
@@ -156,6 +157,64 @@ fn the_kv_cache_and_left_padding_change_nothing() {
     }
 }
 
+/// A CPU cache keeps keys and values in f16 by default (llama.cpp's default cache type): half
+/// the bytes, logits within that rounding of transformers' (an f32 cache: within 1e-4), in a
+/// prefill, a cached decode and a left-padded batch alike; f32 can be asked for.
+#[test]
+fn an_f16_cache_holds_half_the_bytes_within_its_rounding_of_transformers() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    for name in FAMILIES {
+        let (mut m, ids, want) = tiny(name);
+        assert_eq!(m.model.kv_dtype(), candle_core::DType::F16);
+        let mut cache = m.model.new_cache(1);
+        let mut got = m
+            .model
+            .forward(&[ids[..6].to_vec()], None, &mut cache, false)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap()[0]
+            .clone();
+        for &t in &ids[6..] {
+            let step = m.model.forward(&[vec![t]], None, &mut cache, false);
+            got.extend(step.unwrap().to_vec3::<f32>().unwrap()[0].clone());
+        }
+        let err = rel_err(&got.concat(), &want.concat());
+        println!("{name}, f16 cache: relative error {err:.2e}");
+        assert!(err < 5e-4, "{name}: f16 cache off by {err}");
+        let mut exact = m.model.new_exact_cache(1, 64);
+        m.model
+            .forward(std::slice::from_ref(&ids), None, &mut exact, false)
+            .unwrap();
+        assert_eq!(2 * cache.bytes(), exact.bytes(), "{name}");
+        // A left-padded row of a batch.
+        let n = ids.len();
+        let padded = [vec![0u32; n - 4], ids[..4].to_vec()].concat();
+        let pad = vec![vec![false; n], (0..n).map(|i| i < n - 4).collect()];
+        let mut cache = m.model.new_cache(2);
+        let got = m
+            .model
+            .forward(&[ids.clone(), padded], Some(&pad), &mut cache, false)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        assert!(rel_err(&got[0].concat(), &want.concat()) < 5e-4, "{name}");
+        assert!(rel_err(&got[1][n - 4..].concat(), &want[..4].concat()) < 5e-4);
+        // f32 asked for: transformers' logits to 1e-4 through `new_cache` as well.
+        m.model.set_kv_dtype(candle_core::DType::F32).unwrap();
+        let mut cache = m.model.new_cache(1);
+        let got = m
+            .model
+            .forward(std::slice::from_ref(&ids), None, &mut cache, false);
+        let err = rel_err(
+            &got.unwrap().to_vec3::<f32>().unwrap()[0].concat(),
+            &want.concat(),
+        );
+        assert!(err < 1e-4, "{name}: f32 cache off by {err}");
+        let e = m.model.set_kv_dtype(candle_core::DType::BF16).unwrap_err();
+        assert!(e.to_string().contains("f16 or f32"), "{e}");
+    }
+}
+
 fn read_f32(path: &Path) -> Vec<f32> {
     std::fs::read(path)
         .unwrap()
@@ -176,7 +235,10 @@ fn smollm2_dequantized_matches_transformers() {
     let m = load_with(
         &smollm2(),
         &galley_model::default_device(),
-        LoadOptions { dequantize: true },
+        LoadOptions {
+            dequantize: true,
+            ..Default::default()
+        },
     )
     .unwrap();
     // The template renders the prompt transformers rendered, token for token.
@@ -369,7 +431,8 @@ fn the_fixed_shape_decoder_matches_the_growing_cache() {
         let n = ids.len();
         let rows = [ids[..4].to_vec(), [vec![0, 0], ids[4..6].to_vec()].concat()];
         let pad = vec![vec![false; 4], vec![true, true, false, false]];
-        let mut cache = m.new_cache(2);
+        // The fixed-shape buffers hold the activations' dtype, as this cache does.
+        let mut cache = m.new_exact_cache(2, 64);
         m.forward(&rows, Some(&pad), &mut cache, true).unwrap();
         let mut dec = Decoder::from_cache(m, &cache, 16).unwrap();
         for i in 0..6 {
@@ -386,7 +449,7 @@ fn the_fixed_shape_decoder_matches_the_growing_cache() {
         }
         assert_eq!(dec.len(), 10);
         let mut fresh = Decoder::new(m, 1, 8).unwrap();
-        let mut cache = m.new_cache(1);
+        let mut cache = m.new_exact_cache(1, 64);
         for &t in &ids[..8.min(n)] {
             let (want, got) = (step(m, &mut cache, &[t]), fresh.step(&[t]).unwrap());
             let err = rel_err(&got.to_vec2::<f32>().unwrap()[0], &want[0]);

@@ -27,7 +27,10 @@ fn answers_the_capital_of_france_greedily() {
     let m = load_with(
         &smollm2(),
         &galley_model::default_device(),
-        LoadOptions { dequantize: true },
+        LoadOptions {
+            dequantize: true,
+            ..Default::default()
+        },
     )
     .unwrap();
     let out = generate(
@@ -47,14 +50,19 @@ fn answers_the_capital_of_france_greedily() {
 #[test]
 fn batches_seeds_stops_and_streaming() {
     let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
-    // f32, so a batch must reproduce single runs to rounding (quantized matmuls round
-    // activations per call, which moves logprobs by ~1e-3).
-    let m = load_with(
+    // f32 weights and KV cache, so a batch must reproduce single runs to rounding (quantized
+    // matmuls round activations per call, and an f16 cache rounds keys a batched prefill
+    // computed in other bits: each moves logprobs by ~1e-3).
+    let mut m = load_with(
         &smollm2(),
         &galley_model::default_device(),
-        LoadOptions { dequantize: true },
+        LoadOptions {
+            dequantize: true,
+            ..Default::default()
+        },
     )
     .unwrap();
+    m.model.set_kv_dtype(candle_core::DType::F32).unwrap();
     let prompts = vec![
         prompt(&m, "Name three colors."),
         prompt(&m, "Write a haiku about the sea, please, in English."),
@@ -176,8 +184,24 @@ fn batches_seeds_stops_and_streaming() {
 fn quantized_kernels_track_the_f32_model() {
     let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let dev = galley_model::default_device();
-    let q = load_with(&smollm2(), &dev, LoadOptions { dequantize: false }).unwrap();
-    let f = load_with(&smollm2(), &dev, LoadOptions { dequantize: true }).unwrap();
+    let q = load_with(
+        &smollm2(),
+        &dev,
+        LoadOptions {
+            dequantize: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let f = load_with(
+        &smollm2(),
+        &dev,
+        LoadOptions {
+            dequantize: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let ids = prompt(&q, "Name three colors.");
     let step = |m: &LoadedModel| {
         let mut cache = m.model.new_cache(1);

@@ -360,6 +360,7 @@ impl Runner<'_> {
         ctl.overhead += t.elapsed().as_secs_f64();
         let load = galley_model::LoadOptions {
             dequantize: s.dequantize,
+            ..Default::default()
         };
         let device = galley_model::default_device();
         let mut engine = galley_model::NativeEngine::open(
@@ -638,8 +639,14 @@ fn merge(
     };
     if let Some(ty) = gguf {
         let path = dir.join("model.gguf");
-        let ck = galley_model::open(&model, galley_model::LoadOptions { dequantize: true })
-            .map_err(|e| RunError::stage(&st.name, e))?;
+        let ck = galley_model::open(
+            &model,
+            galley_model::LoadOptions {
+                dequantize: true,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| RunError::stage(&st.name, e))?;
         galley_model::gguf_export::write_gguf(&ck, &st.name, ty, &path)
             .map_err(|e| RunError::stage(&st.name, e))?;
         rec.outputs.insert("gguf".into(), path);

@@ -61,6 +61,7 @@ pub fn open(spec: &EngineSpec, base: &Path) -> Result<Opened, ServeError> {
     let device = galley_model::default_device();
     let load = galley_model::LoadOptions {
         dequantize: spec.dequantize,
+        ..Default::default()
     };
     let refs: Vec<&Path> = adapters.iter().map(PathBuf::as_path).collect();
     let mut engine = galley_model::NativeEngine::open(&path, &refs, &device, load)?;

@@ -78,6 +78,11 @@ pub struct ServeFlags {
     /// Dequantize GGUF weights to f32 at load.
     #[arg(long)]
     pub dequantize: bool,
+    /// What the KV cache keeps keys and values in: f16 (the default on a CPU, as llama.cpp's
+    /// server: twice the contexts in the same memory) or f32 (no rounding of its own). A GPU
+    /// keeps the activations' dtype.
+    #[arg(long, value_enum, value_name = "DTYPE")]
+    pub kv_cache_dtype: Option<galley_model::KvCacheDtype>,
     /// Keep an f32 copy of quantized weights for passes of 64 rows or more (grouped prefills,
     /// batches past 64): those run dense GEMMs, smaller ones the quantized kernels (about 4
     /// bytes per parameter more memory, per served model). auto: when all copies fit in 2 GiB.
@@ -139,6 +144,7 @@ impl ServeFlags {
             },
             load: galley_model::LoadOptions {
                 dequantize: self.dequantize,
+                kv_cache: self.kv_cache_dtype,
             },
             dense_batches: match self.dense_batches {
                 Dense::Auto => None,
@@ -194,6 +200,12 @@ mod tests {
         );
         assert_eq!((o.dense_batches, o.limits.max_batch), (Some(true), 32));
         assert_eq!(ok.serve.addr(), "127.0.0.1:8080");
+        assert_eq!(o.load.kv_cache, None);
+        let f32_cache = parse(&["-m", "m", "--kv-cache-dtype", "f32"]).serve;
+        let o = f32_cache.options("m".into()).unwrap();
+        assert_eq!(o.load.kv_cache, Some(galley_model::KvCacheDtype::F32));
+        let cmd = ["serve", "-m", "m", "--kv-cache-dtype", "q8"];
+        assert!(Cmd::try_parse_from(cmd).is_err());
         for bad in ["math", "=dir", "name="] {
             let e = parse(&["-m", "m", "--adapter", bad])
                 .serve

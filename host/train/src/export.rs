@@ -184,7 +184,10 @@ pub fn save_merged(
 /// merged model (an HF folder with its tokenizer) to `dir`, for tools that load no adapters.
 pub fn merge_adapter(base: &Path, adapters: &[std::path::PathBuf], dir: &Path) -> Result<()> {
     let dev = candle_core::Device::Cpu;
-    let opts = galley_model::LoadOptions { dequantize: true };
+    let opts = galley_model::LoadOptions {
+        dequantize: true,
+        ..Default::default()
+    };
     let ck = galley_model::open_adapted(base, adapters, opts, &dev)?;
     let peft = PeftSection::default();
     let build = crate::model::Build {

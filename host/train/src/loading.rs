@@ -160,7 +160,10 @@ fn new_model_tokenizer(
 /// The starting model's checkpoint: `model.path` with `model.adapters` applied in memory.
 pub(crate) fn open_start(cfg: &TrainConfig, path: &Path) -> Result<galley_model::Checkpoint> {
     let dev = candle_core::Device::Cpu;
-    let opts = LoadOptions { dequantize: false };
+    let opts = LoadOptions {
+        dequantize: false,
+        ..Default::default()
+    };
     Ok(galley_model::open_adapted(
         path,
         &cfg.model.adapters,

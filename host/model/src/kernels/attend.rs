@@ -19,27 +19,80 @@
 
 use super::softmax::LANES;
 use super::{SendPtr, softmax};
+use half::f16;
 
 /// Query heads per KV head this kernel takes (Llama-family models have up to 8; the general
 /// attention takes larger groups).
 pub const MAX_GROUP: usize = 16;
 
+/// A KV cache's elements: f32, or f16 (llama.cpp's default cache type: half the bytes a long
+/// cache streams per step, each element widened exactly as it is read).
+#[derive(Clone, Copy)]
+pub enum Elems<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
 /// Keys or values of a (b, kv_heads, n, d) tensor with a unit stride along d: element
 /// (bi, h, j, c) is `data[start + bi * sb + h * sh + j * sj + c]`.
 #[derive(Clone, Copy)]
 pub struct Rows<'a> {
-    pub data: &'a [f32],
+    pub data: Elems<'a>,
     pub start: usize,
     pub sb: usize,
     pub sh: usize,
     pub sj: usize,
 }
 
-impl Rows<'_> {
+impl<'a> Rows<'a> {
     #[inline(always)]
-    fn row(&self, bi: usize, h: usize, j: usize, d: usize) -> &[f32] {
-        &self.data[self.start + bi * self.sb + h * self.sh + j * self.sj..][..d]
+    fn at(&self, bi: usize, h: usize, j: usize) -> usize {
+        self.start + bi * self.sb + h * self.sh + j * self.sj
     }
+
+    /// Row (bi, h, j) as f32: in place, or widened into `buf` (at least `d` long).
+    #[inline(always)]
+    fn row<'s>(&self, bi: usize, h: usize, j: usize, d: usize, buf: &'s mut [f32]) -> &'s [f32]
+    where
+        'a: 's,
+    {
+        let at = self.at(bi, h, j);
+        match self.data {
+            Elems::F32(x) => &x[at..][..d],
+            Elems::F16(x) => {
+                let buf = &mut buf[..d];
+                widen(&x[at..][..d], buf);
+                buf
+            }
+        }
+    }
+}
+
+impl Rows<'_> {
+    /// Asks for row (bi, h, j)'s cache lines (`d` elements), ahead of its use: a long cache
+    /// streams from memory, and this VM's prefetchers alone left the kernel at a third of the
+    /// bandwidth the weights' kernels reach with the same hint.
+    #[inline(always)]
+    fn prefetch_row(&self, bi: usize, h: usize, j: usize, d: usize) {
+        let at = self.at(bi, h, j);
+        let (p, bytes) = match self.data {
+            Elems::F32(x) => (x.as_ptr().wrapping_add(at) as *const u8, 4 * d),
+            Elems::F16(x) => (x.as_ptr().wrapping_add(at) as *const u8, 2 * d),
+        };
+        for off in (0..bytes).step_by(64) {
+            super::prefetch(p.wrapping_add(off));
+        }
+    }
+}
+
+/// Keys ahead of the one in use whose rows are asked for.
+const AHEAD: usize = 16;
+
+/// f16 to f32, exactly (F16C or AVX-512 where the CPU has them: `half` picks at run time).
+#[inline]
+pub fn widen(src: &[f16], dst: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    src.convert_to_f32_slice(dst);
 }
 
 /// What one decode step attends with.
@@ -77,10 +130,57 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// one network of shuffles (`dots16_avx512`) instead of sixteen lane-by-lane folds.
 const KEY_BLOCK: usize = 16;
 
-/// What a task reuses between calls: its segment's scores (rep x keys).
+/// What a task reuses between calls: its segment's scores (rep x keys), and f16 key and
+/// value rows widened to f32 where no kernel reads them as they are.
 #[derive(Default)]
 pub struct Scratch {
     scores: Vec<f32>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+}
+
+/// A block of key rows as a kernel reads them.
+enum KeyBlock<'x> {
+    Wide([&'x [f32]; KEY_BLOCK]),
+    /// f16 rows read as they are by [`dots16_avx512_f16`] (a full block, AVX-512).
+    #[cfg(target_arch = "x86_64")]
+    Half([&'x [f16]; KEY_BLOCK]),
+}
+
+impl<'a> Rows<'a> {
+    /// Rows `js` (`bi`, `h`) for the key kernels; a short block's spare places repeat its last.
+    #[inline(always)]
+    fn key_block<'s>(
+        &self,
+        bi: usize,
+        h: usize,
+        js: &[usize],
+        d: usize,
+        buf: &'s mut Vec<f32>,
+    ) -> KeyBlock<'s>
+    where
+        'a: 's,
+    {
+        let pick = |i: usize| self.at(bi, h, js[i.min(js.len() - 1)]);
+        match self.data {
+            Elems::F32(x) => KeyBlock::Wide(std::array::from_fn(|i| &x[pick(i)..][..d])),
+            #[cfg(target_arch = "x86_64")]
+            Elems::F16(x)
+                if js.len() == KEY_BLOCK && d.is_multiple_of(LANES) && super::has_avx512f() =>
+            {
+                KeyBlock::Half(std::array::from_fn(|i| &x[pick(i)..][..d]))
+            }
+            Elems::F16(x) => {
+                buf.resize(KEY_BLOCK * d, 0.0);
+                for (i, dst) in buf.chunks_exact_mut(d).enumerate().take(js.len()) {
+                    widen(&x[pick(i)..][..d], dst);
+                }
+                let last = js.len() - 1;
+                let buf = &buf[..];
+                KeyBlock::Wide(std::array::from_fn(|i| &buf[i.min(last) * d..][..d]))
+            }
+        }
+    }
 }
 
 /// Keys a task takes at most. A longer cache is split into segments of this many of the
@@ -106,17 +206,30 @@ fn task_impl(
     let d = s.d;
     let (rep, len) = (s.heads / s.kv_heads, keys.len());
     let q = &s.q[(bi * s.heads + g * rep) * d..][..rep * d];
-    let scores = &mut scratch.scores;
+    let Scratch {
+        scores,
+        keys: kbuf,
+        values: vbuf,
+    } = scratch;
     scores.clear();
     scores.resize(rep * len, 0.0);
     // Each query head's largest score, kept as they are computed (a segment is never empty).
     let mut maxima = [f32::NEG_INFINITY; MAX_GROUP];
     let mut dots = [0f32; KEY_BLOCK];
     for (b, block) in keys.chunks(KEY_BLOCK).enumerate() {
-        let rows: [&[f32]; KEY_BLOCK] =
-            std::array::from_fn(|i| s.k.row(bi, g, block[i.min(block.len() - 1)], d));
+        for &j in keys.iter().skip(b * KEY_BLOCK + AHEAD).take(KEY_BLOCK) {
+            s.k.prefetch_row(bi, g, j, d);
+        }
+        let rows = s.k.key_block(bi, g, block, d, kbuf);
         for (r, m) in maxima[..rep].iter_mut().enumerate() {
-            dots_block(&q[r * d..][..d], &rows[..block.len()], &mut dots);
+            let q = &q[r * d..][..d];
+            match &rows {
+                KeyBlock::Wide(rows) => dots_block(q, &rows[..block.len()], &mut dots),
+                // SAFETY: `key_block` reads rows as they are only on AVX-512, for a full
+                // block, d a multiple of 16; every row is d long.
+                #[cfg(target_arch = "x86_64")]
+                KeyBlock::Half(rows) => unsafe { dots16_avx512_f16(q, rows, &mut dots) },
+            }
             let xs = dots.map(|dot| dot * s.scale);
             scores[r * len + b * KEY_BLOCK..][..block.len()].copy_from_slice(&xs[..block.len()]);
             // The block's largest in a tree of lanes (a maximum is the same in any order);
@@ -150,20 +263,36 @@ fn task_impl(
     // (the bits of one row at a time) with one load and store of it instead of four.
     let mut quads = keys.chunks_exact(4);
     for (i, quad) in (&mut quads).enumerate() {
-        add_values4(
-            s,
-            bi,
-            g,
-            quad.try_into().expect("4 keys"),
-            4 * i,
-            scores,
-            len,
-            out,
-        );
+        for &j in keys.iter().skip(4 * i + AHEAD).take(4) {
+            s.v.prefetch_row(bi, g, j, d);
+        }
+        let quad: &[usize; 4] = quad.try_into().expect("4 keys");
+        let at = quad.map(|j| s.v.at(bi, g, j));
+        match s.v.data {
+            Elems::F32(x) => {
+                let rows = at.map(|a| &x[a..][..d]);
+                add_values4(&rows, 4 * i, scores, len, out);
+            }
+            #[cfg(target_arch = "x86_64")]
+            Elems::F16(x) if d.is_multiple_of(LANES) && super::has_avx512f() => {
+                let rows = at.map(|a| &x[a..][..d]);
+                // SAFETY: AVX-512F checked; every row is d long, d a multiple of 16.
+                unsafe { add_values4_f16_avx512(&rows, 4 * i, scores, len, out) };
+            }
+            Elems::F16(x) => {
+                vbuf.resize(4 * d, 0.0);
+                for (dst, a) in vbuf.chunks_exact_mut(d).zip(at) {
+                    widen(&x[a..][..d], dst);
+                }
+                let rows = std::array::from_fn(|k| &vbuf[k * d..][..d]);
+                add_values4(&rows, 4 * i, scores, len, out);
+            }
+        }
     }
     let done = len - quads.remainder().len();
+    vbuf.resize(vbuf.len().max(d), 0.0);
     for (i, &j) in quads.remainder().iter().enumerate() {
-        let vj = s.v.row(bi, g, j, d);
+        let vj = s.v.row(bi, g, j, d, vbuf);
         for r in 0..rep {
             let p = scores[r * len + done + i];
             for (o, &x) in out[r * d..][..d].iter_mut().zip(vj) {
@@ -173,23 +302,12 @@ fn task_impl(
     }
 }
 
-/// `out` (rep x d) plus the value rows of keys `js` weighted by their probabilities, added
+/// `out` (rep x d) plus four keys' value rows `v` weighted by their probabilities, added
 /// in key order.
 /// `at`: the first key's place in the segment (its scores' column).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn add_values4(
-    s: &Step,
-    bi: usize,
-    g: usize,
-    js: &[usize; 4],
-    at: usize,
-    scores: &[f32],
-    len: usize,
-    out: &mut [f32],
-) {
-    let d = s.d;
-    let v = js.map(|j| s.v.row(bi, g, j, d));
+fn add_values4(v: &[&[f32]; 4], at: usize, scores: &[f32], len: usize, out: &mut [f32]) {
+    let d = v[0].len();
     for (r, o) in out.chunks_exact_mut(d).enumerate() {
         let p: [f32; 4] = std::array::from_fn(|k| scores[r * len + at + k]);
         let rows = v[0].iter().zip(v[1]).zip(v[2].iter().zip(v[3]));
@@ -198,6 +316,41 @@ fn add_values4(
             let acc = p[1].mul_add(*b, acc);
             let acc = p[2].mul_add(*c, acc);
             *o = p[3].mul_add(*e, acc);
+        }
+    }
+}
+
+/// [`add_values4`] for f16 value rows, widened in registers: the same fused multiply-adds
+/// in the same order, so the same bits as on the rows widened first.
+/// # Safety
+/// The CPU must have AVX-512F; every row is `d` long, `d` a multiple of 16, and `out` holds
+/// whole rows of `d`, as many as `scores` holds rows of `len`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn add_values4_f16_avx512(
+    v: &[&[f16]; 4],
+    at: usize,
+    scores: &[f32],
+    len: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let d = v[0].len();
+    debug_assert!(d.is_multiple_of(LANES) && v.iter().all(|r| r.len() == d));
+    for (r, o) in out.chunks_exact_mut(d).enumerate() {
+        let p: [__m512; 4] = std::array::from_fn(|k| _mm512_set1_ps(scores[r * len + at + k]));
+        // SAFETY: chunk c reads [16c, 16c + 16) of `o` and of every row, all d long.
+        unsafe {
+            for c in (0..d).step_by(LANES) {
+                let half = |k: usize| {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(v[k].as_ptr().add(c) as *const __m256i))
+                };
+                let mut acc = _mm512_loadu_ps(o.as_ptr().add(c));
+                for (k, pk) in p.iter().enumerate() {
+                    acc = _mm512_fmadd_ps(*pk, half(k), acc);
+                }
+                _mm512_storeu_ps(o.as_mut_ptr().add(c), acc);
+            }
         }
     }
 }
@@ -244,6 +397,42 @@ pub(super) unsafe fn dots16_avx512(
                 *acc = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k.as_ptr().add(LANES * c)), *acc);
             }
         }
+        fold16(&a, dots);
+    }
+}
+
+/// [`dots16_avx512`] for f16 keys, widened in registers (exactly): the bits of the same
+/// keys widened first.
+/// # Safety
+/// As for [`dots16_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn dots16_avx512_f16(q: &[f32], keys: &[&[f16]; KEY_BLOCK], dots: &mut [f32; KEY_BLOCK]) {
+    use std::arch::x86_64::*;
+    let chunks = q.len() / LANES;
+    debug_assert!(q.len().is_multiple_of(LANES) && keys.iter().all(|k| k.len() >= q.len()));
+    // SAFETY: chunk c reads [16c, 16c + 16) of q and of every key, inside each (c < chunks).
+    unsafe {
+        let mut a = [_mm512_setzero_ps(); KEY_BLOCK];
+        for c in 0..chunks {
+            let qv = _mm512_loadu_ps(q.as_ptr().add(LANES * c));
+            for (acc, k) in a.iter_mut().zip(keys) {
+                let k = _mm256_loadu_si256(k.as_ptr().add(LANES * c) as *const __m256i);
+                *acc = _mm512_fmadd_ps(qv, _mm512_cvtph_ps(k), *acc);
+            }
+        }
+        fold16(&a, dots);
+    }
+}
+
+/// Each of sixteen keys' sixteen-lane sums folded as `fold_lanes` folds one (lane i plus lane
+/// i + 8, + 4, + 2, + 1), all in one network of shuffles; `dots[i]` is key i's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn fold16(a: &[std::arch::x86_64::__m512; KEY_BLOCK], dots: &mut [f32; KEY_BLOCK]) {
+    use std::arch::x86_64::*;
+    {
         // Lanes i + 8: keys 2m and 2m + 1 side by side, eight lanes each.
         let b: [__m512; 8] = std::array::from_fn(|m| {
             let (x, y) = (a[2 * m], a[2 * m + 1]);
@@ -274,8 +463,11 @@ pub(super) unsafe fn dots16_avx512(
             _mm512_shuffle_ps::<0xDD>(e[0], e[1]),
         );
         let order: [i32; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
-        let idx = _mm512_loadu_si512(order.as_ptr() as *const __m512i);
-        _mm512_storeu_ps(dots.as_mut_ptr(), _mm512_permutexvar_ps(idx, f));
+        // SAFETY: both are 16 floats (or 16 i32) long.
+        unsafe {
+            let idx = _mm512_loadu_si512(order.as_ptr() as *const __m512i);
+            _mm512_storeu_ps(dots.as_mut_ptr(), _mm512_permutexvar_ps(idx, f));
+        }
     }
 }
 
@@ -395,12 +587,16 @@ mod tests {
         let (b, heads, kvh, d) = (3, 9, 3, 64);
         let q = values(b * heads * d, 1);
         // Cache buffers with room to spare, as KvCache's views.
-        let (kbuf, vbuf) = (values(b * kvh * cap * d, 2), values(b * kvh * cap * d, 3));
+        let leak = |v: Vec<f32>| -> &'static [f32] { Vec::leak(v) };
+        let (kbuf, vbuf) = (
+            leak(values(b * kvh * cap * d, 2)),
+            leak(values(b * kvh * cap * d, 3)),
+        );
         let mut valid = vec![vec![true; past + 1]; b];
         valid[1][..4].fill(false);
         valid[2][7] = false;
-        let rows = |data| Rows {
-            data,
+        let rows = |data: &'static [f32]| Rows {
+            data: Elems::F32(data),
             start: 0,
             sb: kvh * cap * d,
             sh: cap * d,
@@ -408,8 +604,8 @@ mod tests {
         };
         let step = Step {
             q: &q,
-            k: rows(&kbuf),
-            v: rows(&vbuf),
+            k: rows(kbuf),
+            v: rows(vbuf),
             valid: &valid,
             past,
             heads,
@@ -425,8 +621,8 @@ mod tests {
         };
         let alone = decode(&Step {
             q: &q[heads * d..2 * heads * d],
-            k: one(&kbuf),
-            v: one(&vbuf),
+            k: one(kbuf),
+            v: one(vbuf),
             valid: &valid[1..2],
             ..step
         });
@@ -468,13 +664,43 @@ mod tests {
             }
         }
         // Padding keys carry no weight: changing them changes nothing.
-        let mut k2 = kbuf.clone();
+        let mut k2 = kbuf.to_vec();
         let at = kvh * cap * d;
         k2[at..at + 4 * d].fill(9.0);
         let again = decode(&Step {
-            k: rows(&k2),
+            k: rows(leak(k2)),
             ..step
         });
         assert_eq!(bits(&again), bits(&all));
+        // An f16 cache: the bits of the same values widened first, whichever kernel reads
+        // them (in registers on AVX-512, widened rows elsewhere and in the portable code).
+        let half = |x: &[f32]| -> &'static [f16] {
+            Vec::leak(x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())
+        };
+        let (kh, vh) = (half(kbuf), half(vbuf));
+        let wide = |x: &[f16]| x.iter().map(|v| v.to_f32()).collect::<Vec<_>>();
+        let halves = |data: &'static [f16]| Rows {
+            data: Elems::F16(data),
+            ..rows(kbuf)
+        };
+        let f16_step = Step {
+            k: halves(kh),
+            v: halves(vh),
+            ..step
+        };
+        let widened = decode(&Step {
+            k: rows(leak(wide(kh))),
+            v: rows(leak(wide(vh))),
+            ..step
+        });
+        assert_eq!(bits(&decode(&f16_step)), bits(&widened));
+        assert_eq!(bits(&decode_by(&f16_step, task_impl)), bits(&widened));
+        // Rounding the cache to f16 moves the outputs by about its precision (2^-11).
+        let worst = widened
+            .iter()
+            .zip(&all)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst > 0.0 && worst < 2e-3, "f16 cache off by {worst}");
     }
 }

@@ -7,7 +7,7 @@ use super::{Linear, RmsNorm};
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::weights::Weights;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::kv_cache::KvCache;
 
 /// What a forward pass's queries may see.
@@ -78,15 +78,29 @@ impl Attention {
     }
 
     /// `x` (b, t, hidden); `mask` as the pass's queries see, or `None` for a plain causal step
-    /// of one token.
+    /// of one token. The new keys and values are stored in `kv_dtype` (f16 or f32; the CPU
+    /// kernel reads either) where the CPU kernel attends, in the activations' dtype elsewhere;
+    /// a cache that already holds some keeps their dtype.
     pub fn forward(
         &self,
         x: &Tensor,
         angles: &Angles,
         mask: Option<&Mask>,
         cache: &mut KvCache,
+        kv_dtype: DType,
     ) -> candle_core::Result<Tensor> {
         let (q, k, v) = self.project(x, angles)?;
+        let held = cache.k_cache().all_data().as_ref().map(Tensor::dtype);
+        let store = match (held, mask) {
+            (Some(held), _) => held,
+            (None, Some(Mask::Rows(_))) => kv_dtype,
+            (None, _) => q.dtype(),
+        };
+        let (k, v) = if k.dtype() == store {
+            (k, v)
+        } else {
+            (k.to_dtype(store)?, v.to_dtype(store)?)
+        };
         let (k, v) = cache.append(&k, &v)?;
         match mask {
             Some(Mask::Rows(visible)) => {
@@ -138,6 +152,13 @@ impl Attention {
         let (b, _, t, d) = q.dims4()?;
         let n = k.dim(2)?;
         let rep = self.heads / self.kv_heads;
+        // A cache kept in another dtype than the activations (f16 on a CPU) is widened.
+        let (k, v) = if k.dtype() == q.dtype() {
+            (k.clone(), v.clone())
+        } else {
+            (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?)
+        };
+        let (k, v) = (&k, &v);
         // (b, heads, t, d) -> (b, kv_heads, rep * t, d): query heads of one group side by side.
         let q = q.reshape((b, self.kv_heads, rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();

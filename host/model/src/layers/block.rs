@@ -50,12 +50,14 @@ impl DecoderLayer {
         angles: &Angles,
         mask: Option<&super::Mask>,
         cache: &mut KvCache,
+        kv_dtype: candle_core::DType,
     ) -> candle_core::Result<Tensor> {
         let h = (x + self.self_attn.forward(
             &self.input_layernorm.forward(x)?,
             angles,
             mask,
             cache,
+            kv_dtype,
         )?)?;
         &h + self
             .mlp
