@@ -190,6 +190,126 @@ impl<'a> Rows<'a> {
 /// the same whatever padding its batch adds.
 const SEGMENT: usize = 512;
 
+/// Value rows a task adds with every query head's accumulators held in registers: `R` heads
+/// times `C` sixteen-lane chunks of the output at a time (at most 24 of the 32 registers),
+/// all of a segment's keys in order per pass. Adding a key's row to each head's output in key
+/// order is what [`add_values4`] does, so the bits are its: only the loads and stores of the
+/// output between keys are gone (the kernel's largest cost at depth: `perf`).
+const VALUE_REGS: usize = 24;
+
+/// Chunks of sixteen output lanes a pass holds for `rep` heads (0: no register kernel).
+fn value_chunks(rep: usize, d: usize) -> usize {
+    if rep == 0 || rep > 8 || !d.is_multiple_of(LANES) {
+        return 0;
+    }
+    let c = (VALUE_REGS / rep).min(4);
+    let c = [4, 2, 1]
+        .into_iter()
+        .find(|&k| k <= c && (d / LANES).is_multiple_of(k));
+    c.unwrap_or(0)
+}
+
+/// `out` (rep x d, zeroed by the caller) = Σ over `keys` in order of each head's probability
+/// times the key's value row, read from `data` (f32 or f16: `$load` widens 16 lanes).
+macro_rules! values_in_registers {
+    ($name:ident, $elem:ty, $load:path) => {
+        /// # Safety
+        /// The CPU must have AVX-512F; `data` holds every key's row of `d` elements at
+        /// `base + j * sj`; `scores` holds `R` rows of `len` probabilities; `out` is R x d,
+        /// d a multiple of 16 * C.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<const R: usize, const C: usize>(
+            data: &[$elem],
+            base: usize,
+            sj: usize,
+            keys: &[usize],
+            scores: &[f32],
+            len: usize,
+            d: usize,
+            out: &mut [f32],
+        ) {
+            use std::arch::x86_64::*;
+            debug_assert!(out.len() == R * d && scores.len() >= R * len && keys.len() <= len);
+            debug_assert!(keys.iter().all(|&j| base + j * sj + d <= data.len()));
+            for c0 in (0..d).step_by(C * LANES) {
+                let mut acc = [[_mm512_setzero_ps(); C]; R];
+                for (i, &j) in keys.iter().enumerate() {
+                    // SAFETY: row j's columns c0 .. c0 + 16C lie inside `data` (checked
+                    // above in debug builds; the caller's rows are views of the cache).
+                    let row = unsafe { data.as_ptr().add(base + j * sj + c0) };
+                    let mut v = [_mm512_setzero_ps(); C];
+                    for (c, v) in v.iter_mut().enumerate() {
+                        // SAFETY: as for `row`.
+                        *v = unsafe { $load(row.add(c * LANES)) };
+                    }
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let p = _mm512_set1_ps(scores[r * len + i]);
+                        for c in 0..C {
+                            acc[c] = _mm512_fmadd_ps(p, v[c], acc[c]);
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate() {
+                    for c in 0..C {
+                        // SAFETY: r * d + c0 + 16c + 16 <= R * d = out.len().
+                        unsafe {
+                            _mm512_storeu_ps(out.as_mut_ptr().add(r * d + c0 + c * LANES), acc[c])
+                        };
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// Sixteen f32 lanes from memory.
+/// # Safety
+/// The CPU must have AVX-512F; `p` points at 16 readable f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load_f32(p: *const f32) -> std::arch::x86_64::__m512 {
+    // SAFETY: as the function's contract says.
+    unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+}
+
+/// Sixteen f16 lanes from memory, widened (exactly).
+/// # Safety
+/// The CPU must have AVX-512F; `p` points at 16 readable f16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load_f16(p: *const f16) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: as the function's contract says.
+    unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+}
+
+values_in_registers!(values_f32, f32, load_f32);
+values_in_registers!(values_f16, f16, load_f16);
+
+/// Calls `$kernel::<R, C>` for the task's `rep` and [`value_chunks`]; false when none fits.
+macro_rules! by_heads_and_chunks {
+    ($kernel:ident, $rep:expr, $chunks:expr, $($arg:expr),*) => {
+        by_heads_and_chunks!(@arms $kernel, ($rep, $chunks), ($($arg),*), [1 2 3 4 5 6 7 8])
+    };
+    (@arms $kernel:ident, $key:expr, $args:tt, [$($r:literal)*]) => {
+        match $key {
+            $(
+                ($r, 4) => { by_heads_and_chunks!(@call $kernel, $r, 4, $args); true }
+                ($r, 2) => { by_heads_and_chunks!(@call $kernel, $r, 2, $args); true }
+                ($r, 1) => { by_heads_and_chunks!(@call $kernel, $r, 1, $args); true }
+            )*
+            _ => false,
+        }
+    };
+    (@call $kernel:ident, $r:literal, $c:literal, ($($arg:expr),*)) => {
+        $kernel::<$r, $c>($($arg),*)
+    };
+}
+
 /// Task (bi, g, keys): the query heads of KV head g of row bi over `keys` (a segment of the
 /// keys the row sees): into `out` (rep x d) each head's value rows weighted by
 /// exp(score - the segment's largest), into `stats` (rep x 2) that largest and the weights' sum.
@@ -213,8 +333,9 @@ fn task_impl(
     } = scratch;
     scores.clear();
     scores.resize(rep * len, 0.0);
-    // Each query head's largest score, kept as they are computed (a segment is never empty).
-    let mut maxima = [f32::NEG_INFINITY; MAX_GROUP];
+    // Each query head's largest score, kept lane by lane as they are computed (a segment is
+    // never empty).
+    let mut maxima = [[f32::NEG_INFINITY; LANES]; MAX_GROUP];
     let mut dots = [0f32; KEY_BLOCK];
     for (b, block) in keys.chunks(KEY_BLOCK).enumerate() {
         for &j in keys.iter().skip(b * KEY_BLOCK + AHEAD).take(KEY_BLOCK) {
@@ -232,13 +353,17 @@ fn task_impl(
             }
             let xs = dots.map(|dot| dot * s.scale);
             scores[r * len + b * KEY_BLOCK..][..block.len()].copy_from_slice(&xs[..block.len()]);
-            // The block's largest in a tree of lanes (a maximum is the same in any order);
-            // a short block's spare lanes repeat its last key.
+            // Lane by lane, the largest so far (a short block's spare lanes repeat its last
+            // key); folded once at the end. A maximum is the same in any order (NaN skipped
+            // as `f32::max` skips it; which zero wins never changes a score minus it).
             let last = xs[block.len() - 1];
-            let lanes = std::array::from_fn(|i| if i < block.len() { xs[i] } else { last });
-            *m = m.max(softmax::fold_lanes(lanes, f32::max));
+            for (i, m) in m.iter_mut().enumerate() {
+                let x = if i < block.len() { xs[i] } else { last };
+                *m = if x > *m { x } else { *m };
+            }
         }
     }
+    let maxima = maxima.map(|m| softmax::fold_lanes(m, f32::max));
     for (r, &max) in maxima[..rep].iter().enumerate() {
         let row = &mut scores[r * len..][..len];
         // Exponentials and their sum in sixteen lanes.
@@ -259,6 +384,27 @@ fn task_impl(
     }
     let scores = &scores[..];
     out.fill(0.0);
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx512f() {
+        let chunks = value_chunks(rep, d);
+        let (base, sj) = (s.v.at(bi, g, 0), s.v.sj);
+        // SAFETY: AVX-512F checked; the value rows of `keys` are views of the cache, d long
+        // from `base + j * sj`; `scores` is rep x len, `out` rep x d with d a multiple of
+        // 16 * chunks (`value_chunks`).
+        let done = unsafe {
+            match s.v.data {
+                Elems::F32(x) => by_heads_and_chunks!(
+                    values_f32, rep, chunks, x, base, sj, keys, scores, len, d, out
+                ),
+                Elems::F16(x) => by_heads_and_chunks!(
+                    values_f16, rep, chunks, x, base, sj, keys, scores, len, d, out
+                ),
+            }
+        };
+        if done {
+            return;
+        }
+    }
     // Four value rows at a time: each output element takes their four products in key order
     // (the bits of one row at a time) with one load and store of it instead of four.
     let mut quads = keys.chunks_exact(4);
@@ -512,8 +658,18 @@ fn decode_by(s: &Step, task: Task) -> Vec<f32> {
             task(s, bi, g, seg, &mut scratch, o, st);
         }
     });
-    // Each (row, KV head)'s segments, in order: rescaled to the largest score of them all.
-    let mut out = vec![0f32; b * s.heads * d];
+    combine(s, &keys, &parts, &stats)
+}
+
+/// Each (row, KV head)'s segments, in order, rescaled to the largest score of them all: the
+/// attention output (b, heads, d). (Compiled for the CPU's FMA like the kernels: a scalar
+/// `mul_add` elsewhere is a call to libm's `fmaf`, which `perf` found here.)
+#[inline(always)]
+fn combine_impl(s: &Step, keys: &[Vec<usize>], parts: &[f32], stats: &[f32]) -> Vec<f32> {
+    let d = s.d;
+    let rep = s.heads / s.kv_heads;
+    let chunk = rep * d;
+    let mut out = vec![0f32; keys.len() * s.heads * d];
     let mut t = 0;
     for (bi, row_keys) in keys.iter().enumerate() {
         let segments = row_keys.len().div_ceil(SEGMENT);
@@ -541,6 +697,8 @@ fn decode_by(s: &Step, task: Task) -> Vec<f32> {
     }
     out
 }
+
+vectorized!(fn combine(s: &Step, keys: &[Vec<usize>], parts: &[f32], stats: &[f32]) -> Vec<f32> = combine_impl);
 
 #[cfg(test)]
 mod tests {
@@ -572,6 +730,69 @@ mod tests {
                 assert_eq!(got[i].to_bits(), dot(&q, k).to_bits(), "d {d}, key {i}");
             }
         }
+    }
+
+    /// The value kernel holding each head's sums in registers adds the same products in the
+    /// same order as [`add_values4`] (and one row at a time for the rest): the same bits, for
+    /// f32 and f16 rows, every register shape it takes.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn values_in_registers_are_the_four_row_kernels_bits() {
+        if !crate::kernels::has_avx512f() {
+            return;
+        }
+        let (len, sj) = (103, 200);
+        for (rep, d) in [(3, 64), (1, 64), (4, 128), (7, 64), (8, 80), (2, 48)] {
+            let chunks = value_chunks(rep, d);
+            assert!(chunks > 0, "rep {rep}, d {d}");
+            let data = values(len * sj, rep + d);
+            let half: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
+            let scores = values(rep * len, 7)
+                .iter()
+                .map(|x| x.abs())
+                .collect::<Vec<_>>();
+            // Every other key, as padding leaves them.
+            let keys: Vec<usize> = (0..len).step_by(2).collect();
+            let n = keys.len();
+            let wide: Vec<f32> = half.iter().map(|x| x.to_f32()).collect();
+            for (rows, name) in [(&data, "f32"), (&wide, "f16")] {
+                let mut want = vec![0f32; rep * d];
+                let row = |j: usize| &rows[j * sj + 3..][..d];
+                let mut quads = keys.chunks_exact(4);
+                for (i, q) in (&mut quads).enumerate() {
+                    let v = [row(q[0]), row(q[1]), row(q[2]), row(q[3])];
+                    add_values4(&v, 4 * i, &scores, n, &mut want);
+                }
+                let done = n - quads.remainder().len();
+                for (i, &j) in quads.remainder().iter().enumerate() {
+                    for r in 0..rep {
+                        let p = scores[r * n + done + i];
+                        for (o, &x) in want[r * d..][..d].iter_mut().zip(row(j)) {
+                            *o = p.mul_add(x, *o);
+                        }
+                    }
+                }
+                let mut got = vec![0f32; rep * d];
+                // SAFETY: AVX-512F checked; rows of d from 3 + j * sj lie inside the data.
+                let ran = unsafe {
+                    if name == "f32" {
+                        by_heads_and_chunks!(
+                            values_f32, rep, chunks, &data, 3, sj, &keys, &scores, n, d, &mut got
+                        )
+                    } else {
+                        by_heads_and_chunks!(
+                            values_f16, rep, chunks, &half, 3, sj, &keys, &scores, n, d, &mut got
+                        )
+                    }
+                };
+                assert!(ran);
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{name}, rep {rep}, d {d}");
+            }
+        }
+        // Shapes without a register kernel fall back to the four-row one.
+        assert_eq!(value_chunks(9, 64), 0);
+        assert_eq!(value_chunks(3, 40), 0);
     }
 
     /// A short cache (one segment a row) and a long one (three, the last ones of different
