@@ -6,7 +6,12 @@ prompts, in the same run.
 At 1, 8 and 32 concurrent clients, each client sends streaming chat completions one after the
 other (greedy, end-of-turn tokens banned through `logit_bias` so every answer is exactly
 `--max-tokens` long on both servers); measured: aggregate completion tokens/s over the level's
-wall time, and p50 / p99 time to first token (request sent -> first content chunk).
+wall time, and p50 / p99 time to first token (request sent -> first content chunk), and each
+server's peak resident memory (VmHWM) after each level.
+
+`--context N` puts about N words of filler before each prompt, different for every request (no
+prompt cache helps): long contexts held by many clients at once, where the KV cache's size
+(`--galley-args "--kv-cache-dtype f32"` against the f16 default) shows in memory and speed.
 
 Usage: python bench/serve_bench.py GALLEY_BIN GGUF LLAMA_PYTHON [--llama-server PATH]
        [--threads 2] [--max-tokens 64]
@@ -59,6 +64,31 @@ def wait_up(url, proc, timeout=180):
 
 # Request fields beyond the defaults (--temperature, --logprobs).
 EXTRA = {}
+# Words of filler before each prompt (--context).
+CONTEXT = 0
+WORDS = ("river stone light garden paper window music winter forest candle harbor silver "
+         "meadow engine letter bridge orchard lantern valley thunder").split()
+
+
+def filler(seed):
+    """About CONTEXT words, a different sequence for every seed (a request's own context)."""
+    out, x = [], seed * 2654435761 % 4294967296 + 1
+    for _ in range(CONTEXT):
+        x = x * 1103515245 + 12345 & 0x7FFFFFFF
+        out.append(WORDS[x % len(WORDS)])
+    return " ".join(out)
+
+
+def peak_mib(pid):
+    """The process's peak resident memory so far, MiB (Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def one(url, model, prompt, max_tokens, ban):
@@ -94,7 +124,10 @@ def level(url, model, clients, per_client, max_tokens, ban):
 
     def client(i):
         for k in range(per_client):
-            t, n = one(url, model, PROMPTS[(i + k) % len(PROMPTS)], max_tokens, ban)
+            prompt = PROMPTS[(i + k) % len(PROMPTS)]
+            if CONTEXT:
+                prompt = f"{filler(clients * 1000 + i * per_client + k)}\n\n{prompt}"
+            t, n = one(url, model, prompt, max_tokens, ban)
             with lock:
                 ttfts.append(t)
                 tokens.append(n)
@@ -123,9 +156,10 @@ def run(name, cmd, url, model, args, env=None):
         for c in args.clients:
             per = max(1, args.requests // c)
             r = level(url, model, c, per, args.max_tokens, ban)
+            r["peak_mib"] = peak_mib(proc.pid)
             print(f"  {name:8} {c:>3} clients: {r['tok_per_s']:7.1f} tok/s   TTFT p50 {r['ttft_p50_s']*1000:7.0f} ms"
                   f"   p99 {r['ttft_p99_s']*1000:7.0f} ms   ({r['requests']} requests, {r['tokens']} tokens,"
-                  f" {r['wall_s']:.1f} s)", flush=True)
+                  f" {r['wall_s']:.1f} s; peak {r['peak_mib']:.0f} MiB)", flush=True)
             out.append(r)
         return out
     finally:
@@ -150,8 +184,12 @@ def main():
                     help="ask for each token's log-probability and this many alternatives")
     ap.add_argument("--galley-args", default="", help="extra `galley serve` arguments, e.g. --dequantize")
     ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--context", type=int, default=0,
+                    help="words of filler before each prompt, different for every request")
     ap.add_argument("--llama-server", help="llama.cpp's llama-server binary (scripts/llama-cpp.sh builds it)")
     args = ap.parse_args()
+    global CONTEXT
+    CONTEXT = args.context
     if args.temperature:
         EXTRA.update(temperature=args.temperature, top_k=40, top_p=0.95, min_p=0.05)
     if args.logprobs is not None:
@@ -171,10 +209,12 @@ def main():
     if args.llama_server:
         slots = max(args.clients)
         print(f"llama.cpp llama-server ({args.threads} threads, {slots} parallel slots, continuous batching):")
-        # 512 context positions per slot: a prompt of ~30 tokens and its answer fit many times over.
+        # 512 context positions per slot: a prompt of ~30 tokens and its answer fit many times over
+        # (with --context, room for its filler too).
+        per_slot = 512 if not args.context else 2 * args.context + args.max_tokens + 256
         lcmd = [args.llama_server, "-m", args.gguf, "--host", "127.0.0.1", "--port", str(port),
                 "-t", str(args.threads), "-tb", str(args.threads), "-np", str(slots),
-                "-c", str(512 * slots), "-a", "m", "--no-webui"]
+                "-c", str(per_slot * slots), "-a", "m", "--no-webui"]
     else:
         print(f"llama.cpp server (llama-cpp-python, {args.threads} threads):")
         lcmd = [args.llama_python, "-m", "llama_cpp.server", "--model", args.gguf, "--host", "127.0.0.1",
@@ -184,11 +224,12 @@ def main():
                 "--interrupt_requests", "False"]
     l = run("llama", lcmd, l_url, "m", args)
 
-    print("\n| clients | galley tok/s | llama.cpp tok/s | ratio | galley TTFT p50 / p99 (ms) | llama.cpp TTFT p50 / p99 (ms) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| clients | galley tok/s | llama.cpp tok/s | ratio | galley TTFT p50 / p99 (ms) | llama.cpp TTFT p50 / p99 (ms) | peak MiB galley / llama.cpp |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for a, b in zip(g, l):
         print(f"| {a['clients']} | {a['tok_per_s']:.1f} | {b['tok_per_s']:.1f} | **{a['tok_per_s']/b['tok_per_s']:.2f}x** |"
-              f" {a['ttft_p50_s']*1000:.0f} / {a['ttft_p99_s']*1000:.0f} | {b['ttft_p50_s']*1000:.0f} / {b['ttft_p99_s']*1000:.0f} |")
+              f" {a['ttft_p50_s']*1000:.0f} / {a['ttft_p99_s']*1000:.0f} | {b['ttft_p50_s']*1000:.0f} / {b['ttft_p99_s']*1000:.0f} |"
+              f" {a['peak_mib']:.0f} / {b['peak_mib']:.0f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"galley": g, "llama_cpp": l, "args": vars(args)}, f, indent=1)
