@@ -109,30 +109,31 @@ fn every_family_exported_to_gguf_reads_back_with_transformers_logits() {
     }
 }
 
+/// The logits of `ids` with its first 6 tokens prefilled into `cache`, then one at a time.
+fn prefill_then_decode(
+    m: &galley_model::Llama,
+    mut cache: galley_model::Cache,
+    ids: &[u32],
+) -> Vec<Vec<f32>> {
+    let mut got = m
+        .forward(&[ids[..6].to_vec()], None, &mut cache, false)
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap()[0]
+        .clone();
+    for &t in &ids[6..] {
+        let step = m.forward(&[vec![t]], None, &mut cache, false);
+        got.extend(step.unwrap().to_vec3::<f32>().unwrap()[0].clone());
+    }
+    got
+}
+
 #[test]
 fn the_kv_cache_and_left_padding_change_nothing() {
     let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     for name in FAMILIES {
         let (m, ids, want) = tiny(name);
-        // Prefill 6 tokens, then one at a time.
-        let mut cache = m.model.new_exact_cache(1, 64);
-        let mut got = m
-            .model
-            .forward(&[ids[..6].to_vec()], None, &mut cache, false)
-            .unwrap()
-            .to_vec3::<f32>()
-            .unwrap()[0]
-            .clone();
-        for &t in &ids[6..] {
-            got.extend(
-                m.model
-                    .forward(&[vec![t]], None, &mut cache, false)
-                    .unwrap()
-                    .to_vec3::<f32>()
-                    .unwrap()[0]
-                    .clone(),
-            );
-        }
+        let got = prefill_then_decode(&m.model, m.model.new_exact_cache(1, 64), &ids);
         assert!(
             rel_err(&got.concat(), &want.concat()) < 1e-4,
             "{name}: cached decode differs"
@@ -166,18 +167,12 @@ fn an_f16_cache_holds_half_the_bytes_within_its_rounding_of_transformers() {
     for name in FAMILIES {
         let (mut m, ids, want) = tiny(name);
         assert_eq!(m.model.kv_dtype(), candle_core::DType::F16);
-        let mut cache = m.model.new_cache(1);
-        let mut got = m
-            .model
-            .forward(&[ids[..6].to_vec()], None, &mut cache, false)
-            .unwrap()
-            .to_vec3::<f32>()
-            .unwrap()[0]
-            .clone();
-        for &t in &ids[6..] {
-            let step = m.model.forward(&[vec![t]], None, &mut cache, false);
-            got.extend(step.unwrap().to_vec3::<f32>().unwrap()[0].clone());
-        }
+        let cache = m.model.new_cache(1);
+        let got = prefill_then_decode(&m.model, cache.clone(), &ids);
+        let mut cache = cache;
+        m.model
+            .forward(std::slice::from_ref(&ids), None, &mut cache, false)
+            .unwrap();
         let err = rel_err(&got.concat(), &want.concat());
         println!("{name}, f16 cache: relative error {err:.2e}");
         assert!(err < 5e-4, "{name}: f16 cache off by {err}");

@@ -519,57 +519,53 @@ fn dots_block(q: &[f32], keys: &[&[f32]], dots: &mut [f32; KEY_BLOCK]) {
     }
 }
 
-/// Sixteen [`dot`]s at once: sixteen-lane sums over `q`'s chunks, then the sixteen folds of
-/// `fold_lanes` (lane i plus lane i + 8, + 4, + 2, + 1) as one network over all the keys, each
-/// addition the one `fold_lanes` makes, so each key's bits are [`dot`]'s.
-/// # Safety
-/// The CPU must have AVX-512F; `q.len()` must be a multiple of 16, every key at least as long.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-pub(super) unsafe fn dots16_avx512(
-    q: &[f32],
-    keys: &[&[f32]; KEY_BLOCK],
-    dots: &mut [f32; KEY_BLOCK],
-) {
-    use std::arch::x86_64::*;
-    let chunks = q.len() / LANES;
-    debug_assert!(q.len().is_multiple_of(LANES) && keys.iter().all(|k| k.len() >= q.len()));
-    // SAFETY: chunk c reads [16c, 16c + 16) of q and of every key, inside each (c < chunks).
-    unsafe {
-        let mut a = [_mm512_setzero_ps(); KEY_BLOCK];
-        for c in 0..chunks {
-            let qv = _mm512_loadu_ps(q.as_ptr().add(LANES * c));
-            for (acc, k) in a.iter_mut().zip(keys) {
-                *acc = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k.as_ptr().add(LANES * c)), *acc);
+macro_rules! dots16 {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($elem:ty) = $load:path) => {
+        $(#[$meta])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,fma")]
+        $vis unsafe fn $name(
+            q: &[f32],
+            keys: &[&[$elem]; KEY_BLOCK],
+            dots: &mut [f32; KEY_BLOCK],
+        ) {
+            use std::arch::x86_64::*;
+            let chunks = q.len() / LANES;
+            debug_assert!(
+                q.len().is_multiple_of(LANES) && keys.iter().all(|k| k.len() >= q.len())
+            );
+            // SAFETY: chunk c reads [16c, 16c + 16) of q and of every key, inside each (c <
+            // chunks).
+            unsafe {
+                let mut a = [_mm512_setzero_ps(); KEY_BLOCK];
+                for c in 0..chunks {
+                    let qv = _mm512_loadu_ps(q.as_ptr().add(LANES * c));
+                    for (acc, k) in a.iter_mut().zip(keys) {
+                        *acc = _mm512_fmadd_ps(qv, $load(k.as_ptr().add(LANES * c)), *acc);
+                    }
+                }
+                fold16(&a, dots);
             }
         }
-        fold16(&a, dots);
-    }
+    };
 }
 
-/// [`dots16_avx512`] for f16 keys, widened in registers (exactly): the bits of the same
-/// keys widened first.
-/// # Safety
-/// As for [`dots16_avx512`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn dots16_avx512_f16(q: &[f32], keys: &[&[f16]; KEY_BLOCK], dots: &mut [f32; KEY_BLOCK]) {
-    use std::arch::x86_64::*;
-    let chunks = q.len() / LANES;
-    debug_assert!(q.len().is_multiple_of(LANES) && keys.iter().all(|k| k.len() >= q.len()));
-    // SAFETY: chunk c reads [16c, 16c + 16) of q and of every key, inside each (c < chunks).
-    unsafe {
-        let mut a = [_mm512_setzero_ps(); KEY_BLOCK];
-        for c in 0..chunks {
-            let qv = _mm512_loadu_ps(q.as_ptr().add(LANES * c));
-            for (acc, k) in a.iter_mut().zip(keys) {
-                let k = _mm256_loadu_si256(k.as_ptr().add(LANES * c) as *const __m256i);
-                *acc = _mm512_fmadd_ps(qv, _mm512_cvtph_ps(k), *acc);
-            }
-        }
-        fold16(&a, dots);
-    }
-}
+dots16!(
+    /// Sixteen [`dot`]s at once: sixteen-lane sums over `q`'s chunks, then the sixteen folds of
+    /// `fold_lanes` (lane i plus lane i + 8, + 4, + 2, + 1) as one network over all the keys, each
+    /// addition the one `fold_lanes` makes, so each key's bits are [`dot`]'s.
+    /// # Safety
+    /// The CPU must have AVX-512F; `q.len()` must be a multiple of 16, every key at least as long.
+    pub(super) fn dots16_avx512(f32) = load_f32
+);
+
+dots16!(
+    /// [`dots16_avx512`] for f16 keys, widened in registers (exactly): the bits of the same
+    /// keys widened first.
+    /// # Safety
+    /// As for [`dots16_avx512`].
+    fn dots16_avx512_f16(f16) = load_f16
+);
 
 /// Each of sixteen keys' sixteen-lane sums folded as `fold_lanes` folds one (lane i plus lane
 /// i + 8, + 4, + 2, + 1), all in one network of shuffles; `dots[i]` is key i's.
