@@ -15,7 +15,9 @@
 //! exponentials and their sum run in sixteen lanes, and value rows are added four at a time
 //! (in key order: the same bits). SmolLM2-135M, one sequence at depth 4,096: 810 -> ~400 µs
 //! a layer. A long cache is split into segments of [`SEGMENT`] keys, each a task, so one
-//! sequence's few KV heads keep both threads busy.
+//! sequence's few KV heads keep both threads busy. On AVX-512 every query head's value sums
+//! now stay in registers over a segment's keys (`values_in_registers`; the four-row kernel's
+//! bits), and an f16 cache (`Elems::F16`) is widened in registers as it is read.
 
 use super::softmax::LANES;
 use super::{SendPtr, softmax};
@@ -66,9 +68,7 @@ impl<'a> Rows<'a> {
             }
         }
     }
-}
 
-impl Rows<'_> {
     /// Asks for row (bi, h, j)'s cache lines (`d` elements), ahead of its use: a long cache
     /// streams from memory, and this VM's prefetchers alone left the kernel at a third of the
     /// bandwidth the weights' kernels reach with the same hint.
@@ -232,12 +232,15 @@ macro_rules! values_in_registers {
         ) {
             use std::arch::x86_64::*;
             debug_assert!(out.len() == R * d && scores.len() >= R * len && keys.len() <= len);
-            debug_assert!(keys.iter().all(|&j| base + j * sj + d <= data.len()));
+            // Keys come in increasing order (a row's seen positions), so the last row bounds
+            // every read below.
+            debug_assert!(keys.is_sorted());
+            assert!(keys.last().is_none_or(|&j| base + j * sj + d <= data.len()));
             for c0 in (0..d).step_by(C * LANES) {
                 let mut acc = [[_mm512_setzero_ps(); C]; R];
                 for (i, &j) in keys.iter().enumerate() {
-                    // SAFETY: row j's columns c0 .. c0 + 16C lie inside `data` (checked
-                    // above in debug builds; the caller's rows are views of the cache).
+                    // SAFETY: row j's columns c0 .. c0 + 16C lie inside `data` (j is at most
+                    // the last key, checked above; c0 + 16C <= d).
                     let row = unsafe { data.as_ptr().add(base + j * sj + c0) };
                     let mut v = [_mm512_setzero_ps(); C];
                     for (c, v) in v.iter_mut().enumerate() {
@@ -419,12 +422,6 @@ fn task_impl(
                 let rows = at.map(|a| &x[a..][..d]);
                 add_values4(&rows, 4 * i, scores, len, out);
             }
-            #[cfg(target_arch = "x86_64")]
-            Elems::F16(x) if d.is_multiple_of(LANES) && super::has_avx512f() => {
-                let rows = at.map(|a| &x[a..][..d]);
-                // SAFETY: AVX-512F checked; every row is d long, d a multiple of 16.
-                unsafe { add_values4_f16_avx512(&rows, 4 * i, scores, len, out) };
-            }
             Elems::F16(x) => {
                 vbuf.resize(4 * d, 0.0);
                 for (dst, a) in vbuf.chunks_exact_mut(d).zip(at) {
@@ -462,41 +459,6 @@ fn add_values4(v: &[&[f32]; 4], at: usize, scores: &[f32], len: usize, out: &mut
             let acc = p[1].mul_add(*b, acc);
             let acc = p[2].mul_add(*c, acc);
             *o = p[3].mul_add(*e, acc);
-        }
-    }
-}
-
-/// [`add_values4`] for f16 value rows, widened in registers: the same fused multiply-adds
-/// in the same order, so the same bits as on the rows widened first.
-/// # Safety
-/// The CPU must have AVX-512F; every row is `d` long, `d` a multiple of 16, and `out` holds
-/// whole rows of `d`, as many as `scores` holds rows of `len`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn add_values4_f16_avx512(
-    v: &[&[f16]; 4],
-    at: usize,
-    scores: &[f32],
-    len: usize,
-    out: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let d = v[0].len();
-    debug_assert!(d.is_multiple_of(LANES) && v.iter().all(|r| r.len() == d));
-    for (r, o) in out.chunks_exact_mut(d).enumerate() {
-        let p: [__m512; 4] = std::array::from_fn(|k| _mm512_set1_ps(scores[r * len + at + k]));
-        // SAFETY: chunk c reads [16c, 16c + 16) of `o` and of every row, all d long.
-        unsafe {
-            for c in (0..d).step_by(LANES) {
-                let half = |k: usize| {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(v[k].as_ptr().add(c) as *const __m256i))
-                };
-                let mut acc = _mm512_loadu_ps(o.as_ptr().add(c));
-                for (k, pk) in p.iter().enumerate() {
-                    acc = _mm512_fmadd_ps(*pk, half(k), acc);
-                }
-                _mm512_storeu_ps(o.as_mut_ptr().add(c), acc);
-            }
         }
     }
 }
