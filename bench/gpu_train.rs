@@ -50,6 +50,8 @@ fn shape(name: &str) -> LlamaConfig {
         qk_norm: false,
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
+        sliding: None,
+        query_pre_attn_scalar: None,
     }
 }
 

@@ -49,6 +49,7 @@ fn main() {
         let vis = Visible {
             past: n - 1,
             valid: Arc::new(vec![vec![true; n]]),
+            window: None,
         };
         let time = |c: &[(Tensor, Tensor)]| {
             let step = || {

@@ -8,8 +8,9 @@ Run once (it is not part of the test suite; its outputs are committed under fixt
 It writes
   fixtures/tiny/<family>/{config.json, model.safetensors, tokenizer.json, logits.json}
       tiny random models of each family switch galley implements (Llama with GQA and tied
-      embeddings, Llama 3.1 RoPE scaling, Qwen2 biases, Qwen3 q/k norms, Mistral), and the
-      float32 logits transformers computes for a fixed sequence of ids;
+      embeddings, Llama 3.1 RoPE scaling, Qwen2 biases, Qwen3 q/k norms, Mistral, Gemma 3
+      with a sliding window shorter than the sequence), and the float32 logits transformers
+      computes for a fixed sequence of ids (`--only NAME` writes one family's alone);
   fixtures/smollm2/{prompt.json, logits.f32}
       SmolLM2-135M-Instruct dequantized to float32 by transformers' GGUF loader: the chat
       prompt's ids and the logits of its last two positions (little-endian float32);
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, Gemma3TextConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(HERE, "..", "tests", "fixtures")
@@ -43,6 +44,12 @@ FAMILIES = {
     "qwen2-bias": (Qwen2Config, dict(tie_word_embeddings=True, rope_theta=1000000.0)),
     "qwen3-qk-norm": (Qwen3Config, dict(tie_word_embeddings=False, head_dim=16, rope_theta=1000000.0)),
     "mistral": (MistralConfig, dict(tie_word_embeddings=False, rope_theta=10000.0, sliding_window=None)),
+    # A window of 4 over 11 ids, a local layer then a global one, the global layer's RoPE
+    # linearly scaled, and a score scale that is not 1/sqrt(head_dim).
+    "gemma3": (Gemma3TextConfig, dict(tie_word_embeddings=True, head_dim=16, sliding_window=4,
+               layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=24,
+               rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+                                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
 }
 
 
@@ -60,9 +67,11 @@ def tiny_tokenizer():
     return tok
 
 
-def tiny_models():
+def tiny_models(only=None):
     torch.manual_seed(0)
     for name, (cls, extra) in FAMILIES.items():
+        if only and name != only:
+            continue
         cfg = cls(**COMMON, **extra)
         model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
         # Random biases and norm scales too, so every switch changes the numbers.
@@ -117,6 +126,9 @@ def smollm2(gguf):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--only":
+        tiny_models(sys.argv[2])
+        sys.exit(0)
     tiny_models()
     if len(sys.argv) > 1:
         smollm2(sys.argv[1])

@@ -1,7 +1,8 @@
 //! The shape of a Llama-family model and the switches that tell the families apart, read
 //! from an HF `config.json` or from GGUF metadata. One struct serves Llama 2/3.x, SmolLM,
-//! Mistral, Qwen2/2.5 and Qwen3: they differ only in the switches below (RoPE scaling,
-//! tied embeddings, attention biases, q/k norms, grouped-query heads).
+//! Mistral, Qwen2/2.5, Qwen3 and Gemma 3's text models: they differ only in the switches
+//! below (RoPE scaling, tied embeddings, attention biases, q/k norms, grouped-query heads,
+//! and for Gemma 3 its sliding-window layers, extra norms, scaled embeddings and GELU).
 
 use crate::error::{ModelError, Result, bad};
 use serde::Deserialize;
@@ -14,10 +15,14 @@ pub enum Family {
     Mistral,
     Qwen2,
     Qwen3,
+    /// Gemma 3's text models (270M, 1B; the language model of the larger ones): embeddings
+    /// scaled by √hidden, norms after attention and around the MLP, q/k norms, a tanh-GELU
+    /// gate, and layers that attend over a sliding window with their own RoPE base.
+    Gemma3,
 }
 
 impl Family {
-    const KNOWN: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM (GGUF: llama, qwen2, qwen3)";
+    const KNOWN: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM (GGUF: llama, qwen2, qwen3, gemma3)";
 
     fn from_hf(arch: &str) -> Option<Self> {
         Some(match arch {
@@ -25,6 +30,7 @@ impl Family {
             "MistralForCausalLM" => Family::Mistral,
             "Qwen2ForCausalLM" => Family::Qwen2,
             "Qwen3ForCausalLM" => Family::Qwen3,
+            "Gemma3ForCausalLM" => Family::Gemma3,
             _ => return None,
         })
     }
@@ -34,6 +40,7 @@ impl Family {
             "llama" => Family::Llama,
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
+            "gemma3" => Family::Gemma3,
             _ => return None,
         })
     }
@@ -83,6 +90,41 @@ pub struct LlamaConfig {
     pub qk_norm: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// Layers that attend over a window of recent keys only (Gemma 3); `None`: none do.
+    pub sliding: Option<Sliding>,
+    /// Attention scores are scaled by this to the power -1/2 (Gemma's
+    /// `query_pre_attn_scalar`); `None`: by `head_dim`'s.
+    pub query_pre_attn_scalar: Option<f64>,
+}
+
+/// Sliding-window attention (Gemma 3's local layers): a query at position p sees keys p -
+/// window + 1 ..= p, and these layers rotate with their own (unscaled) RoPE base.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sliding {
+    pub window: usize,
+    /// Per layer: whether it slides (the others attend over everything).
+    pub layers: Vec<bool>,
+    pub rope_theta: f64,
+}
+
+impl LlamaConfig {
+    /// Whether layer `i` attends over a sliding window, and its width.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        let s = self.sliding.as_ref()?;
+        s.layers
+            .get(layer)
+            .copied()
+            .unwrap_or(false)
+            .then_some(s.window)
+    }
+
+    /// The factor attention scores are multiplied by.
+    pub fn attn_scale(&self) -> f64 {
+        1.0 / self
+            .query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64)
+            .sqrt()
+    }
 }
 
 #[derive(Deserialize)]
@@ -119,7 +161,8 @@ struct HfConfig {
     rms_norm_eps: f64,
     rope_theta: Option<f64>,
     rope_scaling: Option<HfRopeScaling>,
-    rope_parameters: Option<HfRopeScaling>,
+    /// transformers 5: one set of RoPE settings, or (Gemma 3) one per layer type.
+    rope_parameters: Option<serde_json::Value>,
     #[serde(default = "default_max_pos")]
     max_position_embeddings: usize,
     tie_word_embeddings: Option<bool>,
@@ -129,6 +172,18 @@ struct HfConfig {
     mlp_bias: bool,
     bos_token_id: Option<u32>,
     eos_token_id: Option<OneOrMany>,
+    // Gemma 3.
+    hidden_activation: Option<String>,
+    hidden_act: Option<String>,
+    query_pre_attn_scalar: Option<f64>,
+    sliding_window: Option<usize>,
+    sliding_window_pattern: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    rope_local_base_freq: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    use_bidirectional_attention: bool,
 }
 
 fn default_eps() -> f64 {
@@ -154,12 +209,33 @@ impl LlamaConfig {
             arch: arch.clone(),
             known: Family::KNOWN.into(),
         })?;
-        // transformers 4 writes `rope_theta` + `rope_scaling`; 5 writes `rope_parameters`.
-        let rope = c.rope_parameters.as_ref().or(c.rope_scaling.as_ref());
+        // transformers 4 writes `rope_theta` + `rope_scaling`; 5 writes `rope_parameters`,
+        // for Gemma 3 one set per layer type (the full-attention layers' is the model's).
+        let params = |key: Option<&str>| -> Result<Option<HfRopeScaling>> {
+            let v = match (&c.rope_parameters, key) {
+                (Some(v), Some(k)) if v.get(k).is_some() => &v[k],
+                (Some(v), None) => v,
+                _ => return Ok(None),
+            };
+            serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| bad(path, format!("key `rope_parameters`: {e}")))
+        };
+        let per_type = c
+            .rope_parameters
+            .as_ref()
+            .is_some_and(|v| v.get("full_attention").is_some());
+        let full_params = params(per_type.then_some("full_attention"))?;
+        let rope = full_params.as_ref().or(c.rope_scaling.as_ref());
+        let default_theta = if family == Family::Gemma3 {
+            1_000_000.0
+        } else {
+            10_000.0
+        };
         let rope_theta = c
             .rope_theta
-            .or(c.rope_parameters.as_ref().and_then(|r| r.rope_theta))
-            .unwrap_or(10_000.0);
+            .or(full_params.as_ref().and_then(|r| r.rope_theta))
+            .unwrap_or(default_theta);
         let rope_scaling = match rope {
             None => RopeScaling::None,
             Some(s) => match s.rope_type.as_deref() {
@@ -204,13 +280,21 @@ impl LlamaConfig {
             qkv_bias: family == Family::Qwen2 || c.attention_bias,
             o_bias: family != Family::Qwen2 && c.attention_bias,
             mlp_bias: c.mlp_bias,
-            qk_norm: family == Family::Qwen3,
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
             bos_token_id: c.bos_token_id,
-            eos_token_ids: match c.eos_token_id {
-                Some(OneOrMany::One(i)) => vec![i],
-                Some(OneOrMany::Many(v)) => v,
+            eos_token_ids: match &c.eos_token_id {
+                Some(OneOrMany::One(i)) => vec![*i],
+                Some(OneOrMany::Many(v)) => v.clone(),
                 None => vec![],
             },
+            sliding: None,
+            query_pre_attn_scalar: None,
+        };
+        let cfg = if family == Family::Gemma3 {
+            let local = params(per_type.then_some("sliding_attention"))?;
+            gemma3_hf(cfg, &c, local.and_then(|r| r.rope_theta)).map_err(|e| bad(path, e))?
+        } else {
+            cfg
         };
         cfg.validate().map_err(|e| bad(path, e))?;
         Ok(cfg)
@@ -285,15 +369,38 @@ impl LlamaConfig {
             qkv_bias: family == Family::Qwen2,
             o_bias: false,
             mlp_bias: false,
-            qk_norm: family == Family::Qwen3,
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
             bos_token_id: tok("tokenizer.ggml.bos_token_id"),
             eos_token_ids: tok("tokenizer.ggml.eos_token_id").into_iter().collect(),
+            sliding: None,
+            query_pre_attn_scalar: None,
+        };
+        let cfg = if family == Family::Gemma3 {
+            gemma3_gguf(cfg, &arch, md).map_err(|e| bad(path, e))?
+        } else {
+            cfg
         };
         cfg.validate().map_err(|e| bad(path, e))?;
         Ok(cfg)
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
+        if let Some(s) = &self.sliding
+            && (s.window == 0 || s.layers.len() != self.num_layers)
+        {
+            return Err(format!(
+                "a sliding window of {} over {} layer types for {} layers",
+                s.window,
+                s.layers.len(),
+                self.num_layers
+            ));
+        }
+        if self
+            .query_pre_attn_scalar
+            .is_some_and(|q| !(q > 0.0 && q.is_finite()))
+        {
+            return Err("key `query_pre_attn_scalar` must be positive".into());
+        }
         if self.num_heads == 0
             || self.num_kv_heads == 0
             || !self.num_heads.is_multiple_of(self.num_kv_heads)
@@ -310,5 +417,118 @@ impl LlamaConfig {
             return Err("vocab_size, hidden_size and num_hidden_layers must be positive".into());
         }
         Ok(())
+    }
+}
+
+/// Gemma 3's switches from an HF config: the sliding layers (`layer_types`, or every
+/// `sliding_window_pattern`-th layer global), their RoPE base, the score scale; what galley
+/// does not implement (logit soft-capping, bidirectional attention, another activation) is
+/// refused by key rather than computed wrongly.
+fn gemma3_hf(
+    mut cfg: LlamaConfig,
+    c: &HfConfig,
+    local_theta: Option<f64>,
+) -> std::result::Result<LlamaConfig, String> {
+    let act = c.hidden_activation.as_deref().or(c.hidden_act.as_deref());
+    if !matches!(act, None | Some("gelu_pytorch_tanh" | "gelu_tanh")) {
+        return Err(format!(
+            "key `hidden_activation`: `{}` is not supported for Gemma 3 (gelu_pytorch_tanh)",
+            act.unwrap_or_default()
+        ));
+    }
+    for (key, v) in [
+        ("final_logit_softcapping", c.final_logit_softcapping),
+        ("attn_logit_softcapping", c.attn_logit_softcapping),
+    ] {
+        if v.is_some() {
+            return Err(format!("key `{key}`: logit soft-capping is not supported"));
+        }
+    }
+    if c.use_bidirectional_attention {
+        return Err("key `use_bidirectional_attention`: only causal models are supported".into());
+    }
+    let layers = match &c.layer_types {
+        Some(types) => types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match t.as_str() {
+                "sliding_attention" => Ok(true),
+                "full_attention" => Ok(false),
+                other => Err(format!(
+                    "key `layer_types[{i}]`: `{other}` (sliding_attention or full_attention)"
+                )),
+            })
+            .collect::<std::result::Result<Vec<bool>, String>>()?,
+        None => {
+            let every = c.sliding_window_pattern.unwrap_or(6).max(1);
+            (0..cfg.num_layers).map(|i| (i + 1) % every != 0).collect()
+        }
+    };
+    cfg.sliding = Some(Sliding {
+        window: c.sliding_window.unwrap_or(4096),
+        layers,
+        rope_theta: local_theta.or(c.rope_local_base_freq).unwrap_or(10_000.0),
+    });
+    cfg.query_pre_attn_scalar = Some(c.query_pre_attn_scalar.unwrap_or(256.0));
+    Ok(cfg)
+}
+
+/// Gemma 3's switches from GGUF metadata, as llama.cpp reads them: the window
+/// (`gemma3.attention.sliding_window`), the sliding layers (a per-layer array, or every
+/// sixth layer global), the local RoPE base (`gemma3.rope.freq_base_swa`, else 10,000),
+/// and the score scale (1/√head_dim, 1/√(hidden/heads) for the 27B's 62 layers).
+fn gemma3_gguf(
+    mut cfg: LlamaConfig,
+    arch: &str,
+    md: &std::collections::HashMap<String, candle_core::quantized::gguf_file::Value>,
+) -> std::result::Result<LlamaConfig, String> {
+    use candle_core::quantized::gguf_file::Value;
+    let key = |k: &str| md.get(&format!("{arch}.{k}"));
+    let uint = |v: &Value| {
+        v.to_u32()
+            .map(u64::from)
+            .or_else(|_| v.to_u64())
+            .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
+            .ok()
+    };
+    if let Some(cap) = key("final_logit_softcapping").and_then(|v| v.to_f32().ok())
+        && cap != 0.0
+    {
+        return Err(format!(
+            "`{arch}.final_logit_softcapping`: logit soft-capping is not supported"
+        ));
+    }
+    let window = key("attention.sliding_window").and_then(uint).unwrap_or(0) as usize;
+    if window > 0 {
+        let n = cfg.num_layers;
+        let layers = match key("attention.sliding_window_pattern") {
+            Some(Value::Array(flags)) => flags
+                .iter()
+                .map(|f| f.to_bool().map_err(|e| e.to_string()))
+                .collect::<std::result::Result<Vec<bool>, String>>()
+                .map_err(|e| format!("`{arch}.attention.sliding_window_pattern`: {e}"))?,
+            other => {
+                let every = other.and_then(uint).unwrap_or(6).max(1) as usize;
+                (0..n).map(|i| i % every < every - 1).collect()
+            }
+        };
+        let local = key("rope.freq_base_swa").and_then(|v| v.to_f32().ok());
+        cfg.sliding = Some(Sliding {
+            window,
+            layers,
+            rope_theta: local.map_or(10_000.0, f64::from),
+        });
+    }
+    cfg.query_pre_attn_scalar = Some(gemma3_query_scalar(&cfg));
+    Ok(cfg)
+}
+
+/// The score scale's `query_pre_attn_scalar` llama.cpp derives for a Gemma 3 (it has no key
+/// for it): head_dim, or hidden/heads for the 27B (62 layers).
+pub(crate) fn gemma3_query_scalar(cfg: &LlamaConfig) -> f64 {
+    if cfg.num_layers == 62 {
+        (cfg.hidden_size / cfg.num_heads.max(1)) as f64
+    } else {
+        cfg.head_dim as f64
     }
 }

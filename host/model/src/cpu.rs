@@ -432,12 +432,38 @@ unsafe fn raw_gemm(
 // ------------------------------------------------------------------ attention (inference)
 
 /// Which keys each query of a forward pass sees: rows of `past + t` flags (false for padding)
-/// and the causal rule (query i of the pass sits at `past + i`). A padding query sees itself as
-/// well, so its softmax is defined (its output is never read).
+/// and the causal rule (query i of the pass sits at `past + i`), within the last `window`
+/// tokens where a layer slides (Gemma's local layers: the query at position p sees positions
+/// p - window + 1 ..= p). The window counts tokens, not cache slots, so a row with padding
+/// (left of it, or between a resumed prefix and its new tokens) sees what it sees alone. A
+/// padding query sees itself as well, so its softmax is defined (its output is never read).
 #[derive(Debug, Clone)]
 pub struct Visible {
     pub past: usize,
     pub valid: Arc<Vec<Vec<bool>>>,
+    pub window: Option<usize>,
+}
+
+impl Visible {
+    /// The first cache slot row `row`'s query at slot `at` may see.
+    pub fn first_key(&self, row: usize, at: usize) -> usize {
+        let Some(w) = self.window else { return 0 };
+        first_in_window(&self.valid[row], at, w)
+    }
+}
+
+/// The slot of the `window`-th token back from slot `at` (itself counted), 0 when fewer.
+pub(crate) fn first_in_window(valid: &[bool], at: usize, window: usize) -> usize {
+    let mut seen = 0;
+    for j in (0..=at).rev() {
+        if j == at || valid[j] {
+            seen += 1;
+            if seen == window {
+                return j;
+            }
+        }
+    }
+    0
 }
 
 struct Attend {
@@ -565,6 +591,7 @@ impl CustomOp3 for Attend {
                 v: rows(l3, vs)?,
                 valid: &self.visible.valid,
                 past,
+                window: self.visible.window,
                 heads,
                 kv_heads: kvh,
                 d,
@@ -617,12 +644,17 @@ impl CustomOp3 for Attend {
                         self.scale,
                     );
                     for (r, row) in s.chunks_exact_mut(keys).enumerate() {
+                        let at = past + (r0 + r) % t;
+                        // Keys before a sliding window get probability 0 (their products
+                        // with the values then add nothing).
+                        let lo = self.visible.first_key(bi, at);
                         crate::kernels::rowwise::softmax_causal(
-                            row,
-                            past + (r0 + r) % t,
-                            valid,
+                            &mut row[lo..],
+                            at - lo,
+                            &valid[lo..],
                             1.0,
                         );
+                        row[..lo].fill(0.0);
                     }
                     let s = &*s;
                     gemm_with(
@@ -726,7 +758,7 @@ mod tests {
             for i in 0..t {
                 for j in 0..n {
                     let at = vis.past + i;
-                    if !(j == at || (j < at && valid[j])) {
+                    if !(j == at || (j < at && valid[j])) || j < vis.first_key(r, at) {
                         m[(r * t + i) * n + j] = f32::NEG_INFINITY;
                     }
                 }
@@ -781,6 +813,7 @@ mod tests {
             let vis = Visible {
                 past,
                 valid: Arc::new(valid),
+                window: None,
             };
             let got = attend(&q, &k, &v, 0.25, vis.clone()).unwrap();
             let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
@@ -805,6 +838,17 @@ mod tests {
             assert_eq!(bits(&half), bits(&widened), "t = {t}, d = {d}");
             // Keys in f16, values in f32: refused, not misread.
             assert!(attend(&q, &view(&kh), &v, 0.25, vis.clone()).is_err());
+            // A sliding window (Gemma's local layers): narrower than the pass, and wider.
+            for window in [4, 7, n + 3] {
+                let vis = Visible {
+                    window: Some(window),
+                    ..vis.clone()
+                };
+                let got = attend(&q, &k, &v, 0.25, vis.clone()).unwrap();
+                let want = reference(&q, &kc, &vc, 0.25, &vis);
+                let diff = max_diff(&got, &want);
+                assert!(diff < 1e-5, "t = {t}, d = {d}, window {window}: {diff}");
+            }
         }
     }
 
@@ -859,6 +903,7 @@ mod tests {
         let vis = Visible {
             past: 1,
             valid: Arc::new(vec![vec![true; 3]]),
+            window: None,
         };
         let e = attend(&q, &k, &k, 1.0, vis).unwrap_err().to_string();
         assert!(e.contains("disagree"), "{e}");

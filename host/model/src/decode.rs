@@ -359,7 +359,8 @@ pub fn for_generation<'m>(
     cache: &Cache,
     max_tokens: usize,
 ) -> Option<Decoder<'m>> {
-    if !model.device().is_cuda() || !graphs_enabled() {
+    // Gemma's sliding layers and extra norms run through `Llama::forward` only.
+    if !model.device().is_cuda() || !graphs_enabled() || !model.steps() {
         return None;
     }
     let need = cache.len().checked_add(max_tokens)?;

@@ -12,7 +12,7 @@
 use crate::config::{Family, LlamaConfig, RopeScaling};
 use crate::error::{ModelError, Result, bad};
 use crate::load::Checkpoint;
-use crate::weights::{gguf_name, llama_cpp_heads};
+use crate::weights::{gguf_name_of, llama_cpp_heads};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -103,6 +103,10 @@ pub fn tensor_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
             add(p("self_attn.o_proj.bias"), vec![h]);
         }
         add(p("post_attention_layernorm.weight"), vec![h]);
+        if c.family == Family::Gemma3 {
+            add(p("pre_feedforward_layernorm.weight"), vec![h]);
+            add(p("post_feedforward_layernorm.weight"), vec![h]);
+        }
         let i = c.intermediate_size;
         for (name, shape) in [
             ("gate_proj", [i, h]),
@@ -146,6 +150,7 @@ fn arch(f: Family) -> &'static str {
         Family::Llama | Family::Mistral => "llama",
         Family::Qwen2 => "qwen2",
         Family::Qwen3 => "qwen3",
+        Family::Gemma3 => "gemma3",
     }
 }
 
@@ -184,6 +189,18 @@ fn metadata(ck: &Checkpoint, name: &str, ty: OutType) -> Result<Vec<(String, Val
         // Written as the `rope_freqs` tensor (see `write_gguf`), as llama.cpp's converter does.
         RopeScaling::Llama3 { .. } | RopeScaling::Factors(_) => {}
     }
+    if let Some(s) = &c.sliding {
+        md.push((k("attention.sliding_window"), u(s.window)));
+        md.push((k("rope.freq_base_swa"), Value::F32(s.rope_theta as f32)));
+        // llama.cpp takes every sixth layer as global unless the layers are listed.
+        let sixth: Vec<bool> = (0..c.num_layers).map(|i| i % 6 < 5).collect();
+        if s.layers != sixth {
+            md.push((
+                k("attention.sliding_window_pattern"),
+                Value::Array(s.layers.iter().map(|&x| Value::Bool(x)).collect()),
+            ));
+        }
+    }
     md.extend(ck.tokenizer.gguf_metadata(c.vocab_size)?);
     if let Some(t) = &ck.template {
         md.push((
@@ -199,6 +216,18 @@ fn metadata(ck: &Checkpoint, name: &str, ty: OutType) -> Result<Vec<(String, Val
 /// export holds one tensor in memory, not the model.
 pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Result<Exported> {
     let c = &ck.config;
+    // llama.cpp has no key for Gemma's score scale: it derives it from the shapes.
+    if let Some(q) = c.query_pre_attn_scalar {
+        let derived = crate::config::gemma3_query_scalar(c);
+        if q != derived {
+            return Err(bad(
+                &ck.path,
+                format!(
+                    "query_pre_attn_scalar {q}: llama.cpp derives {derived} for this shape, and a GGUF cannot say otherwise"
+                ),
+            ));
+        }
+    }
     let md = metadata(ck, name, ty)?;
     let dev = Device::Cpu;
     let mut plan: Vec<Planned> = Vec::new();
@@ -224,7 +253,7 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
             _ => ty.dtype(),
         };
         plan.push(Planned {
-            name: gguf_name(&hf),
+            name: gguf_name_of(&hf, c.family),
             source: Some(hf),
             shape,
             dtype,
@@ -332,7 +361,7 @@ pub fn write_lora_gguf(
             Some(h) => permute_rows(b, h)?,
             None => b.clone(),
         };
-        let g = gguf_name(hf);
+        let g = gguf_name_of(hf, config.family);
         for (suffix, t) in [("lora_a", a.clone()), ("lora_b", b)] {
             plan.push(Planned {
                 name: format!("{g}.{suffix}"),

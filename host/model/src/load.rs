@@ -159,6 +159,9 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<Checkpoint> {
     if config.family == Family::Llama {
         weights.set_unpermute_qk(config.num_heads, config.num_kv_heads);
     }
+    if config.family == Family::Gemma3 {
+        weights.set_gemma();
+    }
     // Llama 3.1's rope scaling, as llama.cpp's converter writes it: a factor per frequency.
     if weights.has("rope_freqs.weight") {
         let half = config.head_dim / 2;
@@ -238,7 +241,10 @@ fn load_hf(dir: &Path) -> Result<Checkpoint> {
             "no model.safetensors or model.safetensors.index.json",
         ));
     };
-    let weights = Weights::safetensors(files)?;
+    let mut weights = Weights::safetensors(files)?;
+    if config.family == Family::Gemma3 {
+        weights.set_gemma();
+    }
     let tok_path = dir.join("tokenizer.json");
     if !tok_path.exists() {
         return Err(ModelError::MissingTokenizer { path: dir.into() });

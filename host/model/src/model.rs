@@ -16,6 +16,10 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Linear,
     rotary: Rotary,
+    /// The sliding layers' RoPE (Gemma's local base), when some layers slide.
+    rotary_local: Option<Rotary>,
+    /// What embeddings are multiplied by (√hidden for Gemma).
+    embed_scale: Option<f64>,
     device: Device,
     /// What new caches store keys and values in where the CPU kernel attends
     /// ([`Llama::set_kv_dtype`]).
@@ -303,6 +307,20 @@ impl Llama {
             weight => Linear::from_weight(weight).with_exact_activations(),
         };
         let rotary = Rotary::new(c, device)?;
+        let rotary_local = match &c.sliding {
+            Some(s) => Some(Rotary::new(
+                &LlamaConfig {
+                    rope_theta: s.rope_theta,
+                    rope_scaling: crate::config::RopeScaling::None,
+                    ..c.clone()
+                },
+                device,
+            )?),
+            None => None,
+        };
+        // transformers multiplies by √hidden rounded to the weights' dtype.
+        let embed_scale = (c.family == crate::config::Family::Gemma3)
+            .then(|| f64::from((c.hidden_size as f64).sqrt() as f32));
         let kv_dtype = default_kv_dtype(device, embed_tokens.dtype());
         Ok(Self {
             config,
@@ -311,6 +329,8 @@ impl Llama {
             norm,
             lm_head,
             rotary,
+            rotary_local,
+            embed_scale,
             device: device.clone(),
             kv_dtype,
         })
@@ -366,6 +386,9 @@ impl Llama {
         mask: &Tensor,
         kv: &[(Tensor, Tensor)],
     ) -> candle_core::Result<Tensor> {
+        if !self.steps() {
+            candle_core::bail!("the fixed-shape decode step does not run this model's layers");
+        }
         let b = ids.dim(0)?;
         let angles = self.rotary.at_device(positions)?;
         let hidden = self.config.hidden_size;
@@ -405,6 +428,12 @@ impl Llama {
         logits
             .reshape((b, self.config.vocab_size))?
             .to_dtype(DType::F32)
+    }
+
+    /// Whether [`Llama::step`] (the fixed-shape decoder) runs this model: not Gemma's
+    /// sliding layers and extra norms.
+    pub fn steps(&self) -> bool {
+        self.config.sliding.is_none() && self.layers.iter().all(DecoderLayer::steps)
     }
 
     /// The bytes `keep_dense_for_batches` would add, before it does.
@@ -518,36 +547,16 @@ impl Llama {
             }
         }
         let angles = self.rotary.at(&positions, b, t)?;
-        let total = past + t;
-        let needs_mask = t > 1 || cache.valid.iter().any(|v| v.iter().any(|x| !x));
-        let mask = if self.device.is_cpu() && self.dtype() == DType::F32 {
-            // The CPU kernel reads the flags themselves: no (b, t, total) tensor to build.
-            Some(Mask::Rows(crate::cpu::Visible {
-                past,
-                valid: std::sync::Arc::new(cache.valid.clone()),
-            }))
-        } else if needs_mask {
-            let mut m = vec![0f32; b * t * total];
-            for (row, valid) in cache.valid.iter().enumerate() {
-                for i in 0..t {
-                    for j in 0..total {
-                        if j > past + i || !valid[j] {
-                            m[(row * t + i) * total + j] = f32::NEG_INFINITY;
-                        }
-                    }
-                    // A padding query sees itself, so its softmax is defined (its output is unused).
-                    if !valid[past + i] {
-                        m[(row * t + i) * total + past + i] = 0.0;
-                    }
-                }
-            }
-            Some(Mask::Dense(Tensor::from_vec(
-                m,
-                (b, 1, t, total),
-                &self.device,
-            )?))
-        } else {
-            None
+        let local_angles = match &self.rotary_local {
+            Some(r) => Some(r.at(&positions, b, t)?),
+            None => None,
+        };
+        let window = self.config.sliding.as_ref().map(|s| s.window);
+        let mask = self.mask(cache, past, t, None)?;
+        // The sliding layers' (none where nothing is masked for them either).
+        let local_mask = match window {
+            Some(w) => self.mask(cache, past, t, Some(w))?,
+            None => None,
         };
         let kv_dtype = cache.dtype.unwrap_or(self.kv_dtype);
         let ids = Tensor::from_vec(tokens.concat(), b * t, &self.device)?;
@@ -555,10 +564,65 @@ impl Llama {
             self.embed_tokens
                 .index_select(&ids, 0)?
                 .reshape((b, t, self.config.hidden_size))?;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &angles, mask.as_ref(), kv, kv_dtype)?;
+        if let Some(s) = self.embed_scale {
+            x = (x * s)?;
+        }
+        for (i, (layer, kv)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let (angles, mask) = match (self.config.window(i), &local_angles) {
+                (Some(_), Some(local)) => (local, local_mask.as_ref()),
+                _ => (&angles, mask.as_ref()),
+            };
+            x = layer.forward(&x, angles, mask, kv, kv_dtype)?;
         }
         self.norm.forward(&x)
+    }
+
+    /// What a pass of `t` tokens after `past` cached positions may attend to (`cache.valid`
+    /// already covers them), within the last `window` keys for a sliding layer: the CPU
+    /// kernel's flags, an additive mask elsewhere, or `None` where nothing is masked.
+    fn mask(
+        &self,
+        cache: &Cache,
+        past: usize,
+        t: usize,
+        window: Option<usize>,
+    ) -> candle_core::Result<Option<Mask>> {
+        let b = cache.valid.len();
+        let total = past + t;
+        if self.device.is_cpu() && self.dtype() == DType::F32 {
+            // The CPU kernel reads the flags themselves: no (b, t, total) tensor to build.
+            return Ok(Some(Mask::Rows(crate::cpu::Visible {
+                past,
+                valid: std::sync::Arc::new(cache.valid.clone()),
+                window,
+            })));
+        }
+        let needs_mask = t > 1
+            || cache.valid.iter().any(|v| v.iter().any(|x| !x))
+            || window.is_some_and(|w| total > w);
+        if !needs_mask {
+            return Ok(None);
+        }
+        let mut m = vec![0f32; b * t * total];
+        for (row, valid) in cache.valid.iter().enumerate() {
+            for i in 0..t {
+                let first = window.map_or(0, |w| crate::cpu::first_in_window(valid, past + i, w));
+                for j in 0..total {
+                    if j > past + i || !valid[j] || j < first {
+                        m[(row * t + i) * total + j] = f32::NEG_INFINITY;
+                    }
+                }
+                // A padding query sees itself, so its softmax is defined (its output is unused).
+                if !valid[past + i] {
+                    m[(row * t + i) * total + past + i] = 0.0;
+                }
+            }
+        }
+        Ok(Some(Mask::Dense(Tensor::from_vec(
+            m,
+            (b, 1, t, total),
+            &self.device,
+        )?)))
     }
 }
 

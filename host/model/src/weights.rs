@@ -4,6 +4,10 @@
 //! Llama Q/K projections is undone, so one model implementation serves both; or tensors
 //! already in memory (a trainer's current weights, for generating with them). Every tensor is
 //! checked against the shape the config implies, and an error names the file and tensor.
+//!
+//! Gemma's norms scale by `1 + weight`; llama.cpp's converter stores `1 + weight`, and so do
+//! galley's layers: an HF Gemma checkpoint's norm weights are shifted by one as they are
+//! read ([`Weights::set_norm_shift`]), and shifted back where galley writes HF files.
 
 use crate::error::{ModelError, Result, bad};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
@@ -15,6 +19,8 @@ pub enum Weights {
     Safetensors {
         files: Vec<PathBuf>,
         st: candle_core::safetensors::MmapedSafetensors,
+        /// Added to every `*norm.weight` read (1 for Gemma's checkpoints).
+        norm_shift: f32,
     },
     Gguf {
         path: PathBuf,
@@ -22,6 +28,9 @@ pub enum Weights {
         file: Mutex<std::fs::File>,
         unpermute_qk: Option<(usize, usize)>,
         dequantize: bool,
+        /// Gemma's norm names (`post_attention_norm`, `ffn_norm` before the MLP,
+        /// `post_ffw_norm`) instead of Llama's (`ffn_norm` after attention).
+        gemma_names: bool,
     },
     /// Tensors by HF name, already in memory; `origin` names them in errors. `stacked` holds
     /// projections already stacked row-wise as the engine fuses them (q|k|v, gate|up), keyed
@@ -66,8 +75,16 @@ const LAYER_PARTS: [(&str, &str); 11] = [
     ("post_attention_layernorm.", "ffn_norm."),
 ];
 
+/// Gemma 3's four norms a layer, where llama.cpp's names differ from the Llama family's
+/// (its `ffn_norm` is the norm before the MLP, which Llama calls `post_attention_layernorm`).
+const GEMMA_NORMS: [(&str, &str); 3] = [
+    ("post_attention_layernorm.", "post_attention_norm."),
+    ("pre_feedforward_layernorm.", "ffn_norm."),
+    ("post_feedforward_layernorm.", "post_ffw_norm."),
+];
+
 /// The HF name of a tensor in llama.cpp's GGUF naming (the reverse of `gguf_name`), if it is
-/// one galley knows.
+/// one galley knows (a Llama-family model's: the projections' names are every family's).
 pub(crate) fn hf_name(gguf: &str) -> Option<String> {
     if let Some((h, _)) = SIMPLE.iter().find(|(_, g)| *g == gguf) {
         return Some(h.to_string());
@@ -104,7 +121,27 @@ pub(crate) fn llama_cpp_heads(name: &str, config: &crate::config::LlamaConfig) -
         .flatten()
 }
 
-/// `name` in llama.cpp's GGUF naming.
+/// `name` in llama.cpp's GGUF naming for a model of `family`.
+pub(crate) fn gguf_name_of(hf: &str, family: crate::config::Family) -> String {
+    gguf_name_with(hf, family == crate::config::Family::Gemma3)
+}
+
+fn gguf_name_with(hf: &str, gemma: bool) -> String {
+    if gemma
+        && let Some((layer, rest)) = hf
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split_once('.'))
+    {
+        for (h, g) in GEMMA_NORMS {
+            if let Some(suffix) = rest.strip_prefix(h) {
+                return format!("blk.{layer}.{g}{suffix}");
+            }
+        }
+    }
+    gguf_name(hf)
+}
+
+/// `name` in llama.cpp's GGUF naming (the Llama family's norms; see [`gguf_name_of`]).
 pub(crate) fn gguf_name(hf: &str) -> String {
     if let Some((_, g)) = SIMPLE.iter().find(|(h, _)| *h == hf) {
         return g.to_string();
@@ -130,7 +167,11 @@ impl Weights {
         // safetensors validates every header and offset against the file length.
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
             .map_err(|e| bad(&files[0], format!("not a valid safetensors file: {e}")))?;
-        Ok(Self::Safetensors { files, st })
+        Ok(Self::Safetensors {
+            files,
+            st,
+            norm_shift: 0.0,
+        })
     }
 
     /// Tensors by HF name (a trainer's merged weights, say); `origin` names them in errors.
@@ -201,6 +242,7 @@ impl Weights {
             file: Mutex::new(file),
             unpermute_qk: None,
             dequantize: false,
+            gemma_names: false,
         })
     }
 
@@ -219,6 +261,25 @@ impl Weights {
             Self::Gguf { content, .. } => Some(&content.metadata),
             Self::Overlay { base, .. } => base.gguf_metadata(),
             _ => None,
+        }
+    }
+
+    /// For Gemma: HF checkpoints' norm weights are read as `1 + weight` (what galley's norms
+    /// multiply by, and what llama.cpp's GGUFs hold); GGUFs are read by Gemma's norm names.
+    pub fn set_gemma(&mut self) {
+        match self {
+            Self::Safetensors { norm_shift, .. } => *norm_shift = 1.0,
+            Self::Gguf { gemma_names, .. } => *gemma_names = true,
+            Self::Overlay { base, .. } => base.set_gemma(),
+            Self::Memory { .. } => {}
+        }
+    }
+
+    /// `hf` in this file's GGUF naming.
+    fn gguf_key(&self, hf: &str) -> String {
+        match self {
+            Self::Gguf { gemma_names, .. } => gguf_name_with(hf, *gemma_names),
+            _ => gguf_name(hf),
         }
     }
 
@@ -243,7 +304,7 @@ impl Weights {
     pub fn has(&self, name: &str) -> bool {
         match self {
             Self::Safetensors { st, .. } => st.get(name).is_ok(),
-            Self::Gguf { content, .. } => content.tensor_infos.contains_key(&gguf_name(name)),
+            Self::Gguf { content, .. } => content.tensor_infos.contains_key(&self.gguf_key(name)),
             Self::Memory { tensors, .. } => tensors.contains_key(name),
             Self::Overlay { base, .. } => base.has(name),
         }
@@ -251,7 +312,7 @@ impl Weights {
 
     fn missing(&self, name: &str) -> ModelError {
         let tensor = match self {
-            Self::Gguf { .. } => format!("{} (HF name {name})", gguf_name(name)),
+            Self::Gguf { .. } => format!("{} (HF name {name})", self.gguf_key(name)),
             _ => name.to_string(),
         };
         ModelError::MissingTensor {
@@ -283,7 +344,7 @@ impl Weights {
         else {
             unreachable!("GGUF only")
         };
-        let g = gguf_name(name);
+        let g = self.gguf_key(name);
         let info = content
             .tensor_infos
             .get(&g)
@@ -304,10 +365,15 @@ impl Weights {
     /// A dense f32 tensor of exactly `expected` shape.
     pub fn tensor(&self, name: &str, expected: &[usize], device: &Device) -> Result<Tensor> {
         match self {
-            Self::Safetensors { st, .. } => {
+            Self::Safetensors { st, norm_shift, .. } => {
                 let view = st.get(name).map_err(|_| self.missing(name))?;
                 self.check(name, view.shape(), expected)?;
-                Ok(st.load(name, device)?.to_dtype(DType::F32)?)
+                let t = st.load(name, device)?.to_dtype(DType::F32)?;
+                if *norm_shift != 0.0 && name.ends_with("norm.weight") {
+                    // In f32, as transformers computes `1.0 + weight.float()`.
+                    return Ok((t + f64::from(*norm_shift))?);
+                }
+                Ok(t)
             }
             Self::Gguf { .. } => Ok(self.qtensor(name, expected, device)?.dequantize(device)?),
             Self::Memory { tensors, .. } => {

@@ -1,7 +1,7 @@
 //! Generation that resumes from what finished sequences have seen (`generate_resuming`, a
 //! rollout's next turn after its tool results): it must decode exactly what prefilling the
 //! whole sequence again decodes, for a batch mixing resumed rows, rows with nothing kept,
-//! stale caches and a group of identical prompts, on tiny random models of two families.
+//! stale caches and a group of identical prompts, on tiny random models of three families (Gemma 3's with a sliding window).
 
 use galley_model::{Finish, Kept, SamplingParams, generate_resuming, generate_sharing, load};
 use std::path::PathBuf;
@@ -139,6 +139,9 @@ fn resumed_turns_decode_as_the_whole_sequence_prefilled_again() {
     let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     check("llama-gqa-tied");
     check("qwen3-qk-norm");
+    // A sliding window (4 tokens) that counts tokens, not the padding a batch puts between
+    // a resumed prefix and its new tokens.
+    check("gemma3");
 }
 
 #[test]

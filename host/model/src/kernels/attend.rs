@@ -104,6 +104,8 @@ pub struct Step<'a> {
     /// `valid[bi][j]`: key j of row bi is a token (not padding); the query sits at `past`.
     pub valid: &'a [Vec<bool>],
     pub past: usize,
+    /// A sliding window: the query sees only the last `window` of the keys it sees.
+    pub window: Option<usize>,
     pub heads: usize,
     pub kv_heads: usize,
     pub d: usize,
@@ -587,7 +589,13 @@ fn decode_by(s: &Step, task: Task) -> Vec<f32> {
     let keys: Vec<Vec<usize>> = s
         .valid
         .iter()
-        .map(|valid| (0..n).filter(|&j| j == s.past || valid[j]).collect())
+        .map(|valid| {
+            let mut keys: Vec<usize> = (0..n).filter(|&j| j == s.past || valid[j]).collect();
+            if let Some(w) = s.window {
+                keys.drain(..keys.len().saturating_sub(w.max(1)));
+            }
+            keys
+        })
         .collect();
     // (row, KV head, segment), a row's segments side by side.
     let tasks: Vec<(usize, usize, usize)> = (0..b)
@@ -787,6 +795,7 @@ mod tests {
             v: rows(vbuf),
             valid: &valid,
             past,
+            window: None,
             heads,
             kv_heads: kvh,
             d,
@@ -809,39 +818,52 @@ mod tests {
         assert_eq!(bits(&alone), bits(&all[heads * d..2 * heads * d]));
         // The portable code computes the same bits as the instruction set picked at run time.
         assert_eq!(bits(&decode_by(&step, task_impl)), bits(&all));
-        // And it is attention: softmax(scale q k) v over the keys each row sees, in f64.
+        // And it is attention: softmax(scale q k) v over the keys each row sees, in f64,
+        // from the first key on (a sliding window's start).
         let rep = heads / kvh;
-        for bi in 0..b {
-            for h in 0..heads {
-                let (g, qh) = (h / rep, &q[(bi * heads + h) * d..][..d]);
-                let sees: Vec<usize> = (0..=past).filter(|&j| j == past || valid[bi][j]).collect();
-                let key = |j: usize| &kbuf[bi * kvh * cap * d + g * cap * d + j * d..][..d];
-                let val = |j: usize| &vbuf[bi * kvh * cap * d + g * cap * d + j * d..][..d];
-                let logits: Vec<f64> = sees
-                    .iter()
-                    .map(|&j| {
-                        let dot: f64 = qh
-                            .iter()
-                            .zip(key(j))
-                            .map(|(a, b)| *a as f64 * *b as f64)
-                            .sum();
-                        dot * 0.125
-                    })
-                    .collect();
-                let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let w: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-                let total: f64 = w.iter().sum();
-                for c in 0..d {
-                    let want: f64 = sees
+        let check = |all: &[f32], window: usize| {
+            for bi in 0..b {
+                for h in 0..heads {
+                    let (g, qh) = (h / rep, &q[(bi * heads + h) * d..][..d]);
+                    let mut sees: Vec<usize> =
+                        (0..=past).filter(|&j| j == past || valid[bi][j]).collect();
+                    sees.drain(..sees.len().saturating_sub(window));
+                    let key = |j: usize| &kbuf[bi * kvh * cap * d + g * cap * d + j * d..][..d];
+                    let val = |j: usize| &vbuf[bi * kvh * cap * d + g * cap * d + j * d..][..d];
+                    let logits: Vec<f64> = sees
                         .iter()
-                        .zip(&w)
-                        .map(|(&j, p)| p / total * val(j)[c] as f64)
-                        .sum();
-                    let got = all[(bi * heads + h) * d + c] as f64;
-                    assert!((got - want).abs() < 1e-5, "{bi},{h},{c}: {got} vs {want}");
+                        .map(|&j| {
+                            let dot: f64 = qh
+                                .iter()
+                                .zip(key(j))
+                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .sum();
+                            dot * 0.125
+                        })
+                        .collect();
+                    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let w: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+                    let total: f64 = w.iter().sum();
+                    for c in 0..d {
+                        let want: f64 = sees
+                            .iter()
+                            .zip(&w)
+                            .map(|(&j, p)| p / total * val(j)[c] as f64)
+                            .sum();
+                        let got = all[(bi * heads + h) * d + c] as f64;
+                        assert!((got - want).abs() < 1e-5, "{bi},{h},{c}: {got} vs {want}");
+                    }
                 }
             }
-        }
+        };
+        check(&all, usize::MAX);
+        // A sliding window: only the last 6 tokens (padding not counted) carry weight.
+        let windowed = decode(&Step {
+            window: Some(6),
+            ..step
+        });
+        check(&windowed, 6);
+        assert_ne!(bits(&windowed), bits(&all));
         // Padding keys carry no weight: changing them changes nothing.
         let mut k2 = kbuf.to_vec();
         let at = kvh * cap * d;

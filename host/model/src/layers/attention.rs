@@ -27,6 +27,8 @@ pub struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// What scores are multiplied by (1/√head_dim, or Gemma's `query_pre_attn_scalar`'s).
+    scale: f64,
 }
 
 impl Attention {
@@ -74,6 +76,7 @@ impl Attention {
             heads: cfg.num_heads,
             kv_heads: cfg.num_kv_heads,
             head_dim: d,
+            scale: cfg.attn_scale(),
         })
     }
 
@@ -105,8 +108,7 @@ impl Attention {
         match mask {
             Some(Mask::Rows(visible)) => {
                 let (b, _, t, d) = q.dims4()?;
-                let scale = (1.0 / (d as f64).sqrt()) as f32;
-                let out = crate::cpu::attend(&q, &k, &v, scale, visible.clone())?;
+                let out = crate::cpu::attend(&q, &k, &v, self.scale as f32, visible.clone())?;
                 let out = out.transpose(1, 2)?.reshape((b, t, self.heads * d))?;
                 self.o_proj.forward(&out)
             }
@@ -161,8 +163,7 @@ impl Attention {
         let (k, v) = (&k, &v);
         // (b, heads, t, d) -> (b, kv_heads, rep * t, d): query heads of one group side by side.
         let q = q.reshape((b, self.kv_heads, rep * t, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.heads, t, n))?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?.reshape((b, self.heads, t, n))?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
@@ -216,7 +217,7 @@ impl Attention {
         if x.device().is_cuda() && self.q_norm.is_none() {
             let fused = self.qkv_proj.forward(x)?;
             let kv = (k_cache, v_cache);
-            let scale = (1.0 / (self.head_dim as f64).sqrt()) as f32;
+            let scale = self.scale as f32;
             let q = crate::cuda_decode::rope_kv(&fused, angles, slot, kv, self.heads)?;
             let out = crate::cuda_decode::attend(&q, kv, mask, scale)?;
             return self.o_proj.forward(&out);

@@ -1,8 +1,9 @@
-//! One decoder layer: pre-norm attention and pre-norm MLP, each with a residual connection.
+//! One decoder layer: pre-norm attention and pre-norm MLP, each with a residual connection;
+//! Gemma also norms each sublayer's output before adding it (four norms a layer).
 
 use super::rotary::Angles;
 use super::{Attention, Mlp, RmsNorm};
-use crate::config::LlamaConfig;
+use crate::config::{Family, LlamaConfig};
 use crate::error::Result;
 use crate::weights::Weights;
 use candle_core::{Device, Tensor};
@@ -11,8 +12,14 @@ use candle_nn::kv_cache::KvCache;
 pub struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
-    post_attention_layernorm: RmsNorm,
+    /// Gemma's norm of the attention's output (its `post_attention_layernorm`).
+    attn_out_norm: Option<RmsNorm>,
+    /// The norm before the MLP (Llama's `post_attention_layernorm`, Gemma's
+    /// `pre_feedforward_layernorm`).
+    pre_mlp_norm: RmsNorm,
     mlp: Mlp,
+    /// Gemma's norm of the MLP's output (`post_feedforward_layernorm`).
+    mlp_out_norm: Option<RmsNorm>,
 }
 
 impl DecoderLayer {
@@ -24,24 +31,37 @@ impl DecoderLayer {
     }
 
     pub fn load(w: &Weights, prefix: &str, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
+        let norm = |name: &str| {
+            RmsNorm::load(
+                w,
+                &format!("{prefix}.{name}"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                dev,
+            )
+        };
+        let gemma = cfg.family == Family::Gemma3;
         Ok(Self {
-            input_layernorm: RmsNorm::load(
-                w,
-                &format!("{prefix}.input_layernorm"),
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-                dev,
-            )?,
+            input_layernorm: norm("input_layernorm")?,
             self_attn: Attention::load(w, &format!("{prefix}.self_attn"), cfg, dev)?,
-            post_attention_layernorm: RmsNorm::load(
-                w,
-                &format!("{prefix}.post_attention_layernorm"),
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-                dev,
-            )?,
+            attn_out_norm: gemma
+                .then(|| norm("post_attention_layernorm"))
+                .transpose()?,
+            pre_mlp_norm: norm(match gemma {
+                true => "pre_feedforward_layernorm",
+                false => "post_attention_layernorm",
+            })?,
             mlp: Mlp::load(w, &format!("{prefix}.mlp"), cfg, dev)?,
+            mlp_out_norm: gemma
+                .then(|| norm("post_feedforward_layernorm"))
+                .transpose()?,
         })
+    }
+
+    /// Whether the fixed-shape decode step (`step`) runs this layer: not with Gemma's
+    /// output norms.
+    pub fn steps(&self) -> bool {
+        self.attn_out_norm.is_none() && self.mlp_out_norm.is_none()
     }
 
     pub fn forward(
@@ -52,16 +72,24 @@ impl DecoderLayer {
         cache: &mut KvCache,
         kv_dtype: candle_core::DType,
     ) -> candle_core::Result<Tensor> {
-        let h = (x + self.self_attn.forward(
+        let a = self.self_attn.forward(
             &self.input_layernorm.forward(x)?,
             angles,
             mask,
             cache,
             kv_dtype,
-        )?)?;
-        &h + self
-            .mlp
-            .forward(&self.post_attention_layernorm.forward(&h)?)?
+        )?;
+        let a = match &self.attn_out_norm {
+            Some(n) => n.forward(&a)?,
+            None => a,
+        };
+        let h = (x + a)?;
+        let m = self.mlp.forward(&self.pre_mlp_norm.forward(&h)?)?;
+        let m = match &self.mlp_out_norm {
+            Some(n) => n.forward(&m)?,
+            None => m,
+        };
+        &h + m
     }
 
     /// One token per row against a fixed-capacity cache (`Attention::step`), with the norms
@@ -77,8 +105,11 @@ impl DecoderLayer {
         kv: (&Tensor, &Tensor),
         next: &RmsNorm,
     ) -> candle_core::Result<(Tensor, Tensor)> {
+        if !self.steps() {
+            candle_core::bail!("the fixed-shape decode step does not run Gemma's layers");
+        }
         let attn = self.self_attn.step(a, angles, slot, mask, kv)?;
-        let (h, a) = self.post_attention_layernorm.add_forward(h, &attn)?;
+        let (h, a) = self.pre_mlp_norm.add_forward(h, &attn)?;
         next.add_forward(&h, &self.mlp.step(&a)?)
     }
 
@@ -95,10 +126,11 @@ impl DecoderLayer {
             gu,
             down.0,
             self.input_layernorm.parts().0,
-            self.post_attention_layernorm.parts().0,
+            self.pre_mlp_norm.parts().0,
         ]
         .iter()
         .all(|w| w.dtype() == dt)
+            && self.steps()
     }
 
     /// The decode step in the fused kernels (`cuda_step`, on a GPU; `fused_step_ok` first):
@@ -131,8 +163,7 @@ impl DecoderLayer {
         )?;
         let attn = cuda_decode::attend(&q, kv, mask, (1.0 / (hd as f64).sqrt()) as f32)?;
         let d1 = cuda_step::gemv(&attn, o.0, o.1)?;
-        let (h2, act) =
-            cuda_step::mlp_up_step(&h1, &d1, self.post_attention_layernorm.parts(), gu)?;
+        let (h2, act) = cuda_step::mlp_up_step(&h1, &d1, self.pre_mlp_norm.parts(), gu)?;
         Ok((h2, cuda_step::gemv(&act, down.0, down.1)?))
     }
 

@@ -1,8 +1,8 @@
-//! The gated feed-forward block: `down(silu(gate(x)) * up(x))`, gate and up fused into one
-//! projection.
+//! The gated feed-forward block: `down(act(gate(x)) * up(x))`, gate and up fused into one
+//! projection; `act` is SiLU, or GELU's tanh approximation for Gemma.
 
 use super::Linear;
-use crate::config::LlamaConfig;
+use crate::config::{Family, LlamaConfig};
 use crate::error::Result;
 use crate::weights::Weights;
 use candle_core::{Device, Tensor};
@@ -10,6 +10,8 @@ use candle_core::{Device, Tensor};
 pub struct Mlp {
     gate_up: Linear,
     down: Linear,
+    /// GELU (tanh approximation, PyTorch's `gelu_pytorch_tanh`) instead of SiLU.
+    gelu: bool,
 }
 
 impl Mlp {
@@ -23,12 +25,16 @@ impl Mlp {
         Ok(Self {
             gate_up: Linear::load_fused(w, &[(gate.as_str(), i), (up.as_str(), i)], h, b, dev)?,
             down: Linear::load(w, &format!("{prefix}.down_proj"), h, i, b, dev)?,
+            gelu: cfg.family == Family::Gemma3,
         })
     }
 
     /// For the fused decode step: the gate|up weight (without a bias, which the fused kernel
     /// does not add) and the down projection's weight and bias.
     pub(crate) fn fused_parts(&self) -> Option<(&Tensor, (&Tensor, Option<&Tensor>))> {
+        if self.gelu {
+            return None;
+        }
         match self.gate_up.dense_parts()? {
             (gu, None) => Some((gu, self.down.dense_parts()?)),
             _ => None,
@@ -38,7 +44,7 @@ impl Mlp {
     /// `forward` for a decode step: on a GPU, SiLU and the product in one kernel.
     pub fn step(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         #[cfg(feature = "cuda")]
-        if x.device().is_cuda() {
+        if x.device().is_cuda() && !self.gelu {
             let gu = self.gate_up.forward(x)?;
             return self.down.forward(&crate::cuda_decode::silu_mul(&gu)?);
         }
@@ -48,12 +54,18 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // On the CPU one pass over the fused output (gate and up side by side) instead of
         // silu, two strided views and a product, each a full tensor.
-        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && !self.gelu {
             let gu = self.gate_up.forward(x)?;
             return self.down.forward(&crate::cpu::silu_mul_halves(&gu)?);
         }
         let gu = self.gate_up.forward_split(x)?;
-        let gated = (candle_nn::ops::silu(&gu[0])? * &gu[1])?;
+        let act = if self.gelu {
+            // candle's `gelu` is the tanh approximation.
+            gu[0].gelu()?
+        } else {
+            candle_nn::ops::silu(&gu[0])?
+        };
+        let gated = (act * &gu[1])?;
         self.down.forward(&gated)
     }
 }

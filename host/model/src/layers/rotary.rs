@@ -224,6 +224,8 @@ mod tests {
             qk_norm: false,
             bos_token_id: None,
             eos_token_ids: vec![],
+            sliding: None,
+            query_pre_attn_scalar: None,
         }
     }
 

@@ -253,6 +253,8 @@ impl TrainModel {
             qk_norm: false,
             bos_token_id: bos,
             eos_token_ids: eos,
+            sliding: None,
+            query_pre_attn_scalar: None,
         }
     }
 }
