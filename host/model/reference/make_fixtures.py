@@ -45,8 +45,10 @@ FAMILIES = {
     "qwen3-qk-norm": (Qwen3Config, dict(tie_word_embeddings=False, head_dim=16, rope_theta=1000000.0)),
     "mistral": (MistralConfig, dict(tie_word_embeddings=False, rope_theta=10000.0, sliding_window=None)),
     # A window of 4 over 11 ids, a local layer then a global one, the global layer's RoPE
-    # linearly scaled, and a score scale that is not 1/sqrt(head_dim).
+    # linearly scaled, and a score scale that is not 1/sqrt(head_dim); weights large enough
+    # that the MLP's pre-activations reach where tanh-GELU and erf-GELU part (|x| ~ 1-3).
     "gemma3": (Gemma3TextConfig, dict(tie_word_embeddings=True, head_dim=16, sliding_window=4,
+               initializer_range=0.25,
                layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=24,
                rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
                                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),

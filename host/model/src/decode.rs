@@ -81,6 +81,11 @@ impl<'m> Decoder<'m> {
         cache: &Cache,
         capacity: usize,
     ) -> candle_core::Result<Self> {
+        if !model.steps() {
+            candle_core::bail!(
+                "the fixed-shape decoder does not run sliding-window layers or Gemma's extra norms"
+            );
+        }
         let c = &model.config;
         let (rows, len, dev) = (cache.valid.len(), cache.len(), model.device());
         if rows == 0 || capacity <= len || capacity > c.max_position_embeddings.max(1) {

@@ -16,6 +16,8 @@
 //! gradients of the query heads of one KV head are added in head order, and a branch's
 //! gradients for its prefix in piece order. `attend` is the attention of the reference and
 //! CUDA kernels (the dense or fused CUDA kernels on a GPU, plain candle ops as the reference).
+//! A sliding-window layer (Gemma 3's local layers) gives the keys before its window
+//! probability 0; the backward pass then sends them nothing, as the formula gives.
 
 use crate::error::Result as TrainResult;
 use crate::ops::{self, Kernels, RopeTables};
@@ -41,6 +43,7 @@ struct Dims {
     tk: usize,
     hd: usize,
     scale: f32,
+    window: Option<usize>,
 }
 
 impl Dims {
@@ -68,7 +71,9 @@ impl Dims {
         let kb = &k[bk * self.tk * hd..][..keys * hd];
         let s = product1(&mut s[..n * keys], n, keys, hd, rm(qb, hd), tr(kb, hd), 1.0);
         for (i, r) in s.chunks_mut(keys).enumerate() {
-            softmax_causal(r, at + i, &[], self.scale);
+            let lo = self.window.map_or(0, |w| (at + i + 1).saturating_sub(w));
+            softmax_causal(&mut r[lo..], at + i - lo, &[], self.scale);
+            r[..lo].fill(0.0);
         }
         s
     }
@@ -150,13 +155,18 @@ pub(crate) fn attend(
     c: &LlamaConfig,
     rope: &RopeTables,
     (qh, kh, vh): (&Tensor, &Tensor, &Tensor),
-    k: Kernels,
-    dt: DType,
+    (k, dt): (Kernels, DType),
+    window: Option<usize>,
 ) -> TrainResult<Tensor> {
     let (b, t) = (qh.dim(0)?, qh.dim(1)?);
     let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
     let g = h / kv;
-    let scale = 1.0 / (hd as f64).sqrt();
+    let scale = c.attn_scale();
+    if window.is_some() && k == Kernels::Cuda {
+        return Err(crate::error::TrainError::Stopped(
+            "sliding-window attention (Gemma 3) trains on the CPU only".into(),
+        ));
+    }
     let q = ops::rope_heads(qh, rope, k)?;
     let kk = ops::rope_heads(kh, rope, k)?;
     let v = vh.transpose(1, 2)?.contiguous()?;
@@ -177,7 +187,7 @@ pub(crate) fn attend(
     let _ = dt;
     let p = match k {
         Kernels::Fused | Kernels::Reference => {
-            ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?
+            ops::causal_softmax_windowed(&q.matmul(&kk.t()?)?, scale, window)?
         }
         #[cfg(feature = "cuda")]
         Kernels::Cuda => crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale)?,
@@ -212,6 +222,7 @@ struct PackedAttention {
     rope: RopeTables,
     heads: (usize, usize, usize),
     scale: f32,
+    window: Option<usize>,
     /// The operands kept for the backward pass (None when nothing will ask for gradients).
     kept: Option<Mutex<Vec<PieceBufs>>>,
 }
@@ -302,6 +313,7 @@ impl PackedAttention {
             tk: b.tk,
             hd,
             scale: self.scale,
+            window: self.window,
         }
     }
 }
@@ -455,13 +467,15 @@ impl CustomOp1 for PackedAttention {
 
 /// Causal attention of the packed `pieces` from the fused (tokens, (h + 2·kv)·hd) rows of the
 /// q, k and v projections (unrotated): each piece attends to itself from its start position,
-/// a branch after its prefix's keys too. Returns (tokens, h·hd) rows. CPU kernels only.
-/// `heads` is (query heads, KV heads, head dim).
+/// a branch after its prefix's keys too, scores scaled by `scale`, over the last `window`
+/// positions where given. Returns (tokens, h·hd) rows. CPU kernels only. `heads` is (query
+/// heads, KV heads, head dim).
 pub fn packed(
     qkv: &Tensor,
     pieces: &[Piece],
     rope: &RopeTables,
     (h, kv, hd): (usize, usize, usize),
+    (scale, window): (f64, Option<usize>),
 ) -> Result<Tensor> {
     if kv == 0 || !h.is_multiple_of(kv) {
         candle_core::bail!("packed attention: {h} heads over {kv} KV heads");
@@ -470,7 +484,8 @@ pub fn packed(
         pieces: Arc::new(pieces.to_vec()),
         rope: rope.clone(),
         heads: (h, kv, hd),
-        scale: (1.0 / (hd as f64).sqrt()) as f32,
+        scale: scale as f32,
+        window,
         kept: qkv.track_op().then(|| Mutex::new(Vec::new())),
     };
     qkv.contiguous()?.apply_op1(op)

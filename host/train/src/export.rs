@@ -66,6 +66,7 @@ pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
         Family::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
         Family::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
         Family::Mistral => ("MistralForCausalLM", "mistral"),
+        Family::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
         _ => ("LlamaForCausalLM", "llama"),
     };
     let mut v = json!({
@@ -98,6 +99,33 @@ pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
         }
         other => other,
     };
+    if c.family == Family::Gemma3 {
+        // transformers 4's keys, which transformers 5 reads into `rope_parameters` too.
+        let obj = v.as_object_mut().expect("an object");
+        obj.remove("hidden_act");
+        obj.remove("mlp_bias");
+        obj.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+        obj.insert(
+            "query_pre_attn_scalar".into(),
+            json!(c.query_pre_attn_scalar),
+        );
+        if let Some(s) = &c.sliding {
+            let types: Vec<&str> = s
+                .layers
+                .iter()
+                .map(|&x| {
+                    if x {
+                        "sliding_attention"
+                    } else {
+                        "full_attention"
+                    }
+                })
+                .collect();
+            obj.insert("sliding_window".into(), json!(s.window));
+            obj.insert("layer_types".into(), json!(types));
+            obj.insert("rope_local_base_freq".into(), json!(s.rope_theta));
+        }
+    }
     match scaling {
         RopeScaling::None => {}
         RopeScaling::Linear { factor } => {
@@ -158,7 +186,16 @@ pub fn save_checkpoint_dir(
         ));
     }
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-    let map: HashMap<String, Tensor> = named.into_iter().collect();
+    // Gemma's norms are held as `1 + weight` (galley's and llama.cpp's form): HF's is `weight`.
+    let gemma = config.family == galley_model::Family::Gemma3;
+    let mut map: HashMap<String, Tensor> = HashMap::with_capacity(named.len());
+    for (name, t) in named {
+        let t = match gemma && name.ends_with("norm.weight") {
+            true => (t - 1.0)?,
+            false => t,
+        };
+        map.insert(name, t);
+    }
     let path = dir.join("model.safetensors");
     candle_core::safetensors::save(&map, &path).map_err(|e| file_err(&path, e))?;
     let cpath = dir.join("config.json");

@@ -330,7 +330,13 @@ pub struct Layer {
     pub o: Proj,
     pub q_norm: Option<Param>,
     pub k_norm: Option<Param>,
+    /// Gemma's norm of the attention's output (HF `post_attention_layernorm`).
+    pub attn_out_norm: Option<Param>,
+    /// The norm before the MLP (Llama's `post_attention_layernorm`, Gemma's
+    /// `pre_feedforward_layernorm`).
     pub post_norm: Param,
+    /// Gemma's norm of the MLP's output (`post_feedforward_layernorm`).
+    pub mlp_out_norm: Option<Param>,
     pub gate: Proj,
     pub up: Proj,
     pub down: Proj,
@@ -362,6 +368,8 @@ pub struct TrainModel {
     /// None when the LM head is tied to the embeddings.
     pub lm_head: Option<Proj>,
     pub rope: RopeTables,
+    /// The sliding layers' RoPE (Gemma 3's local base), when some layers slide.
+    pub rope_local: Option<RopeTables>,
     pub kernels: Kernels,
     /// The dtype products compute in: f32, or bf16 (mixed precision, the GPU's kernels
     /// only): see `config::Precision`.
@@ -467,6 +475,18 @@ impl TrainModel {
         let dt = self.compute;
         let x32 = |y: Tensor| ops::cast(&y, DType::F32);
         let mut x = x32(x)?;
+        let gemma = c.family == Family::Gemma3;
+        if gemma {
+            // √hidden rounded to f32, as transformers scales Gemma's embeddings.
+            x = (x * f64::from((c.hidden_size as f64).sqrt() as f32))?;
+        }
+        // An output norm (Gemma's) of a sublayer's f32 output.
+        let out_norm = |y: Tensor, n: &Option<Param>| -> Result<Tensor> {
+            Ok(match n {
+                Some(w) => ops::rms_norm(&y, w.t(), c.rms_norm_eps, k)?,
+                None => y,
+            })
+        };
         // The pieces the CPU's attention op runs: the packed ones, or each row whole.
         let cpu_pieces: Option<Vec<Piece>> = (k == Kernels::Fused).then(|| match packed {
             Some(p) => p.pieces.clone(),
@@ -481,6 +501,11 @@ impl TrainModel {
         });
         for (li, layer) in self.layers.iter().enumerate() {
             let site = |j: u64| (li as u64) * 16 + j;
+            let window = c.window(li);
+            let rope = match (window, &self.rope_local) {
+                (Some(_), Some(local)) => local,
+                _ => &self.rope,
+            };
             let hn = ops::rms_norm_to(&x, layer.input_norm.t(), c.rms_norm_eps, k, dt)?;
             // The CPU kernels: every row or piece in one op from the fused q|k|v rows
             // (q and k normed per head first where the model says so).
@@ -517,25 +542,38 @@ impl TrainModel {
                         1,
                     )?,
                 };
-                attention::packed(&qkv, pieces, &self.rope, (h, kv, hd))?
+                let how = (c.attn_scale(), window);
+                attention::packed(&qkv, pieces, rope, (h, kv, hd), how)?
             } else {
-                self.attention_per_piece(&hn, layer, packed, pass, (b, t), site(0))?
+                let at = (site(0), window, rope);
+                self.attention_per_piece(&hn, layer, packed, pass, (b, t), at)?
             };
-            x = (x + x32(layer.o.forward(&o, pass, site(3))?)?)?;
+            let a = x32(layer.o.forward(&o, pass, site(3))?)?;
+            x = (x + out_norm(a, &layer.attn_out_norm)?)?;
             let hn = ops::rms_norm_to(&x, layer.post_norm.t(), c.rms_norm_eps, k, dt)?;
             let fused = match cpu_pieces.is_some() {
                 true => group(&hn, &[&layer.gate, &layer.up], 4, &layer.gate_up_stack),
                 false => None,
             };
             let a = match fused {
+                // Gemma's tanh-GELU gate through candle's ops (its gradient included).
+                Some(gate_up) if gemma => {
+                    let gate_up = gate_up?;
+                    let i = gate_up.dim(1)? / 2;
+                    (gate_up.narrow(1, 0, i)?.gelu()? * gate_up.narrow(1, i, i)?)?
+                }
                 Some(gate_up) => cpu::silu_mul_halves(&gate_up?)?,
                 None => {
                     let gate = layer.gate.forward(&hn, pass, site(4))?;
                     let up = layer.up.forward(&hn, pass, site(5))?;
-                    ops::silu_mul(&gate, &up, k)?
+                    match gemma {
+                        true => (gate.gelu()? * up)?,
+                        false => ops::silu_mul(&gate, &up, k)?,
+                    }
                 }
             };
-            x = (x + x32(layer.down.forward(&a, pass, site(6))?)?)?;
+            let m = x32(layer.down.forward(&a, pass, site(6))?)?;
+            x = (x + out_norm(m, &layer.mlp_out_norm)?)?;
         }
         let x = ops::rms_norm_to(&x, self.norm.t(), c.rms_norm_eps, k, dt)?;
         // The head: fused with the loss on CPU (no logits tensor), plain ops otherwise.
@@ -602,7 +640,7 @@ impl TrainModel {
         packed: Option<&Packed>,
         pass: &Pass,
         (b, t): (usize, usize),
-        site0: u64,
+        (site0, window, rope): (u64, Option<usize>, &RopeTables),
     ) -> Result<Tensor> {
         let c = &self.config;
         let (k, dt) = (pass.kernels, self.compute);
@@ -621,7 +659,7 @@ impl TrainModel {
         );
         let vh = heads(&layer.v, kv, 2, &None)?;
         let Some(p) = packed else {
-            return attention::attend(c, &self.rope, (&qh, &kh, &vh), k, dt);
+            return attention::attend(c, rope, (&qh, &kh, &vh), (k, dt), window);
         };
         let mut parts = Vec::with_capacity(p.pieces.len());
         let mut at = 0;
@@ -634,7 +672,7 @@ impl TrainModel {
             }
             let part = |x: &Tensor| x.narrow(1, at, piece.len);
             let qkv = (&part(&qh)?, &part(&kh)?, &part(&vh)?);
-            parts.push(attention::attend(c, &self.rope, qkv, k, dt)?);
+            parts.push(attention::attend(c, rope, qkv, (k, dt), window)?);
             at += piece.len;
         }
         Ok(Tensor::cat(&parts, 0)?)
@@ -672,10 +710,25 @@ impl TrainModel {
                 format!("{p}.input_layernorm.weight"),
                 l.input_norm.t().clone(),
             ));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                l.post_norm.t().clone(),
-            ));
+            // Gemma's three other norms, or Llama's one before the MLP.
+            let norms = [
+                ("post_attention_layernorm", l.attn_out_norm.as_ref()),
+                ("pre_feedforward_layernorm", Some(&l.post_norm)),
+                ("post_feedforward_layernorm", l.mlp_out_norm.as_ref()),
+            ];
+            match l.attn_out_norm.is_some() {
+                true => {
+                    for (name, n) in norms {
+                        if let Some(n) = n {
+                            out.push((format!("{p}.{name}.weight"), n.t().clone()));
+                        }
+                    }
+                }
+                false => out.push((
+                    format!("{p}.post_attention_layernorm.weight"),
+                    l.post_norm.t().clone(),
+                )),
+            }
             if let Some(n) = &l.q_norm {
                 out.push((format!("{p}.self_attn.q_norm.weight"), n.t().clone()));
             }

@@ -324,9 +324,26 @@ pub fn rope_heads_from(
 /// the CPU attention op's probabilities (`attention::packed`). Computed in f32 whatever
 /// `s`'s dtype (as autocast does), the probabilities returned in `s`'s dtype.
 pub fn causal_softmax_reference(s: &Tensor, scale: f64) -> Result<Tensor> {
+    causal_softmax_windowed(s, scale, None)
+}
+
+/// [`causal_softmax_reference`] where each query sees at most the last `window` positions
+/// (itself included): a sliding-window layer's probabilities.
+pub fn causal_softmax_windowed(s: &Tensor, scale: f64, window: Option<usize>) -> Result<Tensor> {
     let (rows, t) = (s.dim(D::Minus2)?, s.dim(D::Minus1)?);
     let dev = s.device();
-    let mask = if rows % t == 0 && !dev.is_cpu() {
+    let mask = if let Some(w) = window {
+        let mask: Vec<f32> = (0..rows)
+            .flat_map(|r| {
+                let at = r % t;
+                (0..t).map(move |j| match j > at || j + w <= at {
+                    true => f32::NEG_INFINITY,
+                    false => 0.0,
+                })
+            })
+            .collect();
+        Tensor::from_vec(mask, (rows, t), dev)?
+    } else if rows % t == 0 && !dev.is_cpu() {
         // Built on the device: no rows x t upload per layer and step.
         let q = Tensor::arange(0u32, t as u32, dev)?.repeat(rows / t)?;
         let k = Tensor::arange(0u32, t as u32, dev)?;

@@ -121,8 +121,15 @@ fn rope_fused_with_the_head_transpose_gradients() {
 /// positions, starting at position 30, seeing the prefix's keys), and a row of 10. The
 /// reference is candle's ops piece by piece: rotation from the piece's start, the prefix's
 /// rotated keys and values concatenated before a branch's, a causal mask shifted by them.
+/// Then again with another score scale and a sliding window of 40 positions (Gemma 3's
+/// local layers), which the long row and the branches reach past.
 #[test]
 fn packed_attention_gradients() {
+    packed_attention_gradients_with(None, None);
+    packed_attention_gradients_with(Some(0.3), Some(40));
+}
+
+fn packed_attention_gradients_with(scale: Option<f64>, window: Option<usize>) {
     use galley_train::packing::Piece;
     let (h, kv, hd) = (4, 2, 8);
     let g = h / kv;
@@ -140,9 +147,11 @@ fn packed_attention_gradients() {
     ];
     let n: usize = pieces.iter().map(|p| p.len).sum();
     let w = (h + 2 * kv) * hd;
+    let scale = scale.unwrap_or(1.0 / (hd as f64).sqrt());
     check("packed attention", &[&[n, w]], |a, k| match k {
         Kernels::Fused => {
-            galley_train::attention::packed(&a[0], &pieces, &rope, (h, kv, hd)).unwrap()
+            let how = (scale, window);
+            galley_train::attention::packed(&a[0], &pieces, &rope, (h, kv, hd), how).unwrap()
         }
         Kernels::Reference | Kernels::Cuda => {
             let r = Kernels::Reference;
@@ -172,15 +181,18 @@ fn packed_attention_gradients() {
                 let off = tk - p.len;
                 let mask: Vec<f32> = (0..g * p.len)
                     .flat_map(|row| {
-                        (0..tk).map(move |j| match j > off + row % p.len {
-                            true => f32::NEG_INFINITY,
-                            false => 0.0,
-                        })
+                        let at = off + row % p.len;
+                        (0..tk).map(
+                            move |j| match j > at || window.is_some_and(|w| j + w <= at) {
+                                true => f32::NEG_INFINITY,
+                                false => 0.0,
+                            },
+                        )
                     })
                     .collect();
                 let mask = Tensor::from_vec(mask, (g * p.len, tk), &Device::Cpu).unwrap();
                 let q = q.reshape((1, kv, g * p.len, hd)).unwrap();
-                let s = (q.matmul(&keys.t().unwrap()).unwrap() / (hd as f64).sqrt())
+                let s = (q.matmul(&keys.t().unwrap()).unwrap() * scale)
                     .unwrap()
                     .broadcast_add(&mask)
                     .unwrap();

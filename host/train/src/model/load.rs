@@ -137,6 +137,12 @@ impl TrainModel {
         }
         let c = &config;
         let (d, hd) = (c.hidden_size, c.head_dim);
+        let gemma = c.family == Family::Gemma3;
+        if gemma && !dev.is_cpu() {
+            return Err(TrainError::Stopped(
+                "Gemma 3 (sliding-window layers, tanh-GELU) trains on the CPU only: set training.device: cpu".into(),
+            ));
+        }
         let mut l = Loader {
             w,
             build,
@@ -167,7 +173,24 @@ impl TrainModel {
                     true => Some(l.param(&format!("{attn}.k_norm.weight"), &[hd])?),
                     false => None,
                 },
-                post_norm: l.param(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                attn_out_norm: match gemma {
+                    true => Some(l.param(&format!("{p}.post_attention_layernorm.weight"), &[d])?),
+                    false => None,
+                },
+                post_norm: l.param(
+                    &format!(
+                        "{p}.{}.weight",
+                        match gemma {
+                            true => "pre_feedforward_layernorm",
+                            false => "post_attention_layernorm",
+                        }
+                    ),
+                    &[d],
+                )?,
+                mlp_out_norm: match gemma {
+                    true => Some(l.param(&format!("{p}.post_feedforward_layernorm.weight"), &[d])?),
+                    false => None,
+                },
                 gate: l.proj(&mlp, "gate_proj", c.intermediate_size, d, c.mlp_bias)?,
                 up: l.proj(&mlp, "up_proj", c.intermediate_size, d, c.mlp_bias)?,
                 down: l.proj(&mlp, "down_proj", d, c.intermediate_size, c.mlp_bias)?,
@@ -204,6 +227,18 @@ impl TrainModel {
             c.max_position_embeddings,
             dev,
         )?;
+        let rope_local = match &c.sliding {
+            Some(s) => Some(RopeTables::new(
+                &galley_model::layers::rotary::inv_freq(&LlamaConfig {
+                    rope_theta: s.rope_theta,
+                    rope_scaling: galley_model::RopeScaling::None,
+                    ..c.clone()
+                }),
+                c.max_position_embeddings,
+                dev,
+            )?),
+            None => None,
+        };
         Ok(Self {
             kernels: match dev {
                 Device::Cpu => Kernels::Fused,
@@ -221,6 +256,7 @@ impl TrainModel {
             norm,
             lm_head,
             rope,
+            rope_local,
             trainable: l.trainable,
             device: dev.clone(),
         })
