@@ -157,6 +157,8 @@ check(field("general.architecture") == "llama", "architecture")
 check(field("llama.block_count") == 2 and field("llama.embedding_length") == 32, "sizes")
 check(field("llama.attention.head_count") == 4 and field("llama.attention.head_count_kv") == 2, "heads")
 check(field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.pre") == "gpt-2", "tokenizer")
+# Merges: an array typed as strings (the part after the array type), as llama.cpp demands.
+check(int(r.fields["tokenizer.ggml.merges"].parts[3][0]) == 8, "merges' type")
 tok = json.load(open(sys.argv[2] + "/tokenizer.json"))
 check(len(field("tokenizer.ggml.tokens")) == len(tok["model"]["vocab"]) + 2, "tokens")
 check("<|im_start|>" in field("tokenizer.chat_template"), "chat template")

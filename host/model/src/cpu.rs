@@ -332,6 +332,92 @@ pub fn product_by_columns_into(
     });
 }
 
+/// Floats of one task's block of `b` in [`product_by_made_columns`]: 256K (1 MiB), reused per
+/// thread, so a task's columns stay in its core's cache from being made to being multiplied.
+const MADE_BLOCK_FLOATS: usize = 1 << 18;
+
+thread_local! {
+    static MADE_BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`product_by_columns`] with `b` (k, n) never whole in memory: each task has `make(j0, nb,
+/// rows)` write b's columns j0..j0 + nb as nb rows of k values (b's transpose: a weight's
+/// rows, dequantized) into a scratch block its thread reuses, then multiplies them. A
+/// quantized weight's prompt-sized product runs this way instead of dequantizing the whole
+/// weight first (whose fresh pages the kernel zero-fills on every pass). Blocks are whole
+/// tiles of columns, as in `product_by_columns`, narrowed to keep a block within
+/// `MADE_BLOCK_FLOATS`.
+pub fn product_by_made_columns(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    make: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+) -> Vec<f32> {
+    check_views(
+        m,
+        0,
+        k,
+        a,
+        Mat {
+            data: &[],
+            rs: 1,
+            cs: 1,
+        },
+    );
+    let mut dst = uninit(m * n);
+    if m == 0 || n == 0 {
+        // SAFETY: nothing to write.
+        return unsafe { assume_init(dst) };
+    }
+    let fit = (MADE_BLOCK_FLOATS / k.max(1)) / COLUMN_TILE * COLUMN_TILE;
+    let width = (n / COLUMN_TILE)
+        .div_ceil(COLUMN_TASKS)
+        .max(1)
+        .saturating_mul(COLUMN_TILE)
+        .min(fit.max(COLUMN_TILE))
+        .min(n);
+    struct Out(*mut f32);
+    // SAFETY: the pointer is only used to write disjoint columns, inside `scope`.
+    unsafe impl Sync for Out {}
+    let out = Out(dst.as_mut_ptr().cast::<f32>());
+    let out = &out;
+    rayon::scope(|sc| {
+        for j0 in (0..n).step_by(width) {
+            let nb = width.min(n - j0);
+            sc.spawn(move |_| {
+                MADE_BLOCK.with_borrow_mut(|block| {
+                    block.resize(nb * k, 0.0);
+                    make(j0, nb, &mut block[..nb * k]);
+                    // b's columns j0.. as made: element (i, j) at block[j·k + i].
+                    let b = Mat {
+                        data: &block[..nb * k],
+                        rs: 1,
+                        cs: k,
+                    };
+                    check_views(m, nb, k, a, b);
+                    // SAFETY: the (m, n) output lies in dst and lives until the scope ends;
+                    // this task writes only columns j0..j0 + nb (no two tasks share one),
+                    // every one of them (no accumulation); a is (m, k) and b (k, nb), checked.
+                    unsafe {
+                        raw_gemm(
+                            gemm::Parallelism::None,
+                            (out.0.add(j0), n),
+                            (m, nb, k),
+                            (a.data.as_ptr(), a),
+                            (b.data.as_ptr(), b),
+                            1.0,
+                            false,
+                        )
+                    }
+                })
+            });
+        }
+    });
+    // SAFETY: the tasks' column blocks cover all n columns of every row, each written whole.
+    unsafe { assume_init(dst) }
+}
+
 /// `product` on one thread into a block of an `uninit` buffer; returns the block, written.
 #[allow(clippy::too_many_arguments)]
 pub fn product1<'d>(
@@ -685,13 +771,20 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, visible: Visible) 
         .apply_op3_no_bwd(k, v, &Attend { scale, visible })
 }
 
-// ------------------------------------------------------------------ SiLU gate
+// ------------------------------------------------------------------ SiLU and GELU gates
 
-struct SiluMulHalves;
+/// act(gate)·up over gate|up halves: SiLU (Llama, Qwen, Mistral) or GELU's tanh
+/// approximation (Gemma).
+struct GateMulHalves {
+    gelu: bool,
+}
 
-impl CustomOp1 for SiluMulHalves {
+impl CustomOp1 for GateMulHalves {
     fn name(&self) -> &'static str {
-        "galley-silu-mul-halves"
+        match self.gelu {
+            true => "galley-gelu-mul-halves",
+            false => "galley-silu-mul-halves",
+        }
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l)?;
@@ -702,9 +795,13 @@ impl CustomOp1 for SiluMulHalves {
         }
         let i = w / 2;
         let mut y = uninit(x.len() / 2);
+        let gelu = self.gelu;
         y.par_chunks_mut(i).zip(x.par_chunks(w)).for_each(|(y, x)| {
             let (g, u) = x.split_at(i);
-            crate::kernels::rowwise::silu_gate(y, g, u);
+            match gelu {
+                true => crate::kernels::rowwise::gelu_gate(y, g, u),
+                false => crate::kernels::rowwise::silu_gate(y, g, u),
+            }
         });
         // SAFETY: one (i) output row per input row, every element written.
         let y = unsafe { assume_init(y) };
@@ -719,6 +816,7 @@ impl CustomOp1 for SiluMulHalves {
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let w = *x.dims().last().unwrap_or(&0);
         let i = w / 2;
+        let gelu = self.gelu;
         let dx = with_f32(x, |x| {
             with_f32(dy, |dy| {
                 let mut dx = uninit(x.len());
@@ -727,7 +825,10 @@ impl CustomOp1 for SiluMulHalves {
                     .for_each(|(d, (r, dy))| {
                         let (dg, du) = d.split_at_mut(i);
                         let (g, u) = r.split_at(i);
-                        crate::kernels::rowwise::silu_gate_grad(dg, du, g, u, dy);
+                        match gelu {
+                            true => crate::kernels::rowwise::gelu_gate_grad(dg, du, g, u, dy),
+                            false => crate::kernels::rowwise::silu_gate_grad(dg, du, g, u, dy),
+                        }
                     });
                 // SAFETY: every row's two halves written.
                 unsafe { assume_init(dx) }
@@ -740,7 +841,13 @@ impl CustomOp1 for SiluMulHalves {
 /// silu(gate)·up for `x` (..., 2·i) holding the gate and up projections side by side; returns
 /// (..., i). CPU, f32; with a backward pass when x is tracked (training's fused gate|up).
 pub fn silu_mul_halves(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(SiluMulHalves)
+    x.contiguous()?.apply_op1(GateMulHalves { gelu: false })
+}
+
+/// `silu_mul_halves` with GELU's tanh approximation (PyTorch's `gelu(approximate="tanh")`,
+/// Gemma's `gelu_pytorch_tanh`) for the gate.
+pub fn gelu_mul_halves(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(GateMulHalves { gelu: true })
 }
 
 #[cfg(test)]

@@ -446,8 +446,10 @@ fn put_value(w: &mut impl std::io::Write, v: &Value, typed: bool) -> std::io::Re
         Value::I64(x) => w.write_all(&x.to_le_bytes()),
         Value::F64(x) => w.write_all(&x.to_le_bytes()),
         Value::Array(items) => {
-            // The element type once, then the elements untyped (an empty array: u8).
-            let elem = items.first().map_or(0, code);
+            // The element type once, then the elements untyped. An empty array is typed as
+            // strings: the one galley writes empty is a vocabulary's merges (a BPE with none),
+            // which llama.cpp refuses in any other type.
+            let elem = items.first().map_or(8, code);
             w.write_all(&elem.to_le_bytes())?;
             w.write_all(&(items.len() as u64).to_le_bytes())?;
             items.iter().try_for_each(|x| put_value(w, x, false))
@@ -541,6 +543,19 @@ mod tests {
             .dequantize(&dev)
             .unwrap();
         assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), hf);
+    }
+
+    /// An empty array (a vocabulary's merges when the BPE has none) is typed as strings:
+    /// llama.cpp refuses `tokenizer.ggml.merges` of any other type, even empty.
+    #[test]
+    fn an_empty_array_is_typed_as_strings() {
+        let mut buf = Vec::new();
+        put_value(&mut buf, &Value::Array(vec![]), true).unwrap();
+        // Array (9), element type string (8), no elements.
+        assert_eq!(
+            buf,
+            [9u32.to_le_bytes(), 8u32.to_le_bytes(), [0; 4], [0; 4]].concat()
+        );
     }
 
     #[test]

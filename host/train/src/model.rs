@@ -556,12 +556,7 @@ impl TrainModel {
                 false => None,
             };
             let a = match fused {
-                // Gemma's tanh-GELU gate through candle's ops (its gradient included).
-                Some(gate_up) if gemma => {
-                    let gate_up = gate_up?;
-                    let i = gate_up.dim(1)? / 2;
-                    (gate_up.narrow(1, 0, i)?.gelu()? * gate_up.narrow(1, i, i)?)?
-                }
+                Some(gate_up) if gemma => cpu::gelu_mul_halves(&gate_up?)?,
                 Some(gate_up) => cpu::silu_mul_halves(&gate_up?)?,
                 None => {
                     let gate = layer.gate.forward(&hn, pass, site(4))?;

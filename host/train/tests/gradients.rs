@@ -232,6 +232,18 @@ fn silu_mul_halves_gradients() {
     });
 }
 
+/// Gemma's gate: GELU's tanh approximation (computed as g·σ(2z)) against candle's `gelu`.
+#[test]
+fn gelu_mul_halves_gradients() {
+    check("gelu_mul_halves", &[&[7, 18]], |a, k| match k {
+        Kernels::Fused => galley_model::cpu::gelu_mul_halves(&a[0]).unwrap(),
+        Kernels::Reference | Kernels::Cuda => {
+            let (g, u) = (a[0].narrow(1, 0, 9).unwrap(), a[0].narrow(1, 9, 9).unwrap());
+            (g.gelu().unwrap() * u).unwrap()
+        }
+    });
+}
+
 /// Projections of one input as one op (q|k|v, gate|up): a trained weight, a frozen one with
 /// LoRA (with and without dropout), a frozen one alone, and the frozen weights pre-stacked;
 /// the output, x's gradient and every buffer's gradient against candle's autograd through

@@ -321,6 +321,39 @@ impl Blocks {
     }
 }
 
+/// Whole weight rows of `kind`'s blocks (`w`, k values a row) as f32 into `dst`, with the
+/// values candle's dequantization gives (the same expressions: `d·q` for Q8_0, `d·q + m`
+/// for Q4_1, no fused multiply-add), so a product over them has the bits of one over
+/// `QTensor::dequantize`.
+pub fn dequantize_rows(kind: Blocks, w: &[u8], dst: &mut [f32]) {
+    let bytes = kind.bytes();
+    assert_eq!(
+        w.len() / bytes * QK,
+        dst.len(),
+        "dequantize_rows: {} bytes of blocks for {} values",
+        w.len(),
+        dst.len()
+    );
+    for (blk, out) in w.chunks_exact(bytes).zip(dst.chunks_exact_mut(QK)) {
+        let d = f16(blk, 0);
+        match kind {
+            Blocks::Q8_0 => {
+                for (o, &q) in out.iter_mut().zip(&blk[2..]) {
+                    *o = f32::from(q as i8) * d;
+                }
+            }
+            Blocks::Q4_1 => {
+                let m = f16(blk, 2);
+                let (lo, hi) = out.split_at_mut(QK / 2);
+                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&blk[4..]) {
+                    *l = f32::from(q & 0x0f) * d + m;
+                    *h = f32::from(q >> 4) * d + m;
+                }
+            }
+        }
+    }
+}
+
 /// `x` (n × k) times the quantized matrix `w` (rows × k, ggml bytes of `kind`) transposed.
 pub fn quant_matmul(
     kind: Blocks,

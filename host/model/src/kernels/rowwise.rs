@@ -196,6 +196,57 @@ vectorized!(
     pub fn silu_gate_grad(dg: &mut [MaybeUninit<f32>], du: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32], dy: &[f32]) = silu_gate_grad_impl
 );
 
+/// √(2/π), GELU's tanh approximation's constant.
+const GELU_C: f32 = 0.797_884_6;
+
+/// `(σ(2z), 2·dz/dx)` for GELU's tanh approximation at `x`, z = √(2/π)(x + 0.044715x³):
+/// 0.5·(1 + tanh z) is σ(2z), so the vectorized `exp` serves (no libm `tanhf`).
+#[inline(always)]
+fn gelu_parts(x: f32) -> (f32, f32) {
+    let x2 = x * x;
+    let z2 = 2.0 * GELU_C * x * (1.0 + 0.044_715 * x2);
+    (sigmoid(z2), 2.0 * GELU_C * (1.0 + 3.0 * 0.044_715 * x2))
+}
+
+#[inline(always)]
+fn gelu_gate_impl(y: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
+    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+        y.write(g * gelu_parts(g).0 * u);
+    }
+}
+
+vectorized!(
+    /// `y = gelu_tanh(g)·u` elementwise over the shortest of the three.
+    pub fn gelu_gate(y: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) = gelu_gate_impl
+);
+
+#[inline(always)]
+fn gelu_gate_grad_impl(
+    dg: &mut [MaybeUninit<f32>],
+    du: &mut [MaybeUninit<f32>],
+    g: &[f32],
+    u: &[f32],
+    dy: &[f32],
+) {
+    let n = dg
+        .len()
+        .min(du.len())
+        .min(g.len())
+        .min(u.len())
+        .min(dy.len());
+    for i in 0..n {
+        let (x, (s, dz2)) = (g[i], gelu_parts(g[i]));
+        du[i].write(dy[i] * x * s);
+        dg[i].write(dy[i] * u[i] * (s + x * s * (1.0 - s) * dz2));
+    }
+}
+
+vectorized!(
+    /// The gradients of `gelu_tanh(g)·u` given `dy`: `du = dy·gelu_tanh(g)`, `dg = dy·u·(σ(2z)
+    /// + g·σ(2z)(1 - σ(2z))·2z')`.
+    pub fn gelu_gate_grad(dg: &mut [MaybeUninit<f32>], du: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32], dy: &[f32]) = gelu_gate_grad_impl
+);
+
 #[inline(always)]
 fn finite_max_impl(row: &[f32]) -> (f32, bool) {
     scaled_max(row, &[], 1.0)
@@ -354,6 +405,37 @@ mod tests {
         silu_gate(&mut y, &[f32::NAN], &[1.0]);
         // SAFETY: written above.
         assert!(unsafe { y[0].assume_init() }.is_nan());
+    }
+
+    /// Gemma's gate against PyTorch's formula in f64 (0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))
+    /// and its derivative), across the range where tanh bends and saturates.
+    #[test]
+    fn gelu_gate_and_its_gradient_match_the_tanh_definitions() {
+        let n = 1000;
+        let g: Vec<f32> = (0..n).map(|i| (i as f32 - 500.0) / 60.0).collect();
+        let u: Vec<f32> = (0..n).map(|i| ((i * 31 % 17) as f32 - 8.0) / 3.0).collect();
+        let dy: Vec<f32> = (0..n).map(|i| ((i * 13 % 11) as f32 - 5.0) / 7.0).collect();
+        let mut y = vec![MaybeUninit::new(0f32); n];
+        gelu_gate(&mut y, &g, &u);
+        let (mut dg, mut du) = (
+            vec![MaybeUninit::new(0f32); n],
+            vec![MaybeUninit::new(0f32); n],
+        );
+        gelu_gate_grad(&mut dg, &mut du, &g, &u, &dy);
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        for i in 0..n {
+            let (x, u, dy) = (g[i] as f64, u[i] as f64, dy[i] as f64);
+            let t = (c * (x + 0.044715 * x.powi(3))).tanh();
+            let gelu = 0.5 * x * (1.0 + t);
+            let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x);
+            // SAFETY: every element was initialised above.
+            let (y, dg, du) =
+                unsafe { (y[i].assume_init(), dg[i].assume_init(), du[i].assume_init()) };
+            let close = |a: f32, b: f64| (a as f64 - b).abs() <= 2e-6 * (1.0 + b.abs());
+            assert!(close(y, gelu * u), "y at {x}: {y} vs {}", gelu * u);
+            assert!(close(du, dy * gelu), "du at {x}");
+            assert!(close(dg, dy * u * d), "dg at {x}: {dg} vs {}", dy * u * d);
+        }
     }
 
     /// Logits of a vocabulary's width drawn with a wide spread (a trained head's tail): the

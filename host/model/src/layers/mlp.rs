@@ -54,9 +54,13 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // On the CPU one pass over the fused output (gate and up side by side) instead of
         // silu, two strided views and a product, each a full tensor.
-        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && !self.gelu {
+        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
             let gu = self.gate_up.forward(x)?;
-            return self.down.forward(&crate::cpu::silu_mul_halves(&gu)?);
+            let gated = match self.gelu {
+                true => crate::cpu::gelu_mul_halves(&gu)?,
+                false => crate::cpu::silu_mul_halves(&gu)?,
+            };
+            return self.down.forward(&gated);
         }
         let gu = self.gate_up.forward_split(x)?;
         let act = if self.gelu {
