@@ -156,7 +156,7 @@ fn quantize_blocks_impl(x: &[f32], row: &mut Q8Row) {
 
 vectorized!(fn quantize_blocks(x: &[f32], row: &mut Q8Row) = quantize_blocks_impl);
 
-/// `pairs`: also write `pairs` (only the AVX-512 Q4_1 kernel reads them).
+/// `pairs`: also write `pairs` (only the AVX-512 VNNI kernels read them).
 fn quantize_row(x: &[f32], pairs: bool) -> Q8Row {
     let blocks = x.len() / QK;
     let mut row = Q8Row {
@@ -365,7 +365,7 @@ pub fn quant_matmul(
 ) -> Vec<f32> {
     let row_bytes = k / QK * kind.bytes();
     assert!(k.is_multiple_of(QK) && x.len() == n * k && w.len() == rows * row_bytes);
-    let pairs = kind == Blocks::Q4_1 && has_avx512_vnni();
+    let pairs = has_avx512_vnni();
     let acts: Vec<Q8Row> = x.chunks_exact(k).map(|r| quantize_row(r, pairs)).collect();
     let group = match kind {
         Blocks::Q4_1 => q4_1::rows,

@@ -1,11 +1,12 @@
 //! Q8_0 weights (34 bytes per 32 weights): f16 `d`, 32 signed bytes; weight j is `d * q_j`.
-//! Against activations rounded to 8 bits (as Q4_1's kernels) for Q8_0 models' projections, and
+//! Against activations rounded to 8 bits (as Q4_1's kernels) for Q8_0 models' projections
+//! (two blocks per `vpdpbusd` with AVX-512 VNNI, one per `vpmaddubsw` pair with AVX2), and
 //! against f32 activations for the LM head, where the next token is chosen and 8-bit
 //! activations can flip a close call.
 
 use super::{PREFETCH, Q8Row, QK, f16, prefetch};
 #[cfg(target_arch = "x86_64")]
-use super::{has_avx2, has_avx512f, hsum};
+use super::{has_avx2, has_avx512_vnni, has_avx512f, hsum};
 
 pub(super) const BLOCK_BYTES: usize = 34;
 
@@ -29,9 +30,22 @@ pub(super) fn dot_q8_0_portable(w: &[u8], a: &Q8Row) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0_avx2(w: &[u8], a: &Q8Row) -> f32 {
+    // SAFETY: same target features as this function; `w` starts at block 0.
+    unsafe { dot_q8_0_avx2_at(w, a, 0) }
+}
+
+/// `w` holds the weight blocks that meet activation blocks `first..`.
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `w` must hold whole Q8_0 blocks and `a` activation
+/// blocks `first..first + w.len() / BLOCK_BYTES`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q8_0_avx2_at(w: &[u8], a: &Q8Row, first: usize) -> f32 {
     use std::arch::x86_64::*;
     let blocks = w.len() / BLOCK_BYTES;
-    // SAFETY: block b's weights are w[34b+2 .. 34b+34], its activations a.q[32b .. 32b+32].
+    debug_assert!(a.q.len() >= (first + blocks) * QK && a.d.len() >= first + blocks);
+    // SAFETY: block b's weights are w[34b+2 .. 34b+34], its activations
+    // a.q[32(first+b) .. 32(first+b)+32].
     unsafe {
         let mut acc = _mm256_setzero_ps();
         let ones = _mm256_set1_epi16(1);
@@ -42,20 +56,91 @@ unsafe fn dot_q8_0_avx2(w: &[u8], a: &Q8Row) -> f32 {
                 (blk as *const u16).read_unaligned(),
             ))));
             let qw = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-            let qa = _mm256_loadu_si256(a.q.as_ptr().add(b * QK) as *const __m256i);
+            let qa = _mm256_loadu_si256(a.q.as_ptr().add((first + b) * QK) as *const __m256i);
             // Signed x signed via |w| x (a with w's sign), the unsigned x signed form AVX2 has.
             let prod = _mm256_madd_epi16(
                 _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qa, qw)),
                 ones,
             );
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), _mm256_cvtepi32_ps(prod), acc);
+            acc = _mm256_fmadd_ps(
+                _mm256_set1_ps(d * a.d[first + b]),
+                _mm256_cvtepi32_ps(prod),
+                acc,
+            );
         }
         hsum(acc)
     }
 }
 
+/// Two Q8_0 blocks per step against `R` activation rows rounded to 8 bits: the blocks' 64
+/// signed bytes meet each row's 64 in one `vpdpbusd` (|w| unsigned against the row's bytes
+/// with w's signs, as AVX2's form), lanes 0-7 block b's sums and 8-15 block b + 1's, scaled
+/// by both scales at once. Each row keeps its own accumulator, so its result does not depend
+/// on `R`; an odd last block takes the AVX2 step.
+/// # Safety
+/// The CPU must have AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C (callers check); each row must
+/// hold 32 activations per block of `w` and `pairs` for every whole pair of them
+/// (`quantize_row(.., true)`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn rows_avx512<const R: usize>(w: &[u8], a: &[Q8Row; R], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let blocks = w.len() / BLOCK_BYTES;
+    let pairs = blocks / 2;
+    debug_assert!(
+        a.iter()
+            .all(|r| r.pairs.len() >= pairs * 32 && r.q.len() >= blocks * QK)
+    );
+    // SAFETY: blocks b and b+1 (b = 2p, b + 1 < blocks) are w[34b .. 34b+68]: scales at +0
+    // and +34, bytes at +2 and +36; their activations are q[32b .. 32b+64] and
+    // pairs[32p .. 32p+16] of each row (written for every whole pair, as checked above).
+    unsafe {
+        // [d0, d1] -> d0 (lanes 0-7), d1 (8-15).
+        let pick_d = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); R];
+        for p in 0..pairs {
+            let b = 2 * p;
+            let blk0 = w.as_ptr().add(b * BLOCK_BYTES);
+            let blk1 = blk0.add(BLOCK_BYTES);
+            prefetch(blk0.wrapping_add(PREFETCH));
+            let w0 = _mm256_loadu_si256(blk0.add(2) as *const __m256i);
+            let w1 = _mm256_loadu_si256(blk1.add(2) as *const __m256i);
+            let qw = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0), w1);
+            let negative = _mm512_movepi8_mask(qw);
+            let magnitude = _mm512_abs_epi8(qw);
+            let scales = i32::from((blk0 as *const u16).read_unaligned())
+                | (i32::from((blk1 as *const u16).read_unaligned()) << 16);
+            let dd = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(scales)));
+            let dw = _mm512_permutexvar_ps(pick_d, dd);
+            for r in 0..R {
+                let qa = _mm512_loadu_si512(a[r].q.as_ptr().add(b * QK) as *const __m512i);
+                let signed = _mm512_mask_sub_epi8(qa, negative, zero, qa);
+                let dots = _mm512_dpbusd_epi32(zero, magnitude, signed);
+                let da = _mm512_loadu_ps(a[r].pairs.as_ptr().add(32 * p));
+                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(dots), acc[r]);
+            }
+        }
+        for r in 0..R {
+            let mut total = _mm512_reduce_add_ps(acc[r]);
+            if blocks % 2 == 1 {
+                let b = blocks - 1;
+                total += dot_q8_0_avx2_at(&w[b * BLOCK_BYTES..], &a[r], b);
+            }
+            out[r] = total;
+        }
+    }
+}
+
 /// One weight row against a group of activation rows rounded to 8 bits.
 pub(super) fn rows(w: &[u8], a: &[Q8Row], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_vnni() {
+        // SAFETY: the CPU has AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C (checked at run time);
+        // each arm passes as many rows as its array holds.
+        unsafe { by_group_size!(rows_avx512, w, a, out) }
+        return;
+    }
     for (row, o) in a.iter().zip(out) {
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
