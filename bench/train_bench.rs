@@ -1,5 +1,6 @@
 //! Training speed and memory: galley vs PyTorch + transformers + peft on SmolLM2-135M (from the
-//! GGUF, dequantized to f32), identical token batches (4 x 256, every token in the loss),
+//! GGUF, dequantized to f32) or another model (`--model`: a GGUF or an HF folder, such as
+//! bench/make_gemma3.py's Gemma 3 270M-shaped one), identical token batches (4 x 256, every token in the loss),
 //! AdamW in both, full fine-tuning and LoRA (r 8 on all seven projections). Each mode runs in
 //! its own process so peak RSS is that mode's alone. Prints tokens/s, peak RSS, the ratios, and
 //! both loss curves (full fine-tuning starts from identical weights, so they should agree).
@@ -8,7 +9,8 @@
 //! (as a completion-only SFT loss leaves the prompt out; tokens/s still counts every position).
 //!
 //! `cargo run --release -p galley-bench --bin train-bench -- [--steps N] [--threads N]
-//!  [--modes full,lora,qlora] [--prompt-share P] [--python PATH]`; `scripts/bench-train.sh`
+//!  [--modes full,lora,qlora] [--prompt-share P] [--model PATH] [--python PATH]`;
+//! `scripts/bench-train.sh`
 //! builds the venv.
 
 use candle_core::Device;
@@ -32,10 +34,10 @@ fn lr_of(mode: &str) -> f64 {
     if mode == "full" { 1e-5 } else { 2e-4 }
 }
 
-/// Token rows of T+1 from the Alpaca demo set, chat-templated and concatenated.
+/// Token rows of T+1 from the Alpaca demo set, chat-templated (or as plain text, for a model
+/// without a template) and concatenated.
 fn make_rows(model: &Path, data: &Path, n: usize) -> Vec<Vec<u32>> {
     let ck = galley_model::open(model, Default::default()).expect("model");
-    let tmpl = ck.template.expect("chat template");
     let recs: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(data).expect("alpaca data")).expect("json");
     let mut stream = Vec::new();
@@ -49,11 +51,11 @@ fn make_rows(model: &Path, data: &Path, n: usize) -> Vec<Vec<u32>> {
             galley_core::Message::new("user", user.trim()),
             galley_core::Message::new("assistant", r["output"].as_str().unwrap_or("")),
         ];
-        stream.extend(
-            ck.tokenizer
-                .encode(&tmpl.render(&msgs, false, None).unwrap(), false)
-                .unwrap(),
-        );
+        let text = match &ck.template {
+            Some(t) => t.render(&msgs, false, None).unwrap(),
+            None => format!("{user}\n{}\n", r["output"].as_str().unwrap_or("")),
+        };
+        stream.extend(ck.tokenizer.encode(&text, false).unwrap());
         if stream.len() >= n * (T + 1) {
             break;
         }
@@ -152,7 +154,10 @@ fn last_json(out: &[u8]) -> Option<serde_json::Value> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let model = root.join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = arg(&args, "--model").map_or_else(
+        || root.join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        PathBuf::from,
+    );
     let steps: usize = arg(&args, "--steps").map_or(4, |s| s.parse().expect("--steps N"));
     // Positions without a loss at the start of each row: `--skip` between the processes.
     let skip: usize = match (arg(&args, "--skip"), arg(&args, "--prompt-share")) {
@@ -200,8 +205,9 @@ fn main() {
     let rows_file = work.join("rows.json");
     std::fs::write(&rows_file, serde_json::to_string(&rows).unwrap()).unwrap();
     println!(
-        "SmolLM2-135M, batch {B} x {T}, AdamW, {steps} steps (first untimed), {threads} threads, \
+        "{}, batch {B} x {T}, AdamW, {steps} steps (first untimed), {threads} threads, \
          loss on the last {} positions of each row",
+        model.display(),
         T - skip
     );
     println!(
@@ -222,6 +228,8 @@ fn main() {
                 &threads,
                 "--skip",
                 &skip.to_string(),
+                "--model",
+                model.to_str().unwrap(),
             ])
             .output()
             .expect("galley child");

@@ -1,5 +1,5 @@
-"""PyTorch peer of bench/train_bench.rs: the same SmolLM2-135M (transformers reads the GGUF and
-dequantizes it to f32), the same token rows, AdamW (torch's default foreach implementation),
+"""PyTorch peer of bench/train_bench.rs: the same model (SmolLM2-135M, whose GGUF transformers
+reads and dequantizes to f32, or an HF folder in f32), the same token rows, AdamW (torch's default foreach implementation),
 gradient clipping at 1.0, full fine-tuning or LoRA through peft. Prints one JSON line."""
 
 import argparse
@@ -24,9 +24,12 @@ torch.set_num_threads(a.threads)
 torch.manual_seed(0)
 rows = json.load(open(a.rows))
 B, T = 4, len(rows[0]) - 1
-model = AutoModelForCausalLM.from_pretrained(
-    os.path.dirname(a.model), gguf_file=os.path.basename(a.model), torch_dtype=torch.float32
-)
+if os.path.isdir(a.model):
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+else:
+    model = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(a.model), gguf_file=os.path.basename(a.model), dtype=torch.float32
+    )
 model.config.use_cache = False
 if a.mode == "lora":
     from peft import LoraConfig, get_peft_model
