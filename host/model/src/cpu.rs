@@ -599,6 +599,14 @@ fn head_rows<'a>(
     }
 }
 
+/// `m`'s rows from row `from` on (a sliding window's first key).
+fn rows_from(m: Mat<'_>, from: usize) -> Result<Mat<'_>> {
+    match m.data.get(from * m.rs..) {
+        Some(data) => Ok(Mat { data, ..m }),
+        None => bail!("galley attention: a window starts past the keys held"),
+    }
+}
+
 /// A KV cache's storage as the attention kernels read it: f32 or f16.
 fn elems(s: &CpuStorage) -> Result<Elems<'_>> {
     match s {
@@ -714,30 +722,36 @@ impl CustomOp3 for Attend {
                 for r0 in (0..group * t).step_by(block_rows) {
                     let rows = block_rows.min(group * t - r0);
                     let last = if group > 1 { t - 1 } else { r0 + rows - 1 };
-                    // Keys after the block's last query are masked for every row of it.
+                    // Keys after the block's last query are masked for every row of it, and
+                    // (a sliding layer) keys before its first query's window for every row:
+                    // the products span only the keys between.
                     let keys = past + last + 1;
+                    let first = if group > 1 { 0 } else { r0 };
+                    let from = self.visible.first_key(bi, past + first);
+                    let span = keys - from;
+                    let (kw, vw) = (rows_from(kr, from)?, rows_from(vr, from)?);
                     let s = product1(
-                        &mut scores[..rows * keys],
+                        &mut scores[..rows * span],
                         rows,
-                        keys,
+                        span,
                         d,
                         rm(&qh[r0 * d..], d),
                         Mat {
-                            data: kr.data,
+                            data: kw.data,
                             rs: 1,
-                            cs: kr.rs,
+                            cs: kw.rs,
                         },
                         self.scale,
                     );
-                    for (r, row) in s.chunks_exact_mut(keys).enumerate() {
+                    for (r, row) in s.chunks_exact_mut(span).enumerate() {
                         let at = past + (r0 + r) % t;
-                        // Keys before a sliding window get probability 0 (their products
+                        // Keys before this row's window get probability 0 (their products
                         // with the values then add nothing).
-                        let lo = self.visible.first_key(bi, at);
+                        let lo = self.visible.first_key(bi, at) - from;
                         crate::kernels::rowwise::softmax_causal(
                             &mut row[lo..],
-                            at - lo,
-                            &valid[lo..],
+                            at - from - lo,
+                            &valid[from + lo..],
                             1.0,
                         );
                         row[..lo].fill(0.0);
@@ -748,9 +762,9 @@ impl CustomOp3 for Attend {
                         &mut o[r0 * d..][..rows * d],
                         rows,
                         d,
-                        keys,
-                        rm(s, keys),
-                        vr,
+                        span,
+                        rm(s, span),
+                        vw,
                         1.0,
                         false,
                     );
