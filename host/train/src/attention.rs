@@ -52,8 +52,17 @@ impl Dims {
         self.tk - self.tq
     }
 
+    /// The keys the block of queries from query `pos` sees: from the first one's window
+    /// start (0 without a window) to the last one, `off + pos + n`.
+    fn span(&self, pos: usize, n: usize) -> (usize, usize) {
+        let at = self.off() + pos;
+        let from = self.window.map_or(0, |w| (at + 1).saturating_sub(w));
+        (from, at + n)
+    }
+
     /// softmax(scale·q·kᵀ) of the block of `n` queries from query `pos` (q's rows from `row`,
-    /// KV head `bk`) against the keys they see, 0..off + pos + n, into `s`.
+    /// KV head `bk`) against the keys they see, `span(pos, n)`, into `s` (one row of
+    /// `keys - from` a query; keys before a row's own window get 0).
     #[allow(clippy::too_many_arguments)]
     fn probs<'s>(
         &self,
@@ -66,13 +75,22 @@ impl Dims {
         n: usize,
     ) -> &'s mut [f32] {
         let (hd, at) = (self.hd, self.off() + pos);
-        let keys = at + n;
+        let (from, keys) = self.span(pos, n);
+        let width = keys - from;
         let qb = &q[(bk * self.g * self.tq + row) * hd..][..n * hd];
-        let kb = &k[bk * self.tk * hd..][..keys * hd];
-        let s = product1(&mut s[..n * keys], n, keys, hd, rm(qb, hd), tr(kb, hd), 1.0);
-        for (i, r) in s.chunks_mut(keys).enumerate() {
-            let lo = self.window.map_or(0, |w| (at + i + 1).saturating_sub(w));
-            softmax_causal(&mut r[lo..], at + i - lo, &[], self.scale);
+        let kb = &k[(bk * self.tk + from) * hd..][..width * hd];
+        let s = product1(
+            &mut s[..n * width],
+            n,
+            width,
+            hd,
+            rm(qb, hd),
+            tr(kb, hd),
+            1.0,
+        );
+        for (i, r) in s.chunks_mut(width).enumerate() {
+            let lo = self.window.map_or(0, |w| (at + i + 1).saturating_sub(w)) - from;
+            softmax_causal(&mut r[lo..], at + i - from - lo, &[], self.scale);
             r[..lo].fill(0.0);
         }
         s
@@ -102,22 +120,25 @@ fn backward(
             let mut dp = uninit(BLOCK.min(tq) * tk);
             for (blk, dqb) in dqh.chunks_mut(BLOCK * hd).enumerate() {
                 let (pos, n) = (blk * BLOCK, dqb.len() / hd);
-                let keys = d.off() + pos + n;
+                // Keys from..keys (a sliding window's start on), as the forward pass saw.
+                let (from, keys) = d.span(pos, n);
+                let width = keys - from;
                 let at = (bk * d.g * tq + row + pos) * hd;
                 let (qb, gb) = (&q[at..][..n * hd], &go[at..][..n * hd]);
                 let p = d.probs(&mut s, q, k, bk, row + pos, pos, n);
+                let (kw, vw) = (&kb[from * hd..], &vb[from * hd..]);
                 // dP = dO·vᵀ, then dS = scale·P·(dP - Σ P·dP) row by row, in place.
                 let ds = product1(
-                    &mut dp[..n * keys],
+                    &mut dp[..n * width],
                     n,
-                    keys,
+                    width,
                     hd,
                     rm(gb, hd),
-                    tr(vb, hd),
+                    tr(vw, hd),
                     1.0,
                 );
-                for (i, (pr, gr)) in p.chunks(keys).zip(ds.chunks_mut(keys)).enumerate() {
-                    let seen = d.off() + pos + i + 1;
+                for (i, (pr, gr)) in p.chunks(width).zip(ds.chunks_mut(width)).enumerate() {
+                    let seen = d.off() + pos + i + 1 - from;
                     let dot: f32 = pr[..seen].iter().zip(&gr[..seen]).map(|(a, b)| a * b).sum();
                     for (gj, pj) in gr[..seen].iter_mut().zip(&pr[..seen]) {
                         *gj = scale * pj * (*gj - dot);
@@ -125,10 +146,11 @@ fn backward(
                     gr[seen..].fill(0.0);
                 }
                 // dq = dS·k; dk += dSᵀ·q; dv += Pᵀ·dO, over this block's keys only.
-                product1(dqb, n, hd, keys, rm(ds, keys), rm(kb, hd), 1.0);
-                let (dkb, dvb) = (&mut dk[..keys * hd], &mut dv[..keys * hd]);
-                gemm1(dkb, keys, hd, n, tr(ds, keys), rm(qb, hd), 1.0, true);
-                gemm1(dvb, keys, hd, n, tr(p, keys), rm(gb, hd), 1.0, true);
+                product1(dqb, n, hd, width, rm(ds, width), rm(kw, hd), 1.0);
+                let dkb = &mut dk[from * hd..keys * hd];
+                let dvb = &mut dv[from * hd..keys * hd];
+                gemm1(dkb, width, hd, n, tr(ds, width), rm(qb, hd), 1.0, true);
+                gemm1(dvb, width, hd, n, tr(p, width), rm(gb, hd), 1.0, true);
             }
             (dk, dv)
         })
@@ -374,11 +396,12 @@ impl CustomOp1 for PackedAttention {
                             .enumerate()
                             .for_each(|(blk, ob)| {
                                 let (pos, m) = (blk * BLOCK, ob.len() / hd);
-                                let keys = d.off() + pos + m;
-                                let mut sc = uninit(m * keys);
+                                let (from, keys) = d.span(pos, m);
+                                let width = keys - from;
+                                let mut sc = uninit(m * width);
                                 let pr = d.probs(&mut sc, &b.q, &b.k, bk, row + pos, pos, m);
-                                let vb = &b.v[bk * d.tk * hd..][..keys * hd];
-                                product1(ob, m, hd, keys, rm(pr, keys), rm(vb, hd), 1.0);
+                                let vb = &b.v[(bk * d.tk + from) * hd..][..width * hd];
+                                product1(ob, m, hd, width, rm(pr, width), rm(vb, hd), 1.0);
                             });
                     });
                 // SAFETY: the blocks cover every head's rows, each written whole by product1.
