@@ -149,7 +149,6 @@ enum OneOrMany {
 /// The fields of an HF config.json galley reads; the rest are ignored, as transformers does.
 #[derive(Deserialize)]
 struct HfConfig {
-    architectures: Option<Vec<String>>,
     vocab_size: usize,
     hidden_size: usize,
     intermediate_size: usize,
@@ -197,18 +196,19 @@ impl LlamaConfig {
     /// Reads an HF `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| bad(path, e))?;
-        let c: HfConfig = serde_json::from_str(&text).map_err(|e| bad(path, e))?;
-        let arch = c
-            .architectures
-            .as_ref()
-            .and_then(|a| a.first())
-            .cloned()
-            .unwrap_or_default();
+        // The architecture first: a model galley does not run is said as such, not as the
+        // first field its config lacks (a multimodal one keeps them under `text_config`).
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(path, e))?;
+        let arch = v["architectures"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let family = Family::from_hf(&arch).ok_or_else(|| ModelError::UnknownArchitecture {
             path: path.into(),
             arch: arch.clone(),
             known: Family::KNOWN.into(),
         })?;
+        let c: HfConfig = serde_json::from_str(&text).map_err(|e| bad(path, e))?;
         // transformers 4 writes `rope_theta` + `rope_scaling`; 5 writes `rope_parameters`,
         // for Gemma 3 one set per layer type (the full-attention layers' is the model's).
         let params = |key: Option<&str>| -> Result<Option<HfRopeScaling>> {
@@ -530,5 +530,91 @@ pub(crate) fn gemma3_query_scalar(cfg: &LlamaConfig) -> f64 {
         (cfg.hidden_size / cfg.num_heads.max(1)) as f64
     } else {
         cfg.head_dim as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> std::result::Result<LlamaConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, json).unwrap();
+        LlamaConfig::from_hf_json(&path).map_err(|e| e.to_string())
+    }
+
+    /// Gemma 3's config.json as transformers 4 wrote Google's checkpoints: `rope_theta`,
+    /// `rope_local_base_freq` and `rope_scaling` at the top, the sliding layers said by
+    /// `sliding_window_pattern` alone (every sixth layer global), two end-of-turn ids.
+    #[test]
+    fn a_transformers_4_gemma3_config_reads_its_window_pattern_and_rope_bases() {
+        let c = parse(
+            r#"{"architectures": ["Gemma3ForCausalLM"], "vocab_size": 262144,
+            "hidden_size": 1152, "intermediate_size": 6912, "num_hidden_layers": 26,
+            "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+            "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+            "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "sliding_window": 512,
+            "sliding_window_pattern": 6, "query_pre_attn_scalar": 256,
+            "hidden_activation": "gelu_pytorch_tanh", "final_logit_softcapping": null,
+            "attn_logit_softcapping": null, "max_position_embeddings": 32768,
+            "bos_token_id": 2, "eos_token_id": [1, 106]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.family, Family::Gemma3);
+        assert!(c.qk_norm);
+        let s = c.sliding.as_ref().unwrap();
+        assert_eq!((s.window, s.rope_theta), (512, 10_000.0));
+        let globals: Vec<usize> = (0..26).filter(|&i| !s.layers[i]).collect();
+        assert_eq!(globals, [5, 11, 17, 23]);
+        assert_eq!(c.window(0), Some(512));
+        assert_eq!(c.window(5), None);
+        assert_eq!(c.rope_theta, 1_000_000.0);
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 8.0 });
+        assert_eq!(c.eos_token_ids, [1, 106]);
+        assert_eq!(c.attn_scale(), 1.0 / 16.0);
+    }
+
+    /// What galley does not compute is refused by key, not run wrongly; a file that is not
+    /// JSON says where.
+    #[test]
+    fn gemma_keys_galley_does_not_implement_are_refused_by_name() {
+        let e =
+            parse("{\"architectures\": [\"Gemma3ForCausalLM\"],\n  \"vocab_size\": }").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        let base = r#""architectures": ["Gemma3ForCausalLM"], "vocab_size": 64, "hidden_size": 32,
+            "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2"#;
+        for (extra, key) in [
+            (
+                r#""final_logit_softcapping": 30.0"#,
+                "final_logit_softcapping",
+            ),
+            (
+                r#""attn_logit_softcapping": 50.0"#,
+                "attn_logit_softcapping",
+            ),
+            (r#""hidden_activation": "silu""#, "hidden_activation"),
+            (
+                r#""use_bidirectional_attention": true"#,
+                "use_bidirectional_attention",
+            ),
+            (
+                r#""layer_types": ["sliding_attention", "chunked"]"#,
+                "layer_types[1]",
+            ),
+        ] {
+            let e = parse(&format!("{{{base}, {extra}}}")).unwrap_err();
+            assert!(e.contains(key) && e.contains("config.json"), "{key}: {e}");
+        }
+        // A multimodal checkpoint's config (the text model's fields under `text_config`).
+        let e = parse(
+            r#"{"architectures": ["Gemma3ForConditionalGeneration"],
+            "text_config": {"hidden_size": 2560}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("Gemma3ForConditionalGeneration") && e.contains("Gemma3ForCausalLM"),
+            "{e}"
+        );
     }
 }
