@@ -531,25 +531,39 @@ pub struct Visible {
 }
 
 impl Visible {
-    /// The first cache slot row `row`'s query at slot `at` may see.
-    pub fn first_key(&self, row: usize, at: usize) -> usize {
-        let Some(w) = self.window else { return 0 };
-        first_in_window(&self.valid[row], at, w)
+    /// For each row, the first cache slot each query of the pass (slots past..past + t) may
+    /// see; `None` without a window. One pass over each row's flags, once per layer.
+    fn window_starts(&self, t: usize) -> Option<Vec<Vec<usize>>> {
+        let w = self.window?;
+        Some(
+            self.valid
+                .iter()
+                .map(|v| window_starts(v, self.past, t, w))
+                .collect(),
+        )
     }
 }
 
-/// The slot of the `window`-th token back from slot `at` (itself counted), 0 when fewer.
-pub(crate) fn first_in_window(valid: &[bool], at: usize, window: usize) -> usize {
-    let mut seen = 0;
-    for j in (0..=at).rev() {
-        if j == at || valid[j] {
-            seen += 1;
-            if seen == window {
-                return j;
+/// For slots past..past + t of a row, the first slot each query's window sees, from the
+/// tokens' ranks (the definition, scanning back, is in the tests): a query
+/// sees itself and the `window - 1` tokens before it, so its first slot is the token of rank
+/// (tokens before it) + 1 - window.
+pub(crate) fn window_starts(valid: &[bool], past: usize, t: usize, window: usize) -> Vec<usize> {
+    let tokens: Vec<usize> = (0..past + t).filter(|&j| valid[j]).collect();
+    let mut before = tokens.partition_point(|&j| j < past);
+    (past..past + t)
+        .map(|at| {
+            while before < tokens.len() && tokens[before] < at {
+                before += 1;
             }
-        }
-    }
-    0
+            match window {
+                // Only itself, token or padding.
+                0 | 1 => at,
+                w if before + 1 >= w => tokens[before + 1 - w],
+                _ => 0,
+            }
+        })
+        .collect()
 }
 
 struct Attend {
@@ -704,6 +718,9 @@ impl CustomOp3 for Attend {
         } else {
             QUERY_BLOCK.min(t)
         };
+        let starts = self.visible.window_starts(t);
+        // The first slot the query at `at` of row `bi` sees.
+        let first_key = |bi: usize, at: usize| starts.as_ref().map_or(0, |s| s[bi][at - past]);
         let mut out = uninit(b * heads * t * d);
         out.par_chunks_mut(group * t * d)
             .enumerate()
@@ -727,7 +744,7 @@ impl CustomOp3 for Attend {
                     // the products span only the keys between.
                     let keys = past + last + 1;
                     let first = if group > 1 { 0 } else { r0 };
-                    let from = self.visible.first_key(bi, past + first);
+                    let from = first_key(bi, past + first);
                     let span = keys - from;
                     let (kw, vw) = (rows_from(kr, from)?, rows_from(vr, from)?);
                     let s = product1(
@@ -747,7 +764,7 @@ impl CustomOp3 for Attend {
                         let at = past + (r0 + r) % t;
                         // Keys before this row's window get probability 0 (their products
                         // with the values then add nothing).
-                        let lo = self.visible.first_key(bi, at) - from;
+                        let lo = first_key(bi, at) - from;
                         crate::kernels::rowwise::softmax_causal(
                             &mut row[lo..],
                             at - from - lo,
@@ -879,7 +896,8 @@ mod tests {
             for i in 0..t {
                 for j in 0..n {
                     let at = vis.past + i;
-                    if !(j == at || (j < at && valid[j])) || j < vis.first_key(r, at) {
+                    let first = vis.window.map_or(0, |w| first_in_window(valid, at, w));
+                    if !(j == at || (j < at && valid[j])) || j < first {
                         m[(r * t + i) * n + j] = f32::NEG_INFINITY;
                     }
                 }
@@ -969,6 +987,37 @@ mod tests {
                 let want = reference(&q, &kc, &vc, 0.25, &vis);
                 let diff = max_diff(&got, &want);
                 assert!(diff < 1e-5, "t = {t}, d = {d}, window {window}: {diff}");
+            }
+        }
+    }
+
+    /// The slot of the `window`-th token back from slot `at` (itself counted), 0 when fewer:
+    /// the definition `window_starts` computes for a whole pass.
+    fn first_in_window(valid: &[bool], at: usize, window: usize) -> usize {
+        let mut seen = 0;
+        for j in (0..=at).rev() {
+            if j == at || valid[j] {
+                seen += 1;
+                if seen == window {
+                    return j;
+                }
+            }
+        }
+        0
+    }
+
+    /// A pass's window starts, from the tokens' ranks, are the definition's for every slot:
+    /// left padding, holes, a padding query, windows from 1 to past the row.
+    #[test]
+    fn window_starts_are_the_definitions_for_every_slot() {
+        let valid: Vec<bool> = (0..40).map(|j| j >= 3 && j % 7 != 5).collect();
+        for window in 1..45 {
+            for (past, t) in [(0, 40), (9, 31), (39, 1)] {
+                let got = window_starts(&valid, past, t, window);
+                let want: Vec<usize> = (past..past + t)
+                    .map(|at| first_in_window(&valid, at, window))
+                    .collect();
+                assert_eq!(got, want, "window {window}, past {past}");
             }
         }
     }

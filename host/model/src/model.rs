@@ -553,10 +553,15 @@ impl Llama {
         };
         let window = self.config.sliding.as_ref().map(|s| s.window);
         let mask = self.mask(cache, past, t, None)?;
-        // The sliding layers' (none where nothing is masked for them either).
-        let local_mask = match window {
-            Some(w) => self.mask(cache, past, t, Some(w))?,
-            None => None,
+        // The sliding layers' (none where nothing is masked for them either); the CPU's
+        // flags are shared, not copied again.
+        let local_mask = match (window, &mask) {
+            (Some(w), Some(Mask::Rows(v))) => Some(Mask::Rows(crate::cpu::Visible {
+                window: Some(w),
+                ..v.clone()
+            })),
+            (Some(w), _) => self.mask(cache, past, t, Some(w))?,
+            (None, _) => None,
         };
         let kv_dtype = cache.dtype.unwrap_or(self.kv_dtype);
         let ids = Tensor::from_vec(tokens.concat(), b * t, &self.device)?;
@@ -605,8 +610,9 @@ impl Llama {
         }
         let mut m = vec![0f32; b * t * total];
         for (row, valid) in cache.valid.iter().enumerate() {
+            let starts = window.map(|w| crate::cpu::window_starts(valid, past, t, w));
             for i in 0..t {
-                let first = window.map_or(0, |w| crate::cpu::first_in_window(valid, past + i, w));
+                let first = starts.as_ref().map_or(0, |s| s[i]);
                 for j in 0..total {
                     if j > past + i || !valid[j] || j < first {
                         m[(row * t + i) * total + j] = f32::NEG_INFINITY;
