@@ -2,15 +2,17 @@
 
 Run once (it is not part of the test suite; its outputs are committed under fixtures/):
 
-    python3 -m venv /tmp/ref && /tmp/ref/bin/pip install torch transformers gguf accelerate
+    python3 -m venv /tmp/ref && /tmp/ref/bin/pip install torch transformers gguf accelerate peft
     /tmp/ref/bin/python host/model/reference/make_fixtures.py .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 It writes
   fixtures/tiny/<family>/{config.json, model.safetensors, tokenizer.json, logits.json}
       tiny random models of each family switch galley implements (Llama with GQA and tied
       embeddings, Llama 3.1 RoPE scaling, Qwen2 biases, Qwen3 q/k norms, Mistral, Gemma 3
-      with a sliding window shorter than the sequence), and the float32 logits transformers
-      computes for a fixed sequence of ids (`--only NAME` writes one family's alone);
+      with a sliding window shorter than the sequence, and `gemma3-multimodal`: the same
+      language model inside a Gemma3ForConditionalGeneration with a tiny vision tower, as
+      Gemma 3 4B and up are published), and the float32 logits transformers computes for a
+      fixed sequence of ids (`--only NAME` writes one family's alone);
   fixtures/smollm2/{prompt.json, logits.f32}
       SmolLM2-135M-Instruct dequantized to float32 by transformers' GGUF loader: the chat
       prompt's ids and the logits of its last two positions (little-endian float32);
@@ -27,6 +29,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, Gemma3TextConfig
+from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(HERE, "..", "tests", "fixtures")
@@ -69,13 +72,29 @@ def tiny_tokenizer():
     return tok
 
 
+def multimodal():
+    """Gemma 3's text model as the 4B and larger are published: beside a vision tower and a
+    projector, under `language_model.`, its global layers' RoPE scaled by 8."""
+    text = dict(FAMILIES["gemma3"][1])
+    text["rope_parameters"] = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                               "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=28, patch_size=14)
+    cfg = Gemma3Config(text_config={**COMMON, **text}, vision_config=vision, mm_tokens_per_image=4,
+                       boi_token_index=125, eoi_token_index=126, image_token_index=127)
+    return Gemma3ForConditionalGeneration(cfg).to(torch.float32)
+
+
 def tiny_models(only=None):
     torch.manual_seed(0)
-    for name, (cls, extra) in FAMILIES.items():
+    for name, (cls, extra) in [*FAMILIES.items(), ("gemma3-multimodal", (None, None))]:
         if only and name != only:
             continue
-        cfg = cls(**COMMON, **extra)
-        model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+        if cls is None:
+            model = multimodal()
+        else:
+            cfg = cls(**COMMON, **extra)
+            model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
         # Random biases and norm scales too, so every switch changes the numbers.
         with torch.no_grad():
             for pname, p in model.named_parameters():
@@ -95,6 +114,29 @@ def tiny_models(only=None):
             if os.path.exists(p):
                 os.remove(p)
         print(name, logits.shape)
+        if cls is None:
+            peft_adapter(model, out)
+
+
+def peft_adapter(model, out):
+    """A LoRA PEFT trains on the multimodal model (its default targets reach the vision
+    tower's projections too, by the same names), B made non-zero, and the logits with it."""
+    from peft import LoraConfig, get_peft_model
+    lora = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for pname, p in lora.named_parameters():
+            if "lora_B" in pname:
+                p.copy_(torch.randn_like(p) * 0.5)
+    lora.eval()
+    path = os.path.join(out, "peft")
+    lora.save_pretrained(path)
+    with torch.no_grad():
+        logits = lora(torch.tensor([IDS])).logits[0].float().numpy()
+    with open(os.path.join(path, "logits.json"), "w") as f:
+        json.dump({"ids": IDS, "logits": logits.round(7).tolist()}, f)
+    if os.path.exists(os.path.join(path, "README.md")):
+        os.remove(os.path.join(path, "README.md"))
+    print("gemma3-multimodal + peft", logits.shape)
 
 
 TEXTS = [

@@ -111,8 +111,15 @@ impl Adapter {
                     format!("tensor `{key}` is not a LoRA A or B matrix"),
                 ));
             };
-            // PEFT prefixes `base_model.model.` to the base's own names.
+            // PEFT prefixes `base_model.model.` to the base's own names. A multimodal base's
+            // language model is nested (`model.language_model.`): its names become a causal
+            // LM's; its vision tower's LoRA (PEFT targets every `q_proj` by default) changes
+            // nothing galley computes, since galley runs the text model alone.
             let module = module.strip_prefix("base_model.model.").unwrap_or(module);
+            let Some(module) = crate::weights::TextLayout::causal_name(module) else {
+                continue;
+            };
+            let module = module.as_str();
             let t = st
                 .load(&key, device)
                 .and_then(|t| t.to_dtype(DType::F32))

@@ -22,7 +22,7 @@ pub enum Family {
 }
 
 impl Family {
-    const KNOWN: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM (GGUF: llama, qwen2, qwen3, gemma3)";
+    const KNOWN: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model) (GGUF: llama, qwen2, qwen3, gemma3)";
 
     fn from_hf(arch: &str) -> Option<Self> {
         Some(match arch {
@@ -30,7 +30,8 @@ impl Family {
             "MistralForCausalLM" => Family::Mistral,
             "Qwen2ForCausalLM" => Family::Qwen2,
             "Qwen3ForCausalLM" => Family::Qwen3,
-            "Gemma3ForCausalLM" => Family::Gemma3,
+            // Gemma 3 4B, 12B, 27B: the language model beside a vision tower (run on text).
+            "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration" => Family::Gemma3,
             _ => return None,
         })
     }
@@ -149,11 +150,12 @@ enum OneOrMany {
 /// The fields of an HF config.json galley reads; the rest are ignored, as transformers does.
 #[derive(Deserialize)]
 struct HfConfig {
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
+    // Required, except where the family's transformers config has defaults (Gemma 3's).
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
     num_key_value_heads: Option<usize>,
     head_dim: Option<usize>,
     #[serde(default = "default_eps")]
@@ -162,8 +164,7 @@ struct HfConfig {
     rope_scaling: Option<HfRopeScaling>,
     /// transformers 5: one set of RoPE settings, or (Gemma 3) one per layer type.
     rope_parameters: Option<serde_json::Value>,
-    #[serde(default = "default_max_pos")]
-    max_position_embeddings: usize,
+    max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     #[serde(default)]
     attention_bias: bool,
@@ -185,11 +186,57 @@ struct HfConfig {
     use_bidirectional_attention: bool,
 }
 
+/// A multimodal checkpoint's config.json: the language model's settings under `text_config`,
+/// some ids at the top.
+#[derive(Deserialize)]
+struct HfMultimodal {
+    text_config: Option<HfConfig>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<OneOrMany>,
+    tie_word_embeddings: Option<bool>,
+}
+
 fn default_eps() -> f64 {
     1e-6
 }
-fn default_max_pos() -> usize {
-    4096
+
+/// transformers' `Gemma3TextConfig` defaults, which Google's multimodal configs rely on
+/// (gemma-3-4b-it's `text_config` says six keys; heads, head size, vocabulary and score
+/// scale come from here): vocab, hidden, intermediate, layers, heads, kv heads, head_dim,
+/// max positions, bos, eos.
+const GEMMA3_DEFAULTS: [usize; 10] = [262_208, 2304, 9216, 26, 8, 4, 256, 131_072, 2, 1];
+
+impl HfConfig {
+    /// Fills what transformers would default for `family`.
+    fn with_defaults(mut self, family: Family) -> Self {
+        if family != Family::Gemma3 {
+            return self;
+        }
+        let [
+            vocab,
+            hidden,
+            inter,
+            layers,
+            heads,
+            kv,
+            head,
+            max_pos,
+            bos,
+            eos,
+        ] = GEMMA3_DEFAULTS;
+        self.vocab_size = self.vocab_size.or(Some(vocab));
+        self.hidden_size = self.hidden_size.or(Some(hidden));
+        self.intermediate_size = self.intermediate_size.or(Some(inter));
+        self.num_hidden_layers = self.num_hidden_layers.or(Some(layers));
+        self.num_attention_heads = self.num_attention_heads.or(Some(heads));
+        self.num_key_value_heads = self.num_key_value_heads.or(Some(kv));
+        self.head_dim = self.head_dim.or(Some(head));
+        self.max_position_embeddings = self.max_position_embeddings.or(Some(max_pos));
+        self.bos_token_id = self.bos_token_id.or(Some(bos as u32));
+        self.eos_token_id = self.eos_token_id.or(Some(OneOrMany::One(eos as u32)));
+        self.tie_word_embeddings = self.tie_word_embeddings.or(Some(true));
+        self
+    }
 }
 
 impl LlamaConfig {
@@ -208,18 +255,45 @@ impl LlamaConfig {
             arch: arch.clone(),
             known: Family::KNOWN.into(),
         })?;
-        let c: HfConfig = serde_json::from_str(&text).map_err(|e| bad(path, e))?;
+        // A multimodal checkpoint keeps the language model's settings under `text_config`
+        // (errors name keys there), and may say its ids and tying at the top.
+        let nested = arch.ends_with("ForConditionalGeneration");
+        let prefix = if nested { "text_config." } else { "" };
+        let key = |k: &str| format!("`{prefix}{k}`");
+        let c: HfConfig = if nested {
+            let m: HfMultimodal = serde_json::from_str(&text).map_err(|e| bad(path, e))?;
+            let mut c = m.text_config.ok_or_else(|| {
+                bad(
+                    path,
+                    format!(
+                        "key `text_config` is missing ({arch} keeps its language model's settings there)"
+                    ),
+                )
+            })?;
+            c.bos_token_id = c.bos_token_id.or(m.bos_token_id);
+            c.eos_token_id = c.eos_token_id.or(m.eos_token_id);
+            c.tie_word_embeddings = c.tie_word_embeddings.or(m.tie_word_embeddings);
+            c
+        } else {
+            serde_json::from_str(&text).map_err(|e| bad(path, e))?
+        }
+        .with_defaults(family);
+        let need = |v: Option<usize>, k: &str| {
+            v.ok_or_else(|| bad(path, format!("key {} is missing", key(k))))
+        };
+        let num_heads = need(c.num_attention_heads, "num_attention_heads")?;
+        let hidden_size = need(c.hidden_size, "hidden_size")?;
         // transformers 4 writes `rope_theta` + `rope_scaling`; 5 writes `rope_parameters`,
         // for Gemma 3 one set per layer type (the full-attention layers' is the model's).
-        let params = |key: Option<&str>| -> Result<Option<HfRopeScaling>> {
-            let v = match (&c.rope_parameters, key) {
+        let params = |which: Option<&str>| -> Result<Option<HfRopeScaling>> {
+            let v = match (&c.rope_parameters, which) {
                 (Some(v), Some(k)) if v.get(k).is_some() => &v[k],
                 (Some(v), None) => v,
                 _ => return Ok(None),
             };
             serde_json::from_value(v.clone())
                 .map(Some)
-                .map_err(|e| bad(path, format!("key `rope_parameters`: {e}")))
+                .map_err(|e| bad(path, format!("key {}: {e}", key("rope_parameters"))))
         };
         let per_type = c
             .rope_parameters
@@ -255,7 +329,8 @@ impl LlamaConfig {
                     return Err(bad(
                         path,
                         format!(
-                            "key `rope_scaling.rope_type`: `{other}` is not supported (llama3, linear)"
+                            "key {}: `{other}` is not supported (llama3, linear)",
+                            key("rope_scaling.rope_type")
                         ),
                     ));
                 }
@@ -263,19 +338,17 @@ impl LlamaConfig {
         };
         let cfg = Self {
             family,
-            vocab_size: c.vocab_size,
-            hidden_size: c.hidden_size,
-            intermediate_size: c.intermediate_size,
-            num_layers: c.num_hidden_layers,
-            num_heads: c.num_attention_heads,
-            num_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-            head_dim: c
-                .head_dim
-                .unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
+            vocab_size: need(c.vocab_size, "vocab_size")?,
+            hidden_size,
+            intermediate_size: need(c.intermediate_size, "intermediate_size")?,
+            num_layers: need(c.num_hidden_layers, "num_hidden_layers")?,
+            num_heads,
+            num_kv_heads: c.num_key_value_heads.unwrap_or(num_heads),
+            head_dim: c.head_dim.unwrap_or(hidden_size / num_heads.max(1)),
             rms_norm_eps: c.rms_norm_eps,
             rope_theta,
             rope_scaling,
-            max_position_embeddings: c.max_position_embeddings,
+            max_position_embeddings: c.max_position_embeddings.unwrap_or(4096),
             tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
             qkv_bias: family == Family::Qwen2 || c.attention_bias,
             o_bias: family != Family::Qwen2 && c.attention_bias,
@@ -292,7 +365,9 @@ impl LlamaConfig {
         };
         let cfg = if family == Family::Gemma3 {
             let local = params(per_type.then_some("sliding_attention"))?;
-            gemma3_hf(cfg, &c, local.and_then(|r| r.rope_theta)).map_err(|e| bad(path, e))?
+            gemma3_hf(cfg, &c, local.and_then(|r| r.rope_theta))
+                // Its messages name top-level keys; a multimodal config has them nested.
+                .map_err(|e| bad(path, e.replacen("key `", &format!("key `{prefix}"), 1)))?
         } else {
             cfg
         };
@@ -606,15 +681,70 @@ mod tests {
             let e = parse(&format!("{{{base}, {extra}}}")).unwrap_err();
             assert!(e.contains(key) && e.contains("config.json"), "{key}: {e}");
         }
-        // A multimodal checkpoint's config (the text model's fields under `text_config`).
+        // In a multimodal config, the same keys are named where they are.
         let e = parse(
             r#"{"architectures": ["Gemma3ForConditionalGeneration"],
-            "text_config": {"hidden_size": 2560}}"#,
+            "text_config": {"final_logit_softcapping": 30.0}}"#,
         )
         .unwrap_err();
-        assert!(
-            e.contains("Gemma3ForConditionalGeneration") && e.contains("Gemma3ForCausalLM"),
-            "{e}"
+        assert!(e.contains("`text_config.final_logit_softcapping`"), "{e}");
+        // Another family without its required keys, and a multimodal config without its
+        // language model's.
+        let e = parse(r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 64}"#).unwrap_err();
+        assert!(e.contains("key `num_attention_heads` is missing"), "{e}");
+        let e = parse(r#"{"architectures": ["Gemma3ForConditionalGeneration"]}"#).unwrap_err();
+        assert!(e.contains("key `text_config` is missing"), "{e}");
+        let e = parse(
+            "{\"architectures\": [\"Gemma3ForConditionalGeneration\"],\n\"text_config\": {\n\"hidden_size\": \"wide\"}}",
+        )
+        .unwrap_err();
+        assert!(e.contains("line 3") && e.contains("config.json"), "{e}");
+        let e = parse(r#"{"architectures": ["PaliGemmaForConditionalGeneration"]}"#).unwrap_err();
+        assert!(e.contains("Gemma3ForConditionalGeneration"), "{e}");
+    }
+
+    /// gemma-3-4b-it's config.json as Google published it: six keys under `text_config`,
+    /// everything else from transformers' `Gemma3TextConfig` defaults, the end-of-turn ids at
+    /// the top.
+    #[test]
+    fn gemma3_4b_multimodal_config_reads_transformers_defaults() {
+        let c = parse(
+            r#"{"architectures": ["Gemma3ForConditionalGeneration"],
+            "boi_token_index": 255999, "eoi_token_index": 256000, "eos_token_id": [1, 106],
+            "image_token_index": 262144, "initializer_range": 0.02, "mm_tokens_per_image": 256,
+            "model_type": "gemma3",
+            "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+                "model_type": "gemma3_text", "num_hidden_layers": 34,
+                "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024},
+            "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0",
+            "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
+                "model_type": "siglip_vision_model", "num_attention_heads": 16,
+                "num_hidden_layers": 27, "patch_size": 14, "vision_use_head": false}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.family, Family::Gemma3);
+        assert_eq!(
+            (
+                c.vocab_size,
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_layers
+            ),
+            (262_208, 2560, 10240, 34)
         );
+        assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim), (8, 4, 256));
+        assert_eq!(c.max_position_embeddings, 131_072);
+        assert!(c.tie_word_embeddings);
+        assert_eq!(
+            (c.bos_token_id, c.eos_token_ids.clone()),
+            (Some(2), vec![1, 106])
+        );
+        assert_eq!(c.rope_theta, 1_000_000.0);
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 8.0 });
+        let s = c.sliding.as_ref().unwrap();
+        assert_eq!((s.window, s.rope_theta), (1024, 10_000.0));
+        let globals: Vec<usize> = (0..34).filter(|&i| !s.layers[i]).collect();
+        assert_eq!(globals, [5, 11, 17, 23, 29]);
+        assert_eq!(c.attn_scale(), 1.0 / 16.0);
     }
 }

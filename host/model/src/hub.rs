@@ -92,6 +92,7 @@ const SIDE_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "chat_template.jinja",
+    "chat_template.json",
     "generation_config.json",
     "special_tokens_map.json",
 ];

@@ -53,6 +53,7 @@ pub use load::{
 pub use model::{Cache, Llama};
 pub use sample::{Sampler, SamplingParams};
 pub use tokenizer::{TextStream, Tokenizer};
+pub use weights::TextLayout;
 
 /// How many CUDA GPUs this process sees (0 without the `cuda` feature or a driver).
 pub fn cuda_device_count() -> usize {

@@ -282,13 +282,26 @@ fn load_hf(dir: &Path) -> Result<Checkpoint> {
                 .and_then(|t| t.get("template")?.as_str().map(String::from)),
             _ => None,
         };
+        // A multimodal checkpoint's processor keeps it in `chat_template.json` instead.
+        let processor = dir.join("chat_template.json");
+        let src = match src {
+            Some(s) => Some((s, format!("{}: chat_template", tc_path.display()))),
+            None if processor.exists() => {
+                let text = std::fs::read_to_string(&processor).map_err(|e| bad(&processor, e))?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| bad(&processor, e))?;
+                let s = v["chat_template"]
+                    .as_str()
+                    .ok_or_else(|| bad(&processor, "key `chat_template`: not a string"))?;
+                Some((
+                    s.to_string(),
+                    format!("{}: chat_template", processor.display()),
+                ))
+            }
+            None => None,
+        };
         match src {
-            Some(s) => Some(ChatTemplate::new(
-                &s,
-                &format!("{}: chat_template", tc_path.display()),
-                &bos,
-                &eos,
-            )?),
+            Some((s, origin)) => Some(ChatTemplate::new(&s, &origin, &bos, &eos)?),
             None => None,
         }
     };

@@ -5,6 +5,9 @@
 //! already in memory (a trainer's current weights, for generating with them). Every tensor is
 //! checked against the shape the config implies, and an error names the file and tensor.
 //!
+//! A multimodal HF checkpoint (Gemma 3 4B and up) nests its language model's tensors beside
+//! a vision tower; [`TextLayout`] maps the names layers ask for to where the files keep them.
+//!
 //! Gemma's norms scale by `1 + weight`; llama.cpp's converter stores `1 + weight`, and so do
 //! galley's layers: an HF Gemma checkpoint's norm weights are shifted by one as they are
 //! read ([`Weights::set_norm_shift`]), and shifted back where galley writes HF files.
@@ -21,6 +24,8 @@ pub enum Weights {
         st: candle_core::safetensors::MmapedSafetensors,
         /// Added to every `*norm.weight` read (1 for Gemma's checkpoints).
         norm_shift: f32,
+        /// Where the language model's tensors sit in the files.
+        layout: TextLayout,
     },
     Gguf {
         path: PathBuf,
@@ -47,6 +52,67 @@ pub enum Weights {
         base: Box<Weights>,
         deltas: std::collections::HashMap<String, Tensor>,
     },
+}
+
+/// Where an HF checkpoint keeps its language model's tensors. Layers ask for them by a causal
+/// LM's names (`model.layers.0...`, `lm_head.weight`); a multimodal checkpoint (Gemma 3 4B and
+/// up) nests them beside its vision tower, in one of two spellings found on the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextLayout {
+    /// A causal LM's own checkpoint.
+    CausalLm,
+    /// `language_model.model.*` and `language_model.lm_head.weight`: Google's Gemma 3
+    /// checkpoints, and what transformers 5 writes again when it saves one.
+    LanguageModelFirst,
+    /// `model.language_model.*` and `lm_head.weight`: what transformers 4.52 to 4.57 wrote, and
+    /// the module names transformers 5 builds in memory (the names PEFT's keys carry).
+    ModelFirst,
+}
+
+impl TextLayout {
+    /// `name` (a causal LM's tensor name) as this layout spells it.
+    pub fn file_name<'a>(self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        use std::borrow::Cow;
+        match (self, name.strip_prefix("model.")) {
+            (Self::CausalLm, _) => Cow::Borrowed(name),
+            (Self::LanguageModelFirst, Some(rest)) => {
+                Cow::Owned(format!("language_model.model.{rest}"))
+            }
+            (Self::ModelFirst, Some(rest)) => Cow::Owned(format!("model.language_model.{rest}")),
+            (Self::LanguageModelFirst, None) => Cow::Owned(format!("language_model.{name}")),
+            (Self::ModelFirst, None) => Cow::Borrowed(name),
+        }
+    }
+
+    /// A name in either multimodal spelling as a causal LM's, or `None` for what is not the
+    /// language model's (the vision tower, the projector).
+    pub fn causal_name(name: &str) -> Option<String> {
+        if let Some(rest) = name
+            .strip_prefix("language_model.model.")
+            .or_else(|| name.strip_prefix("model.language_model."))
+        {
+            return Some(format!("model.{rest}"));
+        }
+        if let Some(rest) = name.strip_prefix("language_model.") {
+            return Some(rest.to_string());
+        }
+        let outside = ["vision_tower.", "multi_modal_projector."];
+        let inner = name.strip_prefix("model.").unwrap_or(name);
+        if outside.iter().any(|p| inner.starts_with(p)) {
+            return None;
+        }
+        Some(name.to_string())
+    }
+
+    /// Which layout the tensors `has` tells of are in (by where the embeddings are).
+    pub fn detect(has: impl Fn(&str) -> bool) -> Self {
+        [Self::LanguageModelFirst, Self::ModelFirst]
+            .into_iter()
+            .find(|l| {
+                !has("model.embed_tokens.weight") && has(&l.file_name("model.embed_tokens.weight"))
+            })
+            .unwrap_or(Self::CausalLm)
+    }
 }
 
 /// A projection's weight: dense (out, in) or quantized blocks.
@@ -167,10 +233,12 @@ impl Weights {
         // safetensors validates every header and offset against the file length.
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
             .map_err(|e| bad(&files[0], format!("not a valid safetensors file: {e}")))?;
+        let layout = TextLayout::detect(|n| st.get(n).is_ok());
         Ok(Self::Safetensors {
             files,
             st,
             norm_shift: 0.0,
+            layout,
         })
     }
 
@@ -292,6 +360,16 @@ impl Weights {
         }
     }
 
+    /// Where the language model's tensors sit (a causal LM's names unless these are an HF
+    /// multimodal checkpoint's).
+    pub fn layout(&self) -> TextLayout {
+        match self {
+            Self::Safetensors { layout, .. } => *layout,
+            Self::Overlay { base, .. } => base.layout(),
+            _ => TextLayout::CausalLm,
+        }
+    }
+
     pub fn origin(&self) -> &Path {
         match self {
             Self::Safetensors { files, .. } => &files[0],
@@ -303,7 +381,7 @@ impl Weights {
 
     pub fn has(&self, name: &str) -> bool {
         match self {
-            Self::Safetensors { st, .. } => st.get(name).is_ok(),
+            Self::Safetensors { st, layout, .. } => st.get(&layout.file_name(name)).is_ok(),
             Self::Gguf { content, .. } => content.tensor_infos.contains_key(&self.gguf_key(name)),
             Self::Memory { tensors, .. } => tensors.contains_key(name),
             Self::Overlay { base, .. } => base.has(name),
@@ -313,6 +391,7 @@ impl Weights {
     fn missing(&self, name: &str) -> ModelError {
         let tensor = match self {
             Self::Gguf { .. } => format!("{} (HF name {name})", self.gguf_key(name)),
+            Self::Safetensors { layout, .. } => layout.file_name(name).into_owned(),
             _ => name.to_string(),
         };
         ModelError::MissingTensor {
@@ -365,10 +444,16 @@ impl Weights {
     /// A dense f32 tensor of exactly `expected` shape.
     pub fn tensor(&self, name: &str, expected: &[usize], device: &Device) -> Result<Tensor> {
         match self {
-            Self::Safetensors { st, norm_shift, .. } => {
-                let view = st.get(name).map_err(|_| self.missing(name))?;
-                self.check(name, view.shape(), expected)?;
-                let t = st.load(name, device)?.to_dtype(DType::F32)?;
+            Self::Safetensors {
+                st,
+                norm_shift,
+                layout,
+                ..
+            } => {
+                let file_name = layout.file_name(name);
+                let view = st.get(&file_name).map_err(|_| self.missing(name))?;
+                self.check(&file_name, view.shape(), expected)?;
+                let t = st.load(&file_name, device)?.to_dtype(DType::F32)?;
                 if *norm_shift != 0.0 && name.ends_with("norm.weight") {
                     // In f32, as transformers computes `1.0 + weight.float()`.
                     return Ok((t + f64::from(*norm_shift))?);

@@ -8,15 +8,29 @@ use crate::config::PeftSection;
 use crate::error::{Result, file_err};
 use crate::model::TrainModel;
 use candle_core::Tensor;
-use galley_model::{ChatTemplate, LlamaConfig, RopeScaling, Tokenizer};
+use galley_model::{ChatTemplate, LlamaConfig, RopeScaling, TextLayout, Tokenizer};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// The adapter_config.json PEFT writes for a LoRA on a causal LM.
-pub fn adapter_config(peft: &PeftSection, base: &str, targets: &[String]) -> serde_json::Value {
+/// The adapter_config.json PEFT writes for a LoRA on a causal LM. Over a multimodal base
+/// the targets are a pattern that only the language model's modules match: PEFT matches a
+/// list of names in the vision tower too, and would add LoRA modules galley never trained.
+pub fn adapter_config(
+    peft: &PeftSection,
+    base: &str,
+    targets: &[String],
+    layout: TextLayout,
+) -> serde_json::Value {
     let mut targets = targets.to_vec();
     targets.sort();
+    let targets = match layout {
+        TextLayout::CausalLm => json!(targets),
+        _ => json!(format!(
+            r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.({})",
+            targets.join("|")
+        )),
+    };
     json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -41,18 +55,29 @@ pub fn adapter_config(peft: &PeftSection, base: &str, targets: &[String]) -> ser
     })
 }
 
-/// Writes the adapters of `model` into `dir` in PEFT's layout.
-pub fn save_adapter(model: &TrainModel, peft: &PeftSection, base: &str, dir: &Path) -> Result<()> {
+/// Writes the adapters of `model` into `dir` in PEFT's layout, keyed as PEFT names the
+/// modules of `base` (a multimodal base's language model sits at `model.language_model.`,
+/// where transformers 5 builds it, whichever spelling its files use).
+pub fn save_adapter(
+    model: &TrainModel,
+    peft: &PeftSection,
+    (base, layout): (&str, TextLayout),
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let key = |name: &str| match (layout, name.strip_prefix("base_model.model.model.")) {
+        (TextLayout::CausalLm, _) | (_, None) => name.to_string(),
+        (_, Some(rest)) => format!("base_model.model.model.language_model.{rest}"),
+    };
     let tensors: HashMap<String, Tensor> = model
         .trainable
         .iter()
         .filter(|p| p.name.contains(".lora_"))
-        .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
+        .map(|p| (key(&p.name), p.var.as_tensor().clone()))
         .collect();
     let path = dir.join("adapter_model.safetensors");
     candle_core::safetensors::save(&tensors, &path).map_err(|e| file_err(&path, e))?;
-    let cfg = adapter_config(peft, base, &peft.target_modules);
+    let cfg = adapter_config(peft, base, &peft.target_modules, layout);
     let cpath = dir.join("adapter_config.json");
     std::fs::write(&cpath, serde_json::to_string_pretty(&cfg).expect("json"))
         .map_err(|e| file_err(&cpath, e))
@@ -105,9 +130,15 @@ pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
         obj.remove("hidden_act");
         obj.remove("mlp_bias");
         obj.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+        // An integer where it is one: transformers 5 validates the field as `int` and refuses
+        // `24.0`.
+        let scalar = c.query_pre_attn_scalar.unwrap_or(c.head_dim as f64);
         obj.insert(
             "query_pre_attn_scalar".into(),
-            json!(c.query_pre_attn_scalar),
+            match scalar.fract() == 0.0 && scalar > 0.0 {
+                true => json!(scalar as u64),
+                false => json!(scalar),
+            },
         );
         if let Some(s) = &c.sliding {
             let types: Vec<&str> = s

@@ -218,6 +218,8 @@ pub struct Prepared {
     pub data: Data,
     pub skipped: Skipped,
     pub base: String,
+    /// Where the base keeps its language model (names PEFT's keys follow).
+    pub layout: galley_model::TextLayout,
 }
 
 /// What a finished run wrote.
@@ -484,6 +486,7 @@ pub fn prepare_offering(
         data,
         skipped,
         base: loaded.base,
+        layout: loaded.layout,
     })
 }
 
@@ -625,7 +628,7 @@ pub fn run(
     // Every rank holds the same weights; rank 0 writes them.
     if lead && cfg.tuning() != Tuning::Full {
         let dir = out.join("adapter");
-        export::save_adapter(&p.model, &cfg.peft, &p.base, &dir)?;
+        export::save_adapter(&p.model, &cfg.peft, (&p.base, p.layout), &dir)?;
         // Trained with another template than the base's: it goes with the adapter (as TRL
         // saves the tokenizer beside it), for `galley serve --chat-template`.
         if let (Some(_), Some(t)) = (&cfg.model.chat_template, &p.template) {

@@ -45,6 +45,8 @@ pub(crate) struct Loaded {
     pub tokenizer: Tokenizer,
     pub template: Option<ChatTemplate>,
     pub base: String,
+    /// Where the base keeps its language model (names PEFT's keys follow).
+    pub layout: galley_model::TextLayout,
 }
 
 /// Opens `model.path`, or initialises a model from scratch (`model.init`), training its
@@ -76,6 +78,7 @@ pub(crate) fn load_model(
             tokenizer,
             template,
             base: path.display().to_string(),
+            layout: ck.weights.layout(),
         });
     }
     let init = cfg
@@ -108,6 +111,7 @@ pub(crate) fn load_model(
         tokenizer,
         template,
         base: "scratch".to_string(),
+        layout: galley_model::TextLayout::CausalLm,
     })
 }
 

@@ -166,6 +166,8 @@ fn a_merged_gemma3_is_an_hf_checkpoint_with_transformers_logits() {
     assert_eq!(cfg["architectures"][0], "Gemma3ForCausalLM");
     assert_eq!(cfg["layer_types"][0], "sliding_attention");
     assert_eq!(cfg["sliding_window"], 4);
+    // An integer, as transformers 5's strict config requires (it refuses `24.0`).
+    assert_eq!(cfg["query_pre_attn_scalar"], serde_json::json!(24));
     // HF's norm weight (the fixture's own bits back, within f32's rounding of 1 + w).
     let written =
         candle_core::safetensors::load(tmp.path().join("model.safetensors"), &Device::Cpu).unwrap();
