@@ -300,34 +300,44 @@ pub fn product_by_columns_into(
         true => gemm::Parallelism::Rayon(rayon::current_num_threads()),
         false => gemm::Parallelism::None,
     };
+    by_column_blocks(dst.as_mut_ptr().cast::<f32>(), n, width, |j0, nb, out| {
+        // SAFETY: the (m, n) block at row stride rs lies inside dst (asserted) and lives
+        // until the tasks end; this task writes only columns j0..j0 + nb of it (no two tasks
+        // share a column), and gemm writes every one of those elements (no accumulation;
+        // with k == 0 it zeroes them). a is (m, k) and b's columns j0..j0 + nb are (k, nb)
+        // inside their slices (checked above for the whole of b; column j0 starts j0·cs
+        // further in).
+        unsafe {
+            raw_gemm(
+                par,
+                (out.add(j0), rs),
+                (m, nb, k),
+                (a.data.as_ptr(), a),
+                (b.data.as_ptr().add(j0 * b.cs), b),
+                scale,
+                false,
+            )
+        }
+    });
+}
+
+/// Runs `task(j0, nb, out)` on rayon's threads for each block of `width` columns (the last
+/// narrower) of an output of `n` columns at `out`; each task may write only its own columns.
+fn by_column_blocks(
+    out: *mut f32,
+    n: usize,
+    width: usize,
+    task: impl Fn(usize, usize, *mut f32) + Sync,
+) {
     /// The output's address, shared by the tasks (each writes only its own columns).
     struct Out(*mut f32);
-    // SAFETY: the pointer is only used to write disjoint columns, inside `scope`.
+    // SAFETY: the pointer is only handed to tasks that write disjoint columns, inside `scope`.
     unsafe impl Sync for Out {}
-    let out = Out(dst.as_mut_ptr().cast::<f32>());
-    let out = &out;
+    let (out, task) = (&Out(out), &task);
     rayon::scope(|sc| {
-        for j0 in (0..n).step_by(width) {
+        for j0 in (0..n).step_by(width.max(1)) {
             let nb = width.min(n - j0);
-            sc.spawn(move |_| {
-                // SAFETY: the (m, n) block at row stride rs lies inside dst (asserted) and
-                // lives until the scope ends; this task writes only columns j0..j0 + nb of
-                // it (no two tasks share a column), and gemm writes every one of those
-                // elements (no accumulation; with k == 0 it zeroes them). a is (m, k) and
-                // b's columns j0..j0 + nb are (k, nb) inside their slices (checked above for
-                // the whole of b; column j0 starts j0·cs further in).
-                unsafe {
-                    raw_gemm(
-                        par,
-                        (out.0.add(j0), rs),
-                        (m, nb, k),
-                        (a.data.as_ptr(), a),
-                        (b.data.as_ptr().add(j0 * b.cs), b),
-                        scale,
-                        false,
-                    )
-                }
-            });
+            sc.spawn(move |_| task(j0, nb, out.0));
         }
     });
 }
@@ -377,42 +387,32 @@ pub fn product_by_made_columns(
         .saturating_mul(COLUMN_TILE)
         .min(fit.max(COLUMN_TILE))
         .min(n);
-    struct Out(*mut f32);
-    // SAFETY: the pointer is only used to write disjoint columns, inside `scope`.
-    unsafe impl Sync for Out {}
-    let out = Out(dst.as_mut_ptr().cast::<f32>());
-    let out = &out;
-    rayon::scope(|sc| {
-        for j0 in (0..n).step_by(width) {
-            let nb = width.min(n - j0);
-            sc.spawn(move |_| {
-                MADE_BLOCK.with_borrow_mut(|block| {
-                    block.resize(nb * k, 0.0);
-                    make(j0, nb, &mut block[..nb * k]);
-                    // b's columns j0.. as made: element (i, j) at block[j·k + i].
-                    let b = Mat {
-                        data: &block[..nb * k],
-                        rs: 1,
-                        cs: k,
-                    };
-                    check_views(m, nb, k, a, b);
-                    // SAFETY: the (m, n) output lies in dst and lives until the scope ends;
-                    // this task writes only columns j0..j0 + nb (no two tasks share one),
-                    // every one of them (no accumulation); a is (m, k) and b (k, nb), checked.
-                    unsafe {
-                        raw_gemm(
-                            gemm::Parallelism::None,
-                            (out.0.add(j0), n),
-                            (m, nb, k),
-                            (a.data.as_ptr(), a),
-                            (b.data.as_ptr(), b),
-                            1.0,
-                            false,
-                        )
-                    }
-                })
-            });
-        }
+    by_column_blocks(dst.as_mut_ptr().cast::<f32>(), n, width, |j0, nb, out| {
+        MADE_BLOCK.with_borrow_mut(|block| {
+            block.resize(nb * k, 0.0);
+            make(j0, nb, &mut block[..nb * k]);
+            // b's columns j0.. as made: element (i, j) at block[j·k + i].
+            let b = Mat {
+                data: &block[..nb * k],
+                rs: 1,
+                cs: k,
+            };
+            check_views(m, nb, k, a, b);
+            // SAFETY: the (m, n) output lies in dst and lives until the tasks end; this task
+            // writes only columns j0..j0 + nb (no two tasks share one), every one of them (no
+            // accumulation); a is (m, k) and b (k, nb), checked.
+            unsafe {
+                raw_gemm(
+                    gemm::Parallelism::None,
+                    (out.add(j0), n),
+                    (m, nb, k),
+                    (a.data.as_ptr(), a),
+                    (b.data.as_ptr(), b),
+                    1.0,
+                    false,
+                )
+            }
+        })
     });
     // SAFETY: the tasks' column blocks cover all n columns of every row, each written whole.
     unsafe { assume_init(dst) }

@@ -158,11 +158,45 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
+/// A gated activation `act(x) = x·s(x)` given by `parts(x) = (s, k)`, where its derivative
+/// is `s·(1 + x·(1 - s)·k)`: SiLU (s = σ(x), k = 1) and GELU's tanh form (s = σ(2z), k = 2z').
+#[inline(always)]
+fn gate_with(y: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32], parts: impl Fn(f32) -> (f32, f32)) {
+    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+        y.write(g * parts(g).0 * u);
+    }
+}
+
+/// The gradients of `act(g)·u` given `dy`, `act` as in [`gate_with`].
+#[inline(always)]
+fn gate_grad_with(
+    (dg, du): (&mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]),
+    g: &[f32],
+    u: &[f32],
+    dy: &[f32],
+    parts: impl Fn(f32) -> (f32, f32),
+) {
+    let n = dg
+        .len()
+        .min(du.len())
+        .min(g.len())
+        .min(u.len())
+        .min(dy.len());
+    for i in 0..n {
+        let (x, (s, k)) = (g[i], parts(g[i]));
+        du[i].write(dy[i] * x * s);
+        dg[i].write(dy[i] * u[i] * s * (1.0 + x * (1.0 - s) * k));
+    }
+}
+
+#[inline(always)]
+fn silu_parts(x: f32) -> (f32, f32) {
+    (sigmoid(x), 1.0)
+}
+
 #[inline(always)]
 fn silu_gate_impl(y: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
-    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-        y.write(g * sigmoid(g) * u);
-    }
+    gate_with(y, g, u, silu_parts)
 }
 
 vectorized!(
@@ -178,17 +212,7 @@ fn silu_gate_grad_impl(
     u: &[f32],
     dy: &[f32],
 ) {
-    let n = dg
-        .len()
-        .min(du.len())
-        .min(g.len())
-        .min(u.len())
-        .min(dy.len());
-    for i in 0..n {
-        let (x, s) = (g[i], sigmoid(g[i]));
-        du[i].write(dy[i] * x * s);
-        dg[i].write(dy[i] * u[i] * s * (1.0 + x * (1.0 - s)));
-    }
+    gate_grad_with((dg, du), g, u, dy, silu_parts)
 }
 
 vectorized!(
@@ -210,9 +234,7 @@ fn gelu_parts(x: f32) -> (f32, f32) {
 
 #[inline(always)]
 fn gelu_gate_impl(y: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
-    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-        y.write(g * gelu_parts(g).0 * u);
-    }
+    gate_with(y, g, u, gelu_parts)
 }
 
 vectorized!(
@@ -228,17 +250,7 @@ fn gelu_gate_grad_impl(
     u: &[f32],
     dy: &[f32],
 ) {
-    let n = dg
-        .len()
-        .min(du.len())
-        .min(g.len())
-        .min(u.len())
-        .min(dy.len());
-    for i in 0..n {
-        let (x, (s, dz2)) = (g[i], gelu_parts(g[i]));
-        du[i].write(dy[i] * x * s);
-        dg[i].write(dy[i] * u[i] * (s + x * s * (1.0 - s) * dz2));
-    }
+    gate_grad_with((dg, du), g, u, dy, gelu_parts)
 }
 
 vectorized!(
