@@ -52,6 +52,8 @@ fn shape(name: &str) -> LlamaConfig {
         eos_token_ids: vec![2],
         sliding: None,
         query_pre_attn_scalar: None,
+        attn_softcap: None,
+        final_softcap: None,
     }
 }
 

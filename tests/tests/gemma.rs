@@ -1,5 +1,5 @@
-//! Gemma 3 through the binary, as a newcomer runs it: `galley train` (LoRA, sequences longer
-//! than the sliding window) on a tiny random Gemma 3 in HF's layout, `galley infer` on the
+//! Gemma 3 and Gemma 2 through the binary, as a newcomer runs them: `galley train` (LoRA,
+//! sequences longer than the sliding window) on a tiny random Gemma in HF's layout, `galley infer` on the
 //! merged model, `galley export` of it to GGUF, and `galley infer` on that GGUF giving the
 //! same greedy text; and a LoRA on Gemma 3's multimodal layout (the 4B and up), written with
 //! the keys PEFT gives that model. (The model's numbers against transformers are galley-model's
@@ -14,12 +14,10 @@ fn ok(o: Output) -> String {
     stdout(&o)
 }
 
-/// galley-model's tiny Gemma 3 (a window of 4, a local and a global layer), with the score
-/// scale llama.cpp derives (head_dim) so that a GGUF can carry it.
-fn tiny_gemma(dir: &Path) {
-    copy_fixture("gemma3", dir, |cfg| {
-        cfg["query_pre_attn_scalar"] = 16.into()
-    });
+/// galley-model's tiny Gemma 3 or 2 (a window of 4, a local and a global layer), with the
+/// score scale llama.cpp derives (head_dim) so that a GGUF can carry it.
+fn tiny_gemma(name: &str, dir: &Path) {
+    copy_fixture(name, dir, |cfg| cfg["query_pre_attn_scalar"] = 16.into());
 }
 
 fn copy_fixture(name: &str, dir: &Path, edit: impl Fn(&mut serde_json::Value)) {
@@ -71,9 +69,19 @@ fn greedy(d: &Path, model: &str) -> String {
 
 #[test]
 fn a_tiny_gemma3_trains_infers_and_exports_through_the_cli() {
+    trains_infers_and_exports("gemma3");
+}
+
+/// The same for Gemma 2, whose scores and logits are soft-capped.
+#[test]
+fn a_tiny_gemma2_trains_infers_and_exports_through_the_cli() {
+    trains_infers_and_exports("gemma2");
+}
+
+fn trains_infers_and_exports(name: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    tiny_gemma(&d.join("base"));
+    tiny_gemma(name, &d.join("base"));
     sums(d);
     std::fs::write(
         d.join("sft.yaml"),

@@ -54,7 +54,7 @@ fn main() {
         let time = |c: &[(Tensor, Tensor)]| {
             let step = || {
                 for (k, v) in c {
-                    attend(&q, k, v, 0.125, vis.clone()).unwrap();
+                    attend(&q, k, v, (0.125, None), vis.clone()).unwrap();
                 }
             };
             (0..3).for_each(|_| step());

@@ -40,6 +40,8 @@ fn config() -> LlamaConfig {
         eos_token_ids: vec![2],
         sliding: None,
         query_pre_attn_scalar: None,
+        attn_softcap: None,
+        final_softcap: None,
     }
 }
 

@@ -9,7 +9,8 @@ It writes
   fixtures/tiny/<family>/{config.json, model.safetensors, tokenizer.json, logits.json}
       tiny random models of each family switch galley implements (Llama with GQA and tied
       embeddings, Llama 3.1 RoPE scaling, Qwen2 biases, Qwen3 q/k norms, Mistral, Gemma 3
-      with a sliding window shorter than the sequence, and `gemma3-multimodal`: the same
+      with a sliding window shorter than the sequence, Gemma 2 with its scores and logits
+      soft-capped, and `gemma3-multimodal`: the same
       language model inside a Gemma3ForConditionalGeneration with a tiny vision tower, as
       Gemma 3 4B and up are published), and the float32 logits transformers computes for a
       fixed sequence of ids (`--only NAME` writes one family's alone);
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, Gemma3TextConfig
+from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, Gemma3TextConfig, Gemma2Config
 from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,6 +56,13 @@ FAMILIES = {
                layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=24,
                rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
                                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
+    # Gemma 2: every other layer sliding (the default pattern), one RoPE base, and caps low
+    # enough that the tanh bends the scores and logits these weights give (eager attention,
+    # the only one transformers soft-caps in).
+    "gemma2": (Gemma2Config, dict(tie_word_embeddings=True, head_dim=16, sliding_window=4,
+               initializer_range=0.25, query_pre_attn_scalar=24,
+               attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+               rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
 }
 
 
@@ -94,7 +102,7 @@ def tiny_models(only=None):
             model = multimodal()
         else:
             cfg = cls(**COMMON, **extra)
-            model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32, attn_implementation="eager")
         # Random biases and norm scales too, so every switch changes the numbers.
         with torch.no_grad():
             for pname, p in model.named_parameters():

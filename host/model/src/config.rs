@@ -1,8 +1,9 @@
 //! The shape of a Llama-family model and the switches that tell the families apart, read
 //! from an HF `config.json` or from GGUF metadata. One struct serves Llama 2/3.x, SmolLM,
-//! Mistral, Qwen2/2.5, Qwen3 and Gemma 3's text models: they differ only in the switches
-//! below (RoPE scaling, tied embeddings, attention biases, q/k norms, grouped-query heads,
-//! and for Gemma 3 its sliding-window layers, extra norms, scaled embeddings and GELU).
+//! Mistral, Qwen2/2.5, Qwen3, Gemma 2 and Gemma 3's text models: they differ only in the
+//! switches below (RoPE scaling, tied embeddings, attention biases, q/k norms, grouped-query
+//! heads, and for Gemma its sliding-window layers, extra norms, scaled embeddings and GELU,
+//! and for Gemma 2 the soft-capping of attention scores and final logits).
 
 use crate::error::{ModelError, Result, bad};
 use serde::Deserialize;
@@ -19,10 +20,19 @@ pub enum Family {
     /// scaled by √hidden, norms after attention and around the MLP, q/k norms, a tanh-GELU
     /// gate, and layers that attend over a sliding window with their own RoPE base.
     Gemma3,
+    /// Gemma 2 (2B, 9B, 27B): Gemma 3's layer without q/k norms, every other layer sliding,
+    /// one RoPE base, and attention scores and final logits soft-capped (`c·tanh(x/c)`).
+    Gemma2,
 }
 
 impl Family {
-    const KNOWN: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model) (GGUF: llama, qwen2, qwen3, gemma3)";
+    /// Gemma 2 or 3: norms that scale by `1 + weight`, four of them per layer, embeddings
+    /// scaled by √hidden, the tanh-GELU gate, llama.cpp's Gemma tensor names.
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma2 | Family::Gemma3)
+    }
+
+    const KNOWN: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model) (GGUF: llama, qwen2, qwen3, gemma2, gemma3)";
 
     fn from_hf(arch: &str) -> Option<Self> {
         Some(match arch {
@@ -32,6 +42,7 @@ impl Family {
             "Qwen3ForCausalLM" => Family::Qwen3,
             // Gemma 3 4B, 12B, 27B: the language model beside a vision tower (run on text).
             "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration" => Family::Gemma3,
+            "Gemma2ForCausalLM" => Family::Gemma2,
             _ => return None,
         })
     }
@@ -42,6 +53,7 @@ impl Family {
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
             "gemma3" => Family::Gemma3,
+            "gemma2" => Family::Gemma2,
             _ => return None,
         })
     }
@@ -96,6 +108,11 @@ pub struct LlamaConfig {
     /// Attention scores are scaled by this to the power -1/2 (Gemma's
     /// `query_pre_attn_scalar`); `None`: by `head_dim`'s.
     pub query_pre_attn_scalar: Option<f64>,
+    /// Attention scores (after scaling) become `c·tanh(score/c)` (Gemma 2's
+    /// `attn_logit_softcapping`).
+    pub attn_softcap: Option<f64>,
+    /// The LM head's logits become `c·tanh(logit/c)` (Gemma 2's `final_logit_softcapping`).
+    pub final_softcap: Option<f64>,
 }
 
 /// Sliding-window attention (Gemma 3's local layers): a query at position p sees keys p -
@@ -180,10 +197,13 @@ struct HfConfig {
     sliding_window_pattern: Option<usize>,
     layer_types: Option<Vec<String>>,
     rope_local_base_freq: Option<f64>,
-    final_logit_softcapping: Option<f64>,
-    attn_logit_softcapping: Option<f64>,
-    #[serde(default)]
-    use_bidirectional_attention: bool,
+    /// Absent, `null` (off), or a cap: Gemma 2 defaults absent ones on, as transformers.
+    #[serde(default, deserialize_with = "present")]
+    final_logit_softcapping: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    attn_logit_softcapping: Option<Option<f64>>,
+    /// `null` in Gemma 2's configs.
+    use_bidirectional_attention: Option<bool>,
 }
 
 /// A multimodal checkpoint's config.json: the language model's settings under `text_config`,
@@ -196,6 +216,13 @@ struct HfMultimodal {
     tie_word_embeddings: Option<bool>,
 }
 
+/// A key that is there, `null` or not: `Some(None)` for `null`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(d).map(Some)
+}
+
 fn default_eps() -> f64 {
     1e-6
 }
@@ -206,12 +233,17 @@ fn default_eps() -> f64 {
 /// max positions, bos, eos.
 const GEMMA3_DEFAULTS: [usize; 10] = [262_208, 2304, 9216, 26, 8, 4, 256, 131_072, 2, 1];
 
+/// transformers' `Gemma2Config` defaults (gemma-2-2b's shape), in the same order.
+const GEMMA2_DEFAULTS: [usize; 10] = [256_000, 2304, 9216, 26, 8, 4, 256, 8192, 2, 1];
+
 impl HfConfig {
     /// Fills what transformers would default for `family`.
     fn with_defaults(mut self, family: Family) -> Self {
-        if family != Family::Gemma3 {
-            return self;
-        }
+        let defaults = match family {
+            Family::Gemma3 => GEMMA3_DEFAULTS,
+            Family::Gemma2 => GEMMA2_DEFAULTS,
+            _ => return self,
+        };
         let [
             vocab,
             hidden,
@@ -223,7 +255,7 @@ impl HfConfig {
             max_pos,
             bos,
             eos,
-        ] = GEMMA3_DEFAULTS;
+        ] = defaults;
         self.vocab_size = self.vocab_size.or(Some(vocab));
         self.hidden_size = self.hidden_size.or(Some(hidden));
         self.intermediate_size = self.intermediate_size.or(Some(inter));
@@ -362,10 +394,12 @@ impl LlamaConfig {
             },
             sliding: None,
             query_pre_attn_scalar: None,
+            attn_softcap: None,
+            final_softcap: None,
         };
-        let cfg = if family == Family::Gemma3 {
+        let cfg = if family.is_gemma() {
             let local = params(per_type.then_some("sliding_attention"))?;
-            gemma3_hf(cfg, &c, local.and_then(|r| r.rope_theta))
+            gemma_hf(cfg, &c, local.and_then(|r| r.rope_theta))
                 // Its messages name top-level keys; a multimodal config has them nested.
                 .map_err(|e| bad(path, e.replacen("key `", &format!("key `{prefix}"), 1)))?
         } else {
@@ -449,9 +483,11 @@ impl LlamaConfig {
             eos_token_ids: tok("tokenizer.ggml.eos_token_id").into_iter().collect(),
             sliding: None,
             query_pre_attn_scalar: None,
+            attn_softcap: None,
+            final_softcap: None,
         };
-        let cfg = if family == Family::Gemma3 {
-            gemma3_gguf(cfg, &arch, md).map_err(|e| bad(path, e))?
+        let cfg = if family.is_gemma() {
+            gemma_gguf(cfg, &arch, md).map_err(|e| bad(path, e))?
         } else {
             cfg
         };
@@ -499,7 +535,7 @@ impl LlamaConfig {
 /// `sliding_window_pattern`-th layer global), their RoPE base, the score scale; what galley
 /// does not implement (logit soft-capping, bidirectional attention, another activation) is
 /// refused by key rather than computed wrongly.
-fn gemma3_hf(
+fn gemma_hf(
     mut cfg: LlamaConfig,
     c: &HfConfig,
     local_theta: Option<f64>,
@@ -507,19 +543,43 @@ fn gemma3_hf(
     let act = c.hidden_activation.as_deref().or(c.hidden_act.as_deref());
     if !matches!(act, None | Some("gelu_pytorch_tanh" | "gelu_tanh")) {
         return Err(format!(
-            "key `hidden_activation`: `{}` is not supported for Gemma 3 (gelu_pytorch_tanh)",
+            "key `hidden_activation`: `{}` is not supported for Gemma (gelu_pytorch_tanh)",
             act.unwrap_or_default()
         ));
     }
+    let gemma2 = cfg.family == Family::Gemma2;
+    // Gemma 2's transformers defaults: on, at 30 and 50.
+    let (final_cap, attn_cap) = match gemma2 {
+        true => (
+            c.final_logit_softcapping.unwrap_or(Some(30.0)),
+            c.attn_logit_softcapping.unwrap_or(Some(50.0)),
+        ),
+        false => (
+            c.final_logit_softcapping.flatten(),
+            c.attn_logit_softcapping.flatten(),
+        ),
+    };
     for (key, v) in [
-        ("final_logit_softcapping", c.final_logit_softcapping),
-        ("attn_logit_softcapping", c.attn_logit_softcapping),
+        ("final_logit_softcapping", final_cap),
+        ("attn_logit_softcapping", attn_cap),
     ] {
-        if v.is_some() {
-            return Err(format!("key `{key}`: logit soft-capping is not supported"));
+        match v {
+            Some(_) if !gemma2 => {
+                return Err(format!(
+                    "key `{key}`: logit soft-capping is not supported for Gemma 3 (transformers has none)"
+                ));
+            }
+            Some(cap) if !(cap > 0.0 && cap.is_finite()) => {
+                return Err(format!("key `{key}`: {cap} (must be positive)"));
+            }
+            _ => {}
         }
     }
-    if c.use_bidirectional_attention {
+    if gemma2 {
+        cfg.attn_softcap = attn_cap;
+        cfg.final_softcap = final_cap;
+    }
+    if c.use_bidirectional_attention == Some(true) {
         return Err("key `use_bidirectional_attention`: only causal models are supported".into());
     }
     let layers = match &c.layer_types {
@@ -534,25 +594,38 @@ fn gemma3_hf(
                 )),
             })
             .collect::<std::result::Result<Vec<bool>, String>>()?,
+        // Gemma 2: every other layer slides, from the first.
         None => {
-            let every = c.sliding_window_pattern.unwrap_or(6).max(1);
+            let every = match gemma2 {
+                true => 2,
+                false => c.sliding_window_pattern.unwrap_or(6).max(1),
+            };
             (0..cfg.num_layers).map(|i| (i + 1) % every != 0).collect()
         }
+    };
+    // Gemma 2's local layers rotate as its global ones do.
+    let local_default = match gemma2 {
+        true => cfg.rope_theta,
+        false => 10_000.0,
     };
     cfg.sliding = Some(Sliding {
         window: c.sliding_window.unwrap_or(4096),
         layers,
-        rope_theta: local_theta.or(c.rope_local_base_freq).unwrap_or(10_000.0),
+        rope_theta: local_theta
+            .or(c.rope_local_base_freq)
+            .unwrap_or(local_default),
     });
     cfg.query_pre_attn_scalar = Some(c.query_pre_attn_scalar.unwrap_or(256.0));
     Ok(cfg)
 }
 
-/// Gemma 3's switches from GGUF metadata, as llama.cpp reads them: the window
+/// Gemma's switches from GGUF metadata, as llama.cpp reads them: the window
 /// (`gemma3.attention.sliding_window`), the sliding layers (a per-layer array, or every
-/// sixth layer global), the local RoPE base (`gemma3.rope.freq_base_swa`, else 10,000),
-/// and the score scale (1/√head_dim, 1/√(hidden/heads) for the 27B's 62 layers).
-fn gemma3_gguf(
+/// sixth layer global; every other one for Gemma 2), the local RoPE base
+/// (`gemma3.rope.freq_base_swa`, else 10,000; Gemma 2's global one), the score scale
+/// (1/√head_dim, 1/√(hidden/heads) for the 27Bs), and Gemma 2's soft-capping
+/// (`gemma2.attn_logit_softcapping`, `gemma2.final_logit_softcapping`).
+fn gemma_gguf(
     mut cfg: LlamaConfig,
     arch: &str,
     md: &std::collections::HashMap<String, candle_core::quantized::gguf_file::Value>,
@@ -566,12 +639,23 @@ fn gemma3_gguf(
             .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
             .ok()
     };
-    if let Some(cap) = key("final_logit_softcapping").and_then(|v| v.to_f32().ok())
-        && cap != 0.0
-    {
-        return Err(format!(
-            "`{arch}.final_logit_softcapping`: logit soft-capping is not supported"
-        ));
+    let gemma2 = cfg.family == Family::Gemma2;
+    for (k, to) in [
+        ("attn_logit_softcapping", &mut cfg.attn_softcap),
+        ("final_logit_softcapping", &mut cfg.final_softcap),
+    ] {
+        match key(k).and_then(|v| v.to_f32().ok()) {
+            Some(cap) if cap != 0.0 && !gemma2 => {
+                return Err(format!(
+                    "`{arch}.{k}`: logit soft-capping is not supported for Gemma 3"
+                ));
+            }
+            Some(cap) if !(cap > 0.0 && cap.is_finite()) && gemma2 => {
+                return Err(format!("`{arch}.{k}`: {cap} (must be positive)"));
+            }
+            Some(cap) if gemma2 => *to = Some(f64::from(cap)),
+            _ => {}
+        }
     }
     let window = key("attention.sliding_window").and_then(uint).unwrap_or(0) as usize;
     if window > 0 {
@@ -583,7 +667,8 @@ fn gemma3_gguf(
                 .collect::<std::result::Result<Vec<bool>, String>>()
                 .map_err(|e| format!("`{arch}.attention.sliding_window_pattern`: {e}"))?,
             other => {
-                let every = other.and_then(uint).unwrap_or(6).max(1) as usize;
+                let default = if gemma2 { 2 } else { 6 };
+                let every = other.and_then(uint).unwrap_or(default).max(1) as usize;
                 (0..n).map(|i| i % every < every - 1).collect()
             }
         };
@@ -591,17 +676,25 @@ fn gemma3_gguf(
         cfg.sliding = Some(Sliding {
             window,
             layers,
-            rope_theta: local.map_or(10_000.0, f64::from),
+            rope_theta: match (local, gemma2) {
+                (Some(l), _) => f64::from(l),
+                (None, true) => cfg.rope_theta,
+                (None, false) => 10_000.0,
+            },
         });
     }
-    cfg.query_pre_attn_scalar = Some(gemma3_query_scalar(&cfg));
+    cfg.query_pre_attn_scalar = Some(gemma_query_scalar(&cfg));
     Ok(cfg)
 }
 
-/// The score scale's `query_pre_attn_scalar` llama.cpp derives for a Gemma 3 (it has no key
-/// for it): head_dim, or hidden/heads for the 27B (62 layers).
-pub(crate) fn gemma3_query_scalar(cfg: &LlamaConfig) -> f64 {
-    if cfg.num_layers == 62 {
+/// The score scale's `query_pre_attn_scalar` llama.cpp derives for a Gemma (it has no key
+/// for it): head_dim, or hidden/heads for the 27Bs (Gemma 3's 62 layers, Gemma 2's 46).
+pub(crate) fn gemma_query_scalar(cfg: &LlamaConfig) -> f64 {
+    let big = match cfg.family {
+        Family::Gemma2 => 46,
+        _ => 62,
+    };
+    if cfg.num_layers == big {
         (cfg.hidden_size / cfg.num_heads.max(1)) as f64
     } else {
         cfg.head_dim as f64
@@ -701,6 +794,46 @@ mod tests {
         assert!(e.contains("line 3") && e.contains("config.json"), "{e}");
         let e = parse(r#"{"architectures": ["PaliGemmaForConditionalGeneration"]}"#).unwrap_err();
         assert!(e.contains("Gemma3ForConditionalGeneration"), "{e}");
+    }
+
+    /// gemma-2-2b-it's config.json as transformers 4.42 wrote it: even layers slide, both
+    /// rotate with one base, scores capped at 50 and logits at 30; `null` turns a cap off,
+    /// and an absent one is on at transformers' default.
+    #[test]
+    fn gemma2_configs_read_their_caps_and_alternating_windows() {
+        let base = r#""architectures": ["Gemma2ForCausalLM"], "attention_bias": false,
+            "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": [1, 107],
+            "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+            "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304,
+            "intermediate_size": 9216, "max_position_embeddings": 8192, "model_type": "gemma2",
+            "num_attention_heads": 8, "num_hidden_layers": 26, "num_key_value_heads": 4,
+            "pad_token_id": 0, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06,
+            "rope_theta": 10000.0, "sliding_window": 4096, "vocab_size": 256000"#;
+        let c = parse(&format!(
+            r#"{{{base}, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.family, Family::Gemma2);
+        assert!(!c.qk_norm && c.tie_word_embeddings);
+        assert_eq!((c.attn_softcap, c.final_softcap), (Some(50.0), Some(30.0)));
+        let s = c.sliding.as_ref().unwrap();
+        assert_eq!((s.window, s.rope_theta), (4096, 10_000.0));
+        let sliding: Vec<usize> = (0..26).filter(|&i| s.layers[i]).collect();
+        assert_eq!(sliding, (0..26).step_by(2).collect::<Vec<_>>());
+        assert_eq!(c.attn_scale(), 1.0 / 16.0);
+        assert_eq!(c.eos_token_ids, [1, 107]);
+        let c = parse(&format!(
+            r#"{{{base}, "attn_logit_softcapping": null, "final_logit_softcapping": 30.0}}"#
+        ))
+        .unwrap();
+        assert_eq!((c.attn_softcap, c.final_softcap), (None, Some(30.0)));
+        let c = parse(&format!("{{{base}}}")).unwrap();
+        assert_eq!((c.attn_softcap, c.final_softcap), (Some(50.0), Some(30.0)));
+        let e = parse(&format!(r#"{{{base}, "final_logit_softcapping": -1.0}}"#)).unwrap_err();
+        assert!(
+            e.contains("final_logit_softcapping") && e.contains("positive"),
+            "{e}"
+        );
     }
 
     /// gemma-3-4b-it's config.json as Google published it: six keys under `text_config`,

@@ -568,6 +568,8 @@ pub(crate) fn window_starts(valid: &[bool], past: usize, t: usize, window: usize
 
 struct Attend {
     scale: f32,
+    /// Scores become `c·tanh(score/c)` before the softmax (Gemma 2).
+    softcap: Option<f32>,
     visible: Visible,
 }
 
@@ -704,6 +706,7 @@ impl CustomOp3 for Attend {
                 kv_heads: kvh,
                 d,
                 scale: self.scale,
+                softcap: self.softcap,
             };
             let out = crate::kernels::attend::decode(&step);
             return Ok((CpuStorage::F32(out), Shape::from((b, heads, t, d))));
@@ -765,6 +768,9 @@ impl CustomOp3 for Attend {
                         // Keys before this row's window get probability 0 (their products
                         // with the values then add nothing).
                         let lo = first_key(bi, at) - from;
+                        if let Some(cap) = self.softcap {
+                            crate::kernels::rowwise::softcap_row(&mut row[lo..=at - from], cap);
+                        }
                         crate::kernels::rowwise::softmax_causal(
                             &mut row[lo..],
                             at - from - lo,
@@ -796,10 +802,23 @@ impl CustomOp3 for Attend {
 
 /// softmax(scale·q·kᵀ under `visible`)·v for q (b, heads, t, d), k and v (b, kv_heads, past +
 /// t, d) (views into a KV cache are read in place; f32 or f16); returns (b, heads, t, d).
-/// CPU; q f32.
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, visible: Visible) -> Result<Tensor> {
-    q.contiguous()?
-        .apply_op3_no_bwd(k, v, &Attend { scale, visible })
+/// With `softcap` c, each scaled score s becomes c·tanh(s/c) first. CPU; q f32.
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (scale, softcap): (f32, Option<f32>),
+    visible: Visible,
+) -> Result<Tensor> {
+    q.contiguous()?.apply_op3_no_bwd(
+        k,
+        v,
+        &Attend {
+            scale,
+            softcap,
+            visible,
+        },
+    )
 }
 
 // ------------------------------------------------------------------ SiLU and GELU gates
@@ -887,7 +906,13 @@ mod tests {
     use candle_core::{D, DType, Device};
 
     /// The dense-mask path GPUs run: scores, additive mask, softmax, product.
-    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, vis: &Visible) -> Tensor {
+    fn reference(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        (scale, cap): (f32, Option<f32>),
+        vis: &Visible,
+    ) -> Tensor {
         let (b, heads, t, _) = q.dims4().unwrap();
         let (kvh, n) = (k.dim(1).unwrap(), k.dim(2).unwrap());
         let rep = heads / kvh;
@@ -914,6 +939,10 @@ mod tests {
         };
         let (k, v) = (expand(k), expand(v));
         let s = (q.matmul(&k.t().unwrap()).unwrap() * scale as f64).unwrap();
+        let s = match cap {
+            Some(c) => ((s / c as f64).unwrap().tanh().unwrap() * c as f64).unwrap(),
+            None => s,
+        };
         let p = candle_nn::ops::softmax_last_dim(&s.broadcast_add(&mask).unwrap()).unwrap();
         p.matmul(&v).unwrap()
     }
@@ -954,9 +983,9 @@ mod tests {
                 valid: Arc::new(valid),
                 window: None,
             };
-            let got = attend(&q, &k, &v, 0.25, vis.clone()).unwrap();
+            let got = attend(&q, &k, &v, (0.25, None), vis.clone()).unwrap();
             let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
-            let want = reference(&q, &kc, &vc, 0.25, &vis);
+            let want = reference(&q, &kc, &vc, (0.25, None), &vis);
             assert_eq!(got.dims(), want.dims());
             let diff = max_diff(&got, &want);
             assert!(diff < 1e-5, "t = {t}, d = {d}: {diff}");
@@ -968,25 +997,35 @@ mod tests {
             );
             let view = |x: &Tensor| x.narrow(2, 0, n).unwrap();
             let wide = |x: &Tensor| x.to_dtype(DType::F32).unwrap().narrow(2, 0, n).unwrap();
-            let half = attend(&q, &view(&kh), &view(&vh), 0.25, vis.clone()).unwrap();
-            let widened = attend(&q, &wide(&kh), &wide(&vh), 0.25, vis.clone()).unwrap();
+            let half = attend(&q, &view(&kh), &view(&vh), (0.25, None), vis.clone()).unwrap();
+            let widened = attend(&q, &wide(&kh), &wide(&vh), (0.25, None), vis.clone()).unwrap();
             let bits = |x: &Tensor| -> Vec<u32> {
                 let v = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 v.iter().map(|x| x.to_bits()).collect()
             };
             assert_eq!(bits(&half), bits(&widened), "t = {t}, d = {d}");
             // Keys in f16, values in f32: refused, not misread.
-            assert!(attend(&q, &view(&kh), &v, 0.25, vis.clone()).is_err());
-            // A sliding window (Gemma's local layers): narrower than the pass, and wider.
-            for window in [4, 7, n + 3] {
+            assert!(attend(&q, &view(&kh), &v, (0.25, None), vis.clone()).is_err());
+            // A sliding window (Gemma's local layers): narrower than the pass, and wider;
+            // with Gemma 2's soft-capping of the scores too (a cap that bends them).
+            for (window, cap) in [
+                (4, None),
+                (7, None),
+                (n + 3, None),
+                (4, Some(0.7)),
+                (n, Some(0.7)),
+            ] {
                 let vis = Visible {
                     window: Some(window),
                     ..vis.clone()
                 };
-                let got = attend(&q, &k, &v, 0.25, vis.clone()).unwrap();
-                let want = reference(&q, &kc, &vc, 0.25, &vis);
+                let got = attend(&q, &k, &v, (0.25, cap), vis.clone()).unwrap();
+                let want = reference(&q, &kc, &vc, (0.25, cap), &vis);
                 let diff = max_diff(&got, &want);
-                assert!(diff < 1e-5, "t = {t}, d = {d}, window {window}: {diff}");
+                assert!(
+                    diff < 1e-5,
+                    "t = {t}, d = {d}, window {window}, cap {cap:?}: {diff}"
+                );
             }
         }
     }
@@ -1075,7 +1114,9 @@ mod tests {
             valid: Arc::new(vec![vec![true; 3]]),
             window: None,
         };
-        let e = attend(&q, &k, &k, 1.0, vis).unwrap_err().to_string();
+        let e = attend(&q, &k, &k, (1.0, None), vis)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("disagree"), "{e}");
     }
 

@@ -103,7 +103,7 @@ pub fn tensor_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
             add(p("self_attn.o_proj.bias"), vec![h]);
         }
         add(p("post_attention_layernorm.weight"), vec![h]);
-        if c.family == Family::Gemma3 {
+        if c.family.is_gemma() {
             add(p("pre_feedforward_layernorm.weight"), vec![h]);
             add(p("post_feedforward_layernorm.weight"), vec![h]);
         }
@@ -151,6 +151,7 @@ fn arch(f: Family) -> &'static str {
         Family::Qwen2 => "qwen2",
         Family::Qwen3 => "qwen3",
         Family::Gemma3 => "gemma3",
+        Family::Gemma2 => "gemma2",
     }
 }
 
@@ -192,13 +193,23 @@ fn metadata(ck: &Checkpoint, name: &str, ty: OutType) -> Result<Vec<(String, Val
     if let Some(s) = &c.sliding {
         md.push((k("attention.sliding_window"), u(s.window)));
         md.push((k("rope.freq_base_swa"), Value::F32(s.rope_theta as f32)));
-        // llama.cpp takes every sixth layer as global unless the layers are listed.
-        let sixth: Vec<bool> = (0..c.num_layers).map(|i| i % 6 < 5).collect();
-        if s.layers != sixth {
+        // llama.cpp takes every sixth layer as global (Gemma 2: every other one) unless the
+        // layers are listed.
+        let every = if c.family == Family::Gemma2 { 2 } else { 6 };
+        let default: Vec<bool> = (0..c.num_layers).map(|i| i % every < every - 1).collect();
+        if s.layers != default {
             md.push((
                 k("attention.sliding_window_pattern"),
                 Value::Array(s.layers.iter().map(|&x| Value::Bool(x)).collect()),
             ));
+        }
+    }
+    for (key, cap) in [
+        ("attn_logit_softcapping", c.attn_softcap),
+        ("final_logit_softcapping", c.final_softcap),
+    ] {
+        if let Some(cap) = cap {
+            md.push((k(key), Value::F32(cap as f32)));
         }
     }
     md.extend(ck.tokenizer.gguf_metadata(c.vocab_size)?);
@@ -218,7 +229,7 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
     let c = &ck.config;
     // llama.cpp has no key for Gemma's score scale: it derives it from the shapes.
     if let Some(q) = c.query_pre_attn_scalar {
-        let derived = crate::config::gemma3_query_scalar(c);
+        let derived = crate::config::gemma_query_scalar(c);
         if q != derived {
             return Err(bad(
                 &ck.path,

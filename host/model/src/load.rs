@@ -159,7 +159,7 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<Checkpoint> {
     if config.family == Family::Llama {
         weights.set_unpermute_qk(config.num_heads, config.num_kv_heads);
     }
-    if config.family == Family::Gemma3 {
+    if config.family.is_gemma() {
         weights.set_gemma();
     }
     // Llama 3.1's rope scaling, as llama.cpp's converter writes it: a factor per frequency.
@@ -242,7 +242,7 @@ fn load_hf(dir: &Path) -> Result<Checkpoint> {
         ));
     };
     let mut weights = Weights::safetensors(files)?;
-    if config.family == Family::Gemma3 {
+    if config.family.is_gemma() {
         weights.set_gemma();
     }
     let tok_path = dir.join("tokenizer.json");

@@ -319,7 +319,9 @@ impl Llama {
             None => None,
         };
         // transformers multiplies by √hidden rounded to the weights' dtype.
-        let embed_scale = (c.family == crate::config::Family::Gemma3)
+        let embed_scale = c
+            .family
+            .is_gemma()
             .then(|| f64::from((c.hidden_size as f64).sqrt() as f32));
         let kv_dtype = default_kv_dtype(device, embed_tokens.dtype());
         Ok(Self {
@@ -514,7 +516,12 @@ impl Llama {
     /// ending in the hidden size: a caller that needs only some positions' logits gathers
     /// those rows first, and may take them in chunks to bound the logits' memory.
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        self.lm_head.forward(hidden)?.to_dtype(DType::F32)
+        let logits = self.lm_head.forward(hidden)?.to_dtype(DType::F32)?;
+        match self.config.final_softcap {
+            // Gemma 2: c·tanh(logit/c), as transformers computes it (in f32).
+            Some(cap) => (logits / cap)?.tanh()? * cap,
+            None => Ok(logits),
+        }
     }
 
     /// [`Llama::forward`] without the LM head: the final norm's output (b, t, hidden).

@@ -189,7 +189,7 @@ pub(crate) fn llama_cpp_heads(name: &str, config: &crate::config::LlamaConfig) -
 
 /// `name` in llama.cpp's GGUF naming for a model of `family`.
 pub(crate) fn gguf_name_of(hf: &str, family: crate::config::Family) -> String {
-    gguf_name_with(hf, family == crate::config::Family::Gemma3)
+    gguf_name_with(hf, family.is_gemma())
 }
 
 fn gguf_name_with(hf: &str, gemma: bool) -> String {

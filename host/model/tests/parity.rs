@@ -50,7 +50,7 @@ fn tiny_engine() -> galley_model::NativeEngine {
     .unwrap()
 }
 
-const FAMILIES: [&str; 7] = [
+const FAMILIES: [&str; 8] = [
     "llama-gqa-tied",
     "llama3-rope-scaling",
     "qwen2-bias",
@@ -59,6 +59,8 @@ const FAMILIES: [&str; 7] = [
     "gemma3",
     // The same language model inside a Gemma3ForConditionalGeneration (tests/multimodal.rs).
     "gemma3-multimodal",
+    // Scores and logits soft-capped (caps 2 and 3, so that the tanh bends them).
+    "gemma2",
 ];
 
 #[test]
@@ -91,7 +93,7 @@ fn every_family_exported_to_gguf_reads_back_with_transformers_logits() {
             galley_model::gguf_export::OutType::F32,
             &out,
         );
-        if name.starts_with("gemma3") {
+        if name.starts_with("gemma") {
             // Its score scale is not the one llama.cpp derives (see the test below).
             let e = written.unwrap_err().to_string();
             assert!(e.contains("query_pre_attn_scalar 24"), "{e}");
@@ -118,53 +120,62 @@ fn every_family_exported_to_gguf_reads_back_with_transformers_logits() {
     }
 }
 
-/// Gemma 3 through GGUF and back: llama.cpp's norm names (its `ffn_norm` is Gemma's norm
-/// before the MLP), the norms' `1 + weight` stored as llama.cpp's converter stores it, the
-/// sliding layers, their window and RoPE base as `gemma3.*` keys. The fixture's score scale
-/// is changed to the one llama.cpp derives (head_dim), and galley's logits from the HF
-/// folder (transformers' to 1e-6 above) are the reference.
+/// Gemma 3 and Gemma 2 through GGUF and back: llama.cpp's norm names (its `ffn_norm` is
+/// Gemma's norm before the MLP), the norms' `1 + weight` stored as llama.cpp's converter
+/// stores it, the sliding layers, their window and RoPE base as `gemma3.*` keys, Gemma 2's
+/// soft-capping as `gemma2.*_logit_softcapping`. The fixture's score scale is changed to the
+/// one llama.cpp derives (head_dim), and galley's logits from the HF folder (transformers' to
+/// 1e-6 above) are the reference.
 #[test]
-fn gemma3_exported_to_gguf_reads_back_with_its_logits() {
+fn gemma_exported_to_gguf_reads_back_with_its_logits() {
     let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::tempdir().unwrap();
-    let src = fixtures().join("tiny/gemma3");
-    let dir = tmp.path().join("hf");
-    std::fs::create_dir(&dir).unwrap();
-    for f in ["model.safetensors", "tokenizer.json"] {
-        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    for name in ["gemma3", "gemma2"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = fixtures().join("tiny").join(name);
+        let dir = tmp.path().join("hf");
+        std::fs::create_dir(&dir).unwrap();
+        for f in ["model.safetensors", "tokenizer.json"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap())
+                .unwrap();
+        cfg["query_pre_attn_scalar"] = 16.into();
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        let ck = galley_model::open(&dir, LoadOptions::default()).unwrap();
+        let out = tmp.path().join("model.gguf");
+        galley_model::gguf_export::write_gguf(
+            &ck,
+            name,
+            galley_model::gguf_export::OutType::F32,
+            &out,
+        )
+        .unwrap();
+        let (_, ids, _) = tiny(name);
+        let dev = galley_model::default_device();
+        let want = logits_of(
+            &load(&dir, &dev).unwrap().model,
+            std::slice::from_ref(&ids),
+            None,
+        );
+        let back = load(&out, &dev).unwrap();
+        let c = &back.model.config;
+        let s = c.sliding.as_ref().unwrap();
+        assert_eq!(
+            (s.window, s.layers.clone(), s.rope_theta),
+            (4, vec![true, false], 10_000.0)
+        );
+        assert_eq!(c.query_pre_attn_scalar, Some(16.0));
+        assert_eq!(c.family, ck.config.family);
+        assert_eq!(
+            (c.attn_softcap, c.final_softcap),
+            (ck.config.attn_softcap, ck.config.final_softcap)
+        );
+        let got = logits_of(&back.model, &[ids], None);
+        let err = rel_err(&got[0].concat(), &want[0].concat());
+        println!("{name} through GGUF: relative error {err:.2e}");
+        assert!(err < 1e-5, "{name} through GGUF: relative error {err}");
     }
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    cfg["query_pre_attn_scalar"] = 16.into();
-    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    let ck = galley_model::open(&dir, LoadOptions::default()).unwrap();
-    let out = tmp.path().join("gemma3.gguf");
-    galley_model::gguf_export::write_gguf(
-        &ck,
-        "gemma3",
-        galley_model::gguf_export::OutType::F32,
-        &out,
-    )
-    .unwrap();
-    let (_, ids, _) = tiny("gemma3");
-    let dev = galley_model::default_device();
-    let want = logits_of(
-        &load(&dir, &dev).unwrap().model,
-        std::slice::from_ref(&ids),
-        None,
-    );
-    let back = load(&out, &dev).unwrap();
-    let c = &back.model.config;
-    let s = c.sliding.as_ref().unwrap();
-    assert_eq!(
-        (s.window, s.layers.clone(), s.rope_theta),
-        (4, vec![true, false], 10_000.0)
-    );
-    assert_eq!(c.query_pre_attn_scalar, Some(16.0));
-    let got = logits_of(&back.model, &[ids], None);
-    let err = rel_err(&got[0].concat(), &want[0].concat());
-    println!("gemma3 through GGUF: relative error {err:.2e}");
-    assert!(err < 1e-5, "gemma3 through GGUF: relative error {err}");
 }
 
 /// The logits of `ids` with its first 6 tokens prefilled into `cache`, then one at a time.
@@ -487,7 +498,7 @@ fn the_fixed_shape_decoder_matches_the_growing_cache() {
         // The fixed-shape buffers hold the activations' dtype, as this cache does.
         let mut cache = m.new_exact_cache(2, 64);
         m.forward(&rows, Some(&pad), &mut cache, true).unwrap();
-        if name.starts_with("gemma3") {
+        if name.starts_with("gemma") {
             // Generation decodes it through `forward` instead (`decode::for_generation`).
             let e = Decoder::from_cache(m, &cache, 16)
                 .err()

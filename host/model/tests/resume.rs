@@ -142,6 +142,8 @@ fn resumed_turns_decode_as_the_whole_sequence_prefilled_again() {
     // A sliding window (4 tokens) that counts tokens, not the padding a batch puts between
     // a resumed prefix and its new tokens.
     check("gemma3");
+    // And soft-capped scores and logits (Gemma 2).
+    check("gemma2");
 }
 
 #[test]

@@ -16,8 +16,10 @@
 //! gradients of the query heads of one KV head are added in head order, and a branch's
 //! gradients for its prefix in piece order. `attend` is the attention of the reference and
 //! CUDA kernels (the dense or fused CUDA kernels on a GPU, plain candle ops as the reference).
-//! A sliding-window layer (Gemma 3's local layers) gives the keys before its window
-//! probability 0; the backward pass then sends them nothing, as the formula gives.
+//! A sliding-window layer (Gemma's local layers) gives the keys before its window
+//! probability 0; the backward pass then sends them nothing, as the formula gives. Gemma 2's
+//! soft-capped scores (`c·tanh(s/c)` of the scaled scores) are recomputed in the backward
+//! pass with the probabilities, and their derivative `1 - (capped/c)²` taken from them.
 
 use crate::error::Result as TrainResult;
 use crate::ops::{self, Kernels, RopeTables};
@@ -25,7 +27,7 @@ use crate::packing::Piece;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use galley_model::LlamaConfig;
 use galley_model::cpu::{assume_init, gemm1, product1, rm, slice, tr, uninit, with_f32, zeroed};
-use galley_model::kernels::rowwise::softmax_causal;
+use galley_model::kernels::rowwise::{softcap_row, softmax_causal};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
@@ -44,6 +46,8 @@ struct Dims {
     hd: usize,
     scale: f32,
     window: Option<usize>,
+    /// Scaled scores become `c·tanh(s/c)` (Gemma 2).
+    cap: Option<f32>,
 }
 
 impl Dims {
@@ -62,7 +66,8 @@ impl Dims {
 
     /// softmax(scale·q·kᵀ) of the block of `n` queries from query `pos` (q's rows from `row`,
     /// KV head `bk`) against the keys they see, `span(pos, n)`, into `s` (one row of
-    /// `keys - from` a query; keys before a row's own window get 0).
+    /// `keys - from` a query; keys before a row's own window get 0). Soft-capped, the capped
+    /// scores' derivatives `1 - (capped/c)²` go to `slopes` when given (1 where unseen).
     #[allow(clippy::too_many_arguments)]
     fn probs<'s>(
         &self,
@@ -73,6 +78,7 @@ impl Dims {
         row: usize,
         pos: usize,
         n: usize,
+        mut slopes: Option<&mut [f32]>,
     ) -> &'s mut [f32] {
         let (hd, at) = (self.hd, self.off() + pos);
         let (from, keys) = self.span(pos, n);
@@ -90,7 +96,25 @@ impl Dims {
         );
         for (i, r) in s.chunks_mut(width).enumerate() {
             let lo = self.window.map_or(0, |w| (at + i + 1).saturating_sub(w)) - from;
-            softmax_causal(&mut r[lo..], at + i - from - lo, &[], self.scale);
+            let last = at + i - from;
+            let scale = match self.cap {
+                None => self.scale,
+                Some(c) => {
+                    let seen = &mut r[lo..=last];
+                    seen.iter_mut().for_each(|x| *x *= self.scale);
+                    softcap_row(seen, c);
+                    if let Some(sl) = slopes.as_deref_mut() {
+                        let sl = &mut sl[i * width..][..width];
+                        sl.fill(1.0);
+                        for (d, &x) in sl[lo..=last].iter_mut().zip(&r[lo..=last]) {
+                            let t = x / c;
+                            *d = 1.0 - t * t;
+                        }
+                    }
+                    1.0
+                }
+            };
+            softmax_causal(&mut r[lo..], last - lo, &[], scale);
             r[..lo].fill(0.0);
         }
         s
@@ -118,6 +142,10 @@ fn backward(
             let (mut dk, mut dv) = (zeroed(tk * hd), zeroed(tk * hd));
             let mut s = uninit(BLOCK.min(tq) * tk);
             let mut dp = uninit(BLOCK.min(tq) * tk);
+            let mut slopes = match d.cap {
+                Some(_) => vec![0f32; BLOCK.min(tq) * tk],
+                None => Vec::new(),
+            };
             for (blk, dqb) in dqh.chunks_mut(BLOCK * hd).enumerate() {
                 let (pos, n) = (blk * BLOCK, dqb.len() / hd);
                 // Keys from..keys (a sliding window's start on), as the forward pass saw.
@@ -125,9 +153,11 @@ fn backward(
                 let width = keys - from;
                 let at = (bk * d.g * tq + row + pos) * hd;
                 let (qb, gb) = (&q[at..][..n * hd], &go[at..][..n * hd]);
-                let p = d.probs(&mut s, q, k, bk, row + pos, pos, n);
+                let sl = d.cap.map(|_| &mut slopes[..n * width]);
+                let p = d.probs(&mut s, q, k, bk, row + pos, pos, n, sl);
                 let (kw, vw) = (&kb[from * hd..], &vb[from * hd..]);
-                // dP = dO·vᵀ, then dS = scale·P·(dP - Σ P·dP) row by row, in place.
+                // dP = dO·vᵀ, then dS = scale·P·(dP - Σ P·dP) row by row, in place (times
+                // the capped scores' slopes under a soft cap).
                 let ds = product1(
                     &mut dp[..n * width],
                     n,
@@ -142,6 +172,10 @@ fn backward(
                     let dot: f32 = pr[..seen].iter().zip(&gr[..seen]).map(|(a, b)| a * b).sum();
                     for (gj, pj) in gr[..seen].iter_mut().zip(&pr[..seen]) {
                         *gj = scale * pj * (*gj - dot);
+                    }
+                    if d.cap.is_some() {
+                        let sl = &slopes[i * width..][..seen];
+                        gr[..seen].iter_mut().zip(sl).for_each(|(g, s)| *g *= s);
                     }
                     gr[seen..].fill(0.0);
                 }
@@ -184,9 +218,9 @@ pub(crate) fn attend(
     let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
     let g = h / kv;
     let scale = c.attn_scale();
-    if window.is_some() && k == Kernels::Cuda {
+    if (window.is_some() || c.attn_softcap.is_some()) && k == Kernels::Cuda {
         return Err(crate::error::TrainError::Stopped(
-            "sliding-window attention (Gemma 3) trains on the CPU only".into(),
+            "sliding-window and soft-capped attention (Gemma) train on the CPU only".into(),
         ));
     }
     let q = ops::rope_heads(qh, rope, k)?;
@@ -207,14 +241,20 @@ pub(crate) fn attend(
     }
     #[cfg(not(feature = "cuda"))]
     let _ = dt;
-    let p = match k {
-        Kernels::Fused | Kernels::Reference => {
+    let p = match (k, c.attn_softcap) {
+        // Gemma 2: c·tanh(scaled/c), then the softmax (candle's tanh carries the gradient).
+        (Kernels::Fused | Kernels::Reference, Some(cap)) => {
+            let s = (q.matmul(&kk.t()?)? * scale)?;
+            let s = ((s / cap)?.tanh()? * cap)?;
+            ops::causal_softmax_windowed(&s, 1.0, window)?
+        }
+        (Kernels::Fused | Kernels::Reference, None) => {
             ops::causal_softmax_windowed(&q.matmul(&kk.t()?)?, scale, window)?
         }
         #[cfg(feature = "cuda")]
-        Kernels::Cuda => crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale)?,
+        (Kernels::Cuda, _) => crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale)?,
         #[cfg(not(feature = "cuda"))]
-        Kernels::Cuda => ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?,
+        (Kernels::Cuda, _) => ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?,
     };
     let o = p.matmul(&v)?;
     Ok(o.reshape((b, h, t, hd))?
@@ -245,6 +285,7 @@ struct PackedAttention {
     heads: (usize, usize, usize),
     scale: f32,
     window: Option<usize>,
+    cap: Option<f32>,
     /// The operands kept for the backward pass (None when nothing will ask for gradients).
     kept: Option<Mutex<Vec<PieceBufs>>>,
 }
@@ -336,6 +377,7 @@ impl PackedAttention {
             hd,
             scale: self.scale,
             window: self.window,
+            cap: self.cap,
         }
     }
 }
@@ -399,7 +441,7 @@ impl CustomOp1 for PackedAttention {
                                 let (from, keys) = d.span(pos, m);
                                 let width = keys - from;
                                 let mut sc = uninit(m * width);
-                                let pr = d.probs(&mut sc, &b.q, &b.k, bk, row + pos, pos, m);
+                                let pr = d.probs(&mut sc, &b.q, &b.k, bk, row + pos, pos, m, None);
                                 let vb = &b.v[(bk * d.tk + from) * hd..][..width * hd];
                                 product1(ob, m, hd, width, rm(pr, width), rm(vb, hd), 1.0);
                             });
@@ -490,15 +532,15 @@ impl CustomOp1 for PackedAttention {
 
 /// Causal attention of the packed `pieces` from the fused (tokens, (h + 2·kv)·hd) rows of the
 /// q, k and v projections (unrotated): each piece attends to itself from its start position,
-/// a branch after its prefix's keys too, scores scaled by `scale`, over the last `window`
-/// positions where given. Returns (tokens, h·hd) rows. CPU kernels only. `heads` is (query
-/// heads, KV heads, head dim).
+/// a branch after its prefix's keys too, scores scaled by `scale` (then soft-capped at `cap`
+/// where given), over the last `window` positions where given. Returns (tokens, h·hd) rows.
+/// CPU kernels only. `heads` is (query heads, KV heads, head dim).
 pub fn packed(
     qkv: &Tensor,
     pieces: &[Piece],
     rope: &RopeTables,
     (h, kv, hd): (usize, usize, usize),
-    (scale, window): (f64, Option<usize>),
+    (scale, window, cap): (f64, Option<usize>, Option<f64>),
 ) -> Result<Tensor> {
     if kv == 0 || !h.is_multiple_of(kv) {
         candle_core::bail!("packed attention: {h} heads over {kv} KV heads");
@@ -509,6 +551,7 @@ pub fn packed(
         heads: (h, kv, hd),
         scale: scale as f32,
         window,
+        cap: cap.map(|c| c as f32),
         kept: qkv.track_op().then(|| Mutex::new(Vec::new())),
     };
     qkv.contiguous()?.apply_op1(op)

@@ -92,6 +92,7 @@ pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
         Family::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
         Family::Mistral => ("MistralForCausalLM", "mistral"),
         Family::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
+        Family::Gemma2 => ("Gemma2ForCausalLM", "gemma2"),
         _ => ("LlamaForCausalLM", "llama"),
     };
     let mut v = json!({
@@ -124,7 +125,7 @@ pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
         }
         other => other,
     };
-    if c.family == Family::Gemma3 {
+    if c.family.is_gemma() {
         // transformers 4's keys, which transformers 5 reads into `rope_parameters` too.
         let obj = v.as_object_mut().expect("an object");
         obj.remove("hidden_act");
@@ -154,7 +155,14 @@ pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
                 .collect();
             obj.insert("sliding_window".into(), json!(s.window));
             obj.insert("layer_types".into(), json!(types));
-            obj.insert("rope_local_base_freq".into(), json!(s.rope_theta));
+            if c.family == Family::Gemma3 {
+                obj.insert("rope_local_base_freq".into(), json!(s.rope_theta));
+            }
+        }
+        if c.family == Family::Gemma2 {
+            // Both written, `null` where off: transformers turns an absent cap on.
+            obj.insert("attn_logit_softcapping".into(), json!(c.attn_softcap));
+            obj.insert("final_logit_softcapping".into(), json!(c.final_softcap));
         }
     }
     match scaling {
@@ -218,7 +226,7 @@ pub fn save_checkpoint_dir(
     }
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     // Gemma's norms are held as `1 + weight` (galley's and llama.cpp's form): HF's is `weight`.
-    let gemma = config.family == galley_model::Family::Gemma3;
+    let gemma = config.family.is_gemma();
     let mut map: HashMap<String, Tensor> = HashMap::with_capacity(named.len());
     for (name, t) in named {
         let t = match gemma && name.ends_with("norm.weight") {

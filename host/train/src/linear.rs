@@ -13,6 +13,8 @@ use galley_model::cpu::{
     assume_init, gemm, gemm_block, product, product_by_columns_into, rm, slice, tr, uninit, view,
     with_f32, zeroed,
 };
+use galley_model::kernels::rowwise::softcap_row;
+use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 pub use crate::grad::GradBuf;
@@ -325,6 +327,8 @@ struct HeadLoss {
     w: HeadW,
     /// Logits are x·Eᵀ times this (1 / temperature for GRPO's sampled distribution).
     scale: f32,
+    /// Gemma 2: the logits are `c·tanh(x·Eᵀ/c)` before the scale.
+    cap: Option<f32>,
     stash: Mutex<Option<Kept>>,
 }
 
@@ -368,7 +372,17 @@ impl CustomOp2 for HeadLoss {
             None => self.targets.to_vec(),
         };
         // Shapes: x (k, d), eᵀ (d, v) -> logits (k, v).
-        let logits = product(k, v, d, rm(xk, d), tr(e, d), self.scale);
+        let logits = match self.cap {
+            None => product(k, v, d, rm(xk, d), tr(e, d), self.scale),
+            Some(c) => {
+                let mut z = product(k, v, d, rm(xk, d), tr(e, d), 1.0);
+                z.par_chunks_mut(v).for_each(|row| {
+                    softcap_row(row, c);
+                    row.iter_mut().for_each(|y| *y *= self.scale);
+                });
+                z
+            }
+        };
         let (lse, loss_k) = crate::ops::nll_rows(&logits, v, &targets);
         let loss = match &rows {
             None => loss_k,
@@ -405,7 +419,16 @@ impl CustomOp2 for HeadLoss {
         let at = |r: usize| rows.as_ref().map_or(r, |rows| rows.0[r]);
         dl.par_chunks_mut(v).enumerate().for_each(|(r, row)| {
             let i = at(r);
-            crate::ops::nll_grad_row(row, self.targets[i], gs[i], lse[r])
+            // Under a cap, each logit's slope 1 - tanh², read before the row becomes its
+            // gradient (tanh = logit / (scale·c)); the scale is the products' below.
+            let slopes: Option<Vec<f32>> = self.cap.map(|c| {
+                let sc = self.scale * c;
+                row.iter().map(|&y| 1.0 - (y / sc) * (y / sc)).collect()
+            });
+            crate::ops::nll_grad_row(row, self.targets[i], gs[i], lse[r]);
+            if let Some(sl) = slopes {
+                row.iter_mut().zip(sl).for_each(|(g, s)| *g *= s);
+            }
         });
         let k = dl.len() / v;
         let dx = with_f32(x, |xs| {
@@ -446,14 +469,22 @@ impl CustomOp2 for HeadLoss {
 
 /// Per-row cross-entropy of `targets` under the logits x·Eᵀ, without a logits tensor in the
 /// graph: the forward pass's logits buffer becomes the backward pass's gradient in place.
-/// The logits are scaled by `scale` (the chain rule carries it into both gradients).
-pub fn head_loss(x: &Tensor, e: &Tensor, targets: &[u32], w: HeadW, scale: f32) -> Result<Tensor> {
+/// The logits are soft-capped at `cap` where given (Gemma 2), then scaled by `scale` (the
+/// chain rule carries both into the gradients).
+pub fn head_loss(
+    x: &Tensor,
+    e: &Tensor,
+    targets: &[u32],
+    w: HeadW,
+    (scale, cap): (f32, Option<f32>),
+) -> Result<Tensor> {
     x.contiguous()?.apply_op2(
         e,
         HeadLoss {
             targets: Arc::new(targets.to_vec()),
             w,
             scale,
+            cap,
             stash: Mutex::new(None),
         },
     )

@@ -475,7 +475,7 @@ impl TrainModel {
         let dt = self.compute;
         let x32 = |y: Tensor| ops::cast(&y, DType::F32);
         let mut x = x32(x)?;
-        let gemma = c.family == Family::Gemma3;
+        let gemma = c.family.is_gemma();
         if gemma {
             // √hidden rounded to f32, as transformers scales Gemma's embeddings.
             x = (x * f64::from((c.hidden_size as f64).sqrt() as f32))?;
@@ -542,7 +542,7 @@ impl TrainModel {
                         1,
                     )?,
                 };
-                let how = (c.attn_scale(), window);
+                let how = (c.attn_scale(), window, c.attn_softcap);
                 attention::packed(&qkv, pieces, rope, (h, kv, hd), how)?
             } else {
                 let at = (site(0), window, rope);
@@ -598,7 +598,10 @@ impl TrainModel {
                 &w,
                 targets,
                 head,
-                (1.0 / temperature) as f32,
+                (
+                    (1.0 / temperature) as f32,
+                    c.final_softcap.map(|c| c as f32),
+                ),
             )?);
         }
         let logits = match &self.lm_head {
@@ -618,6 +621,11 @@ impl TrainModel {
             )?);
         }
         let logits = x32(logits)?;
+        // Gemma 2's cap comes before the temperature, as transformers' logits carry it.
+        let logits = match c.final_softcap {
+            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            None => logits,
+        };
         let logits = if temperature == 1.0 {
             logits
         } else {

@@ -1,10 +1,11 @@
-//! Training Gemma 3 on the CPU, on the tiny random Gemma 3 whose logits transformers computed
-//! (galley-model's fixture: a sliding window of 4 over 11 tokens, a local and a global layer,
-//! the global layer's RoPE scaled, a score scale that is not 1/√head_dim). The trainer's
-//! losses are transformers' cross-entropy of those logits; its fused CPU kernels give the
-//! reference kernels' (candle's autograd) gradients for full fine-tuning and LoRA; a merged
-//! export is an HF checkpoint whose norms are HF's `weight` again and that galley reloads
-//! to transformers' logits.
+//! Training Gemma 3 and Gemma 2 on the CPU, on the tiny random models whose logits
+//! transformers computed (galley-model's fixtures: a sliding window of 4 over 11 tokens, a
+//! local and a global layer, a score scale that is not 1/√head_dim; Gemma 3's global RoPE
+//! scaled, Gemma 2's scores and logits soft-capped at 2 and 3). The trainer's losses are
+//! transformers' cross-entropy of those logits; its fused CPU kernels give the reference
+//! kernels' (candle's autograd) gradients for full fine-tuning and LoRA; a merged export is
+//! an HF checkpoint whose norms are HF's `weight` again and that galley reloads to
+//! transformers' logits.
 
 use candle_core::Device;
 use galley_train::config::{PeftSection, Tuning};
@@ -12,14 +13,18 @@ use galley_train::model::{Build, Pass, TrainModel};
 use galley_train::ops::Kernels;
 use std::path::PathBuf;
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/tiny/gemma3")
+const MODELS: [&str; 2] = ["gemma3", "gemma2"];
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures/tiny")
+        .join(name)
 }
 
 /// transformers' ids and logits (one row per position).
-fn reference() -> (Vec<u32>, Vec<Vec<f32>>) {
+fn reference(name: &str) -> (Vec<u32>, Vec<Vec<f32>>) {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture().join("logits.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("logits.json")).unwrap())
             .unwrap();
     (
         serde_json::from_value(v["ids"].clone()).unwrap(),
@@ -27,8 +32,8 @@ fn reference() -> (Vec<u32>, Vec<Vec<f32>>) {
     )
 }
 
-fn load(method: Tuning) -> (TrainModel, galley_model::Checkpoint) {
-    let ck = galley_model::open(&fixture(), galley_model::LoadOptions::default()).unwrap();
+fn load(name: &str, method: Tuning) -> (TrainModel, galley_model::Checkpoint) {
+    let ck = galley_model::open(&fixture(name), galley_model::LoadOptions::default()).unwrap();
     let peft = PeftSection {
         r: 4,
         lora_dropout: 0.0,
@@ -63,9 +68,15 @@ fn pass(kernels: Kernels, train: bool) -> Pass {
 }
 
 #[test]
-fn gemma3_losses_are_transformers_cross_entropy() {
-    let (ids, logits) = reference();
-    let (m, _) = load(Tuning::Full);
+fn gemma_losses_are_transformers_cross_entropy() {
+    for name in MODELS {
+        gemma_losses_are_transformers_cross_entropy_for(name);
+    }
+}
+
+fn gemma_losses_are_transformers_cross_entropy_for(name: &str) {
+    let (ids, logits) = reference(name);
+    let (m, _) = load(name, Tuning::Full);
     let t = ids.len() - 1;
     for k in [Kernels::Fused, Kernels::Reference] {
         let losses = m
@@ -85,7 +96,7 @@ fn gemma3_losses_are_transformers_cross_entropy() {
             assert!(
                 // f32 losses near 5 are 4.8e-7 apart: measured 0.5-3.4e-7.
                 (*got as f64 - want).abs() < 2e-6,
-                "{k:?}, position {i}: loss {got} vs transformers' {want}"
+                "{name}, {k:?}, position {i}: loss {got} vs transformers' {want}"
             );
         }
     }
@@ -111,15 +122,21 @@ fn gradients(m: &TrainModel, k: Kernels, ids: &[u32]) -> (f32, Vec<Vec<f32>>) {
 }
 
 #[test]
-fn gemma3_fused_kernels_give_the_reference_gradients() {
-    let (ids, _) = reference();
+fn gemma_fused_kernels_give_the_reference_gradients() {
+    for name in MODELS {
+        gemma_fused_kernels_give_the_reference_gradients_for(name);
+    }
+}
+
+fn gemma_fused_kernels_give_the_reference_gradients_for(name: &str) {
+    let (ids, _) = reference(name);
     for method in [Tuning::Full, Tuning::Lora] {
-        let (m, _) = load(method);
+        let (m, _) = load(name, method);
         let (lf, gf) = gradients(&m, Kernels::Fused, &ids);
         let (lr, gr) = gradients(&m, Kernels::Reference, &ids);
         assert!(
             (lf - lr).abs() / lr.abs() < 1e-5,
-            "{method:?}: {lf} vs {lr}"
+            "{name}, {method:?}: {lf} vs {lr}"
         );
         let names: Vec<&str> = m.trainable.iter().map(|p| p.name.as_str()).collect();
         if method == Tuning::Full {
@@ -128,15 +145,17 @@ fn gemma3_fused_kernels_give_the_reference_gradients() {
                 "model.layers.0.post_attention_layernorm.weight",
                 "model.layers.0.pre_feedforward_layernorm.weight",
                 "model.layers.1.post_feedforward_layernorm.weight",
-                "model.layers.1.self_attn.k_norm.weight",
             ] {
                 assert!(names.contains(&n), "{n} not trained: {names:?}");
             }
+            // q/k norms are Gemma 3's alone.
+            let k_norm = "model.layers.1.self_attn.k_norm.weight";
+            assert_eq!(names.contains(&k_norm), name == "gemma3", "{name}");
         }
-        for (name, (a, r)) in names.iter().zip(gf.iter().zip(&gr)) {
+        for (tensor, (a, r)) in names.iter().zip(gf.iter().zip(&gr)) {
             assert!(
                 r.iter().any(|&v| v != 0.0),
-                "{method:?}: {name} has no gradient"
+                "{method:?}: {tensor} has no gradient"
             );
             let scale = r.iter().fold(1e-6f32, |s, v| s.max(v.abs()));
             let e = a
@@ -145,15 +164,21 @@ fn gemma3_fused_kernels_give_the_reference_gradients() {
                 .map(|(x, y)| (x - y).abs())
                 .fold(0.0, f32::max)
                 / scale;
-            assert!(e < 1e-3, "{method:?}: gradient of {name} differs by {e}");
+            assert!(e < 1e-3, "{method:?}: gradient of {tensor} differs by {e}");
         }
     }
 }
 
 #[test]
-fn a_merged_gemma3_is_an_hf_checkpoint_with_transformers_logits() {
-    let (ids, logits) = reference();
-    let (m, ck) = load(Tuning::Lora);
+fn a_merged_gemma_is_an_hf_checkpoint_with_transformers_logits() {
+    for name in MODELS {
+        a_merged_gemma_is_an_hf_checkpoint_with_transformers_logits_for(name);
+    }
+}
+
+fn a_merged_gemma_is_an_hf_checkpoint_with_transformers_logits_for(name: &str) {
+    let (ids, logits) = reference(name);
+    let (m, ck) = load(name, Tuning::Lora);
     // With the adapters at zero the merge is the base: transformers' logits again.
     for p in &m.trainable {
         p.var.set(&p.var.zeros_like().unwrap()).unwrap();
@@ -163,7 +188,15 @@ fn a_merged_gemma3_is_an_hf_checkpoint_with_transformers_logits() {
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap())
             .unwrap();
-    assert_eq!(cfg["architectures"][0], "Gemma3ForCausalLM");
+    let arch = match name {
+        "gemma2" => {
+            assert_eq!(cfg["attn_logit_softcapping"], serde_json::json!(2.0));
+            assert_eq!(cfg["final_logit_softcapping"], serde_json::json!(3.0));
+            "Gemma2ForCausalLM"
+        }
+        _ => "Gemma3ForCausalLM",
+    };
+    assert_eq!(cfg["architectures"][0], arch);
     assert_eq!(cfg["layer_types"][0], "sliding_attention");
     assert_eq!(cfg["sliding_window"], 4);
     // An integer, as transformers 5's strict config requires (it refuses `24.0`).
@@ -172,11 +205,12 @@ fn a_merged_gemma3_is_an_hf_checkpoint_with_transformers_logits() {
     let written =
         candle_core::safetensors::load(tmp.path().join("model.safetensors"), &Device::Cpu).unwrap();
     let source =
-        candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
-    let name = "model.layers.0.post_feedforward_layernorm.weight";
+        candle_core::safetensors::load(fixture(name).join("model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let norm = "model.layers.0.post_feedforward_layernorm.weight";
     let (a, b) = (
-        written[name].to_vec1::<f32>().unwrap(),
-        source[name].to_vec1::<f32>().unwrap(),
+        written[norm].to_vec1::<f32>().unwrap(),
+        source[norm].to_vec1::<f32>().unwrap(),
     );
     assert!(
         a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6),
@@ -196,5 +230,5 @@ fn a_merged_gemma3_is_an_hf_checkpoint_with_transformers_logits() {
         .zip(logits.concat())
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    assert!(worst < 1e-4, "merged Gemma 3 off transformers by {worst}");
+    assert!(worst < 1e-4, "merged {name} off transformers by {worst}");
 }

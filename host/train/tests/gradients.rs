@@ -122,14 +122,17 @@ fn rope_fused_with_the_head_transpose_gradients() {
 /// reference is candle's ops piece by piece: rotation from the piece's start, the prefix's
 /// rotated keys and values concatenated before a branch's, a causal mask shifted by them.
 /// Then again with another score scale and a sliding window of 40 positions (Gemma 3's
-/// local layers), which the long row and the branches reach past.
+/// local layers), which the long row and the branches reach past; and with Gemma 2's
+/// soft-capped scores (a cap of 0.8, low enough to bend these scores).
 #[test]
 fn packed_attention_gradients() {
-    packed_attention_gradients_with(None, None);
-    packed_attention_gradients_with(Some(0.3), Some(40));
+    packed_attention_gradients_with(None, None, None);
+    packed_attention_gradients_with(Some(0.3), Some(40), None);
+    packed_attention_gradients_with(Some(0.3), Some(40), Some(0.8));
+    packed_attention_gradients_with(None, None, Some(0.8));
 }
 
-fn packed_attention_gradients_with(scale: Option<f64>, window: Option<usize>) {
+fn packed_attention_gradients_with(scale: Option<f64>, window: Option<usize>, cap: Option<f64>) {
     use galley_train::packing::Piece;
     let (h, kv, hd) = (4, 2, 8);
     let g = h / kv;
@@ -150,7 +153,7 @@ fn packed_attention_gradients_with(scale: Option<f64>, window: Option<usize>) {
     let scale = scale.unwrap_or(1.0 / (hd as f64).sqrt());
     check("packed attention", &[&[n, w]], |a, k| match k {
         Kernels::Fused => {
-            let how = (scale, window);
+            let how = (scale, window, cap);
             galley_train::attention::packed(&a[0], &pieces, &rope, (h, kv, hd), how).unwrap()
         }
         Kernels::Reference | Kernels::Cuda => {
@@ -192,10 +195,12 @@ fn packed_attention_gradients_with(scale: Option<f64>, window: Option<usize>) {
                     .collect();
                 let mask = Tensor::from_vec(mask, (g * p.len, tk), &Device::Cpu).unwrap();
                 let q = q.reshape((1, kv, g * p.len, hd)).unwrap();
-                let s = (q.matmul(&keys.t().unwrap()).unwrap() * scale)
-                    .unwrap()
-                    .broadcast_add(&mask)
-                    .unwrap();
+                let s = (q.matmul(&keys.t().unwrap()).unwrap() * scale).unwrap();
+                let s = match cap {
+                    Some(c) => ((s / c).unwrap().tanh().unwrap() * c).unwrap(),
+                    None => s,
+                };
+                let s = s.broadcast_add(&mask).unwrap();
                 let o = candle_nn::ops::softmax(&s, candle_core::D::Minus1)
                     .unwrap()
                     .matmul(&values)
@@ -348,7 +353,7 @@ fn head_loss_gradients() {
     let targets = vec![3, IGNORE, 0, 19, 5, IGNORE];
     let e = rand_t(&[20, 12], 4, 1.0);
     check("head_loss", &[&[6, 12]], |a, k| match k {
-        Kernels::Fused => head_loss(&a[0], &e, &targets, HeadW::Frozen, 1.0).unwrap(),
+        Kernels::Fused => head_loss(&a[0], &e, &targets, HeadW::Frozen, (1.0, None)).unwrap(),
         Kernels::Reference | Kernels::Cuda => {
             ops::cross_entropy_reference(&a[0].matmul(&e.t().unwrap()).unwrap(), &targets).unwrap()
         }
@@ -356,10 +361,24 @@ fn head_loss_gradients() {
     // Logits divided by a sampling temperature (GRPO's log-probs of what was sampled).
     let t = 0.7f64;
     check("head_loss_tempered", &[&[6, 12]], |a, k| match k {
-        Kernels::Fused => head_loss(&a[0], &e, &targets, HeadW::Frozen, (1.0 / t) as f32).unwrap(),
+        Kernels::Fused => {
+            head_loss(&a[0], &e, &targets, HeadW::Frozen, ((1.0 / t) as f32, None)).unwrap()
+        }
         Kernels::Reference | Kernels::Cuda => {
             let logits = (a[0].matmul(&e.t().unwrap()).unwrap() / t).unwrap();
             ops::cross_entropy_reference(&logits, &targets).unwrap()
+        }
+    });
+    // Gemma 2's soft-capped logits (a cap of 1.5 bends these), then the temperature.
+    check("head_loss_capped", &[&[6, 12]], |a, k| match k {
+        Kernels::Fused => {
+            let how = ((1.0 / t) as f32, Some(1.5));
+            head_loss(&a[0], &e, &targets, HeadW::Frozen, how).unwrap()
+        }
+        Kernels::Reference | Kernels::Cuda => {
+            let z = a[0].matmul(&e.t().unwrap()).unwrap();
+            let capped = ((z / 1.5).unwrap().tanh().unwrap() * 1.5).unwrap();
+            ops::cross_entropy_reference(&(capped / t).unwrap(), &targets).unwrap()
         }
     });
 }
@@ -724,7 +743,7 @@ fn projection_ops_match_autograd_including_dropout() {
         e.as_tensor(),
         &targets,
         linear::HeadW::Trained(ge.clone()),
-        1.0 / 0.7,
+        (1.0 / 0.7, None),
     )
     .unwrap();
     let g = loss_of(&l, 9).backward().unwrap();
@@ -754,7 +773,7 @@ fn projection_ops_match_autograd_including_dropout() {
         e.as_tensor(),
         &[IGNORE; 5],
         linear::HeadW::Trained(ge.clone()),
-        1.0,
+        (1.0, None),
     )
     .unwrap();
     let g = loss_of(&l, 9).backward().unwrap();

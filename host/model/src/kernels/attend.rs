@@ -110,6 +110,8 @@ pub struct Step<'a> {
     pub kv_heads: usize,
     pub d: usize,
     pub scale: f32,
+    /// Scores become `c·tanh(score/c)` (Gemma 2).
+    pub softcap: Option<f32>,
 }
 
 #[inline(always)]
@@ -356,7 +358,10 @@ fn task_impl(
                 #[cfg(target_arch = "x86_64")]
                 KeyBlock::Half(rows) => unsafe { dots16_avx512_f16(q, rows, &mut dots) },
             }
-            let xs = dots.map(|dot| dot * s.scale);
+            let xs = match s.softcap {
+                None => dots.map(|dot| dot * s.scale),
+                Some(cap) => dots.map(|dot| super::rowwise::softcap(dot * s.scale, cap)),
+            };
             scores[r * len + b * KEY_BLOCK..][..block.len()].copy_from_slice(&xs[..block.len()]);
             // Lane by lane, the largest so far (a short block's spare lanes repeat its last
             // key); folded once at the end. A maximum is the same in any order (NaN skipped
@@ -800,6 +805,7 @@ mod tests {
             kv_heads: kvh,
             d,
             scale: 0.125,
+            softcap: None,
         };
         let all = decode(&step);
         // Row 1 alone: its query, its keys (the views start at its row), its flags.

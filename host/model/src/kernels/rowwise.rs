@@ -259,6 +259,27 @@ vectorized!(
     pub fn gelu_gate_grad(dg: &mut [MaybeUninit<f32>], du: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32], dy: &[f32]) = gelu_gate_grad_impl
 );
 
+/// `cap·tanh(x/cap)`, Gemma 2's soft-capping, through the vectorized `exp`: tanh y = 1 -
+/// 2/(e^2y + 1) (e^2y past `exp`'s clamp gives 1 within f32's rounding). NaN stays NaN, as a
+/// diverged score must.
+#[inline(always)]
+pub fn softcap(x: f32, cap: f32) -> f32 {
+    let t = 1.0 - 2.0 / (exp(2.0 * x / cap) + 1.0);
+    if x.is_nan() { x } else { cap * t }
+}
+
+#[inline(always)]
+fn softcap_row_impl(row: &mut [f32], cap: f32) {
+    for x in row {
+        *x = softcap(*x, cap);
+    }
+}
+
+vectorized!(
+    /// [`softcap`] over a row, in place.
+    pub fn softcap_row(row: &mut [f32], cap: f32) = softcap_row_impl
+);
+
 #[inline(always)]
 fn finite_max_impl(row: &[f32]) -> (f32, bool) {
     scaled_max(row, &[], 1.0)

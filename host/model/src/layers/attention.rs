@@ -29,6 +29,8 @@ pub struct Attention {
     head_dim: usize,
     /// What scores are multiplied by (1/√head_dim, or Gemma's `query_pre_attn_scalar`'s).
     scale: f64,
+    /// Scaled scores become `c·tanh(score/c)` (Gemma 2).
+    softcap: Option<f64>,
 }
 
 impl Attention {
@@ -77,6 +79,7 @@ impl Attention {
             kv_heads: cfg.num_kv_heads,
             head_dim: d,
             scale: cfg.attn_scale(),
+            softcap: cfg.attn_softcap,
         })
     }
 
@@ -108,7 +111,9 @@ impl Attention {
         match mask {
             Some(Mask::Rows(visible)) => {
                 let (b, _, t, d) = q.dims4()?;
-                let out = crate::cpu::attend(&q, &k, &v, self.scale as f32, visible.clone())?;
+                let cap = self.softcap.map(|c| c as f32);
+                let out =
+                    crate::cpu::attend(&q, &k, &v, (self.scale as f32, cap), visible.clone())?;
                 let out = out.transpose(1, 2)?.reshape((b, t, self.heads * d))?;
                 self.o_proj.forward(&out)
             }
@@ -164,6 +169,10 @@ impl Attention {
         // (b, heads, t, d) -> (b, kv_heads, rep * t, d): query heads of one group side by side.
         let q = q.reshape((b, self.kv_heads, rep * t, d))?;
         let scores = (q.matmul(&k.t()?)? * self.scale)?.reshape((b, self.heads, t, n))?;
+        let scores = match self.softcap {
+            Some(cap) => ((scores / cap)?.tanh()? * cap)?,
+            None => scores,
+        };
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,

@@ -3,7 +3,7 @@
 
 use super::rotary::Angles;
 use super::{Attention, Mlp, RmsNorm};
-use crate::config::{Family, LlamaConfig};
+use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::weights::Weights;
 use candle_core::{Device, Tensor};
@@ -40,7 +40,7 @@ impl DecoderLayer {
                 dev,
             )
         };
-        let gemma = cfg.family == Family::Gemma3;
+        let gemma = cfg.family.is_gemma();
         Ok(Self {
             input_layernorm: norm("input_layernorm")?,
             self_attn: Attention::load(w, &format!("{prefix}.self_attn"), cfg, dev)?,

@@ -2,7 +2,7 @@
 //! projection; `act` is SiLU, or GELU's tanh approximation for Gemma.
 
 use super::Linear;
-use crate::config::{Family, LlamaConfig};
+use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::weights::Weights;
 use candle_core::{Device, Tensor};
@@ -25,7 +25,7 @@ impl Mlp {
         Ok(Self {
             gate_up: Linear::load_fused(w, &[(gate.as_str(), i), (up.as_str(), i)], h, b, dev)?,
             down: Linear::load(w, &format!("{prefix}.down_proj"), h, i, b, dev)?,
-            gelu: cfg.family == Family::Gemma3,
+            gelu: cfg.family.is_gemma(),
         })
     }
 

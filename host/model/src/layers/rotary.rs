@@ -226,6 +226,8 @@ mod tests {
             eos_token_ids: vec![],
             sliding: None,
             query_pre_attn_scalar: None,
+            attn_softcap: None,
+            final_softcap: None,
         }
     }
 

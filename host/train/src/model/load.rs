@@ -137,7 +137,7 @@ impl TrainModel {
         }
         let c = &config;
         let (d, hd) = (c.hidden_size, c.head_dim);
-        let gemma = c.family == Family::Gemma3;
+        let gemma = c.family.is_gemma();
         if gemma && !dev.is_cpu() {
             return Err(TrainError::Stopped(
                 "Gemma 3 (sliding-window layers, tanh-GELU) trains on the CPU only: set training.device: cpu".into(),
@@ -291,6 +291,8 @@ impl TrainModel {
             eos_token_ids: eos,
             sliding: None,
             query_pre_attn_scalar: None,
+            attn_softcap: None,
+            final_softcap: None,
         }
     }
 }

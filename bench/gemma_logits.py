@@ -1,11 +1,11 @@
 """One model's logits for a fixed sequence of ids, by transformers (an HF folder) or by llama.cpp
-(a GGUF, through llama-cpp-python), as JSON: what scripts/gemma3-check.sh compares to show
-that llama.cpp computes from galley's Gemma 3 GGUF export what transformers computes from the
+(a GGUF, through llama-cpp-python), as JSON: what scripts/gemma-check.sh compares to show
+that llama.cpp computes from galley's Gemma GGUF exports what transformers computes from the
 source. `compare` prints the largest difference relative to the reference's largest logit.
 
-Usage: gemma3_logits.py transformers HF_DIR OUT.json   (bench/.venv-train)
-       gemma3_logits.py llama FILE.gguf OUT.json       (bench/.venv-llama)
-       gemma3_logits.py compare REFERENCE.json OTHER.json
+Usage: gemma_logits.py transformers HF_DIR OUT.json   (bench/.venv-train)
+       gemma_logits.py llama FILE.gguf OUT.json       (bench/.venv-llama)
+       gemma_logits.py compare REFERENCE.json OTHER.json
 """
 
 import json
