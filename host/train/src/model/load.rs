@@ -140,7 +140,7 @@ impl TrainModel {
         let gemma = c.family.is_gemma();
         if gemma && !dev.is_cpu() {
             return Err(TrainError::Stopped(
-                "Gemma 3 (sliding-window layers, tanh-GELU) trains on the CPU only: set training.device: cpu".into(),
+                "Gemma 2 and 3 (sliding-window layers, soft caps, tanh-GELU) train on the CPU only: set training.device: cpu".into(),
             ));
         }
         let mut l = Loader {
