@@ -6,7 +6,11 @@ query_pre_attn_scalar 256), transformers' initialisation, saved in bfloat16 as G
 it, with a tokenizer of as many tokens (the 256 byte symbols, then filler) so that llama.cpp
 accepts the exported GGUF's vocabulary. The numbers mean nothing; the shapes are the point.
 
-Usage: python bench/make_gemma3.py OUT_DIR   (bench/.venv-train has torch and transformers)
+With `--gemma2`, the same shape as a Gemma2ForCausalLM with Gemma 2's own settings (every other
+layer sliding over 4,096 tokens, one RoPE base of 10,000, scores soft-capped at 50 and logits
+at 30): the soft-capped attention's cost against llama.cpp's on one file.
+
+Usage: python bench/make_gemma3.py OUT_DIR [--gemma2]   (bench/.venv-train has torch and transformers)
 """
 
 import os
@@ -14,7 +18,7 @@ import sys
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, Gemma3TextConfig
+from transformers import AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig
 
 VOCAB = 262_144
 
@@ -34,17 +38,25 @@ def tokenizer():
     return tok
 
 
-def main(out):
+def main(out, gemma2=False):
     torch.manual_seed(0)
-    cfg = Gemma3TextConfig(
+    shape = dict(
         vocab_size=VOCAB, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
         num_attention_heads=4, num_key_value_heads=1, head_dim=256,
-        max_position_embeddings=32_768, rms_norm_eps=1e-6, sliding_window=512,
+        max_position_embeddings=32_768, rms_norm_eps=1e-6,
         query_pre_attn_scalar=256, tie_word_embeddings=True, bos_token_id=2, eos_token_id=1,
         pad_token_id=0,
-        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
-                         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
     )
+    if gemma2:
+        cfg = Gemma2Config(**shape, sliding_window=4096, attn_logit_softcapping=50.0,
+                           final_logit_softcapping=30.0,
+                           rope_parameters={"rope_type": "default", "rope_theta": 10_000.0})
+    else:
+        cfg = Gemma3TextConfig(
+            **shape, sliding_window=512,
+            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+        )
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
@@ -54,4 +66,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], gemma2="--gemma2" in sys.argv[2:])
