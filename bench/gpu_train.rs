@@ -54,6 +54,7 @@ fn shape(name: &str) -> LlamaConfig {
         query_pre_attn_scalar: None,
         attn_softcap: None,
         final_softcap: None,
+        no_rope: None,
     }
 }
 

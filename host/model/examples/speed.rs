@@ -42,6 +42,7 @@ fn config() -> LlamaConfig {
         query_pre_attn_scalar: None,
         attn_softcap: None,
         final_softcap: None,
+        no_rope: None,
     }
 }
 

@@ -10,7 +10,7 @@ It writes
       tiny random models of each family switch galley implements (Llama with GQA and tied
       embeddings, Llama 3.1 RoPE scaling, Qwen2 biases, Qwen3 q/k norms, Mistral, Gemma 3
       with a sliding window shorter than the sequence, Gemma 2 with its scores and logits
-      soft-capped, and `gemma3-multimodal`: the same
+      soft-capped, SmolLM3 with a layer without RoPE, and `gemma3-multimodal`: the same
       language model inside a Gemma3ForConditionalGeneration with a tiny vision tower, as
       Gemma 3 4B and up are published), and the float32 logits transformers computes for a
       fixed sequence of ids (`--only NAME` writes one family's alone);
@@ -30,6 +30,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, Gemma3TextConfig, Gemma2Config
+from transformers import SmolLM3Config
 from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,6 +64,10 @@ FAMILIES = {
                initializer_range=0.25, query_pre_attn_scalar=24,
                attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
                rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    # SmolLM3: four layers, the fourth without RoPE (transformers' default pattern, and the
+    # one llama.cpp assumes).
+    "smollm3": (SmolLM3Config, dict(num_hidden_layers=4, tie_word_embeddings=True, pad_token_id=0,
+                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0})),
 }
 
 
@@ -101,7 +106,7 @@ def tiny_models(only=None):
         if cls is None:
             model = multimodal()
         else:
-            cfg = cls(**COMMON, **extra)
+            cfg = cls(**{**COMMON, **extra})
             model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32, attn_implementation="eager")
         # Random biases and norm scales too, so every switch changes the numbers.
         with torch.no_grad():

@@ -23,6 +23,8 @@ pub enum Family {
     /// Gemma 2 (2B, 9B, 27B): Gemma 3's layer without q/k norms, every other layer sliding,
     /// one RoPE base, and attention scores and final logits soft-capped (`c·tanh(x/c)`).
     Gemma2,
+    /// SmolLM3: Llama's layer, with every fourth layer attending without RoPE (NoPE).
+    SmolLM3,
 }
 
 impl Family {
@@ -32,7 +34,7 @@ impl Family {
         matches!(self, Family::Gemma2 | Family::Gemma3)
     }
 
-    const KNOWN: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model) (GGUF: llama, qwen2, qwen3, gemma2, gemma3)";
+    const KNOWN: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), SmolLM3ForCausalLM (GGUF: llama, qwen2, qwen3, gemma2, gemma3, smollm3)";
 
     fn from_hf(arch: &str) -> Option<Self> {
         Some(match arch {
@@ -43,6 +45,7 @@ impl Family {
             // Gemma 3 4B, 12B, 27B: the language model beside a vision tower (run on text).
             "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration" => Family::Gemma3,
             "Gemma2ForCausalLM" => Family::Gemma2,
+            "SmolLM3ForCausalLM" => Family::SmolLM3,
             _ => return None,
         })
     }
@@ -54,6 +57,7 @@ impl Family {
             "qwen3" => Family::Qwen3,
             "gemma3" => Family::Gemma3,
             "gemma2" => Family::Gemma2,
+            "smollm3" => Family::SmolLM3,
             _ => return None,
         })
     }
@@ -113,6 +117,9 @@ pub struct LlamaConfig {
     pub attn_softcap: Option<f64>,
     /// The LM head's logits become `c·tanh(logit/c)` (Gemma 2's `final_logit_softcapping`).
     pub final_softcap: Option<f64>,
+    /// Per layer: whether it attends without RoPE (SmolLM3's NoPE layers); `None`: every
+    /// layer rotates.
+    pub no_rope: Option<Vec<bool>>,
 }
 
 /// Sliding-window attention (Gemma 3's local layers): a query at position p sees keys p -
@@ -134,6 +141,14 @@ impl LlamaConfig {
             .copied()
             .unwrap_or(false)
             .then_some(s.window)
+    }
+
+    /// Whether layer `i` rotates its queries and keys (all but SmolLM3's NoPE layers).
+    pub fn rotates(&self, layer: usize) -> bool {
+        !self
+            .no_rope
+            .as_ref()
+            .is_some_and(|n| n.get(layer).copied().unwrap_or(false))
     }
 
     /// The factor attention scores are multiplied by.
@@ -202,6 +217,11 @@ struct HfConfig {
     final_logit_softcapping: Option<Option<f64>>,
     #[serde(default, deserialize_with = "present")]
     attn_logit_softcapping: Option<Option<f64>>,
+    // SmolLM3.
+    /// Per layer, 1 where it rotates and 0 where it does not.
+    no_rope_layers: Option<Vec<u8>>,
+    no_rope_layer_interval: Option<usize>,
+    use_sliding_window: Option<bool>,
     /// `null` in Gemma 2's configs.
     use_bidirectional_attention: Option<bool>,
 }
@@ -396,12 +416,15 @@ impl LlamaConfig {
             query_pre_attn_scalar: None,
             attn_softcap: None,
             final_softcap: None,
+            no_rope: None,
         };
         let cfg = if family.is_gemma() {
             let local = params(per_type.then_some("sliding_attention"))?;
             gemma_hf(cfg, &c, local.and_then(|r| r.rope_theta))
                 // Its messages name top-level keys; a multimodal config has them nested.
                 .map_err(|e| bad(path, e.replacen("key `", &format!("key `{prefix}"), 1)))?
+        } else if family == Family::SmolLM3 {
+            smollm3_hf(cfg, &c).map_err(|e| bad(path, e))?
         } else {
             cfg
         };
@@ -485,9 +508,16 @@ impl LlamaConfig {
             query_pre_attn_scalar: None,
             attn_softcap: None,
             final_softcap: None,
+            no_rope: None,
         };
         let cfg = if family.is_gemma() {
             gemma_gguf(cfg, &arch, md).map_err(|e| bad(path, e))?
+        } else if family == Family::SmolLM3 {
+            // llama.cpp's SmolLM3: every fourth layer without RoPE, always.
+            LlamaConfig {
+                no_rope: Some(every_fourth(cfg.num_layers)),
+                ..cfg
+            }
         } else {
             cfg
         };
@@ -496,6 +526,15 @@ impl LlamaConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
+        if let Some(n) = &self.no_rope
+            && n.len() != self.num_layers
+        {
+            return Err(format!(
+                "key `no_rope_layers`: {} flags for {} layers",
+                n.len(),
+                self.num_layers
+            ));
+        }
         if let Some(s) = &self.sliding
             && (s.window == 0 || s.layers.len() != self.num_layers)
         {
@@ -687,6 +726,37 @@ fn gemma_gguf(
     Ok(cfg)
 }
 
+/// SmolLM3's NoPE layers: every fourth one (layers 3, 7, ...), as transformers' default and
+/// llama.cpp's fixed pattern.
+pub(crate) fn every_fourth(layers: usize) -> Vec<bool> {
+    every_nth(layers, 4)
+}
+
+fn every_nth(layers: usize, n: usize) -> Vec<bool> {
+    (0..layers).map(|i| (i + 1) % n.max(1) == 0).collect()
+}
+
+/// SmolLM3's switches: which layers go without RoPE (`no_rope_layers`, else every
+/// `no_rope_layer_interval`-th); its sliding window is refused by key.
+fn smollm3_hf(mut cfg: LlamaConfig, c: &HfConfig) -> std::result::Result<LlamaConfig, String> {
+    if c.use_sliding_window == Some(true) {
+        return Err("key `use_sliding_window`: SmolLM3's sliding window is not supported".into());
+    }
+    cfg.no_rope = Some(match &c.no_rope_layers {
+        Some(flags) => flags
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| match f {
+                0 => Ok(true),
+                1 => Ok(false),
+                other => Err(format!("key `no_rope_layers[{i}]`: {other} (0 or 1)")),
+            })
+            .collect::<std::result::Result<Vec<bool>, String>>()?,
+        None => every_nth(cfg.num_layers, c.no_rope_layer_interval.unwrap_or(4)),
+    });
+    Ok(cfg)
+}
+
 /// The score scale's `query_pre_attn_scalar` llama.cpp derives for a Gemma (it has no key
 /// for it): head_dim, or hidden/heads for the 27Bs (Gemma 3's 62 layers, Gemma 2's 46).
 pub(crate) fn gemma_query_scalar(cfg: &LlamaConfig) -> f64 {
@@ -832,6 +902,44 @@ mod tests {
         let e = parse(&format!(r#"{{{base}, "final_logit_softcapping": -1.0}}"#)).unwrap_err();
         assert!(
             e.contains("final_logit_softcapping") && e.contains("positive"),
+            "{e}"
+        );
+    }
+
+    /// SmolLM3-3B's config.json: its NoPE layers listed (every fourth), or said by the
+    /// interval alone; a sliding window or a flag other than 0/1 refused by key.
+    #[test]
+    fn smollm3_configs_say_which_layers_go_without_rope() {
+        let flags: Vec<String> = (0..36)
+            .map(|i| if (i + 1) % 4 == 0 { "0" } else { "1" }.to_string())
+            .collect();
+        let base = r#""architectures": ["SmolLM3ForCausalLM"], "attention_bias": false,
+            "bos_token_id": null, "eos_token_id": 128012, "hidden_act": "silu",
+            "hidden_size": 2048, "intermediate_size": 11008, "max_position_embeddings": 65536,
+            "max_window_layers": 28, "mlp_bias": false, "model_type": "smollm3",
+            "num_attention_heads": 16, "num_hidden_layers": 36, "num_key_value_heads": 4,
+            "pad_token_id": 128004, "rms_norm_eps": 1e-06, "rope_scaling": null,
+            "rope_theta": 5000000.0, "sliding_window": null, "tie_word_embeddings": true,
+            "vocab_size": 128256"#;
+        let listed = parse(&format!(
+            r#"{{{base}, "no_rope_layer_interval": 4, "use_sliding_window": false,
+            "no_rope_layers": [{}]}}"#,
+            flags.join(",")
+        ))
+        .unwrap();
+        assert_eq!(listed.family, Family::SmolLM3);
+        let nope: Vec<usize> = (0..36).filter(|&i| !listed.rotates(i)).collect();
+        assert_eq!(nope, (3..36).step_by(4).collect::<Vec<_>>());
+        assert_eq!(listed.bos_token_id, None);
+        let by_interval = parse(&format!("{{{base}}}")).unwrap();
+        assert_eq!(by_interval.no_rope, listed.no_rope);
+        let e = parse(&format!(r#"{{{base}, "use_sliding_window": true}}"#)).unwrap_err();
+        assert!(e.contains("use_sliding_window"), "{e}");
+        let e = parse(&format!(r#"{{{base}, "no_rope_layers": [1, 2]}}"#)).unwrap_err();
+        assert!(e.contains("no_rope_layers[1]"), "{e}");
+        let e = parse(&format!(r#"{{{base}, "no_rope_layers": [1, 0]}}"#)).unwrap_err();
+        assert!(
+            e.contains("no_rope_layers") && e.contains("36 layers"),
             "{e}"
         );
     }

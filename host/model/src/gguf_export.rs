@@ -152,6 +152,7 @@ fn arch(f: Family) -> &'static str {
         Family::Qwen3 => "qwen3",
         Family::Gemma3 => "gemma3",
         Family::Gemma2 => "gemma2",
+        Family::SmolLM3 => "smollm3",
     }
 }
 
@@ -238,6 +239,15 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
                 ),
             ));
         }
+    }
+    // llama.cpp's SmolLM3 has no key for its NoPE layers: every fourth one, always.
+    if let Some(n) = &c.no_rope
+        && *n != crate::config::every_fourth(c.num_layers)
+    {
+        return Err(bad(
+            &ck.path,
+            "no_rope_layers: llama.cpp runs every fourth layer without RoPE, and a GGUF cannot say another pattern",
+        ));
     }
     let md = metadata(ck, name, ty)?;
     let dev = Device::Cpu;
@@ -535,6 +545,23 @@ fn write_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A SmolLM3 whose NoPE layers are not every fourth one cannot be said in a GGUF
+    /// (llama.cpp assumes that pattern): refused before anything is written.
+    #[test]
+    fn a_smollm3_with_another_nope_pattern_is_refused() {
+        let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tiny/smollm3");
+        let mut ck = crate::open(&src, crate::LoadOptions::default()).unwrap();
+        ck.config.no_rope = Some(vec![false, true, false, true]);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.gguf");
+        let e = write_gguf(&ck, "x", OutType::F32, &out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("every fourth layer"), "{e}");
+        assert!(!out.exists());
+    }
 
     /// Permuting for llama.cpp and the reader's unpermuting are inverses.
     #[test]

@@ -156,7 +156,8 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<Checkpoint> {
     config.qkv_bias |= weights.has("model.layers.0.self_attn.q_proj.bias");
     config.o_bias |= weights.has("model.layers.0.self_attn.o_proj.bias");
     config.mlp_bias |= weights.has("model.layers.0.mlp.gate_proj.bias");
-    if config.family == Family::Llama {
+    // llama.cpp's converter permutes SmolLM3's as Llama's.
+    if matches!(config.family, Family::Llama | Family::SmolLM3) {
         weights.set_unpermute_qk(config.num_heads, config.num_kv_heads);
     }
     if config.family.is_gemma() {

@@ -18,6 +18,8 @@ pub struct Llama {
     rotary: Rotary,
     /// The sliding layers' RoPE (Gemma's local base), when some layers slide.
     rotary_local: Option<Rotary>,
+    /// The identity rotation, for the layers that attend without RoPE (SmolLM3's).
+    rotary_none: Option<Rotary>,
     /// What embeddings are multiplied by (√hidden for Gemma).
     embed_scale: Option<f64>,
     device: Device,
@@ -307,6 +309,10 @@ impl Llama {
             weight => Linear::from_weight(weight).with_exact_activations(),
         };
         let rotary = Rotary::new(c, device)?;
+        let rotary_none = match c.no_rope {
+            Some(_) => Some(Rotary::identity(c, device)?),
+            None => None,
+        };
         let rotary_local = match &c.sliding {
             Some(s) => Some(Rotary::new(
                 &LlamaConfig {
@@ -332,6 +338,7 @@ impl Llama {
             lm_head,
             rotary,
             rotary_local,
+            rotary_none,
             embed_scale,
             device: device.clone(),
             kv_dtype,
@@ -392,7 +399,16 @@ impl Llama {
             candle_core::bail!("the fixed-shape decode step does not run this model's layers");
         }
         let b = ids.dim(0)?;
-        let angles = self.rotary.at_device(positions)?;
+        let rotated = self.rotary.at_device(positions)?;
+        let unrotated = match &self.rotary_none {
+            Some(r) => Some(r.at_device(positions)?),
+            None => None,
+        };
+        // Each layer's angles: the identity rotation for SmolLM3's NoPE layers.
+        let angles_of = |i: usize| match &unrotated {
+            Some(none) if !self.config.rotates(i) => none,
+            _ => &rotated,
+        };
         let hidden = self.config.hidden_size;
         let mut h = self
             .embed_tokens
@@ -409,8 +425,8 @@ impl Llama {
             && self.layers.iter().all(|l| l.fused_step_ok(h.dtype()))
         {
             let mut d = h.zeros_like()?;
-            for (layer, (k, v)) in self.layers.iter().zip(kv) {
-                (h, d) = layer.step_fused((&h, &d), &angles, slot, mask, (k, v))?;
+            for (i, (layer, (k, v))) in self.layers.iter().zip(kv).enumerate() {
+                (h, d) = layer.step_fused((&h, &d), angles_of(i), slot, mask, (k, v))?;
             }
             let (_, a) = self.norm.add_forward(&h, &d)?;
             let logits = self.lm_head.forward(&a)?;
@@ -424,7 +440,7 @@ impl Llama {
                 .layers
                 .get(i + 1)
                 .map_or(&self.norm, |l| l.input_norm());
-            (h, a) = layer.step((&h, &a), &angles, slot, mask, (k, v), next)?;
+            (h, a) = layer.step((&h, &a), angles_of(i), slot, mask, (k, v), next)?;
         }
         let logits = self.lm_head.forward(&a)?;
         logits
@@ -568,6 +584,10 @@ impl Llama {
             Some(r) => Some(r.at(&positions, b, t)?),
             None => None,
         };
+        let no_angles = match &self.rotary_none {
+            Some(r) => Some(r.at(&positions, b, t)?),
+            None => None,
+        };
         let window = self.config.sliding.as_ref().map(|s| s.window);
         let mask = self.mask(cache, past, t, None)?;
         // The sliding layers' (none where nothing is masked for them either); the CPU's
@@ -590,8 +610,9 @@ impl Llama {
             x = (x * s)?;
         }
         for (i, (layer, kv)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
-            let (angles, mask) = match (self.config.window(i), &local_angles) {
-                (Some(_), Some(local)) => (local, local_mask.as_ref()),
+            let (angles, mask) = match (self.config.window(i), &local_angles, &no_angles) {
+                (_, _, Some(none)) if !self.config.rotates(i) => (none, mask.as_ref()),
+                (Some(_), Some(local), _) => (local, local_mask.as_ref()),
                 _ => (&angles, mask.as_ref()),
             };
             x = layer.forward(&x, angles, mask, kv, kv_dtype)?;

@@ -182,9 +182,12 @@ fn permuted_heads(name: &str, (heads, kv_heads): (usize, usize)) -> Option<usize
 /// rows (Mistral is Llama to it), not Qwen's.
 pub(crate) fn llama_cpp_heads(name: &str, config: &crate::config::LlamaConfig) -> Option<usize> {
     use crate::config::Family;
-    matches!(config.family, Family::Llama | Family::Mistral)
-        .then(|| permuted_heads(name, (config.num_heads, config.num_kv_heads)))
-        .flatten()
+    matches!(
+        config.family,
+        Family::Llama | Family::Mistral | Family::SmolLM3
+    )
+    .then(|| permuted_heads(name, (config.num_heads, config.num_kv_heads)))
+    .flatten()
 }
 
 /// `name` in llama.cpp's GGUF naming for a model of `family`.

@@ -50,7 +50,7 @@ fn tiny_engine() -> galley_model::NativeEngine {
     .unwrap()
 }
 
-const FAMILIES: [&str; 8] = [
+const FAMILIES: [&str; 9] = [
     "llama-gqa-tied",
     "llama3-rope-scaling",
     "qwen2-bias",
@@ -61,6 +61,8 @@ const FAMILIES: [&str; 8] = [
     "gemma3-multimodal",
     // Scores and logits soft-capped (caps 2 and 3, so that the tanh bends them).
     "gemma2",
+    // Four layers, the fourth without RoPE.
+    "smollm3",
 ];
 
 #[test]

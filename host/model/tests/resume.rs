@@ -144,6 +144,8 @@ fn resumed_turns_decode_as_the_whole_sequence_prefilled_again() {
     check("gemma3");
     // And soft-capped scores and logits (Gemma 2).
     check("gemma2");
+    // A layer without RoPE (SmolLM3).
+    check("smollm3");
 }
 
 #[test]

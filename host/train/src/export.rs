@@ -93,6 +93,7 @@ pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
         Family::Mistral => ("MistralForCausalLM", "mistral"),
         Family::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
         Family::Gemma2 => ("Gemma2ForCausalLM", "gemma2"),
+        Family::SmolLM3 => ("SmolLM3ForCausalLM", "smollm3"),
         _ => ("LlamaForCausalLM", "llama"),
     };
     let mut v = json!({
@@ -163,6 +164,17 @@ pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
             // Both written, `null` where off: transformers turns an absent cap on.
             obj.insert("attn_logit_softcapping".into(), json!(c.attn_softcap));
             obj.insert("final_logit_softcapping".into(), json!(c.final_softcap));
+        }
+    }
+    if let Some(n) = &c.no_rope {
+        // transformers' form: 1 where a layer rotates.
+        let flags: Vec<u8> = n.iter().map(|&none| u8::from(!none)).collect();
+        v["no_rope_layers"] = json!(flags);
+        v["use_sliding_window"] = json!(false);
+        // transformers defaults SmolLM3's padding id to 128004, past a smaller vocabulary
+        // (where it refuses to build the embeddings); a full one keeps the default.
+        if c.vocab_size <= 128_004 {
+            v["pad_token_id"] = serde_json::Value::Null;
         }
     }
     match scaling {

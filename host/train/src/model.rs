@@ -370,6 +370,8 @@ pub struct TrainModel {
     pub rope: RopeTables,
     /// The sliding layers' RoPE (Gemma 3's local base), when some layers slide.
     pub rope_local: Option<RopeTables>,
+    /// The identity rotation (cos 1, sin 0) for the layers without RoPE (SmolLM3's).
+    pub rope_none: Option<RopeTables>,
     pub kernels: Kernels,
     /// The dtype products compute in: f32, or bf16 (mixed precision, the GPU's kernels
     /// only): see `config::Precision`.
@@ -502,8 +504,9 @@ impl TrainModel {
         for (li, layer) in self.layers.iter().enumerate() {
             let site = |j: u64| (li as u64) * 16 + j;
             let window = c.window(li);
-            let rope = match (window, &self.rope_local) {
-                (Some(_), Some(local)) => local,
+            let rope = match (window, &self.rope_local, &self.rope_none) {
+                (_, _, Some(none)) if !c.rotates(li) => none,
+                (Some(_), Some(local), _) => local,
                 _ => &self.rope,
             };
             let hn = ops::rms_norm_to(&x, layer.input_norm.t(), c.rms_norm_eps, k, dt)?;

@@ -149,6 +149,16 @@ impl Rotary {
         })
     }
 
+    /// Angles that rotate by nothing (cos 1, sin 0: `x·1 - y·0` is `x` exactly), for the
+    /// layers that attend without RoPE.
+    pub fn identity(cfg: &LlamaConfig, dev: &Device) -> candle_core::Result<Self> {
+        let (max, half) = (cfg.max_position_embeddings.max(1), cfg.head_dim / 2);
+        Ok(Self {
+            cos: Tensor::ones((max, half), DType::F32, dev)?,
+            sin: Tensor::zeros((max, half), DType::F32, dev)?,
+        })
+    }
+
     /// The angles of `positions` (b, t), computed once per forward pass for every layer.
     pub fn at(&self, positions: &[u32], b: usize, t: usize) -> candle_core::Result<Angles> {
         let max = self.cos.dim(0)?;
@@ -228,6 +238,7 @@ mod tests {
             query_pre_attn_scalar: None,
             attn_softcap: None,
             final_softcap: None,
+            no_rope: None,
         }
     }
 

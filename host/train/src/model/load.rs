@@ -239,6 +239,15 @@ impl TrainModel {
             )?),
             None => None,
         };
+        // Zero frequencies: every angle 0, a rotation that leaves q and k as they are.
+        let rope_none = match &c.no_rope {
+            Some(_) => Some(RopeTables::new(
+                &vec![0.0; c.head_dim / 2],
+                c.max_position_embeddings,
+                dev,
+            )?),
+            None => None,
+        };
         Ok(Self {
             kernels: match dev {
                 Device::Cpu => Kernels::Fused,
@@ -257,6 +266,7 @@ impl TrainModel {
             lm_head,
             rope,
             rope_local,
+            rope_none,
             trainable: l.trainable,
             device: dev.clone(),
         })
@@ -293,6 +303,7 @@ impl TrainModel {
             query_pre_attn_scalar: None,
             attn_softcap: None,
             final_softcap: None,
+            no_rope: None,
         }
     }
 }

@@ -1,11 +1,10 @@
 """One model's logits for a fixed sequence of ids, by transformers (an HF folder) or by llama.cpp
-(a GGUF, through llama-cpp-python), as JSON: what scripts/gemma-check.sh compares to show
-that llama.cpp computes from galley's Gemma GGUF exports what transformers computes from the
-source. `compare` prints the largest difference relative to the reference's largest logit.
+(a GGUF, through llama-cpp-python), as JSON: what scripts/families-check.sh compares to show
+that llama.cpp computes from galley's GGUF exports what transformers computes from the source. `compare` prints the largest difference relative to the reference's largest logit.
 
-Usage: gemma_logits.py transformers HF_DIR OUT.json   (bench/.venv-train)
-       gemma_logits.py llama FILE.gguf OUT.json       (bench/.venv-llama)
-       gemma_logits.py compare REFERENCE.json OTHER.json
+Usage: family_logits.py transformers HF_DIR OUT.json   (bench/.venv-train)
+       family_logits.py llama FILE.gguf OUT.json       (bench/.venv-llama)
+       family_logits.py compare REFERENCE.json OTHER.json
 """
 
 import json
