@@ -637,9 +637,9 @@ fn gemma_hf(
         None => {
             let every = match gemma2 {
                 true => 2,
-                false => c.sliding_window_pattern.unwrap_or(6).max(1),
+                false => c.sliding_window_pattern.unwrap_or(6),
             };
-            (0..cfg.num_layers).map(|i| (i + 1) % every != 0).collect()
+            sliding_layers(cfg.num_layers, every)
         }
     };
     // Gemma 2's local layers rotate as its global ones do.
@@ -706,9 +706,10 @@ fn gemma_gguf(
                 .collect::<std::result::Result<Vec<bool>, String>>()
                 .map_err(|e| format!("`{arch}.attention.sliding_window_pattern`: {e}"))?,
             other => {
-                let default = if gemma2 { 2 } else { 6 };
-                let every = other.and_then(uint).unwrap_or(default).max(1) as usize;
-                (0..n).map(|i| i % every < every - 1).collect()
+                let every = other
+                    .and_then(uint)
+                    .map_or(gguf_global_every(cfg.family), |e| e as usize);
+                sliding_layers(n, every)
             }
         };
         let local = key("rope.freq_base_swa").and_then(|v| v.to_f32().ok());
@@ -732,8 +733,23 @@ pub(crate) fn every_fourth(layers: usize) -> Vec<bool> {
     every_nth(layers, 4)
 }
 
+/// Per layer, whether it is an `n`-th one (layers n - 1, 2n - 1, ...).
 fn every_nth(layers: usize, n: usize) -> Vec<bool> {
     (0..layers).map(|i| (i + 1) % n.max(1) == 0).collect()
+}
+
+/// Gemma's sliding layers when every `every`-th layer is global: all the others.
+pub(crate) fn sliding_layers(layers: usize, every: usize) -> Vec<bool> {
+    every_nth(layers, every).into_iter().map(|g| !g).collect()
+}
+
+/// How often llama.cpp takes a Gemma layer as global when a GGUF does not list them: every
+/// sixth layer (Gemma 3), every other one (Gemma 2).
+pub(crate) fn gguf_global_every(family: Family) -> usize {
+    match family {
+        Family::Gemma2 => 2,
+        _ => 6,
+    }
 }
 
 /// SmolLM3's switches: which layers go without RoPE (`no_rope_layers`, else every

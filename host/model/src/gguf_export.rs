@@ -196,9 +196,8 @@ fn metadata(ck: &Checkpoint, name: &str, ty: OutType) -> Result<Vec<(String, Val
         md.push((k("rope.freq_base_swa"), Value::F32(s.rope_theta as f32)));
         // llama.cpp takes every sixth layer as global (Gemma 2: every other one) unless the
         // layers are listed.
-        let every = if c.family == Family::Gemma2 { 2 } else { 6 };
-        let default: Vec<bool> = (0..c.num_layers).map(|i| i % every < every - 1).collect();
-        if s.layers != default {
+        let every = crate::config::gguf_global_every(c.family);
+        if s.layers != crate::config::sliding_layers(c.num_layers, every) {
             md.push((
                 k("attention.sliding_window_pattern"),
                 Value::Array(s.layers.iter().map(|&x| Value::Bool(x)).collect()),

@@ -65,9 +65,13 @@ pub fn save_adapter(
     dir: &Path,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-    let key = |name: &str| match (layout, name.strip_prefix("base_model.model.model.")) {
+    // PEFT's keys are `base_model.model.` and the module name transformers 5 builds.
+    let key = |name: &str| match (layout, name.strip_prefix("base_model.model.")) {
         (TextLayout::CausalLm, _) | (_, None) => name.to_string(),
-        (_, Some(rest)) => format!("base_model.model.model.language_model.{rest}"),
+        (_, Some(module)) => format!(
+            "base_model.model.{}",
+            TextLayout::ModelFirst.file_name(module)
+        ),
     };
     let tensors: HashMap<String, Tensor> = model
         .trainable

@@ -180,10 +180,10 @@ fn a_merged_gemma_is_an_hf_checkpoint_with_transformers_logits() {
     }
 }
 
-fn a_merged_gemma_is_an_hf_checkpoint_with_transformers_logits_for(name: &str) {
-    let (ids, logits) = reference(name);
+/// `name`'s LoRA model merged with its adapters at zero (the merge is then the base) and
+/// written as an HF folder: the folder and its config.json.
+fn merged_at_zero(name: &str) -> (tempfile::TempDir, serde_json::Value) {
     let (m, ck) = load(name, Tuning::Lora);
-    // With the adapters at zero the merge is the base: transformers' logits again.
     for p in &m.trainable {
         p.var.set(&p.var.zeros_like().unwrap()).unwrap();
     }
@@ -192,6 +192,31 @@ fn a_merged_gemma_is_an_hf_checkpoint_with_transformers_logits_for(name: &str) {
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap())
             .unwrap();
+    (tmp, cfg)
+}
+
+/// The largest difference between transformers' logits for `name`'s fixture and galley's
+/// from the checkpoint at `dir`.
+fn reloaded_off_transformers(name: &str, dir: &std::path::Path) -> f32 {
+    let (ids, logits) = reference(name);
+    let back = galley_model::load(dir, &Device::Cpu).unwrap();
+    let mut cache = back.model.new_exact_cache(1, 64);
+    let got = back
+        .model
+        .forward(std::slice::from_ref(&ids), None, &mut cache, false)
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap();
+    got[0]
+        .concat()
+        .iter()
+        .zip(logits.concat())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}
+
+fn a_merged_gemma_is_an_hf_checkpoint_with_transformers_logits_for(name: &str) {
+    let (tmp, cfg) = merged_at_zero(name);
     let arch = match name {
         "gemma2" => {
             assert_eq!(cfg["attn_logit_softcapping"], serde_json::json!(2.0));
@@ -220,20 +245,7 @@ fn a_merged_gemma_is_an_hf_checkpoint_with_transformers_logits_for(name: &str) {
         a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6),
         "{a:?} vs {b:?}"
     );
-    let back = galley_model::load(tmp.path(), &Device::Cpu).unwrap();
-    let mut cache = back.model.new_exact_cache(1, 64);
-    let got = back
-        .model
-        .forward(std::slice::from_ref(&ids), None, &mut cache, false)
-        .unwrap()
-        .to_vec3::<f32>()
-        .unwrap();
-    let worst = got[0]
-        .concat()
-        .iter()
-        .zip(logits.concat())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let worst = reloaded_off_transformers(name, tmp.path());
     assert!(worst < 1e-4, "merged {name} off transformers by {worst}");
 }
 
@@ -241,34 +253,13 @@ fn a_merged_gemma_is_an_hf_checkpoint_with_transformers_logits_for(name: &str) {
 /// where a layer rotates), and galley reloads it to transformers' logits.
 #[test]
 fn a_merged_smollm3_says_which_layers_rotate() {
-    let (ids, logits) = reference("smollm3");
-    let (m, ck) = load("smollm3", Tuning::Lora);
-    for p in &m.trainable {
-        p.var.set(&p.var.zeros_like().unwrap()).unwrap();
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    galley_train::export::save_merged(&m, &ck.tokenizer, None, tmp.path()).unwrap();
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap())
-            .unwrap();
+    let (tmp, cfg) = merged_at_zero("smollm3");
     assert_eq!(cfg["architectures"][0], "SmolLM3ForCausalLM");
     assert_eq!(cfg["no_rope_layers"], serde_json::json!([1, 1, 1, 0]));
     // transformers' default padding id (128004) lies past this vocabulary.
     assert!(cfg["pad_token_id"].is_null());
-    let back = galley_model::load(tmp.path(), &Device::Cpu).unwrap();
-    assert!(!back.model.config.rotates(3) && back.model.config.rotates(2));
-    let mut cache = back.model.new_exact_cache(1, 64);
-    let got = back
-        .model
-        .forward(std::slice::from_ref(&ids), None, &mut cache, false)
-        .unwrap()
-        .to_vec3::<f32>()
-        .unwrap();
-    let worst = got[0]
-        .concat()
-        .iter()
-        .zip(logits.concat())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let back = galley_model::open(tmp.path(), galley_model::LoadOptions::default()).unwrap();
+    assert!(!back.config.rotates(3) && back.config.rotates(2));
+    let worst = reloaded_off_transformers("smollm3", tmp.path());
     assert!(worst < 1e-4, "merged SmolLM3 off transformers by {worst}");
 }
