@@ -38,11 +38,12 @@ __device__ void rope_kv(const T* qkv, const T* cs, const T* sn, const unsigned i
         }
     }
 }
-// Block (row, head): softmax(q k^T scale + mask) v over every slot of the cache, into
-// out (row, 1, H D). Masked slots (-inf) are skipped. Dynamic shared memory: cap + D floats.
+// Block (row, head): softmax(c(q k^T scale) + mask) v over every slot of the cache, into
+// out (row, 1, H D), c(x) = softcap tanh(x / softcap) under Gemma 2's soft cap (softcap > 0),
+// else x. Masked slots (-inf) are skipped. Dynamic shared memory: cap + D floats.
 template <typename T>
 __device__ void attend(const T* q, const T* kc, const T* vc, const T* mask, T* out,
-                       int H, int KV, int D, int cap, float scale) {
+                       int H, int KV, int D, int cap, float scale, float softcap) {
     extern __shared__ float sm[];
     float* sc = sm;
     float* qs = sm + cap;
@@ -57,7 +58,9 @@ __device__ void attend(const T* q, const T* kc, const T* vc, const T* mask, T* o
         if (m != ninf) {
             float acc = 0.0f;
             for (int d = 0; d < D; d++) acc += qs[d] * ld(kc, base + (long long)j * D + d);
-            a = acc * scale + m;
+            a = acc * scale;
+            if (softcap > 0.0f) a = softcap * tanhf(a / softcap);
+            a += m;
         }
         sc[j] = a;
         mx = fmaxf(mx, a);
@@ -240,7 +243,7 @@ __device__ void gemv_rows(const T* x, const T* W, const T* bias, int has_bias, T
 
 #define BOTH(T, S) \
 extern "C" __global__ void rope_kv_##S(const T* qkv, const T* cs, const T* sn, const unsigned int* slot, T* q, T* kc, T* vc, int H, int KV, int D, int cap) { rope_kv(qkv, cs, sn, slot, q, kc, vc, H, KV, D, cap); } \
-extern "C" __global__ void attend_##S(const T* q, const T* kc, const T* vc, const T* mask, T* out, int H, int KV, int D, int cap, float scale) { attend(q, kc, vc, mask, out, H, KV, D, cap, scale); } \
+extern "C" __global__ void attend_##S(const T* q, const T* kc, const T* vc, const T* mask, T* out, int H, int KV, int D, int cap, float scale, float softcap) { attend(q, kc, vc, mask, out, H, KV, D, cap, scale, softcap); } \
 extern "C" __global__ void add_rms_##S(const T* x, const T* d, const T* w, T* out, int n, float eps, int rows) { add_rms(x, d, w, out, n, eps, rows); } \
 extern "C" __global__ void silu_mul_##S(const T* gu, T* out, int inter) { silu_mul(gu, out, inter); } \
 extern "C" __global__ void qkv_step_##S(const T* h, const T* d, const T* nw, T* hout, const T* W, const T* bias, int has_bias, const T* cs, const T* sn, const unsigned int* slot, T* q, T* kc, T* vc, int n, int b, float eps, int H, int KV, int D, int cap) { qkv_step(h, d, nw, hout, W, bias, has_bias, cs, sn, slot, q, kc, vc, n, b, eps, H, KV, D, cap); } \

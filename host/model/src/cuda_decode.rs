@@ -62,12 +62,13 @@ pub fn rope_kv(
 }
 
 /// Softmax attention of `q` (b, heads, 1, head_dim) over every slot of the caches under
-/// `mask` (b, 1, 1, capacity): (b, 1, heads head_dim).
+/// `mask` (b, 1, 1, capacity): (b, 1, heads head_dim). Scores are scaled by `scale`, then
+/// soft-capped where `softcap` says (Gemma 2).
 pub fn attend(
     q: &Tensor,
     (k_cache, v_cache): (&Tensor, &Tensor),
     mask: &Tensor,
-    scale: f32,
+    (scale, softcap): (f32, Option<f32>),
 ) -> Result<Tensor> {
     let (b, heads, _, d) = q.dims4()?;
     let (_, kv, cap, _) = k_cache.dims4()?;
@@ -77,6 +78,7 @@ pub fn attend(
         mask: mask.clone(),
         dims: [b, heads, kv, d, cap],
         scale,
+        softcap: softcap.unwrap_or(0.0),
     })
 }
 
@@ -96,6 +98,8 @@ struct Attend {
     mask: Tensor,
     dims: [usize; 5],
     scale: f32,
+    /// 0: none.
+    softcap: f32,
 }
 
 impl RopeKv {
@@ -174,7 +178,7 @@ impl Attend {
         for i in &ints {
             lb.arg(i);
         }
-        lb.arg(&self.scale);
+        lb.arg(&self.scale).arg(&self.softcap);
         let cfg = grid((b, h), THREADS, (cap + d) * 4);
         // SAFETY: the arguments match the kernel's signature and the shapes checked above;
         // (cap + d) floats of shared memory stay under the 48 KiB default for the decoder's

@@ -10,8 +10,11 @@
 //! rotary position, the cache slot written this step, and an additive mask over the slots.
 //! The keys and values go to a cache of fixed capacity (`scatter_set` at the slot), and
 //! attention always spans the whole capacity, the slots not yet written or holding left
-//! padding masked out. Off a GPU (or with `GALLEY_CUDA_GRAPHS=0`) the same step runs
-//! eagerly, which is how the CPU tests check it against the growing cache's decode.
+//! padding masked out. Gemma's sliding layers read a second mask that also closes the slot
+//! falling out of the window at each step (a row's positions and slots differ by its padding
+//! alone, so a window in positions is the same window in slots). Off a GPU (or with
+//! `GALLEY_CUDA_GRAPHS=0`) the same step runs eagerly, which is how the CPU tests check it
+//! against the growing cache's decode.
 
 use crate::model::{Cache, Llama};
 use candle_core::{DType, Tensor};
@@ -44,6 +47,11 @@ struct Inputs {
     mask: Tensor,
     /// (rows, 1, 1, 1) zeros: what opening a slot writes into `mask`.
     open: Tensor,
+    /// The sliding layers' mask and window, for a model with them: `mask`, less the slots
+    /// `window` or more before the step's.
+    local: Option<(Tensor, usize)>,
+    /// (rows, 1, 1, 1) -inf: what closing a slot writes into the sliding layers' mask.
+    shut: Tensor,
 }
 
 /// A recorded step's nodes by kind (what a replay walks through).
@@ -81,11 +89,6 @@ impl<'m> Decoder<'m> {
         cache: &Cache,
         capacity: usize,
     ) -> candle_core::Result<Self> {
-        if !model.steps() {
-            candle_core::bail!(
-                "the fixed-shape decoder does not run sliding-window layers or Gemma's extra norms"
-            );
-        }
         let c = &model.config;
         let (rows, len, dev) = (cache.valid.len(), cache.len(), model.device());
         if rows == 0 || capacity <= len || capacity > c.max_position_embeddings.max(1) {
@@ -121,12 +124,27 @@ impl<'m> Decoder<'m> {
                 mask[row * capacity + slot] = 0.0;
             }
         }
+        // The sliding layers' starts as the same, less the slots the first step's window
+        // leaves behind (that step closes the last of them itself).
+        let local = match &c.sliding {
+            Some(s) => {
+                let mut local = mask.clone();
+                for row in local.chunks_mut(capacity) {
+                    row[..(len + 1).saturating_sub(s.window)].fill(f32::NEG_INFINITY);
+                }
+                let local = Tensor::from_vec(local, (rows, 1, 1, capacity), dev)?;
+                Some((local.to_dtype(dtype)?, s.window))
+            }
+            None => None,
+        };
         let inputs = Inputs {
             ids: Tensor::zeros(rows, DType::U32, dev)?,
             positions: Tensor::zeros(rows, DType::U32, dev)?,
             slot: Tensor::zeros(1, DType::U32, dev)?,
             mask: Tensor::from_vec(mask, (rows, 1, 1, capacity), dev)?.to_dtype(dtype)?,
             open: Tensor::zeros((rows, 1, 1, 1), dtype, dev)?,
+            local,
+            shut: Tensor::full(f32::NEG_INFINITY, (rows, 1, 1, 1), dev)?.to_dtype(dtype)?,
         };
         Ok(Self {
             model,
@@ -243,15 +261,24 @@ impl<'m> Decoder<'m> {
         )?;
         put(&self.inputs.slot, Tensor::new(&[self.len as u32], dev)?)?;
         // The token of this step attends to itself (and stays open for the steps after).
-        self.inputs.mask.slice_set(&self.inputs.open, 3, self.len)
+        self.inputs.mask.slice_set(&self.inputs.open, 3, self.len)?;
+        if let Some((local, window)) = &self.inputs.local {
+            // The slot a window back leaves the sliding layers' view as this one enters it.
+            if let Some(old) = self.len.checked_sub(*window) {
+                local.slice_set(&self.inputs.shut, 3, old)?;
+            }
+            local.slice_set(&self.inputs.open, 3, self.len)?;
+        }
+        Ok(())
     }
 
     /// One step, eagerly: the model's fixed-shape step, its logits copied into `out`.
     fn run(&self) -> candle_core::Result<()> {
         let i = &self.inputs;
+        let masks = (&i.mask, i.local.as_ref().map(|(m, _)| m));
         let logits = self
             .model
-            .step(&i.ids, &i.positions, &i.slot, &i.mask, &self.kv)?;
+            .step(&i.ids, &i.positions, &i.slot, masks, &self.kv)?;
         self.out.slice_set(&logits, 0, 0)
     }
 
@@ -364,8 +391,7 @@ pub fn for_generation<'m>(
     cache: &Cache,
     max_tokens: usize,
 ) -> Option<Decoder<'m>> {
-    // Gemma's sliding layers and extra norms run through `Llama::forward` only.
-    if !model.device().is_cuda() || !graphs_enabled() || !model.steps() {
+    if !model.device().is_cuda() || !graphs_enabled() {
         return None;
     }
     let need = cache.len().checked_add(max_tokens)?;

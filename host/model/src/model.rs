@@ -385,35 +385,49 @@ impl Llama {
     }
 
     /// One token per row through a fixed-capacity cache (`decode::Decoder` holds the buffers):
-    /// `ids` and `positions` (b,) u32, `slot` and `mask` as `Attention::step` takes them,
-    /// `kv` one (keys, values) pair per layer. Returns the logits, (b, vocab) f32.
+    /// `ids` and `positions` (b,) u32, `slot` and the masks as `Attention::step` takes them
+    /// (the second for sliding layers, which a model with them must be given), `kv` one
+    /// (keys, values) pair per layer. Returns the logits, (b, vocab) f32.
     pub fn step(
         &self,
         ids: &Tensor,
         positions: &Tensor,
         slot: &Tensor,
-        mask: &Tensor,
+        (mask, local_mask): (&Tensor, Option<&Tensor>),
         kv: &[(Tensor, Tensor)],
     ) -> candle_core::Result<Tensor> {
-        if !self.steps() {
-            candle_core::bail!("the fixed-shape decode step does not run this model's layers");
-        }
         let b = ids.dim(0)?;
         let rotated = self.rotary.at_device(positions)?;
-        let unrotated = match &self.rotary_none {
-            Some(r) => Some(r.at_device(positions)?),
-            None => None,
+        let at = |r: &Option<crate::layers::rotary::Rotary>| match r {
+            Some(r) => r.at_device(positions).map(Some),
+            None => Ok(None),
         };
-        // Each layer's angles: the identity rotation for SmolLM3's NoPE layers.
-        let angles_of = |i: usize| match &unrotated {
-            Some(none) if !self.config.rotates(i) => none,
-            _ => &rotated,
-        };
+        let (unrotated, local) = (at(&self.rotary_none)?, at(&self.rotary_local)?);
+        // Each layer's angles and mask: the identity rotation for SmolLM3's NoPE layers,
+        // Gemma's local RoPE base and the window's mask for its sliding layers.
+        let layer_of =
+            |i: usize| -> candle_core::Result<(&crate::layers::rotary::Angles, &Tensor)> {
+                Ok(match (self.config.window(i), &local, &unrotated) {
+                    (_, _, Some(none)) if !self.config.rotates(i) => (none, mask),
+                    (Some(_), local, _) => {
+                        let Some(m) = local_mask else {
+                            candle_core::bail!(
+                                "a step of a model with sliding layers needs their mask"
+                            )
+                        };
+                        (local.as_ref().unwrap_or(&rotated), m)
+                    }
+                    _ => (&rotated, mask),
+                })
+            };
         let hidden = self.config.hidden_size;
         let mut h = self
             .embed_tokens
             .index_select(ids, 0)?
             .reshape((b, 1, hidden))?;
+        if let Some(s) = self.embed_scale {
+            h = (h * s)?;
+        }
         let Some(first) = self.layers.first() else {
             candle_core::bail!("a model without layers")
         };
@@ -426,13 +440,11 @@ impl Llama {
         {
             let mut d = h.zeros_like()?;
             for (i, (layer, (k, v))) in self.layers.iter().zip(kv).enumerate() {
-                (h, d) = layer.step_fused((&h, &d), angles_of(i), slot, mask, (k, v))?;
+                let (angles, mask) = layer_of(i)?;
+                (h, d) = layer.step_fused((&h, &d), angles, slot, mask, (k, v))?;
             }
             let (_, a) = self.norm.add_forward(&h, &d)?;
-            let logits = self.lm_head.forward(&a)?;
-            return logits
-                .reshape((b, self.config.vocab_size))?
-                .to_dtype(DType::F32);
+            return self.logits(&a)?.reshape((b, self.config.vocab_size));
         }
         let mut a = first.input_norm().forward(&h)?;
         for (i, (layer, (k, v))) in self.layers.iter().zip(kv).enumerate() {
@@ -440,18 +452,10 @@ impl Llama {
                 .layers
                 .get(i + 1)
                 .map_or(&self.norm, |l| l.input_norm());
-            (h, a) = layer.step((&h, &a), angles_of(i), slot, mask, (k, v), next)?;
+            let (angles, mask) = layer_of(i)?;
+            (h, a) = layer.step((&h, &a), angles, slot, mask, (k, v), next)?;
         }
-        let logits = self.lm_head.forward(&a)?;
-        logits
-            .reshape((b, self.config.vocab_size))?
-            .to_dtype(DType::F32)
-    }
-
-    /// Whether [`Llama::step`] (the fixed-shape decoder) runs this model: not Gemma's
-    /// sliding layers and extra norms.
-    pub fn steps(&self) -> bool {
-        self.config.sliding.is_none() && self.layers.iter().all(DecoderLayer::steps)
+        self.logits(&a)?.reshape((b, self.config.vocab_size))
     }
 
     /// The bytes `keep_dense_for_batches` would add, before it does.

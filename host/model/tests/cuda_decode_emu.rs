@@ -77,7 +77,8 @@ fn rope_kv_rotates_queries_and_writes_only_the_slot_of_each_cache() {
 fn attend_is_a_softmax_over_the_unmasked_slots() {
     let (b, h, kv, d, cap) = (2usize, 4usize, 2usize, 16usize, 40usize);
     let scale = 1.0 / (d as f32).sqrt();
-    for ty in Ty::ALL {
+    // Plain, and under Gemma 2's soft cap scaled to these scores (about ±0.6): 0.3 bends them.
+    for (ty, softcap) in Ty::ALL.into_iter().flat_map(|ty| [(ty, 0.0f32), (ty, 0.3)]) {
         let q = ty.input(b * h * d, 11);
         let kc = ty.input(b * kv * cap * d, 12);
         let vc = ty.input(b * kv * cap * d, 13);
@@ -109,6 +110,7 @@ fn attend_is_a_softmax_over_the_unmasked_slots() {
                     Arg::I32(d as i32),
                     Arg::I32(cap as i32),
                     Arg::F32(scale),
+                    Arg::F32(softcap),
                 ],
             )
             .unwrap();
@@ -121,7 +123,12 @@ fn attend_is_a_softmax_over_the_unmasked_slots() {
                 let logits: Vec<f32> = (0..cap)
                     .map(|j| {
                         let dot: f32 = (0..d).map(|i| qv[i] * kc[base + j * d + i]).sum();
-                        dot * scale + mask[r * cap + j]
+                        let s = dot * scale;
+                        let s = match softcap > 0.0 {
+                            true => softcap * (s / softcap).tanh(),
+                            false => s,
+                        };
+                        s + mask[r * cap + j]
                     })
                     .collect();
                 let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -133,7 +140,12 @@ fn attend_is_a_softmax_over_the_unmasked_slots() {
                 }
             }
         }
-        close(&ty.read(&out), &want, ty.tol(), &format!("attend {ty:?}"));
+        close(
+            &ty.read(&out),
+            &want,
+            ty.tol(),
+            &format!("attend {ty:?} softcap {softcap}"),
+        );
     }
 }
 
@@ -500,6 +512,7 @@ fn a_decode_step_chained_from_the_fused_kernels_matches_the_cpu_model() {
                     Arg::I32(d as i32),
                     Arg::I32(cap as i32),
                     Arg::F32(1.0 / (d as f32).sqrt()),
+                    Arg::F32(0.0),
                 ],
             )
             .unwrap();

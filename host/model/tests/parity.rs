@@ -481,7 +481,9 @@ fn rolling_log_likelihoods_of_a_text_past_the_window_equal_its_windows_scored_on
 }
 
 /// The fixed-shape decode step (what a GPU replays as a CUDA graph) gives the growing cache's
-/// logits: after a left-padded batched prefill, and from an empty cache.
+/// logits: after a left-padded batched prefill, and from an empty cache. For Gemma the ten
+/// positions run past its fixtures' window of 4, so the sliding layers' mask closes slots
+/// as the steps go (a left-padded row included), under Gemma 2's soft caps.
 #[test]
 fn the_fixed_shape_decoder_matches_the_growing_cache() {
     use galley_model::decode::Decoder;
@@ -500,15 +502,6 @@ fn the_fixed_shape_decoder_matches_the_growing_cache() {
         // The fixed-shape buffers hold the activations' dtype, as this cache does.
         let mut cache = m.new_exact_cache(2, 64);
         m.forward(&rows, Some(&pad), &mut cache, true).unwrap();
-        if name.starts_with("gemma") {
-            // Generation decodes it through `forward` instead (`decode::for_generation`).
-            let e = Decoder::from_cache(m, &cache, 16)
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(e.contains("sliding-window"), "{e}");
-            continue;
-        }
         let mut dec = Decoder::from_cache(m, &cache, 16).unwrap();
         for i in 0..6 {
             let next = [ids[(i + 6) % n], ids[(i + 1) % n]];

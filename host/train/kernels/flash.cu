@@ -6,6 +6,10 @@
 // memory, rows padded to D + 1 floats so that a warp reading one dimension of 32 keys hits 32
 // banks. The backward pass is deterministic: dK and dV come from one block per key chunk that
 // walks the query rows in order, dQ from one block per query tile (no atomics).
+// Gemma's attention: under a sliding window (window > 0) a row at position pos sees keys
+// pos - window + 1 .. pos, and key chunks no row of a tile sees are skipped; under a soft cap
+// (cap > 0) a scaled score x becomes cap tanh(x / cap), and the backward pass multiplies dS
+// by the cap's slope 1 - tanh^2.
 // Compiled after galley-model's prelude.cuh by NVRTC on a GPU, and by galley-cuda-emu in tests.
 #define FA_BK 32
 #define FA_ROWS 16
@@ -19,6 +23,27 @@ __device__ __forceinline__ int fa_maxpos(int r0, int R, int t) {
         if (r < R) mp = max(mp, r % t);
     }
     return mp;
+}
+// The first key a row at `pos` sees.
+__device__ __forceinline__ int fa_lo(int pos, int window) {
+    return window > 0 ? max(0, pos - window + 1) : 0;
+}
+// The first key chunk any row of the tile sees.
+__device__ __forceinline__ int fa_first_chunk(int r0, int R, int t, int window) {
+    if (window <= 0) return 0;
+    int lo = t;
+    for (int i = 0; i < FA_ROWS; i++) {
+        int r = r0 + i;
+        if (r < R) lo = min(lo, fa_lo(r % t, window));
+    }
+    return lo / FA_BK * FA_BK;
+}
+// A scaled score under the soft cap, and the cap's slope at it (1 without one).
+__device__ __forceinline__ float fa_cap(float x, float cap, float* slope) {
+    if (cap <= 0.0f) { *slope = 1.0f; return x; }
+    const float th = tanhf(x / cap);
+    *slope = 1.0f - th * th;
+    return cap * th;
 }
 
 // Keys and values j0 .. j0 + 31 of one (b, kv) into Ks, Vs (zeros past the end).
@@ -37,7 +62,7 @@ __device__ void fa_load_kv(const T* kb, const T* vb, float* Ks, float* Vs, int j
 // Shared: (2 * 32 * (D + 1) + 4 * D) floats.
 template <typename T>
 __device__ void fa_fwd(const T* q, const T* k, const T* v, T* o, float* lse, int R, int t,
-                       int D, float scale) {
+                       int D, float scale, int window, float cap) {
     extern __shared__ float fsm[];
     const int P = D + 1, ND = D / 32;
     float* Ks = fsm;
@@ -57,7 +82,7 @@ __device__ void fa_fwd(const T* q, const T* k, const T* v, T* o, float* lse, int
         for (int e = 0; e < 4; e++) acc[i][e] = 0.0f;
     }
     float* qs = Qs + warp * D;
-    for (int j0 = 0; j0 <= maxpos; j0 += FA_BK) {
+    for (int j0 = fa_first_chunk(r0, R, t, window); j0 <= maxpos; j0 += FA_BK) {
         __syncthreads();
         fa_load_kv(kb, vb, Ks, Vs, j0, t, D);
         __syncthreads();
@@ -65,22 +90,23 @@ __device__ void fa_fwd(const T* q, const T* k, const T* v, T* o, float* lse, int
         for (int i = 0; i < 4; i++) {
             const int r = r0 + warp * 4 + i;
             if (r >= R) continue;  // the whole warp
-            const int pos = r % t;
-            if (j0 > pos) continue;  // the whole warp
+            const int pos = r % t, lo = fa_lo(pos, window);
+            if (j0 > pos || j0 + FA_BK <= lo) continue;  // the whole warp
             __syncwarp();
             for (int d = lane; d < D; d += 32) qs[d] = ld(qb, (long long)r * D + d) * scale;
             __syncwarp();
             const int j = j0 + lane;
+            const bool seen = j <= pos && j >= lo;
             float s = ninf;
-            if (j <= pos) {
-                float a = 0.0f;
+            if (seen) {
+                float a = 0.0f, slope;
                 for (int d = 0; d < D; d++) a += qs[d] * Ks[lane * P + d];
-                s = a;
+                s = fa_cap(a, cap, &slope);
             }
-            // Key j0 <= pos is visible, so the chunk's maximum is finite.
+            // The chunk holds a key in lo .. pos, so its maximum is finite.
             const float mx = fmaxf(m[i], warp_red(s, true));
             const float alpha = __expf(m[i] - mx);
-            const float p = j <= pos ? __expf(s - mx) : 0.0f;
+            const float p = seen ? __expf(s - mx) : 0.0f;
             l[i] = l[i] * alpha + warp_red(p, false);
             for (int e = 0; e < 4; e++) if (e < ND) acc[i][e] *= alpha;
             for (int jj = 0; jj < FA_BK; jj++) {
@@ -119,7 +145,8 @@ __device__ void fa_dot(const T* o, const T* dout, float* dr, long long rows, int
 // Shared: (2 * 32 * (D + 1) + 2 * FA_QB * (D + 1) + 2 * FA_QB) floats.
 template <typename T>
 __device__ void fa_bwd_kv(const T* q, const T* k, const T* v, const T* dout, const float* lse,
-                          const float* dr, T* dk, T* dv, int R, int t, int G, int D, float scale) {
+                          const float* dr, T* dk, T* dv, int R, int t, int G, int D, float scale,
+                          int window, float cap) {
     extern __shared__ float fsm[];
     const int P = D + 1, W = D / 4;
     float* Ks = fsm;
@@ -134,8 +161,10 @@ __device__ void fa_bwd_kv(const T* q, const T* k, const T* v, const T* dout, con
     fa_load_kv(k + bh * t * D, v + bh * t * D, Ks, Vs, j0, t, D);
     float gk[32], gv[32];
     for (int e = 0; e < 32; e++) { gk[e] = 0.0f; gv[e] = 0.0f; }
+    // The last row that sees one of the chunk's keys (every later one, without a window).
+    const int pend = window > 0 ? min(t, j0 + FA_BK - 1 + window) : t;
     for (int g = 0; g < G; g++) {
-        for (int p0 = j0; p0 < t; p0 += FA_QB) {
+        for (int p0 = j0; p0 < pend; p0 += FA_QB) {
             __syncthreads();
             for (int x = threadIdx.x; x < FA_QB * D; x += blockDim.x) {
                 const int ii = x / D, d = x % D, pos = p0 + ii;
@@ -161,8 +190,11 @@ __device__ void fa_bwd_kv(const T* q, const T* k, const T* v, const T* dout, con
                 s += __shfl_xor_sync(0xffffffffu, s, 2);
                 dp += __shfl_xor_sync(0xffffffffu, dp, 1);
                 dp += __shfl_xor_sync(0xffffffffu, dp, 2);
-                const float pr = (j <= pos && j < t) ? __expf(s * scale - Ls[ii]) : 0.0f;
-                const float ds = pr * (dp - Ds[ii]) * scale;
+                float slope;
+                const float z = fa_cap(s * scale, cap, &slope);
+                const bool seen = j <= pos && j < t && (window <= 0 || pos - j < window);
+                const float pr = seen ? __expf(z - Ls[ii]) : 0.0f;
+                const float ds = pr * (dp - Ds[ii]) * scale * slope;
                 for (int e = 0; e < 32; e++) {
                     if (e < W) {
                         gv[e] += pr * Os[ii * P + d0 + e];
@@ -188,7 +220,8 @@ __device__ void fa_bwd_kv(const T* q, const T* k, const T* v, const T* dout, con
 // Shared: (2 * 32 * (D + 1) + 8 * D) floats.
 template <typename T>
 __device__ void fa_bwd_q(const T* q, const T* k, const T* v, const T* dout, const float* lse,
-                         const float* dr, T* dq, int R, int t, int D, float scale) {
+                         const float* dr, T* dq, int R, int t, int D, float scale, int window,
+                         float cap) {
     extern __shared__ float fsm[];
     const int P = D + 1, ND = D / 32;
     float* Ks = fsm;
@@ -204,7 +237,7 @@ __device__ void fa_bwd_q(const T* q, const T* k, const T* v, const T* dout, cons
     for (int i = 0; i < 4; i++) for (int e = 0; e < 4; e++) acc[i][e] = 0.0f;
     float* qs = Qs + warp * D;
     float* os = Os + warp * D;
-    for (int j0 = 0; j0 <= maxpos; j0 += FA_BK) {
+    for (int j0 = fa_first_chunk(r0, R, t, window); j0 <= maxpos; j0 += FA_BK) {
         __syncthreads();
         fa_load_kv(kb, vb, Ks, Vs, j0, t, D);
         __syncthreads();
@@ -212,8 +245,8 @@ __device__ void fa_bwd_q(const T* q, const T* k, const T* v, const T* dout, cons
         for (int i = 0; i < 4; i++) {
             const int r = r0 + warp * 4 + i;
             if (r >= R) continue;
-            const int pos = r % t;
-            if (j0 > pos) continue;
+            const int pos = r % t, lo = fa_lo(pos, window);
+            if (j0 > pos || j0 + FA_BK <= lo) continue;
             const long long row = bh * R + r;
             __syncwarp();
             for (int d = lane; d < D; d += 32) {
@@ -223,13 +256,14 @@ __device__ void fa_bwd_q(const T* q, const T* k, const T* v, const T* dout, cons
             __syncwarp();
             const int j = j0 + lane;
             float ds = 0.0f;
-            if (j <= pos) {
-                float s = 0.0f, dp = 0.0f;
+            if (j <= pos && j >= lo) {
+                float s = 0.0f, dp = 0.0f, slope;
                 for (int d = 0; d < D; d++) {
                     s += qs[d] * Ks[lane * P + d];
                     dp += os[d] * Vs[lane * P + d];
                 }
-                ds = __expf(s * scale - lse[row]) * (dp - dr[row]);
+                const float z = fa_cap(s * scale, cap, &slope);
+                ds = __expf(z - lse[row]) * (dp - dr[row]) * slope;
             }
             for (int jj = 0; jj < FA_BK; jj++) {
                 const float dsj = __shfl_sync(0xffffffffu, ds, jj);
@@ -247,9 +281,9 @@ __device__ void fa_bwd_q(const T* q, const T* k, const T* v, const T* dout, cons
 }
 
 #define FLASH(T, S) \
-extern "C" __global__ void flash_fwd_##S(const T* q, const T* k, const T* v, T* o, float* lse, int R, int t, int D, float scale) { fa_fwd(q, k, v, o, lse, R, t, D, scale); } \
+extern "C" __global__ void flash_fwd_##S(const T* q, const T* k, const T* v, T* o, float* lse, int R, int t, int D, float scale, int window, float cap) { fa_fwd(q, k, v, o, lse, R, t, D, scale, window, cap); } \
 extern "C" __global__ void flash_dot_##S(const T* o, const T* dout, float* dr, long long rows, int D) { fa_dot(o, dout, dr, rows, D); } \
-extern "C" __global__ void flash_bwd_kv_##S(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dr, T* dk, T* dv, int R, int t, int G, int D, float scale) { fa_bwd_kv(q, k, v, dout, lse, dr, dk, dv, R, t, G, D, scale); } \
-extern "C" __global__ void flash_bwd_q_##S(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dr, T* dq, int R, int t, int D, float scale) { fa_bwd_q(q, k, v, dout, lse, dr, dq, R, t, D, scale); }
+extern "C" __global__ void flash_bwd_kv_##S(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dr, T* dk, T* dv, int R, int t, int G, int D, float scale, int window, float cap) { fa_bwd_kv(q, k, v, dout, lse, dr, dk, dv, R, t, G, D, scale, window, cap); } \
+extern "C" __global__ void flash_bwd_q_##S(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dr, T* dq, int R, int t, int D, float scale, int window, float cap) { fa_bwd_q(q, k, v, dout, lse, dr, dq, R, t, D, scale, window, cap); }
 FLASH(float, f32)
 FLASH(bf16_t, bf16)

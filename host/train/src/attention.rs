@@ -218,11 +218,6 @@ pub(crate) fn attend(
     let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
     let g = h / kv;
     let scale = c.attn_scale();
-    if (window.is_some() || c.attn_softcap.is_some()) && k == Kernels::Cuda {
-        return Err(crate::error::TrainError::Stopped(
-            "sliding-window and soft-capped attention (Gemma) train on the CPU only".into(),
-        ));
-    }
     let q = ops::rope_heads(qh, rope, k)?;
     let kk = ops::rope_heads(kh, rope, k)?;
     let v = vh.transpose(1, 2)?.contiguous()?;
@@ -233,7 +228,9 @@ pub(crate) fn attend(
     if k == Kernels::Cuda
         && ops::flash_attention_wanted((b, h, t, hd), dt.size_in_bytes(), ops::attention_setting())
     {
-        let o = crate::flash_cuda::attention(&q, &kk, &v, scale)?;
+        let how = crate::cuda_src::Scores::new(scale, window, c.attn_softcap)
+            .map_err(crate::error::TrainError::Stopped)?;
+        let o = crate::flash_cuda::attention(&q, &kk, &v, how)?;
         return Ok(o
             .reshape((b, h, t, hd))?
             .transpose(1, 2)?
@@ -242,19 +239,17 @@ pub(crate) fn attend(
     #[cfg(not(feature = "cuda"))]
     let _ = dt;
     let p = match (k, c.attn_softcap) {
+        #[cfg(feature = "cuda")]
+        (Kernels::Cuda, cap) => {
+            crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale, window, cap)?
+        }
         // Gemma 2: c·tanh(scaled/c), then the softmax (candle's tanh carries the gradient).
-        (Kernels::Fused | Kernels::Reference, Some(cap)) => {
+        (_, Some(cap)) => {
             let s = (q.matmul(&kk.t()?)? * scale)?;
             let s = ((s / cap)?.tanh()? * cap)?;
             ops::causal_softmax_windowed(&s, 1.0, window)?
         }
-        (Kernels::Fused | Kernels::Reference, None) => {
-            ops::causal_softmax_windowed(&q.matmul(&kk.t()?)?, scale, window)?
-        }
-        #[cfg(feature = "cuda")]
-        (Kernels::Cuda, _) => crate::ops_cuda::causal_softmax(&q.matmul(&kk.t()?)?, scale)?,
-        #[cfg(not(feature = "cuda"))]
-        (Kernels::Cuda, _) => ops::causal_softmax_reference(&q.matmul(&kk.t()?)?, scale)?,
+        (_, None) => ops::causal_softmax_windowed(&q.matmul(&kk.t()?)?, scale, window)?,
     };
     let o = p.matmul(&v)?;
     Ok(o.reshape((b, h, t, hd))?

@@ -100,3 +100,30 @@ pub fn flash_dot(all_rows: usize) -> Launch2 {
         shared_bytes: 0,
     }
 }
+
+/// What the attention kernels apply to a score before the softmax, as they take it: the
+/// scale, Gemma's sliding window (0: none; a key `window` or more positions back is not
+/// seen) and Gemma 2's soft cap (0: none; a scaled score x becomes cap·tanh(x / cap)).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scores {
+    pub scale: f32,
+    pub window: i32,
+    pub cap: f32,
+}
+
+impl Scores {
+    pub fn new(scale: f64, window: Option<usize>, cap: Option<f64>) -> Result<Self, String> {
+        let window = match window {
+            // A window of 0 would hide every key: the narrowest that means anything is 1.
+            Some(w) => {
+                i32::try_from(w.max(1)).map_err(|_| format!("sliding window {w} too wide"))?
+            }
+            None => 0,
+        };
+        Ok(Scores {
+            scale: scale as f32,
+            window,
+            cap: cap.unwrap_or(0.0) as f32,
+        })
+    }
+}

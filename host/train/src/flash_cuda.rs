@@ -11,7 +11,7 @@
 //! row r being head r / t of the group at position r % t), k and v (b, kv, t, d). The launch
 //! shapes come from `cuda_src`, the same ones the CPU emulation tests launch.
 
-use crate::cuda_src::{self, FLASH, Launch2};
+use crate::cuda_src::{self, FLASH, Launch2, Scores};
 use crate::fused_cuda::sfx;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig};
@@ -65,7 +65,7 @@ impl Dims {
 }
 
 struct Flash {
-    scale: f32,
+    how: Scores,
     dims: Dims,
     /// Each row's log-sum-exp, written by the forward pass for the backward pass.
     lse: Mutex<Option<Arc<CudaSlice<f32>>>>,
@@ -98,7 +98,7 @@ fn fwd_typed<T: CudaDType + WithDType + DeviceRepr>(
     for i in &ints {
         b.arg(i);
     }
-    b.arg(&op.scale);
+    b.arg(&op.how.scale).arg(&op.how.window).arg(&op.how.cap);
     launch(&mut b, cuda_src::flash_fwd(dm.rows(), dm.bkv, dm.d))?;
     *op.lse.lock().expect("attention state") = Some(Arc::new(lse));
     Ok(CudaStorage::wrap_cuda_slice(o, dev))
@@ -142,7 +142,7 @@ impl CustomOp3 for Flash {
             .to_dtype(q.dtype())?
             .contiguous()?
             .apply_op1_no_bwd(&FlashBwd {
-                scale: self.scale,
+                how: self.how,
                 dims: dm,
                 q: q.clone(),
                 k: k.clone(),
@@ -160,7 +160,7 @@ impl CustomOp3 for Flash {
 }
 
 struct FlashBwd {
-    scale: f32,
+    how: Scores,
     dims: Dims,
     q: Tensor,
     k: Tensor,
@@ -232,7 +232,9 @@ fn bwd_typed<T: CudaDType + WithDType + DeviceRepr>(
             .arg(&t32)
             .arg(&g32)
             .arg(&d32)
-            .arg(&op.scale);
+            .arg(&op.how.scale)
+            .arg(&op.how.window)
+            .arg(&op.how.cap);
         launch(&mut b, cuda_src::flash_bwd_kv(dm.t, dm.bkv, dm.d))?;
 
         let mut b = f_q.builder();
@@ -246,7 +248,9 @@ fn bwd_typed<T: CudaDType + WithDType + DeviceRepr>(
             .arg(&r32)
             .arg(&t32)
             .arg(&d32)
-            .arg(&op.scale);
+            .arg(&op.how.scale)
+            .arg(&op.how.window)
+            .arg(&op.how.cap);
         launch(&mut b, cuda_src::flash_bwd_q(dm.rows(), dm.bkv, dm.d))
     })?;
     Ok(CudaStorage::wrap_cuda_slice(all, dev))
@@ -267,10 +271,10 @@ impl CustomOp1 for FlashBwd {
     }
 }
 
-/// Causal attention of `q` (b, kv, g·t, d) over `k`, `v` (b, kv, t, d) with scores scaled
-/// by `scale`: (b, kv, g·t, d), as `causal_softmax(q kᵀ) v`. `d` must pass
-/// `cuda_src::flash_supports`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+/// Causal attention of `q` (b, kv, g·t, d) over `k`, `v` (b, kv, t, d) with scores as `how`
+/// says (scale, sliding window, soft cap): (b, kv, g·t, d), as `causal_softmax(q kᵀ) v`. `d`
+/// must pass `cuda_src::flash_supports`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, how: Scores) -> Result<Tensor> {
     let (b, kv, rows, d) = q.dims4()?;
     let t = k.dim(2)?;
     if !cuda_src::flash_supports(d) || t == 0 || rows % t != 0 || k.dims4()? != (b, kv, t, d) {
@@ -282,7 +286,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     }
     let dt = q.dtype();
     let op = Flash {
-        scale: scale as f32,
+        how,
         dims: Dims {
             bkv: b * kv,
             g: rows / t,

@@ -300,11 +300,28 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, out: DType) -> Result<Tensor> 
     )
 }
 
-// ---------------------------------------------------------------- SiLU gate
+// ---------------------------------------------------------------- the MLP's gate
 
-struct SiluGate;
+/// The gate's activation: SiLU (Llama, Qwen, SmolLM) or GELU's tanh form (Gemma).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Silu,
+    GeluTanh,
+}
 
-fn silu_fwd<T: CudaDType + WithDType + DeviceRepr>(
+impl Act {
+    fn kernel(self) -> &'static str {
+        match self {
+            Act::Silu => "silu",
+            Act::GeluTanh => "gelu",
+        }
+    }
+}
+
+struct Gate(Act);
+
+fn gate_fwd<T: CudaDType + WithDType + DeviceRepr>(
+    act: Act,
     g: (&CudaStorage, &Layout),
     u: (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
@@ -314,12 +331,12 @@ fn silu_fwd<T: CudaDType + WithDType + DeviceRepr>(
         slice::<T>(u.0, u.1, "the up projection")?,
     );
     if gv.len() != uv.len() {
-        bail!("silu gate: {} gates for {} values", gv.len(), uv.len())
+        bail!("MLP gate: {} gates for {} values", gv.len(), uv.len())
     }
     let n = gv.len();
     // SAFETY: the kernel writes every element.
     let mut y: CudaSlice<T> = unsafe { dev.alloc::<T>(n)? };
-    let name = format!("silu_gate_{}", sfx(T::DTYPE)?);
+    let name = format!("{}_gate_{}", act.kernel(), sfx(T::DTYPE)?);
     let f = dev.get_or_load_custom_func(&name, crate::ops_cuda::MODULE, crate::ops_cuda::ptx()?)?;
     let n64 = n as i64;
     let mut b = f.builder();
@@ -328,11 +345,11 @@ fn silu_fwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(CudaStorage::wrap_cuda_slice(y, dev))
 }
 
-impl CustomOp2 for SiluGate {
+impl CustomOp2 for Gate {
     fn name(&self) -> &'static str {
-        "galley-silu-gate-cuda"
+        "galley-gate-cuda"
     }
-    crate::fused_cuda::gpu_only!(2, "galley's CUDA SiLU gate was given CPU tensors");
+    crate::fused_cuda::gpu_only!(2, "galley's CUDA MLP gate was given CPU tensors");
     fn cuda_fwd(
         &self,
         g: &CudaStorage,
@@ -340,7 +357,7 @@ impl CustomOp2 for SiluGate {
         u: &CudaStorage,
         ul: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let y = by_dtype!(g.dtype(), silu_fwd((g, gl), (u, ul)))?;
+        let y = by_dtype!(g.dtype(), gate_fwd(self.0, (g, gl), (u, ul)))?;
         Ok((y, gl.shape().clone()))
     }
     fn bwd(
@@ -353,7 +370,8 @@ impl CustomOp2 for SiluGate {
         // dg and du in one (2, ...) buffer; the halves are views of it.
         let both = g.apply_op2_no_bwd(
             u,
-            &SiluGateBwd {
+            &GateBwd {
+                act: self.0,
                 dy: dy.to_dtype(g.dtype())?.contiguous()?,
             },
         )?;
@@ -361,12 +379,13 @@ impl CustomOp2 for SiluGate {
     }
 }
 
-struct SiluGateBwd {
+struct GateBwd {
+    act: Act,
     dy: Tensor,
 }
 
-fn silu_bwd<T: CudaDType + WithDType + DeviceRepr>(
-    op: &SiluGateBwd,
+fn gate_bwd<T: CudaDType + WithDType + DeviceRepr>(
+    op: &GateBwd,
     g: (&CudaStorage, &Layout),
     u: (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
@@ -377,11 +396,11 @@ fn silu_bwd<T: CudaDType + WithDType + DeviceRepr>(
     );
     let n = gv.len();
     if uv.len() != n || op.dy.elem_count() != n {
-        bail!("silu gate backward: sizes differ")
+        bail!("MLP gate backward: sizes differ")
     }
     // SAFETY: the kernel writes every element of both halves.
     let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(2 * n)? };
-    let name = format!("silu_gate_bwd_{}", sfx(T::DTYPE)?);
+    let name = format!("{}_gate_bwd_{}", op.act.kernel(), sfx(T::DTYPE)?);
     let f = dev.get_or_load_custom_func(&name, crate::ops_cuda::MODULE, crate::ops_cuda::ptx()?)?;
     held(&op.dy, |ds, dl| {
         let dv = slice::<T>(ds, dl, "the gate's output gradient")?;
@@ -399,11 +418,11 @@ fn silu_bwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
-impl CustomOp2 for SiluGateBwd {
+impl CustomOp2 for GateBwd {
     fn name(&self) -> &'static str {
-        "galley-silu-gate-bwd-cuda"
+        "galley-gate-bwd-cuda"
     }
-    crate::fused_cuda::gpu_only!(2, "galley's CUDA SiLU gate backward was given CPU tensors");
+    crate::fused_cuda::gpu_only!(2, "galley's CUDA MLP gate backward was given CPU tensors");
     fn cuda_fwd(
         &self,
         g: &CudaStorage,
@@ -411,17 +430,17 @@ impl CustomOp2 for SiluGateBwd {
         u: &CudaStorage,
         ul: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let out = by_dtype!(g.dtype(), silu_bwd(self, (g, gl), (u, ul)))?;
+        let out = by_dtype!(g.dtype(), gate_bwd(self, (g, gl), (u, ul)))?;
         let mut dims = vec![2];
         dims.extend_from_slice(gl.dims());
         Ok((out, Shape::from(dims)))
     }
 }
 
-/// silu(g) * u elementwise (f32 arithmetic on f32 or bf16 data).
-pub fn silu_gate(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+/// act(g) * u elementwise (f32 arithmetic on f32 or bf16 data).
+pub fn gate(g: &Tensor, u: &Tensor, act: Act) -> Result<Tensor> {
     g.contiguous()?
-        .apply_op2(&u.to_dtype(g.dtype())?.contiguous()?, SiluGate)
+        .apply_op2(&u.to_dtype(g.dtype())?.contiguous()?, Gate(act))
 }
 
 // ---------------------------------------------------------------- rotary embedding
@@ -511,6 +530,8 @@ pub fn rope_heads(x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
 struct Xent {
     targets: Tensor,
     inv_t: f32,
+    /// Gemma 2's final soft cap (0: none).
+    cap: f32,
 }
 
 fn xent_fwd<T: CudaDType + WithDType + DeviceRepr>(
@@ -535,7 +556,12 @@ fn xent_fwd<T: CudaDType + WithDType + DeviceRepr>(
         let tv = slice::<u32>(ts, tl, "the targets")?;
         let v32 = v as i32;
         let mut b = f.builder();
-        b.arg(&z).arg(&tv).arg(&mut nll).arg(&v32).arg(&op.inv_t);
+        b.arg(&z)
+            .arg(&tv)
+            .arg(&mut nll)
+            .arg(&v32)
+            .arg(&op.inv_t)
+            .arg(&op.cap);
         launch(&mut b, cuda_src::per_row(rows, VOCAB_THREADS))
     })?;
     Ok(CudaStorage::wrap_cuda_slice(nll, dev))
@@ -556,6 +582,7 @@ impl CustomOp1 for Xent {
             nll: res.contiguous()?,
             gout: g.to_dtype(DType::F32)?.contiguous()?,
             inv_t: self.inv_t,
+            cap: self.cap,
         };
         Ok(Some(z.apply_op1_no_bwd(&back)?))
     }
@@ -566,6 +593,7 @@ struct XentBwd {
     nll: Tensor,
     gout: Tensor,
     inv_t: f32,
+    cap: f32,
 }
 
 fn xent_bwd<T: CudaDType + WithDType + DeviceRepr>(
@@ -597,7 +625,8 @@ fn xent_bwd<T: CudaDType + WithDType + DeviceRepr>(
                     .arg(&gv)
                     .arg(&mut dz)
                     .arg(&v32)
-                    .arg(&op.inv_t);
+                    .arg(&op.inv_t)
+                    .arg(&op.cap);
                 launch(&mut b, cuda_src::per_row(rows, VOCAB_THREADS))
             })
         })
@@ -619,13 +648,20 @@ impl CustomOp1 for XentBwd {
     }
 }
 
-/// Per-row negative log-likelihood of `targets` under softmax(`logits` / temperature)
+/// Per-row negative log-likelihood of `targets` under softmax(c(`logits`) / temperature)
 /// (`logits` (n, vocab) f32 or bf16, on the GPU; `IGNORE` rows give 0), as
-/// `ops::cross_entropy_reference` of the f32 logits divided by the temperature.
-pub fn cross_entropy(logits: &Tensor, targets: &[u32], temperature: f64) -> Result<Tensor> {
+/// `ops::cross_entropy_reference` of the f32 logits divided by the temperature; c is
+/// `cap`·tanh(x / `cap`) under Gemma 2's final soft cap, else the identity.
+pub fn cross_entropy(
+    logits: &Tensor,
+    targets: &[u32],
+    temperature: f64,
+    cap: Option<f64>,
+) -> Result<Tensor> {
     let targets = Tensor::from_slice(targets, targets.len(), logits.device())?;
     logits.contiguous()?.apply_op1(Xent {
         targets,
         inv_t: (1.0 / temperature) as f32,
+        cap: cap.unwrap_or(0.0) as f32,
     })
 }

@@ -565,7 +565,7 @@ impl TrainModel {
                     let gate = layer.gate.forward(&hn, pass, site(4))?;
                     let up = layer.up.forward(&hn, pass, site(5))?;
                     match gemma {
-                        true => (gate.gelu()? * up)?,
+                        true => ops::gelu_mul(&gate, &up, k)?,
                         false => ops::silu_mul(&gate, &up, k)?,
                     }
                 }
@@ -621,6 +621,7 @@ impl TrainModel {
                 &logits,
                 targets,
                 temperature,
+                c.final_softcap,
             )?);
         }
         let logits = x32(logits)?;

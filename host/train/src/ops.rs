@@ -25,7 +25,7 @@ pub enum Kernels {
     /// Plain candle ops: any device, slower, the reference the fused ops are checked against.
     Reference,
     /// On a CUDA GPU: galley's CUDA kernels where it has them (`ops_cuda`: the causal
-    /// softmax; `fused_cuda`: RMS norm, rotary embedding, SiLU gate, cross-entropy), plain
+    /// softmax; `fused_cuda`: RMS norm, rotary embedding, the SiLU or GELU gate, cross-entropy), plain
     /// candle ops (cuBLAS products) elsewhere. The default there.
     Cuda,
 }
@@ -454,8 +454,22 @@ pub fn silu_mul(g: &Tensor, u: &Tensor, k: Kernels) -> Result<Tensor> {
     match k {
         Kernels::Fused => g.contiguous()?.apply_op2(&u.contiguous()?, SiluMul),
         #[cfg(feature = "cuda")]
-        Kernels::Cuda if cuda_fused() => crate::fused_cuda::silu_gate(g, u),
+        Kernels::Cuda if cuda_fused() => {
+            crate::fused_cuda::gate(g, u, crate::fused_cuda::Act::Silu)
+        }
         Kernels::Reference | Kernels::Cuda => g.silu()? * u,
+    }
+}
+
+/// gelu(g) * u elementwise, GELU's tanh form (Gemma's `gelu_pytorch_tanh`, candle's `gelu`),
+/// on the reference and CUDA kernels (the CPU kernels fuse it with the gate/up product).
+pub fn gelu_mul(g: &Tensor, u: &Tensor, k: Kernels) -> Result<Tensor> {
+    match k {
+        #[cfg(feature = "cuda")]
+        Kernels::Cuda if cuda_fused() => {
+            crate::fused_cuda::gate(g, u, crate::fused_cuda::Act::GeluTanh)
+        }
+        _ => g.gelu()? * u,
     }
 }
 

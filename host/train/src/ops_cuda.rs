@@ -1,10 +1,11 @@
 //! galley's CUDA training kernels, compiled once per process by NVRTC: the causal softmax of
-//! the attention scores (scale, mask and softmax in one pass, f32 arithmetic on f32 or bf16
-//! data) and its backward pass. candle's composite softmax keeps seven score-sized tensors
+//! the attention scores (scale, Gemma 2's soft cap, the causal or sliding-window mask and
+//! the softmax in one pass, f32 arithmetic on f32 or bf16 data) and its backward pass. candle's composite softmax keeps seven score-sized tensors
 //! alive for the backward pass (the f32 copy, the scaled and masked scores, the shifted ones,
 //! their exponentials, the sums' quotient and the bf16 result); this op keeps only its input
 //! and its output, and reads the scores once forward and twice backward.
 
+use crate::cuda_src::Scores;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
@@ -50,7 +51,7 @@ fn fwd_typed<T: CudaDType + DeviceRepr>(
     dev: &CudaDevice,
     s: &CudaStorage,
     l: &Layout,
-    scale: f32,
+    how: Scores,
 ) -> Result<CudaStorage> {
     let (a, rows, t) = rows(l)?;
     let n = rows * t;
@@ -59,15 +60,18 @@ fn fwd_typed<T: CudaDType + DeviceRepr>(
     let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(n)? };
     let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
     let (t32, mut b) = (t as i32, f.builder());
-    b.arg(&src).arg(&mut out).arg(&t32).arg(&scale);
+    b.arg(&src)
+        .arg(&mut out)
+        .arg(&t32)
+        .arg(&how.scale)
+        .arg(&how.window)
+        .arg(&how.cap);
     // SAFETY: arguments match the kernel's signature; buffers hold rows * t elements.
     unsafe { b.launch(cfg(rows)) }.map_err(launch_err)?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }
 
-struct CausalSoftmax {
-    scale: f32,
-}
+struct CausalSoftmax(Scores);
 
 impl CustomOp1 for CausalSoftmax {
     fn name(&self) -> &'static str {
@@ -79,24 +83,32 @@ impl CustomOp1 for CausalSoftmax {
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = s.device().clone();
         let out = match s.dtype() {
-            DType::F32 => fwd_typed::<f32>("causal_softmax_f32", &dev, s, l, self.scale)?,
-            DType::BF16 => fwd_typed::<half::bf16>("causal_softmax_bf16", &dev, s, l, self.scale)?,
+            DType::F32 => fwd_typed::<f32>("causal_softmax_f32", &dev, s, l, self.0)?,
+            DType::BF16 => fwd_typed::<half::bf16>("causal_softmax_bf16", &dev, s, l, self.0)?,
             d => bail!("galley's causal softmax takes f32 or bf16 scores, not {d:?}"),
         };
         Ok((out, l.shape().clone()))
     }
 
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let g = grad.to_dtype(res.dtype())?.contiguous()?;
+        // The scores themselves only under a cap (its slope); otherwise any tensor of the
+        // same dtype stands in, and the kernel does not read it.
+        let s = match self.0.cap > 0.0 {
+            true => arg.contiguous()?,
+            false => res.clone(),
+        };
         Ok(Some(res.apply_op2_no_bwd(
             &g,
-            &CausalSoftmaxBwd { scale: self.scale },
+            &CausalSoftmaxBwd { how: self.0, s },
         )?))
     }
 }
 
 struct CausalSoftmaxBwd {
-    scale: f32,
+    how: Scores,
+    /// The scores the forward pass read.
+    s: Tensor,
 }
 
 fn bwd_typed<T: CudaDType + DeviceRepr>(
@@ -104,7 +116,7 @@ fn bwd_typed<T: CudaDType + DeviceRepr>(
     dev: &CudaDevice,
     p: (&CudaStorage, &Layout),
     dp: (&CudaStorage, &Layout),
-    scale: f32,
+    op: &CausalSoftmaxBwd,
 ) -> Result<CudaStorage> {
     let (pa, rows_, t) = rows(p.1)?;
     let (da, drows, dt) = rows(dp.1)?;
@@ -117,8 +129,24 @@ fn bwd_typed<T: CudaDType + DeviceRepr>(
     // SAFETY: the kernel writes every element.
     let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(n)? };
     let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
-    let (t32, mut b) = (t as i32, f.builder());
-    b.arg(&ps).arg(&ds_in).arg(&mut out).arg(&t32).arg(&scale);
+    let (storage, layout) = op.s.storage_and_layout();
+    let candle_core::Storage::Cuda(ss) = &*storage else {
+        bail!("causal softmax backward: the scores are not on the GPU")
+    };
+    let (sa, srows, st) = rows(layout)?;
+    if (srows, st) != (rows_, t) {
+        bail!("causal softmax backward: the scores' shape differs from the output's")
+    }
+    let sv = ss.as_cuda_slice::<T>()?.slice(sa..sa + n);
+    let (t32, how, mut b) = (t as i32, op.how, f.builder());
+    b.arg(&sv)
+        .arg(&ps)
+        .arg(&ds_in)
+        .arg(&mut out)
+        .arg(&t32)
+        .arg(&how.scale)
+        .arg(&how.window)
+        .arg(&how.cap);
     // SAFETY: arguments match the kernel's signature; buffers hold rows * t elements.
     unsafe { b.launch(cfg(rows_)) }.map_err(launch_err)?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
@@ -143,20 +171,12 @@ impl CustomOp2 for CausalSoftmaxBwd {
     ) -> Result<(CudaStorage, Shape)> {
         let dev = p.device().clone();
         let out = match p.dtype() {
-            DType::F32 => bwd_typed::<f32>(
-                "causal_softmax_bwd_f32",
-                &dev,
-                (p, pl),
-                (dp, dl),
-                self.scale,
-            )?,
-            DType::BF16 => bwd_typed::<half::bf16>(
-                "causal_softmax_bwd_bf16",
-                &dev,
-                (p, pl),
-                (dp, dl),
-                self.scale,
-            )?,
+            DType::F32 => {
+                bwd_typed::<f32>("causal_softmax_bwd_f32", &dev, (p, pl), (dp, dl), self)?
+            }
+            DType::BF16 => {
+                bwd_typed::<half::bf16>("causal_softmax_bwd_bf16", &dev, (p, pl), (dp, dl), self)?
+            }
             d => bail!("galley's causal softmax takes f32 or bf16 scores, not {d:?}"),
         };
         Ok((out, pl.shape().clone()))
@@ -165,9 +185,15 @@ impl CustomOp2 for CausalSoftmaxBwd {
 
 /// softmax(scale · s) over the last dimension with keys after the query masked out, `s`
 /// (..., rows, t) on a CUDA device, row r being query position r % t; the probabilities in
-/// `s`'s dtype (computed in f32). The same function as `ops::causal_softmax_reference`.
-pub fn causal_softmax(s: &Tensor, scale: f64) -> Result<Tensor> {
-    s.contiguous()?.apply_op1(CausalSoftmax {
-        scale: scale as f32,
-    })
+/// `s`'s dtype (computed in f32). The same function as `ops::causal_softmax_windowed`
+/// (`window`: keys `window` or more positions back masked too), and under `cap` (Gemma 2)
+/// softmax(cap · tanh(scale · s / cap)), as the reference path's candle ops compute it.
+pub fn causal_softmax(
+    s: &Tensor,
+    scale: f64,
+    window: Option<usize>,
+    cap: Option<f64>,
+) -> Result<Tensor> {
+    let how = Scores::new(scale, window, cap).map_err(candle_core::Error::Msg)?;
+    s.contiguous()?.apply_op1(CausalSoftmax(how))
 }

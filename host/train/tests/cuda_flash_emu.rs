@@ -1,7 +1,8 @@
 //! The fused causal attention kernels (`kernels/flash.cu`) run on the CPU through
 //! galley-cuda-emu, with the launch shapes `flash_cuda` uses, against attention written out
 //! in f64: outputs, log-sum-exps, and dQ, dK, dV of a weighted sum, in f32 and bf16, for
-//! grouped query heads and lengths that end inside a key chunk and a row tile.
+//! grouped query heads and lengths that end inside a key chunk and a row tile, plain and with
+//! Gemma's sliding window and soft cap.
 
 use galley_cuda_emu::check::Ty;
 use galley_cuda_emu::{Arg, Buf, LaunchCfg, Module};
@@ -33,19 +34,32 @@ struct Reference {
     dv: Vec<f64>,
 }
 
-/// Attention in f64 over the grouped layout, and the gradients for output gradient `dout`.
-#[allow(clippy::too_many_arguments)]
-fn reference(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    dout: &[f32],
+/// One shape: (batch x kv heads, group, length, head dim), the sliding window (0: none) and
+/// the soft cap (0: none).
+#[derive(Debug, Clone, Copy)]
+struct Case {
     bkv: usize,
     g: usize,
     t: usize,
     d: usize,
-    scale: f64,
-) -> Reference {
+    window: usize,
+    cap: f64,
+}
+
+/// Attention in f64 over the grouped layout, and the gradients for output gradient `dout`.
+fn reference(q: &[f32], k: &[f32], v: &[f32], dout: &[f32], c: Case, scale: f64) -> Reference {
+    let Case { bkv, g, t, d, .. } = c;
+    let seen = |pos: usize, j: usize| j <= pos && (c.window == 0 || pos - j < c.window);
+    // A scaled score under the cap, and the cap's slope there.
+    let capped = |x: f64| -> (f64, f64) {
+        match c.cap > 0.0 {
+            true => {
+                let th = (x / c.cap).tanh();
+                (c.cap * th, 1.0 - th * th)
+            }
+            false => (x, 1.0),
+        }
+    };
     let r_all = g * t;
     let mut out = Reference {
         o: vec![0.0; bkv * r_all * d],
@@ -59,14 +73,18 @@ fn reference(
             let pos = r % t;
             let qr = &q[(bh * r_all + r) * d..][..d];
             let dor = &dout[(bh * r_all + r) * d..][..d];
-            let s: Vec<f64> = (0..=pos)
-                .map(|j| {
-                    (0..d)
-                        .map(|x| qr[x] as f64 * k[(bh * t + j) * d + x] as f64)
-                        .sum::<f64>()
-                        * scale
+            // Unseen keys: score -inf, probability 0, slope 0.
+            let (s, slope): (Vec<f64>, Vec<f64>) = (0..=pos)
+                .map(|j| match seen(pos, j) {
+                    true => capped(
+                        (0..d)
+                            .map(|x| qr[x] as f64 * k[(bh * t + j) * d + x] as f64)
+                            .sum::<f64>()
+                            * scale,
+                    ),
+                    false => (f64::NEG_INFINITY, 0.0),
                 })
-                .collect();
+                .unzip();
             let m = s.iter().cloned().fold(f64::MIN, f64::max);
             let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
             let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / z).collect();
@@ -82,7 +100,7 @@ fn reference(
                 let dp: f64 = (0..d)
                     .map(|x| dor[x] as f64 * v[(bh * t + j) * d + x] as f64)
                     .sum();
-                let ds = p[j] * (dp - dr);
+                let ds = p[j] * (dp - dr) * slope[j];
                 for x in 0..d {
                     out.dv[(bh * t + j) * d + x] += p[j] * dor[x] as f64;
                     out.dq[(bh * r_all + r) * d + x] += scale * ds * k[(bh * t + j) * d + x] as f64;
@@ -96,9 +114,37 @@ fn reference(
 
 #[test]
 fn flash_attention_forward_and_backward_match_attention_in_f64() {
-    // (batch x kv heads, group, length, head dim): rows end mid-tile (3 x 37 = 111), keys
-    // mid-chunk (37, 70); d = 32 (one dimension per lane) and 64 (two).
-    for (bkv, g, t, d) in [(2usize, 3usize, 37usize, 64usize), (1, 1, 70, 32)] {
+    // Rows end mid-tile (3 x 37 = 111), keys mid-chunk (37, 70, 100); d = 32 (one dimension
+    // per lane) and 64 (two). Gemma's attention: windows that skip whole key chunks for the
+    // later rows (34 of 100 keys), one narrower than a chunk (5), and soft caps scaled to
+    // these scores (about ±0.3 after the scale), alone and with a window.
+    let plain = |bkv, g, t, d| Case {
+        bkv,
+        g,
+        t,
+        d,
+        window: 0,
+        cap: 0.0,
+    };
+    for c in [
+        plain(2, 3, 37, 64),
+        plain(1, 1, 70, 32),
+        Case {
+            window: 34,
+            ..plain(1, 2, 100, 32)
+        },
+        Case {
+            window: 5,
+            cap: 0.2,
+            ..plain(2, 3, 37, 64)
+        },
+        Case {
+            cap: 0.2,
+            ..plain(1, 1, 70, 32)
+        },
+    ] {
+        let Case { bkv, g, t, d, .. } = c;
+        let (window, cap) = (c.window as i32, c.cap as f32);
         let r_all = g * t;
         let scale = 1.0 / (d as f64).sqrt();
         for ty in Ty::ALL {
@@ -123,12 +169,14 @@ fn flash_attention_forward_and_backward_match_attention_in_f64() {
                         Arg::I32(t as i32),
                         Arg::I32(d as i32),
                         Arg::F32(scale as f32),
+                        Arg::I32(window),
+                        Arg::F32(cap),
                     ],
                 )
                 .unwrap();
-            let want = reference(&q, &k, &v, &dout, bkv, g, t, d, scale);
+            let want = reference(&q, &k, &v, &dout, c, scale);
             let tol = if ty == Ty::F32 { 1e-5 } else { 1e-2 };
-            let what = format!("bkv={bkv} g={g} t={t} d={d} {s}");
+            let what = format!("{c:?} {s}");
             let e = rel_err(&ty.read(&o), &want.o);
             assert!(e < tol, "{what}: output off by {e}");
             let e = rel_err(&lse.to_vec::<f32>(), &want.lse);
@@ -168,6 +216,8 @@ fn flash_attention_forward_and_backward_match_attention_in_f64() {
                         Arg::I32(g as i32),
                         Arg::I32(d as i32),
                         Arg::F32(scale as f32),
+                        Arg::I32(window),
+                        Arg::F32(cap),
                     ],
                 )
                 .unwrap();
@@ -188,6 +238,8 @@ fn flash_attention_forward_and_backward_match_attention_in_f64() {
                         Arg::I32(t as i32),
                         Arg::I32(d as i32),
                         Arg::F32(scale as f32),
+                        Arg::I32(window),
+                        Arg::F32(cap),
                     ],
                 )
                 .unwrap();

@@ -1,7 +1,8 @@
-//! The CUDA versions of the fused training ops (`kernels/ops.cu`: RMS norm, SiLU gate, rotary
+//! The CUDA versions of the fused training ops (`kernels/ops.cu`: RMS norm, the SiLU and GELU gates, rotary
 //! embedding with the head transpose, cross-entropy; forward and backward) run on the CPU
 //! through galley-cuda-emu with the launch shapes `ops_cuda` uses (`cuda_src`), against the
-//! definitions in plain Rust (f64 sums), in every dtype combination the trainer launches.
+//! definitions in plain Rust (f64 sums), in every dtype combination the trainer launches; slopes of the gates and of the soft cap
+//! come from central differences of their definitions.
 
 use galley_cuda_emu::check::{Ty, assert_close};
 use galley_cuda_emu::{Arg, Buf, LaunchCfg, Module};
@@ -116,52 +117,73 @@ fn rms_norm_forward_and_backward_in_every_dtype_pair() {
     }
 }
 
+/// SiLU, and GELU's tanh form (Gemma's `gelu_pytorch_tanh`), in f64.
+fn act(name: &str, x: f64) -> f64 {
+    match name {
+        "silu" => x / (1.0 + (-x).exp()),
+        _ => {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
+        }
+    }
+}
+
 #[test]
-fn silu_gate_and_rotary_heads_forward_and_backward() {
+fn the_gates_and_rotary_heads_forward_and_backward() {
     for ty in Ty::ALL {
         let s = ty.suffix();
         let n = 5000usize;
         let (g, u, dy) = (ty.input(n, 11), ty.input(n, 12), ty.input(n, 13));
-        let mut y = ty.uninit(n);
-        ops()
-            .launch(
-                &format!("silu_gate_{s}"),
-                cfg(cuda_src::elementwise(n)),
-                &mut [
-                    Arg::Buf(&mut ty.buf(&g)),
-                    Arg::Buf(&mut ty.buf(&u)),
-                    Arg::Buf(&mut y),
-                    Arg::I64(n as i64),
-                ],
-            )
-            .unwrap();
-        let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
-        let want: Vec<f32> = (0..n).map(|i| g[i] * sig(g[i]) * u[i]).collect();
-        assert_close(&ty.read(&y), &want, ty.tol(), &format!("silu {s}"));
-        let (mut dg, mut du) = (ty.uninit(n), ty.uninit(n));
-        ops()
-            .launch(
-                &format!("silu_gate_bwd_{s}"),
-                cfg(cuda_src::elementwise(n)),
-                &mut [
-                    Arg::Buf(&mut ty.buf(&g)),
-                    Arg::Buf(&mut ty.buf(&u)),
-                    Arg::Buf(&mut ty.buf(&dy)),
-                    Arg::Buf(&mut dg),
-                    Arg::Buf(&mut du),
-                    Arg::I64(n as i64),
-                ],
-            )
-            .unwrap();
-        let wdu: Vec<f32> = (0..n).map(|i| dy[i] * g[i] * sig(g[i])).collect();
-        let wdg: Vec<f32> = (0..n)
-            .map(|i| {
-                let sg = sig(g[i]);
-                dy[i] * u[i] * sg * (1.0 + g[i] * (1.0 - sg))
-            })
-            .collect();
-        assert_close(&ty.read(&du), &wdu, ty.tol(), &format!("silu du {s}"));
-        assert_close(&ty.read(&dg), &wdg, ty.tol(), &format!("silu dg {s}"));
+        // Gates of up to ±4, where GELU's tanh bends.
+        let g: Vec<f32> = g.iter().map(|x| ty.round(x * 4.0)).collect();
+        for a in ["silu", "gelu"] {
+            let mut y = ty.uninit(n);
+            ops()
+                .launch(
+                    &format!("{a}_gate_{s}"),
+                    cfg(cuda_src::elementwise(n)),
+                    &mut [
+                        Arg::Buf(&mut ty.buf(&g)),
+                        Arg::Buf(&mut ty.buf(&u)),
+                        Arg::Buf(&mut y),
+                        Arg::I64(n as i64),
+                    ],
+                )
+                .unwrap();
+            let want: Vec<f32> = (0..n)
+                .map(|i| (act(a, g[i] as f64) * u[i] as f64) as f32)
+                .collect();
+            assert_close(&ty.read(&y), &want, ty.tol(), &format!("{a} {s}"));
+            let (mut dg, mut du) = (ty.uninit(n), ty.uninit(n));
+            ops()
+                .launch(
+                    &format!("{a}_gate_bwd_{s}"),
+                    cfg(cuda_src::elementwise(n)),
+                    &mut [
+                        Arg::Buf(&mut ty.buf(&g)),
+                        Arg::Buf(&mut ty.buf(&u)),
+                        Arg::Buf(&mut ty.buf(&dy)),
+                        Arg::Buf(&mut dg),
+                        Arg::Buf(&mut du),
+                        Arg::I64(n as i64),
+                    ],
+                )
+                .unwrap();
+            let wdu: Vec<f32> = (0..n)
+                .map(|i| (dy[i] as f64 * act(a, g[i] as f64)) as f32)
+                .collect();
+            // The activation's slope by central differences of its f64 definition, so the
+            // kernel's closed form is checked, not copied.
+            let wdg: Vec<f32> = (0..n)
+                .map(|i| {
+                    let (x, h) = (g[i] as f64, 1e-5);
+                    let slope = (act(a, x + h) - act(a, x - h)) / (2.0 * h);
+                    (dy[i] as f64 * u[i] as f64 * slope) as f32
+                })
+                .collect();
+            assert_close(&ty.read(&du), &wdu, ty.tol(), &format!("{a} du {s}"));
+            assert_close(&ty.read(&dg), &wdg, ty.tol(), &format!("{a} dg {s}"));
+        }
 
         // RoPE: (B, t, h, d) -> (B, h, t, d), then the backward maps the result back to x.
         let (b, t, h, d) = (2usize, 7usize, 3usize, 16usize);
@@ -221,11 +243,19 @@ fn silu_gate_and_rotary_heads_forward_and_backward() {
 }
 
 #[test]
-fn cross_entropy_and_its_gradient_with_temperature_and_ignored_rows() {
+fn cross_entropy_and_its_gradient_with_temperature_soft_cap_and_ignored_rows() {
     let (rows, v) = (5usize, 1000usize);
     let inv_t = 1.0f32 / 0.7;
     let targets = [3u32, u32::MAX, 999, 0, 500];
-    for ty in Ty::ALL {
+    // Without a cap, and under Gemma 2's final cap scaled to these logits (±8): 5 bends them.
+    for (ty, cap) in Ty::ALL.into_iter().flat_map(|ty| [(ty, 0.0f32), (ty, 5.0)]) {
+        // The capped logit in f64, as the reference's loss sees it.
+        let c = |x: f64| -> f64 {
+            match cap > 0.0 {
+                true => cap as f64 * (x / cap as f64).tanh(),
+                false => x,
+            }
+        };
         let s = ty.suffix();
         let z: Vec<f32> = ty
             .input(rows * v, 21)
@@ -244,6 +274,7 @@ fn cross_entropy_and_its_gradient_with_temperature_and_ignored_rows() {
                     Arg::Buf(&mut nll),
                     Arg::I32(v as i32),
                     Arg::F32(inv_t),
+                    Arg::F32(cap),
                 ],
             )
             .unwrap();
@@ -251,7 +282,7 @@ fn cross_entropy_and_its_gradient_with_temperature_and_ignored_rows() {
             .map(|r| {
                 let row = &z[r * v..][..v];
                 row.iter()
-                    .map(|&x| ((x * inv_t) as f64).exp())
+                    .map(|&x| (c(x as f64) * inv_t as f64).exp())
                     .sum::<f64>()
                     .ln()
             })
@@ -259,11 +290,11 @@ fn cross_entropy_and_its_gradient_with_temperature_and_ignored_rows() {
         let want: Vec<f32> = (0..rows)
             .map(|r| match targets[r] {
                 u32::MAX => 0.0,
-                t => (lse[r] - (z[r * v + t as usize] * inv_t) as f64) as f32,
+                t => (lse[r] - c(z[r * v + t as usize] as f64) * inv_t as f64) as f32,
             })
             .collect();
         let got = nll.to_vec::<f32>();
-        assert_close(&got, &want, 1e-5, &format!("xent {s}"));
+        assert_close(&got, &want, 1e-5, &format!("xent {s} cap {cap}"));
 
         let gout = [0.5f32, 2.0, -1.0, 1.0, 0.25];
         let mut dz = ty.uninit(rows * v);
@@ -279,6 +310,7 @@ fn cross_entropy_and_its_gradient_with_temperature_and_ignored_rows() {
                     Arg::Buf(&mut dz),
                     Arg::I32(v as i32),
                     Arg::F32(inv_t),
+                    Arg::F32(cap),
                 ],
             )
             .unwrap();
@@ -288,9 +320,12 @@ fn cross_entropy_and_its_gradient_with_temperature_and_ignored_rows() {
                 if targets[r] == u32::MAX {
                     return 0.0;
                 }
-                let p = (((z[k] * inv_t) as f64) - lse[r]).exp();
+                let (x, h) = (z[k] as f64, 1e-5);
+                let p = (c(x) * inv_t as f64 - lse[r]).exp();
                 let hot = if j == targets[r] as usize { 1.0 } else { 0.0 };
-                ((gout[r] * inv_t) as f64 * (p - hot)) as f32
+                // The cap's slope by central differences of c.
+                let slope = (c(x + h) - c(x - h)) / (2.0 * h);
+                ((gout[r] * inv_t) as f64 * (p - hot) * slope) as f32
             })
             .collect();
         // Absolute tolerance: most probabilities are tiny.
@@ -301,7 +336,10 @@ fn cross_entropy_and_its_gradient_with_temperature_and_ignored_rows() {
             } else {
                 1e-2 * w.abs() + 1e-6
             };
-            assert!((g - w).abs() <= tol, "xent dz {s}[{k}]: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= tol,
+                "xent dz {s} cap {cap} [{k}]: {g} vs {w}"
+            );
         }
     }
 }

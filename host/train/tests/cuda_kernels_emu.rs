@@ -22,71 +22,109 @@ fn optim() -> &'static Module {
 #[test]
 fn causal_softmax_and_its_backward_match_the_definition() {
     // Rows of 5 and 300 keys (the block's 256 threads loop); two heads of a batch of one.
+    // Plain, under a sliding window (Gemma's local layers: 3 of 5 keys, 100 of 300), under a
+    // soft cap (Gemma 2's, scaled to these scores: 0.05 bends scores of about ±0.125), and
+    // both at once.
     for t in [5usize, 300] {
         let rows = 2 * t;
         let scale = 0.125f32;
-        for ty in Ty::ALL {
-            let s = ty.input(rows * t, t as u64);
-            let mut p = ty.uninit(rows * t);
-            let cfg = LaunchCfg::new((rows as u32, 1, 1), (256, 1, 1), 0);
-            ops()
-                .launch(
-                    &format!("causal_softmax_{}", ty.suffix()),
-                    cfg,
-                    &mut [
-                        Arg::Buf(&mut ty.buf(&s)),
-                        Arg::Buf(&mut p),
-                        Arg::I32(t as i32),
-                        Arg::F32(scale),
-                    ],
-                )
-                .unwrap();
-            let mut want = vec![0.0f32; rows * t];
-            for r in 0..rows {
-                let pos = r % t;
-                let x = &s[r * t..][..t];
-                let m = x[..=pos].iter().map(|v| v * scale).fold(f32::MIN, f32::max);
-                let z: f32 = x[..=pos].iter().map(|v| (v * scale - m).exp()).sum();
-                for j in 0..=pos {
-                    want[r * t + j] = (x[j] * scale - m).exp() / z;
-                }
+        let w = if t == 5 { 3 } else { 100 };
+        for (window, cap) in [(0i32, 0.0f32), (w, 0.0), (0, 0.05), (w, 0.05)] {
+            for ty in Ty::ALL {
+                let label = format!("t={t} window {window} cap {cap} {ty:?}");
+                softmax_case(ty, (rows, t), (scale, window, cap), &label);
             }
-            let got = ty.read(&p);
-            assert_close(&got, &want, ty.tol(), &format!("softmax t={t} {ty:?}"));
-
-            // Backward from the probabilities the forward pass stored.
-            let dp = ty.input(rows * t, 7 + t as u64);
-            let mut ds = ty.uninit(rows * t);
-            ops()
-                .launch(
-                    &format!("causal_softmax_bwd_{}", ty.suffix()),
-                    cfg,
-                    &mut [
-                        Arg::Buf(&mut ty.buf(&got)),
-                        Arg::Buf(&mut ty.buf(&dp)),
-                        Arg::Buf(&mut ds),
-                        Arg::I32(t as i32),
-                        Arg::F32(scale),
-                    ],
-                )
-                .unwrap();
-            let mut want = vec![0.0f32; rows * t];
-            for r in 0..rows {
-                let pos = r % t;
-                let o = r * t;
-                let dot: f32 = (0..=pos).map(|j| got[o + j] * dp[o + j]).sum();
-                for j in 0..=pos {
-                    want[o + j] = scale * got[o + j] * (dp[o + j] - dot);
-                }
-            }
-            assert_close(
-                &ty.read(&ds),
-                &want,
-                ty.tol(),
-                &format!("softmax backward t={t} {ty:?}"),
-            );
         }
     }
+}
+
+/// One causal softmax launch and its backward, against the definition in f64.
+fn softmax_case(
+    ty: Ty,
+    (rows, t): (usize, usize),
+    (scale, window, cap): (f32, i32, f32),
+    label: &str,
+) {
+    let s = ty.input(rows * t, t as u64);
+    let mut p = ty.uninit(rows * t);
+    let cfg = LaunchCfg::new((rows as u32, 1, 1), (256, 1, 1), 0);
+    let t32 = t as i32;
+    ops()
+        .launch(
+            &format!("causal_softmax_{}", ty.suffix()),
+            cfg,
+            &mut [
+                Arg::Buf(&mut ty.buf(&s)),
+                Arg::Buf(&mut p),
+                Arg::I32(t32),
+                Arg::F32(scale),
+                Arg::I32(window),
+                Arg::F32(cap),
+            ],
+        )
+        .unwrap();
+    // The score as the softmax sees it, and which keys a row sees.
+    let z = |x: f64| -> f64 {
+        let x = x * scale as f64;
+        match cap > 0.0 {
+            true => cap as f64 * (x / cap as f64).tanh(),
+            false => x,
+        }
+    };
+    let seen = |pos: usize, j: usize| j <= pos && (window == 0 || pos - j < window as usize);
+    let mut want = vec![0.0f32; rows * t];
+    for r in 0..rows {
+        let pos = r % t;
+        let x = &s[r * t..][..t];
+        let keys: Vec<usize> = (0..t).filter(|&j| seen(pos, j)).collect();
+        let m = keys
+            .iter()
+            .map(|&j| z(x[j] as f64))
+            .fold(f64::MIN, f64::max);
+        let total: f64 = keys.iter().map(|&j| (z(x[j] as f64) - m).exp()).sum();
+        for &j in &keys {
+            want[r * t + j] = ((z(x[j] as f64) - m).exp() / total) as f32;
+        }
+    }
+    let got = ty.read(&p);
+    assert_close(&got, &want, ty.tol(), &format!("softmax {label}"));
+
+    // Backward from the probabilities the forward pass stored, and the scores.
+    let dp = ty.input(rows * t, 7 + t as u64);
+    let mut ds = ty.uninit(rows * t);
+    ops()
+        .launch(
+            &format!("causal_softmax_bwd_{}", ty.suffix()),
+            cfg,
+            &mut [
+                Arg::Buf(&mut ty.buf(&s)),
+                Arg::Buf(&mut ty.buf(&got)),
+                Arg::Buf(&mut ty.buf(&dp)),
+                Arg::Buf(&mut ds),
+                Arg::I32(t32),
+                Arg::F32(scale),
+                Arg::I32(window),
+                Arg::F32(cap),
+            ],
+        )
+        .unwrap();
+    let mut want = vec![0.0f32; rows * t];
+    for r in 0..rows {
+        let o = r * t;
+        let dot: f64 = (0..t).map(|j| got[o + j] as f64 * dp[o + j] as f64).sum();
+        for j in (0..t).filter(|&j| seen(r % t, j)) {
+            // The slope of z by central differences: scale, times the cap's where there is one.
+            let (x, h) = (s[o + j] as f64, 1e-5);
+            let slope = (z(x + h) - z(x - h)) / (2.0 * h);
+            want[o + j] = (slope * got[o + j] as f64 * (dp[o + j] as f64 - dot)) as f32;
+        }
+    }
+    assert_close(
+        &ty.read(&ds),
+        &want,
+        ty.tol(),
+        &format!("softmax backward {label}"),
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Training on a CUDA GPU (built with `--features cuda`; run where a GPU answers): the model
 //! on the GPU against the CPU's fused kernels (losses and every gradient, full fine-tuning,
-//! LoRA, QLoRA; f32 and bf16), gradients against finite differences on the device, the fused
+//! LoRA, QLoRA; f32 and bf16; Gemma 2 and 3 and SmolLM3 too), gradients against finite differences on the device, the fused
 //! optimizer kernel against PyTorch's AdamW formula, and whole runs (SFT, DPO, GRPO) whose
 //! checkpoints resume on the CPU. Without a GPU every test says so and passes: CI machines
 //! have none, and the GPU machine runs this binary (`scripts/gpu-check.sh`).
@@ -47,6 +47,15 @@ fn tiny(dir: &Path, tied: bool) -> galley_model::LlamaConfig {
 fn load(dir: &Path, c: &galley_model::LlamaConfig, method: Tuning, dev: &Device) -> TrainModel {
     let w =
         galley_model::weights::Weights::safetensors(vec![dir.join("model.safetensors")]).unwrap();
+    load_weights(&w, c, method, dev)
+}
+
+fn load_weights(
+    w: &galley_model::weights::Weights,
+    c: &galley_model::LlamaConfig,
+    method: Tuning,
+    dev: &Device,
+) -> TrainModel {
     let peft = PeftSection {
         r: 4,
         lora_dropout: 0.0,
@@ -58,7 +67,7 @@ fn load(dir: &Path, c: &galley_model::LlamaConfig, method: Tuning, dev: &Device)
         peft: &peft,
         seed: 1,
     };
-    let m = TrainModel::load(&w, c.clone(), &build, dev).unwrap();
+    let m = TrainModel::load(w, c.clone(), &build, dev).unwrap();
     // LoRA B starts at zero; move it so gradient reaches A.
     for p in &m.trainable {
         if p.name.contains("lora_B") {
@@ -153,10 +162,17 @@ fn gpu_matches_cpu(method: Tuning, tied: bool) {
     let Some(dev) = gpu() else { return };
     let dir = tempfile::tempdir().unwrap();
     let c = tiny(dir.path(), tied);
-    let cpu = load(dir.path(), &c, method, &Device::Cpu);
+    let what = format!("{method:?} tied={tied}");
+    compare(method, &dev, &what, |d| load(dir.path(), &c, method, d));
+}
+
+/// The model `load` builds, on the CPU's fused kernels and on the GPU in f32 and bf16: the
+/// loss and every gradient.
+fn compare(method: Tuning, dev: &Device, what: &str, load: impl Fn(&Device) -> TrainModel) {
+    let cpu = load(&Device::Cpu);
     assert_eq!(cpu.kernels, Kernels::Fused);
     let (lc, gc) = loss_and_grads(&cpu);
-    let mut g32 = load(dir.path(), &c, method, &dev);
+    let mut g32 = load(dev);
     assert_eq!(g32.kernels, Kernels::Cuda);
     g32.compute = DType::F32;
     let (lg, gg) = loss_and_grads(&g32);
@@ -177,7 +193,7 @@ fn gpu_matches_cpu(method: Tuning, tied: bool) {
             p.name
         );
     }
-    let mut b16 = load(dir.path(), &c, method, &dev);
+    let mut b16 = load(dev);
     b16.compute = DType::BF16;
     let (lb, gb) = loss_and_grads(&b16);
     assert!(
@@ -192,7 +208,7 @@ fn gpu_matches_cpu(method: Tuning, tied: bool) {
             p.name
         );
     }
-    eprintln!("{method:?} tied={tied}: loss CPU {lc}, GPU f32 {lg}, GPU bf16 {lb}");
+    eprintln!("{what}: loss CPU {lc}, GPU f32 {lg}, GPU bf16 {lb}");
 }
 
 #[test]
@@ -211,12 +227,44 @@ fn gpu_qlora_matches_the_cpu_kernels() {
     gpu_matches_cpu(Tuning::Qlora, false);
 }
 
+/// Gemma 3 and Gemma 2 (sliding-window layers narrower than the batch's 17 tokens, q/k norms,
+/// Gemma 2's soft caps on scores and logits, the GELU gate, scaled embeddings) and SmolLM3 (a
+/// layer without RoPE) on the GPU against the CPU's fused kernels, on the tiny
+/// transformers-made models galley-model's parity tests use.
+#[test]
+fn gpu_gemma_and_smollm3_match_the_cpu_kernels() {
+    let Some(dev) = gpu() else { return };
+    for name in ["gemma3", "gemma2", "smollm3"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../model/tests/fixtures/tiny")
+            .join(name);
+        let ck = galley_model::open(&dir, galley_model::LoadOptions::default()).unwrap();
+        for method in [Tuning::Full, Tuning::Lora] {
+            let what = format!("{name} {method:?}");
+            compare(method, &dev, &what, |d| {
+                load_weights(&ck.weights, &ck.config, method, d)
+            });
+        }
+    }
+}
+
 /// The CUDA causal softmax against candle's composite one on the GPU, forward and backward,
 /// in f32 and bf16, for rows shorter and longer than a thread block (grouped query rows).
 #[test]
 fn gpu_causal_softmax_kernel_matches_the_reference() {
     let Some(dev) = gpu() else { return };
-    for (t, g) in [(5usize, 2usize), (300, 1), (1030, 3)] {
+    // Plain, and Gemma's: a sliding window, a soft cap (scores of ±1.5 after the scale, so a
+    // cap of 1 bends them), both.
+    let cases = [
+        (None, None),
+        (Some(4usize), None),
+        (None, Some(1.0f64)),
+        (Some(100), Some(1.0)),
+    ];
+    for ((t, g), (window, cap)) in [(5usize, 2usize), (300, 1), (1030, 3)]
+        .into_iter()
+        .flat_map(|tg| cases.map(|c| (tg, c)))
+    {
         for dt in [DType::F32, DType::BF16] {
             let n = 2 * g * t * t;
             let v: Vec<f32> = (0..n)
@@ -256,14 +304,27 @@ fn gpu_causal_softmax_kernel_matches_the_reference() {
                 };
                 (f(&p), f(&grad))
             };
-            let (pk, gk) = run(galley_train::ops_cuda::causal_softmax(s.as_tensor(), 0.3).unwrap());
-            let (pr, gr) =
-                run(galley_train::ops::causal_softmax_reference(s.as_tensor(), 0.3).unwrap());
+            let (pk, gk) =
+                run(
+                    galley_train::ops_cuda::causal_softmax(s.as_tensor(), 0.3, window, cap)
+                        .unwrap(),
+                );
+            let reference = match cap {
+                Some(c) => {
+                    let x = (s.as_tensor().to_dtype(DType::F32).unwrap() * 0.3).unwrap();
+                    let x = ((x / c).unwrap().tanh().unwrap() * c).unwrap();
+                    galley_train::ops::causal_softmax_windowed(&x, 1.0, window).unwrap()
+                }
+                None => {
+                    galley_train::ops::causal_softmax_windowed(s.as_tensor(), 0.3, window).unwrap()
+                }
+            };
+            let (pr, gr) = run(reference);
             let tol = if dt == DType::F32 { 1e-5 } else { 2e-2 };
             let (ep, eg) = (rel_err(&pk, &pr), rel_err(&gk, &gr));
             assert!(
                 ep < tol && eg < tol,
-                "t={t} g={g} {dt:?}: probabilities {ep}, gradients {eg}"
+                "t={t} g={g} window {window:?} cap {cap:?} {dt:?}: probabilities {ep}, gradients {eg}"
             );
             // Masked keys get exactly zero.
             assert_eq!(pk[1], 0.0, "t={t}: the first query sees only itself");
@@ -354,13 +415,22 @@ fn gpu_fused_ops_match_the_composites() {
         .unwrap();
         let f = probe(
             &[&g, &u],
-            fused_cuda::silu_gate(g.as_tensor(), u.as_tensor()).unwrap(),
+            fused_cuda::gate(g.as_tensor(), u.as_tensor(), fused_cuda::Act::Silu).unwrap(),
         );
         let r = probe(
             &[&g, &u],
             ops::silu_mul(g.as_tensor(), u.as_tensor(), Kernels::Reference).unwrap(),
         );
         check("silu gate", dt, f, r);
+        let f = probe(
+            &[&g, &u],
+            fused_cuda::gate(g.as_tensor(), u.as_tensor(), fused_cuda::Act::GeluTanh).unwrap(),
+        );
+        let r = probe(
+            &[&g, &u],
+            ops::gelu_mul(g.as_tensor(), u.as_tensor(), Kernels::Reference).unwrap(),
+        );
+        check("gelu gate", dt, f, r);
 
         let (b, t, h, d) = (2usize, 37usize, 3usize, 64usize);
         let inv: Vec<f32> = (0..d / 2)
@@ -396,11 +466,20 @@ fn gpu_fused_ops_match_the_composites() {
         let targets = [5u32, ops::IGNORE, 2999, 0, 1234, 77];
         let f = probe(
             &[&z],
-            fused_cuda::cross_entropy(z.as_tensor(), &targets, 0.7).unwrap(),
+            fused_cuda::cross_entropy(z.as_tensor(), &targets, 0.7, None).unwrap(),
         );
         let z32 = (z.as_tensor().to_dtype(DType::F32).unwrap() / 0.7).unwrap();
         let r = probe(&[&z], ops::cross_entropy_reference(&z32, &targets).unwrap());
         check("cross-entropy", dt, f, r);
+        // Under Gemma 2's final cap (5 bends these ±6 logits), before the temperature.
+        let f = probe(
+            &[&z],
+            fused_cuda::cross_entropy(z.as_tensor(), &targets, 0.7, Some(5.0)).unwrap(),
+        );
+        let z32 = z.as_tensor().to_dtype(DType::F32).unwrap();
+        let z32 = (((z32 / 5.0).unwrap().tanh().unwrap() * 5.0).unwrap() / 0.7).unwrap();
+        let r = probe(&[&z], ops::cross_entropy_reference(&z32, &targets).unwrap());
+        check("cross-entropy under a soft cap", dt, f, r);
 
         // The fused attention against scores, causal softmax and product, grouped query heads
         // (3 per KV head), a length that ends inside a key chunk.
@@ -422,13 +501,36 @@ fn gpu_fused_ops_match_the_composites() {
         );
         let scale = 1.0 / (d as f64).sqrt();
         let (q, k, v) = (qv.as_tensor(), kv.as_tensor(), vv.as_tensor());
-        let f = probe(
-            &[&qv, &kv, &vv],
-            galley_train::flash_cuda::attention(q, k, v, scale).unwrap(),
-        );
-        let p = ops::causal_softmax_reference(&q.matmul(&k.t().unwrap()).unwrap(), scale).unwrap();
-        let r = probe(&[&qv, &kv, &vv], p.matmul(v).unwrap());
-        check("flash attention", dt, f, r);
+        // Plain, and Gemma's sliding window (skipping key chunks) and soft cap.
+        for (window, cap) in [(None, None), (Some(40usize), None), (Some(7), Some(0.2f64))] {
+            let how = galley_train::cuda_src::Scores::new(scale, window, cap).unwrap();
+            let f = probe(
+                &[&qv, &kv, &vv],
+                galley_train::flash_cuda::attention(q, k, v, how).unwrap(),
+            );
+            let x = (q
+                .matmul(&k.t().unwrap())
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                * scale)
+                .unwrap();
+            let x = match cap {
+                Some(c) => ((x / c).unwrap().tanh().unwrap() * c).unwrap(),
+                None => x,
+            };
+            let p = ops::causal_softmax_windowed(&x, 1.0, window)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap();
+            let r = probe(&[&qv, &kv, &vv], p.matmul(v).unwrap());
+            check(
+                &format!("flash attention, window {window:?} cap {cap:?}"),
+                dt,
+                f,
+                r,
+            );
+        }
     }
 }
 
@@ -920,6 +1022,29 @@ fn gpu_decode_replayed_as_a_cuda_graph_matches_eager_steps() {
         .unwrap();
     let m = galley_model::Llama::load(&w, c, &dev).unwrap();
     galley_model::cuda::single_stream(&dev);
+    graph_matches_eager(&m, "tiny Llama");
+}
+
+/// The same for Gemma 3 and Gemma 2 (the sliding layers' mask closing a slot a step, their
+/// local RoPE, output norms, soft caps, the GELU MLP; the fused step declines their layers,
+/// so both passes take candle's products) and SmolLM3, on the transformers-made fixtures:
+/// 35 positions against a window of 4.
+#[test]
+fn gpu_gemma_and_smollm3_decode_replayed_as_a_cuda_graph_matches_eager_steps() {
+    let Some(dev) = gpu() else { return };
+    galley_model::cuda::single_stream(&dev);
+    for name in ["gemma3", "gemma2", "smollm3"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../model/tests/fixtures/tiny")
+            .join(name);
+        let m = galley_model::load(&dir, &dev).unwrap();
+        graph_matches_eager(&m.model, name);
+    }
+}
+
+/// 30 steps of a left-padded batch of two through a recorded graph against the growing
+/// cache's eager forward passes, with the fused step off and on.
+fn graph_matches_eager(m: &galley_model::Llama, what: &str) {
     let step = |c: &mut galley_model::Cache, ids: &[u32]| {
         let rows: Vec<Vec<u32>> = ids.iter().map(|&t| vec![t]).collect();
         let out = m.forward(&rows, None, c, true).unwrap();
@@ -933,7 +1058,7 @@ fn gpu_decode_replayed_as_a_cuda_graph_matches_eager_steps() {
         galley_model::decode::set_fused_step(fused);
         let mut cache = m.new_cache(2);
         m.forward(&prompts, Some(&pad), &mut cache, true).unwrap();
-        let mut dec = galley_model::decode::Decoder::from_cache(&m, &cache, 40).unwrap();
+        let mut dec = galley_model::decode::Decoder::from_cache(m, &cache, 40).unwrap();
         let mut worst = 0f32;
         for i in 0..30u32 {
             let next = [(i * 7 + 1) % 48, (i * 5 + 2) % 48];
@@ -944,11 +1069,11 @@ fn gpu_decode_replayed_as_a_cuda_graph_matches_eager_steps() {
             }
         }
         println!(
-            "graph replay (fused step {fused}) vs eager: worst relative logit error {worst:.2e} over 30 steps"
+            "{what}: graph replay (fused step {fused}) vs eager: worst relative logit error {worst:.2e} over 30 steps"
         );
         assert!(
             worst < 1e-5,
-            "graph replay (fused step {fused}) differs: {worst}"
+            "{what}: graph replay (fused step {fused}) differs: {worst}"
         );
     }
     galley_model::decode::set_fused_step(true);

@@ -187,8 +187,9 @@ impl Attention {
     }
 
     /// For the fused decode step: the q|k|v weight and bias, the output projection's weight
-    /// and bias, the query heads; none when a projection is not dense or the heads are
-    /// normed (Qwen3), which the fused kernels do not do.
+    /// and bias, the query heads, the score scale; none when a projection is not dense, the
+    /// heads are normed (Qwen3, Gemma 3) or the scores soft-capped (Gemma 2), which the fused
+    /// kernels do not do.
     #[allow(clippy::type_complexity)]
     pub(crate) fn fused_parts(
         &self,
@@ -196,16 +197,16 @@ impl Attention {
         (&Tensor, Option<&Tensor>),
         (&Tensor, Option<&Tensor>),
         usize,
-        usize,
+        f32,
     )> {
-        if self.q_norm.is_some() || self.k_norm.is_some() {
+        if self.q_norm.is_some() || self.k_norm.is_some() || self.softcap.is_some() {
             return None;
         }
         Some((
             self.qkv_proj.dense_parts()?,
             self.o_proj.dense_parts()?,
             self.heads,
-            self.head_dim,
+            self.scale as f32,
         ))
     }
 
@@ -226,9 +227,9 @@ impl Attention {
         if x.device().is_cuda() && self.q_norm.is_none() {
             let fused = self.qkv_proj.forward(x)?;
             let kv = (k_cache, v_cache);
-            let scale = self.scale as f32;
+            let how = (self.scale as f32, self.softcap.map(|c| c as f32));
             let q = crate::cuda_decode::rope_kv(&fused, angles, slot, kv, self.heads)?;
-            let out = crate::cuda_decode::attend(&q, kv, mask, scale)?;
+            let out = crate::cuda_decode::attend(&q, kv, mask, how)?;
             return self.o_proj.forward(&out);
         }
         let (q, k, v) = self.project(x, angles)?;

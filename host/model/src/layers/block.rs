@@ -58,9 +58,9 @@ impl DecoderLayer {
         })
     }
 
-    /// Whether the fixed-shape decode step (`step`) runs this layer: not with Gemma's
-    /// output norms.
-    pub fn steps(&self) -> bool {
+    /// Whether the layer has no output norms (Gemma's), which the fused decode step does not
+    /// apply.
+    fn plain(&self) -> bool {
         self.attn_out_norm.is_none() && self.mlp_out_norm.is_none()
     }
 
@@ -105,12 +105,16 @@ impl DecoderLayer {
         kv: (&Tensor, &Tensor),
         next: &RmsNorm,
     ) -> candle_core::Result<(Tensor, Tensor)> {
-        if !self.steps() {
-            candle_core::bail!("the fixed-shape decode step does not run Gemma's layers");
-        }
         let attn = self.self_attn.step(a, angles, slot, mask, kv)?;
-        let (h, a) = self.pre_mlp_norm.add_forward(h, &attn)?;
-        next.add_forward(&h, &self.mlp.step(&a)?)
+        // Gemma: each sublayer's output normed before it joins the residual stream.
+        let out = |n: &Option<RmsNorm>, y: Tensor| match n {
+            Some(n) => n.forward(&y),
+            None => Ok(y),
+        };
+        let (h, a) = self
+            .pre_mlp_norm
+            .add_forward(h, &out(&self.attn_out_norm, attn)?)?;
+        next.add_forward(&h, &out(&self.mlp_out_norm, self.mlp.step(&a)?)?)
     }
 
     /// Whether the fused decode step can run this layer with activations of `dt`.
@@ -130,7 +134,7 @@ impl DecoderLayer {
         ]
         .iter()
         .all(|w| w.dtype() == dt)
-            && self.steps()
+            && self.plain()
     }
 
     /// The decode step in the fused kernels (`cuda_step`, on a GPU; `fused_step_ok` first):
@@ -146,7 +150,7 @@ impl DecoderLayer {
         kv: (&Tensor, &Tensor),
     ) -> candle_core::Result<(Tensor, Tensor)> {
         use crate::{cuda_decode, cuda_step};
-        let (Some((qkv, o, heads, hd)), Some((gu, down))) =
+        let (Some((qkv, o, heads, scale)), Some((gu, down))) =
             (self.self_attn.fused_parts(), self.mlp.fused_parts())
         else {
             candle_core::bail!("this layer cannot take the fused decode step")
@@ -161,7 +165,7 @@ impl DecoderLayer {
             kv,
             heads,
         )?;
-        let attn = cuda_decode::attend(&q, kv, mask, (1.0 / (hd as f64).sqrt()) as f32)?;
+        let attn = cuda_decode::attend(&q, kv, mask, (scale, None))?;
         let d1 = cuda_step::gemv(&attn, o.0, o.1)?;
         let (h2, act) = cuda_step::mlp_up_step(&h1, &d1, self.pre_mlp_norm.parts(), gu)?;
         Ok((h2, cuda_step::gemv(&act, down.0, down.1)?))

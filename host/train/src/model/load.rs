@@ -138,11 +138,6 @@ impl TrainModel {
         let c = &config;
         let (d, hd) = (c.hidden_size, c.head_dim);
         let gemma = c.family.is_gemma();
-        if gemma && !dev.is_cpu() {
-            return Err(TrainError::Stopped(
-                "Gemma 2 and 3 (sliding-window layers, soft caps, tanh-GELU) train on the CPU only: set training.device: cpu".into(),
-            ));
-        }
         let mut l = Loader {
             w,
             build,
