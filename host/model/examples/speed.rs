@@ -9,6 +9,11 @@
 //! decode, replayed each step: what `generate` runs on a GPU), with and without reading each
 //! step's logits back to the host as generation's sampling does.
 //!
+//! `GALLEY_SPEED_SHAPE=gemma3-270m` takes Gemma 3 270M's shape instead (its published
+//! config.json: 18 layers, five in six sliding over 512 positions, q/k norms, 256-wide heads,
+//! a 262,144-word vocabulary), whose decode replays the unfused step (the fused kernels
+//! decline Gemma's layers).
+//!
 //!     cargo run --release -p galley-model --example speed [--features cuda]
 
 use candle_core::{DType, Device, Tensor};
@@ -17,7 +22,43 @@ use galley_model::{Family, Llama, LlamaConfig, RopeScaling};
 use std::collections::HashMap;
 use std::time::Instant;
 
+/// Gemma 3 270M's config.json as published, less what galley does not read.
+const GEMMA3_270M: &str = r#"{
+  "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+  "vocab_size": 262144, "hidden_size": 640, "intermediate_size": 2048,
+  "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1,
+  "head_dim": 256, "max_position_embeddings": 32768, "rms_norm_eps": 1e-06,
+  "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": null,
+  "sliding_window": 512, "sliding_window_pattern": 6, "query_pre_attn_scalar": 256,
+  "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": true,
+  "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0
+}"#;
+
+/// The shape `GALLEY_SPEED_SHAPE` names (SmolLM2-135M's by default), and its label.
 fn config() -> LlamaConfig {
+    match std::env::var("GALLEY_SPEED_SHAPE").as_deref() {
+        Ok("gemma3-270m") => {
+            let dir = std::env::temp_dir().join("galley-speed");
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("gemma3-270m.config.json");
+            std::fs::write(&path, GEMMA3_270M).unwrap();
+            LlamaConfig::from_hf_json(&path).unwrap()
+        }
+        Ok(other) if other != "smollm2-135m" => {
+            panic!("GALLEY_SPEED_SHAPE: smollm2-135m or gemma3-270m, not {other}")
+        }
+        _ => smollm2(),
+    }
+}
+
+fn label() -> &'static str {
+    match config().family.is_gemma() {
+        true => "Gemma 3 270M",
+        false => "SmolLM2-135M",
+    }
+}
+
+fn smollm2() -> LlamaConfig {
     LlamaConfig {
         family: Family::Llama,
         vocab_size: 49152,
@@ -91,6 +132,14 @@ fn write_random(path: &std::path::Path, c: &LlamaConfig) {
         );
         put(format!("{p}.input_layernorm.weight"), &[h]);
         put(format!("{p}.post_attention_layernorm.weight"), &[h]);
+        if c.family.is_gemma() {
+            put(format!("{p}.pre_feedforward_layernorm.weight"), &[h]);
+            put(format!("{p}.post_feedforward_layernorm.weight"), &[h]);
+        }
+        if c.qk_norm {
+            put(format!("{p}.self_attn.q_norm.weight"), &[d]);
+            put(format!("{p}.self_attn.k_norm.weight"), &[d]);
+        }
     }
     candle_core::safetensors::save(&t, path).unwrap();
 }
@@ -238,7 +287,10 @@ fn kernel_times(dev: &Device) {
     let w = |o: usize, k: usize| Tensor::randn(0f32, 0.02, (o, k), dev).unwrap();
     let (wqkv, wo, wgu, wd, wlm) = (w(qkv, h), w(h, h), w(2 * i, h), w(h, i), w(v, h));
     let norm = Tensor::ones(h, DType::F32, dev).unwrap();
-    println!("one op in a chain of 100, replayed as a CUDA graph (SmolLM2-135M shapes, f32):");
+    println!(
+        "one op in a chain of 100, replayed as a CUDA graph ({} shapes, f32):",
+        label()
+    );
     for rows in [1usize, 32] {
         let x = Tensor::randn(0f32, 1.0, (rows, h), dev).unwrap();
         let xi = Tensor::randn(0f32, 1.0, (rows, i), dev).unwrap();
@@ -272,7 +324,10 @@ fn kernel_times(dev: &Device) {
 fn main() {
     let dir = std::env::temp_dir().join("galley-speed");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("smollm2-shaped-random.safetensors");
+    let path = dir.join(format!(
+        "{}-shaped-random.safetensors",
+        label().replace(' ', "-")
+    ));
     write_random(&path, &config());
     let dev = match std::env::var("GALLEY_DEVICE") {
         Ok(spec) => galley_model::device(&spec).unwrap_or_else(|e| panic!("{e}")),
@@ -286,7 +341,10 @@ fn main() {
         Some(_) => (f64::NAN, f64::NAN, f64::NAN),
         None => measure(&Device::Cpu, &path),
     };
-    println!("SmolLM2-135M shape, random f32 weights; CPU: {threads} threads");
+    println!(
+        "{} shape, random f32 weights; CPU: {threads} threads",
+        label()
+    );
     println!(
         "{:<10} {:>12} {:>12} {:>15}",
         "", "pp256 tok/s", "tg128 tok/s", "tg128x32 tok/s"

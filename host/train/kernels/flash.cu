@@ -2,8 +2,9 @@
 // and its backward pass never hold a (rows x keys) score matrix, only each row's log-sum-exp.
 // Layout (galley's grouped-query layout): q, o (B*KV, R = G*T, D), row r being query head
 // r / T of the group at position r % T; k, v (B*KV, T, D). f32 arithmetic on f32 or bf16
-// data; D a multiple of 32, at most 128. Keys are read in chunks of 32 staged in shared
-// memory, rows padded to D + 1 floats so that a warp reading one dimension of 32 keys hits 32
+// data; D a multiple of 32, at most 256 (Gemma's heads are 256 wide: past 128 the kernels
+// take more than 48 KiB of shared memory, which the launch opts in to). Keys are read in
+// chunks of 32 staged in shared memory, rows padded to D + 1 floats so that a warp reading one dimension of 32 keys hits 32
 // banks. The backward pass is deterministic: dK and dV come from one block per key chunk that
 // walks the query rows in order, dQ from one block per query tile (no atomics).
 // Gemma's attention: under a sliding window (window > 0) a row at position pos sees keys
@@ -14,6 +15,8 @@
 #define FA_BK 32
 #define FA_ROWS 16
 #define FA_QB 8
+// Output dimensions a lane owns at most (D / 32).
+#define FA_ND 8
 
 // The furthest position among rows r0 .. r0 + FA_ROWS - 1 (the keys the tile needs).
 __device__ __forceinline__ int fa_maxpos(int r0, int R, int t) {
@@ -58,7 +61,8 @@ __device__ void fa_load_kv(const T* kb, const T* vb, float* Ks, float* Vs, int j
 }
 
 // Forward. grid (ceil(R / 16), B*KV), 128 threads; warp w takes rows r0 + 4w .. r0 + 4w + 3,
-// lane l scores key j0 + l and owns output dimensions l, l + 32, ... Online softmax per row.
+// lane l scores key j0 + l and owns output dimensions l, l + 32, ... (up to 8 of them). Online
+// softmax per row.
 // Shared: (2 * 32 * (D + 1) + 4 * D) floats.
 template <typename T>
 __device__ void fa_fwd(const T* q, const T* k, const T* v, T* o, float* lse, int R, int t,
@@ -75,11 +79,11 @@ __device__ void fa_fwd(const T* q, const T* k, const T* v, T* o, float* lse, int
     const T* vb = v + bh * t * D;
     const int r0 = blockIdx.x * FA_ROWS, maxpos = fa_maxpos(r0, R, t);
     const float ninf = __int_as_float(0xff800000);
-    float acc[4][4], m[4], l[4];
+    float acc[4][FA_ND], m[4], l[4];
     for (int i = 0; i < 4; i++) {
         m[i] = ninf;
         l[i] = 0.0f;
-        for (int e = 0; e < 4; e++) acc[i][e] = 0.0f;
+        for (int e = 0; e < FA_ND; e++) acc[i][e] = 0.0f;
     }
     float* qs = Qs + warp * D;
     for (int j0 = fa_first_chunk(r0, R, t, window); j0 <= maxpos; j0 += FA_BK) {
@@ -108,10 +112,10 @@ __device__ void fa_fwd(const T* q, const T* k, const T* v, T* o, float* lse, int
             const float alpha = __expf(m[i] - mx);
             const float p = seen ? __expf(s - mx) : 0.0f;
             l[i] = l[i] * alpha + warp_red(p, false);
-            for (int e = 0; e < 4; e++) if (e < ND) acc[i][e] *= alpha;
+            for (int e = 0; e < FA_ND; e++) if (e < ND) acc[i][e] *= alpha;
             for (int jj = 0; jj < FA_BK; jj++) {
                 const float pj = __shfl_sync(0xffffffffu, p, jj);
-                for (int e = 0; e < 4; e++) if (e < ND) acc[i][e] += pj * Vs[jj * P + lane + 32 * e];
+                for (int e = 0; e < FA_ND; e++) if (e < ND) acc[i][e] += pj * Vs[jj * P + lane + 32 * e];
             }
             m[i] = mx;
         }
@@ -121,7 +125,7 @@ __device__ void fa_fwd(const T* q, const T* k, const T* v, T* o, float* lse, int
         const int r = r0 + warp * 4 + i;
         if (r >= R) continue;
         const long long row = bh * R + r;
-        for (int e = 0; e < 4; e++) if (e < ND) st(o, row * D + lane + 32 * e, acc[i][e] / l[i]);
+        for (int e = 0; e < FA_ND; e++) if (e < ND) st(o, row * D + lane + 32 * e, acc[i][e] / l[i]);
         if (lane == 0) lse[row] = m[i] + logf(l[i]);
     }
 }
@@ -138,17 +142,18 @@ __device__ void fa_dot(const T* o, const T* dout, float* dr, long long rows, int
     if (lane == 0) dr[r] = a;
 }
 
-// dK, dV. grid (ceil(T / 32), B*KV), 128 threads: thread (jj = tid / 4, c = tid % 4) owns key
-// j0 + jj and dimensions [c D/4, (c + 1) D/4). The block walks every query row that sees its
-// keys (each head of the group, positions j0 ..), FA_QB rows at a time through shared memory;
-// a row's score and dP for a key are sums over the key's 4 threads (adjacent lanes).
+// dK, dV. grid (ceil(T / 32), B*KV), 32 TPK threads, TPK = 4 threads a key up to D = 128 and
+// 8 past it: thread (jj = tid / TPK, c = tid % TPK) owns key j0 + jj and dimensions
+// [c D/TPK, (c + 1) D/TPK), at most 32. The block walks every query row that sees its keys
+// (each head of the group, positions j0 ..), FA_QB rows at a time through shared memory; a
+// row's score and dP for a key are sums over the key's TPK threads (adjacent lanes).
 // Shared: (2 * 32 * (D + 1) + 2 * FA_QB * (D + 1) + 2 * FA_QB) floats.
 template <typename T>
 __device__ void fa_bwd_kv(const T* q, const T* k, const T* v, const T* dout, const float* lse,
                           const float* dr, T* dk, T* dv, int R, int t, int G, int D, float scale,
                           int window, float cap) {
     extern __shared__ float fsm[];
-    const int P = D + 1, W = D / 4;
+    const int tpk = blockDim.x / FA_BK, P = D + 1, W = D / tpk;
     float* Ks = fsm;
     float* Vs = Ks + FA_BK * P;
     float* Qs = Vs + FA_BK * P;
@@ -157,7 +162,7 @@ __device__ void fa_bwd_kv(const T* q, const T* k, const T* v, const T* dout, con
     float* Ds = Ls + FA_QB;
     const long long bh = blockIdx.y;
     const int j0 = blockIdx.x * FA_BK;
-    const int jj = threadIdx.x >> 2, c = threadIdx.x & 3, d0 = c * W, j = j0 + jj;
+    const int jj = threadIdx.x / tpk, c = threadIdx.x % tpk, d0 = c * W, j = j0 + jj;
     fa_load_kv(k + bh * t * D, v + bh * t * D, Ks, Vs, j0, t, D);
     float gk[32], gv[32];
     for (int e = 0; e < 32; e++) { gk[e] = 0.0f; gv[e] = 0.0f; }
@@ -186,10 +191,10 @@ __device__ void fa_bwd_kv(const T* q, const T* k, const T* v, const T* dout, con
                     s += Qs[ii * P + d0 + e] * Ks[jj * P + d0 + e];
                     dp += Os[ii * P + d0 + e] * Vs[jj * P + d0 + e];
                 }
-                s += __shfl_xor_sync(0xffffffffu, s, 1);
-                s += __shfl_xor_sync(0xffffffffu, s, 2);
-                dp += __shfl_xor_sync(0xffffffffu, dp, 1);
-                dp += __shfl_xor_sync(0xffffffffu, dp, 2);
+                for (int o = 1; o < tpk; o <<= 1) {
+                    s += __shfl_xor_sync(0xffffffffu, s, o);
+                    dp += __shfl_xor_sync(0xffffffffu, dp, o);
+                }
                 float slope;
                 const float z = fa_cap(s * scale, cap, &slope);
                 const bool seen = j <= pos && j < t && (window <= 0 || pos - j < window);
@@ -233,8 +238,8 @@ __device__ void fa_bwd_q(const T* q, const T* k, const T* v, const T* dout, cons
     const T* kb = k + bh * t * D;
     const T* vb = v + bh * t * D;
     const int r0 = blockIdx.x * FA_ROWS, maxpos = fa_maxpos(r0, R, t);
-    float acc[4][4];
-    for (int i = 0; i < 4; i++) for (int e = 0; e < 4; e++) acc[i][e] = 0.0f;
+    float acc[4][FA_ND];
+    for (int i = 0; i < 4; i++) for (int e = 0; e < FA_ND; e++) acc[i][e] = 0.0f;
     float* qs = Qs + warp * D;
     float* os = Os + warp * D;
     for (int j0 = fa_first_chunk(r0, R, t, window); j0 <= maxpos; j0 += FA_BK) {
@@ -267,7 +272,7 @@ __device__ void fa_bwd_q(const T* q, const T* k, const T* v, const T* dout, cons
             }
             for (int jj = 0; jj < FA_BK; jj++) {
                 const float dsj = __shfl_sync(0xffffffffu, ds, jj);
-                for (int e = 0; e < 4; e++) if (e < ND) acc[i][e] += dsj * Ks[jj * P + lane + 32 * e];
+                for (int e = 0; e < FA_ND; e++) if (e < ND) acc[i][e] += dsj * Ks[jj * P + lane + 32 * e];
             }
         }
     }
@@ -276,7 +281,7 @@ __device__ void fa_bwd_q(const T* q, const T* k, const T* v, const T* dout, cons
         const int r = r0 + warp * 4 + i;
         if (r >= R) continue;
         const long long row = bh * R + r;
-        for (int e = 0; e < 4; e++) if (e < ND) st(dq, row * D + lane + 32 * e, acc[i][e] * scale);
+        for (int e = 0; e < FA_ND; e++) if (e < ND) st(dq, row * D + lane + 32 * e, acc[i][e] * scale);
     }
 }
 

@@ -56,10 +56,28 @@ pub struct Launch2 {
     pub shared_bytes: usize,
 }
 
-/// Whether the fused attention kernels take head dimension `d` (a multiple of 32, at most
-/// 128: a lane owns at most 4 output dimensions, and the staged keys fit in 48 KiB).
+/// The dynamic shared memory a kernel may take without raising its limit first.
+pub const DEFAULT_SHARED_BYTES: usize = 48 * 1024;
+
+impl Launch2 {
+    /// Whether the launch takes more shared memory than a kernel may by default: the caller
+    /// raises the kernel's limit first (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`;
+    /// an H100/H200 allows 227 KiB), as it does for Gemma's 256-wide heads.
+    pub fn opt_in(&self) -> bool {
+        self.shared_bytes > DEFAULT_SHARED_BYTES
+    }
+}
+
+/// Whether the fused attention kernels take head dimension `d`: a multiple of 32, at most
+/// 256 (a lane owns at most 8 output dimensions; past 128 the staged keys take 65-82 KiB of
+/// shared memory, `Launch2::opt_in`).
 pub fn flash_supports(d: usize) -> bool {
-    d > 0 && d.is_multiple_of(32) && d <= 128
+    d > 0 && d.is_multiple_of(32) && d <= 256
+}
+
+/// Threads per key in the dK/dV kernel: each owns at most 32 of the key's dimensions.
+fn flash_threads_per_key(d: usize) -> usize {
+    if d <= 128 { 4 } else { 8 }
 }
 
 const FLASH_KEYS: usize = 32;
@@ -83,11 +101,11 @@ pub fn flash_bwd_q(rows: usize, bkv: usize, d: usize) -> Launch2 {
     }
 }
 
-/// The backward pass's dK and dV: a block per chunk of 32 keys.
+/// The backward pass's dK and dV: a block per chunk of 32 keys, 4 or 8 threads a key.
 pub fn flash_bwd_kv(t: usize, bkv: usize, d: usize) -> Launch2 {
     Launch2 {
         grid: (t.div_ceil(FLASH_KEYS) as u32, bkv as u32),
-        block: 128,
+        block: (FLASH_KEYS * flash_threads_per_key(d)) as u32,
         shared_bytes: (2 * FLASH_KEYS * (d + 1) + 2 * FLASH_QB * (d + 1) + 2 * FLASH_QB) * 4,
     }
 }

@@ -31,8 +31,22 @@ fn ptx() -> Result<&'static str> {
     galley_model::cuda::compile_once(&PTX, &[PRELUDE, FLASH], "galley's CUDA attention kernels")
 }
 
+/// Raises `f`'s dynamic shared memory limit where launch `l` needs more than the default
+/// (head dimensions past 128).
+fn allow_shared(f: &candle_core::cuda::cudarc::driver::CudaFunction, l: Launch2) -> Result<()> {
+    use candle_core::cuda::cudarc::driver::sys::CUfunction_attribute_enum as A;
+    if !l.opt_in() {
+        return Ok(());
+    }
+    f.set_attribute(
+        A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        l.shared_bytes as i32,
+    )
+    .map_err(|e| candle_core::Error::Msg(format!("galley CUDA attention: {e}")))
+}
+
 fn launch(b: &mut LaunchArgs, l: Launch2) -> Result<()> {
-    // The head dimensions `flash_supports` admits keep the shared memory under 48 KiB.
+    // Past 48 KiB of shared memory the kernel's limit was raised first (`allow_shared`).
     crate::fused_cuda::launch_with(
         b,
         LaunchConfig {
@@ -92,6 +106,8 @@ fn fwd_typed<T: CudaDType + WithDType + DeviceRepr>(
     let mut lse: CudaSlice<f32> = unsafe { dev.alloc::<f32>(dm.bkv * dm.rows())? };
     let f =
         dev.get_or_load_custom_func(&format!("flash_fwd_{}", sfx(T::DTYPE)?), MODULE, ptx()?)?;
+    let shape = cuda_src::flash_fwd(dm.rows(), dm.bkv, dm.d);
+    allow_shared(&f, shape)?;
     let ints = [dm.rows() as i32, dm.t as i32, dm.d as i32];
     let mut b = f.builder();
     b.arg(&qv).arg(&kv).arg(&vv).arg(&mut o).arg(&mut lse);
@@ -99,7 +115,7 @@ fn fwd_typed<T: CudaDType + WithDType + DeviceRepr>(
         b.arg(i);
     }
     b.arg(&op.how.scale).arg(&op.how.window).arg(&op.how.cap);
-    launch(&mut b, cuda_src::flash_fwd(dm.rows(), dm.bkv, dm.d))?;
+    launch(&mut b, shape)?;
     *op.lse.lock().expect("attention state") = Some(Arc::new(lse));
     Ok(CudaStorage::wrap_cuda_slice(o, dev))
 }
@@ -200,6 +216,12 @@ fn bwd_typed<T: CudaDType + WithDType + DeviceRepr>(
     let f_dot = dev.get_or_load_custom_func(&format!("flash_dot_{s}"), MODULE, ptx()?)?;
     let f_kv = dev.get_or_load_custom_func(&format!("flash_bwd_kv_{s}"), MODULE, ptx()?)?;
     let f_q = dev.get_or_load_custom_func(&format!("flash_bwd_q_{s}"), MODULE, ptx()?)?;
+    let (kv_shape, q_shape) = (
+        cuda_src::flash_bwd_kv(dm.t, dm.bkv, dm.d),
+        cuda_src::flash_bwd_q(dm.rows(), dm.bkv, dm.d),
+    );
+    allow_shared(&f_kv, kv_shape)?;
+    allow_shared(&f_q, q_shape)?;
     // SAFETY: the dot kernel writes every row; the gradient kernels every element of dQ, dK, dV.
     let mut dr: CudaSlice<f32> = unsafe { dev.alloc::<f32>(rows)? };
     let mut all: CudaSlice<T> = unsafe { dev.alloc::<T>(nq + 2 * nk)? };
@@ -235,7 +257,7 @@ fn bwd_typed<T: CudaDType + WithDType + DeviceRepr>(
             .arg(&op.how.scale)
             .arg(&op.how.window)
             .arg(&op.how.cap);
-        launch(&mut b, cuda_src::flash_bwd_kv(dm.t, dm.bkv, dm.d))?;
+        launch(&mut b, kv_shape)?;
 
         let mut b = f_q.builder();
         b.arg(&qv)
@@ -251,7 +273,7 @@ fn bwd_typed<T: CudaDType + WithDType + DeviceRepr>(
             .arg(&op.how.scale)
             .arg(&op.how.window)
             .arg(&op.how.cap);
-        launch(&mut b, cuda_src::flash_bwd_q(dm.rows(), dm.bkv, dm.d))
+        launch(&mut b, q_shape)
     })?;
     Ok(CudaStorage::wrap_cuda_slice(all, dev))
 }
@@ -279,7 +301,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, how: Scores) -> Result<Tens
     let t = k.dim(2)?;
     if !cuda_src::flash_supports(d) || t == 0 || rows % t != 0 || k.dims4()? != (b, kv, t, d) {
         bail!(
-            "galley CUDA attention: q {:?}, k {:?} (head dim a multiple of 32 up to 128)",
+            "galley CUDA attention: q {:?}, k {:?} (head dim a multiple of 32 up to 256)",
             q.dims(),
             k.dims()
         )

@@ -690,6 +690,8 @@ mod tests {
         assert!(flash_attention_wanted((1, 32, 128, 64), 2, Some("flash")));
         // Head dimensions the kernels do not take stay dense whatever the setting.
         assert!(!flash_attention_wanted((1, 32, 8192, 80), 2, Some("flash")));
-        assert!(!flash_attention_wanted((1, 32, 8192, 256), 2, None));
+        assert!(!flash_attention_wanted((1, 32, 8192, 288), 2, None));
+        // Gemma's 256-wide heads take it.
+        assert!(flash_attention_wanted((1, 8, 16384, 256), 2, None));
     }
 }

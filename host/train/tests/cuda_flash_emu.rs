@@ -16,7 +16,10 @@ fn module() -> &'static Module {
 }
 
 fn cfg(l: Launch2) -> LaunchCfg {
-    LaunchCfg::new((l.grid.0, l.grid.1, 1), (l.block, 1, 1), l.shared_bytes)
+    let mut c = LaunchCfg::new((l.grid.0, l.grid.1, 1), (l.block, 1, 1), l.shared_bytes);
+    // As `flash_cuda` raises the kernel's limit first (the emulation refuses it otherwise).
+    c.shared_opt_in = l.opt_in();
+    c
 }
 
 /// ||a - b|| / ||b||.
@@ -115,7 +118,7 @@ fn reference(q: &[f32], k: &[f32], v: &[f32], dout: &[f32], c: Case, scale: f64)
 #[test]
 fn flash_attention_forward_and_backward_match_attention_in_f64() {
     // Rows end mid-tile (3 x 37 = 111), keys mid-chunk (37, 70, 100); d = 32 (one dimension
-    // per lane) and 64 (two). Gemma's attention: windows that skip whole key chunks for the
+    // per lane), 64 (two), 160 and 256. Gemma's attention: windows that skip whole key chunks for the
     // later rows (34 of 100 keys), one narrower than a chunk (5), and soft caps scaled to
     // these scores (about ±0.3 after the scale), alone and with a window.
     let plain = |bkv, g, t, d| Case {
@@ -142,6 +145,14 @@ fn flash_attention_forward_and_backward_match_attention_in_f64() {
             cap: 0.2,
             ..plain(1, 1, 70, 32)
         },
+        // Gemma's 256-wide heads (8 dimensions a lane, 8 threads a key, more than 48 KiB of
+        // shared memory) with a window and a cap, and 160 (5 a lane, 20 a thread).
+        Case {
+            window: 20,
+            cap: 0.2,
+            ..plain(1, 2, 45, 256)
+        },
+        plain(1, 1, 37, 160),
     ] {
         let Case { bkv, g, t, d, .. } = c;
         let (window, cap) = (c.window as i32, c.cap as f32);

@@ -27,6 +27,19 @@ fn gpu() -> Option<Device> {
     }
 }
 
+/// One of galley-model's tiny transformers-made models: where this crate was built, or under
+/// the working directory (the GPU machine runs the packed binary from a copy of the
+/// repository, `scripts/gpu-check.sh`).
+fn fixture(name: &str) -> std::path::PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures/tiny")
+        .join(name);
+    match built.exists() {
+        true => built,
+        false => Path::new("host/model/tests/fixtures/tiny").join(name),
+    }
+}
+
 fn tiny(dir: &Path, tied: bool) -> galley_model::LlamaConfig {
     let init = galley_train::config::InitSection {
         hidden_size: 64,
@@ -235,9 +248,7 @@ fn gpu_qlora_matches_the_cpu_kernels() {
 fn gpu_gemma_and_smollm3_match_the_cpu_kernels() {
     let Some(dev) = gpu() else { return };
     for name in ["gemma3", "gemma2", "smollm3"] {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../model/tests/fixtures/tiny")
-            .join(name);
+        let dir = fixture(name);
         let ck = galley_model::open(&dir, galley_model::LoadOptions::default()).unwrap();
         for method in [Tuning::Full, Tuning::Lora] {
             let what = format!("{name} {method:?}");
@@ -1034,9 +1045,7 @@ fn gpu_gemma_and_smollm3_decode_replayed_as_a_cuda_graph_matches_eager_steps() {
     let Some(dev) = gpu() else { return };
     galley_model::cuda::single_stream(&dev);
     for name in ["gemma3", "gemma2", "smollm3"] {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../model/tests/fixtures/tiny")
-            .join(name);
+        let dir = fixture(name);
         let m = galley_model::load(&dir, &dev).unwrap();
         graph_matches_eager(&m.model, name);
     }
