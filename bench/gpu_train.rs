@@ -3,7 +3,11 @@
 //! checkpoint reaches a GPU machine), bf16 compute with f32 master weights and moments, the
 //! trainer's own step (forward, backward, clipping, the fused AdamW kernel).
 //!
-//!     scripts/build-cuda.sh && target/cuda/release/examples/gpu-train [--quick | --long]
+//!     scripts/build-cuda.sh && target/cuda/release/examples/gpu-train [--quick | --long | --gemma]
+//!
+//! `--gemma`: Gemma 3 1B's shape (its published config.json: 26 layers, five in six sliding
+//! over 512 positions, q/k norms, 256-wide heads, the tanh-GELU MLP, a 262,144-word
+//! vocabulary), full and LoRA at 2,048 tokens and LoRA at 8,192.
 //!
 //! `GALLEY_CUDA_PROFILE=1` runs the 1.7B shape at 2,048 tokens only (full and LoRA) and
 //! prints, for one more step of each, what the GPU ran in the forward pass, the backward pass
@@ -24,7 +28,24 @@ use galley_train::model::{Build, Pass, TrainModel};
 use galley_train::optim::Optimizer;
 use std::time::Instant;
 
+/// Gemma 3 1B's config.json as published, less what galley does not read.
+const GEMMA3_1B: &str = r#"{
+  "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+  "vocab_size": 262144, "hidden_size": 1152, "intermediate_size": 6912,
+  "num_hidden_layers": 26, "num_attention_heads": 4, "num_key_value_heads": 1,
+  "head_dim": 256, "max_position_embeddings": 32768, "rms_norm_eps": 1e-06,
+  "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": null,
+  "sliding_window": 512, "sliding_window_pattern": 6, "query_pre_attn_scalar": 256,
+  "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": true,
+  "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0
+}"#;
+
 fn shape(name: &str) -> LlamaConfig {
+    if name == "gemma3-1b" {
+        let path = std::env::temp_dir().join("galley-gemma3-1b.config.json");
+        std::fs::write(&path, GEMMA3_1B).unwrap();
+        return LlamaConfig::from_hf_json(&path).unwrap();
+    }
     let (d, f, l, h, kv) = match name {
         "135m" => (576, 1536, 30, 9, 3),
         "1.7b" => (2048, 8192, 24, 32, 32),
@@ -77,6 +98,14 @@ fn weights(c: &LlamaConfig, dev: &Device) -> Weights {
         let p = format!("model.layers.{i}");
         put(format!("{p}.input_layernorm.weight"), &[d]);
         put(format!("{p}.post_attention_layernorm.weight"), &[d]);
+        if c.family.is_gemma() {
+            put(format!("{p}.pre_feedforward_layernorm.weight"), &[d]);
+            put(format!("{p}.post_feedforward_layernorm.weight"), &[d]);
+        }
+        if c.qk_norm {
+            put(format!("{p}.self_attn.q_norm.weight"), &[hd]);
+            put(format!("{p}.self_attn.k_norm.weight"), &[hd]);
+        }
         put(
             format!("{p}.self_attn.q_proj.weight"),
             &[c.num_heads * hd, d],
@@ -258,14 +287,25 @@ fn main() {
     // --long: one long sequence, where the dense attention would keep 4 GiB of scores a
     // layer (96 GiB over 24) and the fused attention (`flash_cuda`) keeps none.
     let long = std::env::args().any(|a| a == "--long");
+    let gemma = std::env::args().any(|a| a == "--gemma");
     // GALLEY_CUDA_PROFILE=1: the goal's shape only (1.7B at 2,048 tokens), full and LoRA, two
     // timed steps, then the step kernel by kernel: a short lease's minute, not three.
     let profile = std::env::var_os("GALLEY_CUDA_PROFILE").is_some();
     let dev = galley_model::device("cuda").expect("a CUDA GPU");
     galley_model::cuda::single_stream(&dev);
-    let steps = if quick || long || profile { 2 } else { 5 };
+    let steps = if quick || long || profile || gemma {
+        2
+    } else {
+        5
+    };
     let plan: Vec<(&str, Tuning, usize, usize)> = if quick {
         vec![("135m", Tuning::Lora, 256, 2)]
+    } else if gemma {
+        vec![
+            ("gemma3-1b", Tuning::Full, 2048, 1),
+            ("gemma3-1b", Tuning::Lora, 2048, 1),
+            ("gemma3-1b", Tuning::Lora, 8192, 1),
+        ]
     } else if profile {
         vec![
             ("1.7b", Tuning::Full, 2048, 1),

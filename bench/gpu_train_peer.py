@@ -2,8 +2,9 @@
 trained the way an ML engineer would in PyTorch today — HF transformers' LlamaForCausalLM with
 f32 master weights under torch.autocast(bf16), SDPA attention (flash kernels), fused AdamW,
 clipping at 1.0; LoRA through peft (r 16, alpha 32, every projection). Prints the same table.
+`--gemma`: Gemma 3 1B's shape (Gemma3ForCausalLM, as gpu-train's `--gemma`).
 
-    python3 bench/gpu_train_peer.py [--quick]
+    python3 bench/gpu_train_peer.py [--quick | --gemma]
 """
 
 import os
@@ -21,6 +22,14 @@ PEAK = float(os.environ.get("GALLEY_PEAK_TFLOPS", "989.4"))
 
 
 def config(name):
+    if name == "gemma3-1b":
+        from transformers import Gemma3TextConfig
+        return Gemma3TextConfig(
+            vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+            num_attention_heads=4, num_key_value_heads=1, head_dim=256, rms_norm_eps=1e-6,
+            max_position_embeddings=32768, sliding_window=512, query_pre_attn_scalar=256,
+            tie_word_embeddings=True, attn_implementation="sdpa",
+        )
     d, f, l, h, kv = SHAPES[name]
     return LlamaConfig(
         vocab_size=49152, hidden_size=d, intermediate_size=f, num_hidden_layers=l,
@@ -31,7 +40,8 @@ def config(name):
 
 
 def matmul_params(c):
-    d, hd, f = c.hidden_size, c.hidden_size // c.num_attention_heads, c.intermediate_size
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    d, f = c.hidden_size, c.intermediate_size
     attn = d * c.num_attention_heads * hd * 2 + d * c.num_key_value_heads * hd * 2
     return c.num_hidden_layers * (attn + 3 * d * f) + c.vocab_size * d
 
@@ -41,7 +51,11 @@ def run(name, method, seq, batch, steps):
     torch.cuda.reset_peak_memory_stats()
     c = config(name)
     with torch.device("cuda"):
-        model = LlamaForCausalLM(c)
+        if name == "gemma3-1b":
+            from transformers import Gemma3ForCausalLM
+            model = Gemma3ForCausalLM(c)
+        else:
+            model = LlamaForCausalLM(c)
     if method == "lora":
         from peft import LoraConfig, get_peft_model
         model = get_peft_model(model, LoraConfig(
@@ -83,9 +97,12 @@ def run(name, method, seq, batch, steps):
 
 
 def main():
-    quick = "--quick" in sys.argv
-    steps = 2 if quick else 5
+    quick, gemma = "--quick" in sys.argv, "--gemma" in sys.argv
+    steps = 2 if quick or gemma else 5
     plan = [("135m", "lora", 256, 2)] if quick else [
+        ("gemma3-1b", "full", 2048, 1), ("gemma3-1b", "lora", 2048, 1),
+        ("gemma3-1b", "lora", 8192, 1),
+    ] if gemma else [
         ("135m", "full", 2048, 8), ("135m", "lora", 2048, 8),
         ("1.7b", "full", 2048, 1), ("1.7b", "lora", 2048, 1), ("1.7b", "full", 512, 8),
     ]

@@ -8,7 +8,9 @@
 # STEPS (default: all of them but profile, in this order) picks what runs, to spend a short
 # lease on what changed: tests (the GPU tests, ~3 min), train (the training benchmark, ~2.5),
 # unfused (it again on candle's composites instead of the fused CUDA ops), long (8k tokens
-# through the fused attention), peer (PyTorch, same shapes), speed (decode, ~1.5), profile
+# through the fused attention), peer (PyTorch, same shapes), speed (decode, ~1.5),
+# speed-gemma (the same for Gemma 3 270M's shape: sliding layers, the unfused step), gemma
+# (training Gemma 3 1B's shape: full and LoRA at 2,048 tokens, LoRA at 8,192), profile
 # (GALLEY_CUDA_PROFILE=1: the 1.7B shape's step kernel by kernel, full and LoRA, and the
 # decode replays, through the CUPTI the machine's PyTorch carries; ~2.5). The default takes
 # ~14 minutes, more than one 10-minute command: a 15-minute lease runs
@@ -72,7 +74,10 @@ want unfused && step train-unfused 150 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_C
 # 8,192 tokens of the 1.7B shape: the fused attention's memory (the dense path would keep
 # 96 GiB of scores).
 want long && step train-long 150 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-train --long
+want gemma && step train-gemma 150 env LD_PRELOAD="$GALLEY_PRELOAD" /tmp/gpu-bin/gpu-train --gemma
 want peer && step peer 130 env PYTHONUNBUFFERED=1 python3 bench/gpu_train_peer.py
+want gemma && step peer-gemma 130 env PYTHONUNBUFFERED=1 python3 bench/gpu_train_peer.py --gemma
 want speed && step speed 80 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_SPEED_GPU_ONLY=1 /tmp/gpu-bin/speed
+want speed-gemma && step speed-gemma 100 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_SPEED_GPU_ONLY=1 GALLEY_SPEED_SHAPE=gemma3-270m /tmp/gpu-bin/speed
 want profile && step train-profile 120 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_CUDA_PROFILE=1 /tmp/gpu-bin/gpu-train
 want profile && step speed-profile 100 env LD_PRELOAD="$GALLEY_PRELOAD" GALLEY_CUDA_PROFILE=1 GALLEY_SPEED_GPU_ONLY=1 /tmp/gpu-bin/speed
