@@ -11,17 +11,31 @@ __device__ __forceinline__ float ld_round(float v, const bf16_t*) {
 // Block (row, head) of the fused projection (row, 1, (H + 2 KV) D): a query head (h < H) is
 // rotated into q (row, H, 1, D); a key head is rotated into the key cache (row, KV, cap, D)
 // at *slot, its value copied into the value cache there. HF's RoPE layout: dimension i pairs
-// with i + D/2.
+// with i + D/2. With `has_norm` (Qwen3, Gemma 3), each query and key head is RMS-normed by
+// qn / kn first (rounded to T, as the unfused norm stores it); every thread sums the head's
+// squares itself (D values), so the block needs no reduction and may be narrower than a warp.
 template <typename T>
 __device__ void rope_kv(const T* qkv, const T* cs, const T* sn, const unsigned int* slot,
-                        T* q, T* kc, T* vc, int H, int KV, int D, int cap) {
+                        T* q, T* kc, T* vc, int H, int KV, int D, int cap, const T* qn,
+                        const T* kn, int has_norm, float eps) {
     const int row = blockIdx.x, h = blockIdx.y, half = D / 2;
     const long long W = (long long)(H + 2 * KV) * D;
     const T* x = qkv + row * W + (long long)h * D;
     const long long s = slot[0];
+    const T* nw = has_norm ? (h < H ? qn : kn) : nullptr;
+    float inv = 1.0f;
+    if (nw) {
+        float ss = 0.0f;
+        for (int j = 0; j < D; j++) { const float v = ld(x, j); ss += v * v; }
+        inv = rsqrtf(ss / (float)D + eps);
+    }
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float c = ld(cs, (long long)row * half + i), n = ld(sn, (long long)row * half + i);
         float x1 = ld(x, i), x2 = ld(x, i + half);
+        if (nw) {
+            x1 = ld_round(x1 * inv * ld(nw, i), x);
+            x2 = ld_round(x2 * inv * ld(nw, i + half), x);
+        }
         float o1 = x1 * c - x2 * n, o2 = x2 * c + x1 * n;
         if (h < H) {
             long long o = ((long long)row * H + h) * D;
@@ -242,7 +256,7 @@ __device__ void gemv_rows(const T* x, const T* W, const T* bias, int has_bias, T
 }
 
 #define BOTH(T, S) \
-extern "C" __global__ void rope_kv_##S(const T* qkv, const T* cs, const T* sn, const unsigned int* slot, T* q, T* kc, T* vc, int H, int KV, int D, int cap) { rope_kv(qkv, cs, sn, slot, q, kc, vc, H, KV, D, cap); } \
+extern "C" __global__ void rope_kv_##S(const T* qkv, const T* cs, const T* sn, const unsigned int* slot, T* q, T* kc, T* vc, int H, int KV, int D, int cap, const T* qn, const T* kn, int has_norm, float eps) { rope_kv(qkv, cs, sn, slot, q, kc, vc, H, KV, D, cap, qn, kn, has_norm, eps); } \
 extern "C" __global__ void attend_##S(const T* q, const T* kc, const T* vc, const T* mask, T* out, int H, int KV, int D, int cap, float scale, float softcap) { attend(q, kc, vc, mask, out, H, KV, D, cap, scale, softcap); } \
 extern "C" __global__ void add_rms_##S(const T* x, const T* d, const T* w, T* out, int n, float eps, int rows) { add_rms(x, d, w, out, n, eps, rows); } \
 extern "C" __global__ void silu_mul_##S(const T* gu, T* out, int inter) { silu_mul(gu, out, inter); } \

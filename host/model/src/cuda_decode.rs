@@ -42,16 +42,19 @@ fn grid((x, y): (usize, usize), threads: u32, shared: usize) -> LaunchConfig {
 /// `fused` (b, 1, (heads + 2 kv_heads) head_dim), the fused projection's output: returns the
 /// queries rotated, (b, heads, 1, head_dim), and writes each row's rotated key and its value
 /// into `k_cache` / `v_cache` (b, kv_heads, capacity, head_dim) at the slot `slot` ((1,) u32)
-/// holds.
+/// holds. `norms`: the query and key heads' RMS norm weights and epsilon (Qwen3, Gemma 3),
+/// applied to each head before it is rotated.
 pub fn rope_kv(
     fused: &Tensor,
     angles: &Angles,
     slot: &Tensor,
     (k_cache, v_cache): (&Tensor, &Tensor),
     heads: usize,
+    norms: Option<(&Tensor, &Tensor, f32)>,
 ) -> Result<Tensor> {
     let (b, kv, cap, d) = k_cache.dims4()?;
     fused.apply_op1_no_bwd(&RopeKv {
+        norms: norms.map(|(q, k, eps)| (q.clone(), k.clone(), eps)),
         cos: angles.cos().clone(),
         sin: angles.sin().clone(),
         slot: slot.clone(),
@@ -83,6 +86,8 @@ pub fn attend(
 }
 
 struct RopeKv {
+    /// The query and key heads' norm weights and epsilon, where the model norms them.
+    norms: Option<(Tensor, Tensor, f32)>,
     cos: Tensor,
     sin: Tensor,
     slot: Tensor,
@@ -125,6 +130,26 @@ impl RopeKv {
         let slot = view::<u32>(&held[2].0, held[2].1, "slot")?;
         let kc = view::<T>(&held[3].0, held[3].1, "the key cache")?;
         let vc = view::<T>(&held[4].0, held[4].1, "the value cache")?;
+        let norm_held = self
+            .norms
+            .as_ref()
+            .map(|(qn, kn, _)| [qn, kn].map(Tensor::storage_and_layout));
+        let norm_views = match &norm_held {
+            Some([(qs, ql), (ks, kl)]) => {
+                if ql.dims() != [d] || kl.dims() != [d] {
+                    bail!(
+                        "rope_kv: head norms of {:?} and {:?} for heads of {d}",
+                        ql.dims(),
+                        kl.dims()
+                    )
+                }
+                Some((
+                    view::<T>(qs, ql, "the query heads' norm")?,
+                    view::<T>(ks, kl, "the key heads' norm")?,
+                ))
+            }
+            None => None,
+        };
         // SAFETY: the kernel writes every element of the (b, h, 1, d) output.
         let mut q: CudaSlice<T> = unsafe { dev.alloc::<T>(b * h * d)? };
         let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
@@ -140,6 +165,16 @@ impl RopeKv {
         for i in &ints {
             lb.arg(i);
         }
+        // Without norms the kernel reads neither weight: the projection stands in for both.
+        let (has_norm, eps) = match &self.norms {
+            Some((_, _, eps)) => (1i32, *eps),
+            None => (0i32, 0f32),
+        };
+        match &norm_views {
+            Some((qn, kn)) => lb.arg(qn).arg(kn),
+            None => lb.arg(&fused).arg(&fused),
+        };
+        lb.arg(&has_norm).arg(&eps);
         let cfg = grid((b, h + kv), (d as u32 / 2).clamp(1, THREADS), 0);
         // SAFETY: the arguments match the kernel's signature and the shapes checked above; the
         // kernel writes the caches (the decoder's own buffers, read by no other stream) only

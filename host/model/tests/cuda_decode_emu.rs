@@ -18,8 +18,11 @@ fn module() -> &'static Module {
 fn rope_kv_rotates_queries_and_writes_only_the_slot_of_each_cache() {
     // rows, query heads, kv heads, head dim, capacity, slot
     let (b, h, kv, d, cap, slot) = (2usize, 4usize, 2usize, 16usize, 5usize, 3u32);
-    let half = d / 2;
-    for ty in Ty::ALL {
+    let (half, eps) = (d / 2, 1e-6f32);
+    // Without head norms, and with Gemma 3's (and Qwen3's): each query and key head RMS-normed
+    // by its own weight before the rotation.
+    for (ty, normed) in Ty::ALL.into_iter().flat_map(|ty| [(ty, false), (ty, true)]) {
+        let (qn, kn) = (ty.input(d, 6), ty.input(d, 7));
         let w = (h + 2 * kv) * d;
         let qkv = ty.input(b * w, 1);
         let cs = ty.input(b * half, 2);
@@ -43,10 +46,26 @@ fn rope_kv_rotates_queries_and_writes_only_the_slot_of_each_cache() {
                     Arg::I32(kv as i32),
                     Arg::I32(d as i32),
                     Arg::I32(cap as i32),
+                    Arg::Buf(&mut ty.buf(&qn)),
+                    Arg::Buf(&mut ty.buf(&kn)),
+                    Arg::I32(normed as i32),
+                    Arg::F32(eps),
                 ],
             )
             .unwrap();
-        let rot = |row: usize, x: &[f32]| -> Vec<f32> {
+        // A head as the rotation sees it: normed (and stored) first where asked.
+        let norm = |x: &[f32], w: &[f32]| -> Vec<f32> {
+            if !normed {
+                return x.to_vec();
+            }
+            let ms = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / d as f64;
+            let inv = 1.0 / (ms + eps as f64).sqrt();
+            (0..d)
+                .map(|i| ty.round((x[i] as f64 * inv * w[i] as f64) as f32))
+                .collect()
+        };
+        let rot = |row: usize, x: &[f32], w: &[f32]| -> Vec<f32> {
+            let x = &norm(x, w)[..];
             let mut o = vec![0.0; d];
             for i in 0..half {
                 let (c, s) = (cs[row * half + i], sn[row * half + i]);
@@ -59,16 +78,26 @@ fn rope_kv_rotates_queries_and_writes_only_the_slot_of_each_cache() {
         for row in 0..b {
             let x = &qkv[row * w..(row + 1) * w];
             for hh in 0..h {
-                q[(row * h + hh) * d..][..d].copy_from_slice(&rot(row, &x[hh * d..][..d]));
+                q[(row * h + hh) * d..][..d].copy_from_slice(&rot(row, &x[hh * d..][..d], &qn));
             }
             for k in 0..kv {
                 let at = ((row * kv + k) * cap + slot as usize) * d;
-                kc[at..at + d].copy_from_slice(&rot(row, &x[(h + k) * d..][..d]));
+                kc[at..at + d].copy_from_slice(&rot(row, &x[(h + k) * d..][..d], &kn));
                 vc[at..at + d].copy_from_slice(&x[(h + kv + k) * d..][..d]);
             }
         }
-        close(&ty.read(&bq), &q, ty.tol(), "q");
-        close(&ty.read(&bk), &kc, ty.tol(), "key cache");
+        close(
+            &ty.read(&bq),
+            &q,
+            ty.tol(),
+            &format!("q {ty:?} normed {normed}"),
+        );
+        close(
+            &ty.read(&bk),
+            &kc,
+            ty.tol(),
+            &format!("key cache {ty:?} normed {normed}"),
+        );
         close(&ty.read(&bv), &vc, 0.0, "value cache");
     }
 }

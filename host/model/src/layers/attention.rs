@@ -224,13 +224,22 @@ impl Attention {
         (k_cache, v_cache): (&Tensor, &Tensor),
     ) -> candle_core::Result<Tensor> {
         #[cfg(feature = "cuda")]
-        if x.device().is_cuda() && self.q_norm.is_none() {
-            let fused = self.qkv_proj.forward(x)?;
-            let kv = (k_cache, v_cache);
-            let how = (self.scale as f32, self.softcap.map(|c| c as f32));
-            let q = crate::cuda_decode::rope_kv(&fused, angles, slot, kv, self.heads)?;
-            let out = crate::cuda_decode::attend(&q, kv, mask, how)?;
-            return self.o_proj.forward(&out);
+        {
+            let norms = match (&self.q_norm, &self.k_norm) {
+                (Some(qn), Some(kn)) => Some((qn.parts().0, kn.parts().0, qn.parts().1)),
+                _ => None,
+            };
+            // (Head norms kept in another dtype than the activations take candle's ops below.)
+            let norms_fit =
+                norms.is_none_or(|(q, k, _)| q.dtype() == x.dtype() && k.dtype() == x.dtype());
+            if x.device().is_cuda() && norms_fit {
+                let fused = self.qkv_proj.forward(x)?;
+                let kv = (k_cache, v_cache);
+                let how = (self.scale as f32, self.softcap.map(|c| c as f32));
+                let q = crate::cuda_decode::rope_kv(&fused, angles, slot, kv, self.heads, norms)?;
+                let out = crate::cuda_decode::attend(&q, kv, mask, how)?;
+                return self.o_proj.forward(&out);
+            }
         }
         let (q, k, v) = self.project(x, angles)?;
         let slots = slot
