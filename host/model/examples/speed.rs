@@ -11,8 +11,8 @@
 //!
 //! `GALLEY_SPEED_SHAPE=gemma3-270m` takes Gemma 3 270M's shape instead (its published
 //! config.json: 18 layers, five in six sliding over 512 positions, q/k norms, 256-wide heads,
-//! a 262,144-word vocabulary), whose decode replays the unfused step (the fused kernels
-//! decline Gemma's layers).
+//! a 262,144-word vocabulary); its fused step is six kernels a layer (`rope_kv` norms the
+//! heads).
 //!
 //!     cargo run --release -p galley-model --example speed [--features cuda]
 

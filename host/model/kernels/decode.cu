@@ -130,15 +130,23 @@ __device__ void silu_mul(const T* gu, T* out, int inter) {
 #define DG_MAX_ROWS 8
 #define DG_WARPS 8
 
-// a (b, n) in shared = rms_norm(h + d) * w per row; hout = h + d when `write`.
+// a (b, n) in shared = rms_norm(h + d) * w per row; hout = h + d when `write`. With `dw`
+// (Gemma's output norms) the sublayer's output d is itself normed first: h + rms_norm(d) dw.
 template <typename T>
-__device__ void dg_norm_rows(const T* h, const T* d, const T* w, T* hout, float* a, int n,
-                             int b, float eps, bool write) {
+__device__ void dg_norm_rows(const T* h, const T* d, const T* dw, const T* w, T* hout, float* a,
+                             int n, int b, float eps, bool write) {
     for (int r = 0; r < b; r++) {
         const long long o = (long long)r * n;
+        float dinv = 1.0f;
+        if (dw) {
+            float sd = 0.0f;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) { float v = ld(d, o + i); sd += v * v; }
+            dinv = rsqrtf(block_red(sd, false) / (float)n + eps);
+        }
         float ss = 0.0f;
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            float v = ld_round(ld(h, o + i) + ld(d, o + i), h);
+            const float dv = dw ? ld_round(ld(d, o + i) * dinv * ld(dw, i), h) : ld(d, o + i);
+            float v = ld_round(ld(h, o + i) + dv, h);
             a[o + i] = v;
             ss += v * v;
             if (write) st(hout, o + i, v);
@@ -177,13 +185,16 @@ __device__ void dg_dot2(const T* W, long long r1, long long r2, const float* a, 
 // (head, y) takes dimension pair (i, i + D/2), i = 8 y + w, of the fused q|k|v projection
 // W ((H + 2 KV) D, n; bias optional, `has_bias`): queries rotated into q (b, H, 1, D), keys
 // rotated and values copied into the caches (b, KV, cap, D) at *slot. out: the new stream.
+// `has_dw`: d normed by dw first (dg_norm_rows). `raw` (heads that are normed before their
+// rotation, Gemma 3's): the projection as it is into q (b, 1, (H + 2 KV) D), for rope_kv.
 template <typename T>
-__device__ void qkv_step(const T* h, const T* d, const T* nw, T* hout, const T* W,
-                         const T* bias, int has_bias, const T* cs, const T* sn,
+__device__ void qkv_step(const T* h, const T* d, const T* dw, int has_dw, const T* nw, T* hout,
+                         const T* W, const T* bias, int has_bias, const T* cs, const T* sn,
                          const unsigned int* slot, T* q, T* kc, T* vc, int n, int b, float eps,
-                         int H, int KV, int D, int cap) {
+                         int H, int KV, int D, int cap, int raw) {
     extern __shared__ float dsm[];
-    dg_norm_rows(h, d, nw, hout, dsm, n, b, eps, blockIdx.x == 0 && blockIdx.y == 0);
+    dg_norm_rows(h, d, has_dw ? dw : (const T*)nullptr, nw, hout, dsm, n, b, eps,
+                 blockIdx.x == 0 && blockIdx.y == 0);
     const int half = D / 2, head = blockIdx.x, i = blockIdx.y * DG_WARPS + (threadIdx.x >> 5);
     if (i >= half) return;
     const long long r1 = (long long)head * D + i, r2 = r1 + half;
@@ -196,6 +207,12 @@ __device__ void qkv_step(const T* h, const T* d, const T* nw, T* hout, const T* 
         if (has_bias) { a1 = ld_round(a1, W) + ld(bias, r1); a2 = ld_round(a2, W) + ld(bias, r2); }
         a1 = ld_round(a1, W);
         a2 = ld_round(a2, W);
+        if (raw) {
+            const long long o = ((long long)r * (H + 2 * KV) + head) * D;
+            st(q, o + i, a1);
+            st(q, o + i + half, a2);
+            continue;
+        }
         if (head >= H + KV) {
             const long long o = (((long long)r * KV + (head - H - KV)) * cap + s) * D;
             st(vc, o + i, a1);
@@ -218,12 +235,15 @@ __device__ void qkv_step(const T* h, const T* d, const T* nw, T* hout, const T* 
 
 // grid (ceil(I / 8)), 256 threads; dynamic shared b n floats. Warp w takes i = 8 x + w: rows
 // i (gate) and I + i (up) of the fused W (2 I, n) against the normed h + d; act (b, I) =
-// silu(gate) * up. out: the new stream.
+// silu(gate) * up, or GELU's tanh form with `gelu` (Gemma). `has_dw`: d normed by dw first.
+// out: the new stream.
 template <typename T>
-__device__ void mlp_up_step(const T* h, const T* d, const T* nw, T* hout, const T* W, T* act,
-                            int n, int b, float eps, int I) {
+__device__ void mlp_up_step(const T* h, const T* d, const T* dw, int has_dw, const T* nw,
+                            T* hout, const T* W, T* act, int n, int b, float eps, int I,
+                            int gelu) {
     extern __shared__ float dsm[];
-    dg_norm_rows(h, d, nw, hout, dsm, n, b, eps, blockIdx.x == 0);
+    dg_norm_rows(h, d, has_dw ? dw : (const T*)nullptr, nw, hout, dsm, n, b, eps,
+                 blockIdx.x == 0);
     const int i = blockIdx.x * DG_WARPS + (threadIdx.x >> 5);
     if (i >= I) return;
     float g[DG_MAX_ROWS], u[DG_MAX_ROWS];
@@ -231,7 +251,10 @@ __device__ void mlp_up_step(const T* h, const T* d, const T* nw, T* hout, const 
     if ((threadIdx.x & 31) != 0) return;
     for (int r = 0; r < b && r < DG_MAX_ROWS; r++) {
         const float gv = ld_round(g[r], W), uv = ld_round(u[r], W);
-        st(act, (long long)r * I + i, ld_round(gv / (1.0f + expf(-gv)), W) * uv);
+        const float a = gelu
+            ? 0.5f * gv * (1.0f + tanhf(0.7978845608028654f * (gv + 0.044715f * gv * gv * gv)))
+            : gv / (1.0f + expf(-gv));
+        st(act, (long long)r * I + i, ld_round(a, W) * uv);
     }
 }
 
@@ -260,8 +283,8 @@ extern "C" __global__ void rope_kv_##S(const T* qkv, const T* cs, const T* sn, c
 extern "C" __global__ void attend_##S(const T* q, const T* kc, const T* vc, const T* mask, T* out, int H, int KV, int D, int cap, float scale, float softcap) { attend(q, kc, vc, mask, out, H, KV, D, cap, scale, softcap); } \
 extern "C" __global__ void add_rms_##S(const T* x, const T* d, const T* w, T* out, int n, float eps, int rows) { add_rms(x, d, w, out, n, eps, rows); } \
 extern "C" __global__ void silu_mul_##S(const T* gu, T* out, int inter) { silu_mul(gu, out, inter); } \
-extern "C" __global__ void qkv_step_##S(const T* h, const T* d, const T* nw, T* hout, const T* W, const T* bias, int has_bias, const T* cs, const T* sn, const unsigned int* slot, T* q, T* kc, T* vc, int n, int b, float eps, int H, int KV, int D, int cap) { qkv_step(h, d, nw, hout, W, bias, has_bias, cs, sn, slot, q, kc, vc, n, b, eps, H, KV, D, cap); } \
-extern "C" __global__ void mlp_up_step_##S(const T* h, const T* d, const T* nw, T* hout, const T* W, T* act, int n, int b, float eps, int I) { mlp_up_step(h, d, nw, hout, W, act, n, b, eps, I); } \
+extern "C" __global__ void qkv_step_##S(const T* h, const T* d, const T* dw, int has_dw, const T* nw, T* hout, const T* W, const T* bias, int has_bias, const T* cs, const T* sn, const unsigned int* slot, T* q, T* kc, T* vc, int n, int b, float eps, int H, int KV, int D, int cap, int raw) { qkv_step(h, d, dw, has_dw, nw, hout, W, bias, has_bias, cs, sn, slot, q, kc, vc, n, b, eps, H, KV, D, cap, raw); } \
+extern "C" __global__ void mlp_up_step_##S(const T* h, const T* d, const T* dw, int has_dw, const T* nw, T* hout, const T* W, T* act, int n, int b, float eps, int I, int gelu) { mlp_up_step(h, d, dw, has_dw, nw, hout, W, act, n, b, eps, I, gelu); } \
 extern "C" __global__ void gemv_rows_##S(const T* x, const T* W, const T* bias, int has_bias, T* y, int n, int out, int b) { gemv_rows(x, W, bias, has_bias, y, n, out, b); }
 BOTH(float, f32)
 BOTH(bf16_t, bf16)

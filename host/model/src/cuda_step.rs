@@ -8,6 +8,11 @@
 //! `qkv_step` (residual add, norm, q|k|v, RoPE, cache) → `attend` → `gemv` (o) →
 //! `mlp_up_step` (residual add, norm, gate|up, SiLU) → `gemv` (down)
 //!
+//! Gemma's layers take the same chain: each sublayer's output norm folds into the residual add
+//! of the kernel after it, GELU's tanh form replaces SiLU, and the decode attention applies
+//! Gemma 2's soft cap. Heads normed before their rotation (Gemma 3, Qwen3) make it six
+//! kernels: `qkv_step` writes the projection as it is and `rope_kv` norms, rotates and caches.
+//!
 //! The products are galley's own GEMV (a warp per weight row, read once for every row of the
 //! batch), so this path takes at most `cuda_src::FUSED_STEP_MAX_ROWS` rows; larger batches
 //! keep cuBLAS. Kernels: `kernels/decode.cu`; launch shapes: `cuda_src`, as the CPU
@@ -58,6 +63,10 @@ macro_rules! dispatch {
 
 struct QkvStep {
     d: Tensor,
+    /// The previous sublayer's output norm (Gemma's), applied to `d` first.
+    dnorm: Option<Tensor>,
+    /// Write the projection as it is (heads normed before rotation go through `rope_kv`).
+    raw: bool,
     norm: Tensor,
     eps: f32,
     proj: Held,
@@ -115,16 +124,28 @@ impl QkvStep {
             Some((st, bl)) => Some(view::<T>(st, bl, "the q|k|v bias")?),
             None => None,
         };
-        // SAFETY: block (0, 0) writes all b n stream values, the queries' blocks every element
-        // of the (b, h, 1, d) queries.
-        let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(b * n + b * h * d)? };
+        let dn_held = self.dnorm.as_ref().map(Tensor::storage_and_layout);
+        let dnv = match &dn_held {
+            Some((st, dl)) => Some(view::<T>(st, dl, "the output norm's weight")?),
+            None => None,
+        };
+        // SAFETY: block (0, 0) writes all b n stream values, the heads' blocks every element of
+        // the (b, h, 1, d) queries, or of the (b, 1, (h + 2 kv) d) raw projection.
+        let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(b * n + b * self.q_width())? };
         let (mut hout, mut q) = out.split_at_mut(b * n);
         let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
         let has_bias = bv.is_some() as i32;
         let ints_a = [n as i32, b as i32];
         let ints_b = [h as i32, kv as i32, d as i32, cap as i32];
+        let (has_dw, raw) = (dnv.is_some() as i32, self.raw as i32);
         let mut lb = f.builder();
-        lb.arg(&hs).arg(&dv).arg(&nw).arg(&mut hout).arg(&w);
+        lb.arg(&hs).arg(&dv);
+        // Without an output norm the kernel reads no `dw`: the stream's weight stands in.
+        match &dnv {
+            Some(dn) => lb.arg(dn),
+            None => lb.arg(&nw),
+        };
+        lb.arg(&has_dw).arg(&nw).arg(&mut hout).arg(&w);
         match &bv {
             Some(bv) => lb.arg(bv),
             None => lb.arg(&w),
@@ -143,7 +164,9 @@ impl QkvStep {
         for i in &ints_b {
             lb.arg(i);
         }
-        // The kernel writes the caches (the decoder's own buffers) only at the slot.
+        lb.arg(&raw);
+        // The kernel writes the caches (the decoder's own buffers) only at the slot, and none
+        // of them in raw mode.
         launch(&mut lb, cuda_src::qkv_step(h + 2 * kv, d, b, n))?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
@@ -157,8 +180,25 @@ impl CustomOp1 for QkvStep {
         bail!("galley's CUDA qkv_step was given a CPU tensor")
     }
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let [b, n, h, _, d, _] = self.dims;
-        dispatch!(self, s, l, "qkv_step", Shape::from(b * n + b * h * d))
+        let [b, n, ..] = self.dims;
+        dispatch!(
+            self,
+            s,
+            l,
+            "qkv_step",
+            Shape::from(b * n + b * self.q_width())
+        )
+    }
+}
+
+impl QkvStep {
+    /// A row's width in the second output: the rotated queries, or the raw projection.
+    fn q_width(&self) -> usize {
+        let [_, _, h, kv, d, _] = self.dims;
+        match self.raw {
+            true => (h + 2 * kv) * d,
+            false => h * d,
+        }
     }
 }
 
@@ -166,21 +206,27 @@ impl CustomOp1 for QkvStep {
 /// returned as (b, 1, n)), its RMS norm with `norm` (weight, eps), the fused q|k|v product
 /// with `w` ((heads + 2 kv) head_dim, n) and `bias`, the queries rotated ((b, heads, 1,
 /// head_dim), returned), the rotated keys and the values written into the caches at the slot.
+/// The residual stream after `d` joins it (normed first by `dnorm`, Gemma's previous output
+/// norm), and the queries (b, heads, 1, head_dim), the rotated key and the value written to
+/// the caches at the slot. With `head_norms` (Qwen3, Gemma 3) the projection goes through
+/// `cuda_decode::rope_kv`, which norms each head before rotating it.
 #[allow(clippy::too_many_arguments)]
 pub fn qkv_step(
     h: &Tensor,
-    d: &Tensor,
+    (d, dnorm): (&Tensor, Option<&Tensor>),
     (norm, eps): (&Tensor, f32),
     (w, bias): (&Tensor, Option<&Tensor>),
     angles: &Angles,
     slot: &Tensor,
     (k_cache, v_cache): (&Tensor, &Tensor),
-    heads: usize,
+    (heads, head_norms): (usize, Option<(&Tensor, &Tensor)>),
 ) -> Result<(Tensor, Tensor)> {
     let (b, kv, cap, hd) = k_cache.dims4()?;
     let n = h.dim(candle_core::D::Minus1)?;
     let op = QkvStep {
         d: d.contiguous()?,
+        dnorm: dnorm.cloned(),
+        raw: head_norms.is_some(),
         norm: norm.clone(),
         eps,
         proj: Held {
@@ -195,17 +241,29 @@ pub fn qkv_step(
         dims: [b, n, heads, kv, hd, cap],
     };
     let both = h.contiguous()?.apply_op1_no_bwd(&op)?;
-    Ok((
-        both.narrow(0, 0, b * n)?.reshape((b, 1, n))?,
-        both.narrow(0, b * n, b * heads * hd)?
+    let stream = both.narrow(0, 0, b * n)?.reshape((b, 1, n))?;
+    let q = match head_norms {
+        Some((qn, kn)) => {
+            let fused = both.narrow(0, b * n, b * op.q_width())?;
+            let fused = fused.reshape((b, 1, op.q_width()))?;
+            let norms = Some((qn, kn, eps));
+            crate::cuda_decode::rope_kv(&fused, angles, slot, (k_cache, v_cache), heads, norms)?
+        }
+        None => both
+            .narrow(0, b * n, b * heads * hd)?
             .reshape((b, heads, 1, hd))?,
-    ))
+    };
+    Ok((stream, q))
 }
 
 // ---------------------------------------------------------------- gate|up
 
 struct MlpUpStep {
     d: Tensor,
+    /// The attention's output norm (Gemma's), applied to `d` first.
+    dnorm: Option<Tensor>,
+    /// GELU's tanh form (Gemma) instead of SiLU.
+    gelu: bool,
     norm: Tensor,
     eps: f32,
     w: Tensor,
@@ -233,14 +291,25 @@ impl MlpUpStep {
         let dv = view::<T>(&held[0].0, held[0].1, "the attention output")?;
         let nw = view::<T>(&held[1].0, held[1].1, "the norm's weight")?;
         let w = view::<T>(&held[2].0, held[2].1, "the gate|up weight")?;
+        let dn_held = self.dnorm.as_ref().map(Tensor::storage_and_layout);
+        let dnv = match &dn_held {
+            Some((st, dl)) => Some(view::<T>(st, dl, "the output norm's weight")?),
+            None => None,
+        };
         // SAFETY: block 0 writes the b n stream values, the warps every (row, i) activation.
         let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(b * n + b * inter)? };
         let (mut hout, mut act) = out.split_at_mut(b * n);
         let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
         let (n32, b32, i32_) = (n as i32, b as i32, inter as i32);
+        let (has_dw, gelu) = (dnv.is_some() as i32, self.gelu as i32);
         let mut lb = f.builder();
-        lb.arg(&hs)
-            .arg(&dv)
+        lb.arg(&hs).arg(&dv);
+        // Without an output norm the kernel reads no `dw`: the stream's weight stands in.
+        match &dnv {
+            Some(dn) => lb.arg(dn),
+            None => lb.arg(&nw),
+        };
+        lb.arg(&has_dw)
             .arg(&nw)
             .arg(&mut hout)
             .arg(&w)
@@ -248,7 +317,8 @@ impl MlpUpStep {
             .arg(&n32)
             .arg(&b32)
             .arg(&self.eps)
-            .arg(&i32_);
+            .arg(&i32_)
+            .arg(&gelu);
         launch(&mut lb, cuda_src::mlp_up_step(inter, b, n))?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
@@ -269,16 +339,21 @@ impl CustomOp1 for MlpUpStep {
 
 /// The MLP's first kernel: `h + d` (returned, (b, 1, n)), its RMS norm, the fused gate|up
 /// product with `w` (2 I, n), and silu(gate) * up (returned, (b, 1, I)).
+/// The residual stream after the attention's output `d` joins it (normed first by `dnorm`,
+/// Gemma's), and the gated activation act(gate) * up of the normed stream (GELU's tanh form
+/// with `gelu`, else SiLU).
 pub fn mlp_up_step(
     h: &Tensor,
-    d: &Tensor,
+    (d, dnorm): (&Tensor, Option<&Tensor>),
     (norm, eps): (&Tensor, f32),
-    w: &Tensor,
+    (w, gelu): (&Tensor, bool),
 ) -> Result<(Tensor, Tensor)> {
     let (b, _, n) = h.dims3()?;
     let inter = w.dim(0)? / 2;
     let both = h.contiguous()?.apply_op1_no_bwd(&MlpUpStep {
         d: d.contiguous()?,
+        dnorm: dnorm.cloned(),
+        gelu,
         norm: norm.clone(),
         eps,
         w: w.clone(),

@@ -439,9 +439,16 @@ impl Llama {
             && self.layers.iter().all(|l| l.fused_step_ok(h.dtype()))
         {
             let mut d = h.zeros_like()?;
+            // Gemma: each layer's MLP output is normed before it joins the stream, by the
+            // next layer's first kernel or, after the last layer, here.
+            let mut d_norm = None;
             for (i, (layer, (k, v))) in self.layers.iter().zip(kv).enumerate() {
                 let (angles, mask) = layer_of(i)?;
-                (h, d) = layer.step_fused((&h, &d), angles, slot, mask, (k, v))?;
+                (h, d) = layer.step_fused((&h, &d, d_norm), angles, slot, mask, (k, v))?;
+                d_norm = layer.mlp_out_norm();
+            }
+            if let Some(n) = d_norm {
+                d = n.forward(&d)?;
             }
             let (_, a) = self.norm.add_forward(&h, &d)?;
             return self.logits(&a)?.reshape((b, self.config.vocab_size));

@@ -282,8 +282,14 @@ fn the_fused_step_kernels_match_norm_projection_rope_and_gate() {
             ty.input(b * kv * cap * d, 38),
             ty.input(b * kv * cap * d, 39),
         );
-        for has_bias in [0, 1] {
-            let (mut hout, mut q) = (ty.uninit(b * n), ty.uninit(b * h * d));
+        // Gemma's output norm of the previous sublayer (`dw`), applied to d first.
+        let dw = ty.input(n, 43);
+        let dd_normed = norm_rows(ty, &vec![0.0; b * n], &dd, &dw, n, eps).1;
+        // Plain; with a bias; Gemma's: d normed first and, for heads normed before their
+        // rotation, the projection written as it is (`raw`, for rope_kv).
+        for (has_bias, gemma) in [(0, 0), (1, 0), (0, 1)] {
+            let width = if gemma == 1 { h + 2 * kv } else { h } * d;
+            let (mut hout, mut q) = (ty.uninit(b * n), ty.uninit(b * width));
             let (mut kc, mut vc) = (ty.buf(&k0), ty.buf(&v0));
             module()
                 .launch(
@@ -292,6 +298,8 @@ fn the_fused_step_kernels_match_norm_projection_rope_and_gate() {
                     &mut [
                         Arg::Buf(&mut ty.buf(&hh)),
                         Arg::Buf(&mut ty.buf(&dd)),
+                        Arg::Buf(&mut ty.buf(&dw)),
+                        Arg::I32(gemma),
                         Arg::Buf(&mut ty.buf(&nw)),
                         Arg::Buf(&mut hout),
                         Arg::Buf(&mut ty.buf(&wq)),
@@ -310,10 +318,12 @@ fn the_fused_step_kernels_match_norm_projection_rope_and_gate() {
                         Arg::I32(kv as i32),
                         Arg::I32(d as i32),
                         Arg::I32(cap as i32),
+                        Arg::I32(gemma),
                     ],
                 )
                 .unwrap();
-            let (hs, a) = norm_rows(ty, &hh, &dd, &nw, n, eps);
+            let d_in = if gemma == 1 { &dd_normed } else { &dd };
+            let (hs, a) = norm_rows(ty, &hh, d_in, &nw, n, eps);
             let mut proj = matvec(ty, &a, &wq, n);
             if has_bias == 1 {
                 let w = (h + 2 * kv) * d;
@@ -342,8 +352,22 @@ fn the_fused_step_kernels_match_norm_projection_rope_and_gate() {
                     wv[at..at + d].copy_from_slice(&row[(h + kv + k) * d..][..d]);
                 }
             }
-            let what = format!("qkv_step {s} bias={has_bias}");
-            close(&ty.read(&hout), &hs, 0.0, &format!("{what}: stream"));
+            let what = format!("qkv_step {s} bias={has_bias} gemma={gemma}");
+            // Exact, but for the output norm's sum of squares (another summation order).
+            let exact = if gemma == 1 { ty.tol() } else { 0.0 };
+            close(&ty.read(&hout), &hs, exact, &format!("{what}: stream"));
+            if gemma == 1 {
+                // The projection as it is; the caches untouched (rope_kv writes them).
+                close(
+                    &ty.read(&q),
+                    &proj,
+                    ty.tol(),
+                    &format!("{what}: projection"),
+                );
+                close(&ty.read(&kc), &k0, 0.0, &format!("{what}: key cache"));
+                close(&ty.read(&vc), &v0, 0.0, &format!("{what}: value cache"));
+                continue;
+            }
             close(&ty.read(&q), &wq_, ty.tol(), &format!("{what}: q"));
             close(&ty.read(&kc), &wk, ty.tol(), &format!("{what}: key cache"));
             close(
@@ -354,50 +378,56 @@ fn the_fused_step_kernels_match_norm_projection_rope_and_gate() {
             );
         }
 
-        // The MLP's first half, then the down projection through gemv_rows (with a bias).
+        // The MLP's first half (plain: SiLU; Gemma's: d normed first, GELU's tanh form), then
+        // the down projection through gemv_rows (with a bias).
         let inter = 40usize;
         let wgu = ty.input(2 * inter * n, 40);
-        let (mut hout, mut act) = (ty.uninit(b * n), ty.uninit(b * inter));
-        module()
-            .launch(
-                &format!("mlp_up_step_{s}"),
-                step_cfg(galley_model::cuda_src::mlp_up_step(inter, b, n)),
-                &mut [
-                    Arg::Buf(&mut ty.buf(&hh)),
-                    Arg::Buf(&mut ty.buf(&dd)),
-                    Arg::Buf(&mut ty.buf(&nw)),
-                    Arg::Buf(&mut hout),
-                    Arg::Buf(&mut ty.buf(&wgu)),
-                    Arg::Buf(&mut act),
-                    Arg::I32(n as i32),
-                    Arg::I32(b as i32),
-                    Arg::F32(eps),
-                    Arg::I32(inter as i32),
-                ],
-            )
-            .unwrap();
-        let (hs, a) = norm_rows(ty, &hh, &dd, &nw, n, eps);
-        let gu = matvec(ty, &a, &wgu, n);
-        let want: Vec<f32> = (0..b * inter)
-            .map(|k| {
-                let (r, i) = (k / inter, k % inter);
-                let (g, u) = (gu[r * 2 * inter + i], gu[r * 2 * inter + inter + i]);
-                ty.round(ty.round(g / (1.0 + (-g).exp())) * u)
-            })
-            .collect();
-        close(
-            &ty.read(&hout),
-            &hs,
-            0.0,
-            &format!("mlp_up_step {s}: stream"),
-        );
-        let act_v = ty.read(&act);
-        close(
-            &act_v,
-            &want,
-            ty.tol(),
-            &format!("mlp_up_step {s}: activation"),
-        );
+        let mut act_v = Vec::new();
+        for gemma in [1, 0] {
+            let (mut hout, mut act) = (ty.uninit(b * n), ty.uninit(b * inter));
+            module()
+                .launch(
+                    &format!("mlp_up_step_{s}"),
+                    step_cfg(galley_model::cuda_src::mlp_up_step(inter, b, n)),
+                    &mut [
+                        Arg::Buf(&mut ty.buf(&hh)),
+                        Arg::Buf(&mut ty.buf(&dd)),
+                        Arg::Buf(&mut ty.buf(&dw)),
+                        Arg::I32(gemma),
+                        Arg::Buf(&mut ty.buf(&nw)),
+                        Arg::Buf(&mut hout),
+                        Arg::Buf(&mut ty.buf(&wgu)),
+                        Arg::Buf(&mut act),
+                        Arg::I32(n as i32),
+                        Arg::I32(b as i32),
+                        Arg::F32(eps),
+                        Arg::I32(inter as i32),
+                        Arg::I32(gemma),
+                    ],
+                )
+                .unwrap();
+            let d_in = if gemma == 1 { &dd_normed } else { &dd };
+            let (hs, a) = norm_rows(ty, &hh, d_in, &nw, n, eps);
+            let gu = matvec(ty, &a, &wgu, n);
+            let k = (2.0f32 / std::f32::consts::PI).sqrt();
+            let want: Vec<f32> = (0..b * inter)
+                .map(|x| {
+                    let (r, i) = (x / inter, x % inter);
+                    let (g, u) = (gu[r * 2 * inter + i], gu[r * 2 * inter + inter + i]);
+                    let act = match gemma {
+                        1 => 0.5 * g * (1.0 + (k * (g + 0.044715 * g * g * g)).tanh()),
+                        _ => g / (1.0 + (-g).exp()),
+                    };
+                    ty.round(ty.round(act) * u)
+                })
+                .collect();
+            let what = format!("mlp_up_step {s} gemma={gemma}");
+            // Exact, but for the output norm's sum of squares (another summation order).
+            let exact = if gemma == 1 { ty.tol() } else { 0.0 };
+            close(&ty.read(&hout), &hs, exact, &format!("{what}: stream"));
+            act_v = ty.read(&act);
+            close(&act_v, &want, ty.tol(), &format!("{what}: activation"));
+        }
 
         let out = 50usize;
         let wd = ty.input(out * inter, 41);
@@ -507,6 +537,8 @@ fn a_decode_step_chained_from_the_fused_kernels_matches_the_cpu_model() {
                     Arg::Buf(&mut hs),
                     Arg::Buf(&mut ds),
                     Arg::Buf(&mut ty.buf(in_norm)),
+                    Arg::I32(0),
+                    Arg::Buf(&mut ty.buf(in_norm)),
                     Arg::Buf(&mut h1),
                     Arg::Buf(&mut ty.buf(wqkv)),
                     Arg::Buf(&mut ty.buf(wqkv)),
@@ -524,6 +556,7 @@ fn a_decode_step_chained_from_the_fused_kernels_matches_the_cpu_model() {
                     Arg::I32(kv as i32),
                     Arg::I32(d as i32),
                     Arg::I32(cap as i32),
+                    Arg::I32(0),
                 ],
             );
             let mut att = Buf::uninit::<f32>(h * d);
@@ -572,6 +605,8 @@ fn a_decode_step_chained_from_the_fused_kernels_matches_the_cpu_model() {
                     Arg::Buf(&mut h1),
                     Arg::Buf(&mut d1),
                     Arg::Buf(&mut ty.buf(post_norm)),
+                    Arg::I32(0),
+                    Arg::Buf(&mut ty.buf(post_norm)),
                     Arg::Buf(&mut h2),
                     Arg::Buf(&mut ty.buf(wgu)),
                     Arg::Buf(&mut act),
@@ -579,6 +614,7 @@ fn a_decode_step_chained_from_the_fused_kernels_matches_the_cpu_model() {
                     Arg::I32(1),
                     Arg::F32(eps),
                     Arg::I32(inter as i32),
+                    Arg::I32(0),
                 ],
             );
             ds = gemv(&mut act, wdown, inter, n);

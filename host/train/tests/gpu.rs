@@ -1037,9 +1037,8 @@ fn gpu_decode_replayed_as_a_cuda_graph_matches_eager_steps() {
 }
 
 /// The same for Gemma 3 and Gemma 2 (the sliding layers' mask closing a slot a step, their
-/// local RoPE, output norms, soft caps, the GELU MLP; the fused step declines their layers,
-/// so both passes take candle's products) and SmolLM3, on the transformers-made fixtures:
-/// 35 positions against a window of 4.
+/// local RoPE, q/k norms, output norms, soft caps, the GELU MLP, in the fused step and out of
+/// it) and SmolLM3, on the transformers-made fixtures: 35 positions against a window of 4.
 #[test]
 fn gpu_gemma_and_smollm3_decode_replayed_as_a_cuda_graph_matches_eager_steps() {
     let Some(dev) = gpu() else { return };

@@ -19,6 +19,21 @@ pub enum Mask {
     Rows(crate::cpu::Visible),
 }
 
+/// What the fused decode step reads of an attention layer (`Attention::fused_parts`).
+// Off CUDA only `fused_step_ok` reads it, for the weights.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct FusedAttention<'a> {
+    /// The q|k|v weight and bias.
+    pub qkv: (&'a Tensor, Option<&'a Tensor>),
+    /// The output projection's weight and bias.
+    pub o: (&'a Tensor, Option<&'a Tensor>),
+    pub heads: usize,
+    /// The query and key heads' norm weights (Qwen3, Gemma 3).
+    pub head_norms: Option<(&'a Tensor, &'a Tensor)>,
+    /// The score scale and soft cap (Gemma 2).
+    pub scores: (f32, Option<f32>),
+}
+
 pub struct Attention {
     qkv_proj: Linear,
     o_proj: Linear,
@@ -186,28 +201,21 @@ impl Attention {
         self.o_proj.forward(&out)
     }
 
-    /// For the fused decode step: the q|k|v weight and bias, the output projection's weight
-    /// and bias, the query heads, the score scale; none when a projection is not dense, the
-    /// heads are normed (Qwen3, Gemma 3) or the scores soft-capped (Gemma 2), which the fused
-    /// kernels do not do.
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn fused_parts(
-        &self,
-    ) -> Option<(
-        (&Tensor, Option<&Tensor>),
-        (&Tensor, Option<&Tensor>),
-        usize,
-        f32,
-    )> {
-        if self.q_norm.is_some() || self.k_norm.is_some() || self.softcap.is_some() {
-            return None;
-        }
-        Some((
-            self.qkv_proj.dense_parts()?,
-            self.o_proj.dense_parts()?,
-            self.heads,
-            self.scale as f32,
-        ))
+    /// For the fused decode step: the dense weights and what the kernels apply; none when a
+    /// projection is not dense (quantized), which the fused kernels do not read.
+    pub(crate) fn fused_parts(&self) -> Option<FusedAttention<'_>> {
+        let head_norms = match (&self.q_norm, &self.k_norm) {
+            (Some(q), Some(k)) => Some((q.parts().0, k.parts().0)),
+            (None, None) => None,
+            _ => return None,
+        };
+        Some(FusedAttention {
+            qkv: self.qkv_proj.dense_parts()?,
+            o: self.o_proj.dense_parts()?,
+            heads: self.heads,
+            head_norms,
+            scores: (self.scale as f32, self.softcap.map(|c| c as f32)),
+        })
     }
 
     /// One token per row (`x` (b, 1, hidden)) against a cache of fixed capacity: the new key

@@ -58,12 +58,6 @@ impl DecoderLayer {
         })
     }
 
-    /// Whether the layer has no output norms (Gemma's), which the fused decode step does not
-    /// apply.
-    fn plain(&self) -> bool {
-        self.attn_out_norm.is_none() && self.mlp_out_norm.is_none()
-    }
-
     pub fn forward(
         &self,
         x: &Tensor,
@@ -117,57 +111,74 @@ impl DecoderLayer {
         next.add_forward(&h, &out(&self.mlp_out_norm, self.mlp.step(&a)?)?)
     }
 
-    /// Whether the fused decode step can run this layer with activations of `dt`.
+    /// Whether the fused decode step can run this layer with activations of `dt`: every
+    /// weight it reads dense and in `dt`.
     pub fn fused_step_ok(&self, dt: candle_core::DType) -> bool {
-        let (Some((qkv, o, _, _)), Some((gu, down))) =
+        let (Some(attn), Some(((gu, _), down))) =
             (self.self_attn.fused_parts(), self.mlp.fused_parts())
         else {
             return false;
         };
+        let norms = [&self.attn_out_norm, &self.mlp_out_norm];
         [
-            qkv.0,
-            o.0,
+            attn.qkv.0,
+            attn.o.0,
             gu,
             down.0,
             self.input_layernorm.parts().0,
             self.pre_mlp_norm.parts().0,
         ]
-        .iter()
+        .into_iter()
+        .chain(attn.head_norms.into_iter().flat_map(|(q, k)| [q, k]))
+        .chain(norms.into_iter().flatten().map(|n| n.parts().0))
         .all(|w| w.dtype() == dt)
-            && self.plain()
+    }
+
+    /// Gemma's norm of the MLP's output, which the next layer's fused step (or the model's
+    /// final norm) applies before the output joins the residual stream.
+    pub fn mlp_out_norm(&self) -> Option<&RmsNorm> {
+        self.mlp_out_norm.as_ref()
     }
 
     /// The decode step in the fused kernels (`cuda_step`, on a GPU; `fused_step_ok` first):
-    /// `(h, d)` is the residual stream before the last sublayer's output `d` is added; returns
-    /// the pair for the next layer (the norms are applied inside the products).
+    /// `(h, d)` is the residual stream before the last sublayer's output `d` is added, and
+    /// `d_norm` the norm `d` takes first (the previous layer's `mlp_out_norm`); returns the
+    /// pair for the next layer (the norms are applied inside the products).
     #[cfg(feature = "cuda")]
     pub fn step_fused(
         &self,
-        (h, d): (&Tensor, &Tensor),
+        (h, d, d_norm): (&Tensor, &Tensor, Option<&RmsNorm>),
         angles: &Angles,
         slot: &Tensor,
         mask: &Tensor,
         kv: (&Tensor, &Tensor),
     ) -> candle_core::Result<(Tensor, Tensor)> {
         use crate::{cuda_decode, cuda_step};
-        let (Some((qkv, o, heads, scale)), Some((gu, down))) =
-            (self.self_attn.fused_parts(), self.mlp.fused_parts())
+        let (Some(attn), Some((gu, down))) = (self.self_attn.fused_parts(), self.mlp.fused_parts())
         else {
             candle_core::bail!("this layer cannot take the fused decode step")
         };
+        fn weight(n: Option<&RmsNorm>) -> Option<&Tensor> {
+            n.map(|n| n.parts().0)
+        }
         let (h1, q) = cuda_step::qkv_step(
             h,
-            d,
+            (d, weight(d_norm)),
             self.input_layernorm.parts(),
-            qkv,
+            attn.qkv,
             angles,
             slot,
             kv,
-            heads,
+            (attn.heads, attn.head_norms),
         )?;
-        let attn = cuda_decode::attend(&q, kv, mask, (scale, None))?;
-        let d1 = cuda_step::gemv(&attn, o.0, o.1)?;
-        let (h2, act) = cuda_step::mlp_up_step(&h1, &d1, self.pre_mlp_norm.parts(), gu)?;
+        let out = cuda_decode::attend(&q, kv, mask, attn.scores)?;
+        let d1 = cuda_step::gemv(&out, attn.o.0, attn.o.1)?;
+        let (h2, act) = cuda_step::mlp_up_step(
+            &h1,
+            (&d1, weight(self.attn_out_norm.as_ref())),
+            self.pre_mlp_norm.parts(),
+            gu,
+        )?;
         Ok((h2, cuda_step::gemv(&act, down.0, down.1)?))
     }
 

@@ -30,13 +30,12 @@ impl Mlp {
     }
 
     /// For the fused decode step: the gate|up weight (without a bias, which the fused kernel
-    /// does not add) and the down projection's weight and bias.
-    pub(crate) fn fused_parts(&self) -> Option<(&Tensor, (&Tensor, Option<&Tensor>))> {
-        if self.gelu {
-            return None;
-        }
+    /// does not add) and whether its activation is GELU's, and the down projection's weight
+    /// and bias.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn fused_parts(&self) -> Option<((&Tensor, bool), (&Tensor, Option<&Tensor>))> {
         match self.gate_up.dense_parts()? {
-            (gu, None) => Some((gu, self.down.dense_parts()?)),
+            (gu, None) => Some(((gu, self.gelu), self.down.dense_parts()?)),
             _ => None,
         }
     }
