@@ -1038,12 +1038,13 @@ fn gpu_decode_replayed_as_a_cuda_graph_matches_eager_steps() {
 
 /// The same for Gemma 3 and Gemma 2 (the sliding layers' mask closing a slot a step, their
 /// local RoPE, q/k norms, output norms, soft caps, the GELU MLP, in the fused step and out of
-/// it) and SmolLM3, on the transformers-made fixtures: 35 positions against a window of 4.
+/// it), SmolLM3 and Qwen3 (q/k norms through `rope_kv` in the fused step), on the
+/// transformers-made fixtures: 35 positions against Gemma's window of 4.
 #[test]
 fn gpu_gemma_and_smollm3_decode_replayed_as_a_cuda_graph_matches_eager_steps() {
     let Some(dev) = gpu() else { return };
     galley_model::cuda::single_stream(&dev);
-    for name in ["gemma3", "gemma2", "smollm3"] {
+    for name in ["gemma3", "gemma2", "smollm3", "qwen3-qk-norm"] {
         let dir = fixture(name);
         let m = galley_model::load(&dir, &dev).unwrap();
         graph_matches_eager(&m.model, name);
