@@ -219,7 +219,7 @@ pub fn qkv_step(
     angles: &Angles,
     slot: &Tensor,
     (k_cache, v_cache): (&Tensor, &Tensor),
-    (heads, head_norms): (usize, Option<(&Tensor, &Tensor)>),
+    (heads, head_norms): (usize, Option<(&Tensor, &Tensor, f32)>),
 ) -> Result<(Tensor, Tensor)> {
     let (b, kv, cap, hd) = k_cache.dims4()?;
     let n = h.dim(candle_core::D::Minus1)?;
@@ -243,11 +243,11 @@ pub fn qkv_step(
     let both = h.contiguous()?.apply_op1_no_bwd(&op)?;
     let stream = both.narrow(0, 0, b * n)?.reshape((b, 1, n))?;
     let q = match head_norms {
-        Some((qn, kn)) => {
+        Some(norms) => {
             let fused = both.narrow(0, b * n, b * op.q_width())?;
             let fused = fused.reshape((b, 1, op.q_width()))?;
-            let norms = Some((qn, kn, eps));
-            crate::cuda_decode::rope_kv(&fused, angles, slot, (k_cache, v_cache), heads, norms)?
+            let kv = (k_cache, v_cache);
+            crate::cuda_decode::rope_kv(&fused, angles, slot, kv, heads, Some(norms))?
         }
         None => both
             .narrow(0, b * n, b * heads * hd)?

@@ -47,10 +47,15 @@ struct Inputs {
     mask: Tensor,
     /// (rows, 1, 1, 1) zeros: what opening a slot writes into `mask`.
     open: Tensor,
-    /// The sliding layers' mask and window, for a model with them: `mask`, less the slots
-    /// `window` or more before the step's.
-    local: Option<(Tensor, usize)>,
-    /// (rows, 1, 1, 1) -inf: what closing a slot writes into the sliding layers' mask.
+    /// For a model with sliding layers: what they read instead of `mask`.
+    local: Option<Sliding>,
+}
+
+/// The sliding layers' mask: `mask`, less the slots `window` or more before the step's.
+struct Sliding {
+    mask: Tensor,
+    window: usize,
+    /// (rows, 1, 1, 1) -inf: what closing a slot writes into `mask`.
     shut: Tensor,
 }
 
@@ -133,7 +138,11 @@ impl<'m> Decoder<'m> {
                     row[..(len + 1).saturating_sub(s.window)].fill(f32::NEG_INFINITY);
                 }
                 let local = Tensor::from_vec(local, (rows, 1, 1, capacity), dev)?;
-                Some((local.to_dtype(dtype)?, s.window))
+                Some(Sliding {
+                    mask: local.to_dtype(dtype)?,
+                    window: s.window,
+                    shut: Tensor::full(f32::NEG_INFINITY, (rows, 1, 1, 1), dev)?.to_dtype(dtype)?,
+                })
             }
             None => None,
         };
@@ -144,7 +153,6 @@ impl<'m> Decoder<'m> {
             mask: Tensor::from_vec(mask, (rows, 1, 1, capacity), dev)?.to_dtype(dtype)?,
             open: Tensor::zeros((rows, 1, 1, 1), dtype, dev)?,
             local,
-            shut: Tensor::full(f32::NEG_INFINITY, (rows, 1, 1, 1), dev)?.to_dtype(dtype)?,
         };
         Ok(Self {
             model,
@@ -262,12 +270,12 @@ impl<'m> Decoder<'m> {
         put(&self.inputs.slot, Tensor::new(&[self.len as u32], dev)?)?;
         // The token of this step attends to itself (and stays open for the steps after).
         self.inputs.mask.slice_set(&self.inputs.open, 3, self.len)?;
-        if let Some((local, window)) = &self.inputs.local {
+        if let Some(s) = &self.inputs.local {
             // The slot a window back leaves the sliding layers' view as this one enters it.
-            if let Some(old) = self.len.checked_sub(*window) {
-                local.slice_set(&self.inputs.shut, 3, old)?;
+            if let Some(old) = self.len.checked_sub(s.window) {
+                s.mask.slice_set(&s.shut, 3, old)?;
             }
-            local.slice_set(&self.inputs.open, 3, self.len)?;
+            s.mask.slice_set(&self.inputs.open, 3, self.len)?;
         }
         Ok(())
     }
@@ -275,7 +283,7 @@ impl<'m> Decoder<'m> {
     /// One step, eagerly: the model's fixed-shape step, its logits copied into `out`.
     fn run(&self) -> candle_core::Result<()> {
         let i = &self.inputs;
-        let masks = (&i.mask, i.local.as_ref().map(|(m, _)| m));
+        let masks = (&i.mask, i.local.as_ref().map(|s| &s.mask));
         let logits = self
             .model
             .step(&i.ids, &i.positions, &i.slot, masks, &self.kv)?;

@@ -320,15 +320,10 @@ pub fn rope_heads_from(
 // ---------------------------------------------------------------- causal softmax (reference)
 
 /// Plain candle: softmax(scale * s) over the last dimension with keys after the query masked
-/// out; `s` is (..., rows, t) where row r is query position r % t. The reference for
+/// out, and with `window` those more than `window - 1` positions before it (a sliding-window
+/// layer's); `s` is (..., rows, t) where row r is query position r % t. The reference for
 /// the CPU attention op's probabilities (`attention::packed`). Computed in f32 whatever
 /// `s`'s dtype (as autocast does), the probabilities returned in `s`'s dtype.
-pub fn causal_softmax_reference(s: &Tensor, scale: f64) -> Result<Tensor> {
-    causal_softmax_windowed(s, scale, None)
-}
-
-/// [`causal_softmax_reference`] where each query sees at most the last `window` positions
-/// (itself included): a sliding-window layer's probabilities.
 pub fn causal_softmax_windowed(s: &Tensor, scale: f64, window: Option<usize>) -> Result<Tensor> {
     let (rows, t) = (s.dim(D::Minus2)?, s.dim(D::Minus1)?);
     let dev = s.device();

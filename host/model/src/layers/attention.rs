@@ -28,8 +28,8 @@ pub(crate) struct FusedAttention<'a> {
     /// The output projection's weight and bias.
     pub o: (&'a Tensor, Option<&'a Tensor>),
     pub heads: usize,
-    /// The query and key heads' norm weights (Qwen3, Gemma 3).
-    pub head_norms: Option<(&'a Tensor, &'a Tensor)>,
+    /// The query and key heads' norm weights and epsilon (Qwen3, Gemma 3).
+    pub head_norms: Option<(&'a Tensor, &'a Tensor, f32)>,
     /// The score scale and soft cap (Gemma 2).
     pub scores: (f32, Option<f32>),
 }
@@ -204,18 +204,27 @@ impl Attention {
     /// For the fused decode step: the dense weights and what the kernels apply; none when a
     /// projection is not dense (quantized), which the fused kernels do not read.
     pub(crate) fn fused_parts(&self) -> Option<FusedAttention<'_>> {
-        let head_norms = match (&self.q_norm, &self.k_norm) {
-            (Some(q), Some(k)) => Some((q.parts().0, k.parts().0)),
-            (None, None) => None,
-            _ => return None,
-        };
         Some(FusedAttention {
             qkv: self.qkv_proj.dense_parts()?,
             o: self.o_proj.dense_parts()?,
             heads: self.heads,
-            head_norms,
-            scores: (self.scale as f32, self.softcap.map(|c| c as f32)),
+            head_norms: self.head_norms(),
+            scores: self.scores(),
         })
+    }
+
+    /// The query and key heads' norm weights and epsilon, where the model norms them (the
+    /// decode kernels' `rope_kv` applies them).
+    fn head_norms(&self) -> Option<(&Tensor, &Tensor, f32)> {
+        match (&self.q_norm, &self.k_norm) {
+            (Some(q), Some(k)) => Some((q.parts().0, k.parts().0, q.parts().1)),
+            _ => None,
+        }
+    }
+
+    /// The score scale and Gemma 2's soft cap, as the decode kernels' `attend` takes them.
+    fn scores(&self) -> (f32, Option<f32>) {
+        (self.scale as f32, self.softcap.map(|c| c as f32))
     }
 
     /// One token per row (`x` (b, 1, hidden)) against a cache of fixed capacity: the new key
@@ -233,19 +242,15 @@ impl Attention {
     ) -> candle_core::Result<Tensor> {
         #[cfg(feature = "cuda")]
         {
-            let norms = match (&self.q_norm, &self.k_norm) {
-                (Some(qn), Some(kn)) => Some((qn.parts().0, kn.parts().0, qn.parts().1)),
-                _ => None,
-            };
+            let norms = self.head_norms();
             // (Head norms kept in another dtype than the activations take candle's ops below.)
             let norms_fit =
                 norms.is_none_or(|(q, k, _)| q.dtype() == x.dtype() && k.dtype() == x.dtype());
             if x.device().is_cuda() && norms_fit {
                 let fused = self.qkv_proj.forward(x)?;
                 let kv = (k_cache, v_cache);
-                let how = (self.scale as f32, self.softcap.map(|c| c as f32));
                 let q = crate::cuda_decode::rope_kv(&fused, angles, slot, kv, self.heads, norms)?;
-                let out = crate::cuda_decode::attend(&q, kv, mask, how)?;
+                let out = crate::cuda_decode::attend(&q, kv, mask, self.scores())?;
                 return self.o_proj.forward(&out);
             }
         }

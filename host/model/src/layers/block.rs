@@ -129,7 +129,7 @@ impl DecoderLayer {
             self.pre_mlp_norm.parts().0,
         ]
         .into_iter()
-        .chain(attn.head_norms.into_iter().flat_map(|(q, k)| [q, k]))
+        .chain(attn.head_norms.into_iter().flat_map(|(q, k, _)| [q, k]))
         .chain(norms.into_iter().flatten().map(|n| n.parts().0))
         .all(|w| w.dtype() == dt)
     }
