@@ -12,7 +12,10 @@
 //! `GALLEY_SPEED_SHAPE=gemma3-270m` takes Gemma 3 270M's shape instead (its published
 //! config.json: 18 layers, five in six sliding over 512 positions, q/k norms, 256-wide heads,
 //! a 262,144-word vocabulary); its fused step is six kernels a layer (`rope_kv` norms the
-//! heads).
+//! heads). For it, `long` also times 64 decode steps of one sequence in a decoder of 8,192
+//! positions (the largest `generate` makes): its sliding layers attend over their ring of
+//! 512 slots, the three full layers over all 8,192 (masked), and the line gives the cache's
+//! bytes against a cache of 8,192 slots in every layer.
 //!
 //!     cargo run --release -p galley-model --example speed [--features cuda]
 
@@ -216,6 +219,31 @@ fn measure_graph(dev: &Device, path: &std::path::Path, read: bool) -> (f64, f64)
     (128.0 / best(1), 32.0 * 128.0 / best(32))
 }
 
+/// 64 decode steps of one sequence through a decoder of `MAX_CAPACITY` positions, on `dev`
+/// (eager on a CPU, one graph on a GPU), and the cache's bytes: tokens/s, bytes, and the
+/// bytes with every layer holding every position.
+fn measure_long(dev: &Device, path: &std::path::Path) -> (f64, usize, usize) {
+    let w = Weights::safetensors(vec![path.to_path_buf()]).unwrap();
+    let c = config();
+    let m = Llama::load(&w, c.clone(), dev).unwrap();
+    let cap = galley_model::decode::MAX_CAPACITY;
+    let mut d = galley_model::decode::Decoder::new(&m, 1, cap).unwrap();
+    let bytes = d.cache_bytes();
+    let full = 2 * c.num_layers * c.num_kv_heads * cap * c.head_dim * m.dtype().size_in_bytes();
+    let mut ids = vec![13u32];
+    d.step(&ids).unwrap();
+    let t = Instant::now();
+    for step in 0..64u32 {
+        let logits = d.step(&ids).unwrap();
+        if step == 63 {
+            logits.to_vec2::<f32>().unwrap();
+        }
+        ids = vec![(ids[0] * 7919 + step) % c.vocab_size as u32];
+    }
+    dev.synchronize().unwrap();
+    (64.0 / t.elapsed().as_secs_f64(), bytes, full)
+}
+
 /// What one replayed step is made of, and what replaying it costs alone (no inputs written,
 /// no host work between launches): where the decode step's time goes.
 #[cfg(feature = "cuda")]
@@ -353,6 +381,20 @@ fn main() {
         println!("{name:<10} {:>12.1} {:>12.1} {:>15.1}", r.0, r.1, r.2)
     };
     row("cpu", cpu);
+    let long = |name: &str, dev: &Device| {
+        let (tps, bytes, full) = measure_long(dev, &path);
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        println!(
+            "{name}: long: tg64 in a decoder of {} positions {tps:.1} tok/s; its cache {:.1} MiB ({:.1} MiB with every layer holding every position)",
+            galley_model::decode::MAX_CAPACITY,
+            mib(bytes),
+            mib(full)
+        );
+    };
+    let sliding = config().sliding.is_some();
+    if sliding && std::env::var_os("GALLEY_SPEED_GPU_ONLY").is_none() {
+        long("cpu", &Device::Cpu);
+    }
     if !dev.is_cpu() {
         let gpu = measure(&dev, &path);
         row("gpu", gpu);
@@ -382,6 +424,9 @@ fn main() {
                 "fused step vs nine-kernel layer at batch 1: {:.2}x",
                 g1 / u1
             );
+            if sliding {
+                long("gpu graph", &single);
+            }
             anatomy(&single, &path);
             kernel_times(&single);
         }

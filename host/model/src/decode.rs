@@ -10,9 +10,12 @@
 //! rotary position, the cache slot written this step, and an additive mask over the slots.
 //! The keys and values go to a cache of fixed capacity (`scatter_set` at the slot), and
 //! attention always spans the whole capacity, the slots not yet written or holding left
-//! padding masked out. Gemma's sliding layers read a second mask that also closes the slot
-//! falling out of the window at each step (a row's positions and slots differ by its padding
-//! alone, so a window in positions is the same window in slots). Off a GPU (or with
+//! padding masked out. Gemma's sliding layers keep a ring of `window` slots instead (position
+//! p in slot p mod window, as llama.cpp's SWA cache does): the slot a step writes held the
+//! position that just left the window, so their cache and their attention are the window's
+//! size, not the capacity's (a 32k Gemma 3 decoder's sliding layers hold 1/32 of it). They read
+//! their own slot and mask. Keys are stored rotated, and attention does not care in which
+//! slot a key sits, so the ring's order costs nothing. Off a GPU (or with
 //! `GALLEY_CUDA_GRAPHS=0`) the same step runs eagerly, which is how the CPU tests check it
 //! against the growing cache's decode.
 
@@ -47,16 +50,18 @@ struct Inputs {
     mask: Tensor,
     /// (rows, 1, 1, 1) zeros: what opening a slot writes into `mask`.
     open: Tensor,
-    /// For a model with sliding layers: what they read instead of `mask`.
+    /// For a model with sliding layers: the slot and mask they read instead.
     local: Option<Sliding>,
 }
 
-/// The sliding layers' mask: `mask`, less the slots `window` or more before the step's.
+/// The sliding layers' ring of `ring` slots (the window, or the capacity if less).
 struct Sliding {
+    /// (1,) u32: the ring slot this step writes, the step's slot modulo `ring`.
+    slot: Tensor,
+    /// (rows, 1, 1, ring): 0 where a row may attend (a real token's key), -inf elsewhere
+    /// (not yet written, or left padding). A ring slot once written by a step stays open.
     mask: Tensor,
-    window: usize,
-    /// (rows, 1, 1, 1) -inf: what closing a slot writes into `mask`.
-    shut: Tensor,
+    ring: usize,
 }
 
 /// A recorded step's nodes by kind (what a replay walks through).
@@ -103,17 +108,40 @@ impl<'m> Decoder<'m> {
             );
         }
         let dtype = model.dtype();
-        let shape = (rows, c.num_kv_heads, capacity, c.head_dim);
+        let ring = c.sliding.as_ref().map(|s| s.window.min(capacity));
         let mut kv = Vec::with_capacity(c.num_layers);
-        for layer in cache.layers.iter() {
+        for (i, layer) in cache.layers.iter().enumerate() {
+            // A sliding layer's ring holds the last `ring` positions, position p in slot p
+            // mod ring; the others hold position p in slot p.
+            let slots = match c.window(i) {
+                Some(_) => ring.unwrap_or(capacity),
+                None => capacity,
+            };
+            let shape = (rows, c.num_kv_heads, slots, c.head_dim);
             let (k, v) = (
                 Tensor::zeros(shape, dtype, dev)?,
                 Tensor::zeros(shape, dtype, dev)?,
             );
             if let (Some(pk), Some(pv)) = (layer.k()?, layer.v()?) {
                 // A CPU cache may hold f16 (`Llama::kv_dtype`); these buffers hold `dtype`.
-                k.slice_set(&pk.to_dtype(dtype)?.contiguous()?, 2, 0)?;
-                v.slice_set(&pv.to_dtype(dtype)?.contiguous()?, 2, 0)?;
+                let (pk, pv) = (pk.to_dtype(dtype)?, pv.to_dtype(dtype)?);
+                // The layer's cache holds the last `held` positions (a sliding layer's may
+                // hold fewer than all of them).
+                let held = pk.dim(2)?;
+                let mut p = len.saturating_sub(slots);
+                let first = match len.checked_sub(held) {
+                    Some(first) if first <= p => first,
+                    _ => candle_core::bail!(
+                        "layer {i}'s cache holds {held} of {len} positions, and the decoder needs the last {}",
+                        len - p
+                    ),
+                };
+                while p < len {
+                    let (s, n) = (p % slots, (slots - p % slots).min(len - p));
+                    k.slice_set(&pk.narrow(2, p - first, n)?.contiguous()?, 2, s)?;
+                    v.slice_set(&pv.narrow(2, p - first, n)?.contiguous()?, 2, s)?;
+                    p += n;
+                }
             }
             kv.push((k, v));
         }
@@ -129,19 +157,23 @@ impl<'m> Decoder<'m> {
                 mask[row * capacity + slot] = 0.0;
             }
         }
-        // The sliding layers' starts as the same, less the slots the first step's window
-        // leaves behind (that step closes the last of them itself).
-        let local = match &c.sliding {
-            Some(s) => {
-                let mut local = mask.clone();
-                for row in local.chunks_mut(capacity) {
-                    row[..(len + 1).saturating_sub(s.window)].fill(f32::NEG_INFINITY);
+        // The ring's slots open where they hold a real token of the prefill's last `ring`
+        // positions (the first step overwrites the oldest, which leaves the window then).
+        let local = match ring {
+            Some(ring) => {
+                let mut local = vec![f32::NEG_INFINITY; rows * ring];
+                for (row, valid) in cache.valid.iter().enumerate() {
+                    for p in len.saturating_sub(ring)..len {
+                        if valid[p] {
+                            local[row * ring + p % ring] = 0.0;
+                        }
+                    }
                 }
-                let local = Tensor::from_vec(local, (rows, 1, 1, capacity), dev)?;
+                let local = Tensor::from_vec(local, (rows, 1, 1, ring), dev)?;
                 Some(Sliding {
+                    slot: Tensor::zeros(1, DType::U32, dev)?,
                     mask: local.to_dtype(dtype)?,
-                    window: s.window,
-                    shut: Tensor::full(f32::NEG_INFINITY, (rows, 1, 1, 1), dev)?.to_dtype(dtype)?,
+                    ring,
                 })
             }
             None => None,
@@ -183,6 +215,12 @@ impl<'m> Decoder<'m> {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The bytes its keys and values take (a sliding layer's ring holds its window only).
+    pub fn cache_bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        self.kv.iter().map(|(k, v)| bytes(k) + bytes(v)).sum()
     }
 
     /// Feeds one token per row and returns the logits after it, (rows, vocab) f32. The tensor
@@ -271,11 +309,10 @@ impl<'m> Decoder<'m> {
         // The token of this step attends to itself (and stays open for the steps after).
         self.inputs.mask.slice_set(&self.inputs.open, 3, self.len)?;
         if let Some(s) = &self.inputs.local {
-            // The slot a window back leaves the sliding layers' view as this one enters it.
-            if let Some(old) = self.len.checked_sub(s.window) {
-                s.mask.slice_set(&s.shut, 3, old)?;
-            }
-            s.mask.slice_set(&self.inputs.open, 3, self.len)?;
+            // The ring slot this step writes: it held the position leaving the window.
+            let slot = self.len % s.ring;
+            put(&s.slot, Tensor::new(&[slot as u32], dev)?)?;
+            s.mask.slice_set(&self.inputs.open, 3, slot)?;
         }
         Ok(())
     }
@@ -283,10 +320,10 @@ impl<'m> Decoder<'m> {
     /// One step, eagerly: the model's fixed-shape step, its logits copied into `out`.
     fn run(&self) -> candle_core::Result<()> {
         let i = &self.inputs;
-        let masks = (&i.mask, i.local.as_ref().map(|s| &s.mask));
+        let local = i.local.as_ref().map(|s| (&s.slot, &s.mask));
         let logits = self
             .model
-            .step(&i.ids, &i.positions, &i.slot, masks, &self.kv)?;
+            .step(&i.ids, &i.positions, (&i.slot, &i.mask), local, &self.kv)?;
         self.out.slice_set(&logits, 0, 0)
     }
 

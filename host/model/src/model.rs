@@ -385,15 +385,16 @@ impl Llama {
     }
 
     /// One token per row through a fixed-capacity cache (`decode::Decoder` holds the buffers):
-    /// `ids` and `positions` (b,) u32, `slot` and the masks as `Attention::step` takes them
-    /// (the second for sliding layers, which a model with them must be given), `kv` one
-    /// (keys, values) pair per layer. Returns the logits, (b, vocab) f32.
+    /// `ids` and `positions` (b,) u32, each (slot, mask) pair as `Attention::step` takes them
+    /// (`local` for the sliding layers' rings, which a model with them must be given), `kv`
+    /// one (keys, values) pair per layer, a sliding layer's the size of its ring. Returns the
+    /// logits, (b, vocab) f32.
     pub fn step(
         &self,
         ids: &Tensor,
         positions: &Tensor,
-        slot: &Tensor,
-        (mask, local_mask): (&Tensor, Option<&Tensor>),
+        (slot, mask): (&Tensor, &Tensor),
+        local: Option<(&Tensor, &Tensor)>,
         kv: &[(Tensor, Tensor)],
     ) -> candle_core::Result<Tensor> {
         let b = ids.dim(0)?;
@@ -402,24 +403,24 @@ impl Llama {
             Some(r) => r.at_device(positions).map(Some),
             None => Ok(None),
         };
-        let (unrotated, local) = (at(&self.rotary_none)?, at(&self.rotary_local)?);
-        // Each layer's angles and mask: the identity rotation for SmolLM3's NoPE layers,
-        // Gemma's local RoPE base and the window's mask for its sliding layers.
-        let layer_of =
-            |i: usize| -> candle_core::Result<(&crate::layers::rotary::Angles, &Tensor)> {
-                Ok(match (self.config.window(i), &local, &unrotated) {
-                    (_, _, Some(none)) if !self.config.rotates(i) => (none, mask),
-                    (Some(_), local, _) => {
-                        let Some(m) = local_mask else {
-                            candle_core::bail!(
-                                "a step of a model with sliding layers needs their mask"
-                            )
-                        };
-                        (local.as_ref().unwrap_or(&rotated), m)
-                    }
-                    _ => (&rotated, mask),
-                })
-            };
+        let (unrotated, local_angles) = (at(&self.rotary_none)?, at(&self.rotary_local)?);
+        // Each layer's angles, slot and mask: the identity rotation for SmolLM3's NoPE
+        // layers, Gemma's local RoPE base and the ring's slot and mask for its sliding layers.
+        type Of<'a> = (&'a crate::layers::rotary::Angles, &'a Tensor, &'a Tensor);
+        let layer_of = |i: usize| -> candle_core::Result<Of<'_>> {
+            Ok(match (self.config.window(i), &local_angles, &unrotated) {
+                (_, _, Some(none)) if !self.config.rotates(i) => (none, slot, mask),
+                (Some(_), angles, _) => {
+                    let Some((slot, mask)) = local else {
+                        candle_core::bail!(
+                            "a step of a model with sliding layers needs their slot and mask"
+                        )
+                    };
+                    (angles.as_ref().unwrap_or(&rotated), slot, mask)
+                }
+                _ => (&rotated, slot, mask),
+            })
+        };
         let hidden = self.config.hidden_size;
         let mut h = self
             .embed_tokens
@@ -443,7 +444,7 @@ impl Llama {
             // next layer's first kernel or, after the last layer, here.
             let mut d_norm = None;
             for (i, (layer, (k, v))) in self.layers.iter().zip(kv).enumerate() {
-                let (angles, mask) = layer_of(i)?;
+                let (angles, slot, mask) = layer_of(i)?;
                 (h, d) = layer.step_fused((&h, &d, d_norm), angles, slot, mask, (k, v))?;
                 d_norm = layer.mlp_out_norm();
             }
@@ -459,7 +460,7 @@ impl Llama {
                 .layers
                 .get(i + 1)
                 .map_or(&self.norm, |l| l.input_norm());
-            let (angles, mask) = layer_of(i)?;
+            let (angles, slot, mask) = layer_of(i)?;
             (h, a) = layer.step((&h, &a), angles, slot, mask, (k, v), next)?;
         }
         self.logits(&a)?.reshape((b, self.config.vocab_size))

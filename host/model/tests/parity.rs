@@ -481,9 +481,11 @@ fn rolling_log_likelihoods_of_a_text_past_the_window_equal_its_windows_scored_on
 }
 
 /// The fixed-shape decode step (what a GPU replays as a CUDA graph) gives the growing cache's
-/// logits: after a left-padded batched prefill, and from an empty cache. For Gemma the ten
-/// positions run past its fixtures' window of 4, so the sliding layers' mask closes slots
-/// as the steps go (a left-padded row included), under Gemma 2's soft caps.
+/// logits: after a left-padded batched prefill, and from an empty cache. For Gemma the
+/// positions run past its fixtures' window of 4, so the sliding layers' ring of 4 slots
+/// wraps as the steps go (a left-padded row included), under Gemma 2's soft caps: after
+/// prefills of 4 positions (the ring exactly full) and of 7 (the ring filled from the
+/// prefill's last 4, wrapped, padding among them), and in a decoder smaller than the window.
 #[test]
 fn the_fixed_shape_decoder_matches_the_growing_cache() {
     use galley_model::decode::Decoder;
@@ -497,25 +499,44 @@ fn the_fixed_shape_decoder_matches_the_growing_cache() {
         let (m, ids, _) = tiny(name);
         let m = &m.model;
         let n = ids.len();
-        let rows = [ids[..4].to_vec(), [vec![0, 0], ids[4..6].to_vec()].concat()];
-        let pad = vec![vec![false; 4], vec![true, true, false, false]];
-        // The fixed-shape buffers hold the activations' dtype, as this cache does.
-        let mut cache = m.new_exact_cache(2, 64);
-        m.forward(&rows, Some(&pad), &mut cache, true).unwrap();
-        let mut dec = Decoder::from_cache(m, &cache, 16).unwrap();
-        for i in 0..6 {
-            let next = [ids[(i + 6) % n], ids[(i + 1) % n]];
-            let want = step(m, &mut cache, &next);
-            let got = dec.step(&next).unwrap().to_vec2::<f32>().unwrap();
-            for r in 0..2 {
-                let err = rel_err(&got[r], &want[r]);
-                assert!(
-                    err < 1e-5,
-                    "{name}: step {i}, row {r}: relative error {err}"
-                );
+        for (prefill, padding) in [(4, 2), (7, 5)] {
+            let tok = |i: usize| ids[i % n];
+            let rows = [
+                (0..prefill).map(tok).collect::<Vec<_>>(),
+                (0..prefill)
+                    .map(|i| if i < padding { 0 } else { tok(i + 3) })
+                    .collect(),
+            ];
+            let pad = vec![
+                vec![false; prefill],
+                (0..prefill).map(|i| i < padding).collect(),
+            ];
+            // The fixed-shape buffers hold the activations' dtype, as this cache does.
+            let mut cache = m.new_exact_cache(2, 64);
+            m.forward(&rows, Some(&pad), &mut cache, true).unwrap();
+            let mut dec = Decoder::from_cache(m, &cache, 16).unwrap();
+            for i in 0..6 {
+                let next = [tok(i + 6), tok(i + 1)];
+                let want = step(m, &mut cache, &next);
+                let got = dec.step(&next).unwrap().to_vec2::<f32>().unwrap();
+                for r in 0..2 {
+                    let err = rel_err(&got[r], &want[r]);
+                    assert!(
+                        err < 1e-5,
+                        "{name}: prefill {prefill}, step {i}, row {r}: relative error {err}"
+                    );
+                }
             }
+            assert_eq!(dec.len(), prefill + 6);
         }
-        assert_eq!(dec.len(), 10);
+        // A decoder of 3 positions, under Gemma's window: its ring is the capacity.
+        let mut small = Decoder::new(m, 1, 3).unwrap();
+        let mut cache = m.new_exact_cache(1, 64);
+        for &t in &ids[..3] {
+            let (want, got) = (step(m, &mut cache, &[t]), small.step(&[t]).unwrap());
+            let err = rel_err(&got.to_vec2::<f32>().unwrap()[0], &want[0]);
+            assert!(err < 1e-5, "{name}: capacity 3: relative error {err}");
+        }
         let mut fresh = Decoder::new(m, 1, 8).unwrap();
         let mut cache = m.new_exact_cache(1, 64);
         for &t in &ids[..8.min(n)] {

@@ -1036,8 +1036,8 @@ fn gpu_decode_replayed_as_a_cuda_graph_matches_eager_steps() {
     graph_matches_eager(&m, "tiny Llama");
 }
 
-/// The same for Gemma 3 and Gemma 2 (the sliding layers' mask closing a slot a step, their
-/// local RoPE, q/k norms, output norms, soft caps, the GELU MLP, in the fused step and out of
+/// The same for Gemma 3 and Gemma 2 (the sliding layers' ring of 4 slots wrapping every
+/// fourth step, their local RoPE, q/k norms, output norms, soft caps, the GELU MLP, in the fused step and out of
 /// it), SmolLM3 and Qwen3 (q/k norms through `rope_kv` in the fused step), on the
 /// transformers-made fixtures: 35 positions against Gemma's window of 4.
 #[test]
