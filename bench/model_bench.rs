@@ -10,7 +10,9 @@
 //! already in the cache (their prefill untimed), galley against llama-bench only, each depth
 //! one row: where attention over a long cache, not the weights, sets a step's time. galley
 //! runs twice a depth: with its default f16 KV cache (llama.cpp's default `-ctk f16 -ctv
-//! f16`, the column compared) and with an f32 one.
+//! f16`, the column compared) and with an f32 one; the last column is the f16 cache's
+//! buffers after the last step, room to grow included (a Gemma model's sliding layers keep
+//! only what their window still needs).
 //!
 //! Usage: model-bench [GGUF] [--depth N,...] (default .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf);
 //! GALLEY_BENCH_PYTHON names the peer's Python (default bench/.venv-llama/bin/python),
@@ -140,32 +142,38 @@ fn at_depths(
 ) {
     println!("model: {} ({} threads)", gguf.display(), threads);
     println!(
-        "{:<14} {:>14} {:>14} {:>13} {:>8}",
-        "", "galley f16 KV", "galley f32 KV", "llama-bench", "ratio"
+        "{:<14} {:>14} {:>14} {:>13} {:>8} {:>12}",
+        "", "galley f16 KV", "galley f32 KV", "llama-bench", "ratio", "f16 KV MiB"
     );
     for &depth in depths {
-        let [half, full] = [candle_core::DType::F16, candle_core::DType::F32].map(|dt| {
-            model
-                .set_kv_dtype(dt)
-                .expect("a CPU model keeps f16 or f32");
-            decode_at(model, depth)
-        });
+        let [(half, bytes), (full, _)] =
+            [candle_core::DType::F16, candle_core::DType::F32].map(|dt| {
+                model
+                    .set_kv_dtype(dt)
+                    .expect("a CPU model keeps f16 or f32");
+                decode_at(model, depth)
+            });
         model.set_kv_dtype(candle_core::DType::F16).unwrap();
         let cpp = llama_bench_at(root, gguf, threads, depth)
-            .map_or("-".to_string(), |c| format!("{c:13.1} {:>7.2}x", half / c));
+            .map_or(format!("{:>13} {:>8}", "-", "-"), |c| {
+                format!("{c:13.1} {:>7.2}x", half / c)
+            });
         println!(
-            "{:<14} {half:>14.1} {full:>14.1} {cpp}",
-            format!("tg{TG} @ d{depth}")
+            "{:<14} {half:>14.1} {full:>14.1} {cpp} {:>12.1}",
+            format!("tg{TG} @ d{depth}"),
+            bytes as f64 / (1 << 20) as f64
         );
     }
 }
 
-/// galley's tg128 tokens/s after `depth` tokens of context.
-fn decode_at(model: &galley_model::Llama, depth: usize) -> f64 {
+/// galley's tg128 tokens/s after `depth` tokens of context, and the bytes its cache holds at
+/// the end.
+fn decode_at(model: &galley_model::Llama, depth: usize) -> (f64, usize) {
     let vocab = model.config.vocab_size as u32;
     {
         let context: Vec<u32> = (0..depth as u32).map(|i| (i * 7919 + 13) % vocab).collect();
         let mut best_s = f64::INFINITY;
+        let mut bytes = 0;
         // A warm-up, then REPS timed runs.
         for rep in 0..=REPS {
             let mut cache = model.new_cache(1);
@@ -184,8 +192,9 @@ fn decode_at(model: &galley_model::Llama, depth: usize) -> f64 {
             if rep > 0 {
                 best_s = best_s.min(t.elapsed().as_secs_f64());
             }
+            bytes = cache.allocated_bytes();
         }
-        TG as f64 / best_s
+        (TG as f64 / best_s, bytes)
     }
 }
 

@@ -125,17 +125,19 @@ impl<'m> Decoder<'m> {
             if let (Some(pk), Some(pv)) = (layer.k()?, layer.v()?) {
                 // A CPU cache may hold f16 (`Llama::kv_dtype`); these buffers hold `dtype`.
                 let (pk, pv) = (pk.to_dtype(dtype)?, pv.to_dtype(dtype)?);
-                // The layer's cache holds the last `held` positions (a sliding layer's may
-                // hold fewer than all of them).
+                // The layer's cache holds the last `held` positions (a trimmed sliding
+                // layer's fewer than all). A ring needs all but its oldest slot's: the first
+                // step overwrites that one before it attends.
                 let held = pk.dim(2)?;
-                let mut p = len.saturating_sub(slots);
+                let need = len.saturating_sub(slots.saturating_sub(1));
                 let first = match len.checked_sub(held) {
-                    Some(first) if first <= p => first,
+                    Some(first) if first <= need => first,
                     _ => candle_core::bail!(
                         "layer {i}'s cache holds {held} of {len} positions, and the decoder needs the last {}",
-                        len - p
+                        len - need
                     ),
                 };
+                let mut p = len.saturating_sub(slots).max(first);
                 while p < len {
                     let (s, n) = (p % slots, (slots - p % slots).min(len - p));
                     k.slice_set(&pk.narrow(2, p - first, n)?.contiguous()?, 2, s)?;

@@ -7,6 +7,7 @@
 pub mod adapter;
 pub mod answer;
 pub mod batch;
+pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod cpu;

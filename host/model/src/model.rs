@@ -1,7 +1,8 @@
 //! The Llama-family causal language model: token embeddings, decoder layers, final norm and
-//! the LM head (tied to the embeddings where the checkpoint says so), plus the per-sequence
-//! KV cache a generation carries between steps.
+//! the LM head (tied to the embeddings where the checkpoint says so). The per-sequence KV
+//! cache a generation carries between steps is `cache::Cache`.
 
+pub use crate::cache::Cache;
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::layers::{DecoderLayer, Linear, Mask, RmsNorm, Rotary};
@@ -26,242 +27,6 @@ pub struct Llama {
     /// What new caches store keys and values in where the CPU kernel attends
     /// ([`Llama::set_kv_dtype`]).
     kv_dtype: DType,
-}
-
-/// What a batch of sequences has seen so far: cached keys/values per layer and, per row,
-/// which cached positions are real tokens (left padding is not).
-#[derive(Clone, Default)]
-pub struct Cache {
-    pub(crate) layers: Vec<KvCache>,
-    /// `valid[row][pos]`
-    pub(crate) valid: Vec<Vec<bool>>,
-    /// The keys' and values' dtype on the CPU (`None`: the model's [`Llama::kv_dtype`]); a
-    /// GPU keeps them in the activations' dtype.
-    pub(crate) dtype: Option<DType>,
-}
-
-impl Cache {
-    pub fn len(&self) -> usize {
-        self.valid.first().map_or(0, Vec::len)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Keeps, repeats or drops rows: row i afterwards is row `rows[i]` now. A group of
-    /// sequences that share a prompt (GRPO's samples) prefills it once and copies its keys and
-    /// values; finished sequences leave the batch.
-    pub fn select_rows(&mut self, rows: &[usize]) -> candle_core::Result<()> {
-        let Some(dev) = self
-            .layers
-            .first()
-            .and_then(|l| l.k_cache().all_data().as_ref())
-            .map(|t| t.device().clone())
-        else {
-            self.valid = rows.iter().map(|&r| self.valid[r].clone()).collect();
-            return Ok(());
-        };
-        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let idx = Tensor::from_vec(ids, rows.len(), &dev)?;
-        for kv in &mut self.layers {
-            let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
-                continue;
-            };
-            // Room for 64 more positions (it doubles past that): zeroing the old capacity
-            // every time a row finishes would cost more than the copy.
-            let mut grown = KvCache::new(2, k.dim(2)? + 64);
-            grown.append(
-                &k.contiguous()?.index_select(&idx, 0)?,
-                &v.contiguous()?.index_select(&idx, 0)?,
-            )?;
-            *kv = grown;
-        }
-        self.valid = rows.iter().map(|&r| self.valid[r].clone()).collect();
-        Ok(())
-    }
-
-    /// Appends `other`'s rows after this cache's: the shorter side is left-padded with
-    /// positions marked not valid (attention skips them, positions count valid ones only), so
-    /// a sequence prefilled on its own joins a batch that is already decoding — continuous
-    /// batching.
-    pub fn join(&mut self, other: Cache) -> candle_core::Result<()> {
-        // A clone shares the tensors (no copy), and a failed join leaves the batch as it was.
-        *self = Cache::stack(vec![self.clone(), other])?;
-        Ok(())
-    }
-
-    /// The rows of every part, in order, as one cache: each part left-padded to the longest as
-    /// in `join`, all copied once (joining n parts one by one would copy the first n times).
-    pub fn stack(parts: Vec<Cache>) -> candle_core::Result<Cache> {
-        let mut parts: Vec<Cache> = parts.into_iter().filter(|c| !c.valid.is_empty()).collect();
-        if parts.len() <= 1 {
-            return Ok(parts.pop().unwrap_or_default());
-        }
-        let total = parts.iter().map(Cache::len).max().unwrap_or(0);
-        let layers = parts[0].layers.len();
-        let parts_dtype = parts[0].dtype;
-        if parts.iter().any(|p| p.layers.len() != layers) {
-            candle_core::bail!("joining caches of models with different layer counts");
-        }
-        let mut stacked = Vec::with_capacity(layers);
-        for layer in 0..layers {
-            // A part that has seen nothing yet (a sequence with nothing to resume from) is
-            // all padding: its shape is any other part's.
-            let Some(like) = parts
-                .iter()
-                .find_map(|p| p.layers[layer].k().ok().flatten())
-            else {
-                candle_core::bail!("joining caches that hold no keys");
-            };
-            let (_, h, _, d) = like.dims4()?;
-            // Every part in the first's dtype (parts made with different settings).
-            let same = |t: Tensor| {
-                if t.dtype() == like.dtype() {
-                    Ok(t)
-                } else {
-                    t.to_dtype(like.dtype())
-                }
-            };
-            let (mut k_rows, mut v_rows) = (Vec::new(), Vec::new());
-            for part in &parts {
-                let kv = &part.layers[layer];
-                let missing = total - part.len();
-                let (k, v) = match (kv.k()?, kv.v()?) {
-                    (Some(k), Some(v)) => (same(k.contiguous()?)?, same(v.contiguous()?)?),
-                    _ if part.is_empty() => {
-                        let z = Tensor::zeros((part.rows(), h, 0, d), like.dtype(), like.device())?;
-                        (z.clone(), z)
-                    }
-                    _ => candle_core::bail!("joining a cache that holds no keys"),
-                };
-                if missing == 0 {
-                    k_rows.push(k);
-                    v_rows.push(v);
-                    continue;
-                }
-                // Left padding along positions, then the part's own keys and values.
-                let b = part.rows();
-                let z = Tensor::zeros((b, h, missing, d), like.dtype(), like.device())?;
-                k_rows.push(Tensor::cat(&[&z, &k], 2)?);
-                v_rows.push(Tensor::cat(&[&z, &v], 2)?);
-            }
-            let mut grown = KvCache::new(2, total + 64);
-            grown.append(&Tensor::cat(&k_rows, 0)?, &Tensor::cat(&v_rows, 0)?)?;
-            stacked.push(grown);
-        }
-        let valid = parts
-            .into_iter()
-            .flat_map(|p| {
-                let missing = total - p.len();
-                p.valid.into_iter().map(move |v| {
-                    let mut row = vec![false; missing];
-                    row.extend(v);
-                    row
-                })
-            })
-            .collect();
-        Ok(Cache {
-            layers: stacked,
-            valid,
-            dtype: parts_dtype,
-        })
-    }
-
-    /// Sequences held.
-    pub fn rows(&self) -> usize {
-        self.valid.len()
-    }
-
-    /// Positions `from..to` of row `row` as a one-row cache of their own (a copy), with room
-    /// for `room` more before it reallocates: a prompt's keys and values kept for the next
-    /// request that starts with the same tokens (`galley serve`'s prompt cache). Every copied
-    /// position must be a real token (not padding).
-    pub fn slice_row(
-        &self,
-        row: usize,
-        from: usize,
-        to: usize,
-        room: usize,
-    ) -> candle_core::Result<Cache> {
-        let real = self
-            .valid
-            .get(row)
-            .and_then(|v| v.get(from..to))
-            .is_some_and(|v| from < to && v.iter().all(|x| *x));
-        if !real {
-            candle_core::bail!(
-                "cache row {row} positions {from}..{to}: not all real tokens of a row held"
-            );
-        }
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for kv in &self.layers {
-            let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
-                candle_core::bail!("slicing a cache that holds no keys");
-            };
-            let cut = |t: &Tensor| {
-                t.narrow(0, row, 1)?
-                    .narrow(2, from, to - from)?
-                    .contiguous()
-            };
-            let mut copy = KvCache::new(2, to - from + room);
-            copy.append(&cut(&k)?, &cut(&v)?)?;
-            layers.push(copy);
-        }
-        Ok(Cache {
-            layers,
-            valid: vec![vec![true; to - from]],
-            dtype: self.dtype,
-        })
-    }
-
-    /// Row `row`'s real positions (its padding left out) as a one-row cache of its own (a
-    /// copy), with room for `room` more: what a finished sequence has seen, kept for a later
-    /// generation that continues it (a rollout's next turn after its tool results).
-    pub fn take_row(&self, row: usize, room: usize) -> candle_core::Result<Cache> {
-        let Some(valid) = self.valid.get(row) else {
-            candle_core::bail!("cache row {row}: the cache holds {} rows", self.rows());
-        };
-        let real: Vec<u32> = (0..valid.len() as u32)
-            .filter(|&j| valid[j as usize])
-            .collect();
-        let n = real.len();
-        // The positions to gather, made once on the cache's device (none: no padding).
-        let mut idx: Option<Tensor> = None;
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for kv in &self.layers {
-            let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
-                candle_core::bail!("taking a row of a cache that holds no keys");
-            };
-            if idx.is_none() && n < valid.len() {
-                idx = Some(Tensor::from_vec(real.clone(), n, k.device())?);
-            }
-            let cut = |t: &Tensor| {
-                let t = t.narrow(0, row, 1)?.contiguous()?;
-                match &idx {
-                    Some(idx) => t.index_select(idx, 2),
-                    None => Ok(t),
-                }
-            };
-            let mut copy = KvCache::new(2, n + room.max(1));
-            copy.append(&cut(&k)?, &cut(&v)?)?;
-            layers.push(copy);
-        }
-        Ok(Cache {
-            layers,
-            valid: vec![vec![true; n]],
-            dtype: self.dtype,
-        })
-    }
-
-    /// Bytes of keys and values held (what a copy of this cache costs).
-    pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .filter_map(|kv| Some((kv.k().ok()??, kv.v().ok()??)))
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-            .sum()
-    }
 }
 
 /// Rows of different lengths as one `forward` input: each left-padded with `pad_id` to the
@@ -508,6 +273,7 @@ impl Llama {
                 .collect(),
             valid: vec![Vec::new(); batch],
             dtype: None,
+            window: self.config.sliding.as_ref().map_or(0, |s| s.window),
         }
     }
 
@@ -578,6 +344,11 @@ impl Llama {
             );
         }
         let past = cache.len();
+        // The first slot the sliding layers hold (all hold the same ones).
+        let first = match (0..self.layers.len()).find(|&i| self.config.window(i).is_some()) {
+            Some(i) => cache.first_held(i)?,
+            None => 0,
+        };
         for (row, valid) in cache.valid.iter_mut().enumerate() {
             valid.extend((0..t).map(|i| !pad.is_some_and(|p| p[row][i])));
         }
@@ -602,14 +373,25 @@ impl Llama {
         };
         let window = self.config.sliding.as_ref().map(|s| s.window);
         let mask = self.mask(cache, past, t, None)?;
-        // The sliding layers' (none where nothing is masked for them either); the CPU's
-        // flags are shared, not copied again.
+        // The sliding layers' (none where nothing is masked for them either), over the slots
+        // they hold: from `first` on, once trimmed (`Cache::trim_sliding`). No window
+        // reaches before `first`, so counting tokens from there finds the same windows. The
+        // CPU's flags are shared, not copied again, where nothing was trimmed.
         let local_mask = match (window, &mask) {
             (Some(w), Some(Mask::Rows(v))) => Some(Mask::Rows(crate::cpu::Visible {
                 window: Some(w),
-                ..v.clone()
+                past: past - first,
+                valid: match first {
+                    0 => v.valid.clone(),
+                    _ => std::sync::Arc::new(v.valid.iter().map(|r| r[first..].to_vec()).collect()),
+                },
             })),
-            (Some(w), _) => self.mask(cache, past, t, Some(w))?,
+            (Some(w), _) => match self.mask(cache, past, t, Some(w))? {
+                Some(Mask::Dense(m)) if first > 0 => {
+                    Some(Mask::Dense(m.narrow(3, first, past + t - first)?))
+                }
+                m => m,
+            },
             (None, _) => None,
         };
         let kv_dtype = cache.dtype.unwrap_or(self.kv_dtype);
@@ -629,6 +411,7 @@ impl Llama {
             };
             x = layer.forward(&x, angles, mask, kv, kv_dtype)?;
         }
+        cache.trim_sliding(|i| self.config.window(i).is_some())?;
         self.norm.forward(&x)
     }
 
