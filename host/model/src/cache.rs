@@ -21,8 +21,8 @@ pub struct Cache {
     pub(crate) layers: Vec<KvCache>,
     /// `valid[row][pos]`
     pub(crate) valid: Vec<Vec<bool>>,
-    /// The keys' and values' dtype on the CPU (`None`: the model's [`crate::Llama::kv_dtype`]); a
-    /// GPU keeps them in the activations' dtype.
+    /// The keys' and values' dtype on the CPU (`None`: the model's
+    /// [`crate::Llama::kv_dtype`]); a GPU keeps them in the activations' dtype.
     pub(crate) dtype: Option<DType>,
     /// The model's sliding window (0: none): what a trimmed sliding layer must still hold.
     pub(crate) window: usize,
