@@ -13,9 +13,11 @@
 //! padding masked out. Gemma's sliding layers keep a ring of `window` slots instead (position
 //! p in slot p mod window, as llama.cpp's SWA cache does): the slot a step writes held the
 //! position that just left the window, so their cache and their attention are the window's
-//! size, not the capacity's (a 32k Gemma 3 decoder's sliding layers hold 1/32 of it). They read
+//! size, not the capacity's (a window of 512 is 1/16 of an 8,192-position decoder). They read
 //! their own slot and mask. Keys are stored rotated, and attention does not care in which
-//! slot a key sits, so the ring's order costs nothing. Off a GPU (or with
+//! slot a key sits, so the ring's order costs nothing. A ring counts slots where a window
+//! counts tokens, so a cache with padding between a row's tokens near its end (a resumed
+//! prefix, then its new part left-padded) is refused and decodes eagerly. Off a GPU (or with
 //! `GALLEY_CUDA_GRAPHS=0`) the same step runs eagerly, which is how the CPU tests check it
 //! against the growing cache's decode.
 
@@ -109,6 +111,24 @@ impl<'m> Decoder<'m> {
         }
         let dtype = model.dtype();
         let ring = c.sliding.as_ref().map(|s| s.window.min(capacity));
+        // A ring counts slots and a window counts tokens: they agree while no padding lies
+        // between a row's tokens within the window's reach of the first step (left padding
+        // is before them all). Padding between a resumed prefix and a row's new tokens that
+        // near the end would let the ring see fewer tokens than the window, so such a cache
+        // decodes with the growing cache, which counts tokens.
+        if let Some(s) = c.sliding.as_ref().filter(|s| s.window <= capacity) {
+            for (row, valid) in cache.valid.iter().enumerate() {
+                let Some(start) = valid.iter().position(|v| *v) else {
+                    continue;
+                };
+                let from = len.saturating_sub(s.window.saturating_sub(1)).max(start);
+                if let Some(j) = (from..len).find(|&j| !valid[j]) {
+                    candle_core::bail!(
+                        "row {row} has padding at slot {j} between its tokens, within the sliding window of the next one: the fixed-shape decoder's ring would count it"
+                    );
+                }
+            }
+        }
         let mut kv = Vec::with_capacity(c.num_layers);
         for (i, layer) in cache.layers.iter().enumerate() {
             // A sliding layer's ring holds the last `ring` positions, position p in slot p
@@ -431,8 +451,9 @@ pub fn set_fused_step(on: bool) {
 }
 
 /// The decoder `generate` continues a prefill with: on a GPU with graphs on, when the
-/// prompt and `max_tokens` fit a cache of at most `MAX_CAPACITY` positions; otherwise none
-/// (the growing cache's eager steps, which also let finished rows leave the batch).
+/// prompt and `max_tokens` fit a cache of at most `MAX_CAPACITY` positions (and a sliding
+/// model's ring can take the cache: `Decoder::from_cache`); otherwise none (the growing
+/// cache's eager steps, which also let finished rows leave the batch).
 pub fn for_generation<'m>(
     model: &'m Llama,
     cache: &Cache,

@@ -554,6 +554,58 @@ fn the_fixed_shape_decoder_matches_the_growing_cache() {
     }
 }
 
+/// Padding between a row's tokens (a resumed prefix, then its new part left-padded) within
+/// the sliding window's reach of the next token would count in the decoder's ring, which
+/// counts slots where the window counts tokens: such a cache is refused (generation then
+/// decodes with the growing cache), while padding further back decodes as the growing cache.
+#[test]
+fn the_fixed_shape_decoder_refuses_padding_its_ring_would_count() {
+    use galley_model::decode::Decoder;
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let step = |m: &galley_model::Llama, c: &mut galley_model::Cache, ids: &[u32]| {
+        let rows: Vec<Vec<u32>> = ids.iter().map(|&t| vec![t]).collect();
+        let out = m.forward(&rows, None, c, true).unwrap();
+        out.squeeze(1).unwrap().to_vec2::<f32>().unwrap()
+    };
+    for name in ["gemma3", "gemma2", "llama-gqa-tied"] {
+        let (m, ids, _) = tiny(name);
+        let m = &m.model;
+        let tok = |i: usize| ids[i % ids.len()];
+        // Three positions each, then a second part: row 1's two new slots of padding come
+        // right before its new tokens (1 of them: within the window of 4; 4 of them: not).
+        for own in [1usize, 4] {
+            let mut cache = m.new_exact_cache(2, 64);
+            let first: Vec<Vec<u32>> = (0..2)
+                .map(|r| (0..3).map(|i| tok(r + i)).collect())
+                .collect();
+            m.forward(&first, None, &mut cache, true).unwrap();
+            let n = 2 + own;
+            let second = vec![
+                (0..n).map(tok).collect::<Vec<_>>(),
+                (0..n).map(|i| tok(i + 5)).collect(),
+            ];
+            let pad = vec![vec![false; n], (0..n).map(|i| i < 2).collect()];
+            m.forward(&second, Some(&pad), &mut cache, true).unwrap();
+            let dec = Decoder::from_cache(m, &cache, 32);
+            if own == 1 && name != "llama-gqa-tied" {
+                let err = dec.err().expect("refused").to_string();
+                assert!(err.contains("row 1 has padding at slot 3"), "{name}: {err}");
+                continue;
+            }
+            let mut dec = dec.unwrap();
+            for i in 0..6 {
+                let next = [tok(i + 7), tok(i + 9)];
+                let want = step(m, &mut cache, &next);
+                let got = dec.step(&next).unwrap().to_vec2::<f32>().unwrap();
+                for r in 0..2 {
+                    let err = rel_err(&got[r], &want[r]);
+                    assert!(err < 1e-5, "{name}: {own} own, step {i}, row {r}: {err}");
+                }
+            }
+        }
+    }
+}
+
 /// Contexts that share a long prefix (a task's few-shot examples) have it computed once and
 /// its cache rows copied, with padding between it and each row's own tokens: every score must
 /// be what the same requests give with sharing off, and what a plain forward pass gives.
