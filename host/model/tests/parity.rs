@@ -480,6 +480,13 @@ fn rolling_log_likelihoods_of_a_text_past_the_window_equal_its_windows_scored_on
     assert!(rel_err(&got[1].token_logprobs, &one[0].token_logprobs) < 1e-6);
 }
 
+/// One token per row through the growing cache `c`: each row's logits.
+fn grow_step(m: &galley_model::Llama, c: &mut galley_model::Cache, ids: &[u32]) -> Vec<Vec<f32>> {
+    let rows: Vec<Vec<u32>> = ids.iter().map(|&t| vec![t]).collect();
+    let out = m.forward(&rows, None, c, true).unwrap();
+    out.squeeze(1).unwrap().to_vec2::<f32>().unwrap()
+}
+
 /// The fixed-shape decode step (what a GPU replays as a CUDA graph) gives the growing cache's
 /// logits: after a left-padded batched prefill, and from an empty cache. For Gemma the
 /// positions run past its fixtures' window of 4, so the sliding layers' ring of 4 slots
@@ -490,11 +497,6 @@ fn rolling_log_likelihoods_of_a_text_past_the_window_equal_its_windows_scored_on
 fn the_fixed_shape_decoder_matches_the_growing_cache() {
     use galley_model::decode::Decoder;
     let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
-    let step = |m: &galley_model::Llama, c: &mut galley_model::Cache, ids: &[u32]| {
-        let rows: Vec<Vec<u32>> = ids.iter().map(|&t| vec![t]).collect();
-        let out = m.forward(&rows, None, c, true).unwrap();
-        out.squeeze(1).unwrap().to_vec2::<f32>().unwrap()
-    };
     for name in FAMILIES {
         let (m, ids, _) = tiny(name);
         let m = &m.model;
@@ -517,7 +519,7 @@ fn the_fixed_shape_decoder_matches_the_growing_cache() {
             let mut dec = Decoder::from_cache(m, &cache, 16).unwrap();
             for i in 0..6 {
                 let next = [tok(i + 6), tok(i + 1)];
-                let want = step(m, &mut cache, &next);
+                let want = grow_step(m, &mut cache, &next);
                 let got = dec.step(&next).unwrap().to_vec2::<f32>().unwrap();
                 for r in 0..2 {
                     let err = rel_err(&got[r], &want[r]);
@@ -533,14 +535,14 @@ fn the_fixed_shape_decoder_matches_the_growing_cache() {
         let mut small = Decoder::new(m, 1, 3).unwrap();
         let mut cache = m.new_exact_cache(1, 64);
         for &t in &ids[..3] {
-            let (want, got) = (step(m, &mut cache, &[t]), small.step(&[t]).unwrap());
+            let (want, got) = (grow_step(m, &mut cache, &[t]), small.step(&[t]).unwrap());
             let err = rel_err(&got.to_vec2::<f32>().unwrap()[0], &want[0]);
             assert!(err < 1e-5, "{name}: capacity 3: relative error {err}");
         }
         let mut fresh = Decoder::new(m, 1, 8).unwrap();
         let mut cache = m.new_exact_cache(1, 64);
         for &t in &ids[..8.min(n)] {
-            let (want, got) = (step(m, &mut cache, &[t]), fresh.step(&[t]).unwrap());
+            let (want, got) = (grow_step(m, &mut cache, &[t]), fresh.step(&[t]).unwrap());
             let err = rel_err(&got.to_vec2::<f32>().unwrap()[0], &want[0]);
             assert!(err < 1e-5, "{name}: from empty: relative error {err}");
         }
@@ -562,11 +564,6 @@ fn the_fixed_shape_decoder_matches_the_growing_cache() {
 fn the_fixed_shape_decoder_refuses_padding_its_ring_would_count() {
     use galley_model::decode::Decoder;
     let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
-    let step = |m: &galley_model::Llama, c: &mut galley_model::Cache, ids: &[u32]| {
-        let rows: Vec<Vec<u32>> = ids.iter().map(|&t| vec![t]).collect();
-        let out = m.forward(&rows, None, c, true).unwrap();
-        out.squeeze(1).unwrap().to_vec2::<f32>().unwrap()
-    };
     for name in ["gemma3", "gemma2", "llama-gqa-tied"] {
         let (m, ids, _) = tiny(name);
         let m = &m.model;
@@ -595,7 +592,7 @@ fn the_fixed_shape_decoder_refuses_padding_its_ring_would_count() {
             let mut dec = dec.unwrap();
             for i in 0..6 {
                 let next = [tok(i + 7), tok(i + 9)];
-                let want = step(m, &mut cache, &next);
+                let want = grow_step(m, &mut cache, &next);
                 let got = dec.step(&next).unwrap().to_vec2::<f32>().unwrap();
                 for r in 0..2 {
                     let err = rel_err(&got[r], &want[r]);
