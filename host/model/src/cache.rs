@@ -255,7 +255,7 @@ impl Cache {
                     .map(|&j| j - first as u32)
                     .collect();
                 let gather = match held.len() < k.dim(2)? {
-                    true => Some(Tensor::from_vec(held.clone(), held.len(), k.device())?),
+                    true => Some(Tensor::new(held.as_slice(), k.device())?),
                     false => None,
                 };
                 idx.push((first, gather));
