@@ -11,7 +11,8 @@ __device__ __forceinline__ float ld_round(float v, const bf16_t*) {
 // Block (row, head) of the fused projection (row, 1, (H + 2 KV) D): a query head (h < H) is
 // rotated into q (row, H, 1, D); a key head is rotated into the key cache (row, KV, cap, D)
 // at *slot, its value copied into the value cache there. HF's RoPE layout: dimension i pairs
-// with i + D/2. With `has_norm` (Qwen3, Gemma 3), each query and key head is RMS-normed by
+// with i + D/2. slot (rows,): each row's own slot (a sliding layer's ring slot follows the
+// row's own token count); a slot outside the cache writes nothing there. With `has_norm` (Qwen3, Gemma 3), each query and key head is RMS-normed by
 // qn / kn first (rounded to T, as the unfused norm stores it); every thread sums the head's
 // squares itself (D values), so the block needs no reduction and may be narrower than a warp.
 template <typename T>
@@ -21,7 +22,8 @@ __device__ void rope_kv(const T* qkv, const T* cs, const T* sn, const unsigned i
     const int row = blockIdx.x, h = blockIdx.y, half = D / 2;
     const long long W = (long long)(H + 2 * KV) * D;
     const T* x = qkv + row * W + (long long)h * D;
-    const long long s = slot[0];
+    const long long s = slot[row];
+    const bool put = s < cap;
     const T* nw = has_norm ? (h < H ? qn : kn) : nullptr;
     float inv = 1.0f;
     if (nw) {
@@ -41,7 +43,7 @@ __device__ void rope_kv(const T* qkv, const T* cs, const T* sn, const unsigned i
             long long o = ((long long)row * H + h) * D;
             st(q, o + i, o1);
             st(q, o + i + half, o2);
-        } else {
+        } else if (put) {
             int k = h - H;
             long long o = (((long long)row * KV + k) * cap + s) * D;
             st(kc, o + i, o1);
@@ -184,7 +186,8 @@ __device__ void dg_dot2(const T* W, long long r1, long long r2, const float* a, 
 // grid (H + 2 KV, ceil(D/2 / 8)), 256 threads; dynamic shared b n floats. Warp w of block
 // (head, y) takes dimension pair (i, i + D/2), i = 8 y + w, of the fused q|k|v projection
 // W ((H + 2 KV) D, n; bias optional, `has_bias`): queries rotated into q (b, H, 1, D), keys
-// rotated and values copied into the caches (b, KV, cap, D) at *slot. out: the new stream.
+// rotated and values copied into the caches (b, KV, cap, D) at each row's slot[r] (none
+// outside the cache). out: the new stream.
 // `has_dw`: d normed by dw first (dg_norm_rows). `raw` (heads that are normed before their
 // rotation, Gemma 3's): the projection as it is into q (b, 1, (H + 2 KV) D), for rope_kv.
 template <typename T>
@@ -201,8 +204,8 @@ __device__ void qkv_step(const T* h, const T* d, const T* dw, int has_dw, const 
     float x1[DG_MAX_ROWS], x2[DG_MAX_ROWS];
     dg_dot2(W, r1, r2, dsm, n, b, x1, x2);
     if ((threadIdx.x & 31) != 0) return;
-    const long long s = slot[0];
     for (int r = 0; r < b && r < DG_MAX_ROWS; r++) {
+        const long long s = slot[r];
         float a1 = x1[r], a2 = x2[r];
         if (has_bias) { a1 = ld_round(a1, W) + ld(bias, r1); a2 = ld_round(a2, W) + ld(bias, r2); }
         a1 = ld_round(a1, W);
@@ -213,6 +216,7 @@ __device__ void qkv_step(const T* h, const T* d, const T* dw, int has_dw, const 
             st(q, o + i + half, a2);
             continue;
         }
+        if (head >= H && s >= cap) continue;
         if (head >= H + KV) {
             const long long o = (((long long)r * KV + (head - H - KV)) * cap + s) * D;
             st(vc, o + i, a1);

@@ -41,8 +41,9 @@ fn grid((x, y): (usize, usize), threads: u32, shared: usize) -> LaunchConfig {
 
 /// `fused` (b, 1, (heads + 2 kv_heads) head_dim), the fused projection's output: returns the
 /// queries rotated, (b, heads, 1, head_dim), and writes each row's rotated key and its value
-/// into `k_cache` / `v_cache` (b, kv_heads, capacity, head_dim) at the slot `slot` ((1,) u32)
-/// holds. `norms`: the query and key heads' RMS norm weights and epsilon (Qwen3, Gemma 3),
+/// into `k_cache` / `v_cache` (b, kv_heads, capacity, head_dim) at its own slot (`slot`
+/// (b,) u32: a sliding layer's ring slot follows each row's token count; a slot outside the
+/// cache writes nothing). `norms`: the query and key heads' RMS norm weights and epsilon (Qwen3, Gemma 3),
 /// applied to each head before it is rotated.
 pub fn rope_kv(
     fused: &Tensor,
@@ -121,6 +122,9 @@ impl RopeKv {
                 l.dims()
             );
         }
+        if self.slot.dims() != [b] {
+            bail!("rope_kv: slots {:?} for {b} rows", self.slot.dims());
+        }
         let dev = s.device().clone();
         let fused = slice::<T>(s, l, "rope_kv's projection")?;
         let held =
@@ -178,7 +182,7 @@ impl RopeKv {
         let cfg = grid((b, h + kv), (d as u32 / 2).clamp(1, THREADS), 0);
         // SAFETY: the arguments match the kernel's signature and the shapes checked above; the
         // kernel writes the caches (the decoder's own buffers, read by no other stream) only
-        // at the slot, inside their (b, kv, cap, d) extent.
+        // at each row's slot, and only one inside their (b, kv, cap, d) extent.
         unsafe { lb.launch(cfg) }.map_err(launch_err)?;
         Ok(CudaStorage::wrap_cuda_slice(q, dev))
     }

@@ -91,11 +91,13 @@ impl QkvStep {
         if self.proj.w.dims() != [width, n]
             || self.d.elem_count() != b * n
             || self.k.dims() != [b, kv, cap, d]
+            || self.slot.dims() != [b]
         {
             bail!(
-                "qkv_step: weight {:?}, caches {:?} for {b} rows of {n}",
+                "qkv_step: weight {:?}, caches {:?}, slots {:?} for {b} rows of {n}",
                 self.proj.w.dims(),
-                self.k.dims()
+                self.k.dims(),
+                self.slot.dims()
             )
         }
         let dev = s.device().clone();
@@ -165,8 +167,8 @@ impl QkvStep {
             lb.arg(i);
         }
         lb.arg(&raw);
-        // The kernel writes the caches (the decoder's own buffers) only at the slot, and none
-        // of them in raw mode.
+        // The kernel writes the caches (the decoder's own buffers) only at each row's slot
+        // inside them, and none of them in raw mode.
         launch(&mut lb, cuda_src::qkv_step(h + 2 * kv, d, b, n))?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
@@ -205,10 +207,9 @@ impl QkvStep {
 /// The attention half's first kernel: `h + d` (the residual stream after the last sublayer,
 /// returned as (b, 1, n)), its RMS norm with `norm` (weight, eps), the fused q|k|v product
 /// with `w` ((heads + 2 kv) head_dim, n) and `bias`, the queries rotated ((b, heads, 1,
-/// head_dim), returned), the rotated keys and the values written into the caches at the slot.
-/// The residual stream after `d` joins it (normed first by `dnorm`, Gemma's previous output
-/// norm), and the queries (b, heads, 1, head_dim), the rotated key and the value written to
-/// the caches at the slot. With `head_norms` (Qwen3, Gemma 3) the projection goes through
+/// head_dim), returned), the rotated keys and the values written into the caches at each
+/// row's slot (`slot` (b,) u32). The residual stream after `d` joins it (normed first by
+/// `dnorm`, Gemma's previous output norm). With `head_norms` (Qwen3, Gemma 3) the projection goes through
 /// `cuda_decode::rope_kv`, which norms each head before rotating it.
 #[allow(clippy::too_many_arguments)]
 pub fn qkv_step(

@@ -15,9 +15,10 @@
 //! position that just left the window, so their cache and their attention are the window's
 //! size, not the capacity's (a window of 512 is 1/16 of an 8,192-position decoder). They read
 //! their own slot and mask. Keys are stored rotated, and attention does not care in which
-//! slot a key sits, so the ring's order costs nothing. A ring counts slots where a window
-//! counts tokens, so a cache with padding between a row's tokens near its end (a resumed
-//! prefix, then its new part left-padded) is refused and decodes eagerly. Off a GPU (or with
+//! slot a key sits, so the ring's order costs nothing. A window counts a row's tokens, not
+//! the cache's slots (padding lies between a resumed prefix and a row's left-padded new
+//! part), so each row's ring goes by its own token count: its k-th token in ring slot k mod
+//! window, each row writing its own slot. Off a GPU (or with
 //! `GALLEY_CUDA_GRAPHS=0`) the same step runs eagerly, which is how the CPU tests check it
 //! against the growing cache's decode.
 
@@ -45,7 +46,7 @@ pub struct Decoder<'m> {
 struct Inputs {
     ids: Tensor,
     positions: Tensor,
-    /// (1,) u32: the slot this step writes.
+    /// (rows,) u32: the slot this step writes, the same for every row.
     slot: Tensor,
     /// (rows, 1, 1, capacity) in the cache's dtype: 0 where a row may attend, -inf elsewhere.
     /// Made with the decoder from the prefill's padding; each step opens its own slot.
@@ -58,10 +59,10 @@ struct Inputs {
 
 /// The sliding layers' ring of `ring` slots (the window, or the capacity if less).
 struct Sliding {
-    /// (1,) u32: the ring slot this step writes, the step's slot modulo `ring`.
+    /// (rows,) u32: the ring slot each row writes this step, its token count modulo `ring`.
     slot: Tensor,
-    /// (rows, 1, 1, ring): 0 where a row may attend (a real token's key), -inf elsewhere
-    /// (not yet written, or left padding). A ring slot once written by a step stays open.
+    /// (rows, 1, 1, ring): 0 where a row may attend (one of its tokens' keys), -inf where
+    /// no token of the row is yet. A ring slot once written stays open.
     mask: Tensor,
     ring: usize,
 }
@@ -111,60 +112,72 @@ impl<'m> Decoder<'m> {
         }
         let dtype = model.dtype();
         let ring = c.sliding.as_ref().map(|s| s.window.min(capacity));
-        // A ring counts slots and a window counts tokens: they agree while no padding lies
-        // between a row's tokens within the window's reach of the first step (left padding
-        // is before them all). Padding between a resumed prefix and a row's new tokens that
-        // near the end would let the ring see fewer tokens than the window, so such a cache
-        // decodes with the growing cache, which counts tokens.
-        if let Some(s) = c.sliding.as_ref().filter(|s| s.window <= capacity) {
-            for (row, valid) in cache.valid.iter().enumerate() {
-                let Some(start) = valid.iter().position(|v| *v) else {
-                    continue;
-                };
-                let from = len.saturating_sub(s.window.saturating_sub(1)).max(start);
-                if let Some(j) = (from..len).find(|&j| !valid[j]) {
-                    candle_core::bail!(
-                        "row {row} has padding at slot {j} between its tokens, within the sliding window of the next one: the fixed-shape decoder's ring would count it"
-                    );
-                }
-            }
-        }
+        // Each row's tokens' slots in the cache: a ring is filled by rank, not by slot.
+        let tokens: Vec<Vec<usize>> = cache
+            .valid
+            .iter()
+            .map(|v| (0..len).filter(|&p| v[p]).collect())
+            .collect();
         let mut kv = Vec::with_capacity(c.num_layers);
         for (i, layer) in cache.layers.iter().enumerate() {
-            // A sliding layer's ring holds the last `ring` positions, position p in slot p
-            // mod ring; the others hold position p in slot p.
-            let slots = match c.window(i) {
-                Some(_) => ring.unwrap_or(capacity),
-                None => capacity,
-            };
+            // A sliding layer's ring holds each row's last `ring` tokens, its k-th in slot k
+            // mod ring; the other layers hold slot p of the cache in slot p.
+            let ring = c.window(i).and(ring);
+            let slots = ring.unwrap_or(capacity);
             let shape = (rows, c.num_kv_heads, slots, c.head_dim);
-            let (k, v) = (
-                Tensor::zeros(shape, dtype, dev)?,
-                Tensor::zeros(shape, dtype, dev)?,
-            );
-            if let (Some(pk), Some(pv)) = (layer.k()?, layer.v()?) {
-                // A CPU cache may hold f16 (`Llama::kv_dtype`); these buffers hold `dtype`.
-                let (pk, pv) = (pk.to_dtype(dtype)?, pv.to_dtype(dtype)?);
-                // The layer's cache holds the last `held` positions (a trimmed sliding
-                // layer's fewer than all). A ring needs all but its oldest slot's: the first
-                // step overwrites that one before it attends.
-                let held = pk.dim(2)?;
-                let need = len.saturating_sub(slots.saturating_sub(1));
-                let first = match len.checked_sub(held) {
-                    Some(first) if first <= need => first,
-                    _ => candle_core::bail!(
-                        "layer {i}'s cache holds {held} of {len} positions, and the decoder needs the last {}",
-                        len - need
-                    ),
-                };
-                let mut p = len.saturating_sub(slots).max(first);
-                while p < len {
-                    let (s, n) = (p % slots, (slots - p % slots).min(len - p));
-                    k.slice_set(&pk.narrow(2, p - first, n)?.contiguous()?, 2, s)?;
-                    v.slice_set(&pv.narrow(2, p - first, n)?.contiguous()?, 2, s)?;
-                    p += n;
+            let (pk, pv) = match (layer.k()?, layer.v()?) {
+                (Some(pk), Some(pv)) => (pk, pv),
+                _ => {
+                    kv.push((
+                        Tensor::zeros(shape, dtype, dev)?,
+                        Tensor::zeros(shape, dtype, dev)?,
+                    ));
+                    continue;
                 }
-            }
+            };
+            // A CPU cache may hold f16 (`Llama::kv_dtype`); these buffers hold `dtype`.
+            let (pk, pv) = (pk.to_dtype(dtype)?, pv.to_dtype(dtype)?);
+            // The layer's cache holds the last `held` slots (a trimmed sliding layer's fewer
+            // than all), from slot `first` on.
+            let held = pk.dim(2)?;
+            let Some(first) = len.checked_sub(held) else {
+                candle_core::bail!("layer {i}'s cache holds {held} slots of {len}");
+            };
+            let (k, v) = if ring.is_none() {
+                // Slot p holds position p, padding included (masked).
+                if first > 0 {
+                    candle_core::bail!(
+                        "layer {i}'s cache holds {held} of {len} slots, and the decoder needs them all"
+                    );
+                }
+                let (k, v) = (
+                    Tensor::zeros(shape, dtype, dev)?,
+                    Tensor::zeros(shape, dtype, dev)?,
+                );
+                k.slice_set(&pk.contiguous()?, 2, 0)?;
+                v.slice_set(&pv.contiguous()?, 2, 0)?;
+                (k, v)
+            } else {
+                let at = ring_sources(&tokens, slots, first, held)
+                    .map_err(|(row, rank)| {
+                        candle_core::Error::Msg(format!(
+                            "layer {i}'s cache holds {held} of {len} slots, and row {row}'s token {rank} (within the window of its next) is not among them"
+                        ))
+                    })?;
+                let at = Tensor::from_vec(at, rows * slots, dev)?;
+                // (rows, kv, held, d) as rows of (kv d) per slot, gathered by ring slot.
+                let (kh, hd) = (c.num_kv_heads, c.head_dim);
+                let gather = |t: &Tensor| {
+                    t.transpose(1, 2)?
+                        .contiguous()?
+                        .reshape((rows * held, kh * hd))?
+                        .index_select(&at, 0)?
+                        .reshape((rows, slots, kh, hd))?
+                        .transpose(1, 2)?
+                        .contiguous()
+                };
+                (gather(&pk)?, gather(&pv)?)
+            };
             kv.push((k, v));
         }
         let next_pos = cache
@@ -179,21 +192,19 @@ impl<'m> Decoder<'m> {
                 mask[row * capacity + slot] = 0.0;
             }
         }
-        // The ring's slots open where they hold a real token of the prefill's last `ring`
-        // positions (the first step overwrites the oldest, which leaves the window then).
+        // A ring's slots open where they hold one of the row's last `ring` tokens (the first
+        // step overwrites the oldest, which leaves the window then).
         let local = match ring {
             Some(ring) => {
                 let mut local = vec![f32::NEG_INFINITY; rows * ring];
-                for (row, valid) in cache.valid.iter().enumerate() {
-                    for p in len.saturating_sub(ring)..len {
-                        if valid[p] {
-                            local[row * ring + p % ring] = 0.0;
-                        }
+                for (row, t) in tokens.iter().enumerate() {
+                    for rank in t.len().saturating_sub(ring)..t.len() {
+                        local[row * ring + rank % ring] = 0.0;
                     }
                 }
                 let local = Tensor::from_vec(local, (rows, 1, 1, ring), dev)?;
                 Some(Sliding {
-                    slot: Tensor::zeros(1, DType::U32, dev)?,
+                    slot: Tensor::zeros(rows, DType::U32, dev)?,
                     mask: local.to_dtype(dtype)?,
                     ring,
                 })
@@ -203,7 +214,7 @@ impl<'m> Decoder<'m> {
         let inputs = Inputs {
             ids: Tensor::zeros(rows, DType::U32, dev)?,
             positions: Tensor::zeros(rows, DType::U32, dev)?,
-            slot: Tensor::zeros(1, DType::U32, dev)?,
+            slot: Tensor::zeros(rows, DType::U32, dev)?,
             mask: Tensor::from_vec(mask, (rows, 1, 1, capacity), dev)?.to_dtype(dtype)?,
             open: Tensor::zeros((rows, 1, 1, 1), dtype, dev)?,
             local,
@@ -327,14 +338,21 @@ impl<'m> Decoder<'m> {
             &self.inputs.positions,
             Tensor::new(self.next_pos.as_slice(), dev)?,
         )?;
-        put(&self.inputs.slot, Tensor::new(&[self.len as u32], dev)?)?;
+        put(
+            &self.inputs.slot,
+            Tensor::new(vec![self.len as u32; self.rows], dev)?,
+        )?;
         // The token of this step attends to itself (and stays open for the steps after).
         self.inputs.mask.slice_set(&self.inputs.open, 3, self.len)?;
         if let Some(s) = &self.inputs.local {
-            // The ring slot this step writes: it held the position leaving the window.
-            let slot = self.len % s.ring;
-            put(&s.slot, Tensor::new(&[slot as u32], dev)?)?;
-            s.mask.slice_set(&self.inputs.open, 3, slot)?;
+            // Each row's ring slot: it held the row's token leaving the window.
+            let slots: Vec<u32> = self.next_pos.iter().map(|&p| p % s.ring as u32).collect();
+            put(&s.slot, Tensor::new(slots.as_slice(), dev)?)?;
+            // Once every row has filled its ring, every slot is open already.
+            if self.next_pos.iter().any(|&p| (p as usize) < s.ring) {
+                let at = Tensor::from_vec(slots, (self.rows, 1, 1, 1), dev)?;
+                s.mask.scatter_set(&at, &self.inputs.open, 3)?;
+            }
         }
         Ok(())
     }
@@ -387,6 +405,35 @@ impl<'m> Decoder<'m> {
         graph.upload().map_err(w)?;
         Ok(graph)
     }
+}
+
+/// Where each ring slot of each row is filled from, as rows of the (rows held, ...) flattened
+/// cache whose slots start at `first`: row r's token of rank k (its cache slot `tokens[r][k]`)
+/// goes to ring slot k mod `ring`, for its last `ring` tokens. All but the oldest of them must
+/// be held (the first step overwrites that one before it attends); a slot with nothing to
+/// hold takes the row's latest token (it stays masked). Err: (row, rank) of a token not held.
+fn ring_sources(
+    tokens: &[Vec<usize>],
+    ring: usize,
+    first: usize,
+    held: usize,
+) -> Result<Vec<u32>, (usize, usize)> {
+    let mut at = Vec::with_capacity(tokens.len() * ring);
+    for (row, t) in tokens.iter().enumerate() {
+        let base = row * held;
+        let latest = t.last().map_or(0, |&p| p.saturating_sub(first));
+        let mut slots = vec![(base + latest) as u32; ring];
+        let n = t.len();
+        for rank in n.saturating_sub(ring)..n {
+            match t[rank].checked_sub(first) {
+                Some(p) => slots[rank % ring] = (base + p) as u32,
+                None if rank + ring == n => {}
+                None => return Err((row, rank)),
+            }
+        }
+        at.extend(slots);
+    }
+    Ok(at)
 }
 
 /// A choice the process can turn on or off over its environment variable (on unless the

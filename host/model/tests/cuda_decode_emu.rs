@@ -15,9 +15,12 @@ fn module() -> &'static Module {
 }
 
 #[test]
-fn rope_kv_rotates_queries_and_writes_only_the_slot_of_each_cache() {
-    // rows, query heads, kv heads, head dim, capacity, slot
-    let (b, h, kv, d, cap, slot) = (2usize, 4usize, 2usize, 16usize, 5usize, 3u32);
+fn rope_kv_rotates_queries_and_writes_only_each_rows_slot_of_each_cache() {
+    // rows, query heads, kv heads, head dim, capacity
+    let (b, h, kv, d, cap) = (3usize, 4usize, 2usize, 16usize, 5usize);
+    // Each row's own slot (a ring's follow each row's token count); one outside the cache
+    // writes nothing there.
+    let slots = [3u32, 1, 5];
     let (half, eps) = (d / 2, 1e-6f32);
     // Without head norms, and with Gemma 3's (and Qwen3's): each query and key head RMS-normed
     // by its own weight before the rotation.
@@ -38,7 +41,7 @@ fn rope_kv_rotates_queries_and_writes_only_the_slot_of_each_cache() {
                     Arg::Buf(&mut ty.buf(&qkv)),
                     Arg::Buf(&mut ty.buf(&cs)),
                     Arg::Buf(&mut ty.buf(&sn)),
-                    Arg::Buf(&mut Buf::from_slice(&[slot])),
+                    Arg::Buf(&mut Buf::from_slice(&slots)),
                     Arg::Buf(&mut bq),
                     Arg::Buf(&mut bk),
                     Arg::Buf(&mut bv),
@@ -80,8 +83,8 @@ fn rope_kv_rotates_queries_and_writes_only_the_slot_of_each_cache() {
             for hh in 0..h {
                 q[(row * h + hh) * d..][..d].copy_from_slice(&rot(row, &x[hh * d..][..d], &qn));
             }
-            for k in 0..kv {
-                let at = ((row * kv + k) * cap + slot as usize) * d;
+            for k in (0..kv).filter(|_| (slots[row] as usize) < cap) {
+                let at = ((row * kv + k) * cap + slots[row] as usize) * d;
                 kc[at..at + d].copy_from_slice(&rot(row, &x[(h + k) * d..][..d], &kn));
                 vc[at..at + d].copy_from_slice(&x[(h + kv + k) * d..][..d]);
             }
@@ -268,9 +271,9 @@ fn matvec(ty: Ty, x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
 #[test]
 fn the_fused_step_kernels_match_norm_projection_rope_and_gate() {
     // A hidden size that is no multiple of 32, three rows, grouped heads, a partial last block.
-    let (b, n, h, kv, d, cap, slot, eps) = (
-        3usize, 96usize, 4usize, 2usize, 16usize, 5usize, 2u32, 1e-5f32,
-    );
+    let (b, n, h, kv, d, cap, eps) = (3usize, 96usize, 4usize, 2usize, 16usize, 5usize, 1e-5f32);
+    // Each row's own slot; the last row's is outside the cache and writes nothing there.
+    let slots = [2u32, 4, 5];
     let half = d / 2;
     for ty in Ty::ALL {
         let s = ty.suffix();
@@ -307,7 +310,7 @@ fn the_fused_step_kernels_match_norm_projection_rope_and_gate() {
                         Arg::I32(has_bias),
                         Arg::Buf(&mut ty.buf(&cs)),
                         Arg::Buf(&mut ty.buf(&sn)),
-                        Arg::Buf(&mut Buf::from_slice(&[slot])),
+                        Arg::Buf(&mut Buf::from_slice(&slots)),
                         Arg::Buf(&mut q),
                         Arg::Buf(&mut kc),
                         Arg::Buf(&mut vc),
@@ -346,8 +349,8 @@ fn the_fused_step_kernels_match_norm_projection_rope_and_gate() {
                 for head in 0..h {
                     wq_[(r * h + head) * d..][..d].copy_from_slice(&rot(&row[head * d..][..d]));
                 }
-                for k in 0..kv {
-                    let at = ((r * kv + k) * cap + slot as usize) * d;
+                for k in (0..kv).filter(|_| (slots[r] as usize) < cap) {
+                    let at = ((r * kv + k) * cap + slots[r] as usize) * d;
                     wk[at..at + d].copy_from_slice(&rot(&row[(h + k) * d..][..d]));
                     wv[at..at + d].copy_from_slice(&row[(h + kv + k) * d..][..d]);
                 }

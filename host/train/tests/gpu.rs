@@ -1052,7 +1052,9 @@ fn gpu_gemma_and_smollm3_decode_replayed_as_a_cuda_graph_matches_eager_steps() {
 }
 
 /// 30 steps of a left-padded batch of two through a recorded graph against the growing
-/// cache's eager forward passes, with the fused step off and on.
+/// cache's eager forward passes, with the fused step off and on; then the same prefill
+/// resumed by a part whose second row is left-padded (padding between that row's tokens,
+/// within Gemma's window of 4 of the next: each row's ring counts its own tokens).
 fn graph_matches_eager(m: &galley_model::Llama, what: &str) {
     let step = |c: &mut galley_model::Cache, ids: &[u32]| {
         let rows: Vec<Vec<u32>> = ids.iter().map(|&t| vec![t]).collect();
@@ -1063,10 +1065,15 @@ fn graph_matches_eager(m: &galley_model::Llama, what: &str) {
     let pad = vec![vec![false; 5], vec![true, true, true, false, false]];
     // The step in candle's products with the four decode kernels, then in the fused kernels
     // (`cuda_step`: norms inside the products, RoPE and SiLU in their epilogues).
-    for fused in [false, true] {
+    let more = [vec![6u32, 11, 2], vec![0, 0, 13]];
+    let more_pad = vec![vec![false; 3], vec![true, true, false]];
+    for (fused, resumed) in [(false, false), (true, false), (true, true)] {
         galley_model::decode::set_fused_step(fused);
         let mut cache = m.new_cache(2);
         m.forward(&prompts, Some(&pad), &mut cache, true).unwrap();
+        if resumed {
+            m.forward(&more, Some(&more_pad), &mut cache, true).unwrap();
+        }
         let mut dec = galley_model::decode::Decoder::from_cache(m, &cache, 40).unwrap();
         let mut worst = 0f32;
         for i in 0..30u32 {
@@ -1078,11 +1085,11 @@ fn graph_matches_eager(m: &galley_model::Llama, what: &str) {
             }
         }
         println!(
-            "{what}: graph replay (fused step {fused}) vs eager: worst relative logit error {worst:.2e} over 30 steps"
+            "{what}: graph replay (fused step {fused}, resumed {resumed}) vs eager: worst relative logit error {worst:.2e} over 30 steps"
         );
         assert!(
             worst < 1e-5,
-            "{what}: graph replay (fused step {fused}) differs: {worst}"
+            "{what}: graph replay (fused step {fused}, resumed {resumed}) differs: {worst}"
         );
     }
     galley_model::decode::set_fused_step(true);

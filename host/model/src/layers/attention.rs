@@ -227,8 +227,8 @@ impl Attention {
         (self.scale as f32, self.softcap.map(|c| c as f32))
     }
 
-    /// One token per row (`x` (b, 1, hidden)) against a cache of fixed capacity: the new key
-    /// and value go to the slot `slot` ((1,) u32) holds, attention spans every slot under
+    /// One token per row (`x` (b, 1, hidden)) against a cache of fixed capacity: each row's
+    /// new key and value go to its slot (`slot` (b,) u32), attention spans every slot under
     /// `mask` ((b, 1, 1, capacity), additive). Every shape is the same from step to step, so
     /// the step can be replayed as a CUDA graph; on a GPU two fused kernels do the work
     /// between the projections (`cuda_decode`).
@@ -256,7 +256,7 @@ impl Attention {
         }
         let (q, k, v) = self.project(x, angles)?;
         let slots = slot
-            .reshape((1, 1, 1, 1))?
+            .reshape((x.dim(0)?, 1, 1, 1))?
             .broadcast_as(k.shape())?
             .contiguous()?;
         k_cache.scatter_set(&slots, &k, 2)?;
