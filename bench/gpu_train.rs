@@ -15,9 +15,10 @@
 //!
 //! MFU = model FLOPs / time / the GPU's bf16 dense peak (`GALLEY_PEAK_TFLOPS`, default 989.4,
 //! an H100/H200 SXM). Model FLOPs per token: 6·N + 12·L·T·d for full fine-tuning (N counts
-//! every matrix the token passes through, the LM head included; the attention term is the
-//! usual causal-blind count), 4·N + 12·L·T·d for LoRA (no weight gradients for frozen
-//! matrices). The peer, `bench/gpu_train_peer.py`, runs the same shapes in PyTorch (HF
+//! every matrix the token passes through, the LM head included; d = heads · head_dim, the
+//! attention's width; the attention term is the usual causal-blind count, with a sliding
+//! layer's T its window where that is shorter: Gemma 3's local layers see 512 keys, not 2,048),
+//! 4·N + 12·L·T·d for LoRA (no weight gradients for frozen matrices). The peer, `bench/gpu_train_peer.py`, runs the same shapes in PyTorch (HF
 //! transformers, autocast bf16, SDPA attention, fused AdamW, peft for LoRA) in the same run.
 
 use candle_core::{DType, Device, Tensor};
@@ -28,23 +29,14 @@ use galley_train::model::{Build, Pass, TrainModel};
 use galley_train::optim::Optimizer;
 use std::time::Instant;
 
-/// Gemma 3 1B's config.json as published, less what galley does not read.
-const GEMMA3_1B: &str = r#"{
-  "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
-  "vocab_size": 262144, "hidden_size": 1152, "intermediate_size": 6912,
-  "num_hidden_layers": 26, "num_attention_heads": 4, "num_key_value_heads": 1,
-  "head_dim": 256, "max_position_embeddings": 32768, "rms_norm_eps": 1e-06,
-  "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": null,
-  "sliding_window": 512, "sliding_window_pattern": 6, "query_pre_attn_scalar": 256,
-  "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": true,
-  "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0
-}"#;
+/// Gemma 3 1B's config.json as published, less what galley does not read (compiled in: the
+/// binary travels to a GPU machine without the source tree).
+const GEMMA3_1B: &str = include_str!("shapes/gemma3-1b.json");
 
 fn shape(name: &str) -> LlamaConfig {
     if name == "gemma3-1b" {
-        let path = std::env::temp_dir().join("galley-gemma3-1b.config.json");
-        std::fs::write(&path, GEMMA3_1B).unwrap();
-        return LlamaConfig::from_hf_json(&path).unwrap();
+        let origin = std::path::Path::new("bench/shapes/gemma3-1b.json");
+        return LlamaConfig::from_hf_text(GEMMA3_1B, origin).unwrap();
     }
     let (d, f, l, h, kv) = match name {
         "135m" => (576, 1536, 30, 9, 3),
@@ -255,7 +247,7 @@ fn run(name: &str, tuning: Tuning, seq: usize, batch: usize, steps: usize, dev: 
     }
     let tok_s = (steps * n) as f64 / secs;
     let np = matmul_params(&c);
-    let attn = 12.0 * (c.num_layers * seq * c.num_heads * c.head_dim) as f64;
+    let attn = attention_flops(&c, seq);
     let per_tok = match tuning {
         Tuning::Full => 6.0 * np + attn,
         _ => 4.0 * np + attn,
@@ -280,6 +272,17 @@ fn run(name: &str, tuning: Tuning, seq: usize, batch: usize, steps: usize, dev: 
         loss,
         phases,
     }
+}
+
+/// The attention's model FLOPs per token, forward and backward: 12 · keys · heads · head_dim a
+/// layer, keys the sequence (causal-blind, as PaLM's count) or a sliding layer's window.
+fn attention_flops(c: &LlamaConfig, seq: usize) -> f64 {
+    (0..c.num_layers)
+        .map(|l| {
+            let keys = c.window(l).map_or(seq, |w| w.min(seq));
+            12.0 * (keys * c.num_heads * c.head_dim) as f64
+        })
+        .sum()
 }
 
 fn main() {

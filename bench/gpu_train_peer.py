@@ -88,12 +88,23 @@ def run(name, method, seq, batch, steps):
     secs = time.perf_counter() - t0
     tok_s = steps * n / secs
     np_ = matmul_params(c)
-    attn = 12 * c.num_hidden_layers * seq * c.hidden_size
+    attn = attention_flops(c, seq)
     per_tok = (6 if method == "full" else 4) * np_ + attn
     peak = torch.cuda.max_memory_allocated() / 2**30
     print(f"| torch {name} | {method} | {seq} x {batch} | {tok_s:.0f} | {peak:.1f} | "
           f"{100 * tok_s * per_tok / (PEAK * 1e12):.1f}% | {loss:.3f} |", flush=True)
     del model, opt
+
+
+def attention_flops(c, seq):
+    """gpu-train's count: 12 * keys * heads * head_dim a layer, keys the sequence
+    (causal-blind) or a sliding layer's window where shorter."""
+    width = c.num_attention_heads * (getattr(c, "head_dim", None)
+                                     or c.hidden_size // c.num_attention_heads)
+    kinds = getattr(c, "layer_types", None) or ["full_attention"] * c.num_hidden_layers
+    window = getattr(c, "sliding_window", None) or seq
+    return sum(12 * (min(seq, window) if k == "sliding_attention" else seq) * width
+               for k in kinds)
 
 
 def main():

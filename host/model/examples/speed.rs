@@ -25,27 +25,16 @@ use galley_model::{Family, Llama, LlamaConfig, RopeScaling};
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// Gemma 3 270M's config.json as published, less what galley does not read.
-const GEMMA3_270M: &str = r#"{
-  "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
-  "vocab_size": 262144, "hidden_size": 640, "intermediate_size": 2048,
-  "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1,
-  "head_dim": 256, "max_position_embeddings": 32768, "rms_norm_eps": 1e-06,
-  "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": null,
-  "sliding_window": 512, "sliding_window_pattern": 6, "query_pre_attn_scalar": 256,
-  "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": true,
-  "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0
-}"#;
+/// Gemma 3 270M's config.json as published, less what galley does not read (compiled in: the
+/// binary travels to a GPU machine without the source tree).
+const GEMMA3_270M: &str = include_str!("../../../bench/shapes/gemma3-270m.json");
 
 /// The shape `GALLEY_SPEED_SHAPE` names (SmolLM2-135M's by default), and its label.
 fn config() -> LlamaConfig {
     match std::env::var("GALLEY_SPEED_SHAPE").as_deref() {
         Ok("gemma3-270m") => {
-            let dir = std::env::temp_dir().join("galley-speed");
-            std::fs::create_dir_all(&dir).unwrap();
-            let path = dir.join("gemma3-270m.config.json");
-            std::fs::write(&path, GEMMA3_270M).unwrap();
-            LlamaConfig::from_hf_json(&path).unwrap()
+            let origin = std::path::Path::new("bench/shapes/gemma3-270m.json");
+            LlamaConfig::from_hf_text(GEMMA3_270M, origin).unwrap()
         }
         Ok(other) if other != "smollm2-135m" => {
             panic!("GALLEY_SPEED_SHAPE: smollm2-135m or gemma3-270m, not {other}")

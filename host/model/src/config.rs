@@ -295,9 +295,14 @@ impl LlamaConfig {
     /// Reads an HF `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| bad(path, e))?;
+        Self::from_hf_text(&text, path)
+    }
+
+    /// Reads an HF `config.json`'s text; `path` is what errors name as its origin.
+    pub fn from_hf_text(text: &str, path: &Path) -> Result<Self> {
         // The architecture first: a model galley does not run is said as such, not as the
         // first field its config lacks (a multimodal one keeps them under `text_config`).
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(path, e))?;
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(path, e))?;
         let arch = v["architectures"][0]
             .as_str()
             .unwrap_or_default()
@@ -313,7 +318,7 @@ impl LlamaConfig {
         let prefix = if nested { "text_config." } else { "" };
         let key = |k: &str| format!("`{prefix}{k}`");
         let c: HfConfig = if nested {
-            let m: HfMultimodal = serde_json::from_str(&text).map_err(|e| bad(path, e))?;
+            let m: HfMultimodal = serde_json::from_str(text).map_err(|e| bad(path, e))?;
             let mut c = m.text_config.ok_or_else(|| {
                 bad(
                     path,
@@ -327,7 +332,7 @@ impl LlamaConfig {
             c.tie_word_embeddings = c.tie_word_embeddings.or(m.tie_word_embeddings);
             c
         } else {
-            serde_json::from_str(&text).map_err(|e| bad(path, e))?
+            serde_json::from_str(text).map_err(|e| bad(path, e))?
         }
         .with_defaults(family);
         let need = |v: Option<usize>, k: &str| {
