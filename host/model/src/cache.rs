@@ -11,14 +11,14 @@
 //! layer holds the *last* slots of the cache, so the first one it holds is the cache's
 //! length less its own: nothing else is recorded, and every reshaping below keeps it true.
 
+use crate::kv::Kv;
 use candle_core::{DType, Tensor};
-use candle_nn::kv_cache::KvCache;
 
 /// What a batch of sequences has seen so far: cached keys/values per layer and, per row,
 /// which cached positions are real tokens (left padding is not).
 #[derive(Clone, Default)]
 pub struct Cache {
-    pub(crate) layers: Vec<KvCache>,
+    pub(crate) layers: Vec<Kv>,
     /// `valid[row][pos]`
     pub(crate) valid: Vec<Vec<bool>>,
     /// The keys' and values' dtype on the CPU (`None`: the model's
@@ -44,7 +44,7 @@ impl Cache {
         let Some(dev) = self
             .layers
             .first()
-            .and_then(|l| l.k_cache().all_data().as_ref())
+            .and_then(|l| l.k().ok().flatten())
             .map(|t| t.device().clone())
         else {
             self.valid = rows.iter().map(|&r| self.valid[r].clone()).collect();
@@ -58,7 +58,7 @@ impl Cache {
             };
             // Room for 64 more positions (it grows by as much again past that): zeroing the
             // old capacity every time a row finishes would cost more than the copy.
-            let mut grown = KvCache::new(2, k.dim(2)? + 64);
+            let mut grown = Kv::new(k.dim(2)? + 64);
             grown.append(
                 &k.contiguous()?.index_select(&idx, 0)?,
                 &v.contiguous()?.index_select(&idx, 0)?,
@@ -146,7 +146,7 @@ impl Cache {
                 k_rows.push(Tensor::cat(&[&z, &k], 2)?);
                 v_rows.push(Tensor::cat(&[&z, &v], 2)?);
             }
-            let mut grown = KvCache::new(2, hold + 64);
+            let mut grown = Kv::new(hold + 64);
             grown.append(&Tensor::cat(&k_rows, 0)?, &Tensor::cat(&v_rows, 0)?)?;
             stacked.push(grown);
         }
@@ -215,7 +215,7 @@ impl Cache {
                     .narrow(2, start - first, to - start)?
                     .contiguous()
             };
-            let mut copy = KvCache::new(2, to - start + room);
+            let mut copy = Kv::new(to - start + room);
             copy.append(&cut(&k)?, &cut(&v)?)?;
             layers.push(copy);
         }
@@ -271,7 +271,7 @@ impl Cache {
                     None => Ok(t),
                 }
             };
-            let mut copy = KvCache::new(2, n + room.max(1));
+            let mut copy = Kv::new(n + room.max(1));
             copy.append(&cut(&k)?, &cut(&v)?)?;
             layers.push(copy);
         }
@@ -328,7 +328,7 @@ impl Cache {
             }
             let keep = len - first - drop;
             // Room for the steps until the next cut, so the buffer does not grow before it.
-            let mut kept = KvCache::new(2, keep + w + 64);
+            let mut kept = Kv::new(keep + w + 64);
             kept.append(
                 &k.narrow(2, drop, keep)?.contiguous()?,
                 &v.narrow(2, drop, keep)?.contiguous()?,
@@ -340,14 +340,7 @@ impl Cache {
 
     /// Bytes its key and value buffers take, room to grow included (what it costs in memory).
     pub fn allocated_bytes(&self) -> usize {
-        let bytes = |t: &Option<Tensor>| {
-            t.as_ref()
-                .map_or(0, |t| t.elem_count() * t.dtype().size_in_bytes())
-        };
-        self.layers
-            .iter()
-            .map(|kv| bytes(kv.k_cache().all_data()) + bytes(kv.v_cache().all_data()))
-            .sum()
+        self.layers.iter().map(Kv::allocated_bytes).sum()
     }
 
     /// Bytes of keys and values held (what a copy of this cache costs).

@@ -28,6 +28,7 @@ pub mod hub;
 pub mod json_mode;
 pub mod json_schema;
 pub mod kernels;
+pub mod kv;
 pub mod layers;
 pub mod load;
 pub mod model;

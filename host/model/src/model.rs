@@ -8,7 +8,6 @@ use crate::error::Result;
 use crate::layers::{DecoderLayer, Linear, Mask, RmsNorm, Rotary};
 use crate::weights::{LinearWeight, Weights};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::kv_cache::KvCache;
 
 pub struct Llama {
     pub config: LlamaConfig,
@@ -269,7 +268,7 @@ impl Llama {
     pub fn new_cache_with(&self, batch: usize, positions: usize) -> Cache {
         Cache {
             layers: (0..self.config.num_layers)
-                .map(|_| KvCache::new(2, positions.max(1)))
+                .map(|_| crate::kv::Kv::new(positions))
                 .collect(),
             valid: vec![Vec::new(); batch],
             dtype: None,

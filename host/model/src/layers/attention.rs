@@ -6,9 +6,9 @@ use super::rotary::Angles;
 use super::{Linear, RmsNorm};
 use crate::config::LlamaConfig;
 use crate::error::Result;
+use crate::kv::Kv;
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::kv_cache::KvCache;
 
 /// What a forward pass's queries may see.
 #[derive(Debug, Clone)]
@@ -107,11 +107,11 @@ impl Attention {
         x: &Tensor,
         angles: &Angles,
         mask: Option<&Mask>,
-        cache: &mut KvCache,
+        cache: &mut Kv,
         kv_dtype: DType,
     ) -> candle_core::Result<Tensor> {
         let (q, k, v) = self.project(x, angles)?;
-        let held = cache.k_cache().all_data().as_ref().map(Tensor::dtype);
+        let held = cache.dtype();
         let store = match (held, mask) {
             (Some(held), _) => held,
             (None, Some(Mask::Rows(_))) => kv_dtype,

@@ -5,9 +5,9 @@ use super::rotary::Angles;
 use super::{Attention, Mlp, RmsNorm};
 use crate::config::LlamaConfig;
 use crate::error::Result;
+use crate::kv::Kv;
 use crate::weights::Weights;
 use candle_core::{Device, Tensor};
-use candle_nn::kv_cache::KvCache;
 
 pub struct DecoderLayer {
     input_layernorm: RmsNorm,
@@ -63,7 +63,7 @@ impl DecoderLayer {
         x: &Tensor,
         angles: &Angles,
         mask: Option<&super::Mask>,
-        cache: &mut KvCache,
+        cache: &mut Kv,
         kv_dtype: candle_core::DType,
     ) -> candle_core::Result<Tensor> {
         let a = self.self_attn.forward(
