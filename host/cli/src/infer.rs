@@ -74,8 +74,12 @@ fn stream(m: &LoadedModel, cfg: &InferConfig, messages: &[Message]) -> Result<St
     let c = &done[0];
     println!();
     let secs = t0.elapsed().as_secs_f64();
+    let drafts = match cfg.sampling.lookup {
+        0 => String::new(),
+        _ => format!(", {} of {} drafted tokens kept", c.accepted, c.drafted),
+    };
     eprintln!(
-        "[{} prompt + {} generated tokens, {:.1} tok/s, {}]",
+        "[{} prompt + {} generated tokens, {:.1} tok/s{drafts}, {}]",
         c.prompt_tokens,
         c.tokens.len(),
         c.tokens.len() as f64 / secs.max(1e-9),

@@ -298,6 +298,7 @@ fn expand(key: &str) -> Option<String> {
             | "seed"
             | "max_tokens"
             | "stop"
+            | "lookup"
     )
     .then(|| format!("sampling.{key}"))
 }
@@ -337,6 +338,7 @@ impl InferConfig {
             ),
             ("presence_penalty", s.presence_penalty != d.presence_penalty),
             ("stop_token_ids", s.stop_token_ids != d.stop_token_ids),
+            ("lookup", s.lookup != d.lookup),
         ] {
             if differs {
                 return Err(ModelError::Invalid(format!(

@@ -26,6 +26,9 @@ pub struct Cache {
     pub(crate) dtype: Option<DType>,
     /// The model's sliding window (0: none): what a trimmed sliding layer must still hold.
     pub(crate) window: usize,
+    /// Real tokens a trimmed sliding layer holds beyond what the window needs: a speculative
+    /// step's drafted tokens, which it may forget again ([`Cache::forget`]).
+    pub(crate) spare: usize,
 }
 
 impl Cache {
@@ -88,7 +91,7 @@ impl Cache {
         }
         let total = parts.iter().map(Cache::len).max().unwrap_or(0);
         let layers = parts[0].layers.len();
-        let (parts_dtype, parts_window) = (parts[0].dtype, parts[0].window);
+        let (parts_dtype, parts_window, spare) = (parts[0].dtype, parts[0].window, parts[0].spare);
         if parts.iter().any(|p| p.layers.len() != layers) {
             candle_core::bail!("joining caches of models with different layer counts");
         }
@@ -166,6 +169,7 @@ impl Cache {
             valid,
             dtype: parts_dtype,
             window: parts_window,
+            spare,
         })
     }
 
@@ -224,6 +228,7 @@ impl Cache {
             valid: vec![vec![true; to - from]],
             dtype: self.dtype,
             window: self.window,
+            spare: self.spare,
         })
     }
 
@@ -280,6 +285,7 @@ impl Cache {
             valid: vec![vec![true; n]],
             dtype: self.dtype,
             window: self.window,
+            spare: self.spare,
         })
     }
 
@@ -310,7 +316,7 @@ impl Cache {
         let keep_from = self
             .valid
             .iter()
-            .map(|v| first_needed(v, w))
+            .map(|v| first_needed(v, w + self.spare))
             .min()
             .unwrap_or(0);
         for i in 0..self.layers.len() {
@@ -334,6 +340,44 @@ impl Cache {
                 &v.narrow(2, drop, keep)?.contiguous()?,
             )?;
             *kv = kept;
+        }
+        Ok(())
+    }
+
+    /// Forgets row r's last `last[r]` slots (a speculative step's drafted tokens the model
+    /// rejected, all real): the slots every row forgets leave the cache, and a row's others
+    /// become padding (positions and windows count real tokens only, so it decodes on as if
+    /// they had never been). A trimmed sliding layer must still hold them all.
+    pub fn forget(&mut self, last: &[usize]) -> candle_core::Result<()> {
+        if last.len() != self.rows() {
+            candle_core::bail!(
+                "forgetting slots of {} rows in a cache of {}",
+                last.len(),
+                self.rows()
+            );
+        }
+        let len = self.len();
+        let all = last.iter().copied().min().unwrap_or(0);
+        for (row, (&n, valid)) in last.iter().zip(&self.valid).enumerate() {
+            if n > len || !valid[len - n..].iter().all(|v| *v) {
+                candle_core::bail!("cache row {row}: its last {n} slots are not all real tokens");
+            }
+        }
+        if all > 0 {
+            for (i, kv) in self.layers.iter_mut().enumerate() {
+                if kv.k()?.is_some() && kv.len() < all {
+                    candle_core::bail!(
+                        "layer {i} holds {} slots, fewer than the {all} to forget",
+                        kv.len()
+                    );
+                }
+                kv.truncate(kv.len().saturating_sub(all));
+            }
+        }
+        for (valid, &n) in self.valid.iter_mut().zip(last) {
+            valid.truncate(len - all);
+            let end = valid.len();
+            valid[end - (n - all)..].iter_mut().for_each(|v| *v = false);
         }
         Ok(())
     }

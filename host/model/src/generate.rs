@@ -4,7 +4,10 @@
 //! log-probability under the model (what the trainers of GRPO and DPO need); optionally held
 //! to JSON or a JSON schema ([`generate_guided`]); optionally keeping what finished sequences
 //! have seen, so that a later generation continuing them (a rollout's next turn, after its
-//! tool results) prefills only what is new ([`generate_resuming`]).
+//! tool results) prefills only what is new ([`generate_resuming`]); optionally checking
+//! several tokens a step drafted from what each sequence has seen (`SamplingParams::lookup`,
+//! prompt-lookup decoding), which gives the same tokens in fewer passes where answers repeat
+//! their context.
 
 use crate::decode::Decoder;
 use crate::error::Result;
@@ -35,6 +38,9 @@ pub struct Completion {
     /// ([`generate_resuming`]) and were not prefilled again.
     pub cached_tokens: usize,
     pub finish: Finish,
+    /// Tokens drafted by prompt lookup and checked by the model, and those of them kept.
+    pub drafted: usize,
+    pub accepted: usize,
 }
 
 /// Called with (sequence index, new text) as text becomes final.
@@ -49,6 +55,9 @@ struct Row {
     finish: Option<Finish>,
     sampler: Sampler,
     guide: Option<Guide>,
+    drafter: crate::lookup::Drafter,
+    drafted: usize,
+    accepted: usize,
 }
 
 /// A sequence's text as its tokens arrive (`generate`'s rows, `galley serve`'s sequences):
@@ -324,6 +333,9 @@ fn run(
             finish: None,
             sampler: Sampler::new(params.clone(), i as u64),
             guide: guide.cloned(),
+            drafter: crate::lookup::Drafter::new(params.lookup),
+            drafted: 0,
+            accepted: 0,
         })
         .collect();
     let vocab = guide.map(|_| tok.json_vocab(model.config.vocab_size));
@@ -395,6 +407,9 @@ fn run(
         }
         None => model.new_cache(distinct.len()),
     };
+    // Drafted tokens a pass may add and a step then forget: the sliding layers keep as many
+    // more (see `Cache::forget`).
+    cache.spare = params.lookup;
     let mut kept: Vec<Option<Kept>> = vec![None; rows.len()];
     let mut first = true;
     if params.max_tokens == 0 {
@@ -410,15 +425,28 @@ fn run(
     // stays in the batch, a finished row's step being wasted work rather than a new graph.
     let mut decoder: Option<Decoder<'_>> = None;
     while !active.is_empty() {
-        let logits = match decoder.as_mut() {
+        // Each active row's drafted tokens this step (prompt lookup), and the logits after its
+        // last token and after each drafted one.
+        let mut drafts: Vec<Vec<u32>> = vec![Vec::new(); active.len()];
+        let steps: Vec<Vec<Vec<f32>>> = match decoder.as_mut() {
             Some(d) => {
                 let last = |r: &Row| *r.tokens.last().unwrap_or(&pad_id);
                 let ids: Vec<u32> = rows.iter().map(last).collect();
                 let mut all = d.step(&ids)?.to_vec2::<f32>()?;
                 active
                     .iter()
-                    .map(|&i| std::mem::take(&mut all[i]))
+                    .map(|&i| vec![std::mem::take(&mut all[i])])
                     .collect()
+            }
+            None if !first && params.lookup > 0 => {
+                for (p, &i) in active.iter().enumerate() {
+                    let r = &mut rows[i];
+                    // A step also gives the token after its draft: the budget bounds both.
+                    let room = params.max_tokens.saturating_sub(r.tokens.len() + 1);
+                    let seen = [&r.prompt[..], &r.tokens[..]].concat();
+                    drafts[p] = r.drafter.next(&seen, room);
+                }
+                verify(model, &input, &drafts, pad_id, &mut cache)?
             }
             None => {
                 let pad = if first { Some(pad.as_slice()) } else { None };
@@ -428,42 +456,61 @@ fn run(
                     cache.select_rows(&of)?;
                     logits = of.iter().map(|&d| logits[d].clone()).collect();
                 }
-                logits
+                logits.into_iter().map(|l| vec![l]).collect()
             }
         };
         if first {
             decoder = crate::decode::for_generation(model, &cache, params.max_tokens);
         }
         first = false;
-        for (&i, l) in active.iter().zip(&logits) {
+        // Per active row, the drafted tokens its cache must forget: those after the first
+        // whose position's token disagreed (that token is the step's last).
+        let mut forget = vec![0usize; active.len()];
+        for (p, (&i, ls)) in active.iter().zip(&steps).enumerate() {
             let row = &mut rows[i];
             if row.finish.is_some() {
                 continue;
             }
-            let t = match (&row.guide, &vocab) {
-                (Some(g), Some(v)) => {
-                    let mut masked = l.clone();
-                    g.mask(&mut masked, v, &eos);
-                    row.sampler.sample(&masked, &row.prompt, &row.tokens)
+            let draft = &drafts[p];
+            row.drafted += draft.len();
+            let accepted = row.accepted;
+            for (j, l) in ls.iter().enumerate() {
+                let t = match (&row.guide, &vocab) {
+                    (Some(g), Some(v)) => {
+                        let mut masked = l.clone();
+                        g.mask(&mut masked, v, &eos);
+                        row.sampler.sample(&masked, &row.prompt, &row.tokens)
+                    }
+                    _ => row.sampler.sample(l, &row.prompt, &row.tokens),
+                };
+                row.tokens.push(t);
+                row.logprobs.push(logprob(l, t));
+                let count = row.tokens.len();
+                let mut end = eos.contains(&t);
+                if let (Some(g), Some(v)) = (&mut row.guide, &vocab)
+                    && !end
+                    // Nothing could continue the object (every logit masked): the answer ends.
+                    && !g.advance(v.text(t))
+                {
+                    end = true;
                 }
-                _ => row.sampler.sample(l, &row.prompt, &row.tokens),
-            };
-            row.tokens.push(t);
-            row.logprobs.push(logprob(l, t));
-            let count = row.tokens.len();
-            let mut end = eos.contains(&t);
-            if let (Some(g), Some(v)) = (&mut row.guide, &vocab)
-                && !end
-                // Nothing could continue the object (every logit masked): the answer ends.
-                && !g.advance(v.text(t))
-            {
-                end = true;
+                row.finish = row.out.take(tok, t, end, count, params)?;
+                let fresh = row.out.fresh(row.finish.is_some(), &params.stop);
+                if !fresh.is_empty() {
+                    on_text(i, fresh);
+                }
+                // The next position's logits hold only if this token is the drafted one.
+                let agrees = draft.get(j) == Some(&t);
+                row.accepted += agrees as usize;
+                if !agrees || row.finish.is_some() {
+                    forget[p] = draft.len() - j;
+                    break;
+                }
             }
-            row.finish = row.out.take(tok, t, end, count, params)?;
-            let fresh = row.out.fresh(row.finish.is_some(), &params.stop);
-            if !fresh.is_empty() {
-                on_text(i, fresh);
-            }
+            row.drafter.took(draft.len(), row.accepted - accepted);
+        }
+        if forget.iter().any(|&n| n > 0) {
+            cache.forget(&forget)?;
         }
         if let (Some(keep_if), None) = (keep_if, &decoder) {
             // Cache row p is row active[p]; it holds the prompt and every token but the last.
@@ -500,9 +547,43 @@ fn run(
             tokens: r.tokens,
             logprobs: r.logprobs,
             finish: r.finish.unwrap_or(Finish::Length),
+            drafted: r.drafted,
+            accepted: r.accepted,
         })
         .collect();
     Ok((completions, kept))
+}
+
+/// One pass over each row's last token (`input`) and its draft, right-aligned (rows with
+/// shorter drafts left-padded): per row, the logits after its last token and after each
+/// drafted one.
+fn verify(
+    model: &Llama,
+    input: &[Vec<u32>],
+    drafts: &[Vec<u32>],
+    pad_id: u32,
+    cache: &mut Cache,
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    let width = 1 + drafts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(input.len());
+    let mut pads = Vec::with_capacity(input.len());
+    for (last, d) in input.iter().zip(drafts) {
+        let n = width - 1 - d.len();
+        let mut row = vec![pad_id; n];
+        row.extend(last);
+        row.extend(d);
+        ids.push(row);
+        let mut pad = vec![true; n];
+        pad.resize(width, false);
+        pads.push(pad);
+    }
+    let logits = model.forward(&ids, Some(&pads), cache, false)?;
+    let logits = logits.to_vec3::<f32>()?;
+    Ok(logits
+        .into_iter()
+        .zip(drafts)
+        .map(|(mut l, d)| l.split_off(width - 1 - d.len()))
+        .collect())
 }
 
 #[cfg(test)]

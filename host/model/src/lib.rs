@@ -31,6 +31,7 @@ pub mod kernels;
 pub mod kv;
 pub mod layers;
 pub mod load;
+pub mod lookup;
 pub mod model;
 mod pool;
 pub mod reasoning;

@@ -263,7 +263,7 @@ impl Llama {
     }
 
     /// An empty cache for `batch` sequences with room for `positions` before it grows. The
-    /// room is zero-filled at the first pass (candle's cache; one thread): 512 positions for
+    /// room is zero-filled at the first pass (as candle's cache; one thread): 512 positions for
     /// 32 rows of SmolLM2 are 755 MB, where a batch of 40-token contexts needs 60.
     pub fn new_cache_with(&self, batch: usize, positions: usize) -> Cache {
         Cache {
@@ -273,6 +273,7 @@ impl Llama {
             valid: vec![Vec::new(); batch],
             dtype: None,
             window: self.config.sliding.as_ref().map_or(0, |s| s.window),
+            spare: 0,
         }
     }
 

@@ -32,7 +32,15 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Token ids that end generation besides the model's EOS.
     pub stop_token_ids: Vec<u32>,
+    /// Prompt-lookup decoding (`generate` on the growing cache): up to this many tokens a
+    /// step, drafted from what the sequence has seen (`lookup::draft`), checked in one pass;
+    /// 0 is off. The tokens are the ones decoding one at a time would give: each position's
+    /// token is sampled as always and a draft is kept only while they agree.
+    pub lookup: usize,
 }
+
+/// The most tokens `SamplingParams::lookup` may draft a step.
+pub const MAX_LOOKUP: usize = 64;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -49,6 +57,7 @@ impl Default for SamplingParams {
             max_tokens: 512,
             stop: vec![],
             stop_token_ids: vec![],
+            lookup: 0,
         }
     }
 }
@@ -90,6 +99,13 @@ impl SamplingParams {
             if !(-2.0..=2.0).contains(&v) {
                 return Err(format!("key `{key}`: {v} must be in [-2, 2]"));
             }
+        }
+        // A pass over more drafted tokens than this costs more than most drafts save.
+        if self.lookup > MAX_LOOKUP {
+            return Err(format!(
+                "key `lookup`: {} must be at most {MAX_LOOKUP}",
+                self.lookup
+            ));
         }
         Ok(())
     }

@@ -305,6 +305,7 @@ pub(crate) fn params(
             Some(Stop::Many(v)) => v.clone(),
         },
         stop_token_ids: Vec::new(),
+        lookup: 0,
     };
     params.validate().map_err(|e| ApiError::bad(e, None))?;
     Ok(params)

@@ -486,6 +486,7 @@ impl<'a> GrpoTask<'a> {
             max_tokens: self.cfg.max_completion_length,
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
+            lookup: 0,
         }
     }
 
