@@ -203,15 +203,13 @@ fn llama_lookup(
     if !bin.exists() {
         return None;
     }
-    let dir = std::env::temp_dir().join(format!("galley-lookup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok()?;
-    let file = dir.join("prompt.txt");
-    std::fs::write(&file, prompt).ok()?;
     let out = std::process::Command::new(bin)
         .arg("-m")
         .arg(gguf)
-        .arg("-f")
-        .arg(&file)
+        // As an argument: a prompt file loses its last newline (the template's after
+        // "assistant"), which would make llama.cpp's prompt a token short of galley's.
+        .arg("-p")
+        .arg(prompt)
         .args([
             "-n",
             &MAX_TOKENS.to_string(),
