@@ -443,6 +443,82 @@ print("ok")
 /// answers are those of a server without it (`--prompt-cache-mib 0`): the same tokens, the
 /// same log-probabilities within float rounding. A prompt kept under one `cache_salt` serves
 /// only requests with that salt.
+/// `--lookup N` (prompt-lookup decoding while a sequence decodes alone): the answers,
+/// streamed or not, greedy or seeded, JSON mode included, are the same as without it, and
+/// `/metrics` counts the drafted tokens and those kept.
+#[test]
+fn lookup_decoding_through_galley_serve_answers_as_without_it() {
+    let tmp = setup();
+    let d = tmp.path();
+    let script = format!(
+        "{COMMON}{}",
+        r#"
+import urllib.request, re
+root = os.environ["URL"][:-len("/v1")]
+tok = json.load(open("model/tokenizer.json"))
+eos = next(t["id"] for t in tok["added_tokens"] if t["content"] == "<|im_end|>")
+out = []
+# Greedy (the random model loops: drafts kept), and sampled between two tokens made far more
+# likely than the rest (drafts of their repeats kept or cut at random).
+two = {str(eos): -100, "40": 9, "41": 9}
+for temperature, seed, bias in [(0, None, {str(eos): -100}), (1.0, 3, two), (0.8, 5, two)]:
+    msgs = [{"role": "user", "content": "the number 3 is 3 and the number 3 is 3 and the number 3 is"}]
+    r = c.chat.completions.create(model="model", messages=msgs, max_tokens=24, temperature=temperature,
+                                  seed=seed, logprobs=True, logit_bias=bias)
+    out.append([[t.token, t.logprob] for t in r.choices[0].logprobs.content])
+    chunks = c.chat.completions.create(model="model", messages=msgs, max_tokens=24, temperature=temperature,
+                                       seed=seed, logit_bias=bias, stream=True)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    check(text == r.choices[0].message.content, f"stream {text!r} vs {r.choices[0].message.content!r}")
+j = c.chat.completions.create(model="model", messages=[{"role": "user", "content": "a list of 3 and 3"}],
+                              max_tokens=20, temperature=0, response_format={"type": "json_object"})
+out.append(j.choices[0].message.content)
+with urllib.request.urlopen(root + "/metrics") as r:
+    text = r.read().decode()
+def value(name):
+    m = re.search(r"^" + re.escape(name) + r'\{model="model"\} (\S+)$', text, re.M)
+    check(m is not None, f"{name} missing")
+    return float(m.group(1))
+print(json.dumps({"answers": out, "drafted": value("galley_draft_tokens_total"),
+                  "kept": value("galley_draft_tokens_accepted_total")}))
+"#
+    );
+    let run = |args: &[&str]| -> serde_json::Value {
+        let s = serve(d, &[&["-m", "model"], args].concat());
+        let out = client(d, &s.url, &script);
+        serde_json::from_str(out.trim().lines().last().unwrap()).unwrap()
+    };
+    let with = run(&["--lookup", "6"]);
+    let without = run(&[]);
+    assert_eq!(without["drafted"], 0.0);
+    let (drafted, kept) = (
+        with["drafted"].as_f64().unwrap(),
+        with["kept"].as_f64().unwrap(),
+    );
+    println!("{kept} of {drafted} drafted tokens kept");
+    assert!(
+        kept > 0.0 && kept < drafted,
+        "{kept} of {drafted} drafted tokens kept"
+    );
+    let (a, b) = (
+        with["answers"].as_array().unwrap(),
+        without["answers"].as_array().unwrap(),
+    );
+    assert_eq!(a[3], b[3], "JSON mode answers differ");
+    for (i, (x, y)) in a[..3].iter().zip(&b[..3]).enumerate() {
+        let (x, y) = (x.as_array().unwrap(), y.as_array().unwrap());
+        assert_eq!(x.len(), y.len(), "answer {i}: lengths");
+        for (p, q) in x.iter().zip(y) {
+            assert_eq!(p[0], q[0], "answer {i}: tokens");
+            let (lp, lq) = (p[1].as_f64().unwrap(), q[1].as_f64().unwrap());
+            assert!(
+                (lp - lq).abs() <= 1e-4 * (1.0 + lq.abs()),
+                "answer {i}: {lp} vs {lq}"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_prompt_cache_skips_shared_prompts_and_answers_as_without_it() {
     let tmp = setup();

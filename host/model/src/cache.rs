@@ -344,6 +344,12 @@ impl Cache {
         Ok(())
     }
 
+    /// Has trimmed sliding layers keep `n` real tokens beyond what their window needs, so a
+    /// pass of up to `n` drafted tokens can be forgotten again ([`Cache::forget`]).
+    pub fn keep_spare(&mut self, n: usize) {
+        self.spare = n;
+    }
+
     /// Forgets row r's last `last[r]` slots (a speculative step's drafted tokens the model
     /// rejected, all real): the slots every row forgets leave the cache, and a row's others
     /// become padding (positions and windows count real tokens only, so it decodes on as if

@@ -6,7 +6,10 @@
 //! their sequence finishes or its client goes away. Each sequence keeps its own sampler (seed,
 //! temperature, penalties), stop strings and budget. Every prefilled prompt's keys and values
 //! go to the model's prompt cache (`prompt_cache`); a request that begins with a kept prompt
-//! copies them and prefills only the rest.
+//! copies them and prefills only the rest. With `--lookup N`, a sequence decoding alone
+//! checks up to N tokens a step drafted from what it has seen (prompt lookup): the batch's
+//! one row then runs its last token and the draft in one pass, and the tokens are sampled
+//! as always, a draft kept while they agree.
 
 use crate::lazy::{Lazy, LazyState, blank_tokens};
 use crate::prompt_cache::PromptCache;
@@ -88,6 +91,8 @@ pub struct Limits {
     pub prefill_chunk: usize,
     /// Bytes of recent prompts' keys and values kept for requests that begin the same way.
     pub prompt_cache: usize,
+    /// Tokens a step a sequence decoding alone may draft by prompt lookup (0: none).
+    pub lookup: usize,
 }
 
 impl Default for Limits {
@@ -97,6 +102,7 @@ impl Default for Limits {
             queue: 256,
             prefill_chunk: 256,
             prompt_cache: 256 << 20,
+            lookup: 0,
         }
     }
 }
@@ -119,6 +125,9 @@ pub struct Stats {
     pub prompt_cache_tokens: AtomicUsize,
     /// Bytes of keys and values the prompt cache keeps.
     pub prompt_cache_bytes: AtomicUsize,
+    /// Tokens drafted by prompt lookup, and those of them kept.
+    pub draft_tokens: AtomicUsize,
+    pub draft_accepted: AtomicUsize,
     /// Prompt and generated tokens of the sequences that ended.
     pub prompt_tokens: Counter,
     pub generation_tokens: Counter,
@@ -138,6 +147,8 @@ impl Default for Stats {
             prompt_cache_hits: AtomicUsize::new(0),
             prompt_cache_tokens: AtomicUsize::new(0),
             prompt_cache_bytes: AtomicUsize::new(0),
+            draft_tokens: AtomicUsize::new(0),
+            draft_accepted: AtomicUsize::new(0),
             prompt_tokens: Counter::default(),
             generation_tokens: Counter::default(),
             ttft: crate::metrics::ttft_histogram(),
@@ -193,6 +204,7 @@ struct Seq {
     /// Where the answer is in its JSON object, in JSON mode.
     json: Option<Guide>,
     lazy: Option<LazyState>,
+    drafter: galley_model::lookup::Drafter,
 }
 
 /// A prompt being prefilled, a chunk per step.
@@ -463,6 +475,7 @@ impl Loop {
             tokens: Vec::new(),
             out: Output::default(),
             eos,
+            drafter: galley_model::lookup::Drafter::new(self.limits.lookup),
         }
     }
 
@@ -577,6 +590,11 @@ impl Loop {
         if self.active.is_empty() {
             return Ok(());
         }
+        // Drafts only for a sequence decoding alone: in a batch the step already shares the
+        // weights' reading among rows, and rows drafting unevenly would pad each other.
+        if self.limits.lookup > 0 && self.active.len() == 1 {
+            return self.decode_drafted();
+        }
         let input: Vec<Vec<u32>> = self
             .active
             .iter()
@@ -608,6 +626,55 @@ impl Loop {
             }
         }
         self.active = kept;
+        Ok(())
+    }
+
+    /// `decode` for the one sequence, with a draft by prompt lookup when its drafter has
+    /// one: the last token and the draft in one pass, then each position's token sampled
+    /// (and sent) in turn while it agrees with the draft; the cache forgets the rest.
+    fn decode_drafted(&mut self) -> candle_core::Result<()> {
+        let mut s = self.active.pop().expect("one sequence");
+        let room = s.job.params.max_tokens.saturating_sub(s.tokens.len() + 1);
+        let seen = [&s.job.prompt[..], &s.tokens[..]].concat();
+        let draft = s.drafter.next(&seen, room);
+        let mut input = vec![*s.tokens.last().expect("a joined sequence has a token")];
+        input.extend(&draft);
+        self.cache.keep_spare(self.limits.lookup);
+        let logits = self.model.forward(&[input], None, &mut self.cache, false)?;
+        let logits = logits.squeeze(0)?.to_vec2::<f32>()?;
+        let mut step = Step::Go;
+        let mut kept = 0;
+        for (j, l) in logits.iter().enumerate() {
+            step = self.emit(&mut s, l);
+            let agrees = draft.get(j) == s.tokens.last();
+            kept += agrees as usize;
+            if !agrees || !matches!(step, Step::Go) {
+                break;
+            }
+        }
+        s.drafter.took(draft.len(), kept);
+        self.stats
+            .draft_tokens
+            .fetch_add(draft.len(), Ordering::SeqCst);
+        self.stats.draft_accepted.fetch_add(kept, Ordering::SeqCst);
+        match step {
+            Step::Go => {
+                // The cache holds the last token and the draft; keep what was emitted but
+                // the newest token (the next step's input).
+                let emitted = s.tokens.len() - (seen.len() - s.job.prompt.len());
+                self.cache.forget(&[draft.len() + 1 - emitted])?;
+                self.active.push(s);
+            }
+            Step::Finished(f) => {
+                self.done(&s, f);
+                self.cache = self.model.new_cache(0);
+            }
+            Step::Gone => {
+                self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
+                self.cache = self.model.new_cache(0);
+            }
+            Step::Failed => self.cache = self.model.new_cache(0),
+        }
         Ok(())
     }
 

@@ -75,6 +75,11 @@ pub struct ServeFlags {
     /// (for users who must not learn each other's prompts from how fast a prefix answers).
     #[arg(long, default_value_t = 256)]
     pub prompt_cache_mib: usize,
+    /// Prompt-lookup decoding (llama-server's n-gram speculation): while a sequence decodes
+    /// alone, up to N tokens a step drafted from what it has seen, checked in one pass (the
+    /// answer is the same; the speed gains where answers quote their prompt). 0: off.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub lookup: usize,
     /// Dequantize GGUF weights to f32 at load.
     #[arg(long)]
     pub dequantize: bool,
@@ -132,6 +137,13 @@ impl ServeFlags {
             let msg = "--max-batch and --queue must be at least 1";
             return Err(ServeError::Invalid(msg.into()));
         }
+        if self.lookup > galley_model::sample::MAX_LOOKUP {
+            return Err(ServeError::Invalid(format!(
+                "--lookup {}: at most {}",
+                self.lookup,
+                galley_model::sample::MAX_LOOKUP
+            )));
+        }
         Ok(ServeOptions {
             model,
             name: self.name.clone(),
@@ -141,6 +153,7 @@ impl ServeFlags {
                 queue: self.queue,
                 prefill_chunk: self.prefill_chunk,
                 prompt_cache: self.prompt_cache_mib << 20,
+                lookup: self.lookup,
             },
             load: galley_model::LoadOptions {
                 dequantize: self.dequantize,

@@ -69,6 +69,16 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
             st.generation_tokens.clone(),
         );
         r.register(
+            "draft_tokens",
+            "Tokens drafted by prompt lookup (--lookup) and checked by the model",
+            ConstCounter::new(total(&st.draft_tokens)),
+        );
+        r.register(
+            "draft_tokens_accepted",
+            "Drafted tokens the model's own choice agreed with",
+            ConstCounter::new(total(&st.draft_accepted)),
+        );
+        r.register(
             "prompt_cache_hits",
             "Prompts that began with a kept prompt",
             ConstCounter::new(total(&st.prompt_cache_hits)),
