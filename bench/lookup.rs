@@ -75,7 +75,7 @@ fn main() {
                 .forward(&ids, None, &mut cache, false)
                 .expect("pass");
             best = best.min(t.elapsed().as_secs_f64());
-            cache.forget(&[w]).expect("forget");
+            cache.forget(w).expect("forget");
         }
         if w == 1 {
             one = best;
@@ -182,6 +182,42 @@ fn main() {
             );
         }
     }
+    // The four prompts as one batch: whole generation time (prefill included), each way.
+    let all: Vec<Vec<u32>> = TASKS
+        .iter()
+        .map(|(_, p)| {
+            let text = template
+                .render(&[Message::new("user", *p)], true, None)
+                .expect("template renders");
+            m.tokenizer.encode(&text, false).expect("prompt encodes")
+        })
+        .collect();
+    let mut line = String::from("the four as one batch, tok/s with the prefill:");
+    let mut plain = 0.0;
+    for lookup in [0, n_draft] {
+        let p = SamplingParams {
+            temperature: 0.0,
+            max_tokens: MAX_TOKENS,
+            lookup,
+            ..SamplingParams::default()
+        };
+        let t = Instant::now();
+        let out = generate(&m.model, &m.tokenizer, &all, &p, &mut |_, _| {}).expect("generates");
+        let secs = t.elapsed().as_secs_f64();
+        let n: usize = out.iter().map(|c| c.tokens.len()).sum();
+        let rate = n as f64 / secs;
+        if lookup == 0 {
+            plain = rate;
+        }
+        let (k, d): (usize, usize) = out
+            .iter()
+            .fold((0, 0), |(k, d), c| (k + c.accepted, d + c.drafted));
+        line += &format!(
+            " lookup {lookup}: {rate:.1} ({:.2}x, {k}/{d} kept)",
+            rate / plain
+        );
+    }
+    println!("{line}");
 }
 
 struct Peer {

@@ -350,41 +350,26 @@ impl Cache {
         self.spare = n;
     }
 
-    /// Forgets row r's last `last[r]` slots (a speculative step's drafted tokens the model
-    /// rejected, all real): the slots every row forgets leave the cache, and a row's others
-    /// become padding (positions and windows count real tokens only, so it decodes on as if
-    /// they had never been). A trimmed sliding layer must still hold them all.
-    pub fn forget(&mut self, last: &[usize]) -> candle_core::Result<()> {
-        if last.len() != self.rows() {
-            candle_core::bail!(
-                "forgetting slots of {} rows in a cache of {}",
-                last.len(),
-                self.rows()
-            );
-        }
+    /// Forgets the last `n` slots of every row (a speculative step's drafted tokens the model
+    /// rejected, all real tokens): the next pass writes where they were. A trimmed sliding
+    /// layer must still hold them (it keeps `keep_spare` tokens more for it).
+    pub fn forget(&mut self, n: usize) -> candle_core::Result<()> {
         let len = self.len();
-        let all = last.iter().copied().min().unwrap_or(0);
-        for (row, (&n, valid)) in last.iter().zip(&self.valid).enumerate() {
+        for (row, valid) in self.valid.iter().enumerate() {
             if n > len || !valid[len - n..].iter().all(|v| *v) {
                 candle_core::bail!("cache row {row}: its last {n} slots are not all real tokens");
             }
         }
-        if all > 0 {
-            for (i, kv) in self.layers.iter_mut().enumerate() {
-                if kv.k()?.is_some() && kv.len() < all {
-                    candle_core::bail!(
-                        "layer {i} holds {} slots, fewer than the {all} to forget",
-                        kv.len()
-                    );
-                }
-                kv.truncate(kv.len().saturating_sub(all));
+        for (i, kv) in self.layers.iter_mut().enumerate() {
+            if kv.k()?.is_some() && kv.len() < n {
+                candle_core::bail!(
+                    "layer {i} holds {} slots, fewer than the {n} to forget",
+                    kv.len()
+                );
             }
+            kv.truncate(kv.len().saturating_sub(n));
         }
-        for (valid, &n) in self.valid.iter_mut().zip(last) {
-            valid.truncate(len - all);
-            let end = valid.len();
-            valid[end - (n - all)..].iter_mut().for_each(|v| *v = false);
-        }
+        self.valid.iter_mut().for_each(|v| v.truncate(len - n));
         Ok(())
     }
 

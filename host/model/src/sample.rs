@@ -32,9 +32,9 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Token ids that end generation besides the model's EOS.
     pub stop_token_ids: Vec<u32>,
-    /// Prompt-lookup decoding (`generate` on the growing cache): up to this many tokens a
-    /// step, drafted from what the sequence has seen (`lookup::draft`), checked in one pass;
-    /// 0 is off. The tokens are the ones decoding one at a time would give: each position's
+    /// Prompt-lookup decoding (`generate` on the growing cache, while a sequence decodes
+    /// alone): up to this many tokens a step, drafted from what the sequence has seen
+    /// (`lookup::draft`), checked in one pass; 0 is off. The tokens are the ones decoding one at a time would give: each position's
     /// token is sampled as always and a draft is kept only while they agree.
     pub lookup: usize,
 }

@@ -1,9 +1,10 @@
 //! Prompt-lookup decoding (`SamplingParams::lookup`) changes how many passes generation
 //! takes, never what it generates: the same tokens, text, stream, finish and (within float
 //! noise) log-probabilities as decoding one token a step, greedy and sampled with the same
-//! seed, for a batch whose rows draft different lengths under a stop string and a budget, on
-//! tiny random models of three families (Gemma's sliding layers trimmed while drafts come and
-//! go); and the caches rows keep resume a next turn as plain decoding's do.
+//! seed, under a stop string and a budget, for prompts alone and as a batch (whose last
+//! sequence drafts once the others are done), on tiny random models of three families
+//! (Gemma's sliding layers trimmed while drafts come and go); and the caches rows keep resume
+//! a next turn as plain decoding's do.
 
 use galley_model::{
     Completion, Finish, SamplingParams, generate, generate_resuming, generate_sharing, load,
@@ -55,6 +56,8 @@ fn lookup_decoding_generates_what_plain_decoding_does() {
             (0.9, 7, None),
             (0.3, 5, None),
             (0.5, 3, Some("at")),
+            (0.15, 9, None),
+            (0.2, 2, None),
         ] {
             let base = SamplingParams {
                 temperature,
@@ -66,25 +69,31 @@ fn lookup_decoding_generates_what_plain_decoding_does() {
                 stop: stop.map(String::from).into_iter().collect(),
                 ..SamplingParams::default()
             };
-            let plain = generate(&m.model, &m.tokenizer, &prompts, &base, &mut |_, _| {}).unwrap();
-            for lookup in [1, 3, 8] {
-                let p = SamplingParams {
-                    lookup,
-                    ..base.clone()
-                };
-                let mut streamed = vec![String::new(); prompts.len()];
-                let got = generate(&m.model, &m.tokenizer, &prompts, &p, &mut |i, t| {
-                    streamed[i].push_str(t)
-                })
-                .unwrap();
-                let what =
-                    format!("{name}: temperature {temperature}, stop {stop:?}, lookup {lookup}");
-                same(&what, &plain, &got);
-                for (r, c) in got.iter().enumerate() {
-                    assert_eq!(streamed[r], c.text, "{what}: row {r}: streamed text");
-                    assert!(c.accepted <= c.drafted);
-                    drafted += c.drafted;
-                    accepted += c.accepted;
+            // Each prompt alone, then the three as one batch.
+            let mut batches: Vec<Vec<Vec<u32>>> = prompts.iter().map(|p| vec![p.clone()]).collect();
+            batches.push(prompts.clone());
+            for (bi, batch) in batches.iter().enumerate() {
+                let plain = generate(&m.model, &m.tokenizer, batch, &base, &mut |_, _| {}).unwrap();
+                for lookup in [1, 3, 8] {
+                    let p = SamplingParams {
+                        lookup,
+                        ..base.clone()
+                    };
+                    let mut streamed = vec![String::new(); batch.len()];
+                    let got = generate(&m.model, &m.tokenizer, batch, &p, &mut |i, t| {
+                        streamed[i].push_str(t)
+                    })
+                    .unwrap();
+                    let what = format!(
+                        "{name}: batch {bi}, temperature {temperature}, stop {stop:?}, lookup {lookup}"
+                    );
+                    same(&what, &plain, &got);
+                    for (r, c) in got.iter().enumerate() {
+                        assert_eq!(streamed[r], c.text, "{what}: row {r}: streamed text");
+                        assert!(c.accepted <= c.drafted);
+                        drafted += c.drafted;
+                        accepted += c.accepted;
+                    }
                 }
             }
         }
@@ -109,58 +118,55 @@ fn caches_kept_under_lookup_decoding_resume_the_next_turn() {
             lookup: 4,
             ..SamplingParams::default()
         };
-        let first: Vec<Vec<u32>> = ["a b a b a b", "the mat. the mat. the"]
-            .iter()
-            .map(|p| enc(p))
-            .collect();
-        let keep_all = |_: usize, _: &str, _: Finish| true;
-        let (done, kept) = generate_resuming(
-            &m.model,
-            &m.tokenizer,
-            &first,
-            vec![],
-            &params,
-            &keep_all,
-            &mut |_, _| {},
-        )
-        .unwrap();
-        assert!(
-            done.iter().any(|c| c.accepted > 0),
-            "{name}: nothing drafted and kept"
-        );
-        for (i, (c, k)) in done.iter().zip(&kept).enumerate() {
-            let mut seen = first[i].clone();
+        for prompt in ["a b a b a b", "the mat. the mat. the"] {
+            // One sequence a turn: drafts run while a sequence decodes alone.
+            let first = vec![enc(prompt)];
+            let keep_all = |_: usize, _: &str, _: Finish| true;
+            let (done, kept) = generate_resuming(
+                &m.model,
+                &m.tokenizer,
+                &first,
+                vec![],
+                &params,
+                &keep_all,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            let c = &done[0];
+            assert!(
+                c.accepted > 0,
+                "{name}: {prompt:?}: nothing drafted and kept"
+            );
+            let mut seen = first[0].clone();
             seen.extend(&c.tokens[..c.tokens.len() - 1]);
-            let k = k.as_ref().expect("kept");
-            assert_eq!(k.ids(), seen.as_slice(), "{name}: row {i}: kept ids");
+            let k = kept[0].as_ref().expect("kept");
+            assert_eq!(k.ids(), seen.as_slice(), "{name}: {prompt:?}: kept ids");
+            let second = vec![[first[0].clone(), c.tokens.clone(), enc(" b a b")].concat()];
+            let (resumed, _) = generate_resuming(
+                &m.model,
+                &m.tokenizer,
+                &second,
+                kept,
+                &params,
+                &|_, _, _| false,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            let plain = SamplingParams {
+                lookup: 0,
+                ..params.clone()
+            };
+            let whole = generate_sharing(
+                &m.model,
+                &m.tokenizer,
+                &second,
+                &plain,
+                usize::MAX,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            same(&format!("{name}: {prompt:?}: resumed"), &whole, &resumed);
+            assert!(resumed[0].cached_tokens > 0 && resumed[0].accepted > 0);
         }
-        let second: Vec<Vec<u32>> = (0..2)
-            .map(|i| [first[i].clone(), done[i].tokens.clone(), enc(" b a b")].concat())
-            .collect();
-        let (resumed, _) = generate_resuming(
-            &m.model,
-            &m.tokenizer,
-            &second,
-            kept,
-            &params,
-            &|_, _, _| false,
-            &mut |_, _| {},
-        )
-        .unwrap();
-        let plain = SamplingParams {
-            lookup: 0,
-            ..params.clone()
-        };
-        let whole = generate_sharing(
-            &m.model,
-            &m.tokenizer,
-            &second,
-            &plain,
-            usize::MAX,
-            &mut |_, _| {},
-        )
-        .unwrap();
-        same(&format!("{name}: resumed"), &whole, &resumed);
-        assert!(resumed.iter().all(|c| c.cached_tokens > 0));
     }
 }

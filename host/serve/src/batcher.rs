@@ -662,7 +662,7 @@ impl Loop {
                 // The cache holds the last token and the draft; keep what was emitted but
                 // the newest token (the next step's input).
                 let emitted = s.tokens.len() - (seen.len() - s.job.prompt.len());
-                self.cache.forget(&[draft.len() + 1 - emitted])?;
+                self.cache.forget(draft.len() + 1 - emitted)?;
                 self.active.push(s);
             }
             Step::Finished(f) => {
