@@ -725,9 +725,10 @@ impl CustomOp3 for Attend {
         // The first slot the query at `at` of row `bi` sees.
         let first_key = |bi: usize, at: usize| starts.as_ref().map_or(0, |s| s[bi][at - past]);
         let mut out = uninit(b * heads * t * d);
-        out.par_chunks_mut(group * t * d)
-            .enumerate()
-            .try_for_each(|(task, o)| -> Result<()> {
+        // On galley's pool, as the products between which this runs (see `Pool::chunks_mut`).
+        let failed = std::sync::Mutex::new(None);
+        crate::pool::Pool::global().chunks_mut(&mut out, group * t * d, &|task, o| {
+            let done = (|| -> Result<()> {
                 let per_row = heads / group;
                 let (bi, h0) = (task / per_row, (task % per_row) * group);
                 let valid = &self.visible.valid[bi];
@@ -793,7 +794,17 @@ impl CustomOp3 for Attend {
                     );
                 }
                 Ok(())
-            })?;
+            })();
+            if let Err(e) = done {
+                failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
         // SAFETY: the tasks' chunks cover `out` and each chunk's row blocks were written whole.
         let out = unsafe { assume_init(out) };
         Ok((CpuStorage::F32(out), Shape::from((b, heads, t, d))))
@@ -846,8 +857,9 @@ impl CustomOp1 for GateMulHalves {
         let i = w / 2;
         let mut y = uninit(x.len() / 2);
         let gelu = self.gelu;
-        y.par_chunks_mut(i).zip(x.par_chunks(w)).for_each(|(y, x)| {
-            let (g, u) = x.split_at(i);
+        // On galley's pool, as the products around it (see `Pool::chunks_mut`).
+        crate::pool::Pool::global().chunks_mut(&mut y, i, &|row, y| {
+            let (g, u) = x[row * w..][..w].split_at(i);
             match gelu {
                 true => crate::kernels::rowwise::gelu_gate(y, g, u),
                 false => crate::kernels::rowwise::silu_gate(y, g, u),

@@ -132,6 +132,48 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Runs `f(i, piece)` for every `chunk`-sized piece of `out` (the last may be shorter),
+    /// the pieces handed out one at a time to whichever part is free (tasks of unequal cost
+    /// balance). Ops a pass runs between its products use this rather than rayon: while
+    /// rayon's threads worked, this pool's workers spun beside them, and a 2-token pass on 2
+    /// cores ran its attention on what was left of one.
+    pub fn chunks_mut<T: Send>(
+        &self,
+        out: &mut [T],
+        chunk: usize,
+        f: &(dyn Fn(usize, &mut [T]) + Sync),
+    ) {
+        let (len, chunk) = (out.len(), chunk.max(1));
+        let pieces = len.div_ceil(chunk);
+        let next = AtomicUsize::new(0);
+        let base = Base(out.as_mut_ptr());
+        let base = &base;
+        self.run(&|_, _| {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= pieces {
+                    break;
+                }
+                let start = i * chunk;
+                // SAFETY: piece i is out[start..start + chunk] (cut at the end), taken by
+                // exactly one part through the counter; the pieces are disjoint and `out`
+                // outlives `run`, which returns only when every part is done.
+                let piece = unsafe {
+                    std::slice::from_raw_parts_mut(base.0.add(start), chunk.min(len - start))
+                };
+                f(i, piece);
+            }
+        });
+    }
+}
+
+/// `out`'s base pointer, shared by the parts of one `chunks_mut`.
+struct Base<T>(*mut T);
+// SAFETY: the parts write disjoint pieces through it (see `chunks_mut`), which `T: Send`
+// allows from any thread.
+unsafe impl<T: Send> Sync for Base<T> {}
+
 fn worker(s: Arc<Shared>, part: usize, parts: usize) {
     let mut seen = 0usize;
     loop {
@@ -168,6 +210,21 @@ fn worker(s: Arc<Shared>, part: usize, parts: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_piece_is_handed_out_once() {
+        let pool = Pool::new(3);
+        for (len, chunk) in [(10, 3), (9, 3), (1, 4), (0, 2), (100, 1)] {
+            let mut out = vec![0usize; len];
+            pool.chunks_mut(&mut out, chunk, &|i, piece| {
+                for v in piece.iter_mut() {
+                    *v += i + 1;
+                }
+            });
+            let want: Vec<usize> = (0..len).map(|j| j / chunk + 1).collect();
+            assert_eq!(out, want, "{len} in pieces of {chunk}");
+        }
+    }
 
     #[test]
     fn every_part_runs_once_per_job() {
