@@ -7,6 +7,7 @@
 //!     cargo run --release -p galley-model --example pass_widths [GGUF] [CONTEXT] [W,...] [REPS]
 //!
 //! (defaults: .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf, 100, 1,2,3,5,9, 20).
+//! `PASS_ROWS=B` runs B sequences at once (a batched decode step at w=1, as `galley serve`'s).
 
 use std::time::Instant;
 
@@ -27,13 +28,14 @@ fn main() {
     let ctx: Vec<u32> = (0..context as u32)
         .map(|i| (i * 7919 + 13) % vocab)
         .collect();
-    let mut cache = m.model.new_cache(1);
+    let rows: usize = std::env::var("PASS_ROWS").map_or(1, |r| r.parse().expect("PASS_ROWS"));
+    let mut cache = m.model.new_cache(rows);
     m.model
-        .forward(std::slice::from_ref(&ctx), None, &mut cache, true)
+        .forward(&vec![ctx.clone(); rows], None, &mut cache, true)
         .expect("prefill");
     let mut one = None;
     for w in widths {
-        let ids = vec![ctx[..w.min(context)].to_vec()];
+        let ids = vec![ctx[..w.min(context)].to_vec(); rows];
         let mut best = f64::INFINITY;
         for _ in 0..reps {
             let t = Instant::now();
@@ -45,7 +47,7 @@ fn main() {
         }
         let base = *one.get_or_insert(best);
         println!(
-            "w={w}: {:.2} ms ({:.2}x one token), after {context} cached",
+            "w={w}: {:.2} ms ({:.2}x one token), {rows} row(s) after {context} cached",
             best * 1e3,
             best / base
         );
