@@ -112,12 +112,15 @@ impl<'m> Decoder<'m> {
         }
         let dtype = model.dtype();
         let ring = c.sliding.as_ref().map(|s| s.window.min(capacity));
-        // Each row's tokens' slots in the cache: a ring is filled by rank, not by slot.
-        let tokens: Vec<Vec<usize>> = cache
-            .valid
-            .iter()
-            .map(|v| (0..len).filter(|&p| v[p]).collect())
-            .collect();
+        // Each row's tokens' slots in the cache, for a ring (filled by rank, not by slot).
+        let tokens: Vec<Vec<usize>> = match ring {
+            Some(_) => cache
+                .valid
+                .iter()
+                .map(|v| (0..len).filter(|&p| v[p]).collect())
+                .collect(),
+            None => Vec::new(),
+        };
         let mut kv = Vec::with_capacity(c.num_layers);
         for (i, layer) in cache.layers.iter().enumerate() {
             // A sliding layer's ring holds each row's last `ring` tokens, its k-th in slot k

@@ -409,7 +409,7 @@ fn run(
     };
     // Drafted tokens a pass may add and a step then forget: the sliding layers keep as many
     // more (see `Cache::forget`).
-    cache.spare = params.lookup;
+    cache.keep_spare(params.lookup);
     let mut kept: Vec<Option<Kept>> = vec![None; rows.len()];
     let mut first = true;
     if params.max_tokens == 0 {
@@ -425,9 +425,9 @@ fn run(
     // stays in the batch, a finished row's step being wasted work rather than a new graph.
     let mut decoder: Option<Decoder<'_>> = None;
     while !active.is_empty() {
-        // Each active row's drafted tokens this step (prompt lookup), and the logits after its
-        // last token and after each drafted one.
-        let mut drafts: Vec<Vec<u32>> = vec![Vec::new(); active.len()];
+        // The tokens drafted this step (prompt lookup, for a sequence alone: its row's), and
+        // each active row's logits after its last token and after each drafted one.
+        let mut draft: Vec<u32> = Vec::new();
         let steps: Vec<Vec<Vec<f32>>> = match decoder.as_mut() {
             Some(d) => {
                 let last = |r: &Row| *r.tokens.last().unwrap_or(&pad_id);
@@ -443,11 +443,8 @@ fn run(
             // draft (SmolLM2's four lookup-bench prompts as one batch: 0.58x).
             None if !first && params.lookup > 0 && active.len() == 1 => {
                 let r = &mut rows[active[0]];
-                // A step also gives the token after its draft: the budget bounds both.
-                let room = params.max_tokens.saturating_sub(r.tokens.len() + 1);
-                let seen = [&r.prompt[..], &r.tokens[..]].concat();
-                drafts[0] = r.drafter.next(&seen, room);
-                let ids = [&input[0][..], &drafts[0][..]].concat();
+                draft = r.drafter.next(&r.prompt, &r.tokens, params.max_tokens);
+                let ids = [&input[0][..], &draft[..]].concat();
                 let logits = model.forward(&[ids], None, &mut cache, false)?;
                 vec![logits.squeeze(0)?.to_vec2::<f32>()?]
             }
@@ -466,15 +463,14 @@ fn run(
             decoder = crate::decode::for_generation(model, &cache, params.max_tokens);
         }
         first = false;
-        // The drafted tokens the cache must forget (a draft is only ever its one row's): those
-        // after the first whose position's token disagreed (that token is the step's last).
+        // The drafted tokens the cache must forget: those after the first whose position's
+        // token disagreed (that token is the step's last).
         let mut forget = 0;
-        for (p, (&i, ls)) in active.iter().zip(&steps).enumerate() {
+        for (&i, ls) in active.iter().zip(&steps) {
             let row = &mut rows[i];
             if row.finish.is_some() {
                 continue;
             }
-            let draft = &drafts[p];
             row.drafted += draft.len();
             let accepted = row.accepted;
             for (j, l) in ls.iter().enumerate() {

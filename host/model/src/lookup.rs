@@ -16,15 +16,20 @@ const SHORTEST: usize = 2;
 /// guess while it falls short (so a loop of period p drafts on past p tokens, as llama.cpp's
 /// lookup drafts token after token); empty when nothing repeats.
 pub fn draft(seen: &[u32], max: usize) -> Vec<u32> {
-    let mut ext = seen.to_vec();
-    while ext.len() < seen.len() + max {
-        let more = continuation(&ext, seen.len() + max - ext.len());
+    guess(seen.to_vec(), max)
+}
+
+/// [`draft`] of `seen`, which it extends by the guess as it goes.
+fn guess(mut seen: Vec<u32>, max: usize) -> Vec<u32> {
+    let n = seen.len();
+    while seen.len() < n + max {
+        let more = continuation(&seen, n + max - seen.len());
         if more.is_empty() {
             break;
         }
-        ext.extend(more);
+        seen.extend(more);
     }
-    ext.split_off(seen.len())
+    seen.split_off(n)
 }
 
 /// Up to `max` tokens that followed the most recent earlier occurrence of `seen`'s last 4,
@@ -71,8 +76,10 @@ impl Drafter {
         }
     }
 
-    /// The next draft for a sequence that has seen `seen`, at most `room` tokens.
-    pub fn next(&mut self, seen: &[u32], room: usize) -> Vec<u32> {
+    /// The next draft for a sequence of `prompt` then `tokens` that may generate
+    /// `max_tokens` in all: a step also gives the token after its draft, so the budget
+    /// bounds both.
+    pub fn next(&mut self, prompt: &[u32], tokens: &[u32], max_tokens: usize) -> Vec<u32> {
         if self.max == 0 {
             return Vec::new();
         }
@@ -80,7 +87,8 @@ impl Drafter {
             self.wait -= 1;
             return Vec::new();
         }
-        draft(seen, self.len.min(room))
+        let room = max_tokens.saturating_sub(tokens.len() + 1);
+        guess([prompt, tokens].concat(), self.len.min(room))
     }
 
     /// What became of the last draft: `kept` of its `drafted` tokens.
@@ -108,23 +116,24 @@ mod tests {
 
     #[test]
     fn a_drafter_grows_on_kept_drafts_and_waits_after_rejected_ones() {
-        let seen = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2];
+        let (prompt, tokens) = ([1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2]);
         let mut d = Drafter::new(6);
-        assert_eq!(d.next(&seen, 100), vec![3, 4, 5, 6]);
+        assert_eq!(d.next(&prompt, &tokens, 100), vec![3, 4, 5, 6]);
         d.took(4, 4);
-        assert_eq!(d.next(&seen, 100).len(), 6);
-        assert_eq!(d.next(&seen, 2).len(), 2);
+        assert_eq!(d.next(&prompt, &tokens, 100).len(), 6);
+        // A budget of 5 with 2 generated: 2 drafted, the step's own token the fifth.
+        assert_eq!(d.next(&prompt, &tokens, 5).len(), 2);
         d.took(6, 2);
-        assert_eq!(d.next(&seen, 100).len(), 2);
+        assert_eq!(d.next(&prompt, &tokens, 100).len(), 2);
         // Rejected outright: one step out, then two, then four.
         for wait in [1, 2, 4] {
             d.took(2, 0);
             for _ in 0..wait {
-                assert!(d.next(&seen, 100).is_empty());
+                assert!(d.next(&prompt, &tokens, 100).is_empty());
             }
-            assert_eq!(d.next(&seen, 100).len(), 1);
+            assert_eq!(d.next(&prompt, &tokens, 100).len(), 1);
         }
-        assert!(Drafter::new(0).next(&seen, 100).is_empty());
+        assert!(Drafter::new(0).next(&prompt, &tokens, 100).is_empty());
     }
 
     #[test]

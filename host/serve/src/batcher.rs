@@ -634,9 +634,10 @@ impl Loop {
     /// (and sent) in turn while it agrees with the draft; the cache forgets the rest.
     fn decode_drafted(&mut self) -> candle_core::Result<()> {
         let mut s = self.active.pop().expect("one sequence");
-        let room = s.job.params.max_tokens.saturating_sub(s.tokens.len() + 1);
-        let seen = [&s.job.prompt[..], &s.tokens[..]].concat();
-        let draft = s.drafter.next(&seen, room);
+        let had = s.tokens.len();
+        let draft = s
+            .drafter
+            .next(&s.job.prompt, &s.tokens, s.job.params.max_tokens);
         let mut input = vec![*s.tokens.last().expect("a joined sequence has a token")];
         input.extend(&draft);
         self.cache.keep_spare(self.limits.lookup);
@@ -663,8 +664,8 @@ impl Loop {
             Step::Go => {
                 // The cache holds the last token and the draft; keep what was emitted but
                 // the newest token (the next step's input).
-                let emitted = s.tokens.len() - (seen.len() - s.job.prompt.len());
-                self.cache.forget(draft.len() + 1 - emitted)?;
+                self.cache
+                    .forget(draft.len() + 1 - (s.tokens.len() - had))?;
                 self.active.push(s);
             }
             Step::Finished(f) => {
