@@ -34,7 +34,7 @@ impl Family {
         matches!(self, Family::Gemma2 | Family::Gemma3)
     }
 
-    const KNOWN: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), SmolLM3ForCausalLM (GGUF: llama, qwen2, qwen3, gemma2, gemma3, smollm3)";
+    const KNOWN: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), SmolLM3ForCausalLM, and their base models (LlamaModel, Qwen3Model...: embeddings) (GGUF: llama, qwen2, qwen3, gemma2, gemma3, smollm3)";
 
     fn from_hf(arch: &str) -> Option<Self> {
         Some(match arch {
@@ -46,6 +46,15 @@ impl Family {
             "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration" => Family::Gemma3,
             "Gemma2ForCausalLM" => Family::Gemma2,
             "SmolLM3ForCausalLM" => Family::SmolLM3,
+            // The same models without their head, as sentence-transformers saves an
+            // embedding model (Qwen3-Embedding): `embed::Embedder` pools their states.
+            "LlamaModel" => Family::Llama,
+            "MistralModel" => Family::Mistral,
+            "Qwen2Model" => Family::Qwen2,
+            "Qwen3Model" => Family::Qwen3,
+            "Gemma3TextModel" => Family::Gemma3,
+            "Gemma2Model" => Family::Gemma2,
+            "SmolLM3Model" => Family::SmolLM3,
             _ => return None,
         })
     }

@@ -212,6 +212,31 @@ fn metadata(ck: &Checkpoint, name: &str, ty: OutType) -> Result<Vec<(String, Val
             md.push((k(key), Value::F32(cap as f32)));
         }
     }
+    // A sentence-transformers folder's pooling, as llama.cpp's converter writes it (its
+    // embedding mode and server read it).
+    if ck.path.join("modules.json").is_file() {
+        let e = crate::embed::Embedder::for_model(&ck.path)?;
+        match (e.pooling.as_slice(), e.dense.is_empty()) {
+            ([p], true) if p.gguf_code().is_some() => {
+                md.push((k("pooling_type"), Value::U32(p.gguf_code().unwrap_or(0))));
+            }
+            _ => {
+                return Err(bad(
+                    &ck.path,
+                    format!(
+                        "this embedding model pools by {} with {} dense layers: a GGUF says \
+                         mean, cls or last, without dense layers",
+                        e.pooling
+                            .iter()
+                            .map(|p| p.name())
+                            .collect::<Vec<_>>()
+                            .join("+"),
+                        e.dense.len()
+                    ),
+                ));
+            }
+        }
+    }
     md.extend(ck.tokenizer.gguf_metadata(c.vocab_size)?);
     if let Some(t) = &ck.template {
         md.push((

@@ -20,6 +20,7 @@ pub mod cuda_src;
 mod cuda_step;
 pub mod cupti;
 pub mod decode;
+pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod generate;
@@ -43,6 +44,7 @@ pub mod weights;
 pub use adapter::Adapter;
 pub use chat::ChatTemplate;
 pub use config::{Family, LlamaConfig, RopeScaling};
+pub use embed::{Embedder, Pool};
 pub use engine::NativeEngine;
 pub use error::{ModelError, Result};
 pub use generate::{

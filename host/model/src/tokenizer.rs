@@ -13,6 +13,9 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Prepend BOS to plain (untemplated) text.
     pub add_bos: bool,
+    /// Append EOS to plain text (GGUF's `add_eos_token`: an embedding model that pools its
+    /// last token, as Qwen3-Embedding's, reads it there).
+    pub add_eos: bool,
     pub bos: Option<u32>,
     pub eos: Vec<u32>,
     /// A SentencePiece vocabulary's scores, as its GGUF had them (written back on export).
@@ -35,6 +38,7 @@ impl Tokenizer {
         Ok(Self {
             inner,
             add_bos: false,
+            add_eos: false,
             bos,
             eos,
             scores: None,
@@ -54,6 +58,13 @@ impl Tokenizer {
             && ids.first() != Some(&b)
         {
             ids.insert(0, b);
+        }
+        if special
+            && self.add_eos
+            && let Some(&e) = self.eos.first()
+            && ids.last() != Some(&e)
+        {
+            ids.push(e);
         }
         Ok(ids)
     }
@@ -116,6 +127,7 @@ impl Tokenizer {
         Self {
             inner,
             add_bos: false,
+            add_eos: false,
             bos,
             eos,
             scores: None,

@@ -67,6 +67,10 @@ pub enum TextLayout {
     /// `model.language_model.*` and `lm_head.weight`: what transformers 4.52 to 4.57 wrote, and
     /// the module names transformers 5 builds in memory (the names PEFT's keys carry).
     ModelFirst,
+    /// `embed_tokens.weight`, `layers.*`, `norm.weight` and no head: a base model saved on its
+    /// own (`Qwen3Model`, `LlamaModel`), as sentence-transformers saves an embedding model
+    /// (Qwen3-Embedding).
+    Bare,
 }
 
 impl TextLayout {
@@ -81,6 +85,8 @@ impl TextLayout {
             (Self::ModelFirst, Some(rest)) => Cow::Owned(format!("model.language_model.{rest}")),
             (Self::LanguageModelFirst, None) => Cow::Owned(format!("language_model.{name}")),
             (Self::ModelFirst, None) => Cow::Borrowed(name),
+            (Self::Bare, Some(rest)) => Cow::Borrowed(rest),
+            (Self::Bare, None) => Cow::Borrowed(name),
         }
     }
 
@@ -96,6 +102,10 @@ impl TextLayout {
         if let Some(rest) = name.strip_prefix("language_model.") {
             return Some(rest.to_string());
         }
+        // A bare base model's (PEFT over `AutoModel`): `layers.0...` without `model.`.
+        if name.starts_with("layers.") {
+            return Some(format!("model.{name}"));
+        }
         let outside = ["vision_tower.", "multi_modal_projector."];
         let inner = name.strip_prefix("model.").unwrap_or(name);
         if outside.iter().any(|p| inner.starts_with(p)) {
@@ -106,7 +116,7 @@ impl TextLayout {
 
     /// Which layout the tensors `has` tells of are in (by where the embeddings are).
     pub fn detect(has: impl Fn(&str) -> bool) -> Self {
-        [Self::LanguageModelFirst, Self::ModelFirst]
+        [Self::LanguageModelFirst, Self::ModelFirst, Self::Bare]
             .into_iter()
             .find(|l| {
                 !has("model.embed_tokens.weight") && has(&l.file_name("model.embed_tokens.weight"))

@@ -25,7 +25,7 @@ pub fn adapter_config(
     let mut targets = targets.to_vec();
     targets.sort();
     let targets = match layout {
-        TextLayout::CausalLm => json!(targets),
+        TextLayout::CausalLm | TextLayout::Bare => json!(targets),
         _ => json!(format!(
             r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.({})",
             targets.join("|")
@@ -68,6 +68,10 @@ pub fn save_adapter(
     // PEFT's keys are `base_model.model.` and the module name transformers 5 builds.
     let key = |name: &str| match (layout, name.strip_prefix("base_model.model.")) {
         (TextLayout::CausalLm, _) | (_, None) => name.to_string(),
+        // PEFT over a bare base model (`AutoModel`) names its modules without `model.`.
+        (TextLayout::Bare, Some(module)) => {
+            format!("base_model.model.{}", TextLayout::Bare.file_name(module))
+        }
         (_, Some(module)) => format!(
             "base_model.model.{}",
             TextLayout::ModelFirst.file_name(module)

@@ -167,6 +167,9 @@ impl Tokenizer {
             add_bos: get("tokenizer.ggml.add_bos_token")
                 .and_then(|v| v.to_bool().ok())
                 .unwrap_or(model == "llama"),
+            add_eos: get("tokenizer.ggml.add_eos_token")
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(false),
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
             scores,
@@ -330,6 +333,9 @@ impl Tokenizer {
             "tokenizer.ggml.add_bos_token".into(),
             Value::Bool(self.adds_bos()),
         ));
+        if self.adds_eos() {
+            md.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(true)));
+        }
         if let Some(b) = self.bos {
             md.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(b)));
         }
@@ -401,6 +407,26 @@ impl Tokenizer {
             .and_then(|t| t.get("id"))
             .and_then(|id| id.as_str());
         first == Some(bos.as_str())
+    }
+
+    /// Whether plain text gets EOS last: GGUF's `add_eos_token`, or a tokenizer.json whose
+    /// post-processor ends a single sequence with the EOS token (Qwen3-Embedding's).
+    fn adds_eos(&self) -> bool {
+        if self.add_eos {
+            return true;
+        }
+        let Some(eos) = self.eos.first().and_then(|&e| self.id_to_token(e)) else {
+            return false;
+        };
+        let post = serde_json::to_value(self.inner.get_post_processor()).unwrap_or_default();
+        let last = post
+            .get("single")
+            .and_then(|s| s.as_array())
+            .and_then(|s| s.last())
+            .and_then(|t| t.get("SpecialToken"))
+            .and_then(|t| t.get("id"))
+            .and_then(|id| id.as_str());
+        last == Some(eos.as_str())
     }
 }
 
