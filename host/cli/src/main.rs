@@ -5,6 +5,7 @@
 mod cache_cmd;
 mod call;
 mod dev_cmd;
+mod embed;
 mod eval;
 mod export;
 mod infer;
@@ -83,6 +84,8 @@ enum Top {
     Launch(galley_launch::flags::LaunchFlags),
     /// Write a model, with LoRA adapters folded in, as a GGUF file for llama.cpp (-o NAME.gguf, --outtype f16|q8_0|q4_0...) or an HF folder.
     Export(export::ExportArgs),
+    /// Text embeddings from a model (sentence-transformers folders, GGUF, any causal LM) for texts or a JSONL file.
+    Embed(embed::EmbedArgs),
     /// Synthesize data: completions from any engine for prompts from a dataset or a loader plugin, graded, written as SFT conversations or DPO pairs (resumable).
     Synth(synth::SynthArgs),
 }
@@ -206,6 +209,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Serve(a) => serve::run(a),
         Top::Synth(a) => synth::run(a),
         Top::Export(a) => export::run(a),
+        Top::Embed(a) => embed::run(a),
         Top::Launch(a) => launch::run(a),
         Top::Cache(c) => cache_cmd::run(c),
         Top::Judge(a) => judge::run(a),

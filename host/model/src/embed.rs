@@ -283,17 +283,15 @@ impl Embedder {
         tok.encode(&format!("{prefix}{text}"), true)
     }
 
-    /// One vector per row of token ids (each non-empty and within the model's context),
-    /// truncated to `dimensions` when given (Matryoshka models: before the normalization).
-    /// Rows are grouped by length into passes of at most `budget` padded tokens.
-    pub fn embed(
+    /// Refuses what [`Embedder::embed`] cannot do for a model of `config`, naming the input:
+    /// an empty row, one past the model's context, `dimensions` of 0 or more than the vectors
+    /// have.
+    pub fn check(
         &self,
-        model: &Llama,
+        c: &crate::LlamaConfig,
         rows: &[Vec<u32>],
         dimensions: Option<usize>,
-        budget: usize,
-    ) -> Result<Vec<Vec<f32>>> {
-        let c = &model.config;
+    ) -> Result<()> {
         let full = self.dimension(c.hidden_size);
         if let Some(d) = dimensions
             && (d == 0 || d > full)
@@ -314,24 +312,64 @@ impl Embedder {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// The rows (by index) each pass takes: sorted by length, so little is padded, and at
+    /// most `budget` padded tokens a pass (a longer row alone).
+    pub fn groups(rows: &[Vec<u32>], budget: usize) -> Vec<Vec<usize>> {
         let mut order: Vec<usize> = (0..rows.len()).collect();
         order.sort_by_key(|&i| rows[i].len());
+        let mut out = Vec::new();
+        let mut group: Vec<usize> = Vec::new();
+        for i in order {
+            // Sorted by length: the row joining is the group's longest.
+            if !group.is_empty() && (group.len() + 1) * rows[i].len() > budget {
+                out.push(std::mem::take(&mut group));
+            }
+            group.push(i);
+        }
+        if !group.is_empty() {
+            out.push(group);
+        }
+        out
+    }
+
+    /// One vector per row of token ids, truncated to `dimensions` when given (Matryoshka
+    /// models: before the normalization, as OpenAI's API and vLLM give it). Rows go in passes
+    /// of at most `budget` padded tokens ([`Embedder::groups`]).
+    pub fn embed(
+        &self,
+        model: &Llama,
+        rows: &[Vec<u32>],
+        dimensions: Option<usize>,
+        budget: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.check(&model.config, rows, dimensions)?;
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); rows.len()];
-        let mut start = 0;
-        while start < order.len() {
-            // Sorted by length, so the group's last row is its longest.
-            let mut end = start + 1;
-            while end < order.len() && (end + 1 - start) * rows[order[end]].len() <= budget.max(1) {
-                end += 1;
+        for group in Self::groups(rows, budget) {
+            let pass: Vec<&[u32]> = group.iter().map(|&i| &rows[i][..]).collect();
+            for (i, v) in group
+                .into_iter()
+                .zip(self.embed_pass(model, &pass, dimensions)?)
+            {
+                out[i] = v;
             }
-            let group: Vec<&[u32]> = order[start..end].iter().map(|&i| &rows[i][..]).collect();
-            let pooled = self.pool_group(model, &group)?;
-            for (k, v) in pooled.into_iter().enumerate() {
-                out[order[start + k]] = self.finish(v, dimensions)?;
-            }
-            start = end;
         }
         Ok(out)
+    }
+
+    /// The vectors of rows [`Embedder::check`] has passed, in one left-padded pass.
+    pub fn embed_pass(
+        &self,
+        model: &Llama,
+        rows: &[&[u32]],
+        dimensions: Option<usize>,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.pool_group(model, rows)?
+            .into_iter()
+            .map(|v| self.finish(v, dimensions))
+            .collect()
     }
 
     /// The pooled states of one left-padded pass.

@@ -3,6 +3,7 @@
 //! and checks, JSON mode and JSON schemas among them) and `POST /v1/completions` (text or token-id prompts, `echo` with `logprobs`,
 //! which is how lm-evaluation-harness's `local-completions` scores log-likelihoods); both
 //! stream as server-sent events (`stream`); `POST /tokenize` and `/detokenize` ([`crate::tokenize`]);
+//! `POST /v1/embeddings` ([`crate::embeddings`]);
 //! `GET /metrics` ([`crate::metrics`]). The request's `model` picks the base or one of its adapters.
 //! Errors have OpenAI's body: 400 for a bad parameter or a prompt past the context, 404 for an
 //! unknown model, 429 when the queue is full. Sampling defaults are OpenAI's (temperature 1,
@@ -41,6 +42,9 @@ pub struct Shared {
     pub thinks: bool,
     /// The model's context length (prompt + completion tokens).
     pub context: usize,
+    /// How `/v1/embeddings` pools the model's states, and the model's shape it checks against.
+    pub embedder: Arc<galley_model::Embedder>,
+    pub config: galley_model::LlamaConfig,
     pub created: u64,
     pub next_id: AtomicU64,
 }
@@ -53,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(crate::embeddings::embeddings))
         .route("/metrics", get(crate::metrics::metrics))
         .route("/tokenize", post(crate::tokenize::tokenize))
         .route("/detokenize", post(crate::tokenize::detokenize))
@@ -70,6 +75,17 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// A 500: the model failed on a request it had taken.
+    pub(crate) fn server(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }
+    }
+
     pub(crate) fn bad(message: impl Into<String>, param: Option<&'static str>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
@@ -172,25 +188,30 @@ fn submit(
             submitted: std::time::Instant::now(),
             events: tx,
         };
-        b.submit(job).map_err(|e| match e {
-            SubmitError::QueueFull => ApiError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message: "the server's queue is full; retry later".into(),
-                kind: "rate_limit_error",
-                param: None,
-                code: Some("queue_full"),
-            },
-            SubmitError::Stopped => ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                message: "the model's decoding thread has stopped".into(),
-                kind: "server_error",
-                param: None,
-                code: None,
-            },
-        })?;
+        b.submit(job).map_err(refused)?;
         out.push(rx);
     }
     Ok(out)
+}
+
+/// Why the batcher did not take a request, as the client hears it.
+pub(crate) fn refused(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::QueueFull => ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "the server's queue is full; retry later".into(),
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("queue_full"),
+        },
+        SubmitError::Stopped => ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "the model's decoding thread has stopped".into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+        },
+    }
 }
 
 pub(crate) fn finish_reason(f: Finish) -> &'static str {
@@ -233,15 +254,7 @@ async fn gather(mut rx: UnboundedReceiver<Event>) -> Result<Gathered, ApiError> 
                 g.prompt_tokens = prompt_tokens;
                 break;
             }
-            Event::Error(e) => {
-                return Err(ApiError {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    message: e,
-                    kind: "server_error",
-                    param: None,
-                    code: None,
-                });
-            }
+            Event::Error(e) => return Err(ApiError::server(e)),
         }
     }
     Ok(g)

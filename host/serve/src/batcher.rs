@@ -9,7 +9,10 @@
 //! copies them and prefills only the rest. With `--lookup N`, a sequence decoding alone
 //! checks up to N tokens a step drafted from what it has seen (prompt lookup): the batch's
 //! one row then runs its last token and the draft in one pass, and the tokens are sampled
-//! as always, a draft kept while they agree.
+//! as always, a draft kept while they agree. Embeddings requests (`/v1/embeddings`) queue
+//! in the same thread: between decode steps their texts go through the model a pass at a time
+//! (sorted by length, at most four prefill chunks of padded tokens a pass), so a large request
+//! delays the batch's steps by a pass, not by the whole request.
 
 use crate::lazy::{Lazy, LazyState, blank_tokens};
 use crate::prompt_cache::PromptCache;
@@ -17,7 +20,7 @@ use galley_model::generate::Output;
 use galley_model::json_mode;
 use galley_model::json_schema::Guide;
 use galley_model::sample::LogSoftmax;
-use galley_model::{Cache, Finish, Llama, Sampler, SamplingParams, Tokenizer};
+use galley_model::{Cache, Embedder, Finish, Llama, Sampler, SamplingParams, Tokenizer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use std::collections::VecDeque;
@@ -50,6 +53,30 @@ pub struct Job {
     /// When the request was taken (time to first token and request time count from here).
     pub submitted: std::time::Instant,
     pub events: UnboundedSender<Event>,
+}
+
+/// One embeddings request: rows of token ids already checked ([`Embedder::check`]).
+pub struct EmbedJob {
+    pub rows: Vec<Vec<u32>>,
+    pub dimensions: Option<usize>,
+    pub embedder: Arc<Embedder>,
+    /// The vectors in the rows' order, or the error that stopped them.
+    pub reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+}
+
+/// What the batcher's queue carries.
+enum Work {
+    Generate(Job),
+    Embed(EmbedJob),
+}
+
+/// An embeddings request being computed, a pass per step.
+struct Embedding {
+    job: EmbedJob,
+    passes: VecDeque<Vec<usize>>,
+    out: Vec<Vec<f32>>,
+    /// Its first pass has run (it no longer counts as waiting).
+    started: bool,
 }
 
 /// The most likely tokens at a position and their log-probabilities.
@@ -160,7 +187,7 @@ impl Default for Stats {
 /// The handle the HTTP side submits to.
 #[derive(Clone)]
 pub struct Batcher {
-    tx: SyncSender<Job>,
+    tx: SyncSender<Work>,
     pub stats: Arc<Stats>,
 }
 
@@ -183,8 +210,17 @@ impl Batcher {
     }
 
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        self.send(Work::Generate(job))
+    }
+
+    /// Queues an embeddings request (counted as waiting until its first pass).
+    pub fn submit_embed(&self, job: EmbedJob) -> Result<(), SubmitError> {
+        self.send(Work::Embed(job))
+    }
+
+    fn send(&self, work: Work) -> Result<(), SubmitError> {
         self.stats.waiting.fetch_add(1, Ordering::SeqCst);
-        self.tx.try_send(job).map_err(|e| {
+        self.tx.try_send(work).map_err(|e| {
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
             match e {
                 TrySendError::Full(_) => SubmitError::QueueFull,
@@ -227,6 +263,7 @@ struct Loop {
     prefill: Option<Prefill>,
     prompts: PromptCache,
     stats: Arc<Stats>,
+    embeds: VecDeque<Embedding>,
 }
 
 enum Step {
@@ -252,24 +289,29 @@ impl Loop {
             prefill: None,
             prompts: PromptCache::new(limits.prompt_cache),
             stats,
+            embeds: VecDeque::new(),
         }
     }
 
     fn publish(&self) {
-        let n = self.active.len() + usize::from(self.prefill.is_some());
+        let n = self.active.len() + usize::from(self.prefill.is_some()) + self.embeds.len();
         self.stats.running.store(n, Ordering::SeqCst);
         let bytes = self.prompts.bytes();
         self.stats.prompt_cache_bytes.store(bytes, Ordering::SeqCst);
     }
 
-    fn run(mut self, rx: Receiver<Job>) {
+    fn run(mut self, rx: Receiver<Work>) {
         // Arrived requests not yet prefilled (still counted as waiting).
         let mut waiting: VecDeque<Job> = VecDeque::new();
         loop {
-            if self.active.is_empty() && self.prefill.is_none() && waiting.is_empty() {
+            if self.active.is_empty()
+                && self.prefill.is_none()
+                && waiting.is_empty()
+                && self.embeds.is_empty()
+            {
                 // Idle: block for the next request (the thread ends with the server).
                 match rx.recv() {
-                    Ok(job) => waiting.push_back(job),
+                    Ok(work) => self.arrive(work, &mut waiting),
                     Err(_) => return,
                 }
             }
@@ -278,10 +320,11 @@ impl Loop {
                 < self.limits.max_batch
             {
                 match rx.try_recv() {
-                    Ok(job) => waiting.push_back(job),
+                    Ok(work) => self.arrive(work, &mut waiting),
                     Err(_) => break,
                 }
             }
+            self.embed_pass();
             if self.prefill.is_none() {
                 // Prompts the cache begins are prefilled together from where their cached
                 // parts end; the others together from the start.
@@ -306,6 +349,73 @@ impl Loop {
                 self.cache = self.model.new_cache(0);
             }
             self.publish();
+        }
+    }
+
+    fn arrive(&mut self, work: Work, waiting: &mut VecDeque<Job>) {
+        match work {
+            Work::Generate(job) => waiting.push_back(job),
+            Work::Embed(job) => {
+                let budget = 4 * self.limits.prefill_chunk.max(1);
+                self.embeds.push_back(Embedding {
+                    passes: Embedder::groups(&job.rows, budget).into(),
+                    out: vec![Vec::new(); job.rows.len()],
+                    started: false,
+                    job,
+                });
+            }
+        }
+    }
+
+    /// One pass of the oldest embeddings request; its answer once its last pass is done.
+    fn embed_pass(&mut self) {
+        let Some(e) = self.embeds.front_mut() else {
+            return;
+        };
+        if !std::mem::replace(&mut e.started, true) {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        let result = match e.passes.pop_front() {
+            // The client went away: nothing more to compute for it.
+            _ if e.job.reply.is_closed() => Err(String::new()),
+            Some(pass) => {
+                let rows: Vec<&[u32]> = pass.iter().map(|&i| &e.job.rows[i][..]).collect();
+                match e
+                    .job
+                    .embedder
+                    .embed_pass(&self.model, &rows, e.job.dimensions)
+                {
+                    Ok(vs) => {
+                        for (i, v) in pass.into_iter().zip(vs) {
+                            e.out[i] = v;
+                        }
+                        Ok(())
+                    }
+                    Err(err) => Err(err.to_string()),
+                }
+            }
+            None => Ok(()),
+        };
+        if result.is_ok() && !e.passes.is_empty() {
+            return;
+        }
+        let Some(e) = self.embeds.pop_front() else {
+            return;
+        };
+        let tokens: usize = e.job.rows.iter().map(Vec::len).sum();
+        match result {
+            Ok(()) => {
+                self.stats.finished.fetch_add(1, Ordering::SeqCst);
+                self.stats.prompt_tokens.inc_by(tokens as u64);
+                let _ = e.job.reply.send(Ok(e.out));
+            }
+            Err(msg) if msg.is_empty() => {
+                self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(msg) => {
+                self.stats.failed.fetch_add(1, Ordering::SeqCst);
+                let _ = e.job.reply.send(Err(msg));
+            }
         }
     }
 

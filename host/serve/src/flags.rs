@@ -80,6 +80,11 @@ pub struct ServeFlags {
     /// answer is the same; the speed gains where answers quote their prompt). 0: off.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub lookup: usize,
+    /// How `/v1/embeddings` pools token states: mean, cls, last (lasttoken), max,
+    /// mean_sqrt_len_tokens, weightedmean, or several joined by `+` (concatenated). Default:
+    /// what the model's sentence-transformers files or GGUF say, else last, normalized.
+    #[arg(long, value_name = "MODE")]
+    pub pooling: Option<String>,
     /// Dequantize GGUF weights to f32 at load.
     #[arg(long)]
     pub dequantize: bool,
@@ -144,7 +149,12 @@ impl ServeFlags {
                 galley_model::sample::MAX_LOOKUP
             )));
         }
+        let pooling = match &self.pooling {
+            Some(p) => Some(parse_pooling(p).map_err(ServeError::Invalid)?),
+            None => None,
+        };
         Ok(ServeOptions {
+            pooling,
             model,
             name: self.name.clone(),
             adapters,
@@ -254,4 +264,19 @@ mod tests {
         assert_eq!(named.engine, "anthropic");
         assert_eq!(named.model.as_deref(), Some("id"));
     }
+}
+
+/// `--pooling`'s value: modes joined by `+`.
+pub fn parse_pooling(value: &str) -> Result<Vec<galley_model::Pool>, String> {
+    value
+        .split('+')
+        .map(|m| {
+            galley_model::Pool::parse(m.trim()).ok_or_else(|| {
+                format!(
+                    "--pooling {value}: `{m}` is not a pooling mode (mean, cls, last, max, \
+                     mean_sqrt_len_tokens, weightedmean)"
+                )
+            })
+        })
+        .collect()
 }

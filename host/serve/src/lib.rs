@@ -7,6 +7,7 @@
 pub mod api;
 pub mod batcher;
 pub mod chat_apis;
+mod embeddings;
 pub mod engines;
 #[cfg(feature = "clap")]
 pub mod flags;
@@ -58,6 +59,8 @@ pub struct ServeOptions {
     /// Return a thinking model's `<think>` block apart (`reasoning_content`) when its
     /// template writes one.
     pub reasoning: bool,
+    /// How `/v1/embeddings` pools, instead of what the model's folder or GGUF says.
+    pub pooling: Option<Vec<galley_model::Pool>>,
 }
 
 /// What automatic dense copies may cost in all: a small model (SmolLM2-135M: 0.5 GiB) gets
@@ -139,8 +142,13 @@ pub fn load(opts: &ServeOptions) -> Result<Arc<Shared>, ServeError> {
             .template
             .as_ref()
             .is_some_and(|t| galley_model::reasoning::template_thinks(&t.source));
+    let mut embedder = galley_model::Embedder::for_model(&opts.model)?;
+    if let Some(p) = &opts.pooling {
+        embedder = embedder.with_pooling(p.clone());
+    }
     let tokenizer = Arc::new(base.tokenizer);
     let context = base.model.config.max_position_embeddings;
+    let config = base.model.config.clone();
     let mut models = vec![Served {
         id,
         batcher: Batcher::start(Arc::new(base.model), tokenizer.clone(), opts.limits),
@@ -160,6 +168,8 @@ pub fn load(opts: &ServeOptions) -> Result<Arc<Shared>, ServeError> {
         tool_format: tools,
         thinks,
         context,
+        embedder: Arc::new(embedder),
+        config,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
