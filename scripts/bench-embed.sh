@@ -12,7 +12,12 @@ scripts/fetch-models.sh
 scripts/fetch-data.sh
 scripts/llama-cpp.sh
 py=$(scripts/torch-venv.sh)
-"$py" -c "import sentence_transformers" 2>/dev/null || "$py" -m pip install --quiet "sentence-transformers==6.*"
+# Without its pins: sentence-transformers 6.0 asks for huggingface-hub < 2, which would move the
+# venv's transformers (the other benchmarks' peer) back a release; it runs on the newer one.
+"$py" -c "import sentence_transformers" 2>/dev/null || {
+    "$py" -m pip install --quiet scikit-learn scipy
+    "$py" -m pip install --quiet --no-deps "sentence-transformers==6.0.1"
+}
 cargo build --release -p galley
 hf=.cache/models/smollm2-135m-f32
 [ -f "$hf/model.safetensors" ] || target/release/galley export .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf -o "$hf"
