@@ -621,6 +621,19 @@ mod tests {
     }
 
     #[test]
+    fn passes_group_rows_by_length_within_the_budget() {
+        let rows: Vec<Vec<u32>> = [5, 1, 9, 2, 30, 2].iter().map(|&n| vec![7; n]).collect();
+        // Sorted: 1, 2, 2, 5, 9, 30; a pass holds at most 12 padded tokens (three rows of 2;
+        // four of 5 would be 20), a longer row alone.
+        assert_eq!(
+            Embedder::groups(&rows, 12),
+            vec![vec![1, 3, 5], vec![0], vec![2], vec![4]]
+        );
+        assert_eq!(Embedder::groups(&rows, 1000), vec![vec![1, 3, 5, 0, 2, 4]]);
+        assert!(Embedder::groups(&[], 12).is_empty());
+    }
+
+    #[test]
     fn pooling_configs_old_and_new() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("config.json");

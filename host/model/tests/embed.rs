@@ -142,7 +142,7 @@ fn bad_requests_and_folders_are_named() {
     );
     let row = embedder.tokens(&m.tokenizer, "x", None).unwrap();
     let err = embedder
-        .embed(&m.model, &[row.clone()], Some(33), 64)
+        .embed(&m.model, std::slice::from_ref(&row), Some(33), 64)
         .unwrap_err()
         .to_string();
     assert!(err.contains("dimensions 33") && err.contains("32"), "{err}");

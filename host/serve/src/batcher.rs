@@ -66,7 +66,7 @@ pub struct EmbedJob {
 
 /// What the batcher's queue carries.
 enum Work {
-    Generate(Job),
+    Generate(Box<Job>),
     Embed(EmbedJob),
 }
 
@@ -210,7 +210,7 @@ impl Batcher {
     }
 
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
-        self.send(Work::Generate(job))
+        self.send(Work::Generate(Box::new(job)))
     }
 
     /// Queues an embeddings request (counted as waiting until its first pass).
@@ -354,7 +354,7 @@ impl Loop {
 
     fn arrive(&mut self, work: Work, waiting: &mut VecDeque<Job>) {
         match work {
-            Work::Generate(job) => waiting.push_back(job),
+            Work::Generate(job) => waiting.push_back(*job),
             Work::Embed(job) => {
                 let budget = 4 * self.limits.prefill_chunk.max(1);
                 self.embeds.push_back(Embedding {

@@ -189,8 +189,38 @@ impl ServeFlags {
     }
 }
 
+/// `--pooling`'s value: modes joined by `+`.
+pub fn parse_pooling(value: &str) -> Result<Vec<galley_model::Pool>, String> {
+    value
+        .split('+')
+        .map(|m| {
+            galley_model::Pool::parse(m.trim()).ok_or_else(|| {
+                format!(
+                    "--pooling {value}: `{m}` is not a pooling mode (mean, cls, last, max, \
+                     mean_sqrt_len_tokens, weightedmean)"
+                )
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pooling_modes_join_with_plus_and_a_typo_is_named() {
+        use galley_model::Pool;
+        assert_eq!(parse_pooling("last").unwrap(), vec![Pool::Last]);
+        assert_eq!(
+            parse_pooling("mean+cls").unwrap(),
+            vec![Pool::Mean, Pool::Cls]
+        );
+        let e = parse_pooling("mean+avg").unwrap_err();
+        assert!(
+            e.contains("`avg`") && e.contains("--pooling mean+avg"),
+            "{e}"
+        );
+    }
+
     use super::*;
     use clap::Parser;
 
@@ -264,19 +294,4 @@ mod tests {
         assert_eq!(named.engine, "anthropic");
         assert_eq!(named.model.as_deref(), Some("id"));
     }
-}
-
-/// `--pooling`'s value: modes joined by `+`.
-pub fn parse_pooling(value: &str) -> Result<Vec<galley_model::Pool>, String> {
-    value
-        .split('+')
-        .map(|m| {
-            galley_model::Pool::parse(m.trim()).ok_or_else(|| {
-                format!(
-                    "--pooling {value}: `{m}` is not a pooling mode (mean, cls, last, max, \
-                     mean_sqrt_len_tokens, weightedmean)"
-                )
-            })
-        })
-        .collect()
 }
