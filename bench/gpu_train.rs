@@ -68,6 +68,7 @@ fn shape(name: &str) -> LlamaConfig {
         attn_softcap: None,
         final_softcap: None,
         no_rope: None,
+        bidirectional: false,
     }
 }
 

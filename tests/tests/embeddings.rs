@@ -168,3 +168,56 @@ print("ok")
     );
     assert_eq!(client(d, &s.url, &script).trim(), "ok");
 }
+
+/// EmbeddingGemma's recipe (attention both ways, mean pooling, two dense layers) through the
+/// server; asked to generate, it refuses up front, and `galley train` refuses to train it
+/// causally, naming the model.
+#[test]
+fn a_bidirectional_embedding_model_serves_vectors_and_refuses_to_generate_or_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let model = repo_root().join("host/model/tests/fixtures/embed/gemma3-bidirectional");
+    let m = model.to_str().unwrap();
+    std::fs::copy(model.join("expected.json"), d.join("expected.json")).unwrap();
+    let s = serve(d, &["-m", m, "--name", "emb"]);
+    let script = format!(
+        "{COMMON}{}",
+        r#"
+want = json.load(open("expected.json"))
+r = c.embeddings.create(model="emb", input=want["texts"])
+got = [x.embedding for x in r.data]
+check(all(len(g) == len(w) and all(abs(a - b) < 2e-5 for a, b in zip(g, w))
+          for g, w in zip(got, want["plain"])), "EmbeddingGemma-shaped vectors")
+for call in [lambda: c.completions.create(model="emb", prompt="hi", max_tokens=2),
+             lambda: c.chat.completions.create(model="emb", messages=[{"role": "user", "content": "hi"}])]:
+    try:
+        call()
+        check(False, "generation accepted")
+    except openai.BadRequestError as ex:
+        check("/v1/embeddings" in ex.body["message"], ex.body["message"])
+print("ok")
+"#
+    );
+    assert_eq!(client(d, &s.url, &script).trim(), "ok");
+    drop(s);
+    std::fs::write(
+        d.join("train.yaml"),
+        format!(
+            "model: {{path: {m}}}\ndata: {{train: {{path: data.jsonl}}}}\ntraining: {{method: full, output_dir: out, max_steps: 1}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("data.jsonl"),
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\"}]}\n",
+    )
+    .unwrap();
+    let o = galley(d, &["train", "-c", "train.yaml"]);
+    assert!(!o.status.success());
+    let err = one_line_error(&o);
+    assert!(
+        err.contains("bidirectional") && err.contains("gemma3-bidirectional"),
+        "{}",
+        stderr(&o)
+    );
+}

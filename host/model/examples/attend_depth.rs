@@ -50,6 +50,7 @@ fn main() {
             past: n - 1,
             valid: Arc::new(vec![vec![true; n]]),
             window: None,
+            both_ways: false,
         };
         let time = |c: &[(Tensor, Tensor)]| {
             let step = || {

@@ -76,6 +76,7 @@ fn smollm2() -> LlamaConfig {
         attn_softcap: None,
         final_softcap: None,
         no_rope: None,
+        bidirectional: false,
     }
 }
 

@@ -20,6 +20,12 @@ them (the transformer saved as a bare base model: `embed_tokens.weight`, `layers
   fixtures/embed/llama-pools-dense
       A Llama base, BOS first, right padding, the six pooling modes concatenated (192 values),
       then Dense(192 -> 24, tanh) and Dense(24 -> 16, no bias, identity), not normalized.
+  fixtures/embed/gemma3-bidirectional
+      EmbeddingGemma's recipe: a Gemma 3 base with `use_bidirectional_attention` (its full
+      layer sees every token, its sliding layer the tokens within half its window on either
+      side: a window of 6 here, over texts of up to 122 tokens), BOS first and EOS last, mean
+      pooling, Dense(32 -> 48) and Dense(48 -> 32) without bias or activation, normalized, and
+      EmbeddingGemma's kind of prompts. Vectors: plain and with `prompt_name="query"`.
 """
 
 import json
@@ -27,7 +33,7 @@ import os
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import AutoModel, LlamaConfig, PreTrainedTokenizerFast, Qwen3Config
+from transformers import AutoModel, Gemma3TextConfig, LlamaConfig, PreTrainedTokenizerFast, Qwen3Config
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Dense, Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
@@ -73,7 +79,7 @@ def base(name, cfg, post, side):
     return Transformer(path)
 
 
-def write(st, name, extra, rewrite=None):
+def write(st, name, extra, rewrite=None, texts=TEXTS):
     out = os.path.join(FIX, name)
     st.save(out)
     for junk in ("README.md",):
@@ -81,11 +87,11 @@ def write(st, name, extra, rewrite=None):
     if rewrite:
         rewrite(out)
     st = SentenceTransformer(out, device="cpu")
-    ids = [st.tokenize([t])["input_ids"][0].tolist() for t in TEXTS]
-    expected = {"texts": TEXTS, "ids": ids,
-                "plain": st.encode(TEXTS, convert_to_numpy=True).tolist()}
+    ids = [st.tokenize([t])["input_ids"][0].tolist() for t in texts]
+    expected = {"texts": texts, "ids": ids,
+                "plain": st.encode(texts, convert_to_numpy=True).tolist()}
     for key, kwargs in extra.items():
-        expected[key] = st.encode(TEXTS, convert_to_numpy=True, **kwargs).tolist()
+        expected[key] = st.encode(texts, convert_to_numpy=True, **kwargs).tolist()
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f)
     print(name, len(expected["plain"][0]), [len(i) for i in ids])
@@ -126,6 +132,23 @@ def main():
                  Dense(24, 16, bias=False, activation_function=torch.nn.Identity())],
         device="cpu")
     write(st, "llama-pools-dense", {})
+
+    both = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    gemma = Gemma3TextConfig(**{**COMMON, "max_position_embeddings": 160}, head_dim=16, tie_word_embeddings=True, sliding_window=6,
+                             use_bidirectional_attention=True, query_pre_attn_scalar=16,
+                             layer_types=["sliding_attention", "full_attention"],
+                             rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                                              "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+    torch.manual_seed(11)
+    st = SentenceTransformer(
+        modules=[base("gemma3", gemma, both, "right"), Pooling(32, pooling_mode="mean"),
+                 Dense(32, 48, bias=False, activation_function=torch.nn.Identity()),
+                 Dense(48, 32, bias=False, activation_function=torch.nn.Identity()), Normalize()],
+        prompts={"query": "task: search result | query: ", "document": "title: none | text: "},
+        device="cpu")
+    # One text past 64 tokens: galley's attention takes long passes in blocks of 64 queries.
+    long = "Every token of this text sees its neighbours on both sides, " * 2
+    write(st, "gemma3-bidirectional", {"query": dict(prompt_name="query")}, texts=TEXTS + [long])
 
 
 if __name__ == "__main__":

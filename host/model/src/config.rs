@@ -129,6 +129,11 @@ pub struct LlamaConfig {
     /// Per layer: whether it attends without RoPE (SmolLM3's NoPE layers); `None`: every
     /// layer rotates.
     pub no_rope: Option<Vec<bool>>,
+    /// Every token attends to every other, both ways (EmbeddingGemma's
+    /// `use_bidirectional_attention`): the full layers see the whole text, a sliding layer the
+    /// tokens within half its window on either side. Only whole texts in one pass (embeddings);
+    /// no cache to decode from, no training.
+    pub bidirectional: bool,
 }
 
 /// Sliding-window attention (Gemma 3's local layers): a query at position p sees keys p -
@@ -431,6 +436,7 @@ impl LlamaConfig {
             attn_softcap: None,
             final_softcap: None,
             no_rope: None,
+            bidirectional: false,
         };
         let cfg = if family.is_gemma() {
             let local = params(per_type.then_some("sliding_attention"))?;
@@ -523,6 +529,7 @@ impl LlamaConfig {
             attn_softcap: None,
             final_softcap: None,
             no_rope: None,
+            bidirectional: false,
         };
         let cfg = if family.is_gemma() {
             gemma_gguf(cfg, &arch, md).map_err(|e| bad(path, e))?
@@ -632,9 +639,7 @@ fn gemma_hf(
         cfg.attn_softcap = attn_cap;
         cfg.final_softcap = final_cap;
     }
-    if c.use_bidirectional_attention == Some(true) {
-        return Err("key `use_bidirectional_attention`: only causal models are supported".into());
-    }
+    cfg.bidirectional = c.use_bidirectional_attention == Some(true);
     let layers = match &c.layer_types {
         Some(types) => types
             .iter()

@@ -523,11 +523,15 @@ unsafe fn raw_gemm(
 /// p - window + 1 ..= p). The window counts tokens, not cache slots, so a row with padding
 /// (left of it, or between a resumed prefix and its new tokens) sees what it sees alone. A
 /// padding query sees itself as well, so its softmax is defined (its output is never read).
+/// `both_ways` (a bidirectional model's one pass over whole texts, `past` 0, padding only on
+/// the left): a query sees every token, or with a window the tokens at most `window` slots
+/// away on either side (EmbeddingGemma's sliding layers; slots are tokens after the padding).
 #[derive(Debug, Clone)]
 pub struct Visible {
     pub past: usize,
     pub valid: Arc<Vec<Vec<bool>>>,
     pub window: Option<usize>,
+    pub both_ways: bool,
 }
 
 impl Visible {
@@ -721,9 +725,24 @@ impl CustomOp3 for Attend {
         } else {
             QUERY_BLOCK.min(t)
         };
-        let starts = self.visible.window_starts(t);
-        // The first slot the query at `at` of row `bi` sees.
-        let first_key = |bi: usize, at: usize| starts.as_ref().map_or(0, |s| s[bi][at - past]);
+        if self.visible.both_ways && past != 0 {
+            bail!("galley attention: a bidirectional pass reads no cache (past {past})");
+        }
+        let starts = match self.visible.both_ways {
+            true => None,
+            false => self.visible.window_starts(t),
+        };
+        // The first slot the query at `at` of row `bi` sees, and one past its last.
+        let first_key = |bi: usize, at: usize| match (self.visible.both_ways, self.visible.window) {
+            (true, Some(w)) => at.saturating_sub(w),
+            (true, None) => 0,
+            (false, _) => starts.as_ref().map_or(0, |s| s[bi][at - past]),
+        };
+        let end_key = |at: usize| match (self.visible.both_ways, self.visible.window) {
+            (true, Some(w)) => (at + w + 1).min(n),
+            (true, None) => n,
+            (false, _) => at + 1,
+        };
         let mut out = uninit(b * heads * t * d);
         // On galley's pool, as the products between which this runs (see `Pool::chunks_mut`).
         let failed = std::sync::Mutex::new(None);
@@ -745,8 +764,9 @@ impl CustomOp3 for Attend {
                     let last = if group > 1 { t - 1 } else { r0 + rows - 1 };
                     // Keys after the block's last query are masked for every row of it, and
                     // (a sliding layer) keys before its first query's window for every row:
-                    // the products span only the keys between.
-                    let keys = past + last + 1;
+                    // the products span only the keys between (both ways: to the last query's
+                    // window's end).
+                    let keys = end_key(past + last);
                     let first = if group > 1 { 0 } else { r0 };
                     let from = first_key(bi, past + first);
                     let span = keys - from;
@@ -767,18 +787,23 @@ impl CustomOp3 for Attend {
                     for (r, row) in s.chunks_exact_mut(span).enumerate() {
                         let at = past + (r0 + r) % t;
                         // Keys before this row's window get probability 0 (their products
-                        // with the values then add nothing).
+                        // with the values then add nothing), as do keys past its last (both
+                        // ways; causally the softmax zeroes what follows the query).
                         let lo = first_key(bi, at) - from;
+                        let hi = end_key(at) - from;
                         if let Some(cap) = self.softcap {
-                            crate::kernels::rowwise::softcap_row(&mut row[lo..=at - from], cap);
+                            crate::kernels::rowwise::softcap_row(&mut row[lo..hi], cap);
                         }
+                        // The last key seen is a token: the query itself, or (both ways, padding
+                        // on the left only) one after it.
                         crate::kernels::rowwise::softmax_causal(
-                            &mut row[lo..],
-                            at - from - lo,
+                            &mut row[lo..hi],
+                            hi - 1 - lo,
                             &valid[from + lo..],
                             1.0,
                         );
                         row[..lo].fill(0.0);
+                        row[hi..].fill(0.0);
                     }
                     let s = &*s;
                     gemm_with(
@@ -994,6 +1019,7 @@ mod tests {
                 past,
                 valid: Arc::new(valid),
                 window: None,
+                both_ways: false,
             };
             let got = attend(&q, &k, &v, (0.25, None), vis.clone()).unwrap();
             let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
@@ -1029,6 +1055,7 @@ mod tests {
             ] {
                 let vis = Visible {
                     window: Some(window),
+                    both_ways: false,
                     ..vis.clone()
                 };
                 let got = attend(&q, &k, &v, (0.25, cap), vis.clone()).unwrap();
@@ -1125,6 +1152,7 @@ mod tests {
             past: 1,
             valid: Arc::new(vec![vec![true; 3]]),
             window: None,
+            both_ways: false,
         };
         let e = attend(&q, &k, &k, (1.0, None), vis)
             .unwrap_err()

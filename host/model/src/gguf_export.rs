@@ -252,6 +252,14 @@ fn metadata(ck: &Checkpoint, name: &str, ty: OutType) -> Result<Vec<(String, Val
 /// export holds one tensor in memory, not the model.
 pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Result<Exported> {
     let c = &ck.config;
+    // llama.cpp reads a `gemma3` GGUF as causal: a bidirectional model would change meaning.
+    if c.bidirectional {
+        return Err(bad(
+            &ck.path,
+            "a bidirectional model (use_bidirectional_attention) has no GGUF galley writes: \
+             llama.cpp would read it as a causal one",
+        ));
+    }
     // llama.cpp has no key for Gemma's score scale: it derives it from the shapes.
     if let Some(q) = c.query_pre_attn_scalar {
         let derived = crate::config::gemma_query_scalar(c);

@@ -161,6 +161,9 @@ impl Llama {
         local: Option<(&Tensor, &Tensor)>,
         kv: &[(Tensor, Tensor)],
     ) -> candle_core::Result<Tensor> {
+        if self.config.bidirectional {
+            candle_core::bail!("a bidirectional model embeds whole texts; it does not decode");
+        }
         let b = ids.dim(0)?;
         let rotated = self.rotary.at_device(positions)?;
         let at = |r: &Option<crate::layers::rotary::Rotary>| match r {
@@ -344,6 +347,18 @@ impl Llama {
             );
         }
         let past = cache.len();
+        if self.config.bidirectional {
+            // Its tokens see the ones after them: nothing can be decoded from a cache, and a
+            // pass's padding must come first (the kernels' window counts slots).
+            let right_padded =
+                pad.is_some_and(|p| p.iter().any(|r| r.windows(2).any(|w| !w[0] && w[1])));
+            if past > 0 || right_padded {
+                candle_core::bail!(
+                    "a bidirectional model (use_bidirectional_attention) embeds whole texts in \
+                     one left-padded pass; it does not generate"
+                );
+            }
+        }
         // The first slot the sliding layers hold (all hold the same ones).
         let first = match (0..self.layers.len()).find(|&i| self.config.window(i).is_some()) {
             Some(i) => cache.first_held(i)?,
@@ -371,7 +386,16 @@ impl Llama {
             Some(r) => Some(r.at(&positions, b, t)?),
             None => None,
         };
-        let window = self.config.sliding.as_ref().map(|s| s.window);
+        // A bidirectional sliding layer sees half its window on either side, as transformers'
+        // (|q - k| < window / 2 + 1).
+        let window = self
+            .config
+            .sliding
+            .as_ref()
+            .map(|s| match self.config.bidirectional {
+                true => s.window / 2,
+                false => s.window,
+            });
         let mask = self.mask(cache, past, t, None)?;
         // The sliding layers' (none where nothing is masked for them either), over the slots
         // they hold: from `first` on, once trimmed (`Cache::trim_sliding`). No window
@@ -380,6 +404,7 @@ impl Llama {
         let local_mask = match (window, &mask) {
             (Some(w), Some(Mask::Rows(v))) => Some(Mask::Rows(crate::cpu::Visible {
                 window: Some(w),
+                both_ways: v.both_ways,
                 past: past - first,
                 valid: match first {
                     0 => v.valid.clone(),
@@ -433,11 +458,34 @@ impl Llama {
                 past,
                 valid: std::sync::Arc::new(cache.valid.clone()),
                 window,
+                both_ways: self.config.bidirectional,
             })));
         }
         let needs_mask = t > 1
             || cache.valid.iter().any(|v| v.iter().any(|x| !x))
             || window.is_some_and(|w| total > w);
+        if self.config.bidirectional {
+            // One pass, padding on the left only (`hidden` checks): a query sees every token,
+            // or those at most `window` slots away.
+            let mut m = vec![0f32; b * t * total];
+            for (row, valid) in cache.valid.iter().enumerate() {
+                for i in 0..t {
+                    for (j, &v) in valid.iter().enumerate() {
+                        if !v || window.is_some_and(|w| i.abs_diff(j) > w) {
+                            m[(row * t + i) * total + j] = f32::NEG_INFINITY;
+                        }
+                    }
+                    if !valid[i] {
+                        m[(row * t + i) * total + i] = 0.0;
+                    }
+                }
+            }
+            return Ok(Some(Mask::Dense(Tensor::from_vec(
+                m,
+                (b, 1, t, total),
+                &self.device,
+            )?)));
+        }
         if !needs_mask {
             return Ok(None);
         }

@@ -127,6 +127,65 @@ fn every_pooling_mode_and_dense_layers_match_sentence_transformers() {
 }
 
 #[test]
+fn embedding_gemma_recipe_attends_both_ways_and_matches_sentence_transformers() {
+    let _g = common::HEAVY.lock();
+    let dir = fixture("gemma3-bidirectional");
+    let e = expected(&dir);
+    let m = load(&dir, &candle_core::Device::Cpu).unwrap();
+    assert!(m.model.config.bidirectional);
+    let embedder = Embedder::for_model(&dir).unwrap();
+    assert_eq!(embedder.pooling, vec![Pool::Mean]);
+    assert_eq!((embedder.dense.len(), embedder.normalize), (2, true));
+    // Texts of 3 to 40 tokens under a window of 6 (3 each side) and a full layer; in one
+    // left-padded pass, one at a time (no padding), and in passes of four long blocks of
+    // queries (a budget of 64 puts the 40-token text alone).
+    for budget in [4096, 64, 1] {
+        let got = embed_all(&dir, &e, None, None, budget);
+        assert_close(&got, &vectors(&e, "plain"), 2e-5, "bidirectional");
+    }
+    assert_close(
+        &embed_all(&dir, &e, Some("query"), None, 4096),
+        &vectors(&e, "query"),
+        2e-5,
+        "query prompt",
+    );
+    // A causal reading of the same weights gives other vectors: the test sees the direction.
+    let mut causal = load(&dir, &candle_core::Device::Cpu).unwrap();
+    causal.model.config.bidirectional = false;
+    let rows: Vec<Vec<u32>> = e.ids.clone();
+    let one_way = embedder.embed(&causal.model, &rows, None, 4096).unwrap();
+    assert!(common::rel_err(&one_way[2], &vectors(&e, "plain")[2]) > 1e-2);
+    // It does not generate: the first decode step is refused by name.
+    let err = galley_model::generate(
+        &m.model,
+        &m.tokenizer,
+        &[rows[0].clone()],
+        &galley_model::SamplingParams {
+            max_tokens: 3,
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(err.contains("bidirectional"), "{err}");
+    // Nor is it written as a GGUF llama.cpp would read as causal.
+    let ck = galley_model::open(&dir, Default::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let err = galley_model::gguf_export::write_gguf(
+        &ck,
+        "x",
+        galley_model::gguf_export::OutType::F32,
+        &tmp.path().join("x.gguf"),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("bidirectional"), "{err}");
+}
+
+#[test]
 fn bad_requests_and_folders_are_named() {
     let _g = common::HEAVY.lock();
     let dir = fixture("qwen3-last");

@@ -194,6 +194,17 @@ fn submit(
     Ok(out)
 }
 
+/// A bidirectional model (EmbeddingGemma) embeds; asked to generate, it says so up front.
+fn generates(s: &Shared) -> Result<(), ApiError> {
+    match s.config.bidirectional {
+        true => Err(ApiError::bad(
+            "this model attends both ways (an embedding model): use /v1/embeddings; it does not generate",
+            Some("model"),
+        )),
+        false => Ok(()),
+    }
+}
+
 /// Why the batcher did not take a request, as the client hears it.
 pub(crate) fn refused(e: SubmitError) -> ApiError {
     match e {
@@ -327,6 +338,7 @@ async fn chat(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Resp
     let json = refuse_unsupported(&req, &body)?;
     let tools = crate::tools::read(s.template.as_ref(), s.tool_format, &body, json.is_some())?;
     let b = batcher(&s, &req.model)?;
+    generates(&s)?;
     let plan = tools.plan;
     let suffix = plan
         .filter(|p| p.forced)
@@ -505,6 +517,7 @@ async fn completions(
         ));
     }
     let b = batcher(&s, &req.model)?;
+    generates(&s)?;
     let prompts: Vec<Vec<u32>> = match &req.prompt {
         Prompt::Text(t) => vec![encode(&s, t)?],
         Prompt::Texts(ts) => ts.iter().map(|t| encode(&s, t)).collect::<Result<_, _>>()?,

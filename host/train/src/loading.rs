@@ -168,12 +168,17 @@ pub(crate) fn open_start(cfg: &TrainConfig, path: &Path) -> Result<galley_model:
         dequantize: false,
         ..Default::default()
     };
-    Ok(galley_model::open_adapted(
-        path,
-        &cfg.model.adapters,
-        opts,
-        &dev,
-    )?)
+    let ck = galley_model::open_adapted(path, &cfg.model.adapters, opts, &dev)?;
+    // The trainer's attention is causal: it would train another model than the one read.
+    if ck.config.bidirectional {
+        return Err(TrainError::File {
+            path: path.to_path_buf(),
+            msg: "a bidirectional model (use_bidirectional_attention: an embedding model) \
+                  cannot be trained: galley trains causal language models"
+                .into(),
+        });
+    }
+    Ok(ck)
 }
 
 /// A frozen copy of the starting model (an alignment reference).

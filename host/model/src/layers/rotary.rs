@@ -239,6 +239,7 @@ mod tests {
             attn_softcap: None,
             final_softcap: None,
             no_rope: None,
+            bidirectional: false,
         }
     }
 

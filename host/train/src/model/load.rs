@@ -299,6 +299,7 @@ impl TrainModel {
             attn_softcap: None,
             final_softcap: None,
             no_rope: None,
+            bidirectional: false,
         }
     }
 }
