@@ -64,7 +64,8 @@ impl Family {
             "llama" => Family::Llama,
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
-            "gemma3" => Family::Gemma3,
+            // EmbeddingGemma as llama.cpp's converter writes it: Gemma 3 attending both ways.
+            "gemma3" | "gemma-embedding" => Family::Gemma3,
             "gemma2" => Family::Gemma2,
             "smollm3" => Family::SmolLM3,
             _ => return None,
@@ -529,7 +530,7 @@ impl LlamaConfig {
             attn_softcap: None,
             final_softcap: None,
             no_rope: None,
-            bidirectional: false,
+            bidirectional: arch == "gemma-embedding",
         };
         let cfg = if family.is_gemma() {
             gemma_gguf(cfg, &arch, md).map_err(|e| bad(path, e))?

@@ -131,9 +131,20 @@ impl Embedder {
     fn gguf(path: &Path) -> Result<Self> {
         use candle_core::quantized::gguf_file::{Content, Value};
         let mut f = std::fs::File::open(path).map_err(|e| bad(path, e))?;
-        let md = Content::read(&mut f)
-            .map_err(|e| bad(path, format!("not a GGUF file: {e}")))?
-            .metadata;
+        let content =
+            Content::read(&mut f).map_err(|e| bad(path, format!("not a GGUF file: {e}")))?;
+        // EmbeddingGemma's dense layers, in llama.cpp's names, applied after the pooling.
+        let mut dense = Vec::new();
+        for name in ["dense_2.weight", "dense_3.weight"] {
+            if content.tensor_infos.contains_key(name) {
+                let t = content
+                    .tensor(&mut f, name, &Device::Cpu)
+                    .and_then(|q| q.dequantize(&Device::Cpu))
+                    .map_err(|e| bad(path, format!("tensor `{name}`: {e}")))?;
+                dense.push(Dense::plain(t)?);
+            }
+        }
+        let md = content.metadata;
         let arch = md
             .get("general.architecture")
             .and_then(|v| v.to_string().ok())
@@ -169,7 +180,7 @@ impl Embedder {
         };
         Ok(Self {
             pooling: vec![pool],
-            dense: Vec::new(),
+            dense,
             // llama.cpp's server and `llama-embedding` normalize by default.
             normalize: true,
             prompts: BTreeMap::new(),
@@ -511,6 +522,20 @@ fn pooling_config(path: &Path) -> Result<Vec<Pool>> {
 }
 
 impl Dense {
+    /// A GGUF's dense layer (llama.cpp's `dense_2` / `dense_3`: no bias, no activation).
+    pub fn plain(weight: Tensor) -> Result<Self> {
+        Ok(Self {
+            weight: weight.to_dtype(DType::F32)?,
+            bias: None,
+            tanh: false,
+        })
+    }
+
+    /// The (out, in) f32 weight, and whether a bias or tanh follows the product.
+    pub fn parts(&self) -> (&Tensor, bool, bool) {
+        (&self.weight, self.bias.is_some(), self.tanh)
+    }
+
     /// A Dense module's folder: `config.json` (`in_features`, `out_features`, `bias`,
     /// `activation_function`) and `model.safetensors` (`linear.weight`, `linear.bias`).
     fn load(dir: &Path) -> Result<Self> {

@@ -145,8 +145,10 @@ fn permute_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
 }
 
 /// The `general.architecture` llama.cpp runs the family as (Mistral is Llama to it).
-fn arch(f: Family) -> &'static str {
-    match f {
+fn arch(c: &LlamaConfig) -> &'static str {
+    match c.family {
+        // EmbeddingGemma: llama.cpp's name for Gemma 3 attending both ways.
+        Family::Gemma3 if c.bidirectional => "gemma-embedding",
         Family::Llama | Family::Mistral => "llama",
         Family::Qwen2 => "qwen2",
         Family::Qwen3 => "qwen3",
@@ -156,9 +158,14 @@ fn arch(f: Family) -> &'static str {
     }
 }
 
-fn metadata(ck: &Checkpoint, name: &str, ty: OutType) -> Result<Vec<(String, Value)>> {
+fn metadata(
+    ck: &Checkpoint,
+    name: &str,
+    ty: OutType,
+    embed: Option<&crate::embed::Embedder>,
+) -> Result<Vec<(String, Value)>> {
     let c = &ck.config;
-    let a = arch(c.family);
+    let a = arch(c);
     let k = |key: &str| format!("{a}.{key}");
     let u = |v: usize| Value::U32(v as u32);
     let mut md = vec![
@@ -213,12 +220,19 @@ fn metadata(ck: &Checkpoint, name: &str, ty: OutType) -> Result<Vec<(String, Val
         }
     }
     // A sentence-transformers folder's pooling, as llama.cpp's converter writes it (its
-    // embedding mode and server read it).
-    if ck.path.join("modules.json").is_file() {
-        let e = crate::embed::Embedder::for_model(&ck.path)?;
+    // embedding mode and server read it), and EmbeddingGemma's dense layers' widths.
+    if let Some(e) = embed {
         match (e.pooling.as_slice(), e.dense.is_empty()) {
             ([p], true) if p.gguf_code().is_some() => {
                 md.push((k("pooling_type"), Value::U32(p.gguf_code().unwrap_or(0))));
+            }
+            ([p], false) if p.gguf_code().is_some() && a == "gemma-embedding" => {
+                md.push((k("pooling_type"), Value::U32(p.gguf_code().unwrap_or(0))));
+                for (d, prefix) in e.dense.iter().zip(["dense_2", "dense_3"]) {
+                    let (out, inp) = d.parts().0.dims2()?;
+                    md.push((k(&format!("{prefix}_feat_in")), u(inp)));
+                    md.push((k(&format!("{prefix}_feat_out")), u(out)));
+                }
             }
             _ => {
                 return Err(bad(
@@ -252,8 +266,9 @@ fn metadata(ck: &Checkpoint, name: &str, ty: OutType) -> Result<Vec<(String, Val
 /// export holds one tensor in memory, not the model.
 pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Result<Exported> {
     let c = &ck.config;
-    // llama.cpp reads a `gemma3` GGUF as causal: a bidirectional model would change meaning.
-    if c.bidirectional {
+    // llama.cpp reads a bidirectional Gemma 3 as `gemma-embedding`; any other family's GGUF
+    // is read as causal: the model would change meaning.
+    if c.bidirectional && c.family != Family::Gemma3 {
         return Err(bad(
             &ck.path,
             "a bidirectional model (use_bidirectional_attention) has no GGUF galley writes: \
@@ -281,7 +296,37 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
             "no_rope_layers: llama.cpp runs every fourth layer without RoPE, and a GGUF cannot say another pattern",
         ));
     }
-    let md = metadata(ck, name, ty)?;
+    let embed = match ck.path.join("modules.json").is_file() {
+        true => Some(crate::embed::Embedder::for_model(&ck.path)?),
+        false => None,
+    };
+    // llama.cpp's `gemma-embedding` runs two dense layers after the pooling, no bias and no
+    // activation, from the model's width out and back: anything else has no place there.
+    let dense: Vec<&crate::embed::Dense> = embed.iter().flat_map(|e| &e.dense).collect();
+    if !dense.is_empty() {
+        let shapes: Vec<(usize, usize)> = dense
+            .iter()
+            .map(|d| d.parts().0.dims2())
+            .collect::<candle_core::Result<_>>()?;
+        let fits = arch(c) == "gemma-embedding"
+            && dense.len() <= 2
+            && dense.iter().all(|d| !d.parts().1 && !d.parts().2)
+            && shapes.first().is_some_and(|s| s.1 == c.hidden_size)
+            && shapes.last().is_some_and(|s| s.0 == c.hidden_size)
+            && shapes.windows(2).all(|w| w[0].0 == w[1].1);
+        if !fits {
+            return Err(bad(
+                &ck.path,
+                format!(
+                    "this embedding model's {} dense layers have no place in a GGUF: llama.cpp \
+                     reads two, without bias or activation, after EmbeddingGemma's pooling, from \
+                     the model's width and back to it",
+                    dense.len()
+                ),
+            ));
+        }
+    }
+    let md = metadata(ck, name, ty, embed.as_ref())?;
     let dev = Device::Cpu;
     let mut plan: Vec<Planned> = Vec::new();
     let mut in_f16 = Vec::new();
@@ -325,6 +370,17 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
             dtype: GgmlDType::F32,
         });
     }
+    // The dense layers, in f32 (a few MB at most): llama.cpp's `dense_2.weight` (out, in).
+    let mut extra: std::collections::HashMap<String, Tensor> = Default::default();
+    for (d, name) in dense.iter().zip(["dense_2.weight", "dense_3.weight"]) {
+        plan.push(Planned {
+            name: name.into(),
+            source: None,
+            shape: d.parts().0.dims().to_vec(),
+            dtype: GgmlDType::F32,
+        });
+        extra.insert(name.into(), d.parts().0.clone());
+    }
     let mut parameters = 0;
     let bytes = write_file(out, &md, &plan, |p| {
         let t = match &p.source {
@@ -336,6 +392,7 @@ pub fn write_gguf(ck: &Checkpoint, name: &str, ty: OutType, out: &Path) -> Resul
                     None => t,
                 }
             }
+            None if extra.contains_key(&p.name) => extra[&p.name].clone(),
             // rope_freqs: each frequency's divisor under the config's scaling.
             None => {
                 let base = crate::layers::rotary::base_freq(c);
@@ -383,7 +440,7 @@ pub fn write_lora_gguf(
     let md = vec![
         (
             "general.architecture".to_string(),
-            Value::String(arch(config.family).into()),
+            Value::String(arch(config).into()),
         ),
         ("general.type".into(), Value::String("adapter".into())),
         ("general.name".into(), Value::String(name.into())),

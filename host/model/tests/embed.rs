@@ -170,19 +170,30 @@ fn embedding_gemma_recipe_attends_both_ways_and_matches_sentence_transformers() 
     .map(|e| e.to_string())
     .unwrap_or_default();
     assert!(err.contains("bidirectional"), "{err}");
-    // Nor is it written as a GGUF llama.cpp would read as causal.
+    // As a GGUF it is llama.cpp's `gemma-embedding` (both ways, mean pooling, the dense layers
+    // as `dense_2` / `dense_3`), and gives the same vectors read back.
     let ck = galley_model::open(&dir, Default::default()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let err = galley_model::gguf_export::write_gguf(
-        &ck,
-        "x",
-        galley_model::gguf_export::OutType::F32,
-        &tmp.path().join("x.gguf"),
-    )
-    .err()
-    .unwrap()
-    .to_string();
-    assert!(err.contains("bidirectional"), "{err}");
+    let out = tmp.path().join("gemma.gguf");
+    galley_model::gguf_export::write_gguf(&ck, "x", galley_model::gguf_export::OutType::F32, &out)
+        .unwrap();
+    let back = load(&out, &candle_core::Device::Cpu).unwrap();
+    assert!(back.model.config.bidirectional);
+    let from_gguf = Embedder::for_model(&out).unwrap();
+    assert_eq!(
+        (
+            from_gguf.pooling.as_slice(),
+            from_gguf.dense.len(),
+            from_gguf.normalize
+        ),
+        (&[Pool::Mean][..], 2, true)
+    );
+    assert_close(
+        &embed_all(&out, &e, None, None, 4096),
+        &vectors(&e, "plain"),
+        2e-5,
+        "from its GGUF",
+    );
 }
 
 #[test]
