@@ -21,13 +21,14 @@ Usage: python bench/serve_bench.py GALLEY_BIN GGUF LLAMA_PYTHON [--llama-server 
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+
+from loopback import free_port
 
 PROMPTS = [
     "Write one sentence about the sea.",
@@ -39,14 +40,6 @@ PROMPTS = [
     "What do plants need to grow?",
     "Tell me something about the moon.",
 ]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait_up(url, proc, timeout=180):
