@@ -95,6 +95,24 @@ fn galley_embed_writes_sentence_transformers_vectors_beside_each_record() {
         stderr(&o)
     );
     assert!(!d.join("bad.jsonl").exists());
+    // A text past the model's context (64 positions) is named by its line too.
+    let long = "x".repeat(80);
+    std::fs::write(
+        d.join("data/long.jsonl"),
+        format!("{{\"body\": \"a\"}}\n\n{{\"body\": \"{long}\"}}\n"),
+    )
+    .unwrap();
+    let o = galley(
+        d,
+        &["embed", "-m", m, "-i", "data/long.jsonl", "--field", "body"],
+    );
+    assert!(!o.status.success());
+    let err = one_line_error(&o);
+    assert!(
+        err.contains("data/long.jsonl:3") && err.contains("81 tokens") && err.contains("64"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

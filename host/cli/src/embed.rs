@@ -54,6 +54,8 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     // a bad line is reported without the wait.
     let mut records: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
     let mut texts: Vec<String> = Vec::new();
+    // Where each text came from, for messages: `FILE:LINE`, or `-p` and its position.
+    let mut origins: Vec<String> = Vec::new();
     match &a.input {
         Some(path) => {
             let body = std::fs::read_to_string(path)
@@ -86,13 +88,15 @@ pub fn run(a: EmbedArgs) -> Result<()> {
                 };
                 records.push(record);
                 texts.push(text);
+                origins.push(at());
             }
             if texts.is_empty() {
                 bail!("{}: no texts", path.display());
             }
         }
         None => {
-            for p in &a.prompt {
+            for (i, p) in a.prompt.iter().enumerate() {
+                origins.push(format!("-p #{}", i + 1));
                 let mut m = serde_json::Map::new();
                 m.insert(a.field.clone(), p.clone().into());
                 records.push(m);
@@ -104,8 +108,8 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         .with_context(|| format!("model {}", a.model))?;
     let mut embedder = Embedder::for_model(&path)?;
     if let Some(p) = &a.pooling {
-        embedder = embedder
-            .with_pooling(galley_serve::flags::parse_pooling(p).map_err(anyhow::Error::msg)?);
+        let modes = galley_model::Pool::parse_list(p).map_err(|e| anyhow::anyhow!("--{e}"))?;
+        embedder = embedder.with_pooling(modes);
     }
     let device = galley_model::default_device();
     let opts = galley_model::LoadOptions {
@@ -118,14 +122,17 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         .iter()
         .map(|t| embedder.tokens(&m.tokenizer, t, a.prompt_name.as_deref()))
         .collect::<galley_model::Result<_>>()?;
+    // Each text checked on its own, so a refusal names its line; then the whole request.
+    for (row, at) in rows.iter().zip(&origins) {
+        embedder
+            .check(&m.model.config, std::slice::from_ref(row), None)
+            .map_err(|e| {
+                anyhow::anyhow!("{at}: {}", e.to_string().replace("input 0 ", "the text "))
+            })?;
+    }
+    embedder.check(&m.model.config, &[], a.dimensions)?;
     let started = std::time::Instant::now();
-    let vectors = embedder
-        .embed(&m.model, &rows, a.dimensions, a.batch_tokens.max(1))
-        .map_err(|e| match &a.input {
-            // The model's message counts inputs from 0; a file's reader counts lines.
-            Some(p) => anyhow::anyhow!("{}: {e} (inputs count from 0, in file order)", p.display()),
-            None => anyhow::anyhow!("{e}"),
-        })?;
+    let vectors = embedder.embed(&m.model, &rows, a.dimensions, a.batch_tokens.max(1))?;
     let secs = started.elapsed().as_secs_f64();
     let tokens: usize = rows.iter().map(Vec::len).sum();
     let mut out: Box<dyn Write> = match &a.output {

@@ -48,6 +48,21 @@ impl Pool {
         })
     }
 
+    /// Modes joined by `+` (`mean+cls`), as `--pooling` takes them; an unknown one is named.
+    pub fn parse_list(value: &str) -> std::result::Result<Vec<Self>, String> {
+        value
+            .split('+')
+            .map(|m| {
+                Self::parse(m.trim()).ok_or_else(|| {
+                    format!(
+                        "pooling {value}: `{m}` is not a pooling mode (mean, cls, last, max, \
+                         mean_sqrt_len_tokens, weightedmean)"
+                    )
+                })
+            })
+            .collect()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Cls => "cls",
@@ -643,6 +658,17 @@ mod tests {
             pool(Pool::WeightedMean, &rows),
             vec![(4.0 / 6.0) as f32, (10.0 / 6.0) as f32]
         );
+    }
+
+    #[test]
+    fn pooling_modes_join_with_plus_and_a_typo_is_named() {
+        assert_eq!(Pool::parse_list("last").unwrap(), vec![Pool::Last]);
+        assert_eq!(
+            Pool::parse_list("mean+cls").unwrap(),
+            vec![Pool::Mean, Pool::Cls]
+        );
+        let e = Pool::parse_list("mean+avg").unwrap_err();
+        assert!(e.contains("`avg`") && e.contains("pooling mean+avg"), "{e}");
     }
 
     #[test]

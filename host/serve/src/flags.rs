@@ -150,7 +150,10 @@ impl ServeFlags {
             )));
         }
         let pooling = match &self.pooling {
-            Some(p) => Some(parse_pooling(p).map_err(ServeError::Invalid)?),
+            Some(p) => Some(
+                galley_model::Pool::parse_list(p)
+                    .map_err(|e| ServeError::Invalid(format!("--{e}")))?,
+            ),
             None => None,
         };
         Ok(ServeOptions {
@@ -189,53 +192,8 @@ impl ServeFlags {
     }
 }
 
-/// `--pooling`'s value: modes joined by `+`.
-pub fn parse_pooling(value: &str) -> Result<Vec<galley_model::Pool>, String> {
-    value
-        .split('+')
-        .map(|m| {
-            galley_model::Pool::parse(m.trim()).ok_or_else(|| {
-                format!(
-                    "--pooling {value}: `{m}` is not a pooling mode (mean, cls, last, max, \
-                     mean_sqrt_len_tokens, weightedmean)"
-                )
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn pooling_modes_join_with_plus_and_a_typo_is_named() {
-        use galley_model::Pool;
-        assert_eq!(parse_pooling("last").unwrap(), vec![Pool::Last]);
-        assert_eq!(
-            parse_pooling("mean+cls").unwrap(),
-            vec![Pool::Mean, Pool::Cls]
-        );
-        let e = parse_pooling("mean+avg").unwrap_err();
-        assert!(
-            e.contains("`avg`") && e.contains("--pooling mean+avg"),
-            "{e}"
-        );
-    }
-
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        serve: ServeFlags,
-        #[command(flatten)]
-        engine: EngineFlags,
-    }
-
-    fn parse(args: &[&str]) -> Cmd {
-        Cmd::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).unwrap()
-    }
-
     #[test]
     fn adapters_and_limits_are_checked_naming_the_flag() {
         let ok = parse(&[

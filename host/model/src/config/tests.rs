@@ -60,10 +60,6 @@ fn gemma_keys_galley_does_not_implement_are_refused_by_name() {
         ),
         (r#""hidden_activation": "silu""#, "hidden_activation"),
         (
-            r#""use_bidirectional_attention": true"#,
-            "use_bidirectional_attention",
-        ),
-        (
             r#""layer_types": ["sliding_attention", "chunked"]"#,
             "layer_types[1]",
         ),
@@ -71,6 +67,12 @@ fn gemma_keys_galley_does_not_implement_are_refused_by_name() {
         let e = parse(&format!("{{{base}, {extra}}}")).unwrap_err();
         assert!(e.contains(key) && e.contains("config.json"), "{key}: {e}");
     }
+    // EmbeddingGemma's attention both ways is read (embeddings only), no longer refused.
+    let c = parse(&format!(
+        r#"{{{base}, "num_key_value_heads": 1, "use_bidirectional_attention": true}}"#
+    ))
+    .unwrap();
+    assert!(c.bidirectional);
     // In a multimodal config, the same keys are named where they are.
     let e = parse(
         r#"{"architectures": ["Gemma3ForConditionalGeneration"],
