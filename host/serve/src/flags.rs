@@ -194,6 +194,21 @@ impl ServeFlags {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        serve: ServeFlags,
+        #[command(flatten)]
+        engine: EngineFlags,
+    }
+
+    fn parse(args: &[&str]) -> Cmd {
+        Cmd::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).unwrap()
+    }
+
     #[test]
     fn adapters_and_limits_are_checked_naming_the_flag() {
         let ok = parse(&[
@@ -233,6 +248,15 @@ mod tests {
                 .to_string()
                 .contains("--queue must be at least 1")
         );
+        let o = parse(&["-m", "m", "--pooling", "mean+cls"]).serve;
+        let o = o.options("m".into()).unwrap();
+        assert_eq!(
+            o.pooling,
+            Some(vec![galley_model::Pool::Mean, galley_model::Pool::Cls])
+        );
+        let e = parse(&["-m", "m", "--pooling", "avg"]).serve;
+        let e = e.options("m".into()).err().unwrap().to_string();
+        assert!(e.starts_with("--pooling avg: `avg`"), "{e}");
     }
 
     #[test]
