@@ -106,7 +106,7 @@ pub struct Embedder {
     pub prompts: BTreeMap<String, String>,
     /// The prompt used when none is named.
     pub default_prompt: Option<String>,
-    /// Where the settings came from, for messages and `/v1/models`.
+    /// Where the settings came from, for messages (`galley embed` prints it).
     pub source: String,
 }
 
